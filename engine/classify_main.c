@@ -1,0 +1,300 @@
+/* classify_main.c: comrope-classify, the engine on the command line.
+ *
+ *   comrope-classify [--model DIR] [--resolution N | HxW | native]
+ *                    [--fit resize|crop] [--top-k K] [--logits] [--threads T] FILE...
+ *
+ * FILE is a JPEG, a PNG, or a .npy float32/float64 array [C,H,W] or
+ * [N,C,H,W] of already normalized pixels (run at its own size). One JSON
+ * object per image per line, in input order; a file that fails gives
+ * {"file", "error"} and the exit status 1, the others still run. */
+#include <cblas.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "input.h"
+#include "model_path.h"
+#include "npy.h"
+#include "vit.h"
+
+/* OpenBLAS's own control of its thread pool (not in cblas.h's standard part). */
+void openblas_set_num_threads(int num_threads);
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
+            "                        [--top-k K] [--logits] [--threads T] FILE...\n"
+            "FILE: JPEG, PNG, or .npy float array [C,H,W] / [N,C,H,W] of normalized pixels.\n"
+            "Prints one JSON object per image per line.\n");
+}
+
+/* Files are read whole; 256 MB is far beyond any image we would accept. */
+static int read_file(const char *path, uint8_t **data, size_t *len, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    *data = NULL;
+    if (!f) {
+        snprintf(err, errlen, "cannot open: %s", strerror(errno));
+        return -1;
+    }
+    int rc = -1;
+    long n;
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0) {
+        snprintf(err, errlen, "cannot read");
+        goto cleanup;
+    }
+    if (n > (256L << 20)) {
+        snprintf(err, errlen, "file is larger than 256 MB");
+        goto cleanup;
+    }
+    rewind(f);
+    *data = malloc((size_t)n + 1);
+    if (!*data || fread(*data, 1, (size_t)n, f) != (size_t)n) {
+        snprintf(err, errlen, "cannot read");
+        free(*data);
+        *data = NULL;
+        goto cleanup;
+    }
+    *len = (size_t)n;
+    rc = 0;
+cleanup:
+    fclose(f);
+    return rc;
+}
+
+static void print_json(json_t *obj) {
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9) | JSON_PRESERVE_ORDER);
+    if (s) {
+        puts(s);
+        free(s);
+    }
+    json_decref(obj);
+}
+
+static void print_error(const char *file, const char *msg) {
+    json_t *o = json_object();
+    json_object_set_new(o, "file", json_string(file));
+    json_object_set_new(o, "error", json_string(msg));
+    print_json(o);
+}
+
+/* Prints one image's result: top-k by softmax probability, logits if asked. */
+static void print_result(const vit_model *m, const char *file, int index, int h, int w,
+                         const float *logits, int top_k, int with_logits) {
+    int K = m->cfg.num_class;
+    double maxv = logits[0], sum = 0;
+    for (int k = 1; k < K; k++) if (logits[k] > maxv) maxv = logits[k];
+    for (int k = 0; k < K; k++) sum += exp((double)logits[k] - maxv);
+    int *order = malloc(sizeof(int) * (size_t)K);
+    if (!order) return;
+    for (int k = 0; k < K; k++) order[k] = k;
+    /* partial selection sort: k is small */
+    for (int i = 0; i < top_k; i++)
+        for (int j = i + 1; j < K; j++)
+            if (logits[order[j]] > logits[order[i]]) {
+                int t = order[i]; order[i] = order[j]; order[j] = t;
+            }
+    json_t *o = json_object(), *top = json_array();
+    json_object_set_new(o, "file", json_string(file));
+    json_object_set_new(o, "index", json_integer(index));
+    json_object_set_new(o, "resolution", json_pack("[ii]", h, w));
+    for (int i = 0; i < top_k; i++) {
+        int k = order[i];
+        const char *label = vit_config_label(&m->cfg, k);
+        char num[16];
+        snprintf(num, sizeof(num), "%d", k);
+        json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", k, "label",
+                                             label ? label : num, "score",
+                                             exp((double)logits[k] - maxv) / sum));
+    }
+    json_object_set_new(o, "top", top);
+    if (with_logits) {
+        json_t *arr = json_array();
+        for (int k = 0; k < K; k++) json_array_append_new(arr, json_real(logits[k]));
+        json_object_set_new(o, "logits", arr);
+    }
+    print_json(o);
+    free(order);
+}
+
+/* Runs one .npy file: [C,H,W] or [N,C,H,W], at its own size. */
+static int classify_npy(const vit_model *m, vit_workspace *ws, const char *file,
+                        const uint8_t *data, size_t len, int top_k, int with_logits) {
+    char err[512];
+    npy_array a = {0};
+    vit_image *imgs = NULL;
+    float *logits = NULL;
+    int rc = -1;
+    if (npy_parse(data, len, file, &a, err, sizeof(err))) goto fail;
+    int C = m->cfg.num_channels;
+    int n = a.ndim == 4 ? (int)a.shape[0] : 1;
+    int off = a.ndim == 4 ? 1 : 0;
+    if ((a.ndim != 3 && a.ndim != 4) || a.shape[off] != C) {
+        snprintf(err, sizeof(err), "expected an array [C,H,W] or [N,C,H,W] with C = %d", C);
+        goto fail;
+    }
+    if (n < 1 || a.shape[off + 1] > 65536 || a.shape[off + 2] > 65536) {
+        snprintf(err, sizeof(err), "array shape is empty or too large");
+        goto fail;
+    }
+    int h = (int)a.shape[off + 1], w = (int)a.shape[off + 2];
+    imgs = calloc((size_t)n, sizeof(*imgs));
+    logits = malloc(sizeof(float) * (size_t)n * m->cfg.num_class);
+    if (!imgs || !logits) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < n; i++) {
+        imgs[i].h = h;
+        imgs[i].w = w;
+        imgs[i].pixels = a.data + (size_t)i * C * h * w;
+    }
+    if (vit_forward_ragged(m, ws, imgs, n, logits, err, sizeof(err))) goto fail;
+    for (int i = 0; i < n; i++)
+        print_result(m, file, i, h, w, logits + (size_t)i * m->cfg.num_class, top_k, with_logits);
+    rc = 0;
+    goto cleanup;
+fail:
+    print_error(file, err);
+cleanup:
+    npy_free(&a);
+    free(imgs);
+    free(logits);
+    return rc;
+}
+
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcasecmp(s + n - k, suffix) == 0;
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL;
+    resolution_request res = {0};
+    int res_given = 0, fit = IMAGE_FIT_RESIZE, top_k = 5, with_logits = 0, threads = 0;
+    int first_file = argc;
+    char err[1024], dir[4096];
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--logits") == 0) {
+            with_logits = 1;
+        } else if (strcmp(a, "--model") == 0 || strcmp(a, "--resolution") == 0 ||
+                   strcmp(a, "--fit") == 0 || strcmp(a, "--top-k") == 0 ||
+                   strcmp(a, "--threads") == 0) {
+            if (!val) {
+                fprintf(stderr, "comrope-classify: %s needs a value\n", a);
+                return 2;
+            }
+            i++;
+            char *end;
+            if (strcmp(a, "--model") == 0) {
+                model_dir = val;
+            } else if (strcmp(a, "--resolution") == 0) {
+                if (resolution_parse(val, &res, err, sizeof(err))) {
+                    fprintf(stderr, "comrope-classify: --resolution: %s\n", err);
+                    return 2;
+                }
+                res_given = 1;
+            } else if (strcmp(a, "--fit") == 0) {
+                if (strcmp(val, "resize") == 0) fit = IMAGE_FIT_RESIZE;
+                else if (strcmp(val, "crop") == 0) fit = IMAGE_FIT_CROP;
+                else {
+                    fprintf(stderr, "comrope-classify: --fit must be resize or crop, not \"%s\"\n", val);
+                    return 2;
+                }
+            } else if (strcmp(a, "--top-k") == 0) {
+                top_k = (int)strtol(val, &end, 10);
+                if (*end || top_k < 1) {
+                    fprintf(stderr, "comrope-classify: --top-k must be a positive integer, not \"%s\"\n", val);
+                    return 2;
+                }
+            } else {
+                threads = (int)strtol(val, &end, 10);
+                if (*end || threads < 1 || threads > 1024) {
+                    fprintf(stderr, "comrope-classify: --threads must be in [1, 1024], not \"%s\"\n", val);
+                    return 2;
+                }
+            }
+        } else if (strcmp(a, "--") == 0) {
+            first_file = i + 1;
+            break;
+        } else if (a[0] == '-' && a[1] == '-') {
+            fprintf(stderr, "comrope-classify: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        } else {
+            first_file = i;
+            break;
+        }
+    }
+    if (first_file >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (threads > 0) openblas_set_num_threads(threads);
+    if (!model_dir) {
+        if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
+            fprintf(stderr, "comrope-classify: %s\n", err);
+            return 1;
+        }
+        model_dir = dir;
+    }
+    vit_model *m = NULL;
+    if (vit_load(model_dir, &m, err, sizeof(err))) {
+        fprintf(stderr, "comrope-classify: %s\n", err);
+        return 1;
+    }
+    if (!res_given) res = resolution_default(m);
+    if (top_k > m->cfg.num_class) top_k = m->cfg.num_class;
+    vit_workspace *ws = vit_workspace_new(m);
+    image_limits limits = image_limits_default();
+    int failed = 0;
+    for (int i = first_file; i < argc && ws; i++) {
+        const char *file = argv[i];
+        uint8_t *data = NULL;
+        size_t len = 0;
+        if (read_file(file, &data, &len, err, sizeof(err))) {
+            print_error(file, err);
+            failed = 1;
+            continue;
+        }
+        if (has_suffix(file, ".npy")) {
+            if (classify_npy(m, ws, file, data, len, top_k, with_logits)) failed = 1;
+        } else {
+            float *pixels = NULL;
+            float *logits = malloc(sizeof(float) * (size_t)m->cfg.num_class);
+            int h = 0, w = 0;
+            if (!logits ||
+                input_from_encoded(m, data, len, res, fit, &limits, &pixels, &h, &w, err, sizeof(err))) {
+                print_error(file, logits ? err : "out of memory");
+                failed = 1;
+            } else {
+                vit_image img = {h, w, pixels};
+                if (vit_forward_ragged(m, ws, &img, 1, logits, err, sizeof(err))) {
+                    print_error(file, err);
+                    failed = 1;
+                } else {
+                    print_result(m, file, 0, h, w, logits, top_k, with_logits);
+                }
+            }
+            free(pixels);
+            free(logits);
+        }
+        free(data);
+    }
+    if (!ws) {
+        fprintf(stderr, "comrope-classify: out of memory\n");
+        failed = 1;
+    }
+    vit_workspace_free(ws);
+    vit_free(m);
+    return failed;
+}

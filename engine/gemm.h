@@ -1,0 +1,46 @@
+/* gemm.h: our matrix multiply for the token-wise layers.
+ *
+ * Owns: weights packed once at load into column panels, and
+ * out (M, N) = A (M, K) @ W^T + bias with W stored (N, K) as PyTorch does.
+ *
+ * Why not OpenBLAS here: its sgemm picks different kernels for different M
+ * (row tails, tiny M), so a row's result depends on how many other rows are
+ * in the call, and a ragged batch would change an image's logits. Every
+ * output element here is one sequential sum over k, whatever M is and
+ * wherever the row sits, so batch composition cannot change a result.
+ * The kernel is chosen once by cpuid (AVX-512, AVX2+FMA, or portable C);
+ * the tests compare each against OpenBLAS. */
+#ifndef COMROPE_GEMM_H
+#define COMROPE_GEMM_H
+
+#include <stddef.h>
+
+#define GEMM_PANEL 16   /* output columns per packed panel */
+
+/* W (N, K) repacked as ceil(N/16) panels of (K, 16), zero-padded. */
+typedef struct {
+    int N, K;
+    int panels;
+    float *data;        /* panels * K * 16 floats, 64-byte aligned, owned */
+} packed_weight;
+
+/* Packs W (N, K). Returns 0 or -1 (out of memory). */
+int gemm_pack(const float *W, int N, int K, packed_weight *out);
+void gemm_pack_free(packed_weight *p);
+
+/* out (M, N) = A (M, K) @ W^T + bias (N, may be NULL). The columns are
+ * split among the pool's threads (gemm_set_threads). */
+void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M);
+
+/* Threads that share one gemm_forward, the caller included (default 1).
+ * Calls from several threads at once are serialized. */
+void gemm_set_threads(int n);
+
+/* Which kernel gemm_forward uses: "avx512", "avx2" or "generic". */
+const char *gemm_kernel_name(void);
+
+/* Forces a kernel (tests): "avx512", "avx2", "generic", or NULL for the
+ * cpuid choice. Returns 0, or -1 when the CPU lacks it. */
+int gemm_force_kernel(const char *name);
+
+#endif

@@ -1,0 +1,31 @@
+/* kernels.h: the numeric building blocks of the forward pass.
+ *
+ * Owns: matmul (OpenBLAS sgemm plus bias), LayerNorm, the activations, and
+ * attention for one image (scores, softmax, weighted sum, per head). Shapes
+ * are in the comments; every array is row-major float32. */
+#ifndef COMROPE_KERNELS_H
+#define COMROPE_KERNELS_H
+
+#include <stddef.h>
+
+#include "model_config.h"
+
+/* out (T, OC) = inp (T, C) @ weight^T + bias; weight is (OC, C) as PyTorch
+ * stores Linear weights; bias (OC) may be NULL. */
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    int T, int C, int OC);
+
+/* out (T, C) = LayerNorm(inp (T, C)) * weight + bias; out may equal inp. */
+void layernorm_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       int T, int C, float eps);
+
+/* In place over n values. */
+void activation_forward(float *x, size_t n, activation act);
+
+/* One image's attention. qkv is (T, 3*D) with q (already scaled and rotated)
+ * in columns [0, D), k in [D, 2D), v in [2D, 3D); out is (T, D) with row
+ * stride ld_out; scores is scratch of T*T floats. */
+void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
+                       int heads, int head_dim);
+
+#endif

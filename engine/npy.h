@@ -1,0 +1,28 @@
+/* npy.h: reads NumPy .npy arrays (format 1.0/2.0/3.0, C order, little-endian
+ * float32 or float64) into float32. Used by the CLI for already-normalized
+ * pixels and by the tests for reference fixtures. */
+#ifndef COMROPE_NPY_H
+#define COMROPE_NPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NPY_MAX_DIMS 8
+
+/* An array read by npy_load; `data` is owned, release with npy_free. */
+typedef struct {
+    int ndim;
+    int64_t shape[NPY_MAX_DIMS];
+    int64_t count;   /* product of shape */
+    float *data;     /* count floats, converted from <f4 or <f8 */
+} npy_array;
+
+/* From a file, or from bytes in memory. Returns 0, or -1 with a message in
+ * err naming the file and what was wrong (bad magic, header, dtype, Fortran
+ * order, size that does not match the header). */
+int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
+int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
+              char *err, size_t errlen);
+void npy_free(npy_array *a);
+
+#endif

@@ -1,0 +1,359 @@
+/* rotation.c: positions, expm, the Schur fold and rotation tables (see rotation.h).
+ *
+ * Everything that defines a rotation is computed in double and rounded to
+ * float32 once, in the tables: a float32 expm is visibly inexact, and the
+ * tables are built once per resolution, so double costs nothing that matters. */
+#include "rotation.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BLOCK 64
+
+void vit_positions(const vit_config *cfg, int ph, int pw, double *pos) {
+    /* The class token sits at cls_position on every axis, also when
+     * axis_scale is false (the official code never divides it). */
+    pos[0] = cfg->cls_position;
+    pos[1] = cfg->cls_position;
+    for (int r = 0; r < ph; r++) {
+        for (int c = 0; c < pw; c++) {
+            double *p = pos + 2 * (1 + r * pw + c);
+            if (cfg->axis_scale) {
+                p[0] = (r + 0.5) / ph;
+                p[1] = (c + 0.5) / pw;
+            } else {
+                p[0] = r;
+                p[1] = c;
+            }
+        }
+    }
+}
+
+/* ---- small dense linear algebra in double (n <= MAX_BLOCK) ---- */
+
+static void matmul_nn(const double *A, const double *B, double *C, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int k = 0; k < n; k++) s += A[i * n + k] * B[k * n + j];
+            C[i * n + j] = s;
+        }
+}
+
+/* Solves D X = N for X (n x n) by Gaussian elimination with partial
+ * pivoting; D and N are overwritten. */
+static void solve(double *D, double *N, int n) {
+    for (int col = 0; col < n; col++) {
+        int piv = col;
+        for (int r = col + 1; r < n; r++)
+            if (fabs(D[r * n + col]) > fabs(D[piv * n + col])) piv = r;
+        if (piv != col) {
+            for (int k = 0; k < n; k++) {
+                double t = D[col * n + k]; D[col * n + k] = D[piv * n + k]; D[piv * n + k] = t;
+                t = N[col * n + k]; N[col * n + k] = N[piv * n + k]; N[piv * n + k] = t;
+            }
+        }
+        double d = D[col * n + col];
+        for (int r = 0; r < n; r++) {
+            if (r == col) continue;
+            double f = D[r * n + col] / d;
+            if (f == 0) continue;
+            for (int k = 0; k < n; k++) {
+                D[r * n + k] -= f * D[col * n + k];
+                N[r * n + k] -= f * N[col * n + k];
+            }
+        }
+    }
+    for (int r = 0; r < n; r++)
+        for (int k = 0; k < n; k++) N[r * n + k] /= D[r * n + r];
+}
+
+void expm_double(const double *A, int n, double *out) {
+    /* Scaling and squaring with the [6/6] Pade approximant: scale A by 2^-s
+     * so that its infinity norm is <= 0.5, where the approximant's relative
+     * error is below 1e-16, then square s times. */
+    static const double c[7] = {1.0, 1.0 / 2, 5.0 / 44, 1.0 / 66, 1.0 / 792, 1.0 / 15840,
+                                1.0 / 665280};
+    double X[MAX_BLOCK * MAX_BLOCK], P[MAX_BLOCK * MAX_BLOCK], T[MAX_BLOCK * MAX_BLOCK];
+    double N[MAX_BLOCK * MAX_BLOCK], D[MAX_BLOCK * MAX_BLOCK];
+    double norm = 0;
+    for (int i = 0; i < n; i++) {
+        double row = 0;
+        for (int j = 0; j < n; j++) row += fabs(A[i * n + j]);
+        if (row > norm) norm = row;
+    }
+    int s = 0;
+    if (norm > 0.5) s = (int)ceil(log2(norm / 0.5));
+    double scale = ldexp(1.0, -s);
+    for (int i = 0; i < n * n; i++) X[i] = A[i] * scale;
+
+    /* N = sum c_k X^k, D = sum (-1)^k c_k X^k */
+    for (int i = 0; i < n * n; i++) { N[i] = 0; D[i] = 0; P[i] = 0; }
+    for (int i = 0; i < n; i++) { P[i * n + i] = 1; N[i * n + i] = c[0]; D[i * n + i] = c[0]; }
+    for (int k = 1; k <= 6; k++) {
+        matmul_nn(P, X, T, n);
+        memcpy(P, T, sizeof(double) * (size_t)(n * n));
+        double sign = (k % 2) ? -1.0 : 1.0;
+        for (int i = 0; i < n * n; i++) {
+            N[i] += c[k] * P[i];
+            D[i] += sign * c[k] * P[i];
+        }
+    }
+    solve(D, N, n);
+    for (int k = 0; k < s; k++) {
+        matmul_nn(N, N, T, n);
+        memcpy(N, T, sizeof(double) * (size_t)(n * n));
+    }
+    memcpy(out, N, sizeof(double) * (size_t)(n * n));
+}
+
+/* Cyclic Jacobi on the symmetric n x n matrix M (destroyed): eigenvalues in
+ * lambda, eigenvectors as the columns of V (row-major). */
+static void jacobi_eigen(double *M, int n, double *lambda, double *V) {
+    for (int i = 0; i < n * n; i++) V[i] = 0;
+    for (int i = 0; i < n; i++) V[i * n + i] = 1;
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0, total = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                total += M[i * n + j] * M[i * n + j];
+                if (i != j) off += M[i * n + j] * M[i * n + j];
+            }
+        if (off <= 1e-30 * total || off == 0) break;
+        for (int p = 0; p < n; p++) {
+            for (int q = p + 1; q < n; q++) {
+                double apq = M[p * n + q];
+                if (apq == 0) continue;
+                double theta = (M[q * n + q] - M[p * n + p]) / (2 * apq);
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1));
+                double cs = 1 / sqrt(t * t + 1), sn = t * cs;
+                for (int k = 0; k < n; k++) { /* M = J^T M J */
+                    double mkp = M[k * n + p], mkq = M[k * n + q];
+                    M[k * n + p] = cs * mkp - sn * mkq;
+                    M[k * n + q] = sn * mkp + cs * mkq;
+                }
+                for (int k = 0; k < n; k++) {
+                    double mpk = M[p * n + k], mqk = M[q * n + k];
+                    M[p * n + k] = cs * mpk - sn * mqk;
+                    M[q * n + k] = sn * mpk + cs * mqk;
+                }
+                for (int k = 0; k < n; k++) {
+                    double vkp = V[k * n + p], vkq = V[k * n + q];
+                    V[k * n + p] = cs * vkp - sn * vkq;
+                    V[k * n + q] = sn * vkp + cs * vkq;
+                }
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) lambda[i] = M[i * n + i];
+}
+
+/* Removes from x (length n) its components along the first m columns of Q
+ * (twice, for stability); returns the norm of what remains. */
+static double orthogonalize(double *x, const double *Q, int n, int m) {
+    for (int pass = 0; pass < 2; pass++)
+        for (int c = 0; c < m; c++) {
+            double d = 0;
+            for (int i = 0; i < n; i++) d += Q[i * n + c] * x[i];
+            for (int i = 0; i < n; i++) x[i] -= d * Q[i * n + c];
+        }
+    double norm = 0;
+    for (int i = 0; i < n; i++) norm += x[i] * x[i];
+    return sqrt(norm);
+}
+
+int skew_schur(const double *S, int b, double *Q, double *w) {
+    if (b > MAX_BLOCK) return -1;
+    double M[MAX_BLOCK * MAX_BLOCK], V[MAX_BLOCK * MAX_BLOCK], lambda[MAX_BLOCK];
+    int order[MAX_BLOCK], used[MAX_BLOCK];
+    /* M = S^T S = -S^2 is symmetric and positive semi-definite; its
+     * eigenvalues are the w_i^2, each twice. */
+    double scale = 0;
+    for (int i = 0; i < b; i++)
+        for (int j = 0; j < b; j++) {
+            double s = 0;
+            for (int k = 0; k < b; k++) s += S[k * b + i] * S[k * b + j];
+            M[i * b + j] = s;
+            if (fabs(S[i * b + j]) > scale) scale = fabs(S[i * b + j]);
+        }
+    jacobi_eigen(M, b, lambda, V);
+    for (int i = 0; i < b; i++) { order[i] = i; used[i] = 0; }
+    for (int i = 1; i < b; i++) /* insertion sort, largest eigenvalue first */
+        for (int j = i; j > 0 && lambda[order[j]] > lambda[order[j - 1]]; j--) {
+            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+        }
+
+    /* Build Q column by column. For each pair take an eigenvector u of M
+     * (orthogonal to what is chosen), v = S u / |S u|: then S u = w v and
+     * S v = -w u with w = |S u|. The span of the chosen columns is invariant
+     * under S, so its complement is too and the next u stays consistent even
+     * when eigenvalues repeat. A u with S u ~ 0 pairs with any orthogonal
+     * vector, at frequency 0. */
+    double x[MAX_BLOCK], y[MAX_BLOCK];
+    int m = 0; /* columns chosen */
+    double tiny = 1e-13 * (scale > 0 ? scale : 1.0);
+    for (int pair = 0; pair < b / 2; pair++) {
+        double norm = 0;
+        int cand = -1;
+        for (int k = 0; k < b && cand < 0; k++) {
+            if (used[order[k]]) continue;
+            used[order[k]] = 1;
+            for (int i = 0; i < b; i++) x[i] = V[i * b + order[k]];
+            norm = orthogonalize(x, Q, b, m);
+            if (norm > 0.5) cand = order[k];
+        }
+        if (cand < 0) { /* numerically impossible: fall back to a unit vector */
+            for (int e = 0; e < b; e++) {
+                for (int i = 0; i < b; i++) x[i] = (i == e);
+                norm = orthogonalize(x, Q, b, m);
+                if (norm > 0.5) break;
+            }
+        }
+        for (int i = 0; i < b; i++) Q[i * b + m] = x[i] / norm;
+        m++;
+        for (int i = 0; i < b; i++) {
+            double s = 0;
+            for (int k = 0; k < b; k++) s += S[i * b + k] * Q[k * b + (m - 1)];
+            y[i] = s;
+        }
+        double su = orthogonalize(y, Q, b, m);
+        if (su <= tiny) { /* u is in the kernel: pair it with any other kernel vector */
+            su = 0;
+            for (int k = 0; k < b && su <= 0.5; k++) {
+                if (used[order[k]]) continue;
+                for (int i = 0; i < b; i++) y[i] = V[i * b + order[k]];
+                su = orthogonalize(y, Q, b, m);
+                if (su > 0.5) used[order[k]] = 1;
+            }
+            for (int e = 0; e < b && su <= 0.5; e++) {
+                for (int i = 0; i < b; i++) y[i] = (i == e);
+                su = orthogonalize(y, Q, b, m);
+            }
+        }
+        for (int i = 0; i < b; i++) Q[i * b + m] = y[i] / su;
+        m++;
+        /* w = v^T S u, exactly the entry the Schur form has there */
+        double wv = 0;
+        for (int i = 0; i < b; i++) {
+            double s = 0;
+            for (int k = 0; k < b; k++) s += S[i * b + k] * Q[k * b + (m - 2)];
+            wv += Q[i * b + (m - 1)] * s;
+        }
+        w[pair] = wv;
+    }
+    if (b % 2) { /* the last column spans the kernel */
+        double norm = 0;
+        for (int e = 0; e < b && norm <= 0.5; e++) {
+            for (int i = 0; i < b; i++) x[i] = (i == e);
+            norm = orthogonalize(x, Q, b, m);
+        }
+        for (int i = 0; i < b; i++) Q[i * b + m] = x[i] / norm;
+    }
+    return 0;
+}
+
+int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph, int pw,
+                         rotation_table *out) {
+    memset(out, 0, sizeof(*out));
+    out->ph = ph;
+    out->pw = pw;
+    out->tokens = 1 + ph * pw;
+    if (rot->kind == ROT_NONE) return 0;
+    int T = out->tokens, L = rot->layers, H = rot->heads;
+    double *pos = malloc(sizeof(double) * 2 * (size_t)T);
+    if (!pos) return -1;
+    vit_positions(cfg, ph, pw, pos);
+    if (rot->kind == ROT_PAIRS) {
+        int np = rot->npairs;
+        out->floats = (size_t)L * T * H * np * 2;
+        out->data = malloc(sizeof(float) * (out->floats ? out->floats : 1));
+        if (!out->data) { free(pos); return -1; }
+        float *o = out->data;
+        for (int l = 0; l < L; l++)
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < H; h++) {
+                    const double *f = rot->freq + ((size_t)(l * H + h) * np) * 2;
+                    for (int i = 0; i < np; i++) {
+                        double angle = pos[2 * t] * f[2 * i] + pos[2 * t + 1] * f[2 * i + 1];
+                        *o++ = (float)cos(angle);
+                        *o++ = (float)sin(angle);
+                    }
+                }
+    } else {
+        int b = rot->block, nb = rot->nblocks;
+        out->floats = (size_t)L * T * H * nb * b * b;
+        out->data = malloc(sizeof(float) * out->floats);
+        if (!out->data) { free(pos); return -1; }
+        double A[MAX_BLOCK * MAX_BLOCK], R[MAX_BLOCK * MAX_BLOCK];
+        float *o = out->data;
+        for (int l = 0; l < L; l++)
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < H; h++)
+                    for (int j = 0; j < nb; j++) {
+                        const double *g0 = rot->gen + ((((size_t)l * H + h) * 2 + 0) * nb + j) * b * b;
+                        const double *g1 = rot->gen + ((((size_t)l * H + h) * 2 + 1) * nb + j) * b * b;
+                        for (int i = 0; i < b * b; i++)
+                            A[i] = pos[2 * t] * g0[i] + pos[2 * t + 1] * g1[i];
+                        expm_double(A, b, R);
+                        for (int i = 0; i < b * b; i++) *o++ = (float)R[i];
+                    }
+    }
+    free(pos);
+    return 0;
+}
+
+void rotation_table_free(rotation_table *t) {
+    free(t->data);
+    memset(t, 0, sizeof(*t));
+}
+
+void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
+                    float *qkv, int ld, int tokens) {
+    int H = rot->heads, hd = rot->head_dim, D = H * hd;
+    if (rot->kind == ROT_PAIRS) {
+        int np = rot->npairs;
+        for (int t = 0; t < tokens; t++) {
+            const float *cs = table->data + (((size_t)layer * table->tokens + t) * H) * np * 2;
+            for (int which = 0; which < 2; which++) { /* q, then k */
+                float *x = qkv + (size_t)t * ld + which * D;
+                for (int h = 0; h < H; h++) {
+                    float *xh = x + h * hd;
+                    const float *c = cs + (size_t)h * np * 2;
+                    for (int i = 0; i < np; i++) {
+                        float x0 = xh[2 * i], x1 = xh[2 * i + 1];
+                        float co = c[2 * i], si = c[2 * i + 1];
+                        xh[2 * i] = co * x0 - si * x1;
+                        xh[2 * i + 1] = si * x0 + co * x1;
+                    }
+                }
+            }
+        }
+    } else if (rot->kind == ROT_BLOCKS) {
+        int b = rot->block, nb = rot->nblocks;
+        float tmp[MAX_BLOCK];
+        for (int t = 0; t < tokens; t++) {
+            const float *Rt = table->data + (((size_t)layer * table->tokens + t) * H) * nb * b * b;
+            for (int which = 0; which < 2; which++) {
+                float *x = qkv + (size_t)t * ld + which * D;
+                for (int h = 0; h < H; h++)
+                    for (int j = 0; j < nb; j++) {
+                        float *xb = x + h * hd + j * b;
+                        const float *R = Rt + ((size_t)h * nb + j) * b * b;
+                        for (int r = 0; r < b; r++) {
+                            float s = 0;
+                            for (int k = 0; k < b; k++) s += R[r * b + k] * xb[k];
+                            tmp[r] = s;
+                        }
+                        memcpy(xb, tmp, sizeof(float) * (size_t)b);
+                    }
+            }
+        }
+    }
+}
+
+void vit_rotation_free(vit_rotation *rot) {
+    free(rot->freq);
+    free(rot->gen);
+    memset(rot, 0, sizeof(*rot));
+}

@@ -1,0 +1,279 @@
+/* safetensors.c: mmap + validation of model.safetensors (see safetensors.h).
+ *
+ * Layout: 8-byte little-endian header length N, N bytes of JSON
+ * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}},
+ * then the data section; offsets are relative to its start. */
+#include "safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The JSON header of a real checkpoint is a few hundred bytes per tensor;
+ * 100 MB (the limit of the reference implementation) is generous. */
+#define ST_MAX_HEADER (100u << 20)
+
+static size_t dtype_size(st_dtype t) { return t == ST_F32 ? 4 : 2; }
+
+static int compare_begin(const void *a, const void *b) {
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    return (x->begin > y->begin) - (x->begin < y->begin);
+}
+
+/* Parses one header entry into t. */
+static int parse_entry(const char *path, const char *name, json_t *v, size_t data_size,
+                       st_tensor *t, char *err, size_t errlen) {
+    if (!json_is_object(v)) {
+        snprintf(err, errlen, "%s: tensor \"%s\": header entry is not an object", path, name);
+        return -1;
+    }
+    json_t *dt = json_object_get(v, "dtype"), *shape = json_object_get(v, "shape"),
+           *offs = json_object_get(v, "data_offsets");
+    if (!json_is_string(dt)) {
+        snprintf(err, errlen, "%s: tensor \"%s\": missing dtype", path, name);
+        return -1;
+    }
+    const char *d = json_string_value(dt);
+    if (strcmp(d, "F32") == 0) t->dtype = ST_F32;
+    else if (strcmp(d, "F16") == 0) t->dtype = ST_F16;
+    else if (strcmp(d, "BF16") == 0) t->dtype = ST_BF16;
+    else {
+        snprintf(err, errlen, "%s: tensor \"%s\": unsupported dtype %.16s (F32, F16 or BF16)",
+                 path, name, d);
+        return -1;
+    }
+    if (!json_is_array(shape) || json_array_size(shape) > ST_MAX_DIMS) {
+        snprintf(err, errlen, "%s: tensor \"%s\": shape must be an array of at most %d ints",
+                 path, name, ST_MAX_DIMS);
+        return -1;
+    }
+    t->ndim = (int)json_array_size(shape);
+    t->count = 1;
+    for (int i = 0; i < t->ndim; i++) {
+        json_t *s = json_array_get(shape, (size_t)i);
+        if (!json_is_integer(s) || json_integer_value(s) < 0) {
+            snprintf(err, errlen, "%s: tensor \"%s\": shape entries must be non-negative ints",
+                     path, name);
+            return -1;
+        }
+        t->shape[i] = json_integer_value(s);
+        /* Every tensor must fit in the file, so a product beyond its size is a lie. */
+        if (t->shape[i] > 0 && t->count > (int64_t)(data_size + 1) / t->shape[i] + 1) {
+            snprintf(err, errlen, "%s: tensor \"%s\": shape is larger than the file", path, name);
+            return -1;
+        }
+        t->count *= t->shape[i];
+    }
+    if (!json_is_array(offs) || json_array_size(offs) != 2 ||
+        !json_is_integer(json_array_get(offs, 0)) || !json_is_integer(json_array_get(offs, 1))) {
+        snprintf(err, errlen, "%s: tensor \"%s\": data_offsets must be [begin, end]", path, name);
+        return -1;
+    }
+    json_int_t b = json_integer_value(json_array_get(offs, 0));
+    json_int_t e = json_integer_value(json_array_get(offs, 1));
+    if (b < 0 || e < b || (uint64_t)e > data_size) {
+        snprintf(err, errlen,
+                 "%s: tensor \"%s\": data_offsets [%lld, %lld] outside the data section (%zu bytes)",
+                 path, name, (long long)b, (long long)e, data_size);
+        return -1;
+    }
+    if ((uint64_t)(e - b) != (uint64_t)t->count * dtype_size(t->dtype)) {
+        snprintf(err, errlen,
+                 "%s: tensor \"%s\": data_offsets span %lld bytes but the shape needs %lld",
+                 path, name, (long long)(e - b), (long long)(t->count * (int64_t)dtype_size(t->dtype)));
+        return -1;
+    }
+    t->begin = (size_t)b;
+    t->end = (size_t)e;
+    return 0;
+}
+
+int safetensors_open(const char *path, safetensors_file *f, char *err, size_t errlen) {
+    int fd = -1, rc = -1;
+    json_t *root = NULL;
+    st_tensor **sorted = NULL;
+
+    memset(f, 0, sizeof(*f));
+    f->map = MAP_FAILED;
+    f->path = strdup(path);
+    if (!f->path) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto cleanup;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        goto cleanup;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        goto cleanup;
+    }
+    if (st.st_size < 8) {
+        snprintf(err, errlen, "%s: truncated: %lld bytes, shorter than the 8-byte header length",
+                 path, (long long)st.st_size);
+        goto cleanup;
+    }
+    f->map_size = (size_t)st.st_size;
+    f->map = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (f->map == MAP_FAILED) {
+        snprintf(err, errlen, "%s: mmap failed: %s", path, strerror(errno));
+        goto cleanup;
+    }
+    const uint8_t *p = f->map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
+    if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > f->map_size - 8) {
+        snprintf(err, errlen,
+                 "%s: header length %llu is impossible for a file of %zu bytes", path,
+                 (unsigned long long)hlen, f->map_size);
+        goto cleanup;
+    }
+    f->data = p + 8 + hlen;
+    f->data_size = f->map_size - 8 - (size_t)hlen;
+
+    json_error_t jerr;
+    root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root || !json_is_object(root)) {
+        snprintf(err, errlen, "%s: header is not a JSON object (%s)", path,
+                 root ? "wrong type" : jerr.text);
+        goto cleanup;
+    }
+    size_t n = json_object_size(root);
+    f->tensors = calloc(n ? n : 1, sizeof(st_tensor));
+    sorted = calloc(n ? n : 1, sizeof(st_tensor *));
+    if (!f->tensors || !sorted) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto cleanup;
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(root, name, v) {
+        if (strcmp(name, "__metadata__") == 0) continue;
+        st_tensor *t = &f->tensors[f->n];
+        if (parse_entry(path, name, v, f->data_size, t, err, errlen) != 0) goto cleanup;
+        t->name = strdup(name);
+        if (!t->name) {
+            snprintf(err, errlen, "%s: out of memory", path);
+            goto cleanup;
+        }
+        sorted[f->n] = t;
+        f->n++;
+    }
+    /* No two tensors may share bytes (empty tensors share nothing). */
+    qsort(sorted, (size_t)f->n, sizeof(*sorted), compare_begin);
+    for (int i = 1; i < f->n; i++) {
+        const st_tensor *a = sorted[i - 1], *b = sorted[i];
+        if (a->end > b->begin && a->end > a->begin && b->end > b->begin) {
+            snprintf(err, errlen, "%s: tensors \"%s\" and \"%s\" overlap", path, a->name, b->name);
+            goto cleanup;
+        }
+    }
+    rc = 0;
+cleanup:
+    if (fd >= 0) close(fd);
+    if (root) json_decref(root);
+    free(sorted);
+    if (rc != 0) safetensors_close(f);
+    return rc;
+}
+
+void safetensors_close(safetensors_file *f) {
+    if (f->map && f->map != MAP_FAILED) munmap(f->map, f->map_size);
+    if (f->tensors)
+        for (int i = 0; i < f->n; i++) free(f->tensors[i].name);
+    free(f->tensors);
+    free(f->path);
+    memset(f, 0, sizeof(*f));
+}
+
+static st_tensor *find(const safetensors_file *f, const char *name) {
+    for (int i = 0; i < f->n; i++)
+        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
+    return NULL;
+}
+
+int safetensors_has(const safetensors_file *f, const char *name) { return find(f, name) != NULL; }
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) bits = sign;
+        else { /* subnormal: value = mant * 2^-24 */
+            float v = (float)mant * (1.0f / 16777216.0f);
+            return sign ? -v : v;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+int safetensors_take(safetensors_file *f, const char *name, int ndim, const int64_t *shape,
+                     float *dst, char *err, size_t errlen) {
+    st_tensor *t = find(f, name);
+    if (!t) {
+        snprintf(err, errlen, "%s: tensor \"%s\" is missing", f->path, name);
+        return -1;
+    }
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char got[128] = "", want[128] = "";
+        size_t g = 0, w = 0;
+        for (int i = 0; i < t->ndim && g < sizeof(got); i++)
+            g += (size_t)snprintf(got + g, sizeof(got) - g, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        for (int i = 0; i < ndim && w < sizeof(want); i++)
+            w += (size_t)snprintf(want + w, sizeof(want) - w, "%s%lld", i ? ", " : "", (long long)shape[i]);
+        snprintf(err, errlen, "%s: tensor \"%s\" has shape [%s] but the config implies [%s]",
+                 f->path, name, got, want);
+        return -1;
+    }
+    const uint8_t *src = f->data + t->begin;
+    for (int64_t i = 0; i < t->count; i++) {
+        float v;
+        if (t->dtype == ST_F32) {
+            memcpy(&v, src + 4 * i, 4);
+        } else {
+            uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8));
+            if (t->dtype == ST_F16) v = half_to_float(h);
+            else {
+                uint32_t bits = (uint32_t)h << 16;
+                memcpy(&v, &bits, 4);
+            }
+        }
+        if (!isfinite(v)) {
+            snprintf(err, errlen, "%s: tensor \"%s\" holds a NaN or an infinity (element %lld)",
+                     f->path, name, (long long)i);
+            return -1;
+        }
+        dst[i] = v;
+    }
+    t->used = 1;
+    return 0;
+}
+
+int safetensors_check_all_used(const safetensors_file *f, char *err, size_t errlen) {
+    for (int i = 0; i < f->n; i++) {
+        if (!f->tensors[i].used) {
+            snprintf(err, errlen,
+                     "%s: unexpected tensor \"%s\" (the config does not describe these weights)",
+                     f->path, f->tensors[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,719 @@
+/* vit.c: loading a ComRoPE ViT checkpoint and its forward pass (see vit.h).
+ *
+ * Read top to bottom: the parameter layout, loading (with the ComRoPE Schur
+ * fold), the workspace, then the forward: patch embedding, APE, pre-LN, the
+ * encoder layers (LN1, fused QKV, rotation, attention per image, out_proj,
+ * LN2, MLP), post-LN of the class token and the head.
+ *
+ * The spec is ../shared/spec/model.md; the comments name its sections. */
+#include "vit.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "kernels.h"
+#include "safetensors.h"
+
+/* ------------------------------------------------------------------------ */
+/* Parameter layout: every weight is a slice of one float allocation.        */
+
+/* Sizes of the slices, in the order they are carved out of m->params. */
+typedef struct {
+    size_t patch_w, class_emb, ape_mid, pre_ln, layer, post_ln, head_w, head_b, head2_w, head2_b;
+} param_sizes;
+
+static param_sizes sizes_of(const vit_config *c) {
+    size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, K = (size_t)c->num_class;
+    size_t M = (size_t)c->mlp_intermediate, C = (size_t)c->num_channels, p = (size_t)c->patch_size;
+    param_sizes s;
+    s.patch_w = D * C * p * p;
+    s.class_emb = D;
+    s.ape_mid = c->has_ape ? (size_t)c->ape_side * D : 0;
+    s.pre_ln = 2 * D;
+    /* ln1 (2D) + qkv (3D*D + 3D) + out (D*D + D) + ln2 (2D) + fc1 (I*D + I) + fc2 (D*I + D) */
+    s.layer = 2 * D + 3 * D * D + 3 * D + D * D + D + 2 * D + I * D + I + D * I + D;
+    s.post_ln = 2 * D;
+    s.head_w = (M ? M : K) * D;
+    s.head_b = M ? M : K;
+    s.head2_w = M ? K * M : 0;
+    s.head2_b = M ? K : 0;
+    return s;
+}
+
+static float *carve(float **cursor, size_t n) {
+    float *p = *cursor;
+    *cursor += n;
+    return n ? p : NULL;
+}
+
+static void point_weights(vit_model *m) {
+    const vit_config *c = &m->cfg;
+    param_sizes s = sizes_of(c);
+    size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
+    float *cur = m->params;
+    vit_weights *w = &m->w;
+    w->patch_w = carve(&cur, s.patch_w);
+    w->class_emb = carve(&cur, s.class_emb);
+    w->ape_mid = carve(&cur, s.ape_mid);
+    w->pre_ln_w = carve(&cur, D);
+    w->pre_ln_b = carve(&cur, D);
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        vit_layer *L = &w->layers[l];
+        L->ln1_w = carve(&cur, D);
+        L->ln1_b = carve(&cur, D);
+        L->qkv_w = carve(&cur, 3 * D * D);
+        L->qkv_b = carve(&cur, 3 * D);
+        L->out_w = carve(&cur, D * D);
+        L->out_b = carve(&cur, D);
+        L->ln2_w = carve(&cur, D);
+        L->ln2_b = carve(&cur, D);
+        L->fc1_w = carve(&cur, I * D);
+        L->fc1_b = carve(&cur, I);
+        L->fc2_w = carve(&cur, D * I);
+        L->fc2_b = carve(&cur, D);
+    }
+    w->post_ln_w = carve(&cur, D);
+    w->post_ln_b = carve(&cur, D);
+    w->head_w = carve(&cur, s.head_w);
+    w->head_b = carve(&cur, s.head_b);
+    w->head2_w = carve(&cur, s.head2_w);
+    w->head2_b = carve(&cur, s.head2_b);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loading                                                                   */
+
+/* Takes one tensor into dst; the shape is given as up to 5 dimensions. */
+static int take(safetensors_file *f, const char *name, float *dst, char *err, size_t errlen,
+                int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3, int64_t d4) {
+    int64_t shape[5] = {d0, d1, d2, d3, d4};
+    return safetensors_take(f, name, ndim, shape, dst, err, errlen);
+}
+
+/* The APE table (1, P0, P0, D) reduced to its middle column (P0, D). The
+ * official sampling (a 5-D grid_sample with grid (0, 2*pos_0-1, 2*pos_1-1))
+ * reads column (P0-1)/2 only: the average of the two middle columns when P0
+ * is even. */
+static int load_ape(safetensors_file *f, const vit_config *c, float *ape_mid, char *err,
+                    size_t errlen) {
+    size_t P0 = (size_t)c->ape_side, D = (size_t)c->hidden_size;
+    float *table = malloc(sizeof(float) * P0 * P0 * D);
+    if (!table) {
+        snprintf(err, errlen, "out of memory for the position embedding");
+        return -1;
+    }
+    int rc = take(f, "vision_model.embeddings.position_embedding", table, err, errlen, 4, 1,
+                  (int64_t)P0, (int64_t)P0, (int64_t)D, 0);
+    if (rc == 0) {
+        size_t lo = (P0 - 1) / 2, hi = P0 / 2; /* equal when P0 is odd */
+        for (size_t r = 0; r < P0; r++)
+            for (size_t d = 0; d < D; d++) {
+                float a = table[(r * P0 + lo) * D + d], b = table[(r * P0 + hi) * D + d];
+                ape_mid[r * D + d] = lo == hi ? a : 0.5f * a + 0.5f * b;
+            }
+    }
+    free(table);
+    return rc;
+}
+
+/* comrope-ap / comrope-ld: fold each block's Schur basis into the q and k
+ * rows of the layer (spec: "Attention with rotation"). For block j of head h
+ * with S_j = F_j - F_j^T = Q_j W Q_j^T, R_j(s) q = Q_j rot(w s) Q_j^T q, and
+ * q'.k' only sees Q_j^T q and Q_j^T k, so the rows of W_q and W_k become
+ * Q_j^T times themselves and the layer is pairwise RoPE with frequencies w.
+ * The pairs of all blocks come first in the head (channels 2i, 2i+1), the
+ * one non-rotating channel of each odd block after them. */
+static int fold_commuting(vit_model *m, int layer, const float *freqs, const float *multiplier,
+                          char *err, size_t errlen) {
+    const vit_config *c = &m->cfg;
+    int H = c->num_attention_heads, hd = c->head_dim, D = c->hidden_size, b = c->block_size;
+    int nb = hd / b, half = b / 2, np = nb * half;
+    vit_layer *L = &m->w.layers[layer];
+    double S[64 * 64], Q[64 * 64], w[32];
+    double *rows = malloc(sizeof(double) * (size_t)hd * (D + 1));
+    if (!rows) {
+        snprintf(err, errlen, "out of memory folding layer %d", layer);
+        return -1;
+    }
+    for (int h = 0; h < H; h++) {
+        double *f = m->rot.freq + ((size_t)layer * H + h) * np * 2;
+        for (int which = 0; which < 2; which++) { /* q rows, then k rows */
+            float *W = L->qkv_w + ((size_t)which * D + (size_t)h * hd) * D;
+            float *B = L->qkv_b + (size_t)which * D + (size_t)h * hd;
+            for (int j = 0; j < nb; j++) {
+                const float *F = freqs + ((size_t)h * nb + j) * b * b;
+                for (int r = 0; r < b; r++)
+                    for (int k = 0; k < b; k++)
+                        S[r * b + k] = (double)F[r * b + k] - (double)F[k * b + r];
+                skew_schur(S, b, Q, w);
+                for (int col = 0; col < b; col++) {
+                    /* new channel of column col of Q_j */
+                    int ch = col < 2 * half ? 2 * (j * half + col / 2) + col % 2 : 2 * np + j;
+                    double *row = rows + (size_t)ch * (D + 1);
+                    for (int i = 0; i <= D; i++) row[i] = 0;
+                    for (int r = 0; r < b; r++) {
+                        double q = Q[r * b + col];
+                        const float *src = W + (size_t)(j * b + r) * D;
+                        for (int i = 0; i < D; i++) row[i] += q * src[i];
+                        row[D] += q * B[j * b + r];
+                    }
+                }
+                if (which == 0) {
+                    for (int i = 0; i < half; i++) {
+                        int a = (j * half + i);
+                        double s0, s1; /* the block's scalar s = pos_0*s0 + pos_1*s1 */
+                        if (c->custom_pe_type == PE_COMROPE_AP) {
+                            s0 = (j % 2 == 0);
+                            s1 = (j % 2 == 1);
+                        } else {
+                            s0 = multiplier[j];
+                            s1 = multiplier[nb + j];
+                        }
+                        f[2 * a] = w[i] * s0;
+                        f[2 * a + 1] = w[i] * s1;
+                    }
+                }
+            }
+            for (int ch = 0; ch < hd; ch++) {
+                for (int i = 0; i < D; i++) W[(size_t)ch * D + i] = (float)rows[(size_t)ch * (D + 1) + i];
+                B[ch] = (float)rows[(size_t)ch * (D + 1) + D];
+            }
+        }
+    }
+    free(rows);
+    return 0;
+}
+
+/* Reads the layer's attention weights (fused into qkv) and its rotation. */
+static int load_attention(vit_model *m, safetensors_file *f, int l, char *err, size_t errlen) {
+    const vit_config *c = &m->cfg;
+    int D = c->hidden_size, H = c->num_attention_heads, hd = c->head_dim, b = c->block_size;
+    int nb = hd / b;
+    vit_layer *L = &m->w.layers[l];
+    char name[256];
+    const char *proj[3] = {"q_proj", "k_proj", "v_proj"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.%s.weight", l, proj[i]);
+        if (take(f, name, L->qkv_w + (size_t)i * D * D, err, errlen, 2, D, D, 0, 0, 0)) return -1;
+        snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.%s.bias", l, proj[i]);
+        if (take(f, name, L->qkv_b + (size_t)i * D, err, errlen, 1, D, 0, 0, 0, 0)) return -1;
+    }
+    snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.out_proj.weight", l);
+    if (take(f, name, L->out_w, err, errlen, 2, D, D, 0, 0, 0)) return -1;
+    snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.out_proj.bias", l);
+    if (take(f, name, L->out_b, err, errlen, 1, D, 0, 0, 0, 0)) return -1;
+
+    pe_type pe = c->custom_pe_type;
+    int rc = -1;
+    float *freqs = NULL, *mult = NULL;
+    if (pe == PE_COMROPE_AP || pe == PE_COMROPE_LD || pe == PE_LIERE) {
+        int axes = pe == PE_LIERE ? 2 : 1;
+        freqs = malloc(sizeof(float) * (size_t)H * axes * nb * b * b);
+        mult = malloc(sizeof(float) * 2 * (size_t)nb);
+        if (!freqs || !mult) {
+            snprintf(err, errlen, "out of memory for layer %d's rotation", l);
+            goto cleanup;
+        }
+        snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.freqs", l);
+        if (take(f, name, freqs, err, errlen, 5, H, axes, nb, b, b)) goto cleanup;
+        if (pe == PE_COMROPE_LD) {
+            snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.multiplier", l);
+            if (take(f, name, mult, err, errlen, 5, 1, 2, nb, 1, 1)) goto cleanup;
+        }
+    }
+    if (pe == PE_COMROPE_AP || pe == PE_COMROPE_LD) {
+        if (fold_commuting(m, l, freqs, mult, err, errlen)) goto cleanup;
+    } else if (pe == PE_LIERE) {
+        /* generator of axis a, block j: (F_{a,j} - F_{a,j}^T) / scale_factor, in double */
+        for (int h = 0; h < H; h++)
+            for (int a = 0; a < 2; a++)
+                for (int j = 0; j < nb; j++) {
+                    const float *F = freqs + (((size_t)h * 2 + a) * nb + j) * b * b;
+                    double *G = m->rot.gen + ((((size_t)l * H + h) * 2 + a) * nb + j) * b * b;
+                    for (int r = 0; r < b; r++)
+                        for (int k = 0; k < b; k++)
+                            G[r * b + k] = ((double)F[r * b + k] - (double)F[k * b + r]) /
+                                           c->scale_factor;
+                }
+    } else if (pe == PE_VANILLA_ROPE) {
+        /* pair j of a head: axis j / n, frequency theta_base^(j mod n), n = head_dim/4 */
+        int n = hd / 4;
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < hd / 2; j++) {
+                double *fr = m->rot.freq + (((size_t)l * H + h) * (hd / 2) + j) * 2;
+                double t = pow(c->theta_base, j % n);
+                fr[0] = j / n == 0 ? t : 0;
+                fr[1] = j / n == 1 ? t : 0;
+            }
+    }
+    /* q = q_proj(x) * head_dim^-0.5: folded into the q rows */
+    float scale = 1.0f / sqrtf((float)hd);
+    for (size_t i = 0; i < (size_t)D * D; i++) L->qkv_w[i] *= scale;
+    for (int i = 0; i < D; i++) L->qkv_b[i] *= scale;
+    rc = 0;
+cleanup:
+    free(freqs);
+    free(mult);
+    return rc;
+}
+
+static int init_rotation(vit_model *m, char *err, size_t errlen) {
+    const vit_config *c = &m->cfg;
+    vit_rotation *r = &m->rot;
+    r->layers = c->num_hidden_layers;
+    r->heads = c->num_attention_heads;
+    r->head_dim = c->head_dim;
+    size_t LH = (size_t)r->layers * r->heads;
+    switch (c->custom_pe_type) {
+    case PE_VANILLA_ROPE:
+    case PE_COMROPE_AP:
+    case PE_COMROPE_LD:
+        r->kind = ROT_PAIRS;
+        r->npairs = c->custom_pe_type == PE_VANILLA_ROPE
+                        ? c->head_dim / 2
+                        : (c->head_dim / c->block_size) * (c->block_size / 2);
+        r->freq = calloc(LH * r->npairs * 2 + 1, sizeof(double));
+        if (!r->freq) goto oom;
+        break;
+    case PE_LIERE:
+        r->kind = ROT_BLOCKS;
+        r->block = c->block_size;
+        r->nblocks = c->head_dim / c->block_size;
+        r->gen = calloc(LH * 2 * r->nblocks * r->block * r->block, sizeof(double));
+        if (!r->gen) goto oom;
+        break;
+    default:
+        r->kind = ROT_NONE;
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory for the rotation parameters");
+    return -1;
+}
+
+static int load_weights(vit_model *m, safetensors_file *f, char *err, size_t errlen) {
+    const vit_config *c = &m->cfg;
+    int D = c->hidden_size, I = c->intermediate_size, K = c->num_class, M = c->mlp_intermediate;
+    int C = c->num_channels, p = c->patch_size;
+    vit_weights *w = &m->w;
+    char name[256];
+
+    if (take(f, "vision_model.embeddings.patch_embedding.weight", w->patch_w, err, errlen, 4, D,
+             C, p, p, 0)) return -1;
+    if (take(f, "vision_model.embeddings.class_embedding", w->class_emb, err, errlen, 1, D, 0, 0,
+             0, 0)) return -1;
+    if (c->has_ape) {
+        if (load_ape(f, c, w->ape_mid, err, errlen)) return -1;
+    } else if (safetensors_has(f, "vision_model.embeddings.position_embedding")) {
+        snprintf(err, errlen,
+                 "%s: tensor \"vision_model.embeddings.position_embedding\" is present but "
+                 "config.json has keep_ape true (which means no APE table)", f->path);
+        return -1;
+    }
+    if (take(f, "vision_model.pre_layrnorm.weight", w->pre_ln_w, err, errlen, 1, D, 0, 0, 0, 0) ||
+        take(f, "vision_model.pre_layrnorm.bias", w->pre_ln_b, err, errlen, 1, D, 0, 0, 0, 0))
+        return -1;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        vit_layer *L = &w->layers[l];
+        struct { const char *suffix; float *dst; int rows, cols; } t[] = {
+            {"layer_norm1.weight", L->ln1_w, D, 0}, {"layer_norm1.bias", L->ln1_b, D, 0},
+            {"layer_norm2.weight", L->ln2_w, D, 0}, {"layer_norm2.bias", L->ln2_b, D, 0},
+            {"mlp.fc1.weight", L->fc1_w, I, D},     {"mlp.fc1.bias", L->fc1_b, I, 0},
+            {"mlp.fc2.weight", L->fc2_w, D, I},     {"mlp.fc2.bias", L->fc2_b, D, 0},
+        };
+        for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+            snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.%s", l, t[i].suffix);
+            if (take(f, name, t[i].dst, err, errlen, t[i].cols ? 2 : 1, t[i].rows, t[i].cols, 0,
+                     0, 0)) return -1;
+        }
+        if (load_attention(m, f, l, err, errlen)) return -1;
+    }
+    if (take(f, "vision_model.post_layernorm.weight", w->post_ln_w, err, errlen, 1, D, 0, 0, 0, 0) ||
+        take(f, "vision_model.post_layernorm.bias", w->post_ln_b, err, errlen, 1, D, 0, 0, 0, 0))
+        return -1;
+    if (M == 0) {
+        if (take(f, "classification_head.weight", w->head_w, err, errlen, 2, K, D, 0, 0, 0) ||
+            take(f, "classification_head.bias", w->head_b, err, errlen, 1, K, 0, 0, 0, 0))
+            return -1;
+    } else {
+        if (take(f, "classification_head.0.weight", w->head_w, err, errlen, 2, M, D, 0, 0, 0) ||
+            take(f, "classification_head.0.bias", w->head_b, err, errlen, 1, M, 0, 0, 0, 0) ||
+            take(f, "classification_head.2.weight", w->head2_w, err, errlen, 2, K, M, 0, 0, 0) ||
+            take(f, "classification_head.2.bias", w->head2_b, err, errlen, 1, K, 0, 0, 0, 0))
+            return -1;
+    }
+    return safetensors_check_all_used(f, err, errlen);
+}
+
+/* The token-wise matrices, packed once for gemm_forward. */
+static int pack_weights(vit_model *m) {
+    const vit_config *c = &m->cfg;
+    int D = c->hidden_size, I = c->intermediate_size;
+    int P = c->num_channels * c->patch_size * c->patch_size;
+    if (gemm_pack(m->w.patch_w, D, P, &m->w.patch)) return -1;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        vit_layer *L = &m->w.layers[l];
+        if (gemm_pack(L->qkv_w, 3 * D, D, &L->qkv) || gemm_pack(L->out_w, D, D, &L->out) ||
+            gemm_pack(L->fc1_w, I, D, &L->fc1) || gemm_pack(L->fc2_w, D, I, &L->fc2))
+            return -1;
+    }
+    return 0;
+}
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int vit_load(const char *dir, vit_model **out, char *err, size_t errlen) {
+    char path[4096];
+    vit_model *m = NULL;
+    safetensors_file f;
+    int have_file = 0, rc = -1;
+
+    *out = NULL;
+    m = calloc(1, sizeof(*m));
+    if (!m || !(m->dir = strdup(dir))) {
+        snprintf(err, errlen, "out of memory");
+        goto cleanup;
+    }
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    if (!file_exists(path)) {
+        snprintf(err, errlen, "%s: no config.json in the model directory", dir);
+        goto cleanup;
+    }
+    if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
+    snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
+    m->prep = image_prep_default();
+    if (file_exists(path) && image_prep_load(path, &m->prep, err, errlen)) goto cleanup;
+
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    if (!file_exists(path)) {
+        snprintf(err, errlen, "%s: no model.safetensors in the model directory", dir);
+        goto cleanup;
+    }
+    if (safetensors_open(path, &f, err, errlen)) goto cleanup;
+    have_file = 1;
+
+    param_sizes s = sizes_of(&m->cfg);
+    m->num_params = s.patch_w + s.class_emb + s.ape_mid + s.pre_ln +
+                    s.layer * (size_t)m->cfg.num_hidden_layers + s.post_ln + s.head_w + s.head_b +
+                    s.head2_w + s.head2_b;
+    /* The weights are in the file; a config that claims far more than the
+     * file holds is refused before we allocate for it. */
+    if (m->num_params > f.data_size / 2 + 1024 + (size_t)m->cfg.hidden_size * m->cfg.hidden_size) {
+        snprintf(err, errlen,
+                 "%s: config.json describes %zu parameters, more than model.safetensors holds",
+                 dir, m->num_params);
+        goto cleanup;
+    }
+    m->params = malloc(sizeof(float) * m->num_params);
+    m->w.layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof(vit_layer));
+    if (!m->params || !m->w.layers) {
+        snprintf(err, errlen, "out of memory for %zu parameters", m->num_params);
+        goto cleanup;
+    }
+    point_weights(m);
+    if (init_rotation(m, err, errlen)) goto cleanup;
+    if (load_weights(m, &f, err, errlen)) goto cleanup;
+    if (pack_weights(m)) {
+        snprintf(err, errlen, "out of memory packing the weights");
+        goto cleanup;
+    }
+    /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
+    m->max_tokens = 4097;
+    rc = 0;
+cleanup:
+    if (have_file) safetensors_close(&f);
+    if (rc != 0 && m) {
+        vit_free(m);
+        m = NULL;
+    }
+    *out = m;
+    return rc;
+}
+
+void vit_free(vit_model *m) {
+    if (!m) return;
+    vit_config_free(&m->cfg);
+    vit_rotation_free(&m->rot);
+    gemm_pack_free(&m->w.patch);
+    for (int l = 0; m->w.layers && l < m->cfg.num_hidden_layers; l++) {
+        vit_layer *L = &m->w.layers[l];
+        gemm_pack_free(&L->qkv);
+        gemm_pack_free(&L->out);
+        gemm_pack_free(&L->fc1);
+        gemm_pack_free(&L->fc2);
+    }
+    free(m->params);
+    free(m->w.layers);
+    free(m->dir);
+    free(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Workspace                                                                 */
+
+vit_workspace *vit_workspace_new(const vit_model *m) {
+    vit_workspace *ws = calloc(1, sizeof(*ws));
+    if (ws) ws->model = m;
+    return ws;
+}
+
+void vit_workspace_free(vit_workspace *ws) {
+    if (!ws) return;
+    for (int i = 0; i < VIT_ROTATION_CACHE; i++) rotation_table_free(&ws->cache[i]);
+    free(ws->arena);
+    free(ws);
+}
+
+/* The cached table of a ph x pw grid, built on first use. An entry used by
+ * the current batch (stamp == clock) is never evicted; the least recently
+ * used other one is. Returns NULL when out of memory or when a single batch
+ * holds more distinct grids than the cache has entries. */
+static const rotation_table *rotation_for(vit_workspace *ws, int ph, int pw) {
+    int victim = -1;
+    for (int i = 0; i < VIT_ROTATION_CACHE; i++) {
+        rotation_table *t = &ws->cache[i];
+        if (t->tokens && t->ph == ph && t->pw == pw) {
+            ws->cache_stamp[i] = ws->clock;
+            return t;
+        }
+        if (ws->cache_stamp[i] == ws->clock && t->tokens) continue;
+        if (victim < 0 || !t->tokens || (ws->cache[victim].tokens && ws->cache_stamp[i] < ws->cache_stamp[victim]))
+            victim = i;
+    }
+    if (victim < 0) return NULL;
+    rotation_table_free(&ws->cache[victim]);
+    if (rotation_table_build(&ws->model->rot, &ws->model->cfg, ph, pw, &ws->cache[victim]))
+        return NULL;
+    ws->cache_stamp[victim] = ws->clock;
+    return &ws->cache[victim];
+}
+
+/* Activation buffers for a batch of T tokens (the largest image has Tmax). */
+typedef struct {
+    float *x;        // (T, D) the residual stream
+    float *xn;       // (T, D) normalized input of a sublayer
+    float *qkv;      // (T, 3D)
+    float *attn;     // (T, D) attention output before out_proj
+    float *mlp;      // (T, I)
+    float *patches;  // (T, C*p*p) im2col of every image (class rows unused)
+    float *scores;   // (Tmax, Tmax)
+    float *head;     // (max(D, M)) one image's head input/hidden
+} activations;
+
+static size_t plan(const vit_config *c, size_t T, size_t Tmax, activations *a, float *base) {
+    size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
+    size_t P = (size_t)c->num_channels * c->patch_size * c->patch_size;
+    size_t M = (size_t)c->mlp_intermediate;
+    size_t sizes[8] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P, Tmax * Tmax,
+                       (M > D ? M : D) + (size_t)c->num_class};
+    float **slots[8] = {&a->x, &a->xn, &a->qkv, &a->attn, &a->mlp, &a->patches, &a->scores, &a->head};
+    size_t total = 0;
+    for (int i = 0; i < 8; i++) {
+        if (base) *slots[i] = base + total;
+        total += (sizes[i] + 15) & ~(size_t)15; /* keep every buffer 64-byte aligned */
+    }
+    return total;
+}
+
+/* Grows the arena when a batch needs more; writes every new page once now
+ * so that first-touch faults are paid here, not inside the GEMMs. */
+static int reserve(vit_workspace *ws, size_t floats) {
+    if (floats <= ws->arena_floats) return 0;
+    free(ws->arena);
+    ws->arena = NULL;
+    ws->arena_floats = 0;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, floats * sizeof(float)) != 0) return -1;
+    memset(p, 0, floats * sizeof(float));
+    ws->arena = p;
+    ws->arena_floats = floats;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forward                                                                   */
+
+int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t errlen) {
+    int p = m->cfg.patch_size;
+    int dims[2] = {h, w};
+    const char *axis[2] = {"height", "width"};
+    for (int i = 0; i < 2; i++) {
+        int v = dims[i];
+        if (v < p || v % p != 0) {
+            int lo = (v / p) * p, hi = lo + p;
+            if (lo < p)
+                snprintf(err, errlen, "%s %d is smaller than the patch size %d; the smallest valid is %d",
+                         axis[i], v, p, p);
+            else
+                snprintf(err, errlen,
+                         "%s %d is not a multiple of the patch size %d; nearest valid: %d or %d",
+                         axis[i], v, p, lo, hi);
+            return -1;
+        }
+    }
+    long tokens = 1 + (long)(h / p) * (w / p);
+    if (tokens > m->max_tokens) {
+        snprintf(err, errlen, "resolution %dx%d needs %ld tokens, more than the limit of %d", h, w,
+                 tokens, m->max_tokens);
+        return -1;
+    }
+    return 0;
+}
+
+/* Patch embedding of one image into rows [1, 1+ph*pw) of its token block:
+ * im2col (pixels (C,h,w) -> patches (ph*pw, C*p*p), in the conv weight's
+ * (C, p, p) order). The GEMM runs later over the whole batch. */
+static void im2col(const float *pixels, int C, int h, int w, int p, float *patches) {
+    int ph = h / p, pw = w / p, P = C * p * p;
+    for (int r = 0; r < ph; r++)
+        for (int c = 0; c < pw; c++) {
+            float *dst = patches + (size_t)(r * pw + c) * P;
+            for (int ch = 0; ch < C; ch++)
+                for (int ky = 0; ky < p; ky++) {
+                    const float *src = pixels + ((size_t)ch * h + (size_t)r * p + ky) * w + (size_t)c * p;
+                    memcpy(dst + (ch * p + ky) * p, src, sizeof(float) * (size_t)p);
+                }
+        }
+}
+
+/* Adds the sampled APE to the tokens of one image (spec: "APE sampling"):
+ * the row coordinate pos_0 maps linearly onto table rows 0..P0-1 (clamped),
+ * the column is the table's middle one, pos_1 is ignored. */
+void vit_add_ape(const vit_model *m, float *x, const double *pos, int T) {
+    const vit_config *c = &m->cfg;
+    if (!c->has_ape) return;
+    int D = c->hidden_size, P0 = c->ape_side;
+    for (int t = 0; t < T; t++) {
+        /* grid_sample with align_corners: y = ((g + 1) / 2) * (P0 - 1), g = 2*pos_0 - 1 */
+        double y = pos[2 * t] * (P0 - 1);
+        if (y < 0) y = 0;
+        if (y > P0 - 1) y = P0 - 1;
+        int y0 = (int)floor(y);
+        if (y0 > P0 - 1) y0 = P0 - 1;
+        int y1 = y0 + 1 < P0 ? y0 + 1 : y0;
+        float fy = (float)(y - y0);
+        const float *r0 = m->w.ape_mid + (size_t)y0 * D, *r1 = m->w.ape_mid + (size_t)y1 * D;
+        float *xt = x + (size_t)t * D;
+        for (int d = 0; d < D; d++) xt[d] += (1.0f - fy) * r0[d] + fy * r1[d];
+    }
+}
+
+int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *images, int n,
+                       float *logits, char *err, size_t errlen) {
+    const vit_config *c = &m->cfg;
+    const vit_weights *w = &m->w;
+    int D = c->hidden_size, I = c->intermediate_size, K = c->num_class, p = c->patch_size;
+    int C = c->num_channels, P = C * p * p, H = c->num_attention_heads, hd = c->head_dim;
+    int M = c->mlp_intermediate;
+    float eps = (float)c->layer_norm_eps;
+
+    if (n <= 0) return 0;
+    /* token offsets of each image in the concatenated batch */
+    int *start = malloc(sizeof(int) * ((size_t)n + 1));
+    const rotation_table **rot = calloc((size_t)n, sizeof(*rot));
+    double *pos = NULL;
+    int rc = -1;
+    if (!start || !rot) {
+        snprintf(err, errlen, "out of memory");
+        goto cleanup;
+    }
+    size_t T = 0, Tmax = 0;
+    for (int i = 0; i < n; i++) {
+        char why[200];
+        if (vit_check_resolution(m, images[i].h, images[i].w, why, sizeof(why))) {
+            snprintf(err, errlen, "image %d: %s", i, why);
+            goto cleanup;
+        }
+        size_t Ti = 1 + (size_t)(images[i].h / p) * (images[i].w / p);
+        start[i] = (int)T;
+        T += Ti;
+        if (Ti > Tmax) Tmax = Ti;
+    }
+    start[n] = (int)T;
+    activations a;
+    if (reserve(ws, plan(c, T, Tmax, &a, NULL))) {
+        snprintf(err, errlen, "out of memory for a batch of %zu tokens", T);
+        goto cleanup;
+    }
+    plan(c, T, Tmax, &a, ws->arena);
+    pos = malloc(sizeof(double) * 2 * Tmax);
+    if (!pos) {
+        snprintf(err, errlen, "out of memory");
+        goto cleanup;
+    }
+    ws->clock++;
+    for (int i = 0; i < n; i++) {
+        if (m->rot.kind == ROT_NONE) break;
+        rot[i] = rotation_for(ws, images[i].h / p, images[i].w / p);
+        if (!rot[i]) {
+            snprintf(err, errlen, "image %d: cannot build its rotation table (out of memory, or "
+                     "more than %d distinct resolutions in one batch)", i, VIT_ROTATION_CACHE);
+            goto cleanup;
+        }
+    }
+
+    // 1. embeddings: x (T, D) = class token | patches @ patch_w^T, plus the APE
+    for (int i = 0; i < n; i++)
+        im2col(images[i].pixels, C, images[i].h, images[i].w, p,
+               a.patches + (size_t)(start[i] + 1) * P);
+    for (int i = 0; i < n; i++) /* class rows of the im2col buffer: keep them defined */
+        memset(a.patches + (size_t)start[i] * P, 0, sizeof(float) * (size_t)P);
+    gemm_forward(a.x, a.patches, &w->patch, NULL, (int)T);
+    for (int i = 0; i < n; i++) {
+        memcpy(a.x + (size_t)start[i] * D, w->class_emb, sizeof(float) * (size_t)D);
+        if (c->has_ape) {
+            vit_positions(c, images[i].h / p, images[i].w / p, pos);
+            vit_add_ape(m, a.x + (size_t)start[i] * D, pos, start[i + 1] - start[i]);
+        }
+    }
+    // 2. pre_layrnorm, in place
+    layernorm_forward(a.x, a.x, w->pre_ln_w, w->pre_ln_b, (int)T, D, eps);
+
+    // 3. encoder layers
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const vit_layer *L = &w->layers[l];
+        // x = x + out_proj(attention(LN1(x)))
+        layernorm_forward(a.xn, a.x, L->ln1_w, L->ln1_b, (int)T, D, eps);
+        gemm_forward(a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T);
+        for (int i = 0; i < n; i++) {
+            int Ti = start[i + 1] - start[i];
+            float *qkv_i = a.qkv + (size_t)start[i] * 3 * D;
+            if (rot[i]) rotation_apply(&m->rot, rot[i], l, qkv_i, 3 * D, Ti);
+            attention_forward(a.attn + (size_t)start[i] * D, D, qkv_i, a.scores, Ti, H, hd);
+        }
+        gemm_forward(a.xn, a.attn, &L->out, L->out_b, (int)T);
+        for (size_t i = 0; i < T * D; i++) a.x[i] += a.xn[i];
+        // x = x + fc2(act(fc1(LN2(x))))
+        layernorm_forward(a.xn, a.x, L->ln2_w, L->ln2_b, (int)T, D, eps);
+        gemm_forward(a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T);
+        activation_forward(a.mlp, T * (size_t)I, c->hidden_act);
+        gemm_forward(a.xn, a.mlp, &L->fc2, L->fc2_b, (int)T);
+        for (size_t i = 0; i < T * D; i++) a.x[i] += a.xn[i];
+    }
+
+    // 4. post_layernorm of each image's class token, then the head
+    for (int i = 0; i < n; i++) {
+        float *cls = a.xn; /* (D) scratch */
+        layernorm_forward(cls, a.x + (size_t)start[i] * D, w->post_ln_w, w->post_ln_b, 1, D, eps);
+        if (M == 0) {
+            matmul_forward(logits + (size_t)i * K, cls, w->head_w, w->head_b, 1, D, K);
+        } else {
+            matmul_forward(a.head, cls, w->head_w, w->head_b, 1, D, M);
+            activation_forward(a.head, (size_t)M, ACT_RELU);
+            matmul_forward(logits + (size_t)i * K, a.head, w->head2_w, w->head2_b, 1, M, K);
+        }
+    }
+    rc = 0;
+cleanup:
+    free(start);
+    free(rot);
+    free(pos);
+    return rc;
+}

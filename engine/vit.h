@@ -1,0 +1,101 @@
+/* vit.h: a loaded ComRoPE ViT and its forward pass.
+ *
+ * Owns: the model (config, weights in one allocation, rotation parameters,
+ * the image preparation of the checkpoint), loading a checkpoint directory,
+ * and the ragged-batch forward: N images of any sizes in one call, their
+ * tokens concatenated for the token-wise layers, attention per image.
+ *
+ * Threads: a vit_model is read-only after vit_load and may be shared; each
+ * thread that runs forwards owns one vit_workspace (activations arena and
+ * rotation-table cache). */
+#ifndef COMROPE_VIT_H
+#define COMROPE_VIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gemm.h"
+#include "image.h"
+#include "model_config.h"
+#include "rotation.h"
+
+typedef struct {
+    float *ln1_w, *ln1_b;     // (D)
+    float *qkv_w;             // (3D, D): q, k, v stacked; q rows pre-scaled by head_dim^-0.5,
+                              // q and k rows of ComRoPE models turned into the Schur basis
+    float *qkv_b;             // (3D)
+    float *out_w, *out_b;     // (D, D), (D)
+    float *ln2_w, *ln2_b;     // (D)
+    float *fc1_w, *fc1_b;     // (I, D), (I)
+    float *fc2_w, *fc2_b;     // (D, I), (D)
+    packed_weight qkv, out, fc1, fc2; // the same matrices packed for gemm_forward
+} vit_layer;
+
+typedef struct {
+    float *patch_w;           // (D, C*p*p): the stride-p convolution as a matrix
+    packed_weight patch;      // patch_w packed for gemm_forward
+    float *class_emb;         // (D)
+    float *ape_mid;           // (P0, D) or NULL: the APE table's middle column, the only
+                              // column the official sampling ever reads
+    float *pre_ln_w, *pre_ln_b;
+    vit_layer *layers;        // L layers (owned array; its pointers point into params)
+    float *post_ln_w, *post_ln_b;
+    float *head_w, *head_b;   // (K, D), or the first Linear (M, D) of an MLP head
+    float *head2_w, *head2_b; // (K, M) or NULL
+} vit_weights;
+
+typedef struct {
+    vit_config cfg;
+    image_prep prep;          // how images become input (preprocessor_config.json or default)
+    vit_weights w;
+    float *params;            // the one allocation every weight points into
+    size_t num_params;
+    vit_rotation rot;
+    char *dir;                // the checkpoint directory (owned)
+    int max_tokens;           // per image; larger resolutions are refused
+} vit_model;
+
+/* Loads `dir` (config.json, model.safetensors, optional
+ * preprocessor_config.json). Returns 0 and a model to release with vit_free,
+ * or -1 with a message naming the file, key or tensor. */
+int vit_load(const char *dir, vit_model **out, char *err, size_t errlen);
+void vit_free(vit_model *m);
+
+/* One image's pixels: (C, h, w), normalized, as the model takes them. */
+typedef struct {
+    int h, w;
+    const float *pixels;
+} vit_image;
+
+#define VIT_ROTATION_CACHE 16
+
+/* Per-thread scratch: the activation arena grows to the largest batch seen
+ * and is reused; rotation tables are cached per grid (ph, pw). */
+typedef struct {
+    const vit_model *model;
+    float *arena;             // activations; prefaulted when allocated
+    size_t arena_floats;
+    rotation_table cache[VIT_ROTATION_CACHE];
+    uint64_t cache_stamp[VIT_ROTATION_CACHE];
+    uint64_t clock;
+} vit_workspace;
+
+vit_workspace *vit_workspace_new(const vit_model *m);
+void vit_workspace_free(vit_workspace *ws);
+
+/* Checks that h x w is a resolution the model can run: positive multiples
+ * of the patch size, at most max_tokens tokens. The message names the
+ * nearest valid sizes. Returns 0 or -1. */
+int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t errlen);
+
+/* Logits (n, num_class) for n images of any valid sizes. Batch composition
+ * does not change an image's logits (beyond float rounding of the GEMMs).
+ * Returns 0, or -1 with a message naming the image. */
+int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *images, int n,
+                       float *logits, char *err, size_t errlen);
+
+/* Adds the sampled absolute position embedding of T tokens at positions
+ * pos (2 per token, from vit_positions) to x (T, D). No-op without an APE. */
+void vit_add_ape(const vit_model *m, float *x, const double *pos, int T);
+
+#endif

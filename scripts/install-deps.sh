@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages the project needs. The names live in one
+# place, scripts/packages.txt, tagged by group:
+#   build  compile the engine, the CLI and the daemon
+#   test   run the whole test suite (ctest)
+#   tools  the Python tools in tools/ (reference model, fixtures, training)
+# Usage: scripts/install-deps.sh [GROUP...]   (default: build test)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+groups=("$@")
+[ ${#groups[@]} -gt 0 ] || groups=(build test)
+
+wanted=()
+for g in "${groups[@]}"; do
+  mapfile -t names < <(awk -v g="$g" '$1 == g { print $2 }' "$here/packages.txt")
+  if [ ${#names[@]} -eq 0 ]; then
+    echo "install-deps: unknown group '$g' (see scripts/packages.txt)" >&2
+    exit 2
+  fi
+  wanted+=("${names[@]}")
+done
+
+missing=()
+for p in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#wanted[@]} packages of [${groups[*]}] are installed"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

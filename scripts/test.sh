@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's second command runs it: installs
+# what the build and the tests need, builds in build/, runs ctest; then the
+# same suite again under ASan+UBSan (build-asan/) and under valgrind.
+# Skip the slow passes with COMROPE_QUICK=1 (not what CI does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh build test
+jobs=$(nproc)
+
+echo "== build (RelWithDebInfo) and ctest"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+if [ "${COMROPE_QUICK:-0}" = 1 ]; then exit 0; fi
+
+echo "== ASan + UBSan build and ctest"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMROPE_SANITIZE=ON >/dev/null
+cmake --build build-asan -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$jobs"
+
+echo "== valgrind (memcheck) on every unit-test binary"
+for t in build/tests/test_*; do
+  [ -x "$t" ] || continue
+  echo "-- valgrind $t"
+  CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
+    --suppressions=tests/valgrind.supp "$t" >/dev/null
+done
+echo "== all tests passed"

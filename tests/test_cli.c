@@ -1,0 +1,133 @@
+/* test_cli.c: comrope-classify as a user runs it.
+ *
+ * Runs the real binary (popen) and reads its JSON lines: logits of a .npy
+ * input against the PyTorch reference, one line per image in input order,
+ * top-k capped at the class count and sorted, softmax scores, an error line
+ * for a bad file while the others still run, exit status 1 then. */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "npy.h"
+
+#define MODEL FIXTURE_DIR "/parity/mlp_head_ap"
+
+/* Runs the CLI with `args`; returns its exit status and up to 16 lines. */
+static int run(const char *args, json_t **lines, int *n) {
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "%s %s 2>/dev/null", CLASSIFY_BIN, args);
+    FILE *p = popen(cmd, "r");
+    ck_assert(p != NULL);
+    char buf[65536];
+    *n = 0;
+    while (fgets(buf, sizeof(buf), p) && *n < 16) {
+        json_error_t jerr;
+        lines[*n] = json_loads(buf, 0, &jerr);
+        ck_assert_msg(lines[*n] != NULL, "not a JSON line: %s", buf);
+        (*n)++;
+    }
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+START_TEST(test_npy_logits_match_reference) {
+    json_t *lines[16];
+    int n;
+    int rc = run("--model " MODEL " --logits --top-k 100 " MODEL "/input_8x8.npy", lines, &n);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(n, 2);
+    npy_array ref;
+    char err[256];
+    ck_assert(npy_load(MODEL "/logits_8x8.npy", &ref, err, sizeof(err)) == 0);
+    int K = (int)ref.shape[1];
+    for (int i = 0; i < n; i++) {
+        json_t *o = lines[i];
+        ck_assert_int_eq(json_integer_value(json_object_get(o, "index")), i);
+        json_t *res = json_object_get(o, "resolution");
+        ck_assert_int_eq(json_integer_value(json_array_get(res, 0)), 8);
+        ck_assert_int_eq(json_integer_value(json_array_get(res, 1)), 8);
+        json_t *logits = json_object_get(o, "logits");
+        ck_assert_int_eq((int)json_array_size(logits), K);
+        double maxv = -1e300, sum = 0;
+        for (int k = 0; k < K; k++) {
+            double v = json_real_value(json_array_get(logits, (size_t)k));
+            ck_assert_msg(fabs(v - ref.data[i * K + k]) < 1e-4, "image %d logit %d", i, k);
+            if (v > maxv) maxv = v;
+        }
+        for (int k = 0; k < K; k++) sum += exp(json_real_value(json_array_get(logits, (size_t)k)) - maxv);
+        /* top is capped at K, sorted, with softmax scores and labels from id2label */
+        json_t *top = json_object_get(o, "top");
+        ck_assert_int_eq((int)json_array_size(top), K);
+        double prev = 2.0, total = 0;
+        for (int k = 0; k < K; k++) {
+            json_t *t = json_array_get(top, (size_t)k);
+            int idx = (int)json_integer_value(json_object_get(t, "index"));
+            double score = json_real_value(json_object_get(t, "score"));
+            double want = exp(ref.data[i * K + idx] - maxv) / sum;
+            ck_assert_msg(fabs(score - want) < 1e-5, "score of class %d", idx);
+            ck_assert(score <= prev);
+            prev = score;
+            total += score;
+            ck_assert(json_is_string(json_object_get(t, "label")));
+        }
+        ck_assert(fabs(total - 1.0) < 1e-5);
+        json_decref(o);
+    }
+    npy_free(&ref);
+}
+END_TEST
+
+START_TEST(test_bad_file_reported_others_still_run) {
+    json_t *lines[16];
+    int n;
+    int rc = run("--model " MODEL " " MODEL "/input_8x8.npy /nonexistent.png " MODEL "/config.json "
+                 MODEL "/input_16x16.npy", lines, &n);
+    ck_assert_int_eq(rc, 1);
+    ck_assert_int_eq(n, 2 + 1 + 1 + 2);
+    ck_assert_str_eq(json_string_value(json_object_get(lines[2], "file")), "/nonexistent.png");
+    ck_assert(json_is_string(json_object_get(lines[2], "error")));
+    ck_assert(json_is_string(json_object_get(lines[3], "error"))); /* not an image */
+    ck_assert_int_eq(json_integer_value(json_object_get(lines[5], "index")), 1);
+    ck_assert(json_object_get(lines[0], "logits") == NULL); /* only with --logits */
+    ck_assert_int_eq((int)json_array_size(json_object_get(lines[0], "top")), 5);
+    for (int i = 0; i < n; i++) json_decref(lines[i]);
+}
+END_TEST
+
+START_TEST(test_bad_resolution_names_nearest) {
+    json_t *lines[16];
+    int n;
+    int rc = run("--model " MODEL " --resolution 15x16 " FIXTURE_DIR "/images/rgb8.png", lines, &n);
+    ck_assert_int_eq(rc, 1);
+    ck_assert_int_eq(n, 1);
+    const char *e = json_string_value(json_object_get(lines[0], "error"));
+    ck_assert_msg(e && strstr(e, "nearest valid: 12 or 16"), "error: %s", e ? e : "(none)");
+    json_decref(lines[0]);
+    /* and a valid non-square resolution works on an image */
+    rc = run("--model " MODEL " --resolution 12x20 --fit crop " FIXTURE_DIR "/images/rgb8.png", lines, &n);
+    ck_assert_int_eq(rc, 0);
+    json_t *res = json_object_get(lines[0], "resolution");
+    ck_assert_int_eq(json_integer_value(json_array_get(res, 0)), 12);
+    ck_assert_int_eq(json_integer_value(json_array_get(res, 1)), 20);
+    json_decref(lines[0]);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cli");
+    TCase *tc = tcase_create("cli");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_npy_logits_match_reference);
+    tcase_add_test(tc, test_bad_file_reported_others_still_run);
+    tcase_add_test(tc, test_bad_resolution_names_nearest);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,406 @@
+/* test_loader.c: every refusal of the checkpoint loader.
+ *
+ * Each test copies a good fixture checkpoint into a temporary directory,
+ * breaks one thing (the header length, an offset, a shape, a dtype, a
+ * tensor, a config key) and checks that vit_load fails with a message that
+ * names what is wrong, without crashing (ASan and valgrind watch the rest). */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "safetensors.h"
+#include "vit.h"
+
+#define GOOD FIXTURE_DIR "/parity/comrope_ap_b2"
+
+static char tmpdir[256];
+
+static uint8_t *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    uint8_t *buf = malloc((size_t)n + 1);
+    ck_assert(fread(buf, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    buf[n] = 0;
+    *len = (size_t)n;
+    return buf;
+}
+
+static void spit(const char *name, const void *data, size_t len) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    ck_assert(f != NULL);
+    ck_assert(fwrite(data, 1, len, f) == len);
+    fclose(f);
+}
+
+/* A fresh copy of the good checkpoint in tmpdir. */
+static void setup(void) {
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/comrope_test_loader_XXXXXX");
+    ck_assert(mkdtemp(tmpdir) != NULL);
+    const char *files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char path[512];
+        size_t len;
+        snprintf(path, sizeof(path), "%s/%s", GOOD, files[i]);
+        uint8_t *d = slurp(path, &len);
+        spit(files[i], d, len);
+        free(d);
+    }
+}
+
+static void teardown(void) {
+    char path[512];
+    const char *files[] = {"config.json", "model.safetensors", "preprocessor_config.json"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", tmpdir, files[i]);
+        unlink(path);
+    }
+    rmdir(tmpdir);
+}
+
+/* vit_load must fail and its message contain `needle`. */
+static void expect_refusal(const char *needle) {
+    vit_model *m = NULL;
+    char err[1024] = "";
+    int rc = vit_load(tmpdir, &m, err, sizeof(err));
+    ck_assert_msg(rc == -1 && m == NULL, "loaded although it should not (wanted \"%s\")", needle);
+    ck_assert_msg(strstr(err, needle) != NULL, "message \"%s\" does not mention \"%s\"", err, needle);
+}
+
+/* Rewrites model.safetensors with its header passed through `edit`. */
+static void edit_header(void (*edit)(json_t *header)) {
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    uint8_t *d = slurp(path, &len);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | d[i];
+    json_error_t jerr;
+    json_t *h = json_loadb((const char *)d + 8, hlen, 0, &jerr);
+    ck_assert(h != NULL);
+    edit(h);
+    char *text = json_dumps(h, JSON_COMPACT);
+    size_t tl = strlen(text), padded = (tl + 7) / 8 * 8;
+    size_t out_len = 8 + padded + (len - 8 - hlen);
+    uint8_t *out = malloc(out_len);
+    for (int i = 0; i < 8; i++) out[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    memcpy(out + 8, text, tl);
+    memset(out + 8 + tl, ' ', padded - tl);
+    memcpy(out + 8 + padded, d + 8 + hlen, len - 8 - hlen);
+    spit("model.safetensors", out, out_len);
+    free(out);
+    free(text);
+    json_decref(h);
+    free(d);
+}
+
+/* Rewrites config.json with `key` set to `value` (NULL: removed). */
+static void edit_config(const char *key, json_t *value) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/config.json", tmpdir);
+    json_error_t jerr;
+    json_t *c = json_load_file(path, 0, &jerr);
+    ck_assert(c != NULL);
+    if (value) json_object_set_new(c, key, value);
+    else json_object_del(c, key);
+    ck_assert(json_dump_file(c, path, JSON_INDENT(2)) == 0);
+    json_decref(c);
+}
+
+#define QW "vision_model.encoder.layers.0.self_attn.q_proj.weight"
+#define KW "vision_model.encoder.layers.0.self_attn.k_proj.weight"
+
+START_TEST(test_good_checkpoint_loads) {
+    vit_model *m = NULL;
+    char err[512];
+    ck_assert_msg(vit_load(tmpdir, &m, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(m->cfg.custom_pe_type, PE_COMROPE_AP);
+    vit_free(m);
+}
+END_TEST
+
+START_TEST(test_truncated_file) {
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    uint8_t *d = slurp(path, &len);
+    spit("model.safetensors", d, len / 2);
+    expect_refusal("outside the data section");
+    spit("model.safetensors", d, 5);
+    expect_refusal("truncated");
+    free(d);
+}
+END_TEST
+
+START_TEST(test_header_length_lies) {
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    uint8_t *d = slurp(path, &len);
+    uint64_t lie = (uint64_t)len * 4;
+    for (int i = 0; i < 8; i++) d[i] = (uint8_t)(lie >> (8 * i));
+    spit("model.safetensors", d, len);
+    expect_refusal("header length");
+    for (int i = 0; i < 8; i++) d[i] = 0xff; /* 2^64-1 */
+    spit("model.safetensors", d, len);
+    expect_refusal("header length");
+    free(d);
+}
+END_TEST
+
+START_TEST(test_header_not_json) {
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    uint8_t *d = slurp(path, &len);
+    d[8] = '[';
+    spit("model.safetensors", d, len);
+    expect_refusal("not a JSON object");
+    free(d);
+}
+END_TEST
+
+static void offsets_out_of_range(json_t *h) {
+    json_t *offs = json_object_get(json_object_get(h, QW), "data_offsets");
+    json_array_set_new(offs, 1, json_integer(1LL << 40));
+}
+START_TEST(test_offsets_out_of_range) {
+    edit_header(offsets_out_of_range);
+    expect_refusal("outside the data section");
+}
+END_TEST
+
+static void offsets_overlap(json_t *h) {
+    /* k_proj takes q_proj's bytes: same size, so only the overlap is wrong */
+    json_object_set(json_object_get(h, KW), "data_offsets",
+                    json_object_get(json_object_get(h, QW), "data_offsets"));
+}
+START_TEST(test_offsets_overlap) {
+    edit_header(offsets_overlap);
+    expect_refusal("overlap");
+}
+END_TEST
+
+static void size_mismatch(json_t *h) {
+    json_t *offs = json_object_get(json_object_get(h, QW), "data_offsets");
+    json_array_set_new(offs, 1, json_integer(json_integer_value(json_array_get(offs, 1)) - 4));
+}
+START_TEST(test_offsets_disagree_with_shape) {
+    edit_header(size_mismatch);
+    expect_refusal("the shape needs");
+}
+END_TEST
+
+static void wrong_shape(json_t *h) {
+    /* same element count, wrong layout: [D, D] -> [D/2, 2D] */
+    json_t *shape = json_object_get(json_object_get(h, QW), "shape");
+    json_int_t d = json_integer_value(json_array_get(shape, 0));
+    json_array_set_new(shape, 0, json_integer(d / 2));
+    json_array_set_new(shape, 1, json_integer(d * 2));
+}
+START_TEST(test_wrong_shape) {
+    edit_header(wrong_shape);
+    expect_refusal("\"" QW "\" has shape");
+}
+END_TEST
+
+static void wrong_dtype(json_t *h) {
+    json_object_set_new(json_object_get(h, QW), "dtype", json_string("I32"));
+}
+START_TEST(test_wrong_dtype) {
+    edit_header(wrong_dtype);
+    expect_refusal("unsupported dtype I32");
+}
+END_TEST
+
+static void missing_tensor(json_t *h) { json_object_del(h, KW); }
+START_TEST(test_missing_tensor) {
+    edit_header(missing_tensor);
+    expect_refusal("\"" KW "\" is missing");
+}
+END_TEST
+
+static void extra_tensor(json_t *h) {
+    json_object_set_new(h, "vision_model.something_else",
+                        json_pack("{s:s,s:[i],s:[i,i]}", "dtype", "F32", "shape", 0, "data_offsets", 0, 0));
+}
+START_TEST(test_unexpected_tensor) {
+    edit_header(extra_tensor);
+    expect_refusal("unexpected tensor \"vision_model.something_else\"");
+}
+END_TEST
+
+START_TEST(test_nan_in_weights) {
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    uint8_t *d = slurp(path, &len);
+    float nan = NAN;
+    memcpy(d + len - 4, &nan, 4); /* the last tensor's last value */
+    spit("model.safetensors", d, len);
+    expect_refusal("NaN or an infinity");
+    free(d);
+}
+END_TEST
+
+START_TEST(test_bad_config_type) {
+    edit_config("hidden_size", json_string("32"));
+    expect_refusal("\"hidden_size\" must be an integer");
+}
+END_TEST
+
+START_TEST(test_bad_bool_type) {
+    edit_config("keep_ape", json_integer(1));
+    expect_refusal("\"keep_ape\" must be true or false");
+}
+END_TEST
+
+START_TEST(test_integer_for_a_real_key_is_fine) {
+    /* Python writes cls_position=0 as a JSON integer: that must load. */
+    edit_config("layer_norm_eps", json_integer(0));
+    vit_model *m = NULL;
+    char err[512];
+    ck_assert_msg(vit_load(tmpdir, &m, err, sizeof(err)) == 0, "%s", err);
+    vit_free(m);
+}
+END_TEST
+
+START_TEST(test_unknown_pe_type) {
+    edit_config("custom_pe_type", json_string("xpos"));
+    expect_refusal("unknown custom_pe_type \"xpos\"");
+}
+END_TEST
+
+START_TEST(test_three_axes_refused) {
+    edit_config("num_axes", json_integer(3));
+    expect_refusal("num_axes");
+}
+END_TEST
+
+START_TEST(test_unknown_activation) {
+    edit_config("hidden_act", json_string("swish"));
+    expect_refusal("unsupported hidden_act \"swish\"");
+}
+END_TEST
+
+START_TEST(test_no_class_token_refused) {
+    edit_config("prepend_cls", json_false());
+    expect_refusal("prepend_cls");
+}
+END_TEST
+
+START_TEST(test_block_size_must_divide) {
+    edit_config("block_size", json_integer(5));
+    expect_refusal("block_size");
+}
+END_TEST
+
+START_TEST(test_config_disagrees_with_weights) {
+    /* a config that says 3 layers for a 2-layer checkpoint names the missing tensor */
+    edit_config("num_hidden_layers", json_integer(3));
+    expect_refusal("layers.2.");
+}
+END_TEST
+
+START_TEST(test_missing_files) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    unlink(path);
+    expect_refusal("no model.safetensors");
+    snprintf(path, sizeof(path), "%s/config.json", tmpdir);
+    unlink(path);
+    expect_refusal("no config.json");
+}
+END_TEST
+
+START_TEST(test_config_not_json) {
+    spit("config.json", "{\"hidden_size\": ", 16);
+    expect_refusal("invalid JSON");
+}
+END_TEST
+
+START_TEST(test_unknown_keys_ignored) {
+    edit_config("_attn_implementation_autoset", json_true());
+    edit_config("architectures", json_pack("[s]", "CustomVITForClassification"));
+    vit_model *m = NULL;
+    char err[512];
+    ck_assert_msg(vit_load(tmpdir, &m, err, sizeof(err)) == 0, "%s", err);
+    vit_free(m);
+}
+END_TEST
+
+/* Random corruption of the header bytes must never crash (the sanitizers
+ * and valgrind runs of this suite are what catch a crash's cousins). */
+START_TEST(test_random_header_corruption) {
+    char path[512];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    uint8_t *good = slurp(path, &len);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | good[i];
+    uint8_t *d = malloc(len);
+    unsigned st = 1;
+    for (int rep = 0; rep < 200; rep++) {
+        memcpy(d, good, len);
+        for (int k = 0; k < 4; k++) {
+            st = st * 1103515245u + 12345u;
+            size_t at = (st >> 4) % (8 + hlen);
+            st = st * 1103515245u + 12345u;
+            d[at] = (uint8_t)(st >> 16);
+        }
+        spit("model.safetensors", d, len);
+        vit_model *m = NULL;
+        char err[512];
+        if (vit_load(tmpdir, &m, err, sizeof(err)) == 0) vit_free(m);
+    }
+    free(d);
+    free(good);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("loader");
+    TCase *tc = tcase_create("loader");
+    tcase_set_timeout(tc, 300);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_good_checkpoint_loads);
+    tcase_add_test(tc, test_truncated_file);
+    tcase_add_test(tc, test_header_length_lies);
+    tcase_add_test(tc, test_header_not_json);
+    tcase_add_test(tc, test_offsets_out_of_range);
+    tcase_add_test(tc, test_offsets_overlap);
+    tcase_add_test(tc, test_offsets_disagree_with_shape);
+    tcase_add_test(tc, test_wrong_shape);
+    tcase_add_test(tc, test_wrong_dtype);
+    tcase_add_test(tc, test_missing_tensor);
+    tcase_add_test(tc, test_unexpected_tensor);
+    tcase_add_test(tc, test_nan_in_weights);
+    tcase_add_test(tc, test_bad_config_type);
+    tcase_add_test(tc, test_bad_bool_type);
+    tcase_add_test(tc, test_integer_for_a_real_key_is_fine);
+    tcase_add_test(tc, test_unknown_pe_type);
+    tcase_add_test(tc, test_three_axes_refused);
+    tcase_add_test(tc, test_unknown_activation);
+    tcase_add_test(tc, test_no_class_token_refused);
+    tcase_add_test(tc, test_block_size_must_divide);
+    tcase_add_test(tc, test_config_disagrees_with_weights);
+    tcase_add_test(tc, test_missing_files);
+    tcase_add_test(tc, test_config_not_json);
+    tcase_add_test(tc, test_unknown_keys_ignored);
+    tcase_add_test(tc, test_random_header_corruption);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,216 @@
+/* test_parity.c: the engine's logits against the PyTorch reference.
+ *
+ * tests/fixtures/parity/manifest.json lists, for tiny random checkpoints of
+ * every variant (written by tools/make_fixtures.py in the official format),
+ * inputs at several resolutions and the float64 logits that
+ * tools/reference.py computed for them. Every case must match within 1e-4,
+ * and putting images of different sizes into one ragged batch, in any
+ * order, must not change any image's logits beyond 1e-6. */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "npy.h"
+#include "vit.h"
+
+#define PARITY_DIR FIXTURE_DIR "/parity"
+
+typedef struct {
+    char model[128];
+    char pe[32];
+    int h, w;
+    npy_array input, logits;
+} parity_case;
+
+static parity_case *cases;
+static int ncases;
+
+static void load_manifest(void) {
+    json_error_t jerr;
+    json_t *root = json_load_file(PARITY_DIR "/manifest.json", 0, &jerr);
+    ck_assert_msg(root != NULL, "manifest: %s", jerr.text);
+    json_t *arr = json_object_get(root, "cases");
+    ncases = (int)json_array_size(arr);
+    ck_assert_int_gt(ncases, 0);
+    cases = calloc((size_t)ncases, sizeof(*cases));
+    for (int i = 0; i < ncases; i++) {
+        json_t *c = json_array_get(arr, (size_t)i);
+        char path[1024], err[512];
+        snprintf(cases[i].model, sizeof(cases[i].model), "%s",
+                 json_string_value(json_object_get(c, "model")));
+        snprintf(cases[i].pe, sizeof(cases[i].pe), "%s", json_string_value(json_object_get(c, "pe")));
+        cases[i].h = (int)json_integer_value(json_object_get(c, "height"));
+        cases[i].w = (int)json_integer_value(json_object_get(c, "width"));
+        snprintf(path, sizeof(path), "%s/%s", PARITY_DIR, json_string_value(json_object_get(c, "input")));
+        ck_assert_msg(npy_load(path, &cases[i].input, err, sizeof(err)) == 0, "%s", err);
+        snprintf(path, sizeof(path), "%s/%s", PARITY_DIR, json_string_value(json_object_get(c, "logits")));
+        ck_assert_msg(npy_load(path, &cases[i].logits, err, sizeof(err)) == 0, "%s", err);
+    }
+    json_decref(root);
+}
+
+static void free_manifest(void) {
+    for (int i = 0; i < ncases; i++) {
+        npy_free(&cases[i].input);
+        npy_free(&cases[i].logits);
+    }
+    free(cases);
+    cases = NULL;
+    ncases = 0;
+}
+
+static vit_model *load_model(const char *name) {
+    char dir[1024], err[512];
+    vit_model *m = NULL;
+    snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, name);
+    ck_assert_msg(vit_load(dir, &m, err, sizeof(err)) == 0, "%s: %s", name, err);
+    return m;
+}
+
+/* Every case, one forward per case (its N images in one batch). */
+START_TEST(test_every_case_matches_reference) {
+    load_manifest();
+    int pe_seen[6] = {0}, nonsquare = 0;
+    for (int i = 0; i < ncases; i++) {
+        parity_case *pc = &cases[i];
+        vit_model *m = load_model(pc->model);
+        vit_workspace *ws = vit_workspace_new(m);
+        int N = (int)pc->input.shape[0], K = m->cfg.num_class, C = m->cfg.num_channels;
+        ck_assert_int_eq(pc->input.ndim, 4);
+        ck_assert_int_eq(pc->input.shape[2], pc->h);
+        ck_assert_int_eq(pc->input.shape[3], pc->w);
+        ck_assert_int_eq(pc->logits.shape[1], K);
+        vit_image *imgs = calloc((size_t)N, sizeof(*imgs));
+        float *logits = calloc((size_t)N * K, sizeof(float));
+        for (int n = 0; n < N; n++) {
+            imgs[n].h = pc->h;
+            imgs[n].w = pc->w;
+            imgs[n].pixels = pc->input.data + (size_t)n * C * pc->h * pc->w;
+        }
+        char err[512];
+        ck_assert_msg(vit_forward_ragged(m, ws, imgs, N, logits, err, sizeof(err)) == 0, "%s", err);
+        double worst = 0;
+        for (int k = 0; k < N * K; k++) {
+            double d = fabs((double)logits[k] - pc->logits.data[k]);
+            if (!(d <= worst)) worst = d; /* NaN propagates as failure */
+        }
+        ck_assert_msg(worst <= 1e-4, "%s at %dx%d: max |logit - reference| = %g", pc->model, pc->h,
+                      pc->w, worst);
+        pe_seen[m->cfg.custom_pe_type] = 1;
+        if (pc->h != pc->w) nonsquare++;
+        free(imgs);
+        free(logits);
+        vit_workspace_free(ws);
+        vit_free(m);
+    }
+    for (int t = 0; t < 6; t++)
+        ck_assert_msg(pe_seen[t], "no fixture covers custom_pe_type %s", pe_type_name((pe_type)t));
+    ck_assert_int_gt(nonsquare, 0);
+    free_manifest();
+}
+END_TEST
+
+/* For each model: all its cases' images in one ragged batch, forwards and
+ * backwards, against each image run alone. */
+START_TEST(test_ragged_batch_invariance) {
+    load_manifest();
+    for (int i = 0; i < ncases; i++) {
+        if (i > 0 && strcmp(cases[i].model, cases[i - 1].model) == 0) continue;
+        vit_model *m = load_model(cases[i].model);
+        vit_workspace *ws = vit_workspace_new(m);
+        int K = m->cfg.num_class, C = m->cfg.num_channels, n = 0;
+        vit_image imgs[64];
+        for (int j = i; j < ncases && strcmp(cases[j].model, cases[i].model) == 0; j++)
+            for (int k = 0; k < cases[j].input.shape[0] && n < 64; k++) {
+                imgs[n].h = cases[j].h;
+                imgs[n].w = cases[j].w;
+                imgs[n].pixels = cases[j].input.data + (size_t)k * C * cases[j].h * cases[j].w;
+                n++;
+            }
+        ck_assert_int_ge(n, 4);
+        float *alone = calloc((size_t)n * K, sizeof(float));
+        float *together = calloc((size_t)n * K, sizeof(float));
+        vit_image reversed[64];
+        char err[512];
+        for (int k = 0; k < n; k++) {
+            ck_assert(vit_forward_ragged(m, ws, &imgs[k], 1, alone + (size_t)k * K, err, sizeof(err)) == 0);
+            reversed[k] = imgs[n - 1 - k];
+        }
+        ck_assert(vit_forward_ragged(m, ws, imgs, n, together, err, sizeof(err)) == 0);
+        for (int k = 0; k < n * K; k++)
+            ck_assert_msg(fabsf(together[k] - alone[k]) <= 1e-6f, "%s: image %d differs in a batch by %g (logit %g)",
+                          cases[i].model, k / K, fabsf(together[k] - alone[k]), alone[k]);
+        ck_assert(vit_forward_ragged(m, ws, reversed, n, together, err, sizeof(err)) == 0);
+        for (int k = 0; k < n; k++)
+            for (int c = 0; c < K; c++)
+                ck_assert_msg(fabsf(together[(size_t)(n - 1 - k) * K + c] - alone[(size_t)k * K + c]) <= 1e-6f,
+                              "%s: image %d differs in a reversed batch", cases[i].model, k);
+        free(alone);
+        free(together);
+        vit_workspace_free(ws);
+        vit_free(m);
+    }
+    free_manifest();
+}
+END_TEST
+
+/* More distinct resolutions than the rotation cache holds, across batches:
+ * evicted tables are rebuilt and the answer does not change. */
+START_TEST(test_rotation_cache_eviction) {
+    vit_model *m = load_model("comrope_ap_b2");
+    vit_workspace *ws = vit_workspace_new(m);
+    int p = m->cfg.patch_size, K = m->cfg.num_class, C = m->cfg.num_channels;
+    float *pix = calloc((size_t)C * 20 * p * 20 * p, sizeof(float));
+    for (size_t i = 0; i < (size_t)C * 20 * p * 20 * p; i++) pix[i] = (float)sin(0.37 * (double)i);
+    float first[64], again[64];
+    char err[512];
+    ck_assert_int_le(K, 64);
+    vit_image img = {p, p, pix};
+    ck_assert(vit_forward_ragged(m, ws, &img, 1, first, err, sizeof(err)) == 0);
+    for (int s = 2; s < VIT_ROTATION_CACHE + 4; s++) {
+        vit_image other = {p * (s % 5 + 1), p * (s / 5 + 1), pix};
+        ck_assert_msg(vit_forward_ragged(m, ws, &other, 1, again, err, sizeof(err)) == 0, "%s", err);
+    }
+    ck_assert(vit_forward_ragged(m, ws, &img, 1, again, err, sizeof(err)) == 0);
+    for (int k = 0; k < K; k++) ck_assert_float_eq(first[k], again[k]);
+    free(pix);
+    vit_workspace_free(ws);
+    vit_free(m);
+}
+END_TEST
+
+START_TEST(test_bad_resolution_is_refused_with_nearest) {
+    vit_model *m = load_model("comrope_ap_b2");
+    vit_workspace *ws = vit_workspace_new(m);
+    int p = m->cfg.patch_size;
+    float pix[3 * 64 * 64] = {0};
+    float logits[64];
+    char err[512];
+    vit_image img = {2 * p + 1, 2 * p, pix};
+    ck_assert_int_eq(vit_forward_ragged(m, ws, &img, 1, logits, err, sizeof(err)), -1);
+    char want[64];
+    snprintf(want, sizeof(want), "nearest valid: %d or %d", 2 * p, 3 * p);
+    ck_assert_msg(strstr(err, want) != NULL, "message: %s", err);
+    vit_workspace_free(ws);
+    vit_free(m);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("parity");
+    TCase *tc = tcase_create("parity");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_every_case_matches_reference);
+    tcase_add_test(tc, test_ragged_batch_invariance);
+    tcase_add_test(tc, test_rotation_cache_eviction);
+    tcase_add_test(tc, test_bad_resolution_is_refused_with_nearest);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
