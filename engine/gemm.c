@@ -43,6 +43,11 @@ int gemm_pack(const float *W, int N, int K, packed_weight *out) {
     return 0;
 }
 
+float gemm_packed_get(const packed_weight *p, int n, int k) {
+    int j = n / GEMM_PANEL, c = n % GEMM_PANEL;
+    return p->data[((size_t)j * p->K + k) * GEMM_PANEL + c];
+}
+
 void gemm_pack_free(packed_weight *p) {
     free(p->data);
     memset(p, 0, sizeof(*p));

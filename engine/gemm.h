@@ -28,6 +28,9 @@ typedef struct {
 int gemm_pack(const float *W, int N, int K, packed_weight *out);
 void gemm_pack_free(packed_weight *p);
 
+/* W[n][k] read back from the packed form (tests and tools). */
+float gemm_packed_get(const packed_weight *p, int n, int k);
+
 /* out (M, N) = A (M, K) @ W^T + bias (N, may be NULL). The columns are
  * split among the pool's threads (gemm_set_threads). */
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M);

@@ -21,21 +21,22 @@
 /* ------------------------------------------------------------------------ */
 /* Parameter layout: every weight is a slice of one float allocation.        */
 
-/* Sizes of the slices, in the order they are carved out of m->params. */
+/* Sizes of the slices, in the order they are carved out of m->params. The
+ * big matrices (patch embedding, qkv, out_proj, fc1, fc2) are not there:
+ * they are packed for gemm_forward as they are read, and kept only packed. */
 typedef struct {
-    size_t patch_w, class_emb, ape_mid, pre_ln, layer, post_ln, head_w, head_b, head2_w, head2_b;
+    size_t class_emb, ape_mid, pre_ln, layer, post_ln, head_w, head_b, head2_w, head2_b;
 } param_sizes;
 
 static param_sizes sizes_of(const vit_config *c) {
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, K = (size_t)c->num_class;
-    size_t M = (size_t)c->mlp_intermediate, C = (size_t)c->num_channels, p = (size_t)c->patch_size;
+    size_t M = (size_t)c->mlp_intermediate;
     param_sizes s;
-    s.patch_w = D * C * p * p;
     s.class_emb = D;
     s.ape_mid = c->has_ape ? (size_t)c->ape_side * D : 0;
     s.pre_ln = 2 * D;
-    /* ln1 (2D) + qkv (3D*D + 3D) + out (D*D + D) + ln2 (2D) + fc1 (I*D + I) + fc2 (D*I + D) */
-    s.layer = 2 * D + 3 * D * D + 3 * D + D * D + D + 2 * D + I * D + I + D * I + D;
+    /* ln1 (2D) + qkv bias (3D) + out bias (D) + ln2 (2D) + fc1 bias (I) + fc2 bias (D) */
+    s.layer = 2 * D + 3 * D + D + 2 * D + I + D;
     s.post_ln = 2 * D;
     s.head_w = (M ? M : K) * D;
     s.head_b = M ? M : K;
@@ -56,7 +57,6 @@ static void point_weights(vit_model *m) {
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     float *cur = m->params;
     vit_weights *w = &m->w;
-    w->patch_w = carve(&cur, s.patch_w);
     w->class_emb = carve(&cur, s.class_emb);
     w->ape_mid = carve(&cur, s.ape_mid);
     w->pre_ln_w = carve(&cur, D);
@@ -65,15 +65,11 @@ static void point_weights(vit_model *m) {
         vit_layer *L = &w->layers[l];
         L->ln1_w = carve(&cur, D);
         L->ln1_b = carve(&cur, D);
-        L->qkv_w = carve(&cur, 3 * D * D);
         L->qkv_b = carve(&cur, 3 * D);
-        L->out_w = carve(&cur, D * D);
         L->out_b = carve(&cur, D);
         L->ln2_w = carve(&cur, D);
         L->ln2_b = carve(&cur, D);
-        L->fc1_w = carve(&cur, I * D);
         L->fc1_b = carve(&cur, I);
-        L->fc2_w = carve(&cur, D * I);
         L->fc2_b = carve(&cur, D);
     }
     w->post_ln_w = carve(&cur, D);
@@ -86,6 +82,12 @@ static void point_weights(vit_model *m) {
 
 /* ------------------------------------------------------------------------ */
 /* Loading                                                                   */
+
+static int pack(const float *W, int N, int K, packed_weight *out, char *err, size_t errlen) {
+    if (gemm_pack(W, N, K, out) == 0) return 0;
+    snprintf(err, errlen, "out of memory packing a %dx%d weight", N, K);
+    return -1;
+}
 
 /* Takes one tensor into dst; the shape is given as up to 5 dimensions. */
 static int take(safetensors_file *f, const char *name, float *dst, char *err, size_t errlen,
@@ -127,8 +129,8 @@ static int load_ape(safetensors_file *f, const vit_config *c, float *ape_mid, ch
  * Q_j^T times themselves and the layer is pairwise RoPE with frequencies w.
  * The pairs of all blocks come first in the head (channels 2i, 2i+1), the
  * one non-rotating channel of each odd block after them. */
-static int fold_commuting(vit_model *m, int layer, const float *freqs, const float *multiplier,
-                          char *err, size_t errlen) {
+static int fold_commuting(vit_model *m, int layer, float *qkv_w, const float *freqs,
+                          const float *multiplier, char *err, size_t errlen) {
     const vit_config *c = &m->cfg;
     int H = c->num_attention_heads, hd = c->head_dim, D = c->hidden_size, b = c->block_size;
     int nb = hd / b, half = b / 2, np = nb * half;
@@ -142,7 +144,7 @@ static int fold_commuting(vit_model *m, int layer, const float *freqs, const flo
     for (int h = 0; h < H; h++) {
         double *f = m->rot.freq + ((size_t)layer * H + h) * np * 2;
         for (int which = 0; which < 2; which++) { /* q rows, then k rows */
-            float *W = L->qkv_w + ((size_t)which * D + (size_t)h * hd) * D;
+            float *W = qkv_w + ((size_t)which * D + (size_t)h * hd) * D;
             float *B = L->qkv_b + (size_t)which * D + (size_t)h * hd;
             for (int j = 0; j < nb; j++) {
                 const float *F = freqs + ((size_t)h * nb + j) * b * b;
@@ -188,8 +190,10 @@ static int fold_commuting(vit_model *m, int layer, const float *freqs, const flo
     return 0;
 }
 
-/* Reads the layer's attention weights (fused into qkv) and its rotation. */
-static int load_attention(vit_model *m, safetensors_file *f, int l, char *err, size_t errlen) {
+/* Reads the layer's attention weights (fused into qkv, packed) and its
+ * rotation; `scratch` holds at least 3*D*D floats. */
+static int load_attention(vit_model *m, safetensors_file *f, int l, float *scratch, char *err,
+                          size_t errlen) {
     const vit_config *c = &m->cfg;
     int D = c->hidden_size, H = c->num_attention_heads, hd = c->head_dim, b = c->block_size;
     int nb = hd / b;
@@ -198,12 +202,10 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, char *err, s
     const char *proj[3] = {"q_proj", "k_proj", "v_proj"};
     for (int i = 0; i < 3; i++) {
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.%s.weight", l, proj[i]);
-        if (take(f, name, L->qkv_w + (size_t)i * D * D, err, errlen, 2, D, D, 0, 0, 0)) return -1;
+        if (take(f, name, scratch + (size_t)i * D * D, err, errlen, 2, D, D, 0, 0, 0)) return -1;
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.%s.bias", l, proj[i]);
         if (take(f, name, L->qkv_b + (size_t)i * D, err, errlen, 1, D, 0, 0, 0, 0)) return -1;
     }
-    snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.out_proj.weight", l);
-    if (take(f, name, L->out_w, err, errlen, 2, D, D, 0, 0, 0)) return -1;
     snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.out_proj.bias", l);
     if (take(f, name, L->out_b, err, errlen, 1, D, 0, 0, 0, 0)) return -1;
 
@@ -226,7 +228,7 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, char *err, s
         }
     }
     if (pe == PE_COMROPE_AP || pe == PE_COMROPE_LD) {
-        if (fold_commuting(m, l, freqs, mult, err, errlen)) goto cleanup;
+        if (fold_commuting(m, l, scratch, freqs, mult, err, errlen)) goto cleanup;
     } else if (pe == PE_LIERE) {
         /* generator of axis a, block j: (F_{a,j} - F_{a,j}^T) / scale_factor, in double */
         for (int h = 0; h < H; h++)
@@ -252,8 +254,12 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, char *err, s
     }
     /* q = q_proj(x) * head_dim^-0.5: folded into the q rows */
     float scale = 1.0f / sqrtf((float)hd);
-    for (size_t i = 0; i < (size_t)D * D; i++) L->qkv_w[i] *= scale;
+    for (size_t i = 0; i < (size_t)D * D; i++) scratch[i] *= scale;
     for (int i = 0; i < D; i++) L->qkv_b[i] *= scale;
+    if (pack(scratch, 3 * D, D, &L->qkv, err, errlen)) goto cleanup;
+    snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.out_proj.weight", l);
+    if (take(f, name, scratch, err, errlen, 2, D, D, 0, 0, 0)) goto cleanup;
+    if (pack(scratch, D, D, &L->out, err, errlen)) goto cleanup;
     rc = 0;
 cleanup:
     free(freqs);
@@ -295,15 +301,19 @@ oom:
     return -1;
 }
 
-static int load_weights(vit_model *m, safetensors_file *f, char *err, size_t errlen) {
+/* Reads every tensor; the big matrices pass through `scratch` (at least
+ * max(3D*D, I*D, D*C*p*p) floats) on their way to being packed. */
+static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char *err,
+                        size_t errlen) {
     const vit_config *c = &m->cfg;
     int D = c->hidden_size, I = c->intermediate_size, K = c->num_class, M = c->mlp_intermediate;
     int C = c->num_channels, p = c->patch_size;
     vit_weights *w = &m->w;
     char name[256];
 
-    if (take(f, "vision_model.embeddings.patch_embedding.weight", w->patch_w, err, errlen, 4, D,
-             C, p, p, 0)) return -1;
+    if (take(f, "vision_model.embeddings.patch_embedding.weight", scratch, err, errlen, 4, D, C,
+             p, p, 0) ||
+        pack(scratch, D, C * p * p, &w->patch, err, errlen)) return -1;
     if (take(f, "vision_model.embeddings.class_embedding", w->class_emb, err, errlen, 1, D, 0, 0,
              0, 0)) return -1;
     if (c->has_ape) {
@@ -319,18 +329,22 @@ static int load_weights(vit_model *m, safetensors_file *f, char *err, size_t err
         return -1;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         vit_layer *L = &w->layers[l];
-        struct { const char *suffix; float *dst; int rows, cols; } t[] = {
-            {"layer_norm1.weight", L->ln1_w, D, 0}, {"layer_norm1.bias", L->ln1_b, D, 0},
-            {"layer_norm2.weight", L->ln2_w, D, 0}, {"layer_norm2.bias", L->ln2_b, D, 0},
-            {"mlp.fc1.weight", L->fc1_w, I, D},     {"mlp.fc1.bias", L->fc1_b, I, 0},
-            {"mlp.fc2.weight", L->fc2_w, D, I},     {"mlp.fc2.bias", L->fc2_b, D, 0},
+        struct { const char *suffix; float *dst; int n; } t[] = {
+            {"layer_norm1.weight", L->ln1_w, D}, {"layer_norm1.bias", L->ln1_b, D},
+            {"layer_norm2.weight", L->ln2_w, D}, {"layer_norm2.bias", L->ln2_b, D},
+            {"mlp.fc1.bias", L->fc1_b, I},       {"mlp.fc2.bias", L->fc2_b, D},
         };
         for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
             snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.%s", l, t[i].suffix);
-            if (take(f, name, t[i].dst, err, errlen, t[i].cols ? 2 : 1, t[i].rows, t[i].cols, 0,
-                     0, 0)) return -1;
+            if (take(f, name, t[i].dst, err, errlen, 1, t[i].n, 0, 0, 0, 0)) return -1;
         }
-        if (load_attention(m, f, l, err, errlen)) return -1;
+        snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc1.weight", l);
+        if (take(f, name, scratch, err, errlen, 2, I, D, 0, 0, 0) ||
+            pack(scratch, I, D, &L->fc1, err, errlen)) return -1;
+        snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc2.weight", l);
+        if (take(f, name, scratch, err, errlen, 2, D, I, 0, 0, 0) ||
+            pack(scratch, D, I, &L->fc2, err, errlen)) return -1;
+        if (load_attention(m, f, l, scratch, err, errlen)) return -1;
     }
     if (take(f, "vision_model.post_layernorm.weight", w->post_ln_w, err, errlen, 1, D, 0, 0, 0, 0) ||
         take(f, "vision_model.post_layernorm.bias", w->post_ln_b, err, errlen, 1, D, 0, 0, 0, 0))
@@ -349,21 +363,6 @@ static int load_weights(vit_model *m, safetensors_file *f, char *err, size_t err
     return safetensors_check_all_used(f, err, errlen);
 }
 
-/* The token-wise matrices, packed once for gemm_forward. */
-static int pack_weights(vit_model *m) {
-    const vit_config *c = &m->cfg;
-    int D = c->hidden_size, I = c->intermediate_size;
-    int P = c->num_channels * c->patch_size * c->patch_size;
-    if (gemm_pack(m->w.patch_w, D, P, &m->w.patch)) return -1;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        vit_layer *L = &m->w.layers[l];
-        if (gemm_pack(L->qkv_w, 3 * D, D, &L->qkv) || gemm_pack(L->out_w, D, D, &L->out) ||
-            gemm_pack(L->fc1_w, I, D, &L->fc1) || gemm_pack(L->fc2_w, D, I, &L->fc2))
-            return -1;
-    }
-    return 0;
-}
-
 static int file_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
@@ -373,6 +372,7 @@ int vit_load(const char *dir, vit_model **out, char *err, size_t errlen) {
     char path[4096];
     vit_model *m = NULL;
     safetensors_file f;
+    float *scratch = NULL;
     int have_file = 0, rc = -1;
 
     *out = NULL;
@@ -400,34 +400,38 @@ int vit_load(const char *dir, vit_model **out, char *err, size_t errlen) {
     have_file = 1;
 
     param_sizes s = sizes_of(&m->cfg);
-    m->num_params = s.patch_w + s.class_emb + s.ape_mid + s.pre_ln +
+    m->num_params = s.class_emb + s.ape_mid + s.pre_ln +
                     s.layer * (size_t)m->cfg.num_hidden_layers + s.post_ln + s.head_w + s.head_b +
                     s.head2_w + s.head2_b;
-    /* The weights are in the file; a config that claims far more than the
-     * file holds is refused before we allocate for it. */
-    if (m->num_params > f.data_size / 2 + 1024 + (size_t)m->cfg.hidden_size * m->cfg.hidden_size) {
+    size_t D = (size_t)m->cfg.hidden_size, I = (size_t)m->cfg.intermediate_size;
+    size_t P = (size_t)m->cfg.num_channels * m->cfg.patch_size * m->cfg.patch_size;
+    size_t big = D * P + (size_t)m->cfg.num_hidden_layers * (4 * D * D + 2 * I * D);
+    /* Every parameter is in the file (2 bytes at least each); a config that
+     * claims more than the file holds is refused before we allocate for it. */
+    if (m->num_params + big > f.data_size / 2 + 1024 + D * D) {
         snprintf(err, errlen,
                  "%s: config.json describes %zu parameters, more than model.safetensors holds",
-                 dir, m->num_params);
+                 dir, m->num_params + big);
         goto cleanup;
     }
+    size_t scratch_n = 3 * D * D;
+    if (I * D > scratch_n) scratch_n = I * D;
+    if (D * P > scratch_n) scratch_n = D * P;
     m->params = malloc(sizeof(float) * m->num_params);
     m->w.layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof(vit_layer));
-    if (!m->params || !m->w.layers) {
-        snprintf(err, errlen, "out of memory for %zu parameters", m->num_params);
+    scratch = malloc(sizeof(float) * scratch_n);
+    if (!m->params || !m->w.layers || !scratch) {
+        snprintf(err, errlen, "out of memory for %zu parameters", m->num_params + big);
         goto cleanup;
     }
     point_weights(m);
     if (init_rotation(m, err, errlen)) goto cleanup;
-    if (load_weights(m, &f, err, errlen)) goto cleanup;
-    if (pack_weights(m)) {
-        snprintf(err, errlen, "out of memory packing the weights");
-        goto cleanup;
-    }
+    if (load_weights(m, &f, scratch, err, errlen)) goto cleanup;
     /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
     m->max_tokens = 4097;
     rc = 0;
 cleanup:
+    free(scratch);
     if (have_file) safetensors_close(&f);
     if (rc != 0 && m) {
         vit_free(m);

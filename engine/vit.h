@@ -21,19 +21,20 @@
 
 typedef struct {
     float *ln1_w, *ln1_b;     // (D)
-    float *qkv_w;             // (3D, D): q, k, v stacked; q rows pre-scaled by head_dim^-0.5,
+    packed_weight qkv;        // (3D, D): q, k, v stacked; q rows pre-scaled by head_dim^-0.5,
                               // q and k rows of ComRoPE models turned into the Schur basis
-    float *qkv_b;             // (3D)
-    float *out_w, *out_b;     // (D, D), (D)
+    float *qkv_b;             // (3D), scaled and turned likewise
+    packed_weight out;        // (D, D)
+    float *out_b;             // (D)
     float *ln2_w, *ln2_b;     // (D)
-    float *fc1_w, *fc1_b;     // (I, D), (I)
-    float *fc2_w, *fc2_b;     // (D, I), (D)
-    packed_weight qkv, out, fc1, fc2; // the same matrices packed for gemm_forward
+    packed_weight fc1;        // (I, D)
+    float *fc1_b;             // (I)
+    packed_weight fc2;        // (D, I)
+    float *fc2_b;             // (D)
 } vit_layer;
 
 typedef struct {
-    float *patch_w;           // (D, C*p*p): the stride-p convolution as a matrix
-    packed_weight patch;      // patch_w packed for gemm_forward
+    packed_weight patch;      // (D, C*p*p): the stride-p convolution as a matrix
     float *class_emb;         // (D)
     float *ape_mid;           // (P0, D) or NULL: the APE table's middle column, the only
                               // column the official sampling ever reads
@@ -48,7 +49,8 @@ typedef struct {
     vit_config cfg;
     image_prep prep;          // how images become input (preprocessor_config.json or default)
     vit_weights w;
-    float *params;            // the one allocation every weight points into
+    float *params;            // the one allocation every unpacked weight points into;
+                              // the big matrices live packed (gemm.h), only once
     size_t num_params;
     vit_rotation rot;
     char *dir;                // the checkpoint directory (owned)

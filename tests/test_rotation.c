@@ -263,7 +263,7 @@ static void check_rotated_scores(const char *model) {
         for (int r = 0; r < 2; r++)
             for (int o = 0; o < 3 * D; o++) {
                 double acc = L->qkv_b[o];
-                for (int i = 0; i < D; i++) acc += (double)L->qkv_w[(size_t)o * D + i] * x[i];
+                for (int i = 0; i < D; i++) acc += (double)gemm_packed_get(&L->qkv, o, i) * x[i];
                 qkv[r * 3 * D + o] = (float)acc;
             }
         /* rotate row 0 as token ta and row 1 as token tb: apply on one-row views */
