@@ -1,16 +1,23 @@
 /* gemm.c: packed-weight matmul with deterministic rows (see gemm.h).
  *
- * Layout: panel j holds output columns [16j, 16j+16) as (K, 16): for each
- * k, the 16 weights W[16j + c][k]. A micro-kernel computes a block of up to
- * 6 rows x 32 columns (two panels): for every k it broadcasts A[r][k] and
- * does acc[r] += A[r][k] * panel[k][:] (fused multiply-add), so element
- * (i, n) is always fma(A[i][K-1], W[n][K-1], ... fma(A[i][0], W[n][0], 0)),
- * in that order, whatever M is. In a short last row block the missing
- * rows repeat its first row and their results are dropped.
+ * Weights: panel j holds output columns [16j, 16j+16) as (K, 16): for each
+ * k, the 16 weights W[16j + c][k]. Panels come in threes: a tile is 48
+ * output columns (N is padded with zero columns to a multiple of 48).
  *
- * Threads: the column panels are split among a small pthread pool
- * (gemm_set_threads); each thread computes whole columns for all rows, so
- * the split does not change any value either. */
+ * Blocking (as BLIS and OpenBLAS do it): K is cut into blocks of KC; for
+ * each block, MC rows of A are copied into a k-major buffer (for each k,
+ * MR consecutive values), then every 48-column tile of this thread runs
+ * the micro-kernel over those rows, MR at a time. The tile's weights
+ * (KC x 48 floats, 24 KB) stay in L1 while all MC rows pass over them.
+ *
+ * Determinism: the micro-kernel loads the partial sums of the previous K
+ * block from the output (exact float32 values), continues with fused
+ * multiply-adds in k order and stores them. So element (i, n) is always
+ * fma(A[i][K-1], W[n][K-1], ... fma(A[i][0], W[n][0], 0)) + bias[n], in that
+ * order, whatever M is, wherever the row sits, however many threads split
+ * the columns. (The kernels' loops are fully unrolled by pragmas so that
+ * the accumulators live in registers.) Tiles at the edges (rows past M, columns past N) run on a
+ * small buffer with the same arithmetic. */
 #include "gemm.h"
 
 #include <immintrin.h>
@@ -20,15 +27,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MR 6                 /* rows per micro-kernel call */
-#define NR (2 * GEMM_PANEL)  /* columns per micro-kernel call */
+#include "parallel.h"
+
+#define NR (3 * GEMM_PANEL)  /* columns per tile */
+#define MR_MAX 8             /* rows per micro-kernel call, at most */
+#define KC 128               /* K block: the tile's weights, KC*NR floats, fit L1 */
+#define MC 64                /* rows of A packed at once (a multiple of every MR) */
 
 int gemm_pack(const float *W, int N, int K, packed_weight *out) {
     memset(out, 0, sizeof(*out));
     out->N = N;
     out->K = K;
-    /* an even number of panels: the kernels work on pairs */
-    out->panels = ((N + NR - 1) / NR) * 2;
+    out->panels = ((N + NR - 1) / NR) * 3;
     size_t n = (size_t)out->panels * K * GEMM_PANEL;
     void *p = NULL;
     if (posix_memalign(&p, 64, n * sizeof(float)) != 0) return -1;
@@ -53,133 +63,140 @@ void gemm_pack_free(packed_weight *p) {
     memset(p, 0, sizeof(*p));
 }
 
-/* ---- micro-kernels: acc (MR, NR) = A (MR rows, stride lda) @ panels pj, pj+1 ---- */
+/* ---- micro-kernels ----
+ * C (MR, 48), row stride ldc, (+)= Ap (kc, MR) . [B0 B1 B2] (kc, 16 each):
+ * first != 0 starts from zero, else from the partial sums in C. */
 
-typedef void (*kernel_fn)(const float *const *A, const float *P0, const float *P1, int K,
-                          float *acc /* MR * NR */);
+typedef void (*kernel_fn)(const float *Ap, const float *B0, const float *B1, const float *B2,
+                          int kc, float *C, size_t ldc, int first);
 
-static void kernel_generic(const float *const *A, const float *P0, const float *P1, int K,
-                           float *acc) {
+typedef struct {
+    const char *name;
+    kernel_fn fn;
+    int mr;
+} gemm_kernel;
+
+static void kernel_generic(const float *Ap, const float *B0, const float *B1, const float *B2,
+                           int kc, float *C, size_t ldc, int first) {
+    enum { MR = 4 };
+    const float *B[3] = {B0, B1, B2};
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NR; c++) {
-            const float *P = c < GEMM_PANEL ? P0 : P1;
+            const float *Bp = B[c / GEMM_PANEL];
             int cc = c % GEMM_PANEL;
-            float s = 0.0f;
-            for (int k = 0; k < K; k++) s = fmaf(A[r][k], P[(size_t)k * GEMM_PANEL + cc], s);
-            acc[r * NR + c] = s;
+            float s = first ? 0.0f : C[r * ldc + c];
+            for (int k = 0; k < kc; k++) s = fmaf(Ap[k * MR + r], Bp[(size_t)k * GEMM_PANEL + cc], s);
+            C[r * ldc + c] = s;
         }
 }
 
-__attribute__((target("avx2,fma"))) static void kernel_avx2(const float *const *A,
-                                                            const float *P0, const float *P1,
-                                                            int K, float *acc) {
-    __m256 c[MR][4];
+__attribute__((target("avx2,fma"))) static void kernel_avx2(const float *Ap, const float *B0,
+                                                            const float *B1, const float *B2,
+                                                            int kc, float *C, size_t ldc,
+                                                            int first) {
+    enum { MR = 2 };
+    __m256 c[MR][6];
+#pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
-        for (int q = 0; q < 4; q++) c[r][q] = _mm256_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m256 b0 = _mm256_load_ps(P0 + (size_t)k * GEMM_PANEL);
-        __m256 b1 = _mm256_load_ps(P0 + (size_t)k * GEMM_PANEL + 8);
-        __m256 b2 = _mm256_load_ps(P1 + (size_t)k * GEMM_PANEL);
-        __m256 b3 = _mm256_load_ps(P1 + (size_t)k * GEMM_PANEL + 8);
+#pragma GCC unroll 6
+        for (int q = 0; q < 6; q++)
+            c[r][q] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + r * ldc + 8 * q);
+    for (int k = 0; k < kc; k++) {
+        const float *b[3] = {B0 + (size_t)k * GEMM_PANEL, B1 + (size_t)k * GEMM_PANEL,
+                             B2 + (size_t)k * GEMM_PANEL};
+        __m256 bv[6];
+#pragma GCC unroll 6
+        for (int q = 0; q < 6; q++) bv[q] = _mm256_load_ps(b[q / 2] + 8 * (q % 2));
+#pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m256 a = _mm256_broadcast_ss(A[r] + k);
-            c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
-            c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
-            c[r][2] = _mm256_fmadd_ps(a, b2, c[r][2]);
-            c[r][3] = _mm256_fmadd_ps(a, b3, c[r][3]);
+            __m256 a = _mm256_broadcast_ss(Ap + k * MR + r);
+    #pragma GCC unroll 6
+        for (int q = 0; q < 6; q++) c[r][q] = _mm256_fmadd_ps(a, bv[q], c[r][q]);
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
-        for (int q = 0; q < 4; q++) _mm256_storeu_ps(acc + r * NR + 8 * q, c[r][q]);
+#pragma GCC unroll 6
+        for (int q = 0; q < 6; q++) _mm256_storeu_ps(C + r * ldc + 8 * q, c[r][q]);
 }
 
-__attribute__((target("avx512f"))) static void kernel_avx512(const float *const *A,
-                                                             const float *P0, const float *P1,
-                                                             int K, float *acc) {
-    __m512 c[MR][2];
-    for (int r = 0; r < MR; r++) c[r][0] = c[r][1] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        __m512 b0 = _mm512_load_ps(P0 + (size_t)k * GEMM_PANEL);
-        __m512 b1 = _mm512_load_ps(P1 + (size_t)k * GEMM_PANEL);
+__attribute__((target("avx512f"))) static void kernel_avx512(const float *Ap, const float *B0,
+                                                             const float *B1, const float *B2,
+                                                             int kc, float *C, size_t ldc,
+                                                             int first) {
+    enum { MR = 8 };
+    __m512 c[MR][3];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int q = 0; q < 3; q++)
+            c[r][q] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(C + r * ldc + 16 * q);
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(B0 + (size_t)k * GEMM_PANEL);
+        __m512 b1 = _mm512_load_ps(B1 + (size_t)k * GEMM_PANEL);
+        __m512 b2 = _mm512_load_ps(B2 + (size_t)k * GEMM_PANEL);
+#pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m512 a = _mm512_set1_ps(A[r][k]);
+            __m512 a = _mm512_set1_ps(Ap[k * MR + r]);
             c[r][0] = _mm512_fmadd_ps(a, b0, c[r][0]);
             c[r][1] = _mm512_fmadd_ps(a, b1, c[r][1]);
+            c[r][2] = _mm512_fmadd_ps(a, b2, c[r][2]);
         }
     }
-    for (int r = 0; r < MR; r++) {
-        _mm512_storeu_ps(acc + r * NR, c[r][0]);
-        _mm512_storeu_ps(acc + r * NR + 16, c[r][1]);
-    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int q = 0; q < 3; q++) _mm512_storeu_ps(C + r * ldc + 16 * q, c[r][q]);
 }
 
-static kernel_fn kernel;
-static const char *kernel_name_str;
-static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
+static const gemm_kernel kernels[] = {
+    {"avx512", kernel_avx512, 8},
+    {"avx2", kernel_avx2, 2},
+    {"generic", kernel_generic, 4},
+};
+
+static const gemm_kernel *active;
+static pthread_once_t choose_once = PTHREAD_ONCE_INIT;
+
+static int cpu_has(const char *name) {
+    __builtin_cpu_init();
+    if (strcmp(name, "avx512") == 0) return __builtin_cpu_supports("avx512f");
+    if (strcmp(name, "avx2") == 0)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return 1;
+}
 
 static void choose_kernel(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
-        kernel = kernel_avx512;
-        kernel_name_str = "avx512";
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        kernel = kernel_avx2;
-        kernel_name_str = "avx2";
-    } else {
-        kernel = kernel_generic;
-        kernel_name_str = "generic";
-    }
+    for (size_t i = 0; i < sizeof(kernels) / sizeof(kernels[0]); i++)
+        if (cpu_has(kernels[i].name)) {
+            active = &kernels[i];
+            return;
+        }
 }
 
 const char *gemm_kernel_name(void) {
-    pthread_once(&kernel_once, choose_kernel);
-    return kernel_name_str;
+    pthread_once(&choose_once, choose_kernel);
+    return active->name;
 }
 
 int gemm_force_kernel(const char *name) {
-    pthread_once(&kernel_once, choose_kernel);
+    pthread_once(&choose_once, choose_kernel);
     if (!name) {
         choose_kernel();
         return 0;
     }
-    if (strcmp(name, "generic") == 0) {
-        kernel = kernel_generic;
-    } else if (strcmp(name, "avx2") == 0) {
-        if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return -1;
-        kernel = kernel_avx2;
-    } else if (strcmp(name, "avx512") == 0) {
-        if (!__builtin_cpu_supports("avx512f")) return -1;
-        kernel = kernel_avx512;
-    } else {
-        return -1;
-    }
-    kernel_name_str = name;
-    return 0;
-}
-
-/* Columns [pair_begin, pair_end) of panel pairs, all rows. */
-static void gemm_columns(float *out, const float *A, const packed_weight *W, const float *bias,
-                         int M, int pair_begin, int pair_end) {
-    int K = W->K, N = W->N;
-    float acc[MR * NR];
-    const float *rowp[MR];
-    for (int i = 0; i < M; i += MR) {
-        int rows = M - i < MR ? M - i : MR;
-        for (int r = 0; r < MR; r++) rowp[r] = A + (size_t)(i + (r < rows ? r : 0)) * K;
-        for (int jp = pair_begin; jp < pair_end; jp++) {
-            const float *P0 = W->data + (size_t)(2 * jp) * K * GEMM_PANEL;
-            const float *P1 = P0 + (size_t)K * GEMM_PANEL;
-            kernel(rowp, P0, P1, K, acc);
-            int col0 = jp * NR, cols = N - col0 < NR ? N - col0 : NR;
-            for (int r = 0; r < rows; r++) {
-                float *o = out + (size_t)(i + r) * N + col0;
-                for (int c = 0; c < cols; c++) o[c] = acc[r * NR + c] + (bias ? bias[col0 + c] : 0.0f);
-            }
+    for (size_t i = 0; i < sizeof(kernels) / sizeof(kernels[0]); i++)
+        if (strcmp(kernels[i].name, name) == 0) {
+            if (!cpu_has(name)) return -1;
+            active = &kernels[i];
+            return 0;
         }
-    }
+    return -1;
 }
 
-/* ---- a small pool: worker threads sleep on a condition variable ---- */
+void gemm_set_threads(int n) { parallel_set_threads(n); }
+
+/* ---- the blocked loop ---- */
 
 typedef struct {
     float *out;
@@ -187,83 +204,80 @@ typedef struct {
     const packed_weight *W;
     const float *bias;
     int M;
+    const gemm_kernel *kernel;
 } gemm_job;
 
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;   /* one job at a time */
-static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER, pool_done = PTHREAD_COND_INITIALIZER;
-static int pool_threads = 1;      /* participants including the caller */
-static int pool_started;          /* worker threads running */
-static uint64_t pool_generation;
-static int pool_pending;
-static gemm_job pool_job;
-
-static void run_share(const gemm_job *j, int part, int parts) {
-    int pairs = j->W->panels / 2;
-    int b = (int)((long)pairs * part / parts), e = (int)((long)pairs * (part + 1) / parts);
-    if (b < e) gemm_columns(j->out, j->A, j->W, j->bias, j->M, b, e);
-}
-
-static void *pool_worker(void *arg) {
-    int part = (int)(long)arg;
-    uint64_t seen = 0;
-    pthread_mutex_lock(&pool_mu);
-    for (;;) {
-        while (pool_generation == seen) pthread_cond_wait(&pool_wake, &pool_mu);
-        seen = pool_generation;
-        gemm_job j = pool_job;
-        int parts = pool_threads;
-        pthread_mutex_unlock(&pool_mu);
-        if (part < parts) run_share(&j, part, parts);
-        pthread_mutex_lock(&pool_mu);
-        if (part < parts && --pool_pending == 0) pthread_cond_signal(&pool_done);
-    }
-    return NULL;
-}
-
-void gemm_set_threads(int n) {
-    if (n < 1) n = 1;
-    if (n > 64) n = 64;
-    pthread_mutex_lock(&pool_lock);
-    pthread_mutex_lock(&pool_mu);
-    while (pool_started < n - 1) {
-        pthread_t t;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &attr, pool_worker, (void *)(long)(pool_started + 1)) != 0) {
-            pthread_attr_destroy(&attr);
-            break;
+/* Copies rows [i0, i0+rows) x columns [k0, k0+kc) of A into Ap, k-major in
+ * groups of mr rows; missing rows of the last group are zero. */
+static void pack_rows(const float *A, int K, int i0, int rows, int k0, int kc, int mr, float *Ap) {
+    for (int g = 0; g < rows; g += mr) {
+        float *dst = Ap + (size_t)g * kc;
+        for (int r = 0; r < mr; r++) {
+            if (g + r < rows) {
+                const float *src = A + (size_t)(i0 + g + r) * K + k0;
+                for (int k = 0; k < kc; k++) dst[k * mr + r] = src[k];
+            } else {
+                for (int k = 0; k < kc; k++) dst[k * mr + r] = 0.0f;
+            }
         }
-        pthread_attr_destroy(&attr);
-        pool_started++;
     }
-    pool_threads = pool_started + 1 < n ? pool_started + 1 : n;
-    pthread_mutex_unlock(&pool_mu);
-    pthread_mutex_unlock(&pool_lock);
+}
+
+/* Tiles [t0, t1) of 48 columns, all rows. */
+static void gemm_tiles(const gemm_job *j, int t0, int t1) {
+    const packed_weight *W = j->W;
+    int K = W->K, N = W->N, M = j->M, mr = j->kernel->mr;
+    kernel_fn kernel = j->kernel->fn;
+    float Ap[MC * KC] __attribute__((aligned(64)));
+    float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC;
+        int first = k0 == 0;
+        for (int i0 = 0; i0 < M; i0 += MC) {
+            int rows = M - i0 < MC ? M - i0 : MC;
+            pack_rows(j->A, K, i0, rows, k0, kc, mr, Ap);
+            for (int t = t0; t < t1; t++) {
+                const float *B0 = W->data + ((size_t)(3 * t) * K + k0) * GEMM_PANEL;
+                const float *B1 = B0 + (size_t)K * GEMM_PANEL;
+                const float *B2 = B1 + (size_t)K * GEMM_PANEL;
+                int col0 = t * NR, cols = N - col0 < NR ? N - col0 : NR;
+                for (int g = 0; g < rows; g += mr) {
+                    int gr = rows - g < mr ? rows - g : mr;
+                    float *C = j->out + (size_t)(i0 + g) * N + col0;
+                    if (gr == mr && cols == NR) {
+                        kernel(Ap + (size_t)g * kc, B0, B1, B2, kc, C, (size_t)N, first);
+                        continue;
+                    }
+                    /* edge tile: the same arithmetic on a full-size buffer */
+                    for (int r = 0; r < gr && !first; r++)
+                        memcpy(edge + r * NR, C + (size_t)r * N, sizeof(float) * (size_t)cols);
+                    kernel(Ap + (size_t)g * kc, B0, B1, B2, kc, edge, NR, first);
+                    for (int r = 0; r < gr; r++)
+                        memcpy(C + (size_t)r * N, edge + r * NR, sizeof(float) * (size_t)cols);
+                }
+            }
+        }
+    }
+    if (j->bias)
+        for (int i = 0; i < M; i++) {
+            float *o = j->out + (size_t)i * N;
+            int c0 = t0 * NR, c1 = t1 * NR < N ? t1 * NR : N;
+            for (int c = c0; c < c1; c++) o[c] += j->bias[c];
+        }
+}
+
+static void gemm_part(void *ctx, int part, int parts) {
+    const gemm_job *j = ctx;
+    int tiles = j->W->panels / 3;
+    int t0 = (int)((long)tiles * part / parts), t1 = (int)((long)tiles * (part + 1) / parts);
+    if (t0 < t1) gemm_tiles(j, t0, t1);
 }
 
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M) {
-    pthread_once(&kernel_once, choose_kernel);
-    gemm_job j = {out, A, W, bias, M};
+    pthread_once(&choose_once, choose_kernel);
+    gemm_job j = {out, A, W, bias, M, active};
+    int tiles = W->panels / 3;
     /* Small products are not worth waking anyone. */
-    if ((double)M * W->N * W->K < 2e5) {
-        gemm_columns(out, A, W, bias, M, 0, W->panels / 2);
-        return;
-    }
-    pthread_mutex_lock(&pool_lock);
-    pthread_mutex_lock(&pool_mu);
-    int parts = pool_threads;
-    pool_job = j;
-    pool_pending = parts - 1;
-    if (parts > 1) {
-        pool_generation++;
-        pthread_cond_broadcast(&pool_wake);
-    }
-    pthread_mutex_unlock(&pool_mu);
-    run_share(&j, 0, parts);
-    pthread_mutex_lock(&pool_mu);
-    while (pool_pending > 0) pthread_cond_wait(&pool_done, &pool_mu);
-    pthread_mutex_unlock(&pool_mu);
-    pthread_mutex_unlock(&pool_lock);
+    int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;
+    parallel_run(gemm_part, &j, parts);
 }

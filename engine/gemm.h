@@ -17,7 +17,8 @@
 
 #define GEMM_PANEL 16   /* output columns per packed panel */
 
-/* W (N, K) repacked as ceil(N/16) panels of (K, 16), zero-padded. */
+/* W (N, K) repacked as panels of (K, 16), zero-padded to a multiple of 48
+ * columns (the kernels' tile). */
 typedef struct {
     int N, K;
     int panels;
@@ -32,11 +33,11 @@ void gemm_pack_free(packed_weight *p);
 float gemm_packed_get(const packed_weight *p, int n, int k);
 
 /* out (M, N) = A (M, K) @ W^T + bias (N, may be NULL). The columns are
- * split among the pool's threads (gemm_set_threads). */
+ * split among the engine's thread pool (parallel.h). */
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M);
 
-/* Threads that share one gemm_forward, the caller included (default 1).
- * Calls from several threads at once are serialized. */
+/* Same as parallel_set_threads (parallel.h): threads that share one
+ * gemm_forward, the caller included (default 1). */
 void gemm_set_threads(int n);
 
 /* Which kernel gemm_forward uses: "avx512", "avx2" or "generic". */

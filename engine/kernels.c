@@ -73,9 +73,9 @@ static void softmax_rows(float *s, int T) {
 }
 
 void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
-                       int heads, int head_dim) {
+                       int heads, int head_dim, int h0, int h1) {
     int D = heads * head_dim, ld = 3 * D;
-    for (int h = 0; h < heads; h++) {
+    for (int h = h0; h < h1; h++) {
         const float *q = qkv + h * head_dim;
         const float *k = qkv + D + h * head_dim;
         const float *v = qkv + 2 * D + h * head_dim;

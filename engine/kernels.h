@@ -22,10 +22,10 @@ void layernorm_forward(float *out, const float *inp, const float *weight, const 
 /* In place over n values. */
 void activation_forward(float *x, size_t n, activation act);
 
-/* One image's attention. qkv is (T, 3*D) with q (already scaled and rotated)
- * in columns [0, D), k in [D, 2D), v in [2D, 3D); out is (T, D) with row
- * stride ld_out; scores is scratch of T*T floats. */
+/* One image's attention, heads [h0, h1). qkv is (T, 3*D) with q (already
+ * scaled and rotated) in columns [0, D), k in [D, 2D), v in [2D, 3D); out is
+ * (T, D) with row stride ld_out; scores is scratch of T*T floats. */
 void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
-                       int heads, int head_dim);
+                       int heads, int head_dim, int h0, int h1);
 
 #endif

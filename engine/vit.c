@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "kernels.h"
+#include "parallel.h"
 #include "safetensors.h"
 
 /* ------------------------------------------------------------------------ */
@@ -507,15 +508,16 @@ typedef struct {
     float *attn;     // (T, D) attention output before out_proj
     float *mlp;      // (T, I)
     float *patches;  // (T, C*p*p) im2col of every image (class rows unused)
-    float *scores;   // (Tmax, Tmax)
+    float *scores;   // (parts, Tmax, Tmax): one attention matrix per thread
     float *head;     // (max(D, M)) one image's head input/hidden
 } activations;
 
-static size_t plan(const vit_config *c, size_t T, size_t Tmax, activations *a, float *base) {
+static size_t plan(const vit_config *c, size_t T, size_t Tmax, size_t parts, activations *a,
+                   float *base) {
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t P = (size_t)c->num_channels * c->patch_size * c->patch_size;
     size_t M = (size_t)c->mlp_intermediate;
-    size_t sizes[8] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P, Tmax * Tmax,
+    size_t sizes[8] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P, parts * Tmax * Tmax,
                        (M > D ? M : D) + (size_t)c->num_class};
     float **slots[8] = {&a->x, &a->xn, &a->qkv, &a->attn, &a->mlp, &a->patches, &a->scores, &a->head};
     size_t total = 0;
@@ -609,6 +611,36 @@ void vit_add_ape(const vit_model *m, float *x, const double *pos, int T) {
     }
 }
 
+/* One image's attention, its heads split over the thread pool; each part
+ * has its own (Tmax, Tmax) scores. */
+typedef struct {
+    float *out;          // (T, D)
+    const float *qkv;    // (T, 3D)
+    float *scores;       // (parts, Tmax, Tmax)
+    int T, Tmax, heads, head_dim;
+} attention_job;
+
+static void attention_part(void *ctx, int part, int parts) {
+    const attention_job *j = ctx;
+    int h0 = j->heads * part / parts, h1 = j->heads * (part + 1) / parts;
+    float *scores = j->scores + (size_t)part * j->Tmax * j->Tmax;
+    attention_forward(j->out, j->heads * j->head_dim, j->qkv, scores, j->T, j->heads, j->head_dim,
+                      h0, h1);
+}
+
+/* The MLP's activation (exp/erf/tanh per value: worth splitting). */
+typedef struct {
+    float *x;
+    size_t n;
+    activation act;
+} activation_job;
+
+static void activation_part(void *ctx, int part, int parts) {
+    const activation_job *j = ctx;
+    size_t b = j->n * part / parts, e = j->n * (part + 1) / parts;
+    activation_forward(j->x + b, e - b, j->act);
+}
+
 int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *images, int n,
                        float *logits, char *err, size_t errlen) {
     const vit_config *c = &m->cfg;
@@ -642,11 +674,12 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
     }
     start[n] = (int)T;
     activations a;
-    if (reserve(ws, plan(c, T, Tmax, &a, NULL))) {
+    int parts = parallel_threads() < H ? parallel_threads() : H;
+    if (reserve(ws, plan(c, T, Tmax, (size_t)parts, &a, NULL))) {
         snprintf(err, errlen, "out of memory for a batch of %zu tokens", T);
         goto cleanup;
     }
-    plan(c, T, Tmax, &a, ws->arena);
+    plan(c, T, Tmax, (size_t)parts, &a, ws->arena);
     pos = malloc(sizeof(double) * 2 * Tmax);
     if (!pos) {
         snprintf(err, errlen, "out of memory");
@@ -690,14 +723,16 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
             int Ti = start[i + 1] - start[i];
             float *qkv_i = a.qkv + (size_t)start[i] * 3 * D;
             if (rot[i]) rotation_apply(&m->rot, rot[i], l, qkv_i, 3 * D, Ti);
-            attention_forward(a.attn + (size_t)start[i] * D, D, qkv_i, a.scores, Ti, H, hd);
+            attention_job job = {a.attn + (size_t)start[i] * D, qkv_i, a.scores, Ti, (int)Tmax, H, hd};
+            parallel_run(attention_part, &job, parts);
         }
         gemm_forward(a.xn, a.attn, &L->out, L->out_b, (int)T);
         for (size_t i = 0; i < T * D; i++) a.x[i] += a.xn[i];
         // x = x + fc2(act(fc1(LN2(x))))
         layernorm_forward(a.xn, a.x, L->ln2_w, L->ln2_b, (int)T, D, eps);
         gemm_forward(a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T);
-        activation_forward(a.mlp, T * (size_t)I, c->hidden_act);
+        activation_job act = {a.mlp, T * (size_t)I, c->hidden_act};
+        parallel_run(activation_part, &act, T * (size_t)I >= 65536 ? parts : 1);
         gemm_forward(a.xn, a.mlp, &L->fc2, L->fc2_b, (int)T);
         for (size_t i = 0; i < T * D; i++) a.x[i] += a.xn[i];
     }
