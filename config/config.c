@@ -1,0 +1,332 @@
+/* config.c: the table of knobs and the four sources of their values.
+ * See config.h for the precedence rules. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define OFF(field) offsetof(server_config, field)
+#define SIZE(field) sizeof(((server_config *)0)->field)
+
+static const char *const access_log_choices[] = {"text", "json", "off", NULL};
+
+/* The one table. Defaults are text so that they go through the same parser
+ * as every other source and cannot disagree with the bounds. */
+const config_option config_options[] = {
+    {"model", CONFIG_STRING, OFF(model), SIZE(model), "", 0, 0, NULL,
+     "model directory (config.json, model.safetensors); empty: the bundled default model"},
+    {"model-name", CONFIG_STRING, OFF(model_name), SIZE(model_name), "", 0, 0, NULL,
+     "name served in the API; empty: the model directory's base name"},
+    {"host", CONFIG_STRING, OFF(host), SIZE(host), "0.0.0.0", 0, 0, NULL, "address to listen on"},
+    {"port", CONFIG_INT, OFF(port), 0, "8080", 0, 65535, NULL, "HTTP port (0: any free port)"},
+    {"metrics-port", CONFIG_INT, OFF(metrics_port), 0, "0", 0, 65535, NULL,
+     "serve /metrics on its own port; 0: on the main port"},
+    {"metrics-open", CONFIG_BOOL, OFF(metrics_open), 0, "yes", 0, 1, NULL,
+     "/metrics needs no token even when api-key-file is set"},
+    {"config", CONFIG_STRING, OFF(config), SIZE(config), "", 0, 0, NULL,
+     "config file of `key value` lines (flag or COMROPE_CONFIG only)"},
+    {"api-key-file", CONFIG_STRING, OFF(api_key_file), SIZE(api_key_file), "", 0, 0, NULL,
+     "file of bearer tokens, one per line; empty: no auth"},
+    {"max-batch-size", CONFIG_INT, OFF(max_batch_size), 0, "8", 1, 4096, NULL,
+     "images per executed batch"},
+    {"max-batch-tokens", CONFIG_INT, OFF(max_batch_tokens), 0, "16384", 1, 1 << 24, NULL,
+     "tokens per executed batch (a single larger request still runs alone)"},
+    {"max-queue-delay-us", CONFIG_INT, OFF(max_queue_delay_us), 0, "2000", 0, 10000000, NULL,
+     "how long a batch waits for more requests; skipped when none could join"},
+    {"max-queue-size", CONFIG_INT, OFF(max_queue_size), 0, "256", 1, 1000000, NULL,
+     "requests waiting for a worker; beyond it: 503 with Retry-After"},
+    {"default-timeout-ms", CONFIG_INT, OFF(default_timeout_ms), 0, "30000", 1, 3600000, NULL,
+     "deadline of a request that sets none; passed: 504"},
+    {"workers", CONFIG_INT, OFF(workers), 0, "0", 0, 1024, NULL,
+     "inference worker threads; 0: derived from the CPU limit"},
+    {"http-threads", CONFIG_INT, OFF(http_threads), 0, "0", 0, 1024, NULL,
+     "HTTP thread pool size; 0: derived from the CPU limit"},
+    {"gemm-threads", CONFIG_INT, OFF(gemm_threads), 0, "0", 0, 1024, NULL,
+     "GEMM/BLAS threads per forward; 0: CPU limit / workers"},
+    {"max-body-bytes", CONFIG_INT64, OFF(max_body_bytes), 0, "67108864", 1, (long long)1 << 40, NULL,
+     "largest request body; more: 413"},
+    {"max-image-pixels", CONFIG_INT64, OFF(max_image_pixels), 0, "40000000", 1, (long long)1 << 40, NULL,
+     "largest decoded image (width*height); more: 413"},
+    {"max-image-side", CONFIG_INT, OFF(max_image_side), 0, "16384", 1, 1 << 20, NULL,
+     "largest image width or height; more: 413"},
+    {"connection-timeout-s", CONFIG_INT, OFF(connection_timeout_s), 0, "30", 1, 86400, NULL,
+     "idle / slow client timeout"},
+    {"max-connections", CONFIG_INT, OFF(max_connections), 0, "512", 1, 1000000, NULL,
+     "open connections at most"},
+    {"drain-timeout-s", CONFIG_INT, OFF(drain_timeout_s), 0, "30", 0, 3600, NULL,
+     "on SIGTERM, how long queued work may finish before leftovers get 503"},
+    {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,
+     "access log on stderr: text, json or off"},
+};
+const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
+
+static const config_option *find_option(const char *name) {
+    for (int i = 0; i < config_num_options; i++)
+        if (strcmp(config_options[i].name, name) == 0) return &config_options[i];
+    return NULL;
+}
+
+int config_set(server_config *cfg, const char *name, const char *value, const char *source,
+               char *err, size_t errlen) {
+    const config_option *o = find_option(name);
+    if (!o) {
+        snprintf(err, errlen, "unknown config key \"%s\" (%s)", name, source);
+        return -1;
+    }
+    char *field = (char *)cfg + o->offset;
+    switch (o->type) {
+    case CONFIG_STRING:
+        if (strlen(value) >= o->size) {
+            snprintf(err, errlen, "%s (%s): value is longer than %zu bytes", name, source, o->size - 1);
+            return -1;
+        }
+        memcpy(field, value, strlen(value) + 1);
+        return 0;
+    case CONFIG_BOOL:
+        if (!strcmp(value, "yes") || !strcmp(value, "true") || !strcmp(value, "1")) {
+            *(int *)field = 1;
+        } else if (!strcmp(value, "no") || !strcmp(value, "false") || !strcmp(value, "0")) {
+            *(int *)field = 0;
+        } else {
+            snprintf(err, errlen, "%s (%s): expected yes or no, not \"%s\"", name, source, value);
+            return -1;
+        }
+        return 0;
+    case CONFIG_ENUM:
+        for (int i = 0; o->choices[i]; i++)
+            if (strcmp(o->choices[i], value) == 0) {
+                *(int *)field = i;
+                return 0;
+            }
+        snprintf(err, errlen, "%s (%s): \"%s\" is not one of", name, source, value);
+        for (int i = 0; o->choices[i]; i++) {
+            size_t n = strlen(err);
+            snprintf(err + n, errlen > n ? errlen - n : 0, "%s %s", i ? "," : "", o->choices[i]);
+        }
+        return -1;
+    case CONFIG_INT:
+    case CONFIG_INT64: {
+        char *end;
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (*value == '\0' || *end != '\0' || errno == ERANGE) {
+            snprintf(err, errlen, "%s (%s): expected an integer, not \"%s\"", name, source, value);
+            return -1;
+        }
+        if (v < o->min || v > o->max) {
+            snprintf(err, errlen, "%s (%s): %lld is out of range [%lld, %lld]", name, source, v,
+                     o->min, o->max);
+            return -1;
+        }
+        if (o->type == CONFIG_INT) *(int *)field = (int)v;
+        else *(int64_t *)field = (int64_t)v;
+        return 0;
+    }
+    }
+    return -1;
+}
+
+void config_defaults(server_config *cfg) {
+    char err[256];
+    memset(cfg, 0, sizeof(*cfg));
+    for (int i = 0; i < config_num_options; i++)
+        config_set(cfg, config_options[i].name, config_options[i].default_value, "default",
+                   err, sizeof(err));
+}
+
+/* Splits a line into key and value in place; the value may be quoted.
+ * Returns 1 for a key/value line, 0 for a blank or comment, -1 if malformed. */
+static int split_line(char *line, char **key, char **value) {
+    char *p = line;
+    while (isspace((unsigned char)*p)) p++;
+    if (*p == '\0' || *p == '#') return 0;
+    *key = p;
+    while (*p && !isspace((unsigned char)*p)) p++;
+    if (*p == '\0') return -1;
+    *p++ = '\0';
+    while (isspace((unsigned char)*p)) p++;
+    if (*p == '\0') return -1; /* a key without a value; `key ""` sets it empty */
+    char *end = p + strlen(p);
+    while (end > p && isspace((unsigned char)end[-1])) *--end = '\0';
+    if (*p == '"') {
+        if (end - p < 2 || end[-1] != '"') return -1;
+        end[-1] = '\0';
+        p++;
+    }
+    *value = p;
+    return 1;
+}
+
+int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "config: cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = -1, lineno = 0;
+    char line[8192], source[64];
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *key, *value;
+        int kind = split_line(line, &key, &value);
+        if (kind == 0) continue;
+        if (kind < 0) {
+            snprintf(err, errlen, "config: %s:%d: expected `key value`", path, lineno);
+            goto cleanup;
+        }
+        if (strcmp(key, "config") == 0) {
+            snprintf(err, errlen, "config: %s:%d: a config file cannot name another", path, lineno);
+            goto cleanup;
+        }
+        snprintf(source, sizeof(source), "%s:%d", path, lineno);
+        if (config_set(cfg, key, value, source, err, errlen)) goto cleanup;
+    }
+    rc = 0;
+cleanup:
+    fclose(f);
+    return rc;
+}
+
+/* "max-batch-size" -> "COMROPE_MAX_BATCH_SIZE" */
+static void env_name(const char *key, char *out, size_t len) {
+    size_t n = (size_t)snprintf(out, len, "COMROPE_");
+    for (; *key && n + 1 < len; key++)
+        out[n++] = *key == '-' ? '_' : (char)toupper((unsigned char)*key);
+    out[n] = '\0';
+}
+
+static const char *env_get(char **envp, const char *name) {
+    size_t n = strlen(name);
+    for (char **e = envp; e && *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') return *e + n + 1;
+    return NULL;
+}
+
+int config_load(server_config *cfg, int argc, char **argv, char **envp,
+                char *err, size_t errlen) {
+    int action = CONFIG_RUN;
+    config_defaults(cfg);
+
+    /* First pass over the flags: --help, --print-config, and --config,
+     * which must be read before the environment and the other flags. */
+    const char *file = env_get(envp, "COMROPE_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return CONFIG_HELP;
+        if (!strcmp(argv[i], "--print-config")) action = CONFIG_PRINT;
+        else if (!strcmp(argv[i], "--config") && i + 1 < argc) file = argv[++i];
+        else if (!strncmp(argv[i], "--", 2) && i + 1 < argc) i++;
+    }
+    if (file && *file) {
+        if (config_set(cfg, "config", file, "flag", err, errlen)) return -1;
+        if (config_load_file(cfg, file, err, errlen)) return -1;
+    }
+
+    char name[128];
+    for (int i = 0; i < config_num_options; i++) {
+        if (strcmp(config_options[i].name, "config") == 0) continue;
+        env_name(config_options[i].name, name, sizeof(name));
+        const char *v = env_get(envp, name);
+        if (v && config_set(cfg, config_options[i].name, v, name, err, errlen)) return -1;
+    }
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--print-config")) continue;
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument \"%s\" (options are --key value)", a);
+            return -1;
+        }
+        const char *key = a + 2, *value = NULL;
+        char keybuf[128];
+        const char *eq = strchr(key, '=');
+        if (eq) { /* --key=value is accepted too */
+            snprintf(keybuf, sizeof(keybuf), "%.*s", (int)(eq - key), key);
+            key = keybuf;
+            value = eq + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        }
+        if (!find_option(key)) {
+            snprintf(err, errlen, "unknown option --%s (see --help)", key);
+            return -1;
+        }
+        if (!value) {
+            snprintf(err, errlen, "--%s needs a value", key);
+            return -1;
+        }
+        if (strcmp(key, "config") == 0) continue; /* read above */
+        if (config_set(cfg, key, value, "flag", err, errlen)) return -1;
+    }
+    return action;
+}
+
+int config_cpu_limit(const char *cpu_max_path) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    int cpus = n > 0 ? (int)n : 1;
+    FILE *f = cpu_max_path ? fopen(cpu_max_path, "r") : NULL;
+    if (!f) return cpus;
+    char quota[64] = "";
+    long long period = 0;
+    /* "max 100000" (no limit) or "150000 100000" (1.5 CPUs) */
+    if (fscanf(f, "%63s %lld", quota, &period) == 2 && strcmp(quota, "max") != 0 && period > 0) {
+        long long q = strtoll(quota, NULL, 10);
+        if (q > 0) {
+            long long limit = (q + period - 1) / period;
+            if (limit < cpus) cpus = (int)limit;
+        }
+    }
+    fclose(f);
+    return cpus < 1 ? 1 : cpus;
+}
+
+void config_derive_threads(server_config *cfg, int cpu_limit) {
+    if (cpu_limit < 1) cpu_limit = 1;
+    /* The engine's GEMM pool runs one multiply at a time for the whole
+     * process, so extra workers only overlap decoding and attention with
+     * it: two are enough to keep the pool busy on larger machines. */
+    if (cfg->workers == 0) cfg->workers = cpu_limit >= 4 ? 2 : 1;
+    if (cfg->gemm_threads == 0) {
+        cfg->gemm_threads = cpu_limit / cfg->workers;
+        if (cfg->gemm_threads < 1) cfg->gemm_threads = 1;
+    }
+    /* HTTP threads only parse and copy: a few are plenty. */
+    if (cfg->http_threads == 0) cfg->http_threads = cpu_limit >= 8 ? 4 : 2;
+}
+
+static void print_value(const server_config *cfg, const config_option *o, FILE *out) {
+    const char *field = (const char *)cfg + o->offset;
+    switch (o->type) {
+    case CONFIG_STRING: fprintf(out, "\"%s\"", field); break;
+    case CONFIG_INT: fprintf(out, "%d", *(const int *)field); break;
+    case CONFIG_INT64: fprintf(out, "%lld", (long long)*(const int64_t *)field); break;
+    case CONFIG_BOOL: fprintf(out, "%s", *(const int *)field ? "yes" : "no"); break;
+    case CONFIG_ENUM: fprintf(out, "%s", o->choices[*(const int *)field]); break;
+    }
+}
+
+void config_print(const server_config *cfg, FILE *out) {
+    for (int i = 0; i < config_num_options; i++) {
+        fprintf(out, "%s ", config_options[i].name);
+        print_value(cfg, &config_options[i], out);
+        fputc('\n', out);
+    }
+}
+
+void config_usage(FILE *out) {
+    char env[128];
+    fprintf(out, "usage: comrope-serve [--key value]... [--print-config] [--help]\n"
+                 "Each key is also a config-file line `key value` and an environment\n"
+                 "variable COMROPE_<KEY>; precedence: defaults < file < environment < flags.\n\n");
+    for (int i = 0; i < config_num_options; i++) {
+        const config_option *o = &config_options[i];
+        env_name(o->name, env, sizeof(env));
+        fprintf(out, "  --%-22s %s\n  %-24s default \"%s\"", o->name, o->help, "", o->default_value);
+        if (o->type == CONFIG_INT || o->type == CONFIG_INT64)
+            fprintf(out, ", range [%lld, %lld]", o->min, o->max);
+        fprintf(out, ", env %s\n", env);
+    }
+}

@@ -1,0 +1,104 @@
+/* config.h: every setting of comrope-serve, and where its value comes from.
+ *
+ * Owns: the server_config struct, the one table that describes each knob
+ * (name, type, default, bounds, help), and resolving a value from the four
+ * sources in order of precedence:
+ *
+ *     defaults < config file (--config) < environment COMROPE_<KEY> < flags
+ *
+ * The same table prints --help, --print-config and the README's list, so a
+ * knob added here is known everywhere at once. Bad values are refused at
+ * start with a message naming the key and the source. */
+#ifndef COMROPE_CONFIG_H
+#define COMROPE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONFIG_PATH_MAX 4096
+
+enum { ACCESS_LOG_TEXT = 0, ACCESS_LOG_JSON, ACCESS_LOG_OFF };
+
+typedef struct {
+    char model[CONFIG_PATH_MAX];        /* "" = the bundled default model */
+    char model_name[256];               /* "" = base name of the model directory */
+    char host[256];
+    int port;
+    int metrics_port;                   /* 0 = served on the main port */
+    int metrics_open;                   /* 1: /metrics needs no token even with api-key-file */
+    char config[CONFIG_PATH_MAX];       /* the config file read, "" if none */
+    char api_key_file[CONFIG_PATH_MAX]; /* "" = no auth */
+    int max_batch_size;                 /* images per executed batch */
+    int max_batch_tokens;               /* tokens per executed batch */
+    int max_queue_delay_us;
+    int max_queue_size;                 /* requests waiting; more -> 503 */
+    int default_timeout_ms;
+    int workers;                        /* 0 = derived from the CPU limit */
+    int http_threads;                   /* 0 = derived */
+    int gemm_threads;                   /* 0 = derived: cpu limit / workers */
+    int64_t max_body_bytes;
+    int64_t max_image_pixels;
+    int max_image_side;
+    int connection_timeout_s;
+    int max_connections;
+    int drain_timeout_s;
+    int access_log;                     /* ACCESS_LOG_* */
+} server_config;
+
+typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;
+
+/* One row of the table. Integers are bounded by [min, max]; enums list
+ * their names in `choices` (NULL-terminated), stored as the index. */
+typedef struct {
+    const char *name;
+    config_type type;
+    size_t offset;          /* into server_config */
+    size_t size;            /* string capacity */
+    const char *default_value;
+    long long min, max;
+    const char *const *choices;
+    const char *help;
+} config_option;
+
+extern const config_option config_options[];
+extern const int config_num_options;
+
+/* What config_load asks the caller to do next. */
+enum { CONFIG_RUN = 0, CONFIG_HELP, CONFIG_PRINT };
+
+/* Fills *cfg from defaults, the config file (--config FILE in argv, else
+ * COMROPE_CONFIG in envp), the environment (envp, NULL-terminated
+ * "KEY=VALUE" strings, as main's third argument or `environ`) and the flags
+ * in argv[1..argc-1]. Returns CONFIG_RUN, CONFIG_HELP or CONFIG_PRINT, or -1
+ * with a message naming the key and where its value came from. */
+int config_load(server_config *cfg, int argc, char **argv, char **envp,
+                char *err, size_t errlen);
+
+/* Just the defaults (for tests and as a base). */
+void config_defaults(server_config *cfg);
+
+/* Sets one knob from text, as the file, environment and flags do.
+ * `source` appears in the message ("flag", "COMROPE_PORT", "file:3").
+ * Returns 0, or -1 naming the key. */
+int config_set(server_config *cfg, const char *name, const char *value, const char *source,
+               char *err, size_t errlen);
+
+/* Reads a Redis-style file: `key value` per line, `#` comments, blank lines.
+ * A value may be double-quoted to hold spaces. Returns 0 or -1. */
+int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen);
+
+/* The CPU limit of this process: ceil(quota / period) from the cgroup v2
+ * file at `cpu_max_path` when a quota is set, else the online CPU count. */
+int config_cpu_limit(const char *cpu_max_path);
+
+/* Replaces the 0 ("derived") thread counts with values that keep
+ * workers * gemm_threads <= cpu_limit. */
+void config_derive_threads(server_config *cfg, int cpu_limit);
+
+/* `key value` lines of the resolved table (what --print-config shows; the
+ * output is itself a valid config file). */
+void config_print(const server_config *cfg, FILE *out);
+void config_usage(FILE *out);
+
+#endif

@@ -1,0 +1,127 @@
+/* proto.h: what a client asked for and what we answer, without HTTP.
+ *
+ * Owns: parsing request bodies into a proto_request (the native API,
+ * POST /v1/classify with JSON or a raw image body, and the Open Inference
+ * Protocol v2 infer request with its binary tensor extension), building
+ * the response bodies from a proto_result, and the small helpers they share
+ * (base64, softmax top-k, error bodies). It never touches a socket, a
+ * thread or the model's weights, so every error path is a unit test.
+ *
+ * Errors are values: a parser returns 0, or the HTTP status to answer
+ * (400, 413, 415) with a message in err naming the field. */
+#ifndef COMROPE_PROTO_H
+#define COMROPE_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "input.h"
+
+/* What the parsers need to know about the served model. */
+typedef struct {
+    const char *name;          /* the served name (--model-name) */
+    const char *pe_type;       /* "comrope-ld", ... */
+    int num_channels;          /* C */
+    int num_class;             /* K */
+    int image_size;            /* training resolution (square) */
+    int patch_size;
+    int max_tokens;            /* per image */
+    char *const *labels;       /* K entries, NULL where unnamed; may be NULL */
+    const char *version;       /* build version */
+} proto_model;
+
+/* One image of a request: either an encoded file (JPEG/PNG) to decode and
+ * prepare, or pixels already normalized (v2 pixel_values), used as is. */
+typedef struct {
+    uint8_t *encoded;          /* owned, or NULL */
+    size_t encoded_len;
+    float *pixels;             /* owned (C, h, w), or NULL */
+    int h, w;                  /* pixels' size; for encoded, set by the server once resolved */
+} proto_image;
+
+enum { PROTO_V1 = 1, PROTO_V2 = 2 };
+
+typedef struct {
+    int api;                   /* PROTO_V1 or PROTO_V2 */
+    proto_image *images;       /* owned array of num_images */
+    int num_images;
+    resolution_request resolution;
+    int fit;                   /* IMAGE_FIT_* */
+    int timeout_ms;            /* 0: the server's default */
+    /* v1 */
+    int top_k;
+    int return_logits;
+    /* v2 */
+    char *id;                  /* owned, or NULL */
+    int classification_k;      /* > 0: output "logits" as BYTES [N, k] */
+    int binary_output;         /* output "logits" in the binary section */
+} proto_request;
+
+/* The answer to a request: logits of every image in request order. */
+typedef struct {
+    int num_images, num_class;
+    const float *logits;       /* (num_images, num_class) */
+    const int *h, *w;          /* resolution each image ran at */
+    double queue_ms, compute_ms, total_ms;
+} proto_result;
+
+/* A response body. For v2 binary outputs, json_len < len: the first
+ * json_len bytes are the JSON header (Inference-Header-Content-Length). */
+typedef struct {
+    char *data;                /* owned (malloc) */
+    size_t len;
+    size_t json_len;
+} proto_body;
+
+void proto_request_init(proto_request *req, const proto_model *pm, int api);
+void proto_request_free(proto_request *req);
+void proto_body_free(proto_body *b);
+
+/* Standard base64 (padding optional). Returns 0 with a malloc'd *out, or
+ * -1 with a message giving the offset of the first bad character. */
+int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen,
+                  char *err, size_t errlen);
+
+/* Indices of the k largest logits, highest first, and the softmax
+ * probability of each (order and probs have k entries). */
+void proto_top_k(const float *logits, int K, int k, int *order, double *probs);
+
+/* Label of class k (id2label, else the index as text) into buf. */
+const char *proto_label(const proto_model *pm, int k, char *buf, size_t len);
+
+/* {"error": msg} */
+char *proto_error_json(const char *msg);
+
+/* ---- native API ---- */
+
+/* POST /v1/classify: dispatches on the Content-Type: application/json ->
+ * v1_parse_json; image/jpeg or image/png -> the raw body is the one image
+ * (knobs come as query arguments, v1_parse_query_arg); anything else: 415. */
+int v1_parse(const proto_model *pm, const char *content_type, const uint8_t *body, size_t len,
+             proto_request *req, char *err, size_t errlen);
+int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_request *req,
+                  char *err, size_t errlen);
+/* One query argument of a raw-image request (resolution, fit, top_k,
+ * return_logits, timeout_ms); unknown keys are refused by name. */
+int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *key,
+                       const char *value, char *err, size_t errlen);
+
+int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res,
+                proto_body *out);
+/* GET /v1/models */
+char *v1_models_json(const proto_model *pm);
+
+/* ---- Open Inference Protocol v2 ---- */
+
+/* POST /v2/models/{name}/infer. header_len is the value of
+ * Inference-Header-Content-Length (0 when absent: the body is all JSON);
+ * bytes after it are the binary tensors, in input order. */
+int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_t header_len,
+                   proto_request *req, char *err, size_t errlen);
+int v2_response(const proto_model *pm, const proto_request *req, const proto_result *res,
+                proto_body *out);
+/* GET /v2 and GET /v2/models/{name} */
+char *v2_server_json(const proto_model *pm);
+char *v2_model_json(const proto_model *pm);
+
+#endif

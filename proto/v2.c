@@ -1,0 +1,505 @@
+/* v2.c: the Open Inference Protocol (KServe v2) infer request and its
+ * metadata documents, with the classification and binary tensor extensions.
+ *
+ * Inputs (exactly one):
+ *   pixel_values FP32 [N, C, H, W]: normalized pixels, used as is;
+ *   images BYTES [N]: JPEG/PNG files, base64 strings in JSON, or in the
+ *     binary section each element as a 4-byte little-endian length then the
+ *     bytes (as Triton frames BYTES).
+ * Output: logits FP32 [N, K], or with "parameters": {"classification": k}
+ * BYTES [N, k] of "score:index:label", highest first. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "proto.h"
+
+/* Reads shape [d0, d1, ...] into dims; returns the rank or -1. */
+static int read_shape(json_t *shape, long long *dims, int max_rank) {
+    if (!json_is_array(shape) || json_array_size(shape) == 0 ||
+        json_array_size(shape) > (size_t)max_rank)
+        return -1;
+    size_t i;
+    json_t *d;
+    json_array_foreach(shape, i, d) {
+        if (!json_is_integer(d) || json_integer_value(d) < 1 || json_integer_value(d) > (1 << 24))
+            return -1;
+        dims[i] = json_integer_value(d);
+    }
+    return (int)json_array_size(shape);
+}
+
+/* Copies numbers from `data` (flat or nested arrays) into out[*n...]. */
+static int flatten_numbers(json_t *data, float *out, size_t cap, size_t *n, int depth) {
+    if (json_is_number(data)) {
+        if (*n >= cap) return -1;
+        out[(*n)++] = (float)json_number_value(data);
+        return 0;
+    }
+    if (!json_is_array(data) || depth > 8) return -1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(data, i, v) {
+        if (flatten_numbers(v, out, cap, n, depth + 1)) return -1;
+    }
+    return 0;
+}
+
+/* Collects the strings of `data` (flat or nested). */
+static int flatten_strings(json_t *data, json_t **out, size_t cap, size_t *n, int depth) {
+    if (json_is_string(data)) {
+        if (*n >= cap) return -1;
+        out[(*n)++] = data;
+        return 0;
+    }
+    if (!json_is_array(data) || depth > 4) return -1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(data, i, v) {
+        if (flatten_strings(v, out, cap, n, depth + 1)) return -1;
+    }
+    return 0;
+}
+
+static int alloc_images(proto_request *req, int n) {
+    req->images = calloc((size_t)n, sizeof(proto_image));
+    if (!req->images) return -1;
+    req->num_images = n;
+    return 0;
+}
+
+/* The input's binary_data_size parameter, or -1 when it has none. */
+static long long binary_size(json_t *input) {
+    json_t *p = json_object_get(json_object_get(input, "parameters"), "binary_data_size");
+    return json_is_integer(p) ? (long long)json_integer_value(p) : -1;
+}
+
+static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_t *bin,
+                              size_t bin_len, proto_request *req, char *err, size_t errlen) {
+    long long dims[4];
+    const char *dt = json_string_value(json_object_get(input, "datatype"));
+    if (!dt || strcmp(dt, "FP32") != 0) {
+        snprintf(err, errlen, "inputs[0].datatype: pixel_values must be FP32");
+        return 400;
+    }
+    if (read_shape(json_object_get(input, "shape"), dims, 4) != 4 || dims[1] != pm->num_channels) {
+        snprintf(err, errlen, "inputs[0].shape: pixel_values must be [N, %d, H, W] with positive sizes",
+                 pm->num_channels);
+        return 400;
+    }
+    long long per = dims[1] * dims[2] * dims[3], total = dims[0] * per;
+    if (dims[0] > 4096 || total > ((long long)1 << 30)) {
+        snprintf(err, errlen, "inputs[0].shape: tensor of %lld values is too large", total);
+        return 413;
+    }
+    float *all = malloc(sizeof(float) * (size_t)total);
+    if (!all) {
+        snprintf(err, errlen, "out of memory");
+        return 500;
+    }
+    long long bsize = binary_size(input);
+    json_t *data = json_object_get(input, "data");
+    if (bsize >= 0) {
+        if (bsize != total * 4 || (size_t)bsize > bin_len) {
+            snprintf(err, errlen, "inputs[0].parameters.binary_data_size: %lld bytes, the shape needs "
+                     "%lld and the binary section holds %zu", bsize, total * 4, bin_len);
+            free(all);
+            return 400;
+        }
+        memcpy(all, bin, (size_t)bsize); /* little-endian floats, as x86 and arm64 hold them */
+    } else {
+        size_t n = 0;
+        if (!data || flatten_numbers(data, all, (size_t)total, &n, 0) || n != (size_t)total) {
+            snprintf(err, errlen, "inputs[0].data: expected %lld numbers (flat or nested) matching the shape",
+                     total);
+            free(all);
+            return 400;
+        }
+    }
+    if (alloc_images(req, (int)dims[0])) {
+        free(all);
+        snprintf(err, errlen, "out of memory");
+        return 500;
+    }
+    int status = 0;
+    for (int i = 0; i < req->num_images; i++) {
+        req->images[i].pixels = malloc(sizeof(float) * (size_t)per);
+        if (!req->images[i].pixels) {
+            snprintf(err, errlen, "out of memory");
+            status = 500;
+            break;
+        }
+        memcpy(req->images[i].pixels, all + (size_t)i * per, sizeof(float) * (size_t)per);
+        req->images[i].h = (int)dims[2];
+        req->images[i].w = (int)dims[3];
+    }
+    free(all);
+    return status;
+}
+
+static int take_encoded(proto_request *req, int i, uint8_t *data, size_t len, char *err,
+                        size_t errlen) {
+    if (image_format(data, len) == IMAGE_FORMAT_UNKNOWN) {
+        free(data);
+        snprintf(err, errlen, "inputs[0].data[%d]: not a JPEG or PNG file", i);
+        return 415;
+    }
+    req->images[i].encoded = data;
+    req->images[i].encoded_len = len;
+    return 0;
+}
+
+static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto_request *req,
+                        char *err, size_t errlen) {
+    long long dims[2];
+    const char *dt = json_string_value(json_object_get(input, "datatype"));
+    if (!dt || strcmp(dt, "BYTES") != 0) {
+        snprintf(err, errlen, "inputs[0].datatype: images must be BYTES");
+        return 400;
+    }
+    int rank = read_shape(json_object_get(input, "shape"), dims, 2);
+    if (rank < 1 || (rank == 2 && dims[1] != 1) || dims[0] > 4096) {
+        snprintf(err, errlen, "inputs[0].shape: images must be [N] (or [N, 1]) with N in [1, 4096]");
+        return 400;
+    }
+    int n = (int)dims[0], status;
+    if (alloc_images(req, n)) {
+        snprintf(err, errlen, "out of memory");
+        return 500;
+    }
+    long long bsize = binary_size(input);
+    if (bsize >= 0) {
+        if ((size_t)bsize > bin_len) {
+            snprintf(err, errlen, "inputs[0].parameters.binary_data_size: %lld bytes, but the binary "
+                     "section holds %zu", bsize, bin_len);
+            return 400;
+        }
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            if (off + 4 > (size_t)bsize) {
+                snprintf(err, errlen, "inputs[0]: binary data ends before element %d's length", i);
+                return 400;
+            }
+            uint32_t len = (uint32_t)bin[off] | (uint32_t)bin[off + 1] << 8 |
+                           (uint32_t)bin[off + 2] << 16 | (uint32_t)bin[off + 3] << 24;
+            off += 4;
+            if (len == 0 || len > (size_t)bsize - off) {
+                snprintf(err, errlen, "inputs[0]: element %d's length %u runs past binary_data_size", i, len);
+                return 400;
+            }
+            uint8_t *copy = malloc(len);
+            if (!copy) {
+                snprintf(err, errlen, "out of memory");
+                return 500;
+            }
+            memcpy(copy, bin + off, len);
+            off += len;
+            if ((status = take_encoded(req, i, copy, len, err, errlen))) return status;
+        }
+        if (off != (size_t)bsize) {
+            snprintf(err, errlen, "inputs[0]: %zu bytes left after %d elements", (size_t)bsize - off, n);
+            return 400;
+        }
+        return 0;
+    }
+    json_t **strs = calloc((size_t)n, sizeof(json_t *));
+    size_t got = 0;
+    status = 400;
+    if (!strs) {
+        snprintf(err, errlen, "out of memory");
+        return 500;
+    }
+    if (flatten_strings(json_object_get(input, "data"), strs, (size_t)n, &got, 0) || got != (size_t)n) {
+        snprintf(err, errlen, "inputs[0].data: expected %d base64 strings matching the shape", n);
+        goto cleanup;
+    }
+    for (int i = 0; i < n; i++) {
+        char msg[256];
+        uint8_t *data;
+        size_t len;
+        if (json_string_length(strs[i]) == 0 ||
+            base64_decode(json_string_value(strs[i]), json_string_length(strs[i]), &data, &len,
+                          msg, sizeof(msg))) {
+            snprintf(err, errlen, "inputs[0].data[%d]: %s", i,
+                     json_string_length(strs[i]) ? msg : "empty image");
+            goto cleanup;
+        }
+        if ((status = take_encoded(req, i, data, len, err, errlen))) goto cleanup;
+        status = 400;
+    }
+    status = 0;
+cleanup:
+    free(strs);
+    return status;
+}
+
+/* Request-level parameters: resolution (integer, "HxW", "native"), fit, timeout_ms,
+ * binary_data_output. */
+static int parse_parameters(json_t *params, proto_request *req, char *err, size_t errlen) {
+    if (!params) return 0;
+    if (!json_is_object(params)) {
+        snprintf(err, errlen, "parameters: expected an object");
+        return 400;
+    }
+    json_t *v;
+    char msg[256];
+    if ((v = json_object_get(params, "resolution"))) {
+        if (json_is_integer(v) && json_integer_value(v) >= 1 && json_integer_value(v) <= 65536) {
+            int n = (int)json_integer_value(v);
+            req->resolution = (resolution_request){0, n, n};
+        } else if (!json_is_string(v) ||
+                   resolution_parse(json_string_value(v), &req->resolution, msg, sizeof(msg))) {
+            snprintf(err, errlen, "parameters.resolution: expected a positive integer, \"HxW\" or \"native\"");
+            return 400;
+        }
+    }
+    if ((v = json_object_get(params, "fit"))) {
+        const char *s = json_string_value(v);
+        if (s && strcmp(s, "resize") == 0) req->fit = IMAGE_FIT_RESIZE;
+        else if (s && strcmp(s, "crop") == 0) req->fit = IMAGE_FIT_CROP;
+        else {
+            snprintf(err, errlen, "parameters.fit: expected \"resize\" or \"crop\"");
+            return 400;
+        }
+    }
+    if ((v = json_object_get(params, "timeout_ms"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 3600000) {
+            snprintf(err, errlen, "parameters.timeout_ms: expected an integer in [1, 3600000]");
+            return 400;
+        }
+        req->timeout_ms = (int)json_integer_value(v);
+    }
+    if ((v = json_object_get(params, "binary_data_output"))) {
+        if (!json_is_boolean(v)) {
+            snprintf(err, errlen, "parameters.binary_data_output: expected true or false");
+            return 400;
+        }
+        req->binary_output = json_is_true(v);
+    }
+    return 0;
+}
+
+static int parse_outputs(const proto_model *pm, json_t *outputs, proto_request *req, char *err,
+                         size_t errlen) {
+    if (!outputs) return 0;
+    if (!json_is_array(outputs)) {
+        snprintf(err, errlen, "outputs: expected an array");
+        return 400;
+    }
+    size_t i;
+    json_t *o;
+    json_array_foreach(outputs, i, o) {
+        const char *name = json_string_value(json_object_get(o, "name"));
+        if (!name || strcmp(name, "logits") != 0) {
+            snprintf(err, errlen, "outputs[%zu].name: the model has one output, \"logits\"", i);
+            return 400;
+        }
+        json_t *p = json_object_get(o, "parameters"), *v;
+        if (p && !json_is_object(p)) {
+            snprintf(err, errlen, "outputs[%zu].parameters: expected an object", i);
+            return 400;
+        }
+        if ((v = json_object_get(p, "classification"))) {
+            if (!json_is_integer(v) || json_integer_value(v) < 1) {
+                snprintf(err, errlen, "outputs[%zu].parameters.classification: expected a positive integer", i);
+                return 400;
+            }
+            json_int_t k = json_integer_value(v);
+            req->classification_k = k > pm->num_class ? pm->num_class : (int)k;
+        }
+        if ((v = json_object_get(p, "binary_data"))) {
+            if (!json_is_boolean(v)) {
+                snprintf(err, errlen, "outputs[%zu].parameters.binary_data: expected true or false", i);
+                return 400;
+            }
+            req->binary_output = json_is_true(v);
+        }
+    }
+    return 0;
+}
+
+int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_t header_len,
+                   proto_request *req, char *err, size_t errlen) {
+    json_error_t jerr;
+    json_t *root = NULL;
+    int status = 400;
+    proto_request_init(req, pm, PROTO_V2);
+    if (header_len > len) {
+        snprintf(err, errlen, "Inference-Header-Content-Length: %zu is larger than the body (%zu bytes)",
+                 header_len, len);
+        goto fail;
+    }
+    size_t json_len = header_len ? header_len : len;
+    root = json_loadb((const char *)body, json_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        snprintf(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+        goto fail;
+    }
+    if (!json_is_object(root)) {
+        snprintf(err, errlen, "the body must be a JSON object");
+        goto fail;
+    }
+    json_t *id = json_object_get(root, "id");
+    if (id) {
+        if (!json_is_string(id)) {
+            snprintf(err, errlen, "id: expected a string");
+            goto fail;
+        }
+        req->id = strdup(json_string_value(id));
+    }
+    if ((status = parse_parameters(json_object_get(root, "parameters"), req, err, errlen))) goto fail;
+    if ((status = parse_outputs(pm, json_object_get(root, "outputs"), req, err, errlen))) goto fail;
+    status = 400;
+    json_t *inputs = json_object_get(root, "inputs");
+    if (!json_is_array(inputs) || json_array_size(inputs) != 1) {
+        snprintf(err, errlen, "inputs: expected an array of one input, \"pixel_values\" or \"images\"");
+        goto fail;
+    }
+    json_t *input = json_array_get(inputs, 0);
+    const char *name = json_string_value(json_object_get(input, "name"));
+    json_t *ip = json_object_get(input, "parameters");
+    if (ip && !json_is_object(ip)) {
+        snprintf(err, errlen, "inputs[0].parameters: expected an object");
+        goto fail;
+    }
+    if (json_object_get(ip, "binary_data_size") && !header_len) {
+        snprintf(err, errlen, "inputs[0].parameters.binary_data_size: needs the "
+                 "Inference-Header-Content-Length header");
+        goto fail;
+    }
+    const uint8_t *bin = body + json_len;
+    size_t bin_len = len - json_len;
+    if (name && strcmp(name, "pixel_values") == 0)
+        status = parse_pixel_values(pm, input, bin, bin_len, req, err, errlen);
+    else if (name && strcmp(name, "images") == 0)
+        status = parse_images(input, bin, bin_len, req, err, errlen);
+    else
+        snprintf(err, errlen, "inputs[0].name: expected \"pixel_values\" or \"images\"");
+    if (status) goto fail;
+    json_decref(root);
+    return 0;
+fail:
+    json_decref(root);
+    proto_request_free(req);
+    return status;
+}
+
+int v2_response(const proto_model *pm, const proto_request *req, const proto_result *res,
+                proto_body *out) {
+    int N = res->num_images, K = res->num_class, k = req->classification_k;
+    json_t *root = json_object(), *o = json_object();
+    char *bin = NULL;
+    size_t bin_len = 0;
+    memset(out, 0, sizeof(*out));
+    json_object_set_new(root, "model_name", json_string(pm->name));
+    json_object_set_new(root, "model_version", json_string("1"));
+    if (req->id) json_object_set_new(root, "id", json_string(req->id));
+    json_object_set_new(o, "name", json_string("logits"));
+    if (k > 0) {
+        /* classification extension: "score:index:label", highest first */
+        int *order = malloc(sizeof(int) * (size_t)k);
+        double *probs = malloc(sizeof(double) * (size_t)k);
+        json_t *data = json_array();
+        char s[512], num[16];
+        if (!order || !probs) {
+            free(order);
+            free(probs);
+            goto fail;
+        }
+        for (int i = 0; i < N; i++) {
+            proto_top_k(res->logits + (size_t)i * K, K, k, order, probs);
+            for (int j = 0; j < k; j++) {
+                snprintf(s, sizeof(s), "%f:%d:%s", probs[j], order[j],
+                         proto_label(pm, order[j], num, sizeof(num)));
+                json_array_append_new(data, json_string(s));
+            }
+        }
+        free(order);
+        free(probs);
+        json_object_set_new(o, "datatype", json_string("BYTES"));
+        json_object_set_new(o, "shape", json_pack("[ii]", N, k));
+        if (req->binary_output) {
+            size_t total = 0, i;
+            json_t *v;
+            json_array_foreach(data, i, v) total += 4 + json_string_length(v);
+            bin = malloc(total ? total : 1);
+            if (!bin) {
+                json_decref(data);
+                goto fail;
+            }
+            json_array_foreach(data, i, v) {
+                uint32_t n = (uint32_t)json_string_length(v);
+                bin[bin_len++] = (char)(n & 0xff);
+                bin[bin_len++] = (char)((n >> 8) & 0xff);
+                bin[bin_len++] = (char)((n >> 16) & 0xff);
+                bin[bin_len++] = (char)((n >> 24) & 0xff);
+                memcpy(bin + bin_len, json_string_value(v), n);
+                bin_len += n;
+            }
+            json_decref(data);
+        } else {
+            json_object_set_new(o, "data", data);
+        }
+    } else {
+        json_object_set_new(o, "datatype", json_string("FP32"));
+        json_object_set_new(o, "shape", json_pack("[ii]", N, K));
+        if (req->binary_output) {
+            bin_len = sizeof(float) * (size_t)N * K;
+            bin = malloc(bin_len);
+            if (!bin) goto fail;
+            memcpy(bin, res->logits, bin_len);
+        } else {
+            json_t *data = json_array();
+            for (size_t i = 0; i < (size_t)N * K; i++) json_array_append_new(data, json_real(res->logits[i]));
+            json_object_set_new(o, "data", data);
+        }
+    }
+    if (req->binary_output)
+        json_object_set_new(o, "parameters", json_pack("{s:I}", "binary_data_size", (json_int_t)bin_len));
+    json_object_set_new(root, "outputs", json_pack("[o]", o));
+    o = NULL;
+    char *js = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(9) | JSON_PRESERVE_ORDER);
+    if (!js) goto fail;
+    size_t jl = strlen(js);
+    out->data = malloc(jl + bin_len + 1);
+    if (!out->data) {
+        free(js);
+        goto fail;
+    }
+    memcpy(out->data, js, jl);
+    if (bin_len) memcpy(out->data + jl, bin, bin_len);
+    out->data[jl + bin_len] = '\0';
+    out->len = jl + bin_len;
+    out->json_len = jl;
+    free(js);
+    free(bin);
+    json_decref(root);
+    return 0;
+fail:
+    free(bin);
+    json_decref(o);
+    json_decref(root);
+    return -1;
+}
+
+char *v2_server_json(const proto_model *pm) {
+    json_t *o = json_pack("{s:s,s:s,s:[sss]}", "name", "comrope-serve", "version",
+                          pm->version ? pm->version : "0", "extensions", "classification",
+                          "binary_tensor_data", "model_repository_health");
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+char *v2_model_json(const proto_model *pm) {
+    json_t *o = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[iiii]},{s:s,s:s,s:[i]}],s:[{s:s,s:s,s:[ii]}]}",
+                          "name", pm->name, "versions", "1", "platform", "comrope_c",
+                          "inputs", "name", "pixel_values", "datatype", "FP32", "shape", -1,
+                          pm->num_channels, -1, -1, "name", "images", "datatype", "BYTES", "shape", -1,
+                          "outputs", "name", "logits", "datatype", "FP32", "shape", -1, pm->num_class);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}

@@ -1,0 +1,671 @@
+/* http.c: routing, per-request state, suspend/resume, access log.
+ * See http.h. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "input.h"
+
+struct http_server {
+    http_params p;
+    struct MHD_Daemon *main_daemon, *metrics_daemon;
+    int port, metrics_port;
+    atomic_int draining;
+    atomic_ullong next_id;
+    pthread_mutex_t lock;
+    pthread_cond_t idle;
+    int open_requests;         /* allocated http_request structs */
+};
+
+enum { PHASE_RESPOND = 0, PHASE_READING, PHASE_QUEUED, PHASE_ANSWERED };
+
+/* Everything about one HTTP request; lives from the first call of the
+ * access handler to MHD's completion callback, which frees it. */
+typedef struct {
+    http_server *s;
+    struct MHD_Connection *conn;
+    int endpoint;
+    int phase;
+    int metrics_only;          /* arrived on the metrics port */
+    char method[16];
+    char path[256];
+    char request_id[128];
+    int64_t start_ns;
+    /* body */
+    uint8_t *body;
+    size_t body_len, body_cap;
+    int body_too_large;
+    int arriving;              /* counted in batcher_arrival_begin */
+    /* inference */
+    proto_request req;
+    int parsed;
+    job job;
+    /* the answer, built by a worker or here */
+    int status;
+    char *resp;                /* malloc'd body */
+    size_t resp_len, resp_json_len;
+    const char *content_type;
+    int retry_after;
+    size_t bytes_sent;
+} http_request;
+
+static int64_t now_ns(void) { return monotonic_ns(); }
+
+/* --- answers ------------------------------------------------------------ */
+
+/* Stores an answer in r (takes body). */
+static void set_answer(http_request *r, int status, const char *content_type, char *body,
+                       size_t len, size_t json_len) {
+    free(r->resp);
+    r->status = status;
+    r->content_type = content_type;
+    r->resp = body;
+    r->resp_len = len;
+    r->resp_json_len = json_len;
+}
+
+static void set_error(http_request *r, int status, const char *msg) {
+    char *body = proto_error_json(msg);
+    set_answer(r, status, "application/json", body, body ? strlen(body) : 0, 0);
+}
+
+static void set_json(http_request *r, int status, char *json) {
+    if (!json) {
+        set_error(r, 500, "out of memory");
+        return;
+    }
+    set_answer(r, status, "application/json", json, strlen(json), 0);
+}
+
+/* Hands r's answer to MHD. */
+static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
+    struct MHD_Response *resp;
+    char *body = r->resp;
+    r->resp = NULL;
+    resp = MHD_create_response_from_buffer(r->resp_len, body ? body : (char *)"",
+                                           body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    if (r->content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
+    MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    if (r->resp_json_len && r->resp_json_len < r->resp_len) {
+        char n[32];
+        snprintf(n, sizeof(n), "%zu", r->resp_json_len);
+        MHD_add_response_header(resp, "Inference-Header-Content-Length", n);
+    }
+    if (r->retry_after) {
+        char n[16];
+        snprintf(n, sizeof(n), "%d", r->retry_after);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, n);
+    }
+    if (r->status == 401) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (atomic_load(&r->s->draining))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    r->bytes_sent = r->resp_len;
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* --- the worker's completion --------------------------------------------- */
+
+/* Runs on a batcher thread: builds the response body and resumes the
+ * connection; the MHD thread then queues it. */
+static void job_done(job *j, void *arg) {
+    http_request *r = arg;
+    if (j->status == 200) {
+        proto_result res;
+        int *h = malloc(sizeof(int) * (size_t)r->req.num_images);
+        int *w = malloc(sizeof(int) * (size_t)r->req.num_images);
+        proto_body body = {0};
+        int rc = -1;
+        if (h && w) {
+            for (int i = 0; i < r->req.num_images; i++) {
+                h[i] = r->req.images[i].h;
+                w[i] = r->req.images[i].w;
+            }
+            res.num_images = r->req.num_images;
+            res.num_class = r->s->p.pm.num_class;
+            res.logits = j->logits;
+            res.h = h;
+            res.w = w;
+            res.queue_ms = (double)(j->started_ns - j->enqueued_ns) / 1e6;
+            res.compute_ms = (double)(j->finished_ns - j->started_ns) / 1e6;
+            res.total_ms = (double)(monotonic_ns() - r->start_ns) / 1e6;
+            rc = r->req.api == PROTO_V1 ? v1_response(&r->s->p.pm, &r->req, &res, &body)
+                                        : v2_response(&r->s->p.pm, &r->req, &res, &body);
+        }
+        free(h);
+        free(w);
+        if (rc == 0)
+            set_answer(r, 200, body.json_len < body.len ? "application/octet-stream" : "application/json",
+                       body.data, body.len, body.json_len);
+        else
+            set_error(r, 500, "out of memory building the response");
+    } else {
+        set_error(r, j->status, j->error);
+        if (j->status == 503) r->retry_after = 1;
+    }
+    r->phase = PHASE_ANSWERED;
+    MHD_resume_connection(r->conn);
+}
+
+/* --- helpers ------------------------------------------------------------- */
+
+static int authorized(http_request *r, struct MHD_Connection *c) {
+    char **keys = r->s->p.api_keys;
+    if (!keys) return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    int ok = 0;
+    size_t n = strlen(h);
+    for (int i = 0; keys[i]; i++) {
+        /* compare every byte of equal-length keys: no early exit to time */
+        if (strlen(keys[i]) != n) continue;
+        unsigned char diff = 0;
+        for (size_t k = 0; k < n; k++) diff |= (unsigned char)(keys[i][k] ^ h[k]);
+        if (!diff) ok = 1;
+    }
+    return ok;
+}
+
+/* Path after "/v2/models/": the model name and what follows it. */
+static int model_route(const char *path, const char *name, const char **rest, int *name_ok) {
+    const char *prefix = "/v2/models/";
+    size_t pl = strlen(prefix);
+    if (strncmp(path, prefix, pl) != 0) return 0;
+    const char *p = path + pl;
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : strlen(p);
+    if (n == 0) return 0;
+    *name_ok = strlen(name) == n && strncmp(p, name, n) == 0;
+    *rest = slash ? slash : "";
+    /* "/versions/1" as KServe and Triton allow */
+    if (strncmp(*rest, "/versions/1", 11) == 0) *rest += 11;
+    return 1;
+}
+
+static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value) {
+    (void)kind;
+    http_request *r = cls;
+    char err[512];
+    if (r->status) return MHD_NO; /* first error wins */
+    int st = v1_parse_query_arg(&r->s->p.pm, &r->req, key, value, err, sizeof(err));
+    if (st) {
+        set_error(r, st, err);
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+/* Image headers and resolutions, checked before queueing so that a bad
+ * request costs no worker time. Returns 0 or an HTTP status (r's answer set). */
+static int validate_images(http_request *r) {
+    const vit_model *m = r->s->p.model;
+    const server_config *cfg = r->s->p.cfg;
+    char msg[512], err[600];
+    int tokens = 0;
+    for (int i = 0; i < r->req.num_images; i++) {
+        proto_image *im = &r->req.images[i];
+        if (im->encoded) {
+            int iw, ih;
+            if (image_probe(im->encoded, im->encoded_len, &iw, &ih, msg, sizeof(msg))) {
+                snprintf(err, sizeof(err), "images[%d]: %s", i, msg);
+                set_error(r, 400, err);
+                return 400;
+            }
+            if (iw > cfg->max_image_side || ih > cfg->max_image_side ||
+                (int64_t)iw * ih > cfg->max_image_pixels) {
+                snprintf(err, sizeof(err), "images[%d]: %dx%d is over the limits (side %d, pixels %lld)",
+                         i, iw, ih, cfg->max_image_side, (long long)cfg->max_image_pixels);
+                set_error(r, 413, err);
+                return 413;
+            }
+            if (resolution_resolve(m, r->req.resolution, ih, iw, &im->h, &im->w, msg, sizeof(msg))) {
+                snprintf(err, sizeof(err), "resolution: %s (images[%d])", msg, i);
+                set_error(r, 400, err);
+                return 400;
+            }
+        } else if (vit_check_resolution(m, im->h, im->w, msg, sizeof(msg))) {
+            snprintf(err, sizeof(err), "inputs[0].shape: %s", msg);
+            set_error(r, 400, err);
+            return 400;
+        }
+        tokens += (im->h / m->cfg.patch_size) * (im->w / m->cfg.patch_size) + (m->cfg.prepend_cls ? 1 : 0);
+    }
+    r->job.tokens = tokens;
+    return 0;
+}
+
+/* The body is complete: parse, validate, queue and suspend. */
+static void submit_inference(http_request *r, struct MHD_Connection *c) {
+    http_server *s = r->s;
+    char err[512];
+    int st;
+    if (r->body_too_large) {
+        snprintf(err, sizeof(err), "body is larger than max-body-bytes (%lld)",
+                 (long long)s->p.cfg->max_body_bytes);
+        set_error(r, 413, err);
+        return;
+    }
+    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
+        st = v1_parse(&s->p.pm, ctype, r->body, r->body_len, &r->req, err, sizeof(err));
+        r->parsed = 1;
+        if (!st && r->req.num_images == 1 && ctype && strncasecmp(ctype, "image/", 6) == 0) {
+            MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, r);
+            if (r->status) return;
+        }
+    } else {
+        size_t header_len = 0;
+        const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+        if (h) {
+            char *end;
+            unsigned long long v = strtoull(h, &end, 10);
+            if (*h == '\0' || *end || v == 0) {
+                set_error(r, 400, "Inference-Header-Content-Length: expected a positive integer");
+                return;
+            }
+            header_len = (size_t)v;
+        }
+        st = v2_parse_infer(&s->p.pm, r->body, r->body_len, header_len, &r->req, err, sizeof(err));
+        r->parsed = 1;
+    }
+    if (st) {
+        set_error(r, st, err);
+        return;
+    }
+    free(r->body); /* the request holds its own copies now */
+    r->body = NULL;
+    if (validate_images(r)) return;
+    int timeout_ms = r->req.timeout_ms ? r->req.timeout_ms : s->p.cfg->default_timeout_ms;
+    r->job.req = &r->req;
+    r->job.deadline_ns = r->start_ns + (int64_t)timeout_ms * 1000000;
+    r->job.done = job_done;
+    r->job.done_arg = r;
+    /* Suspend before submitting: the worker may answer (and resume) before
+     * this function returns, and resuming a connection that is not yet
+     * suspended would be lost. */
+    r->phase = PHASE_QUEUED;
+    MHD_suspend_connection(c);
+    st = batcher_submit(s->p.batcher, &r->job);
+    if (st) {
+        set_error(r, st, r->job.error);
+        r->retry_after = 1;
+        r->phase = PHASE_ANSWERED;
+        MHD_resume_connection(c);
+    }
+}
+
+static int media_type_allowed(int endpoint, const char *ctype) {
+    if (!ctype) return 0;
+    const char *types[] = {"application/json", "image/jpeg", "image/png", "application/octet-stream"};
+    int n = endpoint == ENDPOINT_V1_CLASSIFY ? 3 : 1;
+    /* v2 binary bodies are often sent as application/octet-stream */
+    if (endpoint == ENDPOINT_V2_INFER) n = 4;
+    for (int i = 0; i < n; i++) {
+        if (endpoint == ENDPOINT_V2_INFER && (i == 1 || i == 2)) continue;
+        size_t l = strlen(types[i]);
+        if (strncasecmp(ctype, types[i], l) == 0 && (ctype[l] == '\0' || ctype[l] == ';')) return 1;
+    }
+    return 0;
+}
+
+/* First call for a request: route it. GETs are answered at once; inference
+ * POSTs start reading their body. */
+static void route(http_request *r, struct MHD_Connection *c) {
+    http_server *s = r->s;
+    const char *path = r->path, *rest = NULL;
+    int is_get = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
+    int is_post = strcmp(r->method, "POST") == 0;
+    int name_ok = 0, ready = !atomic_load(&s->draining);
+    char err[512];
+
+    if (strcmp(path, "/metrics") == 0) {
+        r->endpoint = ENDPOINT_METRICS;
+        if (!is_get) goto method;
+        if (s->p.cfg->metrics_port && !r->metrics_only) goto not_found;
+        if (!s->p.cfg->metrics_open && !authorized(r, c)) goto unauthorized;
+        size_t len = 0;
+        char *text = metrics_render(s->p.metrics, batcher_queue_depth(s->p.batcher),
+                                    batcher_in_flight(s->p.batcher), ready, &len);
+        if (!text) {
+            set_error(r, 500, "out of memory");
+            return;
+        }
+        set_answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, 0);
+        return;
+    }
+    if (r->metrics_only) goto not_found;
+    if (strcmp(path, "/v2/health/live") == 0 || strcmp(path, "/v2/health/ready") == 0 ||
+        strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0) {
+        r->endpoint = ENDPOINT_HEALTH;
+        if (!is_get) goto method;
+        int live = strstr(path, "live") || strcmp(path, "/healthz") == 0;
+        if (live) set_json(r, 200, strdup("{\"live\":true}"));
+        else set_json(r, ready ? 200 : 503, strdup(ready ? "{\"ready\":true}" : "{\"ready\":false}"));
+        return;
+    }
+    if (strcmp(path, "/v1/classify") == 0) r->endpoint = ENDPOINT_V1_CLASSIFY;
+    else if (strcmp(path, "/v1/models") == 0) r->endpoint = ENDPOINT_V1_MODELS;
+    else if (strcmp(path, "/v2") == 0) r->endpoint = ENDPOINT_V2_SERVER;
+    else if (model_route(path, s->p.pm.name, &rest, &name_ok))
+        r->endpoint = strcmp(rest, "/infer") == 0 ? ENDPOINT_V2_INFER : ENDPOINT_V2_MODEL;
+    else goto not_found;
+
+    if (!authorized(r, c)) goto unauthorized;
+    switch (r->endpoint) {
+    case ENDPOINT_V1_MODELS:
+        if (!is_get) goto method;
+        set_json(r, 200, v1_models_json(&s->p.pm));
+        return;
+    case ENDPOINT_V2_SERVER:
+        if (!is_get) goto method;
+        set_json(r, 200, v2_server_json(&s->p.pm));
+        return;
+    case ENDPOINT_V2_MODEL:
+        if (!name_ok) goto unknown_model;
+        if (!is_get) goto method;
+        if (strcmp(rest, "") == 0) set_json(r, 200, v2_model_json(&s->p.pm));
+        else if (strcmp(rest, "/ready") == 0)
+            set_json(r, ready ? 200 : 503, strdup(ready ? "{\"ready\":true}" : "{\"ready\":false}"));
+        else goto not_found;
+        return;
+    default:
+        break;
+    }
+    /* inference */
+    if (r->endpoint == ENDPOINT_V2_INFER && !name_ok) goto unknown_model;
+    if (!is_post) goto method;
+    if (!ready) {
+        set_error(r, 503, "server is shutting down");
+        return;
+    }
+    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!media_type_allowed(r->endpoint, ctype)) {
+        snprintf(err, sizeof(err), "Content-Type: \"%.60s\" is not accepted here (%s)",
+                 ctype ? ctype : "(none)",
+                 r->endpoint == ENDPOINT_V1_CLASSIFY ? "application/json, image/jpeg, image/png"
+                                                     : "application/json");
+        set_error(r, 415, err);
+        return;
+    }
+    /* Refuse an oversized body from its Content-Length, before reading it. */
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->p.cfg->max_body_bytes) {
+        snprintf(err, sizeof(err), "Content-Length %s is larger than max-body-bytes (%lld)", cl,
+                 (long long)s->p.cfg->max_body_bytes);
+        set_error(r, 413, err);
+        return;
+    }
+    r->phase = PHASE_READING;
+    r->arriving = 1;
+    batcher_arrival_begin(s->p.batcher);
+    return;
+unknown_model:
+    snprintf(err, sizeof(err), "unknown model \"%.*s\" (this server has \"%s\")",
+             (int)strcspn(path + strlen("/v2/models/"), "/"), path + strlen("/v2/models/"), s->p.pm.name);
+    set_error(r, 404, err);
+    return;
+unauthorized:
+    set_error(r, 401, "missing or invalid bearer token");
+    return;
+method:
+    snprintf(err, sizeof(err), "method %s is not allowed on %s", r->method, path);
+    set_error(r, 405, err);
+    return;
+not_found:
+    if (r->endpoint != ENDPOINT_METRICS) r->endpoint = ENDPOINT_OTHER;
+    snprintf(err, sizeof(err), "no such endpoint: %.200s", path);
+    set_error(r, 404, err);
+}
+
+static void new_request_id(http_server *s, char *out, size_t len) {
+    unsigned long long n = atomic_fetch_add(&s->next_id, 1);
+    snprintf(out, len, "%08lx-%llu", (unsigned long)getpid(), n);
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                              const char *version, const char *upload_data, size_t *upload_data_size,
+                              void **con_cls, int metrics_only) {
+    (void)version;
+    http_server *s = cls;
+    http_request *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof(*r));
+        if (!r) return MHD_NO;
+        r->s = s;
+        r->conn = c;
+        r->start_ns = now_ns();
+        r->metrics_only = metrics_only;
+        r->endpoint = ENDPOINT_OTHER;
+        snprintf(r->method, sizeof(r->method), "%s", method);
+        snprintf(r->path, sizeof(r->path), "%s", url);
+        const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+        if (id && *id && strlen(id) < sizeof(r->request_id) && !strpbrk(id, "\r\n\""))
+            snprintf(r->request_id, sizeof(r->request_id), "%s", id);
+        else
+            new_request_id(s, r->request_id, sizeof(r->request_id));
+        pthread_mutex_lock(&s->lock);
+        s->open_requests++;
+        pthread_mutex_unlock(&s->lock);
+        *con_cls = r;
+        route(r, c);
+        if (r->phase == PHASE_RESPOND) return queue_answer(c, r);
+        return MHD_YES;
+    }
+    if (r->phase == PHASE_READING) {
+        if (*upload_data_size) {
+            size_t n = *upload_data_size;
+            *upload_data_size = 0;
+            if (r->body_too_large || r->body_len + n > (size_t)s->p.cfg->max_body_bytes) {
+                /* chunked bodies have no Content-Length: cap while reading */
+                r->body_too_large = 1;
+                free(r->body);
+                r->body = NULL;
+                return MHD_YES;
+            }
+            if (r->body_len + n > r->body_cap) {
+                size_t cap = r->body_cap ? r->body_cap : 65536;
+                while (cap < r->body_len + n) cap *= 2;
+                uint8_t *grown = realloc(r->body, cap);
+                if (!grown) return MHD_NO;
+                r->body = grown;
+                r->body_cap = cap;
+            }
+            memcpy(r->body + r->body_len, upload_data, n);
+            r->body_len += n;
+            return MHD_YES;
+        }
+        submit_inference(r, c);
+        r->arriving = 0;
+        batcher_arrival_end(s->p.batcher);
+        if (r->phase == PHASE_READING) { /* refused before queueing */
+            r->phase = PHASE_RESPOND;
+            return queue_answer(c, r);
+        }
+        return MHD_YES;
+    }
+    if (r->phase == PHASE_ANSWERED) {
+        r->phase = PHASE_RESPOND;
+        return queue_answer(c, r);
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result handle_main(void *cls, struct MHD_Connection *c, const char *url,
+                                   const char *method, const char *version, const char *upload_data,
+                                   size_t *upload_data_size, void **con_cls) {
+    return handle(cls, c, url, method, version, upload_data, upload_data_size, con_cls, 0);
+}
+
+static enum MHD_Result handle_metrics(void *cls, struct MHD_Connection *c, const char *url,
+                                      const char *method, const char *version, const char *upload_data,
+                                      size_t *upload_data_size, void **con_cls) {
+    return handle(cls, c, url, method, version, upload_data, upload_data_size, con_cls, 1);
+}
+
+static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
+    int mode = r->s->p.cfg->access_log;
+    if (mode == ACCESS_LOG_OFF) return;
+    double ms = (double)(now_ns() - r->start_ns) / 1e6;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    char ts[32];
+    gmtime_r(&tv.tv_sec, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    const char *outcome = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted";
+    if (mode == ACCESS_LOG_JSON) {
+        json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:I,s:f,s:s,s:s}", "time", ts, "method", r->method,
+                              "path", r->path, "status", r->status, "bytes", (json_int_t)r->bytes_sent,
+                              "ms", ms, "request_id", r->request_id, "outcome", outcome);
+        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        if (line) fprintf(stderr, "%s\n", line);
+        free(line);
+        json_decref(o);
+    } else {
+        fprintf(stderr, "%s.%03dZ %s %s %d %zu %.3fms %s%s\n", ts, (int)(tv.tv_usec / 1000), r->method,
+                r->path, r->status, r->bytes_sent, ms, r->request_id,
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted");
+    }
+}
+
+/* MHD is done with the request (sent, or the client went away): the only
+ * place per-request state is freed. */
+static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                              enum MHD_RequestTerminationCode toe) {
+    (void)c;
+    http_server *s = cls;
+    http_request *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    if (r->arriving) batcher_arrival_end(s->p.batcher);
+    if (!r->status) r->status = 500; /* closed before an answer */
+    metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
+    access_log(r, toe);
+    if (r->parsed) proto_request_free(&r->req);
+    free(r->job.logits);
+    free(r->body);
+    free(r->resp);
+    free(r);
+    pthread_mutex_lock(&s->lock);
+    s->open_requests--;
+    if (s->open_requests == 0) pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandlerCallback handler,
+                                       char *err, size_t errlen) {
+    const server_config *cfg = s->p.cfg;
+    struct sockaddr_in addr4;
+    struct sockaddr_in6 addr6;
+    struct sockaddr *addr;
+    unsigned int flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    memset(&addr4, 0, sizeof(addr4));
+    memset(&addr6, 0, sizeof(addr6));
+    if (inet_pton(AF_INET, cfg->host, &addr4.sin_addr) == 1) {
+        addr4.sin_family = AF_INET;
+        addr4.sin_port = htons((uint16_t)port);
+        addr = (struct sockaddr *)&addr4;
+    } else if (inet_pton(AF_INET6, cfg->host, &addr6.sin6_addr) == 1) {
+        addr6.sin6_family = AF_INET6;
+        addr6.sin6_port = htons((uint16_t)port);
+        addr = (struct sockaddr *)&addr6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, errlen, "host: \"%s\" is not an IPv4 or IPv6 address", cfg->host);
+        return NULL;
+    }
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, handler, s,
+        MHD_OPTION_SOCK_ADDR, addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
+        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
+        MHD_OPTION_END);
+    if (!d) snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, port, strerror(errno));
+    return d;
+}
+
+static int bound_port(struct MHD_Daemon *d) {
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return info ? info->port : 0;
+}
+
+http_server *http_start(const http_params *p, char *err, size_t errlen) {
+    http_server *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->p = *p;
+    atomic_init(&s->draining, 0);
+    atomic_init(&s->next_id, 1);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->idle, NULL);
+    s->main_daemon = start_daemon(s, p->cfg->port, handle_main, err, errlen);
+    if (!s->main_daemon) goto fail;
+    s->port = bound_port(s->main_daemon);
+    if (p->cfg->metrics_port) {
+        s->metrics_daemon = start_daemon(s, p->cfg->metrics_port, handle_metrics, err, errlen);
+        if (!s->metrics_daemon) goto fail;
+        s->metrics_port = bound_port(s->metrics_daemon);
+    }
+    return s;
+fail:
+    http_stop(s);
+    return NULL;
+}
+
+int http_port(http_server *s) { return s->port; }
+int http_metrics_port(http_server *s) { return s->metrics_port; }
+
+void http_begin_drain(http_server *s) {
+    atomic_store(&s->draining, 1);
+    /* Stop accepting: the listening socket is closed, so new connections
+     * are refused at once instead of waiting in the backlog. */
+    MHD_socket fd = MHD_quiesce_daemon(s->main_daemon);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+void http_wait_idle(http_server *s, int timeout_ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (s->open_requests > 0)
+        if (pthread_cond_timedwait(&s->idle, &s->lock, &ts) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void http_stop(http_server *s) {
+    if (!s) return;
+    if (s->metrics_daemon) MHD_stop_daemon(s->metrics_daemon);
+    if (s->main_daemon) MHD_stop_daemon(s->main_daemon);
+    pthread_cond_destroy(&s->idle);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}

@@ -1,0 +1,54 @@
+/* http.h: the HTTP side of comrope-serve (libmicrohttpd).
+ *
+ * Owns: the MHD daemons (main port, and /metrics on its own port when
+ * configured), routing, per-request state (body accumulated here, capped),
+ * auth, X-Request-Id, limits checked before queueing (Content-Length, media
+ * type, image header dimensions, resolution), suspending a connection while
+ * its job is queued and resuming it from the worker's completion, the
+ * access log, and the readiness / drain state.
+ *
+ * Nothing slow runs on an MHD thread: parsing JSON and reading image
+ * headers only; decoding and inference happen in the batcher. */
+#ifndef COMROPE_HTTP_H
+#define COMROPE_HTTP_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "batcher.h"
+#include "config.h"
+#include "metrics.h"
+#include "proto.h"
+#include "vit.h"
+
+typedef struct http_server http_server;
+
+typedef struct {
+    const server_config *cfg;
+    const vit_model *model;
+    proto_model pm;
+    batcher *batcher;
+    metrics *metrics;
+    char **api_keys;           /* NULL-terminated; NULL: no auth */
+} http_params;
+
+/* Starts listening. Returns NULL with a message (address in use, ...). */
+http_server *http_start(const http_params *p, char *err, size_t errlen);
+
+/* The bound ports (useful with --port 0). */
+int http_port(http_server *s);
+int http_metrics_port(http_server *s);
+
+/* Readiness 503 from now on, new connections refused, requests arriving on
+ * kept-alive connections answered 503 with Connection: close. */
+void http_begin_drain(http_server *s);
+
+/* Waits up to timeout_ms for every request to be answered (after the
+ * batcher has answered its jobs, this is the flushing of responses). */
+void http_wait_idle(http_server *s, int timeout_ms);
+
+/* Stops the daemons and frees. Every suspended connection must have been
+ * resumed (batcher_free answers every job) before this. */
+void http_stop(http_server *s);
+
+#endif

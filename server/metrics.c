@@ -1,0 +1,311 @@
+/* metrics.c: counters, histograms and their text exposition. */
+#include "metrics.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static const char *endpoint_names[ENDPOINT_COUNT] = {
+    "v1_classify", "v1_models", "v2_infer", "v2_model", "v2_server", "health", "metrics", "other"};
+
+const char *metrics_endpoint_name(int endpoint) {
+    return endpoint >= 0 && endpoint < ENDPOINT_COUNT ? endpoint_names[endpoint] : "other";
+}
+
+#define MAX_BUCKETS 16
+
+static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25, 0.5, 1, 2.5, 5, 10, 30};
+static const double images_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+static const double tokens_bounds[] = {16, 64, 256, 1024, 4096, 16384, 65536};
+/* Images are also counted by their own token count, bucketed so that the
+ * label set stays bounded whatever resolutions clients send. */
+static const int token_buckets[] = {64, 256, 1024, 4096};
+#define TOKEN_BUCKETS 5
+
+typedef struct {
+    const double *bounds;
+    int num_bounds;
+    uint64_t counts[MAX_BUCKETS]; /* per bucket, not cumulative; the last is +Inf */
+    uint64_t count;
+    double sum;
+} histogram;
+
+/* Failure reasons, from the status code. */
+static const char *failure_reason(int status) {
+    switch (status) {
+    case 400: return "bad_request";
+    case 401: return "unauthorized";
+    case 404: return "not_found";
+    case 405: return "method_not_allowed";
+    case 413: return "too_large";
+    case 415: return "unsupported_media_type";
+    case 503: return "unavailable";
+    case 504: return "deadline_exceeded";
+    default: return status >= 500 ? "internal" : "other";
+    }
+}
+
+#define MAX_STATUS 600
+
+struct metrics {
+    pthread_mutex_t lock;
+    char *model, *pe_type, *version;
+    int training_resolution;
+    double start_time;
+    uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
+    histogram request_seconds, queue_seconds, compute_seconds, batch_images, batch_tokens;
+    uint64_t batches;
+    uint64_t images_by_tokens[TOKEN_BUCKETS];
+};
+
+static void histogram_init(histogram *h, const double *bounds, int n) {
+    memset(h, 0, sizeof(*h));
+    h->bounds = bounds;
+    h->num_bounds = n;
+}
+
+static void histogram_observe(histogram *h, double v) {
+    int i = 0;
+    while (i < h->num_bounds && v > h->bounds[i]) i++;
+    h->counts[i]++;
+    h->count++;
+    h->sum += v;
+}
+
+metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
+                     const char *version) {
+    metrics *m = calloc(1, sizeof(*m));
+    if (!m) return NULL;
+    pthread_mutex_init(&m->lock, NULL);
+    m->model = strdup(model);
+    m->pe_type = strdup(pe_type);
+    m->version = strdup(version);
+    m->training_resolution = training_resolution;
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    m->start_time = (double)tv.tv_sec + tv.tv_usec / 1e6;
+#define N(a) (int)(sizeof(a) / sizeof(a[0]))
+    histogram_init(&m->request_seconds, latency_bounds, N(latency_bounds));
+    histogram_init(&m->queue_seconds, latency_bounds, N(latency_bounds));
+    histogram_init(&m->compute_seconds, latency_bounds, N(latency_bounds));
+    histogram_init(&m->batch_images, images_bounds, N(images_bounds));
+    histogram_init(&m->batch_tokens, tokens_bounds, N(tokens_bounds));
+#undef N
+    if (!m->model || !m->pe_type || !m->version) {
+        metrics_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void metrics_free(metrics *m) {
+    if (!m) return;
+    pthread_mutex_destroy(&m->lock);
+    free(m->model);
+    free(m->pe_type);
+    free(m->version);
+    free(m);
+}
+
+void metrics_request(metrics *m, int endpoint, int status, double seconds) {
+    if (endpoint < 0 || endpoint >= ENDPOINT_COUNT) endpoint = ENDPOINT_OTHER;
+    if (status < 100 || status >= MAX_STATUS) status = 500;
+    pthread_mutex_lock(&m->lock);
+    m->requests[endpoint][status]++;
+    histogram_observe(&m->request_seconds, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_queue_wait(metrics *m, double seconds) {
+    pthread_mutex_lock(&m->lock);
+    histogram_observe(&m->queue_seconds, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_batch(metrics *m, int images, const int *token_counts, double compute_seconds) {
+    int tokens = 0;
+    pthread_mutex_lock(&m->lock);
+    for (int i = 0; i < images; i++) {
+        int b = 0;
+        while (b < TOKEN_BUCKETS - 1 && token_counts[i] > token_buckets[b]) b++;
+        m->images_by_tokens[b]++;
+        tokens += token_counts[i];
+    }
+    m->batches++;
+    histogram_observe(&m->batch_images, images);
+    histogram_observe(&m->batch_tokens, tokens);
+    histogram_observe(&m->compute_seconds, compute_seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* A growing text buffer for the exposition. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+    int failed;
+} text;
+
+static void put(text *t, const char *fmt, ...) {
+    if (t->failed) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->data + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = 1;
+            return;
+        }
+        if (t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = (t->cap + (size_t)n) * 2;
+        char *grown = realloc(t->data, cap);
+        if (!grown) {
+            t->failed = 1;
+            return;
+        }
+        t->data = grown;
+        t->cap = cap;
+    }
+}
+
+static void put_histogram(text *t, const char *name, const char *help, const histogram *h) {
+    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cumulative = 0;
+    for (int i = 0; i < h->num_bounds; i++) {
+        cumulative += h->counts[i];
+        put(t, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], (unsigned long long)cumulative);
+    }
+    put(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
+    put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+}
+
+/* Label values are our own names, but escape anyway: a model name comes
+ * from the command line. */
+static void put_label_value(text *t, const char *s) {
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"') put(t, "\\%c", *s);
+        else if (*s == '\n') put(t, "\\n");
+        else put(t, "%c", *s);
+    }
+}
+
+static int count_open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n - 1; /* the directory stream's own fd */
+}
+
+static long long resident_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long long size = 0, rss = 0;
+    if (!f) return -1;
+    int ok = fscanf(f, "%lld %lld", &size, &rss) == 2;
+    fclose(f);
+    return ok ? rss * sysconf(_SC_PAGESIZE) : -1;
+}
+
+char *metrics_render(metrics *m, int queue_depth, int in_flight, int ready, size_t *len) {
+    text t = {0};
+    t.cap = 16384;
+    t.data = malloc(t.cap);
+    if (!t.data) return NULL;
+    pthread_mutex_lock(&m->lock);
+
+    put(&t, "# HELP comrope_requests_total HTTP requests answered, by endpoint and status code.\n"
+            "# TYPE comrope_requests_total counter\n");
+    for (int e = 0; e < ENDPOINT_COUNT; e++)
+        for (int s = 0; s < MAX_STATUS; s++)
+            if (m->requests[e][s])
+                put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", endpoint_names[e],
+                    s, (unsigned long long)m->requests[e][s]);
+
+    /* Failures summed over endpoints, by reason; every reason is listed so
+     * that rate() works from the first scrape. */
+    static const int failure_codes[] = {400, 401, 404, 405, 413, 415, 500, 503, 504};
+    put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
+            "# TYPE comrope_request_failures_total counter\n");
+    for (size_t i = 0; i < sizeof(failure_codes) / sizeof(failure_codes[0]); i++) {
+        unsigned long long n = 0;
+        for (int e = 0; e < ENDPOINT_COUNT; e++)
+            for (int s = 400; s < MAX_STATUS; s++)
+                if (strcmp(failure_reason(s), failure_reason(failure_codes[i])) == 0) n += m->requests[e][s];
+        put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reason(failure_codes[i]), n);
+    }
+
+    put_histogram(&t, "comrope_request_duration_seconds",
+                  "End-to-end request latency, from the first byte of headers to the response.",
+                  &m->request_seconds);
+    put_histogram(&t, "comrope_queue_wait_seconds", "Time a request waited for a worker.",
+                  &m->queue_seconds);
+    put_histogram(&t, "comrope_batch_compute_seconds", "Decode and forward time of an executed batch.",
+                  &m->compute_seconds);
+    put_histogram(&t, "comrope_batch_images", "Images per executed batch.", &m->batch_images);
+    put_histogram(&t, "comrope_batch_tokens", "Tokens per executed batch (all images together).",
+                  &m->batch_tokens);
+    put(&t, "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
+            "comrope_batches_total %llu\n", (unsigned long long)m->batches);
+
+    put(&t, "# HELP comrope_images_total Images classified, by their token count (bucketed resolution).\n"
+            "# TYPE comrope_images_total counter\n");
+    for (int b = 0; b < TOKEN_BUCKETS; b++) {
+        if (b < TOKEN_BUCKETS - 1)
+            put(&t, "comrope_images_total{tokens=\"le_%d\"} %llu\n", token_buckets[b],
+                (unsigned long long)m->images_by_tokens[b]);
+        else
+            put(&t, "comrope_images_total{tokens=\"gt_%d\"} %llu\n", token_buckets[b - 1],
+                (unsigned long long)m->images_by_tokens[b]);
+    }
+
+    put(&t, "# HELP comrope_queue_depth Requests waiting for a worker.\n# TYPE comrope_queue_depth gauge\n"
+            "comrope_queue_depth %d\n", queue_depth);
+    put(&t, "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
+            "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n", in_flight);
+    put(&t, "# HELP comrope_ready Whether the server accepts inference requests.\n"
+            "# TYPE comrope_ready gauge\ncomrope_ready %d\n", ready);
+    put(&t, "# HELP comrope_model_info The served model.\n# TYPE comrope_model_info gauge\n"
+            "comrope_model_info{model=\"");
+    put_label_value(&t, m->model);
+    put(&t, "\",pe_type=\"");
+    put_label_value(&t, m->pe_type);
+    put(&t, "\",training_resolution=\"%d\",version=\"", m->training_resolution);
+    put_label_value(&t, m->version);
+    put(&t, "\"} 1\n");
+    double start_time = m->start_time;
+    pthread_mutex_unlock(&m->lock);
+
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+                 ru.ru_stime.tv_usec / 1e6;
+    put(&t, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n", cpu);
+    put(&t, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
+        resident_bytes());
+    put(&t, "# HELP process_open_fds Number of open file descriptors.\n"
+            "# TYPE process_open_fds gauge\nprocess_open_fds %d\n", count_open_fds());
+    put(&t, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n", start_time);
+    if (t.failed) {
+        free(t.data);
+        return NULL;
+    }
+    *len = t.len;
+    return t.data;
+}

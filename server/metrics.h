@@ -1,0 +1,47 @@
+/* metrics.h: the daemon's counters and histograms, and their Prometheus
+ * text exposition (validated by `promtool check metrics`).
+ *
+ * Owns: requests by endpoint and status code, failures by reason,
+ * histograms of end-to-end latency, queue wait, compute, images and tokens
+ * per executed batch, executed batches, images by token-count bucket (the
+ * bounded stand-in for "resolution" as a label), the model info gauge, and
+ * process metrics read from /proc at scrape time. One mutex guards it all:
+ * updates are a few additions, far below the cost of a request. */
+#ifndef COMROPE_METRICS_H
+#define COMROPE_METRICS_H
+
+#include <stddef.h>
+
+enum {
+    ENDPOINT_V1_CLASSIFY = 0,
+    ENDPOINT_V1_MODELS,
+    ENDPOINT_V2_INFER,
+    ENDPOINT_V2_MODEL,
+    ENDPOINT_V2_SERVER,
+    ENDPOINT_HEALTH,
+    ENDPOINT_METRICS,
+    ENDPOINT_OTHER,
+    ENDPOINT_COUNT
+};
+
+const char *metrics_endpoint_name(int endpoint);
+
+typedef struct metrics metrics;
+
+/* The labels of comrope_model_info. Returns NULL when out of memory. */
+metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
+                     const char *version);
+void metrics_free(metrics *m);
+
+/* A finished HTTP request: counts it by endpoint and code, its failure
+ * reason when status >= 400, and its latency. */
+void metrics_request(metrics *m, int endpoint, int status, double seconds);
+/* A request's wait between queueing and the start of its batch. */
+void metrics_queue_wait(metrics *m, double seconds);
+/* An executed batch; token_counts has one entry per image. */
+void metrics_batch(metrics *m, int images, const int *token_counts, double compute_seconds);
+
+/* The exposition text (malloc'd), with the gauges read at scrape time. */
+char *metrics_render(metrics *m, int queue_depth, int in_flight, int ready, size_t *len);
+
+#endif

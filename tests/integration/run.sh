@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Black-box test of comrope-serve: starts the real daemon on a free port
+# (--port 0; the bound port is read from its log), waits for readiness by
+# polling, then checks the API with curl: logits equal comrope-classify's,
+# mixed resolutions served concurrently, v2 pixel_values, error statuses,
+# promtool-clean metrics, and SIGTERM -> exit 0.
+#
+#   tests/integration/run.sh build/comrope-serve build/comrope-classify
+set -euo pipefail
+SERVE=${1:-build/comrope-serve}
+CLASSIFY=${2:-build/comrope-classify}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+IMG=$ROOT/tests/fixtures/images/photo.png
+IMG2=$ROOT/tests/fixtures/images/tall.png
+MODEL=$ROOT/tests/fixtures/parity/comrope_ld_b2
+[ -f "$ROOT/models/fashion-comrope-ld/config.json" ] && MODEL=$ROOT/models/fashion-comrope-ld
+WORK=$(mktemp -d)
+PID=
+cleanup() {
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -9 "$PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; echo "--- daemon log" >&2; tail -30 "$WORK/log" >&2 || true; exit 1; }
+
+"$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 --max-body-bytes 300000 \
+  --max-queue-delay-us 20000 --access-log json 2>"$WORK/log" &
+PID=$!
+
+# Wait for the log line with the bound port, then for readiness (polling;
+# each probe is bounded, the whole wait at most ~30 s).
+PORT=
+for _ in $(seq 300); do
+  PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/log")
+  [ -n "$PORT" ] && break
+  kill -0 "$PID" 2>/dev/null || fail "daemon exited during start-up"
+  sleep 0.1
+done
+[ -n "$PORT" ] || fail "no 'listening on' line"
+URL=http://127.0.0.1:$PORT
+for _ in $(seq 300); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/v2/health/ready")" = 200 ] && break
+  sleep 0.1
+done
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/v2/health/ready")" = 200 ] || fail "never ready"
+echo "daemon ready on port $PORT with $(basename "$MODEL")"
+
+NAME=$(curl -sf "$URL/v1/models" | jq -r '.models[0].name')
+P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
+C=$(curl -sf "$URL/v1/models" | jq -r '.models[0].channels')
+T=$(curl -sf "$URL/v1/models" | jq -r '.models[0].training_resolution')
+[ "$NAME" = "$(basename "$MODEL")" ] || fail "model name $NAME"
+
+# max |a - b| over two JSON arrays of numbers
+maxdiff() { jq -n --argjson a "$1" --argjson b "$2" \
+  'if ($a|length) != ($b|length) then 1e9 else [range($a|length) as $i | (($a[$i]-$b[$i])|fabs)] | max end'; }
+close_enough() { awk -v d="$1" 'BEGIN { exit !(d <= 1e-5) }'; }
+
+# 1. raw PNG body, logits equal the CLI's at the same resolution
+expect=$("$CLASSIFY" --model "$MODEL" --resolution "$T" --logits "$IMG" | jq -c .logits)
+got=$(curl -sf -H 'Content-Type: image/png' --data-binary @"$IMG" \
+  "$URL/v1/classify?resolution=$T&return_logits=true&top_k=3")
+d=$(maxdiff "$(jq -c '.predictions[0].logits' <<<"$got")" "$expect")
+close_enough "$d" || fail "raw PNG logits differ from the CLI by $d"
+[ "$(jq '.predictions[0].top | length' <<<"$got")" = 3 ] || fail "top_k=3 not honoured"
+echo "ok raw PNG classify matches CLI (max diff $d)"
+
+# 2. mixed resolutions at once (JSON API): each equals the CLI at its size
+B64=$(base64 -w0 "$IMG")
+B64_2=$(base64 -w0 "$IMG2")
+res_list=("$((2*P))x$((4*P))" "$((4*P))x$((2*P))" "$((3*P))x$((3*P))" "$T")
+i=0
+pids=()
+for r in "${res_list[@]}"; do
+  h=${r%x*}; w=${r#*x}; [ "$r" = "$T" ] && { h=$T; w=$T; }
+  printf '{"images": ["%s", "%s"], "resolution": [%d, %d], "return_logits": true}' \
+    "$B64" "$B64_2" "$h" "$w" > "$WORK/req$i.json"
+  curl -sf -H 'Content-Type: application/json' --data-binary @"$WORK/req$i.json" \
+    "$URL/v1/classify" > "$WORK/resp$i.json" &
+  pids+=($!)
+  i=$((i+1))
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent request failed"; done
+i=0
+for r in "${res_list[@]}"; do
+  h=${r%x*}; w=${r#*x}; [ "$r" = "$T" ] && { h=$T; w=$T; }
+  [ -s "$WORK/resp$i.json" ] || fail "no response at $r"
+  [ "$(jq -c '.predictions[1].resolution' "$WORK/resp$i.json")" = "[$h,$w]" ] || fail "resolution at $r"
+  e1=$("$CLASSIFY" --model "$MODEL" --resolution "${h}x${w}" --logits "$IMG" | jq -c .logits)
+  e2=$("$CLASSIFY" --model "$MODEL" --resolution "${h}x${w}" --logits "$IMG2" | jq -c .logits)
+  d1=$(maxdiff "$(jq -c '.predictions[0].logits' "$WORK/resp$i.json")" "$e1")
+  d2=$(maxdiff "$(jq -c '.predictions[1].logits' "$WORK/resp$i.json")" "$e2")
+  close_enough "$d1" && close_enough "$d2" || fail "logits at ${h}x${w} differ by $d1 / $d2"
+  i=$((i+1))
+done
+echo "ok mixed resolutions ${res_list[*]} match CLI"
+
+# 3. v2 pixel_values: random normalized pixels, compared with the CLI on the same .npy
+python3 - "$WORK" "$C" "$((2*P))" "$((3*P))" <<'EOF'
+import json, random, struct, sys
+work, c, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+random.seed(7)
+vals = [random.uniform(-1, 1) for _ in range(c * h * w)]
+vals = [struct.unpack('<f', struct.pack('<f', v))[0] for v in vals]  # exactly float32
+header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, %d, %d, %d), }" % (c, h, w)
+header += ' ' * (63 - (10 + len(header)) % 64) + '\n'
+with open(work + '/px.npy', 'wb') as f:
+    f.write(b'\x93NUMPY\x01\x00' + struct.pack('<H', len(header)) + header.encode())
+    f.write(struct.pack('<%df' % len(vals), *vals))
+req = {"id": "px1", "inputs": [{"name": "pixel_values", "datatype": "FP32",
+       "shape": [1, c, h, w], "data": vals}]}
+with open(work + '/px.json', 'w') as f:
+    json.dump(req, f)
+EOF
+expect=$("$CLASSIFY" --model "$MODEL" --logits "$WORK/px.npy" | jq -c .logits)
+got=$(curl -sf -H 'Content-Type: application/json' --data-binary @"$WORK/px.json" \
+  "$URL/v2/models/$NAME/infer")
+[ "$(jq -r '.id' <<<"$got")" = px1 ] || fail "v2 id not echoed"
+d=$(maxdiff "$(jq -c '.outputs[0].data' <<<"$got")" "$expect")
+close_enough "$d" || fail "v2 pixel_values logits differ from the CLI by $d"
+echo "ok v2 pixel_values matches CLI (max diff $d)"
+
+# v2 images + classification extension
+printf '{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data": ["%s", "%s"]}],
+  "outputs": [{"name": "logits", "parameters": {"classification": 2}}]}' "$B64" "$B64_2" > "$WORK/cls.json"
+got=$(curl -sf -H 'Content-Type: application/json' --data-binary @"$WORK/cls.json" "$URL/v2/models/$NAME/infer")
+[ "$(jq -c '.outputs[0].shape' <<<"$got")" = "[2,2]" ] || fail "classification shape: $got"
+jq -e '.outputs[0].data[0] | test("^[0-9.]+:[0-9]+:")' <<<"$got" >/dev/null || fail "classification strings: $got"
+echo "ok v2 images + classification"
+
+# 4. error statuses, each with a message naming what is wrong
+status() { curl -s -o "$WORK/err.json" -w '%{http_code}' "$@"; }
+[ "$(status -H 'Content-Type: application/json' -d '{"image": 5}' "$URL/v1/classify")" = 400 ] || fail "bad field not 400"
+jq -e '.error | test("image")' "$WORK/err.json" >/dev/null || fail "400 does not name the field: $(cat "$WORK/err.json")"
+[ "$(status -H 'Content-Type: application/json' -d '{"image": ' "$URL/v1/classify")" = 400 ] || fail "bad JSON not 400"
+printf '{"image": "%s", "top_k": "x"}' "$B64" > "$WORK/bad_topk.json"
+[ "$(status -H 'Content-Type: application/json' --data-binary @"$WORK/bad_topk.json" "$URL/v1/classify")" = 400 ] || fail "bad top_k not 400"
+jq -e '.error | test("top_k")' "$WORK/err.json" >/dev/null || fail "400 does not name top_k"
+head -c 400000 /dev/zero > "$WORK/big.bin"
+[ "$(status -H 'Content-Type: image/png' --data-binary @"$WORK/big.bin" "$URL/v1/classify")" = 413 ] || fail "big body not 413"
+[ "$(status -H 'Content-Type: text/plain' --data-binary @"$IMG" "$URL/v1/classify")" = 415 ] || fail "text/plain not 415"
+[ "$(status -H 'Content-Type: application/json' -d '{}' "$URL/v2/models/no-such-model/infer")" = 404 ] || fail "unknown model not 404"
+[ "$(status "$URL/v2/models/no-such-model")" = 404 ] || fail "unknown model metadata not 404"
+[ "$(status "$URL/v1/classify")" = 405 ] || fail "GET /v1/classify not 405"
+[ "$(status -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify?resolution=$((P+1))")" = 400 ] || fail "bad resolution not 400"
+[ "$(status -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify?colour=red")" = 400 ] || fail "unknown query arg not 400"
+echo "ok error statuses 400 / 413 / 415 / 404 / 405"
+
+# request id echoed
+rid=$(curl -s -D - -o /dev/null -H 'X-Request-Id: abc-123' "$URL/v2/health/live" | tr -d '\r' | sed -n 's/^X-Request-Id: //Ip')
+[ "$rid" = abc-123 ] || fail "X-Request-Id not echoed ($rid)"
+
+# 5. metrics
+curl -sf "$URL/metrics" > "$WORK/metrics.txt"
+grep -q '^comrope_model_info{model="'"$NAME"'"' "$WORK/metrics.txt" || fail "no model info"
+grep -q '^comrope_batches_total [1-9]' "$WORK/metrics.txt" || fail "no batches counted"
+grep -q '^comrope_requests_total{endpoint="v1_classify",code="413"} 1' "$WORK/metrics.txt" || fail "413 not counted"
+if command -v promtool >/dev/null; then
+  out=$(promtool check metrics < "$WORK/metrics.txt" 2>&1) || fail "promtool: $out"
+  [ -z "$out" ] || fail "promtool printed: $out"
+  echo "ok promtool check metrics clean"
+else
+  echo "skip promtool (not installed)"
+fi
+
+# 6. SIGTERM: readiness goes, the process exits 0
+kill -TERM "$PID"
+rc=0
+wait "$PID" || rc=$?
+PID=
+[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
+grep -q 'comrope-serve: stopped' "$WORK/log" || fail "no clean stop"
+echo "ok SIGTERM -> exit 0"
+echo "integration: all passed"

@@ -1,0 +1,496 @@
+/* test_proto.c: proto/ request parsing (every refusal names its field and
+ * carries the right status), v2 binary framing, and the response bodies. */
+#include <check.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "proto.h"
+
+static char *labels[3] = {"cat", NULL, "dog"};
+static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test"};
+
+static uint8_t *png;
+static size_t png_len;
+static char *png_b64;
+
+static char *b64(const uint8_t *d, size_t n) {
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *o = malloc(n / 3 * 4 + 5), *p = o;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)d[i] << 16 | (i + 1 < n ? (uint32_t)d[i + 1] << 8 : 0) |
+                     (i + 2 < n ? d[i + 2] : 0);
+        *p++ = t[v >> 18 & 63];
+        *p++ = t[v >> 12 & 63];
+        *p++ = i + 1 < n ? t[v >> 6 & 63] : '=';
+        *p++ = i + 2 < n ? t[v & 63] : '=';
+    }
+    *p = '\0';
+    return o;
+}
+
+static void setup(void) {
+    FILE *f = fopen(FIXTURE_DIR "/images/rgb8.png", "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    png_len = (size_t)ftell(f);
+    rewind(f);
+    png = malloc(png_len);
+    ck_assert_int_eq(fread(png, 1, png_len, f), png_len);
+    fclose(f);
+    png_b64 = b64(png, png_len);
+}
+
+static void teardown(void) {
+    free(png);
+    free(png_b64);
+}
+
+/* Formats a body with %s standing for the PNG's base64. */
+static char *body_with_image(const char *fmt) {
+    size_t n = strlen(fmt) + 2 * strlen(png_b64) + 1;
+    char *s = malloc(n);
+    snprintf(s, n, fmt, png_b64, png_b64);
+    return s;
+}
+
+static void expect_v1(const char *body, int status, const char *needle) {
+    proto_request req;
+    char err[512] = "";
+    int rc = v1_parse(&PM, "application/json", (const uint8_t *)body, strlen(body), &req, err,
+                      sizeof(err));
+    ck_assert_msg(rc == status, "body %.80s: status %d, expected %d (%s)", body, rc, status, err);
+    if (needle) ck_assert_msg(strstr(err, needle), "message \"%s\" lacks \"%s\"", err, needle);
+    if (rc == 0) proto_request_free(&req);
+}
+
+START_TEST(v1_good) {
+    char *body = body_with_image("{\"images\": [\"%s\", \"%s\"], \"resolution\": [8, 12], \"fit\": \"crop\","
+                                 " \"top_k\": 99, \"return_logits\": true, \"timeout_ms\": 50}");
+    proto_request req;
+    char err[256];
+    ck_assert_int_eq(v1_parse(&PM, "application/json; charset=utf-8", (uint8_t *)body, strlen(body),
+                              &req, err, sizeof(err)), 0);
+    ck_assert_int_eq(req.num_images, 2);
+    ck_assert_int_eq(req.images[1].encoded_len, png_len);
+    ck_assert_mem_eq(req.images[0].encoded, png, png_len);
+    ck_assert_int_eq(req.resolution.h, 8);
+    ck_assert_int_eq(req.resolution.w, 12);
+    ck_assert_int_eq(req.fit, IMAGE_FIT_CROP);
+    ck_assert_int_eq(req.top_k, 3); /* clamped to the class count */
+    ck_assert_int_eq(req.return_logits, 1);
+    ck_assert_int_eq(req.timeout_ms, 50);
+    proto_request_free(&req);
+    free(body);
+
+    body = body_with_image("{\"image\": \"data:image/png;base64,%s\", \"resolution\": \"native\"}");
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
+                              sizeof(err)), 0);
+    ck_assert_int_eq(req.resolution.native, 1);
+    ck_assert_int_eq(req.top_k, 3);
+    proto_request_free(&req);
+    free(body);
+
+    body = body_with_image("{\"image\": \"%s\", \"resolution\": \"8x16\"}");
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
+                              sizeof(err)), 0);
+    ck_assert_int_eq(req.resolution.h, 8);
+    ck_assert_int_eq(req.resolution.w, 16);
+    ck_assert_int_eq(req.resolution.native, 0);
+    proto_request_free(&req);
+    free(body);
+
+    body = body_with_image("{\"image\": \"%s\", \"resolution\": 24}");
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
+                              sizeof(err)), 0);
+    ck_assert_int_eq(req.resolution.h, 24);
+    ck_assert_int_eq(req.resolution.w, 24);
+    proto_request_free(&req);
+    free(body);
+
+    /* defaults: the training size, resize, top 5 (clamped) */
+    body = body_with_image("{\"image\": \"%s\"}");
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
+                              sizeof(err)), 0);
+    ck_assert_int_eq(req.resolution.h, 16);
+    ck_assert_int_eq(req.fit, IMAGE_FIT_RESIZE);
+    ck_assert_int_eq(req.timeout_ms, 0);
+    proto_request_free(&req);
+    free(body);
+}
+END_TEST
+
+START_TEST(v1_errors) {
+    expect_v1("{", 400, "invalid JSON");
+    expect_v1("[1]", 400, "JSON object");
+    expect_v1("{}", 400, "image: missing");
+    expect_v1("{\"image\": \"AAAA\", \"images\": [\"AAAA\"]}", 400, "not both");
+    expect_v1("{\"image\": 5}", 400, "image: expected a base64 string");
+    expect_v1("{\"image\": \"\"}", 400, "image: empty");
+    expect_v1("{\"image\": \"@@@@\"}", 400, "image: invalid base64 character at offset 0");
+    expect_v1("{\"image\": \"A\"}", 400, "image: invalid base64");
+    expect_v1("{\"image\": \"AAAAAAAA\"}", 415, "image: not a JPEG or PNG");
+    expect_v1("{\"images\": []}", 400, "images: expected a non-empty array");
+    expect_v1("{\"images\": \"x\"}", 400, "images: expected");
+    expect_v1("{\"bogus\": 1, \"image\": \"AAAA\"}", 400, "bogus: unknown field");
+    expect_v1("{\"image\": \"AAAA\", \"image\": \"AAAA\"}", 400, "duplicate");
+    char *b;
+    b = body_with_image("{\"images\": [\"%s\", \"AAAAAAAA\"]}");
+    expect_v1(b, 415, "images[1]: not a JPEG or PNG");
+    free(b);
+    b = body_with_image("{\"images\": [\"%s\", 3]}");
+    expect_v1(b, 400, "images[1]: expected a base64 string");
+    free(b);
+    expect_v1("{\"image\": \"AAAA\", \"resolution\": 0}", 400, "resolution: must be in");
+    expect_v1("{\"image\": \"AAAA\", \"resolution\": [8]}", 400, "resolution: expected");
+    expect_v1("{\"image\": \"AAAA\", \"resolution\": [8, -1]}", 400, "resolution: [h, w]");
+    expect_v1("{\"image\": \"AAAA\", \"resolution\": \"big\"}", 400, "resolution:");
+    expect_v1("{\"image\": \"AAAA\", \"resolution\": 1.5}", 400, "resolution:");
+    expect_v1("{\"image\": \"AAAA\", \"fit\": \"stretch\"}", 400, "fit:");
+    expect_v1("{\"image\": \"AAAA\", \"fit\": 1}", 400, "fit:");
+    expect_v1("{\"image\": \"AAAA\", \"top_k\": 0}", 400, "top_k:");
+    expect_v1("{\"image\": \"AAAA\", \"top_k\": \"5\"}", 400, "top_k:");
+    expect_v1("{\"image\": \"AAAA\", \"return_logits\": 1}", 400, "return_logits:");
+    expect_v1("{\"image\": \"AAAA\", \"timeout_ms\": 0}", 400, "timeout_ms:");
+    expect_v1("{\"image\": \"AAAA\", \"timeout_ms\": \"x\"}", 400, "timeout_ms:");
+}
+END_TEST
+
+START_TEST(v1_raw_and_query) {
+    proto_request req;
+    char err[256];
+    ck_assert_int_eq(v1_parse(&PM, "image/png", png, png_len, &req, err, sizeof(err)), 0);
+    ck_assert_int_eq(req.num_images, 1);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "resolution", "8x12", err, sizeof(err)), 0);
+    ck_assert_int_eq(req.resolution.w, 12);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "top_k", "2", err, sizeof(err)), 0);
+    ck_assert_int_eq(req.top_k, 2);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "fit", "crop", err, sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "return_logits", "true", err, sizeof(err)), 0);
+    ck_assert_int_eq(req.return_logits, 1);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "return_logits", "0", err, sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "timeout_ms", "10", err, sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "top_k", "x", err, sizeof(err)), 400);
+    ck_assert_ptr_nonnull(strstr(err, "top_k"));
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "top_k", "-1", err, sizeof(err)), 400);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "resolution", "0x4", err, sizeof(err)), 400);
+    ck_assert_ptr_nonnull(strstr(err, "resolution"));
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "fit", NULL, err, sizeof(err)), 400);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "return_logits", "maybe", err, sizeof(err)), 400);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "timeout_ms", "", err, sizeof(err)), 400);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, "colour", "red", err, sizeof(err)), 400);
+    ck_assert_ptr_nonnull(strstr(err, "colour"));
+    proto_request_free(&req);
+
+    ck_assert_int_eq(v1_parse(&PM, "image/jpeg", (const uint8_t *)"hello", 5, &req, err, sizeof(err)), 415);
+    proto_request_free(&req);
+    ck_assert_int_eq(v1_parse(&PM, "image/png", png, 0, &req, err, sizeof(err)), 400);
+    proto_request_free(&req);
+    ck_assert_int_eq(v1_parse(&PM, "text/plain", png, png_len, &req, err, sizeof(err)), 415);
+    ck_assert_ptr_nonnull(strstr(err, "Content-Type"));
+    ck_assert_int_eq(v1_parse(&PM, NULL, png, png_len, &req, err, sizeof(err)), 415);
+    ck_assert_int_eq(v1_parse(&PM, "application/jsonx", png, png_len, &req, err, sizeof(err)), 415);
+}
+END_TEST
+
+static void expect_v2(const char *body, size_t len, size_t header_len, int status, const char *needle) {
+    proto_request req;
+    char err[512] = "";
+    int rc = v2_parse_infer(&PM, (const uint8_t *)body, len, header_len, &req, err, sizeof(err));
+    ck_assert_msg(rc == status, "body %.100s: status %d, expected %d (%s)", body, rc, status, err);
+    if (needle) ck_assert_msg(strstr(err, needle), "message \"%s\" lacks \"%s\"", err, needle);
+    if (rc == 0) proto_request_free(&req);
+}
+
+#define V2(s, status, needle) expect_v2(s, strlen(s), 0, status, needle)
+
+START_TEST(v2_pixel_values) {
+    /* nested and flat data give the same pixels */
+    const char *nested = "{\"id\": \"r1\", \"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\","
+                         " \"shape\": [1, 3, 1, 2], \"data\": [[[[1, 2]], [[3, 4]], [[5, 6.5]]]]}],"
+                         " \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"classification\": 9}}]}";
+    proto_request req;
+    char err[256];
+    ck_assert_int_eq(v2_parse_infer(&PM, (const uint8_t *)nested, strlen(nested), 0, &req, err,
+                                    sizeof(err)), 0);
+    ck_assert_int_eq(req.num_images, 1);
+    ck_assert_int_eq(req.images[0].h, 1);
+    ck_assert_int_eq(req.images[0].w, 2);
+    ck_assert(req.images[0].pixels[5] == 6.5f);
+    ck_assert_str_eq(req.id, "r1");
+    ck_assert_int_eq(req.classification_k, 3);
+    proto_request_free(&req);
+
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [2, 3, 1, 1],"
+       " \"data\": [1, 2, 3, 4, 5, 6]}], \"parameters\": {\"resolution\": \"8x8\", \"fit\": \"crop\"}}",
+       0, NULL);
+
+    /* binary: JSON header then 6 floats */
+    const char *hdr = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [2, 3, 1, 1],"
+                      " \"parameters\": {\"binary_data_size\": 24}}], \"outputs\": [{\"name\": \"logits\","
+                      " \"parameters\": {\"binary_data\": true}}]}";
+    size_t hl = strlen(hdr);
+    char buf[1024];
+    float vals[6] = {1, 2, 3, 4, 5, 6};
+    memcpy(buf, hdr, hl);
+    memcpy(buf + hl, vals, sizeof(vals));
+    ck_assert_int_eq(v2_parse_infer(&PM, (const uint8_t *)buf, hl + 24, hl, &req, err, sizeof(err)), 0);
+    ck_assert_int_eq(req.num_images, 2);
+    ck_assert(req.images[1].pixels[2] == 6.0f);
+    ck_assert_int_eq(req.binary_output, 1);
+    proto_request_free(&req);
+    expect_v2(buf, hl + 20, hl, 400, "binary_data_size");
+    expect_v2(buf, hl + 24, hl + 100, 400, "Inference-Header-Content-Length");
+    expect_v2(buf, hl + 24, 0, 400, "invalid JSON"); /* binary bytes without the header */
+}
+END_TEST
+
+START_TEST(v2_images) {
+    char *b = body_with_image("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [2],"
+                              " \"data\": [\"%s\", \"%s\"]}], \"parameters\": {\"resolution\": 8}}");
+    proto_request req;
+    char err[256];
+    ck_assert_int_eq(v2_parse_infer(&PM, (uint8_t *)b, strlen(b), 0, &req, err, sizeof(err)), 0);
+    ck_assert_int_eq(req.num_images, 2);
+    ck_assert_int_eq(req.images[1].encoded_len, png_len);
+    ck_assert_int_eq(req.resolution.h, 8);
+    proto_request_free(&req);
+    free(b);
+
+    /* binary BYTES: 4-byte little-endian length, then the file */
+    const char *hdr_fmt = "{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1],"
+                          " \"parameters\": {\"binary_data_size\": %zu}}]}";
+    char hdr[512];
+    snprintf(hdr, sizeof(hdr), hdr_fmt, png_len + 4);
+    size_t hl = strlen(hdr);
+    uint8_t *buf = malloc(hl + 4 + png_len + 8);
+    memcpy(buf, hdr, hl);
+    buf[hl] = (uint8_t)(png_len & 0xff);
+    buf[hl + 1] = (uint8_t)(png_len >> 8 & 0xff);
+    buf[hl + 2] = (uint8_t)(png_len >> 16 & 0xff);
+    buf[hl + 3] = 0;
+    memcpy(buf + hl + 4, png, png_len);
+    ck_assert_int_eq(v2_parse_infer(&PM, buf, hl + 4 + png_len, hl, &req, err, sizeof(err)), 0);
+    ck_assert_int_eq(req.images[0].encoded_len, png_len);
+    ck_assert_mem_eq(req.images[0].encoded, png, png_len);
+    proto_request_free(&req);
+    /* length field runs past the section */
+    buf[hl] = (uint8_t)((png_len + 1) & 0xff);
+    buf[hl + 1] = (uint8_t)((png_len + 1) >> 8 & 0xff);
+    expect_v2((char *)buf, hl + 4 + png_len, hl, 400, "runs past");
+    /* section shorter than one length */
+    snprintf(hdr, sizeof(hdr), hdr_fmt, (size_t)2);
+    hl = strlen(hdr);
+    memcpy(buf, hdr, hl);
+    expect_v2((char *)buf, hl + 2, hl, 400, "ends before element 0");
+    /* bytes left over */
+    snprintf(hdr, sizeof(hdr), hdr_fmt, png_len + 4 + 3);
+    hl = strlen(hdr);
+    memcpy(buf, hdr, hl);
+    buf[hl] = (uint8_t)(png_len & 0xff);
+    buf[hl + 1] = (uint8_t)(png_len >> 8 & 0xff);
+    buf[hl + 2] = (uint8_t)(png_len >> 16 & 0xff);
+    buf[hl + 3] = 0;
+    memcpy(buf + hl + 4, png, png_len);
+    expect_v2((char *)buf, hl + 4 + png_len + 3, hl, 400, "left after");
+    free(buf);
+
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"AAAAAAAA\"]}]}",
+       415, "inputs[0].data[0]: not a JPEG or PNG");
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"!!\"]}]}",
+       400, "inputs[0].data[0]: invalid base64");
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"\"]}]}",
+       400, "empty image");
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [2], \"data\": [\"AAAA\"]}]}",
+       400, "expected 2 base64 strings");
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"FP32\", \"shape\": [1], \"data\": [\"AAAA\"]}]}",
+       400, "images must be BYTES");
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1, 2], \"data\": [\"AAAA\"]}]}",
+       400, "inputs[0].shape");
+}
+END_TEST
+
+START_TEST(v2_errors) {
+    V2("{", 400, "invalid JSON");
+    V2("7", 400, "invalid JSON");
+    V2("[7]", 400, "JSON object");
+    V2("{\"inputs\": []}", 400, "inputs: expected an array of one input");
+    V2("{}", 400, "inputs:");
+    V2("{\"id\": 5, \"inputs\": []}", 400, "id:");
+    V2("{\"inputs\": [{\"name\": \"x\"}]}", 400, "inputs[0].name");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"INT8\", \"shape\": [1,3,1,1], \"data\": [1,2,3]}]}",
+       400, "inputs[0].datatype");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,1,1,1], \"data\": [1]}]}",
+       400, "inputs[0].shape");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,0,1], \"data\": []}]}",
+       400, "inputs[0].shape");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,2]}]}",
+       400, "inputs[0].data: expected 3 numbers");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,2,3,4]}]}",
+       400, "inputs[0].data");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,\"a\",3]}]}",
+       400, "inputs[0].data");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [4096,3,4096,4096]}]}",
+       413, "too large");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1],"
+       " \"parameters\": {\"binary_data_size\": 12}}]}", 400, "needs the Inference-Header-Content-Length");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1],"
+       " \"parameters\": 3, \"data\": [1,2,3]}]}", 400, "inputs[0].parameters");
+    const char *px = "\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,2,3]}]";
+    char b[1024];
+    snprintf(b, sizeof(b), "{%s, \"parameters\": 1}", px);
+    V2(b, 400, "parameters: expected an object");
+    snprintf(b, sizeof(b), "{%s, \"parameters\": {\"resolution\": \"huge\"}}", px);
+    V2(b, 400, "parameters.resolution");
+    snprintf(b, sizeof(b), "{%s, \"parameters\": {\"resolution\": 0}}", px);
+    V2(b, 400, "parameters.resolution");
+    snprintf(b, sizeof(b), "{%s, \"parameters\": {\"fit\": \"x\"}}", px);
+    V2(b, 400, "parameters.fit");
+    snprintf(b, sizeof(b), "{%s, \"parameters\": {\"timeout_ms\": -1}}", px);
+    V2(b, 400, "parameters.timeout_ms");
+    snprintf(b, sizeof(b), "{%s, \"parameters\": {\"binary_data_output\": 1}}", px);
+    V2(b, 400, "parameters.binary_data_output");
+    snprintf(b, sizeof(b), "{%s, \"parameters\": {\"binary_data_output\": true, \"timeout_ms\": 9}}", px);
+    V2(b, 0, NULL);
+    snprintf(b, sizeof(b), "{%s, \"outputs\": 1}", px);
+    V2(b, 400, "outputs: expected an array");
+    snprintf(b, sizeof(b), "{%s, \"outputs\": [{\"name\": \"probs\"}]}", px);
+    V2(b, 400, "outputs[0].name");
+    snprintf(b, sizeof(b), "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": 2}]}", px);
+    V2(b, 400, "outputs[0].parameters");
+    snprintf(b, sizeof(b), "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"classification\": 0}}]}", px);
+    V2(b, 400, "outputs[0].parameters.classification");
+    snprintf(b, sizeof(b), "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"binary_data\": 2}}]}", px);
+    V2(b, 400, "outputs[0].parameters.binary_data");
+}
+END_TEST
+
+START_TEST(responses) {
+    float logits[6] = {0, 2, 1, /* image 2: */ 5, 0, 0};
+    int h[2] = {16, 8}, w[2] = {16, 12};
+    proto_result res = {2, 3, logits, h, w, 1.5, 2.5, 4.0};
+    proto_request req;
+    proto_request_init(&req, &PM, PROTO_V1);
+    req.top_k = 2;
+    req.return_logits = 1;
+    proto_body body;
+    ck_assert_int_eq(v1_response(&PM, &req, &res, &body), 0);
+    json_t *o = json_loadb(body.data, body.len, 0, NULL);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "model")), "tiny");
+    json_t *p1 = json_array_get(json_object_get(o, "predictions"), 1);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(p1, "resolution"), 1)), 12);
+    json_t *t0 = json_array_get(json_object_get(json_array_get(json_object_get(o, "predictions"), 0), "top"), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(t0, "index")), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(t0, "label")), "1"); /* unnamed: the index */
+    json_t *t1 = json_array_get(json_object_get(p1, "top"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(t1, "label")), "cat");
+    ck_assert_int_eq(json_array_size(json_object_get(p1, "logits")), 3);
+    ck_assert(json_real_value(json_object_get(json_object_get(o, "timing_ms"), "total")) == 4.0);
+    json_decref(o);
+    proto_body_free(&body);
+
+    proto_request_init(&req, &PM, PROTO_V2);
+    ck_assert_int_eq(v2_response(&PM, &req, &res, &body), 0);
+    ck_assert_uint_eq(body.len, body.json_len);
+    o = json_loadb(body.data, body.len, 0, NULL);
+    json_t *out = json_array_get(json_object_get(o, "outputs"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(out, "datatype")), "FP32");
+    ck_assert_int_eq(json_array_size(json_object_get(out, "data")), 6);
+    json_decref(o);
+    proto_body_free(&body);
+
+    req.classification_k = 2;
+    req.id = strdup("abc");
+    ck_assert_int_eq(v2_response(&PM, &req, &res, &body), 0);
+    o = json_loadb(body.data, body.len, 0, NULL);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "id")), "abc");
+    out = json_array_get(json_object_get(o, "outputs"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(out, "datatype")), "BYTES");
+    const char *first = json_string_value(json_array_get(json_object_get(out, "data"), 0));
+    ck_assert_msg(strstr(first, ":1:1") != NULL, "%s", first);
+    const char *third = json_string_value(json_array_get(json_object_get(out, "data"), 2));
+    ck_assert_msg(strstr(third, ":0:cat") != NULL, "%s", third);
+    json_decref(o);
+    proto_body_free(&body);
+
+    req.classification_k = 0;
+    req.binary_output = 1;
+    ck_assert_int_eq(v2_response(&PM, &req, &res, &body), 0);
+    ck_assert_uint_eq(body.len, body.json_len + 24);
+    ck_assert_mem_eq(body.data + body.json_len, logits, 24);
+    o = json_loadb(body.data, body.json_len, 0, NULL);
+    out = json_array_get(json_object_get(o, "outputs"), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(out, "parameters"), "binary_data_size")), 24);
+    ck_assert_ptr_null(json_object_get(out, "data"));
+    json_decref(o);
+    proto_body_free(&body);
+
+    req.classification_k = 1;
+    ck_assert_int_eq(v2_response(&PM, &req, &res, &body), 0);
+    uint32_t n0;
+    memcpy(&n0, body.data + body.json_len, 4);
+    ck_assert_uint_gt(n0, 4);
+    ck_assert_uint_eq(body.len, body.json_len + 4 + n0 + 4 + (body.len - body.json_len - 8 - n0));
+    proto_body_free(&body);
+    proto_request_free(&req);
+
+    char *s = v1_models_json(&PM);
+    ck_assert_ptr_nonnull(strstr(s, "\"labels\":[\"cat\",\"1\",\"dog\"]"));
+    free(s);
+    s = v2_model_json(&PM);
+    ck_assert_ptr_nonnull(strstr(s, "\"shape\":[-1,3,-1,-1]"));
+    free(s);
+    s = v2_server_json(&PM);
+    ck_assert_ptr_nonnull(strstr(s, "binary_tensor_data"));
+    free(s);
+    s = proto_error_json("bad \"x\"");
+    ck_assert_str_eq(s, "{\"error\":\"bad \\\"x\\\"\"}");
+    free(s);
+}
+END_TEST
+
+START_TEST(base64_and_top_k) {
+    uint8_t *out;
+    size_t n;
+    char err[128];
+    ck_assert_int_eq(base64_decode("aGVsbG8=", 8, &out, &n, err, sizeof(err)), 0);
+    ck_assert_uint_eq(n, 5);
+    ck_assert_mem_eq(out, "hello", 5);
+    free(out);
+    ck_assert_int_eq(base64_decode("aGVsbG8", 7, &out, &n, err, sizeof(err)), 0); /* unpadded */
+    ck_assert_uint_eq(n, 5);
+    free(out);
+    ck_assert_int_eq(base64_decode("aGV*bG8=", 8, &out, &n, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "offset 3"));
+    float l[4] = {1, 3, 3, 0};
+    int order[2];
+    double p[2];
+    proto_top_k(l, 4, 2, order, p);
+    ck_assert_int_eq(order[0], 1); /* ties go to the lower index */
+    ck_assert_int_eq(order[1], 2);
+    ck_assert(p[0] > 0.4 && p[0] < 0.5);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("proto");
+    TCase *tc = tcase_create("proto");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, v1_good);
+    tcase_add_test(tc, v1_errors);
+    tcase_add_test(tc, v1_raw_and_query);
+    tcase_add_test(tc, v2_pixel_values);
+    tcase_add_test(tc, v2_images);
+    tcase_add_test(tc, v2_errors);
+    tcase_add_test(tc, responses);
+    tcase_add_test(tc, base64_and_top_k);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
