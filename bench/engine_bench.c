@@ -1,7 +1,7 @@
 /* engine_bench.c: images/s of the engine alone, no HTTP.
  *
  *   comrope-bench-engine --model DIR [--resolution N|HxW] [--batch B]
- *                        [--threads T] [--reps R] [--warmup W]
+ *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16]
  *
  * Random normalized pixels, one workspace, W warm-up forwards (the arena
  * and rotation tables are built there), then R timed forwards of a batch
@@ -15,8 +15,6 @@
 #include "gemm.h"
 #include "input.h"
 #include "vit.h"
-
-void openblas_set_num_threads(int num_threads);
 
 static double now_s(void) {
     struct timespec ts;
@@ -32,6 +30,7 @@ static int cmp_double(const void *a, const void *b) {
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *res_text = NULL;
     int batch = 1, threads = 2, reps = 5, warmup = 1;
+    vit_options opts = vit_default_options();
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--model") == 0) model_dir = argv[i + 1];
         else if (strcmp(argv[i], "--resolution") == 0) res_text = argv[i + 1];
@@ -39,6 +38,8 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--reps") == 0) reps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--warmup") == 0) warmup = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--precision") == 0)
+            opts.precision = strcmp(argv[i + 1], "bf16") == 0 ? GEMM_BF16 : GEMM_FP32;
         else {
             fprintf(stderr, "comrope-bench-engine: unknown option %s\n", argv[i]);
             return 2;
@@ -51,7 +52,9 @@ int main(int argc, char **argv) {
     }
     char err[1024];
     vit_model *m = NULL;
-    if (vit_load(model_dir, &m, err, sizeof(err))) {
+    /* threads first: the pool also sets OpenBLAS to one thread */
+    gemm_set_threads(threads);
+    if (vit_load(model_dir, &opts, &m, err, sizeof(err))) {
         fprintf(stderr, "comrope-bench-engine: %s\n", err);
         return 1;
     }
@@ -65,8 +68,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "comrope-bench-engine: %s\n", err);
         return 2;
     }
-    openblas_set_num_threads(threads);
-    gemm_set_threads(threads);
     size_t per = (size_t)C * h * w;
     float *pix = malloc(sizeof(float) * per * batch);
     float *logits = malloc(sizeof(float) * (size_t)batch * m->cfg.num_class);
@@ -92,10 +93,10 @@ int main(int argc, char **argv) {
     qsort(secs, (size_t)reps, sizeof(double), cmp_double);
     double med = secs[reps / 2];
     printf("{\"model\": \"%s\", \"pe\": \"%s\", \"resolution\": [%d, %d], \"batch\": %d, "
-           "\"threads\": %d, \"kernel\": \"%s\", \"median_s\": %.6f, \"min_s\": %.6f, "
+           "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"median_s\": %.6f, \"min_s\": %.6f, "
            "\"max_s\": %.6f, \"images_per_s\": %.3f}\n",
            model_dir, pe_type_name(m->cfg.custom_pe_type), h, w, batch, threads,
-           gemm_kernel_name(), med, secs[0], secs[reps - 1], batch / med);
+           gemm_kernel_name(), m->precision == GEMM_BF16 ? "bf16" : "fp32", med, secs[0], secs[reps - 1], batch / med);
     vit_workspace_free(ws);
     vit_free(m);
     free(pix); free(logits); free(imgs); free(secs);

@@ -7,7 +7,6 @@
  * [N,C,H,W] of already normalized pixels (run at its own size). One JSON
  * object per image per line, in input order; a file that fails gives
  * {"file", "error"} and the exit status 1, the others still run. */
-#include <cblas.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -21,13 +20,11 @@
 #include "npy.h"
 #include "vit.h"
 
-/* OpenBLAS's own control of its thread pool (not in cblas.h's standard part). */
-void openblas_set_num_threads(int num_threads);
-
 static void usage(FILE *out) {
     fprintf(out,
             "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
-            "                        [--top-k K] [--logits] [--threads T] FILE...\n"
+            "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16]\n"
+            "                        FILE...\n"
             "FILE: JPEG, PNG, or .npy float array [C,H,W] / [N,C,H,W] of normalized pixels.\n"
             "Prints one JSON object per image per line.\n");
 }
@@ -175,6 +172,7 @@ int main(int argc, char **argv) {
     const char *model_dir = NULL;
     resolution_request res = {0};
     int res_given = 0, fit = IMAGE_FIT_RESIZE, top_k = 5, with_logits = 0, threads = 0;
+    vit_options opts = vit_default_options();
     int first_file = argc;
     char err[1024], dir[4096];
 
@@ -188,7 +186,7 @@ int main(int argc, char **argv) {
             with_logits = 1;
         } else if (strcmp(a, "--model") == 0 || strcmp(a, "--resolution") == 0 ||
                    strcmp(a, "--fit") == 0 || strcmp(a, "--top-k") == 0 ||
-                   strcmp(a, "--threads") == 0) {
+                   strcmp(a, "--threads") == 0 || strcmp(a, "--precision") == 0) {
             if (!val) {
                 fprintf(stderr, "comrope-classify: %s needs a value\n", a);
                 return 2;
@@ -208,6 +206,13 @@ int main(int argc, char **argv) {
                 else if (strcmp(val, "crop") == 0) fit = IMAGE_FIT_CROP;
                 else {
                     fprintf(stderr, "comrope-classify: --fit must be resize or crop, not \"%s\"\n", val);
+                    return 2;
+                }
+            } else if (strcmp(a, "--precision") == 0) {
+                if (strcmp(val, "fp32") == 0) opts.precision = GEMM_FP32;
+                else if (strcmp(val, "bf16") == 0) opts.precision = GEMM_BF16;
+                else {
+                    fprintf(stderr, "comrope-classify: --precision must be fp32 or bf16, not \"%s\"\n", val);
                     return 2;
                 }
             } else if (strcmp(a, "--top-k") == 0) {
@@ -239,7 +244,7 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (threads > 0) openblas_set_num_threads(threads);
+    if (threads > 0) gemm_set_threads(threads);
     if (!model_dir) {
         if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
             fprintf(stderr, "comrope-classify: %s\n", err);
@@ -248,7 +253,7 @@ int main(int argc, char **argv) {
         model_dir = dir;
     }
     vit_model *m = NULL;
-    if (vit_load(model_dir, &m, err, sizeof(err))) {
+    if (vit_load(model_dir, &opts, &m, err, sizeof(err))) {
         fprintf(stderr, "comrope-classify: %s\n", err);
         return 1;
     }

@@ -34,11 +34,39 @@
 #define KC 128               /* K block: the tile's weights, KC*NR floats, fit L1 */
 #define MC 64                /* rows of A packed at once (a multiple of every MR) */
 
-int gemm_pack(const float *W, int N, int K, packed_weight *out) {
+/* fp32 -> bf16, round to nearest even (the weights are finite: the loader
+ * refuses NaN and infinity). */
+static uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static int pack_bf16(const float *W, int N, int K, packed_weight *out) {
+    int K2 = (K + 1) / 2;
+    size_t n = (size_t)out->panels * K2 * GEMM_PANEL;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n * sizeof(uint32_t)) != 0) return -1;
+    uint32_t *d = p;
+    for (int j = 0; j < out->panels; j++)
+        for (int k2 = 0; k2 < K2; k2++)
+            for (int c = 0; c < GEMM_PANEL; c++) {
+                int col = j * GEMM_PANEL + c, k = 2 * k2;
+                float lo = col < N ? W[(size_t)col * K + k] : 0.0f;
+                float hi = col < N && k + 1 < K ? W[(size_t)col * K + k + 1] : 0.0f;
+                d[((size_t)j * K2 + k2) * GEMM_PANEL + c] = to_bf16(lo) | (uint32_t)to_bf16(hi) << 16;
+            }
+    out->bf16 = d;
+    return 0;
+}
+
+int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out) {
     memset(out, 0, sizeof(*out));
     out->N = N;
     out->K = K;
     out->panels = ((N + NR - 1) / NR) * 3;
+    if (precision == GEMM_BF16) return gemm_bf16_supported() ? pack_bf16(W, N, K, out) : -1;
     size_t n = (size_t)out->panels * K * GEMM_PANEL;
     void *p = NULL;
     if (posix_memalign(&p, 64, n * sizeof(float)) != 0) return -1;
@@ -60,6 +88,7 @@ float gemm_packed_get(const packed_weight *p, int n, int k) {
 
 void gemm_pack_free(packed_weight *p) {
     free(p->data);
+    free(p->bf16);
     memset(p, 0, sizeof(*p));
 }
 
@@ -149,6 +178,42 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const float *Ap, co
         for (int q = 0; q < 3; q++) _mm512_storeu_ps(C + r * ldc + 16 * q, c[r][q]);
 }
 
+/* C (8, 48) (+)= Ap (kc2, 8) . [B0 B1 B2] (kc2, 16) where every element is
+ * a pair of bf16 values: vdpbf16ps adds both products of a pair into the
+ * fp32 accumulator. */
+__attribute__((target("avx512f,avx512bf16"))) static void kernel_bf16(
+    const uint32_t *Ap, const uint32_t *B0, const uint32_t *B1, const uint32_t *B2, int kc2,
+    float *C, size_t ldc, int first) {
+    enum { MR = 8 };
+    __m512 c[MR][3];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int q = 0; q < 3; q++)
+            c[r][q] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(C + r * ldc + 16 * q);
+    for (int k = 0; k < kc2; k++) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512(B0 + (size_t)k * GEMM_PANEL);
+        __m512bh b1 = (__m512bh)_mm512_load_si512(B1 + (size_t)k * GEMM_PANEL);
+        __m512bh b2 = (__m512bh)_mm512_load_si512(B2 + (size_t)k * GEMM_PANEL);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[k * MR + r]);
+            c[r][0] = _mm512_dpbf16_ps(c[r][0], a, b0);
+            c[r][1] = _mm512_dpbf16_ps(c[r][1], a, b1);
+            c[r][2] = _mm512_dpbf16_ps(c[r][2], a, b2);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int q = 0; q < 3; q++) _mm512_storeu_ps(C + r * ldc + 16 * q, c[r][q]);
+}
+
+int gemm_bf16_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+}
+
 static const gemm_kernel kernels[] = {
     {"avx512", kernel_avx512, 8},
     {"avx2", kernel_avx2, 2},
@@ -223,6 +288,67 @@ static void pack_rows(const float *A, int K, int i0, int rows, int k0, int kc, i
     }
 }
 
+/* pack_rows for bf16: pairs (A[i][k], A[i][k+1]) rounded to bf16, k-major
+ * in groups of 8 rows; k past the block (odd kc) and missing rows are 0. */
+static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int kc, uint32_t *Ap) {
+    int kc2 = (kc + 1) / 2;
+    for (int g = 0; g < rows; g += 8) {
+        uint32_t *dst = Ap + (size_t)g * kc2;
+        for (int r = 0; r < 8; r++) {
+            const float *src = g + r < rows ? A + (size_t)(i0 + g + r) * K + k0 : NULL;
+            for (int k2 = 0; k2 < kc2; k2++) {
+                float lo = src ? src[2 * k2] : 0.0f;
+                float hi = src && 2 * k2 + 1 < kc ? src[2 * k2 + 1] : 0.0f;
+                dst[k2 * 8 + r] = to_bf16(lo) | (uint32_t)to_bf16(hi) << 16;
+            }
+        }
+    }
+}
+
+/* gemm_tiles for a bf16-packed W: the same blocking, KC stays even so that
+ * pairs never straddle two blocks. */
+static void gemm_tiles_bf16(const gemm_job *j, int t0, int t1) {
+    const packed_weight *W = j->W;
+    int K = W->K, N = W->N, M = j->M, K2 = (K + 1) / 2;
+    uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));
+    float edge[8 * NR] __attribute__((aligned(64))) = {0};
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2, first = k0 == 0;
+        for (int i0 = 0; i0 < M; i0 += MC) {
+            int rows = M - i0 < MC ? M - i0 : MC;
+            pack_rows_bf16(j->A, K, i0, rows, k0, kc, Ap);
+            for (int t = t0; t < t1; t++) {
+                const uint32_t *B0 = W->bf16 + ((size_t)(3 * t) * K2 + k0 / 2) * GEMM_PANEL;
+                const uint32_t *B1 = B0 + (size_t)K2 * GEMM_PANEL;
+                const uint32_t *B2 = B1 + (size_t)K2 * GEMM_PANEL;
+                int col0 = t * NR, cols = N - col0 < NR ? N - col0 : NR;
+                for (int g = 0; g < rows; g += 8) {
+                    int gr = rows - g < 8 ? rows - g : 8;
+                    float *C = j->out + (size_t)(i0 + g) * N + col0;
+                    if (gr == 8 && cols == NR) {
+                        kernel_bf16(Ap + (size_t)g * kc2, B0, B1, B2, kc2, C, (size_t)N, first);
+                        continue;
+                    }
+                    for (int r = 0; r < gr && !first; r++)
+                        memcpy(edge + r * NR, C + (size_t)r * N, sizeof(float) * (size_t)cols);
+                    kernel_bf16(Ap + (size_t)g * kc2, B0, B1, B2, kc2, edge, NR, first);
+                    for (int r = 0; r < gr; r++)
+                        memcpy(C + (size_t)r * N, edge + r * NR, sizeof(float) * (size_t)cols);
+                }
+            }
+        }
+    }
+}
+
+static void add_bias(const gemm_job *j, int t0, int t1) {
+    int N = j->W->N;
+    int c0 = t0 * NR, c1 = t1 * NR < N ? t1 * NR : N;
+    for (int i = 0; i < j->M; i++) {
+        float *o = j->out + (size_t)i * N;
+        for (int c = c0; c < c1; c++) o[c] += j->bias[c];
+    }
+}
+
 /* Tiles [t0, t1) of 48 columns, all rows. */
 static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     const packed_weight *W = j->W;
@@ -258,19 +384,16 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
             }
         }
     }
-    if (j->bias)
-        for (int i = 0; i < M; i++) {
-            float *o = j->out + (size_t)i * N;
-            int c0 = t0 * NR, c1 = t1 * NR < N ? t1 * NR : N;
-            for (int c = c0; c < c1; c++) o[c] += j->bias[c];
-        }
 }
 
 static void gemm_part(void *ctx, int part, int parts) {
     const gemm_job *j = ctx;
     int tiles = j->W->panels / 3;
     int t0 = (int)((long)tiles * part / parts), t1 = (int)((long)tiles * (part + 1) / parts);
-    if (t0 < t1) gemm_tiles(j, t0, t1);
+    if (t0 >= t1) return;
+    if (j->W->bf16) gemm_tiles_bf16(j, t0, t1);
+    else gemm_tiles(j, t0, t1);
+    if (j->bias) add_bias(j, t0, t1);
 }
 
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M) {

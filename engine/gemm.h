@@ -14,26 +14,37 @@
 #define COMROPE_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define GEMM_PANEL 16   /* output columns per packed panel */
 
 /* W (N, K) repacked as panels of (K, 16), zero-padded to a multiple of 48
- * columns (the kernels' tile). */
+ * columns (the kernels' tile); or, for bf16 compute, as panels of
+ * (ceil(K/2), 16) pairs of bf16 values (W[n][2k], W[n][2k+1]). */
 typedef struct {
     int N, K;
     int panels;
-    float *data;        /* panels * K * 16 floats, 64-byte aligned, owned */
+    float *data;        /* fp32: panels * K * 16 floats, 64-byte aligned, owned; else NULL */
+    uint32_t *bf16;     /* bf16: panels * ceil(K/2) * 16 pairs, owned; else NULL */
 } packed_weight;
 
-/* Packs W (N, K). Returns 0 or -1 (out of memory). */
-int gemm_pack(const float *W, int N, int K, packed_weight *out);
+enum { GEMM_FP32 = 0, GEMM_BF16 = 1 };
+
+/* Packs W (N, K) for fp32 or bf16 compute (weights rounded to nearest
+ * even). Returns 0, or -1 (out of memory, or bf16 on a CPU without
+ * AVX512-BF16: see gemm_bf16_supported). */
+int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out);
+
+/* 1 when this CPU runs the bf16 kernel (AVX512-BF16). */
+int gemm_bf16_supported(void);
 void gemm_pack_free(packed_weight *p);
 
-/* W[n][k] read back from the packed form (tests and tools). */
+/* W[n][k] read back from the packed form (tests and tools; fp32 only). */
 float gemm_packed_get(const packed_weight *p, int n, int k);
 
 /* out (M, N) = A (M, K) @ W^T + bias (N, may be NULL). The columns are
- * split among the engine's thread pool (parallel.h). */
+ * split among the engine's thread pool (parallel.h). With a bf16-packed W,
+ * A is rounded to bf16 as it is packed and the products accumulate in fp32. */
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M);
 
 /* Same as parallel_set_threads (parallel.h): threads that share one

@@ -84,8 +84,9 @@ static void point_weights(vit_model *m) {
 /* ------------------------------------------------------------------------ */
 /* Loading                                                                   */
 
-static int pack(const float *W, int N, int K, packed_weight *out, char *err, size_t errlen) {
-    if (gemm_pack(W, N, K, out) == 0) return 0;
+static int pack(const vit_model *m, const float *W, int N, int K, packed_weight *out, char *err,
+                size_t errlen) {
+    if (gemm_pack(W, N, K, m->precision, out) == 0) return 0;
     snprintf(err, errlen, "out of memory packing a %dx%d weight", N, K);
     return -1;
 }
@@ -257,10 +258,10 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, float *scrat
     float scale = 1.0f / sqrtf((float)hd);
     for (size_t i = 0; i < (size_t)D * D; i++) scratch[i] *= scale;
     for (int i = 0; i < D; i++) L->qkv_b[i] *= scale;
-    if (pack(scratch, 3 * D, D, &L->qkv, err, errlen)) goto cleanup;
+    if (pack(m, scratch, 3 * D, D, &L->qkv, err, errlen)) goto cleanup;
     snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.out_proj.weight", l);
     if (take(f, name, scratch, err, errlen, 2, D, D, 0, 0, 0)) goto cleanup;
-    if (pack(scratch, D, D, &L->out, err, errlen)) goto cleanup;
+    if (pack(m, scratch, D, D, &L->out, err, errlen)) goto cleanup;
     rc = 0;
 cleanup:
     free(freqs);
@@ -314,7 +315,7 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
 
     if (take(f, "vision_model.embeddings.patch_embedding.weight", scratch, err, errlen, 4, D, C,
              p, p, 0) ||
-        pack(scratch, D, C * p * p, &w->patch, err, errlen)) return -1;
+        pack(m, scratch, D, C * p * p, &w->patch, err, errlen)) return -1;
     if (take(f, "vision_model.embeddings.class_embedding", w->class_emb, err, errlen, 1, D, 0, 0,
              0, 0)) return -1;
     if (c->has_ape) {
@@ -341,10 +342,10 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
         }
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc1.weight", l);
         if (take(f, name, scratch, err, errlen, 2, I, D, 0, 0, 0) ||
-            pack(scratch, I, D, &L->fc1, err, errlen)) return -1;
+            pack(m, scratch, I, D, &L->fc1, err, errlen)) return -1;
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc2.weight", l);
         if (take(f, name, scratch, err, errlen, 2, D, I, 0, 0, 0) ||
-            pack(scratch, D, I, &L->fc2, err, errlen)) return -1;
+            pack(m, scratch, D, I, &L->fc2, err, errlen)) return -1;
         if (load_attention(m, f, l, scratch, err, errlen)) return -1;
     }
     if (take(f, "vision_model.post_layernorm.weight", w->post_ln_w, err, errlen, 1, D, 0, 0, 0, 0) ||
@@ -369,7 +370,13 @@ static int file_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-int vit_load(const char *dir, vit_model **out, char *err, size_t errlen) {
+vit_options vit_default_options(void) {
+    /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
+    vit_options o = {GEMM_FP32, 4097};
+    return o;
+}
+
+int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err, size_t errlen) {
     char path[4096];
     vit_model *m = NULL;
     safetensors_file f;
@@ -387,6 +394,17 @@ int vit_load(const char *dir, vit_model **out, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: no config.json in the model directory", dir);
         goto cleanup;
     }
+    vit_options o = opt ? *opt : vit_default_options();
+    if (o.precision == GEMM_BF16 && !gemm_bf16_supported()) {
+        snprintf(err, errlen, "bf16 compute needs a CPU with AVX512-BF16; this one has none");
+        goto cleanup;
+    }
+    if (o.max_tokens < 2) {
+        snprintf(err, errlen, "max_tokens must be at least 2 (got %d)", o.max_tokens);
+        goto cleanup;
+    }
+    m->precision = o.precision;
+    m->max_tokens = o.max_tokens;
     if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
     m->prep = image_prep_default();
@@ -428,8 +446,6 @@ int vit_load(const char *dir, vit_model **out, char *err, size_t errlen) {
     point_weights(m);
     if (init_rotation(m, err, errlen)) goto cleanup;
     if (load_weights(m, &f, scratch, err, errlen)) goto cleanup;
-    /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
-    m->max_tokens = 4097;
     rc = 0;
 cleanup:
     free(scratch);

@@ -55,12 +55,24 @@ typedef struct {
     vit_rotation rot;
     char *dir;                // the checkpoint directory (owned)
     int max_tokens;           // per image; larger resolutions are refused
+    int precision;            // GEMM_FP32 or GEMM_BF16
 } vit_model;
 
+/* Knobs of a loaded model; vit_default_options() fills every one. */
+typedef struct {
+    int precision;   // GEMM_FP32 (default: exact) or GEMM_BF16 (opt-in: AVX512-BF16
+                     // products with fp32 sums; about 3 significant digits)
+    int max_tokens;  // per image; larger resolutions are refused
+} vit_options;
+
+vit_options vit_default_options(void);
+
 /* Loads `dir` (config.json, model.safetensors, optional
- * preprocessor_config.json). Returns 0 and a model to release with vit_free,
- * or -1 with a message naming the file, key or tensor. */
-int vit_load(const char *dir, vit_model **out, char *err, size_t errlen);
+ * preprocessor_config.json) with `opt` (NULL: the defaults). Returns 0 and a
+ * model to release with vit_free, or -1 with a message naming the file, key
+ * or tensor. */
+int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err,
+             size_t errlen);
 void vit_free(vit_model *m);
 
 /* One image's pixels: (C, h, w), normalized, as the model takes them. */

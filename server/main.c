@@ -124,7 +124,7 @@ int main(int argc, char **argv) {
         }
         snprintf(cfg.model, sizeof(cfg.model), "%s", dir);
     }
-    if (vit_load(cfg.model, &model, err, sizeof(err))) {
+    if (vit_load(cfg.model, NULL, &model, err, sizeof(err))) {
         fprintf(stderr, "comrope-serve: %s\n", err);
         return 1;
     }

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "gemm.h"
@@ -36,7 +37,7 @@ START_TEST(test_kernels_match_openblas) {
             fill(W, (size_t)N * K, 100 + (unsigned)s);
             fill(b, (size_t)N, 7);
             packed_weight p;
-            ck_assert(gemm_pack(W, N, K, &p) == 0);
+            ck_assert(gemm_pack(W, N, K, GEMM_FP32, &p) == 0);
             gemm_forward(out, A, &p, b, M);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, W, K, 0.0f, ref, N);
             for (int i = 0; i < M * N; i++) {
@@ -62,7 +63,7 @@ START_TEST(test_rows_independent_of_batch) {
     fill(A, (size_t)Mmax * K, 3);
     fill(W, (size_t)N * K, 4);
     packed_weight p;
-    ck_assert(gemm_pack(W, N, K, &p) == 0);
+    ck_assert(gemm_pack(W, N, K, GEMM_FP32, &p) == 0);
     for (int threads = 1; threads <= 2; threads++) {
         gemm_set_threads(threads);
         for (int M = 1; M <= Mmax; M += 3) {
@@ -80,12 +81,59 @@ START_TEST(test_rows_independent_of_batch) {
 }
 END_TEST
 
+/* bf16 packing: products of bf16-rounded values summed in fp32. Compared
+ * with an fp64 sum of the same rounded values (tight), and with the fp32
+ * product (loose: bf16 keeps 8 significant bits). Rows stay batch-invariant. */
+static float round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+START_TEST(test_bf16_kernel) {
+    if (!gemm_bf16_supported()) return; /* nothing to test on this CPU */
+    int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {13, 50, 129}, {197, 96, 257}, {9, 130, 768}};
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
+        float *out = malloc(sizeof(float) * M * N), *one = malloc(sizeof(float) * N);
+        fill(A, (size_t)M * K, 11 + (unsigned)s);
+        fill(W, (size_t)N * K, 12 + (unsigned)s);
+        packed_weight p;
+        ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
+        gemm_forward(out, A, &p, NULL, M);
+        for (int i = 0; i < M; i++)
+            for (int n = 0; n < N; n++) {
+                double exact = 0, rounded = 0;
+                for (int k = 0; k < K; k++) {
+                    exact += (double)A[i * K + k] * W[n * K + k];
+                    rounded += (double)round_bf16(A[i * K + k]) * round_bf16(W[n * K + k]);
+                }
+                float got = out[(size_t)i * N + n];
+                ck_assert_msg(fabs(got - rounded) <= 1e-5 * (1 + K / 16.0), "%dx%dx%d (%d,%d): %g vs %g",
+                              M, N, K, i, n, got, rounded);
+                ck_assert(fabs(got - exact) <= 2e-2 * sqrt((double)K));
+            }
+        for (int r = 0; r < M; r += 4) {
+            gemm_forward(one, A + (size_t)r * K, &p, NULL, 1);
+            ck_assert(memcmp(one, out + (size_t)r * N, sizeof(float) * N) == 0);
+        }
+        gemm_pack_free(&p);
+        free(A); free(W); free(out); free(one);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_kernels_match_openblas);
     tcase_add_test(tc, test_rows_independent_of_batch);
+    tcase_add_test(tc, test_bf16_kernel);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

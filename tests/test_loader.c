@@ -71,7 +71,7 @@ static void teardown(void) {
 static void expect_refusal(const char *needle) {
     vit_model *m = NULL;
     char err[1024] = "";
-    int rc = vit_load(tmpdir, &m, err, sizeof(err));
+    int rc = vit_load(tmpdir, NULL, &m, err, sizeof(err));
     ck_assert_msg(rc == -1 && m == NULL, "loaded although it should not (wanted \"%s\")", needle);
     ck_assert_msg(strstr(err, needle) != NULL, "message \"%s\" does not mention \"%s\"", err, needle);
 }
@@ -122,7 +122,7 @@ static void edit_config(const char *key, json_t *value) {
 START_TEST(test_good_checkpoint_loads) {
     vit_model *m = NULL;
     char err[512];
-    ck_assert_msg(vit_load(tmpdir, &m, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(vit_load(tmpdir, NULL, &m, err, sizeof(err)) == 0, "%s", err);
     ck_assert_int_eq(m->cfg.custom_pe_type, PE_COMROPE_AP);
     vit_free(m);
 }
@@ -269,7 +269,7 @@ START_TEST(test_integer_for_a_real_key_is_fine) {
     edit_config("layer_norm_eps", json_integer(0));
     vit_model *m = NULL;
     char err[512];
-    ck_assert_msg(vit_load(tmpdir, &m, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(vit_load(tmpdir, NULL, &m, err, sizeof(err)) == 0, "%s", err);
     vit_free(m);
 }
 END_TEST
@@ -333,7 +333,7 @@ START_TEST(test_unknown_keys_ignored) {
     edit_config("architectures", json_pack("[s]", "CustomVITForClassification"));
     vit_model *m = NULL;
     char err[512];
-    ck_assert_msg(vit_load(tmpdir, &m, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(vit_load(tmpdir, NULL, &m, err, sizeof(err)) == 0, "%s", err);
     vit_free(m);
 }
 END_TEST
@@ -360,7 +360,7 @@ START_TEST(test_random_header_corruption) {
         spit("model.safetensors", d, len);
         vit_model *m = NULL;
         char err[512];
-        if (vit_load(tmpdir, &m, err, sizeof(err)) == 0) vit_free(m);
+        if (vit_load(tmpdir, NULL, &m, err, sizeof(err)) == 0) vit_free(m);
     }
     free(d);
     free(good);

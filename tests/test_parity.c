@@ -66,7 +66,7 @@ static vit_model *load_model(const char *name) {
     char dir[1024], err[512];
     vit_model *m = NULL;
     snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, name);
-    ck_assert_msg(vit_load(dir, &m, err, sizeof(err)) == 0, "%s: %s", name, err);
+    ck_assert_msg(vit_load(dir, NULL, &m, err, sizeof(err)) == 0, "%s: %s", name, err);
     return m;
 }
 
@@ -199,6 +199,44 @@ START_TEST(test_bad_resolution_is_refused_with_nearest) {
 }
 END_TEST
 
+/* Opt-in bf16 compute stays close to the reference on every case (it is
+ * not exact: bf16 keeps 8 significant bits of each product's inputs). */
+START_TEST(test_bf16_close_to_reference) {
+    if (!gemm_bf16_supported()) return; /* the CPU lacks AVX512-BF16 */
+    load_manifest();
+    vit_options opt = vit_default_options();
+    opt.precision = GEMM_BF16;
+    double worst_rel = 0;
+    for (int i = 0; i < ncases; i++) {
+        parity_case *pc = &cases[i];
+        char dir[1024], err[512];
+        vit_model *m = NULL;
+        snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, pc->model);
+        ck_assert_msg(vit_load(dir, &opt, &m, err, sizeof(err)) == 0, "%s", err);
+        vit_workspace *ws = vit_workspace_new(m);
+        int N = (int)pc->input.shape[0], K = m->cfg.num_class, C = m->cfg.num_channels;
+        vit_image imgs[8];
+        float logits[8 * 64];
+        ck_assert(N <= 8 && K <= 64);
+        for (int n = 0; n < N; n++)
+            imgs[n] = (vit_image){pc->h, pc->w, pc->input.data + (size_t)n * C * pc->h * pc->w};
+        ck_assert(vit_forward_ragged(m, ws, imgs, N, logits, err, sizeof(err)) == 0);
+        double scale = 0, diff = 0;
+        for (int k = 0; k < N * K; k++) {
+            scale = fmax(scale, fabs(pc->logits.data[k]));
+            diff = fmax(diff, fabs(logits[k] - pc->logits.data[k]));
+        }
+        worst_rel = fmax(worst_rel, diff / (1 + scale));
+        ck_assert_msg(diff <= 0.02 * (1 + scale), "%s at %dx%d: bf16 off by %g (logits up to %g)",
+                      pc->model, pc->h, pc->w, diff, scale);
+        vit_workspace_free(ws);
+        vit_free(m);
+    }
+    fprintf(stderr, "bf16: worst |logit - reference| / (1 + max |logit|) = %.4f\n", worst_rel);
+    free_manifest();
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("parity");
     TCase *tc = tcase_create("parity");
@@ -207,6 +245,7 @@ int main(void) {
     tcase_add_test(tc, test_ragged_batch_invariance);
     tcase_add_test(tc, test_rotation_cache_eviction);
     tcase_add_test(tc, test_bad_resolution_is_refused_with_nearest);
+    tcase_add_test(tc, test_bf16_close_to_reference);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

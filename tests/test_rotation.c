@@ -154,7 +154,7 @@ static vit_model *load_model(const char *name) {
     char dir[1024], err[512];
     vit_model *m = NULL;
     snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, name);
-    ck_assert_msg(vit_load(dir, &m, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(vit_load(dir, NULL, &m, err, sizeof(err)) == 0, "%s", err);
     return m;
 }
 
