@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -264,9 +265,15 @@ int config_load(server_config *cfg, int argc, char **argv, char **envp,
     return action;
 }
 
-int config_cpu_limit(const char *cpu_max_path) {
+int config_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    int cpus = n > 0 ? (int)n : 1;
+    return n > 0 ? (int)n : 1;
+}
+
+int config_cpu_limit(const char *cpu_max_path) {
+    int cpus = config_cpu_count();
     FILE *f = cpu_max_path ? fopen(cpu_max_path, "r") : NULL;
     if (!f) return cpus;
     char quota[64] = "";
@@ -281,6 +288,36 @@ int config_cpu_limit(const char *cpu_max_path) {
     }
     fclose(f);
     return cpus < 1 ? 1 : cpus;
+}
+
+int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup) {
+    char rel[CONFIG_PATH_MAX] = "", line[CONFIG_PATH_MAX], dir[CONFIG_PATH_MAX], file[CONFIG_PATH_MAX + 16];
+    FILE *f = fopen(proc_self_cgroup, "r");
+    /* cgroup v2: the line "0::/system.slice/comrope-serve.service" */
+    while (f && fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(rel, sizeof(rel), "%s", line + 3);
+            break;
+        }
+    }
+    if (f) fclose(f);
+    /* Inside a container's cgroup namespace rel is "/" (or the line is
+     * missing): the root's cpu.max is the container's limit. */
+    if (rel[0] != '/' || strstr(rel, "..")) snprintf(rel, sizeof(rel), "/");
+    int cpus = config_cpu_count();
+    /* The tightest quota of this cgroup and its ancestors, up to the root. */
+    snprintf(dir, sizeof(dir), "%s%s", cgroup_root, strcmp(rel, "/") == 0 ? "" : rel);
+    size_t root_len = strlen(cgroup_root);
+    for (;;) {
+        snprintf(file, sizeof(file), "%s/cpu.max", dir);
+        int n = config_cpu_limit(file);
+        if (n < cpus) cpus = n;
+        char *slash = strrchr(dir, '/');
+        if (strlen(dir) <= root_len || !slash || (size_t)(slash - dir) < root_len) break;
+        *slash = '\0';
+    }
+    return cpus;
 }
 
 void config_derive_threads(server_config *cfg, int cpu_limit) {

@@ -88,9 +88,20 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
  * A value may be double-quoted to hold spaces. Returns 0 or -1. */
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen);
 
+/* The CPUs this process may run on (its affinity mask, else the online
+ * count). */
+int config_cpu_count(void);
+
 /* The CPU limit of this process: ceil(quota / period) from the cgroup v2
- * file at `cpu_max_path` when a quota is set, else the online CPU count. */
+ * file at `cpu_max_path` when a quota is set, else config_cpu_count(). */
 int config_cpu_limit(const char *cpu_max_path);
+
+/* The same for this process's own cgroup: its path is read from
+ * `proc_self_cgroup` (the "0::" line of /proc/self/cgroup), and the
+ * tightest cpu.max of that cgroup and its ancestors under `cgroup_root`
+ * (/sys/fs/cgroup) wins. So a systemd CPUQuota=, a Docker --cpus or a
+ * Kubernetes CPU limit all bound the derived thread counts. */
+int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup);
 
 /* Replaces the 0 ("derived") thread counts with values that keep
  * workers * gemm_threads <= cpu_limit. */

@@ -4,6 +4,8 @@
 #   build  compile the engine, the CLI and the daemon
 #   test   run the whole test suite (ctest)
 #   tools  the Python tools in tools/ (reference model, fixtures, training)
+#   runtime  the shared libraries comrope-serve runs with (deploy/Dockerfile)
+#   bench  bench/run.sh on top of build and tools (node, npm, taskset)
 # Usage: scripts/install-deps.sh [GROUP...]   (default: build test)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,9 +22,16 @@ for g in "${groups[@]}"; do
   wanted+=("${names[@]}")
 done
 
+# an installed package that Provides a name counts too (e.g. NodeSource's
+# nodejs provides, and conflicts with, Debian's npm)
+provided=$(dpkg-query -W -f='${Status}\t${Provides}\n' 2>/dev/null |
+  awk -F'\t' '$1 == "install ok installed" { print $2 }' | tr ',' '\n' |
+  sed -e 's/^ *//' -e 's/ .*//' | sort -u)
 missing=()
 for p in "${wanted[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' && continue
+  grep -qx -- "$p" <<<"$provided" && continue
+  missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#wanted[@]} packages of [${groups[*]}] are installed"

@@ -1,11 +1,27 @@
 #!/usr/bin/env bash
-# First command of the README: install dependencies, build, and run the
-# bundled default model on a sample image.
+# First command of the README: install the build dependencies, build, and
+# start comrope-serve on the bundled default model (models/fashion-comrope-ld,
+# the path fixed at build time), in the foreground: its log is on this
+# terminal, Ctrl-C drains and stops it. Arguments go to comrope-serve
+# (--port 9000, --config FILE, --model DIR, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh build
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)"
+
+# The port the example below talks to: --port, else COMROPE_PORT, else 8080.
+port=${COMROPE_PORT:-8080}
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case ${args[i]} in
+    --port) port=${args[i + 1]:-$port} ;;
+    --port=*) port=${args[i]#--port=} ;;
+  esac
+done
 sample=models/samples/ankle-boot.png
-echo "== build/comrope-classify $sample"
-exec build/comrope-classify "$sample"
+cat <<EOF
+== starting build/comrope-serve on port $port (Ctrl-C to stop). From another terminal:
+   curl -s -H 'Content-Type: image/png' --data-binary @$sample 'localhost:$port/v1/classify?top_k=3'
+EOF
+exec build/comrope-serve "$@"

@@ -26,7 +26,8 @@ struct batcher {
     pthread_cond_t idle;     /* queue empty and nothing running */
     job *head, *tail;
     int queued, running, arriving;
-    int draining, stopping;
+    int stopping;            /* workers told to exit */
+    int stopped;             /* threads joined (batcher_stop ran) */
     worker *workers;
     pthread_t reaper;
     int reaper_started;
@@ -93,7 +94,19 @@ static void answer_expired(job *list) {
 }
 
 static void signal_idle_if_done(batcher *b) {
-    if (!b->head && b->running == 0) pthread_cond_broadcast(&b->idle);
+    if (!b->head && b->running == 0 && b->arriving == 0) pthread_cond_broadcast(&b->idle);
+}
+
+/* How many distinct (h, w) among n images. */
+static int distinct_resolutions(const vit_image *images, int n) {
+    int distinct = 0;
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int k = 0; k < i && !seen; k++)
+            seen = images[k].h == images[i].h && images[k].w == images[i].w;
+        if (!seen) distinct++;
+    }
+    return distinct;
 }
 
 /* Maps input_from_encoded's codes to HTTP statuses. */
@@ -123,7 +136,7 @@ static void run_batch(worker *w, job **batch, int n) {
     float **decoded = calloc((size_t)total, sizeof(float *));
     int *tokens = calloc((size_t)total, sizeof(int));
     int *failed = calloc((size_t)n, sizeof(int));
-    float *logits = malloc(sizeof(float) * (size_t)total * K);
+    float *logits = malloc(sizeof(float) * (size_t)total * (size_t)K);
     if (!images || !decoded || !tokens || !failed || !logits) {
         for (int i = 0; i < n; i++) finish(batch[i], 500, "out of memory");
         goto cleanup;
@@ -170,7 +183,8 @@ static void run_batch(worker *w, job **batch, int n) {
     if (count > 0 && vit_forward_ragged(m, w->ws, images, count, logits, msg, sizeof(msg)))
         forward_failed = 1;
     int64_t end = monotonic_ns();
-    if (count > 0) metrics_batch(b->mx, count, tokens, (double)(end - start) / 1e9);
+    if (count > 0)
+        metrics_batch(b->mx, count, tokens, distinct_resolutions(images, count), (double)(end - start) / 1e9);
 
     int offset = 0;
     for (int i = 0; i < n; i++) {
@@ -336,7 +350,7 @@ int batcher_submit(batcher *b, job *j) {
     j->logits = NULL;
     j->status = 0;
     pthread_mutex_lock(&b->lock);
-    if (b->draining || b->stopping) {
+    if (b->stopping) {
         pthread_mutex_unlock(&b->lock);
         snprintf(j->error, sizeof(j->error), "server is shutting down");
         return 503;
@@ -365,16 +379,19 @@ void batcher_arrival_begin(batcher *b) {
 void batcher_arrival_end(batcher *b) {
     pthread_mutex_lock(&b->lock);
     b->arriving--;
-    /* A worker waiting for company stops waiting when nobody is coming. */
-    if (b->arriving == 0) pthread_cond_broadcast(&b->work);
+    /* A worker waiting for company stops waiting when nobody is coming;
+     * a drain waiting for arrivals may be done. */
+    if (b->arriving == 0) {
+        pthread_cond_broadcast(&b->work);
+        signal_idle_if_done(b);
+    }
     pthread_mutex_unlock(&b->lock);
 }
 
 int batcher_drain(batcher *b, int timeout_s) {
     int64_t deadline = monotonic_ns() + (int64_t)timeout_s * 1000000000;
     pthread_mutex_lock(&b->lock);
-    b->draining = 1;
-    while ((b->head || b->running) && monotonic_ns() < deadline) {
+    while ((b->head || b->running || b->arriving) && monotonic_ns() < deadline) {
         struct timespec ts = to_timespec(deadline);
         pthread_cond_timedwait(&b->idle, &b->lock, &ts);
     }
@@ -383,24 +400,36 @@ int batcher_drain(batcher *b, int timeout_s) {
     return left;
 }
 
-void batcher_free(batcher *b) {
-    if (!b) return;
+void batcher_stop(batcher *b) {
+    if (!b || b->stopped) return;
     pthread_mutex_lock(&b->lock);
     b->stopping = 1;
     pthread_cond_broadcast(&b->work);
     pthread_cond_broadcast(&b->reaper_wake);
     pthread_mutex_unlock(&b->lock);
-    for (int i = 0; b->workers && i < b->p.workers; i++) {
+    for (int i = 0; b->workers && i < b->p.workers; i++)
         if (b->workers[i].started) pthread_join(b->workers[i].thread, NULL);
-        vit_workspace_free(b->workers[i].ws);
-    }
     if (b->reaper_started) pthread_join(b->reaper, NULL);
-    /* Threads are gone: what is left was never started. */
-    while (b->head) {
-        job *j = b->head;
-        unlink_job(b, NULL, j);
-        finish(j, 503, "server is shutting down");
+    /* Threads are gone: what is left was never started. No job can join
+     * the queue any more (batcher_submit sees stopping). */
+    pthread_mutex_lock(&b->lock);
+    job *left = b->head;
+    b->head = b->tail = NULL;
+    b->queued = 0;
+    b->stopped = 1;
+    pthread_mutex_unlock(&b->lock);
+    while (left) {
+        job *next = left->next;
+        left->next = NULL;
+        finish(left, 503, "server is shutting down");
+        left = next;
     }
+}
+
+void batcher_free(batcher *b) {
+    if (!b) return;
+    batcher_stop(b);
+    for (int i = 0; b->workers && i < b->p.workers; i++) vit_workspace_free(b->workers[i].ws);
     free(b->workers);
     pthread_cond_destroy(&b->work);
     pthread_cond_destroy(&b->reaper_wake);
@@ -412,6 +441,13 @@ void batcher_free(batcher *b) {
 int batcher_queue_depth(batcher *b) {
     pthread_mutex_lock(&b->lock);
     int n = b->queued;
+    pthread_mutex_unlock(&b->lock);
+    return n;
+}
+
+int batcher_arriving(batcher *b) {
+    pthread_mutex_lock(&b->lock);
+    int n = b->arriving;
     pthread_mutex_unlock(&b->lock);
     return n;
 }

@@ -53,7 +53,9 @@ typedef struct {
 batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *err, size_t errlen);
 
 /* Queues j. Returns 0, or 503 when the queue is full or the batcher is
- * draining (j->error says which; `done` is then NOT called). */
+ * stopped (j->error says which; `done` is then NOT called). While draining
+ * jobs are still accepted: they come from requests that were being
+ * received when the drain began (the HTTP side refuses new ones). */
 int batcher_submit(batcher *b, job *j);
 
 /* A request is being received that may soon be submitted: while some are,
@@ -62,15 +64,23 @@ int batcher_submit(batcher *b, job *j);
 void batcher_arrival_begin(batcher *b);
 void batcher_arrival_end(batcher *b);
 
-/* Refuses new jobs and waits up to timeout_s for the queue and the running
- * batches to finish. Returns the number of jobs still queued. */
+/* Waits up to timeout_s for the requests being received to be submitted,
+ * and for the queue and the running batches to finish. Returns the number
+ * of jobs still queued. */
 int batcher_drain(batcher *b, int timeout_s);
 
-/* Stops the threads; jobs still queued get 503. Then frees. */
+/* Stops the threads (a running batch finishes first); jobs still queued
+ * get 503, and batcher_submit refuses from now on. The batcher stays valid
+ * (the HTTP side may still call it) until batcher_free. Idempotent. */
+void batcher_stop(batcher *b);
+
+/* batcher_stop, then frees. */
 void batcher_free(batcher *b);
 
 int batcher_queue_depth(batcher *b);
 int batcher_in_flight(batcher *b);
+/* Requests between batcher_arrival_begin and _end (bodies being received). */
+int batcher_arriving(batcher *b);
 
 int64_t monotonic_ns(void);
 

@@ -28,7 +28,11 @@ struct http_server {
     int open_requests;         /* allocated http_request structs */
 };
 
-enum { PHASE_RESPOND = 0, PHASE_READING, PHASE_QUEUED, PHASE_ANSWERED };
+/* RESPOND: the answer is ready to queue. DISCARD: the answer is ready but
+ * the request is not over: its body (if any) is read and dropped first.
+ * READING: an inference body is being accumulated. QUEUED: suspended, a
+ * worker has the job. ANSWERED: resumed with the worker's answer. */
+enum { PHASE_RESPOND = 0, PHASE_DISCARD, PHASE_READING, PHASE_QUEUED, PHASE_ANSWERED };
 
 /* Everything about one HTTP request; lives from the first call of the
  * access handler to MHD's completion callback, which frees it. */
@@ -165,6 +169,21 @@ static void job_done(job *j, void *arg) {
 
 /* --- helpers ------------------------------------------------------------- */
 
+/* Whether the request announces a body larger than max-body-bytes. */
+static int body_over_limit(struct MHD_Connection *c, int64_t max_body_bytes) {
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return cl && strtoull(cl, NULL, 10) > (unsigned long long)max_body_bytes;
+}
+
+/* Whether an answer known from the headers goes out before the body is
+ * read: for a body over the limit, and when the client waits for "100
+ * Continue" before sending it (it then sends nothing). */
+static int answer_before_body(struct MHD_Connection *c, int64_t max_body_bytes) {
+    if (body_over_limit(c, max_body_bytes)) return 1;
+    const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    return expect && strcasecmp(expect, "100-continue") == 0;
+}
+
 static int authorized(http_request *r, struct MHD_Connection *c) {
     char **keys = r->s->p.api_keys;
     if (!keys) return 1;
@@ -252,8 +271,11 @@ static int validate_images(http_request *r) {
     return 0;
 }
 
-/* The body is complete: parse, validate, queue and suspend. */
-static void submit_inference(http_request *r, struct MHD_Connection *c) {
+/* The body is complete: parse, validate, queue and suspend. Returns 0 when
+ * r's answer is set and must be queued now, 1 when the connection was
+ * suspended (a worker, or the refusal below, resumes it; r belongs to the
+ * worker until then: the caller must not touch it). */
+static int submit_inference(http_request *r, struct MHD_Connection *c) {
     http_server *s = r->s;
     char err[512];
     int st;
@@ -261,7 +283,7 @@ static void submit_inference(http_request *r, struct MHD_Connection *c) {
         snprintf(err, sizeof(err), "body is larger than max-body-bytes (%lld)",
                  (long long)s->p.cfg->max_body_bytes);
         set_error(r, 413, err);
-        return;
+        return 0;
     }
     const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
@@ -269,7 +291,7 @@ static void submit_inference(http_request *r, struct MHD_Connection *c) {
         r->parsed = 1;
         if (!st && r->req.num_images == 1 && ctype && strncasecmp(ctype, "image/", 6) == 0) {
             MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, r);
-            if (r->status) return;
+            if (r->status) return 0;
         }
     } else {
         size_t header_len = 0;
@@ -279,7 +301,7 @@ static void submit_inference(http_request *r, struct MHD_Connection *c) {
             unsigned long long v = strtoull(h, &end, 10);
             if (*h == '\0' || *end || v == 0) {
                 set_error(r, 400, "Inference-Header-Content-Length: expected a positive integer");
-                return;
+                return 0;
             }
             header_len = (size_t)v;
         }
@@ -288,11 +310,11 @@ static void submit_inference(http_request *r, struct MHD_Connection *c) {
     }
     if (st) {
         set_error(r, st, err);
-        return;
+        return 0;
     }
     free(r->body); /* the request holds its own copies now */
     r->body = NULL;
-    if (validate_images(r)) return;
+    if (validate_images(r)) return 0;
     int timeout_ms = r->req.timeout_ms ? r->req.timeout_ms : s->p.cfg->default_timeout_ms;
     r->job.req = &r->req;
     r->job.deadline_ns = r->start_ns + (int64_t)timeout_ms * 1000000;
@@ -310,6 +332,7 @@ static void submit_inference(http_request *r, struct MHD_Connection *c) {
         r->phase = PHASE_ANSWERED;
         MHD_resume_connection(c);
     }
+    return 1;
 }
 
 static int media_type_allowed(int endpoint, const char *ctype) {
@@ -342,8 +365,9 @@ static void route(http_request *r, struct MHD_Connection *c) {
         if (s->p.cfg->metrics_port && !r->metrics_only) goto not_found;
         if (!s->p.cfg->metrics_open && !authorized(r, c)) goto unauthorized;
         size_t len = 0;
-        char *text = metrics_render(s->p.metrics, batcher_queue_depth(s->p.batcher),
-                                    batcher_in_flight(s->p.batcher), ready, &len);
+        metrics_gauges g = {batcher_queue_depth(s->p.batcher), batcher_in_flight(s->p.batcher),
+                            batcher_arriving(s->p.batcher), ready};
+        char *text = metrics_render(s->p.metrics, &g, &len);
         if (!text) {
             set_error(r, 500, "out of memory");
             return;
@@ -406,8 +430,8 @@ static void route(http_request *r, struct MHD_Connection *c) {
         return;
     }
     /* Refuse an oversized body from its Content-Length, before reading it. */
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->p.cfg->max_body_bytes) {
+    if (body_over_limit(c, s->p.cfg->max_body_bytes)) {
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         snprintf(err, sizeof(err), "Content-Length %s is larger than max-body-bytes (%lld)", cl,
                  (long long)s->p.cfg->max_body_bytes);
         set_error(r, 413, err);
@@ -466,8 +490,27 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         pthread_mutex_unlock(&s->lock);
         *con_cls = r;
         route(r, c);
-        if (r->phase == PHASE_RESPOND) return queue_answer(c, r);
+        if (r->phase == PHASE_RESPOND) {
+            /* libmicrohttpd closes the connection after a response queued
+             * in this first call (the request is not over yet). So an
+             * answer known from the headers alone (GETs, refusals) is
+             * queued at the end of the request, its body read and dropped,
+             * and keep-alive connections stay open. Only a body announced
+             * over max-body-bytes, or one the client holds back until "100
+             * Continue", is answered at once, unread (and the connection
+             * closed). */
+            if (answer_before_body(c, s->p.cfg->max_body_bytes)) return queue_answer(c, r);
+            r->phase = PHASE_DISCARD;
+        }
         return MHD_YES;
+    }
+    if (r->phase == PHASE_DISCARD) {
+        if (*upload_data_size) {
+            *upload_data_size = 0;
+            return MHD_YES;
+        }
+        r->phase = PHASE_RESPOND;
+        return queue_answer(c, r);
     }
     if (r->phase == PHASE_READING) {
         if (*upload_data_size) {
@@ -492,10 +535,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             r->body_len += n;
             return MHD_YES;
         }
-        submit_inference(r, c);
+        /* The arrival ends after the submission, so that a drain sees
+         * this request all along, as arriving and then as queued. */
         r->arriving = 0;
+        int suspended = submit_inference(r, c);
         batcher_arrival_end(s->p.batcher);
-        if (r->phase == PHASE_READING) { /* refused before queueing */
+        if (!suspended) { /* refused before queueing */
             r->phase = PHASE_RESPOND;
             return queue_answer(c, r);
         }

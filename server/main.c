@@ -97,7 +97,7 @@ int main(int argc, char **argv) {
         config_usage(stdout);
         return 0;
     }
-    config_derive_threads(&cfg, config_cpu_limit("/sys/fs/cgroup/cpu.max"));
+    config_derive_threads(&cfg, config_cpu_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup"));
     if (action == CONFIG_PRINT) {
         config_print(&cfg, stdout);
         return 0;
@@ -176,8 +176,10 @@ int main(int argc, char **argv) {
             cfg.drain_timeout_s);
     http_begin_drain(http);
     int left = batcher_drain(b, cfg.drain_timeout_s);
-    batcher_free(b); /* answers what is left with 503, resuming their connections */
-    b = NULL;
+    /* Answers what is left with 503, resuming their connections. The
+     * batcher stays allocated until the HTTP daemons are stopped: a request
+     * still on a connection may call it (and is refused with 503). */
+    batcher_stop(b);
     if (left) fprintf(stderr, "comrope-serve: %d queued requests answered 503\n", left);
     http_wait_idle(http, 5000); /* let resumed connections write their answers */
     rc = 0;

@@ -62,7 +62,7 @@ struct metrics {
     double start_time;
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
     histogram request_seconds, queue_seconds, compute_seconds, batch_images, batch_tokens;
-    uint64_t batches;
+    uint64_t batches, mixed_batches;
     uint64_t images_by_tokens[TOKEN_BUCKETS];
 };
 
@@ -130,7 +130,8 @@ void metrics_queue_wait(metrics *m, double seconds) {
     pthread_mutex_unlock(&m->lock);
 }
 
-void metrics_batch(metrics *m, int images, const int *token_counts, double compute_seconds) {
+void metrics_batch(metrics *m, int images, const int *token_counts, int resolutions,
+                   double compute_seconds) {
     int tokens = 0;
     pthread_mutex_lock(&m->lock);
     for (int i = 0; i < images; i++) {
@@ -140,6 +141,7 @@ void metrics_batch(metrics *m, int images, const int *token_counts, double compu
         tokens += token_counts[i];
     }
     m->batches++;
+    if (resolutions > 1) m->mixed_batches++;
     histogram_observe(&m->batch_images, images);
     histogram_observe(&m->batch_tokens, tokens);
     histogram_observe(&m->compute_seconds, compute_seconds);
@@ -220,7 +222,7 @@ static long long resident_bytes(void) {
     return ok ? rss * sysconf(_SC_PAGESIZE) : -1;
 }
 
-char *metrics_render(metrics *m, int queue_depth, int in_flight, int ready, size_t *len) {
+char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     text t = {0};
     t.cap = 16384;
     t.data = malloc(t.cap);
@@ -260,6 +262,9 @@ char *metrics_render(metrics *m, int queue_depth, int in_flight, int ready, size
                   &m->batch_tokens);
     put(&t, "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
             "comrope_batches_total %llu\n", (unsigned long long)m->batches);
+    put(&t, "# HELP comrope_batches_mixed_resolution_total Executed batches holding images of more than "
+            "one resolution.\n# TYPE comrope_batches_mixed_resolution_total counter\n"
+            "comrope_batches_mixed_resolution_total %llu\n", (unsigned long long)m->mixed_batches);
 
     put(&t, "# HELP comrope_images_total Images classified, by their token count (bucketed resolution).\n"
             "# TYPE comrope_images_total counter\n");
@@ -273,11 +278,13 @@ char *metrics_render(metrics *m, int queue_depth, int in_flight, int ready, size
     }
 
     put(&t, "# HELP comrope_queue_depth Requests waiting for a worker.\n# TYPE comrope_queue_depth gauge\n"
-            "comrope_queue_depth %d\n", queue_depth);
+            "comrope_queue_depth %d\n", g->queue_depth);
     put(&t, "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
-            "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n", in_flight);
+            "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n", g->in_flight);
+    put(&t, "# HELP comrope_receiving_requests Inference requests whose body is being received.\n"
+            "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n", g->receiving);
     put(&t, "# HELP comrope_ready Whether the server accepts inference requests.\n"
-            "# TYPE comrope_ready gauge\ncomrope_ready %d\n", ready);
+            "# TYPE comrope_ready gauge\ncomrope_ready %d\n", g->ready);
     put(&t, "# HELP comrope_model_info The served model.\n# TYPE comrope_model_info gauge\n"
             "comrope_model_info{model=\"");
     put_label_value(&t, m->model);

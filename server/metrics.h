@@ -3,7 +3,8 @@
  *
  * Owns: requests by endpoint and status code, failures by reason,
  * histograms of end-to-end latency, queue wait, compute, images and tokens
- * per executed batch, executed batches, images by token-count bucket (the
+ * per executed batch, executed batches (and those that mixed resolutions),
+ * images by token-count bucket (the
  * bounded stand-in for "resolution" as a label), the model info gauge, and
  * process metrics read from /proc at scrape time. One mutex guards it all:
  * updates are a few additions, far below the cost of a request. */
@@ -38,10 +39,20 @@ void metrics_free(metrics *m);
 void metrics_request(metrics *m, int endpoint, int status, double seconds);
 /* A request's wait between queueing and the start of its batch. */
 void metrics_queue_wait(metrics *m, double seconds);
-/* An executed batch; token_counts has one entry per image. */
-void metrics_batch(metrics *m, int images, const int *token_counts, double compute_seconds);
+/* An executed batch; token_counts has one entry per image; resolutions is
+ * the number of distinct (h, w) among its images (> 1: a mixed batch). */
+void metrics_batch(metrics *m, int images, const int *token_counts, int resolutions,
+                   double compute_seconds);
 
-/* The exposition text (malloc'd), with the gauges read at scrape time. */
-char *metrics_render(metrics *m, int queue_depth, int in_flight, int ready, size_t *len);
+/* The gauges, read by the caller at scrape time. */
+typedef struct {
+    int queue_depth;           /* jobs waiting for a worker */
+    int in_flight;             /* queued or being computed */
+    int receiving;             /* inference requests whose body is being received */
+    int ready;                 /* 1 unless draining */
+} metrics_gauges;
+
+/* The exposition text (malloc'd; *len its length), or NULL when out of memory. */
+char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -145,9 +146,11 @@ START_TEST(cpu_limit_and_threads) {
     ck_assert_int_le(n, 2);
     unlink(p);
     p = write_config("max 100000\n");
-    ck_assert_int_eq(config_cpu_limit(p), (int)sysconf(_SC_NPROCESSORS_ONLN));
+    ck_assert_int_eq(config_cpu_limit(p), config_cpu_count());
     unlink(p);
-    ck_assert_int_eq(config_cpu_limit("/nonexistent"), (int)sysconf(_SC_NPROCESSORS_ONLN));
+    ck_assert_int_eq(config_cpu_limit("/nonexistent"), config_cpu_count());
+    ck_assert_int_ge(config_cpu_count(), 1);
+    ck_assert_int_le(config_cpu_count(), (int)sysconf(_SC_NPROCESSORS_ONLN));
 
     server_config c;
     config_defaults(&c);
@@ -165,6 +168,52 @@ START_TEST(cpu_limit_and_threads) {
 }
 END_TEST
 
+/* A fake cgroup v2 tree: root/cpu.max "max", root/a/cpu.max 1.5 CPUs
+ * (rounded up: 2), root/a/b/cpu.max 0.5 CPU (1) or "max", and a
+ * /proc/self/cgroup saying the process is in /a/b. */
+static char cg_root[64];
+
+static void write_file(const char *dir, const char *name, const char *text) {
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+START_TEST(cpu_limit_of_own_cgroup) {
+    char a[128], ab[128], proc[128];
+    snprintf(cg_root, sizeof(cg_root), "/tmp/test_cgroup_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(cg_root));
+    snprintf(a, sizeof(a), "%s/a", cg_root);
+    snprintf(ab, sizeof(ab), "%s/a/b", cg_root);
+    snprintf(proc, sizeof(proc), "%s/self_cgroup", cg_root);
+    ck_assert_int_eq(mkdir(a, 0700), 0);
+    ck_assert_int_eq(mkdir(ab, 0700), 0);
+    write_file(cg_root, "cpu.max", "max 100000\n");
+    write_file(a, "cpu.max", "150000 100000\n");
+    write_file(ab, "cpu.max", "50000 100000\n");
+    write_file(cg_root, "self_cgroup", "0::/a/b\n");
+    int cpus = config_cpu_count();
+    ck_assert_int_eq(config_cpu_limit_cgroup(cg_root, proc), 1); /* its own quota */
+    write_file(ab, "cpu.max", "max 100000\n");
+    ck_assert_int_eq(config_cpu_limit_cgroup(cg_root, proc), cpus < 2 ? cpus : 2); /* the parent's */
+    write_file(cg_root, "self_cgroup", "0::/\n"); /* a container's namespace */
+    ck_assert_int_eq(config_cpu_limit_cgroup(cg_root, proc), cpus);
+    write_file(cg_root, "cpu.max", "100000 100000\n");
+    ck_assert_int_eq(config_cpu_limit_cgroup(cg_root, proc), 1);
+    write_file(cg_root, "self_cgroup", "1:name=systemd:/x\n"); /* no v2 line: the root */
+    ck_assert_int_eq(config_cpu_limit_cgroup(cg_root, proc), 1);
+    ck_assert_int_eq(config_cpu_limit_cgroup(cg_root, "/nonexistent"), 1);
+    write_file(cg_root, "self_cgroup", "0::/gone/away\n"); /* missing files: no limit from them */
+    ck_assert_int_eq(config_cpu_limit_cgroup(cg_root, proc), 1);
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", cg_root);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
@@ -175,6 +224,7 @@ int main(void) {
     tcase_add_test(tc, bad_values);
     tcase_add_test(tc, bad_file_lines);
     tcase_add_test(tc, cpu_limit_and_threads);
+    tcase_add_test(tc, cpu_limit_of_own_cgroup);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -23,6 +23,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; echo "--- daemon log" >&2; tail -30 "$WORK/log" >&2 || true; exit 1; }
 
+: >"$WORK/log" # exists before the first look for the port line
 "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 --max-body-bytes 300000 \
   --max-queue-delay-us 20000 --access-log json 2>"$WORK/log" &
 PID=$!
@@ -90,7 +91,7 @@ for r in "${res_list[@]}"; do
   e2=$("$CLASSIFY" --model "$MODEL" --resolution "${h}x${w}" --logits "$IMG2" | jq -c .logits)
   d1=$(maxdiff "$(jq -c '.predictions[0].logits' "$WORK/resp$i.json")" "$e1")
   d2=$(maxdiff "$(jq -c '.predictions[1].logits' "$WORK/resp$i.json")" "$e2")
-  close_enough "$d1" && close_enough "$d2" || fail "logits at ${h}x${w} differ by $d1 / $d2"
+  if ! close_enough "$d1" || ! close_enough "$d2"; then fail "logits at ${h}x${w} differ by $d1 / $d2"; fi
   i=$((i+1))
 done
 echo "ok mixed resolutions ${res_list[*]} match CLI"

@@ -1,0 +1,229 @@
+"""edge.py: HTTP cases curl cannot express, for the integration tests.
+
+Standard library only (http.client, socket). Each subcommand prints what it
+checked and exits 0, or prints FAIL: ... and exits 1.
+
+  edge.py content-length PORT PATH CTYPE
+      Headers announcing a huge Content-Length and no body: the answer must
+      be 413 at once (from the header, before any body byte is read).
+  deadline PORT
+      A raw PNG request with ?timeout_ms=1 whose body arrives after its
+      deadline has passed (the daemon is seen receiving it in /metrics,
+      then at least 50 ms go by): 504, and no batch was computed for it.
+  drain PORT PID BODY_FILE
+      Graceful shutdown seen from clients. Before SIGTERM: a kept-alive
+      connection A (one answered request), and a request U whose headers and
+      half its body were sent (the daemon is seen receiving it). Then
+      SIGTERM. On A, readiness turns 503 with "Connection: close" and the
+      server closes A; on a second kept-alive connection B, an inference
+      request gets 503 with "Connection: close"; U's body is completed and
+      U gets 200 (accepted before the signal: not lost); new connections
+      are refused.
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+
+def fail(msg):
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def metric(port, name):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return float(parts[1])
+    fail("no metric " + name)
+
+
+def poll(what, cond, seconds=30):
+    """Calls cond() every 0.05 s until true; bounded."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    fail("timed out waiting for " + what)
+
+
+class Conn:
+    """A raw keep-alive HTTP/1.1 connection (http.client hides whether the
+    server closed it)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.reader = self.sock.makefile("rb")
+
+    def request(self, method, path, body=b"", ctype=None):
+        head = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % (method, path)
+        if ctype:
+            head += "Content-Type: %s\r\n" % ctype
+        if body or method == "POST":
+            head += "Content-Length: %d\r\n" % len(body)
+        self.sock.sendall(head.encode() + b"\r\n" + body)
+        return read_response(self.reader)
+
+    def closed_by_server(self):
+        """True when the next read gives EOF (the server closed)."""
+        return self.reader.read(1) == b""
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+def read_response(f):
+    """Reads one HTTP/1.1 response from a socket's reader, or from a socket:
+    (status, headers with lower-case names, body)."""
+    if isinstance(f, socket.socket):
+        f = f.makefile("rb")
+    status_line = f.readline().decode()
+    if not status_line:
+        fail("connection closed without a response")
+    status = int(status_line.split()[1])
+    headers = {}
+    while True:
+        line = f.readline().decode()
+        if line in ("\r\n", "\n", ""):
+            break
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    n = int(headers.get("content-length", "0"))
+    body = f.read(n)
+    return status, headers, body
+
+
+def post_headers(path, ctype, length, extra=""):
+    return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
+            "Content-Length: %d\r\n%s\r\n" % (path, ctype, length, extra)).encode()
+
+
+def content_length(port, path, ctype):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(post_headers(path, ctype, 10**12))
+    status, headers, body = read_response(s)
+    s.close()
+    if status != 413:
+        fail("%s with Content-Length 10^12: %d, not 413" % (path, status))
+    err = json.loads(body)["error"]
+    if "max-body-bytes" not in err:
+        fail("413 message does not name max-body-bytes: " + err)
+    print("ok %s: 413 from Content-Length alone (%s)" % (path, err))
+
+
+def deadline(port):
+    with open(os.path.join(os.path.dirname(__file__), "../fixtures/images/photo.png"), "rb") as f:
+        png = f.read()
+    batches = metric(port, "comrope_batches_total")
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(post_headers("/v1/classify?timeout_ms=1", "image/png", len(png)))
+    s.sendall(png[:10])
+    poll("the daemon to receive the request",
+         lambda: metric(port, "comrope_receiving_requests") >= 1)
+    # The deadline (1 ms after the headers arrived) is now in the past:
+    # waiting only makes sure of it.
+    time.sleep(0.05)
+    s.sendall(png[10:])
+    status, headers, body = read_response(s)
+    s.close()
+    if status != 504:
+        fail("late body with timeout_ms=1: %d %r, not 504" % (status, body))
+    if metric(port, "comrope_batches_total") != batches:
+        fail("a batch ran for a request whose deadline had passed")
+    print("ok 504 for a request past its deadline, no batch computed (%s)"
+          % json.loads(body)["error"])
+
+
+def drain(port, pid, body_file):
+    with open(body_file, "rb") as f:
+        body = f.read()
+    # A: a kept-alive connection with one request answered.
+    a = Conn(port)
+    status, headers, _ = a.request("GET", "/v2/health/ready")
+    if status != 200 or headers.get("connection", "").lower() == "close":
+        fail("before SIGTERM: ready %d, Connection %s" % (status, headers.get("connection")))
+    # B: another kept-alive connection, used after SIGTERM for inference.
+    b = Conn(port)
+    status, headers, _ = b.request("POST", "/v1/classify", body, "image/png")
+    if status != 200 or headers.get("connection", "").lower() == "close":
+        fail("before SIGTERM: classify %d, Connection %s" % (status, headers.get("connection")))
+    # U: headers and half the body sent before the signal.
+    u = socket.create_connection(("127.0.0.1", port), timeout=30)
+    u.sendall(post_headers("/v1/classify", "image/png", len(body)))
+    half = len(body) // 2
+    u.sendall(body[:half])
+    poll("the daemon to receive U", lambda: metric(port, "comrope_receiving_requests") >= 1)
+
+    os.kill(pid, signal.SIGTERM)
+
+    # A: readiness 503 once the signal is handled; until then 200 keep-alive.
+    def ready_503():
+        status, headers, _ = a.request("GET", "/v2/health/ready")
+        if status == 200:
+            return False
+        if status != 503:
+            fail("ready during drain: %d" % status)
+        if headers.get("connection", "").lower() != "close":
+            fail("503 during drain without Connection: close")
+        return True
+    poll("readiness 503 after SIGTERM", ready_503)
+    # ... and the server closed A: reading it gives EOF.
+    if not a.closed_by_server():
+        fail("connection A still open after Connection: close")
+    a.close()
+    print("ok readiness 503 with Connection: close on a kept-alive connection, then closed")
+
+    # B: inference after the signal on a kept-alive connection.
+    status, headers, err = b.request("POST", "/v1/classify", body, "image/png")
+    if status != 503 or headers.get("connection", "").lower() != "close":
+        fail("classify after SIGTERM on a kept-alive connection: %d, Connection %s"
+             % (status, headers.get("connection")))
+    if "error" not in json.loads(err):
+        fail("503 body is not {\"error\": ...}: %r" % err)
+    if not b.closed_by_server():
+        fail("connection B still open after Connection: close")
+    b.close()
+    print("ok classify after SIGTERM on a kept-alive connection: 503, Connection: close")
+
+    # New connections are refused.
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        fail("a new connection was accepted after SIGTERM")
+    except ConnectionRefusedError:
+        pass
+    print("ok new connections refused while draining")
+
+    # U: its body completes now; it was accepted before the signal.
+    u.sendall(body[half:])
+    status, headers, resp = read_response(u)
+    u.close()
+    if status != 200:
+        fail("request received across SIGTERM: %d %r, not 200" % (status, resp))
+    print("ok request whose body was arriving at SIGTERM answered 200")
+
+
+def main():
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "content-length" and len(sys.argv) == 5:
+        content_length(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif cmd == "deadline" and len(sys.argv) == 3:
+        deadline(int(sys.argv[2]))
+    elif cmd == "drain" and len(sys.argv) == 5:
+        drain(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

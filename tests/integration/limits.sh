@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Limits and refusals of comrope-serve, each made deterministic:
+#   401  --api-key-file: missing or wrong bearer token on /v1/classify,
+#        /v1/models and /v2/models/{m}/infer; health and /metrics stay open
+#        (and /metrics closes with --metrics-open no); refusals keep the
+#        connection alive; a client waiting for 100 Continue is answered
+#        before it sends its body
+#   413  a Content-Length over max-body-bytes, answered before any body byte
+#   504  a request whose deadline passed before its body arrived (not
+#        computed), and one that expires in the queue while the only worker
+#        is busy (answered by the reaper, long before the worker is free)
+#   503  queue full (--max-queue-size 1, one worker busy, one request
+#        queued): the next request gets 503 with Retry-After at once
+#
+#   tests/integration/limits.sh build/comrope-serve
+set -euo pipefail
+SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+# --- 401, and keep-alive across refusals -----------------------------------
+printf '# tokens for the test\n\n  s3cret-token  \nsecond-token\n' > "$WORK/keys"
+start_daemon --api-key-file "$WORK/keys"
+NAME=$(basename "$MODEL")
+B64=$(base64 -w0 "$IMG")
+printf '{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["%s"]}]}' "$B64" > "$WORK/v2.json"
+classify() { http_code -H 'Content-Type: image/png' --data-binary @"$IMG" "$@" "$URL/v1/classify"; }
+infer() { http_code -H 'Content-Type: application/json' --data-binary @"$WORK/v2.json" "$@" "$URL/v2/models/$NAME/infer"; }
+
+[ "$(classify)" = 401 ] || fail "classify without a token: not 401"
+[ "$(classify -H 'Authorization: Bearer wrong')" = 401 ] || fail "classify with a wrong token: not 401"
+[ "$(classify -H 'Authorization: Bearer s3cret-tokenX')" = 401 ] || fail "classify with a longer token: not 401"
+[ "$(classify -H 'Authorization: Basic czNjcmV0LXRva2Vu')" = 401 ] || fail "classify with Basic auth: not 401"
+[ "$(classify -H 'Authorization: Bearer s3cret-token')" = 200 ] || fail "classify with the first token: not 200"
+# A client that waits for "100 Continue" is answered before it sends its body.
+head -c 3000000 /dev/zero >"$WORK/3mb.bin"
+[ "$(http_code -H 'Expect: 100-continue' -H 'Content-Type: image/png' --data-binary @"$WORK/3mb.bin" \
+  "$URL/v1/classify")" = 401 ] || fail "classify without a token, Expect: 100-continue: not 401"
+[ "$(classify -H 'Authorization: Bearer second-token')" = 200 ] || fail "classify with the second token: not 200"
+[ "$(infer)" = 401 ] || fail "v2 infer without a token: not 401"
+[ "$(infer -H 'Authorization: Bearer nope')" = 401 ] || fail "v2 infer with a wrong token: not 401"
+[ "$(infer -H 'Authorization: Bearer s3cret-token')" = 200 ] || fail "v2 infer with the token: not 200"
+[ "$(http_code "$URL/v1/models")" = 401 ] || fail "/v1/models without a token: not 401"
+[ "$(http_code "$URL/v2/models/$NAME")" = 401 ] || fail "v2 model metadata without a token: not 401"
+www=$(curl -s -D - -o "$WORK/401.json" -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify" |
+  tr -d '\r' | sed -n 's/^WWW-Authenticate: //Ip')
+[ "$www" = Bearer ] || fail "401 without WWW-Authenticate: Bearer ($www)"
+jq -e '.error | test("token")' "$WORK/401.json" >/dev/null || fail "401 body: $(cat "$WORK/401.json")"
+for p in /v2/health/live /v2/health/ready "/v2/models/$NAME/ready" /metrics; do
+  case $p in /v2/models/*) want=401 ;; *) want=200 ;; esac
+  [ "$(http_code "$URL$p")" = "$want" ] || fail "$p without a token: not $want"
+done
+# Answers known from the headers (200, 401, 404) keep the connection alive:
+# curl reuses its one connection for every URL.
+connects=$(curl -s -w '%{num_connects} ' -o /dev/null "$URL/v2/health/live" -o /dev/null "$URL/v1/models" \
+  -o /dev/null "$URL/no/such/path" -o /dev/null "$URL/v2/health/ready")
+[ "$connects" = "1 0 0 0 " ] || fail "connections opened per request: $connects (keep-alive broken)"
+metric 'comrope_request_failures_total{reason="unauthorized"}' >/dev/null || fail "no unauthorized counter"
+[ "$(metric 'comrope_request_failures_total{reason="unauthorized"}')" -ge 8 ] || fail "401s not counted"
+stop_daemon
+
+start_daemon --api-key-file "$WORK/keys" --metrics-open no
+[ "$(http_code "$URL/metrics")" = 401 ] || fail "/metrics with --metrics-open no and no token: not 401"
+[ "$(http_code -H 'Authorization: Bearer second-token' "$URL/metrics")" = 200 ] || fail "/metrics with a token: not 200"
+[ "$(http_code "$URL/v2/health/ready")" = 200 ] || fail "health closed by --metrics-open no"
+stop_daemon
+echo "ok 401: inference and model endpoints need a token; health and metrics open (metrics closable)"
+
+# --- 413 from Content-Length, 504 past deadline ----------------------------
+# One worker, one image per batch, a queue of one: every state below is
+# reached on purpose and observed in /metrics before the next step.
+start_daemon --workers 1 --max-batch-size 1 --max-queue-size 1 --max-queue-delay-us 0 \
+  --max-body-bytes 1000000
+edge content-length "$PORT" /v1/classify image/png || fail "413 on /v1/classify"
+edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/json || fail "413 on v2 infer"
+edge deadline "$PORT" || fail "504 for a late body"
+
+# --- 504 from the queue while the worker is busy ---------------------------
+# SLOW: six images at the largest resolution the fixture allows; it keeps
+# the only worker busy for a long time (about 2.5 s here) compared with the
+# 100 ms deadline of the request queued behind it.
+P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
+MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
+SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
+{
+  printf '{"images": ['
+  for i in 1 2 3 4 5 6; do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
+  printf '], "resolution": %d}' "$SIDE"
+} > "$WORK/slow.json"
+slow() {
+  curl -s -o "$WORK/slow.out" -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data-binary @"$WORK/slow.json" "$URL/v1/classify" > "$WORK/slow.code"
+}
+small() {
+  curl -s -o "$WORK/small.out" -w '%{http_code}' -H 'Content-Type: image/png' \
+    --data-binary @"$IMG" "$URL/v1/classify" > "$WORK/small.code"
+}
+running() { [ "$(metric comrope_in_flight_requests)" = 1 ] && [ "$(metric comrope_queue_depth)" = 0 ]; }
+queued() { [ "$(metric comrope_queue_depth)" = 1 ]; }
+
+slow &
+SLOW_PID=$!
+OTHER_PIDS+=("$SLOW_PID")
+poll 30 running || fail "the slow request never ran"
+start=$(date +%s%N)
+code=$(curl -s -o "$WORK/t.json" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" \
+  "$URL/v1/classify?timeout_ms=100")
+ms=$((($(date +%s%N) - start) / 1000000))
+[ "$code" = 504 ] || fail "request queued behind a busy worker with timeout_ms=100: $code $(cat "$WORK/t.json")"
+running || fail "the worker was free before the 504: the test proves nothing (slow request too fast)"
+echo "ok 504 from the queue after ${ms} ms while the only worker is busy"
+
+# --- 503 + Retry-After when the queue is full ------------------------------
+small &
+SMALL_PID=$!
+OTHER_PIDS+=("$SMALL_PID")
+poll 30 queued || fail "the small request never queued"
+running_and_queued() { [ "$(metric comrope_in_flight_requests)" = 2 ]; }
+running_and_queued || fail "expected one running and one queued"
+hdrs=$(curl -s -D - -o "$WORK/503.json" -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify" | tr -d '\r')
+code=$(sed -n '1s/^HTTP[^ ]* \([0-9]*\).*/\1/p' <<<"$hdrs")
+[ "$code" = 503 ] || fail "request beyond max-queue-size: $code, not 503"
+retry=$(sed -n 's/^Retry-After: //Ip' <<<"$hdrs")
+if ! [ "${retry:-0}" -ge 1 ]; then fail "503 without Retry-After"; fi
+jq -e '.error | test("queue is full")' "$WORK/503.json" >/dev/null || fail "503 body: $(cat "$WORK/503.json")"
+echo "ok 503 with Retry-After: $retry when the queue is full"
+
+wait "$SLOW_PID" "$SMALL_PID"
+[ "$(cat "$WORK/slow.code")" = 200 ] || fail "slow request: $(cat "$WORK/slow.code")"
+[ "$(cat "$WORK/small.code")" = 200 ] || fail "queued request: $(cat "$WORK/small.code")"
+[ "$(metric 'comrope_request_failures_total{reason="deadline_exceeded"}')" = 2 ] || fail "504s not counted"
+[ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="503"}')" = 1 ] || fail "503 not counted"
+stop_daemon
+echo "limits: all passed"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Graceful shutdown (SIGTERM) of comrope-serve.
+#  1. Under load: hey posts images on 16 connections; once answers flow,
+#     SIGTERM. The daemon must exit 0 within the drain bound, and hey must
+#     see only 200 or 503 answers; its only errors may be refused
+#     connections (the listening socket is closed at once): no reset, no
+#     EOF, no timeout for a request the daemon had accepted.
+#  2. Seen from single connections (edge.py drain): readiness 503 with
+#     Connection: close on a kept-alive connection, inference on a
+#     kept-alive connection after the signal gets 503 with Connection:
+#     close, new connections are refused, a request whose body was arriving
+#     at the signal is still answered 200; then exit 0.
+#
+#   tests/integration/shutdown.sh build/comrope-serve
+set -euo pipefail
+SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+DRAIN=10
+
+# --- 1. SIGTERM under hey load ---------------------------------------------
+# Images at 16x16 patches (256 tokens), so that batches are queued and
+# running when the signal comes.
+start_daemon --access-log off --drain-timeout-s "$DRAIN"
+P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
+hey -z 5s -c 16 -t 30 -m POST -T image/png -D "$IMG" "$URL/v1/classify?top_k=1&resolution=$((16 * P))" \
+  >"$WORK/hey.txt" 2>&1 &
+HEY_PID=$!
+OTHER_PIDS+=("$HEY_PID")
+answered() { [ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="200"}' || echo 0)" -ge 100 ]; }
+poll 30 answered || fail "load never reached 100 answers"
+in_flight=$(metric comrope_in_flight_requests)
+start=$(date +%s%N)
+kill -TERM "$DAEMON_PID"
+wait_exit $((DRAIN + 20))
+ms=$((($(date +%s%N) - start) / 1000000))
+[ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM under load"
+[ "$ms" -le $((DRAIN * 1000 + 5000)) ] || fail "took $ms ms to stop (drain bound $DRAIN s)"
+log_has 'comrope-serve: stopped' || fail "no clean stop"
+# hey would go on being refused until its 5 s are over: stop it (on SIGINT
+# it prints its report).
+kill -INT "$HEY_PID" 2>/dev/null || true
+wait "$HEY_PID" || fail "hey failed"
+
+codes=$(hey_codes "$WORK/hey.txt")
+case "$codes" in
+  "200 " | "200 503 ") ;;
+  *) cat "$WORK/hey.txt" >&2; fail "status codes [$codes]: only 200 and 503 are allowed" ;;
+esac
+ok=$(hey_count "$WORK/hey.txt" 200)
+unavailable=$(hey_count "$WORK/hey.txt" 503)
+# Error lines look like "  [N]	Post "...": dial tcp ...: connect: connection refused".
+errors=$(sed -n '/^Error distribution/,$p' "$WORK/hey.txt" | grep '^ *\[' || true)
+lost=$(grep -v 'connection refused' <<<"$errors" || true)
+if [ -n "$lost" ]; then
+  cat "$WORK/hey.txt" >&2
+  fail "requests lost at shutdown (errors other than refused connections): $lost"
+fi
+refused=$(awk -F'[][]' '{ n += $2 } END { print n + 0 }' <<<"$errors")
+echo "ok SIGTERM under load ($in_flight requests in flight): exit 0 after $ms ms; ${ok} x 200, ${unavailable:-0} x 503, $refused refused connections, nothing lost"
+
+# --- 2. keep-alive connections and a request arriving across SIGTERM -------
+start_daemon --access-log text --drain-timeout-s "$DRAIN"
+edge drain "$PORT" "$DAEMON_PID" "$IMG" || fail "drain seen from connections"
+wait_exit $((DRAIN + 20))
+[ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM"
+log_has 'comrope-serve: stopped' || fail "no clean stop"
+echo "shutdown: all passed"

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Lints what deploys and tests comrope-serve, since no container engine or
+# cluster runs in CI:
+#  - deploy/**/*.yml, *.yaml (compose, Prometheus, k8s): yamllint --strict
+#  - deploy/prometheus.yml: promtool check config
+#  - scripts/*.sh, tests/*.sh, tests/integration/*.sh, .ci/run: ShellCheck
+#  - the drain bound is shorter than every stop timeout (k8s grace period,
+#    systemd TimeoutStopSec, compose stop_grace_period)
+#  - every library comrope-serve links is in the `runtime` group of
+#    scripts/packages.txt (the Dockerfile's last stage installs only those)
+#  - deploy/systemd/comrope-serve.service: systemd-analyze verify, when
+#    systemd-analyze is there (ExecStart pointed at the binary just built)
+#
+#   tests/lint_deploy.sh [build/comrope-serve]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SERVE=${1:-build/comrope-serve}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+mapfile -t yaml < <(find deploy -name '*.yml' -o -name '*.yaml' | sort)
+[ "${#yaml[@]}" -ge 4 ] || fail "expected the compose, Prometheus and k8s files, found ${yaml[*]}"
+yamllint --strict "${yaml[@]}" || fail "yamllint"
+echo "ok yamllint: ${yaml[*]}"
+
+promtool check config deploy/prometheus.yml >/dev/null || fail "promtool check config deploy/prometheus.yml"
+echo "ok promtool check config deploy/prometheus.yml"
+
+mapfile -t scripts < <(ls scripts/*.sh tests/*.sh tests/integration/*.sh .ci/run)
+shellcheck -x "${scripts[@]}" || fail "shellcheck"
+echo "ok shellcheck: ${#scripts[@]} scripts"
+
+# The drain bound against every stop timeout. (seconds; first match)
+value() { sed -n "s/$2/\\1/p" "$1" | head -1; }
+drain_env=$(value deploy/systemd/comrope-serve.env '^COMROPE_DRAIN_TIMEOUT_S=\([0-9]*\)$')
+stop_sec=$(value deploy/systemd/comrope-serve.service '^TimeoutStopSec=\([0-9]*\)s*$')
+[ -n "$drain_env" ] || fail "systemd: no COMROPE_DRAIN_TIMEOUT_S in comrope-serve.env"
+[ -n "$stop_sec" ] || fail "systemd: no TimeoutStopSec"
+[ "$stop_sec" -gt "$drain_env" ] || fail "systemd: TimeoutStopSec $stop_sec <= drain $drain_env"
+drain_k8s=$(grep -A1 'name: COMROPE_DRAIN_TIMEOUT_S' deploy/k8s/deployment.yaml | value /dev/stdin '.*value: "\([0-9]*\)"')
+grace=$(value deploy/k8s/deployment.yaml '.*terminationGracePeriodSeconds: \([0-9]*\)$')
+prestop=$(grep -A3 'preStop:' deploy/k8s/deployment.yaml | value /dev/stdin '.*"sleep", "\([0-9]*\)".*')
+for v in drain_k8s grace prestop; do [ -n "${!v}" ] || fail "k8s: no $v in deployment.yaml"; done
+[ "$grace" -gt $((drain_k8s + prestop)) ] || fail "k8s: grace $grace <= preStop $prestop + drain $drain_k8s"
+drain_compose=$(value deploy/docker-compose.yml '.*COMROPE_DRAIN_TIMEOUT_S: "\([0-9]*\)"')
+grace_compose=$(value deploy/docker-compose.yml '.*stop_grace_period: \([0-9]*\)s$')
+for v in drain_compose grace_compose; do [ -n "${!v}" ] || fail "compose: no $v in docker-compose.yml"; done
+[ "$grace_compose" -gt "$drain_compose" ] || fail "compose: stop_grace_period $grace_compose <= drain $drain_compose"
+echo "ok stop timeouts exceed the drain: systemd $stop_sec > $drain_env, k8s $grace > $prestop + $drain_k8s, compose $grace_compose > $drain_compose"
+
+if [ -x "$SERVE" ]; then
+  mapfile -t runtime < <(awk '$1 == "runtime" { print $2 }' scripts/packages.txt)
+  missing=()
+  while read -r lib; do
+    path=$(ldd "$SERVE" | awk -v l="$lib" '$1 == l { print $3 }')
+    [ -n "$path" ] || fail "ldd does not resolve $lib"
+    # dpkg knows one spelling of the path: /lib vs /usr/lib (merged /usr),
+    # or the link's target.
+    pkg=
+    for p in "$path" "$(readlink -f "$path")" "/usr$path" "${path#/usr}"; do
+      pkg=$(dpkg -S "$p" 2>/dev/null | head -1 | cut -d: -f1) && [ -n "$pkg" ] && break
+    done
+    case " ${runtime[*]} libc6 libgcc-s1 " in
+      *" $pkg "*) ;;
+      *) missing+=("$lib (${pkg:-no package})") ;;
+    esac
+  done < <(readelf -d "$SERVE" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+  [ "${#missing[@]}" -eq 0 ] || fail "linked but not in the runtime group of scripts/packages.txt: ${missing[*]}"
+  echo "ok every library comrope-serve links comes from the runtime group (${runtime[*]})"
+else
+  echo "skip runtime libraries: no $SERVE"
+fi
+
+if command -v systemd-analyze >/dev/null && [ -x "$SERVE" ]; then
+  serve_abs=$(readlink -f "$SERVE")
+  sed "s|^ExecStart=.*|ExecStart=$serve_abs|" deploy/systemd/comrope-serve.service >"$WORK/comrope-serve.service"
+  out=$(systemd-analyze verify "$WORK/comrope-serve.service" 2>&1) || fail "systemd-analyze verify: $out"
+  [ -z "$out" ] || fail "systemd-analyze verify printed: $out"
+  echo "ok systemd-analyze verify deploy/systemd/comrope-serve.service"
+else
+  echo "skip systemd-analyze verify (no systemd-analyze)"
+fi
+echo "lint_deploy: all passed"

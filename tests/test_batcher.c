@@ -1,0 +1,292 @@
+/* test_batcher.c: server/batcher.c on the tiny comrope_ld_b2 fixture:
+ * every accepted job is answered exactly once; a batch's logits equal the
+ * engine's; a job past its deadline gets 504 and is never computed;
+ * requests of different resolutions share a batch (and are counted as a
+ * mixed batch); a full queue refuses with 503; a drain waits for requests
+ * still being received; batcher_stop finishes the running batch, answers
+ * the queued jobs 503 and refuses new ones while the batcher stays usable. */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batcher.h"
+#include "metrics.h"
+#include "vit.h"
+
+#define MODEL_DIR FIXTURE_DIR "/parity/comrope_ld_b2"
+
+static vit_model *model;
+static metrics *mx;
+
+/* Completion bookkeeping shared by the jobs of a test. */
+static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t done_cond = PTHREAD_COND_INITIALIZER;
+static int done_calls;
+
+static int released;           /* a blocking job's `done` returns once set */
+
+typedef struct {
+    job j;
+    proto_request req;
+    int calls;                 /* how many times `done` ran for it */
+    int block;                 /* `done` waits for `released`: its worker stays busy */
+} test_job;
+
+static void on_done(job *j, void *arg) {
+    test_job *t = arg;
+    (void)j;
+    pthread_mutex_lock(&done_lock);
+    t->calls++;
+    done_calls++;
+    pthread_cond_broadcast(&done_cond);
+    while (t->block && !released) pthread_cond_wait(&done_cond, &done_lock);
+    pthread_mutex_unlock(&done_lock);
+}
+
+static void release_blocked(void) {
+    pthread_mutex_lock(&done_lock);
+    released = 1;
+    pthread_cond_broadcast(&done_cond);
+    pthread_mutex_unlock(&done_lock);
+}
+
+/* Waits (at most 60 s) until `n` completions have been seen in total. */
+static void wait_done(int n) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 60;
+    pthread_mutex_lock(&done_lock);
+    while (done_calls < n)
+        if (pthread_cond_timedwait(&done_cond, &done_lock, &ts)) break;
+    int seen = done_calls;
+    pthread_mutex_unlock(&done_lock);
+    ck_assert_int_ge(seen, n);
+}
+
+/* A job of n images of h x w deterministic pixels, due in timeout_ms. */
+static test_job *make_job(int n, int h, int w, int timeout_ms) {
+    test_job *t = calloc(1, sizeof(*t));
+    int C = model->cfg.num_channels, P = model->cfg.patch_size;
+    t->req.api = PROTO_V2;
+    t->req.num_images = n;
+    t->req.images = calloc((size_t)n, sizeof(proto_image));
+    for (int i = 0; i < n; i++) {
+        proto_image *im = &t->req.images[i];
+        im->h = h;
+        im->w = w;
+        im->pixels = malloc(sizeof(float) * (size_t)C * h * w);
+        for (int k = 0; k < C * h * w; k++) im->pixels[k] = (float)((k * 37 + i * 11) % 101) / 50.0f - 1.0f;
+    }
+    t->j.req = &t->req;
+    t->j.tokens = n * ((h / P) * (w / P) + (model->cfg.prepend_cls ? 1 : 0));
+    t->j.deadline_ns = monotonic_ns() + (int64_t)timeout_ms * 1000000;
+    t->j.done = on_done;
+    t->j.done_arg = t;
+    return t;
+}
+
+static void free_job(test_job *t) {
+    proto_request_free(&t->req);
+    free(t->j.logits);
+    free(t);
+}
+
+static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
+    batcher_params p = {workers, batch, 1 << 20, delay_us, queue, image_limits_default()};
+    char err[256];
+    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
+    ck_assert_msg(b != NULL, "%s", err);
+    return b;
+}
+
+static double sample(const char *series) {
+    metrics_gauges g = {0, 0, 0, 1};
+    size_t len, n = strlen(series);
+    char *text = metrics_render(mx, &g, &len);
+    double v = -1;
+    for (char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, series, n) == 0 && p[n] == ' ') v = strtod(p + n + 1, NULL);
+    free(text);
+    return v;
+}
+
+/* Polls (bounded: 60 s) until the batcher has `running` jobs computing and
+ * `queued` waiting. */
+static void wait_state(batcher *b, int running, int queued) {
+    for (int i = 0; i < 60000; i++) {
+        int q = batcher_queue_depth(b), f = batcher_in_flight(b);
+        if (q == queued && f - q == running) return;
+        usleep(1000);
+    }
+    ck_abort_msg("batcher never reached %d running, %d queued", running, queued);
+}
+
+static void setup(void) {
+    char err[512];
+    ck_assert_msg(vit_load(MODEL_DIR, NULL, &model, err, sizeof(err)) == 0, "%s", err);
+    mx = metrics_new("comrope_ld_b2", "comrope-ld", model->cfg.image_size, "test");
+    done_calls = 0;
+    released = 0;
+}
+
+static void teardown(void) {
+    metrics_free(mx);
+    vit_free(model);
+}
+
+START_TEST(computes_and_answers_once) {
+    batcher *b = new_batcher(2, 8, 0, 64);
+    int sizes[][2] = {{16, 16}, {8, 16}, {16, 8}, {12, 12}, {4, 4}, {32, 32}};
+    test_job *jobs[6];
+    for (int i = 0; i < 6; i++) {
+        jobs[i] = make_job(1 + i % 2, sizes[i][0], sizes[i][1], 60000);
+        ck_assert_int_eq(batcher_submit(b, &jobs[i]->j), 0);
+    }
+    wait_done(6);
+    /* the engine's own answer for job 3 */
+    vit_workspace *ws = vit_workspace_new(model);
+    int K = model->cfg.num_class;
+    float *expect = malloc(sizeof(float) * 2 * K);
+    vit_image im[2];
+    for (int k = 0; k < 2; k++) im[k] = (vit_image){12, 12, jobs[3]->req.images[k].pixels};
+    char err[256];
+    ck_assert_int_eq(vit_forward_ragged(model, ws, im, 2, expect, err, sizeof(err)), 0);
+    for (int k = 0; k < 2 * K; k++) ck_assert_float_eq_tol(jobs[3]->j.logits[k], expect[k], 1e-5);
+    batcher_free(b);
+    for (int i = 0; i < 6; i++) {
+        ck_assert_int_eq(jobs[i]->calls, 1);
+        ck_assert_int_eq(jobs[i]->j.status, 200);
+        ck_assert_ptr_nonnull(jobs[i]->j.logits);
+        free_job(jobs[i]);
+    }
+    free(expect);
+    vit_workspace_free(ws);
+}
+END_TEST
+
+START_TEST(expired_job_is_not_computed) {
+    batcher *b = new_batcher(1, 8, 0, 64);
+    test_job *t = make_job(1, 16, 16, 0);
+    t->j.deadline_ns = monotonic_ns() - 1;
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_done(1);
+    ck_assert_int_eq(t->j.status, 504);
+    ck_assert_ptr_nonnull(strstr(t->j.error, "deadline"));
+    ck_assert_ptr_null(t->j.logits);
+    ck_assert_double_eq(sample("comrope_batches_total"), 0);
+    batcher_free(b);
+    ck_assert_int_eq(t->calls, 1);
+    free_job(t);
+}
+END_TEST
+
+START_TEST(mixed_resolutions_share_a_batch) {
+    /* While a request is being received, a worker with room waits (up to
+     * the delay, here far longer than the test) for it: both jobs below
+     * join one batch, run when the arrival ends. */
+    batcher *b = new_batcher(1, 8, 30 * 1000 * 1000, 64);
+    batcher_arrival_begin(b);
+    test_job *a = make_job(1, 8, 16, 60000), *c = make_job(2, 16, 8, 60000);
+    ck_assert_int_eq(batcher_submit(b, &a->j), 0);
+    ck_assert_int_eq(batcher_submit(b, &c->j), 0);
+    batcher_arrival_end(b);
+    wait_done(2);
+    ck_assert_int_eq(a->j.status, 200);
+    ck_assert_int_eq(c->j.status, 200);
+    ck_assert_double_eq(sample("comrope_batches_total"), 1);
+    ck_assert_double_eq(sample("comrope_batch_images_sum"), 3);
+    ck_assert_double_eq(sample("comrope_batches_mixed_resolution_total"), 1);
+    batcher_free(b);
+    free_job(a);
+    free_job(c);
+}
+END_TEST
+
+static void *stop_thread(void *b) {
+    batcher_stop(b);
+    return NULL;
+}
+
+START_TEST(queue_full_then_stop) {
+    /* One worker, one job per batch, a queue of one. `busy`'s completion
+     * blocks until released, which keeps the only worker busy for as long
+     * as the test needs: every state below is reached on purpose. */
+    batcher *b = new_batcher(1, 1, 0, 1);
+    test_job *busy = make_job(1, 16, 16, 600000), *queued = make_job(1, 16, 16, 600000);
+    test_job *refused = make_job(1, 16, 16, 600000), *late = make_job(1, 16, 16, 600000);
+    busy->block = 1;
+    ck_assert_int_eq(batcher_submit(b, &busy->j), 0);
+    wait_state(b, 1, 0);
+    ck_assert_int_eq(batcher_submit(b, &queued->j), 0);
+    ck_assert_int_eq(batcher_queue_depth(b), 1);
+    ck_assert_int_eq(batcher_submit(b, &refused->j), 503);
+    ck_assert_ptr_nonnull(strstr(refused->j.error, "queue is full"));
+    /* stop while `busy` runs (batcher_stop waits for it: another thread);
+     * once new jobs are refused as "shutting down", let `busy` finish. */
+    pthread_t stopper;
+    ck_assert_int_eq(pthread_create(&stopper, NULL, stop_thread, b), 0);
+    for (int i = 0; i < 60000; i++) {
+        ck_assert_int_eq(batcher_submit(b, &late->j), 503);
+        if (strstr(late->j.error, "shutting down")) break;
+        usleep(1000);
+    }
+    ck_assert_ptr_nonnull(strstr(late->j.error, "shutting down"));
+    release_blocked();
+    pthread_join(stopper, NULL);
+    ck_assert_int_eq(busy->calls, 1);
+    ck_assert_int_eq(busy->j.status, 200);
+    ck_assert_int_eq(queued->calls, 1);
+    ck_assert_int_eq(queued->j.status, 503);
+    ck_assert_int_eq(batcher_queue_depth(b), 0);
+    /* stopped but still valid: refuses, and a second stop is harmless */
+    ck_assert_int_eq(batcher_submit(b, &late->j), 503);
+    batcher_stop(b);
+    batcher_free(b);
+    ck_assert_int_eq(refused->calls, 0);
+    ck_assert_int_eq(late->calls, 0);
+    free_job(busy);
+    free_job(queued);
+    free_job(refused);
+    free_job(late);
+}
+END_TEST
+
+START_TEST(drain_waits_for_arrivals) {
+    batcher *b = new_batcher(1, 8, 0, 64);
+    batcher_arrival_begin(b);
+    int64_t t0 = monotonic_ns();
+    ck_assert_int_eq(batcher_drain(b, 1), 0); /* times out: a body is still arriving */
+    ck_assert_int_ge(monotonic_ns() - t0, 900 * 1000000LL);
+    /* the request that was arriving is accepted during the drain */
+    test_job *t = make_job(1, 16, 16, 60000);
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    batcher_arrival_end(b);
+    ck_assert_int_eq(batcher_drain(b, 60), 0);
+    ck_assert_int_eq(t->calls, 1);
+    ck_assert_int_eq(t->j.status, 200);
+    batcher_free(b);
+    free_job(t);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("batcher");
+    TCase *tc = tcase_create("batcher");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, computes_and_answers_once);
+    tcase_add_test(tc, expired_job_is_not_computed);
+    tcase_add_test(tc, mixed_resolutions_share_a_batch);
+    tcase_add_test(tc, queue_full_then_stop);
+    tcase_add_test(tc, drain_waits_for_arrivals);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
