@@ -1,0 +1,730 @@
+#!/usr/bin/python3
+"""bench/run.py: every comparison of the performance issue, side by side.
+
+Run through bench/run.sh (which installs, builds, then calls this):
+
+    bench/run.sh [--quick] [--threads T] [--reps R] [--warmup W] [--parts LIST] ...
+
+Steps, each printed as it runs ([i/N]):
+  1. random checkpoints (tools/make_checkpoint.py, keep_ape: no APE table) for
+     comrope-ap, comrope-ld, vanilla-rope and none, cached in OUT/cache;
+  2. ONNX exports (tools/export_onnx.py), one per model and resolution, cached;
+  3. benchmarks, each one process, all pinned to the same CPUs with the same
+     thread count, W warm-up and R timed runs, median and min/max:
+       main      engine vs ONNX Runtime vs PyTorch eager: AP and LD, batch 1
+                 and 8, every --resolutions (default 224 384)
+       sweep     the same three at the other --sweep resolutions (AP, batch 1)
+       pe        engine cost of AP / LD vs vanilla RoPE vs none, side by side
+       haswell   engine without and with OPENBLAS_CORETYPE=Haswell
+       official  the paper's model.py (AP, batch 1; only where the shim exists)
+       bf16      engine --precision bf16 vs fp32 (AP; skipped if the engine lacks it)
+Writes OUT/results.json (every run and every target), OUT/throughput.png,
+OUT/latency_vs_tokens.png and OUT/targets.png, and prints the tables and each
+target as PASS / FAIL with its numbers.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = os.environ.get("PYTHON", "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
+
+PE_SHORT = {"comrope-ap": "AP", "comrope-ld": "LD", "vanilla-rope": "vanilla", "none": "none"}
+SYSTEMS = ("engine", "onnxruntime", "torch", "official")
+SYSTEM_LABEL = {"engine": "comrope engine", "onnxruntime": "ONNX Runtime", "torch": "PyTorch eager",
+                "official": "official model.py"}
+
+# the issue's targets
+T_ORT, T_TORCH, T_OFFICIAL = 1.15, 1.6, 40.0
+T_VANILLA, T_NONE, T_HASWELL, T_BF16 = 1.03, 1.08, 0.10, 1.6
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def parse_list(text, cast=int):
+    return [cast(t) for t in text.replace(",", " ").split()] if text else []
+
+
+# --------------------------------------------------------------------------
+# settings and the plan
+# --------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: vit-ti16, 1 warm-up and 1 timed run, fewer sweep points")
+    ap.add_argument("--preset", help="model size (default vit-b16; --quick: vit-ti16)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of every system (default 2)")
+    ap.add_argument("--reps", type=int, help="timed runs per measurement (default 5; --quick 1)")
+    ap.add_argument("--warmup", type=int, help="warm-up runs (default 2; --quick 1)")
+    ap.add_argument("--resolutions", default="224 384", help="the target resolutions (default '224 384')")
+    ap.add_argument("--batches", default="1 8", help="batch sizes of the main comparison (default '1 8')")
+    ap.add_argument("--sweep", help="resolutions of the plots, batch 1 "
+                    "(default '160 224 288 384 448'; --quick '160 224 384')")
+    ap.add_argument("--parts", default="main,sweep,pe,haswell,official,bf16",
+                    help="which comparisons (default all: main,sweep,pe,haswell,official,bf16)")
+    ap.add_argument("--official-reps", type=int, help="timed runs of the official model.py (default 2; --quick 1)")
+    ap.add_argument("--official-warmup", type=int, help="its warm-up runs (default 1; --quick 0)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="output folder (default bench/out)")
+    ap.add_argument("--build-dir", default=os.environ.get("BUILD_DIR", os.path.join(ROOT, "build-bench")))
+    ap.add_argument("--no-pin", action="store_true", help="do not pin the processes to CPUs with taskset")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    ap.add_argument("--verbose", action="store_true", help="show every run's own output")
+    ap.add_argument("--report", action="store_true",
+                    help="run nothing: print the tables and redraw the pictures from OUT/results.json")
+    a = ap.parse_args(argv)
+    a.preset = a.preset or ("vit-ti16" if a.quick else "vit-b16")
+    a.reps = a.reps or (1 if a.quick else 5)
+    a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
+    a.official_reps = a.official_reps or (1 if a.quick else 2)
+    a.official_warmup = a.official_warmup if a.official_warmup is not None else (0 if a.quick else 1)
+    a.resolutions = parse_list(a.resolutions)
+    a.batches = parse_list(a.batches)
+    a.sweep = parse_list(a.sweep or ("160 224 384" if a.quick else "160 224 288 384 448"))
+    a.parts = set(parse_list(a.parts, str))
+    unknown = a.parts - {"main", "sweep", "pe", "haswell", "official", "bf16"}
+    if unknown:
+        ap.error(f"--parts: unknown {sorted(unknown)}")
+    if a.threads < 1 or a.reps < 1 or a.warmup < 0:
+        ap.error("--threads and --reps must be >= 1, --warmup >= 0")
+    return a
+
+
+class Plan:
+    """An ordered list of steps; each a description and a function."""
+
+    def __init__(self):
+        self.steps = []
+
+    def add(self, desc, fn):
+        self.steps.append((desc, fn))
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.cache = os.path.join(args.out, "cache")
+        self.engine = os.path.join(args.build_dir, "comrope-bench-engine")
+        self.runs = []
+        self.skipped = {}  # system -> reason
+        self.env = dict(os.environ)
+        self.caller_coretype = self.env.pop("OPENBLAS_CORETYPE", None)
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            self.env[k] = str(args.threads)
+        self.pin = []
+        self.cpus = sorted(os.sched_getaffinity(0))
+        if not args.no_pin and len(self.cpus) >= args.threads and which("taskset"):
+            chosen = self.cpus[:args.threads]
+            self.pin = ["taskset", "-c", ",".join(map(str, chosen))]
+        self.meta = self.machine_meta()
+
+    # ---- environment ----------------------------------------------------
+    def machine_meta(self):
+        cpu = platform.processor() or ""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        cpu = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        flags = ""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("flags"):
+                        fl = line.split()
+                        flags = " ".join(x for x in ("avx2", "fma", "avx512f", "avx512_bf16") if x in fl)
+                        break
+        except OSError:
+            pass
+
+        def out(cmd):
+            try:
+                return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                return ""
+        commit = out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
+        dirty = out(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
+        return {
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "cpu": cpu, "cpu_flags": flags, "nproc": os.cpu_count(), "affinity": self.cpus,
+            "pinned_to": self.pin[2] if self.pin else None, "threads": self.a.threads,
+            "preset": self.a.preset, "reps": self.a.reps, "warmup": self.a.warmup,
+            "quick": self.a.quick, "git": commit + ("-dirty" if dirty else ""),
+            "node": out(["node", "--version"]),
+            "openblas": out(["dpkg-query", "-W", "-f=${Version}", "libopenblas0-pthread"]) or
+            out(["dpkg-query", "-W", "-f=${Version}", "libopenblas-dev"]),
+            "caller_OPENBLAS_CORETYPE": self.caller_coretype,
+            "loadavg_start": os.getloadavg(),
+        }
+
+    # ---- files ----------------------------------------------------------
+    def ckpt_dir(self, pe):
+        return os.path.join(self.cache, f"{self.a.preset}-{pe}")
+
+    def onnx_path(self, pe, res):
+        return os.path.join(self.cache, "onnx", f"{self.a.preset}-{pe}-{res}.onnx")
+
+    def make_checkpoint(self, pe):
+        d = self.ckpt_dir(pe)
+        stamp = os.path.join(d, ".complete")
+        if os.path.exists(stamp):
+            return "cached"
+        tmp = d + ".tmp"
+        subprocess.run(["rm", "-rf", tmp, d], check=True)
+        self.call([PY, os.path.join(ROOT, "tools", "make_checkpoint.py"), "--preset", self.a.preset,
+                   "--pe", pe, "--keep-ape", "--image-size", "224", "--out", tmp], pin=False)
+        os.rename(tmp, d)
+        open(stamp, "w").close()
+        return "written"
+
+    def export(self, pe, res):
+        path = self.onnx_path(pe, res)
+        if os.path.exists(path) and os.path.exists(path + ".sample/sample_logits.f32"):
+            return "cached"
+        tmp = path + ".tmp"
+        out = self.call([PY, os.path.join(ROOT, "tools", "export_onnx.py"), self.ckpt_dir(pe),
+                         "--resolution", str(res), "--out", tmp, "--sample-dir", path + ".sample"],
+                        pin=False)
+        os.rename(tmp, path)
+        last = [line for line in out.splitlines() if "checker" in line]
+        return last[-1].replace("export_onnx: ", "") if last else "exported"
+
+    # ---- processes ------------------------------------------------------
+    def call(self, cmd, env=None, pin=True, timeout=None):
+        full = (self.pin if pin else []) + cmd
+        if self.a.verbose:
+            log("    $ " + " ".join(shlex.quote(c) for c in full))
+        p = subprocess.run(full, env=env or self.env, capture_output=True, text=True, timeout=timeout)
+        if self.a.verbose and p.stderr:
+            log("    " + p.stderr.rstrip().replace("\n", "\n    "))
+        if p.returncode:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"exit {p.returncode}: {' | '.join(tail)}")
+        return p.stdout
+
+    def bench(self, system, group, pe, res, batch, coretype=None, precision=None):
+        a = self.a
+        env = dict(self.env)
+        if coretype:
+            env["OPENBLAS_CORETYPE"] = coretype
+        common = ["--batch", str(batch), "--threads", str(a.threads)]
+        if system == "engine":
+            cmd = [self.engine, "--model", self.ckpt_dir(pe), "--resolution", str(res),
+                   "--reps", str(a.reps), "--warmup", str(a.warmup)] + common
+            if precision:
+                cmd += ["--precision", precision]
+        elif system == "onnxruntime":
+            path = self.onnx_path(pe, res)
+            cmd = ["node", os.path.join(ROOT, "bench", "ort_bench.js"), "--model", path, "--pe", pe,
+                   "--label", self.ckpt_dir(pe), "--check-dir", path + ".sample", "--tol", "1e-3",
+                   "--reps", str(a.reps), "--warmup", str(a.warmup)] + common
+        elif system == "torch":
+            cmd = [PY, os.path.join(ROOT, "bench", "torch_bench.py"), "--model", self.ckpt_dir(pe),
+                   "--resolution", str(res), "--reps", str(a.reps), "--warmup", str(a.warmup)] + common
+        else:
+            cmd = [PY, os.path.join(ROOT, "bench", "torch_bench.py"), "--official", "--model",
+                   self.ckpt_dir(pe), "--resolution", str(res), "--reps", str(a.official_reps),
+                   "--warmup", str(a.official_warmup)] + common
+        rec = {"system": system, "group": group, "pe": pe, "res": res, "batch": batch,
+               "tokens": 1 + (res // 16) ** 2, "env": f"OPENBLAS_CORETYPE={coretype}" if coretype else "default",
+               "precision": precision or "fp32"}
+        skip_key = "engine-bf16" if precision == "bf16" else system
+        if skip_key in self.skipped:
+            rec["skipped"] = self.skipped[skip_key]
+            self.runs.append(rec)
+            return f"skipped: {rec['skipped']}"
+        if system in self.skipped:
+            rec["skipped"] = self.skipped[system]
+            self.runs.append(rec)
+            return f"skipped: {rec['skipped']}"
+        t0 = time.time()
+        try:
+            lines = [ln for ln in self.call(cmd, env=env, timeout=3600).splitlines() if ln.startswith("{")]
+            res_json = json.loads(lines[-1])
+        except (RuntimeError, IndexError, ValueError, subprocess.TimeoutExpired, OSError) as e:
+            if precision and "unknown option --precision" in str(e):
+                self.skipped["engine-bf16"] = "this comrope-bench-engine has no --precision"
+                rec["skipped"] = self.skipped["engine-bf16"]
+                self.runs.append(rec)
+                return f"skipped: {rec['skipped']}"
+            rec["error"] = str(e)
+            self.runs.append(rec)
+            return f"ERROR {e}"
+        rec.update(res_json)
+        rec["wall_s"] = round(time.time() - t0, 1)
+        if "skipped" in res_json:
+            self.skipped[system] = res_json["skipped"]
+            self.runs.append(rec)
+            return f"skipped: {res_json['skipped']}"
+        rec["spread_pct"] = round(100.0 * (rec["max_s"] - rec["min_s"]) / rec["median_s"], 1)
+        self.runs.append(rec)
+        extra = f", logits vs ours {rec['check_max_abs_diff']:.1e}" if "check_max_abs_diff" in rec else ""
+        return (f"{rec['images_per_s']:8.3f} img/s  (median {rec['median_s'] * 1e3:.1f} ms, "
+                f"spread {rec['spread_pct']:.1f}%{extra})")
+
+    # ---- the plan -------------------------------------------------------
+    def plan(self):
+        a, p = self.a, Plan()
+        parts = a.parts
+        pes = ["comrope-ap", "comrope-ld"]
+        if "pe" in parts:
+            pes += ["vanilla-rope", "none"]
+        for pe in pes:
+            p.add(f"checkpoint {a.preset} {pe}", lambda pe=pe: self.make_checkpoint(pe))
+        exports = []
+        if "main" in parts:
+            exports += [(pe, r) for pe in ("comrope-ap", "comrope-ld") for r in a.resolutions]
+        if "sweep" in parts:
+            exports += [("comrope-ap", r) for r in a.sweep]
+        for pe, r in sorted(set(exports)):
+            p.add(f"export ONNX {pe} {r}x{r}", lambda pe=pe, r=r: self.export(pe, r))
+
+        def b(system, group, pe, r, batch, coretype=None, precision=None):
+            env = f" {coretype and 'OPENBLAS_CORETYPE=' + coretype or ''}{precision or ''}"
+            p.add(f"{group:8s} {system:11s} {PE_SHORT[pe]:7s} {r}x{r} b{batch}{env}".rstrip(),
+                  lambda: self.bench(system, group, pe, r, batch, coretype, precision))
+        if "main" in parts:
+            for r in a.resolutions:
+                for batch in a.batches:
+                    for pe in ("comrope-ap", "comrope-ld"):
+                        for system in ("engine", "onnxruntime", "torch"):
+                            b(system, "main", pe, r, batch)
+        if "sweep" in parts:
+            for r in a.sweep:
+                if "main" in parts and r in a.resolutions and 1 in a.batches:
+                    continue  # measured by main
+                for system in ("engine", "onnxruntime", "torch"):
+                    b(system, "sweep", "comrope-ap", r, 1)
+        if "pe" in parts:
+            points = sorted(set((r, 1) for r in a.sweep + a.resolutions) |
+                            set((r, bt) for r in a.resolutions for bt in a.batches))
+            for r, batch in points:
+                for pe in ("comrope-ap", "comrope-ld", "vanilla-rope", "none"):
+                    b("engine", "pe", pe, r, batch)
+        if "haswell" in parts:
+            for r in a.resolutions:
+                for batch in a.batches:
+                    b("engine", "haswell", "comrope-ap", r, batch)
+                    b("engine", "haswell", "comrope-ap", r, batch, "Haswell")
+        if "bf16" in parts:
+            for r in a.resolutions:
+                for batch in a.batches:
+                    b("engine", "bf16", "comrope-ap", r, batch)
+                    b("engine", "bf16", "comrope-ap", r, batch, precision="bf16")
+        if "official" in parts:  # with the engine next to it, for the ratio
+            for r in a.resolutions:
+                b("engine", "official", "comrope-ap", r, 1)
+                b("official", "official", "comrope-ap", r, 1)
+        return p
+
+    # ---- results --------------------------------------------------------
+    def find(self, **kw):
+        kw.setdefault("precision", "fp32")
+        for r in self.runs:
+            if all(r.get(k, "fp32" if k == "precision" else None) == v for k, v in kw.items()) and "median_s" in r:
+                return r
+        return None
+
+    def engine_b(self, pe, res, batch, group):
+        """The engine's number for a target: the group's own run first, else any."""
+        return (self.find(system="engine", group=group, pe=pe, res=res, batch=batch) or
+                self.find(system="engine", pe=pe, res=res, batch=batch, env="default"))
+
+    def targets(self):
+        a, out = self.a, []
+
+        def add(name, kind, config, value, target, ok, detail):
+            out.append({"name": name, "kind": kind, "config": config, "value": value, "target": target,
+                        "pass": ok, "detail": detail})
+        for r in a.resolutions:
+            for batch in a.batches:
+                for pe in ("comrope-ap", "comrope-ld"):
+                    e = self.find(system="engine", group="main", pe=pe, res=r, batch=batch)
+                    cfg = f"{PE_SHORT[pe]} {r} b{batch}"
+                    for system, tgt, kind in (("onnxruntime", T_ORT, "engine/ORT"),
+                                              ("torch", T_TORCH, "engine/torch")):
+                        o = self.find(system=system, group="main", pe=pe, res=r, batch=batch)
+                        if e and o:
+                            v = e["images_per_s"] / o["images_per_s"]
+                            add(f"engine >= {tgt}x {SYSTEM_LABEL[system]}", kind, cfg, round(v, 3), tgt,
+                                v >= tgt, f"{e['images_per_s']:.3f} vs {o['images_per_s']:.3f} img/s")
+            for batch in a.batches:
+                pt = {pe: self.find(system="engine", group="pe", pe=pe, res=r, batch=batch)
+                      for pe in PE_SHORT}
+                for pe in ("comrope-ap", "comrope-ld"):
+                    for base, tgt in (("vanilla-rope", T_VANILLA), ("none", T_NONE)):
+                        if pt[pe] and pt[base]:
+                            v = pt[pe]["median_s"] / pt[base]["median_s"]
+                            add(f"{PE_SHORT[pe]} cost within {round((tgt - 1) * 100)}% of {PE_SHORT[base]}",
+                                f"time {PE_SHORT[pe]}/{PE_SHORT[base]}", f"{r} b{batch}", round(v, 3), tgt,
+                                v <= tgt, f"{pt[pe]['median_s'] * 1e3:.1f} vs {pt[base]['median_s'] * 1e3:.1f} ms")
+                d = self.find(system="engine", group="haswell", pe="comrope-ap", res=r, batch=batch, env="default")
+                h = self.find(system="engine", group="haswell", pe="comrope-ap", res=r, batch=batch,
+                              env="OPENBLAS_CORETYPE=Haswell")
+                if d and h:
+                    v = h["images_per_s"] / d["images_per_s"]
+                    add("within 10% with OPENBLAS_CORETYPE=Haswell", "Haswell/default", f"AP {r} b{batch}",
+                        round(v, 3), T_HASWELL, abs(v - 1) <= T_HASWELL,
+                        f"{h['images_per_s']:.3f} vs {d['images_per_s']:.3f} img/s")
+            for batch in a.batches:
+                f32 = self.find(system="engine", group="bf16", pe="comrope-ap", res=r, batch=batch)
+                b16 = self.find(system="engine", group="bf16", pe="comrope-ap", res=r, batch=batch,
+                                precision="bf16")
+                if f32 and b16:
+                    v = b16["images_per_s"] / f32["images_per_s"]
+                    add(f"engine bf16 >= {T_BF16}x fp32 (speed only)", "bf16/fp32", f"AP {r} b{batch}",
+                        round(v, 3), T_BF16, v >= T_BF16,
+                        f"{b16['images_per_s']:.3f} vs {f32['images_per_s']:.3f} img/s")
+            o = self.find(system="official", pe="comrope-ap", res=r, batch=1)
+            e = self.engine_b("comrope-ap", r, 1, "official")
+            if o and e:
+                v = e["images_per_s"] / o["images_per_s"]
+                add(f"engine >= {T_OFFICIAL:g}x official model.py", "engine/official", f"AP {r} b1",
+                    round(v, 1), T_OFFICIAL, v >= T_OFFICIAL,
+                    f"{e['images_per_s']:.3f} vs {o['images_per_s']:.4f} img/s")
+        return out
+
+    def save(self, targets=None):
+        os.makedirs(self.a.out, exist_ok=True)
+        doc = {"meta": self.meta, "runs": self.runs, "targets": targets or [],
+               "summary": {"pass": sum(t["pass"] for t in targets or []),
+                           "fail": sum(not t["pass"] for t in targets or [])}}
+        tmp = os.path.join(self.a.out, "results.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, os.path.join(self.a.out, "results.json"))
+
+
+def which(name):
+    return any(os.access(os.path.join(d, name), os.X_OK) for d in os.environ.get("PATH", "").split(":"))
+
+
+# --------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------
+
+def fmt_ips(r):
+    if r is None:
+        return "-"
+    if "median_s" not in r:
+        return "skipped" if "skipped" in r else "error"
+    return f"{r['images_per_s']:.3f} ±{r['spread_pct'] / 2:.0f}%"
+
+
+def print_tables(B, targets):
+    a = B.a
+    m = B.meta
+    log("")
+    log(f"== Results: {a.preset} fp32, {a.threads} threads{' pinned to CPUs ' + m['pinned_to'] if m['pinned_to'] else ''}, "
+        f"{a.warmup} warm-up + {a.reps} timed runs; images/s median ±half the min-max spread")
+    log(f"   CPU {m['cpu']} ({m['cpu_flags']}), git {m['git']}, load average at start "
+        f"{m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}")
+    if a.quick:
+        log("   --quick: a smoke test of the pipeline (small model, 1 run): not a measurement")
+    if "main" in a.parts:
+        log("")
+        log("Engine vs ONNX Runtime vs PyTorch eager (same checkpoint, same threads)")
+        hdr = f"  {'model':5s} {'res':>4s} {'batch':>5s} | {'engine':>16s} {'ONNX Runtime':>16s} {'PyTorch eager':>16s} | {'eng/ORT':>8s} {'eng/torch':>9s}"
+        log(hdr)
+        log("  " + "-" * (len(hdr) - 2))
+        for r in a.resolutions:
+            for batch in a.batches:
+                for pe in ("comrope-ap", "comrope-ld"):
+                    row = {s: B.find(system=s, group="main", pe=pe, res=r, batch=batch)
+                           for s in ("engine", "onnxruntime", "torch")}
+                    ratios = []
+                    for s, tgt in (("onnxruntime", T_ORT), ("torch", T_TORCH)):
+                        if row["engine"] and row[s]:
+                            v = row["engine"]["images_per_s"] / row[s]["images_per_s"]
+                            ratios.append(f"{v:.2f}x{'' if v >= tgt else '!'}")
+                        else:
+                            ratios.append("-")
+                    log(f"  {PE_SHORT[pe]:5s} {r:4d} {batch:5d} | {fmt_ips(row['engine']):>16s} "
+                        f"{fmt_ips(row['onnxruntime']):>16s} {fmt_ips(row['torch']):>16s} | "
+                        f"{ratios[0]:>8s} {ratios[1]:>9s}")
+        log(f"  (! below target: engine/ORT >= {T_ORT}, engine/torch >= {T_TORCH})")
+    sweep_res = sorted(set((a.sweep if "sweep" in a.parts else []) +
+                           (a.resolutions if "main" in a.parts or "official" in a.parts else [])))
+    if sweep_res and ({"sweep", "official"} & a.parts):
+        log("")
+        log("Images/s vs resolution, ComRoPE-AP, batch 1 (throughput.png, latency_vs_tokens.png)")
+        log(f"  {'res':>4s} {'tokens':>6s} | " + " ".join(f"{SYSTEM_LABEL[s]:>17s}" for s in SYSTEMS))
+        for r in sweep_res:
+            cells = []
+            for s in SYSTEMS:
+                rr = B.find(system=s, pe="comrope-ap", res=r, batch=1, env="default") if s == "engine" else \
+                    B.find(system=s, pe="comrope-ap", res=r, batch=1)
+                if rr is None and s in B.skipped:
+                    cells.append("skipped")
+                else:
+                    cells.append(fmt_ips(rr))
+            log(f"  {r:4d} {1 + (r // 16) ** 2:6d} | " + " ".join(f"{c:>17s}" for c in cells))
+    if "pe" in a.parts:
+        log("")
+        log("Engine cost of the position encoding (ms per batch, median; ratios to vanilla RoPE and to none)")
+        log(f"  {'res':>4s} {'batch':>5s} | {'AP':>9s} {'LD':>9s} {'vanilla':>9s} {'none':>9s} | "
+            f"{'AP/van':>7s} {'LD/van':>7s} {'AP/none':>7s} {'LD/none':>7s}")
+        pts = sorted(set((r["res"], r["batch"]) for r in B.runs if r["group"] == "pe"))
+        for r, batch in pts:
+            t = {pe: B.find(system="engine", group="pe", pe=pe, res=r, batch=batch) for pe in PE_SHORT}
+            ms = [f"{t[pe]['median_s'] * 1e3:9.1f}" if t[pe] else f"{'-':>9s}" for pe in PE_SHORT]
+            rat = []
+            for num, den, tgt in (("comrope-ap", "vanilla-rope", T_VANILLA), ("comrope-ld", "vanilla-rope", T_VANILLA),
+                                  ("comrope-ap", "none", T_NONE), ("comrope-ld", "none", T_NONE)):
+                if t[num] and t[den]:
+                    v = t[num]["median_s"] / t[den]["median_s"]
+                    gated = r in a.resolutions
+                    rat.append(f"{v:6.3f}{'!' if gated and v > tgt else ' '}")
+                else:
+                    rat.append(f"{'-':>7s}")
+            log(f"  {r:4d} {batch:5d} | {' '.join(ms)} | {' '.join(rat)}")
+        log(f"  (targets at {', '.join(map(str, a.resolutions))}: AP, LD <= {T_VANILLA} x vanilla, <= {T_NONE} x none)")
+    if "haswell" in a.parts:
+        log("")
+        log("Engine with and without OPENBLAS_CORETYPE=Haswell in its environment (ComRoPE-AP)")
+        log(f"  {'res':>4s} {'batch':>5s} | {'default':>16s} {'Haswell':>16s} | {'ratio':>6s}")
+        for r in a.resolutions:
+            for batch in a.batches:
+                d = B.find(system="engine", group="haswell", res=r, batch=batch, env="default")
+                h = B.find(system="engine", group="haswell", res=r, batch=batch, env="OPENBLAS_CORETYPE=Haswell")
+                v = f"{h['images_per_s'] / d['images_per_s']:.3f}" if d and h else "-"
+                log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {fmt_ips(h):>16s} | {v:>6s}")
+    if "bf16" in a.parts:
+        log("")
+        log("Engine bf16 compute vs fp32 (ComRoPE-AP; speed only: top-1 agreement is not measured here)")
+        log(f"  {'res':>4s} {'batch':>5s} | {'fp32':>16s} {'bf16':>16s} | {'ratio':>6s}")
+        for r in a.resolutions:
+            for batch in a.batches:
+                d = B.find(system="engine", group="bf16", res=r, batch=batch)
+                h = B.find(system="engine", group="bf16", res=r, batch=batch, precision="bf16")
+                v = f"{h['images_per_s'] / d['images_per_s']:.3f}" if d and h else "-"
+                hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
+                log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} | {v:>6s}")
+    for s, why in B.skipped.items():
+        log(f"\n  {SYSTEM_LABEL.get(s, s)}: skipped ({why})")
+    errors = [r for r in B.runs if "error" in r]
+    if errors:
+        log("")
+        log(f"{len(errors)} run(s) failed:")
+        for r in errors:
+            log(f"  {r['system']} {r['pe']} {r['res']} b{r['batch']} {r['env']}: {r['error']}")
+    log("")
+    log("== Targets (issue 6), every ratio from this run")
+    if not targets:
+        log("  none could be computed")
+    order = []
+    for t in targets:
+        if t["name"] not in order:
+            order.append(t["name"])
+    for t in sorted(targets, key=lambda t: order.index(t["name"])):
+        if t["kind"] == "Haswell/default":
+            want = f"within 1 ± {t['target']}"
+        elif t["kind"].startswith("time"):
+            want = f"<= {t['target']}"
+        else:
+            want = f">= {t['target']:g}"
+        log(f"  {'PASS' if t['pass'] else 'FAIL'}  {t['name']:44s} {t['config']:12s} "
+            f"{t['value']:>8g} ({want}; {t['detail']})")
+    npass = sum(t["pass"] for t in targets)
+    log(f"  {npass} of {len(targets)} targets met")
+
+
+# --------------------------------------------------------------------------
+# pictures
+# --------------------------------------------------------------------------
+
+def plots(B):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    a, out, written = B.a, B.a.out, []
+    title = f"{a.preset} fp32, {a.threads} threads, {B.meta['cpu']}" + (" (--quick smoke test)" if a.quick else "")
+    colors = {"engine": "tab:blue", "onnxruntime": "tab:orange", "torch": "tab:green", "official": "tab:red",
+              "comrope-ap": "tab:blue", "comrope-ld": "tab:purple", "vanilla-rope": "tab:gray", "none": "black"}
+
+    def series(system, batch, pe="comrope-ap", group=None):
+        pts = {}
+        for r in B.runs:
+            if (r["system"] == system and r["batch"] == batch and r["pe"] == pe and "median_s" in r
+                    and r.get("env") == "default" and r.get("precision", "fp32") == "fp32" and (group is None or r["group"] == group)
+                    and r["res"] not in pts):
+                pts[r["res"]] = r
+        return [pts[k] for k in sorted(pts)]
+
+    # images/s vs resolution, per system
+    fig, axes = plt.subplots(1, len(a.batches), figsize=(6 * len(a.batches), 4.5), squeeze=False)
+    for ax, batch in zip(axes[0], a.batches):
+        for s in SYSTEMS:
+            pts = series(s, batch)
+            if not pts:
+                continue
+            x = [p["res"] for p in pts]
+            y = [p["images_per_s"] for p in pts]
+            lo = [max(0.0, p["images_per_s"] - p["batch"] / p["max_s"]) for p in pts]
+            hi = [max(0.0, p["batch"] / p["min_s"] - p["images_per_s"]) for p in pts]
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, color=colors[s], label=SYSTEM_LABEL[s])
+        ax.set_yscale("log")
+        ax.set_xlabel("resolution (pixels per side)")
+        ax.set_ylabel("images / s (log)")
+        ax.set_title(f"ComRoPE-AP, batch {batch}")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(os.path.join(out, "throughput.png"), dpi=110)
+    plt.close(fig)
+    written.append("throughput.png")
+
+    # latency vs tokens: systems, then the engine per PE
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for s in SYSTEMS:
+        pts = series(s, 1)
+        if pts:
+            axes[0].errorbar([p["tokens"] for p in pts], [p["median_s"] * 1e3 for p in pts],
+                             yerr=[[max(0.0, p["median_s"] - p["min_s"]) * 1e3 for p in pts],
+                                   [max(0.0, p["max_s"] - p["median_s"]) * 1e3 for p in pts]],
+                             marker="o", capsize=3, color=colors[s], label=SYSTEM_LABEL[s])
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_title("latency of one image, ComRoPE-AP")
+    for pe in PE_SHORT:
+        pts = series("engine", 1, pe, group="pe")
+        if pts:
+            axes[1].errorbar([p["tokens"] for p in pts], [p["median_s"] * 1e3 for p in pts],
+                             yerr=[[max(0.0, p["median_s"] - p["min_s"]) * 1e3 for p in pts],
+                                   [max(0.0, p["max_s"] - p["median_s"]) * 1e3 for p in pts]],
+                             marker="o", capsize=3, color=colors[pe], label=f"engine, {pe}")
+    axes[1].set_title("engine latency by position encoding")
+    for ax in axes:
+        ax.set_xlabel("tokens (1 + patches)")
+        ax.set_ylabel("latency, batch 1 (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(os.path.join(out, "latency_vs_tokens.png"), dpi=110)
+    plt.close(fig)
+    written.append("latency_vs_tokens.png")
+
+    # every target as a bar against its line
+    targets = B.targets()
+    kinds = []
+    for t in targets:
+        if t["kind"] not in kinds:
+            kinds.append(t["kind"])
+    if kinds:
+        fig, axes = plt.subplots(len(kinds), 1, figsize=(10, 2.2 * len(kinds)), squeeze=False)
+        for ax, kind in zip(axes[:, 0], kinds):
+            ts = [t for t in targets if t["kind"] == kind]
+            labels = [t["config"] for t in ts]
+            vals = [t["value"] for t in ts]
+            ax.bar(range(len(ts)), vals, color=["tab:green" if t["pass"] else "tab:red" for t in ts])
+            tgt = ts[0]["target"]
+            if kind == "Haswell/default":
+                ax.axhspan(1 - tgt, 1 + tgt, color="tab:green", alpha=0.12)
+                ax.axhline(1.0, color="k", lw=0.8)
+            else:
+                ax.axhline(tgt, color="k", ls="--", lw=1)
+            ax.set_xticks(range(len(ts)))
+            ax.set_xticklabels(labels, fontsize=7)
+            ax.set_ylabel(kind, fontsize=8)
+            ax.set_title(f"{ts[0]['name']} (target {'1 ± ' if kind == 'Haswell/default' else ''}{tgt:g})",
+                         fontsize=9)
+            for i, v in enumerate(vals):
+                ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.985))
+        fig.savefig(os.path.join(out, "targets.png"), dpi=110)
+        plt.close(fig)
+        written.append("targets.png")
+    return written
+
+
+# --------------------------------------------------------------------------
+
+def report(B):
+    """--report: the tables and pictures of an earlier run's results.json."""
+    path = os.path.join(B.a.out, "results.json")
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    B.meta, B.runs = doc["meta"], doc["runs"]
+    B.meta.setdefault("loadavg_end", B.meta["loadavg_start"])
+    B.skipped = {r["system"]: r["skipped"] for r in B.runs if "skipped" in r}
+    # the settings the run used, for the headings and the target points
+    a = B.a
+    a.preset, a.threads, a.reps, a.warmup, a.quick = (B.meta["preset"], B.meta["threads"], B.meta["reps"],
+                                                      B.meta["warmup"], B.meta["quick"])
+    a.resolutions = sorted(set(r["res"] for r in B.runs if r["group"] == "main")) or a.resolutions
+    a.batches = sorted(set(r["batch"] for r in B.runs if r["group"] == "main")) or a.batches
+    a.sweep = sorted(set(r["res"] for r in B.runs if r["batch"] == 1 and r["group"] in ("sweep", "pe")))
+    a.parts = set(r["group"] for r in B.runs)
+    targets = B.targets()
+    print_tables(B, targets)
+    written = plots(B)
+    log("")
+    log(f"redrew {', '.join(written)} in {B.a.out} from {path}")
+    return 0
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    B = Bench(a)
+    if a.report:
+        return report(B)
+    os.makedirs(B.cache, exist_ok=True)
+    if not os.access(B.engine, os.X_OK):
+        log(f"bench: {B.engine} is missing: build it first (bench/run.sh does)")
+        return 2
+    log(f"== bench: {a.preset}, {a.threads} threads, parts {','.join(sorted(a.parts))}, "
+        f"results in {os.path.relpath(a.out, ROOT) if a.out.startswith(ROOT) else a.out}")
+    if B.pin:
+        log(f"   every process pinned: {' '.join(B.pin)}")
+    if B.caller_coretype:
+        log(f"   OPENBLAS_CORETYPE={B.caller_coretype} was set by the caller: removed for the default runs")
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1) and not a.quick:
+        log(f"   WARNING: load average {load:.2f}: the machine is not quiet; numbers will be noisy")
+    plan = B.plan()
+    n = len(plan.steps)
+    t_start = time.time()
+    for i, (desc, fn) in enumerate(plan.steps, 1):
+        t0 = time.time()
+        log(f"[{i:3d}/{n}] {desc} ...")
+        try:
+            result = fn()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            result = f"ERROR {e}"
+        log(f"          {result}  [{time.time() - t0:.1f} s]")
+        B.save()
+    B.meta["loadavg_end"] = os.getloadavg()
+    B.meta["total_s"] = round(time.time() - t_start, 1)
+    targets = B.targets()
+    B.save(targets)
+    print_tables(B, targets)
+    try:
+        written = plots(B)
+        log("")
+        log(f"wrote {os.path.join(a.out, 'results.json')} and " + ", ".join(written))
+    except Exception as e:  # pictures are a bonus: never lose the numbers for them
+        log(f"bench: plots failed: {e}")
+    log(f"bench: done in {B.meta['total_s']:.0f} s")
+    if a.strict and any(not t["pass"] for t in targets):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
