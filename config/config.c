@@ -14,6 +14,8 @@
 #define SIZE(field) sizeof(((server_config *)0)->field)
 
 static const char *const access_log_choices[] = {"text", "json", "off", NULL};
+/* in the order of GEMM_FP32, GEMM_BF16 (engine/gemm.h) */
+static const char *const precision_choices[] = {"fp32", "bf16", NULL};
 
 /* The one table. Defaults are text so that they go through the same parser
  * as every other source and cannot disagree with the bounds. */
@@ -62,6 +64,8 @@ const config_option config_options[] = {
      "on SIGTERM, how long queued work may finish before leftovers get 503"},
     {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,
      "access log on stderr: text, json or off"},
+    {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
+     "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, about 1.6x faster)"},
 };
 const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
 

@@ -44,6 +44,7 @@ typedef struct {
     int max_connections;
     int drain_timeout_s;
     int access_log;                     /* ACCESS_LOG_* */
+    int precision;                      /* 0 fp32, 1 bf16 (GEMM_FP32 / GEMM_BF16) */
 } server_config;
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;

@@ -32,6 +32,7 @@ START_TEST(defaults) {
     ck_assert_int_eq(c.max_queue_delay_us, 2000);
     ck_assert_int_eq(c.metrics_port, 0);
     ck_assert_int_eq(c.access_log, ACCESS_LOG_TEXT);
+    ck_assert_int_eq(c.precision, 0); /* fp32 unless asked */
     ck_assert_str_eq(c.model, "");
 }
 END_TEST
@@ -40,7 +41,8 @@ START_TEST(precedence) {
     server_config c;
     char err[256];
     const char *path = write_config("# a comment\n\nport 9000\nmax-batch-size 4\n"
-                                    "workers 3\nmodel-name \"from file\"\naccess-log json\n");
+                                    "workers 3\nmodel-name \"from file\"\naccess-log json\n"
+                                    "precision bf16\n");
     char *argv[] = {"comrope-serve", "--config", (char *)path, "--port", "9002", NULL};
     char *envp[] = {"COMROPE_PORT=9001", "COMROPE_MAX_BATCH_SIZE=5", "UNRELATED=1", NULL};
     ck_assert_int_eq(config_load(&c, 5, argv, envp, err, sizeof(err)), CONFIG_RUN);
@@ -49,6 +51,7 @@ START_TEST(precedence) {
     ck_assert_int_eq(c.workers, 3);           /* file beats default */
     ck_assert_str_eq(c.model_name, "from file");
     ck_assert_int_eq(c.access_log, ACCESS_LOG_JSON);
+    ck_assert_int_eq(c.precision, 1); /* bf16 from the file */
     ck_assert_str_eq(c.config, path);
     unlink(path);
 }
@@ -119,6 +122,8 @@ START_TEST(bad_values) {
     expect_refused(1, a8, e10, "/nonexistent/comrope.conf");
     char *a11[] = {"x", "--max-body-bytes", "99999999999999999999", NULL};
     expect_refused(3, a11, none, "max-body-bytes");
+    char *e12[] = {"COMROPE_PRECISION=fp16", NULL};
+    expect_refused(1, a8, e12, "precision");
 }
 END_TEST
 
