@@ -96,19 +96,20 @@ void gemm_pack_free(packed_weight *p) {
  * C (MR, 48), row stride ldc, (+)= Ap (kc, MR) . [B0 B1 B2] (kc, 16 each):
  * first != 0 starts from zero, else from the partial sums in C. */
 
-typedef void (*kernel_fn)(const float *Ap, const float *B0, const float *B1, const float *B2,
+typedef void (*kernel_fn)(const void *Ap, const void *B0, const void *B1, const void *B2,
                           int kc, float *C, size_t ldc, int first);
 
 typedef struct {
     const char *name;
     kernel_fn fn;
-    int mr;
+    int mr;      /* rows per call */
+    int pairs;   /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
 } gemm_kernel;
 
-static void kernel_generic(const float *Ap, const float *B0, const float *B1, const float *B2,
+static void kernel_generic(const void *Ap_, const void *B0, const void *B1, const void *B2,
                            int kc, float *C, size_t ldc, int first) {
     enum { MR = 4 };
-    const float *B[3] = {B0, B1, B2};
+    const float *Ap = Ap_, *B[3] = {B0, B1, B2};
     for (int r = 0; r < MR; r++)
         for (int c = 0; c < NR; c++) {
             const float *Bp = B[c / GEMM_PANEL];
@@ -119,11 +120,12 @@ static void kernel_generic(const float *Ap, const float *B0, const float *B1, co
         }
 }
 
-__attribute__((target("avx2,fma"))) static void kernel_avx2(const float *Ap, const float *B0,
-                                                            const float *B1, const float *B2,
+__attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, const void *B0_,
+                                                            const void *B1_, const void *B2_,
                                                             int kc, float *C, size_t ldc,
                                                             int first) {
     enum { MR = 2 };
+    const float *Ap = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
     __m256 c[MR][6];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
@@ -149,11 +151,12 @@ __attribute__((target("avx2,fma"))) static void kernel_avx2(const float *Ap, con
         for (int q = 0; q < 6; q++) _mm256_storeu_ps(C + r * ldc + 8 * q, c[r][q]);
 }
 
-__attribute__((target("avx512f"))) static void kernel_avx512(const float *Ap, const float *B0,
-                                                             const float *B1, const float *B2,
+__attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, const void *B0_,
+                                                             const void *B1_, const void *B2_,
                                                              int kc, float *C, size_t ldc,
                                                              int first) {
     enum { MR = 8 };
+    const float *Ap = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
     __m512 c[MR][3];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
@@ -182,9 +185,10 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const float *Ap, co
  * a pair of bf16 values: vdpbf16ps adds both products of a pair into the
  * fp32 accumulator. */
 __attribute__((target("avx512f,avx512bf16"))) static void kernel_bf16(
-    const uint32_t *Ap, const uint32_t *B0, const uint32_t *B1, const uint32_t *B2, int kc2,
-    float *C, size_t ldc, int first) {
+    const void *Ap_, const void *B0_, const void *B1_, const void *B2_, int kc2, float *C,
+    size_t ldc, int first) {
     enum { MR = 8 };
+    const uint32_t *Ap = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
     __m512 c[MR][3];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
@@ -215,10 +219,12 @@ int gemm_bf16_supported(void) {
 }
 
 static const gemm_kernel kernels[] = {
-    {"avx512", kernel_avx512, 8},
-    {"avx2", kernel_avx2, 2},
-    {"generic", kernel_generic, 4},
+    {"avx512", kernel_avx512, 8, 0},
+    {"avx2", kernel_avx2, 2, 0},
+    {"generic", kernel_generic, 4, 0},
 };
+/* used for every bf16-packed weight (gemm_pack refuses bf16 without it) */
+static const gemm_kernel kernel_bf16_entry = {"avx512bf16", kernel_bf16, 8, 1};
 
 static const gemm_kernel *active;
 static pthread_once_t choose_once = PTHREAD_ONCE_INIT;
@@ -274,64 +280,70 @@ typedef struct {
 
 /* Copies rows [i0, i0+rows) x columns [k0, k0+kc) of A into Ap, k-major in
  * groups of mr rows; missing rows of the last group are zero. */
-static void pack_rows(const float *A, int K, int i0, int rows, int k0, int kc, int mr, float *Ap) {
+static void pack_rows_fp32(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
+                           float *Ap) {
     for (int g = 0; g < rows; g += mr) {
         float *dst = Ap + (size_t)g * kc;
         for (int r = 0; r < mr; r++) {
-            if (g + r < rows) {
-                const float *src = A + (size_t)(i0 + g + r) * K + k0;
-                for (int k = 0; k < kc; k++) dst[k * mr + r] = src[k];
-            } else {
-                for (int k = 0; k < kc; k++) dst[k * mr + r] = 0.0f;
-            }
+            const float *src = g + r < rows ? A + (size_t)(i0 + g + r) * K + k0 : NULL;
+            for (int k = 0; k < kc; k++) dst[k * mr + r] = src ? src[k] : 0.0f;
         }
     }
 }
 
-/* pack_rows for bf16: pairs (A[i][k], A[i][k+1]) rounded to bf16, k-major
- * in groups of 8 rows; k past the block (odd kc) and missing rows are 0. */
-static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int kc, uint32_t *Ap) {
+/* The same for bf16: pairs (A[i][k], A[i][k+1]) rounded to bf16; the k past
+ * an odd block and the missing rows are 0. */
+static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
+                           uint32_t *Ap) {
     int kc2 = (kc + 1) / 2;
-    for (int g = 0; g < rows; g += 8) {
+    for (int g = 0; g < rows; g += mr) {
         uint32_t *dst = Ap + (size_t)g * kc2;
-        for (int r = 0; r < 8; r++) {
+        for (int r = 0; r < mr; r++) {
             const float *src = g + r < rows ? A + (size_t)(i0 + g + r) * K + k0 : NULL;
             for (int k2 = 0; k2 < kc2; k2++) {
                 float lo = src ? src[2 * k2] : 0.0f;
                 float hi = src && 2 * k2 + 1 < kc ? src[2 * k2 + 1] : 0.0f;
-                dst[k2 * 8 + r] = to_bf16(lo) | (uint32_t)to_bf16(hi) << 16;
+                dst[k2 * mr + r] = to_bf16(lo) | (uint32_t)to_bf16(hi) << 16;
             }
         }
     }
 }
 
-/* gemm_tiles for a bf16-packed W: the same blocking, KC stays even so that
- * pairs never straddle two blocks. */
-static void gemm_tiles_bf16(const gemm_job *j, int t0, int t1) {
+/* Tiles [t0, t1) of 48 columns, all rows. Elements of packed A and W are 4
+ * bytes either way (an fp32 value, or a pair of bf16 values covering two k),
+ * so one loop serves both: `per` k values per element. KC is even, so a
+ * pair never straddles two K blocks. */
+static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     const packed_weight *W = j->W;
-    int K = W->K, N = W->N, M = j->M, K2 = (K + 1) / 2;
-    uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));
-    float edge[8 * NR] __attribute__((aligned(64))) = {0};
+    const gemm_kernel *kn = j->kernel;
+    int K = W->K, N = W->N, M = j->M, mr = kn->mr, per = kn->pairs ? 2 : 1;
+    int Ku = (K + per - 1) / per; /* elements per panel row */
+    const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
+    size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
+    float Ap[MC * KC] __attribute__((aligned(64)));
+    float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
     for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC, kc2 = (kc + 1) / 2, first = k0 == 0;
+        int kc = K - k0 < KC ? K - k0 : KC, ku = (kc + per - 1) / per, first = k0 == 0;
         for (int i0 = 0; i0 < M; i0 += MC) {
             int rows = M - i0 < MC ? M - i0 : MC;
-            pack_rows_bf16(j->A, K, i0, rows, k0, kc, Ap);
+            if (kn->pairs) pack_rows_bf16(j->A, K, i0, rows, k0, kc, mr, (uint32_t *)Ap);
+            else pack_rows_fp32(j->A, K, i0, rows, k0, kc, mr, Ap);
             for (int t = t0; t < t1; t++) {
-                const uint32_t *B0 = W->bf16 + ((size_t)(3 * t) * K2 + k0 / 2) * GEMM_PANEL;
-                const uint32_t *B1 = B0 + (size_t)K2 * GEMM_PANEL;
-                const uint32_t *B2 = B1 + (size_t)K2 * GEMM_PANEL;
+                const char *B0 = wbase + (size_t)(3 * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;
+                const char *B1 = B0 + panel_bytes, *B2 = B1 + panel_bytes;
                 int col0 = t * NR, cols = N - col0 < NR ? N - col0 : NR;
-                for (int g = 0; g < rows; g += 8) {
-                    int gr = rows - g < 8 ? rows - g : 8;
+                for (int g = 0; g < rows; g += mr) {
+                    int gr = rows - g < mr ? rows - g : mr;
+                    const float *Ag = Ap + (size_t)g * ku;
                     float *C = j->out + (size_t)(i0 + g) * N + col0;
-                    if (gr == 8 && cols == NR) {
-                        kernel_bf16(Ap + (size_t)g * kc2, B0, B1, B2, kc2, C, (size_t)N, first);
+                    if (gr == mr && cols == NR) {
+                        kn->fn(Ag, B0, B1, B2, ku, C, (size_t)N, first);
                         continue;
                     }
+                    /* edge tile: the same arithmetic on a full-size buffer */
                     for (int r = 0; r < gr && !first; r++)
                         memcpy(edge + r * NR, C + (size_t)r * N, sizeof(float) * (size_t)cols);
-                    kernel_bf16(Ap + (size_t)g * kc2, B0, B1, B2, kc2, edge, NR, first);
+                    kn->fn(Ag, B0, B1, B2, ku, edge, NR, first);
                     for (int r = 0; r < gr; r++)
                         memcpy(C + (size_t)r * N, edge + r * NR, sizeof(float) * (size_t)cols);
                 }
@@ -349,56 +361,18 @@ static void add_bias(const gemm_job *j, int t0, int t1) {
     }
 }
 
-/* Tiles [t0, t1) of 48 columns, all rows. */
-static void gemm_tiles(const gemm_job *j, int t0, int t1) {
-    const packed_weight *W = j->W;
-    int K = W->K, N = W->N, M = j->M, mr = j->kernel->mr;
-    kernel_fn kernel = j->kernel->fn;
-    float Ap[MC * KC] __attribute__((aligned(64)));
-    float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC;
-        int first = k0 == 0;
-        for (int i0 = 0; i0 < M; i0 += MC) {
-            int rows = M - i0 < MC ? M - i0 : MC;
-            pack_rows(j->A, K, i0, rows, k0, kc, mr, Ap);
-            for (int t = t0; t < t1; t++) {
-                const float *B0 = W->data + ((size_t)(3 * t) * K + k0) * GEMM_PANEL;
-                const float *B1 = B0 + (size_t)K * GEMM_PANEL;
-                const float *B2 = B1 + (size_t)K * GEMM_PANEL;
-                int col0 = t * NR, cols = N - col0 < NR ? N - col0 : NR;
-                for (int g = 0; g < rows; g += mr) {
-                    int gr = rows - g < mr ? rows - g : mr;
-                    float *C = j->out + (size_t)(i0 + g) * N + col0;
-                    if (gr == mr && cols == NR) {
-                        kernel(Ap + (size_t)g * kc, B0, B1, B2, kc, C, (size_t)N, first);
-                        continue;
-                    }
-                    /* edge tile: the same arithmetic on a full-size buffer */
-                    for (int r = 0; r < gr && !first; r++)
-                        memcpy(edge + r * NR, C + (size_t)r * N, sizeof(float) * (size_t)cols);
-                    kernel(Ap + (size_t)g * kc, B0, B1, B2, kc, edge, NR, first);
-                    for (int r = 0; r < gr; r++)
-                        memcpy(C + (size_t)r * N, edge + r * NR, sizeof(float) * (size_t)cols);
-                }
-            }
-        }
-    }
-}
-
 static void gemm_part(void *ctx, int part, int parts) {
     const gemm_job *j = ctx;
     int tiles = j->W->panels / 3;
     int t0 = (int)((long)tiles * part / parts), t1 = (int)((long)tiles * (part + 1) / parts);
     if (t0 >= t1) return;
-    if (j->W->bf16) gemm_tiles_bf16(j, t0, t1);
-    else gemm_tiles(j, t0, t1);
+    gemm_tiles(j, t0, t1);
     if (j->bias) add_bias(j, t0, t1);
 }
 
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M) {
     pthread_once(&choose_once, choose_kernel);
-    gemm_job j = {out, A, W, bias, M, active};
+    gemm_job j = {out, A, W, bias, M, W->bf16 ? &kernel_bf16_entry : active};
     int tiles = W->panels / 3;
     /* Small products are not worth waking anyone. */
     int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;
