@@ -93,11 +93,15 @@ void gemm_pack_free(packed_weight *p) {
 }
 
 /* ---- micro-kernels ----
- * C (MR, 48), row stride ldc, (+)= Ap (kc, MR) . [B0 B1 B2] (kc, 16 each):
- * first != 0 starts from zero, else from the partial sums in C. */
+ * C (MR, 48), row stride ldc, (+)= A (MR, kc) . [B0 B1 B2] (kc, 16 each),
+ * where A's element (r, k) is Ap[r*rs + k*ks] (fp32: the rows of A in
+ * place, rs = K, ks = 1; bf16: a packed block, rs = 1, ks = MR).
+ * first != 0 starts from zero, else from the partial sums in C; bias
+ * (48 values, or NULL) is added to the finished sums of the last K block. */
 
-typedef void (*kernel_fn)(const void *Ap, const void *B0, const void *B1, const void *B2,
-                          int kc, float *C, size_t ldc, int first);
+typedef void (*kernel_fn)(const void *Ap, size_t rs, size_t ks, const void *B0, const void *B1,
+                          const void *B2, int kc, float *C, size_t ldc, int first,
+                          const float *bias);
 
 typedef struct {
     const char *name;
@@ -106,8 +110,9 @@ typedef struct {
     int pairs;   /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
 } gemm_kernel;
 
-static void kernel_generic(const void *Ap_, const void *B0, const void *B1, const void *B2,
-                           int kc, float *C, size_t ldc, int first) {
+static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0,
+                           const void *B1, const void *B2, int kc, float *C, size_t ldc,
+                           int first, const float *bias) {
     enum { MR = 4 };
     const float *Ap = Ap_, *B[3] = {B0, B1, B2};
     for (int r = 0; r < MR; r++)
@@ -115,15 +120,17 @@ static void kernel_generic(const void *Ap_, const void *B0, const void *B1, cons
             const float *Bp = B[c / GEMM_PANEL];
             int cc = c % GEMM_PANEL;
             float s = first ? 0.0f : C[r * ldc + c];
-            for (int k = 0; k < kc; k++) s = fmaf(Ap[k * MR + r], Bp[(size_t)k * GEMM_PANEL + cc], s);
-            C[r * ldc + c] = s;
+            for (int k = 0; k < kc; k++)
+                s = fmaf(Ap[r * rs + k * ks], Bp[(size_t)k * GEMM_PANEL + cc], s);
+            C[r * ldc + c] = bias ? s + bias[c] : s;
         }
 }
 
-__attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, const void *B0_,
+__attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, size_t rs,
+                                                            size_t ks, const void *B0_,
                                                             const void *B1_, const void *B2_,
                                                             int kc, float *C, size_t ldc,
-                                                            int first) {
+                                                            int first, const float *bias) {
     enum { MR = 2 };
     const float *Ap = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
     __m256 c[MR][6];
@@ -140,7 +147,7 @@ __attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, con
         for (int q = 0; q < 6; q++) bv[q] = _mm256_load_ps(b[q / 2] + 8 * (q % 2));
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m256 a = _mm256_broadcast_ss(Ap + k * MR + r);
+            __m256 a = _mm256_broadcast_ss(Ap + r * rs + k * ks);
     #pragma GCC unroll 6
         for (int q = 0; q < 6; q++) c[r][q] = _mm256_fmadd_ps(a, bv[q], c[r][q]);
         }
@@ -148,15 +155,20 @@ __attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, con
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 6
-        for (int q = 0; q < 6; q++) _mm256_storeu_ps(C + r * ldc + 8 * q, c[r][q]);
+        for (int q = 0; q < 6; q++)
+            _mm256_storeu_ps(C + r * ldc + 8 * q,
+                             bias ? _mm256_add_ps(c[r][q], _mm256_loadu_ps(bias + 8 * q)) : c[r][q]);
 }
 
-__attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, const void *B0_,
+__attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, size_t rs,
+                                                             size_t ks, const void *B0_,
                                                              const void *B1_, const void *B2_,
                                                              int kc, float *C, size_t ldc,
-                                                             int first) {
+                                                             int first, const float *bias) {
     enum { MR = 8 };
-    const float *Ap = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
+    const float *B0 = B0_, *B1 = B1_, *B2 = B2_, *a[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) a[r] = (const float *)Ap_ + r * rs;
     __m512 c[MR][3];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
@@ -169,26 +181,30 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, co
         __m512 b2 = _mm512_load_ps(B2 + (size_t)k * GEMM_PANEL);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m512 a = _mm512_set1_ps(Ap[k * MR + r]);
-            c[r][0] = _mm512_fmadd_ps(a, b0, c[r][0]);
-            c[r][1] = _mm512_fmadd_ps(a, b1, c[r][1]);
-            c[r][2] = _mm512_fmadd_ps(a, b2, c[r][2]);
+            __m512 av = _mm512_set1_ps(a[r][k * ks]);
+            c[r][0] = _mm512_fmadd_ps(av, b0, c[r][0]);
+            c[r][1] = _mm512_fmadd_ps(av, b1, c[r][1]);
+            c[r][2] = _mm512_fmadd_ps(av, b2, c[r][2]);
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 3
-        for (int q = 0; q < 3; q++) _mm512_storeu_ps(C + r * ldc + 16 * q, c[r][q]);
+        for (int q = 0; q < 3; q++)
+            _mm512_storeu_ps(C + r * ldc + 16 * q,
+                             bias ? _mm512_add_ps(c[r][q], _mm512_loadu_ps(bias + 16 * q)) : c[r][q]);
 }
 
 /* C (8, 48) (+)= Ap (kc2, 8) . [B0 B1 B2] (kc2, 16) where every element is
  * a pair of bf16 values: vdpbf16ps adds both products of a pair into the
  * fp32 accumulator. */
 __attribute__((target("avx512f,avx512bf16"))) static void kernel_bf16(
-    const void *Ap_, const void *B0_, const void *B1_, const void *B2_, int kc2, float *C,
-    size_t ldc, int first) {
+    const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B1_, const void *B2_,
+    int kc2, float *C, size_t ldc, int first, const float *bias) {
     enum { MR = 8 };
-    const uint32_t *Ap = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
+    const uint32_t *B0 = B0_, *B1 = B1_, *B2 = B2_, *a[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) a[r] = (const uint32_t *)Ap_ + r * rs;
     __m512 c[MR][3];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
@@ -201,16 +217,18 @@ __attribute__((target("avx512f,avx512bf16"))) static void kernel_bf16(
         __m512bh b2 = (__m512bh)_mm512_load_si512(B2 + (size_t)k * GEMM_PANEL);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[k * MR + r]);
-            c[r][0] = _mm512_dpbf16_ps(c[r][0], a, b0);
-            c[r][1] = _mm512_dpbf16_ps(c[r][1], a, b1);
-            c[r][2] = _mm512_dpbf16_ps(c[r][2], a, b2);
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r][k * ks]);
+            c[r][0] = _mm512_dpbf16_ps(c[r][0], av, b0);
+            c[r][1] = _mm512_dpbf16_ps(c[r][1], av, b1);
+            c[r][2] = _mm512_dpbf16_ps(c[r][2], av, b2);
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
 #pragma GCC unroll 3
-        for (int q = 0; q < 3; q++) _mm512_storeu_ps(C + r * ldc + 16 * q, c[r][q]);
+        for (int q = 0; q < 3; q++)
+            _mm512_storeu_ps(C + r * ldc + 16 * q,
+                             bias ? _mm512_add_ps(c[r][q], _mm512_loadu_ps(bias + 16 * q)) : c[r][q]);
 }
 
 int gemm_bf16_supported(void) {
@@ -278,21 +296,10 @@ typedef struct {
     const gemm_kernel *kernel;
 } gemm_job;
 
-/* Copies rows [i0, i0+rows) x columns [k0, k0+kc) of A into Ap, k-major in
- * groups of mr rows; missing rows of the last group are zero. */
-static void pack_rows_fp32(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
-                           float *Ap) {
-    for (int g = 0; g < rows; g += mr) {
-        float *dst = Ap + (size_t)g * kc;
-        for (int r = 0; r < mr; r++) {
-            const float *src = g + r < rows ? A + (size_t)(i0 + g + r) * K + k0 : NULL;
-            for (int k = 0; k < kc; k++) dst[k * mr + r] = src ? src[k] : 0.0f;
-        }
-    }
-}
-
-/* The same for bf16: pairs (A[i][k], A[i][k+1]) rounded to bf16; the k past
- * an odd block and the missing rows are 0. */
+/* bf16: rows [i0, i0+rows) x columns [k0, k0+kc) of A as pairs
+ * (A[i][k], A[i][k+1]) rounded to bf16, k-major in groups of mr rows (the
+ * kernel reads element (r, k2) at Ap[k2*mr + r]); the k past an odd block
+ * and the missing rows are 0. */
 static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
                            uint32_t *Ap) {
     int kc2 = (kc + 1) / 2;
@@ -309,10 +316,13 @@ static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int 
     }
 }
 
-/* Tiles [t0, t1) of 48 columns, all rows. Elements of packed A and W are 4
- * bytes either way (an fp32 value, or a pair of bf16 values covering two k),
- * so one loop serves both: `per` k values per element. KC is even, so a
- * pair never straddles two K blocks. */
+/* Tiles [t0, t1) of 48 columns, all rows. fp32 kernels read A in place
+ * (a K block of 8 rows is 4 KB: L1 holds it, no packing needed); bf16
+ * kernels read a block converted by pack_rows_bf16. Elements of packed W
+ * are 4 bytes either way (an fp32 value, or a pair of bf16 values covering
+ * two k), so one loop serves both: `per` k values per element. KC is even,
+ * so a pair never straddles two K blocks. The bias goes in with the last
+ * K block's stores. */
 static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     const packed_weight *W = j->W;
     const gemm_kernel *kn = j->kernel;
@@ -320,30 +330,55 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     int Ku = (K + per - 1) / per; /* elements per panel row */
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
-    float Ap[MC * KC] __attribute__((aligned(64)));
+    uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));  /* bf16 block */
+    float pad[MR_MAX * KC] __attribute__((aligned(64)));    /* fp32 short row group */
     float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
+    float edge_bias[NR] = {0};
     for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC, ku = (kc + per - 1) / per, first = k0 == 0;
+        int kc = K - k0 < KC ? K - k0 : KC, ku = (kc + per - 1) / per;
+        int first = k0 == 0, last = k0 + kc == K;
         for (int i0 = 0; i0 < M; i0 += MC) {
             int rows = M - i0 < MC ? M - i0 : MC;
-            if (kn->pairs) pack_rows_bf16(j->A, K, i0, rows, k0, kc, mr, (uint32_t *)Ap);
-            else pack_rows_fp32(j->A, K, i0, rows, k0, kc, mr, Ap);
+            if (kn->pairs) pack_rows_bf16(j->A, K, i0, rows, k0, kc, mr, Ap);
             for (int t = t0; t < t1; t++) {
                 const char *B0 = wbase + (size_t)(3 * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;
                 const char *B1 = B0 + panel_bytes, *B2 = B1 + panel_bytes;
                 int col0 = t * NR, cols = N - col0 < NR ? N - col0 : NR;
+                const float *bias = last && j->bias ? j->bias + col0 : NULL;
+                if (bias && cols < NR) { /* the bias has only N values */
+                    memcpy(edge_bias, bias, sizeof(float) * (size_t)cols);
+                    bias = edge_bias;
+                }
                 for (int g = 0; g < rows; g += mr) {
                     int gr = rows - g < mr ? rows - g : mr;
-                    const float *Ag = Ap + (size_t)g * ku;
+                    const void *Ag;
+                    size_t rs, ks;
+                    if (kn->pairs) {
+                        Ag = Ap + (size_t)g * ku;
+                        rs = 1;
+                        ks = (size_t)mr;
+                    } else if (gr == mr) {
+                        Ag = j->A + (size_t)(i0 + g) * K + k0;
+                        rs = (size_t)K;
+                        ks = 1;
+                    } else { /* the last rows: a zero-padded copy */
+                        memset(pad, 0, sizeof(float) * (size_t)mr * kc);
+                        for (int r = 0; r < gr; r++)
+                            memcpy(pad + r * kc, j->A + (size_t)(i0 + g + r) * K + k0,
+                                   sizeof(float) * (size_t)kc);
+                        Ag = pad;
+                        rs = (size_t)kc;
+                        ks = 1;
+                    }
                     float *C = j->out + (size_t)(i0 + g) * N + col0;
                     if (gr == mr && cols == NR) {
-                        kn->fn(Ag, B0, B1, B2, ku, C, (size_t)N, first);
+                        kn->fn(Ag, rs, ks, B0, B1, B2, ku, C, (size_t)N, first, bias);
                         continue;
                     }
                     /* edge tile: the same arithmetic on a full-size buffer */
                     for (int r = 0; r < gr && !first; r++)
                         memcpy(edge + r * NR, C + (size_t)r * N, sizeof(float) * (size_t)cols);
-                    kn->fn(Ag, B0, B1, B2, ku, edge, NR, first);
+                    kn->fn(Ag, rs, ks, B0, B1, B2, ku, edge, NR, first, bias);
                     for (int r = 0; r < gr; r++)
                         memcpy(C + (size_t)r * N, edge + r * NR, sizeof(float) * (size_t)cols);
                 }
@@ -352,22 +387,11 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     }
 }
 
-static void add_bias(const gemm_job *j, int t0, int t1) {
-    int N = j->W->N;
-    int c0 = t0 * NR, c1 = t1 * NR < N ? t1 * NR : N;
-    for (int i = 0; i < j->M; i++) {
-        float *o = j->out + (size_t)i * N;
-        for (int c = c0; c < c1; c++) o[c] += j->bias[c];
-    }
-}
-
 static void gemm_part(void *ctx, int part, int parts) {
     const gemm_job *j = ctx;
     int tiles = j->W->panels / 3;
     int t0 = (int)((long)tiles * part / parts), t1 = (int)((long)tiles * (part + 1) / parts);
-    if (t0 >= t1) return;
-    gemm_tiles(j, t0, t1);
-    if (j->bias) add_bias(j, t0, t1);
+    if (t0 < t1) gemm_tiles(j, t0, t1);
 }
 
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M) {
