@@ -33,6 +33,7 @@
 #include "image.h"
 #include "npy.h"
 #include "vit.h"
+#include "check_run.h"
 
 #define ACC_DIR FIXTURE_DIR "/accuracy"
 #define BATCH 64
@@ -182,9 +183,5 @@ int main(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_default_model_matches_pytorch);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

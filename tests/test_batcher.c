@@ -16,6 +16,7 @@
 #include "batcher.h"
 #include "metrics.h"
 #include "vit.h"
+#include "check_run.h"
 
 #define MODEL_DIR FIXTURE_DIR "/parity/comrope_ld_b2"
 
@@ -284,9 +285,5 @@ int main(void) {
     tcase_add_test(tc, queue_full_then_stop);
     tcase_add_test(tc, drain_waits_for_arrivals);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

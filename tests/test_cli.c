@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 
 #include "npy.h"
+#include "check_run.h"
 
 #define MODEL FIXTURE_DIR "/parity/mlp_head_ap"
 
@@ -125,9 +126,5 @@ int main(void) {
     tcase_add_test(tc, test_bad_file_reported_others_still_run);
     tcase_add_test(tc, test_bad_resolution_names_nearest);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "check_run.h"
 
 static char tmpfile_path[64];
 
@@ -231,9 +232,5 @@ int main(void) {
     tcase_add_test(tc, cpu_limit_and_threads);
     tcase_add_test(tc, cpu_limit_of_own_cgroup);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

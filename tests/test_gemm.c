@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "check_run.h"
 
 static const char *kernels[] = {"generic", "avx2", "avx512"};
 
@@ -135,9 +136,5 @@ int main(void) {
     tcase_add_test(tc, test_rows_independent_of_batch);
     tcase_add_test(tc, test_bf16_kernel);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

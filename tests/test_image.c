@@ -14,6 +14,7 @@
 
 #include "image.h"
 #include "npy.h"
+#include "check_run.h"
 
 #define IMAGES FIXTURE_DIR "/images/"
 
@@ -643,9 +644,5 @@ static Suite *image_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(image_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(image_suite());
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "kernels.h"
+#include "check_run.h"
 
 static double ref_act(double x, activation a) {
     switch (a) {
@@ -81,9 +82,5 @@ int main(void) {
     tcase_add_test(tc, test_activations_match_libm);
     tcase_add_test(tc, test_softmax_rows);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

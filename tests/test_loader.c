@@ -14,6 +14,7 @@
 
 #include "safetensors.h"
 #include "vit.h"
+#include "check_run.h"
 
 #define GOOD FIXTURE_DIR "/parity/comrope_ap_b2"
 
@@ -398,9 +399,5 @@ int main(void) {
     tcase_add_test(tc, test_unknown_keys_ignored);
     tcase_add_test(tc, test_random_header_corruption);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "metrics.h"
+#include "check_run.h"
 
 /* The value of the sample whose name-and-labels is exactly `series`. */
 static double sample(const char *text, const char *series) {
@@ -119,9 +120,5 @@ int main(void) {
     tcase_add_test(tc, batches_and_mixed_resolutions);
     tcase_add_test(tc, label_values_escaped);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

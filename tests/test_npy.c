@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "npy.h"
+#include "check_run.h"
 
 #define IMAGES FIXTURE_DIR "/images/"
 
@@ -270,9 +271,5 @@ static Suite *npy_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(npy_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check_run(npy_suite());
 }

@@ -15,6 +15,7 @@
 
 #include "npy.h"
 #include "vit.h"
+#include "check_run.h"
 
 #define PARITY_DIR FIXTURE_DIR "/parity"
 
@@ -247,9 +248,5 @@ int main(void) {
     tcase_add_test(tc, test_bad_resolution_is_refused_with_nearest);
     tcase_add_test(tc, test_bf16_close_to_reference);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -8,6 +8,7 @@
 
 #include "image.h"
 #include "proto.h"
+#include "check_run.h"
 
 static char *labels[3] = {"cat", NULL, "dog"};
 static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test"};
@@ -488,9 +489,5 @@ int main(void) {
     tcase_add_test(tc, responses);
     tcase_add_test(tc, base64_and_top_k);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }

@@ -15,6 +15,7 @@
 #include "rotation.h"
 #include "safetensors.h"
 #include "vit.h"
+#include "check_run.h"
 
 #define PARITY_DIR FIXTURE_DIR "/parity"
 
@@ -344,9 +345,5 @@ int main(void) {
     tcase_add_test(tc, test_ape_sampling_matches_reference);
     tcase_add_test(tc, test_rotations_match_reference);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return check_run(s);
 }
