@@ -8,7 +8,7 @@
  * each block, MC rows of A are copied into a k-major buffer (for each k,
  * MR consecutive values), then every 48-column tile of this thread runs
  * the micro-kernel over those rows, MR at a time. The tile's weights
- * (KC x 48 floats, 24 KB) stay in L1 while all MC rows pass over them.
+ * (KC x 48 floats, 36 KB) stay in L1 while all MC rows pass over them.
  *
  * Determinism: the micro-kernel loads the partial sums of the previous K
  * block from the output (exact float32 values), continues with fused
@@ -31,7 +31,7 @@
 
 #define NR (3 * GEMM_PANEL)  /* columns per tile */
 #define MR_MAX 8             /* rows per micro-kernel call, at most */
-#define KC 128               /* K block: the tile's weights, KC*NR floats, fit L1 */
+#define KC 192               /* K block: the tile's weights, KC*NR floats (36 KB), fit L1 */
 #define MC 64                /* rows of A packed at once (a multiple of every MR) */
 
 /* fp32 -> bf16, round to nearest even (the weights are finite: the loader
