@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "image.h"
 #include "input.h"
@@ -244,7 +245,9 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (threads > 0) gemm_set_threads(threads);
+    /* default: every online CPU (the engine's pool also keeps OpenBLAS at one thread) */
+    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    gemm_set_threads(threads > 0 ? threads : 1);
     if (!model_dir) {
         if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
             fprintf(stderr, "comrope-classify: %s\n", err);
