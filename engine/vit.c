@@ -489,6 +489,9 @@ void vit_workspace_free(vit_workspace *ws) {
     if (!ws) return;
     for (int i = 0; i < VIT_ROTATION_CACHE; i++) rotation_table_free(&ws->cache[i]);
     free(ws->arena);
+    free(ws->start);
+    free(ws->rot);
+    free(ws->pos);
     free(ws);
 }
 
@@ -556,6 +559,26 @@ static int reserve(vit_workspace *ws, size_t floats) {
     memset(p, 0, floats * sizeof(float));
     ws->arena = p;
     ws->arena_floats = floats;
+    return 0;
+}
+
+/* Grows the per-image bookkeeping to n images of at most Tmax tokens. */
+static int reserve_images(vit_workspace *ws, size_t n, size_t Tmax) {
+    if (n > ws->images_cap) {
+        int *start = realloc(ws->start, sizeof(int) * (n + 1));
+        if (!start) return -1;
+        ws->start = start;
+        const rotation_table **rot = realloc(ws->rot, sizeof(*rot) * n);
+        if (!rot) return -1;
+        ws->rot = rot;
+        ws->images_cap = n;
+    }
+    if (2 * Tmax > ws->pos_cap) {
+        double *pos = realloc(ws->pos, sizeof(double) * 2 * Tmax);
+        if (!pos) return -1;
+        ws->pos = pos;
+        ws->pos_cap = 2 * Tmax;
+    }
     return 0;
 }
 
@@ -696,48 +719,41 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
     float eps = (float)c->layer_norm_eps;
 
     if (n <= 0) return 0;
-    /* token offsets of each image in the concatenated batch */
-    int *start = malloc(sizeof(int) * ((size_t)n + 1));
-    const rotation_table **rot = calloc((size_t)n, sizeof(*rot));
-    double *pos = NULL;
-    int rc = -1;
-    if (!start || !rot) {
-        snprintf(err, errlen, "out of memory");
-        goto cleanup;
-    }
     size_t T = 0, Tmax = 0;
     for (int i = 0; i < n; i++) {
         char why[200];
         if (vit_check_resolution(m, images[i].h, images[i].w, why, sizeof(why))) {
             snprintf(err, errlen, "image %d: %s", i, why);
-            goto cleanup;
+            return -1;
         }
         size_t Ti = 1 + (size_t)(images[i].h / p) * (images[i].w / p);
-        start[i] = (int)T;
         T += Ti;
         if (Ti > Tmax) Tmax = Ti;
     }
-    start[n] = (int)T;
     activations a;
     int parts = parallel_threads() < H ? parallel_threads() : H;
-    if (reserve(ws, plan(c, T, Tmax, (size_t)parts, &a, NULL))) {
+    if (reserve_images(ws, (size_t)n, Tmax) ||
+        reserve(ws, plan(c, T, Tmax, (size_t)parts, &a, NULL))) {
         snprintf(err, errlen, "out of memory for a batch of %zu tokens", T);
-        goto cleanup;
+        return -1;
     }
     plan(c, T, Tmax, (size_t)parts, &a, ws->arena);
-    pos = malloc(sizeof(double) * 2 * Tmax);
-    if (!pos) {
-        snprintf(err, errlen, "out of memory");
-        goto cleanup;
-    }
+    /* token offsets of each image in the concatenated batch */
+    int *start = ws->start;
+    const rotation_table **rot = ws->rot;
+    double *pos = ws->pos;
+    start[0] = 0;
+    for (int i = 0; i < n; i++)
+        start[i + 1] = start[i] + 1 + (images[i].h / p) * (images[i].w / p);
     ws->clock++;
     for (int i = 0; i < n; i++) {
-        if (m->rot.kind == ROT_NONE) break;
+        rot[i] = NULL;
+        if (m->rot.kind == ROT_NONE) continue;
         rot[i] = rotation_for(ws, images[i].h / p, images[i].w / p);
         if (!rot[i]) {
             snprintf(err, errlen, "image %d: cannot build its rotation table (out of memory, or "
                      "more than %d distinct resolutions in one batch)", i, VIT_ROTATION_CACHE);
-            goto cleanup;
+            return -1;
         }
     }
 
@@ -796,10 +812,5 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
             matmul_forward(logits + (size_t)i * K, a.head, w->head2_w, w->head2_b, 1, M, K);
         }
     }
-    rc = 0;
-cleanup:
-    free(start);
-    free(rot);
-    free(pos);
-    return rc;
+    return 0;
 }

@@ -83,12 +83,18 @@ typedef struct {
 
 #define VIT_ROTATION_CACHE 16
 
-/* Per-thread scratch: the activation arena grows to the largest batch seen
- * and is reused; rotation tables are cached per grid (ph, pw). */
+/* Per-thread scratch: the activation arena and the per-image bookkeeping
+ * grow to the largest batch seen and are reused (no allocation per forward
+ * once warm); rotation tables are cached per grid (ph, pw). */
 typedef struct {
     const vit_model *model;
     float *arena;             // activations; prefaulted when allocated
     size_t arena_floats;
+    int *start;               // (images + 1) token offsets of each image in the batch
+    const rotation_table **rot; // (images) each image's rotation table
+    size_t images_cap;
+    double *pos;              // (2 * tokens) positions of one image
+    size_t pos_cap;
     rotation_table cache[VIT_ROTATION_CACHE];
     uint64_t cache_stamp[VIT_ROTATION_CACHE];
     uint64_t clock;
