@@ -7,43 +7,17 @@
 #
 #   tests/integration/run.sh build/comrope-serve build/comrope-classify
 set -euo pipefail
-SERVE=${1:-build/comrope-serve}
-CLASSIFY=${2:-build/comrope-classify}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-IMG=$ROOT/tests/fixtures/images/photo.png
+SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+CLASSIFY=${2:-$ROOT/build/comrope-classify}
 IMG2=$ROOT/tests/fixtures/images/tall.png
-MODEL=$ROOT/tests/fixtures/parity/comrope_ld_b2
-[ -f "$ROOT/models/fashion-comrope-ld/config.json" ] && MODEL=$ROOT/models/fashion-comrope-ld
-WORK=$(mktemp -d)
-PID=
-cleanup() {
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then kill -9 "$PID" 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; echo "--- daemon log" >&2; tail -30 "$WORK/log" >&2 || true; exit 1; }
+# This test runs on the bundled model when there is one (lib.sh's default is
+# the tiny parity fixture).
+[ -z "${COMROPE_TEST_MODEL:-}" ] && [ -f "$ROOT/models/fashion-comrope-ld/config.json" ] &&
+  MODEL=$ROOT/models/fashion-comrope-ld
 
-: >"$WORK/log" # exists before the first look for the port line
-"$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 --max-body-bytes 300000 \
-  --max-queue-delay-us 20000 --access-log json 2>"$WORK/log" &
-PID=$!
-
-# Wait for the log line with the bound port, then for readiness (polling;
-# each probe is bounded, the whole wait at most ~30 s).
-PORT=
-for _ in $(seq 300); do
-  PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$WORK/log")
-  [ -n "$PORT" ] && break
-  kill -0 "$PID" 2>/dev/null || fail "daemon exited during start-up"
-  sleep 0.1
-done
-[ -n "$PORT" ] || fail "no 'listening on' line"
-URL=http://127.0.0.1:$PORT
-for _ in $(seq 300); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/v2/health/ready")" = 200 ] && break
-  sleep 0.1
-done
-[ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/v2/health/ready")" = 200 ] || fail "never ready"
+start_daemon --max-body-bytes 300000 --max-queue-delay-us 20000 --access-log json
 echo "daemon ready on port $PORT with $(basename "$MODEL")"
 
 NAME=$(curl -sf "$URL/v1/models" | jq -r '.models[0].name')
@@ -164,12 +138,7 @@ else
   echo "skip promtool (not installed)"
 fi
 
-# 6. SIGTERM: readiness goes, the process exits 0
-kill -TERM "$PID"
-rc=0
-wait "$PID" || rc=$?
-PID=
-[ "$rc" = 0 ] || fail "exit status $rc after SIGTERM"
-grep -q 'comrope-serve: stopped' "$WORK/log" || fail "no clean stop"
+# 6. SIGTERM: readiness goes, the process exits 0 with a clean stop
+stop_daemon
 echo "ok SIGTERM -> exit 0"
 echo "integration: all passed"
