@@ -164,7 +164,8 @@ def fold_rows(W, b, M, H):
 # the model
 # --------------------------------------------------------------------------
 
-def _act(name):
+def activation_fn(name):
+    """hidden_act -> the function (tools/train.py uses it too)."""
     if name == "quick_gelu":
         return lambda x: x * torch.sigmoid(1.702 * x)
     if name == "gelu":
@@ -208,7 +209,7 @@ class Layer(nn.Module):
         self.register_buffer("fc2_b", t(g("mlp.fc2.bias")))
         self.D, self.H, self.hd, self.eps = D, H, hd, float(cfg["layer_norm_eps"])
         self.P = self.Wf.shape[2] if self.Wf is not None else 0
-        self.act = _act(cfg["hidden_act"])
+        self.act = activation_fn(cfg["hidden_act"])
 
     def tables(self, pos, dtype):
         """Rotation tables for positions [T, 2] float64 (None without rotation).

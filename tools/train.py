@@ -56,7 +56,9 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fashion_mnist  # noqa: E402
+import reference  # noqa: E402
 import safetensors_io  # noqa: E402
+import torch_model  # noqa: E402
 
 PE_TYPES = ("raw", "vanilla-rope", "liere", "comrope-ap", "comrope-ld")
 ROPE_TYPES = ("vanilla-rope", "liere", "comrope-ap", "comrope-ld")
@@ -119,17 +121,11 @@ def config_json(cfg):
 
 
 def check_config(cfg):
-    D, H, b = cfg["hidden_size"], cfg["num_attention_heads"], cfg["block_size"]
-    if D % H:
-        raise SystemExit("--heads must divide --hidden")
-    hd = D // H
-    pe = cfg["custom_pe_type"]
-    if pe in ROPE_TYPES and hd % b:
-        raise SystemExit(f"--block-size {b} must divide head_dim {hd}")
-    if pe == "vanilla-rope" and hd % (2 * NUM_AXES):
-        raise SystemExit(f"vanilla-rope needs head_dim ({hd}) divisible by {2 * NUM_AXES}")
-    if pe == "comrope-ap" and (hd % NUM_AXES or (hd // NUM_AXES) % b):
-        raise SystemExit(f"comrope-ap needs head_dim/2 ({hd // 2}) divisible by block_size {b}")
+    """The spec's shape rules (the reference's checks), plus what training needs."""
+    try:
+        reference.config_from_dict(cfg)
+    except ValueError as e:
+        raise SystemExit(f"bad model config: {e}")
     if cfg["image_size"] % cfg["patch_size"]:
         raise SystemExit("--image-size must be a multiple of --patch")
 
@@ -152,17 +148,6 @@ def positions(cfg, h, w):
     cls = torch.full((1, 2), float(cfg["cls_position"]), dtype=torch.float64)
     return torch.cat([cls, grid], dim=0)
 
-
-def activation_fn(name):
-    if name == "quick_gelu":
-        return lambda x: x * torch.sigmoid(1.702 * x)
-    if name == "gelu":
-        return F.gelu
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "relu":
-        return F.relu
-    raise SystemExit(f"unsupported --act {name}")
 
 
 class Embeddings(nn.Module):
@@ -322,7 +307,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg["hidden_size"], cfg["intermediate_size"])
         self.fc2 = nn.Linear(cfg["intermediate_size"], cfg["hidden_size"])
-        self.act = activation_fn(cfg["hidden_act"])
+        self.act = torch_model.activation_fn(cfg["hidden_act"])
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
