@@ -18,6 +18,11 @@ Steps, each printed as it runs ([i/N]):
        haswell   engine without and with OPENBLAS_CORETYPE=Haswell
        official  the paper's model.py (AP, batch 1; only where the shim exists)
        bf16      engine --precision bf16 vs fp32 (AP; skipped if the engine lacks it)
+       daemon    comrope-serve through HTTP (bench/daemon_bench.py) vs the engine
+                 alone: saturation throughput vs engine batch 8 and one request
+                 at a time vs engine batch 1 (AP, first --resolutions), then
+                 RSS growth and page faults over --memory-requests requests at
+                 mixed resolutions on the bundled default model
 Writes OUT/results.json (every run and every target), OUT/throughput.png,
 OUT/latency_vs_tokens.png and OUT/targets.png, and prints the tables and each
 target as PASS / FAIL with its numbers.
@@ -43,6 +48,10 @@ SYSTEM_LABEL = {"engine": "comrope engine", "onnxruntime": "ONNX Runtime", "torc
 # the issue's targets
 T_ORT, T_TORCH, T_OFFICIAL = 1.15, 1.6, 40.0
 T_VANILLA, T_NONE, T_HASWELL, T_BF16 = 1.03, 1.08, 0.10, 1.6
+T_DAEMON_SAT, T_DAEMON_P50_REL, T_DAEMON_P50_ABS_MS, T_RSS_GROWTH_PCT = 0.9, 1.10, 2.0, 2.0
+T_FAULTS_PER_REQUEST = 0.5
+ALL_PARTS = ("main", "sweep", "pe", "haswell", "official", "bf16", "daemon")
+DEFAULT_MODEL = os.path.join(ROOT, "models", "fashion-comrope-ld")
 
 
 def log(msg=""):
@@ -69,8 +78,12 @@ def parse_args(argv):
     ap.add_argument("--batches", default="1 8", help="batch sizes of the main comparison (default '1 8')")
     ap.add_argument("--sweep", help="resolutions of the plots, batch 1 "
                     "(default '160 224 288 384 448'; --quick '160 224 384')")
-    ap.add_argument("--parts", default="main,sweep,pe,haswell,official,bf16",
-                    help="which comparisons (default all: main,sweep,pe,haswell,official,bf16)")
+    ap.add_argument("--parts", default=",".join(ALL_PARTS),
+                    help=f"which comparisons (default all: {','.join(ALL_PARTS)})")
+    ap.add_argument("--daemon-images", type=int,
+                    help="daemon: requests timed at saturation (default 48; --quick 16)")
+    ap.add_argument("--memory-requests", type=int,
+                    help="daemon: requests of the RSS measurement (default 10000; --quick 1000)")
     ap.add_argument("--official-reps", type=int, help="timed runs of the official model.py (default 2; --quick 1)")
     ap.add_argument("--official-warmup", type=int, help="its warm-up runs (default 1; --quick 0)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="output folder (default bench/out)")
@@ -90,7 +103,9 @@ def parse_args(argv):
     a.batches = parse_list(a.batches)
     a.sweep = parse_list(a.sweep or ("160 224 384" if a.quick else "160 224 288 384 448"))
     a.parts = set(parse_list(a.parts, str))
-    unknown = a.parts - {"main", "sweep", "pe", "haswell", "official", "bf16"}
+    a.daemon_images = a.daemon_images or (16 if a.quick else 48)
+    a.memory_requests = a.memory_requests or (1000 if a.quick else 10000)
+    unknown = a.parts - set(ALL_PARTS)
     if unknown:
         ap.error(f"--parts: unknown {sorted(unknown)}")
     if a.threads < 1 or a.reps < 1 or a.warmup < 0:
@@ -113,6 +128,7 @@ class Bench:
         self.a = args
         self.cache = os.path.join(args.out, "cache")
         self.engine = os.path.join(args.build_dir, "comrope-bench-engine")
+        self.serve = os.path.join(args.build_dir, "comrope-serve")
         self.runs = []
         self.skipped = {}  # system -> reason
         self.env = dict(os.environ)
@@ -273,6 +289,44 @@ class Bench:
         return (f"{rec['images_per_s']:8.3f} img/s  (median {rec['median_s'] * 1e3:.1f} ms, "
                 f"spread {rec['spread_pct']:.1f}%{extra})")
 
+    def daemon(self, mode, pe, res):
+        """bench/daemon_bench.py in speed or memory mode -> a run record."""
+        a = self.a
+        cmd = [sys.executable, os.path.join(ROOT, "bench", "daemon_bench.py"), "--serve", self.serve,
+               "--mode", mode, "--pin", " ".join(self.pin)]
+        if mode == "speed":
+            model = self.ckpt_dir(pe)
+            # one worker whose GEMMs use every thread: what the engine-only run does
+            cmd += ["--model", model, "--resolution", str(res), "--images", str(a.daemon_images),
+                    "--serve-flags", f"--workers 1 --gemm-threads {a.threads} --max-batch-size 8"]
+        else:
+            model = DEFAULT_MODEL
+            cmd += ["--model", model, "--requests", str(a.memory_requests)]
+        rec = {"system": "daemon" if mode == "speed" else "daemon-memory", "group": "daemon",
+               "pe": pe, "res": res, "batch": 8 if mode == "speed" else 0, "env": "default",
+               "precision": "fp32", "model": os.path.relpath(model, ROOT)}
+        t0 = time.time()
+        try:
+            lines = [ln for ln in self.call(cmd, pin=False, timeout=3600).splitlines() if ln.startswith("{")]
+            rec.update(json.loads(lines[-1]))
+        except (RuntimeError, IndexError, ValueError, subprocess.TimeoutExpired, OSError) as e:
+            rec["error"] = str(e)
+            self.runs.append(rec)
+            return f"ERROR {e}"
+        rec["wall_s"] = round(time.time() - t0, 1)
+        self.runs.append(rec)
+        if mode == "speed":
+            return (f"saturation {rec['saturation_images_per_s']:.3f} img/s, one at a time p50 "
+                    f"{rec['p50_ms']:.1f} ms")
+        return (f"RSS {rec['rss_start_kib'] / 1024:.1f} -> {rec['rss_end_kib'] / 1024:.1f} MiB "
+                f"({rec['rss_growth_pct']:+.2f}%), {rec['faults_per_request']:.3f} faults/request")
+
+    def daemon_run(self, system):
+        for r in self.runs:
+            if r["system"] == system and "error" not in r:
+                return r
+        return None
+
     # ---- the plan -------------------------------------------------------
     def plan(self):
         a, p = self.a, Plan()
@@ -326,6 +380,14 @@ class Bench:
             for r in a.resolutions:
                 b("engine", "official", "comrope-ap", r, 1)
                 b("official", "official", "comrope-ap", r, 1)
+        if "daemon" in parts:  # the engine alone right before, for the ratios
+            r = a.resolutions[0]
+            b("engine", "daemon", "comrope-ap", r, 8)
+            b("engine", "daemon", "comrope-ap", r, 1)
+            p.add(f"daemon   HTTP        AP      {r}x{r} saturation + one at a time",
+                  lambda: self.daemon("speed", "comrope-ap", r))
+            p.add(f"daemon   HTTP        default model, {a.memory_requests} requests, mixed resolutions",
+                  lambda: self.daemon("memory", "comrope-ld", 28))
         return p
 
     # ---- results --------------------------------------------------------
@@ -393,6 +455,32 @@ class Bench:
                 add(f"engine >= {T_OFFICIAL:g}x official model.py", "engine/official", f"AP {r} b1",
                     round(v, 1), T_OFFICIAL, v >= T_OFFICIAL,
                     f"{e['images_per_s']:.3f} vs {o['images_per_s']:.4f} img/s")
+        if "daemon" in a.parts:
+            r = a.resolutions[0]
+            d = self.daemon_run("daemon")
+            e8 = self.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=8)
+            e1 = self.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=1)
+            if d and e8:
+                v = d["saturation_images_per_s"] / e8["images_per_s"]
+                add(f"daemon HTTP >= {T_DAEMON_SAT}x engine at saturation", "HTTP/engine", f"AP {r} b8",
+                    round(v, 3), T_DAEMON_SAT, v >= T_DAEMON_SAT,
+                    f"{d['saturation_images_per_s']:.3f} vs {e8['images_per_s']:.3f} img/s")
+            if d and e1:
+                limit = e1["median_s"] * 1e3 * T_DAEMON_P50_REL + T_DAEMON_P50_ABS_MS
+                v = d["p50_ms"] / limit
+                add("daemon p50 <= engine b1 + 10% + 2 ms", "p50/limit", f"AP {r} c1", round(v, 3), 1.0,
+                    v <= 1.0, f"{d['p50_ms']:.1f} ms vs limit {limit:.1f} ms (engine {e1['median_s'] * 1e3:.1f})")
+            m = self.daemon_run("daemon-memory")
+            if m:
+                v = m["rss_growth_pct"]
+                add(f"RSS growth < {T_RSS_GROWTH_PCT:g}% over {m['requests']} requests", "RSS growth %",
+                    "default mix", v, T_RSS_GROWTH_PCT, v < T_RSS_GROWTH_PCT,
+                    f"{m['rss_start_kib'] / 1024:.1f} -> {m['rss_end_kib'] / 1024:.1f} MiB, "
+                    f"weights {m['weights_bytes'] / 2**20:.1f} MiB")
+                v = m["faults_per_request"]
+                add(f"page faults per request < {T_FAULTS_PER_REQUEST:g} after warm-up", "faults/request",
+                    "default mix", v, T_FAULTS_PER_REQUEST, v < T_FAULTS_PER_REQUEST,
+                    f"{m['minor_faults']} minor faults in {m['requests']} requests")
         return out
 
     def save(self, targets=None):
@@ -511,6 +599,23 @@ def print_tables(B, targets):
                 v = f"{h['images_per_s'] / d['images_per_s']:.3f}" if d and h else "-"
                 hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} | {v:>6s}")
+    if "daemon" in a.parts:
+        log("")
+        log("The daemon through HTTP (bench/daemon_bench.py) vs the engine alone")
+        d, m = B.daemon_run("daemon"), B.daemon_run("daemon-memory")
+        r = a.resolutions[0]
+        e8 = B.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=8)
+        e1 = B.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=1)
+        if d:
+            log(f"  AP {r}: saturation ({d['concurrency']} clients) {d['saturation_images_per_s']:.3f} img/s "
+                f"vs engine batch 8 {fmt_ips(e8)}")
+            log(f"  AP {r}: one request at a time p50 {d['p50_ms']:.1f} ms, p90 {d['p90_ms']:.1f} ms "
+                f"vs engine batch 1 {e1['median_s'] * 1e3 if e1 else float('nan'):.1f} ms")
+        if m:
+            log(f"  default model, {m['requests']} requests at {m['mix']} ({m['concurrency']} clients, "
+                f"{m['requests_per_s']:.0f} req/s): RSS {m['rss_start_kib'] / 1024:.1f} -> "
+                f"{m['rss_end_kib'] / 1024:.1f} MiB (peak {m['rss_peak_kib'] / 1024:.1f}), "
+                f"{m['minor_faults']} minor faults")
     for s, why in B.skipped.items():
         log(f"\n  {SYSTEM_LABEL.get(s, s)}: skipped ({why})")
     errors = [r for r in B.runs if "error" in r]
@@ -518,7 +623,7 @@ def print_tables(B, targets):
         log("")
         log(f"{len(errors)} run(s) failed:")
         for r in errors:
-            log(f"  {r['system']} {r['pe']} {r['res']} b{r['batch']} {r['env']}: {r['error']}")
+            log(f"  {r['system']} {r['pe']} {r['res']} b{r['batch']} {r.get('env', '')}: {r['error']}")
     log("")
     log("== Targets (issue 6), every ratio from this run")
     if not targets:
@@ -530,7 +635,7 @@ def print_tables(B, targets):
     for t in sorted(targets, key=lambda t: order.index(t["name"])):
         if t["kind"] == "Haswell/default":
             want = f"within 1 ± {t['target']}"
-        elif t["kind"].startswith("time"):
+        elif t["kind"].startswith("time") or t["kind"] in ("p50/limit", "RSS growth %", "faults/request"):
             want = f"<= {t['target']}"
         else:
             want = f">= {t['target']:g}"
@@ -687,6 +792,9 @@ def main(argv=None):
     os.makedirs(B.cache, exist_ok=True)
     if not os.access(B.engine, os.X_OK):
         log(f"bench: {B.engine} is missing: build it first (bench/run.sh does)")
+        return 2
+    if "daemon" in a.parts and not os.access(B.serve, os.X_OK):
+        log(f"bench: {B.serve} is missing: build it first (bench/run.sh does)")
         return 2
     log(f"== bench: {a.preset}, {a.threads} threads, parts {','.join(sorted(a.parts))}, "
         f"results in {os.path.relpath(a.out, ROOT) if a.out.startswith(ROOT) else a.out}")

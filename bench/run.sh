@@ -2,12 +2,13 @@
 # The benchmark of issue 6 in one command (fresh Debian 12 or this machine):
 # installs what it needs, builds comrope-bench-engine, makes the random
 # checkpoints and the ONNX exports it needs (cached in bench/out/cache), runs
-# the engine, ONNX Runtime, PyTorch eager and the official model.py side by
-# side, prints the tables and every target as PASS / FAIL, and writes
+# the engine, ONNX Runtime, PyTorch eager, the official model.py and the
+# daemon through HTTP side by side, prints the tables and every target as
+# PASS / FAIL, and writes
 # bench/out/results.json, throughput.png, latency_vs_tokens.png, targets.png.
 #
 #   bench/run.sh [--quick] [--threads T] [--reps R] [--warmup W]
-#                [--parts main,sweep,pe,haswell,official] [--skip-install] ...
+#                [--parts main,sweep,pe,haswell,official,bf16,daemon] [--skip-install] ...
 #
 # Every option but --skip-install goes to bench/run.py (--help lists them).
 # --quick: vit-ti16, 1 timed run: a smoke test of the whole pipeline.
@@ -45,14 +46,14 @@ if [ "$install" = 1 ]; then
 fi
 
 build=${BUILD_DIR:-build-bench}
-echo "== bench: building comrope-bench-engine in $build (CMake, the project's default flags)"
+echo "== bench: building comrope-bench-engine and comrope-serve in $build (CMake, the project's default flags)"
 mkdir -p "$build"
 if ! { cmake -S . -B "$build" -DCOMROPE_BUILD_TESTS=OFF &&
-       cmake --build "$build" -j "$(nproc)" --target comrope-bench-engine; } >"$build/bench-build.log" 2>&1; then
+       cmake --build "$build" -j "$(nproc)" --target comrope-bench-engine comrope-serve; } >"$build/bench-build.log" 2>&1; then
   tail -n 40 "$build/bench-build.log"
   echo "bench: the build failed (whole log: $build/bench-build.log)" >&2
   exit 1
 fi
-echo "bench: $build/comrope-bench-engine is up to date"
+echo "bench: $build/comrope-bench-engine and $build/comrope-serve are up to date"
 
 exec /usr/bin/python3 bench/run.py --build-dir "$build" "${args[@]}"
