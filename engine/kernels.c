@@ -1,16 +1,63 @@
 /* kernels.c: matmul, LayerNorm, activations, attention (see kernels.h).
  *
- * The softmax and the activations spend their time in exp(): with AVX-512
- * they use exp512 below (Cephes' expf polynomial, relative error about
- * 1e-7, like libm's), 16 values at a time; elsewhere libm. Each value is
- * computed the same way wherever it sits, so batches stay invariant. */
+ * The softmax and the activations spend their time in exp() and erf(), and
+ * LayerNorm in its two reductions; all three have AVX-512 and AVX2 paths
+ * (chosen once from cpuid, or forced by the tests) besides plain C:
+ *   exp: Cephes' expf polynomial (relative error about 1e-7, like libm's);
+ *   erf (GELU): erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), the
+ *        Chebyshev fit of Numerical Recipes (relative error of erfc below
+ *        1.2e-7 for every z >= 0), so GELU's left tail keeps its precision;
+ *   LayerNorm: mean and variance accumulated in double, two passes, as the
+ *        plain C does (only the order of the additions differs).
+ * Each value is computed the same way wherever it sits (tails are masked,
+ * reductions depend only on the row length), so batches stay invariant. */
 #include "kernels.h"
 
 #include <cblas.h>
 #include <immintrin.h>
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
-static int use_avx512(void) { return __builtin_cpu_supports("avx512f"); }
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512 };
+static int isa_forced = -1;
+
+static int isa_detect(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+    return ISA_SCALAR;
+}
+
+static int isa(void) { return isa_forced >= 0 ? isa_forced : isa_detect(); }
+
+int kernels_force_isa(const char *name) {
+    int want;
+    if (!name) {
+        isa_forced = -1;
+        return 0;
+    }
+    if (strcmp(name, "avx512") == 0) want = ISA_AVX512;
+    else if (strcmp(name, "avx2") == 0) want = ISA_AVX2;
+    else if (strcmp(name, "scalar") == 0) want = ISA_SCALAR;
+    else return -1;
+    if (want > isa_detect()) return -1;
+    isa_forced = want;
+    return 0;
+}
+
+const char *kernels_isa_name(void) {
+    static const char *const names[] = {"scalar", "avx2", "avx512"};
+    return names[isa()];
+}
+
+/* Numerical Recipes' erfc(z) = t exp(-z^2 + P(t)), coefficients from the
+ * highest power down (used by every path). */
+static const float erfc_coef[10] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.13520398f,
+                                    0.27886807f,  -0.18628806f, 0.09678418f, 0.37409196f,
+                                    1.00002368f,  -1.26551223f};
+
+/* ---- AVX-512: 16 floats at a time ---- */
 
 /* exp(x) for 16 floats: x = n*ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
  * polynomial, then scaled by 2^n (scalef handles overflow to inf and
@@ -36,28 +83,38 @@ static __mmask16 tail_mask(size_t left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
 }
 
-__attribute__((target("avx512f"))) static void quick_gelu_avx512(float *x, size_t n) {
-    for (size_t i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        __m512 e = exp512(_mm512_mul_ps(v, _mm512_set1_ps(-1.702f)));
-        __m512 y = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-        _mm512_mask_storeu_ps(x + i, m, y);
-    }
+/* GELU(v) = v/2 (1 + erf(v/sqrt2)) = v/2 erfc(-v/sqrt2) */
+__attribute__((target("avx512f"))) static inline __m512 gelu512(__m512 v) {
+    __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678118654752f));
+    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
+    __m512 p = _mm512_set1_ps(erfc_coef[0]);
+    for (int i = 1; i < 10; i++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(erfc_coef[i]));
+    __m512 erfc = _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p)));  /* erfc(|v|/sqrt2) */
+    __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
+    __m512 c = _mm512_mask_sub_ps(erfc, pos, _mm512_set1_ps(2.0f), erfc);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), c);
 }
 
-/* 0.5 v (1 + tanh(u)) with tanh(u) = 1 - 2 / (exp(2u) + 1) */
-__attribute__((target("avx512f"))) static void gelu_tanh_avx512(float *x, size_t n) {
+__attribute__((target("avx512f"))) static void activation_avx512(float *x, size_t n, activation act) {
     for (size_t i = 0; i < n; i += 16) {
         __mmask16 m = tail_mask(n - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
-        __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-        __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
-                                 _mm512_fmadd_ps(v3, _mm512_set1_ps(0.044715f), v));
-        __m512 e = exp512(_mm512_add_ps(u, u));
-        __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f),
-                                 _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
-        __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), t));
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i), y;
+        if (act == ACT_QUICK_GELU) {
+            __m512 e = exp512(_mm512_mul_ps(v, _mm512_set1_ps(-1.702f)));
+            y = _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        } else if (act == ACT_GELU) {
+            y = gelu512(v);
+        } else if (act == ACT_GELU_TANH) { /* 0.5 v (1 + tanh(u)), tanh(u) = 1 - 2 / (exp(2u) + 1) */
+            __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+            __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
+                                     _mm512_fmadd_ps(v3, _mm512_set1_ps(0.044715f), v));
+            __m512 e = exp512(_mm512_add_ps(u, u));
+            __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f),
+                                     _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+            y = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), t));
+        } else {
+            y = _mm512_max_ps(v, _mm512_setzero_ps());
+        }
         _mm512_mask_storeu_ps(x + i, m, y);
     }
 }
@@ -86,6 +143,190 @@ __attribute__((target("avx512f"))) static void softmax_rows_avx512(float *s, int
     }
 }
 
+__attribute__((target("avx512f"))) static void layernorm_avx512(float *out, const float *inp,
+                                                                 const float *weight, const float *bias,
+                                                                 int T, int C, float eps) {
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C;
+        float *o = out + (size_t)t * C;
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        for (int i = 0; i < C; i += 16) {
+            __m512 v = _mm512_maskz_loadu_ps(tail_mask((size_t)(C - i)), x + i);
+            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+        }
+        double mean = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / C;
+        __m512d mv = _mm512_set1_pd(mean);
+        s0 = s1 = _mm512_setzero_pd();
+        for (int i = 0; i < C; i += 16) {
+            __mmask16 m = tail_mask((size_t)(C - i));
+            __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+            __m512d d0 = _mm512_maskz_sub_pd((__mmask8)m, _mm512_cvtps_pd(_mm512_castps512_ps256(v)), mv);
+            __m512d d1 = _mm512_maskz_sub_pd((__mmask8)(m >> 8),
+                                             _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), mv);
+            s0 = _mm512_fmadd_pd(d0, d0, s0);
+            s1 = _mm512_fmadd_pd(d1, d1, s1);
+        }
+        double var = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / C;
+        __m512 rstd = _mm512_set1_ps((float)(1.0 / sqrt(var + eps)));
+        __m512 mf = _mm512_set1_ps((float)mean);
+        for (int i = 0; i < C; i += 16) {
+            __mmask16 m = tail_mask((size_t)(C - i));
+            __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mf), rstd),
+                                     _mm512_maskz_loadu_ps(m, weight + i));
+            _mm512_mask_storeu_ps(o + i, m, _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, bias + i)));
+        }
+    }
+}
+
+/* ---- AVX2: 8 floats at a time; tails through maskload/maskstore ---- */
+
+static const int32_t lane_mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/* all ones in the first min(left, 8) lanes */
+__attribute__((target("avx2"))) static inline __m256i mask8(size_t left) {
+    return _mm256_loadu_si256((const __m256i *)(lane_mask_table + 8 - (left >= 8 ? 8 : left)));
+}
+
+/* exp256: as exp512; 2^n is built in the exponent bits, so x is clamped to
+ * [-87, 88] where n stays a normal exponent (exp(-87) = 1.6e-38 stands in
+ * for anything smaller: an absolute error below 2e-38). */
+__attribute__((target("avx2,fma"))) static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 gelu256(__m256 v) {
+    __m256 z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), _mm256_set1_ps(0.70710678118654752f));
+    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
+    __m256 p = _mm256_set1_ps(erfc_coef[0]);
+    for (int i = 1; i < 10; i++) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(erfc_coef[i]));
+    __m256 erfc = _mm256_mul_ps(t, exp256(_mm256_fnmadd_ps(z, z, p)));
+    __m256 pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ);
+    __m256 c = _mm256_blendv_ps(erfc, _mm256_sub_ps(_mm256_set1_ps(2.0f), erfc), pos);
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), c);
+}
+
+__attribute__((target("avx2,fma"))) static void activation_avx2(float *x, size_t n, activation act) {
+    for (size_t i = 0; i < n; i += 8) {
+        __m256i m = mask8(n - i);
+        __m256 v = _mm256_maskload_ps(x + i, m), y;
+        if (act == ACT_QUICK_GELU) {
+            __m256 e = exp256(_mm256_mul_ps(v, _mm256_set1_ps(-1.702f)));
+            y = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        } else if (act == ACT_GELU) {
+            y = gelu256(v);
+        } else if (act == ACT_GELU_TANH) {
+            __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+            __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
+                                     _mm256_fmadd_ps(v3, _mm256_set1_ps(0.044715f), v));
+            __m256 e = exp256(_mm256_add_ps(u, u));
+            __m256 t = _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                                     _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+            y = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), t));
+        } else {
+            y = _mm256_max_ps(v, _mm256_setzero_ps());
+        }
+        _mm256_maskstore_ps(x + i, m, y);
+    }
+}
+
+__attribute__((target("avx2"))) static inline float hmax256(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+__attribute__((target("avx2"))) static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2"))) static inline double hsum256d(__m256d v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+__attribute__((target("avx2,fma"))) static void softmax_rows_avx2(float *s, int T) {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    for (int i = 0; i < T; i++) {
+        float *row = s + (size_t)i * T;
+        __m256 mx = ninf;
+        for (int j = 0; j < T; j += 8) {
+            __m256i m = mask8((size_t)(T - j));
+            mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_maskload_ps(row + j, m), _mm256_castsi256_ps(m)));
+        }
+        __m256 maxv = _mm256_set1_ps(hmax256(mx));
+        __m256 sum = _mm256_setzero_ps();
+        for (int j = 0; j < T; j += 8) {
+            __m256i m = mask8((size_t)(T - j));
+            __m256 e = exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, m), maxv));
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+            sum = _mm256_add_ps(sum, e);
+            _mm256_maskstore_ps(row + j, m, e);
+        }
+        __m256 inv = _mm256_set1_ps(1.0f / hsum256(sum));
+        for (int j = 0; j < T; j += 8) {
+            __m256i m = mask8((size_t)(T - j));
+            _mm256_maskstore_ps(row + j, m, _mm256_mul_ps(_mm256_maskload_ps(row + j, m), inv));
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const float *inp,
+                                                               const float *weight, const float *bias,
+                                                               int T, int C, float eps) {
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C;
+        float *o = out + (size_t)t * C;
+        __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+        for (int i = 0; i < C; i += 8) {
+            __m256 v = _mm256_maskload_ps(x + i, mask8((size_t)(C - i)));
+            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        }
+        double mean = hsum256d(_mm256_add_pd(s0, s1)) / C;
+        __m256d mv = _mm256_set1_pd(mean);
+        s0 = s1 = _mm256_setzero_pd();
+        for (int i = 0; i < C; i += 8) {
+            __m256i m = mask8((size_t)(C - i));
+            __m256 v = _mm256_maskload_ps(x + i, m);
+            /* masked lanes must add 0, not (0 - mean)^2 */
+            __m256d k0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)));
+            __m256d k1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)));
+            __m256d d0 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mv), k0);
+            __m256d d1 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv), k1);
+            s0 = _mm256_fmadd_pd(d0, d0, s0);
+            s1 = _mm256_fmadd_pd(d1, d1, s1);
+        }
+        double var = hsum256d(_mm256_add_pd(s0, s1)) / C;
+        __m256 rstd = _mm256_set1_ps((float)(1.0 / sqrt(var + eps)));
+        __m256 mf = _mm256_set1_ps((float)mean);
+        for (int i = 0; i < C; i += 8) {
+            __m256i m = mask8((size_t)(C - i));
+            __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mf), rstd),
+                                     _mm256_maskload_ps(weight + i, m));
+            _mm256_maskstore_ps(o + i, m, _mm256_add_ps(y, _mm256_maskload_ps(bias + i, m)));
+        }
+    }
+}
+
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                     int T, int C, int OC) {
     // out is (T,OC), inp is (T,C), weight is (OC,C)
@@ -100,6 +341,15 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 
 void layernorm_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int T, int C, float eps) {
+    int v = isa();
+    if (v == ISA_AVX512) {
+        layernorm_avx512(out, inp, weight, bias, T, C, eps);
+        return;
+    }
+    if (v == ISA_AVX2) {
+        layernorm_avx2(out, inp, weight, bias, T, C, eps);
+        return;
+    }
     for (int t = 0; t < T; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;
@@ -119,12 +369,13 @@ void layernorm_forward(float *out, const float *inp, const float *weight, const 
 }
 
 void activation_forward(float *x, size_t n, activation act) {
-    if (use_avx512() && act == ACT_QUICK_GELU) {
-        quick_gelu_avx512(x, n);
+    int v = isa();
+    if (v == ISA_AVX512) {
+        activation_avx512(x, n, act);
         return;
     }
-    if (use_avx512() && act == ACT_GELU_TANH) {
-        gelu_tanh_avx512(x, n);
+    if (v == ISA_AVX2) {
+        activation_avx2(x, n, act);
         return;
     }
     switch (act) {
@@ -132,7 +383,8 @@ void activation_forward(float *x, size_t n, activation act) {
         for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
         break;
     case ACT_GELU:
-        for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        /* v/2 (1 + erf(v/sqrt2)) = v/2 erfc(-v/sqrt2): exact in the left tail */
+        for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * erfcf(-x[i] * 0.70710678118654752f);
         break;
     case ACT_GELU_TANH:
         for (size_t i = 0; i < n; i++) {
@@ -148,8 +400,13 @@ void activation_forward(float *x, size_t n, activation act) {
 
 /* Row-wise softmax of a (T, T) matrix, in place. */
 static void softmax_rows(float *s, int T) {
-    if (use_avx512()) {
+    int v = isa();
+    if (v == ISA_AVX512) {
         softmax_rows_avx512(s, T);
+        return;
+    }
+    if (v == ISA_AVX2) {
+        softmax_rows_avx2(s, T);
         return;
     }
     for (int i = 0; i < T; i++) {

@@ -22,6 +22,13 @@ void layernorm_forward(float *out, const float *inp, const float *weight, const 
 /* In place over n values. */
 void activation_forward(float *x, size_t n, activation act);
 
+/* The vector code of LayerNorm, the activations and the softmax: "avx512",
+ * "avx2" or "scalar", chosen from cpuid. kernels_force_isa picks one (NULL:
+ * back to cpuid) and returns -1 when the CPU lacks it; for tests and
+ * benchmarks, not thread-safe against running kernels. */
+int kernels_force_isa(const char *name);
+const char *kernels_isa_name(void);
+
 /* One image's attention, heads [h0, h1). qkv is (T, 3*D) with q (already
  * scaled and rotated) in columns [0, D), k in [D, 2D), v in [2D, 3D); out is
  * (T, D) with row stride ld_out; scores is scratch of T*T floats. */

@@ -1,6 +1,7 @@
-/* test_kernels.c: the vectorized softmax and activations against libm in
- * double, for every tail length (the AVX-512 paths work 16 values at a
- * time and mask the rest), and over the whole range exp() meets. */
+/* test_kernels.c: the vectorized softmax, activations and LayerNorm against
+ * libm in double, for every tail length (the AVX-512 paths work 16 values
+ * at a time, the AVX2 ones 8, and mask the rest), over the whole range exp()
+ * meets, on every code path this CPU can run (avx512, avx2, scalar). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,7 +20,19 @@ static double ref_act(double x, activation a) {
     return 0;
 }
 
+static const char *const isas[] = {"avx512", "avx2", "scalar"};
+
+/* Force code path i; 0 when this CPU cannot run it (the test then skips it). */
+static int use_isa(int i) {
+    if (kernels_force_isa(isas[i]) != 0) {
+        if (i < 2) fprintf(stderr, "test_kernels: this CPU has no %s: that path is not tested here\n", isas[i]);
+        return 0;
+    }
+    return 1;
+}
+
 START_TEST(test_activations_match_libm) {
+    if (!use_isa(_i)) return;
     activation acts[] = {ACT_QUICK_GELU, ACT_GELU, ACT_GELU_TANH, ACT_RELU};
     for (size_t a = 0; a < 4; a++)
         for (size_t n = 1; n <= 40; n++) {
@@ -36,12 +49,77 @@ START_TEST(test_activations_match_libm) {
             free(x);
             free(y);
         }
+    kernels_force_isa(NULL);
+}
+END_TEST
+
+/* GELU's left tail is v/2 erfc(|v|/sqrt2): tiny values that 1 + erf()
+ * would lose to cancellation. Every path keeps 5e-5 relative there (float
+ * rounding of z^2 alone costs about 1e-5 at v = -12). */
+START_TEST(test_gelu_tail_relative) {
+    if (!use_isa(_i)) return;
+    enum { N = 203 };
+    float y[N];
+    double x[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = -12.0 + 11.0 * i / (N - 1);
+        y[i] = (float)x[i];
+    }
+    activation_forward(y, N, ACT_GELU);
+    for (int i = 0; i < N; i++) {
+        double v = (float)x[i], want = 0.5 * v * erfc(-v / sqrt(2.0));
+        ck_assert_msg(fabs(y[i] - want) <= 5e-5 * fabs(want), "%s: gelu(%g) = %g, want %g", isas[_i], v, y[i],
+                      want);
+    }
+    kernels_force_isa(NULL);
+}
+END_TEST
+
+/* LayerNorm against a double reference, every row length 1..40 and the
+ * model widths, rows with an offset mean. */
+START_TEST(test_layernorm) {
+    if (!use_isa(_i)) return;
+    int widths[44];
+    for (int c = 1; c <= 40; c++) widths[c - 1] = c;
+    widths[40] = 96;
+    widths[41] = 192;
+    widths[42] = 768;
+    widths[43] = 1023;
+    for (int wi = 0; wi < 44; wi++) {
+        int C = widths[wi], T = 3;
+        float *x = malloc(sizeof(float) * (size_t)T * C), *y = malloc(sizeof(float) * (size_t)T * C);
+        float *w = malloc(sizeof(float) * (size_t)C), *b = malloc(sizeof(float) * (size_t)C);
+        for (int i = 0; i < T * C; i++) x[i] = (float)(3.0 + 2.0 * sin(1.7 * i + 0.3 * C));
+        for (int i = 0; i < C; i++) {
+            w[i] = (float)(1.0 + 0.5 * cos(i));
+            b[i] = (float)(0.1 * sin(3.0 * i));
+        }
+        layernorm_forward(y, x, w, b, T, C, 1e-5f);
+        for (int t = 0; t < T; t++) {
+            double mean = 0, var = 0;
+            for (int i = 0; i < C; i++) mean += x[t * C + i];
+            mean /= C;
+            for (int i = 0; i < C; i++) var += (x[t * C + i] - mean) * (x[t * C + i] - mean);
+            var /= C;
+            for (int i = 0; i < C; i++) {
+                double want = (x[t * C + i] - mean) / sqrt(var + 1e-5) * w[i] + b[i];
+                ck_assert_msg(fabs(y[t * C + i] - want) <= 2e-5 * (1 + fabs(want)), "%s C=%d row %d [%d]: %g vs %g",
+                              isas[_i], C, t, i, y[t * C + i], want);
+            }
+        }
+        free(x);
+        free(y);
+        free(w);
+        free(b);
+    }
+    kernels_force_isa(NULL);
 }
 END_TEST
 
 /* attention_forward on one head with q = k = 0 except a few: the softmax
  * of each row is checked through the output with v = identity columns. */
 START_TEST(test_softmax_rows) {
+    if (!use_isa(_i)) return;
     for (int T = 1; T <= 37; T++) {
         int hd = T; /* v = identity, so out = softmax(q k^T) */
         int D = hd, ld = 3 * D;
@@ -73,14 +151,17 @@ START_TEST(test_softmax_rows) {
         free(out);
         free(scores);
     }
+    kernels_force_isa(NULL);
 }
 END_TEST
 
 int main(void) {
     Suite *s = suite_create("kernels");
     TCase *tc = tcase_create("kernels");
-    tcase_add_test(tc, test_activations_match_libm);
-    tcase_add_test(tc, test_softmax_rows);
+    tcase_add_loop_test(tc, test_activations_match_libm, 0, 3);
+    tcase_add_loop_test(tc, test_gelu_tail_relative, 0, 3);
+    tcase_add_loop_test(tc, test_layernorm, 0, 3);
+    tcase_add_loop_test(tc, test_softmax_rows, 0, 3);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
