@@ -31,7 +31,10 @@ const char *kernels_isa_name(void);
 
 /* One image's attention, heads [h0, h1). qkv is (T, 3*D) with q (already
  * scaled and rotated) in columns [0, D), k in [D, 2D), v in [2D, 3D); out is
- * (T, D) with row stride ld_out; scores is scratch of T*T floats. */
+ * (T, D) with row stride ld_out; scores is 64-byte aligned scratch of
+ * attention_scratch_floats(T, head_dim) floats (a multiple of 16; it grows
+ * with T, so scratch sized for the largest T serves every smaller one). */
+size_t attention_scratch_floats(int T, int head_dim);
 void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
                        int heads, int head_dim, int h0, int h1);
 

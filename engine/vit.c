@@ -527,7 +527,7 @@ typedef struct {
     float *attn;     // (T, D) attention output before out_proj
     float *mlp;      // (T, I)
     float *patches;  // (T, C*p*p) im2col of every image (class rows unused)
-    float *scores;   // (parts, Tmax, Tmax): one attention matrix per thread
+    float *scores;   // parts x attention_scratch_floats(Tmax, hd): one per thread
     float *head;     // (max(D, M)) one image's head input/hidden
 } activations;
 
@@ -536,7 +536,8 @@ static size_t plan(const vit_config *c, size_t T, size_t Tmax, size_t parts, act
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t P = (size_t)c->num_channels * c->patch_size * c->patch_size;
     size_t M = (size_t)c->mlp_intermediate;
-    size_t sizes[8] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P, parts * Tmax * Tmax,
+    size_t sizes[8] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P,
+                       parts * attention_scratch_floats((int)Tmax, c->head_dim),
                        (M > D ? M : D) + (size_t)c->num_class};
     float **slots[8] = {&a->x, &a->xn, &a->qkv, &a->attn, &a->mlp, &a->patches, &a->scores, &a->head};
     size_t total = 0;
@@ -651,18 +652,18 @@ void vit_add_ape(const vit_model *m, float *x, const double *pos, int T) {
 }
 
 /* One image's attention, its heads split over the thread pool; each part
- * has its own (Tmax, Tmax) scores. */
+ * has its own attention scratch. */
 typedef struct {
     float *out;          // (T, D)
     const float *qkv;    // (T, 3D)
-    float *scores;       // (parts, Tmax, Tmax)
+    float *scores;       // parts x attention_scratch_floats(Tmax, head_dim)
     int T, Tmax, heads, head_dim;
 } attention_job;
 
 static void attention_part(void *ctx, int part, int parts) {
     const attention_job *j = ctx;
     int h0 = j->heads * part / parts, h1 = j->heads * (part + 1) / parts;
-    float *scores = j->scores + (size_t)part * j->Tmax * j->Tmax;
+    float *scores = j->scores + (size_t)part * attention_scratch_floats(j->Tmax, j->head_dim);
     attention_forward(j->out, j->heads * j->head_dim, j->qkv, scores, j->T, j->heads, j->head_dim,
                       h0, h1);
 }

@@ -125,7 +125,8 @@ START_TEST(test_softmax_rows) {
         int D = hd, ld = 3 * D;
         float *qkv = calloc((size_t)T * ld, sizeof(float));
         float *out = calloc((size_t)T * D, sizeof(float));
-        float *scores = calloc((size_t)T * T, sizeof(float));
+        size_t ns = attention_scratch_floats(T, hd);
+        float *scores = aligned_alloc(64, sizeof(float) * ns);
         for (int t = 0; t < T; t++)
             for (int c = 0; c < hd; c++) {
                 qkv[t * ld + c] = (float)(0.3 * sin(t + 2.0 * c) * (1 + t % 7));      /* q */
