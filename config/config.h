@@ -105,8 +105,12 @@ int config_cpu_limit(const char *cpu_max_path);
 int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup);
 
 /* Replaces the 0 ("derived") thread counts with values that keep
- * workers * gemm_threads <= cpu_limit. */
-void config_derive_threads(server_config *cfg, int cpu_limit);
+ * workers * gemm_threads <= cpu_limit. gflop_per_image is the model's
+ * forward cost at its training resolution (< 0: unknown): a small model
+ * (below CONFIG_SMALL_MODEL_GFLOP) gets one single-threaded worker per CPU
+ * when neither count was given. */
+#define CONFIG_SMALL_MODEL_GFLOP 0.5
+void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_image);
 
 /* `key value` lines of the resolved table (what --print-config shows; the
  * output is itself a valid config file). */

@@ -586,6 +586,16 @@ static int reserve_images(vit_workspace *ws, size_t n, size_t Tmax) {
 /* ------------------------------------------------------------------------ */
 /* Forward                                                                   */
 
+double vit_gflop(const vit_model *m, int h, int w) {
+    const vit_config *c = &m->cfg;
+    double p = c->patch_size, T = 1.0 + (h / c->patch_size) * (double)(w / c->patch_size);
+    double D = c->hidden_size, I = c->intermediate_size, P = c->num_channels * p * p;
+    double layer = T * (4 * D * D + 2 * D * I) + 2 * T * T * D;
+    double head = c->mlp_intermediate ? D * c->mlp_intermediate + (double)c->mlp_intermediate * c->num_class
+                                      : D * c->num_class;
+    return 2.0 * ((T - 1) * P * D + c->num_hidden_layers * layer + head) * 1e-9;
+}
+
 int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t errlen) {
     int p = m->cfg.patch_size;
     int dims[2] = {h, w};

@@ -103,6 +103,10 @@ typedef struct {
 vit_workspace *vit_workspace_new(const vit_model *m);
 void vit_workspace_free(vit_workspace *ws);
 
+/* Floating-point work of one image at h x w, in GFLOP (multiply-adds count
+ * two): the GEMMs, attention's two products and the head. */
+double vit_gflop(const vit_model *m, int h, int w);
+
 /* Checks that h x w is a resolution the model can run: positive multiples
  * of the patch size, at most max_tokens tokens. The message names the
  * nearest valid sizes. Returns 0 or -1. */

@@ -98,8 +98,9 @@ int main(int argc, char **argv) {
         config_usage(stdout);
         return 0;
     }
-    config_derive_threads(&cfg, config_cpu_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup"));
-    if (action == CONFIG_PRINT) {
+    int cpu_limit = config_cpu_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup");
+    if (action == CONFIG_PRINT) { /* no model loaded: the rule for an unknown model */
+        config_derive_threads(&cfg, cpu_limit, -1);
         config_print(&cfg, stdout);
         return 0;
     }
@@ -137,6 +138,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "comrope-serve: %s\n", err);
         return 1;
     }
+    /* thread counts left to derive depend on how heavy the model is */
+    config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
     if (!cfg.model_name[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
     if (cfg.api_key_file[0] && !(keys = load_api_keys(cfg.api_key_file, err, sizeof(err)))) {
         fprintf(stderr, "comrope-serve: %s\n", err);

@@ -160,17 +160,31 @@ START_TEST(cpu_limit_and_threads) {
 
     server_config c;
     config_defaults(&c);
-    config_derive_threads(&c, 8);
+    config_derive_threads(&c, 8, -1);
     ck_assert_int_le(c.workers * c.gemm_threads, 8);
     ck_assert_int_ge(c.http_threads, 1);
     config_defaults(&c);
     c.workers = 3;
-    config_derive_threads(&c, 2);
+    config_derive_threads(&c, 2, -1);
     ck_assert_int_eq(c.gemm_threads, 1);
     config_defaults(&c);
     c.gemm_threads = 5; /* an explicit value is kept */
-    config_derive_threads(&c, 2);
+    config_derive_threads(&c, 2, -1);
     ck_assert_int_eq(c.gemm_threads, 5);
+    /* a small model: one single-threaded worker per CPU, unless told otherwise */
+    config_defaults(&c);
+    config_derive_threads(&c, 4, 0.04);
+    ck_assert_int_eq(c.workers, 4);
+    ck_assert_int_eq(c.gemm_threads, 1);
+    config_defaults(&c);
+    config_derive_threads(&c, 4, 35.0); /* ViT-B/16: GEMMs split over the CPUs */
+    ck_assert_int_eq(c.workers * c.gemm_threads, 4);
+    ck_assert_int_gt(c.gemm_threads, 1);
+    config_defaults(&c);
+    c.workers = 1; /* an explicit count wins over the rule */
+    config_derive_threads(&c, 4, 0.04);
+    ck_assert_int_eq(c.workers, 1);
+    ck_assert_int_eq(c.gemm_threads, 4);
 }
 END_TEST
 

@@ -368,12 +368,30 @@ START_TEST(test_random_header_corruption) {
 }
 END_TEST
 
+/* vit_gflop against the issue's count for ViT-B/16 (35.1 GFLOP at 224,
+ * 111.0 at 384), the config filled in by hand. */
+START_TEST(test_gflop_vit_b16) {
+    vit_model m;
+    memset(&m, 0, sizeof(m));
+    m.cfg.hidden_size = 768;
+    m.cfg.intermediate_size = 3072;
+    m.cfg.num_hidden_layers = 12;
+    m.cfg.patch_size = 16;
+    m.cfg.num_channels = 3;
+    m.cfg.num_class = 1000;
+    ck_assert_double_eq_tol(vit_gflop(&m, 224, 224), 35.1, 0.05);
+    ck_assert_double_eq_tol(vit_gflop(&m, 384, 384), 111.0, 0.05);
+    ck_assert(vit_gflop(&m, 224, 384) > vit_gflop(&m, 224, 224));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("loader");
     TCase *tc = tcase_create("loader");
     tcase_set_timeout(tc, 300);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_good_checkpoint_loads);
+    tcase_add_test(tc, test_gflop_vit_b16);
     tcase_add_test(tc, test_truncated_file);
     tcase_add_test(tc, test_header_length_lies);
     tcase_add_test(tc, test_header_not_json);
