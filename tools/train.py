@@ -545,6 +545,9 @@ def parse_args(argv):
     ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue from the training state")
+    ap.add_argument("--init-from", metavar="DIR",
+                    help="start from the weights of this checkpoint (same architecture; fine-tuning: "
+                         "e.g. --warmup 0 --lr 3e-4); its metrics.json is kept in ours as init_from")
     ap.add_argument("--state-dir", help="training state directory (default /tmp/comrope-train/<out name>)")
     # architecture
     ap.add_argument("--image-size", type=int, default=28, help="training resolution (square)")
@@ -615,6 +618,21 @@ def main(argv=None):
         print("note: training images pre-resized to", r, "and re-quantized to uint8", flush=True)
 
     model = ViTClassifier(cfg)
+    parent = None
+    if args.init_from:
+        init_cfg, init_model = load_checkpoint(args.init_from)
+        if any(init_cfg[k] != cfg[k] for k in init_cfg):
+            diff = [k for k in init_cfg if init_cfg[k] != cfg[k]]
+            raise SystemExit(f"--init-from {args.init_from}: another architecture ({', '.join(diff)})")
+        model.load_state_dict(init_model.state_dict())
+        parent = {"dir": args.init_from}
+        mpath = os.path.join(args.init_from, "metrics.json")
+        if os.path.exists(mpath):
+            with open(mpath, "r", encoding="utf-8") as f:
+                pm = json.load(f)
+            parent.update({k: pm[k] for k in ("command", "epochs", "seed", "test_top1", "wall_time_s", "init_from")
+                           if k in pm})
+        print(f"initialized from {args.init_from} (test top-1 {parent.get('test_top1', '?')}%)", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"config: pe={cfg['custom_pe_type']} keep_ape={cfg['keep_ape']} D={cfg['hidden_size']} "
           f"L={cfg['num_hidden_layers']} H={cfg['num_attention_heads']} I={cfg['intermediate_size']} "
@@ -706,6 +724,10 @@ def main(argv=None):
         "history": history,
         "reference_parity_max_abs_diff": parity,
     }
+    if parent:
+        metrics["init_from"] = parent
+        metrics["total_wall_time_s"] = round(wall + parent.get("wall_time_s", 0.0)
+                                             + parent.get("init_from", {}).get("wall_time_s", 0.0), 1)
     with open(os.path.join(args.out, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
         f.write("\n")
