@@ -5,10 +5,11 @@
  * output columns (N is padded with zero columns to a multiple of 48).
  *
  * Blocking (as BLIS and OpenBLAS do it): K is cut into blocks of KC; for
- * each block, MC rows of A are copied into a k-major buffer (for each k,
- * MR consecutive values), then every 48-column tile of this thread runs
- * the micro-kernel over those rows, MR at a time. The tile's weights
- * (KC x 48 floats, 36 KB) stay in L1 while all MC rows pass over them.
+ * each block, every 48-column tile of this thread runs the micro-kernel
+ * over up to MC rows of A, MR at a time (fp32 reads A's rows in place; bf16
+ * first converts them into a k-major buffer). The AVX-512 kernel (8 x 48)
+ * keeps the tile's weights (KC x 48 floats, 36 KB) in L1 / L2 while the
+ * rows pass; the AVX2 one (6 x 16, panel by panel) keeps one panel (12 KB).
  *
  * Determinism: the micro-kernel loads the partial sums of the previous K
  * block from the output (exact float32 values), continues with fused
@@ -32,7 +33,7 @@
 #define NR (3 * GEMM_PANEL)  /* columns per tile */
 #define MR_MAX 8             /* rows per micro-kernel call, at most */
 #define KC 192               /* K block: the tile's weights, KC*NR floats (36 KB), fit L1 */
-#define MC 64                /* rows of A packed at once (a multiple of every MR) */
+#define MC 64                /* rows of A per pass over a tile (fp32: 8 row groups, at most) */
 
 /* fp32 -> bf16, round to nearest even (the weights are finite: the loader
  * refuses NaN and infinity). */
@@ -126,38 +127,49 @@ static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0
         }
 }
 
+/* AVX2: 6 rows x 16 columns at a time (12 accumulators, as BLIS and
+ * OpenBLAS shape theirs), one 16-column panel after the other. A wider
+ * 2 x 48 block would read its 36 KB of weights from L2 for every two rows,
+ * which the L2 of a Zen 3 core cannot feed; a panel (KC x 16, 12 KB) stays
+ * in L1 while six rows pass over it. */
 __attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, size_t rs,
                                                             size_t ks, const void *B0_,
                                                             const void *B1_, const void *B2_,
                                                             int kc, float *C, size_t ldc,
                                                             int first, const float *bias) {
-    enum { MR = 2 };
-    const float *Ap = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
-    __m256 c[MR][6];
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; r++)
+    enum { MR = 6 };
+    const float *Bs[3] = {B0_, B1_, B2_}, *a[MR];
 #pragma GCC unroll 6
-        for (int q = 0; q < 6; q++)
-            c[r][q] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + r * ldc + 8 * q);
-    for (int k = 0; k < kc; k++) {
-        const float *b[3] = {B0 + (size_t)k * GEMM_PANEL, B1 + (size_t)k * GEMM_PANEL,
-                             B2 + (size_t)k * GEMM_PANEL};
-        __m256 bv[6];
+    for (int r = 0; r < MR; r++) a[r] = (const float *)Ap_ + r * rs;
+    for (int q = 0; q < 3; q++) {
+        const float *B = Bs[q];
+        float *Cq = C + 16 * q;
+        __m256 c[MR][2];
 #pragma GCC unroll 6
-        for (int q = 0; q < 6; q++) bv[q] = _mm256_load_ps(b[q / 2] + 8 * (q % 2));
-#pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
-            __m256 a = _mm256_broadcast_ss(Ap + r * rs + k * ks);
-    #pragma GCC unroll 6
-        for (int q = 0; q < 6; q++) c[r][q] = _mm256_fmadd_ps(a, bv[q], c[r][q]);
+            c[r][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(Cq + r * ldc);
+            c[r][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(Cq + r * ldc + 8);
+        }
+        for (int k = 0; k < kc; k++) {
+            __m256 b0 = _mm256_load_ps(B + (size_t)k * GEMM_PANEL);
+            __m256 b1 = _mm256_load_ps(B + (size_t)k * GEMM_PANEL + 8);
+#pragma GCC unroll 6
+            for (int r = 0; r < MR; r++) {
+                __m256 av = _mm256_broadcast_ss(a[r] + k * ks);
+                c[r][0] = _mm256_fmadd_ps(av, b0, c[r][0]);
+                c[r][1] = _mm256_fmadd_ps(av, b1, c[r][1]);
+            }
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < MR; r++) {
+            if (bias) {
+                c[r][0] = _mm256_add_ps(c[r][0], _mm256_loadu_ps(bias + 16 * q));
+                c[r][1] = _mm256_add_ps(c[r][1], _mm256_loadu_ps(bias + 16 * q + 8));
+            }
+            _mm256_storeu_ps(Cq + r * ldc, c[r][0]);
+            _mm256_storeu_ps(Cq + r * ldc + 8, c[r][1]);
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; r++)
-#pragma GCC unroll 6
-        for (int q = 0; q < 6; q++)
-            _mm256_storeu_ps(C + r * ldc + 8 * q,
-                             bias ? _mm256_add_ps(c[r][q], _mm256_loadu_ps(bias + 8 * q)) : c[r][q]);
 }
 
 __attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, size_t rs,
@@ -238,7 +250,7 @@ int gemm_bf16_supported(void) {
 
 static const gemm_kernel kernels[] = {
     {"avx512", kernel_avx512, 8, 0},
-    {"avx2", kernel_avx2, 2, 0},
+    {"avx2", kernel_avx2, 6, 0},
     {"generic", kernel_generic, 4, 0},
 };
 /* used for every bf16-packed weight (gemm_pack refuses bf16 without it) */
@@ -328,6 +340,8 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     const gemm_kernel *kn = j->kernel;
     int K = W->K, N = W->N, M = j->M, mr = kn->mr, per = kn->pairs ? 2 : 1;
     int Ku = (K + per - 1) / per; /* elements per panel row */
+    /* rows per pass: a multiple of mr (no short group inside the matrix) */
+    int mc = kn->pairs ? MC : (MC / mr) * mr;
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
     uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));  /* bf16 block */
@@ -337,8 +351,8 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     for (int k0 = 0; k0 < K; k0 += KC) {
         int kc = K - k0 < KC ? K - k0 : KC, ku = (kc + per - 1) / per;
         int first = k0 == 0, last = k0 + kc == K;
-        for (int i0 = 0; i0 < M; i0 += MC) {
-            int rows = M - i0 < MC ? M - i0 : MC;
+        for (int i0 = 0; i0 < M; i0 += mc) {
+            int rows = M - i0 < mc ? M - i0 : mc;
             if (kn->pairs) pack_rows_bf16(j->A, K, i0, rows, k0, kc, mr, Ap);
             for (int t = t0; t < t1; t++) {
                 const char *B0 = wbase + (size_t)(3 * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;

@@ -24,7 +24,7 @@ static void fill(float *x, size_t n, unsigned seed) {
 /* out vs OpenBLAS for shapes with every kind of tail. */
 START_TEST(test_kernels_match_openblas) {
     int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {6, 32, 16}, {13, 33, 17}, {197, 96, 64},
-                       {40, 100, 300}, {7, 130, 5}};
+                       {40, 100, 300}, {7, 130, 5}, {131, 50, 400}};
     int tested = 0;
     for (size_t ki = 0; ki < 3; ki++) {
         if (gemm_force_kernel(kernels[ki]) != 0) continue; /* CPU lacks it */
