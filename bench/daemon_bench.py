@@ -180,16 +180,18 @@ def speed(args, d):
 
 def memory(args, d):
     mix = rs.parse_resolutions(args.mix)
-    side = max(max(h, w) for h, w in mix)
     pngs = [noise_png(28, 28, s) for s in range(16)]
     jobs = [(f"/v1/classify?resolution={h}x{w}&top_k=1", pngs[i % len(pngs)])
             for i in range(args.requests) for h, w in [mix[i % len(mix)]]]
+    # every size, mixed; then the largest alone, so that full batches of it
+    # (the biggest arena any batch needs) have been run before the count
+    big = max(mix, key=lambda hw: hw[0] * hw[1])
     warm = [(f"/v1/classify?resolution={h}x{w}&top_k=1", pngs[0]) for h, w in mix] * (2 * args.concurrency)
-    log(f"warm-up: {len(warm)} requests, every resolution of {args.mix} (largest side {side})")
+    warm += [(f"/v1/classify?resolution={big[0]}x{big[1]}&top_k=1", pngs[0])] * (4 * args.concurrency)
+    log(f"warm-up: {len(warm)} requests, every resolution of {args.mix}, then {big[0]}x{big[1]} alone")
     _, _, fails = run_clients(d.url, warm, args.concurrency, args.timeout)
     rss0, flt0 = d.proc_numbers()
     log(f"  RSS {rss0 / 1024:.1f} MiB; now {args.requests} requests cycling through {len(mix)} resolutions")
-    done = [0]
     samples = []
 
     def sampler(stop):
@@ -205,7 +207,6 @@ def memory(args, d):
     finally:
         stop.set()
         th.join()
-    done[0] = len(lat)
     fails += f2
     rss1, flt1 = d.proc_numbers()
     weights = os.path.getsize(os.path.join(args.model, "model.safetensors"))
