@@ -287,10 +287,6 @@ __attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *row, int
     }
 }
 
-__attribute__((target("avx2,fma"))) static void softmax_rows_avx2(float *s, int T) {
-    for (int i = 0; i < T; i++) softmax_row_avx2(s + (size_t)i * T, T);
-}
-
 /* Columns padded to a multiple of 16 in the AVX2 attention's scratch. */
 static int attn_pad(int T) { return (T + 15) & ~15; }
 
@@ -466,15 +462,11 @@ void activation_forward(float *x, size_t n, activation act) {
     }
 }
 
-/* Row-wise softmax of a (T, T) matrix, in place. */
+/* Row-wise softmax of a (T, T) matrix, in place: the OpenBLAS attention
+ * path (AVX-512 and plain C; AVX2 fuses its softmax into its own kernel). */
 static void softmax_rows(float *s, int T) {
-    int v = isa();
-    if (v == ISA_AVX512) {
+    if (isa() == ISA_AVX512) {
         softmax_rows_avx512(s, T);
-        return;
-    }
-    if (v == ISA_AVX2) {
-        softmax_rows_avx2(s, T);
         return;
     }
     for (int i = 0; i < T; i++) {
