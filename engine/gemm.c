@@ -108,6 +108,8 @@ typedef struct {
     const char *name;
     kernel_fn fn;
     int mr;      /* rows per call */
+    int np;      /* 16-column panels per call: 3 (a 48-column tile) or 1 */
+    int pack;    /* fp32: 1 reads A from a k-major copy of the block, 0 in place */
     int pairs;   /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
 } gemm_kernel;
 
@@ -127,48 +129,49 @@ static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0
         }
 }
 
-/* AVX2: 6 rows x 16 columns at a time (12 accumulators, as BLIS and
- * OpenBLAS shape theirs), one 16-column panel after the other. A wider
- * 2 x 48 block would read its 36 KB of weights from L2 for every two rows,
- * which the L2 of a Zen 3 core cannot feed; a panel (KC x 16, 12 KB) stays
- * in L1 while six rows pass over it. */
+/* AVX2: 6 rows x one 16-column panel (12 accumulators, as BLIS and
+ * OpenBLAS shape theirs). The blocked loop calls it panel by panel, all
+ * row groups of a pass over one panel before the next, so the panel
+ * (KC x 16, 12 KB) stays in L1 while the rows stream from L2. (A 48-column
+ * tile, 36 KB, would not fit a Zen 3 core's 32 KB L1 and came from L2 for
+ * every six rows.) */
 __attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, size_t rs,
-                                                            size_t ks, const void *B0_,
-                                                            const void *B1_, const void *B2_,
-                                                            int kc, float *C, size_t ldc,
-                                                            int first, const float *bias) {
+                                                            size_t ks, const void *B_,
+                                                            const void *unused1,
+                                                            const void *unused2, int kc, float *C,
+                                                            size_t ldc, int first,
+                                                            const float *bias) {
     enum { MR = 6 };
-    const float *Bs[3] = {B0_, B1_, B2_}, *a[MR];
+    (void)rs; /* A comes packed (pack_rows_f32): element (r, k) at Ap[k * 6 + r] */
+    (void)ks;
+    (void)unused1;
+    (void)unused2;
+    const float *B = B_, *a = Ap_;
+    __m256 c[MR][2];
 #pragma GCC unroll 6
-    for (int r = 0; r < MR; r++) a[r] = (const float *)Ap_ + r * rs;
-    for (int q = 0; q < 3; q++) {
-        const float *B = Bs[q];
-        float *Cq = C + 16 * q;
-        __m256 c[MR][2];
-#pragma GCC unroll 6
-        for (int r = 0; r < MR; r++) {
-            c[r][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(Cq + r * ldc);
-            c[r][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(Cq + r * ldc + 8);
-        }
-        for (int k = 0; k < kc; k++) {
-            __m256 b0 = _mm256_load_ps(B + (size_t)k * GEMM_PANEL);
-            __m256 b1 = _mm256_load_ps(B + (size_t)k * GEMM_PANEL + 8);
-#pragma GCC unroll 6
-            for (int r = 0; r < MR; r++) {
-                __m256 av = _mm256_broadcast_ss(a[r] + k * ks);
-                c[r][0] = _mm256_fmadd_ps(av, b0, c[r][0]);
-                c[r][1] = _mm256_fmadd_ps(av, b1, c[r][1]);
-            }
-        }
+    for (int r = 0; r < MR; r++) {
+        c[r][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + r * ldc);
+        c[r][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(C + r * ldc + 8);
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(B + (size_t)k * GEMM_PANEL);
+        __m256 b1 = _mm256_load_ps(B + (size_t)k * GEMM_PANEL + 8);
 #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
-            if (bias) {
-                c[r][0] = _mm256_add_ps(c[r][0], _mm256_loadu_ps(bias + 16 * q));
-                c[r][1] = _mm256_add_ps(c[r][1], _mm256_loadu_ps(bias + 16 * q + 8));
-            }
-            _mm256_storeu_ps(Cq + r * ldc, c[r][0]);
-            _mm256_storeu_ps(Cq + r * ldc + 8, c[r][1]);
+            __m256 av = _mm256_broadcast_ss(a + k * MR + r);
+            c[r][0] = _mm256_fmadd_ps(av, b0, c[r][0]);
+            c[r][1] = _mm256_fmadd_ps(av, b1, c[r][1]);
         }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+        if (bias) {
+            c[r][0] = _mm256_add_ps(c[r][0], _mm256_loadu_ps(bias));
+            c[r][1] = _mm256_add_ps(c[r][1], _mm256_loadu_ps(bias + 8));
+        }
+        _mm256_storeu_ps(C + r * ldc, c[r][0]);
+        _mm256_storeu_ps(C + r * ldc + 8, c[r][1]);
     }
 }
 
@@ -249,12 +252,12 @@ int gemm_bf16_supported(void) {
 }
 
 static const gemm_kernel kernels[] = {
-    {"avx512", kernel_avx512, 8, 0},
-    {"avx2", kernel_avx2, 6, 0},
-    {"generic", kernel_generic, 4, 0},
+    {"avx512", kernel_avx512, 8, 3, 0, 0},
+    {"avx2", kernel_avx2, 6, 1, 1, 0},
+    {"generic", kernel_generic, 4, 3, 0, 0},
 };
 /* used for every bf16-packed weight (gemm_pack refuses bf16 without it) */
-static const gemm_kernel kernel_bf16_entry = {"avx512bf16", kernel_bf16, 8, 1};
+static const gemm_kernel kernel_bf16_entry = {"avx512bf16", kernel_bf16, 8, 3, 1, 1};
 
 static const gemm_kernel *active;
 static pthread_once_t choose_once = PTHREAD_ONCE_INIT;
@@ -328,6 +331,22 @@ static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int 
     }
 }
 
+/* fp32: the same block layout as pack_rows_bf16, one float per k. */
+static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
+                          float *Ap) {
+    for (int g = 0; g < rows; g += mr) {
+        float *dst = Ap + (size_t)g * kc;
+        for (int r = 0; r < mr; r++) {
+            if (g + r >= rows) {
+                for (int k = 0; k < kc; k++) dst[k * mr + r] = 0.0f;
+                continue;
+            }
+            const float *src = A + (size_t)(i0 + g + r) * K + k0;
+            for (int k = 0; k < kc; k++) dst[k * mr + r] = src[k];
+        }
+    }
+}
+
 /* Tiles [t0, t1) of 48 columns, all rows. fp32 kernels read A in place
  * (a K block of 8 rows is 4 KB: L1 holds it, no packing needed); bf16
  * kernels read a block converted by pack_rows_bf16. Elements of packed W
@@ -339,12 +358,14 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     const packed_weight *W = j->W;
     const gemm_kernel *kn = j->kernel;
     int K = W->K, N = W->N, M = j->M, mr = kn->mr, per = kn->pairs ? 2 : 1;
+    int nr = kn->np * GEMM_PANEL; /* columns per tile */
     int Ku = (K + per - 1) / per; /* elements per panel row */
     /* rows per pass: a multiple of mr (no short group inside the matrix) */
     int mc = kn->pairs ? MC : (MC / mr) * mr;
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
     uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));  /* bf16 block */
+    float Af[MC * KC] __attribute__((aligned(64)));         /* fp32 packed block */
     float pad[MR_MAX * KC] __attribute__((aligned(64)));    /* fp32 short row group */
     float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
     float edge_bias[NR] = {0};
@@ -354,12 +375,14 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
         for (int i0 = 0; i0 < M; i0 += mc) {
             int rows = M - i0 < mc ? M - i0 : mc;
             if (kn->pairs) pack_rows_bf16(j->A, K, i0, rows, k0, kc, mr, Ap);
+            else if (kn->pack) pack_rows_f32(j->A, K, i0, rows, k0, kc, mr, Af);
             for (int t = t0; t < t1; t++) {
-                const char *B0 = wbase + (size_t)(3 * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;
-                const char *B1 = B0 + panel_bytes, *B2 = B1 + panel_bytes;
-                int col0 = t * NR, cols = N - col0 < NR ? N - col0 : NR;
+                int col0 = t * nr, cols = N - col0 < nr ? N - col0 : nr;
+                if (cols <= 0) break; /* only padding is left (a one-panel tile past N) */
+                const char *B0 = wbase + (size_t)(kn->np * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;
+                const char *B1 = kn->np == 3 ? B0 + panel_bytes : B0, *B2 = kn->np == 3 ? B1 + panel_bytes : B0;
                 const float *bias = last && j->bias ? j->bias + col0 : NULL;
-                if (bias && cols < NR) { /* the bias has only N values */
+                if (bias && cols < nr) { /* the bias has only N values */
                     memcpy(edge_bias, bias, sizeof(float) * (size_t)cols);
                     bias = edge_bias;
                 }
@@ -369,6 +392,10 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
                     size_t rs, ks;
                     if (kn->pairs) {
                         Ag = Ap + (size_t)g * ku;
+                        rs = 1;
+                        ks = (size_t)mr;
+                    } else if (kn->pack) {
+                        Ag = Af + (size_t)g * kc;
                         rs = 1;
                         ks = (size_t)mr;
                     } else if (gr == mr) {
@@ -385,16 +412,22 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
                         ks = 1;
                     }
                     float *C = j->out + (size_t)(i0 + g) * N + col0;
-                    if (gr == mr && cols == NR) {
+                    /* The next call's output rows: they sit far apart (N floats), usually
+                     * in L3 by now; fetching them while this call runs saves its stall. */
+                    if (g + mr < rows)
+                        for (int r = 0; r < mr && g + mr + r < rows; r++)
+                            for (int c = 0; c < nr; c += 16)
+                                __builtin_prefetch(C + (size_t)(mr + r) * N + c, 1, 3);
+                    if (gr == mr && cols == nr) {
                         kn->fn(Ag, rs, ks, B0, B1, B2, ku, C, (size_t)N, first, bias);
                         continue;
                     }
                     /* edge tile: the same arithmetic on a full-size buffer */
                     for (int r = 0; r < gr && !first; r++)
-                        memcpy(edge + r * NR, C + (size_t)r * N, sizeof(float) * (size_t)cols);
-                    kn->fn(Ag, rs, ks, B0, B1, B2, ku, edge, NR, first, bias);
+                        memcpy(edge + r * nr, C + (size_t)r * N, sizeof(float) * (size_t)cols);
+                    kn->fn(Ag, rs, ks, B0, B1, B2, ku, edge, (size_t)nr, first, bias);
                     for (int r = 0; r < gr; r++)
-                        memcpy(C + (size_t)r * N, edge + r * NR, sizeof(float) * (size_t)cols);
+                        memcpy(C + (size_t)r * N, edge + r * nr, sizeof(float) * (size_t)cols);
                 }
             }
         }
@@ -403,7 +436,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
 
 static void gemm_part(void *ctx, int part, int parts) {
     const gemm_job *j = ctx;
-    int tiles = j->W->panels / 3;
+    int tiles = j->W->panels / j->kernel->np;
     int t0 = (int)((long)tiles * part / parts), t1 = (int)((long)tiles * (part + 1) / parts);
     if (t0 < t1) gemm_tiles(j, t0, t1);
 }
@@ -411,7 +444,7 @@ static void gemm_part(void *ctx, int part, int parts) {
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M) {
     pthread_once(&choose_once, choose_kernel);
     gemm_job j = {out, A, W, bias, M, W->bf16 ? &kernel_bf16_entry : active};
-    int tiles = W->panels / 3;
+    int tiles = W->panels / j.kernel->np;
     /* Small products are not worth waking anyone. */
     int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;
     parallel_run(gemm_part, &j, parts);
