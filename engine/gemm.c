@@ -331,19 +331,24 @@ static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int 
     }
 }
 
-/* fp32: the same block layout as pack_rows_bf16, one float per k. */
+/* fp32: the same block layout as pack_rows_bf16, one float per k. The
+ * rows of a group are read side by side (k outer), so that their cache
+ * misses overlap instead of coming one row after the other. */
 static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
                           float *Ap) {
     for (int g = 0; g < rows; g += mr) {
         float *dst = Ap + (size_t)g * kc;
-        for (int r = 0; r < mr; r++) {
-            if (g + r >= rows) {
-                for (int k = 0; k < kc; k++) dst[k * mr + r] = 0.0f;
-                continue;
-            }
-            const float *src = A + (size_t)(i0 + g + r) * K + k0;
-            for (int k = 0; k < kc; k++) dst[k * mr + r] = src[k];
+        const float *src[MR_MAX];
+        int gr = rows - g < mr ? rows - g : mr;
+        for (int r = 0; r < mr; r++) src[r] = A + (size_t)(i0 + g + (r < gr ? r : 0)) * K + k0;
+        if (gr == mr && mr == 6) {
+            for (int k = 0; k < kc; k++)
+#pragma GCC unroll 6
+                for (int r = 0; r < 6; r++) dst[k * 6 + r] = src[r][k];
+            continue;
         }
+        for (int k = 0; k < kc; k++)
+            for (int r = 0; r < mr; r++) dst[k * mr + r] = r < gr ? src[r][k] : 0.0f;
     }
 }
 

@@ -290,60 +290,91 @@ __attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *row, int
 /* Columns padded to a multiple of 16 in the AVX2 attention's scratch. */
 static int attn_pad(int T) { return (T + 15) & ~15; }
 
-/* One head of attention with AVX2, four query rows at a time, all in L1/L2:
- *   Kt (hd, Tp) = k^T, zero-padded to Tp columns;
- *   S (4, Tp): S[r] = q[i+r] Kt (16 columns per step: 8 accumulators share
- *     each load of Kt), then each row's softmax over its first T values;
- *   out[i+r] = sum_j S[r][j] v[j], 16 output columns per step.
+/* One head of attention with AVX2, six query rows at a time, all in L1/L2:
+ *   Kt (hd, Tp) = k^T and Vc (T, hdp) = v, both contiguous and zero-padded
+ *     (k and v sit in the qkv rows 3*D floats apart: read in place, their
+ *     lines pile onto a few L1 sets and every pass refetched them);
+ *   S (6, Tp): S[r] = q[i+r] Kt (16 columns per step: 12 accumulators share
+ *     each load of Kt, as in the GEMM kernel), then each row's softmax over
+ *     its first T values;
+ *   out[i+r] = sum_j S[r][j] Vc[j], 16 output columns per step.
  * OpenBLAS pays more in packing and dispatch than these small products
  * cost (a tiny model's heads are 50 x 24). Every row's arithmetic is the
  * same whichever rows share its group (a missing row repeats row i and is
  * not stored), so rows stay independent of the batch. */
+enum { ATTN_MR = 6 };
+
+/* The two inner products of attention_head_avx2, each a 6 x 16 block with
+ * 12 accumulators. Separate functions so that GCC keeps the accumulators
+ * in registers (inlined into the big loop, it wrote them back to the stack
+ * after every multiply-add). */
+__attribute__((target("avx2,fma"), noinline)) static void attn_qk_avx2(const float *const *qr,
+                                                                      const float *Kt, int Tp,
+                                                                      int hd, float *S) {
+    __m256 a[ATTN_MR][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < ATTN_MR; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    for (int c = 0; c < hd; c++) {
+        __m256 k0 = _mm256_load_ps(Kt + (size_t)c * Tp);
+        __m256 k1 = _mm256_load_ps(Kt + (size_t)c * Tp + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < ATTN_MR; r++) {
+            __m256 qv = _mm256_broadcast_ss(qr[r] + c);
+            a[r][0] = _mm256_fmadd_ps(qv, k0, a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(qv, k1, a[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < ATTN_MR; r++) {
+        _mm256_store_ps(S + (size_t)r * Tp, a[r][0]);
+        _mm256_store_ps(S + (size_t)r * Tp + 8, a[r][1]);
+    }
+}
+
+__attribute__((target("avx2,fma"), noinline)) static void attn_pv_avx2(const float *S, int Tp,
+                                                                      const float *V, int ldv,
+                                                                      int T, __m256 o[][2]) {
+    __m256 acc[ATTN_MR][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < ATTN_MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int j = 0; j < T; j++) {
+        __m256 v0 = _mm256_load_ps(V + (size_t)j * ldv), v1 = _mm256_load_ps(V + (size_t)j * ldv + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < ATTN_MR; r++) {
+            __m256 p = _mm256_broadcast_ss(S + (size_t)r * Tp + j);
+            acc[r][0] = _mm256_fmadd_ps(p, v0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(p, v1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < ATTN_MR; r++) {
+        o[r][0] = acc[r][0];
+        o[r][1] = acc[r][1];
+    }
+}
+
 __attribute__((target("avx2,fma"))) static void attention_head_avx2(float *out, int ld_out, const float *q,
                                                                    const float *k, const float *v, int ld,
                                                                    float *scratch, int T, int hd) {
-    int Tp = attn_pad(T);
-    float *Kt = scratch, *S = scratch + (size_t)hd * Tp;
+    int Tp = attn_pad(T), hdp = attn_pad(hd);
+    float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
     for (int j = 0; j < Tp; j++)
         for (int c = 0; c < hd; c++) Kt[(size_t)c * Tp + j] = j < T ? k[(size_t)j * ld + c] : 0.0f;
-    for (int i0 = 0; i0 < T; i0 += 4) {
-        int nr = T - i0 < 4 ? T - i0 : 4;
-        const float *qr[4];
-        for (int r = 0; r < 4; r++) qr[r] = q + (size_t)(i0 + (r < nr ? r : 0)) * ld;
-        for (int j = 0; j < Tp; j += 16) {
-            __m256 a[4][2];
-            for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
-            for (int c = 0; c < hd; c++) {
-                __m256 k0 = _mm256_load_ps(Kt + (size_t)c * Tp + j);
-                __m256 k1 = _mm256_load_ps(Kt + (size_t)c * Tp + j + 8);
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++) {
-                    __m256 qv = _mm256_broadcast_ss(qr[r] + c);
-                    a[r][0] = _mm256_fmadd_ps(qv, k0, a[r][0]);
-                    a[r][1] = _mm256_fmadd_ps(qv, k1, a[r][1]);
-                }
-            }
-            for (int r = 0; r < 4; r++) {
-                _mm256_store_ps(S + (size_t)r * Tp + j, a[r][0]);
-                _mm256_store_ps(S + (size_t)r * Tp + j + 8, a[r][1]);
-            }
-        }
+    for (int j = 0; j < T; j++) {
+        memcpy(Vc + (size_t)j * hdp, v + (size_t)j * ld, sizeof(float) * (size_t)hd);
+        for (int c = hd; c < hdp; c++) Vc[(size_t)j * hdp + c] = 0.0f;
+    }
+    for (int i0 = 0; i0 < T; i0 += ATTN_MR) {
+        int nr = T - i0 < ATTN_MR ? T - i0 : ATTN_MR;
+        const float *qr[ATTN_MR];
+        for (int r = 0; r < ATTN_MR; r++) qr[r] = q + (size_t)(i0 + (r < nr ? r : 0)) * ld;
+        for (int j = 0; j < Tp; j += 16) attn_qk_avx2(qr, Kt + j, Tp, hd, S + j);
         for (int r = 0; r < nr; r++) softmax_row_avx2(S + (size_t)r * Tp, T);
         for (int c0 = 0; c0 < hd; c0 += 16) {
             int left = hd - c0;
             __m256i m0 = mask8((size_t)left), m1 = mask8(left > 8 ? (size_t)(left - 8) : 0);
-            __m256 o[4][2];
-            for (int r = 0; r < 4; r++) o[r][0] = o[r][1] = _mm256_setzero_ps();
-            for (int j = 0; j < T; j++) {
-                const float *vj = v + (size_t)j * ld + c0;
-                __m256 v0 = _mm256_maskload_ps(vj, m0), v1 = _mm256_maskload_ps(vj + 8, m1);
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++) {
-                    __m256 p = _mm256_broadcast_ss(S + (size_t)r * Tp + j);
-                    o[r][0] = _mm256_fmadd_ps(p, v0, o[r][0]);
-                    o[r][1] = _mm256_fmadd_ps(p, v1, o[r][1]);
-                }
-            }
+            __m256 o[ATTN_MR][2];
+            attn_pv_avx2(S, Tp, Vc + c0, hdp, T, o);
             for (int r = 0; r < nr; r++) {
                 float *dst = out + (size_t)(i0 + r) * ld_out + c0;
                 _mm256_maskstore_ps(dst, m0, o[r][0]);
@@ -484,7 +515,10 @@ static void softmax_rows(float *s, int T) {
 }
 
 size_t attention_scratch_floats(int T, int head_dim) {
-    size_t dense = (size_t)T * T, avx2 = (size_t)(head_dim + 4) * attn_pad(T);
+    /* AVX2 kernel: Kt, Vc and S (see attention_head_avx2); the 64-byte
+     * alignment of each part holds as Tp and hdp are multiples of 16. */
+    size_t dense = (size_t)T * T,
+           avx2 = (size_t)(head_dim + ATTN_MR) * attn_pad(T) + (size_t)T * attn_pad(head_dim);
     size_t n = dense > avx2 ? dense : avx2;
     return (n + 15) & ~(size_t)15;
 }
