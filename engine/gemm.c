@@ -34,6 +34,8 @@
 #define MR_MAX 8             /* rows per micro-kernel call, at most */
 #define KC 192               /* K block: the tile's weights, KC*NR floats (36 KB), fit L1 */
 #define MC 64                /* rows of A per pass over a tile (fp32: 8 row groups, at most) */
+#define MC_ONE_PASS 264      /* packed fp32: up to this many rows (one image's tokens at 224
+                                and below), a single pass over the weights */
 
 /* fp32 -> bf16, round to nearest even (the weights are finite: the loader
  * refuses NaN and infinity). */
@@ -367,10 +369,14 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     int Ku = (K + per - 1) / per; /* elements per panel row */
     /* rows per pass: a multiple of mr (no short group inside the matrix) */
     int mc = kn->pairs ? MC : (MC / mr) * mr;
+    /* One image streams its weights from memory once: with one pass over all
+     * rows, every weight read from DRAM serves every row; in passes of 60 rows
+     * the first pass waits on DRAM and the others on L3. */
+    if (kn->pack && M <= MC_ONE_PASS) mc = (M + mr - 1) / mr * mr;
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
     uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));  /* bf16 block */
-    float Af[MC * KC] __attribute__((aligned(64)));         /* fp32 packed block */
+    float Af[MC_ONE_PASS * KC] __attribute__((aligned(64))); /* fp32 packed block */
     float pad[MR_MAX * KC] __attribute__((aligned(64)));    /* fp32 short row group */
     float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
     float edge_bias[NR] = {0};

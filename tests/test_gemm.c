@@ -24,7 +24,8 @@ static void fill(float *x, size_t n, unsigned seed) {
 /* out vs OpenBLAS for shapes with every kind of tail. */
 START_TEST(test_kernels_match_openblas) {
     int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {6, 32, 16}, {13, 33, 17}, {197, 96, 64},
-                       {40, 100, 300}, {7, 130, 5}, {131, 50, 400}};
+                       {40, 100, 300}, {7, 130, 5}, {131, 50, 400},
+                       {400, 40, 200}}; /* past one pass of rows (gemm.c MC_ONE_PASS) */
     int tested = 0;
     for (size_t ki = 0; ki < 3; ki++) {
         if (gemm_force_kernel(kernels[ki]) != 0) continue; /* CPU lacks it */
@@ -58,16 +59,20 @@ END_TEST
 /* Row r of a product is the same, bit for bit, computed alone or inside
  * any larger M, with one thread or two. */
 START_TEST(test_rows_independent_of_batch) {
-    int N = 70, K = 150, Mmax = 61;
-    float *A = malloc(sizeof(float) * Mmax * K), *W = malloc(sizeof(float) * N * K);
-    float *one = malloc(sizeof(float) * N), *all = malloc(sizeof(float) * Mmax * N);
-    fill(A, (size_t)Mmax * K, 3);
+    int N = 70, K = 150, Mmax = 61, Mbig = 401; /* Mbig: rows in several passes */
+    float *A = malloc(sizeof(float) * Mbig * K), *W = malloc(sizeof(float) * N * K);
+    float *one = malloc(sizeof(float) * N), *all = malloc(sizeof(float) * Mbig * N);
+    fill(A, (size_t)Mbig * K, 3);
     fill(W, (size_t)N * K, 4);
     packed_weight p;
     ck_assert(gemm_pack(W, N, K, GEMM_FP32, &p) == 0);
+    int Ms[32], nM = 0;
+    for (int M = 1; M <= Mmax; M += 3) Ms[nM++] = M;
+    Ms[nM++] = Mbig;
     for (int threads = 1; threads <= 2; threads++) {
         gemm_set_threads(threads);
-        for (int M = 1; M <= Mmax; M += 3) {
+        for (int mi = 0; mi < nM; mi++) {
+            int M = Ms[mi];
             gemm_forward(all, A, &p, NULL, M);
             for (int r = 0; r < M; r += 5) {
                 gemm_forward(one, A + (size_t)r * K, &p, NULL, 1);
