@@ -10,7 +10,11 @@ Steps, each printed as it runs ([i/N]):
      comrope-ap, comrope-ld, vanilla-rope and none, cached in OUT/cache;
   2. ONNX exports (tools/export_onnx.py), one per model and resolution, cached;
   3. benchmarks, each one process, all pinned to the same CPUs with the same
-     thread count, W warm-up and R timed runs, median and min/max:
+     thread count, W warm-up and R timed runs, median and min/max; each
+     comparison in --rounds rounds (default 3) that take the systems in turn,
+     so that a slow spell of a shared machine hits all of them: a number is
+     the median of its rounds' medians, a ratio the median of the rounds'
+     ratios (each round's numbers measured minutes apart at most):
        main      engine vs ONNX Runtime vs PyTorch eager: AP and LD, batch 1
                  and 8, every --resolutions (default 224 384)
        sweep     the same three at the other --sweep resolutions (AP, batch 1)
@@ -33,6 +37,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -72,8 +77,10 @@ def parse_args(argv):
                     help="smoke test: vit-ti16, 1 warm-up and 1 timed run, fewer sweep points")
     ap.add_argument("--preset", help="model size (default vit-b16; --quick: vit-ti16)")
     ap.add_argument("--threads", type=int, default=2, help="threads of every system (default 2)")
-    ap.add_argument("--reps", type=int, help="timed runs per measurement (default 5; --quick 1)")
+    ap.add_argument("--reps", type=int, help="timed runs per measurement and round (default 3; --quick 1)")
     ap.add_argument("--warmup", type=int, help="warm-up runs (default 2; --quick 1)")
+    ap.add_argument("--rounds", type=int, help="rounds of every comparison, the systems in turn "
+                    "(default 3; --quick 1); the official model.py runs once")
     ap.add_argument("--resolutions", default="224 384", help="the target resolutions (default '224 384')")
     ap.add_argument("--batches", default="1 8", help="batch sizes of the main comparison (default '1 8')")
     ap.add_argument("--sweep", help="resolutions of the plots, batch 1 "
@@ -95,7 +102,8 @@ def parse_args(argv):
                     help="run nothing: print the tables and redraw the pictures from OUT/results.json")
     a = ap.parse_args(argv)
     a.preset = a.preset or ("vit-ti16" if a.quick else "vit-b16")
-    a.reps = a.reps or (1 if a.quick else 5)
+    a.reps = a.reps or (1 if a.quick else 3)
+    a.rounds = a.rounds or (1 if a.quick else 3)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     a.official_reps = a.official_reps or (1 if a.quick else 2)
     a.official_warmup = a.official_warmup if a.official_warmup is not None else (0 if a.quick else 1)
@@ -108,8 +116,8 @@ def parse_args(argv):
     unknown = a.parts - set(ALL_PARTS)
     if unknown:
         ap.error(f"--parts: unknown {sorted(unknown)}")
-    if a.threads < 1 or a.reps < 1 or a.warmup < 0:
-        ap.error("--threads and --reps must be >= 1, --warmup >= 0")
+    if a.threads < 1 or a.reps < 1 or a.warmup < 0 or a.rounds < 1:
+        ap.error("--threads, --reps and --rounds must be >= 1, --warmup >= 0")
     return a
 
 
@@ -175,7 +183,7 @@ class Bench:
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "cpu": cpu, "cpu_flags": flags, "nproc": os.cpu_count(), "affinity": self.cpus,
             "pinned_to": self.pin[2] if self.pin else None, "threads": self.a.threads,
-            "preset": self.a.preset, "reps": self.a.reps, "warmup": self.a.warmup,
+            "preset": self.a.preset, "reps": self.a.reps, "rounds": self.a.rounds, "warmup": self.a.warmup,
             "quick": self.a.quick, "git": commit + ("-dirty" if dirty else ""),
             "node": out(["node", "--version"]),
             "openblas": out(["dpkg-query", "-W", "-f=${Version}", "libopenblas0-pthread"]) or
@@ -229,7 +237,7 @@ class Bench:
             raise RuntimeError(f"exit {p.returncode}: {' | '.join(tail)}")
         return p.stdout
 
-    def bench(self, system, group, pe, res, batch, coretype=None, precision=None):
+    def bench(self, system, group, pe, res, batch, coretype=None, precision=None, rnd=0):
         a = self.a
         env = dict(self.env)
         if coretype:
@@ -254,7 +262,7 @@ class Bench:
                    "--warmup", str(a.official_warmup)] + common
         rec = {"system": system, "group": group, "pe": pe, "res": res, "batch": batch,
                "tokens": 1 + (res // 16) ** 2, "env": f"OPENBLAS_CORETYPE={coretype}" if coretype else "default",
-               "precision": precision or "fp32"}
+               "precision": precision or "fp32", "round": rnd}
         skip_key = "engine-bf16" if precision == "bf16" else system
         if skip_key in self.skipped:
             rec["skipped"] = self.skipped[skip_key]
@@ -344,38 +352,42 @@ class Bench:
         for pe, r in sorted(set(exports)):
             p.add(f"export ONNX {pe} {r}x{r}", lambda pe=pe, r=r: self.export(pe, r))
 
-        def b(system, group, pe, r, batch, coretype=None, precision=None):
+        def b(system, group, pe, r, batch, coretype=None, precision=None, rnd=0):
             env = f" {coretype and 'OPENBLAS_CORETYPE=' + coretype or ''}{precision or ''}"
-            p.add(f"{group:8s} {system:11s} {PE_SHORT[pe]:7s} {r}x{r} b{batch}{env}".rstrip(),
-                  lambda: self.bench(system, group, pe, r, batch, coretype, precision))
+            tag = f" round {rnd + 1}/{a.rounds}" if a.rounds > 1 else ""
+            p.add(f"{group:8s} {system:11s} {PE_SHORT[pe]:7s} {r}x{r} b{batch}{env}{tag}".rstrip(),
+                  lambda: self.bench(system, group, pe, r, batch, coretype, precision, rnd))
+
+        def rounds(*runs):  # the runs of one comparison, in turn, a.rounds times
+            for rnd in range(a.rounds):
+                for args in runs:
+                    b(*args, rnd=rnd)
         if "main" in parts:
             for r in a.resolutions:
                 for batch in a.batches:
                     for pe in ("comrope-ap", "comrope-ld"):
-                        for system in ("engine", "onnxruntime", "torch"):
-                            b(system, "main", pe, r, batch)
+                        rounds(*[(system, "main", pe, r, batch) for system in ("engine", "onnxruntime", "torch")])
         if "sweep" in parts:
             for r in a.sweep:
                 if "main" in parts and r in a.resolutions and 1 in a.batches:
                     continue  # measured by main
-                for system in ("engine", "onnxruntime", "torch"):
-                    b(system, "sweep", "comrope-ap", r, 1)
+                rounds(*[(system, "sweep", "comrope-ap", r, 1) for system in ("engine", "onnxruntime", "torch")])
         if "pe" in parts:
             points = sorted(set((r, 1) for r in a.sweep + a.resolutions) |
                             set((r, bt) for r in a.resolutions for bt in a.batches))
             for r, batch in points:
-                for pe in ("comrope-ap", "comrope-ld", "vanilla-rope", "none"):
-                    b("engine", "pe", pe, r, batch)
+                rounds(*[("engine", "pe", pe, r, batch)
+                         for pe in ("comrope-ap", "comrope-ld", "vanilla-rope", "none")])
         if "haswell" in parts:
             for r in a.resolutions:
                 for batch in a.batches:
-                    b("engine", "haswell", "comrope-ap", r, batch)
-                    b("engine", "haswell", "comrope-ap", r, batch, "Haswell")
+                    rounds(("engine", "haswell", "comrope-ap", r, batch),
+                           ("engine", "haswell", "comrope-ap", r, batch, "Haswell"))
         if "bf16" in parts:
             for r in a.resolutions:
                 for batch in a.batches:
-                    b("engine", "bf16", "comrope-ap", r, batch)
-                    b("engine", "bf16", "comrope-ap", r, batch, precision="bf16")
+                    rounds(("engine", "bf16", "comrope-ap", r, batch),
+                           ("engine", "bf16", "comrope-ap", r, batch, None, "bf16"))
         if "official" in parts:  # with the engine next to it, for the ratio
             for r in a.resolutions:
                 b("engine", "official", "comrope-ap", r, 1)
@@ -392,11 +404,16 @@ class Bench:
 
     # ---- results --------------------------------------------------------
     def find(self, **kw):
+        """The measurement matching kw, its rounds merged (merge_rounds), or None."""
         kw.setdefault("precision", "fp32")
-        for r in self.runs:
-            if all(r.get(k, "fp32" if k == "precision" else None) == v for k, v in kw.items()) and "median_s" in r:
-                return r
-        return None
+        hits = [r for r in self.runs
+                if all(r.get(k, "fp32" if k == "precision" else None) == v for k, v in kw.items()) and "median_s" in r]
+        if not hits:
+            return None
+        first = hits[0]  # one measurement: a group may hold several (pe: four models), keep the first's
+        same = [r for r in hits if all(r.get(k) == first.get(k) for k in
+                                       ("system", "group", "pe", "res", "batch", "env", "precision"))]
+        return merge_rounds(same)
 
     def engine_b(self, pe, res, batch, group):
         """The engine's number for a target: the group's own run first, else any."""
@@ -418,7 +435,7 @@ class Bench:
                                               ("torch", T_TORCH, "engine/torch")):
                         o = self.find(system=system, group="main", pe=pe, res=r, batch=batch)
                         if e and o:
-                            v = e["images_per_s"] / o["images_per_s"]
+                            v = ratio(e, o)
                             add(f"engine >= {tgt}x {SYSTEM_LABEL[system]}", kind, cfg, round(v, 3), tgt,
                                 v >= tgt, f"{e['images_per_s']:.3f} vs {o['images_per_s']:.3f} img/s")
             for batch in a.batches:
@@ -427,7 +444,7 @@ class Bench:
                 for pe in ("comrope-ap", "comrope-ld"):
                     for base, tgt in (("vanilla-rope", T_VANILLA), ("none", T_NONE)):
                         if pt[pe] and pt[base]:
-                            v = pt[pe]["median_s"] / pt[base]["median_s"]
+                            v = ratio(pt[pe], pt[base], "median_s")
                             add(f"{PE_SHORT[pe]} cost within {round((tgt - 1) * 100)}% of {PE_SHORT[base]}",
                                 f"time {PE_SHORT[pe]}/{PE_SHORT[base]}", f"{r} b{batch}", round(v, 3), tgt,
                                 v <= tgt, f"{pt[pe]['median_s'] * 1e3:.1f} vs {pt[base]['median_s'] * 1e3:.1f} ms")
@@ -435,7 +452,7 @@ class Bench:
                 h = self.find(system="engine", group="haswell", pe="comrope-ap", res=r, batch=batch,
                               env="OPENBLAS_CORETYPE=Haswell")
                 if d and h:
-                    v = h["images_per_s"] / d["images_per_s"]
+                    v = ratio(h, d)
                     add("within 10% with OPENBLAS_CORETYPE=Haswell", "Haswell/default", f"AP {r} b{batch}",
                         round(v, 3), T_HASWELL, abs(v - 1) <= T_HASWELL,
                         f"{h['images_per_s']:.3f} vs {d['images_per_s']:.3f} img/s")
@@ -444,14 +461,14 @@ class Bench:
                 b16 = self.find(system="engine", group="bf16", pe="comrope-ap", res=r, batch=batch,
                                 precision="bf16")
                 if f32 and b16:
-                    v = b16["images_per_s"] / f32["images_per_s"]
+                    v = ratio(b16, f32)
                     add(f"engine bf16 >= {T_BF16}x fp32 (speed only)", "bf16/fp32", f"AP {r} b{batch}",
                         round(v, 3), T_BF16, v >= T_BF16,
                         f"{b16['images_per_s']:.3f} vs {f32['images_per_s']:.3f} img/s")
             o = self.find(system="official", pe="comrope-ap", res=r, batch=1)
             e = self.engine_b("comrope-ap", r, 1, "official")
             if o and e:
-                v = e["images_per_s"] / o["images_per_s"]
+                v = ratio(e, o)
                 add(f"engine >= {T_OFFICIAL:g}x official model.py", "engine/official", f"AP {r} b1",
                     round(v, 1), T_OFFICIAL, v >= T_OFFICIAL,
                     f"{e['images_per_s']:.3f} vs {o['images_per_s']:.4f} img/s")
@@ -494,6 +511,35 @@ class Bench:
         os.replace(tmp, os.path.join(self.a.out, "results.json"))
 
 
+def merge_rounds(recs):
+    """One record for a measurement taken in several rounds: the median of the
+    rounds' medians, the min and max of all their runs, and the rounds
+    themselves (for ratios paired round by round)."""
+    if len(recs) == 1:
+        return recs[0]
+    m = dict(recs[0])
+    m["median_s"] = statistics.median(r["median_s"] for r in recs)
+    m["min_s"] = min(r["min_s"] for r in recs)
+    m["max_s"] = max(r["max_s"] for r in recs)
+    m["images_per_s"] = round(m["batch"] / m["median_s"], 3)
+    m["spread_pct"] = round(100.0 * (m["max_s"] - m["min_s"]) / m["median_s"], 1)
+    m["rounds"] = [{"round": r.get("round", 0), "median_s": r["median_s"],
+                    "images_per_s": r["batch"] / r["median_s"]} for r in recs]
+    return m
+
+
+def ratio(num, den, key="images_per_s"):
+    """num[key] / den[key]; for measurements taken in the same rounds, the
+    median of the ratios round by round (each pair ran back to back)."""
+    rn, rd = num.get("rounds"), den.get("rounds")
+    if rn and rd:
+        by_round = {x["round"]: x[key] for x in rd}
+        pairs = [x[key] / by_round[x["round"]] for x in rn if x["round"] in by_round]
+        if pairs:
+            return statistics.median(pairs)
+    return num[key] / den[key]
+
+
 def which(name):
     return any(os.access(os.path.join(d, name), os.X_OK) for d in os.environ.get("PATH", "").split(":"))
 
@@ -515,7 +561,8 @@ def print_tables(B, targets):
     m = B.meta
     log("")
     log(f"== Results: {a.preset} fp32, {a.threads} threads{' pinned to CPUs ' + m['pinned_to'] if m['pinned_to'] else ''}, "
-        f"{a.warmup} warm-up + {a.reps} timed runs; images/s median ±half the min-max spread")
+        f"{a.warmup} warm-up + {a.reps} timed runs, {a.rounds} round(s); images/s median of the rounds' medians "
+        f"±half the min-max spread of all runs; ratios: median of the rounds' ratios")
     log(f"   CPU {m['cpu']} ({m['cpu_flags']}), git {m['git']}, load average at start "
         f"{m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}")
     if a.quick:
@@ -534,7 +581,7 @@ def print_tables(B, targets):
                     ratios = []
                     for s, tgt in (("onnxruntime", T_ORT), ("torch", T_TORCH)):
                         if row["engine"] and row[s]:
-                            v = row["engine"]["images_per_s"] / row[s]["images_per_s"]
+                            v = ratio(row["engine"], row[s])
                             ratios.append(f"{v:.2f}x{'' if v >= tgt else '!'}")
                         else:
                             ratios.append("-")
@@ -571,7 +618,7 @@ def print_tables(B, targets):
             for num, den, tgt in (("comrope-ap", "vanilla-rope", T_VANILLA), ("comrope-ld", "vanilla-rope", T_VANILLA),
                                   ("comrope-ap", "none", T_NONE), ("comrope-ld", "none", T_NONE)):
                 if t[num] and t[den]:
-                    v = t[num]["median_s"] / t[den]["median_s"]
+                    v = ratio(t[num], t[den], "median_s")
                     gated = r in a.resolutions
                     rat.append(f"{v:6.3f}{'!' if gated and v > tgt else ' '}")
                 else:
@@ -586,7 +633,7 @@ def print_tables(B, targets):
             for batch in a.batches:
                 d = B.find(system="engine", group="haswell", res=r, batch=batch, env="default")
                 h = B.find(system="engine", group="haswell", res=r, batch=batch, env="OPENBLAS_CORETYPE=Haswell")
-                v = f"{h['images_per_s'] / d['images_per_s']:.3f}" if d and h else "-"
+                v = f"{ratio(h, d):.3f}" if d and h else "-"
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {fmt_ips(h):>16s} | {v:>6s}")
     if "bf16" in a.parts:
         log("")
@@ -596,7 +643,7 @@ def print_tables(B, targets):
             for batch in a.batches:
                 d = B.find(system="engine", group="bf16", res=r, batch=batch)
                 h = B.find(system="engine", group="bf16", res=r, batch=batch, precision="bf16")
-                v = f"{h['images_per_s'] / d['images_per_s']:.3f}" if d and h else "-"
+                v = f"{ratio(h, d):.3f}" if d and h else "-"
                 hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} | {v:>6s}")
     if "daemon" in a.parts:
@@ -659,13 +706,13 @@ def plots(B):
               "comrope-ap": "tab:blue", "comrope-ld": "tab:purple", "vanilla-rope": "tab:gray", "none": "black"}
 
     def series(system, batch, pe="comrope-ap", group=None):
-        pts = {}
+        pts = {}  # res -> the runs (rounds) of the first group that measured it
         for r in B.runs:
             if (r["system"] == system and r["batch"] == batch and r["pe"] == pe and "median_s" in r
                     and r.get("env") == "default" and r.get("precision", "fp32") == "fp32" and (group is None or r["group"] == group)
-                    and r["res"] not in pts):
-                pts[r["res"]] = r
-        return [pts[k] for k in sorted(pts)]
+                    and (r["res"] not in pts or pts[r["res"]][0]["group"] == r["group"])):
+                pts.setdefault(r["res"], []).append(r)
+        return [merge_rounds(pts[k]) for k in sorted(pts)]
 
     # images/s vs resolution, per system
     fig, axes = plt.subplots(1, len(a.batches), figsize=(6 * len(a.batches), 4.5), squeeze=False)
@@ -772,6 +819,7 @@ def report(B):
     a = B.a
     a.preset, a.threads, a.reps, a.warmup, a.quick = (B.meta["preset"], B.meta["threads"], B.meta["reps"],
                                                       B.meta["warmup"], B.meta["quick"])
+    a.rounds = B.meta.get("rounds", 1)
     a.resolutions = sorted(set(r["res"] for r in B.runs if r["group"] == "main")) or a.resolutions
     a.batches = sorted(set(r["batch"] for r in B.runs if r["group"] == "main")) or a.batches
     a.sweep = sorted(set(r["res"] for r in B.runs if r["batch"] == 1 and r["group"] in ("sweep", "pe")))
