@@ -188,6 +188,22 @@ __attribute__((target("avx2"))) static inline __m256i mask8(size_t left) {
     return _mm256_loadu_si256((const __m256i *)(lane_mask_table + 8 - (left >= 8 ? 8 : left)));
 }
 
+/* 8 floats from p, of which the first min(left, 8) are real (the others
+ * read as 0), and the store back. Full chunks take plain loads and stores:
+ * on AMD cores vmaskmovps is microcoded (a store costs a dozen cycles or
+ * more), and masking every chunk made the softmax, GELU and LayerNorm
+ * several times slower than their arithmetic. The values are the same. */
+__attribute__((target("avx2"))) static inline __m256 load8(const float *p, size_t left) {
+    return left >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask8(left));
+}
+
+__attribute__((target("avx2"))) static inline void store8(float *p, size_t left, __m256 v) {
+    if (left >= 8)
+        _mm256_storeu_ps(p, v);
+    else
+        _mm256_maskstore_ps(p, mask8(left), v);
+}
+
 /* exp256: as exp512; 2^n is built in the exponent bits, so x is clamped to
  * [-87, 88] where n stays a normal exponent (exp(-87) = 1.6e-38 stands in
  * for anything smaller: an absolute error below 2e-38). */
@@ -222,8 +238,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 gelu256(__m256 v) {
 
 __attribute__((target("avx2,fma"))) static void activation_avx2(float *x, size_t n, activation act) {
     for (size_t i = 0; i < n; i += 8) {
-        __m256i m = mask8(n - i);
-        __m256 v = _mm256_maskload_ps(x + i, m), y;
+        __m256 v = load8(x + i, n - i), y;
         if (act == ACT_QUICK_GELU) {
             __m256 e = exp256(_mm256_mul_ps(v, _mm256_set1_ps(-1.702f)));
             y = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
@@ -240,7 +255,7 @@ __attribute__((target("avx2,fma"))) static void activation_avx2(float *x, size_t
         } else {
             y = _mm256_max_ps(v, _mm256_setzero_ps());
         }
-        _mm256_maskstore_ps(x + i, m, y);
+        store8(x + i, n - i, y);
     }
 }
 
@@ -264,10 +279,16 @@ __attribute__((target("avx2"))) static inline double hsum256d(__m256d v) {
 }
 
 /* softmax of one row of n values, in place */
-__attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *row, int n) {
+/* noinline: one call per row is nothing, and the profile (bench/profile.py)
+ * then tells the softmax apart from the attention around it. */
+__attribute__((target("avx2,fma"), noinline)) static void softmax_row_avx2(float *row, int n) {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     __m256 mx = ninf;
     for (int j = 0; j < n; j += 8) {
+        if (n - j >= 8) {
+            mx = _mm256_max_ps(mx, _mm256_loadu_ps(row + j));
+            continue;
+        }
         __m256i m = mask8((size_t)(n - j));
         mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_maskload_ps(row + j, m), _mm256_castsi256_ps(m)));
     }
@@ -275,16 +296,14 @@ __attribute__((target("avx2,fma"))) static void softmax_row_avx2(float *row, int
     __m256 sum = _mm256_setzero_ps();
     for (int j = 0; j < n; j += 8) {
         __m256i m = mask8((size_t)(n - j));
-        __m256 e = exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, m), maxv));
-        e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+        __m256 e = exp256(_mm256_sub_ps(load8(row + j, (size_t)(n - j)), maxv));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(m)); /* lanes past n add 0 */
         sum = _mm256_add_ps(sum, e);
-        _mm256_maskstore_ps(row + j, m, e);
+        store8(row + j, (size_t)(n - j), e);
     }
     __m256 inv = _mm256_set1_ps(1.0f / hsum256(sum));
-    for (int j = 0; j < n; j += 8) {
-        __m256i m = mask8((size_t)(n - j));
-        _mm256_maskstore_ps(row + j, m, _mm256_mul_ps(_mm256_maskload_ps(row + j, m), inv));
-    }
+    for (int j = 0; j < n; j += 8)
+        store8(row + j, (size_t)(n - j), _mm256_mul_ps(load8(row + j, (size_t)(n - j)), inv));
 }
 
 /* Columns padded to a multiple of 16 in the AVX2 attention's scratch. */
@@ -372,13 +391,12 @@ __attribute__((target("avx2,fma"))) static void attention_head_avx2(float *out, 
         for (int r = 0; r < nr; r++) softmax_row_avx2(S + (size_t)r * Tp, T);
         for (int c0 = 0; c0 < hd; c0 += 16) {
             int left = hd - c0;
-            __m256i m0 = mask8((size_t)left), m1 = mask8(left > 8 ? (size_t)(left - 8) : 0);
             __m256 o[ATTN_MR][2];
             attn_pv_avx2(S, Tp, Vc + c0, hdp, T, o);
             for (int r = 0; r < nr; r++) {
                 float *dst = out + (size_t)(i0 + r) * ld_out + c0;
-                _mm256_maskstore_ps(dst, m0, o[r][0]);
-                _mm256_maskstore_ps(dst + 8, m1, o[r][1]);
+                store8(dst, (size_t)left, o[r][0]);
+                if (left > 8) store8(dst + 8, (size_t)(left - 8), o[r][1]);
             }
         }
     }
@@ -392,7 +410,7 @@ __attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const
         float *o = out + (size_t)t * C;
         __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
         for (int i = 0; i < C; i += 8) {
-            __m256 v = _mm256_maskload_ps(x + i, mask8((size_t)(C - i)));
+            __m256 v = load8(x + i, (size_t)(C - i));
             s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
             s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
         }
@@ -401,7 +419,7 @@ __attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const
         s0 = s1 = _mm256_setzero_pd();
         for (int i = 0; i < C; i += 8) {
             __m256i m = mask8((size_t)(C - i));
-            __m256 v = _mm256_maskload_ps(x + i, m);
+            __m256 v = load8(x + i, (size_t)(C - i));
             /* masked lanes must add 0, not (0 - mean)^2 */
             __m256d k0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)));
             __m256d k1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)));
@@ -414,10 +432,10 @@ __attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const
         __m256 rstd = _mm256_set1_ps((float)(1.0 / sqrt(var + eps)));
         __m256 mf = _mm256_set1_ps((float)mean);
         for (int i = 0; i < C; i += 8) {
-            __m256i m = mask8((size_t)(C - i));
-            __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mf), rstd),
-                                     _mm256_maskload_ps(weight + i, m));
-            _mm256_maskstore_ps(o + i, m, _mm256_add_ps(y, _mm256_maskload_ps(bias + i, m)));
+            size_t left = (size_t)(C - i);
+            __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(load8(x + i, left), mf), rstd),
+                                     load8(weight + i, left));
+            store8(o + i, left, _mm256_add_ps(y, load8(bias + i, left)));
         }
     }
 }

@@ -1,0 +1,151 @@
+#!/usr/bin/python3
+"""bench/profile.py: where a forward pass spends its time, by stage.
+
+    bench/profile.py --model DIR [--resolution 224] [--batch 1] [--threads 2]
+                     [--reps 20] [--engine build-bench/comrope-bench-engine] [--out bench/out/profile]
+
+Samples comrope-bench-engine with `perf record -e cpu-clock` (a software
+clock: works in VMs without hardware counters), skipping the model load and
+the warm-up (perf's --delay, from a first timed run), then sorts the samples
+of every thread into the forward's stages: the GEMM micro-kernel, the GEMM's
+packing and loop, attention's two products, its softmax, its copies of K and
+V, GELU, LayerNorm (with the residual adds), the rotation (RoPE / ComRoPE),
+the thread pool, the kernel (page faults, scheduling), the rest. Prints a
+table (share of samples, ms per forward = share x median forward time x
+threads), writes OUT/profile.json and OUT/profile.png.
+
+Needs `perf` (Debian's linux-perf; scripts/install-deps.sh bench) and the
+engine built with symbols (the project's default RelWithDebInfo flags).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (stage, regex on the symbol), first match wins; [k] marks kernel symbols.
+STAGES = [
+    ("GEMM micro-kernel", r"^kernel_(avx512|avx2|generic|bf16)$"),
+    ("GEMM packing + loop", r"^(gemm_tiles|gemm_part|gemm_forward|pack_rows_.*)$"),
+    ("attention QK^T + PV", r"^(attn_qk_.*|attn_pv_.*|sgemm_.*|.*_sgemm.*)$"),
+    ("attention softmax", r"^(softmax_.*|exp256|exp512)$"),
+    ("attention copies (K^T, V)", r"^(attention_head_.*|attention_forward|attention_part)$"),
+    ("GELU (activation)", r"^(activation_.*|erf.*|gelu.*)$"),
+    ("LayerNorm + residual", r"^(layernorm_.*|norm_part|residual_norm)$"),
+    ("rotation (RoPE / ComRoPE)", r"^rotation_apply$"),
+    ("patch embed, APE, head", r"^(im2col|vit_add_ape|vit_forward_ragged)$"),
+    ("thread pool", r"^(spin_until|worker|parallel_run|now_ns|__GI___clock_gettime|clock_gettime|__vdso_clock_gettime)$"),
+    ("kernel: faults, scheduling", r"^\[k\]"),
+]
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="checkpoint directory")
+    ap.add_argument("--resolution", default="224")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=20, help="timed forwards under perf (default 20)")
+    ap.add_argument("--engine", default=os.path.join(ROOT, "build-bench", "comrope-bench-engine"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "profile"))
+    return ap.parse_args(argv)
+
+
+def engine_cmd(a, reps, warmup):
+    return [a.engine, "--model", a.model, "--resolution", a.resolution, "--batch", str(a.batch),
+            "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup)]
+
+
+def main(argv=None):
+    a = parse_args(argv if argv is not None else sys.argv[1:])
+    if not os.access(a.engine, os.X_OK):
+        sys.exit(f"profile: no engine at {a.engine} (bench/run.sh builds it)")
+    if subprocess.run(["perf", "--version"], capture_output=True).returncode:
+        sys.exit("profile: perf is missing (scripts/install-deps.sh bench)")
+    os.makedirs(a.out, exist_ok=True)
+
+    # 1. how long the load and the warm-up take, to start sampling after them
+    log(f"[1/3] timing load + warm-up: {' '.join(engine_cmd(a, 1, 1))}")
+    t0 = time.time()
+    p = subprocess.run(engine_cmd(a, 1, 1), capture_output=True, text=True, check=True)
+    wall = time.time() - t0
+    reps = [float(x) for x in re.findall(r"rep \d+/\d+: ([0-9.]+) s", p.stderr)]
+    load_s = max(0.0, wall - sum(reps))
+    delay_ms = int((load_s + reps[0]) * 1000 * 1.2) + 200  # load + one forward, with margin
+    log(f"      load {load_s:.2f} s, forward {reps[-1] * 1e3:.1f} ms: sampling starts after {delay_ms} ms")
+
+    # 2. sample warm-up + timed forwards
+    data = os.path.join(a.out, "perf.data")
+    cmd = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-D", str(delay_ms), "-o", data, "--"] + \
+        engine_cmd(a, a.reps, 2)
+    log(f"[2/3] sampling {a.reps} forwards: {' '.join(cmd)}")
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"profile: perf record failed: {p.stderr.strip()[-500:]}")
+    res = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])
+
+    # 3. samples per symbol -> stages
+    log("[3/3] perf report")
+    rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio",
+                          "--percent-limit", "0"], capture_output=True, text=True, check=True).stdout
+    by_stage, symbols = {}, []
+    for line in rep.splitlines():
+        m = re.match(r"^\s+([0-9.]+)%\s+\[(.)\]\s+(\S+)", line)
+        if not m:
+            continue
+        pct, kind, sym = float(m.group(1)), m.group(2), m.group(3)
+        name = f"[k] {sym}" if kind == "k" else sym
+        stage = next((s for s, rx in STAGES if re.search(rx, "[k]" if kind == "k" else sym)), "other")
+        by_stage[stage] = by_stage.get(stage, 0.0) + pct
+        symbols.append({"symbol": name, "percent": pct, "stage": stage})
+    total = sum(by_stage.values()) or 1.0
+    fwd_ms = res["median_s"] * 1e3
+    # samples cover every thread: a stage's share x forward time x threads = its CPU-ms per forward
+    rows = [{"stage": s, "percent": round(100 * by_stage.get(s, 0.0) / total, 2),
+             "cpu_ms_per_forward": round(by_stage.get(s, 0.0) / total * fwd_ms * a.threads, 2)}
+            for s in [s for s, _ in STAGES] + ["other"]]
+    log("")
+    log(f"Where the time goes: {os.path.basename(a.model.rstrip('/'))} {a.resolution} batch {a.batch}, "
+        f"{a.threads} thread(s), kernel {res['kernel']}, median forward {fwd_ms:.1f} ms "
+        f"({res['images_per_s']:.2f} img/s) over {a.reps} forwards")
+    log(f"  {'stage':28s} {'share':>7s} {'CPU ms/forward':>15s}")
+    for r in rows:
+        log(f"  {r['stage']:28s} {r['percent']:6.1f}% {r['cpu_ms_per_forward']:15.1f}")
+    top_other = [s for s in symbols if s["stage"] == "other"][:6]
+    if top_other:
+        log("  other: " + ", ".join(f"{s['symbol']} {s['percent']:.1f}%" for s in top_other))
+    doc = {"model": a.model, "resolution": a.resolution, "batch": a.batch, "threads": a.threads,
+           "engine": res, "stages": rows, "symbols": symbols[:60]}
+    with open(os.path.join(a.out, "profile.json"), "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        shown = [r for r in rows if r["percent"] > 0]
+        fig, ax = plt.subplots(figsize=(8, 0.4 * len(shown) + 1.2))
+        ax.barh([r["stage"] for r in shown][::-1], [r["percent"] for r in shown][::-1], color="tab:blue")
+        for i, r in enumerate(shown[::-1]):
+            ax.text(r["percent"], i, f" {r['percent']:.1f}%", va="center", fontsize=8)
+        ax.set_xlabel("share of CPU samples (%)")
+        ax.set_title(f"{os.path.basename(a.model.rstrip('/'))} {a.resolution} b{a.batch}, {a.threads} threads, "
+                     f"{res['kernel']}: {fwd_ms:.1f} ms per forward", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(os.path.join(a.out, "profile.png"), dpi=110)
+        plt.close(fig)
+        log(f"wrote {os.path.join(a.out, 'profile.json')} and profile.png")
+    except ImportError:
+        log(f"wrote {os.path.join(a.out, 'profile.json')} (no matplotlib: no picture)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
