@@ -59,7 +59,8 @@ END_TEST
 /* Row r of a product is the same, bit for bit, computed alone or inside
  * any larger M, with one thread or two. */
 START_TEST(test_rows_independent_of_batch) {
-    int N = 70, K = 150, Mmax = 61, Mbig = 401; /* Mbig: rows in several passes */
+    /* 401 and Mbig: rows in several passes (gemm.c, MC_ONE_PASS) */
+    int N = 70, K = 150, Mmax = 61, Mbig = 600;
     float *A = malloc(sizeof(float) * Mbig * K), *W = malloc(sizeof(float) * N * K);
     float *one = malloc(sizeof(float) * N), *all = malloc(sizeof(float) * Mbig * N);
     fill(A, (size_t)Mbig * K, 3);
@@ -68,6 +69,7 @@ START_TEST(test_rows_independent_of_batch) {
     ck_assert(gemm_pack(W, N, K, GEMM_FP32, &p) == 0);
     int Ms[32], nM = 0;
     for (int M = 1; M <= Mmax; M += 3) Ms[nM++] = M;
+    Ms[nM++] = 401;
     Ms[nM++] = Mbig;
     for (int threads = 1; threads <= 2; threads++) {
         gemm_set_threads(threads);
