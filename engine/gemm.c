@@ -340,9 +340,6 @@ static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int 
     }
 }
 
-/* fp32: the same block layout as pack_rows_bf16, one float per k. The
- * rows of a group are read side by side (k outer), so that their cache
- * misses overlap instead of coming one row after the other. */
 /* Six rows, eight k at a time: an 8 x 8 transpose (rows 6 and 7 zero) in
  * registers, each k's six values stored as 8 floats whose last two the
  * next store overwrites (the very last spills 2 floats past the group:
@@ -371,6 +368,9 @@ __attribute__((target("avx2"))) static void pack6_avx2(const float *const *src, 
         for (int r = 0; r < 6; r++) dst[k * 6 + r] = src[r][k];
 }
 
+/* fp32 for the packing kernels (AVX2): the same block layout as
+ * pack_rows_bf16, one float per k; full groups of six through pack6_avx2,
+ * the last, short group zero-padded. */
 static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
                           float *Ap) {
     for (int g = 0; g < rows; g += mr) {
@@ -387,9 +387,10 @@ static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int k
     }
 }
 
-/* Tiles [t0, t1) of 48 columns, all rows. fp32 kernels read A in place
- * (a K block of 8 rows is 4 KB: L1 holds it, no packing needed); bf16
- * kernels read a block converted by pack_rows_bf16. Elements of packed W
+/* Tiles [t0, t1) (48 columns, or one 16-column panel for AVX2), all rows.
+ * The AVX-512 and generic fp32 kernels read A in place (a K block of 8 rows
+ * is 6 KB: L1 holds it); the AVX2 kernel reads the block packed by
+ * pack_rows_f32, bf16 kernels the block converted by pack_rows_bf16. Elements of packed W
  * are 4 bytes either way (an fp32 value, or a pair of bf16 values covering
  * two k), so one loop serves both: `per` k values per element. The K block is even,
  * so a pair never straddles two K blocks. The bias goes in with the last
