@@ -278,19 +278,16 @@ __attribute__((target("avx2"))) static inline double hsum256d(__m256d v) {
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-/* softmax of one row of n values, in place */
-/* noinline: one call per row is nothing, and the profile (bench/profile.py)
- * then tells the softmax apart from the attention around it. */
+/* Softmax of one row of n values, in place. noinline: one call per row is
+ * nothing, and the profile (bench/profile.py) then tells the softmax apart
+ * from the attention around it. */
 __attribute__((target("avx2,fma"), noinline)) static void softmax_row_avx2(float *row, int n) {
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     __m256 mx = ninf;
     for (int j = 0; j < n; j += 8) {
-        if (n - j >= 8) {
-            mx = _mm256_max_ps(mx, _mm256_loadu_ps(row + j));
-            continue;
-        }
-        __m256i m = mask8((size_t)(n - j));
-        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_maskload_ps(row + j, m), _mm256_castsi256_ps(m)));
+        __m256 v = load8(row + j, (size_t)(n - j));
+        if (n - j < 8) v = _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(mask8((size_t)(n - j)))); /* lanes past n: -inf */
+        mx = _mm256_max_ps(mx, v);
     }
     __m256 maxv = _mm256_set1_ps(hmax256(mx));
     __m256 sum = _mm256_setzero_ps();

@@ -42,29 +42,26 @@ static uint64_t now_ns(void) {
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
-/* Polls until *p differs from `from` (job_word) or, with from < 0, drops
- * to 0 (pending), for at most SPIN_NS. Returns 1 when it did. */
-static int spin_until(const void *p, int64_t from) {
-    uint64_t start = 0;
-    for (unsigned i = 0;; i++) {
-        int ready = from >= 0
-                        ? __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE) != (uint64_t)from
-                        : __atomic_load_n((const int *)p, __ATOMIC_ACQUIRE) == 0;
-        if (ready) return 1;
-        _mm_pause();
-        if ((i & 63) == 0) { /* the clock costs ~20 ns: read it now and then */
-            uint64_t t = now_ns();
-            if (start == 0) start = t;
-            else if (t - start > SPIN_NS) return 0;
-        }
-    }
+/* One turn of a polling loop: pauses, and says whether the SPIN_NS budget
+ * that started at the loop's first turn (*start, 0 before it) lasts.
+ * The clock costs ~20 ns, so it is read every 64 turns. */
+static int keep_polling(unsigned *turn, uint64_t *start) {
+    _mm_pause();
+    if ((*turn)++ % 64 != 0) return 1;
+    uint64_t t = now_ns();
+    if (*start == 0) *start = t;
+    return t - *start <= SPIN_NS;
 }
 
 static void *worker(void *arg) {
     int part = (int)(intptr_t)arg;
     uint64_t seen = 0;
     for (;;) {
-        if (!spin_until(&job_word, (int64_t)seen)) {
+        unsigned turn = 0;
+        uint64_t start = 0;
+        while (__atomic_load_n(&job_word, __ATOMIC_ACQUIRE) == seen && keep_polling(&turn, &start)) {
+        }
+        if (__atomic_load_n(&job_word, __ATOMIC_ACQUIRE) == seen) { /* the budget ran out: sleep */
             pthread_mutex_lock(&mu);
             while (__atomic_load_n(&job_word, __ATOMIC_ACQUIRE) == seen)
                 pthread_cond_wait(&wake, &mu);
@@ -133,7 +130,11 @@ void parallel_run(parallel_fn fn, void *ctx, int max_parts) {
     }
     pthread_mutex_unlock(&mu);
     fn(ctx, 0, parts);
-    if (parts > 1 && !spin_until(&pending, -1)) {
+    unsigned turn = 0;
+    uint64_t start = 0;
+    while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) > 0 && keep_polling(&turn, &start)) {
+    }
+    if (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) > 0) { /* the budget ran out: sleep */
         pthread_mutex_lock(&mu);
         while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&done, &mu);
         pthread_mutex_unlock(&mu);
