@@ -529,6 +529,7 @@ typedef struct {
     float *patches;  // (T, C*p*p) im2col of every image (class rows unused)
     float *scores;   // parts x attention_scratch_floats(Tmax, hd): one per thread
     float *head;     // (max(D, M)) one image's head input/hidden
+    float *pack;     // the GEMMs' scratch: A repacked (gemm_scratch_floats(T, widest K))
 } activations;
 
 static size_t plan(const vit_config *c, size_t T, size_t Tmax, size_t parts, activations *a,
@@ -536,12 +537,16 @@ static size_t plan(const vit_config *c, size_t T, size_t Tmax, size_t parts, act
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t P = (size_t)c->num_channels * c->patch_size * c->patch_size;
     size_t M = (size_t)c->mlp_intermediate;
-    size_t sizes[8] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P,
+    size_t Kmax = D > I ? D : I;
+    if (P > Kmax) Kmax = P;
+    size_t sizes[9] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P,
                        parts * attention_scratch_floats((int)Tmax, c->head_dim),
-                       (M > D ? M : D) + (size_t)c->num_class};
-    float **slots[8] = {&a->x, &a->xn, &a->qkv, &a->attn, &a->mlp, &a->patches, &a->scores, &a->head};
+                       (M > D ? M : D) + (size_t)c->num_class,
+                       gemm_scratch_floats((int)T, (int)Kmax)};
+    float **slots[9] = {&a->x,      &a->xn,     &a->qkv,  &a->attn, &a->mlp,
+                        &a->patches, &a->scores, &a->head, &a->pack};
     size_t total = 0;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 9; i++) {
         if (base) *slots[i] = base + total;
         total += (sizes[i] + 15) & ~(size_t)15; /* keep every buffer 64-byte aligned */
     }
@@ -774,7 +779,7 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
                a.patches + (size_t)(start[i] + 1) * P);
     for (int i = 0; i < n; i++) /* class rows of the im2col buffer: keep them defined */
         memset(a.patches + (size_t)start[i] * P, 0, sizeof(float) * (size_t)P);
-    gemm_forward(a.x, a.patches, &w->patch, NULL, (int)T);
+    gemm_forward(a.x, a.patches, &w->patch, NULL, (int)T, a.pack);
     for (int i = 0; i < n; i++) {
         memcpy(a.x + (size_t)start[i] * D, w->class_emb, sizeof(float) * (size_t)D);
         if (c->has_ape) {
@@ -790,7 +795,7 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const vit_layer *L = &w->layers[l];
         // x = x + out_proj(attention(LN1(x)))
-        gemm_forward(a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T);
+        gemm_forward(a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T, a.pack);
         for (int i = 0; i < n; i++) {
             int Ti = start[i + 1] - start[i];
             float *qkv_i = a.qkv + (size_t)start[i] * 3 * D;
@@ -798,13 +803,13 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
             attention_job job = {a.attn + (size_t)start[i] * D, qkv_i, a.scores, Ti, (int)Tmax, H, hd};
             parallel_run(attention_part, &job, parts);
         }
-        gemm_forward(a.xn, a.attn, &L->out, L->out_b, (int)T);
+        gemm_forward(a.xn, a.attn, &L->out, L->out_b, (int)T, a.pack);
         // x = x + fc2(act(fc1(LN2(x)))): the residual and LN2 in one pass
         residual_norm(a.x, a.xn, a.xn, L->ln2_w, L->ln2_b, (int)T, D, eps, parts);
-        gemm_forward(a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T);
+        gemm_forward(a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T, a.pack);
         activation_job act = {a.mlp, T * (size_t)I, c->hidden_act};
         parallel_run(activation_part, &act, T * (size_t)I >= 65536 ? parts : 1);
-        gemm_forward(a.xn, a.mlp, &L->fc2, L->fc2_b, (int)T);
+        gemm_forward(a.xn, a.mlp, &L->fc2, L->fc2_b, (int)T, a.pack);
         // the residual, and the next layer's LN1 in the same pass
         const vit_layer *next = l + 1 < c->num_hidden_layers ? &w->layers[l + 1] : NULL;
         residual_norm(a.x, a.xn, next ? a.xn : NULL, next ? next->ln1_w : NULL,

@@ -25,22 +25,28 @@ static void fill(float *x, size_t n, unsigned seed) {
 START_TEST(test_kernels_match_openblas) {
     int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {6, 32, 16}, {13, 33, 17}, {197, 96, 64},
                        {40, 100, 300}, {7, 130, 5}, {131, 50, 400},
-                       {400, 40, 200}}; /* past one pass of rows (gemm.c MC_ONE_PASS) */
+                       {400, 40, 200},   /* past one pass of rows (gemm.c MC_ONE_PASS) */
+                       {29, 35, 1700},   /* several K blocks of every kernel, and a tail */
+                       {300, 20, 1540}}; /* several passes and K blocks */
     int tested = 0;
     for (size_t ki = 0; ki < 3; ki++) {
         if (gemm_force_kernel(kernels[ki]) != 0) continue; /* CPU lacks it */
         tested++;
-        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
-            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        /* two threads: A packed in parts, columns split */
+        for (size_t s = 0; s < 2 * sizeof(shapes) / sizeof(shapes[0]); s++) {
+            gemm_set_threads(s % 2 ? 2 : 1);
+            int M = shapes[s / 2][0], N = shapes[s / 2][1], K = shapes[s / 2][2];
             float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
             float *b = malloc(sizeof(float) * N), *out = malloc(sizeof(float) * M * N);
             float *ref = malloc(sizeof(float) * M * N);
+            /* exactly the size asked for: ASan sees any write past it */
+            float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K));
             fill(A, (size_t)M * K, 1 + (unsigned)s);
             fill(W, (size_t)N * K, 100 + (unsigned)s);
             fill(b, (size_t)N, 7);
             packed_weight p;
             ck_assert(gemm_pack(W, N, K, GEMM_FP32, &p) == 0);
-            gemm_forward(out, A, &p, b, M);
+            gemm_forward(out, A, &p, b, M, scratch);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, W, K, 0.0f, ref, N);
             for (int i = 0; i < M * N; i++) {
                 float want = ref[i] + b[i % N];
@@ -48,10 +54,11 @@ START_TEST(test_kernels_match_openblas) {
                               "%s %dx%dx%d: element %d: %g vs %g", kernels[ki], M, N, K, i, out[i], want);
             }
             gemm_pack_free(&p);
-            free(A); free(W); free(b); free(out); free(ref);
+            free(A); free(W); free(b); free(out); free(ref); free(scratch);
         }
     }
     ck_assert_int_ge(tested, 1);
+    gemm_set_threads(1);
     gemm_force_kernel(NULL);
 }
 END_TEST
@@ -63,6 +70,7 @@ START_TEST(test_rows_independent_of_batch) {
     int N = 70, K = 150, Mmax = 61, Mbig = 600;
     float *A = malloc(sizeof(float) * Mbig * K), *W = malloc(sizeof(float) * N * K);
     float *one = malloc(sizeof(float) * N), *all = malloc(sizeof(float) * Mbig * N);
+    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(Mbig, K));
     fill(A, (size_t)Mbig * K, 3);
     fill(W, (size_t)N * K, 4);
     packed_weight p;
@@ -75,9 +83,9 @@ START_TEST(test_rows_independent_of_batch) {
         gemm_set_threads(threads);
         for (int mi = 0; mi < nM; mi++) {
             int M = Ms[mi];
-            gemm_forward(all, A, &p, NULL, M);
+            gemm_forward(all, A, &p, NULL, M, scratch);
             for (int r = 0; r < M; r += 5) {
-                gemm_forward(one, A + (size_t)r * K, &p, NULL, 1);
+                gemm_forward(one, A + (size_t)r * K, &p, NULL, 1, scratch);
                 ck_assert_msg(memcmp(one, all + (size_t)r * N, sizeof(float) * N) == 0,
                               "row %d differs inside M=%d (threads %d)", r, M, threads);
             }
@@ -85,7 +93,7 @@ START_TEST(test_rows_independent_of_batch) {
     }
     gemm_set_threads(1);
     gemm_pack_free(&p);
-    free(A); free(W); free(one); free(all);
+    free(A); free(W); free(one); free(all); free(scratch);
 }
 END_TEST
 
@@ -108,11 +116,12 @@ START_TEST(test_bf16_kernel) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
         float *out = malloc(sizeof(float) * M * N), *one = malloc(sizeof(float) * N);
+        float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K));
         fill(A, (size_t)M * K, 11 + (unsigned)s);
         fill(W, (size_t)N * K, 12 + (unsigned)s);
         packed_weight p;
         ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
-        gemm_forward(out, A, &p, NULL, M);
+        gemm_forward(out, A, &p, NULL, M, scratch);
         for (int i = 0; i < M; i++)
             for (int n = 0; n < N; n++) {
                 double exact = 0, rounded = 0;
@@ -126,11 +135,11 @@ START_TEST(test_bf16_kernel) {
                 ck_assert(fabs(got - exact) <= 2e-2 * sqrt((double)K));
             }
         for (int r = 0; r < M; r += 4) {
-            gemm_forward(one, A + (size_t)r * K, &p, NULL, 1);
+            gemm_forward(one, A + (size_t)r * K, &p, NULL, 1, scratch);
             ck_assert(memcmp(one, out + (size_t)r * N, sizeof(float) * N) == 0);
         }
         gemm_pack_free(&p);
-        free(A); free(W); free(out); free(one);
+        free(A); free(W); free(out); free(one); free(scratch);
     }
 }
 END_TEST
