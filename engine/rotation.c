@@ -309,7 +309,7 @@ void rotation_table_free(rotation_table *t) {
 }
 
 void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens) {
+                    float *qkv, int ld, int tokens, int h0, int h1) {
     int H = rot->heads, hd = rot->head_dim, D = H * hd;
     if (rot->kind == ROT_PAIRS) {
         int np = rot->npairs;
@@ -317,7 +317,7 @@ void rotation_apply(const vit_rotation *rot, const rotation_table *table, int la
             const float *cs = table->data + (((size_t)layer * table->tokens + t) * H) * np * 2;
             for (int which = 0; which < 2; which++) { /* q, then k */
                 float *x = qkv + (size_t)t * ld + which * D;
-                for (int h = 0; h < H; h++) {
+                for (int h = h0; h < h1; h++) {
                     float *xh = x + h * hd;
                     const float *c = cs + (size_t)h * np * 2;
                     for (int i = 0; i < np; i++) {
@@ -336,7 +336,7 @@ void rotation_apply(const vit_rotation *rot, const rotation_table *table, int la
             const float *Rt = table->data + (((size_t)layer * table->tokens + t) * H) * nb * b * b;
             for (int which = 0; which < 2; which++) {
                 float *x = qkv + (size_t)t * ld + which * D;
-                for (int h = 0; h < H; h++)
+                for (int h = h0; h < h1; h++)
                     for (int j = 0; j < nb; j++) {
                         float *xb = x + h * hd + j * b;
                         const float *R = Rt + ((size_t)h * nb + j) * b * b;

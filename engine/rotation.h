@@ -63,10 +63,12 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
                          rotation_table *out);
 void rotation_table_free(rotation_table *t);
 
-/* Rotates q and k of `tokens` rows of the layer's fused qkv activations
- * (row stride ld floats; q at column 0, k at column D), in place. */
+/* Rotates q and k of heads [h0, h1) in `tokens` rows of the layer's fused
+ * qkv activations (row stride ld floats; q at column 0, k at column D), in
+ * place. (Per head: the forward rotates each head in the thread that runs
+ * its attention, right before it.) */
 void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens);
+                    float *qkv, int ld, int tokens, int h0, int h1);
 
 void vit_rotation_free(vit_rotation *rot);
 

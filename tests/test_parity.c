@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "npy.h"
+#include "parallel.h"
 #include "vit.h"
 #include "check_run.h"
 
@@ -71,12 +72,14 @@ static vit_model *load_model(const char *name) {
     return m;
 }
 
-/* Every case, one forward per case (its N images in one batch). */
+/* Every case, one forward per case (its N images in one batch), on one
+ * thread and on two (heads, rows and columns then split between them). */
 START_TEST(test_every_case_matches_reference) {
     load_manifest();
     int pe_seen[6] = {0}, nonsquare = 0;
-    for (int i = 0; i < ncases; i++) {
-        parity_case *pc = &cases[i];
+    for (int i = 0; i < 2 * ncases; i++) {
+        parity_case *pc = &cases[i / 2];
+        parallel_set_threads(i % 2 ? 2 : 1);
         vit_model *m = load_model(pc->model);
         vit_workspace *ws = vit_workspace_new(m);
         int N = (int)pc->input.shape[0], K = m->cfg.num_class, C = m->cfg.num_channels;
@@ -98,8 +101,8 @@ START_TEST(test_every_case_matches_reference) {
             double d = fabs((double)logits[k] - pc->logits.data[k]);
             if (!(d <= worst)) worst = d; /* NaN propagates as failure */
         }
-        ck_assert_msg(worst <= 1e-4, "%s at %dx%d: max |logit - reference| = %g", pc->model, pc->h,
-                      pc->w, worst);
+        ck_assert_msg(worst <= 1e-4, "%s at %dx%d, %d thread(s): max |logit - reference| = %g",
+                      pc->model, pc->h, pc->w, parallel_threads(), worst);
         pe_seen[m->cfg.custom_pe_type] = 1;
         if (pc->h != pc->w) nonsquare++;
         free(imgs);
@@ -107,6 +110,7 @@ START_TEST(test_every_case_matches_reference) {
         vit_workspace_free(ws);
         vit_free(m);
     }
+    parallel_set_threads(1);
     for (int t = 0; t < 6; t++)
         ck_assert_msg(pe_seen[t], "no fixture covers custom_pe_type %s", pe_type_name((pe_type)t));
     ck_assert_int_gt(nonsquare, 0);

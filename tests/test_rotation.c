@@ -275,7 +275,7 @@ static void check_rotated_scores(const char *model) {
         memcpy(rows_a + (size_t)ta * 3 * D, row0, sizeof(float) * 3 * D);
         memcpy(rows_a + (size_t)tb * 3 * D + 0, row1, sizeof(float) * 3 * D);
         if (ta == tb) memcpy(rows_a + (size_t)ta * 3 * D, row0, sizeof(float) * 3 * D);
-        rotation_apply(&m->rot, &one, 0, rows_a, 3 * D, T);
+        rotation_apply(&m->rot, &one, 0, rows_a, 3 * D, T, 0, m->rot.heads);
         const float *qa = rows_a + (size_t)ta * 3 * D;      /* q of token ta */
         const float *kb = rows_a + (size_t)tb * 3 * D + D;  /* k of token tb */
         /* reference: q = (Wq x + bq) * hd^-0.5, k = Wk x + bk, rotated by R */
