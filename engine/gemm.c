@@ -4,9 +4,11 @@
  * k, the 16 weights W[16j + c][k]. Panels come in threes: a tile is 48
  * output columns (N is padded with zero columns to a multiple of 48).
  *
- * Blocking (as BLIS and OpenBLAS do it): K is cut into blocks (192, or 768
- * for AVX2); for each block, rows of A in passes (all of one image's rows
- * at once, else 60-64), and for each pass every tile of this thread runs
+ * Blocking (as BLIS and OpenBLAS do it): the threads take tiles of output
+ * columns in chunks (AVX2: 4 panels at a time, from a shared counter; the
+ * others: one equal share each); within a chunk, K is cut into blocks (192,
+ * or 768 for AVX2); for each block, rows of A in passes (all of one image's
+ * rows at once, else 60-64), and for each pass every tile of the chunk runs
  * the micro-kernel over the pass's rows, MR at a time. A tile is 48 columns
  * for the AVX-512 kernel (8 x 48: the tile's weights, 36 KB, stay in L1/L2
  * while the rows pass; A's rows are read in place) and one 16-column panel
