@@ -666,28 +666,37 @@ void vit_add_ape(const vit_model *m, float *x, const double *pos, int T) {
     }
 }
 
-/* One image's attention, its heads split over the thread pool; each part
- * rotates its heads' q and k first (while the other threads do theirs: on
- * the caller alone, the rotation left the second core idle for 0.6% of a
- * forward) and has its own attention scratch. */
+/* Attention of every image of the batch, one (image, head) at a time: the
+ * parts take the next pair from a shared counter (fixed halves left a core
+ * waiting whenever the host slowed the other down, and a batch took one
+ * pool job per image). A pair's q and k are rotated first, by the thread
+ * that is about to read them (on the caller alone, the rotation left the
+ * second core idle for 0.6% of a forward). Each part has its own scratch. */
 typedef struct {
-    float *out;                  // (T, D)
-    float *qkv;                  // (T, 3D)
-    float *scores;               // parts x attention_scratch_floats(Tmax, head_dim)
-    int T, Tmax, heads, head_dim;
-    const vit_rotation *rot;     // the model's rotation, and this image's table
-    const rotation_table *table; //   (NULL: no rotation)
-    int layer;
+    float *out;                           // (T, D) of the whole batch
+    float *qkv;                           // (T, 3D)
+    float *scores;                        // parts x attention_scratch_floats(Tmax, head_dim)
+    const int *start;                     // (images + 1) token offsets
+    const vit_rotation *rot;              // the model's rotation
+    const rotation_table *const *tables;  // each image's table (NULL: no rotation)
+    int images, Tmax, heads, head_dim, layer;
+    int next;                             // the next (image, head) nobody took (atomic)
 } attention_job;
 
 static void attention_part(void *ctx, int part, int parts) {
-    const attention_job *j = ctx;
-    int h0 = j->heads * part / parts, h1 = j->heads * (part + 1) / parts;
-    if (j->table)
-        rotation_apply(j->rot, j->table, j->layer, j->qkv, 3 * j->heads * j->head_dim, j->T, h0, h1);
+    attention_job *j = ctx;
+    (void)parts;
+    int D = j->heads * j->head_dim;
     float *scores = j->scores + (size_t)part * attention_scratch_floats(j->Tmax, j->head_dim);
-    attention_forward(j->out, j->heads * j->head_dim, j->qkv, scores, j->T, j->heads, j->head_dim,
-                      h0, h1);
+    for (;;) {
+        int u = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        if (u >= j->images * j->heads) return;
+        int i = u / j->heads, h = u % j->heads, T = j->start[i + 1] - j->start[i];
+        float *qkv = j->qkv + (size_t)j->start[i] * 3 * D;
+        if (j->tables[i]) rotation_apply(j->rot, j->tables[i], j->layer, qkv, 3 * D, T, h, h + 1);
+        attention_forward(j->out + (size_t)j->start[i] * D, D, qkv, scores, T, j->heads,
+                          j->head_dim, h, h + 1);
+    }
 }
 
 /* Row by row: x += delta (unless delta is NULL), then out = LayerNorm(x)
@@ -803,13 +812,8 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
         const vit_layer *L = &w->layers[l];
         // x = x + out_proj(attention(LN1(x)))
         gemm_forward(a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T, a.pack);
-        for (int i = 0; i < n; i++) {
-            int Ti = start[i + 1] - start[i];
-            float *qkv_i = a.qkv + (size_t)start[i] * 3 * D;
-            attention_job job = {a.attn + (size_t)start[i] * D, qkv_i, a.scores, Ti, (int)Tmax, H, hd,
-                                 &m->rot, rot[i], l};
-            parallel_run(attention_part, &job, parts);
-        }
+        attention_job job = {a.attn, a.qkv, a.scores, start, &m->rot, rot, n, (int)Tmax, H, hd, l, 0};
+        parallel_run(attention_part, &job, parts);
         gemm_forward(a.xn, a.attn, &L->out, L->out_b, (int)T, a.pack);
         // x = x + fc2(act(fc1(LN2(x)))): the residual and LN2 in one pass
         residual_norm(a.x, a.xn, a.xn, L->ln2_w, L->ln2_b, (int)T, D, eps, parts);
