@@ -144,10 +144,9 @@ static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0
 
 /* AVX2: 6 rows x one 16-column panel (12 accumulators, as BLIS and
  * OpenBLAS shape theirs). The blocked loop calls it panel by panel, all
- * row groups of a pass over one panel before the next, so the panel
- * (KC_AVX2 x 16, 16 KB) stays in L1 while the rows stream from L2. (A 48-column
- * tile, 36 KB, would not fit a Zen 3 core's 32 KB L1 and came from L2 for
- * every six rows.) */
+ * row groups of a pass over one panel before the next: the panel's block
+ * (KC_AVX2 x 16, 48 KB) streams from L2 and the packed rows from L2/L3;
+ * reloading C from L3 once per smaller K block cost more (gemm.c's top). */
 __attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, size_t rs,
                                                             size_t ks, const void *B_,
                                                             const void *unused1,
@@ -350,9 +349,10 @@ static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int 
 
 /* Six rows, eight k at a time: an 8 x 8 transpose (rows 6 and 7 zero) in
  * registers, each k's six values stored as 8 floats whose last two the
- * next store overwrites (the very last spills 2 floats past the group:
- * into the next group's place, written after it, or the buffer's slack).
- * Scalar, the packing took ~1.4 ns per float, 4% of a ViT-B forward. */
+ * next store overwrites; the group's last k stores exactly six, so the
+ * group writes 6 * kc floats and nothing past them (threads pack
+ * neighbouring groups at once). Scalar, the packing took ~1.4 ns per
+ * float, 4% of a ViT-B forward. */
 __attribute__((target("avx2"))) static void pack6_avx2(const float *const *src, int kc, float *dst) {
     const __m256 z = _mm256_setzero_ps();
     int k = 0;
@@ -421,7 +421,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     /* One image streams its weights from memory once: with one pass over all
      * rows, every weight read from DRAM serves every row; in passes of 60 rows
      * the first pass waits on DRAM and the others on L3. */
-    if (kn->pack && M <= MC_ONE_PASS) mc = j->Mp;
+    if (kn->pack && !kn->pairs && M <= MC_ONE_PASS) mc = j->Mp; /* (bf16 packs into Ap: MC rows) */
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
     uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));  /* bf16 block */

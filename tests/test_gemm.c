@@ -26,8 +26,9 @@ START_TEST(test_kernels_match_openblas) {
     int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {6, 32, 16}, {13, 33, 17}, {197, 96, 64},
                        {40, 100, 300}, {7, 130, 5}, {131, 50, 400},
                        {400, 40, 200},   /* past one pass of rows (gemm.c MC_ONE_PASS) */
-                       {29, 35, 1700},   /* several K blocks of every kernel, and a tail */
-                       {300, 20, 1540}}; /* several passes and K blocks */
+                       {29, 130, 1000},  /* several K blocks of every kernel, and a tail */
+                       {300, 100, 800}}; /* several passes and K blocks; (N >= 100: more
+                                             than one AVX2 chunk of tiles for each thread) */
     int tested = 0;
     for (size_t ki = 0; ki < 3; ki++) {
         if (gemm_force_kernel(kernels[ki]) != 0) continue; /* CPU lacks it */
@@ -39,7 +40,7 @@ START_TEST(test_kernels_match_openblas) {
             float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
             float *b = malloc(sizeof(float) * N), *out = malloc(sizeof(float) * M * N);
             float *ref = malloc(sizeof(float) * M * N);
-            /* exactly the size asked for: ASan sees any write past it */
+            /* exactly the size asked for: ASan sees a write past it */
             float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K));
             fill(A, (size_t)M * K, 1 + (unsigned)s);
             fill(W, (size_t)N * K, 100 + (unsigned)s);
@@ -64,10 +65,10 @@ START_TEST(test_kernels_match_openblas) {
 END_TEST
 
 /* Row r of a product is the same, bit for bit, computed alone or inside
- * any larger M, with one thread or two. */
+ * any larger M, with one thread or two, with one K block or several. */
 START_TEST(test_rows_independent_of_batch) {
     /* 401 and Mbig: rows in several passes (gemm.c, MC_ONE_PASS) */
-    int N = 70, K = 150, Mmax = 61, Mbig = 600;
+    int N = 110, K = _i ? 800 : 150, Mmax = 61, Mbig = 600;
     float *A = malloc(sizeof(float) * Mbig * K), *W = malloc(sizeof(float) * N * K);
     float *one = malloc(sizeof(float) * N), *all = malloc(sizeof(float) * Mbig * N);
     float *scratch = malloc(sizeof(float) * gemm_scratch_floats(Mbig, K));
@@ -149,7 +150,7 @@ int main(void) {
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_kernels_match_openblas);
-    tcase_add_test(tc, test_rows_independent_of_batch);
+    tcase_add_loop_test(tc, test_rows_independent_of_batch, 0, 2);
     tcase_add_test(tc, test_bf16_kernel);
     suite_add_tcase(s, tc);
     return check_run(s);

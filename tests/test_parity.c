@@ -73,10 +73,12 @@ static vit_model *load_model(const char *name) {
 }
 
 /* Every case, one forward per case (its N images in one batch), on one
- * thread and on two (heads, rows and columns then split between them). */
+ * thread and on two (heads, rows and columns then split between them):
+ * both against the reference, and the two bit for bit the same. */
 START_TEST(test_every_case_matches_reference) {
     load_manifest();
     int pe_seen[6] = {0}, nonsquare = 0;
+    float *one_thread = NULL; /* the previous (one-thread) run's logits */
     for (int i = 0; i < 2 * ncases; i++) {
         parity_case *pc = &cases[i / 2];
         parallel_set_threads(i % 2 ? 2 : 1);
@@ -103,6 +105,14 @@ START_TEST(test_every_case_matches_reference) {
         }
         ck_assert_msg(worst <= 1e-4, "%s at %dx%d, %d thread(s): max |logit - reference| = %g",
                       pc->model, pc->h, pc->w, parallel_threads(), worst);
+        if (i % 2 == 0) {
+            free(one_thread);
+            one_thread = malloc(sizeof(float) * (size_t)N * K);
+            memcpy(one_thread, logits, sizeof(float) * (size_t)N * K);
+        } else {
+            ck_assert_msg(memcmp(one_thread, logits, sizeof(float) * (size_t)N * K) == 0,
+                          "%s at %dx%d: two threads differ from one", pc->model, pc->h, pc->w);
+        }
         pe_seen[m->cfg.custom_pe_type] = 1;
         if (pc->h != pc->w) nonsquare++;
         free(imgs);
@@ -111,6 +121,7 @@ START_TEST(test_every_case_matches_reference) {
         vit_free(m);
     }
     parallel_set_threads(1);
+    free(one_thread);
     for (int t = 0; t < 6; t++)
         ck_assert_msg(pe_seen[t], "no fixture covers custom_pe_type %s", pe_type_name((pe_type)t));
     ck_assert_int_gt(nonsquare, 0);
