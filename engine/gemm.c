@@ -525,7 +525,11 @@ static void gemm_part(void *ctx, int part, int parts) {
 }
 
 size_t gemm_scratch_floats(int M, int K) {
-    /* every kernel's M rounded up to its MR is below M + MR_MAX */
+    pthread_once(&choose_once, choose_kernel);
+    /* only the fp32 packing kernel (AVX2) uses it; the others read A in
+     * place or pack per thread (bf16, whose kernel needs AVX-512 anyway) */
+    if (!active->pack) return 0;
+    /* M rounded up to MR is below M + MR_MAX */
     return (size_t)(M + MR_MAX) * (size_t)K;
 }
 
