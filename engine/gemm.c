@@ -402,10 +402,16 @@ static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int k
     }
 }
 
+/* The fp32 packing kernel (AVX2) reads A packed once for all threads into
+ * the caller's scratch (pack_part); bf16 packs per part, the others read A
+ * in place. */
+static int shared_pack(const gemm_kernel *kn) { return kn->pack && !kn->pairs; }
+
 /* Tiles [t0, t1) (48 columns, or one 16-column panel for AVX2), all rows.
  * The AVX-512 and generic fp32 kernels read A in place (a K block of 8 rows
- * is 6 KB: L1 holds it); the AVX2 kernel reads the block packed by
- * pack_rows_f32, bf16 kernels the block converted by pack_rows_bf16. Elements of packed W
+ * is 6 KB: L1 holds it); the AVX2 kernel reads all of A packed beforehand
+ * by pack_part (shared_pack), bf16 kernels the block each part converts
+ * with pack_rows_bf16 for itself. Elements of packed W
  * are 4 bytes either way (an fp32 value, or a pair of bf16 values covering
  * two k), so one loop serves both: `per` k values per element. The K block is even,
  * so a pair never straddles two K blocks. The bias goes in with the last
@@ -421,7 +427,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     /* One image streams its weights from memory once: with one pass over all
      * rows, every weight read from DRAM serves every row; in passes of 60 rows
      * the first pass waits on DRAM and the others on L3. */
-    if (kn->pack && !kn->pairs && M <= MC_ONE_PASS) mc = j->Mp; /* (bf16 packs into Ap: MC rows) */
+    if (shared_pack(kn) && M <= MC_ONE_PASS) mc = j->Mp; /* (bf16 packs into Ap: MC rows) */
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
     uint32_t Ap[MC * KC / 2] __attribute__((aligned(64)));  /* bf16 block */
@@ -452,7 +458,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
                         Ag = Ap + (size_t)g * ku;
                         rs = 1;
                         ks = (size_t)mr;
-                    } else if (kn->pack) {
+                    } else if (shared_pack(kn)) {
                         Ag = j->Ap + (size_t)k0 * j->Mp + (size_t)(i0 + g) * kc;
                         rs = 1;
                         ks = (size_t)mr;
@@ -528,7 +534,7 @@ size_t gemm_scratch_floats(int M, int K) {
     pthread_once(&choose_once, choose_kernel);
     /* only the fp32 packing kernel (AVX2) uses it; the others read A in
      * place or pack per thread (bf16, whose kernel needs AVX-512 anyway) */
-    if (!active->pack) return 0;
+    if (!shared_pack(active)) return 0;
     /* M rounded up to MR is below M + MR_MAX */
     return (size_t)(M + MR_MAX) * (size_t)K;
 }
@@ -547,7 +553,7 @@ void gemm_forward(float *out, const float *A, const packed_weight *W, const floa
      * (equal halves left the other core waiting 2-3% of a forward), and a
      * chunk's output columns (4 panels x M rows: 50 KB at 224) stay in L2
      * across the K blocks. Kernels that pack per part take equal shares. */
-    j.chunk = kn->pack && !kn->pairs ? GEMM_CHUNK : (tiles + threads - 1) / threads;
-    if (kn->pack && !kn->pairs) parallel_run(pack_part, &j, parts < j.Mp / kn->mr ? parts : j.Mp / kn->mr);
+    j.chunk = shared_pack(kn) ? GEMM_CHUNK : (tiles + threads - 1) / threads;
+    if (shared_pack(kn)) parallel_run(pack_part, &j, parts < j.Mp / kn->mr ? parts : j.Mp / kn->mr);
     parallel_run(gemm_part, &j, parts);
 }
