@@ -3,8 +3,13 @@
 #  1. Under load: hey posts images on 16 connections; once answers flow,
 #     SIGTERM. The daemon must exit 0 within the drain bound, and hey must
 #     see only 200 or 503 answers; its only errors may be refused
-#     connections (the listening socket is closed at once): no reset, no
-#     EOF, no timeout for a request the daemon had accepted.
+#     connections (the listening socket is closed at once) and requests
+#     written onto a kept-alive connection just as the daemon closed it idle
+#     at stop (Go reports "server closed idle connection" or "EOF"; no server
+#     can rule that race out, RFC 9112 9.6), and only while the daemon's log
+#     shows that every request it had started reading was answered in full
+#     (no "ended without a complete answer" line): nothing the daemon had
+#     accepted may be lost.
 #  2. Seen from single connections (edge.py drain): readiness 503 with
 #     Connection: close on a kept-alive connection, inference on a
 #     kept-alive connection after the signal gets 503 with Connection:
@@ -51,13 +56,17 @@ ok=$(hey_count "$WORK/hey.txt" 200)
 unavailable=$(hey_count "$WORK/hey.txt" 503)
 # Error lines look like "  [N]	Post "...": dial tcp ...: connect: connection refused".
 errors=$(sed -n '/^Error distribution/,$p' "$WORK/hey.txt" | grep '^ *\[' || true)
-lost=$(grep -v 'connection refused' <<<"$errors" || true)
+if log_has 'ended without a complete answer'; then
+  lost=$(grep -v 'connection refused' <<<"$errors" || true)  # the daemon dropped some: no excuse
+else
+  lost=$(grep -v -e 'connection refused' -e 'server closed idle connection' -e '": EOF$' <<<"$errors" || true)
+fi
 if [ -n "$lost" ]; then
   cat "$WORK/hey.txt" >&2
-  fail "requests lost at shutdown (errors other than refused connections): $lost"
+  fail "requests lost at shutdown (errors other than refused or idle-closed connections): $lost"
 fi
 refused=$(awk -F'[][]' '{ n += $2 } END { print n + 0 }' <<<"$errors")
-echo "ok SIGTERM under load ($in_flight requests in flight): exit 0 after $ms ms; ${ok} x 200, ${unavailable:-0} x 503, $refused refused connections, nothing lost"
+echo "ok SIGTERM under load ($in_flight requests in flight): exit 0 after $ms ms; ${ok} x 200, ${unavailable:-0} x 503, $refused refused or idle-closed connections, nothing lost"
 
 # --- 2. keep-alive connections and a request arriving across SIGTERM -------
 start_daemon --access-log text --drain-timeout-s "$DRAIN"
