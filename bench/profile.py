@@ -12,7 +12,12 @@ packing and loop, attention's two products, its softmax, its copies of K and
 V, GELU, LayerNorm (with the residual adds), the rotation (RoPE / ComRoPE),
 the thread pool, the kernel (page faults, scheduling), the rest. Prints a
 table (share of samples, ms per forward = share x median forward time x
-threads), writes OUT/profile.json and OUT/profile.png.
+threads), writes OUT/profile.json and OUT/profile.png. For the two stages
+that are products (the GEMM micro-kernel; attention's QK^T and PV) it also
+gives their rate, useful GFLOP (from the checkpoint's config.json) per CPU
+second, against one core's fp32 FMA peak measured by comrope-fma-peak (built
+next to the engine) right before the sampling: how far each is from the
+ceiling.
 
 Needs `perf` (Debian's linux-perf; scripts/install-deps.sh bench) and the
 engine built with symbols (the project's default RelWithDebInfo flags).
@@ -64,6 +69,37 @@ def engine_cmd(a, reps, warmup):
             "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup)]
 
 
+def product_gflop(model, resolution, batch):
+    """Useful GFLOP per forward of (the GEMM micro-kernel's products: patch
+    embedding, Q/K/V, output, MLP; attention's QK^T and PV), from config.json;
+    (None, None) if it cannot be read."""
+    try:
+        with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
+            c = json.load(f)
+        h, _, w = resolution.partition("x")
+        h, w = int(h), int(w or h)
+        D, inter, L, P = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["patch_size"]
+        patches = (h // P) * (w // P)
+        T = patches + 1
+        gemm = 2 * batch * (patches * c.get("num_channels", 3) * P * P * D + L * T * (4 * D * D + 2 * D * inter))
+        attn = 2 * batch * L * 2 * T * T * D
+        return gemm / 1e9, attn / 1e9
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+
+
+def core_peak(engine):
+    """One core's fp32 FMA peak in GFLOP/s (comrope-fma-peak next to the engine), or None."""
+    tool = os.path.join(os.path.dirname(engine), "comrope-fma-peak")
+    if not os.access(tool, os.X_OK):
+        return None
+    p = subprocess.run([tool, "--threads", "1"], capture_output=True, text=True)
+    try:
+        return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])["gflops"]
+    except (IndexError, ValueError, KeyError):
+        return None
+
+
 def main(argv=None):
     a = parse_args(argv if argv is not None else sys.argv[1:])
     if not os.access(a.engine, os.X_OK):
@@ -81,6 +117,9 @@ def main(argv=None):
     load_s = max(0.0, wall - sum(reps))
     delay_ms = int((load_s + reps[0]) * 1000 * 1.2) + 200  # load + one forward, with margin
     log(f"      load {load_s:.2f} s, forward {reps[-1] * 1e3:.1f} ms: sampling starts after {delay_ms} ms")
+
+    peak = core_peak(a.engine)
+    log(f"      one core's fp32 FMA peak: {f'{peak:.1f} GFLOP/s' if peak else 'not measured (no comrope-fma-peak)'}")
 
     # 2. sample warm-up + timed forwards
     data = os.path.join(a.out, "perf.data")
@@ -116,14 +155,28 @@ def main(argv=None):
     log(f"Where the time goes: {os.path.basename(a.model.rstrip('/'))} {a.resolution} batch {a.batch}, "
         f"{a.threads} thread(s), kernel {res['kernel']}, median forward {fwd_ms:.1f} ms "
         f"({res['images_per_s']:.2f} img/s) over {a.reps} forwards")
-    log(f"  {'stage':28s} {'share':>7s} {'CPU ms/forward':>15s}")
+    # the products' rates: useful GFLOP per CPU second of their stage
+    gemm_gf, attn_gf = product_gflop(a.model, a.resolution, a.batch)
     for r in rows:
-        log(f"  {r['stage']:28s} {r['percent']:6.1f}% {r['cpu_ms_per_forward']:15.1f}")
+        gf = {"GEMM micro-kernel": gemm_gf, "attention QK^T + PV": attn_gf}.get(r["stage"])
+        if gf and r["cpu_ms_per_forward"] > 0:
+            r["gflop"] = round(gf, 2)
+            r["gflops_per_core"] = round(gf / (r["cpu_ms_per_forward"] / 1e3), 1)
+            if peak:
+                r["share_of_core_peak"] = round(r["gflops_per_core"] / peak, 3)
+    log(f"  {'stage':28s} {'share':>7s} {'CPU ms/forward':>15s}  rate (useful GFLOP per CPU second)")
+    for r in rows:
+        rate = ""
+        if "gflops_per_core" in r:
+            rate = f"  {r['gflop']:.1f} GFLOP at {r['gflops_per_core']:.1f} GFLOP/s"
+            if "share_of_core_peak" in r:
+                rate += f" = {100 * r['share_of_core_peak']:.0f}% of one core's peak ({peak:.1f})"
+        log(f"  {r['stage']:28s} {r['percent']:6.1f}% {r['cpu_ms_per_forward']:15.1f}{rate}")
     top_other = [s for s in symbols if s["stage"] == "other"][:6]
     if top_other:
         log("  other: " + ", ".join(f"{s['symbol']} {s['percent']:.1f}%" for s in top_other))
     doc = {"model": a.model, "resolution": a.resolution, "batch": a.batch, "threads": a.threads,
-           "engine": res, "stages": rows, "symbols": symbols[:60]}
+           "engine": res, "core_peak_gflops": peak, "stages": rows, "symbols": symbols[:60]}
     with open(os.path.join(a.out, "profile.json"), "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
     try:

@@ -27,6 +27,12 @@ Steps, each printed as it runs ([i/N]):
                  at a time vs engine batch 1 (AP, first --resolutions), then
                  RSS growth and page faults over --memory-requests requests at
                  mixed resolutions on the bundled default model
+Before the first benchmark and after the last, comrope-fma-peak measures the
+CPU's fp32 FMA peak on the same pinned CPUs with the same thread count (a loop
+of register-only FMAs: no GEMM passes it); every system's images/s is also
+reported as the share of that peak its arithmetic (GFLOP per image, counted
+from the checkpoint's config.json) runs at, and each engine/ORT target says
+what share of the peak it asks for: how far a ratio can go on this CPU.
 Writes OUT/results.json (every run and every target), OUT/throughput.png,
 OUT/latency_vs_tokens.png and OUT/targets.png, and prints the tables and each
 target as PASS / FAIL with its numbers.
@@ -137,6 +143,8 @@ class Bench:
         self.cache = os.path.join(args.out, "cache")
         self.engine = os.path.join(args.build_dir, "comrope-bench-engine")
         self.serve = os.path.join(args.build_dir, "comrope-serve")
+        self.peak_bin = os.path.join(args.build_dir, "comrope-fma-peak")
+        self.flops_cache = {}
         self.runs = []
         self.skipped = {}  # system -> reason
         self.env = dict(os.environ)
@@ -224,6 +232,58 @@ class Bench:
         last = [line for line in out.splitlines() if "checker" in line]
         return last[-1].replace("export_onnx: ", "") if last else "exported"
 
+    def gflop_per_image(self, pe, res):
+        """Multiply-adds x 2 of one forward at res x res, from the checkpoint's
+        config.json, counted as the engine's vit_gflop counts them (per layer
+        the Q/K/V, output and two MLP products, QK^T and PV over all tokens;
+        the patch embedding and the head): ViT-B/16 35.1 at 224, 111.0 at 384,
+        as the issue counts them. None if the checkpoint is not there."""
+        key = (pe, res)
+        if key not in self.flops_cache:
+            try:
+                with open(os.path.join(self.ckpt_dir(pe), "config.json"), encoding="utf-8") as f:
+                    c = json.load(f)
+                D, inter, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+                P, C, classes = c["patch_size"], c.get("num_channels", 3), c.get("num_class", 1000)
+                mlp = c.get("mlp_intermediate", 0)
+                T = 1 + (res // P) ** 2
+                layer = T * (4 * D * D + 2 * D * inter) + 2 * T * T * D
+                head = D * mlp + mlp * classes if mlp else D * classes
+                self.flops_cache[key] = 2.0 * ((T - 1) * C * P * P * D + L * layer + head) * 1e-9
+            except (OSError, ValueError, KeyError, TypeError):
+                self.flops_cache[key] = None
+        return self.flops_cache[key]
+
+    def peak(self, when):
+        """comrope-fma-peak, pinned like the benchmarks: meta['fma_peak'][when]."""
+        if not os.access(self.peak_bin, os.X_OK):
+            return f"skipped: {self.peak_bin} is missing (bench/run.sh builds it)"
+        try:
+            lines = [ln for ln in self.call([self.peak_bin, "--threads", str(self.a.threads)], timeout=120)
+                     .splitlines() if ln.startswith("{")]
+            rec = json.loads(lines[-1])
+        except (RuntimeError, IndexError, ValueError, subprocess.TimeoutExpired, OSError) as e:
+            return f"ERROR {e}"
+        if "skipped" in rec:
+            return f"skipped: {rec['skipped']}"
+        self.meta.setdefault("fma_peak", {})[when] = rec
+        return (f"{rec['gflops']:.1f} GFLOP/s fp32 ({rec['isa']}, {rec['threads']} thread(s): "
+                f"{', '.join(f'{g:.1f}' for g in rec['per_thread_gflops'])})")
+
+    def peak_gflops(self):
+        """The higher of the two peak measurements (a busy host only lowers it), or None."""
+        got = [r["gflops"] for r in (self.meta.get("fma_peak") or {}).values()]
+        return max(got) if got else None
+
+    def peak_share(self, rec):
+        """The share of the FMA peak a run's arithmetic ran at, or None."""
+        if not rec:
+            return None
+        pk, g = self.peak_gflops(), rec.get("gflop_per_image") or self.gflop_per_image(rec["pe"], rec["res"])
+        if not pk or not g or "images_per_s" not in rec:
+            return None
+        return rec["images_per_s"] * g / pk
+
     # ---- processes ------------------------------------------------------
     def call(self, cmd, env=None, pin=True, timeout=None):
         full = (self.pin if pin else []) + cmd
@@ -262,7 +322,8 @@ class Bench:
                    "--warmup", str(a.official_warmup)] + common
         rec = {"system": system, "group": group, "pe": pe, "res": res, "batch": batch,
                "tokens": 1 + (res // 16) ** 2, "env": f"OPENBLAS_CORETYPE={coretype}" if coretype else "default",
-               "precision": precision or "fp32", "round": rnd}
+               "precision": precision or "fp32", "round": rnd,
+               "gflop_per_image": self.gflop_per_image(pe, res)}
         skip_key = "engine-bf16" if precision == "bf16" else system
         if skip_key in self.skipped:
             rec["skipped"] = self.skipped[skip_key]
@@ -352,6 +413,9 @@ class Bench:
         for pe, r in sorted(set(exports)):
             p.add(f"export ONNX {pe} {r}x{r}", lambda pe=pe, r=r: self.export(pe, r))
 
+        p.add(f"fma peak  comrope-fma-peak, {a.threads} thread(s), before the benchmarks",
+              lambda: self.peak("start"))
+
         def b(system, group, pe, r, batch, coretype=None, precision=None, rnd=0):
             env = f" {coretype and 'OPENBLAS_CORETYPE=' + coretype or ''}{precision or ''}"
             tag = f" round {rnd + 1}/{a.rounds}" if a.rounds > 1 else ""
@@ -400,6 +464,8 @@ class Bench:
                   lambda: self.daemon("speed", "comrope-ap", r))
             p.add(f"daemon   HTTP        default model, {a.memory_requests} requests, mixed resolutions",
                   lambda: self.daemon("memory", "comrope-ld", 28))
+        p.add(f"fma peak  comrope-fma-peak, {a.threads} thread(s), after the benchmarks",
+              lambda: self.peak("end"))
         return p
 
     # ---- results --------------------------------------------------------
@@ -436,8 +502,13 @@ class Bench:
                         o = self.find(system=system, group="main", pe=pe, res=r, batch=batch)
                         if e and o:
                             v = ratio(e, o)
+                            detail = f"{e['images_per_s']:.3f} vs {o['images_per_s']:.3f} img/s"
+                            need = self.peak_share(o)
+                            if need is not None:  # what the target asks of the CPU
+                                detail += (f"; {tgt}x {SYSTEM_LABEL[system]} = {100 * tgt * need:.0f}% of "
+                                           f"the fp32 FMA peak, the engine ran at {100 * self.peak_share(e):.0f}%")
                             add(f"engine >= {tgt}x {SYSTEM_LABEL[system]}", kind, cfg, round(v, 3), tgt,
-                                v >= tgt, f"{e['images_per_s']:.3f} vs {o['images_per_s']:.3f} img/s")
+                                v >= tgt, detail)
             for batch in a.batches:
                 pt = {pe: self.find(system="engine", group="pe", pe=pe, res=r, batch=batch)
                       for pe in PE_SHORT}
@@ -556,6 +627,37 @@ def fmt_ips(r):
     return f"{r['images_per_s']:.3f} ±{r['spread_pct'] / 2:.0f}%"
 
 
+def print_peak_table(B):
+    """The main comparison as shares of the measured fp32 FMA peak: how much
+    of the CPU each system uses, and how much the engine/ORT target asks for."""
+    a, pk = B.a, B.peak_gflops()
+    log("")
+    if not pk:
+        log("Share of the fp32 FMA peak: not measured (comrope-fma-peak did not run)")
+        return
+    fp = B.meta["fma_peak"]
+    runs = ", ".join(f"{w} {fp[w]['gflops']:.1f}" for w in ("start", "end") if w in fp)
+    isa = next(iter(fp.values()))["isa"]
+    log(f"Share of the fp32 FMA peak: {pk:.1f} GFLOP/s on {a.threads} thread(s) ({isa}; measured {runs}), "
+        f"images/s x GFLOP per image / peak")
+    hdr = (f"  {'model':5s} {'res':>4s} {'batch':>5s} {'GFLOP':>6s} | {'engine':>7s} {'ORT':>7s} {'torch':>7s} | "
+           f"{T_ORT}x ORT needs")
+    log(hdr)
+    log("  " + "-" * (len(hdr) - 2))
+    for r in a.resolutions:
+        for batch in a.batches:
+            for pe in ("comrope-ap", "comrope-ld"):
+                row = {s: B.find(system=s, group="main", pe=pe, res=r, batch=batch)
+                       for s in ("engine", "onnxruntime", "torch")}
+                share = {s: B.peak_share(row[s]) for s in row}
+                cells = [f"{100 * v:6.1f}%" if v is not None else f"{'-':>7s}" for v in share.values()]
+                need = share["onnxruntime"]
+                need_s = f"{100 * T_ORT * need:6.1f}%{' (over the peak)' if T_ORT * need > 1 else ''}" \
+                    if need is not None else "-"
+                g = B.gflop_per_image(pe, r)
+                log(f"  {PE_SHORT[pe]:5s} {r:4d} {batch:5d} {g if g else float('nan'):6.1f} | {' '.join(cells)} | {need_s}")
+
+
 def print_tables(B, targets):
     a = B.a
     m = B.meta
@@ -589,6 +691,7 @@ def print_tables(B, targets):
                         f"{fmt_ips(row['onnxruntime']):>16s} {fmt_ips(row['torch']):>16s} | "
                         f"{ratios[0]:>8s} {ratios[1]:>9s}")
         log(f"  (! below target: engine/ORT >= {T_ORT}, engine/torch >= {T_TORCH})")
+        print_peak_table(B)
     sweep_res = sorted(set((a.sweep if "sweep" in a.parts else []) +
                            (a.resolutions if "main" in a.parts or "official" in a.parts else [])))
     if sweep_res and ({"sweep", "official"} & a.parts):
@@ -726,6 +829,13 @@ def plots(B):
             lo = [max(0.0, p["images_per_s"] - p["batch"] / p["max_s"]) for p in pts]
             hi = [max(0.0, p["batch"] / p["min_s"] - p["images_per_s"]) for p in pts]
             ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, color=colors[s], label=SYSTEM_LABEL[s])
+        pk = B.peak_gflops()  # the roofline: every FMA unit busy all the time
+        xs = sorted(set(r["res"] for r in B.runs if r["batch"] == batch and r["pe"] == "comrope-ap"))
+        ys = [(x, B.gflop_per_image("comrope-ap", x)) for x in xs]
+        ys = [(x, pk / g) for x, g in ys if g and pk]
+        if pk and ys:
+            ax.plot([x for x, _ in ys], [y for _, y in ys], linestyle="--", color="black", linewidth=1,
+                    label=f"fp32 FMA peak ({pk:.0f} GFLOP/s)")
         ax.set_yscale("log")
         ax.set_xlabel("resolution (pixels per side)")
         ax.set_ylabel("images / s (log)")
