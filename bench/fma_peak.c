@@ -29,28 +29,36 @@ static double now_s(void) {
 }
 
 /* acc = acc * m + c converges (to c / (1 - m)): no overflow, no denormals,
- * whatever the iteration count. The sum of the accumulators is returned so
- * that the compiler cannot drop the loop. (The pragmas unroll the loops over
- * the accumulators so that they live in registers.) */
+ * whatever the iteration count. m, c and the starting values are read from
+ * volatiles: with constants a compiler may prove an accumulator already sits
+ * at the fixed point and drop its multiply-adds (clang did, for a[1] = 1),
+ * and the count would then be too high. The sum of all lanes is returned so
+ * that no accumulator is dead. (The pragmas unroll the loops over the
+ * accumulators so that they live in registers.) */
+static volatile float mul_v = 0.999f, add_v = 1e-3f, start_v = 0.5f;
+
 __attribute__((target("avx2,fma"), noinline)) static float loop_avx2(long iters) {
-    __m256 a[12], m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f);
+    __m256 a[12], m = _mm256_set1_ps(mul_v), c = _mm256_set1_ps(add_v);
+    float a0 = start_v;
 #pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps(a0 * (float)(i + 1));
     for (long n = 0; n < iters; n++)
 #pragma GCC unroll 12
         for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
     __m256 s = a[0];
 #pragma GCC unroll 11
     for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, a[i]);
-    float out[8];
+    float out[8], sum = 0;
     _mm256_storeu_ps(out, s);
-    return out[0];
+    for (int i = 0; i < 8; i++) sum += out[i];
+    return sum;
 }
 
 __attribute__((target("avx512f"), noinline)) static float loop_avx512(long iters) {
-    __m512 a[12], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
+    __m512 a[12], m = _mm512_set1_ps(mul_v), c = _mm512_set1_ps(add_v);
+    float a0 = start_v;
 #pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps(a0 * (float)(i + 1));
     for (long n = 0; n < iters; n++)
 #pragma GCC unroll 12
         for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
@@ -60,43 +68,53 @@ __attribute__((target("avx512f"), noinline)) static float loop_avx512(long iters
     return _mm512_reduce_add_ps(s);
 }
 
+enum { TRIES = 5 };
+
 typedef struct {
-    int wide;          /* 1: AVX-512, 0: AVX2 */
-    long iters;        /* per try */
-    int tries;
-    pthread_barrier_t *start;
-    double best_gflops; /* out */
-    float sink;         /* out: keeps the loops' results alive */
+    int wide;                 /* 1: AVX-512, 0: AVX2 */
+    long iters;               /* per try */
+    pthread_barrier_t *start; /* all threads start each try together */
+    double t0[TRIES], t1[TRIES]; /* out: when each try began and ended */
+    float sink;               /* out: keeps the loops' results alive */
 } worker_arg;
 
 static void *worker(void *p) {
     worker_arg *w = p;
-    int lanes = w->wide ? 16 : 8;
-    w->best_gflops = 0;
-    for (int t = 0; t < w->tries; t++) {
-        pthread_barrier_wait(w->start); /* every thread's try runs at the same time */
-        double t0 = now_s();
+    for (int t = 0; t < TRIES; t++) {
+        pthread_barrier_wait(w->start);
+        w->t0[t] = now_s();
         w->sink += w->wide ? loop_avx512(w->iters) : loop_avx2(w->iters);
-        double dt = now_s() - t0;
-        double g = (double)w->iters * 12 * lanes * 2 / dt / 1e9;
-        if (g > w->best_gflops) w->best_gflops = g;
+        w->t1[t] = now_s();
     }
     return NULL;
 }
 
+/* "--threads 2": 2; anything else (trailing text, out of [lo, hi]): -1 */
+static int parse_int(const char *text, int lo, int hi) {
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || v < lo || v > hi) return -1;
+    return (int)v;
+}
+
 int main(int argc, char **argv) {
     int threads = 1, ms = 200;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--ms") == 0) ms = atoi(argv[i + 1]);
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 >= argc) {
+            fprintf(stderr, "comrope-fma-peak: %s needs a value\n", argv[i]);
+            return 2;
+        }
+        if (strcmp(argv[i], "--threads") == 0) threads = parse_int(argv[i + 1], 1, 1024);
+        else if (strcmp(argv[i], "--ms") == 0) ms = parse_int(argv[i + 1], 1, 60000);
         else {
             fprintf(stderr, "comrope-fma-peak: unknown option %s\n", argv[i]);
             return 2;
         }
-    }
-    if (threads < 1 || threads > 1024 || ms < 1 || ms > 60000 || argc % 2 == 0) {
-        fprintf(stderr, "usage: comrope-fma-peak [--threads T] [--ms M]\n");
-        return 2;
+        if (threads < 0 || ms < 0) {
+            fprintf(stderr, "comrope-fma-peak: %s %s: want --threads 1..1024, --ms 1..60000\n",
+                    argv[i], argv[i + 1]);
+            return 2;
+        }
     }
     __builtin_cpu_init();
     int wide = __builtin_cpu_supports("avx512f");
@@ -112,34 +130,59 @@ int main(int argc, char **argv) {
     iters = (long)((double)iters * (ms / 1e3) / (dt > 1e-6 ? dt : 1e-6));
     if (iters < 1000) iters = 1000;
 
+    int rc = 1, started = 0;
     pthread_barrier_t start;
-    pthread_barrier_init(&start, NULL, (unsigned)threads);
     worker_arg *args = calloc((size_t)threads, sizeof(*args));
     pthread_t *tids = calloc((size_t)threads, sizeof(*tids));
     if (!args || !tids) {
         fprintf(stderr, "comrope-fma-peak: out of memory\n");
-        return 1;
+        goto cleanup;
     }
-    for (int i = 0; i < threads; i++) {
-        args[i] = (worker_arg){wide, iters, 5, &start, 0, 0};
-        if (pthread_create(&tids[i], NULL, worker, &args[i]) != 0) {
-            fprintf(stderr, "comrope-fma-peak: cannot start thread %d\n", i);
-            return 1;
+    if (pthread_barrier_init(&start, NULL, (unsigned)threads) != 0) {
+        fprintf(stderr, "comrope-fma-peak: cannot make a barrier for %d threads\n", threads);
+        goto cleanup;
+    }
+    for (; started < threads; started++) {
+        args[started] = (worker_arg){.wide = wide, .iters = iters, .start = &start};
+        if (pthread_create(&tids[started], NULL, worker, &args[started]) != 0) {
+            /* the others would wait at the barrier for ever */
+            fprintf(stderr, "comrope-fma-peak: cannot start thread %d\n", started);
+            exit(1);
         }
     }
-    double total = 0;
-    printf("{\"isa\": \"%s\", \"threads\": %d, \"per_thread_gflops\": [", wide ? "avx512" : "avx2",
-           threads);
     for (int i = 0; i < threads; i++) {
         pthread_join(tids[i], NULL);
         sink += args[i].sink;
-        total += args[i].best_gflops;
-        printf("%s%.1f", i ? ", " : "", args[i].best_gflops);
     }
-    /* sink is a finite sum of converging accumulators; printing it keeps it */
-    printf("], \"gflops\": %.1f, \"checksum\": %.3g}\n", total, (double)sink);
     pthread_barrier_destroy(&start);
+
+    /* A try's rate is all its flops over the time from its first thread's
+     * start to its last thread's end: a thread that ran while another was
+     * descheduled does not count as running beside it. The best try wins. */
+    double per_thread_flops = (double)iters * 12 * (wide ? 16 : 8) * 2, best = 0;
+    int best_try = 0;
+    for (int t = 0; t < TRIES; t++) {
+        double lo = args[0].t0[t], hi = args[0].t1[t];
+        for (int i = 1; i < threads; i++) {
+            if (args[i].t0[t] < lo) lo = args[i].t0[t];
+            if (args[i].t1[t] > hi) hi = args[i].t1[t];
+        }
+        double g = per_thread_flops * threads / (hi - lo) / 1e9;
+        if (g > best) {
+            best = g;
+            best_try = t;
+        }
+    }
+    printf("{\"isa\": \"%s\", \"threads\": %d, \"per_thread_gflops\": [", wide ? "avx512" : "avx2",
+           threads);
+    for (int i = 0; i < threads; i++)
+        printf("%s%.1f", i ? ", " : "",
+               per_thread_flops / (args[i].t1[best_try] - args[i].t0[best_try]) / 1e9);
+    /* sink is a finite sum of converging accumulators; printing it keeps it */
+    printf("], \"gflops\": %.1f, \"checksum\": %.3g}\n", best, (double)sink);
+    rc = 0;
+cleanup:
     free(args);
     free(tids);
-    return 0;
+    return rc;
 }
