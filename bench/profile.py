@@ -24,11 +24,14 @@ engine built with symbols (the project's default RelWithDebInfo flags).
 """
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 import time
+
+from flops import vit_gflop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,21 +74,11 @@ def engine_cmd(a, reps, warmup):
 
 def product_gflop(model, resolution, batch):
     """Useful GFLOP per forward of (the GEMM micro-kernel's products: patch
-    embedding, Q/K/V, output, MLP; attention's QK^T and PV), from config.json;
-    (None, None) if it cannot be read."""
-    try:
-        with open(os.path.join(model, "config.json"), encoding="utf-8") as f:
-            c = json.load(f)
-        h, _, w = resolution.partition("x")
-        h, w = int(h), int(w or h)
-        D, inter, L, P = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["patch_size"]
-        patches = (h // P) * (w // P)
-        T = patches + 1
-        gemm = 2 * batch * (patches * c.get("num_channels", 3) * P * P * D + L * T * (4 * D * D + 2 * D * inter))
-        attn = 2 * batch * L * 2 * T * T * D
-        return gemm / 1e9, attn / 1e9
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, None
+    embedding, Q/K/V, output, MLP; attention's QK^T and PV), from config.json
+    (bench/flops.py); (None, None) if it cannot be read."""
+    h, _, w = resolution.partition("x")
+    f = vit_gflop(model, int(h), int(w or h))
+    return (batch * f["gemm"], batch * f["attention"]) if f else (None, None)
 
 
 def core_peak(engine):
@@ -121,10 +114,14 @@ def main(argv=None):
     peak = core_peak(a.engine)
     log(f"      one core's fp32 FMA peak: {f'{peak:.1f} GFLOP/s' if peak else 'not measured (no comrope-fma-peak)'}")
 
-    # 2. sample warm-up + timed forwards
+    # 2. sample warm-up + timed forwards. Enough warm-up forwards to outlast
+    # the delay by themselves: with a small model the margin is many
+    # forwards, and two warm-ups plus the timed ones ended before sampling
+    # began (an empty profile).
+    warmup = max(2, math.ceil(delay_ms / 1000 / max(reps[-1], 1e-3)))
     data = os.path.join(a.out, "perf.data")
     cmd = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-D", str(delay_ms), "-o", data, "--"] + \
-        engine_cmd(a, a.reps, 2)
+        engine_cmd(a, a.reps, warmup)
     log(f"[2/3] sampling {a.reps} forwards: {' '.join(cmd)}")
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
@@ -145,7 +142,9 @@ def main(argv=None):
         stage = next((s for s, rx in STAGES if re.search(rx, "[k]" if kind == "k" else sym)), "other")
         by_stage[stage] = by_stage.get(stage, 0.0) + pct
         symbols.append({"symbol": name, "percent": pct, "stage": stage})
-    total = sum(by_stage.values()) or 1.0
+    if not by_stage:
+        sys.exit(f"profile: perf recorded no samples of the forwards ({data}): raise --reps")
+    total = sum(by_stage.values())
     fwd_ms = res["median_s"] * 1e3
     # samples cover every thread: a stage's share x forward time x threads = its CPU-ms per forward
     rows = [{"stage": s, "percent": round(100 * by_stage.get(s, 0.0) / total, 2),

@@ -48,6 +48,8 @@ import subprocess
 import sys
 import time
 
+from flops import vit_gflop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.environ.get("PYTHON", "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable)
 
@@ -233,25 +235,11 @@ class Bench:
         return last[-1].replace("export_onnx: ", "") if last else "exported"
 
     def gflop_per_image(self, pe, res):
-        """Multiply-adds x 2 of one forward at res x res, from the checkpoint's
-        config.json, counted as the engine's vit_gflop counts them (per layer
-        the Q/K/V, output and two MLP products, QK^T and PV over all tokens;
-        the patch embedding and the head): ViT-B/16 35.1 at 224, 111.0 at 384,
-        as the issue counts them. None if the checkpoint is not there."""
+        """GFLOP of one res x res forward of that checkpoint (bench/flops.py), or None."""
         key = (pe, res)
         if key not in self.flops_cache:
-            try:
-                with open(os.path.join(self.ckpt_dir(pe), "config.json"), encoding="utf-8") as f:
-                    c = json.load(f)
-                D, inter, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-                P, C, classes = c["patch_size"], c.get("num_channels", 3), c.get("num_class", 1000)
-                mlp = c.get("mlp_intermediate", 0)
-                T = 1 + (res // P) ** 2
-                layer = T * (4 * D * D + 2 * D * inter) + 2 * T * T * D
-                head = D * mlp + mlp * classes if mlp else D * classes
-                self.flops_cache[key] = 2.0 * ((T - 1) * C * P * P * D + L * layer + head) * 1e-9
-            except (OSError, ValueError, KeyError, TypeError):
-                self.flops_cache[key] = None
+            f = vit_gflop(self.ckpt_dir(pe), res)
+            self.flops_cache[key] = f and f["total"]
         return self.flops_cache[key]
 
     def peak(self, when):
@@ -627,6 +615,15 @@ def fmt_ips(r):
     return f"{r['images_per_s']:.3f} ±{r['spread_pct'] / 2:.0f}%"
 
 
+def main_rows(B):
+    """The main comparison's points in table order: (res, batch, pe, {system: its record or None})."""
+    for r in B.a.resolutions:
+        for batch in B.a.batches:
+            for pe in ("comrope-ap", "comrope-ld"):
+                yield r, batch, pe, {s: B.find(system=s, group="main", pe=pe, res=r, batch=batch)
+                                     for s in ("engine", "onnxruntime", "torch")}
+
+
 def print_peak_table(B):
     """The main comparison as shares of the measured fp32 FMA peak: how much
     of the CPU each system uses, and how much the engine/ORT target asks for."""
@@ -644,18 +641,17 @@ def print_peak_table(B):
            f"{T_ORT}x ORT needs")
     log(hdr)
     log("  " + "-" * (len(hdr) - 2))
-    for r in a.resolutions:
-        for batch in a.batches:
-            for pe in ("comrope-ap", "comrope-ld"):
-                row = {s: B.find(system=s, group="main", pe=pe, res=r, batch=batch)
-                       for s in ("engine", "onnxruntime", "torch")}
-                share = {s: B.peak_share(row[s]) for s in row}
-                cells = [f"{100 * v:6.1f}%" if v is not None else f"{'-':>7s}" for v in share.values()]
-                need = share["onnxruntime"]
-                need_s = f"{100 * T_ORT * need:6.1f}%{' (over the peak)' if T_ORT * need > 1 else ''}" \
-                    if need is not None else "-"
-                g = B.gflop_per_image(pe, r)
-                log(f"  {PE_SHORT[pe]:5s} {r:4d} {batch:5d} {g if g else float('nan'):6.1f} | {' '.join(cells)} | {need_s}")
+    for r, batch, pe, row in main_rows(B):
+        share = {s: B.peak_share(row[s]) for s in row}
+        cells = [f"{100 * v:6.1f}%" if v is not None else f"{'-':>7s}" for v in share.values()]
+        need = share["onnxruntime"]
+        need_s = f"{100 * T_ORT * need:6.1f}%{' (over the peak)' if T_ORT * need > 1 else ''}" \
+            if need is not None else "-"
+        # as recorded with the runs (an old results.json's checkpoints may be gone)
+        g = next((x["gflop_per_image"] for x in row.values() if x and x.get("gflop_per_image")), None) \
+            or B.gflop_per_image(pe, r)
+        g_s = f"{g:6.1f}" if g else f"{'-':>6s}"
+        log(f"  {PE_SHORT[pe]:5s} {r:4d} {batch:5d} {g_s} | {' '.join(cells)} | {need_s}")
 
 
 def print_tables(B, targets):
@@ -675,21 +671,17 @@ def print_tables(B, targets):
         hdr = f"  {'model':5s} {'res':>4s} {'batch':>5s} | {'engine':>16s} {'ONNX Runtime':>16s} {'PyTorch eager':>16s} | {'eng/ORT':>8s} {'eng/torch':>9s}"
         log(hdr)
         log("  " + "-" * (len(hdr) - 2))
-        for r in a.resolutions:
-            for batch in a.batches:
-                for pe in ("comrope-ap", "comrope-ld"):
-                    row = {s: B.find(system=s, group="main", pe=pe, res=r, batch=batch)
-                           for s in ("engine", "onnxruntime", "torch")}
-                    ratios = []
-                    for s, tgt in (("onnxruntime", T_ORT), ("torch", T_TORCH)):
-                        if row["engine"] and row[s]:
-                            v = ratio(row["engine"], row[s])
-                            ratios.append(f"{v:.2f}x{'' if v >= tgt else '!'}")
-                        else:
-                            ratios.append("-")
-                    log(f"  {PE_SHORT[pe]:5s} {r:4d} {batch:5d} | {fmt_ips(row['engine']):>16s} "
-                        f"{fmt_ips(row['onnxruntime']):>16s} {fmt_ips(row['torch']):>16s} | "
-                        f"{ratios[0]:>8s} {ratios[1]:>9s}")
+        for r, batch, pe, row in main_rows(B):
+            ratios = []
+            for s, tgt in (("onnxruntime", T_ORT), ("torch", T_TORCH)):
+                if row["engine"] and row[s]:
+                    v = ratio(row["engine"], row[s])
+                    ratios.append(f"{v:.2f}x{'' if v >= tgt else '!'}")
+                else:
+                    ratios.append("-")
+            log(f"  {PE_SHORT[pe]:5s} {r:4d} {batch:5d} | {fmt_ips(row['engine']):>16s} "
+                f"{fmt_ips(row['onnxruntime']):>16s} {fmt_ips(row['torch']):>16s} | "
+                f"{ratios[0]:>8s} {ratios[1]:>9s}")
         log(f"  (! below target: engine/ORT >= {T_ORT}, engine/torch >= {T_TORCH})")
         print_peak_table(B)
     sweep_res = sorted(set((a.sweep if "sweep" in a.parts else []) +
