@@ -1,11 +1,18 @@
 /* engine_bench.c: images/s of the engine alone, no HTTP.
  *
- *   comrope-bench-engine --model DIR [--resolution N|HxW] [--batch B]
+ *   comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] [--batch B]
  *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16]
  *
- * Random normalized pixels, one workspace, W warm-up forwards (the arena
- * and rotation tables are built there), then R timed forwards of a batch
- * of B images; prints one JSON line with the median and the spread. */
+ * Random normalized pixels, one workspace per model, W warm-up forwards
+ * (the arena and rotation tables are built there), then R timed forwards
+ * of a batch of B images; prints one JSON line per model with the median,
+ * the spread and every timed forward in order ("times_s").
+ *
+ * Several models (up to MAX_MODELS) take turns forward by forward: rep r
+ * of model 1, rep r of model 2, ..., then rep r + 1. bench/run.py compares
+ * the position encodings this way: on a shared VM whose speed drifts by
+ * 10-20% over seconds to minutes, two forwards run back to back see the
+ * same spell, where two processes a minute apart do not. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,13 +34,82 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+enum { MAX_MODELS = 8 };
+
+/* One model under test: what it owns (all freed by bench_free). */
+typedef struct {
+    const char *dir;
+    vit_model *m;
+    vit_workspace *ws;
+    int h, w;
+    float *pix, *logits;
+    vit_image *imgs;
+    double *secs; /* the timed forwards, in order */
+} bench_model;
+
+static void bench_free(bench_model *b) {
+    vit_workspace_free(b->ws);
+    vit_free(b->m);
+    free(b->pix);
+    free(b->logits);
+    free(b->imgs);
+    free(b->secs);
+}
+
+/* Loads b->dir and prepares a batch at res_text (NULL: the model's own
+ * resolution). 0, or 1 / 2 (load / usage error) with the message printed. */
+static int bench_open(bench_model *b, const vit_options *opts, const char *res_text, int batch,
+                      int reps) {
+    char err[1024];
+    if (vit_load(b->dir, opts, &b->m, err, sizeof(err))) {
+        fprintf(stderr, "comrope-bench-engine: %s\n", err);
+        return 1;
+    }
+    resolution_request req = resolution_default(b->m);
+    if (res_text && resolution_parse(res_text, &req, err, sizeof(err))) {
+        fprintf(stderr, "comrope-bench-engine: %s\n", err);
+        return 2;
+    }
+    b->h = req.h;
+    b->w = req.w;
+    if (vit_check_resolution(b->m, b->h, b->w, err, sizeof(err))) {
+        fprintf(stderr, "comrope-bench-engine: %s: %s\n", b->dir, err);
+        return 2;
+    }
+    size_t per = (size_t)b->m->cfg.num_channels * b->h * b->w;
+    b->pix = malloc(sizeof(float) * per * batch);
+    b->logits = malloc(sizeof(float) * (size_t)batch * b->m->cfg.num_class);
+    b->imgs = calloc((size_t)batch, sizeof(*b->imgs));
+    b->secs = calloc((size_t)reps, sizeof(double));
+    b->ws = vit_workspace_new(b->m);
+    if (!b->pix || !b->logits || !b->imgs || !b->secs || !b->ws) {
+        fprintf(stderr, "comrope-bench-engine: out of memory for a batch of %d\n", batch);
+        return 1;
+    }
+    unsigned st = 1; /* the same pixels for every model */
+    for (size_t i = 0; i < per * batch; i++) {
+        st = st * 1103515245u + 12345u;
+        b->pix[i] = ((st >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+    for (int i = 0; i < batch; i++) b->imgs[i] = (vit_image){b->h, b->w, b->pix + per * i};
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    const char *model_dir = NULL, *res_text = NULL;
+    bench_model models[MAX_MODELS];
+    memset(models, 0, sizeof(models));
+    int n = 0, rc = 2;
+    const char *res_text = NULL;
     int batch = 1, threads = 2, reps = 5, warmup = 1;
     vit_options opts = vit_default_options();
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--model") == 0) model_dir = argv[i + 1];
-        else if (strcmp(argv[i], "--resolution") == 0) res_text = argv[i + 1];
+        if (strcmp(argv[i], "--model") == 0) {
+            if (n == MAX_MODELS) {
+                fprintf(stderr, "comrope-bench-engine: at most %d --model\n", MAX_MODELS);
+                return 2;
+            }
+            models[n++].dir = argv[i + 1];
+        } else if (strcmp(argv[i], "--resolution") == 0) res_text = argv[i + 1];
         else if (strcmp(argv[i], "--batch") == 0) batch = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--reps") == 0) reps = atoi(argv[i + 1]);
@@ -45,60 +121,49 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model_dir || batch < 1 || threads < 1 || reps < 1 || warmup < 0) {
-        fprintf(stderr, "usage: comrope-bench-engine --model DIR [--resolution N|HxW] [--batch B] "
-                        "[--threads T] [--reps R] [--warmup W]\n");
+    if (n == 0 || batch < 1 || threads < 1 || reps < 1 || warmup < 0) {
+        fprintf(stderr, "usage: comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] "
+                        "[--batch B] [--threads T] [--reps R] [--warmup W]\n");
         return 2;
     }
     char err[1024];
-    vit_model *m = NULL;
     /* threads first: the pool also sets OpenBLAS to one thread */
     gemm_set_threads(threads);
-    if (vit_load(model_dir, &opts, &m, err, sizeof(err))) {
-        fprintf(stderr, "comrope-bench-engine: %s\n", err);
-        return 1;
-    }
-    resolution_request req = resolution_default(m);
-    if (res_text && resolution_parse(res_text, &req, err, sizeof(err))) {
-        fprintf(stderr, "comrope-bench-engine: %s\n", err);
-        return 2;
-    }
-    int h = req.h, w = req.w, C = m->cfg.num_channels;
-    if (vit_check_resolution(m, h, w, err, sizeof(err))) {
-        fprintf(stderr, "comrope-bench-engine: %s\n", err);
-        return 2;
-    }
-    size_t per = (size_t)C * h * w;
-    float *pix = malloc(sizeof(float) * per * batch);
-    float *logits = malloc(sizeof(float) * (size_t)batch * m->cfg.num_class);
-    vit_image *imgs = calloc((size_t)batch, sizeof(*imgs));
-    double *secs = calloc((size_t)reps, sizeof(double));
-    vit_workspace *ws = vit_workspace_new(m);
-    unsigned st = 1;
-    for (size_t i = 0; i < per * batch; i++) {
-        st = st * 1103515245u + 12345u;
-        pix[i] = ((st >> 8) & 0xffff) / 32768.0f - 1.0f;
-    }
-    for (int i = 0; i < batch; i++) imgs[i] = (vit_image){h, w, pix + per * i};
-    for (int r = 0; r < warmup + reps; r++) {
-        double t0 = now_s();
-        if (vit_forward_ragged(m, ws, imgs, batch, logits, err, sizeof(err))) {
-            fprintf(stderr, "comrope-bench-engine: %s\n", err);
-            return 1;
+    for (int k = 0; k < n; k++)
+        if ((rc = bench_open(&models[k], &opts, res_text, batch, reps)) != 0) goto cleanup;
+    rc = 1;
+    for (int r = 0; r < warmup + reps; r++)
+        for (int k = 0; k < n; k++) {
+            bench_model *b = &models[k];
+            double t0 = now_s();
+            if (vit_forward_ragged(b->m, b->ws, b->imgs, batch, b->logits, err, sizeof(err))) {
+                fprintf(stderr, "comrope-bench-engine: %s: %s\n", b->dir, err);
+                goto cleanup;
+            }
+            double dt = now_s() - t0;
+            if (r >= warmup) b->secs[r - warmup] = dt;
+            fprintf(stderr, "  rep %d/%d: %.3f s%s%s\n", r + 1, warmup + reps, dt, n > 1 ? " " : "",
+                    n > 1 ? b->dir : "");
         }
-        double dt = now_s() - t0;
-        if (r >= warmup) secs[r - warmup] = dt;
-        fprintf(stderr, "  rep %d/%d: %.3f s\n", r + 1, warmup + reps, dt);
+    for (int k = 0; k < n; k++) {
+        bench_model *b = &models[k];
+        double *sorted = malloc(sizeof(double) * reps);
+        if (!sorted) goto cleanup;
+        memcpy(sorted, b->secs, sizeof(double) * reps);
+        qsort(sorted, (size_t)reps, sizeof(double), cmp_double);
+        double med = sorted[reps / 2];
+        printf("{\"model\": \"%s\", \"pe\": \"%s\", \"resolution\": [%d, %d], \"batch\": %d, "
+               "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"median_s\": %.6f, "
+               "\"min_s\": %.6f, \"max_s\": %.6f, \"images_per_s\": %.3f, \"times_s\": [",
+               b->dir, pe_type_name(b->m->cfg.custom_pe_type), b->h, b->w, batch, threads,
+               gemm_kernel_name(), b->m->precision == GEMM_BF16 ? "bf16" : "fp32", med, sorted[0],
+               sorted[reps - 1], batch / med);
+        for (int r = 0; r < reps; r++) printf("%s%.6f", r ? ", " : "", b->secs[r]);
+        printf("]}\n");
+        free(sorted);
     }
-    qsort(secs, (size_t)reps, sizeof(double), cmp_double);
-    double med = secs[reps / 2];
-    printf("{\"model\": \"%s\", \"pe\": \"%s\", \"resolution\": [%d, %d], \"batch\": %d, "
-           "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"median_s\": %.6f, \"min_s\": %.6f, "
-           "\"max_s\": %.6f, \"images_per_s\": %.3f}\n",
-           model_dir, pe_type_name(m->cfg.custom_pe_type), h, w, batch, threads,
-           gemm_kernel_name(), m->precision == GEMM_BF16 ? "bf16" : "fp32", med, secs[0], secs[reps - 1], batch / med);
-    vit_workspace_free(ws);
-    vit_free(m);
-    free(pix); free(logits); free(imgs); free(secs);
-    return 0;
+    rc = 0;
+cleanup:
+    for (int k = 0; k < n; k++) bench_free(&models[k]);
+    return rc;
 }

@@ -18,7 +18,8 @@ Steps, each printed as it runs ([i/N]):
        main      engine vs ONNX Runtime vs PyTorch eager: AP and LD, batch 1
                  and 8, every --resolutions (default 224 384)
        sweep     the same three at the other --sweep resolutions (AP, batch 1)
-       pe        engine cost of AP / LD vs vanilla RoPE vs none, side by side
+       pe        engine cost of AP / LD vs vanilla RoPE vs none: the four in one
+                 process, forward by forward, ratios paired forward by forward
        haswell   engine without and with OPENBLAS_CORETYPE=Haswell
        official  the paper's model.py (AP, batch 1; only where the shim exists)
        bf16      engine --precision bf16 vs fp32 (AP; skipped if the engine lacks it)
@@ -346,6 +347,36 @@ class Bench:
         return (f"{rec['images_per_s']:8.3f} img/s  (median {rec['median_s'] * 1e3:.1f} ms, "
                 f"spread {rec['spread_pct']:.1f}%{extra})")
 
+    def bench_pe(self, res, batch, rnd):
+        """The four position encodings in one engine process that runs their
+        forwards in turn (comrope-bench-engine with four --model): each
+        model's forward r ran right next to the others' forward r, so their
+        ratios pair forward by forward (paired_ratio). One record per model."""
+        a = self.a
+        pes = list(PE_SHORT)
+        cmd = [self.engine, "--resolution", str(res), "--batch", str(batch), "--threads", str(a.threads),
+               "--reps", str(a.reps), "--warmup", str(a.warmup)]
+        for pe in pes:
+            cmd += ["--model", self.ckpt_dir(pe)]
+        base = {"system": "engine", "group": "pe", "res": res, "batch": batch, "tokens": 1 + (res // 16) ** 2,
+                "env": "default", "precision": "fp32", "round": rnd}
+        t0 = time.time()
+        try:
+            lines = [json.loads(ln) for ln in self.call(cmd, timeout=3600).splitlines() if ln.startswith("{")]
+            if len(lines) != len(pes):
+                raise ValueError(f"{len(lines)} result lines for {len(pes)} models")
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired, OSError) as e:
+            for pe in pes:
+                self.runs.append(dict(base, pe=pe, error=str(e)))
+            return f"ERROR {e}"
+        wall = round(time.time() - t0, 1)
+        for pe, out in zip(pes, lines):  # the lines come in the order of the --model flags
+            rec = dict(base, pe=pe, gflop_per_image=self.gflop_per_image(pe, res), wall_s=wall)
+            rec.update(out)
+            rec["spread_pct"] = round(100.0 * (rec["max_s"] - rec["min_s"]) / rec["median_s"], 1)
+            self.runs.append(rec)
+        return "  ".join(f"{PE_SHORT[pe]} {out['median_s'] * 1e3:.1f} ms" for pe, out in zip(pes, lines))
+
     def daemon(self, mode, pe, res):
         """bench/daemon_bench.py in speed or memory mode -> a run record."""
         a = self.a
@@ -427,9 +458,11 @@ class Bench:
         if "pe" in parts:
             points = sorted(set((r, 1) for r in a.sweep + a.resolutions) |
                             set((r, bt) for r in a.resolutions for bt in a.batches))
-            for r, batch in points:
-                rounds(*[("engine", "pe", pe, r, batch)
-                         for pe in ("comrope-ap", "comrope-ld", "vanilla-rope", "none")])
+            for r, batch in points:  # the four models in one process, forward by forward
+                for rnd in range(a.rounds):
+                    tag = f" round {rnd + 1}/{a.rounds}" if a.rounds > 1 else ""
+                    p.add(f"pe       engine      AP LD vanilla none, interleaved {r}x{r} b{batch}{tag}",
+                          lambda r=r, batch=batch, rnd=rnd: self.bench_pe(r, batch, rnd))
         if "haswell" in parts:
             for r in a.resolutions:
                 for batch in a.batches:
@@ -503,7 +536,7 @@ class Bench:
                 for pe in ("comrope-ap", "comrope-ld"):
                     for base, tgt in (("vanilla-rope", T_VANILLA), ("none", T_NONE)):
                         if pt[pe] and pt[base]:
-                            v = ratio(pt[pe], pt[base], "median_s")
+                            v = paired_ratio(pt[pe], pt[base])
                             add(f"{PE_SHORT[pe]} cost within {round((tgt - 1) * 100)}% of {PE_SHORT[base]}",
                                 f"time {PE_SHORT[pe]}/{PE_SHORT[base]}", f"{r} b{batch}", round(v, 3), tgt,
                                 v <= tgt, f"{pt[pe]['median_s'] * 1e3:.1f} vs {pt[base]['median_s'] * 1e3:.1f} ms")
@@ -583,7 +616,7 @@ def merge_rounds(recs):
     m["images_per_s"] = round(m["batch"] / m["median_s"], 3)
     m["spread_pct"] = round(100.0 * (m["max_s"] - m["min_s"]) / m["median_s"], 1)
     m["rounds"] = [{"round": r.get("round", 0), "median_s": r["median_s"],
-                    "images_per_s": r["batch"] / r["median_s"]} for r in recs]
+                    "images_per_s": r["batch"] / r["median_s"], "times_s": r.get("times_s")} for r in recs]
     return m
 
 
@@ -597,6 +630,21 @@ def ratio(num, den, key="images_per_s"):
         if pairs:
             return statistics.median(pairs)
     return num[key] / den[key]
+
+
+def paired_ratio(num, den):
+    """Time ratio num / den of two models that ran forward by forward in the
+    same processes (bench_pe): the median over every pair of forwards that
+    ran next to each other (forward i of each, in each round). Falls back to
+    ratio(..., "median_s") for records without the forwards' times."""
+    def by_round(rec):
+        if rec.get("rounds"):
+            return {x["round"]: x.get("times_s") for x in rec["rounds"]}
+        return {rec.get("round", 0): rec.get("times_s")}
+    tn, td = by_round(num), by_round(den)
+    pairs = [a / b for rnd, ta in tn.items() if ta and td.get(rnd)
+             for a, b in zip(ta, td[rnd]) if b > 0]
+    return statistics.median(pairs) if pairs else ratio(num, den, "median_s")
 
 
 def which(name):
@@ -702,7 +750,8 @@ def print_tables(B, targets):
             log(f"  {r:4d} {1 + (r // 16) ** 2:6d} | " + " ".join(f"{c:>17s}" for c in cells))
     if "pe" in a.parts:
         log("")
-        log("Engine cost of the position encoding (ms per batch, median; ratios to vanilla RoPE and to none)")
+        log("Engine cost of the position encoding (ms per batch, median; ratios to vanilla RoPE and to none,\n"
+            "  the median over forwards that ran back to back in one process: see bench_pe)")
         log(f"  {'res':>4s} {'batch':>5s} | {'AP':>9s} {'LD':>9s} {'vanilla':>9s} {'none':>9s} | "
             f"{'AP/van':>7s} {'LD/van':>7s} {'AP/none':>7s} {'LD/none':>7s}")
         pts = sorted(set((r["res"], r["batch"]) for r in B.runs if r["group"] == "pe"))
@@ -713,7 +762,7 @@ def print_tables(B, targets):
             for num, den, tgt in (("comrope-ap", "vanilla-rope", T_VANILLA), ("comrope-ld", "vanilla-rope", T_VANILLA),
                                   ("comrope-ap", "none", T_NONE), ("comrope-ld", "none", T_NONE)):
                 if t[num] and t[den]:
-                    v = ratio(t[num], t[den], "median_s")
+                    v = paired_ratio(t[num], t[den])
                     gated = r in a.resolutions
                     rat.append(f"{v:6.3f}{'!' if gated and v > tgt else ' '}")
                 else:
