@@ -8,11 +8,12 @@
  * of a batch of B images; prints one JSON line per model with the median,
  * the spread and every timed forward in order ("times_s").
  *
- * Several models (up to MAX_MODELS) take turns forward by forward: rep r
- * of model 1, rep r of model 2, ..., then rep r + 1. bench/run.py compares
- * the position encodings this way: on a shared VM whose speed drifts by
- * 10-20% over seconds to minutes, two forwards run back to back see the
- * same spell, where two processes a minute apart do not. */
+ * Several models (up to MAX_MODELS) take turns forward by forward: in rep
+ * r every model runs once, the first being model r mod n (the order
+ * rotates, so that no model always runs first or last in a rep). bench/run.py
+ * compares the position encodings this way: on a shared VM whose speed
+ * drifts by 10-20% over seconds to minutes, forwards run within one rep see
+ * much the same spell, where processes a minute apart do not. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,7 +103,11 @@ int main(int argc, char **argv) {
     const char *res_text = NULL;
     int batch = 1, threads = 2, reps = 5, warmup = 1;
     vit_options opts = vit_default_options();
-    for (int i = 1; i + 1 < argc; i += 2) {
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 == argc) {
+            fprintf(stderr, "comrope-bench-engine: %s needs a value\n", argv[i]);
+            return 2;
+        }
         if (strcmp(argv[i], "--model") == 0) {
             if (n == MAX_MODELS) {
                 fprintf(stderr, "comrope-bench-engine: at most %d --model\n", MAX_MODELS);
@@ -133,8 +138,8 @@ int main(int argc, char **argv) {
         if ((rc = bench_open(&models[k], &opts, res_text, batch, reps)) != 0) goto cleanup;
     rc = 1;
     for (int r = 0; r < warmup + reps; r++)
-        for (int k = 0; k < n; k++) {
-            bench_model *b = &models[k];
+        for (int j = 0; j < n; j++) {
+            bench_model *b = &models[(r + j) % n];
             double t0 = now_s();
             if (vit_forward_ragged(b->m, b->ws, b->imgs, batch, b->logits, err, sizeof(err))) {
                 fprintf(stderr, "comrope-bench-engine: %s: %s\n", b->dir, err);

@@ -88,6 +88,8 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=2, help="threads of every system (default 2)")
     ap.add_argument("--reps", type=int, help="timed runs per measurement and round (default 3; --quick 1)")
     ap.add_argument("--warmup", type=int, help="warm-up runs (default 2; --quick 1)")
+    ap.add_argument("--pe-reps", type=int, help="pe: timed forwards of each model per round, in turn "
+                    "(default 6; --quick 1): each rep is a set of pairs")
     ap.add_argument("--rounds", type=int, help="rounds of every comparison, the systems in turn "
                     "(default 3; --quick 1); the official model.py runs once")
     ap.add_argument("--resolutions", default="224 384", help="the target resolutions (default '224 384')")
@@ -112,6 +114,7 @@ def parse_args(argv):
     a = ap.parse_args(argv)
     a.preset = a.preset or ("vit-ti16" if a.quick else "vit-b16")
     a.reps = a.reps or (1 if a.quick else 3)
+    a.pe_reps = a.pe_reps or (1 if a.quick else 6)
     a.rounds = a.rounds or (1 if a.quick else 3)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     a.official_reps = a.official_reps or (1 if a.quick else 2)
@@ -350,12 +353,13 @@ class Bench:
     def bench_pe(self, res, batch, rnd):
         """The four position encodings in one engine process that runs their
         forwards in turn (comrope-bench-engine with four --model): each
-        model's forward r ran right next to the others' forward r, so their
-        ratios pair forward by forward (paired_ratio). One record per model."""
+        model's forward r ran in the same rep as the others' forward r (the
+        engine rotates which model goes first), so their ratios pair forward
+        by forward (paired_ratio). One record per model."""
         a = self.a
         pes = list(PE_SHORT)
         cmd = [self.engine, "--resolution", str(res), "--batch", str(batch), "--threads", str(a.threads),
-               "--reps", str(a.reps), "--warmup", str(a.warmup)]
+               "--reps", str(a.pe_reps), "--warmup", str(a.warmup)]
         for pe in pes:
             cmd += ["--model", self.ckpt_dir(pe)]
         base = {"system": "engine", "group": "pe", "res": res, "batch": batch, "tokens": 1 + (res // 16) ** 2,
@@ -536,10 +540,12 @@ class Bench:
                 for pe in ("comrope-ap", "comrope-ld"):
                     for base, tgt in (("vanilla-rope", T_VANILLA), ("none", T_NONE)):
                         if pt[pe] and pt[base]:
-                            v = paired_ratio(pt[pe], pt[base])
+                            v, pairs = paired_ratio(pt[pe], pt[base])
+                            how = f"median of {pairs} paired forwards; " if pairs else "rounds' medians: "
                             add(f"{PE_SHORT[pe]} cost within {round((tgt - 1) * 100)}% of {PE_SHORT[base]}",
                                 f"time {PE_SHORT[pe]}/{PE_SHORT[base]}", f"{r} b{batch}", round(v, 3), tgt,
-                                v <= tgt, f"{pt[pe]['median_s'] * 1e3:.1f} vs {pt[base]['median_s'] * 1e3:.1f} ms")
+                                v <= tgt, f"{how}{pt[pe]['median_s'] * 1e3:.1f} vs {pt[base]['median_s'] * 1e3:.1f} ms "
+                                "median each")
                 d = self.find(system="engine", group="haswell", pe="comrope-ap", res=r, batch=batch, env="default")
                 h = self.find(system="engine", group="haswell", pe="comrope-ap", res=r, batch=batch,
                               env="OPENBLAS_CORETYPE=Haswell")
@@ -633,10 +639,11 @@ def ratio(num, den, key="images_per_s"):
 
 
 def paired_ratio(num, den):
-    """Time ratio num / den of two models that ran forward by forward in the
-    same processes (bench_pe): the median over every pair of forwards that
-    ran next to each other (forward i of each, in each round). Falls back to
-    ratio(..., "median_s") for records without the forwards' times."""
+    """(time ratio num / den, pairs) of two models that ran forward by
+    forward in the same processes (bench_pe): the median over every pair of
+    forwards of the same rep (forward i of each, in each round). Falls back
+    to (ratio(..., "median_s"), 0) for records without the forwards' times
+    (results.json files from before 2026-11-30)."""
     def by_round(rec):
         if rec.get("rounds"):
             return {x["round"]: x.get("times_s") for x in rec["rounds"]}
@@ -644,7 +651,7 @@ def paired_ratio(num, den):
     tn, td = by_round(num), by_round(den)
     pairs = [a / b for rnd, ta in tn.items() if ta and td.get(rnd)
              for a, b in zip(ta, td[rnd]) if b > 0]
-    return statistics.median(pairs) if pairs else ratio(num, den, "median_s")
+    return (statistics.median(pairs), len(pairs)) if pairs else (ratio(num, den, "median_s"), 0)
 
 
 def which(name):
@@ -708,7 +715,7 @@ def print_tables(B, targets):
     log("")
     log(f"== Results: {a.preset} fp32, {a.threads} threads{' pinned to CPUs ' + m['pinned_to'] if m['pinned_to'] else ''}, "
         f"{a.warmup} warm-up + {a.reps} timed runs, {a.rounds} round(s); images/s median of the rounds' medians "
-        f"±half the min-max spread of all runs; ratios: median of the rounds' ratios")
+        f"±half the min-max spread of all runs; ratios: median of the rounds' ratios (pe: of the paired forwards)")
     log(f"   CPU {m['cpu']} ({m['cpu_flags']}), git {m['git']}, load average at start "
         f"{m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}")
     if a.quick:
@@ -750,8 +757,9 @@ def print_tables(B, targets):
             log(f"  {r:4d} {1 + (r // 16) ** 2:6d} | " + " ".join(f"{c:>17s}" for c in cells))
     if "pe" in a.parts:
         log("")
-        log("Engine cost of the position encoding (ms per batch, median; ratios to vanilla RoPE and to none,\n"
-            "  the median over forwards that ran back to back in one process: see bench_pe)")
+        log("Engine cost of the position encoding (ms per batch, median; ratios to vanilla RoPE and to none:\n"
+            "  the median over pairs of forwards of the same rep in one process, see bench_pe; for results\n"
+            "  written before 2026-11-30, of the rounds' medians)")
         log(f"  {'res':>4s} {'batch':>5s} | {'AP':>9s} {'LD':>9s} {'vanilla':>9s} {'none':>9s} | "
             f"{'AP/van':>7s} {'LD/van':>7s} {'AP/none':>7s} {'LD/none':>7s}")
         pts = sorted(set((r["res"], r["batch"]) for r in B.runs if r["group"] == "pe"))
@@ -762,7 +770,7 @@ def print_tables(B, targets):
             for num, den, tgt in (("comrope-ap", "vanilla-rope", T_VANILLA), ("comrope-ld", "vanilla-rope", T_VANILLA),
                                   ("comrope-ap", "none", T_NONE), ("comrope-ld", "none", T_NONE)):
                 if t[num] and t[den]:
-                    v = paired_ratio(t[num], t[den])
+                    v, _ = paired_ratio(t[num], t[den])
                     gated = r in a.resolutions
                     rat.append(f"{v:6.3f}{'!' if gated and v > tgt else ' '}")
                 else:
