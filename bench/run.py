@@ -375,8 +375,9 @@ class Bench:
             return f"ERROR {e}"
         wall = round(time.time() - t0, 1)
         for pe, out in zip(pes, lines):  # the lines come in the order of the --model flags
-            rec = dict(base, pe=pe, gflop_per_image=self.gflop_per_image(pe, res), wall_s=wall)
+            rec = dict(base, gflop_per_image=self.gflop_per_image(pe, res), wall_s=wall)
             rec.update(out)
+            rec["pe"] = pe  # run.py's name, whatever the engine calls its encoding
             rec["spread_pct"] = round(100.0 * (rec["max_s"] - rec["min_s"]) / rec["median_s"], 1)
             self.runs.append(rec)
         return "  ".join(f"{PE_SHORT[pe]} {out['median_s'] * 1e3:.1f} ms" for pe, out in zip(pes, lines))
