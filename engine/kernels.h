@@ -1,7 +1,8 @@
 /* kernels.h: the numeric building blocks of the forward pass.
  *
  * Owns: matmul (OpenBLAS sgemm plus bias), LayerNorm, the activations, and
- * attention for one image (scores, softmax, weighted sum, per head). Shapes
+ * attention for one image (scores, softmax, weighted sum, per head: our
+ * AVX-512 or AVX2 kernels, OpenBLAS on CPUs with neither). Shapes
  * are in the comments; every array is row-major float32. */
 #ifndef COMROPE_KERNELS_H
 #define COMROPE_KERNELS_H

@@ -3,9 +3,10 @@
  * Owns: a few worker threads that run one job at a time, split into `parts`
  * pieces; the caller's thread does piece 0. Between jobs a worker polls for
  * 0.2 ms, then sleeps on a condition variable (why: parallel.c). GEMMs
- * split their columns and attention its heads over it. Because our pool owns the cores, OpenBLAS (used inside a piece,
- * for attention's small products) is kept single-threaded: two pools that
- * busy-wait against each other on 2 cores lose a third of the time. */
+ * split their columns and attention its heads over it. Because our pool
+ * owns the cores, OpenBLAS (used inside a piece for attention's products on
+ * CPUs without AVX2, and by the tests) is kept single-threaded: two pools
+ * that busy-wait against each other on 2 cores lose a third of the time. */
 #ifndef COMROPE_PARALLEL_H
 #define COMROPE_PARALLEL_H
 

@@ -1,7 +1,8 @@
 /* test_kernels.c: the vectorized softmax, activations and LayerNorm against
  * libm in double, for every tail length (the AVX-512 paths work 16 values
  * at a time, the AVX2 ones 8, and mask the rest), over the whole range exp()
- * meets, on every code path this CPU can run (avx512, avx2, scalar). */
+ * meets, on every code path this CPU can run (avx512, avx2, scalar); and
+ * attention through each path's own kernel (OpenBLAS for scalar). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -156,6 +157,55 @@ START_TEST(test_softmax_rows) {
 }
 END_TEST
 
+/* attention_forward against a double reference on model-like shapes: head
+ * widths 24 and 64 (the kernels step 16 or 32 columns and 6 or 8 rows at a
+ * time, so these leave tails in both), token counts around those steps and
+ * ViT-B's 197, two of three heads (h0 = 1), out with a wider row stride. */
+START_TEST(test_attention_shapes) {
+    if (!use_isa(_i)) return;
+    static const int Ts[] = {1, 5, 8, 9, 31, 33, 50, 197};
+    static const int hds[] = {24, 64};
+    for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
+        for (size_t hi = 0; hi < 2; hi++) {
+            int T = Ts[ti], hd = hds[hi], H = 3, D = H * hd, ld = 3 * D, ld_out = D + 5;
+            float *qkv = malloc(sizeof(float) * (size_t)T * ld);
+            float *out = malloc(sizeof(float) * (size_t)T * ld_out);
+            float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(T, hd));
+            double *s = malloc(sizeof(double) * (size_t)T);
+            for (int i = 0; i < T * ld; i++) qkv[i] = (float)sin(0.37 * i + 0.1 * T);
+            for (int i = 0; i < T * ld_out; i++) out[i] = -7.0f; /* head 0 and the gap stay untouched */
+            attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H);
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < T; i++) {
+                    double mx = -1e300, sum = 0;
+                    for (int j = 0; j < T; j++) {
+                        s[j] = 0;
+                        for (int c = 0; c < hd; c++)
+                            s[j] += (double)qkv[i * ld + h * hd + c] * qkv[j * ld + D + h * hd + c];
+                        if (s[j] > mx) mx = s[j];
+                    }
+                    for (int j = 0; j < T; j++) sum += exp(s[j] - mx);
+                    for (int c = 0; c < hd; c++) {
+                        double want = 0;
+                        for (int j = 0; j < T; j++) want += exp(s[j] - mx) / sum * qkv[j * ld + 2 * D + h * hd + c];
+                        float got = out[i * ld_out + h * hd + c];
+                        if (h == 0) want = -7.0;
+                        ck_assert_msg(fabs(got - want) < 2e-5, "%s T=%d hd=%d head %d row %d col %d: %g vs %g",
+                                      isas[_i], T, hd, h, i, c, got, want);
+                    }
+                    for (int c = D; c < ld_out; c++)
+                        ck_assert_msg(out[i * ld_out + c] == -7.0f, "%s T=%d hd=%d: row %d written past D",
+                                      isas[_i], T, hd, i);
+                }
+            free(qkv);
+            free(out);
+            free(scores);
+            free(s);
+        }
+    kernels_force_isa(NULL);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("kernels");
     TCase *tc = tcase_create("kernels");
@@ -163,6 +213,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_gelu_tail_relative, 0, 3);
     tcase_add_loop_test(tc, test_layernorm, 0, 3);
     tcase_add_loop_test(tc, test_softmax_rows, 0, 3);
+    tcase_add_loop_test(tc, test_attention_shapes, 0, 3);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
