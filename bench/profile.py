@@ -44,7 +44,7 @@ STAGES = [
     ("attention copies (K^T, V)", r"^(attention_head_.*|attention_forward|attention_part)$"),
     ("GELU (activation)", r"^(activation_.*|erf.*|gelu.*)$"),
     ("LayerNorm + residual", r"^(layernorm_.*|norm_part|residual_norm)$"),
-    ("rotation (RoPE / ComRoPE)", r"^rotation_apply$"),
+    ("rotation (RoPE / ComRoPE)", r"^(rotation_apply|rotate_pairs.*)$"),
     ("patch embed, APE, head", r"^(im2col|vit_add_ape|vit_forward_ragged)$"),
     ("thread pool", r"^(spin_until|worker|parallel_run|now_ns|__GI___clock_gettime|clock_gettime|__vdso_clock_gettime)$"),
     ("kernel: faults, scheduling", r"^\[k\]"),
