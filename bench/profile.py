@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """bench/profile.py: where a forward pass spends its time, by stage.
 
-    bench/profile.py --model DIR [--resolution 224] [--batch 1] [--threads 2]
+    bench/profile.py --model DIR [--resolution 224] [--batch 1] [--threads 2] [--precision fp32|bf16]
                      [--reps 20] [--engine build-bench/comrope-bench-engine] [--out bench/out/profile]
 
 Samples comrope-bench-engine with `perf record -e cpu-clock` (a software
@@ -61,6 +61,9 @@ def parse_args(argv):
     ap.add_argument("--resolution", default="224")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="the engine's GEMM precision; bf16's micro-kernel rate is set against twice "
+                         "the fp32 peak (vdpbf16ps: two products per fp32 lane)")
     ap.add_argument("--reps", type=int, default=20, help="timed forwards under perf (default 20)")
     ap.add_argument("--engine", default=os.path.join(ROOT, "build-bench", "comrope-bench-engine"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "profile"))
@@ -69,7 +72,8 @@ def parse_args(argv):
 
 def engine_cmd(a, reps, warmup):
     return [a.engine, "--model", a.model, "--resolution", a.resolution, "--batch", str(a.batch),
-            "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup)]
+            "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup),
+            "--precision", a.precision]
 
 
 def product_gflop(model, resolution, batch):
@@ -151,7 +155,7 @@ def main(argv=None):
              "cpu_ms_per_forward": round(by_stage.get(s, 0.0) / total * fwd_ms * a.threads, 2)}
             for s in [s for s, _ in STAGES] + ["other"]]
     log("")
-    log(f"Where the time goes: {os.path.basename(a.model.rstrip('/'))} {a.resolution} batch {a.batch}, "
+    log(f"Where the time goes: {os.path.basename(a.model.rstrip('/'))} {a.resolution} batch {a.batch}, {a.precision}, "
         f"{a.threads} thread(s), kernel {res['kernel']}, median forward {fwd_ms:.1f} ms "
         f"({res['images_per_s']:.2f} img/s) over {a.reps} forwards")
     # the products' rates: useful GFLOP per CPU second of their stage
@@ -162,19 +166,23 @@ def main(argv=None):
             r["gflop"] = round(gf, 2)
             r["gflops_per_core"] = round(gf / (r["cpu_ms_per_forward"] / 1e3), 1)
             if peak:
-                r["share_of_core_peak"] = round(r["gflops_per_core"] / peak, 3)
+                top = 2 * peak if a.precision == "bf16" and r["stage"] == "GEMM micro-kernel" else peak
+                r["share_of_core_peak"] = round(r["gflops_per_core"] / top, 3)
     log(f"  {'stage':28s} {'share':>7s} {'CPU ms/forward':>15s}  rate (useful GFLOP per CPU second)")
     for r in rows:
         rate = ""
         if "gflops_per_core" in r:
             rate = f"  {r['gflop']:.1f} GFLOP at {r['gflops_per_core']:.1f} GFLOP/s"
             if "share_of_core_peak" in r:
-                rate += f" = {100 * r['share_of_core_peak']:.0f}% of one core's peak ({peak:.1f})"
+                bf = a.precision == "bf16" and r["stage"] == "GEMM micro-kernel"
+                rate += (f" = {100 * r['share_of_core_peak']:.0f}% of one core's "
+                         f"{'bf16 peak (2 x ' if bf else 'peak ('}{peak:.1f})")
         log(f"  {r['stage']:28s} {r['percent']:6.1f}% {r['cpu_ms_per_forward']:15.1f}{rate}")
     top_other = [s for s in symbols if s["stage"] == "other"][:6]
     if top_other:
         log("  other: " + ", ".join(f"{s['symbol']} {s['percent']:.1f}%" for s in top_other))
     doc = {"model": a.model, "resolution": a.resolution, "batch": a.batch, "threads": a.threads,
+           "precision": a.precision,
            "engine": res, "core_peak_gflops": peak, "stages": rows, "symbols": symbols[:60]}
     with open(os.path.join(a.out, "profile.json"), "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
@@ -188,7 +196,7 @@ def main(argv=None):
         for i, r in enumerate(shown[::-1]):
             ax.text(r["percent"], i, f" {r['percent']:.1f}%", va="center", fontsize=8)
         ax.set_xlabel("share of CPU samples (%)")
-        ax.set_title(f"{os.path.basename(a.model.rstrip('/'))} {a.resolution} b{a.batch}, {a.threads} threads, "
+        ax.set_title(f"{os.path.basename(a.model.rstrip('/'))} {a.resolution} b{a.batch} {a.precision}, {a.threads} threads, "
                      f"{res['kernel']}: {fwd_ms:.1f} ms per forward", fontsize=9)
         fig.tight_layout()
         fig.savefig(os.path.join(a.out, "profile.png"), dpi=110)

@@ -45,13 +45,13 @@ float gemm_packed_get(const packed_weight *p, int n, int k);
 /* out (M, N) = A (M, K) @ W^T + bias (N, may be NULL). The columns are
  * split among the engine's thread pool (parallel.h). With a bf16-packed W,
  * A is rounded to bf16 as it is packed and the products accumulate in fp32.
- * `scratch` (gemm_scratch_floats(M, K) floats, owned by the caller, reused
- * between calls) holds A repacked for the kernel. */
+ * `scratch` (gemm_scratch_floats(M, K, W's precision) floats, owned by the
+ * caller, reused between calls) holds A repacked for the kernel. */
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M,
                   float *scratch);
-/* Floats of scratch for M rows of K: 0 where the kernel chosen by cpuid
- * (or forced) reads A in place. */
-size_t gemm_scratch_floats(int M, int K);
+/* Floats of scratch for M rows of K with weights packed for `precision`:
+ * 0 where the fp32 kernel chosen by cpuid (or forced) reads A in place. */
+size_t gemm_scratch_floats(int M, int K, int precision);
 
 /* Same as parallel_set_threads (parallel.h): threads that share one
  * gemm_forward, the caller included (default 1). */

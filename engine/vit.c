@@ -529,11 +529,11 @@ typedef struct {
     float *patches;  // (T, C*p*p) im2col of every image (class rows unused)
     float *scores;   // parts x attention_scratch_floats(Tmax, hd): one per thread
     float *head;     // (max(D, M)) one image's head input/hidden
-    float *pack;     // the GEMMs' scratch: A repacked (gemm_scratch_floats(T, widest K))
+    float *pack;     // the GEMMs' scratch: A repacked (gemm_scratch_floats(T, widest K, precision))
 } activations;
 
-static size_t plan(const vit_config *c, size_t T, size_t Tmax, size_t parts, activations *a,
-                   float *base) {
+static size_t plan(const vit_config *c, int precision, size_t T, size_t Tmax, size_t parts,
+                   activations *a, float *base) {
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t P = (size_t)c->num_channels * c->patch_size * c->patch_size;
     size_t M = (size_t)c->mlp_intermediate;
@@ -542,7 +542,7 @@ static size_t plan(const vit_config *c, size_t T, size_t Tmax, size_t parts, act
     size_t sizes[9] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P,
                        parts * attention_scratch_floats((int)Tmax, c->head_dim),
                        (M > D ? M : D) + (size_t)c->num_class,
-                       gemm_scratch_floats((int)T, (int)Kmax)};
+                       gemm_scratch_floats((int)T, (int)Kmax, precision)};
     float **slots[9] = {&a->x,      &a->xn,     &a->qkv,  &a->attn, &a->mlp,
                         &a->patches, &a->scores, &a->head, &a->pack};
     size_t total = 0;
@@ -765,11 +765,11 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
     activations a;
     int parts = parallel_threads() < H ? parallel_threads() : H;
     if (reserve_images(ws, (size_t)n, Tmax) ||
-        reserve(ws, plan(c, T, Tmax, (size_t)parts, &a, NULL))) {
+        reserve(ws, plan(c, ws->model->precision, T, Tmax, (size_t)parts, &a, NULL))) {
         snprintf(err, errlen, "out of memory for a batch of %zu tokens", T);
         return -1;
     }
-    plan(c, T, Tmax, (size_t)parts, &a, ws->arena);
+    plan(c, ws->model->precision, T, Tmax, (size_t)parts, &a, ws->arena);
     /* token offsets of each image in the concatenated batch */
     int *start = ws->start;
     const rotation_table **rot = ws->rot;
