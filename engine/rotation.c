@@ -272,8 +272,8 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
         if (!out->data) { free(pos); return -1; }
         float *o = out->data;
         for (int l = 0; l < L; l++)
-            for (int t = 0; t < T; t++)
-                for (int h = 0; h < H; h++) {
+            for (int h = 0; h < H; h++)
+                for (int t = 0; t < T; t++) {
                     const double *f = rot->freq + ((size_t)(l * H + h) * np) * 2;
                     for (int i = 0; i < np; i++) {
                         double angle = pos[2 * t] * f[2 * i] + pos[2 * t + 1] * f[2 * i + 1];
@@ -339,16 +339,17 @@ void rotation_apply(const vit_rotation *rot, const rotation_table *table, int la
         int np = rot->npairs;
         __builtin_cpu_init();
         int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        for (int t = 0; t < tokens; t++) {
-            const float *cs = table->data + (((size_t)layer * table->tokens + t) * H) * np * 2;
-            for (int which = 0; which < 2; which++) { /* q, then k */
-                float *x = qkv + (size_t)t * ld + which * D;
-                for (int h = h0; h < h1; h++) {
-                    if (avx2) rotate_pairs_avx2(x + h * hd, cs + (size_t)h * np * 2, 2 * np);
-                    else rotate_pairs(x + h * hd, cs + (size_t)h * np * 2, 2 * np);
+        /* head-major table: one head's rotation reads its cosines and sines
+         * in one run (token-major, each token's 256 bytes sat 3 KB apart) */
+        for (int h = h0; h < h1; h++)
+            for (int t = 0; t < tokens; t++) {
+                const float *cs = table->data + (((size_t)layer * H + h) * table->tokens + t) * np * 2;
+                for (int which = 0; which < 2; which++) { /* q, then k */
+                    float *x = qkv + (size_t)t * ld + which * D + h * hd;
+                    if (avx2) rotate_pairs_avx2(x, cs, 2 * np);
+                    else rotate_pairs(x, cs, 2 * np);
                 }
             }
-        }
     } else if (rot->kind == ROT_BLOCKS) {
         int b = rot->block, nb = rot->nblocks;
         float tmp[MAX_BLOCK];

@@ -39,7 +39,7 @@ typedef struct {
 /* A rotation table for one grid of ph x pw patches (tokens = 1 + ph*pw). */
 typedef struct {
     int ph, pw, tokens;
-    float *data;   /* ROT_PAIRS: [layers][tokens][heads][npairs][2] (cos, sin);
+    float *data;   /* ROT_PAIRS: [layers][heads][tokens][npairs][2] (cos, sin);
                       ROT_BLOCKS: [layers][tokens][heads][nblocks][b*b]; owned */
     size_t floats;
 } rotation_table;
