@@ -61,7 +61,7 @@ SYSTEM_LABEL = {"engine": "comrope engine", "onnxruntime": "ONNX Runtime", "torc
 
 # the issue's targets
 T_ORT, T_TORCH, T_OFFICIAL = 1.15, 1.6, 40.0
-T_VANILLA, T_NONE, T_HASWELL, T_BF16 = 1.03, 1.08, 0.10, 1.6
+T_VANILLA, T_NONE, T_HASWELL, T_BF16, T_AGREE = 1.03, 1.08, 0.10, 1.6, 0.99
 T_DAEMON_SAT, T_DAEMON_P50_REL, T_DAEMON_P50_ABS_MS, T_RSS_GROWTH_PCT = 0.9, 1.10, 2.0, 2.0
 T_FAULTS_PER_REQUEST = 0.5
 ALL_PARTS = ("main", "sweep", "pe", "haswell", "official", "bf16", "daemon")
@@ -414,6 +414,27 @@ class Bench:
         return (f"RSS {rec['rss_start_kib'] / 1024:.1f} -> {rec['rss_end_kib'] / 1024:.1f} MiB "
                 f"({rec['rss_growth_pct']:+.2f}%), {rec['faults_per_request']:.3f} faults/request")
 
+    def bf16_agreement(self):
+        """bench/bf16_agreement.py: bf16 vs fp32 top-1 on the default model's test set -> a record."""
+        classify = os.path.join(self.a.build_dir, "comrope-classify")
+        out = os.path.join(self.a.out, "bf16_agreement.json")
+        cmd = [sys.executable, os.path.join(ROOT, "bench", "bf16_agreement.py"), "--classify", classify,
+               "--model", DEFAULT_MODEL, "--threads", str(self.a.threads), "--out", out]
+        rec = {"system": "bf16-agreement", "group": "bf16", "pe": "comrope-ld", "res": 28, "batch": 0,
+               "env": "default", "precision": "bf16", "model": os.path.relpath(DEFAULT_MODEL, ROOT)}
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        if p.returncode not in (0, 2) or not lines:
+            rec["error"] = (p.stderr.strip() or p.stdout.strip())[-500:]
+            self.runs.append(rec)
+            return f"ERROR {rec['error']}"
+        rec.update(json.loads(lines[-1]))
+        self.runs.append(rec)
+        if "skipped" in rec:
+            return f"skipped: {rec['skipped']}"
+        return (f"top-1 agreement {100 * rec['agreement']:.2f}% over {rec['images']} images "
+                f"(fp32 {100 * rec['fp32_top1']:.2f}%, bf16 {100 * rec['bf16_top1']:.2f}% correct)")
+
     def daemon_run(self, system):
         for r in self.runs:
             if r["system"] == system and "error" not in r:
@@ -478,6 +499,8 @@ class Bench:
                 for batch in a.batches:
                     rounds(("engine", "bf16", "comrope-ap", r, batch),
                            ("engine", "bf16", "comrope-ap", r, batch, None, "bf16"))
+            p.add("bf16     top-1 agreement with fp32, default model, Fashion-MNIST test set",
+                  self.bf16_agreement)
         if "official" in parts:  # with the engine next to it, for the ratio
             for r in a.resolutions:
                 b("engine", "official", "comrope-ap", r, 1)
@@ -566,6 +589,13 @@ class Bench:
                         f"{b16['images_per_s']:.3f} vs {f32['images_per_s']:.3f} img/s")
             o = self.find(system="official", pe="comrope-ap", res=r, batch=1)
             e = self.engine_b("comrope-ap", r, 1, "official")
+            if r == a.resolutions[-1]:  # once, not per resolution
+                g = self.daemon_run("bf16-agreement")
+                if g and "agreement" in g:
+                    add(f"bf16 top-1 agreement >= {T_AGREE * 100:g}% with fp32", "agreement",
+                        f"default model, {g['images']} test images", round(g["agreement"], 4), T_AGREE,
+                        g["agreement"] >= T_AGREE, f"{g['disagree']} differ; correct: fp32 "
+                        f"{100 * g['fp32_top1']:.2f}%, bf16 {100 * g['bf16_top1']:.2f}%")
             if o and e:
                 v = ratio(e, o)
                 add(f"engine >= {T_OFFICIAL:g}x official model.py", "engine/official", f"AP {r} b1",
@@ -804,7 +834,7 @@ def print_tables(B, targets):
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {fmt_ips(h):>16s} | {v:>6s}")
     if "bf16" in a.parts:
         log("")
-        log("Engine bf16 compute vs fp32 (ComRoPE-AP; speed only: top-1 agreement is not measured here)")
+        log("Engine bf16 compute vs fp32 (ComRoPE-AP; speed; top-1 agreement on the default model below)")
         log(f"  {'res':>4s} {'batch':>5s} | {'fp32':>16s} {'bf16':>16s} | {'ratio':>6s}")
         for r in a.resolutions:
             for batch in a.batches:
@@ -813,6 +843,12 @@ def print_tables(B, targets):
                 v = f"{ratio(h, d):.3f}" if d and h else "-"
                 hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} | {v:>6s}")
+        g = B.daemon_run("bf16-agreement")
+        if g and "agreement" in g:
+            log(f"  top-1 agreement with fp32: {100 * g['agreement']:.2f}% of {g['images']} Fashion-MNIST test "
+                f"images ({g['model']}); correct: fp32 {100 * g['fp32_top1']:.2f}%, bf16 {100 * g['bf16_top1']:.2f}%")
+        elif g:
+            log(f"  top-1 agreement: {g.get('skipped') or g.get('error')}")
     if "daemon" in a.parts:
         log("")
         log("The daemon through HTTP (bench/daemon_bench.py) vs the engine alone")

@@ -46,10 +46,10 @@ if [ "$install" = 1 ]; then
 fi
 
 build=${BUILD_DIR:-build-bench}
-echo "== bench: building comrope-bench-engine, comrope-fma-peak and comrope-serve in $build (CMake, the project's default flags)"
+echo "== bench: building comrope-bench-engine, comrope-fma-peak, comrope-serve and comrope-classify in $build (CMake, the project's default flags)"
 mkdir -p "$build"
 if ! { cmake -S . -B "$build" -DCOMROPE_BUILD_TESTS=OFF &&
-       cmake --build "$build" -j "$(nproc)" --target comrope-bench-engine comrope-fma-peak comrope-serve; } >"$build/bench-build.log" 2>&1; then
+       cmake --build "$build" -j "$(nproc)" --target comrope-bench-engine comrope-fma-peak comrope-serve comrope-classify; } >"$build/bench-build.log" 2>&1; then
   tail -n 40 "$build/bench-build.log"
   echo "bench: the build failed (whole log: $build/bench-build.log)" >&2
   exit 1
