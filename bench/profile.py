@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (stage, regex on the symbol), first match wins; [k] marks kernel symbols.
 STAGES = [
     ("GEMM micro-kernel", r"^kernel_(avx512|avx2|generic|bf16)$"),
-    ("GEMM packing + loop", r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*)$"),
+    ("GEMM packing + loop", r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*)$"),
     ("attention QK^T + PV", r"^(attn_qk_.*|attn_pv_.*|sgemm_.*|.*_sgemm.*)$"),
     ("attention softmax", r"^(softmax_.*|exp256|exp512)$"),
     ("attention copies (K^T, V)", r"^(attention_head_.*|attention_forward|attention_part)$"),

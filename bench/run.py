@@ -22,7 +22,8 @@ Steps, each printed as it runs ([i/N]):
                  process, forward by forward, ratios paired forward by forward
        haswell   engine without and with OPENBLAS_CORETYPE=Haswell
        official  the paper's model.py (AP, batch 1; only where the shim exists)
-       bf16      engine --precision bf16 vs fp32 (AP; skipped if the engine lacks it)
+       bf16      engine --precision bf16 vs fp32 (AP; skipped if the engine lacks it),
+                 then bf16's top-1 agreement with fp32 on the default model's test set
        daemon    comrope-serve through HTTP (bench/daemon_bench.py) vs the engine
                  alone: saturation throughput vs engine batch 8 and one request
                  at a time vs engine batch 1 (AP, first --resolutions), then
@@ -422,13 +423,16 @@ class Bench:
                "--model", DEFAULT_MODEL, "--threads", str(self.a.threads), "--out", out]
         rec = {"system": "bf16-agreement", "group": "bf16", "pe": "comrope-ld", "res": 28, "batch": 0,
                "env": "default", "precision": "bf16", "model": os.path.relpath(DEFAULT_MODEL, ROOT)}
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-        if p.returncode not in (0, 2) or not lines:
-            rec["error"] = (p.stderr.strip() or p.stdout.strip())[-500:]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+            if p.returncode not in (0, 2) or not lines:
+                raise RuntimeError((p.stderr.strip() or p.stdout.strip())[-500:])
+            rec.update(json.loads(lines[-1]))
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired, OSError) as e:
+            rec["error"] = str(e)
             self.runs.append(rec)
-            return f"ERROR {rec['error']}"
-        rec.update(json.loads(lines[-1]))
+            return f"ERROR {e}"
         self.runs.append(rec)
         if "skipped" in rec:
             return f"skipped: {rec['skipped']}"

@@ -47,16 +47,32 @@
                                 256; Zen 5, 2 threads, vs 192: AVX-512 fp32 287-336 -> 337-359
                                 GFLOP/s, bf16 417-477 -> 602-648 (its C tile was reloaded
                                 every 96 pairs: twice as often per instruction as fp32's) */
-#define MC 64                /* rows of A per pass over a tile (fp32: 8 row groups, at most) */
+#define MC 64                /* rows of A per pass over a tile (8 row groups, at most) */
 #define GEMM_CHUNK 4         /* AVX2: panels a part takes at a time */
-#define MC_ONE_PASS 264      /* packed fp32: up to this many rows (one image's tokens at 224
-                                and below), a single pass over the weights */
+#define MC_ONE_PASS 264      /* A packed (AVX2, bf16): up to this many rows (one image's
+                                tokens at 224 and below), a single pass over the weights */
 
 /* fp32 -> bf16, round to nearest even (the weights are finite: the loader
  * refuses NaN and infinity). */
 static uint16_t to_bf16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* An activation to bf16 exactly as vcvtne2ps2bf16 converts it (the scalar
+ * tails of pack_rows_bf16 must agree with pack8_bf16 bit for bit, or a row
+ * alone, in the short last group, would differ from the same row in a full
+ * group): a denormal input is a zero of its sign (else the largest ones
+ * would round up to the smallest normal bf16, which vdpbf16ps does not
+ * flush), a NaN stays a quiet NaN (rounding could carry it into infinity or
+ * the sign bit), the rest rounds to nearest even. */
+static uint16_t act_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
@@ -338,11 +354,9 @@ typedef struct {
  * floats into 16 pairs, then a 8 x 16 transpose of those 32-bit pairs in
  * registers (unpack 32, unpack 64 within 128-bit lanes; each lane of u[j]
  * is 4 rows at one k2). Returns the pairs done (a multiple of 16); the
- * rest of the block goes through the scalar loop. Both round to nearest
- * even; the instruction flushes a denormal to zero where to_bf16 keeps a
- * bf16 denormal, which vdpbf16ps then reads as zero: a row's sums are the
- * same in a full group or in the short last one. Scalar, the conversion
- * was 17% of a bf16 ViT-B forward (each thread converting its own copy). */
+ * rest of the block goes through act_to_bf16, which converts as the
+ * instruction does. Scalar, the conversion was 17% of a bf16 ViT-B
+ * forward (each thread converting its own copy). */
 __attribute__((target("avx512f,avx512bf16"))) static int pack8_bf16(const float *src, int K, int kc,
                                                                      uint32_t *dst) {
     int k2 = 0;
@@ -394,7 +408,7 @@ static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int 
             for (int k2 = done; k2 < kc2; k2++) {
                 float lo = src ? src[2 * k2] : 0.0f;
                 float hi = src && 2 * k2 + 1 < kc ? src[2 * k2 + 1] : 0.0f;
-                dst[k2 * mr + r] = to_bf16(lo) | (uint32_t)to_bf16(hi) << 16;
+                dst[k2 * mr + r] = act_to_bf16(lo) | (uint32_t)act_to_bf16(hi) << 16;
             }
         }
     }
@@ -461,7 +475,7 @@ static int shared_pack(const gemm_kernel *kn) { return kn->pack; }
 
 /* Tiles [t0, t1) (48 columns, or one 16-column panel for AVX2), all rows.
  * The AVX-512 and generic fp32 kernels read A in place (a K block of 8 rows
- * is 6 KB: L1 holds it); the AVX2 and bf16 kernels read all of A packed
+ * is 24 KB, 6 KB for generic: L1 holds it); the AVX2 and bf16 kernels read all of A packed
  * beforehand by pack_part (shared_pack). Elements of packed W
  * are 4 bytes either way (an fp32 value, or a pair of bf16 values covering
  * two k), so one loop serves both: `per` k values per element. The K block is even,

@@ -114,13 +114,16 @@ START_TEST(test_bf16_kernel) {
     if (!gemm_bf16_supported()) return; /* nothing to test on this CPU */
     /* M past 264 runs in passes of 64 rows; K past 32 packs full groups
      * of 8 rows through the vector conversion, 257 leaves an odd last block */
-    int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {13, 50, 129}, {197, 96, 257}, {9, 130, 768}, {300, 50, 200}};
+    /* and K past 768 runs several K blocks (partial sums reloaded from C),
+     * 1601 = 768 + 768 + 65 an odd last block after full ones */
+    int shapes[][3] = {{1, 1, 1},      {5, 7, 3},      {13, 50, 129}, {197, 96, 257},
+                       {9, 130, 768},  {300, 50, 200}, {70, 50, 1601}, {300, 50, 1000}};
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
         float *out = malloc(sizeof(float) * M * N), *out3 = malloc(sizeof(float) * M * N);
         float *one = malloc(sizeof(float) * N);
-        float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, GEMM_BF16) + 1);
+        float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, GEMM_BF16));
         fill(A, (size_t)M * K, 11 + (unsigned)s);
         fill(W, (size_t)N * K, 12 + (unsigned)s);
         /* denormal activations: the vector conversion (full groups of 8 rows)
@@ -159,6 +162,32 @@ START_TEST(test_bf16_kernel) {
 }
 END_TEST
 
+/* The bf16 conversion of an activation is the same in a full group of 8
+ * rows (vector) and in the short last one (scalar), also at the edges of
+ * the float range: the largest denormal (which vcvtne2ps2bf16 reads as 0,
+ * and plain rounding would turn into the smallest normal bf16), times 2. */
+START_TEST(test_bf16_edge_values) {
+    if (!gemm_bf16_supported()) return;
+    int M = 9, N = 3, K = 64;
+    float *A = calloc((size_t)M * K, sizeof(float)), *W = malloc(sizeof(float) * N * K);
+    float *out = malloc(sizeof(float) * M * N), *one = malloc(sizeof(float) * N);
+    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, GEMM_BF16));
+    uint32_t big_denormal = 0x007fffffu;
+    for (int i = 0; i < N * K; i++) W[i] = 2.0f;
+    for (int r = 0; r < M; r++) memcpy(&A[r * K + 5], &big_denormal, 4); /* the rest of each row: 0 */
+    packed_weight p;
+    ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
+    gemm_forward(out, A, &p, NULL, M, scratch);      /* rows 0-7: one full group; row 8 alone */
+    gemm_forward(one, A, &p, NULL, 1, scratch);      /* row 0 alone: the short group */
+    for (int n = 0; n < N; n++) {
+        ck_assert_msg(memcmp(&one[n], &out[n], 4) == 0, "row 0 alone %g vs in a group %g", one[n], out[n]);
+        ck_assert_msg(memcmp(&out[8 * N + n], &out[n], 4) == 0, "row 8 %g vs row 0 %g", out[8 * N + n], out[n]);
+    }
+    gemm_pack_free(&p);
+    free(A); free(W); free(out); free(one); free(scratch);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
@@ -166,6 +195,7 @@ int main(void) {
     tcase_add_test(tc, test_kernels_match_openblas);
     tcase_add_loop_test(tc, test_rows_independent_of_batch, 0, 2);
     tcase_add_test(tc, test_bf16_kernel);
+    tcase_add_test(tc, test_bf16_edge_values);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
