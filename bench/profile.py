@@ -41,7 +41,7 @@ STAGES = [
     ("GEMM packing + loop", r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*)$"),
     ("attention QK^T + PV", r"^(attn_qk_.*|attn_pv_.*|sgemm_.*|.*_sgemm.*)$"),
     ("attention softmax", r"^(softmax_.*|exp256|exp512)$"),
-    ("attention copies (K^T, V)", r"^(attention_head_.*|attention_forward|attention_part)$"),
+    ("attention copies (K^T, V)", r"^(attention_head_.*|attention_copy_kv|attention_forward|attention_part)$"),
     ("GELU (activation)", r"^(activation_.*|erf.*|gelu.*)$"),
     ("LayerNorm + residual", r"^(layernorm_.*|norm_part|residual_norm)$"),
     ("rotation (RoPE / ComRoPE)", r"^(rotation_apply|rotate_pairs.*)$"),

@@ -367,17 +367,24 @@ __attribute__((target("avx2,fma"), noinline)) static void attn_pv_avx2(const flo
     }
 }
 
-__attribute__((target("avx2,fma"))) static void attention_head_avx2(float *out, int ld_out, const float *q,
-                                                                   const float *k, const float *v, int ld,
-                                                                   float *scratch, int T, int hd) {
-    int Tp = attn_pad(T), hdp = attn_pad(hd);
-    float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
+/* One head's k as Kt (hd, Tp) = k^T and v as Vc (T, hdp), contiguous, the
+ * columns past T and hd zero: the scratch of both attention kernels. */
+static void attention_copy_kv(const float *k, const float *v, int ld, int T, int hd, int Tp, int hdp,
+                              float *Kt, float *Vc) {
     for (int j = 0; j < Tp; j++)
         for (int c = 0; c < hd; c++) Kt[(size_t)c * Tp + j] = j < T ? k[(size_t)j * ld + c] : 0.0f;
     for (int j = 0; j < T; j++) {
         memcpy(Vc + (size_t)j * hdp, v + (size_t)j * ld, sizeof(float) * (size_t)hd);
         for (int c = hd; c < hdp; c++) Vc[(size_t)j * hdp + c] = 0.0f;
     }
+}
+
+__attribute__((target("avx2,fma"))) static void attention_head_avx2(float *out, int ld_out, const float *q,
+                                                                   const float *k, const float *v, int ld,
+                                                                   float *scratch, int T, int hd) {
+    int Tp = attn_pad(T), hdp = attn_pad(hd);
+    float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
+    attention_copy_kv(k, v, ld, T, hd, Tp, hdp, Kt, Vc);
     for (int i0 = 0; i0 < T; i0 += ATTN_MR) {
         int nr = T - i0 < ATTN_MR ? T - i0 : ATTN_MR;
         const float *qr[ATTN_MR];
@@ -459,12 +466,7 @@ __attribute__((target("avx512f"))) static void attention_head_avx512(float *out,
                                                                      float *scratch, int T, int hd) {
     int Tp = attn_pad32(T), hdp = attn_pad32(hd);
     float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
-    for (int j = 0; j < Tp; j++)
-        for (int c = 0; c < hd; c++) Kt[(size_t)c * Tp + j] = j < T ? k[(size_t)j * ld + c] : 0.0f;
-    for (int j = 0; j < T; j++) {
-        memcpy(Vc + (size_t)j * hdp, v + (size_t)j * ld, sizeof(float) * (size_t)hd);
-        for (int c = hd; c < hdp; c++) Vc[(size_t)j * hdp + c] = 0.0f;
-    }
+    attention_copy_kv(k, v, ld, T, hd, Tp, hdp, Kt, Vc);
     for (int i0 = 0; i0 < T; i0 += ATTN_MR512) {
         int nr = T - i0 < ATTN_MR512 ? T - i0 : ATTN_MR512;
         const float *qr[ATTN_MR512];
