@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "parallel.h"
 
 #define NR (3 * GEMM_PANEL)  /* columns per tile */
@@ -345,6 +346,7 @@ typedef struct {
     float *Ap;    /* packing kernels: all of A, packed by pack_part (caller's scratch; bf16
                      pairs are 32-bit too, stored here as uint32_t) */
     int Mp;       /* M rounded up to the kernel's rows */
+    int act;      /* activation applied to finished columns, or GEMM_NO_ACT */
     int chunk;    /* tiles a part takes at a time */
     int next;     /* the first tile nobody has taken (atomic) */
 } gemm_job;
@@ -558,6 +560,14 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
                         memcpy(C + (size_t)r * N, edge + r * nr, sizeof(float) * (size_t)cols);
                 }
             }
+            /* the pass's rows of these tiles are final: activate them while
+             * they are in this core's cache */
+            if (last && j->act != GEMM_NO_ACT) {
+                int c0 = t0 * nr, c1 = t1 * nr < N ? t1 * nr : N;
+                for (int r = 0; r < rows && c0 < c1; r++)
+                    activation_forward(j->out + (size_t)(i0 + r) * N + c0, (size_t)(c1 - c0),
+                                       (activation)j->act);
+            }
         }
     }
 }
@@ -612,9 +622,14 @@ size_t gemm_scratch_floats(int M, int K, int precision) {
 
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M,
                   float *scratch) {
+    gemm_forward_act(out, A, W, bias, M, scratch, GEMM_NO_ACT);
+}
+
+void gemm_forward_act(float *out, const float *A, const packed_weight *W, const float *bias, int M,
+                      float *scratch, int act) {
     pthread_once(&choose_once, choose_kernel);
     const gemm_kernel *kn = W->bf16 ? &kernel_bf16_entry : active;
-    gemm_job j = {out, A, W, bias, M, kn, scratch, (M + kn->mr - 1) / kn->mr * kn->mr, 0, 0};
+    gemm_job j = {out, A, W, bias, M, kn, scratch, (M + kn->mr - 1) / kn->mr * kn->mr, act, 0, 0};
     int tiles = W->panels / kn->np;
     /* Small products are not worth waking anyone. */
     int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;

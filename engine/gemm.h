@@ -49,6 +49,14 @@ float gemm_packed_get(const packed_weight *p, int n, int k);
  * caller, reused between calls) holds A repacked for the kernel. */
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M,
                   float *scratch);
+/* The same, then out = act(out) (an `activation` of model_config.h, or
+ * GEMM_NO_ACT), applied by each thread to the columns it just finished
+ * while they are still in its cache: the MLP's activation without a pass
+ * of its own over the (M, N) output. Each value is computed exactly as
+ * activation_forward would (kernels.h). */
+#define GEMM_NO_ACT (-1)
+void gemm_forward_act(float *out, const float *A, const packed_weight *W, const float *bias, int M,
+                      float *scratch, int act);
 /* Floats of scratch for M rows of K with weights packed for `precision`:
  * 0 where the fp32 kernel chosen by cpuid (or forced) reads A in place. */
 size_t gemm_scratch_floats(int M, int K, int precision);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gemm.h"
+#include "kernels.h"
 #include "check_run.h"
 
 static const char *kernels[] = {"generic", "avx2", "avx512"};
@@ -188,6 +189,44 @@ START_TEST(test_bf16_edge_values) {
 }
 END_TEST
 
+/* gemm_forward_act is gemm_forward then activation_forward, bit for bit, on
+ * every kernel (and bf16), 1 and 3 threads, with tails, several passes of
+ * rows and several K blocks: the forward fuses the activation only for
+ * large outputs, so both ways must give the same logits. */
+START_TEST(test_fused_activation) {
+    int shapes[][3] = {{1, 1, 1}, {13, 50, 129}, {197, 100, 64}, {300, 150, 800}};
+    static const activation acts[] = {ACT_GELU, ACT_QUICK_GELU, ACT_GELU_TANH, ACT_RELU};
+    for (int ki = 0; ki < 4; ki++) {
+        int bf16 = ki == 3;
+        if (bf16 ? !gemm_bf16_supported() : gemm_force_kernel(kernels[ki]) != 0) continue;
+        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+            for (int threads = 1; threads <= 3; threads += 2) {
+                int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                activation act = acts[s % 4];
+                gemm_set_threads(threads);
+                float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
+                float *b = malloc(sizeof(float) * N), *out = malloc(sizeof(float) * M * N);
+                float *ref = malloc(sizeof(float) * M * N);
+                float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, bf16 ? GEMM_BF16 : GEMM_FP32));
+                fill(A, (size_t)M * K, 21 + (unsigned)s);
+                fill(W, (size_t)N * K, 22 + (unsigned)s);
+                fill(b, (size_t)N, 23);
+                packed_weight p;
+                ck_assert(gemm_pack(W, N, K, bf16 ? GEMM_BF16 : GEMM_FP32, &p) == 0);
+                gemm_forward(ref, A, &p, b, M, scratch);
+                activation_forward(ref, (size_t)M * N, act);
+                gemm_forward_act(out, A, &p, b, M, scratch, (int)act);
+                ck_assert_msg(memcmp(out, ref, sizeof(float) * M * N) == 0, "%s %dx%dx%d, %d threads: fused differs",
+                              bf16 ? "bf16" : kernels[ki], M, N, K, threads);
+                gemm_pack_free(&p);
+                free(A); free(W); free(b); free(out); free(ref); free(scratch);
+            }
+    }
+    gemm_set_threads(1);
+    gemm_force_kernel(NULL);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
@@ -196,6 +235,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_rows_independent_of_batch, 0, 2);
     tcase_add_test(tc, test_bf16_kernel);
     tcase_add_test(tc, test_bf16_edge_values);
+    tcase_add_test(tc, test_fused_activation);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
