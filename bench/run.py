@@ -439,7 +439,9 @@ class Bench:
         return (f"top-1 agreement {100 * rec['agreement']:.2f}% over {rec['images']} images "
                 f"(fp32 {100 * rec['fp32_top1']:.2f}%, bf16 {100 * rec['bf16_top1']:.2f}% correct)")
 
-    def daemon_run(self, system):
+    def record(self, system):
+        """The first record of a one-off measurement (daemon, daemon-memory, bf16-agreement)
+        that did not fail, or None."""
         for r in self.runs:
             if r["system"] == system and "error" not in r:
                 return r
@@ -594,7 +596,7 @@ class Bench:
             o = self.find(system="official", pe="comrope-ap", res=r, batch=1)
             e = self.engine_b("comrope-ap", r, 1, "official")
             if r == a.resolutions[-1]:  # once, not per resolution
-                g = self.daemon_run("bf16-agreement")
+                g = self.record("bf16-agreement")
                 if g and "agreement" in g:
                     add(f"bf16 top-1 agreement >= {T_AGREE * 100:g}% with fp32", "agreement",
                         f"default model, {g['images']} test images", round(g["agreement"], 4), T_AGREE,
@@ -607,7 +609,7 @@ class Bench:
                     f"{e['images_per_s']:.3f} vs {o['images_per_s']:.4f} img/s")
         if "daemon" in a.parts:
             r = a.resolutions[0]
-            d = self.daemon_run("daemon")
+            d = self.record("daemon")
             e8 = self.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=8)
             e1 = self.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=1)
             if d and e8:
@@ -620,7 +622,7 @@ class Bench:
                 v = d["p50_ms"] / limit
                 add("daemon p50 <= engine b1 + 10% + 2 ms", "p50/limit", f"AP {r} c1", round(v, 3), 1.0,
                     v <= 1.0, f"{d['p50_ms']:.1f} ms vs limit {limit:.1f} ms (engine {e1['median_s'] * 1e3:.1f})")
-            m = self.daemon_run("daemon-memory")
+            m = self.record("daemon-memory")
             if m:
                 v = m["rss_growth_pct"]
                 add(f"RSS growth < {T_RSS_GROWTH_PCT:g}% over {m['requests']} requests", "RSS growth %",
@@ -847,7 +849,7 @@ def print_tables(B, targets):
                 v = f"{ratio(h, d):.3f}" if d and h else "-"
                 hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} | {v:>6s}")
-        g = B.daemon_run("bf16-agreement")
+        g = B.record("bf16-agreement")
         if g and "agreement" in g:
             log(f"  top-1 agreement with fp32: {100 * g['agreement']:.2f}% of {g['images']} Fashion-MNIST test "
                 f"images ({g['model']}); correct: fp32 {100 * g['fp32_top1']:.2f}%, bf16 {100 * g['bf16_top1']:.2f}%")
@@ -856,7 +858,7 @@ def print_tables(B, targets):
     if "daemon" in a.parts:
         log("")
         log("The daemon through HTTP (bench/daemon_bench.py) vs the engine alone")
-        d, m = B.daemon_run("daemon"), B.daemon_run("daemon-memory")
+        d, m = B.record("daemon"), B.record("daemon-memory")
         r = a.resolutions[0]
         e8 = B.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=8)
         e1 = B.find(system="engine", group="daemon", pe="comrope-ap", res=r, batch=1)
