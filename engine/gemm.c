@@ -6,8 +6,8 @@
  *
  * Blocking (as BLIS and OpenBLAS do it): the threads take tiles of output
  * columns in chunks (AVX2 and bf16, which read A packed: 4 panels, or two
- * tiles, at a time from a shared counter; the others: one equal share
- * each); within a chunk, K is cut into blocks (768; 192 for the generic
+ * tiles, at a time from a shared counter; the others: two tiles at a time
+ * for one image's rows, else one equal share each); within a chunk, K is cut into blocks (768; 192 for the generic
  * kernel); for each block, rows of A in passes (all of one image's rows at
  * once where A is packed, else 60-64), and for each pass every tile of the
  * chunk runs the micro-kernel over the pass's rows, MR at a time. A tile
@@ -345,6 +345,8 @@ typedef struct {
     const gemm_kernel *kernel;
     float *Ap;    /* packing kernels: all of A, packed by pack_part (caller's scratch; bf16
                      pairs are 32-bit too, stored here as uint32_t) */
+    float *pad;   /* kernels reading A in place: A's last, short row group (M % mr rows)
+                     zero-padded to mr rows of K (caller's scratch), or NULL */
     int Mp;       /* M rounded up to the kernel's rows */
     int act;      /* activation applied to finished columns, or GEMM_NO_ACT */
     int chunk;    /* tiles a part takes at a time */
@@ -497,23 +499,13 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     if (shared_pack(kn) && M <= MC_ONE_PASS) mc = j->Mp;
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
-    float pad[MR_MAX * KC_BIG] __attribute__((aligned(64)));    /* fp32 short row group (in place) */
     float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
     float edge_bias[NR] = {0};
     for (int k0 = 0; k0 < K; k0 += kn->kc) {
         int kc = K - k0 < kn->kc ? K - k0 : kn->kc, ku = (kc + per - 1) / per;
         int first = k0 == 0, last = k0 + kc == K;
         for (int i0 = 0; i0 < M; i0 += mc) {
-            int rows = M - i0 < mc ? M - i0 : mc, tail = rows % mr;
-            /* A read in place: the pass's last, short row group as a zero-padded
-             * copy, made once for all the tiles (per tile it cost 1.5% of a
-             * ViT-B forward in memset and memcpy) */
-            if (!shared_pack(kn) && tail) {
-                memset(pad, 0, sizeof(float) * (size_t)mr * kc);
-                for (int r = 0; r < tail; r++)
-                    memcpy(pad + r * kc, j->A + (size_t)(i0 + rows - tail + r) * K + k0,
-                           sizeof(float) * (size_t)kc);
-            }
+            int rows = M - i0 < mc ? M - i0 : mc;
             for (int t = t0; t < t1; t++) {
                 int col0 = t * nr, cols = N - col0 < nr ? N - col0 : nr;
                 if (cols <= 0) break; /* only padding is left (a one-panel tile past N) */
@@ -536,9 +528,9 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
                         Ag = j->A + (size_t)(i0 + g) * K + k0;
                         rs = (size_t)K;
                         ks = 1;
-                    } else { /* the last rows: the copy made above */
-                        Ag = pad;
-                        rs = (size_t)kc;
+                    } else { /* A's last rows: the padded copy gemm_forward_act made */
+                        Ag = j->pad + k0;
+                        rs = (size_t)K;
                         ks = 1;
                     }
                     float *C = j->out + (size_t)(i0 + g) * N + col0;
@@ -614,8 +606,9 @@ size_t gemm_scratch_floats(int M, int K, int precision) {
     /* bf16: M rounded up to 8 rows of ceil(K / 2) pairs (each block's
      * pairs, summed over the even blocks and the last one, is that) */
     if (precision == GEMM_BF16) return (size_t)(M + MR_MAX) * (size_t)((K + 1) / 2);
-    /* fp32: only the packing kernel (AVX2) uses it, the others read A in place */
-    if (!shared_pack(active)) return 0;
+    /* fp32 read in place (AVX-512, generic): only A's last, short row group,
+     * zero-padded (gemm_forward_act) */
+    if (!shared_pack(active)) return (size_t)MR_MAX * (size_t)K;
     /* M rounded up to MR is below M + MR_MAX */
     return (size_t)(M + MR_MAX) * (size_t)K;
 }
@@ -629,7 +622,7 @@ void gemm_forward_act(float *out, const float *A, const packed_weight *W, const 
                       float *scratch, int act) {
     pthread_once(&choose_once, choose_kernel);
     const gemm_kernel *kn = W->bf16 ? &kernel_bf16_entry : active;
-    gemm_job j = {out, A, W, bias, M, kn, scratch, (M + kn->mr - 1) / kn->mr * kn->mr, act, 0, 0};
+    gemm_job j = {out, A, W, bias, M, kn, scratch, NULL, (M + kn->mr - 1) / kn->mr * kn->mr, act, 0, 0};
     int tiles = W->panels / kn->np;
     /* Small products are not worth waking anyone. */
     int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;
@@ -642,6 +635,20 @@ void gemm_forward_act(float *out, const float *A, const packed_weight *W, const 
      * in place take equal shares: each reads its rows once per pass for all
      * its tiles (small chunks of them cost AVX-512 4-6% at batch 8). */
     j.chunk = shared_pack(kn) ? (GEMM_CHUNK + kn->np - 1) / kn->np : (tiles + threads - 1) / threads;
+    /* One image's rows (A in L2) read in place can take chunks too: each
+     * chunk re-reads A, but from L2, and a slowed core takes fewer of them
+     * (Zen 5, ViT-B 224 batch 1, fp32: +2% over 12 interleaved rounds of
+     * bench/ab.py; 384 batch 1 neither gained nor lost). */
+    if (!shared_pack(kn) && M <= MC_ONE_PASS) j.chunk = 2;
+    /* A's last, short row group for the kernels reading it in place: one
+     * zero-padded copy for every tile and thread (made per pass and thread,
+     * it cost 1.5% of a forward in memset and memcpy with chunks per tile) */
+    int tail = M % kn->mr;
+    if (!shared_pack(kn) && tail) {
+        j.pad = scratch;
+        memcpy(j.pad, A + (size_t)(M - tail) * W->K, sizeof(float) * (size_t)tail * W->K);
+        memset(j.pad + (size_t)tail * W->K, 0, sizeof(float) * (size_t)(kn->mr - tail) * W->K);
+    }
     if (shared_pack(kn)) parallel_run(pack_part, &j, parts < j.Mp / kn->mr ? parts : j.Mp / kn->mr);
     parallel_run(gemm_part, &j, parts);
 }

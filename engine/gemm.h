@@ -46,7 +46,8 @@ float gemm_packed_get(const packed_weight *p, int n, int k);
  * split among the engine's thread pool (parallel.h). With a bf16-packed W,
  * A is rounded to bf16 as it is packed and the products accumulate in fp32.
  * `scratch` (gemm_scratch_floats(M, K, W's precision) floats, owned by the
- * caller, reused between calls) holds A repacked for the kernel. */
+ * caller, reused between calls) holds A repacked for the kernel, or only
+ * A's last, short row group padded with zeros. */
 void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M,
                   float *scratch);
 /* The same, then out = act(out) (an `activation` of model_config.h, or
@@ -57,8 +58,9 @@ void gemm_forward(float *out, const float *A, const packed_weight *W, const floa
 #define GEMM_NO_ACT (-1)
 void gemm_forward_act(float *out, const float *A, const packed_weight *W, const float *bias, int M,
                       float *scratch, int act);
-/* Floats of scratch for M rows of K with weights packed for `precision`:
- * 0 where the fp32 kernel chosen by cpuid (or forced) reads A in place. */
+/* Floats of scratch for M rows of K with weights packed for `precision`
+ * (for the fp32 kernels that read A in place, chosen by cpuid or forced:
+ * only a zero-padded copy of A's last rows, 8 x K). */
 size_t gemm_scratch_floats(int M, int K, int precision);
 
 /* Same as parallel_set_threads (parallel.h): threads that share one
