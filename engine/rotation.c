@@ -5,10 +5,11 @@
  * tables are built once per resolution, so double costs nothing that matters. */
 #include "rotation.h"
 
-#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "kernels.h"
 
 #define MAX_BLOCK 64
 
@@ -309,45 +310,20 @@ void rotation_table_free(rotation_table *t) {
     memset(t, 0, sizeof(*t));
 }
 
-/* n / 2 pairs (x[2i], x[2i+1]) rotated by (c[2i], c[2i+1]) = (cos, sin). */
-static void rotate_pairs(float *x, const float *c, int n) {
-    for (int i = 0; i < n; i += 2) {
-        float x0 = x[i], x1 = x[i + 1], co = c[i], si = c[i + 1];
-        x[i] = co * x0 - si * x1;
-        x[i + 1] = si * x0 + co * x1;
-    }
-}
-
-/* The same, 4 pairs at a time: (x0 co - x1 si, x1 co + x0 si) is one
- * fmaddsub of x by the cosines and of x with its pairs swapped by the
- * sines. Scalar, the rotation took 3.5% of a ViT-B forward on Zen 5. */
-__attribute__((target("avx2,fma"))) static void rotate_pairs_avx2(float *x, const float *c, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i), cs = _mm256_loadu_ps(c + i);
-        __m256 swapped = _mm256_permute_ps(v, 0xB1); /* x1 x0 per pair */
-        __m256 s = _mm256_mul_ps(swapped, _mm256_movehdup_ps(cs));
-        _mm256_storeu_ps(x + i, _mm256_fmaddsub_ps(v, _mm256_moveldup_ps(cs), s));
-    }
-    rotate_pairs(x + i, c + i, n - i);
-}
-
 void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
                     float *qkv, int ld, int tokens, int h0, int h1) {
     int H = rot->heads, hd = rot->head_dim, D = H * hd;
     if (rot->kind == ROT_PAIRS) {
         int np = rot->npairs;
-        __builtin_cpu_init();
-        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         /* head-major table: one head's rotation reads its cosines and sines
-         * in one run (token-major, each token's 256 bytes sat 3 KB apart) */
+         * in one run (token-major, each token's 256 bytes sat 3 KB apart);
+         * attention_forward reads the same table when it rotates itself */
         for (int h = h0; h < h1; h++)
             for (int t = 0; t < tokens; t++) {
                 const float *cs = table->data + (((size_t)layer * H + h) * table->tokens + t) * np * 2;
                 for (int which = 0; which < 2; which++) { /* q, then k */
                     float *x = qkv + (size_t)t * ld + which * D + h * hd;
-                    if (avx2) rotate_pairs_avx2(x, cs, 2 * np);
-                    else rotate_pairs(x, cs, 2 * np);
+                    rotate_pairs_forward(x, x, cs, 2 * np);
                 }
             }
     } else if (rot->kind == ROT_BLOCKS) {

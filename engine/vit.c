@@ -669,9 +669,11 @@ void vit_add_ape(const vit_model *m, float *x, const double *pos, int T) {
 /* Attention of every image of the batch, one (image, head) at a time: the
  * parts take the next pair from a shared counter (fixed halves left a core
  * waiting whenever the host slowed the other down, and a batch took one
- * pool job per image). A pair's q and k are rotated first, by the thread
- * that is about to read them (on the caller alone, the rotation left the
- * second core idle for 0.6% of a forward). Each part has its own scratch. */
+ * pool job per image). A pair's q and k are rotated by the thread that is
+ * about to read them (on the caller alone, the rotation left the second
+ * core idle for 0.6% of a forward): pairwise rotations (RoPE, ComRoPE)
+ * inside attention_forward, into its scratch; LieRE's blocks in place
+ * first. Each part has its own scratch. */
 typedef struct {
     float *out;                           // (T, D) of the whole batch
     float *qkv;                           // (T, 3D)
@@ -693,9 +695,14 @@ static void attention_part(void *ctx, int part, int parts) {
         if (u >= j->images * j->heads) return;
         int i = u / j->heads, h = u % j->heads, T = j->start[i + 1] - j->start[i];
         float *qkv = j->qkv + (size_t)j->start[i] * 3 * D;
-        if (j->tables[i]) rotation_apply(j->rot, j->tables[i], j->layer, qkv, 3 * D, T, h, h + 1);
+        const rotation_table *tab = j->tables[i];
+        const float *cs = NULL;
+        if (tab && j->rot->kind == ROT_PAIRS) /* head-major: this layer's head h */
+            cs = tab->data + ((size_t)j->layer * j->heads + h) * tab->tokens * j->rot->npairs * 2;
+        else if (tab)
+            rotation_apply(j->rot, tab, j->layer, qkv, 3 * D, T, h, h + 1);
         attention_forward(j->out + (size_t)j->start[i] * D, D, qkv, scores, T, j->heads,
-                          j->head_dim, h, h + 1);
+                          j->head_dim, h, h + 1, cs, j->rot->npairs);
     }
 }
 

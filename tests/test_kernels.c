@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "check_run.h"
@@ -134,7 +135,7 @@ START_TEST(test_softmax_rows) {
                 qkv[t * ld + D + c] = (float)(0.5 * cos(3.0 * t - c) * (1 + c % 5));  /* k */
                 qkv[t * ld + 2 * D + c] = (float)(t == c);                            /* v */
             }
-        attention_forward(out, D, qkv, scores, T, 1, hd, 0, 1);
+        attention_forward(out, D, qkv, scores, T, 1, hd, 0, 1, NULL, 0);
         for (int i = 0; i < T; i++) {
             double s[64], mx = -1e300, sum = 0;
             for (int j = 0; j < T; j++) {
@@ -160,48 +161,87 @@ END_TEST
 /* attention_forward against a double reference on model-like shapes: head
  * widths 24 and 64 (the kernels step 16 or 32 columns and 6 or 8 rows at a
  * time, so these leave tails in both), token counts around those steps and
- * ViT-B's 197, two of three heads (h0 = 1), out with a wider row stride. */
+ * ViT-B's 197, two of three heads (h0 = 1), out with a wider row stride;
+ * without rotation, and with a pairwise one of every pair or of all but the
+ * last two (channels that stay as they are), whose table holds heads 1 and
+ * 2 only. qkv must come back unchanged. */
 START_TEST(test_attention_shapes) {
     if (!use_isa(_i)) return;
     static const int Ts[] = {1, 5, 8, 9, 31, 33, 50, 197};
     static const int hds[] = {24, 64};
     for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
-        for (size_t hi = 0; hi < 2; hi++) {
-            int T = Ts[ti], hd = hds[hi], H = 3, D = H * hd, ld = 3 * D, ld_out = D + 5;
-            float *qkv = malloc(sizeof(float) * (size_t)T * ld);
-            float *out = malloc(sizeof(float) * (size_t)T * ld_out);
-            float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(T, hd));
-            double *s = malloc(sizeof(double) * (size_t)T);
-            for (int i = 0; i < T * ld; i++) qkv[i] = (float)sin(0.37 * i + 0.1 * T);
-            for (int i = 0; i < T * ld_out; i++) out[i] = -7.0f; /* head 0 and the gap stay untouched */
-            attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H);
-            for (int h = 0; h < H; h++)
-                for (int i = 0; i < T; i++) {
-                    double mx = -1e300, sum = 0;
-                    for (int j = 0; j < T; j++) {
-                        s[j] = 0;
-                        for (int c = 0; c < hd; c++)
-                            s[j] += (double)qkv[i * ld + h * hd + c] * qkv[j * ld + D + h * hd + c];
-                        if (s[j] > mx) mx = s[j];
-                    }
-                    for (int j = 0; j < T; j++) sum += exp(s[j] - mx);
-                    for (int c = 0; c < hd; c++) {
-                        double want = 0;
-                        for (int j = 0; j < T; j++) want += exp(s[j] - mx) / sum * qkv[j * ld + 2 * D + h * hd + c];
-                        float got = out[i * ld_out + h * hd + c];
-                        if (h == 0) want = -7.0;
-                        ck_assert_msg(fabs(got - want) < 2e-5, "%s T=%d hd=%d head %d row %d col %d: %g vs %g",
-                                      isas[_i], T, hd, h, i, c, got, want);
-                    }
-                    for (int c = D; c < ld_out; c++)
-                        ck_assert_msg(out[i * ld_out + c] == -7.0f, "%s T=%d hd=%d: row %d written past D",
-                                      isas[_i], T, hd, i);
+        for (size_t hi = 0; hi < 2; hi++)
+            for (int rotated = 0; rotated < 3; rotated++) {
+                int T = Ts[ti], hd = hds[hi], H = 3, D = H * hd, ld = 3 * D, ld_out = D + 5;
+                int np = rotated == 0 ? 0 : rotated == 1 ? hd / 2 : hd / 2 - 2;
+                float *qkv = malloc(sizeof(float) * (size_t)T * ld);
+                float *keep = malloc(sizeof(float) * (size_t)T * ld);
+                float *out = malloc(sizeof(float) * (size_t)T * ld_out);
+                float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(T, hd));
+                float *cs = malloc(sizeof(float) * (size_t)(H - 1) * T * (np ? np : 1) * 2);
+                double *s = malloc(sizeof(double) * (size_t)T);
+                double *qr = malloc(sizeof(double) * (size_t)T * hd), *kr = malloc(sizeof(double) * (size_t)T * hd);
+                for (int i = 0; i < T * ld; i++) qkv[i] = keep[i] = (float)sin(0.37 * i + 0.1 * T);
+                /* angles not linear in the token (a shift common to every token
+                 * cancels in q.k: RoPE's point) nor alike across heads */
+                for (int i = 0; i < (H - 1) * T * np; i++) {
+                    double angle = 2.3 * sin(1.3 * i + 0.3);
+                    cs[2 * i] = (float)cos(angle);
+                    cs[2 * i + 1] = (float)sin(angle);
                 }
-            free(qkv);
-            free(out);
-            free(scores);
-            free(s);
-        }
+                for (int i = 0; i < T * ld_out; i++) out[i] = -7.0f; /* head 0 and the gap stay untouched */
+                attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H, np ? cs : NULL, np);
+                ck_assert_msg(memcmp(qkv, keep, sizeof(float) * (size_t)T * ld) == 0,
+                              "%s T=%d hd=%d: qkv was written", isas[_i], T, hd);
+                for (int h = 0; h < H; h++) {
+                    /* the reference's q and k of head h, rotated in double */
+                    for (int t = 0; t < T; t++)
+                        for (int c = 0; c < hd; c++) {
+                            const float *x = qkv + (size_t)t * ld + h * hd;
+                            int pair = c / 2;
+                            if (h == 0 || pair >= np) {
+                                qr[t * hd + c] = x[c];
+                                kr[t * hd + c] = x[D + c];
+                                continue;
+                            }
+                            const float *ct = cs + (((size_t)(h - 1) * T + t) * np + pair) * 2;
+                            double co = ct[0], si = ct[1], sign = c % 2 ? 1.0 : -1.0;
+                            int o = c % 2 ? c - 1 : c + 1; /* the pair's other channel */
+                            qr[t * hd + c] = co * x[c] + sign * si * x[o];
+                            kr[t * hd + c] = co * x[D + c] + sign * si * x[D + o];
+                        }
+                    for (int i = 0; i < T; i++) {
+                        double mx = -1e300, sum = 0;
+                        for (int j = 0; j < T; j++) {
+                            s[j] = 0;
+                            for (int c = 0; c < hd; c++) s[j] += qr[i * hd + c] * kr[j * hd + c];
+                            if (s[j] > mx) mx = s[j];
+                        }
+                        for (int j = 0; j < T; j++) sum += exp(s[j] - mx);
+                        for (int c = 0; c < hd; c++) {
+                            double want = 0;
+                            for (int j = 0; j < T; j++)
+                                want += exp(s[j] - mx) / sum * qkv[j * ld + 2 * D + h * hd + c];
+                            float got = out[i * ld_out + h * hd + c];
+                            if (h == 0) want = -7.0;
+                            ck_assert_msg(fabs(got - want) < 2e-5,
+                                          "%s T=%d hd=%d pairs %d: head %d row %d col %d: %g vs %g",
+                                          isas[_i], T, hd, np, h, i, c, got, want);
+                        }
+                        for (int c = D; c < ld_out; c++)
+                            ck_assert_msg(out[i * ld_out + c] == -7.0f, "%s T=%d hd=%d: row %d written past D",
+                                          isas[_i], T, hd, i);
+                    }
+                }
+                free(qkv);
+                free(keep);
+                free(out);
+                free(scores);
+                free(cs);
+                free(s);
+                free(qr);
+                free(kr);
+            }
     kernels_force_isa(NULL);
 }
 END_TEST
