@@ -1,6 +1,6 @@
 /* bench/fma_peak.c: this machine's fp32 fused multiply-add peak, measured.
  *
- *   comrope-fma-peak [--threads T] [--ms M]
+ *   comrope-fma-peak [--threads T] [--ms M] [--op fma|bf16]
  *
  * Every thread runs a loop of nothing but independent vector FMAs on
  * registers (12 accumulators: enough to cover the FMA latency of every x86
@@ -8,6 +8,9 @@
  * (AVX-512, else AVX2 + FMA), all threads at once, for about M ms (default
  * 200) per try, 5 tries. Prints one JSON line: the ISA, each thread's best
  * rate and their sum in GFLOP/s (an FMA counts 2 flops per lane).
+ * --op bf16 runs AVX512-BF16's vdpbf16ps instead (two bf16 products added
+ * into each fp32 lane: 4 flops per lane), the ceiling of the engine's bf16
+ * GEMM kernel; where the CPU lacks it, it prints {"skipped": ...}.
  *
  * Why: the performance issue's targets are ratios to other systems, and what
  * a ratio can reach depends on how close those systems already are to the
@@ -17,6 +20,7 @@
  * no stores and no dependencies but the accumulators' own. */
 #include <immintrin.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,10 +72,42 @@ __attribute__((target("avx512f"), noinline)) static float loop_avx512(long iters
     return _mm512_reduce_add_ps(s);
 }
 
+/* 24 accumulators of vdpbf16ps: acc += a0*b0 + a1*b1 per fp32 lane (its
+ * latency is longer than the FMA's: with 12, Zen 5 reached 1.83x the FMA
+ * rate, with 24 2.0x, as 8 x 48 bf16 GEMM kernels have). The
+ * inputs (2^-10 and 2^-20, from volatiles) make each addition 2^-29, below
+ * half an ulp of the accumulators (0.5 and up): they stay where they start,
+ * normal and finite, for any count (the instruction's speed does not depend
+ * on its values). */
+enum { BF16_ACC = 24 };
+static volatile uint32_t bf16_pair_a = 0x3a803a80u, bf16_pair_b = 0x35803580u; /* 2^-10, 2^-20 */
+
+__attribute__((target("avx512f,avx512bf16"), noinline)) static float loop_bf16(long iters) {
+    __m512 a[BF16_ACC];
+    __m512bh x = (__m512bh)_mm512_set1_epi32((int)bf16_pair_a);
+    __m512bh y = (__m512bh)_mm512_set1_epi32((int)bf16_pair_b);
+    float a0 = start_v;
+#pragma GCC unroll 24
+    for (int i = 0; i < BF16_ACC; i++) a[i] = _mm512_set1_ps(a0 * (float)(i + 1));
+    for (long n = 0; n < iters; n++)
+#pragma GCC unroll 24
+        for (int i = 0; i < BF16_ACC; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+    __m512 s = a[0];
+#pragma GCC unroll 23
+    for (int i = 1; i < BF16_ACC; i++) s = _mm512_add_ps(s, a[i]);
+    return _mm512_reduce_add_ps(s);
+}
+
 enum { TRIES = 5 };
+enum { OP_FMA_AVX2, OP_FMA_AVX512, OP_BF16 };
+
+static float run_loop(int op, long iters) {
+    if (op == OP_BF16) return loop_bf16(iters);
+    return op == OP_FMA_AVX512 ? loop_avx512(iters) : loop_avx2(iters);
+}
 
 typedef struct {
-    int wide;                 /* 1: AVX-512, 0: AVX2 */
+    int op;                   /* OP_* */
     long iters;               /* per try */
     pthread_barrier_t *start; /* all threads start each try together */
     double t0[TRIES], t1[TRIES]; /* out: when each try began and ended */
@@ -83,7 +119,7 @@ static void *worker(void *p) {
     for (int t = 0; t < TRIES; t++) {
         pthread_barrier_wait(w->start);
         w->t0[t] = now_s();
-        w->sink += w->wide ? loop_avx512(w->iters) : loop_avx2(w->iters);
+        w->sink += run_loop(w->op, w->iters);
         w->t1[t] = now_s();
     }
     return NULL;
@@ -98,7 +134,7 @@ static int parse_int(const char *text, int lo, int hi) {
 }
 
 int main(int argc, char **argv) {
-    int threads = 1, ms = 200;
+    int threads = 1, ms = 200, bf16 = 0;
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) {
             fprintf(stderr, "comrope-fma-peak: %s needs a value\n", argv[i]);
@@ -106,7 +142,12 @@ int main(int argc, char **argv) {
         }
         if (strcmp(argv[i], "--threads") == 0) threads = parse_int(argv[i + 1], 1, 1024);
         else if (strcmp(argv[i], "--ms") == 0) ms = parse_int(argv[i + 1], 1, 60000);
-        else {
+        else if (strcmp(argv[i], "--op") == 0 && strcmp(argv[i + 1], "fma") == 0) bf16 = 0;
+        else if (strcmp(argv[i], "--op") == 0 && strcmp(argv[i + 1], "bf16") == 0) bf16 = 1;
+        else if (strcmp(argv[i], "--op") == 0) {
+            fprintf(stderr, "comrope-fma-peak: --op %s: want fma or bf16\n", argv[i + 1]);
+            return 2;
+        } else {
             fprintf(stderr, "comrope-fma-peak: unknown option %s\n", argv[i]);
             return 2;
         }
@@ -118,14 +159,19 @@ int main(int argc, char **argv) {
     }
     __builtin_cpu_init();
     int wide = __builtin_cpu_supports("avx512f");
+    if (bf16 && !(wide && __builtin_cpu_supports("avx512bf16"))) {
+        printf("{\"skipped\": \"no AVX512-BF16 on this CPU\"}\n");
+        return 0;
+    }
     if (!wide && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
         printf("{\"skipped\": \"no AVX2+FMA on this CPU\"}\n");
         return 0;
     }
+    int op = bf16 ? OP_BF16 : wide ? OP_FMA_AVX512 : OP_FMA_AVX2;
     /* size a try from a short calibration run on this thread */
     long iters = 1000000;
     double t0 = now_s();
-    float sink = wide ? loop_avx512(iters) : loop_avx2(iters);
+    float sink = run_loop(op, iters);
     double dt = now_s() - t0;
     iters = (long)((double)iters * (ms / 1e3) / (dt > 1e-6 ? dt : 1e-6));
     if (iters < 1000) iters = 1000;
@@ -143,7 +189,7 @@ int main(int argc, char **argv) {
         goto cleanup;
     }
     for (; started < threads; started++) {
-        args[started] = (worker_arg){.wide = wide, .iters = iters, .start = &start};
+        args[started] = (worker_arg){.op = op, .iters = iters, .start = &start};
         if (pthread_create(&tids[started], NULL, worker, &args[started]) != 0) {
             /* the others would wait at the barrier for ever */
             fprintf(stderr, "comrope-fma-peak: cannot start thread %d\n", started);
@@ -159,7 +205,9 @@ int main(int argc, char **argv) {
     /* A try's rate is all its flops over the time from its first thread's
      * start to its last thread's end: a thread that ran while another was
      * descheduled does not count as running beside it. The best try wins. */
-    double per_thread_flops = (double)iters * 12 * (wide ? 16 : 8) * 2, best = 0;
+    /* per iteration: 12 FMAs of 16 or 8 lanes x 2 flops; 24 vdpbf16ps of 16 lanes x 4 */
+    double per_iter = op == OP_BF16 ? BF16_ACC * 64 : op == OP_FMA_AVX512 ? 12 * 32 : 12 * 16;
+    double per_thread_flops = (double)iters * per_iter, best = 0;
     int best_try = 0;
     for (int t = 0; t < TRIES; t++) {
         double lo = args[0].t0[t], hi = args[0].t1[t];
@@ -173,8 +221,8 @@ int main(int argc, char **argv) {
             best_try = t;
         }
     }
-    printf("{\"isa\": \"%s\", \"threads\": %d, \"per_thread_gflops\": [", wide ? "avx512" : "avx2",
-           threads);
+    printf("{\"isa\": \"%s\", \"threads\": %d, \"per_thread_gflops\": [",
+           op == OP_BF16 ? "avx512bf16" : wide ? "avx512" : "avx2", threads);
     for (int i = 0; i < threads; i++)
         printf("%s%.1f", i ? ", " : "",
                per_thread_flops / (args[i].t1[best_try] - args[i].t0[best_try]) / 1e9);

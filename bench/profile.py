@@ -17,7 +17,8 @@ that are products (the GEMM micro-kernel; attention's QK^T and PV) it also
 gives their rate, useful GFLOP (from the checkpoint's config.json) per CPU
 second, against one core's fp32 FMA peak measured by comrope-fma-peak (built
 next to the engine) right before the sampling: how far each is from the
-ceiling.
+ceiling. With --precision bf16 the GEMM micro-kernel's rate is set against
+the bf16 dot-product peak (comrope-fma-peak --op bf16) instead.
 
 Needs `perf` (Debian's linux-perf; scripts/install-deps.sh bench) and the
 engine built with symbols (the project's default RelWithDebInfo flags).
@@ -62,8 +63,8 @@ def parse_args(argv):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="the engine's GEMM precision; bf16's micro-kernel rate is set against twice "
-                         "the fp32 peak (vdpbf16ps: two products per fp32 lane)")
+                    help="the engine's GEMM precision; bf16's micro-kernel rate is set against one "
+                         "core's vdpbf16ps peak (comrope-fma-peak --op bf16)")
     ap.add_argument("--reps", type=int, default=20, help="timed forwards under perf (default 20)")
     ap.add_argument("--engine", default=os.path.join(ROOT, "build-bench", "comrope-bench-engine"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "profile"))
@@ -85,12 +86,13 @@ def product_gflop(model, resolution, batch):
     return (batch * f["gemm"], batch * f["attention"]) if f else (None, None)
 
 
-def core_peak(engine):
-    """One core's fp32 FMA peak in GFLOP/s (comrope-fma-peak next to the engine), or None."""
+def core_peak(engine, op="fma"):
+    """One core's fp32 FMA (or bf16 dot-product, op="bf16") peak in GFLOP/s
+    (comrope-fma-peak next to the engine), or None."""
     tool = os.path.join(os.path.dirname(engine), "comrope-fma-peak")
     if not os.access(tool, os.X_OK):
         return None
-    p = subprocess.run([tool, "--threads", "1"], capture_output=True, text=True)
+    p = subprocess.run([tool, "--threads", "1", "--op", op], capture_output=True, text=True)
     try:
         return json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("{")][-1])["gflops"]
     except (IndexError, ValueError, KeyError):
@@ -117,6 +119,10 @@ def main(argv=None):
 
     peak = core_peak(a.engine)
     log(f"      one core's fp32 FMA peak: {f'{peak:.1f} GFLOP/s' if peak else 'not measured (no comrope-fma-peak)'}")
+    bf16_peak = core_peak(a.engine, "bf16") if a.precision == "bf16" else None
+    if a.precision == "bf16":
+        log(f"      one core's bf16 (vdpbf16ps) peak: "
+            f"{f'{bf16_peak:.1f} GFLOP/s' if bf16_peak else 'not measured'}")
 
     # 2. sample warm-up + timed forwards. Enough warm-up forwards to outlast
     # the delay by themselves: with a small model the margin is many
@@ -165,8 +171,9 @@ def main(argv=None):
         if gf and r["cpu_ms_per_forward"] > 0:
             r["gflop"] = round(gf, 2)
             r["gflops_per_core"] = round(gf / (r["cpu_ms_per_forward"] / 1e3), 1)
-            if peak:
-                top = 2 * peak if a.precision == "bf16" and r["stage"] == "GEMM micro-kernel" else peak
+            bf = a.precision == "bf16" and r["stage"] == "GEMM micro-kernel"
+            top = bf16_peak if bf else peak
+            if top:
                 r["share_of_core_peak"] = round(r["gflops_per_core"] / top, 3)
     log(f"  {'stage':28s} {'share':>7s} {'CPU ms/forward':>15s}  rate (useful GFLOP per CPU second)")
     for r in rows:
@@ -176,14 +183,15 @@ def main(argv=None):
             if "share_of_core_peak" in r:
                 bf = a.precision == "bf16" and r["stage"] == "GEMM micro-kernel"
                 rate += (f" = {100 * r['share_of_core_peak']:.0f}% of one core's "
-                         f"{'bf16 peak (2 x ' if bf else 'peak ('}{peak:.1f})")
+                         f"{f'bf16 peak ({bf16_peak:.1f})' if bf else f'peak ({peak:.1f})'}")
         log(f"  {r['stage']:28s} {r['percent']:6.1f}% {r['cpu_ms_per_forward']:15.1f}{rate}")
     top_other = [s for s in symbols if s["stage"] == "other"][:6]
     if top_other:
         log("  other: " + ", ".join(f"{s['symbol']} {s['percent']:.1f}%" for s in top_other))
     doc = {"model": a.model, "resolution": a.resolution, "batch": a.batch, "threads": a.threads,
            "precision": a.precision,
-           "engine": res, "core_peak_gflops": peak, "stages": rows, "symbols": symbols[:60]}
+           "engine": res, "core_peak_gflops": peak, "core_bf16_peak_gflops": bf16_peak,
+           "stages": rows, "symbols": symbols[:60]}
     with open(os.path.join(a.out, "profile.json"), "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
     try:
