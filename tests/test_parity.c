@@ -253,6 +253,60 @@ START_TEST(test_bf16_close_to_reference) {
 }
 END_TEST
 
+/* A batch large enough that the forward fuses fc1's activation into its
+ * GEMM (vit.c: more than 2^22 values of fc1's output), with two threads
+ * each activating the columns it finished: every image's logits are those
+ * of the image alone (which takes the separate pass), bit for bit, in fp32
+ * and in bf16. Ragged: two resolutions alternate. */
+START_TEST(test_large_batch_paths_invariance) {
+    parallel_set_threads(2);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        if (bf16 && !gemm_bf16_supported()) break;
+        vit_options opt = vit_default_options();
+        opt.precision = bf16 ? GEMM_BF16 : GEMM_FP32;
+        char dir[1024], err[512];
+        vit_model *m = NULL;
+        snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, "comrope_ld_b2");
+        ck_assert_msg(vit_load(dir, &opt, &m, err, sizeof(err)) == 0, "%s", err);
+        vit_workspace *ws = vit_workspace_new(m);
+        int p = m->cfg.patch_size, C = m->cfg.num_channels, K = m->cfg.num_class;
+        size_t I = (size_t)m->cfg.intermediate_size, tokens = 0;
+        int sizes[2][2] = {{16 * p, 16 * p}, {8 * p, 12 * p}}, n = 0, cap = 4096;
+        vit_image *imgs = calloc((size_t)cap, sizeof(vit_image));
+        float *pix[2];
+        for (int s = 0; s < 2; s++) {
+            size_t np = (size_t)C * sizes[s][0] * sizes[s][1];
+            pix[s] = malloc(sizeof(float) * np);
+            for (size_t i = 0; i < np; i++) pix[s][i] = (float)sin(0.37 * (double)i + s);
+        }
+        /* past the threshold by a few images */
+        while (tokens * I <= ((size_t)1 << 22) + 4 * 257 * I) {
+            ck_assert_int_lt(n, cap);
+            int s = n % 2;
+            imgs[n] = (vit_image){sizes[s][0], sizes[s][1], pix[s]};
+            tokens += 1 + (size_t)(sizes[s][0] / p) * (sizes[s][1] / p);
+            n++;
+        }
+        float *together = malloc(sizeof(float) * (size_t)n * K), alone[2][64];
+        ck_assert_int_le(K, 64);
+        for (int s = 0; s < 2; s++)
+            ck_assert(vit_forward_ragged(m, ws, &imgs[s], 1, alone[s], err, sizeof(err)) == 0);
+        ck_assert_msg(vit_forward_ragged(m, ws, imgs, n, together, err, sizeof(err)) == 0, "%s", err);
+        for (int i = 0; i < n; i++)
+            ck_assert_msg(memcmp(together + (size_t)i * K, alone[i % 2], sizeof(float) * K) == 0,
+                          "%s: image %d of a batch of %d (%zu tokens) differs from it alone",
+                          bf16 ? "bf16" : "fp32", i, n, tokens);
+        free(together);
+        free(imgs);
+        free(pix[0]);
+        free(pix[1]);
+        vit_workspace_free(ws);
+        vit_free(m);
+    }
+    parallel_set_threads(1);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("parity");
     TCase *tc = tcase_create("parity");
@@ -262,6 +316,7 @@ int main(void) {
     tcase_add_test(tc, test_rotation_cache_eviction);
     tcase_add_test(tc, test_bad_resolution_is_refused_with_nearest);
     tcase_add_test(tc, test_bf16_close_to_reference);
+    tcase_add_test(tc, test_large_batch_paths_invariance);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
