@@ -522,6 +522,125 @@ __attribute__((target("avx512f"))) static void attention_head_avx512(
     }
 }
 
+/* The same attention in bf16, for models loaded with bf16 compute (the
+ * opt-in of gemm.h): q, k, v and the softmax's probabilities are rounded to
+ * bf16 (vcvtne2ps2bf16: nearest even) and every product goes through
+ * vdpbf16ps, two products into each fp32 accumulator, so the two products
+ * take half the instructions of the fp32 kernels; the scores, the softmax
+ * and the sums stay fp32. Layouts (pairs are 32-bit: two bf16 side by side):
+ *   Kp (hd2, Tp): Kp[c2][j] = (k[j][2c2], k[j][2c2+1])   (k^T, pairs along c)
+ *   Vp (T2, hdp): Vp[j2][c] = (v[2j2][c], v[2j2+1][c])   (pairs along j)
+ *   Qp (8, hd2p): the group's q rows, pairs along c
+ *   Sp (8, T2p):  the probabilities, pairs along j
+ * Everything past T, hd is zero, so padded pairs add nothing. */
+static __mmask16 left_mask(int left) { return left <= 0 ? 0 : tail_mask((size_t)left); }
+
+/* n (>= 0) floats of x as n/2 bf16 pairs (an odd last value paired with 0)
+ * into dst, 16 pairs per step; returns the pairs written, rounded up to 16
+ * (the rest of the last step is zero). */
+__attribute__((target("avx512f,avx512bf16"))) static int pairs_bf16(const float *x, int n,
+                                                                    uint32_t *dst) {
+    int c = 0;
+    for (; c < n; c += 32) {
+        __m512 lo = _mm512_maskz_loadu_ps(left_mask(n - c), x + c);
+        __m512 hi = _mm512_maskz_loadu_ps(left_mask(n - c - 16), x + c + 16);
+        _mm512_storeu_si512(dst + c / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    return c / 2;
+}
+
+__attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_qk_bf16(
+    const uint32_t *Qp, int hd2p, int hd2, const uint32_t *Kp, int Tp, float *S) {
+    __m512 a[ATTN_MR512][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < ATTN_MR512; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    for (int c = 0; c < hd2; c++) {
+        __m512bh k0 = (__m512bh)_mm512_load_si512(Kp + (size_t)c * Tp);
+        __m512bh k1 = (__m512bh)_mm512_load_si512(Kp + (size_t)c * Tp + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < ATTN_MR512; r++) {
+            __m512bh qv = (__m512bh)_mm512_set1_epi32((int)Qp[r * hd2p + c]);
+            a[r][0] = _mm512_dpbf16_ps(a[r][0], qv, k0);
+            a[r][1] = _mm512_dpbf16_ps(a[r][1], qv, k1);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < ATTN_MR512; r++) {
+        _mm512_store_ps(S + (size_t)r * Tp, a[r][0]);
+        _mm512_store_ps(S + (size_t)r * Tp + 16, a[r][1]);
+    }
+}
+
+__attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_pv_bf16(
+    const uint32_t *Sp, int T2p, const uint32_t *V, int ldv, int T2, float *out, int ld_out,
+    int nr, int left) {
+    __m512 acc[ATTN_MR512][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < ATTN_MR512; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int j = 0; j < T2; j++) {
+        __m512bh v0 = (__m512bh)_mm512_load_si512(V + (size_t)j * ldv);
+        __m512bh v1 = (__m512bh)_mm512_load_si512(V + (size_t)j * ldv + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < ATTN_MR512; r++) {
+            __m512bh p = (__m512bh)_mm512_set1_epi32((int)Sp[(size_t)r * T2p + j]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], p, v0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], p, v1);
+        }
+    }
+    __mmask16 m0 = tail_mask((size_t)left), m1 = left_mask(left - 16);
+    for (int r = 0; r < nr; r++) {
+        _mm512_mask_storeu_ps(out + (size_t)r * ld_out, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(out + (size_t)r * ld_out + 16, m1, acc[r][1]);
+    }
+}
+
+/* Floats of attention_head_bf16's scratch (its parts are 32-bit either way). */
+static size_t attn_bf16_floats(int T, int hd) {
+    size_t Tp = (size_t)attn_pad32(T), hd2 = (size_t)(hd + 1) / 2, hdp = (size_t)attn_pad32(hd);
+    size_t T2 = ((size_t)T + 1) / 2, hd2p = (hd2 + 15) & ~(size_t)15;
+    return hd2 * Tp + T2 * hdp + ATTN_MR512 * Tp + ATTN_MR512 * (Tp / 2) + ATTN_MR512 * (hd2p + 16);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static void attention_head_bf16(
+    float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+    float *scratch, int T, int hd) {
+    int Tp = attn_pad32(T), hdp = attn_pad32(hd), hd2 = (hd + 1) / 2, T2 = (T + 1) / 2;
+    int hd2p = (hd2 + 15) & ~15, T2p = Tp / 2;
+    uint32_t *Kp = (uint32_t *)scratch, *Vp = Kp + (size_t)hd2 * Tp;
+    float *S = (float *)(Vp + (size_t)T2 * hdp);
+    uint32_t *Sp = (uint32_t *)(S + (size_t)ATTN_MR512 * Tp), *Qp = Sp + (size_t)ATTN_MR512 * T2p;
+    /* Kp: each row of k as pairs (into Qp's space, free until the first
+     * group), then scattered into its column; the columns past T are 0 */
+    for (int j = 0; j < Tp; j++) {
+        if (j < T) pairs_bf16(k + (size_t)j * ldk, hd, Qp);
+        for (int c = 0; c < hd2; c++) Kp[(size_t)c * Tp + j] = j < T ? Qp[c] : 0;
+    }
+    /* Vp: rows 2j2 and 2j2+1 of v interleaved (a missing last row is 0) */
+    for (int j2 = 0; j2 < T2; j2++) {
+        const float *a = v + (size_t)(2 * j2) * ldv, *b = v + (size_t)(2 * j2 + 1) * ldv;
+        int has_b = 2 * j2 + 1 < T;
+        for (int c0 = 0; c0 < hdp; c0 += 16) {
+            __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
+                _mm512_maskz_loadu_ps(left_mask(hd - c0), a + c0)));
+            __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
+                _mm512_maskz_loadu_ps(has_b ? left_mask(hd - c0) : 0, b + c0)));
+            _mm512_store_si512(Vp + (size_t)j2 * hdp + c0, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+    for (int i0 = 0; i0 < T; i0 += ATTN_MR512) {
+        int nr = T - i0 < ATTN_MR512 ? T - i0 : ATTN_MR512;
+        for (int r = 0; r < ATTN_MR512; r++) /* a missing row repeats row i0, not stored */
+            pairs_bf16(q + (size_t)(i0 + (r < nr ? r : 0)) * ldq, hd, Qp + (size_t)r * hd2p);
+        for (int j = 0; j < Tp; j += 32) attn_qk_bf16(Qp, hd2p, hd2, Kp + j, Tp, S + j);
+        for (int r = 0; r < nr; r++) softmax_row_avx512(S + (size_t)r * Tp, T);
+        /* the columns past T hold q.0 = 0: their pairs add 0 x 0 */
+        for (int r = 0; r < ATTN_MR512; r++) pairs_bf16(S + (size_t)r * Tp, Tp, Sp + (size_t)r * T2p);
+        for (int c0 = 0; c0 < hd; c0 += 32)
+            attn_pv_bf16(Sp, T2p, Vp + c0, hdp, T2, out + (size_t)i0 * ld_out + c0, ld_out, nr,
+                         hd - c0);
+    }
+}
+
 __attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const float *inp,
                                                                const float *weight, const float *bias,
                                                                int T, int C, float eps) {
@@ -660,6 +779,7 @@ static size_t kernel_scratch_floats(int T, int head_dim) {
            avx512 = (size_t)(head_dim + ATTN_MR512) * attn_pad32(T) + (size_t)T * attn_pad32(head_dim);
     size_t n = dense > avx2 ? dense : avx2;
     if (avx512 > n) n = avx512;
+    if (attn_bf16_floats(T, head_dim) > n) n = attn_bf16_floats(T, head_dim);
     return (n + 15) & ~(size_t)15;
 }
 
@@ -667,12 +787,19 @@ size_t attention_scratch_floats(int T, int head_dim) {
     return kernel_scratch_floats(T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
 }
 
+static int cpu_bf16(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+}
+
 void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
-                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs) {
+                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs,
+                       int bf16) {
     int D = heads * head_dim, ld = 3 * D, hdr = rot_pad(head_dim);
     float *Qr = scores + kernel_scratch_floats(T, head_dim), *Kr = Qr + (size_t)T * hdr;
     /* Our kernels where the CPU has AVX2 or AVX-512; OpenBLAS for plain C. */
     int kind = isa();
+    bf16 = bf16 && kind == ISA_AVX512 && cpu_bf16();
     for (int h = h0; h < h1; h++) {
         const float *q = qkv + h * head_dim;
         const float *k = qkv + D + h * head_dim;
@@ -698,6 +825,10 @@ void attention_forward(float *out, int ld_out, const float *qkv, float *scores, 
             q = Qr;
             k = Kr;
             ldq = ldk = hdr;
+        }
+        if (bf16) {
+            attention_head_bf16(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
+            continue;
         }
         if (kind == ISA_AVX512) {
             attention_head_avx512(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);

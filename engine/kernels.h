@@ -40,10 +40,13 @@ const char *kernels_isa_name(void);
  * i < npairs, of token t of head h by (cos, sin) =
  * rot[(((h - h0) * T + t) * npairs + i) * 2 + {0, 1}] (rotation.h's
  * head-major ROT_PAIRS table of one layer, from head h0 on); qkv itself is
- * only read. */
+ * only read. bf16 != 0 (a model loaded for bf16 compute) rounds q, k, v and
+ * the probabilities to bf16 for the two products (fp32 sums), where the CPU
+ * has AVX512-BF16 and the AVX-512 kernels are in use; otherwise fp32. */
 size_t attention_scratch_floats(int T, int head_dim);
 void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
-                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs);
+                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs,
+                       int bf16);
 
 /* RoPE's rotation: n / 2 pairs (x[2i], x[2i+1]) rotated by (cs[2i],
  * cs[2i+1]) = (cos, sin) into dst (dst may be x). */

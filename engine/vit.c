@@ -682,6 +682,7 @@ typedef struct {
     const vit_rotation *rot;              // the model's rotation
     const rotation_table *const *tables;  // each image's table (NULL: no rotation)
     int images, Tmax, heads, head_dim, layer;
+    int bf16;                             // the model computes in bf16 (attention too)
     int next;                             // the next (image, head) nobody took (atomic)
 } attention_job;
 
@@ -702,7 +703,7 @@ static void attention_part(void *ctx, int part, int parts) {
         else if (tab)
             rotation_apply(j->rot, tab, j->layer, qkv, 3 * D, T, h, h + 1);
         attention_forward(j->out + (size_t)j->start[i] * D, D, qkv, scores, T, j->heads,
-                          j->head_dim, h, h + 1, cs, j->rot->npairs);
+                          j->head_dim, h, h + 1, cs, j->rot->npairs, j->bf16);
     }
 }
 
@@ -819,7 +820,8 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
         const vit_layer *L = &w->layers[l];
         // x = x + out_proj(attention(LN1(x)))
         gemm_forward(a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T, a.pack);
-        attention_job job = {a.attn, a.qkv, a.scores, start, &m->rot, rot, n, (int)Tmax, H, hd, l, 0};
+        attention_job job = {a.attn, a.qkv, a.scores, start, &m->rot, rot, n, (int)Tmax, H, hd, l,
+                             ws->model->precision == GEMM_BF16, 0};
         parallel_run(attention_part, &job, parts);
         gemm_forward(a.xn, a.attn, &L->out, L->out_b, (int)T, a.pack);
         // x = x + fc2(act(fc1(LN2(x)))): the residual and LN2 in one pass

@@ -5,6 +5,7 @@
  * attention through each path's own kernel (OpenBLAS for scalar). */
 #include <check.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,7 +136,7 @@ START_TEST(test_softmax_rows) {
                 qkv[t * ld + D + c] = (float)(0.5 * cos(3.0 * t - c) * (1 + c % 5));  /* k */
                 qkv[t * ld + 2 * D + c] = (float)(t == c);                            /* v */
             }
-        attention_forward(out, D, qkv, scores, T, 1, hd, 0, 1, NULL, 0);
+        attention_forward(out, D, qkv, scores, T, 1, hd, 0, 1, NULL, 0, 0);
         for (int i = 0; i < T; i++) {
             double s[64], mx = -1e300, sum = 0;
             for (int j = 0; j < T; j++) {
@@ -190,7 +191,7 @@ START_TEST(test_attention_shapes) {
                     cs[2 * i + 1] = (float)sin(angle);
                 }
                 for (int i = 0; i < T * ld_out; i++) out[i] = -7.0f; /* head 0 and the gap stay untouched */
-                attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H, np ? cs : NULL, np);
+                attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H, np ? cs : NULL, np, 0);
                 ck_assert_msg(memcmp(qkv, keep, sizeof(float) * (size_t)T * ld) == 0,
                               "%s T=%d hd=%d: qkv was written", isas[_i], T, hd);
                 for (int h = 0; h < H; h++) {
@@ -246,6 +247,80 @@ START_TEST(test_attention_shapes) {
 }
 END_TEST
 
+/* float -> bf16 -> float, nearest even (as vcvtne2ps2bf16 rounds finite
+ * normal values) */
+static double bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* bf16 attention (AVX-512 with AVX512-BF16 only) against a double reference
+ * that rounds q, k, v and the probabilities to bf16 as the kernel does: the
+ * rest (sums of exact products in fp32, the fp32 softmax) differs from it by
+ * about 1e-6, and a probability near a rounding boundary can round the
+ * other way (2^-9 of it). Odd and even head widths and token counts (pairs
+ * padded with a zero), two of three heads, a wide out stride. It must also
+ * differ from the fp32 kernel: the bf16 path was taken. */
+START_TEST(test_attention_bf16) {
+    if (kernels_force_isa("avx512") != 0) return;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) return;
+    static const int Ts[] = {1, 2, 7, 8, 9, 33, 197};
+    static const int hds[] = {24, 33, 64};
+    for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
+        for (size_t hi = 0; hi < sizeof(hds) / sizeof(hds[0]); hi++) {
+            int T = Ts[ti], hd = hds[hi], H = 3, D = H * hd, ld = 3 * D, ld_out = D + 5;
+            float *qkv = malloc(sizeof(float) * (size_t)T * ld);
+            float *out = malloc(sizeof(float) * (size_t)T * ld_out);
+            float *out32 = malloc(sizeof(float) * (size_t)T * ld_out);
+            float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(T, hd));
+            double *s = malloc(sizeof(double) * (size_t)T);
+            for (int i = 0; i < T * ld; i++) qkv[i] = (float)sin(0.37 * i + 0.1 * T);
+            for (int i = 0; i < T * ld_out; i++) out[i] = out32[i] = -7.0f;
+            attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 1);
+            attention_forward(out32, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 0);
+            int differs = 0;
+            for (int h = 1; h < H; h++)
+                for (int i = 0; i < T; i++) {
+                    double mx = -1e300, sum = 0;
+                    for (int j = 0; j < T; j++) {
+                        s[j] = 0;
+                        for (int c = 0; c < hd; c++)
+                            s[j] += bf16_round(qkv[i * ld + h * hd + c]) * bf16_round(qkv[j * ld + D + h * hd + c]);
+                        if (s[j] > mx) mx = s[j];
+                    }
+                    for (int j = 0; j < T; j++) sum += exp(s[j] - mx);
+                    for (int c = 0; c < hd; c++) {
+                        double want = 0;
+                        for (int j = 0; j < T; j++)
+                            want += bf16_round((float)(exp(s[j] - mx) / sum)) *
+                                    bf16_round(qkv[j * ld + 2 * D + h * hd + c]);
+                        float got = out[i * ld_out + h * hd + c];
+                        ck_assert_msg(fabs(got - want) < 2.5e-3, "T=%d hd=%d head %d row %d col %d: %g vs %g",
+                                      T, hd, h, i, c, got, want);
+                        differs |= got != out32[i * ld_out + h * hd + c];
+                    }
+                }
+            for (int i = 0; i < T; i++) {
+                for (int c = 0; c < hd; c++)
+                    ck_assert_msg(out[i * ld_out + c] == -7.0f, "T=%d hd=%d: head 0 written", T, hd);
+                for (int c = D; c < ld_out; c++)
+                    ck_assert_msg(out[i * ld_out + c] == -7.0f, "T=%d hd=%d: row %d written past D", T, hd, i);
+            }
+            ck_assert_msg(T == 1 || differs, "T=%d hd=%d: bf16 gave the fp32 result", T, hd);
+            free(qkv);
+            free(out);
+            free(out32);
+            free(scores);
+            free(s);
+        }
+    kernels_force_isa(NULL);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("kernels");
     TCase *tc = tcase_create("kernels");
@@ -253,6 +328,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_gelu_tail_relative, 0, 3);
     tcase_add_loop_test(tc, test_layernorm, 0, 3);
     tcase_add_loop_test(tc, test_softmax_rows, 0, 3);
+    tcase_add_test(tc, test_attention_bf16);
     tcase_add_loop_test(tc, test_attention_shapes, 0, 3);
     suite_add_tcase(s, tc);
     return check_run(s);
