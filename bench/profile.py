@@ -17,8 +17,8 @@ that are products (the GEMM micro-kernel; attention's QK^T and PV) it also
 gives their rate, useful GFLOP (from the checkpoint's config.json) per CPU
 second, against one core's fp32 FMA peak measured by comrope-fma-peak (built
 next to the engine) right before the sampling: how far each is from the
-ceiling. With --precision bf16 the GEMM micro-kernel's rate is set against
-the bf16 dot-product peak (comrope-fma-peak --op bf16) instead.
+ceiling. With --precision bf16 both products' rates are set against the
+bf16 dot-product peak (comrope-fma-peak --op bf16) instead.
 
 Needs `perf` (Debian's linux-perf; scripts/install-deps.sh bench) and the
 engine built with symbols (the project's default RelWithDebInfo flags).
@@ -42,7 +42,8 @@ STAGES = [
     ("GEMM packing + loop", r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*)$"),
     ("attention QK^T + PV", r"^(attn_qk_.*|attn_pv_.*|sgemm_.*|.*_sgemm.*)$"),
     ("attention softmax", r"^(softmax_.*|exp256|exp512)$"),
-    ("attention copies (K^T, V)", r"^(attention_head_.*|attention_copy_kv|attention_forward|attention_part)$"),
+    ("attention copies (K^T, V)",
+     r"^(attention_head_.*|attention_copy_kv|attention_forward|attention_part|pairs_bf16.*)$"),
     ("GELU (activation)", r"^(activation_.*|erf.*|gelu.*)$"),
     ("LayerNorm + residual", r"^(layernorm_.*|norm_part|residual_norm)$"),
     ("rotation (RoPE / ComRoPE)", r"^(rotation_apply|rotate_pairs.*)$"),
@@ -63,7 +64,7 @@ def parse_args(argv):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                    help="the engine's GEMM precision; bf16's micro-kernel rate is set against one "
+                    help="the engine's GEMM precision; bf16's product rates are set against one "
                          "core's vdpbf16ps peak (comrope-fma-peak --op bf16)")
     ap.add_argument("--reps", type=int, default=20, help="timed forwards under perf (default 20)")
     ap.add_argument("--engine", default=os.path.join(ROOT, "build-bench", "comrope-bench-engine"))
@@ -171,7 +172,8 @@ def main(argv=None):
         if gf and r["cpu_ms_per_forward"] > 0:
             r["gflop"] = round(gf, 2)
             r["gflops_per_core"] = round(gf / (r["cpu_ms_per_forward"] / 1e3), 1)
-            bf = a.precision == "bf16" and r["stage"] == "GEMM micro-kernel"
+            # bf16 models run both products in bf16 (attention's too, on AVX-512)
+            bf = a.precision == "bf16"
             top = bf16_peak if bf else peak
             if top:
                 r["share_of_core_peak"] = round(r["gflops_per_core"] / top, 3)
@@ -181,7 +183,7 @@ def main(argv=None):
         if "gflops_per_core" in r:
             rate = f"  {r['gflop']:.1f} GFLOP at {r['gflops_per_core']:.1f} GFLOP/s"
             if "share_of_core_peak" in r:
-                bf = a.precision == "bf16" and r["stage"] == "GEMM micro-kernel"
+                bf = a.precision == "bf16"
                 rate += (f" = {100 * r['share_of_core_peak']:.0f}% of one core's "
                          f"{f'bf16 peak ({bf16_peak:.1f})' if bf else f'peak ({peak:.1f})'}")
         log(f"  {r['stage']:28s} {r['percent']:6.1f}% {r['cpu_ms_per_forward']:15.1f}{rate}")
