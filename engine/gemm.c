@@ -7,7 +7,8 @@
  * Blocking (as BLIS and OpenBLAS do it): the threads take tiles of output
  * columns in chunks (AVX2 and bf16, which read A packed: 4 panels, or two
  * tiles, at a time from a shared counter; the others: two tiles at a time
- * for one image's rows, else one equal share each); within a chunk, K is cut into blocks (768; 192 for the generic
+ * for one image's rows, else one equal share each); within a chunk, K is
+ * cut into blocks (768; 192 for the generic
  * kernel); for each block, rows of A in passes (all of one image's rows at
  * once where A is packed, else 60-64), and for each pass every tile of the
  * chunk runs the micro-kernel over the pass's rows, MR at a time. A tile
