@@ -635,12 +635,12 @@ void gemm_forward_act(float *out, const float *A, const packed_weight *W, const 
      * across the K blocks (bf16: two 48-column tiles). Kernels that read A
      * in place take equal shares: each reads its rows once per pass for all
      * its tiles (small chunks of them cost AVX-512 4-6% at batch 8). */
-    j.chunk = shared_pack(kn) ? (GEMM_CHUNK + kn->np - 1) / kn->np : (tiles + threads - 1) / threads;
-    /* One image's rows (A in L2) read in place can take chunks too: each
-     * chunk re-reads A, but from L2, and a slowed core takes fewer of them
-     * (Zen 5, ViT-B 224 batch 1, fp32: +2% over 12 interleaved rounds of
+    /* One image's rows (A in L2) read in place take chunks too: each chunk
+     * re-reads A, but from L2, and a slowed core takes fewer of them (Zen 5,
+     * ViT-B 224 batch 1, fp32: +2-3% over 10-12 interleaved rounds of
      * bench/ab.py; 384 batch 1 neither gained nor lost). */
-    if (!shared_pack(kn) && M <= MC_ONE_PASS) j.chunk = 2;
+    if (shared_pack(kn)) j.chunk = (GEMM_CHUNK + kn->np - 1) / kn->np;
+    else j.chunk = M <= MC_ONE_PASS ? 2 : (tiles + threads - 1) / threads;
     /* A's last, short row group for the kernels reading it in place: one
      * zero-padded copy for every tile and thread (made per pass and thread,
      * it cost 1.5% of a forward in memset and memcpy with chunks per tile) */

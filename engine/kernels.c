@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "gemm.h"
+
 enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512 };
 static int isa_forced = -1;
 
@@ -536,17 +538,15 @@ __attribute__((target("avx512f"))) static void attention_head_avx512(
 static __mmask16 left_mask(int left) { return left <= 0 ? 0 : tail_mask((size_t)left); }
 
 /* n (>= 0) floats of x as n/2 bf16 pairs (an odd last value paired with 0)
- * into dst, 16 pairs per step; returns the pairs written, rounded up to 16
- * (the rest of the last step is zero). */
-__attribute__((target("avx512f,avx512bf16"))) static int pairs_bf16(const float *x, int n,
-                                                                    uint32_t *dst) {
-    int c = 0;
-    for (; c < n; c += 32) {
+ * into dst, 16 pairs per step: it writes n/2 rounded up to 16 pairs (the
+ * rest of the last step zero). */
+__attribute__((target("avx512f,avx512bf16"))) static void pairs_bf16(const float *x, int n,
+                                                                     uint32_t *dst) {
+    for (int c = 0; c < n; c += 32) {
         __m512 lo = _mm512_maskz_loadu_ps(left_mask(n - c), x + c);
         __m512 hi = _mm512_maskz_loadu_ps(left_mask(n - c - 16), x + c + 16);
         _mm512_storeu_si512(dst + c / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
-    return c / 2;
 }
 
 __attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_qk_bf16(
@@ -787,11 +787,6 @@ size_t attention_scratch_floats(int T, int head_dim) {
     return kernel_scratch_floats(T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
 }
 
-static int cpu_bf16(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
-}
-
 void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
                        int heads, int head_dim, int h0, int h1, const float *rot, int npairs,
                        int bf16) {
@@ -799,7 +794,7 @@ void attention_forward(float *out, int ld_out, const float *qkv, float *scores, 
     float *Qr = scores + kernel_scratch_floats(T, head_dim), *Kr = Qr + (size_t)T * hdr;
     /* Our kernels where the CPU has AVX2 or AVX-512; OpenBLAS for plain C. */
     int kind = isa();
-    bf16 = bf16 && kind == ISA_AVX512 && cpu_bf16();
+    bf16 = bf16 && kind == ISA_AVX512 && gemm_bf16_supported();
     for (int h = h0; h < h1; h++) {
         const float *q = qkv + h * head_dim;
         const float *k = qkv + D + h * head_dim;
