@@ -16,6 +16,8 @@
 static const char *const access_log_choices[] = {"text", "json", "off", NULL};
 /* in the order of GEMM_FP32, GEMM_BF16 (engine/gemm.h) */
 static const char *const precision_choices[] = {"fp32", "bf16", NULL};
+/* on/off rather than yes/no: the word the console's docs use */
+static const char *const console_choices[] = {"off", "on", NULL};
 
 /* The one table. Defaults are text so that they go through the same parser
  * as every other source and cannot disagree with the bounds. */
@@ -66,6 +68,8 @@ const config_option config_options[] = {
      "access log on stderr: text, json or off"},
     {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
      "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, 1.3-1.5x faster on ViT-B)"},
+    {"console", CONFIG_ENUM, OFF(console), 0, "on", 0, 0, console_choices,
+     "the web console at / (built into the binary; public page, API calls carry the token): on or off"},
 };
 const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
 

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "console.h"
 #include "input.h"
 
 struct http_server {
@@ -61,6 +62,7 @@ typedef struct {
     char *resp;                /* malloc'd body */
     size_t resp_len, resp_json_len;
     const char *content_type;
+    const console_asset *asset; /* a console file: its 200 answer is the static asset */
     int retry_after;
     int ready_yes;             /* a readiness answer "ready": keeps its connection (queue_answer) */
     size_t bytes_sent;
@@ -99,8 +101,11 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
     struct MHD_Response *resp;
     char *body = r->resp;
     r->resp = NULL;
-    resp = MHD_create_response_from_buffer(r->resp_len, body ? body : (char *)"",
-                                           body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (r->asset && r->status == 200)
+        resp = MHD_create_response_from_buffer(r->asset->len, (void *)r->asset->data, MHD_RESPMEM_PERSISTENT);
+    else
+        resp = MHD_create_response_from_buffer(r->resp_len, body ? body : (char *)"",
+                                               body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
         free(body);
         return MHD_NO;
@@ -116,6 +121,10 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
         char n[16];
         snprintf(n, sizeof(n), "%d", r->retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, n);
+    }
+    if (r->asset && console_add_headers(resp)) {
+        MHD_destroy_response(resp);
+        return MHD_NO;
     }
     if (r->status == 401) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     /* While draining, answers close their connection; not a "ready" one,
@@ -388,6 +397,13 @@ static void route(http_request *r, struct MHD_Connection *c) {
         return;
     }
     if (r->metrics_only) goto not_found;
+    /* The console's files: public (no token), from the binary. */
+    if (s->p.cfg->console && (r->asset = console_find(path))) {
+        r->endpoint = ENDPOINT_CONSOLE;
+        if (!is_get) goto method;
+        set_answer(r, 200, r->asset->content_type, NULL, r->asset->len, 0);
+        return;
+    }
     if (strcmp(path, "/v2/health/live") == 0 || strcmp(path, "/v2/health/ready") == 0 ||
         strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0) {
         r->endpoint = ENDPOINT_HEALTH;

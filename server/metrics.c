@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 static const char *endpoint_names[ENDPOINT_COUNT] = {
-    "v1_classify", "v1_models", "v2_infer", "v2_model", "v2_server", "health", "metrics", "other"};
+    "v1_classify", "v1_models", "v2_infer", "v2_model", "v2_server", "health", "metrics", "console", "other"};
 
 const char *metrics_endpoint_name(int endpoint) {
     return endpoint >= 0 && endpoint < ENDPOINT_COUNT ? endpoint_names[endpoint] : "other";

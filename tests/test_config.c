@@ -128,6 +128,40 @@ START_TEST(bad_values) {
 }
 END_TEST
 
+/* --console on|off (the web console at /): on by default, off from any
+ * source, and nothing but on or off. */
+START_TEST(console_setting) {
+    server_config c;
+    char err[512] = "";
+    char *none[] = {NULL};
+    char *a0[] = {"x", NULL};
+    ck_assert_int_eq(config_load(&c, 1, a0, none, err, sizeof(err)), CONFIG_RUN);
+    ck_assert_int_eq(c.console, 1);
+    char *a1[] = {"x", "--console", "off", NULL};
+    ck_assert_int_eq(config_load(&c, 3, a1, none, err, sizeof(err)), CONFIG_RUN);
+    ck_assert_int_eq(c.console, 0);
+    char *e2[] = {"COMROPE_CONSOLE=off", NULL};
+    char *a2[] = {"x", "--console=on", NULL};
+    ck_assert_int_eq(config_load(&c, 1, a0, e2, err, sizeof(err)), CONFIG_RUN);
+    ck_assert_int_eq(c.console, 0);
+    ck_assert_int_eq(config_load(&c, 2, a2, e2, err, sizeof(err)), CONFIG_RUN); /* flag beats env */
+    ck_assert_int_eq(c.console, 1);
+    char *a3[] = {"x", "--console", "yes", NULL};
+    expect_refused(3, a3, none, "console (flag): \"yes\" is not one of off, on");
+    /* --help and --print-config know it */
+    FILE *f = tmpfile();
+    config_usage(f);
+    config_print(&c, f);
+    rewind(f);
+    char text[16384];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(text, "--console "));
+    ck_assert_ptr_nonnull(strstr(text, "\nconsole on\n"));
+}
+END_TEST
+
 START_TEST(bad_file_lines) {
     char *none[] = {NULL};
     const char *p1 = write_config("port\n");
@@ -243,6 +277,7 @@ int main(void) {
     tcase_add_test(tc, actions);
     tcase_add_test(tc, bad_values);
     tcase_add_test(tc, bad_file_lines);
+    tcase_add_test(tc, console_setting);
     tcase_add_test(tc, cpu_limit_and_threads);
     tcase_add_test(tc, cpu_limit_of_own_cgroup);
     suite_add_tcase(s, tc);

@@ -1,0 +1,240 @@
+// e2e.mjs: the web console in headless Chromium against a running daemon
+// (tests/console/run.sh starts it and passes its URL).
+//
+//   node e2e.mjs open URL OUT_DIR     the page, a row per sample, errors, axe, phone width
+//   node e2e.mjs auth URL TOKEN       a daemon with --api-key-file: page public, token asked for
+//
+// Every expected value comes from the API itself (fetch from node), never
+// from the page's code. Exit 77 (ctest: skipped) only when Chromium cannot
+// start; any other failure exits 1.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../..');
+const [mode, url, arg] = process.argv.slice(2);
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const WAIT_MS = 120000; // bounds of waits on observable states, never sleeps
+
+function log(msg) {
+  console.log(`console-e2e: ${msg}`);
+}
+
+async function launch() {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'comrope-chromium-'));
+  try {
+    const ctx = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      viewport: { width: 1200, height: 900 },
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    return { ctx, profile };
+  } catch (err) {
+    console.log('#'.repeat(72));
+    console.log(`# SKIPPED: Chromium (${CHROMIUM}) cannot start here, the console's`);
+    console.log('# browser test did not run:');
+    console.log(String(err.message).split('\n').slice(0, 6).map((l) => `#   ${l}`).join('\n'));
+    console.log('#'.repeat(72));
+    fs.rmSync(profile, { recursive: true, force: true });
+    process.exit(77);
+  }
+}
+
+// What /v1/classify answers for these bytes at this resolution.
+async function classify(bytes, res, token) {
+  const headers = { 'Content-Type': 'image/png' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const resp = await fetch(`${url}v1/classify?resolution=${res}&top_k=5`, { method: 'POST', headers, body: bytes });
+  return { status: resp.status, body: await resp.json() };
+}
+
+// Page errors, console errors and CSP refusals, gathered for the end.
+function watch(page) {
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' || /Content Security Policy/i.test(m.text())) problems.push(`console ${m.type()}: ${m.text()}`);
+  });
+  return problems;
+}
+
+// Waits for the row to finish and returns its cards as shown.
+async function shownRow(page) {
+  await page.waitForSelector('#row[data-complete]', { timeout: WAIT_MS });
+  return page.$$eval('#row > li.res', (cards) => cards.map((c) => ({
+    resolution: c.dataset.resolution,
+    state: c.dataset.state,
+    canvas: [c.querySelector('canvas').width, c.querySelector('canvas').height],
+    top: [...c.querySelectorAll('.top5 > li')].map((li) => ({
+      label: li.querySelector('.label').textContent,
+      score: li.querySelector('.score').textContent,
+      raw: li.dataset.score,
+    })),
+    error: c.querySelector('.error')?.textContent ?? null,
+  })));
+}
+
+// Each card's top 5 (label, shown score, exact score) against the API's.
+async function checkRow(cards, bytes, token) {
+  for (const card of cards) {
+    assert.equal(card.state, 'done', `${card.resolution}: ${card.error}`);
+    const [h, w] = card.resolution.split('x').map(Number);
+    assert.deepEqual(card.canvas, [w, h], `${card.resolution}: the model's view is drawn at its size`);
+    const { status, body } = await classify(bytes, card.resolution, token);
+    assert.equal(status, 200);
+    const api = body.predictions[0];
+    assert.deepEqual(api.resolution, [h, w]);
+    assert.equal(card.top.length, api.top.length);
+    api.top.forEach((t, i) => {
+      assert.equal(card.top[i].label, t.label, `${card.resolution} #${i + 1} label`);
+      assert.equal(card.top[i].score, `${(t.score * 100).toFixed(1)}%`, `${card.resolution} #${i + 1} shown score`);
+      assert.equal(Number(card.top[i].raw), t.score, `${card.resolution} #${i + 1} score`);
+    });
+  }
+}
+
+async function openMode(outDir) {
+  const models = await (await fetch(`${url}v1/models`)).json();
+  const model = models.models[0];
+  const { ctx, profile } = await launch();
+  try {
+    const page = ctx.pages()[0] || (await ctx.newPage());
+    const problems = watch(page);
+    const resp = await page.goto(url);
+    assert.equal(resp.status(), 200);
+    assert.match(resp.headers()['content-security-policy'], /default-src 'none'/);
+    await page.waitForSelector('#card dd', { timeout: WAIT_MS });
+    const firstPaint = await page.evaluate(() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime);
+    const card = await page.textContent('#card');
+    for (const fact of [model.name, model.pe_type, `${model.training_resolution}x${model.training_resolution}`]) {
+      assert.ok(card.includes(fact), `model card shows ${fact}`);
+    }
+
+    // 1. a sample uploaded through the file input
+    const sample = path.join(root, 'models/samples/ankle-boot.png');
+    const bytes = fs.readFileSync(sample);
+    await page.setInputFiles('#file', sample);
+    let cards = await shownRow(page);
+    const fullRow = await page.evaluate(() => performance.getEntriesByType('measure').at(-1).duration);
+    // the row: patch multiples from about 0.5x to 3x the training size, the training size among them
+    const p = model.patch_size;
+    const t = model.training_resolution;
+    const sides = cards.map((c) => Number(c.resolution.split('x')[0]));
+    assert.ok(sides.every((s) => s % p === 0), `patch multiples: ${sides}`);
+    assert.ok(Math.abs(sides[0] - t / 2) <= p, `starts near 0.5x: ${sides}`);
+    assert.ok(Math.abs(sides.at(-1) - 3 * t) <= p, `ends near 3x: ${sides}`);
+    assert.ok(sides.includes(t), `includes the training size: ${sides}`);
+    assert.ok(sides.length >= 5, `a row, not a pair: ${sides}`);
+    await checkRow(cards, bytes);
+    log(`ankle-boot.png: ${cards.length} resolutions (${sides.join(', ')}) match /v1/classify`);
+    // the live panel counts the row (its scrapes are 3 s apart; the first was at load)
+    await page.waitForFunction(() => {
+      const dt = [...document.querySelectorAll('#live-facts dt')].find((d) => d.textContent === 'Inference requests/s');
+      return dt && Number(dt.nextElementSibling.textContent) > 0;
+    }, null, { timeout: WAIT_MS });
+    const panel = await page.$$eval('#live-facts dt', (dts) => dts.map((d) => `${d.textContent} ${d.nextElementSibling.textContent}`));
+    log(`live panel: ${panel.join(', ')}`);
+    await page.screenshot({ path: path.join(outDir, 'console.png'), fullPage: true });
+
+    // 2. keyboard only: Tab to a sample's button, Enter
+    await page.focus('#file');
+    let reached = false;
+    for (let i = 0; i < 30 && !reached; i++) {
+      await page.keyboard.press('Tab');
+      reached = await page.evaluate(() => document.activeElement?.textContent === 'sneaker');
+    }
+    assert.ok(reached, 'the sample buttons are reachable with Tab');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelector('#status').textContent.startsWith('sneaker.png:'), null, { timeout: WAIT_MS });
+    await checkRow(await shownRow(page), fs.readFileSync(path.join(root, 'models/samples/sneaker.png')));
+    log('sneaker.png, chosen with the keyboard: matches /v1/classify');
+
+    assert.deepEqual(problems.splice(0), [], 'no page errors, console errors or CSP refusals');
+
+    // 3. an edited row with a size the API refuses: the card shows its words
+    const bad = t + 2; // not a multiple of any patch size > 2 -- checked below
+    assert.notEqual(bad % p, 0);
+    await page.fill('#res', `${t}, ${bad}`);
+    await page.click('#res-form button[type=submit]');
+    await page.waitForFunction((n) => document.querySelectorAll('#row > li.res').length === 2 &&
+      document.querySelector('#row[data-complete]'), null, { timeout: WAIT_MS });
+    cards = await shownRow(page);
+    const refused = await classify(fs.readFileSync(path.join(root, 'models/samples/sneaker.png')), `${bad}x${bad}`);
+    assert.equal(refused.status, 400);
+    assert.equal(cards[0].state, 'done');
+    assert.equal(cards[1].state, 'error');
+    assert.equal(cards[1].error, `400: ${refused.body.error}`);
+    log(`${bad}x${bad} refused as the API words it: "${cards[1].error}"`);
+
+    // 4. accessibility: axe-core, no serious or critical violation
+    await page.evaluate(fs.readFileSync(path.join(here, 'node_modules/axe-core/axe.min.js'), 'utf8'));
+    const axe = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+    const serious = axe.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+    for (const v of axe.violations) log(`axe ${v.impact}: ${v.id}: ${v.help} (${v.nodes.length} nodes)`);
+    assert.deepEqual(serious.map((v) => v.id), [], 'axe: serious or critical violations');
+
+    // 5. phone width: nothing wider than the screen
+    await page.setViewportSize({ width: 360, height: 740 });
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(wide <= 360, `at 360 px the page is ${wide} px wide`);
+    await page.screenshot({ path: path.join(outDir, 'console-phone.png'), fullPage: true });
+
+    // Chromium logs the refused request of step 3 as a failed load; nothing else
+    const unexpected = problems.filter((p) => !/Failed to load resource: .* status of 400/.test(p));
+    assert.deepEqual(unexpected, [], 'no page errors, console errors or CSP refusals');
+    let size = 0;
+    for (const asset of ['', 'console/console.css', 'console/app.mjs', 'console/metrics.mjs', 'console/icon.svg']) {
+      size += (await (await fetch(url + asset)).arrayBuffer()).byteLength;
+    }
+    log(`page ${size} bytes (HTML, CSS, JS, icon), first paint ${firstPaint.toFixed(0)} ms, ` +
+      `full row of ${sides.length} ${fullRow.toFixed(0)} ms; screenshot ${path.join(outDir, 'console.png')}`);
+  } finally {
+    await ctx.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+async function authMode(token) {
+  const { ctx, profile } = await launch();
+  try {
+    const page = ctx.pages()[0] || (await ctx.newPage());
+    const problems = watch(page);
+    const resp = await page.goto(url);
+    assert.equal(resp.status(), 200, 'the page itself needs no token');
+    await page.waitForSelector('#auth:not([hidden])', { timeout: WAIT_MS });
+    const refusal = await (await fetch(`${url}v1/models`)).json();
+    assert.equal(await page.textContent('#auth-msg'), refusal.error, 'the 401 as the API words it');
+    await page.fill('#token', token);
+    await page.press('#token', 'Enter');
+    await page.waitForSelector('#card dd', { timeout: WAIT_MS });
+    const sample = path.join(root, 'models/samples/trouser.png');
+    await page.setInputFiles('#file', sample);
+    await checkRow(await shownRow(page), fs.readFileSync(sample), token);
+    const stored = await page.evaluate(() => ({
+      session: sessionStorage.getItem('comrope-token'), local: localStorage.length, cookie: document.cookie,
+    }));
+    assert.deepEqual(stored, { session: token, local: 0, cookie: '' }, 'the token is in sessionStorage only');
+    // the 401s of the first load are the console errors Chromium logs for them
+    const others = problems.filter((p) => !/401/.test(p));
+    assert.deepEqual(others, []);
+    log('with --api-key-file: page public, 401 shown, token in sessionStorage only, row matches');
+  } finally {
+    await ctx.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+try {
+  if (mode === 'open') await openMode(arg);
+  else if (mode === 'auth') await authMode(arg);
+  else throw new Error(`usage: node e2e.mjs open|auth URL OUT_DIR|TOKEN (not "${mode}")`);
+} catch (err) {
+  console.error(`console-e2e: FAIL: ${err.message}`);
+  process.exit(1);
+}
