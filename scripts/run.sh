@@ -21,7 +21,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 sample=models/samples/ankle-boot.png
 cat <<EOF
-== starting build/comrope-serve on port $port (Ctrl-C to stop). From another terminal:
+== starting build/comrope-serve on port $port (Ctrl-C to stop). In a browser: http://localhost:$port/
+   (the web console, unless --console off). From another terminal:
    curl -s -H 'Content-Type: image/png' --data-binary @$sample 'localhost:$port/v1/classify?top_k=3'
 EOF
 exec build/comrope-serve "$@"
