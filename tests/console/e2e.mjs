@@ -174,10 +174,16 @@ async function openMode(outDir) {
 
     // 4. accessibility: axe-core, no serious or critical violation
     await page.evaluate(fs.readFileSync(path.join(here, 'node_modules/axe-core/axe.min.js'), 'utf8'));
-    const axe = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
-    const serious = axe.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-    for (const v of axe.violations) log(`axe ${v.impact}: ${v.id}: ${v.help} (${v.nodes.length} nodes)`);
-    assert.deepEqual(serious.map((v) => v.id), [], 'axe: serious or critical violations');
+    // in both colour schemes (contrast differs)
+    for (const colorScheme of ['light', 'dark']) {
+      await page.emulateMedia({ colorScheme });
+      const axe = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+      const serious = axe.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+      for (const v of axe.violations) log(`axe ${colorScheme} ${v.impact}: ${v.id}: ${v.help} (${v.nodes.length} nodes)`);
+      assert.deepEqual(serious.map((v) => v.id), [], `axe (${colorScheme}): serious or critical violations`);
+      log(`axe (${colorScheme}): ${axe.violations.length} violations, none serious or critical`);
+    }
+    await page.emulateMedia({ colorScheme: 'light' });
 
     // first paint again, the browser warm (a reload: the cold figure above
     // is mostly Chromium's first navigation in a fresh profile)
