@@ -20,8 +20,10 @@ const [mode, url, arg] = process.argv.slice(2);
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT_MS = 120000; // bounds of waits on observable states, never sleeps
 
+// Written at once (fs.writeSync): a pipe's pending writes are lost when the
+// process exits, and the lines before a failure are the ones that matter.
 function log(msg) {
-  console.log(`console-e2e: ${msg}`);
+  fs.writeSync(1, `console-e2e: ${msg}\n`);
 }
 
 async function launch() {
@@ -36,11 +38,10 @@ async function launch() {
     });
     return { ctx, profile };
   } catch (err) {
-    console.log('#'.repeat(72));
-    console.log(`# SKIPPED: Chromium (${CHROMIUM}) cannot start here, the console's`);
-    console.log('# browser test did not run:');
-    console.log(String(err.message).split('\n').slice(0, 6).map((l) => `#   ${l}`).join('\n'));
-    console.log('#'.repeat(72));
+    const bar = '#'.repeat(72);
+    fs.writeSync(1, `${bar}\n# SKIPPED: Chromium (${CHROMIUM}) cannot start here, the console's\n` +
+      '# browser test did not run:\n' +
+      `${String(err.message).split('\n').slice(0, 6).map((l) => `#   ${l}`).join('\n')}\n${bar}\n`);
     fs.rmSync(profile, { recursive: true, force: true });
     process.exit(77);
   }
@@ -70,10 +71,10 @@ async function shownRow(page) {
   return page.$$eval('#row > li.res', (cards) => cards.map((c) => ({
     resolution: c.dataset.resolution,
     state: c.dataset.state,
-    canvas: [c.querySelector('canvas').width, c.querySelector('canvas').height],
+    canvas: [c.querySelector('canvas')?.width, c.querySelector('canvas')?.height],
     top: [...c.querySelectorAll('.top5 > li')].map((li) => ({
-      label: li.querySelector('.label').textContent,
-      score: li.querySelector('.score').textContent,
+      label: li.querySelector('.label')?.textContent,
+      score: li.querySelector('.score')?.textContent,
       raw: li.dataset.score,
     })),
     error: c.querySelector('.error')?.textContent ?? null,
@@ -106,6 +107,9 @@ async function openMode(outDir) {
   try {
     const page = ctx.pages()[0] || (await ctx.newPage());
     const problems = watch(page);
+    // offline-ready: the page asks nothing of any other origin
+    const elsewhere = [];
+    page.on('request', (r) => { if (!r.url().startsWith(url) && !r.url().startsWith('blob:')) elsewhere.push(r.url()); });
     const resp = await page.goto(url);
     assert.equal(resp.status(), 200);
     assert.match(resp.headers()['content-security-policy'], /default-src 'none'/);
@@ -138,7 +142,7 @@ async function openMode(outDir) {
       const dt = [...document.querySelectorAll('#live-facts dt')].find((d) => d.textContent === 'Inference requests/s');
       return dt && Number(dt.nextElementSibling.textContent) > 0;
     }, null, { timeout: WAIT_MS });
-    const panel = await page.$$eval('#live-facts dt', (dts) => dts.map((d) => `${d.textContent} ${d.nextElementSibling.textContent}`));
+    const panel = await page.$$eval('#live-facts dt', (dts) => dts.map((d) => `${d.textContent} ${d.nextElementSibling?.textContent}`));
     log(`live panel: ${panel.join(', ')}`);
     await page.screenshot({ path: path.join(outDir, 'console.png'), fullPage: true });
 
@@ -155,6 +159,17 @@ async function openMode(outDir) {
     await checkRow(await shownRow(page), fs.readFileSync(path.join(root, 'models/samples/sneaker.png')));
     log('sneaker.png, chosen with the keyboard: matches /v1/classify');
 
+    // a file dropped on the drop zone (a DataTransfer, as a drag from the desktop makes)
+    const pullover = fs.readFileSync(path.join(root, 'models/samples/pullover.png'));
+    await page.evaluate((b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], 'dropped.png', { type: 'image/png' }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, pullover.toString('base64'));
+    await page.waitForFunction(() => document.querySelector('#status').textContent.startsWith('dropped.png:'), null, { timeout: WAIT_MS });
+    await checkRow(await shownRow(page), pullover);
+    log('pullover.png, dropped: matches /v1/classify');
     assert.deepEqual(problems.splice(0), [], 'no page errors, console errors or CSP refusals');
 
     // 3. an edited row with a size the API refuses: the card shows its words
@@ -200,6 +215,7 @@ async function openMode(outDir) {
     // Chromium logs the refused request of step 3 as a failed load; nothing else
     const unexpected = problems.filter((p) => !/Failed to load resource: .* status of 400/.test(p));
     assert.deepEqual(unexpected, [], 'no page errors, console errors or CSP refusals');
+    assert.deepEqual(elsewhere, [], 'requests to other origins');
     let size = 0;
     for (const asset of ['', 'console/console.css', 'console/app.mjs', 'console/metrics.mjs', 'console/icon.svg']) {
       size += (await (await fetch(url + asset)).arrayBuffer()).byteLength;
@@ -248,6 +264,6 @@ try {
   else if (mode === 'auth') await authMode(arg);
   else throw new Error(`usage: node e2e.mjs open|auth URL OUT_DIR|TOKEN (not "${mode}")`);
 } catch (err) {
-  console.error(`console-e2e: FAIL: ${err.message}`);
-  process.exit(1);
+  fs.writeSync(2, `console-e2e: FAIL: ${err.stack}\n`);
+  process.exitCode = 1; // not exit(): the log lines before this must reach the pipe
 }
