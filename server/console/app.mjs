@@ -205,14 +205,22 @@ function drawModelView(canvas, pixels, h, w, channels) {
   ctx.putImageData(img, 0, 0);
 }
 
+// The picture's pixels, for the cards' drawings only (the API gets the file
+// itself). A photo of many megapixels is first brought within
+// PREVIEW_MAX_SIDE by the browser: the cards are at most a few hundred
+// pixels wide, and the exact filter over the full photo would cost
+// seconds and hundreds of MB for no visible difference.
+const PREVIEW_MAX_SIDE = 2048;
 async function decodePixels(blob) {
   try {
     const bitmap = await createImageBitmap(blob);
+    const f = Math.min(1, PREVIEW_MAX_SIDE / Math.max(bitmap.width, bitmap.height));
     const c = document.createElement('canvas');
-    c.width = bitmap.width;
-    c.height = bitmap.height;
+    c.width = Math.max(1, Math.round(bitmap.width * f));
+    c.height = Math.max(1, Math.round(bitmap.height * f));
     const ctx = c.getContext('2d', { willReadFrequently: true });
-    ctx.drawImage(bitmap, 0, 0);
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(bitmap, 0, 0, c.width, c.height);
     bitmap.close();
     return ctx.getImageData(0, 0, c.width, c.height);
   } catch {

@@ -170,6 +170,34 @@ async function openMode(outDir) {
     await page.waitForFunction(() => document.querySelector('#status').textContent.startsWith('dropped.png:'), null, { timeout: WAIT_MS });
     await checkRow(await shownRow(page), pullover);
     log('pullover.png, dropped: matches /v1/classify');
+
+    // a photo-sized picture (4000x3000, drawn and encoded by the browser):
+    // the row completes and matches; the cards' drawings stay at their sizes
+    const big = await page.evaluate(async () => {
+      const c = document.createElement('canvas');
+      c.width = 4000;
+      c.height = 3000;
+      const g = c.getContext('2d');
+      // flat shapes: a small file (the server decodes it six times)
+      g.fillStyle = '#102040';
+      g.fillRect(0, 0, 4000, 3000);
+      g.fillStyle = '#f0c080';
+      g.fillRect(1500, 1000, 1000, 1200);
+      g.fillStyle = '#fff';
+      g.fillRect(1700, 400, 600, 500);
+      const blob = await new Promise((resolve) => c.toBlob(resolve, 'image/png'));
+      const dt = new DataTransfer();
+      dt.items.add(new File([blob], 'photo.png', { type: 'image/png' }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      const bytes = new Uint8Array(await blob.arrayBuffer());
+      let bin = '';
+      for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      return btoa(bin);
+    });
+    await page.waitForFunction(() => document.querySelector('#status').textContent.startsWith('photo.png:'), null, { timeout: WAIT_MS });
+    await checkRow(await shownRow(page), Buffer.from(big, 'base64'));
+    const bigRow = await page.evaluate(() => performance.getEntriesByType('measure').at(-1).duration);
+    log(`a 4000x3000 PNG (${Math.round((big.length * 3) / 4 / 1024)} KiB), dropped: matches /v1/classify, row ${bigRow.toFixed(0)} ms`);
     assert.deepEqual(problems.splice(0), [], 'no page errors, console errors or CSP refusals');
 
     // 3. an edited row with a size the API refuses: the card shows its words
