@@ -234,8 +234,10 @@ async function openMode(outDir) {
     await page.waitForSelector('#card dd', { timeout: WAIT_MS });
     const warmPaint = await page.evaluate(() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime);
 
-    // 5. phone width: nothing wider than the screen
+    // 5. phone width, with a row shown: nothing wider than the screen
     await page.setViewportSize({ width: 360, height: 740 });
+    await page.getByRole('button', { name: 'trouser' }).click();
+    await page.waitForFunction(() => document.querySelector('#status').textContent.startsWith('trouser.png:'), null, { timeout: WAIT_MS });
     const wide = await page.evaluate(() => document.documentElement.scrollWidth);
     assert.ok(wide <= 360, `at 360 px the page is ${wide} px wide`);
     await page.screenshot({ path: path.join(outDir, 'console-phone.png'), fullPage: true });
