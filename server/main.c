@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api_keys.h"
 #include "batcher.h"
 #include "config.h"
 #include "gemm.h"
@@ -30,45 +31,6 @@
 #endif
 
 extern char **environ;
-
-/* OpenBLAS's own control of its thread pool (not in cblas.h's standard part). */
-
-/* Reads the api-key file: one token per line, blank lines and # comments
- * ignored. Returns a NULL-terminated array, or NULL with a message. */
-static char **load_api_keys(const char *path, char *err, size_t errlen) {
-    FILE *f = fopen(path, "r");
-    char **keys = NULL, line[1024];
-    int n = 0;
-    if (!f) {
-        snprintf(err, errlen, "api-key-file: cannot open %.400s: %s", path, strerror(errno));
-        return NULL;
-    }
-    keys = calloc(1, sizeof(char *));
-    while (keys && fgets(line, sizeof(line), f)) {
-        char *p = line, *end;
-        while (*p == ' ' || *p == '\t') p++;
-        end = p + strlen(p);
-        while (end > p && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
-        if (*p == '\0' || *p == '#') continue;
-        char **grown = realloc(keys, sizeof(char *) * (size_t)(n + 2));
-        if (!grown) break;
-        keys = grown;
-        keys[n++] = strdup(p);
-        keys[n] = NULL;
-    }
-    fclose(f);
-    if (keys && n == 0) {
-        snprintf(err, errlen, "api-key-file: %.400s holds no token", path);
-        free(keys);
-        return NULL;
-    }
-    return keys;
-}
-
-static void free_api_keys(char **keys) {
-    for (int i = 0; keys && keys[i]; i++) free(keys[i]);
-    free(keys);
-}
 
 /* The served name's default: the model directory's base name. */
 static void base_name(const char *dir, char *out, size_t len) {
@@ -98,6 +60,9 @@ int main(int argc, char **argv) {
         config_usage(stdout);
         return 0;
     }
+    char unknown[512];
+    if (config_unknown_env(environ, unknown, sizeof(unknown)))
+        fprintf(stderr, "comrope-serve: warning: environment variables that name no setting: %s\n", unknown);
     int cpu_limit = config_cpu_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup");
     if (action == CONFIG_PRINT) { /* no model loaded: the rule for an unknown model */
         config_derive_threads(&cfg, cpu_limit, -1);
@@ -125,10 +90,17 @@ int main(int argc, char **argv) {
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
 
+    /* Before the model (seconds to load): a key file that cannot be read
+     * stops the start at once, and never leaves the daemon open. */
+    if (cfg.api_key_file[0] && !(keys = api_keys_load(cfg.api_key_file, err, sizeof(err)))) {
+        fprintf(stderr, "comrope-serve: %s\n", err);
+        return 1;
+    }
+
     if (!cfg.model[0]) {
         if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
             fprintf(stderr, "comrope-serve: %s\n", err);
-            return 1;
+            goto cleanup;
         }
         snprintf(cfg.model, sizeof(cfg.model), "%s", dir);
     }
@@ -136,15 +108,11 @@ int main(int argc, char **argv) {
     vopt.precision = cfg.precision == 1 ? GEMM_BF16 : GEMM_FP32;
     if (vit_load(cfg.model, &vopt, &model, err, sizeof(err))) {
         fprintf(stderr, "comrope-serve: %s\n", err);
-        return 1;
+        goto cleanup;
     }
     /* thread counts left to derive depend on how heavy the model is */
     config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
     if (!cfg.model_name[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
-    if (cfg.api_key_file[0] && !(keys = load_api_keys(cfg.api_key_file, err, sizeof(err)))) {
-        fprintf(stderr, "comrope-serve: %s\n", err);
-        goto cleanup;
-    }
 
     /* The engine's pool owns the cores (it also keeps OpenBLAS at one thread). */
     gemm_set_threads(cfg.gemm_threads);
@@ -200,7 +168,7 @@ cleanup:
     http_stop(http);
     batcher_free(b);
     metrics_free(mx);
-    free_api_keys(keys);
+    api_keys_free(keys);
     vit_free(model);
     if (rc == 0) fprintf(stderr, "comrope-serve: stopped\n");
     return rc;
