@@ -57,9 +57,16 @@ const config_option config_options[] = {
     {"max-image-side", CONFIG_INT, OFF(max_image_side), 0, "16384", 1, 1 << 20, NULL,
      "largest image width or height; more: 413"},
     {"connection-timeout-s", CONFIG_INT, OFF(connection_timeout_s), 0, "30", 1, 86400, NULL,
-     "idle / slow client timeout"},
+     "a connection idle (nothing sent or received) this long is closed"},
     {"max-connections", CONFIG_INT, OFF(max_connections), 0, "512", 1, 1000000, NULL,
-     "open connections at most"},
+     "open connections at most; more are closed at accept, at once"},
+    /* slow and greedy clients (server/conn_guard.h) */
+    {"receive-timeout-s", CONFIG_INT, OFF(receive_timeout_s), 0, "30", 1, 86400, NULL,
+     "a request's headers and body must arrive within this (from the connection's start or the "
+     "previous answer); else the connection is cut (408 in the access log)"},
+    {"max-connections-per-client", CONFIG_INT, OFF(max_connections_per_client), 0, "0", 0, 1000000, NULL,
+     "open connections per client IP address; more are closed at accept; 0: no cap but "
+     "max-connections (behind a proxy, one address is many clients)"},
     {"drain-timeout-s", CONFIG_INT, OFF(drain_timeout_s), 0, "30", 0, 3600, NULL,
      "on SIGTERM, how long queued work may finish before leftovers get 503"},
     {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,

@@ -42,6 +42,9 @@ typedef struct {
     int max_image_side;
     int connection_timeout_s;
     int max_connections;
+    /* slow and greedy clients (server/conn_guard.h) */
+    int receive_timeout_s;              /* headers + body of one request */
+    int max_connections_per_client;     /* 0: no cap but max_connections */
     int drain_timeout_s;
     int access_log;                     /* ACCESS_LOG_* */
     int precision;                      /* 0 fp32, 1 bf16 (GEMM_FP32 / GEMM_BF16) */

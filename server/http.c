@@ -15,11 +15,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conn_guard.h"
 #include "input.h"
 
 struct http_server {
     http_params p;
     struct MHD_Daemon *main_daemon, *metrics_daemon;
+    conn_guard *main_guard, *metrics_guard; /* caps and receive deadlines, one per daemon */
     int port, metrics_port;
     atomic_int draining;
     atomic_ullong next_id;
@@ -379,6 +381,10 @@ static void route(http_request *r, struct MHD_Connection *c) {
         size_t len = 0;
         metrics_gauges g = {batcher_queue_depth(s->p.batcher), batcher_in_flight(s->p.batcher),
                             batcher_arriving(s->p.batcher), ready};
+        conn_guard_stats cs;
+        conn_guard_stats_get(s->main_guard, &cs);
+        metrics_connections mc = {cs.open, cs.refused_limit, cs.refused_client, cs.receive_timeouts};
+        metrics_set_connections(s->p.metrics, &mc);
         char *text = metrics_render(s->p.metrics, &g, &len);
         if (!text) {
             set_error(r, 500, "out of memory");
@@ -511,7 +517,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
              * over max-body-bytes, or one the client holds back until "100
              * Continue", is answered at once, unread (and the connection
              * closed). */
-            if (answer_before_body(c, s->p.cfg->max_body_bytes)) return queue_answer(c, r);
+            if (answer_before_body(c, s->p.cfg->max_body_bytes)) {
+                conn_guard_received(c); /* the body stays unread: the connection closes */
+                return queue_answer(c, r);
+            }
             r->phase = PHASE_DISCARD;
         }
         return MHD_YES;
@@ -521,6 +530,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             *upload_data_size = 0;
             return MHD_YES;
         }
+        conn_guard_received(c);
         r->phase = PHASE_RESPOND;
         return queue_answer(c, r);
     }
@@ -547,6 +557,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             r->body_len += n;
             return MHD_YES;
         }
+        conn_guard_received(c);
         /* The arrival ends after the submission, so that a drain sees
          * this request all along, as arriving and then as queued. */
         r->arriving = 0;
@@ -607,12 +618,14 @@ static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
  * place per-request state is freed. */
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                               enum MHD_RequestTerminationCode toe) {
-    (void)c;
     http_server *s = cls;
     http_request *r = *con_cls;
+    /* kept alive: the next request's receive deadline starts now */
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) conn_guard_rearm(c);
     if (!r) return;
     *con_cls = NULL;
     if (r->arriving) batcher_arrival_end(s->p.batcher);
+    if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
     if (!r->status) r->status = 500; /* closed before an answer */
     metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
@@ -629,7 +642,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
 }
 
 static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandlerCallback handler,
-                                       char *err, size_t errlen) {
+                                       conn_guard *guard, char *err, size_t errlen) {
     const server_config *cfg = s->p.cfg;
     struct sockaddr_in addr4;
     struct sockaddr_in6 addr6;
@@ -651,11 +664,14 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         return NULL;
     }
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, handler, s,
+        flags, (uint16_t)port, conn_guard_accept, guard, handler, s,
         MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
+        /* above max-connections, which conn_guard_accept enforces (see
+         * conn_guard.h: at its own limit libmicrohttpd stops accepting) */
+        MHD_OPTION_CONNECTION_LIMIT, conn_guard_mhd_limit(guard, cfg->http_threads),
+        MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
         MHD_OPTION_END);
@@ -679,11 +695,18 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     atomic_init(&s->next_id, 1);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->idle, NULL);
-    s->main_daemon = start_daemon(s, p->cfg->port, handle_main, err, errlen);
+    conn_guard_params gp = {p->cfg->max_connections, p->cfg->max_connections_per_client,
+                            p->cfg->receive_timeout_s * 1000};
+    s->main_guard = conn_guard_new(gp, err, errlen);
+    if (!s->main_guard) goto fail;
+    s->main_daemon = start_daemon(s, p->cfg->port, handle_main, s->main_guard, err, errlen);
     if (!s->main_daemon) goto fail;
     s->port = bound_port(s->main_daemon);
     if (p->cfg->metrics_port) {
-        s->metrics_daemon = start_daemon(s, p->cfg->metrics_port, handle_metrics, err, errlen);
+        s->metrics_guard = conn_guard_new(gp, err, errlen);
+        if (!s->metrics_guard) goto fail;
+        s->metrics_daemon = start_daemon(s, p->cfg->metrics_port, handle_metrics, s->metrics_guard, err,
+                                         errlen);
         if (!s->metrics_daemon) goto fail;
         s->metrics_port = bound_port(s->metrics_daemon);
     }
@@ -723,6 +746,8 @@ void http_stop(http_server *s) {
     if (!s) return;
     if (s->metrics_daemon) MHD_stop_daemon(s->metrics_daemon);
     if (s->main_daemon) MHD_stop_daemon(s->main_daemon);
+    conn_guard_free(s->metrics_guard); /* after their daemons: every connection closed */
+    conn_guard_free(s->main_guard);
     /* Requests the daemon had started reading but did not answer in full
      * (client aborts, errors, connections cut at stop): the shutdown test
      * tells a request lost by us from one that never reached us by it. */
