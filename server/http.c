@@ -4,19 +4,19 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "conn_guard.h"
 #include "input.h"
+#include "log.h"
 
 struct http_server {
     http_params p;
@@ -48,6 +48,7 @@ typedef struct {
     char method[16];
     char path[256];
     char request_id[128];
+    char user_agent[256];      /* cut to fit; for the access log */
     int64_t start_ns;
     /* body */
     uint8_t *body;
@@ -477,6 +478,17 @@ not_found:
     set_error(r, 404, err);
 }
 
+/* A client's X-Request-Id is echoed in a response header and logged: one
+ * word of visible ASCII that fits, else the daemon makes its own. */
+static int request_id_acceptable(const char *id, size_t cap) {
+    size_t n = 0;
+    if (!id || !*id) return 0;
+    for (; id[n]; n++)
+        if ((unsigned char)id[n] <= ' ' || (unsigned char)id[n] >= 0x7f || id[n] == '"' || n + 1 >= cap)
+            return 0;
+    return 1;
+}
+
 static void new_request_id(http_server *s, char *out, size_t len) {
     unsigned long long n = atomic_fetch_add(&s->next_id, 1);
     snprintf(out, len, "%08lx-%llu", (unsigned long)getpid(), n);
@@ -499,10 +511,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         snprintf(r->method, sizeof(r->method), "%s", method);
         snprintf(r->path, sizeof(r->path), "%s", url);
         const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
-        if (id && *id && strlen(id) < sizeof(r->request_id) && !strpbrk(id, "\r\n\""))
+        if (request_id_acceptable(id, sizeof(r->request_id)))
             snprintf(r->request_id, sizeof(r->request_id), "%s", id);
         else
             new_request_id(s, r->request_id, sizeof(r->request_id));
+        const char *ua = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
+        snprintf(r->user_agent, sizeof(r->user_agent), "%s", ua ? ua : "-");
         pthread_mutex_lock(&s->lock);
         s->open_requests++;
         pthread_mutex_unlock(&s->lock);
@@ -589,29 +603,20 @@ static enum MHD_Result handle_metrics(void *cls, struct MHD_Connection *c, const
 }
 
 static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
-    int mode = r->s->p.cfg->access_log;
-    if (mode == ACCESS_LOG_OFF) return;
-    double ms = (double)(now_ns() - r->start_ns) / 1e6;
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    struct tm tm;
-    char ts[32];
-    gmtime_r(&tv.tv_sec, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    const char *outcome = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted";
-    if (mode == ACCESS_LOG_JSON) {
-        json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:I,s:f,s:s,s:s}", "time", ts, "method", r->method,
-                              "path", r->path, "status", r->status, "bytes", (json_int_t)r->bytes_sent,
-                              "ms", ms, "request_id", r->request_id, "outcome", outcome);
-        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-        if (line) fprintf(stderr, "%s\n", line);
-        free(line);
-        json_decref(o);
-    } else {
-        fprintf(stderr, "%s.%03dZ %s %s %d %zu %.3fms %s%s\n", ts, (int)(tv.tv_usec / 1000), r->method,
-                r->path, r->status, r->bytes_sent, ms, r->request_id,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted");
-    }
+    if (r->s->p.cfg->access_log == ACCESS_LOG_OFF) return;
+    log_access_entry e = {r->method, r->path, r->request_id, r->user_agent, r->status, r->bytes_sent,
+                          (double)(now_ns() - r->start_ns) / 1e6, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK};
+    log_access(&e);
+}
+
+/* libmicrohttpd's own messages, as lines of the log (they may quote what
+ * a client sent: log_event escapes them). */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char msg[1024];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    log_event("warning", "libmicrohttpd: %s", msg);
 }
 
 /* MHD is done with the request (sent, or the client went away): the only
@@ -665,6 +670,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
     }
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)port, conn_guard_accept, guard, handler, s,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it applies to the options after it */
         MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
@@ -752,7 +758,7 @@ void http_stop(http_server *s) {
      * (client aborts, errors, connections cut at stop): the shutdown test
      * tells a request lost by us from one that never reached us by it. */
     if (s->incomplete)
-        fprintf(stderr, "comrope-serve: %lu requests ended without a complete answer\n", s->incomplete);
+        log_event("info", "%lu requests ended without a complete answer", s->incomplete);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
     free(s);
