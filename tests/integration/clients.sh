@@ -11,6 +11,7 @@
 # take a connection of the port under test.
 set -euo pipefail
 SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 clients() { "$PY" "$ROOT/tests/integration/clients.py" "$@"; }
 

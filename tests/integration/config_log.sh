@@ -12,6 +12,7 @@
 #      every line (start-up and drain too) a JSON object.
 set -euo pipefail
 SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 logs() { "$PY" "$ROOT/tests/integration/logs.py" "$@"; }
 
@@ -34,7 +35,9 @@ refuses_start() {
   local msg=$1 rc=0
   shift
   timeout 60 "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 "$@" 2>"$WORK/refused.log" || rc=$?
-  [ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "started with $* (exit $rc): $(cat "$WORK/refused.log")"
+  if [ "$rc" = 0 ] || [ "$rc" = 124 ]; then
+    fail "started with $* (exit $rc): $(cat "$WORK/refused.log")"
+  fi
   grep -q -- "$msg" "$WORK/refused.log" || fail "$*: no \"$msg\" in: $(cat "$WORK/refused.log")"
   echo "ok: refused to start with $* ($msg)"
 }
