@@ -33,7 +33,8 @@ const config_option config_options[] = {
     {"config", CONFIG_STRING, OFF(config), SIZE(config), "", 0, 0, NULL,
      "config file of `key value` lines (flag or COMROPE_CONFIG only)"},
     {"api-key-file", CONFIG_STRING, OFF(api_key_file), SIZE(api_key_file), "", 0, 0, NULL,
-     "file of bearer tokens, one per line; empty: no auth"},
+     "file of bearer tokens, one per line (`#` comment lines); a file that cannot be read or holds "
+     "no token stops the start; empty: no auth"},
     {"max-batch-size", CONFIG_INT, OFF(max_batch_size), 0, "8", 1, 4096, NULL,
      "images per executed batch"},
     {"max-batch-tokens", CONFIG_INT, OFF(max_batch_tokens), 0, "16384", 1, 1 << 24, NULL,
@@ -70,7 +71,7 @@ const config_option config_options[] = {
     {"drain-timeout-s", CONFIG_INT, OFF(drain_timeout_s), 0, "30", 0, 3600, NULL,
      "on SIGTERM, how long queued work may finish before leftovers get 503"},
     {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,
-     "access log on stderr: text, json or off"},
+     "access log on stderr: text, json (then every log line is a JSON object) or off"},
     {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
      "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, 1.3-1.5x faster on ViT-B)"},
 };
@@ -485,7 +486,7 @@ void config_print(const server_config *cfg, FILE *out) {
 
 void config_usage(FILE *out) {
     char env[128];
-    fprintf(out, "usage: comrope-serve [--key value]... [--print-config] [--help]\n"
+    fprintf(out, "usage: comrope-serve [--key value | --key=value]... [--print-config] [--help]\n"
                  "Each key is also a config-file line `key value` and an environment\n"
                  "variable COMROPE_<KEY>; precedence: defaults < file < environment < flags.\n\n");
     for (int i = 0; i < config_num_options; i++) {
