@@ -2,14 +2,15 @@
  *
  *   comrope-serve [--model DIR] [--port 8080] [--key value]... [--print-config]
  *
- * Start-up order: config (refused with the key named), model (a bad model
- * exits 1 with the loader's message), thread counts, batcher, HTTP. Then
+ * Start-up order: config (refused with the key named), the log's format,
+ * the api-key file (unreadable or empty: exit 1, never "no auth"), model
+ * (a bad model exits 1 with the loader's message), thread counts, batcher,
+ * HTTP. Then
  * the main thread waits for SIGTERM/SIGINT and drains:
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> daemons stopped ->
  *   exit 0. */
-#include <errno.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
