@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define CLIENT_BUCKETS 256
@@ -173,6 +174,24 @@ void conn_guard_free(conn_guard *g) {
     pthread_cond_destroy(&g->wake);
     pthread_mutex_destroy(&g->lock);
     free(g);
+}
+
+int conn_guard_reserve_fds(int connections, char *err, size_t errlen) {
+    struct rlimit rl;
+    rlim_t need = (rlim_t)connections + CONN_GUARD_FD_RESERVE;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need) return 0;
+    rlim_t raised = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+    if (raised > rl.rlim_cur) {
+        struct rlimit want = {raised, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0) rl.rlim_cur = raised;
+    }
+    if (rl.rlim_cur >= need) return 0;
+    snprintf(err, errlen,
+             "max-connections: %d connections need %llu open files, but the limit is %llu "
+             "(hard %llu): raise it (ulimit -n, systemd LimitNOFILE=) or lower max-connections",
+             connections, (unsigned long long)need, (unsigned long long)rl.rlim_cur,
+             (unsigned long long)rl.rlim_max);
+    return -1;
 }
 
 unsigned int conn_guard_mhd_limit(const conn_guard *g, int http_threads) {

@@ -57,6 +57,15 @@ conn_guard *conn_guard_new(conn_guard_params p, char *err, size_t errlen);
  * (every connection reported closed). */
 void conn_guard_free(conn_guard *g);
 
+/* Makes room for `connections` open sockets (and a reserve for the rest
+ * of the process) in RLIMIT_NOFILE, raising the soft limit up to the hard
+ * one if needed. Past the limit accept() fails, libmicrohttpd stops
+ * accepting, and clients wait in the backlog even below max-connections:
+ * so a limit too low for the caps is refused at start. Returns 0, or -1
+ * with a message. */
+#define CONN_GUARD_FD_RESERVE 64
+int conn_guard_reserve_fds(int connections, char *err, size_t errlen);
+
 /* The value for MHD_OPTION_CONNECTION_LIMIT: libmicrohttpd splits it among
  * its threads, and each share must stay above our cap. */
 unsigned int conn_guard_mhd_limit(const conn_guard *g, int http_threads);

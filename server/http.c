@@ -703,6 +703,9 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     pthread_cond_init(&s->idle, NULL);
     conn_guard_params gp = {p->cfg->max_connections, p->cfg->max_connections_per_client,
                             p->cfg->receive_timeout_s * 1000};
+    /* each daemon may hold max-connections sockets */
+    if (conn_guard_reserve_fds(p->cfg->max_connections * (p->cfg->metrics_port ? 2 : 1), err, errlen))
+        goto fail;
     s->main_guard = conn_guard_new(gp, err, errlen);
     if (!s->main_guard) goto fail;
     s->main_daemon = start_daemon(s, p->cfg->port, handle_main, s->main_guard, err, errlen);
