@@ -478,6 +478,8 @@ static void print_value(const server_config *cfg, const config_option *o, FILE *
 
 void config_print(const server_config *cfg, FILE *out) {
     for (int i = 0; i < config_num_options; i++) {
+        /* a config file cannot name another: the file read is a comment */
+        if (!strcmp(config_options[i].name, "config")) fputs("# ", out);
         fprintf(out, "%s ", config_options[i].name);
         print_value(cfg, &config_options[i], out);
         fputc('\n', out);

@@ -126,7 +126,8 @@ int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgrou
 void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_image);
 
 /* `key value` lines of the resolved table (what --print-config shows; the
- * output is itself a valid config file). */
+ * output is itself a valid config file giving the same table: the `config`
+ * line is a comment, since a file cannot name another). */
 void config_print(const server_config *cfg, FILE *out);
 void config_usage(FILE *out);
 

@@ -357,6 +357,30 @@ START_TEST(file_long_lines) {
 }
 END_TEST
 
+/* --print-config's output is itself a config file that gives the same table. */
+START_TEST(printed_config_reloads) {
+    char err[512];
+    const char *path = write_config("port 9000\nmodel-name \"a name\"\naccess-log json\n");
+    char *a[] = {"x", "--config", (char *)path, "--workers=3", NULL};
+    char *none[] = {NULL};
+    server_config c, d;
+    ck_assert_int_eq(config_load(&c, 4, a, none, err, sizeof(err)), CONFIG_RUN);
+    unlink(path);
+    static char printed[64];
+    snprintf(printed, sizeof(printed), "/tmp/test_config_print_XXXXXX");
+    int fd = mkstemp(printed);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    config_print(&c, f);
+    fclose(f);
+    char *b[] = {"x", "--config", printed, NULL};
+    ck_assert_msg(config_load(&d, 3, b, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
+    unlink(printed);
+    memcpy(d.config, c.config, sizeof(c.config));
+    ck_assert_msg(memcmp(&c, &d, sizeof(c)) == 0, "the reloaded table differs");
+}
+END_TEST
+
 START_TEST(unknown_environment_named) {
     char out[256];
     char *envp[] = {"COMROPE_PORT=1", "COMROPE_API_KEYFILE=/k", "COMROPE_CONFIG=", "PATH=/bin",
@@ -429,6 +453,7 @@ int main(void) {
     tcase_add_test(tc, file_slips_refused);
     tcase_add_test(tc, file_long_lines);
     tcase_add_test(tc, unknown_environment_named);
+    tcase_add_test(tc, printed_config_reloads);
     tcase_add_test(tc, api_key_file);
     suite_add_tcase(s, tc);
     return check_run(s);
