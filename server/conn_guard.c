@@ -32,6 +32,7 @@ typedef struct conn {
     int fd;
     client *client;
     int64_t deadline_ns;       /* 0: not armed */
+    int begun;                 /* a request line has come since it was armed */
     int timed_out;
     struct conn *prev, *next;
 } conn;
@@ -97,6 +98,7 @@ static void unlink_conn(conn_guard *g, conn *c) {
 
 static void arm(conn_guard *g, conn *c) {
     unlink_conn(g, c);
+    c->begun = 0;
     c->deadline_ns = monotonic_now_ns() + (int64_t)g->p.receive_timeout_ms * 1000000;
     c->prev = g->tail;
     if (g->tail) g->tail->next = c;
@@ -114,7 +116,8 @@ static void *sweep(void *arg) {
             conn *c = g->head;
             unlink_conn(g, c);
             c->timed_out = 1;
-            g->stats.receive_timeouts++;
+            if (c->begun) g->stats.timeouts_request++;
+            else g->stats.timeouts_idle++;
             /* libmicrohttpd's thread sees the end of the stream and closes
              * the connection; the descriptor is still open (see the header). */
             shutdown(c->fd, SHUT_RDWR);
@@ -268,6 +271,14 @@ void conn_guard_notify(void *cls, struct MHD_Connection *mc, void **socket_conte
 static conn *conn_of(struct MHD_Connection *mc) {
     const union MHD_ConnectionInfo *i = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return i ? i->socket_context : NULL;
+}
+
+void conn_guard_request_begun(struct MHD_Connection *mc) {
+    conn *c = conn_of(mc);
+    if (!c) return;
+    pthread_mutex_lock(&c->g->lock);
+    c->begun = 1;
+    pthread_mutex_unlock(&c->g->lock);
 }
 
 void conn_guard_received(struct MHD_Connection *mc) {

@@ -47,7 +47,8 @@ typedef struct {
     int open;                          /* open connections now */
     unsigned long long refused_limit;  /* refused at max_connections */
     unsigned long long refused_client; /* refused at max_per_client */
-    unsigned long long receive_timeouts; /* cut at the receive deadline */
+    unsigned long long timeouts_idle;    /* cut at the deadline before a request line came */
+    unsigned long long timeouts_request; /* cut at the deadline in a request's headers or body */
 } conn_guard_stats;
 
 /* Starts the sweeper thread. Returns NULL with a message. */
@@ -76,6 +77,10 @@ enum MHD_Result conn_guard_accept(void *cls, const struct sockaddr *addr, sockle
 /* MHD_NotifyConnectionCallback (cls = g). */
 void conn_guard_notify(void *cls, struct MHD_Connection *c, void **socket_context,
                        enum MHD_ConnectionNotificationCode code);
+
+/* A request line has arrived on c (MHD_OPTION_URI_LOG_CALLBACK): a cut
+ * from now on is counted as one in a request, not on an idle connection. */
+void conn_guard_request_begun(struct MHD_Connection *c);
 
 /* The request on c has been received in full (headers and body): its
  * deadline no longer applies. */

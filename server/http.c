@@ -384,7 +384,8 @@ static void route(http_request *r, struct MHD_Connection *c) {
                             batcher_arriving(s->p.batcher), ready};
         conn_guard_stats cs;
         conn_guard_stats_get(s->main_guard, &cs);
-        metrics_connections mc = {cs.open, cs.refused_limit, cs.refused_client, cs.receive_timeouts};
+        metrics_connections mc = {cs.open, cs.refused_limit, cs.refused_client, cs.timeouts_idle,
+                                  cs.timeouts_request};
         metrics_set_connections(s->p.metrics, &mc);
         char *text = metrics_render(s->p.metrics, &g, &len);
         if (!text) {
@@ -609,6 +610,15 @@ static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
     log_access(&e);
 }
 
+/* A request line has arrived (MHD_OPTION_URI_LOG_CALLBACK). What it
+ * returns is the request's first *con_cls: NULL, as handle() expects. */
+static void *request_line(void *cls, const char *uri, struct MHD_Connection *c) {
+    (void)cls;
+    (void)uri;
+    conn_guard_request_begun(c);
+    return NULL;
+}
+
 /* libmicrohttpd's own messages, as lines of the log (they may quote what
  * a client sent: log_event escapes them). */
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -678,6 +688,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
          * conn_guard.h: at its own limit libmicrohttpd stops accepting) */
         MHD_OPTION_CONNECTION_LIMIT, conn_guard_mhd_limit(guard, cfg->http_threads),
         MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard,
+        MHD_OPTION_URI_LOG_CALLBACK, request_line, NULL,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
         MHD_OPTION_END);
@@ -712,6 +723,9 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     if (!s->main_daemon) goto fail;
     s->port = bound_port(s->main_daemon);
     if (p->cfg->metrics_port) {
+        /* a scraper is one client, often through one address with others:
+         * the metrics port keeps max-connections but no per-client cap */
+        gp.max_per_client = 0;
         s->metrics_guard = conn_guard_new(gp, err, errlen);
         if (!s->metrics_guard) goto fail;
         s->metrics_daemon = start_daemon(s, p->cfg->metrics_port, handle_metrics, s->metrics_guard, err,

@@ -298,9 +298,12 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
             "comrope_connections_refused_total{reason=\"max_connections\"} %llu\n"
             "comrope_connections_refused_total{reason=\"max_connections_per_client\"} %llu\n",
         m->connections.refused_limit, m->connections.refused_client);
-    put(&t, "# HELP comrope_receive_timeouts_total Connections cut because a request was not received "
-            "in full within receive-timeout-s.\n# TYPE comrope_receive_timeouts_total counter\n"
-            "comrope_receive_timeouts_total %llu\n", m->connections.receive_timeouts);
+    put(&t, "# HELP comrope_receive_timeouts_total Connections cut at receive-timeout-s: idle (no request "
+            "line yet) or in a request whose headers or body had not all arrived.\n"
+            "# TYPE comrope_receive_timeouts_total counter\n"
+            "comrope_receive_timeouts_total{phase=\"idle\"} %llu\n"
+            "comrope_receive_timeouts_total{phase=\"request\"} %llu\n",
+        m->connections.timeouts_idle, m->connections.timeouts_request);
     put(&t, "# HELP comrope_ready Whether the server accepts inference requests.\n"
             "# TYPE comrope_ready gauge\ncomrope_ready %d\n", g->ready);
     put(&t, "# HELP comrope_model_info The served model.\n# TYPE comrope_model_info gauge\n"

@@ -56,7 +56,7 @@ typedef struct {
  * over at scrape time, before metrics_render. */
 typedef struct {
     int open;
-    unsigned long long refused_limit, refused_client, receive_timeouts;
+    unsigned long long refused_limit, refused_client, timeouts_idle, timeouts_request;
 } metrics_connections;
 void metrics_set_connections(metrics *m, const metrics_connections *c);
 

@@ -8,7 +8,8 @@ the metrics port, the end of a stream), each bounded.
       A body trickled a byte every 0.2 s, and headers trickled the same way
       (each byte well inside the idle timeout): the server cuts each
       connection once DEADLINE_S have passed since it opened, never before,
-      and counts both in comrope_receive_timeouts_total.
+      and counts both in comrope_receive_timeouts_total{phase="request"};
+      a connection that sends nothing is cut the same and counted idle.
   caps PORT MPORT
       --max-connections 4 --max-connections-per-client 2. Two idle
       connections from 127.0.0.2: a third from there is closed at once
@@ -28,8 +29,10 @@ def fail(msg):
 
 
 def metric(mport, name):
+    # Connection: close: the server closes it at once, so that quick polls
+    # never find the metrics port's own connections still open
     c = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
-    c.request("GET", "/metrics")
+    c.request("GET", "/metrics", headers={"Connection": "close"})
     text = c.getresponse().read().decode()
     c.close()
     for line in text.splitlines():
@@ -96,7 +99,9 @@ def trickle(port, mport, deadline):
                  b"Content-Length: 100000\r\n\r\n{\"image\": \""),
         ("headers", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "),
     ]
-    before = metric(mport, "comrope_receive_timeouts_total")
+    request_cuts = 'comrope_receive_timeouts_total{phase="request"}'
+    idle_cuts = 'comrope_receive_timeouts_total{phase="idle"}'
+    before = metric(mport, request_cuts)
     for i, (what, head) in enumerate(cases):
         s = connect(port)
         t0 = time.monotonic()
@@ -124,8 +129,21 @@ def trickle(port, mport, deadline):
         if cut < deadline - 0.1:
             fail("%s trickle cut after %.2f s, before the %.0f s deadline" % (what, cut, deadline))
         poll("comrope_receive_timeouts_total to count the %s trickle" % what,
-             lambda: metric(mport, "comrope_receive_timeouts_total") >= before + i + 1)
+             lambda: metric(mport, request_cuts) == before + i + 1)
         print("ok: %s trickled a byte per 0.2 s was cut after %.2f s (deadline %.0f s)" % (what, cut, deadline))
+    idle_before = metric(mport, idle_cuts)
+    s = connect(port)
+    t0 = time.monotonic()
+    if not closed_by_server(s, deadline + 10):
+        fail("a silent connection is still open after %.0f s" % (deadline + 10))
+    cut = time.monotonic() - t0
+    s.close()
+    if cut < deadline - 0.1:
+        fail("a silent connection was cut after %.2f s, before the %.0f s deadline" % (cut, deadline))
+    poll("the idle cut counted", lambda: metric(mport, idle_cuts) == idle_before + 1)
+    if metric(mport, request_cuts) != before + len(cases):
+        fail("the idle cut was counted as one in a request")
+    print("ok: a silent connection was cut after %.2f s, counted idle" % cut)
 
 
 def caps(port, mport):

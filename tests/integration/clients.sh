@@ -3,7 +3,8 @@
 # (tests/integration/clients.py does the raw sockets).
 #   1. receive-timeout-s: a body, and headers, trickled a byte at a time
 #      (each byte well inside connection-timeout-s) are cut at the
-#      deadline; the access log says 408 for the request that had begun.
+#      deadline, and so is a silent connection; the access log says 408
+#      for the request that had begun.
 #   2. max-connections-per-client and max-connections: past either cap a
 #      new connection is closed at once, never left waiting in the backlog;
 #      another client, and a new one once a connection left, are served.
