@@ -35,7 +35,8 @@ const config_option config_options[] = {
     {"config", CONFIG_STRING, OFF(config), SIZE(config), "", 0, 0, NULL,
      "config file of `key value` lines (flag or COMROPE_CONFIG only)"},
     {"api-key-file", CONFIG_STRING, OFF(api_key_file), SIZE(api_key_file), "", 0, 0, NULL,
-     "file of bearer tokens, one per line; empty: no auth"},
+     "file of bearer tokens, one per line (`#` comment lines); a file that cannot be read or holds "
+     "no token stops the start; empty: no auth"},
     {"max-batch-size", CONFIG_INT, OFF(max_batch_size), 0, "8", 1, 4096, NULL,
      "images per executed batch"},
     {"max-batch-tokens", CONFIG_INT, OFF(max_batch_tokens), 0, "16384", 1, 1 << 24, NULL,
@@ -59,13 +60,20 @@ const config_option config_options[] = {
     {"max-image-side", CONFIG_INT, OFF(max_image_side), 0, "16384", 1, 1 << 20, NULL,
      "largest image width or height; more: 413"},
     {"connection-timeout-s", CONFIG_INT, OFF(connection_timeout_s), 0, "30", 1, 86400, NULL,
-     "idle / slow client timeout"},
+     "a connection idle (nothing sent or received) this long is closed"},
     {"max-connections", CONFIG_INT, OFF(max_connections), 0, "512", 1, 1000000, NULL,
-     "open connections at most"},
+     "open connections at most; more are closed at accept, at once"},
+    /* slow and greedy clients (server/conn_guard.h) */
+    {"receive-timeout-s", CONFIG_INT, OFF(receive_timeout_s), 0, "30", 1, 86400, NULL,
+     "a request's headers and body must arrive within this (from the connection's start or the "
+     "previous answer); else the connection is cut (408 in the access log)"},
+    {"max-connections-per-client", CONFIG_INT, OFF(max_connections_per_client), 0, "0", 0, 1000000, NULL,
+     "open connections per client IP address; more are closed at accept; 0: no cap but "
+     "max-connections (behind a proxy, one address is many clients)"},
     {"drain-timeout-s", CONFIG_INT, OFF(drain_timeout_s), 0, "30", 0, 3600, NULL,
      "on SIGTERM, how long queued work may finish before leftovers get 503"},
     {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,
-     "access log on stderr: text, json or off"},
+     "access log on stderr: text, json (then every log line is a JSON object) or off"},
     {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
      "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, 1.3-1.5x faster on ViT-B)"},
     {"console", CONFIG_ENUM, OFF(console), 0, "on", 0, 0, console_choices,
@@ -148,9 +156,13 @@ void config_defaults(server_config *cfg) {
 }
 
 /* Splits a line into key and value in place; the value may be quoted.
- * Returns 1 for a key/value line, 0 for a blank or comment, -1 if malformed. */
-static int split_line(char *line, char **key, char **value) {
+ * Returns 1 for a key/value line, 0 for a blank or comment, or -1 with
+ * *why set if malformed. An unquoted value is one word: text after it
+ * (`port 80 # http`, `model-name two words`) would otherwise become part
+ * of the value without a word said. */
+static int split_line(char *line, char **key, char **value, const char **why) {
     char *p = line;
+    *why = "expected `key value`";
     while (isspace((unsigned char)*p)) p++;
     if (*p == '\0' || *p == '#') return 0;
     *key = p;
@@ -162,9 +174,18 @@ static int split_line(char *line, char **key, char **value) {
     char *end = p + strlen(p);
     while (end > p && isspace((unsigned char)end[-1])) *--end = '\0';
     if (*p == '"') {
-        if (end - p < 2 || end[-1] != '"') return -1;
+        if (end - p < 2 || end[-1] != '"') {
+            *why = "unterminated \"";
+            return -1;
+        }
         end[-1] = '\0';
         p++;
+    } else {
+        for (char *q = p; *q; q++)
+            if (isspace((unsigned char)*q)) {
+                *why = "a value with spaces must be double-quoted (and a comment needs a line of its own)";
+                return -1;
+            }
     }
     *value = p;
     return 1;
@@ -177,25 +198,51 @@ int config_load_file(server_config *cfg, const char *path, char *err, size_t err
         return -1;
     }
     int rc = -1, lineno = 0;
-    char line[8192], source[64];
-    while (fgets(line, sizeof(line), f)) {
+    int set_at[sizeof(config_options) / sizeof(config_options[0])] = {0}; /* line that set each key */
+    char *line = NULL, source[CONFIG_PATH_MAX + 32];
+    size_t cap = 0;
+    ssize_t len;
+    /* getline: a line of any length is one line (a fixed buffer would cut
+     * a long one in two and read its tail as a line of its own). */
+    while ((len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         char *key, *value;
-        int kind = split_line(line, &key, &value);
+        const char *why;
+        if (strlen(line) != (size_t)len) {
+            snprintf(err, errlen, "config: %s:%d: NUL byte in the line", path, lineno);
+            goto cleanup;
+        }
+        int kind = split_line(line, &key, &value, &why);
         if (kind == 0) continue;
         if (kind < 0) {
-            snprintf(err, errlen, "config: %s:%d: expected `key value`", path, lineno);
+            snprintf(err, errlen, "config: %s:%d: %s", path, lineno, why);
             goto cleanup;
         }
         if (strcmp(key, "config") == 0) {
             snprintf(err, errlen, "config: %s:%d: a config file cannot name another", path, lineno);
             goto cleanup;
         }
+        const config_option *o = find_option(key);
+        if (!o) {
+            snprintf(err, errlen, "config: %s:%d: unknown key \"%.100s\" (see --help)", path, lineno, key);
+            goto cleanup;
+        }
+        int *seen = &set_at[o - config_options];
+        if (*seen) { /* two lines for one key: which one was meant? */
+            snprintf(err, errlen, "config: %s:%d: %s is already set on line %d", path, lineno, key, *seen);
+            goto cleanup;
+        }
+        *seen = lineno;
         snprintf(source, sizeof(source), "%s:%d", path, lineno);
         if (config_set(cfg, key, value, source, err, errlen)) goto cleanup;
     }
+    if (ferror(f)) {
+        snprintf(err, errlen, "config: cannot read %s: %s", path, strerror(errno));
+        goto cleanup;
+    }
     rc = 0;
 cleanup:
+    free(line);
     fclose(f);
     return rc;
 }
@@ -215,23 +262,91 @@ static const char *env_get(char **envp, const char *name) {
     return NULL;
 }
 
+/* One flag of the command line, as parsed once for both passes below. */
+typedef struct {
+    const config_option *option;
+    const char *value;
+} flag;
+
+/* Parses argv[1..argc-1] into flags[] (room for argc), the one place that
+ * knows the syntax: `--key value` and `--key=value` alike, `--help`/`-h`,
+ * `--print-config`. A separate value may not start with "--": `--model-name
+ * --print-config` is a missing value, not a name (`--key=--x` says it is
+ * meant). Returns the number of flags, or -1 with a message. */
+static int parse_flags(int argc, char **argv, flag *flags, int *action, char *err, size_t errlen) {
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            *action = CONFIG_HELP;
+            continue;
+        }
+        if (!strcmp(a, "--print-config")) {
+            if (*action != CONFIG_HELP) *action = CONFIG_PRINT;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument \"%s\" (options are --key value or --key=value)", a);
+            return -1;
+        }
+        const char *key = a + 2, *value = NULL;
+        size_t key_len = strcspn(key, "=");
+        const config_option *o = NULL;
+        for (int k = 0; k < config_num_options; k++)
+            if (strlen(config_options[k].name) == key_len && !strncmp(config_options[k].name, key, key_len))
+                o = &config_options[k];
+        if (!o) {
+            snprintf(err, errlen, "unknown option --%.*s (see --help)", (int)key_len, key);
+            return -1;
+        }
+        if (key[key_len] == '=') value = key + key_len + 1;
+        else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) value = argv[++i];
+        if (!value) {
+            snprintf(err, errlen, "--%s needs a value", o->name);
+            return -1;
+        }
+        if (!strcmp(o->name, "config")) {
+            for (int k = 0; k < n; k++)
+                if (flags[k].option == o) {
+                    snprintf(err, errlen, "--config is given twice (\"%s\" and \"%s\"): one file is read",
+                             flags[k].value, value);
+                    return -1;
+                }
+        }
+        flags[n].option = o;
+        flags[n].value = value;
+        n++;
+    }
+    return n;
+}
+
 int config_load(server_config *cfg, int argc, char **argv, char **envp,
                 char *err, size_t errlen) {
-    int action = CONFIG_RUN;
+    int action = CONFIG_RUN, rc = -1;
     config_defaults(cfg);
-
-    /* First pass over the flags: --help, --print-config, and --config,
-     * which must be read before the environment and the other flags. */
-    const char *file = env_get(envp, "COMROPE_CONFIG");
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return CONFIG_HELP;
-        if (!strcmp(argv[i], "--print-config")) action = CONFIG_PRINT;
-        else if (!strcmp(argv[i], "--config") && i + 1 < argc) file = argv[++i];
-        else if (!strncmp(argv[i], "--", 2) && i + 1 < argc) i++;
+    flag *flags = calloc((size_t)(argc > 0 ? argc : 1), sizeof(*flags));
+    if (!flags) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
     }
+    int nflags = parse_flags(argc, argv, flags, &action, err, errlen);
+    if (nflags < 0) goto cleanup;
+    if (action == CONFIG_HELP) {
+        rc = CONFIG_HELP;
+        goto cleanup;
+    }
+
+    /* The config file first: the environment and the flags override it. */
+    const char *file = env_get(envp, "COMROPE_CONFIG");
+    const char *file_source = "COMROPE_CONFIG";
+    for (int i = 0; i < nflags; i++)
+        if (!strcmp(flags[i].option->name, "config")) {
+            file = flags[i].value;
+            file_source = "flag";
+        }
     if (file && *file) {
-        if (config_set(cfg, "config", file, "flag", err, errlen)) return -1;
-        if (config_load_file(cfg, file, err, errlen)) return -1;
+        if (config_set(cfg, "config", file, file_source, err, errlen)) goto cleanup;
+        if (config_load_file(cfg, file, err, errlen)) goto cleanup;
     }
 
     char name[128];
@@ -239,38 +354,41 @@ int config_load(server_config *cfg, int argc, char **argv, char **envp,
         if (strcmp(config_options[i].name, "config") == 0) continue;
         env_name(config_options[i].name, name, sizeof(name));
         const char *v = env_get(envp, name);
-        if (v && config_set(cfg, config_options[i].name, v, name, err, errlen)) return -1;
+        if (v && config_set(cfg, config_options[i].name, v, name, err, errlen)) goto cleanup;
     }
 
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--print-config")) continue;
-        if (strncmp(a, "--", 2) != 0) {
-            snprintf(err, errlen, "unexpected argument \"%s\" (options are --key value)", a);
-            return -1;
-        }
-        const char *key = a + 2, *value = NULL;
-        char keybuf[128];
-        const char *eq = strchr(key, '=');
-        if (eq) { /* --key=value is accepted too */
-            snprintf(keybuf, sizeof(keybuf), "%.*s", (int)(eq - key), key);
-            key = keybuf;
-            value = eq + 1;
-        } else if (i + 1 < argc) {
-            value = argv[++i];
-        }
-        if (!find_option(key)) {
-            snprintf(err, errlen, "unknown option --%s (see --help)", key);
-            return -1;
-        }
-        if (!value) {
-            snprintf(err, errlen, "--%s needs a value", key);
-            return -1;
-        }
-        if (strcmp(key, "config") == 0) continue; /* read above */
-        if (config_set(cfg, key, value, "flag", err, errlen)) return -1;
+    for (int i = 0; i < nflags; i++) {
+        if (!strcmp(flags[i].option->name, "config")) continue; /* read above */
+        char source[160];
+        snprintf(source, sizeof(source), "flag --%s", flags[i].option->name);
+        if (config_set(cfg, flags[i].option->name, flags[i].value, source, err, errlen)) goto cleanup;
     }
-    return action;
+    rc = action;
+cleanup:
+    free(flags);
+    return rc;
+}
+
+int config_unknown_env(char **envp, char *out, size_t outlen) {
+    int n = 0;
+    char name[128];
+    if (outlen) out[0] = '\0';
+    for (char **e = envp; e && *e; e++) {
+        if (strncmp(*e, "COMROPE_", 8) != 0) continue;
+        size_t len = strcspn(*e, "=");
+        if (len == 14 && !strncmp(*e, "COMROPE_CONFIG", 14)) continue;
+        int known = 0;
+        for (int i = 0; i < config_num_options && !known; i++) {
+            env_name(config_options[i].name, name, sizeof(name));
+            known = strlen(name) == len && !strncmp(name, *e, len);
+        }
+        if (known) continue;
+        size_t used = strlen(out);
+        if (used < outlen)
+            snprintf(out + used, outlen - used, "%s%.*s", n ? " " : "", (int)(len > 64 ? 64 : len), *e);
+        n++;
+    }
+    return n;
 }
 
 int config_cpu_count(void) {
@@ -364,6 +482,8 @@ static void print_value(const server_config *cfg, const config_option *o, FILE *
 
 void config_print(const server_config *cfg, FILE *out) {
     for (int i = 0; i < config_num_options; i++) {
+        /* a config file cannot name another: the file read is a comment */
+        if (!strcmp(config_options[i].name, "config")) fputs("# ", out);
         fprintf(out, "%s ", config_options[i].name);
         print_value(cfg, &config_options[i], out);
         fputc('\n', out);
@@ -372,7 +492,7 @@ void config_print(const server_config *cfg, FILE *out) {
 
 void config_usage(FILE *out) {
     char env[128];
-    fprintf(out, "usage: comrope-serve [--key value]... [--print-config] [--help]\n"
+    fprintf(out, "usage: comrope-serve [--key value | --key=value]... [--print-config] [--help]\n"
                  "Each key is also a config-file line `key value` and an environment\n"
                  "variable COMROPE_<KEY>; precedence: defaults < file < environment < flags.\n\n");
     for (int i = 0; i < config_num_options; i++) {

@@ -42,6 +42,9 @@ typedef struct {
     int max_image_side;
     int connection_timeout_s;
     int max_connections;
+    /* slow and greedy clients (server/conn_guard.h) */
+    int receive_timeout_s;              /* headers + body of one request */
+    int max_connections_per_client;     /* 0: no cap but max_connections */
     int drain_timeout_s;
     int access_log;                     /* ACCESS_LOG_* */
     int precision;                      /* 0 fp32, 1 bf16 (GEMM_FP32 / GEMM_BF16) */
@@ -72,10 +75,18 @@ enum { CONFIG_RUN = 0, CONFIG_HELP, CONFIG_PRINT };
 /* Fills *cfg from defaults, the config file (--config FILE in argv, else
  * COMROPE_CONFIG in envp), the environment (envp, NULL-terminated
  * "KEY=VALUE" strings, as main's third argument or `environ`) and the flags
- * in argv[1..argc-1]. Returns CONFIG_RUN, CONFIG_HELP or CONFIG_PRINT, or -1
+ * in argv[1..argc-1]. `--key value` and `--key=value` mean the same for
+ * every key, --config included: the flags are parsed once, for both the
+ * file and the overrides. Returns CONFIG_RUN, CONFIG_HELP or CONFIG_PRINT, or -1
  * with a message naming the key and where its value came from. */
 int config_load(server_config *cfg, int argc, char **argv, char **envp,
                 char *err, size_t errlen);
+
+/* The COMROPE_* variables of envp that name no setting (a typo such as
+ * COMROPE_API_KEYFILE would otherwise be ignored without a word), written
+ * space-separated into out. Returns how many; main logs them as a warning
+ * (build and test scripts use COMROPE_* names of their own). */
+int config_unknown_env(char **envp, char *out, size_t outlen);
 
 /* Just the defaults (for tests and as a base). */
 void config_defaults(server_config *cfg);
@@ -86,8 +97,10 @@ void config_defaults(server_config *cfg);
 int config_set(server_config *cfg, const char *name, const char *value, const char *source,
                char *err, size_t errlen);
 
-/* Reads a Redis-style file: `key value` per line, `#` comments, blank lines.
- * A value may be double-quoted to hold spaces. Returns 0 or -1. */
+/* Reads a Redis-style file: `key value` per line, `#` comments (on lines
+ * of their own), blank lines, lines of any length. A value with spaces
+ * must be double-quoted. An unknown key, a key set twice, a malformed line
+ * or a read error: -1 with a message naming the file and line. */
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen);
 
 /* The CPUs this process may run on (its affinity mask, else the online
@@ -114,7 +127,8 @@ int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgrou
 void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_image);
 
 /* `key value` lines of the resolved table (what --print-config shows; the
- * output is itself a valid config file). */
+ * output is itself a valid config file giving the same table: the `config`
+ * line is a comment, since a file cannot name another). */
 void config_print(const server_config *cfg, FILE *out);
 void config_usage(FILE *out);
 

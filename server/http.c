@@ -4,23 +4,25 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "conn_guard.h"
 #include "console.h"
 #include "input.h"
+#include "log.h"
 
 struct http_server {
     http_params p;
     struct MHD_Daemon *main_daemon, *metrics_daemon;
+    conn_guard *main_guard, *metrics_guard; /* caps and receive deadlines, one per daemon */
     int port, metrics_port;
     atomic_int draining;
     atomic_ullong next_id;
@@ -47,6 +49,7 @@ typedef struct {
     char method[16];
     char path[256];
     char request_id[128];
+    char user_agent[256];      /* cut to fit; for the access log */
     int64_t start_ns;
     /* body */
     uint8_t *body;
@@ -388,6 +391,11 @@ static void route(http_request *r, struct MHD_Connection *c) {
         size_t len = 0;
         metrics_gauges g = {batcher_queue_depth(s->p.batcher), batcher_in_flight(s->p.batcher),
                             batcher_arriving(s->p.batcher), ready};
+        conn_guard_stats cs;
+        conn_guard_stats_get(s->main_guard, &cs);
+        metrics_connections mc = {cs.open, cs.refused_limit, cs.refused_client, cs.timeouts_idle,
+                                  cs.timeouts_request};
+        metrics_set_connections(s->p.metrics, &mc);
         char *text = metrics_render(s->p.metrics, &g, &len);
         if (!text) {
             set_error(r, 500, "out of memory");
@@ -487,6 +495,17 @@ not_found:
     set_error(r, 404, err);
 }
 
+/* A client's X-Request-Id is echoed in a response header and logged: one
+ * word of visible ASCII that fits, else the daemon makes its own. */
+static int request_id_acceptable(const char *id, size_t cap) {
+    size_t n = 0;
+    if (!id || !*id) return 0;
+    for (; id[n]; n++)
+        if ((unsigned char)id[n] <= ' ' || (unsigned char)id[n] >= 0x7f || id[n] == '"' || n + 1 >= cap)
+            return 0;
+    return 1;
+}
+
 static void new_request_id(http_server *s, char *out, size_t len) {
     unsigned long long n = atomic_fetch_add(&s->next_id, 1);
     snprintf(out, len, "%08lx-%llu", (unsigned long)getpid(), n);
@@ -509,10 +528,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         snprintf(r->method, sizeof(r->method), "%s", method);
         snprintf(r->path, sizeof(r->path), "%s", url);
         const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
-        if (id && *id && strlen(id) < sizeof(r->request_id) && !strpbrk(id, "\r\n\""))
+        if (request_id_acceptable(id, sizeof(r->request_id)))
             snprintf(r->request_id, sizeof(r->request_id), "%s", id);
         else
             new_request_id(s, r->request_id, sizeof(r->request_id));
+        const char *ua = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
+        snprintf(r->user_agent, sizeof(r->user_agent), "%s", ua ? ua : "-");
         pthread_mutex_lock(&s->lock);
         s->open_requests++;
         pthread_mutex_unlock(&s->lock);
@@ -527,7 +548,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
              * over max-body-bytes, or one the client holds back until "100
              * Continue", is answered at once, unread (and the connection
              * closed). */
-            if (answer_before_body(c, s->p.cfg->max_body_bytes)) return queue_answer(c, r);
+            if (answer_before_body(c, s->p.cfg->max_body_bytes)) {
+                conn_guard_received(c); /* the body stays unread: the connection closes */
+                return queue_answer(c, r);
+            }
             r->phase = PHASE_DISCARD;
         }
         return MHD_YES;
@@ -537,6 +561,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             *upload_data_size = 0;
             return MHD_YES;
         }
+        conn_guard_received(c);
         r->phase = PHASE_RESPOND;
         return queue_answer(c, r);
     }
@@ -563,6 +588,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             r->body_len += n;
             return MHD_YES;
         }
+        conn_guard_received(c);
         /* The arrival ends after the submission, so that a drain sees
          * this request all along, as arriving and then as queued. */
         r->arriving = 0;
@@ -594,41 +620,43 @@ static enum MHD_Result handle_metrics(void *cls, struct MHD_Connection *c, const
 }
 
 static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
-    int mode = r->s->p.cfg->access_log;
-    if (mode == ACCESS_LOG_OFF) return;
-    double ms = (double)(now_ns() - r->start_ns) / 1e6;
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    struct tm tm;
-    char ts[32];
-    gmtime_r(&tv.tv_sec, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    const char *outcome = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted";
-    if (mode == ACCESS_LOG_JSON) {
-        json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:I,s:f,s:s,s:s}", "time", ts, "method", r->method,
-                              "path", r->path, "status", r->status, "bytes", (json_int_t)r->bytes_sent,
-                              "ms", ms, "request_id", r->request_id, "outcome", outcome);
-        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
-        if (line) fprintf(stderr, "%s\n", line);
-        free(line);
-        json_decref(o);
-    } else {
-        fprintf(stderr, "%s.%03dZ %s %s %d %zu %.3fms %s%s\n", ts, (int)(tv.tv_usec / 1000), r->method,
-                r->path, r->status, r->bytes_sent, ms, r->request_id,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted");
-    }
+    if (r->s->p.cfg->access_log == ACCESS_LOG_OFF) return;
+    log_access_entry e = {r->method, r->path, r->request_id, r->user_agent, r->status, r->bytes_sent,
+                          (double)(now_ns() - r->start_ns) / 1e6, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK};
+    log_access(&e);
+}
+
+/* A request line has arrived (MHD_OPTION_URI_LOG_CALLBACK). What it
+ * returns is the request's first *con_cls: NULL, as handle() expects. */
+static void *request_line(void *cls, const char *uri, struct MHD_Connection *c) {
+    (void)cls;
+    (void)uri;
+    conn_guard_request_begun(c);
+    return NULL;
+}
+
+/* libmicrohttpd's own messages, as lines of the log (they may quote what
+ * a client sent: log_event escapes them). */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char msg[1024];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    log_event("warning", "libmicrohttpd: %s", msg);
 }
 
 /* MHD is done with the request (sent, or the client went away): the only
  * place per-request state is freed. */
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                               enum MHD_RequestTerminationCode toe) {
-    (void)c;
     http_server *s = cls;
     http_request *r = *con_cls;
+    /* kept alive: the next request's receive deadline starts now */
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) conn_guard_rearm(c);
     if (!r) return;
     *con_cls = NULL;
     if (r->arriving) batcher_arrival_end(s->p.batcher);
+    if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
     if (!r->status) r->status = 500; /* closed before an answer */
     metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
@@ -645,7 +673,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
 }
 
 static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandlerCallback handler,
-                                       char *err, size_t errlen) {
+                                       conn_guard *guard, char *err, size_t errlen) {
     const server_config *cfg = s->p.cfg;
     struct sockaddr_in addr4;
     struct sockaddr_in6 addr6;
@@ -667,11 +695,16 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         return NULL;
     }
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, handler, s,
+        flags, (uint16_t)port, conn_guard_accept, guard, handler, s,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it applies to the options after it */
         MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
+        /* above max-connections, which conn_guard_accept enforces (see
+         * conn_guard.h: at its own limit libmicrohttpd stops accepting) */
+        MHD_OPTION_CONNECTION_LIMIT, conn_guard_mhd_limit(guard, cfg->http_threads),
+        MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard,
+        MHD_OPTION_URI_LOG_CALLBACK, request_line, NULL,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
         MHD_OPTION_END);
@@ -695,11 +728,24 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     atomic_init(&s->next_id, 1);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->idle, NULL);
-    s->main_daemon = start_daemon(s, p->cfg->port, handle_main, err, errlen);
+    conn_guard_params gp = {p->cfg->max_connections, p->cfg->max_connections_per_client,
+                            p->cfg->receive_timeout_s * 1000};
+    /* each daemon may hold max-connections sockets */
+    if (conn_guard_reserve_fds(p->cfg->max_connections * (p->cfg->metrics_port ? 2 : 1), err, errlen))
+        goto fail;
+    s->main_guard = conn_guard_new(gp, err, errlen);
+    if (!s->main_guard) goto fail;
+    s->main_daemon = start_daemon(s, p->cfg->port, handle_main, s->main_guard, err, errlen);
     if (!s->main_daemon) goto fail;
     s->port = bound_port(s->main_daemon);
     if (p->cfg->metrics_port) {
-        s->metrics_daemon = start_daemon(s, p->cfg->metrics_port, handle_metrics, err, errlen);
+        /* a scraper is one client, often through one address with others:
+         * the metrics port keeps max-connections but no per-client cap */
+        gp.max_per_client = 0;
+        s->metrics_guard = conn_guard_new(gp, err, errlen);
+        if (!s->metrics_guard) goto fail;
+        s->metrics_daemon = start_daemon(s, p->cfg->metrics_port, handle_metrics, s->metrics_guard, err,
+                                         errlen);
         if (!s->metrics_daemon) goto fail;
         s->metrics_port = bound_port(s->metrics_daemon);
     }
@@ -739,11 +785,13 @@ void http_stop(http_server *s) {
     if (!s) return;
     if (s->metrics_daemon) MHD_stop_daemon(s->metrics_daemon);
     if (s->main_daemon) MHD_stop_daemon(s->main_daemon);
+    conn_guard_free(s->metrics_guard); /* after their daemons: every connection closed */
+    conn_guard_free(s->main_guard);
     /* Requests the daemon had started reading but did not answer in full
      * (client aborts, errors, connections cut at stop): the shutdown test
      * tells a request lost by us from one that never reached us by it. */
     if (s->incomplete)
-        fprintf(stderr, "comrope-serve: %lu requests ended without a complete answer\n", s->incomplete);
+        log_event("info", "%lu requests ended without a complete answer", s->incomplete);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
     free(s);

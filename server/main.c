@@ -2,24 +2,27 @@
  *
  *   comrope-serve [--model DIR] [--port 8080] [--key value]... [--print-config]
  *
- * Start-up order: config (refused with the key named), model (a bad model
- * exits 1 with the loader's message), thread counts, batcher, HTTP. Then
+ * Start-up order: config (refused with the key named), the log's format,
+ * the api-key file (unreadable or empty: exit 1, never "no auth"), model
+ * (a bad model exits 1 with the loader's message), thread counts, batcher,
+ * HTTP. Then
  * the main thread waits for SIGTERM/SIGINT and drains:
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> daemons stopped ->
  *   exit 0. */
-#include <errno.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "api_keys.h"
 #include "batcher.h"
 #include "config.h"
 #include "gemm.h"
 #include "http.h"
+#include "log.h"
 #include "metrics.h"
 #include "model_path.h"
 #include "proto.h"
@@ -30,45 +33,6 @@
 #endif
 
 extern char **environ;
-
-/* OpenBLAS's own control of its thread pool (not in cblas.h's standard part). */
-
-/* Reads the api-key file: one token per line, blank lines and # comments
- * ignored. Returns a NULL-terminated array, or NULL with a message. */
-static char **load_api_keys(const char *path, char *err, size_t errlen) {
-    FILE *f = fopen(path, "r");
-    char **keys = NULL, line[1024];
-    int n = 0;
-    if (!f) {
-        snprintf(err, errlen, "api-key-file: cannot open %.400s: %s", path, strerror(errno));
-        return NULL;
-    }
-    keys = calloc(1, sizeof(char *));
-    while (keys && fgets(line, sizeof(line), f)) {
-        char *p = line, *end;
-        while (*p == ' ' || *p == '\t') p++;
-        end = p + strlen(p);
-        while (end > p && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t')) *--end = '\0';
-        if (*p == '\0' || *p == '#') continue;
-        char **grown = realloc(keys, sizeof(char *) * (size_t)(n + 2));
-        if (!grown) break;
-        keys = grown;
-        keys[n++] = strdup(p);
-        keys[n] = NULL;
-    }
-    fclose(f);
-    if (keys && n == 0) {
-        snprintf(err, errlen, "api-key-file: %.400s holds no token", path);
-        free(keys);
-        return NULL;
-    }
-    return keys;
-}
-
-static void free_api_keys(char **keys) {
-    for (int i = 0; keys && keys[i]; i++) free(keys[i]);
-    free(keys);
-}
 
 /* The served name's default: the model directory's base name. */
 static void base_name(const char *dir, char *out, size_t len) {
@@ -91,13 +55,18 @@ int main(int argc, char **argv) {
 
     int action = config_load(&cfg, argc, argv, environ, err, sizeof(err));
     if (action < 0) {
-        fprintf(stderr, "comrope-serve: %s\n", err);
+        log_event("error", "%s", err);
         return 2;
     }
+    /* every line from here on in the chosen format (access-log json: JSON) */
+    log_set_format(cfg.access_log == ACCESS_LOG_JSON ? LOG_JSON : LOG_TEXT);
     if (action == CONFIG_HELP) {
         config_usage(stdout);
         return 0;
     }
+    char unknown[512];
+    if (config_unknown_env(environ, unknown, sizeof(unknown)))
+        log_event("warning", "environment variables that name no setting: %s", unknown);
     int cpu_limit = config_cpu_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup");
     if (action == CONFIG_PRINT) { /* no model loaded: the rule for an unknown model */
         config_derive_threads(&cfg, cpu_limit, -1);
@@ -125,26 +94,29 @@ int main(int argc, char **argv) {
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
 
+    /* Before the model (seconds to load): a key file that cannot be read
+     * stops the start at once, and never leaves the daemon open. */
+    if (cfg.api_key_file[0] && !(keys = api_keys_load(cfg.api_key_file, err, sizeof(err)))) {
+        log_event("error", "%s", err);
+        return 1;
+    }
+
     if (!cfg.model[0]) {
         if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
-            fprintf(stderr, "comrope-serve: %s\n", err);
-            return 1;
+            log_event("error", "%s", err);
+            goto cleanup;
         }
         snprintf(cfg.model, sizeof(cfg.model), "%s", dir);
     }
     vit_options vopt = vit_default_options();
     vopt.precision = cfg.precision == 1 ? GEMM_BF16 : GEMM_FP32;
     if (vit_load(cfg.model, &vopt, &model, err, sizeof(err))) {
-        fprintf(stderr, "comrope-serve: %s\n", err);
-        return 1;
+        log_event("error", "%s", err);
+        goto cleanup;
     }
     /* thread counts left to derive depend on how heavy the model is */
     config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
     if (!cfg.model_name[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
-    if (cfg.api_key_file[0] && !(keys = load_api_keys(cfg.api_key_file, err, sizeof(err)))) {
-        fprintf(stderr, "comrope-serve: %s\n", err);
-        goto cleanup;
-    }
 
     /* The engine's pool owns the cores (it also keeps OpenBLAS at one thread). */
     gemm_set_threads(cfg.gemm_threads);
@@ -152,14 +124,14 @@ int main(int argc, char **argv) {
     const char *pe = pe_type_name(model->cfg.custom_pe_type);
     mx = metrics_new(cfg.model_name, pe, model->cfg.image_size, COMROPE_VERSION);
     if (!mx) {
-        fprintf(stderr, "comrope-serve: out of memory\n");
+        log_event("error", "out of memory");
         goto cleanup;
     }
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
                          cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels}};
     b = batcher_new(model, mx, bp, err, sizeof(err));
     if (!b) {
-        fprintf(stderr, "comrope-serve: %s\n", err);
+        log_event("error", "%s", err);
         goto cleanup;
     }
     http_params hp = {&cfg, model,
@@ -169,22 +141,22 @@ int main(int argc, char **argv) {
                       b, mx, keys};
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
-        fprintf(stderr, "comrope-serve: %s\n", err);
+        log_event("error", "%s", err);
         goto cleanup;
     }
-    fprintf(stderr, "comrope-serve: model %s (%s, %s, %dx%d, %d classes) from %s\n", cfg.model_name,
+    log_event("info", "model %s (%s, %s, %dx%d, %d classes) from %s", cfg.model_name,
             pe, gemm_kernel_name(), model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
             cfg.model);
-    fprintf(stderr, "comrope-serve: %d workers x %d gemm threads, %d http threads, batch %d images / %d tokens, "
-            "delay %d us, queue %d\n", cfg.workers, cfg.gemm_threads, cfg.http_threads, cfg.max_batch_size,
+    log_event("info", "%d workers x %d gemm threads, %d http threads, batch %d images / %d tokens, "
+            "delay %d us, queue %d", cfg.workers, cfg.gemm_threads, cfg.http_threads, cfg.max_batch_size,
             cfg.max_batch_tokens, cfg.max_queue_delay_us, cfg.max_queue_size);
     if (cfg.metrics_port)
-        fprintf(stderr, "comrope-serve: metrics on %s:%d\n", cfg.host, http_metrics_port(http));
-    fprintf(stderr, "comrope-serve: listening on %s:%d\n", cfg.host, http_port(http));
+        log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
+    log_event("info", "listening on %s:%d", cfg.host, http_port(http));
 
     int sig = 0;
     while (sigwait(&signals, &sig) != 0) {}
-    fprintf(stderr, "comrope-serve: %s: draining (up to %d s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
+    log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             cfg.drain_timeout_s);
     http_begin_drain(http);
     int left = batcher_drain(b, cfg.drain_timeout_s);
@@ -192,7 +164,7 @@ int main(int argc, char **argv) {
      * batcher stays allocated until the HTTP daemons are stopped: a request
      * still on a connection may call it (and is refused with 503). */
     batcher_stop(b);
-    if (left) fprintf(stderr, "comrope-serve: %d queued requests answered 503\n", left);
+    if (left) log_event("info", "%d queued requests answered 503", left);
     http_wait_idle(http, 5000); /* let resumed connections write their answers */
     rc = 0;
 
@@ -200,8 +172,8 @@ cleanup:
     http_stop(http);
     batcher_free(b);
     metrics_free(mx);
-    free_api_keys(keys);
+    api_keys_free(keys);
     vit_free(model);
-    if (rc == 0) fprintf(stderr, "comrope-serve: stopped\n");
+    if (rc == 0) log_event("info", "stopped");
     return rc;
 }

@@ -45,6 +45,7 @@ static const char *failure_reason(int status) {
     case 401: return "unauthorized";
     case 404: return "not_found";
     case 405: return "method_not_allowed";
+    case 408: return "request_timeout";
     case 413: return "too_large";
     case 415: return "unsupported_media_type";
     case 503: return "unavailable";
@@ -64,6 +65,7 @@ struct metrics {
     histogram request_seconds, queue_seconds, compute_seconds, batch_images, batch_tokens;
     uint64_t batches, mixed_batches;
     uint64_t images_by_tokens[TOKEN_BUCKETS];
+    metrics_connections connections;
 };
 
 static void histogram_init(histogram *h, const double *bounds, int n) {
@@ -121,6 +123,12 @@ void metrics_request(metrics *m, int endpoint, int status, double seconds) {
     pthread_mutex_lock(&m->lock);
     m->requests[endpoint][status]++;
     histogram_observe(&m->request_seconds, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void metrics_set_connections(metrics *m, const metrics_connections *c) {
+    pthread_mutex_lock(&m->lock);
+    m->connections = *c;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -239,7 +247,7 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
-    static const int failure_codes[] = {400, 401, 404, 405, 413, 415, 500, 503, 504};
+    static const int failure_codes[] = {400, 401, 404, 405, 408, 413, 415, 500, 503, 504};
     put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
             "# TYPE comrope_request_failures_total counter\n");
     for (size_t i = 0; i < sizeof(failure_codes) / sizeof(failure_codes[0]); i++) {
@@ -283,6 +291,19 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
             "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n", g->in_flight);
     put(&t, "# HELP comrope_receiving_requests Inference requests whose body is being received.\n"
             "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n", g->receiving);
+    put(&t, "# HELP comrope_open_connections Open HTTP connections (main port).\n"
+            "# TYPE comrope_open_connections gauge\ncomrope_open_connections %d\n", m->connections.open);
+    put(&t, "# HELP comrope_connections_refused_total Connections closed at accept, by the cap reached.\n"
+            "# TYPE comrope_connections_refused_total counter\n"
+            "comrope_connections_refused_total{reason=\"max_connections\"} %llu\n"
+            "comrope_connections_refused_total{reason=\"max_connections_per_client\"} %llu\n",
+        m->connections.refused_limit, m->connections.refused_client);
+    put(&t, "# HELP comrope_receive_timeouts_total Connections cut at receive-timeout-s: idle (no request "
+            "line yet) or in a request whose headers or body had not all arrived.\n"
+            "# TYPE comrope_receive_timeouts_total counter\n"
+            "comrope_receive_timeouts_total{phase=\"idle\"} %llu\n"
+            "comrope_receive_timeouts_total{phase=\"request\"} %llu\n",
+        m->connections.timeouts_idle, m->connections.timeouts_request);
     put(&t, "# HELP comrope_ready Whether the server accepts inference requests.\n"
             "# TYPE comrope_ready gauge\ncomrope_ready %d\n", g->ready);
     put(&t, "# HELP comrope_model_info The served model.\n# TYPE comrope_model_info gauge\n"

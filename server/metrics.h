@@ -53,6 +53,14 @@ typedef struct {
     int ready;                 /* 1 unless draining */
 } metrics_gauges;
 
+/* The main port's connections, counted by server/conn_guard.c and handed
+ * over at scrape time, before metrics_render. */
+typedef struct {
+    int open;
+    unsigned long long refused_limit, refused_client, timeouts_idle, timeouts_request;
+} metrics_connections;
+void metrics_set_connections(metrics *m, const metrics_connections *c);
+
 /* The exposition text (malloc'd; *len its length), or NULL when out of memory. */
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len);
 

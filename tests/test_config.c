@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api_keys.h"
 #include "config.h"
 #include "check_run.h"
 
@@ -147,7 +148,7 @@ START_TEST(console_setting) {
     ck_assert_int_eq(config_load(&c, 2, a2, e2, err, sizeof(err)), CONFIG_RUN); /* flag beats env */
     ck_assert_int_eq(c.console, 1);
     char *a3[] = {"x", "--console", "yes", NULL};
-    expect_refused(3, a3, none, "console (flag): \"yes\" is not one of off, on");
+    expect_refused(3, a3, none, "console (flag --console): \"yes\" is not one of off, on");
     /* --help and --print-config know it */
     FILE *f = tmpfile();
     config_usage(f);
@@ -268,6 +269,208 @@ START_TEST(cpu_limit_of_own_cgroup) {
 }
 END_TEST
 
+/* Both flag forms, --config included, in any order: the file (and with it
+ * api-key-file) is read every time. */
+START_TEST(flag_forms_are_equal) {
+    char err[512];
+    const char *path = write_config("api-key-file /etc/keys\nport 9000\n");
+    char eq[160];
+    snprintf(eq, sizeof(eq), "--config=%s", path);
+    char *none[] = {NULL};
+    char *forms[][6] = {
+        {"x", eq, NULL},
+        {"x", "--config", (char *)path, NULL},
+        {"x", "--workers=2", "--config", (char *)path, NULL},
+        {"x", "--workers=2", eq, NULL},
+        {"x", "--print-config", "--workers", "2", eq, NULL},
+    };
+    for (int k = 0; k < 5; k++) {
+        server_config c;
+        int argc = 0;
+        while (forms[k][argc]) argc++;
+        int rc = config_load(&c, argc, forms[k], none, err, sizeof(err));
+        ck_assert_msg(rc >= 0, "form %d: %s", k, err);
+        ck_assert_msg(strcmp(c.api_key_file, "/etc/keys") == 0, "form %d dropped the file", k);
+        ck_assert_int_eq(c.port, 9000);
+        ck_assert_str_eq(c.config, path);
+        if (k >= 2) ck_assert_int_eq(c.workers, 2);
+    }
+    /* --key=value and --key value give the same table for every key */
+    for (int i = 0; i < config_num_options; i++) {
+        const config_option *o = &config_options[i];
+        if (!strcmp(o->name, "config")) continue;
+        const char *v = o->type == CONFIG_STRING ? "s" : o->type == CONFIG_BOOL ? "no"
+                        : o->type == CONFIG_ENUM ? o->choices[1] : "1";
+        char flag[160], joined[200];
+        snprintf(flag, sizeof(flag), "--%s", o->name);
+        snprintf(joined, sizeof(joined), "--%s=%s", o->name, v);
+        server_config a, b;
+        char *sep[] = {"x", flag, (char *)v, NULL};
+        char *one[] = {"x", joined, NULL};
+        ck_assert_int_eq(config_load(&a, 3, sep, none, err, sizeof(err)), CONFIG_RUN);
+        ck_assert_int_eq(config_load(&b, 2, one, none, err, sizeof(err)), CONFIG_RUN);
+        ck_assert_msg(memcmp(&a, &b, sizeof(a)) == 0, "--%s: the two forms differ", o->name);
+    }
+    unlink(path);
+}
+END_TEST
+
+START_TEST(flag_slips_refused) {
+    char *none[] = {NULL};
+    /* a flag where a value should be is a missing value, not the value */
+    char *a1[] = {"x", "--model-name", "--print-config", NULL};
+    expect_refused(3, a1, none, "--model-name needs a value");
+    char *a2[] = {"x", "--api-key-file", "--port", "80", NULL};
+    expect_refused(4, a2, none, "--api-key-file needs a value");
+    char *a3[] = {"x", "--config", "/a", "--config=/b", NULL};
+    expect_refused(4, a3, none, "--config is given twice");
+    char *a4[] = {"x", "--port=", NULL};
+    expect_refused(2, a4, none, "port");
+    char *a5[] = {"x", "--bogus=1", NULL};
+    expect_refused(2, a5, none, "unknown option --bogus");
+    /* --key=--x says that the value is meant */
+    server_config c;
+    char err[256];
+    char *a6[] = {"x", "--model-name=--odd", NULL};
+    ck_assert_int_eq(config_load(&c, 2, a6, none, err, sizeof(err)), CONFIG_RUN);
+    ck_assert_str_eq(c.model_name, "--odd");
+}
+END_TEST
+
+/* A file that is not what it seems is refused with its file and line. */
+START_TEST(file_slips_refused) {
+    char *none[] = {NULL};
+    char expect[128];
+    struct { const char *text, *needle; } cases[] = {
+        {"port 80\n\nmax-batch-sise 4\n", ":3: unknown key \"max-batch-sise\""},
+        {"port 80 # the port\n", ":1: a value with spaces must be double-quoted"},
+        {"model-name two words\n", ":1: a value with spaces must be double-quoted"},
+        {"port 80\nport 81\n", ":2: port is already set on line 1"},
+        {"model-name \"open\n", ":1: unterminated"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        const char *p = write_config(cases[k].text);
+        char *a[] = {"x", "--config", (char *)p, NULL};
+        snprintf(expect, sizeof(expect), "%s%s", p, cases[k].needle);
+        expect_refused(3, a, none, expect);
+        unlink(p);
+    }
+    /* a directory cannot be read as a file */
+    char *a2[] = {"x", "--config", "/tmp", NULL};
+    expect_refused(3, a2, none, "/tmp");
+}
+END_TEST
+
+/* Lines of any length: a long comment is one comment, a long value one value. */
+START_TEST(file_long_lines) {
+    size_t n = 20000;
+    char *text = malloc(n + 200);
+    ck_assert_ptr_nonnull(text);
+    text[0] = '#';
+    memset(text + 1, 'x', n);
+    snprintf(text + 1 + n, 200, "\nport 81\nmodel-name \"%s\"\n", "long line above");
+    const char *p = write_config(text);
+    char *a[] = {"x", "--config", (char *)p, NULL};
+    char *none[] = {NULL};
+    server_config c;
+    char err[512];
+    ck_assert_msg(config_load(&c, 3, a, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
+    ck_assert_int_eq(c.port, 81);
+    ck_assert_str_eq(c.model_name, "long line above");
+    unlink(p);
+    /* a value longer than its key allows is refused, not cut */
+    memcpy(text, "model ", 6);
+    memset(text + 6, 'y', n);
+    text[6 + n] = '\n';
+    text[7 + n] = '\0';
+    p = write_config(text);
+    char *b[] = {"x", "--config", (char *)p, NULL};
+    expect_refused(3, b, none, ":1): value is longer than");
+    unlink(p);
+    free(text);
+}
+END_TEST
+
+/* --print-config's output is itself a config file that gives the same table. */
+START_TEST(printed_config_reloads) {
+    char err[512];
+    const char *path = write_config("port 9000\nmodel-name \"a name\"\naccess-log json\n");
+    char *a[] = {"x", "--config", (char *)path, "--workers=3", NULL};
+    char *none[] = {NULL};
+    server_config c, d;
+    ck_assert_int_eq(config_load(&c, 4, a, none, err, sizeof(err)), CONFIG_RUN);
+    unlink(path);
+    static char printed[64];
+    snprintf(printed, sizeof(printed), "/tmp/test_config_print_XXXXXX");
+    int fd = mkstemp(printed);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    config_print(&c, f);
+    fclose(f);
+    char *b[] = {"x", "--config", printed, NULL};
+    ck_assert_msg(config_load(&d, 3, b, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
+    unlink(printed);
+    memcpy(d.config, c.config, sizeof(c.config));
+    ck_assert_msg(memcmp(&c, &d, sizeof(c)) == 0, "the reloaded table differs");
+}
+END_TEST
+
+START_TEST(unknown_environment_named) {
+    char out[256];
+    char *envp[] = {"COMROPE_PORT=1", "COMROPE_API_KEYFILE=/k", "COMROPE_CONFIG=", "PATH=/bin",
+                    "COMROPE_WORKER=2", NULL};
+    ck_assert_int_eq(config_unknown_env(envp, out, sizeof(out)), 2);
+    ck_assert_str_eq(out, "COMROPE_API_KEYFILE COMROPE_WORKER");
+}
+END_TEST
+
+static char **keys_from(const char *text, char *err, size_t errlen) {
+    const char *p = write_config(text);
+    char **keys = api_keys_load(p, err, errlen);
+    unlink(p);
+    return keys;
+}
+
+START_TEST(api_key_file) {
+    char err[512];
+    /* a token of 5000 bytes stays one token; a long comment never becomes one */
+    size_t n = 5000;
+    char *text = malloc(2 * n + 100);
+    ck_assert_ptr_nonnull(text);
+    text[0] = '#';
+    memset(text + 1, 'c', n);
+    text[n + 1] = '\n';
+    memset(text + n + 2, 'k', n);
+    strcpy(text + 2 * n + 2, "\r\n\n  # indented comment\n  second-token\t\n");
+    char **keys = keys_from(text, err, sizeof(err));
+    ck_assert_msg(keys != NULL, "%s", err);
+    ck_assert_uint_eq(strlen(keys[0]), n);
+    ck_assert_int_eq(keys[0][0], 'k');
+    ck_assert_str_eq(keys[1], "second-token");
+    ck_assert_ptr_null(keys[2]);
+    api_keys_free(keys);
+    /* a file whose only line is a long comment holds no token */
+    text[n + 1] = '\0';
+    ck_assert_ptr_null(keys_from(text, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "holds no token"), "%s", err);
+    free(text);
+    ck_assert_ptr_null(keys_from("\n# only comments\n\n", err, sizeof(err)));
+    ck_assert_msg(strstr(err, "holds no token"), "%s", err);
+    ck_assert_ptr_null(keys_from("", err, sizeof(err)));
+    ck_assert_msg(strstr(err, "holds no token"), "%s", err);
+    /* a comment after a token, or "Bearer x", is not a token */
+    ck_assert_ptr_null(keys_from("good\nsecret # prod\n", err, sizeof(err)));
+    ck_assert_msg(strstr(err, ":2: a token is one word"), "%s", err);
+    ck_assert_ptr_null(keys_from("Bearer abc\n", err, sizeof(err)));
+    ck_assert_msg(strstr(err, ":1:"), "%s", err);
+    /* cannot open, cannot read */
+    ck_assert_ptr_null(api_keys_load("/nonexistent/keys", err, sizeof(err)));
+    ck_assert_msg(strstr(err, "cannot open /nonexistent/keys"), "%s", err);
+    ck_assert_ptr_null(api_keys_load("/tmp", err, sizeof(err)));
+    ck_assert_msg(strstr(err, "cannot read /tmp"), "%s", err);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
@@ -280,6 +483,13 @@ int main(void) {
     tcase_add_test(tc, console_setting);
     tcase_add_test(tc, cpu_limit_and_threads);
     tcase_add_test(tc, cpu_limit_of_own_cgroup);
+    tcase_add_test(tc, flag_forms_are_equal);
+    tcase_add_test(tc, flag_slips_refused);
+    tcase_add_test(tc, file_slips_refused);
+    tcase_add_test(tc, file_long_lines);
+    tcase_add_test(tc, unknown_environment_named);
+    tcase_add_test(tc, printed_config_reloads);
+    tcase_add_test(tc, api_key_file);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -79,7 +79,8 @@ start_daemon() {
   local i
   PORT=
   for ((i = 0; i < 300; i++)); do
-    PORT=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$LOG")
+    # text: "... listening on HOST:PORT"; json: {..., "msg":"listening on HOST:PORT"}
+    PORT=$(sed -n 's/.*listening on [^ "]*:\([0-9]*\).*/\1/p' "$LOG")
     [ -n "$PORT" ] && break
     kill -0 "$DAEMON_PID" 2>/dev/null || fail "daemon exited during start-up"
     sleep 0.1
@@ -105,7 +106,7 @@ stop_daemon() {
   kill -TERM "$DAEMON_PID"
   wait_exit 60
   [ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM"
-  log_has 'comrope-serve: stopped' || fail "no clean stop in the log"
+  log_has 'comrope-serve: stopped\|"msg":"stopped"' || fail "no clean stop in the log"
 }
 
 # metric NAME: the value of the sample NAME (with its labels, if any) on /metrics.

@@ -1,0 +1,179 @@
+/* log.c: lines on stderr, text or JSON, with client strings escaped.
+ * See log.h. */
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Written once at start-up (log_set_format), before any thread exists;
+ * read-only afterwards. */
+static int log_format = LOG_TEXT;
+
+/* Longest line: the access log's client strings are bounded by http.c
+ * (path 255, request id 127, user agent 255 bytes), 6x at worst in JSON. */
+#define LINE_MAX_BYTES 8192
+#define MESSAGE_MAX_BYTES 2048
+
+void log_set_format(int format) { log_format = format; }
+
+size_t log_timestamp(char *out, size_t cap) {
+    struct timespec ts;
+    struct tm tm;
+    char sec[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
+    int n = snprintf(out, cap, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+/* The length of the valid UTF-8 sequence at s (n bytes left), 0 if the
+ * bytes there are not one (overlong forms, surrogates and code points past
+ * U+10FFFF included, RFC 3629). */
+static size_t utf8_sequence(const unsigned char *s, size_t n) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf; /* bounds of the second byte */
+    if (c >= 0xc2 && c <= 0xdf) len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else return 0;
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf) return 0;
+    return len;
+}
+
+/* Appends len bytes to out if they fit (with the NUL); 0 if not. */
+static int put(char *out, size_t cap, size_t *used, const char *bytes, size_t len) {
+    if (*used + len + 1 > cap) return 0;
+    memcpy(out + *used, bytes, len);
+    *used += len;
+    out[*used] = '\0';
+    return 1;
+}
+
+size_t log_escape_text(char *out, size_t cap, const char *s, int kind) {
+    size_t used = 0;
+    char hex[8];
+    out[0] = '\0';
+    if (!s) s = "-";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        int ok;
+        if (*p == '\\') ok = put(out, cap, &used, "\\\\", 2);
+        else if (*p > 0x20 && *p < 0x7f && !(kind == LOG_ESCAPE_QUOTED && *p == '"'))
+            ok = put(out, cap, &used, (const char *)p, 1);
+        else if (*p == ' ' && kind != LOG_ESCAPE_FIELD) ok = put(out, cap, &used, " ", 1);
+        else {
+            snprintf(hex, sizeof(hex), "\\x%02x", *p);
+            ok = put(out, cap, &used, hex, 4);
+        }
+        if (!ok) break;
+    }
+    return used;
+}
+
+size_t log_escape_json(char *out, size_t cap, const char *s) {
+    size_t used = 0, n = s ? strlen(s) : 0;
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    char esc[8];
+    out[0] = '\0';
+    while (n) {
+        size_t len = utf8_sequence(p, n);
+        int ok;
+        if (len == 0) { /* not UTF-8: the replacement character, one per byte */
+            ok = put(out, cap, &used, "\\ufffd", 6);
+            len = 1;
+        } else if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            ok = put(out, cap, &used, esc, 2);
+        } else if (*p < 0x20 || *p == 0x7f) {
+            snprintf(esc, sizeof(esc), "\\u%04x", *p);
+            ok = put(out, cap, &used, esc, 6);
+        } else {
+            ok = put(out, cap, &used, (const char *)p, len);
+        }
+        if (!ok) break;
+        p += len;
+        n -= len;
+    }
+    return used;
+}
+
+/* One write per line: stderr is a pipe or a journal, and a line written
+ * in pieces could interleave with another thread's. */
+static void write_line(const char *line, size_t len) {
+    while (len) {
+        ssize_t w = write(STDERR_FILENO, line, len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        line += w;
+        len -= (size_t)w;
+    }
+}
+
+void log_eventv(const char *level, const char *fmt, va_list ap) {
+    char msg[MESSAGE_MAX_BYTES], line[LINE_MAX_BYTES], ts[40];
+    size_t n = 0;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    log_timestamp(ts, sizeof(ts));
+    if (log_format == LOG_JSON) {
+        n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts, level);
+        n += log_escape_json(line + n, sizeof(line) - n - 3, msg);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\"}\n");
+    } else {
+        n = (size_t)snprintf(line, sizeof(line), "%s comrope-serve: %s", ts,
+                             strcmp(level, "info") == 0 ? "" : strcmp(level, "warning") == 0 ? "warning: " : "error: ");
+        n += log_escape_text(line + n, sizeof(line) - n - 1, msg, LOG_ESCAPE_MESSAGE);
+        line[n++] = '\n';
+    }
+    write_line(line, n);
+}
+
+void log_event(const char *level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_eventv(level, fmt, ap);
+    va_end(ap);
+}
+
+void log_access(const log_access_entry *e) {
+    char line[LINE_MAX_BYTES], ts[40];
+    size_t n;
+    log_timestamp(ts, sizeof(ts));
+    if (log_format == LOG_JSON) {
+        n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s\",\"method\":\"", ts);
+        n += log_escape_json(line + n, 256, e->method);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"path\":\"");
+        n += log_escape_json(line + n, 2048, e->path);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,"
+                              "\"request_id\":\"", e->status, e->bytes, e->ms);
+        n += log_escape_json(line + n, 1024, e->request_id);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"user_agent\":\"");
+        n += log_escape_json(line + n, 2048, e->user_agent);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"outcome\":\"%s\"}\n",
+                              e->completed ? "ok" : "aborted");
+    } else {
+        n = (size_t)snprintf(line, sizeof(line), "%s ", ts);
+        n += log_escape_text(line + n, 256, e->method, LOG_ESCAPE_FIELD);
+        line[n++] = ' ';
+        n += log_escape_text(line + n, 1536, e->path, LOG_ESCAPE_FIELD);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, " %d %zu %.3fms ", e->status, e->bytes, e->ms);
+        n += log_escape_text(line + n, 768, e->request_id, LOG_ESCAPE_FIELD);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "%s \"", e->completed ? "" : " aborted");
+        n += log_escape_text(line + n, 1536, e->user_agent, LOG_ESCAPE_QUOTED);
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\"\n");
+    }
+    write_line(line, n);
+}

@@ -1,0 +1,135 @@
+/* test_log.c: the log's escaping and formats (server/log.c): a client
+ * string can neither break a line nor hide in it, and a JSON line is valid
+ * JSON whatever bytes a client sent. */
+#include <check.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check_run.h"
+#include "log.h"
+
+/* Runs fn with stderr sent to a file; returns what it wrote (malloc'd). */
+static char *capture(void (*fn)(void *), void *arg) {
+    FILE *f = tmpfile();
+    ck_assert_ptr_nonnull(f);
+    int saved = dup(STDERR_FILENO);
+    dup2(fileno(f), STDERR_FILENO);
+    fn(arg);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *out = calloc(1, (size_t)n + 1);
+    ck_assert_uint_eq(fread(out, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return out;
+}
+
+static int is_timestamp(const char *s) {
+    /* 2026-12-06T07:09:24.123Z */
+    const char *shape = "dddd-dd-ddTdd:dd:dd.dddZ";
+    for (size_t i = 0; shape[i]; i++)
+        if (shape[i] == 'd' ? !(s[i] >= '0' && s[i] <= '9') : s[i] != shape[i]) return 0;
+    return 1;
+}
+
+static const log_access_entry hostile = {
+    "GET", "/a\n2026-01-01T00:00:00.000Z GET /forged 200\x1b[31m\\ \xff\xfe\xc3\xa9",
+    "id\r\n", "ua \"x\" \x1b]0;t\x07 \xc3", 404, 12, 1.5, 1};
+
+static void write_access(void *arg) { log_access(arg); }
+static void write_event(void *arg) { log_event("info", "listening on %s", (const char *)arg); }
+
+START_TEST(text_lines_cannot_be_forged) {
+    log_set_format(LOG_TEXT);
+    char *out = capture(write_access, (void *)&hostile);
+    ck_assert_msg(is_timestamp(out), "%s", out);
+    size_t n = strlen(out);
+    ck_assert_int_eq(out[n - 1], '\n');
+    for (size_t i = 0; i + 1 < n; i++)
+        ck_assert_msg((unsigned char)out[i] >= 0x20 && (unsigned char)out[i] < 0x7f, "byte 0x%02x at %zu: %s",
+                      (unsigned char)out[i], i, out);
+    ck_assert_msg(strstr(out, " GET /a\\x0a2026-01-01T00:00:00.000Z\\x20GET\\x20/forged\\x20200\\x1b[31m"
+                              "\\\\\\x20\\xff\\xfe\\xc3\\xa9 404 12 1.500ms id\\x0d\\x0a \"ua \\x22x\\x22 "
+                              "\\x1b]0;t\\x07 \\xc3\"\n"), "%s", out);
+    free(out);
+    log_access_entry aborted = {"POST", "/v1/classify", "r1", NULL, 408, 0, 2, 0};
+    out = capture(write_access, &aborted);
+    ck_assert_msg(strstr(out, " POST /v1/classify 408 0 2.000ms r1 aborted \"-\"\n"), "%s", out);
+    free(out);
+}
+END_TEST
+
+START_TEST(json_lines_are_never_dropped) {
+    log_set_format(LOG_JSON);
+    char *out = capture(write_access, (void *)&hostile);
+    json_error_t e;
+    json_t *o = json_loads(out, 0, &e);
+    ck_assert_msg(o != NULL, "not JSON (%s): %s", e.text, out);
+    ck_assert_msg(is_timestamp(json_string_value(json_object_get(o, "time"))), "%s", out);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "path")),
+                     "/a\n2026-01-01T00:00:00.000Z GET /forged 200\x1b[31m\\ \xef\xbf\xbd\xef\xbf\xbd\xc3\xa9");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "user_agent")), "ua \"x\" \x1b]0;t\x07 \xef\xbf\xbd");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "request_id")), "id\r\n");
+    ck_assert_int_eq(json_integer_value(json_object_get(o, "status")), 404);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "outcome")), "ok");
+    ck_assert_ptr_eq(strchr(out, '\n'), out + strlen(out) - 1); /* one line */
+    json_decref(o);
+    free(out);
+    /* events too */
+    out = capture(write_event, "127.0.0.1:8080 \"\xff\"");
+    o = json_loads(out, 0, &e);
+    ck_assert_msg(o != NULL, "not JSON (%s): %s", e.text, out);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "level")), "info");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "msg")), "listening on 127.0.0.1:8080 \"\xef\xbf\xbd\"");
+    json_decref(o);
+    free(out);
+    log_set_format(LOG_TEXT);
+}
+END_TEST
+
+/* Overlong forms, surrogates, code points past U+10FFFF and cut sequences
+ * are not UTF-8: each of their bytes becomes U+FFFD; valid ones stay. */
+START_TEST(json_utf8_validation) {
+    struct { const char *in, *out; } cases[] = {
+        {"\xc0\xaf", "\\ufffd\\ufffd"},                 /* overlong "/" */
+        {"\xed\xa0\x80", "\\ufffd\\ufffd\\ufffd"},      /* surrogate */
+        {"\xf4\x90\x80\x80", "\\ufffd\\ufffd\\ufffd\\ufffd"}, /* past U+10FFFF */
+        {"\xe2\x82", "\\ufffd\\ufffd"},                 /* cut */
+        {"\xf0\x9f\x98\x80 \xe2\x82\xac", "\xf0\x9f\x98\x80 \xe2\x82\xac"},
+        {"\x01\x7f\"\\", "\\u0001\\u007f\\\"\\\\"},
+    };
+    char out[128];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        log_escape_json(out, sizeof(out), cases[i].in);
+        ck_assert_str_eq(out, cases[i].out);
+    }
+    /* too small a buffer: cut at a character (escape) boundary, still a string */
+    ck_assert_uint_eq(log_escape_json(out, 8, "ab\x01"), 2);
+    ck_assert_str_eq(out, "ab");
+    ck_assert_uint_eq(log_escape_text(out, 5, "a\x1b", LOG_ESCAPE_FIELD), 1);
+    ck_assert_str_eq(out, "a");
+}
+END_TEST
+
+START_TEST(timestamps) {
+    char ts[40];
+    ck_assert_uint_eq(log_timestamp(ts, sizeof(ts)), 24);
+    ck_assert_msg(is_timestamp(ts), "%s", ts);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("log");
+    TCase *tc = tcase_create("log");
+    tcase_add_test(tc, text_lines_cannot_be_forged);
+    tcase_add_test(tc, json_lines_are_never_dropped);
+    tcase_add_test(tc, json_utf8_validation);
+    tcase_add_test(tc, timestamps);
+    suite_add_tcase(s, tc);
+    return check_run(s);
+}
