@@ -312,19 +312,23 @@ int v1_response(const proto_model *pm, const proto_request *req, const proto_res
     for (int i = 0; i < res->num_images; i++) {
         const float *lg = res->logits + (size_t)i * K;
         json_t *p = json_object(), *top = json_array();
-        json_object_set_new(p, "resolution", json_pack("[ii]", res->h[i], res->w[i]));
+        /* Every append is checked: json_real and json_pack refuse NaN and
+         * Inf, and a body with an element missing is worse than none. */
+        int bad = !p || !top || json_object_set_new(p, "resolution", json_pack("[ii]", res->h[i], res->w[i]));
         proto_top_k(lg, K, k, order, probs);
-        for (int j = 0; j < k; j++)
-            json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", order[j], "label",
-                                                 proto_label(pm, order[j], num, sizeof(num)),
-                                                 "score", probs[j]));
-        json_object_set_new(p, "top", top);
-        if (req->return_logits) {
+        for (int j = 0; j < k && !bad; j++)
+            bad = json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", order[j], "label",
+                                                       proto_label(pm, order[j], num, sizeof(num)),
+                                                       "score", probs[j])) != 0;
+        bad |= json_object_set_new(p, "top", top) != 0;
+        if (req->return_logits && !bad) {
             json_t *arr = json_array();
-            for (int j = 0; j < K; j++) json_array_append_new(arr, json_real(lg[j]));
-            json_object_set_new(p, "logits", arr);
+            bad = !arr;
+            for (int j = 0; j < K && !bad; j++) bad = json_array_append_new(arr, json_real(lg[j])) != 0;
+            bad |= json_object_set_new(p, "logits", arr) != 0;
         }
-        json_array_append_new(preds, p);
+        bad |= json_array_append_new(preds, p) != 0;
+        if (bad) goto cleanup;
     }
     json_object_set_new(root, "predictions", preds);
     preds = NULL;

@@ -9,6 +9,7 @@
  * Output: logits FP32 [N, K], or with "parameters": {"classification": k}
  * BYTES [N, k] of "score:index:label", highest first. */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,17 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
         if (!data || flatten_numbers(data, all, (size_t)total, &n, 0) || n != (size_t)total) {
             snprintf(err, errlen, "inputs[0].data: expected %lld numbers (flat or nested) matching the shape",
                      total);
+            free(all);
+            return 400;
+        }
+    }
+    /* NaN, Inf, and JSON numbers past float32's range (1e39 becomes Inf):
+     * refused, since they would make the logits, and the answer, invalid. */
+    for (long long i = 0; i < total; i++) {
+        if (!isfinite(all[i])) {
+            snprintf(err, errlen, "inputs[0].%s: value %lld (image %lld) is not a finite float32 "
+                     "(NaN, Inf, or a number too large for float32)", bsize >= 0 ? "binary data" : "data",
+                     i, i / per);
             free(all);
             return 400;
         }
@@ -402,22 +414,24 @@ int v2_response(const proto_model *pm, const proto_request *req, const proto_res
         int *order = malloc(sizeof(int) * (size_t)k);
         double *probs = malloc(sizeof(double) * (size_t)k);
         json_t *data = json_array();
-        char s[512], num[16];
-        if (!order || !probs) {
-            free(order);
-            free(probs);
-            goto fail;
-        }
-        for (int i = 0; i < N; i++) {
+        char num[16];
+        int bad = !order || !probs || !data;
+        for (int i = 0; i < N && !bad; i++) {
             proto_top_k(res->logits + (size_t)i * K, K, k, order, probs);
-            for (int j = 0; j < k; j++) {
-                snprintf(s, sizeof(s), "%f:%d:%s", probs[j], order[j],
-                         proto_label(pm, order[j], num, sizeof(num)));
-                json_array_append_new(data, json_string(s));
+            for (int j = 0; j < k && !bad; j++) {
+                /* any label length: a fixed buffer would cut it, perhaps
+                 * inside a UTF-8 character, and lose the element */
+                json_t *e = json_sprintf("%f:%d:%s", probs[j], order[j],
+                                         proto_label(pm, order[j], num, sizeof(num)));
+                bad = json_array_append_new(data, e) != 0;
             }
         }
         free(order);
         free(probs);
+        if (bad) {
+            json_decref(data);
+            goto fail;
+        }
         json_object_set_new(o, "datatype", json_string("BYTES"));
         json_object_set_new(o, "shape", json_pack("[ii]", N, k));
         if (req->binary_output) {
@@ -451,8 +465,17 @@ int v2_response(const proto_model *pm, const proto_request *req, const proto_res
             if (!bin) goto fail;
             memcpy(bin, res->logits, bin_len);
         } else {
+            /* json_real refuses NaN and Inf: the batcher answers those
+             * images 400, and a missing element fails the whole body here
+             * rather than sending data shorter than its shape. */
             json_t *data = json_array();
-            for (size_t i = 0; i < (size_t)N * K; i++) json_array_append_new(data, json_real(res->logits[i]));
+            int bad = !data;
+            for (size_t i = 0; i < (size_t)N * K && !bad; i++)
+                bad = json_array_append_new(data, json_real(res->logits[i])) != 0;
+            if (bad) {
+                json_decref(data);
+                goto fail;
+            }
             json_object_set_new(o, "data", data);
         }
     }
