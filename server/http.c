@@ -7,6 +7,8 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +58,7 @@ typedef struct {
     proto_request req;
     int parsed;
     job job;
+    int fd;                    /* the connection's socket, for client_gone */
     /* the answer, built by a worker or here */
     int status;
     char *resp;                /* malloc'd body */
@@ -173,6 +176,23 @@ static void job_done(job *j, void *arg) {
     MHD_resume_connection(r->conn);
 }
 
+/* Runs on a batcher thread before the job's images are computed: whether
+ * the client has closed its connection. MHD does not watch a suspended
+ * connection, so we look: hangup or error, or readable with nothing to
+ * read (end of stream). A client that half-closes its side while waiting
+ * counts as gone, as it does for nginx; HTTP clients do not do that. Data
+ * (a pipelined request) means alive. The socket stays open while the
+ * connection is suspended, so the fd is the client's. */
+static int client_gone(void *arg) {
+    http_request *r = arg;
+    if (r->fd < 0) return 0;
+    struct pollfd p = {r->fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    if (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)) return 1;
+    char byte;
+    return (p.revents & POLLIN) && recv(r->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 /* --- helpers ------------------------------------------------------------- */
 
 /* Whether the request announces a body larger than max-body-bytes. */
@@ -244,7 +264,7 @@ static int validate_images(http_request *r) {
     const vit_model *m = r->s->p.model;
     const server_config *cfg = r->s->p.cfg;
     char msg[512], err[600];
-    int tokens = 0;
+    int64_t pixel_bytes = 0;
     for (int i = 0; i < r->req.num_images; i++) {
         proto_image *im = &r->req.images[i];
         if (im->encoded) {
@@ -271,9 +291,10 @@ static int validate_images(http_request *r) {
             set_error(r, 400, err);
             return 400;
         }
-        tokens += (im->h / m->cfg.patch_size) * (im->w / m->cfg.patch_size) + (m->cfg.prepend_cls ? 1 : 0);
+        /* what the image holds once decoded and prepared, as the model takes it */
+        pixel_bytes += (int64_t)sizeof(float) * m->cfg.num_channels * im->h * im->w;
     }
-    r->job.tokens = tokens;
+    r->job.pixel_bytes = pixel_bytes;
     return 0;
 }
 
@@ -325,7 +346,10 @@ static int submit_inference(http_request *r, struct MHD_Connection *c) {
     r->job.req = &r->req;
     r->job.deadline_ns = r->start_ns + (int64_t)timeout_ms * 1000000;
     r->job.done = job_done;
+    r->job.gone = client_gone;
     r->job.done_arg = r;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    r->fd = ci ? ci->connect_fd : -1;
     /* Suspend before submitting: the worker may answer (and resume) before
      * this function returns, and resuming a connection that is not yet
      * suspended would be lost. */
@@ -334,7 +358,7 @@ static int submit_inference(http_request *r, struct MHD_Connection *c) {
     st = batcher_submit(s->p.batcher, &r->job);
     if (st) {
         set_error(r, st, r->job.error);
-        r->retry_after = 1;
+        if (st == 503) r->retry_after = 1;
         r->phase = PHASE_ANSWERED;
         MHD_resume_connection(c);
     }

@@ -8,13 +8,15 @@
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> daemons stopped ->
- *   exit 0. */
+ *   exit 0. A second signal during the drain exits 1 at once. */
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "batcher.h"
 #include "config.h"
@@ -63,6 +65,19 @@ static char **load_api_keys(const char *path, char *err, size_t errlen) {
         return NULL;
     }
     return keys;
+}
+
+/* Runs from the first signal on: a second SIGTERM/SIGINT during the drain
+ * means "now" (an operator's second Ctrl-C, or a supervisor that will not
+ * wait): exit at once, non-zero, saying so. Requests not yet answered are
+ * dropped with their connections. */
+static void *second_signal_main(void *arg) {
+    const sigset_t *signals = arg;
+    int sig = 0;
+    while (sigwait(signals, &sig) != 0) {}
+    fprintf(stderr, "comrope-serve: second %s during the drain: stopping now, without answering what is left\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM");
+    _exit(1);
 }
 
 static void free_api_keys(char **keys) {
@@ -156,7 +171,8 @@ int main(int argc, char **argv) {
         goto cleanup;
     }
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
-                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels}};
+                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
+                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes};
     b = batcher_new(model, mx, bp, err, sizeof(err));
     if (!b) {
         fprintf(stderr, "comrope-serve: %s\n", err);
@@ -186,6 +202,8 @@ int main(int argc, char **argv) {
     while (sigwait(&signals, &sig) != 0) {}
     fprintf(stderr, "comrope-serve: %s: draining (up to %d s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             cfg.drain_timeout_s);
+    pthread_t second;
+    if (pthread_create(&second, NULL, second_signal_main, &signals) == 0) pthread_detach(second);
     http_begin_drain(http);
     int left = batcher_drain(b, cfg.drain_timeout_s);
     /* Answers what is left with 503, resuming their connections. The

@@ -47,6 +47,7 @@ static const char *failure_reason(int status) {
     case 405: return "method_not_allowed";
     case 413: return "too_large";
     case 415: return "unsupported_media_type";
+    case 499: return "client_closed"; /* nginx's code: the client left before its answer */
     case 503: return "unavailable";
     case 504: return "deadline_exceeded";
     default: return status >= 500 ? "internal" : "other";
@@ -239,7 +240,7 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
-    static const int failure_codes[] = {400, 401, 404, 405, 413, 415, 500, 503, 504};
+    static const int failure_codes[] = {400, 401, 404, 405, 413, 415, 499, 500, 503, 504};
     put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
             "# TYPE comrope_request_failures_total counter\n");
     for (size_t i = 0; i < sizeof(failure_codes) / sizeof(failure_codes[0]); i++) {
