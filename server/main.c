@@ -13,6 +13,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,17 +68,34 @@ static char **load_api_keys(const char *path, char *err, size_t errlen) {
     return keys;
 }
 
-/* Runs from the first signal on: a second SIGTERM/SIGINT during the drain
- * means "now" (an operator's second Ctrl-C, or a supervisor that will not
- * wait): exit at once, non-zero, saying so. Requests not yet answered are
- * dropped with their connections. */
-static void *second_signal_main(void *arg) {
-    const sigset_t *signals = arg;
-    int sig = 0;
-    while (sigwait(signals, &sig) != 0) {}
-    fprintf(stderr, "comrope-serve: second %s during the drain: stopping now, without answering what is left\n",
-            sig == SIGINT ? "SIGINT" : "SIGTERM");
-    _exit(1);
+/* The drain runs on its own thread so that the main thread keeps waiting
+ * for signals: a second SIGTERM/SIGINT means "now" (an operator's second
+ * Ctrl-C, or a supervisor that will not wait). It must be the main thread
+ * that waits: a thread some library started before the signals were
+ * blocked (OpenBLAS starts its pool when loaded) would otherwise take the
+ * signal and die of it, unlogged. The drain thread tells the main thread
+ * it is done with SIGUSR1. */
+typedef struct {
+    http_server *http;
+    batcher *b;
+    int timeout_s;
+    pthread_t main_thread;
+    atomic_int done;
+} drain_job;
+
+static void *drain_main(void *arg) {
+    drain_job *d = arg;
+    http_begin_drain(d->http);
+    int left = batcher_drain(d->b, d->timeout_s);
+    /* Answers what is left with 503, resuming their connections. The
+     * batcher stays allocated until the HTTP daemons are stopped: a request
+     * still on a connection may call it (and is refused with 503). */
+    batcher_stop(d->b);
+    if (left) fprintf(stderr, "comrope-serve: %d queued requests answered 503\n", left);
+    http_wait_idle(d->http, 5000); /* let resumed connections write their answers */
+    atomic_store(&d->done, 1);
+    pthread_kill(d->main_thread, SIGUSR1);
+    return NULL;
 }
 
 static void free_api_keys(char **keys) {
@@ -131,6 +149,7 @@ int main(int argc, char **argv) {
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGUSR1); /* the drain thread's "done" */
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
     signal(SIGPIPE, SIG_IGN);
     /* Decoded images and batch buffers are a few MB each. glibc would hand
@@ -199,19 +218,22 @@ int main(int argc, char **argv) {
     fprintf(stderr, "comrope-serve: listening on %s:%d\n", cfg.host, http_port(http));
 
     int sig = 0;
-    while (sigwait(&signals, &sig) != 0) {}
+    while (sigwait(&signals, &sig) != 0 || sig == SIGUSR1) {}
     fprintf(stderr, "comrope-serve: %s: draining (up to %d s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             cfg.drain_timeout_s);
-    pthread_t second;
-    if (pthread_create(&second, NULL, second_signal_main, &signals) == 0) pthread_detach(second);
-    http_begin_drain(http);
-    int left = batcher_drain(b, cfg.drain_timeout_s);
-    /* Answers what is left with 503, resuming their connections. The
-     * batcher stays allocated until the HTTP daemons are stopped: a request
-     * still on a connection may call it (and is refused with 503). */
-    batcher_stop(b);
-    if (left) fprintf(stderr, "comrope-serve: %d queued requests answered 503\n", left);
-    http_wait_idle(http, 5000); /* let resumed connections write their answers */
+    drain_job d = {http, b, cfg.drain_timeout_s, pthread_self(), 0};
+    pthread_t drainer;
+    int threaded = pthread_create(&drainer, NULL, drain_main, &d) == 0;
+    if (!threaded) drain_main(&d); /* no second-signal stop then, but a drain */
+    while (threaded) {
+        while (sigwait(&signals, &sig) != 0) {}
+        if (sig == SIGUSR1 && atomic_load(&d.done)) break;
+        if (sig == SIGUSR1) continue; /* not ours */
+        fprintf(stderr, "comrope-serve: second %s during the drain: stopping now, without answering what is "
+                "left\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        _exit(1);
+    }
+    if (threaded) pthread_join(drainer, NULL);
     rc = 0;
 
 cleanup:
