@@ -282,7 +282,7 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
             "comrope_queue_depth %d\n", g->queue_depth);
     put(&t, "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
             "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n", g->in_flight);
-    put(&t, "# HELP comrope_receiving_requests Inference requests whose body is being received.\n"
+    put(&t, "# HELP comrope_receiving_requests Inference requests whose body is being received or parsed.\n"
             "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n", g->receiving);
     put(&t, "# HELP comrope_ready Whether the server accepts inference requests.\n"
             "# TYPE comrope_ready gauge\ncomrope_ready %d\n", g->ready);
