@@ -25,10 +25,10 @@ static int media_type_is(const char *content_type, const char *type) {
     return c == '\0' || c == ';' || c == ' ';
 }
 
+/* Appends an image. A request of one image ("image", a raw body) gets its
+ * array here; for "images" v1_parse_json allocates room for all first. */
 static int add_image(proto_request *req, uint8_t *data, size_t len) {
-    proto_image *grown = realloc(req->images, sizeof(*grown) * (size_t)(req->num_images + 1));
-    if (!grown) return -1;
-    req->images = grown;
+    if (!req->images && !(req->images = calloc(1, sizeof(proto_image)))) return -1;
     memset(&req->images[req->num_images], 0, sizeof(proto_image));
     req->images[req->num_images].encoded = data;
     req->images[req->num_images].encoded_len = len;
@@ -215,6 +215,13 @@ int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_req
     } else {
         if (!json_is_array(images) || json_array_size(images) == 0) {
             snprintf(err, errlen, "images: expected a non-empty array of base64 strings");
+            goto fail;
+        }
+        /* one allocation for all: growing by one per image is quadratic */
+        req->images = calloc(json_array_size(images), sizeof(proto_image));
+        if (!req->images) {
+            snprintf(err, errlen, "out of memory");
+            status = 500;
             goto fail;
         }
         size_t i;
