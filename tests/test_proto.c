@@ -550,7 +550,7 @@ START_TEST(bodies_are_valid_json) {
     ck_assert_str_eq(s, "{\"error\":\"caf\xc3\xa9 ok\"}"); /* valid UTF-8 kept as is */
     free(s);
 
-    char long_label[2000];
+    char long_label[2000] = {0};
     for (int i = 0; i + 2 < (int)sizeof(long_label); i += 2) memcpy(long_label + i, "\xc3\xa9", 2);
     long_label[sizeof(long_label) - 1] = '\0';
     char *many[3] = {long_label, long_label, NULL};
