@@ -40,7 +40,7 @@ const config_option config_options[] = {
     {"max-batch-size", CONFIG_INT, OFF(max_batch_size), 0, "8", 1, 4096, NULL,
      "images per executed batch"},
     {"max-batch-tokens", CONFIG_INT, OFF(max_batch_tokens), 0, "16384", 1, 1 << 24, NULL,
-     "tokens per executed batch (a single larger request still runs alone)"},
+     "tokens per executed batch (a larger request is split over several; a larger image: 413)"},
     {"max-queue-delay-us", CONFIG_INT, OFF(max_queue_delay_us), 0, "2000", 0, 10000000, NULL,
      "how long a batch waits for more requests; skipped when none could join"},
     {"max-queue-size", CONFIG_INT, OFF(max_queue_size), 0, "256", 1, 1000000, NULL,
@@ -78,6 +78,17 @@ const config_option config_options[] = {
      "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, 1.3-1.5x faster on ViT-B)"},
     {"console", CONFIG_ENUM, OFF(console), 0, "on", 0, 0, console_choices,
      "the web console at / (built into the binary; public page, API calls carry the token): on or off"},
+    /* work and memory one request may cost (README "Limits") */
+    {"max-request-images", CONFIG_INT, OFF(max_request_images), 0, "64", 1, 1 << 20, NULL,
+     "images in one request (split into engine batches); more: 413"},
+    {"max-request-tokens", CONFIG_INT64, OFF(max_request_tokens), 0, "65536", 1, (long long)1 << 40, NULL,
+     "tokens of all images of one request; more: 413"},
+    {"pixel-budget-bytes", CONFIG_INT64, OFF(pixel_budget_bytes), 0, "1073741824", 1, (long long)1 << 44, NULL,
+     "decoded pixels (4*C*h*w per image) held by queued and running requests; over: 503 + Retry-After"},
+    {"max-json-body-bytes", CONFIG_INT64, OFF(max_json_body_bytes), 0, "16777216", 1, (long long)1 << 40,
+     NULL, "largest JSON part of a request body (about 20x that once parsed); more: 413"},
+    {"parse-threads", CONFIG_INT, OFF(parse_threads), 0, "2", 1, 64, NULL,
+     "threads that parse request bodies (never the HTTP threads)"},
 };
 const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
 

@@ -49,6 +49,12 @@ typedef struct {
     int access_log;                     /* ACCESS_LOG_* */
     int precision;                      /* 0 fp32, 1 bf16 (GEMM_FP32 / GEMM_BF16) */
     int console;                        /* 1: the web console at / (server/console.h) */
+    /* work and memory a request may cost (README "Limits") */
+    int max_request_images;
+    int64_t max_request_tokens;
+    int64_t pixel_budget_bytes;         /* decoded pixels of queued + running requests */
+    int64_t max_json_body_bytes;
+    int parse_threads;
 } server_config;
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;

@@ -601,6 +601,11 @@ double vit_gflop(const vit_model *m, int h, int w) {
     return 2.0 * ((T - 1) * P * D + c->num_hidden_layers * layer + head) * 1e-9;
 }
 
+int vit_image_tokens(const vit_model *m, int h, int w) {
+    int p = m->cfg.patch_size;
+    return 1 + (h / p) * (w / p);
+}
+
 int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t errlen) {
     int p = m->cfg.patch_size;
     int dims[2] = {h, w};

@@ -112,6 +112,10 @@ double vit_gflop(const vit_model *m, int h, int w);
  * nearest valid sizes. Returns 0 or -1. */
 int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t errlen);
 
+/* Tokens of one image at h x w (valid sizes): the class token and one per
+ * patch. The batch limits (max-batch-tokens) count these. */
+int vit_image_tokens(const vit_model *m, int h, int w);
+
 /* Logits (n, num_class) for n images of any valid sizes. Batch composition
  * does not change an image's logits (beyond float rounding of the GEMMs).
  * Returns 0, or -1 with a message naming the image. */

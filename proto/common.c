@@ -85,21 +85,48 @@ int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen,
     return 0;
 }
 
+/* Whether class a ranks above class b: the larger logit, ties to the lower index. */
+static int ranks_above(const float *logits, int a, int b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+}
+
+/* Restores the heap below i: heap[0] is the lowest-ranked of the k kept. */
+static void sift_down(const float *logits, int *heap, int n, int i) {
+    for (;;) {
+        int lo = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && ranks_above(logits, heap[lo], heap[l])) lo = l;
+        if (r < n && ranks_above(logits, heap[lo], heap[r])) lo = r;
+        if (lo == i) return;
+        int t = heap[i];
+        heap[i] = heap[lo];
+        heap[lo] = t;
+        i = lo;
+    }
+}
+
 void proto_top_k(const float *logits, int K, int k, int *order, double *probs) {
     double maxv = logits[0], sum = 0;
     for (int j = 1; j < K; j++) if (logits[j] > maxv) maxv = logits[j];
     for (int j = 0; j < K; j++) sum += exp((double)logits[j] - maxv);
-    /* Selection of the k largest, ties to the lower index: k is small. */
-    for (int i = 0; i < k; i++) {
-        int best = -1;
-        for (int j = 0; j < K; j++) {
-            int taken = 0;
-            for (int t = 0; t < i; t++) if (order[t] == j) taken = 1;
-            if (!taken && (best < 0 || logits[j] > logits[best])) best = j;
-        }
-        order[i] = best;
-        probs[i] = exp((double)logits[best] - maxv) / sum;
+    if (k > K) k = K;
+    if (k <= 0) return;
+    /* The k best in a heap whose root is the weakest kept: O(K log k), so
+     * that top_k = K on a 1000-class model is no slower than a sort. */
+    for (int j = 0; j < k; j++) order[j] = j;
+    for (int i = k / 2 - 1; i >= 0; i--) sift_down(logits, order, k, i);
+    for (int j = k; j < K; j++) {
+        if (!ranks_above(logits, j, order[0])) continue;
+        order[0] = j;
+        sift_down(logits, order, k, 0);
     }
+    /* Popping the weakest fills the array from its end: highest first. */
+    for (int n = k; n > 1; n--) {
+        int t = order[0];
+        order[0] = order[n - 1];
+        order[n - 1] = t;
+        sift_down(logits, order, n - 1, 0);
+    }
+    for (int i = 0; i < k; i++) probs[i] = exp((double)logits[order[i]] - maxv) / sum;
 }
 
 const char *proto_label(const proto_model *pm, int k, char *buf, size_t len) {
@@ -108,9 +135,54 @@ const char *proto_label(const proto_model *pm, int k, char *buf, size_t len) {
     return buf;
 }
 
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid:
+ * no overlong forms, surrogates or code points past U+10FFFF, as jansson
+ * checks them (it refuses a string that fails). */
+static size_t utf8_valid_at(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t len;
+    unsigned cp, min;
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) len = 2, cp = c & 0x1f, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef) len = 3, cp = c & 0x0f, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4) len = 4, cp = c & 0x07, min = 0x10000;
+    else return 0;
+    if (len > n) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return len;
+}
+
+char *proto_utf8_sanitize(const char *s) {
+    size_t n = strlen(s), o = 0;
+    char *out = malloc(n + 1);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_valid_at((const unsigned char *)s + i, n - i);
+        if (len == 0) {
+            out[o++] = '?';
+            i++;
+            continue;
+        }
+        memcpy(out + o, s + i, len);
+        o += len;
+        i += len;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 char *proto_error_json(const char *msg) {
-    json_t *o = json_pack("{s:s}", "error", msg);
-    char *s = json_dumps(o, JSON_COMPACT);
+    /* Messages quote client bytes (a path, a header, a query value), cut to
+     * a few dozen bytes, perhaps inside a character: made valid UTF-8 here,
+     * or jansson would give no body at all. */
+    char *clean = proto_utf8_sanitize(msg);
+    json_t *o = clean ? json_pack("{s:s}", "error", clean) : NULL;
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
+    free(clean);
     return s;
 }

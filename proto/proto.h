@@ -82,15 +82,21 @@ void proto_body_free(proto_body *b);
 int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen,
                   char *err, size_t errlen);
 
-/* Indices of the k largest logits, highest first, and the softmax
- * probability of each (order and probs have k entries). */
+/* Indices of the k largest logits, highest first (ties: the lower index),
+ * and the softmax probability of each (order and probs have k entries).
+ * O(K log k). */
 void proto_top_k(const float *logits, int K, int k, int *order, double *probs);
 
 /* Label of class k (id2label, else the index as text) into buf. */
 const char *proto_label(const proto_model *pm, int k, char *buf, size_t len);
 
-/* {"error": msg} */
+/* {"error": msg}; msg's bytes that are not UTF-8 become '?'. NULL only
+ * when out of memory. */
 char *proto_error_json(const char *msg);
+
+/* A malloc'd copy of s with every byte that does not start a valid UTF-8
+ * sequence replaced by '?' (JSON strings must be UTF-8). */
+char *proto_utf8_sanitize(const char *s);
 
 /* ---- native API ---- */
 

@@ -25,10 +25,10 @@ static int media_type_is(const char *content_type, const char *type) {
     return c == '\0' || c == ';' || c == ' ';
 }
 
+/* Appends an image. A request of one image ("image", a raw body) gets its
+ * array here; for "images" v1_parse_json allocates room for all first. */
 static int add_image(proto_request *req, uint8_t *data, size_t len) {
-    proto_image *grown = realloc(req->images, sizeof(*grown) * (size_t)(req->num_images + 1));
-    if (!grown) return -1;
-    req->images = grown;
+    if (!req->images && !(req->images = calloc(1, sizeof(proto_image)))) return -1;
     memset(&req->images[req->num_images], 0, sizeof(proto_image));
     req->images[req->num_images].encoded = data;
     req->images[req->num_images].encoded_len = len;
@@ -217,6 +217,13 @@ int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_req
             snprintf(err, errlen, "images: expected a non-empty array of base64 strings");
             goto fail;
         }
+        /* one allocation for all: growing by one per image is quadratic */
+        req->images = calloc(json_array_size(images), sizeof(proto_image));
+        if (!req->images) {
+            snprintf(err, errlen, "out of memory");
+            status = 500;
+            goto fail;
+        }
         size_t i;
         json_array_foreach(images, i, v) {
             if ((status = decode_image_field(v, "images", (int)i, req, err, errlen))) goto fail;
@@ -312,19 +319,23 @@ int v1_response(const proto_model *pm, const proto_request *req, const proto_res
     for (int i = 0; i < res->num_images; i++) {
         const float *lg = res->logits + (size_t)i * K;
         json_t *p = json_object(), *top = json_array();
-        json_object_set_new(p, "resolution", json_pack("[ii]", res->h[i], res->w[i]));
+        /* Every append is checked: json_real and json_pack refuse NaN and
+         * Inf, and a body with an element missing is worse than none. */
+        int bad = !p || !top || json_object_set_new(p, "resolution", json_pack("[ii]", res->h[i], res->w[i]));
         proto_top_k(lg, K, k, order, probs);
-        for (int j = 0; j < k; j++)
-            json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", order[j], "label",
-                                                 proto_label(pm, order[j], num, sizeof(num)),
-                                                 "score", probs[j]));
-        json_object_set_new(p, "top", top);
-        if (req->return_logits) {
+        for (int j = 0; j < k && !bad; j++)
+            bad = json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", order[j], "label",
+                                                       proto_label(pm, order[j], num, sizeof(num)),
+                                                       "score", probs[j])) != 0;
+        bad |= json_object_set_new(p, "top", top) != 0;
+        if (req->return_logits && !bad) {
             json_t *arr = json_array();
-            for (int j = 0; j < K; j++) json_array_append_new(arr, json_real(lg[j]));
-            json_object_set_new(p, "logits", arr);
+            bad = !arr;
+            for (int j = 0; j < K && !bad; j++) bad = json_array_append_new(arr, json_real(lg[j])) != 0;
+            bad |= json_object_set_new(p, "logits", arr) != 0;
         }
-        json_array_append_new(preds, p);
+        bad |= json_array_append_new(preds, p) != 0;
+        if (bad) goto cleanup;
     }
     json_object_set_new(root, "predictions", preds);
     preds = NULL;

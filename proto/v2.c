@@ -9,6 +9,7 @@
  * Output: logits FP32 [N, K], or with "parameters": {"classification": k}
  * BYTES [N, k] of "score:index:label", highest first. */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,18 +32,27 @@ static int read_shape(json_t *shape, long long *dims, int max_rank) {
     return (int)json_array_size(shape);
 }
 
-/* Copies numbers from `data` (flat or nested arrays) into out[*n...]. */
-static int flatten_numbers(json_t *data, float *out, size_t cap, size_t *n, int depth) {
+/* Where the numbers of a pixel_values tensor go: value n is pixel n % per
+ * of image n / per (each image its own array, filled in place: no copy of
+ * the whole tensor on the way). */
+typedef struct {
+    proto_image *images;
+    size_t per, cap, n;
+} pixel_sink;
+
+/* Copies numbers from `data` (flat or nested arrays) into the sink. */
+static int flatten_numbers(json_t *data, pixel_sink *out, int depth) {
     if (json_is_number(data)) {
-        if (*n >= cap) return -1;
-        out[(*n)++] = (float)json_number_value(data);
+        if (out->n >= out->cap) return -1;
+        out->images[out->n / out->per].pixels[out->n % out->per] = (float)json_number_value(data);
+        out->n++;
         return 0;
     }
     if (!json_is_array(data) || depth > 8) return -1;
     size_t i;
     json_t *v;
     json_array_foreach(data, i, v) {
-        if (flatten_numbers(v, out, cap, n, depth + 1)) return -1;
+        if (flatten_numbers(v, out, depth + 1)) return -1;
     }
     return 0;
 }
@@ -94,49 +104,49 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
         snprintf(err, errlen, "inputs[0].shape: tensor of %lld values is too large", total);
         return 413;
     }
-    float *all = malloc(sizeof(float) * (size_t)total);
-    if (!all) {
-        snprintf(err, errlen, "out of memory");
-        return 500;
-    }
     long long bsize = binary_size(input);
     json_t *data = json_object_get(input, "data");
-    if (bsize >= 0) {
-        if (bsize != total * 4 || (size_t)bsize > bin_len) {
-            snprintf(err, errlen, "inputs[0].parameters.binary_data_size: %lld bytes, the shape needs "
-                     "%lld and the binary section holds %zu", bsize, total * 4, bin_len);
-            free(all);
-            return 400;
-        }
-        memcpy(all, bin, (size_t)bsize); /* little-endian floats, as x86 and arm64 hold them */
-    } else {
-        size_t n = 0;
-        if (!data || flatten_numbers(data, all, (size_t)total, &n, 0) || n != (size_t)total) {
-            snprintf(err, errlen, "inputs[0].data: expected %lld numbers (flat or nested) matching the shape",
-                     total);
-            free(all);
-            return 400;
-        }
+    if (bsize >= 0 && (bsize != total * 4 || (size_t)bsize > bin_len)) {
+        snprintf(err, errlen, "inputs[0].parameters.binary_data_size: %lld bytes, the shape needs "
+                 "%lld and the binary section holds %zu", bsize, total * 4, bin_len);
+        return 400;
     }
     if (alloc_images(req, (int)dims[0])) {
-        free(all);
         snprintf(err, errlen, "out of memory");
         return 500;
     }
-    int status = 0;
-    for (int i = 0; i < req->num_images; i++) {
+    for (int i = 0; i < req->num_images; i++) { /* freed by the caller on failure */
         req->images[i].pixels = malloc(sizeof(float) * (size_t)per);
         if (!req->images[i].pixels) {
             snprintf(err, errlen, "out of memory");
-            status = 500;
-            break;
+            return 500;
         }
-        memcpy(req->images[i].pixels, all + (size_t)i * per, sizeof(float) * (size_t)per);
         req->images[i].h = (int)dims[2];
         req->images[i].w = (int)dims[3];
+        if (bsize >= 0) /* little-endian floats, as x86 and arm64 hold them */
+            memcpy(req->images[i].pixels, bin + (size_t)i * per * 4, sizeof(float) * (size_t)per);
     }
-    free(all);
-    return status;
+    if (bsize < 0) {
+        pixel_sink sink = {req->images, (size_t)per, (size_t)total, 0};
+        if (!data || flatten_numbers(data, &sink, 0) || sink.n != (size_t)total) {
+            snprintf(err, errlen, "inputs[0].data: expected %lld numbers (flat or nested) matching the shape",
+                     total);
+            return 400;
+        }
+    }
+    /* NaN, Inf, and JSON numbers past float32's range (1e39 becomes Inf):
+     * refused, since they would make the logits, and the answer, invalid. */
+    for (int i = 0; i < req->num_images; i++) {
+        for (long long k = 0; k < per; k++) {
+            if (!isfinite(req->images[i].pixels[k])) {
+                snprintf(err, errlen, "inputs[0].%s: value %lld (image %d) is not a finite float32 "
+                         "(NaN, Inf, or a number too large for float32)", bsize >= 0 ? "binary data" : "data",
+                         i * per + k, i);
+                return 400;
+            }
+        }
+    }
+    return 0;
 }
 
 static int take_encoded(proto_request *req, int i, uint8_t *data, size_t len, char *err,
@@ -402,22 +412,24 @@ int v2_response(const proto_model *pm, const proto_request *req, const proto_res
         int *order = malloc(sizeof(int) * (size_t)k);
         double *probs = malloc(sizeof(double) * (size_t)k);
         json_t *data = json_array();
-        char s[512], num[16];
-        if (!order || !probs) {
-            free(order);
-            free(probs);
-            goto fail;
-        }
-        for (int i = 0; i < N; i++) {
+        char num[16];
+        int bad = !order || !probs || !data;
+        for (int i = 0; i < N && !bad; i++) {
             proto_top_k(res->logits + (size_t)i * K, K, k, order, probs);
-            for (int j = 0; j < k; j++) {
-                snprintf(s, sizeof(s), "%f:%d:%s", probs[j], order[j],
-                         proto_label(pm, order[j], num, sizeof(num)));
-                json_array_append_new(data, json_string(s));
+            for (int j = 0; j < k && !bad; j++) {
+                /* any label length: a fixed buffer would cut it, perhaps
+                 * inside a UTF-8 character, and lose the element */
+                json_t *e = json_sprintf("%f:%d:%s", probs[j], order[j],
+                                         proto_label(pm, order[j], num, sizeof(num)));
+                bad = json_array_append_new(data, e) != 0;
             }
         }
         free(order);
         free(probs);
+        if (bad) {
+            json_decref(data);
+            goto fail;
+        }
         json_object_set_new(o, "datatype", json_string("BYTES"));
         json_object_set_new(o, "shape", json_pack("[ii]", N, k));
         if (req->binary_output) {
@@ -451,8 +463,17 @@ int v2_response(const proto_model *pm, const proto_request *req, const proto_res
             if (!bin) goto fail;
             memcpy(bin, res->logits, bin_len);
         } else {
+            /* json_real refuses NaN and Inf: the batcher answers those
+             * images 400, and a missing element fails the whole body here
+             * rather than sending data shorter than its shape. */
             json_t *data = json_array();
-            for (size_t i = 0; i < (size_t)N * K; i++) json_array_append_new(data, json_real(res->logits[i]));
+            int bad = !data;
+            for (size_t i = 0; i < (size_t)N * K && !bad; i++)
+                bad = json_array_append_new(data, json_real(res->logits[i])) != 0;
+            if (bad) {
+                json_decref(data);
+                goto fail;
+            }
             json_object_set_new(o, "data", data);
         }
     }

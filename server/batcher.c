@@ -1,6 +1,7 @@
 /* batcher.c: queue, workers, batches, deadlines. See batcher.h. */
 #include "batcher.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,14 @@ typedef struct {
     int started;
 } worker;
 
+/* Some consecutive images of one job, in an engine batch. */
+typedef struct {
+    job *j;
+    int first, count;
+    int fail;                /* this part's error status (its message in msg) */
+    char msg[480];
+} slice;
+
 struct batcher {
     const vit_model *model;
     metrics *mx;
@@ -24,8 +33,12 @@ struct batcher {
     pthread_cond_t work;     /* a job was queued, or stopping */
     pthread_cond_t reaper_wake;
     pthread_cond_t idle;     /* queue empty and nothing running */
-    job *head, *tail;
-    int queued, running, arriving;
+    job *head, *tail;        /* jobs with images not yet in a batch, in order */
+    int waiting;             /* jobs none of whose images started */
+    int active;              /* jobs started and not answered */
+    int running;             /* engine batches being computed */
+    int arriving;
+    int64_t pixel_bytes;     /* held by waiting and active jobs */
     int stopping;            /* workers told to exit */
     int stopped;             /* threads joined (batcher_stop ran) */
     worker *workers;
@@ -58,39 +71,82 @@ static void unlink_job(batcher *b, job *prev, job *j) {
     else b->head = j->next;
     if (b->tail == j) b->tail = prev;
     j->next = NULL;
-    b->queued--;
+    j->in_queue = 0;
 }
 
-/* Moves every queued job whose deadline passed onto *expired. Lock held. */
-static void take_expired(batcher *b, int64_t now, job **expired) {
-    job *prev = NULL, *j = b->head;
+static void unlink_anywhere(batcher *b, job *j) {
+    job *prev = NULL;
+    for (job *k = b->head; k && k != j; k = k->next) prev = k;
+    unlink_job(b, prev, j);
+}
+
+/* Whether j has nothing left to do: every image computed, or failed with
+ * no batch of it still running. If so, pushes it onto *done, answered by
+ * the caller with answer() (unlocked). Lock held. */
+static void settle(batcher *b, job *j, job **done) {
+    if (j->pending > 0) return;
+    if (!j->fail && (j->in_queue || j->next_image < j->req->num_images)) return;
+    if (j->in_queue) unlink_anywhere(b, j);
+    j->next = *done;
+    *done = j;
+}
+
+/* Fails j with status and msg (the first failure wins): no more of its
+ * images are computed. Lock held. */
+static void fail_job(batcher *b, job *j, int status, const char *msg, job **done) {
+    if (!j->fail) {
+        j->fail = status;
+        snprintf(j->error, sizeof(j->error), "%s", msg);
+        if (j->in_queue) unlink_anywhere(b, j);
+    }
+    settle(b, j, done);
+}
+
+/* Fails every queued job whose deadline passed. Lock held. */
+static void take_expired(batcher *b, int64_t now, job **done) {
+    job *j = b->head;
     while (j) {
         job *next = j->next;
         if (j->deadline_ns <= now) {
-            unlink_job(b, prev, j);
-            j->next = *expired;
-            *expired = j;
-        } else {
-            prev = j;
+            char msg[160];
+            if (j->next_image == 0)
+                snprintf(msg, sizeof(msg), "deadline exceeded before the request could be computed");
+            else
+                snprintf(msg, sizeof(msg), "deadline exceeded after %d of its %d images were computed",
+                         j->next_image, j->req->num_images);
+            fail_job(b, j, 504, msg, done);
         }
         j = next;
     }
 }
 
-static void finish(job *j, int status, const char *msg) {
-    j->status = status;
-    if (msg) snprintf(j->error, sizeof(j->error), "%s", msg);
-    j->finished_ns = monotonic_ns();
-    j->done(j, j->done_arg);
-}
-
-static void answer_expired(job *list) {
+/* Answers the jobs of a settled list, then takes them out of the counts
+ * and the pixel budget: a job is in flight until answered. Unlocked:
+ * `done` may take its time. The job may be gone once `done` returns. */
+static void answer(batcher *b, job *list) {
+    int started = 0, waiting = 0;
+    int64_t bytes = 0;
     while (list) {
-        job *next = list->next;
-        list->next = NULL;
-        finish(list, 504, "deadline exceeded before the request could be computed");
-        list = next;
+        job *j = list;
+        list = j->next;
+        j->next = NULL;
+        if (j->next_image > 0) started++;
+        else waiting++;
+        bytes += j->pixel_bytes;
+        j->status = j->fail ? j->fail : 200;
+        if (j->fail) { /* logits only with a 200 */
+            free(j->logits);
+            j->logits = NULL;
+        }
+        j->finished_ns = monotonic_ns();
+        j->done(j, j->done_arg);
     }
+    if (!started && !waiting) return;
+    pthread_mutex_lock(&b->lock);
+    b->active -= started;
+    b->waiting -= waiting;
+    b->pixel_bytes -= bytes;
+    pthread_mutex_unlock(&b->lock);
 }
 
 static void signal_idle_if_done(batcher *b) {
@@ -119,45 +175,58 @@ static int decode_status(int rc) {
     }
 }
 
-/* Decodes every image of the batch, runs one ragged forward over the jobs
- * whose images all decoded, and answers each job. Runs without the lock. */
-static void run_batch(worker *w, job **batch, int n) {
+static int all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Runs one engine batch: drops the parts of clients that went away,
+ * decodes, runs one ragged forward over the parts whose images all
+ * decoded, and hands the logits to their jobs. Runs without the lock. */
+static void run_batch(worker *w, slice *parts, int n, job **done) {
     batcher *b = w->b;
     const vit_model *m = b->model;
     int K = m->cfg.num_class, total = 0;
     int64_t start = monotonic_ns();
     char msg[480];
-    for (int i = 0; i < n; i++) {
-        batch[i]->started_ns = start;
-        total += batch[i]->req->num_images;
-        metrics_queue_wait(b->mx, (double)(start - batch[i]->enqueued_ns) / 1e9);
-    }
+    for (int i = 0; i < n; i++) total += parts[i].count;
     vit_image *images = calloc((size_t)total, sizeof(vit_image));
     float **decoded = calloc((size_t)total, sizeof(float *));
     int *tokens = calloc((size_t)total, sizeof(int));
-    int *failed = calloc((size_t)n, sizeof(int));
     float *logits = malloc(sizeof(float) * (size_t)total * (size_t)K);
-    if (!images || !decoded || !tokens || !failed || !logits) {
-        for (int i = 0; i < n; i++) finish(batch[i], 500, "out of memory");
-        goto cleanup;
+    if (!images || !decoded || !tokens || !logits) {
+        for (int i = 0; i < n; i++) {
+            parts[i].fail = 500;
+            snprintf(parts[i].msg, sizeof(parts[i].msg), "out of memory");
+        }
+        goto settle;
     }
 
-    /* Decode: a job with one bad image fails as a whole, the others run. */
+    /* A client that hung up while its request waited gets nothing computed
+     * (MHD does not watch a suspended connection: we ask). Then decode: a
+     * job with one bad image fails as a whole, the others run. */
     int count = 0;
     for (int i = 0; i < n; i++) {
-        proto_request *req = batch[i]->req;
+        slice *s = &parts[i];
+        proto_request *req = s->j->req;
         int first = count;
-        for (int k = 0; k < req->num_images; k++) {
+        if (s->j->gone && s->j->gone(s->j->done_arg)) {
+            s->fail = 499;
+            snprintf(s->msg, sizeof(s->msg), "the client closed the connection before the request was computed");
+            continue;
+        }
+        for (int k = s->first; k < s->first + s->count; k++) {
             proto_image *im = &req->images[k];
             const float *pixels = im->pixels;
             if (im->encoded) {
                 resolution_request res = {0, im->h, im->w};
-                int h, w;
+                int h, wd;
                 int rc = input_from_encoded(m, im->encoded, im->encoded_len, res, req->fit,
-                                            &b->p.limits, &decoded[count], &h, &w, msg, sizeof(msg));
+                                            &b->p.limits, &decoded[count], &h, &wd, msg, sizeof(msg));
                 if (rc) {
-                    failed[i] = decode_status(rc);
-                    snprintf(batch[i]->error, sizeof(batch[i]->error), "images[%d]: %.480s", k, msg);
+                    s->fail = decode_status(rc);
+                    snprintf(s->msg, sizeof(s->msg), "images[%d]: %.400s", k, msg);
                     break;
                 }
                 pixels = decoded[count];
@@ -165,12 +234,11 @@ static void run_batch(worker *w, job **batch, int n) {
             images[count].h = im->h;
             images[count].w = im->w;
             images[count].pixels = pixels;
-            tokens[count] = (im->h / m->cfg.patch_size) * (im->w / m->cfg.patch_size) +
-                            (m->cfg.prepend_cls ? 1 : 0);
+            tokens[count] = vit_image_tokens(m, im->h, im->w);
             count++;
         }
-        if (failed[i]) {
-            /* drop this job's images from the batch */
+        if (s->fail) {
+            /* drop this part's images from the batch */
             for (int k = first; k < count; k++) {
                 free(decoded[k]);
                 decoded[k] = NULL;
@@ -188,64 +256,97 @@ static void run_batch(worker *w, job **batch, int n) {
 
     int offset = 0;
     for (int i = 0; i < n; i++) {
-        job *j = batch[i];
-        if (failed[i]) {
-            finish(j, failed[i], NULL);
+        slice *s = &parts[i];
+        if (s->fail) continue;
+        if (forward_failed) {
+            s->fail = 500;
+            snprintf(s->msg, sizeof(s->msg), "%s", msg);
             continue;
         }
-        int ni = j->req->num_images;
-        if (forward_failed) {
-            finish(j, 500, msg);
-        } else {
-            j->logits = malloc(sizeof(float) * (size_t)ni * K);
-            if (!j->logits) {
-                finish(j, 500, "out of memory");
-            } else {
-                memcpy(j->logits, logits + (size_t)offset * K, sizeof(float) * (size_t)ni * K);
-                finish(j, 200, NULL);
+        for (int k = 0; k < s->count && !s->fail; k++) {
+            /* pixels that are finite but huge overflow inside the model */
+            if (!all_finite(logits + (size_t)(offset + k) * K, (size_t)K)) {
+                s->fail = 400;
+                snprintf(s->msg, sizeof(s->msg), "images[%d]: its logits are not finite (pixel values "
+                         "too large for float32 arithmetic?)", s->first + k);
             }
         }
-        offset += ni;
+        if (!s->fail) /* each part owns its rows of the job's logits: no lock needed */
+            memcpy(s->j->logits + (size_t)s->first * K, logits + (size_t)offset * K,
+                   sizeof(float) * (size_t)s->count * K);
+        offset += s->count;
     }
-cleanup:
+settle:
+    pthread_mutex_lock(&b->lock);
+    for (int i = 0; i < n; i++) {
+        slice *s = &parts[i];
+        s->j->pending--;
+        if (s->fail) fail_job(b, s->j, s->fail, s->msg, done);
+        else settle(b, s->j, done);
+    }
+    pthread_mutex_unlock(&b->lock);
     for (int k = 0; decoded && k < total; k++) free(decoded[k]);
     free(images);
     free(decoded);
     free(tokens);
-    free(failed);
     free(logits);
+}
+
+/* Takes images from the queue's head into parts[] while the batch has room:
+ * a job larger than the room gives what fits and stays at the head for
+ * the next batch. Returns 1 when the batch is full. Lock held. */
+static int fill_batch(batcher *b, slice *parts, int *n, int *images, int *tokens, int64_t now) {
+    while (b->head) {
+        job *j = b->head;
+        const proto_request *req = j->req;
+        int k = j->next_image, first = k;
+        while (k < req->num_images) {
+            int t = vit_image_tokens(b->model, req->images[k].h, req->images[k].w);
+            /* (batcher_submit refused any image larger than a whole
+             * batch; one would still run, alone) */
+            if (*images > 0 && (*images + 1 > b->p.max_batch_size || *tokens + t > b->p.max_batch_tokens))
+                break;
+            (*images)++;
+            *tokens += t;
+            k++;
+        }
+        if (k == first) return 1;
+        if (first == 0) {
+            b->waiting--;
+            b->active++;
+            j->started_ns = now;
+            metrics_queue_wait(b->mx, (double)(now - j->enqueued_ns) / 1e9);
+        }
+        parts[*n] = (slice){j, first, k - first, 0, ""};
+        (*n)++;
+        j->pending++;
+        j->next_image = k;
+        if (k < req->num_images) return 1;
+        unlink_job(b, NULL, j);
+        if (*images >= b->p.max_batch_size || *tokens >= b->p.max_batch_tokens) return 1;
+    }
+    return 0;
 }
 
 static void *worker_main(void *arg) {
     worker *w = arg;
     batcher *b = w->b;
-    job **batch = malloc(sizeof(job *) * (size_t)b->p.max_batch_size);
-    if (!batch) return NULL;
+    slice *parts = malloc(sizeof(slice) * (size_t)b->p.max_batch_size); /* a part has >= 1 image */
+    if (!parts) return NULL;
     pthread_mutex_lock(&b->lock);
     for (;;) {
         while (!b->head && !b->stopping) pthread_cond_wait(&b->work, &b->lock);
-        if (b->stopping) break; /* leftovers are answered 503 by batcher_free */
+        if (b->stopping) break; /* leftovers are answered 503 by batcher_stop */
 
         int n = 0, images = 0, tokens = 0, full = 0;
         int64_t wait_until = 0;
-        job *expired = NULL;
+        job *done = NULL;
         for (;;) {
             int64_t now = monotonic_ns();
-            take_expired(b, now, &expired);
-            while (b->head && !full) {
-                job *j = b->head;
-                int ni = j->req->num_images;
-                /* A job is never split; one larger than the limits runs alone. */
-                if (n > 0 && (images + ni > b->p.max_batch_size || tokens + j->tokens > b->p.max_batch_tokens)) {
-                    full = 1;
-                    break;
-                }
-                unlink_job(b, NULL, j);
-                batch[n++] = j;
-                images += ni;
-                tokens += j->tokens;
-                if (images >= b->p.max_batch_size || tokens >= b->p.max_batch_tokens) full = 1;
-            }
+            /* Deadlines are checked whenever a batch is formed, so a job
+             * split over many batches stops at its deadline too. */
+            take_expired(b, now, &done);
+            if (!full) full = fill_batch(b, parts, &n, &images, &tokens, now);
             /* Wait for company only when someone could join: a request is
              * being received right now. At low load nobody is, and the
              * batch runs at once. */
@@ -255,18 +356,22 @@ static void *worker_main(void *arg) {
             struct timespec ts = to_timespec(wait_until);
             pthread_cond_timedwait(&b->work, &b->lock, &ts);
         }
-        b->running += n;
+        if (n > 0) b->running++;
+        /* another worker may take the rest of a split job at once */
+        if (b->head) pthread_cond_signal(&b->work);
         pthread_mutex_unlock(&b->lock);
 
-        answer_expired(expired);
-        if (n > 0) run_batch(w, batch, n);
+        answer(b, done);
+        done = NULL;
+        if (n > 0) run_batch(w, parts, n, &done);
+        answer(b, done);
 
         pthread_mutex_lock(&b->lock);
-        b->running -= n;
+        if (n > 0) b->running--;
         signal_idle_if_done(b);
     }
     pthread_mutex_unlock(&b->lock);
-    free(batch);
+    free(parts);
     return NULL;
 }
 
@@ -293,7 +398,7 @@ static void *reaper_main(void *arg) {
         take_expired(b, now, &expired);
         signal_idle_if_done(b);
         pthread_mutex_unlock(&b->lock);
-        answer_expired(expired);
+        answer(b, expired);
         pthread_mutex_lock(&b->lock);
     }
     pthread_mutex_unlock(&b->lock);
@@ -343,31 +448,82 @@ fail:
     return NULL;
 }
 
+/* The request limits, which need no lock. Returns 0 or 413 (j->error set). */
+static int over_limits(batcher *b, job *j) {
+    const proto_request *req = j->req;
+    int64_t tokens = 0;
+    if (b->p.max_request_images && req->num_images > b->p.max_request_images) {
+        snprintf(j->error, sizeof(j->error), "the request has %d images, more than max-request-images (%d)",
+                 req->num_images, b->p.max_request_images);
+        return 413;
+    }
+    for (int i = 0; i < req->num_images; i++) {
+        int h = req->images[i].h, w = req->images[i].w, t = vit_image_tokens(b->model, h, w);
+        if (t > b->p.max_batch_tokens) {
+            snprintf(j->error, sizeof(j->error), "images[%d]: %dx%d needs %d tokens, more than one engine "
+                     "batch holds (max-batch-tokens %d)", i, h, w, t, b->p.max_batch_tokens);
+            return 413;
+        }
+        tokens += t;
+    }
+    if (b->p.max_request_tokens && tokens > b->p.max_request_tokens) {
+        snprintf(j->error, sizeof(j->error), "the request needs %lld tokens, more than max-request-tokens (%lld)",
+                 (long long)tokens, (long long)b->p.max_request_tokens);
+        return 413;
+    }
+    if (b->p.pixel_budget_bytes && j->pixel_bytes > b->p.pixel_budget_bytes) {
+        snprintf(j->error, sizeof(j->error), "the request's decoded pixels take %lld bytes, more than "
+                 "pixel-budget-bytes (%lld)", (long long)j->pixel_bytes, (long long)b->p.pixel_budget_bytes);
+        return 413;
+    }
+    return 0;
+}
+
 int batcher_submit(batcher *b, job *j) {
     int64_t now = monotonic_ns();
+    int st;
     j->enqueued_ns = now;
     j->next = NULL;
     j->logits = NULL;
     j->status = 0;
-    pthread_mutex_lock(&b->lock);
-    if (b->stopping) {
-        pthread_mutex_unlock(&b->lock);
-        snprintf(j->error, sizeof(j->error), "server is shutting down");
-        return 503;
+    j->in_queue = j->next_image = j->pending = j->fail = 0;
+    if ((st = over_limits(b, j))) return st;
+    j->logits = malloc(sizeof(float) * (size_t)j->req->num_images * (size_t)b->model->cfg.num_class);
+    if (!j->logits) {
+        snprintf(j->error, sizeof(j->error), "out of memory");
+        return 500;
     }
-    if (b->queued >= b->p.max_queue_size) {
-        pthread_mutex_unlock(&b->lock);
+    pthread_mutex_lock(&b->lock);
+    st = 503;
+    if (b->stopping) {
+        snprintf(j->error, sizeof(j->error), "server is shutting down");
+        goto refuse;
+    }
+    if (b->waiting >= b->p.max_queue_size) {
         snprintf(j->error, sizeof(j->error), "queue is full (%d requests waiting)", b->p.max_queue_size);
-        return 503;
+        goto refuse;
+    }
+    if (b->p.pixel_budget_bytes && b->pixel_bytes + j->pixel_bytes > b->p.pixel_budget_bytes) {
+        snprintf(j->error, sizeof(j->error), "busy: queued and running requests hold %lld bytes of decoded "
+                 "pixels, this one needs %lld more (pixel-budget-bytes %lld)", (long long)b->pixel_bytes,
+                 (long long)j->pixel_bytes, (long long)b->p.pixel_budget_bytes);
+        goto refuse;
     }
     if (b->tail) b->tail->next = j;
     else b->head = j;
     b->tail = j;
-    b->queued++;
+    j->in_queue = 1;
+    b->waiting++;
+    b->pixel_bytes += j->pixel_bytes;
     pthread_cond_broadcast(&b->work);
     pthread_cond_signal(&b->reaper_wake);
     pthread_mutex_unlock(&b->lock);
     return 0;
+refuse:
+    pthread_mutex_unlock(&b->lock);
+    free(j->logits);
+    j->logits = NULL;
+    return st;
 }
 
 void batcher_arrival_begin(batcher *b) {
@@ -395,7 +551,8 @@ int batcher_drain(batcher *b, int timeout_s) {
         struct timespec ts = to_timespec(deadline);
         pthread_cond_timedwait(&b->idle, &b->lock, &ts);
     }
-    int left = b->queued;
+    int left = 0;
+    for (job *j = b->head; j; j = j->next) left++;
     pthread_mutex_unlock(&b->lock);
     return left;
 }
@@ -410,20 +567,15 @@ void batcher_stop(batcher *b) {
     for (int i = 0; b->workers && i < b->p.workers; i++)
         if (b->workers[i].started) pthread_join(b->workers[i].thread, NULL);
     if (b->reaper_started) pthread_join(b->reaper, NULL);
-    /* Threads are gone: what is left was never started. No job can join
-     * the queue any more (batcher_submit sees stopping). */
+    /* Threads are gone: no batch runs. What is left in the queue, whole or
+     * in part, is answered now. No job can join the queue any more
+     * (batcher_submit sees stopping). */
+    job *done = NULL;
     pthread_mutex_lock(&b->lock);
-    job *left = b->head;
-    b->head = b->tail = NULL;
-    b->queued = 0;
+    while (b->head) fail_job(b, b->head, 503, "server is shutting down", &done);
     b->stopped = 1;
     pthread_mutex_unlock(&b->lock);
-    while (left) {
-        job *next = left->next;
-        left->next = NULL;
-        finish(left, 503, "server is shutting down");
-        left = next;
-    }
+    answer(b, done);
 }
 
 void batcher_free(batcher *b) {
@@ -440,7 +592,7 @@ void batcher_free(batcher *b) {
 
 int batcher_queue_depth(batcher *b) {
     pthread_mutex_lock(&b->lock);
-    int n = b->queued;
+    int n = b->waiting;
     pthread_mutex_unlock(&b->lock);
     return n;
 }
@@ -454,7 +606,14 @@ int batcher_arriving(batcher *b) {
 
 int batcher_in_flight(batcher *b) {
     pthread_mutex_lock(&b->lock);
-    int n = b->queued + b->running;
+    int n = b->waiting + b->active;
+    pthread_mutex_unlock(&b->lock);
+    return n;
+}
+
+int64_t batcher_pixel_bytes(batcher *b) {
+    pthread_mutex_lock(&b->lock);
+    int64_t n = b->pixel_bytes;
     pthread_mutex_unlock(&b->lock);
     return n;
 }

@@ -1,11 +1,17 @@
 /* batcher.h: the bounded queue between HTTP threads and inference workers.
  *
  * Owns: the queue of jobs, the worker threads (each with its own
- * vit_workspace), the forming of batches (up to max-batch-size images and
- * max-batch-tokens tokens, images of any resolutions together: the engine
- * runs ragged batches), deadlines (a job whose deadline passed gets 504 and
- * is never computed; a reaper thread answers those that expire while every
- * worker is busy), and draining on shutdown.
+ * vit_workspace), the work limits of a request (images, tokens, decoded
+ * pixels: checked at submission), the global budget of decoded pixels held
+ * by queued and running jobs, the forming of engine batches (up to
+ * max-batch-size images and max-batch-tokens tokens, images of any
+ * resolutions together: the engine runs ragged batches; a job larger than
+ * one batch is split over several, in order, and may share its first and
+ * last with other jobs), deadlines (checked whenever a batch is formed: a
+ * job whose deadline passed gets 504 and its remaining images are never
+ * computed; a reaper thread answers those that expire while every worker
+ * is busy), dropping the jobs of clients that went away, and draining on
+ * shutdown.
  *
  * A job's `done` callback runs exactly once, on a batcher thread, for every
  * job batcher_submit accepted: with status 200 and logits, or with an error
@@ -23,19 +29,29 @@
 
 typedef struct job job;
 typedef void (*job_done_fn)(job *j, void *arg);
+/* Whether the job's client has gone away (its connection closed): polled by
+ * a worker before it computes any of the job's images. Called without the
+ * batcher's lock, perhaps from two workers at once. */
+typedef int (*job_gone_fn)(void *arg);
 
 struct job {
     proto_request *req;        /* images with h, w resolved (not owned) */
-    int tokens;                /* all images together, for max-batch-tokens */
     int64_t deadline_ns;       /* CLOCK_MONOTONIC */
+    int64_t pixel_bytes;       /* decoded pixels it holds or will (C*h*w floats per image) */
     job_done_fn done;
-    void *done_arg;
+    job_gone_fn gone;          /* NULL: never asked */
+    void *done_arg;            /* for done and gone */
     /* filled by the batcher before `done` */
-    int status;                /* 200, or 400/413/415/500/503/504 */
+    int status;                /* 200, or 400/413/415/499/500/503/504 */
     char error[512];
     float *logits;             /* (num_images, num_class), malloc'd; the submitter frees */
     int64_t enqueued_ns, started_ns, finished_ns;
-    job *next;                 /* queue link (batcher's) */
+    /* the batcher's, under its lock */
+    job *next;                 /* queue link */
+    int in_queue;              /* linked: some images not yet in a batch */
+    int next_image;            /* images before it are in batches (run or running) */
+    int pending;               /* batches running with some of its images */
+    int fail;                  /* its error status once failed: nothing more is computed */
 };
 
 typedef struct batcher batcher;
@@ -47,13 +63,19 @@ typedef struct {
     int max_queue_delay_us;
     int max_queue_size;
     image_limits limits;
+    int max_request_images;    /* 0: no limit */
+    int64_t max_request_tokens;/* 0: no limit */
+    int64_t pixel_budget_bytes;/* decoded pixels of queued and running jobs; 0: no limit */
 } batcher_params;
 
 /* Starts the workers and the reaper. Returns NULL with a message. */
 batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *err, size_t errlen);
 
-/* Queues j. Returns 0, or 503 when the queue is full or the batcher is
- * stopped (j->error says which; `done` is then NOT called). While draining
+/* Queues j. Returns 0; or 413 when j is over a request limit (images,
+ * tokens, an image too large for one engine batch, pixels beyond the whole
+ * budget), 503 when the queue or the pixel budget is full or the batcher
+ * is stopped (j->error says which, naming the setting; `done` is then NOT
+ * called), 500 when out of memory. While draining
  * jobs are still accepted: they come from requests that were being
  * received when the drain began (the HTTP side refuses new ones). */
 int batcher_submit(batcher *b, job *j);
@@ -69,16 +91,20 @@ void batcher_arrival_end(batcher *b);
  * of jobs still queued. */
 int batcher_drain(batcher *b, int timeout_s);
 
-/* Stops the threads (a running batch finishes first); jobs still queued
- * get 503, and batcher_submit refuses from now on. The batcher stays valid
+/* Stops the threads (a running engine batch finishes first); jobs still
+ * queued, whole or in part, get 503, and batcher_submit refuses from now on. The batcher stays valid
  * (the HTTP side may still call it) until batcher_free. Idempotent. */
 void batcher_stop(batcher *b);
 
 /* batcher_stop, then frees. */
 void batcher_free(batcher *b);
 
+/* Jobs none of whose images has started. */
 int batcher_queue_depth(batcher *b);
+/* Jobs accepted and not yet answered. */
 int batcher_in_flight(batcher *b);
+/* Bytes of decoded pixels held by those (against pixel_budget_bytes). */
+int64_t batcher_pixel_bytes(batcher *b);
 /* Requests between batcher_arrival_begin and _end (bodies being received). */
 int batcher_arriving(batcher *b);
 

@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,13 @@ struct http_server {
     pthread_cond_t idle;
     int open_requests;         /* allocated http_request structs */
     unsigned long incomplete;  /* requests that ended without a complete answer (under lock) */
+    /* the parse threads: bodies are parsed there, never on an MHD thread */
+    pthread_t *parsers;
+    int parsers_started;
+    pthread_mutex_t parse_lock;
+    pthread_cond_t parse_work;
+    struct parse_item *parse_head, *parse_tail;
+    int parse_stopping;
 };
 
 /* RESPOND: the answer is ready to queue. DISCARD: the answer is ready but
@@ -56,10 +65,16 @@ typedef struct {
     size_t body_len, body_cap;
     int body_too_large;
     int arriving;              /* counted in batcher_arrival_begin */
+    /* captured on the MHD thread for the parse thread */
+    char *ctype;               /* Content-Type, or NULL */
+    char *header_len;          /* Inference-Header-Content-Length, or NULL */
+    char **query;              /* key, value pairs of a raw-image request, NULL-terminated */
+    int nquery;
     /* inference */
     proto_request req;
     int parsed;
     job job;
+    int fd;                    /* the connection's socket, for client_gone */
     /* the answer, built by a worker or here */
     int status;
     char *resp;                /* malloc'd body */
@@ -185,6 +200,23 @@ static void job_done(job *j, void *arg) {
     MHD_resume_connection(r->conn);
 }
 
+/* Runs on a batcher thread before the job's images are computed: whether
+ * the client has closed its connection. MHD does not watch a suspended
+ * connection, so we look: hangup or error, or readable with nothing to
+ * read (end of stream). A client that half-closes its side while waiting
+ * counts as gone, as it does for nginx; HTTP clients do not do that. Data
+ * (a pipelined request) means alive. The socket stays open while the
+ * connection is suspended, so the fd is the client's. */
+static int client_gone(void *arg) {
+    http_request *r = arg;
+    if (r->fd < 0) return 0;
+    struct pollfd p = {r->fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    if (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)) return 1;
+    char byte;
+    return (p.revents & POLLIN) && recv(r->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 /* --- helpers ------------------------------------------------------------- */
 
 /* Whether the request announces a body larger than max-body-bytes. */
@@ -236,18 +268,28 @@ static int model_route(const char *path, const char *name, const char **rest, in
     return 1;
 }
 
-static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                 const char *value) {
+/* Copies a query argument into r->query (applied after the body is parsed,
+ * on the parse thread). */
+static enum MHD_Result copy_query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value) {
     (void)kind;
     http_request *r = cls;
-    char err[512];
-    if (r->status) return MHD_NO; /* first error wins */
-    int st = v1_parse_query_arg(&r->s->p.pm, &r->req, key, value, err, sizeof(err));
-    if (st) {
-        set_error(r, st, err);
-        return MHD_NO;
-    }
-    return MHD_YES;
+    char **grown = realloc(r->query, sizeof(char *) * (size_t)(2 * r->nquery + 3));
+    if (!grown) return MHD_NO;
+    r->query = grown;
+    r->query[2 * r->nquery] = strdup(key);
+    r->query[2 * r->nquery + 1] = strdup(value ? value : "");
+    r->query[2 * r->nquery + 2] = NULL;
+    r->nquery++;
+    return r->query[2 * r->nquery - 2] && r->query[2 * r->nquery - 1] ? MHD_YES : MHD_NO;
+}
+
+static enum MHD_Result first_query_key(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value) {
+    (void)kind;
+    (void)value;
+    snprintf(cls, 64, "%.63s", key);
+    return MHD_NO;
 }
 
 /* Image headers and resolutions, checked before queueing so that a bad
@@ -256,7 +298,7 @@ static int validate_images(http_request *r) {
     const vit_model *m = r->s->p.model;
     const server_config *cfg = r->s->p.cfg;
     char msg[512], err[600];
-    int tokens = 0;
+    int64_t pixel_bytes = 0;
     for (int i = 0; i < r->req.num_images; i++) {
         proto_image *im = &r->req.images[i];
         if (im->encoded) {
@@ -283,17 +325,33 @@ static int validate_images(http_request *r) {
             set_error(r, 400, err);
             return 400;
         }
-        tokens += (im->h / m->cfg.patch_size) * (im->w / m->cfg.patch_size) + (m->cfg.prepend_cls ? 1 : 0);
+        /* what the image holds once decoded and prepared, as the model takes it */
+        pixel_bytes += (int64_t)sizeof(float) * m->cfg.num_channels * im->h * im->w;
     }
-    r->job.tokens = tokens;
+    r->job.pixel_bytes = pixel_bytes;
     return 0;
 }
 
-/* The body is complete: parse, validate, queue and suspend. Returns 0 when
- * r's answer is set and must be queued now, 1 when the connection was
- * suspended (a worker, or the refusal below, resumes it; r belongs to the
- * worker until then: the caller must not touch it). */
-static int submit_inference(http_request *r, struct MHD_Connection *c) {
+/* The JSON part of the body over max-json-body-bytes? (jansson holds
+ * about 20 bytes per byte of a dense number array: the limit bounds what
+ * one parse may cost.) Returns 0 or 413 (r's answer set). */
+static int json_over_limit(http_request *r, size_t json_len) {
+    int64_t max = r->s->p.cfg->max_json_body_bytes;
+    if ((int64_t)json_len <= max) return 0;
+    char err[400];
+    snprintf(err, sizeof(err), "the body's JSON is %zu bytes, more than max-json-body-bytes (%lld): send "
+             "tensors with the binary tensor extension (Inference-Header-Content-Length) or images as "
+             "raw image/jpeg or image/png bodies", json_len, (long long)max);
+    set_error(r, 413, err);
+    return 413;
+}
+
+/* The body is complete; runs on a parse thread while the connection is
+ * suspended: parse, validate, queue. Returns 0 when r's answer is set and
+ * the connection must be resumed now, 1 when the job was queued (a worker
+ * resumes it; r belongs to the worker from then on: the caller must not
+ * touch it). */
+static int submit_inference(http_request *r) {
     http_server *s = r->s;
     char err[512];
     int st;
@@ -303,17 +361,17 @@ static int submit_inference(http_request *r, struct MHD_Connection *c) {
         set_error(r, 413, err);
         return 0;
     }
-    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    const char *ctype = r->ctype;
     if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
+        if (!(ctype && strncasecmp(ctype, "image/", 6) == 0) && json_over_limit(r, r->body_len)) return 0;
         st = v1_parse(&s->p.pm, ctype, r->body, r->body_len, &r->req, err, sizeof(err));
         r->parsed = 1;
-        if (!st && r->req.num_images == 1 && ctype && strncasecmp(ctype, "image/", 6) == 0) {
-            MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, query_arg, r);
-            if (r->status) return 0;
-        }
+        for (int i = 0; !st && i < r->nquery; i++)
+            st = v1_parse_query_arg(&s->p.pm, &r->req, r->query[2 * i], r->query[2 * i + 1], err,
+                                    sizeof(err));
     } else {
         size_t header_len = 0;
-        const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+        const char *h = r->header_len;
         if (h) {
             char *end;
             unsigned long long v = strtoull(h, &end, 10);
@@ -323,6 +381,7 @@ static int submit_inference(http_request *r, struct MHD_Connection *c) {
             }
             header_len = (size_t)v;
         }
+        if (json_over_limit(r, header_len && header_len < r->body_len ? header_len : r->body_len)) return 0;
         st = v2_parse_infer(&s->p.pm, r->body, r->body_len, header_len, &r->req, err, sizeof(err));
         r->parsed = 1;
     }
@@ -337,20 +396,89 @@ static int submit_inference(http_request *r, struct MHD_Connection *c) {
     r->job.req = &r->req;
     r->job.deadline_ns = r->start_ns + (int64_t)timeout_ms * 1000000;
     r->job.done = job_done;
+    r->job.gone = client_gone;
     r->job.done_arg = r;
-    /* Suspend before submitting: the worker may answer (and resume) before
-     * this function returns, and resuming a connection that is not yet
-     * suspended would be lost. */
     r->phase = PHASE_QUEUED;
-    MHD_suspend_connection(c);
     st = batcher_submit(s->p.batcher, &r->job);
     if (st) {
         set_error(r, st, r->job.error);
-        r->retry_after = 1;
-        r->phase = PHASE_ANSWERED;
-        MHD_resume_connection(c);
+        if (st == 503) r->retry_after = 1;
+        return 0;
     }
     return 1;
+}
+
+/* --- the parse threads ---------------------------------------------------- */
+
+/* Parsing a 16 MiB JSON tensor takes a good part of a second and ~20x its
+ * size: done on an MHD thread it would stall every connection that thread
+ * serves, health checks included. So a complete body is handed, with its
+ * connection suspended, to these threads; their number bounds how many
+ * parses (and their memory) run at once. */
+typedef struct parse_item {
+    http_request *r;
+    struct parse_item *next;
+} parse_item;
+
+static void parse_one(http_request *r) {
+    http_server *s = r->s;
+    batcher *b = s->p.batcher;
+    struct MHD_Connection *c = r->conn;
+    /* The arrival ends after the submission, so that a drain sees this
+     * request all along, as arriving and then as queued. */
+    r->arriving = 0;
+    if (submit_inference(r)) { /* r is the worker's now */
+        batcher_arrival_end(b);
+        return;
+    }
+    r->phase = PHASE_ANSWERED;
+    batcher_arrival_end(b);
+    MHD_resume_connection(c);
+}
+
+static void *parse_main(void *arg) {
+    http_server *s = arg;
+    pthread_mutex_lock(&s->parse_lock);
+    for (;;) {
+        while (!s->parse_head && !s->parse_stopping) pthread_cond_wait(&s->parse_work, &s->parse_lock);
+        parse_item *it = s->parse_head;
+        if (!it) break; /* stopping, and nothing left: every suspended body was answered */
+        s->parse_head = it->next;
+        if (!s->parse_head) s->parse_tail = NULL;
+        pthread_mutex_unlock(&s->parse_lock);
+        parse_one(it->r);
+        free(it);
+        pthread_mutex_lock(&s->parse_lock);
+    }
+    pthread_mutex_unlock(&s->parse_lock);
+    return NULL;
+}
+
+/* Suspends r's connection and queues r for a parse thread. Returns 0, or
+ * -1 when out of memory (r untouched). MHD thread. */
+static int queue_parse(http_request *r, struct MHD_Connection *c) {
+    http_server *s = r->s;
+    parse_item *it = malloc(sizeof(*it));
+    if (!it) return -1;
+    it->r = r;
+    it->next = NULL;
+    const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    const char *hl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+    r->ctype = ctype ? strdup(ctype) : NULL;
+    r->header_len = hl ? strdup(hl) : NULL;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    r->fd = ci ? ci->connect_fd : -1;
+    r->phase = PHASE_QUEUED;
+    /* Suspended before a parse thread can resume it (a resume of a
+     * connection not yet suspended would be lost). */
+    MHD_suspend_connection(c);
+    pthread_mutex_lock(&s->parse_lock);
+    if (s->parse_tail) s->parse_tail->next = it;
+    else s->parse_head = it;
+    s->parse_tail = it;
+    pthread_cond_signal(&s->parse_work);
+    pthread_mutex_unlock(&s->parse_lock);
+    return 0;
 }
 
 static int media_type_allowed(int endpoint, const char *ctype) {
@@ -464,6 +592,24 @@ static void route(http_request *r, struct MHD_Connection *c) {
                                                      : "application/json");
         set_error(r, 415, err);
         return;
+    }
+    /* Query arguments are the knobs of a raw-image body only: on a JSON
+     * body they would be silently ignored, so they are refused. */
+    if (MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, NULL, NULL) > 0) {
+        if (r->endpoint == ENDPOINT_V1_CLASSIFY && strncasecmp(ctype, "image/", 6) == 0) {
+            if (MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, copy_query_arg, r) != r->nquery) {
+                set_error(r, 500, "out of memory");
+                return;
+            }
+        } else {
+            char key[64] = "";
+            MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, first_query_key, key);
+            snprintf(err, sizeof(err), "query argument \"%s\" does not apply to a JSON body (%s)", key,
+                     r->endpoint == ENDPOINT_V1_CLASSIFY ? "give it as a field of the body"
+                                                         : "the v2 infer API takes parameters in the body");
+            set_error(r, 400, err);
+            return;
+        }
     }
     /* Refuse an oversized body from its Content-Length, before reading it. */
     if (body_over_limit(c, s->p.cfg->max_body_bytes)) {
@@ -589,15 +735,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         conn_guard_received(c);
-        /* The arrival ends after the submission, so that a drain sees
-         * this request all along, as arriving and then as queued. */
-        r->arriving = 0;
-        int suspended = submit_inference(r, c);
-        batcher_arrival_end(s->p.batcher);
-        if (!suspended) { /* refused before queueing */
-            r->phase = PHASE_RESPOND;
-            return queue_answer(c, r);
-        }
+        if (queue_parse(r, c)) return MHD_NO;
         return MHD_YES;
     }
     if (r->phase == PHASE_ANSWERED) {
@@ -663,6 +801,10 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);
     free(r->body);
+    free(r->ctype);
+    free(r->header_len);
+    for (int i = 0; r->query && r->query[i]; i++) free(r->query[i]);
+    free(r->query);
     free(r->resp);
     free(r);
     pthread_mutex_lock(&s->lock);
@@ -735,6 +877,18 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
         goto fail;
     s->main_guard = conn_guard_new(gp, err, errlen);
     if (!s->main_guard) goto fail;
+    pthread_mutex_init(&s->parse_lock, NULL);
+    pthread_cond_init(&s->parse_work, NULL);
+    s->parsers = calloc((size_t)p->cfg->parse_threads, sizeof(pthread_t));
+    if (!s->parsers) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (; s->parsers_started < p->cfg->parse_threads; s->parsers_started++)
+        if (pthread_create(&s->parsers[s->parsers_started], NULL, parse_main, s)) {
+            snprintf(err, errlen, "cannot start parse thread %d", s->parsers_started);
+            goto fail;
+        }
     s->main_daemon = start_daemon(s, p->cfg->port, handle_main, s->main_guard, err, errlen);
     if (!s->main_daemon) goto fail;
     s->port = bound_port(s->main_daemon);
@@ -783,6 +937,14 @@ void http_wait_idle(http_server *s, int timeout_ms) {
 
 void http_stop(http_server *s) {
     if (!s) return;
+    /* Parse threads finish the bodies still queued (the stopped batcher
+     * refuses them with 503, resuming their connections), then exit. */
+    pthread_mutex_lock(&s->parse_lock);
+    s->parse_stopping = 1;
+    pthread_cond_broadcast(&s->parse_work);
+    pthread_mutex_unlock(&s->parse_lock);
+    for (int i = 0; i < s->parsers_started; i++) pthread_join(s->parsers[i], NULL);
+    free(s->parsers);
     if (s->metrics_daemon) MHD_stop_daemon(s->metrics_daemon);
     if (s->main_daemon) MHD_stop_daemon(s->main_daemon);
     conn_guard_free(s->metrics_guard); /* after their daemons: every connection closed */
@@ -794,5 +956,7 @@ void http_stop(http_server *s) {
         log_event("info", "%lu requests ended without a complete answer", s->incomplete);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->parse_work);
+    pthread_mutex_destroy(&s->parse_lock);
     free(s);
 }

@@ -3,15 +3,17 @@
  * Owns: the MHD daemons (main port, and /metrics on its own port when
  * configured), routing, per-request state (body accumulated here, capped),
  * auth, X-Request-Id, limits checked before queueing (Content-Length, media
- * type, image header dimensions, resolution), suspending a connection while
- * its job is queued and resuming it from the worker's completion, what
+ * type, JSON size, image header dimensions, resolution), the parse threads,
+ * suspending a connection while its job is queued and resuming it from the worker's completion, what
  * the access log says of each request (its format: log.h), and the
  * readiness / drain state. Connection caps and the receive deadline are
  * conn_guard's (conn_guard.h); http.c tells it when a request has been
  * received and when an answer has been sent.
  *
- * Nothing slow runs on an MHD thread: parsing JSON and reading image
- * headers only; decoding and inference happen in the batcher. */
+ * Nothing slow runs on an MHD thread: a complete inference body is parsed
+ * and its image headers read on a parse thread (parse-threads of them)
+ * while its connection is suspended; decoding and inference happen in the
+ * batcher. */
 #ifndef COMROPE_HTTP_H
 #define COMROPE_HTTP_H
 

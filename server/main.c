@@ -10,12 +10,16 @@
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> daemons stopped ->
- *   exit 0. */
+ *   exit 0. A second signal during the drain exits 1 at once. */
+#include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api_keys.h"
 #include "batcher.h"
@@ -33,6 +37,36 @@
 #endif
 
 extern char **environ;
+
+/* The drain runs on its own thread so that the main thread keeps waiting
+ * for signals: a second SIGTERM/SIGINT means "now" (an operator's second
+ * Ctrl-C, or a supervisor that will not wait). It must be the main thread
+ * that waits: a thread some library started before the signals were
+ * blocked (OpenBLAS starts its pool when loaded) would otherwise take the
+ * signal and die of it, unlogged. The drain thread tells the main thread
+ * it is done with SIGUSR1. */
+typedef struct {
+    http_server *http;
+    batcher *b;
+    int timeout_s;
+    pthread_t main_thread;
+    atomic_int done;
+} drain_job;
+
+static void *drain_main(void *arg) {
+    drain_job *d = arg;
+    http_begin_drain(d->http);
+    int left = batcher_drain(d->b, d->timeout_s);
+    /* Answers what is left with 503, resuming their connections. The
+     * batcher stays allocated until the HTTP daemons are stopped: a request
+     * still on a connection may call it (and is refused with 503). */
+    batcher_stop(d->b);
+    if (left) log_event("info", "%d queued requests answered 503", left);
+    http_wait_idle(d->http, 5000); /* let resumed connections write their answers */
+    atomic_store(&d->done, 1);
+    pthread_kill(d->main_thread, SIGUSR1);
+    return NULL;
+}
 
 /* The served name's default: the model directory's base name. */
 static void base_name(const char *dir, char *out, size_t len) {
@@ -85,6 +119,7 @@ int main(int argc, char **argv) {
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGUSR1); /* the drain thread's "done" */
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
     signal(SIGPIPE, SIG_IGN);
     /* Decoded images and batch buffers are a few MB each. glibc would hand
@@ -128,7 +163,8 @@ int main(int argc, char **argv) {
         goto cleanup;
     }
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
-                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels}};
+                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
+                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes};
     b = batcher_new(model, mx, bp, err, sizeof(err));
     if (!b) {
         log_event("error", "%s", err);
@@ -155,17 +191,22 @@ int main(int argc, char **argv) {
     log_event("info", "listening on %s:%d", cfg.host, http_port(http));
 
     int sig = 0;
-    while (sigwait(&signals, &sig) != 0) {}
+    while (sigwait(&signals, &sig) != 0 || sig == SIGUSR1) {}
     log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
-            cfg.drain_timeout_s);
-    http_begin_drain(http);
-    int left = batcher_drain(b, cfg.drain_timeout_s);
-    /* Answers what is left with 503, resuming their connections. The
-     * batcher stays allocated until the HTTP daemons are stopped: a request
-     * still on a connection may call it (and is refused with 503). */
-    batcher_stop(b);
-    if (left) log_event("info", "%d queued requests answered 503", left);
-    http_wait_idle(http, 5000); /* let resumed connections write their answers */
+              cfg.drain_timeout_s);
+    drain_job d = {http, b, cfg.drain_timeout_s, pthread_self(), 0};
+    pthread_t drainer;
+    int threaded = pthread_create(&drainer, NULL, drain_main, &d) == 0;
+    if (!threaded) drain_main(&d); /* no second-signal stop then, but a drain */
+    while (threaded) {
+        while (sigwait(&signals, &sig) != 0) {}
+        if (sig == SIGUSR1 && atomic_load(&d.done)) break;
+        if (sig == SIGUSR1) continue; /* not ours */
+        log_event("error", "second %s during the drain: stopping now, without answering what is left",
+                  sig == SIGINT ? "SIGINT" : "SIGTERM");
+        _exit(1);
+    }
+    if (threaded) pthread_join(drainer, NULL);
     rc = 0;
 
 cleanup:

@@ -48,6 +48,7 @@ static const char *failure_reason(int status) {
     case 408: return "request_timeout";
     case 413: return "too_large";
     case 415: return "unsupported_media_type";
+    case 499: return "client_closed"; /* nginx's code: the client left before its answer */
     case 503: return "unavailable";
     case 504: return "deadline_exceeded";
     default: return status >= 500 ? "internal" : "other";
@@ -247,7 +248,7 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
-    static const int failure_codes[] = {400, 401, 404, 405, 408, 413, 415, 500, 503, 504};
+    static const int failure_codes[] = {400, 401, 404, 405, 408, 413, 415, 499, 500, 503, 504};
     put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
             "# TYPE comrope_request_failures_total counter\n");
     for (size_t i = 0; i < sizeof(failure_codes) / sizeof(failure_codes[0]); i++) {
@@ -289,7 +290,7 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
             "comrope_queue_depth %d\n", g->queue_depth);
     put(&t, "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
             "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n", g->in_flight);
-    put(&t, "# HELP comrope_receiving_requests Inference requests whose body is being received.\n"
+    put(&t, "# HELP comrope_receiving_requests Inference requests whose body is being received or parsed.\n"
             "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n", g->receiving);
     put(&t, "# HELP comrope_open_connections Open HTTP connections (main port).\n"
             "# TYPE comrope_open_connections gauge\ncomrope_open_connections %d\n", m->connections.open);

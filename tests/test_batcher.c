@@ -28,6 +28,7 @@ static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t done_cond = PTHREAD_COND_INITIALIZER;
 static int done_calls;
 
+static int gate_calls, gate_open, gone_answer; /* gate_gone, below */
 static int released;           /* a blocking job's `done` returns once set */
 
 typedef struct {
@@ -71,7 +72,7 @@ static void wait_done(int n) {
 /* A job of n images of h x w deterministic pixels, due in timeout_ms. */
 static test_job *make_job(int n, int h, int w, int timeout_ms) {
     test_job *t = calloc(1, sizeof(*t));
-    int C = model->cfg.num_channels, P = model->cfg.patch_size;
+    int C = model->cfg.num_channels;
     t->req.api = PROTO_V2;
     t->req.num_images = n;
     t->req.images = calloc((size_t)n, sizeof(proto_image));
@@ -83,7 +84,6 @@ static test_job *make_job(int n, int h, int w, int timeout_ms) {
         for (int k = 0; k < C * h * w; k++) im->pixels[k] = (float)((k * 37 + i * 11) % 101) / 50.0f - 1.0f;
     }
     t->j.req = &t->req;
-    t->j.tokens = n * ((h / P) * (w / P) + (model->cfg.prepend_cls ? 1 : 0));
     t->j.deadline_ns = monotonic_ns() + (int64_t)timeout_ms * 1000000;
     t->j.done = on_done;
     t->j.done_arg = t;
@@ -97,7 +97,7 @@ static void free_job(test_job *t) {
 }
 
 static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
-    batcher_params p = {workers, batch, 1 << 20, delay_us, queue, image_limits_default()};
+    batcher_params p = {workers, batch, 1 << 20, delay_us, queue, image_limits_default(), 0, 0, 0};
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -132,6 +132,7 @@ static void setup(void) {
     mx = metrics_new("comrope_ld_b2", "comrope-ld", model->cfg.image_size, "test");
     done_calls = 0;
     released = 0;
+    gate_calls = gate_open = gone_answer = 0;
 }
 
 static void teardown(void) {
@@ -274,6 +275,207 @@ START_TEST(drain_waits_for_arrivals) {
 }
 END_TEST
 
+/* A `gone` hook that reports "still here" but holds the worker at the start
+ * of each engine batch until the test opens the gate: the test decides
+ * what happens between two batches of one job. */
+
+static int gate_gone(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&done_lock);
+    gate_calls++;
+    pthread_cond_broadcast(&done_cond);
+    while (!gate_open) pthread_cond_wait(&done_cond, &done_lock);
+    pthread_mutex_unlock(&done_lock);
+    return gone_answer;
+}
+
+static void wait_gate_calls(int n) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 60;
+    pthread_mutex_lock(&done_lock);
+    while (gate_calls < n)
+        if (pthread_cond_timedwait(&done_cond, &done_lock, &ts)) break;
+    int seen = gate_calls;
+    pthread_mutex_unlock(&done_lock);
+    ck_assert_int_ge(seen, n);
+}
+
+static void open_gate(void) {
+    pthread_mutex_lock(&done_lock);
+    gate_open = 1;
+    pthread_cond_broadcast(&done_cond);
+    pthread_mutex_unlock(&done_lock);
+}
+
+static batcher *new_batcher_limits(int batch, int batch_tokens, int req_images, int64_t req_tokens,
+                                   int64_t budget) {
+    batcher_params p = {1, batch, batch_tokens, 0, 64, image_limits_default(), req_images, req_tokens, budget};
+    char err[256];
+    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
+    ck_assert_msg(b != NULL, "%s", err);
+    return b;
+}
+
+/* A job larger than an engine batch is split over several, by images and
+ * by tokens, and its logits are each image's own. */
+START_TEST(large_job_split_into_engine_batches) {
+    int T16 = vit_image_tokens(model, 16, 16);
+    batcher *b = new_batcher_limits(2, 1 << 20, 0, 0, 0);
+    test_job *t = make_job(5, 16, 16, 60000);
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_done(1);
+    ck_assert_int_eq(t->j.status, 200);
+    ck_assert_double_eq(sample("comrope_batches_total"), 3); /* 2 + 2 + 1 */
+    ck_assert_double_eq(sample("comrope_batch_images_sum"), 5);
+    int K = model->cfg.num_class;
+    vit_workspace *ws = vit_workspace_new(model);
+    float *expect = malloc(sizeof(float) * K);
+    char err[256];
+    for (int i = 0; i < 5; i++) {
+        vit_image im = {16, 16, t->req.images[i].pixels};
+        ck_assert_int_eq(vit_forward_ragged(model, ws, &im, 1, expect, err, sizeof(err)), 0);
+        for (int k = 0; k < K; k++) ck_assert_float_eq_tol(t->j.logits[i * K + k], expect[k], 1e-5);
+    }
+    batcher_free(b);
+    free_job(t);
+    /* by tokens: room for two 16x16 images per batch */
+    b = new_batcher_limits(64, 2 * T16 + 1, 0, 0, 0);
+    t = make_job(5, 16, 16, 60000);
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_done(2);
+    ck_assert_int_eq(t->j.status, 200);
+    ck_assert_double_eq(sample("comrope_batches_total"), 6);
+    ck_assert_double_eq(sample("comrope_batch_tokens_sum"), 10 * T16); /* both runs */
+    batcher_free(b);
+    free_job(t);
+    vit_workspace_free(ws);
+    free(expect);
+}
+END_TEST
+
+/* Per-request limits refuse with 413 naming the setting and the value;
+ * nothing is computed. */
+START_TEST(request_limits_413) {
+    int T16 = vit_image_tokens(model, 16, 16);
+    batcher *b = new_batcher_limits(8, 2 * T16, 3, 3 * T16, 0);
+    test_job *t = make_job(4, 16, 16, 60000);
+    ck_assert_int_eq(batcher_submit(b, &t->j), 413);
+    ck_assert_msg(strstr(t->j.error, "4 images, more than max-request-images (3)"), "%s", t->j.error);
+    free_job(t);
+    t = make_job(1, 32, 32, 60000); /* one image past a whole engine batch */
+    ck_assert_int_eq(batcher_submit(b, &t->j), 413);
+    ck_assert_msg(strstr(t->j.error, "images[0]: 32x32 needs") && strstr(t->j.error, "max-batch-tokens"),
+                  "%s", t->j.error);
+    free_job(t);
+    batcher_free(b);
+    b = new_batcher_limits(8, 1 << 20, 0, 3 * T16, 0);
+    t = make_job(4, 16, 16, 60000);
+    ck_assert_int_eq(batcher_submit(b, &t->j), 413);
+    char want[128];
+    snprintf(want, sizeof(want), "needs %d tokens, more than max-request-tokens (%d)", 4 * T16, 3 * T16);
+    ck_assert_msg(strstr(t->j.error, want), "%s", t->j.error);
+    ck_assert_ptr_null(t->j.logits);
+    free_job(t);
+    batcher_free(b);
+    ck_assert_double_eq(sample("comrope_batches_total"), 0);
+}
+END_TEST
+
+/* The budget of decoded pixels: a request that does not fit next to those
+ * held gets 503 (and fits once they are answered); one larger than the
+ * whole budget gets 413. */
+START_TEST(pixel_budget) {
+    test_job *busy = make_job(1, 16, 16, 600000), *next = make_job(1, 16, 16, 600000);
+    test_job *huge = make_job(3, 16, 16, 600000);
+    int64_t one = (int64_t)sizeof(float) * model->cfg.num_channels * 16 * 16;
+    busy->j.pixel_bytes = next->j.pixel_bytes = one;
+    huge->j.pixel_bytes = 3 * one;
+    batcher *b = new_batcher_limits(8, 1 << 20, 0, 0, 2 * one - 1);
+    busy->block = 1;
+    ck_assert_int_eq(batcher_submit(b, &busy->j), 0);
+    ck_assert_int_eq(batcher_pixel_bytes(b), one);
+    ck_assert_int_eq(batcher_submit(b, &next->j), 503);
+    ck_assert_msg(strstr(next->j.error, "pixel-budget-bytes"), "%s", next->j.error);
+    ck_assert_int_eq(batcher_submit(b, &huge->j), 413);
+    ck_assert_msg(strstr(huge->j.error, "more than pixel-budget-bytes"), "%s", huge->j.error);
+    release_blocked();
+    wait_done(1);
+    for (int i = 0; i < 60000 && batcher_pixel_bytes(b) != 0; i++) usleep(1000);
+    ck_assert_int_eq(batcher_pixel_bytes(b), 0);
+    ck_assert_int_eq(batcher_submit(b, &next->j), 0);
+    wait_done(2);
+    ck_assert_int_eq(next->j.status, 200);
+    batcher_free(b);
+    free_job(busy);
+    free_job(next);
+    free_job(huge);
+}
+END_TEST
+
+/* A deadline that passes while a split job runs stops it before its next
+ * engine batch: 504, the rest never computed. */
+START_TEST(deadline_between_engine_batches) {
+    batcher *b = new_batcher_limits(1, 1 << 20, 0, 0, 0);
+    test_job *t = make_job(4, 16, 16, 60000);
+    t->j.gone = gate_gone;
+    t->j.deadline_ns = monotonic_ns() + 200 * 1000000LL;
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_gate_calls(1); /* the first batch is formed, before its compute */
+    while (monotonic_ns() <= t->j.deadline_ns) usleep(1000);
+    open_gate();
+    wait_done(1);
+    ck_assert_int_eq(t->j.status, 504);
+    ck_assert_msg(strstr(t->j.error, "after 1 of its 4 images"), "%s", t->j.error);
+    ck_assert_double_eq(sample("comrope_batches_total"), 1);
+    ck_assert_ptr_null(t->j.logits);
+    batcher_free(b);
+    free_job(t);
+}
+END_TEST
+
+/* A job whose client went away is answered 499 and not computed. */
+START_TEST(gone_client_not_computed) {
+    batcher *b = new_batcher_limits(8, 1 << 20, 0, 0, 0);
+    test_job *t = make_job(2, 16, 16, 60000);
+    t->j.gone = gate_gone;
+    gone_answer = 1;
+    open_gate();
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_done(1);
+    ck_assert_int_eq(t->j.status, 499);
+    ck_assert_double_eq(sample("comrope_batches_total"), 0);
+    batcher_free(b);
+    free_job(t);
+}
+END_TEST
+
+/* batcher_stop during a split job: the running engine batch finishes, the
+ * rest is answered 503, so a drain's end bounds shutdown. */
+START_TEST(stop_between_engine_batches) {
+    batcher *b = new_batcher_limits(1, 1 << 20, 0, 0, 0);
+    test_job *t = make_job(4, 16, 16, 600000), *late = make_job(1, 16, 16, 600000);
+    t->j.gone = gate_gone;
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_gate_calls(1);
+    pthread_t stopper;
+    ck_assert_int_eq(pthread_create(&stopper, NULL, stop_thread, b), 0);
+    for (int i = 0; i < 60000; i++) {
+        if (batcher_submit(b, &late->j) == 503 && strstr(late->j.error, "shutting down")) break;
+        usleep(1000);
+    }
+    ck_assert_ptr_nonnull(strstr(late->j.error, "shutting down"));
+    open_gate();
+    pthread_join(stopper, NULL);
+    ck_assert_int_eq(t->calls, 1);
+    ck_assert_int_eq(t->j.status, 503);
+    ck_assert_double_eq(sample("comrope_batches_total"), 1);
+    batcher_free(b);
+    free_job(t);
+    free_job(late);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("batcher");
     TCase *tc = tcase_create("batcher");
@@ -284,6 +486,12 @@ int main(void) {
     tcase_add_test(tc, mixed_resolutions_share_a_batch);
     tcase_add_test(tc, queue_full_then_stop);
     tcase_add_test(tc, drain_waits_for_arrivals);
+    tcase_add_test(tc, large_job_split_into_engine_batches);
+    tcase_add_test(tc, request_limits_413);
+    tcase_add_test(tc, pixel_budget);
+    tcase_add_test(tc, deadline_between_engine_batches);
+    tcase_add_test(tc, gone_client_not_computed);
+    tcase_add_test(tc, stop_between_engine_batches);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

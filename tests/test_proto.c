@@ -2,6 +2,7 @@
  * carries the right status), v2 binary framing, and the response bodies. */
 #include <check.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -476,6 +477,111 @@ START_TEST(base64_and_top_k) {
 }
 END_TEST
 
+static const float *sort_logits;
+static int cmp_desc(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    if (sort_logits[i] != sort_logits[j]) return sort_logits[i] > sort_logits[j] ? -1 : 1;
+    return i - j;
+}
+
+/* top_k = K on a large K: the old selection was O(k^2 K) (hours here; the
+ * test's time limit fails it), the heap is O(K log k). Also checked
+ * against a full sort, with ties, for several k. */
+START_TEST(top_k_large) {
+    int K = 30000;
+    float *l = malloc(sizeof(float) * (size_t)K);
+    int *order = malloc(sizeof(int) * (size_t)K), *ref = malloc(sizeof(int) * (size_t)K);
+    double *p = malloc(sizeof(double) * (size_t)K);
+    for (int i = 0; i < K; i++) l[i] = (float)((i * 7919) % 1009) / 100.0f; /* many ties */
+    for (int i = 0; i < K; i++) ref[i] = i;
+    sort_logits = l;
+    qsort(ref, (size_t)K, sizeof(int), cmp_desc);
+    int ks[] = {1, 2, 5, 1000, K};
+    for (size_t t = 0; t < sizeof(ks) / sizeof(ks[0]); t++) {
+        proto_top_k(l, K, ks[t], order, p);
+        for (int i = 0; i < ks[t]; i++) ck_assert_int_eq(order[i], ref[i]);
+        for (int i = 1; i < ks[t]; i++) ck_assert(p[i] <= p[i - 1]);
+    }
+    free(l);
+    free(order);
+    free(ref);
+    free(p);
+}
+END_TEST
+
+/* Pixels that are not finite get 400 naming the input, in JSON (a number
+ * past float32's range) and in the binary section (NaN, Inf). */
+START_TEST(non_finite_pixels) {
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1, 3, 1, 1],"
+       " \"data\": [1, 1e39, 3]}]}", 400, "inputs[0].data: value 1 (image 0) is not a finite float32");
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1, 3, 1, 1],"
+       " \"data\": [1, -3.5e38, 3]}]}", 400, "not a finite float32");
+    const char *hdr = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [2, 3, 1, 1],"
+                      " \"parameters\": {\"binary_data_size\": 24}}]}";
+    size_t hl = strlen(hdr);
+    char buf[512];
+    float bad[3] = {NAN, INFINITY, -INFINITY};
+    for (int k = 0; k < 3; k++) {
+        float vals[6] = {1, 2, 3, 4, 5, 6};
+        vals[4] = bad[k];
+        memcpy(buf, hdr, hl);
+        memcpy(buf + hl, vals, sizeof(vals));
+        expect_v2(buf, hl + 24, hl, 400, "inputs[0].binary data: value 4 (image 1) is not a finite float32");
+    }
+}
+END_TEST
+
+/* Every JSON body is valid JSON: an error quoting client bytes that are not
+ * UTF-8 (or cut inside a character), a label longer than any buffer, and
+ * logits that are not finite (refused as a whole, never a short array). */
+START_TEST(bodies_are_valid_json) {
+    const char *msgs[] = {"no such endpoint: /\xff\xfe", "fit: not \"\xc3\"", "x \xed\xa0\x80 y",
+                          "\xf4\x90\x80\x80", "caf\xc3\xa9 ok"};
+    for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+        char *s = proto_error_json(msgs[i]);
+        ck_assert_ptr_nonnull(s);
+        json_t *o = json_loads(s, 0, NULL);
+        ck_assert_msg(o != NULL, "invalid JSON: %s", s);
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(o, "error")));
+        json_decref(o);
+        free(s);
+    }
+    char *s = proto_error_json("caf\xc3\xa9 ok");
+    ck_assert_str_eq(s, "{\"error\":\"caf\xc3\xa9 ok\"}"); /* valid UTF-8 kept as is */
+    free(s);
+
+    char long_label[2000] = {0};
+    for (int i = 0; i + 2 < (int)sizeof(long_label); i += 2) memcpy(long_label + i, "\xc3\xa9", 2);
+    long_label[sizeof(long_label) - 1] = '\0';
+    char *many[3] = {long_label, long_label, NULL};
+    proto_model pm = PM;
+    pm.labels = many;
+    float logits[6] = {0, 2, 1, 5, 0, 0};
+    int h[2] = {16, 16}, w[2] = {16, 16};
+    proto_result res = {2, 3, logits, h, w, 1, 1, 1};
+    proto_request req;
+    proto_body body;
+    proto_request_init(&req, &pm, PROTO_V2);
+    req.classification_k = 3;
+    ck_assert_int_eq(v2_response(&pm, &req, &res, &body), 0);
+    json_t *o = json_loadb(body.data, body.len, 0, NULL);
+    ck_assert_ptr_nonnull(o);
+    json_t *out = json_array_get(json_object_get(o, "outputs"), 0);
+    ck_assert_int_eq(json_array_size(json_object_get(out, "data")), 6);
+    json_decref(o);
+    proto_body_free(&body);
+
+    logits[4] = NAN;
+    req.classification_k = 0;
+    ck_assert_int_eq(v2_response(&pm, &req, &res, &body), -1);
+    proto_request_free(&req);
+    proto_request_init(&req, &pm, PROTO_V1);
+    req.return_logits = 1;
+    ck_assert_int_eq(v1_response(&pm, &req, &res, &body), -1);
+    proto_request_free(&req);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("proto");
     TCase *tc = tcase_create("proto");
@@ -488,6 +594,9 @@ int main(void) {
     tcase_add_test(tc, v2_errors);
     tcase_add_test(tc, responses);
     tcase_add_test(tc, base64_and_top_k);
+    tcase_add_test(tc, top_k_large);
+    tcase_add_test(tc, non_finite_pixels);
+    tcase_add_test(tc, bodies_are_valid_json);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

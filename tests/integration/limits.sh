@@ -78,14 +78,15 @@ edge deadline "$PORT" || fail "504 for a late body"
 # --- 504 from the queue while the worker is busy ---------------------------
 # SLOW: six images at the largest resolution the fixture allows; it keeps
 # the only worker busy for a long time (about 2.5 s here) compared with the
-# 100 ms deadline of the request queued behind it.
+# 100 ms deadline of the request queued behind it. Its own deadline is far
+# off: a deadline also stops a request between its engine batches.
 P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
 MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
 SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
 {
   printf '{"images": ['
   for i in 1 2 3 4 5 6; do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
-  printf '], "resolution": %d}' "$SIDE"
+  printf '], "resolution": %d, "timeout_ms": 600000}' "$SIDE"
 } > "$WORK/slow.json"
 slow() {
   curl -s -o "$WORK/slow.out" -w '%{http_code}' -H 'Content-Type: application/json' \

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# What one request may cost comrope-serve, and answers that stay well formed
+# (issue 19, items 1, 2, 4 and 10), against the real daemon:
+#   413  over max-request-images, max-request-tokens, an image larger than
+#        one engine batch (max-batch-tokens), max-json-body-bytes: the
+#        message names the setting and the value; never a 500
+#        a v2 batch within the limits runs as several engine batches
+#   400  pixels that are not finite; a query argument on a JSON body
+#        every error body is JSON, even quoting bytes that are not UTF-8
+#   health answers at once while big JSON bodies are parsed (one HTTP
+#        thread: a parse on it would hold health for seconds)
+#   499  clients that send a request and hang up while it waits: nothing of
+#        theirs is computed (comrope_batch_images_sum)
+#   a second SIGTERM during the drain stops the daemon at once, exit 1
+#
+#   tests/integration/hardening.sh build/comrope-serve
+set -euo pipefail
+SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+NAME=$(basename "$MODEL")
+B64=$(base64 -w0 "$IMG")
+
+# pixel_values JSON body: N images of 3 x H x W, every value V
+pixels_json() {
+  "$PY" - "$@" <<'EOF'
+import sys
+n, h, w, v = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+data = ",".join([v] * (n * 3 * h * w))
+sys.stdout.write('{"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [%d, 3, %d, %d], '
+                 '"data": [%s]}]}' % (n, h, w, data))
+EOF
+}
+# post_json PATH FILE [CURL ARGS]: prints "CODE" and leaves the body in $WORK/out.json
+post_json() {
+  local path=$1 file=$2
+  shift 2
+  curl -s -o "$WORK/out.json" -w '%{http_code}' --max-time 60 -H 'Content-Type: application/json' \
+    --data-binary @"$file" "$@" "$URL$path"
+}
+body_has() { jq -e --arg s "$1" '.error | contains($s)' "$WORK/out.json" >/dev/null; }
+
+# --- limits: 413 naming the setting; a big batch split -----------------------
+start_daemon --max-batch-size 2 --max-batch-tokens 200 --max-request-images 6 --max-request-tokens 400 \
+  --max-json-body-bytes 200000 --max-queue-delay-us 0
+printf '{"images": ["%s","%s","%s","%s","%s","%s","%s"], "resolution": 8}' \
+  "$B64" "$B64" "$B64" "$B64" "$B64" "$B64" "$B64" >"$WORK/seven.json"
+[ "$(post_json /v1/classify "$WORK/seven.json")" = 413 ] || fail "7 images: $(cat "$WORK/out.json")"
+body_has "7 images, more than max-request-images (6)" || fail "7 images: $(cat "$WORK/out.json")"
+pixels_json 1 64 64 0.5 >"$WORK/big1.json" # 257 tokens: more than one engine batch holds
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/big1.json")" = 413 ] || fail "64x64: $(cat "$WORK/out.json")"
+body_has "needs 257 tokens" || fail "64x64: $(cat "$WORK/out.json")"
+body_has "max-batch-tokens 200" || fail "64x64: $(cat "$WORK/out.json")"
+pixels_json 5 32 32 0.5 >"$WORK/five.json" # 5 x 65 = 325 tokens, within max-request-tokens
+pixels_json 6 32 32 0.5 >"$WORK/six.json"  # 390: within
+pixels_json 7 32 32 0.5 >"$WORK/seven32.json"
+batches0=$(metric comrope_batches_total)
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/five.json")" = 200 ] || fail "5 images: $(cat "$WORK/out.json")"
+jq -e '.outputs[0].shape == [5, 7] and (.outputs[0].data | length) == 35' "$WORK/out.json" >/dev/null ||
+  fail "5 images: $(cat "$WORK/out.json")"
+batches=$(($(metric comrope_batches_total) - batches0))
+[ "$batches" = 3 ] || fail "5 images in batches of at most 2 (and 200 tokens): $batches engine batches, not 3"
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/seven32.json")" = 413 ] || fail "7 x 32x32: $(cat "$WORK/out.json")"
+body_has "7 images, more than max-request-images (6)" || fail "7 x 32x32: $(cat "$WORK/out.json")"
+printf '{"images": ["%s"], "resolution": 16}' "$B64" >"$WORK/one.json"
+pixels_json 1 256 256 0.5 >"$WORK/json-big.json"
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/json-big.json")" = 413 ] || fail "big JSON: $(cat "$WORK/out.json")"
+body_has "more than max-json-body-bytes (200000)" || fail "big JSON: $(cat "$WORK/out.json")"
+echo "ok 413 naming max-request-images, max-batch-tokens, max-json-body-bytes; 5 images ran as 3 engine batches"
+
+# --- 400: non-finite pixels, query arguments on JSON, JSON error bodies ------
+pixels_json 1 16 16 1e39 >"$WORK/inf.json"
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/inf.json")" = 400 ] || fail "1e39: $(cat "$WORK/out.json")"
+body_has "inputs[0].data: value 0 (image 0) is not a finite float32" || fail "1e39: $(cat "$WORK/out.json")"
+[ "$(post_json "/v1/classify?top_k=3" "$WORK/one.json")" = 400 ] || fail "?top_k on JSON: $(cat "$WORK/out.json")"
+body_has 'query argument "top_k" does not apply to a JSON body' || fail "?top_k: $(cat "$WORK/out.json")"
+[ "$(post_json "/v2/models/$NAME/infer?resolution=8" "$WORK/five.json")" = 400 ] || fail "v2 ?resolution: $(cat "$WORK/out.json")"
+body_has 'query argument "resolution"' || fail "v2 ?resolution: $(cat "$WORK/out.json")"
+[ "$(http_code -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify?top_k=2")" = 200 ] ||
+  fail "raw image with ?top_k=2: not 200"
+for path in "/v2/models/%ff%fe%c3/infer" "/no/such/%e9t%c3" "/v1/classify?fit=%c3"; do
+  code=$(curl -s -o "$WORK/out.json" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL$path")
+  # (slurped: jq passes an empty file)
+  jq -se 'length == 1 and (.[0].error | length > 0)' "$WORK/out.json" >/dev/null ||
+    fail "$path: $code with a body that is not a JSON error: '$(cat "$WORK/out.json")'"
+done
+echo "ok 400 for non-finite pixels and query arguments on JSON bodies; error bodies are JSON"
+stop_daemon
+
+# --- health while big JSON bodies are parsed ---------------------------------
+# One HTTP thread serves every connection of the main port; /metrics has its
+# own port (and thread) to watch the bodies from. Each body is 4 MB of
+# numbers (about 80 MB once parsed by jansson, a second or more of parsing
+# here) at a resolution that is then refused (602 is no multiple of the
+# patch size): all parse, nothing runs.
+MPORT=$(free_port)
+start_daemon --http-threads 1 --parse-threads 1 --metrics-port "$MPORT" --max-queue-delay-us 0
+mmetric() { curl -sf --max-time 10 "http://127.0.0.1:$MPORT/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+pixels_json 1 602 602 0.5 >"$WORK/huge.json"
+for i in 1 2 3; do
+  curl -s -o /dev/null -w '%{http_code}\n' -H 'Content-Type: application/json' --data-binary @"$WORK/huge.json" \
+    "$URL/v2/models/$NAME/infer" >"$WORK/huge$i.code" &
+  OTHER_PIDS+=("$!")
+done
+receiving() { [ "$(mmetric comrope_receiving_requests)" -ge 1 ] 2>/dev/null; }
+poll 60 receiving || fail "the big bodies never arrived"
+probes=0
+while receiving; do
+  curl -sf --max-time 1 -o /dev/null "$URL/v2/health/live" || fail "health not answered within 1 s while bodies are parsed"
+  probes=$((probes + 1))
+done
+[ "$probes" -ge 1 ] || fail "no health probe while bodies were parsed: the test proves nothing"
+wait "${OTHER_PIDS[@]}"
+OTHER_PIDS=()
+for i in 1 2 3; do
+  [ "$(cat "$WORK/huge$i.code")" = 400 ] || fail "big body $i: $(cat "$WORK/huge$i.code"), not 400"
+done
+echo "ok health answered within 1 s, $probes times, while 3 bodies of 4 MB were parsed"
+stop_daemon
+
+# --- clients that hang up: their work is not computed ------------------------
+# One worker, one image per engine batch. SLOW holds the worker (many images
+# at the largest resolution); 20 clients send a request each and close their
+# socket at once, and are seen waiting in the queue; when the worker comes
+# to them it finds them gone: 499, and no image of theirs is computed.
+start_daemon --workers 1 --max-batch-size 1 --max-queue-delay-us 0 --max-request-tokens 1000000 \
+  --default-timeout-ms 600000 --drain-timeout-s 600
+P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
+MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
+SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
+SLOW_N=8
+{
+  printf '{"images": ['
+  for ((i = 1; i <= SLOW_N; i++)); do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
+  printf '], "resolution": %d}' "$SIDE"
+} >"$WORK/slow.json"
+curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$WORK/slow.json" \
+  "$URL/v1/classify" >"$WORK/slow.code" &
+SLOW_PID=$!
+OTHER_PIDS+=("$SLOW_PID")
+running() { [ "$(metric comrope_in_flight_requests)" = 1 ] && [ "$(metric comrope_queue_depth)" = 0 ]; }
+poll 60 running || fail "the slow request never ran"
+"$PY" - "$PORT" "$IMG" "$SIDE" <<'EOF' || fail "hang-up clients"
+import socket, sys
+port, img, side = int(sys.argv[1]), open(sys.argv[2], "rb").read(), sys.argv[3]
+for i in range(20):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(("POST /v1/classify?resolution=%s HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+               "Content-Length: %d\r\n\r\n" % (side, len(img))).encode() + img)
+    s.close()
+EOF
+queued20() { [ "$(metric comrope_queue_depth)" = 20 ]; }
+poll 60 queued20 || fail "the 20 requests never queued (queue depth $(metric comrope_queue_depth))"
+[ "$(metric comrope_in_flight_requests)" = 21 ] || fail "the slow request finished before the others queued: the test proves nothing"
+wait "$SLOW_PID"
+[ "$(cat "$WORK/slow.code")" = 200 ] || fail "slow request: $(cat "$WORK/slow.code")"
+idle() { [ "$(metric comrope_in_flight_requests)" = 0 ]; }
+poll 60 idle || fail "requests of clients that hung up still in flight"
+computed=$(metric comrope_batch_images_sum)
+[ "$computed" = "$SLOW_N" ] || fail "$computed images computed, not the slow request's $SLOW_N"
+closed=$(metric 'comrope_request_failures_total{reason="client_closed"}' || echo none)
+[ "$closed" = 20 ] || fail "client_closed: $closed, not 20"
+echo "ok 20 clients that hung up: 499, none of their images computed"
+
+# --- a second SIGTERM during the drain stops at once -------------------------
+curl -s -o /dev/null -H 'Content-Type: application/json' --data-binary @"$WORK/slow.json" "$URL/v1/classify" &
+OTHER_PIDS+=("$!")
+poll 60 running || fail "the slow request never ran (second signal)"
+kill -TERM "$DAEMON_PID"
+poll 30 log_has 'draining' || fail "no drain after the first SIGTERM"
+kill -TERM "$DAEMON_PID"
+wait_exit 30
+[ "$EXIT_CODE" = 1 ] || fail "exit status $EXIT_CODE after a second SIGTERM, not 1"
+log_has 'second SIGTERM during the drain: stopping now' || fail "the log does not say why it stopped"
+echo "ok a second SIGTERM during the drain: exit 1 at once"
+echo "hardening: all passed"
