@@ -453,11 +453,19 @@ END_TEST
 /* batcher_stop during a split job: the running engine batch finishes, the
  * rest is answered 503, so a drain's end bounds shutdown. */
 START_TEST(stop_between_engine_batches) {
-    batcher *b = new_batcher_limits(1, 1 << 20, 0, 0, 0);
+    /* a queue of one, filled by `filler` behind the running job: `late`
+     * is refused as "queue is full" until the stop begins (never queued) */
+    batcher_params p = {1, 1, 1 << 20, 0, 1, image_limits_default(), 0, 0, 0};
+    char err[256];
+    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
+    ck_assert_msg(b != NULL, "%s", err);
     test_job *t = make_job(4, 16, 16, 600000), *late = make_job(1, 16, 16, 600000);
+    test_job *filler = make_job(1, 16, 16, 600000);
     t->j.gone = gate_gone;
     ck_assert_int_eq(batcher_submit(b, &t->j), 0);
     wait_gate_calls(1);
+    ck_assert_int_eq(batcher_submit(b, &filler->j), 0);
+    ck_assert_int_eq(batcher_submit(b, &late->j), 503);
     pthread_t stopper;
     ck_assert_int_eq(pthread_create(&stopper, NULL, stop_thread, b), 0);
     for (int i = 0; i < 60000; i++) {
@@ -469,10 +477,13 @@ START_TEST(stop_between_engine_batches) {
     pthread_join(stopper, NULL);
     ck_assert_int_eq(t->calls, 1);
     ck_assert_int_eq(t->j.status, 503);
+    ck_assert_int_eq(filler->j.status, 503);
     ck_assert_double_eq(sample("comrope_batches_total"), 1);
     batcher_free(b);
+    ck_assert_int_eq(late->calls, 0);
     free_job(t);
     free_job(late);
+    free_job(filler);
 }
 END_TEST
 

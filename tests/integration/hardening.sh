@@ -5,7 +5,8 @@
 #        one engine batch (max-batch-tokens), max-json-body-bytes: the
 #        message names the setting and the value; never a 500
 #        a v2 batch within the limits runs as several engine batches
-#   400  pixels that are not finite; a query argument on a JSON body
+#   400  pixels that are not finite, or so large that the logits overflow; a
+#        query argument on a JSON body
 #        every error body is JSON, even quoting bytes that are not UTF-8
 #   health answers at once while big JSON bodies are parsed (one HTTP
 #        thread: a parse on it would hold health for seconds)
@@ -72,6 +73,10 @@ echo "ok 413 naming max-request-images, max-batch-tokens, max-json-body-bytes; 5
 pixels_json 1 16 16 1e39 >"$WORK/inf.json"
 [ "$(post_json "/v2/models/$NAME/infer" "$WORK/inf.json")" = 400 ] || fail "1e39: $(cat "$WORK/out.json")"
 body_has "inputs[0].data: value 0 (image 0) is not a finite float32" || fail "1e39: $(cat "$WORK/out.json")"
+# finite, but too large for the model's float32 arithmetic: logits overflow
+pixels_json 1 16 16 3e38 >"$WORK/huge-finite.json"
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/huge-finite.json")" = 400 ] || fail "3e38: $(cat "$WORK/out.json")"
+body_has "images[0]: its logits are not finite" || fail "3e38: $(cat "$WORK/out.json")"
 [ "$(post_json "/v1/classify?top_k=3" "$WORK/one.json")" = 400 ] || fail "?top_k on JSON: $(cat "$WORK/out.json")"
 body_has 'query argument "top_k" does not apply to a JSON body' || fail "?top_k: $(cat "$WORK/out.json")"
 [ "$(post_json "/v2/models/$NAME/infer?resolution=8" "$WORK/five.json")" = 400 ] || fail "v2 ?resolution: $(cat "$WORK/out.json")"
