@@ -1,0 +1,163 @@
+/* fuzz_http.c: the HTTP request path end to end. One comrope-serve daemon
+ * (server/http.c, the batcher, one worker, the bundled model, an API key)
+ * is started in-process on 127.0.0.1, port 0; each input is written as raw
+ * bytes on a new loopback connection, the write side is shut, and the
+ * answers are read until the daemon closes. A daemon that neither answers nor closes within
+ * HANG_S is a hang (abort), and every 256 inputs the process's open file
+ * descriptors are counted, so a connection that leaks one fails too.
+ * Seeds hold the token (tests/fuzz/make_corpus.py). */
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batcher.h"
+#include "config.h"
+#include "gemm.h"
+#include "http.h"
+#include "metrics.h"
+#include "vit.h"
+
+#define HANG_S 30
+#define SHUT_DELAY_MS 20
+
+static server_config cfg;
+static vit_model *model;
+static http_server *server;
+static int port, baseline_fds;
+static char key[] = "fuzz-token";
+static char *keys[] = {key, NULL};
+
+static int count_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    if (!d) return -1;
+    while (readdir(d)) n++;
+    closedir(d);
+    return n;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    char err[1024];
+    signal(SIGPIPE, SIG_IGN);
+    config_defaults(&cfg);
+    snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
+    cfg.port = 0;
+    cfg.workers = 1;
+    cfg.gemm_threads = 1;
+    cfg.http_threads = 2;
+    cfg.max_body_bytes = 1 << 20;
+    cfg.connection_timeout_s = 5;
+    cfg.access_log = ACCESS_LOG_OFF; /* a line per input would drown libFuzzer's output */
+    if (vit_load(COMROPE_DEFAULT_MODEL_DIR, NULL, &model, err, sizeof(err))) {
+        fprintf(stderr, "fuzz_http: %s\n", err);
+        abort();
+    }
+    gemm_set_threads(1);
+    const char *pe = pe_type_name(model->cfg.custom_pe_type);
+    metrics *mx = metrics_new("fuzz", pe, model->cfg.image_size, "fuzz");
+    batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
+                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels}};
+    batcher *b = mx ? batcher_new(model, mx, bp, err, sizeof(err)) : NULL;
+    if (!b) {
+        fprintf(stderr, "fuzz_http: %s\n", mx ? err : "out of memory");
+        abort();
+    }
+    http_params hp = {&cfg, model,
+                      {"fuzz", pe, model->cfg.num_channels, model->cfg.num_class, model->cfg.image_size,
+                       model->cfg.patch_size, model->max_tokens, model->cfg.labels, "fuzz"},
+                      b, mx, keys};
+    server = http_start(&hp, err, sizeof(err));
+    if (!server) {
+        fprintf(stderr, "fuzz_http: %s\n", err);
+        abort();
+    }
+    port = http_port(server);
+    baseline_fds = count_fds();
+    return 0;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static unsigned long runs;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) abort();
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) && errno != EINPROGRESS) abort();
+
+    /* Write and read at once: the daemon may answer (413, 401) before it
+     * has read the whole body. The write side is shut once the first answer
+     * bytes arrive (or SHUT_DELAY_MS after the last byte was sent, for an
+     * input that is not a complete request): MHD 0.9.75 (epoll) does not
+     * notice a FIN that came with the request and would keep the connection
+     * until connection-timeout-s; a FIN that comes later closes it at once. */
+    size_t sent = 0;
+    int writing = 1, shut = 0;
+    char buf[65536];
+    double deadline = now_s() + HANG_S, sent_at = 0;
+    for (;;) {
+        double now = now_s(), left = deadline - now;
+        if (left <= 0) {
+            fprintf(stderr, "fuzz_http: no answer and no close after %d s (%zu of %zu bytes sent)\n",
+                    HANG_S, sent, size);
+            abort();
+        }
+        if (!writing && !shut && now - sent_at >= SHUT_DELAY_MS * 1e-3) {
+            shutdown(fd, SHUT_WR);
+            shut = 1;
+        }
+        int wait_ms = !writing && !shut ? SHUT_DELAY_MS : (int)(left * 1000) + 1;
+        struct pollfd p = {fd, POLLIN | (writing ? POLLOUT : 0), 0};
+        if (poll(&p, 1, wait_ms) < 0) {
+            if (errno == EINTR) continue;
+            abort();
+        }
+        if (writing && (p.revents & (POLLOUT | POLLERR | POLLHUP))) {
+            ssize_t n = sent < size ? send(fd, data + sent, size - sent, MSG_NOSIGNAL) : 0;
+            if (n > 0) sent += (size_t)n;
+            if (n < 0 && errno != EAGAIN && errno != EINTR) writing = 0; /* the daemon closed */
+            if (sent == size) {
+                writing = 0;
+                sent_at = now_s();
+            }
+        }
+        if (p.revents & (POLLIN | POLLERR | POLLHUP)) {
+            ssize_t n = recv(fd, buf, sizeof(buf), 0);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
+            if (n > 0 && !writing && !shut) {
+                shutdown(fd, SHUT_WR);
+                shut = 1;
+            }
+        }
+    }
+    close(fd);
+
+    if (++runs % 256 == 0) {
+        /* MHD closes its end before we see EOF; allow connections it is
+         * still tearing down on its other thread */
+        int fds = count_fds();
+        if (fds > baseline_fds + 32) {
+            fprintf(stderr, "fuzz_http: %d open descriptors, %d at start\n", fds, baseline_fds);
+            abort();
+        }
+    }
+    return 0;
+}
