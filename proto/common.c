@@ -108,9 +108,44 @@ const char *proto_label(const proto_model *pm, int k, char *buf, size_t len) {
     return buf;
 }
 
+/* Length of the valid UTF-8 sequence at s (1 to 4 bytes), or 0. */
+static size_t utf8_sequence(const unsigned char *s) {
+    if (s[0] < 0x80) return 1;
+    size_t n = s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+             : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80) return 0;
+    /* overlong 3- and 4-byte forms, UTF-16 surrogates, past U+10FFFF */
+    if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] >= 0xa0) ||
+        (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] >= 0x90))
+        return 0;
+    return n;
+}
+
 char *proto_error_json(const char *msg) {
-    json_t *o = json_pack("{s:s}", "error", msg);
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
+    /* Messages quote client bytes (a field name, a Content-Type, a query
+     * key), cut at a byte count: jansson refuses invalid UTF-8, which left
+     * an empty body behind a JSON Content-Type. Bytes that are not UTF-8
+     * become U+FFFD. */
+    size_t len = strlen(msg), o = 0;
+    char *clean = malloc(3 * len + 1), *s = NULL;
+    if (!clean) return NULL;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_sequence((const unsigned char *)msg + i);
+        if (n) {
+            memcpy(clean + o, msg + i, n);
+            o += n;
+            i += n;
+        } else {
+            memcpy(clean + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    clean[o] = '\0';
+    json_t *obj = json_pack("{s:s}", "error", clean);
+    if (obj) s = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    free(clean);
     return s;
 }

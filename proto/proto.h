@@ -89,7 +89,8 @@ void proto_top_k(const float *logits, int K, int k, int *order, double *probs);
 /* Label of class k (id2label, else the index as text) into buf. */
 const char *proto_label(const proto_model *pm, int k, char *buf, size_t len);
 
-/* {"error": msg} */
+/* {"error": msg}, always valid JSON: bytes of msg that are not UTF-8
+ * (client bytes quoted in a message) become U+FFFD. */
 char *proto_error_json(const char *msg);
 
 /* ---- native API ---- */
