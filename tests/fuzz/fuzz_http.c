@@ -149,6 +149,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
     close(fd);
+    if (getenv("FUZZ_HTTP_SLOW") && now_s() - (deadline - HANG_S) > 1)
+        fprintf(stderr, "fuzz_http: slow input: %.1f s, %zu bytes\n", now_s() - (deadline - HANG_S), size);
 
     if (++runs % 256 == 0) {
         /* MHD closes its end before we see EOF; allow connections it is
