@@ -16,8 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HARNESSES=(fuzz_v1 fuzz_v2 fuzz_query fuzz_image fuzz_safetensors fuzz_model_config fuzz_npy
-           fuzz_config fuzz_http)
+HARNESSES=(fuzz_v1 fuzz_v2 fuzz_query fuzz_image fuzz_safetensors fuzz_checkpoint fuzz_model_config
+           fuzz_npy fuzz_config fuzz_http)
 
 fuzzer_runtime_works() {
     command -v clang >/dev/null || return 1

@@ -121,6 +121,57 @@ def safetensors():
     }))
 
 
+def tiny_checkpoint(pe, dtype):
+    """A checkpoint of the fixtures' layout at the smallest sizes (D 4, one
+    layer, one head, 1 channel, 2x2 patches), so that the fuzzer mutates
+    hundreds of bytes, not tens of thousands."""
+    D, I, C, p, image, K, b = 4, 8, 1, 2, 4, 2, 2
+    cfg = json.loads(read(FIX, "parity", "none", "config.json"))
+    cfg.update(hidden_size=D, intermediate_size=I, num_hidden_layers=1, num_attention_heads=1,
+               num_channels=C, image_size=image, patch_size=p, num_class=K, custom_pe_type=pe,
+               block_size=b, keep_ape=pe != "raw", mlp_intermediate=0)
+    cfg.pop("id2label", None)
+    cfg.pop("label2id", None)
+    pack = {"F32": lambda n: struct.pack("<%df" % n, *[0.1 * (i % 5) for i in range(n)]),
+            "F16": lambda n: struct.pack("<%de" % n, *[0.1 * (i % 5) for i in range(n)]),
+            "BF16": lambda n: b"\x80\x3d" * n}[dtype]
+    shapes = {"classification_head.bias": [K], "classification_head.weight": [K, D],
+              "vision_model.embeddings.class_embedding": [D],
+              "vision_model.embeddings.patch_embedding.weight": [D, C, p, p],
+              "vision_model.post_layernorm.bias": [D], "vision_model.post_layernorm.weight": [D],
+              "vision_model.pre_layrnorm.bias": [D], "vision_model.pre_layrnorm.weight": [D]}
+    if pe == "raw":
+        shapes["vision_model.embeddings.position_embedding"] = [1, image // p, image // p, D]
+    L = "vision_model.encoder.layers.0."
+    for n in ["layer_norm1", "layer_norm2"]:
+        shapes[L + n + ".bias"] = [D]
+        shapes[L + n + ".weight"] = [D]
+    for n in ["q_proj", "k_proj", "v_proj", "out_proj"]:
+        shapes[L + "self_attn." + n + ".bias"] = [D]
+        shapes[L + "self_attn." + n + ".weight"] = [D, D]
+    shapes[L + "mlp.fc1.bias"] = [I]
+    shapes[L + "mlp.fc1.weight"] = [I, D]
+    shapes[L + "mlp.fc2.bias"] = [D]
+    shapes[L + "mlp.fc2.weight"] = [D, I]
+    if pe == "comrope-ld":
+        shapes[L + "self_attn.freqs"] = [1, 1, D // b, b, b]
+        shapes[L + "self_attn.multiplier"] = [1, 2, D // b, 1, 1]
+    tensors = {}
+    for name, shape in shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        tensors[name] = (dtype, shape, pack(n))
+    c = json.dumps(cfg, separators=(",", ":")).encode()
+    return struct.pack("<I", len(c)) + c + safetensors_file(tensors)
+
+
+def checkpoint():
+    # 4 bytes: the length of config.json, config.json, model.safetensors
+    for pe, dtype in [("raw", "F32"), ("none", "F16"), ("comrope-ld", "BF16")]:
+        write("fuzz_checkpoint", "tiny-" + pe, tiny_checkpoint(pe, dtype))
+
+
 def model_config():
     write("fuzz_model_config", "bundled", read(ROOT, "models", "fashion-comrope-ld", "config.json"))
     for d in ["none", "liere_b2", "mlp_head_ap", "raw_floor", "vanilla_ape"]:
@@ -179,5 +230,5 @@ def http():
     write("fuzz_http", "two", reqs["health"] + reqs["models"])
 
 
-for gen in [v1, v2, query, image, safetensors, model_config, npy, config, http]:
+for gen in [v1, v2, query, image, safetensors, checkpoint, model_config, npy, config, http]:
     gen()
