@@ -7,7 +7,8 @@
 #   scripts/fuzz.sh --check                     (exit 0 if clang's fuzzer runtime works)
 #
 # Each harness starts from its committed seeds (tests/fuzz/corpus/<h>/, read
-# only) and from what earlier runs found (build-fuzz/runs/<h>/corpus/).
+# only) and from what earlier runs found (build-fuzz/runs/<h>/corpus/), with
+# its dictionary tests/fuzz/<h>.dict when there is one.
 # Progress: libFuzzer's pulse lines. At the end a summary line per harness:
 # executions, seconds, coverage (cov/ft from libFuzzer's last line), corpus
 # size. Crashing inputs are saved as build-fuzz/crashes/<h>-crash-*
@@ -61,12 +62,14 @@ for h in "${HARNESSES[@]}"; do
     echo "== fuzz: $h for ${seconds} s (seeds tests/fuzz/corpus/$h, log $dir/log)"
     start=$(date +%s)
     rm -f "$dir/rc"
+    dict=()
+    if [ -f "tests/fuzz/$h.dict" ]; then dict=(-dict="tests/fuzz/$h.dict"); fi
     # MHD's error log (one line per malformed request of fuzz_http) is left
     # out of the log; libFuzzer's and the sanitizers' lines are kept.
     { ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
       UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
         "build-fuzz/tests/fuzz/$h" -max_total_time="$seconds" -runs="$runs" -timeout=30 \
-        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$h-" \
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="build-fuzz/crashes/$h-" "${dict[@]}" \
         "$dir/corpus" "tests/fuzz/corpus/$h" 2>&1
       echo $? > "$dir/rc"; } |
         grep --line-buffered -v -E "^(Error processing request|Connection was closed by remote side|Failed to parse|Closing connection)" \
