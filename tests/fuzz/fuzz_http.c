@@ -149,6 +149,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
     close(fd);
+    /* FUZZ_HTTP_SLOW=1: name the inputs that took over a second (a daemon
+     * that answers late is not a crash, but worth knowing) */
     if (getenv("FUZZ_HTTP_SLOW") && now_s() - (deadline - HANG_S) > 1)
         fprintf(stderr, "fuzz_http: slow input: %.1f s, %zu bytes\n", now_s() - (deadline - HANG_S), size);
 
