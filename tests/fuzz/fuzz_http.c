@@ -4,10 +4,12 @@
  * bytes on a new loopback connection, the write side is shut, and the
  * answers are read until the daemon closes. A daemon that neither answers nor closes within
  * HANG_S is a hang (abort), and every 256 inputs the process's open file
- * descriptors are counted, so a connection that leaks one fails too.
- * Seeds hold the token (tests/fuzz/make_corpus.py). */
+ * descriptors are counted, so a connection that leaks one fails too. The
+ * first answer must be an HTTP response, with a valid JSON body when it
+ * says application/json. Seeds hold the token (tests/fuzz/make_corpus.py). */
 #include <dirent.h>
 #include <errno.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -87,6 +89,50 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+/* The first answer to an input that starts with a GET or POST (not HEAD:
+ * its answer has a Content-Length and no body) is an HTTP response, and
+ * when it says application/json its body is valid JSON. */
+static void check_first_answer(const uint8_t *data, size_t size, const char *resp, size_t len) {
+    if (!(size >= 4 && memcmp(data, "GET ", 4) == 0) && !(size >= 5 && memcmp(data, "POST ", 5) == 0))
+        return;
+    size_t off = 0;
+    for (;;) {
+        const char *end = memmem(resp + off, len - off, "\r\n\r\n", 4);
+        if (!end) return; /* cut short: the daemon may close on a bad request */
+        size_t head_len = (size_t)(end - (resp + off)) + 4;
+        if (head_len < 12 || memcmp(resp + off, "HTTP/1.", 7) != 0) {
+            fprintf(stderr, "fuzz_http: answer is not an HTTP response: %.60s\n", resp + off);
+            abort();
+        }
+        if (memcmp(resp + off + 9, "100", 3) == 0) { /* interim "100 Continue" */
+            off += head_len;
+            continue;
+        }
+        char head[8192];
+        size_t n = head_len < sizeof(head) - 1 ? head_len : sizeof(head) - 1;
+        memcpy(head, resp + off, n);
+        head[n] = '\0';
+        for (char *c = head; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+        const char *cl = strstr(head, "\r\ncontent-length:");
+        const char *ct = strstr(head, "\r\ncontent-type:");
+        if (!cl || !ct) return;
+        ct += 15;
+        while (*ct == ' ') ct++;
+        if (strncmp(ct, "application/json", 16) != 0) return;
+        size_t body_len = strtoul(cl + 17, NULL, 10), body_off = off + head_len;
+        if (len - body_off < body_len) return; /* longer than what we keep */
+        json_error_t e;
+        json_t *j = json_loadb(resp + body_off, body_len, 0, &e);
+        if (!j) {
+            fprintf(stderr, "fuzz_http: invalid JSON body (%s): %.*s\n", e.text, (int)(body_len < 200 ? body_len : 200),
+                    resp + body_off);
+            abort();
+        }
+        json_decref(j);
+        return;
+    }
+}
+
 static double now_s(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -109,7 +155,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
      * input that is not a complete request): MHD 0.9.75 (epoll) does not
      * notice a FIN that came with the request and would keep the connection
      * until connection-timeout-s; a FIN that comes later closes it at once. */
-    size_t sent = 0;
+    static char resp[1 << 18]; /* the answers' first bytes */
+    size_t sent = 0, resp_len = 0;
     int writing = 1, shut = 0;
     char buf[65536];
     double deadline = now_s() + HANG_S, sent_at = 0;
@@ -142,6 +189,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (p.revents & (POLLIN | POLLERR | POLLHUP)) {
             ssize_t n = recv(fd, buf, sizeof(buf), 0);
             if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
+            if (n > 0 && resp_len < sizeof(resp)) {
+                size_t keep = (size_t)n < sizeof(resp) - resp_len ? (size_t)n : sizeof(resp) - resp_len;
+                memcpy(resp + resp_len, buf, keep);
+                resp_len += keep;
+            }
             if (n > 0 && !writing && !shut) {
                 shutdown(fd, SHUT_WR);
                 shut = 1;
@@ -149,6 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
     close(fd);
+    check_first_answer(data, size, resp, resp_len);
     /* FUZZ_HTTP_SLOW=1: name the inputs that took over a second (a daemon
      * that answers late is not a crash, but worth knowing) */
     if (getenv("FUZZ_HTTP_SLOW") && now_s() - (deadline - HANG_S) > 1)
