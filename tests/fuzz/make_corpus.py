@@ -2,8 +2,9 @@
 """Writes the seed corpora of tests/fuzz/corpus/<harness>/ from the real
 fixtures (tests/fixtures, the bundled model's config) and a few hand-made
 inputs. Rerun after a fixture or a harness's input format changes; the
-seeds are committed, so CI never runs this. Crashing inputs the fuzzers
-found are kept beside the seeds as crash-<what> (written by hand, not here).
+seeds are committed, so CI never runs this. Inputs that showed a bug are
+kept beside the seeds, copied there by hand: crash-<what> (found by a
+fuzzer), regress-<what> (made by hand).
 
     /usr/bin/python3 tests/fuzz/make_corpus.py
 """
