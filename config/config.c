@@ -419,7 +419,8 @@ int config_cpu_limit(const char *cpu_max_path) {
     if (fscanf(f, "%63s %lld", quota, &period) == 2 && strcmp(quota, "max") != 0 && period > 0) {
         long long q = strtoll(quota, NULL, 10);
         if (q > 0) {
-            long long limit = (q + period - 1) / period;
+            /* ceil without q + period - 1, which overflows for a huge quota */
+            long long limit = q / period + (q % period != 0);
             if (limit < cpus) cpus = (int)limit;
         }
     }

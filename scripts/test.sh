@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command runs it: installs
 # what the build and the tests need, builds in build/, runs ctest; then the
-# same suite again under ASan+UBSan (build-asan/) and under valgrind.
+# same suite again under ASan+UBSan (build-asan/) and under valgrind, then
+# every libFuzzer harness briefly (scripts/fuzz.sh, build-fuzz/).
 # Skip the slow passes with COMROPE_QUICK=1 (not what CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,14 @@ for t in build/tests/test_*; do
   CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
     --suppressions=tests/valgrind.supp "$t" >/dev/null
 done
+
+# Every parser under libFuzzer (tests/fuzz) for a short while: 25 s each,
+# about 5 minutes in all with the build. clang and its fuzzer runtime are in
+# the test group of scripts/packages.txt.
+echo "== fuzz: each harness for ${COMROPE_FUZZ_SECONDS:-25} s"
+if scripts/fuzz.sh --check; then
+  scripts/fuzz.sh "${COMROPE_FUZZ_SECONDS:-25}"
+else
+  echo "== fuzz: SKIPPED: clang's libFuzzer runtime is missing (apt-get install clang libclang-rt-14-dev)"
+fi
 echo "== all tests passed"

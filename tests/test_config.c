@@ -190,6 +190,13 @@ START_TEST(cpu_limit_and_threads) {
     ck_assert_int_eq(config_cpu_limit(p), config_cpu_count());
     unlink(p);
     ck_assert_int_eq(config_cpu_limit("/nonexistent"), config_cpu_count());
+    /* a quota near LLONG_MAX is no limit, not an overflow (found by fuzz_config) */
+    p = write_config("9223372036854775807 100000\n");
+    ck_assert_int_eq(config_cpu_limit(p), config_cpu_count());
+    unlink(p);
+    p = write_config("9223372036854775807 9223372036854775807\n");
+    ck_assert_int_eq(config_cpu_limit(p), 1);
+    unlink(p);
     ck_assert_int_ge(config_cpu_count(), 1);
     ck_assert_int_le(config_cpu_count(), (int)sysconf(_SC_NPROCESSORS_ONLN));
 

@@ -582,6 +582,48 @@ START_TEST(bodies_are_valid_json) {
 }
 END_TEST
 
+/* Error messages quote client bytes: whatever they are, the body is JSON
+ * (found by tests/fuzz/fuzz_query, corpus/fuzz_query/crash-invalid-utf8). */
+START_TEST(error_body_is_json) {
+    proto_request req;
+    char err[512];
+    json_error_t je;
+    const char *key[] = {"res\xff\xffolution", "\xc3", "\xe2\x82", "\xed\xa0\x80", "\xc0\xaf"};
+    for (size_t i = 0; i < sizeof(key) / sizeof(key[0]); i++) {
+        proto_request_init(&req, &PM, PROTO_V1);
+        ck_assert_int_eq(v1_parse_query_arg(&PM, &req, key[i], "1", err, sizeof(err)), 400);
+        char *body = proto_error_json(err);
+        ck_assert_ptr_nonnull(body);
+        json_t *j = json_loads(body, 0, &je);
+        ck_assert_msg(j != NULL, "invalid JSON for key %zu: %s", i, body);
+        ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "unknown query argument"));
+        json_decref(j);
+        free(body);
+        proto_request_free(&req);
+    }
+    /* a 2-byte character cut in half by the message's %.64s */
+    char long_key[80];
+    memset(long_key, 'k', 63);
+    memcpy(long_key + 63, "\xc3\xa9", 3);
+    proto_request_init(&req, &PM, PROTO_V1);
+    ck_assert_int_eq(v1_parse_query_arg(&PM, &req, long_key, "1", err, sizeof(err)), 400);
+    char *body = proto_error_json(err);
+    ck_assert_ptr_nonnull(body);
+    json_t *j = json_loads(body, 0, &je);
+    ck_assert_ptr_nonnull(j);
+    json_decref(j);
+    free(body);
+    proto_request_free(&req);
+    /* valid UTF-8 is kept as it is */
+    body = proto_error_json("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    j = json_loads(body, 0, &je);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "error")),
+                     "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    json_decref(j);
+    free(body);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("proto");
     TCase *tc = tcase_create("proto");
@@ -597,6 +639,7 @@ int main(void) {
     tcase_add_test(tc, top_k_large);
     tcase_add_test(tc, non_finite_pixels);
     tcase_add_test(tc, bodies_are_valid_json);
+    tcase_add_test(tc, error_body_is_json);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -1,0 +1,66 @@
+/* fuzz_proto_common.h: the model the proto harnesses parse against (the
+ * shape of the bundled Fashion-MNIST model, with one unnamed label so both
+ * label paths run), and the checks every parse outcome must pass: an error
+ * body is valid JSON, an accepted request's response body is valid JSON. */
+#ifndef COMROPE_FUZZ_PROTO_COMMON_H
+#define COMROPE_FUZZ_PROTO_COMMON_H
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto.h"
+
+static char *fuzz_labels[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                "Sandal", NULL, "Sneaker", "Bag", "Ankle boot"};
+static const proto_model fuzz_pm = {"fashion-comrope-ld", "comrope-ld", 1, 10, 28, 4, 257,
+                                    fuzz_labels, "fuzz"};
+
+static inline void fuzz_expect_json(const char *what, const char *s, size_t len) {
+    json_error_t e;
+    if (!s) {
+        fprintf(stderr, "%s: no body\n", what);
+        abort();
+    }
+    json_t *j = json_loadb(s, len, 0, &e);
+    if (!j) {
+        fprintf(stderr, "%s: invalid JSON (%s): %.200s\n", what, e.text, s);
+        abort();
+    }
+    json_decref(j);
+}
+
+/* After a parse: the error body for a refusal, or a response to the
+ * accepted request built from made-up logits. */
+static inline void fuzz_check_outcome(int rc, proto_request *req, const char *err) {
+    if (rc != 0) {
+        char *body = proto_error_json(err);
+        fuzz_expect_json("error body", body, body ? strlen(body) : 0);
+        free(body);
+        return;
+    }
+    int N = req->num_images, K = fuzz_pm.num_class;
+    float *logits = malloc(sizeof(float) * (size_t)(N ? N : 1) * K);
+    int *h = malloc(sizeof(int) * (size_t)(N ? N : 1)), *w = malloc(sizeof(int) * (size_t)(N ? N : 1));
+    if (!logits || !h || !w) abort();
+    for (int i = 0; i < N * K; i++) logits[i] = (float)((i * 7919) % 23) - 11.0f;
+    for (int i = 0; i < N; i++) {
+        h[i] = req->images[i].pixels ? req->images[i].h : 28;
+        w[i] = req->images[i].pixels ? req->images[i].w : 28;
+    }
+    proto_result res = {N, K, logits, h, w, 1.0, 2.0, 3.0};
+    proto_body body;
+    int brc = req->api == PROTO_V1 ? v1_response(&fuzz_pm, req, &res, &body)
+                                   : v2_response(&fuzz_pm, req, &res, &body);
+    if (brc == 0) {
+        if (body.json_len > body.len) abort();
+        fuzz_expect_json("response body", body.data, body.json_len);
+        proto_body_free(&body);
+    }
+    free(logits);
+    free(h);
+    free(w);
+}
+
+#endif
