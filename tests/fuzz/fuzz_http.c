@@ -69,7 +69,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     const char *pe = pe_type_name(model->cfg.custom_pe_type);
     metrics *mx = metrics_new("fuzz", pe, model->cfg.image_size, "fuzz");
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
-                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels}};
+                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
+                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes};
     batcher *b = mx ? batcher_new(model, mx, bp, err, sizeof(err)) : NULL;
     if (!b) {
         fprintf(stderr, "fuzz_http: %s\n", mx ? err : "out of memory");
