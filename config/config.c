@@ -16,6 +16,8 @@
 static const char *const access_log_choices[] = {"text", "json", "off", NULL};
 /* in the order of GEMM_FP32, GEMM_BF16 (engine/gemm.h) */
 static const char *const precision_choices[] = {"fp32", "bf16", NULL};
+/* names of engine/cpu.h's levels; "auto" (first, the default) is the best the CPU runs */
+static const char *const isa_choices[] = {"auto", "avx512", "avx2", "scalar", NULL};
 
 /* The one table. Defaults are text so that they go through the same parser
  * as every other source and cannot disagree with the bounds. */
@@ -66,6 +68,8 @@ const config_option config_options[] = {
      "access log on stderr: text, json or off"},
     {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
      "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, 1.3-1.5x faster on ViT-B)"},
+    {"isa", CONFIG_ENUM, OFF(isa), 0, "auto", 0, 0, isa_choices,
+     "CPU kernels: auto (the best this CPU runs), or force a lower level: avx512, avx2, scalar"},
 };
 const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
 

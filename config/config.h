@@ -45,6 +45,7 @@ typedef struct {
     int drain_timeout_s;
     int access_log;                     /* ACCESS_LOG_* */
     int precision;                      /* 0 fp32, 1 bf16 (GEMM_FP32 / GEMM_BF16) */
+    int isa;                            /* index into the isa row's choices; 0 = auto */
 } server_config;
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;

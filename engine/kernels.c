@@ -19,39 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "gemm.h"
-
-enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512 };
-static int isa_forced = -1;
-
-static int isa_detect(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
-    return ISA_SCALAR;
-}
-
-static int isa(void) { return isa_forced >= 0 ? isa_forced : isa_detect(); }
-
-int kernels_force_isa(const char *name) {
-    int want;
-    if (!name) {
-        isa_forced = -1;
-        return 0;
-    }
-    if (strcmp(name, "avx512") == 0) want = ISA_AVX512;
-    else if (strcmp(name, "avx2") == 0) want = ISA_AVX2;
-    else if (strcmp(name, "scalar") == 0) want = ISA_SCALAR;
-    else return -1;
-    if (want > isa_detect()) return -1;
-    isa_forced = want;
-    return 0;
-}
-
-const char *kernels_isa_name(void) {
-    static const char *const names[] = {"scalar", "avx2", "avx512"};
-    return names[isa()];
-}
+#include "dispatch.h"
 
 /* Numerical Recipes' erfc(z) = t exp(-z^2 + P(t)), coefficients from the
  * highest power down (used by every path). */
@@ -337,13 +305,6 @@ __attribute__((target("avx512f"))) static void rotate_pairs_avx512(float *dst, c
         _mm512_storeu_ps(dst + i, _mm512_fmaddsub_ps(v, _mm512_moveldup_ps(c), s));
     }
     rotate_pairs_avx2(dst + i, x + i, cs + i, n - i);
-}
-
-void rotate_pairs_forward(float *dst, const float *x, const float *cs, int n) {
-    int v = isa();
-    if (v == ISA_AVX512) rotate_pairs_avx512(dst, x, cs, n);
-    else if (v == ISA_AVX2) rotate_pairs_avx2(dst, x, cs, n);
-    else rotate_pairs_scalar(dst, x, cs, n);
 }
 
 /* Columns padded to a multiple of 16 in the AVX2 attention's scratch. */
@@ -691,17 +652,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
         }
 }
 
-void layernorm_forward(float *out, const float *inp, const float *weight, const float *bias,
-                       int T, int C, float eps) {
-    int v = isa();
-    if (v == ISA_AVX512) {
-        layernorm_avx512(out, inp, weight, bias, T, C, eps);
-        return;
-    }
-    if (v == ISA_AVX2) {
-        layernorm_avx2(out, inp, weight, bias, T, C, eps);
-        return;
-    }
+static void layernorm_scalar(float *out, const float *inp, const float *weight, const float *bias,
+                             int T, int C, float eps) {
     for (int t = 0; t < T; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;
@@ -720,16 +672,7 @@ void layernorm_forward(float *out, const float *inp, const float *weight, const 
     }
 }
 
-void activation_forward(float *x, size_t n, activation act) {
-    int v = isa();
-    if (v == ISA_AVX512) {
-        activation_avx512(x, n, act);
-        return;
-    }
-    if (v == ISA_AVX2) {
-        activation_avx2(x, n, act);
-        return;
-    }
+static void activation_scalar(float *x, size_t n, activation act) {
     switch (act) {
     case ACT_QUICK_GELU:
         for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
@@ -767,34 +710,80 @@ static void softmax_rows(float *s, int T) {
     }
 }
 
+/* One head with OpenBLAS and the plain C softmax: the scalar table's
+ * attention (scratch: the (T, T) scores). */
+static void attention_head_blas(float *out, int ld_out, const float *q, int ldq, const float *k,
+                                int ldk, const float *v, int ldv, float *scores, int T, int hd) {
+    // scores (T,T) = q (T,hd) @ k^T
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, q, ldq, k, ldk, 0.0f,
+                scores, T);
+    softmax_rows(scores, T);
+    // out (T,hd) = scores (T,T) @ v (T,hd)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, scores, T, v, ldv, 0.0f,
+                out, ld_out);
+}
+
+/* Scratch of each level's head kernels, in floats, a multiple of 16 (the
+ * 64-byte alignment of each part holds as Tp and hdp are multiples of 16). */
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+static size_t attn_scratch_scalar(int T, int hd) {
+    (void)hd;
+    return round16((size_t)T * T);
+}
+
+static size_t attn_scratch_avx2(int T, int hd) { /* Kt, Vc and S (attention_head_avx2) */
+    return round16((size_t)(hd + ATTN_MR) * attn_pad(T) + (size_t)T * attn_pad(hd));
+}
+
+static size_t attn_scratch_avx512(int T, int hd) { /* the fp32 kernel's, or the bf16 one's */
+    size_t n = (size_t)(hd + ATTN_MR512) * attn_pad32(T) + (size_t)T * attn_pad32(hd);
+    if (attn_bf16_floats(T, hd) > n) n = attn_bf16_floats(T, hd);
+    return round16(n);
+}
+
+void kernels_fill_table(kernel_table *kt, cpu_isa isa) {
+    switch (isa) {
+    case CPU_ISA_AVX512:
+        kt->layernorm = layernorm_avx512;
+        kt->activation = activation_avx512;
+        kt->rotate_pairs = rotate_pairs_avx512;
+        kt->attention_head = attention_head_avx512;
+        kt->attention_head_bf16 = cpu_has_avx512bf16() ? attention_head_bf16 : NULL;
+        kt->attention_scratch = attn_scratch_avx512;
+        break;
+    case CPU_ISA_AVX2:
+        kt->layernorm = layernorm_avx2;
+        kt->activation = activation_avx2;
+        kt->rotate_pairs = rotate_pairs_avx2;
+        kt->attention_head = attention_head_avx2;
+        kt->attention_scratch = attn_scratch_avx2;
+        break;
+    case CPU_ISA_SCALAR:
+        kt->layernorm = layernorm_scalar;
+        kt->activation = activation_scalar;
+        kt->rotate_pairs = rotate_pairs_scalar;
+        kt->attention_head = attention_head_blas;
+        kt->attention_scratch = attn_scratch_scalar;
+        break;
+    }
+}
+
 /* The rotated copies of one head's q and k, (T, hdr) each, hdr = head_dim
  * rounded up to 16 (64-byte aligned rows), after the kernels' own scratch. */
 static int rot_pad(int hd) { return (hd + 15) & ~15; }
 
-static size_t kernel_scratch_floats(int T, int head_dim) {
-    /* AVX2 kernel: Kt, Vc and S (see attention_head_avx2); the 64-byte
-     * alignment of each part holds as Tp and hdp are multiples of 16. */
-    size_t dense = (size_t)T * T,
-           avx2 = (size_t)(head_dim + ATTN_MR) * attn_pad(T) + (size_t)T * attn_pad(head_dim),
-           avx512 = (size_t)(head_dim + ATTN_MR512) * attn_pad32(T) + (size_t)T * attn_pad32(head_dim);
-    size_t n = dense > avx2 ? dense : avx2;
-    if (avx512 > n) n = avx512;
-    if (attn_bf16_floats(T, head_dim) > n) n = attn_bf16_floats(T, head_dim);
-    return (n + 15) & ~(size_t)15;
+size_t attention_scratch_floats(const kernel_table *kt, int T, int head_dim) {
+    return kt->attention_scratch(T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
 }
 
-size_t attention_scratch_floats(int T, int head_dim) {
-    return kernel_scratch_floats(T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
-}
-
-void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
-                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs,
-                       int bf16) {
+void attention_forward(const kernel_table *kt, float *out, int ld_out, const float *qkv,
+                       float *scores, int T, int heads, int head_dim, int h0, int h1,
+                       const float *rot, int npairs, int bf16) {
     int D = heads * head_dim, ld = 3 * D, hdr = rot_pad(head_dim);
-    float *Qr = scores + kernel_scratch_floats(T, head_dim), *Kr = Qr + (size_t)T * hdr;
-    /* Our kernels where the CPU has AVX2 or AVX-512; OpenBLAS for plain C. */
-    int kind = isa();
-    bf16 = bf16 && kind == ISA_AVX512 && gemm_bf16_supported();
+    float *Qr = scores + kt->attention_scratch(T, head_dim), *Kr = Qr + (size_t)T * hdr;
+    attention_head_fn head = bf16 && kt->attention_head_bf16 ? kt->attention_head_bf16
+                                                             : kt->attention_head;
     for (int h = h0; h < h1; h++) {
         const float *q = qkv + h * head_dim;
         const float *k = qkv + D + h * head_dim;
@@ -810,8 +799,8 @@ void attention_forward(float *out, int ld_out, const float *qkv, float *scores, 
                 const float *ct = cs + (size_t)t * npairs * 2;
                 float *qd = Qr + (size_t)t * hdr, *kd = Kr + (size_t)t * hdr;
                 const float *qs = q + (size_t)t * ld, *ks = k + (size_t)t * ld;
-                rotate_pairs_forward(qd, qs, ct, 2 * npairs);
-                rotate_pairs_forward(kd, ks, ct, 2 * npairs);
+                kt->rotate_pairs(qd, qs, ct, 2 * npairs);
+                kt->rotate_pairs(kd, ks, ct, 2 * npairs);
                 for (int c = 2 * npairs; c < head_dim; c++) { /* channels that do not rotate */
                     qd[c] = qs[c];
                     kd[c] = ks[c];
@@ -821,24 +810,6 @@ void attention_forward(float *out, int ld_out, const float *qkv, float *scores, 
             k = Kr;
             ldq = ldk = hdr;
         }
-        if (bf16) {
-            attention_head_bf16(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
-            continue;
-        }
-        if (kind == ISA_AVX512) {
-            attention_head_avx512(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
-            continue;
-        }
-        if (kind == ISA_AVX2) {
-            attention_head_avx2(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
-            continue;
-        }
-        // scores (T,T) = q (T,hd) @ k^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, head_dim, 1.0f, q, ldq, k, ldk,
-                    0.0f, scores, T);
-        softmax_rows(scores, T);
-        // out (T,hd) = scores (T,T) @ v (T,hd)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, head_dim, T, 1.0f, scores, T,
-                    v, ld, 0.0f, out + h * head_dim, ld_out);
+        head(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
     }
 }

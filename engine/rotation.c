@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
 
 #define MAX_BLOCK 64
 
@@ -311,7 +310,7 @@ void rotation_table_free(rotation_table *t) {
 }
 
 void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens, int h0, int h1) {
+                    float *qkv, int ld, int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs) {
     int H = rot->heads, hd = rot->head_dim, D = H * hd;
     if (rot->kind == ROT_PAIRS) {
         int np = rot->npairs;
@@ -323,7 +322,7 @@ void rotation_apply(const vit_rotation *rot, const rotation_table *table, int la
                 const float *cs = table->data + (((size_t)layer * H + h) * table->tokens + t) * np * 2;
                 for (int which = 0; which < 2; which++) { /* q, then k */
                     float *x = qkv + (size_t)t * ld + which * D + h * hd;
-                    rotate_pairs_forward(x, x, cs, 2 * np);
+                    rotate_pairs(x, x, cs, 2 * np);
                 }
             }
     } else if (rot->kind == ROT_BLOCKS) {

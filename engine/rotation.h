@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dispatch.h"
 #include "model_config.h"
 
 typedef enum { ROT_NONE = 0, ROT_PAIRS, ROT_BLOCKS } rotation_kind;
@@ -65,10 +66,11 @@ void rotation_table_free(rotation_table *t);
 
 /* Rotates q and k of heads [h0, h1) in `tokens` rows of the layer's fused
  * qkv activations (row stride ld floats; q at column 0, k at column D), in
- * place. (Per head: the forward rotates each head in the thread that runs
- * its attention, right before it.) */
+ * place; ROT_PAIRS through `rotate_pairs` (a kernel table's). (Per head:
+ * the forward rotates each head in the thread that runs its attention,
+ * right before it.) */
 void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens, int h0, int h1);
+                    float *qkv, int ld, int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs);
 
 void vit_rotation_free(vit_rotation *rot);
 

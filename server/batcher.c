@@ -12,7 +12,7 @@
 typedef struct {
     batcher *b;
     pthread_t thread;
-    vit_workspace *ws;
+    vit_context *ctx;
     int started;
 } worker;
 
@@ -119,6 +119,28 @@ static int decode_status(int rc) {
     }
 }
 
+/* Runs n images in as few forwards as the context's limits allow (one
+ * for every batch formed within max-batch-size and max-batch-tokens; a
+ * single larger request takes several). An image's logits do not depend
+ * on which forward it is in. */
+static int forward_in_parts(vit_context *ctx, const vit_image *images, int n, float *logits,
+                            char *err, size_t errlen) {
+    int K = ctx->model->cfg.num_class;
+    for (int i0 = 0; i0 < n;) {
+        int k = 0;
+        long tokens = 0;
+        while (i0 + k < n && k < ctx->params.max_images) {
+            long t = vit_tokens(ctx->model, images[i0 + k].h, images[i0 + k].w);
+            if (k > 0 && tokens + t > ctx->params.max_tokens) break;
+            tokens += t;
+            k++;
+        }
+        if (vit_forward_ragged(ctx, images + i0, k, logits + (size_t)i0 * K, err, errlen)) return -1;
+        i0 += k;
+    }
+    return 0;
+}
+
 /* Decodes every image of the batch, runs one ragged forward over the jobs
  * whose images all decoded, and answers each job. Runs without the lock. */
 static void run_batch(worker *w, job **batch, int n) {
@@ -165,8 +187,7 @@ static void run_batch(worker *w, job **batch, int n) {
             images[count].h = im->h;
             images[count].w = im->w;
             images[count].pixels = pixels;
-            tokens[count] = (im->h / m->cfg.patch_size) * (im->w / m->cfg.patch_size) +
-                            (m->cfg.prepend_cls ? 1 : 0);
+            tokens[count] = vit_tokens(m, im->h, im->w);
             count++;
         }
         if (failed[i]) {
@@ -180,7 +201,7 @@ static void run_batch(worker *w, job **batch, int n) {
     }
 
     int forward_failed = 0;
-    if (count > 0 && vit_forward_ragged(m, w->ws, images, count, logits, msg, sizeof(msg)))
+    if (count > 0 && forward_in_parts(w->ctx, images, count, logits, msg, sizeof(msg)))
         forward_failed = 1;
     int64_t end = monotonic_ns();
     if (count > 0)
@@ -321,9 +342,9 @@ batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *er
     for (int i = 0; i < p.workers; i++) {
         worker *w = &b->workers[i];
         w->b = b;
-        w->ws = vit_workspace_new(m);
-        if (!w->ws) {
-            snprintf(err, errlen, "out of memory for worker %d's workspace", i);
+        char why[400];
+        if (vit_context_new(m, &p.engine, &w->ctx, why, sizeof(why))) {
+            snprintf(err, errlen, "worker %d: %s", i, why);
             goto fail;
         }
         if (pthread_create(&w->thread, NULL, worker_main, w)) {
@@ -429,7 +450,7 @@ void batcher_stop(batcher *b) {
 void batcher_free(batcher *b) {
     if (!b) return;
     batcher_stop(b);
-    for (int i = 0; b->workers && i < b->p.workers; i++) vit_workspace_free(b->workers[i].ws);
+    for (int i = 0; b->workers && i < b->p.workers; i++) vit_context_free(b->workers[i].ctx);
     free(b->workers);
     pthread_cond_destroy(&b->work);
     pthread_cond_destroy(&b->reaper_wake);

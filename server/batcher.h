@@ -1,7 +1,7 @@
 /* batcher.h: the bounded queue between HTTP threads and inference workers.
  *
- * Owns: the queue of jobs, the worker threads (each with its own
- * vit_workspace), the forming of batches (up to max-batch-size images and
+ * Owns: the queue of jobs, the worker threads (each with its own engine
+ * context: vit_context, made from `engine`), the forming of batches (up to max-batch-size images and
  * max-batch-tokens tokens, images of any resolutions together: the engine
  * runs ragged batches), deadlines (a job whose deadline passed gets 504 and
  * is never computed; a reaper thread answers those that expire while every
@@ -47,6 +47,7 @@ typedef struct {
     int max_queue_delay_us;
     int max_queue_size;
     image_limits limits;
+    vit_context_params engine; /* each worker's context (max_images / max_tokens: the batch limits) */
 } batcher_params;
 
 /* Starts the workers and the reaper. Returns NULL with a message. */

@@ -271,7 +271,7 @@ static int validate_images(http_request *r) {
             set_error(r, 400, err);
             return 400;
         }
-        tokens += (im->h / m->cfg.patch_size) * (im->w / m->cfg.patch_size) + (m->cfg.prepend_cls ? 1 : 0);
+        tokens += vit_tokens(m, im->h, im->w);
     }
     r->job.tokens = tokens;
     return 0;

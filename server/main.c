@@ -18,6 +18,7 @@
 
 #include "batcher.h"
 #include "config.h"
+#include "cpu.h"
 #include "gemm.h"
 #include "http.h"
 #include "metrics.h"
@@ -146,8 +147,20 @@ int main(int argc, char **argv) {
         goto cleanup;
     }
 
-    /* The engine's pool owns the cores (it also keeps OpenBLAS at one thread). */
-    gemm_set_threads(cfg.gemm_threads);
+    /* Each worker's context: its own pool of gemm-threads (the pools also
+     * keep OpenBLAS at one thread), kernels of the chosen ISA, and a
+     * workspace for one batch at the batch limits. */
+    vit_context_params engine = vit_context_default_params();
+    engine.threads = cfg.gemm_threads;
+    engine.max_images = cfg.max_batch_size;
+    engine.max_tokens = cfg.max_batch_tokens;
+    for (int i = 0; i < config_num_options; i++)
+        if (strcmp(config_options[i].name, "isa") == 0 &&
+            cpu_isa_parse(config_options[i].choices[cfg.isa], &engine.isa) != 0) {
+            fprintf(stderr, "comrope-serve: isa: unknown level\n");
+            goto cleanup;
+        }
+    const char *isa = cpu_isa_name(engine.isa == CPU_ISA_BEST ? cpu_best_isa() : (cpu_isa)engine.isa);
 
     const char *pe = pe_type_name(model->cfg.custom_pe_type);
     mx = metrics_new(cfg.model_name, pe, model->cfg.image_size, COMROPE_VERSION);
@@ -155,8 +168,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "comrope-serve: out of memory\n");
         goto cleanup;
     }
+    if (metrics_set_isa(mx, isa)) {
+        fprintf(stderr, "comrope-serve: out of memory\n");
+        goto cleanup;
+    }
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
-                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels}};
+                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
+                         engine};
     b = batcher_new(model, mx, bp, err, sizeof(err));
     if (!b) {
         fprintf(stderr, "comrope-serve: %s\n", err);
@@ -165,15 +183,15 @@ int main(int argc, char **argv) {
     http_params hp = {&cfg, model,
                       {cfg.model_name, pe, model->cfg.num_channels, model->cfg.num_class,
                        model->cfg.image_size, model->cfg.patch_size, model->max_tokens,
-                       model->cfg.labels, COMROPE_VERSION},
+                       model->cfg.labels, COMROPE_VERSION, isa},
                       b, mx, keys};
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         fprintf(stderr, "comrope-serve: %s\n", err);
         goto cleanup;
     }
-    fprintf(stderr, "comrope-serve: model %s (%s, %s, %dx%d, %d classes) from %s\n", cfg.model_name,
-            pe, gemm_kernel_name(), model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
+    fprintf(stderr, "comrope-serve: model %s (%s, isa %s, %dx%d, %d classes) from %s\n", cfg.model_name,
+            pe, isa, model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
             cfg.model);
     fprintf(stderr, "comrope-serve: %d workers x %d gemm threads, %d http threads, batch %d images / %d tokens, "
             "delay %d us, queue %d\n", cfg.workers, cfg.gemm_threads, cfg.http_threads, cfg.max_batch_size,

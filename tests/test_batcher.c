@@ -97,7 +97,10 @@ static void free_job(test_job *t) {
 }
 
 static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
-    batcher_params p = {workers, batch, 1 << 20, delay_us, queue, image_limits_default()};
+    batcher_params p = {workers, batch, 1 << 20, delay_us, queue, image_limits_default(),
+                        vit_context_default_params()};
+    p.engine.max_images = batch;
+    p.engine.max_tokens = 4096; /* below the batch limit: large batches run in parts */
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -149,13 +152,14 @@ START_TEST(computes_and_answers_once) {
     }
     wait_done(6);
     /* the engine's own answer for job 3 */
-    vit_workspace *ws = vit_workspace_new(model);
+    vit_context *ctx = NULL;
+    char err[256];
+    ck_assert_int_eq(vit_context_new(model, NULL, &ctx, err, sizeof(err)), 0);
     int K = model->cfg.num_class;
     float *expect = malloc(sizeof(float) * 2 * K);
     vit_image im[2];
     for (int k = 0; k < 2; k++) im[k] = (vit_image){12, 12, jobs[3]->req.images[k].pixels};
-    char err[256];
-    ck_assert_int_eq(vit_forward_ragged(model, ws, im, 2, expect, err, sizeof(err)), 0);
+    ck_assert_int_eq(vit_forward_ragged(ctx, im, 2, expect, err, sizeof(err)), 0);
     for (int k = 0; k < 2 * K; k++) ck_assert_float_eq_tol(jobs[3]->j.logits[k], expect[k], 1e-5);
     batcher_free(b);
     for (int i = 0; i < 6; i++) {
@@ -165,7 +169,7 @@ START_TEST(computes_and_answers_once) {
         free_job(jobs[i]);
     }
     free(expect);
-    vit_workspace_free(ws);
+    vit_context_free(ctx);
 }
 END_TEST
 

@@ -76,15 +76,16 @@ edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/
 edge deadline "$PORT" || fail "504 for a late body"
 
 # --- 504 from the queue while the worker is busy ---------------------------
-# SLOW: six images at the largest resolution the fixture allows; it keeps
-# the only worker busy for a long time (about 2.5 s here) compared with the
-# 100 ms deadline of the request queued behind it.
+# SLOW: sixteen images at the largest resolution the fixture allows; it
+# keeps the only worker busy for a long time (about 6 s here; each image is
+# a forward of its own at --max-batch-size 1) compared with the 100 ms
+# deadline of the request queued behind it.
 P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
 MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
 SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
 {
   printf '{"images": ['
-  for i in 1 2 3 4 5 6; do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
+  for i in $(seq 16); do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
   printf '], "resolution": %d}' "$SIDE"
 } > "$WORK/slow.json"
 slow() {
