@@ -324,15 +324,22 @@ START_TEST(test_attention_bf16) {
 }
 END_TEST
 
-int main(void) {
+/* argv[1]: avx512, avx2, scalar (that level's kernels) or bf16 (the bf16
+ * attention); none: every part this CPU runs. */
+int main(int argc, char **argv) {
+    const char *part = argc > 1 ? argv[1] : NULL;
+    if (check_part_missing(part)) return check_skip(part);
     Suite *s = suite_create("kernels");
     TCase *tc = tcase_create("kernels");
-    tcase_add_loop_test(tc, test_activations_match_libm, 0, 3);
-    tcase_add_loop_test(tc, test_gelu_tail_relative, 0, 3);
-    tcase_add_loop_test(tc, test_layernorm, 0, 3);
-    tcase_add_loop_test(tc, test_softmax_rows, 0, 3);
-    tcase_add_test(tc, test_attention_bf16);
-    tcase_add_loop_test(tc, test_attention_shapes, 0, 3);
+    for (int i = 0; i < 3; i++) {
+        if (!check_part_selected(part, isas[i])) continue;
+        tcase_add_loop_test(tc, test_activations_match_libm, i, i + 1);
+        tcase_add_loop_test(tc, test_gelu_tail_relative, i, i + 1);
+        tcase_add_loop_test(tc, test_layernorm, i, i + 1);
+        tcase_add_loop_test(tc, test_softmax_rows, i, i + 1);
+        tcase_add_loop_test(tc, test_attention_shapes, i, i + 1);
+    }
+    if (check_part_selected(part, "bf16")) tcase_add_test(tc, test_attention_bf16);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
