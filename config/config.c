@@ -384,3 +384,14 @@ void config_usage(FILE *out) {
         fprintf(out, ", env %s\n", env);
     }
 }
+
+void config_markdown(FILE *out) {
+    fprintf(out, "| key | default | meaning |\n|---|---|---|\n");
+    for (int i = 0; i < config_num_options; i++) {
+        const config_option *o = &config_options[i];
+        fprintf(out, "| `%s` | \"%s\"", o->name, o->default_value);
+        if (o->type == CONFIG_INT || o->type == CONFIG_INT64)
+            fprintf(out, ", range [%lld, %lld]", o->min, o->max);
+        fprintf(out, " | %s |\n", o->help);
+    }
+}

@@ -118,4 +118,8 @@ void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_i
 void config_print(const server_config *cfg, FILE *out);
 void config_usage(FILE *out);
 
+/* The settings table of README.md (Markdown: header and one row per key);
+ * tests/test_readme.c fails when README.md holds anything else. */
+void config_markdown(FILE *out);
+
 #endif
