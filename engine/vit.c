@@ -124,74 +124,6 @@ static int load_ape(safetensors_file *f, const vit_config *c, float *ape_mid, ch
     return rc;
 }
 
-/* comrope-ap / comrope-ld: fold each block's Schur basis into the q and k
- * rows of the layer (spec: "Attention with rotation"). For block j of head h
- * with S_j = F_j - F_j^T = Q_j W Q_j^T, R_j(s) q = Q_j rot(w s) Q_j^T q, and
- * q'.k' only sees Q_j^T q and Q_j^T k, so the rows of W_q and W_k become
- * Q_j^T times themselves and the layer is pairwise RoPE with frequencies w.
- * The pairs of all blocks come first in the head (channels 2i, 2i+1), the
- * one non-rotating channel of each odd block after them. */
-static int fold_commuting(vit_model *m, int layer, float *qkv_w, const float *freqs,
-                          const float *multiplier, char *err, size_t errlen) {
-    const vit_config *c = &m->cfg;
-    int H = c->num_attention_heads, hd = c->head_dim, D = c->hidden_size, b = c->block_size;
-    int nb = hd / b, half = b / 2, np = nb * half;
-    vit_layer *L = &m->w.layers[layer];
-    double S[64 * 64], Q[64 * 64], w[32];
-    double *rows = malloc(sizeof(double) * (size_t)hd * (D + 1));
-    if (!rows) {
-        snprintf(err, errlen, "out of memory folding layer %d", layer);
-        return -1;
-    }
-    for (int h = 0; h < H; h++) {
-        double *f = m->rot.freq + ((size_t)layer * H + h) * np * 2;
-        for (int which = 0; which < 2; which++) { /* q rows, then k rows */
-            float *W = qkv_w + ((size_t)which * D + (size_t)h * hd) * D;
-            float *B = L->qkv_b + (size_t)which * D + (size_t)h * hd;
-            for (int j = 0; j < nb; j++) {
-                const float *F = freqs + ((size_t)h * nb + j) * b * b;
-                for (int r = 0; r < b; r++)
-                    for (int k = 0; k < b; k++)
-                        S[r * b + k] = (double)F[r * b + k] - (double)F[k * b + r];
-                skew_schur(S, b, Q, w);
-                for (int col = 0; col < b; col++) {
-                    /* new channel of column col of Q_j */
-                    int ch = col < 2 * half ? 2 * (j * half + col / 2) + col % 2 : 2 * np + j;
-                    double *row = rows + (size_t)ch * (D + 1);
-                    for (int i = 0; i <= D; i++) row[i] = 0;
-                    for (int r = 0; r < b; r++) {
-                        double q = Q[r * b + col];
-                        const float *src = W + (size_t)(j * b + r) * D;
-                        for (int i = 0; i < D; i++) row[i] += q * src[i];
-                        row[D] += q * B[j * b + r];
-                    }
-                }
-                if (which == 0) {
-                    for (int i = 0; i < half; i++) {
-                        int a = (j * half + i);
-                        double s0, s1; /* the block's scalar s = pos_0*s0 + pos_1*s1 */
-                        if (c->custom_pe_type == PE_COMROPE_AP) {
-                            s0 = (j % 2 == 0);
-                            s1 = (j % 2 == 1);
-                        } else {
-                            s0 = multiplier[j];
-                            s1 = multiplier[nb + j];
-                        }
-                        f[2 * a] = w[i] * s0;
-                        f[2 * a + 1] = w[i] * s1;
-                    }
-                }
-            }
-            for (int ch = 0; ch < hd; ch++) {
-                for (int i = 0; i < D; i++) W[(size_t)ch * D + i] = (float)rows[(size_t)ch * (D + 1) + i];
-                B[ch] = (float)rows[(size_t)ch * (D + 1) + D];
-            }
-        }
-    }
-    free(rows);
-    return 0;
-}
-
 /* Reads the layer's attention weights (fused into qkv, packed) and its
  * rotation; `scratch` holds at least 3*D*D floats. */
 static int load_attention(vit_model *m, safetensors_file *f, int l, float *scratch, char *err,
@@ -230,29 +162,12 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, float *scrat
         }
     }
     if (pe == PE_COMROPE_AP || pe == PE_COMROPE_LD) {
-        if (fold_commuting(m, l, scratch, freqs, mult, err, errlen)) goto cleanup;
+        if (rotation_fold_commuting(c, &m->rot, l, scratch, L->qkv_b, freqs, mult, err, errlen))
+            goto cleanup;
     } else if (pe == PE_LIERE) {
-        /* generator of axis a, block j: (F_{a,j} - F_{a,j}^T) / scale_factor, in double */
-        for (int h = 0; h < H; h++)
-            for (int a = 0; a < 2; a++)
-                for (int j = 0; j < nb; j++) {
-                    const float *F = freqs + (((size_t)h * 2 + a) * nb + j) * b * b;
-                    double *G = m->rot.gen + ((((size_t)l * H + h) * 2 + a) * nb + j) * b * b;
-                    for (int r = 0; r < b; r++)
-                        for (int k = 0; k < b; k++)
-                            G[r * b + k] = ((double)F[r * b + k] - (double)F[k * b + r]) /
-                                           c->scale_factor;
-                }
+        rotation_set_liere(c, &m->rot, l, freqs);
     } else if (pe == PE_VANILLA_ROPE) {
-        /* pair j of a head: axis j / n, frequency theta_base^(j mod n), n = head_dim/4 */
-        int n = hd / 4;
-        for (int h = 0; h < H; h++)
-            for (int j = 0; j < hd / 2; j++) {
-                double *fr = m->rot.freq + (((size_t)l * H + h) * (hd / 2) + j) * 2;
-                double t = pow(c->theta_base, j % n);
-                fr[0] = j / n == 0 ? t : 0;
-                fr[1] = j / n == 1 ? t : 0;
-            }
+        rotation_set_vanilla(c, &m->rot, l);
     }
     /* q = q_proj(x) * head_dim^-0.5: folded into the q rows */
     float scale = 1.0f / sqrtf((float)hd);
@@ -267,40 +182,6 @@ cleanup:
     free(freqs);
     free(mult);
     return rc;
-}
-
-static int init_rotation(vit_model *m, char *err, size_t errlen) {
-    const vit_config *c = &m->cfg;
-    vit_rotation *r = &m->rot;
-    r->layers = c->num_hidden_layers;
-    r->heads = c->num_attention_heads;
-    r->head_dim = c->head_dim;
-    size_t LH = (size_t)r->layers * r->heads;
-    switch (c->custom_pe_type) {
-    case PE_VANILLA_ROPE:
-    case PE_COMROPE_AP:
-    case PE_COMROPE_LD:
-        r->kind = ROT_PAIRS;
-        r->npairs = c->custom_pe_type == PE_VANILLA_ROPE
-                        ? c->head_dim / 2
-                        : (c->head_dim / c->block_size) * (c->block_size / 2);
-        r->freq = calloc(LH * r->npairs * 2 + 1, sizeof(double));
-        if (!r->freq) goto oom;
-        break;
-    case PE_LIERE:
-        r->kind = ROT_BLOCKS;
-        r->block = c->block_size;
-        r->nblocks = c->head_dim / c->block_size;
-        r->gen = calloc(LH * 2 * r->nblocks * r->block * r->block, sizeof(double));
-        if (!r->gen) goto oom;
-        break;
-    default:
-        r->kind = ROT_NONE;
-    }
-    return 0;
-oom:
-    snprintf(err, errlen, "out of memory for the rotation parameters");
-    return -1;
 }
 
 /* Reads every tensor; the big matrices pass through `scratch` (at least
@@ -444,7 +325,7 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     point_weights(m);
-    if (init_rotation(m, err, errlen)) goto cleanup;
+    if (rotation_init(&m->rot, &m->cfg, err, errlen)) goto cleanup;
     if (load_weights(m, &f, scratch, err, errlen)) goto cleanup;
     rc = 0;
 cleanup:
