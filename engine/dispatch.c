@@ -20,6 +20,7 @@ int kernel_table_init(kernel_table *kt, int isa, char *err, size_t errlen) {
     kt->isa = (cpu_isa)isa;
     kt->name = cpu_isa_name(kt->isa);
     kernels_fill_table(kt, kt->isa);
+    attention_fill_table(kt, kt->isa);
     gemm_fill_table(kt, kt->isa);
     return 0;
 }

@@ -54,7 +54,8 @@ int kernel_table_init(kernel_table *kt, int isa, char *err, size_t errlen);
 
 /* The modules' parts of a table, for a level this CPU runs (dispatch.c
  * calls them; nobody else needs to). */
-void kernels_fill_table(kernel_table *kt, cpu_isa isa); /* kernels.c */
+void kernels_fill_table(kernel_table *kt, cpu_isa isa);   /* kernels.c */
+void attention_fill_table(kernel_table *kt, cpu_isa isa); /* attention.c */
 void gemm_fill_table(kernel_table *kt, cpu_isa isa);    /* gemm.c */
 
 #endif

@@ -5,6 +5,8 @@
  * plain C (attention: OpenBLAS), handed out through a context's kernel
  * table (dispatch.h); attention for one image over a range of heads (q and
  * k rotated first); and matmul for the head (OpenBLAS sgemm plus bias).
+ * kernels.c holds the element-wise kernels, attention.c attention; the
+ * vector helpers both use are simd.h.
  * Shapes are in the comments; every array is row-major float32. */
 #ifndef COMROPE_KERNELS_H
 #define COMROPE_KERNELS_H
