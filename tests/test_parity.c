@@ -265,6 +265,101 @@ START_TEST(test_bf16_close_to_reference) {
 }
 END_TEST
 
+/* ---- layer by layer ----
+ *
+ * As llm.c's test_gpt2 checks every tensor by name: the residual stream
+ * after each stage of the forward (the embeddings and pre_layrnorm, then
+ * each encoder layer; vit.h's vit_observer) against tools/reference.py
+ * --stages-out (stages_HxW.npy, [stages, N, T, D] float64). A failure
+ * names the first stage that diverges, so a wrong layer is found at once
+ * rather than as a logit somewhere downstream. */
+typedef struct {
+    const npy_array *ref;   /* [S, N, T, D] */
+    int stages_seen;
+    int first_bad;          /* the first stage past the tolerance, -1: none */
+    char where[256];
+} stage_check;
+
+static void check_stage(void *arg, int stage, const float *x, const int *start, int n, int T,
+                        int D) {
+    stage_check *c = arg;
+    const npy_array *r = c->ref;
+    (void)T;
+    c->stages_seen++;
+    ck_assert_int_lt(stage, r->shape[0]);
+    ck_assert_int_eq(n, r->shape[1]);
+    ck_assert_int_eq(D, r->shape[3]);
+    int Ti = (int)r->shape[2];
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(start[i + 1] - start[i], Ti);
+        for (int t = 0; t < Ti; t++)
+            for (int d = 0; d < D; d++) {
+                double want = r->data[(((size_t)stage * n + i) * Ti + t) * D + d];
+                double got = x[((size_t)start[i] + t) * D + d];
+                if (!(fabs(got - want) <= 1e-4) && c->first_bad < 0) {
+                    c->first_bad = stage;
+                    snprintf(c->where, sizeof(c->where),
+                             "stage %d (%s%d) diverges first: image %d token %d channel %d: %g vs %g",
+                             stage, stage ? "after layer " : "embeddings + pre_layrnorm, ",
+                             stage ? stage - 1 : 0, i, t, d, got, want);
+                }
+            }
+    }
+}
+
+/* The engine's stages of `model` at h x w against the reference's; with
+ * `perturb_layer` >= 0, one weight of that layer is changed first (so the
+ * check must name that layer). Returns the first stage that diverged. */
+static int first_divergent_stage(const char *model, int h, int w, int perturb_layer, char *where,
+                                 size_t wlen) {
+    char path[1024], err[512];
+    npy_array input = {0}, ref = {0};
+    snprintf(path, sizeof(path), "%s/%s/input_%dx%d.npy", PARITY_DIR, model, h, w);
+    ck_assert_msg(npy_load(path, &input, err, sizeof(err)) == 0, "%s", err);
+    snprintf(path, sizeof(path), "%s/%s/stages_%dx%d.npy", PARITY_DIR, model, h, w);
+    ck_assert_msg(npy_load(path, &ref, err, sizeof(err)) == 0, "%s", err);
+    vit_model *m = load_model(model);
+    if (perturb_layer >= 0) m->w.layers[perturb_layer].fc2_b[0] += 0.01f;
+    int N = (int)input.shape[0], C = m->cfg.num_channels, K = m->cfg.num_class;
+    ck_assert_int_eq(ref.shape[0], m->cfg.num_hidden_layers + 1);
+    stage_check c = {.ref = &ref, .stages_seen = 0, .first_bad = -1, .where = ""};
+    vit_context_params p = vit_context_default_params();
+    p.max_images = N;
+    p.max_tokens = N * vit_tokens(m, h, w);
+    p.observe = check_stage;
+    p.observe_arg = &c;
+    vit_context *ctx = NULL;
+    ck_assert_msg(vit_context_new(m, &p, &ctx, err, sizeof(err)) == 0, "%s", err);
+    vit_image *imgs = calloc((size_t)N, sizeof(*imgs));
+    float *logits = calloc((size_t)N * K, sizeof(float));
+    for (int i = 0; i < N; i++) imgs[i] = (vit_image){h, w, input.data + (size_t)i * C * h * w};
+    ck_assert_msg(vit_forward_ragged(ctx, imgs, N, logits, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(c.stages_seen, m->cfg.num_hidden_layers + 1);
+    snprintf(where, wlen, "%s", c.where);
+    free(imgs);
+    free(logits);
+    vit_context_free(ctx);
+    vit_free(m);
+    npy_free(&input);
+    npy_free(&ref);
+    return c.first_bad;
+}
+
+START_TEST(test_every_stage_matches_reference) {
+    static const struct { const char *model; int h, w; } cases[] = {{"comrope_ld_b2", 8, 16},
+                                                                   {"liere_b2", 8, 8}};
+    char where[256];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int bad = first_divergent_stage(cases[i].model, cases[i].h, cases[i].w, -1, where, sizeof(where));
+        ck_assert_msg(bad < 0, "%s at %dx%d: %s", cases[i].model, cases[i].h, cases[i].w, where);
+    }
+    /* the check names the layer that is wrong: one bias of layer 1 changed */
+    int bad = first_divergent_stage("comrope_ld_b2", 8, 16, 1, where, sizeof(where));
+    ck_assert_msg(bad == 2, "a change to layer 1 was reported as stage %d (%s)", bad, where);
+    ck_assert_msg(strstr(where, "after layer 1") != NULL, "%s", where);
+}
+END_TEST
+
 /* A batch large enough that the forward fuses fc1's activation into its
  * GEMM (vit.c: more than 2^22 values of fc1's output), with two threads
  * each activating the columns it finished: every image's logits are those
@@ -328,6 +423,7 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 600);
     if (check_part_selected(part, "fp32")) {
         tcase_add_test(tc, test_every_case_matches_reference);
+        tcase_add_test(tc, test_every_stage_matches_reference);
         tcase_add_test(tc, test_ragged_batch_invariance);
         tcase_add_test(tc, test_rotation_cache_eviction);
         tcase_add_test(tc, test_bad_resolution_is_refused_with_nearest);
