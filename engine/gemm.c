@@ -280,11 +280,15 @@ __attribute__((target("avx512f,avx512bf16"))) static void kernel_bf16(
                              bias ? _mm512_add_ps(c[r][q], _mm512_loadu_ps(bias + 16 * q)) : c[r][q]);
 }
 
-static const gemm_kernel kernel_avx512_entry = {"avx512", kernel_avx512, 8, 3, 0, KC_BIG, 0};
-static const gemm_kernel kernel_avx2_entry = {"avx2", kernel_avx2, 6, 1, 1, KC_BIG, 0};
-static const gemm_kernel kernel_generic_entry = {"generic", kernel_generic, 4, 3, 0, KC, 0};
+static const gemm_kernel kernel_avx512_entry = {
+    .name = "avx512", .fn = kernel_avx512, .mr = 8, .np = 3, .pack = 0, .kc = KC_BIG, .pairs = 0};
+static const gemm_kernel kernel_avx2_entry = {
+    .name = "avx2", .fn = kernel_avx2, .mr = 6, .np = 1, .pack = 1, .kc = KC_BIG, .pairs = 0};
+static const gemm_kernel kernel_generic_entry = {
+    .name = "generic", .fn = kernel_generic, .mr = 4, .np = 3, .pack = 0, .kc = KC, .pairs = 0};
 /* every bf16-packed weight (gemm_pack refuses bf16 without AVX512-BF16) */
-static const gemm_kernel kernel_bf16_entry = {"avx512bf16", kernel_bf16, 8, 3, 1, KC_BIG, 1};
+static const gemm_kernel kernel_bf16_entry = {
+    .name = "avx512bf16", .fn = kernel_bf16, .mr = 8, .np = 3, .pack = 1, .kc = KC_BIG, .pairs = 1};
 
 void gemm_fill_table(kernel_table *kt, cpu_isa isa) {
     switch (isa) {
