@@ -339,9 +339,13 @@ void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_i
         cfg->workers = cpu_limit;
         cfg->gemm_threads = 1;
     }
-    /* The engine's GEMM pool runs one multiply at a time for the whole
-     * process, so extra workers only overlap decoding and attention with
-     * it: two are enough to keep the pool busy on larger machines. */
+    /* A larger model: each worker owns an engine context with its own
+     * pool, so workers compute at once and W x T may use every CPU either
+     * way. Few workers with many threads answer a lone request sooner; on
+     * 2 CPUs at batch 8, 1 x 2 served ViT-B at least as fast as 2 x 1
+     * (bench/concurrency.py, README "Workers and threads"), so one worker
+     * takes the CPUs, and from 4 CPUs a second one overlaps a batch's
+     * decoding and bookkeeping with the other's GEMMs. */
     if (cfg->workers == 0) cfg->workers = cpu_limit >= 4 ? 2 : 1;
     if (cfg->gemm_threads == 0) {
         cfg->gemm_threads = cpu_limit / cfg->workers;
