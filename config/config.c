@@ -67,7 +67,7 @@ const config_option config_options[] = {
     {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,
      "access log on stderr: text, json or off"},
     {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
-     "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, 1.3-1.5x faster on ViT-B)"},
+     "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs; its speed-up: bench/README.md)"},
     {"isa", CONFIG_ENUM, OFF(isa), 0, "auto", 0, 0, isa_choices,
      "CPU kernels: auto (the best this CPU runs), or force a lower level: avx512, avx2, scalar"},
 };
