@@ -43,11 +43,8 @@
 #define MR_MAX 8             /* rows per micro-kernel call, at most */
 #define KC 192               /* generic kernel's K block: its tile's weights (36 KB) fit L1 */
 #define KC_BIG 768           /* the AVX2, AVX-512 and bf16 K block: one block for K = 768 (C
-                                written once, never reloaded); the tile's block comes from L2.
-                                ViT-B GEMMs: AVX2 on Zen 3, 88 -> 92 GFLOP/s on 1 thread vs
-                                256; Zen 5, 2 threads, vs 192: AVX-512 fp32 287-336 -> 337-359
-                                GFLOP/s, bf16 417-477 -> 602-648 (its C tile was reloaded
-                                every 96 pairs: twice as often per instruction as fp32's) */
+                                written once, never reloaded); the tile's block comes from L2
+                                (measured against 192 and 256: bench/results/NOTES.md) */
 #define MC 64                /* rows of A per pass over a tile (8 row groups, at most) */
 #define GEMM_CHUNK 4         /* AVX2: panels a part takes at a time */
 #define MC_ONE_PASS 264      /* A packed (AVX2, bf16): up to this many rows (one image's
@@ -603,9 +600,8 @@ void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, con
      * in place take equal shares: each reads its rows once per pass for all
      * its tiles (small chunks of them cost AVX-512 4-6% at batch 8). */
     /* One image's rows (A in L2) read in place take chunks too: each chunk
-     * re-reads A, but from L2, and a slowed core takes fewer of them (Zen 5,
-     * ViT-B 224 batch 1, fp32: +2-3% over 10-12 interleaved rounds of
-     * bench/ab.py; 384 batch 1 neither gained nor lost). */
+     * re-reads A, but from L2, and a slowed core takes fewer of them
+     * (bench/results/NOTES.md, "chunks for one image"). */
     if (shared_pack(kn)) j.chunk = (GEMM_CHUNK + kn->np - 1) / kn->np;
     else j.chunk = M <= MC_ONE_PASS ? 2 : (tiles + threads - 1) / threads;
     /* A's last, short row group for the kernels reading it in place: one

@@ -785,8 +785,7 @@ int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *
          * activation inside fc1's GEMM, each thread activating the columns it
          * just wrote while they are in its cache; a pass of its own would read
          * and write it from memory. Smaller ones take the pass, which was
-         * faster there. Zen 5, ViT-B, engine-only: fused +3-5% at 224 batch 8
-         * (fp32 and bf16), -3-4% at batch 1 (224 and 384). */
+         * faster there (bench/results/NOTES.md, "fused activation"). */
         int fuse = T * (size_t)I > ((size_t)1 << 22);
         gemm_forward_act(kt, ctx->pool, a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T, a.pack,
                          fuse ? (int)c->hidden_act : GEMM_NO_ACT);
