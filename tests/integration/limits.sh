@@ -85,7 +85,7 @@ MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
 SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
 {
   printf '{"images": ['
-  for i in $(seq 16); do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
+  for i in $(seq 16); do [ "$i" = 1 ] || printf ','; printf '"%s"' "$B64"; done
   printf '], "resolution": %d}' "$SIDE"
 } > "$WORK/slow.json"
 slow() {
