@@ -2,7 +2,8 @@
  *
  *   comrope-classify [--model DIR] [--resolution N | HxW | native]
  *                    [--fit resize|crop] [--top-k K] [--logits] [--threads T]
- *                    [--precision fp32|bf16] [--isa auto|avx512|avx2|scalar] FILE...
+ *                    [--precision fp32|bf16] [--isa auto|avx512|avx2|scalar]
+ *                    [--dump-stages DIR] FILE...
  *
  * FILE is a JPEG, a PNG, or a .npy float32/float64 array [C,H,W] or
  * [N,C,H,W] of already normalized pixels (run at its own size). One JSON
@@ -26,7 +27,10 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
             "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16]\n"
-            "                        [--isa auto|avx512|avx2|scalar] FILE...\n"
+            "                        [--isa auto|avx512|avx2|scalar] [--dump-stages DIR] FILE...\n"
+            "--dump-stages DIR: write each image's residual stream after every stage of the\n"
+            "forward to DIR/image<I>_stage<S>.npy (T, D) (debugging parity layer by layer:\n"
+            "tools/parity_stages.py compares them with the reference).\n"
             "FILE: JPEG, PNG, or .npy float array [C,H,W] / [N,C,H,W] of normalized pixels.\n"
             "Prints one JSON object per image per line.\n");
 }
@@ -119,8 +123,31 @@ static void print_result(const vit_model *m, const char *file, int index, int h,
     free(order);
 }
 
+/* --dump-stages: each image's rows of the residual stream after every
+ * stage, as DIR/image<I>_stage<S>.npy, I counting the images of the run. */
+typedef struct {
+    const char *dir;
+    int first_image;   /* the run's index of the forward's image 0 */
+    int failed;
+} stage_dump;
+
+static void dump_stage(void *arg, int stage, const float *x, const int *start, int n, int T,
+                       int D) {
+    stage_dump *d = arg;
+    char path[4096], err[512];
+    (void)T;
+    for (int i = 0; i < n; i++) {
+        int64_t shape[2] = {start[i + 1] - start[i], D};
+        snprintf(path, sizeof(path), "%s/image%d_stage%d.npy", d->dir, d->first_image + i, stage);
+        if (npy_save_f32(path, x + (size_t)start[i] * D, 2, shape, err, sizeof(err))) {
+            if (!d->failed) fprintf(stderr, "comrope-classify: --dump-stages: %s\n", err);
+            d->failed = 1;
+        }
+    }
+}
+
 /* Runs one .npy file: [C,H,W] or [N,C,H,W], at its own size. */
-static int classify_npy(vit_context *ctx, const char *file,
+static int classify_npy(vit_context *ctx, int *images_done, const char *file,
                         const uint8_t *data, size_t len, int top_k, int with_logits) {
     const vit_model *m = ctx->model;
     char err[512];
@@ -156,12 +183,16 @@ static int classify_npy(vit_context *ctx, const char *file,
     int per = vit_tokens(m, h, w), step = ctx->params.max_images;
     if (per > 0 && ctx->params.max_tokens / per < step) step = ctx->params.max_tokens / per;
     if (step < 1) step = 1; /* an image too large: the forward names the limit */
-    for (int i0 = 0; i0 < n; i0 += step)
+    stage_dump *dump = ctx->params.observe_arg;
+    for (int i0 = 0; i0 < n; i0 += step) {
+        if (dump) dump->first_image = *images_done + i0;
         if (vit_forward_ragged(ctx, imgs + i0, n - i0 < step ? n - i0 : step,
                                logits + (size_t)i0 * m->cfg.num_class, err, sizeof(err)))
             goto fail;
+    }
     for (int i = 0; i < n; i++)
         print_result(m, file, i, h, w, logits + (size_t)i * m->cfg.num_class, top_k, with_logits);
+    *images_done += n;
     rc = 0;
     goto cleanup;
 fail:
@@ -184,7 +215,8 @@ int main(int argc, char **argv) {
     int res_given = 0, fit = IMAGE_FIT_RESIZE, top_k = 5, with_logits = 0, threads = 0;
     vit_options opts = vit_default_options();
     vit_context_params cparams = vit_context_default_params();
-    int first_file = argc;
+    stage_dump dump = {.dir = NULL, .first_image = 0, .failed = 0};
+    int first_file = argc, images_done = 0;
     char err[1024], dir[4096];
 
     for (int i = 1; i < argc; i++) {
@@ -198,7 +230,7 @@ int main(int argc, char **argv) {
         } else if (strcmp(a, "--model") == 0 || strcmp(a, "--resolution") == 0 ||
                    strcmp(a, "--fit") == 0 || strcmp(a, "--top-k") == 0 ||
                    strcmp(a, "--threads") == 0 || strcmp(a, "--precision") == 0 ||
-                   strcmp(a, "--isa") == 0) {
+                   strcmp(a, "--isa") == 0 || strcmp(a, "--dump-stages") == 0) {
             if (!val) {
                 fprintf(stderr, "comrope-classify: %s needs a value\n", a);
                 return 2;
@@ -220,6 +252,10 @@ int main(int argc, char **argv) {
                     fprintf(stderr, "comrope-classify: --fit must be resize or crop, not \"%s\"\n", val);
                     return 2;
                 }
+            } else if (strcmp(a, "--dump-stages") == 0) {
+                dump.dir = val;
+                cparams.observe = dump_stage;
+                cparams.observe_arg = &dump;
             } else if (strcmp(a, "--isa") == 0) {
                 if (cpu_isa_parse(val, &cparams.isa)) {
                     fprintf(stderr, "comrope-classify: --isa must be auto, avx512, avx2 or scalar, not \"%s\"\n", val);
@@ -296,7 +332,7 @@ int main(int argc, char **argv) {
             continue;
         }
         if (has_suffix(file, ".npy")) {
-            if (classify_npy(ctx, file, data, len, top_k, with_logits)) failed = 1;
+            if (classify_npy(ctx, &images_done, file, data, len, top_k, with_logits)) failed = 1;
         } else {
             float *pixels = NULL;
             float *logits = malloc(sizeof(float) * (size_t)m->cfg.num_class);
@@ -307,6 +343,7 @@ int main(int argc, char **argv) {
                 failed = 1;
             } else {
                 vit_image img = {h, w, pixels};
+                dump.first_image = images_done++;
                 if (vit_forward_ragged(ctx, &img, 1, logits, err, sizeof(err))) {
                     print_error(file, err);
                     failed = 1;
@@ -320,6 +357,7 @@ int main(int argc, char **argv) {
         free(data);
     }
     vit_context_free(ctx);
+    if (dump.failed) failed = 1;
     vit_free(m);
     return failed;
 }
