@@ -13,9 +13,12 @@ static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 
 static void probe(void) {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) features.best = CPU_ISA_AVX512;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) features.best = CPU_ISA_AVX2;
-    else features.best = CPU_ISA_SCALAR;
+    if (__builtin_cpu_supports("avx512f"))
+        features.best = CPU_ISA_AVX512;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        features.best = CPU_ISA_AVX2;
+    else
+        features.best = CPU_ISA_SCALAR;
     features.bf16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
 }
 
