@@ -4,7 +4,7 @@ counterpart of comrope-bench-engine.
 
     /usr/bin/python3 bench/torch_bench.py --model DIR [--resolution N|HxW]
         [--batch B] [--threads T] [--reps R] [--warmup W]
-        [--official [--shim DIR] [--model-py FILE]]
+        [--official [--shim DIR] [--model-py FILE | --official-repo DIR]]
 
 Default: tools/torch_model.py (fused QKV, Schur-folded pairwise rotation with
 cos / sin tables built once per resolution, float32), under
@@ -15,6 +15,13 @@ torch.no_grad(), positions from the config at that resolution; also reports
 the largest logit difference from tools/torch_model.py on the timed batch.
 When the shim or model.py cannot be found it prints a JSON line with
 "skipped" and the reason, and exits 0 (CI has neither).
+
+Where the official model.py comes from (nothing is assumed about this
+machine): --model-py FILE or $COMROPE_OFFICIAL_MODEL_PY, else model.py at
+HEAD of a clone of the official repository given by --official-repo DIR or
+$COMROPE_OFFICIAL_REPO (`git clone https://github.com/Longin-Yu/ComRoPE`;
+a bare clone works too), extracted into a temporary folder outside this
+repository, which must not hold a copy of it.
 
 Prints one JSON line with the fields of comrope-bench-engine: model, pe,
 resolution, batch, threads, kernel, median_s, min_s, max_s, images_per_s.
@@ -32,41 +39,42 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-OFFICIAL_REPO = os.environ.get("COMROPE_OFFICIAL_REPO", "/work/.mirror/Longin-Yu+ComRoPE/repo")
-
 
 def default_shim():
     return os.environ.get("COMROPE_OFFICIAL_SHIM", os.path.join(REPO, "..", "shared", "official-shim"))
 
 
-def find_official(shim, model_py):
+def find_official(shim, model_py, repo):
     """-> (shim, model_py, None) or (None, None, reason). model.py is taken from
-    --model-py, $COMROPE_OFFICIAL_MODEL_PY or /tmp/official/model.py, else
-    extracted from the fetched official repository into a temporary folder
-    outside this repository (it must not be copied into the project)."""
+    --model-py or $COMROPE_OFFICIAL_MODEL_PY, else extracted from the official
+    repository (--official-repo or $COMROPE_OFFICIAL_REPO) into a temporary
+    folder outside this repository (it must not be copied into the project)."""
     if not os.path.isdir(os.path.join(shim, "transformers")):
         return None, None, f"no official shim at {os.path.abspath(shim)} (set COMROPE_OFFICIAL_SHIM)"
-    candidates = [model_py] if model_py else [os.environ.get("COMROPE_OFFICIAL_MODEL_PY", ""),
-                                              "/tmp/official/model.py"]
-    for c in candidates:
-        if c and os.path.isfile(c):
-            return shim, c, None
+    model_py = model_py or os.environ.get("COMROPE_OFFICIAL_MODEL_PY", "")
     if model_py:
+        if os.path.isfile(model_py):
+            return shim, model_py, None
         return None, None, f"no official model.py at {model_py}"
-    if os.path.isdir(OFFICIAL_REPO):
+    repo = repo or os.environ.get("COMROPE_OFFICIAL_REPO", "")
+    if repo and os.path.isdir(repo):
         out_dir = os.path.join(tempfile.gettempdir(), "comrope-official")
         os.makedirs(out_dir, exist_ok=True)
         out = os.path.join(out_dir, "model.py")
         try:
-            text = subprocess.run(["git", f"--git-dir={OFFICIAL_REPO}", "show", "HEAD:model.py"],
+            git_dir = os.path.join(repo, ".git") if os.path.isdir(os.path.join(repo, ".git")) else repo
+            text = subprocess.run(["git", f"--git-dir={git_dir}", "show", "HEAD:model.py"],
                                   check=True, capture_output=True).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            return None, None, f"cannot read model.py from {OFFICIAL_REPO}: {e}"
+            return None, None, f"cannot read model.py from {repo}: {e}"
         with open(out, "wb") as f:
             f.write(text)
         return shim, out, None
-    return None, None, ("no official model.py (set COMROPE_OFFICIAL_MODEL_PY, or fetch "
-                        f"Longin-Yu/ComRoPE to {OFFICIAL_REPO})")
+    if repo:
+        return None, None, f"no official repository at {repo}"
+    return None, None, ("no official model.py: give --model-py FILE or --official-repo DIR (or set "
+                        "COMROPE_OFFICIAL_MODEL_PY / COMROPE_OFFICIAL_REPO) after "
+                        "`git clone https://github.com/Longin-Yu/ComRoPE`")
 
 
 def import_official(shim, model_py):
@@ -118,14 +126,16 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--official", action="store_true", help="time the paper's model.py instead")
     ap.add_argument("--shim", default=default_shim())
-    ap.add_argument("--model-py")
+    ap.add_argument("--model-py", help="the official model.py (default: $COMROPE_OFFICIAL_MODEL_PY)")
+    ap.add_argument("--official-repo", help="a clone of github.com/Longin-Yu/ComRoPE whose HEAD model.py "
+                                            "is used (default: $COMROPE_OFFICIAL_REPO)")
     args = ap.parse_args(argv)
     if args.batch < 1 or args.threads < 1 or args.reps < 1 or args.warmup < 0:
         ap.error("--batch, --threads and --reps must be >= 1, --warmup >= 0")
 
     official = None
     if args.official:
-        shim, model_py, reason = find_official(args.shim, args.model_py)
+        shim, model_py, reason = find_official(args.shim, args.model_py, args.official_repo)
         if reason:
             print(f"torch_bench: official model.py skipped: {reason}", file=sys.stderr)
             print(json.dumps({"model": args.model, "skipped": reason}))

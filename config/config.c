@@ -18,6 +18,8 @@ static const char *const access_log_choices[] = {"text", "json", "off", NULL};
 static const char *const precision_choices[] = {"fp32", "bf16", NULL};
 /* on/off rather than yes/no: the word the console's docs use */
 static const char *const console_choices[] = {"off", "on", NULL};
+/* names of engine/cpu.h's levels; "auto" (first, the default) is the best the CPU runs */
+static const char *const isa_choices[] = {"auto", "avx512", "avx2", "scalar", NULL};
 
 /* The one table. Defaults are text so that they go through the same parser
  * as every other source and cannot disagree with the bounds. */
@@ -75,7 +77,9 @@ const config_option config_options[] = {
     {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,
      "access log on stderr: text, json (then every log line is a JSON object) or off"},
     {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
-     "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs, 1.3-1.5x faster on ViT-B)"},
+     "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs; its speed-up: bench/README.md)"},
+    {"isa", CONFIG_ENUM, OFF(isa), 0, "auto", 0, 0, isa_choices,
+     "CPU kernels: auto (the best this CPU runs), or force a lower level: avx512, avx2, scalar"},
     {"console", CONFIG_ENUM, OFF(console), 0, "on", 0, 0, console_choices,
      "the web console at / (built into the binary; public page, API calls carry the token): on or off"},
     /* work and memory one request may cost (README "Limits") */
@@ -469,9 +473,13 @@ void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_i
         cfg->workers = cpu_limit;
         cfg->gemm_threads = 1;
     }
-    /* The engine's GEMM pool runs one multiply at a time for the whole
-     * process, so extra workers only overlap decoding and attention with
-     * it: two are enough to keep the pool busy on larger machines. */
+    /* A larger model: each worker owns an engine context with its own
+     * pool, so workers compute at once and W x T may use every CPU either
+     * way. Few workers with many threads answer a lone request sooner; on
+     * 2 CPUs at batch 8, 1 x 2 served ViT-B at least as fast as 2 x 1
+     * (bench/concurrency.py, README "Workers and threads"), so one worker
+     * takes the CPUs, and from 4 CPUs a second one overlaps a batch's
+     * decoding and bookkeeping with the other's GEMMs. */
     if (cfg->workers == 0) cfg->workers = cpu_limit >= 4 ? 2 : 1;
     if (cfg->gemm_threads == 0) {
         cfg->gemm_threads = cpu_limit / cfg->workers;
@@ -514,5 +522,16 @@ void config_usage(FILE *out) {
         if (o->type == CONFIG_INT || o->type == CONFIG_INT64)
             fprintf(out, ", range [%lld, %lld]", o->min, o->max);
         fprintf(out, ", env %s\n", env);
+    }
+}
+
+void config_markdown(FILE *out) {
+    fprintf(out, "| key | default | meaning |\n|---|---|---|\n");
+    for (int i = 0; i < config_num_options; i++) {
+        const config_option *o = &config_options[i];
+        fprintf(out, "| `%s` | \"%s\"", o->name, o->default_value);
+        if (o->type == CONFIG_INT || o->type == CONFIG_INT64)
+            fprintf(out, ", range [%lld, %lld]", o->min, o->max);
+        fprintf(out, " | %s |\n", o->help);
     }
 }

@@ -55,6 +55,7 @@ typedef struct {
     int64_t pixel_budget_bytes;         /* decoded pixels of queued + running requests */
     int64_t max_json_body_bytes;
     int parse_threads;
+    int isa;                            /* index into the isa row's choices; 0 = auto */
 } server_config;
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;
@@ -137,5 +138,9 @@ void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_i
  * line is a comment, since a file cannot name another). */
 void config_print(const server_config *cfg, FILE *out);
 void config_usage(FILE *out);
+
+/* The settings table of README.md (Markdown: header and one row per key);
+ * tests/test_readme.c fails when README.md holds anything else. */
+void config_markdown(FILE *out);
 
 #endif

@@ -32,23 +32,19 @@
 
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "dispatch.h"
 #include "parallel.h"
 
 #define NR (3 * GEMM_PANEL)  /* columns per tile */
 #define MR_MAX 8             /* rows per micro-kernel call, at most */
 #define KC 192               /* generic kernel's K block: its tile's weights (36 KB) fit L1 */
 #define KC_BIG 768           /* the AVX2, AVX-512 and bf16 K block: one block for K = 768 (C
-                                written once, never reloaded); the tile's block comes from L2.
-                                ViT-B GEMMs: AVX2 on Zen 3, 88 -> 92 GFLOP/s on 1 thread vs
-                                256; Zen 5, 2 threads, vs 192: AVX-512 fp32 287-336 -> 337-359
-                                GFLOP/s, bf16 417-477 -> 602-648 (its C tile was reloaded
-                                every 96 pairs: twice as often per instruction as fp32's) */
+                                written once, never reloaded); the tile's block comes from L2
+                                (measured against 192 and 256: bench/results/NOTES.md) */
 #define MC 64                /* rows of A per pass over a tile (8 row groups, at most) */
 #define GEMM_CHUNK 4         /* AVX2: panels a part takes at a time */
 #define MC_ONE_PASS 264      /* A packed (AVX2, bf16): up to this many rows (one image's
@@ -102,7 +98,7 @@ int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out) {
     out->N = N;
     out->K = K;
     out->panels = ((N + NR - 1) / NR) * 3;
-    if (precision == GEMM_BF16) return gemm_bf16_supported() ? pack_bf16(W, N, K, out) : -1;
+    if (precision == GEMM_BF16) return cpu_has_avx512bf16() ? pack_bf16(W, N, K, out) : -1;
     size_t n = (size_t)out->panels * K * GEMM_PANEL;
     void *p = NULL;
     if (posix_memalign(&p, 64, n * sizeof(float)) != 0) return -1;
@@ -139,7 +135,7 @@ typedef void (*kernel_fn)(const void *Ap, size_t rs, size_t ks, const void *B0, 
                           const void *B2, int kc, float *C, size_t ldc, int first,
                           const float *bias);
 
-typedef struct {
+struct gemm_kernel {
     const char *name;
     kernel_fn fn;
     int mr;      /* rows per call */
@@ -147,7 +143,7 @@ typedef struct {
     int pack;    /* 1 reads A from a k-major copy packed once for all threads, 0 in place */
     int kc;      /* K block (even: a bf16 pair never straddles two blocks) */
     int pairs;   /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
-} gemm_kernel;
+};
 
 static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0,
                            const void *B1, const void *B2, int kc, float *C, size_t ldc,
@@ -281,59 +277,26 @@ __attribute__((target("avx512f,avx512bf16"))) static void kernel_bf16(
                              bias ? _mm512_add_ps(c[r][q], _mm512_loadu_ps(bias + 16 * q)) : c[r][q]);
 }
 
-int gemm_bf16_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
-}
+static const gemm_kernel kernel_avx512_entry = {
+    .name = "avx512", .fn = kernel_avx512, .mr = 8, .np = 3, .pack = 0, .kc = KC_BIG, .pairs = 0};
+static const gemm_kernel kernel_avx2_entry = {
+    .name = "avx2", .fn = kernel_avx2, .mr = 6, .np = 1, .pack = 1, .kc = KC_BIG, .pairs = 0};
+static const gemm_kernel kernel_generic_entry = {
+    .name = "generic", .fn = kernel_generic, .mr = 4, .np = 3, .pack = 0, .kc = KC, .pairs = 0};
+/* every bf16-packed weight (gemm_pack refuses bf16 without AVX512-BF16) */
+static const gemm_kernel kernel_bf16_entry = {
+    .name = "avx512bf16", .fn = kernel_bf16, .mr = 8, .np = 3, .pack = 1, .kc = KC_BIG, .pairs = 1};
 
-static const gemm_kernel kernels[] = {
-    {"avx512", kernel_avx512, 8, 3, 0, KC_BIG, 0},
-    {"avx2", kernel_avx2, 6, 1, 1, KC_BIG, 0},
-    {"generic", kernel_generic, 4, 3, 0, KC, 0},
-};
-/* used for every bf16-packed weight (gemm_pack refuses bf16 without it) */
-static const gemm_kernel kernel_bf16_entry = {"avx512bf16", kernel_bf16, 8, 3, 1, KC_BIG, 1};
-
-static const gemm_kernel *active;
-static pthread_once_t choose_once = PTHREAD_ONCE_INIT;
-
-static int cpu_has(const char *name) {
-    __builtin_cpu_init();
-    if (strcmp(name, "avx512") == 0) return __builtin_cpu_supports("avx512f");
-    if (strcmp(name, "avx2") == 0)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return 1;
-}
-
-static void choose_kernel(void) {
-    for (size_t i = 0; i < sizeof(kernels) / sizeof(kernels[0]); i++)
-        if (cpu_has(kernels[i].name)) {
-            active = &kernels[i];
-            return;
-        }
-}
-
-const char *gemm_kernel_name(void) {
-    pthread_once(&choose_once, choose_kernel);
-    return active->name;
-}
-
-int gemm_force_kernel(const char *name) {
-    pthread_once(&choose_once, choose_kernel);
-    if (!name) {
-        choose_kernel();
-        return 0;
+void gemm_fill_table(kernel_table *kt, cpu_isa isa) {
+    switch (isa) {
+    case CPU_ISA_AVX512:
+        kt->gemm = &kernel_avx512_entry;
+        kt->gemm_bf16 = cpu_has_avx512bf16() ? &kernel_bf16_entry : NULL;
+        break;
+    case CPU_ISA_AVX2: kt->gemm = &kernel_avx2_entry; break;
+    case CPU_ISA_SCALAR: kt->gemm = &kernel_generic_entry; break;
     }
-    for (size_t i = 0; i < sizeof(kernels) / sizeof(kernels[0]); i++)
-        if (strcmp(kernels[i].name, name) == 0) {
-            if (!cpu_has(name)) return -1;
-            active = &kernels[i];
-            return 0;
-        }
-    return -1;
 }
-
-void gemm_set_threads(int n) { parallel_set_threads(n); }
 
 /* ---- the blocked loop ---- */
 
@@ -350,6 +313,7 @@ typedef struct {
                      zero-padded to mr rows of K (caller's scratch), or NULL */
     int Mp;       /* M rounded up to the kernel's rows */
     int act;      /* activation applied to finished columns, or GEMM_NO_ACT */
+    activation_fn activate; /* the table's activation kernel */
     int chunk;    /* tiles a part takes at a time */
     int next;     /* the first tile nobody has taken (atomic) */
 } gemm_job;
@@ -558,7 +522,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
             if (last && j->act != GEMM_NO_ACT) {
                 int c0 = t0 * nr, c1 = t1 * nr < N ? t1 * nr : N;
                 for (int r = 0; r < rows && c0 < c1; r++)
-                    activation_forward(j->out + (size_t)(i0 + r) * N + c0, (size_t)(c1 - c0),
+                    j->activate(j->out + (size_t)(i0 + r) * N + c0, (size_t)(c1 - c0),
                                        (activation)j->act);
             }
         }
@@ -602,32 +566,32 @@ static void gemm_part(void *ctx, int part, int parts) {
     }
 }
 
-size_t gemm_scratch_floats(int M, int K, int precision) {
-    pthread_once(&choose_once, choose_kernel);
+size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision) {
     /* bf16: M rounded up to 8 rows of ceil(K / 2) pairs (each block's
      * pairs, summed over the even blocks and the last one, is that) */
     if (precision == GEMM_BF16) return (size_t)(M + MR_MAX) * (size_t)((K + 1) / 2);
     /* fp32 read in place (AVX-512, generic): only A's last, short row group,
      * zero-padded (gemm_forward_act) */
-    if (!shared_pack(active)) return (size_t)MR_MAX * (size_t)K;
+    if (!shared_pack(kt->gemm)) return (size_t)MR_MAX * (size_t)K;
     /* M rounded up to MR is below M + MR_MAX */
     return (size_t)(M + MR_MAX) * (size_t)K;
 }
 
-void gemm_forward(float *out, const float *A, const packed_weight *W, const float *bias, int M,
-                  float *scratch) {
-    gemm_forward_act(out, A, W, bias, M, scratch, GEMM_NO_ACT);
+void gemm_forward(const kernel_table *kt, thread_pool *pool, float *out, const float *A,
+                  const packed_weight *W, const float *bias, int M, float *scratch) {
+    gemm_forward_act(kt, pool, out, A, W, bias, M, scratch, GEMM_NO_ACT);
 }
 
-void gemm_forward_act(float *out, const float *A, const packed_weight *W, const float *bias, int M,
-                      float *scratch, int act) {
-    pthread_once(&choose_once, choose_kernel);
-    const gemm_kernel *kn = W->bf16 ? &kernel_bf16_entry : active;
-    gemm_job j = {out, A, W, bias, M, kn, scratch, NULL, (M + kn->mr - 1) / kn->mr * kn->mr, act, 0, 0};
+void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, const float *A,
+                      const packed_weight *W, const float *bias, int M, float *scratch, int act) {
+    const gemm_kernel *kn = W->bf16 ? kt->gemm_bf16 : kt->gemm;
+    gemm_job j = {.out = out, .A = A, .W = W, .bias = bias, .M = M, .kernel = kn, .Ap = scratch,
+                  .pad = NULL, .Mp = (M + kn->mr - 1) / kn->mr * kn->mr, .act = act,
+                  .activate = kt->activation, .chunk = 0, .next = 0};
     int tiles = W->panels / kn->np;
     /* Small products are not worth waking anyone. */
     int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;
-    int threads = parallel_threads() < parts ? parallel_threads() : parts;
+    int threads = thread_pool_threads(pool) < parts ? thread_pool_threads(pool) : parts;
     /* With A packed once for all, a part can take any tile: small chunks,
      * so that a core the host slows down for a while takes fewer of them
      * (equal halves left the other core waiting 2-3% of a forward), and a
@@ -636,9 +600,8 @@ void gemm_forward_act(float *out, const float *A, const packed_weight *W, const 
      * in place take equal shares: each reads its rows once per pass for all
      * its tiles (small chunks of them cost AVX-512 4-6% at batch 8). */
     /* One image's rows (A in L2) read in place take chunks too: each chunk
-     * re-reads A, but from L2, and a slowed core takes fewer of them (Zen 5,
-     * ViT-B 224 batch 1, fp32: +2-3% over 10-12 interleaved rounds of
-     * bench/ab.py; 384 batch 1 neither gained nor lost). */
+     * re-reads A, but from L2, and a slowed core takes fewer of them
+     * (bench/results/NOTES.md, "chunks for one image"). */
     if (shared_pack(kn)) j.chunk = (GEMM_CHUNK + kn->np - 1) / kn->np;
     else j.chunk = M <= MC_ONE_PASS ? 2 : (tiles + threads - 1) / threads;
     /* A's last, short row group for the kernels reading it in place: one
@@ -650,6 +613,6 @@ void gemm_forward_act(float *out, const float *A, const packed_weight *W, const 
         memcpy(j.pad, A + (size_t)(M - tail) * W->K, sizeof(float) * (size_t)tail * W->K);
         memset(j.pad + (size_t)tail * W->K, 0, sizeof(float) * (size_t)(kn->mr - tail) * W->K);
     }
-    if (shared_pack(kn)) parallel_run(pack_part, &j, parts < j.Mp / kn->mr ? parts : j.Mp / kn->mr);
-    parallel_run(gemm_part, &j, parts);
+    if (shared_pack(kn)) thread_pool_run(pool, pack_part, &j, parts < j.Mp / kn->mr ? parts : j.Mp / kn->mr);
+    thread_pool_run(pool, gemm_part, &j, parts);
 }

@@ -5,7 +5,9 @@
  * any pixel is decoded, preprocessor_config.json, and the preparation that
  * torchvision/PIL apply at training time (antialiased resize or
  * resize-then-center-crop, rescale to [0,1], normalize), producing a float
- * tensor [C, h, w]. Knows nothing about the model's weights. */
+ * tensor [C, h, w]. Knows nothing about the model's weights. Implemented
+ * in image_decode.c (probe, limits, decoders), image_resample.c (PIL's
+ * resampler) and image_prep.c (the config and the preparation). */
 #ifndef COMROPE_IMAGE_H
 #define COMROPE_IMAGE_H
 

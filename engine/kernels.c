@@ -1,8 +1,9 @@
-/* kernels.c: matmul, LayerNorm, activations, attention (see kernels.h).
+/* kernels.c: matmul, LayerNorm, activations, RoPE's rotation (see
+ * kernels.h; attention and its softmax: attention.c).
  *
  * The softmax and the activations spend their time in exp() and erf(), and
  * LayerNorm in its two reductions; all three have AVX-512 and AVX2 paths
- * (chosen once from cpuid, or forced by the tests) besides plain C:
+ * (a context's kernel table picks one level: dispatch.h) besides plain C:
  *   exp: Cephes' expf polynomial (relative error about 1e-7, like libm's);
  *   erf (GELU): erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), the
  *        Chebyshev fit of Numerical Recipes (relative error of erfc below
@@ -19,39 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "gemm.h"
-
-enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512 };
-static int isa_forced = -1;
-
-static int isa_detect(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
-    return ISA_SCALAR;
-}
-
-static int isa(void) { return isa_forced >= 0 ? isa_forced : isa_detect(); }
-
-int kernels_force_isa(const char *name) {
-    int want;
-    if (!name) {
-        isa_forced = -1;
-        return 0;
-    }
-    if (strcmp(name, "avx512") == 0) want = ISA_AVX512;
-    else if (strcmp(name, "avx2") == 0) want = ISA_AVX2;
-    else if (strcmp(name, "scalar") == 0) want = ISA_SCALAR;
-    else return -1;
-    if (want > isa_detect()) return -1;
-    isa_forced = want;
-    return 0;
-}
-
-const char *kernels_isa_name(void) {
-    static const char *const names[] = {"scalar", "avx2", "avx512"};
-    return names[isa()];
-}
+#include "dispatch.h"
+#include "simd.h"
 
 /* Numerical Recipes' erfc(z) = t exp(-z^2 + P(t)), coefficients from the
  * highest power down (used by every path). */
@@ -60,30 +30,6 @@ static const float erfc_coef[10] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.
                                     1.00002368f,  -1.26551223f};
 
 /* ---- AVX-512: 16 floats at a time ---- */
-
-/* exp(x) for 16 floats: x = n*ln2 + r, |r| <= ln2/2, exp(r) by a degree-7
- * polynomial, then scaled by 2^n (scalef handles overflow to inf and
- * underflow to 0). */
-__attribute__((target("avx512f"))) static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.72283905206835f));
-    x = _mm512_max_ps(x, _mm512_set1_ps(-103.97207708f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-
-static __mmask16 tail_mask(size_t left) {
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-}
 
 /* GELU(v) = v/2 (1 + erf(v/sqrt2)) = v/2 erfc(-v/sqrt2) */
 __attribute__((target("avx512f"))) static inline __m512 gelu512(__m512 v) {
@@ -118,28 +64,6 @@ __attribute__((target("avx512f"))) static void activation_avx512(float *x, size_
             y = _mm512_max_ps(v, _mm512_setzero_ps());
         }
         _mm512_mask_storeu_ps(x + i, m, y);
-    }
-}
-
-/* Softmax of one row of n values, in place (lanes past n untouched). */
-__attribute__((target("avx512f"), noinline)) static void softmax_row_avx512(float *row, int n) {
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < n; j += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY),
-                                                    tail_mask((size_t)(n - j)), row + j));
-    __m512 maxv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < n; j += 16) {
-        __mmask16 m = tail_mask((size_t)(n - j));
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), maxv));
-        e = _mm512_maskz_mov_ps(m, e);
-        sum = _mm512_add_ps(sum, e);
-        _mm512_mask_storeu_ps(row + j, m, e);
-    }
-    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int j = 0; j < n; j += 16) {
-        __mmask16 m = tail_mask((size_t)(n - j));
-        _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), inv));
     }
 }
 
@@ -179,51 +103,7 @@ __attribute__((target("avx512f"))) static void layernorm_avx512(float *out, cons
     }
 }
 
-/* ---- AVX2: 8 floats at a time; tails through maskload/maskstore ---- */
-
-static const int32_t lane_mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-/* all ones in the first min(left, 8) lanes */
-__attribute__((target("avx2"))) static inline __m256i mask8(size_t left) {
-    return _mm256_loadu_si256((const __m256i *)(lane_mask_table + 8 - (left >= 8 ? 8 : left)));
-}
-
-/* 8 floats from p, of which the first min(left, 8) are real (the others
- * read as 0), and the store back. Full chunks take plain loads and stores:
- * on AMD cores vmaskmovps is microcoded (a store costs a dozen cycles or
- * more), and masking every chunk made the softmax, GELU and LayerNorm
- * several times slower than their arithmetic. The values are the same. */
-__attribute__((target("avx2"))) static inline __m256 load8(const float *p, size_t left) {
-    return left >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask8(left));
-}
-
-__attribute__((target("avx2"))) static inline void store8(float *p, size_t left, __m256 v) {
-    if (left >= 8)
-        _mm256_storeu_ps(p, v);
-    else
-        _mm256_maskstore_ps(p, mask8(left), v);
-}
-
-/* exp256: as exp512; 2^n is built in the exponent bits, so x is clamped to
- * [-87, 88] where n stays a normal exponent (exp(-87) = 1.6e-38 stands in
- * for anything smaller: an absolute error below 2e-38). */
-__attribute__((target("avx2,fma"))) static inline __m256 exp256(__m256 x) {
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+/* ---- AVX2: 8 floats at a time (simd.h) ---- */
 
 __attribute__((target("avx2,fma"))) static inline __m256 gelu256(__m256 v) {
     __m256 z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), _mm256_set1_ps(0.70710678118654752f));
@@ -257,50 +137,6 @@ __attribute__((target("avx2,fma"))) static void activation_avx2(float *x, size_t
         }
         store8(x + i, n - i, y);
     }
-}
-
-__attribute__((target("avx2"))) static inline float hmax256(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-    return _mm_cvtss_f32(m);
-}
-
-__attribute__((target("avx2"))) static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-
-__attribute__((target("avx2"))) static inline double hsum256d(__m256d v) {
-    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-}
-
-/* Softmax of one row of n values, in place. noinline: one call per row is
- * nothing, and the profile (bench/profile.py) then tells the softmax apart
- * from the attention around it. */
-__attribute__((target("avx2,fma"), noinline)) static void softmax_row_avx2(float *row, int n) {
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    __m256 mx = ninf;
-    for (int j = 0; j < n; j += 8) {
-        __m256 v = load8(row + j, (size_t)(n - j));
-        if (n - j < 8) v = _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(mask8((size_t)(n - j)))); /* lanes past n: -inf */
-        mx = _mm256_max_ps(mx, v);
-    }
-    __m256 maxv = _mm256_set1_ps(hmax256(mx));
-    __m256 sum = _mm256_setzero_ps();
-    for (int j = 0; j < n; j += 8) {
-        __m256i m = mask8((size_t)(n - j));
-        __m256 e = exp256(_mm256_sub_ps(load8(row + j, (size_t)(n - j)), maxv));
-        e = _mm256_and_ps(e, _mm256_castsi256_ps(m)); /* lanes past n add 0 */
-        sum = _mm256_add_ps(sum, e);
-        store8(row + j, (size_t)(n - j), e);
-    }
-    __m256 inv = _mm256_set1_ps(1.0f / hsum256(sum));
-    for (int j = 0; j < n; j += 8)
-        store8(row + j, (size_t)(n - j), _mm256_mul_ps(load8(row + j, (size_t)(n - j)), inv));
 }
 
 /* RoPE's rotation of n / 2 pairs: (x[2i], x[2i+1]) by (cs[2i], cs[2i+1]) =
@@ -337,308 +173,6 @@ __attribute__((target("avx512f"))) static void rotate_pairs_avx512(float *dst, c
         _mm512_storeu_ps(dst + i, _mm512_fmaddsub_ps(v, _mm512_moveldup_ps(c), s));
     }
     rotate_pairs_avx2(dst + i, x + i, cs + i, n - i);
-}
-
-void rotate_pairs_forward(float *dst, const float *x, const float *cs, int n) {
-    int v = isa();
-    if (v == ISA_AVX512) rotate_pairs_avx512(dst, x, cs, n);
-    else if (v == ISA_AVX2) rotate_pairs_avx2(dst, x, cs, n);
-    else rotate_pairs_scalar(dst, x, cs, n);
-}
-
-/* Columns padded to a multiple of 16 in the AVX2 attention's scratch. */
-static int attn_pad(int T) { return (T + 15) & ~15; }
-
-/* One head of attention with AVX2, six query rows at a time, all in L1/L2:
- *   Kt (hd, Tp) = k^T and Vc (T, hdp) = v, both contiguous and zero-padded
- *     (k and v sit in the qkv rows 3*D floats apart: read in place, their
- *     lines pile onto a few L1 sets and every pass refetched them);
- *   S (6, Tp): S[r] = q[i+r] Kt (16 columns per step: 12 accumulators share
- *     each load of Kt, as in the GEMM kernel), then each row's softmax over
- *     its first T values;
- *   out[i+r] = sum_j S[r][j] Vc[j], 16 output columns per step.
- * OpenBLAS pays more in packing and dispatch than these small products
- * cost (a tiny model's heads are 50 x 24). Every row's arithmetic is the
- * same whichever rows share its group (a missing row repeats row i and is
- * not stored), so rows stay independent of the batch. */
-enum { ATTN_MR = 6 };
-
-/* The two inner products of attention_head_avx2, each a 6 x 16 block with
- * 12 accumulators. Separate functions so that GCC keeps the accumulators
- * in registers (inlined into the big loop, it wrote them back to the stack
- * after every multiply-add). */
-__attribute__((target("avx2,fma"), noinline)) static void attn_qk_avx2(const float *const *qr,
-                                                                      const float *Kt, int Tp,
-                                                                      int hd, float *S) {
-    __m256 a[ATTN_MR][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < ATTN_MR; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
-    for (int c = 0; c < hd; c++) {
-        __m256 k0 = _mm256_load_ps(Kt + (size_t)c * Tp);
-        __m256 k1 = _mm256_load_ps(Kt + (size_t)c * Tp + 8);
-#pragma GCC unroll 6
-        for (int r = 0; r < ATTN_MR; r++) {
-            __m256 qv = _mm256_broadcast_ss(qr[r] + c);
-            a[r][0] = _mm256_fmadd_ps(qv, k0, a[r][0]);
-            a[r][1] = _mm256_fmadd_ps(qv, k1, a[r][1]);
-        }
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < ATTN_MR; r++) {
-        _mm256_store_ps(S + (size_t)r * Tp, a[r][0]);
-        _mm256_store_ps(S + (size_t)r * Tp + 8, a[r][1]);
-    }
-}
-
-__attribute__((target("avx2,fma"), noinline)) static void attn_pv_avx2(const float *S, int Tp,
-                                                                      const float *V, int ldv,
-                                                                      int T, __m256 o[][2]) {
-    __m256 acc[ATTN_MR][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < ATTN_MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int j = 0; j < T; j++) {
-        __m256 v0 = _mm256_load_ps(V + (size_t)j * ldv), v1 = _mm256_load_ps(V + (size_t)j * ldv + 8);
-#pragma GCC unroll 6
-        for (int r = 0; r < ATTN_MR; r++) {
-            __m256 p = _mm256_broadcast_ss(S + (size_t)r * Tp + j);
-            acc[r][0] = _mm256_fmadd_ps(p, v0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(p, v1, acc[r][1]);
-        }
-    }
-#pragma GCC unroll 6
-    for (int r = 0; r < ATTN_MR; r++) {
-        o[r][0] = acc[r][0];
-        o[r][1] = acc[r][1];
-    }
-}
-
-/* One head's k as Kt (hd, Tp) = k^T and v as Vc (T, hdp), contiguous, the
- * columns past T and hd zero: the scratch of both attention kernels. */
-static void attention_copy_kv(const float *k, int ldk, const float *v, int ldv, int T, int hd,
-                              int Tp, int hdp, float *Kt, float *Vc) {
-    for (int j = 0; j < Tp; j++)
-        for (int c = 0; c < hd; c++) Kt[(size_t)c * Tp + j] = j < T ? k[(size_t)j * ldk + c] : 0.0f;
-    for (int j = 0; j < T; j++) {
-        memcpy(Vc + (size_t)j * hdp, v + (size_t)j * ldv, sizeof(float) * (size_t)hd);
-        for (int c = hd; c < hdp; c++) Vc[(size_t)j * hdp + c] = 0.0f;
-    }
-}
-
-__attribute__((target("avx2,fma"))) static void attention_head_avx2(
-    float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-    float *scratch, int T, int hd) {
-    int Tp = attn_pad(T), hdp = attn_pad(hd);
-    float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
-    attention_copy_kv(k, ldk, v, ldv, T, hd, Tp, hdp, Kt, Vc);
-    for (int i0 = 0; i0 < T; i0 += ATTN_MR) {
-        int nr = T - i0 < ATTN_MR ? T - i0 : ATTN_MR;
-        const float *qr[ATTN_MR];
-        for (int r = 0; r < ATTN_MR; r++) qr[r] = q + (size_t)(i0 + (r < nr ? r : 0)) * ldq;
-        for (int j = 0; j < Tp; j += 16) attn_qk_avx2(qr, Kt + j, Tp, hd, S + j);
-        for (int r = 0; r < nr; r++) softmax_row_avx2(S + (size_t)r * Tp, T);
-        for (int c0 = 0; c0 < hd; c0 += 16) {
-            int left = hd - c0;
-            __m256 o[ATTN_MR][2];
-            attn_pv_avx2(S, Tp, Vc + c0, hdp, T, o);
-            for (int r = 0; r < nr; r++) {
-                float *dst = out + (size_t)(i0 + r) * ld_out + c0;
-                store8(dst, (size_t)left, o[r][0]);
-                if (left > 8) store8(dst + 8, (size_t)(left - 8), o[r][1]);
-            }
-        }
-    }
-}
-
-/* The same attention with AVX-512: eight query rows at a time, 32 columns
- * per step (16 accumulators of 16 floats; Kt and Vc padded to 32). The two
- * products run at 75-85% of the FMA peak where OpenBLAS, called per head,
- * reached 34% (Zen 5 with OPENBLAS_CORETYPE=Haswell, ViT-B at 224): 7% of a
- * forward there, more at 384 where attention is a larger part. */
-enum { ATTN_MR512 = 8 };
-static int attn_pad32(int n) { return (n + 31) & ~31; }
-
-__attribute__((target("avx512f"), noinline)) static void attn_qk_avx512(const float *const *qr,
-                                                                        const float *Kt, int Tp,
-                                                                        int hd, float *S) {
-    __m512 a[ATTN_MR512][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < ATTN_MR512; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-    for (int c = 0; c < hd; c++) {
-        __m512 k0 = _mm512_load_ps(Kt + (size_t)c * Tp);
-        __m512 k1 = _mm512_load_ps(Kt + (size_t)c * Tp + 16);
-#pragma GCC unroll 8
-        for (int r = 0; r < ATTN_MR512; r++) {
-            __m512 qv = _mm512_set1_ps(qr[r][c]);
-            a[r][0] = _mm512_fmadd_ps(qv, k0, a[r][0]);
-            a[r][1] = _mm512_fmadd_ps(qv, k1, a[r][1]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < ATTN_MR512; r++) {
-        _mm512_store_ps(S + (size_t)r * Tp, a[r][0]);
-        _mm512_store_ps(S + (size_t)r * Tp + 16, a[r][1]);
-    }
-}
-
-/* out rows [0, nr) (row stride ld_out), 32 columns from c0 (left of them
- * real) = S (8, Tp) . V (T, 32 columns from V). */
-__attribute__((target("avx512f"), noinline)) static void attn_pv_avx512(const float *S, int Tp,
-                                                                        const float *V, int ldv,
-                                                                        int T, float *out,
-                                                                        int ld_out, int nr,
-                                                                        int left) {
-    __m512 acc[ATTN_MR512][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < ATTN_MR512; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int j = 0; j < T; j++) {
-        __m512 v0 = _mm512_load_ps(V + (size_t)j * ldv), v1 = _mm512_load_ps(V + (size_t)j * ldv + 16);
-#pragma GCC unroll 8
-        for (int r = 0; r < ATTN_MR512; r++) {
-            __m512 p = _mm512_set1_ps(S[(size_t)r * Tp + j]);
-            acc[r][0] = _mm512_fmadd_ps(p, v0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(p, v1, acc[r][1]);
-        }
-    }
-    __mmask16 m0 = tail_mask((size_t)left), m1 = left > 16 ? tail_mask((size_t)(left - 16)) : 0;
-    for (int r = 0; r < nr; r++) {
-        _mm512_mask_storeu_ps(out + (size_t)r * ld_out, m0, acc[r][0]);
-        _mm512_mask_storeu_ps(out + (size_t)r * ld_out + 16, m1, acc[r][1]);
-    }
-}
-
-__attribute__((target("avx512f"))) static void attention_head_avx512(
-    float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-    float *scratch, int T, int hd) {
-    int Tp = attn_pad32(T), hdp = attn_pad32(hd);
-    float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
-    attention_copy_kv(k, ldk, v, ldv, T, hd, Tp, hdp, Kt, Vc);
-    for (int i0 = 0; i0 < T; i0 += ATTN_MR512) {
-        int nr = T - i0 < ATTN_MR512 ? T - i0 : ATTN_MR512;
-        const float *qr[ATTN_MR512];
-        for (int r = 0; r < ATTN_MR512; r++) qr[r] = q + (size_t)(i0 + (r < nr ? r : 0)) * ldq;
-        for (int j = 0; j < Tp; j += 32) attn_qk_avx512(qr, Kt + j, Tp, hd, S + j);
-        for (int r = 0; r < nr; r++) softmax_row_avx512(S + (size_t)r * Tp, T);
-        for (int c0 = 0; c0 < hd; c0 += 32)
-            attn_pv_avx512(S, Tp, Vc + c0, hdp, T, out + (size_t)i0 * ld_out + c0, ld_out, nr,
-                           hd - c0);
-    }
-}
-
-/* The same attention in bf16, for models loaded with bf16 compute (the
- * opt-in of gemm.h): q, k, v and the softmax's probabilities are rounded to
- * bf16 (vcvtne2ps2bf16: nearest even) and every product goes through
- * vdpbf16ps, two products into each fp32 accumulator, so the two products
- * take half the instructions of the fp32 kernels; the scores, the softmax
- * and the sums stay fp32. Layouts (pairs are 32-bit: two bf16 side by side):
- *   Kp (hd2, Tp): Kp[c2][j] = (k[j][2c2], k[j][2c2+1])   (k^T, pairs along c)
- *   Vp (T2, hdp): Vp[j2][c] = (v[2j2][c], v[2j2+1][c])   (pairs along j)
- *   Qp (8, hd2p): the group's q rows, pairs along c
- *   Sp (8, T2p):  the probabilities, pairs along j
- * Everything past T, hd is zero, so padded pairs add nothing. */
-static __mmask16 left_mask(int left) { return left <= 0 ? 0 : tail_mask((size_t)left); }
-
-/* n (>= 0) floats of x as n/2 bf16 pairs (an odd last value paired with 0)
- * into dst, 16 pairs per step: it writes n/2 rounded up to 16 pairs (the
- * rest of the last step zero). */
-__attribute__((target("avx512f,avx512bf16"))) static void pairs_bf16(const float *x, int n,
-                                                                     uint32_t *dst) {
-    for (int c = 0; c < n; c += 32) {
-        __m512 lo = _mm512_maskz_loadu_ps(left_mask(n - c), x + c);
-        __m512 hi = _mm512_maskz_loadu_ps(left_mask(n - c - 16), x + c + 16);
-        _mm512_storeu_si512(dst + c / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
-}
-
-__attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_qk_bf16(
-    const uint32_t *Qp, int hd2p, int hd2, const uint32_t *Kp, int Tp, float *S) {
-    __m512 a[ATTN_MR512][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < ATTN_MR512; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-    for (int c = 0; c < hd2; c++) {
-        __m512bh k0 = (__m512bh)_mm512_load_si512(Kp + (size_t)c * Tp);
-        __m512bh k1 = (__m512bh)_mm512_load_si512(Kp + (size_t)c * Tp + 16);
-#pragma GCC unroll 8
-        for (int r = 0; r < ATTN_MR512; r++) {
-            __m512bh qv = (__m512bh)_mm512_set1_epi32((int)Qp[r * hd2p + c]);
-            a[r][0] = _mm512_dpbf16_ps(a[r][0], qv, k0);
-            a[r][1] = _mm512_dpbf16_ps(a[r][1], qv, k1);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < ATTN_MR512; r++) {
-        _mm512_store_ps(S + (size_t)r * Tp, a[r][0]);
-        _mm512_store_ps(S + (size_t)r * Tp + 16, a[r][1]);
-    }
-}
-
-__attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_pv_bf16(
-    const uint32_t *Sp, int T2p, const uint32_t *V, int ldv, int T2, float *out, int ld_out,
-    int nr, int left) {
-    __m512 acc[ATTN_MR512][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < ATTN_MR512; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int j = 0; j < T2; j++) {
-        __m512bh v0 = (__m512bh)_mm512_load_si512(V + (size_t)j * ldv);
-        __m512bh v1 = (__m512bh)_mm512_load_si512(V + (size_t)j * ldv + 16);
-#pragma GCC unroll 8
-        for (int r = 0; r < ATTN_MR512; r++) {
-            __m512bh p = (__m512bh)_mm512_set1_epi32((int)Sp[(size_t)r * T2p + j]);
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], p, v0);
-            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], p, v1);
-        }
-    }
-    __mmask16 m0 = tail_mask((size_t)left), m1 = left_mask(left - 16);
-    for (int r = 0; r < nr; r++) {
-        _mm512_mask_storeu_ps(out + (size_t)r * ld_out, m0, acc[r][0]);
-        _mm512_mask_storeu_ps(out + (size_t)r * ld_out + 16, m1, acc[r][1]);
-    }
-}
-
-/* Floats of attention_head_bf16's scratch (its parts are 32-bit either way). */
-static size_t attn_bf16_floats(int T, int hd) {
-    size_t Tp = (size_t)attn_pad32(T), hd2 = (size_t)(hd + 1) / 2, hdp = (size_t)attn_pad32(hd);
-    size_t T2 = ((size_t)T + 1) / 2, hd2p = (hd2 + 15) & ~(size_t)15;
-    return hd2 * Tp + T2 * hdp + ATTN_MR512 * Tp + ATTN_MR512 * (Tp / 2) + ATTN_MR512 * (hd2p + 16);
-}
-
-__attribute__((target("avx512f,avx512bf16"))) static void attention_head_bf16(
-    float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-    float *scratch, int T, int hd) {
-    int Tp = attn_pad32(T), hdp = attn_pad32(hd), hd2 = (hd + 1) / 2, T2 = (T + 1) / 2;
-    int hd2p = (hd2 + 15) & ~15, T2p = Tp / 2;
-    uint32_t *Kp = (uint32_t *)scratch, *Vp = Kp + (size_t)hd2 * Tp;
-    float *S = (float *)(Vp + (size_t)T2 * hdp);
-    uint32_t *Sp = (uint32_t *)(S + (size_t)ATTN_MR512 * Tp), *Qp = Sp + (size_t)ATTN_MR512 * T2p;
-    /* Kp: each row of k as pairs (into Qp's space, free until the first
-     * group), then scattered into its column; the columns past T are 0 */
-    for (int j = 0; j < Tp; j++) {
-        if (j < T) pairs_bf16(k + (size_t)j * ldk, hd, Qp);
-        for (int c = 0; c < hd2; c++) Kp[(size_t)c * Tp + j] = j < T ? Qp[c] : 0;
-    }
-    /* Vp: rows 2j2 and 2j2+1 of v interleaved (a missing last row is 0) */
-    for (int j2 = 0; j2 < T2; j2++) {
-        const float *a = v + (size_t)(2 * j2) * ldv, *b = v + (size_t)(2 * j2 + 1) * ldv;
-        int has_b = 2 * j2 + 1 < T;
-        for (int c0 = 0; c0 < hdp; c0 += 16) {
-            __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
-                _mm512_maskz_loadu_ps(left_mask(hd - c0), a + c0)));
-            __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
-                _mm512_maskz_loadu_ps(has_b ? left_mask(hd - c0) : 0, b + c0)));
-            _mm512_store_si512(Vp + (size_t)j2 * hdp + c0, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        }
-    }
-    for (int i0 = 0; i0 < T; i0 += ATTN_MR512) {
-        int nr = T - i0 < ATTN_MR512 ? T - i0 : ATTN_MR512;
-        for (int r = 0; r < ATTN_MR512; r++) /* a missing row repeats row i0, not stored */
-            pairs_bf16(q + (size_t)(i0 + (r < nr ? r : 0)) * ldq, hd, Qp + (size_t)r * hd2p);
-        for (int j = 0; j < Tp; j += 32) attn_qk_bf16(Qp, hd2p, hd2, Kp + j, Tp, S + j);
-        for (int r = 0; r < nr; r++) softmax_row_avx512(S + (size_t)r * Tp, T);
-        /* the columns past T hold q.0 = 0: their pairs add 0 x 0 */
-        for (int r = 0; r < ATTN_MR512; r++) pairs_bf16(S + (size_t)r * Tp, Tp, Sp + (size_t)r * T2p);
-        for (int c0 = 0; c0 < hd; c0 += 32)
-            attn_pv_bf16(Sp, T2p, Vp + c0, hdp, T2, out + (size_t)i0 * ld_out + c0, ld_out, nr,
-                         hd - c0);
-    }
 }
 
 __attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const float *inp,
@@ -691,17 +225,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
         }
 }
 
-void layernorm_forward(float *out, const float *inp, const float *weight, const float *bias,
-                       int T, int C, float eps) {
-    int v = isa();
-    if (v == ISA_AVX512) {
-        layernorm_avx512(out, inp, weight, bias, T, C, eps);
-        return;
-    }
-    if (v == ISA_AVX2) {
-        layernorm_avx2(out, inp, weight, bias, T, C, eps);
-        return;
-    }
+static void layernorm_scalar(float *out, const float *inp, const float *weight, const float *bias,
+                             int T, int C, float eps) {
     for (int t = 0; t < T; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;
@@ -720,16 +245,7 @@ void layernorm_forward(float *out, const float *inp, const float *weight, const 
     }
 }
 
-void activation_forward(float *x, size_t n, activation act) {
-    int v = isa();
-    if (v == ISA_AVX512) {
-        activation_avx512(x, n, act);
-        return;
-    }
-    if (v == ISA_AVX2) {
-        activation_avx2(x, n, act);
-        return;
-    }
+static void activation_scalar(float *x, size_t n, activation act) {
     switch (act) {
     case ACT_QUICK_GELU:
         for (size_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
@@ -750,95 +266,22 @@ void activation_forward(float *x, size_t n, activation act) {
     }
 }
 
-/* Row-wise softmax of a (T, T) matrix, in place: the OpenBLAS attention
- * path (plain C; the AVX2 and AVX-512 kernels fuse their softmax). */
-static void softmax_rows(float *s, int T) {
-    for (int i = 0; i < T; i++) {
-        float *row = s + (size_t)i * T;
-        float maxv = row[0];
-        for (int j = 1; j < T; j++) if (row[j] > maxv) maxv = row[j];
-        float sum = 0;
-        for (int j = 0; j < T; j++) {
-            row[j] = expf(row[j] - maxv);
-            sum += row[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < T; j++) row[j] *= inv;
-    }
-}
-
-/* The rotated copies of one head's q and k, (T, hdr) each, hdr = head_dim
- * rounded up to 16 (64-byte aligned rows), after the kernels' own scratch. */
-static int rot_pad(int hd) { return (hd + 15) & ~15; }
-
-static size_t kernel_scratch_floats(int T, int head_dim) {
-    /* AVX2 kernel: Kt, Vc and S (see attention_head_avx2); the 64-byte
-     * alignment of each part holds as Tp and hdp are multiples of 16. */
-    size_t dense = (size_t)T * T,
-           avx2 = (size_t)(head_dim + ATTN_MR) * attn_pad(T) + (size_t)T * attn_pad(head_dim),
-           avx512 = (size_t)(head_dim + ATTN_MR512) * attn_pad32(T) + (size_t)T * attn_pad32(head_dim);
-    size_t n = dense > avx2 ? dense : avx2;
-    if (avx512 > n) n = avx512;
-    if (attn_bf16_floats(T, head_dim) > n) n = attn_bf16_floats(T, head_dim);
-    return (n + 15) & ~(size_t)15;
-}
-
-size_t attention_scratch_floats(int T, int head_dim) {
-    return kernel_scratch_floats(T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
-}
-
-void attention_forward(float *out, int ld_out, const float *qkv, float *scores, int T,
-                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs,
-                       int bf16) {
-    int D = heads * head_dim, ld = 3 * D, hdr = rot_pad(head_dim);
-    float *Qr = scores + kernel_scratch_floats(T, head_dim), *Kr = Qr + (size_t)T * hdr;
-    /* Our kernels where the CPU has AVX2 or AVX-512; OpenBLAS for plain C. */
-    int kind = isa();
-    bf16 = bf16 && kind == ISA_AVX512 && gemm_bf16_supported();
-    for (int h = h0; h < h1; h++) {
-        const float *q = qkv + h * head_dim;
-        const float *k = qkv + D + h * head_dim;
-        const float *v = qkv + 2 * D + h * head_dim;
-        int ldq = ld, ldk = ld;
-        if (rot) {
-            /* rotated copies, contiguous: the kernels then read q and k from
-             * L1/L2 instead of rows 3*D floats apart, and the qkv rows are
-             * neither written back nor read twice (rotating them in place
-             * beforehand took 1.2-3.5% of a ViT-B forward on Zen 5) */
-            const float *cs = rot + (size_t)(h - h0) * T * npairs * 2;
-            for (int t = 0; t < T; t++) {
-                const float *ct = cs + (size_t)t * npairs * 2;
-                float *qd = Qr + (size_t)t * hdr, *kd = Kr + (size_t)t * hdr;
-                const float *qs = q + (size_t)t * ld, *ks = k + (size_t)t * ld;
-                rotate_pairs_forward(qd, qs, ct, 2 * npairs);
-                rotate_pairs_forward(kd, ks, ct, 2 * npairs);
-                for (int c = 2 * npairs; c < head_dim; c++) { /* channels that do not rotate */
-                    qd[c] = qs[c];
-                    kd[c] = ks[c];
-                }
-            }
-            q = Qr;
-            k = Kr;
-            ldq = ldk = hdr;
-        }
-        if (bf16) {
-            attention_head_bf16(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
-            continue;
-        }
-        if (kind == ISA_AVX512) {
-            attention_head_avx512(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
-            continue;
-        }
-        if (kind == ISA_AVX2) {
-            attention_head_avx2(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
-            continue;
-        }
-        // scores (T,T) = q (T,hd) @ k^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, head_dim, 1.0f, q, ldq, k, ldk,
-                    0.0f, scores, T);
-        softmax_rows(scores, T);
-        // out (T,hd) = scores (T,T) @ v (T,hd)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, head_dim, T, 1.0f, scores, T,
-                    v, ld, 0.0f, out + h * head_dim, ld_out);
+void kernels_fill_table(kernel_table *kt, cpu_isa isa) {
+    switch (isa) {
+    case CPU_ISA_AVX512:
+        kt->layernorm = layernorm_avx512;
+        kt->activation = activation_avx512;
+        kt->rotate_pairs = rotate_pairs_avx512;
+        break;
+    case CPU_ISA_AVX2:
+        kt->layernorm = layernorm_avx2;
+        kt->activation = activation_avx2;
+        kt->rotate_pairs = rotate_pairs_avx2;
+        break;
+    case CPU_ISA_SCALAR:
+        kt->layernorm = layernorm_scalar;
+        kt->activation = activation_scalar;
+        kt->rotate_pairs = rotate_pairs_scalar;
+        break;
     }
 }

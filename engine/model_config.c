@@ -45,9 +45,9 @@ static const config_key config_keys[] = {
 };
 #undef KEY
 
-static const char *pe_names[] = {"raw", "none", "vanilla-rope", "liere",
-                                 "comrope-ap", "comrope-ld"};
-static const char *act_names[] = {"quick_gelu", "gelu", "gelu_new", "relu"};
+static const char *const pe_names[] = {"raw", "none", "vanilla-rope", "liere",
+                                       "comrope-ap", "comrope-ld"};
+static const char *const act_names[] = {"quick_gelu", "gelu", "gelu_new", "relu"};
 
 const char *pe_type_name(pe_type t) {
     return (t >= 0 && t <= PE_COMROPE_LD) ? pe_names[t] : "?";

@@ -380,3 +380,37 @@ cleanup:
         fclose(f);
     return rc;
 }
+
+int npy_save_f32(const char *path, const float *data, int ndim, const int64_t *shape, char *err,
+                 size_t errlen) {
+    char dict[256];
+    int n = snprintf(dict, sizeof(dict), "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+    int64_t count = 1;
+    for (int i = 0; i < ndim; i++) {
+        n += snprintf(dict + n, sizeof(dict) - (size_t)n, "%lld%s", (long long)shape[i],
+                      ndim == 1 || i + 1 < ndim ? ", " : "");
+        count *= shape[i];
+    }
+    n += snprintf(dict + n, sizeof(dict) - (size_t)n, "), }");
+    /* magic (6) + version (2) + header length (2) + dict, padded with
+     * spaces to a multiple of 64 and ended by a newline */
+    int total = (10 + n + 1 + 63) / 64 * 64, pad = total - 10 - n - 1;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+        return -1;
+    }
+    unsigned hlen = (unsigned)(total - 10);
+    unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+                              (unsigned char)(hlen >> 8)};
+    int ok = fwrite(head, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)n, f) == (size_t)n;
+    for (int i = 0; ok && i < pad; i++) ok = fputc(' ', f) != EOF;
+    ok = ok && fputc('\n', f) != EOF &&
+         fwrite(data, sizeof(float), (size_t)count, f) == (size_t)count;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) {
+        snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}

@@ -25,4 +25,9 @@ int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
               char *err, size_t errlen);
 void npy_free(npy_array *a);
 
+/* Writes `data` (float32, C order, shape[0..ndim-1]) as a .npy file
+ * (format 1.0, <f4). Returns 0, or -1 with a message naming the file. */
+int npy_save_f32(const char *path, const float *data, int ndim, const int64_t *shape, char *err,
+                 size_t errlen);
+
 #endif

@@ -6,10 +6,10 @@
 #include "rotation.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
 
 #define MAX_BLOCK 64
 
@@ -311,7 +311,7 @@ void rotation_table_free(rotation_table *t) {
 }
 
 void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens, int h0, int h1) {
+                    float *qkv, int ld, int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs) {
     int H = rot->heads, hd = rot->head_dim, D = H * hd;
     if (rot->kind == ROT_PAIRS) {
         int np = rot->npairs;
@@ -323,7 +323,7 @@ void rotation_apply(const vit_rotation *rot, const rotation_table *table, int la
                 const float *cs = table->data + (((size_t)layer * H + h) * table->tokens + t) * np * 2;
                 for (int which = 0; which < 2; which++) { /* q, then k */
                     float *x = qkv + (size_t)t * ld + which * D + h * hd;
-                    rotate_pairs_forward(x, x, cs, 2 * np);
+                    rotate_pairs(x, x, cs, 2 * np);
                 }
             }
     } else if (rot->kind == ROT_BLOCKS) {
@@ -347,6 +347,137 @@ void rotation_apply(const vit_rotation *rot, const rotation_table *table, int la
             }
         }
     }
+}
+
+/* ---- a model's rotation parameters, set as its checkpoint is read ---- */
+
+int rotation_init(vit_rotation *r, const vit_config *c, char *err, size_t errlen) {
+    r->layers = c->num_hidden_layers;
+    r->heads = c->num_attention_heads;
+    r->head_dim = c->head_dim;
+    size_t LH = (size_t)r->layers * r->heads;
+    switch (c->custom_pe_type) {
+    case PE_VANILLA_ROPE:
+    case PE_COMROPE_AP:
+    case PE_COMROPE_LD:
+        r->kind = ROT_PAIRS;
+        r->npairs = c->custom_pe_type == PE_VANILLA_ROPE
+                        ? c->head_dim / 2
+                        : (c->head_dim / c->block_size) * (c->block_size / 2);
+        r->freq = calloc(LH * r->npairs * 2 + 1, sizeof(double));
+        if (!r->freq) goto oom;
+        break;
+    case PE_LIERE:
+        r->kind = ROT_BLOCKS;
+        r->block = c->block_size;
+        r->nblocks = c->head_dim / c->block_size;
+        r->gen = calloc(LH * 2 * r->nblocks * r->block * r->block, sizeof(double));
+        if (!r->gen) goto oom;
+        break;
+    default:
+        r->kind = ROT_NONE;
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory for the rotation parameters");
+    return -1;
+}
+
+/* comrope-ap / comrope-ld: fold each block's Schur basis into the q and k
+ * rows of the layer (spec: "Attention with rotation"). For block j of head h
+ * with S_j = F_j - F_j^T = Q_j W Q_j^T, R_j(s) q = Q_j rot(w s) Q_j^T q, and
+ * q'.k' only sees Q_j^T q and Q_j^T k, so the rows of W_q and W_k become
+ * Q_j^T times themselves and the layer is pairwise RoPE with frequencies w.
+ * The pairs of all blocks come first in the head (channels 2i, 2i+1), the
+ * one non-rotating channel of each odd block after them. */
+int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, float *qkv_w,
+                            float *qkv_b, const float *freqs, const float *multiplier, char *err,
+                            size_t errlen) {
+    int H = c->num_attention_heads, hd = c->head_dim, D = c->hidden_size, b = c->block_size;
+    int nb = hd / b, half = b / 2, np = nb * half;
+    double S[64 * 64], Q[64 * 64], w[32];
+    double *rows = malloc(sizeof(double) * (size_t)hd * (D + 1));
+    if (!rows) {
+        snprintf(err, errlen, "out of memory folding layer %d", layer);
+        return -1;
+    }
+    for (int h = 0; h < H; h++) {
+        double *f = rot->freq + ((size_t)layer * H + h) * np * 2;
+        for (int which = 0; which < 2; which++) { /* q rows, then k rows */
+            float *W = qkv_w + ((size_t)which * D + (size_t)h * hd) * D;
+            float *B = qkv_b + (size_t)which * D + (size_t)h * hd;
+            for (int j = 0; j < nb; j++) {
+                const float *F = freqs + ((size_t)h * nb + j) * b * b;
+                for (int r = 0; r < b; r++)
+                    for (int k = 0; k < b; k++)
+                        S[r * b + k] = (double)F[r * b + k] - (double)F[k * b + r];
+                skew_schur(S, b, Q, w);
+                for (int col = 0; col < b; col++) {
+                    /* new channel of column col of Q_j */
+                    int ch = col < 2 * half ? 2 * (j * half + col / 2) + col % 2 : 2 * np + j;
+                    double *row = rows + (size_t)ch * (D + 1);
+                    for (int i = 0; i <= D; i++) row[i] = 0;
+                    for (int r = 0; r < b; r++) {
+                        double q = Q[r * b + col];
+                        const float *src = W + (size_t)(j * b + r) * D;
+                        for (int i = 0; i < D; i++) row[i] += q * src[i];
+                        row[D] += q * B[j * b + r];
+                    }
+                }
+                if (which == 0) {
+                    for (int i = 0; i < half; i++) {
+                        int a = (j * half + i);
+                        double s0, s1; /* the block's scalar s = pos_0*s0 + pos_1*s1 */
+                        if (c->custom_pe_type == PE_COMROPE_AP) {
+                            s0 = (j % 2 == 0);
+                            s1 = (j % 2 == 1);
+                        } else {
+                            s0 = multiplier[j];
+                            s1 = multiplier[nb + j];
+                        }
+                        f[2 * a] = w[i] * s0;
+                        f[2 * a + 1] = w[i] * s1;
+                    }
+                }
+            }
+            for (int ch = 0; ch < hd; ch++) {
+                for (int i = 0; i < D; i++) W[(size_t)ch * D + i] = (float)rows[(size_t)ch * (D + 1) + i];
+                B[ch] = (float)rows[(size_t)ch * (D + 1) + D];
+            }
+        }
+    }
+    free(rows);
+    return 0;
+}
+
+/* liere: the generators of layer l, from its freqs (H, 2, nb, b, b). */
+void rotation_set_liere(const vit_config *c, vit_rotation *rot, int l, const float *freqs) {
+    int H = c->num_attention_heads, b = c->block_size, nb = c->head_dim / b;
+    /* generator of axis a, block j: (F_{a,j} - F_{a,j}^T) / scale_factor, in double */
+    for (int h = 0; h < H; h++)
+        for (int a = 0; a < 2; a++)
+            for (int j = 0; j < nb; j++) {
+                const float *F = freqs + (((size_t)h * 2 + a) * nb + j) * b * b;
+                double *G = rot->gen + ((((size_t)l * H + h) * 2 + a) * nb + j) * b * b;
+                for (int r = 0; r < b; r++)
+                    for (int k = 0; k < b; k++)
+                        G[r * b + k] = ((double)F[r * b + k] - (double)F[k * b + r]) /
+                                       c->scale_factor;
+            }
+}
+
+/* vanilla-rope: the frequencies of layer l (no parameters: theta_base). */
+void rotation_set_vanilla(const vit_config *c, vit_rotation *rot, int l) {
+    int H = c->num_attention_heads, hd = c->head_dim;
+    /* pair j of a head: axis j / n, frequency theta_base^(j mod n), n = head_dim/4 */
+    int n = hd / 4;
+    for (int h = 0; h < H; h++)
+        for (int j = 0; j < hd / 2; j++) {
+            double *fr = rot->freq + (((size_t)l * H + h) * (hd / 2) + j) * 2;
+            double t = pow(c->theta_base, j % n);
+            fr[0] = j / n == 0 ? t : 0;
+            fr[1] = j / n == 1 ? t : 0;
+        }
 }
 
 void vit_rotation_free(vit_rotation *rot) {

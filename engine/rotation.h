@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dispatch.h"
 #include "model_config.h"
 
 typedef enum { ROT_NONE = 0, ROT_PAIRS, ROT_BLOCKS } rotation_kind;
@@ -65,10 +66,30 @@ void rotation_table_free(rotation_table *t);
 
 /* Rotates q and k of heads [h0, h1) in `tokens` rows of the layer's fused
  * qkv activations (row stride ld floats; q at column 0, k at column D), in
- * place. (Per head: the forward rotates each head in the thread that runs
- * its attention, right before it.) */
+ * place; ROT_PAIRS through `rotate_pairs` (a kernel table's). (Per head:
+ * the forward rotates each head in the thread that runs its attention,
+ * right before it.) */
 void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens, int h0, int h1);
+                    float *qkv, int ld, int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs);
+
+/* The rotation parameters of a model of config c, zeroed, sized for its
+ * position encoding (ROT_PAIRS frequencies, ROT_BLOCKS generators, or
+ * ROT_NONE). Returns 0, or -1 when out of memory. */
+int rotation_init(vit_rotation *rot, const vit_config *c, char *err, size_t errlen);
+
+/* comrope-ap / comrope-ld, layer `layer`: folds each block's Schur basis
+ * into the q and k rows of qkv_w (3D, D) and qkv_b (3D), and sets the
+ * layer's pair frequencies from freqs (H, 1, nb, b, b) and, for
+ * comrope-ld, multiplier (2, nb). Returns 0, or -1 when out of memory. */
+int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, float *qkv_w,
+                            float *qkv_b, const float *freqs, const float *multiplier, char *err,
+                            size_t errlen);
+
+/* liere: the generators of layer l from its freqs (H, 2, nb, b, b). */
+void rotation_set_liere(const vit_config *c, vit_rotation *rot, int l, const float *freqs);
+
+/* vanilla-rope: the pair frequencies of layer l (from theta_base). */
+void rotation_set_vanilla(const vit_config *c, vit_rotation *rot, int l);
 
 void vit_rotation_free(vit_rotation *rot);
 

@@ -124,74 +124,6 @@ static int load_ape(safetensors_file *f, const vit_config *c, float *ape_mid, ch
     return rc;
 }
 
-/* comrope-ap / comrope-ld: fold each block's Schur basis into the q and k
- * rows of the layer (spec: "Attention with rotation"). For block j of head h
- * with S_j = F_j - F_j^T = Q_j W Q_j^T, R_j(s) q = Q_j rot(w s) Q_j^T q, and
- * q'.k' only sees Q_j^T q and Q_j^T k, so the rows of W_q and W_k become
- * Q_j^T times themselves and the layer is pairwise RoPE with frequencies w.
- * The pairs of all blocks come first in the head (channels 2i, 2i+1), the
- * one non-rotating channel of each odd block after them. */
-static int fold_commuting(vit_model *m, int layer, float *qkv_w, const float *freqs,
-                          const float *multiplier, char *err, size_t errlen) {
-    const vit_config *c = &m->cfg;
-    int H = c->num_attention_heads, hd = c->head_dim, D = c->hidden_size, b = c->block_size;
-    int nb = hd / b, half = b / 2, np = nb * half;
-    vit_layer *L = &m->w.layers[layer];
-    double S[64 * 64], Q[64 * 64], w[32];
-    double *rows = malloc(sizeof(double) * (size_t)hd * (D + 1));
-    if (!rows) {
-        snprintf(err, errlen, "out of memory folding layer %d", layer);
-        return -1;
-    }
-    for (int h = 0; h < H; h++) {
-        double *f = m->rot.freq + ((size_t)layer * H + h) * np * 2;
-        for (int which = 0; which < 2; which++) { /* q rows, then k rows */
-            float *W = qkv_w + ((size_t)which * D + (size_t)h * hd) * D;
-            float *B = L->qkv_b + (size_t)which * D + (size_t)h * hd;
-            for (int j = 0; j < nb; j++) {
-                const float *F = freqs + ((size_t)h * nb + j) * b * b;
-                for (int r = 0; r < b; r++)
-                    for (int k = 0; k < b; k++)
-                        S[r * b + k] = (double)F[r * b + k] - (double)F[k * b + r];
-                skew_schur(S, b, Q, w);
-                for (int col = 0; col < b; col++) {
-                    /* new channel of column col of Q_j */
-                    int ch = col < 2 * half ? 2 * (j * half + col / 2) + col % 2 : 2 * np + j;
-                    double *row = rows + (size_t)ch * (D + 1);
-                    for (int i = 0; i <= D; i++) row[i] = 0;
-                    for (int r = 0; r < b; r++) {
-                        double q = Q[r * b + col];
-                        const float *src = W + (size_t)(j * b + r) * D;
-                        for (int i = 0; i < D; i++) row[i] += q * src[i];
-                        row[D] += q * B[j * b + r];
-                    }
-                }
-                if (which == 0) {
-                    for (int i = 0; i < half; i++) {
-                        int a = (j * half + i);
-                        double s0, s1; /* the block's scalar s = pos_0*s0 + pos_1*s1 */
-                        if (c->custom_pe_type == PE_COMROPE_AP) {
-                            s0 = (j % 2 == 0);
-                            s1 = (j % 2 == 1);
-                        } else {
-                            s0 = multiplier[j];
-                            s1 = multiplier[nb + j];
-                        }
-                        f[2 * a] = w[i] * s0;
-                        f[2 * a + 1] = w[i] * s1;
-                    }
-                }
-            }
-            for (int ch = 0; ch < hd; ch++) {
-                for (int i = 0; i < D; i++) W[(size_t)ch * D + i] = (float)rows[(size_t)ch * (D + 1) + i];
-                B[ch] = (float)rows[(size_t)ch * (D + 1) + D];
-            }
-        }
-    }
-    free(rows);
-    return 0;
-}
-
 /* Reads the layer's attention weights (fused into qkv, packed) and its
  * rotation; `scratch` holds at least 3*D*D floats. */
 static int load_attention(vit_model *m, safetensors_file *f, int l, float *scratch, char *err,
@@ -230,29 +162,12 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, float *scrat
         }
     }
     if (pe == PE_COMROPE_AP || pe == PE_COMROPE_LD) {
-        if (fold_commuting(m, l, scratch, freqs, mult, err, errlen)) goto cleanup;
+        if (rotation_fold_commuting(c, &m->rot, l, scratch, L->qkv_b, freqs, mult, err, errlen))
+            goto cleanup;
     } else if (pe == PE_LIERE) {
-        /* generator of axis a, block j: (F_{a,j} - F_{a,j}^T) / scale_factor, in double */
-        for (int h = 0; h < H; h++)
-            for (int a = 0; a < 2; a++)
-                for (int j = 0; j < nb; j++) {
-                    const float *F = freqs + (((size_t)h * 2 + a) * nb + j) * b * b;
-                    double *G = m->rot.gen + ((((size_t)l * H + h) * 2 + a) * nb + j) * b * b;
-                    for (int r = 0; r < b; r++)
-                        for (int k = 0; k < b; k++)
-                            G[r * b + k] = ((double)F[r * b + k] - (double)F[k * b + r]) /
-                                           c->scale_factor;
-                }
+        rotation_set_liere(c, &m->rot, l, freqs);
     } else if (pe == PE_VANILLA_ROPE) {
-        /* pair j of a head: axis j / n, frequency theta_base^(j mod n), n = head_dim/4 */
-        int n = hd / 4;
-        for (int h = 0; h < H; h++)
-            for (int j = 0; j < hd / 2; j++) {
-                double *fr = m->rot.freq + (((size_t)l * H + h) * (hd / 2) + j) * 2;
-                double t = pow(c->theta_base, j % n);
-                fr[0] = j / n == 0 ? t : 0;
-                fr[1] = j / n == 1 ? t : 0;
-            }
+        rotation_set_vanilla(c, &m->rot, l);
     }
     /* q = q_proj(x) * head_dim^-0.5: folded into the q rows */
     float scale = 1.0f / sqrtf((float)hd);
@@ -267,40 +182,6 @@ cleanup:
     free(freqs);
     free(mult);
     return rc;
-}
-
-static int init_rotation(vit_model *m, char *err, size_t errlen) {
-    const vit_config *c = &m->cfg;
-    vit_rotation *r = &m->rot;
-    r->layers = c->num_hidden_layers;
-    r->heads = c->num_attention_heads;
-    r->head_dim = c->head_dim;
-    size_t LH = (size_t)r->layers * r->heads;
-    switch (c->custom_pe_type) {
-    case PE_VANILLA_ROPE:
-    case PE_COMROPE_AP:
-    case PE_COMROPE_LD:
-        r->kind = ROT_PAIRS;
-        r->npairs = c->custom_pe_type == PE_VANILLA_ROPE
-                        ? c->head_dim / 2
-                        : (c->head_dim / c->block_size) * (c->block_size / 2);
-        r->freq = calloc(LH * r->npairs * 2 + 1, sizeof(double));
-        if (!r->freq) goto oom;
-        break;
-    case PE_LIERE:
-        r->kind = ROT_BLOCKS;
-        r->block = c->block_size;
-        r->nblocks = c->head_dim / c->block_size;
-        r->gen = calloc(LH * 2 * r->nblocks * r->block * r->block, sizeof(double));
-        if (!r->gen) goto oom;
-        break;
-    default:
-        r->kind = ROT_NONE;
-    }
-    return 0;
-oom:
-    snprintf(err, errlen, "out of memory for the rotation parameters");
-    return -1;
 }
 
 /* Reads every tensor; the big matrices pass through `scratch` (at least
@@ -395,7 +276,7 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     vit_options o = opt ? *opt : vit_default_options();
-    if (o.precision == GEMM_BF16 && !gemm_bf16_supported()) {
+    if (o.precision == GEMM_BF16 && !cpu_has_avx512bf16()) {
         snprintf(err, errlen, "bf16 compute needs a CPU with AVX512-BF16; this one has none");
         goto cleanup;
     }
@@ -444,7 +325,7 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     point_weights(m);
-    if (init_rotation(m, err, errlen)) goto cleanup;
+    if (rotation_init(&m->rot, &m->cfg, err, errlen)) goto cleanup;
     if (load_weights(m, &f, scratch, err, errlen)) goto cleanup;
     rc = 0;
 cleanup:
@@ -477,50 +358,134 @@ void vit_free(vit_model *m) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Workspace                                                                 */
+/* Context                                                                   */
 
-vit_workspace *vit_workspace_new(const vit_model *m) {
-    vit_workspace *ws = calloc(1, sizeof(*ws));
-    if (ws) ws->model = m;
-    return ws;
+int vit_tokens(const vit_model *m, int h, int w) {
+    int p = m->cfg.patch_size;
+    return 1 + (h / p) * (w / p); /* the class token, then the patches (prepend_cls is required) */
 }
 
-void vit_workspace_free(vit_workspace *ws) {
-    if (!ws) return;
-    for (int i = 0; i < VIT_ROTATION_CACHE; i++) rotation_table_free(&ws->cache[i]);
-    free(ws->arena);
-    free(ws->start);
-    free(ws->rot);
-    free(ws->pos);
-    free(ws);
+vit_context_params vit_context_default_params(void) {
+    return (vit_context_params){
+        .threads = 1,
+        .isa = CPU_ISA_BEST,
+        .max_images = 8,
+        .max_tokens = 16384,
+        .observe = NULL,
+        .observe_arg = NULL,
+    };
 }
 
-/* The cached table of a ph x pw grid, built on first use. An entry used by
- * the current batch (stamp == clock) is never evicted; the least recently
- * used other one is. Returns NULL when out of memory or when a single batch
- * holds more distinct grids than the cache has entries. */
-static const rotation_table *rotation_for(vit_workspace *ws, int ph, int pw) {
-    int victim = -1;
-    for (int i = 0; i < VIT_ROTATION_CACHE; i++) {
-        rotation_table *t = &ws->cache[i];
+/* Rotation tables kept at least, whatever max_images is: a daemon that
+ * sees a few resolutions in turn builds each once. */
+#define ROTATION_CACHE_MIN_SLOTS 16
+
+struct activations;
+static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts,
+                   struct activations *a, float *base);
+
+/* Parts of one parallel step: no more than the heads (attention's unit). */
+static int context_parts(const vit_context *ctx) {
+    int t = thread_pool_threads(ctx->pool), H = ctx->model->cfg.num_attention_heads;
+    return t < H ? t : H;
+}
+
+int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context **out, char *err,
+                    size_t errlen) {
+    vit_context_params q = p ? *p : vit_context_default_params();
+    *out = NULL;
+    if (q.threads < 1 || q.max_images < 1 || q.max_tokens < 1) {
+        snprintf(err, errlen, "context: threads, max_images and max_tokens must be at least 1 "
+                 "(got %d, %d, %d)", q.threads, q.max_images, q.max_tokens);
+        return -1;
+    }
+    if (q.max_tokens < m->max_tokens) q.max_tokens = m->max_tokens;
+    vit_context *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) goto oom;
+    ctx->model = m;
+    ctx->params = q;
+    if (kernel_table_init(&ctx->kernels, q.isa, err, errlen)) goto fail;
+    if (m->precision == GEMM_BF16 && !ctx->kernels.gemm_bf16) {
+        snprintf(err, errlen, "context: the model computes in bf16, which needs isa avx512 on a "
+                 "CPU with AVX512-BF16 (this context's isa: %s)", ctx->kernels.name);
+        goto fail;
+    }
+    ctx->tmax = m->max_tokens < q.max_tokens ? m->max_tokens : q.max_tokens;
+    ctx->pool = thread_pool_new(q.threads);
+    ctx->start = calloc((size_t)q.max_images + 1, sizeof(int));
+    ctx->rot = calloc((size_t)q.max_images, sizeof(*ctx->rot));
+    ctx->pos = calloc(2 * (size_t)ctx->tmax, sizeof(double));
+    ctx->cache_slots = q.max_images > ROTATION_CACHE_MIN_SLOTS ? q.max_images : ROTATION_CACHE_MIN_SLOTS;
+    ctx->cache = calloc((size_t)ctx->cache_slots, sizeof(*ctx->cache));
+    ctx->cache_stamp = calloc((size_t)ctx->cache_slots, sizeof(*ctx->cache_stamp));
+    if (!ctx->pool || !ctx->start || !ctx->rot || !ctx->pos || !ctx->cache || !ctx->cache_stamp)
+        goto oom;
+    /* The largest batch the limits allow; its pages are touched as forwards reach them. */
+    ctx->arena_floats = plan(ctx, (size_t)q.max_tokens, (size_t)ctx->tmax,
+                             (size_t)context_parts(ctx), NULL, NULL);
+    void *arena = NULL;
+    if (posix_memalign(&arena, 64, ctx->arena_floats * sizeof(float)) != 0) goto oom;
+    ctx->arena = arena;
+    *out = ctx;
+    return 0;
+oom:
+    snprintf(err, errlen, "context: out of memory for a workspace of %d images / %d tokens",
+             q.max_images, q.max_tokens);
+fail:
+    vit_context_free(ctx);
+    return -1;
+}
+
+void vit_context_free(vit_context *ctx) {
+    if (!ctx) return;
+    thread_pool_free(ctx->pool);
+    for (int i = 0; ctx->cache && i < ctx->cache_slots; i++) rotation_table_free(&ctx->cache[i]);
+    free(ctx->cache);
+    free(ctx->cache_stamp);
+    free(ctx->arena);
+    free(ctx->start);
+    free(ctx->rot);
+    free(ctx->pos);
+    free(ctx);
+}
+
+/* The cached table of a ph x pw grid, built on first use. Tables used by
+ * the current forward (stamp == clock) are never evicted; the least
+ * recently used others are, until the new one fits in max_tokens tokens of
+ * tables and a free slot. The current forward's tables hold at most its
+ * tokens (<= max_tokens) in at most its images (<= max_images <= slots), so
+ * there is always room: only running out of memory returns NULL. */
+static const rotation_table *rotation_for(vit_context *ctx, int ph, int pw) {
+    int free_slot = -1;
+    for (int i = 0; i < ctx->cache_slots; i++) {
+        rotation_table *t = &ctx->cache[i];
         if (t->tokens && t->ph == ph && t->pw == pw) {
-            ws->cache_stamp[i] = ws->clock;
+            ctx->cache_stamp[i] = ctx->clock;
             return t;
         }
-        if (ws->cache_stamp[i] == ws->clock && t->tokens) continue;
-        if (victim < 0 || !t->tokens || (ws->cache[victim].tokens && ws->cache_stamp[i] < ws->cache_stamp[victim]))
-            victim = i;
+        if (!t->tokens && free_slot < 0) free_slot = i;
     }
-    if (victim < 0) return NULL;
-    rotation_table_free(&ws->cache[victim]);
-    if (rotation_table_build(&ws->model->rot, &ws->model->cfg, ph, pw, &ws->cache[victim]))
+    size_t need = 1 + (size_t)ph * pw;
+    while (free_slot < 0 || ctx->cache_tokens + need > (size_t)ctx->params.max_tokens) {
+        int victim = -1;
+        for (int i = 0; i < ctx->cache_slots; i++) {
+            if (!ctx->cache[i].tokens || ctx->cache_stamp[i] == ctx->clock) continue;
+            if (victim < 0 || ctx->cache_stamp[i] < ctx->cache_stamp[victim]) victim = i;
+        }
+        if (victim < 0) return NULL; /* cannot happen within the limits (see above) */
+        ctx->cache_tokens -= (size_t)ctx->cache[victim].tokens;
+        rotation_table_free(&ctx->cache[victim]);
+        if (free_slot < 0) free_slot = victim;
+    }
+    if (rotation_table_build(&ctx->model->rot, &ctx->model->cfg, ph, pw, &ctx->cache[free_slot]))
         return NULL;
-    ws->cache_stamp[victim] = ws->clock;
-    return &ws->cache[victim];
+    ctx->cache_tokens += need;
+    ctx->cache_stamp[free_slot] = ctx->clock;
+    return &ctx->cache[free_slot];
 }
 
 /* Activation buffers for a batch of T tokens (the largest image has Tmax). */
-typedef struct {
+struct activations {
     float *x;        // (T, D) the residual stream
     float *xn;       // (T, D) normalized input of a sublayer
     float *qkv;      // (T, 3D)
@@ -530,21 +495,30 @@ typedef struct {
     float *scores;   // parts x attention_scratch_floats(Tmax, hd): one per thread
     float *head;     // (max(D, M)) one image's head input/hidden
     float *pack;     // the GEMMs' scratch: A repacked (gemm_scratch_floats(T, widest K, precision))
-} activations;
+};
 
-static size_t plan(const vit_config *c, int precision, size_t T, size_t Tmax, size_t parts,
-                   activations *a, float *base) {
+/* Carves the buffers of a batch of T tokens (largest image Tmax, `parts`
+ * attention scratches) out of base (NULL: only sizes them); returns the
+ * floats needed. Every size grows with T and Tmax, so a smaller batch's
+ * buffers lie within the floats a larger one needs. */
+static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts,
+                   struct activations *a, float *base) {
+    const vit_config *c = &ctx->model->cfg;
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t P = (size_t)c->num_channels * c->patch_size * c->patch_size;
     size_t M = (size_t)c->mlp_intermediate;
     size_t Kmax = D > I ? D : I;
     if (P > Kmax) Kmax = P;
     size_t sizes[9] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P,
-                       parts * attention_scratch_floats((int)Tmax, c->head_dim),
+                       parts * attention_scratch_floats(&ctx->kernels, (int)Tmax, c->head_dim),
                        (M > D ? M : D) + (size_t)c->num_class,
-                       gemm_scratch_floats((int)T, (int)Kmax, precision)};
-    float **slots[9] = {&a->x,      &a->xn,     &a->qkv,  &a->attn, &a->mlp,
-                        &a->patches, &a->scores, &a->head, &a->pack};
+                       gemm_scratch_floats(&ctx->kernels, (int)T, (int)Kmax, ctx->model->precision)};
+    float **slots[9] = {0};
+    if (a) {
+        float **s[9] = {&a->x, &a->xn, &a->qkv, &a->attn, &a->mlp, &a->patches, &a->scores, &a->head,
+                        &a->pack};
+        memcpy(slots, s, sizeof(s));
+    }
     size_t total = 0;
     for (int i = 0; i < 9; i++) {
         if (base) *slots[i] = base + total;
@@ -553,57 +527,17 @@ static size_t plan(const vit_config *c, int precision, size_t T, size_t Tmax, si
     return total;
 }
 
-/* Grows the arena when a batch needs more; writes every new page once now
- * so that first-touch faults are paid here, not inside the GEMMs. */
-static int reserve(vit_workspace *ws, size_t floats) {
-    if (floats <= ws->arena_floats) return 0;
-    free(ws->arena);
-    ws->arena = NULL;
-    ws->arena_floats = 0;
-    void *p = NULL;
-    if (posix_memalign(&p, 64, floats * sizeof(float)) != 0) return -1;
-    memset(p, 0, floats * sizeof(float));
-    ws->arena = p;
-    ws->arena_floats = floats;
-    return 0;
-}
-
-/* Grows the per-image bookkeeping to n images of at most Tmax tokens. */
-static int reserve_images(vit_workspace *ws, size_t n, size_t Tmax) {
-    if (n > ws->images_cap) {
-        int *start = realloc(ws->start, sizeof(int) * (n + 1));
-        if (!start) return -1;
-        ws->start = start;
-        const rotation_table **rot = realloc(ws->rot, sizeof(*rot) * n);
-        if (!rot) return -1;
-        ws->rot = rot;
-        ws->images_cap = n;
-    }
-    if (2 * Tmax > ws->pos_cap) {
-        double *pos = realloc(ws->pos, sizeof(double) * 2 * Tmax);
-        if (!pos) return -1;
-        ws->pos = pos;
-        ws->pos_cap = 2 * Tmax;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Forward                                                                   */
 
 double vit_gflop(const vit_model *m, int h, int w) {
     const vit_config *c = &m->cfg;
-    double p = c->patch_size, T = 1.0 + (h / c->patch_size) * (double)(w / c->patch_size);
+    double p = c->patch_size, T = vit_tokens(m, h, w);
     double D = c->hidden_size, I = c->intermediate_size, P = c->num_channels * p * p;
     double layer = T * (4 * D * D + 2 * D * I) + 2 * T * T * D;
     double head = c->mlp_intermediate ? D * c->mlp_intermediate + (double)c->mlp_intermediate * c->num_class
                                       : D * c->num_class;
     return 2.0 * ((T - 1) * P * D + c->num_hidden_layers * layer + head) * 1e-9;
-}
-
-int vit_image_tokens(const vit_model *m, int h, int w) {
-    int p = m->cfg.patch_size;
-    return 1 + (h / p) * (w / p);
 }
 
 int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t errlen) {
@@ -624,7 +558,7 @@ int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t err
             return -1;
         }
     }
-    long tokens = 1 + (long)(h / p) * (w / p);
+    long tokens = vit_tokens(m, h, w);
     if (tokens > m->max_tokens) {
         snprintf(err, errlen, "resolution %dx%d needs %ld tokens, more than the limit of %d", h, w,
                  tokens, m->max_tokens);
@@ -680,6 +614,7 @@ void vit_add_ape(const vit_model *m, float *x, const double *pos, int T) {
  * inside attention_forward, into its scratch; LieRE's blocks in place
  * first. Each part has its own scratch. */
 typedef struct {
+    const kernel_table *kt;
     float *out;                           // (T, D) of the whole batch
     float *qkv;                           // (T, 3D)
     float *scores;                        // parts x attention_scratch_floats(Tmax, head_dim)
@@ -695,7 +630,7 @@ static void attention_part(void *ctx, int part, int parts) {
     attention_job *j = ctx;
     (void)parts;
     int D = j->heads * j->head_dim;
-    float *scores = j->scores + (size_t)part * attention_scratch_floats(j->Tmax, j->head_dim);
+    float *scores = j->scores + (size_t)part * attention_scratch_floats(j->kt, j->Tmax, j->head_dim);
     for (;;) {
         int u = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
         if (u >= j->images * j->heads) return;
@@ -706,8 +641,8 @@ static void attention_part(void *ctx, int part, int parts) {
         if (tab && j->rot->kind == ROT_PAIRS) /* head-major: this layer's head h */
             cs = tab->data + ((size_t)j->layer * j->heads + h) * tab->tokens * j->rot->npairs * 2;
         else if (tab)
-            rotation_apply(j->rot, tab, j->layer, qkv, 3 * D, T, h, h + 1);
-        attention_forward(j->out + (size_t)j->start[i] * D, D, qkv, scores, T, j->heads,
+            rotation_apply(j->rot, tab, j->layer, qkv, 3 * D, T, h, h + 1, j->kt->rotate_pairs);
+        attention_forward(j->kt, j->out + (size_t)j->start[i] * D, D, qkv, scores, T, j->heads,
                           j->head_dim, h, h + 1, cs, j->rot->npairs, j->bf16);
     }
 }
@@ -717,6 +652,7 @@ static void attention_part(void *ctx, int part, int parts) {
  * out is written). Rows are split over the thread pool: single-threaded,
  * these passes left the second core idle for about 3% of a forward. */
 typedef struct {
+    layernorm_fn layernorm;
     float *x;
     const float *delta;
     float *out;
@@ -732,17 +668,19 @@ static void norm_part(void *ctx, int part, int parts) {
     if (j->delta)
         for (size_t i = r0 * D; i < r1 * D; i++) j->x[i] += j->delta[i];
     if (j->out)
-        layernorm_forward(j->out + r0 * D, j->x + r0 * D, j->w, j->b, (int)(r1 - r0), j->D, j->eps);
+        j->layernorm(j->out + r0 * D, j->x + r0 * D, j->w, j->b, (int)(r1 - r0), j->D, j->eps);
 }
 
-static void residual_norm(float *x, const float *delta, float *out, const float *w,
-                          const float *b, int T, int D, float eps, int parts) {
-    norm_job j = {x, delta, out, w, b, T, D, eps};
-    parallel_run(norm_part, &j, (size_t)T * D >= 16384 ? parts : 1);
+static void residual_norm(vit_context *ctx, float *x, const float *delta, float *out,
+                          const float *w, const float *b, int T, int D, float eps, int parts) {
+    norm_job j = {.layernorm = ctx->kernels.layernorm, .x = x, .delta = delta, .out = out, .w = w,
+                  .b = b, .T = T, .D = D, .eps = eps};
+    thread_pool_run(ctx->pool, norm_part, &j, (size_t)T * D >= 16384 ? parts : 1);
 }
 
 /* The MLP's activation (exp/erf/tanh per value: worth splitting). */
 typedef struct {
+    activation_fn activate;
     float *x;
     size_t n;
     activation act;
@@ -751,11 +689,13 @@ typedef struct {
 static void activation_part(void *ctx, int part, int parts) {
     const activation_job *j = ctx;
     size_t b = j->n * part / parts, e = j->n * (part + 1) / parts;
-    activation_forward(j->x + b, e - b, j->act);
+    j->activate(j->x + b, e - b, j->act);
 }
 
-int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *images, int n,
-                       float *logits, char *err, size_t errlen) {
+int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *logits, char *err,
+                       size_t errlen) {
+    const vit_model *m = ctx->model;
+    const kernel_table *kt = &ctx->kernels;
     const vit_config *c = &m->cfg;
     const vit_weights *w = &m->w;
     int D = c->hidden_size, I = c->intermediate_size, K = c->num_class, p = c->patch_size;
@@ -764,6 +704,11 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
     float eps = (float)c->layer_norm_eps;
 
     if (n <= 0) return 0;
+    if (n > ctx->params.max_images) {
+        snprintf(err, errlen, "a batch of %d images is over this context's limit of %d images per "
+                 "forward (max_images)", n, ctx->params.max_images);
+        return -1;
+    }
     size_t T = 0, Tmax = 0;
     for (int i = 0; i < n; i++) {
         char why[200];
@@ -771,33 +716,35 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
             snprintf(err, errlen, "image %d: %s", i, why);
             return -1;
         }
-        size_t Ti = 1 + (size_t)(images[i].h / p) * (images[i].w / p);
+        size_t Ti = (size_t)vit_tokens(m, images[i].h, images[i].w);
         T += Ti;
         if (Ti > Tmax) Tmax = Ti;
     }
-    activations a;
-    int parts = parallel_threads() < H ? parallel_threads() : H;
-    if (reserve_images(ws, (size_t)n, Tmax) ||
-        reserve(ws, plan(c, ws->model->precision, T, Tmax, (size_t)parts, &a, NULL))) {
-        snprintf(err, errlen, "out of memory for a batch of %zu tokens", T);
+    if (T > (size_t)ctx->params.max_tokens) {
+        snprintf(err, errlen, "a batch of %zu tokens is over this context's limit of %d tokens per "
+                 "forward (max_tokens)", T, ctx->params.max_tokens);
         return -1;
     }
-    plan(c, ws->model->precision, T, Tmax, (size_t)parts, &a, ws->arena);
+    struct activations a;
+    int parts = context_parts(ctx);
+    size_t need = plan(ctx, T, Tmax, (size_t)parts, &a, ctx->arena);
+    if (need > ctx->arena_touched) { /* first touch here, not inside the GEMMs */
+        memset(ctx->arena + ctx->arena_touched, 0, (need - ctx->arena_touched) * sizeof(float));
+        ctx->arena_touched = need;
+    }
     /* token offsets of each image in the concatenated batch */
-    int *start = ws->start;
-    const rotation_table **rot = ws->rot;
-    double *pos = ws->pos;
+    int *start = ctx->start;
+    const rotation_table **rot = ctx->rot;
+    double *pos = ctx->pos;
     start[0] = 0;
-    for (int i = 0; i < n; i++)
-        start[i + 1] = start[i] + 1 + (images[i].h / p) * (images[i].w / p);
-    ws->clock++;
+    for (int i = 0; i < n; i++) start[i + 1] = start[i] + vit_tokens(m, images[i].h, images[i].w);
+    ctx->clock++;
     for (int i = 0; i < n; i++) {
         rot[i] = NULL;
         if (m->rot.kind == ROT_NONE) continue;
-        rot[i] = rotation_for(ws, images[i].h / p, images[i].w / p);
+        rot[i] = rotation_for(ctx, images[i].h / p, images[i].w / p);
         if (!rot[i]) {
-            snprintf(err, errlen, "image %d: cannot build its rotation table (out of memory, or "
-                     "more than %d distinct resolutions in one batch)", i, VIT_ROTATION_CACHE);
+            snprintf(err, errlen, "image %d: out of memory for its rotation table", i);
             return -1;
         }
     }
@@ -808,7 +755,7 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
                a.patches + (size_t)(start[i] + 1) * P);
     for (int i = 0; i < n; i++) /* class rows of the im2col buffer: keep them defined */
         memset(a.patches + (size_t)start[i] * P, 0, sizeof(float) * (size_t)P);
-    gemm_forward(a.x, a.patches, &w->patch, NULL, (int)T, a.pack);
+    gemm_forward(kt, ctx->pool, a.x, a.patches, &w->patch, NULL, (int)T, a.pack);
     for (int i = 0; i < n; i++) {
         memcpy(a.x + (size_t)start[i] * D, w->class_emb, sizeof(float) * (size_t)D);
         if (c->has_ape) {
@@ -817,49 +764,54 @@ int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *i
         }
     }
     // 2. pre_layrnorm (in place), then layer 0's LN1
-    residual_norm(a.x, NULL, a.x, w->pre_ln_w, w->pre_ln_b, (int)T, D, eps, parts);
-    residual_norm(a.x, NULL, a.xn, w->layers[0].ln1_w, w->layers[0].ln1_b, (int)T, D, eps, parts);
+    residual_norm(ctx, a.x, NULL, a.x, w->pre_ln_w, w->pre_ln_b, (int)T, D, eps, parts);
+    if (ctx->params.observe) ctx->params.observe(ctx->params.observe_arg, 0, a.x, start, n, (int)T, D);
+    residual_norm(ctx, a.x, NULL, a.xn, w->layers[0].ln1_w, w->layers[0].ln1_b, (int)T, D, eps, parts);
 
     // 3. encoder layers; on entry a.xn holds LN1(x)
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const vit_layer *L = &w->layers[l];
         // x = x + out_proj(attention(LN1(x)))
-        gemm_forward(a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T, a.pack);
-        attention_job job = {a.attn, a.qkv, a.scores, start, &m->rot, rot, n, (int)Tmax, H, hd, l,
-                             ws->model->precision == GEMM_BF16, 0};
-        parallel_run(attention_part, &job, parts);
-        gemm_forward(a.xn, a.attn, &L->out, L->out_b, (int)T, a.pack);
+        gemm_forward(kt, ctx->pool, a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T, a.pack);
+        attention_job job = {.kt = kt, .out = a.attn, .qkv = a.qkv, .scores = a.scores,
+                             .start = start, .rot = &m->rot, .tables = rot, .images = n,
+                             .Tmax = (int)Tmax, .heads = H, .head_dim = hd, .layer = l,
+                             .bf16 = m->precision == GEMM_BF16, .next = 0};
+        thread_pool_run(ctx->pool, attention_part, &job, parts);
+        gemm_forward(kt, ctx->pool, a.xn, a.attn, &L->out, L->out_b, (int)T, a.pack);
         // x = x + fc2(act(fc1(LN2(x)))): the residual and LN2 in one pass
-        residual_norm(a.x, a.xn, a.xn, L->ln2_w, L->ln2_b, (int)T, D, eps, parts);
+        residual_norm(ctx, a.x, a.xn, a.xn, L->ln2_w, L->ln2_b, (int)T, D, eps, parts);
         /* A large (T, I) output (past 16 MB: batches of 8 at 224) gets its
          * activation inside fc1's GEMM, each thread activating the columns it
          * just wrote while they are in its cache; a pass of its own would read
          * and write it from memory. Smaller ones take the pass, which was
-         * faster there. Zen 5, ViT-B, engine-only: fused +3-5% at 224 batch 8
-         * (fp32 and bf16), -3-4% at batch 1 (224 and 384). */
+         * faster there (bench/results/NOTES.md, "fused activation"). */
         int fuse = T * (size_t)I > ((size_t)1 << 22);
-        gemm_forward_act(a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T, a.pack,
+        gemm_forward_act(kt, ctx->pool, a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T, a.pack,
                          fuse ? (int)c->hidden_act : GEMM_NO_ACT);
         if (!fuse) {
-            activation_job act = {a.mlp, T * (size_t)I, c->hidden_act};
-            parallel_run(activation_part, &act, T * (size_t)I >= 65536 ? parts : 1);
+            activation_job act = {.activate = kt->activation, .x = a.mlp, .n = T * (size_t)I,
+                                  .act = c->hidden_act};
+            thread_pool_run(ctx->pool, activation_part, &act, T * (size_t)I >= 65536 ? parts : 1);
         }
-        gemm_forward(a.xn, a.mlp, &L->fc2, L->fc2_b, (int)T, a.pack);
+        gemm_forward(kt, ctx->pool, a.xn, a.mlp, &L->fc2, L->fc2_b, (int)T, a.pack);
         // the residual, and the next layer's LN1 in the same pass
         const vit_layer *next = l + 1 < c->num_hidden_layers ? &w->layers[l + 1] : NULL;
-        residual_norm(a.x, a.xn, next ? a.xn : NULL, next ? next->ln1_w : NULL,
+        residual_norm(ctx, a.x, a.xn, next ? a.xn : NULL, next ? next->ln1_w : NULL,
                       next ? next->ln1_b : NULL, (int)T, D, eps, parts);
+        if (ctx->params.observe)
+            ctx->params.observe(ctx->params.observe_arg, l + 1, a.x, start, n, (int)T, D);
     }
 
     // 4. post_layernorm of each image's class token, then the head
     for (int i = 0; i < n; i++) {
         float *cls = a.xn; /* (D) scratch */
-        layernorm_forward(cls, a.x + (size_t)start[i] * D, w->post_ln_w, w->post_ln_b, 1, D, eps);
+        kt->layernorm(cls, a.x + (size_t)start[i] * D, w->post_ln_w, w->post_ln_b, 1, D, eps);
         if (M == 0) {
             matmul_forward(logits + (size_t)i * K, cls, w->head_w, w->head_b, 1, D, K);
         } else {
             matmul_forward(a.head, cls, w->head_w, w->head_b, 1, D, M);
-            activation_forward(a.head, (size_t)M, ACT_RELU);
+            kt->activation(a.head, (size_t)M, ACT_RELU);
             matmul_forward(logits + (size_t)i * K, a.head, w->head2_w, w->head2_b, 1, M, K);
         }
     }

@@ -6,17 +6,20 @@
  * tokens concatenated for the token-wise layers, attention per image.
  *
  * Threads: a vit_model is read-only after vit_load and may be shared; each
- * thread that runs forwards owns one vit_workspace (activations arena and
- * rotation-table cache). */
+ * thread that runs forwards owns a vit_context (its thread pool, kernel
+ * table and workspace). Contexts share nothing, so their forwards run at
+ * once. */
 #ifndef COMROPE_VIT_H
 #define COMROPE_VIT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dispatch.h"
 #include "gemm.h"
 #include "image.h"
 #include "model_config.h"
+#include "parallel.h"
 #include "rotation.h"
 
 typedef struct {
@@ -81,46 +84,82 @@ typedef struct {
     const float *pixels;
 } vit_image;
 
-#define VIT_ROTATION_CACHE 16
+/* Sees the residual stream x (T, D) of a forward's whole batch (image i's
+ * tokens are rows [start[i], start[i+1]) of n images) after the embeddings
+ * and pre-LayerNorm (stage 0) and after each encoder layer l (stage l + 1);
+ * for debugging parity layer by layer, and for tests. Runs on the thread
+ * that called the forward. */
+typedef void (*vit_observer)(void *arg, int stage, const float *x, const int *start, int n, int T,
+                             int D);
 
-/* Per-thread scratch: the activation arena and the per-image bookkeeping
- * grow to the largest batch seen and are reused (no allocation per forward
- * once warm); rotation tables are cached per grid (ph, pw). */
+/* Knobs of a context; vit_context_default_params() fills every one. */
+typedef struct {
+    int threads;          // pieces of each parallel step, the caller's thread included
+    int isa;              // CPU_ISA_BEST, or a lower cpu_isa to force (tests, benchmarks)
+    int max_images;       // images per forward
+    int max_tokens;       // tokens per forward, all images together; raised to the model's
+                          // per-image limit so that every valid image runs alone
+    vit_observer observe; // NULL, or called after every stage of a forward
+    void *observe_arg;
+} vit_context_params;
+
+vit_context_params vit_context_default_params(void);
+
+/* What one thread needs to run forwards: a thread pool (threads - 1
+ * workers), the kernel table chosen once for its ISA, and the workspace,
+ * sized by max_images and max_tokens when the context is made: the
+ * activation arena (address space reserved at once, pages written once
+ * the first time a forward reaches them, so that first-touch faults stay
+ * out of the GEMMs), the per-image bookkeeping, and rotation tables cached
+ * per grid (ph, pw) up to max_tokens tokens of tables in all. A forward
+ * over the limits is refused; nothing is allocated per forward but the
+ * rotation table of a grid not seen lately. */
 typedef struct {
     const vit_model *model;
-    float *arena;             // activations; prefaulted when allocated
+    vit_context_params params;
+    kernel_table kernels;
+    thread_pool *pool;
+    int tmax;                 // tokens of the largest image a forward may hold
+    float *arena;             // activations
     size_t arena_floats;
-    int *start;               // (images + 1) token offsets of each image in the batch
-    const rotation_table **rot; // (images) each image's rotation table
-    size_t images_cap;
-    double *pos;              // (2 * tokens) positions of one image
-    size_t pos_cap;
-    rotation_table cache[VIT_ROTATION_CACHE];
-    uint64_t cache_stamp[VIT_ROTATION_CACHE];
-    uint64_t clock;
-} vit_workspace;
+    size_t arena_touched;     // floats of the arena written once already
+    int *start;               // (max_images + 1) token offsets of each image in the batch
+    const rotation_table **rot; // (max_images) each image's rotation table
+    double *pos;              // (2 * tmax) positions of one image
+    rotation_table *cache;    // (cache_slots) tables by grid
+    uint64_t *cache_stamp;    // (cache_slots) the forward that last used each
+    int cache_slots;
+    size_t cache_tokens;      // tokens of the cached tables, at most max_tokens
+    uint64_t clock;           // forwards run
+} vit_context;
 
-vit_workspace *vit_workspace_new(const vit_model *m);
-void vit_workspace_free(vit_workspace *ws);
+/* Makes a context for `m` (which must outlive it) from `p` (NULL: the
+ * defaults). Returns 0, or -1 with a message naming the parameter (an ISA
+ * this CPU lacks, limits below 1, a bf16 model on a table without bf16
+ * kernels, out of memory). */
+int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context **out, char *err,
+                    size_t errlen);
+void vit_context_free(vit_context *ctx);
 
 /* Floating-point work of one image at h x w, in GFLOP (multiply-adds count
  * two): the GEMMs, attention's two products and the head. */
 double vit_gflop(const vit_model *m, int h, int w);
+
+/* Tokens of one h x w image (h, w multiples of the patch size): the class
+ * token and one per patch. The one place that counts them. */
+int vit_tokens(const vit_model *m, int h, int w);
 
 /* Checks that h x w is a resolution the model can run: positive multiples
  * of the patch size, at most max_tokens tokens. The message names the
  * nearest valid sizes. Returns 0 or -1. */
 int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t errlen);
 
-/* Tokens of one image at h x w (valid sizes): the class token and one per
- * patch. The batch limits (max-batch-tokens) count these. */
-int vit_image_tokens(const vit_model *m, int h, int w);
-
-/* Logits (n, num_class) for n images of any valid sizes. Batch composition
- * does not change an image's logits (beyond float rounding of the GEMMs).
- * Returns 0, or -1 with a message naming the image. */
-int vit_forward_ragged(const vit_model *m, vit_workspace *ws, const vit_image *images, int n,
-                       float *logits, char *err, size_t errlen);
+/* Logits (n, num_class) of ctx's model for n images of any valid sizes, at
+ * most max_images of them with at most max_tokens tokens in all. Batch
+ * composition does not change an image's logits, bit for bit (gemm.h).
+ * Returns 0, or -1 with a message naming the image or the limit. */
+int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *logits, char *err,
+                       size_t errlen);
 
 /* Adds the sampled absolute position embedding of T tokens at positions
  * pos (2 per token, from vit_positions) to x (T, D). No-op without an APE. */

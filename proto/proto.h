@@ -28,6 +28,7 @@ typedef struct {
     int max_tokens;            /* per image */
     char *const *labels;       /* K entries, NULL where unnamed; may be NULL */
     const char *version;       /* build version */
+    const char *isa;           /* the engine's CPU kernels ("avx512", ...); may be NULL */
 } proto_model;
 
 /* One image of a request: either an encoded file (JPEG/PNG) to decode and

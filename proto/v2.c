@@ -520,6 +520,8 @@ char *v2_model_json(const proto_model *pm) {
                           "inputs", "name", "pixel_values", "datatype", "FP32", "shape", -1,
                           pm->num_channels, -1, -1, "name", "images", "datatype", "BYTES", "shape", -1,
                           "outputs", "name", "logits", "datatype", "FP32", "shape", -1, pm->num_class);
+    /* the engine's CPU kernels, as the log and comrope_engine_info say */
+    if (o && pm->isa) json_object_set_new(o, "parameters", json_pack("{s:s}", "isa", pm->isa));
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     return s;

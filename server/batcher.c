@@ -13,7 +13,7 @@
 typedef struct {
     batcher *b;
     pthread_t thread;
-    vit_workspace *ws;
+    vit_context *ctx;
     int started;
 } worker;
 
@@ -234,7 +234,7 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
             images[count].h = im->h;
             images[count].w = im->w;
             images[count].pixels = pixels;
-            tokens[count] = vit_image_tokens(m, im->h, im->w);
+            tokens[count] = vit_tokens(m, im->h, im->w);
             count++;
         }
         if (s->fail) {
@@ -248,7 +248,7 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
     }
 
     int forward_failed = 0;
-    if (count > 0 && vit_forward_ragged(m, w->ws, images, count, logits, msg, sizeof(msg)))
+    if (count > 0 && vit_forward_ragged(w->ctx, images, count, logits, msg, sizeof(msg)))
         forward_failed = 1;
     int64_t end = monotonic_ns();
     if (count > 0)
@@ -301,7 +301,7 @@ static int fill_batch(batcher *b, slice *parts, int *n, int *images, int *tokens
         const proto_request *req = j->req;
         int k = j->next_image, first = k;
         while (k < req->num_images) {
-            int t = vit_image_tokens(b->model, req->images[k].h, req->images[k].w);
+            int t = vit_tokens(b->model, req->images[k].h, req->images[k].w);
             /* (batcher_submit refused any image larger than a whole
              * batch; one would still run, alone) */
             if (*images > 0 && (*images + 1 > b->p.max_batch_size || *tokens + t > b->p.max_batch_tokens))
@@ -423,12 +423,17 @@ batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *er
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    /* Each worker's workspace holds one engine batch at the batch limits,
+     * reserved once: the batcher never forms a larger one. */
+    vit_context_params engine = p.engine;
+    engine.max_images = p.max_batch_size;
+    engine.max_tokens = p.max_batch_tokens;
     for (int i = 0; i < p.workers; i++) {
         worker *w = &b->workers[i];
         w->b = b;
-        w->ws = vit_workspace_new(m);
-        if (!w->ws) {
-            snprintf(err, errlen, "out of memory for worker %d's workspace", i);
+        char why[400];
+        if (vit_context_new(m, &engine, &w->ctx, why, sizeof(why))) {
+            snprintf(err, errlen, "worker %d: %s", i, why);
             goto fail;
         }
         if (pthread_create(&w->thread, NULL, worker_main, w)) {
@@ -458,7 +463,7 @@ static int over_limits(batcher *b, job *j) {
         return 413;
     }
     for (int i = 0; i < req->num_images; i++) {
-        int h = req->images[i].h, w = req->images[i].w, t = vit_image_tokens(b->model, h, w);
+        int h = req->images[i].h, w = req->images[i].w, t = vit_tokens(b->model, h, w);
         if (t > b->p.max_batch_tokens) {
             snprintf(j->error, sizeof(j->error), "images[%d]: %dx%d needs %d tokens, more than one engine "
                      "batch holds (max-batch-tokens %d)", i, h, w, t, b->p.max_batch_tokens);
@@ -581,7 +586,7 @@ void batcher_stop(batcher *b) {
 void batcher_free(batcher *b) {
     if (!b) return;
     batcher_stop(b);
-    for (int i = 0; b->workers && i < b->p.workers; i++) vit_workspace_free(b->workers[i].ws);
+    for (int i = 0; b->workers && i < b->p.workers; i++) vit_context_free(b->workers[i].ctx);
     free(b->workers);
     pthread_cond_destroy(&b->work);
     pthread_cond_destroy(&b->reaper_wake);

@@ -1,7 +1,7 @@
 /* batcher.h: the bounded queue between HTTP threads and inference workers.
  *
- * Owns: the queue of jobs, the worker threads (each with its own
- * vit_workspace), the work limits of a request (images, tokens, decoded
+ * Owns: the queue of jobs, the worker threads (each with its own engine
+ * context: vit_context, made from `engine`), the work limits of a request (images, tokens, decoded
  * pixels: checked at submission), the global budget of decoded pixels held
  * by queued and running jobs, the forming of engine batches (up to
  * max-batch-size images and max-batch-tokens tokens, images of any
@@ -66,6 +66,8 @@ typedef struct {
     int max_request_images;    /* 0: no limit */
     int64_t max_request_tokens;/* 0: no limit */
     int64_t pixel_budget_bytes;/* decoded pixels of queued and running jobs; 0: no limit */
+    vit_context_params engine; /* each worker's context; its max_images / max_tokens are set
+                                  to max_batch_size / max_batch_tokens */
 } batcher_params;
 
 /* Starts the workers and the reaper. Returns NULL with a message. */

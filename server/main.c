@@ -24,6 +24,7 @@
 #include "api_keys.h"
 #include "batcher.h"
 #include "config.h"
+#include "cpu.h"
 #include "gemm.h"
 #include "http.h"
 #include "log.h"
@@ -153,8 +154,18 @@ int main(int argc, char **argv) {
     config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
     if (!cfg.model_name[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
 
-    /* The engine's pool owns the cores (it also keeps OpenBLAS at one thread). */
-    gemm_set_threads(cfg.gemm_threads);
+    /* Each worker's context: its own pool of gemm-threads (the pools also
+     * keep OpenBLAS at one thread), kernels of the chosen ISA, and a
+     * workspace for one batch at the batch limits. */
+    vit_context_params engine = vit_context_default_params();
+    engine.threads = cfg.gemm_threads;
+    for (int i = 0; i < config_num_options; i++)
+        if (strcmp(config_options[i].name, "isa") == 0 &&
+            cpu_isa_parse(config_options[i].choices[cfg.isa], &engine.isa) != 0) {
+            log_event("error", "isa: unknown level");
+            goto cleanup;
+        }
+    const char *isa = cpu_isa_name(engine.isa == CPU_ISA_BEST ? cpu_best_isa() : (cpu_isa)engine.isa);
 
     const char *pe = pe_type_name(model->cfg.custom_pe_type);
     mx = metrics_new(cfg.model_name, pe, model->cfg.image_size, COMROPE_VERSION);
@@ -162,9 +173,13 @@ int main(int argc, char **argv) {
         log_event("error", "out of memory");
         goto cleanup;
     }
+    if (metrics_set_isa(mx, isa)) {
+        log_event("error", "out of memory");
+        goto cleanup;
+    }
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
                          cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
-                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes};
+                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes, engine};
     b = batcher_new(model, mx, bp, err, sizeof(err));
     if (!b) {
         log_event("error", "%s", err);
@@ -173,15 +188,15 @@ int main(int argc, char **argv) {
     http_params hp = {&cfg, model,
                       {cfg.model_name, pe, model->cfg.num_channels, model->cfg.num_class,
                        model->cfg.image_size, model->cfg.patch_size, model->max_tokens,
-                       model->cfg.labels, COMROPE_VERSION},
+                       model->cfg.labels, COMROPE_VERSION, isa},
                       b, mx, keys};
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         log_event("error", "%s", err);
         goto cleanup;
     }
-    log_event("info", "model %s (%s, %s, %dx%d, %d classes) from %s", cfg.model_name,
-            pe, gemm_kernel_name(), model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
+    log_event("info", "model %s (%s, isa %s, %dx%d, %d classes) from %s", cfg.model_name,
+            pe, isa, model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
             cfg.model);
     log_event("info", "%d workers x %d gemm threads, %d http threads, batch %d images / %d tokens, "
             "delay %d us, queue %d", cfg.workers, cfg.gemm_threads, cfg.http_threads, cfg.max_batch_size,

@@ -60,6 +60,7 @@ static const char *failure_reason(int status) {
 struct metrics {
     pthread_mutex_t lock;
     char *model, *pe_type, *version;
+    char *isa;                 /* the engine's kernels, or NULL until set */
     int training_resolution;
     double start_time;
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
@@ -115,7 +116,18 @@ void metrics_free(metrics *m) {
     free(m->model);
     free(m->pe_type);
     free(m->version);
+    free(m->isa);
     free(m);
+}
+
+int metrics_set_isa(metrics *m, const char *isa) {
+    char *copy = strdup(isa);
+    if (!copy) return -1;
+    pthread_mutex_lock(&m->lock);
+    free(m->isa);
+    m->isa = copy;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
 }
 
 void metrics_request(metrics *m, int endpoint, int status, double seconds) {
@@ -315,6 +327,12 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     put(&t, "\",training_resolution=\"%d\",version=\"", m->training_resolution);
     put_label_value(&t, m->version);
     put(&t, "\"} 1\n");
+    if (m->isa) {
+        put(&t, "# HELP comrope_engine_info The engine's CPU kernels (instruction-set level).\n"
+                "# TYPE comrope_engine_info gauge\ncomrope_engine_info{isa=\"");
+        put_label_value(&t, m->isa);
+        put(&t, "\"} 1\n");
+    }
     double start_time = m->start_time;
     pthread_mutex_unlock(&m->lock);
 

@@ -34,6 +34,9 @@ typedef struct metrics metrics;
 metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
                      const char *version);
 void metrics_free(metrics *m);
+/* The engine's instruction-set level, exposed as comrope_engine_info{isa}
+ * (absent until set). Returns 0, or -1 when out of memory. */
+int metrics_set_isa(metrics *m, const char *isa);
 
 /* A finished HTTP request: counts it by endpoint and code, its failure
  * reason when status >= 400, and its latency. */

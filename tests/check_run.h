@@ -4,7 +4,38 @@
 #define COMROPE_CHECK_RUN_H
 
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+
+/* Suites with tests for one CPU feature run them as a ctest entry of their
+ * own (`test_gemm avx512`, `test_gemm bf16`: tests/CMakeLists.txt), which
+ * exits with CHECK_SKIPPED, ctest's SKIP_RETURN_CODE, after saying
+ * "skipped: no X" where this CPU lacks it: never a silent pass. Run with no
+ * argument, a suite runs every part this CPU has (valgrind does that). */
+#define CHECK_SKIPPED 77
+
+/* The part named by argv[1] (NULL: all). Returns 1 when this CPU lacks
+ * it: main() then returns check_skip(part). */
+static inline int check_part_missing(const char *part) {
+    if (!part) return 0;
+    if (strcmp(part, "bf16") == 0) return !cpu_has_avx512bf16();
+    int isa;
+    if (cpu_isa_parse(part, &isa) != 0) return 0; /* a part that needs no feature ("fp32") */
+    return isa > (int)cpu_best_isa();
+}
+
+static inline int check_skip(const char *part) {
+    printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0 ? "AVX512-BF16" : part);
+    return CHECK_SKIPPED;
+}
+
+/* Whether a test of part `name` runs in this invocation (part: argv[1]). */
+static inline int check_part_selected(const char *part, const char *name) {
+    return !part || strcmp(part, name) == 0;
+}
 
 static inline int check_run(Suite *s) {
     SRunner *sr = srunner_create(s);

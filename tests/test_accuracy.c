@@ -126,14 +126,17 @@ START_TEST(test_default_model_matches_pytorch) {
     }
     free(u8);
 
-    vit_workspace *ws = vit_workspace_new(m);
+    vit_context_params cp = vit_context_default_params();
+    cp.max_images = BATCH;
+    vit_context *ctx = NULL;
+    ck_assert_msg(vit_context_new(m, &cp, &ctx, err, sizeof(err)) == 0, "%s", err);
     float *logits = malloc((size_t)count * K * sizeof(float));
     vit_image batch[BATCH];
     for (int n0 = 0; n0 < count; n0 += BATCH) {
         int nb = count - n0 < BATCH ? count - n0 : BATCH;
         for (int k = 0; k < nb; k++)
             batch[k] = (vit_image){res_h, res_w, pixels + (size_t)(n0 + k) * per};
-        ck_assert_msg(vit_forward_ragged(m, ws, batch, nb, logits + (size_t)n0 * K, err,
+        ck_assert_msg(vit_forward_ragged(ctx, batch, nb, logits + (size_t)n0 * K, err,
                                          sizeof(err)) == 0, "%s", err);
     }
 
@@ -168,7 +171,7 @@ START_TEST(test_default_model_matches_pytorch) {
 
     free(logits);
     free(pixels);
-    vit_workspace_free(ws);
+    vit_context_free(ctx);
     vit_free(m);
     npy_free(&ref);
     free(images);

@@ -97,7 +97,10 @@ static void free_job(test_job *t) {
 }
 
 static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
-    batcher_params p = {workers, batch, 1 << 20, delay_us, queue, image_limits_default(), 0, 0, 0};
+    /* 4096 tokens a batch: room for every batch these tests form, and a
+     * workspace (reserved up front) of a modest size */
+    batcher_params p = {workers, batch, 4096, delay_us, queue, image_limits_default(), 0, 0, 0,
+                        vit_context_default_params()};
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -150,13 +153,14 @@ START_TEST(computes_and_answers_once) {
     }
     wait_done(6);
     /* the engine's own answer for job 3 */
-    vit_workspace *ws = vit_workspace_new(model);
+    vit_context *ctx = NULL;
+    char err[256];
+    ck_assert_int_eq(vit_context_new(model, NULL, &ctx, err, sizeof(err)), 0);
     int K = model->cfg.num_class;
     float *expect = malloc(sizeof(float) * 2 * K);
     vit_image im[2];
     for (int k = 0; k < 2; k++) im[k] = (vit_image){12, 12, jobs[3]->req.images[k].pixels};
-    char err[256];
-    ck_assert_int_eq(vit_forward_ragged(model, ws, im, 2, expect, err, sizeof(err)), 0);
+    ck_assert_int_eq(vit_forward_ragged(ctx, im, 2, expect, err, sizeof(err)), 0);
     for (int k = 0; k < 2 * K; k++) ck_assert_float_eq_tol(jobs[3]->j.logits[k], expect[k], 1e-5);
     batcher_free(b);
     for (int i = 0; i < 6; i++) {
@@ -166,7 +170,7 @@ START_TEST(computes_and_answers_once) {
         free_job(jobs[i]);
     }
     free(expect);
-    vit_workspace_free(ws);
+    vit_context_free(ctx);
 }
 END_TEST
 
@@ -310,7 +314,8 @@ static void open_gate(void) {
 
 static batcher *new_batcher_limits(int batch, int batch_tokens, int req_images, int64_t req_tokens,
                                    int64_t budget) {
-    batcher_params p = {1, batch, batch_tokens, 0, 64, image_limits_default(), req_images, req_tokens, budget};
+    batcher_params p = {1, batch, batch_tokens, 0, 64, image_limits_default(), req_images, req_tokens, budget,
+                        vit_context_default_params()};
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -320,8 +325,8 @@ static batcher *new_batcher_limits(int batch, int batch_tokens, int req_images, 
 /* A job larger than an engine batch is split over several, by images and
  * by tokens, and its logits are each image's own. */
 START_TEST(large_job_split_into_engine_batches) {
-    int T16 = vit_image_tokens(model, 16, 16);
-    batcher *b = new_batcher_limits(2, 1 << 20, 0, 0, 0);
+    int T16 = vit_tokens(model, 16, 16);
+    batcher *b = new_batcher_limits(2, 4096, 0, 0, 0);
     test_job *t = make_job(5, 16, 16, 60000);
     ck_assert_int_eq(batcher_submit(b, &t->j), 0);
     wait_done(1);
@@ -329,12 +334,13 @@ START_TEST(large_job_split_into_engine_batches) {
     ck_assert_double_eq(sample("comrope_batches_total"), 3); /* 2 + 2 + 1 */
     ck_assert_double_eq(sample("comrope_batch_images_sum"), 5);
     int K = model->cfg.num_class;
-    vit_workspace *ws = vit_workspace_new(model);
-    float *expect = malloc(sizeof(float) * K);
+    vit_context *ctx = NULL;
     char err[256];
+    ck_assert_int_eq(vit_context_new(model, NULL, &ctx, err, sizeof(err)), 0);
+    float *expect = malloc(sizeof(float) * K);
     for (int i = 0; i < 5; i++) {
         vit_image im = {16, 16, t->req.images[i].pixels};
-        ck_assert_int_eq(vit_forward_ragged(model, ws, &im, 1, expect, err, sizeof(err)), 0);
+        ck_assert_int_eq(vit_forward_ragged(ctx, &im, 1, expect, err, sizeof(err)), 0);
         for (int k = 0; k < K; k++) ck_assert_float_eq_tol(t->j.logits[i * K + k], expect[k], 1e-5);
     }
     batcher_free(b);
@@ -349,7 +355,7 @@ START_TEST(large_job_split_into_engine_batches) {
     ck_assert_double_eq(sample("comrope_batch_tokens_sum"), 10 * T16); /* both runs */
     batcher_free(b);
     free_job(t);
-    vit_workspace_free(ws);
+    vit_context_free(ctx);
     free(expect);
 }
 END_TEST
@@ -357,7 +363,7 @@ END_TEST
 /* Per-request limits refuse with 413 naming the setting and the value;
  * nothing is computed. */
 START_TEST(request_limits_413) {
-    int T16 = vit_image_tokens(model, 16, 16);
+    int T16 = vit_tokens(model, 16, 16);
     batcher *b = new_batcher_limits(8, 2 * T16, 3, 3 * T16, 0);
     test_job *t = make_job(4, 16, 16, 60000);
     ck_assert_int_eq(batcher_submit(b, &t->j), 413);
@@ -369,7 +375,7 @@ START_TEST(request_limits_413) {
                   "%s", t->j.error);
     free_job(t);
     batcher_free(b);
-    b = new_batcher_limits(8, 1 << 20, 0, 3 * T16, 0);
+    b = new_batcher_limits(8, 4096, 0, 3 * T16, 0);
     t = make_job(4, 16, 16, 60000);
     ck_assert_int_eq(batcher_submit(b, &t->j), 413);
     char want[128];
@@ -391,7 +397,7 @@ START_TEST(pixel_budget) {
     int64_t one = (int64_t)sizeof(float) * model->cfg.num_channels * 16 * 16;
     busy->j.pixel_bytes = next->j.pixel_bytes = one;
     huge->j.pixel_bytes = 3 * one;
-    batcher *b = new_batcher_limits(8, 1 << 20, 0, 0, 2 * one - 1);
+    batcher *b = new_batcher_limits(8, 4096, 0, 0, 2 * one - 1);
     busy->block = 1;
     ck_assert_int_eq(batcher_submit(b, &busy->j), 0);
     ck_assert_int_eq(batcher_pixel_bytes(b), one);
@@ -416,7 +422,7 @@ END_TEST
 /* A deadline that passes while a split job runs stops it before its next
  * engine batch: 504, the rest never computed. */
 START_TEST(deadline_between_engine_batches) {
-    batcher *b = new_batcher_limits(1, 1 << 20, 0, 0, 0);
+    batcher *b = new_batcher_limits(1, 4096, 0, 0, 0);
     test_job *t = make_job(4, 16, 16, 60000);
     t->j.gone = gate_gone;
     t->j.deadline_ns = monotonic_ns() + 200 * 1000000LL;
@@ -436,7 +442,7 @@ END_TEST
 
 /* A job whose client went away is answered 499 and not computed. */
 START_TEST(gone_client_not_computed) {
-    batcher *b = new_batcher_limits(8, 1 << 20, 0, 0, 0);
+    batcher *b = new_batcher_limits(8, 4096, 0, 0, 0);
     test_job *t = make_job(2, 16, 16, 60000);
     t->j.gone = gate_gone;
     gone_answer = 1;
@@ -455,7 +461,7 @@ END_TEST
 START_TEST(stop_between_engine_batches) {
     /* a queue of one, filled by `filler` behind the running job: `late`
      * is refused as "queue is full" until the stop begins (never queued) */
-    batcher_params p = {1, 1, 1 << 20, 0, 1, image_limits_default(), 0, 0, 0};
+    batcher_params p = {1, 1, 4096, 0, 1, image_limits_default(), 0, 0, 0, vit_context_default_params()};
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);

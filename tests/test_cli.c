@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "npy.h"
 #include "check_run.h"
@@ -82,6 +83,43 @@ START_TEST(test_npy_logits_match_reference) {
 }
 END_TEST
 
+/* --dump-stages writes every image's residual stream after every stage,
+ * (T, D) each, and the values are the reference's (reference.py
+ * --stages-out; tools/parity_stages.py compares any input this way). */
+START_TEST(test_dump_stages_match_reference) {
+    char dir[] = "/tmp/comrope-stages-XXXXXX", args[1024], path[1200], err[256];
+    ck_assert(mkdtemp(dir) != NULL);
+    const char *model = FIXTURE_DIR "/parity/comrope_ld_b2";
+    snprintf(args, sizeof(args), "--model %s --dump-stages %s %s/input_8x16.npy", model, dir, model);
+    json_t *lines[16];
+    int n;
+    ck_assert_int_eq(run(args, lines, &n), 0);
+    ck_assert_int_eq(n, 2);
+    for (int i = 0; i < n; i++) json_decref(lines[i]);
+    npy_array ref;
+    snprintf(path, sizeof(path), "%s/stages_8x16.npy", model);
+    ck_assert_msg(npy_load(path, &ref, err, sizeof(err)) == 0, "%s", err);
+    int S = (int)ref.shape[0], N = (int)ref.shape[1], T = (int)ref.shape[2], D = (int)ref.shape[3];
+    ck_assert_int_eq(N, 2);
+    for (int i = 0; i < N; i++)
+        for (int st = 0; st < S; st++) {
+            npy_array got;
+            snprintf(path, sizeof(path), "%s/image%d_stage%d.npy", dir, i, st);
+            ck_assert_msg(npy_load(path, &got, err, sizeof(err)) == 0, "%s", err);
+            ck_assert_int_eq(got.ndim, 2);
+            ck_assert_int_eq(got.shape[0], T);
+            ck_assert_int_eq(got.shape[1], D);
+            for (int k = 0; k < T * D; k++)
+                ck_assert_msg(fabs(got.data[k] - ref.data[((size_t)st * N + i) * T * D + k]) <= 1e-4,
+                              "image %d stage %d value %d", i, st, k);
+            npy_free(&got);
+            remove(path);
+        }
+    npy_free(&ref);
+    ck_assert_int_eq(rmdir(dir), 0); /* nothing else was written */
+}
+END_TEST
+
 START_TEST(test_bad_file_reported_others_still_run) {
     json_t *lines[16];
     int n;
@@ -123,6 +161,7 @@ int main(void) {
     TCase *tc = tcase_create("cli");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_npy_logits_match_reference);
+    tcase_add_test(tc, test_dump_stages_match_reference);
     tcase_add_test(tc, test_bad_file_reported_others_still_run);
     tcase_add_test(tc, test_bad_resolution_names_nearest);
     suite_add_tcase(s, tc);

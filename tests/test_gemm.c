@@ -13,7 +13,15 @@
 #include "kernels.h"
 #include "check_run.h"
 
-static const char *kernels[] = {"generic", "avx2", "avx512"};
+static const char *kernels[] = {"scalar", "avx2", "avx512"};
+static const char *part; /* argv[1]: the level (or bf16) under test, NULL: all (main) */
+
+/* The kernel table of level `name`; 0 when this CPU cannot run it. */
+static int table(const char *name, kernel_table *kt) {
+    char err[200];
+    int isa;
+    return cpu_isa_parse(name, &isa) == 0 && kernel_table_init(kt, isa, err, sizeof(err)) == 0;
+}
 
 static void fill(float *x, size_t n, unsigned seed) {
     for (size_t i = 0; i < n; i++) {
@@ -31,24 +39,26 @@ START_TEST(test_kernels_match_openblas) {
                        {300, 100, 800}}; /* several passes and K blocks; (N >= 100: more
                                              than one AVX2 chunk of tiles for each thread) */
     int tested = 0;
+    thread_pool *two = thread_pool_new(2);
     for (size_t ki = 0; ki < 3; ki++) {
-        if (gemm_force_kernel(kernels[ki]) != 0) continue; /* CPU lacks it */
+        kernel_table kt;
+        if (!check_part_selected(part, kernels[ki]) || !table(kernels[ki], &kt)) continue; /* CPU lacks it */
         tested++;
         /* two threads: A packed in parts, columns split */
         for (size_t s = 0; s < 2 * sizeof(shapes) / sizeof(shapes[0]); s++) {
-            gemm_set_threads(s % 2 ? 2 : 1);
+            thread_pool *pool = s % 2 ? two : NULL;
             int M = shapes[s / 2][0], N = shapes[s / 2][1], K = shapes[s / 2][2];
             float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
             float *b = malloc(sizeof(float) * N), *out = malloc(sizeof(float) * M * N);
             float *ref = malloc(sizeof(float) * M * N);
             /* exactly the size asked for: ASan sees a write past it */
-            float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, GEMM_FP32));
+            float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, GEMM_FP32));
             fill(A, (size_t)M * K, 1 + (unsigned)s);
             fill(W, (size_t)N * K, 100 + (unsigned)s);
             fill(b, (size_t)N, 7);
             packed_weight p;
             ck_assert(gemm_pack(W, N, K, GEMM_FP32, &p) == 0);
-            gemm_forward(out, A, &p, b, M, scratch);
+            gemm_forward(&kt, pool, out, A, &p, b, M, scratch);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, W, K, 0.0f, ref, N);
             for (int i = 0; i < M * N; i++) {
                 float want = ref[i] + b[i % N];
@@ -60,8 +70,7 @@ START_TEST(test_kernels_match_openblas) {
         }
     }
     ck_assert_int_ge(tested, 1);
-    gemm_set_threads(1);
-    gemm_force_kernel(NULL);
+    thread_pool_free(two);
 }
 END_TEST
 
@@ -69,10 +78,13 @@ END_TEST
  * any larger M, with one thread or two, with one K block or several. */
 START_TEST(test_rows_independent_of_batch) {
     /* 401 and Mbig: rows in several passes (gemm.c, MC_ONE_PASS) */
-    int N = 110, K = _i ? 800 : 150, Mmax = 61, Mbig = 600;
+    int N = 110, K = _i % 2 ? 800 : 150, Mmax = 61, Mbig = 600;
+    kernel_table kt;
+    ck_assert(table(kernels[_i / 2], &kt));
+    thread_pool *two = thread_pool_new(2);
     float *A = malloc(sizeof(float) * Mbig * K), *W = malloc(sizeof(float) * N * K);
     float *one = malloc(sizeof(float) * N), *all = malloc(sizeof(float) * Mbig * N);
-    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(Mbig, K, GEMM_FP32));
+    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, Mbig, K, GEMM_FP32));
     fill(A, (size_t)Mbig * K, 3);
     fill(W, (size_t)N * K, 4);
     packed_weight p;
@@ -82,18 +94,18 @@ START_TEST(test_rows_independent_of_batch) {
     Ms[nM++] = 401;
     Ms[nM++] = Mbig;
     for (int threads = 1; threads <= 2; threads++) {
-        gemm_set_threads(threads);
+        thread_pool *pool = threads == 2 ? two : NULL;
         for (int mi = 0; mi < nM; mi++) {
             int M = Ms[mi];
-            gemm_forward(all, A, &p, NULL, M, scratch);
+            gemm_forward(&kt, pool, all, A, &p, NULL, M, scratch);
             for (int r = 0; r < M; r += 5) {
-                gemm_forward(one, A + (size_t)r * K, &p, NULL, 1, scratch);
+                gemm_forward(&kt, pool, one, A + (size_t)r * K, &p, NULL, 1, scratch);
                 ck_assert_msg(memcmp(one, all + (size_t)r * N, sizeof(float) * N) == 0,
                               "row %d differs inside M=%d (threads %d)", r, M, threads);
             }
         }
     }
-    gemm_set_threads(1);
+    thread_pool_free(two);
     gemm_pack_free(&p);
     free(A); free(W); free(one); free(all); free(scratch);
 }
@@ -112,7 +124,9 @@ static float round_bf16(float f) {
 }
 
 START_TEST(test_bf16_kernel) {
-    if (!gemm_bf16_supported()) return; /* nothing to test on this CPU */
+    kernel_table kt;
+    ck_assert(table("avx512", &kt) && kt.gemm_bf16); /* main() adds it only then */
+    thread_pool *three = thread_pool_new(3);
     /* M past 264 runs in passes of 64 rows; K past 32 packs full groups
      * of 8 rows through the vector conversion, 257 leaves an odd last block */
     /* and K past 768 runs several K blocks (partial sums reloaded from C),
@@ -124,7 +138,7 @@ START_TEST(test_bf16_kernel) {
         float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
         float *out = malloc(sizeof(float) * M * N), *out3 = malloc(sizeof(float) * M * N);
         float *one = malloc(sizeof(float) * N);
-        float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, GEMM_BF16));
+        float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, GEMM_BF16));
         fill(A, (size_t)M * K, 11 + (unsigned)s);
         fill(W, (size_t)N * K, 12 + (unsigned)s);
         /* denormal activations: the vector conversion (full groups of 8 rows)
@@ -134,11 +148,8 @@ START_TEST(test_bf16_kernel) {
         for (int i = 0; i < M * K; i += 37) A[i] = (i & 1) ? 3e-39f : -5e-40f;
         packed_weight p;
         ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
-        gemm_set_threads(1);
-        gemm_forward(out, A, &p, NULL, M, scratch);
-        gemm_set_threads(3);
-        gemm_forward(out3, A, &p, NULL, M, scratch);
-        gemm_set_threads(1);
+        gemm_forward(&kt, NULL, out, A, &p, NULL, M, scratch);
+        gemm_forward(&kt, three, out3, A, &p, NULL, M, scratch);
         ck_assert_msg(memcmp(out, out3, sizeof(float) * M * N) == 0, "%dx%dx%d: 1 vs 3 threads", M, N, K);
         for (int i = 0; i < M; i++)
             for (int n = 0; n < N; n++) {
@@ -153,13 +164,14 @@ START_TEST(test_bf16_kernel) {
                 ck_assert(fabs(got - exact) <= 2e-2 * sqrt((double)K));
             }
         for (int r = 0; r < M; r += 4) {
-            gemm_forward(one, A + (size_t)r * K, &p, NULL, 1, scratch);
+            gemm_forward(&kt, NULL, one, A + (size_t)r * K, &p, NULL, 1, scratch);
             ck_assert_msg(memcmp(one, out + (size_t)r * N, sizeof(float) * N) == 0,
                           "%dx%dx%d: row %d alone differs from the batch", M, N, K, r);
         }
         gemm_pack_free(&p);
         free(A); free(W); free(out); free(out3); free(one); free(scratch);
     }
+    thread_pool_free(three);
 }
 END_TEST
 
@@ -168,18 +180,19 @@ END_TEST
  * the float range: the largest denormal (which vcvtne2ps2bf16 reads as 0,
  * and plain rounding would turn into the smallest normal bf16), times 2. */
 START_TEST(test_bf16_edge_values) {
-    if (!gemm_bf16_supported()) return;
+    kernel_table kt;
+    ck_assert(table("avx512", &kt) && kt.gemm_bf16);
     int M = 9, N = 3, K = 64;
     float *A = calloc((size_t)M * K, sizeof(float)), *W = malloc(sizeof(float) * N * K);
     float *out = malloc(sizeof(float) * M * N), *one = malloc(sizeof(float) * N);
-    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, GEMM_BF16));
+    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, GEMM_BF16));
     uint32_t big_denormal = 0x007fffffu;
     for (int i = 0; i < N * K; i++) W[i] = 2.0f;
     for (int r = 0; r < M; r++) memcpy(&A[r * K + 5], &big_denormal, 4); /* the rest of each row: 0 */
     packed_weight p;
     ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
-    gemm_forward(out, A, &p, NULL, M, scratch);      /* rows 0-7: one full group; row 8 alone */
-    gemm_forward(one, A, &p, NULL, 1, scratch);      /* row 0 alone: the short group */
+    gemm_forward(&kt, NULL, out, A, &p, NULL, M, scratch); /* rows 0-7: one full group; row 8 alone */
+    gemm_forward(&kt, NULL, one, A, &p, NULL, 1, scratch); /* row 0 alone: the short group */
     for (int n = 0; n < N; n++) {
         ck_assert_msg(memcmp(&one[n], &out[n], 4) == 0, "row 0 alone %g vs in a group %g", one[n], out[n]);
         ck_assert_msg(memcmp(&out[8 * N + n], &out[n], 4) == 0, "row 8 %g vs row 0 %g", out[8 * N + n], out[n]);
@@ -196,45 +209,58 @@ END_TEST
 START_TEST(test_fused_activation) {
     int shapes[][3] = {{1, 1, 1}, {13, 50, 129}, {197, 100, 64}, {300, 150, 800}};
     static const activation acts[] = {ACT_GELU, ACT_QUICK_GELU, ACT_GELU_TANH, ACT_RELU};
+    thread_pool *three = thread_pool_new(3);
     for (int ki = 0; ki < 4; ki++) {
         int bf16 = ki == 3;
-        if (bf16 ? !gemm_bf16_supported() : gemm_force_kernel(kernels[ki]) != 0) continue;
+        kernel_table kt;
+        if (!check_part_selected(part, bf16 ? "bf16" : kernels[ki])) continue;
+        if (!table(bf16 ? "avx512" : kernels[ki], &kt) || (bf16 && !kt.gemm_bf16)) continue;
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
             for (int threads = 1; threads <= 3; threads += 2) {
                 int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
                 activation act = acts[s % 4];
-                gemm_set_threads(threads);
+                thread_pool *pool = threads == 3 ? three : NULL;
                 float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
                 float *b = malloc(sizeof(float) * N), *out = malloc(sizeof(float) * M * N);
                 float *ref = malloc(sizeof(float) * M * N);
-                float *scratch = malloc(sizeof(float) * gemm_scratch_floats(M, K, bf16 ? GEMM_BF16 : GEMM_FP32));
+                float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, bf16 ? GEMM_BF16 : GEMM_FP32));
                 fill(A, (size_t)M * K, 21 + (unsigned)s);
                 fill(W, (size_t)N * K, 22 + (unsigned)s);
                 fill(b, (size_t)N, 23);
                 packed_weight p;
                 ck_assert(gemm_pack(W, N, K, bf16 ? GEMM_BF16 : GEMM_FP32, &p) == 0);
-                gemm_forward(ref, A, &p, b, M, scratch);
-                activation_forward(ref, (size_t)M * N, act);
-                gemm_forward_act(out, A, &p, b, M, scratch, (int)act);
+                gemm_forward(&kt, pool, ref, A, &p, b, M, scratch);
+                kt.activation(ref, (size_t)M * N, act);
+                gemm_forward_act(&kt, pool, out, A, &p, b, M, scratch, (int)act);
                 ck_assert_msg(memcmp(out, ref, sizeof(float) * M * N) == 0, "%s %dx%dx%d, %d threads: fused differs",
                               bf16 ? "bf16" : kernels[ki], M, N, K, threads);
                 gemm_pack_free(&p);
                 free(A); free(W); free(b); free(out); free(ref); free(scratch);
             }
     }
-    gemm_set_threads(1);
-    gemm_force_kernel(NULL);
+    thread_pool_free(three);
 }
 END_TEST
 
-int main(void) {
+/* argv[1]: avx512, avx2, scalar (that level's kernel) or bf16 (the bf16
+ * kernel); none: every part this CPU runs. */
+int main(int argc, char **argv) {
+    part = argc > 1 ? argv[1] : NULL;
+    if (check_part_missing(part)) return check_skip(part);
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_kernels_match_openblas);
-    tcase_add_loop_test(tc, test_rows_independent_of_batch, 0, 2);
-    tcase_add_test(tc, test_bf16_kernel);
-    tcase_add_test(tc, test_bf16_edge_values);
+    if (!part || strcmp(part, "bf16") != 0) tcase_add_test(tc, test_kernels_match_openblas);
+    /* the row invariance of the named level; with none, of the best (as
+     * the engine runs it: the full set under valgrind would be slow) */
+    for (int i = 0; i < 3; i++)
+        if (part ? strcmp(part, kernels[i]) == 0 : i == (int)cpu_best_isa())
+            tcase_add_loop_test(tc, test_rows_independent_of_batch, 2 * i,
+                                2 * i + (i == CPU_ISA_SCALAR ? 1 : 2)); /* scalar: one K block (time) */
+    if (check_part_selected(part, "bf16") && !check_part_missing("bf16")) {
+        tcase_add_test(tc, test_bf16_kernel);
+        tcase_add_test(tc, test_bf16_edge_values);
+    }
     tcase_add_test(tc, test_fused_activation);
     suite_add_tcase(s, tc);
     return check_run(s);

@@ -1,4 +1,4 @@
-/* test_image.c: decoding, limits and preparation of images (engine/image.c)
+/* test_image.c: decoding, limits and preparation of images (engine/image_*.c)
  * against what PIL 9.4 and torchvision produce.
  *
  * Every expected value lives in tests/fixtures/images, written by

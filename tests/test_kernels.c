@@ -26,8 +26,10 @@ static double ref_act(double x, activation a) {
 static const char *const isas[] = {"avx512", "avx2", "scalar"};
 
 /* Force code path i; 0 when this CPU cannot run it (the test then skips it). */
-static int use_isa(int i) {
-    if (kernels_force_isa(isas[i]) != 0) {
+static int use_isa(int i, kernel_table *kt) {
+    char err[200];
+    int isa;
+    if (cpu_isa_parse(isas[i], &isa) != 0 || kernel_table_init(kt, isa, err, sizeof(err)) != 0) {
         if (i < 2) fprintf(stderr, "test_kernels: this CPU has no %s: that path is not tested here\n", isas[i]);
         return 0;
     }
@@ -35,7 +37,8 @@ static int use_isa(int i) {
 }
 
 START_TEST(test_activations_match_libm) {
-    if (!use_isa(_i)) return;
+    kernel_table kt;
+    if (!use_isa(_i, &kt)) return;
     activation acts[] = {ACT_QUICK_GELU, ACT_GELU, ACT_GELU_TANH, ACT_RELU};
     for (size_t a = 0; a < 4; a++)
         for (size_t n = 1; n <= 40; n++) {
@@ -43,7 +46,7 @@ START_TEST(test_activations_match_libm) {
             for (size_t i = 0; i < n; i++) x[i] = (float)(-30.0 + 60.0 * (double)i / (double)n + 0.013 * (double)n);
             float *y = malloc(sizeof(float) * n);
             for (size_t i = 0; i < n; i++) y[i] = x[i];
-            activation_forward(y, n, acts[a]);
+            kt.activation(y, n, acts[a]);
             for (size_t i = 0; i < n; i++) {
                 double want = ref_act(x[i], acts[a]);
                 ck_assert_msg(fabs(y[i] - want) <= 2e-6 * (1 + fabs(want)), "%s(%g) = %g, want %g",
@@ -52,7 +55,6 @@ START_TEST(test_activations_match_libm) {
             free(x);
             free(y);
         }
-    kernels_force_isa(NULL);
 }
 END_TEST
 
@@ -60,7 +62,8 @@ END_TEST
  * would lose to cancellation. Every path keeps 5e-5 relative there (float
  * rounding of z^2 alone costs about 1e-5 at v = -12). */
 START_TEST(test_gelu_tail_relative) {
-    if (!use_isa(_i)) return;
+    kernel_table kt;
+    if (!use_isa(_i, &kt)) return;
     enum { N = 203 };
     float y[N];
     double x[N];
@@ -68,20 +71,20 @@ START_TEST(test_gelu_tail_relative) {
         x[i] = -12.0 + 11.0 * i / (N - 1);
         y[i] = (float)x[i];
     }
-    activation_forward(y, N, ACT_GELU);
+    kt.activation(y, N, ACT_GELU);
     for (int i = 0; i < N; i++) {
         double v = (float)x[i], want = 0.5 * v * erfc(-v / sqrt(2.0));
         ck_assert_msg(fabs(y[i] - want) <= 5e-5 * fabs(want), "%s: gelu(%g) = %g, want %g", isas[_i], v, y[i],
                       want);
     }
-    kernels_force_isa(NULL);
 }
 END_TEST
 
 /* LayerNorm against a double reference, every row length 1..40 and the
  * model widths, rows with an offset mean. */
 START_TEST(test_layernorm) {
-    if (!use_isa(_i)) return;
+    kernel_table kt;
+    if (!use_isa(_i, &kt)) return;
     int widths[44];
     for (int c = 1; c <= 40; c++) widths[c - 1] = c;
     widths[40] = 96;
@@ -97,7 +100,7 @@ START_TEST(test_layernorm) {
             w[i] = (float)(1.0 + 0.5 * cos(i));
             b[i] = (float)(0.1 * sin(3.0 * i));
         }
-        layernorm_forward(y, x, w, b, T, C, 1e-5f);
+        kt.layernorm(y, x, w, b, T, C, 1e-5f);
         for (int t = 0; t < T; t++) {
             double mean = 0, var = 0;
             for (int i = 0; i < C; i++) mean += x[t * C + i];
@@ -115,20 +118,20 @@ START_TEST(test_layernorm) {
         free(w);
         free(b);
     }
-    kernels_force_isa(NULL);
 }
 END_TEST
 
 /* attention_forward on one head with q = k = 0 except a few: the softmax
  * of each row is checked through the output with v = identity columns. */
 START_TEST(test_softmax_rows) {
-    if (!use_isa(_i)) return;
+    kernel_table kt;
+    if (!use_isa(_i, &kt)) return;
     for (int T = 1; T <= 37; T++) {
         int hd = T; /* v = identity, so out = softmax(q k^T) */
         int D = hd, ld = 3 * D;
         float *qkv = calloc((size_t)T * ld, sizeof(float));
         float *out = calloc((size_t)T * D, sizeof(float));
-        size_t ns = attention_scratch_floats(T, hd);
+        size_t ns = attention_scratch_floats(&kt, T, hd);
         float *scores = aligned_alloc(64, sizeof(float) * ns);
         for (int t = 0; t < T; t++)
             for (int c = 0; c < hd; c++) {
@@ -136,7 +139,7 @@ START_TEST(test_softmax_rows) {
                 qkv[t * ld + D + c] = (float)(0.5 * cos(3.0 * t - c) * (1 + c % 5));  /* k */
                 qkv[t * ld + 2 * D + c] = (float)(t == c);                            /* v */
             }
-        attention_forward(out, D, qkv, scores, T, 1, hd, 0, 1, NULL, 0, 0);
+        attention_forward(&kt, out, D, qkv, scores, T, 1, hd, 0, 1, NULL, 0, 0);
         for (int i = 0; i < T; i++) {
             double s[64], mx = -1e300, sum = 0;
             for (int j = 0; j < T; j++) {
@@ -155,7 +158,6 @@ START_TEST(test_softmax_rows) {
         free(out);
         free(scores);
     }
-    kernels_force_isa(NULL);
 }
 END_TEST
 
@@ -167,7 +169,8 @@ END_TEST
  * last two (channels that stay as they are), whose table holds heads 1 and
  * 2 only. qkv must come back unchanged. */
 START_TEST(test_attention_shapes) {
-    if (!use_isa(_i)) return;
+    kernel_table kt;
+    if (!use_isa(_i, &kt)) return;
     static const int Ts[] = {1, 5, 8, 9, 31, 33, 50, 197};
     static const int hds[] = {24, 64};
     for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
@@ -178,7 +181,7 @@ START_TEST(test_attention_shapes) {
                 float *qkv = malloc(sizeof(float) * (size_t)T * ld);
                 float *keep = malloc(sizeof(float) * (size_t)T * ld);
                 float *out = malloc(sizeof(float) * (size_t)T * ld_out);
-                float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(T, hd));
+                float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(&kt, T, hd));
                 float *cs = malloc(sizeof(float) * (size_t)(H - 1) * T * (np ? np : 1) * 2);
                 double *s = malloc(sizeof(double) * (size_t)T);
                 double *qr = malloc(sizeof(double) * (size_t)T * hd), *kr = malloc(sizeof(double) * (size_t)T * hd);
@@ -191,7 +194,7 @@ START_TEST(test_attention_shapes) {
                     cs[2 * i + 1] = (float)sin(angle);
                 }
                 for (int i = 0; i < T * ld_out; i++) out[i] = -7.0f; /* head 0 and the gap stay untouched */
-                attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H, np ? cs : NULL, np, 0);
+                attention_forward(&kt, out, ld_out, qkv, scores, T, H, hd, 1, H, np ? cs : NULL, np, 0);
                 ck_assert_msg(memcmp(qkv, keep, sizeof(float) * (size_t)T * ld) == 0,
                               "%s T=%d hd=%d: qkv was written", isas[_i], T, hd);
                 for (int h = 0; h < H; h++) {
@@ -243,7 +246,6 @@ START_TEST(test_attention_shapes) {
                 free(qr);
                 free(kr);
             }
-    kernels_force_isa(NULL);
 }
 END_TEST
 
@@ -265,7 +267,9 @@ static double bf16_round(float f) {
  * padded with a zero), two of three heads, a wide out stride. It must also
  * differ from the fp32 kernel: the bf16 path was taken. */
 START_TEST(test_attention_bf16) {
-    if (kernels_force_isa("avx512") != 0) return;
+    kernel_table kt;
+    char err[200];
+    if (kernel_table_init(&kt, CPU_ISA_AVX512, err, sizeof(err)) != 0) return;
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512bf16")) return;
     static const int Ts[] = {1, 2, 7, 8, 9, 33, 197};
@@ -276,12 +280,12 @@ START_TEST(test_attention_bf16) {
             float *qkv = malloc(sizeof(float) * (size_t)T * ld);
             float *out = malloc(sizeof(float) * (size_t)T * ld_out);
             float *out32 = malloc(sizeof(float) * (size_t)T * ld_out);
-            float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(T, hd));
+            float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(&kt, T, hd));
             double *s = malloc(sizeof(double) * (size_t)T);
             for (int i = 0; i < T * ld; i++) qkv[i] = (float)sin(0.37 * i + 0.1 * T);
             for (int i = 0; i < T * ld_out; i++) out[i] = out32[i] = -7.0f;
-            attention_forward(out, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 1);
-            attention_forward(out32, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 0);
+            attention_forward(&kt, out, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 1);
+            attention_forward(&kt, out32, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 0);
             int differs = 0;
             for (int h = 1; h < H; h++)
                 for (int i = 0; i < T; i++) {
@@ -317,19 +321,25 @@ START_TEST(test_attention_bf16) {
             free(scores);
             free(s);
         }
-    kernels_force_isa(NULL);
 }
 END_TEST
 
-int main(void) {
+/* argv[1]: avx512, avx2, scalar (that level's kernels) or bf16 (the bf16
+ * attention); none: every part this CPU runs. */
+int main(int argc, char **argv) {
+    const char *part = argc > 1 ? argv[1] : NULL;
+    if (check_part_missing(part)) return check_skip(part);
     Suite *s = suite_create("kernels");
     TCase *tc = tcase_create("kernels");
-    tcase_add_loop_test(tc, test_activations_match_libm, 0, 3);
-    tcase_add_loop_test(tc, test_gelu_tail_relative, 0, 3);
-    tcase_add_loop_test(tc, test_layernorm, 0, 3);
-    tcase_add_loop_test(tc, test_softmax_rows, 0, 3);
-    tcase_add_test(tc, test_attention_bf16);
-    tcase_add_loop_test(tc, test_attention_shapes, 0, 3);
+    for (int i = 0; i < 3; i++) {
+        if (!check_part_selected(part, isas[i])) continue;
+        tcase_add_loop_test(tc, test_activations_match_libm, i, i + 1);
+        tcase_add_loop_test(tc, test_gelu_tail_relative, i, i + 1);
+        tcase_add_loop_test(tc, test_layernorm, i, i + 1);
+        tcase_add_loop_test(tc, test_softmax_rows, i, i + 1);
+        tcase_add_loop_test(tc, test_attention_shapes, i, i + 1);
+    }
+    if (check_part_selected(part, "bf16")) tcase_add_test(tc, test_attention_bf16);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -69,11 +69,17 @@ static void teardown(void) {
 }
 
 /* vit_load must fail and its message contain `needle`. */
+/* vit_load refuses the directory: -1, *out set to NULL (it starts as a
+ * pointer that is not NULL, so a loader that leaves it alone is caught),
+ * and a message that names the problem. */
 static void expect_refusal(const char *needle) {
-    vit_model *m = NULL;
+    static char not_a_model;
+    vit_model *m = (vit_model *)(void *)&not_a_model;
     char err[1024] = "";
     int rc = vit_load(tmpdir, NULL, &m, err, sizeof(err));
-    ck_assert_msg(rc == -1 && m == NULL, "loaded although it should not (wanted \"%s\")", needle);
+    ck_assert_msg(rc == -1, "loaded although it should not (wanted \"%s\")", needle);
+    ck_assert_msg(m == NULL, "refused (\"%s\") but the model pointer is not NULL", err);
+    ck_assert_msg(err[0] != '\0', "refused without a message (wanted \"%s\")", needle);
     ck_assert_msg(strstr(err, needle) != NULL, "message \"%s\" does not mention \"%s\"", err, needle);
 }
 

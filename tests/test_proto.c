@@ -12,7 +12,7 @@
 #include "check_run.h"
 
 static char *labels[3] = {"cat", NULL, "dog"};
-static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test"};
+static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test", "avx2"};
 
 static uint8_t *png;
 static size_t png_len;
@@ -444,6 +444,7 @@ START_TEST(responses) {
     free(s);
     s = v2_model_json(&PM);
     ck_assert_ptr_nonnull(strstr(s, "\"shape\":[-1,3,-1,-1]"));
+    ck_assert_ptr_nonnull(strstr(s, "\"parameters\":{\"isa\":\"avx2\"}"));
     free(s);
     s = v2_server_json(&PM);
     ck_assert_ptr_nonnull(strstr(s, "binary_tensor_data"));

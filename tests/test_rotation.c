@@ -275,7 +275,10 @@ static void check_rotated_scores(const char *model) {
         memcpy(rows_a + (size_t)ta * 3 * D, row0, sizeof(float) * 3 * D);
         memcpy(rows_a + (size_t)tb * 3 * D + 0, row1, sizeof(float) * 3 * D);
         if (ta == tb) memcpy(rows_a + (size_t)ta * 3 * D, row0, sizeof(float) * 3 * D);
-        rotation_apply(&m->rot, &one, 0, rows_a, 3 * D, T, 0, m->rot.heads);
+        kernel_table kt;
+        char kerr[200];
+        ck_assert(kernel_table_init(&kt, CPU_ISA_BEST, kerr, sizeof(kerr)) == 0);
+        rotation_apply(&m->rot, &one, 0, rows_a, 3 * D, T, 0, m->rot.heads, kt.rotate_pairs);
         const float *qa = rows_a + (size_t)ta * 3 * D;      /* q of token ta */
         const float *kb = rows_a + (size_t)tb * 3 * D + D;  /* k of token tb */
         /* reference: q = (Wq x + bq) * hd^-0.5, k = Wk x + bk, rotated by R */

@@ -245,7 +245,7 @@ def pil_accepts(data):
 def image_data_end(data):
     """Bytes a decoder needs at least: for PNG the end of the last IDAT
     chunk's data (CRC and IEND are not needed, see png_find_tail in
-    engine/image.c), for JPEG the whole file (PIL refuses a missing EOI)."""
+    engine/image_decode.c), for JPEG the whole file (PIL refuses a missing EOI)."""
     if data[:4] != b"\x89PNG":
         return len(data)
     pos, end = 8, 0
@@ -287,7 +287,7 @@ def tv_resize_tensor(pil, h, w, resample):
 
 def cover_size(W, H, sh, sw):
     """The engine's generalization of Resize(int) to non-square crops (see
-    cover_size in engine/image.c): pin the axis with the larger ratio, the
+    cover_size in engine/image_prep.c): pin the axis with the larger ratio, the
     other side by torchvision's int(s * long / short)."""
     if sh * W >= sw * H:
         return int(sh * W / H), sh

@@ -270,8 +270,11 @@ def attention(cfg, weights, layer, x, R):
     return linear(out, weights, prefix + "out_proj")
 
 
-def forward(cfg, weights, pixels):
-    """pixels [N, C, h, w] (any float) -> logits [N, num_class] float64."""
+def forward(cfg, weights, pixels, stages=None):
+    """pixels [N, C, h, w] (any float) -> logits [N, num_class] float64.
+    stages (a list, or None): gets the residual stream x [N, T, D] after the
+    embeddings and pre_layrnorm (stage 0) and after each layer l (stage l+1),
+    the engine's stages (vit.h, vit_observer)."""
     pixels = torch.as_tensor(np.asarray(pixels)).to(DTYPE)
     N, C, h, w = pixels.shape
     if C != cfg["num_channels"]:
@@ -284,6 +287,8 @@ def forward(cfg, weights, pixels):
     if cfg["has_ape"]:
         x = x + sample_ape(weights[VM + "embeddings.position_embedding"], pos)
     x = layer_norm(x, weights[VM + "pre_layrnorm.weight"], weights[VM + "pre_layrnorm.bias"], eps)
+    if stages is not None:
+        stages.append(x.clone())
 
     for i in range(cfg["num_hidden_layers"]):
         lp = f"{VM}encoder.layers.{i}."
@@ -295,6 +300,8 @@ def forward(cfg, weights, pixels):
         hN = layer_norm(x, weights[lp + "layer_norm2.weight"], weights[lp + "layer_norm2.bias"], eps)
         x = x + linear(activation(cfg["hidden_act"], linear(hN, weights, lp + "mlp.fc1")),
                        weights, lp + "mlp.fc2")
+        if stages is not None:
+            stages.append(x.clone())
 
     pooled = layer_norm(x[:, 0], weights[VM + "post_layernorm.weight"],
                         weights[VM + "post_layernorm.bias"], eps)
@@ -314,11 +321,17 @@ def main(argv=None):
     ap.add_argument("model_dir")
     ap.add_argument("input", help=".npy with pixels [N, C, h, w] or [C, h, w]")
     ap.add_argument("--out", help="also save the logits (float64) to this .npy")
+    ap.add_argument("--stages-out", help="also save the residual stream after every stage (float64, "
+                                         "[stages, N, T, D]: the embeddings, then each layer) to this .npy")
     args = ap.parse_args(argv)
     pixels = np.load(args.input)
     if pixels.ndim == 3:
         pixels = pixels[None]
-    logits = logits_for_dir(args.model_dir, pixels)
+    cfg, weights = load_model(args.model_dir)
+    stages = [] if args.stages_out else None
+    logits = forward(cfg, weights, pixels, stages).numpy()
+    if args.stages_out:
+        np.save(args.stages_out, torch.stack(stages).numpy())
     np.set_printoptions(precision=10, linewidth=200, suppress=False)
     for row in logits:
         print(" ".join(f"{v:.12g}" for v in row))

@@ -40,7 +40,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(dir, sizeof(dir), "%s/comrope-fuzz-XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     if (!mkdtemp(dir)) abort();
     atexit(remove_dir);
-    gemm_set_threads(1);
     return 0;
 }
 
@@ -56,8 +55,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (getenv("FUZZ_VERBOSE")) fprintf(stderr, "vit_load: %s\n", err);
         return 0;
     }
-    vit_workspace *ws = vit_workspace_new(m);
-    if (!ws) abort();
+    vit_context_params cp = vit_context_default_params(); /* one thread: the fuzzer's own */
+    cp.max_images = 1;
+    vit_context *ctx = NULL;
+    if (vit_context_new(m, &cp, &ctx, err, sizeof(err))) {
+        if (getenv("FUZZ_VERBOSE")) fprintf(stderr, "vit_context_new: %s\n", err);
+        vit_free(m);
+        return 0;
+    }
     int p = m->cfg.patch_size, C = m->cfg.num_channels, K = m->cfg.num_class;
     int sizes[2][2] = {{p, p}, {2 * p, 3 * p}};
     for (int i = 0; i < 2; i++) {
@@ -67,11 +72,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!px || !logits) abort();
         for (size_t j = 0; j < (size_t)C * h * w; j++) px[j] = (float)(j % 7) / 7.0f - 0.5f;
         vit_image im = {h, w, px};
-        (void)vit_forward_ragged(m, ws, &im, 1, logits, err, sizeof(err));
+        (void)vit_forward_ragged(ctx, &im, 1, logits, err, sizeof(err));
         free(px);
         free(logits);
     }
-    vit_workspace_free(ws);
+    vit_context_free(ctx);
     vit_free(m);
     return 0;
 }

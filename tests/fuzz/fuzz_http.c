@@ -65,12 +65,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         fprintf(stderr, "fuzz_http: %s\n", err);
         abort();
     }
-    gemm_set_threads(1);
     const char *pe = pe_type_name(model->cfg.custom_pe_type);
     metrics *mx = metrics_new("fuzz", pe, model->cfg.image_size, "fuzz");
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
                          cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
-                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes};
+                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes,
+                         vit_context_default_params()};
     batcher *b = mx ? batcher_new(model, mx, bp, err, sizeof(err)) : NULL;
     if (!b) {
         fprintf(stderr, "fuzz_http: %s\n", mx ? err : "out of memory");
@@ -78,7 +78,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     }
     http_params hp = {&cfg, model,
                       {"fuzz", pe, model->cfg.num_channels, model->cfg.num_class, model->cfg.image_size,
-                       model->cfg.patch_size, model->max_tokens, model->cfg.labels, "fuzz"},
+                       model->cfg.patch_size, model->max_tokens, model->cfg.labels, "fuzz", "auto"},
                       b, mx, keys};
     server = http_start(&hp, err, sizeof(err));
     if (!server) {

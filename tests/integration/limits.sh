@@ -70,22 +70,23 @@ echo "ok 401: inference and model endpoints need a token; health and metrics ope
 # One worker, one image per batch, a queue of one: every state below is
 # reached on purpose and observed in /metrics before the next step.
 start_daemon --workers 1 --max-batch-size 1 --max-queue-size 1 --max-queue-delay-us 0 \
-  --max-body-bytes 1000000
+  --max-body-bytes 1000000 --max-request-tokens 1000000
 edge content-length "$PORT" /v1/classify image/png || fail "413 on /v1/classify"
 edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/json || fail "413 on v2 infer"
 edge deadline "$PORT" || fail "504 for a late body"
 
 # --- 504 from the queue while the worker is busy ---------------------------
-# SLOW: six images at the largest resolution the fixture allows; it keeps
-# the only worker busy for a long time (about 2.5 s here) compared with the
-# 100 ms deadline of the request queued behind it. Its own deadline is far
-# off: a deadline also stops a request between its engine batches.
+# SLOW: sixteen images at the largest resolution the fixture allows; it
+# keeps the only worker busy for a long time (about 6 s here; each image is
+# a forward of its own at --max-batch-size 1) compared with the 100 ms
+# deadline of the request queued behind it. Its own deadline is far off: a
+# deadline also stops a request between its engine batches.
 P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
 MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
 SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
 {
   printf '{"images": ['
-  for i in 1 2 3 4 5 6; do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
+  for i in $(seq 16); do [ "$i" = 1 ] || printf ','; printf '"%s"' "$B64"; done
   printf '], "resolution": %d, "timeout_ms": 600000}' "$SIDE"
 } > "$WORK/slow.json"
 slow() {

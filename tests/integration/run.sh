@@ -130,6 +130,11 @@ curl -sf "$URL/metrics" > "$WORK/metrics.txt"
 grep -q '^comrope_model_info{model="'"$NAME"'"' "$WORK/metrics.txt" || fail "no model info"
 grep -q '^comrope_batches_total [1-9]' "$WORK/metrics.txt" || fail "no batches counted"
 grep -q '^comrope_requests_total{endpoint="v1_classify",code="413"} 1' "$WORK/metrics.txt" || fail "413 not counted"
+# the engine's ISA: one value in the metric, the v2 metadata and the log
+isa=$(sed -n 's/^comrope_engine_info{isa="\([a-z0-9]*\)"} 1$/\1/p' "$WORK/metrics.txt")
+[ -n "$isa" ] || fail "no comrope_engine_info{isa}"
+[ "$(curl -sf "$URL/v2/models/$NAME" | jq -r '.parameters.isa')" = "$isa" ] || fail "v2 metadata isa is not $isa"
+grep -q "isa $isa" "$LOG" || fail "the log does not name isa $isa"
 if command -v promtool >/dev/null; then
   out=$(promtool check metrics < "$WORK/metrics.txt" 2>&1) || fail "promtool: $out"
   [ -z "$out" ] || fail "promtool printed: $out"
@@ -141,4 +146,12 @@ fi
 # 6. SIGTERM: readiness goes, the process exits 0 with a clean stop
 stop_daemon
 echo "ok SIGTERM -> exit 0"
+
+# 7. --isa forces a lower level for every worker; one the CPU lacks stops start-up
+start_daemon --isa scalar
+[ "$(metric 'comrope_engine_info{isa="scalar"}')" = 1 ] || fail "--isa scalar: not in the metric"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
+  fail "--isa scalar: classify failed"
+stop_daemon
+echo "ok --isa scalar: metric, classify"
 echo "integration: all passed"

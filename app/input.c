@@ -57,7 +57,8 @@ int resolution_resolve(const vit_model *m, resolution_request req, int img_h, in
                  "is impossible", img_h, img_w, p, p);
         return -1;
     }
-    long limit = m->max_tokens - 1;
+    /* patches allowed: the tokens besides the class token */
+    long limit = m->max_tokens - vit_tokens(m, 0, 0);
     if ((long)ph * pw > limit) {
         /* shrink both sides by the same factor until the grid fits */
         double f = sqrt((double)limit / ((double)ph * pw));

@@ -1,7 +1,9 @@
 /* classify_main.c: comrope-classify, the engine on the command line.
  *
  *   comrope-classify [--model DIR] [--resolution N | HxW | native]
- *                    [--fit resize|crop] [--top-k K] [--logits] [--threads T] FILE...
+ *                    [--fit resize|crop] [--top-k K] [--logits] [--threads T]
+ *                    [--precision fp32|bf16] [--isa auto|avx512|avx2|scalar]
+ *                    [--dump-stages DIR] FILE...
  *
  * FILE is a JPEG, a PNG, or a .npy float32/float64 array [C,H,W] or
  * [N,C,H,W] of already normalized pixels (run at its own size). One JSON
@@ -25,7 +27,10 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
             "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16]\n"
-            "                        FILE...\n"
+            "                        [--isa auto|avx512|avx2|scalar] [--dump-stages DIR] FILE...\n"
+            "--dump-stages DIR: write each image's residual stream after every stage of the\n"
+            "forward to DIR/image<I>_stage<S>.npy (T, D) (debugging parity layer by layer:\n"
+            "tools/parity_stages.py compares them with the reference).\n"
             "FILE: JPEG, PNG, or .npy float array [C,H,W] / [N,C,H,W] of normalized pixels.\n"
             "Prints one JSON object per image per line.\n");
 }
@@ -118,9 +123,33 @@ static void print_result(const vit_model *m, const char *file, int index, int h,
     free(order);
 }
 
+/* --dump-stages: each image's rows of the residual stream after every
+ * stage, as DIR/image<I>_stage<S>.npy, I counting the images of the run. */
+typedef struct {
+    const char *dir;
+    int first_image;   /* the run's index of the forward's image 0 */
+    int failed;
+} stage_dump;
+
+static void dump_stage(void *arg, int stage, const float *x, const int *start, int n, int T,
+                       int D) {
+    stage_dump *d = arg;
+    char path[4096], err[512];
+    (void)T;
+    for (int i = 0; i < n; i++) {
+        int64_t shape[2] = {start[i + 1] - start[i], D};
+        snprintf(path, sizeof(path), "%s/image%d_stage%d.npy", d->dir, d->first_image + i, stage);
+        if (npy_save_f32(path, x + (size_t)start[i] * D, 2, shape, err, sizeof(err))) {
+            if (!d->failed) fprintf(stderr, "comrope-classify: --dump-stages: %s\n", err);
+            d->failed = 1;
+        }
+    }
+}
+
 /* Runs one .npy file: [C,H,W] or [N,C,H,W], at its own size. */
-static int classify_npy(const vit_model *m, vit_workspace *ws, const char *file,
+static int classify_npy(vit_context *ctx, int *images_done, const char *file,
                         const uint8_t *data, size_t len, int top_k, int with_logits) {
+    const vit_model *m = ctx->model;
     char err[512];
     npy_array a = {0};
     vit_image *imgs = NULL;
@@ -150,9 +179,20 @@ static int classify_npy(const vit_model *m, vit_workspace *ws, const char *file,
         imgs[i].w = w;
         imgs[i].pixels = a.data + (size_t)i * C * h * w;
     }
-    if (vit_forward_ragged(m, ws, imgs, n, logits, err, sizeof(err))) goto fail;
+    /* in forwards of at most the context's images and tokens */
+    int per = vit_tokens(m, h, w), step = ctx->params.max_images;
+    if (per > 0 && ctx->params.max_tokens / per < step) step = ctx->params.max_tokens / per;
+    if (step < 1) step = 1; /* an image too large: the forward names the limit */
+    stage_dump *dump = ctx->params.observe_arg;
+    for (int i0 = 0; i0 < n; i0 += step) {
+        if (dump) dump->first_image = *images_done + i0;
+        if (vit_forward_ragged(ctx, imgs + i0, n - i0 < step ? n - i0 : step,
+                               logits + (size_t)i0 * m->cfg.num_class, err, sizeof(err)))
+            goto fail;
+    }
     for (int i = 0; i < n; i++)
         print_result(m, file, i, h, w, logits + (size_t)i * m->cfg.num_class, top_k, with_logits);
+    *images_done += n;
     rc = 0;
     goto cleanup;
 fail:
@@ -174,7 +214,9 @@ int main(int argc, char **argv) {
     resolution_request res = {0};
     int res_given = 0, fit = IMAGE_FIT_RESIZE, top_k = 5, with_logits = 0, threads = 0;
     vit_options opts = vit_default_options();
-    int first_file = argc;
+    vit_context_params cparams = vit_context_default_params();
+    stage_dump dump = {.dir = NULL, .first_image = 0, .failed = 0};
+    int first_file = argc, images_done = 0;
     char err[1024], dir[4096];
 
     for (int i = 1; i < argc; i++) {
@@ -187,7 +229,8 @@ int main(int argc, char **argv) {
             with_logits = 1;
         } else if (strcmp(a, "--model") == 0 || strcmp(a, "--resolution") == 0 ||
                    strcmp(a, "--fit") == 0 || strcmp(a, "--top-k") == 0 ||
-                   strcmp(a, "--threads") == 0 || strcmp(a, "--precision") == 0) {
+                   strcmp(a, "--threads") == 0 || strcmp(a, "--precision") == 0 ||
+                   strcmp(a, "--isa") == 0 || strcmp(a, "--dump-stages") == 0) {
             if (!val) {
                 fprintf(stderr, "comrope-classify: %s needs a value\n", a);
                 return 2;
@@ -207,6 +250,15 @@ int main(int argc, char **argv) {
                 else if (strcmp(val, "crop") == 0) fit = IMAGE_FIT_CROP;
                 else {
                     fprintf(stderr, "comrope-classify: --fit must be resize or crop, not \"%s\"\n", val);
+                    return 2;
+                }
+            } else if (strcmp(a, "--dump-stages") == 0) {
+                dump.dir = val;
+                cparams.observe = dump_stage;
+                cparams.observe_arg = &dump;
+            } else if (strcmp(a, "--isa") == 0) {
+                if (cpu_isa_parse(val, &cparams.isa)) {
+                    fprintf(stderr, "comrope-classify: --isa must be auto, avx512, avx2 or scalar, not \"%s\"\n", val);
                     return 2;
                 }
             } else if (strcmp(a, "--precision") == 0) {
@@ -247,7 +299,7 @@ int main(int argc, char **argv) {
     }
     /* default: every online CPU (the engine's pool also keeps OpenBLAS at one thread) */
     if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    gemm_set_threads(threads > 0 ? threads : 1);
+    cparams.threads = threads > 0 ? threads : 1;
     if (!model_dir) {
         if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
             fprintf(stderr, "comrope-classify: %s\n", err);
@@ -262,10 +314,15 @@ int main(int argc, char **argv) {
     }
     if (!res_given) res = resolution_default(m);
     if (top_k > m->cfg.num_class) top_k = m->cfg.num_class;
-    vit_workspace *ws = vit_workspace_new(m);
+    vit_context *ctx = NULL;
+    if (vit_context_new(m, &cparams, &ctx, err, sizeof(err))) {
+        fprintf(stderr, "comrope-classify: %s\n", err);
+        vit_free(m);
+        return 1;
+    }
     image_limits limits = image_limits_default();
     int failed = 0;
-    for (int i = first_file; i < argc && ws; i++) {
+    for (int i = first_file; i < argc; i++) {
         const char *file = argv[i];
         uint8_t *data = NULL;
         size_t len = 0;
@@ -275,7 +332,7 @@ int main(int argc, char **argv) {
             continue;
         }
         if (has_suffix(file, ".npy")) {
-            if (classify_npy(m, ws, file, data, len, top_k, with_logits)) failed = 1;
+            if (classify_npy(ctx, &images_done, file, data, len, top_k, with_logits)) failed = 1;
         } else {
             float *pixels = NULL;
             float *logits = malloc(sizeof(float) * (size_t)m->cfg.num_class);
@@ -286,7 +343,8 @@ int main(int argc, char **argv) {
                 failed = 1;
             } else {
                 vit_image img = {h, w, pixels};
-                if (vit_forward_ragged(m, ws, &img, 1, logits, err, sizeof(err))) {
+                dump.first_image = images_done++;
+                if (vit_forward_ragged(ctx, &img, 1, logits, err, sizeof(err))) {
                     print_error(file, err);
                     failed = 1;
                 } else {
@@ -298,11 +356,8 @@ int main(int argc, char **argv) {
         }
         free(data);
     }
-    if (!ws) {
-        fprintf(stderr, "comrope-classify: out of memory\n");
-        failed = 1;
-    }
-    vit_workspace_free(ws);
+    vit_context_free(ctx);
+    if (dump.failed) failed = 1;
     vit_free(m);
     return failed;
 }

@@ -1,0 +1,61 @@
+/* dispatch.h: the table of CPU kernels one engine context uses.
+ *
+ * Owns: the kernel_table struct (one function pointer per kernel kind:
+ * GEMM, attention with its softmax, GELU and the other activations,
+ * LayerNorm, RoPE's pairwise rotation) and choosing it once for an
+ * instruction-set level (cpu.h). Kernels never ask cpuid themselves: the
+ * context chooses its table when it is made, so two contexts may run at
+ * different levels side by side (a test forcing AVX2 next to a daemon
+ * worker on AVX-512), and a scalar table always exists to compare against.
+ * Every entry of one table computes each value the same way wherever it
+ * sits in a batch (tails masked, reductions per row), so batches stay
+ * invariant within a table. */
+#ifndef COMROPE_DISPATCH_H
+#define COMROPE_DISPATCH_H
+
+#include <stddef.h>
+
+#include "cpu.h"
+#include "model_config.h"
+
+/* out (T, C) = LayerNorm(inp (T, C)) * weight + bias; out may equal inp. */
+typedef void (*layernorm_fn)(float *out, const float *inp, const float *weight, const float *bias,
+                             int T, int C, float eps);
+/* In place over n values. */
+typedef void (*activation_fn)(float *x, size_t n, activation act);
+/* n / 2 pairs (x[2i], x[2i+1]) rotated by (cs[2i], cs[2i+1]) = (cos, sin)
+ * into dst (dst may be x). */
+typedef void (*rotate_pairs_fn)(float *dst, const float *x, const float *cs, int n);
+/* One head of attention: out (T, hd) = softmax(q k^T) v, rows of q, k, v
+ * and out `ld*` floats apart; scratch is 64-byte aligned, of
+ * attention_scratch floats. */
+typedef void (*attention_head_fn)(float *out, int ld_out, const float *q, int ldq, const float *k,
+                                  int ldk, const float *v, int ldv, float *scratch, int T, int hd);
+
+typedef struct gemm_kernel gemm_kernel; /* gemm.c's micro-kernel and its blocking */
+
+typedef struct {
+    cpu_isa isa;
+    const char *name;                       /* cpu_isa_name(isa) */
+    layernorm_fn layernorm;
+    activation_fn activation;
+    rotate_pairs_fn rotate_pairs;
+    attention_head_fn attention_head;       /* fp32 */
+    attention_head_fn attention_head_bf16;  /* bf16 products, fp32 sums; NULL below AVX-512
+                                               or without AVX512-BF16 */
+    size_t (*attention_scratch)(int T, int hd); /* floats either head kernel needs */
+    const gemm_kernel *gemm;                /* fp32-packed weights */
+    const gemm_kernel *gemm_bf16;           /* bf16-packed weights; NULL like attention_head_bf16 */
+} kernel_table;
+
+/* Fills *kt for `isa` (CPU_ISA_BEST: the best this CPU runs). Returns 0, or
+ * -1 with a message when the CPU lacks the level. */
+int kernel_table_init(kernel_table *kt, int isa, char *err, size_t errlen);
+
+/* The modules' parts of a table, for a level this CPU runs (dispatch.c
+ * calls them; nobody else needs to). */
+void kernels_fill_table(kernel_table *kt, cpu_isa isa);   /* kernels.c */
+void attention_fill_table(kernel_table *kt, cpu_isa isa); /* attention.c */
+void gemm_fill_table(kernel_table *kt, cpu_isa isa);    /* gemm.c */
+
+#endif

@@ -1,0 +1,328 @@
+/* test_context.c: the engine context (vit.h): what it owns and what it
+ * promises.
+ *
+ *   - two thread pools run their jobs at the same time (nothing in the
+ *     engine is process-wide), and two contexts' forwards overlap;
+ *   - each context has its own kernel table: a forced ISA is per context;
+ *   - the workspace is sized by the limits given when the context is made,
+ *     and a forward over them is refused with a message naming the limit;
+ *   - a batch may hold more distinct resolutions than any cache keeps.
+ *
+ * Overlap is shown by rendezvous, not by timing: each side waits for the
+ * other to be inside at the same moment. The waits give up after
+ * RENDEZVOUS_S seconds only so that a broken engine fails instead of
+ * hanging; on a working one they end as soon as the other side arrives. */
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "parallel.h"
+#include "vit.h"
+#include "check_run.h"
+
+#define RENDEZVOUS_S 60
+
+/* ---- a rendezvous of `expected` parties ---- */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int arrived, expected;
+    int met; /* parties that saw everybody arrive */
+} rendezvous;
+
+static void rendezvous_init(rendezvous *r, int expected) {
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->arrived = 0;
+    r->expected = expected;
+    r->met = 0;
+}
+
+static void rendezvous_destroy(rendezvous *r) {
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+}
+
+/* Arrives and waits for all the others (at most RENDEZVOUS_S seconds). */
+static void rendezvous_meet(rendezvous *r) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += RENDEZVOUS_S;
+    pthread_mutex_lock(&r->mu);
+    r->arrived++;
+    pthread_cond_broadcast(&r->cv);
+    int rc = 0;
+    while (r->arrived < r->expected && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&r->cv, &r->mu, &until);
+    if (r->arrived >= r->expected) r->met++;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- two pools at once ---- */
+
+static void meet_piece(void *ctx, int part, int parts) {
+    (void)part;
+    (void)parts;
+    rendezvous_meet(ctx);
+}
+
+typedef struct {
+    thread_pool *pool;
+    rendezvous *r;
+} pool_run_arg;
+
+static void *run_pool_job(void *arg) {
+    pool_run_arg *a = arg;
+    thread_pool_run(a->pool, meet_piece, a->r, 2);
+    return NULL;
+}
+
+/* Every piece of two pools' jobs (2 x 2) is inside its job at once: no
+ * lock or shared worker set serializes one pool behind the other. */
+START_TEST(test_two_pools_run_at_once) {
+    thread_pool *a = thread_pool_new(2), *b = thread_pool_new(2);
+    ck_assert_int_eq(thread_pool_threads(a), 2);
+    ck_assert_int_eq(thread_pool_threads(b), 2);
+    rendezvous r;
+    rendezvous_init(&r, 4);
+    pool_run_arg args[2] = {{a, &r}, {b, &r}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) ck_assert_int_eq(pthread_create(&t[i], NULL, run_pool_job, &args[i]), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    ck_assert_msg(r.met == 4, "only %d of 4 pieces met: the pools ran one after the other", r.met);
+    rendezvous_destroy(&r);
+    thread_pool_free(a);
+    thread_pool_free(b);
+}
+END_TEST
+
+/* ---- models ---- */
+
+static vit_model *load_model(const char *name) {
+    char dir[1024], err[512];
+    vit_model *m = NULL;
+    snprintf(dir, sizeof(dir), "%s/parity/%s", FIXTURE_DIR, name);
+    ck_assert_msg(vit_load(dir, NULL, &m, err, sizeof(err)) == 0, "%s: %s", name, err);
+    return m;
+}
+
+static vit_context *new_context(const vit_model *m, const vit_context_params *p) {
+    vit_context *ctx = NULL;
+    char err[512];
+    ck_assert_msg(vit_context_new(m, p, &ctx, err, sizeof(err)) == 0, "%s", err);
+    return ctx;
+}
+
+static float *pixels(const vit_model *m, int h, int w, unsigned seed) {
+    size_t n = (size_t)m->cfg.num_channels * h * w;
+    float *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) p[i] = (float)sin(0.37 * (double)i + seed);
+    return p;
+}
+
+/* ---- two contexts' forwards overlap ---- */
+
+static void meet_in_forward(void *arg, int stage, const float *x, const int *start, int n, int T,
+                            int D) {
+    (void)x;
+    (void)start;
+    (void)n;
+    (void)T;
+    (void)D;
+    if (stage == 1) rendezvous_meet(arg); /* after the first layer: both mid-forward */
+}
+
+typedef struct {
+    vit_context *ctx;
+    vit_image img;
+    float logits[64];
+    int rc;
+} forward_arg;
+
+static void *run_forward(void *arg) {
+    forward_arg *a = arg;
+    char err[512];
+    a->rc = vit_forward_ragged(a->ctx, &a->img, 1, a->logits, err, sizeof(err));
+    return NULL;
+}
+
+START_TEST(test_two_contexts_forwards_overlap) {
+    vit_model *m = load_model("comrope_ld_b2");
+    int p = m->cfg.patch_size;
+    rendezvous r;
+    rendezvous_init(&r, 2);
+    vit_context_params cp = vit_context_default_params();
+    cp.threads = 2;
+    cp.observe = meet_in_forward;
+    cp.observe_arg = &r;
+    float *pix = pixels(m, 8 * p, 8 * p, 1);
+    forward_arg args[2];
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        args[i] = (forward_arg){.ctx = new_context(m, &cp), .img = {8 * p, 8 * p, pix}, .rc = -1};
+        ck_assert_int_le(m->cfg.num_class, 64);
+    }
+    for (int i = 0; i < 2; i++) ck_assert_int_eq(pthread_create(&t[i], NULL, run_forward, &args[i]), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    ck_assert_int_eq(args[0].rc, 0);
+    ck_assert_int_eq(args[1].rc, 0);
+    ck_assert_msg(r.met == 2, "the forwards did not overlap (%d of 2 met)", r.met);
+    ck_assert(memcmp(args[0].logits, args[1].logits, sizeof(float) * (size_t)m->cfg.num_class) == 0);
+    for (int i = 0; i < 2; i++) vit_context_free(args[i].ctx);
+    rendezvous_destroy(&r);
+    free(pix);
+    vit_free(m);
+}
+END_TEST
+
+/* ---- the kernel table is per context ---- */
+
+START_TEST(test_isa_is_per_context) {
+    vit_model *m = load_model("comrope_ld_b2");
+    vit_context_params best = vit_context_default_params(), scalar = best;
+    scalar.isa = CPU_ISA_SCALAR;
+    vit_context *a = new_context(m, &best), *b = new_context(m, &scalar);
+    ck_assert_int_eq(a->kernels.isa, cpu_best_isa());
+    ck_assert_str_eq(b->kernels.name, "scalar");
+    ck_assert_int_eq(a->kernels.isa, cpu_best_isa()); /* b's choice left a's alone */
+    int p = m->cfg.patch_size, K = m->cfg.num_class;
+    float *pix = pixels(m, 6 * p, 4 * p, 2), la[64], lb[64];
+    vit_image img = {6 * p, 4 * p, pix};
+    char err[512];
+    ck_assert(vit_forward_ragged(a, &img, 1, la, err, sizeof(err)) == 0);
+    ck_assert(vit_forward_ragged(b, &img, 1, lb, err, sizeof(err)) == 0);
+    for (int k = 0; k < K; k++) ck_assert_float_eq_tol(la[k], lb[k], 1e-4);
+    /* a level above the CPU's best is refused, naming it */
+    if (cpu_best_isa() < CPU_ISA_AVX512) {
+        vit_context_params high = best;
+        high.isa = CPU_ISA_AVX512;
+        vit_context *c = NULL;
+        ck_assert_int_eq(vit_context_new(m, &high, &c, err, sizeof(err)), -1);
+        ck_assert_ptr_null(c);
+        ck_assert_msg(strstr(err, "avx512") != NULL, "message: %s", err);
+    }
+    vit_context_params bad = best;
+    bad.isa = 7;
+    vit_context *c = NULL;
+    ck_assert_int_eq(vit_context_new(m, &bad, &c, err, sizeof(err)), -1);
+    ck_assert_ptr_null(c);
+    free(pix);
+    vit_context_free(a);
+    vit_context_free(b);
+    vit_free(m);
+}
+END_TEST
+
+/* ---- the limits bound the workspace ---- */
+
+START_TEST(test_limits_are_enforced_and_bound_the_workspace) {
+    vit_model *m = load_model("comrope_ld_b2");
+    int p = m->cfg.patch_size, h = 4 * p, w = 4 * p, t = vit_tokens(m, h, w);
+    ck_assert_int_eq(t, 17);
+    m->max_tokens = 2 * t; /* the per-image limit, below the per-forward one */
+    vit_context_params cp = vit_context_default_params();
+    cp.max_images = 3;
+    cp.max_tokens = 3 * t;
+    vit_context *ctx = new_context(m, &cp);
+    float *arena = ctx->arena;
+    size_t floats = ctx->arena_floats;
+    ck_assert_int_eq(ctx->arena_touched, 0); /* nothing written before a forward needs it */
+    float *pix = pixels(m, 2 * h, w, 3), logits[4 * 64];
+    vit_image four[4] = {{h, w, pix}, {h, w, pix}, {h, w, pix}, {h, w, pix}};
+    char err[512];
+    /* within the limits */
+    ck_assert_msg(vit_forward_ragged(ctx, four, 3, logits, err, sizeof(err)) == 0, "%s", err);
+    /* one image too many */
+    ck_assert_int_eq(vit_forward_ragged(ctx, four, 4, logits, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "4 images") && strstr(err, "limit of 3 images") && strstr(err, "max_images"),
+                  "message: %s", err);
+    /* three images, too many tokens: 2t + t + t > 3t */
+    vit_image big[3] = {{2 * h, w, pix}, {h, w, pix}, {h, w, pix}};
+    int tokens = vit_tokens(m, 2 * h, w) + 2 * t;
+    char want[64];
+    snprintf(want, sizeof(want), "%d tokens", tokens);
+    ck_assert_int_eq(vit_forward_ragged(ctx, big, 3, logits, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, want) && strstr(err, "max_tokens"), "message: %s", err);
+    /* the largest batch the limits allow: the arena was sized for it */
+    ck_assert(vit_forward_ragged(ctx, big, 2, logits, err, sizeof(err)) == 0);
+    ck_assert_ptr_eq(ctx->arena, arena);
+    ck_assert_uint_eq(ctx->arena_floats, floats);
+    ck_assert_uint_le(ctx->arena_touched, ctx->arena_floats);
+    ck_assert_uint_gt(ctx->arena_touched, 0);
+    free(pix);
+    vit_context_free(ctx);
+    vit_free(m);
+}
+END_TEST
+
+/* A per-forward token limit below one image's is raised to it: every image
+ * the model accepts can run alone. Limits below 1 are refused. */
+START_TEST(test_token_limit_at_least_one_image) {
+    vit_model *m = load_model("comrope_ld_b2");
+    vit_context_params cp = vit_context_default_params();
+    cp.max_tokens = 1;
+    vit_context *ctx = new_context(m, &cp);
+    ck_assert_int_eq(ctx->params.max_tokens, m->max_tokens);
+    vit_context_free(ctx);
+    cp.max_images = 0;
+    char err[512];
+    ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "max_images") != NULL, "message: %s", err);
+    vit_free(m);
+}
+END_TEST
+
+/* ---- more resolutions in one batch than any cache keeps ---- */
+
+/* 20 images of 20 distinct grids in one batch (the rotation cache kept 16
+ * tables, and such a batch failed as a whole): it succeeds, and each
+ * image's logits are its logits alone, bit for bit. */
+START_TEST(test_batch_with_many_resolutions) {
+    vit_model *m = load_model("comrope_ap_b2");
+    int p = m->cfg.patch_size, K = m->cfg.num_class, n = 20, tokens = 0;
+    ck_assert_int_le(K, 64);
+    vit_image imgs[20];
+    float *pix = pixels(m, 5 * p, 4 * p, 4);
+    for (int i = 0; i < n; i++) {
+        imgs[i] = (vit_image){p * (i % 5 + 1), p * (i / 5 + 1), pix};
+        tokens += vit_tokens(m, imgs[i].h, imgs[i].w);
+    }
+    vit_context_params cp = vit_context_default_params();
+    cp.max_images = n;
+    cp.max_tokens = tokens;
+    vit_context *ctx = new_context(m, &cp);
+    float together[20 * 64], alone[64];
+    char err[512];
+    ck_assert_msg(vit_forward_ragged(ctx, imgs, n, together, err, sizeof(err)) == 0, "%s", err);
+    for (int i = 0; i < n; i++) {
+        ck_assert(vit_forward_ragged(ctx, &imgs[i], 1, alone, err, sizeof(err)) == 0);
+        ck_assert_msg(memcmp(alone, together + (size_t)i * K, sizeof(float) * (size_t)K) == 0,
+                      "image %d (%dx%d) differs in the batch", i, imgs[i].h, imgs[i].w);
+    }
+    /* and again, now that other tables were cached in between */
+    ck_assert(vit_forward_ragged(ctx, imgs, n, together, err, sizeof(err)) == 0);
+    ck_assert_int_le(ctx->cache_tokens, ctx->params.max_tokens);
+    free(pix);
+    vit_context_free(ctx);
+    vit_free(m);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("context");
+    TCase *tc = tcase_create("context");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_two_pools_run_at_once);
+    tcase_add_test(tc, test_two_contexts_forwards_overlap);
+    tcase_add_test(tc, test_isa_is_per_context);
+    tcase_add_test(tc, test_limits_are_enforced_and_bound_the_workspace);
+    tcase_add_test(tc, test_token_limit_at_least_one_image);
+    tcase_add_test(tc, test_batch_with_many_resolutions);
+    suite_add_tcase(s, tc);
+    return check_run(s);
+}
