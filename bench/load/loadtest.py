@@ -33,7 +33,6 @@ when any request failed, other than by 503 at or past capacity
 (--allow-503-below: the percent of capacity from which 503 is allowed).
 """
 import argparse
-import asyncio
 import csv
 import json
 import math
@@ -75,6 +74,8 @@ def parse_args(argv):
     ap.add_argument("--step-seconds", type=float, default=10.0)
     ap.add_argument("--arrival", default="constant", choices=("constant", "poisson"))
     ap.add_argument("--timeout-s", type=float, default=60.0, help="client timeout per request")
+    ap.add_argument("--engine", default="auto", choices=("auto", "c", "python"),
+                    help="sender: c (build/comrope-loadgen), python (asyncio), auto (c when built)")
     ap.add_argument("--allow-503-below", type=float, default=100.0,
                     help="percent of capacity under which a 503 counts as a failure (default 100)")
     ap.add_argument("--fit", action="store_true", help="fit the capacity model and validate it")
@@ -142,16 +143,10 @@ class Target:
 
 def capacity(target, mix, args, api=None, n_images=1, label=""):
     """Closed-loop saturation -> dict (requests/s, images/s, codes)."""
-    gen = openloop.Generator(target.url, target.requests(mix, api, n_images), target.labels,
-                             timeout_s=args.timeout_s)
-
-    async def go():
-        recs, secs = await gen.saturate(args.capacity_conns, args.capacity_seconds, args.warmup_seconds,
-                                        kit.MixSampler(mix, seed=7))
-        await gen.close()
-        return recs, secs
-
-    recs, secs = asyncio.run(go())
+    gen = openloop.make_generator(target.url, target.requests(mix, api, n_images), target.labels,
+                                  timeout_s=args.timeout_s, engine=getattr(args, "engine", "auto"))
+    recs, secs = gen.saturate(args.capacity_conns, args.capacity_seconds, args.warmup_seconds,
+                              kit.MixSampler(mix, seed=7))
     s = openloop.summarize(recs, target.names(mix), secs)
     out = {"mix": kit.mix_name(mix), "api": api or target.api, "images_per_request": n_images,
            "rps": s["throughput_rps"], "images_per_s": s["throughput_rps"] * n_images,
@@ -166,17 +161,14 @@ def capacity(target, mix, args, api=None, n_images=1, label=""):
 def run_steps(target, mix, cap, args):
     names = target.names(mix)
     fractions = [float(x) for x in args.steps.split(",")]
-    gen = openloop.Generator(target.url, target.requests(mix), target.labels, timeout_s=args.timeout_s)
-    return asyncio.run(_steps(gen, mix, names, fractions, cap, args))
-
-
-async def _steps(gen, mix, names, fractions, cap, args):
+    gen = openloop.make_generator(target.url, target.requests(mix), target.labels, timeout_s=args.timeout_s,
+                                  engine=args.engine)
     steps = []
     for i, pct in enumerate(fractions):
         rate = cap * pct / 100.0
         t0 = time.monotonic()
-        recs = await gen.open_loop(rate, args.step_seconds, kit.MixSampler(mix, seed=100 + i),
-                                   arrival=args.arrival, seed=200 + i)
+        recs = gen.open_loop(rate, args.step_seconds, kit.MixSampler(mix, seed=100 + i),
+                             arrival=args.arrival, seed=200 + i)
         s = openloop.summarize(recs, names, args.step_seconds)
         s.update({"percent": pct, "offered_rps": rate, "wall_s": time.monotonic() - t0})
         steps.append(s)
@@ -189,7 +181,6 @@ async def _steps(gen, mix, names, fractions, cap, args):
             f"generator lag p99 {f(s['lag_p99_ms'])} ms")
         if s.get("first_bad"):
             log(f"      first wrong answer: {s['first_bad']}")
-    await gen.close()
     return steps
 
 
@@ -428,7 +419,8 @@ def main(argv=None):
         names = target.names(mix)
         log(f"target {url}: model {m['name']} ({m.get('pe_type')}, {train}x{train}, patch {patch}); "
             f"mix {kit.mix_name(mix)}; api {args.api}; {len(images)} images")
-        report = {"title": args.title or m["name"], "url": url, "model": m["name"], "mix": kit.mix_name(mix),
+        report = {"title": args.title or m["name"], "url": url,
+                  "engine": type(openloop.make_generator(url, [], [], engine=args.engine)).__name__, "model": m["name"], "mix": kit.mix_name(mix),
                   "resolutions": names, "tokens": {n: kit.tokens(h, w, patch) for n, (h, w, _) in zip(names, mix)},
                   "api": args.api, "arrival": args.arrival, "step_seconds": args.step_seconds,
                   "daemon": daemon.banner if daemon else None, "daemon_cpus": args.daemon_cpus,

@@ -15,6 +15,13 @@ server, is the bottleneck and the step says so.
 Also a closed-loop saturation mode (`saturate`): C connections sending back
 to back, to measure capacity (answers per second at full load).
 
+Two senders with one interface (make_generator): CGenerator runs a plan
+through build/comrope-loadgen (bench/load/loadgen.c: one epoll loop in C,
+so that the generator costs little next to the server on the same cores;
+it also sends the soak's hostile requests and vanishing clients), and
+Generator/PyGenerator is the same in asyncio, for machines without the
+build (it falls behind sooner: watch lag_p99_ms).
+
 Every answer is checked (kit.check_answer). Outcomes per request:
 status code, or -1 connection error, -2 client timeout; an answer with
 status 200 that fails the check is counted as `bad`.
@@ -25,7 +32,11 @@ status 200 that fails the check is counted as `bad`.
 """
 import asyncio
 import math
+import os
 import random
+import struct
+import subprocess
+import tempfile
 import time
 import urllib.parse
 
@@ -35,13 +46,14 @@ CONN_ERROR, TIMEOUT = -1, -2
 
 
 class Record:
-    __slots__ = ("res", "sched", "sent", "done", "status", "bad")
+    __slots__ = ("res", "sched", "sent", "done", "status", "bad", "headers", "body")
 
     def __init__(self, res, sched):
         self.res, self.sched = res, sched
         self.sent = self.done = None
         self.status = None
         self.bad = None
+        self.headers = self.body = None
 
 
 class Generator:
@@ -58,7 +70,7 @@ class Generator:
         self.max_conns = max_conns
         self.idle = []
         self.open_conns = 0
-        self.conn_free = None
+        self.conn_free = asyncio.Event()  # binds to the loop of its first wait
         self.waited = 0          # requests that waited for a connection (at max_conns)
         self.counter = 0
 
@@ -133,7 +145,6 @@ class Generator:
     async def open_loop(self, rate, seconds, sampler, arrival="constant", seed=1, on_tick=None):
         """Offers `rate` requests/s for `seconds`; waits for every answer.
         -> list of Record, in scheduled order."""
-        self.conn_free = self.conn_free or asyncio.Event()
         rng = random.Random(seed)
         recs, tasks = [], []
         t0 = time.monotonic() + 0.05
@@ -160,7 +171,6 @@ class Generator:
     async def saturate(self, conns, seconds, warmup, sampler):
         """Closed loop: `conns` clients back to back for warmup + seconds.
         -> (records of the answers completed in the measuring window, its seconds)."""
-        self.conn_free = self.conn_free or asyncio.Event()
         t_start = time.monotonic()
         t_meas, t_end = t_start + warmup, t_start + warmup + seconds
         recs = []
@@ -228,3 +238,166 @@ def summarize(recs, names, seconds):
     if first_bad:
         out["first_bad"] = first_bad
     return out
+
+
+# --------------------------------------------------------------------------
+# the C sender (bench/load/loadgen.c): same records, far cheaper per request
+# --------------------------------------------------------------------------
+
+LOADGEN = os.environ.get("COMROPE_LOADGEN") or os.path.join(kit.ROOT, "build", "comrope-loadgen")
+POOL, OWN, VANISH = 0, 1, 2
+
+
+def parse_answer(raw):
+    """Raw HTTP answer bytes -> (status, headers with lower-case names, body)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+class CGenerator:
+    """Runs plans through comrope-loadgen. requests: list per mix entry of
+    lists of kit.Request; extra templates (raw bytes) may be added with
+    add_raw(). Records come back with res = the mix entry (or the tag given
+    to plan entries of extra templates)."""
+
+    def __init__(self, url, requests, labels, timeout_s=60.0, max_conns=384, binary=None, workdir=None):
+        u = urllib.parse.urlsplit(url)
+        self.host, self.port = u.hostname, u.port or 80
+        self.binary = binary or LOADGEN
+        if not os.access(self.binary, os.X_OK):
+            raise SystemExit(f"{self.binary}: not built (cmake --build build --target comrope-loadgen; "
+                             "or COMROPE_LOADGEN=PATH)")
+        self.labels = labels
+        self.timeout_s, self.max_conns = timeout_s, max_conns
+        self.templates, self.req_of = [], []
+        self.by_res = []
+        for rs in requests:
+            ids = []
+            for r in rs:
+                ids.append(len(self.templates))
+                self.templates.append(r.raw(u.netloc))
+                self.req_of.append(r)
+            self.by_res.append(ids)
+        self.workdir = workdir  # None: a temporary directory per run
+        self.counter = 0
+
+    def add_raw(self, raw, req=None):
+        """An extra template (raw request bytes); -> its id."""
+        self.templates.append(raw)
+        self.req_of.append(req)
+        return len(self.templates) - 1
+
+    def next_template(self, res):
+        ids = self.by_res[res]
+        self.counter += 1
+        return ids[self.counter % len(ids)]
+
+    def run_plan(self, entries, closed=0, seconds=0.0, progress_s=0):
+        """entries: [(due s, template id, write_len or -1, mode, tag)] sorted by
+        due -> list of Record (res = tag), in plan order."""
+        if self.workdir is None:
+            with tempfile.TemporaryDirectory(prefix="comrope-loadgen-") as w:
+                return self._run_plan(w, entries, closed, seconds, progress_s)
+        return self._run_plan(self.workdir, entries, closed, seconds, progress_s)
+
+    def _run_plan(self, w, entries, closed, seconds, progress_s):
+        with open(os.path.join(w, "templates"), "wb") as f:
+            for t in self.templates:
+                f.write(struct.pack("<I", len(t)) + t)
+        with open(os.path.join(w, "plan"), "wb") as f:
+            f.write(b"".join(struct.pack("<dIiI", e[0], e[1], e[2], e[3]) for e in entries))
+        cmd = [self.binary, "--host", self.host, "--port", str(self.port), "--templates", os.path.join(w, "templates"),
+               "--plan", os.path.join(w, "plan"), "--out", os.path.join(w, "out"), "--bodies", os.path.join(w, "bodies"),
+               "--max-conns", str(self.max_conns), "--timeout-s", str(self.timeout_s), "--progress-s", str(progress_s)]
+        if closed:
+            cmd += ["--closed", str(closed), "--seconds", str(seconds)]
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress_s else subprocess.PIPE, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"comrope-loadgen failed ({p.returncode}): {(p.stderr or '')[-2000:]}")
+        with open(os.path.join(w, "out"), "rb") as f:
+            out = f.read()
+        with open(os.path.join(w, "bodies"), "rb") as f:
+            bodies = f.read()
+        recs = []
+        for i, e in enumerate(entries):
+            due, sent, done, status, blen, boff = struct.unpack_from("<dddiIQ", out, 40 * i)
+            rec = Record(e[4], due)
+            rec.sent = sent if sent >= 0 else None
+            rec.done = done if done >= 0 else None
+            rec.status = status
+            if status > 0:
+                st, headers, body = parse_answer(bodies[boff:boff + blen])
+                req = self.req_of[e[1]]
+                rec.headers, rec.body = headers, body
+                if st == 200 and req is not None:
+                    rec.bad = kit.check_answer(req, st, headers, body, self.labels)
+            recs.append(rec)
+        return recs
+
+    def open_loop(self, rate, seconds, sampler, arrival="constant", seed=1, extra=(), progress_s=0):
+        """Open loop at `rate` for `seconds`, plus `extra` plan entries (their
+        tags in res) -> records in due order."""
+        rng = random.Random(seed)
+        entries, t, i = [], 0.0, 0
+        while t < seconds:
+            res = sampler.draw()
+            entries.append((t, self.next_template(res), -1, POOL, res))
+            i += 1
+            t = i / rate if arrival == "constant" else t + rng.expovariate(rate)
+        n = len(entries)
+        entries = sorted(entries + list(extra), key=lambda e: e[0])
+        recs = self.run_plan(entries, progress_s=progress_s)
+        assert sum(1 for r in recs if isinstance(r.res, int)) == n
+        return recs
+
+    def saturate(self, conns, seconds, warmup, sampler):
+        """Closed loop: -> (records of the answers completed in the window after
+        the warm-up, the window's seconds)."""
+        n = int(max(1000, 20000 * (seconds + warmup)))
+        entries = []
+        for _ in range(n):
+            res = sampler.draw()
+            entries.append((0.0, self.next_template(res), -1, POOL, res))
+        recs = self.run_plan(entries, closed=conns, seconds=warmup + seconds)
+        return [r for r in recs if r.done is not None and r.sent is not None and warmup <= r.done <= warmup + seconds], \
+            seconds
+
+
+class PyGenerator:
+    """The asyncio Generator behind the same synchronous interface (where
+    comrope-loadgen is not built)."""
+
+    def __init__(self, url, requests, labels, timeout_s=60.0, max_conns=384):
+        self.args = (url, requests, labels, timeout_s, max_conns)
+
+    def open_loop(self, rate, seconds, sampler, arrival="constant", seed=1, extra=(), progress_s=0):
+        if extra:
+            raise RuntimeError("extra plan entries need comrope-loadgen (cmake --build build)")
+
+        async def go():
+            g = Generator(*self.args)
+            recs = await g.open_loop(rate, seconds, sampler, arrival, seed)
+            await g.close()
+            return recs
+        return asyncio.run(go())
+
+    def saturate(self, conns, seconds, warmup, sampler):
+        async def go():
+            g = Generator(*self.args)
+            out = await g.saturate(conns, seconds, warmup, sampler)
+            await g.close()
+            return out
+        return asyncio.run(go())
+
+
+def make_generator(url, requests, labels, timeout_s=60.0, max_conns=384, engine="auto"):
+    """engine: 'c' (comrope-loadgen), 'python' (asyncio), 'auto' (C when built)."""
+    if engine == "c" or (engine == "auto" and os.access(LOADGEN, os.X_OK)):
+        return CGenerator(url, requests, labels, timeout_s, max_conns)
+    return PyGenerator(url, requests, labels, timeout_s, max_conns)

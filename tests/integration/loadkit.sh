@@ -9,9 +9,11 @@
 # answered some requests of every resolution, the report files are not
 # empty, Locust saw no failure, --predict names a replica count.
 #
-#   tests/integration/loadkit.sh build/comrope-serve MODEL_DIR
+#   tests/integration/loadkit.sh build/comrope-serve MODEL_DIR [build/comrope-loadgen]
 set -euo pipefail
 SERVE=${1:-}
+COMROPE_LOADGEN=${3:-${COMROPE_LOADGEN:-}}
+export COMROPE_LOADGEN
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 MODEL=${2:-$ROOT/models/fashion-comrope-ld}
@@ -19,7 +21,8 @@ OUT=$WORK/load
 
 "$PY" "$ROOT/bench/load/loadtest.py" --serve "$SERVE" --model "$MODEL" --out "$OUT" \
   --mix 1:0.6,2:0.3,1x3:0.1 --capacity-seconds 2 --warmup-seconds 0.5 --steps 50,100,150 --step-seconds 3 \
-  --fit --fit-resolutions 1,2,3 --overhead-images 4 --validate '1.5:0.5,2.5:0.5' >"$WORK/loadtest.out" 2>&1 ||
+  --fit --fit-resolutions 1,2,3 --overhead-images 4 --validate '1.5:0.5,2.5:0.5' --engine c \
+  >"$WORK/loadtest.out" 2>&1 ||
   { cat "$WORK/loadtest.out" >&2; fail "loadtest.py failed"; }
 cat "$WORK/loadtest.out"
 for f in report.json steps.csv report.png capacity_model.json; do
