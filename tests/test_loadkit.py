@@ -131,15 +131,19 @@ class CapacityModel(unittest.TestCase):
             self.assertAlmostEqual(got / want, 1.0, places=6)
 
     def test_predict_capacity_and_replicas(self):
-        cm = {"a": 1e-3, "b": 0.0, "c": 0.0, "overhead_s": 1e-3, "patch": 4,
-              "latency_curve": [[0.25, 2.0], [0.5, 4.0], [0.9, 20.0]]}
+        # 2 ms per request at 8x8 (1 ms overhead + 1 ms per image); the profile
+        # cost 1 ms per request and had p99 4 / 8 / 40 ms at 25 / 50 / 90 % load
+        cm = {"a": 1e-3, "b": 0.0, "c": 0.0, "overhead_s": 1e-3, "patch": 4, "basis": "wall",
+              "latency_curve": [[0.25, 4.0], [0.5, 8.0], [0.9, 40.0]], "profile": {"predicted_cost_s": 1e-3}}
         mix = kit.parse_mix("8:1")
         self.assertAlmostEqual(loadtest.predict_capacity(cm, mix), 500.0)
         self.assertAlmostEqual(loadtest.predict_capacity(cm, mix, n_images=3), 250.0)
-        p = loadtest.predict(cm, mix, slo_ms=10.0, rate=1000.0)   # 4.0 / 500 = 8 ms at 50 %
+        p = loadtest.predict(cm, mix, slo_ms=20.0, rate=1000.0)   # p99 scaled x2: 16 ms at 50 %
         self.assertEqual(p["load_fraction"], 0.5)
-        self.assertEqual(p["replicas"], 4)
-        self.assertIsNone(loadtest.predict(cm, mix, slo_ms=1.0, rate=10.0)["replicas"])
+        self.assertEqual(p["replicas"], 4)                         # 1000 / (500 * 0.5)
+        self.assertIsNone(loadtest.predict(cm, mix, slo_ms=5.0, rate=10.0)["replicas"])
+        cm.update(basis="cpu", replica_cpus=4)                     # CPU costs: 4 CPUs hold 4x
+        self.assertAlmostEqual(loadtest.predict_capacity(cm, mix), 2000.0)
 
     def test_knee(self):
         def step(pct, p99, thr=1.0, r503=0.0):
@@ -199,6 +203,20 @@ class OpenLoop(unittest.TestCase):
         gaps = [b.sched - a.sched for a, b in zip(recs, recs[1:])]
         self.assertAlmostEqual(min(gaps), 1 / rate, places=6)
         self.assertAlmostEqual(max(gaps), 1 / rate, places=6)
+
+    def test_throughput_counts_answers_within_the_step(self):
+        """10 requests due in a 1 s step; 4 answered after it (a queue
+        draining past capacity): throughput 6/s, not 10/s."""
+        recs = []
+        for i in range(10):
+            r = openloop.Record(0, 100.0 + i * 0.1)
+            r.sent, r.status = r.sched, 200
+            r.done = r.sched + (0.05 if i < 6 else 1.0)
+            recs.append(r)
+        s = openloop.summarize(recs, ["8"], 1.0)
+        self.assertEqual(s["ok"], 10)
+        self.assertAlmostEqual(s["throughput_rps"], 6.0)
+        self.assertAlmostEqual(s["per_resolution"]["8"]["throughput_rps"], 6.0)
 
     def test_percentile_nearest_rank(self):
         v = list(range(1, 101))

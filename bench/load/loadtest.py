@@ -18,7 +18,7 @@ What it does:
     capacity, --step-seconds each: per resolution and overall p50/p90/p99/
     max latency from the scheduled send time, throughput, 503/504/error
     rates, the generator's own lag; one progress line per step;
- 3. the knee: the highest step whose throughput is >= 95 % of the offered
+ 3. the knee: the highest step whose throughput is >= 90 % of the offered
     rate, with under 1 % 503/504/errors and p99 within 3x the first step's;
  4. --fit: cost per request at single resolutions (--fit-resolutions) with
     one image per request, and at the first one with --overhead-images per
@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import kit  # noqa: E402
 import openloop  # noqa: E402
-from daemon import Daemon, http_get  # noqa: E402
+from daemon import Daemon, http_get, metrics  # noqa: E402
 
 DEFAULT_STEPS = "25,50,75,90,100,110,125,150"
 
@@ -82,6 +82,12 @@ def parse_args(argv):
     ap.add_argument("--fit-resolutions", default="1,1.5,2,3,4",
                     help="sides of the fit's square images; numbers under 8 are multiples of the training side")
     ap.add_argument("--overhead-images", type=int, default=8)
+    ap.add_argument("--cost", default="auto", choices=("auto", "cpu", "wall"),
+                    help="what the fit measures per request: the daemon's CPU time (process_cpu_seconds_total; "
+                         "auto when /metrics answers) or wall time at saturation (1 / capacity)")
+    ap.add_argument("--replica-cpus", type=float,
+                    help="CPUs of one replica, to turn CPU costs into requests/s (default: the local daemon's "
+                         "--daemon-cpus or this machine's CPUs; with --url: 1, i.e. per CPU)")
     ap.add_argument("--validate", default="1.25:0.5,2.5:0.5;1:0.5,1x3:0.3,3.5:0.2",
                     help="held-out mixes, ';'-separated (numbers under 8: multiples of the training side)")
     ap.add_argument("--repeat-point", action="store_true", help="measure the first fit point again at the end")
@@ -140,21 +146,38 @@ class Target:
     def names(self, mix):
         return [kit.res_name(h, w) for h, w, _ in mix]
 
+    def cpu_seconds(self):
+        """The daemon's process_cpu_seconds_total, or None (no /metrics here)."""
+        try:
+            return metrics(self.url).get("process_cpu_seconds_total")
+        except OSError:
+            return None
+
 
 def capacity(target, mix, args, api=None, n_images=1, label=""):
     """Closed-loop saturation -> dict (requests/s, images/s, codes)."""
     gen = openloop.make_generator(target.url, target.requests(mix, api, n_images), target.labels,
                                   timeout_s=args.timeout_s, engine=getattr(args, "engine", "auto"))
+    cpu0, t0 = target.cpu_seconds(), time.monotonic()
     recs, secs = gen.saturate(args.capacity_conns, args.capacity_seconds, args.warmup_seconds,
                               kit.MixSampler(mix, seed=7))
+    cpu1, wall = target.cpu_seconds(), time.monotonic() - t0
     s = openloop.summarize(recs, target.names(mix), secs)
     out = {"mix": kit.mix_name(mix), "api": api or target.api, "images_per_request": n_images,
            "rps": s["throughput_rps"], "images_per_s": s["throughput_rps"] * n_images,
            "p50_ms": s["p50_ms"], "errors": s["errors"], "codes": s["codes"]}
+    if cpu0 is not None and cpu1 is not None and gen.answered_total:
+        # the daemon's CPU time per request: what one request costs whatever
+        # share of the CPUs the daemon got (on a shared machine its wall-clock
+        # throughput follows the neighbours; its CPU time per request much less)
+        out["cpu_s_per_request"] = (cpu1 - cpu0) / gen.answered_total
+        out["cpus_used"] = (cpu1 - cpu0) / wall
     if s.get("first_bad"):
         out["first_bad"] = s["first_bad"]
+    cpu = (f", {1e3 * out['cpu_s_per_request']:.3f} CPU-ms/request, daemon used {out['cpus_used']:.2f} CPUs"
+           if "cpu_s_per_request" in out else "")
     log(f"  capacity {label or out['mix']} ({out['api']}, {n_images} image/request): "
-        f"{out['rps']:.1f} req/s, {out['images_per_s']:.1f} images/s, errors {out['errors']}")
+        f"{out['rps']:.1f} req/s, {out['images_per_s']:.1f} images/s{cpu}, errors {out['errors']}")
     return out
 
 
@@ -192,12 +215,12 @@ def find_knee(steps):
     knee, why = None, "every step held"
     for i, s in enumerate(steps):
         bad = []
-        if s["throughput_rps"] < 0.95 * s["offered_rps"]:
-            bad.append(f"throughput {s['throughput_rps']:.1f} < 95% of {s['offered_rps']:.1f}")
+        if s["throughput_rps"] < 0.9 * s["offered_rps"]:
+            bad.append(f"throughput {s['throughput_rps']:.1f} < 90% of {s['offered_rps']:.1f}")
         if s["rate_503"] + s["rate_504"] + s["error_rate"] > 0.01:
             bad.append("over 1% 503/504/errors")
         if s["p99_ms"] is None or s["p99_ms"] > 3 * base:
-            bad.append(f"p99 {s['p99_ms']} ms > 3x {base:.1f}")
+            bad.append("no answer" if s["p99_ms"] is None else f"p99 {s['p99_ms']:.1f} ms > 3x {base:.1f}")
         if bad:
             why = f"step {s['percent']:g}%: " + "; ".join(bad)
             break
@@ -221,84 +244,111 @@ def fit_cost(points):
 
 
 def request_cost(cm, T, n_images=1):
-    """Seconds of one replica per request of n images at T tokens."""
+    """Cost of one request of n images at T tokens: CPU-seconds of the daemon
+    (basis "cpu") or seconds of one replica (basis "wall")."""
     a, b, c = cm["a"], cm["b"], cm["c"]
     return cm["overhead_s"] + n_images * (a + b * T + c * T * T)
 
 
-def predict_capacity(cm, mix, n_images=1):
-    """Requests/s one replica holds at the mix (weights = request shares)."""
+def predict_cost(cm, mix, n_images=1):
+    """Mean cost of a request of the mix (weights = request shares)."""
     patch = cm["patch"]
-    return 1.0 / sum(p * request_cost(cm, kit.tokens(h, w, patch), n_images) for h, w, p in mix)
+    return sum(p * request_cost(cm, kit.tokens(h, w, patch), n_images) for h, w, p in mix)
 
 
-def fit_model(target, args, patch, train):
+def predict_capacity(cm, mix, n_images=1, replica_cpus=None):
+    """Requests/s one replica holds at the mix: with CPU costs, the replica's
+    CPUs (its CPU limit) over the mean CPU time of a request."""
+    scale = (replica_cpus or cm.get("replica_cpus") or 1.0) if cm.get("basis") == "cpu" else 1.0
+    return scale / predict_cost(cm, mix, n_images)
+
+
+def fit_model(target, args, patch, train, replica_cpus):
     sides = [scale_side(x, train, patch) for x in args.fit_resolutions.split(",")]
     sides = sorted(set(sides))
+    basis = args.cost
+    if basis == "auto":
+        basis = "cpu" if target.cpu_seconds() is not None else "wall"
     log(f"fit: single resolutions {sides} ({args.api}), overhead at {sides[0]} with "
-        f"1 and {args.overhead_images} images per request (v2bin)")
+        f"1 and {args.overhead_images} images per request (v2bin); cost basis: {basis}")
+
+    def cost(c):
+        return c["cpu_s_per_request"] if basis == "cpu" else 1.0 / c["rps"]
+
     points = []
     for s in sides:
         c = capacity(target, [(s, s, 1.0)], args, label=f"{s}x{s}")
-        points.append({"side": s, "tokens": kit.tokens(s, s, patch), "rps": c["rps"], "cost_s": 1.0 / c["rps"],
-                       "errors": c["errors"]})
+        points.append({"side": s, "tokens": kit.tokens(s, s, patch), "rps": c["rps"], "cost_s": cost(c),
+                       "cpus_used": c.get("cpus_used"), "errors": c["errors"]})
     one = capacity(target, [(sides[0], sides[0], 1.0)], args, api="v2bin", n_images=1, label=f"{sides[0]} v2bin x1")
     many = capacity(target, [(sides[0], sides[0], 1.0)], args, api="v2bin", n_images=args.overhead_images,
                     label=f"{sides[0]} v2bin x{args.overhead_images}")
     n = args.overhead_images
-    c1, cn = 1.0 / one["rps"], 1.0 / many["rps"]
+    c1, cn = cost(one), cost(many)
     overhead = max(0.0, (n * c1 - cn) / (n - 1))
     a1, b, c = fit_cost([(p["tokens"], p["cost_s"]) for p in points])
     cm = {"a": a1 - overhead, "b": b, "c": c, "overhead_s": overhead, "overhead_api": "v2bin",
+          "basis": basis, "replica_cpus": replica_cpus,
           "fit_api": args.api, "patch": patch, "training_resolution": train, "points": points,
           "overhead_points": {"one": one, "many": many}}
     for p in points:
         p["fit_cost_s"] = request_cost(cm, p["tokens"])
         p["fit_error_pct"] = 100.0 * (p["fit_cost_s"] - p["cost_s"]) / p["cost_s"]
-    log(f"fit: cost(T) = {1e6 * cm['a']:.1f} us + {1e6 * b:.3f} us*T + {1e9 * c:.3f} ns*T^2 per image, "
-        f"+ {1e6 * overhead:.1f} us per request; worst fit residual "
+    unit = "CPU-" if basis == "cpu" else ""
+    log(f"fit: cost(T) = {1e6 * cm['a']:.1f} {unit}us + {1e6 * b:.3f} {unit}us*T + {1e9 * c:.3f} {unit}ns*T^2 "
+        f"per image, + {1e6 * overhead:.1f} {unit}us per request; worst fit residual "
         f"{max(abs(p['fit_error_pct']) for p in points):.1f}%")
     val = []
     for text in args.validate.split(";"):
         mix = model_mix(text, train, patch)
-        pred = predict_capacity(cm, mix)
+        pred_cost = predict_cost(cm, mix)
         meas = capacity(target, mix, args, label=kit.mix_name(mix))
-        err = 100.0 * (pred - meas["rps"]) / meas["rps"]
-        val.append({"mix": kit.mix_name(mix), "predicted_rps": pred, "measured_rps": meas["rps"],
-                    "error_pct": err, "errors": meas["errors"]})
-        log(f"  held-out {kit.mix_name(mix)}: predicted {pred:.1f} req/s, measured {meas['rps']:.1f}: "
-            f"error {err:+.1f}%")
+        meas_cost = cost(meas)
+        # capacity error: capacity is inversely proportional to the cost
+        err = 100.0 * (meas_cost / pred_cost - 1.0)
+        v = {"mix": kit.mix_name(mix), "predicted_cost_s": pred_cost, "measured_cost_s": meas_cost,
+             "predicted_rps": predict_capacity(cm, mix), "measured_rps": meas["rps"],
+             "capacity_error_pct": err, "errors": meas["errors"]}
+        val.append(v)
+        log(f"  held-out {kit.mix_name(mix)}: predicted {1e3 * pred_cost:.3f} {unit}ms/request, measured "
+            f"{1e3 * meas_cost:.3f}: capacity error {err:+.1f}% (predicted {v['predicted_rps']:.1f} req/s per "
+            f"replica, measured {meas['rps']:.1f} req/s{' on a shared machine' if basis == 'cpu' else ''})")
     cm["validation"] = val
     if args.repeat_point:
         again = capacity(target, [(sides[0], sides[0], 1.0)], args, label=f"{sides[0]}x{sides[0]} again")
         cm["repeat"] = {"side": sides[0], "first_rps": points[0]["rps"], "again_rps": again["rps"],
-                        "diff_pct": 100.0 * (again["rps"] - points[0]["rps"]) / points[0]["rps"]}
+                        "rps_diff_pct": 100.0 * (again["rps"] - points[0]["rps"]) / points[0]["rps"],
+                        "first_cost_s": points[0]["cost_s"], "again_cost_s": cost(again),
+                        "cost_diff_pct": 100.0 * (cost(again) - points[0]["cost_s"]) / points[0]["cost_s"]}
         log(f"  repeat {sides[0]}x{sides[0]}: {points[0]['rps']:.1f} then {again['rps']:.1f} req/s "
-            f"({cm['repeat']['diff_pct']:+.1f}%)")
+            f"({cm['repeat']['rps_diff_pct']:+.1f}%); cost {cm['repeat']['cost_diff_pct']:+.1f}%")
     return cm
 
 
 def latency_curve(steps, cap):
-    """[(load fraction, p99 x capacity)] of the steps that held (no 503/504/errors):
-    p99 in units of the mean request cost, which --predict scales to another mix."""
+    """[(load fraction, p99 ms)] of the steps that held (under 1 % 503/504/errors,
+    throughput >= 90 % of offered): --predict scales the p99s to another mix
+    by the ratio of the mixes' mean request costs."""
     out = []
     for s in steps:
         if s["p99_ms"] is None or s["rate_503"] + s["rate_504"] + s["error_rate"] > 0.01:
             continue
-        if s["throughput_rps"] < 0.95 * s["offered_rps"]:
+        if s["throughput_rps"] < 0.9 * s["offered_rps"]:
             continue
-        out.append([s["offered_rps"] / cap, s["p99_ms"] / 1000.0 * cap])
+        out.append([s["offered_rps"] / cap, s["p99_ms"]])
     return out
 
 
 def predict(cm, mix, slo_ms, rate, n_images=1):
     """-> dict: capacity per replica, the load fraction that keeps p99 under
-    the SLO (the measured curve, scaled by the mix's mean cost), replicas."""
+    the SLO (the profile's measured curve, its p99s scaled by the mix's mean
+    cost over the profile's), replicas."""
     cap = predict_capacity(cm, mix, n_images)
     curve = sorted(cm.get("latency_curve") or [])
+    scale = predict_cost(cm, mix, n_images) / cm["profile"]["predicted_cost_s"] if curve else 1.0
     rho = None
-    for frac, p99x in curve:
-        if p99x / cap * 1000.0 <= slo_ms:
+    for frac, p99 in curve:
+        if p99 * scale <= slo_ms:
             rho = frac
     out = {"mix": kit.mix_name(mix), "images_per_request": n_images, "capacity_rps": cap,
            "slo_p99_ms": slo_ms, "rate_rps": rate}
@@ -395,6 +445,8 @@ def main(argv=None):
         with open(args.capacity_model) as f:
             cm = json.load(f)
         mix = model_mix(args.predict, cm["training_resolution"], cm["patch"])
+        if args.replica_cpus:
+            cm["replica_cpus"] = args.replica_cpus
         p = predict(cm, mix, args.slo_p99, args.rate, args.images_per_request)
         print_prediction(p)
         print(json.dumps(p))
@@ -443,10 +495,18 @@ def main(argv=None):
             + (f"{report['knee_rps']:.1f} req/s ({report['knee_percent']:g}%)" if knee is not None else "none")
             + f"; past it: {why}")
         if args.fit:
-            cm = fit_model(target, args, patch, train)
+            cpus = args.replica_cpus
+            if not cpus:
+                if args.url:
+                    cpus = 1.0
+                elif args.daemon_cpus:
+                    cpus = float(len(args.daemon_cpus.split(",")))  # a list like 0 or 0,1
+                else:
+                    cpus = float(len(os.sched_getaffinity(0)))
+            cm = fit_model(target, args, patch, train, cpus)
             cm["latency_curve"] = latency_curve(report["steps"], cap)
             cm["profile"] = {"mix": report["mix"], "capacity_rps": cap,
-                             "predicted_rps": predict_capacity(cm, mix)}
+                             "predicted_cost_s": predict_cost(cm, mix), "predicted_rps": predict_capacity(cm, mix)}
             report["capacity_model"] = cm
             with open(os.path.join(args.out, "capacity_model.json"), "w") as f:
                 json.dump(cm, f, indent=1)
