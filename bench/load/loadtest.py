@@ -82,6 +82,12 @@ def parse_args(argv):
     ap.add_argument("--fit-resolutions", default="1,1.5,2,3,4",
                     help="sides of the fit's square images; numbers under 8 are multiples of the training side")
     ap.add_argument("--overhead-images", type=int, default=8)
+    ap.add_argument("--reference", default="2",
+                    help="side of the reference measured just before each fit/held-out measurement (numbers "
+                         "under 8: multiples of the training side); costs are taken relative to it")
+    ap.add_argument("--no-pairs", dest="pairs", action="store_false",
+                    help="no reference measurements (half the time; slow drift of a shared machine then "
+                         "shows in the fit)")
     ap.add_argument("--cost", default="auto", choices=("auto", "cpu", "wall"),
                     help="what the fit measures per request: the daemon's CPU time (process_cpu_seconds_total; "
                          "auto when /metrics answers) or wall time at saturation (1 / capacity)")
@@ -269,28 +275,55 @@ def fit_model(target, args, patch, train, replica_cpus):
     basis = args.cost
     if basis == "auto":
         basis = "cpu" if target.cpu_seconds() is not None else "wall"
+    ref_side = scale_side(args.reference, train, patch)
+    ref_mix = [(ref_side, ref_side, 1.0)]
     log(f"fit: single resolutions {sides} ({args.api}), overhead at {sides[0]} with "
-        f"1 and {args.overhead_images} images per request (v2bin); cost basis: {basis}")
+        f"1 and {args.overhead_images} images per request (v2bin); cost basis: {basis}; "
+        + (f"each measurement paired with {ref_side}x{ref_side} just before it" if args.pairs else "unpaired"))
 
     def cost(c):
         return c["cpu_s_per_request"] if basis == "cpu" else 1.0 / c["rps"]
 
-    points = []
-    for s in sides:
-        c = capacity(target, [(s, s, 1.0)], args, label=f"{s}x{s}")
-        points.append({"side": s, "tokens": kit.tokens(s, s, patch), "rps": c["rps"], "cost_s": cost(c),
-                       "cpus_used": c.get("cpus_used"), "errors": c["errors"]})
-    one = capacity(target, [(sides[0], sides[0], 1.0)], args, api="v2bin", n_images=1, label=f"{sides[0]} v2bin x1")
-    many = capacity(target, [(sides[0], sides[0], 1.0)], args, api="v2bin", n_images=args.overhead_images,
-                    label=f"{sides[0]} v2bin x{args.overhead_images}")
+    refs = []
+
+    def measure(mix, label, api=None, n_images=1):
+        """-> (capacity dict, cost relative to the reference measured just before)."""
+        ref = capacity(target, ref_mix, args, label=f"{ref_side}x{ref_side} (reference)") if args.pairs else None
+        c = capacity(target, mix, args, api=api, n_images=n_images, label=label)
+        if ref is None:
+            return c, cost(c)
+        refs.append(cost(ref))
+        c["reference_cost_s"] = cost(ref)
+        return c, cost(c) / cost(ref)
+
+    raw = []
+    for side in sides:
+        c, rel = measure([(side, side, 1.0)], f"{side}x{side}")
+        raw.append((side, c, rel))
+    one, rel1 = measure([(sides[0], sides[0], 1.0)], f"{sides[0]} v2bin x1", api="v2bin")
+    many, reln = measure([(sides[0], sides[0], 1.0)], f"{sides[0]} v2bin x{args.overhead_images}", api="v2bin",
+                         n_images=args.overhead_images)
+    vals = []
+    for text in args.validate.split(";"):
+        mix = model_mix(text, train, patch)
+        c, rel = measure(mix, kit.mix_name(mix))
+        vals.append((mix, c, rel))
+    # relative costs back to absolute ones at the references' mean machine state
+    unit_cost = sum(refs) / len(refs) if refs else 1.0
+    points = [{"side": side, "tokens": kit.tokens(side, side, patch), "rps": c["rps"], "cost_s": rel * unit_cost,
+               "raw_cost_s": cost(c), "cpus_used": c.get("cpus_used"), "errors": c["errors"]}
+              for side, c, rel in raw]
     n = args.overhead_images
-    c1, cn = cost(one), cost(many)
+    c1, cn = rel1 * unit_cost, reln * unit_cost
     overhead = max(0.0, (n * c1 - cn) / (n - 1))
     a1, b, c = fit_cost([(p["tokens"], p["cost_s"]) for p in points])
     cm = {"a": a1 - overhead, "b": b, "c": c, "overhead_s": overhead, "overhead_api": "v2bin",
-          "basis": basis, "replica_cpus": replica_cpus,
+          "basis": basis, "replica_cpus": replica_cpus, "paired": bool(args.pairs),
           "fit_api": args.api, "patch": patch, "training_resolution": train, "points": points,
           "overhead_points": {"one": one, "many": many}}
+    if refs:
+        cm["reference"] = {"side": ref_side, "n": len(refs), "mean_cost_s": unit_cost, "min_cost_s": min(refs),
+                           "max_cost_s": max(refs), "spread_pct": 100.0 * (max(refs) - min(refs)) / unit_cost}
     for p in points:
         p["fit_cost_s"] = request_cost(cm, p["tokens"])
         p["fit_error_pct"] = 100.0 * (p["fit_cost_s"] - p["cost_s"]) / p["cost_s"]
@@ -298,28 +331,32 @@ def fit_model(target, args, patch, train, replica_cpus):
     log(f"fit: cost(T) = {1e6 * cm['a']:.1f} {unit}us + {1e6 * b:.3f} {unit}us*T + {1e9 * c:.3f} {unit}ns*T^2 "
         f"per image, + {1e6 * overhead:.1f} {unit}us per request; worst fit residual "
         f"{max(abs(p['fit_error_pct']) for p in points):.1f}%")
+    if refs:
+        r = cm["reference"]
+        log(f"  noise: the {r['n']} reference measurements ({ref_side}x{ref_side}) ranged "
+            f"{1e3 * r['min_cost_s']:.3f}-{1e3 * r['max_cost_s']:.3f} {unit}ms/request "
+            f"({r['spread_pct']:.0f}% of their mean)")
     val = []
-    for text in args.validate.split(";"):
-        mix = model_mix(text, train, patch)
+    for mix, meas, rel in vals:
         pred_cost = predict_cost(cm, mix)
-        meas = capacity(target, mix, args, label=kit.mix_name(mix))
-        meas_cost = cost(meas)
-        # capacity error: capacity is inversely proportional to the cost
+        meas_cost = rel * unit_cost
+        # capacity is inversely proportional to the cost: predicted/measured capacity - 1
         err = 100.0 * (meas_cost / pred_cost - 1.0)
         v = {"mix": kit.mix_name(mix), "predicted_cost_s": pred_cost, "measured_cost_s": meas_cost,
-             "predicted_rps": predict_capacity(cm, mix), "measured_rps": meas["rps"],
+             "raw_cost_s": cost(meas), "predicted_rps": predict_capacity(cm, mix), "measured_rps": meas["rps"],
              "capacity_error_pct": err, "errors": meas["errors"]}
         val.append(v)
         log(f"  held-out {kit.mix_name(mix)}: predicted {1e3 * pred_cost:.3f} {unit}ms/request, measured "
             f"{1e3 * meas_cost:.3f}: capacity error {err:+.1f}% (predicted {v['predicted_rps']:.1f} req/s per "
-            f"replica, measured {meas['rps']:.1f} req/s{' on a shared machine' if basis == 'cpu' else ''})")
+            f"replica; measured {meas['rps']:.1f} req/s{' on this shared machine' if basis == 'cpu' else ''})")
     cm["validation"] = val
     if args.repeat_point:
-        again = capacity(target, [(sides[0], sides[0], 1.0)], args, label=f"{sides[0]}x{sides[0]} again")
+        again, rel = measure([(sides[0], sides[0], 1.0)], f"{sides[0]}x{sides[0]} again")
+        first = points[0]["cost_s"]
         cm["repeat"] = {"side": sides[0], "first_rps": points[0]["rps"], "again_rps": again["rps"],
                         "rps_diff_pct": 100.0 * (again["rps"] - points[0]["rps"]) / points[0]["rps"],
-                        "first_cost_s": points[0]["cost_s"], "again_cost_s": cost(again),
-                        "cost_diff_pct": 100.0 * (cost(again) - points[0]["cost_s"]) / points[0]["cost_s"]}
+                        "first_cost_s": first, "again_cost_s": rel * unit_cost,
+                        "cost_diff_pct": 100.0 * (rel * unit_cost - first) / first}
         log(f"  repeat {sides[0]}x{sides[0]}: {points[0]['rps']:.1f} then {again['rps']:.1f} req/s "
             f"({cm['repeat']['rps_diff_pct']:+.1f}%); cost {cm['repeat']['cost_diff_pct']:+.1f}%")
     return cm

@@ -69,6 +69,7 @@ def parse_args(argv):
     ap.add_argument("--mix", default="1:0.4,2:0.3,3:0.2,1x3:0.1")
     ap.add_argument("--seconds", type=float, default=None, help="overload 60, soak 1200")
     ap.add_argument("--factor", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, help="overload: offer this many requests/s instead of factor x capacity")
     ap.add_argument("--deadline-ms", type=int, default=2000)
     ap.add_argument("--grace-ms", type=int, default=1000)
     ap.add_argument("--normal-factor", type=float, default=3.0)
@@ -188,7 +189,7 @@ def overload(args):
         idle_p99 = idle_latency(s)
         normal = args.normal_factor * idle_p99 + 20.0
         fig.update(capacity_rps=cap, idle_p99_ms=idle_p99, normal_bound_ms=normal)
-        rate = args.factor * cap
+        rate = args.rate or args.factor * cap
         log(f"overload: capacity {cap:.1f} req/s; offering {rate:.1f} req/s for {args.seconds:g} s "
             f"(timeout_ms {args.deadline_ms}); idle p99 {idle_p99:.1f} ms, normal <= {normal:.1f} ms")
         gen = openloop.CGenerator(s.daemon.url, s.target.requests(s.mix, timeout_ms=args.deadline_ms),
@@ -209,7 +210,9 @@ def overload(args):
         sent = [r for r in recs if r.sent is not None and r.done is not None]
         fig.update(offered_rps=rate, scheduled=len(recs), codes=st["codes"], ok_rps=st["throughput_rps"],
                    p50_ms=st["p50_ms"], p99_ms=st["p99_ms"], lag_p99_ms=st["lag_p99_ms"])
-        log(f"overload: {len(recs)} requests, codes {st['codes']}, {st['throughput_rps']:.1f} ok/s, "
+        fig["effective_factor"] = rate / st["throughput_rps"] if st["throughput_rps"] else None
+        log(f"overload: {len(recs)} requests, codes {st['codes']}, {st['throughput_rps']:.1f} ok/s "
+            f"(offered / answered: {fig['effective_factor'] or 0:.1f}x), "
             f"p50 {st['p50_ms']:.0f} p99 {st['p99_ms']:.0f} ms from schedule (200s), "
             f"generator lag p99 {st['lag_p99_ms']:.1f} ms")
         bad_codes = {k: v for k, v in st["codes"].items() if k not in ("200", "503", "504")}
