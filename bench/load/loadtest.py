@@ -102,6 +102,7 @@ def parse_args(argv):
     ap.add_argument("--rate", type=float, help="requests/s the mix must sustain")
     ap.add_argument("--images-per-request", type=int, default=1, help="--predict: images per request")
     ap.add_argument("--capacity-model", help="--predict: capacity_model.json of a --fit run")
+    ap.add_argument("--replot", metavar="REPORT_JSON", help="only redraw report.png next to REPORT_JSON")
     ap.add_argument("--out", default=os.path.join(kit.ROOT, "bench", "out", "load"))
     ap.add_argument("--title", default="")
     return ap.parse_args(argv)
@@ -444,6 +445,8 @@ def plot(path, report):
             ys = [b[q] if b[q] is not None else float("nan") for b in blk]
             ax1.plot(x, ys, style, color=col, lw=lw, marker="o" if q == "p99_ms" else None, ms=3,
                      label=f"{name} {q[:3]}")
+    lag = [s["lag_p99_ms"] if s.get("lag_p99_ms") else float("nan") for s in steps]
+    ax1.plot(x, lag, "--", color="grey", lw=1, label="generator lag p99")
     ax1.set_yscale("log")
     ax1.set_xlabel("offered requests/s (open loop)")
     ax1.set_ylabel("latency from scheduled send, ms (log)")
@@ -476,6 +479,13 @@ def plot(path, report):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            report = json.load(f)
+        out = os.path.join(os.path.dirname(args.replot), "report.png")
+        plot(out, report)
+        log(f"wrote {out}")
+        return 0
     if args.predict:
         if not (args.capacity_model and args.slo_p99 and args.rate):
             raise SystemExit("--predict needs --capacity-model, --slo-p99 and --rate")
