@@ -7,7 +7,7 @@
  *
  *   comrope-loadgen --host 127.0.0.1 --port 8080 --templates T --plan P \
  *       --out O --bodies B [--closed N --seconds S] [--max-conns N] [--timeout-s S]
- *       [--progress-s S]
+ *       [--progress-s S] [--idle-close-s S]
  *
  * T: requests, each a u32 length (little-endian) then the raw HTTP bytes.
  * P: entries of 20 bytes: f64 due time (s from the start), u32 template,
@@ -27,7 +27,9 @@
  *
  * Open loop: an entry whose time has come takes an idle kept-alive
  * connection, else opens one; at --max-conns it waits for a connection
- * (its latency, counted from the due time, shows the wait). One epoll loop,
+ * (its latency, counted from the due time, shows the wait). A pool
+ * connection idle for --idle-close-s (5) is closed, well before any
+ * server's idle timeout. One epoll loop,
  * one request per connection at a time, no pipelining. Progress: a line
  * every --progress-s seconds (default 1; 0: none) on stderr. */
 #include <arpa/inet.h>
@@ -75,6 +77,7 @@ typedef struct {
     long content_len;  /* -1: none given, read to the close */
     int status, close_after;
     int client;        /* closed loop: the client it serves, else -1 */
+    double idle_since; /* when it went back to the pool */
 } conn;
 
 typedef struct {
@@ -97,6 +100,7 @@ typedef struct {
     long *waiting;     /* plan entries waiting for a connection (FIFO) */
     long wait_head, wait_tail;
     double timeout_s;
+    double idle_close_s; /* pool connections idle this long are closed */
     struct timespec t0;
     long answered;
 } gen;
@@ -269,6 +273,7 @@ static void released(gen *g, conn *c) {
             start_on(g, c, g->waiting[g->wait_head++]);
             return;
         }
+        c->idle_since = now_s(g);
         g->idle[g->n_idle++] = c->fd;
         return;
     }
@@ -386,6 +391,10 @@ static void on_event(gen *g, conn *c, uint32_t events, long *next_closed, double
     released(g, c);
 }
 
+/* Requests past the client timeout fail; pool connections idle for
+ * idle_close_s are closed by us, before a server's idle timeout can close
+ * one just as a request is written on it (a POST lost to that race would
+ * count against the server). */
 static void check_timeouts(gen *g, double t) {
     for (int fd = 0; fd <= g->hi_fd; fd++) {
         conn *c = g->conns[fd];
@@ -395,18 +404,28 @@ static void check_timeouts(gen *g, double t) {
             released(g, NULL);
         }
     }
+    for (int i = 0; i < g->n_idle;) {
+        conn *c = g->conns[g->idle[i]];
+        if (t - c->idle_since > g->idle_close_s) {
+            g->idle[i] = g->idle[--g->n_idle];
+            close_conn(g, c);
+            released(g, NULL);
+        } else {
+            i++;
+        }
+    }
 }
 
 static int usage(void) {
     fprintf(stderr, "usage: comrope-loadgen --host H --port P --templates T --plan P --out O --bodies B "
-                    "[--closed N --seconds S] [--max-conns N] [--timeout-s S] [--progress-s S]\n");
+                    "[--closed N --seconds S] [--max-conns N] [--timeout-s S] [--progress-s S] [--idle-close-s S]\n");
     return 2;
 }
 
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *tpl_path = NULL, *plan_path = NULL, *out_path = NULL, *body_path = NULL;
     int port = 0, closed = 0, rc = 1;
-    double seconds = 0, timeout_s = 60, progress_s = 1;
+    double seconds = 0, timeout_s = 60, progress_s = 1, idle_close_s = 5;
     gen g = {0};
     g.max_conns = 384;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -422,6 +441,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--max-conns")) g.max_conns = atoi(v);
         else if (!strcmp(k, "--timeout-s")) timeout_s = atof(v);
         else if (!strcmp(k, "--progress-s")) progress_s = atof(v);
+        else if (!strcmp(k, "--idle-close-s")) idle_close_s = atof(v);
         else return usage();
     }
     if (argc % 2 == 0 || !tpl_path || !plan_path || !out_path || !body_path || port <= 0 || g.max_conns < 1 ||
@@ -429,6 +449,7 @@ int main(int argc, char **argv) {
         return usage();
     signal(SIGPIPE, SIG_IGN);
     g.timeout_s = timeout_s;
+    g.idle_close_s = idle_close_s;
     g.addr.sin_family = AF_INET;
     g.addr.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, host, &g.addr.sin_addr) != 1) {

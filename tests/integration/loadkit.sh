@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load kit end to end, short (about 30 s): bench/load/loadtest.py starts
+# The load kit end to end, short (about 40 s): bench/load/loadtest.py starts
 # the daemon on the bundled model, measures capacity at a resolution mix,
 # offers 50/100/150 % of it open loop, fits the capacity model on three
 # resolutions (each measurement paired with a reference) and checks it on a
@@ -21,7 +21,7 @@ MODEL=${2:-$ROOT/models/fashion-comrope-ld}
 OUT=$WORK/load
 
 "$PY" "$ROOT/bench/load/loadtest.py" --serve "$SERVE" --model "$MODEL" --out "$OUT" \
-  --mix 1:0.6,2:0.3,1x3:0.1 --capacity-seconds 1.5 --warmup-seconds 0.5 --steps 50,100,150 --step-seconds 3 \
+  --mix 1:0.6,2:0.3,1x3:0.1 --capacity-seconds 1 --warmup-seconds 0.3 --steps 50,100,150 --step-seconds 2 \
   --fit --fit-resolutions 1,2,3 --overhead-images 4 --validate '1.5:0.5,2.5:0.5' --engine c \
   >"$WORK/loadtest.out" 2>&1 ||
   { cat "$WORK/loadtest.out" >&2; fail "loadtest.py failed"; }
