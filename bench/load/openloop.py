@@ -174,6 +174,7 @@ class Generator:
         t_start = time.monotonic()
         t_meas, t_end = t_start + warmup, t_start + warmup + seconds
         self.answered_total = 0  # warm-up included: the daemon's CPU time covers it too
+        self.answered_by_res = {}
         recs = []
 
         async def client():
@@ -181,6 +182,7 @@ class Generator:
                 rec = Record(sampler.draw(), time.monotonic())
                 await self.one(rec)
                 self.answered_total += 1
+                self.answered_by_res[rec.res] = self.answered_by_res.get(rec.res, 0) + 1
                 if t_meas <= rec.done <= t_end:  # answers completed in the window
                     recs.append(rec)
                 if rec.status == CONN_ERROR:
@@ -375,7 +377,12 @@ class CGenerator:
             res = sampler.draw()
             entries.append((0.0, self.next_template(res), -1, POOL, res))
         recs = self.run_plan(entries, closed=conns, seconds=warmup + seconds)
+        self.last_all = recs
         self.answered_total = sum(1 for r in recs if r.status is not None and r.status > 0)
+        self.answered_by_res = {}
+        for r in recs:
+            if r.status is not None and r.status > 0:
+                self.answered_by_res[r.res] = self.answered_by_res.get(r.res, 0) + 1
         return [r for r in recs if r.done is not None and r.sent is not None and warmup <= r.done <= warmup + seconds], \
             seconds
 
@@ -403,7 +410,7 @@ class PyGenerator:
             g = Generator(*self.args)
             out = await g.saturate(conns, seconds, warmup, sampler)
             await g.close()
-            self.answered_total = g.answered_total
+            self.answered_total, self.answered_by_res = g.answered_total, g.answered_by_res
             return out
         return asyncio.run(go())
 

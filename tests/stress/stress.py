@@ -138,17 +138,18 @@ class Setup:
         log(f"mix {kit.mix_name(self.mix)}; sanitizer build: {self.sanitized}")
 
     def warm_up(self):
-        """Every mix entry 3 times, one after another; then 128 requests of the
-        most expensive one from 32 connections, so that full batches of it
+        """Every mix entry 3 times, one after another; then 32 requests of the
+        most expensive one from 16 connections, so that full batches of it
         have run (the largest workspace a batch of the mix needs) before any
-        RSS is compared."""
+        RSS is compared. No time limit short of 600 s: a sanitizer build
+        under a busy host takes minutes."""
         gen = openloop.CGenerator(self.daemon.url, self.target.requests(self.mix, per_res=3), self.target.labels)
         recs = gen.run_plan([(0.0, t, -1, openloop.POOL, i) for i, ids in enumerate(gen.by_res) for t in ids],
-                            closed=1, seconds=120)
+                            closed=1, seconds=600)
         patch = self.target.model["patch_size"]
         big = max(range(len(self.mix)), key=lambda i: kit.tokens(self.mix[i][0], self.mix[i][1], patch))
-        recs += gen.run_plan([(0.0, gen.by_res[big][k % 3], -1, openloop.POOL, big) for k in range(128)],
-                             closed=32, seconds=120)
+        recs += gen.run_plan([(0.0, gen.by_res[big][k % 3], -1, openloop.POOL, big) for k in range(32)],
+                             closed=16, seconds=600)
         bad = [(r.status, r.bad) for r in recs if r.status != 200 or r.bad]
         if bad:
             raise SystemExit(f"FAIL warm-up: {bad[:3]}")
