@@ -27,7 +27,7 @@ echo "ok yamllint: ${yaml[*]}"
 promtool check config deploy/prometheus.yml >/dev/null || fail "promtool check config deploy/prometheus.yml"
 echo "ok promtool check config deploy/prometheus.yml"
 
-mapfile -t scripts < <(ls scripts/*.sh tests/*.sh tests/integration/*.sh tests/console/*.sh .ci/run)
+mapfile -t scripts < <(ls scripts/*.sh tests/*.sh tests/integration/*.sh tests/console/*.sh tests/stress/*.sh .ci/run)
 shellcheck -x "${scripts[@]}" || fail "shellcheck"
 echo "ok shellcheck: ${#scripts[@]} scripts"
 
