@@ -1,6 +1,7 @@
 /* main.c: comrope-serve, batched image classification over HTTP.
  *
  *   comrope-serve [--model DIR] [--port 8080] [--key value]... [--print-config]
+ *   comrope-serve --health-probe [--key value]...   (probe.h; exit 0 if ready)
  *
  * Start-up order: config (refused with the key named), model (a bad model
  * exits 1 with the loader's message), thread counts, batcher, HTTP. Then
@@ -8,7 +9,12 @@
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> daemons stopped ->
- *   exit 0. */
+ *   exit 0. Under systemd (Type=notify) each step is a STATUS line, READY=1
+ * follows the listening socket and STOPPING=1 opens the drain (notify.h).
+ * Exit status: 0 stopped after a drain, 1 a bad model or start-up error,
+ * 2 a bad setting, 3 cannot listen (the port is taken, the address is not
+ * local): the only start-up failure that waiting may cure, so the systemd
+ * unit restarts on 3 and not on 1 or 2. */
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
@@ -22,6 +28,8 @@
 #include "http.h"
 #include "metrics.h"
 #include "model_path.h"
+#include "notify.h"
+#include "probe.h"
 #include "proto.h"
 #include "vit.h"
 
@@ -30,6 +38,9 @@
 #endif
 
 extern char **environ;
+
+/* http_start failed: the one start-up failure worth a retry (main's comment). */
+#define EXIT_CANNOT_LISTEN 3
 
 /* OpenBLAS's own control of its thread pool (not in cblas.h's standard part). */
 
@@ -89,6 +100,21 @@ int main(int argc, char **argv) {
     http_server *http = NULL;
     char **keys = NULL;
 
+    if (probe_take_flag(&argc, argv)) {
+        int pargc;
+        char **pargv = probe_args(argc, argv, &pargc);
+        if (!pargv) return 2;
+        int loaded = config_load(&cfg, pargc, pargv, environ, err, sizeof(err));
+        probe_free_args(pargv);
+        if (loaded < 0) {
+            fprintf(stderr, "comrope-serve --health-probe: %s\n", err);
+            return 2;
+        }
+        int status = health_probe(&cfg, 2000, err, sizeof(err));
+        fprintf(status ? stderr : stdout, "%s\n", err);
+        return status;
+    }
+
     int action = config_load(&cfg, argc, argv, environ, err, sizeof(err));
     if (action < 0) {
         fprintf(stderr, "comrope-serve: %s\n", err);
@@ -132,6 +158,7 @@ int main(int argc, char **argv) {
         }
         snprintf(cfg.model, sizeof(cfg.model), "%s", dir);
     }
+    notify_status("loading model %s", cfg.model);
     vit_options vopt = vit_default_options();
     vopt.precision = cfg.precision == 1 ? GEMM_BF16 : GEMM_FP32;
     if (vit_load(cfg.model, &vopt, &model, err, sizeof(err))) {
@@ -170,6 +197,8 @@ int main(int argc, char **argv) {
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         fprintf(stderr, "comrope-serve: %s\n", err);
+        notify_status("%s", err);
+        rc = EXIT_CANNOT_LISTEN;
         goto cleanup;
     }
     fprintf(stderr, "comrope-serve: model %s (%s, %s, %dx%d, %d classes) from %s\n", cfg.model_name,
@@ -181,11 +210,13 @@ int main(int argc, char **argv) {
     if (cfg.metrics_port)
         fprintf(stderr, "comrope-serve: metrics on %s:%d\n", cfg.host, http_metrics_port(http));
     fprintf(stderr, "comrope-serve: listening on %s:%d\n", cfg.host, http_port(http));
+    notify_ready("serving %s on %s:%d (%d workers)", cfg.model_name, cfg.host, http_port(http), cfg.workers);
 
     int sig = 0;
     while (sigwait(&signals, &sig) != 0) {}
     fprintf(stderr, "comrope-serve: %s: draining (up to %d s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             cfg.drain_timeout_s);
+    notify_stopping("%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
     http_begin_drain(http);
     int left = batcher_drain(b, cfg.drain_timeout_s);
     /* Answers what is left with 503, resuming their connections. The
@@ -193,6 +224,7 @@ int main(int argc, char **argv) {
      * still on a connection may call it (and is refused with 503). */
     batcher_stop(b);
     if (left) fprintf(stderr, "comrope-serve: %d queued requests answered 503\n", left);
+    notify_status("drained%s; flushing the last answers", left ? " (leftovers answered 503)" : "");
     http_wait_idle(http, 5000); /* let resumed connections write their answers */
     rc = 0;
 

@@ -72,6 +72,16 @@ else
   echo "skip runtime libraries: no $SERVE"
 fi
 
+# The unit's start-up contract with main.c: Type=notify (READY=1 after the
+# model), restarts on a failure except the bad model / config statuses 1
+# and 2 -- so a taken port (3) is retried.
+unit=deploy/systemd/comrope-serve.service
+grep -qx 'Type=notify' "$unit" || fail "systemd: not Type=notify"
+grep -qx 'Restart=on-failure' "$unit" || fail "systemd: not Restart=on-failure"
+prevent=$(value "$unit" '^RestartPreventExitStatus=\(.*\)$')
+[ "$prevent" = "1 2" ] || fail "systemd: RestartPreventExitStatus='$prevent', expected '1 2' (3, a taken port, restarts)"
+echo "ok systemd: Type=notify, Restart=on-failure, no restart on 1 2"
+
 if command -v systemd-analyze >/dev/null && [ -x "$SERVE" ]; then
   serve_abs=$(readlink -f "$SERVE")
   sed "s|^ExecStart=.*|ExecStart=$serve_abs|" deploy/systemd/comrope-serve.service >"$WORK/comrope-serve.service"
