@@ -9,14 +9,14 @@ scripts/install-deps.sh build test
 jobs=$(nproc)
 
 echo "== build (RelWithDebInfo) and ctest"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMROPE_BUILD_TESTS=ON >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
 if [ "${COMROPE_QUICK:-0}" = 1 ]; then exit 0; fi
 
 echo "== ASan + UBSan build and ctest"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMROPE_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMROPE_SANITIZE=ON -DCOMROPE_BUILD_TESTS=ON >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j "$jobs"
