@@ -17,6 +17,7 @@
 set -euo pipefail
 IMAGE=docker.io/library/debian:12-slim
 MIRROR=${COMROPE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SECURITY=${COMROPE_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 if [ "$(id -u)" -eq 0 ]; then default_cache=/var/cache/comrope; else default_cache=$HOME/.cache/comrope; fi
 CACHE=${COMROPE_CACHE_DIR:-$default_cache}
 MAX_AGE=${COMROPE_BASE_MAX_AGE_DAYS:-30}
@@ -42,8 +43,15 @@ recipe=(
   --aptopt='DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb || true"; }'
   --aptopt='APT::Install-Recommends "false"'
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/apt/* "$1"/var/log/dpkg.log'
-  bookworm - "$MIRROR" "$MIRROR-security bookworm-security main"
+  # the sources of Docker's image: the release, its updates, security
+  bookworm - "deb $MIRROR bookworm main" "deb $MIRROR bookworm-updates main"
+  "deb $SECURITY bookworm-security main"
 )
+mkdir -p "$CACHE"
+# one bootstrap / import at a time (tests may start together)
+exec 9>"$CACHE/container-base.lock"
+flock 9
+
 key=$( (printf '%s\n' "${recipe[@]}"; mmdebstrap --version) | sha256sum | cut -c1-16)
 tar=$CACHE/debian-12-slim-$key.tar
 
@@ -51,7 +59,6 @@ if [ -f "$tar" ] && [ -z "$(find "$tar" -mtime +"$MAX_AGE")" ]; then
   echo "container-base: cached $tar"
 else
   echo "container-base: bootstrapping Debian 12 minbase from $MIRROR (a few minutes) -> $tar"
-  mkdir -p "$CACHE"
   rm -f "$CACHE"/debian-12-slim-*.tar
   if ! mmdebstrap -q "${recipe[@]}" >"$tar.part" 2>"$CACHE/mmdebstrap.log"; then
     tail -40 "$CACHE/mmdebstrap.log" >&2
@@ -59,8 +66,6 @@ else
     exit 1
   fi
   mv "$tar.part" "$tar"
-  # a new tarball: whatever image was imported from an older one is stale
-  podman image rm -f "$IMAGE" >/dev/null 2>&1 || true
 fi
 
 have=$(podman image inspect --format '{{ index .Config.Labels "org.comrope.base-key" }}' "$IMAGE" 2>/dev/null || true)
@@ -68,6 +73,8 @@ if [ "$have" = "$key" ]; then
   echo "container-base: $IMAGE is up to date (key $key)"
 else
   echo "container-base: importing $tar as $IMAGE"
+  # (the image it replaces keeps serving the containers made from it; it
+  # is only untagged)
   podman import -q --change "LABEL org.comrope.base-key=$key" --change 'CMD ["bash"]' \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' "$tar" "$IMAGE" >/dev/null
 fi

@@ -39,8 +39,13 @@ fresh() { # NAME [podman run options...] -- COMMAND
     "$BASE" bash -c "$prelude
 $*" >/dev/null
 }
-# progress: the container's log as it grows, prefixed
-follow() { podman logs -f "$1" 2>&1 | sed -u "s/^/  [$1] /" & OTHER_PIDS+=("$!"); }
+# progress: the container's log as it grows, prefixed, less dpkg's lines
+# per package
+follow() {
+  podman logs -f "$1" 2>&1 | grep --line-buffered -Ev '^(Selecting|Preparing|Unpacking|Setting up|\(Reading|Processing triggers)' |
+    sed -u "s/^/  [$1] /" &
+  OTHER_PIDS+=("$!")
+}
 
 for step in "${steps[@]}"; do
   case $step in
@@ -64,7 +69,7 @@ for step in "${steps[@]}"; do
     [ "$local_cmd" != "$cmd" ] || fail "the printed command does not name localhost:8080: $cmd"
     out=$(cd "$ROOT" && bash -c "$local_cmd -w '\n%{http_code}'")
     code=$(tail -1 <<<"$out")
-    label=$(head -n -1 <<<"$out" | jq -r '.top[0].label')
+    label=$(head -n -1 <<<"$out" | jq -r '.predictions[0].top[0].label')
     { [ "$code" = 200 ] && [ "$label" = "Ankle boot" ]; } || fail "the printed curl answered $code, label '$label': $out"
     echo "ok README command 1 on a fresh Debian 12: 200, $label ($((SECONDS - start)) s)"
     podman rm -f -t 0 comrope-fresh-run >/dev/null

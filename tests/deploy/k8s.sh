@@ -71,7 +71,7 @@ poll 60 healthy || fail "the pod's container is not healthy: $(podman logs "$CTR
 podman logs "$CTR" 2>&1 | grep -q 'batch 8 images' || fail "COMROPE_MAX_BATCH_SIZE=8 from the ConfigMap not applied"
 IMG=$ROOT/models/samples/ankle-boot.png
 classify() {
-  curl -sf --max-time 10 -H 'Content-Type: image/png' --data-binary @"$IMG" "$1/v1/classify?top_k=1" | jq -r '.top[0].label'
+  curl -sf --max-time 10 -H 'Content-Type: image/png' --data-binary @"$IMG" "$1/v1/classify?top_k=1" | jq -r '.predictions[0].top[0].label'
 }
 label=$(classify "http://127.0.0.1:$NODE_PORT") || fail "nothing through the Service's port $NODE_PORT"
 [ "$label" = "Ankle boot" ] || fail "through the Service: '$label'"

@@ -35,6 +35,9 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# A command that fails outside a check of its own (set -e) says where.
+set -E
+trap 'echo "FAIL: $(basename "$0") line $LINENO: $BASH_COMMAND" >&2' ERR
 
 fail() {
   echo "FAIL: $*" >&2
@@ -84,7 +87,7 @@ CONF
       echo "podman: runtime $rt, ulimits nofile=$nofile nproc=$nproc ($conf)"
       return 0
     fi
-    echo "podman: runtime $rt cannot start a container: $out" >&2
+    echo "podman: runtime $rt does not work here, trying the next: $out" >&2
   done
   rm -f "$conf.try"
   return 1
