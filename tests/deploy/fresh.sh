@@ -5,10 +5,11 @@
 #     needs, build and start the daemon; the curl command it prints, run
 #     as printed (from the checkout, against the published port), answers
 #     200 with the sample's label, Ankle boot.
-#  2. COMROPE_QUICK=1 scripts/test.sh, in a second fresh container: exit 0.
+#  2. COMROPE_QUICK=1 scripts/test.sh, in a second fresh container (started
+#     at the same time): exit 0.
 # The checkout copied in is this one's tracked and untracked files, minus
 # what git ignores (what a clone plus your edits holds). Downloaded .debs
-# are kept between runs in $CACHE/debs (apt's archive directory is pointed
+# are kept between runs in $CACHE/debs/<container> (apt's archive directory is pointed
 # there): the install still runs from apt-get update on, only the
 # download is saved.
 #
@@ -20,7 +21,6 @@ steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(run test)
 podman_ready
 
-mkdir -p "$CACHE/debs/partial"
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | tar --null -T - -cf "$WORK/checkout.tar")
 echo "fresh: checkout of $(tar -tf "$WORK/checkout.tar" | wc -l) files"
 # What every fresh container does first: unpack the checkout, keep .debs.
@@ -31,11 +31,13 @@ fresh() { # NAME [podman run options...] -- COMMAND
   local name=$1
   shift
   local opts=()
+  # a cache per container: apt locks its archive directory
+  mkdir -p "$CACHE/debs/$name/partial"
   while [ "$1" != -- ]; do opts+=("$1"); shift; done
   shift
   track_container "$name"
   podman run -d --name "$name" "${opts[@]}" \
-    -v "$WORK/checkout.tar:/checkout.tar:ro" -v "$CACHE/debs:/var/cache/comrope-debs" \
+    -v "$WORK/checkout.tar:/checkout.tar:ro" -v "$CACHE/debs/$name:/var/cache/comrope-debs" \
     "$BASE" bash -c "$prelude
 $*" >/dev/null
 }
@@ -47,14 +49,22 @@ follow() {
   OTHER_PIDS+=("$!")
 }
 
+# Both containers start at once: one's downloads and installs overlap the
+# other's compiling; the run container is removed as soon as it answered.
+start=$SECONDS
+for step in "${steps[@]}"; do
+  case $step in
+  run) fresh comrope-fresh-run -p 127.0.0.1::8080 -- scripts/run.sh ;;
+  test) fresh comrope-fresh-test -- COMROPE_QUICK=1 scripts/test.sh ;;
+  *) fail "unknown step '$step' (run or test)" ;;
+  esac
+  follow "comrope-fresh-$step"
+done
 for step in "${steps[@]}"; do
   case $step in
   run)
-    start=$SECONDS
-    fresh comrope-fresh-run -p 127.0.0.1::8080 -- scripts/run.sh
-    follow comrope-fresh-run
-    printed() { podman logs comrope-fresh-run 2>&1 | grep -q "^   curl .*/v1/classify"; }
-    listening() { podman logs comrope-fresh-run 2>&1 | grep -q 'comrope-serve: listening on'; }
+    printed() { podman logs comrope-fresh-run 2>&1 | grep -c "^   curl .*/v1/classify" >/dev/null; }
+    listening() { podman logs comrope-fresh-run 2>&1 | grep -c 'comrope-serve: listening on' >/dev/null; }
     running() { [ "$(podman inspect --format '{{.State.Running}}' comrope-fresh-run)" = true ]; }
     until printed && listening; do
       running || fail "scripts/run.sh exited $(podman inspect --format '{{.State.ExitCode}}' comrope-fresh-run) before serving"
@@ -75,15 +85,11 @@ for step in "${steps[@]}"; do
     podman rm -f -t 0 comrope-fresh-run >/dev/null
     ;;
   test)
-    start=$SECONDS
-    fresh comrope-fresh-test -- COMROPE_QUICK=1 scripts/test.sh
-    follow comrope-fresh-test
     code=$(podman wait comrope-fresh-test)
     [ "$code" = 0 ] || fail "COMROPE_QUICK=1 scripts/test.sh exited $code on a fresh Debian 12"
     echo "ok README command 2 (COMROPE_QUICK=1) on a fresh Debian 12 in $((SECONDS - start)) s"
     podman rm -f -t 0 comrope-fresh-test >/dev/null
     ;;
-  *) fail "unknown step '$step' (run or test)" ;;
   esac
 done
-echo "fresh: all passed"
+echo "fresh: all passed in $((SECONDS - start)) s"

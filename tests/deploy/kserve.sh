@@ -78,7 +78,8 @@ check_infer "http://127.0.0.1:$PORT" "comrope-serve ${local_args[*]}"
 podman_ready
 build_image
 podman run -d --name comrope-kserve-test --read-only -p 127.0.0.1::8080 \
-  -v "$ROOT/models/fashion-comrope-ld:/mnt/models:ro" "$IMAGE" "${ARGS[@]}" >/dev/null
+  -v "$ROOT/models/fashion-comrope-ld:/mnt/models:ro" "$IMAGE" "${ARGS[@]}" >/dev/null 2>"$WORK/run.err" ||
+  fail "podman run: $(cat "$WORK/run.err")"
 track_container comrope-kserve-test
 cport=$(podman port comrope-kserve-test 8080/tcp | sed 's/.*://')
 cready() { [ "$(http_code "http://127.0.0.1:$cport/v2/health/ready")" = 200 ]; }
