@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command runs it: installs
 # what the build and the tests need, builds in build/, runs ctest; then the
-# same suite again under ASan+UBSan (build-asan/) and under valgrind.
-# Skip the slow passes with COMROPE_QUICK=1 (not what CI does).
+# same suite again under ASan+UBSan (build-asan/) and under valgrind; then
+# the deployment tests in containers (tests/deploy/run.sh: the image,
+# compose + Prometheus, replicas behind HAProxy, kube play, KServe, and the
+# README's two commands on a fresh Debian 12; skipped, loudly, where podman
+# cannot run). Skip the slow passes with COMROPE_QUICK=1 (not what CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh build test
@@ -28,4 +31,6 @@ for t in build/tests/test_*; do
   CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
     --suppressions=tests/valgrind.supp "$t" >/dev/null
 done
+echo "== deployment tests in containers (tests/deploy/run.sh)"
+tests/deploy/run.sh build/comrope-serve
 echo "== all tests passed"
