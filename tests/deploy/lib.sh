@@ -96,7 +96,8 @@ CONF
 podman_ready() {
   command -v podman >/dev/null || skip "podman is not installed (scripts/packages.txt, group test)"
   [ "$(id -u)" -eq 0 ] || skip "the container tests run podman as root (rootful networking and ports); uid $(id -u)"
-  podman info >/dev/null 2>&1 || skip "podman info fails: $(podman info 2>&1 | tail -3)"
+  local out
+  out=$(podman info 2>&1) || skip "podman info fails: $(tail -3 <<<"$out")"
   "$ROOT/scripts/container-base.sh" >"$WORK/base.log" 2>&1 || {
     cat "$WORK/base.log" >&2
     skip "no Debian base image (scripts/container-base.sh failed: is deb.debian.org reachable?)"
