@@ -27,7 +27,12 @@ PROMETHEUS_HOST_PORT=$(free_port)
 export COMROPE_HOST_PORT PROMETHEUS_HOST_PORT
 PROJECT=comrope-test-$$
 compose() { (cd "$ROOT/deploy" && podman-compose -p "$PROJECT" -f compose.yaml "$@"); }
-down() { compose down -t 45 >/dev/null 2>&1 || true; }
+# podman-compose 1.0.3's down leaves the network and the volume behind
+down() {
+  compose down -t 45 >/dev/null 2>&1 || true
+  podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
+  podman volume rm -f "${PROJECT}_prometheus-data" >/dev/null 2>&1 || true
+}
 trap 'down; cleanup' EXIT
 compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "podman-compose up"; }
 SERVE_CTR=${PROJECT}_comrope-serve_1

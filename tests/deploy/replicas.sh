@@ -28,7 +28,8 @@ HAPROXY_STATS_HOST_PORT=$(free_port)
 export COMROPE_HOST_PORT HAPROXY_STATS_HOST_PORT
 PROJECT=comrope-replicas-$$
 compose() { (cd "$ROOT/deploy" && podman-compose -p "$PROJECT" -f compose.replicas.yaml "$@"); }
-trap 'compose down -t 45 >/dev/null 2>&1 || true; cleanup' EXIT
+# podman-compose 1.0.3's down leaves the network behind
+trap 'compose down -t 45 >/dev/null 2>&1 || true; podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true; cleanup' EXIT
 compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "podman-compose up"; }
 URL=http://127.0.0.1:$COMROPE_HOST_PORT
 STATS="http://127.0.0.1:$HAPROXY_STATS_HOST_PORT/stats;csv"

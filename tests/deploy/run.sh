@@ -26,6 +26,12 @@ for t in "${tests[@]}"; do
   esac
 done
 echo "-- deployment tests: $((SECONDS - total)) s"
+# Every source change leaves the previous build's images untagged: those a
+# day old go (the layer cache of the last day stays).
+if command -v podman >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  CONTAINERS_CONF=${COMROPE_CACHE_DIR:-/var/cache/comrope}/containers.conf \
+    podman image prune -f --filter until=24h >/dev/null 2>&1 || true
+fi
 if [ "${#skipped[@]}" -gt 0 ]; then
   echo "##################################################################"
   echo "SKIPPED container tests: ${skipped[*]} (podman cannot run here; see the SKIP lines above)"
