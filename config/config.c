@@ -512,7 +512,7 @@ void config_print(const server_config *cfg, FILE *out) {
 
 void config_usage(FILE *out) {
     char env[128];
-    fprintf(out, "usage: comrope-serve [--key value | --key=value]... [--print-config] [--help]\n"
+    fprintf(out, "usage: comrope-serve [--key value | --key=value]... [--print-config] [--health-probe] [--help]\n"
                  "Each key is also a config-file line `key value` and an environment\n"
                  "variable COMROPE_<KEY>; precedence: defaults < file < environment < flags.\n\n");
     for (int i = 0; i < config_num_options; i++) {

@@ -2,8 +2,11 @@
 # The whole test suite, as the README's second command runs it: installs
 # what the build and the tests need, builds in build/, runs ctest; then the
 # same suite again under ASan+UBSan (build-asan/) and under valgrind, then
-# every libFuzzer harness briefly (scripts/fuzz.sh, build-fuzz/).
-# Skip the slow passes with COMROPE_QUICK=1 (not what CI does).
+# every libFuzzer harness briefly (scripts/fuzz.sh, build-fuzz/), then the
+# deployment tests in containers (tests/deploy/run.sh: the image, compose +
+# Prometheus, replicas behind HAProxy, kube play, KServe, and the README's
+# two commands on a fresh Debian 12; skipped, loudly, where podman cannot
+# run). Skip the slow passes with COMROPE_QUICK=1 (not what CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh build test
@@ -11,7 +14,7 @@ tests/console/install.sh # npm packages of the console's browser test
 jobs=$(nproc)
 
 echo "== build (RelWithDebInfo) and ctest"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMROPE_BUILD_TESTS=ON >/dev/null
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 # ctest counts a skipped test as passed: say it out loud
@@ -22,7 +25,7 @@ fi
 if [ "${COMROPE_QUICK:-0}" = 1 ]; then exit 0; fi
 
 echo "== ASan + UBSan build and ctest"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMROPE_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCOMROPE_SANITIZE=ON -DCOMROPE_BUILD_TESTS=ON >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j "$jobs"
@@ -44,4 +47,7 @@ if scripts/fuzz.sh --check; then
 else
   echo "== fuzz: SKIPPED: clang's libFuzzer runtime is missing (apt-get install clang libclang-rt-14-dev)"
 fi
+
+echo "== deployment tests in containers (tests/deploy/run.sh)"
+tests/deploy/run.sh build/comrope-serve
 echo "== all tests passed"

@@ -1,6 +1,7 @@
 /* main.c: comrope-serve, batched image classification over HTTP.
  *
  *   comrope-serve [--model DIR] [--port 8080] [--key value]... [--print-config]
+ *   comrope-serve --health-probe [--key value]...   (probe.h; exit 0 if ready)
  *
  * Start-up order: config (refused with the key named), the log's format,
  * the api-key file (unreadable or empty: exit 1, never "no auth"), model
@@ -10,7 +11,13 @@
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> daemons stopped ->
- *   exit 0. A second signal during the drain exits 1 at once. */
+ *   exit 0; a second signal during the drain exits 1 at once. Under
+ * systemd (Type=notify) each step is a STATUS line, READY=1 follows the
+ * listening socket and STOPPING=1 opens the drain (notify.h).
+ * Exit status: 0 stopped after a drain, 1 a bad model or start-up error
+ * (or a second signal), 2 a bad setting, 3 cannot listen (the port is
+ * taken, the address is not local): the only start-up failure that waiting
+ * may cure, so the systemd unit restarts on 3 and not on 1 or 2. */
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -30,6 +37,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "model_path.h"
+#include "notify.h"
+#include "probe.h"
 #include "proto.h"
 #include "vit.h"
 
@@ -38,6 +47,9 @@
 #endif
 
 extern char **environ;
+
+/* http_start failed: the one start-up failure worth a retry (main's comment). */
+#define EXIT_CANNOT_LISTEN 3
 
 /* The drain runs on its own thread so that the main thread keeps waiting
  * for signals: a second SIGTERM/SIGINT means "now" (an operator's second
@@ -63,6 +75,7 @@ static void *drain_main(void *arg) {
      * still on a connection may call it (and is refused with 503). */
     batcher_stop(d->b);
     if (left) log_event("info", "%d queued requests answered 503", left);
+    notify_status("drained%s; flushing the last answers", left ? " (leftovers answered 503)" : "");
     http_wait_idle(d->http, 5000); /* let resumed connections write their answers */
     atomic_store(&d->done, 1);
     pthread_kill(d->main_thread, SIGUSR1);
@@ -87,6 +100,21 @@ int main(int argc, char **argv) {
     batcher *b = NULL;
     http_server *http = NULL;
     char **keys = NULL;
+
+    if (probe_take_flag(&argc, argv)) {
+        int pargc;
+        char **pargv = probe_args(argc, argv, &pargc);
+        if (!pargv) return 2;
+        int loaded = config_load(&cfg, pargc, pargv, environ, err, sizeof(err));
+        probe_free_args(pargv);
+        if (loaded < 0) {
+            fprintf(stderr, "comrope-serve --health-probe: %s\n", err);
+            return 2;
+        }
+        int status = health_probe(&cfg, 2000, err, sizeof(err));
+        fprintf(status ? stderr : stdout, "%s\n", err);
+        return status;
+    }
 
     int action = config_load(&cfg, argc, argv, environ, err, sizeof(err));
     if (action < 0) {
@@ -144,6 +172,7 @@ int main(int argc, char **argv) {
         }
         snprintf(cfg.model, sizeof(cfg.model), "%s", dir);
     }
+    notify_status("loading model %s", cfg.model);
     vit_options vopt = vit_default_options();
     vopt.precision = cfg.precision == 1 ? GEMM_BF16 : GEMM_FP32;
     if (vit_load(cfg.model, &vopt, &model, err, sizeof(err))) {
@@ -193,6 +222,8 @@ int main(int argc, char **argv) {
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         log_event("error", "%s", err);
+        notify_status("%s", err);
+        rc = EXIT_CANNOT_LISTEN;
         goto cleanup;
     }
     log_event("info", "model %s (%s, isa %s, %dx%d, %d classes) from %s", cfg.model_name,
@@ -204,11 +235,13 @@ int main(int argc, char **argv) {
     if (cfg.metrics_port)
         log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
     log_event("info", "listening on %s:%d", cfg.host, http_port(http));
+    notify_ready("serving %s on %s:%d (%d workers)", cfg.model_name, cfg.host, http_port(http), cfg.workers);
 
     int sig = 0;
     while (sigwait(&signals, &sig) != 0 || sig == SIGUSR1) {}
     log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
               cfg.drain_timeout_s);
+    notify_stopping("%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
     drain_job d = {http, b, cfg.drain_timeout_s, pthread_self(), 0};
     pthread_t drainer;
     int threaded = pthread_create(&drainer, NULL, drain_main, &d) == 0;

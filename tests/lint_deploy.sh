@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Lints what deploys and tests comrope-serve, since no container engine or
-# cluster runs in CI:
-#  - deploy/**/*.yml, *.yaml (compose, Prometheus, k8s): yamllint --strict
-#  - deploy/prometheus.yml: promtool check config
-#  - scripts/*.sh, tests/*.sh, tests/integration/*.sh, .ci/run: ShellCheck
+# Lints what deploys and tests comrope-serve (the container tests in
+# tests/deploy/ run it; these checks need no container engine):
+#  - deploy/**/*.yml, *.yaml (compose, Prometheus, k8s, KServe): yamllint --strict
+#  - deploy/prometheus/prometheus.yml: promtool check config
+#  - deploy/haproxy/haproxy.cfg: haproxy -c (names resolved at run time)
+#  - deploy/grafana/dashboards/*.json: valid JSON, every query on the
+#    provisioned datasource (tests/deploy/compose.sh runs the queries)
+#  - scripts/*.sh, tests/*.sh, tests/integration/*.sh, tests/deploy/*.sh,
+#    .ci/run: ShellCheck
 #  - the drain bound is shorter than every stop timeout (k8s grace period,
 #    systemd TimeoutStopSec, compose stop_grace_period)
+#  - the k8s Deployment is Guaranteed QoS (requests == limits), as its
+#    comment says, and only the pod template carries scrape annotations
 #  - every library comrope-serve links is in the `runtime` group of
 #    scripts/packages.txt (the Dockerfile's last stage installs only those)
 #  - deploy/systemd/comrope-serve.service: systemd-analyze verify, when
@@ -18,16 +24,35 @@ SERVE=${1:-build/comrope-serve}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+PY=/usr/bin/python3
 
 mapfile -t yaml < <(find deploy -name '*.yml' -o -name '*.yaml' | sort)
-[ "${#yaml[@]}" -ge 4 ] || fail "expected the compose, Prometheus and k8s files, found ${yaml[*]}"
+[ "${#yaml[@]}" -ge 10 ] || fail "expected the compose, Prometheus, Grafana, k8s and KServe files, found ${yaml[*]}"
 yamllint --strict "${yaml[@]}" || fail "yamllint"
 echo "ok yamllint: ${yaml[*]}"
 
-promtool check config deploy/prometheus.yml >/dev/null || fail "promtool check config deploy/prometheus.yml"
-echo "ok promtool check config deploy/prometheus.yml"
+promtool check config deploy/prometheus/prometheus.yml >/dev/null || fail "promtool check config deploy/prometheus/prometheus.yml"
+echo "ok promtool check config deploy/prometheus/prometheus.yml"
 
-mapfile -t scripts < <(ls scripts/*.sh tests/*.sh tests/integration/*.sh tests/console/*.sh tests/stress/*.sh .ci/run)
+if command -v haproxy >/dev/null; then
+  # the replicas' names resolve only on the compose network: checked with
+  # those addresses replaced
+  sed -e 's/comrope-serve-[0-9]:8080/127.0.0.1:8080/' -e '/resolvers compose$/d' -e 's/ resolvers compose//' \
+    -e '/parse-resolv-conf/d' -e '/hold valid/d' -e '/hold obsolete/d' deploy/haproxy/haproxy.cfg >"$WORK/haproxy.cfg"
+  haproxy -c -q -f "$WORK/haproxy.cfg" || fail "haproxy -c deploy/haproxy/haproxy.cfg"
+  echo "ok haproxy -c deploy/haproxy/haproxy.cfg"
+else
+  echo "skip haproxy -c (no haproxy)"
+fi
+
+for d in deploy/grafana/dashboards/*.json; do
+  jq -e '[.panels[].targets[] | select(.datasource.uid != "prometheus" or (.expr | length) == 0)] | length == 0' "$d" >/dev/null ||
+    fail "$d: a query without an expression or on another datasource than uid prometheus"
+done
+echo "ok Grafana dashboards: every query has an expression on the provisioned datasource"
+
+mapfile -t scripts < <(ls scripts/*.sh tests/*.sh tests/integration/*.sh tests/console/*.sh tests/stress/*.sh \
+  tests/deploy/*.sh .ci/run)
 shellcheck -x "${scripts[@]}" || fail "shellcheck"
 echo "ok shellcheck: ${#scripts[@]} scripts"
 
@@ -38,15 +63,33 @@ stop_sec=$(value deploy/systemd/comrope-serve.service '^TimeoutStopSec=\([0-9]*\
 [ -n "$drain_env" ] || fail "systemd: no COMROPE_DRAIN_TIMEOUT_S in comrope-serve.env"
 [ -n "$stop_sec" ] || fail "systemd: no TimeoutStopSec"
 [ "$stop_sec" -gt "$drain_env" ] || fail "systemd: TimeoutStopSec $stop_sec <= drain $drain_env"
-drain_k8s=$(grep -A1 'name: COMROPE_DRAIN_TIMEOUT_S' deploy/k8s/deployment.yaml | value /dev/stdin '.*value: "\([0-9]*\)"')
+drain_k8s=$(value deploy/k8s/configmap.yaml '.*COMROPE_DRAIN_TIMEOUT_S: "\([0-9]*\)"')
 grace=$(value deploy/k8s/deployment.yaml '.*terminationGracePeriodSeconds: \([0-9]*\)$')
 prestop=$(grep -A3 'preStop:' deploy/k8s/deployment.yaml | value /dev/stdin '.*"sleep", "\([0-9]*\)".*')
 for v in drain_k8s grace prestop; do [ -n "${!v}" ] || fail "k8s: no $v in deployment.yaml"; done
 [ "$grace" -gt $((drain_k8s + prestop)) ] || fail "k8s: grace $grace <= preStop $prestop + drain $drain_k8s"
-drain_compose=$(value deploy/docker-compose.yml '.*COMROPE_DRAIN_TIMEOUT_S: "\([0-9]*\)"')
-grace_compose=$(value deploy/docker-compose.yml '.*stop_grace_period: \([0-9]*\)s$')
-for v in drain_compose grace_compose; do [ -n "${!v}" ] || fail "compose: no $v in docker-compose.yml"; done
-[ "$grace_compose" -gt "$drain_compose" ] || fail "compose: stop_grace_period $grace_compose <= drain $drain_compose"
+for f in deploy/compose.yaml deploy/compose.replicas.yaml; do
+  drain_compose=$(value "$f" '.*COMROPE_DRAIN_TIMEOUT_S: "\([0-9]*\)"')
+  grace_compose=$(value "$f" '.*stop_grace_period: \([0-9]*\)s$')
+  for v in drain_compose grace_compose; do [ -n "${!v}" ] || fail "compose: no $v in $f"; done
+  [ "$grace_compose" -gt "$drain_compose" ] || fail "$f: stop_grace_period $grace_compose <= drain $drain_compose"
+done
+# Guaranteed QoS: every resource requested as much as its limit.
+"$PY" - deploy/k8s/deployment.yaml deploy/k8s/service.yaml <<'PYEOF' || fail "k8s: see above"
+import sys, yaml
+dep = yaml.safe_load(open(sys.argv[1]))
+pod = dep["spec"]["template"]
+for c in pod["spec"]["containers"]:
+    r = c["resources"]
+    assert r["requests"] == r["limits"], "%s: requests %s != limits %s: not Guaranteed QoS" % (c["name"], r["requests"], r["limits"])
+    for p in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert p in c, "%s: no %s" % (c["name"], p)
+assert "prometheus.io/scrape" in pod["metadata"].get("annotations", {}), "pod template not annotated for scraping"
+assert "prometheus.io/scrape" not in dep["metadata"].get("annotations", {}), "Deployment annotated too"
+for d in yaml.safe_load_all(open(sys.argv[2])):
+    assert "prometheus.io/scrape" not in (d["metadata"].get("annotations") or {}), "%s annotated too: scraped twice" % d["kind"]
+PYEOF
+echo "ok k8s: Guaranteed QoS, three probes, scrape annotations on the pod template only"
 echo "ok stop timeouts exceed the drain: systemd $stop_sec > $drain_env, k8s $grace > $prestop + $drain_k8s, compose $grace_compose > $drain_compose"
 
 if [ -x "$SERVE" ]; then
@@ -71,6 +114,16 @@ if [ -x "$SERVE" ]; then
 else
   echo "skip runtime libraries: no $SERVE"
 fi
+
+# The unit's start-up contract with main.c: Type=notify (READY=1 after the
+# model), restarts on a failure except the bad model / config statuses 1
+# and 2 -- so a taken port (3) is retried.
+unit=deploy/systemd/comrope-serve.service
+grep -qx 'Type=notify' "$unit" || fail "systemd: not Type=notify"
+grep -qx 'Restart=on-failure' "$unit" || fail "systemd: not Restart=on-failure"
+prevent=$(value "$unit" '^RestartPreventExitStatus=\(.*\)$')
+[ "$prevent" = "1 2" ] || fail "systemd: RestartPreventExitStatus='$prevent', expected '1 2' (3, a taken port, restarts)"
+echo "ok systemd: Type=notify, Restart=on-failure, no restart on 1 2"
 
 if command -v systemd-analyze >/dev/null && [ -x "$SERVE" ]; then
   serve_abs=$(readlink -f "$SERVE")
