@@ -783,6 +783,19 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     log_event("warning", "libmicrohttpd: %s", msg);
 }
 
+/* The status counted for a request that ended before it had an answer,
+ * from why it ended: a client that left or went quiet is not a server
+ * error (any client could otherwise raise the 5xx rate at will). */
+static int unanswered_status(enum MHD_RequestTerminationCode toe) {
+    switch (toe) {
+    case MHD_REQUEST_TERMINATED_CLIENT_ABORT:
+    case MHD_REQUEST_TERMINATED_READ_ERROR: return 499;
+    case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED: return 408; /* connection-timeout-s */
+    case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN: return 503;
+    default: return 500;
+    }
+}
+
 /* MHD is done with the request (sent, or the client went away): the only
  * place per-request state is freed. */
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -795,7 +808,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     *con_cls = NULL;
     if (r->arriving) batcher_arrival_end(s->p.batcher);
     if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
-    if (!r->status) r->status = 500; /* closed before an answer */
+    if (!r->status) r->status = unanswered_status(toe);
     metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);

@@ -10,6 +10,10 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       A raw PNG request with ?timeout_ms=1 whose body arrives after its
       deadline has passed (the daemon is seen receiving it in /metrics,
       then at least 50 ms go by): 504, and no batch was computed for it.
+  abort PORT
+      A client that closes its connection in the middle of its body (the
+      daemon is seen receiving it in /metrics): counted once as 499 in
+      comrope_requests_total, never as 500.
   drain PORT PID BODY_FILE
       Graceful shutdown seen from clients. Before SIGTERM: a kept-alive
       connection A (one answered request), and a request U whose headers and
@@ -144,6 +148,40 @@ def deadline(port):
           % json.loads(body)["error"])
 
 
+def metric_or_zero(port, name):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == name:
+            return float(parts[1])
+    return 0.0
+
+
+def abort(port):
+    """A client that leaves in the middle of its body is counted as a
+    client's doing (499), not as a server error: 5xx alerts must not be
+    something any client can raise."""
+    code = 'comrope_requests_total{endpoint="v1_classify",code="%d"}'
+    before = {c: metric_or_zero(port, code % c) for c in (499, 500)}
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(post_headers("/v1/classify", "image/png", 1000) + b"\x89PNG")
+    poll("the daemon to receive the request",
+         lambda: metric(port, "comrope_receiving_requests") >= 1)
+    s.close()
+    counted = {}
+
+    def recorded():
+        counted.update({c: metric_or_zero(port, code % c) - before[c] for c in (499, 500)})
+        return sum(counted.values()) >= 1
+    poll("the aborted request to be counted", recorded)
+    if counted[499] != 1 or counted[500] != 0:
+        fail("a client gone in the middle of its body was counted as %r, not once as 499" % counted)
+    print("ok a client gone in the middle of its body: counted as 499, not as a server error")
+
+
 def drain(port, pid, body_file):
     with open(body_file, "rb") as f:
         body = f.read()
@@ -218,6 +256,8 @@ def main():
         content_length(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "deadline" and len(sys.argv) == 3:
         deadline(int(sys.argv[2]))
+    elif cmd == "abort" and len(sys.argv) == 3:
+        abort(int(sys.argv[2]))
     elif cmd == "drain" and len(sys.argv) == 5:
         drain(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:

@@ -74,6 +74,7 @@ start_daemon --workers 1 --max-batch-size 1 --max-queue-size 1 --max-queue-delay
 edge content-length "$PORT" /v1/classify image/png || fail "413 on /v1/classify"
 edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/json || fail "413 on v2 infer"
 edge deadline "$PORT" || fail "504 for a late body"
+edge abort "$PORT" || fail "499 for a client gone in the middle of its body"
 
 # --- 504 from the queue while the worker is busy ---------------------------
 # SLOW: six images at the largest resolution the fixture allows; it keeps
