@@ -454,8 +454,11 @@ static void *parse_main(void *arg) {
     return NULL;
 }
 
-/* Suspends r's connection and queues r for a parse thread. Returns 0, or
- * -1 when out of memory (r untouched). MHD thread. */
+/* Suspends r's connection and queues r for a parse thread. Returns 0; 1
+ * when the parse threads are stopping (r's 503 answer set, the connection
+ * not suspended: nobody would resume it, and libmicrohttpd aborts the
+ * process when stopped with a connection suspended); -1 when out of
+ * memory (r untouched). MHD thread. */
 static int queue_parse(http_request *r, struct MHD_Connection *c) {
     http_server *s = r->s;
     parse_item *it = malloc(sizeof(*it));
@@ -468,11 +471,18 @@ static int queue_parse(http_request *r, struct MHD_Connection *c) {
     r->header_len = hl ? strdup(hl) : NULL;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
+    pthread_mutex_lock(&s->parse_lock);
+    if (s->parse_stopping) { /* a body completed at stop, after the threads may have exited */
+        pthread_mutex_unlock(&s->parse_lock);
+        free(it);
+        set_error(r, 503, "server is shutting down");
+        r->retry_after = 1;
+        return 1;
+    }
     r->phase = PHASE_QUEUED;
     /* Suspended before a parse thread can resume it (a resume of a
      * connection not yet suspended would be lost). */
     MHD_suspend_connection(c);
-    pthread_mutex_lock(&s->parse_lock);
     if (s->parse_tail) s->parse_tail->next = it;
     else s->parse_head = it;
     s->parse_tail = it;
@@ -735,7 +745,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         conn_guard_received(c);
-        if (queue_parse(r, c)) return MHD_NO;
+        int queued = queue_parse(r, c);
+        if (queued < 0) return MHD_NO;
+        if (queued > 0) {
+            r->phase = PHASE_RESPOND;
+            return queue_answer(c, r);
+        }
         return MHD_YES;
     }
     if (r->phase == PHASE_ANSWERED) {
