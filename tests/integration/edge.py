@@ -38,7 +38,8 @@ def fail(msg):
     sys.exit(1)
 
 
-def metric(port, name):
+def metric(port, name, default=None):
+    """A sample's value; default when it is absent (None: a failure)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
@@ -47,7 +48,9 @@ def metric(port, name):
         parts = line.split()
         if len(parts) == 2 and parts[0] == name:
             return float(parts[1])
-    fail("no metric " + name)
+    if default is None:
+        fail("no metric " + name)
+    return default
 
 
 def poll(what, cond, seconds=30):
@@ -148,24 +151,12 @@ def deadline(port):
           % json.loads(body)["error"])
 
 
-def metric_or_zero(port, name):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    c.request("GET", "/metrics")
-    text = c.getresponse().read().decode()
-    c.close()
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == name:
-            return float(parts[1])
-    return 0.0
-
-
 def abort(port):
     """A client that leaves in the middle of its body is counted as a
     client's doing (499), not as a server error: 5xx alerts must not be
     something any client can raise."""
     code = 'comrope_requests_total{endpoint="v1_classify",code="%d"}'
-    before = {c: metric_or_zero(port, code % c) for c in (499, 500)}
+    before = {c: metric(port, code % c, 0.0) for c in (499, 500)}
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(post_headers("/v1/classify", "image/png", 1000) + b"\x89PNG")
     poll("the daemon to receive the request",
@@ -174,7 +165,7 @@ def abort(port):
     counted = {}
 
     def recorded():
-        counted.update({c: metric_or_zero(port, code % c) - before[c] for c in (499, 500)})
+        counted.update({c: metric(port, code % c, 0.0) - before[c] for c in (499, 500)})
         return sum(counted.values()) >= 1
     poll("the aborted request to be counted", recorded)
     if counted[499] != 1 or counted[500] != 0:
