@@ -135,4 +135,10 @@ wait "$SLOW_PID" "$SMALL_PID"
 [ "$(metric 'comrope_request_failures_total{reason="deadline_exceeded"}')" = 2 ] || fail "504s not counted"
 [ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="503"}')" = 1 ] || fail "503 not counted"
 stop_daemon
+
+# --- a client gone quiet mid-body: 408, not 500 -----------------------------
+# connection-timeout-s (inactivity) cuts it; the receive deadline is far off.
+start_daemon --connection-timeout-s 1 --receive-timeout-s 120
+edge quiet "$PORT" || fail "408 for a client gone quiet in the middle of its body"
+stop_daemon
 echo "limits: all passed"
