@@ -454,8 +454,11 @@ static void *parse_main(void *arg) {
     return NULL;
 }
 
-/* Suspends r's connection and queues r for a parse thread. Returns 0, or
- * -1 when out of memory (r untouched). MHD thread. */
+/* Suspends r's connection and queues r for a parse thread. Returns 0; 1
+ * when the parse threads are stopping (r's 503 answer set, the connection
+ * not suspended: nobody would resume it, and libmicrohttpd aborts the
+ * process when stopped with a connection suspended); -1 when out of
+ * memory (r untouched). MHD thread. */
 static int queue_parse(http_request *r, struct MHD_Connection *c) {
     http_server *s = r->s;
     parse_item *it = malloc(sizeof(*it));
@@ -468,11 +471,18 @@ static int queue_parse(http_request *r, struct MHD_Connection *c) {
     r->header_len = hl ? strdup(hl) : NULL;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
+    pthread_mutex_lock(&s->parse_lock);
+    if (s->parse_stopping) { /* a body completed at stop, after the threads may have exited */
+        pthread_mutex_unlock(&s->parse_lock);
+        free(it);
+        set_error(r, 503, "server is shutting down");
+        r->retry_after = 1;
+        return 1;
+    }
     r->phase = PHASE_QUEUED;
     /* Suspended before a parse thread can resume it (a resume of a
      * connection not yet suspended would be lost). */
     MHD_suspend_connection(c);
-    pthread_mutex_lock(&s->parse_lock);
     if (s->parse_tail) s->parse_tail->next = it;
     else s->parse_head = it;
     s->parse_tail = it;
@@ -735,7 +745,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         conn_guard_received(c);
-        if (queue_parse(r, c)) return MHD_NO;
+        int queued = queue_parse(r, c);
+        if (queued < 0) return MHD_NO;
+        if (queued > 0) {
+            r->phase = PHASE_RESPOND;
+            return queue_answer(c, r);
+        }
         return MHD_YES;
     }
     if (r->phase == PHASE_ANSWERED) {
@@ -783,6 +798,19 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     log_event("warning", "libmicrohttpd: %s", msg);
 }
 
+/* The status counted for a request that ended before it had an answer,
+ * from why it ended: a client that left or went quiet is not a server
+ * error (any client could otherwise raise the 5xx rate at will). */
+static int unanswered_status(enum MHD_RequestTerminationCode toe) {
+    switch (toe) {
+    case MHD_REQUEST_TERMINATED_CLIENT_ABORT:
+    case MHD_REQUEST_TERMINATED_READ_ERROR: return 499;
+    case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED: return 408; /* connection-timeout-s */
+    case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN: return 503;
+    default: return 500;
+    }
+}
+
 /* MHD is done with the request (sent, or the client went away): the only
  * place per-request state is freed. */
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -795,7 +823,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     *con_cls = NULL;
     if (r->arriving) batcher_arrival_end(s->p.batcher);
     if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
-    if (!r->status) r->status = 500; /* closed before an answer */
+    if (!r->status) r->status = unanswered_status(toe);
     metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);

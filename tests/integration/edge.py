@@ -10,6 +10,11 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       A raw PNG request with ?timeout_ms=1 whose body arrives after its
       deadline has passed (the daemon is seen receiving it in /metrics,
       then at least 50 ms go by): 504, and no batch was computed for it.
+  abort PORT | quiet PORT
+      A client that closes its connection in the middle of its body (the
+      daemon is seen receiving it in /metrics), or goes silent there until
+      connection-timeout-s: counted once as 499, or 408, in
+      comrope_requests_total, never as 500.
   drain PORT PID BODY_FILE
       Graceful shutdown seen from clients. Before SIGTERM: a kept-alive
       connection A (one answered request), and a request U whose headers and
@@ -34,7 +39,8 @@ def fail(msg):
     sys.exit(1)
 
 
-def metric(port, name):
+def metric(port, name, default=None):
+    """A sample's value; default when it is absent (None: a failure)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
@@ -43,7 +49,9 @@ def metric(port, name):
         parts = line.split()
         if len(parts) == 2 and parts[0] == name:
             return float(parts[1])
-    fail("no metric " + name)
+    if default is None:
+        fail("no metric " + name)
+    return default
 
 
 def poll(what, cond, seconds=30):
@@ -144,6 +152,34 @@ def deadline(port):
           % json.loads(body)["error"])
 
 
+def unanswered(port, how):
+    """A request that ends before its answer because of its client is
+    counted as the client's doing, never as a server error (5xx alerts
+    must not be something any client can raise): "abort", the client
+    closes in the middle of its body: 499; "quiet", it goes silent there
+    until connection-timeout-s cuts it: 408."""
+    want = 499 if how == "abort" else 408
+    code = 'comrope_requests_total{endpoint="v1_classify",code="%d"}'
+    before = {c: metric(port, code % c, 0.0) for c in (want, 500)}
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(post_headers("/v1/classify", "image/png", 1000) + b"\x89PNG")
+    poll("the daemon to receive the request",
+         lambda: metric(port, "comrope_receiving_requests") >= 1)
+    if how == "abort":
+        s.close()
+    counted = {}
+
+    def recorded():
+        counted.update({c: metric(port, code % c, 0.0) - before[c] for c in (want, 500)})
+        return sum(counted.values()) >= 1
+    poll("the unanswered request to be counted", recorded)
+    s.close()
+    if counted[want] != 1 or counted[500] != 0:
+        fail("%s in the middle of its body: counted as %r, not once as %d" % (how, counted, want))
+    print("ok a client %s in the middle of its body: counted as %d, not as a server error"
+          % ("gone" if how == "abort" else "gone quiet", want))
+
+
 def drain(port, pid, body_file):
     with open(body_file, "rb") as f:
         body = f.read()
@@ -218,6 +254,8 @@ def main():
         content_length(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     elif cmd == "deadline" and len(sys.argv) == 3:
         deadline(int(sys.argv[2]))
+    elif cmd in ("abort", "quiet") and len(sys.argv) == 3:
+        unanswered(int(sys.argv[2]), cmd)
     elif cmd == "drain" and len(sys.argv) == 5:
         drain(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:

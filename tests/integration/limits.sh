@@ -74,6 +74,7 @@ start_daemon --workers 1 --max-batch-size 1 --max-queue-size 1 --max-queue-delay
 edge content-length "$PORT" /v1/classify image/png || fail "413 on /v1/classify"
 edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/json || fail "413 on v2 infer"
 edge deadline "$PORT" || fail "504 for a late body"
+edge abort "$PORT" || fail "499 for a client gone in the middle of its body"
 
 # --- 504 from the queue while the worker is busy ---------------------------
 # SLOW: sixteen images at the largest resolution the fixture allows; it
@@ -134,5 +135,11 @@ wait "$SLOW_PID" "$SMALL_PID"
 [ "$(cat "$WORK/small.code")" = 200 ] || fail "queued request: $(cat "$WORK/small.code")"
 [ "$(metric 'comrope_request_failures_total{reason="deadline_exceeded"}')" = 2 ] || fail "504s not counted"
 [ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="503"}')" = 1 ] || fail "503 not counted"
+stop_daemon
+
+# --- a client gone quiet mid-body: 408, not 500 -----------------------------
+# connection-timeout-s (inactivity) cuts it; the receive deadline is far off.
+start_daemon --connection-timeout-s 1 --receive-timeout-s 120
+edge quiet "$PORT" || fail "408 for a client gone quiet in the middle of its body"
 stop_daemon
 echo "limits: all passed"
