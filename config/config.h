@@ -55,6 +55,7 @@ typedef struct {
     int64_t pixel_budget_bytes;         /* decoded pixels of queued + running requests */
     int64_t max_json_body_bytes;
     int parse_threads;
+    char cors_origin[256];              /* "": no CORS */
 } server_config;
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;

@@ -110,8 +110,14 @@ stop_daemon() {
 }
 
 # metric NAME: the value of the sample NAME (with its labels, if any) on /metrics.
+# metric NAME: the sum of NAME's samples whose labels are NAME's and maybe
+# more after them (per-model series carry model and version labels: NAME
+# need not name them); fails when there is none.
 metric() {
-  curl -sf --max-time 10 "$URL/metrics" | awk -v n="$1" '$1 == n { print $2; found = 1 } END { exit !found }'
+  curl -sf --max-time 10 "$URL/metrics" | awk -v n="$1" '
+    BEGIN { p = n ~ /}$/ ? substr(n, 1, length(n) - 1) "," : n "{" }
+    $1 == n || index($1, p) == 1 { sum += $2; found = 1 }
+    END { if (found) printf "%.15g\n", sum; exit !found }'
 }
 
 # hey_codes OUT: the status codes in hey's summary OUT; hey_count OUT CODE: how many.

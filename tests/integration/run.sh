@@ -129,7 +129,7 @@ rid=$(curl -s -D - -o /dev/null -H 'X-Request-Id: abc-123' "$URL/v2/health/live"
 curl -sf "$URL/metrics" > "$WORK/metrics.txt"
 grep -q '^comrope_model_info{model="'"$NAME"'"' "$WORK/metrics.txt" || fail "no model info"
 grep -q '^comrope_batches_total [1-9]' "$WORK/metrics.txt" || fail "no batches counted"
-grep -q '^comrope_requests_total{endpoint="v1_classify",code="413"} 1' "$WORK/metrics.txt" || fail "413 not counted"
+grep -q '^comrope_requests_total{endpoint="v1_classify",code="413",model="[^"]*",version="1"} 1$' "$WORK/metrics.txt" || fail "413 not counted"
 if command -v promtool >/dev/null; then
   out=$(promtool check metrics < "$WORK/metrics.txt" 2>&1) || fail "promtool: $out"
   [ -z "$out" ] || fail "promtool printed: $out"
