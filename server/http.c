@@ -22,7 +22,8 @@
 #include "log.h"
 
 struct http_server {
-    http_params p;
+    http_params p;             /* model, pm, batcher, metrics: set once, by http_set_model */
+    atomic_int loaded;         /* 1 once http_set_model has run: p is complete */
     struct MHD_Daemon *main_daemon, *metrics_daemon;
     conn_guard *main_guard, *metrics_guard; /* caps and receive deadlines, one per daemon */
     int port, metrics_port;
@@ -608,6 +609,26 @@ static void model_stats(http_request *r) {
     free(bd);
 }
 
+/* While the model loads: liveness, readiness (503) and the console's files
+ * go on to be routed (returns 1); the model's routes and /metrics are
+ * answered here (returns 0): a model's readiness 503 {"ready":false},
+ * the rest 503 with Retry-After. */
+static int loading_route(http_request *r, const char *path) {
+    if (r->metrics_only && strcmp(path, "/metrics") != 0) return 1; /* its 404 */
+    if (strcmp(path, "/v2/health/live") == 0 || strcmp(path, "/v2/health/ready") == 0 ||
+        strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+        (r->s->p.cfg->console && console_find(path)))
+        return 1;
+    size_t n = strlen(path);
+    if (strncmp(path, "/v2/models/", 11) == 0 && n > 6 && strcmp(path + n - 6, "/ready") == 0) {
+        set_ready(r, 0);
+        return 0;
+    }
+    set_error(r, 503, "the model is loading");
+    r->retry_after = 1;
+    return 0;
+}
+
 /* First call for a request: route it. GETs are answered at once; inference
  * POSTs start reading their body. */
 static void route(http_request *r, struct MHD_Connection *c) {
@@ -616,6 +637,8 @@ static void route(http_request *r, struct MHD_Connection *c) {
     int name_ok = 0, ready = !atomic_load(&s->draining);
     char err[512], version[64] = "";
 
+    int loaded = atomic_load(&s->loaded);
+    if (!loaded && !loading_route(r, path)) return;
     if (strcmp(path, "/metrics") == 0) {
         r->endpoint = ENDPOINT_METRICS;
         if (s->p.cfg->metrics_port && !r->metrics_only) goto not_found;
@@ -654,7 +677,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         if (!method_fits(r, 0)) goto method;
         int live = strstr(path, "live") || strcmp(path, "/healthz") == 0;
         if (live) set_json(r, 200, strdup("{\"live\":true}"));
-        else set_ready(r, ready);
+        else set_ready(r, ready && loaded);
         return;
     }
     if (strcmp(path, "/v1/classify") == 0) r->endpoint = ENDPOINT_V1_CLASSIFY;
@@ -926,7 +949,9 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (r->arriving) batcher_arrival_end(s->p.batcher);
     if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
     if (!r->status) r->status = 500; /* closed before an answer */
-    metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
+    /* requests answered while the model loaded have no metrics to count in */
+    if (atomic_load(&s->loaded))
+        metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);
@@ -996,6 +1021,7 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
         return NULL;
     }
     s->p = *p;
+    atomic_init(&s->loaded, p->model != NULL);
     atomic_init(&s->draining, 0);
     atomic_init(&s->next_id, 1);
     pthread_mutex_init(&s->lock, NULL);
@@ -1037,6 +1063,14 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
 fail:
     http_stop(s);
     return NULL;
+}
+
+void http_set_model(http_server *s, const vit_model *model, const proto_model *pm, batcher *b, metrics *m) {
+    s->p.model = model;
+    s->p.pm = *pm;
+    s->p.batcher = b;
+    s->p.metrics = m;
+    atomic_store(&s->loaded, 1); /* after the fields: a thread that sees 1 sees them */
 }
 
 int http_port(http_server *s) { return s->port; }
