@@ -93,6 +93,10 @@ const config_option config_options[] = {
      NULL, "largest JSON part of a request body (about 20x that once parsed); more: 413"},
     {"parse-threads", CONFIG_INT, OFF(parse_threads), 0, "2", 1, 64, NULL,
      "threads that parse request bodies (never the HTTP threads)"},
+    /* browsers (README "Triton and KServe clients") */
+    {"cors-origin", CONFIG_STRING, OFF(cors_origin), SIZE(cors_origin), "", 0, 0, NULL,
+     "origin allowed to call the API from a browser (CORS; `*` for any): its preflight (OPTIONS) "
+     "gets 204; empty: no CORS headers, OPTIONS gets 405"},
 };
 const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
 

@@ -56,6 +56,7 @@ typedef struct {
     int64_t max_json_body_bytes;
     int parse_threads;
     int isa;                            /* index into the isa row's choices; 0 = auto */
+    char cors_origin[256];              /* "": no CORS */
 } server_config;
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;

@@ -108,6 +108,11 @@ int v1_parse(const proto_model *pm, const char *content_type, const uint8_t *bod
              proto_request *req, char *err, size_t errlen);
 int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_request *req,
                   char *err, size_t errlen);
+/* The media type a body shows when its Content-Type is missing or generic
+ * (application/octet-stream, as Triton's and KServe's clients send or
+ * omit it): "application/json" when it starts with '{' after optional
+ * whitespace, "image/png" or "image/jpeg" by their magic bytes, else NULL. */
+const char *v1_sniff_media_type(const uint8_t *body, size_t len);
 /* One query argument of a raw-image request (resolution, fit, top_k,
  * return_logits, timeout_ms); unknown keys are refused by name. */
 int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *key,
@@ -130,5 +135,31 @@ int v2_response(const proto_model *pm, const proto_request *req, const proto_res
 /* GET /v2 and GET /v2/models/{name} */
 char *v2_server_json(const proto_model *pm);
 char *v2_model_json(const proto_model *pm);
+
+/* What GET /v2/models/{name}/config answers (Triton's model configuration)
+ * needs beyond proto_model: the batcher's settings. */
+typedef struct {
+    int max_batch_size;
+    int max_queue_delay_us;
+    int max_queue_size;
+    int workers;
+} proto_batching;
+char *v2_model_config_json(const proto_model *pm, const proto_batching *b);
+
+/* GET /v2/models/{name}/stats, Triton's statistics shape: counts and
+ * cumulative durations in ns. */
+typedef struct {
+    uint64_t count, ns;
+} proto_duration;
+typedef struct {
+    uint64_t last_inference_ms;   /* wall clock, ms since the epoch; 0: none yet */
+    uint64_t inference_count;     /* images inferred */
+    uint64_t execution_count;     /* engine batches run */
+    proto_duration success, fail, queue, compute_input, compute_infer, compute_output;
+    int num_batch_sizes;          /* batch_stats: entries of the next three */
+    const int *batch_size;
+    const proto_duration *batch_compute_infer;
+} proto_stats;
+char *v2_model_stats_json(const proto_model *pm, const proto_stats *st);
 
 #endif

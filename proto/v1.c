@@ -272,6 +272,17 @@ int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *ke
     return 400;
 }
 
+const char *v1_sniff_media_type(const uint8_t *body, size_t len) {
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n')) i++;
+    if (i < len && body[i] == '{') return "application/json";
+    switch (image_format(body, len)) {
+    case IMAGE_FORMAT_PNG: return "image/png";
+    case IMAGE_FORMAT_JPEG: return "image/jpeg";
+    default: return NULL;
+    }
+}
+
 int v1_parse(const proto_model *pm, const char *content_type, const uint8_t *body, size_t len,
              proto_request *req, char *err, size_t errlen) {
     if (media_type_is(content_type, "application/json"))

@@ -505,23 +505,90 @@ fail:
     return -1;
 }
 
+/* Only extensions this server implements, by Triton's names: a client
+ * that sees one listed calls its routes. */
 char *v2_server_json(const proto_model *pm) {
-    json_t *o = json_pack("{s:s,s:s,s:[sss]}", "name", "comrope-serve", "version",
+    json_t *o = json_pack("{s:s,s:s,s:[ssss]}", "name", "comrope-serve", "version",
                           pm->version ? pm->version : "0", "extensions", "classification",
-                          "binary_tensor_data", "model_repository_health");
+                          "binary_tensor_data", "model_configuration", "statistics");
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     return s;
 }
 
+/* One input: the tensor a generic client (perf_analyzer, a KServe client)
+ * can generate from the metadata. The encoded-image input "images" is
+ * optional, and listed in the model configuration as Triton marks
+ * optional inputs ("optional": true). */
 char *v2_model_json(const proto_model *pm) {
-    json_t *o = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[iiii]},{s:s,s:s,s:[i]}],s:[{s:s,s:s,s:[ii]}]}",
+    json_t *o = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[iiii]}],s:[{s:s,s:s,s:[ii]}]}",
                           "name", pm->name, "versions", "1", "platform", "comrope_c",
                           "inputs", "name", "pixel_values", "datatype", "FP32", "shape", -1,
-                          pm->num_channels, -1, -1, "name", "images", "datatype", "BYTES", "shape", -1,
+                          pm->num_channels, -1, -1,
                           "outputs", "name", "logits", "datatype", "FP32", "shape", -1, pm->num_class);
     /* the engine's CPU kernels, as the log and comrope_engine_info say */
     if (o && pm->isa) json_object_set_new(o, "parameters", json_pack("{s:s}", "isa", pm->isa));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+/* Triton's model configuration as its HTTP API prints it (model_config.proto
+ * in JSON): dims without the batch dimension, -1 where the size varies.
+ * "images" is marked optional: a request sends pixel_values or, instead,
+ * images (a client that fills the required inputs sends pixel_values). */
+char *v2_model_config_json(const proto_model *pm, const proto_batching *b) {
+    json_t *o = json_pack(
+        "{s:s,s:s,s:s,s:{s:{s:i}},s:i,"
+        "s:[{s:s,s:s,s:s,s:[iii],s:b,s:b,s:b},{s:s,s:s,s:s,s:[i],s:b,s:b,s:b}],"
+        "s:[{s:s,s:s,s:[i],s:s,s:b}],"
+        "s:{s:[],s:I,s:b,s:{s:s,s:I,s:b,s:I}},"
+        "s:[{s:s,s:s,s:i}],s:{}}",
+        "name", pm->name, "platform", "", "backend", "comrope",
+        "version_policy", "latest", "num_versions", 1,
+        "max_batch_size", b->max_batch_size,
+        "input",
+        "name", "pixel_values", "data_type", "TYPE_FP32", "format", "FORMAT_NCHW", "dims",
+        pm->num_channels, -1, -1, "is_shape_tensor", 0, "allow_ragged_batch", 0, "optional", 0,
+        "name", "images", "data_type", "TYPE_STRING", "format", "FORMAT_NONE", "dims", 1,
+        "is_shape_tensor", 0, "allow_ragged_batch", 0, "optional", 1,
+        "output", "name", "logits", "data_type", "TYPE_FP32", "dims", pm->num_class, "label_filename", "",
+        "is_shape_tensor", 0,
+        "dynamic_batching", "preferred_batch_size", "max_queue_delay_microseconds",
+        (json_int_t)b->max_queue_delay_us, "preserve_ordering", 0, "default_queue_policy",
+        "timeout_action", "REJECT", "default_timeout_microseconds", (json_int_t)0,
+        "allow_timeout_override", 1, "max_queue_size", (json_int_t)b->max_queue_size,
+        "instance_group", "name", pm->name, "kind", "KIND_CPU", "count", b->workers,
+        "parameters");
+    if (!o) return NULL;
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+static json_t *duration_json(proto_duration d) {
+    return json_pack("{s:I,s:I}", "count", (json_int_t)d.count, "ns", (json_int_t)d.ns);
+}
+
+char *v2_model_stats_json(const proto_model *pm, const proto_stats *st) {
+    json_t *batch = json_array();
+    for (int i = 0; batch && i < st->num_batch_sizes; i++)
+        json_array_append_new(batch, json_pack("{s:i,s:o,s:o,s:o}", "batch_size", st->batch_size[i],
+                                               "compute_input", duration_json((proto_duration){st->batch_compute_infer[i].count, 0}),
+                                               "compute_infer", duration_json(st->batch_compute_infer[i]),
+                                               "compute_output", duration_json((proto_duration){st->batch_compute_infer[i].count, 0})));
+    json_t *o = json_pack(
+        "{s:[{s:s,s:s,s:I,s:I,s:I,s:{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o},s:o,s:[]}]}",
+        "model_stats", "name", pm->name, "version", "1",
+        "last_inference", (json_int_t)st->last_inference_ms,
+        "inference_count", (json_int_t)st->inference_count,
+        "execution_count", (json_int_t)st->execution_count,
+        "inference_stats", "success", duration_json(st->success), "fail", duration_json(st->fail),
+        "queue", duration_json(st->queue), "compute_input", duration_json(st->compute_input),
+        "compute_infer", duration_json(st->compute_infer), "compute_output", duration_json(st->compute_output),
+        "cache_hit", duration_json((proto_duration){0, 0}), "cache_miss", duration_json((proto_duration){0, 0}),
+        "batch_stats", batch, "memory_usage");
+    if (!o) return NULL;
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     return s;

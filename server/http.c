@@ -22,7 +22,8 @@
 #include "log.h"
 
 struct http_server {
-    http_params p;
+    http_params p;             /* model, pm, batcher, metrics: set once, by http_set_model */
+    atomic_int loaded;         /* 1 once http_set_model has run: p is complete */
     struct MHD_Daemon *main_daemon, *metrics_daemon;
     conn_guard *main_guard, *metrics_guard; /* caps and receive deadlines, one per daemon */
     int port, metrics_port;
@@ -80,6 +81,8 @@ typedef struct {
     char *resp;                /* malloc'd body */
     size_t resp_len, resp_json_len;
     const char *content_type;
+    const char *allow;         /* a 405's Allow header: the route's methods */
+    int cors;                  /* add the CORS headers (cors-origin is set) */
     const console_asset *asset; /* a console file: its 200 answer is the static asset */
     int retry_after;
     int ready_yes;             /* a readiness answer "ready": keeps its connection (queue_answer) */
@@ -114,6 +117,24 @@ static void set_json(http_request *r, int status, char *json) {
     set_answer(r, status, "application/json", json, strlen(json), 0);
 }
 
+/* The CORS headers of an answer when cors-origin is set: the origin on
+ * every answer, and what a preflight (OPTIONS) asks about on its 204. */
+static int add_cors_headers(struct MHD_Response *resp, const http_request *r) {
+    int bad = MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->s->p.cfg->cors_origin) != MHD_YES;
+    if (strcmp(r->s->p.cfg->cors_origin, "*") != 0)
+        bad |= MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin") != MHD_YES;
+    bad |= MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                   "Inference-Header-Content-Length, X-Request-Id, Retry-After") != MHD_YES;
+    if (r->status == 204 && r->allow) {
+        bad |= MHD_add_response_header(resp, "Access-Control-Allow-Methods", r->allow) != MHD_YES;
+        bad |= MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                       "Authorization, Content-Type, Inference-Header-Content-Length, "
+                                       "X-Request-Id") != MHD_YES;
+        bad |= MHD_add_response_header(resp, "Access-Control-Max-Age", "600") != MHD_YES;
+    }
+    return bad;
+}
+
 /* Hands r's answer to MHD. */
 static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
     struct MHD_Response *resp;
@@ -145,6 +166,12 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
         return MHD_NO;
     }
     if (r->status == 401) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (r->allow && (r->status == 405 || (r->status == 204 && r->cors)))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+    if (r->cors && add_cors_headers(resp, r)) {
+        MHD_destroy_response(resp);
+        return MHD_NO;
+    }
     /* While draining, answers close their connection; not a "ready" one,
      * decided just before the drain began: a client polling readiness on a
      * kept-alive connection would find it closed under a 200. Its next
@@ -252,8 +279,11 @@ static int authorized(http_request *r, struct MHD_Connection *c) {
     return ok;
 }
 
-/* Path after "/v2/models/": the model name and what follows it. */
-static int model_route(const char *path, const char *name, const char **rest, int *name_ok) {
+/* Path after "/v2/models/": the model name, the version asked for
+ * ("/versions/<v>", as KServe and Triton allow; "" when none) and what
+ * follows them. Returns 0 when path is no model route. */
+static int model_route(const char *path, const char *name, const char **rest, int *name_ok,
+                       char *version, size_t version_len) {
     const char *prefix = "/v2/models/";
     size_t pl = strlen(prefix);
     if (strncmp(path, prefix, pl) != 0) return 0;
@@ -263,8 +293,14 @@ static int model_route(const char *path, const char *name, const char **rest, in
     if (n == 0) return 0;
     *name_ok = strlen(name) == n && strncmp(p, name, n) == 0;
     *rest = slash ? slash : "";
-    /* "/versions/1" as KServe and Triton allow */
-    if (strncmp(*rest, "/versions/1", 11) == 0) *rest += 11;
+    version[0] = '\0';
+    if (strncmp(*rest, "/versions/", 10) == 0) {
+        const char *v = *rest + 10;
+        size_t vn = strcspn(v, "/");
+        if (vn == 0) return 0;
+        snprintf(version, version_len, "%.*s", (int)vn, v);
+        *rest = v + vn;
+    }
     return 1;
 }
 
@@ -290,6 +326,15 @@ static enum MHD_Result first_query_key(void *cls, enum MHD_ValueKind kind, const
     (void)value;
     snprintf(cls, 64, "%.63s", key);
     return MHD_NO;
+}
+
+/* A Content-Type that says nothing of the body: none, or
+ * application/octet-stream (Triton's Python client sends none; other
+ * clients send the generic type). The body then tells what it is. */
+static int media_type_generic(const char *ctype) {
+    if (!ctype || !*ctype) return 1;
+    size_t l = strlen("application/octet-stream");
+    return strncasecmp(ctype, "application/octet-stream", l) == 0 && (ctype[l] == '\0' || ctype[l] == ';');
 }
 
 /* Image headers and resolutions, checked before queueing so that a bad
@@ -362,6 +407,22 @@ static int submit_inference(http_request *r) {
         return 0;
     }
     const char *ctype = r->ctype;
+    if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(ctype)) {
+        ctype = v1_sniff_media_type(r->body, r->body_len);
+        if (!ctype) {
+            snprintf(err, sizeof(err), "Content-Type: \"%.60s\" and a body that is neither JSON (starting "
+                     "with '{') nor a JPEG or PNG image: send application/json, image/jpeg or image/png",
+                     r->ctype ? r->ctype : "(none)");
+            set_error(r, 415, err);
+            return 0;
+        }
+        if (r->nquery && strcmp(ctype, "application/json") == 0) {
+            snprintf(err, sizeof(err), "query argument \"%s\" does not apply to a JSON body (give it as a "
+                     "field of the body)", r->query[0]);
+            set_error(r, 400, err);
+            return 0;
+        }
+    }
     if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
         if (!(ctype && strncasecmp(ctype, "image/", 6) == 0) && json_over_limit(r, r->body_len)) return 0;
         st = v1_parse(&s->p.pm, ctype, r->body, r->body_len, &r->req, err, sizeof(err));
@@ -492,13 +553,10 @@ static int queue_parse(http_request *r, struct MHD_Connection *c) {
 }
 
 static int media_type_allowed(int endpoint, const char *ctype) {
-    if (!ctype) return 0;
-    const char *types[] = {"application/json", "image/jpeg", "image/png", "application/octet-stream"};
+    if (media_type_generic(ctype)) return 1;
+    const char *types[] = {"application/json", "image/jpeg", "image/png"};
     int n = endpoint == ENDPOINT_V1_CLASSIFY ? 3 : 1;
-    /* v2 binary bodies are often sent as application/octet-stream */
-    if (endpoint == ENDPOINT_V2_INFER) n = 4;
     for (int i = 0; i < n; i++) {
-        if (endpoint == ENDPOINT_V2_INFER && (i == 1 || i == 2)) continue;
         size_t l = strlen(types[i]);
         if (strncasecmp(ctype, types[i], l) == 0 && (ctype[l] == '\0' || ctype[l] == ';')) return 1;
     }
@@ -511,20 +569,91 @@ static void set_ready(http_request *r, int ready) {
     r->ready_yes = ready;
 }
 
+/* Whether r's method fits a route that takes POST (post) or GET and
+ * HEAD; sets the methods a 405 or a preflight lists in Allow. */
+static int method_fits(http_request *r, int post) {
+    int cors = r->s->p.cfg->cors_origin[0] != '\0';
+    r->allow = post ? (cors ? "POST, OPTIONS" : "POST") : (cors ? "GET, HEAD, OPTIONS" : "GET, HEAD");
+    if (post) return strcmp(r->method, "POST") == 0;
+    return strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
+}
+
+/* A CORS preflight (OPTIONS, cors-origin set): 204 with the route's
+ * methods, before the token check (a browser sends none with it). */
+static int preflight(http_request *r, int post) {
+    if (!r->cors || strcmp(r->method, "OPTIONS") != 0) return 0;
+    method_fits(r, post);
+    set_answer(r, 204, NULL, NULL, 0, 0);
+    return 1;
+}
+
+/* GET /v2/models/<m>/config: Triton's model configuration. */
+static void model_config(http_request *r) {
+    const server_config *cfg = r->s->p.cfg;
+    proto_batching b = {cfg->max_batch_size, cfg->max_queue_delay_us, cfg->max_queue_size, cfg->workers};
+    set_json(r, 200, v2_model_config_json(&r->s->p.pm, &b));
+}
+
+/* GET /v2/models/<m>/stats (and /v2/models/stats): Triton's statistics,
+ * from the counters the batcher and the request path keep in metrics. */
+static void model_stats(http_request *r) {
+    metrics_stats *m = malloc(sizeof(*m));
+    proto_duration *bd = malloc(sizeof(*bd) * METRICS_MAX_BATCH_SIZE);
+    if (!m || !bd) {
+        free(m);
+        free(bd);
+        set_error(r, 500, "out of memory");
+        return;
+    }
+    metrics_model_stats(r->s->p.metrics, m);
+    for (int i = 0; i < m->num_batch_sizes; i++) bd[i] = (proto_duration){m->batch_count[i], m->batch_ns[i]};
+    /* The batcher times decode and forward together: all of it is
+     * compute_infer; input and output are copied by the request path. */
+    proto_stats st = {m->last_inference_ms, m->inference_count, m->execution_count,
+                      {m->success_count, m->success_ns}, {m->fail_count, m->fail_ns},
+                      {m->queue_count, m->queue_ns}, {m->compute_count, 0},
+                      {m->compute_count, m->compute_ns}, {m->compute_count, 0},
+                      m->num_batch_sizes, m->batch_size, bd};
+    set_json(r, 200, v2_model_stats_json(&r->s->p.pm, &st));
+    free(m);
+    free(bd);
+}
+
+/* While the model loads: liveness, readiness (503) and the console's files
+ * go on to be routed (returns 1); the model's routes and /metrics are
+ * answered here (returns 0): a model's readiness 503 {"ready":false},
+ * the rest 503 with Retry-After. */
+static int loading_route(http_request *r, const char *path) {
+    if (r->metrics_only && strcmp(path, "/metrics") != 0) return 1; /* its 404 */
+    if (strcmp(path, "/v2/health/live") == 0 || strcmp(path, "/v2/health/ready") == 0 ||
+        strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+        (r->s->p.cfg->console && console_find(path)))
+        return 1;
+    size_t n = strlen(path);
+    if (strncmp(path, "/v2/models/", 11) == 0 && n > 6 && strcmp(path + n - 6, "/ready") == 0) {
+        set_ready(r, 0);
+        return 0;
+    }
+    set_error(r, 503, "the model is loading");
+    r->retry_after = 1;
+    return 0;
+}
+
 /* First call for a request: route it. GETs are answered at once; inference
  * POSTs start reading their body. */
 static void route(http_request *r, struct MHD_Connection *c) {
     http_server *s = r->s;
     const char *path = r->path, *rest = NULL;
-    int is_get = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
-    int is_post = strcmp(r->method, "POST") == 0;
     int name_ok = 0, ready = !atomic_load(&s->draining);
-    char err[512];
+    char err[512], version[64] = "";
 
+    int loaded = atomic_load(&s->loaded);
+    if (!loaded && !loading_route(r, path)) return;
     if (strcmp(path, "/metrics") == 0) {
         r->endpoint = ENDPOINT_METRICS;
-        if (!is_get) goto method;
         if (s->p.cfg->metrics_port && !r->metrics_only) goto not_found;
+        if (preflight(r, 0)) return;
+        if (!method_fits(r, 0)) goto method;
         if (!s->p.cfg->metrics_open && !authorized(r, c)) goto unauthorized;
         size_t len = 0;
         metrics_gauges g = {batcher_queue_depth(s->p.batcher), batcher_in_flight(s->p.batcher),
@@ -546,67 +675,80 @@ static void route(http_request *r, struct MHD_Connection *c) {
     /* The console's files: public (no token), from the binary. */
     if (s->p.cfg->console && (r->asset = console_find(path))) {
         r->endpoint = ENDPOINT_CONSOLE;
-        if (!is_get) goto method;
+        if (preflight(r, 0)) return;
+        if (!method_fits(r, 0)) goto method;
         set_answer(r, 200, r->asset->content_type, NULL, r->asset->len, 0);
         return;
     }
     if (strcmp(path, "/v2/health/live") == 0 || strcmp(path, "/v2/health/ready") == 0 ||
         strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0) {
         r->endpoint = ENDPOINT_HEALTH;
-        if (!is_get) goto method;
+        if (preflight(r, 0)) return;
+        if (!method_fits(r, 0)) goto method;
         int live = strstr(path, "live") || strcmp(path, "/healthz") == 0;
         if (live) set_json(r, 200, strdup("{\"live\":true}"));
-        else set_ready(r, ready);
+        else set_ready(r, ready && loaded);
         return;
     }
     if (strcmp(path, "/v1/classify") == 0) r->endpoint = ENDPOINT_V1_CLASSIFY;
     else if (strcmp(path, "/v1/models") == 0) r->endpoint = ENDPOINT_V1_MODELS;
     else if (strcmp(path, "/v2") == 0) r->endpoint = ENDPOINT_V2_SERVER;
-    else if (model_route(path, s->p.pm.name, &rest, &name_ok))
+    else if (strcmp(path, "/v2/models/stats") == 0) { /* every model's: Triton's route */
+        r->endpoint = ENDPOINT_V2_MODEL;
+        name_ok = 1;
+        rest = "/stats";
+    } else if (model_route(path, s->p.pm.name, &rest, &name_ok, version, sizeof(version)))
         r->endpoint = strcmp(rest, "/infer") == 0 ? ENDPOINT_V2_INFER : ENDPOINT_V2_MODEL;
     else goto not_found;
-
+    int post = r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER;
+    if (preflight(r, post)) return;
     if (!authorized(r, c)) goto unauthorized;
+    if (r->endpoint == ENDPOINT_V2_INFER || r->endpoint == ENDPOINT_V2_MODEL) {
+        /* what is asked is named before the method is judged: an unknown
+         * model or version is a 404, whatever the method */
+        if (!name_ok) goto unknown_model;
+        if (version[0] && strcmp(version, METRICS_MODEL_VERSION) != 0) goto unknown_version;
+        if (strcmp(rest, "") != 0 && strcmp(rest, "/ready") != 0 && strcmp(rest, "/config") != 0 &&
+            strcmp(rest, "/stats") != 0 && strcmp(rest, "/infer") != 0)
+            goto not_found;
+    }
+    if (!method_fits(r, post)) goto method;
     switch (r->endpoint) {
     case ENDPOINT_V1_MODELS:
-        if (!is_get) goto method;
         set_json(r, 200, v1_models_json(&s->p.pm));
         return;
     case ENDPOINT_V2_SERVER:
-        if (!is_get) goto method;
         set_json(r, 200, v2_server_json(&s->p.pm));
         return;
     case ENDPOINT_V2_MODEL:
-        if (!name_ok) goto unknown_model;
-        if (!is_get) goto method;
         if (strcmp(rest, "") == 0) set_json(r, 200, v2_model_json(&s->p.pm));
-        else if (strcmp(rest, "/ready") == 0)
-            set_ready(r, ready);
-        else goto not_found;
+        else if (strcmp(rest, "/ready") == 0) set_ready(r, ready);
+        else if (strcmp(rest, "/config") == 0) model_config(r);
+        else model_stats(r);
         return;
     default:
         break;
     }
     /* inference */
-    if (r->endpoint == ENDPOINT_V2_INFER && !name_ok) goto unknown_model;
-    if (!is_post) goto method;
     if (!ready) {
         set_error(r, 503, "server is shutting down");
         return;
     }
     const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!media_type_allowed(r->endpoint, ctype)) {
-        snprintf(err, sizeof(err), "Content-Type: \"%.60s\" is not accepted here (%s)",
-                 ctype ? ctype : "(none)",
-                 r->endpoint == ENDPOINT_V1_CLASSIFY ? "application/json, image/jpeg, image/png"
-                                                     : "application/json");
+        snprintf(err, sizeof(err), "Content-Type: \"%.60s\" is not accepted here (%s)", ctype,
+                 r->endpoint == ENDPOINT_V1_CLASSIFY
+                     ? "application/json, image/jpeg, image/png, or none: the body tells"
+                     : "application/json, application/octet-stream, or none");
         set_error(r, 415, err);
         return;
     }
     /* Query arguments are the knobs of a raw-image body only: on a JSON
-     * body they would be silently ignored, so they are refused. */
+     * body they would be silently ignored, so they are refused (a body
+     * without a type: once it shows what it is, submit_inference). */
     if (MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, NULL, NULL) > 0) {
-        if (r->endpoint == ENDPOINT_V1_CLASSIFY && strncasecmp(ctype, "image/", 6) == 0) {
+        if (r->endpoint == ENDPOINT_V1_CLASSIFY &&
+            (media_type_generic(ctype) || strncasecmp(ctype, "image/", 6) == 0)) {
             if (MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, copy_query_arg, r) != r->nquery) {
                 set_error(r, 500, "out of memory");
                 return;
@@ -638,11 +780,16 @@ unknown_model:
              (int)strcspn(path + strlen("/v2/models/"), "/"), path + strlen("/v2/models/"), s->p.pm.name);
     set_error(r, 404, err);
     return;
+unknown_version:
+    snprintf(err, sizeof(err), "unknown version \"%s\" of model \"%s\" (this server has version %s)", version,
+             s->p.pm.name, METRICS_MODEL_VERSION);
+    set_error(r, 404, err);
+    return;
 unauthorized:
     set_error(r, 401, "missing or invalid bearer token");
     return;
 method:
-    snprintf(err, sizeof(err), "method %s is not allowed on %s", r->method, path);
+    snprintf(err, sizeof(err), "method %s is not allowed on %s (allowed: %s)", r->method, path, r->allow);
     set_error(r, 405, err);
     return;
 not_found:
@@ -681,6 +828,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         r->start_ns = now_ns();
         r->metrics_only = metrics_only;
         r->endpoint = ENDPOINT_OTHER;
+        r->cors = s->p.cfg->cors_origin[0] != '\0';
         snprintf(r->method, sizeof(r->method), "%s", method);
         snprintf(r->path, sizeof(r->path), "%s", url);
         const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
@@ -774,8 +922,13 @@ static enum MHD_Result handle_metrics(void *cls, struct MHD_Connection *c, const
 
 static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
     if (r->s->p.cfg->access_log == ACCESS_LOG_OFF) return;
+    /* requests that addressed the served model name it (an unknown name
+     * or version is not logged as the model) */
+    int addressed = r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER ||
+                    (r->endpoint == ENDPOINT_V2_MODEL && r->status != 404);
     log_access_entry e = {r->method, r->path, r->request_id, r->user_agent, r->status, r->bytes_sent,
-                          (double)(now_ns() - r->start_ns) / 1e6, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK};
+                          (double)(now_ns() - r->start_ns) / 1e6, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK,
+                          addressed ? r->s->p.pm.name : NULL, addressed ? METRICS_MODEL_VERSION : NULL};
     log_access(&e);
 }
 
@@ -824,7 +977,9 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (r->arriving) batcher_arrival_end(s->p.batcher);
     if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
     if (!r->status) r->status = unanswered_status(toe);
-    metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
+    /* requests answered while the model loaded have no metrics to count in */
+    if (atomic_load(&s->loaded))
+        metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);
@@ -894,6 +1049,7 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
         return NULL;
     }
     s->p = *p;
+    atomic_init(&s->loaded, p->model != NULL);
     atomic_init(&s->draining, 0);
     atomic_init(&s->next_id, 1);
     pthread_mutex_init(&s->lock, NULL);
@@ -935,6 +1091,14 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
 fail:
     http_stop(s);
     return NULL;
+}
+
+void http_set_model(http_server *s, const vit_model *model, const proto_model *pm, batcher *b, metrics *m) {
+    s->p.model = model;
+    s->p.pm = *pm;
+    s->p.batcher = b;
+    s->p.metrics = m;
+    atomic_store(&s->loaded, 1); /* after the fields: a thread that sees 1 sees them */
 }
 
 int http_port(http_server *s) { return s->port; }

@@ -37,8 +37,16 @@ typedef struct {
     char **api_keys;           /* NULL-terminated; NULL: no auth */
 } http_params;
 
-/* Starts listening. Returns NULL with a message (address in use, ...). */
+/* Starts listening. Returns NULL with a message (address in use, ...).
+ * p->model, batcher and metrics may be NULL (p->pm then unused): the
+ * model is loading, and until http_set_model liveness answers 200,
+ * readiness (overall and the model's) 503, the model's routes and
+ * /metrics 503 with Retry-After; the console is served. */
 http_server *http_start(const http_params *p, char *err, size_t errlen);
+
+/* The model is loaded: its routes are served, readiness 200. Once, from
+ * the thread that started the server. */
+void http_set_model(http_server *s, const vit_model *model, const proto_model *pm, batcher *b, metrics *m);
 
 /* The bound ports (useful with --port 0). */
 int http_port(http_server *s);

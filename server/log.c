@@ -162,8 +162,16 @@ void log_access(const log_access_entry *e) {
         n += log_escape_json(line + n, 1024, e->request_id);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"user_agent\":\"");
         n += log_escape_json(line + n, 2048, e->user_agent);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"outcome\":\"%s\"}\n",
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"outcome\":\"%s\"",
                               e->completed ? "ok" : "aborted");
+        if (e->model) {
+            n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"model\":\"");
+            n += log_escape_json(line + n, 1024, e->model);
+            n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"version\":\"");
+            n += log_escape_json(line + n, 128, e->version ? e->version : "");
+            n += (size_t)snprintf(line + n, sizeof(line) - n, "\"");
+        }
+        n += (size_t)snprintf(line + n, sizeof(line) - n, "}\n");
     } else {
         n = (size_t)snprintf(line, sizeof(line), "%s ", ts);
         n += log_escape_text(line + n, 256, e->method, LOG_ESCAPE_FIELD);
@@ -173,7 +181,14 @@ void log_access(const log_access_entry *e) {
         n += log_escape_text(line + n, 768, e->request_id, LOG_ESCAPE_FIELD);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "%s \"", e->completed ? "" : " aborted");
         n += log_escape_text(line + n, 1536, e->user_agent, LOG_ESCAPE_QUOTED);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "\"\n");
+        line[n++] = '"';
+        if (e->model) { /* at the end: a parser of the fields before stays right */
+            n += (size_t)snprintf(line + n, sizeof(line) - n, " model=");
+            n += log_escape_text(line + n, 512, e->model, LOG_ESCAPE_FIELD);
+            n += (size_t)snprintf(line + n, sizeof(line) - n, " version=");
+            n += log_escape_text(line + n, 64, e->version ? e->version : "-", LOG_ESCAPE_FIELD);
+        }
+        line[n++] = '\n';
     }
     write_line(line, n);
 }

@@ -39,6 +39,7 @@ typedef struct {
     size_t bytes;
     double ms;
     int completed;             /* 0: the connection ended before the answer was sent */
+    const char *model, *version; /* the model a request addressed; NULL: none (not logged) */
 } log_access_entry;
 void log_access(const log_access_entry *e);
 

@@ -4,9 +4,9 @@
  *   comrope-serve --health-probe [--key value]...   (probe.h; exit 0 if ready)
  *
  * Start-up order: config (refused with the key named), the log's format,
- * the api-key file (unreadable or empty: exit 1, never "no auth"), model
- * (a bad model exits 1 with the loader's message), thread counts, batcher,
- * HTTP. Then
+ * the api-key file (unreadable or empty: exit 1, never "no auth"),
+ * HTTP (listening at once: live 200, ready 503), model (a bad model exits
+ * 1 with the loader's message), thread counts, batcher, then ready. Then
  * the main thread waits for SIGTERM/SIGINT and drains:
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
@@ -172,6 +172,27 @@ int main(int argc, char **argv) {
         }
         snprintf(cfg.model, sizeof(cfg.model), "%s", dir);
     }
+    if (!cfg.model_name[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
+    /* Listening before the model loads (seconds for a big one): liveness
+     * 200 and readiness 503 meanwhile, so that an orchestrator tells a
+     * loading daemon from a dead one. The HTTP threads do not depend on
+     * the model (config_derive_threads); the rest is derived after it. */
+    server_config early = cfg;
+    config_derive_threads(&early, cpu_limit, -1);
+    cfg.http_threads = early.http_threads;
+    http_params hp = {&cfg, NULL, {0}, NULL, NULL, keys};
+    http = http_start(&hp, err, sizeof(err));
+    if (!http) {
+        log_event("error", "%s", err);
+        notify_status("%s", err);
+        rc = EXIT_CANNOT_LISTEN;
+        goto cleanup;
+    }
+    if (cfg.metrics_port)
+        log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
+    /* "listening on HOST:PORT" ends its line: scripts read the port from it */
+    log_event("info", "listening on %s:%d", cfg.host, http_port(http));
+    log_event("info", "loading model %s", cfg.model);
     notify_status("loading model %s", cfg.model);
     vit_options vopt = vit_default_options();
     vopt.precision = cfg.precision == 1 ? GEMM_BF16 : GEMM_FP32;
@@ -181,7 +202,6 @@ int main(int argc, char **argv) {
     }
     /* thread counts left to derive depend on how heavy the model is */
     config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
-    if (!cfg.model_name[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
 
     /* Each worker's context: its own pool of gemm-threads (the pools also
      * keep OpenBLAS at one thread), kernels of the chosen ISA, and a
@@ -214,27 +234,17 @@ int main(int argc, char **argv) {
         log_event("error", "%s", err);
         goto cleanup;
     }
-    http_params hp = {&cfg, model,
-                      {cfg.model_name, pe, model->cfg.num_channels, model->cfg.num_class,
-                       model->cfg.image_size, model->cfg.patch_size, model->max_tokens,
-                       model->cfg.labels, COMROPE_VERSION, isa},
-                      b, mx, keys};
-    http = http_start(&hp, err, sizeof(err));
-    if (!http) {
-        log_event("error", "%s", err);
-        notify_status("%s", err);
-        rc = EXIT_CANNOT_LISTEN;
-        goto cleanup;
-    }
+    proto_model pm = {cfg.model_name, pe, model->cfg.num_channels, model->cfg.num_class,
+                      model->cfg.image_size, model->cfg.patch_size, model->max_tokens,
+                      model->cfg.labels, COMROPE_VERSION, isa};
+    http_set_model(http, model, &pm, b, mx);
     log_event("info", "model %s (%s, isa %s, %dx%d, %d classes) from %s", cfg.model_name,
             pe, isa, model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
             cfg.model);
     log_event("info", "%d workers x %d gemm threads, %d http threads, batch %d images / %d tokens, "
             "delay %d us, queue %d", cfg.workers, cfg.gemm_threads, cfg.http_threads, cfg.max_batch_size,
             cfg.max_batch_tokens, cfg.max_queue_delay_us, cfg.max_queue_size);
-    if (cfg.metrics_port)
-        log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
-    log_event("info", "listening on %s:%d", cfg.host, http_port(http));
+    log_event("info", "ready");
     notify_ready("serving %s on %s:%d (%d workers)", cfg.model_name, cfg.host, http_port(http), cfg.workers);
 
     int sig = 0;

@@ -64,7 +64,12 @@ struct metrics {
     int training_resolution;
     double start_time;
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
-    histogram request_seconds, queue_seconds, compute_seconds, batch_images, batch_tokens;
+    /* by endpoint: a health probe or a scrape is no inference latency */
+    histogram request_seconds[ENDPOINT_COUNT];
+    /* Triton's statistics (metrics_model_stats) */
+    uint64_t infer_ok, infer_ok_ns, infer_fail, infer_fail_ns, last_inference_ms;
+    uint64_t batch_size_count[METRICS_MAX_BATCH_SIZE + 1], batch_size_ns[METRICS_MAX_BATCH_SIZE + 1];
+    histogram queue_seconds, compute_seconds, batch_images, batch_tokens;
     uint64_t batches, mixed_batches;
     uint64_t images_by_tokens[TOKEN_BUCKETS];
     metrics_connections connections;
@@ -97,7 +102,7 @@ metrics *metrics_new(const char *model, const char *pe_type, int training_resolu
     gettimeofday(&tv, NULL);
     m->start_time = (double)tv.tv_sec + tv.tv_usec / 1e6;
 #define N(a) (int)(sizeof(a) / sizeof(a[0]))
-    histogram_init(&m->request_seconds, latency_bounds, N(latency_bounds));
+    for (int e = 0; e < ENDPOINT_COUNT; e++) histogram_init(&m->request_seconds[e], latency_bounds, N(latency_bounds));
     histogram_init(&m->queue_seconds, latency_bounds, N(latency_bounds));
     histogram_init(&m->compute_seconds, latency_bounds, N(latency_bounds));
     histogram_init(&m->batch_images, images_bounds, N(images_bounds));
@@ -135,7 +140,17 @@ void metrics_request(metrics *m, int endpoint, int status, double seconds) {
     if (status < 100 || status >= MAX_STATUS) status = 500;
     pthread_mutex_lock(&m->lock);
     m->requests[endpoint][status]++;
-    histogram_observe(&m->request_seconds, seconds);
+    histogram_observe(&m->request_seconds[endpoint], seconds);
+    if (endpoint == ENDPOINT_V1_CLASSIFY || endpoint == ENDPOINT_V2_INFER) {
+        uint64_t ns = (uint64_t)(seconds * 1e9);
+        if (status == 200) {
+            m->infer_ok++;
+            m->infer_ok_ns += ns;
+        } else if (status != 404) { /* a 404 named another model or version: not this one's */
+            m->infer_fail++;
+            m->infer_fail_ns += ns;
+        }
+    }
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -163,6 +178,12 @@ void metrics_batch(metrics *m, int images, const int *token_counts, int resoluti
     }
     m->batches++;
     if (resolutions > 1) m->mixed_batches++;
+    int size = images < METRICS_MAX_BATCH_SIZE ? images : METRICS_MAX_BATCH_SIZE;
+    m->batch_size_count[size]++;
+    m->batch_size_ns[size] += (uint64_t)(compute_seconds * 1e9);
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    m->last_inference_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
     histogram_observe(&m->batch_images, images);
     histogram_observe(&m->batch_tokens, tokens);
     histogram_observe(&m->compute_seconds, compute_seconds);
@@ -202,15 +223,28 @@ static void put(text *t, const char *fmt, ...) {
     }
 }
 
-static void put_histogram(text *t, const char *name, const char *help, const histogram *h) {
-    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+/* One histogram's series; labels: `k="v",...` (escaped), or "". The
+ * HELP and TYPE lines are the caller's (once per name). */
+static void put_histogram_series(text *t, const char *name, const char *labels, const histogram *h) {
+    const char *sep = labels[0] ? "," : "";
     uint64_t cumulative = 0;
     for (int i = 0; i < h->num_bounds; i++) {
         cumulative += h->counts[i];
-        put(t, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], (unsigned long long)cumulative);
+        put(t, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, h->bounds[i],
+            (unsigned long long)cumulative);
     }
-    put(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)h->count);
-    put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+    put(t, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)h->count);
+    if (labels[0])
+        put(t, "%s_sum{%s} %.9g\n%s_count{%s} %llu\n", name, labels, h->sum, name, labels,
+            (unsigned long long)h->count);
+    else
+        put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+}
+
+static void put_histogram(text *t, const char *name, const char *help, const char *labels,
+                          const histogram *h) {
+    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    put_histogram_series(t, name, labels, h);
 }
 
 /* Label values are our own names, but escape anyway: a model name comes
@@ -243,8 +277,52 @@ static long long resident_bytes(void) {
     return ok ? rss * sysconf(_SC_PAGESIZE) : -1;
 }
 
+/* Whether an endpoint's requests are of the served model (they carry the
+ * model and version labels). */
+static int endpoint_has_model(int e) {
+    return e == ENDPOINT_V1_CLASSIFY || e == ENDPOINT_V2_INFER || e == ENDPOINT_V2_MODEL;
+}
+
+/* `model="<name>",version="<model version>"`, the name escaped. */
+static void model_labels(const char *model, char *out, size_t cap) {
+    size_t n = (size_t)snprintf(out, cap, "model=\"");
+    for (const char *s = model; *s && n + 8 < cap; s++) {
+        if (*s == '\\' || *s == '"') out[n++] = '\\';
+        if (*s == '\n') {
+            out[n++] = '\\';
+            out[n++] = 'n';
+        } else out[n++] = *s;
+    }
+    snprintf(out + n, cap - n, "\",version=\"%s\"", METRICS_MODEL_VERSION);
+}
+
+void metrics_model_stats(metrics *m, metrics_stats *st) {
+    memset(st, 0, sizeof(*st));
+    pthread_mutex_lock(&m->lock);
+    st->last_inference_ms = m->last_inference_ms;
+    st->inference_count = (uint64_t)m->batch_images.sum;
+    st->execution_count = m->batches;
+    st->success_count = m->infer_ok;
+    st->success_ns = m->infer_ok_ns;
+    st->fail_count = m->infer_fail;
+    st->fail_ns = m->infer_fail_ns;
+    st->queue_count = m->queue_seconds.count;
+    st->queue_ns = (uint64_t)(m->queue_seconds.sum * 1e9);
+    st->compute_count = m->compute_seconds.count;
+    st->compute_ns = (uint64_t)(m->compute_seconds.sum * 1e9);
+    for (int i = 1; i <= METRICS_MAX_BATCH_SIZE && st->num_batch_sizes < METRICS_MAX_BATCH_SIZE; i++)
+        if (m->batch_size_count[i]) {
+            st->batch_size[st->num_batch_sizes] = i;
+            st->batch_count[st->num_batch_sizes] = m->batch_size_count[i];
+            st->batch_ns[st->num_batch_sizes++] = m->batch_size_ns[i];
+        }
+    pthread_mutex_unlock(&m->lock);
+}
+
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     text t = {0};
+    char ml[600], labels[700];
+    model_labels(m->model, ml, sizeof(ml));
     t.cap = 16384;
     t.data = malloc(t.cap);
     if (!t.data) return NULL;
@@ -255,8 +333,9 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     for (int e = 0; e < ENDPOINT_COUNT; e++)
         for (int s = 0; s < MAX_STATUS; s++)
             if (m->requests[e][s])
-                put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", endpoint_names[e],
-                    s, (unsigned long long)m->requests[e][s]);
+                put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"%s%s} %llu\n", endpoint_names[e],
+                    s, endpoint_has_model(e) ? "," : "", endpoint_has_model(e) ? ml : "",
+                    (unsigned long long)m->requests[e][s]);
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
@@ -271,15 +350,19 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
         put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reason(failure_codes[i]), n);
     }
 
-    put_histogram(&t, "comrope_request_duration_seconds",
-                  "End-to-end request latency, from the first byte of headers to the response.",
-                  &m->request_seconds);
-    put_histogram(&t, "comrope_queue_wait_seconds", "Time a request waited for a worker.",
+    put(&t, "# HELP comrope_request_duration_seconds End-to-end request latency, from the first byte of "
+            "headers to the response, by endpoint.\n# TYPE comrope_request_duration_seconds histogram\n");
+    for (int e = 0; e < ENDPOINT_COUNT; e++) {
+        snprintf(labels, sizeof(labels), "endpoint=\"%s\"%s%s", endpoint_names[e], endpoint_has_model(e) ? "," : "",
+                 endpoint_has_model(e) ? ml : "");
+        put_histogram_series(&t, "comrope_request_duration_seconds", labels, &m->request_seconds[e]);
+    }
+    put_histogram(&t, "comrope_queue_wait_seconds", "Time a request waited for a worker.", ml,
                   &m->queue_seconds);
-    put_histogram(&t, "comrope_batch_compute_seconds", "Decode and forward time of an executed batch.",
+    put_histogram(&t, "comrope_batch_compute_seconds", "Decode and forward time of an executed batch.", ml,
                   &m->compute_seconds);
-    put_histogram(&t, "comrope_batch_images", "Images per executed batch.", &m->batch_images);
-    put_histogram(&t, "comrope_batch_tokens", "Tokens per executed batch (all images together).",
+    put_histogram(&t, "comrope_batch_images", "Images per executed batch.", ml, &m->batch_images);
+    put_histogram(&t, "comrope_batch_tokens", "Tokens per executed batch (all images together).", ml,
                   &m->batch_tokens);
     put(&t, "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
             "comrope_batches_total %llu\n", (unsigned long long)m->batches);

@@ -12,6 +12,7 @@
 #define COMROPE_METRICS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum {
     ENDPOINT_V1_CLASSIFY = 0,
@@ -63,6 +64,24 @@ typedef struct {
     unsigned long long refused_limit, refused_client, timeouts_idle, timeouts_request;
 } metrics_connections;
 void metrics_set_connections(metrics *m, const metrics_connections *c);
+
+/* The version label of the served model (the only one). */
+#define METRICS_MODEL_VERSION "1"
+/* Batch sizes counted one by one in the statistics; larger ones count here. */
+#define METRICS_MAX_BATCH_SIZE 256
+
+/* What GET /v2/models/<m>/stats reports (Triton's statistics): successful
+ * and failed inference requests with their end-to-end time, queue waits,
+ * executed batches and their compute time, by batch size. */
+typedef struct {
+    uint64_t last_inference_ms, inference_count, execution_count;
+    uint64_t success_count, success_ns, fail_count, fail_ns;
+    uint64_t queue_count, queue_ns, compute_count, compute_ns;
+    int num_batch_sizes;
+    int batch_size[METRICS_MAX_BATCH_SIZE];
+    uint64_t batch_count[METRICS_MAX_BATCH_SIZE], batch_ns[METRICS_MAX_BATCH_SIZE];
+} metrics_stats;
+void metrics_model_stats(metrics *m, metrics_stats *st);
 
 /* The exposition text (malloc'd; *len its length), or NULL when out of memory. */
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len);

@@ -204,7 +204,7 @@ START_TEST(mixed_resolutions_share_a_batch) {
     ck_assert_int_eq(a->j.status, 200);
     ck_assert_int_eq(c->j.status, 200);
     ck_assert_double_eq(sample("comrope_batches_total"), 1);
-    ck_assert_double_eq(sample("comrope_batch_images_sum"), 3);
+    ck_assert_double_eq(sample("comrope_batch_images_sum{model=\"comrope_ld_b2\",version=\"1\"}"), 3);
     ck_assert_double_eq(sample("comrope_batches_mixed_resolution_total"), 1);
     batcher_free(b);
     free_job(a);
@@ -332,7 +332,7 @@ START_TEST(large_job_split_into_engine_batches) {
     wait_done(1);
     ck_assert_int_eq(t->j.status, 200);
     ck_assert_double_eq(sample("comrope_batches_total"), 3); /* 2 + 2 + 1 */
-    ck_assert_double_eq(sample("comrope_batch_images_sum"), 5);
+    ck_assert_double_eq(sample("comrope_batch_images_sum{model=\"comrope_ld_b2\",version=\"1\"}"), 5);
     int K = model->cfg.num_class;
     vit_context *ctx = NULL;
     char err[256];
@@ -352,7 +352,7 @@ START_TEST(large_job_split_into_engine_batches) {
     wait_done(2);
     ck_assert_int_eq(t->j.status, 200);
     ck_assert_double_eq(sample("comrope_batches_total"), 6);
-    ck_assert_double_eq(sample("comrope_batch_tokens_sum"), 10 * T16); /* both runs */
+    ck_assert_double_eq(sample("comrope_batch_tokens_sum{model=\"comrope_ld_b2\",version=\"1\"}"), 10 * T16); /* both runs */
     batcher_free(b);
     free_job(t);
     vit_context_free(ctx);

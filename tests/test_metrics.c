@@ -35,7 +35,7 @@ START_TEST(empty_exposition) {
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"deadline_exceeded\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_batches_total"), 0);
     ck_assert_double_eq(sample(t, "comrope_batches_mixed_resolution_total"), 0);
-    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{le=\"+Inf\"}"), 0);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"fashion\",version=\"1\",le=\"+Inf\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_ready"), 1);
     ck_assert_double_eq(sample(t, "comrope_model_info{model=\"fashion\",pe_type=\"comrope-ld\","
                                   "training_resolution=\"28\",version=\"0.1.0\"}"), 1);
@@ -56,20 +56,31 @@ START_TEST(requests_and_failures) {
     metrics_request(m, ENDPOINT_V2_INFER, 504, 0.5);
     metrics_request(m, ENDPOINT_V1_CLASSIFY, 503, 0.0001);
     metrics_request(m, 99, 999, 1); /* out of range: counted as other / 500 */
+    metrics_request(m, ENDPOINT_HEALTH, 200, 0.0002);
+    metrics_request(m, ENDPOINT_HEALTH, 200, 0.0002);
     char *t = render(m, (metrics_gauges){3, 5, 2, 0});
-    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v1_classify\",code=\"200\"}"), 2);
-    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"504\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v1_classify\",code=\"200\",model=\"m\",version=\"1\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"504\",model=\"m\",version=\"1\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"other\",code=\"500\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unauthorized\"}"), 2);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"deadline_exceeded\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unavailable\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"internal\"}"), 1);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count"), 7);
-    /* buckets are cumulative */
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_bucket{le=\"0.001\"}"), 3);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_bucket{le=\"0.005\"}"), 5);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_bucket{le=\"0.5\"}"), 6);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_bucket{le=\"+Inf\"}"), 7);
+    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"health\",code=\"200\"}"), 2);
+    /* latency by endpoint: the probes are not in the inference series;
+     * buckets are cumulative */
+    const char *cl = "comrope_request_duration_seconds_bucket{endpoint=\"v1_classify\",model=\"m\",version=\"1\",le=";
+    char name[200];
+    snprintf(name, sizeof(name), "%s\"0.001\"}", cl);
+    ck_assert_double_eq(sample(t, name), 2);
+    snprintf(name, sizeof(name), "%s\"0.005\"}", cl);
+    ck_assert_double_eq(sample(t, name), 4);
+    snprintf(name, sizeof(name), "%s\"+Inf\"}", cl);
+    ck_assert_double_eq(sample(t, name), 4);
+    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"m\",version=\"1\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_bucket{endpoint=\"v2_infer\",model=\"m\",version=\"1\",le=\"0.5\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"health\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"other\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_queue_depth"), 3);
     ck_assert_double_eq(sample(t, "comrope_in_flight_requests"), 5);
     ck_assert_double_eq(sample(t, "comrope_receiving_requests"), 2);
@@ -91,10 +102,10 @@ START_TEST(batches_and_mixed_resolutions) {
     char *t = render(m, (metrics_gauges){0, 0, 0, 1});
     ck_assert_double_eq(sample(t, "comrope_batches_total"), 4);
     ck_assert_double_eq(sample(t, "comrope_batches_mixed_resolution_total"), 1);
-    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{le=\"1\"}"), 2);
-    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{le=\"4\"}"), 4);
-    ck_assert_double_eq(sample(t, "comrope_batch_images_sum"), 8);
-    ck_assert_double_eq(sample(t, "comrope_batch_tokens_sum"), 17 + 147 + 147 + 5000);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"m\",version=\"1\",le=\"1\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"m\",version=\"1\",le=\"4\"}"), 4);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"m\",version=\"1\"}"), 8);
+    ck_assert_double_eq(sample(t, "comrope_batch_tokens_sum{model=\"m\",version=\"1\"}"), 17 + 147 + 147 + 5000);
     ck_assert_double_eq(sample(t, "comrope_images_total{tokens=\"le_64\"}"), 3);
     ck_assert_double_eq(sample(t, "comrope_images_total{tokens=\"le_256\"}"), 4);
     ck_assert_double_eq(sample(t, "comrope_images_total{tokens=\"gt_4096\"}"), 1);

@@ -535,6 +535,62 @@ END_TEST
 /* Every JSON body is valid JSON: an error quoting client bytes that are not
  * UTF-8 (or cut inside a character), a label longer than any buffer, and
  * logits that are not finite (refused as a whole, never a short array). */
+/* A body without a Content-Type: what it shows. */
+START_TEST(sniff_media_type) {
+    const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0};
+    const uint8_t jpeg[] = {0xff, 0xd8, 0xff, 0xe0, 0, 0x10};
+    ck_assert_str_eq(v1_sniff_media_type((const uint8_t *)"{\"image\":1}", 11), "application/json");
+    ck_assert_str_eq(v1_sniff_media_type((const uint8_t *)" \r\n\t{", 5), "application/json");
+    ck_assert_str_eq(v1_sniff_media_type(png, sizeof(png)), "image/png");
+    ck_assert_str_eq(v1_sniff_media_type(jpeg, sizeof(jpeg)), "image/jpeg");
+    ck_assert_ptr_null(v1_sniff_media_type((const uint8_t *)"[1,2]", 5)); /* JSON, but no request */
+    ck_assert_ptr_null(v1_sniff_media_type((const uint8_t *)"GIF89a", 6));
+    ck_assert_ptr_null(v1_sniff_media_type((const uint8_t *)"   ", 3));
+    ck_assert_ptr_null(v1_sniff_media_type(NULL, 0));
+}
+END_TEST
+
+/* Triton's model configuration and statistics shapes. */
+START_TEST(v2_config_and_stats) {
+    proto_model pm = PM;
+    proto_batching b = {8, 20000, 256, 2};
+    char *s = v2_model_config_json(&pm, &b);
+    json_t *o = json_loads(s, 0, NULL);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_int_eq(json_integer_value(json_object_get(o, "max_batch_size")), 8);
+    json_t *in = json_array_get(json_object_get(o, "input"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(in, "name")), "pixel_values");
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(in, "dims"), 0)), pm.num_channels);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(in, "dims"), 1)), -1);
+    ck_assert(json_is_true(json_object_get(json_array_get(json_object_get(o, "input"), 1), "optional")));
+    ck_assert_int_eq(json_integer_value(json_array_get(
+                         json_object_get(json_array_get(json_object_get(o, "output"), 0), "dims"), 0)),
+                     pm.num_class);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(o, "dynamic_batching"),
+                                                        "max_queue_delay_microseconds")), 20000);
+    json_decref(o);
+    free(s);
+    int sizes[2] = {1, 4};
+    proto_duration per[2] = {{3, 300}, {1, 900}};
+    proto_stats st = {1234, 7, 4, {5, 5000}, {1, 10}, {5, 50}, {4, 0}, {4, 1200}, {4, 0}, 2, sizes, per};
+    s = v2_model_stats_json(&pm, &st);
+    o = json_loads(s, 0, NULL);
+    ck_assert_ptr_nonnull(o);
+    json_t *m = json_array_get(json_object_get(o, "model_stats"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(m, "version")), "1");
+    ck_assert_int_eq(json_integer_value(json_object_get(m, "inference_count")), 7);
+    ck_assert_int_eq(json_integer_value(json_object_get(m, "execution_count")), 4);
+    json_t *inf = json_object_get(m, "inference_stats");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(inf, "success"), "ns")), 5000);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(inf, "compute_infer"), "ns")), 1200);
+    json_t *b4 = json_array_get(json_object_get(m, "batch_stats"), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(b4, "batch_size")), 4);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(b4, "compute_infer"), "ns")), 900);
+    json_decref(o);
+    free(s);
+}
+END_TEST
+
 START_TEST(bodies_are_valid_json) {
     const char *msgs[] = {"no such endpoint: /\xff\xfe", "fit: not \"\xc3\"", "x \xed\xa0\x80 y",
                           "\xf4\x90\x80\x80", "caf\xc3\xa9 ok"};
@@ -641,6 +697,8 @@ int main(void) {
     tcase_add_test(tc, non_finite_pixels);
     tcase_add_test(tc, bodies_are_valid_json);
     tcase_add_test(tc, error_body_is_json);
+    tcase_add_test(tc, sniff_media_type);
+    tcase_add_test(tc, v2_config_and_stats);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -75,11 +75,16 @@ export function total(metrics, name, keep = () => true) {
   return sum;
 }
 
-// A histogram's cumulative buckets, sorted by their upper bound: [{le, count}].
-export function buckets(metrics, name) {
-  return (metrics.get(`${name}_bucket`) || [])
-    .map((s) => ({ le: parseValue(s.labels.le), count: s.value }))
-    .sort((a, b) => a.le - b.le);
+// A histogram's cumulative buckets, sorted by their upper bound: [{le, count}];
+// the series whose labels pass `keep` (all by default) summed bound by bound.
+export function buckets(metrics, name, keep = () => true) {
+  const byLe = new Map();
+  for (const s of metrics.get(`${name}_bucket`) || []) {
+    if (!keep(s.labels)) continue;
+    const le = parseValue(s.labels.le);
+    byLe.set(le, (byLe.get(le) || 0) + s.value);
+  }
+  return [...byLe].map(([le, count]) => ({ le, count })).sort((a, b) => a.le - b.le);
 }
 
 // histogram_quantile(q, ...) over cumulative buckets: linear within the
@@ -114,18 +119,19 @@ const INFERENCE = new Set(['v1_classify', 'v2_infer']);
 
 // The panel's figures between two scrapes taken `seconds` apart:
 //   requestsPerSecond  inference requests answered (/v1/classify, /v2 infer)
-//   p50, p99           request latency in seconds, every endpoint (null: none)
+//   p50, p99           inference request latency in seconds (null: none)
 //   batchSize          mean images per executed batch (null: no batch)
 //   queueDepth         jobs waiting now
 // A counter that went down means the daemon restarted: the window is then
 // the new process's life, its counters taken from zero.
 export function summarize(before, now, seconds) {
-  const reqs = (m) => total(m, 'comrope_requests_total', (l) => INFERENCE.has(l.endpoint));
+  const inference = (l) => INFERENCE.has(l.endpoint);
+  const reqs = (m) => total(m, 'comrope_requests_total', inference);
   const count = (m) => total(m, 'comrope_request_duration_seconds_count');
   const restarted = reqs(now) < reqs(before) || count(now) < count(before);
   const base = restarted ? new Map() : before;
-  const lat = bucketDelta(buckets(base, 'comrope_request_duration_seconds'),
-    buckets(now, 'comrope_request_duration_seconds'));
+  const lat = bucketDelta(buckets(base, 'comrope_request_duration_seconds', inference),
+    buckets(now, 'comrope_request_duration_seconds', inference));
   const batches = total(now, 'comrope_batch_images_count') - total(base, 'comrope_batch_images_count');
   const images = total(now, 'comrope_batch_images_sum') - total(base, 'comrope_batch_images_sum');
   return {

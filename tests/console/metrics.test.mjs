@@ -68,10 +68,16 @@ const scrape = (classify, infer, metricsReqs, lat, batches, images, queue) => pa
   `comrope_requests_total{endpoint="v1_classify",code="200"} ${classify}`,
   `comrope_requests_total{endpoint="v2_infer",code="200"} ${infer}`,
   `comrope_requests_total{endpoint="metrics",code="200"} ${metricsReqs}`,
-  `comrope_request_duration_seconds_bucket{le="0.01"} ${lat[0]}`,
-  `comrope_request_duration_seconds_bucket{le="0.1"} ${lat[1]}`,
-  `comrope_request_duration_seconds_bucket{le="+Inf"} ${lat[2]}`,
-  `comrope_request_duration_seconds_count ${lat[2]}`,
+  // inference latency (what the panel shows), and the scrapes' own
+  // series, which must not count in it
+  `comrope_request_duration_seconds_bucket{endpoint="v1_classify",model="m",version="1",le="0.01"} ${lat[0]}`,
+  `comrope_request_duration_seconds_bucket{endpoint="v1_classify",model="m",version="1",le="0.1"} ${lat[1]}`,
+  `comrope_request_duration_seconds_bucket{endpoint="v1_classify",model="m",version="1",le="+Inf"} ${lat[2]}`,
+  `comrope_request_duration_seconds_count{endpoint="v1_classify",model="m",version="1"} ${lat[2]}`,
+  `comrope_request_duration_seconds_bucket{endpoint="metrics",le="0.01"} ${metricsReqs}`,
+  `comrope_request_duration_seconds_bucket{endpoint="metrics",le="0.1"} ${metricsReqs}`,
+  `comrope_request_duration_seconds_bucket{endpoint="metrics",le="+Inf"} ${metricsReqs}`,
+  `comrope_request_duration_seconds_count{endpoint="metrics"} ${metricsReqs}`,
   `comrope_batch_images_sum ${images}`,
   `comrope_batch_images_count ${batches}`,
   `comrope_queue_depth ${queue}`,
@@ -96,12 +102,12 @@ test('the panel over a window: inference rate, latency of the window, mean batch
 
 test('an idle window has no latency and no batch size', () => {
   const a = scrape(5, 0, 9, [9, 9, 9], 2, 2, 0);
-  const b = scrape(5, 0, 10, [10, 10, 10], 2, 2, 0); // one scrape, no inference
+  const b = scrape(5, 0, 10, [9, 9, 9], 2, 2, 0); // one scrape, no inference
   const s = summarize(a, b, 3);
   assert.equal(s.requestsPerSecond, 0);
   assert.equal(s.batchSize, null);
-  // the scrape itself, one request in (0, 0.01]: rank 0.5 of 1, 0.01 * 0.5
-  assert.equal(s.p50, 0.005);
+  // the scrape itself is no inference: no latency
+  assert.equal(s.p50, null);
 });
 
 test('a daemon restart (counters going down) starts the window from zero', () => {

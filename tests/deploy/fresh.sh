@@ -64,7 +64,7 @@ for step in "${steps[@]}"; do
   case $step in
   run)
     printed() { podman logs comrope-fresh-run 2>&1 | grep -c "^   curl .*/v1/classify" >/dev/null; }
-    listening() { podman logs comrope-fresh-run 2>&1 | grep -c 'comrope-serve: listening on' >/dev/null; }
+    listening() { podman logs comrope-fresh-run 2>&1 | grep -c 'comrope-serve: ready$' >/dev/null; }
     running() { [ "$(podman inspect --format '{{.State.Running}}' comrope-fresh-run)" = true ]; }
     until printed && listening; do
       running || fail "scripts/run.sh exited $(podman inspect --format '{{.State.ExitCode}}' comrope-fresh-run) before serving"

@@ -68,7 +68,7 @@ done
 # HEAD: the headers alone; POST: 405 with the API's JSON error; unknown: 404.
 [ "$(curl -s -I -o /dev/null -w '%{http_code} %{size_download}' "$URL/")" = "200 0" ] || fail "HEAD /: not 200 without a body"
 [ "$(http_code -X POST --data x "$URL/")" = 405 ] || fail "POST /: not 405"
-curl -s -X POST --data x "$URL/" | jq -e '.error == "method POST is not allowed on /"' >/dev/null ||
+curl -s -X POST --data x "$URL/" | jq -e '.error == "method POST is not allowed on / (allowed: GET, HEAD)"' >/dev/null ||
   fail "POST /: not the API's error body"
 [ "$(http_code "$URL/console/nope.js")" = 404 ] || fail "GET /console/nope.js: not 404"
 served=$(metric 'comrope_requests_total{endpoint="console",code="200"}') || fail "no console requests in /metrics"

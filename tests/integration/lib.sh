@@ -110,8 +110,21 @@ stop_daemon() {
 }
 
 # metric NAME: the value of the sample NAME (with its labels, if any) on /metrics.
+# metric NAME: the sum of the samples of NAME (`name` or `name{k="v",...}`)
+# whose labels include NAME's, in any order (per-model series carry model
+# and version labels: NAME need not name them); fails when there is none.
 metric() {
-  curl -sf --max-time 10 "$URL/metrics" | awk -v n="$1" '$1 == n { print $2; found = 1 } END { exit !found }'
+  curl -sf --max-time 10 "$URL/metrics" | awk -v n="$1" '
+    function name(s) { return s ~ /{/ ? substr(s, 1, index(s, "{") - 1) : s }
+    function labels(s) { return s ~ /{/ ? substr(s, index(s, "{") + 1, length(s) - index(s, "{") - 1) : "" }
+    BEGIN { want = split(labels(n), w, ",") }
+    /^#/ || name($1) != name(n) { next }
+    {
+      have = "," labels($1) ","
+      for (i = 1; i <= want; i++) if (index(have, "," w[i] ",") == 0) next
+      sum += $2; found = 1
+    }
+    END { if (found) printf "%.15g\n", sum; exit !found }'
 }
 
 # hey_codes OUT: the status codes in hey's summary OUT; hey_count OUT CODE: how many.

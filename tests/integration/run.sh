@@ -129,7 +129,7 @@ rid=$(curl -s -D - -o /dev/null -H 'X-Request-Id: abc-123' "$URL/v2/health/live"
 curl -sf "$URL/metrics" > "$WORK/metrics.txt"
 grep -q '^comrope_model_info{model="'"$NAME"'"' "$WORK/metrics.txt" || fail "no model info"
 grep -q '^comrope_batches_total [1-9]' "$WORK/metrics.txt" || fail "no batches counted"
-grep -q '^comrope_requests_total{endpoint="v1_classify",code="413"} 1' "$WORK/metrics.txt" || fail "413 not counted"
+grep -q '^comrope_requests_total{endpoint="v1_classify",code="413",model="[^"]*",version="1"} 1$' "$WORK/metrics.txt" || fail "413 not counted"
 # the engine's ISA: one value in the metric, the v2 metadata and the log
 isa=$(sed -n 's/^comrope_engine_info{isa="\([a-z0-9]*\)"} 1$/\1/p' "$WORK/metrics.txt")
 [ -n "$isa" ] || fail "no comrope_engine_info{isa}"

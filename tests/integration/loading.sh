@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# loading.sh SERVE LOAD_GATE_SO: the daemon listens before its model is
+# loaded. An LD_PRELOAD shim (tests/load_gate.c) holds the checkpoint's
+# open() until a gate file exists, so the load lasts as long as the test
+# needs: no timing assumption. Meanwhile: live 200, ready 503 overall and
+# for the model, the model's routes and /metrics 503 with Retry-After. The
+# gate opened, the same daemon becomes ready and serves.
+set -euo pipefail
+SERVE=${1:-}
+GATE_SO=$2
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+NAME=$(basename "$MODEL")
+GATE=$WORK/gate
+LOG=$WORK/loading.log
+# (the sanitizer build's runtime then does not come first: allowed)
+LOAD_GATE=$GATE LD_PRELOAD=$GATE_SO ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
+  "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 --access-log text 2>"$LOG" &
+DAEMON_PID=$!
+PORT=
+for ((i = 0; i < 300; i++)); do
+  PORT=$(sed -n 's/.*listening on [^ "]*:\([0-9]*\).*/\1/p' "$LOG")
+  [ -n "$PORT" ] && break
+  kill -0 "$DAEMON_PID" 2>/dev/null || fail "daemon exited during start-up"
+  sleep 0.1
+done
+[ -n "$PORT" ] || fail "no 'listening on' line"
+URL=http://127.0.0.1:$PORT
+poll 30 test -e "$GATE.waiting" || fail "the load never reached the checkpoint"
+# the load is held: every answer below is of a loading daemon
+[ "$(http_code "$URL/v2/health/live")" = 200 ] || fail "live while loading: not 200"
+[ "$(http_code "$URL/healthz")" = 200 ] || fail "/healthz while loading: not 200"
+[ "$(http_code "$URL/v2/health/ready")" = 503 ] || fail "ready while loading: not 503"
+[ "$(http_code "$URL/readyz")" = 503 ] || fail "/readyz while loading: not 503"
+[ "$(http_code "$URL/v2/models/$NAME/ready")" = 503 ] || fail "model ready while loading: not 503"
+[ "$(http_code "$URL/v2/models/$NAME/versions/1/ready")" = 503 ] || fail "versioned model ready: not 503"
+curl -s "$URL/v2/models/$NAME/ready" | jq -e '.ready == false' >/dev/null || fail "model ready body"
+for p in /v2/models/$NAME /v2/models/$NAME/config /v2 /v1/models /metrics; do
+  [ "$(http_code "$URL$p")" = 503 ] || fail "GET $p while loading: not 503"
+done
+code=$(curl -s -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' -X POST -H 'Content-Type: image/png' \
+  --data-binary @"$ROOT/tests/fixtures/images/rgb8.png" "$URL/v1/classify")
+[ "$code" = 503 ] || fail "classify while loading: $code"
+grep -qi '^retry-after: 1' "$WORK/headers" || fail "no Retry-After on a 503 while loading"
+jq -e '.error == "the model is loading"' "$WORK/body" >/dev/null || fail "503 body: $(cat "$WORK/body")"
+kill -0 "$DAEMON_PID" || fail "daemon gone while loading"
+# open the gate: the same daemon loads, flips ready and serves
+: >"$GATE"
+poll 60 ready || fail "not ready after the load"
+[ "$(http_code "$URL/v2/models/$NAME/ready")" = 200 ] || fail "model ready after load"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: image/png' \
+  --data-binary @"$ROOT/tests/fixtures/images/rgb8.png" "$URL/v1/classify")
+[ "$code" = 200 ] || fail "classify after load: $code"
+awk '/listening on/ { l = NR } /loading model/ { m = NR } END { exit !(l && m && l < m) }' "$LOG" ||
+  fail "no 'listening' line before the load"
+awk '/listening on/ { l = NR } /comrope-serve: ready$/ { r = NR } END { exit !(l && r && l < r) }' "$LOG" ||
+  fail "'ready' not logged after 'listening'"
+stop_daemon
+echo "loading: ok"

@@ -1,0 +1,174 @@
+"""triton.py: the requests Triton's own clients send, replayed byte for byte.
+
+tritonclient.http (src/python/library/tritonclient/http/ in
+triton-inference-server/client) sends no Content-Type: its _post passes
+only the headers the caller gave plus Inference-Header-Content-Length when
+some input is binary (json_size = the length of the JSON part); inputs in
+binary carry parameters.binary_data_size, outputs asked in binary
+parameters.binary_data; with no outputs listed it sets the request
+parameter binary_data_output. A binary answer carries the same header and
+outputs[i].parameters.binary_data_size, the tensors following the JSON in
+output order. perf_analyzer, before it measures, reads server metadata,
+model metadata and model config. http.client sends the same framing
+(Host, Accept-Encoding: identity, Content-Length) and no Content-Type.
+
+  triton.py compat PORT MODEL IMAGE.png   (daemon with --max-batch-size 4
+                                           --max-queue-delay-us 1234)
+  triton.py cors PORT MODEL ORIGIN        (daemon with --cors-origin ORIGIN)
+"""
+import http.client
+import json
+import struct
+import sys
+
+# Triton's extension names (its server metadata and the protocol docs).
+TRITON_EXTENSIONS = {"classification", "binary_tensor_data", "model_repository", "statistics",
+                     "model_configuration", "sequence", "logging", "schedule_policy", "parameters",
+                     "trace", "system_shared_memory", "cuda_shared_memory"}
+UA = {"User-Agent": "python/gevent-http-client-2.0.11"}  # what geventhttpclient sends
+
+
+def request(port, method, path, body=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    h = dict(UA)
+    h.update(headers or {})
+    c.request(method, path, body=body, headers=h)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+
+def check(cond, msg):
+    if not cond:
+        print("FAIL:", msg, file=sys.stderr)
+        sys.exit(1)
+
+
+def get_json(port, path, want=200):
+    st, _, data = request(port, "GET", path)
+    check(st == want, f"GET {path}: {st} {data[:300]!r}")
+    return json.loads(data)
+
+
+def infer_json(port, path, c, h, w):
+    """tritonclient.http InferInput(...).set_data_from_numpy(x, binary_data=False), no outputs."""
+    data = [((i * 37) % 255) / 255.0 - 0.5 for i in range(c * h * w)]
+    body = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, c, h, w], "datatype": "FP32",
+                                   "data": data}],
+                       "parameters": {"binary_data_output": True}})
+    return request(port, "POST", path, body.encode())
+
+
+def infer_binary(port, path, c, h, w):
+    """The same pixels as binary_data=True, output logits asked in binary."""
+    data = [((i * 37) % 255) / 255.0 - 0.5 for i in range(c * h * w)]
+    raw = struct.pack("<%df" % len(data), *data)
+    js = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, c, h, w], "datatype": "FP32",
+                                 "parameters": {"binary_data_size": len(raw)}}],
+                     "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]})
+    return request(port, "POST", path, js.encode() + raw,
+                   {"Inference-Header-Content-Length": str(len(js))})
+
+
+def binary_logits(hdrs, data):
+    """How tritonclient.http InferResult reads a binary output."""
+    n = int(hdrs["inference-header-content-length"])
+    head = json.loads(data[:n])
+    out = head["outputs"][0]
+    size = out["parameters"]["binary_data_size"]
+    return list(struct.unpack("<%df" % (size // 4), data[n:n + size]))
+
+
+def compat(port, model, image):
+    m = "/v2/models/" + model
+    # perf_analyzer's start: server metadata, model metadata, model config
+    server = get_json(port, "/v2")
+    exts = set(server["extensions"])
+    check(exts <= TRITON_EXTENSIONS, f"extensions not Triton's: {exts - TRITON_EXTENSIONS}")
+    meta = get_json(port, m)
+    check(len(meta["inputs"]) == 1 and meta["inputs"][0]["name"] == "pixel_values",
+          f"metadata inputs a generic client cannot all fill: {meta['inputs']}")
+    c = meta["inputs"][0]["shape"][1]
+    cfg = get_json(port, m + "/config")
+    check(cfg["name"] == model and cfg["max_batch_size"] == 4, f"config: {cfg}")
+    check(cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 1234, f"config: {cfg}")
+    inputs = {i["name"]: i for i in cfg["input"]}
+    check(inputs["pixel_values"]["dims"] == [c, -1, -1] and not inputs["pixel_values"]["optional"],
+          f"config pixel_values: {inputs}")
+    check(inputs["images"]["optional"] is True, f"config images not optional: {inputs}")
+    check(cfg["output"][0]["dims"][0] > 0 and cfg["output"][0]["data_type"] == "TYPE_FP32", f"{cfg}")
+    for ext, path in (("statistics", m + "/stats"), ("model_configuration", m + "/config")):
+        if ext in exts:
+            get_json(port, path)
+    # versions: 1 is served; any other is a 404 that names it
+    check(get_json(port, m + "/versions/1")["name"] == model, "versioned metadata")
+    get_json(port, m + "/versions/1/config")
+    st, _, data = request(port, "GET", m + "/versions/7/ready")
+    check(st == 404 and 'version "7"' in json.loads(data)["error"], f"unknown version: {st} {data!r}")
+    st, _, data = request(port, "POST", m + "/versions/2/infer", b"{}")
+    check(st == 404 and 'version "2"' in json.loads(data)["error"], f"unknown version infer: {st} {data!r}")
+
+    stats0 = get_json(port, m + "/stats")["model_stats"][0]
+    check(stats0["inference_stats"]["success"]["count"] == 0 and stats0["execution_count"] == 0,
+          f"stats before any inference: {stats0}")
+    # infer, as tritonclient sends it: no Content-Type
+    h = w = 32
+    st, hd, data = infer_json(port, m + "/infer", c, h, w)
+    check(st == 200, f"JSON infer without Content-Type: {st} {data[:300]!r}")
+    ref = binary_logits(hd, data)
+    st, hd, data = infer_binary(port, m + "/versions/1/infer", c, h, w)
+    check(st == 200, f"binary infer without Content-Type: {st} {data[:300]!r}")
+    got = binary_logits(hd, data)
+    check(len(got) == len(ref) and max(abs(a - b) for a, b in zip(got, ref)) < 1e-4,
+          "binary and JSON inputs disagree")
+    # image routes: no type, or the generic one; the body tells
+    png = open(image, "rb").read()
+    for hdrs in ({}, {"Content-Type": "application/octet-stream"}):
+        st, _, data = request(port, "POST", "/v1/classify?top_k=2", png, hdrs)
+        check(st == 200 and len(json.loads(data)["predictions"][0]["top"]) == 2,
+              f"raw PNG with {hdrs}: {st} {data[:300]!r}")
+    st, _, data = request(port, "POST", "/v1/classify", b' {"images": []}')
+    check(st == 400 and b"images" in data, f"untyped JSON not parsed as JSON: {st} {data!r}")
+    st, _, data = request(port, "POST", "/v1/classify", b"GIF89a....")
+    check(st == 415 and b"neither JSON" in data, f"unrecognised body: {st} {data!r}")
+    # the statistics count what ran
+    s = get_json(port, m + "/stats")["model_stats"][0]
+    inf = s["inference_stats"]
+    check(inf["success"]["count"] == 4 and inf["success"]["ns"] > 0, f"success: {s}")
+    check(inf["queue"]["count"] == 4 and inf["compute_infer"]["ns"] > 0, f"queue/compute: {s}")
+    check(s["inference_count"] == 4 and 1 <= s["execution_count"] <= 4 and s["last_inference"] > 0, f"{s}")
+    check(sum(b["compute_infer"]["count"] for b in s["batch_stats"]) == s["execution_count"], f"{s}")
+    check(inf["fail"]["count"] == 2, f"fail (the 400 and the 415): {s}")
+    check(get_json(port, "/v2/models/stats")["model_stats"][0]["name"] == model, "all-models stats")
+    # 405 names what is allowed
+    for method, path, allow in (("GET", m + "/infer", "POST"), ("POST", "/v2", "GET, HEAD"),
+                                ("DELETE", m + "/config", "GET, HEAD"), ("PUT", "/v1/classify", "POST"),
+                                ("POST", "/v2/health/ready", "GET, HEAD"), ("OPTIONS", m, "GET, HEAD")):
+        st, hd, data = request(port, method, path, b"" if method != "GET" else None)
+        check(st == 405 and hd.get("allow") == allow, f"{method} {path}: {st} allow={hd.get('allow')}")
+        check(hd.get("access-control-allow-origin") is None, "CORS header with cors-origin unset")
+    print("triton compat: ok")
+
+
+def cors(port, model, origin):
+    m = "/v2/models/" + model
+    pre = {"Origin": origin, "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "content-type,inference-header-content-length"}
+    st, hd, _ = request(port, "OPTIONS", m + "/infer", None, pre)
+    check(st == 204 and hd.get("access-control-allow-origin") == origin, f"preflight: {st} {hd}")
+    check("POST" in hd.get("access-control-allow-methods", ""), f"preflight methods: {hd}")
+    check("inference-header-content-length" in hd.get("access-control-allow-headers", "").lower(), f"{hd}")
+    st, hd, _ = request(port, "GET", m, None, {"Origin": origin})
+    check(st == 200 and hd.get("access-control-allow-origin") == origin, f"GET with origin: {hd}")
+    check("inference-header-content-length" in hd.get("access-control-expose-headers", "").lower(), f"{hd}")
+    st, hd, _ = request(port, "DELETE", m, b"")
+    check(st == 405 and hd.get("allow") == "GET, HEAD, OPTIONS", f"405 with CORS: {st} {hd}")
+    print("cors: ok")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "compat":
+        compat(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    else:
+        cors(int(sys.argv[2]), sys.argv[3], sys.argv[4])
