@@ -39,16 +39,34 @@ def fail(msg):
     sys.exit(1)
 
 
+def split_sample(s):
+    """'name{a="1",b="2"}' -> ('name', {'a="1"', 'b="2"'})."""
+    if "{" not in s:
+        return s, set()
+    name, labels = s[:-1].split("{", 1)
+    return name, set(labels.split(",")) if labels else set()
+
+
 def metric(port, name, default=None):
-    """A sample's value; default when it is absent (None: a failure)."""
+    """The sum of the samples of `name` whose labels include its labels (as
+    tests/integration/lib.sh's metric: per-model series carry model and
+    version labels the caller need not name); default when there is none
+    (None: a failure)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/metrics")
     text = c.getresponse().read().decode()
     c.close()
+    want_name, want = split_sample(name)
+    total, found = 0.0, False
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] == name:
-            return float(parts[1])
+        if len(parts) != 2 or line.startswith("#"):
+            continue
+        have_name, have = split_sample(parts[0])
+        if have_name == want_name and want <= have:
+            total, found = total + float(parts[1]), True
+    if found:
+        return total
     if default is None:
         fail("no metric " + name)
     return default
