@@ -147,7 +147,16 @@ def trickle(port, mport, deadline):
 
 
 def caps(port, mport):
-    open_now = lambda n: metric(mport, "comrope_open_connections") == n
+    last = {}
+
+    def open_now(n):
+        # each new value is printed, so that a poll that times out (one did,
+        # under ASan on a busy machine) says what the daemon counted
+        v = metric(mport, "comrope_open_connections")
+        if v != n and last.get(n) != v:
+            print("  comrope_open_connections is %s, waiting for %d" % (v, n), file=sys.stderr)
+            last[n] = v
+        return v == n
     refused = lambda r: metric(mport, 'comrope_connections_refused_total{reason="%s"}' % r)
     poll("no open connections", lambda: open_now(0))
     a = [connect(port, "127.0.0.2") for _ in range(2)]

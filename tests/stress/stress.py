@@ -38,8 +38,11 @@ soak: for --seconds at once: good requests open loop at --good-percent of
   (polled; a connection whose client vanished mid-body may be held until
   the daemon's connection-timeout-s).
 
-Under a sanitizer build (ASan quarantines freed memory, so RSS grows by
-design) the RSS assertions are reported but not enforced.
+Under a sanitizer build the RSS assertions (ASan quarantines freed memory,
+so RSS grows by design) and the timing ones (deadline + grace, recovery:
+ASan runs the forward several times slower, and a batch already running
+is not interrupted at its deadline) are reported but not enforced; the
+status codes, answers, fds and the daemon's survival are.
 """
 import argparse
 import json
@@ -252,7 +255,7 @@ def overload(args):
         fig.update(accepted_late=len(late), accepted_worst_ms=worst, accepted_worst_server_ms=max(srv or [0.0]))
         log(f"overload: slowest 200 {worst:.0f} ms after its send (daemon's own timing_ms.total: "
             f"{max(srv or [0.0]):.0f} ms; deadline {args.deadline_ms} + grace {grace:.0f}); {len(late)} late")
-        if late:
+        if late and not s.sanitized:
             failures.append(f"deadline: {len(late)} accepted requests answered past deadline + grace "
                             f"(worst {worst:.0f} ms)")
         if st["ok"] == 0:
@@ -278,7 +281,7 @@ def overload(args):
         log("overload: after the load stopped, first normal answer to a probe sent at "
             + (f"+{rec[0]:.2f} s ({rec[1]:.1f} ms)" if rec else "never (3 s)")
             + f"; probes (ms, status): {[(round(p[1] or -1), p[2]) for p in rows[:16]]}")
-        if rec is None or rec[0] > 1.0:
+        if (rec is None or rec[0] > 1.0) and not s.sanitized:
             failures.append("recovery: latency not back to normal within 1 s of the load stopping")
     finally:
         samp.stop_flag.set()
