@@ -788,6 +788,7 @@ def main(argv=None):
     state_dir = args.state_dir or default_state_dir(args.out)
     state_path = os.path.join(state_dir, "state.pt")
     # everything that shapes the trajectory: a resumed run must use the same
+    # (init_from only as provenance: a resumed run takes its weights from the state)
     recipe = {"epochs": args.epochs, "seed": args.seed, "batch": args.batch, "lr": args.lr,
               "wd": args.wd, "warmup": args.warmup, "label_smoothing": args.label_smoothing,
               "clip": args.clip, "shift": args.shift, "sizes": sizes, "size_power": args.size_power,
@@ -797,8 +798,8 @@ def main(argv=None):
         if not os.path.exists(state_path):
             raise SystemExit(f"--resume: no training state at {state_path}")
         st = torch.load(state_path)
-        if st["cfg"] != cfg or st["recipe"] != recipe:
-            diff = [k for k in recipe if st["recipe"].get(k) != recipe[k]]
+        diff = [k for k in recipe if k != "init_from" and st["recipe"].get(k) != recipe[k]]
+        if st["cfg"] != cfg or diff:
             raise SystemExit(f"--resume: the saved state was made with other settings ({', '.join(diff) or 'cfg'})")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
