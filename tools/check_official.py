@@ -24,11 +24,16 @@ official save_pretrained (float32, plus one F16 and one BF16 save), reload it
 with the official from_pretrained in float64 and compare its logits with
 tools/reference.py reading the same directory.
 
+With --checkpoint DIR (a trained model, e.g. models/fashion-comrope-ld)
+only this: the official from_pretrained loads DIR in float64 and its logits
+for the first 8 Fashion-MNIST test images (the serving pipeline) at several
+resolutions are compared with tools/reference.py reading the same DIR.
+
 Exit status 1 if any gated difference exceeds --tol (default 1e-6).
 
 Usage:
     git --git-dir=/work/.mirror/Longin-Yu+ComRoPE/repo show HEAD:model.py > /tmp/official/model.py
-    /usr/bin/python3 tools/check_official.py [--shim DIR] [--model-py FILE]
+    /usr/bin/python3 tools/check_official.py [--shim DIR] [--model-py FILE] [--checkpoint DIR]
 """
 import argparse
 import contextlib
@@ -255,18 +260,42 @@ def check_saved(official, gate):
                       f" |logits|max {float(ref.abs().max()):.3f}  diff {d:.2e}  {status}")
 
 
+def check_checkpoint(official, ckpt_dir, gate, resolutions=((28, 28), (16, 16), (40, 40), (84, 84), (28, 40))):
+    """A trained checkpoint: official from_pretrained vs tools/reference.py."""
+    import fashion_mnist
+    import train
+    with default_dtype(torch.float64):
+        model = official.CustomVITForClassification.from_pretrained(ckpt_dir).double().eval()
+    rcfg, weights = reference.load_model(ckpt_dir)
+    images, _ = fashion_mnist.load("test")
+    print(f"checkpoint {ckpt_dir}: official from_pretrained -> tools/reference.py (float64 both sides)")
+    for (h, w) in resolutions:
+        pixels = train.pil_batch(images[:8], h, w).double()
+        pos = reference.positions(rcfg, h, w)
+        with default_dtype(torch.float64):
+            got = official_logits(official, model, pixels, pos)
+        ref = reference.forward(rcfg, weights, pixels.numpy())
+        d = maxdiff(got, ref)
+        status = gate.check(f"{ckpt_dir} {h}x{w}", d)
+        print(f"  {h:2d}x{w:<2d} |logits|max {float(np.abs(np.asarray(ref)).max()):.3f}  diff {d:.2e}  {status}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shim", default=DEFAULT_SHIM, help="official-shim folder (default: %(default)s)")
     ap.add_argument("--model-py", default=DEFAULT_MODEL_PY, help="the official model.py (default: %(default)s)")
     ap.add_argument("--fixtures", default=DEFAULT_FIXTURES, help="parity fixtures (default: %(default)s)")
     ap.add_argument("--tol", type=float, default=1e-6, help="gate on max abs difference (default: %(default)s)")
+    ap.add_argument("--checkpoint", metavar="DIR", help="only check this trained checkpoint (see above)")
     args = ap.parse_args(argv)
 
     official = import_official(args.shim, args.model_py)
     gate = Gate(args.tol)
-    check_fixtures(official, args.fixtures, gate)
-    check_saved(official, gate)
+    if args.checkpoint:
+        check_checkpoint(official, args.checkpoint, gate)
+    else:
+        check_fixtures(official, args.fixtures, gate)
+        check_saved(official, gate)
     print(f"worst gated difference: {gate.worst:.3e} (tolerance {args.tol:g})")
     if gate.failures:
         print("FAILED:")

@@ -23,16 +23,31 @@ that is exactly (u8 / 255 - 0.5) / 0.5 in float32, which training computes
 on whole uint8 batches. Augmentation: random horizontal flip and a random
 translation by up to --shift pixels (zero padding, the background value).
 
+Multi-resolution training (--sizes 16-84): each batch is trained at one
+h x w drawn from the listed sides (multiples of the patch) with
+probability ~ tokens^-(--size-power), and with probability --nonsquare a
+width drawn apart from the height; the augmented 28x28 uint8 images are
+resized to it by torch's antialiased bilinear, rounded to uint8 (PIL's
+serving resize within one grey level). The checkpoint stays the same
+(image_size 28: the rotations need no table, and the step costs of the
+sides differ by ~25x, hence the cost-aware draw). Large sides are split
+into chunks of --chunk-scores attention scores, the gradients summed,
+the rotations computed once per batch.
+
 Rotations: for block_size 2 every variant reduces to an angle per pair of
 channels (cos/sin, no matrices); for larger blocks the b x b block
 exponentials are computed per token in float64 (torch.matrix_exp, tiny) and
 applied blockwise. Positions and the APE follow the spec (axis_scale grid,
 class token at cls_position, the official APE row-sampling quirk).
 
-Each epoch writes a resumable training state (model, optimizer, epoch) to
---state-dir (default /tmp/comrope-train/<out dir name>); data order and
-augmentation are drawn from per-epoch generators seeded from --seed, so a
-resumed run continues exactly as an uninterrupted one. At the end: the
+Each epoch, and every --save-every seconds within one, writes a resumable
+training state (model, optimizer, position in the epoch, the epoch
+generator's state) to --state-dir (default /tmp/comrope-train/<out dir
+name>); data order, sizes and augmentation are drawn from per-epoch
+generators seeded from --seed, so a resumed run (--resume, the same
+arguments) ends bit-identical to an uninterrupted one, also when stopped
+mid-epoch. --export-state writes the weights of a run in progress as a
+checkpoint. At the end: the
 checkpoint in --out, <out>/metrics.json (test top-1 at the training
 resolution, wall time, the command, the reference-parity numbers), after a
 check that tools/reference.py gives the same logits as the trained model.
@@ -322,10 +337,7 @@ class EncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(cfg["hidden_size"], eps=eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, pos):
-        rot = None
-        if self.self_attn.pe in ROPE_TYPES:
-            rot = self.self_attn.rotation(pos)
+    def forward(self, x, rot):
         x = x + self.self_attn(self.layer_norm1(x), rot)
         return x + self.mlp(self.layer_norm2(x))
 
@@ -374,17 +386,27 @@ class ViTClassifier(nn.Module):
             self._pos_cache[key] = positions(self.cfg, h, w)
         return self._pos_cache[key]
 
-    def forward(self, pixels):
-        """pixels [N, C, h, w] normalized -> logits [N, num_class]."""
+    def rotations(self, h, w):
+        """Per layer: the rotation of every token at h x w (see
+        RotaryAttention.rotation), or None without rotary attention."""
+        pos = self.positions(h, w)
+        return [layer.self_attn.rotation(pos) if layer.self_attn.pe in ROPE_TYPES else None
+                for layer in self.vision_model.encoder.layers]
+
+    def forward(self, pixels, rots=None):
+        """pixels [N, C, h, w] normalized -> logits [N, num_class]. rots:
+        self.rotations(h, w), when the caller shares them between batches."""
         h, w = pixels.shape[-2:]
         p = self.cfg["patch_size"]
         if h % p or w % p:
             raise ValueError(f"{h}x{w} is not a multiple of the patch {p}")
         pos = self.positions(h, w)
+        if rots is None:
+            rots = self.rotations(h, w)
         vm = self.vision_model
         x = vm.pre_layrnorm(vm.embeddings(pixels, pos))
-        for layer in vm.encoder.layers:
-            x = layer(x, pos)
+        for layer, rot in zip(vm.encoder.layers, rots):
+            x = layer(x, rot)
         return self.classification_head(vm.post_layernorm(x[:, 0]))
 
 
@@ -397,18 +419,31 @@ def normalize_u8(x):
     return x.to(torch.float32).div(255).sub(0.5).div(0.5).unsqueeze(1)
 
 
-def pil_batch(images_u8, h, w):
-    """The serving pipeline on PIL: Resize((h, w)) bilinear antialiased
-    (identity at the native size), ToTensor, Normalize(0.5, 0.5)."""
+def pil_u8(images_u8, h, w):
+    """uint8 [N, h0, w0] -> uint8 [N, h, w] by PIL's Resize((h, w)) bilinear
+    antialiased, the serving pipeline's resize (identity at the native size)."""
     from PIL import Image
-    from torchvision import transforms
-    tf = transforms.Compose([
-        transforms.Resize((h, w), interpolation=transforms.InterpolationMode.BILINEAR,
-                          antialias=True),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=[0.5], std=[0.5]),
-    ])
-    return torch.stack([tf(Image.fromarray(np.asarray(a), mode="L")) for a in images_u8])
+    out = [np.asarray(Image.fromarray(np.asarray(a), mode="L").resize((w, h), Image.BILINEAR))
+           for a in images_u8]
+    return torch.from_numpy(np.stack(out))
+
+
+def pil_batch(images_u8, h, w):
+    """The serving pipeline on PIL: Resize((h, w)) bilinear antialiased,
+    ToTensor, Normalize(0.5, 0.5)."""
+    return normalize_u8(pil_u8(images_u8, h, w))
+
+
+def resize_u8(x, h, w):
+    """uint8 [B, h0, w0] -> uint8 [B, h, w] for training batches: torch's
+    antialiased bilinear, rounded to uint8 as PIL rounds. Equal to pil_u8
+    within one grey level (about 10 % of the pixels differ by 1), at a
+    fraction of the cost."""
+    if x.shape[-2:] == (h, w):
+        return x
+    y = F.interpolate(x.unsqueeze(1).to(torch.float32), size=(h, w), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)[:, 0]
 
 
 def augment(x, gen, shift):
@@ -441,6 +476,21 @@ def param_groups(model, wd):
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def detached(rots):
+    """Per-layer rotations (a tensor, a (cos, sin) pair or None) -> (leaf
+    copies in the same structure, [(rotation tensor, its copy)])."""
+    shared, pairs = [], []
+    for rot in rots:
+        if rot is None:
+            shared.append(None)
+            continue
+        parts = rot if isinstance(rot, tuple) else (rot,)
+        leaves = tuple(t.detach().requires_grad_() if t.requires_grad else t for t in parts)
+        pairs += [(t, leaf) for t, leaf in zip(parts, leaves) if t.requires_grad]  # vanilla: fixed
+        shared.append(leaves if isinstance(rot, tuple) else leaves[0])
+    return shared, pairs
+
+
 def lr_at(step, total, warmup, peak, final_frac=0.01):
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -449,15 +499,58 @@ def lr_at(step, total, warmup, peak, final_frac=0.01):
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, batch=500):
-    """Top-1 accuracy (%) of float32 [N, 1, h, w] pixels."""
+def evaluate(model, images, labels, scores=1280000):
+    """Top-1 accuracy (%) of float32 [N, 1, h, w] pixels (or uint8 [N, h, w],
+    normalized here), in batches of at most 500 images and `scores` images x
+    tokens^2 (attention scores per head, to stay in cache)."""
     model.eval()
     correct = 0
+    batch = max(1, min(500, scores // tokens(model.cfg, *images.shape[-2:]) ** 2))
     for i in range(0, images.shape[0], batch):
-        logits = model(images[i:i + batch])
+        x = images[i:i + batch]
+        logits = model(normalize_u8(x) if x.dtype == torch.uint8 else x)
         correct += (logits.argmax(-1) == labels[i:i + batch]).sum().item()
     model.train()
     return 100.0 * correct / images.shape[0]
+
+
+def tokens(cfg, h, w):
+    """Sequence length at h x w: the patch grid plus the class token."""
+    return (h // cfg["patch_size"]) * (w // cfg["patch_size"]) + 1
+
+
+def parse_sizes(text, patch):
+    """--sizes: "16-84" (every multiple of the patch in the range) or a list
+    "16,20,28" -> sorted sides."""
+    if "-" in text:
+        lo, hi = (int(v) for v in text.split("-"))
+        sizes = list(range(-(-lo // patch) * patch, hi + 1, patch))
+    else:
+        sizes = sorted({int(v) for v in text.split(",")})
+    if not sizes or any(s <= 0 or s % patch for s in sizes):
+        raise SystemExit(f"--sizes {text}: need sides that are positive multiples of the patch {patch}")
+    return sizes
+
+
+def size_weights(cfg, sizes, power):
+    """Probability of drawing each side for a batch: proportional to
+    tokens^-power. A step's cost grows about linearly with the tokens at
+    these widths (attention's T^2 is under 40 % of the FLOPs even at 84 px),
+    so power 0 spends most of the time on the largest sides, power 1 gives
+    every side the same compute (and the small ones many more steps)."""
+    w = torch.tensor([float(tokens(cfg, s, s)) ** -power for s in sizes], dtype=torch.float64)
+    return w / w.sum()
+
+
+def draw_size(sizes, weights, nonsquare, gen):
+    """(h, w) of one batch from the epoch generator: h by weight; w = h, or
+    with probability `nonsquare` an independent draw within a factor 2 of h."""
+    h = sizes[torch.multinomial(weights, 1, generator=gen).item()]
+    w = h
+    if torch.rand(1, generator=gen).item() < nonsquare:
+        near = torch.tensor([h / 2 <= s <= 2 * h for s in sizes], dtype=torch.float64)
+        w = sizes[torch.multinomial(weights * near, 1, generator=gen).item()]
+    return h, w
 
 
 def save_checkpoint(model, cfg, out_dir):
@@ -510,6 +603,27 @@ def eval_resolutions(args):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
         f.write("\n")
+    return 0
+
+
+def export_state(args):
+    """--export-state: the model of a run in progress as a checkpoint in --out;
+    its metrics.json says where the run stands (no test figures of its own)."""
+    state_path = os.path.join(args.state_dir or default_state_dir(args.out), "state.pt")
+    if not os.path.exists(state_path):
+        raise SystemExit(f"--export-state: no training state at {state_path}")
+    st = torch.load(state_path)
+    model = ViTClassifier(st["cfg"])
+    model.load_state_dict(st["model"])
+    save_checkpoint(model, st["cfg"], args.out)
+    metrics = {"exported_from_state": state_path, "epoch": st["epoch"],
+               "step_in_epoch": st["step_in_epoch"], "recipe": st["recipe"],
+               "elapsed_s": round(st["elapsed"], 1), "history": st["history"]}
+    with open(os.path.join(args.out, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    print(f"{args.out}: weights of {state_path} (epoch {st['epoch'] + 1}, step {st['step_in_epoch']})",
+          flush=True)
     return 0
 
 
@@ -572,11 +686,31 @@ def parse_args(argv):
     ap.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: off)")
     ap.add_argument("--shift", type=int, default=1, help="max random translation in pixels (0: off)")
     ap.add_argument("--threads", type=int, default=2)
+    # multi-resolution training
+    ap.add_argument("--sizes", help="train each batch at a side drawn from these: \"16-84\" (every "
+                                    "multiple of the patch) or \"16,28,40\" (default: --image-size only)")
+    ap.add_argument("--size-power", type=float, default=1.0,
+                    help="P(side) ~ tokens^-power: 1 = equal compute per side, 0 = equal batches")
+    ap.add_argument("--nonsquare", type=float, default=0.0,
+                    help="fraction of batches whose width is drawn apart from the height (within 2x)")
+    ap.add_argument("--chunk-scores", type=int, default=320000,
+                    help="split a batch into chunks of at most this many images x tokens^2 (the "
+                         "attention scores per head; default: one 28x28 batch of 128), gradients "
+                         "accumulated: large sides stay in cache")
+    ap.add_argument("--train-eval-res", default="",
+                    help="test top-1 at these resolutions after every epoch too (H or HxW, comma-separated)")
+    ap.add_argument("--save-every", type=float, default=300.0,
+                    help="also save the training state every this many seconds within an epoch")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--max-steps", type=int, default=0,
-                    help="stop after this many steps (throughput probe; saves nothing)")
+                    help="stop after this many steps (throughput probe; saves only the periodic state)")
     ap.add_argument("--parity-res", default="28x28,40x40,20x36",
                     help="resolutions of the reference parity check")
+    ap.add_argument("--self-test", action="store_true",
+                    help="only this: check that a multi-resolution run resumed mid-epoch is bit-identical")
+    ap.add_argument("--export-state", action="store_true",
+                    help="no training: write the weights of the training state in --state-dir to --out "
+                         "as a checkpoint (to evaluate a run in progress)")
     ap.add_argument("--eval-only", action="store_true",
                     help="no training: test top-1 of the checkpoint in --out at --eval-res")
     ap.add_argument("--eval-res", default="28,20,24,32,36,40,56,28x40",
@@ -592,11 +726,47 @@ def parse_res(text):
     return out
 
 
+def self_test():
+    """--self-test: a tiny multi-resolution run stopped twice mid-epoch and
+    resumed ends with the same bytes as an uninterrupted one; a resume with
+    another recipe is refused. About a minute on 2 quiet cores."""
+    import hashlib
+    import tempfile
+    tiny = ["--hidden", "16", "--heads", "2", "--layers", "1", "--intermediate", "32",
+            "--sizes", "16-24", "--nonsquare", "0.5", "--batch", "2048", "--epochs", "2", "--seed", "3",
+            "--threads", "1", "--log-every", "1000", "--train-eval-res", "20", "--parity-res", "20x20"]
+    with tempfile.TemporaryDirectory() as tmp:
+        def run(name, *extra):
+            return main(tiny + ["--out", os.path.join(tmp, name), "--state-dir", os.path.join(tmp, name + "-state")]
+                        + list(extra))
+
+        def digest(name):
+            with open(os.path.join(tmp, name, "model.safetensors"), "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        ok = run("whole") == 0
+        ok &= run("parts", "--max-steps", "10", "--save-every", "1e-9") == 0
+        ok &= run("parts", "--max-steps", "40", "--save-every", "1e-9", "--resume") == 0
+        try:
+            run("parts", "--resume", "--size-power", "0.5")
+            refused = False
+        except SystemExit as e:
+            refused = "size_power" in str(e)
+        ok &= run("parts", "--resume") == 0
+        same = ok and digest("whole") == digest("parts")
+    print(f"self-test: resumed twice mid-epoch {'==' if same else '!='} uninterrupted; "
+          f"other recipe {'refused' if refused else 'NOT refused'}", flush=True)
+    return 0 if same and refused else 1
+
+
 def main(argv=None):
+    if argv is None and sys.argv[1:] == ["--self-test"]:
+        return self_test()
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.eval_only:
         return eval_resolutions(args)
+    if args.export_state:
+        return export_state(args)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     cfg = make_config(args)
@@ -609,13 +779,21 @@ def main(argv=None):
     train_u8 = torch.from_numpy(train_x)
     train_y = torch.from_numpy(train_y)
     test_y_t = torch.from_numpy(test_y)
-    if r == 28:
-        test_pix = normalize_u8(torch.from_numpy(test_x))
-    else:
-        test_pix = pil_batch(test_x, r, r)
+    test_pix = pil_u8(test_x, r, r)
+    if r != 28:
+        if args.sizes:
+            raise SystemExit("--sizes resizes the native 28x28 images: leave --image-size at 28")
         # training images go through the same resize, once
-        train_u8 = (pil_batch(train_x, r, r)[:, 0] * 0.5 + 0.5).mul(255).round().to(torch.uint8)
-        print("note: training images pre-resized to", r, "and re-quantized to uint8", flush=True)
+        train_u8 = pil_u8(train_x, r, r)
+        print("note: training images pre-resized to", r, flush=True)
+    sizes = parse_sizes(args.sizes, cfg["patch_size"]) if args.sizes else [r]
+    weights = size_weights(cfg, sizes, args.size_power)
+    if len(sizes) > 1:
+        print("sizes (side: P): " + " ".join(f"{s}:{p:.3f}" for s, p in zip(sizes, weights.tolist()))
+              + f"; nonsquare {args.nonsquare}", flush=True)
+    eval_res = [(h, w) for (h, w) in parse_res(args.train_eval_res) if (h, w) != (r, r)] \
+        if args.train_eval_res else []
+    test_extra = {(h, w): pil_u8(test_x, h, w) for (h, w) in eval_res}
 
     model = ViTClassifier(cfg)
     parent = None
@@ -645,64 +823,105 @@ def main(argv=None):
     warmup = int(args.warmup * steps_per_epoch)
     state_dir = args.state_dir or default_state_dir(args.out)
     state_path = os.path.join(state_dir, "state.pt")
-    start_epoch, history, elapsed_before = 0, [], 0.0
+    # everything that shapes the trajectory: a resumed run must use the same
+    # (init_from only as provenance: a resumed run takes its weights from the state)
+    recipe = {"epochs": args.epochs, "seed": args.seed, "batch": args.batch, "lr": args.lr,
+              "wd": args.wd, "warmup": args.warmup, "label_smoothing": args.label_smoothing,
+              "clip": args.clip, "shift": args.shift, "sizes": sizes, "size_power": args.size_power,
+              "nonsquare": args.nonsquare, "chunk_scores": args.chunk_scores, "init_from": args.init_from}
+    start_epoch, start_i, gen_state, history, elapsed_before = 0, 0, None, [], 0.0
     if args.resume:
         if not os.path.exists(state_path):
             raise SystemExit(f"--resume: no training state at {state_path}")
         st = torch.load(state_path)
-        if st["cfg"] != cfg or st["epochs"] != args.epochs or st["seed"] != args.seed:
-            raise SystemExit("--resume: the saved state was made with other settings")
+        diff = [k for k in recipe if k != "init_from" and st["recipe"].get(k) != recipe[k]]
+        if st["cfg"] != cfg or diff:
+            raise SystemExit(f"--resume: the saved state was made with other settings ({', '.join(diff) or 'cfg'})")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        start_epoch, history, elapsed_before = st["epoch"] + 1, st["history"], st["elapsed"]
-        print(f"resumed after epoch {st['epoch'] + 1} from {state_path}", flush=True)
+        start_epoch, start_i, gen_state = st["epoch"], st["step_in_epoch"], st["gen"]
+        history, elapsed_before = st["history"], st["elapsed"]
+        print(f"resumed at epoch {start_epoch + 1} step {start_i} from {state_path}", flush=True)
+
+    def save_state(epoch, i, gen, elapsed):
+        """Resume point: before step i of epoch (i == steps_per_epoch: epoch done)."""
+        if i == steps_per_epoch:
+            epoch, i, gen = epoch + 1, 0, None
+        os.makedirs(state_dir, exist_ok=True)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                    "step_in_epoch": i, "gen": gen.get_state() if gen is not None else None,
+                    "cfg": cfg, "recipe": recipe, "history": history, "elapsed": elapsed},
+                   state_path + ".tmp")
+        os.replace(state_path + ".tmp", state_path)
 
     t_start = time.time()
+    t_saved = t_start
     model.train()
     for epoch in range(start_epoch, args.epochs):
         gen = torch.Generator().manual_seed(args.seed * 100003 + epoch)
         perm = torch.randperm(N, generator=gen)
+        first = 0
+        if epoch == start_epoch and start_i:
+            gen.set_state(gen_state)  # the draws of steps 0 .. start_i-1 already made
+            first = start_i
         t_epoch = time.time()
-        t_log, seen, loss_sum, correct, count = time.time(), 0, 0.0, 0, 0
-        for i in range(steps_per_epoch):
+        t_log, seen, tok_seen, loss_sum, correct, count = time.time(), 0, 0, 0.0, 0, 0
+        for i in range(first, steps_per_epoch):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total_steps, warmup, args.lr)
             idx = perm[i * args.batch:(i + 1) * args.batch]
-            xb = normalize_u8(augment(train_u8[idx], gen, args.shift))
+            h, w = draw_size(sizes, weights, args.nonsquare, gen) if len(sizes) > 1 else (sizes[0], sizes[0])
+            xb = normalize_u8(resize_u8(augment(train_u8[idx], gen, args.shift), h, w))
             yb = train_y[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=args.label_smoothing)
+            B, T = yb.shape[0], tokens(cfg, h, w)
+            chunk = max(1, args.chunk_scores // (T * T))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # the rotations (a large part of a step) once per batch, not per
+            # chunk: the chunks backpropagate into detached copies, whose
+            # gradients go through the rotations' graph once at the end
+            shared, rot_pairs = detached(model.rotations(h, w))
+            for c in range(0, B, chunk):
+                logits = model(xb[c:c + chunk], shared)
+                loss = F.cross_entropy(logits, yb[c:c + chunk], label_smoothing=args.label_smoothing,
+                                       reduction="sum") / B
+                loss.backward()
+                loss_sum += loss.item() * B
+                correct += (logits.argmax(-1) == yb[c:c + chunk]).sum().item()
+            if rot_pairs:
+                torch.autograd.backward([r for r, _ in rot_pairs], [leaf.grad for _, leaf in rot_pairs])
             if args.clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             opt.step()
-            loss_sum += loss.item() * yb.shape[0]
-            correct += (logits.argmax(-1) == yb).sum().item()
-            count += yb.shape[0]
-            seen += yb.shape[0]
+            count += B
+            seen += B
+            tok_seen += B * T
             if (i + 1) % args.log_every == 0:
                 now = time.time()
                 print(f"epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_per_epoch} "
                       f"loss {loss_sum / count:.4f} acc {100.0 * correct / count:.2f}% "
-                      f"lr {opt.param_groups[0]['lr']:.2e} {seen / (now - t_log):.0f} img/s",
-                      flush=True)
-                t_log, seen, loss_sum, correct, count = now, 0, 0.0, 0, 0
+                      f"lr {opt.param_groups[0]['lr']:.2e} {seen / (now - t_log):.0f} img/s "
+                      f"{tok_seen / (now - t_log):.0f} tok/s", flush=True)
+                t_log, seen, tok_seen, loss_sum, correct, count = now, 0, 0, 0.0, 0, 0
+            if args.save_every > 0 and time.time() - t_saved >= args.save_every and i + 1 < steps_per_epoch:
+                save_state(epoch, i + 1, gen, elapsed_before + time.time() - t_start)
+                t_saved = time.time()
             if args.max_steps and step + 1 >= args.max_steps:
                 print(f"--max-steps reached after {time.time() - t_start:.1f} s", flush=True)
                 return 0
         train_time = time.time() - t_epoch
         acc = evaluate(model, test_pix, test_y_t)
-        history.append({"epoch": epoch + 1, "test_top1": acc, "epoch_s": round(train_time, 1)})
+        entry = {"epoch": epoch + 1, "test_top1": acc, "epoch_s": round(train_time, 1)}
+        if test_extra:
+            entry["test_top1_by_resolution"] = {f"{h}x{w}": round(evaluate(model, pix, test_y_t), 2)
+                                                for (h, w), pix in test_extra.items()}
+        history.append(entry)
         elapsed = elapsed_before + time.time() - t_start
-        print(f"== epoch {epoch + 1}/{args.epochs}: test top-1 {acc:.2f}% at {r}x{r} "
+        extra = "".join(f", {k} {v:.2f}%" for k, v in entry.get("test_top1_by_resolution", {}).items())
+        print(f"== epoch {epoch + 1}/{args.epochs}: test top-1 {acc:.2f}% at {r}x{r}{extra} "
               f"(epoch {train_time:.0f} s, total {elapsed:.0f} s)", flush=True)
-        os.makedirs(state_dir, exist_ok=True)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                    "cfg": cfg, "epochs": args.epochs, "seed": args.seed,
-                    "history": history, "elapsed": elapsed}, state_path + ".tmp")
-        os.replace(state_path + ".tmp", state_path)
+        save_state(epoch, steps_per_epoch, gen, elapsed)
+        t_saved = time.time()
 
     wall = elapsed_before + time.time() - t_start
     final_acc = evaluate(model, test_pix, test_y_t)
@@ -721,9 +940,15 @@ def main(argv=None):
         "wall_time_s": round(wall, 1),
         "threads": args.threads,
         "command": command,
+        "train_sizes": sizes,
+        "size_power": args.size_power,
+        "nonsquare": args.nonsquare,
         "history": history,
         "reference_parity_max_abs_diff": parity,
     }
+    if test_extra:
+        metrics["test_top1_by_resolution"] = {f"{r}x{r}": round(final_acc, 2),
+                                              **history[-1]["test_top1_by_resolution"]}
     if parent:
         metrics["init_from"] = parent
         metrics["total_wall_time_s"] = round(wall + parent.get("wall_time_s", 0.0)
