@@ -558,9 +558,11 @@ int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t err
             return -1;
         }
     }
-    long tokens = vit_tokens(m, h, w);
+    /* vit_tokens' count, in 64 bits: this is where a size becomes valid, and
+     * (h/p)*(w/p) of a client's 216824x216824 overflows an int */
+    long long tokens = 1 + (long long)(h / p) * (w / p);
     if (tokens > m->max_tokens) {
-        snprintf(err, errlen, "resolution %dx%d needs %ld tokens, more than the limit of %d", h, w,
+        snprintf(err, errlen, "resolution %dx%d needs %lld tokens, more than the limit of %d", h, w,
                  tokens, m->max_tokens);
         return -1;
     }

@@ -277,6 +277,20 @@ START_TEST(test_token_limit_at_least_one_image) {
 }
 END_TEST
 
+/* A resolution whose token count passes an int (found by fuzz_query:
+ * 216824 px a side) is refused with the count, not computed in overflow. */
+START_TEST(test_huge_resolution_refused) {
+    vit_model *m = load_model("comrope_ld_b2");
+    int p = m->cfg.patch_size, side = (216824 / p) * p;
+    char err[512] = "";
+    ck_assert_int_eq(vit_check_resolution(m, side, side, err, sizeof(err)), -1);
+    char want[64];
+    snprintf(want, sizeof(want), "needs %lld tokens", 1 + (long long)(side / p) * (side / p));
+    ck_assert_msg(strstr(err, want) != NULL, "message: %s", err);
+    vit_free(m);
+}
+END_TEST
+
 /* ---- more resolutions in one batch than any cache keeps ---- */
 
 /* 20 images of 20 distinct grids in one batch (the rotation cache kept 16
@@ -322,6 +336,7 @@ int main(void) {
     tcase_add_test(tc, test_isa_is_per_context);
     tcase_add_test(tc, test_limits_are_enforced_and_bound_the_workspace);
     tcase_add_test(tc, test_token_limit_at_least_one_image);
+    tcase_add_test(tc, test_huge_resolution_refused);
     tcase_add_test(tc, test_batch_with_many_resolutions);
     suite_add_tcase(s, tc);
     return check_run(s);
