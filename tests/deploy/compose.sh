@@ -95,6 +95,6 @@ echo "compose: request latency p99 under this load: $p99 s"
 compose stop -t 45 >/dev/null 2>&1 || true
 code=$(podman inspect --format '{{.State.ExitCode}}' "$SERVE_CTR")
 [ "$code" = 0 ] || fail "comrope-serve exited $code at podman-compose stop"
-podman logs "$SERVE_CTR" 2>&1 | grep -c 'comrope-serve: stopped' >/dev/null || fail "no clean stop"
+podman logs "$SERVE_CTR" 2>&1 | grep -Ec 'comrope-serve: stopped$|"msg":"stopped"' >/dev/null || fail "no clean stop"
 echo "ok podman-compose stop: exit 0 after the drain"
 echo "compose: all passed"

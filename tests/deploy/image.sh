@@ -80,6 +80,6 @@ code=$(podman inspect --format '{{.State.ExitCode}}' comrope-image-test)
 podman logs comrope-image-test >"$WORK/log" 2>&1
 [ "$code" = 0 ] || { tail "$WORK/log" >&2; fail "exit code $code after podman stop"; }
 grep -q 'SIGTERM: draining' "$WORK/log" || fail "no drain in the log"
-grep -q 'comrope-serve: stopped' "$WORK/log" || fail "no clean stop in the log"
+grep -Eq 'comrope-serve: stopped$|"msg":"stopped"' "$WORK/log" || fail "no clean stop in the log"
 echo "ok podman stop: drained, exit 0"
 echo "image: all passed (added $added MB, ready in $ready_ms ms, healthy in $healthy_ms ms)"

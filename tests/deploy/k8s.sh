@@ -94,7 +94,7 @@ echo "ok classified through the published port $PORT and the pod's address $IP: 
 podman pod stop -t 45 "$POD" >/dev/null
 code=$(podman inspect --format '{{.State.ExitCode}}' "$CTR")
 [ "$code" = 0 ] || fail "the daemon exited $code when its pod stopped"
-podman logs "$CTR" 2>&1 | grep -c 'comrope-serve: stopped' >/dev/null || fail "no clean stop in the pod's log"
+podman logs "$CTR" 2>&1 | grep -Ec 'comrope-serve: stopped$|"msg":"stopped"' >/dev/null || fail "no clean stop in the pod's log"
 echo "ok pod stop: drained, exit 0"
 podman kube down "$WORK/play.yaml" >/dev/null
 echo "k8s: all passed"
