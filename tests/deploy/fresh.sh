@@ -36,6 +36,13 @@ fresh() { # NAME [podman run options...] -- COMMAND
   while [ "$1" != -- ]; do opts+=("$1"); shift; done
   shift
   track_container "$name"
+  # npm's registry may be reached through a TLS proxy whose CA this host
+  # trusts by NODE_EXTRA_CA_CERTS (the console test's npm ci failed with
+  # SELF_SIGNED_CERT_IN_CHAIN without it): a fresh machine on the same
+  # network is given the same trust
+  if [ -n "${NODE_EXTRA_CA_CERTS:-}" ] && [ -r "$NODE_EXTRA_CA_CERTS" ]; then
+    opts+=(-v "$NODE_EXTRA_CA_CERTS:/etc/comrope-host-ca.crt:ro" -e NODE_EXTRA_CA_CERTS=/etc/comrope-host-ca.crt)
+  fi
   podman run -d --name "$name" "${opts[@]}" \
     -v "$WORK/checkout.tar:/checkout.tar:ro" -v "$CACHE/debs/$name:/var/cache/comrope-debs" \
     "$BASE" bash -c "$prelude
