@@ -21,7 +21,6 @@ echo "compose: building the Prometheus image (deploy/prometheus/Containerfile)"
 podman build --pull=never --layers -t localhost/comrope-prometheus:2.42 "$ROOT/deploy/prometheus" >"$WORK/prom-build.log" 2>&1 ||
   { tail -20 "$WORK/prom-build.log" >&2; fail "podman build deploy/prometheus"; }
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 COMROPE_HOST_PORT=$(free_port)
 PROMETHEUS_HOST_PORT=$(free_port)
 export COMROPE_HOST_PORT PROMETHEUS_HOST_PORT

@@ -24,7 +24,6 @@ set -euo pipefail
 podman_ready
 build_image
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 "$PY" - "$ROOT/deploy/k8s" "$PORT" "$WORK/all.yaml" "$WORK/play.yaml" <<'PYEOF'
 import os, sys, yaml

@@ -59,7 +59,6 @@ check_infer() { # BASE-URL WHAT
 }
 
 # (a) the binary, the args as given, /mnt/models and the port mapped
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 local_args=()
 for ((i = 0; i < ${#ARGS[@]}; i++)); do

@@ -23,6 +23,9 @@ export COMROPE_CACHE_DIR=$CACHE
 WORK=$(mktemp -d)
 # shellcheck disable=SC2034  # used by the scripts that source this file
 PY=/usr/bin/python3
+# free_port: a TCP port free on 127.0.0.1 for a published port (tests/free_port.py)
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/free_port.py
+free_port() { "$PY" "$FREE_PORT_PY"; }
 BASE=docker.io/library/debian:12-slim
 CONTAINERS=()
 OTHER_PIDS=()

@@ -22,7 +22,6 @@ echo "replicas: building the HAProxy image (deploy/haproxy/Containerfile)"
 podman build --pull=never --layers -t localhost/comrope-haproxy:2.6 "$ROOT/deploy/haproxy" >"$WORK/haproxy-build.log" 2>&1 ||
   { tail -20 "$WORK/haproxy-build.log" >&2; fail "podman build deploy/haproxy"; }
 
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 COMROPE_HOST_PORT=$(free_port)
 HAPROXY_STATS_HOST_PORT=$(free_port)
 export COMROPE_HOST_PORT HAPROXY_STATS_HOST_PORT

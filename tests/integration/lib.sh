@@ -131,27 +131,7 @@ metric() {
 hey_codes() { sed -n 's/^ *\[\([0-9]*\)\].*responses$/\1/p' "$1" | sort -u | tr '\n' ' '; }
 hey_count() { sed -n "s/^ *\[$2\][[:space:]]*\([0-9]*\) responses$/\1/p" "$1"; }
 
-# free_port: a TCP port free right now on 127.0.0.1 (for tools that cannot
-# bind port 0 and tell which port they got). Taken below the kernel's
-# ephemeral range: a port from bind(0), once closed, is soon handed to
-# another test's --port 0 or to a client's outgoing connection (the load
-# tests open thousands), and the tool then cannot bind it.
-free_port() {
-  "$PY" -c '
-import random, socket
-lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-for _ in range(1000):
-    p = random.randrange(10000, max(lo, 10001))
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(p)
-    break
-else:
-    raise SystemExit("free_port: no free port below the ephemeral range")
-'
-}
+# free_port: a TCP port free right now on 127.0.0.1, below the ephemeral
+# range (tests/free_port.py says why).
+FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/free_port.py
+free_port() { "$PY" "$FREE_PORT_PY"; }
