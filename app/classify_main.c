@@ -2,7 +2,7 @@
  *
  *   comrope-classify [--model DIR] [--resolution N | HxW | native]
  *                    [--fit resize|crop] [--top-k K] [--logits] [--threads T]
- *                    [--precision fp32|bf16] [--isa auto|avx512|avx2|scalar]
+ *                    [--precision fp32|bf16|auto] [--isa auto|avx512|avx2|scalar]
  *                    [--dump-stages DIR] FILE...
  *
  * FILE is a JPEG, a PNG, or a .npy float32/float64 array [C,H,W] or
@@ -26,7 +26,7 @@
 static void usage(FILE *out) {
     fprintf(out,
             "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
-            "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16]\n"
+            "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16|auto]\n"
             "                        [--isa auto|avx512|avx2|scalar] [--dump-stages DIR] FILE...\n"
             "--dump-stages DIR: write each image's residual stream after every stage of the\n"
             "forward to DIR/image<I>_stage<S>.npy (T, D) (debugging parity layer by layer:\n"
@@ -262,10 +262,8 @@ int main(int argc, char **argv) {
                     return 2;
                 }
             } else if (strcmp(a, "--precision") == 0) {
-                if (strcmp(val, "fp32") == 0) opts.precision = GEMM_FP32;
-                else if (strcmp(val, "bf16") == 0) opts.precision = GEMM_BF16;
-                else {
-                    fprintf(stderr, "comrope-classify: --precision must be fp32 or bf16, not \"%s\"\n", val);
+                if (precision_parse(val, &opts.precision)) {
+                    fprintf(stderr, "comrope-classify: --precision must be fp32, bf16 or auto, not \"%s\"\n", val);
                     return 2;
                 }
             } else if (strcmp(a, "--top-k") == 0) {
@@ -308,6 +306,7 @@ int main(int argc, char **argv) {
         model_dir = dir;
     }
     vit_model *m = NULL;
+    opts.isa = cparams.isa;
     if (vit_load(model_dir, &opts, &m, err, sizeof(err))) {
         fprintf(stderr, "comrope-classify: %s\n", err);
         return 1;

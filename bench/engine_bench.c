@@ -1,7 +1,7 @@
 /* engine_bench.c: images/s of the engine alone, no HTTP.
  *
  *   comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] [--batch B]
- *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16]
+ *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto]
  *                        [--isa auto|avx512|avx2|scalar] [--workers N]
  *
  * Random normalized pixels, one engine context per model, W warm-up forwards
@@ -223,8 +223,12 @@ int main(int argc, char **argv) {
                 return 2;
             }
         }
-        else if (strcmp(argv[i], "--precision") == 0)
-            opts.precision = strcmp(argv[i + 1], "bf16") == 0 ? GEMM_BF16 : GEMM_FP32;
+        else if (strcmp(argv[i], "--precision") == 0) {
+            if (precision_parse(argv[i + 1], &opts.precision)) {
+                fprintf(stderr, "comrope-bench-engine: --precision must be fp32, bf16 or auto\n");
+                return 2;
+            }
+        }
         else {
             fprintf(stderr, "comrope-bench-engine: unknown option %s\n", argv[i]);
             return 2;
@@ -233,12 +237,13 @@ int main(int argc, char **argv) {
     if (n == 0 || batch < 1 || threads < 1 || reps < 1 || warmup < 0 || workers < 0 ||
         (workers > 0 && n > 1)) {
         fprintf(stderr, "usage: comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] "
-                        "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16] "
+                        "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] "
                         "[--isa auto|avx512|avx2|scalar] [--workers N (one model)]\n");
         return 2;
     }
     char err[1024];
     cp.threads = threads;
+    opts.isa = cp.isa;
     for (int k = 0; k < n; k++)
         if ((rc = bench_open(&models[k], &opts, &cp, res_text, batch, reps)) != 0) goto cleanup;
     if (workers > 0) {

@@ -14,8 +14,8 @@
 #define SIZE(field) sizeof(((server_config *)0)->field)
 
 static const char *const access_log_choices[] = {"text", "json", "off", NULL};
-/* in the order of GEMM_FP32, GEMM_BF16 (engine/gemm.h) */
-static const char *const precision_choices[] = {"fp32", "bf16", NULL};
+/* names of engine/dispatch.h's precisions (precision_parse) */
+static const char *const precision_choices[] = {"fp32", "bf16", "auto", NULL};
 /* on/off rather than yes/no: the word the console's docs use */
 static const char *const console_choices[] = {"off", "on", NULL};
 /* names of engine/cpu.h's levels; "auto" (first, the default) is the best the CPU runs */
@@ -77,7 +77,8 @@ const config_option config_options[] = {
     {"access-log", CONFIG_ENUM, OFF(access_log), 0, "text", 0, 0, access_log_choices,
      "access log on stderr: text, json (then every log line is a JSON object) or off"},
     {"precision", CONFIG_ENUM, OFF(precision), 0, "fp32", 0, 0, precision_choices,
-     "GEMM precision: fp32 (exact) or bf16 (opt-in, AVX512-BF16 CPUs; its speed-up: bench/README.md)"},
+     "GEMM precision: fp32 (exact), bf16 (AVX512-BF16 CPUs; about 3 digits), or auto (bf16 where "
+     "this CPU runs it faster, else fp32: README \"Precision\")"},
     {"isa", CONFIG_ENUM, OFF(isa), 0, "auto", 0, 0, isa_choices,
      "CPU kernels: auto (the best this CPU runs), or force a lower level: avx512, avx2, scalar"},
     {"console", CONFIG_ENUM, OFF(console), 0, "on", 0, 0, console_choices,

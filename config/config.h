@@ -47,7 +47,7 @@ typedef struct {
     int max_connections_per_client;     /* 0: no cap but max_connections */
     int drain_timeout_s;
     int access_log;                     /* ACCESS_LOG_* */
-    int precision;                      /* 0 fp32, 1 bf16 (GEMM_FP32 / GEMM_BF16) */
+    int precision;                      /* index into the precision option's choices */
     int console;                        /* 1: the web console at / (server/console.h) */
     /* work and memory a request may cost (README "Limits") */
     int max_request_images;

@@ -52,6 +52,45 @@ typedef struct {
  * -1 with a message when the CPU lacks the level. */
 int kernel_table_init(kernel_table *kt, int isa, char *err, size_t errlen);
 
+/* The precisions a model may ask for (gemm.h's GEMM_FP32 and GEMM_BF16,
+ * and auto: the table below picks one). */
+#define PRECISION_AUTO (-1)
+
+/* "fp32", "bf16", "auto". */
+const char *precision_name(int precision);
+/* The precision named `name`. Returns 0, or -1 for an unknown name. */
+int precision_parse(const char *name, int *out);
+
+/* The table behind --precision auto: 1 when bf16 GEMMs run faster than
+ * fp32 on a CPU with features `f`, 0 when they do not (or cannot run), and
+ * in *why a sentence saying why (static). amx_backend: whether this build
+ * has a GEMM backend that drives AMX tiles (dispatch_amx_backend()).
+ * A table by CPU feature rather than a calibration forward at load: the
+ * choice decides the logits, so it must not depend on how busy the machine
+ * was during start-up (a shared host times anything unreliably), and the
+ * same config on the same CPU must always give the same numbers. */
+int bf16_pays(const cpu_features *f, int amx_backend, const char **why);
+
+/* 1 when this build has a GEMM backend that uses AMX tiles. */
+int dispatch_amx_backend(void);
+
+/* What a requested precision becomes for contexts at `isa` (CPU_ISA_BEST
+ * or a forced level) on a CPU with features `f`. */
+typedef struct {
+    int precision;     /* GEMM_FP32 or GEMM_BF16 */
+    int requested;     /* GEMM_FP32, GEMM_BF16 or PRECISION_AUTO */
+    int bf16_pays;     /* bf16_pays() of this CPU */
+    const char *why;   /* bf16_pays()'s sentence */
+    int warn;          /* 1: bf16 was asked where it does not pay (it is
+                          honoured; the start-up log and the metadata say so) */
+} precision_choice;
+
+/* Returns 0, or -1 with a message when bf16 is asked where it cannot run
+ * (no AVX512-BF16, or `isa` forced below avx512). Auto never fails: it
+ * falls back to fp32. */
+int precision_choose(int requested, int isa, const cpu_features *f, int amx_backend,
+                     precision_choice *out, char *err, size_t errlen);
+
 /* The modules' parts of a table, for a level this CPU runs (dispatch.c
  * calls them; nobody else needs to). */
 void kernels_fill_table(kernel_table *kt, cpu_isa isa);   /* kernels.c */

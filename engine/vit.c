@@ -253,7 +253,7 @@ static int file_exists(const char *path) {
 
 vit_options vit_default_options(void) {
     /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
-    vit_options o = {GEMM_FP32, 4097};
+    vit_options o = {GEMM_FP32, 4097, CPU_ISA_BEST};
     return o;
 }
 
@@ -276,15 +276,14 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     vit_options o = opt ? *opt : vit_default_options();
-    if (o.precision == GEMM_BF16 && !cpu_has_avx512bf16()) {
-        snprintf(err, errlen, "bf16 compute needs a CPU with AVX512-BF16; this one has none");
+    if (precision_choose(o.precision, o.isa, cpu_get_features(), dispatch_amx_backend(),
+                         &m->choice, err, errlen))
         goto cleanup;
-    }
     if (o.max_tokens < 2) {
         snprintf(err, errlen, "max_tokens must be at least 2 (got %d)", o.max_tokens);
         goto cleanup;
     }
-    m->precision = o.precision;
+    m->precision = m->choice.precision;
     m->max_tokens = o.max_tokens;
     if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);

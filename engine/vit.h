@@ -59,13 +59,18 @@ typedef struct {
     char *dir;                // the checkpoint directory (owned)
     int max_tokens;           // per image; larger resolutions are refused
     int precision;            // GEMM_FP32 or GEMM_BF16
+    precision_choice choice;  // how precision was chosen (asked, auto's table, warnings)
 } vit_model;
 
 /* Knobs of a loaded model; vit_default_options() fills every one. */
 typedef struct {
-    int precision;   // GEMM_FP32 (default: exact) or GEMM_BF16 (opt-in: AVX512-BF16
-                     // products with fp32 sums; about 3 significant digits)
+    int precision;   // GEMM_FP32 (default: exact), GEMM_BF16 (opt-in: AVX512-BF16
+                     // products with fp32 sums; about 3 significant digits; honoured
+                     // even where it does not pay, with choice.warn set), or
+                     // PRECISION_AUTO (bf16 where bf16_pays(), else fp32: dispatch.h)
     int max_tokens;  // per image; larger resolutions are refused
+    int isa;         // the level the model's contexts will run at (CPU_ISA_BEST, or
+                     // forced lower: no bf16 below avx512), for the choice above
 } vit_options;
 
 vit_options vit_default_options(void);

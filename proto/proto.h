@@ -29,6 +29,10 @@ typedef struct {
     char *const *labels;       /* K entries, NULL where unnamed; may be NULL */
     const char *version;       /* build version */
     const char *isa;           /* the engine's CPU kernels ("avx512", ...); may be NULL */
+    const char *precision;     /* what the GEMMs compute in ("fp32", "bf16"); may be NULL */
+    const char *precision_requested; /* "fp32", "bf16" or "auto" */
+    int bf16_pays;             /* 1: bf16 runs faster than fp32 on this CPU */
+    const char *precision_warning;   /* NULL, or why the bf16 asked for does not pay */
 } proto_model;
 
 /* One image of a request: either an encoded file (JPEG/PNG) to decode and

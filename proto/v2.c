@@ -526,8 +526,19 @@ char *v2_model_json(const proto_model *pm) {
                           "inputs", "name", "pixel_values", "datatype", "FP32", "shape", -1,
                           pm->num_channels, -1, -1,
                           "outputs", "name", "logits", "datatype", "FP32", "shape", -1, pm->num_class);
-    /* the engine's CPU kernels, as the log and comrope_engine_info say */
-    if (o && pm->isa) json_object_set_new(o, "parameters", json_pack("{s:s}", "isa", pm->isa));
+    /* the engine's CPU kernels and precision, as the log and
+     * comrope_engine_info say */
+    if (o && pm->isa) {
+        json_t *p = json_pack("{s:s}", "isa", pm->isa);
+        if (p && pm->precision) {
+            json_object_set_new(p, "precision", json_string(pm->precision));
+            json_object_set_new(p, "precision_requested", json_string(pm->precision_requested));
+            json_object_set_new(p, "bf16_pays", json_boolean(pm->bf16_pays));
+        }
+        if (p && pm->precision_warning)
+            json_object_set_new(p, "precision_warning", json_string(pm->precision_warning));
+        json_object_set_new(o, "parameters", p);
+    }
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     return s;

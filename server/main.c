@@ -194,26 +194,37 @@ int main(int argc, char **argv) {
     log_event("info", "listening on %s:%d", cfg.host, http_port(http));
     log_event("info", "loading model %s", cfg.model);
     notify_status("loading model %s", cfg.model);
+    /* the contexts' ISA first: the precision auto picks depends on it */
+    vit_context_params engine = vit_context_default_params();
     vit_options vopt = vit_default_options();
-    vopt.precision = cfg.precision == 1 ? GEMM_BF16 : GEMM_FP32;
+    for (int i = 0; i < config_num_options; i++) {
+        const config_option *co = &config_options[i];
+        if ((strcmp(co->name, "isa") == 0 && cpu_isa_parse(co->choices[cfg.isa], &engine.isa)) ||
+            (strcmp(co->name, "precision") == 0 &&
+             precision_parse(co->choices[cfg.precision], &vopt.precision))) {
+            log_event("error", "%s: unknown value", co->name);
+            goto cleanup;
+        }
+    }
+    vopt.isa = engine.isa;
     if (vit_load(cfg.model, &vopt, &model, err, sizeof(err))) {
         log_event("error", "%s", err);
         goto cleanup;
     }
+    const precision_choice *pc = &model->choice;
+    const char *precision = precision_name(model->precision);
+    if (pc->warn)
+        log_event("warning", "precision bf16 as asked, but bf16 does not pay on this CPU (%s); "
+                  "--precision auto or fp32 would be faster", pc->why);
+    else if (pc->requested == PRECISION_AUTO)
+        log_event("info", "precision auto: %s (%s)", precision, pc->why);
     /* thread counts left to derive depend on how heavy the model is */
     config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
 
     /* Each worker's context: its own pool of gemm-threads (the pools also
      * keep OpenBLAS at one thread), kernels of the chosen ISA, and a
      * workspace for one batch at the batch limits. */
-    vit_context_params engine = vit_context_default_params();
     engine.threads = cfg.gemm_threads;
-    for (int i = 0; i < config_num_options; i++)
-        if (strcmp(config_options[i].name, "isa") == 0 &&
-            cpu_isa_parse(config_options[i].choices[cfg.isa], &engine.isa) != 0) {
-            log_event("error", "isa: unknown level");
-            goto cleanup;
-        }
     const char *isa = cpu_isa_name(engine.isa == CPU_ISA_BEST ? cpu_best_isa() : (cpu_isa)engine.isa);
 
     const char *pe = pe_type_name(model->cfg.custom_pe_type);
@@ -222,7 +233,7 @@ int main(int argc, char **argv) {
         log_event("error", "out of memory");
         goto cleanup;
     }
-    if (metrics_set_isa(mx, isa)) {
+    if (metrics_set_engine(mx, isa, precision, precision_name(pc->requested), pc->bf16_pays)) {
         log_event("error", "out of memory");
         goto cleanup;
     }
@@ -236,10 +247,11 @@ int main(int argc, char **argv) {
     }
     proto_model pm = {cfg.model_name, pe, model->cfg.num_channels, model->cfg.num_class,
                       model->cfg.image_size, model->cfg.patch_size, model->max_tokens,
-                      model->cfg.labels, COMROPE_VERSION, isa};
+                      model->cfg.labels, COMROPE_VERSION, isa, precision,
+                      precision_name(pc->requested), pc->bf16_pays, pc->warn ? pc->why : NULL};
     http_set_model(http, model, &pm, b, mx);
-    log_event("info", "model %s (%s, isa %s, %dx%d, %d classes) from %s", cfg.model_name,
-            pe, isa, model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
+    log_event("info", "model %s (%s, isa %s, precision %s, %dx%d, %d classes) from %s", cfg.model_name,
+            pe, isa, precision, model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
             cfg.model);
     log_event("info", "%d workers x %d gemm threads, %d http threads, batch %d images / %d tokens, "
             "delay %d us, queue %d", cfg.workers, cfg.gemm_threads, cfg.http_threads, cfg.max_batch_size,

@@ -61,6 +61,9 @@ struct metrics {
     pthread_mutex_t lock;
     char *model, *pe_type, *version;
     char *isa;                 /* the engine's kernels, or NULL until set */
+    char *precision;           /* with isa: "fp32" or "bf16" */
+    char *precision_requested; /* with isa: "fp32", "bf16" or "auto" */
+    int bf16_pays;
     int training_resolution;
     double start_time;
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
@@ -122,15 +125,28 @@ void metrics_free(metrics *m) {
     free(m->pe_type);
     free(m->version);
     free(m->isa);
+    free(m->precision);
+    free(m->precision_requested);
     free(m);
 }
 
-int metrics_set_isa(metrics *m, const char *isa) {
-    char *copy = strdup(isa);
-    if (!copy) return -1;
+int metrics_set_engine(metrics *m, const char *isa, const char *precision,
+                       const char *precision_requested, int bf16_pays) {
+    char *copy = strdup(isa), *prec = strdup(precision), *req = strdup(precision_requested);
+    if (!copy || !prec || !req) {
+        free(copy);
+        free(prec);
+        free(req);
+        return -1;
+    }
     pthread_mutex_lock(&m->lock);
     free(m->isa);
+    free(m->precision);
+    free(m->precision_requested);
     m->isa = copy;
+    m->precision = prec;
+    m->precision_requested = req;
+    m->bf16_pays = bf16_pays != 0;
     pthread_mutex_unlock(&m->lock);
     return 0;
 }
@@ -411,10 +427,14 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     put_label_value(&t, m->version);
     put(&t, "\"} 1\n");
     if (m->isa) {
-        put(&t, "# HELP comrope_engine_info The engine's CPU kernels (instruction-set level).\n"
-                "# TYPE comrope_engine_info gauge\ncomrope_engine_info{isa=\"");
+        put(&t, "# HELP comrope_engine_info The engine's CPU kernels (instruction-set level) and "
+                "GEMM precision.\n# TYPE comrope_engine_info gauge\ncomrope_engine_info{isa=\"");
         put_label_value(&t, m->isa);
-        put(&t, "\"} 1\n");
+        put(&t, "\",precision=\"");
+        put_label_value(&t, m->precision);
+        put(&t, "\",precision_requested=\"");
+        put_label_value(&t, m->precision_requested);
+        put(&t, "\",bf16_pays=\"%d\"} 1\n", m->bf16_pays);
     }
     double start_time = m->start_time;
     pthread_mutex_unlock(&m->lock);

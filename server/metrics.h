@@ -35,9 +35,12 @@ typedef struct metrics metrics;
 metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
                      const char *version);
 void metrics_free(metrics *m);
-/* The engine's instruction-set level, exposed as comrope_engine_info{isa}
- * (absent until set). Returns 0, or -1 when out of memory. */
-int metrics_set_isa(metrics *m, const char *isa);
+/* The engine's instruction-set level and GEMM precision (what it computes
+ * in, what was asked: "fp32", "bf16", "auto"; whether bf16 pays on this
+ * CPU), exposed as comrope_engine_info{isa,precision,precision_requested,
+ * bf16_pays} (absent until set). Returns 0, or -1 when out of memory. */
+int metrics_set_engine(metrics *m, const char *isa, const char *precision,
+                       const char *precision_requested, int bf16_pays);
 
 /* A finished HTTP request: counts it by endpoint and code, its failure
  * reason when status >= 400, and its latency. */

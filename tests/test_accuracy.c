@@ -76,37 +76,49 @@ static uint8_t *load_u8_npy(const char *path, int64_t *shape, int *ndim) {
     return data;
 }
 
-START_TEST(test_default_model_matches_pytorch) {
+/* The fixture, prepared as the daemon prepares uploads, and run through
+ * one model with `opt` (NULL: the defaults) in batches of BATCH. */
+typedef struct {
+    int count, all, K, res_h, res_w, want_correct;
+    uint8_t *labels;
+    npy_array ref;   /* (count, K) reference logits */
+    float *logits;   /* (count, K) the engine's */
+    vit_model *m;
+    json_t *meta;
+} fixture_run;
+
+static void fixture_classify(fixture_run *r, const vit_options *opt) {
+    memset(r, 0, sizeof(*r));
     json_error_t jerr;
-    json_t *meta = json_load_file(ACC_DIR "/meta.json", 0, &jerr);
-    ck_assert_msg(meta != NULL, "meta.json: %s", jerr.text);
+    r->meta = json_load_file(ACC_DIR "/meta.json", 0, &jerr);
+    ck_assert_msg(r->meta != NULL, "meta.json: %s", jerr.text);
+    json_t *meta = r->meta;
     int count = (int)json_integer_value(json_object_get(meta, "count"));
     int res_h = (int)json_integer_value(json_array_get(json_object_get(meta, "resolution"), 0));
     int res_w = (int)json_integer_value(json_array_get(json_object_get(meta, "resolution"), 1));
-    int want_correct = (int)json_integer_value(json_object_get(meta, "pytorch_correct"));
+    r->want_correct = (int)json_integer_value(json_object_get(meta, "pytorch_correct"));
     ck_assert_int_gt(count, 0);
-    int all = count;
+    r->all = count;
 
     int64_t ishape[NPY_MAX_DIMS], lshape[NPY_MAX_DIMS];
     int indim, lndim;
     uint8_t *images = load_u8_npy(ACC_DIR "/images.npy", ishape, &indim);
-    uint8_t *labels = load_u8_npy(ACC_DIR "/labels.npy", lshape, &lndim);
+    r->labels = load_u8_npy(ACC_DIR "/labels.npy", lshape, &lndim);
     ck_assert_int_eq(indim, 3);
     ck_assert_int_eq(lndim, 1);
     ck_assert_int_eq(ishape[0], count);
     ck_assert_int_eq(lshape[0], count);
     int ih = (int)ishape[1], iw = (int)ishape[2];
-    npy_array ref;
     char err[512];
-    ck_assert_msg(npy_load(ACC_DIR "/logits.npy", &ref, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(npy_load(ACC_DIR "/logits.npy", &r->ref, err, sizeof(err)) == 0, "%s", err);
 
-    vit_model *m = NULL;
-    ck_assert_msg(vit_load(COMROPE_DEFAULT_MODEL_DIR, NULL, &m, err, sizeof(err)) == 0,
+    ck_assert_msg(vit_load(COMROPE_DEFAULT_MODEL_DIR, opt, &r->m, err, sizeof(err)) == 0,
                   "default model %s: %s", COMROPE_DEFAULT_MODEL_DIR, err);
+    vit_model *m = r->m;
     int K = m->cfg.num_class, C = m->cfg.num_channels;
-    ck_assert_int_eq(ref.ndim, 2);
-    ck_assert_int_eq(ref.shape[0], count);
-    ck_assert_int_eq(ref.shape[1], K);
+    ck_assert_int_eq(r->ref.ndim, 2);
+    ck_assert_int_eq(r->ref.shape[0], count);
+    ck_assert_int_eq(r->ref.shape[1], K);
     ck_assert_msg(res_h == m->cfg.image_size && res_w == m->cfg.image_size,
                   "fixture at %dx%d, the model trains at %d", res_h, res_w, m->cfg.image_size);
     if (RUNNING_ON_VALGRIND && count > VALGRIND_IMAGES) count = VALGRIND_IMAGES;
@@ -125,58 +137,122 @@ START_TEST(test_default_model_matches_pytorch) {
                                     pixels + (size_t)n * per, err, sizeof(err)) == 0, "%s", err);
     }
     free(u8);
+    free(images);
 
     vit_context_params cp = vit_context_default_params();
     cp.max_images = BATCH;
     vit_context *ctx = NULL;
     ck_assert_msg(vit_context_new(m, &cp, &ctx, err, sizeof(err)) == 0, "%s", err);
-    float *logits = malloc((size_t)count * K * sizeof(float));
+    r->logits = malloc((size_t)count * K * sizeof(float));
     vit_image batch[BATCH];
     for (int n0 = 0; n0 < count; n0 += BATCH) {
         int nb = count - n0 < BATCH ? count - n0 : BATCH;
         for (int k = 0; k < nb; k++)
             batch[k] = (vit_image){res_h, res_w, pixels + (size_t)(n0 + k) * per};
-        ck_assert_msg(vit_forward_ragged(ctx, batch, nb, logits + (size_t)n0 * K, err,
+        ck_assert_msg(vit_forward_ragged(ctx, batch, nb, r->logits + (size_t)n0 * K, err,
                                          sizeof(err)) == 0, "%s", err);
     }
+    vit_context_free(ctx);
+    free(pixels);
+    r->count = count;
+    r->K = K;
+    r->res_h = res_h;
+    r->res_w = res_w;
+}
 
+static void fixture_free(fixture_run *r) {
+    free(r->logits);
+    vit_free(r->m);
+    npy_free(&r->ref);
+    free(r->labels);
+    json_decref(r->meta);
+}
+
+static int argmax_f(const float *x, int K) {
+    int best = 0;
+    for (int k = 1; k < K; k++)
+        if (x[k] > x[best]) best = k;
+    return best;
+}
+
+START_TEST(test_default_model_matches_pytorch) {
+    fixture_run r;
+    fixture_classify(&r, NULL);
+    int count = r.count, K = r.K;
+    ck_assert_int_eq(r.m->precision, GEMM_FP32); /* fp32 is the default, and the reference */
     double worst = 0;
     int worst_at = -1, agree = 0, correct = 0;
     for (int n = 0; n < count; n++) {
         int ours = 0, theirs = 0;
         for (int k = 0; k < K; k++) {
             size_t i = (size_t)n * K + k;
-            double d = fabs((double)logits[i] - ref.data[i]);
+            double d = fabs((double)r.logits[i] - r.ref.data[i]);
             if (!(d <= worst)) { /* NaN counts as the worst */
                 worst = d;
                 worst_at = n;
             }
-            if (logits[i] > logits[(size_t)n * K + ours]) ours = k;
-            if (ref.data[i] > ref.data[(size_t)n * K + theirs]) theirs = k;
+            if (r.logits[i] > r.logits[(size_t)n * K + ours]) ours = k;
+            if (r.ref.data[i] > r.ref.data[(size_t)n * K + theirs]) theirs = k;
         }
         agree += ours == theirs;
-        correct += ours == labels[n];
+        correct += ours == r.labels[n];
     }
     fprintf(stderr,
             "accuracy fixture: %d images at %dx%d, max |logit - reference| = %.3g (image %d), "
             "same class %d/%d, engine top-1 %.2f%% (%d), PyTorch %d\n",
-            count, res_h, res_w, worst, worst_at, agree, count, 100.0 * correct / count, correct,
-            want_correct);
+            count, r.res_h, r.res_w, worst, worst_at, agree, count, 100.0 * correct / count, correct,
+            r.want_correct);
     ck_assert_msg(worst <= 1e-4,
                   "image %d: max |logit - reference| = %g (a retrained model needs "
                   "tools/make_accuracy_fixture.py)", worst_at, worst);
     ck_assert_int_eq(agree, count);
-    if (count == all) ck_assert_int_eq(correct, want_correct);
-    else fprintf(stderr, "accuracy fixture: under valgrind, %d of %d images\n", count, all);
+    if (count == r.all) ck_assert_int_eq(correct, r.want_correct);
+    else fprintf(stderr, "accuracy fixture: under valgrind, %d of %d images\n", count, r.all);
+    fixture_free(&r);
+}
+END_TEST
 
-    free(logits);
-    free(pixels);
-    vit_context_free(ctx);
-    vit_free(m);
-    npy_free(&ref);
-    free(images);
-    free(labels);
-    json_decref(meta);
+/* --precision auto and bf16: top-1 agreement with fp32 (the float64
+ * reference's classes, which fp32 matches exactly: the test above) of at
+ * least 99 % on the fixture's test images, and auto picks what the
+ * precision table says for this CPU. The whole test set (10,000 images) is
+ * bench/bf16_agreement.py's. */
+START_TEST(test_auto_and_bf16_agree_with_fp32) {
+    int asks[2] = {PRECISION_AUTO, GEMM_BF16};
+    int nasks = cpu_has_avx512bf16() ? 2 : 1;
+    for (int a = 0; a < nasks; a++) {
+        vit_options opt = vit_default_options();
+        opt.precision = asks[a];
+        fixture_run r;
+        fixture_classify(&r, &opt);
+        const char *why;
+        int pays = bf16_pays(cpu_get_features(), dispatch_amx_backend(), &why);
+        if (asks[a] == PRECISION_AUTO)
+            ck_assert_int_eq(r.m->precision, pays && cpu_best_isa() >= CPU_ISA_AVX512 ? GEMM_BF16 : GEMM_FP32);
+        else
+            ck_assert_int_eq(r.m->precision, GEMM_BF16);
+        int agree = 0, correct = 0;
+        double worst = 0;
+        for (int n = 0; n < r.count; n++) {
+            int ours = argmax_f(r.logits + (size_t)n * r.K, r.K), theirs = 0;
+            for (int k = 0; k < r.K; k++) {
+                size_t i = (size_t)n * r.K + k;
+                if (r.ref.data[i] > r.ref.data[(size_t)n * r.K + theirs]) theirs = k;
+                double d = fabs((double)r.logits[i] - r.ref.data[i]);
+                if (!(d <= worst)) worst = d;
+            }
+            agree += ours == theirs;
+            correct += ours == r.labels[n];
+        }
+        fprintf(stderr,
+                "accuracy fixture, precision %s (%s): same class as fp32 %d/%d (%.2f%%), "
+                "max |logit - reference| = %.3g, top-1 %.2f%% (%s)\n",
+                precision_name(asks[a]), precision_name(r.m->precision), agree, r.count,
+                100.0 * agree / r.count, worst, 100.0 * correct / r.count, why);
+        ck_assert_msg(agree * 100 >= r.count * 99, "precision %s: top-1 agreement %d/%d < 99%%",
+                      precision_name(asks[a]), agree, r.count);
+        fixture_free(&r);
+    }
 }
 END_TEST
 
@@ -185,6 +261,7 @@ int main(void) {
     TCase *tc = tcase_create("accuracy");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_default_model_matches_pytorch);
+    tcase_add_test(tc, test_auto_and_bf16_agree_with_fp32);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -84,6 +84,70 @@ static void *run_pool_job(void *arg) {
 
 /* Every piece of two pools' jobs (2 x 2) is inside its job at once: no
  * lock or shared worker set serializes one pool behind the other. */
+/* --precision auto's table (dispatch.h) on CPUs this machine is not: bf16
+ * where its unit pays (AMD with AVX512-BF16; AMX with an AMX backend), fp32
+ * where it does not (Intel without AMX, AMX without a backend, unknown
+ * vendors, no bf16 at all, a forced level below avx512); bf16 asked where
+ * it does not pay is honoured with a warning; where it cannot run, refused. */
+START_TEST(test_precision_table) {
+    const char *why;
+    char err[256];
+    precision_choice c;
+    const cpu_features zen5 = {CPU_ISA_AVX512, CPU_VENDOR_AMD, 1, 0};
+    const cpu_features zen3 = {CPU_ISA_AVX2, CPU_VENDOR_AMD, 0, 0};
+    const cpu_features icelake = {CPU_ISA_AVX512, CPU_VENDOR_INTEL, 0, 0};
+    const cpu_features cooperlake = {CPU_ISA_AVX512, CPU_VENDOR_INTEL, 1, 0};
+    const cpu_features sapphire = {CPU_ISA_AVX512, CPU_VENDOR_INTEL, 1, 1};
+    const cpu_features other = {CPU_ISA_AVX512, CPU_VENDOR_OTHER, 1, 0};
+
+    ck_assert_int_eq(bf16_pays(&zen5, 0, &why), 1);
+    ck_assert_ptr_nonnull(strstr(why, "AMD"));
+    ck_assert_int_eq(bf16_pays(&zen3, 0, &why), 0);
+    ck_assert_int_eq(bf16_pays(&icelake, 1, &why), 0);
+    ck_assert_int_eq(bf16_pays(&cooperlake, 1, &why), 0);
+    ck_assert_ptr_nonnull(strstr(why, "no AMX"));
+    ck_assert_int_eq(bf16_pays(&sapphire, 0, &why), 0);
+    ck_assert_ptr_nonnull(strstr(why, "no AMX backend"));
+    ck_assert_int_eq(bf16_pays(&sapphire, 1, &why), 1);
+    ck_assert_int_eq(bf16_pays(&other, 0, &why), 0);
+
+    ck_assert_int_eq(precision_choose(PRECISION_AUTO, CPU_ISA_BEST, &zen5, 0, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.precision, GEMM_BF16);
+    ck_assert_int_eq(c.warn, 0);
+    ck_assert_int_eq(precision_choose(PRECISION_AUTO, CPU_ISA_AVX2, &zen5, 0, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.precision, GEMM_FP32); /* no bf16 kernels below avx512 */
+    ck_assert_int_eq(c.bf16_pays, 0);
+    ck_assert_int_eq(precision_choose(PRECISION_AUTO, CPU_ISA_BEST, &cooperlake, 0, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.precision, GEMM_FP32);
+    ck_assert_int_eq(precision_choose(PRECISION_AUTO, CPU_ISA_BEST, &zen3, 0, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.precision, GEMM_FP32);
+    ck_assert_int_eq(precision_choose(PRECISION_AUTO, CPU_ISA_BEST, &sapphire, 1, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.precision, GEMM_BF16);
+
+    ck_assert_int_eq(precision_choose(GEMM_BF16, CPU_ISA_BEST, &cooperlake, 0, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.precision, GEMM_BF16); /* honoured ... */
+    ck_assert_int_eq(c.warn, 1);              /* ... with a warning */
+    ck_assert_int_eq(precision_choose(GEMM_BF16, CPU_ISA_BEST, &zen5, 0, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.warn, 0);
+    ck_assert_int_eq(precision_choose(GEMM_FP32, CPU_ISA_BEST, &zen5, 0, &c, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.precision, GEMM_FP32);
+    ck_assert_int_eq(c.warn, 0);
+    ck_assert_int_eq(precision_choose(GEMM_BF16, CPU_ISA_BEST, &icelake, 0, &c, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "AVX512-BF16"));
+    ck_assert_int_eq(precision_choose(GEMM_BF16, CPU_ISA_AVX2, &zen5, 0, &c, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "avx2"));
+    ck_assert_int_eq(precision_choose(7, CPU_ISA_BEST, &zen5, 0, &c, err, sizeof(err)), -1);
+
+    int p;
+    ck_assert_int_eq(precision_parse("auto", &p), 0);
+    ck_assert_int_eq(p, PRECISION_AUTO);
+    ck_assert_int_eq(precision_parse("bf16", &p), 0);
+    ck_assert_int_eq(p, GEMM_BF16);
+    ck_assert_int_eq(precision_parse("fp16", &p), -1);
+    ck_assert_str_eq(precision_name(PRECISION_AUTO), "auto");
+}
+END_TEST
+
 START_TEST(test_two_pools_run_at_once) {
     thread_pool *a = thread_pool_new(2), *b = thread_pool_new(2);
     ck_assert_int_eq(thread_pool_threads(a), 2);
@@ -331,6 +395,7 @@ int main(void) {
     Suite *s = suite_create("context");
     TCase *tc = tcase_create("context");
     tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_precision_table);
     tcase_add_test(tc, test_two_pools_run_at_once);
     tcase_add_test(tc, test_two_contexts_forwards_overlap);
     tcase_add_test(tc, test_isa_is_per_context);

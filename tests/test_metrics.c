@@ -47,6 +47,21 @@ START_TEST(empty_exposition) {
 }
 END_TEST
 
+/* comrope_engine_info: the ISA and the precision, absent until set */
+START_TEST(engine_info) {
+    metrics *m = metrics_new("m", "comrope-ap", 16, "dev");
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1});
+    ck_assert_ptr_null(strstr(t, "comrope_engine_info"));
+    free(t);
+    ck_assert_int_eq(metrics_set_engine(m, "avx512", "bf16", "auto", 1), 0);
+    t = render(m, (metrics_gauges){0, 0, 0, 1});
+    ck_assert_double_eq(sample(t, "comrope_engine_info{isa=\"avx512\",precision=\"bf16\","
+                                  "precision_requested=\"auto\",bf16_pays=\"1\"}"), 1);
+    free(t);
+    metrics_free(m);
+}
+END_TEST
+
 START_TEST(requests_and_failures) {
     metrics *m = metrics_new("m", "liere", 16, "dev");
     metrics_request(m, ENDPOINT_V1_CLASSIFY, 200, 0.003);
@@ -127,6 +142,7 @@ int main(void) {
     Suite *s = suite_create("metrics");
     TCase *tc = tcase_create("metrics");
     tcase_add_test(tc, empty_exposition);
+    tcase_add_test(tc, engine_info);
     tcase_add_test(tc, requests_and_failures);
     tcase_add_test(tc, batches_and_mixed_resolutions);
     tcase_add_test(tc, label_values_escaped);

@@ -12,7 +12,8 @@
 #include "check_run.h"
 
 static char *labels[3] = {"cat", NULL, "dog"};
-static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test", "avx2"};
+static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test", "avx2",
+                               NULL, NULL, 0, NULL};
 
 static uint8_t *png;
 static size_t png_len;
@@ -445,6 +446,20 @@ START_TEST(responses) {
     s = v2_model_json(&PM);
     ck_assert_ptr_nonnull(strstr(s, "\"shape\":[-1,3,-1,-1]"));
     ck_assert_ptr_nonnull(strstr(s, "\"parameters\":{\"isa\":\"avx2\"}"));
+    free(s);
+    /* the precision beside the ISA; a warning only when bf16 was asked
+     * where it does not pay */
+    proto_model pm = PM;
+    pm.precision = "fp32";
+    pm.precision_requested = "auto";
+    s = v2_model_json(&pm);
+    ck_assert_ptr_nonnull(strstr(s, "\"parameters\":{\"isa\":\"avx2\",\"precision\":\"fp32\","
+                                    "\"precision_requested\":\"auto\",\"bf16_pays\":false}"));
+    free(s);
+    pm.precision = pm.precision_requested = "bf16";
+    pm.precision_warning = "Intel without AMX";
+    s = v2_model_json(&pm);
+    ck_assert_ptr_nonnull(strstr(s, "\"bf16_pays\":false,\"precision_warning\":\"Intel without AMX\"}"));
     free(s);
     s = v2_server_json(&PM);
     ck_assert_ptr_nonnull(strstr(s, "binary_tensor_data"));

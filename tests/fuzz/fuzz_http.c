@@ -78,7 +78,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     }
     http_params hp = {&cfg, model,
                       {"fuzz", pe, model->cfg.num_channels, model->cfg.num_class, model->cfg.image_size,
-                       model->cfg.patch_size, model->max_tokens, model->cfg.labels, "fuzz", "auto"},
+                       model->cfg.patch_size, model->max_tokens, model->cfg.labels, "fuzz", "auto",
+                       precision_name(model->precision), "fp32", 0, NULL},
                       b, mx, keys};
     server = http_start(&hp, err, sizeof(err));
     if (!server) {

@@ -131,7 +131,7 @@ grep -q '^comrope_model_info{model="'"$NAME"'"' "$WORK/metrics.txt" || fail "no 
 grep -q '^comrope_batches_total [1-9]' "$WORK/metrics.txt" || fail "no batches counted"
 grep -q '^comrope_requests_total{endpoint="v1_classify",code="413",model="[^"]*",version="1"} 1$' "$WORK/metrics.txt" || fail "413 not counted"
 # the engine's ISA: one value in the metric, the v2 metadata and the log
-isa=$(sed -n 's/^comrope_engine_info{isa="\([a-z0-9]*\)"} 1$/\1/p' "$WORK/metrics.txt")
+isa=$(sed -n 's/^comrope_engine_info{isa="\([a-z0-9]*\)",precision="fp32",precision_requested="fp32",bf16_pays="[01]"} 1$/\1/p' "$WORK/metrics.txt")
 [ -n "$isa" ] || fail "no comrope_engine_info{isa}"
 [ "$(curl -sf "$URL/v2/models/$NAME" | jq -r '.parameters.isa')" = "$isa" ] || fail "v2 metadata isa is not $isa"
 grep -q "isa $isa" "$LOG" || fail "the log does not name isa $isa"
@@ -147,11 +147,28 @@ fi
 stop_daemon
 echo "ok SIGTERM -> exit 0"
 
-# 7. --isa forces a lower level for every worker; one the CPU lacks stops start-up
-start_daemon --isa scalar
-[ "$(metric 'comrope_engine_info{isa="scalar"}')" = 1 ] || fail "--isa scalar: not in the metric"
+# 7. --isa forces a lower level for every worker; one the CPU lacks stops
+# start-up. --precision auto has no bf16 below avx512: fp32, and says so.
+start_daemon --isa scalar --precision auto
+[ "$(metric 'comrope_engine_info{isa="scalar",precision="fp32",precision_requested="auto",bf16_pays="0"}')" = 1 ] ||
+  fail "--isa scalar --precision auto: not fp32 in the metric"
+grep -q "precision auto: fp32" "$LOG" || fail "the log does not say what precision auto chose"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
   fail "--isa scalar: classify failed"
 stop_daemon
-echo "ok --isa scalar: metric, classify"
+echo "ok --isa scalar --precision auto: fp32, metric, log, classify"
+
+# 8. --precision auto at the best level: bf16 exactly where the table says
+# it pays (engine/dispatch.c bf16_pays), the same in the metadata and the log
+start_daemon --precision auto
+meta=$(curl -sf "$URL/v2/models/$NAME")
+pays=$(echo "$meta" | jq -r '.parameters.bf16_pays')
+want=fp32; [ "$pays" = true ] && want=bf16
+[ "$(echo "$meta" | jq -r '.parameters.precision')" = "$want" ] || fail "--precision auto: bf16_pays $pays but not $want"
+[ "$(echo "$meta" | jq -r '.parameters.precision_requested')" = auto ] || fail "--precision auto: not in the metadata"
+grep -q "precision auto: $want" "$LOG" || fail "the log does not say precision auto: $want"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
+  fail "--precision auto: classify failed"
+stop_daemon
+echo "ok --precision auto: $want (bf16_pays $pays), metadata, log, classify"
 echo "integration: all passed"
