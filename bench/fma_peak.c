@@ -1,6 +1,6 @@
 /* bench/fma_peak.c: this machine's fp32 fused multiply-add peak, measured.
  *
- *   comrope-fma-peak [--threads T] [--ms M] [--op fma|bf16]
+ *   comrope-fma-peak [--threads T] [--ms M] [--op fma|bf16|amx]
  *
  * Every thread runs a loop of nothing but independent vector FMAs on
  * registers (12 accumulators: enough to cover the FMA latency of every x86
@@ -11,6 +11,11 @@
  * --op bf16 runs AVX512-BF16's vdpbf16ps instead (two bf16 products added
  * into each fp32 lane: 4 flops per lane), the ceiling of the engine's bf16
  * GEMM kernel; where the CPU lacks it, it prints {"skipped": ...}.
+ * --op amx runs AMX's tdpbf16ps on tiles (4 accumulator tiles of 16 x 16
+ * fp32, each step 16 x 16 x 32 bf16 products: 16384 flops), the ceiling of
+ * a bf16 GEMM on AMX (oneDNN's, PyTorch's bf16 autocast); where the CPU or
+ * the kernel lacks AMX (cpu.h: cpu_has_amx_bf16), it prints
+ * {"skipped": "no AMX ..."} and exits 0. 
  *
  * Why: the performance issue's targets are ratios to other systems, and what
  * a ratio can reach depends on how close those systems already are to the
@@ -25,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "cpu.h"
 
 static double now_s(void) {
     struct timespec t;
@@ -98,10 +105,62 @@ __attribute__((target("avx512f,avx512bf16"), noinline)) static float loop_bf16(l
     return _mm512_reduce_add_ps(s);
 }
 
+/* The tile configuration ldtilecfg reads (64 bytes, palette 1). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_tilecfg;
+
+static volatile uint16_t amx_a = 0x3a80, amx_b = 0x3580; /* 2^-10, 2^-20 in bf16 */
+
+/* tmm0..3 accumulate, tmm4, 5 (16 rows of 32 bf16) times tmm6, 7: a 2 x 2
+ * block, four independent tdpbf16ps per iteration as a GEMM's inner loop
+ * has, with no loads in the loop. The tile state is per thread: each
+ * thread configures and releases its own. */
+__attribute__((target("amx-tile,amx-bf16"), noinline)) static float loop_amx(long iters) {
+    amx_tilecfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    static _Thread_local uint16_t a[16 * 32], b[16 * 32];
+    static _Thread_local float c[16 * 16];
+    for (int i = 0; i < 16 * 32; i++) {
+        a[i] = amx_a;
+        b[i] = amx_b;
+    }
+    _tile_loadd(4, a, 64);
+    _tile_loadd(5, a, 64);
+    _tile_loadd(6, b, 64);
+    _tile_loadd(7, b, 64);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (long i = 0; i < iters; i++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    float s = 0;
+    _tile_stored(0, c, 64);
+    s += c[0];
+    _tile_stored(3, c, 64);
+    s += c[255];
+    _tile_release();
+    return s;
+}
+
 enum { TRIES = 5 };
-enum { OP_FMA_AVX2, OP_FMA_AVX512, OP_BF16 };
+enum { OP_FMA_AVX2, OP_FMA_AVX512, OP_BF16, OP_AMX };
 
 static float run_loop(int op, long iters) {
+    if (op == OP_AMX) return loop_amx(iters);
     if (op == OP_BF16) return loop_bf16(iters);
     return op == OP_FMA_AVX512 ? loop_avx512(iters) : loop_avx2(iters);
 }
@@ -134,7 +193,7 @@ static int parse_int(const char *text, int lo, int hi) {
 }
 
 int main(int argc, char **argv) {
-    int threads = 1, ms = 200, bf16 = 0;
+    int threads = 1, ms = 200, bf16 = 0, amx = 0;
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) {
             fprintf(stderr, "comrope-fma-peak: %s needs a value\n", argv[i]);
@@ -144,8 +203,9 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--ms") == 0) ms = parse_int(argv[i + 1], 1, 60000);
         else if (strcmp(argv[i], "--op") == 0 && strcmp(argv[i + 1], "fma") == 0) bf16 = 0;
         else if (strcmp(argv[i], "--op") == 0 && strcmp(argv[i + 1], "bf16") == 0) bf16 = 1;
+        else if (strcmp(argv[i], "--op") == 0 && strcmp(argv[i + 1], "amx") == 0) amx = 1;
         else if (strcmp(argv[i], "--op") == 0) {
-            fprintf(stderr, "comrope-fma-peak: --op %s: want fma or bf16\n", argv[i + 1]);
+            fprintf(stderr, "comrope-fma-peak: --op %s: want fma, bf16 or amx\n", argv[i + 1]);
             return 2;
         } else {
             fprintf(stderr, "comrope-fma-peak: unknown option %s\n", argv[i]);
@@ -163,11 +223,16 @@ int main(int argc, char **argv) {
         printf("{\"skipped\": \"no AVX512-BF16 on this CPU\"}\n");
         return 0;
     }
+    if (amx && !cpu_has_amx_bf16()) {
+        printf("{\"skipped\": \"no AMX on this CPU (amx_bf16 and amx_tile in /proc/cpuinfo, "
+               "and the kernel's grant of the tile state)\"}\n");
+        return 0;
+    }
     if (!wide && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {
         printf("{\"skipped\": \"no AVX2+FMA on this CPU\"}\n");
         return 0;
     }
-    int op = bf16 ? OP_BF16 : wide ? OP_FMA_AVX512 : OP_FMA_AVX2;
+    int op = amx ? OP_AMX : bf16 ? OP_BF16 : wide ? OP_FMA_AVX512 : OP_FMA_AVX2;
     /* size a try from a short calibration run on this thread */
     long iters = 1000000;
     double t0 = now_s();
@@ -205,8 +270,10 @@ int main(int argc, char **argv) {
     /* A try's rate is all its flops over the time from its first thread's
      * start to its last thread's end: a thread that ran while another was
      * descheduled does not count as running beside it. The best try wins. */
-    /* per iteration: 12 FMAs of 16 or 8 lanes x 2 flops; 24 vdpbf16ps of 16 lanes x 4 */
-    double per_iter = op == OP_BF16 ? BF16_ACC * 64 : op == OP_FMA_AVX512 ? 12 * 32 : 12 * 16;
+    /* per iteration: 12 FMAs of 16 or 8 lanes x 2 flops; 24 vdpbf16ps of 16
+     * lanes x 4; 4 tdpbf16ps of 16 x 16 x 32 products x 2 */
+    double per_iter = op == OP_AMX ? 4 * 16 * 16 * 32 * 2
+                      : op == OP_BF16 ? BF16_ACC * 64 : op == OP_FMA_AVX512 ? 12 * 32 : 12 * 16;
     double per_thread_flops = (double)iters * per_iter, best = 0;
     int best_try = 0;
     for (int t = 0; t < TRIES; t++) {
@@ -222,7 +289,7 @@ int main(int argc, char **argv) {
         }
     }
     printf("{\"isa\": \"%s\", \"threads\": %d, \"per_thread_gflops\": [",
-           op == OP_BF16 ? "avx512bf16" : wide ? "avx512" : "avx2", threads);
+           op == OP_AMX ? "amx-bf16" : op == OP_BF16 ? "avx512bf16" : wide ? "avx512" : "avx2", threads);
     for (int i = 0; i < threads; i++)
         printf("%s%.1f", i ? ", " : "",
                per_thread_flops / (args[i].t1[best_try] - args[i].t0[best_try]) / 1e9);

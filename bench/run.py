@@ -22,7 +22,8 @@ Steps, each printed as it runs ([i/N]):
                  process, forward by forward, ratios paired forward by forward
        haswell   engine without and with OPENBLAS_CORETYPE=Haswell
        official  the paper's model.py (AP, batch 1; only where the shim exists)
-       bf16      engine --precision bf16 vs fp32 (AP; skipped if the engine lacks it),
+       bf16      engine --precision fp32, bf16 and auto, PyTorch fp32 and bf16 autocast
+                 (AP; bf16 skipped if the engine lacks it),
                  then bf16's top-1 agreement with fp32 on the default model's test set
        daemon    comrope-serve through HTTP (bench/daemon_bench.py) vs the engine
                  alone: saturation throughput vs engine batch 8 and one request
@@ -260,8 +261,19 @@ class Bench:
         if "skipped" in rec:
             return f"skipped: {rec['skipped']}"
         self.meta.setdefault("fma_peak", {})[when] = rec
-        return (f"{rec['gflops']:.1f} GFLOP/s fp32 ({rec['isa']}, {rec['threads']} thread(s): "
-                f"{', '.join(f'{g:.1f}' for g in rec['per_thread_gflops'])})")
+        msg = (f"{rec['gflops']:.1f} GFLOP/s fp32 ({rec['isa']}, {rec['threads']} thread(s): "
+               f"{', '.join(f'{g:.1f}' for g in rec['per_thread_gflops'])})")
+        # the bf16 units beside it (vdpbf16ps; AMX tiles), where the CPU has them
+        for op in ("bf16", "amx"):
+            try:
+                lines = [ln for ln in self.call([self.peak_bin, "--threads", str(self.a.threads), "--op", op],
+                                                timeout=120).splitlines() if ln.startswith("{")]
+                r = json.loads(lines[-1])
+            except (RuntimeError, IndexError, ValueError, subprocess.TimeoutExpired, OSError) as e:
+                r = {"skipped": f"ERROR {e}"}
+            self.meta.setdefault(f"{op}_peak", {})[when] = r
+            msg += f"; {op} " + (f"{r['gflops']:.1f}" if "gflops" in r else f"skipped ({r['skipped']})")
+        return msg
 
     def peak_gflops(self):
         """The higher of the two peak measurements (a busy host only lowers it), or None."""
@@ -301,6 +313,10 @@ class Bench:
                    "--reps", str(a.reps), "--warmup", str(a.warmup)] + common
             if precision:
                 cmd += ["--precision", precision]
+        elif system == "torch" and precision == "bf16-autocast":
+            cmd = [PY, os.path.join(ROOT, "bench", "torch_bench.py"), "--model", self.ckpt_dir(pe),
+                   "--resolution", str(res), "--reps", str(a.reps), "--warmup", str(a.warmup),
+                   "--bf16-autocast"] + common
         elif system == "onnxruntime":
             path = self.onnx_path(pe, res)
             cmd = ["node", os.path.join(ROOT, "bench", "ort_bench.js"), "--model", path, "--pe", pe,
@@ -339,7 +355,11 @@ class Bench:
             rec["error"] = str(e)
             self.runs.append(rec)
             return f"ERROR {e}"
+        # what it computed in (auto's choice) beside what was asked, the key
+        computed = res_json.pop("precision", None)
         rec.update(res_json)
+        if computed:
+            rec["computed_precision"] = computed
         rec["wall_s"] = round(time.time() - t0, 1)
         if "skipped" in res_json:
             self.skipped[system] = res_json["skipped"]
@@ -504,7 +524,10 @@ class Bench:
             for r in a.resolutions:
                 for batch in a.batches:
                     rounds(("engine", "bf16", "comrope-ap", r, batch),
-                           ("engine", "bf16", "comrope-ap", r, batch, None, "bf16"))
+                           ("engine", "bf16", "comrope-ap", r, batch, None, "bf16"),
+                           ("engine", "bf16", "comrope-ap", r, batch, None, "auto"),
+                           ("torch", "bf16", "comrope-ap", r, batch),
+                           ("torch", "bf16", "comrope-ap", r, batch, None, "bf16-autocast"))
             p.add("bf16     top-1 agreement with fp32, default model, Fashion-MNIST test set",
                   self.bf16_agreement)
         if "official" in parts:  # with the engine next to it, for the ratio
@@ -840,15 +863,27 @@ def print_tables(B, targets):
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {fmt_ips(h):>16s} | {v:>6s}")
     if "bf16" in a.parts:
         log("")
-        log("Engine bf16 compute vs fp32 (ComRoPE-AP; speed; top-1 agreement on the default model below)")
-        log(f"  {'res':>4s} {'batch':>5s} | {'fp32':>16s} {'bf16':>16s} | {'ratio':>6s}")
+        log("Engine bf16 compute vs fp32, and PyTorch's bf16 autocast (ComRoPE-AP; speed; "
+            "top-1 agreement on the default model below)")
+        pk = {op: [r["gflops"] for r in (B.meta.get(f"{op}_peak") or {}).values() if "gflops" in r]
+              for op in ("fma", "bf16", "amx")}
+        log("  peaks (GFLOP/s, " + f"{a.threads} thread(s)): " + ", ".join(
+            f"{op} {max(v):.1f}" if v else f"{op} skipped" for op, v in pk.items()))
+        log(f"  {'res':>4s} {'batch':>5s} | {'engine fp32':>16s} {'engine bf16':>16s} {'engine auto':>16s} "
+            f"{'torch fp32':>16s} {'torch bf16':>16s} | {'bf16/fp32':>9s} {'auto/fp32':>9s} {'bf16/torch bf16':>15s}")
         for r in a.resolutions:
             for batch in a.batches:
                 d = B.find(system="engine", group="bf16", res=r, batch=batch)
                 h = B.find(system="engine", group="bf16", res=r, batch=batch, precision="bf16")
+                au = B.find(system="engine", group="bf16", res=r, batch=batch, precision="auto")
+                tf = B.find(system="torch", group="bf16", res=r, batch=batch)
+                tb = B.find(system="torch", group="bf16", res=r, batch=batch, precision="bf16-autocast")
                 v = f"{ratio(h, d):.3f}" if d and h else "-"
+                va = f"{ratio(au, d):.3f}" if d and au else "-"
+                vt = f"{ratio(h, tb):.3f}" if h and tb else "-"
                 hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
-                log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} | {v:>6s}")
+                log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} {fmt_ips(au):>16s} {fmt_ips(tf):>16s} "
+                    f"{fmt_ips(tb):>16s} | {v:>9s} {va:>9s} {vt:>15s}")
         g = B.record("bf16-agreement")
         if g and "agreement" in g:
             log(f"  top-1 agreement with fp32: {100 * g['agreement']:.2f}% of {g['images']} Fashion-MNIST test "

@@ -3,12 +3,16 @@
 counterpart of comrope-bench-engine.
 
     /usr/bin/python3 bench/torch_bench.py --model DIR [--resolution N|HxW]
-        [--batch B] [--threads T] [--reps R] [--warmup W]
+        [--batch B] [--threads T] [--reps R] [--warmup W] [--bf16-autocast]
         [--official [--shim DIR] [--model-py FILE | --official-repo DIR]]
 
 Default: tools/torch_model.py (fused QKV, Schur-folded pairwise rotation with
 cos / sin tables built once per resolution, float32), under
 torch.inference_mode(), torch.set_num_threads(T), one inter-op thread.
+--bf16-autocast: the same under torch.autocast("cpu", dtype=torch.bfloat16)
+(linear layers and matmuls in bf16 through oneDNN, AMX where the CPU has
+it); also reports the top-1 agreement and the largest logit difference
+from float32 on the timed batch.
 --official: the paper's unmodified model.py on the transformers stand-in of
 shared/official-shim (dense per-token rotation matrices, as published), under
 torch.no_grad(), positions from the config at that resolution; also reports
@@ -124,6 +128,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--bf16-autocast", action="store_true",
+                    help="run under torch.autocast('cpu', dtype=torch.bfloat16)")
     ap.add_argument("--official", action="store_true", help="time the paper's model.py instead")
     ap.add_argument("--shim", default=default_shim())
     ap.add_argument("--model-py", help="the official model.py (default: $COMROPE_OFFICIAL_MODEL_PY)")
@@ -175,6 +181,12 @@ def main(argv=None):
         run = lambda: model(x)  # noqa: E731
         kernel = f"tools/torch_model.py, torch {torch.__version__} eager"
         mode = torch.inference_mode()
+    if args.bf16_autocast:
+        kernel += ", bf16 autocast"
+        inner = mode
+        mode = contextlib.ExitStack()
+        mode.enter_context(inner)
+        mode.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
 
     secs = []
     with mode:
@@ -191,6 +203,13 @@ def main(argv=None):
               "batch": args.batch, "threads": args.threads, "kernel": kernel,
               "median_s": round(med, 6), "min_s": round(secs[0], 6), "max_s": round(secs[-1], 6),
               "images_per_s": round(args.batch / med, 3)}
+    if args.bf16_autocast:  # what bf16 cost on this batch, against float32
+        with torch.inference_mode():
+            ref = run().float()
+        out = out.float()
+        result["precision"] = "bf16-autocast"
+        result["check_max_abs_diff"] = float((out - ref).abs().max())
+        result["top1_agreement"] = float((out.argmax(-1) == ref.argmax(-1)).float().mean())
     if args.official:
         with torch.inference_mode(), contextlib.suppress(Exception):
             ours = torch_model.load(args.model)(x)
