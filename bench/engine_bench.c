@@ -1,7 +1,7 @@
 /* engine_bench.c: images/s of the engine alone, no HTTP.
  *
  *   comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] [--batch B]
- *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto]
+ *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] [--gemm-backend auto|own|onednn]
  *                        [--isa auto|avx512|avx2|scalar] [--workers N]
  *
  * Random normalized pixels, one engine context per model, W warm-up forwards
@@ -223,6 +223,12 @@ int main(int argc, char **argv) {
                 return 2;
             }
         }
+        else if (strcmp(argv[i], "--gemm-backend") == 0) {
+            if (gemm_backend_parse(argv[i + 1], &opts.gemm_backend)) {
+                fprintf(stderr, "comrope-bench-engine: --gemm-backend must be auto, own or onednn\n");
+                return 2;
+            }
+        }
         else if (strcmp(argv[i], "--precision") == 0) {
             if (precision_parse(argv[i + 1], &opts.precision)) {
                 fprintf(stderr, "comrope-bench-engine: --precision must be fp32, bf16 or auto\n");
@@ -237,7 +243,7 @@ int main(int argc, char **argv) {
     if (n == 0 || batch < 1 || threads < 1 || reps < 1 || warmup < 0 || workers < 0 ||
         (workers > 0 && n > 1)) {
         fprintf(stderr, "usage: comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] "
-                        "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] "
+                        "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] [--gemm-backend auto|own|onednn] "
                         "[--isa auto|avx512|avx2|scalar] [--workers N (one model)]\n");
         return 2;
     }
@@ -272,10 +278,11 @@ int main(int argc, char **argv) {
         qsort(sorted, (size_t)reps, sizeof(double), cmp_double);
         double med = sorted[reps / 2];
         printf("{\"model\": \"%s\", \"pe\": \"%s\", \"resolution\": [%d, %d], \"batch\": %d, "
-               "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"median_s\": %.6f, "
+               "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"gemm_backend\": \"%s\", \"median_s\": %.6f, "
                "\"min_s\": %.6f, \"max_s\": %.6f, \"images_per_s\": %.3f, \"times_s\": [",
                b->dir, pe_type_name(b->m->cfg.custom_pe_type), b->h, b->w, batch, threads,
-               b->ctx->kernels.name, b->m->precision == GEMM_BF16 ? "bf16" : "fp32", med, sorted[0],
+               b->ctx->kernels.name, b->m->precision == GEMM_BF16 ? "bf16" : "fp32",
+               gemm_backend_name(b->m->backend), med, sorted[0],
                sorted[reps - 1], batch / med);
         for (int r = 0; r < reps; r++) printf("%s%.6f", r ? ", " : "", b->secs[r]);
         printf("]}\n");

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dnnl_gemm.h"
 #include "gemm.h"
 
 int kernel_table_init(kernel_table *kt, int isa, char *err, size_t errlen) {
@@ -76,9 +77,8 @@ int bf16_pays(const cpu_features *f, int amx_backend, const char **why) {
     return 0;
 }
 
-int dispatch_amx_backend(void) {
-    return 0; /* no AMX backend in this build yet */
-}
+/* oneDNN drives AMX tiles by default since 2.5 (dnnl_gemm.h) */
+int dispatch_amx_backend(void) { return dnnl_gemm_available(); }
 
 int precision_choose(int requested, int isa, const cpu_features *f, int amx_backend,
                      precision_choice *out, char *err, size_t errlen) {

@@ -46,6 +46,9 @@ typedef struct {
     size_t (*attention_scratch)(int T, int hd); /* floats either head kernel needs */
     const gemm_kernel *gemm;                /* fp32-packed weights */
     const gemm_kernel *gemm_bf16;           /* bf16-packed weights; NULL like attention_head_bf16 */
+    struct dnnl_runner *dnnl;               /* the context's oneDNN state (dnnl_gemm.h) when its
+                                               model's bf16 GEMMs run through oneDNN, else NULL;
+                                               owned by the context, not chosen by ISA */
 } kernel_table;
 
 /* Fills *kt for `isa` (CPU_ISA_BEST: the best this CPU runs). Returns 0, or

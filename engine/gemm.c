@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "dispatch.h"
+#include "dnnl_gemm.h"
 #include "parallel.h"
 
 #define NR (3 * GEMM_PANEL)  /* columns per tile */
@@ -118,9 +119,25 @@ float gemm_packed_get(const packed_weight *p, int n, int k) {
     return p->data[((size_t)j * p->K + k) * GEMM_PANEL + c];
 }
 
+static const char *const backend_names[] = {"auto", "own", "onednn"};
+
+const char *gemm_backend_name(int backend) {
+    return backend >= 0 && backend < 3 ? backend_names[backend] : "unknown";
+}
+
+int gemm_backend_parse(const char *name, int *out) {
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, backend_names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    return -1;
+}
+
 void gemm_pack_free(packed_weight *p) {
     free(p->data);
     free(p->bf16);
+    dnnl_weight_free(p->dnnl);
     memset(p, 0, sizeof(*p));
 }
 
@@ -584,6 +601,15 @@ void gemm_forward(const kernel_table *kt, thread_pool *pool, float *out, const f
 
 void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, const float *A,
                       const packed_weight *W, const float *bias, int M, float *scratch, int act) {
+    /* oneDNN's matmul, where the context has a runner; should it refuse a
+     * shape, our kernel computes it (the panels are there) */
+    char err[256];
+    if (W->dnnl && kt->dnnl &&
+        dnnl_gemm_run(kt->dnnl, pool, out, A, W->dnnl, bias, M, (uint16_t *)scratch, err,
+                      sizeof(err)) == 0) {
+        if (act != GEMM_NO_ACT) kt->activation(out, (size_t)M * W->N, (activation)act);
+        return;
+    }
     const gemm_kernel *kn = W->bf16 ? kt->gemm_bf16 : kt->gemm;
     gemm_job j = {.out = out, .A = A, .W = W, .bias = bias, .M = M, .kernel = kn, .Ap = scratch,
                   .pad = NULL, .Mp = (M + kn->mr - 1) / kn->mr * kn->mr, .act = act,

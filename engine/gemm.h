@@ -30,9 +30,20 @@ typedef struct {
     int panels;
     float *data;        /* fp32: panels * K * 16 floats, 64-byte aligned, owned; else NULL */
     uint32_t *bf16;     /* bf16: panels * ceil(K/2) * 16 pairs, owned; else NULL */
+    struct dnnl_weight *dnnl; /* bf16 through oneDNN (dnnl_gemm.h): its weights, owned;
+                                 else NULL. The bf16 panels stay beside them: the
+                                 kernel of a context without a oneDNN runner */
 } packed_weight;
 
 enum { GEMM_FP32 = 0, GEMM_BF16 = 1 };
+
+/* Who runs the bf16 GEMMs: AUTO (oneDNN on AMX CPUs where the build has
+ * it, else our own kernel), OWN (always ours), ONEDNN (always oneDNN:
+ * tests and benchmarks on CPUs without AMX). fp32 is always ours. */
+enum { GEMM_BACKEND_AUTO = 0, GEMM_BACKEND_OWN = 1, GEMM_BACKEND_ONEDNN = 2 };
+/* "auto", "own", "onednn" */
+const char *gemm_backend_name(int backend);
+int gemm_backend_parse(const char *name, int *out);
 
 /* Packs W (N, K) for fp32 or bf16 compute (weights rounded to nearest
  * even). The packed form is the same for every kernel of its precision.
@@ -45,7 +56,8 @@ void gemm_pack_free(packed_weight *p);
 float gemm_packed_get(const packed_weight *p, int n, int k);
 
 /* out (M, N) = A (M, K) @ W^T + bias (N, may be NULL), with the kernel of
- * `kt` for W's precision (a bf16-packed W needs kt->gemm_bf16). The columns
+ * `kt` for W's precision (a bf16-packed W needs kt->gemm_bf16; with oneDNN
+ * weights and kt->dnnl, oneDNN's matmul, the activation after it). The columns
  * are split among `pool`'s threads (NULL: the caller alone). With a
  * bf16-packed W, A is rounded to bf16 as it is packed and the products
  * accumulate in fp32. `scratch` (gemm_scratch_floats(kt, M, K, W's

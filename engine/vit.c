@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dnnl_gemm.h"
 #include "kernels.h"
 #include "parallel.h"
 #include "safetensors.h"
@@ -86,9 +87,13 @@ static void point_weights(vit_model *m) {
 
 static int pack(const vit_model *m, const float *W, int N, int K, packed_weight *out, char *err,
                 size_t errlen) {
-    if (gemm_pack(W, N, K, m->precision, out) == 0) return 0;
-    snprintf(err, errlen, "out of memory packing a %dx%d weight", N, K);
-    return -1;
+    if (gemm_pack(W, N, K, m->precision, out)) {
+        snprintf(err, errlen, "out of memory packing a %dx%d weight", N, K);
+        return -1;
+    }
+    if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_weight_new(W, N, K, &out->dnnl, err, errlen))
+        return -1;
+    return 0;
 }
 
 /* Takes one tensor into dst; the shape is given as up to 5 dimensions. */
@@ -253,7 +258,7 @@ static int file_exists(const char *path) {
 
 vit_options vit_default_options(void) {
     /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
-    vit_options o = {GEMM_FP32, 4097, CPU_ISA_BEST};
+    vit_options o = {GEMM_FP32, 4097, CPU_ISA_BEST, GEMM_BACKEND_AUTO};
     return o;
 }
 
@@ -284,6 +289,22 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     m->precision = m->choice.precision;
+    /* oneDNN where asked, or by default where it drives AMX; bf16 only */
+    if (o.gemm_backend == GEMM_BACKEND_ONEDNN && !dnnl_gemm_available()) {
+        snprintf(err, errlen, "gemm backend onednn: this build has no oneDNN (libdnnl-dev)");
+        goto cleanup;
+    }
+    if (o.gemm_backend == GEMM_BACKEND_ONEDNN && m->precision != GEMM_BF16) {
+        snprintf(err, errlen, "gemm backend onednn computes bf16 only (precision: %s)",
+                 precision_name(m->precision));
+        goto cleanup;
+    }
+    m->backend = m->precision == GEMM_BF16 &&
+                         (o.gemm_backend == GEMM_BACKEND_ONEDNN ||
+                          (o.gemm_backend == GEMM_BACKEND_AUTO && dnnl_gemm_available() &&
+                           cpu_has_amx_bf16()))
+                     ? GEMM_BACKEND_ONEDNN
+                     : GEMM_BACKEND_OWN;
     m->max_tokens = o.max_tokens;
     if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
@@ -409,6 +430,9 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
                  "CPU with AVX512-BF16 (this context's isa: %s)", ctx->kernels.name);
         goto fail;
     }
+    if (m->backend == GEMM_BACKEND_ONEDNN &&
+        dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen))
+        goto fail;
     ctx->tmax = m->max_tokens < q.max_tokens ? m->max_tokens : q.max_tokens;
     ctx->pool = thread_pool_new(q.threads);
     ctx->start = calloc((size_t)q.max_images + 1, sizeof(int));
@@ -437,6 +461,7 @@ fail:
 
 void vit_context_free(vit_context *ctx) {
     if (!ctx) return;
+    dnnl_runner_free(ctx->kernels.dnnl);
     thread_pool_free(ctx->pool);
     for (int i = 0; ctx->cache && i < ctx->cache_slots; i++) rotation_table_free(&ctx->cache[i]);
     free(ctx->cache);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cpu.h"
+#include "dnnl_gemm.h"
 
 /* Suites with tests for one CPU feature run them as a ctest entry of their
  * own (`test_gemm avx512`, `test_gemm bf16`: tests/CMakeLists.txt), which
@@ -22,13 +23,21 @@
 static inline int check_part_missing(const char *part) {
     if (!part) return 0;
     if (strcmp(part, "bf16") == 0) return !cpu_has_avx512bf16();
+    if (strcmp(part, "amx") == 0) return !cpu_has_amx_bf16();
+    /* oneDNN's bf16 beside our bf16 (the model's attention) */
+    if (strcmp(part, "onednn") == 0) return !dnnl_gemm_available() || !cpu_has_avx512bf16();
     int isa;
     if (cpu_isa_parse(part, &isa) != 0) return 0; /* a part that needs no feature ("fp32") */
     return isa > (int)cpu_best_isa();
 }
 
 static inline int check_skip(const char *part) {
-    printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0 ? "AVX512-BF16" : part);
+    if (strcmp(part, "onednn") == 0)
+        printf("skipped: %s\n", dnnl_gemm_available() ? "no AVX512-BF16 on this CPU"
+                                                     : "this build has no oneDNN (libdnnl-dev)");
+    else
+        printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0 ? "AVX512-BF16"
+                                               : strcmp(part, "amx") == 0 ? "AMX" : part);
     return CHECK_SKIPPED;
 }
 

@@ -30,6 +30,7 @@
 #define RUNNING_ON_VALGRIND 0
 #endif
 
+#include "dnnl_gemm.h"
 #include "image.h"
 #include "npy.h"
 #include "vit.h"
@@ -218,11 +219,14 @@ END_TEST
  * precision table says for this CPU. The whole test set (10,000 images) is
  * bench/bf16_agreement.py's. */
 START_TEST(test_auto_and_bf16_agree_with_fp32) {
-    int asks[2] = {PRECISION_AUTO, GEMM_BF16};
-    int nasks = cpu_has_avx512bf16() ? 2 : 1;
+    /* auto; bf16 where the CPU has it; bf16 through oneDNN where the build has it too */
+    int asks[3] = {PRECISION_AUTO, GEMM_BF16, GEMM_BF16};
+    int backends[3] = {GEMM_BACKEND_AUTO, GEMM_BACKEND_OWN, GEMM_BACKEND_ONEDNN};
+    int nasks = !cpu_has_avx512bf16() ? 1 : dnnl_gemm_available() ? 3 : 2;
     for (int a = 0; a < nasks; a++) {
         vit_options opt = vit_default_options();
         opt.precision = asks[a];
+        opt.gemm_backend = backends[a];
         fixture_run r;
         fixture_classify(&r, &opt);
         const char *why;
@@ -245,9 +249,10 @@ START_TEST(test_auto_and_bf16_agree_with_fp32) {
             correct += ours == r.labels[n];
         }
         fprintf(stderr,
-                "accuracy fixture, precision %s (%s): same class as fp32 %d/%d (%.2f%%), "
+                "accuracy fixture, precision %s (%s, gemm %s): same class as fp32 %d/%d (%.2f%%), "
                 "max |logit - reference| = %.3g, top-1 %.2f%% (%s)\n",
-                precision_name(asks[a]), precision_name(r.m->precision), agree, r.count,
+                precision_name(asks[a]), precision_name(r.m->precision),
+                gemm_backend_name(r.m->backend), agree, r.count,
                 100.0 * agree / r.count, worst, 100.0 * correct / r.count, why);
         ck_assert_msg(agree * 100 >= r.count * 99, "precision %s: top-1 agreement %d/%d < 99%%",
                       precision_name(asks[a]), agree, r.count);

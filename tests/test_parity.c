@@ -265,6 +265,86 @@ START_TEST(test_bf16_close_to_reference) {
 }
 END_TEST
 
+/* bf16 through oneDNN's matmul (dnnl_gemm.h), forced on any CPU with
+ * AVX512-BF16 (by default only AMX CPUs use it): every case close to the
+ * reference as our bf16 is, the same top-1 as the reference, and what
+ * holds of batch invariance: the same batch gives the same logits bit for
+ * bit, call after call and context after context; an image alone and in a
+ * batch agree within the bf16 tolerance (not bit for bit: oneDNN blocks
+ * each shape its own way). */
+static void onednn_cases(int backend_auto_on_amx) {
+    load_manifest();
+    vit_options opt = vit_default_options();
+    opt.precision = backend_auto_on_amx ? PRECISION_AUTO : GEMM_BF16;
+    opt.gemm_backend = backend_auto_on_amx ? GEMM_BACKEND_AUTO : GEMM_BACKEND_ONEDNN;
+    double worst_rel = 0, worst_alone = 0;
+    for (int i = 0; i < ncases; i++) {
+        parity_case *pc = &cases[i];
+        char dir[1024], err[512];
+        vit_model *m = NULL;
+        snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, pc->model);
+        ck_assert_msg(vit_load(dir, &opt, &m, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_int_eq(m->precision, GEMM_BF16);
+        ck_assert_int_eq(m->backend, GEMM_BACKEND_ONEDNN);
+        int N = (int)pc->input.shape[0], K = m->cfg.num_class, C = m->cfg.num_channels;
+        vit_image imgs[8];
+        float logits[8 * 64], again[8 * 64], alone[64];
+        ck_assert(N <= 8 && K <= 64);
+        for (int n = 0; n < N; n++)
+            imgs[n] = (vit_image){pc->h, pc->w, pc->input.data + (size_t)n * C * pc->h * pc->w};
+        vit_context *ctx = new_context(m, 2, N, N * vit_tokens(m, pc->h, pc->w));
+        ck_assert_msg(vit_forward_ragged(ctx, imgs, N, logits, err, sizeof(err)) == 0, "%s", err);
+        ck_assert(vit_forward_ragged(ctx, imgs, N, again, err, sizeof(err)) == 0);
+        ck_assert_msg(memcmp(logits, again, sizeof(float) * N * K) == 0,
+                      "%s: the same batch twice gave different logits", pc->model);
+        vit_context *ctx2 = new_context(m, 2, N, N * vit_tokens(m, pc->h, pc->w));
+        ck_assert(vit_forward_ragged(ctx2, imgs, N, again, err, sizeof(err)) == 0);
+        ck_assert_msg(memcmp(logits, again, sizeof(float) * N * K) == 0,
+                      "%s: the same batch in another context gave different logits", pc->model);
+        double scale = 0, diff = 0;
+        for (int k = 0; k < N * K; k++) {
+            scale = fmax(scale, fabs(pc->logits.data[k]));
+            diff = fmax(diff, fabs(logits[k] - pc->logits.data[k]));
+        }
+        for (int n = 0; n < N; n++) {
+            int ours = 0, theirs = 0;
+            for (int k = 1; k < K; k++) {
+                if (logits[n * K + k] > logits[n * K + ours]) ours = k;
+                if (pc->logits.data[n * K + k] > pc->logits.data[n * K + theirs]) theirs = k;
+            }
+            /* a near tie may flip in bf16; only a clear winner must hold */
+            double margin = fabs(pc->logits.data[n * K + theirs] - pc->logits.data[n * K + ours]);
+            ck_assert_msg(ours == theirs || margin <= 0.02 * (1 + scale),
+                          "%s image %d: top-1 %d, the reference's %d", pc->model, n, ours, theirs);
+            ck_assert(vit_forward_ragged(ctx, &imgs[n], 1, alone, err, sizeof(err)) == 0);
+            for (int k = 0; k < K; k++)
+                worst_alone = fmax(worst_alone, fabs(alone[k] - logits[n * K + k]) / (1 + scale));
+        }
+        worst_rel = fmax(worst_rel, diff / (1 + scale));
+        ck_assert_msg(diff <= 0.02 * (1 + scale), "%s at %dx%d: oneDNN bf16 off by %g (logits up to %g)",
+                      pc->model, pc->h, pc->w, diff, scale);
+        ck_assert_msg(worst_alone <= 0.02, "%s: an image alone and in its batch differ by %g",
+                      pc->model, worst_alone);
+        vit_context_free(ctx);
+        vit_context_free(ctx2);
+        vit_free(m);
+    }
+    fprintf(stderr, "oneDNN bf16: worst |logit - reference| / (1 + max |logit|) = %.4f, "
+            "alone vs in a batch %.2g\n", worst_rel, worst_alone);
+    free_manifest();
+}
+
+START_TEST(test_onednn_bf16_close_to_reference) { onednn_cases(0); }
+END_TEST
+
+/* On an AMX CPU, auto picks bf16 through oneDNN (the AMX backend) */
+START_TEST(test_amx_auto_uses_onednn) {
+    ck_assert(cpu_has_amx_bf16()); /* main() adds it only then */
+    ck_assert_msg(dnnl_gemm_available(), "an AMX CPU, but this build has no oneDNN");
+    onednn_cases(1);
+}
+END_TEST
+
 /* ---- layer by layer ----
  *
  * As llm.c's test_gpt2 checks every tensor by name: the residual stream
@@ -413,8 +493,9 @@ START_TEST(test_large_batch_paths_invariance) {
 }
 END_TEST
 
-/* argv[1]: fp32 (the exact engine) or bf16 (the opt-in bf16 compute);
- * none: both, bf16 where this CPU has it. */
+/* argv[1]: fp32 (the exact engine), bf16 (the opt-in bf16 compute),
+ * onednn (bf16 through oneDNN) or amx (auto on an AMX CPU); none: all,
+ * each where this CPU and build have it. */
 int main(int argc, char **argv) {
     const char *part = argc > 1 ? argv[1] : NULL;
     if (check_part_missing(part)) return check_skip(part);
@@ -433,6 +514,10 @@ int main(int argc, char **argv) {
         tcase_add_test(tc, test_bf16_close_to_reference);
         tcase_add_loop_test(tc, test_large_batch_paths_invariance, 1, 2);
     }
+    if (check_part_selected(part, "onednn") && !check_part_missing("onednn"))
+        tcase_add_test(tc, test_onednn_bf16_close_to_reference);
+    if (check_part_selected(part, "amx") && !check_part_missing("amx"))
+        tcase_add_test(tc, test_amx_auto_uses_onednn);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
