@@ -218,6 +218,9 @@ int main(int argc, char **argv) {
                   "--precision auto or fp32 would be faster", pc->why);
     else if (pc->requested == PRECISION_AUTO)
         log_event("info", "precision auto: %s (%s)", precision, pc->why);
+    if (model->precision == GEMM_BF16)
+        log_event("info", "bf16 GEMMs: %s", model->backend == GEMM_BACKEND_ONEDNN
+                                                ? "oneDNN's matmul primitive" : "our vdpbf16ps kernel");
     /* thread counts left to derive depend on how heavy the model is */
     config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
 
