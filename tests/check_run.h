@@ -23,7 +23,8 @@
 static inline int check_part_missing(const char *part) {
     if (!part) return 0;
     if (strcmp(part, "bf16") == 0) return !cpu_has_avx512bf16();
-    if (strcmp(part, "amx") == 0) return !cpu_has_amx_bf16();
+    /* the AMX backend is oneDNN's */
+    if (strcmp(part, "amx") == 0) return !cpu_has_amx_bf16() || !dnnl_gemm_available();
     /* oneDNN's bf16 beside our bf16 (the model's attention) */
     if (strcmp(part, "onednn") == 0) return !dnnl_gemm_available() || !cpu_has_avx512bf16();
     int isa;
@@ -32,7 +33,7 @@ static inline int check_part_missing(const char *part) {
 }
 
 static inline int check_skip(const char *part) {
-    if (strcmp(part, "onednn") == 0)
+    if (strcmp(part, "onednn") == 0 || (strcmp(part, "amx") == 0 && cpu_has_amx_bf16()))
         printf("skipped: %s\n", dnnl_gemm_available() ? "no AVX512-BF16 on this CPU"
                                                      : "this build has no oneDNN (libdnnl-dev)");
     else
