@@ -5,6 +5,7 @@
 #   test   run the whole test suite (ctest)
 #   tools  the Python tools in tools/ (reference model, fixtures, training)
 #   runtime  the shared libraries comrope-serve runs with (deploy/Dockerfile)
+#   runtime-onednn  and those of a build with oneDNN (not in the image)
 #   bench  bench/run.sh on top of build and tools (node, npm, taskset)
 # Usage: scripts/install-deps.sh [GROUP...]   (default: build test)
 set -euo pipefail

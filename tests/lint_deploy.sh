@@ -12,7 +12,8 @@
 #    systemd TimeoutStopSec, compose stop_grace_period)
 #  - the k8s Deployment is Guaranteed QoS (requests == limits), as its
 #    comment says, and only the pod template carries scrape annotations
-#  - every library comrope-serve links is in the `runtime` group of
+#  - every library comrope-serve links is in the `runtime` (or, built with
+#    oneDNN, `runtime-onednn`) group of
 #    scripts/packages.txt (the Dockerfile's last stage installs only those)
 #  - deploy/systemd/comrope-serve.service: systemd-analyze verify, when
 #    systemd-analyze is there (ExecStart pointed at the binary just built)
@@ -93,7 +94,8 @@ echo "ok k8s: Guaranteed QoS, three probes, scrape annotations on the pod templa
 echo "ok stop timeouts exceed the drain: systemd $stop_sec > $drain_env, k8s $grace > $prestop + $drain_k8s, compose $grace_compose > $drain_compose"
 
 if [ -x "$SERVE" ]; then
-  mapfile -t runtime < <(awk '$1 == "runtime" { print $2 }' scripts/packages.txt)
+  # a build with oneDNN also links the runtime-onednn group (not in the image)
+  mapfile -t runtime < <(awk '$1 == "runtime" || $1 == "runtime-onednn" { print $2 }' scripts/packages.txt)
   missing=()
   while read -r lib; do
     path=$(ldd "$SERVE" | awk -v l="$lib" '$1 == l { print $3 }')
