@@ -29,6 +29,7 @@ typedef struct {
     char *const *labels;       /* K entries, NULL where unnamed; may be NULL */
     const char *version;       /* build version */
     const char *isa;           /* the engine's CPU kernels ("avx512", ...); may be NULL */
+    const char *model_version; /* the served version ("1", ...); NULL: "1" */
 } proto_model;
 
 /* One image of a request: either an encoded file (JPEG/PNG) to decode and

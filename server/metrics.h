@@ -35,6 +35,10 @@ typedef struct metrics metrics;
 metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
                      const char *version);
 void metrics_free(metrics *m);
+/* The labels of comrope_model_info once the default model is loaded (the
+ * metrics exist before: a scrape during the load succeeds). Returns 0, or
+ * -1 when out of memory. */
+int metrics_set_model(metrics *m, const char *model, const char *pe_type, int training_resolution);
 /* The engine's instruction-set level, exposed as comrope_engine_info{isa}
  * (absent until set). Returns 0, or -1 when out of memory. */
 int metrics_set_isa(metrics *m, const char *isa);
