@@ -486,17 +486,24 @@ typedef struct parse_item {
 } parse_item;
 
 static void parse_one(http_request *r) {
-    batcher *b = r->mv->batcher;
+    http_server *s = r->s;
+    served_model *mv = r->mv;
+    batcher *b = mv->batcher;
     struct MHD_Connection *c = r->conn;
     /* The arrival ends after the submission, so that a drain sees this
-     * request all along, as arriving and then as queued. */
+     * request all along, as arriving and then as queued. Once submitted
+     * the request may be answered and gone at once, with its reference:
+     * this thread holds its own until the arrival has ended. */
     r->arriving = 0;
+    repository_retain(s->p.repo, mv);
     if (submit_inference(r)) { /* r is the worker's now */
         batcher_arrival_end(b);
+        repository_release(s->p.repo, mv);
         return;
     }
     r->phase = PHASE_ANSWERED;
     batcher_arrival_end(b);
+    repository_release(s->p.repo, mv);
     MHD_resume_connection(c);
 }
 

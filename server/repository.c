@@ -819,6 +819,12 @@ void repository_release(repository *r, served_model *m) {
     pthread_mutex_unlock(&r->lock);
 }
 
+void repository_retain(repository *r, served_model *m) {
+    pthread_mutex_lock(&r->lock);
+    m->refs++;
+    pthread_mutex_unlock(&r->lock);
+}
+
 void repository_rescan(repository *r) {
     pthread_mutex_lock(&r->lock);
     r->rescan = 1;
@@ -840,6 +846,7 @@ int repository_control(repository *r, const char *name, size_t len, int load, re
         snprintf(err, errlen, "model name \"%.*s\" is not a directory name", (int)(len > 200 ? 200 : len), name);
         return 400;
     }
+    if (!done) return 0; /* the route's check: queued once the body is read */
     control_req *q = calloc(1, sizeof(*q));
     if (!q) {
         snprintf(err, errlen, "out of memory");

@@ -86,6 +86,9 @@ int repository_ready(repository *r);
 served_model *repository_acquire(repository *r, const char *name, size_t len, const char *version,
                                  int *status, char *err, size_t errlen);
 void repository_release(repository *r, served_model *m);
+/* One more reference on a version already held (a thread that goes on
+ * using it after handing the request on). */
+void repository_retain(repository *r, served_model *m);
 
 /* SIGHUP: rescan at once (async). */
 void repository_rescan(repository *r);
