@@ -22,7 +22,7 @@ SERVE=${1:-}
 . "$(dirname "$0")/lib.sh"
 LD=$ROOT/models/fashion-comrope-ld
 AP=$ROOT/models/study/fashion-comrope-ap
-SAMPLE=$(ls "$ROOT"/models/samples/*.png | head -1)
+SAMPLE=$ROOT/models/samples/sneaker.png
 CLIENT=$ROOT/tests/integration/repo_client.py
 client() { "$PY" "$CLIENT" "$@"; }
 index() { curl -sf -X POST "$URL/v2/repository/index"; }
@@ -90,9 +90,9 @@ same_logits "$WORK/ref.ap" "$WORK/two.ap" || fail "ap in the repository answers 
 [ "$(curl -sf "$URL/v2/models/ap" | jq -r '.versions[0]')" = 3 ] || fail "ap's metadata does not give version 3"
 [ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
 [ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (none) not 404"
-is_state ld 1 READY && is_state ap 3 READY || fail "index: $(index)"
+{ is_state ld 1 READY && is_state ap 3 READY; } || fail "index: $(index)"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ap/unload")
-[ "$code" = 400 ] && jq -e '.error | contains("\"ap\"")' "$WORK/body" >/dev/null ||
+{ [ "$code" = 400 ] && jq -e '.error | contains("\"ap\"")' "$WORK/body" >/dev/null; } ||
   fail "unload in none mode: $code $(cat "$WORK/body") (want 400 naming the model)"
 echo "ok two models at once, each its own answers"
 
@@ -116,14 +116,14 @@ kill -HUP "$DAEMON_PID"
 poll 60 load_failures_are ld 1 ||
   fail "no load failure counted for the corrupt checkpoint"
 reason=$(index | jq -r '.[] | select(.name == "ld" and .version == "1") | .reason')
-[ -n "$reason" ] && [ "$(state ld 1)" = READY ] || fail "index after a corrupt checkpoint: $(index)"
+{ [ -n "$reason" ] && [ "$(state ld 1)" = READY ]; } || fail "index after a corrupt checkpoint: $(index)"
 log_has "model ld version 1 failed to load (the loaded copy goes on serving)" || fail "corrupt load not logged"
 client logits "$URL" ld "$SAMPLE" >"$WORK/kept"
 same_logits "$WORK/ref.ap" "$WORK/kept" || fail "the corrupt checkpoint changed the answers"
 load_stop reload
 [ "$(load_field reload .failed)" = 0 ] || fail "failed requests during the reload: $(cat "$WORK/load.reload.json")"
-[ "$(load_field reload '.matched[0]')" -ge 1 ] && [ "$(load_field reload '.matched[1]')" -ge 1 ] &&
-  [ "$(load_field reload .other)" = 0 ] || fail "answers not old-then-new: $(cat "$WORK/load.reload.json")"
+{ [ "$(load_field reload '.matched[0]')" -ge 1 ] && [ "$(load_field reload '.matched[1]')" -ge 1 ] &&
+  [ "$(load_field reload .other)" = 0 ]; } || fail "answers not old-then-new: $(cat "$WORK/load.reload.json")"
 echo "ok reload under load: $(load_field reload .requests) requests, 0 failed; corrupt kept the old: $reason"
 stop_daemon
 
@@ -143,12 +143,12 @@ before=$(infers)
 poll 60 infers_at_least $((before + 20)) ||
   fail "no load after the version change"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/v/load")
-[ "$code" = 400 ] && jq -e '.error | contains("\"v\"")' "$WORK/body" >/dev/null ||
+{ [ "$code" = 400 ] && jq -e '.error | contains("\"v\"")' "$WORK/body" >/dev/null; } ||
   fail "load in poll mode: $code $(cat "$WORK/body")"
 load_stop poll
 [ "$(load_field poll .failed)" = 0 ] || fail "failed requests during the version change: $(cat "$WORK/load.poll.json")"
-[ "$(load_field poll '.matched[0]')" -ge 1 ] && [ "$(load_field poll '.matched[1]')" -ge 1 ] &&
-  [ "$(load_field poll .other)" = 0 ] || fail "answers not version 1 then 2: $(cat "$WORK/load.poll.json")"
+{ [ "$(load_field poll '.matched[0]')" -ge 1 ] && [ "$(load_field poll '.matched[1]')" -ge 1 ] &&
+  [ "$(load_field poll .other)" = 0 ]; } || fail "answers not version 1 then 2: $(cat "$WORK/load.poll.json")"
 echo "ok version change under poll: $(load_field poll .requests) requests, 0 failed"
 stop_daemon
 
@@ -162,7 +162,7 @@ is_state ld 1 READY || fail "ld not loaded at start: $(index)"
 [ "$(index | jq -r '.[] | select(.name == "ap") | .state')" = UNAVAILABLE ] || fail "ap loaded without asking: $(index)"
 [ "$(http_code "$URL/v2/models/ap")" = 404 ] || fail "ap routed before its load"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
-[ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null ||
+{ [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
   fail "load of an unknown model: $code $(cat "$WORK/body")"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
