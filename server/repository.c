@@ -629,6 +629,8 @@ static void run_request(repository *r, control_req *q) {
                 if (e->status[i].reason[0]) why = e->status[i].reason;
             if (e && e->nserving) snprintf(msg, sizeof(msg), "model \"%s\" loaded", q->name);
             else {
+                /* not asked for any more: the daemon's readiness does not wait for it */
+                if (e) e->wanted = 0;
                 status = 400;
                 snprintf(msg, sizeof(msg), "failed to load \"%s\": %.500s", q->name, why);
             }

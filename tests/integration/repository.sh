@@ -3,7 +3,9 @@
 # real daemons, the bundled model (ld) and a study model (ap) as content.
 #  1. SIGHUP on a one-model daemon: it rescans and serves on (it used to
 #     die of the signal).
-#  2. Two models at once: each answers what its one-model daemon answers.
+#  2. Two models at once: each answers what its one-model daemon answers;
+#     a model's serve.conf (version policy specific:2,3, a batch limit)
+#     over the global settings; no version asked: the highest.
 #  3. Reload under load: the model's files replaced, SIGHUP; repo_client.py
 #     keeps 4 connections busy throughout: zero failed requests, answers
 #     of the old model and then of the new. Then a corrupt checkpoint:
@@ -13,7 +15,8 @@
 #     the load runs (latest:1): version 2 serves, version 1 is unloaded,
 #     zero failed requests. load/unload are refused in poll mode.
 #  5. Explicit mode: only --load-model at start; load and unload through
-#     the API; an unload while a request is in flight (its body half
+#     the API (a serve.conf with a daemon-only key: the load fails naming
+#     file:line); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
 #  Every wait is on observable state (index, metrics, log, files).
 set -euo pipefail
@@ -82,15 +85,24 @@ mkdir -p "$REPO"
 copy_model "$LD" "$REPO/ld"
 mkdir -p "$REPO/ap"
 copy_model "$AP" "$REPO/ap/3"
+copy_model "$LD" "$REPO/ap/2" # (ld's files as ap's version 2: tells the versions apart)
+copy_model "$LD" "$REPO/ap/1"
+# ap's own settings over the global ones: two of its three versions, its batch limit
+printf 'version-policy specific:2,3\nmax-batch-size 3\n' >"$REPO/ap/serve.conf"
 MODEL='' start_daemon --model-repository "$REPO" --access-log off
 client logits "$URL" ld "$SAMPLE" >"$WORK/two.ld"
 client logits "$URL" ap "$SAMPLE" >"$WORK/two.ap"
 same_logits "$WORK/ref.ld" "$WORK/two.ld" || fail "ld in the repository answers unlike ld alone"
-same_logits "$WORK/ref.ap" "$WORK/two.ap" || fail "ap in the repository answers unlike ap alone"
+same_logits "$WORK/ref.ap" "$WORK/two.ap" || fail "ap (its highest version, 3) answers unlike ap alone"
+client logits "$URL" ap/versions/2 "$SAMPLE" >"$WORK/two.ap2"
+same_logits "$WORK/ref.ld" "$WORK/two.ap2" || fail "ap version 2 does not answer with its own files"
 [ "$(curl -sf "$URL/v2/models/ap" | jq -r '.versions[0]')" = 3 ] || fail "ap's metadata does not give version 3"
 [ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
-[ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (none) not 404"
-{ is_state ld 1 READY && is_state ap 3 READY; } || fail "index: $(index)"
+[ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (not in its policy) not 404"
+[ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"
+[ "$(curl -sf "$URL/v2/models/ld/config" | jq -r .max_batch_size)" = 8 ] || fail "ld does not keep the global batch limit"
+{ is_state ld 1 READY && is_state ap 3 READY && is_state ap 2 READY && [ -z "$(state ap 1)" ]; } ||
+  fail "index: $(index)"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ap/unload")
 { [ "$code" = 400 ] && jq -e '.error | contains("\"ap\"")' "$WORK/body" >/dev/null; } ||
   fail "unload in none mode: $code $(cat "$WORK/body") (want 400 naming the model)"
@@ -164,6 +176,16 @@ is_state ld 1 READY || fail "ld not loaded at start: $(index)"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
 { [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
   fail "load of an unknown model: $code $(cat "$WORK/body")"
+# a settings file with a key a model cannot set: the load fails, naming the file and line
+mkdir -p "$REPO/bad"
+printf '# ok\nport 9\n' >"$REPO/bad/serve.conf"
+copy_model "$LD" "$REPO/bad/1"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/bad/load")
+{ [ "$code" = 400 ] && jq -e '.error | contains("bad/serve.conf:2")' "$WORK/body" >/dev/null; } ||
+  fail "load with a bad serve.conf: $code $(cat "$WORK/body")"
+index | jq -e '.[] | select(.name == "bad" and .version == "1") | .reason | contains("serve.conf:2")' >/dev/null ||
+  fail "the index does not say why bad failed: $(index)"
+ready || fail "a failed explicit load made the daemon unready"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
 client logits "$URL" ap "$SAMPLE" >"$WORK/exp.ap"
