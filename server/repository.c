@@ -492,8 +492,9 @@ static int named_at_start(const char *list, const char *name) {
  * (only: just that one), the versions its policy selects are loaded, or
  * reloaded when their files changed; versions no longer selected or no
  * longer there are retired. Models that left the repository are retired.
- * Returns 0, or -1 when `only` is not in the repository. */
-static int sync_models(repository *r, const char *only) {
+ * `want`: `only` is asked for (explicit mode's load). Returns 0, or -1
+ * when `only` is not in the repository. */
+static int sync_models(repository *r, const char *only, int want) {
     candidate *c;
     int n = scan(r, &c);
     if (n < 0) {
@@ -512,6 +513,7 @@ static int sync_models(repository *r, const char *only) {
         found = 1;
         pthread_mutex_lock(&r->lock);
         model_entry *e = get_entry(r, name);
+        if (e && want) e->wanted = 1;
         int wanted = e && (r->p.cfg->model_control_mode != MODEL_CONTROL_EXPLICIT || r->single || e->wanted);
         pthread_mutex_unlock(&r->lock);
         if (!e || !wanted) {
@@ -614,11 +616,8 @@ static void run_request(repository *r, control_req *q) {
     char msg[1024];
     int status = 200;
     if (q->load) {
-        pthread_mutex_lock(&r->lock);
-        model_entry *e = get_entry(r, q->name);
-        if (e) e->wanted = 1;
-        pthread_mutex_unlock(&r->lock);
-        if (sync_models(r, q->name)) {
+        model_entry *e;
+        if (sync_models(r, q->name, 1)) {
             status = 404;
             snprintf(msg, sizeof(msg), "failed to load \"%s\": no such model in the repository", q->name);
         } else {
@@ -675,7 +674,7 @@ static void *control_main(void *arg) {
         if (r->rescan || (poll_mode && now >= next_poll)) {
             r->rescan = 0;
             pthread_mutex_unlock(&r->lock);
-            sync_models(r, NULL);
+            sync_models(r, NULL, 0);
             pthread_mutex_lock(&r->lock);
             next_poll = monotonic_ns() + (int64_t)r->p.cfg->repository_poll_s * 1000000000;
             continue;
@@ -734,7 +733,7 @@ int repository_start(repository *r, char *err, size_t errlen) {
         pthread_mutex_unlock(&r->lock);
         if (n > 0) free(c);
     }
-    sync_models(r, NULL);
+    sync_models(r, NULL, 0);
     pthread_mutex_lock(&r->lock);
     r->started = 1;
     int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0);
