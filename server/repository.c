@@ -62,6 +62,7 @@ struct repository {
     int single;                /* --model: one entry, no directory to scan */
     pthread_mutex_t lock;
     pthread_cond_t wake;       /* control thread: a request, a rescan, a retired version free, stop */
+    forward_gate *gate;        /* the CPU budget every model's forwards share (gate.h) */
     model_entry *models;       /* by name, in scan order (sorted) */
     int nmodels;
     served_model *retired;
@@ -427,6 +428,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         snprintf(err, errlen, "%s", why);
         goto fail;
     }
+    batcher_set_gate(m->batcher, r->gate);
     m->pm = (proto_model){m->name, pe_type_name(vm->cfg.custom_pe_type), vm->cfg.num_channels,
                           vm->cfg.num_class, vm->cfg.image_size, vm->cfg.patch_size, vm->max_tokens,
                           vm->cfg.labels, r->p.build_version, m->isa, m->version_text};
@@ -710,6 +712,12 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
     }
     r->p = *p;
     r->single = p->cfg->model_repository[0] == '\0';
+    r->gate = forward_gate_new(p->cpu_limit);
+    if (!r->gate) {
+        free(r);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
     pthread_mutex_init(&r->lock, NULL);
     pthread_condattr_t a;
     pthread_condattr_init(&a);
@@ -1055,6 +1063,7 @@ void repository_free(repository *r) {
         r->retired = m->next;
         free_served(m);
     }
+    forward_gate_free(r->gate); /* after the batchers: their workers are gone */
     pthread_cond_destroy(&r->wake);
     pthread_mutex_destroy(&r->lock);
     free(r);
