@@ -35,7 +35,8 @@ const char *model_state_name(int state) {
 typedef struct {
     int version;
     int state;
-    char reason[400];
+    char reason[1024];
+    unsigned long long failed_signature; /* files of the last failed load: not retried unchanged */
 } version_status;
 
 typedef struct {
@@ -311,7 +312,7 @@ static version_status *get_status(model_entry *e, int version) {
     while (at < e->nstatus && e->status[at].version < version) at++;
     memmove(&e->status[at + 1], &e->status[at], sizeof(version_status) * (size_t)(e->nstatus - at));
     e->nstatus++;
-    e->status[at] = (version_status){version, MODEL_UNAVAILABLE, ""};
+    e->status[at] = (version_status){version, MODEL_UNAVAILABLE, "", 0};
     return &e->status[at];
 }
 
@@ -319,7 +320,7 @@ static void set_status(model_entry *e, int version, int state, const char *reaso
     version_status *s = get_status(e, version);
     if (!s) return;
     s->state = state;
-    snprintf(s->reason, sizeof(s->reason), "%s", reason ? reason : "");
+    snprintf(s->reason, sizeof(s->reason), "%.*s", (int)sizeof(s->reason) - 1, reason ? reason : "");
 }
 
 static served_model *serving_version(model_entry *e, int version) {
@@ -366,6 +367,8 @@ static int install(repository *r, model_entry *e, served_model *m) {
         e->nserving++;
     }
     set_status(e, m->version, MODEL_READY, "");
+    version_status *vs = get_status(e, m->version);
+    if (vs) vs->failed_signature = 0;
     return 0;
 }
 
@@ -458,11 +461,11 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     } else if (m) {
         snprintf(err, sizeof(err), "out of memory");
     }
-    if (rc) {
-        if (e) {
-            e->failures++;
-            set_status(e, c->version, reload ? MODEL_READY : MODEL_UNAVAILABLE, err);
-        }
+    if (rc && e) {
+        e->failures++;
+        set_status(e, c->version, reload ? MODEL_READY : MODEL_UNAVAILABLE, err);
+        version_status *vs = get_status(e, c->version);
+        if (vs) vs->failed_signature = files_signature(c->dir, c->model_dir);
     }
     pthread_mutex_unlock(&r->lock);
     if (rc) {
@@ -530,12 +533,16 @@ static int sync_models(repository *r, const char *only, int want) {
         if (bad) {
             pthread_mutex_lock(&r->lock);
             e = get_entry(r, name);
-            if (e) {
-                e->failures++;
-                for (int k = i; k < j; k++)
-                    set_status(e, c[k].version, serving_version(e, c[k].version) ? MODEL_READY : MODEL_UNAVAILABLE,
-                               err);
+            int counted = 0;
+            for (int k = i; e && k < j; k++) {
+                unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
+                version_status *vs = get_status(e, c[k].version);
+                if (!vs || (vs->failed_signature == sig && !want)) continue; /* said already */
+                set_status(e, c[k].version, serving_version(e, c[k].version) ? MODEL_READY : MODEL_UNAVAILABLE, err);
+                vs->failed_signature = sig;
+                counted = 1;
             }
+            if (counted) e->failures++;
             pthread_mutex_unlock(&r->lock);
             log_event("error", "model %s failed to load: %s", name, err);
             i = j;
@@ -548,9 +555,14 @@ static int sync_models(repository *r, const char *only, int want) {
             pthread_mutex_lock(&r->lock);
             e = get_entry(r, name);
             served_model *s = e ? serving_version(e, c[k].version) : NULL;
-            int fresh = s && s->signature == files_signature(c[k].dir, c[k].model_dir);
+            unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
+            int fresh = s && s->signature == sig;
+            /* a load that failed is not retried on the same files (a poll
+             * would fail it again every repository-poll-s), unless asked */
+            version_status *vs = e ? get_status(e, c[k].version) : NULL;
+            int failed_before = !want && vs && vs->failed_signature == sig;
             pthread_mutex_unlock(&r->lock);
-            if (!fresh) load_and_install(r, &c[k], &settings);
+            if (!fresh && !failed_before) load_and_install(r, &c[k], &settings);
         }
         /* versions serving that the policy or the files no longer select */
         pthread_mutex_lock(&r->lock);
@@ -674,9 +686,11 @@ static void *control_main(void *arg) {
         }
         int64_t now = monotonic_ns();
         if (r->rescan || (poll_mode && now >= next_poll)) {
+            int asked = r->rescan; /* SIGHUP: its end is logged (a poll's is not: one a poll-s) */
             r->rescan = 0;
             pthread_mutex_unlock(&r->lock);
             sync_models(r, NULL, 0);
+            if (asked) log_event("info", "rescan done");
             pthread_mutex_lock(&r->lock);
             next_poll = monotonic_ns() + (int64_t)r->p.cfg->repository_poll_s * 1000000000;
             continue;

@@ -58,6 +58,7 @@ infers() { metric 'comrope_requests_total{endpoint="v2_infer",code="200"}' || ec
 infers_at_least() { [ "$(infers)" -ge "$1" ]; }
 load_failures_are() { [ "$(metric "comrope_model_load_failures_total{model=\"$1\"}" || echo 0)" = "$2" ]; }
 receiving() { [ "$(metric comrope_receiving_requests || echo 0)" -ge 1 ]; }
+rescans_done() { [ "$(grep -c 'rescan done' "$LOG")" -ge "$1" ]; }
 ready_lines_at_least() { [ "$(grep -c "model $1 version $2 ready" "$LOG")" -ge "$3" ]; }
 same_logits() {
   "$PY" -c 'import json,sys; a,b=(json.load(open(p)) for p in sys.argv[1:3]); sys.exit(not (len(a)==len(b) and max(abs(x-y) for x,y in zip(a,b))<1e-3))' "$1" "$2"
@@ -130,6 +131,11 @@ poll 60 load_failures_are ld 1 ||
 reason=$(index | jq -r '.[] | select(.name == "ld" and .version == "1") | .reason')
 { [ -n "$reason" ] && [ "$(state ld 1)" = READY ]; } || fail "index after a corrupt checkpoint: $(index)"
 log_has "model ld version 1 failed to load (the loaded copy goes on serving)" || fail "corrupt load not logged"
+# the same corrupt files at the next rescan: not loaded (and counted) again
+poll 30 rescans_done 2 || fail "no 'rescan done' after the second SIGHUP"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 3 || fail "no 'rescan done' after the third SIGHUP"
+load_failures_are ld 1 || fail "unchanged corrupt files loaded again: $(metric comrope_model_load_failures_total)"
 client logits "$URL" ld "$SAMPLE" >"$WORK/kept"
 same_logits "$WORK/ref.ap" "$WORK/kept" || fail "the corrupt checkpoint changed the answers"
 load_stop reload
