@@ -938,8 +938,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
              * and keep-alive connections stay open. Only a body announced
              * over max-body-bytes, or one the client holds back until "100
              * Continue", is answered at once, unread (and the connection
-             * closed). */
-            if (answer_before_body(c, s->p.cfg->max_body_bytes)) {
+             * closed); not a load/unload: its answer comes after its body. */
+            if (answer_before_body(c, s->p.cfg->max_body_bytes) && !r->control) {
                 conn_guard_received(c); /* the body stays unread: the connection closes */
                 return queue_answer(c, r);
             }
