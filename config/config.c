@@ -20,6 +20,8 @@ static const char *const precision_choices[] = {"fp32", "bf16", "auto", NULL};
 static const char *const console_choices[] = {"off", "on", NULL};
 /* names of engine/cpu.h's levels; "auto" (first, the default) is the best the CPU runs */
 static const char *const isa_choices[] = {"auto", "avx512", "avx2", "scalar", NULL};
+/* Triton's names, in the order of MODEL_CONTROL_* */
+static const char *const control_choices[] = {"none", "poll", "explicit", NULL};
 
 /* The one table. Defaults are text so that they go through the same parser
  * as every other source and cannot disagree with the bounds. */
@@ -98,6 +100,19 @@ const config_option config_options[] = {
     {"cors-origin", CONFIG_STRING, OFF(cors_origin), SIZE(cors_origin), "", 0, 0, NULL,
      "origin allowed to call the API from a browser (CORS; `*` for any): its preflight (OPTIONS) "
      "gets 204; empty: no CORS headers, OPTIONS gets 405"},
+    /* several models (README "Model repository", server/repository.h) */
+    {"model-repository", CONFIG_STRING, OFF(model_repository), SIZE(model_repository), "", 0, 0, NULL,
+     "directory of models in Triton's layout (<name>/<version>/ or a flat <name>/ = version 1); "
+     "empty: serve --model alone"},
+    {"model-control-mode", CONFIG_ENUM, OFF(model_control_mode), 0, "none", 0, 0, control_choices,
+     "Triton's: none (load all at start; SIGHUP rescans), poll (rescan every repository-poll-s), "
+     "explicit (load-model at start, then the load/unload API)"},
+    {"repository-poll-s", CONFIG_INT, OFF(repository_poll_s), 0, "15", 1, 86400, NULL,
+     "seconds between rescans of the repository in poll mode"},
+    {"load-model", CONFIG_STRING, OFF(load_model), SIZE(load_model), "", 0, 0, NULL,
+     "explicit mode: models loaded at start (repeat the flag, or comma-separated; `*`: all)"},
+    {"version-policy", CONFIG_STRING, OFF(version_policy), SIZE(version_policy), "latest:1", 0, 0, NULL,
+     "versions of a model served: latest:N, specific:A,B,... or all (Triton's policies)"},
 };
 const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
 
@@ -212,6 +227,11 @@ static int split_line(char *line, char **key, char **value, const char **why) {
 }
 
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen) {
+    return config_load_file_only(cfg, path, NULL, err, errlen);
+}
+
+int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
+                          size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "config: cannot open %s: %s", path, strerror(errno));
@@ -245,6 +265,16 @@ int config_load_file(server_config *cfg, const char *path, char *err, size_t err
         const config_option *o = find_option(key);
         if (!o) {
             snprintf(err, errlen, "config: %s:%d: unknown key \"%.100s\" (see --help)", path, lineno, key);
+            goto cleanup;
+        }
+        int ok = !allowed;
+        for (int i = 0; allowed && allowed[i] && !ok; i++) ok = strcmp(allowed[i], key) == 0;
+        if (!ok) {
+            size_t n = (size_t)snprintf(err, errlen, "config: %s:%d: \"%.100s\" cannot be set here (allowed:",
+                                        path, lineno, key);
+            for (int i = 0; allowed[i] && n < errlen; i++)
+                n += (size_t)snprintf(err + n, errlen - n, "%s %s", i ? "," : "", allowed[i]);
+            if (n < errlen) snprintf(err + n, errlen - n, ")");
             goto cleanup;
         }
         int *seen = &set_at[o - config_options];
@@ -381,6 +411,21 @@ int config_load(server_config *cfg, int argc, char **argv, char **envp,
         if (!strcmp(flags[i].option->name, "config")) continue; /* read above */
         char source[160];
         snprintf(source, sizeof(source), "flag --%s", flags[i].option->name);
+        /* --load-model is repeatable (as Triton's): each flag adds a name */
+        int added = 0;
+        for (int k = 0; k < i && !strcmp(flags[i].option->name, "load-model"); k++)
+            added |= flags[k].option == flags[i].option;
+        if (added) {
+            char joined[sizeof(cfg->load_model) + 1];
+            if ((size_t)snprintf(joined, sizeof(joined), "%s,%s", cfg->load_model, flags[i].value) >=
+                sizeof(joined)) {
+                snprintf(err, errlen, "load-model (%s): the names are longer than %zu bytes", source,
+                         sizeof(cfg->load_model) - 1);
+                goto cleanup;
+            }
+            if (config_set(cfg, "load-model", joined, source, err, errlen)) goto cleanup;
+            continue;
+        }
         if (config_set(cfg, flags[i].option->name, flags[i].value, source, err, errlen)) goto cleanup;
     }
     rc = action;

@@ -57,7 +57,15 @@ typedef struct {
     int parse_threads;
     int isa;                            /* index into the isa row's choices; 0 = auto */
     char cors_origin[256];              /* "": no CORS */
+    /* the model repository (server/repository.h) */
+    char model_repository[CONFIG_PATH_MAX]; /* "": serve --model alone */
+    int model_control_mode;             /* MODEL_CONTROL_* */
+    int repository_poll_s;
+    char load_model[4096];              /* explicit mode: names loaded at start, comma-separated; "*" all */
+    char version_policy[256];           /* latest:N, specific:a,b,... or all */
 } server_config;
+
+enum { MODEL_CONTROL_NONE = 0, MODEL_CONTROL_POLL, MODEL_CONTROL_EXPLICIT };
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;
 
@@ -110,6 +118,11 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
  * must be double-quoted. An unknown key, a key set twice, a malformed line
  * or a read error: -1 with a message naming the file and line. */
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen);
+/* The same, allowing only the keys of `allowed` (NULL-terminated): a
+ * model's own settings file (server/repository.h). Another key: -1 naming
+ * the file, the line and the keys allowed. */
+int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
+                          size_t errlen);
 
 /* The CPUs this process may run on (its affinity mask, else the online
  * count). */

@@ -404,7 +404,7 @@ int v2_response(const proto_model *pm, const proto_request *req, const proto_res
     size_t bin_len = 0;
     memset(out, 0, sizeof(*out));
     json_object_set_new(root, "model_name", json_string(pm->name));
-    json_object_set_new(root, "model_version", json_string("1"));
+    json_object_set_new(root, "model_version", json_string(pm->model_version ? pm->model_version : "1"));
     if (req->id) json_object_set_new(root, "id", json_string(req->id));
     json_object_set_new(o, "name", json_string("logits"));
     if (k > 0) {
@@ -522,7 +522,7 @@ char *v2_server_json(const proto_model *pm) {
  * optional inputs ("optional": true). */
 char *v2_model_json(const proto_model *pm) {
     json_t *o = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[iiii]}],s:[{s:s,s:s,s:[ii]}]}",
-                          "name", pm->name, "versions", "1", "platform", "comrope_c",
+                          "name", pm->name, "versions", pm->model_version ? pm->model_version : "1", "platform", "comrope_c",
                           "inputs", "name", "pixel_values", "datatype", "FP32", "shape", -1,
                           pm->num_channels, -1, -1,
                           "outputs", "name", "logits", "datatype", "FP32", "shape", -1, pm->num_class);
@@ -590,7 +590,7 @@ char *v2_model_stats_json(const proto_model *pm, const proto_stats *st) {
                                                "compute_output", duration_json((proto_duration){st->batch_compute_infer[i].count, 0})));
     json_t *o = json_pack(
         "{s:[{s:s,s:s,s:I,s:I,s:I,s:{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o},s:o,s:[]}]}",
-        "model_stats", "name", pm->name, "version", "1",
+        "model_stats", "name", pm->name, "version", pm->model_version ? pm->model_version : "1",
         "last_inference", (json_int_t)st->last_inference_ms,
         "inference_count", (json_int_t)st->inference_count,
         "execution_count", (json_int_t)st->execution_count,

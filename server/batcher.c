@@ -42,6 +42,7 @@ struct batcher {
     int stopping;            /* workers told to exit */
     int stopped;             /* threads joined (batcher_stop ran) */
     worker *workers;
+    forward_gate *gate;      /* NULL: none */
     pthread_t reaper;
     int reaper_started;
 };
@@ -248,8 +249,10 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
     }
 
     int forward_failed = 0;
+    if (count > 0 && b->gate) forward_gate_enter(b->gate, b->p.engine.threads);
     if (count > 0 && vit_forward_ragged(w->ctx, images, count, logits, msg, sizeof(msg)))
         forward_failed = 1;
+    if (count > 0 && b->gate) forward_gate_leave(b->gate, b->p.engine.threads);
     int64_t end = monotonic_ns();
     if (count > 0)
         metrics_batch(b->mx, count, tokens, distinct_resolutions(images, count), (double)(end - start) / 1e9);
@@ -452,6 +455,8 @@ fail:
     batcher_free(b);
     return NULL;
 }
+
+void batcher_set_gate(batcher *b, forward_gate *gate) { b->gate = gate; }
 
 /* The request limits, which need no lock. Returns 0 or 413 (j->error set). */
 static int over_limits(batcher *b, job *j) {

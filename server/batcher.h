@@ -22,6 +22,7 @@
 
 #include <stdint.h>
 
+#include "gate.h"
 #include "image.h"
 #include "metrics.h"
 #include "proto.h"
@@ -72,6 +73,10 @@ typedef struct {
 
 /* Starts the workers and the reaper. Returns NULL with a message. */
 batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *err, size_t errlen);
+
+/* Every forward of this batcher's workers passes `gate` (gate.h: the CPU
+ * budget shared with other models). Before the first submission. */
+void batcher_set_gate(batcher *b, forward_gate *gate);
 
 /* Queues j. Returns 0; or 413 when j is over a request limit (images,
  * tokens, an image too large for one engine batch, pixels beyond the whole

@@ -22,8 +22,8 @@
 #include "log.h"
 
 struct http_server {
-    http_params p;             /* model, pm, batcher, metrics: set once, by http_set_model */
-    atomic_int loaded;         /* 1 once http_set_model has run: p is complete */
+    http_params p;
+    atomic_int loaded;         /* 1 once http_set_loaded has run: the start-up load is over */
     struct MHD_Daemon *main_daemon, *metrics_daemon;
     conn_guard *main_guard, *metrics_guard; /* caps and receive deadlines, one per daemon */
     int port, metrics_port;
@@ -71,6 +71,9 @@ typedef struct {
     char *header_len;          /* Inference-Header-Content-Length, or NULL */
     char **query;              /* key, value pairs of a raw-image request, NULL-terminated */
     int nquery;
+    served_model *mv;          /* the model version it was routed to: a reference, released at the end */
+    int control;               /* POST /v2/repository/models/<m>/load (1) or /unload (2), after the body */
+    char control_name[256];
     /* inference */
     proto_request req;
     int parsed;
@@ -202,15 +205,15 @@ static void job_done(job *j, void *arg) {
                 w[i] = r->req.images[i].w;
             }
             res.num_images = r->req.num_images;
-            res.num_class = r->s->p.pm.num_class;
+            res.num_class = r->mv->pm.num_class;
             res.logits = j->logits;
             res.h = h;
             res.w = w;
             res.queue_ms = (double)(j->started_ns - j->enqueued_ns) / 1e6;
             res.compute_ms = (double)(j->finished_ns - j->started_ns) / 1e6;
             res.total_ms = (double)(monotonic_ns() - r->start_ns) / 1e6;
-            rc = r->req.api == PROTO_V1 ? v1_response(&r->s->p.pm, &r->req, &res, &body)
-                                        : v2_response(&r->s->p.pm, &r->req, &res, &body);
+            rc = r->req.api == PROTO_V1 ? v1_response(&r->mv->pm, &r->req, &res, &body)
+                                        : v2_response(&r->mv->pm, &r->req, &res, &body);
         }
         free(h);
         free(w);
@@ -279,10 +282,10 @@ static int authorized(http_request *r, struct MHD_Connection *c) {
     return ok;
 }
 
-/* Path after "/v2/models/": the model name, the version asked for
- * ("/versions/<v>", as KServe and Triton allow; "" when none) and what
- * follows them. Returns 0 when path is no model route. */
-static int model_route(const char *path, const char *name, const char **rest, int *name_ok,
+/* Path after "/v2/models/": the model name (*name, *name_len), the
+ * version asked for ("/versions/<v>", as KServe and Triton allow; "" when
+ * none) and what follows them. Returns 0 when path is no model route. */
+static int model_route(const char *path, const char **name, size_t *name_len, const char **rest,
                        char *version, size_t version_len) {
     const char *prefix = "/v2/models/";
     size_t pl = strlen(prefix);
@@ -291,7 +294,8 @@ static int model_route(const char *path, const char *name, const char **rest, in
     const char *slash = strchr(p, '/');
     size_t n = slash ? (size_t)(slash - p) : strlen(p);
     if (n == 0) return 0;
-    *name_ok = strlen(name) == n && strncmp(p, name, n) == 0;
+    *name = p;
+    *name_len = n;
     *rest = slash ? slash : "";
     version[0] = '\0';
     if (strncmp(*rest, "/versions/", 10) == 0) {
@@ -340,7 +344,7 @@ static int media_type_generic(const char *ctype) {
 /* Image headers and resolutions, checked before queueing so that a bad
  * request costs no worker time. Returns 0 or an HTTP status (r's answer set). */
 static int validate_images(http_request *r) {
-    const vit_model *m = r->s->p.model;
+    const vit_model *m = r->mv->model;
     const server_config *cfg = r->s->p.cfg;
     char msg[512], err[600];
     int64_t pixel_bytes = 0;
@@ -425,10 +429,10 @@ static int submit_inference(http_request *r) {
     }
     if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
         if (!(ctype && strncasecmp(ctype, "image/", 6) == 0) && json_over_limit(r, r->body_len)) return 0;
-        st = v1_parse(&s->p.pm, ctype, r->body, r->body_len, &r->req, err, sizeof(err));
+        st = v1_parse(&r->mv->pm, ctype, r->body, r->body_len, &r->req, err, sizeof(err));
         r->parsed = 1;
         for (int i = 0; !st && i < r->nquery; i++)
-            st = v1_parse_query_arg(&s->p.pm, &r->req, r->query[2 * i], r->query[2 * i + 1], err,
+            st = v1_parse_query_arg(&r->mv->pm, &r->req, r->query[2 * i], r->query[2 * i + 1], err,
                                     sizeof(err));
     } else {
         size_t header_len = 0;
@@ -443,7 +447,7 @@ static int submit_inference(http_request *r) {
             header_len = (size_t)v;
         }
         if (json_over_limit(r, header_len && header_len < r->body_len ? header_len : r->body_len)) return 0;
-        st = v2_parse_infer(&s->p.pm, r->body, r->body_len, header_len, &r->req, err, sizeof(err));
+        st = v2_parse_infer(&r->mv->pm, r->body, r->body_len, header_len, &r->req, err, sizeof(err));
         r->parsed = 1;
     }
     if (st) {
@@ -460,7 +464,7 @@ static int submit_inference(http_request *r) {
     r->job.gone = client_gone;
     r->job.done_arg = r;
     r->phase = PHASE_QUEUED;
-    st = batcher_submit(s->p.batcher, &r->job);
+    st = batcher_submit(r->mv->batcher, &r->job);
     if (st) {
         set_error(r, st, r->job.error);
         if (st == 503) r->retry_after = 1;
@@ -483,17 +487,23 @@ typedef struct parse_item {
 
 static void parse_one(http_request *r) {
     http_server *s = r->s;
-    batcher *b = s->p.batcher;
+    served_model *mv = r->mv;
+    batcher *b = mv->batcher;
     struct MHD_Connection *c = r->conn;
     /* The arrival ends after the submission, so that a drain sees this
-     * request all along, as arriving and then as queued. */
+     * request all along, as arriving and then as queued. Once submitted
+     * the request may be answered and gone at once, with its reference:
+     * this thread holds its own until the arrival has ended. */
     r->arriving = 0;
+    repository_retain(s->p.repo, mv);
     if (submit_inference(r)) { /* r is the worker's now */
         batcher_arrival_end(b);
+        repository_release(s->p.repo, mv);
         return;
     }
     r->phase = PHASE_ANSWERED;
     batcher_arrival_end(b);
+    repository_release(s->p.repo, mv);
     MHD_resume_connection(c);
 }
 
@@ -589,9 +599,9 @@ static int preflight(http_request *r, int post) {
 
 /* GET /v2/models/<m>/config: Triton's model configuration. */
 static void model_config(http_request *r) {
-    const server_config *cfg = r->s->p.cfg;
+    const server_config *cfg = &r->mv->cfg; /* the model's own settings */
     proto_batching b = {cfg->max_batch_size, cfg->max_queue_delay_us, cfg->max_queue_size, cfg->workers};
-    set_json(r, 200, v2_model_config_json(&r->s->p.pm, &b));
+    set_json(r, 200, v2_model_config_json(&r->mv->pm, &b));
 }
 
 /* GET /v2/models/<m>/stats (and /v2/models/stats): Triton's statistics,
@@ -614,17 +624,17 @@ static void model_stats(http_request *r) {
                       {m->queue_count, m->queue_ns}, {m->compute_count, 0},
                       {m->compute_count, m->compute_ns}, {m->compute_count, 0},
                       m->num_batch_sizes, m->batch_size, bd};
-    set_json(r, 200, v2_model_stats_json(&r->s->p.pm, &st));
+    set_json(r, 200, v2_model_stats_json(&r->mv->pm, &st));
     free(m);
     free(bd);
 }
 
-/* While the model loads: liveness, readiness (503) and the console's files
- * go on to be routed (returns 1); the model's routes and /metrics are
+/* While the model loads: liveness, readiness (503), /metrics and the console's
+ * files go on to be routed (returns 1); the model's routes are
  * answered here (returns 0): a model's readiness 503 {"ready":false},
  * the rest 503 with Retry-After. */
 static int loading_route(http_request *r, const char *path) {
-    if (r->metrics_only && strcmp(path, "/metrics") != 0) return 1; /* its 404 */
+    if (r->metrics_only || strcmp(path, "/metrics") == 0) return 1; /* a scrape never fails */
     if (strcmp(path, "/v2/health/live") == 0 || strcmp(path, "/v2/health/ready") == 0 ||
         strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
         (r->s->p.cfg->console && console_find(path)))
@@ -639,12 +649,89 @@ static int loading_route(http_request *r, const char *path) {
     return 0;
 }
 
+/* /metrics: the daemon's series, then the repository's. */
+static void metrics_answer(http_request *r, int ready) {
+    http_server *s = r->s;
+    metrics_gauges g = {0, 0, 0, ready};
+    repository_gauges(s->p.repo, &g.queue_depth, &g.in_flight, &g.receiving);
+    conn_guard_stats cs;
+    conn_guard_stats_get(s->main_guard, &cs);
+    metrics_connections mc = {cs.open, cs.refused_limit, cs.refused_client, cs.timeouts_idle,
+                              cs.timeouts_request};
+    metrics_set_connections(s->p.metrics, &mc);
+    size_t len = 0, more = 0;
+    char *text = metrics_render(s->p.metrics, &g, &len);
+    char *models = repository_metrics(s->p.repo, &more);
+    char *all = text && models ? realloc(text, len + more) : NULL;
+    if (!all) {
+        free(text);
+        free(models);
+        set_error(r, 500, "out of memory");
+        return;
+    }
+    memcpy(all + len, models, more);
+    free(models);
+    set_answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", all, len + more, 0);
+}
+
+/* The load or unload has run (control thread): resumes the connection. */
+static void control_done(void *arg, int status, const char *message) {
+    http_request *r = arg;
+    if (status == 200) set_json(r, 200, strdup("{}"));
+    else set_error(r, status, message);
+    r->phase = PHASE_ANSWERED;
+    MHD_resume_connection(r->conn);
+}
+
+/* The body of a load/unload request is read: suspend, hand it to the
+ * repository's control thread (a load takes seconds: never on this one). */
+static enum MHD_Result control_begin(http_request *r, struct MHD_Connection *c) {
+    char err[512];
+    r->phase = PHASE_QUEUED;
+    MHD_suspend_connection(c); /* before the control thread can resume it */
+    int st = repository_control(r->s->p.repo, r->control_name, strlen(r->control_name), r->control == 1,
+                                control_done, r, err, sizeof(err));
+    if (st) {
+        set_error(r, st, err);
+        r->phase = PHASE_ANSWERED;
+        MHD_resume_connection(c);
+    }
+    return MHD_YES;
+}
+
+/* POST /v2/repository/index, /v2/repository/models/<m>/load|unload
+ * (Triton's model repository extension). Returns 0 when path is none of
+ * them. */
+static int repository_route(http_request *r, const char *path) {
+    const char *prefix = "/v2/repository/models/";
+    size_t pl = strlen(prefix);
+    if (strcmp(path, "/v2/repository/index") == 0) {
+        set_json(r, 200, repository_index_json(r->s->p.repo));
+        return 1;
+    }
+    if (strncmp(path, prefix, pl) != 0) return 0;
+    const char *name = path + pl, *slash = strchr(name, '/');
+    if (!slash || (strcmp(slash, "/load") != 0 && strcmp(slash, "/unload") != 0)) return 0;
+    size_t n = (size_t)(slash - name);
+    char err[512];
+    int load = strcmp(slash, "/load") == 0;
+    int st = repository_control(r->s->p.repo, name, n, load, NULL, NULL, err, sizeof(err));
+    if (st) {
+        set_error(r, st, err);
+        return 1;
+    }
+    snprintf(r->control_name, sizeof(r->control_name), "%.*s", (int)n, name);
+    r->control = load ? 1 : 2;
+    return 1;
+}
+
 /* First call for a request: route it. GETs are answered at once; inference
  * POSTs start reading their body. */
 static void route(http_request *r, struct MHD_Connection *c) {
     http_server *s = r->s;
-    const char *path = r->path, *rest = NULL;
-    int name_ok = 0, ready = !atomic_load(&s->draining);
+    const char *path = r->path, *rest = NULL, *name = NULL;
+    size_t name_len = 0;
+    int ready = !atomic_load(&s->draining);
     char err[512], version[64] = "";
 
     int loaded = atomic_load(&s->loaded);
@@ -655,20 +742,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         if (preflight(r, 0)) return;
         if (!method_fits(r, 0)) goto method;
         if (!s->p.cfg->metrics_open && !authorized(r, c)) goto unauthorized;
-        size_t len = 0;
-        metrics_gauges g = {batcher_queue_depth(s->p.batcher), batcher_in_flight(s->p.batcher),
-                            batcher_arriving(s->p.batcher), ready};
-        conn_guard_stats cs;
-        conn_guard_stats_get(s->main_guard, &cs);
-        metrics_connections mc = {cs.open, cs.refused_limit, cs.refused_client, cs.timeouts_idle,
-                                  cs.timeouts_request};
-        metrics_set_connections(s->p.metrics, &mc);
-        char *text = metrics_render(s->p.metrics, &g, &len);
-        if (!text) {
-            set_error(r, 500, "out of memory");
-            return;
-        }
-        set_answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, 0);
+        metrics_answer(r, ready && loaded);
         return;
     }
     if (r->metrics_only) goto not_found;
@@ -687,7 +761,15 @@ static void route(http_request *r, struct MHD_Connection *c) {
         if (!method_fits(r, 0)) goto method;
         int live = strstr(path, "live") || strcmp(path, "/healthz") == 0;
         if (live) set_json(r, 200, strdup("{\"live\":true}"));
-        else set_ready(r, ready && loaded);
+        else set_ready(r, ready && loaded && repository_ready(s->p.repo));
+        return;
+    }
+    if (strncmp(path, "/v2/repository/", 15) == 0) {
+        r->endpoint = ENDPOINT_V2_SERVER;
+        if (preflight(r, 1)) return;
+        if (!authorized(r, c)) goto unauthorized;
+        if (!method_fits(r, 1)) goto method;
+        if (!repository_route(r, path)) goto not_found;
         return;
     }
     if (strcmp(path, "/v1/classify") == 0) r->endpoint = ENDPOINT_V1_CLASSIFY;
@@ -695,33 +777,48 @@ static void route(http_request *r, struct MHD_Connection *c) {
     else if (strcmp(path, "/v2") == 0) r->endpoint = ENDPOINT_V2_SERVER;
     else if (strcmp(path, "/v2/models/stats") == 0) { /* every model's: Triton's route */
         r->endpoint = ENDPOINT_V2_MODEL;
-        name_ok = 1;
         rest = "/stats";
-    } else if (model_route(path, s->p.pm.name, &rest, &name_ok, version, sizeof(version)))
+    } else if (model_route(path, &name, &name_len, &rest, version, sizeof(version)))
         r->endpoint = strcmp(rest, "/infer") == 0 ? ENDPOINT_V2_INFER : ENDPOINT_V2_MODEL;
     else goto not_found;
     int post = r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER;
     if (preflight(r, post)) return;
     if (!authorized(r, c)) goto unauthorized;
     if (r->endpoint == ENDPOINT_V2_INFER || r->endpoint == ENDPOINT_V2_MODEL) {
-        /* what is asked is named before the method is judged: an unknown
-         * model or version is a 404, whatever the method */
-        if (!name_ok) goto unknown_model;
-        if (version[0] && strcmp(version, METRICS_MODEL_VERSION) != 0) goto unknown_version;
         if (strcmp(rest, "") != 0 && strcmp(rest, "/ready") != 0 && strcmp(rest, "/config") != 0 &&
             strcmp(rest, "/stats") != 0 && strcmp(rest, "/infer") != 0)
             goto not_found;
     }
+    if (r->endpoint != ENDPOINT_V2_SERVER) {
+        /* what is asked is named before the method is judged: an unknown
+         * model or version is a 404, whatever the method. The version
+         * found is held until the request ends: an unload or a swap
+         * waits for it. */
+        int st = 0;
+        r->mv = repository_acquire(s->p.repo, name, name_len, version, &st, err, sizeof(err));
+        if (!r->mv) {
+            if (strcmp(rest ? rest : "", "/ready") == 0 && st == 503 && method_fits(r, 0)) {
+                set_ready(r, 0);
+                return;
+            }
+            set_error(r, st, err);
+            if (st == 503) r->retry_after = 1;
+            return;
+        }
+    }
     if (!method_fits(r, post)) goto method;
     switch (r->endpoint) {
     case ENDPOINT_V1_MODELS:
-        set_json(r, 200, v1_models_json(&s->p.pm));
+        set_json(r, 200, v1_models_json(&r->mv->pm));
         return;
-    case ENDPOINT_V2_SERVER:
-        set_json(r, 200, v2_server_json(&s->p.pm));
+    case ENDPOINT_V2_SERVER: {
+        proto_model server = {0};
+        server.version = s->p.build_version;
+        set_json(r, 200, v2_server_json(&server));
         return;
+    }
     case ENDPOINT_V2_MODEL:
-        if (strcmp(rest, "") == 0) set_json(r, 200, v2_model_json(&s->p.pm));
+        if (strcmp(rest, "") == 0) set_json(r, 200, v2_model_json(&r->mv->pm));
         else if (strcmp(rest, "/ready") == 0) set_ready(r, ready);
         else if (strcmp(rest, "/config") == 0) model_config(r);
         else model_stats(r);
@@ -773,17 +870,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
     }
     r->phase = PHASE_READING;
     r->arriving = 1;
-    batcher_arrival_begin(s->p.batcher);
-    return;
-unknown_model:
-    snprintf(err, sizeof(err), "unknown model \"%.*s\" (this server has \"%s\")",
-             (int)strcspn(path + strlen("/v2/models/"), "/"), path + strlen("/v2/models/"), s->p.pm.name);
-    set_error(r, 404, err);
-    return;
-unknown_version:
-    snprintf(err, sizeof(err), "unknown version \"%s\" of model \"%s\" (this server has version %s)", version,
-             s->p.pm.name, METRICS_MODEL_VERSION);
-    set_error(r, 404, err);
+    batcher_arrival_begin(r->mv->batcher);
     return;
 unauthorized:
     set_error(r, 401, "missing or invalid bearer token");
@@ -851,8 +938,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
              * and keep-alive connections stay open. Only a body announced
              * over max-body-bytes, or one the client holds back until "100
              * Continue", is answered at once, unread (and the connection
-             * closed). */
-            if (answer_before_body(c, s->p.cfg->max_body_bytes)) {
+             * closed); not a load/unload: its answer comes after its body. */
+            if (answer_before_body(c, s->p.cfg->max_body_bytes) && !r->control) {
                 conn_guard_received(c); /* the body stays unread: the connection closes */
                 return queue_answer(c, r);
             }
@@ -866,6 +953,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         conn_guard_received(c);
+        if (r->control) return control_begin(r, c);
         r->phase = PHASE_RESPOND;
         return queue_answer(c, r);
     }
@@ -928,7 +1016,7 @@ static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
                     (r->endpoint == ENDPOINT_V2_MODEL && r->status != 404);
     log_access_entry e = {r->method, r->path, r->request_id, r->user_agent, r->status, r->bytes_sent,
                           (double)(now_ns() - r->start_ns) / 1e6, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK,
-                          addressed ? r->s->p.pm.name : NULL, addressed ? METRICS_MODEL_VERSION : NULL};
+                          addressed && r->mv ? r->mv->pm.name : NULL, addressed && r->mv ? r->mv->version_text : NULL};
     log_access(&e);
 }
 
@@ -974,7 +1062,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) conn_guard_rearm(c);
     if (!r) return;
     *con_cls = NULL;
-    if (r->arriving) batcher_arrival_end(s->p.batcher);
+    if (r->arriving) batcher_arrival_end(r->mv->batcher);
     if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
     if (!r->status) r->status = unanswered_status(toe);
     /* requests answered while the model loaded have no metrics to count in */
@@ -989,6 +1077,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     for (int i = 0; r->query && r->query[i]; i++) free(r->query[i]);
     free(r->query);
     free(r->resp);
+    repository_release(s->p.repo, r->mv); /* last: the version may be freed now */
     free(r);
     pthread_mutex_lock(&s->lock);
     s->open_requests--;
@@ -1049,7 +1138,7 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
         return NULL;
     }
     s->p = *p;
-    atomic_init(&s->loaded, p->model != NULL);
+    atomic_init(&s->loaded, 0);
     atomic_init(&s->draining, 0);
     atomic_init(&s->next_id, 1);
     pthread_mutex_init(&s->lock, NULL);
@@ -1093,13 +1182,7 @@ fail:
     return NULL;
 }
 
-void http_set_model(http_server *s, const vit_model *model, const proto_model *pm, batcher *b, metrics *m) {
-    s->p.model = model;
-    s->p.pm = *pm;
-    s->p.batcher = b;
-    s->p.metrics = m;
-    atomic_store(&s->loaded, 1); /* after the fields: a thread that sees 1 sees them */
-}
+void http_set_loaded(http_server *s) { atomic_store(&s->loaded, 1); }
 
 int http_port(http_server *s) { return s->port; }
 int http_metrics_port(http_server *s) { return s->metrics_port; }

@@ -24,29 +24,27 @@
 #include "config.h"
 #include "metrics.h"
 #include "proto.h"
-#include "vit.h"
+#include "repository.h"
 
 typedef struct http_server http_server;
 
 typedef struct {
     const server_config *cfg;
-    const vit_model *model;
-    proto_model pm;
-    batcher *batcher;
+    repository *repo;          /* the models: each request holds the version it was routed to */
     metrics *metrics;
+    const char *build_version; /* the server's metadata */
     char **api_keys;           /* NULL-terminated; NULL: no auth */
 } http_params;
 
 /* Starts listening. Returns NULL with a message (address in use, ...).
- * p->model, batcher and metrics may be NULL (p->pm then unused): the
- * model is loading, and until http_set_model liveness answers 200,
- * readiness (overall and the model's) 503, the model's routes and
- * /metrics 503 with Retry-After; the console is served. */
+ * Until http_set_loaded the start-up load runs: liveness answers 200,
+ * readiness (overall and each model's) 503, the models' routes 503 with
+ * Retry-After; /metrics and the console are served. */
 http_server *http_start(const http_params *p, char *err, size_t errlen);
 
-/* The model is loaded: its routes are served, readiness 200. Once, from
- * the thread that started the server. */
-void http_set_model(http_server *s, const vit_model *model, const proto_model *pm, batcher *b, metrics *m);
+/* The start-up load is over: the models' routes are served; readiness
+ * follows the repository's. Once, from the thread that started the server. */
+void http_set_loaded(http_server *s);
 
 /* The bound ports (useful with --port 0). */
 int http_port(http_server *s);

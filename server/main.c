@@ -5,9 +5,11 @@
  *
  * Start-up order: config (refused with the key named), the log's format,
  * the api-key file (unreadable or empty: exit 1, never "no auth"),
- * HTTP (listening at once: live 200, ready 503), model (a bad model exits
- * 1 with the loader's message), thread counts, batcher, then ready. Then
- * the main thread waits for SIGTERM/SIGINT and drains:
+ * HTTP (listening at once: live 200, ready 503), the models (repository.h:
+ * each with its thread counts and batcher; a bad --model exits 1 with the
+ * loader's message, a bad model of a repository is reported and skipped),
+ * then ready. Then the main thread waits for signals: SIGHUP rescans the
+ * models (the daemon serves on), SIGTERM/SIGINT drains:
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> daemons stopped ->
@@ -29,10 +31,7 @@
 #include <unistd.h>
 
 #include "api_keys.h"
-#include "batcher.h"
 #include "config.h"
-#include "cpu.h"
-#include "gemm.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -40,7 +39,7 @@
 #include "notify.h"
 #include "probe.h"
 #include "proto.h"
-#include "vit.h"
+#include "repository.h"
 
 #ifndef COMROPE_VERSION
 #define COMROPE_VERSION "dev"
@@ -60,7 +59,7 @@ extern char **environ;
  * it is done with SIGUSR1. */
 typedef struct {
     http_server *http;
-    batcher *b;
+    repository *repo;
     int timeout_s;
     pthread_t main_thread;
     atomic_int done;
@@ -69,11 +68,12 @@ typedef struct {
 static void *drain_main(void *arg) {
     drain_job *d = arg;
     http_begin_drain(d->http);
-    int left = batcher_drain(d->b, d->timeout_s);
+    /* (stops the control thread first: no load or unload during a drain) */
+    int left = repository_drain(d->repo, d->timeout_s);
     /* Answers what is left with 503, resuming their connections. The
-     * batcher stays allocated until the HTTP daemons are stopped: a request
-     * still on a connection may call it (and is refused with 503). */
-    batcher_stop(d->b);
+     * batchers stay allocated until the HTTP daemons are stopped: a request
+     * still on a connection may call one (and is refused with 503). */
+    repository_stop(d->repo);
     if (left) log_event("info", "%d queued requests answered 503", left);
     notify_status("drained%s; flushing the last answers", left ? " (leftovers answered 503)" : "");
     http_wait_idle(d->http, 5000); /* let resumed connections write their answers */
@@ -95,9 +95,8 @@ int main(int argc, char **argv) {
     server_config cfg;
     char err[1024], dir[CONFIG_PATH_MAX];
     int rc = 1;
-    vit_model *model = NULL;
+    repository *repo = NULL;
     metrics *mx = NULL;
-    batcher *b = NULL;
     http_server *http = NULL;
     char **keys = NULL;
 
@@ -149,6 +148,7 @@ int main(int argc, char **argv) {
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGUSR1); /* the drain thread's "done" */
+    sigaddset(&signals, SIGHUP);  /* rescan the models (repository.h) */
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
     signal(SIGPIPE, SIG_IGN);
     /* Decoded images and batch buffers are a few MB each. glibc would hand
@@ -165,22 +165,39 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    if (!cfg.model[0]) {
+    if (!cfg.model[0] && !cfg.model_repository[0]) {
         if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
             log_event("error", "%s", err);
             goto cleanup;
         }
         snprintf(cfg.model, sizeof(cfg.model), "%s", dir);
     }
-    if (!cfg.model_name[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
-    /* Listening before the model loads (seconds for a big one): liveness
+    if (cfg.model[0] && cfg.model_repository[0]) {
+        log_event("error", "model and model-repository are both set: serve one model, or a repository");
+        return 2;
+    }
+    if (!cfg.model_name[0] && cfg.model[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
+    /* Listening before the models load (seconds for a big one): liveness
      * 200 and readiness 503 meanwhile, so that an orchestrator tells a
      * loading daemon from a dead one. The HTTP threads do not depend on
-     * the model (config_derive_threads); the rest is derived after it. */
+     * the model (config_derive_threads); the rest is derived per model. */
     server_config early = cfg;
     config_derive_threads(&early, cpu_limit, -1);
     cfg.http_threads = early.http_threads;
-    http_params hp = {&cfg, NULL, {0}, NULL, NULL, keys};
+    /* comrope_model_info names the default model once it is loaded */
+    mx = metrics_new(cfg.model_name, "none", 0, COMROPE_VERSION);
+    if (!mx) {
+        log_event("error", "out of memory");
+        goto cleanup;
+    }
+    repository_params rp = {&cfg, cpu_limit, mx, COMROPE_VERSION};
+    repo = repository_new(&rp, err, sizeof(err));
+    if (!repo) {
+        log_event("error", "%s", err);
+        rc = 2;
+        goto cleanup;
+    }
+    http_params hp = {&cfg, repo, mx, COMROPE_VERSION, keys};
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         log_event("error", "%s", err);
@@ -192,89 +209,52 @@ int main(int argc, char **argv) {
         log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
     /* "listening on HOST:PORT" ends its line: scripts read the port from it */
     log_event("info", "listening on %s:%d", cfg.host, http_port(http));
-    log_event("info", "loading model %s", cfg.model);
-    notify_status("loading model %s", cfg.model);
-    /* the contexts' ISA first: the precision auto picks depends on it */
-    vit_context_params engine = vit_context_default_params();
-    vit_options vopt = vit_default_options();
-    for (int i = 0; i < config_num_options; i++) {
-        const config_option *co = &config_options[i];
-        if ((strcmp(co->name, "isa") == 0 && cpu_isa_parse(co->choices[cfg.isa], &engine.isa)) ||
-            (strcmp(co->name, "precision") == 0 &&
-             precision_parse(co->choices[cfg.precision], &vopt.precision))) {
-            log_event("error", "%s: unknown value", co->name);
+    const char *what = cfg.model_repository[0] ? cfg.model_repository : cfg.model;
+    const char *kind = cfg.model_repository[0] ? "the models of" : "model";
+    log_event("info", "loading %s %s", kind, what);
+    notify_status("loading %s %s", kind, what);
+    if (repository_start(repo, err, sizeof(err))) {
+        log_event("error", "%s", err);
+        goto cleanup;
+    }
+    int status = 0;
+    served_model *first = repository_acquire(repo, NULL, 0, NULL, &status, err, sizeof(err));
+    if (first) {
+        if (metrics_set_model(mx, first->name, first->pm.pe_type, first->pm.image_size) ||
+            metrics_set_engine(mx, first->isa, first->pm.precision, first->pm.precision_requested,
+                               first->pm.bf16_pays)) {
+            repository_release(repo, first);
+            log_event("error", "out of memory");
             goto cleanup;
         }
+        repository_release(repo, first);
     }
-    vopt.isa = engine.isa;
-    if (vit_load(cfg.model, &vopt, &model, err, sizeof(err))) {
-        log_event("error", "%s", err);
-        goto cleanup;
-    }
-    const precision_choice *pc = &model->choice;
-    const char *precision = precision_name(model->precision);
-    if (pc->warn)
-        log_event("warning", "precision bf16 as asked, but bf16 does not pay on this CPU (%s); "
-                  "--precision auto or fp32 would be faster", pc->why);
-    else if (pc->requested == PRECISION_AUTO)
-        log_event("info", "precision auto: %s (%s)", precision, pc->why);
-    if (model->precision == GEMM_BF16)
-        log_event("info", "bf16 GEMMs: %s", model->backend == GEMM_BACKEND_ONEDNN
-                                                ? "oneDNN's matmul primitive" : "our vdpbf16ps kernel");
-    /* thread counts left to derive depend on how heavy the model is */
-    config_derive_threads(&cfg, cpu_limit, vit_gflop(model, model->cfg.image_size, model->cfg.image_size));
-
-    /* Each worker's context: its own pool of gemm-threads (the pools also
-     * keep OpenBLAS at one thread), kernels of the chosen ISA, and a
-     * workspace for one batch at the batch limits. */
-    engine.threads = cfg.gemm_threads;
-    const char *isa = cpu_isa_name(engine.isa == CPU_ISA_BEST ? cpu_best_isa() : (cpu_isa)engine.isa);
-
-    const char *pe = pe_type_name(model->cfg.custom_pe_type);
-    mx = metrics_new(cfg.model_name, pe, model->cfg.image_size, COMROPE_VERSION);
-    if (!mx) {
-        log_event("error", "out of memory");
-        goto cleanup;
-    }
-    if (metrics_set_engine(mx, isa, precision, precision_name(pc->requested), pc->bf16_pays)) {
-        log_event("error", "out of memory");
-        goto cleanup;
-    }
-    batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
-                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
-                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes, engine};
-    b = batcher_new(model, mx, bp, err, sizeof(err));
-    if (!b) {
-        log_event("error", "%s", err);
-        goto cleanup;
-    }
-    proto_model pm = {cfg.model_name, pe, model->cfg.num_channels, model->cfg.num_class,
-                      model->cfg.image_size, model->cfg.patch_size, model->max_tokens,
-                      model->cfg.labels, COMROPE_VERSION, isa, precision,
-                      precision_name(pc->requested), pc->bf16_pays, pc->warn ? pc->why : NULL};
-    http_set_model(http, model, &pm, b, mx);
-    log_event("info", "model %s (%s, isa %s, precision %s, %dx%d, %d classes) from %s", cfg.model_name,
-            pe, isa, precision, model->cfg.image_size, model->cfg.image_size, model->cfg.num_class,
-            cfg.model);
-    log_event("info", "%d workers x %d gemm threads, %d http threads, batch %d images / %d tokens, "
-            "delay %d us, queue %d", cfg.workers, cfg.gemm_threads, cfg.http_threads, cfg.max_batch_size,
-            cfg.max_batch_tokens, cfg.max_queue_delay_us, cfg.max_queue_size);
+    http_set_loaded(http);
+    log_event("info", "%d http threads", cfg.http_threads);
     log_event("info", "ready");
-    notify_ready("serving %s on %s:%d (%d workers)", cfg.model_name, cfg.host, http_port(http), cfg.workers);
+    notify_ready("serving %s on %s:%d (%s)", cfg.model_repository[0] ? what : cfg.model_name, cfg.host,
+                 http_port(http), cfg.model_repository[0] ? "a model repository" : "one model");
 
     int sig = 0;
-    while (sigwait(&signals, &sig) != 0 || sig == SIGUSR1) {}
+    for (;;) {
+        while (sigwait(&signals, &sig) != 0 || sig == SIGUSR1) {}
+        if (sig != SIGHUP) break;
+        /* SIGHUP: reread the models' files (new: load, gone: unload after
+         * their requests, changed: load, then swap); the daemon serves on */
+        log_event("info", "SIGHUP: rescanning %s", what);
+        repository_rescan(repo);
+    }
     log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
               cfg.drain_timeout_s);
     notify_stopping("%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
-    drain_job d = {http, b, cfg.drain_timeout_s, pthread_self(), 0};
+    drain_job d = {http, repo, cfg.drain_timeout_s, pthread_self(), 0};
     pthread_t drainer;
     int threaded = pthread_create(&drainer, NULL, drain_main, &d) == 0;
     if (!threaded) drain_main(&d); /* no second-signal stop then, but a drain */
     while (threaded) {
         while (sigwait(&signals, &sig) != 0) {}
         if (sig == SIGUSR1 && atomic_load(&d.done)) break;
-        if (sig == SIGUSR1) continue; /* not ours */
+        if (sig == SIGUSR1 || sig == SIGHUP) continue; /* not ours; no rescan while draining */
         log_event("error", "second %s during the drain: stopping now, without answering what is left",
                   sig == SIGINT ? "SIGINT" : "SIGTERM");
         _exit(1);
@@ -283,11 +263,11 @@ int main(int argc, char **argv) {
     rc = 0;
 
 cleanup:
+    if (repo && rc != 0) repository_stop(repo); /* answers a control request before http_stop */
     http_stop(http);
-    batcher_free(b);
+    repository_free(repo);
     metrics_free(mx);
     api_keys_free(keys);
-    vit_free(model);
     if (rc == 0) log_event("info", "stopped");
     return rc;
 }

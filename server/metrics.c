@@ -130,6 +130,23 @@ void metrics_free(metrics *m) {
     free(m);
 }
 
+int metrics_set_model(metrics *m, const char *model, const char *pe_type, int training_resolution) {
+    char *name = strdup(model), *pe = strdup(pe_type);
+    if (!name || !pe) {
+        free(name);
+        free(pe);
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    free(m->model);
+    free(m->pe_type);
+    m->model = name;
+    m->pe_type = pe;
+    m->training_resolution = training_resolution;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
 int metrics_set_engine(metrics *m, const char *isa, const char *precision,
                        const char *precision_requested, int bf16_pays) {
     char *copy = strdup(isa), *prec = strdup(precision), *req = strdup(precision_requested);
@@ -338,11 +355,11 @@ void metrics_model_stats(metrics *m, metrics_stats *st) {
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     text t = {0};
     char ml[600], labels[700];
-    model_labels(m->model, ml, sizeof(ml));
     t.cap = 16384;
     t.data = malloc(t.cap);
     if (!t.data) return NULL;
     pthread_mutex_lock(&m->lock);
+    model_labels(m->model, ml, sizeof(ml)); /* under the lock: metrics_set_model */
 
     put(&t, "# HELP comrope_requests_total HTTP requests answered, by endpoint and status code.\n"
             "# TYPE comrope_requests_total counter\n");

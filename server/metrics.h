@@ -35,6 +35,10 @@ typedef struct metrics metrics;
 metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
                      const char *version);
 void metrics_free(metrics *m);
+/* The labels of comrope_model_info once the default model is loaded (the
+ * metrics exist before: a scrape during the load succeeds). Returns 0, or
+ * -1 when out of memory. */
+int metrics_set_model(metrics *m, const char *model, const char *pe_type, int training_resolution);
 /* The engine's instruction-set level and GEMM precision (what it computes
  * in, what was asked: "fp32", "bf16", "auto"; whether bf16 pays on this
  * CPU), exposed as comrope_engine_info{isa,precision,precision_requested,

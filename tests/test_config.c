@@ -368,6 +368,37 @@ START_TEST(file_slips_refused) {
 }
 END_TEST
 
+/* --load-model adds a name per flag (Triton's repeatable flag); other keys
+ * keep the last; a model's serve.conf takes only the per-model keys and
+ * names the file and line of another. */
+START_TEST(repository_settings) {
+    server_config c;
+    char err[1024];
+    char *none[] = {NULL};
+    char *a[] = {"x", "--load-model", "a", "--load-model=b", "--load-model", "c", "--port", "1", "--port", "2", NULL};
+    ck_assert_int_eq(config_load(&c, 10, a, none, err, sizeof(err)), CONFIG_RUN);
+    ck_assert_str_eq(c.load_model, "a,b,c");
+    ck_assert_int_eq(c.port, 2);
+    char *b[] = {"x", "--model-control-mode", "explicit", "--version-policy", "specific:1,3", NULL};
+    ck_assert_int_eq(config_load(&c, 5, b, none, err, sizeof(err)), CONFIG_RUN);
+    ck_assert_int_eq(c.model_control_mode, MODEL_CONTROL_EXPLICIT);
+    ck_assert_str_eq(c.version_policy, "specific:1,3");
+    static const char *const allowed[] = {"max-batch-size", "workers", NULL};
+    const char *p = write_config("max-batch-size 3\nworkers 2\n");
+    config_defaults(&c);
+    ck_assert_int_eq(config_load_file_only(&c, p, allowed, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.max_batch_size, 3);
+    ck_assert_int_eq(c.workers, 2);
+    unlink(p);
+    p = write_config("workers 2\n# a comment\nport 9\n");
+    ck_assert_int_eq(config_load_file_only(&c, p, allowed, err, sizeof(err)), -1);
+    char expect[256];
+    snprintf(expect, sizeof(expect), "%s:3: \"port\" cannot be set here (allowed: max-batch-size, workers)", p);
+    ck_assert_msg(strstr(err, expect), "%s", err);
+    unlink(p);
+}
+END_TEST
+
 /* Lines of any length: a long comment is one comment, a long value one value. */
 START_TEST(file_long_lines) {
     size_t n = 20000;
@@ -494,6 +525,7 @@ int main(void) {
     tcase_add_test(tc, flag_slips_refused);
     tcase_add_test(tc, file_slips_refused);
     tcase_add_test(tc, file_long_lines);
+    tcase_add_test(tc, repository_settings);
     tcase_add_test(tc, unknown_environment_named);
     tcase_add_test(tc, printed_config_reloads);
     tcase_add_test(tc, api_key_file);

@@ -13,7 +13,7 @@
 
 static char *labels[3] = {"cat", NULL, "dog"};
 static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test", "avx2",
-                               NULL, NULL, 0, NULL};
+                               NULL, NULL, 0, NULL, NULL};
 
 static uint8_t *png;
 static size_t png_len;

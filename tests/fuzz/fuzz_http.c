@@ -32,7 +32,6 @@
 #define SHUT_DELAY_MS 20
 
 static server_config cfg;
-static vit_model *model;
 static http_server *server;
 static int port, baseline_fds;
 static char key[] = "fuzz-token";
@@ -61,31 +60,23 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     cfg.max_body_bytes = 1 << 20;
     cfg.connection_timeout_s = 5;
     cfg.access_log = ACCESS_LOG_OFF; /* a line per input would drown libFuzzer's output */
-    if (vit_load(COMROPE_DEFAULT_MODEL_DIR, NULL, &model, err, sizeof(err))) {
-        fprintf(stderr, "fuzz_http: %s\n", err);
-        abort();
-    }
-    const char *pe = pe_type_name(model->cfg.custom_pe_type);
-    metrics *mx = metrics_new("fuzz", pe, model->cfg.image_size, "fuzz");
-    batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
-                         cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
-                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes,
-                         vit_context_default_params()};
-    batcher *b = mx ? batcher_new(model, mx, bp, err, sizeof(err)) : NULL;
-    if (!b) {
+    /* the default model, served as a one-model repository as --model does */
+    snprintf(cfg.model, sizeof(cfg.model), "%s", COMROPE_DEFAULT_MODEL_DIR);
+    snprintf(cfg.model_name, sizeof(cfg.model_name), "fuzz");
+    metrics *mx = metrics_new("fuzz", "none", 0, "fuzz");
+    repository_params rp = {&cfg, 1, mx, "fuzz"};
+    repository *repo = mx ? repository_new(&rp, err, sizeof(err)) : NULL;
+    if (!repo || repository_start(repo, err, sizeof(err))) {
         fprintf(stderr, "fuzz_http: %s\n", mx ? err : "out of memory");
         abort();
     }
-    http_params hp = {&cfg, model,
-                      {"fuzz", pe, model->cfg.num_channels, model->cfg.num_class, model->cfg.image_size,
-                       model->cfg.patch_size, model->max_tokens, model->cfg.labels, "fuzz", "auto",
-                       precision_name(model->precision), "fp32", 0, NULL},
-                      b, mx, keys};
+    http_params hp = {&cfg, repo, mx, "fuzz", keys};
     server = http_start(&hp, err, sizeof(err));
     if (!server) {
         fprintf(stderr, "fuzz_http: %s\n", err);
         abort();
     }
+    http_set_loaded(server);
     port = http_port(server);
     baseline_fds = count_fds();
     return 0;

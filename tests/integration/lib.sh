@@ -7,7 +7,7 @@
 # every process it started when it exits, on success or failure (trap).
 #
 #   SERVE=build/comrope-serve; . tests/integration/lib.sh
-#   start_daemon [FLAG VALUE]...    sets DAEMON_PID, PORT, URL, LOG
+#   start_daemon [FLAG VALUE]...    sets DAEMON_PID, PORT, URL, LOG (--model $MODEL unless empty)
 #   stop_daemon                     SIGTERM, waits, checks exit status 0
 #   metric NAME                     a sample's value from /metrics
 #   poll SECONDS CMD...             runs CMD every 0.1 s until it succeeds
@@ -74,7 +74,7 @@ start_daemon() {
   DAEMONS=$((DAEMONS + 1))
   LOG=$WORK/daemon$DAEMONS.log
   : >"$LOG"
-  "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 "$@" 2>"$LOG" &
+  "$SERVE" ${MODEL:+--model "$MODEL"} --host 127.0.0.1 --port 0 "$@" 2>"$LOG" &
   DAEMON_PID=$!
   local i
   PORT=

@@ -3,7 +3,7 @@
 # loaded. An LD_PRELOAD shim (tests/load_gate.c) holds the checkpoint's
 # open() until a gate file exists, so the load lasts as long as the test
 # needs: no timing assumption. Meanwhile: live 200, ready 503 overall and
-# for the model, the model's routes and /metrics 503 with Retry-After. The
+# for the model, the model's routes 503 with Retry-After, /metrics 200 (model LOADING). The
 # gate opened, the same daemon becomes ready and serves.
 set -euo pipefail
 SERVE=${1:-}
@@ -35,9 +35,13 @@ poll 30 test -e "$GATE.waiting" || fail "the load never reached the checkpoint"
 [ "$(http_code "$URL/v2/models/$NAME/ready")" = 503 ] || fail "model ready while loading: not 503"
 [ "$(http_code "$URL/v2/models/$NAME/versions/1/ready")" = 503 ] || fail "versioned model ready: not 503"
 curl -s "$URL/v2/models/$NAME/ready" | jq -e '.ready == false' >/dev/null || fail "model ready body"
-for p in /v2/models/$NAME /v2/models/$NAME/config /v2 /v1/models /metrics; do
+for p in /v2/models/$NAME /v2/models/$NAME/config /v1/models; do
   [ "$(http_code "$URL$p")" = 503 ] || fail "GET $p while loading: not 503"
 done
+# a scrape during a long load must not fail: /metrics answers, the model LOADING
+curl -sf "$URL/metrics" >"$WORK/loading.prom" || fail "GET /metrics while loading: not 200"
+grep -q "^comrope_model_state{model=\"$NAME\",version=\"1\",state=\"LOADING\"} 1" "$WORK/loading.prom" ||
+  fail "comrope_model_state not LOADING while loading: $(grep model_state "$WORK/loading.prom")"
 code=$(curl -s -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' -X POST -H 'Content-Type: image/png' \
   --data-binary @"$ROOT/tests/fixtures/images/rgb8.png" "$URL/v1/classify")
 [ "$code" = 503 ] || fail "classify while loading: $code"

@@ -1,0 +1,1105 @@
+/* repository.c: scan, version policy, registry, control thread. See
+ * repository.h. */
+#include "repository.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cpu.h"
+#include "gemm.h"
+#include "log.h"
+
+/* The keys a model's serve.conf may set: how its batcher and workers run,
+ * which versions it serves. The rest (ports, limits of a request, auth)
+ * belong to the daemon. */
+static const char *const per_model_keys[] = {"max-batch-size", "max-batch-tokens", "max-queue-delay-us",
+                                             "max-queue-size", "workers", "gemm-threads", "precision",
+                                             "version-policy", NULL};
+#define SETTINGS_FILE "serve.conf"
+#define MAX_POLICY_VERSIONS 64
+
+static const char *state_names[MODEL_STATE_COUNT] = {"LOADING", "READY", "UNLOADING", "UNAVAILABLE"};
+
+const char *model_state_name(int state) {
+    return state >= 0 && state < MODEL_STATE_COUNT ? state_names[state] : "UNAVAILABLE";
+}
+
+/* What the index says of one version of a model. */
+typedef struct {
+    int version;
+    int state;
+    char reason[1024];
+    unsigned long long failed_signature; /* files of the last failed load: not retried unchanged */
+} version_status;
+
+typedef struct {
+    char name[256];
+    served_model **serving;    /* ready versions, ascending */
+    int nserving;
+    version_status *status;
+    int nstatus;
+    int wanted;                /* explicit mode: asked for (load-model or the load API) */
+    unsigned long long failures;
+} model_entry;
+
+/* A load or unload asked through the API, waiting for the control thread. */
+typedef struct control_req {
+    char name[256];
+    int load;
+    repository_done_fn done;
+    void *arg;
+    struct control_req *next;
+} control_req;
+
+struct repository {
+    repository_params p;
+    int single;                /* --model: one entry, no directory to scan */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;       /* control thread: a request, a rescan, a retired version free, stop */
+    forward_gate *gate;        /* the CPU budget every model's forwards share (gate.h) */
+    model_entry *models;       /* by name, in scan order (sorted) */
+    int nmodels;
+    served_model *retired;
+    int started;               /* the start-up load is over */
+    int rescan;
+    control_req *reqs, *reqs_tail;
+    int stopping;
+    pthread_t thread;
+    int thread_started;
+};
+
+/* One version directory found by a scan. */
+typedef struct {
+    char name[256];
+    int version;
+    char dir[CONFIG_PATH_MAX];
+    char model_dir[CONFIG_PATH_MAX]; /* where serve.conf lives */
+} candidate;
+
+/* --- settings and policy --------------------------------------------------- */
+
+typedef struct {
+    int all, latest;           /* all: every version; latest N; else specific */
+    int specific[MAX_POLICY_VERSIONS];
+    int nspecific;
+} version_policy;
+
+static int parse_policy(const char *text, version_policy *p, char *err, size_t errlen) {
+    memset(p, 0, sizeof(*p));
+    if (strcmp(text, "all") == 0) {
+        p->all = 1;
+        return 0;
+    }
+    if (strncmp(text, "latest:", 7) == 0) {
+        char *end;
+        long n = strtol(text + 7, &end, 10);
+        if (text[7] && !*end && n >= 1 && n <= 1000000) {
+            p->latest = (int)n;
+            return 0;
+        }
+    } else if (strncmp(text, "specific:", 9) == 0) {
+        const char *v = text + 9;
+        for (;;) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (end == v || n < 1 || n > 1000000000 || p->nspecific == MAX_POLICY_VERSIONS) break;
+            p->specific[p->nspecific++] = (int)n;
+            if (*end == '\0') return 0;
+            if (*end != ',') break;
+            v = end + 1;
+        }
+    }
+    snprintf(err, errlen, "version-policy: \"%.100s\" is not latest:N, specific:A,B,... or all", text);
+    return -1;
+}
+
+/* The global settings with the model's serve.conf (if any) over them. */
+static int model_settings(const repository *r, const char *model_dir, server_config *out, char *err,
+                          size_t errlen) {
+    *out = *r->p.cfg;
+    char path[CONFIG_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/%s", model_dir, SETTINGS_FILE);
+    struct stat st;
+    if (stat(path, &st) != 0) return 0;
+    return config_load_file_only(out, path, per_model_keys, err, errlen);
+}
+
+/* Whether a selected version passes the policy, given every version found
+ * (ascending). */
+static int policy_keeps(const version_policy *p, const int *versions, int n, int v) {
+    if (p->all) return 1;
+    if (p->latest) {
+        int higher = 0;
+        for (int i = 0; i < n; i++) higher += versions[i] > v;
+        return higher < p->latest;
+    }
+    for (int i = 0; i < p->nspecific; i++)
+        if (p->specific[i] == v) return 1;
+    return 0;
+}
+
+/* A version's files, as a number that changes when one of them does
+ * (replaced, rewritten, touched). */
+static unsigned long long files_signature(const char *dir, const char *model_dir) {
+    const char *files[] = {"config.json", "model.safetensors", "preprocessor_config.json", SETTINGS_FILE};
+    unsigned long long h = 1469598103934665603ULL;
+    char path[CONFIG_PATH_MAX + 64];
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof(path), "%s/%s", i == 3 ? model_dir : dir, files[i]);
+        struct stat st;
+        unsigned long long parts[4] = {0, 0, 0, 0};
+        if (stat(path, &st) == 0)
+            parts[0] = (unsigned long long)st.st_mtim.tv_sec, parts[1] = (unsigned long long)st.st_mtim.tv_nsec,
+            parts[2] = (unsigned long long)st.st_size, parts[3] = (unsigned long long)st.st_ino;
+        for (int k = 0; k < 4; k++) h = (h ^ parts[k]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+/* --- scanning ---------------------------------------------------------------- */
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int has_config(const char *dir) {
+    char path[CONFIG_PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int push_candidate(candidate **c, int *n, int *cap, const char *name, int version, const char *dir,
+                          const char *model_dir) {
+    if (*n == *cap) {
+        int ncap = *cap ? 2 * *cap : 16;
+        candidate *g = realloc(*c, sizeof(candidate) * (size_t)ncap);
+        if (!g) return -1;
+        *c = g;
+        *cap = ncap;
+    }
+    candidate *k = &(*c)[(*n)++];
+    snprintf(k->name, sizeof(k->name), "%s", name);
+    k->version = version;
+    snprintf(k->dir, sizeof(k->dir), "%s", dir);
+    snprintf(k->model_dir, sizeof(k->model_dir), "%s", model_dir);
+    return 0;
+}
+
+/* The version directories of one model directory: a flat one (config.json
+ * in it) is version 1; else its numeric subdirectories holding a
+ * config.json. */
+static int scan_model(const char *name, const char *model_dir, candidate **c, int *n, int *cap) {
+    if (has_config(model_dir)) return push_candidate(c, n, cap, name, 1, model_dir, model_dir);
+    DIR *d = opendir(model_dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int rc = 0;
+    char path[CONFIG_PATH_MAX];
+    while (!rc && (e = readdir(d))) {
+        const char *v = e->d_name;
+        if (!*v || strspn(v, "0123456789") != strlen(v) || strlen(v) > 9) continue;
+        int version = atoi(v);
+        if (version < 1) continue;
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", model_dir, v) >= sizeof(path)) continue;
+        if (has_config(path)) rc = push_candidate(c, n, cap, name, version, path, model_dir);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Every version directory of the repository (or the one model of
+ * --model), models in name order. Returns the count, or -1. */
+static int scan(const repository *r, candidate **out) {
+    const server_config *cfg = r->p.cfg;
+    candidate *c = NULL;
+    int n = 0, cap = 0;
+    *out = NULL;
+    if (r->single) {
+        if (push_candidate(&c, &n, &cap, cfg->model_name, 1, cfg->model, cfg->model)) return -1;
+        *out = c;
+        return n;
+    }
+    DIR *d = opendir(cfg->model_repository);
+    if (!d) {
+        log_event("error", "model-repository: cannot read %s: %s", cfg->model_repository, strerror(errno));
+        return 0; /* as an empty repository: what served goes on serving only if still there */
+    }
+    char **names = NULL;
+    int nn = 0, ncap = 0, rc = 0;
+    struct dirent *e;
+    char path[CONFIG_PATH_MAX];
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || strlen(e->d_name) >= sizeof(c->name)) continue;
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, e->d_name) >= sizeof(path) ||
+            !is_dir(path))
+            continue;
+        if (nn == ncap) {
+            ncap = ncap ? 2 * ncap : 16;
+            char **g = realloc(names, sizeof(char *) * (size_t)ncap);
+            if (!g) {
+                rc = -1;
+                break;
+            }
+            names = g;
+        }
+        if (!(names[nn] = strdup(e->d_name))) {
+            rc = -1;
+            break;
+        }
+        nn++;
+    }
+    closedir(d);
+    if (nn) qsort(names, (size_t)nn, sizeof(char *), cmp_name);
+    for (int i = 0; i < nn; i++) {
+        if (!rc && (size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, names[i]) < sizeof(path))
+            rc = scan_model(names[i], path, &c, &n, &cap);
+        free(names[i]);
+    }
+    free(names);
+    if (rc) {
+        free(c);
+        return -1;
+    }
+    *out = c;
+    return n;
+}
+
+/* --- the registry (lock held unless said) ------------------------------------- */
+
+static model_entry *find_entry(repository *r, const char *name, size_t len) {
+    for (int i = 0; i < r->nmodels; i++)
+        if (strlen(r->models[i].name) == len && strncmp(r->models[i].name, name, len) == 0) return &r->models[i];
+    return NULL;
+}
+
+static model_entry *get_entry(repository *r, const char *name) {
+    model_entry *e = find_entry(r, name, strlen(name));
+    if (e) return e;
+    model_entry *g = realloc(r->models, sizeof(model_entry) * (size_t)(r->nmodels + 1));
+    if (!g) return NULL;
+    r->models = g;
+    /* kept in name order: the default model is the first */
+    int at = 0;
+    while (at < r->nmodels && strcmp(r->models[at].name, name) < 0) at++;
+    memmove(&r->models[at + 1], &r->models[at], sizeof(model_entry) * (size_t)(r->nmodels - at));
+    r->nmodels++;
+    e = &r->models[at];
+    memset(e, 0, sizeof(*e));
+    snprintf(e->name, sizeof(e->name), "%s", name);
+    return e;
+}
+
+static version_status *get_status(model_entry *e, int version) {
+    for (int i = 0; i < e->nstatus; i++)
+        if (e->status[i].version == version) return &e->status[i];
+    version_status *g = realloc(e->status, sizeof(version_status) * (size_t)(e->nstatus + 1));
+    if (!g) return NULL;
+    e->status = g;
+    int at = 0;
+    while (at < e->nstatus && e->status[at].version < version) at++;
+    memmove(&e->status[at + 1], &e->status[at], sizeof(version_status) * (size_t)(e->nstatus - at));
+    e->nstatus++;
+    e->status[at] = (version_status){version, MODEL_UNAVAILABLE, "", 0};
+    return &e->status[at];
+}
+
+static void set_status(model_entry *e, int version, int state, const char *reason) {
+    version_status *s = get_status(e, version);
+    if (!s) return;
+    s->state = state;
+    snprintf(s->reason, sizeof(s->reason), "%.*s", (int)sizeof(s->reason) - 1, reason ? reason : "");
+}
+
+static served_model *serving_version(model_entry *e, int version) {
+    for (int i = 0; i < e->nserving; i++)
+        if (e->serving[i]->version == version) return e->serving[i];
+    return NULL;
+}
+
+/* Takes m out of the registry: no new request finds it; freed once its
+ * references are released. `replaced`: a new copy of the version serves
+ * (its status stays READY). */
+static void retire(repository *r, model_entry *e, served_model *m, int replaced) {
+    for (int i = 0; i < e->nserving; i++)
+        if (e->serving[i] == m) {
+            memmove(&e->serving[i], &e->serving[i + 1], sizeof(served_model *) * (size_t)(e->nserving - i - 1));
+            e->nserving--;
+            break;
+        }
+    m->retired = 1;
+    m->next = r->retired;
+    r->retired = m;
+    if (!replaced) set_status(e, m->version, MODEL_UNLOADING, "");
+    pthread_cond_broadcast(&r->wake);
+}
+
+/* Puts m into the registry, in place of the copy of its version serving. */
+static int install(repository *r, model_entry *e, served_model *m) {
+    served_model *old = serving_version(e, m->version);
+    if (old) {
+        for (int i = 0; i < e->nserving; i++)
+            if (e->serving[i] == old) e->serving[i] = m; /* the swap: atomic under the lock */
+        old->retired = 1;
+        old->next = r->retired;
+        r->retired = old;
+        pthread_cond_broadcast(&r->wake);
+    } else {
+        served_model **g = realloc(e->serving, sizeof(served_model *) * (size_t)(e->nserving + 1));
+        if (!g) return -1;
+        e->serving = g;
+        int at = 0;
+        while (at < e->nserving && e->serving[at]->version < m->version) at++;
+        memmove(&e->serving[at + 1], &e->serving[at], sizeof(served_model *) * (size_t)(e->nserving - at));
+        e->serving[at] = m;
+        e->nserving++;
+    }
+    set_status(e, m->version, MODEL_READY, "");
+    version_status *vs = get_status(e, m->version);
+    if (vs) vs->failed_signature = 0;
+    return 0;
+}
+
+/* --- loading (control thread, or main at start; no lock) ------------------------ */
+
+/* The engine's kernels as isa names them (auto: the best this CPU runs). */
+static int engine_isa(const server_config *cfg, int *isa, const char **name) {
+    for (int i = 0; i < config_num_options; i++)
+        if (strcmp(config_options[i].name, "isa") == 0 &&
+            cpu_isa_parse(config_options[i].choices[cfg->isa], isa) != 0)
+            return -1;
+    *name = cpu_isa_name(*isa == CPU_ISA_BEST ? cpu_best_isa() : (cpu_isa)*isa);
+    return 0;
+}
+
+static void free_served(served_model *m) {
+    if (!m) return;
+    batcher_free(m->batcher);
+    vit_free(m->model);
+    free(m);
+}
+
+static served_model *load_version(repository *r, const candidate *c, const server_config *settings,
+                                  char *err, size_t errlen) {
+    served_model *m = calloc(1, sizeof(*m));
+    if (!m) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    snprintf(m->name, sizeof(m->name), "%s", c->name);
+    m->version = c->version;
+    snprintf(m->version_text, sizeof(m->version_text), "%d", c->version);
+    snprintf(m->dir, sizeof(m->dir), "%s", c->dir);
+    m->cfg = *settings;
+    m->signature = files_signature(c->dir, c->model_dir);
+    /* the contexts' ISA first: the precision auto picks depends on it */
+    vit_context_params engine = vit_context_default_params();
+    const char *isa;
+    if (engine_isa(&m->cfg, &engine.isa, &isa)) {
+        snprintf(err, errlen, "isa: unknown level");
+        goto fail;
+    }
+    snprintf(m->isa, sizeof(m->isa), "%s", isa);
+    vit_options vopt = vit_default_options();
+    vopt.isa = engine.isa;
+    for (int i = 0; i < config_num_options; i++)
+        if (strcmp(config_options[i].name, "precision") == 0 &&
+            precision_parse(config_options[i].choices[m->cfg.precision], &vopt.precision)) {
+            snprintf(err, errlen, "precision: unknown value");
+            goto fail;
+        }
+    if (vit_load(c->dir, &vopt, &m->model, err, errlen)) goto fail;
+    const precision_choice *pc = &m->model->choice;
+    const char *precision = precision_name(m->model->precision);
+    if (pc->warn)
+        log_event("warning", "model %s version %d: precision bf16 as asked, but bf16 does not pay on this "
+                  "CPU (%s); --precision auto or fp32 would be faster", m->name, m->version, pc->why);
+    else if (pc->requested == PRECISION_AUTO)
+        log_event("info", "model %s version %d: precision auto: %s (%s)", m->name, m->version, precision,
+                  pc->why);
+    if (m->model->precision == GEMM_BF16)
+        log_event("info", "model %s version %d: bf16 GEMMs: %s", m->name, m->version,
+                  m->model->backend == GEMM_BACKEND_ONEDNN ? "oneDNN's matmul primitive"
+                                                           : "our vdpbf16ps kernel");
+    /* thread counts left to derive depend on how heavy the model is */
+    const vit_model *vm = m->model;
+    config_derive_threads(&m->cfg, r->p.cpu_limit, vit_gflop(vm, vm->cfg.image_size, vm->cfg.image_size));
+    /* Each worker's context: its own pool of gemm-threads (the pools also
+     * keep OpenBLAS at one thread), kernels of the chosen ISA, and a
+     * workspace for one batch at the batch limits. */
+    engine.threads = m->cfg.gemm_threads;
+    const server_config *g = &m->cfg;
+    batcher_params bp = {g->workers, g->max_batch_size, g->max_batch_tokens, g->max_queue_delay_us,
+                         g->max_queue_size, {g->max_image_side, g->max_image_side, g->max_image_pixels},
+                         g->max_request_images, g->max_request_tokens, g->pixel_budget_bytes, engine};
+    char why[512];
+    m->batcher = batcher_new(vm, r->p.mx, bp, why, sizeof(why));
+    if (!m->batcher) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    batcher_set_gate(m->batcher, r->gate);
+    m->pm = (proto_model){m->name, pe_type_name(vm->cfg.custom_pe_type), vm->cfg.num_channels,
+                          vm->cfg.num_class, vm->cfg.image_size, vm->cfg.patch_size, vm->max_tokens,
+                          vm->cfg.labels, r->p.build_version, m->isa, precision,
+                          precision_name(pc->requested), pc->bf16_pays, pc->warn ? pc->why : NULL,
+                          m->version_text};
+    return m;
+fail:
+    free_served(m);
+    return NULL;
+}
+
+/* Loads c (settings already read) and swaps it in; on failure records
+ * why, and what served goes on serving. Returns 0 when it serves. */
+static int load_and_install(repository *r, const candidate *c, const server_config *settings) {
+    char err[1024];
+    pthread_mutex_lock(&r->lock);
+    model_entry *e = get_entry(r, c->name);
+    int reload = e && serving_version(e, c->version) != NULL;
+    if (e && !reload) set_status(e, c->version, MODEL_LOADING, "");
+    pthread_mutex_unlock(&r->lock);
+    log_event("info", "%s model %s version %d from %s", reload ? "reloading" : "loading", c->name, c->version,
+              c->dir);
+    served_model *m = load_version(r, c, settings, err, sizeof(err));
+    pthread_mutex_lock(&r->lock);
+    e = get_entry(r, c->name);
+    int rc = -1;
+    if (m && e && install(r, e, m) == 0) {
+        rc = 0;
+    } else if (m) {
+        snprintf(err, sizeof(err), "out of memory");
+    }
+    if (rc && e) {
+        e->failures++;
+        set_status(e, c->version, reload ? MODEL_READY : MODEL_UNAVAILABLE, err);
+        version_status *vs = get_status(e, c->version);
+        if (vs) vs->failed_signature = files_signature(c->dir, c->model_dir);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (rc) {
+        free_served(m);
+        log_event("error", "model %s version %d failed to load%s: %s", c->name, c->version,
+                  reload ? " (the loaded copy goes on serving)" : "", err);
+        return -1;
+    }
+    log_event("info", "model %s version %d ready (%s, isa %s, precision %s, %dx%d, %d classes; %d workers x %d gemm threads, "
+              "batch %d images / %d tokens)", m->name, m->version, m->pm.pe_type, m->isa, m->pm.precision, m->pm.image_size,
+              m->pm.image_size, m->pm.num_class, m->cfg.workers, m->cfg.gemm_threads, m->cfg.max_batch_size,
+              m->cfg.max_batch_tokens);
+    return 0;
+}
+
+/* Whether explicit mode loads `name` at start (load-model). */
+static int named_at_start(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        size_t l = strcspn(p, ",");
+        if ((l == 1 && *p == '*') || (l == n && strncmp(p, name, n) == 0)) return 1;
+        p += l;
+        if (*p == ',') p++;
+    }
+    return 0;
+}
+
+/* Brings the registry in line with the files: for every model to serve
+ * (only: just that one), the versions its policy selects are loaded, or
+ * reloaded when their files changed; versions no longer selected or no
+ * longer there are retired. Models that left the repository are retired.
+ * `want`: `only` is asked for (explicit mode's load). Returns 0, or -1
+ * when `only` is not in the repository. */
+static int sync_models(repository *r, const char *only, int want) {
+    candidate *c;
+    int n = scan(r, &c);
+    if (n < 0) {
+        log_event("error", "model repository: out of memory while scanning");
+        return -1;
+    }
+    int found = 0;
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j < n && strcmp(c[j].name, c[i].name) == 0) j++;
+        const char *name = c[i].name;
+        if (only && strcmp(only, name) != 0) {
+            i = j;
+            continue;
+        }
+        found = 1;
+        pthread_mutex_lock(&r->lock);
+        model_entry *e = get_entry(r, name);
+        if (e && want) e->wanted = 1;
+        int wanted = e && (r->p.cfg->model_control_mode != MODEL_CONTROL_EXPLICIT || r->single || e->wanted);
+        pthread_mutex_unlock(&r->lock);
+        if (!e || !wanted) {
+            i = j;
+            continue;
+        }
+        server_config settings;
+        version_policy pol;
+        char err[1024];
+        int bad = model_settings(r, c[i].model_dir, &settings, err, sizeof(err)) ||
+                  parse_policy(settings.version_policy, &pol, err, sizeof(err));
+        if (bad) {
+            pthread_mutex_lock(&r->lock);
+            e = get_entry(r, name);
+            int counted = 0;
+            for (int k = i; e && k < j; k++) {
+                unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
+                version_status *vs = get_status(e, c[k].version);
+                if (!vs || (vs->failed_signature == sig && !want)) continue; /* said already */
+                set_status(e, c[k].version, serving_version(e, c[k].version) ? MODEL_READY : MODEL_UNAVAILABLE, err);
+                vs->failed_signature = sig;
+                counted = 1;
+            }
+            if (counted) e->failures++;
+            pthread_mutex_unlock(&r->lock);
+            log_event("error", "model %s failed to load: %s", name, err);
+            i = j;
+            continue;
+        }
+        int versions[1024], nv = 0;
+        for (int k = i; k < j && nv < 1024; k++) versions[nv++] = c[k].version;
+        for (int k = i; k < j; k++) {
+            if (!policy_keeps(&pol, versions, nv, c[k].version)) continue;
+            pthread_mutex_lock(&r->lock);
+            e = get_entry(r, name);
+            served_model *s = e ? serving_version(e, c[k].version) : NULL;
+            unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
+            int fresh = s && s->signature == sig;
+            /* a load that failed is not retried on the same files (a poll
+             * would fail it again every repository-poll-s), unless asked */
+            version_status *vs = e ? get_status(e, c[k].version) : NULL;
+            int failed_before = !want && vs && vs->failed_signature == sig;
+            pthread_mutex_unlock(&r->lock);
+            if (!fresh && !failed_before) load_and_install(r, &c[k], &settings);
+        }
+        /* versions serving that the policy or the files no longer select */
+        pthread_mutex_lock(&r->lock);
+        e = get_entry(r, name);
+        for (int s = 0; e && s < e->nserving;) {
+            served_model *m = e->serving[s];
+            int keep = 0;
+            for (int k = i; k < j && !keep; k++)
+                keep = c[k].version == m->version && policy_keeps(&pol, versions, nv, m->version);
+            if (keep) {
+                s++;
+                continue;
+            }
+            log_event("info", "model %s version %d: unloading (no longer selected by its files or policy)",
+                      m->name, m->version);
+            retire(r, e, m, 0);
+        }
+        pthread_mutex_unlock(&r->lock);
+        i = j;
+    }
+    /* models gone from the repository */
+    pthread_mutex_lock(&r->lock);
+    for (int k = 0; k < r->nmodels; k++) {
+        model_entry *e = &r->models[k];
+        if (only && strcmp(only, e->name) != 0) continue;
+        int present = 0;
+        for (int i = 0; i < n && !present; i++) present = strcmp(c[i].name, e->name) == 0;
+        if (present) continue;
+        while (e->nserving) {
+            log_event("info", "model %s version %d: unloading (gone from the repository)", e->name,
+                      e->serving[0]->version);
+            retire(r, e, e->serving[0], 0);
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    free(c);
+    return found || !only ? 0 : -1;
+}
+
+/* Frees the retired versions no request holds any more. Lock held (it is
+ * let go around the frees: a batcher joins its threads). */
+static void reap(repository *r) {
+    for (;;) {
+        served_model **p = &r->retired;
+        while (*p && (*p)->refs > 0) p = &(*p)->next;
+        served_model *m = *p;
+        if (!m) return;
+        *p = m->next;
+        model_entry *e = find_entry(r, m->name, strlen(m->name));
+        if (e && !serving_version(e, m->version)) set_status(e, m->version, MODEL_UNAVAILABLE, "unloaded");
+        pthread_mutex_unlock(&r->lock);
+        log_event("info", "model %s version %d unloaded (its last request answered)", m->name, m->version);
+        free_served(m);
+        pthread_mutex_lock(&r->lock);
+    }
+}
+
+static int retired_free(repository *r) {
+    for (served_model *m = r->retired; m; m = m->next)
+        if (m->refs == 0) return 1;
+    return 0;
+}
+
+static void run_request(repository *r, control_req *q) {
+    char msg[1024];
+    int status = 200;
+    if (q->load) {
+        model_entry *e;
+        if (sync_models(r, q->name, 1)) {
+            status = 404;
+            snprintf(msg, sizeof(msg), "failed to load \"%s\": no such model in the repository", q->name);
+        } else {
+            pthread_mutex_lock(&r->lock);
+            e = find_entry(r, q->name, strlen(q->name));
+            const char *why = "no version selected by its version policy";
+            for (int i = 0; e && i < e->nstatus; i++)
+                if (e->status[i].reason[0]) why = e->status[i].reason;
+            if (e && e->nserving) snprintf(msg, sizeof(msg), "model \"%s\" loaded", q->name);
+            else {
+                /* not asked for any more: the daemon's readiness does not wait for it */
+                if (e) e->wanted = 0;
+                status = 400;
+                snprintf(msg, sizeof(msg), "failed to load \"%s\": %.500s", q->name, why);
+            }
+            pthread_mutex_unlock(&r->lock);
+        }
+    } else {
+        pthread_mutex_lock(&r->lock);
+        model_entry *e = find_entry(r, q->name, strlen(q->name));
+        if (!e) {
+            status = 404;
+            snprintf(msg, sizeof(msg), "failed to unload \"%s\": no such model is loaded", q->name);
+        } else {
+            e->wanted = 0;
+            while (e->nserving) {
+                log_event("info", "model %s version %d: unloading (asked)", e->name, e->serving[0]->version);
+                retire(r, e, e->serving[0], 0);
+            }
+            snprintf(msg, sizeof(msg), "model \"%s\" unloaded", q->name);
+        }
+        pthread_mutex_unlock(&r->lock);
+    }
+    q->done(q->arg, status, msg);
+}
+
+static void *control_main(void *arg) {
+    repository *r = arg;
+    int64_t next_poll = monotonic_ns() + (int64_t)r->p.cfg->repository_poll_s * 1000000000;
+    int poll_mode = r->p.cfg->model_control_mode == MODEL_CONTROL_POLL && !r->single;
+    pthread_mutex_lock(&r->lock);
+    while (!r->stopping) {
+        if (r->reqs) {
+            control_req *q = r->reqs;
+            r->reqs = q->next;
+            if (!r->reqs) r->reqs_tail = NULL;
+            pthread_mutex_unlock(&r->lock);
+            run_request(r, q);
+            free(q);
+            pthread_mutex_lock(&r->lock);
+            continue;
+        }
+        int64_t now = monotonic_ns();
+        if (r->rescan || (poll_mode && now >= next_poll)) {
+            int asked = r->rescan; /* SIGHUP: its end is logged (a poll's is not: one a poll-s) */
+            r->rescan = 0;
+            pthread_mutex_unlock(&r->lock);
+            sync_models(r, NULL, 0);
+            if (asked) log_event("info", "rescan done");
+            pthread_mutex_lock(&r->lock);
+            next_poll = monotonic_ns() + (int64_t)r->p.cfg->repository_poll_s * 1000000000;
+            continue;
+        }
+        if (retired_free(r)) {
+            reap(r);
+            continue;
+        }
+        if (poll_mode) {
+            struct timespec ts = {(time_t)(next_poll / 1000000000), (long)(next_poll % 1000000000)};
+            pthread_cond_timedwait(&r->wake, &r->lock, &ts);
+        } else {
+            pthread_cond_wait(&r->wake, &r->lock);
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return NULL;
+}
+
+/* --- the API --------------------------------------------------------------------- */
+
+repository *repository_new(const repository_params *p, char *err, size_t errlen) {
+    version_policy pol;
+    if (parse_policy(p->cfg->version_policy, &pol, err, errlen)) return NULL;
+    if (p->cfg->model_repository[0] && !is_dir(p->cfg->model_repository)) {
+        snprintf(err, errlen, "model-repository: %s is not a directory", p->cfg->model_repository);
+        return NULL;
+    }
+    repository *r = calloc(1, sizeof(*r));
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->p = *p;
+    r->single = p->cfg->model_repository[0] == '\0';
+    r->gate = forward_gate_new(p->cpu_limit);
+    if (!r->gate) {
+        free(r);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->wake, &a);
+    pthread_condattr_destroy(&a);
+    return r;
+}
+
+int repository_start(repository *r, char *err, size_t errlen) {
+    const server_config *cfg = r->p.cfg;
+    if (!r->single && cfg->model_control_mode == MODEL_CONTROL_EXPLICIT) {
+        /* the names of load-model are wanted; the others wait for the API */
+        candidate *c;
+        int n = scan(r, &c);
+        pthread_mutex_lock(&r->lock);
+        for (int i = 0; i < n; i++) {
+            model_entry *e = get_entry(r, c[i].name);
+            if (e && named_at_start(cfg->load_model, c[i].name)) e->wanted = 1;
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (n > 0) free(c);
+    }
+    sync_models(r, NULL, 0);
+    pthread_mutex_lock(&r->lock);
+    r->started = 1;
+    int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0);
+    if (failed) {
+        const char *why = r->nmodels && r->models[0].nstatus ? r->models[0].status[0].reason : "not loaded";
+        snprintf(err, errlen, "%s", why);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (failed) return -1;
+    if (pthread_create(&r->thread, NULL, control_main, r) == 0) r->thread_started = 1;
+    else log_event("error", "cannot start the model control thread: no reloads");
+    return 0;
+}
+
+int repository_ready(repository *r) {
+    pthread_mutex_lock(&r->lock);
+    int ready = r->started;
+    for (int i = 0; ready && i < r->nmodels; i++) {
+        const model_entry *e = &r->models[i];
+        int asked = !r->single && r->p.cfg->model_control_mode == MODEL_CONTROL_EXPLICIT ? e->wanted : 1;
+        if (asked && e->nserving == 0) ready = 0;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return ready;
+}
+
+served_model *repository_acquire(repository *r, const char *name, size_t len, const char *version,
+                                 int *status, char *err, size_t errlen) {
+    served_model *m = NULL;
+    pthread_mutex_lock(&r->lock);
+    model_entry *e = NULL;
+    if (name) {
+        e = find_entry(r, name, len);
+    } else if (r->single || r->p.cfg->model_name[0] == '\0') {
+        for (int i = 0; i < r->nmodels && !e; i++)
+            if (r->models[i].nserving) e = &r->models[i];
+    } else {
+        e = find_entry(r, r->p.cfg->model_name, strlen(r->p.cfg->model_name));
+    }
+    if (!r->started) {
+        *status = 503;
+        snprintf(err, errlen, "the model is loading");
+        goto out;
+    }
+    if (!e || (name && e->nserving == 0 && e->nstatus == 0)) {
+        *status = name ? 404 : 503;
+        if (name) snprintf(err, errlen, "unknown model \"%.*s\"", (int)(len > 200 ? 200 : len), name);
+        else snprintf(err, errlen, "no model is loaded");
+        goto out;
+    }
+    if (version && version[0]) {
+        char *end;
+        long v = strtol(version, &end, 10);
+        if (*end || v < 1 || v > 1000000000 || !(m = serving_version(e, (int)v))) {
+            int known = 0;
+            for (int i = 0; !*end && i < e->nstatus; i++)
+                known |= e->status[i].version == v && e->status[i].state != MODEL_UNAVAILABLE;
+            *status = known ? 503 : 404;
+            snprintf(err, errlen, known ? "version \"%s\" of model \"%s\" is not ready"
+                                        : "unknown version \"%s\" of model \"%s\"", version, e->name);
+            if (!known && e->nserving) {
+                size_t n = strlen(err);
+                snprintf(err + n, errlen - n, " (ready: %s)", e->serving[e->nserving - 1]->version_text);
+            }
+            goto out;
+        }
+    } else if (e->nserving) {
+        m = e->serving[e->nserving - 1];
+    } else {
+        *status = 503;
+        snprintf(err, errlen, "model \"%s\" has no ready version", e->name);
+        goto out;
+    }
+    m->refs++;
+out:
+    pthread_mutex_unlock(&r->lock);
+    return m;
+}
+
+void repository_release(repository *r, served_model *m) {
+    if (!m) return;
+    pthread_mutex_lock(&r->lock);
+    if (--m->refs == 0 && m->retired) pthread_cond_broadcast(&r->wake);
+    pthread_mutex_unlock(&r->lock);
+}
+
+void repository_retain(repository *r, served_model *m) {
+    pthread_mutex_lock(&r->lock);
+    m->refs++;
+    pthread_mutex_unlock(&r->lock);
+}
+
+void repository_rescan(repository *r) {
+    pthread_mutex_lock(&r->lock);
+    r->rescan = 1;
+    pthread_cond_broadcast(&r->wake);
+    pthread_mutex_unlock(&r->lock);
+}
+
+int repository_control(repository *r, const char *name, size_t len, int load, repository_done_fn done,
+                       void *arg, char *err, size_t errlen) {
+    if (r->single || r->p.cfg->model_control_mode != MODEL_CONTROL_EXPLICIT) {
+        snprintf(err, errlen, "explicit model %s of \"%.*s\" is not allowed: model-control-mode is %s%s",
+                 load ? "load" : "unload", (int)(len > 200 ? 200 : len), name,
+                 r->single ? "none (one --model)" : r->p.cfg->model_control_mode == MODEL_CONTROL_POLL ? "poll"
+                                                                                                     : "none",
+                 " (explicit allows it)");
+        return 400;
+    }
+    if (len == 0 || len >= sizeof(((control_req *)0)->name) || memchr(name, '/', len) || name[0] == '.') {
+        snprintf(err, errlen, "model name \"%.*s\" is not a directory name", (int)(len > 200 ? 200 : len), name);
+        return 400;
+    }
+    if (!done) return 0; /* the route's check: queued once the body is read */
+    control_req *q = calloc(1, sizeof(*q));
+    if (!q) {
+        snprintf(err, errlen, "out of memory");
+        return 500;
+    }
+    snprintf(q->name, sizeof(q->name), "%.*s", (int)len, name);
+    q->load = load;
+    q->done = done;
+    q->arg = arg;
+    pthread_mutex_lock(&r->lock);
+    if (r->stopping || !r->thread_started) {
+        pthread_mutex_unlock(&r->lock);
+        free(q);
+        snprintf(err, errlen, "server is shutting down");
+        return 503;
+    }
+    if (r->reqs_tail) r->reqs_tail->next = q;
+    else r->reqs = q;
+    r->reqs_tail = q;
+    pthread_cond_broadcast(&r->wake);
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+/* --- what is reported ---------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+    int failed;
+} text;
+
+static void put(text *t, const char *fmt, ...) {
+    if (t->failed) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->data ? t->data + t->len : NULL, t->data ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->failed = 1;
+            return;
+        }
+        if (t->data && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = t->cap ? t->cap : 4096;
+        while (cap <= t->len + (size_t)n) cap *= 2;
+        char *g = realloc(t->data, cap);
+        if (!g) {
+            t->failed = 1;
+            return;
+        }
+        t->data = g;
+        t->cap = cap;
+    }
+}
+
+/* A model name as a JSON string or a Prometheus label value: directory
+ * names may hold any byte but '/', so \, " and control bytes are escaped
+ * (and bytes >= 0x80 replaced: not known to be UTF-8). */
+static void put_escaped(text *t, const char *s) {
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '\\' || ch == '"') put(t, "\\%c", ch);
+        else if (ch == '\n') put(t, "\\n");
+        else if (ch < 0x20 || ch >= 0x7f) put(t, "?");
+        else put(t, "%c", ch);
+    }
+}
+
+char *repository_index_json(repository *r) {
+    text t = {0};
+    put(&t, "[");
+    int first = 1;
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < r->nmodels; i++) {
+        const model_entry *e = &r->models[i];
+        for (int k = 0; k < e->nstatus || (k == 0 && e->nstatus == 0); k++) {
+            const version_status *s = e->nstatus ? &e->status[k] : NULL;
+            put(&t, "%s{\"name\":\"", first ? "" : ",");
+            put_escaped(&t, e->name);
+            if (s) {
+                put(&t, "\",\"version\":\"%d\",\"state\":\"%s\",\"reason\":\"", s->version, model_state_name(s->state));
+                put_escaped(&t, s->reason);
+                put(&t, "\"}");
+            } else {
+                put(&t, "\",\"version\":\"\",\"state\":\"UNAVAILABLE\",\"reason\":\"not loaded\"}");
+            }
+            first = 0;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    put(&t, "]");
+    if (t.failed) {
+        free(t.data);
+        return NULL;
+    }
+    return t.data;
+}
+
+void repository_gauges(repository *r, int *queue_depth, int *in_flight, int *arriving) {
+    *queue_depth = *in_flight = *arriving = 0;
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < r->nmodels; i++)
+        for (int k = 0; k < r->models[i].nserving; k++) {
+            batcher *b = r->models[i].serving[k]->batcher;
+            *queue_depth += batcher_queue_depth(b);
+            *in_flight += batcher_in_flight(b);
+            *arriving += batcher_arriving(b);
+        }
+    for (served_model *m = r->retired; m; m = m->next) {
+        *queue_depth += batcher_queue_depth(m->batcher);
+        *in_flight += batcher_in_flight(m->batcher);
+        *arriving += batcher_arriving(m->batcher);
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+char *repository_metrics(repository *r, size_t *len) {
+    text t = {0};
+    put(&t, "# HELP comrope_model_state Each model version's state: 1 for the state it is in.\n"
+            "# TYPE comrope_model_state gauge\n");
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < r->nmodels; i++) {
+        const model_entry *e = &r->models[i];
+        for (int k = 0; k < e->nstatus; k++)
+            for (int st = 0; st < MODEL_STATE_COUNT; st++) {
+                put(&t, "comrope_model_state{model=\"");
+                put_escaped(&t, e->name);
+                put(&t, "\",version=\"%d\",state=\"%s\"} %d\n", e->status[k].version, model_state_name(st),
+                    e->status[k].state == st);
+            }
+    }
+    put(&t, "# HELP comrope_model_load_failures_total Loads of a model that failed (the loaded copy, if "
+            "any, went on serving).\n# TYPE comrope_model_load_failures_total counter\n");
+    for (int i = 0; i < r->nmodels; i++) {
+        put(&t, "comrope_model_load_failures_total{model=\"");
+        put_escaped(&t, r->models[i].name);
+        put(&t, "\"} %llu\n", r->models[i].failures);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (t.failed) {
+        free(t.data);
+        return NULL;
+    }
+    *len = t.len;
+    return t.data;
+}
+
+/* Stops the control thread; requests it had not run are answered 503. */
+static void stop_control(repository *r) {
+    pthread_mutex_lock(&r->lock);
+    r->stopping = 1;
+    pthread_cond_broadcast(&r->wake);
+    control_req *q = r->reqs;
+    r->reqs = r->reqs_tail = NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (r->thread_started) pthread_join(r->thread, NULL);
+    r->thread_started = 0;
+    while (q) {
+        control_req *next = q->next;
+        q->done(q->arg, 503, "server is shutting down");
+        free(q);
+        q = next;
+    }
+}
+
+int repository_drain(repository *r, int timeout_s) {
+    stop_control(r);
+    /* The registry no longer changes: the control thread is gone. */
+    int64_t deadline = monotonic_ns() + (int64_t)timeout_s * 1000000000;
+    int left = 0;
+    for (int i = 0; i < r->nmodels; i++)
+        for (int k = 0; k < r->models[i].nserving; k++) {
+            int64_t rest = (deadline - monotonic_ns()) / 1000000000;
+            left += batcher_drain(r->models[i].serving[k]->batcher, rest > 0 ? (int)rest : 0);
+        }
+    for (served_model *m = r->retired; m; m = m->next) {
+        int64_t rest = (deadline - monotonic_ns()) / 1000000000;
+        left += batcher_drain(m->batcher, rest > 0 ? (int)rest : 0);
+    }
+    return left;
+}
+
+void repository_stop(repository *r) {
+    stop_control(r);
+    for (int i = 0; i < r->nmodels; i++)
+        for (int k = 0; k < r->models[i].nserving; k++) batcher_stop(r->models[i].serving[k]->batcher);
+    for (served_model *m = r->retired; m; m = m->next) batcher_stop(m->batcher);
+}
+
+void repository_free(repository *r) {
+    if (!r) return;
+    repository_stop(r);
+    for (int i = 0; i < r->nmodels; i++) {
+        for (int k = 0; k < r->models[i].nserving; k++) free_served(r->models[i].serving[k]);
+        free(r->models[i].serving);
+        free(r->models[i].status);
+    }
+    free(r->models);
+    while (r->retired) {
+        served_model *m = r->retired;
+        r->retired = m->next;
+        free_served(m);
+    }
+    forward_gate_free(r->gate); /* after the batchers: their workers are gone */
+    pthread_cond_destroy(&r->wake);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}

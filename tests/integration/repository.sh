@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# repository.sh SERVE: the model repository (server/repository.h) against
+# real daemons, the bundled model (ld) and a study model (ap) as content.
+#  1. SIGHUP on a one-model daemon: it rescans and serves on (it used to
+#     die of the signal).
+#  2. Two models at once: each answers what its one-model daemon answers;
+#     a model's serve.conf (version policy specific:2,3, a batch limit)
+#     over the global settings; no version asked: the highest.
+#  3. Reload under load: the model's files replaced, SIGHUP; repo_client.py
+#     keeps 4 connections busy throughout: zero failed requests, answers
+#     of the old model and then of the new. Then a corrupt checkpoint:
+#     the new one goes on serving, the index gives the reason, the
+#     failure counter counts it; still zero failed requests.
+#  4. A version change under poll: <name>/2 appears beside <name>/1 while
+#     the load runs (latest:1): version 2 serves, version 1 is unloaded,
+#     zero failed requests. load/unload are refused in poll mode.
+#  5. Explicit mode: only --load-model at start; load and unload through
+#     the API (a serve.conf with a daemon-only key: the load fails naming
+#     file:line); an unload while a request is in flight (its body half
+#     sent, so it holds the version) answers it with the unloaded model.
+#  Every wait is on observable state (index, metrics, log, files).
+set -euo pipefail
+SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+LD=$ROOT/models/fashion-comrope-ld
+AP=$ROOT/models/study/fashion-comrope-ap
+SAMPLE=$ROOT/models/samples/sneaker.png
+CLIENT=$ROOT/tests/integration/repo_client.py
+client() { "$PY" "$CLIENT" "$@"; }
+index() { curl -sf -X POST "$URL/v2/repository/index"; }
+# state NAME VERSION: the index's state of that version ("" if none)
+state() { index | jq -r --arg n "$1" --arg v "$2" '.[] | select(.name == $n and .version == $v) | .state'; }
+is_state() { [ "$(state "$1" "$2")" = "$3" ]; }
+# copy_model SRC DST: DST appears at once, complete (rename)
+copy_model() {
+  rm -rf "$2.tmp"
+  cp -r "$1" "$2.tmp"
+  mv -T "$2.tmp" "$2"
+}
+# replace FILE SRC: FILE replaced at once (rename), as an operator's deploy does
+replace() { cp "$2" "$1.tmp" && mv "$1.tmp" "$1"; }
+# load_start NAME TAG REF...: repo_client.py load in the background
+load_start() {
+  local name=$1 tag=$2
+  shift 2
+  rm -f "$WORK/stop.$tag"
+  client load "$URL" "$name" "$SAMPLE" "$WORK/stop.$tag" "$WORK/load.$tag.json" "$@" &
+  OTHER_PIDS+=($!)
+}
+load_stop() {
+  : >"$WORK/stop.$1"
+  poll 60 test -s "$WORK/load.$1.json" || fail "the load client ($1) did not finish"
+  cat "$WORK/load.$1.json"; echo
+}
+load_field() { jq -r "$2" "$WORK/load.$1.json"; }
+infers() { metric 'comrope_requests_total{endpoint="v2_infer",code="200"}' || echo 0; }
+infers_at_least() { [ "$(infers)" -ge "$1" ]; }
+load_failures_are() { [ "$(metric "comrope_model_load_failures_total{model=\"$1\"}" || echo 0)" = "$2" ]; }
+receiving() { [ "$(metric comrope_receiving_requests || echo 0)" -ge 1 ]; }
+rescans_done() { [ "$(grep -c 'rescan done' "$LOG")" -ge "$1" ]; }
+ready_lines_at_least() { [ "$(grep -c "model $1 version $2 ready" "$LOG")" -ge "$3" ]; }
+same_logits() {
+  "$PY" -c 'import json,sys; a,b=(json.load(open(p)) for p in sys.argv[1:3]); sys.exit(not (len(a)==len(b) and max(abs(x-y) for x,y in zip(a,b))<1e-3))' "$1" "$2"
+}
+
+# --- references: each model alone, as --model serves it ----------------------
+MODEL=$LD start_daemon --access-log off
+client logits "$URL" fashion-comrope-ld "$SAMPLE" >"$WORK/ref.ld"
+# 1. SIGHUP: a rescan, not a death
+kill -HUP "$DAEMON_PID"
+poll 30 log_has "SIGHUP: rescanning" || fail "no rescan logged after SIGHUP"
+kill -0 "$DAEMON_PID" 2>/dev/null || fail "SIGHUP killed the daemon"
+client logits "$URL" fashion-comrope-ld "$SAMPLE" >"$WORK/after_hup" || fail "no answer after SIGHUP"
+same_logits "$WORK/ref.ld" "$WORK/after_hup" || fail "answers changed after a SIGHUP with unchanged files"
+stop_daemon
+MODEL=$AP start_daemon --access-log off
+client logits "$URL" fashion-comrope-ap "$SAMPLE" >"$WORK/ref.ap"
+stop_daemon
+same_logits "$WORK/ref.ld" "$WORK/ref.ap" && fail "the two models answer alike: the test could not tell them apart"
+echo "ok SIGHUP rescans; references taken"
+
+# --- 2. two models at once ---------------------------------------------------------
+REPO=$WORK/repo
+mkdir -p "$REPO"
+copy_model "$LD" "$REPO/ld"
+mkdir -p "$REPO/ap"
+copy_model "$AP" "$REPO/ap/3"
+copy_model "$LD" "$REPO/ap/2" # (ld's files as ap's version 2: tells the versions apart)
+copy_model "$LD" "$REPO/ap/1"
+# ap's own settings over the global ones: two of its three versions, its batch limit
+printf 'version-policy specific:2,3\nmax-batch-size 3\n' >"$REPO/ap/serve.conf"
+MODEL='' start_daemon --model-repository "$REPO" --access-log off
+client logits "$URL" ld "$SAMPLE" >"$WORK/two.ld"
+client logits "$URL" ap "$SAMPLE" >"$WORK/two.ap"
+same_logits "$WORK/ref.ld" "$WORK/two.ld" || fail "ld in the repository answers unlike ld alone"
+same_logits "$WORK/ref.ap" "$WORK/two.ap" || fail "ap (its highest version, 3) answers unlike ap alone"
+client logits "$URL" ap/versions/2 "$SAMPLE" >"$WORK/two.ap2"
+same_logits "$WORK/ref.ld" "$WORK/two.ap2" || fail "ap version 2 does not answer with its own files"
+[ "$(curl -sf "$URL/v2/models/ap" | jq -r '.versions[0]')" = 3 ] || fail "ap's metadata does not give version 3"
+[ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
+[ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (not in its policy) not 404"
+[ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"
+[ "$(curl -sf "$URL/v2/models/ld/config" | jq -r .max_batch_size)" = 8 ] || fail "ld does not keep the global batch limit"
+{ is_state ld 1 READY && is_state ap 3 READY && is_state ap 2 READY && [ -z "$(state ap 1)" ]; } ||
+  fail "index: $(index)"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ap/unload")
+{ [ "$code" = 400 ] && jq -e '.error | contains("\"ap\"")' "$WORK/body" >/dev/null; } ||
+  fail "unload in none mode: $code $(cat "$WORK/body") (want 400 naming the model)"
+echo "ok two models at once, each its own answers"
+
+# --- 3. reload under load: SIGHUP with changed files, then a corrupt one ------------------
+load_start ld reload "$WORK/ref.ld" "$WORK/ref.ap"
+poll 60 infers_at_least 20 ||
+  fail "the load never reached the daemon"
+replace "$REPO/ld/model.safetensors" "$AP/model.safetensors"
+replace "$REPO/ld/config.json" "$AP/config.json"
+kill -HUP "$DAEMON_PID"
+poll 60 ready_lines_at_least ld 1 2 || fail "ld was not reloaded"
+before=$(infers)
+poll 60 infers_at_least $((before + 20)) ||
+  fail "no load after the swap"
+client logits "$URL" ld "$SAMPLE" >"$WORK/swapped"
+same_logits "$WORK/ref.ap" "$WORK/swapped" || fail "after the reload ld does not answer with the new files"
+# a corrupt checkpoint: the loaded copy goes on serving, the index says why
+head -c 1000 "$AP/model.safetensors" >"$WORK/corrupt"
+replace "$REPO/ld/model.safetensors" "$WORK/corrupt"
+kill -HUP "$DAEMON_PID"
+poll 60 load_failures_are ld 1 ||
+  fail "no load failure counted for the corrupt checkpoint"
+reason=$(index | jq -r '.[] | select(.name == "ld" and .version == "1") | .reason')
+{ [ -n "$reason" ] && [ "$(state ld 1)" = READY ]; } || fail "index after a corrupt checkpoint: $(index)"
+log_has "model ld version 1 failed to load (the loaded copy goes on serving)" || fail "corrupt load not logged"
+# the same corrupt files at the next rescan: not loaded (and counted) again
+poll 30 rescans_done 2 || fail "no 'rescan done' after the second SIGHUP"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 3 || fail "no 'rescan done' after the third SIGHUP"
+load_failures_are ld 1 || fail "unchanged corrupt files loaded again: $(metric comrope_model_load_failures_total)"
+client logits "$URL" ld "$SAMPLE" >"$WORK/kept"
+same_logits "$WORK/ref.ap" "$WORK/kept" || fail "the corrupt checkpoint changed the answers"
+load_stop reload
+[ "$(load_field reload .failed)" = 0 ] || fail "failed requests during the reload: $(cat "$WORK/load.reload.json")"
+{ [ "$(load_field reload '.matched[0]')" -ge 1 ] && [ "$(load_field reload '.matched[1]')" -ge 1 ] &&
+  [ "$(load_field reload .other)" = 0 ]; } || fail "answers not old-then-new: $(cat "$WORK/load.reload.json")"
+echo "ok reload under load: $(load_field reload .requests) requests, 0 failed; corrupt kept the old: $reason"
+stop_daemon
+
+# --- 4. a version change under poll ----------------------------------------------------
+REPO=$WORK/repo_poll
+mkdir -p "$REPO/v"
+copy_model "$LD" "$REPO/v/1"
+MODEL='' start_daemon --model-repository "$REPO" --model-control-mode poll --repository-poll-s 1 --access-log off
+load_start v poll "$WORK/ref.ld" "$WORK/ref.ap"
+poll 60 infers_at_least 20 ||
+  fail "the load never reached the daemon"
+copy_model "$AP" "$REPO/v/2"
+poll 60 is_state v 2 READY || fail "version 2 never became ready: $(index)"
+poll 60 is_state v 1 UNAVAILABLE || fail "version 1 not unloaded under latest:1: $(index)"
+[ "$(http_code "$URL/v2/models/v/versions/1/ready")" = 404 ] || fail "version 1 still routed"
+before=$(infers)
+poll 60 infers_at_least $((before + 20)) ||
+  fail "no load after the version change"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/v/load")
+{ [ "$code" = 400 ] && jq -e '.error | contains("\"v\"")' "$WORK/body" >/dev/null; } ||
+  fail "load in poll mode: $code $(cat "$WORK/body")"
+load_stop poll
+[ "$(load_field poll .failed)" = 0 ] || fail "failed requests during the version change: $(cat "$WORK/load.poll.json")"
+{ [ "$(load_field poll '.matched[0]')" -ge 1 ] && [ "$(load_field poll '.matched[1]')" -ge 1 ] &&
+  [ "$(load_field poll .other)" = 0 ]; } || fail "answers not version 1 then 2: $(cat "$WORK/load.poll.json")"
+echo "ok version change under poll: $(load_field poll .requests) requests, 0 failed"
+stop_daemon
+
+# --- 5. explicit: load, unload with a request in flight --------------------------------
+REPO=$WORK/repo_explicit
+mkdir -p "$REPO"
+copy_model "$LD" "$REPO/ld"
+copy_model "$AP" "$REPO/ap"
+MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ld --access-log off
+is_state ld 1 READY || fail "ld not loaded at start: $(index)"
+[ "$(index | jq -r '.[] | select(.name == "ap") | .state')" = UNAVAILABLE ] || fail "ap loaded without asking: $(index)"
+[ "$(http_code "$URL/v2/models/ap")" = 404 ] || fail "ap routed before its load"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
+{ [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
+  fail "load of an unknown model: $code $(cat "$WORK/body")"
+# a settings file with a key a model cannot set: the load fails, naming the file and line
+mkdir -p "$REPO/bad"
+printf '# ok\nport 9\n' >"$REPO/bad/serve.conf"
+copy_model "$LD" "$REPO/bad/1"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/bad/load")
+{ [ "$code" = 400 ] && jq -e '.error | contains("bad/serve.conf:2")' "$WORK/body" >/dev/null; } ||
+  fail "load with a bad serve.conf: $code $(cat "$WORK/body")"
+index | jq -e '.[] | select(.name == "bad" and .version == "1") | .reason | contains("serve.conf:2")' >/dev/null ||
+  fail "the index does not say why bad failed: $(index)"
+ready || fail "a failed explicit load made the daemon unready"
+[ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
+is_state ap 1 READY || fail "ap not READY after its load: $(index)"
+client logits "$URL" ap "$SAMPLE" >"$WORK/exp.ap"
+same_logits "$WORK/ref.ap" "$WORK/exp.ap" || fail "ap loaded explicitly answers unlike ap alone"
+# a request holds ap (its headers routed it, half its body sent) across the unload
+client partial 127.0.0.1 "$PORT" ap "$SAMPLE" "$WORK/go" "$WORK/partial.json" &
+OTHER_PIDS+=($!)
+poll 30 test -e "$WORK/partial.json.sent" || fail "the partial request was not sent"
+poll 30 receiving || fail "the partial request is not being received"
+[ "$(http_code -X POST "$URL/v2/repository/models/ap/unload")" = 200 ] || fail "unload ap not 200"
+is_state ap 1 UNLOADING || fail "ap not UNLOADING while its request is in flight: $(index)"
+[ "$(http_code "$URL/v2/models/ap")" != 200 ] || fail "ap still routed after its unload"
+: >"$WORK/go"
+poll 60 test -s "$WORK/partial.json" || fail "the in-flight request was not answered"
+[ "$(jq -r .status "$WORK/partial.json")" = 200 ] || fail "in-flight request across the unload: $(cat "$WORK/partial.json")"
+jq .logits "$WORK/partial.json" >"$WORK/partial.logits"
+same_logits "$WORK/ref.ap" "$WORK/partial.logits" || fail "the in-flight request was not answered by ap"
+poll 30 is_state ap 1 UNAVAILABLE || fail "ap not freed after its last request: $(index)"
+log_has "model ap version 1 unloaded (its last request answered)" || fail "unload not logged"
+is_state ld 1 READY || fail "ld disturbed by ap's unload: $(index)"
+echo "ok explicit load/unload; an unload waits for the request in flight"
+stop_daemon
+echo "repository: ok"
