@@ -47,6 +47,9 @@ const config_option config_options[] = {
      "how long a batch waits for more requests; skipped when none could join"},
     {"max-queue-size", CONFIG_INT, OFF(max_queue_size), 0, "256", 1, 1000000, NULL,
      "requests waiting for a worker; beyond it: 503 with Retry-After"},
+    {"max-queue-wait-ms", CONFIG_INT, OFF(max_queue_wait_ms), 0, "500", 0, 3600000, NULL,
+     "while the oldest waiting request has waited longer (and longer than two batches take), new ones "
+     "get 503 with Retry-After: bounds the queue in time; 0: off"},
     {"default-timeout-ms", CONFIG_INT, OFF(default_timeout_ms), 0, "30000", 1, 3600000, NULL,
      "deadline of a request that sets none; passed: 504"},
     {"workers", CONFIG_INT, OFF(workers), 0, "0", 0, 1024, NULL,

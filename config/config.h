@@ -33,6 +33,7 @@ typedef struct {
     int max_batch_tokens;               /* tokens per executed batch */
     int max_queue_delay_us;
     int max_queue_size;                 /* requests waiting; more -> 503 */
+    int max_queue_wait_ms;              /* oldest waiting longer -> 503; 0 = off */
     int default_timeout_ms;
     int workers;                        /* 0 = derived from the CPU limit */
     int http_threads;                   /* 0 = derived */

@@ -68,6 +68,8 @@ typedef struct {
     int64_t pixel_budget_bytes;/* decoded pixels of queued and running jobs; 0: no limit */
     vit_context_params engine; /* each worker's context; its max_images / max_tokens are set
                                   to max_batch_size / max_batch_tokens */
+    int max_queue_wait_ms;     /* refuse while the oldest waiting job has waited longer (and longer
+                                  than two engine batches take); 0: no limit */
 } batcher_params;
 
 /* Starts the workers and the reaper. Returns NULL with a message. */
@@ -75,7 +77,8 @@ batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *er
 
 /* Queues j. Returns 0; or 413 when j is over a request limit (images,
  * tokens, an image too large for one engine batch, pixels beyond the whole
- * budget), 503 when the queue or the pixel budget is full or the batcher
+ * budget), 503 when the queue or the pixel budget is full, the queue
+ * stands (its oldest job waited past max_queue_wait_ms) or the batcher
  * is stopped (j->error says which, naming the setting; `done` is then NOT
  * called), 500 when out of memory. While draining
  * jobs are still accepted: they come from requests that were being

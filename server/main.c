@@ -228,7 +228,8 @@ int main(int argc, char **argv) {
     }
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
                          cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
-                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes, engine};
+                         cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes, engine,
+                         cfg.max_queue_wait_ms};
     b = batcher_new(model, mx, bp, err, sizeof(err));
     if (!b) {
         log_event("error", "%s", err);

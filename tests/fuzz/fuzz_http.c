@@ -70,7 +70,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     batcher_params bp = {cfg.workers, cfg.max_batch_size, cfg.max_batch_tokens, cfg.max_queue_delay_us,
                          cfg.max_queue_size, {cfg.max_image_side, cfg.max_image_side, cfg.max_image_pixels},
                          cfg.max_request_images, cfg.max_request_tokens, cfg.pixel_budget_bytes,
-                         vit_context_default_params()};
+                         vit_context_default_params(), cfg.max_queue_wait_ms};
     batcher *b = mx ? batcher_new(model, mx, bp, err, sizeof(err)) : NULL;
     if (!b) {
         fprintf(stderr, "fuzz_http: %s\n", mx ? err : "out of memory");
