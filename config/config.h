@@ -39,6 +39,7 @@ typedef struct {
     int http_threads;                   /* 0 = derived */
     int gemm_threads;                   /* 0 = derived: cpu limit / workers */
     int64_t max_body_bytes;
+    int64_t body_budget_bytes;          /* bodies held at once */
     int64_t max_image_pixels;
     int max_image_side;
     int connection_timeout_s;

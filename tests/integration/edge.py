@@ -15,6 +15,14 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       daemon is seen receiving it in /metrics), or goes silent there until
       connection-timeout-s: counted once as 499, or 408, in
       comrope_requests_total, never as 500.
+  body-budget PORT BUDGET
+      The daemon runs with --body-budget-bytes BUDGET (BUDGET - 2000 bytes
+      more than the photo fixture). A request A announces BUDGET - 2000
+      bytes and sends ten (the daemon is seen receiving it): a photo
+      request (announced) and a chunked one each get 503 + Retry-After with
+      a JSON body naming body-budget-bytes; a Content-Length over the whole
+      budget gets 413 at once; once A has hung up, the photo gets 200 and
+      the chunked one (a bad image: 400) is read in full.
   drain PORT PID BODY_FILE
       Graceful shutdown seen from clients. Before SIGTERM: a kept-alive
       connection A (one answered request), and a request U whose headers and
@@ -266,6 +274,53 @@ def drain(port, pid, body_file):
     print("ok request whose body was arriving at SIGTERM answered 200")
 
 
+def body_budget(port, budget):
+    with open(os.path.join(os.path.dirname(__file__), "../fixtures/images/photo.png"), "rb") as f:
+        png = f.read()
+    held = budget - 2000
+
+    def photo():
+        c = Conn(port)
+        st, headers, body = c.request("POST", "/v1/classify", png, "image/png")
+        c.close()
+        return st, headers, body
+
+    def chunked():
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % 3000 + b"x" * 3000 + b"\r\n0\r\n\r\n")
+        r = read_response(s)
+        s.close()
+        return r
+
+    a = socket.create_connection(("127.0.0.1", port), timeout=30)
+    a.sendall(post_headers("/v1/classify", "image/png", held) + png[:10])
+    poll("the daemon to receive A", lambda: metric(port, "comrope_receiving_requests") >= 1)
+    for name, (st, headers, body) in (("photo", photo()), ("chunked", chunked())):
+        if st != 503 or headers.get("retry-after") != "1":
+            fail("%s while A holds %d of %d body bytes: %d %r, not 503 with Retry-After: 1"
+                 % (name, held, budget, st, headers))
+        err = json.loads(body)["error"]
+        if "body-budget-bytes %d" % budget not in err:
+            fail("%s: 503 message does not name body-budget-bytes: %s" % (name, err))
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(post_headers("/v1/classify", "image/png", budget + 1))
+    st, headers, body = read_response(s)
+    s.close()
+    if st != 413 or "body-budget-bytes" not in json.loads(body)["error"]:
+        fail("Content-Length over the whole budget: %d %r, not 413 naming body-budget-bytes" % (st, body))
+    a.close()
+    poll("A to end", lambda: metric(port, "comrope_receiving_requests") == 0)
+    st, headers, body = photo()
+    if st != 200:
+        fail("photo once A is gone: %d %r, not 200 (the budget not released?)" % (st, body))
+    st, headers, body = chunked()
+    if st not in (400, 415):
+        fail("chunked once A is gone: %d %r, not 400/415 (not an image, read in full)" % (st, body))
+    print("ok body-budget-bytes: 503 + Retry-After while another body holds the budget, 413 over all of "
+          "it, released when a request ends")
+
+
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "content-length" and len(sys.argv) == 5:
@@ -274,6 +329,8 @@ def main():
         deadline(int(sys.argv[2]))
     elif cmd in ("abort", "quiet") and len(sys.argv) == 3:
         unanswered(int(sys.argv[2]), cmd)
+    elif cmd == "body-budget" and len(sys.argv) == 4:
+        body_budget(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "drain" and len(sys.argv) == 5:
         drain(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:

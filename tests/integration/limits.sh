@@ -11,6 +11,8 @@
 #        is busy (answered by the reaper, long before the worker is free)
 #   503  queue full (--max-queue-size 1, one worker busy, one request
 #        queued): the next request gets 503 with Retry-After at once
+#   503  body-budget-bytes: while another request's announced body holds
+#        the budget, an announced or a chunked body (edge.py body-budget)
 #
 #   tests/integration/limits.sh build/comrope-serve
 set -euo pipefail
@@ -141,5 +143,10 @@ stop_daemon
 # connection-timeout-s (inactivity) cuts it; the receive deadline is far off.
 start_daemon --connection-timeout-s 1 --receive-timeout-s 120
 edge quiet "$PORT" || fail "408 for a client gone quiet in the middle of its body"
+stop_daemon
+
+# --- the body budget: bodies held at once ------------------------------------
+start_daemon --body-budget-bytes 100000
+edge body-budget "$PORT" 100000 || fail "body-budget-bytes"
 stop_daemon
 echo "limits: all passed"
