@@ -606,6 +606,13 @@ void batcher_stop(batcher *b) {
     answer(b, done);
 }
 
+int batcher_stopping(batcher *b) {
+    pthread_mutex_lock(&b->lock);
+    int n = b->stopping;
+    pthread_mutex_unlock(&b->lock);
+    return n;
+}
+
 void batcher_free(batcher *b) {
     if (!b) return;
     batcher_stop(b);

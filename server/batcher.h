@@ -101,6 +101,10 @@ int batcher_drain(batcher *b, int timeout_s);
  * (the HTTP side may still call it) until batcher_free. Idempotent. */
 void batcher_stop(batcher *b);
 
+/* Whether batcher_stop has begun: from then on every submission is
+ * refused 503 (so a caller may answer without preparing one). */
+int batcher_stopping(batcher *b);
+
 /* batcher_stop, then frees. */
 void batcher_free(batcher *b);
 

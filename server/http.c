@@ -41,6 +41,11 @@ struct http_server {
     pthread_cond_t parse_work;
     struct parse_item *parse_head, *parse_tail;
     int parse_stopping;
+    /* libmicrohttpd's messages: a window of at most MHD_LOG_BURST lines (mhd_log) */
+    pthread_mutex_t mhd_log_lock;
+    int64_t mhd_log_window;    /* when the current window began */
+    int mhd_log_lines;         /* lines written in it */
+    unsigned long mhd_log_dropped; /* messages left out since the last line saying so */
 };
 
 /* RESPOND: the answer is ready to queue. DISCARD: the answer is ready but
@@ -528,7 +533,14 @@ static void parse_one(http_request *r) {
     /* The arrival ends after the submission, so that a drain sees this
      * request all along, as arriving and then as queued. */
     r->arriving = 0;
-    if (submit_inference(r)) { /* r is the worker's now */
+    if (batcher_stopping(b)) {
+        /* The drain's time is up: a body still waiting for its parse gets
+         * the 503 it would get after one, at once. Parsing it first (seconds
+         * for a big JSON body) would make the shutdown outlast
+         * drain-timeout-s by every parse still queued. */
+        set_error(r, 503, "server is shutting down");
+        r->retry_after = 1;
+    } else if (submit_inference(r)) { /* r is the worker's now */
         batcher_arrival_end(b);
         return;
     }
@@ -1008,9 +1020,37 @@ static void *request_line(void *cls, const char *uri, struct MHD_Connection *c) 
 }
 
 /* libmicrohttpd's own messages, as lines of the log (they may quote what
- * a client sent: log_event escapes them). */
+ * a client sent: log_event escapes them). Most are about one client -- one
+ * that hung up in the middle of its request has its access line (aborted)
+ * and its 499 already -- and any client can cause one per connection, so
+ * a line each would let a client flood the log: at most MHD_LOG_BURST
+ * lines in MHD_LOG_WINDOW_S, then one line saying how many were left out
+ * (with the next message after the window, or at stop). */
+#define MHD_LOG_BURST 5
+#define MHD_LOG_WINDOW_S 10
+
+static void mhd_log_dropped(unsigned long n) {
+    if (n) log_event("warning", "libmicrohttpd: %lu more messages not logged (at most %d every %d s)", n,
+                     MHD_LOG_BURST, MHD_LOG_WINDOW_S);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    (void)cls;
+    http_server *s = cls;
+    int64_t now = monotonic_ns();
+    unsigned long dropped = 0;
+    pthread_mutex_lock(&s->mhd_log_lock);
+    if (!s->mhd_log_lines || now - s->mhd_log_window >= (int64_t)MHD_LOG_WINDOW_S * 1000000000) {
+        dropped = s->mhd_log_dropped;
+        s->mhd_log_dropped = 0;
+        s->mhd_log_lines = 0;
+        s->mhd_log_window = now;
+    }
+    int write = s->mhd_log_lines < MHD_LOG_BURST;
+    if (write) s->mhd_log_lines++;
+    else s->mhd_log_dropped++;
+    pthread_mutex_unlock(&s->mhd_log_lock);
+    mhd_log_dropped(dropped);
+    if (!write) return;
     char msg[1024];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
@@ -1100,7 +1140,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
     }
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)port, conn_guard_accept, guard, handler, s,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it applies to the options after it */
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first: it applies to the options after it */
         MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
@@ -1135,6 +1175,7 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     atomic_init(&s->body_bytes, 0);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->idle, NULL);
+    pthread_mutex_init(&s->mhd_log_lock, NULL);
     conn_guard_params gp = {p->cfg->max_connections, p->cfg->max_connections_per_client,
                             p->cfg->receive_timeout_s * 1000};
     /* each daemon may hold max-connections sockets */
@@ -1210,8 +1251,9 @@ void http_wait_idle(http_server *s, int timeout_ms) {
 
 void http_stop(http_server *s) {
     if (!s) return;
-    /* Parse threads finish the bodies still queued (the stopped batcher
-     * refuses them with 503, resuming their connections), then exit. */
+    /* Parse threads answer the bodies still queued 503 without parsing
+     * them (the batcher has stopped), resuming their connections, then
+     * exit. */
     pthread_mutex_lock(&s->parse_lock);
     s->parse_stopping = 1;
     pthread_cond_broadcast(&s->parse_work);
@@ -1225,10 +1267,12 @@ void http_stop(http_server *s) {
     /* Requests the daemon had started reading but did not answer in full
      * (client aborts, errors, connections cut at stop): the shutdown test
      * tells a request lost by us from one that never reached us by it. */
+    mhd_log_dropped(s->mhd_log_dropped);
     if (s->incomplete)
         log_event("info", "%lu requests ended without a complete answer", s->incomplete);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->mhd_log_lock);
     pthread_cond_destroy(&s->parse_work);
     pthread_mutex_destroy(&s->parse_lock);
     free(s);

@@ -23,6 +23,10 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       a JSON body naming body-budget-bytes; a Content-Length over the whole
       budget gets 413 at once; once A has hung up, the photo gets 200 and
       the chunked one (a bad image: 400) is read in full.
+  abort-flood PORT LOG N
+      N clients that hang up in the middle of their bodies at once (each a
+      libmicrohttpd message): all counted as 499, and LOG holds at most 5
+      libmicrohttpd lines, not one per client.
   drain PORT PID BODY_FILE
       Graceful shutdown seen from clients. Before SIGTERM: a kept-alive
       connection A (one answered request), and a request U whose headers and
@@ -274,6 +278,25 @@ def drain(port, pid, body_file):
     print("ok request whose body was arriving at SIGTERM answered 200")
 
 
+def abort_flood(port, log_path, n):
+    code = 'comrope_requests_total{endpoint="v1_classify",code="499"}'
+    before = metric(port, code, 0.0)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(post_headers("/v1/classify", "image/png", 1000) + b"\x89PNG")
+        socks.append(s)
+    poll("the daemon to receive %d requests" % n, lambda: metric(port, "comrope_receiving_requests") >= n)
+    for s in socks:
+        s.close()
+    poll("%d aborts to be counted" % n, lambda: metric(port, code, 0.0) - before >= n)
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        lines = [ln for ln in f if "libmicrohttpd:" in ln]
+    if len(lines) > 5:
+        fail("%d libmicrohttpd lines for %d aborted clients, more than 5: %r" % (len(lines), n, lines[:3]))
+    print("ok %d clients gone mid-body: %d libmicrohttpd lines" % (n, len(lines)))
+
+
 def body_budget(port, budget):
     with open(os.path.join(os.path.dirname(__file__), "../fixtures/images/photo.png"), "rb") as f:
         png = f.read()
@@ -329,6 +352,8 @@ def main():
         deadline(int(sys.argv[2]))
     elif cmd in ("abort", "quiet") and len(sys.argv) == 3:
         unanswered(int(sys.argv[2]), cmd)
+    elif cmd == "abort-flood" and len(sys.argv) == 5:
+        abort_flood(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
     elif cmd == "body-budget" and len(sys.argv) == 4:
         body_budget(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "drain" and len(sys.argv) == 5:
