@@ -9,7 +9,8 @@ the metrics port, the end of a stream), each bounded.
       (each byte well inside the idle timeout): the server cuts each
       connection once DEADLINE_S have passed since it opened, never before,
       and counts both in comrope_receive_timeouts_total{phase="request"};
-      a connection that sends nothing is cut the same and counted idle.
+      a connection that sends nothing is cut the same and counted idle, one
+      silent in the middle of its headers the same and counted in a request.
   caps PORT MPORT
       --max-connections 4 --max-connections-per-client 2. Two idle
       connections from 127.0.0.2: a third from there is closed at once
@@ -144,6 +145,20 @@ def trickle(port, mport, deadline):
     if metric(mport, request_cuts) != before + len(cases):
         fail("the idle cut was counted as one in a request")
     print("ok: a silent connection was cut after %.2f s, counted idle" % cut)
+    # a client that vanished in the middle of its headers (sent half, then
+    # nothing: no FIN, as when its host went away) is cut at the deadline
+    # too, not held until connection-timeout-s
+    s = connect(port)
+    t0 = time.monotonic()
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ")
+    if not closed_by_server(s, deadline + 10):
+        fail("a client silent mid-headers is still connected after %.0f s" % (deadline + 10))
+    cut = time.monotonic() - t0
+    s.close()
+    if cut < deadline - 0.1:
+        fail("a client silent mid-headers was cut after %.2f s, before the %.0f s deadline" % (cut, deadline))
+    poll("the mid-headers cut counted", lambda: metric(mport, request_cuts) == before + len(cases) + 1)
+    print("ok: a client silent in the middle of its headers was cut after %.2f s (deadline %.0f s)" % (cut, deadline))
 
 
 def caps(port, mport):
