@@ -22,6 +22,7 @@
 
 #include <stdint.h>
 
+#include "clock.h"
 #include "image.h"
 #include "metrics.h"
 #include "proto.h"
@@ -116,7 +117,5 @@ int batcher_in_flight(batcher *b);
 int64_t batcher_pixel_bytes(batcher *b);
 /* Requests between batcher_arrival_begin and _end (bodies being received). */
 int batcher_arriving(batcher *b);
-
-int64_t monotonic_ns(void);
 
 #endif
