@@ -12,6 +12,7 @@
 #   503  queue full (--max-queue-size 1, one worker busy, one request
 #        queued): the next request gets 503 with Retry-After at once
 #   30 clients gone mid-body: at most 5 libmicrohttpd lines, then a count
+#   300 connections' memory goes back to the kernel once they close (RSS)
 #   503  body-budget-bytes: while another request's announced body holds
 #        the budget, an announced or a chunked body (edge.py body-budget)
 #
@@ -151,6 +152,9 @@ start_daemon
 edge abort-flood "$PORT" "$LOG" 30 || fail "libmicrohttpd's lines for aborted clients"
 stop_daemon
 log_has 'libmicrohttpd: [0-9]* more messages not logged' || fail "no line counting the messages left out"
+start_daemon --connection-timeout-s 15
+edge pools "$PORT" "$DAEMON_PID" 300 || fail "connection pools kept after their connections closed"
+stop_daemon
 
 # --- the body budget: bodies held at once ------------------------------------
 start_daemon --body-budget-bytes 100000
