@@ -10,8 +10,9 @@
  * last with other jobs), deadlines (checked whenever a batch is formed: a
  * job whose deadline passed gets 504 and its remaining images are never
  * computed; a reaper thread answers those that expire while every worker
- * is busy), dropping the jobs of clients that went away, and draining on
- * shutdown.
+ * is busy), bounding the queue in time when asked (max_queue_wait_ms: a
+ * standing queue is refused), dropping the jobs of clients that went away,
+ * and draining on shutdown.
  *
  * A job's `done` callback runs exactly once, on a batcher thread, for every
  * job batcher_submit accepted: with status 200 and logits, or with an error
