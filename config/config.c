@@ -49,6 +49,10 @@ const config_option config_options[] = {
      "how long a batch waits for more requests; skipped when none could join"},
     {"max-queue-size", CONFIG_INT, OFF(max_queue_size), 0, "256", 1, 1000000, NULL,
      "requests waiting for a worker; beyond it: 503 with Retry-After"},
+    {"max-queue-wait-ms", CONFIG_INT, OFF(max_queue_wait_ms), 0, "0", 0, 3600000, NULL,
+     "while the oldest waiting request has waited longer (and longer than two batches take), new ones "
+     "get 503 with Retry-After: bounds the queue in time (500: normal latency within about 0.5 s of an "
+     "overload's end); 0: off, only max-queue-size bounds it"},
     {"default-timeout-ms", CONFIG_INT, OFF(default_timeout_ms), 0, "30000", 1, 3600000, NULL,
      "deadline of a request that sets none; passed: 504"},
     {"workers", CONFIG_INT, OFF(workers), 0, "0", 0, 1024, NULL,
@@ -59,6 +63,9 @@ const config_option config_options[] = {
      "GEMM/BLAS threads per forward; 0: CPU limit / workers"},
     {"max-body-bytes", CONFIG_INT64, OFF(max_body_bytes), 0, "67108864", 1, (long long)1 << 40, NULL,
      "largest request body; more: 413"},
+    {"body-budget-bytes", CONFIG_INT64, OFF(body_budget_bytes), 0, "1073741824", 1, (long long)1 << 44, NULL,
+     "request bodies held at once (being received or parsed; an announced one reserved whole before it "
+     "is read); over: 503 + Retry-After"},
     {"max-image-pixels", CONFIG_INT64, OFF(max_image_pixels), 0, "40000000", 1, (long long)1 << 40, NULL,
      "largest decoded image (width*height); more: 413"},
     {"max-image-side", CONFIG_INT, OFF(max_image_side), 0, "16384", 1, 1 << 20, NULL,

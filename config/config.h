@@ -33,11 +33,13 @@ typedef struct {
     int max_batch_tokens;               /* tokens per executed batch */
     int max_queue_delay_us;
     int max_queue_size;                 /* requests waiting; more -> 503 */
+    int max_queue_wait_ms;              /* oldest waiting longer -> 503; 0 = off */
     int default_timeout_ms;
     int workers;                        /* 0 = derived from the CPU limit */
     int http_threads;                   /* 0 = derived */
     int gemm_threads;                   /* 0 = derived: cpu limit / workers */
     int64_t max_body_bytes;
+    int64_t body_budget_bytes;          /* bodies held at once */
     int64_t max_image_pixels;
     int max_image_side;
     int connection_timeout_s;

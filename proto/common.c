@@ -135,10 +135,7 @@ const char *proto_label(const proto_model *pm, int k, char *buf, size_t len) {
     return buf;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid:
- * no overlong forms, surrogates or code points past U+10FFFF, as jansson
- * checks them (it refuses a string that fails). */
-static size_t utf8_valid_at(const unsigned char *s, size_t n) {
+size_t proto_utf8_length(const unsigned char *s, size_t n) {
     unsigned c = s[0];
     size_t len;
     unsigned cp, min;
@@ -161,7 +158,7 @@ char *proto_utf8_sanitize(const char *s) {
     char *out = malloc(n + 1);
     if (!out) return NULL;
     for (size_t i = 0; i < n;) {
-        size_t len = utf8_valid_at((const unsigned char *)s + i, n - i);
+        size_t len = proto_utf8_length((const unsigned char *)s + i, n - i);
         if (len == 0) {
             out[o++] = '?';
             i++;

@@ -100,6 +100,13 @@ const char *proto_label(const proto_model *pm, int k, char *buf, size_t len);
  * when out of memory. */
 char *proto_error_json(const char *msg);
 
+/* The length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 if
+ * the bytes there are not one: no overlong forms, surrogates or code
+ * points past U+10FFFF (RFC 3629), as jansson checks them (it refuses a
+ * string that fails). The one UTF-8 check of the daemon (the log's JSON
+ * lines use it too). */
+size_t proto_utf8_length(const unsigned char *s, size_t n);
+
 /* A malloc'd copy of s with every byte that does not start a valid UTF-8
  * sequence replaced by '?' (JSON strings must be UTF-8). */
 char *proto_utf8_sanitize(const char *s);

@@ -39,6 +39,7 @@ struct batcher {
     int running;             /* engine batches being computed */
     int arriving;
     int64_t pixel_bytes;     /* held by waiting and active jobs */
+    int64_t batch_ns;        /* how long an engine batch takes (moving average) */
     int stopping;            /* workers told to exit */
     int stopped;             /* threads joined (batcher_stop ran) */
     worker *workers;
@@ -46,12 +47,6 @@ struct batcher {
     pthread_t reaper;
     int reaper_started;
 };
-
-int64_t monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static struct timespec to_timespec(int64_t ns) {
     struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
@@ -189,7 +184,7 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
     batcher *b = w->b;
     const vit_model *m = b->model;
     int K = m->cfg.num_class, total = 0;
-    int64_t start = monotonic_ns();
+    int64_t start = monotonic_ns(), elapsed = 0; /* of the forward, when one ran */
     char msg[480];
     for (int i = 0; i < n; i++) total += parts[i].count;
     vit_image *images = calloc((size_t)total, sizeof(vit_image));
@@ -254,6 +249,7 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
         forward_failed = 1;
     if (count > 0 && b->gate) forward_gate_leave(b->gate, b->p.engine.threads);
     int64_t end = monotonic_ns();
+    if (count > 0) elapsed = end - start;
     if (count > 0)
         metrics_batch(b->mx, count, tokens, distinct_resolutions(images, count), (double)(end - start) / 1e9);
 
@@ -281,6 +277,7 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
     }
 settle:
     pthread_mutex_lock(&b->lock);
+    if (elapsed > 0) b->batch_ns += (elapsed - b->batch_ns) / 8;
     for (int i = 0; i < n; i++) {
         slice *s = &parts[i];
         s->j->pending--;
@@ -489,6 +486,25 @@ static int over_limits(batcher *b, job *j) {
     return 0;
 }
 
+/* Whether the queue stands: its oldest job not yet started has waited
+ * longer than max-queue-wait-ms, and than two engine batches take (a
+ * model whose batch alone takes longer is not refused for that). Work
+ * queued behind such a queue adds its latency to every request after it
+ * and nothing to the throughput: under overload it is refused at once,
+ * and when the load stops the queue holds at most about that much work,
+ * so normal latency returns within it. Sets j->error. Lock held. */
+static int queue_stands(batcher *b, int64_t now, job *j) {
+    if (!b->p.max_queue_wait_ms) return 0;
+    const job *oldest = b->head;
+    while (oldest && oldest->next_image > 0) oldest = oldest->next; /* a split job's rest is running */
+    if (!oldest) return 0;
+    int64_t waited = now - oldest->enqueued_ns;
+    if (waited <= (int64_t)b->p.max_queue_wait_ms * 1000000 || waited <= 2 * b->batch_ns) return 0;
+    snprintf(j->error, sizeof(j->error), "busy: the oldest queued request has waited %lld ms, more than "
+             "max-queue-wait-ms (%d)", (long long)(waited / 1000000), b->p.max_queue_wait_ms);
+    return 1;
+}
+
 int batcher_submit(batcher *b, job *j) {
     int64_t now = monotonic_ns();
     int st;
@@ -513,6 +529,7 @@ int batcher_submit(batcher *b, job *j) {
         snprintf(j->error, sizeof(j->error), "queue is full (%d requests waiting)", b->p.max_queue_size);
         goto refuse;
     }
+    if (queue_stands(b, now, j)) goto refuse;
     if (b->p.pixel_budget_bytes && b->pixel_bytes + j->pixel_bytes > b->p.pixel_budget_bytes) {
         snprintf(j->error, sizeof(j->error), "busy: queued and running requests hold %lld bytes of decoded "
                  "pixels, this one needs %lld more (pixel-budget-bytes %lld)", (long long)b->pixel_bytes,
@@ -586,6 +603,13 @@ void batcher_stop(batcher *b) {
     b->stopped = 1;
     pthread_mutex_unlock(&b->lock);
     answer(b, done);
+}
+
+int batcher_stopping(batcher *b) {
+    pthread_mutex_lock(&b->lock);
+    int n = b->stopping;
+    pthread_mutex_unlock(&b->lock);
+    return n;
 }
 
 void batcher_free(batcher *b) {

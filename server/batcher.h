@@ -10,8 +10,9 @@
  * last with other jobs), deadlines (checked whenever a batch is formed: a
  * job whose deadline passed gets 504 and its remaining images are never
  * computed; a reaper thread answers those that expire while every worker
- * is busy), dropping the jobs of clients that went away, and draining on
- * shutdown.
+ * is busy), bounding the queue in time when asked (max_queue_wait_ms: a
+ * standing queue is refused), dropping the jobs of clients that went away,
+ * and draining on shutdown.
  *
  * A job's `done` callback runs exactly once, on a batcher thread, for every
  * job batcher_submit accepted: with status 200 and logits, or with an error
@@ -22,6 +23,7 @@
 
 #include <stdint.h>
 
+#include "clock.h"
 #include "gate.h"
 #include "image.h"
 #include "metrics.h"
@@ -69,6 +71,8 @@ typedef struct {
     int64_t pixel_budget_bytes;/* decoded pixels of queued and running jobs; 0: no limit */
     vit_context_params engine; /* each worker's context; its max_images / max_tokens are set
                                   to max_batch_size / max_batch_tokens */
+    int max_queue_wait_ms;     /* refuse while the oldest waiting job has waited longer (and longer
+                                  than two engine batches take); 0: no limit */
 } batcher_params;
 
 /* Starts the workers and the reaper. Returns NULL with a message. */
@@ -80,7 +84,8 @@ void batcher_set_gate(batcher *b, forward_gate *gate);
 
 /* Queues j. Returns 0; or 413 when j is over a request limit (images,
  * tokens, an image too large for one engine batch, pixels beyond the whole
- * budget), 503 when the queue or the pixel budget is full or the batcher
+ * budget), 503 when the queue or the pixel budget is full, the queue
+ * stands (its oldest job waited past max_queue_wait_ms) or the batcher
  * is stopped (j->error says which, naming the setting; `done` is then NOT
  * called), 500 when out of memory. While draining
  * jobs are still accepted: they come from requests that were being
@@ -103,6 +108,10 @@ int batcher_drain(batcher *b, int timeout_s);
  * (the HTTP side may still call it) until batcher_free. Idempotent. */
 void batcher_stop(batcher *b);
 
+/* Whether batcher_stop has begun: from then on every submission is
+ * refused 503 (so a caller may answer without preparing one). */
+int batcher_stopping(batcher *b);
+
 /* batcher_stop, then frees. */
 void batcher_free(batcher *b);
 
@@ -114,7 +123,5 @@ int batcher_in_flight(batcher *b);
 int64_t batcher_pixel_bytes(batcher *b);
 /* Requests between batcher_arrival_begin and _end (bodies being received). */
 int batcher_arriving(batcher *b);
-
-int64_t monotonic_ns(void);
 
 #endif

@@ -11,6 +11,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "clock.h"
+
 #define CLIENT_BUCKETS 256
 /* The sweeper wakes at most this often, however many deadlines fall close
  * together: a cut may come this late. */
@@ -47,12 +49,6 @@ struct conn_guard {
     client *clients[CLIENT_BUCKETS];
     conn_guard_stats stats;
 };
-
-static int64_t monotonic_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* The client key of an address: its IP, without the port; an IPv4 client
  * of an IPv6 socket (::ffff:a.b.c.d) is the IPv4 address. Returns the key's
@@ -99,7 +95,7 @@ static void unlink_conn(conn_guard *g, conn *c) {
 static void arm(conn_guard *g, conn *c) {
     unlink_conn(g, c);
     c->begun = 0;
-    c->deadline_ns = monotonic_now_ns() + (int64_t)g->p.receive_timeout_ms * 1000000;
+    c->deadline_ns = monotonic_ns() + (int64_t)g->p.receive_timeout_ms * 1000000;
     c->prev = g->tail;
     if (g->tail) g->tail->next = c;
     else g->head = c;
@@ -111,7 +107,7 @@ static void *sweep(void *arg) {
     conn_guard *g = arg;
     pthread_mutex_lock(&g->lock);
     while (!g->stop) {
-        int64_t now = monotonic_now_ns();
+        int64_t now = monotonic_ns();
         while (g->head && g->head->deadline_ns <= now) {
             conn *c = g->head;
             unlink_conn(g, c);

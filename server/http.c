@@ -29,6 +29,7 @@ struct http_server {
     int port, metrics_port;
     atomic_int draining;
     atomic_ullong next_id;
+    atomic_llong body_bytes;   /* reserved by the bodies held now (body-budget-bytes) */
     pthread_mutex_t lock;
     pthread_cond_t idle;
     int open_requests;         /* allocated http_request structs */
@@ -40,6 +41,11 @@ struct http_server {
     pthread_cond_t parse_work;
     struct parse_item *parse_head, *parse_tail;
     int parse_stopping;
+    /* libmicrohttpd's messages: a window of at most MHD_LOG_BURST lines (mhd_log) */
+    pthread_mutex_t mhd_log_lock;
+    int64_t mhd_log_window;    /* when the current window began */
+    int mhd_log_lines;         /* lines written in it */
+    unsigned long mhd_log_dropped; /* messages left out since the last line saying so */
 };
 
 /* RESPOND: the answer is ready to queue. DISCARD: the answer is ready but
@@ -65,6 +71,9 @@ typedef struct {
     uint8_t *body;
     size_t body_len, body_cap;
     int body_too_large;
+    int body_over_budget;      /* a chunked body that outgrew body-budget-bytes: dropped */
+    int64_t body_reserved;     /* of s->body_bytes, released with the body */
+    int64_t content_length;    /* announced, or -1 (chunked) */
     int arriving;              /* counted in batcher_arrival_begin */
     /* captured on the MHD thread for the parse thread */
     char *ctype;               /* Content-Type, or NULL */
@@ -118,6 +127,39 @@ static void set_json(http_request *r, int status, char *json) {
         return;
     }
     set_answer(r, status, "application/json", json, strlen(json), 0);
+}
+
+/* --- the body budget ------------------------------------------------------ */
+
+/* Reserves n more bytes of body-budget-bytes for r's body. Returns 0, or
+ * -1 when the bodies held would pass the budget (nothing reserved). Any
+ * thread. */
+static int body_reserve(http_request *r, int64_t n) {
+    http_server *s = r->s;
+    long long held = atomic_load(&s->body_bytes);
+    do {
+        if (held + n > s->p.cfg->body_budget_bytes) return -1;
+    } while (!atomic_compare_exchange_weak(&s->body_bytes, &held, held + n));
+    r->body_reserved += n;
+    return 0;
+}
+
+/* Frees r's body and gives its reservation back. */
+static void body_free(http_request *r) {
+    free(r->body);
+    r->body = NULL;
+    r->body_cap = 0;
+    if (r->body_reserved) atomic_fetch_sub(&r->s->body_bytes, r->body_reserved);
+    r->body_reserved = 0;
+}
+
+static void set_busy_bodies(http_request *r, int64_t n) {
+    char err[300];
+    snprintf(err, sizeof(err), "busy: the request bodies being received and parsed hold %lld bytes, this one "
+             "needs %lld more (body-budget-bytes %lld)", (long long)atomic_load(&r->s->body_bytes),
+             (long long)n, (long long)r->s->p.cfg->body_budget_bytes);
+    set_error(r, 503, err);
+    r->retry_after = 1;
 }
 
 /* The CORS headers of an answer when cors-origin is set: the origin on
@@ -410,6 +452,10 @@ static int submit_inference(http_request *r) {
         set_error(r, 413, err);
         return 0;
     }
+    if (r->body_over_budget) {
+        set_busy_bodies(r, (int64_t)r->body_len);
+        return 0;
+    }
     const char *ctype = r->ctype;
     if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(ctype)) {
         ctype = v1_sniff_media_type(r->body, r->body_len);
@@ -454,8 +500,7 @@ static int submit_inference(http_request *r) {
         set_error(r, st, err);
         return 0;
     }
-    free(r->body); /* the request holds its own copies now */
-    r->body = NULL;
+    body_free(r); /* the request holds its own copies now */
     if (validate_images(r)) return 0;
     int timeout_ms = r->req.timeout_ms ? r->req.timeout_ms : s->p.cfg->default_timeout_ms;
     r->job.req = &r->req;
@@ -496,7 +541,14 @@ static void parse_one(http_request *r) {
      * this thread holds its own until the arrival has ended. */
     r->arriving = 0;
     repository_retain(s->p.repo, mv);
-    if (submit_inference(r)) { /* r is the worker's now */
+    if (batcher_stopping(b)) {
+        /* The drain's time is up: a body still waiting for its parse gets
+         * the 503 it would get after one, at once. Parsing it first (seconds
+         * for a big JSON body) would make the shutdown outlast
+         * drain-timeout-s by every parse still queued. */
+        set_error(r, 503, "server is shutting down");
+        r->retry_after = 1;
+    } else if (submit_inference(r)) { /* r is the worker's now */
         batcher_arrival_end(b);
         repository_release(s->p.repo, mv);
         return;
@@ -868,6 +920,21 @@ static void route(http_request *r, struct MHD_Connection *c) {
         set_error(r, 413, err);
         return;
     }
+    /* The body budget: an announced body is reserved whole before any of
+     * it is read (its buffer is then allocated once, at that size); a
+     * chunked one as its buffer grows (PHASE_READING). */
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    r->content_length = cl ? (int64_t)strtoull(cl, NULL, 10) : -1;
+    if (r->content_length > s->p.cfg->body_budget_bytes) {
+        snprintf(err, sizeof(err), "Content-Length %s is larger than body-budget-bytes (%lld), the bytes all "
+                 "bodies being received may hold", cl, (long long)s->p.cfg->body_budget_bytes);
+        set_error(r, 413, err);
+        return;
+    }
+    if (r->content_length > 0 && body_reserve(r, r->content_length)) {
+        set_busy_bodies(r, r->content_length); /* its body is read and dropped */
+        return;
+    }
     r->phase = PHASE_READING;
     r->arriving = 1;
     batcher_arrival_begin(r->mv->batcher);
@@ -939,7 +1006,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
              * over max-body-bytes, or one the client holds back until "100
              * Continue", is answered at once, unread (and the connection
              * closed); not a load/unload: its answer comes after its body. */
-            if (answer_before_body(c, s->p.cfg->max_body_bytes) && !r->control) {
+            int64_t max = s->p.cfg->max_body_bytes < s->p.cfg->body_budget_bytes ? s->p.cfg->max_body_bytes
+                                                                                  : s->p.cfg->body_budget_bytes;
+            if (answer_before_body(c, max) && !r->control) {
                 conn_guard_received(c); /* the body stays unread: the connection closes */
                 return queue_answer(c, r);
             }
@@ -961,16 +1030,25 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         if (*upload_data_size) {
             size_t n = *upload_data_size;
             *upload_data_size = 0;
-            if (r->body_too_large || r->body_len + n > (size_t)s->p.cfg->max_body_bytes) {
+            if (r->body_too_large || r->body_over_budget ||
+                r->body_len + n > (size_t)s->p.cfg->max_body_bytes) {
                 /* chunked bodies have no Content-Length: cap while reading */
-                r->body_too_large = 1;
-                free(r->body);
-                r->body = NULL;
+                if (!r->body_over_budget) r->body_too_large = 1;
+                body_free(r);
+                r->body_len += n; /* (for the message) */
                 return MHD_YES;
             }
             if (r->body_len + n > r->body_cap) {
                 size_t cap = r->body_cap ? r->body_cap : 65536;
                 while (cap < r->body_len + n) cap *= 2;
+                /* announced: reserved whole already, allocated once at that size */
+                if (r->content_length >= (int64_t)(r->body_len + n)) cap = (size_t)r->content_length;
+                if ((int64_t)cap > r->body_reserved && body_reserve(r, (int64_t)cap - r->body_reserved)) {
+                    r->body_over_budget = 1; /* answered 503 once the rest is read and dropped */
+                    body_free(r);
+                    r->body_len += n;
+                    return MHD_YES;
+                }
                 uint8_t *grown = realloc(r->body, cap);
                 if (!grown) return MHD_NO;
                 r->body = grown;
@@ -1030,9 +1108,37 @@ static void *request_line(void *cls, const char *uri, struct MHD_Connection *c) 
 }
 
 /* libmicrohttpd's own messages, as lines of the log (they may quote what
- * a client sent: log_event escapes them). */
+ * a client sent: log_event escapes them). Most are about one client -- one
+ * that hung up in the middle of its request has its access line (aborted)
+ * and its 499 already -- and any client can cause one per connection, so
+ * a line each would let a client flood the log: at most MHD_LOG_BURST
+ * lines in MHD_LOG_WINDOW_S, then one line saying how many were left out
+ * (with the next message after the window, or at stop). */
+#define MHD_LOG_BURST 5
+#define MHD_LOG_WINDOW_S 10
+
+static void mhd_log_dropped(unsigned long n) {
+    if (n) log_event("warning", "libmicrohttpd: %lu more messages not logged (at most %d every %d s)", n,
+                     MHD_LOG_BURST, MHD_LOG_WINDOW_S);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    (void)cls;
+    http_server *s = cls;
+    int64_t now = monotonic_ns();
+    unsigned long dropped = 0;
+    pthread_mutex_lock(&s->mhd_log_lock);
+    if (!s->mhd_log_lines || now - s->mhd_log_window >= (int64_t)MHD_LOG_WINDOW_S * 1000000000) {
+        dropped = s->mhd_log_dropped;
+        s->mhd_log_dropped = 0;
+        s->mhd_log_lines = 0;
+        s->mhd_log_window = now;
+    }
+    int write = s->mhd_log_lines < MHD_LOG_BURST;
+    if (write) s->mhd_log_lines++;
+    else s->mhd_log_dropped++;
+    pthread_mutex_unlock(&s->mhd_log_lock);
+    mhd_log_dropped(dropped);
+    if (!write) return;
     char msg[1024];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
@@ -1071,7 +1177,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);
-    free(r->body);
+    body_free(r);
     free(r->ctype);
     free(r->header_len);
     for (int i = 0; r->query && r->query[i]; i++) free(r->query[i]);
@@ -1085,6 +1191,19 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (s->open_requests == 0) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->lock);
 }
+
+/* Each connection's memory pool (request line, headers, I/O buffers).
+ * libmicrohttpd mallocs a pool of up to 32 KiB and mmaps a larger one. A
+ * malloc'd pool stays in the heap of the HTTP thread's arena after its
+ * connection closes (glibc returns no page from the middle of a heap), so
+ * the daemon's RSS followed the most connections ever open at once --
+ * up to max-connections x 32 KiB, creeping up over a soak as rarer peaks
+ * came (issue 19: +7.4 % in 20 min, in-use heap flat). An mmap'd pool is
+ * unmapped when its connection closes: RSS follows the connections open
+ * now. The cost is a few first-touch page faults per connection (not per
+ * request). 36 KiB: just over the threshold; headers past about that get
+ * 431. */
+#define HTTP_CONNECTION_POOL_BYTES (36 * 1024)
 
 static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandlerCallback handler,
                                        conn_guard *guard, char *err, size_t errlen) {
@@ -1110,10 +1229,11 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
     }
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)port, conn_guard_accept, guard, handler, s,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: it applies to the options after it */
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first: it applies to the options after it */
         MHD_OPTION_SOCK_ADDR, addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_POOL_BYTES,
         /* above max-connections, which conn_guard_accept enforces (see
          * conn_guard.h: at its own limit libmicrohttpd stops accepting) */
         MHD_OPTION_CONNECTION_LIMIT, conn_guard_mhd_limit(guard, cfg->http_threads),
@@ -1141,8 +1261,10 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     atomic_init(&s->loaded, 0);
     atomic_init(&s->draining, 0);
     atomic_init(&s->next_id, 1);
+    atomic_init(&s->body_bytes, 0);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->idle, NULL);
+    pthread_mutex_init(&s->mhd_log_lock, NULL);
     conn_guard_params gp = {p->cfg->max_connections, p->cfg->max_connections_per_client,
                             p->cfg->receive_timeout_s * 1000};
     /* each daemon may hold max-connections sockets */
@@ -1212,8 +1334,9 @@ void http_wait_idle(http_server *s, int timeout_ms) {
 
 void http_stop(http_server *s) {
     if (!s) return;
-    /* Parse threads finish the bodies still queued (the stopped batcher
-     * refuses them with 503, resuming their connections), then exit. */
+    /* Parse threads answer the bodies still queued 503 without parsing
+     * them (the batcher has stopped), resuming their connections, then
+     * exit. */
     pthread_mutex_lock(&s->parse_lock);
     s->parse_stopping = 1;
     pthread_cond_broadcast(&s->parse_work);
@@ -1227,10 +1350,12 @@ void http_stop(http_server *s) {
     /* Requests the daemon had started reading but did not answer in full
      * (client aborts, errors, connections cut at stop): the shutdown test
      * tells a request lost by us from one that never reached us by it. */
+    mhd_log_dropped(s->mhd_log_dropped);
     if (s->incomplete)
         log_event("info", "%lu requests ended without a complete answer", s->incomplete);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->mhd_log_lock);
     pthread_cond_destroy(&s->parse_work);
     pthread_mutex_destroy(&s->parse_lock);
     free(s);

@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proto.h" /* proto_utf8_length */
+
 /* Written once at start-up (log_set_format), before any thread exists;
  * read-only afterwards. */
 static int log_format = LOG_TEXT;
@@ -28,30 +30,6 @@ size_t log_timestamp(char *out, size_t cap) {
     strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
     int n = snprintf(out, cap, "%s.%03ldZ", sec, ts.tv_nsec / 1000000);
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
-}
-
-/* The length of the valid UTF-8 sequence at s (n bytes left), 0 if the
- * bytes there are not one (overlong forms, surrogates and code points past
- * U+10FFFF included, RFC 3629). */
-static size_t utf8_sequence(const unsigned char *s, size_t n) {
-    unsigned char c = s[0];
-    if (c < 0x80) return 1;
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xbf; /* bounds of the second byte */
-    if (c >= 0xc2 && c <= 0xdf) len = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        if (c == 0xe0) lo = 0xa0;
-        if (c == 0xed) hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        if (c == 0xf0) lo = 0x90;
-        if (c == 0xf4) hi = 0x8f;
-    } else return 0;
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf) return 0;
-    return len;
 }
 
 /* Appends len bytes to out if they fit (with the NUL); 0 if not. */
@@ -89,7 +67,7 @@ size_t log_escape_json(char *out, size_t cap, const char *s) {
     char esc[8];
     out[0] = '\0';
     while (n) {
-        size_t len = utf8_sequence(p, n);
+        size_t len = proto_utf8_length(p, n);
         int ok;
         if (len == 0) { /* not UTF-8: the replacement character, one per byte */
             ok = put(out, cap, &used, "\\ufffd", 6);

@@ -443,7 +443,8 @@ static served_model *load_version(repository *r, const candidate *c, const serve
     const server_config *g = &m->cfg;
     batcher_params bp = {g->workers, g->max_batch_size, g->max_batch_tokens, g->max_queue_delay_us,
                          g->max_queue_size, {g->max_image_side, g->max_image_side, g->max_image_pixels},
-                         g->max_request_images, g->max_request_tokens, g->pixel_budget_bytes, engine};
+                         g->max_request_images, g->max_request_tokens, g->pixel_budget_bytes, engine,
+                         g->max_queue_wait_ms};
     char why[512];
     m->batcher = batcher_new(vm, r->p.mx, bp, why, sizeof(why));
     if (!m->batcher) {

@@ -100,7 +100,7 @@ static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
     /* 4096 tokens a batch: room for every batch these tests form, and a
      * workspace (reserved up front) of a modest size */
     batcher_params p = {workers, batch, 4096, delay_us, queue, image_limits_default(), 0, 0, 0,
-                        vit_context_default_params()};
+                        vit_context_default_params(), 0};
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -315,7 +315,7 @@ static void open_gate(void) {
 static batcher *new_batcher_limits(int batch, int batch_tokens, int req_images, int64_t req_tokens,
                                    int64_t budget) {
     batcher_params p = {1, batch, batch_tokens, 0, 64, image_limits_default(), req_images, req_tokens, budget,
-                        vit_context_default_params()};
+                        vit_context_default_params(), 0};
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -461,7 +461,7 @@ END_TEST
 START_TEST(stop_between_engine_batches) {
     /* a queue of one, filled by `filler` behind the running job: `late`
      * is refused as "queue is full" until the stop begins (never queued) */
-    batcher_params p = {1, 1, 4096, 0, 1, image_limits_default(), 0, 0, 0, vit_context_default_params()};
+    batcher_params p = {1, 1, 4096, 0, 1, image_limits_default(), 0, 0, 0, vit_context_default_params(), 0};
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -493,6 +493,41 @@ START_TEST(stop_between_engine_batches) {
 }
 END_TEST
 
+/* A standing queue is refused: once the oldest waiting job has waited
+ * past max-queue-wait-ms, new jobs get 503 naming it (however short the
+ * queue); once it has been served, they are accepted again. */
+START_TEST(standing_queue_refused) {
+    batcher_params p = {1, 1, 4096, 0, 64, image_limits_default(), 0, 0, 0, vit_context_default_params(), 50};
+    char err[256];
+    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
+    ck_assert_msg(b != NULL, "%s", err);
+    test_job *busy = make_job(1, 16, 16, 600000), *waiting = make_job(1, 16, 16, 600000);
+    test_job *next = make_job(1, 16, 16, 600000);
+    busy->block = 1;
+    ck_assert_int_eq(batcher_submit(b, &busy->j), 0);
+    wait_state(b, 1, 0);
+    ck_assert_int_eq(batcher_submit(b, &waiting->j), 0);
+    /* the state under test is an age: past 50 ms, and past two of the
+     * batches run so far (busy's; the batcher averages them) */
+    int64_t age = 60 * 1000000LL, two_batches = 2 * (busy->j.finished_ns - busy->j.started_ns);
+    if (age < two_batches) age = two_batches + 1000000;
+    while (monotonic_ns() - waiting->j.enqueued_ns <= age) usleep(5000);
+    ck_assert_int_eq(batcher_submit(b, &next->j), 503);
+    ck_assert_msg(strstr(next->j.error, "more than max-queue-wait-ms (50)"), "%s", next->j.error);
+    ck_assert_ptr_null(next->j.logits);
+    release_blocked();
+    wait_done(2);
+    ck_assert_int_eq(waiting->j.status, 200);
+    ck_assert_int_eq(batcher_submit(b, &next->j), 0);
+    wait_done(3);
+    ck_assert_int_eq(next->j.status, 200);
+    batcher_free(b);
+    free_job(busy);
+    free_job(waiting);
+    free_job(next);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("batcher");
     TCase *tc = tcase_create("batcher");
@@ -509,6 +544,7 @@ int main(void) {
     tcase_add_test(tc, deadline_between_engine_batches);
     tcase_add_test(tc, gone_client_not_computed);
     tcase_add_test(tc, stop_between_engine_batches);
+    tcase_add_test(tc, standing_queue_refused);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

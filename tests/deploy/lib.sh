@@ -23,9 +23,9 @@ export COMROPE_CACHE_DIR=$CACHE
 WORK=$(mktemp -d)
 # shellcheck disable=SC2034  # used by the scripts that source this file
 PY=/usr/bin/python3
-# free_port: a TCP port free on 127.0.0.1 for a published port (tests/free_port.py)
-FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/free_port.py
-free_port() { "$PY" "$FREE_PORT_PY"; }
+# poll, http_code, free_port (a TCP port free on 127.0.0.1 for a published port)
+# shellcheck source=tests/common.sh
+. "$ROOT/tests/common.sh"
 BASE=docker.io/library/debian:12-slim
 CONTAINERS=()
 OTHER_PIDS=()
@@ -54,17 +54,6 @@ skip() {
   exit 77
 }
 
-poll() {
-  local seconds=$1 i
-  shift
-  for ((i = 0; i < seconds * 10; i++)); do
-    "$@" && return 0
-    sleep 0.1
-  done
-  "$@"
-}
-
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@"; }
 track_container() { CONTAINERS+=("$1"); }
 
 # The containers.conf that works here: the first of runtime crun / runc

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "fuzz_model.h"
 #include "image.h"
 #include "input.h"
 #include "vit.h"
@@ -21,11 +22,7 @@ static vit_model *model;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    char err[1024];
-    if (vit_load(COMROPE_DEFAULT_MODEL_DIR, NULL, &model, err, sizeof(err))) {
-        fprintf(stderr, "fuzz_image: %s\n", err);
-        abort();
-    }
+    model = fuzz_load_model("fuzz_image");
     return 0;
 }
 

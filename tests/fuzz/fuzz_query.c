@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_model.h"
 #include "fuzz_proto_common.h"
 #include "fuzz_util.h"
 #include "input.h"
@@ -20,11 +21,7 @@ static vit_model *model;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    char err[1024];
-    if (vit_load(COMROPE_DEFAULT_MODEL_DIR, NULL, &model, err, sizeof(err))) {
-        fprintf(stderr, "fuzz_query: %s\n", err);
-        abort();
-    }
+    model = fuzz_load_model("fuzz_query");
     return 0;
 }
 

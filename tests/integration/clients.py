@@ -9,7 +9,8 @@ the metrics port, the end of a stream), each bounded.
       (each byte well inside the idle timeout): the server cuts each
       connection once DEADLINE_S have passed since it opened, never before,
       and counts both in comrope_receive_timeouts_total{phase="request"};
-      a connection that sends nothing is cut the same and counted idle.
+      a connection that sends nothing is cut the same and counted idle, one
+      silent in the middle of its headers the same and counted in a request.
   caps PORT MPORT
       --max-connections 4 --max-connections-per-client 2. Two idle
       connections from 127.0.0.2: a third from there is closed at once
@@ -22,10 +23,7 @@ import sys
 import time
 import http.client
 
-
-def fail(msg):
-    print("FAIL: " + msg, file=sys.stderr)
-    sys.exit(1)
+from edge import fail, poll  # the same failure line and bounded poll as edge.py's cases
 
 
 def metric(mport, name):
@@ -40,15 +38,6 @@ def metric(mport, name):
         if len(parts) == 2 and parts[0] == name:
             return float(parts[1])
     fail("no metric " + name)
-
-
-def poll(what, cond, seconds=30):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
 
 
 def connect(port, source="127.0.0.1"):
@@ -132,18 +121,34 @@ def trickle(port, mport, deadline):
              lambda: metric(mport, request_cuts) == before + i + 1)
         print("ok: %s trickled a byte per 0.2 s was cut after %.2f s (deadline %.0f s)" % (what, cut, deadline))
     idle_before = metric(mport, idle_cuts)
-    s = connect(port)
-    t0 = time.monotonic()
-    if not closed_by_server(s, deadline + 10):
-        fail("a silent connection is still open after %.0f s" % (deadline + 10))
-    cut = time.monotonic() - t0
-    s.close()
-    if cut < deadline - 0.1:
-        fail("a silent connection was cut after %.2f s, before the %.0f s deadline" % (cut, deadline))
+    cut = silent_cut(port, b"", deadline, "a silent connection")
     poll("the idle cut counted", lambda: metric(mport, idle_cuts) == idle_before + 1)
     if metric(mport, request_cuts) != before + len(cases):
         fail("the idle cut was counted as one in a request")
     print("ok: a silent connection was cut after %.2f s, counted idle" % cut)
+    # a client that vanished in the middle of its headers (sent half, then
+    # nothing: no FIN, as when its host went away) is cut at the deadline
+    # too, not held until connection-timeout-s
+    cut = silent_cut(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ", deadline,
+                     "a client silent mid-headers")
+    poll("the mid-headers cut counted", lambda: metric(mport, request_cuts) == before + len(cases) + 1)
+    print("ok: a client silent in the middle of its headers was cut after %.2f s (deadline %.0f s)" % (cut, deadline))
+
+
+def silent_cut(port, head, deadline, what):
+    """Connects, sends head, then nothing: the server must close the
+    connection at the deadline, not before -> seconds it took."""
+    s = connect(port)
+    t0 = time.monotonic()
+    if head:
+        s.sendall(head)
+    if not closed_by_server(s, deadline + 10):
+        fail("%s is still open after %.0f s" % (what, deadline + 10))
+    cut = time.monotonic() - t0
+    s.close()
+    if cut < deadline - 0.1:
+        fail("%s was cut after %.2f s, before the %.0f s deadline" % (what, cut, deadline))
+    return cut
 
 
 def caps(port, mport):

@@ -13,6 +13,8 @@
 #   499  clients that send a request and hang up while it waits: nothing of
 #        theirs is computed (comrope_batch_images_sum)
 #   a second SIGTERM during the drain stops the daemon at once, exit 1
+#   once drain-timeout-s has passed, bodies waiting for a parse get 503
+#        unparsed (a parse could outlast the drain by seconds each)
 #
 #   tests/integration/hardening.sh build/comrope-serve
 set -euo pipefail
@@ -178,4 +180,41 @@ wait_exit 30
 [ "$EXIT_CODE" = 1 ] || fail "exit status $EXIT_CODE after a second SIGTERM, not 1"
 log_has 'second SIGTERM during the drain: stopping now' || fail "the log does not say why it stopped"
 echo "ok a second SIGTERM during the drain: exit 1 at once"
+
+# --- the drain's timeout also bounds the bodies waiting for a parse ----------
+# One parse thread, three bodies of 7 MB of JSON numbers cut off before
+# their end (a second or more of parsing each, then 400), drain-timeout-s
+# 0. SIGTERM once all three are in: the first is being parsed (it cannot
+# be interrupted: its 400 comes after the stop), the others wait for the
+# parse thread and get 503 at once -- parsed, they would have got 400 and
+# held the shutdown for their parse time.
+start_daemon --parse-threads 1 --drain-timeout-s 0
+"$PY" -c 'import sys; sys.stdout.write("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1, 3, 16, 16], \"data\": [" + "0.5," * 1750000)' \
+  >"$WORK/unterminated.json"
+for i in 1 2 3; do
+  curl -s -o "$WORK/unparsed$i.json" -w '%{http_code}' --max-time 120 -H 'Content-Type: application/json' \
+    --data-binary @"$WORK/unterminated.json" "$URL/v2/models/$NAME/infer" >"$WORK/unparsed$i.code" &
+  OTHER_PIDS+=("$!")
+done
+all_in() { [ "$(metric comrope_receiving_requests)" -ge 3 ] 2>/dev/null; }
+poll 60 all_in || fail "the three bodies never arrived"
+kill -TERM "$DAEMON_PID"
+wait_exit 120
+[ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM"
+wait "${OTHER_PIDS[@]}"
+OTHER_PIDS=()
+codes=$(for i in 1 2 3; do printf '%s ' "$(cat "$WORK/unparsed$i.code")"; done)
+unparsed=0
+for i in 1 2 3; do
+  c=$(cat "$WORK/unparsed$i.code")
+  case $c in
+  503) jq -e '.error == "server is shutting down"' "$WORK/unparsed$i.json" >/dev/null ||
+         fail "body $i: 503 $(cat "$WORK/unparsed$i.json")"
+       unparsed=$((unparsed + 1)) ;;
+  400) ;;
+  *) fail "body $i: $c, not 400 (parsed) or 503 (not parsed, the drain's time up); codes $codes" ;;
+  esac
+done
+[ "$unparsed" -ge 2 ] || fail "bodies waiting for the parse thread were parsed after the drain's timeout (codes $codes)"
+echo "ok the drain's timeout: $unparsed bodies waiting for a parse answered 503 unparsed (codes $codes)"
 echo "hardening: all passed"

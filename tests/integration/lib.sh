@@ -24,6 +24,9 @@ IMG=$ROOT/tests/fixtures/images/photo.png
 MODEL=${COMROPE_TEST_MODEL:-$ROOT/tests/fixtures/parity/comrope_ld_b2}
 PY=${PYTHON:-/usr/bin/python3}
 [ -x "$PY" ] || PY=python3
+# poll, http_code, free_port
+# shellcheck source=tests/common.sh
+. "$ROOT/tests/common.sh"
 WORK=$(mktemp -d)
 DAEMON_PID=
 PORT=
@@ -51,21 +54,9 @@ fail() {
   exit 1
 }
 
-# poll SECONDS CMD...: runs CMD every 0.1 s until it succeeds; 1 on timeout.
-poll() {
-  local seconds=$1 i
-  shift
-  for ((i = 0; i < seconds * 10; i++)); do
-    "$@" && return 0
-    sleep 0.1
-  done
-  "$@"
-}
-
 # edge SUBCOMMAND ARG...: tests/integration/edge.py (raw HTTP cases).
 edge() { "$PY" "$ROOT/tests/integration/edge.py" "$@"; }
 
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@"; }
 ready() { [ "$(http_code "$URL/v2/health/ready")" = 200 ]; }
 log_has() { grep -q "$1" "$LOG"; }
 
@@ -131,7 +122,3 @@ metric() {
 hey_codes() { sed -n 's/^ *\[\([0-9]*\)\].*responses$/\1/p' "$1" | sort -u | tr '\n' ' '; }
 hey_count() { sed -n "s/^ *\[$2\][[:space:]]*\([0-9]*\) responses$/\1/p" "$1"; }
 
-# free_port: a TCP port free right now on 127.0.0.1, below the ephemeral
-# range (tests/free_port.py says why).
-FREE_PORT_PY=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/free_port.py
-free_port() { "$PY" "$FREE_PORT_PY"; }

@@ -11,6 +11,10 @@
 #        is busy (answered by the reaper, long before the worker is free)
 #   503  queue full (--max-queue-size 1, one worker busy, one request
 #        queued): the next request gets 503 with Retry-After at once
+#   30 clients gone mid-body: at most 5 libmicrohttpd lines, then a count
+#   300 connections' memory goes back to the kernel once they close (RSS)
+#   503  body-budget-bytes: while another request's announced body holds
+#        the budget, an announced or a chunked body (edge.py body-budget)
 #
 #   tests/integration/limits.sh build/comrope-serve
 set -euo pipefail
@@ -141,5 +145,24 @@ stop_daemon
 # connection-timeout-s (inactivity) cuts it; the receive deadline is far off.
 start_daemon --connection-timeout-s 1 --receive-timeout-s 120
 edge quiet "$PORT" || fail "408 for a client gone quiet in the middle of its body"
+stop_daemon
+
+# --- clients that hang up do not flood the log --------------------------------
+start_daemon
+edge abort-flood "$PORT" "$LOG" 30 || fail "libmicrohttpd's lines for aborted clients"
+stop_daemon
+log_has 'libmicrohttpd: [0-9]* more messages not logged' || fail "no line counting the messages left out"
+# (RSS says nothing under a sanitizer: ASan holds freed memory in quarantine)
+if ldd "$SERVE" | grep -q 'libasan\|libubsan'; then
+  echo "skip connection pools: a sanitizer build (RSS is ASan's)"
+else
+  start_daemon --connection-timeout-s 15
+  edge pools "$PORT" "$DAEMON_PID" 300 || fail "connection pools kept after their connections closed"
+  stop_daemon
+fi
+
+# --- the body budget: bodies held at once ------------------------------------
+start_daemon --body-budget-bytes 100000
+edge body-budget "$PORT" 100000 || fail "body-budget-bytes"
 stop_daemon
 echo "limits: all passed"
