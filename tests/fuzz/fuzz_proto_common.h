@@ -15,7 +15,7 @@
 static char *fuzz_labels[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                 "Sandal", NULL, "Sneaker", "Bag", "Ankle boot"};
 static const proto_model fuzz_pm = {"fashion-comrope-ld", "comrope-ld", 1, 10, 28, 4, 257,
-                                    fuzz_labels, "fuzz", "auto", "bf16", "auto", 1, NULL};
+                                    fuzz_labels, "fuzz", "auto", "bf16", "auto", 1, NULL, NULL};
 
 static inline void fuzz_expect_json(const char *what, const char *s, size_t len) {
     json_error_t e;
