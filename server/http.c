@@ -615,7 +615,7 @@ static void model_stats(http_request *r) {
         set_error(r, 500, "out of memory");
         return;
     }
-    metrics_model_stats(r->s->p.metrics, m);
+    metrics_model_stats(r->mv->series, m); /* the version's own */
     for (int i = 0; i < m->num_batch_sizes; i++) bd[i] = (proto_duration){m->batch_count[i], m->batch_ns[i]};
     /* The batcher times decode and forward together: all of it is
      * compute_infer; input and output are copied by the request path. */
@@ -1067,7 +1067,8 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (!r->status) r->status = unanswered_status(toe);
     /* requests answered while the model loaded have no metrics to count in */
     if (atomic_load(&s->loaded))
-        metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
+        metrics_request(s->p.metrics, r->mv ? r->mv->series : NULL, r->endpoint, r->status,
+                        (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);

@@ -387,6 +387,7 @@ static int engine_isa(const server_config *cfg, int *isa, const char **name) {
 static void free_served(served_model *m) {
     if (!m) return;
     batcher_free(m->batcher);
+    metrics_series_close(m->series); /* after its batcher: no batch counts in it any more */
     vit_free(m->model);
     free(m);
 }
@@ -445,7 +446,13 @@ static served_model *load_version(repository *r, const candidate *c, const serve
                          g->max_queue_size, {g->max_image_side, g->max_image_side, g->max_image_pixels},
                          g->max_request_images, g->max_request_tokens, g->pixel_budget_bytes, engine};
     char why[512];
-    m->batcher = batcher_new(vm, r->p.mx, bp, why, sizeof(why));
+    m->series = metrics_series_open(r->p.mx, m->name, m->version_text, pe_type_name(vm->cfg.custom_pe_type),
+                                    vm->cfg.image_size);
+    if (!m->series) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    m->batcher = batcher_new(vm, m->series, bp, why, sizeof(why));
     if (!m->batcher) {
         snprintf(err, errlen, "%s", why);
         goto fail;

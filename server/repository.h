@@ -46,6 +46,7 @@ typedef struct served_model {
     vit_model *model;
     proto_model pm;
     batcher *batcher;
+    metrics_series *series;    /* its requests' and batches' metrics */
     char isa[16];
     /* the repository's, under its lock */
     int refs;
@@ -59,7 +60,7 @@ typedef struct repository repository;
 typedef struct {
     const server_config *cfg;  /* global settings (outlive the repository) */
     int cpu_limit;             /* for the derived thread counts */
-    metrics *mx;               /* batch metrics of every model */
+    metrics *mx;               /* where each version's series are made */
     const char *build_version;
 } repository_params;
 

@@ -5,7 +5,8 @@
 #     die of the signal).
 #  2. Two models at once: each answers what its one-model daemon answers;
 #     a model's serve.conf (version policy specific:2,3, a batch limit)
-#     over the global settings; no version asked: the highest.
+#     over the global settings; no version asked: the highest. Each
+#     version's metrics and statistics count its own requests only.
 #  3. Reload under load: the model's files replaced, SIGHUP; repo_client.py
 #     keeps 4 connections busy throughout: zero failed requests, answers
 #     of the old model and then of the new. Then a corrupt checkpoint:
@@ -54,6 +55,12 @@ load_stop() {
   cat "$WORK/load.$1.json"; echo
 }
 load_field() { jq -r "$2" "$WORK/load.$1.json"; }
+# stat_of PATH FIELD: FIELD of GET /v2/models/PATH/stats (success.count: of inference_stats)
+stat_of() {
+  local f=$2
+  case $f in success.* | fail.* | queue.*) f=inference_stats.$f ;; esac
+  curl -sf "$URL/v2/models/$1/stats" | jq -r ".model_stats[0].$f"
+}
 infers() { metric 'comrope_requests_total{endpoint="v2_infer",code="200"}' || echo 0; }
 infers_at_least() { [ "$(infers)" -ge "$1" ]; }
 load_failures_are() { [ "$(metric "comrope_model_load_failures_total{model=\"$1\"}" || echo 0)" = "$2" ]; }
@@ -92,11 +99,38 @@ copy_model "$LD" "$REPO/ap/1"
 printf 'version-policy specific:2,3\nmax-batch-size 3\n' >"$REPO/ap/serve.conf"
 MODEL='' start_daemon --model-repository "$REPO" --access-log off
 client logits "$URL" ld "$SAMPLE" >"$WORK/two.ld"
+# each model version's metrics are its own: one request to ld, none to ap
+[ "$(stat_of ld success.count)" = 1 ] || fail "ld's stats: $(curl -s "$URL/v2/models/ld/stats")"
+[ "$(stat_of ld execution_count)" = 1 ] || fail "ld's stats: $(curl -s "$URL/v2/models/ld/stats")"
+{ [ "$(stat_of ap success.count)" = 0 ] && [ "$(stat_of ap execution_count)" = 0 ] &&
+  [ "$(stat_of ap/versions/2 inference_count)" = 0 ]; } ||
+  fail "ap's stats count ld's request: $(curl -s "$URL/v2/models/ap/stats")"
+[ "$(metric 'comrope_requests_total{endpoint="v2_infer",code="200",model="ld",version="1"}')" = 1 ] ||
+  fail "ld's request not counted as ld's"
+[ "$(metric 'comrope_requests_total{endpoint="v2_infer",model="ap"}' || echo 0)" = 0 ] ||
+  fail "ld's request counted as ap's"
+{ [ "$(metric 'comrope_batch_images_count{model="ld",version="1"}')" = 1 ] &&
+  [ "$(metric 'comrope_batch_images_count{model="ap"}')" = 0 ] &&
+  [ "$(metric 'comrope_queue_wait_seconds_count{model="ap"}')" = 0 ] &&
+  [ "$(metric 'comrope_request_duration_seconds_count{endpoint="v2_infer",model="ap"}')" = 0 ]; } ||
+  fail "batch/queue/latency series mix the models: $(curl -s "$URL/metrics" | grep -E '^comrope_(batch_images|queue_wait_seconds|request_duration_seconds)_count')"
+for mv in 'model="ld",version="1"' 'model="ap",version="2"' 'model="ap",version="3"'; do
+  [ "$(metric "comrope_model_info{$mv}")" = 1 ] || fail "comrope_model_info lacks $mv"
+done
+[ "$(metric comrope_model_info)" = 3 ] || fail "comrope_model_info: not one series per loaded version"
+if command -v promtool >/dev/null; then
+  curl -sf "$URL/metrics" >"$WORK/two.metrics"
+  out=$(promtool check metrics <"$WORK/two.metrics" 2>&1) || fail "promtool: $out"
+  [ -z "$out" ] || fail "promtool printed: $out"
+fi
 client logits "$URL" ap "$SAMPLE" >"$WORK/two.ap"
 same_logits "$WORK/ref.ld" "$WORK/two.ld" || fail "ld in the repository answers unlike ld alone"
 same_logits "$WORK/ref.ap" "$WORK/two.ap" || fail "ap (its highest version, 3) answers unlike ap alone"
 client logits "$URL" ap/versions/2 "$SAMPLE" >"$WORK/two.ap2"
 same_logits "$WORK/ref.ld" "$WORK/two.ap2" || fail "ap version 2 does not answer with its own files"
+{ [ "$(stat_of ap/versions/2 success.count)" = 1 ] && [ "$(stat_of ap/versions/3 success.count)" = 1 ] &&
+  [ "$(stat_of ap success.count)" = 1 ] && [ "$(stat_of ld success.count)" = 1 ]; } ||
+  fail "stats not per version: $(curl -s "$URL/v2/models/ap/versions/2/stats") $(curl -s "$URL/v2/models/ap/stats")"
 [ "$(curl -sf "$URL/v2/models/ap" | jq -r '.versions[0]')" = 3 ] || fail "ap's metadata does not give version 3"
 [ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
 [ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (not in its policy) not 404"
