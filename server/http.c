@@ -818,7 +818,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         return;
     }
     case ENDPOINT_V2_MODEL:
-        if (strcmp(rest, "") == 0) set_json(r, 200, v2_model_json(&r->mv->pm));
+        if (strcmp(rest, "") == 0) set_json(r, 200, repository_model_json(s->p.repo, r->mv));
         else if (strcmp(rest, "/ready") == 0) set_ready(r, ready);
         else if (strcmp(rest, "/config") == 0) model_config(r);
         else model_stats(r);

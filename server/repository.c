@@ -863,6 +863,21 @@ out:
     return m;
 }
 
+char *repository_model_json(repository *r, const served_model *m) {
+    const char *versions[64];
+    char text[64][16];
+    int n = 0;
+    pthread_mutex_lock(&r->lock);
+    model_entry *e = find_entry(r, m->name, strlen(m->name));
+    for (int i = e ? e->nserving - 1 : -1; i >= 0 && n < 64; i--) {
+        snprintf(text[n], sizeof(text[n]), "%s", e->serving[i]->version_text);
+        versions[n] = text[n];
+        n++;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return v2_model_json(&m->pm, versions, n);
+}
+
 void repository_release(repository *r, served_model *m) {
     if (!m) return;
     pthread_mutex_lock(&r->lock);

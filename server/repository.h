@@ -91,6 +91,11 @@ void repository_release(repository *r, served_model *m);
  * using it after handing the request on). */
 void repository_retain(repository *r, served_model *m);
 
+/* GET /v2/models/<m>[/versions/<v>] for the version m (held): its
+ * metadata, `versions` every ready version of the model, highest first
+ * (at most 64). malloc'd JSON, NULL when out of memory. */
+char *repository_model_json(repository *r, const served_model *m);
+
 /* SIGHUP: rescan at once (async). */
 void repository_rescan(repository *r);
 

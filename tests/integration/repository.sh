@@ -5,7 +5,8 @@
 #     die of the signal).
 #  2. Two models at once: each answers what its one-model daemon answers;
 #     a model's serve.conf (version policy specific:2,3, a batch limit)
-#     over the global settings; no version asked: the highest. Each
+#     over the global settings; no version asked: the highest; the
+#     metadata lists every ready version. Each
 #     version's metrics and statistics count its own requests only.
 #  3. Reload under load: the model's files replaced, SIGHUP; repo_client.py
 #     keeps 4 connections busy throughout: zero failed requests, answers
@@ -132,6 +133,12 @@ same_logits "$WORK/ref.ld" "$WORK/two.ap2" || fail "ap version 2 does not answer
   [ "$(stat_of ap success.count)" = 1 ] && [ "$(stat_of ld success.count)" = 1 ]; } ||
   fail "stats not per version: $(curl -s "$URL/v2/models/ap/versions/2/stats") $(curl -s "$URL/v2/models/ap/stats")"
 [ "$(curl -sf "$URL/v2/models/ap" | jq -r '.versions[0]')" = 3 ] || fail "ap's metadata does not give version 3"
+# the metadata lists every ready version (as Triton and KServe do), from any version's route
+[ "$(curl -sf "$URL/v2/models/ap" | jq -c .versions)" = '["3","2"]' ] ||
+  fail "ap's metadata versions: $(curl -s "$URL/v2/models/ap")"
+[ "$(curl -sf "$URL/v2/models/ap/versions/2" | jq -c .versions)" = '["3","2"]' ] ||
+  fail "ap version 2's metadata versions: $(curl -s "$URL/v2/models/ap/versions/2")"
+[ "$(curl -sf "$URL/v2/models/ld" | jq -c .versions)" = '["1"]' ] || fail "ld's metadata versions"
 [ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
 [ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (not in its policy) not 404"
 [ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"
