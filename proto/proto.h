@@ -125,8 +125,9 @@ int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *ke
 
 int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res,
                 proto_body *out);
-/* GET /v1/models */
-char *v1_models_json(const proto_model *pm);
+/* GET /v1/models: the n models pms (each served model's highest ready
+ * version). */
+char *v1_models_json(const proto_model *const *pms, int n);
 
 /* ---- Open Inference Protocol v2 ---- */
 

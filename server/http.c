@@ -282,12 +282,12 @@ static int authorized(http_request *r, struct MHD_Connection *c) {
     return ok;
 }
 
-/* Path after "/v2/models/": the model name (*name, *name_len), the
- * version asked for ("/versions/<v>", as KServe and Triton allow; "" when
- * none) and what follows them. Returns 0 when path is no model route. */
-static int model_route(const char *path, const char **name, size_t *name_len, const char **rest,
-                       char *version, size_t version_len) {
-    const char *prefix = "/v2/models/";
+/* Path after prefix ("/v2/models/", "/v1/models/"): the model name
+ * (*name, *name_len), the version asked for ("/versions/<v>", as KServe
+ * and Triton allow; "" when none) and what follows them. Returns 0 when
+ * path is no model route. */
+static int model_route(const char *path, const char *prefix, const char **name, size_t *name_len,
+                       const char **rest, char *version, size_t version_len) {
     size_t pl = strlen(prefix);
     if (strncmp(path, prefix, pl) != 0) return 0;
     const char *p = path + pl;
@@ -774,11 +774,14 @@ static void route(http_request *r, struct MHD_Connection *c) {
     }
     if (strcmp(path, "/v1/classify") == 0) r->endpoint = ENDPOINT_V1_CLASSIFY;
     else if (strcmp(path, "/v1/models") == 0) r->endpoint = ENDPOINT_V1_MODELS;
+    else if (model_route(path, "/v1/models/", &name, &name_len, &rest, version, sizeof(version)) &&
+             strcmp(rest, "/classify") == 0)
+        r->endpoint = ENDPOINT_V1_CLASSIFY; /* a named model's; /v1/classify: the default's */
     else if (strcmp(path, "/v2") == 0) r->endpoint = ENDPOINT_V2_SERVER;
     else if (strcmp(path, "/v2/models/stats") == 0) { /* every model's: Triton's route */
         r->endpoint = ENDPOINT_V2_MODEL;
         rest = "/stats";
-    } else if (model_route(path, &name, &name_len, &rest, version, sizeof(version)))
+    } else if (model_route(path, "/v2/models/", &name, &name_len, &rest, version, sizeof(version)))
         r->endpoint = strcmp(rest, "/infer") == 0 ? ENDPOINT_V2_INFER : ENDPOINT_V2_MODEL;
     else goto not_found;
     int post = r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER;
@@ -809,7 +812,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
     if (!method_fits(r, post)) goto method;
     switch (r->endpoint) {
     case ENDPOINT_V1_MODELS:
-        set_json(r, 200, v1_models_json(&r->mv->pm));
+        set_json(r, 200, repository_v1_models_json(s->p.repo, r->mv));
         return;
     case ENDPOINT_V2_SERVER: {
         proto_model server = {0};

@@ -440,8 +440,20 @@ START_TEST(responses) {
     proto_body_free(&body);
     proto_request_free(&req);
 
-    char *s = v1_models_json(&PM);
+    const proto_model *one[] = {&PM};
+    char *s = v1_models_json(one, 1);
     ck_assert_ptr_nonnull(strstr(s, "\"labels\":[\"cat\",\"1\",\"dog\"]"));
+    free(s);
+    /* every model served, in the order given */
+    proto_model other = PM;
+    other.name = "other";
+    const proto_model *two[] = {&PM, &other};
+    s = v1_models_json(two, 2);
+    json_t *root = json_loads(s, 0, NULL);
+    json_t *models = json_object_get(root, "models");
+    ck_assert_int_eq(json_array_size(models), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(models, 1), "name")), "other");
+    json_decref(root);
     free(s);
     s = v2_model_json(&PM, NULL, 0);
     ck_assert_ptr_nonnull(strstr(s, "\"shape\":[-1,3,-1,-1]"));

@@ -6,7 +6,8 @@
 #  2. Two models at once: each answers what its one-model daemon answers;
 #     a model's serve.conf (version policy specific:2,3, a batch limit)
 #     over the global settings; no version asked: the highest; the
-#     metadata lists every ready version. Each
+#     metadata lists every ready version; /v1/models/<m>/classify reaches
+#     each model, /v1/classify the default, /v1/models lists them. Each
 #     version's metrics and statistics count its own requests only.
 #  3. Reload under load: the model's files replaced, SIGHUP; repo_client.py
 #     keeps 4 connections busy throughout: zero failed requests, answers
@@ -98,7 +99,7 @@ copy_model "$LD" "$REPO/ap/2" # (ld's files as ap's version 2: tells the version
 copy_model "$LD" "$REPO/ap/1"
 # ap's own settings over the global ones: two of its three versions, its batch limit
 printf 'version-policy specific:2,3\nmax-batch-size 3\n' >"$REPO/ap/serve.conf"
-MODEL='' start_daemon --model-repository "$REPO" --access-log off
+MODEL='' start_daemon --model-repository "$REPO" --model-name ld --access-log off
 client logits "$URL" ld "$SAMPLE" >"$WORK/two.ld"
 # each model version's metrics are its own: one request to ld, none to ap
 [ "$(stat_of ld success.count)" = 1 ] || fail "ld's stats: $(curl -s "$URL/v2/models/ld/stats")"
@@ -139,6 +140,26 @@ same_logits "$WORK/ref.ld" "$WORK/two.ap2" || fail "ap version 2 does not answer
 [ "$(curl -sf "$URL/v2/models/ap/versions/2" | jq -c .versions)" = '["3","2"]' ] ||
   fail "ap version 2's metadata versions: $(curl -s "$URL/v2/models/ap/versions/2")"
 [ "$(curl -sf "$URL/v2/models/ld" | jq -c .versions)" = '["1"]' ] || fail "ld's metadata versions"
+# /v1 reaches every model: /v1/models/<m>[/versions/<v>]/classify; /v1/classify the default (ld, by
+# --model-name: not the first by name, so that the list's order below tells "default first" from "by name")
+v1() { curl -sf -H 'Content-Type: image/png' --data-binary @"$SAMPLE" "$URL/v1$1/classify?return_logits=true"; }
+v1 /models/ap >"$WORK/v1.ap" || fail "/v1/models/ap/classify failed"
+[ "$(jq -r .model "$WORK/v1.ap")" = ap ] || fail "/v1/models/ap/classify: $(cat "$WORK/v1.ap")"
+jq .predictions[0].logits "$WORK/v1.ap" >"$WORK/v1.ap.logits"
+same_logits "$WORK/ref.ap" "$WORK/v1.ap.logits" || fail "/v1/models/ap/classify does not answer as ap"
+v1 /models/ap/versions/2 | jq .predictions[0].logits >"$WORK/v1.ap2.logits"
+same_logits "$WORK/ref.ld" "$WORK/v1.ap2.logits" || fail "/v1/models/ap/versions/2/classify does not answer as ap version 2"
+v1 /models/ld | jq .predictions[0].logits >"$WORK/v1.ld.logits"
+same_logits "$WORK/ref.ld" "$WORK/v1.ld.logits" || fail "/v1/models/ld/classify does not answer as ld"
+v1 "" | jq -r .model >"$WORK/v1.default.model"
+[ "$(cat "$WORK/v1.default.model")" = ld ] || fail "/v1/classify does not serve the default model (ld)"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$SAMPLE" "$URL/v1/models/nope/classify")
+{ [ "$code" = 404 ] && jq -e '.error | contains("nope")' "$WORK/body" >/dev/null; } ||
+  fail "/v1/models/nope/classify: $code $(cat "$WORK/body") (want 404 naming it)"
+[ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ld","ap"]' ] ||
+  fail "/v1/models does not list every model: $(curl -s "$URL/v1/models")"
+[ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="200",model="ld",version="1"}')" = 2 ] ||
+  fail "/v1/models/ld/classify not counted as ld's"
 [ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
 [ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (not in its policy) not 404"
 [ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"
