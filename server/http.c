@@ -778,7 +778,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
              strcmp(rest, "/classify") == 0)
         r->endpoint = ENDPOINT_V1_CLASSIFY; /* a named model's; /v1/classify: the default's */
     else if (strcmp(path, "/v2") == 0) r->endpoint = ENDPOINT_V2_SERVER;
-    else if (strcmp(path, "/v2/models/stats") == 0) { /* every model's: Triton's route */
+    else if (strcmp(path, "/v2/models/stats") == 0) { /* Triton's route; the default model's here */
         r->endpoint = ENDPOINT_V2_MODEL;
         rest = "/stats";
     } else if (model_route(path, "/v2/models/", &name, &name_len, &rest, version, sizeof(version)))
