@@ -4,11 +4,13 @@
 Sends Fashion-MNIST test images (28x28 gray, encoded here as PNG) to the
 daemon's HTTP API, POST /v1/classify with the raw PNG as the body and
 ?resolution=HxW&top_k=1, from a few concurrent clients (one kept-alive
-connection each), at each resolution in turn. For each resolution it prints
+connection each), at each resolution in turn (--model NAME: that model of a
+daemon serving several, POST /v1/models/NAME/classify; default: the
+daemon's default model). For each resolution it prints
 a progress line, then a table: top-1 accuracy, client-side latency
 percentiles (request sent -> answer read, milliseconds) and images/s.
 
-    bench/resolution_sweep.py [--url http://127.0.0.1:8080] [--limit N]
+    bench/resolution_sweep.py [--url http://127.0.0.1:8080] [--model NAME] [--limit N]
         [--resolutions 16,20,28,40,56,84,28x40] [--concurrency 4]
         [--out-json FILE] [--out-csv FILE] [--plot FILE.png]
 
@@ -154,12 +156,19 @@ def tokens_of(h, w, patch):
 # HTTP
 # --------------------------------------------------------------------------
 
-def get_model(url, timeout):
+def get_model(url, timeout, name=None):
+    """The /v1/models entry of `name`, or the default model's (the first)."""
     with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=timeout) as r:
         models = json.load(r)["models"]
     if not models:
         raise SystemExit("resolution_sweep: the daemon serves no model")
-    return models[0]
+    if name is None:
+        return models[0]
+    for m in models:
+        if m.get("name") == name:
+            return m
+    raise SystemExit(f"resolution_sweep: the daemon does not serve {name!r} "
+                     f"(it serves {', '.join(m.get('name', '?') for m in models)})")
 
 
 class Client:
@@ -210,9 +219,11 @@ def percentile(sorted_values, q):
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def run_resolution(url, pngs, labels, h, w, concurrency, timeout, warmup):
-    """Every image once at h x w. -> dict of counts, latencies (ms), errors."""
-    path = f"/v1/classify?resolution={h}x{w}&top_k=1"
+def run_resolution(url, pngs, labels, h, w, concurrency, timeout, warmup, model=None):
+    """Every image once at h x w (to `model`, or the default model). -> dict
+    of counts, latencies (ms), errors."""
+    route = f"/v1/models/{urllib.parse.quote(model, safe='')}/classify" if model else "/v1/classify"
+    path = f"{route}?resolution={h}x{w}&top_k=1"
     n = len(pngs)
     preds = [None] * n
     lat = [0.0] * n
@@ -421,7 +432,7 @@ def plot(path, runs):
 # --------------------------------------------------------------------------
 
 def sweep(args):
-    model = get_model(args.url, args.timeout)
+    model = get_model(args.url, args.timeout, args.model)
     T, p = int(model["training_resolution"]), int(model["patch_size"])
     if model.get("channels") not in (1, 3):
         raise SystemExit(f"resolution_sweep: model has {model.get('channels')} channels")
@@ -455,7 +466,8 @@ def sweep(args):
     }
     failed = 0
     for k, (h, w) in enumerate(resolutions):
-        r = run_resolution(args.url, pngs, labels, h, w, args.concurrency, args.timeout, args.warmup)
+        r = run_resolution(args.url, pngs, labels, h, w, args.concurrency, args.timeout, args.warmup,
+                           args.model)
         r.update({"height": h, "width": w, "tokens": tokens_of(h, w, p),
                   "scale": math.sqrt(h * w) / T})
         run["results"].append(r)
@@ -507,6 +519,7 @@ def merge(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="http://127.0.0.1:8080", help="the daemon (default %(default)s)")
+    ap.add_argument("--model", help="the model to sweep, by name (default: the daemon's default model)")
     ap.add_argument("--resolutions", help="comma-separated N or HxW (default: 0.5x..3x the training "
                     "size and one non-square, see above)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N images (default: all)")

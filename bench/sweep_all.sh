@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The resolution study: every checkpoint served in turn by the real daemon,
-# the Fashion-MNIST test set sent through HTTP at each resolution.
+# The resolution study: every checkpoint served by one real daemon, the
+# Fashion-MNIST test set sent through HTTP at each resolution, one model
+# after the other.
 #
 #   bench/sweep_all.sh [MODEL_DIR...]        (default: models/fashion-*)
 #
-# For each directory (config.json + model.safetensors; one without its
-# model.safetensors is skipped with a message) it starts build/comrope-serve
-# --model DIR on a free port (--port 0, the port read from its log), waits
-# for readiness, runs bench/resolution_sweep.py on all 10000 test images
-# (bench/results/runs/<name>.json), and stops the daemon with SIGTERM. Then
+# The directories (config.json + model.safetensors; one without its
+# model.safetensors is skipped with a message) become a temporary model
+# repository (a symlink per directory, named by its basename), served by
+# one build/comrope-serve --model-repository on a free port (--port 0, the
+# port read from its log). Once it is ready, bench/resolution_sweep.py
+# --model <name> runs on all 10000 test images for each model in turn
+# (bench/results/runs/<name>.json; only that model has work meanwhile:
+# the others' workers sleep), then the daemon stops with SIGTERM. Then
 # it merges every bench/results/runs/*.json (so a later run of one new
 # variant joins the earlier ones; delete a file to drop a variant) into
 #   bench/results/resolution_sweep.json, .csv
@@ -56,10 +60,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start() { # start DIR: sets PID, URL
+start() { # start REPO: sets PID, URL
   local log=$WORK/daemon.log port="" i
   : >"$log"
-  "$SERVE" --model "$1" --host 127.0.0.1 --port 0 --access-log off "${serve_flags[@]}" 2>"$log" &
+  "$SERVE" --model-repository "$1" --host 127.0.0.1 --port 0 --access-log off "${serve_flags[@]}" 2>"$log" &
   PID=$!
   for ((i = 0; i < 300; i++)); do
     port=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$log")
@@ -85,7 +89,8 @@ stop() {
   [ "$rc" = 0 ] || { echo "sweep_all: daemon exit status $rc after SIGTERM" >&2; exit 1; }
 }
 
-done_any=0
+names=()
+mkdir -p "$WORK/repo"
 for dir in "${dirs[@]}"; do
   dir=${dir%/}
   name=$(basename "$dir")
@@ -93,16 +98,21 @@ for dir in "${dirs[@]}"; do
     echo "== $name: no config.json + model.safetensors yet, skipped"
     continue
   fi
-  echo "== $name: serving $dir"
-  start "$dir"
-  args=(--url "$URL" --concurrency "$CONCURRENCY" --out-json "$OUT/runs/$name.json")
+  [ ! -e "$WORK/repo/$name" ] || { echo "sweep_all: two directories named $name" >&2; exit 2; }
+  ln -s "$(cd "$dir" && pwd)" "$WORK/repo/$name"
+  names+=("$name")
+done
+[ ${#names[@]} -gt 0 ] || { echo "sweep_all: no checkpoint was swept" >&2; exit 1; }
+echo "== serving ${names[*]} (one daemon, a repository of ${#names[@]} models)"
+start "$WORK/repo"
+for name in "${names[@]}"; do
+  echo "== $name: sweeping"
+  args=(--url "$URL" --model "$name" --concurrency "$CONCURRENCY" --out-json "$OUT/runs/$name.json")
   [ "$LIMIT" -gt 0 ] && args+=(--limit "$LIMIT")
   [ -n "$RESOLUTIONS" ] && args+=(--resolutions "$RESOLUTIONS")
   "$PYTHON" bench/resolution_sweep.py "${args[@]}"
-  stop
-  done_any=1
 done
-[ "$done_any" = 1 ] || { echo "sweep_all: no checkpoint was swept" >&2; exit 1; }
+stop
 
 shopt -s nullglob
 runs=("$OUT"/runs/*.json)

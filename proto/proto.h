@@ -132,8 +132,9 @@ int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *ke
 
 int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res,
                 proto_body *out);
-/* GET /v1/models */
-char *v1_models_json(const proto_model *pm);
+/* GET /v1/models: the n models pms (each served model's highest ready
+ * version). */
+char *v1_models_json(const proto_model *const *pms, int n);
 
 /* ---- Open Inference Protocol v2 ---- */
 
@@ -144,9 +145,10 @@ int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_
                    proto_request *req, char *err, size_t errlen);
 int v2_response(const proto_model *pm, const proto_request *req, const proto_result *res,
                 proto_body *out);
-/* GET /v2 and GET /v2/models/{name} */
+/* GET /v2 and GET /v2/models/{name}: `versions` lists versions[0..n)
+ * (the model's ready versions), or pm's own version when n is 0. */
 char *v2_server_json(const proto_model *pm);
-char *v2_model_json(const proto_model *pm);
+char *v2_model_json(const proto_model *pm, const char *const *versions, int num_versions);
 
 /* What GET /v2/models/{name}/config answers (Triton's model configuration)
  * needs beyond proto_model: the batcher's settings. */

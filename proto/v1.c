@@ -364,7 +364,7 @@ cleanup:
     return out->data ? 0 : -1;
 }
 
-char *v1_models_json(const proto_model *pm) {
+static json_t *v1_model(const proto_model *pm) {
     json_t *labels = json_array();
     char num[16];
     for (int k = 0; k < pm->num_class; k++)
@@ -375,5 +375,11 @@ char *v1_models_json(const proto_model *pm) {
                           "num_classes", pm->num_class, "labels", labels, "resolutions",
                           "multiple_of", pm->patch_size, "min", pm->patch_size,
                           "max_tokens", pm->max_tokens);
-    return dump_body(json_pack("{s:[o]}", "models", m));
+    return m;
+}
+
+char *v1_models_json(const proto_model *const *pms, int n) {
+    json_t *list = json_array();
+    for (int i = 0; list && i < n; i++) json_array_append_new(list, v1_model(pms[i]));
+    return dump_body(json_pack("{s:o}", "models", list));
 }

@@ -520,9 +520,12 @@ char *v2_server_json(const proto_model *pm) {
  * can generate from the metadata. The encoded-image input "images" is
  * optional, and listed in the model configuration as Triton marks
  * optional inputs ("optional": true). */
-char *v2_model_json(const proto_model *pm) {
-    json_t *o = json_pack("{s:s,s:[s],s:s,s:[{s:s,s:s,s:[iiii]}],s:[{s:s,s:s,s:[ii]}]}",
-                          "name", pm->name, "versions", pm->model_version ? pm->model_version : "1", "platform", "comrope_c",
+char *v2_model_json(const proto_model *pm, const char *const *versions, int num_versions) {
+    json_t *list = json_array();
+    for (int i = 0; list && i < num_versions; i++) json_array_append_new(list, json_string(versions[i]));
+    if (list && num_versions <= 0) json_array_append_new(list, json_string(pm->model_version ? pm->model_version : "1"));
+    json_t *o = json_pack("{s:s,s:o,s:s,s:[{s:s,s:s,s:[iiii]}],s:[{s:s,s:s,s:[ii]}]}",
+                          "name", pm->name, "versions", list, "platform", "comrope_c",
                           "inputs", "name", "pixel_values", "datatype", "FP32", "shape", -1,
                           pm->num_channels, -1, -1,
                           "outputs", "name", "logits", "datatype", "FP32", "shape", -1, pm->num_class);

@@ -27,7 +27,7 @@ typedef struct {
 
 struct batcher {
     const vit_model *model;
-    metrics *mx;
+    metrics_series *mx;        /* its model version's */
     batcher_params p;
     pthread_mutex_t lock;
     pthread_cond_t work;     /* a job was queued, or stopping */
@@ -405,7 +405,7 @@ static void *reaper_main(void *arg) {
     return NULL;
 }
 
-batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *err, size_t errlen) {
+batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, char *err, size_t errlen) {
     batcher *b = calloc(1, sizeof(*b));
     if (!b) {
         snprintf(err, errlen, "out of memory");

@@ -75,8 +75,9 @@ typedef struct {
                                   than two engine batches take); 0: no limit */
 } batcher_params;
 
-/* Starts the workers and the reaper. Returns NULL with a message. */
-batcher *batcher_new(const vit_model *m, metrics *mx, batcher_params p, char *err, size_t errlen);
+/* Starts the workers and the reaper; its batches and queue waits count in
+ * mx (its model version's series). Returns NULL with a message. */
+batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, char *err, size_t errlen);
 
 /* Every forward of this batcher's workers passes `gate` (gate.h: the CPU
  * budget shared with other models). Before the first submission. */

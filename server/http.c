@@ -324,12 +324,12 @@ static int authorized(http_request *r, struct MHD_Connection *c) {
     return ok;
 }
 
-/* Path after "/v2/models/": the model name (*name, *name_len), the
- * version asked for ("/versions/<v>", as KServe and Triton allow; "" when
- * none) and what follows them. Returns 0 when path is no model route. */
-static int model_route(const char *path, const char **name, size_t *name_len, const char **rest,
-                       char *version, size_t version_len) {
-    const char *prefix = "/v2/models/";
+/* Path after prefix ("/v2/models/", "/v1/models/"): the model name
+ * (*name, *name_len), the version asked for ("/versions/<v>", as KServe
+ * and Triton allow; "" when none) and what follows them. Returns 0 when
+ * path is no model route. */
+static int model_route(const char *path, const char *prefix, const char **name, size_t *name_len,
+                       const char **rest, char *version, size_t version_len) {
     size_t pl = strlen(prefix);
     if (strncmp(path, prefix, pl) != 0) return 0;
     const char *p = path + pl;
@@ -667,7 +667,7 @@ static void model_stats(http_request *r) {
         set_error(r, 500, "out of memory");
         return;
     }
-    metrics_model_stats(r->s->p.metrics, m);
+    metrics_model_stats(r->mv->series, m); /* the version's own */
     for (int i = 0; i < m->num_batch_sizes; i++) bd[i] = (proto_duration){m->batch_count[i], m->batch_ns[i]};
     /* The batcher times decode and forward together: all of it is
      * compute_infer; input and output are copied by the request path. */
@@ -826,11 +826,14 @@ static void route(http_request *r, struct MHD_Connection *c) {
     }
     if (strcmp(path, "/v1/classify") == 0) r->endpoint = ENDPOINT_V1_CLASSIFY;
     else if (strcmp(path, "/v1/models") == 0) r->endpoint = ENDPOINT_V1_MODELS;
+    else if (model_route(path, "/v1/models/", &name, &name_len, &rest, version, sizeof(version)) &&
+             strcmp(rest, "/classify") == 0)
+        r->endpoint = ENDPOINT_V1_CLASSIFY; /* a named model's; /v1/classify: the default's */
     else if (strcmp(path, "/v2") == 0) r->endpoint = ENDPOINT_V2_SERVER;
-    else if (strcmp(path, "/v2/models/stats") == 0) { /* every model's: Triton's route */
+    else if (strcmp(path, "/v2/models/stats") == 0) { /* Triton's route; the default model's here */
         r->endpoint = ENDPOINT_V2_MODEL;
         rest = "/stats";
-    } else if (model_route(path, &name, &name_len, &rest, version, sizeof(version)))
+    } else if (model_route(path, "/v2/models/", &name, &name_len, &rest, version, sizeof(version)))
         r->endpoint = strcmp(rest, "/infer") == 0 ? ENDPOINT_V2_INFER : ENDPOINT_V2_MODEL;
     else goto not_found;
     int post = r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER;
@@ -861,7 +864,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
     if (!method_fits(r, post)) goto method;
     switch (r->endpoint) {
     case ENDPOINT_V1_MODELS:
-        set_json(r, 200, v1_models_json(&r->mv->pm));
+        set_json(r, 200, repository_v1_models_json(s->p.repo, r->mv));
         return;
     case ENDPOINT_V2_SERVER: {
         proto_model server = {0};
@@ -870,7 +873,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         return;
     }
     case ENDPOINT_V2_MODEL:
-        if (strcmp(rest, "") == 0) set_json(r, 200, v2_model_json(&r->mv->pm));
+        if (strcmp(rest, "") == 0) set_json(r, 200, repository_model_json(s->p.repo, r->mv));
         else if (strcmp(rest, "/ready") == 0) set_ready(r, ready);
         else if (strcmp(rest, "/config") == 0) model_config(r);
         else model_stats(r);
@@ -1173,7 +1176,8 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (!r->status) r->status = unanswered_status(toe);
     /* requests answered while the model loaded have no metrics to count in */
     if (atomic_load(&s->loaded))
-        metrics_request(s->p.metrics, r->endpoint, r->status, (double)(now_ns() - r->start_ns) / 1e9);
+        metrics_request(s->p.metrics, r->mv ? r->mv->series : NULL, r->endpoint, r->status,
+                        (double)(now_ns() - r->start_ns) / 1e9);
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);

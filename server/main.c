@@ -184,8 +184,7 @@ int main(int argc, char **argv) {
     server_config early = cfg;
     config_derive_threads(&early, cpu_limit, -1);
     cfg.http_threads = early.http_threads;
-    /* comrope_model_info names the default model once it is loaded */
-    mx = metrics_new(cfg.model_name, "none", 0, COMROPE_VERSION);
+    mx = metrics_new();
     if (!mx) {
         log_event("error", "out of memory");
         goto cleanup;
@@ -220,8 +219,7 @@ int main(int argc, char **argv) {
     int status = 0;
     served_model *first = repository_acquire(repo, NULL, 0, NULL, &status, err, sizeof(err));
     if (first) {
-        if (metrics_set_model(mx, first->name, first->pm.pe_type, first->pm.image_size) ||
-            metrics_set_engine(mx, first->isa, first->pm.precision, first->pm.precision_requested,
+        if (metrics_set_engine(mx, first->isa, first->pm.precision, first->pm.precision_requested,
                                first->pm.bf16_pays)) {
             repository_release(repo, first);
             log_event("error", "out of memory");

@@ -2,6 +2,7 @@
 #include "metrics.h"
 
 #include <dirent.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -57,22 +58,34 @@ static const char *failure_reason(int status) {
 
 #define MAX_STATUS 600
 
+/* One (model, version)'s series: its requests, their latency and
+ * Triton's statistics, its queue waits and batches. */
+struct metrics_series {
+    metrics *owner;            /* its lock guards all below */
+    char *model, *version, *pe_type;
+    int training_resolution;
+    int open;                  /* metrics_series_open minus close: listed in comrope_model_info while > 0 */
+    uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
+    histogram request_seconds[ENDPOINT_COUNT];
+    uint64_t infer_ok, infer_ok_ns, infer_fail, infer_fail_ns, last_inference_ms;
+    uint64_t batch_size_count[METRICS_MAX_BATCH_SIZE + 1], batch_size_ns[METRICS_MAX_BATCH_SIZE + 1];
+    histogram queue_seconds, compute_seconds, batch_images, batch_tokens;
+};
+
 struct metrics {
     pthread_mutex_t lock;
-    char *model, *pe_type, *version;
+    metrics_series **series;   /* in order of first open */
+    int num_series;
     char *isa;                 /* the engine's kernels, or NULL until set */
     char *precision;           /* with isa: "fp32" or "bf16" */
     char *precision_requested; /* with isa: "fp32", "bf16" or "auto" */
     int bf16_pays;
     int training_resolution;
     double start_time;
+    /* requests of no model version (probes, scrapes, unknown models) */
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
     /* by endpoint: a health probe or a scrape is no inference latency */
     histogram request_seconds[ENDPOINT_COUNT];
-    /* Triton's statistics (metrics_model_stats) */
-    uint64_t infer_ok, infer_ok_ns, infer_fail, infer_fail_ns, last_inference_ms;
-    uint64_t batch_size_count[METRICS_MAX_BATCH_SIZE + 1], batch_size_ns[METRICS_MAX_BATCH_SIZE + 1];
-    histogram queue_seconds, compute_seconds, batch_images, batch_tokens;
     uint64_t batches, mixed_batches;
     uint64_t images_by_tokens[TOKEN_BUCKETS];
     metrics_connections connections;
@@ -92,60 +105,88 @@ static void histogram_observe(histogram *h, double v) {
     h->sum += v;
 }
 
-metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
-                     const char *version) {
+#define N(a) (int)(sizeof(a) / sizeof(a[0]))
+
+metrics *metrics_new(void) {
     metrics *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
     pthread_mutex_init(&m->lock, NULL);
-    m->model = strdup(model);
-    m->pe_type = strdup(pe_type);
-    m->version = strdup(version);
-    m->training_resolution = training_resolution;
     struct timeval tv;
     gettimeofday(&tv, NULL);
     m->start_time = (double)tv.tv_sec + tv.tv_usec / 1e6;
-#define N(a) (int)(sizeof(a) / sizeof(a[0]))
     for (int e = 0; e < ENDPOINT_COUNT; e++) histogram_init(&m->request_seconds[e], latency_bounds, N(latency_bounds));
-    histogram_init(&m->queue_seconds, latency_bounds, N(latency_bounds));
-    histogram_init(&m->compute_seconds, latency_bounds, N(latency_bounds));
-    histogram_init(&m->batch_images, images_bounds, N(images_bounds));
-    histogram_init(&m->batch_tokens, tokens_bounds, N(tokens_bounds));
-#undef N
-    if (!m->model || !m->pe_type || !m->version) {
-        metrics_free(m);
-        return NULL;
-    }
     return m;
+}
+
+static void series_free(metrics_series *s) {
+    if (!s) return;
+    free(s->model);
+    free(s->version);
+    free(s->pe_type);
+    free(s);
 }
 
 void metrics_free(metrics *m) {
     if (!m) return;
     pthread_mutex_destroy(&m->lock);
-    free(m->model);
-    free(m->pe_type);
-    free(m->version);
+    for (int i = 0; i < m->num_series; i++) series_free(m->series[i]);
+    free(m->series);
     free(m->isa);
     free(m->precision);
     free(m->precision_requested);
     free(m);
 }
 
-int metrics_set_model(metrics *m, const char *model, const char *pe_type, int training_resolution) {
-    char *name = strdup(model), *pe = strdup(pe_type);
-    if (!name || !pe) {
-        free(name);
-        free(pe);
-        return -1;
-    }
+metrics_series *metrics_series_open(metrics *m, const char *model, const char *version,
+                                    const char *pe_type, int training_resolution) {
+    metrics_series *s = NULL;
+    char *pe = strdup(pe_type);
+    if (!pe) return NULL;
     pthread_mutex_lock(&m->lock);
-    free(m->model);
-    free(m->pe_type);
-    m->model = name;
-    m->pe_type = pe;
-    m->training_resolution = training_resolution;
+    for (int i = 0; i < m->num_series && !s; i++)
+        if (strcmp(m->series[i]->model, model) == 0 && strcmp(m->series[i]->version, version) == 0)
+            s = m->series[i];
+    if (!s) {
+        metrics_series **grown = realloc(m->series, sizeof(*grown) * (size_t)(m->num_series + 1));
+        if (grown) m->series = grown;
+        s = grown ? calloc(1, sizeof(*s)) : NULL;
+        if (s) {
+            s->owner = m;
+            s->model = strdup(model);
+            s->version = strdup(version);
+            for (int e = 0; e < ENDPOINT_COUNT; e++)
+                histogram_init(&s->request_seconds[e], latency_bounds, N(latency_bounds));
+            histogram_init(&s->queue_seconds, latency_bounds, N(latency_bounds));
+            histogram_init(&s->compute_seconds, latency_bounds, N(latency_bounds));
+            histogram_init(&s->batch_images, images_bounds, N(images_bounds));
+            histogram_init(&s->batch_tokens, tokens_bounds, N(tokens_bounds));
+        }
+        if (s && s->model && s->version) m->series[m->num_series++] = s;
+        else {
+            series_free(s);
+            s = NULL;
+        }
+    }
+    if (s) {
+        /* a reload may change what the version's files hold */
+        free(s->pe_type);
+        s->pe_type = pe;
+        pe = NULL;
+        s->training_resolution = training_resolution;
+        s->open++;
+    }
     pthread_mutex_unlock(&m->lock);
-    return 0;
+    free(pe);
+    return s;
 }
+
+void metrics_series_close(metrics_series *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->owner->lock);
+    if (s->open > 0) s->open--;
+    pthread_mutex_unlock(&s->owner->lock);
+}
+#undef N
 
 int metrics_set_engine(metrics *m, const char *isa, const char *precision,
                        const char *precision_requested, int bf16_pays) {
@@ -168,20 +209,33 @@ int metrics_set_engine(metrics *m, const char *isa, const char *precision,
     return 0;
 }
 
-void metrics_request(metrics *m, int endpoint, int status, double seconds) {
+/* Whether an endpoint's requests are of a model version (they carry the
+ * model and version labels). */
+static int endpoint_has_model(int e) {
+    return e == ENDPOINT_V1_CLASSIFY || e == ENDPOINT_V2_INFER || e == ENDPOINT_V2_MODEL;
+}
+
+void metrics_request(metrics *m, metrics_series *s, int endpoint, int status, double seconds) {
     if (endpoint < 0 || endpoint >= ENDPOINT_COUNT) endpoint = ENDPOINT_OTHER;
     if (status < 100 || status >= MAX_STATUS) status = 500;
+    if (!endpoint_has_model(endpoint)) s = NULL;
     pthread_mutex_lock(&m->lock);
-    m->requests[endpoint][status]++;
-    histogram_observe(&m->request_seconds[endpoint], seconds);
+    if (!s) {
+        m->requests[endpoint][status]++;
+        histogram_observe(&m->request_seconds[endpoint], seconds);
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    s->requests[endpoint][status]++;
+    histogram_observe(&s->request_seconds[endpoint], seconds);
     if (endpoint == ENDPOINT_V1_CLASSIFY || endpoint == ENDPOINT_V2_INFER) {
         uint64_t ns = (uint64_t)(seconds * 1e9);
         if (status == 200) {
-            m->infer_ok++;
-            m->infer_ok_ns += ns;
+            s->infer_ok++;
+            s->infer_ok_ns += ns;
         } else if (status != 404) { /* a 404 named another model or version: not this one's */
-            m->infer_fail++;
-            m->infer_fail_ns += ns;
+            s->infer_fail++;
+            s->infer_fail_ns += ns;
         }
     }
     pthread_mutex_unlock(&m->lock);
@@ -193,14 +247,15 @@ void metrics_set_connections(metrics *m, const metrics_connections *c) {
     pthread_mutex_unlock(&m->lock);
 }
 
-void metrics_queue_wait(metrics *m, double seconds) {
-    pthread_mutex_lock(&m->lock);
-    histogram_observe(&m->queue_seconds, seconds);
-    pthread_mutex_unlock(&m->lock);
+void metrics_queue_wait(metrics_series *s, double seconds) {
+    pthread_mutex_lock(&s->owner->lock);
+    histogram_observe(&s->queue_seconds, seconds);
+    pthread_mutex_unlock(&s->owner->lock);
 }
 
-void metrics_batch(metrics *m, int images, const int *token_counts, int resolutions,
+void metrics_batch(metrics_series *s, int images, const int *token_counts, int resolutions,
                    double compute_seconds) {
+    metrics *m = s->owner;
     int tokens = 0;
     pthread_mutex_lock(&m->lock);
     for (int i = 0; i < images; i++) {
@@ -212,14 +267,14 @@ void metrics_batch(metrics *m, int images, const int *token_counts, int resoluti
     m->batches++;
     if (resolutions > 1) m->mixed_batches++;
     int size = images < METRICS_MAX_BATCH_SIZE ? images : METRICS_MAX_BATCH_SIZE;
-    m->batch_size_count[size]++;
-    m->batch_size_ns[size] += (uint64_t)(compute_seconds * 1e9);
+    s->batch_size_count[size]++;
+    s->batch_size_ns[size] += (uint64_t)(compute_seconds * 1e9);
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    m->last_inference_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-    histogram_observe(&m->batch_images, images);
-    histogram_observe(&m->batch_tokens, tokens);
-    histogram_observe(&m->compute_seconds, compute_seconds);
+    s->last_inference_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    histogram_observe(&s->batch_images, images);
+    histogram_observe(&s->batch_tokens, tokens);
+    histogram_observe(&s->compute_seconds, compute_seconds);
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -274,12 +329,6 @@ static void put_histogram_series(text *t, const char *name, const char *labels, 
         put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
 }
 
-static void put_histogram(text *t, const char *name, const char *help, const char *labels,
-                          const histogram *h) {
-    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
-    put_histogram_series(t, name, labels, h);
-}
-
 /* Label values are our own names, but escape anyway: a model name comes
  * from the command line. */
 static void put_label_value(text *t, const char *s) {
@@ -310,46 +359,46 @@ static long long resident_bytes(void) {
     return ok ? rss * sysconf(_SC_PAGESIZE) : -1;
 }
 
-/* Whether an endpoint's requests are of the served model (they carry the
- * model and version labels). */
-static int endpoint_has_model(int e) {
-    return e == ENDPOINT_V1_CLASSIFY || e == ENDPOINT_V2_INFER || e == ENDPOINT_V2_MODEL;
-}
-
-/* `model="<name>",version="<model version>"`, the name escaped. */
-static void model_labels(const char *model, char *out, size_t cap) {
-    size_t n = (size_t)snprintf(out, cap, "model=\"");
-    for (const char *s = model; *s && n + 8 < cap; s++) {
-        if (*s == '\\' || *s == '"') out[n++] = '\\';
-        if (*s == '\n') {
-            out[n++] = '\\';
-            out[n++] = 'n';
-        } else out[n++] = *s;
+/* `model="<name>",version="<model version>"`, both escaped. */
+static void escape_into(const char *v, char *out, size_t *n, size_t cap) {
+    for (; *v && *n + 8 < cap; v++) {
+        if (*v == '\\' || *v == '"') out[(*n)++] = '\\';
+        if (*v == '\n') {
+            out[(*n)++] = '\\';
+            out[(*n)++] = 'n';
+        } else out[(*n)++] = *v;
     }
-    snprintf(out + n, cap - n, "\",version=\"%s\"", METRICS_MODEL_VERSION);
 }
 
-void metrics_model_stats(metrics *m, metrics_stats *st) {
+static void model_labels(const metrics_series *s, char *out, size_t cap) {
+    size_t n = (size_t)snprintf(out, cap, "model=\"");
+    escape_into(s->model, out, &n, cap);
+    n += (size_t)snprintf(out + n, cap - n, "\",version=\"");
+    escape_into(s->version, out, &n, cap);
+    snprintf(out + n, cap - n, "\"");
+}
+
+void metrics_model_stats(metrics_series *s, metrics_stats *st) {
     memset(st, 0, sizeof(*st));
-    pthread_mutex_lock(&m->lock);
-    st->last_inference_ms = m->last_inference_ms;
-    st->inference_count = (uint64_t)m->batch_images.sum;
-    st->execution_count = m->batches;
-    st->success_count = m->infer_ok;
-    st->success_ns = m->infer_ok_ns;
-    st->fail_count = m->infer_fail;
-    st->fail_ns = m->infer_fail_ns;
-    st->queue_count = m->queue_seconds.count;
-    st->queue_ns = (uint64_t)(m->queue_seconds.sum * 1e9);
-    st->compute_count = m->compute_seconds.count;
-    st->compute_ns = (uint64_t)(m->compute_seconds.sum * 1e9);
+    pthread_mutex_lock(&s->owner->lock);
+    st->last_inference_ms = s->last_inference_ms;
+    st->inference_count = (uint64_t)s->batch_images.sum;
+    st->execution_count = s->batch_images.count;
+    st->success_count = s->infer_ok;
+    st->success_ns = s->infer_ok_ns;
+    st->fail_count = s->infer_fail;
+    st->fail_ns = s->infer_fail_ns;
+    st->queue_count = s->queue_seconds.count;
+    st->queue_ns = (uint64_t)(s->queue_seconds.sum * 1e9);
+    st->compute_count = s->compute_seconds.count;
+    st->compute_ns = (uint64_t)(s->compute_seconds.sum * 1e9);
     for (int i = 1; i <= METRICS_MAX_BATCH_SIZE && st->num_batch_sizes < METRICS_MAX_BATCH_SIZE; i++)
-        if (m->batch_size_count[i]) {
+        if (s->batch_size_count[i]) {
             st->batch_size[st->num_batch_sizes] = i;
-            st->batch_count[st->num_batch_sizes] = m->batch_size_count[i];
-            st->batch_ns[st->num_batch_sizes++] = m->batch_size_ns[i];
+            st->batch_count[st->num_batch_sizes] = s->batch_size_count[i];
+            st->batch_ns[st->num_batch_sizes++] = s->batch_size_ns[i];
         }
-    pthread_mutex_unlock(&m->lock);
+    pthread_mutex_unlock(&s->owner->lock);
 }
 
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
@@ -359,16 +408,23 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     t.data = malloc(t.cap);
     if (!t.data) return NULL;
     pthread_mutex_lock(&m->lock);
-    model_labels(m->model, ml, sizeof(ml)); /* under the lock: metrics_set_model */
 
     put(&t, "# HELP comrope_requests_total HTTP requests answered, by endpoint and status code.\n"
             "# TYPE comrope_requests_total counter\n");
     for (int e = 0; e < ENDPOINT_COUNT; e++)
         for (int s = 0; s < MAX_STATUS; s++)
             if (m->requests[e][s])
-                put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"%s%s} %llu\n", endpoint_names[e],
-                    s, endpoint_has_model(e) ? "," : "", endpoint_has_model(e) ? ml : "",
+                put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", endpoint_names[e], s,
                     (unsigned long long)m->requests[e][s]);
+    for (int i = 0; i < m->num_series; i++) {
+        const metrics_series *ms = m->series[i];
+        model_labels(ms, ml, sizeof(ml));
+        for (int e = 0; e < ENDPOINT_COUNT; e++)
+            for (int s = 0; s < MAX_STATUS; s++)
+                if (ms->requests[e][s])
+                    put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\",%s} %llu\n", endpoint_names[e],
+                        s, ml, (unsigned long long)ms->requests[e][s]);
+    }
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
@@ -379,24 +435,50 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
         unsigned long long n = 0;
         for (int e = 0; e < ENDPOINT_COUNT; e++)
             for (int s = 400; s < MAX_STATUS; s++)
-                if (strcmp(failure_reason(s), failure_reason(failure_codes[i])) == 0) n += m->requests[e][s];
+                if (strcmp(failure_reason(s), failure_reason(failure_codes[i])) == 0) {
+                    n += m->requests[e][s];
+                    for (int k = 0; k < m->num_series; k++) n += m->series[k]->requests[e][s];
+                }
         put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reason(failure_codes[i]), n);
     }
 
     put(&t, "# HELP comrope_request_duration_seconds End-to-end request latency, from the first byte of "
             "headers to the response, by endpoint.\n# TYPE comrope_request_duration_seconds histogram\n");
+    /* a model endpoint's requests of no model version (an unknown one)
+     * only once there are some */
     for (int e = 0; e < ENDPOINT_COUNT; e++) {
-        snprintf(labels, sizeof(labels), "endpoint=\"%s\"%s%s", endpoint_names[e], endpoint_has_model(e) ? "," : "",
-                 endpoint_has_model(e) ? ml : "");
+        if (endpoint_has_model(e) && !m->request_seconds[e].count) continue;
+        snprintf(labels, sizeof(labels), "endpoint=\"%s\"", endpoint_names[e]);
         put_histogram_series(&t, "comrope_request_duration_seconds", labels, &m->request_seconds[e]);
     }
-    put_histogram(&t, "comrope_queue_wait_seconds", "Time a request waited for a worker.", ml,
-                  &m->queue_seconds);
-    put_histogram(&t, "comrope_batch_compute_seconds", "Decode and forward time of an executed batch.", ml,
-                  &m->compute_seconds);
-    put_histogram(&t, "comrope_batch_images", "Images per executed batch.", ml, &m->batch_images);
-    put_histogram(&t, "comrope_batch_tokens", "Tokens per executed batch (all images together).", ml,
-                  &m->batch_tokens);
+    for (int i = 0; i < m->num_series; i++) {
+        model_labels(m->series[i], ml, sizeof(ml));
+        for (int e = 0; e < ENDPOINT_COUNT; e++) {
+            if (!endpoint_has_model(e)) continue;
+            snprintf(labels, sizeof(labels), "endpoint=\"%s\",%s", endpoint_names[e], ml);
+            put_histogram_series(&t, "comrope_request_duration_seconds", labels, &m->series[i]->request_seconds[e]);
+        }
+    }
+    static const struct {
+        const char *name, *help;
+        size_t offset;
+    } per_series[] = {
+        {"comrope_queue_wait_seconds", "Time a request waited for a worker.",
+         offsetof(metrics_series, queue_seconds)},
+        {"comrope_batch_compute_seconds", "Decode and forward time of an executed batch.",
+         offsetof(metrics_series, compute_seconds)},
+        {"comrope_batch_images", "Images per executed batch.", offsetof(metrics_series, batch_images)},
+        {"comrope_batch_tokens", "Tokens per executed batch (all images together).",
+         offsetof(metrics_series, batch_tokens)},
+    };
+    for (size_t h = 0; h < sizeof(per_series) / sizeof(per_series[0]) && m->num_series; h++) {
+        put(&t, "# HELP %s %s\n# TYPE %s histogram\n", per_series[h].name, per_series[h].help, per_series[h].name);
+        for (int i = 0; i < m->num_series; i++) {
+            model_labels(m->series[i], ml, sizeof(ml));
+            put_histogram_series(&t, per_series[h].name, ml,
+                                 (const histogram *)((const char *)m->series[i] + per_series[h].offset));
+        }
+    }
     put(&t, "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
             "comrope_batches_total %llu\n", (unsigned long long)m->batches);
     put(&t, "# HELP comrope_batches_mixed_resolution_total Executed batches holding images of more than "
@@ -435,14 +517,18 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
         m->connections.timeouts_idle, m->connections.timeouts_request);
     put(&t, "# HELP comrope_ready Whether the server accepts inference requests.\n"
             "# TYPE comrope_ready gauge\ncomrope_ready %d\n", g->ready);
-    put(&t, "# HELP comrope_model_info The served model.\n# TYPE comrope_model_info gauge\n"
-            "comrope_model_info{model=\"");
-    put_label_value(&t, m->model);
-    put(&t, "\",pe_type=\"");
-    put_label_value(&t, m->pe_type);
-    put(&t, "\",training_resolution=\"%d\",version=\"", m->training_resolution);
-    put_label_value(&t, m->version);
-    put(&t, "\"} 1\n");
+    put(&t, "# HELP comrope_model_info The served model versions.\n# TYPE comrope_model_info gauge\n");
+    for (int i = 0; i < m->num_series; i++) {
+        const metrics_series *ms = m->series[i];
+        if (ms->open <= 0) continue;
+        put(&t, "comrope_model_info{model=\"");
+        put_label_value(&t, ms->model);
+        put(&t, "\",pe_type=\"");
+        put_label_value(&t, ms->pe_type);
+        put(&t, "\",training_resolution=\"%d\",version=\"", ms->training_resolution);
+        put_label_value(&t, ms->version);
+        put(&t, "\"} 1\n");
+    }
     if (m->isa) {
         put(&t, "# HELP comrope_engine_info The engine's CPU kernels (instruction-set level) and "
                 "GEMM precision.\n# TYPE comrope_engine_info gauge\ncomrope_engine_info{isa=\"");

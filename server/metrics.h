@@ -6,8 +6,12 @@
  * per executed batch, executed batches (and those that mixed resolutions),
  * images by token-count bucket (the
  * bounded stand-in for "resolution" as a label), the model info gauge, and
- * process metrics read from /proc at scrape time. One mutex guards it all:
- * updates are a few additions, far below the cost of a request. */
+ * process metrics read from /proc at scrape time. The series of a model's
+ * requests and batches are kept per served (model, version): a
+ * metrics_series, made when a version is installed and kept until
+ * metrics_free (counters never go back, also across an unload and a
+ * reload). One mutex guards it all: updates are a few additions, far below
+ * the cost of a request. */
 #ifndef COMROPE_METRICS_H
 #define COMROPE_METRICS_H
 
@@ -30,15 +34,21 @@ enum {
 const char *metrics_endpoint_name(int endpoint);
 
 typedef struct metrics metrics;
+/* One (model, version)'s series. Owned by its metrics. */
+typedef struct metrics_series metrics_series;
 
-/* The labels of comrope_model_info. Returns NULL when out of memory. */
-metrics *metrics_new(const char *model, const char *pe_type, int training_resolution,
-                     const char *version);
+/* Returns NULL when out of memory. */
+metrics *metrics_new(void);
 void metrics_free(metrics *m);
-/* The labels of comrope_model_info once the default model is loaded (the
- * metrics exist before: a scrape during the load succeeds). Returns 0, or
- * -1 when out of memory. */
-int metrics_set_model(metrics *m, const char *model, const char *pe_type, int training_resolution);
+
+/* The series of `model` version `version` (made at the first call, the same
+ * ones after), now served: comrope_model_info{model,version,pe_type,
+ * training_resolution} lists it until as many metrics_series_close.
+ * Returns NULL when out of memory. */
+metrics_series *metrics_series_open(metrics *m, const char *model, const char *version,
+                                    const char *pe_type, int training_resolution);
+/* That version is no longer served (its counters stay). */
+void metrics_series_close(metrics_series *s);
 /* The engine's instruction-set level and GEMM precision (what it computes
  * in, what was asked: "fp32", "bf16", "auto"; whether bf16 pays on this
  * CPU), exposed as comrope_engine_info{isa,precision,precision_requested,
@@ -47,13 +57,14 @@ int metrics_set_engine(metrics *m, const char *isa, const char *precision,
                        const char *precision_requested, int bf16_pays);
 
 /* A finished HTTP request: counts it by endpoint and code, its failure
- * reason when status >= 400, and its latency. */
-void metrics_request(metrics *m, int endpoint, int status, double seconds);
+ * reason when status >= 400, and its latency; in the series of the model
+ * version that served it (s; NULL: none, e.g. an unknown model). */
+void metrics_request(metrics *m, metrics_series *s, int endpoint, int status, double seconds);
 /* A request's wait between queueing and the start of its batch. */
-void metrics_queue_wait(metrics *m, double seconds);
+void metrics_queue_wait(metrics_series *s, double seconds);
 /* An executed batch; token_counts has one entry per image; resolutions is
  * the number of distinct (h, w) among its images (> 1: a mixed batch). */
-void metrics_batch(metrics *m, int images, const int *token_counts, int resolutions,
+void metrics_batch(metrics_series *s, int images, const int *token_counts, int resolutions,
                    double compute_seconds);
 
 /* The gauges, read by the caller at scrape time. */
@@ -72,14 +83,13 @@ typedef struct {
 } metrics_connections;
 void metrics_set_connections(metrics *m, const metrics_connections *c);
 
-/* The version label of the served model (the only one). */
-#define METRICS_MODEL_VERSION "1"
 /* Batch sizes counted one by one in the statistics; larger ones count here. */
 #define METRICS_MAX_BATCH_SIZE 256
 
-/* What GET /v2/models/<m>/stats reports (Triton's statistics): successful
- * and failed inference requests with their end-to-end time, queue waits,
- * executed batches and their compute time, by batch size. */
+/* What GET /v2/models/<m>[/versions/<v>]/stats reports (Triton's
+ * statistics) of one model version: successful and failed inference
+ * requests with their end-to-end time, queue waits, executed batches and
+ * their compute time, by batch size. */
 typedef struct {
     uint64_t last_inference_ms, inference_count, execution_count;
     uint64_t success_count, success_ns, fail_count, fail_ns;
@@ -88,7 +98,7 @@ typedef struct {
     int batch_size[METRICS_MAX_BATCH_SIZE];
     uint64_t batch_count[METRICS_MAX_BATCH_SIZE], batch_ns[METRICS_MAX_BATCH_SIZE];
 } metrics_stats;
-void metrics_model_stats(metrics *m, metrics_stats *st);
+void metrics_model_stats(metrics_series *s, metrics_stats *st);
 
 /* The exposition text (malloc'd; *len its length), or NULL when out of memory. */
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len);

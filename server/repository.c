@@ -387,6 +387,7 @@ static int engine_isa(const server_config *cfg, int *isa, const char **name) {
 static void free_served(served_model *m) {
     if (!m) return;
     batcher_free(m->batcher);
+    metrics_series_close(m->series); /* after its batcher: no batch counts in it any more */
     vit_free(m->model);
     free(m);
 }
@@ -446,7 +447,13 @@ static served_model *load_version(repository *r, const candidate *c, const serve
                          g->max_request_images, g->max_request_tokens, g->pixel_budget_bytes, engine,
                          g->max_queue_wait_ms};
     char why[512];
-    m->batcher = batcher_new(vm, r->p.mx, bp, why, sizeof(why));
+    m->series = metrics_series_open(r->p.mx, m->name, m->version_text, pe_type_name(vm->cfg.custom_pe_type),
+                                    vm->cfg.image_size);
+    if (!m->series) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    m->batcher = batcher_new(vm, m->series, bp, why, sizeof(why));
     if (!m->batcher) {
         snprintf(err, errlen, "%s", why);
         goto fail;
@@ -855,6 +862,36 @@ served_model *repository_acquire(repository *r, const char *name, size_t len, co
 out:
     pthread_mutex_unlock(&r->lock);
     return m;
+}
+
+char *repository_model_json(repository *r, const served_model *m) {
+    const char *versions[64];
+    char text[64][16];
+    int n = 0;
+    pthread_mutex_lock(&r->lock);
+    model_entry *e = find_entry(r, m->name, strlen(m->name));
+    for (int i = e ? e->nserving - 1 : -1; i >= 0 && n < 64; i--) {
+        snprintf(text[n], sizeof(text[n]), "%s", e->serving[i]->version_text);
+        versions[n] = text[n];
+        n++;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return v2_model_json(&m->pm, versions, n);
+}
+
+char *repository_v1_models_json(repository *r, const served_model *first) {
+    pthread_mutex_lock(&r->lock);
+    const proto_model **pms = malloc(sizeof(*pms) * (size_t)(r->nmodels + 1));
+    int n = 0;
+    if (pms) pms[n++] = &first->pm;
+    for (int i = 0; pms && i < r->nmodels; i++)
+        if (r->models[i].nserving && strcmp(r->models[i].name, first->name) != 0)
+            pms[n++] = &r->models[i].serving[r->models[i].nserving - 1]->pm;
+    /* under the lock: no version is retired while its metadata is read */
+    char *json = pms ? v1_models_json(pms, n) : NULL;
+    pthread_mutex_unlock(&r->lock);
+    free(pms);
+    return json;
 }
 
 void repository_release(repository *r, served_model *m) {

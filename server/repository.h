@@ -46,6 +46,7 @@ typedef struct served_model {
     vit_model *model;
     proto_model pm;
     batcher *batcher;
+    metrics_series *series;    /* its requests' and batches' metrics */
     char isa[16];
     /* the repository's, under its lock */
     int refs;
@@ -59,7 +60,7 @@ typedef struct repository repository;
 typedef struct {
     const server_config *cfg;  /* global settings (outlive the repository) */
     int cpu_limit;             /* for the derived thread counts */
-    metrics *mx;               /* batch metrics of every model */
+    metrics *mx;               /* where each version's series are made */
     const char *build_version;
 } repository_params;
 
@@ -89,6 +90,17 @@ void repository_release(repository *r, served_model *m);
 /* One more reference on a version already held (a thread that goes on
  * using it after handing the request on). */
 void repository_retain(repository *r, served_model *m);
+
+/* GET /v2/models/<m>[/versions/<v>] for the version m (held): its
+ * metadata, `versions` every ready version of the model, highest first
+ * (at most 64). malloc'd JSON, NULL when out of memory. */
+char *repository_model_json(repository *r, const served_model *m);
+
+/* GET /v1/models: `first` (held: the default model, what /v1/classify
+ * serves and the console shows), then every other model with a ready
+ * version, by name, as its highest ready version describes it (malloc'd
+ * JSON, NULL when out of memory). */
+char *repository_v1_models_json(repository *r, const served_model *first);
 
 /* SIGHUP: rescan at once (async). */
 void repository_rescan(repository *r);

@@ -21,7 +21,8 @@
 #define MODEL_DIR FIXTURE_DIR "/parity/comrope_ld_b2"
 
 static vit_model *model;
-static metrics *mx;
+static metrics *mxs;   /* the metrics, */
+static metrics_series *mx; /* and the model's series the batcher counts in */
 
 /* Completion bookkeeping shared by the jobs of a test. */
 static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -110,7 +111,7 @@ static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
 static double sample(const char *series) {
     metrics_gauges g = {0, 0, 0, 1};
     size_t len, n = strlen(series);
-    char *text = metrics_render(mx, &g, &len);
+    char *text = metrics_render(mxs, &g, &len);
     double v = -1;
     for (char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
         if (strncmp(p, series, n) == 0 && p[n] == ' ') v = strtod(p + n + 1, NULL);
@@ -132,14 +133,17 @@ static void wait_state(batcher *b, int running, int queued) {
 static void setup(void) {
     char err[512];
     ck_assert_msg(vit_load(MODEL_DIR, NULL, &model, err, sizeof(err)) == 0, "%s", err);
-    mx = metrics_new("comrope_ld_b2", "comrope-ld", model->cfg.image_size, "test");
+    mxs = metrics_new();
+    ck_assert_ptr_nonnull(mxs);
+    mx = metrics_series_open(mxs, "comrope_ld_b2", "1", "comrope-ld", model->cfg.image_size);
+    ck_assert_ptr_nonnull(mx);
     done_calls = 0;
     released = 0;
     gate_calls = gate_open = gone_answer = 0;
 }
 
 static void teardown(void) {
-    metrics_free(mx);
+    metrics_free(mxs);
     vit_free(model);
 }
 

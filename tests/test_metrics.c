@@ -27,8 +27,9 @@ static char *render(metrics *m, metrics_gauges g) {
 }
 
 START_TEST(empty_exposition) {
-    metrics *m = metrics_new("fashion", "comrope-ld", 28, "0.1.0");
+    metrics *m = metrics_new();
     ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(metrics_series_open(m, "fashion", "1", "comrope-ld", 28));
     char *t = render(m, (metrics_gauges){0, 0, 0, 1});
     /* every failure reason is listed from the start, so that rate() works */
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unauthorized\"}"), 0);
@@ -38,7 +39,7 @@ START_TEST(empty_exposition) {
     ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"fashion\",version=\"1\",le=\"+Inf\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_ready"), 1);
     ck_assert_double_eq(sample(t, "comrope_model_info{model=\"fashion\",pe_type=\"comrope-ld\","
-                                  "training_resolution=\"28\",version=\"0.1.0\"}"), 1);
+                                  "training_resolution=\"28\",version=\"1\"}"), 1);
     ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_batches_mixed_resolution_total counter\n"));
     ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_receiving_requests gauge\n"));
     ck_assert_ptr_null(strstr(t, "comrope_requests_total{")); /* no request yet: no series */
@@ -49,7 +50,7 @@ END_TEST
 
 /* comrope_engine_info: the ISA and the precision, absent until set */
 START_TEST(engine_info) {
-    metrics *m = metrics_new("m", "comrope-ap", 16, "dev");
+    metrics *m = metrics_new();
     char *t = render(m, (metrics_gauges){0, 0, 0, 1});
     ck_assert_ptr_null(strstr(t, "comrope_engine_info"));
     free(t);
@@ -63,16 +64,18 @@ START_TEST(engine_info) {
 END_TEST
 
 START_TEST(requests_and_failures) {
-    metrics *m = metrics_new("m", "liere", 16, "dev");
-    metrics_request(m, ENDPOINT_V1_CLASSIFY, 200, 0.003);
-    metrics_request(m, ENDPOINT_V1_CLASSIFY, 200, 0.004);
-    metrics_request(m, ENDPOINT_V1_CLASSIFY, 401, 0.0001);
-    metrics_request(m, ENDPOINT_V2_INFER, 401, 0.0001);
-    metrics_request(m, ENDPOINT_V2_INFER, 504, 0.5);
-    metrics_request(m, ENDPOINT_V1_CLASSIFY, 503, 0.0001);
-    metrics_request(m, 99, 999, 1); /* out of range: counted as other / 500 */
-    metrics_request(m, ENDPOINT_HEALTH, 200, 0.0002);
-    metrics_request(m, ENDPOINT_HEALTH, 200, 0.0002);
+    metrics *m = metrics_new();
+    metrics_series *ms = metrics_series_open(m, "m", "1", "liere", 16);
+    ck_assert_ptr_nonnull(ms);
+    metrics_request(m, ms, ENDPOINT_V1_CLASSIFY, 200, 0.003);
+    metrics_request(m, ms, ENDPOINT_V1_CLASSIFY, 200, 0.004);
+    metrics_request(m, ms, ENDPOINT_V1_CLASSIFY, 401, 0.0001);
+    metrics_request(m, ms, ENDPOINT_V2_INFER, 401, 0.0001);
+    metrics_request(m, ms, ENDPOINT_V2_INFER, 504, 0.5);
+    metrics_request(m, ms, ENDPOINT_V1_CLASSIFY, 503, 0.0001);
+    metrics_request(m, ms, 99, 999, 1); /* out of range: counted as other / 500 */
+    metrics_request(m, ms, ENDPOINT_HEALTH, 200, 0.0002);
+    metrics_request(m, ms, ENDPOINT_HEALTH, 200, 0.0002);
     char *t = render(m, (metrics_gauges){3, 5, 2, 0});
     ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v1_classify\",code=\"200\",model=\"m\",version=\"1\"}"), 2);
     ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"504\",model=\"m\",version=\"1\"}"), 1);
@@ -106,14 +109,15 @@ START_TEST(requests_and_failures) {
 END_TEST
 
 START_TEST(batches_and_mixed_resolutions) {
-    metrics *m = metrics_new("m", "comrope-ap", 16, "dev");
+    metrics *m = metrics_new();
+    metrics_series *ms = metrics_series_open(m, "m", "1", "comrope-ap", 16);
     int one[] = {17};
     int three[] = {17, 65, 65};
     int big[] = {5000};
-    metrics_batch(m, 1, one, 1, 0.001);
-    metrics_batch(m, 3, three, 2, 0.002); /* two resolutions: mixed */
-    metrics_batch(m, 3, three, 1, 0.002); /* same token counts, one resolution: not mixed */
-    metrics_batch(m, 1, big, 1, 0.1);
+    metrics_batch(ms, 1, one, 1, 0.001);
+    metrics_batch(ms, 3, three, 2, 0.002); /* two resolutions: mixed */
+    metrics_batch(ms, 3, three, 1, 0.002); /* same token counts, one resolution: not mixed */
+    metrics_batch(ms, 1, big, 1, 0.1);
     char *t = render(m, (metrics_gauges){0, 0, 0, 1});
     ck_assert_double_eq(sample(t, "comrope_batches_total"), 4);
     ck_assert_double_eq(sample(t, "comrope_batches_mixed_resolution_total"), 1);
@@ -129,8 +133,76 @@ START_TEST(batches_and_mixed_resolutions) {
 }
 END_TEST
 
+/* Several model versions: each request and batch counts in the series of
+ * the version that served it, and nowhere else; Triton's statistics are
+ * per version; comrope_model_info lists the versions served. */
+START_TEST(series_per_model_version) {
+    metrics *m = metrics_new();
+    metrics_series *a1 = metrics_series_open(m, "a", "1", "comrope-ld", 16);
+    metrics_series *a2 = metrics_series_open(m, "a", "2", "comrope-ld", 16);
+    metrics_series *b1 = metrics_series_open(m, "b", "1", "liere", 32);
+    ck_assert_ptr_nonnull(a1);
+    ck_assert_ptr_nonnull(a2);
+    ck_assert_ptr_nonnull(b1);
+    ck_assert_ptr_ne(a1, a2);
+    ck_assert_ptr_ne(a1, b1);
+    int two[] = {17, 17};
+    metrics_request(m, a2, ENDPOINT_V2_INFER, 200, 0.01);
+    metrics_request(m, a2, ENDPOINT_V2_INFER, 500, 0.02);
+    metrics_request(m, NULL, ENDPOINT_V2_INFER, 404, 0.0001); /* an unknown model */
+    metrics_queue_wait(a2, 0.001);
+    metrics_batch(a2, 2, two, 1, 0.005);
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1});
+    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"2\"}"), 1);
+    ck_assert_ptr_null(strstr(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"1\"}"));
+    ck_assert_ptr_null(strstr(t, "code=\"200\",model=\"b\""));
+    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"404\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"a\",version=\"2\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"b\",version=\"1\"}"), 0);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"a\",version=\"2\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_count{model=\"a\",version=\"1\"}"), 0);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_count{model=\"b\",version=\"1\"}"), 0);
+    ck_assert_double_eq(sample(t, "comrope_queue_wait_seconds_count{model=\"a\",version=\"2\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_queue_wait_seconds_count{model=\"b\",version=\"1\"}"), 0);
+    ck_assert_double_eq(sample(t, "comrope_batches_total"), 1); /* all models together */
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"1\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"b\",pe_type=\"liere\",training_resolution=\"32\",version=\"1\"}"), 1);
+    free(t);
+
+    metrics_stats *st = malloc(sizeof(*st));
+    ck_assert_ptr_nonnull(st);
+    metrics_model_stats(a2, st);
+    ck_assert_uint_eq(st->success_count, 1);
+    ck_assert_uint_eq(st->fail_count, 1);
+    ck_assert_uint_eq(st->inference_count, 2);
+    ck_assert_uint_eq(st->execution_count, 1);
+    ck_assert_uint_eq(st->queue_count, 1);
+    ck_assert_int_eq(st->num_batch_sizes, 1);
+    ck_assert_int_eq(st->batch_size[0], 2);
+    metrics_model_stats(b1, st);
+    ck_assert_uint_eq(st->success_count + st->fail_count + st->inference_count + st->execution_count, 0);
+    ck_assert_int_eq(st->num_batch_sizes, 0);
+    free(st);
+
+    /* unloaded: gone from comrope_model_info; loaded again: the same
+     * series, its counters where they were */
+    metrics_series_close(a2);
+    t = render(m, (metrics_gauges){0, 0, 0, 1});
+    ck_assert_ptr_null(strstr(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"));
+    ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"a\",version=\"2\"}"), 2);
+    free(t);
+    ck_assert_ptr_eq(metrics_series_open(m, "a", "2", "comrope-ld", 16), a2);
+    t = render(m, (metrics_gauges){0, 0, 0, 1});
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"), 1);
+    free(t);
+    metrics_free(m);
+}
+END_TEST
+
 START_TEST(label_values_escaped) {
-    metrics *m = metrics_new("a\"b\\c\nd", "none", 8, "v");
+    metrics *m = metrics_new();
+    metrics_series_open(m, "a\"b\\c\nd", "v", "none", 8);
     char *t = render(m, (metrics_gauges){0, 0, 0, 1});
     ck_assert_ptr_nonnull(strstr(t, "comrope_model_info{model=\"a\\\"b\\\\c\\nd\",pe_type=\"none\""));
     free(t);
@@ -145,6 +217,7 @@ int main(void) {
     tcase_add_test(tc, engine_info);
     tcase_add_test(tc, requests_and_failures);
     tcase_add_test(tc, batches_and_mixed_resolutions);
+    tcase_add_test(tc, series_per_model_version);
     tcase_add_test(tc, label_values_escaped);
     suite_add_tcase(s, tc);
     return check_run(s);

@@ -440,10 +440,22 @@ START_TEST(responses) {
     proto_body_free(&body);
     proto_request_free(&req);
 
-    char *s = v1_models_json(&PM);
+    const proto_model *one[] = {&PM};
+    char *s = v1_models_json(one, 1);
     ck_assert_ptr_nonnull(strstr(s, "\"labels\":[\"cat\",\"1\",\"dog\"]"));
     free(s);
-    s = v2_model_json(&PM);
+    /* every model served, in the order given */
+    proto_model other = PM;
+    other.name = "other";
+    const proto_model *two[] = {&PM, &other};
+    s = v1_models_json(two, 2);
+    json_t *root = json_loads(s, 0, NULL);
+    json_t *models = json_object_get(root, "models");
+    ck_assert_int_eq(json_array_size(models), 2);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(models, 1), "name")), "other");
+    json_decref(root);
+    free(s);
+    s = v2_model_json(&PM, NULL, 0);
     ck_assert_ptr_nonnull(strstr(s, "\"shape\":[-1,3,-1,-1]"));
     ck_assert_ptr_nonnull(strstr(s, "\"parameters\":{\"isa\":\"avx2\"}"));
     free(s);
@@ -452,14 +464,19 @@ START_TEST(responses) {
     proto_model pm = PM;
     pm.precision = "fp32";
     pm.precision_requested = "auto";
-    s = v2_model_json(&pm);
+    s = v2_model_json(&pm, NULL, 0);
     ck_assert_ptr_nonnull(strstr(s, "\"parameters\":{\"isa\":\"avx2\",\"precision\":\"fp32\","
                                     "\"precision_requested\":\"auto\",\"bf16_pays\":false}"));
     free(s);
     pm.precision = pm.precision_requested = "bf16";
     pm.precision_warning = "Intel without AMX";
-    s = v2_model_json(&pm);
+    s = v2_model_json(&pm, NULL, 0);
     ck_assert_ptr_nonnull(strstr(s, "\"bf16_pays\":false,\"precision_warning\":\"Intel without AMX\"}"));
+    free(s);
+    /* every ready version of the model, as given */
+    const char *versions[] = {"3", "2"};
+    s = v2_model_json(&PM, versions, 2);
+    ck_assert_ptr_nonnull(strstr(s, "\"versions\":[\"3\",\"2\"]"));
     free(s);
     s = v2_server_json(&PM);
     ck_assert_ptr_nonnull(strstr(s, "binary_tensor_data"));

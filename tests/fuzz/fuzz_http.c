@@ -63,7 +63,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     /* the default model, served as a one-model repository as --model does */
     snprintf(cfg.model, sizeof(cfg.model), "%s", COMROPE_DEFAULT_MODEL_DIR);
     snprintf(cfg.model_name, sizeof(cfg.model_name), "fuzz");
-    metrics *mx = metrics_new("fuzz", "none", 0, "fuzz");
+    metrics *mx = metrics_new();
     repository_params rp = {&cfg, 1, mx, "fuzz"};
     repository *repo = mx ? repository_new(&rp, err, sizeof(err)) : NULL;
     if (!repo || repository_start(repo, err, sizeof(err))) {

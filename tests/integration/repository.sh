@@ -5,7 +5,10 @@
 #     die of the signal).
 #  2. Two models at once: each answers what its one-model daemon answers;
 #     a model's serve.conf (version policy specific:2,3, a batch limit)
-#     over the global settings; no version asked: the highest.
+#     over the global settings; no version asked: the highest; the
+#     metadata lists every ready version; /v1/models/<m>/classify reaches
+#     each model, /v1/classify the default, /v1/models lists them. Each
+#     version's metrics and statistics count its own requests only.
 #  3. Reload under load: the model's files replaced, SIGHUP; repo_client.py
 #     keeps 4 connections busy throughout: zero failed requests, answers
 #     of the old model and then of the new. Then a corrupt checkpoint:
@@ -54,6 +57,12 @@ load_stop() {
   cat "$WORK/load.$1.json"; echo
 }
 load_field() { jq -r "$2" "$WORK/load.$1.json"; }
+# stat_of PATH FIELD: FIELD of GET /v2/models/PATH/stats (success.count: of inference_stats)
+stat_of() {
+  local f=$2
+  case $f in success.* | fail.* | queue.*) f=inference_stats.$f ;; esac
+  curl -sf "$URL/v2/models/$1/stats" | jq -r ".model_stats[0].$f"
+}
 infers() { metric 'comrope_requests_total{endpoint="v2_infer",code="200"}' || echo 0; }
 infers_at_least() { [ "$(infers)" -ge "$1" ]; }
 load_failures_are() { [ "$(metric "comrope_model_load_failures_total{model=\"$1\"}" || echo 0)" = "$2" ]; }
@@ -90,14 +99,67 @@ copy_model "$LD" "$REPO/ap/2" # (ld's files as ap's version 2: tells the version
 copy_model "$LD" "$REPO/ap/1"
 # ap's own settings over the global ones: two of its three versions, its batch limit
 printf 'version-policy specific:2,3\nmax-batch-size 3\n' >"$REPO/ap/serve.conf"
-MODEL='' start_daemon --model-repository "$REPO" --access-log off
+MODEL='' start_daemon --model-repository "$REPO" --model-name ld --access-log off
 client logits "$URL" ld "$SAMPLE" >"$WORK/two.ld"
+# each model version's metrics are its own: one request to ld, none to ap
+[ "$(stat_of ld success.count)" = 1 ] || fail "ld's stats: $(curl -s "$URL/v2/models/ld/stats")"
+[ "$(stat_of ld execution_count)" = 1 ] || fail "ld's stats: $(curl -s "$URL/v2/models/ld/stats")"
+{ [ "$(stat_of ap success.count)" = 0 ] && [ "$(stat_of ap execution_count)" = 0 ] &&
+  [ "$(stat_of ap/versions/2 inference_count)" = 0 ]; } ||
+  fail "ap's stats count ld's request: $(curl -s "$URL/v2/models/ap/stats")"
+[ "$(metric 'comrope_requests_total{endpoint="v2_infer",code="200",model="ld",version="1"}')" = 1 ] ||
+  fail "ld's request not counted as ld's"
+[ "$(metric 'comrope_requests_total{endpoint="v2_infer",model="ap"}' || echo 0)" = 0 ] ||
+  fail "ld's request counted as ap's"
+{ [ "$(metric 'comrope_batch_images_count{model="ld",version="1"}')" = 1 ] &&
+  [ "$(metric 'comrope_batch_images_count{model="ap"}')" = 0 ] &&
+  [ "$(metric 'comrope_queue_wait_seconds_count{model="ap"}')" = 0 ] &&
+  [ "$(metric 'comrope_request_duration_seconds_count{endpoint="v2_infer",model="ap"}')" = 0 ]; } ||
+  fail "batch/queue/latency series mix the models: $(curl -s "$URL/metrics" | grep -E '^comrope_(batch_images|queue_wait_seconds|request_duration_seconds)_count')"
+for mv in 'model="ld",version="1"' 'model="ap",version="2"' 'model="ap",version="3"'; do
+  [ "$(metric "comrope_model_info{$mv}")" = 1 ] || fail "comrope_model_info lacks $mv"
+done
+[ "$(metric comrope_model_info)" = 3 ] || fail "comrope_model_info: not one series per loaded version"
+if command -v promtool >/dev/null; then
+  curl -sf "$URL/metrics" >"$WORK/two.metrics"
+  out=$(promtool check metrics <"$WORK/two.metrics" 2>&1) || fail "promtool: $out"
+  [ -z "$out" ] || fail "promtool printed: $out"
+fi
 client logits "$URL" ap "$SAMPLE" >"$WORK/two.ap"
 same_logits "$WORK/ref.ld" "$WORK/two.ld" || fail "ld in the repository answers unlike ld alone"
 same_logits "$WORK/ref.ap" "$WORK/two.ap" || fail "ap (its highest version, 3) answers unlike ap alone"
 client logits "$URL" ap/versions/2 "$SAMPLE" >"$WORK/two.ap2"
 same_logits "$WORK/ref.ld" "$WORK/two.ap2" || fail "ap version 2 does not answer with its own files"
+{ [ "$(stat_of ap/versions/2 success.count)" = 1 ] && [ "$(stat_of ap/versions/3 success.count)" = 1 ] &&
+  [ "$(stat_of ap success.count)" = 1 ] && [ "$(stat_of ld success.count)" = 1 ]; } ||
+  fail "stats not per version: $(curl -s "$URL/v2/models/ap/versions/2/stats") $(curl -s "$URL/v2/models/ap/stats")"
 [ "$(curl -sf "$URL/v2/models/ap" | jq -r '.versions[0]')" = 3 ] || fail "ap's metadata does not give version 3"
+# the metadata lists every ready version (as Triton and KServe do), from any version's route
+[ "$(curl -sf "$URL/v2/models/ap" | jq -c .versions)" = '["3","2"]' ] ||
+  fail "ap's metadata versions: $(curl -s "$URL/v2/models/ap")"
+[ "$(curl -sf "$URL/v2/models/ap/versions/2" | jq -c .versions)" = '["3","2"]' ] ||
+  fail "ap version 2's metadata versions: $(curl -s "$URL/v2/models/ap/versions/2")"
+[ "$(curl -sf "$URL/v2/models/ld" | jq -c .versions)" = '["1"]' ] || fail "ld's metadata versions"
+# /v1 reaches every model: /v1/models/<m>[/versions/<v>]/classify; /v1/classify the default (ld, by
+# --model-name: not the first by name, so that the list's order below tells "default first" from "by name")
+v1() { curl -sf -H 'Content-Type: image/png' --data-binary @"$SAMPLE" "$URL/v1$1/classify?return_logits=true"; }
+v1 /models/ap >"$WORK/v1.ap" || fail "/v1/models/ap/classify failed"
+[ "$(jq -r .model "$WORK/v1.ap")" = ap ] || fail "/v1/models/ap/classify: $(cat "$WORK/v1.ap")"
+jq .predictions[0].logits "$WORK/v1.ap" >"$WORK/v1.ap.logits"
+same_logits "$WORK/ref.ap" "$WORK/v1.ap.logits" || fail "/v1/models/ap/classify does not answer as ap"
+v1 /models/ap/versions/2 | jq .predictions[0].logits >"$WORK/v1.ap2.logits"
+same_logits "$WORK/ref.ld" "$WORK/v1.ap2.logits" || fail "/v1/models/ap/versions/2/classify does not answer as ap version 2"
+v1 /models/ld | jq .predictions[0].logits >"$WORK/v1.ld.logits"
+same_logits "$WORK/ref.ld" "$WORK/v1.ld.logits" || fail "/v1/models/ld/classify does not answer as ld"
+v1 "" | jq -r .model >"$WORK/v1.default.model"
+[ "$(cat "$WORK/v1.default.model")" = ld ] || fail "/v1/classify does not serve the default model (ld)"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$SAMPLE" "$URL/v1/models/nope/classify")
+{ [ "$code" = 404 ] && jq -e '.error | contains("nope")' "$WORK/body" >/dev/null; } ||
+  fail "/v1/models/nope/classify: $code $(cat "$WORK/body") (want 404 naming it)"
+[ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ld","ap"]' ] ||
+  fail "/v1/models does not list every model: $(curl -s "$URL/v1/models")"
+[ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="200",model="ld",version="1"}')" = 2 ] ||
+  fail "/v1/models/ld/classify not counted as ld's"
 [ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
 [ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (not in its policy) not 404"
 [ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"

@@ -5,7 +5,11 @@
 # the training resolution and at twice it. The top-1 it prints at the
 # training resolution must be the PyTorch figure of
 # tests/fixtures/accuracy/meta.json (same images, same checkpoint: the
-# same count of correct answers), and no request may fail.
+# same count of correct answers), and no request may fail. Then
+# bench/sweep_all.sh on that model and a study model: one daemon serving
+# both (a repository of symlinks), each swept through its own route
+# (/v1/models/<m>/classify): the default model's count again, the other's
+# run under its own name, no failed request.
 #
 #   tests/integration/sweep.sh build/comrope-serve MODEL_DIR
 set -euo pipefail
@@ -48,4 +52,18 @@ grep -qF "] ${T2}x${T2} (" "$WORK/sweep.out" || fail "no line for ${T2}x${T2}"
 [ "$(jq '.results | length' "$WORK/sweep.json")" = 2 ] || fail "not two resolutions in the JSON"
 echo "ok ${T2}x${T2}: $(grep -F "] ${T2}x${T2} (" "$WORK/sweep.out" | sed 's/^\[[0-9/]*\] //')"
 stop_daemon
+
+AP=$ROOT/models/study/fashion-comrope-ap
+OUT=$WORK/all LIMIT=$COUNT RESOLUTIONS="${T}x${T}" SERVE=$SERVE PYTHON=$PY \
+  "$ROOT/bench/sweep_all.sh" "$MODEL" "$AP" >"$WORK/all.out" 2>&1 || { cat "$WORK/all.out" >&2; fail "sweep_all.sh failed"; }
+ld=$(basename "$MODEL")
+grep -qF "== serving $ld fashion-comrope-ap (one daemon" "$WORK/all.out" || { cat "$WORK/all.out" >&2; fail "sweep_all.sh did not serve both models from one daemon"; }
+[ "$(jq -r .model.name "$WORK/all/runs/$ld.json")" = "$ld" ] || fail "sweep_all's $ld run names $(jq -r .model.name "$WORK/all/runs/$ld.json")"
+[ "$(jq '.results[0].correct' "$WORK/all/runs/$ld.json")" = "$WANT_CORRECT" ] ||
+  fail "sweep_all: $ld correct $(jq '.results[0].correct' "$WORK/all/runs/$ld.json"), PyTorch $WANT_CORRECT"
+[ "$(jq -r .model.name "$WORK/all/runs/fashion-comrope-ap.json")" = fashion-comrope-ap ] || fail "sweep_all's ap run is not ap's"
+[ "$(jq '.results[0].images' "$WORK/all/runs/fashion-comrope-ap.json")" = "$COUNT" ] || fail "sweep_all: ap's run incomplete"
+[ "$(jq -s '[.[].results[].errors] | add' "$WORK/all/runs/"*.json)" = 0 ] || fail "sweep_all: requests failed"
+[ -s "$WORK/all/resolution_sweep.csv" ] || fail "sweep_all: no merged CSV"
+echo "ok sweep_all.sh: $ld and fashion-comrope-ap from one daemon; $ld $WANT_CORRECT/$COUNT again"
 echo "ok sweep"
