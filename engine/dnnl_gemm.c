@@ -294,7 +294,7 @@ int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A,
         }
         bias = zero_bias;
     }
-    run_job j = {r, out, A, W, bias, M, scratch, 0};
+    run_job j = {.r = r, .out = out, .A = A, .W = W, .bias = bias, .M = M, .scratch = scratch, .failed = 0};
     int parts = thread_pool_threads(pool);
     thread_pool_run(pool, run_part, &j, parts < r->nparts ? parts : r->nparts);
     free(zero_bias);

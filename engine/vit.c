@@ -258,7 +258,8 @@ static int file_exists(const char *path) {
 
 vit_options vit_default_options(void) {
     /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
-    vit_options o = {GEMM_FP32, 4097, CPU_ISA_BEST, GEMM_BACKEND_AUTO};
+    vit_options o = {
+        .precision = GEMM_FP32, .max_tokens = 4097, .isa = CPU_ISA_BEST, .gemm_backend = GEMM_BACKEND_AUTO};
     return o;
 }
 

@@ -13,6 +13,12 @@ scripts/install-deps.sh build test
 tests/console/install.sh # npm packages of the console's browser test
 jobs=$(nproc)
 
+# The C sources in .clang-format's style (scripts/format.sh; a few seconds)
+if [ -f .clang-format ] && command -v clang-format >/dev/null; then
+  echo "== format: scripts/format.sh --check"
+  scripts/format.sh --check
+fi
+
 echo "== build (RelWithDebInfo) and ctest"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMROPE_BUILD_TESTS=ON >/dev/null
 cmake --build build -j "$jobs"

@@ -652,7 +652,8 @@ static int preflight(http_request *r, int post) {
 /* GET /v2/models/<m>/config: Triton's model configuration. */
 static void model_config(http_request *r) {
     const server_config *cfg = &r->mv->cfg; /* the model's own settings */
-    proto_batching b = {cfg->max_batch_size, cfg->max_queue_delay_us, cfg->max_queue_size, cfg->workers};
+    proto_batching b = {.max_batch_size = cfg->max_batch_size, .max_queue_delay_us = cfg->max_queue_delay_us,
+                        .max_queue_size = cfg->max_queue_size, .workers = cfg->workers};
     set_json(r, 200, v2_model_config_json(&r->mv->pm, &b));
 }
 
@@ -671,11 +672,20 @@ static void model_stats(http_request *r) {
     for (int i = 0; i < m->num_batch_sizes; i++) bd[i] = (proto_duration){m->batch_count[i], m->batch_ns[i]};
     /* The batcher times decode and forward together: all of it is
      * compute_infer; input and output are copied by the request path. */
-    proto_stats st = {m->last_inference_ms, m->inference_count, m->execution_count,
-                      {m->success_count, m->success_ns}, {m->fail_count, m->fail_ns},
-                      {m->queue_count, m->queue_ns}, {m->compute_count, 0},
-                      {m->compute_count, m->compute_ns}, {m->compute_count, 0},
-                      m->num_batch_sizes, m->batch_size, bd};
+    proto_stats st = {
+        .last_inference_ms = m->last_inference_ms,
+        .inference_count = m->inference_count,
+        .execution_count = m->execution_count,
+        .success = {m->success_count, m->success_ns},
+        .fail = {m->fail_count, m->fail_ns},
+        .queue = {m->queue_count, m->queue_ns},
+        .compute_input = {m->compute_count, 0},
+        .compute_infer = {m->compute_count, m->compute_ns},
+        .compute_output = {m->compute_count, 0},
+        .num_batch_sizes = m->num_batch_sizes,
+        .batch_size = m->batch_size,
+        .batch_compute_infer = bd,
+    };
     set_json(r, 200, v2_model_stats_json(&r->mv->pm, &st));
     free(m);
     free(bd);
@@ -704,12 +714,15 @@ static int loading_route(http_request *r, const char *path) {
 /* /metrics: the daemon's series, then the repository's. */
 static void metrics_answer(http_request *r, int ready) {
     http_server *s = r->s;
-    metrics_gauges g = {0, 0, 0, ready};
+    metrics_gauges g = {.queue_depth = 0, .in_flight = 0, .receiving = 0, .ready = ready};
     repository_gauges(s->p.repo, &g.queue_depth, &g.in_flight, &g.receiving);
     conn_guard_stats cs;
     conn_guard_stats_get(s->main_guard, &cs);
-    metrics_connections mc = {cs.open, cs.refused_limit, cs.refused_client, cs.timeouts_idle,
-                              cs.timeouts_request};
+    metrics_connections mc = {.open = cs.open,
+                              .refused_limit = cs.refused_limit,
+                              .refused_client = cs.refused_client,
+                              .timeouts_idle = cs.timeouts_idle,
+                              .timeouts_request = cs.timeouts_request};
     metrics_set_connections(s->p.metrics, &mc);
     size_t len = 0, more = 0;
     char *text = metrics_render(s->p.metrics, &g, &len);
@@ -1095,9 +1108,18 @@ static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
      * or version is not logged as the model) */
     int addressed = r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER ||
                     (r->endpoint == ENDPOINT_V2_MODEL && r->status != 404);
-    log_access_entry e = {r->method, r->path, r->request_id, r->user_agent, r->status, r->bytes_sent,
-                          (double)(now_ns() - r->start_ns) / 1e6, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK,
-                          addressed && r->mv ? r->mv->pm.name : NULL, addressed && r->mv ? r->mv->version_text : NULL};
+    log_access_entry e = {
+        .method = r->method,
+        .path = r->path,
+        .request_id = r->request_id,
+        .user_agent = r->user_agent,
+        .status = r->status,
+        .bytes = r->bytes_sent,
+        .ms = (double)(now_ns() - r->start_ns) / 1e6,
+        .completed = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK,
+        .model = addressed && r->mv ? r->mv->pm.name : NULL,
+        .version = addressed && r->mv ? r->mv->version_text : NULL,
+    };
     log_access(&e);
 }
 
@@ -1269,8 +1291,9 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->idle, NULL);
     pthread_mutex_init(&s->mhd_log_lock, NULL);
-    conn_guard_params gp = {p->cfg->max_connections, p->cfg->max_connections_per_client,
-                            p->cfg->receive_timeout_s * 1000};
+    conn_guard_params gp = {.max_connections = p->cfg->max_connections,
+                            .max_per_client = p->cfg->max_connections_per_client,
+                            .receive_timeout_ms = p->cfg->receive_timeout_s * 1000};
     /* each daemon may hold max-connections sockets */
     if (conn_guard_reserve_fds(p->cfg->max_connections * (p->cfg->metrics_port ? 2 : 1), err, errlen))
         goto fail;

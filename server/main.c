@@ -189,14 +189,14 @@ int main(int argc, char **argv) {
         log_event("error", "out of memory");
         goto cleanup;
     }
-    repository_params rp = {&cfg, cpu_limit, mx, COMROPE_VERSION};
+    repository_params rp = {.cfg = &cfg, .cpu_limit = cpu_limit, .mx = mx, .build_version = COMROPE_VERSION};
     repo = repository_new(&rp, err, sizeof(err));
     if (!repo) {
         log_event("error", "%s", err);
         rc = 2;
         goto cleanup;
     }
-    http_params hp = {&cfg, repo, mx, COMROPE_VERSION, keys};
+    http_params hp = {.cfg = &cfg, .repo = repo, .metrics = mx, .build_version = COMROPE_VERSION, .api_keys = keys};
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         log_event("error", "%s", err);
@@ -245,7 +245,8 @@ int main(int argc, char **argv) {
     log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
               cfg.drain_timeout_s);
     notify_stopping("%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
-    drain_job d = {http, repo, cfg.drain_timeout_s, pthread_self(), 0};
+    drain_job d = {
+        .http = http, .repo = repo, .timeout_s = cfg.drain_timeout_s, .main_thread = pthread_self(), .done = 0};
     pthread_t drainer;
     int threaded = pthread_create(&drainer, NULL, drain_main, &d) == 0;
     if (!threaded) drain_main(&d); /* no second-signal stop then, but a drain */

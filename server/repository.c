@@ -312,7 +312,8 @@ static version_status *get_status(model_entry *e, int version) {
     while (at < e->nstatus && e->status[at].version < version) at++;
     memmove(&e->status[at + 1], &e->status[at], sizeof(version_status) * (size_t)(e->nstatus - at));
     e->nstatus++;
-    e->status[at] = (version_status){version, MODEL_UNAVAILABLE, "", 0};
+    e->status[at] =
+        (version_status){.version = version, .state = MODEL_UNAVAILABLE, .reason = "", .failed_signature = 0};
     return &e->status[at];
 }
 
@@ -442,10 +443,20 @@ static served_model *load_version(repository *r, const candidate *c, const serve
      * workspace for one batch at the batch limits. */
     engine.threads = m->cfg.gemm_threads;
     const server_config *g = &m->cfg;
-    batcher_params bp = {g->workers, g->max_batch_size, g->max_batch_tokens, g->max_queue_delay_us,
-                         g->max_queue_size, {g->max_image_side, g->max_image_side, g->max_image_pixels},
-                         g->max_request_images, g->max_request_tokens, g->pixel_budget_bytes, engine,
-                         g->max_queue_wait_ms};
+    batcher_params bp = {
+        .workers = g->workers,
+        .max_batch_size = g->max_batch_size,
+        .max_batch_tokens = g->max_batch_tokens,
+        .max_queue_delay_us = g->max_queue_delay_us,
+        .max_queue_size = g->max_queue_size,
+        .limits = {.max_width = g->max_image_side, .max_height = g->max_image_side,
+                   .max_pixels = g->max_image_pixels},
+        .max_request_images = g->max_request_images,
+        .max_request_tokens = g->max_request_tokens,
+        .pixel_budget_bytes = g->pixel_budget_bytes,
+        .engine = engine,
+        .max_queue_wait_ms = g->max_queue_wait_ms,
+    };
     char why[512];
     m->series = metrics_series_open(r->p.mx, m->name, m->version_text, pe_type_name(vm->cfg.custom_pe_type),
                                     vm->cfg.image_size);
@@ -459,11 +470,23 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         goto fail;
     }
     batcher_set_gate(m->batcher, r->gate);
-    m->pm = (proto_model){m->name, pe_type_name(vm->cfg.custom_pe_type), vm->cfg.num_channels,
-                          vm->cfg.num_class, vm->cfg.image_size, vm->cfg.patch_size, vm->max_tokens,
-                          vm->cfg.labels, r->p.build_version, m->isa, precision,
-                          precision_name(pc->requested), pc->bf16_pays, pc->warn ? pc->why : NULL,
-                          m->version_text};
+    m->pm = (proto_model){
+        .name = m->name,
+        .pe_type = pe_type_name(vm->cfg.custom_pe_type),
+        .num_channels = vm->cfg.num_channels,
+        .num_class = vm->cfg.num_class,
+        .image_size = vm->cfg.image_size,
+        .patch_size = vm->cfg.patch_size,
+        .max_tokens = vm->max_tokens,
+        .labels = vm->cfg.labels,
+        .version = r->p.build_version,
+        .isa = m->isa,
+        .precision = precision,
+        .precision_requested = precision_name(pc->requested),
+        .bf16_pays = pc->bf16_pays,
+        .precision_warning = pc->warn ? pc->why : NULL,
+        .model_version = m->version_text,
+    };
     return m;
 fail:
     free_served(m);

@@ -100,8 +100,19 @@ static void free_job(test_job *t) {
 static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
     /* 4096 tokens a batch: room for every batch these tests form, and a
      * workspace (reserved up front) of a modest size */
-    batcher_params p = {workers, batch, 4096, delay_us, queue, image_limits_default(), 0, 0, 0,
-                        vit_context_default_params(), 0};
+    batcher_params p = {
+        .workers = workers,
+        .max_batch_size = batch,
+        .max_batch_tokens = 4096,
+        .max_queue_delay_us = delay_us,
+        .max_queue_size = queue,
+        .limits = image_limits_default(),
+        .max_request_images = 0,
+        .max_request_tokens = 0,
+        .pixel_budget_bytes = 0,
+        .engine = vit_context_default_params(),
+        .max_queue_wait_ms = 0,
+    };
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -318,8 +329,19 @@ static void open_gate(void) {
 
 static batcher *new_batcher_limits(int batch, int batch_tokens, int req_images, int64_t req_tokens,
                                    int64_t budget) {
-    batcher_params p = {1, batch, batch_tokens, 0, 64, image_limits_default(), req_images, req_tokens, budget,
-                        vit_context_default_params(), 0};
+    batcher_params p = {
+        .workers = 1,
+        .max_batch_size = batch,
+        .max_batch_tokens = batch_tokens,
+        .max_queue_delay_us = 0,
+        .max_queue_size = 64,
+        .limits = image_limits_default(),
+        .max_request_images = req_images,
+        .max_request_tokens = req_tokens,
+        .pixel_budget_bytes = budget,
+        .engine = vit_context_default_params(),
+        .max_queue_wait_ms = 0,
+    };
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -465,7 +487,19 @@ END_TEST
 START_TEST(stop_between_engine_batches) {
     /* a queue of one, filled by `filler` behind the running job: `late`
      * is refused as "queue is full" until the stop begins (never queued) */
-    batcher_params p = {1, 1, 4096, 0, 1, image_limits_default(), 0, 0, 0, vit_context_default_params(), 0};
+    batcher_params p = {
+        .workers = 1,
+        .max_batch_size = 1,
+        .max_batch_tokens = 4096,
+        .max_queue_delay_us = 0,
+        .max_queue_size = 1,
+        .limits = image_limits_default(),
+        .max_request_images = 0,
+        .max_request_tokens = 0,
+        .pixel_budget_bytes = 0,
+        .engine = vit_context_default_params(),
+        .max_queue_wait_ms = 0,
+    };
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
@@ -501,7 +535,19 @@ END_TEST
  * past max-queue-wait-ms, new jobs get 503 naming it (however short the
  * queue); once it has been served, they are accepted again. */
 START_TEST(standing_queue_refused) {
-    batcher_params p = {1, 1, 4096, 0, 64, image_limits_default(), 0, 0, 0, vit_context_default_params(), 50};
+    batcher_params p = {
+        .workers = 1,
+        .max_batch_size = 1,
+        .max_batch_tokens = 4096,
+        .max_queue_delay_us = 0,
+        .max_queue_size = 64,
+        .limits = image_limits_default(),
+        .max_request_images = 0,
+        .max_request_tokens = 0,
+        .pixel_budget_bytes = 0,
+        .engine = vit_context_default_params(),
+        .max_queue_wait_ms = 50,
+    };
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);

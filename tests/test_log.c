@@ -38,8 +38,17 @@ static int is_timestamp(const char *s) {
 }
 
 static const log_access_entry hostile = {
-    "GET", "/a\n2026-01-01T00:00:00.000Z GET /forged 200\x1b[31m\\ \xff\xfe\xc3\xa9",
-    "id\r\n", "ua \"x\" \x1b]0;t\x07 \xc3", 404, 12, 1.5, 1, NULL, NULL};
+    .method = "GET",
+    .path = "/a\n2026-01-01T00:00:00.000Z GET /forged 200\x1b[31m\\ \xff\xfe\xc3\xa9",
+    .request_id = "id\r\n",
+    .user_agent = "ua \"x\" \x1b]0;t\x07 \xc3",
+    .status = 404,
+    .bytes = 12,
+    .ms = 1.5,
+    .completed = 1,
+    .model = NULL,
+    .version = NULL,
+};
 
 static void write_access(void *arg) { log_access(arg); }
 static void write_event(void *arg) { log_event("info", "listening on %s", (const char *)arg); }
@@ -57,7 +66,8 @@ START_TEST(text_lines_cannot_be_forged) {
                               "\\\\\\x20\\xff\\xfe\\xc3\\xa9 404 12 1.500ms id\\x0d\\x0a \"ua \\x22x\\x22 "
                               "\\x1b]0;t\\x07 \\xc3\"\n"), "%s", out);
     free(out);
-    log_access_entry aborted = {"POST", "/v1/classify", "r1", NULL, 408, 0, 2, 0, NULL, NULL};
+    log_access_entry aborted = {.method = "POST", .path = "/v1/classify", .request_id = "r1", .user_agent = NULL,
+                                .status = 408, .bytes = 0, .ms = 2, .completed = 0, .model = NULL, .version = NULL};
     out = capture(write_access, &aborted);
     ck_assert_msg(strstr(out, " POST /v1/classify 408 0 2.000ms r1 aborted \"-\"\n"), "%s", out);
     free(out);

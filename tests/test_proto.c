@@ -12,8 +12,23 @@
 #include "check_run.h"
 
 static char *labels[3] = {"cat", NULL, "dog"};
-static const proto_model PM = {"tiny", "comrope-ld", 3, 3, 16, 4, 64, labels, "test", "avx2",
-                               NULL, NULL, 0, NULL, NULL};
+static const proto_model PM = {
+    .name = "tiny",
+    .pe_type = "comrope-ld",
+    .num_channels = 3,
+    .num_class = 3,
+    .image_size = 16,
+    .patch_size = 4,
+    .max_tokens = 64,
+    .labels = labels,
+    .version = "test",
+    .isa = "avx2",
+    .precision = NULL,
+    .precision_requested = NULL,
+    .bf16_pays = 0,
+    .precision_warning = NULL,
+    .model_version = NULL,
+};
 
 static uint8_t *png;
 static size_t png_len;
@@ -373,7 +388,8 @@ END_TEST
 START_TEST(responses) {
     float logits[6] = {0, 2, 1, /* image 2: */ 5, 0, 0};
     int h[2] = {16, 8}, w[2] = {16, 12};
-    proto_result res = {2, 3, logits, h, w, 1.5, 2.5, 4.0};
+    proto_result res = {.num_images = 2, .num_class = 3, .logits = logits, .h = h, .w = w,
+                        .queue_ms = 1.5, .compute_ms = 2.5, .total_ms = 4.0};
     proto_request req;
     proto_request_init(&req, &PM, PROTO_V1);
     req.top_k = 2;
@@ -585,7 +601,7 @@ END_TEST
 /* Triton's model configuration and statistics shapes. */
 START_TEST(v2_config_and_stats) {
     proto_model pm = PM;
-    proto_batching b = {8, 20000, 256, 2};
+    proto_batching b = {.max_batch_size = 8, .max_queue_delay_us = 20000, .max_queue_size = 256, .workers = 2};
     char *s = v2_model_config_json(&pm, &b);
     json_t *o = json_loads(s, 0, NULL);
     ck_assert_ptr_nonnull(o);
@@ -604,7 +620,20 @@ START_TEST(v2_config_and_stats) {
     free(s);
     int sizes[2] = {1, 4};
     proto_duration per[2] = {{3, 300}, {1, 900}};
-    proto_stats st = {1234, 7, 4, {5, 5000}, {1, 10}, {5, 50}, {4, 0}, {4, 1200}, {4, 0}, 2, sizes, per};
+    proto_stats st = {
+        .last_inference_ms = 1234,
+        .inference_count = 7,
+        .execution_count = 4,
+        .success = {5, 5000},
+        .fail = {1, 10},
+        .queue = {5, 50},
+        .compute_input = {4, 0},
+        .compute_infer = {4, 1200},
+        .compute_output = {4, 0},
+        .num_batch_sizes = 2,
+        .batch_size = sizes,
+        .batch_compute_infer = per,
+    };
     s = v2_model_stats_json(&pm, &st);
     o = json_loads(s, 0, NULL);
     ck_assert_ptr_nonnull(o);
@@ -647,7 +676,8 @@ START_TEST(bodies_are_valid_json) {
     pm.labels = many;
     float logits[6] = {0, 2, 1, 5, 0, 0};
     int h[2] = {16, 16}, w[2] = {16, 16};
-    proto_result res = {2, 3, logits, h, w, 1, 1, 1};
+    proto_result res = {.num_images = 2, .num_class = 3, .logits = logits, .h = h, .w = w,
+                        .queue_ms = 1, .compute_ms = 1, .total_ms = 1};
     proto_request req;
     proto_body body;
     proto_request_init(&req, &pm, PROTO_V2);

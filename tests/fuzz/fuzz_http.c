@@ -64,13 +64,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(cfg.model, sizeof(cfg.model), "%s", COMROPE_DEFAULT_MODEL_DIR);
     snprintf(cfg.model_name, sizeof(cfg.model_name), "fuzz");
     metrics *mx = metrics_new();
-    repository_params rp = {&cfg, 1, mx, "fuzz"};
+    repository_params rp = {.cfg = &cfg, .cpu_limit = 1, .mx = mx, .build_version = "fuzz"};
     repository *repo = mx ? repository_new(&rp, err, sizeof(err)) : NULL;
     if (!repo || repository_start(repo, err, sizeof(err))) {
         fprintf(stderr, "fuzz_http: %s\n", mx ? err : "out of memory");
         abort();
     }
-    http_params hp = {&cfg, repo, mx, "fuzz", keys};
+    http_params hp = {.cfg = &cfg, .repo = repo, .metrics = mx, .build_version = "fuzz", .api_keys = keys};
     server = http_start(&hp, err, sizeof(err));
     if (!server) {
         fprintf(stderr, "fuzz_http: %s\n", err);

@@ -14,8 +14,23 @@
 
 static char *fuzz_labels[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                 "Sandal", NULL, "Sneaker", "Bag", "Ankle boot"};
-static const proto_model fuzz_pm = {"fashion-comrope-ld", "comrope-ld", 1, 10, 28, 4, 257,
-                                    fuzz_labels, "fuzz", "auto", "bf16", "auto", 1, NULL, NULL};
+static const proto_model fuzz_pm = {
+    .name = "fashion-comrope-ld",
+    .pe_type = "comrope-ld",
+    .num_channels = 1,
+    .num_class = 10,
+    .image_size = 28,
+    .patch_size = 4,
+    .max_tokens = 257,
+    .labels = fuzz_labels,
+    .version = "fuzz",
+    .isa = "auto",
+    .precision = "bf16",
+    .precision_requested = "auto",
+    .bf16_pays = 1,
+    .precision_warning = NULL,
+    .model_version = NULL,
+};
 
 static inline void fuzz_expect_json(const char *what, const char *s, size_t len) {
     json_error_t e;
@@ -49,7 +64,8 @@ static inline void fuzz_check_outcome(int rc, proto_request *req, const char *er
         h[i] = req->images[i].pixels ? req->images[i].h : 28;
         w[i] = req->images[i].pixels ? req->images[i].w : 28;
     }
-    proto_result res = {N, K, logits, h, w, 1.0, 2.0, 3.0};
+    proto_result res = {.num_images = N, .num_class = K, .logits = logits, .h = h, .w = w,
+                        .queue_ms = 1.0, .compute_ms = 2.0, .total_ms = 3.0};
     proto_body body;
     int brc = req->api == PROTO_V1 ? v1_response(&fuzz_pm, req, &res, &body)
                                    : v2_response(&fuzz_pm, req, &res, &body);
