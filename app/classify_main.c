@@ -24,15 +24,14 @@
 #include "vit.h"
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
-            "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16|auto]\n"
-            "                        [--isa auto|avx512|avx2|scalar] [--dump-stages DIR] FILE...\n"
-            "--dump-stages DIR: write each image's residual stream after every stage of the\n"
-            "forward to DIR/image<I>_stage<S>.npy (T, D) (debugging parity layer by layer:\n"
-            "tools/parity_stages.py compares them with the reference).\n"
-            "FILE: JPEG, PNG, or .npy float array [C,H,W] / [N,C,H,W] of normalized pixels.\n"
-            "Prints one JSON object per image per line.\n");
+    fprintf(out, "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
+                 "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16|auto]\n"
+                 "                        [--isa auto|avx512|avx2|scalar] [--dump-stages DIR] FILE...\n"
+                 "--dump-stages DIR: write each image's residual stream after every stage of the\n"
+                 "forward to DIR/image<I>_stage<S>.npy (T, D) (debugging parity layer by layer:\n"
+                 "tools/parity_stages.py compares them with the reference).\n"
+                 "FILE: JPEG, PNG, or .npy float array [C,H,W] / [N,C,H,W] of normalized pixels.\n"
+                 "Prints one JSON object per image per line.\n");
 }
 
 /* Files are read whole; 256 MB is far beyond any image we would accept. */
@@ -85,11 +84,12 @@ static void print_error(const char *file, const char *msg) {
 }
 
 /* Prints one image's result: top-k by softmax probability, logits if asked. */
-static void print_result(const vit_model *m, const char *file, int index, int h, int w,
-                         const float *logits, int top_k, int with_logits) {
+static void print_result(const vit_model *m, const char *file, int index, int h, int w, const float *logits,
+                         int top_k, int with_logits) {
     int K = m->cfg.num_class;
     double maxv = logits[0], sum = 0;
-    for (int k = 1; k < K; k++) if (logits[k] > maxv) maxv = logits[k];
+    for (int k = 1; k < K; k++)
+        if (logits[k] > maxv) maxv = logits[k];
     for (int k = 0; k < K; k++) sum += exp((double)logits[k] - maxv);
     int *order = malloc(sizeof(int) * (size_t)K);
     if (!order) return;
@@ -98,7 +98,9 @@ static void print_result(const vit_model *m, const char *file, int index, int h,
     for (int i = 0; i < top_k; i++)
         for (int j = i + 1; j < K; j++)
             if (logits[order[j]] > logits[order[i]]) {
-                int t = order[i]; order[i] = order[j]; order[j] = t;
+                int t = order[i];
+                order[i] = order[j];
+                order[j] = t;
             }
     json_t *o = json_object(), *top = json_array();
     json_object_set_new(o, "file", json_string(file));
@@ -109,9 +111,8 @@ static void print_result(const vit_model *m, const char *file, int index, int h,
         const char *label = vit_config_label(&m->cfg, k);
         char num[16];
         snprintf(num, sizeof(num), "%d", k);
-        json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", k, "label",
-                                             label ? label : num, "score",
-                                             exp((double)logits[k] - maxv) / sum));
+        json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", k, "label", label ? label : num,
+                                             "score", exp((double)logits[k] - maxv) / sum));
     }
     json_object_set_new(o, "top", top);
     if (with_logits) {
@@ -127,12 +128,11 @@ static void print_result(const vit_model *m, const char *file, int index, int h,
  * stage, as DIR/image<I>_stage<S>.npy, I counting the images of the run. */
 typedef struct {
     const char *dir;
-    int first_image;   /* the run's index of the forward's image 0 */
+    int first_image; /* the run's index of the forward's image 0 */
     int failed;
 } stage_dump;
 
-static void dump_stage(void *arg, int stage, const float *x, const int *start, int n, int T,
-                       int D) {
+static void dump_stage(void *arg, int stage, const float *x, const int *start, int n, int T, int D) {
     stage_dump *d = arg;
     char path[4096], err[512];
     (void)T;
@@ -147,8 +147,8 @@ static void dump_stage(void *arg, int stage, const float *x, const int *start, i
 }
 
 /* Runs one .npy file: [C,H,W] or [N,C,H,W], at its own size. */
-static int classify_npy(vit_context *ctx, int *images_done, const char *file,
-                        const uint8_t *data, size_t len, int top_k, int with_logits) {
+static int classify_npy(vit_context *ctx, int *images_done, const char *file, const uint8_t *data, size_t len,
+                        int top_k, int with_logits) {
     const vit_model *m = ctx->model;
     char err[512];
     npy_array a = {0};
@@ -227,10 +227,10 @@ int main(int argc, char **argv) {
             return 0;
         } else if (strcmp(a, "--logits") == 0) {
             with_logits = 1;
-        } else if (strcmp(a, "--model") == 0 || strcmp(a, "--resolution") == 0 ||
-                   strcmp(a, "--fit") == 0 || strcmp(a, "--top-k") == 0 ||
-                   strcmp(a, "--threads") == 0 || strcmp(a, "--precision") == 0 ||
-                   strcmp(a, "--isa") == 0 || strcmp(a, "--dump-stages") == 0) {
+        } else if (strcmp(a, "--model") == 0 || strcmp(a, "--resolution") == 0 || strcmp(a, "--fit") == 0 ||
+                   strcmp(a, "--top-k") == 0 || strcmp(a, "--threads") == 0 ||
+                   strcmp(a, "--precision") == 0 || strcmp(a, "--isa") == 0 ||
+                   strcmp(a, "--dump-stages") == 0) {
             if (!val) {
                 fprintf(stderr, "comrope-classify: %s needs a value\n", a);
                 return 2;
@@ -258,18 +258,22 @@ int main(int argc, char **argv) {
                 cparams.observe_arg = &dump;
             } else if (strcmp(a, "--isa") == 0) {
                 if (cpu_isa_parse(val, &cparams.isa)) {
-                    fprintf(stderr, "comrope-classify: --isa must be auto, avx512, avx2 or scalar, not \"%s\"\n", val);
+                    fprintf(stderr,
+                            "comrope-classify: --isa must be auto, avx512, avx2 or scalar, not \"%s\"\n",
+                            val);
                     return 2;
                 }
             } else if (strcmp(a, "--precision") == 0) {
                 if (precision_parse(val, &opts.precision)) {
-                    fprintf(stderr, "comrope-classify: --precision must be fp32, bf16 or auto, not \"%s\"\n", val);
+                    fprintf(stderr, "comrope-classify: --precision must be fp32, bf16 or auto, not \"%s\"\n",
+                            val);
                     return 2;
                 }
             } else if (strcmp(a, "--top-k") == 0) {
                 top_k = (int)strtol(val, &end, 10);
                 if (*end || top_k < 1) {
-                    fprintf(stderr, "comrope-classify: --top-k must be a positive integer, not \"%s\"\n", val);
+                    fprintf(stderr, "comrope-classify: --top-k must be a positive integer, not \"%s\"\n",
+                            val);
                     return 2;
                 }
             } else {

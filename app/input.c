@@ -28,8 +28,7 @@ int resolution_parse(const char *s, resolution_request *out, char *err, size_t e
     const char *x = strchr(s, 'x');
     if (!x) x = strchr(s, 'X');
     const char *end = s + strlen(s);
-    if (x ? (parse_side(s, x, &out->h) || parse_side(x + 1, end, &out->w))
-          : parse_side(s, end, &out->h)) {
+    if (x ? (parse_side(s, x, &out->h) || parse_side(x + 1, end, &out->w)) : parse_side(s, end, &out->h)) {
         snprintf(err, errlen,
                  "invalid resolution \"%.40s\" (expected N, HxW with positive integers, or native)", s);
         return -1;
@@ -43,8 +42,8 @@ resolution_request resolution_default(const vit_model *m) {
     return r;
 }
 
-int resolution_resolve(const vit_model *m, resolution_request req, int img_h, int img_w,
-                       int *h, int *w, char *err, size_t errlen) {
+int resolution_resolve(const vit_model *m, resolution_request req, int img_h, int img_w, int *h, int *w,
+                       char *err, size_t errlen) {
     int p = m->cfg.patch_size;
     if (!req.native) {
         *h = req.h;
@@ -53,8 +52,10 @@ int resolution_resolve(const vit_model *m, resolution_request req, int img_h, in
     }
     int ph = img_h / p, pw = img_w / p;
     if (ph < 1 || pw < 1) {
-        snprintf(err, errlen, "image of %dx%d is smaller than one %dx%d patch; native resolution "
-                 "is impossible", img_h, img_w, p, p);
+        snprintf(err, errlen,
+                 "image of %dx%d is smaller than one %dx%d patch; native resolution "
+                 "is impossible",
+                 img_h, img_w, p, p);
         return -1;
     }
     /* patches allowed: the tokens besides the class token */
@@ -76,9 +77,8 @@ int resolution_resolve(const vit_model *m, resolution_request req, int img_h, in
     return vit_check_resolution(m, *h, *w, err, errlen);
 }
 
-int input_from_encoded(const vit_model *m, const uint8_t *data, size_t len,
-                       resolution_request req, int fit, const image_limits *limits,
-                       float **pixels, int *h, int *w, char *err, size_t errlen) {
+int input_from_encoded(const vit_model *m, const uint8_t *data, size_t len, resolution_request req, int fit,
+                       const image_limits *limits, float **pixels, int *h, int *w, char *err, size_t errlen) {
     image_u8 img = {0};
     int rc = image_decode(data, len, m->cfg.num_channels, limits, &img, err, errlen);
     *pixels = NULL;

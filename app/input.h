@@ -14,8 +14,8 @@
 #include "vit.h"
 
 typedef struct {
-    int native;   /* 1: the image's own size rounded down to multiples of p */
-    int h, w;     /* when not native */
+    int native; /* 1: the image's own size rounded down to multiples of p */
+    int h, w;   /* when not native */
 } resolution_request;
 
 /* "N", "HxW" or "native". Checks only the syntax and positivity; the model
@@ -28,16 +28,15 @@ resolution_request resolution_default(const vit_model *m);
 /* Resolves a request for an image of img_h x img_w: "native" rounds down to
  * multiples of p and, beyond max_tokens, scales both sides down evenly.
  * Then checks the result against the model. Returns 0 or -1. */
-int resolution_resolve(const vit_model *m, resolution_request req, int img_h, int img_w,
-                       int *h, int *w, char *err, size_t errlen);
+int resolution_resolve(const vit_model *m, resolution_request req, int img_h, int img_w, int *h, int *w,
+                       char *err, size_t errlen);
 
 /* Decodes an encoded JPEG/PNG and prepares it at the requested resolution
  * with `fit`. On success *pixels is a malloc'd (C, h, w) array the caller
  * frees. Returns 0, an IMAGE_ERR_* code from decoding (so that a server can
  * tell 415 from 413 from 400), or INPUT_ERR_RESOLUTION. */
 #define INPUT_ERR_RESOLUTION (-10)
-int input_from_encoded(const vit_model *m, const uint8_t *data, size_t len,
-                       resolution_request req, int fit, const image_limits *limits,
-                       float **pixels, int *h, int *w, char *err, size_t errlen);
+int input_from_encoded(const vit_model *m, const uint8_t *data, size_t len, resolution_request req, int fit,
+                       const image_limits *limits, float **pixels, int *h, int *w, char *err, size_t errlen);
 
 #endif

@@ -20,13 +20,13 @@
 #include "gemm.h"
 #include "parallel.h"
 
-#define CHECK(x)                                                                   \
-    do {                                                                           \
-        dnnl_status_t s_ = (x);                                                    \
-        if (s_ != dnnl_success) {                                                  \
-            fprintf(stderr, "dnnl-gemm-bench: %s: status %d\n", #x, (int)s_);     \
-            exit(1);                                                               \
-        }                                                                          \
+#define CHECK(x)                                                                                             \
+    do {                                                                                                     \
+        dnnl_status_t s_ = (x);                                                                              \
+        if (s_ != dnnl_success) {                                                                            \
+            fprintf(stderr, "dnnl-gemm-bench: %s: status %d\n", #x, (int)s_);                                \
+            exit(1);                                                                                         \
+        }                                                                                                    \
     } while (0)
 
 static double now_s(void) {
@@ -93,7 +93,8 @@ int main(int argc, char **argv) {
             /* ours */
             packed_weight pw;
             if (gemm_pack(W, N, K, GEMM_BF16, &pw)) return 1;
-            float *scratch = aligned_alloc(64, (gemm_scratch_floats(&kt, M, K, GEMM_BF16) * 4 + 63) / 64 * 64);
+            float *scratch =
+                aligned_alloc(64, (gemm_scratch_floats(&kt, M, K, GEMM_BF16) * 4 + 63) / 64 * 64);
             double t_ours[64], t_dnnl[64];
             if (reps > 64) reps = 64;
 
@@ -126,8 +127,8 @@ int main(int argc, char **argv) {
             CHECK(dnnl_memory_create(&smem, &src_md, eng, Ab));
             CHECK(dnnl_memory_create(&bmem, &bias_md, eng, bias));
             CHECK(dnnl_memory_create(&dmem, &dst_md, eng, o2));
-            dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, smem}, {DNNL_ARG_WEIGHTS, wmem},
-                                       {DNNL_ARG_BIAS, bmem}, {DNNL_ARG_DST, dmem}};
+            dnnl_exec_arg_t args[4] = {
+                {DNNL_ARG_SRC, smem}, {DNNL_ARG_WEIGHTS, wmem}, {DNNL_ARG_BIAS, bmem}, {DNNL_ARG_DST, dmem}};
             /* alternating, so that both see the same load of a shared host */
             for (int r = -2; r < reps; r++) {
                 double t0 = now_s();

@@ -138,8 +138,8 @@ static void *worker_main(void *arg) {
 }
 
 /* N workers, each with its own context like b's, at once (see the top). */
-static int run_workers(bench_model *b, const vit_context_params *cp, int workers, int batch,
-                       int reps, int warmup) {
+static int run_workers(bench_model *b, const vit_context_params *cp, int workers, int batch, int reps,
+                       int warmup) {
     bench_worker *ws = calloc((size_t)workers, sizeof(*ws));
     pthread_t *tids = calloc((size_t)workers, sizeof(*tids));
     pthread_barrier_t start;
@@ -178,8 +178,8 @@ join:
             printf("{\"model\": \"%s\", \"resolution\": [%d, %d], \"batch\": %d, \"workers\": %d, "
                    "\"threads\": %d, \"isa\": \"%s\", \"reps\": %d, \"wall_s\": %.6f, "
                    "\"images_per_s\": %.3f}\n",
-                   b->dir, b->h, b->w, batch, workers, cp->threads, ws[0].ctx->kernels.name, reps,
-                   t1 - t0, (double)workers * reps * batch / (t1 - t0));
+                   b->dir, b->h, b->w, batch, workers, cp->threads, ws[0].ctx->kernels.name, reps, t1 - t0,
+                   (double)workers * reps * batch / (t1 - t0));
     }
     pthread_barrier_destroy(&start);
 cleanup:
@@ -222,20 +222,17 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "comrope-bench-engine: --isa must be auto, avx512, avx2 or scalar\n");
                 return 2;
             }
-        }
-        else if (strcmp(argv[i], "--gemm-backend") == 0) {
+        } else if (strcmp(argv[i], "--gemm-backend") == 0) {
             if (gemm_backend_parse(argv[i + 1], &opts.gemm_backend)) {
                 fprintf(stderr, "comrope-bench-engine: --gemm-backend must be auto, own or onednn\n");
                 return 2;
             }
-        }
-        else if (strcmp(argv[i], "--precision") == 0) {
+        } else if (strcmp(argv[i], "--precision") == 0) {
             if (precision_parse(argv[i + 1], &opts.precision)) {
                 fprintf(stderr, "comrope-bench-engine: --precision must be fp32, bf16 or auto\n");
                 return 2;
             }
-        }
-        else {
+        } else {
             fprintf(stderr, "comrope-bench-engine: unknown option %s\n", argv[i]);
             return 2;
         }
@@ -243,7 +240,8 @@ int main(int argc, char **argv) {
     if (n == 0 || batch < 1 || threads < 1 || reps < 1 || warmup < 0 || workers < 0 ||
         (workers > 0 && n > 1)) {
         fprintf(stderr, "usage: comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] "
-                        "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] [--gemm-backend auto|own|onednn] "
+                        "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] "
+                        "[--gemm-backend auto|own|onednn] "
                         "[--isa auto|avx512|avx2|scalar] [--workers N (one model)]\n");
         return 2;
     }
@@ -278,12 +276,12 @@ int main(int argc, char **argv) {
         qsort(sorted, (size_t)reps, sizeof(double), cmp_double);
         double med = sorted[reps / 2];
         printf("{\"model\": \"%s\", \"pe\": \"%s\", \"resolution\": [%d, %d], \"batch\": %d, "
-               "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"gemm_backend\": \"%s\", \"median_s\": %.6f, "
+               "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"gemm_backend\": \"%s\", "
+               "\"median_s\": %.6f, "
                "\"min_s\": %.6f, \"max_s\": %.6f, \"images_per_s\": %.3f, \"times_s\": [",
                b->dir, pe_type_name(b->m->cfg.custom_pe_type), b->h, b->w, batch, threads,
                b->ctx->kernels.name, b->m->precision == GEMM_BF16 ? "bf16" : "fp32",
-               gemm_backend_name(b->m->backend), med, sorted[0],
-               sorted[reps - 1], batch / med);
+               gemm_backend_name(b->m->backend), med, sorted[0], sorted[reps - 1], batch / med);
         for (int r = 0; r < reps; r++) printf("%s%.6f", r ? ", " : "", b->secs[r]);
         printf("]}\n");
         free(sorted);

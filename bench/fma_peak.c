@@ -166,11 +166,11 @@ static float run_loop(int op, long iters) {
 }
 
 typedef struct {
-    int op;                   /* OP_* */
-    long iters;               /* per try */
-    pthread_barrier_t *start; /* all threads start each try together */
+    int op;                      /* OP_* */
+    long iters;                  /* per try */
+    pthread_barrier_t *start;    /* all threads start each try together */
     double t0[TRIES], t1[TRIES]; /* out: when each try began and ended */
-    float sink;               /* out: keeps the loops' results alive */
+    float sink;                  /* out: keeps the loops' results alive */
 } worker_arg;
 
 static void *worker(void *p) {
@@ -212,8 +212,8 @@ int main(int argc, char **argv) {
             return 2;
         }
         if (threads < 0 || ms < 0) {
-            fprintf(stderr, "comrope-fma-peak: %s %s: want --threads 1..1024, --ms 1..60000\n",
-                    argv[i], argv[i + 1]);
+            fprintf(stderr, "comrope-fma-peak: %s %s: want --threads 1..1024, --ms 1..60000\n", argv[i],
+                    argv[i + 1]);
             return 2;
         }
     }
@@ -272,8 +272,10 @@ int main(int argc, char **argv) {
      * descheduled does not count as running beside it. The best try wins. */
     /* per iteration: 12 FMAs of 16 or 8 lanes x 2 flops; 24 vdpbf16ps of 16
      * lanes x 4; 4 tdpbf16ps of 16 x 16 x 32 products x 2 */
-    double per_iter = op == OP_AMX ? 4 * 16 * 16 * 32 * 2
-                      : op == OP_BF16 ? BF16_ACC * 64 : op == OP_FMA_AVX512 ? 12 * 32 : 12 * 16;
+    double per_iter = op == OP_AMX          ? 4 * 16 * 16 * 32 * 2
+                      : op == OP_BF16       ? BF16_ACC * 64
+                      : op == OP_FMA_AVX512 ? 12 * 32
+                                            : 12 * 16;
     double per_thread_flops = (double)iters * per_iter, best = 0;
     int best_try = 0;
     for (int t = 0; t < TRIES; t++) {
@@ -289,7 +291,11 @@ int main(int argc, char **argv) {
         }
     }
     printf("{\"isa\": \"%s\", \"threads\": %d, \"per_thread_gflops\": [",
-           op == OP_AMX ? "amx-bf16" : op == OP_BF16 ? "avx512bf16" : wide ? "avx512" : "avx2", threads);
+           op == OP_AMX    ? "amx-bf16"
+           : op == OP_BF16 ? "avx512bf16"
+           : wide          ? "avx512"
+                           : "avx2",
+           threads);
     for (int i = 0; i < threads; i++)
         printf("%s%.1f", i ? ", " : "",
                per_thread_flops / (args[i].t1[best_try] - args[i].t0[best_try]) / 1e9);

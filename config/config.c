@@ -26,115 +26,295 @@ static const char *const control_choices[] = {"none", "poll", "explicit", NULL};
 /* The one table. Defaults are text so that they go through the same parser
  * as every other source and cannot disagree with the bounds. */
 const config_option config_options[] = {
-    {.name = "model", .type = CONFIG_STRING, .offset = OFF(model), .size = SIZE(model), .default_value = "",
+    {.name = "model",
+     .type = CONFIG_STRING,
+     .offset = OFF(model),
+     .size = SIZE(model),
+     .default_value = "",
      .help = "model directory (config.json, model.safetensors); empty: the bundled default model"},
-    {.name = "model-name", .type = CONFIG_STRING, .offset = OFF(model_name), .size = SIZE(model_name),
-     .default_value = "", .help = "name served in the API; empty: the model directory's base name"},
-    {.name = "host", .type = CONFIG_STRING, .offset = OFF(host), .size = SIZE(host), .default_value = "0.0.0.0",
+    {.name = "model-name",
+     .type = CONFIG_STRING,
+     .offset = OFF(model_name),
+     .size = SIZE(model_name),
+     .default_value = "",
+     .help = "name served in the API; empty: the model directory's base name"},
+    {.name = "host",
+     .type = CONFIG_STRING,
+     .offset = OFF(host),
+     .size = SIZE(host),
+     .default_value = "0.0.0.0",
      .help = "address to listen on"},
-    {.name = "port", .type = CONFIG_INT, .offset = OFF(port), .default_value = "8080", .min = 0, .max = 65535,
+    {.name = "port",
+     .type = CONFIG_INT,
+     .offset = OFF(port),
+     .default_value = "8080",
+     .min = 0,
+     .max = 65535,
      .help = "HTTP port (0: any free port)"},
-    {.name = "metrics-port", .type = CONFIG_INT, .offset = OFF(metrics_port), .default_value = "0", .min = 0,
-     .max = 65535, .help = "serve /metrics on its own port; 0: on the main port"},
-    {.name = "metrics-open", .type = CONFIG_BOOL, .offset = OFF(metrics_open), .default_value = "yes", .min = 0,
-     .max = 1, .help = "/metrics needs no token even when api-key-file is set"},
-    {.name = "config", .type = CONFIG_STRING, .offset = OFF(config), .size = SIZE(config), .default_value = "",
+    {.name = "metrics-port",
+     .type = CONFIG_INT,
+     .offset = OFF(metrics_port),
+     .default_value = "0",
+     .min = 0,
+     .max = 65535,
+     .help = "serve /metrics on its own port; 0: on the main port"},
+    {.name = "metrics-open",
+     .type = CONFIG_BOOL,
+     .offset = OFF(metrics_open),
+     .default_value = "yes",
+     .min = 0,
+     .max = 1,
+     .help = "/metrics needs no token even when api-key-file is set"},
+    {.name = "config",
+     .type = CONFIG_STRING,
+     .offset = OFF(config),
+     .size = SIZE(config),
+     .default_value = "",
      .help = "config file of `key value` lines (flag or COMROPE_CONFIG only)"},
-    {.name = "api-key-file", .type = CONFIG_STRING, .offset = OFF(api_key_file), .size = SIZE(api_key_file),
+    {.name = "api-key-file",
+     .type = CONFIG_STRING,
+     .offset = OFF(api_key_file),
+     .size = SIZE(api_key_file),
      .default_value = "",
      .help = "file of bearer tokens, one per line (`#` comment lines); a file that cannot be read or holds "
              "no token stops the start; empty: no auth"},
-    {.name = "max-batch-size", .type = CONFIG_INT, .offset = OFF(max_batch_size), .default_value = "8", .min = 1,
-     .max = 4096, .help = "images per executed batch"},
-    {.name = "max-batch-tokens", .type = CONFIG_INT, .offset = OFF(max_batch_tokens), .default_value = "16384",
-     .min = 1, .max = 1 << 24,
+    {.name = "max-batch-size",
+     .type = CONFIG_INT,
+     .offset = OFF(max_batch_size),
+     .default_value = "8",
+     .min = 1,
+     .max = 4096,
+     .help = "images per executed batch"},
+    {.name = "max-batch-tokens",
+     .type = CONFIG_INT,
+     .offset = OFF(max_batch_tokens),
+     .default_value = "16384",
+     .min = 1,
+     .max = 1 << 24,
      .help = "tokens per executed batch (a larger request is split over several; a larger image: 413)"},
-    {.name = "max-queue-delay-us", .type = CONFIG_INT, .offset = OFF(max_queue_delay_us), .default_value = "2000",
-     .min = 0, .max = 10000000, .help = "how long a batch waits for more requests; skipped when none could join"},
-    {.name = "max-queue-size", .type = CONFIG_INT, .offset = OFF(max_queue_size), .default_value = "256", .min = 1,
-     .max = 1000000, .help = "requests waiting for a worker; beyond it: 503 with Retry-After"},
-    {.name = "max-queue-wait-ms", .type = CONFIG_INT, .offset = OFF(max_queue_wait_ms), .default_value = "0", .min = 0,
+    {.name = "max-queue-delay-us",
+     .type = CONFIG_INT,
+     .offset = OFF(max_queue_delay_us),
+     .default_value = "2000",
+     .min = 0,
+     .max = 10000000,
+     .help = "how long a batch waits for more requests; skipped when none could join"},
+    {.name = "max-queue-size",
+     .type = CONFIG_INT,
+     .offset = OFF(max_queue_size),
+     .default_value = "256",
+     .min = 1,
+     .max = 1000000,
+     .help = "requests waiting for a worker; beyond it: 503 with Retry-After"},
+    {.name = "max-queue-wait-ms",
+     .type = CONFIG_INT,
+     .offset = OFF(max_queue_wait_ms),
+     .default_value = "0",
+     .min = 0,
      .max = 3600000,
-     .help = "while the oldest waiting request has waited longer (and longer than two batches take), new ones "
-             "get 503 with Retry-After: bounds the queue in time (500: normal latency within about 0.5 s of an "
-             "overload's end); 0: off, only max-queue-size bounds it"},
-    {.name = "default-timeout-ms", .type = CONFIG_INT, .offset = OFF(default_timeout_ms), .default_value = "30000",
-     .min = 1, .max = 3600000, .help = "deadline of a request that sets none; passed: 504"},
-    {.name = "workers", .type = CONFIG_INT, .offset = OFF(workers), .default_value = "0", .min = 0, .max = 1024,
+     .help =
+         "while the oldest waiting request has waited longer (and longer than two batches take), new ones "
+         "get 503 with Retry-After: bounds the queue in time (500: normal latency within about 0.5 s of an "
+         "overload's end); 0: off, only max-queue-size bounds it"},
+    {.name = "default-timeout-ms",
+     .type = CONFIG_INT,
+     .offset = OFF(default_timeout_ms),
+     .default_value = "30000",
+     .min = 1,
+     .max = 3600000,
+     .help = "deadline of a request that sets none; passed: 504"},
+    {.name = "workers",
+     .type = CONFIG_INT,
+     .offset = OFF(workers),
+     .default_value = "0",
+     .min = 0,
+     .max = 1024,
      .help = "inference worker threads; 0: derived from the CPU limit and the model's size"},
-    {.name = "http-threads", .type = CONFIG_INT, .offset = OFF(http_threads), .default_value = "0", .min = 0,
-     .max = 1024, .help = "HTTP thread pool size; 0: derived from the CPU limit"},
-    {.name = "gemm-threads", .type = CONFIG_INT, .offset = OFF(gemm_threads), .default_value = "0", .min = 0,
-     .max = 1024, .help = "GEMM/BLAS threads per forward; 0: CPU limit / workers"},
-    {.name = "max-body-bytes", .type = CONFIG_INT64, .offset = OFF(max_body_bytes), .default_value = "67108864",
-     .min = 1, .max = (long long)1 << 40, .help = "largest request body; more: 413"},
-    {.name = "body-budget-bytes", .type = CONFIG_INT64, .offset = OFF(body_budget_bytes),
-     .default_value = "1073741824", .min = 1, .max = (long long)1 << 44,
-     .help = "request bodies held at once (being received or parsed; an announced one reserved whole before it "
-             "is read); over: 503 + Retry-After"},
-    {.name = "max-image-pixels", .type = CONFIG_INT64, .offset = OFF(max_image_pixels), .default_value = "40000000",
-     .min = 1, .max = (long long)1 << 40, .help = "largest decoded image (width*height); more: 413"},
-    {.name = "max-image-side", .type = CONFIG_INT, .offset = OFF(max_image_side), .default_value = "16384", .min = 1,
-     .max = 1 << 20, .help = "largest image width or height; more: 413"},
-    {.name = "connection-timeout-s", .type = CONFIG_INT, .offset = OFF(connection_timeout_s), .default_value = "30",
-     .min = 1, .max = 86400, .help = "a connection idle (nothing sent or received) this long is closed"},
-    {.name = "max-connections", .type = CONFIG_INT, .offset = OFF(max_connections), .default_value = "512", .min = 1,
-     .max = 1000000, .help = "open connections at most; more are closed at accept, at once"},
+    {.name = "http-threads",
+     .type = CONFIG_INT,
+     .offset = OFF(http_threads),
+     .default_value = "0",
+     .min = 0,
+     .max = 1024,
+     .help = "HTTP thread pool size; 0: derived from the CPU limit"},
+    {.name = "gemm-threads",
+     .type = CONFIG_INT,
+     .offset = OFF(gemm_threads),
+     .default_value = "0",
+     .min = 0,
+     .max = 1024,
+     .help = "GEMM/BLAS threads per forward; 0: CPU limit / workers"},
+    {.name = "max-body-bytes",
+     .type = CONFIG_INT64,
+     .offset = OFF(max_body_bytes),
+     .default_value = "67108864",
+     .min = 1,
+     .max = (long long)1 << 40,
+     .help = "largest request body; more: 413"},
+    {.name = "body-budget-bytes",
+     .type = CONFIG_INT64,
+     .offset = OFF(body_budget_bytes),
+     .default_value = "1073741824",
+     .min = 1,
+     .max = (long long)1 << 44,
+     .help =
+         "request bodies held at once (being received or parsed; an announced one reserved whole before it "
+         "is read); over: 503 + Retry-After"},
+    {.name = "max-image-pixels",
+     .type = CONFIG_INT64,
+     .offset = OFF(max_image_pixels),
+     .default_value = "40000000",
+     .min = 1,
+     .max = (long long)1 << 40,
+     .help = "largest decoded image (width*height); more: 413"},
+    {.name = "max-image-side",
+     .type = CONFIG_INT,
+     .offset = OFF(max_image_side),
+     .default_value = "16384",
+     .min = 1,
+     .max = 1 << 20,
+     .help = "largest image width or height; more: 413"},
+    {.name = "connection-timeout-s",
+     .type = CONFIG_INT,
+     .offset = OFF(connection_timeout_s),
+     .default_value = "30",
+     .min = 1,
+     .max = 86400,
+     .help = "a connection idle (nothing sent or received) this long is closed"},
+    {.name = "max-connections",
+     .type = CONFIG_INT,
+     .offset = OFF(max_connections),
+     .default_value = "512",
+     .min = 1,
+     .max = 1000000,
+     .help = "open connections at most; more are closed at accept, at once"},
     /* slow and greedy clients (server/conn_guard.h) */
-    {.name = "receive-timeout-s", .type = CONFIG_INT, .offset = OFF(receive_timeout_s), .default_value = "30",
-     .min = 1, .max = 86400,
+    {.name = "receive-timeout-s",
+     .type = CONFIG_INT,
+     .offset = OFF(receive_timeout_s),
+     .default_value = "30",
+     .min = 1,
+     .max = 86400,
      .help = "a request's headers and body must arrive within this (from the connection's start or the "
              "previous answer); else the connection is cut (408 in the access log)"},
-    {.name = "max-connections-per-client", .type = CONFIG_INT, .offset = OFF(max_connections_per_client),
-     .default_value = "0", .min = 0, .max = 1000000,
+    {.name = "max-connections-per-client",
+     .type = CONFIG_INT,
+     .offset = OFF(max_connections_per_client),
+     .default_value = "0",
+     .min = 0,
+     .max = 1000000,
      .help = "open connections per client IP address; more are closed at accept; 0: no cap but "
              "max-connections (behind a proxy, one address is many clients)"},
-    {.name = "drain-timeout-s", .type = CONFIG_INT, .offset = OFF(drain_timeout_s), .default_value = "30", .min = 0,
-     .max = 3600, .help = "on SIGTERM, how long queued work may finish before leftovers get 503"},
-    {.name = "access-log", .type = CONFIG_ENUM, .offset = OFF(access_log), .default_value = "text",
+    {.name = "drain-timeout-s",
+     .type = CONFIG_INT,
+     .offset = OFF(drain_timeout_s),
+     .default_value = "30",
+     .min = 0,
+     .max = 3600,
+     .help = "on SIGTERM, how long queued work may finish before leftovers get 503"},
+    {.name = "access-log",
+     .type = CONFIG_ENUM,
+     .offset = OFF(access_log),
+     .default_value = "text",
      .choices = access_log_choices,
      .help = "access log on stderr: text, json (then every log line is a JSON object) or off"},
-    {.name = "precision", .type = CONFIG_ENUM, .offset = OFF(precision), .default_value = "fp32",
+    {.name = "precision",
+     .type = CONFIG_ENUM,
+     .offset = OFF(precision),
+     .default_value = "fp32",
      .choices = precision_choices,
      .help = "GEMM precision: fp32 (exact), bf16 (AVX512-BF16 CPUs; about 3 digits), or auto (bf16 where "
              "this CPU runs it faster, else fp32: README \"Precision\")"},
-    {.name = "isa", .type = CONFIG_ENUM, .offset = OFF(isa), .default_value = "auto", .choices = isa_choices,
+    {.name = "isa",
+     .type = CONFIG_ENUM,
+     .offset = OFF(isa),
+     .default_value = "auto",
+     .choices = isa_choices,
      .help = "CPU kernels: auto (the best this CPU runs), or force a lower level: avx512, avx2, scalar"},
-    {.name = "console", .type = CONFIG_ENUM, .offset = OFF(console), .default_value = "on", .choices = console_choices,
-     .help = "the web console at / (built into the binary; public page, API calls carry the token): on or off"},
+    {.name = "console",
+     .type = CONFIG_ENUM,
+     .offset = OFF(console),
+     .default_value = "on",
+     .choices = console_choices,
+     .help =
+         "the web console at / (built into the binary; public page, API calls carry the token): on or off"},
     /* work and memory one request may cost (README "Limits") */
-    {.name = "max-request-images", .type = CONFIG_INT, .offset = OFF(max_request_images), .default_value = "64",
-     .min = 1, .max = 1 << 20, .help = "images in one request (split into engine batches); more: 413"},
-    {.name = "max-request-tokens", .type = CONFIG_INT64, .offset = OFF(max_request_tokens), .default_value = "65536",
-     .min = 1, .max = (long long)1 << 40, .help = "tokens of all images of one request; more: 413"},
-    {.name = "pixel-budget-bytes", .type = CONFIG_INT64, .offset = OFF(pixel_budget_bytes),
-     .default_value = "1073741824", .min = 1, .max = (long long)1 << 44,
-     .help = "decoded pixels (4*C*h*w per image) held by queued and running requests; over: 503 + Retry-After"},
-    {.name = "max-json-body-bytes", .type = CONFIG_INT64, .offset = OFF(max_json_body_bytes),
-     .default_value = "16777216", .min = 1, .max = (long long)1 << 40,
+    {.name = "max-request-images",
+     .type = CONFIG_INT,
+     .offset = OFF(max_request_images),
+     .default_value = "64",
+     .min = 1,
+     .max = 1 << 20,
+     .help = "images in one request (split into engine batches); more: 413"},
+    {.name = "max-request-tokens",
+     .type = CONFIG_INT64,
+     .offset = OFF(max_request_tokens),
+     .default_value = "65536",
+     .min = 1,
+     .max = (long long)1 << 40,
+     .help = "tokens of all images of one request; more: 413"},
+    {.name = "pixel-budget-bytes",
+     .type = CONFIG_INT64,
+     .offset = OFF(pixel_budget_bytes),
+     .default_value = "1073741824",
+     .min = 1,
+     .max = (long long)1 << 44,
+     .help =
+         "decoded pixels (4*C*h*w per image) held by queued and running requests; over: 503 + Retry-After"},
+    {.name = "max-json-body-bytes",
+     .type = CONFIG_INT64,
+     .offset = OFF(max_json_body_bytes),
+     .default_value = "16777216",
+     .min = 1,
+     .max = (long long)1 << 40,
      .help = "largest JSON part of a request body (about 20x that once parsed); more: 413"},
-    {.name = "parse-threads", .type = CONFIG_INT, .offset = OFF(parse_threads), .default_value = "2", .min = 1,
-     .max = 64, .help = "threads that parse request bodies (never the HTTP threads)"},
+    {.name = "parse-threads",
+     .type = CONFIG_INT,
+     .offset = OFF(parse_threads),
+     .default_value = "2",
+     .min = 1,
+     .max = 64,
+     .help = "threads that parse request bodies (never the HTTP threads)"},
     /* browsers (README "Triton and KServe clients") */
-    {.name = "cors-origin", .type = CONFIG_STRING, .offset = OFF(cors_origin), .size = SIZE(cors_origin),
+    {.name = "cors-origin",
+     .type = CONFIG_STRING,
+     .offset = OFF(cors_origin),
+     .size = SIZE(cors_origin),
      .default_value = "",
      .help = "origin allowed to call the API from a browser (CORS; `*` for any): its preflight (OPTIONS) "
              "gets 204; empty: no CORS headers, OPTIONS gets 405"},
     /* several models (README "Model repository", server/repository.h) */
-    {.name = "model-repository", .type = CONFIG_STRING, .offset = OFF(model_repository),
-     .size = SIZE(model_repository), .default_value = "",
+    {.name = "model-repository",
+     .type = CONFIG_STRING,
+     .offset = OFF(model_repository),
+     .size = SIZE(model_repository),
+     .default_value = "",
      .help = "directory of models in Triton's layout (<name>/<version>/ or a flat <name>/ = version 1); "
              "empty: serve --model alone"},
-    {.name = "model-control-mode", .type = CONFIG_ENUM, .offset = OFF(model_control_mode), .default_value = "none",
+    {.name = "model-control-mode",
+     .type = CONFIG_ENUM,
+     .offset = OFF(model_control_mode),
+     .default_value = "none",
      .choices = control_choices,
      .help = "Triton's: none (load all at start; SIGHUP rescans), poll (rescan every repository-poll-s), "
              "explicit (load-model at start, then the load/unload API)"},
-    {.name = "repository-poll-s", .type = CONFIG_INT, .offset = OFF(repository_poll_s), .default_value = "15",
-     .min = 1, .max = 86400, .help = "seconds between rescans of the repository in poll mode"},
-    {.name = "load-model", .type = CONFIG_STRING, .offset = OFF(load_model), .size = SIZE(load_model),
+    {.name = "repository-poll-s",
+     .type = CONFIG_INT,
+     .offset = OFF(repository_poll_s),
+     .default_value = "15",
+     .min = 1,
+     .max = 86400,
+     .help = "seconds between rescans of the repository in poll mode"},
+    {.name = "load-model",
+     .type = CONFIG_STRING,
+     .offset = OFF(load_model),
+     .size = SIZE(load_model),
      .default_value = "",
      .help = "explicit mode: models loaded at start (repeat the flag, or comma-separated; `*`: all)"},
-    {.name = "version-policy", .type = CONFIG_STRING, .offset = OFF(version_policy), .size = SIZE(version_policy),
+    {.name = "version-policy",
+     .type = CONFIG_STRING,
+     .offset = OFF(version_policy),
+     .size = SIZE(version_policy),
      .default_value = "latest:1",
      .help = "versions of a model served: latest:N, specific:A,B,... or all (Triton's policies)"},
 };
@@ -146,8 +326,8 @@ static const config_option *find_option(const char *name) {
     return NULL;
 }
 
-int config_set(server_config *cfg, const char *name, const char *value, const char *source,
-               char *err, size_t errlen) {
+int config_set(server_config *cfg, const char *name, const char *value, const char *source, char *err,
+               size_t errlen) {
     const config_option *o = find_option(name);
     if (!o) {
         snprintf(err, errlen, "unknown config key \"%s\" (%s)", name, source);
@@ -194,8 +374,8 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
             return -1;
         }
         if (v < o->min || v > o->max) {
-            snprintf(err, errlen, "%s (%s): %lld is out of range [%lld, %lld]", name, source, v,
-                     o->min, o->max);
+            snprintf(err, errlen, "%s (%s): %lld is out of range [%lld, %lld]", name, source, v, o->min,
+                     o->max);
             return -1;
         }
         if (o->type == CONFIG_INT) *(int *)field = (int)v;
@@ -210,8 +390,7 @@ void config_defaults(server_config *cfg) {
     char err[256];
     memset(cfg, 0, sizeof(*cfg));
     for (int i = 0; i < config_num_options; i++)
-        config_set(cfg, config_options[i].name, config_options[i].default_value, "default",
-                   err, sizeof(err));
+        config_set(cfg, config_options[i].name, config_options[i].default_value, "default", err, sizeof(err));
 }
 
 /* Splits a line into key and value in place; the value may be quoted.
@@ -294,8 +473,8 @@ int config_load_file_only(server_config *cfg, const char *path, const char *cons
         int ok = !allowed;
         for (int i = 0; allowed && allowed[i] && !ok; i++) ok = strcmp(allowed[i], key) == 0;
         if (!ok) {
-            size_t n = (size_t)snprintf(err, errlen, "config: %s:%d: \"%.100s\" cannot be set here (allowed:",
-                                        path, lineno, key);
+            size_t n = (size_t)snprintf(
+                err, errlen, "config: %s:%d: \"%.100s\" cannot be set here (allowed:", path, lineno, key);
             for (int i = 0; allowed[i] && n < errlen; i++)
                 n += (size_t)snprintf(err + n, errlen - n, "%s %s", i ? "," : "", allowed[i]);
             if (n < errlen) snprintf(err + n, errlen - n, ")");
@@ -324,8 +503,7 @@ cleanup:
 /* "max-batch-size" -> "COMROPE_MAX_BATCH_SIZE" */
 static void env_name(const char *key, char *out, size_t len) {
     size_t n = (size_t)snprintf(out, len, "COMROPE_");
-    for (; *key && n + 1 < len; key++)
-        out[n++] = *key == '-' ? '_' : (char)toupper((unsigned char)*key);
+    for (; *key && n + 1 < len; key++) out[n++] = *key == '-' ? '_' : (char)toupper((unsigned char)*key);
     out[n] = '\0';
 }
 
@@ -394,8 +572,7 @@ static int parse_flags(int argc, char **argv, flag *flags, int *action, char *er
     return n;
 }
 
-int config_load(server_config *cfg, int argc, char **argv, char **envp,
-                char *err, size_t errlen) {
+int config_load(server_config *cfg, int argc, char **argv, char **envp, char *err, size_t errlen) {
     int action = CONFIG_RUN, rc = -1;
     config_defaults(cfg);
     flag *flags = calloc((size_t)(argc > 0 ? argc : 1), sizeof(*flags));
@@ -586,9 +763,10 @@ void config_print(const server_config *cfg, FILE *out) {
 
 void config_usage(FILE *out) {
     char env[128];
-    fprintf(out, "usage: comrope-serve [--key value | --key=value]... [--print-config] [--health-probe] [--help]\n"
-                 "Each key is also a config-file line `key value` and an environment\n"
-                 "variable COMROPE_<KEY>; precedence: defaults < file < environment < flags.\n\n");
+    fprintf(out,
+            "usage: comrope-serve [--key value | --key=value]... [--print-config] [--health-probe] [--help]\n"
+            "Each key is also a config-file line `key value` and an environment\n"
+            "variable COMROPE_<KEY>; precedence: defaults < file < environment < flags.\n\n");
     for (int i = 0; i < config_num_options; i++) {
         const config_option *o = &config_options[i];
         env_name(o->name, env, sizeof(env));

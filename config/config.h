@@ -21,8 +21,8 @@
 enum { ACCESS_LOG_TEXT = 0, ACCESS_LOG_JSON, ACCESS_LOG_OFF };
 
 typedef struct {
-    char model[CONFIG_PATH_MAX];        /* "" = the bundled default model */
-    char model_name[256];               /* "" = base name of the model directory */
+    char model[CONFIG_PATH_MAX]; /* "" = the bundled default model */
+    char model_name[256];        /* "" = base name of the model directory */
     char host[256];
     int port;
     int metrics_port;                   /* 0 = served on the main port */
@@ -32,39 +32,39 @@ typedef struct {
     int max_batch_size;                 /* images per executed batch */
     int max_batch_tokens;               /* tokens per executed batch */
     int max_queue_delay_us;
-    int max_queue_size;                 /* requests waiting; more -> 503 */
-    int max_queue_wait_ms;              /* oldest waiting longer -> 503; 0 = off */
+    int max_queue_size;    /* requests waiting; more -> 503 */
+    int max_queue_wait_ms; /* oldest waiting longer -> 503; 0 = off */
     int default_timeout_ms;
-    int workers;                        /* 0 = derived from the CPU limit */
-    int http_threads;                   /* 0 = derived */
-    int gemm_threads;                   /* 0 = derived: cpu limit / workers */
+    int workers;      /* 0 = derived from the CPU limit */
+    int http_threads; /* 0 = derived */
+    int gemm_threads; /* 0 = derived: cpu limit / workers */
     int64_t max_body_bytes;
-    int64_t body_budget_bytes;          /* bodies held at once */
+    int64_t body_budget_bytes; /* bodies held at once */
     int64_t max_image_pixels;
     int max_image_side;
     int connection_timeout_s;
     int max_connections;
     /* slow and greedy clients (server/conn_guard.h) */
-    int receive_timeout_s;              /* headers + body of one request */
-    int max_connections_per_client;     /* 0: no cap but max_connections */
+    int receive_timeout_s;          /* headers + body of one request */
+    int max_connections_per_client; /* 0: no cap but max_connections */
     int drain_timeout_s;
-    int access_log;                     /* ACCESS_LOG_* */
-    int precision;                      /* index into the precision option's choices */
-    int console;                        /* 1: the web console at / (server/console.h) */
+    int access_log; /* ACCESS_LOG_* */
+    int precision;  /* index into the precision option's choices */
+    int console;    /* 1: the web console at / (server/console.h) */
     /* work and memory a request may cost (README "Limits") */
     int max_request_images;
     int64_t max_request_tokens;
-    int64_t pixel_budget_bytes;         /* decoded pixels of queued + running requests */
+    int64_t pixel_budget_bytes; /* decoded pixels of queued + running requests */
     int64_t max_json_body_bytes;
     int parse_threads;
-    int isa;                            /* index into the isa row's choices; 0 = auto */
-    char cors_origin[256];              /* "": no CORS */
+    int isa;               /* index into the isa row's choices; 0 = auto */
+    char cors_origin[256]; /* "": no CORS */
     /* the model repository (server/repository.h) */
     char model_repository[CONFIG_PATH_MAX]; /* "": serve --model alone */
-    int model_control_mode;             /* MODEL_CONTROL_* */
+    int model_control_mode;                 /* MODEL_CONTROL_* */
     int repository_poll_s;
-    char load_model[4096];              /* explicit mode: names loaded at start, comma-separated; "*" all */
-    char version_policy[256];           /* latest:N, specific:a,b,... or all */
+    char load_model[4096];    /* explicit mode: names loaded at start, comma-separated; "*" all */
+    char version_policy[256]; /* latest:N, specific:a,b,... or all */
 } server_config;
 
 enum { MODEL_CONTROL_NONE = 0, MODEL_CONTROL_POLL, MODEL_CONTROL_EXPLICIT };
@@ -76,8 +76,8 @@ typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM
 typedef struct {
     const char *name;
     config_type type;
-    size_t offset;          /* into server_config */
-    size_t size;            /* string capacity */
+    size_t offset; /* into server_config */
+    size_t size;   /* string capacity */
     const char *default_value;
     long long min, max;
     const char *const *choices;
@@ -97,8 +97,7 @@ enum { CONFIG_RUN = 0, CONFIG_HELP, CONFIG_PRINT };
  * every key, --config included: the flags are parsed once, for both the
  * file and the overrides. Returns CONFIG_RUN, CONFIG_HELP or CONFIG_PRINT, or -1
  * with a message naming the key and where its value came from. */
-int config_load(server_config *cfg, int argc, char **argv, char **envp,
-                char *err, size_t errlen);
+int config_load(server_config *cfg, int argc, char **argv, char **envp, char *err, size_t errlen);
 
 /* The COMROPE_* variables of envp that name no setting (a typo such as
  * COMROPE_API_KEYFILE would otherwise be ignored without a word), written
@@ -112,8 +111,8 @@ void config_defaults(server_config *cfg);
 /* Sets one knob from text, as the file, environment and flags do.
  * `source` appears in the message ("flag", "COMROPE_PORT", "file:3").
  * Returns 0, or -1 naming the key. */
-int config_set(server_config *cfg, const char *name, const char *value, const char *source,
-               char *err, size_t errlen);
+int config_set(server_config *cfg, const char *name, const char *value, const char *source, char *err,
+               size_t errlen);
 
 /* Reads a Redis-style file: `key value` per line, `#` comments (on lines
  * of their own), blank lines, lines of any length. A value with spaces

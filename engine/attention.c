@@ -17,8 +17,8 @@
 __attribute__((target("avx512f"), noinline)) static void softmax_row_avx512(float *row, int n) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int j = 0; j < n; j += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY),
-                                                    tail_mask((size_t)(n - j)), row + j));
+        mx = _mm512_max_ps(
+            mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask((size_t)(n - j)), row + j));
     __m512 maxv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < n; j += 16) {
@@ -43,7 +43,9 @@ __attribute__((target("avx2,fma"), noinline)) static void softmax_row_avx2(float
     __m256 mx = ninf;
     for (int j = 0; j < n; j += 8) {
         __m256 v = load8(row + j, (size_t)(n - j));
-        if (n - j < 8) v = _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(mask8((size_t)(n - j)))); /* lanes past n: -inf */
+        if (n - j < 8)
+            v = _mm256_blendv_ps(ninf, v,
+                                 _mm256_castsi256_ps(mask8((size_t)(n - j)))); /* lanes past n: -inf */
         mx = _mm256_max_ps(mx, v);
     }
     __m256 maxv = _mm256_set1_ps(hmax256(mx));
@@ -81,9 +83,8 @@ enum { ATTN_MR = 6 };
  * 12 accumulators. Separate functions so that GCC keeps the accumulators
  * in registers (inlined into the big loop, it wrote them back to the stack
  * after every multiply-add). */
-__attribute__((target("avx2,fma"), noinline)) static void attn_qk_avx2(const float *const *qr,
-                                                                      const float *Kt, int Tp,
-                                                                      int hd, float *S) {
+__attribute__((target("avx2,fma"), noinline)) static void
+attn_qk_avx2(const float *const *qr, const float *Kt, int Tp, int hd, float *S) {
     __m256 a[ATTN_MR][2];
 #pragma GCC unroll 6
     for (int r = 0; r < ATTN_MR; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
@@ -104,9 +105,8 @@ __attribute__((target("avx2,fma"), noinline)) static void attn_qk_avx2(const flo
     }
 }
 
-__attribute__((target("avx2,fma"), noinline)) static void attn_pv_avx2(const float *S, int Tp,
-                                                                      const float *V, int ldv,
-                                                                      int T, __m256 o[][2]) {
+__attribute__((target("avx2,fma"), noinline)) static void attn_pv_avx2(const float *S, int Tp, const float *V,
+                                                                       int ldv, int T, __m256 o[][2]) {
     __m256 acc[ATTN_MR][2];
 #pragma GCC unroll 6
     for (int r = 0; r < ATTN_MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
@@ -128,8 +128,8 @@ __attribute__((target("avx2,fma"), noinline)) static void attn_pv_avx2(const flo
 
 /* One head's k as Kt (hd, Tp) = k^T and v as Vc (T, hdp), contiguous, the
  * columns past T and hd zero: the scratch of both attention kernels. */
-static void attention_copy_kv(const float *k, int ldk, const float *v, int ldv, int T, int hd,
-                              int Tp, int hdp, float *Kt, float *Vc) {
+static void attention_copy_kv(const float *k, int ldk, const float *v, int ldv, int T, int hd, int Tp,
+                              int hdp, float *Kt, float *Vc) {
     for (int j = 0; j < Tp; j++)
         for (int c = 0; c < hd; c++) Kt[(size_t)c * Tp + j] = j < T ? k[(size_t)j * ldk + c] : 0.0f;
     for (int j = 0; j < T; j++) {
@@ -138,9 +138,10 @@ static void attention_copy_kv(const float *k, int ldk, const float *v, int ldv, 
     }
 }
 
-__attribute__((target("avx2,fma"))) static void attention_head_avx2(
-    float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-    float *scratch, int T, int hd) {
+__attribute__((target("avx2,fma"))) static void attention_head_avx2(float *out, int ld_out, const float *q,
+                                                                    int ldq, const float *k, int ldk,
+                                                                    const float *v, int ldv, float *scratch,
+                                                                    int T, int hd) {
     int Tp = attn_pad(T), hdp = attn_pad(hd);
     float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
     attention_copy_kv(k, ldk, v, ldv, T, hd, Tp, hdp, Kt, Vc);
@@ -171,9 +172,8 @@ __attribute__((target("avx2,fma"))) static void attention_head_avx2(
 enum { ATTN_MR512 = 8 };
 static int attn_pad32(int n) { return (n + 31) & ~31; }
 
-__attribute__((target("avx512f"), noinline)) static void attn_qk_avx512(const float *const *qr,
-                                                                        const float *Kt, int Tp,
-                                                                        int hd, float *S) {
+__attribute__((target("avx512f"), noinline)) static void
+attn_qk_avx512(const float *const *qr, const float *Kt, int Tp, int hd, float *S) {
     __m512 a[ATTN_MR512][2];
 #pragma GCC unroll 8
     for (int r = 0; r < ATTN_MR512; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
@@ -197,9 +197,8 @@ __attribute__((target("avx512f"), noinline)) static void attn_qk_avx512(const fl
 /* out rows [0, nr) (row stride ld_out), 32 columns from c0 (left of them
  * real) = S (8, Tp) . V (T, 32 columns from V). */
 __attribute__((target("avx512f"), noinline)) static void attn_pv_avx512(const float *S, int Tp,
-                                                                        const float *V, int ldv,
-                                                                        int T, float *out,
-                                                                        int ld_out, int nr,
+                                                                        const float *V, int ldv, int T,
+                                                                        float *out, int ld_out, int nr,
                                                                         int left) {
     __m512 acc[ATTN_MR512][2];
 #pragma GCC unroll 8
@@ -220,9 +219,10 @@ __attribute__((target("avx512f"), noinline)) static void attn_pv_avx512(const fl
     }
 }
 
-__attribute__((target("avx512f"))) static void attention_head_avx512(
-    float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-    float *scratch, int T, int hd) {
+__attribute__((target("avx512f"))) static void attention_head_avx512(float *out, int ld_out, const float *q,
+                                                                     int ldq, const float *k, int ldk,
+                                                                     const float *v, int ldv, float *scratch,
+                                                                     int T, int hd) {
     int Tp = attn_pad32(T), hdp = attn_pad32(hd);
     float *Kt = scratch, *Vc = Kt + (size_t)hd * Tp, *S = Vc + (size_t)T * hdp;
     attention_copy_kv(k, ldk, v, ldv, T, hd, Tp, hdp, Kt, Vc);
@@ -233,8 +233,7 @@ __attribute__((target("avx512f"))) static void attention_head_avx512(
         for (int j = 0; j < Tp; j += 32) attn_qk_avx512(qr, Kt + j, Tp, hd, S + j);
         for (int r = 0; r < nr; r++) softmax_row_avx512(S + (size_t)r * Tp, T);
         for (int c0 = 0; c0 < hd; c0 += 32)
-            attn_pv_avx512(S, Tp, Vc + c0, hdp, T, out + (size_t)i0 * ld_out + c0, ld_out, nr,
-                           hd - c0);
+            attn_pv_avx512(S, Tp, Vc + c0, hdp, T, out + (size_t)i0 * ld_out + c0, ld_out, nr, hd - c0);
     }
 }
 
@@ -254,8 +253,7 @@ static __mmask16 left_mask(int left) { return left <= 0 ? 0 : tail_mask((size_t)
 /* n (>= 0) floats of x as n/2 bf16 pairs (an odd last value paired with 0)
  * into dst, 16 pairs per step: it writes n/2 rounded up to 16 pairs (the
  * rest of the last step zero). */
-__attribute__((target("avx512f,avx512bf16"))) static void pairs_bf16(const float *x, int n,
-                                                                     uint32_t *dst) {
+__attribute__((target("avx512f,avx512bf16"))) static void pairs_bf16(const float *x, int n, uint32_t *dst) {
     for (int c = 0; c < n; c += 32) {
         __m512 lo = _mm512_maskz_loadu_ps(left_mask(n - c), x + c);
         __m512 hi = _mm512_maskz_loadu_ps(left_mask(n - c - 16), x + c + 16);
@@ -263,8 +261,8 @@ __attribute__((target("avx512f,avx512bf16"))) static void pairs_bf16(const float
     }
 }
 
-__attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_qk_bf16(
-    const uint32_t *Qp, int hd2p, int hd2, const uint32_t *Kp, int Tp, float *S) {
+__attribute__((target("avx512f,avx512bf16"), noinline)) static void
+attn_qk_bf16(const uint32_t *Qp, int hd2p, int hd2, const uint32_t *Kp, int Tp, float *S) {
     __m512 a[ATTN_MR512][2];
 #pragma GCC unroll 8
     for (int r = 0; r < ATTN_MR512; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
@@ -285,9 +283,9 @@ __attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_qk_bf16
     }
 }
 
-__attribute__((target("avx512f,avx512bf16"), noinline)) static void attn_pv_bf16(
-    const uint32_t *Sp, int T2p, const uint32_t *V, int ldv, int T2, float *out, int ld_out,
-    int nr, int left) {
+__attribute__((target("avx512f,avx512bf16"), noinline)) static void
+attn_pv_bf16(const uint32_t *Sp, int T2p, const uint32_t *V, int ldv, int T2, float *out, int ld_out, int nr,
+             int left) {
     __m512 acc[ATTN_MR512][2];
 #pragma GCC unroll 8
     for (int r = 0; r < ATTN_MR512; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -315,9 +313,9 @@ static size_t attn_bf16_floats(int T, int hd) {
     return hd2 * Tp + T2 * hdp + ATTN_MR512 * Tp + ATTN_MR512 * (Tp / 2) + ATTN_MR512 * (hd2p + 16);
 }
 
-__attribute__((target("avx512f,avx512bf16"))) static void attention_head_bf16(
-    float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-    float *scratch, int T, int hd) {
+__attribute__((target("avx512f,avx512bf16"))) static void
+attention_head_bf16(float *out, int ld_out, const float *q, int ldq, const float *k, int ldk, const float *v,
+                    int ldv, float *scratch, int T, int hd) {
     int Tp = attn_pad32(T), hdp = attn_pad32(hd), hd2 = (hd + 1) / 2, T2 = (T + 1) / 2;
     int hd2p = (hd2 + 15) & ~15, T2p = Tp / 2;
     uint32_t *Kp = (uint32_t *)scratch, *Vp = Kp + (size_t)hd2 * Tp;
@@ -334,10 +332,10 @@ __attribute__((target("avx512f,avx512bf16"))) static void attention_head_bf16(
         const float *a = v + (size_t)(2 * j2) * ldv, *b = v + (size_t)(2 * j2 + 1) * ldv;
         int has_b = 2 * j2 + 1 < T;
         for (int c0 = 0; c0 < hdp; c0 += 16) {
-            __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
-                _mm512_maskz_loadu_ps(left_mask(hd - c0), a + c0)));
-            __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
-                _mm512_maskz_loadu_ps(has_b ? left_mask(hd - c0) : 0, b + c0)));
+            __m512i lo = _mm512_cvtepu16_epi32(
+                (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(left_mask(hd - c0), a + c0)));
+            __m512i hi = _mm512_cvtepu16_epi32(
+                (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(has_b ? left_mask(hd - c0) : 0, b + c0)));
             _mm512_store_si512(Vp + (size_t)j2 * hdp + c0, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
     }
@@ -350,8 +348,7 @@ __attribute__((target("avx512f,avx512bf16"))) static void attention_head_bf16(
         /* the columns past T hold q.0 = 0: their pairs add 0 x 0 */
         for (int r = 0; r < ATTN_MR512; r++) pairs_bf16(S + (size_t)r * Tp, Tp, Sp + (size_t)r * T2p);
         for (int c0 = 0; c0 < hd; c0 += 32)
-            attn_pv_bf16(Sp, T2p, Vp + c0, hdp, T2, out + (size_t)i0 * ld_out + c0, ld_out, nr,
-                         hd - c0);
+            attn_pv_bf16(Sp, T2p, Vp + c0, hdp, T2, out + (size_t)i0 * ld_out + c0, ld_out, nr, hd - c0);
     }
 }
 
@@ -361,7 +358,8 @@ static void softmax_rows(float *s, int T) {
     for (int i = 0; i < T; i++) {
         float *row = s + (size_t)i * T;
         float maxv = row[0];
-        for (int j = 1; j < T; j++) if (row[j] > maxv) maxv = row[j];
+        for (int j = 1; j < T; j++)
+            if (row[j] > maxv) maxv = row[j];
         float sum = 0;
         for (int j = 0; j < T; j++) {
             row[j] = expf(row[j] - maxv);
@@ -374,15 +372,14 @@ static void softmax_rows(float *s, int T) {
 
 /* One head with OpenBLAS and the plain C softmax: the scalar table's
  * attention (scratch: the (T, T) scores). */
-static void attention_head_blas(float *out, int ld_out, const float *q, int ldq, const float *k,
-                                int ldk, const float *v, int ldv, float *scores, int T, int hd) {
+static void attention_head_blas(float *out, int ld_out, const float *q, int ldq, const float *k, int ldk,
+                                const float *v, int ldv, float *scores, int T, int hd) {
     // scores (T,T) = q (T,hd) @ k^T
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, q, ldq, k, ldk, 0.0f,
-                scores, T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, q, ldq, k, ldk, 0.0f, scores, T);
     softmax_rows(scores, T);
     // out (T,hd) = scores (T,T) @ v (T,hd)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, scores, T, v, ldv, 0.0f,
-                out, ld_out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, scores, T, v, ldv, 0.0f, out,
+                ld_out);
 }
 
 /* Scratch of each level's head kernels, in floats, a multiple of 16 (the
@@ -413,13 +410,11 @@ size_t attention_scratch_floats(const kernel_table *kt, int T, int head_dim) {
     return kt->attention_scratch(T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
 }
 
-void attention_forward(const kernel_table *kt, float *out, int ld_out, const float *qkv,
-                       float *scores, int T, int heads, int head_dim, int h0, int h1,
-                       const float *rot, int npairs, int bf16) {
+void attention_forward(const kernel_table *kt, float *out, int ld_out, const float *qkv, float *scores, int T,
+                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs, int bf16) {
     int D = heads * head_dim, ld = 3 * D, hdr = rot_pad(head_dim);
     float *Qr = scores + kt->attention_scratch(T, head_dim), *Kr = Qr + (size_t)T * hdr;
-    attention_head_fn head = bf16 && kt->attention_head_bf16 ? kt->attention_head_bf16
-                                                             : kt->attention_head;
+    attention_head_fn head = bf16 && kt->attention_head_bf16 ? kt->attention_head_bf16 : kt->attention_head;
     for (int h = h0; h < h1; h++) {
         const float *q = qkv + h * head_dim;
         const float *k = qkv + D + h * head_dim;

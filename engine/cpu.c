@@ -32,12 +32,9 @@ static int probe_amx(void) {
 
 static void probe(void) {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
-        features.best = CPU_ISA_AVX512;
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        features.best = CPU_ISA_AVX2;
-    else
-        features.best = CPU_ISA_SCALAR;
+    if (__builtin_cpu_supports("avx512f")) features.best = CPU_ISA_AVX512;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) features.best = CPU_ISA_AVX2;
+    else features.best = CPU_ISA_SCALAR;
     features.vendor = __builtin_cpu_is("intel") ? CPU_VENDOR_INTEL
                       : __builtin_cpu_is("amd") ? CPU_VENDOR_AMD
                                                 : CPU_VENDOR_OTHER;

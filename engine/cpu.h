@@ -20,10 +20,10 @@ typedef enum { CPU_VENDOR_OTHER = 0, CPU_VENDOR_INTEL = 1, CPU_VENDOR_AMD = 2 } 
 /* What the probe found. The bf16 precision table (dispatch.h) reads it;
  * tests make their own to try CPUs this machine is not. */
 typedef struct {
-    cpu_isa best;      /* the highest level (AVX2 means AVX2 and FMA) */
+    cpu_isa best; /* the highest level (AVX2 means AVX2 and FMA) */
     cpu_vendor vendor;
-    int avx512bf16;    /* AVX512-BF16: vdpbf16ps, vcvtne2ps2bf16 */
-    int amx_bf16;      /* AMX-TILE and AMX-BF16, with the tile state granted
+    int avx512bf16; /* AVX512-BF16: vdpbf16ps, vcvtne2ps2bf16 */
+    int amx_bf16;   /* AMX-TILE and AMX-BF16, with the tile state granted
                           by Linux (arch_prctl ARCH_REQ_XCOMP_PERM; the
                           probe asks once, process-wide) */
 } cpu_features;

@@ -80,8 +80,8 @@ int bf16_pays(const cpu_features *f, int amx_backend, const char **why) {
 /* oneDNN drives AMX tiles by default since 2.5 (dnnl_gemm.h) */
 int dispatch_amx_backend(void) { return dnnl_gemm_available(); }
 
-int precision_choose(int requested, int isa, const cpu_features *f, int amx_backend,
-                     precision_choice *out, char *err, size_t errlen) {
+int precision_choose(int requested, int isa, const cpu_features *f, int amx_backend, precision_choice *out,
+                     char *err, size_t errlen) {
     if (requested != PRECISION_AUTO && requested != GEMM_FP32 && requested != GEMM_BF16) {
         snprintf(err, errlen, "unknown precision %d", requested);
         return -1;
@@ -100,9 +100,7 @@ int precision_choose(int requested, int isa, const cpu_features *f, int amx_back
     if (requested == GEMM_BF16 && !runs) {
         if (!f->avx512bf16)
             snprintf(err, errlen, "bf16 compute needs a CPU with AVX512-BF16; this one has none");
-        else
-            snprintf(err, errlen, "bf16 compute needs isa avx512 (asked: %s)",
-                     cpu_isa_name((cpu_isa)level));
+        else snprintf(err, errlen, "bf16 compute needs isa avx512 (asked: %s)", cpu_isa_name((cpu_isa)level));
         return -1;
     }
     out->precision = requested;

@@ -19,8 +19,8 @@
 #include "model_config.h"
 
 /* out (T, C) = LayerNorm(inp (T, C)) * weight + bias; out may equal inp. */
-typedef void (*layernorm_fn)(float *out, const float *inp, const float *weight, const float *bias,
-                             int T, int C, float eps);
+typedef void (*layernorm_fn)(float *out, const float *inp, const float *weight, const float *bias, int T,
+                             int C, float eps);
 /* In place over n values. */
 typedef void (*activation_fn)(float *x, size_t n, activation act);
 /* n / 2 pairs (x[2i], x[2i+1]) rotated by (cs[2i], cs[2i+1]) = (cos, sin)
@@ -29,24 +29,24 @@ typedef void (*rotate_pairs_fn)(float *dst, const float *x, const float *cs, int
 /* One head of attention: out (T, hd) = softmax(q k^T) v, rows of q, k, v
  * and out `ld*` floats apart; scratch is 64-byte aligned, of
  * attention_scratch floats. */
-typedef void (*attention_head_fn)(float *out, int ld_out, const float *q, int ldq, const float *k,
-                                  int ldk, const float *v, int ldv, float *scratch, int T, int hd);
+typedef void (*attention_head_fn)(float *out, int ld_out, const float *q, int ldq, const float *k, int ldk,
+                                  const float *v, int ldv, float *scratch, int T, int hd);
 
 typedef struct gemm_kernel gemm_kernel; /* gemm.c's micro-kernel and its blocking */
 
 typedef struct {
     cpu_isa isa;
-    const char *name;                       /* cpu_isa_name(isa) */
+    const char *name; /* cpu_isa_name(isa) */
     layernorm_fn layernorm;
     activation_fn activation;
     rotate_pairs_fn rotate_pairs;
-    attention_head_fn attention_head;       /* fp32 */
-    attention_head_fn attention_head_bf16;  /* bf16 products, fp32 sums; NULL below AVX-512
+    attention_head_fn attention_head;           /* fp32 */
+    attention_head_fn attention_head_bf16;      /* bf16 products, fp32 sums; NULL below AVX-512
                                                or without AVX512-BF16 */
     size_t (*attention_scratch)(int T, int hd); /* floats either head kernel needs */
-    const gemm_kernel *gemm;                /* fp32-packed weights */
-    const gemm_kernel *gemm_bf16;           /* bf16-packed weights; NULL like attention_head_bf16 */
-    struct dnnl_runner *dnnl;               /* the context's oneDNN state (dnnl_gemm.h) when its
+    const gemm_kernel *gemm;                    /* fp32-packed weights */
+    const gemm_kernel *gemm_bf16;               /* bf16-packed weights; NULL like attention_head_bf16 */
+    struct dnnl_runner *dnnl;                   /* the context's oneDNN state (dnnl_gemm.h) when its
                                                model's bf16 GEMMs run through oneDNN, else NULL;
                                                owned by the context, not chosen by ISA */
 } kernel_table;
@@ -80,24 +80,24 @@ int dispatch_amx_backend(void);
 /* What a requested precision becomes for contexts at `isa` (CPU_ISA_BEST
  * or a forced level) on a CPU with features `f`. */
 typedef struct {
-    int precision;     /* GEMM_FP32 or GEMM_BF16 */
-    int requested;     /* GEMM_FP32, GEMM_BF16 or PRECISION_AUTO */
-    int bf16_pays;     /* bf16_pays() of this CPU */
-    const char *why;   /* bf16_pays()'s sentence */
-    int warn;          /* 1: bf16 was asked where it does not pay (it is
+    int precision;   /* GEMM_FP32 or GEMM_BF16 */
+    int requested;   /* GEMM_FP32, GEMM_BF16 or PRECISION_AUTO */
+    int bf16_pays;   /* bf16_pays() of this CPU */
+    const char *why; /* bf16_pays()'s sentence */
+    int warn;        /* 1: bf16 was asked where it does not pay (it is
                           honoured; the start-up log and the metadata say so) */
 } precision_choice;
 
 /* Returns 0, or -1 with a message when bf16 is asked where it cannot run
  * (no AVX512-BF16, or `isa` forced below avx512). Auto never fails: it
  * falls back to fp32. */
-int precision_choose(int requested, int isa, const cpu_features *f, int amx_backend,
-                     precision_choice *out, char *err, size_t errlen);
+int precision_choose(int requested, int isa, const cpu_features *f, int amx_backend, precision_choice *out,
+                     char *err, size_t errlen);
 
 /* The modules' parts of a table, for a level this CPU runs (dispatch.c
  * calls them; nobody else needs to). */
 void kernels_fill_table(kernel_table *kt, cpu_isa isa);   /* kernels.c */
 void attention_fill_table(kernel_table *kt, cpu_isa isa); /* attention.c */
-void gemm_fill_table(kernel_table *kt, cpu_isa isa);    /* gemm.c */
+void gemm_fill_table(kernel_table *kt, cpu_isa isa);      /* gemm.c */
 
 #endif

@@ -31,9 +31,8 @@ int dnnl_runner_new(int threads, dnnl_runner **out, char *err, size_t errlen) {
 
 void dnnl_runner_free(dnnl_runner *r) { (void)r; }
 
-int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A,
-                  const dnnl_weight *W, const float *bias, int M, uint16_t *scratch, char *err,
-                  size_t errlen) {
+int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A, const dnnl_weight *W,
+                  const float *bias, int M, uint16_t *scratch, char *err, size_t errlen) {
     (void)r, (void)pool, (void)out, (void)A, (void)W, (void)bias, (void)M, (void)scratch;
     snprintf(err, errlen, "this build has no oneDNN");
     return -1;
@@ -54,13 +53,13 @@ int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A,
  * data in a memory object of its own engine when it runs. */
 struct dnnl_weight {
     int N, K;
-    dnnl_memory_desc_t md;     /* (K, N) bf16 in oneDNN's chosen layout */
-    void *data;                /* owned, 64-byte aligned */
+    dnnl_memory_desc_t md; /* (K, N) bf16 in oneDNN's chosen layout */
+    void *data;            /* owned, 64-byte aligned */
 };
 
 typedef struct {
     int M;
-    const dnnl_weight *w;      /* the weights (and layout) it was made for */
+    const dnnl_weight *w; /* the weights (and layout) it was made for */
     dnnl_primitive_t prim;
 } cached_prim;
 
@@ -137,11 +136,9 @@ int dnnl_weight_new(const float *W, int N, int K, dnnl_weight **out, char *err, 
         snprintf(err, errlen, "out of memory for a %dx%d oneDNN weight", N, K);
         goto cleanup;
     }
-    if (dnnl_memory_create(&to, &w->md, eng, w->data) ||
-        dnnl_memory_create(&from, &plain_md, eng, plain) ||
+    if (dnnl_memory_create(&to, &w->md, eng, w->data) || dnnl_memory_create(&from, &plain_md, eng, plain) ||
         dnnl_reorder_primitive_desc_create(&rpd, &plain_md, eng, &w->md, eng, NULL) ||
-        dnnl_primitive_create(&reorder, rpd) ||
-        dnnl_stream_create(&stream, eng, dnnl_stream_default_flags)) {
+        dnnl_primitive_create(&reorder, rpd) || dnnl_stream_create(&stream, eng, dnnl_stream_default_flags)) {
         snprintf(err, errlen, "oneDNN: cannot reorder a %dx%d weight", N, K);
         goto cleanup;
     }
@@ -241,7 +238,7 @@ typedef struct {
     const float *bias;
     int M;
     uint16_t *scratch;
-    int failed;                /* written by any piece that fails (a shape oneDNN refuses) */
+    int failed; /* written by any piece that fails (a shape oneDNN refuses) */
 } run_job;
 
 static void run_part(void *arg, int part, int parts) {
@@ -271,10 +268,9 @@ static void run_part(void *arg, int part, int parts) {
         j->failed = 1;
         goto cleanup;
     }
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm},
-                               {DNNL_ARG_BIAS, bm}, {DNNL_ARG_DST, dst}};
-    if (dnnl_primitive_execute(prim, rp->stream, 4, args) || dnnl_stream_wait(rp->stream))
-        j->failed = 1;
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_BIAS, bm}, {DNNL_ARG_DST, dst}};
+    if (dnnl_primitive_execute(prim, rp->stream, 4, args) || dnnl_stream_wait(rp->stream)) j->failed = 1;
 cleanup:
     if (src) dnnl_memory_destroy(src);
     if (bm) dnnl_memory_destroy(bm);
@@ -282,9 +278,8 @@ cleanup:
     if (wm) dnnl_memory_destroy(wm);
 }
 
-int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A,
-                  const dnnl_weight *W, const float *bias, int M, uint16_t *scratch, char *err,
-                  size_t errlen) {
+int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A, const dnnl_weight *W,
+                  const float *bias, int M, uint16_t *scratch, char *err, size_t errlen) {
     float *zero_bias = NULL;
     if (!bias) {
         zero_bias = calloc((size_t)W->N, sizeof(float));
@@ -299,8 +294,8 @@ int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A,
     thread_pool_run(pool, run_part, &j, parts < r->nparts ? parts : r->nparts);
     free(zero_bias);
     if (j.failed) {
-        snprintf(err, errlen, "oneDNN: no bf16 matmul of %d rows by a %dx%d weight in its layout",
-                 M, W->N, W->K);
+        snprintf(err, errlen, "oneDNN: no bf16 matmul of %d rows by a %dx%d weight in its layout", M, W->N,
+                 W->K);
         return -1;
     }
     return 0;

@@ -48,8 +48,7 @@ void dnnl_runner_free(dnnl_runner *r);
  * among `pool`'s pieces (at most the runner's), each running oneDNN on one
  * thread. scratch holds A in bf16: M * K values. Returns 0, or -1 with a
  * message (a shape oneDNN cannot run, out of memory). */
-int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A,
-                  const dnnl_weight *W, const float *bias, int M, uint16_t *scratch, char *err,
-                  size_t errlen);
+int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A, const dnnl_weight *W,
+                  const float *bias, int M, uint16_t *scratch, char *err, size_t errlen);
 
 #endif

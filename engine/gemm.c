@@ -40,15 +40,17 @@
 #include "dnnl_gemm.h"
 #include "parallel.h"
 
-#define NR (3 * GEMM_PANEL)  /* columns per tile */
-#define MR_MAX 8             /* rows per micro-kernel call, at most */
-#define KC 192               /* generic kernel's K block: its tile's weights (36 KB) fit L1 */
-#define KC_BIG 768           /* the AVX2, AVX-512 and bf16 K block: one block for K = 768 (C
+#define NR (3 * GEMM_PANEL) /* columns per tile */
+#define MR_MAX 8            /* rows per micro-kernel call, at most */
+#define KC 192              /* generic kernel's K block: its tile's weights (36 KB) fit L1 */
+#define KC_BIG                                                                                               \
+    768              /* the AVX2, AVX-512 and bf16 K block: one block for K = 768 (C
                                 written once, never reloaded); the tile's block comes from L2
                                 (measured against 192 and 256: bench/results/NOTES.md) */
-#define MC 64                /* rows of A per pass over a tile (8 row groups, at most) */
-#define GEMM_CHUNK 4         /* AVX2: panels a part takes at a time */
-#define MC_ONE_PASS 264      /* A packed (AVX2, bf16): up to this many rows (one image's
+#define MC 64        /* rows of A per pass over a tile (8 row groups, at most) */
+#define GEMM_CHUNK 4 /* AVX2: panels a part takes at a time */
+#define MC_ONE_PASS                                                                                          \
+    264 /* A packed (AVX2, bf16): up to this many rows (one image's
                                 tokens at 224 and below), a single pass over the weights */
 
 /* fp32 -> bf16, round to nearest even (the weights are finite: the loader
@@ -149,22 +151,20 @@ void gemm_pack_free(packed_weight *p) {
  * (48 values, or NULL) is added to the finished sums of the last K block. */
 
 typedef void (*kernel_fn)(const void *Ap, size_t rs, size_t ks, const void *B0, const void *B1,
-                          const void *B2, int kc, float *C, size_t ldc, int first,
-                          const float *bias);
+                          const void *B2, int kc, float *C, size_t ldc, int first, const float *bias);
 
 struct gemm_kernel {
     const char *name;
     kernel_fn fn;
-    int mr;      /* rows per call */
-    int np;      /* 16-column panels per call: 3 (a 48-column tile) or 1 */
-    int pack;    /* 1 reads A from a k-major copy packed once for all threads, 0 in place */
-    int kc;      /* K block (even: a bf16 pair never straddles two blocks) */
-    int pairs;   /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
+    int mr;    /* rows per call */
+    int np;    /* 16-column panels per call: 3 (a 48-column tile) or 1 */
+    int pack;  /* 1 reads A from a k-major copy packed once for all threads, 0 in place */
+    int kc;    /* K block (even: a bf16 pair never straddles two blocks) */
+    int pairs; /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
 };
 
-static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0,
-                           const void *B1, const void *B2, int kc, float *C, size_t ldc,
-                           int first, const float *bias) {
+static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0, const void *B1,
+                           const void *B2, int kc, float *C, size_t ldc, int first, const float *bias) {
     enum { MR = 4 };
     const float *Ap = Ap_, *B[3] = {B0, B1, B2};
     for (int r = 0; r < MR; r++)
@@ -172,8 +172,7 @@ static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0
             const float *Bp = B[c / GEMM_PANEL];
             int cc = c % GEMM_PANEL;
             float s = first ? 0.0f : C[r * ldc + c];
-            for (int k = 0; k < kc; k++)
-                s = fmaf(Ap[r * rs + k * ks], Bp[(size_t)k * GEMM_PANEL + cc], s);
+            for (int k = 0; k < kc; k++) s = fmaf(Ap[r * rs + k * ks], Bp[(size_t)k * GEMM_PANEL + cc], s);
             C[r * ldc + c] = bias ? s + bias[c] : s;
         }
 }
@@ -183,12 +182,10 @@ static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0
  * row groups of a pass over one panel before the next: the panel's block
  * (KC_BIG x 16, 48 KB) streams from L2 and the packed rows from L2/L3;
  * reloading C from L3 once per smaller K block cost more (gemm.c's top). */
-__attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, size_t rs,
-                                                            size_t ks, const void *B_,
-                                                            const void *unused1,
-                                                            const void *unused2, int kc, float *C,
-                                                            size_t ldc, int first,
-                                                            const float *bias) {
+__attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, size_t rs, size_t ks,
+                                                            const void *B_, const void *unused1,
+                                                            const void *unused2, int kc, float *C, size_t ldc,
+                                                            int first, const float *bias) {
     enum { MR = 6 };
     (void)rs; /* A comes packed (pack_rows_f32): element (r, k) at Ap[k * 6 + r] */
     (void)ks;
@@ -223,10 +220,9 @@ __attribute__((target("avx2,fma"))) static void kernel_avx2(const void *Ap_, siz
     }
 }
 
-__attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, size_t rs,
-                                                             size_t ks, const void *B0_,
-                                                             const void *B1_, const void *B2_,
-                                                             int kc, float *C, size_t ldc,
+__attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, size_t rs, size_t ks,
+                                                             const void *B0_, const void *B1_,
+                                                             const void *B2_, int kc, float *C, size_t ldc,
                                                              int first, const float *bias) {
     enum { MR = 8 };
     const float *B0 = B0_, *B1 = B1_, *B2 = B2_, *a[MR];
@@ -261,9 +257,9 @@ __attribute__((target("avx512f"))) static void kernel_avx512(const void *Ap_, si
 /* C (8, 48) (+)= Ap (kc2, 8) . [B0 B1 B2] (kc2, 16) where every element is
  * a pair of bf16 values: vdpbf16ps adds both products of a pair into the
  * fp32 accumulator. */
-__attribute__((target("avx512f,avx512bf16"))) static void kernel_bf16(
-    const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B1_, const void *B2_,
-    int kc2, float *C, size_t ldc, int first, const float *bias) {
+__attribute__((target("avx512f,avx512bf16"))) static void
+kernel_bf16(const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B1_, const void *B2_, int kc2,
+            float *C, size_t ldc, int first, const float *bias) {
     enum { MR = 8 };
     const uint32_t *B0 = B0_, *B1 = B1_, *B2 = B2_, *a[MR];
 #pragma GCC unroll 8
@@ -324,15 +320,15 @@ typedef struct {
     const float *bias;
     int M;
     const gemm_kernel *kernel;
-    float *Ap;    /* packing kernels: all of A, packed by pack_part (caller's scratch; bf16
+    float *Ap;              /* packing kernels: all of A, packed by pack_part (caller's scratch; bf16
                      pairs are 32-bit too, stored here as uint32_t) */
-    float *pad;   /* kernels reading A in place: A's last, short row group (M % mr rows)
+    float *pad;             /* kernels reading A in place: A's last, short row group (M % mr rows)
                      zero-padded to mr rows of K (caller's scratch), or NULL */
-    int Mp;       /* M rounded up to the kernel's rows */
-    int act;      /* activation applied to finished columns, or GEMM_NO_ACT */
+    int Mp;                 /* M rounded up to the kernel's rows */
+    int act;                /* activation applied to finished columns, or GEMM_NO_ACT */
     activation_fn activate; /* the table's activation kernel */
-    int chunk;    /* tiles a part takes at a time */
-    int next;     /* the first tile nobody has taken (atomic) */
+    int chunk;              /* tiles a part takes at a time */
+    int next;               /* the first tile nobody has taken (atomic) */
 } gemm_job;
 
 /* Eight full rows of A, 32 k at a time, as bf16 pairs in the packed layout
@@ -344,7 +340,7 @@ typedef struct {
  * instruction does. Scalar, the conversion was 17% of a bf16 ViT-B
  * forward (each thread converting its own copy). */
 __attribute__((target("avx512f,avx512bf16"))) static int pack8_bf16(const float *src, int K, int kc,
-                                                                     uint32_t *dst) {
+                                                                    uint32_t *dst) {
     int k2 = 0;
     for (; 2 * k2 + 32 <= kc; k2 += 16) {
         __m512i R[8], t[8], u[8];
@@ -382,8 +378,7 @@ __attribute__((target("avx512f,avx512bf16"))) static int pack8_bf16(const float 
  * (A[i][k], A[i][k+1]) rounded to bf16, k-major in groups of mr rows (the
  * kernel reads element (r, k2) at Ap[k2*mr + r]); the k past an odd block
  * and the missing rows are 0. */
-static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
-                           uint32_t *Ap) {
+static void pack_rows_bf16(const float *A, int K, int i0, int rows, int k0, int kc, int mr, uint32_t *Ap) {
     int kc2 = (kc + 1) / 2;
     for (int g = 0; g < rows; g += mr) {
         uint32_t *dst = Ap + (size_t)g * kc2;
@@ -423,7 +418,8 @@ __attribute__((target("avx2"))) static void pack6_avx2(const float *const *src, 
                        _mm256_shuffle_ps(t5, z, 0x44), _mm256_shuffle_ps(t5, z, 0xEE)};
         float *d = dst + (size_t)k * 6;
         for (int j = 0; j < 4; j++) _mm256_storeu_ps(d + 6 * j, _mm256_permute2f128_ps(u[j], v[j], 0x20));
-        for (int j = 0; j < 3; j++) _mm256_storeu_ps(d + 6 * (j + 4), _mm256_permute2f128_ps(u[j], v[j], 0x31));
+        for (int j = 0; j < 3; j++)
+            _mm256_storeu_ps(d + 6 * (j + 4), _mm256_permute2f128_ps(u[j], v[j], 0x31));
         __m256 last = _mm256_permute2f128_ps(u[3], v[3], 0x31);
         if (k + 8 < kc) {
             _mm256_storeu_ps(d + 42, last); /* its last two floats: the next k's place */
@@ -439,8 +435,7 @@ __attribute__((target("avx2"))) static void pack6_avx2(const float *const *src, 
 /* fp32 for the packing kernels (AVX2): the same block layout as
  * pack_rows_bf16, one float per k; full groups of six through pack6_avx2,
  * the last, short group zero-padded. */
-static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int kc, int mr,
-                          float *Ap) {
+static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int kc, int mr, float *Ap) {
     for (int g = 0; g < rows; g += mr) {
         float *dst = Ap + (size_t)g * kc;
         const float *src[MR_MAX];
@@ -491,8 +486,10 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
             for (int t = t0; t < t1; t++) {
                 int col0 = t * nr, cols = N - col0 < nr ? N - col0 : nr;
                 if (cols <= 0) break; /* only padding is left (a one-panel tile past N) */
-                const char *B0 = wbase + (size_t)(kn->np * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;
-                const char *B1 = kn->np == 3 ? B0 + panel_bytes : B0, *B2 = kn->np == 3 ? B1 + panel_bytes : B0;
+                const char *B0 =
+                    wbase + (size_t)(kn->np * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;
+                const char *B1 = kn->np == 3 ? B0 + panel_bytes : B0,
+                           *B2 = kn->np == 3 ? B1 + panel_bytes : B0;
                 const float *bias = last && j->bias ? j->bias + col0 : NULL;
                 if (bias && cols < nr) { /* the bias has only N values */
                     memcpy(edge_bias, bias, sizeof(float) * (size_t)cols);
@@ -539,8 +536,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
             if (last && j->act != GEMM_NO_ACT) {
                 int c0 = t0 * nr, c1 = t1 * nr < N ? t1 * nr : N;
                 for (int r = 0; r < rows && c0 < c1; r++)
-                    j->activate(j->out + (size_t)(i0 + r) * N + c0, (size_t)(c1 - c0),
-                                       (activation)j->act);
+                    j->activate(j->out + (size_t)(i0 + r) * N + c0, (size_t)(c1 - c0), (activation)j->act);
             }
         }
     }
@@ -605,15 +601,24 @@ void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, con
      * shape, our kernel computes it (the panels are there) */
     char err[256];
     if (W->dnnl && kt->dnnl &&
-        dnnl_gemm_run(kt->dnnl, pool, out, A, W->dnnl, bias, M, (uint16_t *)scratch, err,
-                      sizeof(err)) == 0) {
+        dnnl_gemm_run(kt->dnnl, pool, out, A, W->dnnl, bias, M, (uint16_t *)scratch, err, sizeof(err)) == 0) {
         if (act != GEMM_NO_ACT) kt->activation(out, (size_t)M * W->N, (activation)act);
         return;
     }
     const gemm_kernel *kn = W->bf16 ? kt->gemm_bf16 : kt->gemm;
-    gemm_job j = {.out = out, .A = A, .W = W, .bias = bias, .M = M, .kernel = kn, .Ap = scratch,
-                  .pad = NULL, .Mp = (M + kn->mr - 1) / kn->mr * kn->mr, .act = act,
-                  .activate = kt->activation, .chunk = 0, .next = 0};
+    gemm_job j = {.out = out,
+                  .A = A,
+                  .W = W,
+                  .bias = bias,
+                  .M = M,
+                  .kernel = kn,
+                  .Ap = scratch,
+                  .pad = NULL,
+                  .Mp = (M + kn->mr - 1) / kn->mr * kn->mr,
+                  .act = act,
+                  .activate = kt->activation,
+                  .chunk = 0,
+                  .next = 0};
     int tiles = W->panels / kn->np;
     /* Small products are not worth waking anyone. */
     int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;

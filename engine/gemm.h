@@ -20,7 +20,7 @@
 #include "dispatch.h"
 #include "parallel.h"
 
-#define GEMM_PANEL 16   /* output columns per packed panel */
+#define GEMM_PANEL 16 /* output columns per packed panel */
 
 /* W (N, K) repacked as panels of (K, 16), zero-padded to a multiple of 48
  * columns (the kernels' tile); or, for bf16 compute, as panels of
@@ -28,8 +28,8 @@
 typedef struct {
     int N, K;
     int panels;
-    float *data;        /* fp32: panels * K * 16 floats, 64-byte aligned, owned; else NULL */
-    uint32_t *bf16;     /* bf16: panels * ceil(K/2) * 16 pairs, owned; else NULL */
+    float *data;              /* fp32: panels * K * 16 floats, 64-byte aligned, owned; else NULL */
+    uint32_t *bf16;           /* bf16: panels * ceil(K/2) * 16 pairs, owned; else NULL */
     struct dnnl_weight *dnnl; /* bf16 through oneDNN (dnnl_gemm.h): its weights, owned;
                                  else NULL. The bf16 panels stay beside them: the
                                  kernel of a context without a oneDNN runner */

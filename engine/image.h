@@ -17,8 +17,8 @@
 /* 8-bit pixels, row-major, channels interleaved (RGB or L). Owned by whoever
  * received it from image_decode; release with image_free. */
 typedef struct {
-    int width, height, channels;   /* channels is 1 or 3 */
-    uint8_t *pixels;               /* width*height*channels bytes */
+    int width, height, channels; /* channels is 1 or 3 */
+    uint8_t *pixels;             /* width*height*channels bytes */
 } image_u8;
 
 /* Refusals made from the header, before decoding. 0 means "no limit" for
@@ -37,16 +37,15 @@ int image_format(const uint8_t *data, size_t len);
 
 /* Reads width and height from the header only (no pixel decoding).
  * Returns 0, or -1 with a message in err. */
-int image_probe(const uint8_t *data, size_t len, int *width, int *height,
-                char *err, size_t errlen);
+int image_probe(const uint8_t *data, size_t len, int *width, int *height, char *err, size_t errlen);
 
 /* Error codes of image_decode, so that callers can map them to HTTP
  * statuses (415 / 413 / 400). */
 enum {
     IMAGE_OK = 0,
-    IMAGE_ERR_FORMAT = -1,   /* not a JPEG or PNG */
-    IMAGE_ERR_TOO_LARGE = -2,/* dimensions or pixel count over the limits */
-    IMAGE_ERR_CORRUPT = -3,  /* a JPEG/PNG that fails to decode */
+    IMAGE_ERR_FORMAT = -1,    /* not a JPEG or PNG */
+    IMAGE_ERR_TOO_LARGE = -2, /* dimensions or pixel count over the limits */
+    IMAGE_ERR_CORRUPT = -3,   /* a JPEG/PNG that fails to decode */
     IMAGE_ERR_MEMORY = -4
 };
 
@@ -55,8 +54,7 @@ enum {
  * gray, palette, alpha (dropped, not composited) and 16-bit (high byte)
  * inputs are handled. Limits are checked from the header first.
  * Returns IMAGE_OK, or an IMAGE_ERR_* code with a message in err. */
-int image_decode(const uint8_t *data, size_t len, int channels,
-                 const image_limits *limits, image_u8 *out,
+int image_decode(const uint8_t *data, size_t len, int channels, const image_limits *limits, image_u8 *out,
                  char *err, size_t errlen);
 
 void image_free(image_u8 *img);
@@ -68,12 +66,12 @@ enum { IMAGE_RESAMPLE_BILINEAR = 2, IMAGE_RESAMPLE_BICUBIC = 3 }; /* PIL's numbe
  * code's ImageTransform normalization (bilinear, mean 0.5, std 0.5) used when
  * a checkpoint has no preprocessor_config.json. */
 typedef struct {
-    int has_preprocessor;  /* 1 when loaded from preprocessor_config.json */
-    int resample;          /* IMAGE_RESAMPLE_* */
+    int has_preprocessor; /* 1 when loaded from preprocessor_config.json */
+    int resample;         /* IMAGE_RESAMPLE_* */
     int do_resize, do_center_crop, do_rescale, do_normalize;
-    int size_shortest_edge;        /* preprocessor `size` (shortest edge), 0 if not given */
-    int size_height, size_width;   /* preprocessor `size` as {height,width}, 0 if not given */
-    int crop_height, crop_width;   /* preprocessor `crop_size` */
+    int size_shortest_edge;      /* preprocessor `size` (shortest edge), 0 if not given */
+    int size_height, size_width; /* preprocessor `size` as {height,width}, 0 if not given */
+    int crop_height, crop_width; /* preprocessor `crop_size` */
     double rescale_factor;
     double mean[3], std[3];
 } image_prep;
@@ -90,7 +88,7 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
  * (IMAGE_FIT_RESIZE or IMAGE_FIT_CROP): writes img->channels*out_h*out_w
  * floats, channel-major [C, h, w], into `out` (caller-allocated).
  * Returns 0, or -1 with a message in err. */
-int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
-                  const image_prep *prep, float *out, char *err, size_t errlen);
+int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const image_prep *prep, float *out,
+                  char *err, size_t errlen);
 
 #endif

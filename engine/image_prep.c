@@ -21,10 +21,7 @@
 
 /* Python's round() on a double: halves go to even (rint in the default
  * rounding mode does exactly that). */
-static int round_half_even(double v)
-{
-    return (int)nearbyint(v);
-}
+static int round_half_even(double v) { return (int)nearbyint(v); }
 
 /* Size that covers a target_h x target_w crop after the resize that pins
  * one side: torchvision's Resize(int) / HF's shortest_edge resize pin the
@@ -34,9 +31,7 @@ static int round_half_even(double v)
  * the other follows the same int() formula. For sh == sw this is exactly
  * the shorter side pinned to s (equal sides: both s). The result never
  * falls below the crop, so the crop needs no padding. */
-static int cover_size(int W, int H, int sh, int sw, int target_h, int target_w,
-                      int *new_w, int *new_h)
-{
+static int cover_size(int W, int H, int sh, int sw, int target_h, int target_w, int *new_w, int *new_h) {
     double other;
     /* Compare sh/H and sw/W exactly in integers; ties pin the height, which
      * for sh == sw and W == H gives s x s either way. */
@@ -49,24 +44,16 @@ static int cover_size(int W, int H, int sh, int sw, int target_h, int target_w,
     }
     /* A very elongated image would need a huge intermediate; checked in
      * double before the int conversion can overflow. */
-    if (other > PREP_MAX_SIDE * 16.0)
-        return -1;
-    if ((int64_t)sh * W >= (int64_t)sw * H)
-        *new_w = (int)other;
-    else
-        *new_h = (int)other;
-    if (*new_h < target_h)
-        *new_h = target_h;
-    if (*new_w < target_w)
-        *new_w = target_w;
+    if (other > PREP_MAX_SIDE * 16.0) return -1;
+    if ((int64_t)sh * W >= (int64_t)sw * H) *new_w = (int)other;
+    else *new_h = (int)other;
+    if (*new_h < target_h) *new_h = target_h;
+    if (*new_w < target_w) *new_w = target_w;
     return 0;
 }
 
 /* Python's floor division by 2 for a possibly negative int. */
-static int floor_half(int v)
-{
-    return v >= 0 ? v / 2 : -((-v + 1) / 2);
-}
+static int floor_half(int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); }
 
 /* ---- preprocessor_config.json ---- */
 
@@ -74,8 +61,7 @@ static int floor_half(int v)
 static const double CLIP_MEAN[3] = {0.48145466, 0.4578275, 0.40821073};
 static const double CLIP_STD[3] = {0.26862954, 0.26130258, 0.27577711};
 
-image_prep image_prep_default(void)
-{
+image_prep image_prep_default(void) {
     image_prep p;
     memset(&p, 0, sizeof p);
     p.has_preprocessor = 0;
@@ -92,12 +78,10 @@ image_prep image_prep_default(void)
     return p;
 }
 
-static int json_get_bool(json_t *root, const char *key, int *dst, const char *path,
-                         char *err, size_t errlen)
-{
+static int json_get_bool(json_t *root, const char *key, int *dst, const char *path, char *err,
+                         size_t errlen) {
     json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v))
-        return 0;
+    if (!v || json_is_null(v)) return 0;
     if (!json_is_boolean(v)) {
         snprintf(err, errlen, "%s: \"%s\" must be true or false", path, key);
         return -1;
@@ -106,29 +90,23 @@ static int json_get_bool(json_t *root, const char *key, int *dst, const char *pa
     return 0;
 }
 
-static int json_positive_int(json_t *v, int *dst)
-{
-    if (!json_is_integer(v))
-        return -1;
+static int json_positive_int(json_t *v, int *dst) {
+    if (!json_is_integer(v)) return -1;
     json_int_t n = json_integer_value(v);
-    if (n <= 0 || n > PREP_MAX_SIDE)
-        return -1;
+    if (n <= 0 || n > PREP_MAX_SIDE) return -1;
     *dst = (int)n;
     return 0;
 }
 
 /* `size` / `crop_size`: an int, or an object with height and width (and,
  * for size only, shortest_edge). */
-static int json_get_size(json_t *root, const char *key, int allow_shortest, int *shortest,
-                         int *height, int *width, const char *path, char *err, size_t errlen)
-{
+static int json_get_size(json_t *root, const char *key, int allow_shortest, int *shortest, int *height,
+                         int *width, const char *path, char *err, size_t errlen) {
     json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v))
-        return 0;
+    if (!v || json_is_null(v)) return 0;
     if (json_is_integer(v)) {
         int n;
-        if (json_positive_int(v, &n) != 0)
-            goto bad;
+        if (json_positive_int(v, &n) != 0) goto bad;
         if (allow_shortest) {
             /* HF's get_size_dict(int, default_to_square=False). */
             *shortest = n;
@@ -138,8 +116,7 @@ static int json_get_size(json_t *root, const char *key, int allow_shortest, int 
         }
         return 0;
     }
-    if (!json_is_object(v))
-        goto bad;
+    if (!json_is_object(v)) goto bad;
     if (json_object_get(v, "longest_edge")) {
         snprintf(err, errlen, "%s: \"%s\".longest_edge is not supported", path, key);
         return -1;
@@ -156,28 +133,24 @@ static int json_get_size(json_t *root, const char *key, int allow_shortest, int 
     }
     if (hh && ww) {
         if (json_positive_int(hh, height) != 0 || json_positive_int(ww, width) != 0) {
-            snprintf(err, errlen, "%s: \"%s\".height and .width must be positive integers",
-                     path, key);
+            snprintf(err, errlen, "%s: \"%s\".height and .width must be positive integers", path, key);
             return -1;
         }
-        if (allow_shortest)
-            *shortest = 0;
+        if (allow_shortest) *shortest = 0;
         return 0;
     }
 bad:
-    snprintf(err, errlen, "%s: \"%s\" must be a positive integer or an object with %s",
-             path, key, allow_shortest ? "shortest_edge or height and width" : "height and width");
+    snprintf(err, errlen, "%s: \"%s\" must be a positive integer or an object with %s", path, key,
+             allow_shortest ? "shortest_edge or height and width" : "height and width");
     return -1;
 }
 
 /* image_mean / image_std: a number or a list of 1 or 3 numbers. */
-static int json_get_triple(json_t *root, const char *key, double dst[3], int positive,
-                           const char *path, char *err, size_t errlen)
-{
+static int json_get_triple(json_t *root, const char *key, double dst[3], int positive, const char *path,
+                           char *err, size_t errlen) {
     json_t *v = json_object_get(root, key);
     double vals[3];
-    if (!v || json_is_null(v))
-        return 0;
+    if (!v || json_is_null(v)) return 0;
     if (json_is_number(v)) {
         vals[0] = vals[1] = vals[2] = json_number_value(v);
     } else if (json_is_array(v) && (json_array_size(v) == 1 || json_array_size(v) == 3)) {
@@ -185,15 +158,13 @@ static int json_get_triple(json_t *root, const char *key, double dst[3], int pos
         for (size_t i = 0; i < 3; i++) {
             json_t *e = json_array_get(v, n == 1 ? 0 : i);
             if (!json_is_number(e)) {
-                snprintf(err, errlen, "%s: \"%s\"[%zu] must be a number", path, key,
-                         n == 1 ? (size_t)0 : i);
+                snprintf(err, errlen, "%s: \"%s\"[%zu] must be a number", path, key, n == 1 ? (size_t)0 : i);
                 return -1;
             }
             vals[i] = json_number_value(e);
         }
     } else {
-        snprintf(err, errlen, "%s: \"%s\" must be a number or a list of 1 or 3 numbers",
-                 path, key);
+        snprintf(err, errlen, "%s: \"%s\" must be a number or a list of 1 or 3 numbers", path, key);
         return -1;
     }
     for (int i = 0; i < 3; i++) {
@@ -206,8 +177,7 @@ static int json_get_triple(json_t *root, const char *key, double dst[3], int pos
     return 0;
 }
 
-int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
-{
+int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen) {
     json_error_t jerr;
     json_t *root = NULL, *v;
     image_prep p;
@@ -246,17 +216,16 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
         }
         json_int_t r = json_integer_value(v);
         if (r != IMAGE_RESAMPLE_BILINEAR && r != IMAGE_RESAMPLE_BICUBIC) {
-            snprintf(err, errlen, "%s: \"resample\" %lld is not supported (2 bilinear, 3 bicubic)",
-                     path, (long long)r);
+            snprintf(err, errlen, "%s: \"resample\" %lld is not supported (2 bilinear, 3 bicubic)", path,
+                     (long long)r);
             goto cleanup;
         }
         p.resample = (int)r;
     }
 
-    if (json_get_size(root, "size", 1, &p.size_shortest_edge, &p.size_height, &p.size_width,
-                      path, err, errlen) ||
-        json_get_size(root, "crop_size", 0, NULL, &p.crop_height, &p.crop_width,
-                      path, err, errlen))
+    if (json_get_size(root, "size", 1, &p.size_shortest_edge, &p.size_height, &p.size_width, path, err,
+                      errlen) ||
+        json_get_size(root, "crop_size", 0, NULL, &p.crop_height, &p.crop_width, path, err, errlen))
         goto cleanup;
 
     v = json_object_get(root, "rescale_factor");
@@ -283,63 +252,50 @@ cleanup:
 
 /* Resizes *cur to w x h when it differs, replacing *cur (freeing it when
  * owned). */
-static int step_resize(image_u8 *cur, int *owned, int w, int h, int resample)
-{
+static int step_resize(image_u8 *cur, int *owned, int w, int h, int resample) {
     image_u8 next;
-    if (cur->width == w && cur->height == h)
-        return 0; /* torchvision and PIL leave it as it is */
-    if (resize_u8(cur, w, h, resample, &next) != 0)
-        return -1;
-    if (*owned)
-        image_free(cur);
+    if (cur->width == w && cur->height == h) return 0; /* torchvision and PIL leave it as it is */
+    if (resize_u8(cur, w, h, resample, &next) != 0) return -1;
+    if (*owned) image_free(cur);
     *cur = next;
     *owned = 1;
     return 0;
 }
 
-static int step_crop(image_u8 *cur, int *owned, int top, int left, int h, int w)
-{
+static int step_crop(image_u8 *cur, int *owned, int top, int left, int h, int w) {
     image_u8 next;
-    if (top == 0 && left == 0 && cur->width == w && cur->height == h)
-        return 0;
-    if (crop_u8(cur, top, left, h, w, &next) != 0)
-        return -1;
-    if (*owned)
-        image_free(cur);
+    if (top == 0 && left == 0 && cur->width == w && cur->height == h) return 0;
+    if (crop_u8(cur, top, left, h, w, &next) != 0) return -1;
+    if (*owned) image_free(cur);
     *cur = next;
     *owned = 1;
     return 0;
 }
 
 /* A size scaled by requested / reference, rounded half to even. */
-static int scaled_side(int size, int requested, int reference)
-{
-    if (reference <= 0)
-        return size;
+static int scaled_side(int size, int requested, int reference) {
+    if (reference <= 0) return size;
     double v = (double)size * requested / reference;
-    if (v > PREP_MAX_SIDE * 16.0)
-        v = PREP_MAX_SIDE * 16.0; /* refused later as too large */
+    if (v > PREP_MAX_SIDE * 16.0) v = PREP_MAX_SIDE * 16.0; /* refused later as too large */
     int r = round_half_even(v);
     return r < 1 ? 1 : r;
 }
 
-int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
-                  const image_prep *prep, float *out, char *err, size_t errlen)
-{
+int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const image_prep *prep, float *out,
+                  char *err, size_t errlen) {
     image_u8 cur;
     int owned = 0, rc = -1;
     image_prep def = image_prep_default();
 
-    if (!prep)
-        prep = &def;
+    if (!prep) prep = &def;
     if (!img || !img->pixels || img->width <= 0 || img->height <= 0 ||
         (img->channels != 1 && img->channels != 3)) {
         snprintf(err, errlen, "image_prepare: no valid image");
         return -1;
     }
     if (out_h <= 0 || out_w <= 0 || out_h > PREP_MAX_SIDE || out_w > PREP_MAX_SIDE) {
-        snprintf(err, errlen, "image_prepare: output size %dx%d out of range (1..%d)",
-                 out_w, out_h, PREP_MAX_SIDE);
+        snprintf(err, errlen, "image_prepare: output size %dx%d out of range (1..%d)", out_w, out_h,
+                 PREP_MAX_SIDE);
         return -1;
     }
     if ((int64_t)out_h * out_w > PREP_MAX_RESIZE_PIXELS) {
@@ -351,8 +307,7 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
         return -1;
     }
     if (prep->resample != IMAGE_RESAMPLE_BILINEAR && prep->resample != IMAGE_RESAMPLE_BICUBIC) {
-        snprintf(err, errlen, "image_prepare: resample %d is not supported (2 or 3)",
-                 prep->resample);
+        snprintf(err, errlen, "image_prepare: resample %d is not supported (2 or 3)", prep->resample);
         return -1;
     }
     cur = *img;
@@ -360,8 +315,7 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
     if (!prep->has_preprocessor) {
         if (fit == IMAGE_FIT_RESIZE) {
             /* torchvision Resize((h, w)) on a PIL image. */
-            if (step_resize(&cur, &owned, out_w, out_h, prep->resample) != 0)
-                goto oom;
+            if (step_resize(&cur, &owned, out_w, out_h, prep->resample) != 0) goto oom;
         } else {
             /* The official ImageTransform without its randomness:
              * Resize(round(1.1 * r)) then CenterCrop(r), generalized to
@@ -370,17 +324,17 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
             int nw, nh;
             if (cover_size(cur.width, cur.height, sh, sw, out_h, out_w, &nw, &nh) != 0 ||
                 (int64_t)nw * nh > PREP_MAX_RESIZE_PIXELS) {
-                snprintf(err, errlen, "image_prepare: a %dx%d image is too elongated to "
-                         "cover %dx%d", cur.width, cur.height, out_w, out_h);
+                snprintf(err, errlen,
+                         "image_prepare: a %dx%d image is too elongated to "
+                         "cover %dx%d",
+                         cur.width, cur.height, out_w, out_h);
                 goto cleanup;
             }
-            if (step_resize(&cur, &owned, nw, nh, prep->resample) != 0)
-                goto oom;
+            if (step_resize(&cur, &owned, nw, nh, prep->resample) != 0) goto oom;
             /* torchvision CenterCrop: int(round((H - h) / 2.0)). */
             int top = round_half_even((cur.height - out_h) / 2.0);
             int left = round_half_even((cur.width - out_w) / 2.0);
-            if (step_crop(&cur, &owned, top, left, out_h, out_w) != 0)
-                goto oom;
+            if (step_crop(&cur, &owned, top, left, out_h, out_w) != 0) goto oom;
         }
     } else {
         /* HF CLIPImageProcessor: resize, center_crop, rescale, normalize,
@@ -399,8 +353,10 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
                 int sh = scaled_side(prep->size_shortest_edge, out_h, crop_h);
                 int sw = scaled_side(prep->size_shortest_edge, out_w, crop_w);
                 if (cover_size(cur.width, cur.height, sh, sw, out_h, out_w, &nw, &nh) != 0) {
-                    snprintf(err, errlen, "image_prepare: a %dx%d image is too elongated to "
-                             "cover %dx%d", cur.width, cur.height, out_w, out_h);
+                    snprintf(err, errlen,
+                             "image_prepare: a %dx%d image is too elongated to "
+                             "cover %dx%d",
+                             cur.width, cur.height, out_w, out_h);
                     goto cleanup;
                 }
             } else if (prep->size_height > 0 && prep->size_width > 0) {
@@ -414,19 +370,18 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
                 snprintf(err, errlen, "image_prepare: resize target %dx%d is too large", nw, nh);
                 goto cleanup;
             }
-            if (step_resize(&cur, &owned, nw, nh, prep->resample) != 0)
-                goto oom;
+            if (step_resize(&cur, &owned, nw, nh, prep->resample) != 0) goto oom;
         }
         if (prep->do_center_crop) {
             /* HF center_crop: top = (H - h) // 2, zero padding when smaller. */
             int top = floor_half(cur.height - out_h), left = floor_half(cur.width - out_w);
-            if (step_crop(&cur, &owned, top, left, out_h, out_w) != 0)
-                goto oom;
+            if (step_crop(&cur, &owned, top, left, out_h, out_w) != 0) goto oom;
         }
         if (cur.width != out_w || cur.height != out_h) {
             snprintf(err, errlen,
                      "image_prepare: preprocessor without resize or crop leaves a %dx%d image, "
-                     "the model needs %dx%d", cur.width, cur.height, out_w, out_h);
+                     "the model needs %dx%d",
+                     cur.width, cur.height, out_w, out_h);
             goto cleanup;
         }
     }
@@ -447,8 +402,7 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
             for (size_t i = 0; i < plane; i++) {
                 uint8_t v = cur.pixels[i * C + c];
                 float x = do_rescale ? (float)(v * prep->rescale_factor) : (float)v;
-                if (do_normalize)
-                    x = (x - mean) / std;
+                if (do_normalize) x = (x - mean) / std;
                 dst[i] = x;
             }
         }
@@ -459,7 +413,6 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit,
 oom:
     snprintf(err, errlen, "image_prepare: out of memory at %dx%d", out_w, out_h);
 cleanup:
-    if (owned)
-        image_free(&cur);
+    if (owned) image_free(&cur);
     return rc;
 }

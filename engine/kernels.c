@@ -25,19 +25,19 @@
 
 /* Numerical Recipes' erfc(z) = t exp(-z^2 + P(t)), coefficients from the
  * highest power down (used by every path). */
-static const float erfc_coef[10] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.13520398f,
-                                    0.27886807f,  -0.18628806f, 0.09678418f, 0.37409196f,
-                                    1.00002368f,  -1.26551223f};
+static const float erfc_coef[10] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                    -0.18628806f, 0.09678418f,  0.37409196f, 1.00002368f,  -1.26551223f};
 
 /* ---- AVX-512: 16 floats at a time ---- */
 
 /* GELU(v) = v/2 (1 + erf(v/sqrt2)) = v/2 erfc(-v/sqrt2) */
 __attribute__((target("avx512f"))) static inline __m512 gelu512(__m512 v) {
     __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678118654752f));
-    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
+    __m512 t =
+        _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
     __m512 p = _mm512_set1_ps(erfc_coef[0]);
     for (int i = 1; i < 10; i++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(erfc_coef[i]));
-    __m512 erfc = _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p)));  /* erfc(|v|/sqrt2) */
+    __m512 erfc = _mm512_mul_ps(t, exp512(_mm512_fnmadd_ps(z, z, p))); /* erfc(|v|/sqrt2) */
     __mmask16 pos = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
     __m512 c = _mm512_mask_sub_ps(erfc, pos, _mm512_set1_ps(2.0f), erfc);
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), c);
@@ -57,8 +57,9 @@ __attribute__((target("avx512f"))) static void activation_avx512(float *x, size_
             __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
                                      _mm512_fmadd_ps(v3, _mm512_set1_ps(0.044715f), v));
             __m512 e = exp512(_mm512_add_ps(u, u));
-            __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f),
-                                     _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+            __m512 t =
+                _mm512_sub_ps(_mm512_set1_ps(1.0f),
+                              _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
             y = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), t));
         } else {
             y = _mm512_max_ps(v, _mm512_setzero_ps());
@@ -68,8 +69,8 @@ __attribute__((target("avx512f"))) static void activation_avx512(float *x, size_
 }
 
 __attribute__((target("avx512f"))) static void layernorm_avx512(float *out, const float *inp,
-                                                                 const float *weight, const float *bias,
-                                                                 int T, int C, float eps) {
+                                                                const float *weight, const float *bias, int T,
+                                                                int C, float eps) {
     for (int t = 0; t < T; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;
@@ -77,7 +78,8 @@ __attribute__((target("avx512f"))) static void layernorm_avx512(float *out, cons
         for (int i = 0; i < C; i += 16) {
             __m512 v = _mm512_maskz_loadu_ps(tail_mask((size_t)(C - i)), x + i);
             s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+            s1 = _mm512_add_pd(
+                s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
         }
         double mean = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / C;
         __m512d mv = _mm512_set1_pd(mean);
@@ -86,8 +88,9 @@ __attribute__((target("avx512f"))) static void layernorm_avx512(float *out, cons
             __mmask16 m = tail_mask((size_t)(C - i));
             __m512 v = _mm512_maskz_loadu_ps(m, x + i);
             __m512d d0 = _mm512_maskz_sub_pd((__mmask8)m, _mm512_cvtps_pd(_mm512_castps512_ps256(v)), mv);
-            __m512d d1 = _mm512_maskz_sub_pd((__mmask8)(m >> 8),
-                                             _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), mv);
+            __m512d d1 = _mm512_maskz_sub_pd(
+                (__mmask8)(m >> 8),
+                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), mv);
             s0 = _mm512_fmadd_pd(d0, d0, s0);
             s1 = _mm512_fmadd_pd(d1, d1, s1);
         }
@@ -106,8 +109,10 @@ __attribute__((target("avx512f"))) static void layernorm_avx512(float *out, cons
 /* ---- AVX2: 8 floats at a time (simd.h) ---- */
 
 __attribute__((target("avx2,fma"))) static inline __m256 gelu256(__m256 v) {
-    __m256 z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), _mm256_set1_ps(0.70710678118654752f));
-    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
+    __m256 z =
+        _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), _mm256_set1_ps(0.70710678118654752f));
+    __m256 t =
+        _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(0.5f), _mm256_set1_ps(1.0f)));
     __m256 p = _mm256_set1_ps(erfc_coef[0]);
     for (int i = 1; i < 10; i++) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(erfc_coef[i]));
     __m256 erfc = _mm256_mul_ps(t, exp256(_mm256_fnmadd_ps(z, z, p)));
@@ -129,8 +134,9 @@ __attribute__((target("avx2,fma"))) static void activation_avx2(float *x, size_t
             __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
                                      _mm256_fmadd_ps(v3, _mm256_set1_ps(0.044715f), v));
             __m256 e = exp256(_mm256_add_ps(u, u));
-            __m256 t = _mm256_sub_ps(_mm256_set1_ps(1.0f),
-                                     _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+            __m256 t =
+                _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                              _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
             y = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), t));
         } else {
             y = _mm256_max_ps(v, _mm256_setzero_ps());
@@ -153,8 +159,8 @@ static void rotate_pairs_scalar(float *dst, const float *x, const float *cs, int
     }
 }
 
-__attribute__((target("avx2,fma"))) static void rotate_pairs_avx2(float *dst, const float *x,
-                                                                  const float *cs, int n) {
+__attribute__((target("avx2,fma"))) static void rotate_pairs_avx2(float *dst, const float *x, const float *cs,
+                                                                  int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i), c = _mm256_loadu_ps(cs + i);
@@ -165,7 +171,7 @@ __attribute__((target("avx2,fma"))) static void rotate_pairs_avx2(float *dst, co
 }
 
 __attribute__((target("avx512f"))) static void rotate_pairs_avx512(float *dst, const float *x,
-                                                                  const float *cs, int n) {
+                                                                   const float *cs, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 v = _mm512_loadu_ps(x + i), c = _mm512_loadu_ps(cs + i);
@@ -176,8 +182,8 @@ __attribute__((target("avx512f"))) static void rotate_pairs_avx512(float *dst, c
 }
 
 __attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const float *inp,
-                                                               const float *weight, const float *bias,
-                                                               int T, int C, float eps) {
+                                                               const float *weight, const float *bias, int T,
+                                                               int C, float eps) {
     for (int t = 0; t < T; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;
@@ -213,11 +219,10 @@ __attribute__((target("avx2,fma"))) static void layernorm_avx2(float *out, const
     }
 }
 
-void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                    int T, int C, int OC) {
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int T, int C,
+                    int OC) {
     // out is (T,OC), inp is (T,C), weight is (OC,C)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, C, 1.0f, inp, C, weight, C,
-                0.0f, out, OC);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, C, 1.0f, inp, C, weight, C, 0.0f, out, OC);
     if (bias)
         for (int t = 0; t < T; t++) {
             float *o = out + (size_t)t * OC;
@@ -225,8 +230,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
         }
 }
 
-static void layernorm_scalar(float *out, const float *inp, const float *weight, const float *bias,
-                             int T, int C, float eps) {
+static void layernorm_scalar(float *out, const float *inp, const float *weight, const float *bias, int T,
+                             int C, float eps) {
     for (int t = 0; t < T; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;

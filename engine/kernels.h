@@ -18,8 +18,8 @@
 
 /* out (T, OC) = inp (T, C) @ weight^T + bias; weight is (OC, C) as PyTorch
  * stores Linear weights; bias (OC) may be NULL. */
-void matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                    int T, int C, int OC);
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int T, int C,
+                    int OC);
 
 /* One image's attention, heads [h0, h1), with the kernels of `kt`. qkv is
  * (T, 3*D) with q (already scaled) in columns [0, D), k in [D, 2D), v in
@@ -34,8 +34,7 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
  * the probabilities to bf16 for the two products (fp32 sums) where the
  * table has a bf16 head kernel (AVX-512 with AVX512-BF16); otherwise fp32. */
 size_t attention_scratch_floats(const kernel_table *kt, int T, int head_dim);
-void attention_forward(const kernel_table *kt, float *out, int ld_out, const float *qkv,
-                       float *scores, int T, int heads, int head_dim, int h0, int h1,
-                       const float *rot, int npairs, int bf16);
+void attention_forward(const kernel_table *kt, float *out, int ld_out, const float *qkv, float *scores, int T,
+                       int heads, int head_dim, int h0, int h1, const float *rot, int npairs, int bf16);
 
 #endif

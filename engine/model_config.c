@@ -17,10 +17,11 @@ typedef enum { KEY_INT, KEY_FLOAT, KEY_BOOL, KEY_STRING } key_type;
 typedef struct {
     const char *name;
     key_type type;
-    size_t offset;   /* into vit_config; strings are handled by name */
+    size_t offset; /* into vit_config; strings are handled by name */
 } config_key;
 
-#define KEY(name, type, field) { name, type, offsetof(vit_config, field) }
+#define KEY(name, type, field)                                                                               \
+    { name, type, offsetof(vit_config, field) }
 static const config_key config_keys[] = {
     KEY("hidden_size", KEY_INT, hidden_size),
     KEY("intermediate_size", KEY_INT, intermediate_size),
@@ -45,17 +46,12 @@ static const config_key config_keys[] = {
 };
 #undef KEY
 
-static const char *const pe_names[] = {"raw", "none", "vanilla-rope", "liere",
-                                       "comrope-ap", "comrope-ld"};
+static const char *const pe_names[] = {"raw", "none", "vanilla-rope", "liere", "comrope-ap", "comrope-ld"};
 static const char *const act_names[] = {"quick_gelu", "gelu", "gelu_new", "relu"};
 
-const char *pe_type_name(pe_type t) {
-    return (t >= 0 && t <= PE_COMROPE_LD) ? pe_names[t] : "?";
-}
+const char *pe_type_name(pe_type t) { return (t >= 0 && t <= PE_COMROPE_LD) ? pe_names[t] : "?"; }
 
-const char *activation_name(activation a) {
-    return (a >= 0 && a <= ACT_RELU) ? act_names[a] : "?";
-}
+const char *activation_name(activation a) { return (a >= 0 && a <= ACT_RELU) ? act_names[a] : "?"; }
 
 static void set_defaults(vit_config *c) {
     memset(c, 0, sizeof(*c));
@@ -82,8 +78,8 @@ static void set_defaults(vit_config *c) {
 }
 
 /* Reads one key of the table from `v` into the config. */
-static int read_key(const config_key *k, json_t *v, vit_config *c, const char *name,
-                    char *err, size_t errlen) {
+static int read_key(const config_key *k, json_t *v, vit_config *c, const char *name, char *err,
+                    size_t errlen) {
     char *field = (char *)c + k->offset;
     switch (k->type) {
     case KEY_INT:
@@ -120,10 +116,14 @@ static int read_key(const config_key *k, json_t *v, vit_config *c, const char *n
         const char *s = json_string_value(v);
         if (strcmp(k->name, "custom_pe_type") == 0) {
             for (int i = 0; i <= PE_COMROPE_LD; i++)
-                if (strcmp(s, pe_names[i]) == 0) { c->custom_pe_type = (pe_type)i; return 0; }
+                if (strcmp(s, pe_names[i]) == 0) {
+                    c->custom_pe_type = (pe_type)i;
+                    return 0;
+                }
             snprintf(err, errlen,
                      "%s: unknown custom_pe_type \"%s\" (expected raw, none, vanilla-rope, "
-                     "liere, comrope-ap or comrope-ld)", name, s);
+                     "liere, comrope-ap or comrope-ld)",
+                     name, s);
             return -1;
         }
         /* hidden_act */
@@ -135,7 +135,8 @@ static int read_key(const config_key *k, json_t *v, vit_config *c, const char *n
         else {
             snprintf(err, errlen,
                      "%s: unsupported hidden_act \"%s\" (expected quick_gelu, gelu, gelu_new, "
-                     "gelu_pytorch_tanh or relu)", name, s);
+                     "gelu_pytorch_tanh or relu)",
+                     name, s);
             return -1;
         }
         return 0;
@@ -182,16 +183,21 @@ static int read_labels(json_t *obj, vit_config *c, const char *name, char *err, 
 
 /* Shape rules: the ones the official code asserts, plus what we need to run. */
 static int check_shapes(vit_config *c, const char *name, char *err, size_t errlen) {
-    struct { const char *key; int value; } positive[] = {
-        {"hidden_size", c->hidden_size}, {"intermediate_size", c->intermediate_size},
-        {"num_hidden_layers", c->num_hidden_layers},
-        {"num_attention_heads", c->num_attention_heads}, {"image_size", c->image_size},
-        {"patch_size", c->patch_size}, {"block_size", c->block_size},
-        {"num_class", c->num_class}};
+    struct {
+        const char *key;
+        int value;
+    } positive[] = {{"hidden_size", c->hidden_size},
+                    {"intermediate_size", c->intermediate_size},
+                    {"num_hidden_layers", c->num_hidden_layers},
+                    {"num_attention_heads", c->num_attention_heads},
+                    {"image_size", c->image_size},
+                    {"patch_size", c->patch_size},
+                    {"block_size", c->block_size},
+                    {"num_class", c->num_class}};
     for (size_t i = 0; i < sizeof(positive) / sizeof(positive[0]); i++) {
         if (positive[i].value <= 0) {
-            snprintf(err, errlen, "%s: key \"%s\" must be positive (got %d)", name,
-                     positive[i].key, positive[i].value);
+            snprintf(err, errlen, "%s: key \"%s\" must be positive (got %d)", name, positive[i].key,
+                     positive[i].value);
             return -1;
         }
     }
@@ -207,14 +213,12 @@ static int check_shapes(vit_config *c, const char *name, char *err, size_t errle
         return -1;
     }
     if (c->num_channels != 1 && c->num_channels != 3) {
-        snprintf(err, errlen, "%s: key \"num_channels\" must be 1 or 3 (got %d)", name,
-                 c->num_channels);
+        snprintf(err, errlen, "%s: key \"num_channels\" must be 1 or 3 (got %d)", name, c->num_channels);
         return -1;
     }
     if (c->num_axes == 3) {
         snprintf(err, errlen,
-                 "%s: key \"num_axes\" is 3 (a video model); only 2-D image models are supported",
-                 name);
+                 "%s: key \"num_axes\" is 3 (a video model); only 2-D image models are supported", name);
         return -1;
     }
     if (c->num_axes != 2) {
@@ -224,12 +228,12 @@ static int check_shapes(vit_config *c, const char *name, char *err, size_t errle
     if (!c->prepend_cls) {
         snprintf(err, errlen,
                  "%s: key \"prepend_cls\" is false; the model needs its class token "
-                 "(the official code cannot run without it either)", name);
+                 "(the official code cannot run without it either)",
+                 name);
         return -1;
     }
     if (c->hidden_size % c->num_attention_heads != 0) {
-        snprintf(err, errlen,
-                 "%s: key \"hidden_size\" (%d) is not divisible by \"num_attention_heads\" (%d)",
+        snprintf(err, errlen, "%s: key \"hidden_size\" (%d) is not divisible by \"num_attention_heads\" (%d)",
                  name, c->hidden_size, c->num_attention_heads);
         return -1;
     }
@@ -250,8 +254,7 @@ static int check_shapes(vit_config *c, const char *name, char *err, size_t errle
             return -1;
         }
         if (c->head_dim % (2 * c->num_axes) != 0) {
-            snprintf(err, errlen,
-                     "%s: vanilla-rope needs head_dim (%d) divisible by 2*num_axes (%d)", name,
+            snprintf(err, errlen, "%s: vanilla-rope needs head_dim (%d) divisible by 2*num_axes (%d)", name,
                      c->head_dim, 2 * c->num_axes);
             return -1;
         }
@@ -263,8 +266,8 @@ static int check_shapes(vit_config *c, const char *name, char *err, size_t errle
     case PE_LIERE:
     case PE_COMROPE_LD:
         if (c->head_dim % b != 0) {
-            snprintf(err, errlen, "%s: head_dim (%d) is not divisible by \"block_size\" (%d)",
-                     name, c->head_dim, b);
+            snprintf(err, errlen, "%s: head_dim (%d) is not divisible by \"block_size\" (%d)", name,
+                     c->head_dim, b);
             return -1;
         }
         if (c->custom_pe_type == PE_LIERE && !(c->scale_factor != 0 && isfinite(c->scale_factor))) {
@@ -275,13 +278,12 @@ static int check_shapes(vit_config *c, const char *name, char *err, size_t errle
     case PE_COMROPE_AP:
         if (c->head_dim % c->num_axes != 0 || (c->head_dim / c->num_axes) % b != 0) {
             snprintf(err, errlen,
-                     "%s: comrope-ap needs head_dim/num_axes (%d/%d) divisible by \"block_size\" (%d)",
-                     name, c->head_dim, c->num_axes, b);
+                     "%s: comrope-ap needs head_dim/num_axes (%d/%d) divisible by \"block_size\" (%d)", name,
+                     c->head_dim, c->num_axes, b);
             return -1;
         }
         break;
-    default:
-        break;
+    default: break;
     }
     if (b > 64) {
         snprintf(err, errlen, "%s: key \"block_size\" %d is larger than we support (64)", name, b);
@@ -290,15 +292,15 @@ static int check_shapes(vit_config *c, const char *name, char *err, size_t errle
     c->has_ape = (c->custom_pe_type == PE_RAW) || !c->keep_ape;
     c->ape_side = c->image_size / c->patch_size;
     if (c->has_ape && c->ape_side < 1) {
-        snprintf(err, errlen, "%s: image_size (%d) is smaller than patch_size (%d)", name,
-                 c->image_size, c->patch_size);
+        snprintf(err, errlen, "%s: image_size (%d) is smaller than patch_size (%d)", name, c->image_size,
+                 c->patch_size);
         return -1;
     }
     return 0;
 }
 
-int vit_config_parse(const char *json, size_t len, const char *name, vit_config *cfg,
-                     char *err, size_t errlen) {
+int vit_config_parse(const char *json, size_t len, const char *name, vit_config *cfg, char *err,
+                     size_t errlen) {
     json_error_t jerr;
     json_t *root = NULL;
     int rc = -1;
@@ -315,13 +317,11 @@ int vit_config_parse(const char *json, size_t len, const char *name, vit_config 
     }
     for (size_t i = 0; i < sizeof(config_keys) / sizeof(config_keys[0]); i++) {
         json_t *v = json_object_get(root, config_keys[i].name);
-        if (v && !json_is_null(v) && read_key(&config_keys[i], v, cfg, name, err, errlen) != 0)
-            goto cleanup;
+        if (v && !json_is_null(v) && read_key(&config_keys[i], v, cfg, name, err, errlen) != 0) goto cleanup;
     }
     if (check_shapes(cfg, name, err, errlen) != 0) goto cleanup;
     json_t *labels = json_object_get(root, "id2label");
-    if (labels && !json_is_null(labels) && read_labels(labels, cfg, name, err, errlen) != 0)
-        goto cleanup;
+    if (labels && !json_is_null(labels) && read_labels(labels, cfg, name, err, errlen) != 0) goto cleanup;
     rc = 0;
 cleanup:
     if (root) json_decref(root);

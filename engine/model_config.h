@@ -11,42 +11,42 @@
 
 /* custom_pe_type */
 typedef enum {
-    PE_RAW = 0,        /* APE only (the CLIP baseline) */
-    PE_NONE,           /* no position information in attention */
-    PE_VANILLA_ROPE,   /* fixed-frequency 2-D RoPE */
-    PE_LIERE,          /* LieRE: learned, non-commuting generators */
-    PE_COMROPE_AP,     /* ComRoPE axis-partition */
-    PE_COMROPE_LD      /* ComRoPE linearly-dependent */
+    PE_RAW = 0,      /* APE only (the CLIP baseline) */
+    PE_NONE,         /* no position information in attention */
+    PE_VANILLA_ROPE, /* fixed-frequency 2-D RoPE */
+    PE_LIERE,        /* LieRE: learned, non-commuting generators */
+    PE_COMROPE_AP,   /* ComRoPE axis-partition */
+    PE_COMROPE_LD    /* ComRoPE linearly-dependent */
 } pe_type;
 
 typedef enum { ACT_QUICK_GELU = 0, ACT_GELU, ACT_GELU_TANH, ACT_RELU } activation;
 
 typedef struct {
-    int hidden_size;          /* D */
-    int intermediate_size;    /* I */
-    int num_hidden_layers;    /* L */
-    int num_attention_heads;  /* H */
-    int num_channels;         /* C: 1 or 3 */
-    int image_size;           /* training resolution (square) */
-    int patch_size;           /* p */
+    int hidden_size;         /* D */
+    int intermediate_size;   /* I */
+    int num_hidden_layers;   /* L */
+    int num_attention_heads; /* H */
+    int num_channels;        /* C: 1 or 3 */
+    int image_size;          /* training resolution (square) */
+    int patch_size;          /* p */
     activation hidden_act;
     double layer_norm_eps;
     pe_type custom_pe_type;
-    int keep_ape;             /* official naming: true means NO APE table */
-    int block_size;           /* b */
-    int num_axes;             /* only 2 is supported */
+    int keep_ape;   /* official naming: true means NO APE table */
+    int block_size; /* b */
+    int num_axes;   /* only 2 is supported */
     int axis_scale;
     int prepend_cls;
     double cls_position;
     double theta_base;
     double scale_factor;
-    int num_class;            /* K */
-    int mlp_intermediate;     /* 0: linear head; >0: Linear-ReLU-Linear */
+    int num_class;        /* K */
+    int mlp_intermediate; /* 0: linear head; >0: Linear-ReLU-Linear */
 
     /* derived */
-    int head_dim;             /* D / H */
-    int has_ape;              /* the weights hold embeddings.position_embedding */
-    int ape_side;             /* P0 = image_size / patch_size (rounded down) */
+    int head_dim; /* D / H */
+    int has_ape;  /* the weights hold embeddings.position_embedding */
+    int ape_side; /* P0 = image_size / patch_size (rounded down) */
 
     /* id2label: labels[k] is owned (NULL where config.json has no name) */
     char **labels;
@@ -58,8 +58,8 @@ typedef struct {
 int vit_config_load(const char *path, vit_config *cfg, char *err, size_t errlen);
 
 /* Same, from JSON text already in memory (`name` is used in messages). */
-int vit_config_parse(const char *json, size_t len, const char *name,
-                     vit_config *cfg, char *err, size_t errlen);
+int vit_config_parse(const char *json, size_t len, const char *name, vit_config *cfg, char *err,
+                     size_t errlen);
 
 void vit_config_free(vit_config *cfg);
 

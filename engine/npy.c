@@ -20,10 +20,8 @@
  * far below what would take the machine down. */
 #define NPY_MAX_COUNT ((int64_t)1 << 28)
 
-void npy_free(npy_array *a)
-{
-    if (!a)
-        return;
+void npy_free(npy_array *a) {
+    if (!a) return;
     free(a->data);
     memset(a, 0, sizeof *a);
 }
@@ -35,86 +33,68 @@ typedef struct {
     size_t len, pos;
 } cursor;
 
-static void skip_ws(cursor *c)
-{
-    while (c->pos < c->len && (c->s[c->pos] == ' ' || c->s[c->pos] == '\t' ||
-                               c->s[c->pos] == '\n' || c->s[c->pos] == '\r'))
+static void skip_ws(cursor *c) {
+    while (c->pos < c->len &&
+           (c->s[c->pos] == ' ' || c->s[c->pos] == '\t' || c->s[c->pos] == '\n' || c->s[c->pos] == '\r'))
         c->pos++;
 }
 
-static int peek(cursor *c)
-{
-    return c->pos < c->len ? (unsigned char)c->s[c->pos] : -1;
-}
+static int peek(cursor *c) { return c->pos < c->len ? (unsigned char)c->s[c->pos] : -1; }
 
-static int expect(cursor *c, char ch)
-{
+static int expect(cursor *c, char ch) {
     skip_ws(c);
-    if (peek(c) != ch)
-        return -1;
+    if (peek(c) != ch) return -1;
     c->pos++;
     return 0;
 }
 
 /* A Python string literal in single or double quotes, no escapes (none of
  * the three keys or the dtype strings need one). */
-static int parse_string(cursor *c, char *dst, size_t dstlen)
-{
+static int parse_string(cursor *c, char *dst, size_t dstlen) {
     skip_ws(c);
     int q = peek(c);
-    if (q != '\'' && q != '"')
-        return -1;
+    if (q != '\'' && q != '"') return -1;
     c->pos++;
     size_t n = 0;
     while (c->pos < c->len && c->s[c->pos] != q) {
-        if (c->s[c->pos] == '\\' || n + 1 >= dstlen)
-            return -1;
+        if (c->s[c->pos] == '\\' || n + 1 >= dstlen) return -1;
         dst[n++] = c->s[c->pos++];
     }
-    if (c->pos >= c->len)
-        return -1;
+    if (c->pos >= c->len) return -1;
     c->pos++;
     dst[n] = '\0';
     return 0;
 }
 
-static int parse_word(cursor *c, const char *word)
-{
+static int parse_word(cursor *c, const char *word) {
     size_t n = strlen(word);
     skip_ws(c);
-    if (c->len - c->pos < n || memcmp(c->s + c->pos, word, n) != 0)
-        return -1;
+    if (c->len - c->pos < n || memcmp(c->s + c->pos, word, n) != 0) return -1;
     c->pos += n;
     return 0;
 }
 
 /* A non-negative decimal integer, bounded by NPY_MAX_COUNT (a larger
  * dimension can never fit). Returns -1 on syntax error, -2 when too big. */
-static int parse_dim(cursor *c, int64_t *v)
-{
+static int parse_dim(cursor *c, int64_t *v) {
     skip_ws(c);
     int ch = peek(c);
-    if (ch < '0' || ch > '9')
-        return -1;
+    if (ch < '0' || ch > '9') return -1;
     int64_t x = 0;
     while ((ch = peek(c)) >= '0' && ch <= '9') {
         x = x * 10 + (ch - '0');
-        if (x > NPY_MAX_COUNT)
-            return -2;
+        if (x > NPY_MAX_COUNT) return -2;
         c->pos++;
     }
     /* Python 2 era files may write 3L. */
-    if (peek(c) == 'L')
-        c->pos++;
+    if (peek(c) == 'L') c->pos++;
     *v = x;
     return 0;
 }
 
 /* ( ) or (n,) or (n, m, ...) with an optional trailing comma. */
-static int parse_shape(cursor *c, npy_array *a, const char *name, char *err, size_t errlen)
-{
-    if (expect(c, '(') != 0)
-        goto syntax;
+static int parse_shape(cursor *c, npy_array *a, const char *name, char *err, size_t errlen) {
+    if (expect(c, '(') != 0) goto syntax;
     a->ndim = 0;
     for (;;) {
         skip_ws(c);
@@ -131,16 +111,14 @@ static int parse_shape(cursor *c, npy_array *a, const char *name, char *err, siz
             snprintf(err, errlen, "%s: shape dimension %d is absurdly large", name, a->ndim);
             return -1;
         }
-        if (rc != 0)
-            goto syntax;
+        if (rc != 0) goto syntax;
         a->ndim++;
         skip_ws(c);
         if (peek(c) == ',') {
             c->pos++;
             continue;
         }
-        if (peek(c) != ')')
-            goto syntax;
+        if (peek(c) != ')') goto syntax;
     }
 syntax:
     snprintf(err, errlen, "%s: 'shape' in the header is not a tuple of integers", name);
@@ -148,9 +126,8 @@ syntax:
 }
 
 /* Parses the header dict into `a` (ndim, shape) and the item size. */
-static int parse_header(const char *hdr, size_t hlen, const char *name, npy_array *a,
-                        int *itemsize, char *err, size_t errlen)
-{
+static int parse_header(const char *hdr, size_t hlen, const char *name, npy_array *a, int *itemsize,
+                        char *err, size_t errlen) {
     cursor c = {hdr, hlen, 0};
     char key[32], descr[32];
     int have_descr = 0, have_fortran = 0, have_shape = 0, fortran = 0;
@@ -171,24 +148,23 @@ static int parse_header(const char *hdr, size_t hlen, const char *name, npy_arra
         }
         if (strcmp(key, "descr") == 0 && !have_descr) {
             if (parse_string(&c, descr, sizeof descr) != 0) {
-                snprintf(err, errlen, "%s: 'descr' is not a dtype string "
-                         "(structured dtypes are not supported)", name);
+                snprintf(err, errlen,
+                         "%s: 'descr' is not a dtype string "
+                         "(structured dtypes are not supported)",
+                         name);
                 return -1;
             }
             have_descr = 1;
         } else if (strcmp(key, "fortran_order") == 0 && !have_fortran) {
-            if (parse_word(&c, "True") == 0)
-                fortran = 1;
-            else if (parse_word(&c, "False") == 0)
-                fortran = 0;
+            if (parse_word(&c, "True") == 0) fortran = 1;
+            else if (parse_word(&c, "False") == 0) fortran = 0;
             else {
                 snprintf(err, errlen, "%s: 'fortran_order' is not True or False", name);
                 return -1;
             }
             have_fortran = 1;
         } else if (strcmp(key, "shape") == 0 && !have_shape) {
-            if (parse_shape(&c, a, name, err, errlen) != 0)
-                return -1;
+            if (parse_shape(&c, a, name, err, errlen) != 0) return -1;
             have_shape = 1;
         } else {
             /* NumPy requires exactly these three keys, once each. */
@@ -209,15 +185,16 @@ static int parse_header(const char *hdr, size_t hlen, const char *name, npy_arra
     }
     skip_ws(&c);
     /* Padding is spaces and one newline; NUL bytes appear in some writers. */
-    while (c.pos < c.len && c.s[c.pos] == '\0')
-        c.pos++;
+    while (c.pos < c.len && c.s[c.pos] == '\0') c.pos++;
     if (c.pos != c.len) {
         snprintf(err, errlen, "%s: unexpected bytes after the header dict", name);
         return -1;
     }
     if (!have_descr || !have_fortran || !have_shape) {
         snprintf(err, errlen, "%s: header lacks '%s'", name,
-                 !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+                 !have_descr     ? "descr"
+                 : !have_fortran ? "fortran_order"
+                                 : "shape");
         return -1;
     }
     if (strcmp(descr, "<f4") == 0) {
@@ -225,33 +202,27 @@ static int parse_header(const char *hdr, size_t hlen, const char *name, npy_arra
     } else if (strcmp(descr, "<f8") == 0) {
         *itemsize = 8;
     } else if (descr[0] == '>' && (strcmp(descr + 1, "f4") == 0 || strcmp(descr + 1, "f8") == 0)) {
-        snprintf(err, errlen, "%s: dtype '%s' is big-endian (only little-endian <f4 and <f8)",
-                 name, descr);
+        snprintf(err, errlen, "%s: dtype '%s' is big-endian (only little-endian <f4 and <f8)", name, descr);
         return -1;
     } else {
         snprintf(err, errlen, "%s: dtype '%s' is not supported (only <f4 and <f8)", name, descr);
         return -1;
     }
     if (fortran) {
-        snprintf(err, errlen, "%s: Fortran-order arrays are not supported (save it C-contiguous)",
-                 name);
+        snprintf(err, errlen, "%s: Fortran-order arrays are not supported (save it C-contiguous)", name);
         return -1;
     }
     return 0;
 }
 
-int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
-              char *err, size_t errlen)
-{
+int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out, char *err, size_t errlen) {
     npy_array a;
     size_t hstart, hlen;
     int itemsize = 0;
 
     memset(&a, 0, sizeof a);
-    if (!name)
-        name = "(npy)";
-    if (out)
-        memset(out, 0, sizeof *out);
+    if (!name) name = "(npy)";
+    if (out) memset(out, 0, sizeof *out);
     if (!data || !out) {
         snprintf(err, errlen, "%s: no data", name);
         return -1;
@@ -269,33 +240,27 @@ int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
             snprintf(err, errlen, "%s: truncated before the header length", name);
             return -1;
         }
-        hlen = (size_t)data[8] | ((size_t)data[9] << 8) | ((size_t)data[10] << 16) |
-               ((size_t)data[11] << 24);
+        hlen = (size_t)data[8] | ((size_t)data[9] << 8) | ((size_t)data[10] << 16) | ((size_t)data[11] << 24);
         hstart = 12;
     } else {
-        snprintf(err, errlen, "%s: .npy format version %d.%d is not supported", name, major,
-                 data[7]);
+        snprintf(err, errlen, "%s: .npy format version %d.%d is not supported", name, major, data[7]);
         return -1;
     }
     if (hlen > NPY_MAX_HEADER) {
-        snprintf(err, errlen, "%s: header of %zu bytes is over the limit %d", name, hlen,
-                 NPY_MAX_HEADER);
+        snprintf(err, errlen, "%s: header of %zu bytes is over the limit %d", name, hlen, NPY_MAX_HEADER);
         return -1;
     }
     if (hlen > len - hstart) {
-        snprintf(err, errlen, "%s: truncated inside the header (%zu of %zu bytes)", name,
-                 len - hstart, hlen);
+        snprintf(err, errlen, "%s: truncated inside the header (%zu of %zu bytes)", name, len - hstart, hlen);
         return -1;
     }
-    if (parse_header((const char *)data + hstart, hlen, name, &a, &itemsize, err, errlen) != 0)
-        return -1;
+    if (parse_header((const char *)data + hstart, hlen, name, &a, &itemsize, err, errlen) != 0) return -1;
 
     /* Product of the shape, checked step by step so it cannot overflow. */
     a.count = 1;
     for (int i = 0; i < a.ndim; i++) {
         if (a.shape[i] != 0 && a.count > NPY_MAX_COUNT / a.shape[i]) {
-            snprintf(err, errlen, "%s: shape has more than %lld elements", name,
-                     (long long)NPY_MAX_COUNT);
+            snprintf(err, errlen, "%s: shape has more than %lld elements", name, (long long)NPY_MAX_COUNT);
             return -1;
         }
         a.count *= a.shape[i];
@@ -307,8 +272,8 @@ int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
     size_t need = (size_t)a.count * (size_t)itemsize;
     size_t have = len - hstart - hlen;
     if (have != need) {
-        snprintf(err, errlen, "%s: data is %zu bytes, the header's shape and dtype need %zu",
-                 name, have, need);
+        snprintf(err, errlen, "%s: data is %zu bytes, the header's shape and dtype need %zu", name, have,
+                 need);
         return -1;
     }
     a.data = malloc((size_t)a.count * sizeof(float));
@@ -320,15 +285,14 @@ int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
     const uint8_t *p = data + hstart + hlen;
     for (int64_t i = 0; i < a.count; i++) {
         if (itemsize == 4) {
-            uint32_t u = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-                         ((uint32_t)p[3] << 24);
+            uint32_t u =
+                (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
             float f;
             memcpy(&f, &u, sizeof f);
             a.data[i] = f;
         } else {
             uint64_t u = 0;
-            for (int b = 7; b >= 0; b--)
-                u = (u << 8) | p[b];
+            for (int b = 7; b >= 0; b--) u = (u << 8) | p[b];
             double d;
             memcpy(&d, &u, sizeof d);
             a.data[i] = (float)d;
@@ -339,15 +303,13 @@ int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
     return 0;
 }
 
-int npy_load(const char *path, npy_array *out, char *err, size_t errlen)
-{
+int npy_load(const char *path, npy_array *out, char *err, size_t errlen) {
     FILE *f = NULL;
     uint8_t *buf = NULL;
     long size;
     int rc = -1;
 
-    if (out)
-        memset(out, 0, sizeof *out);
+    if (out) memset(out, 0, sizeof *out);
     f = fopen(path, "rb");
     if (!f) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -376,8 +338,7 @@ int npy_load(const char *path, npy_array *out, char *err, size_t errlen)
 
 cleanup:
     free(buf);
-    if (f)
-        fclose(f);
+    if (f) fclose(f);
     return rc;
 }
 
@@ -401,12 +362,11 @@ int npy_save_f32(const char *path, const float *data, int ndim, const int64_t *s
         return -1;
     }
     unsigned hlen = (unsigned)(total - 10);
-    unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
-                              (unsigned char)(hlen >> 8)};
+    unsigned char head[10] = {
+        0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8)};
     int ok = fwrite(head, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)n, f) == (size_t)n;
     for (int i = 0; ok && i < pad; i++) ok = fputc(' ', f) != EOF;
-    ok = ok && fputc('\n', f) != EOF &&
-         fwrite(data, sizeof(float), (size_t)count, f) == (size_t)count;
+    ok = ok && fputc('\n', f) != EOF && fwrite(data, sizeof(float), (size_t)count, f) == (size_t)count;
     if (fclose(f) != 0) ok = 0;
     if (!ok) {
         snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));

@@ -13,16 +13,15 @@
 typedef struct {
     int ndim;
     int64_t shape[NPY_MAX_DIMS];
-    int64_t count;   /* product of shape */
-    float *data;     /* count floats, converted from <f4 or <f8 */
+    int64_t count; /* product of shape */
+    float *data;   /* count floats, converted from <f4 or <f8 */
 } npy_array;
 
 /* From a file, or from bytes in memory. Returns 0, or -1 with a message in
  * err naming the file and what was wrong (bad magic, header, dtype, Fortran
  * order, size that does not match the header). */
 int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
-int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
-              char *err, size_t errlen);
+int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out, char *err, size_t errlen);
 void npy_free(npy_array *a);
 
 /* Writes `data` (float32, C order, shape[0..ndim-1]) as a .npy file

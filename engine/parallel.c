@@ -21,7 +21,7 @@
 
 void openblas_set_num_threads(int num_threads);
 
-#define SPIN_NS 200000 /* 0.2 ms: longer than any gap inside a forward pass */
+#define SPIN_NS 200000    /* 0.2 ms: longer than any gap inside a forward pass */
 #define STOP_PARTS 0xffff /* a job word with this piece count tells the workers to exit */
 
 typedef struct {
@@ -32,17 +32,17 @@ typedef struct {
 struct thread_pool {
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
-    int threads;             /* pieces per job, the caller included */
-    int started;             /* worker threads running (part numbers 1..started) */
-    pthread_t *tids;         /* (threads - 1) */
-    worker_arg *args;        /* (threads - 1) */
+    int threads;      /* pieces per job, the caller included */
+    int started;      /* worker threads running (part numbers 1..started) */
+    pthread_t *tids;  /* (threads - 1) */
+    worker_arg *args; /* (threads - 1) */
     /* The current job's number and its piece count in one atomic word,
      * (number << 16) | parts, so that a worker reads both at once: a worker
      * outside the job (part >= parts) may lag behind while the next job is
      * being written, and must never read the other fields. */
-    uint64_t job_word;       /* written under mu, read with atomics */
-    int pending;             /* workers still busy with the current job; atomic */
-    parallel_fn job_fn;      /* the job: written before job_word, stable until pending is 0 */
+    uint64_t job_word;  /* written under mu, read with atomics */
+    int pending;        /* workers still busy with the current job; atomic */
+    parallel_fn job_fn; /* the job: written before job_word, stable until pending is 0 */
     void *job_ctx;
 };
 
@@ -70,8 +70,7 @@ static void *worker(void *arg) {
     for (;;) {
         unsigned turn = 0;
         uint64_t start = 0;
-        while (__atomic_load_n(&p->job_word, __ATOMIC_ACQUIRE) == seen && keep_polling(&turn, &start)) {
-        }
+        while (__atomic_load_n(&p->job_word, __ATOMIC_ACQUIRE) == seen && keep_polling(&turn, &start)) {}
         if (__atomic_load_n(&p->job_word, __ATOMIC_ACQUIRE) == seen) { /* the budget ran out: sleep */
             pthread_mutex_lock(&p->mu);
             while (__atomic_load_n(&p->job_word, __ATOMIC_ACQUIRE) == seen)
@@ -159,8 +158,7 @@ void thread_pool_run(thread_pool *p, parallel_fn fn, void *ctx, int max_parts) {
     fn(ctx, 0, parts);
     unsigned turn = 0;
     uint64_t start = 0;
-    while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0 && keep_polling(&turn, &start)) {
-    }
+    while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0 && keep_polling(&turn, &start)) {}
     if (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) { /* the budget ran out: sleep */
         pthread_mutex_lock(&p->mu);
         while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&p->done, &p->mu);

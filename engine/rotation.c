@@ -52,8 +52,12 @@ static void solve(double *D, double *N, int n) {
             if (fabs(D[r * n + col]) > fabs(D[piv * n + col])) piv = r;
         if (piv != col) {
             for (int k = 0; k < n; k++) {
-                double t = D[col * n + k]; D[col * n + k] = D[piv * n + k]; D[piv * n + k] = t;
-                t = N[col * n + k]; N[col * n + k] = N[piv * n + k]; N[piv * n + k] = t;
+                double t = D[col * n + k];
+                D[col * n + k] = D[piv * n + k];
+                D[piv * n + k] = t;
+                t = N[col * n + k];
+                N[col * n + k] = N[piv * n + k];
+                N[piv * n + k] = t;
             }
         }
         double d = D[col * n + col];
@@ -75,8 +79,7 @@ void expm_double(const double *A, int n, double *out) {
     /* Scaling and squaring with the [6/6] Pade approximant: scale A by 2^-s
      * so that its infinity norm is <= 0.5, where the approximant's relative
      * error is below 1e-16, then square s times. */
-    static const double c[7] = {1.0, 1.0 / 2, 5.0 / 44, 1.0 / 66, 1.0 / 792, 1.0 / 15840,
-                                1.0 / 665280};
+    static const double c[7] = {1.0, 1.0 / 2, 5.0 / 44, 1.0 / 66, 1.0 / 792, 1.0 / 15840, 1.0 / 665280};
     double X[MAX_BLOCK * MAX_BLOCK], P[MAX_BLOCK * MAX_BLOCK], T[MAX_BLOCK * MAX_BLOCK];
     double N[MAX_BLOCK * MAX_BLOCK], D[MAX_BLOCK * MAX_BLOCK];
     double norm = 0;
@@ -91,8 +94,16 @@ void expm_double(const double *A, int n, double *out) {
     for (int i = 0; i < n * n; i++) X[i] = A[i] * scale;
 
     /* N = sum c_k X^k, D = sum (-1)^k c_k X^k */
-    for (int i = 0; i < n * n; i++) { N[i] = 0; D[i] = 0; P[i] = 0; }
-    for (int i = 0; i < n; i++) { P[i * n + i] = 1; N[i * n + i] = c[0]; D[i * n + i] = c[0]; }
+    for (int i = 0; i < n * n; i++) {
+        N[i] = 0;
+        D[i] = 0;
+        P[i] = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        P[i * n + i] = 1;
+        N[i * n + i] = c[0];
+        D[i * n + i] = c[0];
+    }
     for (int k = 1; k <= 6; k++) {
         matmul_nn(P, X, T, n);
         memcpy(P, T, sizeof(double) * (size_t)(n * n));
@@ -180,10 +191,15 @@ int skew_schur(const double *S, int b, double *Q, double *w) {
             if (fabs(S[i * b + j]) > scale) scale = fabs(S[i * b + j]);
         }
     jacobi_eigen(M, b, lambda, V);
-    for (int i = 0; i < b; i++) { order[i] = i; used[i] = 0; }
+    for (int i = 0; i < b; i++) {
+        order[i] = i;
+        used[i] = 0;
+    }
     for (int i = 1; i < b; i++) /* insertion sort, largest eigenvalue first */
         for (int j = i; j > 0 && lambda[order[j]] > lambda[order[j - 1]]; j--) {
-            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
         }
 
     /* Build Q column by column. For each pair take an eigenvector u of M
@@ -270,7 +286,10 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
         int np = rot->npairs;
         out->floats = (size_t)L * T * H * np * 2;
         out->data = malloc(sizeof(float) * (out->floats ? out->floats : 1));
-        if (!out->data) { free(pos); return -1; }
+        if (!out->data) {
+            free(pos);
+            return -1;
+        }
         float *o = out->data;
         for (int l = 0; l < L; l++)
             for (int h = 0; h < H; h++)
@@ -286,7 +305,10 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
         int b = rot->block, nb = rot->nblocks;
         out->floats = (size_t)L * T * H * nb * b * b;
         out->data = malloc(sizeof(float) * out->floats);
-        if (!out->data) { free(pos); return -1; }
+        if (!out->data) {
+            free(pos);
+            return -1;
+        }
         double A[MAX_BLOCK * MAX_BLOCK], R[MAX_BLOCK * MAX_BLOCK];
         float *o = out->data;
         for (int l = 0; l < L; l++)
@@ -295,8 +317,7 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
                     for (int j = 0; j < nb; j++) {
                         const double *g0 = rot->gen + ((((size_t)l * H + h) * 2 + 0) * nb + j) * b * b;
                         const double *g1 = rot->gen + ((((size_t)l * H + h) * 2 + 1) * nb + j) * b * b;
-                        for (int i = 0; i < b * b; i++)
-                            A[i] = pos[2 * t] * g0[i] + pos[2 * t + 1] * g1[i];
+                        for (int i = 0; i < b * b; i++) A[i] = pos[2 * t] * g0[i] + pos[2 * t + 1] * g1[i];
                         expm_double(A, b, R);
                         for (int i = 0; i < b * b; i++) *o++ = (float)R[i];
                     }
@@ -310,8 +331,8 @@ void rotation_table_free(rotation_table *t) {
     memset(t, 0, sizeof(*t));
 }
 
-void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs) {
+void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer, float *qkv, int ld,
+                    int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs) {
     int H = rot->heads, hd = rot->head_dim, D = H * hd;
     if (rot->kind == ROT_PAIRS) {
         int np = rot->npairs;
@@ -374,8 +395,7 @@ int rotation_init(vit_rotation *r, const vit_config *c, char *err, size_t errlen
         r->gen = calloc(LH * 2 * r->nblocks * r->block * r->block, sizeof(double));
         if (!r->gen) goto oom;
         break;
-    default:
-        r->kind = ROT_NONE;
+    default: r->kind = ROT_NONE;
     }
     return 0;
 oom:
@@ -390,9 +410,8 @@ oom:
  * Q_j^T times themselves and the layer is pairwise RoPE with frequencies w.
  * The pairs of all blocks come first in the head (channels 2i, 2i+1), the
  * one non-rotating channel of each odd block after them. */
-int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, float *qkv_w,
-                            float *qkv_b, const float *freqs, const float *multiplier, char *err,
-                            size_t errlen) {
+int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, float *qkv_w, float *qkv_b,
+                            const float *freqs, const float *multiplier, char *err, size_t errlen) {
     int H = c->num_attention_heads, hd = c->head_dim, D = c->hidden_size, b = c->block_size;
     int nb = hd / b, half = b / 2, np = nb * half;
     double S[64 * 64], Q[64 * 64], w[32];
@@ -409,8 +428,7 @@ int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, f
             for (int j = 0; j < nb; j++) {
                 const float *F = freqs + ((size_t)h * nb + j) * b * b;
                 for (int r = 0; r < b; r++)
-                    for (int k = 0; k < b; k++)
-                        S[r * b + k] = (double)F[r * b + k] - (double)F[k * b + r];
+                    for (int k = 0; k < b; k++) S[r * b + k] = (double)F[r * b + k] - (double)F[k * b + r];
                 skew_schur(S, b, Q, w);
                 for (int col = 0; col < b; col++) {
                     /* new channel of column col of Q_j */
@@ -461,8 +479,7 @@ void rotation_set_liere(const vit_config *c, vit_rotation *rot, int l, const flo
                 double *G = rot->gen + ((((size_t)l * H + h) * 2 + a) * nb + j) * b * b;
                 for (int r = 0; r < b; r++)
                     for (int k = 0; k < b; k++)
-                        G[r * b + k] = ((double)F[r * b + k] - (double)F[k * b + r]) /
-                                       c->scale_factor;
+                        G[r * b + k] = ((double)F[r * b + k] - (double)F[k * b + r]) / c->scale_factor;
             }
 }
 

@@ -29,18 +29,18 @@ typedef struct {
     rotation_kind kind;
     int layers, heads, head_dim;
     /* ROT_PAIRS */
-    int npairs;          /* rotated pairs per head */
-    double *freq;        /* [layers][heads][npairs][2], owned */
+    int npairs;   /* rotated pairs per head */
+    double *freq; /* [layers][heads][npairs][2], owned */
     /* ROT_BLOCKS */
-    int block;           /* b */
-    int nblocks;         /* head_dim / b */
-    double *gen;         /* [layers][heads][2][nblocks][b][b] generators per axis, owned */
+    int block;   /* b */
+    int nblocks; /* head_dim / b */
+    double *gen; /* [layers][heads][2][nblocks][b][b] generators per axis, owned */
 } vit_rotation;
 
 /* A rotation table for one grid of ph x pw patches (tokens = 1 + ph*pw). */
 typedef struct {
     int ph, pw, tokens;
-    float *data;   /* ROT_PAIRS: [layers][heads][tokens][npairs][2] (cos, sin);
+    float *data; /* ROT_PAIRS: [layers][heads][tokens][npairs][2] (cos, sin);
                       ROT_BLOCKS: [layers][tokens][heads][nblocks][b*b]; owned */
     size_t floats;
 } rotation_table;
@@ -60,8 +60,7 @@ void expm_double(const double *A, int n, double *out);
 int skew_schur(const double *S, int b, double *Q, double *w);
 
 /* Builds the table for a ph x pw grid. Returns 0 or -1 (out of memory). */
-int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph, int pw,
-                         rotation_table *out);
+int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph, int pw, rotation_table *out);
 void rotation_table_free(rotation_table *t);
 
 /* Rotates q and k of heads [h0, h1) in `tokens` rows of the layer's fused
@@ -69,8 +68,8 @@ void rotation_table_free(rotation_table *t);
  * place; ROT_PAIRS through `rotate_pairs` (a kernel table's). (Per head:
  * the forward rotates each head in the thread that runs its attention,
  * right before it.) */
-void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer,
-                    float *qkv, int ld, int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs);
+void rotation_apply(const vit_rotation *rot, const rotation_table *table, int layer, float *qkv, int ld,
+                    int tokens, int h0, int h1, rotate_pairs_fn rotate_pairs);
 
 /* The rotation parameters of a model of config c, zeroed, sized for its
  * position encoding (ROT_PAIRS frequencies, ROT_BLOCKS generators, or
@@ -81,9 +80,8 @@ int rotation_init(vit_rotation *rot, const vit_config *c, char *err, size_t errl
  * into the q and k rows of qkv_w (3D, D) and qkv_b (3D), and sets the
  * layer's pair frequencies from freqs (H, 1, nb, b, b) and, for
  * comrope-ld, multiplier (2, nb). Returns 0, or -1 when out of memory. */
-int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, float *qkv_w,
-                            float *qkv_b, const float *freqs, const float *multiplier, char *err,
-                            size_t errlen);
+int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, float *qkv_w, float *qkv_b,
+                            const float *freqs, const float *multiplier, char *err, size_t errlen);
 
 /* liere: the generators of layer l from its freqs (H, 2, nb, b, b). */
 void rotation_set_liere(const vit_config *c, vit_rotation *rot, int l, const float *freqs);

@@ -28,8 +28,8 @@ static int compare_begin(const void *a, const void *b) {
 }
 
 /* Parses one header entry into t. */
-static int parse_entry(const char *path, const char *name, json_t *v, size_t data_size,
-                       st_tensor *t, char *err, size_t errlen) {
+static int parse_entry(const char *path, const char *name, json_t *v, size_t data_size, st_tensor *t,
+                       char *err, size_t errlen) {
     if (!json_is_object(v)) {
         snprintf(err, errlen, "%s: tensor \"%s\": header entry is not an object", path, name);
         return -1;
@@ -45,13 +45,12 @@ static int parse_entry(const char *path, const char *name, json_t *v, size_t dat
     else if (strcmp(d, "F16") == 0) t->dtype = ST_F16;
     else if (strcmp(d, "BF16") == 0) t->dtype = ST_BF16;
     else {
-        snprintf(err, errlen, "%s: tensor \"%s\": unsupported dtype %.16s (F32, F16 or BF16)",
-                 path, name, d);
+        snprintf(err, errlen, "%s: tensor \"%s\": unsupported dtype %.16s (F32, F16 or BF16)", path, name, d);
         return -1;
     }
     if (!json_is_array(shape) || json_array_size(shape) > ST_MAX_DIMS) {
-        snprintf(err, errlen, "%s: tensor \"%s\": shape must be an array of at most %d ints",
-                 path, name, ST_MAX_DIMS);
+        snprintf(err, errlen, "%s: tensor \"%s\": shape must be an array of at most %d ints", path, name,
+                 ST_MAX_DIMS);
         return -1;
     }
     t->ndim = (int)json_array_size(shape);
@@ -59,8 +58,7 @@ static int parse_entry(const char *path, const char *name, json_t *v, size_t dat
     for (int i = 0; i < t->ndim; i++) {
         json_t *s = json_array_get(shape, (size_t)i);
         if (!json_is_integer(s) || json_integer_value(s) < 0) {
-            snprintf(err, errlen, "%s: tensor \"%s\": shape entries must be non-negative ints",
-                     path, name);
+            snprintf(err, errlen, "%s: tensor \"%s\": shape entries must be non-negative ints", path, name);
             return -1;
         }
         t->shape[i] = json_integer_value(s);
@@ -71,8 +69,8 @@ static int parse_entry(const char *path, const char *name, json_t *v, size_t dat
         }
         t->count *= t->shape[i];
     }
-    if (!json_is_array(offs) || json_array_size(offs) != 2 ||
-        !json_is_integer(json_array_get(offs, 0)) || !json_is_integer(json_array_get(offs, 1))) {
+    if (!json_is_array(offs) || json_array_size(offs) != 2 || !json_is_integer(json_array_get(offs, 0)) ||
+        !json_is_integer(json_array_get(offs, 1))) {
         snprintf(err, errlen, "%s: tensor \"%s\": data_offsets must be [begin, end]", path, name);
         return -1;
     }
@@ -80,13 +78,12 @@ static int parse_entry(const char *path, const char *name, json_t *v, size_t dat
     json_int_t e = json_integer_value(json_array_get(offs, 1));
     if (b < 0 || e < b || (uint64_t)e > data_size) {
         snprintf(err, errlen,
-                 "%s: tensor \"%s\": data_offsets [%lld, %lld] outside the data section (%zu bytes)",
-                 path, name, (long long)b, (long long)e, data_size);
+                 "%s: tensor \"%s\": data_offsets [%lld, %lld] outside the data section (%zu bytes)", path,
+                 name, (long long)b, (long long)e, data_size);
         return -1;
     }
     if ((uint64_t)(e - b) != (uint64_t)t->count * dtype_size(t->dtype)) {
-        snprintf(err, errlen,
-                 "%s: tensor \"%s\": data_offsets span %lld bytes but the shape needs %lld",
+        snprintf(err, errlen, "%s: tensor \"%s\": data_offsets span %lld bytes but the shape needs %lld",
                  path, name, (long long)(e - b), (long long)(t->count * (int64_t)dtype_size(t->dtype)));
         return -1;
     }
@@ -118,8 +115,8 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
         goto cleanup;
     }
     if (st.st_size < 8) {
-        snprintf(err, errlen, "%s: truncated: %lld bytes, shorter than the 8-byte header length",
-                 path, (long long)st.st_size);
+        snprintf(err, errlen, "%s: truncated: %lld bytes, shorter than the 8-byte header length", path,
+                 (long long)st.st_size);
         goto cleanup;
     }
     f->map_size = (size_t)st.st_size;
@@ -132,8 +129,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
     if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > f->map_size - 8) {
-        snprintf(err, errlen,
-                 "%s: header length %llu is impossible for a file of %zu bytes", path,
+        snprintf(err, errlen, "%s: header length %llu is impossible for a file of %zu bytes", path,
                  (unsigned long long)hlen, f->map_size);
         goto cleanup;
     }
@@ -143,8 +139,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     json_error_t jerr;
     root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root || !json_is_object(root)) {
-        snprintf(err, errlen, "%s: header is not a JSON object (%s)", path,
-                 root ? "wrong type" : jerr.text);
+        snprintf(err, errlen, "%s: header is not a JSON object (%s)", path, root ? "wrong type" : jerr.text);
         goto cleanup;
     }
     size_t n = json_object_size(root);
@@ -208,8 +203,7 @@ static float half_to_float(uint16_t h) {
     uint32_t bits;
     if (exp == 0) {
         if (mant == 0) bits = sign;
-        else { /* subnormal: value = mant * 2^-24 */
-            float v = (float)mant * (1.0f / 16777216.0f);
+        else { /* subnormal: value = mant * 2^-24 */ float v = (float)mant * (1.0f / 16777216.0f);
             return sign ? -v : v;
         }
     } else if (exp == 31) {
@@ -222,8 +216,8 @@ static float half_to_float(uint16_t h) {
     return out;
 }
 
-int safetensors_take(safetensors_file *f, const char *name, int ndim, const int64_t *shape,
-                     float *dst, char *err, size_t errlen) {
+int safetensors_take(safetensors_file *f, const char *name, int ndim, const int64_t *shape, float *dst,
+                     char *err, size_t errlen) {
     st_tensor *t = find(f, name);
     if (!t) {
         snprintf(err, errlen, "%s: tensor \"%s\" is missing", f->path, name);
@@ -238,8 +232,8 @@ int safetensors_take(safetensors_file *f, const char *name, int ndim, const int6
             g += (size_t)snprintf(got + g, sizeof(got) - g, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
         for (int i = 0; i < ndim && w < sizeof(want); i++)
             w += (size_t)snprintf(want + w, sizeof(want) - w, "%s%lld", i ? ", " : "", (long long)shape[i]);
-        snprintf(err, errlen, "%s: tensor \"%s\" has shape [%s] but the config implies [%s]",
-                 f->path, name, got, want);
+        snprintf(err, errlen, "%s: tensor \"%s\" has shape [%s] but the config implies [%s]", f->path, name,
+                 got, want);
         return -1;
     }
     const uint8_t *src = f->data + t->begin;
@@ -256,8 +250,8 @@ int safetensors_take(safetensors_file *f, const char *name, int ndim, const int6
             }
         }
         if (!isfinite(v)) {
-            snprintf(err, errlen, "%s: tensor \"%s\" holds a NaN or an infinity (element %lld)",
-                     f->path, name, (long long)i);
+            snprintf(err, errlen, "%s: tensor \"%s\" holds a NaN or an infinity (element %lld)", f->path,
+                     name, (long long)i);
             return -1;
         }
         dst[i] = v;
@@ -269,8 +263,7 @@ int safetensors_take(safetensors_file *f, const char *name, int ndim, const int6
 int safetensors_check_all_used(const safetensors_file *f, char *err, size_t errlen) {
     for (int i = 0; i < f->n; i++) {
         if (!f->tensors[i].used) {
-            snprintf(err, errlen,
-                     "%s: unexpected tensor \"%s\" (the config does not describe these weights)",
+            snprintf(err, errlen, "%s: unexpected tensor \"%s\" (the config does not describe these weights)",
                      f->path, f->tensors[i].name);
             return -1;
         }

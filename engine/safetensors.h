@@ -15,22 +15,22 @@
 typedef enum { ST_F32 = 0, ST_F16, ST_BF16 } st_dtype;
 
 typedef struct {
-    char *name;                  /* owned */
+    char *name; /* owned */
     st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    int64_t count;               /* number of elements */
-    size_t begin, end;           /* byte range, relative to the data section */
-    int used;                    /* set by safetensors_take: finds unexpected tensors */
+    int64_t count;     /* number of elements */
+    size_t begin, end; /* byte range, relative to the data section */
+    int used;          /* set by safetensors_take: finds unexpected tensors */
 } st_tensor;
 
 typedef struct {
-    char *path;                  /* owned copy, for messages */
-    void *map;                   /* the whole file, read-only */
+    char *path; /* owned copy, for messages */
+    void *map;  /* the whole file, read-only */
     size_t map_size;
-    const uint8_t *data;         /* start of the data section */
+    const uint8_t *data; /* start of the data section */
     size_t data_size;
-    st_tensor *tensors;          /* n tensors, owned */
+    st_tensor *tensors; /* n tensors, owned */
     int n;
 } safetensors_file;
 
@@ -46,8 +46,8 @@ void safetensors_close(safetensors_file *f);
  * converts it to float32 into dst (count floats), refusing NaN and infinity.
  * Marks the tensor as used. Returns 0, or -1 with a message naming the
  * tensor (missing, wrong shape, non-finite value). */
-int safetensors_take(safetensors_file *f, const char *name, int ndim, const int64_t *shape,
-                     float *dst, char *err, size_t errlen);
+int safetensors_take(safetensors_file *f, const char *name, int ndim, const int64_t *shape, float *dst,
+                     char *err, size_t errlen);
 
 /* 1 if the file holds `name`. */
 int safetensors_has(const safetensors_file *f, const char *name);

@@ -54,10 +54,8 @@ __attribute__((target("avx2"))) static inline __m256 load8(const float *p, size_
 }
 
 __attribute__((target("avx2"))) static inline void store8(float *p, size_t left, __m256 v) {
-    if (left >= 8)
-        _mm256_storeu_ps(p, v);
-    else
-        _mm256_maskstore_ps(p, mask8(left), v);
+    if (left >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, mask8(left), v);
 }
 
 /* exp256: as exp512; 2^n is built in the exponent bits, so x is clamped to

@@ -91,14 +91,13 @@ static int pack(const vit_model *m, const float *W, int N, int K, packed_weight 
         snprintf(err, errlen, "out of memory packing a %dx%d weight", N, K);
         return -1;
     }
-    if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_weight_new(W, N, K, &out->dnnl, err, errlen))
-        return -1;
+    if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_weight_new(W, N, K, &out->dnnl, err, errlen)) return -1;
     return 0;
 }
 
 /* Takes one tensor into dst; the shape is given as up to 5 dimensions. */
-static int take(safetensors_file *f, const char *name, float *dst, char *err, size_t errlen,
-                int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3, int64_t d4) {
+static int take(safetensors_file *f, const char *name, float *dst, char *err, size_t errlen, int ndim,
+                int64_t d0, int64_t d1, int64_t d2, int64_t d3, int64_t d4) {
     int64_t shape[5] = {d0, d1, d2, d3, d4};
     return safetensors_take(f, name, ndim, shape, dst, err, errlen);
 }
@@ -107,16 +106,15 @@ static int take(safetensors_file *f, const char *name, float *dst, char *err, si
  * official sampling (a 5-D grid_sample with grid (0, 2*pos_0-1, 2*pos_1-1))
  * reads column (P0-1)/2 only: the average of the two middle columns when P0
  * is even. */
-static int load_ape(safetensors_file *f, const vit_config *c, float *ape_mid, char *err,
-                    size_t errlen) {
+static int load_ape(safetensors_file *f, const vit_config *c, float *ape_mid, char *err, size_t errlen) {
     size_t P0 = (size_t)c->ape_side, D = (size_t)c->hidden_size;
     float *table = malloc(sizeof(float) * P0 * P0 * D);
     if (!table) {
         snprintf(err, errlen, "out of memory for the position embedding");
         return -1;
     }
-    int rc = take(f, "vision_model.embeddings.position_embedding", table, err, errlen, 4, 1,
-                  (int64_t)P0, (int64_t)P0, (int64_t)D, 0);
+    int rc = take(f, "vision_model.embeddings.position_embedding", table, err, errlen, 4, 1, (int64_t)P0,
+                  (int64_t)P0, (int64_t)D, 0);
     if (rc == 0) {
         size_t lo = (P0 - 1) / 2, hi = P0 / 2; /* equal when P0 is odd */
         for (size_t r = 0; r < P0; r++)
@@ -167,8 +165,7 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, float *scrat
         }
     }
     if (pe == PE_COMROPE_AP || pe == PE_COMROPE_LD) {
-        if (rotation_fold_commuting(c, &m->rot, l, scratch, L->qkv_b, freqs, mult, err, errlen))
-            goto cleanup;
+        if (rotation_fold_commuting(c, &m->rot, l, scratch, L->qkv_b, freqs, mult, err, errlen)) goto cleanup;
     } else if (pe == PE_LIERE) {
         rotation_set_liere(c, &m->rot, l, freqs);
     } else if (pe == PE_VANILLA_ROPE) {
@@ -191,25 +188,25 @@ cleanup:
 
 /* Reads every tensor; the big matrices pass through `scratch` (at least
  * max(3D*D, I*D, D*C*p*p) floats) on their way to being packed. */
-static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char *err,
-                        size_t errlen) {
+static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char *err, size_t errlen) {
     const vit_config *c = &m->cfg;
     int D = c->hidden_size, I = c->intermediate_size, K = c->num_class, M = c->mlp_intermediate;
     int C = c->num_channels, p = c->patch_size;
     vit_weights *w = &m->w;
     char name[256];
 
-    if (take(f, "vision_model.embeddings.patch_embedding.weight", scratch, err, errlen, 4, D, C,
-             p, p, 0) ||
-        pack(m, scratch, D, C * p * p, &w->patch, err, errlen)) return -1;
-    if (take(f, "vision_model.embeddings.class_embedding", w->class_emb, err, errlen, 1, D, 0, 0,
-             0, 0)) return -1;
+    if (take(f, "vision_model.embeddings.patch_embedding.weight", scratch, err, errlen, 4, D, C, p, p, 0) ||
+        pack(m, scratch, D, C * p * p, &w->patch, err, errlen))
+        return -1;
+    if (take(f, "vision_model.embeddings.class_embedding", w->class_emb, err, errlen, 1, D, 0, 0, 0, 0))
+        return -1;
     if (c->has_ape) {
         if (load_ape(f, c, w->ape_mid, err, errlen)) return -1;
     } else if (safetensors_has(f, "vision_model.embeddings.position_embedding")) {
         snprintf(err, errlen,
                  "%s: tensor \"vision_model.embeddings.position_embedding\" is present but "
-                 "config.json has keep_ape true (which means no APE table)", f->path);
+                 "config.json has keep_ape true (which means no APE table)",
+                 f->path);
         return -1;
     }
     if (take(f, "vision_model.pre_layrnorm.weight", w->pre_ln_w, err, errlen, 1, D, 0, 0, 0, 0) ||
@@ -217,7 +214,11 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
         return -1;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         vit_layer *L = &w->layers[l];
-        struct { const char *suffix; float *dst; int n; } t[] = {
+        struct {
+            const char *suffix;
+            float *dst;
+            int n;
+        } t[] = {
             {"layer_norm1.weight", L->ln1_w, D}, {"layer_norm1.bias", L->ln1_b, D},
             {"layer_norm2.weight", L->ln2_w, D}, {"layer_norm2.bias", L->ln2_b, D},
             {"mlp.fc1.bias", L->fc1_b, I},       {"mlp.fc2.bias", L->fc2_b, D},
@@ -228,10 +229,12 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
         }
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc1.weight", l);
         if (take(f, name, scratch, err, errlen, 2, I, D, 0, 0, 0) ||
-            pack(m, scratch, I, D, &L->fc1, err, errlen)) return -1;
+            pack(m, scratch, I, D, &L->fc1, err, errlen))
+            return -1;
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc2.weight", l);
         if (take(f, name, scratch, err, errlen, 2, D, I, 0, 0, 0) ||
-            pack(m, scratch, D, I, &L->fc2, err, errlen)) return -1;
+            pack(m, scratch, D, I, &L->fc2, err, errlen))
+            return -1;
         if (load_attention(m, f, l, scratch, err, errlen)) return -1;
     }
     if (take(f, "vision_model.post_layernorm.weight", w->post_ln_w, err, errlen, 1, D, 0, 0, 0, 0) ||
@@ -282,8 +285,8 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     vit_options o = opt ? *opt : vit_default_options();
-    if (precision_choose(o.precision, o.isa, cpu_get_features(), dispatch_amx_backend(),
-                         &m->choice, err, errlen))
+    if (precision_choose(o.precision, o.isa, cpu_get_features(), dispatch_amx_backend(), &m->choice, err,
+                         errlen))
         goto cleanup;
     if (o.max_tokens < 2) {
         snprintf(err, errlen, "max_tokens must be at least 2 (got %d)", o.max_tokens);
@@ -300,12 +303,12 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
                  precision_name(m->precision));
         goto cleanup;
     }
-    m->backend = m->precision == GEMM_BF16 &&
-                         (o.gemm_backend == GEMM_BACKEND_ONEDNN ||
-                          (o.gemm_backend == GEMM_BACKEND_AUTO && dnnl_gemm_available() &&
-                           cpu_has_amx_bf16()))
-                     ? GEMM_BACKEND_ONEDNN
-                     : GEMM_BACKEND_OWN;
+    m->backend =
+        m->precision == GEMM_BF16 &&
+                (o.gemm_backend == GEMM_BACKEND_ONEDNN ||
+                 (o.gemm_backend == GEMM_BACKEND_AUTO && dnnl_gemm_available() && cpu_has_amx_bf16()))
+            ? GEMM_BACKEND_ONEDNN
+            : GEMM_BACKEND_OWN;
     m->max_tokens = o.max_tokens;
     if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
@@ -321,17 +324,15 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     have_file = 1;
 
     param_sizes s = sizes_of(&m->cfg);
-    m->num_params = s.class_emb + s.ape_mid + s.pre_ln +
-                    s.layer * (size_t)m->cfg.num_hidden_layers + s.post_ln + s.head_w + s.head_b +
-                    s.head2_w + s.head2_b;
+    m->num_params = s.class_emb + s.ape_mid + s.pre_ln + s.layer * (size_t)m->cfg.num_hidden_layers +
+                    s.post_ln + s.head_w + s.head_b + s.head2_w + s.head2_b;
     size_t D = (size_t)m->cfg.hidden_size, I = (size_t)m->cfg.intermediate_size;
     size_t P = (size_t)m->cfg.num_channels * m->cfg.patch_size * m->cfg.patch_size;
     size_t big = D * P + (size_t)m->cfg.num_hidden_layers * (4 * D * D + 2 * I * D);
     /* Every parameter is in the file (2 bytes at least each); a config that
      * claims more than the file holds is refused before we allocate for it. */
     if (m->num_params + big > f.data_size / 2 + 1024 + D * D) {
-        snprintf(err, errlen,
-                 "%s: config.json describes %zu parameters, more than model.safetensors holds",
+        snprintf(err, errlen, "%s: config.json describes %zu parameters, more than model.safetensors holds",
                  dir, m->num_params + big);
         goto cleanup;
     }
@@ -402,8 +403,8 @@ vit_context_params vit_context_default_params(void) {
 #define ROTATION_CACHE_MIN_SLOTS 16
 
 struct activations;
-static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts,
-                   struct activations *a, float *base);
+static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts, struct activations *a,
+                   float *base);
 
 /* Parts of one parallel step: no more than the heads (attention's unit). */
 static int context_parts(const vit_context *ctx) {
@@ -416,8 +417,10 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     vit_context_params q = p ? *p : vit_context_default_params();
     *out = NULL;
     if (q.threads < 1 || q.max_images < 1 || q.max_tokens < 1) {
-        snprintf(err, errlen, "context: threads, max_images and max_tokens must be at least 1 "
-                 "(got %d, %d, %d)", q.threads, q.max_images, q.max_tokens);
+        snprintf(err, errlen,
+                 "context: threads, max_images and max_tokens must be at least 1 "
+                 "(got %d, %d, %d)",
+                 q.threads, q.max_images, q.max_tokens);
         return -1;
     }
     if (q.max_tokens < m->max_tokens) q.max_tokens = m->max_tokens;
@@ -427,12 +430,13 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     ctx->params = q;
     if (kernel_table_init(&ctx->kernels, q.isa, err, errlen)) goto fail;
     if (m->precision == GEMM_BF16 && !ctx->kernels.gemm_bf16) {
-        snprintf(err, errlen, "context: the model computes in bf16, which needs isa avx512 on a "
-                 "CPU with AVX512-BF16 (this context's isa: %s)", ctx->kernels.name);
+        snprintf(err, errlen,
+                 "context: the model computes in bf16, which needs isa avx512 on a "
+                 "CPU with AVX512-BF16 (this context's isa: %s)",
+                 ctx->kernels.name);
         goto fail;
     }
-    if (m->backend == GEMM_BACKEND_ONEDNN &&
-        dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen))
+    if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen))
         goto fail;
     ctx->tmax = m->max_tokens < q.max_tokens ? m->max_tokens : q.max_tokens;
     ctx->pool = thread_pool_new(q.threads);
@@ -442,19 +446,18 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     ctx->cache_slots = q.max_images > ROTATION_CACHE_MIN_SLOTS ? q.max_images : ROTATION_CACHE_MIN_SLOTS;
     ctx->cache = calloc((size_t)ctx->cache_slots, sizeof(*ctx->cache));
     ctx->cache_stamp = calloc((size_t)ctx->cache_slots, sizeof(*ctx->cache_stamp));
-    if (!ctx->pool || !ctx->start || !ctx->rot || !ctx->pos || !ctx->cache || !ctx->cache_stamp)
-        goto oom;
+    if (!ctx->pool || !ctx->start || !ctx->rot || !ctx->pos || !ctx->cache || !ctx->cache_stamp) goto oom;
     /* The largest batch the limits allow; its pages are touched as forwards reach them. */
-    ctx->arena_floats = plan(ctx, (size_t)q.max_tokens, (size_t)ctx->tmax,
-                             (size_t)context_parts(ctx), NULL, NULL);
+    ctx->arena_floats =
+        plan(ctx, (size_t)q.max_tokens, (size_t)ctx->tmax, (size_t)context_parts(ctx), NULL, NULL);
     void *arena = NULL;
     if (posix_memalign(&arena, 64, ctx->arena_floats * sizeof(float)) != 0) goto oom;
     ctx->arena = arena;
     *out = ctx;
     return 0;
 oom:
-    snprintf(err, errlen, "context: out of memory for a workspace of %d images / %d tokens",
-             q.max_images, q.max_tokens);
+    snprintf(err, errlen, "context: out of memory for a workspace of %d images / %d tokens", q.max_images,
+             q.max_tokens);
 fail:
     vit_context_free(ctx);
     return -1;
@@ -502,8 +505,7 @@ static const rotation_table *rotation_for(vit_context *ctx, int ph, int pw) {
         rotation_table_free(&ctx->cache[victim]);
         if (free_slot < 0) free_slot = victim;
     }
-    if (rotation_table_build(&ctx->model->rot, &ctx->model->cfg, ph, pw, &ctx->cache[free_slot]))
-        return NULL;
+    if (rotation_table_build(&ctx->model->rot, &ctx->model->cfg, ph, pw, &ctx->cache[free_slot])) return NULL;
     ctx->cache_tokens += need;
     ctx->cache_stamp[free_slot] = ctx->clock;
     return &ctx->cache[free_slot];
@@ -511,37 +513,42 @@ static const rotation_table *rotation_for(vit_context *ctx, int ph, int pw) {
 
 /* Activation buffers for a batch of T tokens (the largest image has Tmax). */
 struct activations {
-    float *x;        // (T, D) the residual stream
-    float *xn;       // (T, D) normalized input of a sublayer
-    float *qkv;      // (T, 3D)
-    float *attn;     // (T, D) attention output before out_proj
-    float *mlp;      // (T, I)
-    float *patches;  // (T, C*p*p) im2col of every image (class rows unused)
-    float *scores;   // parts x attention_scratch_floats(Tmax, hd): one per thread
-    float *head;     // (max(D, M)) one image's head input/hidden
-    float *pack;     // the GEMMs' scratch: A repacked (gemm_scratch_floats(T, widest K, precision))
+    float *x;       // (T, D) the residual stream
+    float *xn;      // (T, D) normalized input of a sublayer
+    float *qkv;     // (T, 3D)
+    float *attn;    // (T, D) attention output before out_proj
+    float *mlp;     // (T, I)
+    float *patches; // (T, C*p*p) im2col of every image (class rows unused)
+    float *scores;  // parts x attention_scratch_floats(Tmax, hd): one per thread
+    float *head;    // (max(D, M)) one image's head input/hidden
+    float *pack;    // the GEMMs' scratch: A repacked (gemm_scratch_floats(T, widest K, precision))
 };
 
 /* Carves the buffers of a batch of T tokens (largest image Tmax, `parts`
  * attention scratches) out of base (NULL: only sizes them); returns the
  * floats needed. Every size grows with T and Tmax, so a smaller batch's
  * buffers lie within the floats a larger one needs. */
-static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts,
-                   struct activations *a, float *base) {
+static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts, struct activations *a,
+                   float *base) {
     const vit_config *c = &ctx->model->cfg;
     size_t D = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t P = (size_t)c->num_channels * c->patch_size * c->patch_size;
     size_t M = (size_t)c->mlp_intermediate;
     size_t Kmax = D > I ? D : I;
     if (P > Kmax) Kmax = P;
-    size_t sizes[9] = {T * D, T * D, T * 3 * D, T * D, T * I, T * P,
+    size_t sizes[9] = {T * D,
+                       T * D,
+                       T * 3 * D,
+                       T * D,
+                       T * I,
+                       T * P,
                        parts * attention_scratch_floats(&ctx->kernels, (int)Tmax, c->head_dim),
                        (M > D ? M : D) + (size_t)c->num_class,
                        gemm_scratch_floats(&ctx->kernels, (int)T, (int)Kmax, ctx->model->precision)};
     float **slots[9] = {0};
     if (a) {
-        float **s[9] = {&a->x, &a->xn, &a->qkv, &a->attn, &a->mlp, &a->patches, &a->scores, &a->head,
-                        &a->pack};
+        float **s[9] = {&a->x,       &a->xn,     &a->qkv,  &a->attn, &a->mlp,
+                        &a->patches, &a->scores, &a->head, &a->pack};
         memcpy(slots, s, sizeof(s));
     }
     size_t total = 0;
@@ -577,8 +584,7 @@ int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t err
                 snprintf(err, errlen, "%s %d is smaller than the patch size %d; the smallest valid is %d",
                          axis[i], v, p, p);
             else
-                snprintf(err, errlen,
-                         "%s %d is not a multiple of the patch size %d; nearest valid: %d or %d",
+                snprintf(err, errlen, "%s %d is not a multiple of the patch size %d; nearest valid: %d or %d",
                          axis[i], v, p, lo, hi);
             return -1;
         }
@@ -587,8 +593,8 @@ int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t err
      * (h/p)*(w/p) of a client's 216824x216824 overflows an int */
     long long tokens = 1 + (long long)(h / p) * (w / p);
     if (tokens > m->max_tokens) {
-        snprintf(err, errlen, "resolution %dx%d needs %lld tokens, more than the limit of %d", h, w,
-                 tokens, m->max_tokens);
+        snprintf(err, errlen, "resolution %dx%d needs %lld tokens, more than the limit of %d", h, w, tokens,
+                 m->max_tokens);
         return -1;
     }
     return 0;
@@ -642,15 +648,15 @@ void vit_add_ape(const vit_model *m, float *x, const double *pos, int T) {
  * first. Each part has its own scratch. */
 typedef struct {
     const kernel_table *kt;
-    float *out;                           // (T, D) of the whole batch
-    float *qkv;                           // (T, 3D)
-    float *scores;                        // parts x attention_scratch_floats(Tmax, head_dim)
-    const int *start;                     // (images + 1) token offsets
-    const vit_rotation *rot;              // the model's rotation
-    const rotation_table *const *tables;  // each image's table (NULL: no rotation)
+    float *out;                          // (T, D) of the whole batch
+    float *qkv;                          // (T, 3D)
+    float *scores;                       // parts x attention_scratch_floats(Tmax, head_dim)
+    const int *start;                    // (images + 1) token offsets
+    const vit_rotation *rot;             // the model's rotation
+    const rotation_table *const *tables; // each image's table (NULL: no rotation)
     int images, Tmax, heads, head_dim, layer;
-    int bf16;                             // the model computes in bf16 (attention too)
-    int next;                             // the next (image, head) nobody took (atomic)
+    int bf16; // the model computes in bf16 (attention too)
+    int next; // the next (image, head) nobody took (atomic)
 } attention_job;
 
 static void attention_part(void *ctx, int part, int parts) {
@@ -667,10 +673,9 @@ static void attention_part(void *ctx, int part, int parts) {
         const float *cs = NULL;
         if (tab && j->rot->kind == ROT_PAIRS) /* head-major: this layer's head h */
             cs = tab->data + ((size_t)j->layer * j->heads + h) * tab->tokens * j->rot->npairs * 2;
-        else if (tab)
-            rotation_apply(j->rot, tab, j->layer, qkv, 3 * D, T, h, h + 1, j->kt->rotate_pairs);
-        attention_forward(j->kt, j->out + (size_t)j->start[i] * D, D, qkv, scores, T, j->heads,
-                          j->head_dim, h, h + 1, cs, j->rot->npairs, j->bf16);
+        else if (tab) rotation_apply(j->rot, tab, j->layer, qkv, 3 * D, T, h, h + 1, j->kt->rotate_pairs);
+        attention_forward(j->kt, j->out + (size_t)j->start[i] * D, D, qkv, scores, T, j->heads, j->head_dim,
+                          h, h + 1, cs, j->rot->npairs, j->bf16);
     }
 }
 
@@ -694,14 +699,20 @@ static void norm_part(void *ctx, int part, int parts) {
     size_t D = (size_t)j->D;
     if (j->delta)
         for (size_t i = r0 * D; i < r1 * D; i++) j->x[i] += j->delta[i];
-    if (j->out)
-        j->layernorm(j->out + r0 * D, j->x + r0 * D, j->w, j->b, (int)(r1 - r0), j->D, j->eps);
+    if (j->out) j->layernorm(j->out + r0 * D, j->x + r0 * D, j->w, j->b, (int)(r1 - r0), j->D, j->eps);
 }
 
-static void residual_norm(vit_context *ctx, float *x, const float *delta, float *out,
-                          const float *w, const float *b, int T, int D, float eps, int parts) {
-    norm_job j = {.layernorm = ctx->kernels.layernorm, .x = x, .delta = delta, .out = out, .w = w,
-                  .b = b, .T = T, .D = D, .eps = eps};
+static void residual_norm(vit_context *ctx, float *x, const float *delta, float *out, const float *w,
+                          const float *b, int T, int D, float eps, int parts) {
+    norm_job j = {.layernorm = ctx->kernels.layernorm,
+                  .x = x,
+                  .delta = delta,
+                  .out = out,
+                  .w = w,
+                  .b = b,
+                  .T = T,
+                  .D = D,
+                  .eps = eps};
     thread_pool_run(ctx->pool, norm_part, &j, (size_t)T * D >= 16384 ? parts : 1);
 }
 
@@ -732,8 +743,10 @@ int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *
 
     if (n <= 0) return 0;
     if (n > ctx->params.max_images) {
-        snprintf(err, errlen, "a batch of %d images is over this context's limit of %d images per "
-                 "forward (max_images)", n, ctx->params.max_images);
+        snprintf(err, errlen,
+                 "a batch of %d images is over this context's limit of %d images per "
+                 "forward (max_images)",
+                 n, ctx->params.max_images);
         return -1;
     }
     size_t T = 0, Tmax = 0;
@@ -748,8 +761,10 @@ int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *
         if (Ti > Tmax) Tmax = Ti;
     }
     if (T > (size_t)ctx->params.max_tokens) {
-        snprintf(err, errlen, "a batch of %zu tokens is over this context's limit of %d tokens per "
-                 "forward (max_tokens)", T, ctx->params.max_tokens);
+        snprintf(err, errlen,
+                 "a batch of %zu tokens is over this context's limit of %d tokens per "
+                 "forward (max_tokens)",
+                 T, ctx->params.max_tokens);
         return -1;
     }
     struct activations a;
@@ -778,8 +793,7 @@ int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *
 
     // 1. embeddings: x (T, D) = class token | patches @ patch_w^T, plus the APE
     for (int i = 0; i < n; i++)
-        im2col(images[i].pixels, C, images[i].h, images[i].w, p,
-               a.patches + (size_t)(start[i] + 1) * P);
+        im2col(images[i].pixels, C, images[i].h, images[i].w, p, a.patches + (size_t)(start[i] + 1) * P);
     for (int i = 0; i < n; i++) /* class rows of the im2col buffer: keep them defined */
         memset(a.patches + (size_t)start[i] * P, 0, sizeof(float) * (size_t)P);
     gemm_forward(kt, ctx->pool, a.x, a.patches, &w->patch, NULL, (int)T, a.pack);
@@ -800,10 +814,20 @@ int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *
         const vit_layer *L = &w->layers[l];
         // x = x + out_proj(attention(LN1(x)))
         gemm_forward(kt, ctx->pool, a.qkv, a.xn, &L->qkv, L->qkv_b, (int)T, a.pack);
-        attention_job job = {.kt = kt, .out = a.attn, .qkv = a.qkv, .scores = a.scores,
-                             .start = start, .rot = &m->rot, .tables = rot, .images = n,
-                             .Tmax = (int)Tmax, .heads = H, .head_dim = hd, .layer = l,
-                             .bf16 = m->precision == GEMM_BF16, .next = 0};
+        attention_job job = {.kt = kt,
+                             .out = a.attn,
+                             .qkv = a.qkv,
+                             .scores = a.scores,
+                             .start = start,
+                             .rot = &m->rot,
+                             .tables = rot,
+                             .images = n,
+                             .Tmax = (int)Tmax,
+                             .heads = H,
+                             .head_dim = hd,
+                             .layer = l,
+                             .bf16 = m->precision == GEMM_BF16,
+                             .next = 0};
         thread_pool_run(ctx->pool, attention_part, &job, parts);
         gemm_forward(kt, ctx->pool, a.xn, a.attn, &L->out, L->out_b, (int)T, a.pack);
         // x = x + fc2(act(fc1(LN2(x)))): the residual and LN2 in one pass
@@ -817,8 +841,8 @@ int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *
         gemm_forward_act(kt, ctx->pool, a.mlp, a.xn, &L->fc1, L->fc1_b, (int)T, a.pack,
                          fuse ? (int)c->hidden_act : GEMM_NO_ACT);
         if (!fuse) {
-            activation_job act = {.activate = kt->activation, .x = a.mlp, .n = T * (size_t)I,
-                                  .act = c->hidden_act};
+            activation_job act = {
+                .activate = kt->activation, .x = a.mlp, .n = T * (size_t)I, .act = c->hidden_act};
             thread_pool_run(ctx->pool, activation_part, &act, T * (size_t)I >= 65536 ? parts : 1);
         }
         gemm_forward(kt, ctx->pool, a.xn, a.mlp, &L->fc2, L->fc2_b, (int)T, a.pack);

@@ -23,26 +23,26 @@
 #include "rotation.h"
 
 typedef struct {
-    float *ln1_w, *ln1_b;     // (D)
-    packed_weight qkv;        // (3D, D): q, k, v stacked; q rows pre-scaled by head_dim^-0.5,
-                              // q and k rows of ComRoPE models turned into the Schur basis
-    float *qkv_b;             // (3D), scaled and turned likewise
-    packed_weight out;        // (D, D)
-    float *out_b;             // (D)
-    float *ln2_w, *ln2_b;     // (D)
-    packed_weight fc1;        // (I, D)
-    float *fc1_b;             // (I)
-    packed_weight fc2;        // (D, I)
-    float *fc2_b;             // (D)
+    float *ln1_w, *ln1_b; // (D)
+    packed_weight qkv;    // (3D, D): q, k, v stacked; q rows pre-scaled by head_dim^-0.5,
+                          // q and k rows of ComRoPE models turned into the Schur basis
+    float *qkv_b;         // (3D), scaled and turned likewise
+    packed_weight out;    // (D, D)
+    float *out_b;         // (D)
+    float *ln2_w, *ln2_b; // (D)
+    packed_weight fc1;    // (I, D)
+    float *fc1_b;         // (I)
+    packed_weight fc2;    // (D, I)
+    float *fc2_b;         // (D)
 } vit_layer;
 
 typedef struct {
-    packed_weight patch;      // (D, C*p*p): the stride-p convolution as a matrix
-    float *class_emb;         // (D)
-    float *ape_mid;           // (P0, D) or NULL: the APE table's middle column, the only
-                              // column the official sampling ever reads
+    packed_weight patch; // (D, C*p*p): the stride-p convolution as a matrix
+    float *class_emb;    // (D)
+    float *ape_mid;      // (P0, D) or NULL: the APE table's middle column, the only
+                         // column the official sampling ever reads
     float *pre_ln_w, *pre_ln_b;
-    vit_layer *layers;        // L layers (owned array; its pointers point into params)
+    vit_layer *layers; // L layers (owned array; its pointers point into params)
     float *post_ln_w, *post_ln_b;
     float *head_w, *head_b;   // (K, D), or the first Linear (M, D) of an MLP head
     float *head2_w, *head2_b; // (K, M) or NULL
@@ -50,30 +50,30 @@ typedef struct {
 
 typedef struct {
     vit_config cfg;
-    image_prep prep;          // how images become input (preprocessor_config.json or default)
+    image_prep prep; // how images become input (preprocessor_config.json or default)
     vit_weights w;
-    float *params;            // the one allocation every unpacked weight points into;
-                              // the big matrices live packed (gemm.h), only once
+    float *params; // the one allocation every unpacked weight points into;
+                   // the big matrices live packed (gemm.h), only once
     size_t num_params;
     vit_rotation rot;
-    char *dir;                // the checkpoint directory (owned)
-    int max_tokens;           // per image; larger resolutions are refused
-    int precision;            // GEMM_FP32 or GEMM_BF16
-    precision_choice choice;  // how precision was chosen (asked, auto's table, warnings)
-    int backend;              // GEMM_BACKEND_OWN or GEMM_BACKEND_ONEDNN: who runs the GEMMs
+    char *dir;               // the checkpoint directory (owned)
+    int max_tokens;          // per image; larger resolutions are refused
+    int precision;           // GEMM_FP32 or GEMM_BF16
+    precision_choice choice; // how precision was chosen (asked, auto's table, warnings)
+    int backend;             // GEMM_BACKEND_OWN or GEMM_BACKEND_ONEDNN: who runs the GEMMs
 } vit_model;
 
 /* Knobs of a loaded model; vit_default_options() fills every one. */
 typedef struct {
-    int precision;   // GEMM_FP32 (default: exact), GEMM_BF16 (opt-in: AVX512-BF16
-                     // products with fp32 sums; about 3 significant digits; honoured
-                     // even where it does not pay, with choice.warn set), or
-                     // PRECISION_AUTO (bf16 where bf16_pays(), else fp32: dispatch.h)
-    int max_tokens;  // per image; larger resolutions are refused
-    int isa;         // the level the model's contexts will run at (CPU_ISA_BEST, or
-                     // forced lower: no bf16 below avx512), for the choice above
+    int precision;    // GEMM_FP32 (default: exact), GEMM_BF16 (opt-in: AVX512-BF16
+                      // products with fp32 sums; about 3 significant digits; honoured
+                      // even where it does not pay, with choice.warn set), or
+                      // PRECISION_AUTO (bf16 where bf16_pays(), else fp32: dispatch.h)
+    int max_tokens;   // per image; larger resolutions are refused
+    int isa;          // the level the model's contexts will run at (CPU_ISA_BEST, or
+                      // forced lower: no bf16 below avx512), for the choice above
     int gemm_backend; // GEMM_BACKEND_AUTO (oneDNN for bf16 on AMX CPUs where the build
-                     // has it, else ours), _OWN, or _ONEDNN (bf16 only; gemm.h)
+                      // has it, else ours), _OWN, or _ONEDNN (bf16 only; gemm.h)
 } vit_options;
 
 vit_options vit_default_options(void);
@@ -82,8 +82,7 @@ vit_options vit_default_options(void);
  * preprocessor_config.json) with `opt` (NULL: the defaults). Returns 0 and a
  * model to release with vit_free, or -1 with a message naming the file, key
  * or tensor. */
-int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err,
-             size_t errlen);
+int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err, size_t errlen);
 void vit_free(vit_model *m);
 
 /* One image's pixels: (C, h, w), normalized, as the model takes them. */
@@ -97,8 +96,7 @@ typedef struct {
  * and pre-LayerNorm (stage 0) and after each encoder layer l (stage l + 1);
  * for debugging parity layer by layer, and for tests. Runs on the thread
  * that called the forward. */
-typedef void (*vit_observer)(void *arg, int stage, const float *x, const int *start, int n, int T,
-                             int D);
+typedef void (*vit_observer)(void *arg, int stage, const float *x, const int *start, int n, int T, int D);
 
 /* Knobs of a context; vit_context_default_params() fills every one. */
 typedef struct {
@@ -127,18 +125,18 @@ typedef struct {
     vit_context_params params;
     kernel_table kernels;
     thread_pool *pool;
-    int tmax;                 // tokens of the largest image a forward may hold
-    float *arena;             // activations
+    int tmax;     // tokens of the largest image a forward may hold
+    float *arena; // activations
     size_t arena_floats;
-    size_t arena_touched;     // floats of the arena written once already
-    int *start;               // (max_images + 1) token offsets of each image in the batch
+    size_t arena_touched;       // floats of the arena written once already
+    int *start;                 // (max_images + 1) token offsets of each image in the batch
     const rotation_table **rot; // (max_images) each image's rotation table
-    double *pos;              // (2 * tmax) positions of one image
-    rotation_table *cache;    // (cache_slots) tables by grid
-    uint64_t *cache_stamp;    // (cache_slots) the forward that last used each
+    double *pos;                // (2 * tmax) positions of one image
+    rotation_table *cache;      // (cache_slots) tables by grid
+    uint64_t *cache_stamp;      // (cache_slots) the forward that last used each
     int cache_slots;
-    size_t cache_tokens;      // tokens of the cached tables, at most max_tokens
-    uint64_t clock;           // forwards run
+    size_t cache_tokens; // tokens of the cached tables, at most max_tokens
+    uint64_t clock;      // forwards run
 } vit_context;
 
 /* Makes a context for `m` (which must outlive it) from `p` (NULL: the

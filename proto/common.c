@@ -48,8 +48,7 @@ static int base64_value(unsigned char c) {
     return -1;
 }
 
-int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen,
-                  char *err, size_t errlen) {
+int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen, char *err, size_t errlen) {
     *out = NULL;
     *outlen = 0;
     size_t n = len;
@@ -106,7 +105,8 @@ static void sift_down(const float *logits, int *heap, int n, int i) {
 
 void proto_top_k(const float *logits, int K, int k, int *order, double *probs) {
     double maxv = logits[0], sum = 0;
-    for (int j = 1; j < K; j++) if (logits[j] > maxv) maxv = logits[j];
+    for (int j = 1; j < K; j++)
+        if (logits[j] > maxv) maxv = logits[j];
     for (int j = 0; j < K; j++) sum += exp((double)logits[j] - maxv);
     if (k > K) k = K;
     if (k <= 0) return;

@@ -19,62 +19,62 @@
 
 /* What the parsers need to know about the served model. */
 typedef struct {
-    const char *name;          /* the served name (--model-name) */
-    const char *pe_type;       /* "comrope-ld", ... */
-    int num_channels;          /* C */
-    int num_class;             /* K */
-    int image_size;            /* training resolution (square) */
+    const char *name;    /* the served name (--model-name) */
+    const char *pe_type; /* "comrope-ld", ... */
+    int num_channels;    /* C */
+    int num_class;       /* K */
+    int image_size;      /* training resolution (square) */
     int patch_size;
-    int max_tokens;            /* per image */
-    char *const *labels;       /* K entries, NULL where unnamed; may be NULL */
-    const char *version;       /* build version */
-    const char *isa;           /* the engine's CPU kernels ("avx512", ...); may be NULL */
-    const char *precision;     /* what the GEMMs compute in ("fp32", "bf16"); may be NULL */
+    int max_tokens;                  /* per image */
+    char *const *labels;             /* K entries, NULL where unnamed; may be NULL */
+    const char *version;             /* build version */
+    const char *isa;                 /* the engine's CPU kernels ("avx512", ...); may be NULL */
+    const char *precision;           /* what the GEMMs compute in ("fp32", "bf16"); may be NULL */
     const char *precision_requested; /* "fp32", "bf16" or "auto" */
-    int bf16_pays;             /* 1: bf16 runs faster than fp32 on this CPU */
+    int bf16_pays;                   /* 1: bf16 runs faster than fp32 on this CPU */
     const char *precision_warning;   /* NULL, or why the bf16 asked for does not pay */
-    const char *model_version; /* the served version ("1", ...); NULL: "1" */
+    const char *model_version;       /* the served version ("1", ...); NULL: "1" */
 } proto_model;
 
 /* One image of a request: either an encoded file (JPEG/PNG) to decode and
  * prepare, or pixels already normalized (v2 pixel_values), used as is. */
 typedef struct {
-    uint8_t *encoded;          /* owned, or NULL */
+    uint8_t *encoded; /* owned, or NULL */
     size_t encoded_len;
-    float *pixels;             /* owned (C, h, w), or NULL */
-    int h, w;                  /* pixels' size; for encoded, set by the server once resolved */
+    float *pixels; /* owned (C, h, w), or NULL */
+    int h, w;      /* pixels' size; for encoded, set by the server once resolved */
 } proto_image;
 
 enum { PROTO_V1 = 1, PROTO_V2 = 2 };
 
 typedef struct {
-    int api;                   /* PROTO_V1 or PROTO_V2 */
-    proto_image *images;       /* owned array of num_images */
+    int api;             /* PROTO_V1 or PROTO_V2 */
+    proto_image *images; /* owned array of num_images */
     int num_images;
     resolution_request resolution;
-    int fit;                   /* IMAGE_FIT_* */
-    int timeout_ms;            /* 0: the server's default */
+    int fit;        /* IMAGE_FIT_* */
+    int timeout_ms; /* 0: the server's default */
     /* v1 */
     int top_k;
     int return_logits;
     /* v2 */
-    char *id;                  /* owned, or NULL */
-    int classification_k;      /* > 0: output "logits" as BYTES [N, k] */
-    int binary_output;         /* output "logits" in the binary section */
+    char *id;             /* owned, or NULL */
+    int classification_k; /* > 0: output "logits" as BYTES [N, k] */
+    int binary_output;    /* output "logits" in the binary section */
 } proto_request;
 
 /* The answer to a request: logits of every image in request order. */
 typedef struct {
     int num_images, num_class;
-    const float *logits;       /* (num_images, num_class) */
-    const int *h, *w;          /* resolution each image ran at */
+    const float *logits; /* (num_images, num_class) */
+    const int *h, *w;    /* resolution each image ran at */
     double queue_ms, compute_ms, total_ms;
 } proto_result;
 
 /* A response body. For v2 binary outputs, json_len < len: the first
  * json_len bytes are the JSON header (Inference-Header-Content-Length). */
 typedef struct {
-    char *data;                /* owned (malloc) */
+    char *data; /* owned (malloc) */
     size_t len;
     size_t json_len;
 } proto_body;
@@ -85,8 +85,7 @@ void proto_body_free(proto_body *b);
 
 /* Standard base64 (padding optional). Returns 0 with a malloc'd *out, or
  * -1 with a message giving the offset of the first bad character. */
-int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen,
-                  char *err, size_t errlen);
+int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen, char *err, size_t errlen);
 
 /* Indices of the k largest logits, highest first (ties: the lower index),
  * and the softmax probability of each (order and probs have k entries).
@@ -118,8 +117,8 @@ char *proto_utf8_sanitize(const char *s);
  * (knobs come as query arguments, v1_parse_query_arg); anything else: 415. */
 int v1_parse(const proto_model *pm, const char *content_type, const uint8_t *body, size_t len,
              proto_request *req, char *err, size_t errlen);
-int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_request *req,
-                  char *err, size_t errlen);
+int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_request *req, char *err,
+                  size_t errlen);
 /* The media type a body shows when its Content-Type is missing or generic
  * (application/octet-stream, as Triton's and KServe's clients send or
  * omit it): "application/json" when it starts with '{' after optional
@@ -127,11 +126,10 @@ int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_req
 const char *v1_sniff_media_type(const uint8_t *body, size_t len);
 /* One query argument of a raw-image request (resolution, fit, top_k,
  * return_logits, timeout_ms); unknown keys are refused by name. */
-int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *key,
-                       const char *value, char *err, size_t errlen);
+int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *key, const char *value,
+                       char *err, size_t errlen);
 
-int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res,
-                proto_body *out);
+int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res, proto_body *out);
 /* GET /v1/models: the n models pms (each served model's highest ready
  * version). */
 char *v1_models_json(const proto_model *const *pms, int n);
@@ -143,8 +141,7 @@ char *v1_models_json(const proto_model *const *pms, int n);
  * bytes after it are the binary tensors, in input order. */
 int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_t header_len,
                    proto_request *req, char *err, size_t errlen);
-int v2_response(const proto_model *pm, const proto_request *req, const proto_result *res,
-                proto_body *out);
+int v2_response(const proto_model *pm, const proto_request *req, const proto_result *res, proto_body *out);
 /* GET /v2 and GET /v2/models/{name}: `versions` lists versions[0..n)
  * (the model's ready versions), or pm's own version when n is 0. */
 char *v2_server_json(const proto_model *pm);
@@ -166,11 +163,11 @@ typedef struct {
     uint64_t count, ns;
 } proto_duration;
 typedef struct {
-    uint64_t last_inference_ms;   /* wall clock, ms since the epoch; 0: none yet */
-    uint64_t inference_count;     /* images inferred */
-    uint64_t execution_count;     /* engine batches run */
+    uint64_t last_inference_ms; /* wall clock, ms since the epoch; 0: none yet */
+    uint64_t inference_count;   /* images inferred */
+    uint64_t execution_count;   /* engine batches run */
     proto_duration success, fail, queue, compute_input, compute_infer, compute_output;
-    int num_batch_sizes;          /* batch_stats: entries of the next three */
+    int num_batch_sizes; /* batch_stats: entries of the next three */
     const int *batch_size;
     const proto_duration *batch_compute_infer;
 } proto_stats;

@@ -55,8 +55,7 @@ static int parse_fit_text(const char *s, proto_request *req, char *err, size_t e
     return 0;
 }
 
-static int check_top_k(const proto_model *pm, long long k, proto_request *req, char *err,
-                       size_t errlen) {
+static int check_top_k(const proto_model *pm, long long k, proto_request *req, char *err, size_t errlen) {
     if (k < 1) {
         snprintf(err, errlen, "top_k: must be a positive integer, not %lld", k);
         return 400;
@@ -91,8 +90,8 @@ static int parse_resolution_json(json_t *v, proto_request *req, char *err, size_
         json_int_t h = json_integer_value(json_array_get(v, 0));
         json_int_t w = json_integer_value(json_array_get(v, 1));
         if (h < 1 || w < 1 || h > 65536 || w > 65536) {
-            snprintf(err, errlen, "resolution: [h, w] must be in [1, 65536], not [%lld, %lld]",
-                     (long long)h, (long long)w);
+            snprintf(err, errlen, "resolution: [h, w] must be in [1, 65536], not [%lld, %lld]", (long long)h,
+                     (long long)w);
             return 400;
         }
         req->resolution = (resolution_request){0, (int)h, (int)w};
@@ -102,8 +101,8 @@ static int parse_resolution_json(json_t *v, proto_request *req, char *err, size_
     return 400;
 }
 
-static int decode_image_field(json_t *v, const char *field, int index, proto_request *req,
-                              char *err, size_t errlen) {
+static int decode_image_field(json_t *v, const char *field, int index, proto_request *req, char *err,
+                              size_t errlen) {
     char where[64], msg[256];
     if (index < 0) snprintf(where, sizeof(where), "%s", field);
     else snprintf(where, sizeof(where), "%s[%d]", field, index);
@@ -144,15 +143,14 @@ static int decode_image_field(json_t *v, const char *field, int index, proto_req
     return 0;
 }
 
-int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_request *req,
-                  char *err, size_t errlen) {
+int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_request *req, char *err,
+                  size_t errlen) {
     json_error_t jerr;
     int status = 400;
     proto_request_init(req, pm, PROTO_V1);
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        snprintf(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
-                 jerr.text);
+        snprintf(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
         goto fail;
     }
     if (!json_is_object(root)) {
@@ -178,8 +176,7 @@ int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_req
         snprintf(err, errlen, "image: missing (give \"image\" or \"images\")");
         goto fail;
     }
-    if ((v = json_object_get(root, "resolution")) &&
-        (status = parse_resolution_json(v, req, err, errlen)))
+    if ((v = json_object_get(root, "resolution")) && (status = parse_resolution_json(v, req, err, errlen)))
         goto fail;
     status = 400;
     if ((v = json_object_get(root, "fit"))) {
@@ -237,8 +234,8 @@ fail:
     return status;
 }
 
-int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *key,
-                       const char *value, char *err, size_t errlen) {
+int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *key, const char *value,
+                       char *err, size_t errlen) {
     char *end;
     if (!value) value = "";
     if (strcmp(key, "resolution") == 0) return parse_resolution_text(value, req, err, errlen);
@@ -317,8 +314,7 @@ static char *dump_body(json_t *o) {
     return s;
 }
 
-int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res,
-                proto_body *out) {
+int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res, proto_body *out) {
     int K = res->num_class, k = req->top_k < K ? req->top_k : K;
     int *order = malloc(sizeof(int) * (size_t)k);
     double *probs = malloc(sizeof(double) * (size_t)k);
@@ -336,8 +332,8 @@ int v1_response(const proto_model *pm, const proto_request *req, const proto_res
         proto_top_k(lg, K, k, order, probs);
         for (int j = 0; j < k && !bad; j++)
             bad = json_array_append_new(top, json_pack("{s:i,s:s,s:f}", "index", order[j], "label",
-                                                       proto_label(pm, order[j], num, sizeof(num)),
-                                                       "score", probs[j])) != 0;
+                                                       proto_label(pm, order[j], num, sizeof(num)), "score",
+                                                       probs[j])) != 0;
         bad |= json_object_set_new(p, "top", top) != 0;
         if (req->return_logits && !bad) {
             json_t *arr = json_array();
@@ -350,9 +346,9 @@ int v1_response(const proto_model *pm, const proto_request *req, const proto_res
     }
     json_object_set_new(root, "predictions", preds);
     preds = NULL;
-    json_object_set_new(root, "timing_ms", json_pack("{s:f,s:f,s:f}", "queue", res->queue_ms,
-                                                     "compute", res->compute_ms, "total",
-                                                     res->total_ms));
+    json_object_set_new(root, "timing_ms",
+                        json_pack("{s:f,s:f,s:f}", "queue", res->queue_ms, "compute", res->compute_ms,
+                                  "total", res->total_ms));
     out->data = dump_body(root);
     root = NULL;
     if (out->data) out->len = out->json_len = strlen(out->data);
@@ -369,12 +365,11 @@ static json_t *v1_model(const proto_model *pm) {
     char num[16];
     for (int k = 0; k < pm->num_class; k++)
         json_array_append_new(labels, json_string(proto_label(pm, k, num, sizeof(num))));
-    json_t *m = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:o,s:{s:i,s:i,s:i}}", "name", pm->name,
-                          "pe_type", pm->pe_type, "training_resolution", pm->image_size,
-                          "patch_size", pm->patch_size, "channels", pm->num_channels,
-                          "num_classes", pm->num_class, "labels", labels, "resolutions",
-                          "multiple_of", pm->patch_size, "min", pm->patch_size,
-                          "max_tokens", pm->max_tokens);
+    json_t *m =
+        json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:o,s:{s:i,s:i,s:i}}", "name", pm->name, "pe_type", pm->pe_type,
+                  "training_resolution", pm->image_size, "patch_size", pm->patch_size, "channels",
+                  pm->num_channels, "num_classes", pm->num_class, "labels", labels, "resolutions",
+                  "multiple_of", pm->patch_size, "min", pm->patch_size, "max_tokens", pm->max_tokens);
     return m;
 }
 

@@ -19,14 +19,12 @@
 
 /* Reads shape [d0, d1, ...] into dims; returns the rank or -1. */
 static int read_shape(json_t *shape, long long *dims, int max_rank) {
-    if (!json_is_array(shape) || json_array_size(shape) == 0 ||
-        json_array_size(shape) > (size_t)max_rank)
+    if (!json_is_array(shape) || json_array_size(shape) == 0 || json_array_size(shape) > (size_t)max_rank)
         return -1;
     size_t i;
     json_t *d;
     json_array_foreach(shape, i, d) {
-        if (!json_is_integer(d) || json_integer_value(d) < 1 || json_integer_value(d) > (1 << 24))
-            return -1;
+        if (!json_is_integer(d) || json_integer_value(d) < 1 || json_integer_value(d) > (1 << 24)) return -1;
         dims[i] = json_integer_value(d);
     }
     return (int)json_array_size(shape);
@@ -86,8 +84,8 @@ static long long binary_size(json_t *input) {
     return json_is_integer(p) ? (long long)json_integer_value(p) : -1;
 }
 
-static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_t *bin,
-                              size_t bin_len, proto_request *req, char *err, size_t errlen) {
+static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_t *bin, size_t bin_len,
+                              proto_request *req, char *err, size_t errlen) {
     long long dims[4];
     const char *dt = json_string_value(json_object_get(input, "datatype"));
     if (!dt || strcmp(dt, "FP32") != 0) {
@@ -107,8 +105,10 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
     long long bsize = binary_size(input);
     json_t *data = json_object_get(input, "data");
     if (bsize >= 0 && (bsize != total * 4 || (size_t)bsize > bin_len)) {
-        snprintf(err, errlen, "inputs[0].parameters.binary_data_size: %lld bytes, the shape needs "
-                 "%lld and the binary section holds %zu", bsize, total * 4, bin_len);
+        snprintf(err, errlen,
+                 "inputs[0].parameters.binary_data_size: %lld bytes, the shape needs "
+                 "%lld and the binary section holds %zu",
+                 bsize, total * 4, bin_len);
         return 400;
     }
     if (alloc_images(req, (int)dims[0])) {
@@ -139,9 +139,10 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
     for (int i = 0; i < req->num_images; i++) {
         for (long long k = 0; k < per; k++) {
             if (!isfinite(req->images[i].pixels[k])) {
-                snprintf(err, errlen, "inputs[0].%s: value %lld (image %d) is not a finite float32 "
-                         "(NaN, Inf, or a number too large for float32)", bsize >= 0 ? "binary data" : "data",
-                         i * per + k, i);
+                snprintf(err, errlen,
+                         "inputs[0].%s: value %lld (image %d) is not a finite float32 "
+                         "(NaN, Inf, or a number too large for float32)",
+                         bsize >= 0 ? "binary data" : "data", i * per + k, i);
                 return 400;
             }
         }
@@ -149,8 +150,7 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
     return 0;
 }
 
-static int take_encoded(proto_request *req, int i, uint8_t *data, size_t len, char *err,
-                        size_t errlen) {
+static int take_encoded(proto_request *req, int i, uint8_t *data, size_t len, char *err, size_t errlen) {
     if (image_format(data, len) == IMAGE_FORMAT_UNKNOWN) {
         free(data);
         snprintf(err, errlen, "inputs[0].data[%d]: not a JPEG or PNG file", i);
@@ -161,8 +161,8 @@ static int take_encoded(proto_request *req, int i, uint8_t *data, size_t len, ch
     return 0;
 }
 
-static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto_request *req,
-                        char *err, size_t errlen) {
+static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto_request *req, char *err,
+                        size_t errlen) {
     long long dims[2];
     const char *dt = json_string_value(json_object_get(input, "datatype"));
     if (!dt || strcmp(dt, "BYTES") != 0) {
@@ -182,8 +182,10 @@ static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto
     long long bsize = binary_size(input);
     if (bsize >= 0) {
         if ((size_t)bsize > bin_len) {
-            snprintf(err, errlen, "inputs[0].parameters.binary_data_size: %lld bytes, but the binary "
-                     "section holds %zu", bsize, bin_len);
+            snprintf(err, errlen,
+                     "inputs[0].parameters.binary_data_size: %lld bytes, but the binary "
+                     "section holds %zu",
+                     bsize, bin_len);
             return 400;
         }
         size_t off = 0;
@@ -192,8 +194,8 @@ static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto
                 snprintf(err, errlen, "inputs[0]: binary data ends before element %d's length", i);
                 return 400;
             }
-            uint32_t len = (uint32_t)bin[off] | (uint32_t)bin[off + 1] << 8 |
-                           (uint32_t)bin[off + 2] << 16 | (uint32_t)bin[off + 3] << 24;
+            uint32_t len = (uint32_t)bin[off] | (uint32_t)bin[off + 1] << 8 | (uint32_t)bin[off + 2] << 16 |
+                           (uint32_t)bin[off + 3] << 24;
             off += 4;
             if (len == 0 || len > (size_t)bsize - off) {
                 snprintf(err, errlen, "inputs[0]: element %d's length %u runs past binary_data_size", i, len);
@@ -230,8 +232,8 @@ static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto
         uint8_t *data;
         size_t len;
         if (json_string_length(strs[i]) == 0 ||
-            base64_decode(json_string_value(strs[i]), json_string_length(strs[i]), &data, &len,
-                          msg, sizeof(msg))) {
+            base64_decode(json_string_value(strs[i]), json_string_length(strs[i]), &data, &len, msg,
+                          sizeof(msg))) {
             snprintf(err, errlen, "inputs[0].data[%d]: %s", i,
                      json_string_length(strs[i]) ? msg : "empty image");
             goto cleanup;
@@ -261,7 +263,8 @@ static int parse_parameters(json_t *params, proto_request *req, char *err, size_
             req->resolution = (resolution_request){0, n, n};
         } else if (!json_is_string(v) ||
                    resolution_parse(json_string_value(v), &req->resolution, msg, sizeof(msg))) {
-            snprintf(err, errlen, "parameters.resolution: expected a positive integer, \"HxW\" or \"native\"");
+            snprintf(err, errlen,
+                     "parameters.resolution: expected a positive integer, \"HxW\" or \"native\"");
             return 400;
         }
     }
@@ -313,7 +316,8 @@ static int parse_outputs(const proto_model *pm, json_t *outputs, proto_request *
         }
         if ((v = json_object_get(p, "classification"))) {
             if (!json_is_integer(v) || json_integer_value(v) < 1) {
-                snprintf(err, errlen, "outputs[%zu].parameters.classification: expected a positive integer", i);
+                snprintf(err, errlen, "outputs[%zu].parameters.classification: expected a positive integer",
+                         i);
                 return 400;
             }
             json_int_t k = json_integer_value(v);
@@ -375,7 +379,8 @@ int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_
         goto fail;
     }
     if (json_object_get(ip, "binary_data_size") && !header_len) {
-        snprintf(err, errlen, "inputs[0].parameters.binary_data_size: needs the "
+        snprintf(err, errlen,
+                 "inputs[0].parameters.binary_data_size: needs the "
                  "Inference-Header-Content-Length header");
         goto fail;
     }
@@ -385,8 +390,7 @@ int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_
         status = parse_pixel_values(pm, input, bin, bin_len, req, err, errlen);
     else if (name && strcmp(name, "images") == 0)
         status = parse_images(input, bin, bin_len, req, err, errlen);
-    else
-        snprintf(err, errlen, "inputs[0].name: expected \"pixel_values\" or \"images\"");
+    else snprintf(err, errlen, "inputs[0].name: expected \"pixel_values\" or \"images\"");
     if (status) goto fail;
     json_decref(root);
     return 0;
@@ -396,8 +400,7 @@ fail:
     return status;
 }
 
-int v2_response(const proto_model *pm, const proto_request *req, const proto_result *res,
-                proto_body *out) {
+int v2_response(const proto_model *pm, const proto_request *req, const proto_result *res, proto_body *out) {
     int N = res->num_images, K = res->num_class, k = req->classification_k;
     json_t *root = json_object(), *o = json_object();
     char *bin = NULL;
@@ -419,8 +422,8 @@ int v2_response(const proto_model *pm, const proto_request *req, const proto_res
             for (int j = 0; j < k && !bad; j++) {
                 /* any label length: a fixed buffer would cut it, perhaps
                  * inside a UTF-8 character, and lose the element */
-                json_t *e = json_sprintf("%f:%d:%s", probs[j], order[j],
-                                         proto_label(pm, order[j], num, sizeof(num)));
+                json_t *e =
+                    json_sprintf("%f:%d:%s", probs[j], order[j], proto_label(pm, order[j], num, sizeof(num)));
                 bad = json_array_append_new(data, e) != 0;
             }
         }
@@ -508,9 +511,9 @@ fail:
 /* Only extensions this server implements, by Triton's names: a client
  * that sees one listed calls its routes. */
 char *v2_server_json(const proto_model *pm) {
-    json_t *o = json_pack("{s:s,s:s,s:[ssss]}", "name", "comrope-serve", "version",
-                          pm->version ? pm->version : "0", "extensions", "classification",
-                          "binary_tensor_data", "model_configuration", "statistics");
+    json_t *o =
+        json_pack("{s:s,s:s,s:[ssss]}", "name", "comrope-serve", "version", pm->version ? pm->version : "0",
+                  "extensions", "classification", "binary_tensor_data", "model_configuration", "statistics");
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     return s;
@@ -523,12 +526,12 @@ char *v2_server_json(const proto_model *pm) {
 char *v2_model_json(const proto_model *pm, const char *const *versions, int num_versions) {
     json_t *list = json_array();
     for (int i = 0; list && i < num_versions; i++) json_array_append_new(list, json_string(versions[i]));
-    if (list && num_versions <= 0) json_array_append_new(list, json_string(pm->model_version ? pm->model_version : "1"));
-    json_t *o = json_pack("{s:s,s:o,s:s,s:[{s:s,s:s,s:[iiii]}],s:[{s:s,s:s,s:[ii]}]}",
-                          "name", pm->name, "versions", list, "platform", "comrope_c",
-                          "inputs", "name", "pixel_values", "datatype", "FP32", "shape", -1,
-                          pm->num_channels, -1, -1,
-                          "outputs", "name", "logits", "datatype", "FP32", "shape", -1, pm->num_class);
+    if (list && num_versions <= 0)
+        json_array_append_new(list, json_string(pm->model_version ? pm->model_version : "1"));
+    json_t *o = json_pack("{s:s,s:o,s:s,s:[{s:s,s:s,s:[iiii]}],s:[{s:s,s:s,s:[ii]}]}", "name", pm->name,
+                          "versions", list, "platform", "comrope_c", "inputs", "name", "pixel_values",
+                          "datatype", "FP32", "shape", -1, pm->num_channels, -1, -1, "outputs", "name",
+                          "logits", "datatype", "FP32", "shape", -1, pm->num_class);
     /* the engine's CPU kernels and precision, as the log and
      * comrope_engine_info say */
     if (o && pm->isa) {
@@ -558,22 +561,17 @@ char *v2_model_config_json(const proto_model *pm, const proto_batching *b) {
         "s:[{s:s,s:s,s:[i],s:s,s:b}],"
         "s:{s:[],s:I,s:b,s:{s:s,s:I,s:b,s:I}},"
         "s:[{s:s,s:s,s:i}],s:{}}",
-        "name", pm->name, "platform", "", "backend", "comrope",
-        "version_policy", "latest", "num_versions", 1,
-        "max_batch_size", b->max_batch_size,
-        "input",
-        "name", "pixel_values", "data_type", "TYPE_FP32", "format", "FORMAT_NCHW", "dims",
-        pm->num_channels, -1, -1, "is_shape_tensor", 0, "allow_ragged_batch", 0, "optional", 0,
-        "name", "images", "data_type", "TYPE_STRING", "format", "FORMAT_NONE", "dims", 1,
-        "is_shape_tensor", 0, "allow_ragged_batch", 0, "optional", 1,
-        "output", "name", "logits", "data_type", "TYPE_FP32", "dims", pm->num_class, "label_filename", "",
-        "is_shape_tensor", 0,
-        "dynamic_batching", "preferred_batch_size", "max_queue_delay_microseconds",
-        (json_int_t)b->max_queue_delay_us, "preserve_ordering", 0, "default_queue_policy",
-        "timeout_action", "REJECT", "default_timeout_microseconds", (json_int_t)0,
-        "allow_timeout_override", 1, "max_queue_size", (json_int_t)b->max_queue_size,
-        "instance_group", "name", pm->name, "kind", "KIND_CPU", "count", b->workers,
-        "parameters");
+        "name", pm->name, "platform", "", "backend", "comrope", "version_policy", "latest", "num_versions", 1,
+        "max_batch_size", b->max_batch_size, "input", "name", "pixel_values", "data_type", "TYPE_FP32",
+        "format", "FORMAT_NCHW", "dims", pm->num_channels, -1, -1, "is_shape_tensor", 0, "allow_ragged_batch",
+        0, "optional", 0, "name", "images", "data_type", "TYPE_STRING", "format", "FORMAT_NONE", "dims", 1,
+        "is_shape_tensor", 0, "allow_ragged_batch", 0, "optional", 1, "output", "name", "logits", "data_type",
+        "TYPE_FP32", "dims", pm->num_class, "label_filename", "", "is_shape_tensor", 0, "dynamic_batching",
+        "preferred_batch_size", "max_queue_delay_microseconds", (json_int_t)b->max_queue_delay_us,
+        "preserve_ordering", 0, "default_queue_policy", "timeout_action", "REJECT",
+        "default_timeout_microseconds", (json_int_t)0, "allow_timeout_override", 1, "max_queue_size",
+        (json_int_t)b->max_queue_size, "instance_group", "name", pm->name, "kind", "KIND_CPU", "count",
+        b->workers, "parameters");
     if (!o) return NULL;
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
@@ -587,21 +585,21 @@ static json_t *duration_json(proto_duration d) {
 char *v2_model_stats_json(const proto_model *pm, const proto_stats *st) {
     json_t *batch = json_array();
     for (int i = 0; batch && i < st->num_batch_sizes; i++)
-        json_array_append_new(batch, json_pack("{s:i,s:o,s:o,s:o}", "batch_size", st->batch_size[i],
-                                               "compute_input", duration_json((proto_duration){st->batch_compute_infer[i].count, 0}),
-                                               "compute_infer", duration_json(st->batch_compute_infer[i]),
-                                               "compute_output", duration_json((proto_duration){st->batch_compute_infer[i].count, 0})));
-    json_t *o = json_pack(
-        "{s:[{s:s,s:s,s:I,s:I,s:I,s:{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o},s:o,s:[]}]}",
-        "model_stats", "name", pm->name, "version", pm->model_version ? pm->model_version : "1",
-        "last_inference", (json_int_t)st->last_inference_ms,
-        "inference_count", (json_int_t)st->inference_count,
-        "execution_count", (json_int_t)st->execution_count,
-        "inference_stats", "success", duration_json(st->success), "fail", duration_json(st->fail),
-        "queue", duration_json(st->queue), "compute_input", duration_json(st->compute_input),
-        "compute_infer", duration_json(st->compute_infer), "compute_output", duration_json(st->compute_output),
-        "cache_hit", duration_json((proto_duration){0, 0}), "cache_miss", duration_json((proto_duration){0, 0}),
-        "batch_stats", batch, "memory_usage");
+        json_array_append_new(
+            batch, json_pack("{s:i,s:o,s:o,s:o}", "batch_size", st->batch_size[i], "compute_input",
+                             duration_json((proto_duration){st->batch_compute_infer[i].count, 0}),
+                             "compute_infer", duration_json(st->batch_compute_infer[i]), "compute_output",
+                             duration_json((proto_duration){st->batch_compute_infer[i].count, 0})));
+    json_t *o =
+        json_pack("{s:[{s:s,s:s,s:I,s:I,s:I,s:{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o},s:o,s:[]}]}", "model_stats",
+                  "name", pm->name, "version", pm->model_version ? pm->model_version : "1", "last_inference",
+                  (json_int_t)st->last_inference_ms, "inference_count", (json_int_t)st->inference_count,
+                  "execution_count", (json_int_t)st->execution_count, "inference_stats", "success",
+                  duration_json(st->success), "fail", duration_json(st->fail), "queue",
+                  duration_json(st->queue), "compute_input", duration_json(st->compute_input),
+                  "compute_infer", duration_json(st->compute_infer), "compute_output",
+                  duration_json(st->compute_output), "cache_hit", duration_json((proto_duration){0, 0}),
+                  "cache_miss", duration_json((proto_duration){0, 0}), "batch_stats", batch, "memory_usage");
     if (!o) return NULL;
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);

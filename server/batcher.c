@@ -21,29 +21,29 @@ typedef struct {
 typedef struct {
     job *j;
     int first, count;
-    int fail;                /* this part's error status (its message in msg) */
+    int fail; /* this part's error status (its message in msg) */
     char msg[480];
 } slice;
 
 struct batcher {
     const vit_model *model;
-    metrics_series *mx;        /* its model version's */
+    metrics_series *mx; /* its model version's */
     batcher_params p;
     pthread_mutex_t lock;
-    pthread_cond_t work;     /* a job was queued, or stopping */
+    pthread_cond_t work; /* a job was queued, or stopping */
     pthread_cond_t reaper_wake;
-    pthread_cond_t idle;     /* queue empty and nothing running */
-    job *head, *tail;        /* jobs with images not yet in a batch, in order */
-    int waiting;             /* jobs none of whose images started */
-    int active;              /* jobs started and not answered */
-    int running;             /* engine batches being computed */
+    pthread_cond_t idle; /* queue empty and nothing running */
+    job *head, *tail;    /* jobs with images not yet in a batch, in order */
+    int waiting;         /* jobs none of whose images started */
+    int active;          /* jobs started and not answered */
+    int running;         /* engine batches being computed */
     int arriving;
-    int64_t pixel_bytes;     /* held by waiting and active jobs */
-    int64_t batch_ns;        /* how long an engine batch takes (moving average) */
-    int stopping;            /* workers told to exit */
-    int stopped;             /* threads joined (batcher_stop ran) */
+    int64_t pixel_bytes; /* held by waiting and active jobs */
+    int64_t batch_ns;    /* how long an engine batch takes (moving average) */
+    int stopping;        /* workers told to exit */
+    int stopped;         /* threads joined (batcher_stop ran) */
     worker *workers;
-    forward_gate *gate;      /* NULL: none */
+    forward_gate *gate; /* NULL: none */
     pthread_t reaper;
     int reaper_started;
 };
@@ -154,8 +154,7 @@ static int distinct_resolutions(const vit_image *images, int n) {
     int distinct = 0;
     for (int i = 0; i < n; i++) {
         int seen = 0;
-        for (int k = 0; k < i && !seen; k++)
-            seen = images[k].h == images[i].h && images[k].w == images[i].w;
+        for (int k = 0; k < i && !seen; k++) seen = images[k].h == images[i].h && images[k].w == images[i].w;
         if (!seen) distinct++;
     }
     return distinct;
@@ -209,7 +208,8 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
         int first = count;
         if (s->j->gone && s->j->gone(s->j->done_arg)) {
             s->fail = 499;
-            snprintf(s->msg, sizeof(s->msg), "the client closed the connection before the request was computed");
+            snprintf(s->msg, sizeof(s->msg),
+                     "the client closed the connection before the request was computed");
             continue;
         }
         for (int k = s->first; k < s->first + s->count; k++) {
@@ -218,8 +218,8 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
             if (im->encoded) {
                 resolution_request res = {0, im->h, im->w};
                 int h, wd;
-                int rc = input_from_encoded(m, im->encoded, im->encoded_len, res, req->fit,
-                                            &b->p.limits, &decoded[count], &h, &wd, msg, sizeof(msg));
+                int rc = input_from_encoded(m, im->encoded, im->encoded_len, res, req->fit, &b->p.limits,
+                                            &decoded[count], &h, &wd, msg, sizeof(msg));
                 if (rc) {
                     s->fail = decode_status(rc);
                     snprintf(s->msg, sizeof(s->msg), "images[%d]: %.400s", k, msg);
@@ -245,8 +245,7 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
 
     int forward_failed = 0;
     if (count > 0 && b->gate) forward_gate_enter(b->gate, b->p.engine.threads);
-    if (count > 0 && vit_forward_ragged(w->ctx, images, count, logits, msg, sizeof(msg)))
-        forward_failed = 1;
+    if (count > 0 && vit_forward_ragged(w->ctx, images, count, logits, msg, sizeof(msg))) forward_failed = 1;
     if (count > 0 && b->gate) forward_gate_leave(b->gate, b->p.engine.threads);
     int64_t end = monotonic_ns();
     if (count > 0) elapsed = end - start;
@@ -266,8 +265,10 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
             /* pixels that are finite but huge overflow inside the model */
             if (!all_finite(logits + (size_t)(offset + k) * K, (size_t)K)) {
                 s->fail = 400;
-                snprintf(s->msg, sizeof(s->msg), "images[%d]: its logits are not finite (pixel values "
-                         "too large for float32 arithmetic?)", s->first + k);
+                snprintf(s->msg, sizeof(s->msg),
+                         "images[%d]: its logits are not finite (pixel values "
+                         "too large for float32 arithmetic?)",
+                         s->first + k);
             }
         }
         if (!s->fail) /* each part owns its rows of the job's logits: no lock needed */
@@ -467,20 +468,25 @@ static int over_limits(batcher *b, job *j) {
     for (int i = 0; i < req->num_images; i++) {
         int h = req->images[i].h, w = req->images[i].w, t = vit_tokens(b->model, h, w);
         if (t > b->p.max_batch_tokens) {
-            snprintf(j->error, sizeof(j->error), "images[%d]: %dx%d needs %d tokens, more than one engine "
-                     "batch holds (max-batch-tokens %d)", i, h, w, t, b->p.max_batch_tokens);
+            snprintf(j->error, sizeof(j->error),
+                     "images[%d]: %dx%d needs %d tokens, more than one engine "
+                     "batch holds (max-batch-tokens %d)",
+                     i, h, w, t, b->p.max_batch_tokens);
             return 413;
         }
         tokens += t;
     }
     if (b->p.max_request_tokens && tokens > b->p.max_request_tokens) {
-        snprintf(j->error, sizeof(j->error), "the request needs %lld tokens, more than max-request-tokens (%lld)",
-                 (long long)tokens, (long long)b->p.max_request_tokens);
+        snprintf(j->error, sizeof(j->error),
+                 "the request needs %lld tokens, more than max-request-tokens (%lld)", (long long)tokens,
+                 (long long)b->p.max_request_tokens);
         return 413;
     }
     if (b->p.pixel_budget_bytes && j->pixel_bytes > b->p.pixel_budget_bytes) {
-        snprintf(j->error, sizeof(j->error), "the request's decoded pixels take %lld bytes, more than "
-                 "pixel-budget-bytes (%lld)", (long long)j->pixel_bytes, (long long)b->p.pixel_budget_bytes);
+        snprintf(j->error, sizeof(j->error),
+                 "the request's decoded pixels take %lld bytes, more than "
+                 "pixel-budget-bytes (%lld)",
+                 (long long)j->pixel_bytes, (long long)b->p.pixel_budget_bytes);
         return 413;
     }
     return 0;
@@ -500,8 +506,10 @@ static int queue_stands(batcher *b, int64_t now, job *j) {
     if (!oldest) return 0;
     int64_t waited = now - oldest->enqueued_ns;
     if (waited <= (int64_t)b->p.max_queue_wait_ms * 1000000 || waited <= 2 * b->batch_ns) return 0;
-    snprintf(j->error, sizeof(j->error), "busy: the oldest queued request has waited %lld ms, more than "
-             "max-queue-wait-ms (%d)", (long long)(waited / 1000000), b->p.max_queue_wait_ms);
+    snprintf(j->error, sizeof(j->error),
+             "busy: the oldest queued request has waited %lld ms, more than "
+             "max-queue-wait-ms (%d)",
+             (long long)(waited / 1000000), b->p.max_queue_wait_ms);
     return 1;
 }
 
@@ -531,9 +539,10 @@ int batcher_submit(batcher *b, job *j) {
     }
     if (queue_stands(b, now, j)) goto refuse;
     if (b->p.pixel_budget_bytes && b->pixel_bytes + j->pixel_bytes > b->p.pixel_budget_bytes) {
-        snprintf(j->error, sizeof(j->error), "busy: queued and running requests hold %lld bytes of decoded "
-                 "pixels, this one needs %lld more (pixel-budget-bytes %lld)", (long long)b->pixel_bytes,
-                 (long long)j->pixel_bytes, (long long)b->p.pixel_budget_bytes);
+        snprintf(j->error, sizeof(j->error),
+                 "busy: queued and running requests hold %lld bytes of decoded "
+                 "pixels, this one needs %lld more (pixel-budget-bytes %lld)",
+                 (long long)b->pixel_bytes, (long long)j->pixel_bytes, (long long)b->p.pixel_budget_bytes);
         goto refuse;
     }
     if (b->tail) b->tail->next = j;

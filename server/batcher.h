@@ -38,23 +38,23 @@ typedef void (*job_done_fn)(job *j, void *arg);
 typedef int (*job_gone_fn)(void *arg);
 
 struct job {
-    proto_request *req;        /* images with h, w resolved (not owned) */
-    int64_t deadline_ns;       /* CLOCK_MONOTONIC */
-    int64_t pixel_bytes;       /* decoded pixels it holds or will (C*h*w floats per image) */
+    proto_request *req;  /* images with h, w resolved (not owned) */
+    int64_t deadline_ns; /* CLOCK_MONOTONIC */
+    int64_t pixel_bytes; /* decoded pixels it holds or will (C*h*w floats per image) */
     job_done_fn done;
-    job_gone_fn gone;          /* NULL: never asked */
-    void *done_arg;            /* for done and gone */
+    job_gone_fn gone; /* NULL: never asked */
+    void *done_arg;   /* for done and gone */
     /* filled by the batcher before `done` */
-    int status;                /* 200, or 400/413/415/499/500/503/504 */
+    int status; /* 200, or 400/413/415/499/500/503/504 */
     char error[512];
-    float *logits;             /* (num_images, num_class), malloc'd; the submitter frees */
+    float *logits; /* (num_images, num_class), malloc'd; the submitter frees */
     int64_t enqueued_ns, started_ns, finished_ns;
     /* the batcher's, under its lock */
-    job *next;                 /* queue link */
-    int in_queue;              /* linked: some images not yet in a batch */
-    int next_image;            /* images before it are in batches (run or running) */
-    int pending;               /* batches running with some of its images */
-    int fail;                  /* its error status once failed: nothing more is computed */
+    job *next;      /* queue link */
+    int in_queue;   /* linked: some images not yet in a batch */
+    int next_image; /* images before it are in batches (run or running) */
+    int pending;    /* batches running with some of its images */
+    int fail;       /* its error status once failed: nothing more is computed */
 };
 
 typedef struct batcher batcher;
@@ -66,12 +66,12 @@ typedef struct {
     int max_queue_delay_us;
     int max_queue_size;
     image_limits limits;
-    int max_request_images;    /* 0: no limit */
-    int64_t max_request_tokens;/* 0: no limit */
-    int64_t pixel_budget_bytes;/* decoded pixels of queued and running jobs; 0: no limit */
-    vit_context_params engine; /* each worker's context; its max_images / max_tokens are set
+    int max_request_images;     /* 0: no limit */
+    int64_t max_request_tokens; /* 0: no limit */
+    int64_t pixel_budget_bytes; /* decoded pixels of queued and running jobs; 0: no limit */
+    vit_context_params engine;  /* each worker's context; its max_images / max_tokens are set
                                   to max_batch_size / max_batch_tokens */
-    int max_queue_wait_ms;     /* refuse while the oldest waiting job has waited longer (and longer
+    int max_queue_wait_ms;      /* refuse while the oldest waiting job has waited longer (and longer
                                   than two engine batches take); 0: no limit */
 } batcher_params;
 

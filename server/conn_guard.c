@@ -21,7 +21,7 @@
 /* One client address and its open connections. */
 typedef struct client {
     unsigned char addr[16];
-    int addr_len;              /* 4 or 16 */
+    int addr_len; /* 4 or 16 */
     int open;
     struct client *next;
 } client;
@@ -33,8 +33,8 @@ typedef struct conn {
     conn_guard *g;
     int fd;
     client *client;
-    int64_t deadline_ns;       /* 0: not armed */
-    int begun;                 /* a request line has come since it was armed */
+    int64_t deadline_ns; /* 0: not armed */
+    int begun;           /* a request line has come since it was armed */
     int timed_out;
     struct conn *prev, *next;
 } conn;
@@ -45,7 +45,7 @@ struct conn_guard {
     pthread_cond_t wake;
     pthread_t sweeper;
     int stop;
-    conn *head, *tail;         /* armed, earliest deadline first */
+    conn *head, *tail; /* armed, earliest deadline first */
     client *clients[CLIENT_BUCKETS];
     conn_guard_stats stats;
 };

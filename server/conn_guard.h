@@ -38,15 +38,15 @@
 typedef struct conn_guard conn_guard;
 
 typedef struct {
-    int max_connections;       /* open connections at most */
-    int max_per_client;        /* per client address; 0: no cap of its own */
-    int receive_timeout_ms;    /* the receive deadline */
+    int max_connections;    /* open connections at most */
+    int max_per_client;     /* per client address; 0: no cap of its own */
+    int receive_timeout_ms; /* the receive deadline */
 } conn_guard_params;
 
 typedef struct {
-    int open;                          /* open connections now */
-    unsigned long long refused_limit;  /* refused at max_connections */
-    unsigned long long refused_client; /* refused at max_per_client */
+    int open;                            /* open connections now */
+    unsigned long long refused_limit;    /* refused at max_connections */
+    unsigned long long refused_client;   /* refused at max_per_client */
     unsigned long long timeouts_idle;    /* cut at the deadline before a request line came */
     unsigned long long timeouts_request; /* cut at the deadline in a request's headers or body */
 } conn_guard_stats;

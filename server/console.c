@@ -8,9 +8,8 @@
  * sizes through the CSSOM, which CSP allows), images from the page itself
  * or from blob: URLs of the files a user picks, fetches to this origin only.
  * No framing, no <base>, no form posts anywhere. */
-static const char csp[] =
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+static const char csp[] = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                          "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const console_asset *console_find(const char *path) {
     for (int i = 0; i < console_num_assets; i++)

@@ -16,7 +16,7 @@
 struct MHD_Response;
 
 typedef struct {
-    const char *path;          /* "/", "/console/app.mjs", "/console/samples/x.png" */
+    const char *path; /* "/", "/console/app.mjs", "/console/samples/x.png" */
     const char *content_type;
     const unsigned char *data; /* static, lives as long as the process */
     size_t len;

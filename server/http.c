@@ -23,17 +23,17 @@
 
 struct http_server {
     http_params p;
-    atomic_int loaded;         /* 1 once http_set_loaded has run: the start-up load is over */
+    atomic_int loaded; /* 1 once http_set_loaded has run: the start-up load is over */
     struct MHD_Daemon *main_daemon, *metrics_daemon;
     conn_guard *main_guard, *metrics_guard; /* caps and receive deadlines, one per daemon */
     int port, metrics_port;
     atomic_int draining;
     atomic_ullong next_id;
-    atomic_llong body_bytes;   /* reserved by the bodies held now (body-budget-bytes) */
+    atomic_llong body_bytes; /* reserved by the bodies held now (body-budget-bytes) */
     pthread_mutex_t lock;
     pthread_cond_t idle;
-    int open_requests;         /* allocated http_request structs */
-    unsigned long incomplete;  /* requests that ended without a complete answer (under lock) */
+    int open_requests;        /* allocated http_request structs */
+    unsigned long incomplete; /* requests that ended without a complete answer (under lock) */
     /* the parse threads: bodies are parsed there, never on an MHD thread */
     pthread_t *parsers;
     int parsers_started;
@@ -43,8 +43,8 @@ struct http_server {
     int parse_stopping;
     /* libmicrohttpd's messages: a window of at most MHD_LOG_BURST lines (mhd_log) */
     pthread_mutex_t mhd_log_lock;
-    int64_t mhd_log_window;    /* when the current window began */
-    int mhd_log_lines;         /* lines written in it */
+    int64_t mhd_log_window;        /* when the current window began */
+    int mhd_log_lines;             /* lines written in it */
     unsigned long mhd_log_dropped; /* messages left out since the last line saying so */
 };
 
@@ -61,43 +61,43 @@ typedef struct {
     struct MHD_Connection *conn;
     int endpoint;
     int phase;
-    int metrics_only;          /* arrived on the metrics port */
+    int metrics_only; /* arrived on the metrics port */
     char method[16];
     char path[256];
     char request_id[128];
-    char user_agent[256];      /* cut to fit; for the access log */
+    char user_agent[256]; /* cut to fit; for the access log */
     int64_t start_ns;
     /* body */
     uint8_t *body;
     size_t body_len, body_cap;
     int body_too_large;
-    int body_over_budget;      /* a chunked body that outgrew body-budget-bytes: dropped */
-    int64_t body_reserved;     /* of s->body_bytes, released with the body */
-    int64_t content_length;    /* announced, or -1 (chunked) */
-    int arriving;              /* counted in batcher_arrival_begin */
+    int body_over_budget;   /* a chunked body that outgrew body-budget-bytes: dropped */
+    int64_t body_reserved;  /* of s->body_bytes, released with the body */
+    int64_t content_length; /* announced, or -1 (chunked) */
+    int arriving;           /* counted in batcher_arrival_begin */
     /* captured on the MHD thread for the parse thread */
-    char *ctype;               /* Content-Type, or NULL */
-    char *header_len;          /* Inference-Header-Content-Length, or NULL */
-    char **query;              /* key, value pairs of a raw-image request, NULL-terminated */
+    char *ctype;      /* Content-Type, or NULL */
+    char *header_len; /* Inference-Header-Content-Length, or NULL */
+    char **query;     /* key, value pairs of a raw-image request, NULL-terminated */
     int nquery;
-    served_model *mv;          /* the model version it was routed to: a reference, released at the end */
-    int control;               /* POST /v2/repository/models/<m>/load (1) or /unload (2), after the body */
+    served_model *mv; /* the model version it was routed to: a reference, released at the end */
+    int control;      /* POST /v2/repository/models/<m>/load (1) or /unload (2), after the body */
     char control_name[256];
     /* inference */
     proto_request req;
     int parsed;
     job job;
-    int fd;                    /* the connection's socket, for client_gone */
+    int fd; /* the connection's socket, for client_gone */
     /* the answer, built by a worker or here */
     int status;
-    char *resp;                /* malloc'd body */
+    char *resp; /* malloc'd body */
     size_t resp_len, resp_json_len;
     const char *content_type;
-    const char *allow;         /* a 405's Allow header: the route's methods */
-    int cors;                  /* add the CORS headers (cors-origin is set) */
+    const char *allow;          /* a 405's Allow header: the route's methods */
+    int cors;                   /* add the CORS headers (cors-origin is set) */
     const console_asset *asset; /* a console file: its 200 answer is the static asset */
     int retry_after;
-    int ready_yes;             /* a readiness answer "ready": keeps its connection (queue_answer) */
+    int ready_yes; /* a readiness answer "ready": keeps its connection (queue_answer) */
     size_t bytes_sent;
 } http_request;
 
@@ -106,8 +106,8 @@ static int64_t now_ns(void) { return monotonic_ns(); }
 /* --- answers ------------------------------------------------------------ */
 
 /* Stores an answer in r (takes body). */
-static void set_answer(http_request *r, int status, const char *content_type, char *body,
-                       size_t len, size_t json_len) {
+static void set_answer(http_request *r, int status, const char *content_type, char *body, size_t len,
+                       size_t json_len) {
     free(r->resp);
     r->status = status;
     r->content_type = content_type;
@@ -155,9 +155,11 @@ static void body_free(http_request *r) {
 
 static void set_busy_bodies(http_request *r, int64_t n) {
     char err[300];
-    snprintf(err, sizeof(err), "busy: the request bodies being received and parsed hold %lld bytes, this one "
-             "needs %lld more (body-budget-bytes %lld)", (long long)atomic_load(&r->s->body_bytes),
-             (long long)n, (long long)r->s->p.cfg->body_budget_bytes);
+    snprintf(err, sizeof(err),
+             "busy: the request bodies being received and parsed hold %lld bytes, this one "
+             "needs %lld more (body-budget-bytes %lld)",
+             (long long)atomic_load(&r->s->body_bytes), (long long)n,
+             (long long)r->s->p.cfg->body_budget_bytes);
     set_error(r, 503, err);
     r->retry_after = 1;
 }
@@ -165,7 +167,8 @@ static void set_busy_bodies(http_request *r, int64_t n) {
 /* The CORS headers of an answer when cors-origin is set: the origin on
  * every answer, and what a preflight (OPTIONS) asks about on its 204. */
 static int add_cors_headers(struct MHD_Response *resp, const http_request *r) {
-    int bad = MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->s->p.cfg->cors_origin) != MHD_YES;
+    int bad =
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->s->p.cfg->cors_origin) != MHD_YES;
     if (strcmp(r->s->p.cfg->cors_origin, "*") != 0)
         bad |= MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin") != MHD_YES;
     bad |= MHD_add_response_header(resp, "Access-Control-Expose-Headers",
@@ -262,8 +265,7 @@ static void job_done(job *j, void *arg) {
         if (rc == 0)
             set_answer(r, 200, body.json_len < body.len ? "application/octet-stream" : "application/json",
                        body.data, body.len, body.json_len);
-        else
-            set_error(r, 500, "out of memory building the response");
+        else set_error(r, 500, "out of memory building the response");
     } else {
         set_error(r, j->status, j->error);
         if (j->status == 503) r->retry_after = 1;
@@ -401,8 +403,8 @@ static int validate_images(http_request *r) {
             }
             if (iw > cfg->max_image_side || ih > cfg->max_image_side ||
                 (int64_t)iw * ih > cfg->max_image_pixels) {
-                snprintf(err, sizeof(err), "images[%d]: %dx%d is over the limits (side %d, pixels %lld)",
-                         i, iw, ih, cfg->max_image_side, (long long)cfg->max_image_pixels);
+                snprintf(err, sizeof(err), "images[%d]: %dx%d is over the limits (side %d, pixels %lld)", i,
+                         iw, ih, cfg->max_image_side, (long long)cfg->max_image_pixels);
                 set_error(r, 413, err);
                 return 413;
             }
@@ -430,9 +432,11 @@ static int json_over_limit(http_request *r, size_t json_len) {
     int64_t max = r->s->p.cfg->max_json_body_bytes;
     if ((int64_t)json_len <= max) return 0;
     char err[400];
-    snprintf(err, sizeof(err), "the body's JSON is %zu bytes, more than max-json-body-bytes (%lld): send "
+    snprintf(err, sizeof(err),
+             "the body's JSON is %zu bytes, more than max-json-body-bytes (%lld): send "
              "tensors with the binary tensor extension (Inference-Header-Content-Length) or images as "
-             "raw image/jpeg or image/png bodies", json_len, (long long)max);
+             "raw image/jpeg or image/png bodies",
+             json_len, (long long)max);
     set_error(r, 413, err);
     return 413;
 }
@@ -460,15 +464,18 @@ static int submit_inference(http_request *r) {
     if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(ctype)) {
         ctype = v1_sniff_media_type(r->body, r->body_len);
         if (!ctype) {
-            snprintf(err, sizeof(err), "Content-Type: \"%.60s\" and a body that is neither JSON (starting "
+            snprintf(err, sizeof(err),
+                     "Content-Type: \"%.60s\" and a body that is neither JSON (starting "
                      "with '{') nor a JPEG or PNG image: send application/json, image/jpeg or image/png",
                      r->ctype ? r->ctype : "(none)");
             set_error(r, 415, err);
             return 0;
         }
         if (r->nquery && strcmp(ctype, "application/json") == 0) {
-            snprintf(err, sizeof(err), "query argument \"%s\" does not apply to a JSON body (give it as a "
-                     "field of the body)", r->query[0]);
+            snprintf(err, sizeof(err),
+                     "query argument \"%s\" does not apply to a JSON body (give it as a "
+                     "field of the body)",
+                     r->query[0]);
             set_error(r, 400, err);
             return 0;
         }
@@ -652,8 +659,10 @@ static int preflight(http_request *r, int post) {
 /* GET /v2/models/<m>/config: Triton's model configuration. */
 static void model_config(http_request *r) {
     const server_config *cfg = &r->mv->cfg; /* the model's own settings */
-    proto_batching b = {.max_batch_size = cfg->max_batch_size, .max_queue_delay_us = cfg->max_queue_delay_us,
-                        .max_queue_size = cfg->max_queue_size, .workers = cfg->workers};
+    proto_batching b = {.max_batch_size = cfg->max_batch_size,
+                        .max_queue_delay_us = cfg->max_queue_delay_us,
+                        .max_queue_size = cfg->max_queue_size,
+                        .workers = cfg->workers};
     set_json(r, 200, v2_model_config_json(&r->mv->pm, &b));
 }
 
@@ -876,9 +885,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
     }
     if (!method_fits(r, post)) goto method;
     switch (r->endpoint) {
-    case ENDPOINT_V1_MODELS:
-        set_json(r, 200, repository_v1_models_json(s->p.repo, r->mv));
-        return;
+    case ENDPOINT_V1_MODELS: set_json(r, 200, repository_v1_models_json(s->p.repo, r->mv)); return;
     case ENDPOINT_V2_SERVER: {
         proto_model server = {0};
         server.version = s->p.build_version;
@@ -891,8 +898,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         else if (strcmp(rest, "/config") == 0) model_config(r);
         else model_stats(r);
         return;
-    default:
-        break;
+    default: break;
     }
     /* inference */
     if (!ready) {
@@ -942,8 +948,10 @@ static void route(http_request *r, struct MHD_Connection *c) {
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     r->content_length = cl ? (int64_t)strtoull(cl, NULL, 10) : -1;
     if (r->content_length > s->p.cfg->body_budget_bytes) {
-        snprintf(err, sizeof(err), "Content-Length %s is larger than body-budget-bytes (%lld), the bytes all "
-                 "bodies being received may hold", cl, (long long)s->p.cfg->body_budget_bytes);
+        snprintf(err, sizeof(err),
+                 "Content-Length %s is larger than body-budget-bytes (%lld), the bytes all "
+                 "bodies being received may hold",
+                 cl, (long long)s->p.cfg->body_budget_bytes);
         set_error(r, 413, err);
         return;
     }
@@ -1004,8 +1012,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
         if (request_id_acceptable(id, sizeof(r->request_id)))
             snprintf(r->request_id, sizeof(r->request_id), "%s", id);
-        else
-            new_request_id(s, r->request_id, sizeof(r->request_id));
+        else new_request_id(s, r->request_id, sizeof(r->request_id));
         const char *ua = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_USER_AGENT);
         snprintf(r->user_agent, sizeof(r->user_agent), "%s", ua ? ua : "-");
         pthread_mutex_lock(&s->lock);
@@ -1022,8 +1029,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
              * over max-body-bytes, or one the client holds back until "100
              * Continue", is answered at once, unread (and the connection
              * closed); not a load/unload: its answer comes after its body. */
-            int64_t max = s->p.cfg->max_body_bytes < s->p.cfg->body_budget_bytes ? s->p.cfg->max_body_bytes
-                                                                                  : s->p.cfg->body_budget_bytes;
+            int64_t max = s->p.cfg->max_body_bytes < s->p.cfg->body_budget_bytes
+                              ? s->p.cfg->max_body_bytes
+                              : s->p.cfg->body_budget_bytes;
             if (answer_before_body(c, max) && !r->control) {
                 conn_guard_received(c); /* the body stays unread: the connection closes */
                 return queue_answer(c, r);
@@ -1090,9 +1098,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return MHD_YES;
 }
 
-static enum MHD_Result handle_main(void *cls, struct MHD_Connection *c, const char *url,
-                                   const char *method, const char *version, const char *upload_data,
-                                   size_t *upload_data_size, void **con_cls) {
+static enum MHD_Result handle_main(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                   const char *version, const char *upload_data, size_t *upload_data_size,
+                                   void **con_cls) {
     return handle(cls, c, url, method, version, upload_data, upload_data_size, con_cls, 0);
 }
 
@@ -1143,8 +1151,9 @@ static void *request_line(void *cls, const char *uri, struct MHD_Connection *c) 
 #define MHD_LOG_WINDOW_S 10
 
 static void mhd_log_dropped(unsigned long n) {
-    if (n) log_event("warning", "libmicrohttpd: %lu more messages not logged (at most %d every %d s)", n,
-                     MHD_LOG_BURST, MHD_LOG_WINDOW_S);
+    if (n)
+        log_event("warning", "libmicrohttpd: %lu more messages not logged (at most %d every %d s)", n,
+                  MHD_LOG_BURST, MHD_LOG_WINDOW_S);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -1254,20 +1263,18 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         return NULL;
     }
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, (uint16_t)port, conn_guard_accept, guard, handler, s,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* first: it applies to the options after it */
-        MHD_OPTION_SOCK_ADDR, addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
+        flags, (uint16_t)port, conn_guard_accept, guard, handler, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        s, /* first: it applies to the options after it */
+        MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_POOL_BYTES,
         /* above max-connections, which conn_guard_accept enforces (see
          * conn_guard.h: at its own limit libmicrohttpd stops accepting) */
         MHD_OPTION_CONNECTION_LIMIT, conn_guard_mhd_limit(guard, cfg->http_threads),
-        MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard,
-        MHD_OPTION_URI_LOG_CALLBACK, request_line, NULL,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard, MHD_OPTION_URI_LOG_CALLBACK, request_line,
+        NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
+        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_END);
     if (!d) snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, port, strerror(errno));
     return d;
 }
@@ -1320,8 +1327,8 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
         gp.max_per_client = 0;
         s->metrics_guard = conn_guard_new(gp, err, errlen);
         if (!s->metrics_guard) goto fail;
-        s->metrics_daemon = start_daemon(s, p->cfg->metrics_port, handle_metrics, s->metrics_guard, err,
-                                         errlen);
+        s->metrics_daemon =
+            start_daemon(s, p->cfg->metrics_port, handle_metrics, s->metrics_guard, err, errlen);
         if (!s->metrics_daemon) goto fail;
         s->metrics_port = bound_port(s->metrics_daemon);
     }
@@ -1378,8 +1385,7 @@ void http_stop(http_server *s) {
      * (client aborts, errors, connections cut at stop): the shutdown test
      * tells a request lost by us from one that never reached us by it. */
     mhd_log_dropped(s->mhd_log_dropped);
-    if (s->incomplete)
-        log_event("info", "%lu requests ended without a complete answer", s->incomplete);
+    if (s->incomplete) log_event("info", "%lu requests ended without a complete answer", s->incomplete);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->mhd_log_lock);

@@ -30,7 +30,7 @@ typedef struct http_server http_server;
 
 typedef struct {
     const server_config *cfg;
-    repository *repo;          /* the models: each request holds the version it was routed to */
+    repository *repo; /* the models: each request holds the version it was routed to */
     metrics *metrics;
     const char *build_version; /* the server's metadata */
     char **api_keys;           /* NULL-terminated; NULL: no auth */

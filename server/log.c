@@ -112,7 +112,9 @@ void log_eventv(const char *level, const char *fmt, va_list ap) {
         n += (size_t)snprintf(line + n, sizeof(line) - n, "\"}\n");
     } else {
         n = (size_t)snprintf(line, sizeof(line), "%s comrope-serve: %s", ts,
-                             strcmp(level, "info") == 0 ? "" : strcmp(level, "warning") == 0 ? "warning: " : "error: ");
+                             strcmp(level, "info") == 0      ? ""
+                             : strcmp(level, "warning") == 0 ? "warning: "
+                                                             : "error: ");
         n += log_escape_text(line + n, sizeof(line) - n - 1, msg, LOG_ESCAPE_MESSAGE);
         line[n++] = '\n';
     }
@@ -135,8 +137,10 @@ void log_access(const log_access_entry *e) {
         n += log_escape_json(line + n, 256, e->method);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"path\":\"");
         n += log_escape_json(line + n, 2048, e->path);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,"
-                              "\"request_id\":\"", e->status, e->bytes, e->ms);
+        n += (size_t)snprintf(line + n, sizeof(line) - n,
+                              "\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,"
+                              "\"request_id\":\"",
+                              e->status, e->bytes, e->ms);
         n += log_escape_json(line + n, 1024, e->request_id);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"user_agent\":\"");
         n += log_escape_json(line + n, 2048, e->user_agent);

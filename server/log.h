@@ -38,7 +38,7 @@ typedef struct {
     int status;
     size_t bytes;
     double ms;
-    int completed;             /* 0: the connection ended before the answer was sent */
+    int completed;               /* 0: the connection ended before the answer was sent */
     const char *model, *version; /* the model a request addressed; NULL: none (not logged) */
 } log_access_entry;
 void log_access(const log_access_entry *e);
@@ -46,7 +46,7 @@ void log_access(const log_access_entry *e);
 /* The building blocks, for the tests. Each writes a NUL-terminated string
  * into out (cap > 0), cut short at a character boundary if out is too
  * small, and returns its length. */
-size_t log_timestamp(char *out, size_t cap);                 /* 2026-12-06T07:09:24.123Z */
+size_t log_timestamp(char *out, size_t cap); /* 2026-12-06T07:09:24.123Z */
 /* kind: a FIELD also escapes spaces, a QUOTED field (between "") the
  * double quote, a MESSAGE (the server's own, of the operator's strings)
  * neither. */

@@ -196,7 +196,8 @@ int main(int argc, char **argv) {
         rc = 2;
         goto cleanup;
     }
-    http_params hp = {.cfg = &cfg, .repo = repo, .metrics = mx, .build_version = COMROPE_VERSION, .api_keys = keys};
+    http_params hp = {
+        .cfg = &cfg, .repo = repo, .metrics = mx, .build_version = COMROPE_VERSION, .api_keys = keys};
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         log_event("error", "%s", err);
@@ -204,8 +205,7 @@ int main(int argc, char **argv) {
         rc = EXIT_CANNOT_LISTEN;
         goto cleanup;
     }
-    if (cfg.metrics_port)
-        log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
+    if (cfg.metrics_port) log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
     /* "listening on HOST:PORT" ends its line: scripts read the port from it */
     log_event("info", "listening on %s:%d", cfg.host, http_port(http));
     const char *what = cfg.model_repository[0] ? cfg.model_repository : cfg.model;
@@ -242,11 +242,13 @@ int main(int argc, char **argv) {
         log_event("info", "SIGHUP: rescanning %s", what);
         repository_rescan(repo);
     }
-    log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
-              cfg.drain_timeout_s);
+    log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
     notify_stopping("%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
-    drain_job d = {
-        .http = http, .repo = repo, .timeout_s = cfg.drain_timeout_s, .main_thread = pthread_self(), .done = 0};
+    drain_job d = {.http = http,
+                   .repo = repo,
+                   .timeout_s = cfg.drain_timeout_s,
+                   .main_thread = pthread_self(),
+                   .done = 0};
     pthread_t drainer;
     int threaded = pthread_create(&drainer, NULL, drain_main, &d) == 0;
     if (!threaded) drain_main(&d); /* no second-signal stop then, but a drain */

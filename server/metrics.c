@@ -23,7 +23,7 @@ const char *metrics_endpoint_name(int endpoint) {
 #define MAX_BUCKETS 16
 
 static const double latency_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                        0.25, 0.5, 1, 2.5, 5, 10, 30};
+                                        0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const double images_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 static const double tokens_bounds[] = {16, 64, 256, 1024, 4096, 16384, 65536};
 /* Images are also counted by their own token count, bucketed so that the
@@ -61,10 +61,10 @@ static const char *failure_reason(int status) {
 /* One (model, version)'s series: its requests, their latency and
  * Triton's statistics, its queue waits and batches. */
 struct metrics_series {
-    metrics *owner;            /* its lock guards all below */
+    metrics *owner; /* its lock guards all below */
     char *model, *version, *pe_type;
     int training_resolution;
-    int open;                  /* metrics_series_open minus close: listed in comrope_model_info while > 0 */
+    int open; /* metrics_series_open minus close: listed in comrope_model_info while > 0 */
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
     histogram request_seconds[ENDPOINT_COUNT];
     uint64_t infer_ok, infer_ok_ns, infer_fail, infer_fail_ns, last_inference_ms;
@@ -74,7 +74,7 @@ struct metrics_series {
 
 struct metrics {
     pthread_mutex_t lock;
-    metrics_series **series;   /* in order of first open */
+    metrics_series **series; /* in order of first open */
     int num_series;
     char *isa;                 /* the engine's kernels, or NULL until set */
     char *precision;           /* with isa: "fp32" or "bf16" */
@@ -114,7 +114,8 @@ metrics *metrics_new(void) {
     struct timeval tv;
     gettimeofday(&tv, NULL);
     m->start_time = (double)tv.tv_sec + tv.tv_usec / 1e6;
-    for (int e = 0; e < ENDPOINT_COUNT; e++) histogram_init(&m->request_seconds[e], latency_bounds, N(latency_bounds));
+    for (int e = 0; e < ENDPOINT_COUNT; e++)
+        histogram_init(&m->request_seconds[e], latency_bounds, N(latency_bounds));
     return m;
 }
 
@@ -137,8 +138,8 @@ void metrics_free(metrics *m) {
     free(m);
 }
 
-metrics_series *metrics_series_open(metrics *m, const char *model, const char *version,
-                                    const char *pe_type, int training_resolution) {
+metrics_series *metrics_series_open(metrics *m, const char *model, const char *version, const char *pe_type,
+                                    int training_resolution) {
     metrics_series *s = NULL;
     char *pe = strdup(pe_type);
     if (!pe) return NULL;
@@ -188,8 +189,8 @@ void metrics_series_close(metrics_series *s) {
 }
 #undef N
 
-int metrics_set_engine(metrics *m, const char *isa, const char *precision,
-                       const char *precision_requested, int bf16_pays) {
+int metrics_set_engine(metrics *m, const char *isa, const char *precision, const char *precision_requested,
+                       int bf16_pays) {
     char *copy = strdup(isa), *prec = strdup(precision), *req = strdup(precision_requested);
     if (!copy || !prec || !req) {
         free(copy);
@@ -325,8 +326,7 @@ static void put_histogram_series(text *t, const char *name, const char *labels, 
     if (labels[0])
         put(t, "%s_sum{%s} %.9g\n%s_count{%s} %llu\n", name, labels, h->sum, name, labels,
             (unsigned long long)h->count);
-    else
-        put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+    else put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
 }
 
 /* Label values are our own names, but escape anyway: a model name comes
@@ -422,8 +422,8 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
         for (int e = 0; e < ENDPOINT_COUNT; e++)
             for (int s = 0; s < MAX_STATUS; s++)
                 if (ms->requests[e][s])
-                    put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\",%s} %llu\n", endpoint_names[e],
-                        s, ml, (unsigned long long)ms->requests[e][s]);
+                    put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\",%s} %llu\n",
+                        endpoint_names[e], s, ml, (unsigned long long)ms->requests[e][s]);
     }
 
     /* Failures summed over endpoints, by reason; every reason is listed so
@@ -456,7 +456,8 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
         for (int e = 0; e < ENDPOINT_COUNT; e++) {
             if (!endpoint_has_model(e)) continue;
             snprintf(labels, sizeof(labels), "endpoint=\"%s\",%s", endpoint_names[e], ml);
-            put_histogram_series(&t, "comrope_request_duration_seconds", labels, &m->series[i]->request_seconds[e]);
+            put_histogram_series(&t, "comrope_request_duration_seconds", labels,
+                                 &m->series[i]->request_seconds[e]);
         }
     }
     static const struct {
@@ -472,18 +473,23 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
          offsetof(metrics_series, batch_tokens)},
     };
     for (size_t h = 0; h < sizeof(per_series) / sizeof(per_series[0]) && m->num_series; h++) {
-        put(&t, "# HELP %s %s\n# TYPE %s histogram\n", per_series[h].name, per_series[h].help, per_series[h].name);
+        put(&t, "# HELP %s %s\n# TYPE %s histogram\n", per_series[h].name, per_series[h].help,
+            per_series[h].name);
         for (int i = 0; i < m->num_series; i++) {
             model_labels(m->series[i], ml, sizeof(ml));
             put_histogram_series(&t, per_series[h].name, ml,
                                  (const histogram *)((const char *)m->series[i] + per_series[h].offset));
         }
     }
-    put(&t, "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
-            "comrope_batches_total %llu\n", (unsigned long long)m->batches);
-    put(&t, "# HELP comrope_batches_mixed_resolution_total Executed batches holding images of more than "
-            "one resolution.\n# TYPE comrope_batches_mixed_resolution_total counter\n"
-            "comrope_batches_mixed_resolution_total %llu\n", (unsigned long long)m->mixed_batches);
+    put(&t,
+        "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
+        "comrope_batches_total %llu\n",
+        (unsigned long long)m->batches);
+    put(&t,
+        "# HELP comrope_batches_mixed_resolution_total Executed batches holding images of more than "
+        "one resolution.\n# TYPE comrope_batches_mixed_resolution_total counter\n"
+        "comrope_batches_mixed_resolution_total %llu\n",
+        (unsigned long long)m->mixed_batches);
 
     put(&t, "# HELP comrope_images_total Images classified, by their token count (bucketed resolution).\n"
             "# TYPE comrope_images_total counter\n");
@@ -496,27 +502,39 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
                 (unsigned long long)m->images_by_tokens[b]);
     }
 
-    put(&t, "# HELP comrope_queue_depth Requests waiting for a worker.\n# TYPE comrope_queue_depth gauge\n"
-            "comrope_queue_depth %d\n", g->queue_depth);
-    put(&t, "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
-            "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n", g->in_flight);
-    put(&t, "# HELP comrope_receiving_requests Inference requests whose body is being received or parsed.\n"
-            "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n", g->receiving);
-    put(&t, "# HELP comrope_open_connections Open HTTP connections (main port).\n"
-            "# TYPE comrope_open_connections gauge\ncomrope_open_connections %d\n", m->connections.open);
-    put(&t, "# HELP comrope_connections_refused_total Connections closed at accept, by the cap reached.\n"
-            "# TYPE comrope_connections_refused_total counter\n"
-            "comrope_connections_refused_total{reason=\"max_connections\"} %llu\n"
-            "comrope_connections_refused_total{reason=\"max_connections_per_client\"} %llu\n",
+    put(&t,
+        "# HELP comrope_queue_depth Requests waiting for a worker.\n# TYPE comrope_queue_depth gauge\n"
+        "comrope_queue_depth %d\n",
+        g->queue_depth);
+    put(&t,
+        "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
+        "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n",
+        g->in_flight);
+    put(&t,
+        "# HELP comrope_receiving_requests Inference requests whose body is being received or parsed.\n"
+        "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n",
+        g->receiving);
+    put(&t,
+        "# HELP comrope_open_connections Open HTTP connections (main port).\n"
+        "# TYPE comrope_open_connections gauge\ncomrope_open_connections %d\n",
+        m->connections.open);
+    put(&t,
+        "# HELP comrope_connections_refused_total Connections closed at accept, by the cap reached.\n"
+        "# TYPE comrope_connections_refused_total counter\n"
+        "comrope_connections_refused_total{reason=\"max_connections\"} %llu\n"
+        "comrope_connections_refused_total{reason=\"max_connections_per_client\"} %llu\n",
         m->connections.refused_limit, m->connections.refused_client);
-    put(&t, "# HELP comrope_receive_timeouts_total Connections cut at receive-timeout-s: idle (no request "
-            "line yet) or in a request whose headers or body had not all arrived.\n"
-            "# TYPE comrope_receive_timeouts_total counter\n"
-            "comrope_receive_timeouts_total{phase=\"idle\"} %llu\n"
-            "comrope_receive_timeouts_total{phase=\"request\"} %llu\n",
+    put(&t,
+        "# HELP comrope_receive_timeouts_total Connections cut at receive-timeout-s: idle (no request "
+        "line yet) or in a request whose headers or body had not all arrived.\n"
+        "# TYPE comrope_receive_timeouts_total counter\n"
+        "comrope_receive_timeouts_total{phase=\"idle\"} %llu\n"
+        "comrope_receive_timeouts_total{phase=\"request\"} %llu\n",
         m->connections.timeouts_idle, m->connections.timeouts_request);
-    put(&t, "# HELP comrope_ready Whether the server accepts inference requests.\n"
-            "# TYPE comrope_ready gauge\ncomrope_ready %d\n", g->ready);
+    put(&t,
+        "# HELP comrope_ready Whether the server accepts inference requests.\n"
+        "# TYPE comrope_ready gauge\ncomrope_ready %d\n",
+        g->ready);
     put(&t, "# HELP comrope_model_info The served model versions.\n# TYPE comrope_model_info gauge\n");
     for (int i = 0; i < m->num_series; i++) {
         const metrics_series *ms = m->series[i];
@@ -546,15 +564,22 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     getrusage(RUSAGE_SELF, &ru);
     double cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
                  ru.ru_stime.tv_usec / 1e6;
-    put(&t, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
-            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n", cpu);
-    put(&t, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
-            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
+    put(&t,
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
+        cpu);
+    put(&t,
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
         resident_bytes());
-    put(&t, "# HELP process_open_fds Number of open file descriptors.\n"
-            "# TYPE process_open_fds gauge\nprocess_open_fds %d\n", count_open_fds());
-    put(&t, "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
-            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n", start_time);
+    put(&t,
+        "# HELP process_open_fds Number of open file descriptors.\n"
+        "# TYPE process_open_fds gauge\nprocess_open_fds %d\n",
+        count_open_fds());
+    put(&t,
+        "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n",
+        start_time);
     if (t.failed) {
         free(t.data);
         return NULL;

@@ -45,16 +45,16 @@ void metrics_free(metrics *m);
  * ones after), now served: comrope_model_info{model,version,pe_type,
  * training_resolution} lists it until as many metrics_series_close.
  * Returns NULL when out of memory. */
-metrics_series *metrics_series_open(metrics *m, const char *model, const char *version,
-                                    const char *pe_type, int training_resolution);
+metrics_series *metrics_series_open(metrics *m, const char *model, const char *version, const char *pe_type,
+                                    int training_resolution);
 /* That version is no longer served (its counters stay). */
 void metrics_series_close(metrics_series *s);
 /* The engine's instruction-set level and GEMM precision (what it computes
  * in, what was asked: "fp32", "bf16", "auto"; whether bf16 pays on this
  * CPU), exposed as comrope_engine_info{isa,precision,precision_requested,
  * bf16_pays} (absent until set). Returns 0, or -1 when out of memory. */
-int metrics_set_engine(metrics *m, const char *isa, const char *precision,
-                       const char *precision_requested, int bf16_pays);
+int metrics_set_engine(metrics *m, const char *isa, const char *precision, const char *precision_requested,
+                       int bf16_pays);
 
 /* A finished HTTP request: counts it by endpoint and code, its failure
  * reason when status >= 400, and its latency; in the series of the model
@@ -69,10 +69,10 @@ void metrics_batch(metrics_series *s, int images, const int *token_counts, int r
 
 /* The gauges, read by the caller at scrape time. */
 typedef struct {
-    int queue_depth;           /* jobs waiting for a worker */
-    int in_flight;             /* queued or being computed */
-    int receiving;             /* inference requests whose body is being received */
-    int ready;                 /* 1 unless draining */
+    int queue_depth; /* jobs waiting for a worker */
+    int in_flight;   /* queued or being computed */
+    int receiving;   /* inference requests whose body is being received */
+    int ready;       /* 1 unless draining */
 } metrics_gauges;
 
 /* The main port's connections, counted by server/conn_guard.c and handed

@@ -20,8 +20,8 @@
  * which versions it serves. The rest (ports, limits of a request, auth)
  * belong to the daemon. */
 static const char *const per_model_keys[] = {"max-batch-size", "max-batch-tokens", "max-queue-delay-us",
-                                             "max-queue-size", "workers", "gemm-threads", "precision",
-                                             "version-policy", NULL};
+                                             "max-queue-size", "workers",          "gemm-threads",
+                                             "precision",      "version-policy",   NULL};
 #define SETTINGS_FILE "serve.conf"
 #define MAX_POLICY_VERSIONS 64
 
@@ -41,11 +41,11 @@ typedef struct {
 
 typedef struct {
     char name[256];
-    served_model **serving;    /* ready versions, ascending */
+    served_model **serving; /* ready versions, ascending */
     int nserving;
     version_status *status;
     int nstatus;
-    int wanted;                /* explicit mode: asked for (load-model or the load API) */
+    int wanted; /* explicit mode: asked for (load-model or the load API) */
     unsigned long long failures;
 } model_entry;
 
@@ -60,14 +60,14 @@ typedef struct control_req {
 
 struct repository {
     repository_params p;
-    int single;                /* --model: one entry, no directory to scan */
+    int single; /* --model: one entry, no directory to scan */
     pthread_mutex_t lock;
-    pthread_cond_t wake;       /* control thread: a request, a rescan, a retired version free, stop */
-    forward_gate *gate;        /* the CPU budget every model's forwards share (gate.h) */
-    model_entry *models;       /* by name, in scan order (sorted) */
+    pthread_cond_t wake; /* control thread: a request, a rescan, a retired version free, stop */
+    forward_gate *gate;  /* the CPU budget every model's forwards share (gate.h) */
+    model_entry *models; /* by name, in scan order (sorted) */
     int nmodels;
     served_model *retired;
-    int started;               /* the start-up load is over */
+    int started; /* the start-up load is over */
     int rescan;
     control_req *reqs, *reqs_tail;
     int stopping;
@@ -86,7 +86,7 @@ typedef struct {
 /* --- settings and policy --------------------------------------------------- */
 
 typedef struct {
-    int all, latest;           /* all: every version; latest N; else specific */
+    int all, latest; /* all: every version; latest N; else specific */
     int specific[MAX_POLICY_VERSIONS];
     int nspecific;
 } version_policy;
@@ -156,8 +156,9 @@ static unsigned long long files_signature(const char *dir, const char *model_dir
         struct stat st;
         unsigned long long parts[4] = {0, 0, 0, 0};
         if (stat(path, &st) == 0)
-            parts[0] = (unsigned long long)st.st_mtim.tv_sec, parts[1] = (unsigned long long)st.st_mtim.tv_nsec,
-            parts[2] = (unsigned long long)st.st_size, parts[3] = (unsigned long long)st.st_ino;
+            parts[0] = (unsigned long long)st.st_mtim.tv_sec,
+            parts[1] = (unsigned long long)st.st_mtim.tv_nsec, parts[2] = (unsigned long long)st.st_size,
+            parts[3] = (unsigned long long)st.st_ino;
         for (int k = 0; k < 4; k++) h = (h ^ parts[k]) * 1099511628211ULL;
     }
     return h;
@@ -177,9 +178,7 @@ static int has_config(const char *dir) {
     return stat(path, &st) == 0;
 }
 
-static int cmp_name(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static int push_candidate(candidate **c, int *n, int *cap, const char *name, int version, const char *dir,
                           const char *model_dir) {
@@ -264,7 +263,8 @@ static int scan(const repository *r, candidate **out) {
     closedir(d);
     if (nn) qsort(names, (size_t)nn, sizeof(char *), cmp_name);
     for (int i = 0; i < nn; i++) {
-        if (!rc && (size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, names[i]) < sizeof(path))
+        if (!rc &&
+            (size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, names[i]) < sizeof(path))
             rc = scan_model(names[i], path, &c, &n, &cap);
         free(names[i]);
     }
@@ -281,7 +281,8 @@ static int scan(const repository *r, candidate **out) {
 
 static model_entry *find_entry(repository *r, const char *name, size_t len) {
     for (int i = 0; i < r->nmodels; i++)
-        if (strlen(r->models[i].name) == len && strncmp(r->models[i].name, name, len) == 0) return &r->models[i];
+        if (strlen(r->models[i].name) == len && strncmp(r->models[i].name, name, len) == 0)
+            return &r->models[i];
     return NULL;
 }
 
@@ -336,7 +337,8 @@ static served_model *serving_version(model_entry *e, int version) {
 static void retire(repository *r, model_entry *e, served_model *m, int replaced) {
     for (int i = 0; i < e->nserving; i++)
         if (e->serving[i] == m) {
-            memmove(&e->serving[i], &e->serving[i + 1], sizeof(served_model *) * (size_t)(e->nserving - i - 1));
+            memmove(&e->serving[i], &e->serving[i + 1],
+                    sizeof(served_model *) * (size_t)(e->nserving - i - 1));
             e->nserving--;
             break;
         }
@@ -393,8 +395,8 @@ static void free_served(served_model *m) {
     free(m);
 }
 
-static served_model *load_version(repository *r, const candidate *c, const server_config *settings,
-                                  char *err, size_t errlen) {
+static served_model *load_version(repository *r, const candidate *c, const server_config *settings, char *err,
+                                  size_t errlen) {
     served_model *m = calloc(1, sizeof(*m));
     if (!m) {
         snprintf(err, errlen, "out of memory");
@@ -426,8 +428,10 @@ static served_model *load_version(repository *r, const candidate *c, const serve
     const precision_choice *pc = &m->model->choice;
     const char *precision = precision_name(m->model->precision);
     if (pc->warn)
-        log_event("warning", "model %s version %d: precision bf16 as asked, but bf16 does not pay on this "
-                  "CPU (%s); --precision auto or fp32 would be faster", m->name, m->version, pc->why);
+        log_event("warning",
+                  "model %s version %d: precision bf16 as asked, but bf16 does not pay on this "
+                  "CPU (%s); --precision auto or fp32 would be faster",
+                  m->name, m->version, pc->why);
     else if (pc->requested == PRECISION_AUTO)
         log_event("info", "model %s version %d: precision auto: %s (%s)", m->name, m->version, precision,
                   pc->why);
@@ -449,7 +453,8 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         .max_batch_tokens = g->max_batch_tokens,
         .max_queue_delay_us = g->max_queue_delay_us,
         .max_queue_size = g->max_queue_size,
-        .limits = {.max_width = g->max_image_side, .max_height = g->max_image_side,
+        .limits = {.max_width = g->max_image_side,
+                   .max_height = g->max_image_side,
                    .max_pixels = g->max_image_pixels},
         .max_request_images = g->max_request_images,
         .max_request_tokens = g->max_request_tokens,
@@ -526,9 +531,12 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
                   reload ? " (the loaded copy goes on serving)" : "", err);
         return -1;
     }
-    log_event("info", "model %s version %d ready (%s, isa %s, precision %s, %dx%d, %d classes; %d workers x %d gemm threads, "
-              "batch %d images / %d tokens)", m->name, m->version, m->pm.pe_type, m->isa, m->pm.precision, m->pm.image_size,
-              m->pm.image_size, m->pm.num_class, m->cfg.workers, m->cfg.gemm_threads, m->cfg.max_batch_size,
+    log_event("info",
+              "model %s version %d ready (%s, isa %s, precision %s, %dx%d, %d classes; %d workers x %d gemm "
+              "threads, "
+              "batch %d images / %d tokens)",
+              m->name, m->version, m->pm.pe_type, m->isa, m->pm.precision, m->pm.image_size, m->pm.image_size,
+              m->pm.num_class, m->cfg.workers, m->cfg.gemm_threads, m->cfg.max_batch_size,
               m->cfg.max_batch_tokens);
     return 0;
 }
@@ -590,7 +598,8 @@ static int sync_models(repository *r, const char *only, int want) {
                 unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
                 version_status *vs = get_status(e, c[k].version);
                 if (!vs || (vs->failed_signature == sig && !want)) continue; /* said already */
-                set_status(e, c[k].version, serving_version(e, c[k].version) ? MODEL_READY : MODEL_UNAVAILABLE, err);
+                set_status(e, c[k].version,
+                           serving_version(e, c[k].version) ? MODEL_READY : MODEL_UNAVAILABLE, err);
                 vs->failed_signature = sig;
                 counted = 1;
             }
@@ -866,8 +875,10 @@ served_model *repository_acquire(repository *r, const char *name, size_t len, co
             for (int i = 0; !*end && i < e->nstatus; i++)
                 known |= e->status[i].version == v && e->status[i].state != MODEL_UNAVAILABLE;
             *status = known ? 503 : 404;
-            snprintf(err, errlen, known ? "version \"%s\" of model \"%s\" is not ready"
-                                        : "unknown version \"%s\" of model \"%s\"", version, e->name);
+            snprintf(err, errlen,
+                     known ? "version \"%s\" of model \"%s\" is not ready"
+                           : "unknown version \"%s\" of model \"%s\"",
+                     version, e->name);
             if (!known && e->nserving) {
                 size_t n = strlen(err);
                 snprintf(err + n, errlen - n, " (ready: %s)", e->serving[e->nserving - 1]->version_text);
@@ -942,13 +953,15 @@ int repository_control(repository *r, const char *name, size_t len, int load, re
     if (r->single || r->p.cfg->model_control_mode != MODEL_CONTROL_EXPLICIT) {
         snprintf(err, errlen, "explicit model %s of \"%.*s\" is not allowed: model-control-mode is %s%s",
                  load ? "load" : "unload", (int)(len > 200 ? 200 : len), name,
-                 r->single ? "none (one --model)" : r->p.cfg->model_control_mode == MODEL_CONTROL_POLL ? "poll"
-                                                                                                     : "none",
+                 r->single                                            ? "none (one --model)"
+                 : r->p.cfg->model_control_mode == MODEL_CONTROL_POLL ? "poll"
+                                                                      : "none",
                  " (explicit allows it)");
         return 400;
     }
     if (len == 0 || len >= sizeof(((control_req *)0)->name) || memchr(name, '/', len) || name[0] == '.') {
-        snprintf(err, errlen, "model name \"%.*s\" is not a directory name", (int)(len > 200 ? 200 : len), name);
+        snprintf(err, errlen, "model name \"%.*s\" is not a directory name", (int)(len > 200 ? 200 : len),
+                 name);
         return 400;
     }
     if (!done) return 0; /* the route's check: queued once the body is read */
@@ -1036,7 +1049,8 @@ char *repository_index_json(repository *r) {
             put(&t, "%s{\"name\":\"", first ? "" : ",");
             put_escaped(&t, e->name);
             if (s) {
-                put(&t, "\",\"version\":\"%d\",\"state\":\"%s\",\"reason\":\"", s->version, model_state_name(s->state));
+                put(&t, "\",\"version\":\"%d\",\"state\":\"%s\",\"reason\":\"", s->version,
+                    model_state_name(s->state));
                 put_escaped(&t, s->reason);
                 put(&t, "\"}");
             } else {

@@ -42,25 +42,25 @@ typedef struct served_model {
     int version;
     char version_text[16];
     char dir[CONFIG_PATH_MAX];
-    server_config cfg;         /* the global settings with the model's serve.conf over them */
+    server_config cfg; /* the global settings with the model's serve.conf over them */
     vit_model *model;
     proto_model pm;
     batcher *batcher;
-    metrics_series *series;    /* its requests' and batches' metrics */
+    metrics_series *series; /* its requests' and batches' metrics */
     char isa[16];
     /* the repository's, under its lock */
     int refs;
-    int retired;               /* out of the registry: freed at refs 0 */
+    int retired;                  /* out of the registry: freed at refs 0 */
     unsigned long long signature; /* of its files: a rescan reloads it when they change */
-    struct served_model *next; /* the retired list */
+    struct served_model *next;    /* the retired list */
 } served_model;
 
 typedef struct repository repository;
 
 typedef struct {
-    const server_config *cfg;  /* global settings (outlive the repository) */
-    int cpu_limit;             /* for the derived thread counts */
-    metrics *mx;               /* where each version's series are made */
+    const server_config *cfg; /* global settings (outlive the repository) */
+    int cpu_limit;            /* for the derived thread counts */
+    metrics *mx;              /* where each version's series are made */
     const char *build_version;
 } repository_params;
 

@@ -35,10 +35,11 @@ static inline int check_part_missing(const char *part) {
 static inline int check_skip(const char *part) {
     if (strcmp(part, "onednn") == 0 || (strcmp(part, "amx") == 0 && cpu_has_amx_bf16()))
         printf("skipped: %s\n", dnnl_gemm_available() ? "no AVX512-BF16 on this CPU"
-                                                     : "this build has no oneDNN (libdnnl-dev)");
+                                                      : "this build has no oneDNN (libdnnl-dev)");
     else
-        printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0 ? "AVX512-BF16"
-                                               : strcmp(part, "amx") == 0 ? "AMX" : part);
+        printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0  ? "AVX512-BF16"
+                                               : strcmp(part, "amx") == 0 ? "AMX"
+                                                                          : part);
     return CHECK_SKIPPED;
 }
 

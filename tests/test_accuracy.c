@@ -82,8 +82,8 @@ static uint8_t *load_u8_npy(const char *path, int64_t *shape, int *ndim) {
 typedef struct {
     int count, all, K, res_h, res_w, want_correct;
     uint8_t *labels;
-    npy_array ref;   /* (count, K) reference logits */
-    float *logits;   /* (count, K) the engine's */
+    npy_array ref; /* (count, K) reference logits */
+    float *logits; /* (count, K) the engine's */
     vit_model *m;
     json_t *meta;
 } fixture_run;
@@ -134,8 +134,9 @@ static void fixture_classify(fixture_run *r, const vit_options *opt) {
         for (int i = 0; i < ih * iw; i++)
             for (int c = 0; c < C; c++) u8[(size_t)i * C + c] = src[i];
         image_u8 img = {iw, ih, C, u8};
-        ck_assert_msg(image_prepare(&img, res_h, res_w, IMAGE_FIT_RESIZE, &m->prep,
-                                    pixels + (size_t)n * per, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_msg(image_prepare(&img, res_h, res_w, IMAGE_FIT_RESIZE, &m->prep, pixels + (size_t)n * per,
+                                    err, sizeof(err)) == 0,
+                      "%s", err);
     }
     free(u8);
     free(images);
@@ -148,10 +149,9 @@ static void fixture_classify(fixture_run *r, const vit_options *opt) {
     vit_image batch[BATCH];
     for (int n0 = 0; n0 < count; n0 += BATCH) {
         int nb = count - n0 < BATCH ? count - n0 : BATCH;
-        for (int k = 0; k < nb; k++)
-            batch[k] = (vit_image){res_h, res_w, pixels + (size_t)(n0 + k) * per};
-        ck_assert_msg(vit_forward_ragged(ctx, batch, nb, r->logits + (size_t)n0 * K, err,
-                                         sizeof(err)) == 0, "%s", err);
+        for (int k = 0; k < nb; k++) batch[k] = (vit_image){res_h, res_w, pixels + (size_t)(n0 + k) * per};
+        ck_assert_msg(vit_forward_ragged(ctx, batch, nb, r->logits + (size_t)n0 * K, err, sizeof(err)) == 0,
+                      "%s", err);
     }
     vit_context_free(ctx);
     free(pixels);
@@ -205,7 +205,8 @@ START_TEST(test_default_model_matches_pytorch) {
             r.want_correct);
     ck_assert_msg(worst <= 1e-4,
                   "image %d: max |logit - reference| = %g (a retrained model needs "
-                  "tools/make_accuracy_fixture.py)", worst_at, worst);
+                  "tools/make_accuracy_fixture.py)",
+                  worst_at, worst);
     ck_assert_int_eq(agree, count);
     if (count == r.all) ck_assert_int_eq(correct, r.want_correct);
     else fprintf(stderr, "accuracy fixture: under valgrind, %d of %d images\n", count, r.all);
@@ -232,9 +233,9 @@ START_TEST(test_auto_and_bf16_agree_with_fp32) {
         const char *why;
         int pays = bf16_pays(cpu_get_features(), dispatch_amx_backend(), &why);
         if (asks[a] == PRECISION_AUTO)
-            ck_assert_int_eq(r.m->precision, pays && cpu_best_isa() >= CPU_ISA_AVX512 ? GEMM_BF16 : GEMM_FP32);
-        else
-            ck_assert_int_eq(r.m->precision, GEMM_BF16);
+            ck_assert_int_eq(r.m->precision,
+                             pays && cpu_best_isa() >= CPU_ISA_AVX512 ? GEMM_BF16 : GEMM_FP32);
+        else ck_assert_int_eq(r.m->precision, GEMM_BF16);
         int agree = 0, correct = 0;
         double worst = 0;
         for (int n = 0; n < r.count; n++) {
@@ -251,9 +252,8 @@ START_TEST(test_auto_and_bf16_agree_with_fp32) {
         fprintf(stderr,
                 "accuracy fixture, precision %s (%s, gemm %s): same class as fp32 %d/%d (%.2f%%), "
                 "max |logit - reference| = %.3g, top-1 %.2f%% (%s)\n",
-                precision_name(asks[a]), precision_name(r.m->precision),
-                gemm_backend_name(r.m->backend), agree, r.count,
-                100.0 * agree / r.count, worst, 100.0 * correct / r.count, why);
+                precision_name(asks[a]), precision_name(r.m->precision), gemm_backend_name(r.m->backend),
+                agree, r.count, 100.0 * agree / r.count, worst, 100.0 * correct / r.count, why);
         ck_assert_msg(agree * 100 >= r.count * 99, "precision %s: top-1 agreement %d/%d < 99%%",
                       precision_name(asks[a]), agree, r.count);
         fixture_free(&r);

@@ -21,7 +21,7 @@
 #define MODEL_DIR FIXTURE_DIR "/parity/comrope_ld_b2"
 
 static vit_model *model;
-static metrics *mxs;   /* the metrics, */
+static metrics *mxs;       /* the metrics, */
 static metrics_series *mx; /* and the model's series the batcher counts in */
 
 /* Completion bookkeeping shared by the jobs of a test. */
@@ -30,13 +30,13 @@ static pthread_cond_t done_cond = PTHREAD_COND_INITIALIZER;
 static int done_calls;
 
 static int gate_calls, gate_open, gone_answer; /* gate_gone, below */
-static int released;           /* a blocking job's `done` returns once set */
+static int released;                           /* a blocking job's `done` returns once set */
 
 typedef struct {
     job j;
     proto_request req;
-    int calls;                 /* how many times `done` ran for it */
-    int block;                 /* `done` waits for `released`: its worker stays busy */
+    int calls; /* how many times `done` ran for it */
+    int block; /* `done` waits for `released`: its worker stays busy */
 } test_job;
 
 static void on_done(job *j, void *arg) {
@@ -378,7 +378,8 @@ START_TEST(large_job_split_into_engine_batches) {
     wait_done(2);
     ck_assert_int_eq(t->j.status, 200);
     ck_assert_double_eq(sample("comrope_batches_total"), 6);
-    ck_assert_double_eq(sample("comrope_batch_tokens_sum{model=\"comrope_ld_b2\",version=\"1\"}"), 10 * T16); /* both runs */
+    ck_assert_double_eq(sample("comrope_batch_tokens_sum{model=\"comrope_ld_b2\",version=\"1\"}"),
+                        10 * T16); /* both runs */
     batcher_free(b);
     free_job(t);
     vit_context_free(ctx);

@@ -123,8 +123,9 @@ END_TEST
 START_TEST(test_bad_file_reported_others_still_run) {
     json_t *lines[16];
     int n;
-    int rc = run("--model " MODEL " " MODEL "/input_8x8.npy /nonexistent.png " MODEL "/config.json "
-                 MODEL "/input_16x16.npy", lines, &n);
+    int rc = run("--model " MODEL " " MODEL "/input_8x8.npy /nonexistent.png " MODEL "/config.json " MODEL
+                 "/input_16x16.npy",
+                 lines, &n);
     ck_assert_int_eq(rc, 1);
     ck_assert_int_eq(n, 2 + 1 + 1 + 2);
     ck_assert_str_eq(json_string_value(json_object_get(lines[2], "file")), "/nonexistent.png");

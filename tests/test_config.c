@@ -48,9 +48,9 @@ START_TEST(precedence) {
     char *argv[] = {"comrope-serve", "--config", (char *)path, "--port", "9002", NULL};
     char *envp[] = {"COMROPE_PORT=9001", "COMROPE_MAX_BATCH_SIZE=5", "UNRELATED=1", NULL};
     ck_assert_int_eq(config_load(&c, 5, argv, envp, err, sizeof(err)), CONFIG_RUN);
-    ck_assert_int_eq(c.port, 9002);           /* flag beats env beats file */
-    ck_assert_int_eq(c.max_batch_size, 5);    /* env beats file */
-    ck_assert_int_eq(c.workers, 3);           /* file beats default */
+    ck_assert_int_eq(c.port, 9002);        /* flag beats env beats file */
+    ck_assert_int_eq(c.max_batch_size, 5); /* env beats file */
+    ck_assert_int_eq(c.workers, 3);        /* file beats default */
     ck_assert_str_eq(c.model_name, "from file");
     ck_assert_int_eq(c.access_log, ACCESS_LOG_JSON);
     ck_assert_int_eq(c.precision, 1); /* bf16 from the file */
@@ -306,8 +306,10 @@ START_TEST(flag_forms_are_equal) {
     for (int i = 0; i < config_num_options; i++) {
         const config_option *o = &config_options[i];
         if (!strcmp(o->name, "config")) continue;
-        const char *v = o->type == CONFIG_STRING ? "s" : o->type == CONFIG_BOOL ? "no"
-                        : o->type == CONFIG_ENUM ? o->choices[1] : "1";
+        const char *v = o->type == CONFIG_STRING ? "s"
+                        : o->type == CONFIG_BOOL ? "no"
+                        : o->type == CONFIG_ENUM ? o->choices[1]
+                                                 : "1";
         char flag[160], joined[200];
         snprintf(flag, sizeof(flag), "--%s", o->name);
         snprintf(joined, sizeof(joined), "--%s=%s", o->name, v);
@@ -348,7 +350,9 @@ END_TEST
 START_TEST(file_slips_refused) {
     char *none[] = {NULL};
     char expect[128];
-    struct { const char *text, *needle; } cases[] = {
+    struct {
+        const char *text, *needle;
+    } cases[] = {
         {"port 80\n\nmax-batch-sise 4\n", ":3: unknown key \"max-batch-sise\""},
         {"port 80 # the port\n", ":1: a value with spaces must be double-quoted"},
         {"model-name two words\n", ":1: a value with spaces must be double-quoted"},
@@ -375,7 +379,8 @@ START_TEST(repository_settings) {
     server_config c;
     char err[1024];
     char *none[] = {NULL};
-    char *a[] = {"x", "--load-model", "a", "--load-model=b", "--load-model", "c", "--port", "1", "--port", "2", NULL};
+    char *a[] = {
+        "x", "--load-model", "a", "--load-model=b", "--load-model", "c", "--port", "1", "--port", "2", NULL};
     ck_assert_int_eq(config_load(&c, 10, a, none, err, sizeof(err)), CONFIG_RUN);
     ck_assert_str_eq(c.load_model, "a,b,c");
     ck_assert_int_eq(c.port, 2);
@@ -393,7 +398,8 @@ START_TEST(repository_settings) {
     p = write_config("workers 2\n# a comment\nport 9\n");
     ck_assert_int_eq(config_load_file_only(&c, p, allowed, err, sizeof(err)), -1);
     char expect[256];
-    snprintf(expect, sizeof(expect), "%s:3: \"port\" cannot be set here (allowed: max-batch-size, workers)", p);
+    snprintf(expect, sizeof(expect), "%s:3: \"port\" cannot be set here (allowed: max-batch-size, workers)",
+             p);
     ck_assert_msg(strstr(err, expect), "%s", err);
     unlink(p);
 }
@@ -455,8 +461,8 @@ END_TEST
 
 START_TEST(unknown_environment_named) {
     char out[256];
-    char *envp[] = {"COMROPE_PORT=1", "COMROPE_API_KEYFILE=/k", "COMROPE_CONFIG=", "PATH=/bin",
-                    "COMROPE_WORKER=2", NULL};
+    char *envp[] = {
+        "COMROPE_PORT=1", "COMROPE_API_KEYFILE=/k", "COMROPE_CONFIG=", "PATH=/bin", "COMROPE_WORKER=2", NULL};
     ck_assert_int_eq(config_unknown_env(envp, out, sizeof(out)), 2);
     ck_assert_str_eq(out, "COMROPE_API_KEYFILE COMROPE_WORKER");
 }

@@ -93,13 +93,18 @@ START_TEST(test_precision_table) {
     const char *why;
     char err[256];
     precision_choice c;
-    const cpu_features zen5 = {.best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_AMD, .avx512bf16 = 1, .amx_bf16 = 0};
-    const cpu_features zen3 = {.best = CPU_ISA_AVX2, .vendor = CPU_VENDOR_AMD, .avx512bf16 = 0, .amx_bf16 = 0};
-    const cpu_features icelake = {.best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_INTEL, .avx512bf16 = 0, .amx_bf16 = 0};
+    const cpu_features zen5 = {
+        .best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_AMD, .avx512bf16 = 1, .amx_bf16 = 0};
+    const cpu_features zen3 = {
+        .best = CPU_ISA_AVX2, .vendor = CPU_VENDOR_AMD, .avx512bf16 = 0, .amx_bf16 = 0};
+    const cpu_features icelake = {
+        .best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_INTEL, .avx512bf16 = 0, .amx_bf16 = 0};
     const cpu_features cooperlake = {
         .best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_INTEL, .avx512bf16 = 1, .amx_bf16 = 0};
-    const cpu_features sapphire = {.best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_INTEL, .avx512bf16 = 1, .amx_bf16 = 1};
-    const cpu_features other = {.best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_OTHER, .avx512bf16 = 1, .amx_bf16 = 0};
+    const cpu_features sapphire = {
+        .best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_INTEL, .avx512bf16 = 1, .amx_bf16 = 1};
+    const cpu_features other = {
+        .best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_OTHER, .avx512bf16 = 1, .amx_bf16 = 0};
 
     ck_assert_int_eq(bf16_pays(&zen5, 0, &why), 1);
     ck_assert_ptr_nonnull(strstr(why, "AMD"));
@@ -192,8 +197,7 @@ static float *pixels(const vit_model *m, int h, int w, unsigned seed) {
 
 /* ---- two contexts' forwards overlap ---- */
 
-static void meet_in_forward(void *arg, int stage, const float *x, const int *start, int n, int T,
-                            int D) {
+static void meet_in_forward(void *arg, int stage, const float *x, const int *start, int n, int T, int D) {
     (void)x;
     (void)start;
     (void)n;

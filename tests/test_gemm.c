@@ -32,11 +32,11 @@ static void fill(float *x, size_t n, unsigned seed) {
 
 /* out vs OpenBLAS for shapes with every kind of tail. */
 START_TEST(test_kernels_match_openblas) {
-    int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {6, 32, 16}, {13, 33, 17}, {197, 96, 64},
-                       {40, 100, 300}, {7, 130, 5}, {131, 50, 400},
-                       {400, 40, 200},   /* past one pass of rows (gemm.c MC_ONE_PASS) */
-                       {29, 130, 1000},  /* several K blocks of every kernel, and a tail */
-                       {300, 100, 800}}; /* several passes and K blocks; (N >= 100: more
+    int shapes[][3] = {
+        {1, 1, 1},       {5, 7, 3},   {6, 32, 16},    {13, 33, 17},   {197, 96, 64},
+        {40, 100, 300},  {7, 130, 5}, {131, 50, 400}, {400, 40, 200}, /* past one pass of rows (gemm.c MC_ONE_PASS) */
+        {29, 130, 1000},  /* several K blocks of every kernel, and a tail */
+        {300, 100, 800}}; /* several passes and K blocks; (N >= 100: more
                                              than one AVX2 chunk of tiles for each thread) */
     int tested = 0;
     thread_pool *two = thread_pool_new(2);
@@ -66,7 +66,12 @@ START_TEST(test_kernels_match_openblas) {
                               "%s %dx%dx%d: element %d: %g vs %g", kernels[ki], M, N, K, i, out[i], want);
             }
             gemm_pack_free(&p);
-            free(A); free(W); free(b); free(out); free(ref); free(scratch);
+            free(A);
+            free(W);
+            free(b);
+            free(out);
+            free(ref);
+            free(scratch);
         }
     }
     ck_assert_int_ge(tested, 1);
@@ -107,7 +112,11 @@ START_TEST(test_rows_independent_of_batch) {
     }
     thread_pool_free(two);
     gemm_pack_free(&p);
-    free(A); free(W); free(one); free(all); free(scratch);
+    free(A);
+    free(W);
+    free(one);
+    free(all);
+    free(scratch);
 }
 END_TEST
 
@@ -131,8 +140,8 @@ START_TEST(test_bf16_kernel) {
      * of 8 rows through the vector conversion, 257 leaves an odd last block */
     /* and K past 768 runs several K blocks (partial sums reloaded from C),
      * 1601 = 768 + 768 + 65 an odd last block after full ones */
-    int shapes[][3] = {{1, 1, 1},      {5, 7, 3},      {13, 50, 129}, {197, 96, 257},
-                       {9, 130, 768},  {300, 50, 200}, {70, 50, 1601}, {300, 50, 1000}};
+    int shapes[][3] = {{1, 1, 1},     {5, 7, 3},      {13, 50, 129},  {197, 96, 257},
+                       {9, 130, 768}, {300, 50, 200}, {70, 50, 1601}, {300, 50, 1000}};
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
@@ -159,8 +168,8 @@ START_TEST(test_bf16_kernel) {
                     rounded += (double)round_bf16(A[i * K + k]) * round_bf16(W[n * K + k]);
                 }
                 float got = out[(size_t)i * N + n];
-                ck_assert_msg(fabs(got - rounded) <= 1e-5 * (1 + K / 16.0), "%dx%dx%d (%d,%d): %g vs %g",
-                              M, N, K, i, n, got, rounded);
+                ck_assert_msg(fabs(got - rounded) <= 1e-5 * (1 + K / 16.0), "%dx%dx%d (%d,%d): %g vs %g", M,
+                              N, K, i, n, got, rounded);
                 ck_assert(fabs(got - exact) <= 2e-2 * sqrt((double)K));
             }
         for (int r = 0; r < M; r += 4) {
@@ -169,7 +178,12 @@ START_TEST(test_bf16_kernel) {
                           "%dx%dx%d: row %d alone differs from the batch", M, N, K, r);
         }
         gemm_pack_free(&p);
-        free(A); free(W); free(out); free(out3); free(one); free(scratch);
+        free(A);
+        free(W);
+        free(out);
+        free(out3);
+        free(one);
+        free(scratch);
     }
     thread_pool_free(three);
 }
@@ -195,10 +209,15 @@ START_TEST(test_bf16_edge_values) {
     gemm_forward(&kt, NULL, one, A, &p, NULL, 1, scratch); /* row 0 alone: the short group */
     for (int n = 0; n < N; n++) {
         ck_assert_msg(memcmp(&one[n], &out[n], 4) == 0, "row 0 alone %g vs in a group %g", one[n], out[n]);
-        ck_assert_msg(memcmp(&out[8 * N + n], &out[n], 4) == 0, "row 8 %g vs row 0 %g", out[8 * N + n], out[n]);
+        ck_assert_msg(memcmp(&out[8 * N + n], &out[n], 4) == 0, "row 8 %g vs row 0 %g", out[8 * N + n],
+                      out[n]);
     }
     gemm_pack_free(&p);
-    free(A); free(W); free(out); free(one); free(scratch);
+    free(A);
+    free(W);
+    free(out);
+    free(one);
+    free(scratch);
 }
 END_TEST
 
@@ -223,7 +242,8 @@ START_TEST(test_fused_activation) {
                 float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
                 float *b = malloc(sizeof(float) * N), *out = malloc(sizeof(float) * M * N);
                 float *ref = malloc(sizeof(float) * M * N);
-                float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, bf16 ? GEMM_BF16 : GEMM_FP32));
+                float *scratch =
+                    malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, bf16 ? GEMM_BF16 : GEMM_FP32));
                 fill(A, (size_t)M * K, 21 + (unsigned)s);
                 fill(W, (size_t)N * K, 22 + (unsigned)s);
                 fill(b, (size_t)N, 23);
@@ -232,10 +252,16 @@ START_TEST(test_fused_activation) {
                 gemm_forward(&kt, pool, ref, A, &p, b, M, scratch);
                 kt.activation(ref, (size_t)M * N, act);
                 gemm_forward_act(&kt, pool, out, A, &p, b, M, scratch, (int)act);
-                ck_assert_msg(memcmp(out, ref, sizeof(float) * M * N) == 0, "%s %dx%dx%d, %d threads: fused differs",
-                              bf16 ? "bf16" : kernels[ki], M, N, K, threads);
+                ck_assert_msg(memcmp(out, ref, sizeof(float) * M * N) == 0,
+                              "%s %dx%dx%d, %d threads: fused differs", bf16 ? "bf16" : kernels[ki], M, N, K,
+                              threads);
                 gemm_pack_free(&p);
-                free(A); free(W); free(b); free(out); free(ref); free(scratch);
+                free(A);
+                free(W);
+                free(b);
+                free(out);
+                free(ref);
+                free(scratch);
             }
     }
     thread_pool_free(three);

@@ -18,14 +18,10 @@
 
 #define IMAGES FIXTURE_DIR "/images/"
 
-static void path_of(char *dst, size_t n, const char *name)
-{
-    snprintf(dst, n, "%s%s", IMAGES, name);
-}
+static void path_of(char *dst, size_t n, const char *name) { snprintf(dst, n, "%s%s", IMAGES, name); }
 
 /* Whole fixture file; the caller frees it. */
-static uint8_t *slurp(const char *name, size_t *len)
-{
+static uint8_t *slurp(const char *name, size_t *len) {
     char path[1024];
     path_of(path, sizeof path, name);
     FILE *f = fopen(path, "rb");
@@ -41,8 +37,7 @@ static uint8_t *slurp(const char *name, size_t *len)
     return buf;
 }
 
-static npy_array load_expected(const char *name)
-{
+static npy_array load_expected(const char *name) {
     char path[1024], err[512];
     npy_array a;
     path_of(path, sizeof path, name);
@@ -51,16 +46,14 @@ static npy_array load_expected(const char *name)
 }
 
 /* Lines of a manifest, without comments; returns the count. */
-static int read_manifest(const char *name, char lines[][256], int max)
-{
+static int read_manifest(const char *name, char lines[][256], int max) {
     char path[1024], buf[256];
     int n = 0;
     path_of(path, sizeof path, name);
     FILE *f = fopen(path, "r");
     ck_assert_msg(f != NULL, "cannot open manifest %s", path);
     while (n < max && fgets(buf, sizeof buf, f)) {
-        if (buf[0] == '#' || buf[0] == '\n')
-            continue;
+        if (buf[0] == '#' || buf[0] == '\n') continue;
         buf[strcspn(buf, "\n")] = '\0';
         snprintf(lines[n++], 256, "%s", buf);
     }
@@ -70,29 +63,28 @@ static int read_manifest(const char *name, char lines[][256], int max)
 
 /* Decodes `data` and checks it against expected pixels [h, w, c] or [h, w]. */
 static void check_decode(const uint8_t *data, size_t len, int channels, const npy_array *exp,
-                         const char *what)
-{
+                         const char *what) {
     image_u8 img;
     char err[512] = "";
     int rc = image_decode(data, len, channels, NULL, &img, err, sizeof err);
     ck_assert_msg(rc == IMAGE_OK, "%s (%d channels): rc %d: %s", what, channels, rc, err);
     ck_assert_int_eq(img.channels, channels);
     ck_assert_msg(exp->ndim == (channels == 3 ? 3 : 2), "%s: expected array rank", what);
-    ck_assert_msg(img.height == exp->shape[0] && img.width == exp->shape[1],
-                  "%s: size %dx%d, PIL %lldx%lld", what, img.width, img.height,
-                  (long long)exp->shape[1], (long long)exp->shape[0]);
+    ck_assert_msg(img.height == exp->shape[0] && img.width == exp->shape[1], "%s: size %dx%d, PIL %lldx%lld",
+                  what, img.width, img.height, (long long)exp->shape[1], (long long)exp->shape[0]);
     int64_t n = (int64_t)img.width * img.height * channels;
     ck_assert_int_eq(n, exp->count);
     int64_t bad = 0, first = -1;
     for (int64_t i = 0; i < n; i++) {
         if ((float)img.pixels[i] != exp->data[i]) {
-            if (first < 0)
-                first = i;
+            if (first < 0) first = i;
             bad++;
         }
     }
-    ck_assert_msg(bad == 0, "%s (%d channels): %lld of %lld values differ from PIL, first at %lld "
-                  "(%u vs %g)", what, channels, (long long)bad, (long long)n, (long long)first,
+    ck_assert_msg(bad == 0,
+                  "%s (%d channels): %lld of %lld values differ from PIL, first at %lld "
+                  "(%u vs %g)",
+                  what, channels, (long long)bad, (long long)n, (long long)first,
                   first >= 0 ? img.pixels[first] : 0, first >= 0 ? exp->data[first] : 0.0);
     image_free(&img);
     ck_assert(img.pixels == NULL);
@@ -100,8 +92,7 @@ static void check_decode(const uint8_t *data, size_t len, int channels, const np
 
 /* ---- decoding ---- */
 
-START_TEST(test_format_sniffing)
-{
+START_TEST(test_format_sniffing) {
     static const uint8_t jpg[] = {0xFF, 0xD8, 0xFF, 0xE0};
     static const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     static const uint8_t gif[] = {'G', 'I', 'F', '8', '9', 'a'};
@@ -114,8 +105,7 @@ START_TEST(test_format_sniffing)
 END_TEST
 
 /* Every file of decode_cases.txt, as "RGB" and as "L". */
-START_TEST(test_decode_matches_pil)
-{
+START_TEST(test_decode_matches_pil) {
     static char lines[64][256];
     int n = read_manifest("decode_cases.txt", lines, 64);
     /* gray, gray+alpha, RGB(A), 1/4-bit, palettes (+tRNS), 16-bit, Adam7,
@@ -141,8 +131,7 @@ END_TEST
 
 /* Cut files: refused wherever PIL refuses them; accepted, with the full
  * file's pixels, once the image data is complete. */
-START_TEST(test_truncated_files)
-{
+START_TEST(test_truncated_files) {
     static char lines[16][256];
     int n = read_manifest("truncation_cases.txt", lines, 16);
     ck_assert_int_ge(n, 4);
@@ -166,13 +155,10 @@ START_TEST(test_truncated_files)
                 ck_assert_msg(img.pixels == NULL, "%s: pixels left after a refusal", file);
                 ck_assert_msg(err[0] != '\0', "%s: refusal without a message", file);
                 if (cut >= 64)
-                    ck_assert_msg(rc == IMAGE_ERR_CORRUPT, "%s cut at %zu: rc %d (%s)", file,
-                                  cut, rc, err);
+                    ck_assert_msg(rc == IMAGE_ERR_CORRUPT, "%s cut at %zu: rc %d (%s)", file, cut, rc, err);
             } else {
-                ck_assert_msg(rc == IMAGE_OK, "%s cut at %zu (data ends at %ld): %s", file, cut,
-                              need, err);
-                ck_assert_int_eq(memcmp(img.pixels, full.pixels,
-                                        (size_t)full.width * full.height * 3), 0);
+                ck_assert_msg(rc == IMAGE_OK, "%s cut at %zu (data ends at %ld): %s", file, cut, need, err);
+                ck_assert_int_eq(memcmp(img.pixels, full.pixels, (size_t)full.width * full.height * 3), 0);
                 image_free(&img);
             }
             free(part);
@@ -183,8 +169,7 @@ START_TEST(test_truncated_files)
 }
 END_TEST
 
-START_TEST(test_truncation_messages)
-{
+START_TEST(test_truncation_messages) {
     size_t len;
     char err[512];
     image_u8 img;
@@ -199,8 +184,7 @@ START_TEST(test_truncation_messages)
 }
 END_TEST
 
-START_TEST(test_garbage_refused)
-{
+START_TEST(test_garbage_refused) {
     uint8_t buf[600];
     char err[512];
     image_u8 img;
@@ -230,8 +214,7 @@ START_TEST(test_garbage_refused)
     /* A valid IHDR followed by garbage where IDAT should be. */
     size_t len;
     uint8_t *png = slurp("rgb8.png", &len);
-    for (size_t i = 45; i < len; i++)
-        png[i] = (uint8_t)(i * 7);
+    for (size_t i = 45; i < len; i++) png[i] = (uint8_t)(i * 7);
     ck_assert_int_eq(image_decode(png, len, 3, NULL, &img, err, sizeof err), IMAGE_ERR_CORRUPT);
     ck_assert_ptr_null(img.pixels);
     free(png);
@@ -240,8 +223,7 @@ END_TEST
 
 /* Single flipped bytes anywhere: any outcome but a crash, a leak or a read
  * out of bounds (the point of running this under valgrind and ASan). */
-START_TEST(test_flipped_bytes)
-{
+START_TEST(test_flipped_bytes) {
     const char *files[] = {"rgb8.png", "interlaced_pal2.png", "color420.jpg", "progressive.jpg"};
     for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
         size_t len;
@@ -270,30 +252,57 @@ END_TEST
 /* A 33-byte PNG: signature and an IHDR claiming 100000 x 100000, no IDAT.
  * Refused as too large from the header alone: had anything been decoded,
  * the missing image data would have given IMAGE_ERR_CORRUPT instead. */
-static size_t tiny_png(uint8_t *buf, uint32_t w, uint32_t h)
-{
+static size_t tiny_png(uint8_t *buf, uint32_t w, uint32_t h) {
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     memcpy(buf, sig, 8);
-    const uint8_t ihdr[] = {0, 0, 0, 13, 'I', 'H', 'D', 'R',
-                            (uint8_t)(w >> 24), (uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w,
-                            (uint8_t)(h >> 24), (uint8_t)(h >> 16), (uint8_t)(h >> 8), (uint8_t)h,
-                            8, 2, 0, 0, 0, 0, 0, 0, 0};
+    const uint8_t ihdr[] = {0,
+                            0,
+                            0,
+                            13,
+                            'I',
+                            'H',
+                            'D',
+                            'R',
+                            (uint8_t)(w >> 24),
+                            (uint8_t)(w >> 16),
+                            (uint8_t)(w >> 8),
+                            (uint8_t)w,
+                            (uint8_t)(h >> 24),
+                            (uint8_t)(h >> 16),
+                            (uint8_t)(h >> 8),
+                            (uint8_t)h,
+                            8,
+                            2,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0};
     memcpy(buf + 8, ihdr, sizeof ihdr);
     return 8 + sizeof ihdr;
 }
 
 /* SOI, SOF0 for a 3-component w x h frame, EOI. */
-static size_t tiny_jpeg(uint8_t *buf, unsigned w, unsigned h)
-{
-    const uint8_t b[] = {0xFF, 0xD8, 0xFF, 0xC0, 0, 17, 8, (uint8_t)(h >> 8), (uint8_t)h,
-                         (uint8_t)(w >> 8), (uint8_t)w, 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1,
-                         0xFF, 0xD9};
+static size_t tiny_jpeg(uint8_t *buf, unsigned w, unsigned h) {
+    const uint8_t b[] = {0xFF,       0xD8,
+                         0xFF,       0xC0,
+                         0,          17,
+                         8,          (uint8_t)(h >> 8),
+                         (uint8_t)h, (uint8_t)(w >> 8),
+                         (uint8_t)w, 3,
+                         1,          0x22,
+                         0,          2,
+                         0x11,       1,
+                         3,          0x11,
+                         1,          0xFF,
+                         0xD9};
     memcpy(buf, b, sizeof b);
     return sizeof b;
 }
 
-START_TEST(test_huge_header_refused)
-{
+START_TEST(test_huge_header_refused) {
     uint8_t buf[64];
     char err[512];
     image_u8 img;
@@ -337,8 +346,7 @@ START_TEST(test_huge_header_refused)
 }
 END_TEST
 
-START_TEST(test_limits_on_real_files)
-{
+START_TEST(test_limits_on_real_files) {
     size_t len;
     char err[512];
     image_u8 img;
@@ -369,8 +377,7 @@ START_TEST(test_limits_on_real_files)
 }
 END_TEST
 
-START_TEST(test_zero_size_refused)
-{
+START_TEST(test_zero_size_refused) {
     uint8_t buf[64];
     char err[512];
     image_u8 img;
@@ -395,8 +402,7 @@ START_TEST(test_zero_size_refused)
 }
 END_TEST
 
-START_TEST(test_bad_channel_count)
-{
+START_TEST(test_bad_channel_count) {
     size_t len;
     char err[512];
     image_u8 img;
@@ -411,8 +417,7 @@ END_TEST
 
 /* ---- preparation ---- */
 
-START_TEST(test_prep_default)
-{
+START_TEST(test_prep_default) {
     image_prep p = image_prep_default();
     ck_assert_int_eq(p.has_preprocessor, 0);
     ck_assert_int_eq(p.resample, IMAGE_RESAMPLE_BILINEAR);
@@ -428,16 +433,16 @@ END_TEST
 
 /* Every case of prepare_cases.txt: torchvision's Resize / CenterCrop /
  * ToTensor / Normalize, or CLIPImageProcessor with a preprocessor file. */
-START_TEST(test_prepare_matches_reference)
-{
+START_TEST(test_prepare_matches_reference) {
     static char lines[64][256];
     int n = read_manifest("prepare_cases.txt", lines, 64);
     ck_assert_int_ge(n, 20);
     for (int i = 0; i < n; i++) {
         char name[64], src[64], fit[16], pp[64], err[512], file[128];
         int ch, h, w, resample;
-        ck_assert_int_eq(sscanf(lines[i], "%63s %63s %d %15s %d %d %d %63s", name, src, &ch,
-                                fit, &h, &w, &resample, pp), 8);
+        ck_assert_int_eq(
+            sscanf(lines[i], "%63s %63s %d %15s %d %d %d %63s", name, src, &ch, fit, &h, &w, &resample, pp),
+            8);
         image_prep prep = image_prep_default();
         if (strcmp(pp, "-") != 0) {
             char path[1024];
@@ -453,12 +458,12 @@ START_TEST(test_prepare_matches_reference)
         ck_assert_int_eq(image_decode(data, len, ch, NULL, &img, err, sizeof err), IMAGE_OK);
         snprintf(file, sizeof file, "prep_%s.npy", name);
         npy_array exp = load_expected(file);
-        ck_assert_msg(exp.ndim == 3 && exp.shape[0] == ch && exp.shape[1] == h &&
-                          exp.shape[2] == w, "%s: reference shape", name);
+        ck_assert_msg(exp.ndim == 3 && exp.shape[0] == ch && exp.shape[1] == h && exp.shape[2] == w,
+                      "%s: reference shape", name);
         float *out = malloc(sizeof(float) * (size_t)exp.count);
         int fit_v = strcmp(fit, "crop") == 0 ? IMAGE_FIT_CROP : IMAGE_FIT_RESIZE;
-        ck_assert_msg(image_prepare(&img, h, w, fit_v, &prep, out, err, sizeof err) == 0,
-                      "%s: %s", name, err);
+        ck_assert_msg(image_prepare(&img, h, w, fit_v, &prep, out, err, sizeof err) == 0, "%s: %s", name,
+                      err);
         double maxdiff = 0;
         int64_t at = 0;
         for (int64_t k = 0; k < exp.count; k++) {
@@ -468,8 +473,8 @@ START_TEST(test_prepare_matches_reference)
                 at = k;
             }
         }
-        ck_assert_msg(maxdiff <= 1e-6, "%s: max |diff| %g at %lld (%g vs reference %g)", name,
-                      maxdiff, (long long)at, out[at], exp.data[at]);
+        ck_assert_msg(maxdiff <= 1e-6, "%s: max |diff| %g at %lld (%g vs reference %g)", name, maxdiff,
+                      (long long)at, out[at], exp.data[at]);
         free(out);
         npy_free(&exp);
         image_free(&img);
@@ -479,8 +484,7 @@ START_TEST(test_prepare_matches_reference)
 END_TEST
 
 /* Same size in, same size out: no resampling, just v / 255 normalized. */
-START_TEST(test_prepare_identity)
-{
+START_TEST(test_prepare_identity) {
     size_t len;
     char err[512];
     image_u8 img;
@@ -488,8 +492,8 @@ START_TEST(test_prepare_identity)
     ck_assert_int_eq(image_decode(data, len, 3, NULL, &img, err, sizeof err), IMAGE_OK);
     image_prep prep = image_prep_default();
     float *out = malloc(sizeof(float) * 3 * (size_t)img.width * img.height);
-    ck_assert_int_eq(image_prepare(&img, img.height, img.width, IMAGE_FIT_RESIZE, &prep, out,
-                                   err, sizeof err), 0);
+    ck_assert_int_eq(
+        image_prepare(&img, img.height, img.width, IMAGE_FIT_RESIZE, &prep, out, err, sizeof err), 0);
     for (int c = 0; c < 3; c++)
         for (int i = 0; i < img.width * img.height; i++) {
             /* torchvision: ToTensor divides by 255 in float32. */
@@ -502,8 +506,7 @@ START_TEST(test_prepare_identity)
 }
 END_TEST
 
-START_TEST(test_prepare_refusals)
-{
+START_TEST(test_prepare_refusals) {
     char err[512];
     uint8_t px[4 * 4 * 3] = {0};
     image_u8 img = {4, 4, 3, px};
@@ -533,20 +536,17 @@ START_TEST(test_prepare_refusals)
     image_u8 strip = {40000, 1, 1, line};
     float *big = malloc(sizeof(float) * 224 * 224);
     prep = image_prep_default();
-    ck_assert_int_eq(image_prepare(&strip, 224, 224, IMAGE_FIT_CROP, &prep, big, err, sizeof err),
-                     -1);
+    ck_assert_int_eq(image_prepare(&strip, 224, 224, IMAGE_FIT_CROP, &prep, big, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "elongated"), "message: %s", err);
     /* ...while a resize fit of the same strip is fine. */
-    ck_assert_int_eq(image_prepare(&strip, 224, 224, IMAGE_FIT_RESIZE, &prep, big, err,
-                                   sizeof err), 0);
+    ck_assert_int_eq(image_prepare(&strip, 224, 224, IMAGE_FIT_RESIZE, &prep, big, err, sizeof err), 0);
     free(big);
 }
 END_TEST
 
 /* ---- preprocessor_config.json ---- */
 
-START_TEST(test_prep_load_good)
-{
+START_TEST(test_prep_load_good) {
     char path[1024], err[512];
     image_prep p;
 
@@ -585,36 +585,29 @@ START_TEST(test_prep_load_good)
 }
 END_TEST
 
-START_TEST(test_prep_load_bad)
-{
+START_TEST(test_prep_load_bad) {
     struct {
         const char *file, *needle;
     } cases[] = {
-        {"pp_bad_type.json", "\"do_resize\""},
-        {"pp_bad_resample.json", "\"resample\" 0"},
-        {"pp_bad_size.json", "\"size\""},
-        {"pp_bad_mean.json", "\"image_mean\"[1]"},
-        {"pp_bad_std.json", "\"image_std\""},
-        {"pp_bad_rescale.json", "\"rescale_factor\""},
-        {"pp_bad_syntax.json", "line"},
-        {"pp_does_not_exist.json", "pp_does_not_exist.json"},
+        {"pp_bad_type.json", "\"do_resize\""}, {"pp_bad_resample.json", "\"resample\" 0"},
+        {"pp_bad_size.json", "\"size\""},      {"pp_bad_mean.json", "\"image_mean\"[1]"},
+        {"pp_bad_std.json", "\"image_std\""},  {"pp_bad_rescale.json", "\"rescale_factor\""},
+        {"pp_bad_syntax.json", "line"},        {"pp_does_not_exist.json", "pp_does_not_exist.json"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[1024], err[512] = "";
         image_prep p;
         path_of(path, sizeof path, cases[i].file);
-        ck_assert_msg(image_prep_load(path, &p, err, sizeof err) == -1, "%s was accepted",
-                      cases[i].file);
-        ck_assert_msg(strstr(err, cases[i].needle), "%s: message \"%s\" lacks %s", cases[i].file,
-                      err, cases[i].needle);
-        ck_assert_msg(strstr(err, cases[i].file), "%s: message \"%s\" does not name the file",
-                      cases[i].file, err);
+        ck_assert_msg(image_prep_load(path, &p, err, sizeof err) == -1, "%s was accepted", cases[i].file);
+        ck_assert_msg(strstr(err, cases[i].needle), "%s: message \"%s\" lacks %s", cases[i].file, err,
+                      cases[i].needle);
+        ck_assert_msg(strstr(err, cases[i].file), "%s: message \"%s\" does not name the file", cases[i].file,
+                      err);
     }
 }
 END_TEST
 
-static Suite *image_suite(void)
-{
+static Suite *image_suite(void) {
     Suite *s = suite_create("image");
     TCase *dec = tcase_create("decode");
     tcase_set_timeout(dec, 600);
@@ -642,7 +635,4 @@ static Suite *image_suite(void)
     return s;
 }
 
-int main(void)
-{
-    return check_run(image_suite());
-}
+int main(void) { return check_run(image_suite()); }

@@ -30,7 +30,8 @@ static int use_isa(int i, kernel_table *kt) {
     char err[200];
     int isa;
     if (cpu_isa_parse(isas[i], &isa) != 0 || kernel_table_init(kt, isa, err, sizeof(err)) != 0) {
-        if (i < 2) fprintf(stderr, "test_kernels: this CPU has no %s: that path is not tested here\n", isas[i]);
+        if (i < 2)
+            fprintf(stderr, "test_kernels: this CPU has no %s: that path is not tested here\n", isas[i]);
         return 0;
     }
     return 1;
@@ -43,7 +44,8 @@ START_TEST(test_activations_match_libm) {
     for (size_t a = 0; a < 4; a++)
         for (size_t n = 1; n <= 40; n++) {
             float *x = malloc(sizeof(float) * n);
-            for (size_t i = 0; i < n; i++) x[i] = (float)(-30.0 + 60.0 * (double)i / (double)n + 0.013 * (double)n);
+            for (size_t i = 0; i < n; i++)
+                x[i] = (float)(-30.0 + 60.0 * (double)i / (double)n + 0.013 * (double)n);
             float *y = malloc(sizeof(float) * n);
             for (size_t i = 0; i < n; i++) y[i] = x[i];
             kt.activation(y, n, acts[a]);
@@ -109,8 +111,8 @@ START_TEST(test_layernorm) {
             var /= C;
             for (int i = 0; i < C; i++) {
                 double want = (x[t * C + i] - mean) / sqrt(var + 1e-5) * w[i] + b[i];
-                ck_assert_msg(fabs(y[t * C + i] - want) <= 2e-5 * (1 + fabs(want)), "%s C=%d row %d [%d]: %g vs %g",
-                              isas[_i], C, t, i, y[t * C + i], want);
+                ck_assert_msg(fabs(y[t * C + i] - want) <= 2e-5 * (1 + fabs(want)),
+                              "%s C=%d row %d [%d]: %g vs %g", isas[_i], C, t, i, y[t * C + i], want);
             }
         }
         free(x);
@@ -135,9 +137,9 @@ START_TEST(test_softmax_rows) {
         float *scores = aligned_alloc(64, sizeof(float) * ns);
         for (int t = 0; t < T; t++)
             for (int c = 0; c < hd; c++) {
-                qkv[t * ld + c] = (float)(0.3 * sin(t + 2.0 * c) * (1 + t % 7));      /* q */
-                qkv[t * ld + D + c] = (float)(0.5 * cos(3.0 * t - c) * (1 + c % 5));  /* k */
-                qkv[t * ld + 2 * D + c] = (float)(t == c);                            /* v */
+                qkv[t * ld + c] = (float)(0.3 * sin(t + 2.0 * c) * (1 + t % 7));     /* q */
+                qkv[t * ld + D + c] = (float)(0.5 * cos(3.0 * t - c) * (1 + c % 5)); /* k */
+                qkv[t * ld + 2 * D + c] = (float)(t == c);                           /* v */
             }
         attention_forward(&kt, out, D, qkv, scores, T, 1, hd, 0, 1, NULL, 0, 0);
         for (int i = 0; i < T; i++) {
@@ -184,7 +186,8 @@ START_TEST(test_attention_shapes) {
                 float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(&kt, T, hd));
                 float *cs = malloc(sizeof(float) * (size_t)(H - 1) * T * (np ? np : 1) * 2);
                 double *s = malloc(sizeof(double) * (size_t)T);
-                double *qr = malloc(sizeof(double) * (size_t)T * hd), *kr = malloc(sizeof(double) * (size_t)T * hd);
+                double *qr = malloc(sizeof(double) * (size_t)T * hd),
+                       *kr = malloc(sizeof(double) * (size_t)T * hd);
                 for (int i = 0; i < T * ld; i++) qkv[i] = keep[i] = (float)sin(0.37 * i + 0.1 * T);
                 /* angles not linear in the token (a shift common to every token
                  * cancels in q.k: RoPE's point) nor alike across heads */
@@ -229,12 +232,12 @@ START_TEST(test_attention_shapes) {
                             float got = out[i * ld_out + h * hd + c];
                             if (h == 0) want = -7.0;
                             ck_assert_msg(fabs(got - want) < 2e-5,
-                                          "%s T=%d hd=%d pairs %d: head %d row %d col %d: %g vs %g",
-                                          isas[_i], T, hd, np, h, i, c, got, want);
+                                          "%s T=%d hd=%d pairs %d: head %d row %d col %d: %g vs %g", isas[_i],
+                                          T, hd, np, h, i, c, got, want);
                         }
                         for (int c = D; c < ld_out; c++)
-                            ck_assert_msg(out[i * ld_out + c] == -7.0f, "%s T=%d hd=%d: row %d written past D",
-                                          isas[_i], T, hd, i);
+                            ck_assert_msg(out[i * ld_out + c] == -7.0f,
+                                          "%s T=%d hd=%d: row %d written past D", isas[_i], T, hd, i);
                     }
                 }
                 free(qkv);
@@ -293,7 +296,8 @@ START_TEST(test_attention_bf16) {
                     for (int j = 0; j < T; j++) {
                         s[j] = 0;
                         for (int c = 0; c < hd; c++)
-                            s[j] += bf16_round(qkv[i * ld + h * hd + c]) * bf16_round(qkv[j * ld + D + h * hd + c]);
+                            s[j] += bf16_round(qkv[i * ld + h * hd + c]) *
+                                    bf16_round(qkv[j * ld + D + h * hd + c]);
                         if (s[j] > mx) mx = s[j];
                     }
                     for (int j = 0; j < T; j++) sum += exp(s[j] - mx);
@@ -312,7 +316,8 @@ START_TEST(test_attention_bf16) {
                 for (int c = 0; c < hd; c++)
                     ck_assert_msg(out[i * ld_out + c] == -7.0f, "T=%d hd=%d: head 0 written", T, hd);
                 for (int c = D; c < ld_out; c++)
-                    ck_assert_msg(out[i * ld_out + c] == -7.0f, "T=%d hd=%d: row %d written past D", T, hd, i);
+                    ck_assert_msg(out[i * ld_out + c] == -7.0f, "T=%d hd=%d: row %d written past D", T, hd,
+                                  i);
             }
             ck_assert_msg(T == 1 || differs, "T=%d hd=%d: bf16 gave the fp32 result", T, hd);
             free(qkv);

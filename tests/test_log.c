@@ -64,10 +64,19 @@ START_TEST(text_lines_cannot_be_forged) {
                       (unsigned char)out[i], i, out);
     ck_assert_msg(strstr(out, " GET /a\\x0a2026-01-01T00:00:00.000Z\\x20GET\\x20/forged\\x20200\\x1b[31m"
                               "\\\\\\x20\\xff\\xfe\\xc3\\xa9 404 12 1.500ms id\\x0d\\x0a \"ua \\x22x\\x22 "
-                              "\\x1b]0;t\\x07 \\xc3\"\n"), "%s", out);
+                              "\\x1b]0;t\\x07 \\xc3\"\n"),
+                  "%s", out);
     free(out);
-    log_access_entry aborted = {.method = "POST", .path = "/v1/classify", .request_id = "r1", .user_agent = NULL,
-                                .status = 408, .bytes = 0, .ms = 2, .completed = 0, .model = NULL, .version = NULL};
+    log_access_entry aborted = {.method = "POST",
+                                .path = "/v1/classify",
+                                .request_id = "r1",
+                                .user_agent = NULL,
+                                .status = 408,
+                                .bytes = 0,
+                                .ms = 2,
+                                .completed = 0,
+                                .model = NULL,
+                                .version = NULL};
     out = capture(write_access, &aborted);
     ck_assert_msg(strstr(out, " POST /v1/classify 408 0 2.000ms r1 aborted \"-\"\n"), "%s", out);
     free(out);
@@ -81,9 +90,11 @@ START_TEST(json_lines_are_never_dropped) {
     json_t *o = json_loads(out, 0, &e);
     ck_assert_msg(o != NULL, "not JSON (%s): %s", e.text, out);
     ck_assert_msg(is_timestamp(json_string_value(json_object_get(o, "time"))), "%s", out);
-    ck_assert_str_eq(json_string_value(json_object_get(o, "path")),
-                     "/a\n2026-01-01T00:00:00.000Z GET /forged 200\x1b[31m\\ \xef\xbf\xbd\xef\xbf\xbd\xc3\xa9");
-    ck_assert_str_eq(json_string_value(json_object_get(o, "user_agent")), "ua \"x\" \x1b]0;t\x07 \xef\xbf\xbd");
+    ck_assert_str_eq(
+        json_string_value(json_object_get(o, "path")),
+        "/a\n2026-01-01T00:00:00.000Z GET /forged 200\x1b[31m\\ \xef\xbf\xbd\xef\xbf\xbd\xc3\xa9");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "user_agent")),
+                     "ua \"x\" \x1b]0;t\x07 \xef\xbf\xbd");
     ck_assert_str_eq(json_string_value(json_object_get(o, "request_id")), "id\r\n");
     ck_assert_int_eq(json_integer_value(json_object_get(o, "status")), 404);
     ck_assert_str_eq(json_string_value(json_object_get(o, "outcome")), "ok");
@@ -95,7 +106,8 @@ START_TEST(json_lines_are_never_dropped) {
     o = json_loads(out, 0, &e);
     ck_assert_msg(o != NULL, "not JSON (%s): %s", e.text, out);
     ck_assert_str_eq(json_string_value(json_object_get(o, "level")), "info");
-    ck_assert_str_eq(json_string_value(json_object_get(o, "msg")), "listening on 127.0.0.1:8080 \"\xef\xbf\xbd\"");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "msg")),
+                     "listening on 127.0.0.1:8080 \"\xef\xbf\xbd\"");
     json_decref(o);
     free(out);
     log_set_format(LOG_TEXT);
@@ -105,11 +117,13 @@ END_TEST
 /* Overlong forms, surrogates, code points past U+10FFFF and cut sequences
  * are not UTF-8: each of their bytes becomes U+FFFD; valid ones stay. */
 START_TEST(json_utf8_validation) {
-    struct { const char *in, *out; } cases[] = {
-        {"\xc0\xaf", "\\ufffd\\ufffd"},                 /* overlong "/" */
-        {"\xed\xa0\x80", "\\ufffd\\ufffd\\ufffd"},      /* surrogate */
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"\xc0\xaf", "\\ufffd\\ufffd"},                       /* overlong "/" */
+        {"\xed\xa0\x80", "\\ufffd\\ufffd\\ufffd"},            /* surrogate */
         {"\xf4\x90\x80\x80", "\\ufffd\\ufffd\\ufffd\\ufffd"}, /* past U+10FFFF */
-        {"\xe2\x82", "\\ufffd\\ufffd"},                 /* cut */
+        {"\xe2\x82", "\\ufffd\\ufffd"},                       /* cut */
         {"\xf0\x9f\x98\x80 \xe2\x82\xac", "\xf0\x9f\x98\x80 \xe2\x82\xac"},
         {"\x01\x7f\"\\", "\\u0001\\u007f\\\"\\\\"},
     };

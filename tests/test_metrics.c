@@ -36,10 +36,12 @@ START_TEST(empty_exposition) {
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"deadline_exceeded\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_batches_total"), 0);
     ck_assert_double_eq(sample(t, "comrope_batches_mixed_resolution_total"), 0);
-    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"fashion\",version=\"1\",le=\"+Inf\"}"), 0);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"fashion\",version=\"1\",le=\"+Inf\"}"),
+                        0);
     ck_assert_double_eq(sample(t, "comrope_ready"), 1);
     ck_assert_double_eq(sample(t, "comrope_model_info{model=\"fashion\",pe_type=\"comrope-ld\","
-                                  "training_resolution=\"28\",version=\"1\"}"), 1);
+                                  "training_resolution=\"28\",version=\"1\"}"),
+                        1);
     ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_batches_mixed_resolution_total counter\n"));
     ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_receiving_requests gauge\n"));
     ck_assert_ptr_null(strstr(t, "comrope_requests_total{")); /* no request yet: no series */
@@ -57,7 +59,8 @@ START_TEST(engine_info) {
     ck_assert_int_eq(metrics_set_engine(m, "avx512", "bf16", "auto", 1), 0);
     t = render(m, (metrics_gauges){0, 0, 0, 1});
     ck_assert_double_eq(sample(t, "comrope_engine_info{isa=\"avx512\",precision=\"bf16\","
-                                  "precision_requested=\"auto\",bf16_pays=\"1\"}"), 1);
+                                  "precision_requested=\"auto\",bf16_pays=\"1\"}"),
+                        1);
     free(t);
     metrics_free(m);
 }
@@ -77,8 +80,11 @@ START_TEST(requests_and_failures) {
     metrics_request(m, ms, ENDPOINT_HEALTH, 200, 0.0002);
     metrics_request(m, ms, ENDPOINT_HEALTH, 200, 0.0002);
     char *t = render(m, (metrics_gauges){3, 5, 2, 0});
-    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v1_classify\",code=\"200\",model=\"m\",version=\"1\"}"), 2);
-    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"504\",model=\"m\",version=\"1\"}"), 1);
+    ck_assert_double_eq(
+        sample(t, "comrope_requests_total{endpoint=\"v1_classify\",code=\"200\",model=\"m\",version=\"1\"}"),
+        2);
+    ck_assert_double_eq(
+        sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"504\",model=\"m\",version=\"1\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"other\",code=\"500\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unauthorized\"}"), 2);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"deadline_exceeded\"}"), 1);
@@ -87,7 +93,8 @@ START_TEST(requests_and_failures) {
     ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"health\",code=\"200\"}"), 2);
     /* latency by endpoint: the probes are not in the inference series;
      * buckets are cumulative */
-    const char *cl = "comrope_request_duration_seconds_bucket{endpoint=\"v1_classify\",model=\"m\",version=\"1\",le=";
+    const char *cl =
+        "comrope_request_duration_seconds_bucket{endpoint=\"v1_classify\",model=\"m\",version=\"1\",le=";
     char name[200];
     snprintf(name, sizeof(name), "%s\"0.001\"}", cl);
     ck_assert_double_eq(sample(t, name), 2);
@@ -95,8 +102,12 @@ START_TEST(requests_and_failures) {
     ck_assert_double_eq(sample(t, name), 4);
     snprintf(name, sizeof(name), "%s\"+Inf\"}", cl);
     ck_assert_double_eq(sample(t, name), 4);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"m\",version=\"1\"}"), 2);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_bucket{endpoint=\"v2_infer\",model=\"m\",version=\"1\",le=\"0.5\"}"), 2);
+    ck_assert_double_eq(
+        sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"m\",version=\"1\"}"),
+        2);
+    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_bucket{endpoint=\"v2_infer\",model=\"m\","
+                                  "version=\"1\",le=\"0.5\"}"),
+                        2);
     ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"health\"}"), 2);
     ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"other\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_queue_depth"), 3);
@@ -124,7 +135,8 @@ START_TEST(batches_and_mixed_resolutions) {
     ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"m\",version=\"1\",le=\"1\"}"), 2);
     ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"m\",version=\"1\",le=\"4\"}"), 4);
     ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"m\",version=\"1\"}"), 8);
-    ck_assert_double_eq(sample(t, "comrope_batch_tokens_sum{model=\"m\",version=\"1\"}"), 17 + 147 + 147 + 5000);
+    ck_assert_double_eq(sample(t, "comrope_batch_tokens_sum{model=\"m\",version=\"1\"}"),
+                        17 + 147 + 147 + 5000);
     ck_assert_double_eq(sample(t, "comrope_images_total{tokens=\"le_64\"}"), 3);
     ck_assert_double_eq(sample(t, "comrope_images_total{tokens=\"le_256\"}"), 4);
     ck_assert_double_eq(sample(t, "comrope_images_total{tokens=\"gt_4096\"}"), 1);
@@ -153,21 +165,34 @@ START_TEST(series_per_model_version) {
     metrics_queue_wait(a2, 0.001);
     metrics_batch(a2, 2, two, 1, 0.005);
     char *t = render(m, (metrics_gauges){0, 0, 0, 1});
-    ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"2\"}"), 1);
-    ck_assert_ptr_null(strstr(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"1\"}"));
+    ck_assert_double_eq(
+        sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"2\"}"), 1);
+    ck_assert_ptr_null(
+        strstr(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"1\"}"));
     ck_assert_ptr_null(strstr(t, "code=\"200\",model=\"b\""));
     ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"404\"}"), 1);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"a\",version=\"2\"}"), 2);
-    ck_assert_double_eq(sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"b\",version=\"1\"}"), 0);
+    ck_assert_double_eq(
+        sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"a\",version=\"2\"}"),
+        2);
+    ck_assert_double_eq(
+        sample(t, "comrope_request_duration_seconds_count{endpoint=\"v2_infer\",model=\"b\",version=\"1\"}"),
+        0);
     ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"a\",version=\"2\"}"), 2);
     ck_assert_double_eq(sample(t, "comrope_batch_images_count{model=\"a\",version=\"1\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_batch_images_count{model=\"b\",version=\"1\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_queue_wait_seconds_count{model=\"a\",version=\"2\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_queue_wait_seconds_count{model=\"b\",version=\"1\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_batches_total"), 1); /* all models together */
-    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"1\"}"), 1);
-    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"), 1);
-    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"b\",pe_type=\"liere\",training_resolution=\"32\",version=\"1\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution="
+                                  "\"16\",version=\"1\"}"),
+                        1);
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution="
+                                  "\"16\",version=\"2\"}"),
+                        1);
+    ck_assert_double_eq(
+        sample(t,
+               "comrope_model_info{model=\"b\",pe_type=\"liere\",training_resolution=\"32\",version=\"1\"}"),
+        1);
     free(t);
 
     metrics_stats *st = malloc(sizeof(*st));
@@ -189,12 +214,16 @@ START_TEST(series_per_model_version) {
      * series, its counters where they were */
     metrics_series_close(a2);
     t = render(m, (metrics_gauges){0, 0, 0, 1});
-    ck_assert_ptr_null(strstr(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"));
+    ck_assert_ptr_null(strstr(
+        t,
+        "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"));
     ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"a\",version=\"2\"}"), 2);
     free(t);
     ck_assert_ptr_eq(metrics_series_open(m, "a", "2", "comrope-ld", 16), a2);
     t = render(m, (metrics_gauges){0, 0, 0, 1});
-    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution="
+                                  "\"16\",version=\"2\"}"),
+                        1);
     free(t);
     metrics_free(m);
 }

@@ -13,8 +13,7 @@
 
 #define IMAGES FIXTURE_DIR "/images/"
 
-static int load(const char *name, npy_array *a, char *err, size_t errlen)
-{
+static int load(const char *name, npy_array *a, char *err, size_t errlen) {
     char path[1024];
     snprintf(path, sizeof path, "%s%s", IMAGES, name);
     return npy_load(path, a, err, errlen);
@@ -22,9 +21,7 @@ static int load(const char *name, npy_array *a, char *err, size_t errlen)
 
 /* A version-1.0 file: magic, header padded with spaces and a newline to a
  * multiple of 64 bytes as numpy pads it, then `nbytes` of payload. */
-static size_t build_npy(uint8_t *buf, size_t cap, const char *header, const void *payload,
-                        size_t nbytes)
-{
+static size_t build_npy(uint8_t *buf, size_t cap, const char *header, const void *payload, size_t nbytes) {
     size_t hl = strlen(header);
     size_t total = 10 + hl + 1;
     size_t pad = (64 - total % 64) % 64;
@@ -36,13 +33,11 @@ static size_t build_npy(uint8_t *buf, size_t cap, const char *header, const void
     memcpy(buf + 10, header, hl);
     memset(buf + 10 + hl, ' ', pad);
     buf[10 + hl + pad] = '\n';
-    if (nbytes)
-        memcpy(buf + 10 + hlen, payload, nbytes);
+    if (nbytes) memcpy(buf + 10 + hlen, payload, nbytes);
     return 10 + hlen + nbytes;
 }
 
-START_TEST(test_good_f4_f8)
-{
+START_TEST(test_good_f4_f8) {
     char err[512];
     npy_array a, e;
     ck_assert_msg(load("npy_f4_v1.npy", &a, err, sizeof err) == 0, "%s", err);
@@ -90,24 +85,22 @@ START_TEST(test_good_f4_f8)
 }
 END_TEST
 
-START_TEST(test_parse_from_memory)
-{
+START_TEST(test_parse_from_memory) {
     uint8_t buf[512];
     char err[512];
     npy_array a;
     const float v[3] = {1.0f, -2.5f, 3.25f};
     /* Double quotes, other key order, no trailing comma, extra spaces. */
     size_t n = build_npy(buf, sizeof buf,
-                         "{ \"shape\" : ( 3 , ) , \"fortran_order\": False, \"descr\": '<f4' }",
-                         v, sizeof v);
+                         "{ \"shape\" : ( 3 , ) , \"fortran_order\": False, \"descr\": '<f4' }", v, sizeof v);
     ck_assert_msg(npy_parse(buf, n, "mem.npy", &a, err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(a.ndim, 1);
     ck_assert_int_eq(a.shape[0], 3);
     ck_assert(a.data[0] == 1.0f && a.data[1] == -2.5f && a.data[2] == 3.25f);
     npy_free(&a);
     const double d[2] = {0.1, 1e300};
-    n = build_npy(buf, sizeof buf, "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2), }",
-                  d, sizeof d);
+    n = build_npy(buf, sizeof buf, "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 2), }", d,
+                  sizeof d);
     ck_assert_msg(npy_parse(buf, n, "mem.npy", &a, err, sizeof err) == 0, "%s", err);
     ck_assert(a.data[0] == 0.1f);
     ck_assert(a.data[1] > 3.4e38f); /* inf, as numpy's cast gives */
@@ -117,8 +110,7 @@ END_TEST
 
 /* Files numpy writes that the reader must refuse, each naming the file and
  * the reason. */
-START_TEST(test_numpy_written_refusals)
-{
+START_TEST(test_numpy_written_refusals) {
     struct {
         const char *file, *needle;
     } cases[] = {
@@ -133,8 +125,7 @@ START_TEST(test_numpy_written_refusals)
         char err[512] = "";
         npy_array a;
         ck_assert_msg(load(cases[i].file, &a, err, sizeof err) == -1, "%s accepted", cases[i].file);
-        ck_assert_msg(strstr(err, cases[i].file), "%s: \"%s\" does not name the file",
-                      cases[i].file, err);
+        ck_assert_msg(strstr(err, cases[i].file), "%s: \"%s\" does not name the file", cases[i].file, err);
         ck_assert_msg(strstr(err, cases[i].needle), "%s: \"%s\" lacks \"%s\"", cases[i].file, err,
                       cases[i].needle);
         ck_assert_ptr_null(a.data);
@@ -142,22 +133,20 @@ START_TEST(test_numpy_written_refusals)
 }
 END_TEST
 
-static void refuse_header(const char *header, size_t nbytes, const char *needle)
-{
+static void refuse_header(const char *header, size_t nbytes, const char *needle) {
     static uint8_t buf[4096];
     static uint8_t payload[1024];
     char err[512] = "";
     npy_array a;
     size_t n = build_npy(buf, sizeof buf, header, payload, nbytes);
-    ck_assert_msg(npy_parse(buf, n, "crafted.npy", &a, err, sizeof err) == -1,
-                  "header %s was accepted", header);
+    ck_assert_msg(npy_parse(buf, n, "crafted.npy", &a, err, sizeof err) == -1, "header %s was accepted",
+                  header);
     ck_assert_msg(strstr(err, "crafted.npy"), "\"%s\" does not name the file", err);
     ck_assert_msg(strstr(err, needle), "header %s: \"%s\" lacks \"%s\"", header, err, needle);
     ck_assert_ptr_null(a.data);
 }
 
-START_TEST(test_crafted_header_refusals)
-{
+START_TEST(test_crafted_header_refusals) {
     refuse_header("{'descr': '<f4', 'fortran_order': False}", 4, "lacks 'shape'");
     refuse_header("{'descr': '<f4', 'shape': (1,)}", 4, "lacks 'fortran_order'");
     refuse_header("{'fortran_order': False, 'shape': (1,)}", 4, "lacks 'descr'");
@@ -171,39 +160,39 @@ START_TEST(test_crafted_header_refusals)
     refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1 2)}", 8, "'shape'");
     refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}", 4, "'shape'");
     refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': [1]}", 4, "'shape'");
-    refuse_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}", 4,
-                  "structured");
+    refuse_header("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}", 4, "structured");
     refuse_header("{'descr': '|f4', 'fortran_order': False, 'shape': (1,)}", 4, "not supported");
     refuse_header("{'descr': '<i8', 'fortran_order': False, 'shape': (1,)}", 8, "not supported");
     refuse_header("{'descr': '>f8', 'fortran_order': False, 'shape': (1,)}", 8, "big-endian");
     refuse_header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2)}", 16, "Fortran");
-    refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,)} junk", 4,
-                  "after the header");
+    refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,)} junk", 4, "after the header");
     /* Size checks: payload too short, too long, empty, absurd. */
     refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", 8,
                   "data is 8 bytes, the header's shape and dtype need 12");
     refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1,)}", 8,
                   "data is 8 bytes, the header's shape and dtype need 4");
     refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3)}", 0, "no elements");
-    refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 100000)}",
+    refuse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 100000)}", 4,
+                  "more than");
+    refuse_header("{'descr': '<f4', 'fortran_order': False, "
+                  "'shape': (99999999999999999999999999,)}",
+                  4, "absurdly large");
+    refuse_header("{'descr': '<f4', 'fortran_order': False, "
+                  "'shape': (65536, 65536, 65536, 65536)}",
                   4, "more than");
     refuse_header("{'descr': '<f4', 'fortran_order': False, "
-                  "'shape': (99999999999999999999999999,)}", 4, "absurdly large");
-    refuse_header("{'descr': '<f4', 'fortran_order': False, "
-                  "'shape': (65536, 65536, 65536, 65536)}", 4, "more than");
-    refuse_header("{'descr': '<f4', 'fortran_order': False, "
-                  "'shape': (1, 1, 1, 1, 1, 1, 1, 1, 1)}", 4, "more than 8 dimensions");
+                  "'shape': (1, 1, 1, 1, 1, 1, 1, 1, 1)}",
+                  4, "more than 8 dimensions");
 }
 END_TEST
 
-START_TEST(test_framing_refusals)
-{
+START_TEST(test_framing_refusals) {
     uint8_t buf[256];
     char err[512];
     npy_array a;
     const float v = 1.0f;
-    size_t n = build_npy(buf, sizeof buf, "{'descr': '<f4', 'fortran_order': False, 'shape': ()}",
-                         &v, sizeof v);
+    size_t n =
+        build_npy(buf, sizeof buf, "{'descr': '<f4', 'fortran_order': False, 'shape': ()}", &v, sizeof v);
     ck_assert_int_eq(npy_parse(buf, n, "ok.npy", &a, err, sizeof err), 0);
     npy_free(&a);
 
@@ -235,14 +224,13 @@ START_TEST(test_framing_refusals)
 END_TEST
 
 /* Every prefix of a good file is refused without a crash. */
-START_TEST(test_every_prefix_refused)
-{
+START_TEST(test_every_prefix_refused) {
     uint8_t buf[256];
     char err[512];
     npy_array a;
     const float v[4] = {1, 2, 3, 4};
-    size_t n = build_npy(buf, sizeof buf,
-                         "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }", v, sizeof v);
+    size_t n = build_npy(buf, sizeof buf, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }", v,
+                         sizeof v);
     for (size_t cut = 0; cut < n; cut++) {
         uint8_t *part = malloc(cut ? cut : 1);
         memcpy(part, buf, cut);
@@ -255,8 +243,7 @@ START_TEST(test_every_prefix_refused)
 }
 END_TEST
 
-static Suite *npy_suite(void)
-{
+static Suite *npy_suite(void) {
     Suite *s = suite_create("npy");
     TCase *tc = tcase_create("npy");
     tcase_add_test(tc, test_good_f4_f8);
@@ -269,7 +256,4 @@ static Suite *npy_suite(void)
     return s;
 }
 
-int main(void)
-{
-    return check_run(npy_suite());
-}
+int main(void) { return check_run(npy_suite()); }

@@ -115,8 +115,8 @@ START_TEST(test_every_case_matches_reference) {
             double d = fabs((double)logits[k] - pc->logits.data[k]);
             if (!(d <= worst)) worst = d; /* NaN propagates as failure */
         }
-        ck_assert_msg(worst <= 1e-4, "%s at %dx%d, %d thread(s): max |logit - reference| = %g",
-                      pc->model, pc->h, pc->w, thread_pool_threads(ctx->pool), worst);
+        ck_assert_msg(worst <= 1e-4, "%s at %dx%d, %d thread(s): max |logit - reference| = %g", pc->model,
+                      pc->h, pc->w, thread_pool_threads(ctx->pool), worst);
         if (i % 2 == 0) {
             free(one_thread);
             one_thread = malloc(sizeof(float) * (size_t)N * K);
@@ -173,8 +173,9 @@ START_TEST(test_ragged_batch_invariance) {
                           "%s: image %d (%dx%d) differs in a batch", cases[i].model, k, imgs[k].h, imgs[k].w);
         ck_assert(vit_forward_ragged(ctx, reversed, n, together, err, sizeof(err)) == 0);
         for (int k = 0; k < n; k++)
-            ck_assert_msg(memcmp(together + (size_t)(n - 1 - k) * K, alone + (size_t)k * K, sizeof(float) * K) == 0,
-                          "%s: image %d differs in a reversed batch", cases[i].model, k);
+            ck_assert_msg(
+                memcmp(together + (size_t)(n - 1 - k) * K, alone + (size_t)k * K, sizeof(float) * K) == 0,
+                "%s: image %d differs in a reversed batch", cases[i].model, k);
         free(alone);
         free(together);
         vit_context_free(ctx);
@@ -255,8 +256,8 @@ START_TEST(test_bf16_close_to_reference) {
             diff = fmax(diff, fabs(logits[k] - pc->logits.data[k]));
         }
         worst_rel = fmax(worst_rel, diff / (1 + scale));
-        ck_assert_msg(diff <= 0.02 * (1 + scale), "%s at %dx%d: bf16 off by %g (logits up to %g)",
-                      pc->model, pc->h, pc->w, diff, scale);
+        ck_assert_msg(diff <= 0.02 * (1 + scale), "%s at %dx%d: bf16 off by %g (logits up to %g)", pc->model,
+                      pc->h, pc->w, diff, scale);
         vit_context_free(ctx);
         vit_free(m);
     }
@@ -323,14 +324,16 @@ static void onednn_cases(int backend_auto_on_amx) {
         worst_rel = fmax(worst_rel, diff / (1 + scale));
         ck_assert_msg(diff <= 0.02 * (1 + scale), "%s at %dx%d: oneDNN bf16 off by %g (logits up to %g)",
                       pc->model, pc->h, pc->w, diff, scale);
-        ck_assert_msg(worst_alone <= 0.02, "%s: an image alone and in its batch differ by %g",
-                      pc->model, worst_alone);
+        ck_assert_msg(worst_alone <= 0.02, "%s: an image alone and in its batch differ by %g", pc->model,
+                      worst_alone);
         vit_context_free(ctx);
         vit_context_free(ctx2);
         vit_free(m);
     }
-    fprintf(stderr, "oneDNN bf16: worst |logit - reference| / (1 + max |logit|) = %.4f, "
-            "alone vs in a batch %.2g\n", worst_rel, worst_alone);
+    fprintf(stderr,
+            "oneDNN bf16: worst |logit - reference| / (1 + max |logit|) = %.4f, "
+            "alone vs in a batch %.2g\n",
+            worst_rel, worst_alone);
     free_manifest();
 }
 
@@ -353,14 +356,13 @@ END_TEST
  * names the first stage that diverges, so a wrong layer is found at once
  * rather than as a logit somewhere downstream. */
 typedef struct {
-    const npy_array *ref;   /* [S, N, T, D] */
+    const npy_array *ref; /* [S, N, T, D] */
     int stages_seen;
-    int first_bad;          /* the first stage past the tolerance, -1: none */
+    int first_bad; /* the first stage past the tolerance, -1: none */
     char where[256];
 } stage_check;
 
-static void check_stage(void *arg, int stage, const float *x, const int *start, int n, int T,
-                        int D) {
+static void check_stage(void *arg, int stage, const float *x, const int *start, int n, int T, int D) {
     stage_check *c = arg;
     const npy_array *r = c->ref;
     (void)T;
@@ -378,9 +380,9 @@ static void check_stage(void *arg, int stage, const float *x, const int *start, 
                 if (!(fabs(got - want) <= 1e-4) && c->first_bad < 0) {
                     c->first_bad = stage;
                     snprintf(c->where, sizeof(c->where),
-                             "stage %d (%s%d) diverges first: image %d token %d channel %d: %g vs %g",
-                             stage, stage ? "after layer " : "embeddings + pre_layrnorm, ",
-                             stage ? stage - 1 : 0, i, t, d, got, want);
+                             "stage %d (%s%d) diverges first: image %d token %d channel %d: %g vs %g", stage,
+                             stage ? "after layer " : "embeddings + pre_layrnorm, ", stage ? stage - 1 : 0, i,
+                             t, d, got, want);
                 }
             }
     }
@@ -425,8 +427,10 @@ static int first_divergent_stage(const char *model, int h, int w, int perturb_la
 }
 
 START_TEST(test_every_stage_matches_reference) {
-    static const struct { const char *model; int h, w; } cases[] = {{"comrope_ld_b2", 8, 16},
-                                                                   {"liere_b2", 8, 8}};
+    static const struct {
+        const char *model;
+        int h, w;
+    } cases[] = {{"comrope_ld_b2", 8, 16}, {"liere_b2", 8, 8}};
     char where[256];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int bad = first_divergent_stage(cases[i].model, cases[i].h, cases[i].w, -1, where, sizeof(where));

@@ -38,8 +38,8 @@ static char *b64(const uint8_t *d, size_t n) {
     static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     char *o = malloc(n / 3 * 4 + 5), *p = o;
     for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)d[i] << 16 | (i + 1 < n ? (uint32_t)d[i + 1] << 8 : 0) |
-                     (i + 2 < n ? d[i + 2] : 0);
+        uint32_t v =
+            (uint32_t)d[i] << 16 | (i + 1 < n ? (uint32_t)d[i + 1] << 8 : 0) | (i + 2 < n ? d[i + 2] : 0);
         *p++ = t[v >> 18 & 63];
         *p++ = t[v >> 12 & 63];
         *p++ = i + 1 < n ? t[v >> 6 & 63] : '=';
@@ -77,8 +77,7 @@ static char *body_with_image(const char *fmt) {
 static void expect_v1(const char *body, int status, const char *needle) {
     proto_request req;
     char err[512] = "";
-    int rc = v1_parse(&PM, "application/json", (const uint8_t *)body, strlen(body), &req, err,
-                      sizeof(err));
+    int rc = v1_parse(&PM, "application/json", (const uint8_t *)body, strlen(body), &req, err, sizeof(err));
     ck_assert_msg(rc == status, "body %.80s: status %d, expected %d (%s)", body, rc, status, err);
     if (needle) ck_assert_msg(strstr(err, needle), "message \"%s\" lacks \"%s\"", err, needle);
     if (rc == 0) proto_request_free(&req);
@@ -89,8 +88,9 @@ START_TEST(v1_good) {
                                  " \"top_k\": 99, \"return_logits\": true, \"timeout_ms\": 50}");
     proto_request req;
     char err[256];
-    ck_assert_int_eq(v1_parse(&PM, "application/json; charset=utf-8", (uint8_t *)body, strlen(body),
-                              &req, err, sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse(&PM, "application/json; charset=utf-8", (uint8_t *)body, strlen(body), &req,
+                              err, sizeof(err)),
+                     0);
     ck_assert_int_eq(req.num_images, 2);
     ck_assert_int_eq(req.images[1].encoded_len, png_len);
     ck_assert_mem_eq(req.images[0].encoded, png, png_len);
@@ -104,16 +104,16 @@ START_TEST(v1_good) {
     free(body);
 
     body = body_with_image("{\"image\": \"data:image/png;base64,%s\", \"resolution\": \"native\"}");
-    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
-                              sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(req.resolution.native, 1);
     ck_assert_int_eq(req.top_k, 3);
     proto_request_free(&req);
     free(body);
 
     body = body_with_image("{\"image\": \"%s\", \"resolution\": \"8x16\"}");
-    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
-                              sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(req.resolution.h, 8);
     ck_assert_int_eq(req.resolution.w, 16);
     ck_assert_int_eq(req.resolution.native, 0);
@@ -121,8 +121,8 @@ START_TEST(v1_good) {
     free(body);
 
     body = body_with_image("{\"image\": \"%s\", \"resolution\": 24}");
-    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
-                              sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(req.resolution.h, 24);
     ck_assert_int_eq(req.resolution.w, 24);
     proto_request_free(&req);
@@ -130,8 +130,8 @@ START_TEST(v1_good) {
 
     /* defaults: the training size, resize, top 5 (clamped) */
     body = body_with_image("{\"image\": \"%s\"}");
-    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err,
-                              sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse(&PM, "application/json", (uint8_t *)body, strlen(body), &req, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(req.resolution.h, 16);
     ck_assert_int_eq(req.fit, IMAGE_FIT_RESIZE);
     ck_assert_int_eq(req.timeout_ms, 0);
@@ -231,8 +231,8 @@ START_TEST(v2_pixel_values) {
                          " \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"classification\": 9}}]}";
     proto_request req;
     char err[256];
-    ck_assert_int_eq(v2_parse_infer(&PM, (const uint8_t *)nested, strlen(nested), 0, &req, err,
-                                    sizeof(err)), 0);
+    ck_assert_int_eq(v2_parse_infer(&PM, (const uint8_t *)nested, strlen(nested), 0, &req, err, sizeof(err)),
+                     0);
     ck_assert_int_eq(req.num_images, 1);
     ck_assert_int_eq(req.images[0].h, 1);
     ck_assert_int_eq(req.images[0].w, 2);
@@ -246,9 +246,10 @@ START_TEST(v2_pixel_values) {
        0, NULL);
 
     /* binary: JSON header then 6 floats */
-    const char *hdr = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [2, 3, 1, 1],"
-                      " \"parameters\": {\"binary_data_size\": 24}}], \"outputs\": [{\"name\": \"logits\","
-                      " \"parameters\": {\"binary_data\": true}}]}";
+    const char *hdr =
+        "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [2, 3, 1, 1],"
+        " \"parameters\": {\"binary_data_size\": 24}}], \"outputs\": [{\"name\": \"logits\","
+        " \"parameters\": {\"binary_data\": true}}]}";
     size_t hl = strlen(hdr);
     char buf[1024];
     float vals[6] = {1, 2, 3, 4, 5, 6};
@@ -315,17 +316,20 @@ START_TEST(v2_images) {
     expect_v2((char *)buf, hl + 4 + png_len + 3, hl, 400, "left after");
     free(buf);
 
-    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"AAAAAAAA\"]}]}",
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": "
+       "[\"AAAAAAAA\"]}]}",
        415, "inputs[0].data[0]: not a JPEG or PNG");
     V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"!!\"]}]}",
        400, "inputs[0].data[0]: invalid base64");
     V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"\"]}]}",
        400, "empty image");
-    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [2], \"data\": [\"AAAA\"]}]}",
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [2], \"data\": "
+       "[\"AAAA\"]}]}",
        400, "expected 2 base64 strings");
     V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"FP32\", \"shape\": [1], \"data\": [\"AAAA\"]}]}",
        400, "images must be BYTES");
-    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1, 2], \"data\": [\"AAAA\"]}]}",
+    V2("{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [1, 2], \"data\": "
+       "[\"AAAA\"]}]}",
        400, "inputs[0].shape");
 }
 END_TEST
@@ -338,25 +342,34 @@ START_TEST(v2_errors) {
     V2("{}", 400, "inputs:");
     V2("{\"id\": 5, \"inputs\": []}", 400, "id:");
     V2("{\"inputs\": [{\"name\": \"x\"}]}", 400, "inputs[0].name");
-    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"INT8\", \"shape\": [1,3,1,1], \"data\": [1,2,3]}]}",
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"INT8\", \"shape\": [1,3,1,1], \"data\": "
+       "[1,2,3]}]}",
        400, "inputs[0].datatype");
-    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,1,1,1], \"data\": [1]}]}",
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,1,1,1], \"data\": "
+       "[1]}]}",
        400, "inputs[0].shape");
-    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,0,1], \"data\": []}]}",
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,0,1], \"data\": "
+       "[]}]}",
        400, "inputs[0].shape");
-    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,2]}]}",
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": "
+       "[1,2]}]}",
        400, "inputs[0].data: expected 3 numbers");
-    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,2,3,4]}]}",
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": "
+       "[1,2,3,4]}]}",
        400, "inputs[0].data");
-    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,\"a\",3]}]}",
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": "
+       "[1,\"a\",3]}]}",
        400, "inputs[0].data");
     V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [4096,3,4096,4096]}]}",
        413, "too large");
     V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1],"
-       " \"parameters\": {\"binary_data_size\": 12}}]}", 400, "needs the Inference-Header-Content-Length");
+       " \"parameters\": {\"binary_data_size\": 12}}]}",
+       400, "needs the Inference-Header-Content-Length");
     V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1],"
-       " \"parameters\": 3, \"data\": [1,2,3]}]}", 400, "inputs[0].parameters");
-    const char *px = "\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1], \"data\": [1,2,3]}]";
+       " \"parameters\": 3, \"data\": [1,2,3]}]}",
+       400, "inputs[0].parameters");
+    const char *px = "\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": "
+                     "[1,3,1,1], \"data\": [1,2,3]}]";
     char b[1024];
     snprintf(b, sizeof(b), "{%s, \"parameters\": 1}", px);
     V2(b, 400, "parameters: expected an object");
@@ -378,9 +391,11 @@ START_TEST(v2_errors) {
     V2(b, 400, "outputs[0].name");
     snprintf(b, sizeof(b), "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": 2}]}", px);
     V2(b, 400, "outputs[0].parameters");
-    snprintf(b, sizeof(b), "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"classification\": 0}}]}", px);
+    snprintf(b, sizeof(b),
+             "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"classification\": 0}}]}", px);
     V2(b, 400, "outputs[0].parameters.classification");
-    snprintf(b, sizeof(b), "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"binary_data\": 2}}]}", px);
+    snprintf(b, sizeof(b),
+             "{%s, \"outputs\": [{\"name\": \"logits\", \"parameters\": {\"binary_data\": 2}}]}", px);
     V2(b, 400, "outputs[0].parameters.binary_data");
 }
 END_TEST
@@ -388,8 +403,14 @@ END_TEST
 START_TEST(responses) {
     float logits[6] = {0, 2, 1, /* image 2: */ 5, 0, 0};
     int h[2] = {16, 8}, w[2] = {16, 12};
-    proto_result res = {.num_images = 2, .num_class = 3, .logits = logits, .h = h, .w = w,
-                        .queue_ms = 1.5, .compute_ms = 2.5, .total_ms = 4.0};
+    proto_result res = {.num_images = 2,
+                        .num_class = 3,
+                        .logits = logits,
+                        .h = h,
+                        .w = w,
+                        .queue_ms = 1.5,
+                        .compute_ms = 2.5,
+                        .total_ms = 4.0};
     proto_request req;
     proto_request_init(&req, &PM, PROTO_V1);
     req.top_k = 2;
@@ -401,7 +422,8 @@ START_TEST(responses) {
     ck_assert_str_eq(json_string_value(json_object_get(o, "model")), "tiny");
     json_t *p1 = json_array_get(json_object_get(o, "predictions"), 1);
     ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(p1, "resolution"), 1)), 12);
-    json_t *t0 = json_array_get(json_object_get(json_array_get(json_object_get(o, "predictions"), 0), "top"), 0);
+    json_t *t0 =
+        json_array_get(json_object_get(json_array_get(json_object_get(o, "predictions"), 0), "top"), 0);
     ck_assert_int_eq(json_integer_value(json_object_get(t0, "index")), 1);
     ck_assert_str_eq(json_string_value(json_object_get(t0, "label")), "1"); /* unnamed: the index */
     json_t *t1 = json_array_get(json_object_get(p1, "top"), 0);
@@ -442,7 +464,8 @@ START_TEST(responses) {
     ck_assert_mem_eq(body.data + body.json_len, logits, 24);
     o = json_loadb(body.data, body.json_len, 0, NULL);
     out = json_array_get(json_object_get(o, "outputs"), 0);
-    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(out, "parameters"), "binary_data_size")), 24);
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_object_get(out, "parameters"), "binary_data_size")), 24);
     ck_assert_ptr_null(json_object_get(out, "data"));
     json_decref(o);
     proto_body_free(&body);
@@ -562,11 +585,14 @@ END_TEST
  * past float32's range) and in the binary section (NaN, Inf). */
 START_TEST(non_finite_pixels) {
     V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1, 3, 1, 1],"
-       " \"data\": [1, 1e39, 3]}]}", 400, "inputs[0].data: value 1 (image 0) is not a finite float32");
+       " \"data\": [1, 1e39, 3]}]}",
+       400, "inputs[0].data: value 1 (image 0) is not a finite float32");
     V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1, 3, 1, 1],"
-       " \"data\": [1, -3.5e38, 3]}]}", 400, "not a finite float32");
-    const char *hdr = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [2, 3, 1, 1],"
-                      " \"parameters\": {\"binary_data_size\": 24}}]}";
+       " \"data\": [1, -3.5e38, 3]}]}",
+       400, "not a finite float32");
+    const char *hdr =
+        "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [2, 3, 1, 1],"
+        " \"parameters\": {\"binary_data_size\": 24}}]}";
     size_t hl = strlen(hdr);
     char buf[512];
     float bad[3] = {NAN, INFINITY, -INFINITY};
@@ -601,7 +627,8 @@ END_TEST
 /* Triton's model configuration and statistics shapes. */
 START_TEST(v2_config_and_stats) {
     proto_model pm = PM;
-    proto_batching b = {.max_batch_size = 8, .max_queue_delay_us = 20000, .max_queue_size = 256, .workers = 2};
+    proto_batching b = {
+        .max_batch_size = 8, .max_queue_delay_us = 20000, .max_queue_size = 256, .workers = 2};
     char *s = v2_model_config_json(&pm, &b);
     json_t *o = json_loads(s, 0, NULL);
     ck_assert_ptr_nonnull(o);
@@ -615,7 +642,8 @@ START_TEST(v2_config_and_stats) {
                          json_object_get(json_array_get(json_object_get(o, "output"), 0), "dims"), 0)),
                      pm.num_class);
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(o, "dynamic_batching"),
-                                                        "max_queue_delay_microseconds")), 20000);
+                                                        "max_queue_delay_microseconds")),
+                     20000);
     json_decref(o);
     free(s);
     int sizes[2] = {1, 4};
@@ -676,8 +704,14 @@ START_TEST(bodies_are_valid_json) {
     pm.labels = many;
     float logits[6] = {0, 2, 1, 5, 0, 0};
     int h[2] = {16, 16}, w[2] = {16, 16};
-    proto_result res = {.num_images = 2, .num_class = 3, .logits = logits, .h = h, .w = w,
-                        .queue_ms = 1, .compute_ms = 1, .total_ms = 1};
+    proto_result res = {.num_images = 2,
+                        .num_class = 3,
+                        .logits = logits,
+                        .h = h,
+                        .w = w,
+                        .queue_ms = 1,
+                        .compute_ms = 1,
+                        .total_ms = 1};
     proto_request req;
     proto_body body;
     proto_request_init(&req, &pm, PROTO_V2);
@@ -715,7 +749,8 @@ START_TEST(error_body_is_json) {
         ck_assert_ptr_nonnull(body);
         json_t *j = json_loads(body, 0, &je);
         ck_assert_msg(j != NULL, "invalid JSON for key %zu: %s", i, body);
-        ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(j, "error")), "unknown query argument"));
+        ck_assert_ptr_nonnull(
+            strstr(json_string_value(json_object_get(j, "error")), "unknown query argument"));
         json_decref(j);
         free(body);
         proto_request_free(&req);

@@ -52,7 +52,8 @@ START_TEST(test_settings_table_matches_config) {
         while (x > b && x[-1] != '\n') x--, y--;
         ck_abort_msg("README.md's settings table differs from the config table at\n  README: %.200s\n"
                      "  config: %.200s\nrun build/tests/test_readme --print and paste its output "
-                     "between the markers", strtok(strdup(x), "\n"), strtok(strdup(y), "\n"));
+                     "between the markers",
+                     strtok(strdup(x), "\n"), strtok(strdup(y), "\n"));
     }
     free(readme);
     free(want);

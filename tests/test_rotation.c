@@ -31,7 +31,10 @@ static void expm_taylor(const double *A, int n, double *out) {
     double norm = 0;
     for (int i = 0; i < n * n; i++) norm += fabs(A[i]);
     int s = 0;
-    while (norm > 0.1) { norm /= 2; s++; }
+    while (norm > 0.1) {
+        norm /= 2;
+        s++;
+    }
     for (int i = 0; i < n * n; i++) X[i] = ldexpl((long double)A[i], -s);
     for (int i = 0; i < n * n; i++) S[i] = P[i] = (i / n == i % n);
     for (int k = 1; k < 30; k++) {
@@ -41,7 +44,10 @@ static void expm_taylor(const double *A, int n, double *out) {
                 for (int l = 0; l < n; l++) acc += P[i * n + l] * X[l * n + j];
                 T[i * n + j] = acc / k;
             }
-        for (int i = 0; i < n * n; i++) { P[i] = T[i]; S[i] += P[i]; }
+        for (int i = 0; i < n * n; i++) {
+            P[i] = T[i];
+            S[i] += P[i];
+        }
     }
     for (int r = 0; r < s; r++) {
         for (int i = 0; i < n; i++)
@@ -64,8 +70,8 @@ START_TEST(test_expm_matches_taylor) {
             expm_double(A, n, E);
             expm_taylor(A, n, R);
             for (int i = 0; i < n * n; i++)
-                ck_assert_msg(fabs(E[i] - R[i]) <= 1e-11 * (1 + fabs(R[i])),
-                              "n=%d scale=%g: %g vs %g", n, scale, E[i], R[i]);
+                ck_assert_msg(fabs(E[i] - R[i]) <= 1e-11 * (1 + fabs(R[i])), "n=%d scale=%g: %g vs %g", n,
+                              scale, E[i], R[i]);
         }
 }
 END_TEST
@@ -205,8 +211,8 @@ START_TEST(test_ape_sampling_matches_reference) {
         vit_positions(&m->cfg, h / p, w / p, pos);
         vit_add_ape(m, x, pos, T);
         for (int k = 0; k < T * D; k++)
-            ck_assert_msg(fabs(x[k] - ref.data[k]) < 1e-5, "token %d dim %d: %g vs %g", k / D, k % D,
-                          x[k], ref.data[k]);
+            ck_assert_msg(fabs(x[k] - ref.data[k]) < 1e-5, "token %d dim %d: %g vs %g", k / D, k % D, x[k],
+                          ref.data[k]);
         free(pos);
         free(x);
         npy_free(&ref);
@@ -243,10 +249,14 @@ static void check_rotated_scores(const char *model) {
     float *Wq = malloc(sizeof(float) * D * D), *Wk = malloc(sizeof(float) * D * D);
     float *bq = malloc(sizeof(float) * D), *bk = malloc(sizeof(float) * D);
     int64_t sh2[2] = {D, D}, sh1[1] = {D};
-    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.q_proj.weight", 2, sh2, Wq, err, sizeof(err)) == 0);
-    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.k_proj.weight", 2, sh2, Wk, err, sizeof(err)) == 0);
-    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.q_proj.bias", 1, sh1, bq, err, sizeof(err)) == 0);
-    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.k_proj.bias", 1, sh1, bk, err, sizeof(err)) == 0);
+    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.q_proj.weight", 2, sh2, Wq, err,
+                               sizeof(err)) == 0);
+    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.k_proj.weight", 2, sh2, Wk, err,
+                               sizeof(err)) == 0);
+    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.q_proj.bias", 1, sh1, bq, err,
+                               sizeof(err)) == 0);
+    ck_assert(safetensors_take(&f, "vision_model.encoder.layers.0.self_attn.k_proj.bias", 1, sh1, bk, err,
+                               sizeof(err)) == 0);
     safetensors_close(&f);
 
     rotation_table table;
@@ -279,8 +289,8 @@ static void check_rotated_scores(const char *model) {
         char kerr[200];
         ck_assert(kernel_table_init(&kt, CPU_ISA_BEST, kerr, sizeof(kerr)) == 0);
         rotation_apply(&m->rot, &one, 0, rows_a, 3 * D, T, 0, m->rot.heads, kt.rotate_pairs);
-        const float *qa = rows_a + (size_t)ta * 3 * D;      /* q of token ta */
-        const float *kb = rows_a + (size_t)tb * 3 * D + D;  /* k of token tb */
+        const float *qa = rows_a + (size_t)ta * 3 * D;     /* q of token ta */
+        const float *kb = rows_a + (size_t)tb * 3 * D + D; /* k of token tb */
         /* reference: q = (Wq x + bq) * hd^-0.5, k = Wk x + bk, rotated by R */
         for (int o = 0; o < D; o++) {
             double aq = bq[o], ak = bk[o];
@@ -309,13 +319,21 @@ static void check_rotated_scores(const char *model) {
                 eng += (double)qa[hh * hd + r] * kb[hh * hd + r];
             }
             ck_assert_msg(fabs(ref - eng) < 1e-4 * (1 + fabs(ref)),
-                          "%s: head %d tokens (%d,%d): score %g vs reference %g", model, hh, ta, tb,
-                          eng, ref);
+                          "%s: head %d tokens (%d,%d): score %g vs reference %g", model, hh, ta, tb, eng,
+                          ref);
         }
         free(rows_a);
     }
-    free(x); free(qkv); free(q); free(k); free(qr); free(kr);
-    free(Wq); free(Wk); free(bq); free(bk);
+    free(x);
+    free(qkv);
+    free(q);
+    free(k);
+    free(qr);
+    free(kr);
+    free(Wq);
+    free(Wk);
+    free(bq);
+    free(bk);
     rotation_table_free(&table);
     npy_free(&R);
     vit_free(m);

@@ -69,14 +69,14 @@ typedef struct {
 
 typedef struct {
     int fd;
-    int busy;          /* a request is in flight on it */
+    int busy; /* a request is in flight on it */
     int connected;
-    long entry;        /* plan index in flight, -1 none */
+    long entry; /* plan index in flight, -1 none */
     size_t written, to_write;
-    char *buf;         /* answer bytes read so far */
+    char *buf; /* answer bytes read so far */
     size_t len, cap;
-    long header_len;   /* -1 until the blank line is seen */
-    long content_len;  /* -1: none given, read to the close */
+    long header_len;  /* -1 until the blank line is seen */
+    long content_len; /* -1: none given, read to the close */
     int status, close_after;
     int client;        /* closed loop: the client it serves, else -1 */
     double idle_since; /* when it went back to the pool */
@@ -93,13 +93,13 @@ typedef struct {
     uint64_t body_off;
     struct sockaddr_in addr;
     int ep;
-    conn **conns;      /* by fd */
+    conn **conns; /* by fd */
     int max_fd;
     int open_conns, max_conns;
-    int hi_fd;         /* highest fd ever opened: the timeout scan's bound */
-    int *idle;         /* fds of idle pool connections */
+    int hi_fd; /* highest fd ever opened: the timeout scan's bound */
+    int *idle; /* fds of idle pool connections */
     int n_idle;
-    long *waiting;     /* plan entries waiting for a connection (FIFO) */
+    long *waiting; /* plan entries waiting for a connection (FIFO) */
     long wait_head, wait_tail;
     double timeout_s;
     double idle_close_s; /* pool connections idle this long are closed */
@@ -236,7 +236,7 @@ static void start_on(gen *g, conn *c, long entry) {
     c->busy = 1;
     c->written = 0;
     c->to_write = p->write_len < 0 || (uint32_t)p->write_len > g->tpl_len[p->tpl] ? g->tpl_len[p->tpl]
-                                                                                   : (size_t)p->write_len;
+                                                                                  : (size_t)p->write_len;
     c->len = 0;
     c->header_len = -1;
     c->content_len = -1;
@@ -279,7 +279,8 @@ static void released(gen *g, conn *c) {
         g->idle[g->n_idle++] = c->fd;
         return;
     }
-    if (!c && g->wait_head < g->wait_tail && g->open_conns < g->max_conns) dispatch(g, g->waiting[g->wait_head++]);
+    if (!c && g->wait_head < g->wait_tail && g->open_conns < g->max_conns)
+        dispatch(g, g->waiting[g->wait_head++]);
 }
 
 /* Parses the status line and headers once the blank line is in. */
@@ -419,8 +420,9 @@ static void check_timeouts(gen *g, double t) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: comrope-loadgen --host H --port P --templates T --plan P --out O --bodies B "
-                    "[--closed N --seconds S] [--max-conns N] [--timeout-s S] [--progress-s S] [--idle-close-s S]\n");
+    fprintf(stderr,
+            "usage: comrope-loadgen --host H --port P --templates T --plan P --out O --bodies B "
+            "[--closed N --seconds S] [--max-conns N] [--timeout-s S] [--progress-s S] [--idle-close-s S]\n");
     return 2;
 }
 

@@ -86,8 +86,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
  * its answer has a Content-Length and no body) is an HTTP response, and
  * when it says application/json its body is valid JSON. */
 static void check_first_answer(const uint8_t *data, size_t size, const char *resp, size_t len) {
-    if (!(size >= 4 && memcmp(data, "GET ", 4) == 0) && !(size >= 5 && memcmp(data, "POST ", 5) == 0))
-        return;
+    if (!(size >= 4 && memcmp(data, "GET ", 4) == 0) && !(size >= 5 && memcmp(data, "POST ", 5) == 0)) return;
     size_t off = 0;
     for (;;) {
         const char *end = memmem(resp + off, len - off, "\r\n\r\n", 4);
@@ -117,8 +116,8 @@ static void check_first_answer(const uint8_t *data, size_t size, const char *res
         json_error_t e;
         json_t *j = json_loadb(resp + body_off, body_len, 0, &e);
         if (!j) {
-            fprintf(stderr, "fuzz_http: invalid JSON body (%s): %.*s\n", e.text, (int)(body_len < 200 ? body_len : 200),
-                    resp + body_off);
+            fprintf(stderr, "fuzz_http: invalid JSON body (%s): %.*s\n", e.text,
+                    (int)(body_len < 200 ? body_len : 200), resp + body_off);
             abort();
         }
         json_decref(j);
@@ -156,8 +155,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (;;) {
         double now = now_s(), left = deadline - now;
         if (left <= 0) {
-            fprintf(stderr, "fuzz_http: no answer and no close after %d s (%zu of %zu bytes sent)\n",
-                    HANG_S, sent, size);
+            fprintf(stderr, "fuzz_http: no answer and no close after %d s (%zu of %zu bytes sent)\n", HANG_S,
+                    sent, size);
             abort();
         }
         if (!writing && !shut && now - sent_at >= SHUT_DELAY_MS * 1e-3) {

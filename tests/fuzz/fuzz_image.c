@@ -45,8 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* the server checks its limits on the probed size: decoding must
          * agree with it */
         if (!probed || pw != img.width || ph != img.height) {
-            fprintf(stderr, "probe %s %dx%d, decode %dx%d\n", probed ? "ok" : "failed", pw, ph,
-                    img.width, img.height);
+            fprintf(stderr, "probe %s %dx%d, decode %dx%d\n", probed ? "ok" : "failed", pw, ph, img.width,
+                    img.height);
             abort();
         }
         image_prep prep = image_prep_default();
@@ -60,8 +60,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         prep.resample = flags & 2 ? IMAGE_RESAMPLE_BICUBIC : IMAGE_RESAMPLE_BILINEAR;
         float *out = malloc(sizeof(float) * (size_t)channels * out_h * out_w);
         if (!out) abort();
-        (void)image_prepare(&img, out_h, out_w, flags & 1 ? IMAGE_FIT_CROP : IMAGE_FIT_RESIZE, &prep,
-                            out, err, sizeof(err));
+        (void)image_prepare(&img, out_h, out_w, flags & 1 ? IMAGE_FIT_CROP : IMAGE_FIT_RESIZE, &prep, out,
+                            err, sizeof(err));
         free(out);
         image_free(&img);
     }

@@ -13,7 +13,7 @@
 #include "proto.h"
 
 static char *fuzz_labels[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                "Sandal", NULL, "Sneaker", "Bag", "Ankle boot"};
+                                "Sandal",      NULL,      "Sneaker",  "Bag",   "Ankle boot"};
 static const proto_model fuzz_pm = {
     .name = "fashion-comrope-ld",
     .pe_type = "comrope-ld",
@@ -64,8 +64,14 @@ static inline void fuzz_check_outcome(int rc, proto_request *req, const char *er
         h[i] = req->images[i].pixels ? req->images[i].h : 28;
         w[i] = req->images[i].pixels ? req->images[i].w : 28;
     }
-    proto_result res = {.num_images = N, .num_class = K, .logits = logits, .h = h, .w = w,
-                        .queue_ms = 1.0, .compute_ms = 2.0, .total_ms = 3.0};
+    proto_result res = {.num_images = N,
+                        .num_class = K,
+                        .logits = logits,
+                        .h = h,
+                        .w = w,
+                        .queue_ms = 1.0,
+                        .compute_ms = 2.0,
+                        .total_ms = 3.0};
     proto_body body;
     int brc = req->api == PROTO_V1 ? v1_response(&fuzz_pm, req, &res, &body)
                                    : v2_response(&fuzz_pm, req, &res, &body);

@@ -6,8 +6,7 @@
 #include "fuzz_proto_common.h"
 
 static const char *const content_types[] = {
-    "application/json", "image/png", "image/jpeg", "application/json; charset=utf-8",
-    "text/plain", NULL,
+    "application/json", "image/png", "image/jpeg", "application/json; charset=utf-8", "text/plain", NULL,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -9,8 +9,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 4) return 0;
-    size_t header_len = (size_t)data[0] | (size_t)data[1] << 8 | (size_t)data[2] << 16 |
-                        (size_t)data[3] << 24;
+    size_t header_len =
+        (size_t)data[0] | (size_t)data[1] << 8 | (size_t)data[2] << 16 | (size_t)data[3] << 24;
     proto_request req;
     memset(&req, 0, sizeof(req)); /* as the server's calloc'd request */
     char err[512];
