@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Load test of comrope-serve at a resolution mix: capacity, latency steps,
 the knee, and a capacity model that predicts replicas for any mix.
 
