@@ -13,6 +13,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "text.h"
+
 static const char *endpoint_names[ENDPOINT_COUNT] = {
     "v1_classify", "v1_models", "v2_infer", "v2_model", "v2_server", "health", "metrics", "console", "other"};
 
@@ -279,39 +281,6 @@ void metrics_batch(metrics_series *s, int images, const int *token_counts, int r
     pthread_mutex_unlock(&m->lock);
 }
 
-/* A growing text buffer for the exposition. */
-typedef struct {
-    char *data;
-    size_t len, cap;
-    int failed;
-} text;
-
-static void put(text *t, const char *fmt, ...) {
-    if (t->failed) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->data + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = 1;
-            return;
-        }
-        if (t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = (t->cap + (size_t)n) * 2;
-        char *grown = realloc(t->data, cap);
-        if (!grown) {
-            t->failed = 1;
-            return;
-        }
-        t->data = grown;
-        t->cap = cap;
-    }
-}
-
 /* One histogram's series; labels: `k="v",...` (escaped), or "". The
  * HELP and TYPE lines are the caller's (once per name). */
 static void put_histogram_series(text *t, const char *name, const char *labels, const histogram *h) {
@@ -319,23 +288,23 @@ static void put_histogram_series(text *t, const char *name, const char *labels, 
     uint64_t cumulative = 0;
     for (int i = 0; i < h->num_bounds; i++) {
         cumulative += h->counts[i];
-        put(t, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, h->bounds[i],
-            (unsigned long long)cumulative);
+        text_put(t, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, h->bounds[i],
+                 (unsigned long long)cumulative);
     }
-    put(t, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)h->count);
+    text_put(t, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)h->count);
     if (labels[0])
-        put(t, "%s_sum{%s} %.9g\n%s_count{%s} %llu\n", name, labels, h->sum, name, labels,
-            (unsigned long long)h->count);
-    else put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+        text_put(t, "%s_sum{%s} %.9g\n%s_count{%s} %llu\n", name, labels, h->sum, name, labels,
+                 (unsigned long long)h->count);
+    else text_put(t, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
 }
 
 /* Label values are our own names, but escape anyway: a model name comes
  * from the command line. */
 static void put_label_value(text *t, const char *s) {
     for (; *s; s++) {
-        if (*s == '\\' || *s == '"') put(t, "\\%c", *s);
-        else if (*s == '\n') put(t, "\\n");
-        else put(t, "%c", *s);
+        if (*s == '\\' || *s == '"') text_put(t, "\\%c", *s);
+        else if (*s == '\n') text_put(t, "\\n");
+        else text_put(t, "%c", *s);
     }
 }
 
@@ -409,28 +378,28 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     if (!t.data) return NULL;
     pthread_mutex_lock(&m->lock);
 
-    put(&t, "# HELP comrope_requests_total HTTP requests answered, by endpoint and status code.\n"
-            "# TYPE comrope_requests_total counter\n");
+    text_put(&t, "# HELP comrope_requests_total HTTP requests answered, by endpoint and status code.\n"
+                 "# TYPE comrope_requests_total counter\n");
     for (int e = 0; e < ENDPOINT_COUNT; e++)
         for (int s = 0; s < MAX_STATUS; s++)
             if (m->requests[e][s])
-                put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", endpoint_names[e], s,
-                    (unsigned long long)m->requests[e][s]);
+                text_put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", endpoint_names[e],
+                         s, (unsigned long long)m->requests[e][s]);
     for (int i = 0; i < m->num_series; i++) {
         const metrics_series *ms = m->series[i];
         model_labels(ms, ml, sizeof(ml));
         for (int e = 0; e < ENDPOINT_COUNT; e++)
             for (int s = 0; s < MAX_STATUS; s++)
                 if (ms->requests[e][s])
-                    put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\",%s} %llu\n",
-                        endpoint_names[e], s, ml, (unsigned long long)ms->requests[e][s]);
+                    text_put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\",%s} %llu\n",
+                             endpoint_names[e], s, ml, (unsigned long long)ms->requests[e][s]);
     }
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
     static const int failure_codes[] = {400, 401, 404, 405, 408, 413, 415, 499, 500, 503, 504};
-    put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
-            "# TYPE comrope_request_failures_total counter\n");
+    text_put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
+                 "# TYPE comrope_request_failures_total counter\n");
     for (size_t i = 0; i < sizeof(failure_codes) / sizeof(failure_codes[0]); i++) {
         unsigned long long n = 0;
         for (int e = 0; e < ENDPOINT_COUNT; e++)
@@ -439,11 +408,13 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
                     n += m->requests[e][s];
                     for (int k = 0; k < m->num_series; k++) n += m->series[k]->requests[e][s];
                 }
-        put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reason(failure_codes[i]), n);
+        text_put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reason(failure_codes[i]),
+                 n);
     }
 
-    put(&t, "# HELP comrope_request_duration_seconds End-to-end request latency, from the first byte of "
-            "headers to the response, by endpoint.\n# TYPE comrope_request_duration_seconds histogram\n");
+    text_put(&t,
+             "# HELP comrope_request_duration_seconds End-to-end request latency, from the first byte of "
+             "headers to the response, by endpoint.\n# TYPE comrope_request_duration_seconds histogram\n");
     /* a model endpoint's requests of no model version (an unknown one)
      * only once there are some */
     for (int e = 0; e < ENDPOINT_COUNT; e++) {
@@ -473,89 +444,90 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
          offsetof(metrics_series, batch_tokens)},
     };
     for (size_t h = 0; h < sizeof(per_series) / sizeof(per_series[0]) && m->num_series; h++) {
-        put(&t, "# HELP %s %s\n# TYPE %s histogram\n", per_series[h].name, per_series[h].help,
-            per_series[h].name);
+        text_put(&t, "# HELP %s %s\n# TYPE %s histogram\n", per_series[h].name, per_series[h].help,
+                 per_series[h].name);
         for (int i = 0; i < m->num_series; i++) {
             model_labels(m->series[i], ml, sizeof(ml));
             put_histogram_series(&t, per_series[h].name, ml,
                                  (const histogram *)((const char *)m->series[i] + per_series[h].offset));
         }
     }
-    put(&t,
-        "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
-        "comrope_batches_total %llu\n",
-        (unsigned long long)m->batches);
-    put(&t,
-        "# HELP comrope_batches_mixed_resolution_total Executed batches holding images of more than "
-        "one resolution.\n# TYPE comrope_batches_mixed_resolution_total counter\n"
-        "comrope_batches_mixed_resolution_total %llu\n",
-        (unsigned long long)m->mixed_batches);
+    text_put(&t,
+             "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
+             "comrope_batches_total %llu\n",
+             (unsigned long long)m->batches);
+    text_put(&t,
+             "# HELP comrope_batches_mixed_resolution_total Executed batches holding images of more than "
+             "one resolution.\n# TYPE comrope_batches_mixed_resolution_total counter\n"
+             "comrope_batches_mixed_resolution_total %llu\n",
+             (unsigned long long)m->mixed_batches);
 
-    put(&t, "# HELP comrope_images_total Images classified, by their token count (bucketed resolution).\n"
-            "# TYPE comrope_images_total counter\n");
+    text_put(&t,
+             "# HELP comrope_images_total Images classified, by their token count (bucketed resolution).\n"
+             "# TYPE comrope_images_total counter\n");
     for (int b = 0; b < TOKEN_BUCKETS; b++) {
         if (b < TOKEN_BUCKETS - 1)
-            put(&t, "comrope_images_total{tokens=\"le_%d\"} %llu\n", token_buckets[b],
-                (unsigned long long)m->images_by_tokens[b]);
+            text_put(&t, "comrope_images_total{tokens=\"le_%d\"} %llu\n", token_buckets[b],
+                     (unsigned long long)m->images_by_tokens[b]);
         else
-            put(&t, "comrope_images_total{tokens=\"gt_%d\"} %llu\n", token_buckets[b - 1],
-                (unsigned long long)m->images_by_tokens[b]);
+            text_put(&t, "comrope_images_total{tokens=\"gt_%d\"} %llu\n", token_buckets[b - 1],
+                     (unsigned long long)m->images_by_tokens[b]);
     }
 
-    put(&t,
-        "# HELP comrope_queue_depth Requests waiting for a worker.\n# TYPE comrope_queue_depth gauge\n"
-        "comrope_queue_depth %d\n",
-        g->queue_depth);
-    put(&t,
-        "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
-        "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n",
-        g->in_flight);
-    put(&t,
-        "# HELP comrope_receiving_requests Inference requests whose body is being received or parsed.\n"
-        "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n",
-        g->receiving);
-    put(&t,
-        "# HELP comrope_open_connections Open HTTP connections (main port).\n"
-        "# TYPE comrope_open_connections gauge\ncomrope_open_connections %d\n",
-        m->connections.open);
-    put(&t,
-        "# HELP comrope_connections_refused_total Connections closed at accept, by the cap reached.\n"
-        "# TYPE comrope_connections_refused_total counter\n"
-        "comrope_connections_refused_total{reason=\"max_connections\"} %llu\n"
-        "comrope_connections_refused_total{reason=\"max_connections_per_client\"} %llu\n",
-        m->connections.refused_limit, m->connections.refused_client);
-    put(&t,
-        "# HELP comrope_receive_timeouts_total Connections cut at receive-timeout-s: idle (no request "
-        "line yet) or in a request whose headers or body had not all arrived.\n"
-        "# TYPE comrope_receive_timeouts_total counter\n"
-        "comrope_receive_timeouts_total{phase=\"idle\"} %llu\n"
-        "comrope_receive_timeouts_total{phase=\"request\"} %llu\n",
-        m->connections.timeouts_idle, m->connections.timeouts_request);
-    put(&t,
-        "# HELP comrope_ready Whether the server accepts inference requests.\n"
-        "# TYPE comrope_ready gauge\ncomrope_ready %d\n",
-        g->ready);
-    put(&t, "# HELP comrope_model_info The served model versions.\n# TYPE comrope_model_info gauge\n");
+    text_put(&t,
+             "# HELP comrope_queue_depth Requests waiting for a worker.\n# TYPE comrope_queue_depth gauge\n"
+             "comrope_queue_depth %d\n",
+             g->queue_depth);
+    text_put(&t,
+             "# HELP comrope_in_flight_requests Requests queued or being computed.\n"
+             "# TYPE comrope_in_flight_requests gauge\ncomrope_in_flight_requests %d\n",
+             g->in_flight);
+    text_put(&t,
+             "# HELP comrope_receiving_requests Inference requests whose body is being received or parsed.\n"
+             "# TYPE comrope_receiving_requests gauge\ncomrope_receiving_requests %d\n",
+             g->receiving);
+    text_put(&t,
+             "# HELP comrope_open_connections Open HTTP connections (main port).\n"
+             "# TYPE comrope_open_connections gauge\ncomrope_open_connections %d\n",
+             m->connections.open);
+    text_put(&t,
+             "# HELP comrope_connections_refused_total Connections closed at accept, by the cap reached.\n"
+             "# TYPE comrope_connections_refused_total counter\n"
+             "comrope_connections_refused_total{reason=\"max_connections\"} %llu\n"
+             "comrope_connections_refused_total{reason=\"max_connections_per_client\"} %llu\n",
+             m->connections.refused_limit, m->connections.refused_client);
+    text_put(&t,
+             "# HELP comrope_receive_timeouts_total Connections cut at receive-timeout-s: idle (no request "
+             "line yet) or in a request whose headers or body had not all arrived.\n"
+             "# TYPE comrope_receive_timeouts_total counter\n"
+             "comrope_receive_timeouts_total{phase=\"idle\"} %llu\n"
+             "comrope_receive_timeouts_total{phase=\"request\"} %llu\n",
+             m->connections.timeouts_idle, m->connections.timeouts_request);
+    text_put(&t,
+             "# HELP comrope_ready Whether the server accepts inference requests.\n"
+             "# TYPE comrope_ready gauge\ncomrope_ready %d\n",
+             g->ready);
+    text_put(&t, "# HELP comrope_model_info The served model versions.\n# TYPE comrope_model_info gauge\n");
     for (int i = 0; i < m->num_series; i++) {
         const metrics_series *ms = m->series[i];
         if (ms->open <= 0) continue;
-        put(&t, "comrope_model_info{model=\"");
+        text_put(&t, "comrope_model_info{model=\"");
         put_label_value(&t, ms->model);
-        put(&t, "\",pe_type=\"");
+        text_put(&t, "\",pe_type=\"");
         put_label_value(&t, ms->pe_type);
-        put(&t, "\",training_resolution=\"%d\",version=\"", ms->training_resolution);
+        text_put(&t, "\",training_resolution=\"%d\",version=\"", ms->training_resolution);
         put_label_value(&t, ms->version);
-        put(&t, "\"} 1\n");
+        text_put(&t, "\"} 1\n");
     }
     if (m->isa) {
-        put(&t, "# HELP comrope_engine_info The engine's CPU kernels (instruction-set level) and "
-                "GEMM precision.\n# TYPE comrope_engine_info gauge\ncomrope_engine_info{isa=\"");
+        text_put(&t, "# HELP comrope_engine_info The engine's CPU kernels (instruction-set level) and "
+                     "GEMM precision.\n# TYPE comrope_engine_info gauge\ncomrope_engine_info{isa=\"");
         put_label_value(&t, m->isa);
-        put(&t, "\",precision=\"");
+        text_put(&t, "\",precision=\"");
         put_label_value(&t, m->precision);
-        put(&t, "\",precision_requested=\"");
+        text_put(&t, "\",precision_requested=\"");
         put_label_value(&t, m->precision_requested);
-        put(&t, "\",bf16_pays=\"%d\"} 1\n", m->bf16_pays);
+        text_put(&t, "\",bf16_pays=\"%d\"} 1\n", m->bf16_pays);
     }
     double start_time = m->start_time;
     pthread_mutex_unlock(&m->lock);
@@ -564,22 +536,22 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     getrusage(RUSAGE_SELF, &ru);
     double cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
                  ru.ru_stime.tv_usec / 1e6;
-    put(&t,
-        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
-        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
-        cpu);
-    put(&t,
-        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
-        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
-        resident_bytes());
-    put(&t,
-        "# HELP process_open_fds Number of open file descriptors.\n"
-        "# TYPE process_open_fds gauge\nprocess_open_fds %d\n",
-        count_open_fds());
-    put(&t,
-        "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
-        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n",
-        start_time);
+    text_put(&t,
+             "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+             "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
+             cpu);
+    text_put(&t,
+             "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+             "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
+             resident_bytes());
+    text_put(&t,
+             "# HELP process_open_fds Number of open file descriptors.\n"
+             "# TYPE process_open_fds gauge\nprocess_open_fds %d\n",
+             count_open_fds());
+    text_put(&t,
+             "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+             "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n",
+             start_time);
     if (t.failed) {
         free(t.data);
         return NULL;

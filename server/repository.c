@@ -15,6 +15,7 @@
 #include "cpu.h"
 #include "gemm.h"
 #include "log.h"
+#include "text.h"
 
 /* The keys a model's serve.conf may set: how its batcher and workers run,
  * which versions it serves. The rest (ports, limits of a request, auth)
@@ -991,76 +992,43 @@ int repository_control(repository *r, const char *name, size_t len, int load, re
 
 /* --- what is reported ---------------------------------------------------------- */
 
-typedef struct {
-    char *data;
-    size_t len, cap;
-    int failed;
-} text;
-
-static void put(text *t, const char *fmt, ...) {
-    if (t->failed) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->data ? t->data + t->len : NULL, t->data ? t->cap - t->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = 1;
-            return;
-        }
-        if (t->data && t->len + (size_t)n < t->cap) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = t->cap ? t->cap : 4096;
-        while (cap <= t->len + (size_t)n) cap *= 2;
-        char *g = realloc(t->data, cap);
-        if (!g) {
-            t->failed = 1;
-            return;
-        }
-        t->data = g;
-        t->cap = cap;
-    }
-}
-
 /* A model name as a JSON string or a Prometheus label value: directory
  * names may hold any byte but '/', so \, " and control bytes are escaped
  * (and bytes >= 0x80 replaced: not known to be UTF-8). */
 static void put_escaped(text *t, const char *s) {
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
-        if (ch == '\\' || ch == '"') put(t, "\\%c", ch);
-        else if (ch == '\n') put(t, "\\n");
-        else if (ch < 0x20 || ch >= 0x7f) put(t, "?");
-        else put(t, "%c", ch);
+        if (ch == '\\' || ch == '"') text_put(t, "\\%c", ch);
+        else if (ch == '\n') text_put(t, "\\n");
+        else if (ch < 0x20 || ch >= 0x7f) text_put(t, "?");
+        else text_put(t, "%c", ch);
     }
 }
 
 char *repository_index_json(repository *r) {
     text t = {0};
-    put(&t, "[");
+    text_put(&t, "[");
     int first = 1;
     pthread_mutex_lock(&r->lock);
     for (int i = 0; i < r->nmodels; i++) {
         const model_entry *e = &r->models[i];
         for (int k = 0; k < e->nstatus || (k == 0 && e->nstatus == 0); k++) {
             const version_status *s = e->nstatus ? &e->status[k] : NULL;
-            put(&t, "%s{\"name\":\"", first ? "" : ",");
+            text_put(&t, "%s{\"name\":\"", first ? "" : ",");
             put_escaped(&t, e->name);
             if (s) {
-                put(&t, "\",\"version\":\"%d\",\"state\":\"%s\",\"reason\":\"", s->version,
-                    model_state_name(s->state));
+                text_put(&t, "\",\"version\":\"%d\",\"state\":\"%s\",\"reason\":\"", s->version,
+                         model_state_name(s->state));
                 put_escaped(&t, s->reason);
-                put(&t, "\"}");
+                text_put(&t, "\"}");
             } else {
-                put(&t, "\",\"version\":\"\",\"state\":\"UNAVAILABLE\",\"reason\":\"not loaded\"}");
+                text_put(&t, "\",\"version\":\"\",\"state\":\"UNAVAILABLE\",\"reason\":\"not loaded\"}");
             }
             first = 0;
         }
     }
     pthread_mutex_unlock(&r->lock);
-    put(&t, "]");
+    text_put(&t, "]");
     if (t.failed) {
         free(t.data);
         return NULL;
@@ -1088,25 +1056,25 @@ void repository_gauges(repository *r, int *queue_depth, int *in_flight, int *arr
 
 char *repository_metrics(repository *r, size_t *len) {
     text t = {0};
-    put(&t, "# HELP comrope_model_state Each model version's state: 1 for the state it is in.\n"
-            "# TYPE comrope_model_state gauge\n");
+    text_put(&t, "# HELP comrope_model_state Each model version's state: 1 for the state it is in.\n"
+                 "# TYPE comrope_model_state gauge\n");
     pthread_mutex_lock(&r->lock);
     for (int i = 0; i < r->nmodels; i++) {
         const model_entry *e = &r->models[i];
         for (int k = 0; k < e->nstatus; k++)
             for (int st = 0; st < MODEL_STATE_COUNT; st++) {
-                put(&t, "comrope_model_state{model=\"");
+                text_put(&t, "comrope_model_state{model=\"");
                 put_escaped(&t, e->name);
-                put(&t, "\",version=\"%d\",state=\"%s\"} %d\n", e->status[k].version, model_state_name(st),
-                    e->status[k].state == st);
+                text_put(&t, "\",version=\"%d\",state=\"%s\"} %d\n", e->status[k].version,
+                         model_state_name(st), e->status[k].state == st);
             }
     }
-    put(&t, "# HELP comrope_model_load_failures_total Loads of a model that failed (the loaded copy, if "
-            "any, went on serving).\n# TYPE comrope_model_load_failures_total counter\n");
+    text_put(&t, "# HELP comrope_model_load_failures_total Loads of a model that failed (the loaded copy, if "
+                 "any, went on serving).\n# TYPE comrope_model_load_failures_total counter\n");
     for (int i = 0; i < r->nmodels; i++) {
-        put(&t, "comrope_model_load_failures_total{model=\"");
+        text_put(&t, "comrope_model_load_failures_total{model=\"");
         put_escaped(&t, r->models[i].name);
-        put(&t, "\"} %llu\n", r->models[i].failures);
+        text_put(&t, "\"} %llu\n", r->models[i].failures);
     }
     pthread_mutex_unlock(&r->lock);
     if (t.failed) {
