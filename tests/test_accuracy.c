@@ -2,13 +2,15 @@
  *
  * tests/fixtures/accuracy (tools/make_accuracy_fixture.py) holds the first
  * Fashion-MNIST test images as uint8, their labels, and the float64
- * reference logits of the default model at its training resolution. Each
+ * reference logits of the default model at its training resolution and at
+ * every other size it is promised to be good at (meta.json "resolutions":
+ * 16 to 84 px and 28x40; PIL's resize made the reference's pixels). Each
  * image is prepared as the daemon prepares an upload (an 8-bit image_u8 of
  * the model's channel count through image_prepare with the model's prep,
- * at the training resolution), the batch runs through vit_forward_ragged,
- * and every logit must be within 1e-4 of the reference, every predicted
- * class the reference's, and the number of correct answers the PyTorch
- * count in meta.json. A retrained model needs a new fixture.
+ * at that resolution), the batch runs through vit_forward_ragged, and at
+ * every resolution every logit must be within 1e-4 of the reference,
+ * every predicted class the reference's, and the number of correct answers
+ * the PyTorch count in meta.json. A retrained model needs a new fixture.
  *
  * Under valgrind (scripts/test.sh runs every test binary in it) only the
  * first VALGRIND_IMAGES images run, logits and classes checked, the count
@@ -80,7 +82,7 @@ static uint8_t *load_u8_npy(const char *path, int64_t *shape, int *ndim) {
 /* The fixture, prepared as the daemon prepares uploads, and run through
  * one model with `opt` (NULL: the defaults) in batches of BATCH. */
 typedef struct {
-    int count, all, K, res_h, res_w, want_correct;
+    int count, all, K, res_h, res_w, want_correct, training;
     uint8_t *labels;
     npy_array ref; /* (count, K) reference logits */
     float *logits; /* (count, K) the engine's */
@@ -88,16 +90,37 @@ typedef struct {
     json_t *meta;
 } fixture_run;
 
-static void fixture_classify(fixture_run *r, const vit_options *opt) {
+/* How many resolutions the fixture holds (meta.json "resolutions"; the
+ * first is the training resolution). */
+static int fixture_resolutions(void) {
+    json_error_t jerr;
+    json_t *meta = json_load_file(ACC_DIR "/meta.json", 0, &jerr);
+    ck_assert_msg(meta != NULL, "meta.json: %s", jerr.text);
+    json_t *list = json_object_get(meta, "resolutions");
+    ck_assert_msg(json_is_array(list) && json_array_size(list) > 0,
+                  "meta.json: no \"resolutions\" (tools/make_accuracy_fixture.py)");
+    int n = (int)json_array_size(list);
+    json_decref(meta);
+    return n;
+}
+
+/* Resolution `which` of the fixture (0: the training one). */
+static void fixture_classify(fixture_run *r, const vit_options *opt, int which) {
     memset(r, 0, sizeof(*r));
     json_error_t jerr;
     r->meta = json_load_file(ACC_DIR "/meta.json", 0, &jerr);
     ck_assert_msg(r->meta != NULL, "meta.json: %s", jerr.text);
     json_t *meta = r->meta;
+    json_t *entry = json_array_get(json_object_get(meta, "resolutions"), (size_t)which);
+    ck_assert_msg(entry != NULL, "meta.json: no resolution %d", which);
     int count = (int)json_integer_value(json_object_get(meta, "count"));
-    int res_h = (int)json_integer_value(json_array_get(json_object_get(meta, "resolution"), 0));
-    int res_w = (int)json_integer_value(json_array_get(json_object_get(meta, "resolution"), 1));
-    r->want_correct = (int)json_integer_value(json_object_get(meta, "pytorch_correct"));
+    int res_h = (int)json_integer_value(json_array_get(json_object_get(entry, "resolution"), 0));
+    int res_w = (int)json_integer_value(json_array_get(json_object_get(entry, "resolution"), 1));
+    const char *logits_file = json_string_value(json_object_get(entry, "logits"));
+    ck_assert_msg(logits_file != NULL && strchr(logits_file, '/') == NULL, "meta.json: resolution %d: bad logits",
+                  which);
+    r->want_correct = (int)json_integer_value(json_object_get(entry, "pytorch_correct"));
+    r->training = which == 0;
     ck_assert_int_gt(count, 0);
     r->all = count;
 
@@ -111,7 +134,9 @@ static void fixture_classify(fixture_run *r, const vit_options *opt) {
     ck_assert_int_eq(lshape[0], count);
     int ih = (int)ishape[1], iw = (int)ishape[2];
     char err[512];
-    ck_assert_msg(npy_load(ACC_DIR "/logits.npy", &r->ref, err, sizeof(err)) == 0, "%s", err);
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", ACC_DIR, logits_file);
+    ck_assert_msg(npy_load(path, &r->ref, err, sizeof(err)) == 0, "%s", err);
 
     ck_assert_msg(vit_load(COMROPE_DEFAULT_MODEL_DIR, opt, &r->m, err, sizeof(err)) == 0,
                   "default model %s: %s", COMROPE_DEFAULT_MODEL_DIR, err);
@@ -120,8 +145,9 @@ static void fixture_classify(fixture_run *r, const vit_options *opt) {
     ck_assert_int_eq(r->ref.ndim, 2);
     ck_assert_int_eq(r->ref.shape[0], count);
     ck_assert_int_eq(r->ref.shape[1], K);
-    ck_assert_msg(res_h == m->cfg.image_size && res_w == m->cfg.image_size,
-                  "fixture at %dx%d, the model trains at %d", res_h, res_w, m->cfg.image_size);
+    if (r->training)
+        ck_assert_msg(res_h == m->cfg.image_size && res_w == m->cfg.image_size,
+                      "fixture at %dx%d, the model trains at %d", res_h, res_w, m->cfg.image_size);
     if (RUNNING_ON_VALGRIND && count > VALGRIND_IMAGES) count = VALGRIND_IMAGES;
 
     /* the daemon: decode to 8-bit pixels with the model's channels (gray
@@ -143,6 +169,7 @@ static void fixture_classify(fixture_run *r, const vit_options *opt) {
 
     vit_context_params cp = vit_context_default_params();
     cp.max_images = BATCH;
+    cp.max_tokens = BATCH * vit_tokens(m, res_h, res_w); /* 64 images at 84x84 are 28 288 tokens */
     vit_context *ctx = NULL;
     ck_assert_msg(vit_context_new(m, &cp, &ctx, err, sizeof(err)) == 0, "%s", err);
     r->logits = malloc((size_t)count * K * sizeof(float));
@@ -177,40 +204,45 @@ static int argmax_f(const float *x, int K) {
 }
 
 START_TEST(test_default_model_matches_pytorch) {
-    fixture_run r;
-    fixture_classify(&r, NULL);
-    int count = r.count, K = r.K;
-    ck_assert_int_eq(r.m->precision, GEMM_FP32); /* fp32 is the default, and the reference */
-    double worst = 0;
-    int worst_at = -1, agree = 0, correct = 0;
-    for (int n = 0; n < count; n++) {
-        int ours = 0, theirs = 0;
-        for (int k = 0; k < K; k++) {
-            size_t i = (size_t)n * K + k;
-            double d = fabs((double)r.logits[i] - r.ref.data[i]);
-            if (!(d <= worst)) { /* NaN counts as the worst */
-                worst = d;
-                worst_at = n;
+    int nres = fixture_resolutions();
+    for (int which = 0; which < nres; which++) {
+        fixture_run r;
+        fixture_classify(&r, NULL, which);
+        int count = r.count, K = r.K;
+        ck_assert_int_eq(r.m->precision, GEMM_FP32); /* fp32 is the default, and the reference */
+        double worst = 0;
+        int worst_at = -1, agree = 0, correct = 0;
+        for (int n = 0; n < count; n++) {
+            int ours = 0, theirs = 0;
+            for (int k = 0; k < K; k++) {
+                size_t i = (size_t)n * K + k;
+                double d = fabs((double)r.logits[i] - r.ref.data[i]);
+                if (!(d <= worst)) { /* NaN counts as the worst */
+                    worst = d;
+                    worst_at = n;
+                }
+                if (r.logits[i] > r.logits[(size_t)n * K + ours]) ours = k;
+                if (r.ref.data[i] > r.ref.data[(size_t)n * K + theirs]) theirs = k;
             }
-            if (r.logits[i] > r.logits[(size_t)n * K + ours]) ours = k;
-            if (r.ref.data[i] > r.ref.data[(size_t)n * K + theirs]) theirs = k;
+            agree += ours == theirs;
+            correct += ours == r.labels[n];
         }
-        agree += ours == theirs;
-        correct += ours == r.labels[n];
+        fprintf(stderr,
+                "accuracy fixture: %d images at %dx%d%s, max |logit - reference| = %.3g (image %d), "
+                "same class %d/%d, engine top-1 %.2f%% (%d), PyTorch %d\n",
+                count, r.res_h, r.res_w, r.training ? " (training)" : "", worst, worst_at, agree, count,
+                100.0 * correct / count, correct, r.want_correct);
+        ck_assert_msg(worst <= 1e-4,
+                      "%dx%d, image %d: max |logit - reference| = %g (a retrained model needs "
+                      "tools/make_accuracy_fixture.py)",
+                      r.res_h, r.res_w, worst_at, worst);
+        ck_assert_msg(agree == count, "%dx%d: same class as the reference %d/%d", r.res_h, r.res_w, agree, count);
+        if (count == r.all)
+            ck_assert_msg(correct == r.want_correct, "%dx%d: %d correct, PyTorch %d", r.res_h, r.res_w, correct,
+                          r.want_correct);
+        else fprintf(stderr, "accuracy fixture: under valgrind, %d of %d images\n", count, r.all);
+        fixture_free(&r);
     }
-    fprintf(stderr,
-            "accuracy fixture: %d images at %dx%d, max |logit - reference| = %.3g (image %d), "
-            "same class %d/%d, engine top-1 %.2f%% (%d), PyTorch %d\n",
-            count, r.res_h, r.res_w, worst, worst_at, agree, count, 100.0 * correct / count, correct,
-            r.want_correct);
-    ck_assert_msg(worst <= 1e-4,
-                  "image %d: max |logit - reference| = %g (a retrained model needs "
-                  "tools/make_accuracy_fixture.py)",
-                  worst_at, worst);
-    ck_assert_int_eq(agree, count);
-    if (count == r.all) ck_assert_int_eq(correct, r.want_correct);
-    else fprintf(stderr, "accuracy fixture: under valgrind, %d of %d images\n", count, r.all);
-    fixture_free(&r);
 }
 END_TEST
 
@@ -229,7 +261,7 @@ START_TEST(test_auto_and_bf16_agree_with_fp32) {
         opt.precision = asks[a];
         opt.gemm_backend = backends[a];
         fixture_run r;
-        fixture_classify(&r, &opt);
+        fixture_classify(&r, &opt, 0);
         const char *why;
         int pays = bf16_pays(cpu_get_features(), dispatch_amx_backend(), &why);
         if (asks[a] == PRECISION_AUTO)
