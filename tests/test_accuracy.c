@@ -117,8 +117,8 @@ static void fixture_classify(fixture_run *r, const vit_options *opt, int which) 
     int res_h = (int)json_integer_value(json_array_get(json_object_get(entry, "resolution"), 0));
     int res_w = (int)json_integer_value(json_array_get(json_object_get(entry, "resolution"), 1));
     const char *logits_file = json_string_value(json_object_get(entry, "logits"));
-    ck_assert_msg(logits_file != NULL && strchr(logits_file, '/') == NULL, "meta.json: resolution %d: bad logits",
-                  which);
+    ck_assert_msg(logits_file != NULL && strchr(logits_file, '/') == NULL,
+                  "meta.json: resolution %d: bad logits", which);
     r->want_correct = (int)json_integer_value(json_object_get(entry, "pytorch_correct"));
     r->training = which == 0;
     ck_assert_int_gt(count, 0);
@@ -236,10 +236,11 @@ START_TEST(test_default_model_matches_pytorch) {
                       "%dx%d, image %d: max |logit - reference| = %g (a retrained model needs "
                       "tools/make_accuracy_fixture.py)",
                       r.res_h, r.res_w, worst_at, worst);
-        ck_assert_msg(agree == count, "%dx%d: same class as the reference %d/%d", r.res_h, r.res_w, agree, count);
+        ck_assert_msg(agree == count, "%dx%d: same class as the reference %d/%d", r.res_h, r.res_w, agree,
+                      count);
         if (count == r.all)
-            ck_assert_msg(correct == r.want_correct, "%dx%d: %d correct, PyTorch %d", r.res_h, r.res_w, correct,
-                          r.want_correct);
+            ck_assert_msg(correct == r.want_correct, "%dx%d: %d correct, PyTorch %d", r.res_h, r.res_w,
+                          correct, r.want_correct);
         else fprintf(stderr, "accuracy fixture: under valgrind, %d of %d images\n", count, r.all);
         fixture_free(&r);
     }
