@@ -120,8 +120,24 @@ def sanitized(serve):
     return "libasan" in out or "libubsan" in out
 
 
+def host_cpu():
+    """(busy, idle) jiffies of all CPUs together, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v[:8]) - idle, idle
+
+
+def daemon_cpu_s(daemon):
+    """CPU seconds (user + system) the daemon's process has used."""
+    with open(f"/proc/{daemon.proc.pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Sampler(threading.Thread):
-    """RSS (KiB) and open fds of the daemon every `period` s: [(t, rss, fds)]."""
+    """RSS (KiB) and open fds of the daemon every `period` s, with its CPU
+    seconds and the host's (busy, idle) jiffies: [(t, rss, fds, cpu_s, host)]."""
 
     def __init__(self, daemon, period=0.25):
         super().__init__(daemon=True)
@@ -132,13 +148,46 @@ class Sampler(threading.Thread):
     def run(self):
         while not self.stop_flag.is_set():
             try:
-                self.samples.append((time.monotonic(), self.d.rss_kib(), self.d.fds()))
+                self.samples.append((time.monotonic(), self.d.rss_kib(), self.d.fds(), daemon_cpu_s(self.d),
+                                     host_cpu()))
             except (OSError, StopIteration):
                 pass
             self.stop_flag.wait(self.period)
 
     def between(self, t0, t1):
         return [s for s in self.samples if t0 <= s[0] <= t1]
+
+    def nearest(self, t):
+        return min(self.samples, key=lambda x: abs(x[0] - t)) if self.samples else None
+
+
+def recovery_verdict(rec_s, samp, t_stop, ncpu, limit_s=1.0):
+    """Whether the overload's recovery holds: (ok, note). Raw: the first
+    normal probe was sent within limit_s of the stop. A host whose CPUs
+    were taken by other processes during the drain (under 10 % idle while
+    the daemon got under 3/4 of the CPUs it may use) drains the same
+    backlog slower through no fault of the daemon's: there the backlog is
+    measured in the daemon's own CPU time (what its queue bound limits):
+    the CPU seconds it used from the stop to that probe, over its CPUs,
+    must be within limit_s. A daemon that idles while probes wait (the
+    host has idle CPU) is held to the raw figure."""
+    if rec_s is not None and rec_s <= limit_s:
+        return True, ""
+    t1 = t_stop + (rec_s if rec_s is not None else 3.0)
+    a, b = samp.nearest(t_stop), samp.nearest(t1)
+    if a is None or b is None or b[0] - a[0] < 0.2:
+        return False, "no CPU samples over the drain"
+    wall = b[0] - a[0]
+    used = b[3] - a[3]
+    busy, idle = b[4][0] - a[4][0], b[4][1] - a[4][1]
+    idle_frac = idle / (busy + idle) if busy + idle else 1.0
+    share = used / wall
+    note = (f"over the {wall:.2f} s drain the daemon got {share:.2f} of its {ncpu} CPUs, the host was "
+            f"{100.0 * idle_frac:.0f} % idle")
+    if rec_s is None or idle_frac >= 0.10 or share >= 0.75 * ncpu:
+        return False, note
+    norm = used / ncpu
+    return norm <= limit_s, f"{note}: others took the CPUs; the backlog was {norm:.2f} s of the daemon's CPU time"
 
 
 class Setup:
@@ -209,7 +258,7 @@ def overload(args):
     failures, fig = [], {"mode": "overload", "mix": kit.mix_name(s.mix), "seconds": args.seconds,
                          "factor": args.factor, "deadline_ms": args.deadline_ms, "sanitized": s.sanitized,
                          "queue_wait_ms": args.queue_wait_ms}
-    samp = Sampler(s.daemon)
+    samp = Sampler(s.daemon, period=0.1)
     try:
         s.warm_up()
         cap = s.capacity()
@@ -302,8 +351,14 @@ def overload(args):
         log("overload: after the load stopped, first normal answer to a probe sent at "
             + (f"+{rec[0]:.2f} s ({rec[1]:.1f} ms)" if rec else "never (3 s)")
             + f"; probes (ms, status): {[(round(p[1] or -1), p[2]) for p in rows[:16]]}")
-        if (rec is None or rec[0] > 1.0) and not s.sanitized:
-            failures.append("recovery: latency not back to normal within 1 s of the load stopping")
+        ncpu = len(os.sched_getaffinity(s.daemon.proc.pid))
+        ok, note = recovery_verdict(rec[0] if rec else None, samp, t0 + args.seconds, ncpu)
+        fig["recovery_note"] = note
+        if note:
+            log(f"overload: recovery: {note}")
+        if not ok and not s.sanitized:
+            failures.append("recovery: latency not back to normal within 1 s of the load stopping"
+                            + (f" ({note})" if note else ""))
     finally:
         samp.stop_flag.set()
         rc = s.daemon.stop()
