@@ -157,8 +157,9 @@ typedef struct {
 } proto_batching;
 char *v2_model_config_json(const proto_model *pm, const proto_batching *b);
 
-/* GET /v2/models/{name}/stats, Triton's statistics shape: counts and
- * cumulative durations in ns. */
+/* GET /v2/models/stats, /v2/models/{name}/stats and
+ * .../versions/{v}/stats, Triton's statistics shape: counts and
+ * cumulative durations in ns, one entry per model version. */
 typedef struct {
     uint64_t count, ns;
 } proto_duration;
@@ -171,6 +172,7 @@ typedef struct {
     const int *batch_size;
     const proto_duration *batch_compute_infer;
 } proto_stats;
-char *v2_model_stats_json(const proto_model *pm, const proto_stats *st);
+/* {"model_stats": [...]}: entry i is pms[i] with sts[i] (n >= 0). */
+char *v2_model_stats_json(const proto_model *const *pms, const proto_stats *sts, int n);
 
 #endif

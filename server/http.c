@@ -81,6 +81,7 @@ typedef struct {
     char **query;     /* key, value pairs of a raw-image request, NULL-terminated */
     int nquery;
     served_model *mv; /* the model version it was routed to: a reference, released at the end */
+    int stats_scope;  /* statistics of: STATS_VERSION, STATS_MODEL (every version), STATS_ALL */
     int control;      /* POST /v2/repository/models/<m>/load (1) or /unload (2), after the body */
     char control_name[256];
     /* inference */
@@ -100,6 +101,11 @@ typedef struct {
     int ready_yes; /* a readiness answer "ready": keeps its connection (queue_answer) */
     size_t bytes_sent;
 } http_request;
+
+/* What a Triton statistics route covers: .../versions/<v>/stats one
+ * version, /v2/models/<m>/stats every ready version of m, /v2/models/stats
+ * every ready version of every model. */
+enum { STATS_VERSION = 0, STATS_MODEL, STATS_ALL };
 
 static int64_t now_ns(void) { return monotonic_ns(); }
 
@@ -666,22 +672,15 @@ static void model_config(http_request *r) {
     set_json(r, 200, v2_model_config_json(&r->mv->pm, &b));
 }
 
-/* GET /v2/models/<m>/stats (and /v2/models/stats): Triton's statistics,
- * from the counters the batcher and the request path keep in metrics. */
-static void model_stats(http_request *r) {
-    metrics_stats *m = malloc(sizeof(*m));
-    proto_duration *bd = malloc(sizeof(*bd) * METRICS_MAX_BATCH_SIZE);
-    if (!m || !bd) {
-        free(m);
-        free(bd);
-        set_error(r, 500, "out of memory");
-        return;
-    }
-    metrics_model_stats(r->mv->series, m); /* the version's own */
+/* Triton's statistics of one version, from the counters the batcher and
+ * the request path keep in its metrics series. bd: METRICS_MAX_BATCH_SIZE
+ * entries, pointed to by the result. */
+static void version_stats(served_model *v, metrics_stats *m, proto_duration *bd, proto_stats *st) {
+    metrics_model_stats(v->series, m); /* the version's own */
     for (int i = 0; i < m->num_batch_sizes; i++) bd[i] = (proto_duration){m->batch_count[i], m->batch_ns[i]};
     /* The batcher times decode and forward together: all of it is
      * compute_infer; input and output are copied by the request path. */
-    proto_stats st = {
+    *st = (proto_stats){
         .last_inference_ms = m->last_inference_ms,
         .inference_count = m->inference_count,
         .execution_count = m->execution_count,
@@ -695,9 +694,42 @@ static void model_stats(http_request *r) {
         .batch_size = m->batch_size,
         .batch_compute_infer = bd,
     };
-    set_json(r, 200, v2_model_stats_json(&r->mv->pm, &st));
+}
+
+/* GET /v2/models/stats, /v2/models/<m>/stats, .../versions/<v>/stats:
+ * one entry per version the route covers (r->stats_scope). */
+static void model_stats(http_request *r) {
+    served_model **list = NULL, *one[1] = {r->mv};
+    int n = 1;
+    if (r->stats_scope != STATS_VERSION) {
+        n = repository_acquire_all(r->s->p.repo, r->stats_scope == STATS_ALL ? NULL : r->mv, &list);
+        if (n < 0) {
+            set_error(r, 500, "out of memory");
+            return;
+        }
+    }
+    served_model **vs = list ? list : one;
+    int cap = n ? n : 1;
+    metrics_stats *m = malloc(sizeof(*m) * (size_t)cap);
+    proto_duration *bd = malloc(sizeof(*bd) * METRICS_MAX_BATCH_SIZE * (size_t)cap);
+    proto_stats *st = malloc(sizeof(*st) * (size_t)cap);
+    const proto_model **pms = malloc(sizeof(*pms) * (size_t)cap);
+    if (!m || !bd || !st || !pms) {
+        set_error(r, 500, "out of memory");
+        goto cleanup;
+    }
+    for (int i = 0; i < n; i++) {
+        version_stats(vs[i], &m[i], bd + (size_t)i * METRICS_MAX_BATCH_SIZE, &st[i]);
+        pms[i] = &vs[i]->pm;
+    }
+    set_json(r, 200, v2_model_stats_json(pms, st, n));
+cleanup:
+    for (int i = 0; list && i < n; i++) repository_release(r->s->p.repo, list[i]);
+    free(list);
     free(m);
     free(bd);
+    free(st);
+    free(pms);
 }
 
 /* While the model loads: liveness, readiness (503), /metrics and the console's
@@ -852,12 +884,14 @@ static void route(http_request *r, struct MHD_Connection *c) {
              strcmp(rest, "/classify") == 0)
         r->endpoint = ENDPOINT_V1_CLASSIFY; /* a named model's; /v1/classify: the default's */
     else if (strcmp(path, "/v2") == 0) r->endpoint = ENDPOINT_V2_SERVER;
-    else if (strcmp(path, "/v2/models/stats") == 0) { /* Triton's route; the default model's here */
+    else if (strcmp(path, "/v2/models/stats") == 0) { /* Triton's route: every model's */
         r->endpoint = ENDPOINT_V2_MODEL;
+        r->stats_scope = STATS_ALL;
         rest = "/stats";
-    } else if (model_route(path, "/v2/models/", &name, &name_len, &rest, version, sizeof(version)))
+    } else if (model_route(path, "/v2/models/", &name, &name_len, &rest, version, sizeof(version))) {
         r->endpoint = strcmp(rest, "/infer") == 0 ? ENDPOINT_V2_INFER : ENDPOINT_V2_MODEL;
-    else goto not_found;
+        if (!version[0]) r->stats_scope = STATS_MODEL; /* read only by a /stats route */
+    } else goto not_found;
     int post = r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER;
     if (preflight(r, post)) return;
     if (!authorized(r, c)) goto unauthorized;
@@ -866,11 +900,12 @@ static void route(http_request *r, struct MHD_Connection *c) {
             strcmp(rest, "/stats") != 0 && strcmp(rest, "/infer") != 0)
             goto not_found;
     }
-    if (r->endpoint != ENDPOINT_V2_SERVER) {
+    if (r->endpoint != ENDPOINT_V2_SERVER && r->stats_scope != STATS_ALL) {
         /* what is asked is named before the method is judged: an unknown
          * model or version is a 404, whatever the method. The version
          * found is held until the request ends: an unload or a swap
-         * waits for it. */
+         * waits for it. (Every model's statistics name none: they hold
+         * each version while they read it.) */
         int st = 0;
         r->mv = repository_acquire(s->p.repo, name, name_len, version, &st, err, sizeof(err));
         if (!r->mv) {

@@ -929,6 +929,31 @@ char *repository_v1_models_json(repository *r, const served_model *first) {
     return json;
 }
 
+int repository_acquire_all(repository *r, const served_model *m, served_model ***out) {
+    *out = NULL;
+    pthread_mutex_lock(&r->lock);
+    int n = 0;
+    for (int i = 0; i < r->nmodels; i++)
+        if (!m || strcmp(r->models[i].name, m->name) == 0) n += r->models[i].nserving;
+    served_model **list = malloc(sizeof(*list) * (size_t)(n ? n : 1));
+    if (!list) {
+        pthread_mutex_unlock(&r->lock);
+        return -1;
+    }
+    n = 0;
+    for (int i = 0; i < r->nmodels; i++) {
+        model_entry *e = &r->models[i];
+        if (m && strcmp(e->name, m->name) != 0) continue;
+        for (int k = e->nserving - 1; k >= 0; k--) {
+            e->serving[k]->refs++;
+            list[n++] = e->serving[k];
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    *out = list;
+    return n;
+}
+
 void repository_release(repository *r, served_model *m) {
     if (!m) return;
     pthread_mutex_lock(&r->lock);

@@ -87,6 +87,12 @@ int repository_ready(repository *r);
 served_model *repository_acquire(repository *r, const char *name, size_t len, const char *version,
                                  int *status, char *err, size_t errlen);
 void repository_release(repository *r, served_model *m);
+/* Every ready version of the model `m` belongs to (m NULL: of every
+ * model), by model name, highest version first, each with a reference
+ * taken: *out is a malloc'd array of the count returned (free it after
+ * releasing each). -1 when out of memory. For Triton's statistics routes,
+ * which answer all versions unless one is named. */
+int repository_acquire_all(repository *r, const served_model *m, served_model ***out);
 /* One more reference on a version already held (a thread that goes on
  * using it after handing the request on). */
 void repository_retain(repository *r, served_model *m);

@@ -662,9 +662,19 @@ START_TEST(v2_config_and_stats) {
         .batch_size = sizes,
         .batch_compute_infer = per,
     };
-    s = v2_model_stats_json(&pm, &st);
+    /* two versions of one model: one entry each, in the order given */
+    proto_model pm2 = pm;
+    pm2.model_version = "2";
+    proto_stats sts[2] = {st, st};
+    sts[1].inference_count = 9;
+    const proto_model *pms[2] = {&pm, &pm2};
+    s = v2_model_stats_json(pms, sts, 2);
     o = json_loads(s, 0, NULL);
     ck_assert_ptr_nonnull(o);
+    ck_assert_int_eq(json_array_size(json_object_get(o, "model_stats")), 2);
+    json_t *m2 = json_array_get(json_object_get(o, "model_stats"), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(m2, "version")), "2");
+    ck_assert_int_eq(json_integer_value(json_object_get(m2, "inference_count")), 9);
     json_t *m = json_array_get(json_object_get(o, "model_stats"), 0);
     ck_assert_str_eq(json_string_value(json_object_get(m, "version")), "1");
     ck_assert_int_eq(json_integer_value(json_object_get(m, "inference_count")), 7);
@@ -676,6 +686,9 @@ START_TEST(v2_config_and_stats) {
     ck_assert_int_eq(json_integer_value(json_object_get(b4, "batch_size")), 4);
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(b4, "compute_infer"), "ns")), 900);
     json_decref(o);
+    free(s);
+    s = v2_model_stats_json(NULL, NULL, 0); /* no model loaded: an empty list */
+    ck_assert_str_eq(s, "{\"model_stats\":[]}");
     free(s);
 }
 END_TEST

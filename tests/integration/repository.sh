@@ -133,6 +133,14 @@ same_logits "$WORK/ref.ld" "$WORK/two.ap2" || fail "ap version 2 does not answer
 { [ "$(stat_of ap/versions/2 success.count)" = 1 ] && [ "$(stat_of ap/versions/3 success.count)" = 1 ] &&
   [ "$(stat_of ap success.count)" = 1 ] && [ "$(stat_of ld success.count)" = 1 ]; } ||
   fail "stats not per version: $(curl -s "$URL/v2/models/ap/versions/2/stats") $(curl -s "$URL/v2/models/ap/stats")"
+# Triton's scopes: a model's stats list each ready version (highest first),
+# a version's only itself, /v2/models/stats every model's every version
+[ "$(curl -sf "$URL/v2/models/ap/stats" | jq -c '[.model_stats[] | [.name, .version, .inference_stats.success.count]]')" = \
+  '[["ap","3",1],["ap","2",1]]' ] || fail "ap's stats do not list both versions: $(curl -s "$URL/v2/models/ap/stats")"
+[ "$(curl -sf "$URL/v2/models/ap/versions/2/stats" | jq -c '[.model_stats[] | [.name, .version]]')" = '[["ap","2"]]' ] ||
+  fail "ap version 2's stats: $(curl -s "$URL/v2/models/ap/versions/2/stats")"
+[ "$(curl -sf "$URL/v2/models/stats" | jq -c '[.model_stats[] | [.name, .version, .inference_stats.success.count]]')" = \
+  '[["ap","3",1],["ap","2",1],["ld","1",1]]' ] || fail "all models' stats: $(curl -s "$URL/v2/models/stats")"
 [ "$(curl -sf "$URL/v2/models/ap" | jq -r '.versions[0]')" = 3 ] || fail "ap's metadata does not give version 3"
 # the metadata lists every ready version (as Triton and KServe do), from any version's route
 [ "$(curl -sf "$URL/v2/models/ap" | jq -c .versions)" = '["3","2"]' ] ||
