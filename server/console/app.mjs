@@ -15,7 +15,9 @@ const METRICS_EVERY_MS = 3000;
 const METRICS_WINDOW_MS = 30000;
 
 const state = {
+  models: [],      // every served model, as /v1/models lists them (the default first)
   model: null,     // the /v1/models entry in use
+  server: null,    // GET /v2 (name, version), or null
   image: null,     // {blob, name, pixels: ImageData | null}
   run: 0,          // the latest row's number: answers of older rows are dropped
   scrapes: [],     // [{t, metrics}] over the last METRICS_WINDOW_MS
@@ -123,25 +125,40 @@ function fillCard(model, v2) {
   $('labels-box').querySelector('summary').textContent = `Labels (${model.labels.length})`;
 }
 
-async function loadModel() {
-  const [models, server] = await Promise.all([
-    api('/v1/models').then((r) => r.json()),
-    api('/v2').then((r) => r.json()).catch(() => null),
-  ]);
-  // The API lists every served model; the console shows the first. A model
-  // picker reads this same list once the daemon serves several.
-  const model = models.models[0];
+// The model in use: its card, the header line, and the defaults of the
+// resolution field (reset when the model changes: its patch and training
+// size set them).
+async function useModel(model, server) {
   let v2 = null;
   try {
     v2 = await (await api(`/v2/models/${encodeURIComponent(model.name)}`)).json();
   } catch {
     v2 = null; // the card has the v1 facts; v2's are extras
   }
+  const changed = state.model && state.model.name !== model.name;
   state.model = model;
   fillCard(model, v2);
   const version = server ? ` · ${server.name} ${server.version}` : '';
   $('server').textContent = `Model ${model.name} (${model.pe_type}, trained at ${model.training_resolution}x${model.training_resolution})${version}`;
-  if (!$('res').value) $('res').value = defaultResolutions(model).map(formatRes).join(', ');
+  if (changed || !$('res').value) $('res').value = defaultResolutions(model).map(formatRes).join(', ');
+}
+
+async function loadModel() {
+  const [models, server] = await Promise.all([
+    api('/v1/models').then((r) => r.json()),
+    api('/v2').then((r) => r.json()).catch(() => null),
+  ]);
+  // Every served model, the default (what /v1/classify serves) first; a
+  // picker when there are several, each then asked through its own route.
+  state.models = models.models;
+  state.server = server;
+  const pick = $('model-pick');
+  pick.replaceChildren(...state.models.map((m) => el('option', { value: m.name }, `${m.name} (${m.pe_type})`)));
+  $('pick-box').hidden = state.models.length < 2;
+  const kept = state.model && state.models.find((m) => m.name === state.model.name);
+  const model = kept || state.models[0];
+  pick.value = model.name;
+  await useModel(model, server);
 }
 
 // --- the image as the model sees it ----------------------------------------
@@ -279,10 +296,13 @@ function showError(li, err) {
   li.removeAttribute('aria-busy');
 }
 
-async function classify(blob, res) {
+async function classify(blob, res, model) {
   const query = new URLSearchParams({ resolution: `${res.h}x${res.w}`, top_k: '5' });
   const t0 = performance.now();
-  const resp = await api(`/v1/classify?${query}`, {
+  // the default model through /v1/classify, another through its own route
+  const route = model === state.models[0] ? '/v1/classify'
+    : `/v1/models/${encodeURIComponent(model.name)}/classify`;
+  const resp = await api(`${route}?${query}`, {
     method: 'POST',
     headers: { 'Content-Type': blob.type || 'application/octet-stream' },
     body: blob,
@@ -305,6 +325,7 @@ async function runRow() {
   const row = $('row');
   row.setAttribute('aria-busy', 'true');
   delete row.dataset.complete;
+  row.dataset.model = model.name; // whose answers the row shows
   const cards = resolutions.map((r) => resultCard(r, model.training_resolution));
   row.replaceChildren(...cards);
   $('status').textContent = `Classifying ${image.name} at ${resolutions.length} resolutions…`;
@@ -314,7 +335,7 @@ async function runRow() {
   await Promise.all(resolutions.map(async (res, i) => {
     if (image.pixels) drawModelView(cards[i].querySelector('canvas'), image.pixels, res.h, res.w, model.channels);
     try {
-      const { body, roundTripMs } = await classify(image.blob, res);
+      const { body, roundTripMs } = await classify(image.blob, res, model);
       if (run !== state.run) return;
       showAnswer(cards[i], body.predictions[0], body.timing_ms, roundTripMs);
     } catch (err) {
@@ -365,6 +386,12 @@ function setupInput() {
     e.preventDefault();
     if (state.image) runRow();
     else $('status').textContent = 'Choose an image or a sample first.';
+  });
+  $('model-pick').addEventListener('change', async () => {
+    const model = state.models.find((m) => m.name === $('model-pick').value);
+    if (!model) return;
+    await useModel(model, state.server);
+    if (state.image) runRow();
   });
   $('res-reset').addEventListener('click', () => {
     if (state.model) $('res').value = defaultResolutions(state.model).map(formatRes).join(', ');

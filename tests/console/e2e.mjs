@@ -3,6 +3,7 @@
 //
 //   node e2e.mjs open URL OUT_DIR     the page, a row per sample, errors, axe, phone width
 //   node e2e.mjs auth URL TOKEN       a daemon with --api-key-file: page public, token asked for
+//   node e2e.mjs models URL           a daemon serving two models: the picker, each model's own route
 //
 // Every expected value comes from the API itself (fetch from node), never
 // from the page's code. Exit 77 (ctest: skipped) only when Chromium cannot
@@ -47,11 +48,13 @@ async function launch() {
   }
 }
 
-// What /v1/classify answers for these bytes at this resolution.
-async function classify(bytes, res, token) {
+// What /v1/classify (or a named model's /v1/models/<m>/classify) answers
+// for these bytes at this resolution.
+async function classify(bytes, res, token, model) {
   const headers = { 'Content-Type': 'image/png' };
   if (token) headers.Authorization = `Bearer ${token}`;
-  const resp = await fetch(`${url}v1/classify?resolution=${res}&top_k=5`, { method: 'POST', headers, body: bytes });
+  const route = model ? `v1/models/${encodeURIComponent(model)}/classify` : 'v1/classify';
+  const resp = await fetch(`${url}${route}?resolution=${res}&top_k=5`, { method: 'POST', headers, body: bytes });
   return { status: resp.status, body: await resp.json() };
 }
 
@@ -82,12 +85,12 @@ async function shownRow(page) {
 }
 
 // Each card's top 5 (label, shown score, exact score) against the API's.
-async function checkRow(cards, bytes, token) {
+async function checkRow(cards, bytes, token, model) {
   for (const card of cards) {
     assert.equal(card.state, 'done', `${card.resolution}: ${card.error}`);
     const [h, w] = card.resolution.split('x').map(Number);
     assert.deepEqual(card.canvas, [w, h], `${card.resolution}: the model's view is drawn at its size`);
-    const { status, body } = await classify(bytes, card.resolution, token);
+    const { status, body } = await classify(bytes, card.resolution, token, model);
     assert.equal(status, 200);
     const api = body.predictions[0];
     assert.deepEqual(api.resolution, [h, w]);
@@ -119,6 +122,7 @@ async function openMode(outDir) {
     for (const fact of [model.name, model.pe_type, `${model.training_resolution}x${model.training_resolution}`]) {
       assert.ok(card.includes(fact), `model card shows ${fact}`);
     }
+    assert.ok(await page.isHidden('#pick-box'), 'one model: no model picker');
 
     // 1. a sample uploaded through the file input
     const sample = path.join(root, 'models/samples/ankle-boot.png');
@@ -289,10 +293,59 @@ async function authMode(token) {
   }
 }
 
+// Two models: the picker lists what /v1/models lists, the default first
+// and in use; picking the other shows its card and asks its own route
+// (each card's top 5 = that model's answer, which differs from the
+// default's on the same image); picking back returns to /v1/classify.
+async function modelsMode() {
+  const listed = (await (await fetch(`${url}v1/models`)).json()).models;
+  assert.ok(listed.length >= 2, `the daemon serves ${listed.length} model(s)`);
+  const [first, other] = listed;
+  const { ctx, profile } = await launch();
+  try {
+    const page = ctx.pages()[0] || (await ctx.newPage());
+    const problems = watch(page);
+    await page.goto(url);
+    await page.waitForSelector('#pick-box:not([hidden])', { timeout: WAIT_MS });
+    const options = await page.$$eval('#model-pick option', (os) => os.map((o) => o.value));
+    assert.deepEqual(options, listed.map((m) => m.name), 'the picker lists /v1/models, in its order');
+    assert.equal(await page.inputValue('#model-pick'), first.name, 'the default model is picked first');
+    const sample = path.join(root, 'models/samples/pullover.png');
+    const bytes = fs.readFileSync(sample);
+    await page.setInputFiles('#file', sample);
+    const before = await shownRow(page);
+    await checkRow(before, bytes);
+
+    await page.selectOption('#model-pick', other.name);
+    await page.waitForFunction((pe) => document.querySelector('#server').textContent.includes(`(${pe},`),
+      other.pe_type, { timeout: WAIT_MS });
+    const card = await page.textContent('#card');
+    for (const fact of [other.name, other.pe_type]) assert.ok(card.includes(fact), `model card shows ${fact}`);
+    await page.waitForSelector(`#row[data-complete][data-model="${other.name}"]`, { timeout: WAIT_MS });
+    const after = await shownRow(page);
+    await checkRow(after, bytes, undefined, other.name);
+    const scores = (cards) => cards.map((c) => c.top.map((t) => t.raw).join()).join(';');
+    assert.notEqual(scores(after), scores(before), 'the other model answers otherwise: the row is its own');
+    log(`picker: ${options.join(', ')}; ${other.name}'s row (${after.length} sizes) matches /v1/models/${other.name}/classify`);
+
+    await page.selectOption('#model-pick', first.name);
+    await page.waitForFunction((pe) => document.querySelector('#server').textContent.includes(`(${pe},`),
+      first.pe_type, { timeout: WAIT_MS });
+    await page.waitForSelector(`#row[data-complete][data-model="${first.name}"]`, { timeout: WAIT_MS });
+    await checkRow(await shownRow(page), bytes);
+    assert.deepEqual(problems, [], 'no page errors, console errors or CSP refusals');
+    log(`back to ${first.name}: matches /v1/classify`);
+  } finally {
+    await ctx.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
 try {
   if (mode === 'open') await openMode(arg);
   else if (mode === 'auth') await authMode(arg);
-  else throw new Error(`usage: node e2e.mjs open|auth URL OUT_DIR|TOKEN (not "${mode}")`);
+  else if (mode === 'models') await modelsMode();
+  else throw new Error(`usage: node e2e.mjs open|auth|models URL [OUT_DIR|TOKEN] (not "${mode}")`);
 } catch (err) {
   fs.writeSync(2, `console-e2e: FAIL: ${err.stack}\n`);
   process.exitCode = 1; // not exit(): the log lines before this must reach the pipe

@@ -5,6 +5,8 @@
 #      top 5 against /v1/classify, an API refusal as worded, the live
 #      panel, axe-core, phone width; screenshots in OUT_DIR
 #   2. daemon with --api-key-file: page public, token asked, row matches
+#   3. daemon serving two models (a repository of MODEL_DIR and a study
+#      model): the model picker, each model's row from its own route
 # Exit 77 (ctest: skipped, with a loud message) only when Chromium cannot
 # start.
 set -euo pipefail
@@ -35,5 +37,13 @@ token=console-test-$RANDOM$RANDOM
 echo "$token" >"$WORK/keys"
 start_daemon --api-key-file "$WORK/keys"
 e2e auth "$URL/" "$token"
+stop_daemon
+
+echo "== console: daemon serving two models"
+mkdir -p "$WORK/repo"
+ln -s "$COMROPE_TEST_MODEL" "$WORK/repo/$(basename "$COMROPE_TEST_MODEL")"
+ln -s "$ROOT/models/study/fashion-comrope-ap" "$WORK/repo/fashion-comrope-ap"
+MODEL='' start_daemon --model-repository "$WORK/repo" --model-name "$(basename "$COMROPE_TEST_MODEL")"
+e2e models "$URL/"
 stop_daemon
 echo "console: browser test passed"
