@@ -8,6 +8,7 @@
 #
 #   SERVE=build/comrope-serve; . tests/integration/lib.sh
 #   start_daemon [FLAG VALUE]...    sets DAEMON_PID, PORT, URL, LOG (--model $MODEL unless empty)
+#   launch_daemon [FLAG VALUE]...   the same up to "listening on", not waiting for ready
 #   stop_daemon                     SIGTERM, waits, checks exit status 0
 #   metric NAME                     a sample's value from /metrics
 #   poll SECONDS CMD...             runs CMD every 0.1 s until it succeeds
@@ -60,12 +61,15 @@ edge() { "$PY" "$ROOT/tests/integration/edge.py" "$@"; }
 ready() { [ "$(http_code "$URL/v2/health/ready")" = 200 ]; }
 log_has() { grep -q "$1" "$LOG"; }
 
-# start_daemon [FLAG VALUE]...: comrope-serve on 127.0.0.1, any free port.
-start_daemon() {
+# launch_daemon [FLAG VALUE]...: comrope-serve on 127.0.0.1, any free port,
+# up to its "listening on" line (the model may still be loading). The
+# environment entries of the array DAEMON_ENV (NAME=VALUE), if set, are
+# given to the daemon alone.
+launch_daemon() {
   DAEMONS=$((DAEMONS + 1))
   LOG=$WORK/daemon$DAEMONS.log
   : >"$LOG"
-  "$SERVE" ${MODEL:+--model "$MODEL"} --host 127.0.0.1 --port 0 "$@" 2>"$LOG" &
+  env ${DAEMON_ENV[@]+"${DAEMON_ENV[@]}"} "$SERVE" ${MODEL:+--model "$MODEL"} --host 127.0.0.1 --port 0 "$@" 2>"$LOG" &
   DAEMON_PID=$!
   local i
   PORT=
@@ -78,6 +82,11 @@ start_daemon() {
   done
   [ -n "$PORT" ] || fail "no 'listening on' line in 30 s"
   URL=http://127.0.0.1:$PORT
+}
+
+# start_daemon [FLAG VALUE]...: launch_daemon, then ready.
+start_daemon() {
+  launch_daemon "$@"
   poll 30 ready || fail "not ready in 30 s"
 }
 

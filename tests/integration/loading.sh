@@ -12,20 +12,11 @@ GATE_SO=$2
 . "$(dirname "$0")/lib.sh"
 NAME=$(basename "$MODEL")
 GATE=$WORK/gate
-LOG=$WORK/loading.log
 # (the sanitizer build's runtime then does not come first: allowed)
-LOAD_GATE=$GATE LD_PRELOAD=$GATE_SO ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0 \
-  "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 --access-log text 2>"$LOG" &
-DAEMON_PID=$!
-PORT=
-for ((i = 0; i < 300; i++)); do
-  PORT=$(sed -n 's/.*listening on [^ "]*:\([0-9]*\).*/\1/p' "$LOG")
-  [ -n "$PORT" ] && break
-  kill -0 "$DAEMON_PID" 2>/dev/null || fail "daemon exited during start-up"
-  sleep 0.1
-done
-[ -n "$PORT" ] || fail "no 'listening on' line"
-URL=http://127.0.0.1:$PORT
+DAEMON_ENV=("LOAD_GATE=$GATE" "LD_PRELOAD=$GATE_SO"
+  "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0")
+launch_daemon --access-log text
+DAEMON_ENV=()
 poll 30 test -e "$GATE.waiting" || fail "the load never reached the checkpoint"
 # the load is held: every answer below is of a loading daemon
 [ "$(http_code "$URL/v2/health/live")" = 200 ] || fail "live while loading: not 200"
