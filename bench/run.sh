@@ -48,7 +48,11 @@ fi
 build=${BUILD_DIR:-build-bench}
 echo "== bench: building comrope-bench-engine, comrope-fma-peak, comrope-serve and comrope-classify in $build (CMake, the project's default flags)"
 mkdir -p "$build"
-if ! { cmake -S . -B "$build" -DCOMROPE_BUILD_TESTS=OFF &&
+# tests off only in a folder of its own: an existing build's settings (BUILD_DIR=build, with the tests
+# ctest runs) are kept, not reconfigured under it
+configure=(-DCOMROPE_BUILD_TESTS=OFF)
+[ -f "$build/CMakeCache.txt" ] && configure=()
+if ! { cmake -S . -B "$build" ${configure[@]+"${configure[@]}"} &&
        cmake --build "$build" -j "$(nproc)" --target comrope-bench-engine comrope-fma-peak comrope-serve comrope-classify; } >"$build/bench-build.log" 2>&1; then
   tail -n 40 "$build/bench-build.log"
   echo "bench: the build failed (whole log: $build/bench-build.log)" >&2
