@@ -97,15 +97,17 @@ static void free_job(test_job *t) {
     free(t);
 }
 
-static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
-    /* 4096 tokens a batch: room for every batch these tests form, and a
-     * workspace (reserved up front) of a modest size */
-    batcher_params p = {
-        .workers = workers,
-        .max_batch_size = batch,
+/* The tests' batcher settings: one worker, batches of one image, 4096
+ * tokens a batch (room for every batch these tests form, and a workspace,
+ * reserved up front, of a modest size), no delay, a queue of 64, no
+ * per-request or time limits. Each test changes what it is about. */
+static batcher_params test_params(void) {
+    return (batcher_params){
+        .workers = 1,
+        .max_batch_size = 1,
         .max_batch_tokens = 4096,
-        .max_queue_delay_us = delay_us,
-        .max_queue_size = queue,
+        .max_queue_delay_us = 0,
+        .max_queue_size = 64,
         .limits = image_limits_default(),
         .max_request_images = 0,
         .max_request_tokens = 0,
@@ -113,10 +115,22 @@ static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
         .engine = vit_context_default_params(),
         .max_queue_wait_ms = 0,
     };
+}
+
+static batcher *start_batcher(batcher_params p) {
     char err[256];
     batcher *b = batcher_new(model, mx, p, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
     return b;
+}
+
+static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
+    batcher_params p = test_params();
+    p.workers = workers;
+    p.max_batch_size = batch;
+    p.max_queue_delay_us = delay_us;
+    p.max_queue_size = queue;
+    return start_batcher(p);
 }
 
 static double sample(const char *series) {
@@ -329,23 +343,13 @@ static void open_gate(void) {
 
 static batcher *new_batcher_limits(int batch, int batch_tokens, int req_images, int64_t req_tokens,
                                    int64_t budget) {
-    batcher_params p = {
-        .workers = 1,
-        .max_batch_size = batch,
-        .max_batch_tokens = batch_tokens,
-        .max_queue_delay_us = 0,
-        .max_queue_size = 64,
-        .limits = image_limits_default(),
-        .max_request_images = req_images,
-        .max_request_tokens = req_tokens,
-        .pixel_budget_bytes = budget,
-        .engine = vit_context_default_params(),
-        .max_queue_wait_ms = 0,
-    };
-    char err[256];
-    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
-    ck_assert_msg(b != NULL, "%s", err);
-    return b;
+    batcher_params p = test_params();
+    p.max_batch_size = batch;
+    p.max_batch_tokens = batch_tokens;
+    p.max_request_images = req_images;
+    p.max_request_tokens = req_tokens;
+    p.pixel_budget_bytes = budget;
+    return start_batcher(p);
 }
 
 /* A job larger than an engine batch is split over several, by images and
@@ -488,22 +492,9 @@ END_TEST
 START_TEST(stop_between_engine_batches) {
     /* a queue of one, filled by `filler` behind the running job: `late`
      * is refused as "queue is full" until the stop begins (never queued) */
-    batcher_params p = {
-        .workers = 1,
-        .max_batch_size = 1,
-        .max_batch_tokens = 4096,
-        .max_queue_delay_us = 0,
-        .max_queue_size = 1,
-        .limits = image_limits_default(),
-        .max_request_images = 0,
-        .max_request_tokens = 0,
-        .pixel_budget_bytes = 0,
-        .engine = vit_context_default_params(),
-        .max_queue_wait_ms = 0,
-    };
-    char err[256];
-    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
-    ck_assert_msg(b != NULL, "%s", err);
+    batcher_params p = test_params();
+    p.max_queue_size = 1;
+    batcher *b = start_batcher(p);
     test_job *t = make_job(4, 16, 16, 600000), *late = make_job(1, 16, 16, 600000);
     test_job *filler = make_job(1, 16, 16, 600000);
     t->j.gone = gate_gone;
@@ -536,22 +527,9 @@ END_TEST
  * past max-queue-wait-ms, new jobs get 503 naming it (however short the
  * queue); once it has been served, they are accepted again. */
 START_TEST(standing_queue_refused) {
-    batcher_params p = {
-        .workers = 1,
-        .max_batch_size = 1,
-        .max_batch_tokens = 4096,
-        .max_queue_delay_us = 0,
-        .max_queue_size = 64,
-        .limits = image_limits_default(),
-        .max_request_images = 0,
-        .max_request_tokens = 0,
-        .pixel_budget_bytes = 0,
-        .engine = vit_context_default_params(),
-        .max_queue_wait_ms = 50,
-    };
-    char err[256];
-    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
-    ck_assert_msg(b != NULL, "%s", err);
+    batcher_params p = test_params();
+    p.max_queue_wait_ms = 50;
+    batcher *b = start_batcher(p);
     test_job *busy = make_job(1, 16, 16, 600000), *waiting = make_job(1, 16, 16, 600000);
     test_job *next = make_job(1, 16, 16, 600000);
     busy->block = 1;
