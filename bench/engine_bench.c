@@ -1,7 +1,7 @@
 /* engine_bench.c: images/s of the engine alone, no HTTP.
  *
  *   comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] [--batch B]
- *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] [--gemm-backend auto|own|onednn]
+ *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] [--gemm-backend auto|own|onednn|amx]
  *                        [--isa auto|avx512|avx2|scalar] [--workers N]
  *
  * Random normalized pixels, one engine context per model, W warm-up forwards
@@ -224,7 +224,7 @@ int main(int argc, char **argv) {
             }
         } else if (strcmp(argv[i], "--gemm-backend") == 0) {
             if (gemm_backend_parse(argv[i + 1], &opts.gemm_backend)) {
-                fprintf(stderr, "comrope-bench-engine: --gemm-backend must be auto, own or onednn\n");
+                fprintf(stderr, "comrope-bench-engine: --gemm-backend must be auto, own, onednn or amx\n");
                 return 2;
             }
         } else if (strcmp(argv[i], "--precision") == 0) {
@@ -241,7 +241,7 @@ int main(int argc, char **argv) {
         (workers > 0 && n > 1)) {
         fprintf(stderr, "usage: comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] "
                         "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] "
-                        "[--gemm-backend auto|own|onednn] "
+                        "[--gemm-backend auto|own|onednn|amx] "
                         "[--isa auto|avx512|avx2|scalar] [--workers N (one model)]\n");
         return 2;
     }

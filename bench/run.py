@@ -64,6 +64,20 @@ SYSTEM_LABEL = {"engine": "comrope engine", "onnxruntime": "ONNX Runtime", "torc
 # the issue's targets
 T_ORT, T_TORCH, T_OFFICIAL = 1.15, 1.6, 40.0
 T_VANILLA, T_NONE, T_HASWELL, T_BF16, T_AGREE = 1.03, 1.08, 0.10, 1.6, 0.99
+# on a CPU with AMX (issue 25): bf16 vs fp32, and vs PyTorch's bf16 autocast (oneDNN on AMX)
+T_AMX_FP32, T_AMX_TORCH = 2.0, 1.3
+
+
+def cpu_has_amx():
+    """Whether /proc/cpuinfo lists AMX-BF16 (the bf16 part then also times our AMX kernel)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
 T_DAEMON_SAT, T_DAEMON_P50_REL, T_DAEMON_P50_ABS_MS, T_RSS_GROWTH_PCT = 0.9, 1.10, 2.0, 2.0
 T_FAULTS_PER_REQUEST = 0.5
 ALL_PARTS = ("main", "sweep", "pe", "haswell", "official", "bf16", "daemon")
@@ -183,7 +197,7 @@ class Bench:
                 for line in f:
                     if line.startswith("flags"):
                         fl = line.split()
-                        flags = " ".join(x for x in ("avx2", "fma", "avx512f", "avx512_bf16") if x in fl)
+                        flags = " ".join(x for x in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if x in fl)
                         break
         except OSError:
             pass
@@ -311,7 +325,9 @@ class Bench:
         if system == "engine":
             cmd = [self.engine, "--model", self.ckpt_dir(pe), "--resolution", str(res),
                    "--reps", str(a.reps), "--warmup", str(a.warmup)] + common
-            if precision:
+            if precision == "bf16-amx":  # our AMX tile kernel rather than the default backend
+                cmd += ["--precision", "bf16", "--gemm-backend", "amx"]
+            elif precision:
                 cmd += ["--precision", precision]
         elif system == "torch" and precision == "bf16-autocast":
             cmd = [PY, os.path.join(ROOT, "bench", "torch_bench.py"), "--model", self.ckpt_dir(pe),
@@ -333,7 +349,7 @@ class Bench:
                "tokens": 1 + (res // 16) ** 2, "env": f"OPENBLAS_CORETYPE={coretype}" if coretype else "default",
                "precision": precision or "fp32", "round": rnd,
                "gflop_per_image": self.gflop_per_image(pe, res)}
-        skip_key = "engine-bf16" if precision == "bf16" else system
+        skip_key = "engine-bf16" if precision in ("bf16", "bf16-amx") else system
         if skip_key in self.skipped:
             rec["skipped"] = self.skipped[skip_key]
             self.runs.append(rec)
@@ -523,8 +539,10 @@ class Bench:
         if "bf16" in parts:
             for r in a.resolutions:
                 for batch in a.batches:
+                    amx = [("engine", "bf16", "comrope-ap", r, batch, None, "bf16-amx")] if cpu_has_amx() else []
                     rounds(("engine", "bf16", "comrope-ap", r, batch),
                            ("engine", "bf16", "comrope-ap", r, batch, None, "bf16"),
+                           *amx,
                            ("engine", "bf16", "comrope-ap", r, batch, None, "auto"),
                            ("torch", "bf16", "comrope-ap", r, batch),
                            ("torch", "bf16", "comrope-ap", r, batch, None, "bf16-autocast"))
@@ -616,6 +634,24 @@ class Bench:
                     add(f"engine bf16 >= {T_BF16}x fp32 (speed only)", "bf16/fp32", f"AP {r} b{batch}",
                         round(v, 3), T_BF16, v >= T_BF16,
                         f"{b16['images_per_s']:.3f} vs {f32['images_per_s']:.3f} img/s")
+                # AMX: each bf16 backend against fp32 and against PyTorch's autocast
+                tb = self.find(system="torch", group="bf16", pe="comrope-ap", res=r, batch=batch,
+                               precision="bf16-autocast")
+                for label, prec in (("bf16", "bf16"), ("bf16 (our AMX kernel)", "bf16-amx")):
+                    e = self.find(system="engine", group="bf16", pe="comrope-ap", res=r, batch=batch,
+                                  precision=prec)
+                    if not cpu_has_amx() or not e:
+                        continue
+                    if f32:
+                        v = ratio(e, f32)
+                        add(f"AMX: engine {label} >= {T_AMX_FP32}x fp32", "bf16/fp32", f"AP {r} b{batch}",
+                            round(v, 3), T_AMX_FP32, v >= T_AMX_FP32,
+                            f"{e['images_per_s']:.3f} vs {f32['images_per_s']:.3f} img/s")
+                    if tb:
+                        v = ratio(e, tb)
+                        add(f"AMX: engine {label} >= {T_AMX_TORCH}x PyTorch bf16 autocast", "bf16/torch bf16",
+                            f"AP {r} b{batch}", round(v, 3), T_AMX_TORCH, v >= T_AMX_TORCH,
+                            f"{e['images_per_s']:.3f} vs {tb['images_per_s']:.3f} img/s")
             o = self.find(system="official", pe="comrope-ap", res=r, batch=1)
             e = self.engine_b("comrope-ap", r, 1, "official")
             if r == a.resolutions[-1]:  # once, not per resolution
@@ -870,7 +906,8 @@ def print_tables(B, targets):
         log("  peaks (GFLOP/s, " + f"{a.threads} thread(s)): " + ", ".join(
             f"{op} {max(v):.1f}" if v else f"{op} skipped" for op, v in pk.items()))
         log(f"  {'res':>4s} {'batch':>5s} | {'engine fp32':>16s} {'engine bf16':>16s} {'engine auto':>16s} "
-            f"{'torch fp32':>16s} {'torch bf16':>16s} | {'bf16/fp32':>9s} {'auto/fp32':>9s} {'bf16/torch bf16':>15s}")
+            f"{'torch fp32':>16s} {'torch bf16':>16s} | {'bf16/fp32':>9s} {'auto/fp32':>9s} {'bf16/torch bf16':>15s}"
+            + (f" | {'our AMX':>16s} {'AMX/fp32':>9s} {'AMX/torch bf16':>14s}" if cpu_has_amx() else ""))
         for r in a.resolutions:
             for batch in a.batches:
                 d = B.find(system="engine", group="bf16", res=r, batch=batch)
@@ -882,8 +919,13 @@ def print_tables(B, targets):
                 va = f"{ratio(au, d):.3f}" if d and au else "-"
                 vt = f"{ratio(h, tb):.3f}" if h and tb else "-"
                 hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
+                am = ""
+                if cpu_has_amx():
+                    x = B.find(system="engine", group="bf16", res=r, batch=batch, precision="bf16-amx")
+                    am = (f" | {fmt_ips(x):>16s} {(f'{ratio(x, d):.3f}' if x and d else '-'):>9s} "
+                          f"{(f'{ratio(x, tb):.3f}' if x and tb else '-'):>14s}")
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} {fmt_ips(au):>16s} {fmt_ips(tf):>16s} "
-                    f"{fmt_ips(tb):>16s} | {v:>9s} {va:>9s} {vt:>15s}")
+                    f"{fmt_ips(tb):>16s} | {v:>9s} {va:>9s} {vt:>15s}" + am)
         g = B.record("bf16-agreement")
         if g and "agreement" in g:
             log(f"  top-1 agreement with fp32: {100 * g['agreement']:.2f}% of {g['images']} Fashion-MNIST test "

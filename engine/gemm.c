@@ -18,7 +18,9 @@
  * kernel (6 x 16: the panel's block streams from L2; A comes packed
  * k-major, 6 rows side by side, all of it packed once before the tiles
  * start, into the caller's scratch). bf16 converts A into the same k-major
- * layout (8 rows side by side), also once for all threads.
+ * layout (8 rows side by side), also once for all threads; the AMX kernel
+ * (16 x 48, in tiles; its section below) into blocks of 16 rows x 16
+ * pairs, one tile each.
  *
  * Determinism: the micro-kernel loads the partial sums of the previous K
  * block from the output (exact float32 values), continues with fused
@@ -41,7 +43,8 @@
 #include "parallel.h"
 
 #define NR (3 * GEMM_PANEL) /* columns per tile */
-#define MR_MAX 8            /* rows per micro-kernel call, at most */
+#define MR_MAX 16           /* rows per micro-kernel call, at most (AMX: 16) */
+#define AMX_PAIRS 16        /* pairs per AMX tile row (64 bytes), and rows per tile */
 #define KC 192              /* generic kernel's K block: its tile's weights (36 KB) fit L1 */
 #define KC_BIG                                                                                               \
     768              /* the AVX2, AVX-512 and bf16 K block: one block for K = 768 (C
@@ -79,7 +82,9 @@ static uint16_t act_to_bf16(float f) {
 }
 
 static int pack_bf16(const float *W, int N, int K, packed_weight *out) {
-    int K2 = (K + 1) / 2;
+    int K2 = (K + 1) / 2 + AMX_PAIRS - 1;
+    K2 -= K2 % AMX_PAIRS;
+    out->prows = K2;
     size_t n = (size_t)out->panels * K2 * GEMM_PANEL;
     void *p = NULL;
     if (posix_memalign(&p, 64, n * sizeof(uint32_t)) != 0) return -1;
@@ -88,7 +93,7 @@ static int pack_bf16(const float *W, int N, int K, packed_weight *out) {
         for (int k2 = 0; k2 < K2; k2++)
             for (int c = 0; c < GEMM_PANEL; c++) {
                 int col = j * GEMM_PANEL + c, k = 2 * k2;
-                float lo = col < N ? W[(size_t)col * K + k] : 0.0f;
+                float lo = col < N && k < K ? W[(size_t)col * K + k] : 0.0f;
                 float hi = col < N && k + 1 < K ? W[(size_t)col * K + k + 1] : 0.0f;
                 d[((size_t)j * K2 + k2) * GEMM_PANEL + c] = to_bf16(lo) | (uint32_t)to_bf16(hi) << 16;
             }
@@ -101,7 +106,7 @@ int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out) {
     out->N = N;
     out->K = K;
     out->panels = ((N + NR - 1) / NR) * 3;
-    if (precision == GEMM_BF16) return cpu_has_avx512bf16() ? pack_bf16(W, N, K, out) : -1;
+    if (precision == GEMM_BF16) return pack_bf16(W, N, K, out);
     size_t n = (size_t)out->panels * K * GEMM_PANEL;
     void *p = NULL;
     if (posix_memalign(&p, 64, n * sizeof(float)) != 0) return -1;
@@ -121,14 +126,14 @@ float gemm_packed_get(const packed_weight *p, int n, int k) {
     return p->data[((size_t)j * p->K + k) * GEMM_PANEL + c];
 }
 
-static const char *const backend_names[] = {"auto", "own", "onednn"};
+static const char *const backend_names[] = {"auto", "own", "onednn", "amx"};
 
 const char *gemm_backend_name(int backend) {
-    return backend >= 0 && backend < 3 ? backend_names[backend] : "unknown";
+    return backend >= 0 && backend < 4 ? backend_names[backend] : "unknown";
 }
 
 int gemm_backend_parse(const char *name, int *out) {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (strcmp(name, backend_names[i]) == 0) {
             *out = i;
             return 0;
@@ -156,11 +161,17 @@ typedef void (*kernel_fn)(const void *Ap, size_t rs, size_t ks, const void *B0, 
 struct gemm_kernel {
     const char *name;
     kernel_fn fn;
-    int mr;    /* rows per call */
-    int np;    /* 16-column panels per call: 3 (a 48-column tile) or 1 */
-    int pack;  /* 1 reads A from a k-major copy packed once for all threads, 0 in place */
-    int kc;    /* K block (even: a bf16 pair never straddles two blocks) */
-    int pairs; /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
+    int mr;              /* rows per call */
+    int np;              /* 16-column panels per call: 3 (a 48-column tile) or 1 */
+    int pack;            /* 1 reads A from a k-major copy packed once for all threads, 0 in place */
+    int kc;              /* K block (even: a bf16 pair never straddles two blocks) */
+    int pairs;           /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
+    int tiles;           /* 1: AMX's layout: A packed in 16 x 16 blocks of pairs (pack_rows_amx),
+                  each K block's pairs rounded up to 16 with zeros; 0: k-major groups */
+    int vector_pack;     /* tiles: A converted with AVX512-BF16 (else in C) */
+    void (*enter)(void); /* run by each thread before its first call (AMX: load the
+                             tile configuration), or NULL */
+    void (*leave)(void); /* and after its last (AMX: release the tiles), or NULL */
 };
 
 static void kernel_generic(const void *Ap_, size_t rs, size_t ks, const void *B0, const void *B1,
@@ -299,6 +310,173 @@ static const gemm_kernel kernel_generic_entry = {
 /* every bf16-packed weight (gemm_pack refuses bf16 without AVX512-BF16) */
 static const gemm_kernel kernel_bf16_entry = {
     .name = "avx512bf16", .fn = kernel_bf16, .mr = 8, .np = 3, .pack = 1, .kc = KC_BIG, .pairs = 1};
+
+/* ---- AMX ----
+ * C (16, 48) (+)= A (16 rows, ku pairs) . [B0 B1 B2] (ku pairs, 16 each)
+ * in tiles: tmm0-2 hold C's three 16 x 16 blocks in fp32, tmm3 16 rows x
+ * 16 pairs of A, tmm4-6 16 rows of each panel. A panel row is 16 pairs
+ * (64 bytes) and the bf16 panels are padded to 16-row multiples, so a
+ * tile of weights is 16 consecutive panel rows as packed (1 KB) and
+ * nothing is repacked for AMX. A comes packed by pack_rows_amx: for each
+ * step of 16 pairs, a 16 x 16 block of the group's rows (1 KB), the
+ * padding zero. tdpbf16ps adds, for each row m and column n, the 16 pair
+ * products of the step in pair order: element (i, n) is one sum over k
+ * in an order fixed by K alone (per K block, C reloaded from the output
+ * between blocks as the other kernels do), so rows stay batch invariant. */
+
+/* ldtilecfg's 64 bytes (palette 1): tiles 0-6 all 16 rows of 64 bytes.
+ * A constant, not a local: GCC's _tile_loadconfig tells the compiler it
+ * reads 8 bytes, so stores into a local configuration could be dropped. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_tilecfg;
+
+static const amx_tilecfg amx_config __attribute__((aligned(64))) = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16},
+};
+
+/* The tile state is per thread: each thread of a GEMM configures it
+ * before its first call (gemm_part) and releases it after its last. */
+__attribute__((target("amx-tile"))) static void amx_enter(void) { _tile_loadconfig(&amx_config); }
+__attribute__((target("amx-tile"))) static void amx_leave(void) { _tile_release(); }
+
+/* C (16, 48) rows of ldc floats: the bias added to the finished sums. */
+__attribute__((target("avx512f"))) static void add_bias16x48(float *C, size_t ldc, const float *bias) {
+    for (int r = 0; r < AMX_PAIRS; r++)
+        for (int q = 0; q < 3; q++)
+            _mm512_storeu_ps(C + r * ldc + 16 * q, _mm512_add_ps(_mm512_loadu_ps(C + r * ldc + 16 * q),
+                                                                 _mm512_loadu_ps(bias + 16 * q)));
+}
+
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) static void
+kernel_amx(const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B1_, const void *B2_, int ku,
+           float *C, size_t ldc, int first, const float *bias) {
+    (void)rs; /* A packed in blocks of 16 x 16 pairs (pack_rows_amx) */
+    (void)ks;
+    const uint32_t *A = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
+    long ldb = (long)(ldc * sizeof(float));
+    __asm__ volatile("" ::: "memory"); /* tileloadd does not tell GCC it reads memory */
+    if (first) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+    } else {
+        _tile_loadd(0, C, ldb);
+        _tile_loadd(1, C + 16, ldb);
+        _tile_loadd(2, C + 32, ldb);
+    }
+    for (int s = 0; s < ku; s += AMX_PAIRS) {
+        size_t o = (size_t)s * GEMM_PANEL; /* the step's block: 16 rows of 16 pairs */
+        _tile_loadd(3, A + o, 64);
+        _tile_loadd(4, B0 + o, 64);
+        _tile_dpbf16ps(0, 3, 4);
+        _tile_loadd(5, B1 + o, 64);
+        _tile_dpbf16ps(1, 3, 5);
+        _tile_loadd(6, B2 + o, 64);
+        _tile_dpbf16ps(2, 3, 6);
+    }
+    _tile_stored(0, C, ldb);
+    _tile_stored(1, C + 16, ldb);
+    _tile_stored(2, C + 32, ldb);
+    if (bias) add_bias16x48(C, ldc, bias);
+}
+
+/* A bf16 value as tdpbf16ps reads it: denormals are zero. */
+static float bf16_daz(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    if ((u & 0x7f800000u) == 0) u &= 0x80000000u;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* tdpbf16ps in C, as the ISA reference writes it: for each row m, each
+ * pair k in order, each column n, c[m][n] += a.lo * b.lo, then += a.hi *
+ * b.hi, every operation rounded to fp32. (The hardware also flushes
+ * denormal results to zero; sums that small do not occur in a model.) */
+static void tdpbf16ps_c(float *c, const uint32_t *a, const uint32_t *b) {
+    for (int m = 0; m < AMX_PAIRS; m++)
+        for (int k = 0; k < AMX_PAIRS; k++) {
+            float alo = bf16_daz((uint16_t)a[m * AMX_PAIRS + k]),
+                  ahi = bf16_daz((uint16_t)(a[m * AMX_PAIRS + k] >> 16));
+            for (int n = 0; n < GEMM_PANEL; n++) {
+                uint32_t w = b[k * GEMM_PANEL + n];
+                float s = c[m * GEMM_PANEL + n];
+                float p = alo * bf16_daz((uint16_t)w);
+                s = s + p;
+                p = ahi * bf16_daz((uint16_t)(w >> 16));
+                c[m * GEMM_PANEL + n] = s + p;
+            }
+        }
+}
+
+/* kernel_amx, each tile instruction in C (gemm_amx_emulated). */
+static void kernel_amx_emulated(const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B1_,
+                                const void *B2_, int ku, float *C, size_t ldc, int first, const float *bias) {
+    (void)rs;
+    (void)ks;
+    const uint32_t *A = Ap_, *B[3] = {B0_, B1_, B2_};
+    float t[3][AMX_PAIRS * GEMM_PANEL]; /* tmm0-2 */
+    for (int q = 0; q < 3; q++)
+        for (int r = 0; r < AMX_PAIRS; r++)
+            for (int n = 0; n < GEMM_PANEL; n++)
+                t[q][r * GEMM_PANEL + n] = first ? 0.0f : C[r * ldc + 16 * q + n];
+    for (int s = 0; s < ku; s += AMX_PAIRS) {
+        size_t o = (size_t)s * GEMM_PANEL;
+        for (int q = 0; q < 3; q++) tdpbf16ps_c(t[q], A + o, B[q] + o);
+    }
+    for (int q = 0; q < 3; q++)
+        for (int r = 0; r < AMX_PAIRS; r++)
+            for (int n = 0; n < GEMM_PANEL; n++) C[r * ldc + 16 * q + n] = t[q][r * GEMM_PANEL + n];
+    if (bias)
+        for (int r = 0; r < AMX_PAIRS; r++)
+            for (int c = 0; c < NR; c++) C[r * ldc + c] += bias[c];
+}
+
+static const gemm_kernel kernel_amx_entry = {.name = "amx",
+                                             .fn = kernel_amx,
+                                             .mr = AMX_PAIRS,
+                                             .np = 3,
+                                             .pack = 1,
+                                             .kc = KC_BIG,
+                                             .pairs = 1,
+                                             .tiles = 1,
+                                             .vector_pack = 1,
+                                             .enter = amx_enter,
+                                             .leave = amx_leave};
+static const gemm_kernel kernel_amx_emulated_entry = {.name = "amx-emulated",
+                                                      .fn = kernel_amx_emulated,
+                                                      .mr = AMX_PAIRS,
+                                                      .np = 3,
+                                                      .pack = 1,
+                                                      .kc = KC_BIG,
+                                                      .pairs = 1,
+                                                      .tiles = 1,
+                                                      .vector_pack = 0};
+static const gemm_kernel kernel_amx_emulated_vector_entry = {.name = "amx-emulated",
+                                                             .fn = kernel_amx_emulated,
+                                                             .mr = AMX_PAIRS,
+                                                             .np = 3,
+                                                             .pack = 1,
+                                                             .kc = KC_BIG,
+                                                             .pairs = 1,
+                                                             .tiles = 1,
+                                                             .vector_pack = 1};
+
+/* AMX CPUs have AVX512-BF16 too (Sapphire Rapids on); the kernel's
+ * packing of A uses it */
+const gemm_kernel *gemm_amx_kernel(void) {
+    return cpu_has_amx_bf16() && cpu_has_avx512bf16() ? &kernel_amx_entry : NULL;
+}
+
+const gemm_kernel *gemm_amx_emulated(int vector_pack) {
+    if (!vector_pack) return &kernel_amx_emulated_entry;
+    return cpu_has_avx512bf16() ? &kernel_amx_emulated_vector_entry : NULL;
+}
 
 void gemm_fill_table(kernel_table *kt, cpu_isa isa) {
     switch (isa) {
@@ -450,6 +628,49 @@ static void pack_rows_f32(const float *A, int K, int i0, int rows, int k0, int k
     }
 }
 
+/* Elements of packed A per row for a K block of kc: kc (fp32), ceil(kc/2)
+ * pairs (bf16), rounded up to whole 16-pair tile steps for AMX. */
+static int block_rows(const gemm_kernel *kn, int kc) {
+    if (!kn->pairs) return kc;
+    int ku = (kc + 1) / 2;
+    return kn->tiles ? (ku + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS : ku;
+}
+
+/* One row's 16 pairs from 32 floats: vcvtne2ps2bf16 rounds them as
+ * act_to_bf16 does, in order (the low half of each pair the even k). */
+__attribute__((target("avx512f,avx512bf16"))) static void pairs16_bf16(const float *src, uint32_t *dst) {
+    _mm512_storeu_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src)));
+}
+
+/* AMX: rows [i0, i0+rows) x columns [k0, k0+kc) of A as bf16 pairs in
+ * groups of 16 rows; a group is ku/16 blocks of 16 rows x 16 pairs (one
+ * tile each, 1 KB), pair k2 of row r at dst[(k2/16)*256 + r*16 + k2%16].
+ * Missing rows, the k past an odd block and the pairs past kc are 0. Full
+ * runs of 32 floats convert with AVX512-BF16 where the kernel asks
+ * (vector_pack), the rest with act_to_bf16, which gives the same bits. */
+static void pack_rows_amx(const float *A, int K, int i0, int rows, int k0, int kc, int ku, int vector,
+                          uint32_t *Ap) {
+    for (int g = 0; g < rows; g += AMX_PAIRS) {
+        uint32_t *grp = Ap + (size_t)g * ku;
+        for (int r = 0; r < AMX_PAIRS; r++) {
+            const float *src = g + r < rows ? A + (size_t)(i0 + g + r) * K + k0 : NULL;
+            for (int s = 0; s < ku; s += AMX_PAIRS) {
+                uint32_t *d = grp + (size_t)s * AMX_PAIRS + r * AMX_PAIRS;
+                if (src && vector && 2 * (s + AMX_PAIRS) <= kc) {
+                    pairs16_bf16(src + 2 * s, d);
+                    continue;
+                }
+                for (int p = 0; p < AMX_PAIRS; p++) {
+                    int k = 2 * (s + p);
+                    float lo = src && k < kc ? src[k] : 0.0f;
+                    float hi = src && k + 1 < kc ? src[k + 1] : 0.0f;
+                    d[p] = act_to_bf16(lo) | (uint32_t)act_to_bf16(hi) << 16;
+                }
+            }
+        }
+    }
+}
+
 /* The AVX2 and bf16 kernels read A packed once for all threads into the
  * caller's scratch (pack_part); the others read A in place. */
 static int shared_pack(const gemm_kernel *kn) { return kn->pack; }
@@ -466,8 +687,8 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     const packed_weight *W = j->W;
     const gemm_kernel *kn = j->kernel;
     int K = W->K, N = W->N, M = j->M, mr = kn->mr, per = kn->pairs ? 2 : 1;
-    int nr = kn->np * GEMM_PANEL; /* columns per tile */
-    int Ku = (K + per - 1) / per; /* elements per panel row */
+    int nr = kn->np * GEMM_PANEL;      /* columns per tile */
+    int Ku = kn->pairs ? W->prows : K; /* rows per panel */
     /* rows per pass: a multiple of mr (no short group inside the matrix) */
     int mc = (MC / mr) * mr;
     /* One image streams its weights from memory once: with one pass over all
@@ -479,7 +700,7 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
     float edge_bias[NR] = {0};
     for (int k0 = 0; k0 < K; k0 += kn->kc) {
-        int kc = K - k0 < kn->kc ? K - k0 : kn->kc, ku = (kc + per - 1) / per;
+        int kc = K - k0 < kn->kc ? K - k0 : kn->kc, ku = block_rows(kn, kc);
         int first = k0 == 0, last = k0 + kc == K;
         for (int i0 = 0; i0 < M; i0 += mc) {
             int rows = M - i0 < mc ? M - i0 : mc;
@@ -557,7 +778,10 @@ static void pack_part(void *ctx, int part, int parts) {
     if (i0 >= i1) return;
     for (int k0 = 0; k0 < K; k0 += kn->kc) {
         int kc = K - k0 < kn->kc ? K - k0 : kn->kc;
-        if (kn->pairs)
+        if (kn->tiles)
+            pack_rows_amx(j->A, K, i0, i1 - i0, k0, kc, block_rows(kn, kc), kn->vector_pack,
+                          (uint32_t *)j->Ap + (size_t)(k0 / 2) * j->Mp + (size_t)i0 * block_rows(kn, kc));
+        else if (kn->pairs)
             pack_rows_bf16(j->A, K, i0, i1 - i0, k0, kc, kn->mr,
                            (uint32_t *)j->Ap + (size_t)(k0 / 2) * j->Mp + (size_t)i0 * ((kc + 1) / 2));
         else
@@ -572,17 +796,23 @@ static void gemm_part(void *ctx, int part, int parts) {
     (void)part;
     (void)parts;
     int tiles = j->W->panels / j->kernel->np;
+    if (j->kernel->enter) j->kernel->enter();
     for (;;) {
         int t0 = __atomic_fetch_add(&j->next, j->chunk, __ATOMIC_RELAXED);
-        if (t0 >= tiles) return;
+        if (t0 >= tiles) break;
         gemm_tiles(j, t0, t0 + j->chunk < tiles ? t0 + j->chunk : tiles);
     }
+    if (j->kernel->leave) j->kernel->leave();
 }
 
 size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision) {
-    /* bf16: M rounded up to 8 rows of ceil(K / 2) pairs (each block's
-     * pairs, summed over the even blocks and the last one, is that) */
-    if (precision == GEMM_BF16) return (size_t)(M + MR_MAX) * (size_t)((K + 1) / 2);
+    /* bf16: M rounded up to the kernel's rows (at most MR_MAX) of ceil(K / 2)
+     * pairs (each block's pairs, summed over the even blocks and the last
+     * one, is that), the last block rounded up to a whole AMX step: the
+     * same for every bf16 kernel, so a table may swap its kernel after
+     * sizing the scratch */
+    if (precision == GEMM_BF16)
+        return (size_t)(M + MR_MAX) * (size_t)(((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS);
     /* fp32 read in place (AVX-512, generic): only A's last, short row group,
      * zero-padded (gemm_forward_act) */
     if (!shared_pack(kt->gemm)) return (size_t)MR_MAX * (size_t)K;

@@ -24,10 +24,13 @@
 
 /* W (N, K) repacked as panels of (K, 16), zero-padded to a multiple of 48
  * columns (the kernels' tile); or, for bf16 compute, as panels of
- * (ceil(K/2), 16) pairs of bf16 values (W[n][2k], W[n][2k+1]). */
+ * (prows, 16) pairs of bf16 values (W[n][2k], W[n][2k+1]), prows being
+ * ceil(K/2) rounded up to 16 with zero pairs: 16 panel rows are one AMX
+ * tile of weights (the vdpbf16ps kernel never reads the padding). */
 typedef struct {
     int N, K;
     int panels;
+    int prows;                /* bf16: rows of pairs per panel; else 0 */
     float *data;              /* fp32: panels * K * 16 floats, 64-byte aligned, owned; else NULL */
     uint32_t *bf16;           /* bf16: panels * ceil(K/2) * 16 pairs, owned; else NULL */
     struct dnnl_weight *dnnl; /* bf16 through oneDNN (dnnl_gemm.h): its weights, owned;
@@ -38,17 +41,19 @@ typedef struct {
 enum { GEMM_FP32 = 0, GEMM_BF16 = 1 };
 
 /* Who runs the bf16 GEMMs: AUTO (oneDNN on AMX CPUs where the build has
- * it, else our own kernel), OWN (always ours), ONEDNN (always oneDNN:
- * tests and benchmarks on CPUs without AMX). fp32 is always ours. */
-enum { GEMM_BACKEND_AUTO = 0, GEMM_BACKEND_OWN = 1, GEMM_BACKEND_ONEDNN = 2 };
-/* "auto", "own", "onednn" */
+ * it, else our own vdpbf16ps kernel), OWN (always that kernel), ONEDNN
+ * (always oneDNN: tests and benchmarks on CPUs without AMX), AMX (our own
+ * AMX tile kernel: CPUs with AMX only; opt-in until it is measured against
+ * oneDNN on one, bench/README.md). fp32 is always ours. */
+enum { GEMM_BACKEND_AUTO = 0, GEMM_BACKEND_OWN = 1, GEMM_BACKEND_ONEDNN = 2, GEMM_BACKEND_AMX = 3 };
+/* "auto", "own", "onednn", "amx" */
 const char *gemm_backend_name(int backend);
 int gemm_backend_parse(const char *name, int *out);
 
 /* Packs W (N, K) for fp32 or bf16 compute (weights rounded to nearest
- * even). The packed form is the same for every kernel of its precision.
- * Returns 0, or -1 (out of memory, or bf16 on a CPU without AVX512-BF16:
- * cpu_has_avx512bf16). */
+ * even). The packed form is the same for every kernel of its precision
+ * (plain C: any CPU packs; whether a kernel can run it is the kernel
+ * table's business). Returns 0, or -1 (out of memory). */
 int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out);
 void gemm_pack_free(packed_weight *p);
 
@@ -78,5 +83,21 @@ void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, con
  * (for the fp32 kernels that read A in place: only a zero-padded copy of
  * A's last rows, 8 x K). */
 size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision);
+
+/* Our AMX kernel for bf16-packed weights (tdpbf16ps on 16 x 16 tiles: A's
+ * rows 16 at a time against a 48-column tile of W), for a context's
+ * kernel table (kt->gemm_bf16); NULL where this CPU has no AMX-BF16 or
+ * Linux did not grant the tile state (cpu_has_amx_bf16). Bit for bit batch
+ * invariant like the others. */
+const gemm_kernel *gemm_amx_kernel(void);
+
+/* The same kernel with each tile instruction computed in C as the ISA
+ * defines it (tdpbf16ps: per row and column, the 16 pairs in order, each
+ * product added in fp32, bf16 denormals read as zero): its packing,
+ * blocking and edges run on any CPU, so the tests check them everywhere
+ * and compare the hardware against it where AMX exists. vector_pack: A
+ * converted to bf16 with AVX512-BF16 as the hardware kernel does (NULL
+ * where the CPU lacks it), else in C. Tests only; slow. */
+const gemm_kernel *gemm_amx_emulated(int vector_pack);
 
 #endif

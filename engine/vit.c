@@ -285,7 +285,9 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     vit_options o = opt ? *opt : vit_default_options();
-    if (precision_choose(o.precision, o.isa, cpu_get_features(), dispatch_amx_backend(), &m->choice, err,
+    /* asking for our AMX kernel makes it the AMX backend auto's table weighs */
+    if (precision_choose(o.precision, o.isa, cpu_get_features(),
+                         dispatch_amx_backend() || o.gemm_backend == GEMM_BACKEND_AMX, &m->choice, err,
                          errlen))
         goto cleanup;
     if (o.max_tokens < 2) {
@@ -298,17 +300,24 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         snprintf(err, errlen, "gemm backend onednn: this build has no oneDNN (libdnnl-dev)");
         goto cleanup;
     }
-    if (o.gemm_backend == GEMM_BACKEND_ONEDNN && m->precision != GEMM_BF16) {
-        snprintf(err, errlen, "gemm backend onednn computes bf16 only (precision: %s)",
-                 precision_name(m->precision));
+    if (o.gemm_backend == GEMM_BACKEND_AMX && !gemm_amx_kernel()) {
+        snprintf(err, errlen,
+                 "gemm backend amx: this CPU has no AMX-BF16 (amx_bf16 and amx_tile in /proc/cpuinfo), "
+                 "or Linux did not grant the tile state");
         goto cleanup;
     }
-    m->backend =
-        m->precision == GEMM_BF16 &&
-                (o.gemm_backend == GEMM_BACKEND_ONEDNN ||
-                 (o.gemm_backend == GEMM_BACKEND_AUTO && dnnl_gemm_available() && cpu_has_amx_bf16()))
-            ? GEMM_BACKEND_ONEDNN
-            : GEMM_BACKEND_OWN;
+    if ((o.gemm_backend == GEMM_BACKEND_ONEDNN || o.gemm_backend == GEMM_BACKEND_AMX) &&
+        m->precision != GEMM_BF16) {
+        snprintf(err, errlen, "gemm backend %s computes bf16 only (precision: %s)",
+                 gemm_backend_name(o.gemm_backend), precision_name(m->precision));
+        goto cleanup;
+    }
+    if (m->precision != GEMM_BF16) m->backend = GEMM_BACKEND_OWN;
+    else if (o.gemm_backend == GEMM_BACKEND_ONEDNN || o.gemm_backend == GEMM_BACKEND_AMX)
+        m->backend = o.gemm_backend;
+    else if (o.gemm_backend == GEMM_BACKEND_AUTO && dnnl_gemm_available() && cpu_has_amx_bf16())
+        m->backend = GEMM_BACKEND_ONEDNN;
+    else m->backend = GEMM_BACKEND_OWN;
     m->max_tokens = o.max_tokens;
     if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
@@ -438,6 +447,8 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     }
     if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen))
         goto fail;
+    /* the same bf16 panels, through the tiles (vit_load checked the CPU) */
+    if (m->backend == GEMM_BACKEND_AMX) ctx->kernels.gemm_bf16 = gemm_amx_kernel();
     ctx->tmax = m->max_tokens < q.max_tokens ? m->max_tokens : q.max_tokens;
     ctx->pool = thread_pool_new(q.threads);
     ctx->start = calloc((size_t)q.max_images + 1, sizeof(int));

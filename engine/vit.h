@@ -60,7 +60,7 @@ typedef struct {
     int max_tokens;          // per image; larger resolutions are refused
     int precision;           // GEMM_FP32 or GEMM_BF16
     precision_choice choice; // how precision was chosen (asked, auto's table, warnings)
-    int backend;             // GEMM_BACKEND_OWN or GEMM_BACKEND_ONEDNN: who runs the GEMMs
+    int backend;             // GEMM_BACKEND_OWN, _ONEDNN or _AMX: who runs the bf16 GEMMs
 } vit_model;
 
 /* Knobs of a loaded model; vit_default_options() fills every one. */
@@ -73,7 +73,7 @@ typedef struct {
     int isa;          // the level the model's contexts will run at (CPU_ISA_BEST, or
                       // forced lower: no bf16 below avx512), for the choice above
     int gemm_backend; // GEMM_BACKEND_AUTO (oneDNN for bf16 on AMX CPUs where the build
-                      // has it, else ours), _OWN, or _ONEDNN (bf16 only; gemm.h)
+                      // has it, else ours), _OWN, _ONEDNN or _AMX (bf16 only; gemm.h)
 } vit_options;
 
 vit_options vit_default_options(void);

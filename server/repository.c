@@ -439,6 +439,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
     if (m->model->precision == GEMM_BF16)
         log_event("info", "model %s version %d: bf16 GEMMs: %s", m->name, m->version,
                   m->model->backend == GEMM_BACKEND_ONEDNN ? "oneDNN's matmul primitive"
+                  : m->model->backend == GEMM_BACKEND_AMX  ? "our AMX tile kernel"
                                                            : "our vdpbf16ps kernel");
     /* thread counts left to derive depend on how heavy the model is */
     const vit_model *vm = m->model;

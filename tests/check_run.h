@@ -23,8 +23,9 @@
 static inline int check_part_missing(const char *part) {
     if (!part) return 0;
     if (strcmp(part, "bf16") == 0) return !cpu_has_avx512bf16();
-    /* the AMX backend is oneDNN's */
-    if (strcmp(part, "amx") == 0) return !cpu_has_amx_bf16() || !dnnl_gemm_available();
+    /* our AMX kernel (gemm_amx_kernel), and oneDNN's AMX backend */
+    if (strcmp(part, "amx") == 0) return !cpu_has_amx_bf16();
+    if (strcmp(part, "amx-onednn") == 0) return !cpu_has_amx_bf16() || !dnnl_gemm_available();
     /* oneDNN's bf16 beside our bf16 (the model's attention) */
     if (strcmp(part, "onednn") == 0) return !dnnl_gemm_available() || !cpu_has_avx512bf16();
     int isa;
@@ -33,13 +34,14 @@ static inline int check_part_missing(const char *part) {
 }
 
 static inline int check_skip(const char *part) {
-    if (strcmp(part, "onednn") == 0 || (strcmp(part, "amx") == 0 && cpu_has_amx_bf16()))
+    if (strcmp(part, "onednn") == 0 || (strcmp(part, "amx-onednn") == 0 && cpu_has_amx_bf16()))
         printf("skipped: %s\n", dnnl_gemm_available() ? "no AVX512-BF16 on this CPU"
                                                       : "this build has no oneDNN (libdnnl-dev)");
     else
-        printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0  ? "AVX512-BF16"
-                                               : strcmp(part, "amx") == 0 ? "AMX"
-                                                                          : part);
+        printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0 ? "AVX512-BF16"
+                                               : strncmp(part, "amx", 3) == 0
+                                                   ? "AMX-BF16 (or Linux did not grant the tile state)"
+                                                   : part);
     return CHECK_SKIPPED;
 }
 

@@ -132,24 +132,43 @@ static float round_bf16(float f) {
     return f;
 }
 
-START_TEST(test_bf16_kernel) {
-    kernel_table kt;
-    ck_assert(table("avx512", &kt) && kt.gemm_bf16); /* main() adds it only then */
+/* The kernel table whose bf16 kernel is `which`: "bf16" (vdpbf16ps), "amx"
+ * (our AMX kernel on the tiles), "amx-emulated" (its tile instructions in
+ * C, A converted in C) or "amx-emulated-vector" (A converted with
+ * AVX512-BF16, as the hardware kernel does). 0 where this CPU lacks it. */
+static int bf16_table(const char *which, kernel_table *kt) {
+    if (strcmp(which, "bf16") == 0) return table("avx512", kt) && kt->gemm_bf16;
+    if (!table("auto", kt)) return 0;
+    kt->gemm_bf16 = strcmp(which, "amx") == 0 ? gemm_amx_kernel()
+                                              : gemm_amx_emulated(strcmp(which, "amx-emulated-vector") == 0);
+    return kt->gemm_bf16 != NULL;
+}
+
+static void check_bf16_kernel(const char *which) {
+    kernel_table kt, emu;
+    ck_assert_msg(bf16_table(which, &kt), "%s: main() adds it only where it runs", which);
+    int amx = strcmp(which, "amx") == 0; /* the hardware, also against its emulation */
+    ck_assert(!amx || bf16_table("amx-emulated", &emu));
+    double hw_vs_emulated = 0;
     thread_pool *three = thread_pool_new(3);
     /* M past 264 runs in passes of 64 rows; K past 32 packs full groups
      * of 8 rows through the vector conversion, 257 leaves an odd last block */
     /* and K past 768 runs several K blocks (partial sums reloaded from C),
-     * 1601 = 768 + 768 + 65 an odd last block after full ones */
-    int shapes[][3] = {{1, 1, 1},     {5, 7, 3},      {13, 50, 129},  {197, 96, 257},
-                       {9, 130, 768}, {300, 50, 200}, {70, 50, 1601}, {300, 50, 1000}};
+     * 1601 = 768 + 768 + 65 an odd last block after full ones. AMX: 16 rows
+     * per group (33: two and a row), K = 32 one whole tile step, 770 a
+     * second K block of one pair padded to a whole step */
+    int shapes[][3] = {{1, 1, 1},      {5, 7, 3},      {13, 50, 129}, {197, 96, 257}, {9, 130, 768},
+                       {300, 50, 200}, {70, 50, 1601}, {33, 48, 32},  {16, 49, 770},  {300, 50, 1000}};
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
         float *out = malloc(sizeof(float) * M * N), *out3 = malloc(sizeof(float) * M * N);
-        float *one = malloc(sizeof(float) * N);
+        float *one = malloc(sizeof(float) * N), *b = malloc(sizeof(float) * N);
         float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, GEMM_BF16));
         fill(A, (size_t)M * K, 11 + (unsigned)s);
         fill(W, (size_t)N * K, 12 + (unsigned)s);
+        fill(b, (size_t)N, 13 + (unsigned)s);
+        const float *bias = s % 2 ? b : NULL; /* half the shapes with a bias, added in fp32 */
         /* denormal activations: the vector conversion (full groups of 8 rows)
          * flushes them to zero, the scalar one (the short last group) keeps
          * a bf16 denormal that vdpbf16ps reads as zero: a row alone must
@@ -157,25 +176,30 @@ START_TEST(test_bf16_kernel) {
         for (int i = 0; i < M * K; i += 37) A[i] = (i & 1) ? 3e-39f : -5e-40f;
         packed_weight p;
         ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
-        gemm_forward(&kt, NULL, out, A, &p, NULL, M, scratch);
-        gemm_forward(&kt, three, out3, A, &p, NULL, M, scratch);
-        ck_assert_msg(memcmp(out, out3, sizeof(float) * M * N) == 0, "%dx%dx%d: 1 vs 3 threads", M, N, K);
+        gemm_forward(&kt, NULL, out, A, &p, bias, M, scratch);
+        gemm_forward(&kt, three, out3, A, &p, bias, M, scratch);
+        ck_assert_msg(memcmp(out, out3, sizeof(float) * M * N) == 0, "%s %dx%dx%d: 1 vs 3 threads", which, M,
+                      N, K);
+        if (amx) { /* out3 is free again: the emulation's result */
+            gemm_forward(&emu, NULL, out3, A, &p, bias, M, scratch);
+            for (int i = 0; i < M * N; i++) hw_vs_emulated = fmax(hw_vs_emulated, fabs(out[i] - out3[i]));
+        }
         for (int i = 0; i < M; i++)
             for (int n = 0; n < N; n++) {
-                double exact = 0, rounded = 0;
+                double exact = bias ? bias[n] : 0, rounded = exact;
                 for (int k = 0; k < K; k++) {
                     exact += (double)A[i * K + k] * W[n * K + k];
                     rounded += (double)round_bf16(A[i * K + k]) * round_bf16(W[n * K + k]);
                 }
                 float got = out[(size_t)i * N + n];
-                ck_assert_msg(fabs(got - rounded) <= 1e-5 * (1 + K / 16.0), "%dx%dx%d (%d,%d): %g vs %g", M,
-                              N, K, i, n, got, rounded);
+                ck_assert_msg(fabs(got - rounded) <= 1e-5 * (1 + K / 16.0), "%s %dx%dx%d (%d,%d): %g vs %g",
+                              which, M, N, K, i, n, got, rounded);
                 ck_assert(fabs(got - exact) <= 2e-2 * sqrt((double)K));
             }
         for (int r = 0; r < M; r += 4) {
-            gemm_forward(&kt, NULL, one, A + (size_t)r * K, &p, NULL, 1, scratch);
+            gemm_forward(&kt, NULL, one, A + (size_t)r * K, &p, bias, 1, scratch);
             ck_assert_msg(memcmp(one, out + (size_t)r * N, sizeof(float) * N) == 0,
-                          "%dx%dx%d: row %d alone differs from the batch", M, N, K, r);
+                          "%s %dx%dx%d: row %d alone differs from the batch", which, M, N, K, r);
         }
         gemm_pack_free(&p);
         free(A);
@@ -183,9 +207,47 @@ START_TEST(test_bf16_kernel) {
         free(out);
         free(out3);
         free(one);
+        free(b);
         free(scratch);
     }
     thread_pool_free(three);
+    /* the tiles against the ISA's definition of them: both within the
+     * tolerance above; the figure tells whether they agree bit for bit */
+    if (amx) fprintf(stderr, "amx: hardware vs emulated tdpbf16ps: max |difference| %g\n", hw_vs_emulated);
+}
+
+START_TEST(test_bf16_kernel) { check_bf16_kernel("bf16"); }
+END_TEST
+
+static const char *const amx_kernels[] = {"amx-emulated", "amx-emulated-vector", "amx"};
+
+START_TEST(test_amx_kernel) { check_bf16_kernel(amx_kernels[_i]); }
+END_TEST
+
+/* A converted to bf16 pairs in C and with AVX512-BF16 (what the hardware
+ * kernel runs) gives the same bits, on rows with every kind of tail. */
+START_TEST(test_amx_vector_pack_same_bits) {
+    kernel_table c, v;
+    ck_assert(bf16_table("amx-emulated", &c) && bf16_table("amx-emulated-vector", &v));
+    int M = 37, N = 20, K = 1601;
+    float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K);
+    float *o1 = malloc(sizeof(float) * M * N), *o2 = malloc(sizeof(float) * M * N);
+    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&c, M, K, GEMM_BF16));
+    fill(A, (size_t)M * K, 31);
+    fill(W, (size_t)N * K, 32);
+    for (int i = 0; i < M * K; i += 29) A[i] = (i & 1) ? 3e-39f : -5e-40f; /* denormals */
+    for (int i = 5; i < M * K; i += 31) A[i] *= 1e-30f;
+    packed_weight p;
+    ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
+    gemm_forward(&c, NULL, o1, A, &p, NULL, M, scratch);
+    gemm_forward(&v, NULL, o2, A, &p, NULL, M, scratch);
+    ck_assert_msg(memcmp(o1, o2, sizeof(float) * M * N) == 0, "vector and scalar bf16 packing differ");
+    gemm_pack_free(&p);
+    free(A);
+    free(W);
+    free(o1);
+    free(o2);
+    free(scratch);
 }
 END_TEST
 
@@ -193,9 +255,9 @@ END_TEST
  * rows (vector) and in the short last one (scalar), also at the edges of
  * the float range: the largest denormal (which vcvtne2ps2bf16 reads as 0,
  * and plain rounding would turn into the smallest normal bf16), times 2. */
-START_TEST(test_bf16_edge_values) {
+static void check_bf16_edge_values(const char *which) {
     kernel_table kt;
-    ck_assert(table("avx512", &kt) && kt.gemm_bf16);
+    ck_assert(bf16_table(which, &kt));
     int M = 9, N = 3, K = 64;
     float *A = calloc((size_t)M * K, sizeof(float)), *W = malloc(sizeof(float) * N * K);
     float *out = malloc(sizeof(float) * M * N), *one = malloc(sizeof(float) * N);
@@ -208,9 +270,10 @@ START_TEST(test_bf16_edge_values) {
     gemm_forward(&kt, NULL, out, A, &p, NULL, M, scratch); /* rows 0-7: one full group; row 8 alone */
     gemm_forward(&kt, NULL, one, A, &p, NULL, 1, scratch); /* row 0 alone: the short group */
     for (int n = 0; n < N; n++) {
-        ck_assert_msg(memcmp(&one[n], &out[n], 4) == 0, "row 0 alone %g vs in a group %g", one[n], out[n]);
-        ck_assert_msg(memcmp(&out[8 * N + n], &out[n], 4) == 0, "row 8 %g vs row 0 %g", out[8 * N + n],
+        ck_assert_msg(memcmp(&one[n], &out[n], 4) == 0, "%s: row 0 alone %g vs in a group %g", which, one[n],
                       out[n]);
+        ck_assert_msg(memcmp(&out[8 * N + n], &out[n], 4) == 0, "%s: row 8 %g vs row 0 %g", which,
+                      out[8 * N + n], out[n]);
     }
     gemm_pack_free(&p);
     free(A);
@@ -219,6 +282,11 @@ START_TEST(test_bf16_edge_values) {
     free(one);
     free(scratch);
 }
+
+START_TEST(test_bf16_edge_values) { check_bf16_edge_values("bf16"); }
+END_TEST
+
+START_TEST(test_amx_edge_values) { check_bf16_edge_values(amx_kernels[_i]); }
 END_TEST
 
 /* gemm_forward_act is gemm_forward then activation_forward, bit for bit, on
@@ -229,11 +297,13 @@ START_TEST(test_fused_activation) {
     int shapes[][3] = {{1, 1, 1}, {13, 50, 129}, {197, 100, 64}, {300, 150, 800}};
     static const activation acts[] = {ACT_GELU, ACT_QUICK_GELU, ACT_GELU_TANH, ACT_RELU};
     thread_pool *three = thread_pool_new(3);
-    for (int ki = 0; ki < 4; ki++) {
-        int bf16 = ki == 3;
+    static const char *const bf16_kernels[] = {"bf16", "amx-emulated", "amx"};
+    for (int ki = 0; ki < 6; ki++) {
+        int bf16 = ki >= 3;
+        const char *name = bf16 ? bf16_kernels[ki - 3] : kernels[ki];
         kernel_table kt;
-        if (!check_part_selected(part, bf16 ? "bf16" : kernels[ki])) continue;
-        if (!table(bf16 ? "avx512" : kernels[ki], &kt) || (bf16 && !kt.gemm_bf16)) continue;
+        if (!check_part_selected(part, name)) continue;
+        if (bf16 ? !bf16_table(name, &kt) : !table(name, &kt)) continue;
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
             for (int threads = 1; threads <= 3; threads += 2) {
                 int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -253,8 +323,7 @@ START_TEST(test_fused_activation) {
                 kt.activation(ref, (size_t)M * N, act);
                 gemm_forward_act(&kt, pool, out, A, &p, b, M, scratch, (int)act);
                 ck_assert_msg(memcmp(out, ref, sizeof(float) * M * N) == 0,
-                              "%s %dx%dx%d, %d threads: fused differs", bf16 ? "bf16" : kernels[ki], M, N, K,
-                              threads);
+                              "%s %dx%dx%d, %d threads: fused differs", name, M, N, K, threads);
                 gemm_pack_free(&p);
                 free(A);
                 free(W);
@@ -268,15 +337,18 @@ START_TEST(test_fused_activation) {
 }
 END_TEST
 
-/* argv[1]: avx512, avx2, scalar (that level's kernel) or bf16 (the bf16
- * kernel); none: every part this CPU runs. */
+/* argv[1]: avx512, avx2, scalar (that level's kernel), bf16 (the
+ * vdpbf16ps kernel), amx-emulated (our AMX kernel, its tiles in C: any
+ * CPU) or amx (on the tiles); none: every part this CPU runs. */
 int main(int argc, char **argv) {
     part = argc > 1 ? argv[1] : NULL;
     if (check_part_missing(part)) return check_skip(part);
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("gemm");
     tcase_set_timeout(tc, 120);
-    if (!part || strcmp(part, "bf16") != 0) tcase_add_test(tc, test_kernels_match_openblas);
+    if (check_part_selected(part, "scalar") || check_part_selected(part, "avx2") ||
+        check_part_selected(part, "avx512"))
+        tcase_add_test(tc, test_kernels_match_openblas);
     /* the row invariance of the named level; with none, of the best (as
      * the engine runs it: the full set under valgrind would be slow) */
     for (int i = 0; i < 3; i++)
@@ -286,6 +358,20 @@ int main(int argc, char **argv) {
     if (check_part_selected(part, "bf16") && !check_part_missing("bf16")) {
         tcase_add_test(tc, test_bf16_kernel);
         tcase_add_test(tc, test_bf16_edge_values);
+    }
+    /* our AMX kernel: emulated everywhere (A converted in C; with
+     * AVX512-BF16 also as the hardware kernel converts it), on the tiles
+     * where they exist */
+    if (check_part_selected(part, "amx-emulated")) {
+        int vector = gemm_amx_emulated(1) != NULL;
+        tcase_add_loop_test(tc, test_amx_kernel, 0, 1 + vector);
+        tcase_add_loop_test(tc, test_amx_edge_values, 0, 1 + vector);
+        if (vector) tcase_add_test(tc, test_amx_vector_pack_same_bits);
+        else printf("amx-emulated: no AVX512-BF16 here: the vector conversion of A is not checked\n");
+    }
+    if (check_part_selected(part, "amx") && !check_part_missing("amx")) {
+        tcase_add_loop_test(tc, test_amx_kernel, 2, 3);
+        tcase_add_loop_test(tc, test_amx_edge_values, 2, 3);
     }
     tcase_add_test(tc, test_fused_activation);
     suite_add_tcase(s, tc);

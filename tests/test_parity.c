@@ -229,12 +229,14 @@ START_TEST(test_bad_resolution_is_refused_with_nearest) {
 END_TEST
 
 /* Opt-in bf16 compute stays close to the reference on every case (it is
- * not exact: bf16 keeps 8 significant bits of each product's inputs). */
+ * not exact: bf16 keeps 8 significant bits of each product's inputs).
+ * _i: 0 our vdpbf16ps kernel, 1 our AMX kernel (gemm_backend amx). */
 START_TEST(test_bf16_close_to_reference) {
-    ck_assert(cpu_has_avx512bf16()); /* main() adds it only then */
+    ck_assert(_i ? cpu_has_amx_bf16() : cpu_has_avx512bf16()); /* main() adds it only then */
     load_manifest();
     vit_options opt = vit_default_options();
     opt.precision = GEMM_BF16;
+    opt.gemm_backend = _i ? GEMM_BACKEND_AMX : GEMM_BACKEND_OWN;
     double worst_rel = 0;
     for (int i = 0; i < ncases; i++) {
         parity_case *pc = &cases[i];
@@ -242,6 +244,7 @@ START_TEST(test_bf16_close_to_reference) {
         vit_model *m = NULL;
         snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, pc->model);
         ck_assert_msg(vit_load(dir, &opt, &m, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_int_eq(m->backend, opt.gemm_backend);
         int N = (int)pc->input.shape[0], K = m->cfg.num_class, C = m->cfg.num_channels;
         vit_image imgs[8];
         float logits[8 * 64];
@@ -261,7 +264,8 @@ START_TEST(test_bf16_close_to_reference) {
         vit_context_free(ctx);
         vit_free(m);
     }
-    fprintf(stderr, "bf16: worst |logit - reference| / (1 + max |logit|) = %.4f\n", worst_rel);
+    fprintf(stderr, "bf16 (%s): worst |logit - reference| / (1 + max |logit|) = %.4f\n",
+            gemm_backend_name(opt.gemm_backend), worst_rel);
     free_manifest();
 }
 END_TEST
@@ -449,9 +453,10 @@ END_TEST
  * of the image alone (which takes the separate pass), bit for bit, in fp32
  * and in bf16. Ragged: two resolutions alternate. */
 START_TEST(test_large_batch_paths_invariance) {
-    for (int bf16 = _i; bf16 < _i + 1; bf16++) {
+    for (int bf16 = _i; bf16 < _i + 1; bf16++) { /* 0 fp32, 1 bf16, 2 bf16 on our AMX kernel */
         vit_options opt = vit_default_options();
         opt.precision = bf16 ? GEMM_BF16 : GEMM_FP32;
+        if (bf16 == 2) opt.gemm_backend = GEMM_BACKEND_AMX;
         char dir[1024], err[512];
         vit_model *m = NULL;
         snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, "comrope_ld_b2");
@@ -485,7 +490,10 @@ START_TEST(test_large_batch_paths_invariance) {
         for (int i = 0; i < n; i++)
             ck_assert_msg(memcmp(together + (size_t)i * K, alone[i % 2], sizeof(float) * K) == 0,
                           "%s: image %d of a batch of %d (%zu tokens) differs from it alone",
-                          bf16 ? "bf16" : "fp32", i, n, tokens);
+                          bf16 == 2 ? "bf16 amx"
+                          : bf16    ? "bf16"
+                                    : "fp32",
+                          i, n, tokens);
         free(together);
         free(imgs);
         free(pix[0]);
@@ -497,8 +505,9 @@ START_TEST(test_large_batch_paths_invariance) {
 END_TEST
 
 /* argv[1]: fp32 (the exact engine), bf16 (the opt-in bf16 compute),
- * onednn (bf16 through oneDNN) or amx (auto on an AMX CPU); none: all,
- * each where this CPU and build have it. */
+ * onednn (bf16 through oneDNN), amx (bf16 on our AMX kernel) or
+ * amx-onednn (auto on an AMX CPU: oneDNN); none: all, each where this CPU
+ * and build have it. */
 int main(int argc, char **argv) {
     const char *part = argc > 1 ? argv[1] : NULL;
     if (check_part_missing(part)) return check_skip(part);
@@ -514,12 +523,16 @@ int main(int argc, char **argv) {
         tcase_add_loop_test(tc, test_large_batch_paths_invariance, 0, 1);
     }
     if (check_part_selected(part, "bf16") && !check_part_missing("bf16")) {
-        tcase_add_test(tc, test_bf16_close_to_reference);
+        tcase_add_loop_test(tc, test_bf16_close_to_reference, 0, 1);
         tcase_add_loop_test(tc, test_large_batch_paths_invariance, 1, 2);
     }
     if (check_part_selected(part, "onednn") && !check_part_missing("onednn"))
         tcase_add_test(tc, test_onednn_bf16_close_to_reference);
-    if (check_part_selected(part, "amx") && !check_part_missing("amx"))
+    if (check_part_selected(part, "amx") && !check_part_missing("amx")) {
+        tcase_add_loop_test(tc, test_bf16_close_to_reference, 1, 2);
+        tcase_add_loop_test(tc, test_large_batch_paths_invariance, 2, 3);
+    }
+    if (check_part_selected(part, "amx-onednn") && !check_part_missing("amx-onednn"))
         tcase_add_test(tc, test_amx_auto_uses_onednn);
     suite_add_tcase(s, tc);
     return check_run(s);
