@@ -9,7 +9,10 @@
  * through format_tag_any and reordered once). oneDNN takes bf16 A (2.6 has
  * no f32 x bf16 matmul), so its time includes converting A, as the engine
  * would have to. oneDNN threads through OpenMP (OMP_NUM_THREADS is set to
- * --threads), ours through its pool. Prints one JSON line per shape. */
+ * --threads), ours through its pool. On a CPU with AMX, our AMX kernel
+ * (gemm_amx_kernel: the same bf16 panels through the tiles) runs in turn
+ * with the two (amx_gflops; null elsewhere), with its largest difference
+ * from our vdpbf16ps kernel. Prints one JSON line per shape. */
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>
@@ -67,6 +70,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dnnl-gemm-bench: this CPU has no bf16 GEMM of ours (%s)\n", err);
         return 77;
     }
+    kernel_table ka = kt; /* our AMX kernel, where the CPU has AMX */
+    ka.gemm_bf16 = gemm_amx_kernel();
     thread_pool *pool = thread_pool_new(threads);
     dnnl_engine_t eng;
     dnnl_stream_t st;
@@ -82,7 +87,7 @@ int main(int argc, char **argv) {
             int M = Ms[mi], N = NK[s][0], K = NK[s][1];
             float *W = malloc((size_t)N * K * 4), *A = malloc((size_t)M * K * 4);
             float *bias = malloc((size_t)N * 4), *o1 = malloc((size_t)M * N * 4);
-            float *o2 = malloc((size_t)M * N * 4);
+            float *o2 = malloc((size_t)M * N * 4), *o3 = malloc((size_t)M * N * 4);
             uint16_t *Ab = malloc((size_t)M * K * 2), *Wb = malloc((size_t)N * K * 2);
             srand(1);
             for (size_t i = 0; i < (size_t)N * K; i++) W[i] = (float)rand() / RAND_MAX - 0.5f;
@@ -95,7 +100,7 @@ int main(int argc, char **argv) {
             if (gemm_pack(W, N, K, GEMM_BF16, &pw)) return 1;
             float *scratch =
                 aligned_alloc(64, (gemm_scratch_floats(&kt, M, K, GEMM_BF16) * 4 + 63) / 64 * 64);
-            double t_ours[64], t_dnnl[64];
+            double t_ours[64], t_dnnl[64], t_amx[64];
             if (reps > 64) reps = 64;
 
             /* oneDNN: src (M, K) bf16, weights (K, N) from W (N, K) = tag ba */
@@ -139,21 +144,34 @@ int main(int argc, char **argv) {
                 CHECK(dnnl_primitive_execute(mm, st, 4, args));
                 CHECK(dnnl_stream_wait(st));
                 if (r >= 0) t_dnnl[r] = now_s() - t0;
+                if (!ka.gemm_bf16) continue;
+                t0 = now_s();
+                gemm_forward(&ka, pool, o3, A, &pw, bias, M, scratch);
+                if (r >= 0) t_amx[r] = now_s() - t0;
             }
-            double maxd = 0, maxv = 0;
+            double maxd = 0, maxv = 0, maxd_amx = 0;
             for (size_t i = 0; i < (size_t)M * N; i++) {
                 double d = fabs((double)o1[i] - o2[i]);
                 if (d > maxd) maxd = d;
                 if (fabs(o1[i]) > maxv) maxv = fabs(o1[i]);
+                if (ka.gemm_bf16 && fabs((double)o1[i] - o3[i]) > maxd_amx)
+                    maxd_amx = fabs((double)o1[i] - o3[i]);
             }
             qsort(t_ours, reps, sizeof(double), cmp_d);
             qsort(t_dnnl, reps, sizeof(double), cmp_d);
             double gf = 2.0 * M * N * K * 1e-9;
+            char amx[160] = "\"amx_gflops\": null";
+            if (ka.gemm_bf16) {
+                qsort(t_amx, reps, sizeof(double), cmp_d);
+                snprintf(amx, sizeof(amx),
+                         "\"amx_gflops\": %.1f, \"amx_over_ours\": %.3f, \"amx_max_abs_diff\": %.3g",
+                         gf / t_amx[reps / 2], t_ours[reps / 2] / t_amx[reps / 2], maxd_amx);
+            }
             printf("{\"gemm\": \"%s\", \"M\": %d, \"N\": %d, \"K\": %d, \"threads\": %d, "
                    "\"ours_gflops\": %.1f, \"dnnl_gflops\": %.1f, \"dnnl_over_ours\": %.3f, "
-                   "\"dnnl_impl\": \"%s\", \"max_abs_diff\": %.3g, \"max_abs\": %.3g}\n",
+                   "\"dnnl_impl\": \"%s\", \"max_abs_diff\": %.3g, \"max_abs\": %.3g, %s}\n",
                    names[s], M, N, K, threads, gf / t_ours[reps / 2], gf / t_dnnl[reps / 2],
-                   t_ours[reps / 2] / t_dnnl[reps / 2], impl, maxd, maxv);
+                   t_ours[reps / 2] / t_dnnl[reps / 2], impl, maxd, maxv, amx);
             fflush(stdout);
             dnnl_primitive_destroy(mm);
             dnnl_primitive_destroy(reorder);
@@ -171,6 +189,7 @@ int main(int argc, char **argv) {
             free(bias);
             free(o1);
             free(o2);
+            free(o3);
             free(Ab);
             free(Wb);
         }

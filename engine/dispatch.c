@@ -77,6 +77,8 @@ int bf16_pays(const cpu_features *f, int amx_backend, const char **why) {
     return 0;
 }
 
+int bf16_attention_pays(const cpu_features *f) { return f->vendor == CPU_VENDOR_AMD && f->avx512bf16; }
+
 /* oneDNN drives AMX tiles by default since 2.5 (dnnl_gemm.h) */
 int dispatch_amx_backend(void) { return dnnl_gemm_available(); }
 

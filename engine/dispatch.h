@@ -74,6 +74,15 @@ int precision_parse(const char *name, int *out);
  * same config on the same CPU must always give the same numbers. */
 int bf16_pays(const cpu_features *f, int amx_backend, const char **why);
 
+/* 1 when a bf16 model's attention products (QK^T and PV) should go
+ * through vdpbf16ps (kt->attention_head_bf16) on a CPU with features `f`:
+ * where it outruns an fp32 FMA (AMD Zen 4/5). On Intel it runs at about
+ * half the FMA's FLOP rate (161 vs 310-328 GFLOP/s measured on a Xeon,
+ * issue 25), so there a bf16 model's attention stays fp32, whichever
+ * backend runs its GEMMs (AMX speeds up only those). Unmeasured vendors:
+ * fp32. */
+int bf16_attention_pays(const cpu_features *f);
+
 /* 1 when this build has a GEMM backend that uses AMX tiles. */
 int dispatch_amx_backend(void);
 

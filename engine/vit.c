@@ -449,6 +449,8 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
         goto fail;
     /* the same bf16 panels, through the tiles (vit_load checked the CPU) */
     if (m->backend == GEMM_BACKEND_AMX) ctx->kernels.gemm_bf16 = gemm_amx_kernel();
+    /* attention's products in bf16 only where vdpbf16ps beats fp32 */
+    if (!bf16_attention_pays(cpu_get_features())) ctx->kernels.attention_head_bf16 = NULL;
     ctx->tmax = m->max_tokens < q.max_tokens ? m->max_tokens : q.max_tokens;
     ctx->pool = thread_pool_new(q.threads);
     ctx->start = calloc((size_t)q.max_images + 1, sizeof(int));

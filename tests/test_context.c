@@ -116,6 +116,13 @@ START_TEST(test_precision_table) {
     ck_assert_ptr_nonnull(strstr(why, "no AMX backend"));
     ck_assert_int_eq(bf16_pays(&sapphire, 1, &why), 1);
     ck_assert_int_eq(bf16_pays(&other, 0, &why), 0);
+    /* attention's bf16 products: only where vdpbf16ps is the fast unit,
+     * not on Intel even with AMX (the tiles serve the GEMMs) */
+    ck_assert_int_eq(bf16_attention_pays(&zen5), 1);
+    ck_assert_int_eq(bf16_attention_pays(&zen3), 0);
+    ck_assert_int_eq(bf16_attention_pays(&cooperlake), 0);
+    ck_assert_int_eq(bf16_attention_pays(&sapphire), 0);
+    ck_assert_int_eq(bf16_attention_pays(&other), 0);
 
     ck_assert_int_eq(precision_choose(PRECISION_AUTO, CPU_ISA_BEST, &zen5, 0, &c, err, sizeof(err)), 0);
     ck_assert_int_eq(c.precision, GEMM_BF16);
