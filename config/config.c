@@ -16,6 +16,8 @@
 static const char *const access_log_choices[] = {"text", "json", "off", NULL};
 /* names of engine/dispatch.h's precisions (precision_parse) */
 static const char *const precision_choices[] = {"fp32", "bf16", "auto", NULL};
+/* names of engine/gemm.h's bf16 GEMM backends (gemm_backend_parse) */
+static const char *const gemm_backend_choices[] = {"auto", "own", "onednn", "amx", NULL};
 /* on/off rather than yes/no: the word the console's docs use */
 static const char *const console_choices[] = {"off", "on", NULL};
 /* names of engine/cpu.h's levels; "auto" (first, the default) is the best the CPU runs */
@@ -225,6 +227,13 @@ const config_option config_options[] = {
      .choices = precision_choices,
      .help = "GEMM precision: fp32 (exact), bf16 (AVX512-BF16 CPUs; about 3 digits), or auto (bf16 where "
              "this CPU runs it faster, else fp32: README \"Precision\")"},
+    {.name = "gemm-backend",
+     .type = CONFIG_ENUM,
+     .offset = OFF(gemm_backend),
+     .default_value = "auto",
+     .choices = gemm_backend_choices,
+     .help = "who runs bf16 GEMMs: auto (oneDNN on AMX CPUs where built with it, else own), own (our "
+             "vdpbf16ps kernel), onednn, or amx (our AMX tile kernel; AMX CPUs only): README \"Precision\""},
     {.name = "isa",
      .type = CONFIG_ENUM,
      .offset = OFF(isa),

@@ -48,9 +48,10 @@ typedef struct {
     int receive_timeout_s;          /* headers + body of one request */
     int max_connections_per_client; /* 0: no cap but max_connections */
     int drain_timeout_s;
-    int access_log; /* ACCESS_LOG_* */
-    int precision;  /* index into the precision option's choices */
-    int console;    /* 1: the web console at / (server/console.h) */
+    int access_log;   /* ACCESS_LOG_* */
+    int precision;    /* index into the precision option's choices */
+    int gemm_backend; /* index into the gemm-backend option's choices */
+    int console;      /* 1: the web console at / (server/console.h) */
     /* work and memory a request may cost (README "Limits") */
     int max_request_images;
     int64_t max_request_tokens;

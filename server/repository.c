@@ -20,9 +20,9 @@
 /* The keys a model's serve.conf may set: how its batcher and workers run,
  * which versions it serves. The rest (ports, limits of a request, auth)
  * belong to the daemon. */
-static const char *const per_model_keys[] = {"max-batch-size", "max-batch-tokens", "max-queue-delay-us",
-                                             "max-queue-size", "workers",          "gemm-threads",
-                                             "precision",      "version-policy",   NULL};
+static const char *const per_model_keys[] = {
+    "max-batch-size", "max-batch-tokens", "max-queue-delay-us", "max-queue-size", "workers",
+    "gemm-threads",   "precision",        "gemm-backend",       "version-policy", NULL};
 #define SETTINGS_FILE "serve.conf"
 #define MAX_POLICY_VERSIONS 64
 
@@ -423,6 +423,10 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         if (strcmp(config_options[i].name, "precision") == 0 &&
             precision_parse(config_options[i].choices[m->cfg.precision], &vopt.precision)) {
             snprintf(err, errlen, "precision: unknown value");
+            goto fail;
+        } else if (strcmp(config_options[i].name, "gemm-backend") == 0 &&
+                   gemm_backend_parse(config_options[i].choices[m->cfg.gemm_backend], &vopt.gemm_backend)) {
+            snprintf(err, errlen, "gemm-backend: unknown value");
             goto fail;
         }
     if (vit_load(c->dir, &vopt, &m->model, err, errlen)) goto fail;

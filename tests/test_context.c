@@ -258,6 +258,36 @@ END_TEST
 
 /* ---- the kernel table is per context ---- */
 
+/* gemm backend amx: fp32 with it is refused (it computes bf16 only); on a
+ * CPU without AMX it is refused naming the missing feature; with AMX the
+ * model runs its bf16 GEMMs on our AMX kernel. Every name parses back. */
+START_TEST(test_amx_backend_choice) {
+    char dir[1024], err[512];
+    vit_model *m = NULL;
+    snprintf(dir, sizeof(dir), "%s/parity/%s", FIXTURE_DIR, "comrope_ld_b2");
+    vit_options o = vit_default_options();
+    o.gemm_backend = GEMM_BACKEND_AMX;
+    ck_assert_int_eq(vit_load(dir, &o, &m, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, gemm_amx_kernel() ? "bf16 only" : "no AMX-BF16"), "%s", err);
+    o.precision = GEMM_BF16;
+    if (!gemm_amx_kernel()) {
+        ck_assert_int_eq(vit_load(dir, &o, &m, err, sizeof(err)), -1);
+        ck_assert_msg(strstr(err, "gemm backend amx") && strstr(err, "no AMX-BF16"), "%s", err);
+        printf("test_amx_backend_choice: no AMX here: only the refusal is checked\n");
+    } else {
+        ck_assert_msg(vit_load(dir, &o, &m, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_int_eq(m->backend, GEMM_BACKEND_AMX);
+        vit_free(m);
+    }
+    for (int b = GEMM_BACKEND_AUTO; b <= GEMM_BACKEND_AMX; b++) {
+        int back = -1;
+        ck_assert_int_eq(gemm_backend_parse(gemm_backend_name(b), &back), 0);
+        ck_assert_int_eq(back, b);
+    }
+    ck_assert_str_eq(gemm_backend_name(GEMM_BACKEND_AMX), "amx");
+}
+END_TEST
+
 START_TEST(test_isa_is_per_context) {
     vit_model *m = load_model("comrope_ld_b2");
     vit_context_params best = vit_context_default_params(), scalar = best;
@@ -411,6 +441,7 @@ int main(void) {
     tcase_add_test(tc, test_two_pools_run_at_once);
     tcase_add_test(tc, test_two_contexts_forwards_overlap);
     tcase_add_test(tc, test_isa_is_per_context);
+    tcase_add_test(tc, test_amx_backend_choice);
     tcase_add_test(tc, test_limits_are_enforced_and_bound_the_workspace);
     tcase_add_test(tc, test_token_limit_at_least_one_image);
     tcase_add_test(tc, test_huge_resolution_refused);

@@ -171,4 +171,25 @@ grep -q "precision auto: $want" "$LOG" || fail "the log does not say precision a
   fail "--precision auto: classify failed"
 stop_daemon
 echo "ok --precision auto: $want (bf16_pays $pays), metadata, log, classify"
+
+# 9. --gemm-backend amx (our AMX tile kernel; bf16): where the CPU has AMX
+# the model serves and the log names the kernel; elsewhere its load fails
+# naming what is missing, and the daemon exits 1 instead of serving
+# something else than was asked
+if grep -qw amx_bf16 /proc/cpuinfo; then
+  start_daemon --precision bf16 --gemm-backend amx
+  log_has "bf16 GEMMs: our AMX tile kernel" || fail "--gemm-backend amx: the log does not name the AMX kernel"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
+    fail "--gemm-backend amx: classify failed"
+  stop_daemon
+  echo "ok --gemm-backend amx: AMX kernel named in the log, classify"
+else
+  rc=0
+  timeout 60 "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 --precision bf16 --gemm-backend amx \
+    2>"$WORK/amx.log" || rc=$?
+  [ "$rc" = 1 ] || fail "--gemm-backend amx without AMX: exit $rc, not 1"
+  grep -q "gemm backend amx: this CPU has no AMX-BF16" "$WORK/amx.log" ||
+    fail "--gemm-backend amx without AMX: the log does not say why: $(tail -1 "$WORK/amx.log")"
+  echo "ok --gemm-backend amx without AMX: refused at load, exit 1, the reason in the log"
+fi
 echo "integration: all passed"
