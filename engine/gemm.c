@@ -47,9 +47,15 @@
 #define AMX_PAIRS 16        /* pairs per AMX tile row (64 bytes), and rows per tile */
 #define KC 192              /* generic kernel's K block: its tile's weights (36 KB) fit L1 */
 #define KC_BIG                                                                                               \
-    768              /* the AVX2, AVX-512 and bf16 K block: one block for K = 768 (C
+    768 /* the AVX2, AVX-512 and bf16 K block: one block for K = 768 (C
                                 written once, never reloaded); the tile's block comes from L2
                                 (measured against 192 and 256: bench/results/NOTES.md) */
+/* The AMX kernel's K block: a tile's block of weights (128 pairs x 48
+ * columns, 24 KB) stays in L1 while the row groups pass, so a step of 16
+ * pairs loads only A's 1 KB from L2 (with 768, 4 KB a step came from L2
+ * for 48 cycles of tdpbf16ps). Reasoned, not yet measured on an AMX CPU
+ * (bench/README.md). A multiple of 32: whole tile steps. */
+#define KC_AMX 256
 #define MC 64        /* rows of A per pass over a tile (8 row groups, at most) */
 #define GEMM_CHUNK 4 /* AVX2: panels a part takes at a time */
 #define MC_ONE_PASS                                                                                          \
@@ -359,7 +365,11 @@ kernel_amx(const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B
     (void)ks;
     const uint32_t *A = Ap_, *B0 = B0_, *B1 = B1_, *B2 = B2_;
     long ldb = (long)(ldc * sizeof(float));
-    __asm__ volatile("" ::: "memory"); /* tileloadd does not tell GCC it reads memory */
+    /* GCC's tileloadd asm does not say it reads memory: this barrier keeps
+     * every store before it (the caller's, should this ever be inlined)
+     * ahead of the loads. A store added below it, before a load that reads
+     * it, would need another. (tilestored does clobber memory.) */
+    __asm__ volatile("" ::: "memory");
     if (first) {
         _tile_zero(0);
         _tile_zero(1);
@@ -394,23 +404,33 @@ static float bf16_daz(uint16_t h) {
     return f;
 }
 
-/* tdpbf16ps in C, as the ISA reference writes it: for each row m, each
- * pair k in order, each column n, c[m][n] += a.lo * b.lo, then += a.hi *
- * b.hi, every operation rounded to fp32. (The hardware also flushes
- * denormal results to zero; sums that small do not occur in a model.) */
+/* tdpbf16ps reads and writes fp32 with denormals as zeros (DAZ, FTZ). */
+static float ftz(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0) u &= 0x80000000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* tdpbf16ps in C, as the Intel SDM's operation section defines it: for
+ * each row m and column n, the even and the odd products of the 16 pairs
+ * accumulate in two fp32 sums that start at zero, each by a fused
+ * multiply-add in pair order; then c[m][n] + (even + odd). Every step
+ * rounds to nearest even and flushes denormals (DAZ and FTZ). (The
+ * Intrinsics Guide's shorter form, c += lo * lo then += hi * hi per pair,
+ * rounds differently.) Whether the silicon agrees bit for bit is for an
+ * AMX CPU to tell: test_gemm amx prints the difference. */
 static void tdpbf16ps_c(float *c, const uint32_t *a, const uint32_t *b) {
     for (int m = 0; m < AMX_PAIRS; m++)
-        for (int k = 0; k < AMX_PAIRS; k++) {
-            float alo = bf16_daz((uint16_t)a[m * AMX_PAIRS + k]),
-                  ahi = bf16_daz((uint16_t)(a[m * AMX_PAIRS + k] >> 16));
-            for (int n = 0; n < GEMM_PANEL; n++) {
-                uint32_t w = b[k * GEMM_PANEL + n];
-                float s = c[m * GEMM_PANEL + n];
-                float p = alo * bf16_daz((uint16_t)w);
-                s = s + p;
-                p = ahi * bf16_daz((uint16_t)(w >> 16));
-                c[m * GEMM_PANEL + n] = s + p;
+        for (int n = 0; n < GEMM_PANEL; n++) {
+            float even = 0.0f, odd = 0.0f;
+            for (int k = 0; k < AMX_PAIRS; k++) {
+                uint32_t x = a[m * AMX_PAIRS + k], w = b[k * GEMM_PANEL + n];
+                even = ftz(fmaf(bf16_daz((uint16_t)x), bf16_daz((uint16_t)w), even));
+                odd = ftz(fmaf(bf16_daz((uint16_t)(x >> 16)), bf16_daz((uint16_t)(w >> 16)), odd));
             }
+            c[m * GEMM_PANEL + n] = ftz(ftz(c[m * GEMM_PANEL + n]) + ftz(even + odd));
         }
 }
 
@@ -442,7 +462,7 @@ static const gemm_kernel kernel_amx_entry = {.name = "amx",
                                              .mr = AMX_PAIRS,
                                              .np = 3,
                                              .pack = 1,
-                                             .kc = KC_BIG,
+                                             .kc = KC_AMX,
                                              .pairs = 1,
                                              .tiles = 1,
                                              .vector_pack = 1,
@@ -453,7 +473,7 @@ static const gemm_kernel kernel_amx_emulated_entry = {.name = "amx-emulated",
                                                       .mr = AMX_PAIRS,
                                                       .np = 3,
                                                       .pack = 1,
-                                                      .kc = KC_BIG,
+                                                      .kc = KC_AMX,
                                                       .pairs = 1,
                                                       .tiles = 1,
                                                       .vector_pack = 0};
@@ -462,7 +482,7 @@ static const gemm_kernel kernel_amx_emulated_vector_entry = {.name = "amx-emulat
                                                              .mr = AMX_PAIRS,
                                                              .np = 3,
                                                              .pack = 1,
-                                                             .kc = KC_BIG,
+                                                             .kc = KC_AMX,
                                                              .pairs = 1,
                                                              .tiles = 1,
                                                              .vector_pack = 1};

@@ -32,7 +32,7 @@ typedef struct {
     int panels;
     int prows;                /* bf16: rows of pairs per panel; else 0 */
     float *data;              /* fp32: panels * K * 16 floats, 64-byte aligned, owned; else NULL */
-    uint32_t *bf16;           /* bf16: panels * ceil(K/2) * 16 pairs, owned; else NULL */
+    uint32_t *bf16;           /* bf16: panels * prows * 16 pairs, owned; else NULL */
     struct dnnl_weight *dnnl; /* bf16 through oneDNN (dnnl_gemm.h): its weights, owned;
                                  else NULL. The bf16 panels stay beside them: the
                                  kernel of a context without a oneDNN runner */
@@ -91,13 +91,14 @@ size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision);
  * invariant like the others. */
 const gemm_kernel *gemm_amx_kernel(void);
 
-/* The same kernel with each tile instruction computed in C as the ISA
- * defines it (tdpbf16ps: per row and column, the 16 pairs in order, each
- * product added in fp32, bf16 denormals read as zero): its packing,
- * blocking and edges run on any CPU, so the tests check them everywhere
- * and compare the hardware against it where AMX exists. vector_pack: A
- * converted to bf16 with AVX512-BF16 as the hardware kernel does (NULL
- * where the CPU lacks it), else in C. Tests only; slow. */
+/* The same kernel with each tile instruction computed in C as the Intel
+ * SDM defines it (tdpbf16ps: per row and column, the even and the odd
+ * products of the 16 pairs in two fused fp32 sums, then added to C;
+ * denormals read and written as zero): its packing, blocking and edges
+ * run on any CPU, so the tests check them everywhere and compare the
+ * hardware against it where AMX exists. vector_pack: A converted to bf16
+ * with AVX512-BF16 as the hardware kernel does (NULL where the CPU lacks
+ * it), else in C. Tests only; slow. */
 const gemm_kernel *gemm_amx_emulated(int vector_pack);
 
 #endif

@@ -155,8 +155,8 @@ static void check_bf16_kernel(const char *which) {
      * of 8 rows through the vector conversion, 257 leaves an odd last block */
     /* and K past 768 runs several K blocks (partial sums reloaded from C),
      * 1601 = 768 + 768 + 65 an odd last block after full ones. AMX: 16 rows
-     * per group (33: two and a row), K = 32 one whole tile step, 770 a
-     * second K block of one pair padded to a whole step */
+     * per group (33: two and a row), K = 32 one whole tile step, 257 and
+     * 770 a last K block (AMX: 256) of one pair padded to a whole step */
     int shapes[][3] = {{1, 1, 1},      {5, 7, 3},      {13, 50, 129}, {197, 96, 257}, {9, 130, 768},
                        {300, 50, 200}, {70, 50, 1601}, {33, 48, 32},  {16, 49, 770},  {300, 50, 1000}};
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
