@@ -272,11 +272,14 @@ END_TEST
  * precision table says for this CPU. The whole test set (10,000 images) is
  * bench/bf16_agreement.py's. */
 START_TEST(test_auto_and_bf16_agree_with_fp32) {
-    /* auto; bf16 where the CPU has it; bf16 through oneDNN where the build has it too */
-    int asks[3] = {PRECISION_AUTO, GEMM_BF16, GEMM_BF16};
-    int backends[3] = {GEMM_BACKEND_AUTO, GEMM_BACKEND_OWN, GEMM_BACKEND_ONEDNN};
-    int nasks = !cpu_has_avx512bf16() ? 1 : dnnl_gemm_available() ? 3 : 2;
-    for (int a = 0; a < nasks; a++) {
+    /* auto; bf16 where the CPU has it; bf16 through oneDNN where the build
+     * has it too; bf16 on our AMX kernel where the CPU has AMX */
+    int asks[4] = {PRECISION_AUTO, GEMM_BF16, GEMM_BF16, GEMM_BF16};
+    int backends[4] = {GEMM_BACKEND_AUTO, GEMM_BACKEND_OWN, GEMM_BACKEND_ONEDNN, GEMM_BACKEND_AMX};
+    int runs[4] = {1, cpu_has_avx512bf16(), cpu_has_avx512bf16() && dnnl_gemm_available(),
+                   gemm_amx_kernel() != NULL};
+    for (int a = 0; a < 4; a++) {
+        if (!runs[a]) continue;
         vit_options opt = vit_default_options();
         opt.precision = asks[a];
         opt.gemm_backend = backends[a];

@@ -228,15 +228,23 @@ START_TEST(test_bad_resolution_is_refused_with_nearest) {
 }
 END_TEST
 
+/* A context whose bf16 GEMMs run on our AMX kernel with its tiles
+ * emulated in C (gemm_amx_emulated): the whole model through the AMX
+ * packing and blocking on a CPU without AMX. */
+static void use_amx_emulated(vit_context *ctx) {
+    ctx->kernels.gemm_bf16 = gemm_amx_emulated(1) ? gemm_amx_emulated(1) : gemm_amx_emulated(0);
+}
+
 /* Opt-in bf16 compute stays close to the reference on every case (it is
  * not exact: bf16 keeps 8 significant bits of each product's inputs).
- * _i: 0 our vdpbf16ps kernel, 1 our AMX kernel (gemm_backend amx). */
+ * _i: 0 our vdpbf16ps kernel, 1 our AMX kernel (gemm_backend amx), 2 the
+ * AMX kernel emulated (any CPU with AVX512-BF16: the model loads as bf16). */
 START_TEST(test_bf16_close_to_reference) {
-    ck_assert(_i ? cpu_has_amx_bf16() : cpu_has_avx512bf16()); /* main() adds it only then */
+    ck_assert(_i == 1 ? cpu_has_amx_bf16() : cpu_has_avx512bf16()); /* main() adds it only then */
     load_manifest();
     vit_options opt = vit_default_options();
     opt.precision = GEMM_BF16;
-    opt.gemm_backend = _i ? GEMM_BACKEND_AMX : GEMM_BACKEND_OWN;
+    opt.gemm_backend = _i == 1 ? GEMM_BACKEND_AMX : GEMM_BACKEND_OWN;
     double worst_rel = 0;
     for (int i = 0; i < ncases; i++) {
         parity_case *pc = &cases[i];
@@ -250,6 +258,7 @@ START_TEST(test_bf16_close_to_reference) {
         float logits[8 * 64];
         ck_assert(N <= 8 && K <= 64);
         vit_context *ctx = new_context(m, 1, N, N * vit_tokens(m, pc->h, pc->w));
+        if (_i == 2) use_amx_emulated(ctx);
         for (int n = 0; n < N; n++)
             imgs[n] = (vit_image){pc->h, pc->w, pc->input.data + (size_t)n * C * pc->h * pc->w};
         ck_assert(vit_forward_ragged(ctx, imgs, N, logits, err, sizeof(err)) == 0);
@@ -265,7 +274,7 @@ START_TEST(test_bf16_close_to_reference) {
         vit_free(m);
     }
     fprintf(stderr, "bf16 (%s): worst |logit - reference| / (1 + max |logit|) = %.4f\n",
-            gemm_backend_name(opt.gemm_backend), worst_rel);
+            _i == 2 ? "amx emulated" : gemm_backend_name(opt.gemm_backend), worst_rel);
     free_manifest();
 }
 END_TEST
@@ -453,7 +462,8 @@ END_TEST
  * of the image alone (which takes the separate pass), bit for bit, in fp32
  * and in bf16. Ragged: two resolutions alternate. */
 START_TEST(test_large_batch_paths_invariance) {
-    for (int bf16 = _i; bf16 < _i + 1; bf16++) { /* 0 fp32, 1 bf16, 2 bf16 on our AMX kernel */
+    /* 0 fp32, 1 bf16, 2 bf16 on our AMX kernel, 3 on it emulated */
+    for (int bf16 = _i; bf16 < _i + 1; bf16++) {
         vit_options opt = vit_default_options();
         opt.precision = bf16 ? GEMM_BF16 : GEMM_FP32;
         if (bf16 == 2) opt.gemm_backend = GEMM_BACKEND_AMX;
@@ -484,15 +494,17 @@ START_TEST(test_large_batch_paths_invariance) {
         float *together = malloc(sizeof(float) * (size_t)n * K), alone[2][64];
         ck_assert_int_le(K, 64);
         vit_context *ctx = new_context(m, 2, n, (int)tokens);
+        if (bf16 == 3) use_amx_emulated(ctx);
         for (int s = 0; s < 2; s++)
             ck_assert(vit_forward_ragged(ctx, &imgs[s], 1, alone[s], err, sizeof(err)) == 0);
         ck_assert_msg(vit_forward_ragged(ctx, imgs, n, together, err, sizeof(err)) == 0, "%s", err);
         for (int i = 0; i < n; i++)
             ck_assert_msg(memcmp(together + (size_t)i * K, alone[i % 2], sizeof(float) * K) == 0,
                           "%s: image %d of a batch of %d (%zu tokens) differs from it alone",
-                          bf16 == 2 ? "bf16 amx"
-                          : bf16    ? "bf16"
-                                    : "fp32",
+                          bf16 == 3   ? "bf16 amx emulated"
+                          : bf16 == 2 ? "bf16 amx"
+                          : bf16      ? "bf16"
+                                      : "fp32",
                           i, n, tokens);
         free(together);
         free(imgs);
@@ -505,9 +517,10 @@ START_TEST(test_large_batch_paths_invariance) {
 END_TEST
 
 /* argv[1]: fp32 (the exact engine), bf16 (the opt-in bf16 compute),
- * onednn (bf16 through oneDNN), amx (bf16 on our AMX kernel) or
- * amx-onednn (auto on an AMX CPU: oneDNN); none: all, each where this CPU
- * and build have it. */
+ * onednn (bf16 through oneDNN), amx (bf16 on our AMX kernel), amx-emulated
+ * (that kernel with its tiles in C: CPUs with AVX512-BF16) or amx-onednn
+ * (auto on an AMX CPU: oneDNN); none: all, each where this CPU and build
+ * have it. */
 int main(int argc, char **argv) {
     const char *part = argc > 1 ? argv[1] : NULL;
     if (check_part_missing(part)) return check_skip(part);
@@ -534,6 +547,15 @@ int main(int argc, char **argv) {
     }
     if (check_part_selected(part, "amx-onednn") && !check_part_missing("amx-onednn"))
         tcase_add_test(tc, test_amx_auto_uses_onednn);
+    if (check_part_selected(part, "amx-emulated")) {
+        if (!cpu_has_avx512bf16()) { /* our AMX kernel emulated, in a bf16 model: it loads only there */
+            printf("skipped: no AVX512-BF16 on this CPU (a bf16 model needs it to load)\n");
+            if (part) return CHECK_SKIPPED;
+        } else {
+            tcase_add_loop_test(tc, test_bf16_close_to_reference, 2, 3);
+            tcase_add_loop_test(tc, test_large_batch_paths_invariance, 3, 4);
+        }
+    }
     suite_add_tcase(s, tc);
     return check_run(s);
 }
