@@ -2,7 +2,8 @@
 """bench/ab.py: is engine build B faster than build A? Interleaved, round by round.
 
     bench/ab.py --model DIR A B [C ...] [--resolution 224] [--batch 1] [--threads 2]
-                [--rounds 6] [--reps 3] [--warmup 1] [--precision fp32|bf16] [--env A:VAR=VALUE ...]
+                [--rounds 6] [--reps 3] [--warmup 1] [--precision fp32|bf16]
+                [--gemm-backend auto|own|onednn|amx] [--env A:VAR=VALUE ...]
 
 A, B, ...: comrope-bench-engine binaries (copy build-bench/comrope-bench-engine
 aside before rebuilding), or the same binary twice with different --env.
@@ -26,6 +27,8 @@ def run_once(binary, env_extra, a, cpus):
     cmd = [binary, "--model", a.model, "--resolution", str(a.resolution), "--batch", str(a.batch),
            "--threads", str(a.threads), "--reps", str(a.reps), "--warmup", str(a.warmup),
            "--precision", a.precision]
+    if a.gemm_backend:
+        cmd += ["--gemm-backend", a.gemm_backend]
     if cpus:
         cmd = ["taskset", "-c", ",".join(map(str, cpus))] + cmd
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **env_extra)
@@ -48,6 +51,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the engines' GEMM precision")
+    ap.add_argument("--gemm-backend", choices=("auto", "own", "onednn", "amx"),
+                    help="who runs the bf16 GEMMs (default: the engine's, auto)")
     ap.add_argument("--env", action="append", default=[],
                     help="INDEX:VAR=VALUE, an environment variable for the INDEX-th binary (0-based)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")

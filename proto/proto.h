@@ -33,6 +33,8 @@ typedef struct {
     const char *precision_requested; /* "fp32", "bf16" or "auto" */
     int bf16_pays;                   /* 1: bf16 runs faster than fp32 on this CPU */
     const char *precision_warning;   /* NULL, or why the bf16 asked for does not pay */
+    const char *gemm_backend;        /* with precision bf16: who runs the GEMMs ("own",
+                                        "onednn", "amx"); else NULL */
     const char *model_version;       /* the served version ("1", ...); NULL: "1" */
 } proto_model;
 

@@ -543,6 +543,7 @@ char *v2_model_json(const proto_model *pm, const char *const *versions, int num_
         }
         if (p && pm->precision_warning)
             json_object_set_new(p, "precision_warning", json_string(pm->precision_warning));
+        if (p && pm->gemm_backend) json_object_set_new(p, "gemm_backend", json_string(pm->gemm_backend));
         json_object_set_new(o, "parameters", p);
     }
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

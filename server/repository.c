@@ -496,6 +496,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         .precision_requested = precision_name(pc->requested),
         .bf16_pays = pc->bf16_pays,
         .precision_warning = pc->warn ? pc->why : NULL,
+        .gemm_backend = vm->precision == GEMM_BF16 ? gemm_backend_name(vm->backend) : NULL,
         .model_version = m->version_text,
     };
     return m;

@@ -512,6 +512,12 @@ START_TEST(responses) {
     s = v2_model_json(&pm, NULL, 0);
     ck_assert_ptr_nonnull(strstr(s, "\"bf16_pays\":false,\"precision_warning\":\"Intel without AMX\"}"));
     free(s);
+    /* bf16: who runs its GEMMs */
+    pm.precision_warning = NULL;
+    pm.gemm_backend = "amx";
+    s = v2_model_json(&pm, NULL, 0);
+    ck_assert_ptr_nonnull(strstr(s, "\"bf16_pays\":false,\"gemm_backend\":\"amx\"}"));
+    free(s);
     /* every ready version of the model, as given */
     const char *versions[] = {"3", "2"};
     s = v2_model_json(&PM, versions, 2);

@@ -166,6 +166,11 @@ pays=$(echo "$meta" | jq -r '.parameters.bf16_pays')
 want=fp32; [ "$pays" = true ] && want=bf16
 [ "$(echo "$meta" | jq -r '.parameters.precision')" = "$want" ] || fail "--precision auto: bf16_pays $pays but not $want"
 [ "$(echo "$meta" | jq -r '.parameters.precision_requested')" = auto ] || fail "--precision auto: not in the metadata"
+backend=$(echo "$meta" | jq -r '.parameters.gemm_backend // "none"')
+case "$want:$backend" in
+  fp32:none | bf16:own | bf16:onednn) ;;
+  *) fail "--precision auto ($want): gemm_backend $backend in the metadata" ;;
+esac
 grep -q "precision auto: $want" "$LOG" || fail "the log does not say precision auto: $want"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
   fail "--precision auto: classify failed"
@@ -179,6 +184,8 @@ echo "ok --precision auto: $want (bf16_pays $pays), metadata, log, classify"
 if grep -qw amx_bf16 /proc/cpuinfo; then
   start_daemon --precision bf16 --gemm-backend amx
   log_has "bf16 GEMMs: our AMX tile kernel" || fail "--gemm-backend amx: the log does not name the AMX kernel"
+  [ "$(curl -sf "$URL/v2/models/$NAME" | jq -r '.parameters.gemm_backend')" = amx ] ||
+    fail "--gemm-backend amx: not in the v2 metadata"
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
     fail "--gemm-backend amx: classify failed"
   stop_daemon
