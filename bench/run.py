@@ -69,12 +69,13 @@ T_AMX_FP32, T_AMX_TORCH = 2.0, 1.3
 
 
 def cpu_has_amx():
-    """Whether /proc/cpuinfo lists AMX-BF16 (the bf16 part then also times our AMX kernel)."""
+    """Whether /proc/cpuinfo lists AMX-BF16 and AVX512-BF16 (what our AMX kernel needs, as
+    gemm_amx_kernel asks): the bf16 part then also times it."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return {"amx_bf16", "avx512_bf16"} <= set(line.split())
     except OSError:
         pass
     return False

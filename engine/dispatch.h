@@ -42,10 +42,13 @@ typedef struct {
     rotate_pairs_fn rotate_pairs;
     attention_head_fn attention_head;           /* fp32 */
     attention_head_fn attention_head_bf16;      /* bf16 products, fp32 sums; NULL below AVX-512
-                                               or without AVX512-BF16 */
+                                               or without AVX512-BF16, and in a context on a
+                                               CPU where it does not pay (bf16_attention_pays) */
     size_t (*attention_scratch)(int T, int hd); /* floats either head kernel needs */
     const gemm_kernel *gemm;                    /* fp32-packed weights */
-    const gemm_kernel *gemm_bf16;               /* bf16-packed weights; NULL like attention_head_bf16 */
+    const gemm_kernel *gemm_bf16;               /* bf16-packed weights: vdpbf16ps (NULL below AVX-512
+                                               or without AVX512-BF16), or in a context whose
+                                               model asked for gemm-backend amx, the AMX kernel */
     struct dnnl_runner *dnnl;                   /* the context's oneDNN state (dnnl_gemm.h) when its
                                                model's bf16 GEMMs run through oneDNN, else NULL;
                                                owned by the context, not chosen by ISA */

@@ -9,7 +9,7 @@
  * tiles, at a time from a shared counter; the others: two tiles at a time
  * for one image's rows, else one equal share each); within a chunk, K is
  * cut into blocks (768; 192 for the generic
- * kernel); for each block, rows of A in passes (all of one image's rows at
+ * kernel, 256 for AMX); for each block, rows of A in passes (all of one image's rows at
  * once where A is packed, else 60-64), and for each pass every tile of the
  * chunk runs the micro-kernel over the pass's rows, MR at a time. A tile
  * is 48 columns for the AVX-512 kernels (8 x 48: the tile's block of
@@ -133,13 +133,14 @@ float gemm_packed_get(const packed_weight *p, int n, int k) {
 }
 
 static const char *const backend_names[] = {"auto", "own", "onednn", "amx"};
+#define BACKENDS ((int)(sizeof(backend_names) / sizeof(backend_names[0])))
 
 const char *gemm_backend_name(int backend) {
-    return backend >= 0 && backend < 4 ? backend_names[backend] : "unknown";
+    return backend >= 0 && backend < BACKENDS ? backend_names[backend] : "unknown";
 }
 
 int gemm_backend_parse(const char *name, int *out) {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < BACKENDS; i++)
         if (strcmp(name, backend_names[i]) == 0) {
             *out = i;
             return 0;
@@ -169,7 +170,8 @@ struct gemm_kernel {
     kernel_fn fn;
     int mr;              /* rows per call */
     int np;              /* 16-column panels per call: 3 (a 48-column tile) or 1 */
-    int pack;            /* 1 reads A from a k-major copy packed once for all threads, 0 in place */
+    int pack;            /* 1 reads A from a copy packed once for all threads (k-major groups, or
+                            AMX's 16 x 16 blocks), 0 in place */
     int kc;              /* K block (even: a bf16 pair never straddles two blocks) */
     int pairs;           /* 0: elements are fp32 values; 1: pairs of bf16 values (two k per element) */
     int tiles;           /* 1: AMX's layout: A packed in 16 x 16 blocks of pairs (pack_rows_amx),
@@ -477,7 +479,7 @@ static const gemm_kernel kernel_amx_emulated_entry = {.name = "amx-emulated",
                                                       .pairs = 1,
                                                       .tiles = 1,
                                                       .vector_pack = 0};
-static const gemm_kernel kernel_amx_emulated_vector_entry = {.name = "amx-emulated",
+static const gemm_kernel kernel_amx_emulated_vector_entry = {.name = "amx-emulated-vector",
                                                              .fn = kernel_amx_emulated,
                                                              .mr = AMX_PAIRS,
                                                              .np = 3,
@@ -788,7 +790,8 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
  * the threads (each packing all of A for itself cost 5-6% of a forward on
  * 2 threads, against 3.4% on one). Block k0 of width kc starts at element
  * (k0 / per) * Mp (per: k values per element, 2 for bf16 pairs); its group
- * of rows [i, i + mr) at + i * ceil(kc / per). */
+ * of rows [i, i + mr) at + i * block_rows(kc) (ceil(kc / per), for AMX
+ * rounded up to whole steps of 16 pairs). */
 static void pack_part(void *ctx, int part, int parts) {
     const gemm_job *j = ctx;
     const gemm_kernel *kn = j->kernel;

@@ -9,8 +9,9 @@
  * output element here is one sequential sum over k, whatever M is and
  * wherever the row sits, so batch composition cannot change a result.
  * The kernel comes from the caller's kernel table (dispatch.h: AVX-512,
- * AVX2+FMA or portable C, and AVX512-BF16 for bf16-packed weights); the
- * tests compare each against OpenBLAS. */
+ * AVX2+FMA or portable C, and AVX512-BF16 or AMX tiles for bf16-packed
+ * weights); the tests compare the fp32 ones against OpenBLAS, the bf16 ones
+ * against an fp64 sum of the bf16-rounded values. */
 #ifndef COMROPE_GEMM_H
 #define COMROPE_GEMM_H
 
@@ -81,7 +82,7 @@ void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, con
                       const packed_weight *W, const float *bias, int M, float *scratch, int act);
 /* Floats of scratch for M rows of K with weights packed for `precision`
  * (for the fp32 kernels that read A in place: only a zero-padded copy of
- * A's last rows, 8 x K). */
+ * A's last, short row group, at most 16 x K). */
 size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision);
 
 /* Our AMX kernel for bf16-packed weights (tdpbf16ps on 16 x 16 tiles: A's

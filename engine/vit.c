@@ -285,17 +285,7 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         goto cleanup;
     }
     vit_options o = opt ? *opt : vit_default_options();
-    /* asking for our AMX kernel makes it the AMX backend auto's table weighs */
-    if (precision_choose(o.precision, o.isa, cpu_get_features(),
-                         dispatch_amx_backend() || o.gemm_backend == GEMM_BACKEND_AMX, &m->choice, err,
-                         errlen))
-        goto cleanup;
-    if (o.max_tokens < 2) {
-        snprintf(err, errlen, "max_tokens must be at least 2 (got %d)", o.max_tokens);
-        goto cleanup;
-    }
-    m->precision = m->choice.precision;
-    /* oneDNN where asked, or by default where it drives AMX; bf16 only */
+    /* the backend asked for first: what it lacks is the reason to give */
     if (o.gemm_backend == GEMM_BACKEND_ONEDNN && !dnnl_gemm_available()) {
         snprintf(err, errlen, "gemm backend onednn: this build has no oneDNN (libdnnl-dev)");
         goto cleanup;
@@ -306,6 +296,21 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
                  "or Linux did not grant the tile state");
         goto cleanup;
     }
+    /* The AMX backend auto's table weighs: ours where asked; oneDNN where it
+     * may run (auto or asked) and the build has it. Asked for our vdpbf16ps
+     * kernel, there is none: on Intel bf16 would then be slower than fp32. */
+    int amx_backend = o.gemm_backend == GEMM_BACKEND_AMX ||
+                      ((o.gemm_backend == GEMM_BACKEND_AUTO || o.gemm_backend == GEMM_BACKEND_ONEDNN) &&
+                       dispatch_amx_backend());
+    if (precision_choose(o.precision, o.isa, cpu_get_features(), amx_backend, &m->choice, err, errlen))
+        goto cleanup;
+    if (o.max_tokens < 2) {
+        snprintf(err, errlen, "max_tokens must be at least 2 (got %d)", o.max_tokens);
+        goto cleanup;
+    }
+    m->precision = m->choice.precision;
+    /* who runs the bf16 GEMMs: the backend asked for; by default oneDNN
+     * where it drives AMX, else our vdpbf16ps kernel */
     if ((o.gemm_backend == GEMM_BACKEND_ONEDNN || o.gemm_backend == GEMM_BACKEND_AMX) &&
         m->precision != GEMM_BF16) {
         snprintf(err, errlen, "gemm backend %s computes bf16 only (precision: %s)",

@@ -181,7 +181,8 @@ echo "ok --precision auto: $want (bf16_pays $pays), metadata, log, classify"
 # the model serves and the log names the kernel; elsewhere its load fails
 # naming what is missing, and the daemon exits 1 instead of serving
 # something else than was asked
-if grep -qw amx_bf16 /proc/cpuinfo; then
+# (the engine's test too: AMX-BF16 and AVX512-BF16, gemm_amx_kernel)
+if grep -qw amx_bf16 /proc/cpuinfo && grep -qw avx512_bf16 /proc/cpuinfo; then
   start_daemon --precision bf16 --gemm-backend amx
   log_has "bf16 GEMMs: our AMX tile kernel" || fail "--gemm-backend amx: the log does not name the AMX kernel"
   [ "$(curl -sf "$URL/v2/models/$NAME" | jq -r '.parameters.gemm_backend')" = amx ] ||
