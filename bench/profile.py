@@ -2,7 +2,8 @@
 """bench/profile.py: where a forward pass spends its time, by stage.
 
     bench/profile.py --model DIR [--resolution 224] [--batch 1] [--threads 2] [--precision fp32|bf16]
-                     [--reps 20] [--engine build-bench/comrope-bench-engine] [--out bench/out/profile]
+                     [--gemm-backend auto|own|onednn|amx] [--reps 20]
+                     [--engine build-bench/comrope-bench-engine] [--out bench/out/profile]
 
 Samples comrope-bench-engine with `perf record -e cpu-clock` (a software
 clock: works in VMs without hardware counters), skipping the model load and
@@ -17,8 +18,11 @@ that are products (the GEMM micro-kernel; attention's QK^T and PV) it also
 gives their rate, useful GFLOP (from the checkpoint's config.json) per CPU
 second, against one core's fp32 FMA peak measured by comrope-fma-peak (built
 next to the engine) right before the sampling: how far each is from the
-ceiling. With --precision bf16 both products' rates are set against the
-bf16 dot-product peak (comrope-fma-peak --op bf16) instead.
+ceiling. With --precision bf16 the GEMM's rate is set against the bf16
+dot-product peak (comrope-fma-peak --op bf16) instead, or with
+--gemm-backend amx against the AMX tiles' peak (--op amx); attention's
+against the bf16 peak on AMD, where a bf16 model's attention runs in bf16,
+and the FMA peak elsewhere (engine/dispatch.h, bf16_attention_pays).
 
 Needs `perf` (Debian's linux-perf; scripts/install-deps.sh bench) and the
 engine built with symbols (the project's default RelWithDebInfo flags).
@@ -38,8 +42,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (stage, regex on the symbol), first match wins; [k] marks kernel symbols.
 STAGES = [
-    ("GEMM micro-kernel", r"^kernel_(avx512|avx2|generic|bf16)$"),
-    ("GEMM packing + loop", r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*)$"),
+    ("GEMM micro-kernel", r"^kernel_(avx512|avx2|generic|bf16|amx)$"),
+    ("GEMM packing + loop",
+     r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*|pairs16_bf16|amx_enter|amx_leave)$"),
     ("attention QK^T + PV", r"^(attn_qk_.*|attn_pv_.*|sgemm_.*|.*_sgemm.*)$"),
     ("attention softmax", r"^(softmax_.*|exp256|exp512)$"),
     ("attention copies (K^T, V)",
@@ -66,6 +71,9 @@ def parse_args(argv):
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="the engine's GEMM precision; bf16's product rates are set against one "
                          "core's vdpbf16ps peak (comrope-fma-peak --op bf16)")
+    ap.add_argument("--gemm-backend", choices=("auto", "own", "onednn", "amx"),
+                    help="who runs the bf16 GEMMs (default: the engine's, auto); amx: the GEMM's rate "
+                         "against the AMX peak (comrope-fma-peak --op amx)")
     ap.add_argument("--reps", type=int, default=20, help="timed forwards under perf (default 20)")
     ap.add_argument("--engine", default=os.path.join(ROOT, "build-bench", "comrope-bench-engine"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "profile"))
@@ -73,9 +81,19 @@ def parse_args(argv):
 
 
 def engine_cmd(a, reps, warmup):
-    return [a.engine, "--model", a.model, "--resolution", a.resolution, "--batch", str(a.batch),
-            "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup),
-            "--precision", a.precision]
+    cmd = [a.engine, "--model", a.model, "--resolution", a.resolution, "--batch", str(a.batch),
+           "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup),
+           "--precision", a.precision]
+    return cmd + (["--gemm-backend", a.gemm_backend] if a.gemm_backend else [])
+
+
+def cpu_is_amd():
+    """Whether this CPU is AMD's: there a bf16 model's attention runs in bf16 too."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(ln.startswith("vendor_id") and "AuthenticAMD" in ln for ln in f)
+    except OSError:
+        return False
 
 
 def product_gflop(model, resolution, batch):
@@ -111,7 +129,9 @@ def main(argv=None):
     # 1. how long the load and the warm-up take, to start sampling after them
     log(f"[1/3] timing load + warm-up: {' '.join(engine_cmd(a, 1, 1))}")
     t0 = time.time()
-    p = subprocess.run(engine_cmd(a, 1, 1), capture_output=True, text=True, check=True)
+    p = subprocess.run(engine_cmd(a, 1, 1), capture_output=True, text=True)
+    if p.returncode:  # e.g. --gemm-backend amx on a CPU without AMX: the engine says why
+        sys.exit(f"profile: the engine failed: {p.stderr.strip()[-500:]}")
     wall = time.time() - t0
     reps = [float(x) for x in re.findall(r"rep \d+/\d+: ([0-9.]+) s", p.stderr)]
     load_s = max(0.0, wall - sum(reps))
@@ -124,6 +144,15 @@ def main(argv=None):
     if a.precision == "bf16":
         log(f"      one core's bf16 (vdpbf16ps) peak: "
             f"{f'{bf16_peak:.1f} GFLOP/s' if bf16_peak else 'not measured'}")
+    amx_peak = core_peak(a.engine, "amx") if a.gemm_backend == "amx" else None
+    if a.gemm_backend == "amx":
+        log(f"      one core's AMX (tdpbf16ps) peak: {f'{amx_peak:.1f} GFLOP/s' if amx_peak else 'not measured'}")
+    # each product's ceiling and its name: the GEMM's by its backend, attention's
+    # bf16 only where a bf16 model's attention runs in bf16 (AMD)
+    bf = a.precision == "bf16"
+    tops = {"GEMM micro-kernel": (amx_peak, "AMX peak") if a.gemm_backend == "amx"
+            else (bf16_peak, "bf16 peak") if bf else (peak, "peak"),
+            "attention QK^T + PV": (bf16_peak, "bf16 peak") if bf and cpu_is_amd() else (peak, "peak")}
 
     # 2. sample warm-up + timed forwards. Enough warm-up forwards to outlast
     # the delay by themselves: with a small model the margin is many
@@ -172,9 +201,7 @@ def main(argv=None):
         if gf and r["cpu_ms_per_forward"] > 0:
             r["gflop"] = round(gf, 2)
             r["gflops_per_core"] = round(gf / (r["cpu_ms_per_forward"] / 1e3), 1)
-            # bf16 models run both products in bf16 (attention's too, on AVX-512)
-            bf = a.precision == "bf16"
-            top = bf16_peak if bf else peak
+            top = tops[r["stage"]][0]
             if top:
                 r["share_of_core_peak"] = round(r["gflops_per_core"] / top, 3)
     log(f"  {'stage':28s} {'share':>7s} {'CPU ms/forward':>15s}  rate (useful GFLOP per CPU second)")
@@ -183,16 +210,17 @@ def main(argv=None):
         if "gflops_per_core" in r:
             rate = f"  {r['gflop']:.1f} GFLOP at {r['gflops_per_core']:.1f} GFLOP/s"
             if "share_of_core_peak" in r:
-                bf = a.precision == "bf16"
-                rate += (f" = {100 * r['share_of_core_peak']:.0f}% of one core's "
-                         f"{f'bf16 peak ({bf16_peak:.1f})' if bf else f'peak ({peak:.1f})'}")
+                top, what = tops[r["stage"]]
+                rate += f" = {100 * r['share_of_core_peak']:.0f}% of one core's {what} ({top:.1f})"
         log(f"  {r['stage']:28s} {r['percent']:6.1f}% {r['cpu_ms_per_forward']:15.1f}{rate}")
     top_other = [s for s in symbols if s["stage"] == "other"][:6]
     if top_other:
         log("  other: " + ", ".join(f"{s['symbol']} {s['percent']:.1f}%" for s in top_other))
     doc = {"model": a.model, "resolution": a.resolution, "batch": a.batch, "threads": a.threads,
            "precision": a.precision,
+           "gemm_backend": a.gemm_backend or "auto",
            "engine": res, "core_peak_gflops": peak, "core_bf16_peak_gflops": bf16_peak,
+           "core_amx_peak_gflops": amx_peak,
            "stages": rows, "symbols": symbols[:60]}
     with open(os.path.join(a.out, "profile.json"), "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
