@@ -65,6 +65,25 @@ typedef struct {
     atomic_int done;
 } drain_job;
 
+/* The thread that takes the signals in sigwait (main's), for forward_signal:
+ * written once, before the handler is installed. */
+static pthread_t signal_thread;
+
+/* Blocking the signals in main does not reach a thread that started
+ * before it: OpenBLAS's pool starts when the library loads, with every
+ * signal unblocked. A process-directed SIGTERM that arrives while the main
+ * thread is not inside sigwait (loading a model, logging the drain) went
+ * there, and its default action killed the daemon: exit 143, no drain, no
+ * log line (every SIGTERM during a load; once in CI, a second SIGTERM
+ * during a drain). Handled there, it is passed on to the main thread,
+ * which has it blocked and takes it in sigwait as if it had come first.
+ * (pthread_kill is a tgkill: async-signal-safe.) */
+static void forward_signal(int sig) {
+    int saved = errno;
+    pthread_kill(signal_thread, sig);
+    errno = saved;
+}
+
 static void *drain_main(void *arg) {
     drain_job *d = arg;
     http_begin_drain(d->http);
@@ -150,6 +169,11 @@ int main(int argc, char **argv) {
     sigaddset(&signals, SIGUSR1); /* the drain thread's "done" */
     sigaddset(&signals, SIGHUP);  /* rescan the models (repository.h) */
     pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    signal_thread = pthread_self();
+    struct sigaction fwd = {.sa_handler = forward_signal, .sa_flags = SA_RESTART};
+    sigfillset(&fwd.sa_mask);
+    const int forwarded[] = {SIGTERM, SIGINT, SIGUSR1, SIGHUP};
+    for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++) sigaction(forwarded[i], &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
     /* Decoded images and batch buffers are a few MB each. glibc would hand
      * blocks that large back to the kernel on free (mmap/trim), and every

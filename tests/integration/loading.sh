@@ -51,4 +51,22 @@ awk '/listening on/ { l = NR } /loading model/ { m = NR } END { exit !(l && m &&
 awk '/listening on/ { l = NR } /comrope-serve: ready$/ { r = NR } END { exit !(l && r && l < r) }' "$LOG" ||
   fail "'ready' not logged after 'listening'"
 stop_daemon
+
+# SIGTERM while the model loads: the main thread is loading, not waiting for
+# signals, and OpenBLAS's threads (started before main could block the
+# signals) would take it and die of it (exit 143, no log line). It must be
+# the usual stop: a drain once the load is over, exit 0.
+rm -f "$GATE" "$GATE.waiting"
+DAEMON_ENV=("LOAD_GATE=$GATE" "LD_PRELOAD=$GATE_SO"
+  "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0")
+launch_daemon --access-log text
+DAEMON_ENV=()
+poll 30 test -e "$GATE.waiting" || fail "the second load never reached the checkpoint"
+kill -TERM "$DAEMON_PID"
+: >"$GATE"
+wait_exit 60
+[ "$EXIT_CODE" = 0 ] || fail "SIGTERM during a load: exit $EXIT_CODE, not 0 (143: killed by it)"
+log_has "SIGTERM: draining" || fail "SIGTERM during a load: no drain in the log"
+log_has "comrope-serve: stopped" || fail "SIGTERM during a load: no clean stop in the log"
+echo "ok SIGTERM during a load: drained after it, exit 0"
 echo "loading: ok"
