@@ -4,9 +4,11 @@
     bench/ab.py --model DIR A B [C ...] [--resolution 224] [--batch 1] [--threads 2]
                 [--rounds 6] [--reps 3] [--warmup 1] [--precision fp32|bf16]
                 [--gemm-backend auto|own|onednn|amx] [--env A:VAR=VALUE ...]
+                [--arg A:ARG ...]
 
 A, B, ...: comrope-bench-engine binaries (copy build-bench/comrope-bench-engine
-aside before rebuilding), or the same binary twice with different --env.
+aside before rebuilding), or the same binary twice with different --env or
+--arg (e.g. --arg "1:--amx-shape 2x2": our AMX kernel's other block).
 Each round runs every binary once, in turn, pinned to the same CPUs (the
 first --threads of this process's affinity), so that a slow spell of a
 shared VM (these drift by ±15% over a minute) hits all of them. Prints each
@@ -23,12 +25,13 @@ import subprocess
 import sys
 
 
-def run_once(binary, env_extra, a, cpus):
+def run_once(binary, env_extra, args_extra, a, cpus):
     cmd = [binary, "--model", a.model, "--resolution", str(a.resolution), "--batch", str(a.batch),
            "--threads", str(a.threads), "--reps", str(a.reps), "--warmup", str(a.warmup),
            "--precision", a.precision]
     if a.gemm_backend:
         cmd += ["--gemm-backend", a.gemm_backend]
+    cmd += args_extra
     if cpus:
         cmd = ["taskset", "-c", ",".join(map(str, cpus))] + cmd
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **env_extra)
@@ -55,6 +58,8 @@ def main():
                     help="who runs the bf16 GEMMs (default: the engine's, auto)")
     ap.add_argument("--env", action="append", default=[],
                     help="INDEX:VAR=VALUE, an environment variable for the INDEX-th binary (0-based)")
+    ap.add_argument("--arg", action="append", default=[],
+                    help="INDEX:ARG, engine arguments for the INDEX-th binary (split at spaces)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     a = ap.parse_args()
     if len(a.binaries) < 2:
@@ -67,13 +72,20 @@ def main():
             envs[int(i)][k] = v
         except (ValueError, IndexError):
             sys.exit(f"ab: --env {e!r}: expected INDEX:VAR=VALUE with INDEX < {len(a.binaries)}")
+    extra = [[] for _ in a.binaries]
+    for e in a.arg:
+        try:
+            i, words = e.split(":", 1)
+            extra[int(i)] += words.split()
+        except (ValueError, IndexError):
+            sys.exit(f"ab: --arg {e!r}: expected INDEX:ARG with INDEX < {len(a.binaries)}")
     cpus = None if a.no_pin else sorted(os.sched_getaffinity(0))[:a.threads]
-    labels = [f"[{i}] {b}" + "".join(f" {k}={v}" for k, v in envs[i].items())
+    labels = [f"[{i}] {b}" + "".join(f" {k}={v}" for k, v in envs[i].items()) + "".join(f" {w}" for w in extra[i])
               for i, b in enumerate(a.binaries)]
     runs = [[] for _ in a.binaries]
     for r in range(a.rounds):
         for i, b in enumerate(a.binaries):
-            v = run_once(b, envs[i], a, cpus)
+            v = run_once(b, envs[i], extra[i], a, cpus)
             runs[i].append(v)
             print(f"round {r + 1}/{a.rounds}  {labels[i]}: {v:.3f} images/s", flush=True)
     print(f"\n{a.model} {a.resolution}x{a.resolution} batch {a.batch}, {a.threads} thread(s), "

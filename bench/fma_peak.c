@@ -223,9 +223,9 @@ int main(int argc, char **argv) {
         printf("{\"skipped\": \"no AVX512-BF16 on this CPU\"}\n");
         return 0;
     }
-    if (amx && !cpu_has_amx_bf16()) {
-        printf("{\"skipped\": \"no AMX on this CPU (amx_bf16 and amx_tile in /proc/cpuinfo, "
-               "and the kernel's grant of the tile state)\"}\n");
+    char why[256];
+    if (amx && cpu_amx_unavailable(cpu_get_features(), why, sizeof(why))) {
+        printf("{\"skipped\": \"%s\"}\n", why);
         return 0;
     }
     if (!wide && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) {

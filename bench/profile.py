@@ -2,7 +2,7 @@
 """bench/profile.py: where a forward pass spends its time, by stage.
 
     bench/profile.py --model DIR [--resolution 224] [--batch 1] [--threads 2] [--precision fp32|bf16]
-                     [--gemm-backend auto|own|onednn|amx] [--reps 20]
+                     [--gemm-backend auto|own|onednn|amx] [--amx-shape 1x3|2x2] [--reps 20]
                      [--engine build-bench/comrope-bench-engine] [--out bench/out/profile]
 
 Samples comrope-bench-engine with `perf record -e cpu-clock` (a software
@@ -42,7 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (stage, regex on the symbol), first match wins; [k] marks kernel symbols.
 STAGES = [
-    ("GEMM micro-kernel", r"^kernel_(avx512|avx2|generic|bf16|amx)$"),
+    ("GEMM micro-kernel", r"^kernel_(avx512|avx2|generic|bf16|amx|amx22)$"),
     ("GEMM packing + loop",
      r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*|pairs16_bf16|amx_enter|amx_leave)$"),
     ("attention QK^T + PV", r"^(attn_qk_.*|attn_pv_.*|sgemm_.*|.*_sgemm.*)$"),
@@ -74,6 +74,8 @@ def parse_args(argv):
     ap.add_argument("--gemm-backend", choices=("auto", "own", "onednn", "amx"),
                     help="who runs the bf16 GEMMs (default: the engine's, auto); amx: the GEMM's rate "
                          "against the AMX peak (comrope-fma-peak --op amx)")
+    ap.add_argument("--amx-shape", choices=("1x3", "2x2"),
+                    help="with --gemm-backend amx: our AMX kernel's block (default: the engine's)")
     ap.add_argument("--reps", type=int, default=20, help="timed forwards under perf (default 20)")
     ap.add_argument("--engine", default=os.path.join(ROOT, "build-bench", "comrope-bench-engine"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "profile"))
@@ -84,7 +86,8 @@ def engine_cmd(a, reps, warmup):
     cmd = [a.engine, "--model", a.model, "--resolution", a.resolution, "--batch", str(a.batch),
            "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup),
            "--precision", a.precision]
-    return cmd + (["--gemm-backend", a.gemm_backend] if a.gemm_backend else [])
+    return (cmd + (["--gemm-backend", a.gemm_backend] if a.gemm_backend else [])
+            + (["--amx-shape", a.amx_shape] if a.amx_shape else []))
 
 
 def cpu_is_amd():

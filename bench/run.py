@@ -326,8 +326,9 @@ class Bench:
         if system == "engine":
             cmd = [self.engine, "--model", self.ckpt_dir(pe), "--resolution", str(res),
                    "--reps", str(a.reps), "--warmup", str(a.warmup)] + common
-            if precision == "bf16-amx":  # our AMX tile kernel rather than the default backend
-                cmd += ["--precision", "bf16", "--gemm-backend", "amx"]
+            if precision in ("bf16-amx", "bf16-amx-2x2"):  # our AMX tile kernel, one block or the other
+                cmd += ["--precision", "bf16", "--gemm-backend", "amx",
+                        "--amx-shape", "2x2" if precision == "bf16-amx-2x2" else "1x3"]
             elif precision:
                 cmd += ["--precision", precision]
         elif system == "torch" and precision == "bf16-autocast":
@@ -350,7 +351,7 @@ class Bench:
                "tokens": 1 + (res // 16) ** 2, "env": f"OPENBLAS_CORETYPE={coretype}" if coretype else "default",
                "precision": precision or "fp32", "round": rnd,
                "gflop_per_image": self.gflop_per_image(pe, res)}
-        skip_key = "engine-bf16" if precision in ("bf16", "bf16-amx") else system
+        skip_key = "engine-bf16" if precision in ("bf16", "bf16-amx", "bf16-amx-2x2") else system
         if skip_key in self.skipped:
             rec["skipped"] = self.skipped[skip_key]
             self.runs.append(rec)
@@ -540,7 +541,8 @@ class Bench:
         if "bf16" in parts:
             for r in a.resolutions:
                 for batch in a.batches:
-                    amx = [("engine", "bf16", "comrope-ap", r, batch, None, "bf16-amx")] if cpu_has_amx() else []
+                    amx = [("engine", "bf16", "comrope-ap", r, batch, None, p)
+                           for p in ("bf16-amx", "bf16-amx-2x2")] if cpu_has_amx() else []
                     rounds(("engine", "bf16", "comrope-ap", r, batch),
                            ("engine", "bf16", "comrope-ap", r, batch, None, "bf16"),
                            *amx,
@@ -638,7 +640,8 @@ class Bench:
                 # AMX: each bf16 backend against fp32 and against PyTorch's autocast
                 tb = self.find(system="torch", group="bf16", pe="comrope-ap", res=r, batch=batch,
                                precision="bf16-autocast")
-                for label, prec in (("bf16", "bf16"), ("bf16 (our AMX kernel)", "bf16-amx")):
+                for label, prec in (("bf16", "bf16"), ("bf16 (our AMX kernel)", "bf16-amx"),
+                                    ("bf16 (our AMX kernel, 2x2 block)", "bf16-amx-2x2")):
                     e = self.find(system="engine", group="bf16", pe="comrope-ap", res=r, batch=batch,
                                   precision=prec)
                     if not cpu_has_amx() or not e:
@@ -908,7 +911,8 @@ def print_tables(B, targets):
             f"{op} {max(v):.1f}" if v else f"{op} skipped" for op, v in pk.items()))
         log(f"  {'res':>4s} {'batch':>5s} | {'engine fp32':>16s} {'engine bf16':>16s} {'engine auto':>16s} "
             f"{'torch fp32':>16s} {'torch bf16':>16s} | {'bf16/fp32':>9s} {'auto/fp32':>9s} {'bf16/torch bf16':>15s}"
-            + (f" | {'our AMX':>16s} {'AMX/fp32':>9s} {'AMX/torch bf16':>14s}" if cpu_has_amx() else ""))
+            + (f" | {'our AMX':>16s} {'AMX/fp32':>9s} {'AMX/torch bf16':>14s}"
+               f" | {'our AMX 2x2':>16s} {'2x2/fp32':>9s} {'2x2/torch bf16':>14s}" if cpu_has_amx() else ""))
         for r in a.resolutions:
             for batch in a.batches:
                 d = B.find(system="engine", group="bf16", res=r, batch=batch)
@@ -921,10 +925,10 @@ def print_tables(B, targets):
                 vt = f"{ratio(h, tb):.3f}" if h and tb else "-"
                 hb = fmt_ips(h) if h else ("skipped" if "engine-bf16" in B.skipped else "-")
                 am = ""
-                if cpu_has_amx():
-                    x = B.find(system="engine", group="bf16", res=r, batch=batch, precision="bf16-amx")
-                    am = (f" | {fmt_ips(x):>16s} {(f'{ratio(x, d):.3f}' if x and d else '-'):>9s} "
-                          f"{(f'{ratio(x, tb):.3f}' if x and tb else '-'):>14s}")
+                for prec in ("bf16-amx", "bf16-amx-2x2") if cpu_has_amx() else ():
+                    x = B.find(system="engine", group="bf16", res=r, batch=batch, precision=prec)
+                    am += (f" | {fmt_ips(x):>16s} {(f'{ratio(x, d):.3f}' if x and d else '-'):>9s} "
+                           f"{(f'{ratio(x, tb):.3f}' if x and tb else '-'):>14s}")
                 log(f"  {r:4d} {batch:5d} | {fmt_ips(d):>16s} {hb:>16s} {fmt_ips(au):>16s} {fmt_ips(tf):>16s} "
                     f"{fmt_ips(tb):>16s} | {v:>9s} {va:>9s} {vt:>15s}" + am)
         g = B.record("bf16-agreement")

@@ -2,7 +2,8 @@
  *
  * Weights: panel j holds output columns [16j, 16j+16) as (K, 16): for each
  * k, the 16 weights W[16j + c][k]. Panels come in threes: a tile is 48
- * output columns (N is padded with zero columns to a multiple of 48).
+ * output columns (N is padded with zero columns to a multiple of 48); the
+ * AMX kernel's 2 x 2 block takes them two at a time (32 columns).
  *
  * Blocking (as BLIS and OpenBLAS do it): the threads take tiles of output
  * columns in chunks (AVX2 and bf16, which read A packed: 4 panels, or two
@@ -19,8 +20,8 @@
  * k-major, 6 rows side by side, all of it packed once before the tiles
  * start, into the caller's scratch). bf16 converts A into the same k-major
  * layout (8 rows side by side), also once for all threads; the AMX kernel
- * (16 x 48, in tiles; its section below) into blocks of 16 rows x 16
- * pairs, one tile each.
+ * (16 x 48 or 32 x 32, in tiles; its section below) into blocks of 16
+ * rows x 16 pairs, one tile each.
  *
  * Determinism: the micro-kernel loads the partial sums of the previous K
  * block from the output (exact float32 values), continues with fused
@@ -43,7 +44,7 @@
 #include "parallel.h"
 
 #define NR (3 * GEMM_PANEL) /* columns per tile */
-#define MR_MAX 16           /* rows per micro-kernel call, at most (AMX: 16) */
+#define MR_MAX 32           /* rows per micro-kernel call, at most (AMX's 2 x 2 block: 32) */
 #define AMX_PAIRS 16        /* pairs per AMX tile row (64 bytes), and rows per tile */
 #define KC 192              /* generic kernel's K block: its tile's weights (36 KB) fit L1 */
 #define KC_BIG                                                                                               \
@@ -54,8 +55,14 @@
  * columns, 24 KB) stays in L1 while the row groups pass, so a step of 16
  * pairs loads only A's 1 KB from L2 (with 768, 4 KB a step came from L2
  * for 48 cycles of tdpbf16ps). Reasoned, not yet measured on an AMX CPU
- * (bench/README.md). A multiple of 32: whole tile steps. */
+ * (bench/README.md). A multiple of 32: whole tile steps. A build may set
+ * another (-DKC_AMX=768: bench/amx_decide.sh times both). */
+#ifndef KC_AMX
 #define KC_AMX 256
+#endif
+#if KC_AMX % 32 != 0
+#error "KC_AMX must be a multiple of 32 (whole 16-pair tile steps)"
+#endif
 #define MC 64        /* rows of A per pass over a tile (8 row groups, at most) */
 #define GEMM_CHUNK 4 /* AVX2: panels a part takes at a time */
 #define MC_ONE_PASS                                                                                          \
@@ -169,7 +176,7 @@ struct gemm_kernel {
     const char *name;
     kernel_fn fn;
     int mr;              /* rows per call */
-    int np;              /* 16-column panels per call: 3 (a 48-column tile) or 1 */
+    int np;              /* 16-column panels per call: 3 (a 48-column tile), 2 (AMX's 2 x 2 block) or 1 */
     int pack;            /* 1 reads A from a copy packed once for all threads (k-major groups, or
                             AMX's 16 x 16 blocks), 0 in place */
     int kc;              /* K block (even: a bf16 pair never straddles two blocks) */
@@ -332,7 +339,8 @@ static const gemm_kernel kernel_bf16_entry = {
  * in an order fixed by K alone (per K block, C reloaded from the output
  * between blocks as the other kernels do), so rows stay batch invariant. */
 
-/* ldtilecfg's 64 bytes (palette 1): tiles 0-6 all 16 rows of 64 bytes.
+/* ldtilecfg's 64 bytes (palette 1): tiles 0-7 all 16 rows of 64 bytes
+ * (the 1 x 3 block uses 0-6, the 2 x 2 block all eight).
  * A constant, not a local: GCC's _tile_loadconfig tells the compiler it
  * reads 8 bytes, so stores into a local configuration could be dropped. */
 typedef struct {
@@ -343,8 +351,8 @@ typedef struct {
 
 static const amx_tilecfg amx_config __attribute__((aligned(64))) = {
     .palette = 1,
-    .colsb = {64, 64, 64, 64, 64, 64, 64},
-    .rows = {16, 16, 16, 16, 16, 16, 16},
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
 };
 
 /* The tile state is per thread: each thread of a GEMM configures it
@@ -352,10 +360,11 @@ static const amx_tilecfg amx_config __attribute__((aligned(64))) = {
 __attribute__((target("amx-tile"))) static void amx_enter(void) { _tile_loadconfig(&amx_config); }
 __attribute__((target("amx-tile"))) static void amx_leave(void) { _tile_release(); }
 
-/* C (16, 48) rows of ldc floats: the bias added to the finished sums. */
-__attribute__((target("avx512f"))) static void add_bias16x48(float *C, size_t ldc, const float *bias) {
-    for (int r = 0; r < AMX_PAIRS; r++)
-        for (int q = 0; q < 3; q++)
+/* C (rows, 16 * panels) of ldc floats: the bias added to the finished sums. */
+__attribute__((target("avx512f"))) static void add_bias_tiles(float *C, size_t ldc, const float *bias,
+                                                              int rows, int panels) {
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < panels; q++)
             _mm512_storeu_ps(C + r * ldc + 16 * q, _mm512_add_ps(_mm512_loadu_ps(C + r * ldc + 16 * q),
                                                                  _mm512_loadu_ps(bias + 16 * q)));
 }
@@ -394,7 +403,54 @@ kernel_amx(const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B
     _tile_stored(0, C, ldb);
     _tile_stored(1, C + 16, ldb);
     _tile_stored(2, C + 32, ldb);
-    if (bias) add_bias16x48(C, ldc, bias);
+    if (bias) add_bias_tiles(C, ldc, bias, AMX_PAIRS, 3);
+}
+
+/* The 2 x 2 block: C (32, 32) (+)= A (32 rows, ku pairs) . [B0 B1], in
+ * tmm0-3 (C's blocks: rows 0-15 and 16-31 by columns 0-15 and 16-31),
+ * tmm4-5 the two groups of 16 rows of A (pack_rows_amx: the second group
+ * right after the first, 16 x ku pairs on), tmm6-7 the two panels. Four
+ * tile loads feed four tdpbf16ps (the 1 x 3 block: four for three), and
+ * all eight tiles are in use. The same sums in the same order as the
+ * 1 x 3 block: the two give the same bits. B2 is unused (two panels). */
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) static void
+kernel_amx22(const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B1_, const void *B2_, int ku,
+             float *C, size_t ldc, int first, const float *bias) {
+    (void)rs;
+    (void)ks;
+    (void)B2_;
+    const uint32_t *A0 = Ap_, *B0 = B0_, *B1 = B1_;
+    const uint32_t *A1 = A0 + (size_t)AMX_PAIRS * ku;
+    float *C1 = C + AMX_PAIRS * ldc; /* rows 16-31 */
+    long ldb = (long)(ldc * sizeof(float));
+    __asm__ volatile("" ::: "memory"); /* as in kernel_amx */
+    if (first) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    } else {
+        _tile_loadd(0, C, ldb);
+        _tile_loadd(1, C + 16, ldb);
+        _tile_loadd(2, C1, ldb);
+        _tile_loadd(3, C1 + 16, ldb);
+    }
+    for (int s = 0; s < ku; s += AMX_PAIRS) {
+        size_t o = (size_t)s * GEMM_PANEL;
+        _tile_loadd(4, A0 + o, 64);
+        _tile_loadd(6, B0 + o, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, B1 + o, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, A1 + o, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, C, ldb);
+    _tile_stored(1, C + 16, ldb);
+    _tile_stored(2, C1, ldb);
+    _tile_stored(3, C1 + 16, ldb);
+    if (bias) add_bias_tiles(C, ldc, bias, 2 * AMX_PAIRS, 2);
 }
 
 /* A bf16 value as tdpbf16ps reads it: denormals are zero. */
@@ -436,68 +492,142 @@ static void tdpbf16ps_c(float *c, const uint32_t *a, const uint32_t *b) {
         }
 }
 
-/* kernel_amx, each tile instruction in C (gemm_amx_emulated). */
-static void kernel_amx_emulated(const void *Ap_, size_t rs, size_t ks, const void *B0_, const void *B1_,
-                                const void *B2_, int ku, float *C, size_t ldc, int first, const float *bias) {
-    (void)rs;
-    (void)ks;
-    const uint32_t *A = Ap_, *B[3] = {B0_, B1_, B2_};
-    float t[3][AMX_PAIRS * GEMM_PANEL]; /* tmm0-2 */
-    for (int q = 0; q < 3; q++)
-        for (int r = 0; r < AMX_PAIRS; r++)
-            for (int n = 0; n < GEMM_PANEL; n++)
-                t[q][r * GEMM_PANEL + n] = first ? 0.0f : C[r * ldc + 16 * q + n];
-    for (int s = 0; s < ku; s += AMX_PAIRS) {
-        size_t o = (size_t)s * GEMM_PANEL;
-        for (int q = 0; q < 3; q++) tdpbf16ps_c(t[q], A + o, B[q] + o);
-    }
-    for (int q = 0; q < 3; q++)
-        for (int r = 0; r < AMX_PAIRS; r++)
-            for (int n = 0; n < GEMM_PANEL; n++) C[r * ldc + 16 * q + n] = t[q][r * GEMM_PANEL + n];
-    if (bias)
-        for (int r = 0; r < AMX_PAIRS; r++)
-            for (int c = 0; c < NR; c++) C[r * ldc + c] += bias[c];
+/* Either block with each tile instruction computed in C
+ * (gemm_amx_emulated): groups of 16 rows (two for the 2 x 2 block, the
+ * second 16 x ku pairs after the first) by `panels` panels. */
+static void amx_emulated(const uint32_t *A, const uint32_t *const *B, int groups, int panels, int ku,
+                         float *C, size_t ldc, int first, const float *bias) {
+    float t[AMX_PAIRS * GEMM_PANEL]; /* one accumulator tile */
+    for (int g = 0; g < groups; g++)
+        for (int q = 0; q < panels; q++) {
+            float *c = C + (size_t)g * AMX_PAIRS * ldc + 16 * q;
+            for (int r = 0; r < AMX_PAIRS; r++)
+                for (int n = 0; n < GEMM_PANEL; n++) t[r * GEMM_PANEL + n] = first ? 0.0f : c[r * ldc + n];
+            for (int s = 0; s < ku; s += AMX_PAIRS) {
+                size_t o = (size_t)s * GEMM_PANEL;
+                tdpbf16ps_c(t, A + (size_t)g * AMX_PAIRS * ku + o, B[q] + o);
+            }
+            for (int r = 0; r < AMX_PAIRS; r++)
+                for (int n = 0; n < GEMM_PANEL; n++)
+                    c[r * ldc + n] = bias ? t[r * GEMM_PANEL + n] + bias[16 * q + n] : t[r * GEMM_PANEL + n];
+        }
 }
 
-static const gemm_kernel kernel_amx_entry = {.name = "amx",
-                                             .fn = kernel_amx,
-                                             .mr = AMX_PAIRS,
-                                             .np = 3,
-                                             .pack = 1,
-                                             .kc = KC_AMX,
-                                             .pairs = 1,
-                                             .tiles = 1,
-                                             .vector_pack = 1,
-                                             .enter = amx_enter,
-                                             .leave = amx_leave};
-static const gemm_kernel kernel_amx_emulated_entry = {.name = "amx-emulated",
-                                                      .fn = kernel_amx_emulated,
-                                                      .mr = AMX_PAIRS,
-                                                      .np = 3,
-                                                      .pack = 1,
-                                                      .kc = KC_AMX,
-                                                      .pairs = 1,
-                                                      .tiles = 1,
-                                                      .vector_pack = 0};
-static const gemm_kernel kernel_amx_emulated_vector_entry = {.name = "amx-emulated-vector",
-                                                             .fn = kernel_amx_emulated,
-                                                             .mr = AMX_PAIRS,
-                                                             .np = 3,
-                                                             .pack = 1,
-                                                             .kc = KC_AMX,
-                                                             .pairs = 1,
-                                                             .tiles = 1,
-                                                             .vector_pack = 1};
+static void kernel_amx_emulated(const void *Ap, size_t rs, size_t ks, const void *B0, const void *B1,
+                                const void *B2, int ku, float *C, size_t ldc, int first, const float *bias) {
+    (void)rs;
+    (void)ks;
+    const uint32_t *B[3] = {B0, B1, B2};
+    amx_emulated(Ap, B, 1, 3, ku, C, ldc, first, bias);
+}
+
+static void kernel_amx22_emulated(const void *Ap, size_t rs, size_t ks, const void *B0, const void *B1,
+                                  const void *B2, int ku, float *C, size_t ldc, int first,
+                                  const float *bias) {
+    (void)rs;
+    (void)ks;
+    (void)B2;
+    const uint32_t *B[2] = {B0, B1};
+    amx_emulated(Ap, B, 2, 2, ku, C, ldc, first, bias);
+}
+
+/* Each block on the tiles, and emulated with A converted in C or, as the
+ * tiles' kernel does, with AVX512-BF16: [shape][variant]. */
+enum { AMX_TILES = 0, AMX_EMULATED = 1, AMX_EMULATED_VECTOR = 2 };
+static const gemm_kernel amx_entries[2][3] =
+    {
+        [GEMM_AMX_1X3] =
+            {
+                [AMX_TILES] = {.name = "amx",
+                               .fn = kernel_amx,
+                               .mr = AMX_PAIRS,
+                               .np = 3,
+                               .pack = 1,
+                               .kc = KC_AMX,
+                               .pairs = 1,
+                               .tiles = 1,
+                               .vector_pack = 1,
+                               .enter = amx_enter,
+                               .leave = amx_leave},
+                [AMX_EMULATED] = {.name = "amx-emulated",
+                                  .fn = kernel_amx_emulated,
+                                  .mr = AMX_PAIRS,
+                                  .np = 3,
+                                  .pack = 1,
+                                  .kc = KC_AMX,
+                                  .pairs = 1,
+                                  .tiles = 1,
+                                  .vector_pack = 0},
+                [AMX_EMULATED_VECTOR] = {.name = "amx-emulated-vector",
+                                         .fn = kernel_amx_emulated,
+                                         .mr = AMX_PAIRS,
+                                         .np = 3,
+                                         .pack = 1,
+                                         .kc = KC_AMX,
+                                         .pairs = 1,
+                                         .tiles = 1,
+                                         .vector_pack = 1},
+            },
+        [GEMM_AMX_2X2] =
+            {
+                [AMX_TILES] = {.name = "amx-2x2",
+                               .fn = kernel_amx22,
+                               .mr = 2 * AMX_PAIRS,
+                               .np = 2,
+                               .pack = 1,
+                               .kc = KC_AMX,
+                               .pairs = 1,
+                               .tiles = 1,
+                               .vector_pack = 1,
+                               .enter = amx_enter,
+                               .leave = amx_leave},
+                [AMX_EMULATED] = {.name = "amx-2x2-emulated",
+                                  .fn = kernel_amx22_emulated,
+                                  .mr = 2 * AMX_PAIRS,
+                                  .np = 2,
+                                  .pack = 1,
+                                  .kc = KC_AMX,
+                                  .pairs = 1,
+                                  .tiles = 1,
+                                  .vector_pack = 0},
+                [AMX_EMULATED_VECTOR] = {.name = "amx-2x2-emulated-vector",
+                                         .fn = kernel_amx22_emulated,
+                                         .mr = 2 * AMX_PAIRS,
+                                         .np = 2,
+                                         .pack = 1,
+                                         .kc = KC_AMX,
+                                         .pairs = 1,
+                                         .tiles = 1,
+                                         .vector_pack = 1},
+            },
+};
+
+static int amx_shape_valid(int shape) { return shape == GEMM_AMX_1X3 || shape == GEMM_AMX_2X2; }
 
 /* AMX CPUs have AVX512-BF16 too (Sapphire Rapids on); the kernel's
  * packing of A uses it */
-const gemm_kernel *gemm_amx_kernel(void) {
-    return cpu_has_amx_bf16() && cpu_has_avx512bf16() ? &kernel_amx_entry : NULL;
+const gemm_kernel *gemm_amx_kernel(int shape) {
+    if (!amx_shape_valid(shape) || !cpu_has_amx_bf16() || !cpu_has_avx512bf16()) return NULL;
+    return &amx_entries[shape][AMX_TILES];
 }
 
-const gemm_kernel *gemm_amx_emulated(int vector_pack) {
-    if (!vector_pack) return &kernel_amx_emulated_entry;
-    return cpu_has_avx512bf16() ? &kernel_amx_emulated_vector_entry : NULL;
+const gemm_kernel *gemm_amx_emulated(int shape, int vector_pack) {
+    if (!amx_shape_valid(shape)) return NULL;
+    if (!vector_pack) return &amx_entries[shape][AMX_EMULATED];
+    return cpu_has_avx512bf16() ? &amx_entries[shape][AMX_EMULATED_VECTOR] : NULL;
+}
+
+static const char *const amx_shape_names[] = {"1x3", "2x2"};
+
+const char *gemm_amx_shape_name(int shape) { return amx_shape_valid(shape) ? amx_shape_names[shape] : "?"; }
+
+int gemm_amx_shape_parse(const char *name, int *out) {
+    for (int i = 0; i < 2; i++)
+        if (strcmp(name, amx_shape_names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    return -1;
 }
 
 void gemm_fill_table(kernel_table *kt, cpu_isa isa) {
@@ -666,13 +796,15 @@ __attribute__((target("avx512f,avx512bf16"))) static void pairs16_bf16(const flo
 
 /* AMX: rows [i0, i0+rows) x columns [k0, k0+kc) of A as bf16 pairs in
  * groups of 16 rows; a group is ku/16 blocks of 16 rows x 16 pairs (one
- * tile each, 1 KB), pair k2 of row r at dst[(k2/16)*256 + r*16 + k2%16].
- * Missing rows, the k past an odd block and the pairs past kc are 0. Full
+ * tile each, 1 KB), pair k2 of row r at dst[(k2/16)*256 + r*16 + k2%16];
+ * `padded` rows in all (rows rounded up to the kernel's: the 2 x 2 block
+ * reads 32). Missing rows, the k past an odd block and the pairs past kc
+ * are 0. Full
  * runs of 32 floats convert with AVX512-BF16 where the kernel asks
  * (vector_pack), the rest with act_to_bf16, which gives the same bits. */
-static void pack_rows_amx(const float *A, int K, int i0, int rows, int k0, int kc, int ku, int vector,
-                          uint32_t *Ap) {
-    for (int g = 0; g < rows; g += AMX_PAIRS) {
+static void pack_rows_amx(const float *A, int K, int i0, int rows, int padded, int k0, int kc, int ku,
+                          int vector, uint32_t *Ap) {
+    for (int g = 0; g < padded; g += AMX_PAIRS) {
         uint32_t *grp = Ap + (size_t)g * ku;
         for (int r = 0; r < AMX_PAIRS; r++) {
             const float *src = g + r < rows ? A + (size_t)(i0 + g + r) * K + k0 : NULL;
@@ -693,11 +825,18 @@ static void pack_rows_amx(const float *A, int K, int i0, int rows, int k0, int k
     }
 }
 
+/* Tiles of W for the kernel: its panels per call (3, 2 or 1) into W's
+ * (3 per 48 columns), the last tile of 2 perhaps one panel only. */
+static int gemm_tile_count(const packed_weight *W, const gemm_kernel *kn) {
+    return (W->panels + kn->np - 1) / kn->np;
+}
+
 /* The AVX2 and bf16 kernels read A packed once for all threads into the
  * caller's scratch (pack_part); the others read A in place. */
 static int shared_pack(const gemm_kernel *kn) { return kn->pack; }
 
-/* Tiles [t0, t1) (48 columns, or one 16-column panel for AVX2), all rows.
+/* Tiles [t0, t1) (48 columns, 32 for AMX's 2 x 2 block, or one 16-column
+ * panel for AVX2), all rows.
  * The AVX-512 and generic fp32 kernels read A in place (a K block of 8 rows
  * is 24 KB, 6 KB for generic: L1 holds it); the AVX2 and bf16 kernels read all of A packed
  * beforehand by pack_part (shared_pack). Elements of packed W
@@ -705,7 +844,7 @@ static int shared_pack(const gemm_kernel *kn) { return kn->pack; }
  * two k), so one loop serves both: `per` k values per element. The K block is even,
  * so a pair never straddles two K blocks. The bias goes in with the last
  * K block's stores. */
-static void gemm_tiles(const gemm_job *j, int t0, int t1) {
+static void gemm_tiles(const gemm_job *j, int t0, int t1, float *edge, float *edge_bias) {
     const packed_weight *W = j->W;
     const gemm_kernel *kn = j->kernel;
     int K = W->K, N = W->N, M = j->M, mr = kn->mr, per = kn->pairs ? 2 : 1;
@@ -719,8 +858,6 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
     if (shared_pack(kn) && M <= MC_ONE_PASS) mc = j->Mp;
     const char *wbase = kn->pairs ? (const char *)W->bf16 : (const char *)W->data;
     size_t panel_bytes = (size_t)Ku * GEMM_PANEL * 4;
-    float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
-    float edge_bias[NR] = {0};
     for (int k0 = 0; k0 < K; k0 += kn->kc) {
         int kc = K - k0 < kn->kc ? K - k0 : kn->kc, ku = block_rows(kn, kc);
         int first = k0 == 0, last = k0 + kc == K;
@@ -731,8 +868,12 @@ static void gemm_tiles(const gemm_job *j, int t0, int t1) {
                 if (cols <= 0) break; /* only padding is left (a one-panel tile past N) */
                 const char *B0 =
                     wbase + (size_t)(kn->np * t) * panel_bytes + (size_t)(k0 / per) * GEMM_PANEL * 4;
-                const char *B1 = kn->np == 3 ? B0 + panel_bytes : B0,
-                           *B2 = kn->np == 3 ? B1 + panel_bytes : B0;
+                /* the tile's other panels; a 2-panel tile past the last
+                 * panel (3 per 48 columns) reads its first twice: those
+                 * columns are past N, the edge buffer takes them */
+                int more = W->panels - kn->np * t - 1;
+                if (more > kn->np - 1) more = kn->np - 1;
+                const char *B1 = more >= 1 ? B0 + panel_bytes : B0, *B2 = more >= 2 ? B1 + panel_bytes : B0;
                 const float *bias = last && j->bias ? j->bias + col0 : NULL;
                 if (bias && cols < nr) { /* the bias has only N values */
                     memcpy(edge_bias, bias, sizeof(float) * (size_t)cols);
@@ -802,7 +943,7 @@ static void pack_part(void *ctx, int part, int parts) {
     for (int k0 = 0; k0 < K; k0 += kn->kc) {
         int kc = K - k0 < kn->kc ? K - k0 : kn->kc;
         if (kn->tiles)
-            pack_rows_amx(j->A, K, i0, i1 - i0, k0, kc, block_rows(kn, kc), kn->vector_pack,
+            pack_rows_amx(j->A, K, i0, i1 - i0, g1 * kn->mr - i0, k0, kc, block_rows(kn, kc), kn->vector_pack,
                           (uint32_t *)j->Ap + (size_t)(k0 / 2) * j->Mp + (size_t)i0 * block_rows(kn, kc));
         else if (kn->pairs)
             pack_rows_bf16(j->A, K, i0, i1 - i0, k0, kc, kn->mr,
@@ -818,12 +959,16 @@ static void gemm_part(void *ctx, int part, int parts) {
     gemm_job *j = ctx;
     (void)part;
     (void)parts;
-    int tiles = j->W->panels / j->kernel->np;
+    int tiles = gemm_tile_count(j->W, j->kernel);
+    /* edge tiles' buffers (gemm_tiles), zeroed once per part: what they
+     * keep between calls sits in rows and columns that are thrown away */
+    float edge[MR_MAX * NR] __attribute__((aligned(64))) = {0};
+    float edge_bias[NR] = {0};
     if (j->kernel->enter) j->kernel->enter();
     for (;;) {
         int t0 = __atomic_fetch_add(&j->next, j->chunk, __ATOMIC_RELAXED);
         if (t0 >= tiles) break;
-        gemm_tiles(j, t0, t0 + j->chunk < tiles ? t0 + j->chunk : tiles);
+        gemm_tiles(j, t0, t0 + j->chunk < tiles ? t0 + j->chunk : tiles, edge, edge_bias);
     }
     if (j->kernel->leave) j->kernel->leave();
 }
@@ -838,7 +983,7 @@ size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision) 
         return (size_t)(M + MR_MAX) * (size_t)(((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS);
     /* fp32 read in place (AVX-512, generic): only A's last, short row group,
      * zero-padded (gemm_forward_act) */
-    if (!shared_pack(kt->gemm)) return (size_t)MR_MAX * (size_t)K;
+    if (!shared_pack(kt->gemm)) return (size_t)kt->gemm->mr * (size_t)K;
     /* M rounded up to MR is below M + MR_MAX */
     return (size_t)(M + MR_MAX) * (size_t)K;
 }
@@ -872,7 +1017,7 @@ void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, con
                   .activate = kt->activation,
                   .chunk = 0,
                   .next = 0};
-    int tiles = W->panels / kn->np;
+    int tiles = gemm_tile_count(W, kn);
     /* Small products are not worth waking anyone. */
     int parts = (double)M * W->N * W->K < 2e5 ? 1 : tiles;
     int threads = thread_pool_threads(pool) < parts ? thread_pool_threads(pool) : parts;

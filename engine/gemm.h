@@ -82,15 +82,25 @@ void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, con
                       const packed_weight *W, const float *bias, int M, float *scratch, int act);
 /* Floats of scratch for M rows of K with weights packed for `precision`
  * (for the fp32 kernels that read A in place: only a zero-padded copy of
- * A's last, short row group, at most 16 x K). */
+ * A's last, short row group, the kernel's rows x K). */
 size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision);
 
-/* Our AMX kernel for bf16-packed weights (tdpbf16ps on 16 x 16 tiles: A's
- * rows 16 at a time against a 48-column tile of W), for a context's
+/* Our AMX kernel for bf16-packed weights (tdpbf16ps on 16 x 16 tiles), in
+ * one of two blocks per call: GEMM_AMX_1X3, A's rows 16 at a time against
+ * a 48-column tile of W (three accumulator tiles), or GEMM_AMX_2X2, 32 rows
+ * against 32 columns (four accumulators, all eight tiles, a tile load per
+ * tdpbf16ps instead of 4 per 3). Both give the same bits. For a context's
  * kernel table (kt->gemm_bf16); NULL where this CPU has no AMX-BF16 or
- * Linux did not grant the tile state (cpu_has_amx_bf16). Bit for bit batch
- * invariant like the others. */
-const gemm_kernel *gemm_amx_kernel(void);
+ * Linux did not grant the tile state (cpu_has_amx_bf16), or for an unknown
+ * shape. Bit for bit batch invariant like the others. Which block is
+ * faster is for an AMX CPU to measure (bench/README.md): GEMM_AMX_DEFAULT
+ * is the one the engine uses unless told (vit_options.amx_shape). */
+enum { GEMM_AMX_1X3 = 0, GEMM_AMX_2X2 = 1 };
+#define GEMM_AMX_DEFAULT GEMM_AMX_1X3
+const gemm_kernel *gemm_amx_kernel(int shape);
+/* "1x3", "2x2" */
+const char *gemm_amx_shape_name(int shape);
+int gemm_amx_shape_parse(const char *name, int *out);
 
 /* The same kernel with each tile instruction computed in C as the Intel
  * SDM defines it (tdpbf16ps: per row and column, the even and the odd
@@ -100,6 +110,6 @@ const gemm_kernel *gemm_amx_kernel(void);
  * hardware against it where AMX exists. vector_pack: A converted to bf16
  * with AVX512-BF16 as the hardware kernel does (NULL where the CPU lacks
  * it), else in C. Tests only; slow. */
-const gemm_kernel *gemm_amx_emulated(int vector_pack);
+const gemm_kernel *gemm_amx_emulated(int shape, int vector_pack);
 
 #endif

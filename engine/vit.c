@@ -261,8 +261,11 @@ static int file_exists(const char *path) {
 
 vit_options vit_default_options(void) {
     /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
-    vit_options o = {
-        .precision = GEMM_FP32, .max_tokens = 4097, .isa = CPU_ISA_BEST, .gemm_backend = GEMM_BACKEND_AUTO};
+    vit_options o = {.precision = GEMM_FP32,
+                     .max_tokens = 4097,
+                     .isa = CPU_ISA_BEST,
+                     .gemm_backend = GEMM_BACKEND_AUTO,
+                     .amx_shape = GEMM_AMX_DEFAULT};
     return o;
 }
 
@@ -290,10 +293,14 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         snprintf(err, errlen, "gemm backend onednn: this build has no oneDNN (libdnnl-dev)");
         goto cleanup;
     }
-    if (o.gemm_backend == GEMM_BACKEND_AMX && !gemm_amx_kernel()) {
-        snprintf(err, errlen,
-                 "gemm backend amx: this CPU has no AMX-BF16 (amx_bf16 and amx_tile in /proc/cpuinfo), "
-                 "or Linux did not grant the tile state");
+    if (!gemm_amx_emulated(o.amx_shape, 0)) {
+        snprintf(err, errlen, "amx shape %d: our AMX kernel's blocks are 1x3 and 2x2", o.amx_shape);
+        goto cleanup;
+    }
+    if (o.gemm_backend == GEMM_BACKEND_AMX && !gemm_amx_kernel(o.amx_shape)) {
+        char why[256] = "this CPU has AMX-BF16 but not AVX512-BF16, which our AMX kernel converts A with";
+        cpu_amx_unavailable(cpu_get_features(), why, sizeof(why));
+        snprintf(err, errlen, "gemm backend amx: %s", why);
         goto cleanup;
     }
     /* The AMX backend auto's table weighs: ours where asked; oneDNN where it
@@ -323,6 +330,7 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     else if (o.gemm_backend == GEMM_BACKEND_AUTO && dnnl_gemm_available() && cpu_has_amx_bf16())
         m->backend = GEMM_BACKEND_ONEDNN;
     else m->backend = GEMM_BACKEND_OWN;
+    m->amx_shape = o.amx_shape;
     m->max_tokens = o.max_tokens;
     if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
@@ -453,7 +461,7 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen))
         goto fail;
     /* the same bf16 panels, through the tiles (vit_load checked the CPU) */
-    if (m->backend == GEMM_BACKEND_AMX) ctx->kernels.gemm_bf16 = gemm_amx_kernel();
+    if (m->backend == GEMM_BACKEND_AMX) ctx->kernels.gemm_bf16 = gemm_amx_kernel(m->amx_shape);
     /* attention's products in bf16 only where vdpbf16ps beats fp32 */
     if (!bf16_attention_pays(cpu_get_features())) ctx->kernels.attention_head_bf16 = NULL;
     ctx->tmax = m->max_tokens < q.max_tokens ? m->max_tokens : q.max_tokens;

@@ -61,6 +61,7 @@ typedef struct {
     int precision;           // GEMM_FP32 or GEMM_BF16
     precision_choice choice; // how precision was chosen (asked, auto's table, warnings)
     int backend;             // GEMM_BACKEND_OWN, _ONEDNN or _AMX: who runs the bf16 GEMMs
+    int amx_shape;           // GEMM_AMX_1X3 or _2X2: our AMX kernel's block (backend AMX)
 } vit_model;
 
 /* Knobs of a loaded model; vit_default_options() fills every one. */
@@ -74,6 +75,8 @@ typedef struct {
                       // forced lower: no bf16 below avx512), for the choice above
     int gemm_backend; // GEMM_BACKEND_AUTO (oneDNN for bf16 on AMX CPUs where the build
                       // has it, else ours), _OWN, _ONEDNN or _AMX (bf16 only; gemm.h)
+    int amx_shape;    // GEMM_AMX_DEFAULT, or the other block of our AMX kernel (gemm.h):
+                      // for benchmarks until one is measured faster on an AMX CPU
 } vit_options;
 
 vit_options vit_default_options(void);

@@ -25,7 +25,7 @@ static inline int check_part_missing(const char *part) {
     if (!part) return 0;
     if (strcmp(part, "bf16") == 0) return !cpu_has_avx512bf16();
     /* our AMX kernel (gemm_amx_kernel), and oneDNN's AMX backend */
-    if (strcmp(part, "amx") == 0) return gemm_amx_kernel() == NULL;
+    if (strcmp(part, "amx") == 0) return gemm_amx_kernel(GEMM_AMX_DEFAULT) == NULL;
     if (strcmp(part, "amx-onednn") == 0) return !cpu_has_amx_bf16() || !dnnl_gemm_available();
     /* oneDNN's bf16 beside our bf16 (the model's attention) */
     if (strcmp(part, "onednn") == 0) return !dnnl_gemm_available() || !cpu_has_avx512bf16();
@@ -38,11 +38,11 @@ static inline int check_skip(const char *part) {
     if (strcmp(part, "onednn") == 0 || (strcmp(part, "amx-onednn") == 0 && cpu_has_amx_bf16()))
         printf("skipped: %s\n", dnnl_gemm_available() ? "no AVX512-BF16 on this CPU"
                                                       : "this build has no oneDNN (libdnnl-dev)");
-    else
-        printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0 ? "AVX512-BF16"
-                                               : strncmp(part, "amx", 3) == 0
-                                                   ? "AMX-BF16 (or Linux did not grant the tile state)"
-                                                   : part);
+    else if (strncmp(part, "amx", 3) == 0) {
+        char why[256] = "this CPU has AMX-BF16 but not AVX512-BF16, which our AMX kernel converts A with";
+        cpu_amx_unavailable(cpu_get_features(), why, sizeof(why));
+        printf("skipped: %s\n", why);
+    } else printf("skipped: no %s on this CPU\n", strcmp(part, "bf16") == 0 ? "AVX512-BF16" : part);
     return CHECK_SKIPPED;
 }
 

@@ -277,7 +277,7 @@ START_TEST(test_auto_and_bf16_agree_with_fp32) {
     int asks[4] = {PRECISION_AUTO, GEMM_BF16, GEMM_BF16, GEMM_BF16};
     int backends[4] = {GEMM_BACKEND_AUTO, GEMM_BACKEND_OWN, GEMM_BACKEND_ONEDNN, GEMM_BACKEND_AMX};
     int runs[4] = {1, cpu_has_avx512bf16(), cpu_has_avx512bf16() && dnnl_gemm_available(),
-                   gemm_amx_kernel() != NULL};
+                   gemm_amx_kernel(GEMM_AMX_DEFAULT) != NULL};
     for (int a = 0; a < 4; a++) {
         if (!runs[a]) continue;
         vit_options opt = vit_default_options();

@@ -267,12 +267,16 @@ START_TEST(test_amx_backend_choice) {
     snprintf(dir, sizeof(dir), "%s/parity/%s", FIXTURE_DIR, "comrope_ld_b2");
     vit_options o = vit_default_options();
     o.gemm_backend = GEMM_BACKEND_AMX;
+    /* what the refusal must name: what the probe found missing (no AMX in
+     * CPUID, the OS's tile state, Linux's grant), or AVX512-BF16 */
+    char why[256] = "not AVX512-BF16";
+    cpu_amx_unavailable(cpu_get_features(), why, sizeof(why));
     ck_assert_int_eq(vit_load(dir, &o, &m, err, sizeof(err)), -1);
-    ck_assert_msg(strstr(err, gemm_amx_kernel() ? "bf16 only" : "no AMX-BF16"), "%s", err);
+    ck_assert_msg(strstr(err, gemm_amx_kernel(GEMM_AMX_DEFAULT) ? "bf16 only" : why), "%s", err);
     o.precision = GEMM_BF16;
-    if (!gemm_amx_kernel()) {
+    if (!gemm_amx_kernel(GEMM_AMX_DEFAULT)) {
         ck_assert_int_eq(vit_load(dir, &o, &m, err, sizeof(err)), -1);
-        ck_assert_msg(strstr(err, "gemm backend amx") && strstr(err, "no AMX-BF16"), "%s", err);
+        ck_assert_msg(strstr(err, "gemm backend amx: ") == err && strstr(err, why), "%s", err);
         printf("test_amx_backend_choice: no AMX here: only the refusal is checked\n");
     } else {
         ck_assert_msg(vit_load(dir, &o, &m, err, sizeof(err)) == 0, "%s", err);
@@ -285,6 +289,38 @@ START_TEST(test_amx_backend_choice) {
         ck_assert_int_eq(back, b);
     }
     ck_assert_str_eq(gemm_backend_name(GEMM_BACKEND_AMX), "amx");
+}
+END_TEST
+
+/* Why the tiles are out of reach, as the refusals say it: each state the
+ * probe can end in, and this CPU's probe consistent with the kernel's
+ * availability. */
+START_TEST(test_amx_unavailable_says_why) {
+    char why[256];
+    cpu_features f = {.best = CPU_ISA_AVX512, .vendor = CPU_VENDOR_INTEL, .avx512bf16 = 1};
+    ck_assert_int_eq(cpu_amx_unavailable(&f, why, sizeof(why)), 1); /* zeroed: no AMX in CPUID */
+    ck_assert_msg(strstr(why, "no AMX-BF16") && strstr(why, "/proc/cpuinfo"), "%s", why);
+    f.amx_missing = CPU_AMX_SMALL_PALETTE;
+    ck_assert_int_eq(cpu_amx_unavailable(&f, why, sizeof(why)), 1);
+    ck_assert_msg(strstr(why, "0x1D") != NULL, "%s", why);
+    f.amx_missing = CPU_AMX_NO_XCR0;
+    ck_assert_int_eq(cpu_amx_unavailable(&f, why, sizeof(why)), 1);
+    ck_assert_msg(strstr(why, "XCR0") != NULL, "%s", why);
+    f.amx_missing = CPU_AMX_NO_GRANT;
+    f.amx_errno = EPERM;
+    ck_assert_int_eq(cpu_amx_unavailable(&f, why, sizeof(why)), 1);
+    ck_assert_msg(strstr(why, "ARCH_REQ_XCOMP_PERM") && strstr(why, "errno 1 ") && strstr(why, "seccomp"),
+                  "%s", why);
+    f.amx_errno = EINVAL;
+    ck_assert_int_eq(cpu_amx_unavailable(&f, why, sizeof(why)), 1);
+    ck_assert_msg(strstr(why, "5.16") != NULL, "%s", why);
+    f.amx_missing = CPU_AMX_OK;
+    f.amx_bf16 = 1;
+    ck_assert_int_eq(cpu_amx_unavailable(&f, why, sizeof(why)), 0);
+    const cpu_features *here = cpu_get_features();
+    ck_assert_int_eq(cpu_amx_unavailable(here, why, sizeof(why)), !here->amx_bf16);
+    ck_assert_int_eq(here->amx_missing == CPU_AMX_OK, here->amx_bf16);
+    if (!here->amx_bf16) printf("test_amx_unavailable_says_why: this CPU: %s\n", why);
 }
 END_TEST
 
@@ -442,6 +478,7 @@ int main(void) {
     tcase_add_test(tc, test_two_contexts_forwards_overlap);
     tcase_add_test(tc, test_isa_is_per_context);
     tcase_add_test(tc, test_amx_backend_choice);
+    tcase_add_test(tc, test_amx_unavailable_says_why);
     tcase_add_test(tc, test_limits_are_enforced_and_bound_the_workspace);
     tcase_add_test(tc, test_token_limit_at_least_one_image);
     tcase_add_test(tc, test_huge_resolution_refused);

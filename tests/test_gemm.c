@@ -133,22 +133,38 @@ static float round_bf16(float f) {
 }
 
 /* The kernel table whose bf16 kernel is `which`: "bf16" (vdpbf16ps), "amx"
- * (our AMX kernel on the tiles), "amx-emulated" (its tile instructions in
- * C, A converted in C) or "amx-emulated-vector" (A converted with
- * AVX512-BF16, as the hardware kernel does). 0 where this CPU lacks it. */
+ * (our AMX kernel on the tiles, its 1 x 3 block), "amx-emulated" (its tile
+ * instructions in C, A converted in C) or "amx-emulated-vector" (A
+ * converted with AVX512-BF16, as the hardware kernel does); "amx-2x2..."
+ * the same for the 2 x 2 block. 0 where this CPU lacks it. */
 static int bf16_table(const char *which, kernel_table *kt) {
     if (strcmp(which, "bf16") == 0) return table("avx512", kt) && kt->gemm_bf16;
     if (!table("auto", kt)) return 0;
-    kt->gemm_bf16 = strcmp(which, "amx") == 0 ? gemm_amx_kernel()
-                                              : gemm_amx_emulated(strcmp(which, "amx-emulated-vector") == 0);
+    int shape = strstr(which, "2x2") ? GEMM_AMX_2X2 : GEMM_AMX_1X3;
+    kt->gemm_bf16 = strstr(which, "emulated") ? gemm_amx_emulated(shape, strstr(which, "vector") != NULL)
+                                              : gemm_amx_kernel(shape);
     return kt->gemm_bf16 != NULL;
 }
 
+/* The 1 x 3 twin of a 2 x 2 AMX kernel's name ("amx-2x2-emulated" ->
+ * "amx-emulated"), or NULL for any other. */
+static const char *amx_1x3_twin(const char *which, char *buf, size_t len) {
+    const char *p = strstr(which, "-2x2");
+    if (!p) return NULL;
+    snprintf(buf, len, "%.*s%s", (int)(p - which), which, p + 4);
+    return buf;
+}
+
 static void check_bf16_kernel(const char *which) {
-    kernel_table kt, emu;
+    kernel_table kt, emu, twin;
     ck_assert_msg(bf16_table(which, &kt), "%s: main() adds it only where it runs", which);
-    int amx = strcmp(which, "amx") == 0; /* the hardware, also against its emulation */
-    ck_assert(!amx || bf16_table("amx-emulated", &emu));
+    /* the hardware, also against its emulation */
+    int amx = strncmp(which, "amx", 3) == 0 && !strstr(which, "emulated");
+    ck_assert(!amx || bf16_table(strstr(which, "2x2") ? "amx-2x2-emulated" : "amx-emulated", &emu));
+    /* the 2 x 2 block, bit for bit against the 1 x 3 (the same sums in the same order) */
+    char twin_name[64];
+    const char *twin_of = amx_1x3_twin(which, twin_name, sizeof(twin_name));
+    ck_assert(!twin_of || bf16_table(twin_of, &twin));
     double hw_vs_emulated = 0;
     thread_pool *three = thread_pool_new(3);
     /* M past 264 runs in passes of 64 rows; K past 32 packs full groups
@@ -184,6 +200,12 @@ static void check_bf16_kernel(const char *which) {
             gemm_forward(&emu, NULL, out3, A, &p, bias, M, scratch);
             for (int i = 0; i < M * N; i++) hw_vs_emulated = fmax(hw_vs_emulated, fabs(out[i] - out3[i]));
         }
+        if (twin_of) {
+            gemm_forward(&twin, NULL, out3, A, &p, bias, M, scratch);
+            for (int i = 0; i < M * N; i++)
+                ck_assert_msg(memcmp(&out[i], &out3[i], 4) == 0, "%s %dx%dx%d: element %d %g, %s gives %g",
+                              which, M, N, K, i, out[i], twin_of, out3[i]);
+        }
         for (int i = 0; i < M; i++)
             for (int n = 0; n < N; n++) {
                 double exact = bias ? bias[n] : 0, rounded = exact;
@@ -213,13 +235,16 @@ static void check_bf16_kernel(const char *which) {
     thread_pool_free(three);
     /* the tiles against the ISA's definition of them: both within the
      * tolerance above; the figure tells whether they agree bit for bit */
-    if (amx) fprintf(stderr, "amx: hardware vs emulated tdpbf16ps: max |difference| %g\n", hw_vs_emulated);
+    if (amx)
+        fprintf(stderr, "%s: hardware vs emulated tdpbf16ps: max |difference| %g\n", which, hw_vs_emulated);
 }
 
 START_TEST(test_bf16_kernel) { check_bf16_kernel("bf16"); }
 END_TEST
 
-static const char *const amx_kernels[] = {"amx-emulated", "amx-emulated-vector", "amx"};
+/* emulated with A converted in C [0, 2), with AVX512-BF16 [2, 4); on the tiles [4, 6) */
+static const char *const amx_kernels[] = {
+    "amx-emulated", "amx-2x2-emulated", "amx-emulated-vector", "amx-2x2-emulated-vector", "amx", "amx-2x2"};
 
 START_TEST(test_amx_kernel) { check_bf16_kernel(amx_kernels[_i]); }
 END_TEST
@@ -316,12 +341,17 @@ START_TEST(test_fused_activation) {
     int shapes[][3] = {{1, 1, 1}, {13, 50, 129}, {197, 100, 64}, {300, 150, 800}};
     static const activation acts[] = {ACT_GELU, ACT_QUICK_GELU, ACT_GELU_TANH, ACT_RELU};
     thread_pool *three = thread_pool_new(3);
-    static const char *const bf16_kernels[] = {"bf16", "amx-emulated", "amx"};
-    for (int ki = 0; ki < 6; ki++) {
+    /* the bf16 kernels and the test part that runs each */
+    static const char *const bf16_kernels[][2] = {{"bf16", "bf16"},
+                                                  {"amx-emulated", "amx-emulated"},
+                                                  {"amx-2x2-emulated", "amx-emulated"},
+                                                  {"amx", "amx"},
+                                                  {"amx-2x2", "amx"}};
+    for (int ki = 0; ki < 8; ki++) {
         int bf16 = ki >= 3;
-        const char *name = bf16 ? bf16_kernels[ki - 3] : kernels[ki];
+        const char *name = bf16 ? bf16_kernels[ki - 3][0] : kernels[ki];
         kernel_table kt;
-        if (!check_part_selected(part, name)) continue;
+        if (!check_part_selected(part, bf16 ? bf16_kernels[ki - 3][1] : name)) continue;
         if (bf16 ? !bf16_table(name, &kt) : !table(name, &kt)) continue;
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
             for (int threads = 1; threads <= 3; threads += 2) {
@@ -382,14 +412,14 @@ int main(int argc, char **argv) {
      * AVX512-BF16 also as the hardware kernel converts it), on the tiles
      * where they exist */
     if (check_part_selected(part, "amx-emulated")) {
-        int vector = gemm_amx_emulated(1) != NULL;
-        tcase_add_loop_test(tc, test_amx_kernel, 0, 1 + vector);
-        tcase_add_loop_test(tc, test_amx_conversion_exact, 0, 1 + vector);
+        int vector = gemm_amx_emulated(GEMM_AMX_1X3, 1) != NULL;
+        tcase_add_loop_test(tc, test_amx_kernel, 0, 2 + 2 * vector);
+        tcase_add_loop_test(tc, test_amx_conversion_exact, 0, 2 + 2 * vector);
         if (!vector) printf("amx-emulated: no AVX512-BF16 here: the vector conversion of A is not checked\n");
     }
     if (check_part_selected(part, "amx") && !check_part_missing("amx")) {
-        tcase_add_loop_test(tc, test_amx_kernel, 2, 3);
-        tcase_add_loop_test(tc, test_amx_conversion_exact, 2, 3);
+        tcase_add_loop_test(tc, test_amx_kernel, 4, 6);
+        tcase_add_loop_test(tc, test_amx_conversion_exact, 4, 6);
     }
     tcase_add_test(tc, test_fused_activation);
     suite_add_tcase(s, tc);

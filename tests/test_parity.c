@@ -228,17 +228,19 @@ START_TEST(test_bad_resolution_is_refused_with_nearest) {
 }
 END_TEST
 
-/* A context whose bf16 GEMMs run on our AMX kernel with its tiles
- * emulated in C (gemm_amx_emulated): the whole model through the AMX
- * packing and blocking on a CPU without AMX. */
-static void use_amx_emulated(vit_context *ctx) {
-    ctx->kernels.gemm_bf16 = gemm_amx_emulated(1) ? gemm_amx_emulated(1) : gemm_amx_emulated(0);
+/* A context whose bf16 GEMMs run on our AMX kernel (block `shape`) with
+ * its tiles emulated in C (gemm_amx_emulated): the whole model through the
+ * AMX packing and blocking on a CPU without AMX. */
+static void use_amx_emulated(vit_context *ctx, int shape) {
+    const gemm_kernel *vector = gemm_amx_emulated(shape, 1);
+    ctx->kernels.gemm_bf16 = vector ? vector : gemm_amx_emulated(shape, 0);
 }
 
 /* Opt-in bf16 compute stays close to the reference on every case (it is
  * not exact: bf16 keeps 8 significant bits of each product's inputs).
  * _i: 0 our vdpbf16ps kernel, 1 our AMX kernel (gemm_backend amx), 2 the
- * AMX kernel emulated (any CPU with AVX512-BF16: the model loads as bf16). */
+ * AMX kernel emulated (any CPU with AVX512-BF16: the model loads as bf16);
+ * the AMX kernel's two blocks take the cases in turn. */
 START_TEST(test_bf16_close_to_reference) {
     ck_assert(_i == 1 ? cpu_has_amx_bf16() : cpu_has_avx512bf16()); /* main() adds it only then */
     load_manifest();
@@ -251,6 +253,7 @@ START_TEST(test_bf16_close_to_reference) {
         char dir[1024], err[512];
         vit_model *m = NULL;
         snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, pc->model);
+        opt.amx_shape = i % 2 ? GEMM_AMX_2X2 : GEMM_AMX_1X3;
         ck_assert_msg(vit_load(dir, &opt, &m, err, sizeof(err)) == 0, "%s", err);
         ck_assert_int_eq(m->backend, opt.gemm_backend);
         int N = (int)pc->input.shape[0], K = m->cfg.num_class, C = m->cfg.num_channels;
@@ -258,7 +261,7 @@ START_TEST(test_bf16_close_to_reference) {
         float logits[8 * 64];
         ck_assert(N <= 8 && K <= 64);
         vit_context *ctx = new_context(m, 1, N, N * vit_tokens(m, pc->h, pc->w));
-        if (_i == 2) use_amx_emulated(ctx);
+        if (_i == 2) use_amx_emulated(ctx, opt.amx_shape);
         for (int n = 0; n < N; n++)
             imgs[n] = (vit_image){pc->h, pc->w, pc->input.data + (size_t)n * C * pc->h * pc->w};
         ck_assert(vit_forward_ragged(ctx, imgs, N, logits, err, sizeof(err)) == 0);
@@ -462,12 +465,15 @@ END_TEST
  * of the image alone (which takes the separate pass), bit for bit, in fp32
  * and in bf16. Ragged: two resolutions alternate. */
 START_TEST(test_large_batch_paths_invariance) {
-    /* 0 fp32, 1 bf16, 2 bf16 on our AMX kernel, 3 on it emulated */
+    /* 0 fp32, 1 bf16, 2 bf16 on our AMX kernel (1 x 3 block), 3 on it
+     * emulated (2 x 2 block: test_gemm holds it to the 1 x 3 bit for bit),
+     * 4 on its 2 x 2 block */
     for (int bf16 = _i; bf16 < _i + 1; bf16++) {
         vit_options opt = vit_default_options();
         opt.precision = bf16 ? GEMM_BF16 : GEMM_FP32;
         /* ours, not oneDNN (auto's pick on AMX CPUs, not batch invariant) */
-        opt.gemm_backend = bf16 == 2 ? GEMM_BACKEND_AMX : GEMM_BACKEND_OWN;
+        opt.gemm_backend = bf16 == 2 || bf16 == 4 ? GEMM_BACKEND_AMX : GEMM_BACKEND_OWN;
+        opt.amx_shape = bf16 == 4 ? GEMM_AMX_2X2 : GEMM_AMX_1X3;
         char dir[1024], err[512];
         vit_model *m = NULL;
         snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, "comrope_ld_b2");
@@ -495,14 +501,15 @@ START_TEST(test_large_batch_paths_invariance) {
         float *together = malloc(sizeof(float) * (size_t)n * K), alone[2][64];
         ck_assert_int_le(K, 64);
         vit_context *ctx = new_context(m, 2, n, (int)tokens);
-        if (bf16 == 3) use_amx_emulated(ctx);
+        if (bf16 == 3) use_amx_emulated(ctx, GEMM_AMX_2X2);
         for (int s = 0; s < 2; s++)
             ck_assert(vit_forward_ragged(ctx, &imgs[s], 1, alone[s], err, sizeof(err)) == 0);
         ck_assert_msg(vit_forward_ragged(ctx, imgs, n, together, err, sizeof(err)) == 0, "%s", err);
         for (int i = 0; i < n; i++)
             ck_assert_msg(memcmp(together + (size_t)i * K, alone[i % 2], sizeof(float) * K) == 0,
                           "%s: image %d of a batch of %d (%zu tokens) differs from it alone",
-                          bf16 == 3   ? "bf16 amx emulated"
+                          bf16 == 4   ? "bf16 amx 2x2"
+                          : bf16 == 3 ? "bf16 amx 2x2 emulated"
                           : bf16 == 2 ? "bf16 amx"
                           : bf16      ? "bf16"
                                       : "fp32",
@@ -552,6 +559,7 @@ int main(int argc, char **argv) {
     if (check_part_selected(part, "amx") && !check_part_missing("amx")) {
         tcase_add_loop_test(tc, test_bf16_close_to_reference, 1, 2);
         tcase_add_loop_test(tc, test_large_batch_paths_invariance, 2, 3);
+        tcase_add_loop_test(tc, test_large_batch_paths_invariance, 4, 5);
     }
     if (check_part_selected(part, "amx-onednn") && !check_part_missing("amx-onednn"))
         tcase_add_test(tc, test_amx_auto_uses_onednn);

@@ -196,7 +196,7 @@ else
   timeout 60 "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 --precision bf16 --gemm-backend amx \
     2>"$WORK/amx.log" || rc=$?
   [ "$rc" = 1 ] || fail "--gemm-backend amx without AMX: exit $rc, not 1"
-  grep -q "gemm backend amx: this CPU has no AMX-BF16" "$WORK/amx.log" ||
+  grep -q "gemm backend amx: this CPU" "$WORK/amx.log" ||
     fail "--gemm-backend amx without AMX: the log does not say why: $(tail -1 "$WORK/amx.log")"
   echo "ok --gemm-backend amx without AMX: refused at load, exit 1, the reason in the log"
 fi
