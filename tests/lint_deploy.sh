@@ -53,7 +53,7 @@ done
 echo "ok Grafana dashboards: every query has an expression on the provisioned datasource"
 
 mapfile -t scripts < <(ls scripts/*.sh tests/*.sh tests/integration/*.sh tests/console/*.sh tests/stress/*.sh \
-  tests/deploy/*.sh .ci/run)
+  tests/deploy/*.sh bench/*.sh .ci/run)
 shellcheck -x "${scripts[@]}" || fail "shellcheck"
 echo "ok shellcheck: ${#scripts[@]} scripts"
 
