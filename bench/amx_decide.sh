@@ -12,8 +12,9 @@
 # 3. the peaks (fp32 FMA, vdpbf16ps, AMX) and comrope-dnnl-gemm-bench: every
 #    ViT-B/16 GEMM shape on oneDNN, our vdpbf16ps and both AMX blocks;
 # 4. bench/profile.py at batch 1 and 8, each block: where the time goes;
-# 5. bench/ab.py, interleaved rounds: the 2x2 block against the 1x3, then
-#    the K block KC_AMX 256 against 768 (a second build, -DKC_AMX=768).
+# 5. bench/ab.py, interleaved rounds: the 2x2 block against the 1x3,
+#    attention on the tiles (--attention-gemm 1) against fp32 attention,
+#    then the K block KC_AMX 256 against 768 (a second build, -DKC_AMX=768).
 #
 # Everything lands in DIR (default bench/results/amx-<date>), with the
 # CPU's name and flags (cpu.txt) and a summary of the deciding figures
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift ;;
     --out) out=$2; shift ;;
     --quick) quick=(--quick); preset=vit-ti16; rounds=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "amx_decide: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -98,7 +99,7 @@ for batch in 1 8; do
   done
 done
 
-log "5/5 bench/ab.py: the 2x2 block against the 1x3; KC_AMX 256 against 768"
+log "5/5 bench/ab.py: the 2x2 block against the 1x3; attention on the tiles; KC_AMX 256 against 768"
 cp "$engine" "$out/engine-kc256"
 cmake -S . -B build-kc768 -DCOMROPE_BUILD_TESTS=OFF -DCMAKE_C_FLAGS=-DKC_AMX=768 >"$out/build-kc768.log" 2>&1
 cmake --build build-kc768 -j "$(nproc)" --target comrope-bench-engine >>"$out/build-kc768.log" 2>&1 ||
@@ -108,6 +109,11 @@ for batch in 1 8; do
   /usr/bin/python3 bench/ab.py --model "$model" --precision bf16 --gemm-backend amx --batch "$batch" \
     --rounds "$rounds" "$out/engine-kc256" "$out/engine-kc256" --arg "1:--amx-shape 2x2" |
     tee "$out/ab-shape-b$batch.txt" || echo "amx_decide: ab.py shapes b$batch failed"
+  for res in 224 384; do
+    /usr/bin/python3 bench/ab.py --model "$model" --precision bf16 --gemm-backend amx --batch "$batch" \
+      --resolution "$res" --rounds "$rounds" "$out/engine-kc256" "$out/engine-kc256" --arg "1:--attention-gemm 1" |
+      tee "$out/ab-attention-$res-b$batch.txt" || echo "amx_decide: ab.py attention $res b$batch failed"
+  done
   for shape in 1x3 2x2; do
     /usr/bin/python3 bench/ab.py --model "$model" --precision bf16 --gemm-backend amx --batch "$batch" \
       --rounds "$rounds" "$out/engine-kc256" "$out/engine-kc768" \

@@ -2,7 +2,7 @@
  *
  *   comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] [--batch B]
  *                        [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] [--gemm-backend auto|own|onednn|amx]
- *                        [--amx-shape 1x3|2x2]
+ *                        [--amx-shape 1x3|2x2] [--attention-gemm 0|1]
  *                        [--isa auto|avx512|avx2|scalar] [--workers N]
  *
  * Random normalized pixels, one engine context per model, W warm-up forwards
@@ -228,6 +228,12 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "comrope-bench-engine: --gemm-backend must be auto, own, onednn or amx\n");
                 return 2;
             }
+        } else if (strcmp(argv[i], "--attention-gemm") == 0) { /* bf16 attention on the bf16 GEMM (vit.h) */
+            if (strcmp(argv[i + 1], "0") != 0 && strcmp(argv[i + 1], "1") != 0) {
+                fprintf(stderr, "comrope-bench-engine: --attention-gemm must be 0 or 1\n");
+                return 2;
+            }
+            opts.attention_gemm = argv[i + 1][0] == '1';
         } else if (strcmp(argv[i], "--amx-shape") == 0) { /* our AMX kernel's block (gemm.h) */
             if (gemm_amx_shape_parse(argv[i + 1], &opts.amx_shape)) {
                 fprintf(stderr, "comrope-bench-engine: --amx-shape must be 1x3 or 2x2\n");
@@ -247,7 +253,7 @@ int main(int argc, char **argv) {
         (workers > 0 && n > 1)) {
         fprintf(stderr, "usage: comrope-bench-engine --model DIR [--model DIR2 ...] [--resolution N|HxW] "
                         "[--batch B] [--threads T] [--reps R] [--warmup W] [--precision fp32|bf16|auto] "
-                        "[--gemm-backend auto|own|onednn|amx] [--amx-shape 1x3|2x2] "
+                        "[--gemm-backend auto|own|onednn|amx] [--amx-shape 1x3|2x2] [--attention-gemm 0|1] "
                         "[--isa auto|avx512|avx2|scalar] [--workers N (one model)]\n");
         return 2;
     }
@@ -283,13 +289,13 @@ int main(int argc, char **argv) {
         double med = sorted[reps / 2];
         printf("{\"model\": \"%s\", \"pe\": \"%s\", \"resolution\": [%d, %d], \"batch\": %d, "
                "\"threads\": %d, \"kernel\": \"%s\", \"precision\": \"%s\", \"gemm_backend\": \"%s\", "
-               "\"amx_shape\": \"%s\", \"median_s\": %.6f, "
+               "\"amx_shape\": \"%s\", \"attention_gemm\": %d, \"median_s\": %.6f, "
                "\"min_s\": %.6f, \"max_s\": %.6f, \"images_per_s\": %.3f, \"times_s\": [",
                b->dir, pe_type_name(b->m->cfg.custom_pe_type), b->h, b->w, batch, threads,
                b->ctx->kernels.name, b->m->precision == GEMM_BF16 ? "bf16" : "fp32",
                gemm_backend_name(b->m->backend),
-               b->m->backend == GEMM_BACKEND_AMX ? gemm_amx_shape_name(b->m->amx_shape) : "none", med,
-               sorted[0], sorted[reps - 1], batch / med);
+               b->m->backend == GEMM_BACKEND_AMX ? gemm_amx_shape_name(b->m->amx_shape) : "none",
+               b->ctx->kernels.attention_gemm, med, sorted[0], sorted[reps - 1], batch / med);
         for (int r = 0; r < reps; r++) printf("%s%.6f", r ? ", " : "", b->secs[r]);
         printf("]}\n");
         free(sorted);

@@ -2,7 +2,8 @@
 """bench/profile.py: where a forward pass spends its time, by stage.
 
     bench/profile.py --model DIR [--resolution 224] [--batch 1] [--threads 2] [--precision fp32|bf16]
-                     [--gemm-backend auto|own|onednn|amx] [--amx-shape 1x3|2x2] [--reps 20]
+                     [--gemm-backend auto|own|onednn|amx] [--amx-shape 1x3|2x2] [--attention-gemm]
+                     [--reps 20]
                      [--engine build-bench/comrope-bench-engine] [--out bench/out/profile]
 
 Samples comrope-bench-engine with `perf record -e cpu-clock` (a software
@@ -44,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = [
     ("GEMM micro-kernel", r"^kernel_(avx512|avx2|generic|bf16|amx|amx22)$"),
     ("GEMM packing + loop",
-     r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*|pairs16_bf16|amx_enter|amx_leave)$"),
+     r"^(gemm_tiles|gemm_part|gemm_forward|pack_part|pack_rows_.*|pack6_.*|pack8_.*|pairs16_bf16|amx_enter|amx_leave|gemm_pack_bf16_act)$"),
     ("attention QK^T + PV", r"^(attn_qk_.*|attn_pv_.*|sgemm_.*|.*_sgemm.*)$"),
     ("attention softmax", r"^(softmax_.*|exp256|exp512)$"),
     ("attention copies (K^T, V)",
@@ -76,6 +77,10 @@ def parse_args(argv):
                          "against the AMX peak (comrope-fma-peak --op amx)")
     ap.add_argument("--amx-shape", choices=("1x3", "2x2"),
                     help="with --gemm-backend amx: our AMX kernel's block (default: the engine's)")
+    ap.add_argument("--attention-gemm", action="store_true",
+                    help="bf16 attention as two GEMMs on the bf16 GEMM kernel (the tiles with --gemm-backend "
+                         "amx); its products then count under the GEMM micro-kernel, its packing under "
+                         "the GEMM's packing")
     ap.add_argument("--reps", type=int, default=20, help="timed forwards under perf (default 20)")
     ap.add_argument("--engine", default=os.path.join(ROOT, "build-bench", "comrope-bench-engine"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "profile"))
@@ -87,7 +92,8 @@ def engine_cmd(a, reps, warmup):
            "--threads", str(a.threads), "--reps", str(reps), "--warmup", str(warmup),
            "--precision", a.precision]
     return (cmd + (["--gemm-backend", a.gemm_backend] if a.gemm_backend else [])
-            + (["--amx-shape", a.amx_shape] if a.amx_shape else []))
+            + (["--amx-shape", a.amx_shape] if a.amx_shape else [])
+            + (["--attention-gemm", "1"] if a.attention_gemm else []))
 
 
 def cpu_is_amd():

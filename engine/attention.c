@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "dispatch.h"
+#include "gemm.h"
 #include "simd.h"
 
 /* Softmax of one row of n values, in place (lanes past n untouched). */
@@ -248,15 +249,14 @@ __attribute__((target("avx512f"))) static void attention_head_avx512(float *out,
  *   Qp (8, hd2p): the group's q rows, pairs along c
  *   Sp (8, T2p):  the probabilities, pairs along j
  * Everything past T, hd is zero, so padded pairs add nothing. */
-static __mmask16 left_mask(int left) { return left <= 0 ? 0 : tail_mask((size_t)left); }
 
 /* n (>= 0) floats of x as n/2 bf16 pairs (an odd last value paired with 0)
  * into dst, 16 pairs per step: it writes n/2 rounded up to 16 pairs (the
  * rest of the last step zero). */
 __attribute__((target("avx512f,avx512bf16"))) static void pairs_bf16(const float *x, int n, uint32_t *dst) {
     for (int c = 0; c < n; c += 32) {
-        __m512 lo = _mm512_maskz_loadu_ps(left_mask(n - c), x + c);
-        __m512 hi = _mm512_maskz_loadu_ps(left_mask(n - c - 16), x + c + 16);
+        __m512 lo = _mm512_maskz_loadu_ps(tail_mask_int(n - c), x + c);
+        __m512 hi = _mm512_maskz_loadu_ps(tail_mask_int(n - c - 16), x + c + 16);
         _mm512_storeu_si512(dst + c / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
 }
@@ -299,12 +299,15 @@ attn_pv_bf16(const uint32_t *Sp, int T2p, const uint32_t *V, int ldv, int T2, fl
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], p, v1);
         }
     }
-    __mmask16 m0 = tail_mask((size_t)left), m1 = left_mask(left - 16);
+    __mmask16 m0 = tail_mask((size_t)left), m1 = tail_mask_int(left - 16);
     for (int r = 0; r < nr; r++) {
         _mm512_mask_storeu_ps(out + (size_t)r * ld_out, m0, acc[r][0]);
         _mm512_mask_storeu_ps(out + (size_t)r * ld_out + 16, m1, acc[r][1]);
     }
 }
+
+/* n rounded up to a multiple of 16 (floats: 64 bytes). */
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 /* Floats of attention_head_bf16's scratch (its parts are 32-bit either way). */
 static size_t attn_bf16_floats(int T, int hd) {
@@ -333,9 +336,9 @@ attention_head_bf16(float *out, int ld_out, const float *q, int ldq, const float
         int has_b = 2 * j2 + 1 < T;
         for (int c0 = 0; c0 < hdp; c0 += 16) {
             __m512i lo = _mm512_cvtepu16_epi32(
-                (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(left_mask(hd - c0), a + c0)));
-            __m512i hi = _mm512_cvtepu16_epi32(
-                (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(has_b ? left_mask(hd - c0) : 0, b + c0)));
+                (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail_mask_int(hd - c0), a + c0)));
+            __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
+                _mm512_maskz_loadu_ps(has_b ? tail_mask_int(hd - c0) : 0, b + c0)));
             _mm512_store_si512(Vp + (size_t)j2 * hdp + c0, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
     }
@@ -349,6 +352,51 @@ attention_head_bf16(float *out, int ld_out, const float *q, int ldq, const float
         for (int r = 0; r < ATTN_MR512; r++) pairs_bf16(S + (size_t)r * Tp, Tp, Sp + (size_t)r * T2p);
         for (int c0 = 0; c0 < hd; c0 += 32)
             attn_pv_bf16(Sp, T2p, Vp + c0, hdp, T2, out + (size_t)i0 * ld_out + c0, ld_out, nr, hd - c0);
+    }
+}
+
+/* The same bf16 attention as two GEMMs on the context's bf16 GEMM kernel
+ * (kt->attention_gemm; with gemm-backend amx, the AMX tiles: scores and
+ * output each a tdpbf16ps GEMM): k packed as bf16 weights (N = T keys,
+ * K = hd), v transposed (N = hd, K = T); then for each block of
+ * ATTN_GEMM_ROWS query rows, S = q k^T (rows, T), softmax in fp32, out =
+ * P v. The roundings are attention_head_bf16's (q, k, v, P to bf16,
+ * products summed in fp32), the order of the sums the GEMM kernel's: a
+ * row's result does not depend on its block. Scratch, 64-byte aligned
+ * parts: the packed k and v, the block's q (contiguous: the GEMM reads A
+ * with row stride K), S, the block's output, the GEMM's own scratch. */
+enum { ATTN_GEMM_ROWS = 64 };
+
+static size_t attn_gemm_parts(int T, int hd, size_t part[6]) {
+    part[0] = round16(gemm_bf16_act_words(T, hd));  /* k as weights */
+    part[1] = round16(gemm_bf16_act_words(hd, T));  /* v^T as weights */
+    part[2] = round16((size_t)ATTN_GEMM_ROWS * hd); /* the block's q */
+    part[3] = round16((size_t)ATTN_GEMM_ROWS * T);  /* S, then P */
+    part[4] = round16((size_t)ATTN_GEMM_ROWS * hd); /* the block's output */
+    part[5] = round16(gemm_bf16_scratch_floats(ATTN_GEMM_ROWS, T > hd ? T : hd));
+    return part[0] + part[1] + part[2] + part[3] + part[4] + part[5];
+}
+
+__attribute__((target("avx512f"))) static void attention_head_gemm(const kernel_table *kt, float *out,
+                                                                   int ld_out, const float *q, int ldq,
+                                                                   const float *k, int ldk, const float *v,
+                                                                   int ldv, float *scratch, int T, int hd) {
+    size_t part[6];
+    attn_gemm_parts(T, hd, part);
+    uint32_t *kw = (uint32_t *)scratch, *vw = kw + part[0];
+    float *Q = (float *)(vw + part[1]), *S = Q + part[2], *O = S + part[3], *gs = O + part[4];
+    packed_weight Kw, Vw;
+    gemm_pack_bf16_act(k, ldk, 0, T, hd, kw, &Kw);
+    gemm_pack_bf16_act(v, ldv, 1, hd, T, vw, &Vw);
+    for (int i0 = 0; i0 < T; i0 += ATTN_GEMM_ROWS) {
+        int rows = T - i0 < ATTN_GEMM_ROWS ? T - i0 : ATTN_GEMM_ROWS;
+        for (int r = 0; r < rows; r++)
+            memcpy(Q + (size_t)r * hd, q + (size_t)(i0 + r) * ldq, sizeof(float) * hd);
+        gemm_forward(kt, NULL, S, Q, &Kw, NULL, rows, gs);
+        for (int r = 0; r < rows; r++) softmax_row_avx512(S + (size_t)r * T, T);
+        gemm_forward(kt, NULL, O, S, &Vw, NULL, rows, gs);
+        for (int r = 0; r < rows; r++)
+            memcpy(out + (size_t)(i0 + r) * ld_out, O + (size_t)r * hd, sizeof(float) * hd);
     }
 }
 
@@ -384,7 +432,6 @@ static void attention_head_blas(float *out, int ld_out, const float *q, int ldq,
 
 /* Scratch of each level's head kernels, in floats, a multiple of 16 (the
  * 64-byte alignment of each part holds as Tp and hdp are multiples of 16). */
-static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 static size_t attn_scratch_scalar(int T, int hd) {
     (void)hd;
@@ -406,15 +453,24 @@ static size_t attn_scratch_avx512(int T, int hd) { /* the fp32 kernel's, or the 
  * rounded up to 16 (64-byte aligned rows), after the kernels' own scratch. */
 static int rot_pad(int hd) { return (hd + 15) & ~15; }
 
+/* The head kernels' scratch: the level's, or attention_head_gemm's where
+ * the table runs bf16 attention on its GEMM (the larger of the two). */
+static size_t head_scratch(const kernel_table *kt, int T, int head_dim) {
+    size_t n = kt->attention_scratch(T, head_dim), part[6];
+    if (kt->attention_gemm && attn_gemm_parts(T, head_dim, part) > n) n = attn_gemm_parts(T, head_dim, part);
+    return n;
+}
+
 size_t attention_scratch_floats(const kernel_table *kt, int T, int head_dim) {
-    return kt->attention_scratch(T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
+    return head_scratch(kt, T, head_dim) + 2 * (size_t)T * rot_pad(head_dim);
 }
 
 void attention_forward(const kernel_table *kt, float *out, int ld_out, const float *qkv, float *scores, int T,
                        int heads, int head_dim, int h0, int h1, const float *rot, int npairs, int bf16) {
     int D = heads * head_dim, ld = 3 * D, hdr = rot_pad(head_dim);
-    float *Qr = scores + kt->attention_scratch(T, head_dim), *Kr = Qr + (size_t)T * hdr;
+    float *Qr = scores + head_scratch(kt, T, head_dim), *Kr = Qr + (size_t)T * hdr;
     attention_head_fn head = bf16 && kt->attention_head_bf16 ? kt->attention_head_bf16 : kt->attention_head;
+    int on_gemm = bf16 && kt->attention_gemm;
     for (int h = h0; h < h1; h++) {
         const float *q = qkv + h * head_dim;
         const float *k = qkv + D + h * head_dim;
@@ -441,7 +497,9 @@ void attention_forward(const kernel_table *kt, float *out, int ld_out, const flo
             k = Kr;
             ldq = ldk = hdr;
         }
-        head(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
+        if (on_gemm)
+            attention_head_gemm(kt, out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
+        else head(out + h * head_dim, ld_out, q, ldq, k, ldk, v, ld, scores, T, head_dim);
     }
 }
 

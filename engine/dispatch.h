@@ -49,6 +49,10 @@ typedef struct {
     const gemm_kernel *gemm_bf16;               /* bf16-packed weights: vdpbf16ps (NULL below AVX-512
                                                or without AVX512-BF16), or in a context whose
                                                model asked for gemm-backend amx, the AMX kernel */
+    int attention_gemm;                         /* 1: a bf16 model's attention runs as two GEMMs on
+                                               gemm_bf16 (the AMX tiles with gemm-backend amx;
+                                               vit_options.attention_gemm), else on the head
+                                               kernels; set before the context sizes its scratch */
     struct dnnl_runner *dnnl;                   /* the context's oneDNN state (dnnl_gemm.h) when its
                                                model's bf16 GEMMs run through oneDNN, else NULL;
                                                owned by the context, not chosen by ISA */

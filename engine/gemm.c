@@ -42,6 +42,7 @@
 #include "dispatch.h"
 #include "dnnl_gemm.h"
 #include "parallel.h"
+#include "simd.h"
 
 #define NR (3 * GEMM_PANEL) /* columns per tile */
 #define MR_MAX 32           /* rows per micro-kernel call, at most (AMX's 2 x 2 block: 32) */
@@ -132,6 +133,60 @@ int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out) {
             }
     out->data = d;
     return 0;
+}
+
+/* ---- activations as bf16 panels (attention's keys and values) ---- */
+
+size_t gemm_bf16_act_words(int N, int K) {
+    int panels = ((N + NR - 1) / NR) * 3, prows = ((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS;
+    return (size_t)panels * prows * GEMM_PANEL;
+}
+
+/* 16 floats from x (the first `left` of them; the rest 0) as bf16, one per
+ * 32-bit lane's low half: vcvtneps2bf16 rounds as act_to_bf16 does. */
+__attribute__((target("avx512f,avx512bf16"))) static __m512i bf16_lanes(const float *x, int left) {
+    return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail_mask_int(left), x)));
+}
+
+__attribute__((target("avx512f,avx512bf16"))) void gemm_pack_bf16_act(const float *X, int ld, int transposed,
+                                                                      int N, int K, uint32_t *words,
+                                                                      packed_weight *out) {
+    memset(out, 0, sizeof(*out));
+    out->N = N;
+    out->K = K;
+    out->panels = ((N + NR - 1) / NR) * 3;
+    out->prows = ((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS;
+    out->bf16 = words;
+    int prows = out->prows, K2 = (K + 1) / 2;
+    for (int j = 0; j < out->panels; j++) {
+        uint32_t *panel = words + (size_t)j * prows * GEMM_PANEL;
+        int n0 = j * GEMM_PANEL;
+        if (transposed) { /* W = X^T: pair row k2 is X's rows 2k2 and 2k2+1, 16 columns from n0 */
+            for (int k2 = 0; k2 < prows; k2++) {
+                __m512i lo =
+                    k2 < K2 ? bf16_lanes(X + (size_t)(2 * k2) * ld + n0, N - n0) : _mm512_setzero_si512();
+                __m512i hi = 2 * k2 + 1 < K ? bf16_lanes(X + (size_t)(2 * k2 + 1) * ld + n0, N - n0)
+                                            : _mm512_setzero_si512();
+                _mm512_storeu_si512(panel + (size_t)k2 * GEMM_PANEL,
+                                    _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+            continue;
+        }
+        /* W = X: column c of the panel is row n0 + c of X, its K values as pairs down the panel */
+        memset(panel, 0, sizeof(uint32_t) * (size_t)prows * GEMM_PANEL);
+        for (int c = 0; c < GEMM_PANEL && n0 + c < N; c++) {
+            const float *x = X + (size_t)(n0 + c) * ld;
+            for (int k = 0; k < K; k += 32) {
+                __m512i p =
+                    (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(tail_mask_int(K - k - 16), x + k + 16),
+                                                 _mm512_maskz_loadu_ps(tail_mask_int(K - k), x + k));
+                uint32_t pairs[16];
+                _mm512_storeu_si512(pairs, p);
+                for (int q = 0; q < 16 && k / 2 + q < K2; q++)
+                    panel[(size_t)(k / 2 + q) * GEMM_PANEL + c] = pairs[q];
+            }
+        }
+    }
 }
 
 float gemm_packed_get(const packed_weight *p, int n, int k) {
@@ -973,14 +1028,17 @@ static void gemm_part(void *ctx, int part, int parts) {
     if (j->kernel->leave) j->kernel->leave();
 }
 
+size_t gemm_bf16_scratch_floats(int M, int K) {
+    return (size_t)(M + MR_MAX) * (size_t)(((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS);
+}
+
 size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision) {
     /* bf16: M rounded up to the kernel's rows (at most MR_MAX) of ceil(K / 2)
      * pairs (each block's pairs, summed over the even blocks and the last
      * one, is that), the last block rounded up to a whole AMX step: the
      * same for every bf16 kernel, so a table may swap its kernel after
      * sizing the scratch */
-    if (precision == GEMM_BF16)
-        return (size_t)(M + MR_MAX) * (size_t)(((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS);
+    if (precision == GEMM_BF16) return gemm_bf16_scratch_floats(M, K);
     /* fp32 read in place (AVX-512, generic): only A's last, short row group,
      * zero-padded (gemm_forward_act) */
     if (!shared_pack(kt->gemm)) return (size_t)kt->gemm->mr * (size_t)K;

@@ -84,6 +84,19 @@ void gemm_forward_act(const kernel_table *kt, thread_pool *pool, float *out, con
  * (for the fp32 kernels that read A in place: only a zero-padded copy of
  * A's last, short row group, the kernel's rows x K). */
 size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision);
+/* The same for bf16-packed weights, whatever the bf16 kernel. */
+size_t gemm_bf16_scratch_floats(int M, int K);
+
+/* Activations as bf16-packed weights, for a GEMM against them (attention
+ * on the bf16 GEMM: its keys, and its values transposed): W (N, K) with
+ * element (n, k) at X[n * ld + k], or with `transposed` at X[k * ld + n],
+ * rounded as the bf16 kernels round activations (vcvtne2ps2bf16: nearest
+ * even, denormals to zero), into the caller's `words` (64-byte aligned,
+ * gemm_bf16_act_words(N, K) of them, reused); *out describes them and
+ * owns nothing (no gemm_pack_free). Needs AVX512-BF16. */
+size_t gemm_bf16_act_words(int N, int K);
+void gemm_pack_bf16_act(const float *X, int ld, int transposed, int N, int K, uint32_t *words,
+                        packed_weight *out);
 
 /* Our AMX kernel for bf16-packed weights (tdpbf16ps on 16 x 16 tiles), in
  * one of two blocks per call: GEMM_AMX_1X3, A's rows 16 at a time against

@@ -1,4 +1,4 @@
-/* simd.h: the vector helpers the kernels share (kernels.c, attention.c).
+/* simd.h: the vector helpers the kernels share (kernels.c, attention.c, gemm.c).
  *
  * Owns: masks for the tails of AVX-512 (16 lanes) and AVX2 (8 lanes)
  * loops, AVX2 loads and stores of a partial chunk, exp() on 16 and 8 floats
@@ -36,6 +36,9 @@ __attribute__((target("avx512f"))) static inline __m512 exp512(__m512 x) {
 static inline __mmask16 tail_mask(size_t left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
 }
+
+/* The same for a count that may be 0 or negative (lanes past the end): none. */
+static inline __mmask16 tail_mask_int(int left) { return left <= 0 ? 0 : tail_mask((size_t)left); }
 
 static const int32_t lane_mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 

@@ -331,6 +331,7 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         m->backend = GEMM_BACKEND_ONEDNN;
     else m->backend = GEMM_BACKEND_OWN;
     m->amx_shape = o.amx_shape;
+    m->attention_gemm = o.attention_gemm != 0;
     m->max_tokens = o.max_tokens;
     if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
@@ -464,6 +465,8 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     if (m->backend == GEMM_BACKEND_AMX) ctx->kernels.gemm_bf16 = gemm_amx_kernel(m->amx_shape);
     /* attention's products in bf16 only where vdpbf16ps beats fp32 */
     if (!bf16_attention_pays(cpu_get_features())) ctx->kernels.attention_head_bf16 = NULL;
+    /* or as two GEMMs on the bf16 GEMM kernel, where asked (before the scratch is sized) */
+    ctx->kernels.attention_gemm = m->precision == GEMM_BF16 && m->attention_gemm;
     ctx->tmax = m->max_tokens < q.max_tokens ? m->max_tokens : q.max_tokens;
     ctx->pool = thread_pool_new(q.threads);
     ctx->start = calloc((size_t)q.max_images + 1, sizeof(int));

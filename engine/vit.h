@@ -62,21 +62,26 @@ typedef struct {
     precision_choice choice; // how precision was chosen (asked, auto's table, warnings)
     int backend;             // GEMM_BACKEND_OWN, _ONEDNN or _AMX: who runs the bf16 GEMMs
     int amx_shape;           // GEMM_AMX_1X3 or _2X2: our AMX kernel's block (backend AMX)
+    int attention_gemm;      // bf16: attention as two GEMMs on the bf16 GEMM kernel
 } vit_model;
 
 /* Knobs of a loaded model; vit_default_options() fills every one. */
 typedef struct {
-    int precision;    // GEMM_FP32 (default: exact), GEMM_BF16 (opt-in: AVX512-BF16
-                      // products with fp32 sums; about 3 significant digits; honoured
-                      // even where it does not pay, with choice.warn set), or
-                      // PRECISION_AUTO (bf16 where bf16_pays(), else fp32: dispatch.h)
-    int max_tokens;   // per image; larger resolutions are refused
-    int isa;          // the level the model's contexts will run at (CPU_ISA_BEST, or
-                      // forced lower: no bf16 below avx512), for the choice above
-    int gemm_backend; // GEMM_BACKEND_AUTO (oneDNN for bf16 on AMX CPUs where the build
-                      // has it, else ours), _OWN, _ONEDNN or _AMX (bf16 only; gemm.h)
-    int amx_shape;    // GEMM_AMX_DEFAULT, or the other block of our AMX kernel (gemm.h):
-                      // for benchmarks until one is measured faster on an AMX CPU
+    int precision;      // GEMM_FP32 (default: exact), GEMM_BF16 (opt-in: AVX512-BF16
+                        // products with fp32 sums; about 3 significant digits; honoured
+                        // even where it does not pay, with choice.warn set), or
+                        // PRECISION_AUTO (bf16 where bf16_pays(), else fp32: dispatch.h)
+    int max_tokens;     // per image; larger resolutions are refused
+    int isa;            // the level the model's contexts will run at (CPU_ISA_BEST, or
+                        // forced lower: no bf16 below avx512), for the choice above
+    int gemm_backend;   // GEMM_BACKEND_AUTO (oneDNN for bf16 on AMX CPUs where the build
+                        // has it, else ours), _OWN, _ONEDNN or _AMX (bf16 only; gemm.h)
+    int amx_shape;      // GEMM_AMX_DEFAULT, or the other block of our AMX kernel (gemm.h):
+                        // for benchmarks until one is measured faster on an AMX CPU
+    int attention_gemm; // 1: a bf16 model's attention runs as two GEMMs on its bf16 GEMM
+                        // kernel (with gemm-backend amx: on the tiles); 0 (default): on the
+                        // attention kernels (bf16 where it pays, else fp32). For benchmarks
+                        // until measured on an AMX CPU (bench/README.md)
 } vit_options;
 
 vit_options vit_default_options(void);

@@ -333,6 +333,53 @@ static void check_bf16_edge_values(const char *which) {
 START_TEST(test_bf16_edge_values) { check_bf16_edge_values("bf16"); }
 END_TEST
 
+/* Activations packed as bf16 weights (attention's keys, and its values
+ * transposed), read back exactly through a GEMM with the identity as A:
+ * out (K, N) = I . W^T, so out[k][n] is W[n][k] as packed, which must be
+ * X[n][k] (or X[k][n] transposed) rounded as activations are; the panels'
+ * padding (N past 48s, K past 32s) is zero. Edge sizes: N and K odd, a
+ * short last panel, a pair split by K. _i: the kernel that reads them
+ * ("bf16", "amx-emulated", "amx-2x2-emulated"). */
+START_TEST(test_pack_bf16_activations) {
+    static const char *const which[] = {"bf16", "amx-emulated", "amx-2x2-emulated"};
+    kernel_table kt;
+    ck_assert(bf16_table(which[_i], &kt));
+    int sizes[][2] = {{1, 1}, {17, 33}, {64, 197}, {197, 64}, {50, 70}};
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++)
+        for (int transposed = 0; transposed <= 1; transposed++) {
+            int N = sizes[s][0], K = sizes[s][1], ld = (transposed ? N : K) + 3;
+            int rows = transposed ? K : N;
+            float *X = malloc(sizeof(float) * (size_t)rows * ld),
+                  *ident = calloc((size_t)K * K, sizeof(float));
+            float *out = malloc(sizeof(float) * (size_t)K * N);
+            /* 64-byte aligned, as the kernels read the panels */
+            uint32_t *words =
+                aligned_alloc(64, (sizeof(uint32_t) * gemm_bf16_act_words(N, K) + 63) / 64 * 64);
+            float *scratch = malloc(sizeof(float) * gemm_bf16_scratch_floats(K, K));
+            fill(X, (size_t)rows * ld, 50 + (unsigned)s);
+            for (int i = 0; i < rows * ld; i += 29) X[i] = (i & 1) ? 3e-39f : -0.5f; /* a denormal, a tie */
+            for (int k = 0; k < K; k++) ident[(size_t)k * K + k] = 1.0f;
+            packed_weight p;
+            gemm_pack_bf16_act(X, ld, transposed, N, K, words, &p);
+            ck_assert_int_eq(p.N, N);
+            ck_assert_ptr_eq(p.bf16, words);
+            gemm_forward(&kt, NULL, out, ident, &p, NULL, K, scratch);
+            for (int k = 0; k < K; k++)
+                for (int n = 0; n < N; n++) {
+                    float x = transposed ? X[(size_t)k * ld + n] : X[(size_t)n * ld + k];
+                    ck_assert_msg(out[(size_t)k * N + n] == act_bf16_ref(x),
+                                  "%s %dx%d transposed %d: W[%d][%d] = %g read back as %g, not %g", which[_i],
+                                  N, K, transposed, n, k, x, out[(size_t)k * N + n], act_bf16_ref(x));
+                }
+            free(X);
+            free(ident);
+            free(out);
+            free(words);
+            free(scratch);
+        }
+}
+END_TEST
+
 /* gemm_forward_act is gemm_forward then activation_forward, bit for bit, on
  * every kernel (and bf16), 1 and 3 threads, with tails, several passes of
  * rows and several K blocks: the forward fuses the activation only for
@@ -407,6 +454,8 @@ int main(int argc, char **argv) {
     if (check_part_selected(part, "bf16") && !check_part_missing("bf16")) {
         tcase_add_test(tc, test_bf16_kernel);
         tcase_add_test(tc, test_bf16_edge_values);
+        /* the packing needs AVX512-BF16; read back by each bf16 kernel */
+        tcase_add_loop_test(tc, test_pack_bf16_activations, 0, 3);
     }
     /* our AMX kernel: emulated everywhere (A converted in C; with
      * AVX512-BF16 also as the hardware kernel converts it), on the tiles

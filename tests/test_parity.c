@@ -239,14 +239,17 @@ static void use_amx_emulated(vit_context *ctx, int shape) {
 /* Opt-in bf16 compute stays close to the reference on every case (it is
  * not exact: bf16 keeps 8 significant bits of each product's inputs).
  * _i: 0 our vdpbf16ps kernel, 1 our AMX kernel (gemm_backend amx), 2 the
- * AMX kernel emulated (any CPU with AVX512-BF16: the model loads as bf16);
- * the AMX kernel's two blocks take the cases in turn. */
+ * AMX kernel emulated (any CPU with AVX512-BF16: the model loads as bf16),
+ * 3 the vdpbf16ps kernel with attention as two GEMMs on it
+ * (vit_options.attention_gemm); with AMX, the kernel's two blocks and
+ * attention on its GEMM or on the head kernels take the cases in turn. */
 START_TEST(test_bf16_close_to_reference) {
     ck_assert(_i == 1 ? cpu_has_amx_bf16() : cpu_has_avx512bf16()); /* main() adds it only then */
     load_manifest();
     vit_options opt = vit_default_options();
     opt.precision = GEMM_BF16;
     opt.gemm_backend = _i == 1 ? GEMM_BACKEND_AMX : GEMM_BACKEND_OWN;
+    opt.attention_gemm = _i == 3;
     double worst_rel = 0;
     for (int i = 0; i < ncases; i++) {
         parity_case *pc = &cases[i];
@@ -254,8 +257,10 @@ START_TEST(test_bf16_close_to_reference) {
         vit_model *m = NULL;
         snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, pc->model);
         opt.amx_shape = i % 2 ? GEMM_AMX_2X2 : GEMM_AMX_1X3;
+        if (_i == 1 || _i == 2) opt.attention_gemm = i / 2 % 2;
         ck_assert_msg(vit_load(dir, &opt, &m, err, sizeof(err)) == 0, "%s", err);
         ck_assert_int_eq(m->backend, opt.gemm_backend);
+        ck_assert_int_eq(m->attention_gemm, opt.attention_gemm);
         int N = (int)pc->input.shape[0], K = m->cfg.num_class, C = m->cfg.num_channels;
         vit_image imgs[8];
         float logits[8 * 64];
@@ -277,7 +282,10 @@ START_TEST(test_bf16_close_to_reference) {
         vit_free(m);
     }
     fprintf(stderr, "bf16 (%s): worst |logit - reference| / (1 + max |logit|) = %.4f\n",
-            _i == 2 ? "amx emulated" : gemm_backend_name(opt.gemm_backend), worst_rel);
+            _i == 2   ? "amx emulated"
+            : _i == 3 ? "own, attention on the GEMM"
+                      : gemm_backend_name(opt.gemm_backend),
+            worst_rel);
     free_manifest();
 }
 END_TEST
@@ -467,13 +475,15 @@ END_TEST
 START_TEST(test_large_batch_paths_invariance) {
     /* 0 fp32, 1 bf16, 2 bf16 on our AMX kernel (1 x 3 block), 3 on it
      * emulated (2 x 2 block: test_gemm holds it to the 1 x 3 bit for bit),
-     * 4 on its 2 x 2 block */
+     * 4 on its 2 x 2 block; 3 and 4 with attention on the GEMM too, and 5
+     * that on the vdpbf16ps kernel */
     for (int bf16 = _i; bf16 < _i + 1; bf16++) {
         vit_options opt = vit_default_options();
         opt.precision = bf16 ? GEMM_BF16 : GEMM_FP32;
         /* ours, not oneDNN (auto's pick on AMX CPUs, not batch invariant) */
         opt.gemm_backend = bf16 == 2 || bf16 == 4 ? GEMM_BACKEND_AMX : GEMM_BACKEND_OWN;
         opt.amx_shape = bf16 == 4 ? GEMM_AMX_2X2 : GEMM_AMX_1X3;
+        opt.attention_gemm = bf16 >= 3;
         char dir[1024], err[512];
         vit_model *m = NULL;
         snprintf(dir, sizeof(dir), "%s/%s", PARITY_DIR, "comrope_ld_b2");
@@ -508,7 +518,8 @@ START_TEST(test_large_batch_paths_invariance) {
         for (int i = 0; i < n; i++)
             ck_assert_msg(memcmp(together + (size_t)i * K, alone[i % 2], sizeof(float) * K) == 0,
                           "%s: image %d of a batch of %d (%zu tokens) differs from it alone",
-                          bf16 == 4   ? "bf16 amx 2x2"
+                          bf16 == 5   ? "bf16, attention on the GEMM"
+                          : bf16 == 4 ? "bf16 amx 2x2"
                           : bf16 == 3 ? "bf16 amx 2x2 emulated"
                           : bf16 == 2 ? "bf16 amx"
                           : bf16      ? "bf16"
@@ -552,7 +563,9 @@ int main(int argc, char **argv) {
     }
     if (check_part_selected(part, "bf16") && !check_part_missing("bf16")) {
         tcase_add_loop_test(tc, test_bf16_close_to_reference, 0, 1);
+        tcase_add_loop_test(tc, test_bf16_close_to_reference, 3, 4);
         tcase_add_loop_test(tc, test_large_batch_paths_invariance, 1, 2);
+        tcase_add_loop_test(tc, test_large_batch_paths_invariance, 5, 6);
     }
     if (check_part_selected(part, "onednn") && !check_part_missing("onednn"))
         tcase_add_test(tc, test_onednn_bf16_close_to_reference);
