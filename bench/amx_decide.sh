@@ -109,10 +109,14 @@ for batch in 1 8; do
   /usr/bin/python3 bench/ab.py --model "$model" --precision bf16 --gemm-backend amx --batch "$batch" \
     --rounds "$rounds" "$out/engine-kc256" "$out/engine-kc256" --arg "1:--amx-shape 2x2" |
     tee "$out/ab-shape-b$batch.txt" || echo "amx_decide: ab.py shapes b$batch failed"
+  # each block: with a head of 64, the 1x3 block's 48-column tiles compute 96 columns in P v, the 2x2's 64
   for res in 224 384; do
-    /usr/bin/python3 bench/ab.py --model "$model" --precision bf16 --gemm-backend amx --batch "$batch" \
-      --resolution "$res" --rounds "$rounds" "$out/engine-kc256" "$out/engine-kc256" --arg "1:--attention-gemm 1" |
-      tee "$out/ab-attention-$res-b$batch.txt" || echo "amx_decide: ab.py attention $res b$batch failed"
+    for shape in 1x3 2x2; do
+      /usr/bin/python3 bench/ab.py --model "$model" --precision bf16 --gemm-backend amx --batch "$batch" \
+        --resolution "$res" --rounds "$rounds" "$out/engine-kc256" "$out/engine-kc256" \
+        --arg "0:--amx-shape $shape" --arg "1:--amx-shape $shape --attention-gemm 1" |
+        tee "$out/ab-attention-$shape-$res-b$batch.txt" || echo "amx_decide: ab.py attention $shape $res b$batch failed"
+    done
   done
   for shape in 1x3 2x2; do
     /usr/bin/python3 bench/ab.py --model "$model" --precision bf16 --gemm-backend amx --batch "$batch" \

@@ -457,8 +457,8 @@ static int rot_pad(int hd) { return (hd + 15) & ~15; }
  * the table runs bf16 attention on its GEMM (the larger of the two). */
 static size_t head_scratch(const kernel_table *kt, int T, int head_dim) {
     size_t n = kt->attention_scratch(T, head_dim), part[6];
-    if (kt->attention_gemm && attn_gemm_parts(T, head_dim, part) > n) n = attn_gemm_parts(T, head_dim, part);
-    return n;
+    size_t g = kt->attention_gemm ? attn_gemm_parts(T, head_dim, part) : 0;
+    return g > n ? g : n;
 }
 
 size_t attention_scratch_floats(const kernel_table *kt, int T, int head_dim) {

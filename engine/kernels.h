@@ -32,7 +32,8 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
  * head-major ROT_PAIRS table of one layer, from head h0 on); qkv itself is
  * only read. bf16 != 0 (a model loaded for bf16 compute) rounds q, k, v and
  * the probabilities to bf16 for the two products (fp32 sums) where the
- * table has a bf16 head kernel (AVX-512 with AVX512-BF16); otherwise fp32. */
+ * table has a bf16 head kernel (AVX-512 with AVX512-BF16) or runs attention
+ * on its bf16 GEMM (kt->attention_gemm); otherwise fp32. */
 size_t attention_scratch_floats(const kernel_table *kt, int T, int head_dim);
 void attention_forward(const kernel_table *kt, float *out, int ld_out, const float *qkv, float *scores, int T,
                        int heads, int head_dim, int h0, int h1, const float *rot, int npairs, int bf16);

@@ -62,7 +62,7 @@ typedef struct {
     precision_choice choice; // how precision was chosen (asked, auto's table, warnings)
     int backend;             // GEMM_BACKEND_OWN, _ONEDNN or _AMX: who runs the bf16 GEMMs
     int amx_shape;           // GEMM_AMX_1X3 or _2X2: our AMX kernel's block (backend AMX)
-    int attention_gemm;      // bf16: attention as two GEMMs on the bf16 GEMM kernel
+    int attention_gemm;      // bf16: attention as two GEMMs on the bf16 GEMM kernel (ignored in fp32)
 } vit_model;
 
 /* Knobs of a loaded model; vit_default_options() fills every one. */

@@ -360,9 +360,23 @@ START_TEST(test_pack_bf16_activations) {
             for (int i = 0; i < rows * ld; i += 29) X[i] = (i & 1) ? 3e-39f : -0.5f; /* a denormal, a tie */
             for (int k = 0; k < K; k++) ident[(size_t)k * K + k] = 1.0f;
             packed_weight p;
+            memset(words, 0xff, sizeof(uint32_t) * gemm_bf16_act_words(N, K)); /* reused scratch: anything */
             gemm_pack_bf16_act(X, ld, transposed, N, K, words, &p);
             ck_assert_int_eq(p.N, N);
             ck_assert_ptr_eq(p.bf16, words);
+            /* the padding, read from the layout (gemm.h): columns past N,
+             * pair rows past K, the odd half of a last pair */
+            for (int j = 0; j < p.panels; j++)
+                for (int k2 = 0; k2 < p.prows; k2++)
+                    for (int c = 0; c < GEMM_PANEL; c++) {
+                        uint32_t w = words[((size_t)j * p.prows + k2) * GEMM_PANEL + c];
+                        if (j * GEMM_PANEL + c >= N || 2 * k2 >= K)
+                            ck_assert_msg(w == 0, "%dx%d transposed %d: padding (%d, %d, %d) is 0x%08x", N, K,
+                                          transposed, j, k2, c, w);
+                        else if (2 * k2 + 1 >= K)
+                            ck_assert_msg(w >> 16 == 0, "%dx%d transposed %d: half pair (%d, %d) is 0x%08x",
+                                          N, K, transposed, k2, c, w);
+                    }
             gemm_forward(&kt, NULL, out, ident, &p, NULL, K, scratch);
             for (int k = 0; k < K; k++)
                 for (int n = 0; n < N; n++) {

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "kernels.h"
 #include "check_run.h"
 
@@ -268,14 +269,22 @@ static double bf16_round(float f) {
  * about 1e-6, and a probability near a rounding boundary can round the
  * other way (2^-9 of it). Odd and even head widths and token counts (pairs
  * padded with a zero), two of three heads, a wide out stride. It must also
- * differ from the fp32 kernel: the bf16 path was taken. */
+ * differ from the fp32 kernel: the bf16 path was taken. _i: 0 the bf16 head
+ * kernel; attention as two GEMMs (kt.attention_gemm) on 1 the vdpbf16ps
+ * kernel, 2 and 3 our AMX kernel's blocks emulated: token counts around
+ * the GEMM's 64-row blocks and past its K block (577), the scratch filled
+ * with NaNs first (padding read unwritten would show). */
 START_TEST(test_attention_bf16) {
     kernel_table kt;
     char err[200];
     if (kernel_table_init(&kt, CPU_ISA_AVX512, err, sizeof(err)) != 0) return;
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512bf16")) return;
-    static const int Ts[] = {1, 2, 7, 8, 9, 33, 197};
+    if (_i > 0) {
+        kt.attention_gemm = 1;
+        if (_i > 1) kt.gemm_bf16 = gemm_amx_emulated(_i == 2 ? GEMM_AMX_1X3 : GEMM_AMX_2X2, 1);
+    }
+    static const int Ts[] = {1, 2, 7, 8, 9, 33, 64, 65, 197, 577};
     static const int hds[] = {24, 33, 64};
     for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
         for (size_t hi = 0; hi < sizeof(hds) / sizeof(hds[0]); hi++) {
@@ -283,11 +292,14 @@ START_TEST(test_attention_bf16) {
             float *qkv = malloc(sizeof(float) * (size_t)T * ld);
             float *out = malloc(sizeof(float) * (size_t)T * ld_out);
             float *out32 = malloc(sizeof(float) * (size_t)T * ld_out);
-            float *scores = aligned_alloc(64, sizeof(float) * attention_scratch_floats(&kt, T, hd));
+            size_t nscores = attention_scratch_floats(&kt, T, hd);
+            float *scores = aligned_alloc(64, sizeof(float) * nscores);
+            memset(scores, 0xff, sizeof(float) * nscores); /* NaNs */
             double *s = malloc(sizeof(double) * (size_t)T);
             for (int i = 0; i < T * ld; i++) qkv[i] = (float)sin(0.37 * i + 0.1 * T);
             for (int i = 0; i < T * ld_out; i++) out[i] = out32[i] = -7.0f;
             attention_forward(&kt, out, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 1);
+            memset(scores, 0xff, sizeof(float) * nscores);
             attention_forward(&kt, out32, ld_out, qkv, scores, T, H, hd, 1, H, NULL, 0, 0);
             int differs = 0;
             for (int h = 1; h < H; h++)
@@ -344,7 +356,7 @@ int main(int argc, char **argv) {
         tcase_add_loop_test(tc, test_softmax_rows, i, i + 1);
         tcase_add_loop_test(tc, test_attention_shapes, i, i + 1);
     }
-    if (check_part_selected(part, "bf16")) tcase_add_test(tc, test_attention_bf16);
+    if (check_part_selected(part, "bf16")) tcase_add_loop_test(tc, test_attention_bf16, 0, 4);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
