@@ -16,8 +16,19 @@ if [ -z "$cf" ]; then
     exit 2
 fi
 
-mapfile -t files < <(git ls-files -- 'engine/*.[ch]' 'server/*.[ch]' 'proto/*.[ch]' 'config/*.[ch]' \
-                                     'app/*.[ch]' 'bench/*.[ch]' 'tests/*.[ch]' 'tools/*.[ch]')
+# Tracked files in a clone; in a copy of the tree without git (the fresh
+# Debian 12 container of tests/deploy, which installs no git) the same
+# folders' files, rather than silently none.
+dirs=(engine server proto config app bench tests tools)
+if command -v git >/dev/null && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    mapfile -t files < <(git ls-files -- "${dirs[@]/%//*.[ch]}")
+else
+    mapfile -t files < <(find "${dirs[@]}" -name '*.[ch]' -not -path '*/node_modules/*' 2>/dev/null | sort)
+fi
+if [ ${#files[@]} -eq 0 ]; then
+    echo "format.sh: no C files found under ${dirs[*]}" >&2
+    exit 2
+fi
 
 if [ "${1:-}" = --check ]; then
     bad=0
