@@ -98,6 +98,7 @@ typedef struct {
     int cors;                   /* add the CORS headers (cors-origin is set) */
     const console_asset *asset; /* a console file: its 200 answer is the static asset */
     int retry_after;
+    int queued;    /* the answer went to MHD (queue_answer): its status is final and counted */
     int ready_yes; /* a readiness answer "ready": keeps its connection (queue_answer) */
     size_t bytes_sent;
 } http_request;
@@ -189,7 +190,21 @@ static int add_cors_headers(struct MHD_Response *resp, const http_request *r) {
     return bad;
 }
 
-/* Hands r's answer to MHD. */
+/* Counts r in the metrics once its status is final. Requests answered
+ * while the model loaded have no metrics to count in. */
+static void count_request(http_request *r) {
+    http_server *s = r->s;
+    if (atomic_load(&s->loaded))
+        metrics_request(s->p.metrics, r->mv ? r->mv->series : NULL, r->endpoint, r->status,
+                        (double)(now_ns() - r->start_ns) / 1e9);
+}
+
+/* Hands r's answer to MHD. It is counted here, before the client can have
+ * it, not when MHD reports the send done: a client that reads its answer
+ * and then asks for the statistics (Triton's stats route, a scrape) must
+ * find its request in them, whichever HTTP thread answers the second
+ * request. The duration counted is thus until the answer was ready, not
+ * until its last byte left. */
 static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
     struct MHD_Response *resp;
     char *body = r->resp;
@@ -235,6 +250,10 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
     r->bytes_sent = r->resp_len;
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
+    if (ret == MHD_YES) { /* MHD sends it after this handler returns, on this thread */
+        r->queued = 1;
+        count_request(r);
+    }
     return ret;
 }
 
@@ -1240,12 +1259,11 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (!r) return;
     *con_cls = NULL;
     if (r->arriving) batcher_arrival_end(r->mv->batcher);
-    if (conn_guard_timed_out(c) && !r->bytes_sent) r->status = 408; /* cut while receiving */
-    if (!r->status) r->status = unanswered_status(toe);
-    /* requests answered while the model loaded have no metrics to count in */
-    if (atomic_load(&s->loaded))
-        metrics_request(s->p.metrics, r->mv ? r->mv->series : NULL, r->endpoint, r->status,
-                        (double)(now_ns() - r->start_ns) / 1e9);
+    if (!r->queued) {                                 /* ended without an answer: counted here, with why */
+        if (conn_guard_timed_out(c)) r->status = 408; /* cut while receiving */
+        if (!r->status) r->status = unanswered_status(toe);
+        count_request(r);
+    }
     access_log(r, toe);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);

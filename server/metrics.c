@@ -412,9 +412,9 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
                  n);
     }
 
-    text_put(&t,
-             "# HELP comrope_request_duration_seconds End-to-end request latency, from the first byte of "
-             "headers to the response, by endpoint.\n# TYPE comrope_request_duration_seconds histogram\n");
+    text_put(&t, "# HELP comrope_request_duration_seconds End-to-end request latency, from the first byte of "
+                 "headers to the answer being handed to the connection, by endpoint.\n# TYPE "
+                 "comrope_request_duration_seconds histogram\n");
     /* a model endpoint's requests of no model version (an unknown one)
      * only once there are some */
     for (int e = 0; e < ENDPOINT_COUNT; e++) {

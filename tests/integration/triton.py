@@ -140,6 +140,12 @@ def compat(port, model, image):
     check(s["inference_count"] == 4 and 1 <= s["execution_count"] <= 4 and s["last_inference"] > 0, f"{s}")
     check(sum(b["compute_infer"]["count"] for b in s["batch_stats"]) == s["execution_count"], f"{s}")
     check(inf["fail"]["count"] == 2, f"fail (the 400 and the 415): {s}")
+    # A client that has its answer finds it counted, whichever HTTP thread
+    # serves its next request: a fresh connection per request, at once.
+    for i in range(1, 41):
+        st, _, _ = request(port, "POST", "/v1/classify", b"GIF89a....")
+        n = get_json(port, m + "/stats")["model_stats"][0]["inference_stats"]["fail"]["count"]
+        check(st == 415 and n == 2 + i, f"answer {i} read before it was counted: fail count {n}, want {2 + i}")
     check(get_json(port, "/v2/models/stats")["model_stats"][0]["name"] == model, "all-models stats")
     # 405 names what is allowed
     for method, path, allow in (("GET", m + "/infer", "POST"), ("POST", "/v2", "GET, HEAD"),
