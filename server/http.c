@@ -1259,12 +1259,14 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (!r) return;
     *con_cls = NULL;
     if (r->arriving) batcher_arrival_end(r->mv->batcher);
-    if (!r->queued) {                                 /* ended without an answer: counted here, with why */
+    /* ended without an answer: the status says why, counted after its log
+     * line so that a reader of the count finds that too */
+    if (!r->queued) {
         if (conn_guard_timed_out(c)) r->status = 408; /* cut while receiving */
         if (!r->status) r->status = unanswered_status(toe);
-        count_request(r);
     }
     access_log(r, toe);
+    if (!r->queued) count_request(r);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);
     body_free(r);
