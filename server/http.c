@@ -1258,6 +1258,9 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) conn_guard_rearm(c);
     if (!r) return;
     *con_cls = NULL;
+    /* its body's share of body-budget-bytes goes before the arrival ends:
+     * a reader who sees no body arriving can send one that fits */
+    body_free(r);
     if (r->arriving) batcher_arrival_end(r->mv->batcher);
     /* ended without an answer: the status says why, counted after its log
      * line so that a reader of the count finds that too */
@@ -1269,7 +1272,6 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     if (!r->queued) count_request(r);
     if (r->parsed) proto_request_free(&r->req);
     free(r->job.logits);
-    body_free(r);
     free(r->ctype);
     free(r->header_len);
     for (int i = 0; r->query && r->query[i]; i++) free(r->query[i]);

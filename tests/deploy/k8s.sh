@@ -87,7 +87,9 @@ INFRA=$(podman pod inspect --format '{{.InfraContainerID}}' "$POD")
 IP=$(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$INFRA" | awk '{ print $1 }')
 label=$(classify "http://$IP:$PORT") || fail "nothing through the pod's address $IP:$PORT"
 [ "$label" = "Ankle boot" ] || fail "through the pod's address: '$label'"
-podman logs "$CTR" 2>&1 | grep -c '"path": *"/v1/classify"\|"/v1/classify"' >/dev/null || fail "no json access log line (COMROPE_ACCESS_LOG=json)"
+# the line is written once the answer is sent, and podman copies it over later
+json_logged() { podman logs "$CTR" 2>&1 | grep -c '"path": *"/v1/classify"\|"/v1/classify"' >/dev/null; }
+poll 10 json_logged || fail "no json access log line (COMROPE_ACCESS_LOG=json)"
 echo "ok classified through the published port $PORT and the pod's address $IP: $label"
 
 podman pod stop -t 45 "$POD" >/dev/null

@@ -22,7 +22,7 @@ clients() { "$PY" "$ROOT/tests/integration/clients.py" "$@"; }
 MPORT=$(free_port)
 start_daemon --receive-timeout-s 2 --connection-timeout-s 60 --metrics-port "$MPORT" --access-log text
 clients trickle "$PORT" "$MPORT" 2 || fail "trickle"
-grep -q 'POST /v1/classify 408 ' "$LOG" || fail "no 408 access log line for the trickled body"
+poll 10 log_has 'POST /v1/classify 408 ' || fail "no 408 access log line for the trickled body"
 stop_daemon
 
 MPORT=$(free_port)

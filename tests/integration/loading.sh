@@ -48,7 +48,9 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: image/pn
 [ "$code" = 200 ] || fail "classify after load: $code"
 awk '/listening on/ { l = NR } /loading model/ { m = NR } END { exit !(l && m && l < m) }' "$LOG" ||
   fail "no 'listening' line before the load"
-awk '/listening on/ { l = NR } /comrope-serve: ready$/ { r = NR } END { exit !(l && r && l < r) }' "$LOG" ||
+# readiness answers 200 a moment before the line is written
+listening_then_ready() { awk '/listening on/ { l = NR } /comrope-serve: ready$/ { r = NR } END { exit !(l && r && l < r) }' "$LOG"; }
+poll 10 listening_then_ready ||
   fail "'ready' not logged after 'listening'"
 stop_daemon
 

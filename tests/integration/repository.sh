@@ -200,7 +200,7 @@ poll 60 load_failures_are ld 1 ||
   fail "no load failure counted for the corrupt checkpoint"
 reason=$(index | jq -r '.[] | select(.name == "ld" and .version == "1") | .reason')
 { [ -n "$reason" ] && [ "$(state ld 1)" = READY ]; } || fail "index after a corrupt checkpoint: $(index)"
-log_has "model ld version 1 failed to load (the loaded copy goes on serving)" || fail "corrupt load not logged"
+poll 10 log_has "model ld version 1 failed to load (the loaded copy goes on serving)" || fail "corrupt load not logged"
 # the same corrupt files at the next rescan: not loaded (and counted) again
 poll 30 rescans_done 2 || fail "no 'rescan done' after the second SIGHUP"
 kill -HUP "$DAEMON_PID"
@@ -280,7 +280,7 @@ poll 60 test -s "$WORK/partial.json" || fail "the in-flight request was not answ
 jq .logits "$WORK/partial.json" >"$WORK/partial.logits"
 same_logits "$WORK/ref.ap" "$WORK/partial.logits" || fail "the in-flight request was not answered by ap"
 poll 30 is_state ap 1 UNAVAILABLE || fail "ap not freed after its last request: $(index)"
-log_has "model ap version 1 unloaded (its last request answered)" || fail "unload not logged"
+poll 10 log_has "model ap version 1 unloaded (its last request answered)" || fail "unload not logged"
 is_state ld 1 READY || fail "ld disturbed by ap's unload: $(index)"
 echo "ok explicit load/unload; an unload waits for the request in flight"
 stop_daemon

@@ -26,7 +26,7 @@ health=$(metric 'comrope_request_duration_seconds_count{endpoint="health"}') || 
 [ "$health" -ge 3 ] || fail "health latency count $health"
 metric "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"$NAME\",version=\"1\"}" >/dev/null ||
   fail "requests_total without model and version labels"
-grep -q "POST /v2/models/$NAME/versions/1/infer 200 .*model=$NAME version=1" "$LOG" ||
+poll 10 log_has "POST /v2/models/$NAME/versions/1/infer 200 .*model=$NAME version=1" ||
   fail "access log does not name model and version: $(grep infer "$LOG" | head -3)"
 stop_daemon
 
