@@ -24,6 +24,7 @@
 #include "parallel.h"
 #include "vit.h"
 #include "check_run.h"
+#include "config.h"
 
 #define RENDEZVOUS_S 60
 
@@ -469,11 +470,57 @@ START_TEST(test_batch_with_many_resolutions) {
 }
 END_TEST
 
+/* config/ lists the names the daemon accepts for precision, gemm-backend
+ * and isa without depending on the engine; the engine parses them when a
+ * model loads. The two lists must be the same: every choice the config
+ * accepts parses in the engine (or a setting it validated would fail the
+ * load), and every name the engine has is a choice (or it is unreachable
+ * from the daemon). */
+static const config_option *option_named(const char *name) {
+    for (int i = 0; i < config_num_options; i++)
+        if (strcmp(config_options[i].name, name) == 0) return &config_options[i];
+    ck_abort_msg("no config option %s", name);
+    return NULL;
+}
+
+static int choice_count(const config_option *o, const char *name) {
+    int n = 0, found = 0;
+    for (; o->choices[n]; n++) found += strcmp(o->choices[n], name) == 0;
+    ck_assert_msg(found == 1, "%s is %d times among the choices of %s", name, found, o->name);
+    return n;
+}
+
+START_TEST(test_config_choices_are_the_engines) {
+    const config_option *prec = option_named("precision"), *back = option_named("gemm-backend"),
+                        *isa = option_named("isa");
+    int v;
+    for (int i = 0; prec->choices[i]; i++)
+        ck_assert_msg(precision_parse(prec->choices[i], &v) == 0, "precision %s", prec->choices[i]);
+    for (int i = 0; back->choices[i]; i++)
+        ck_assert_msg(gemm_backend_parse(back->choices[i], &v) == 0, "gemm-backend %s", back->choices[i]);
+    for (int i = 0; isa->choices[i]; i++)
+        ck_assert_msg(cpu_isa_parse(isa->choices[i], &v) == 0, "isa %s", isa->choices[i]);
+    /* and the engine's names, each once: the counts then match */
+    ck_assert_int_eq(choice_count(prec, precision_name(GEMM_FP32)), 3);
+    choice_count(prec, precision_name(GEMM_BF16));
+    choice_count(prec, precision_name(PRECISION_AUTO));
+    int nback = 0;
+    for (int b = GEMM_BACKEND_AUTO; b <= GEMM_BACKEND_AMX; b++, nback++)
+        choice_count(back, gemm_backend_name(b));
+    ck_assert_int_eq(choice_count(back, "auto"), nback);
+    int nisa = 1; /* "auto" */
+    for (int l = CPU_ISA_SCALAR; l <= CPU_ISA_AVX512; l++, nisa++)
+        choice_count(isa, cpu_isa_name((cpu_isa)l));
+    ck_assert_int_eq(choice_count(isa, "auto"), nisa);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("context");
     TCase *tc = tcase_create("context");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_precision_table);
+    tcase_add_test(tc, test_config_choices_are_the_engines);
     tcase_add_test(tc, test_two_pools_run_at_once);
     tcase_add_test(tc, test_two_contexts_forwards_overlap);
     tcase_add_test(tc, test_isa_is_per_context);
