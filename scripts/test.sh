@@ -49,10 +49,13 @@ valgrind_order() {
   done
   return 0
 }
+# Each report to a file of its own (two at once would interleave), shown
+# whole when its binary fails.
 # shellcheck disable=SC2016  # $1 is the inner shell's
-valgrind_order | xargs -P "$jobs" -I{} bash -c 'echo "-- valgrind $1"
-  CK_FORK=no valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite \
-    --suppressions=tests/valgrind.supp "$1" >/dev/null || { echo "#### valgrind FAILED: $1"; exit 1; }' _ {}
+valgrind_order | xargs -P "$jobs" -I{} bash -c 'echo "-- valgrind $1"; log=build/valgrind-${1##*/}.log
+  CK_FORK=no valgrind -q --log-file="$log" --error-exitcode=1 --leak-check=full \
+    --errors-for-leak-kinds=definite --suppressions=tests/valgrind.supp "$1" >/dev/null ||
+    { cat "$log"; echo "#### valgrind FAILED: $1 (report above, $log)"; exit 1; }' _ {}
 
 # Every parser under libFuzzer (tests/fuzz) for a short while: 20 s each,
 # about 4 minutes in all with the build (the low end of 20-30 s: the

@@ -589,6 +589,10 @@ static void parse_one(http_request *r) {
         repository_release(s->p.repo, mv);
         return;
     }
+    /* answered here (400, 413, 415, 503): the body's share of
+     * body-budget-bytes goes before the arrival ends, as in
+     * request_completed */
+    body_free(r);
     r->phase = PHASE_ANSWERED;
     batcher_arrival_end(b);
     repository_release(s->p.repo, mv);

@@ -160,7 +160,7 @@ class OpenLoop(unittest.TestCase):
         """60 requests at 200/s: the server holds every answer until all 60
         have arrived. An open-loop client sends them all regardless (on
         connections of their own); every answer is then right, and the
-        latency from the scheduled time of the first is the longest."""
+        first waited, from its scheduled time, at least the whole schedule."""
         n, rate = 60, 200.0
 
         async def go():
