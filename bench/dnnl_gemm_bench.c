@@ -94,8 +94,8 @@ int main(int argc, char **argv) {
             float *o4 = malloc((size_t)M * N * 4);
             uint16_t *Ab = malloc((size_t)M * K * 2), *Wb = malloc((size_t)N * K * 2);
             srand(1);
-            for (size_t i = 0; i < (size_t)N * K; i++) W[i] = (float)rand() / RAND_MAX - 0.5f;
-            for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)rand() / RAND_MAX - 0.5f;
+            for (size_t i = 0; i < (size_t)N * K; i++) W[i] = (float)rand() / (float)RAND_MAX - 0.5f;
+            for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)rand() / (float)RAND_MAX - 0.5f;
             for (int i = 0; i < N; i++) bias[i] = (float)i / N;
             for (size_t i = 0; i < (size_t)N * K; i++) Wb[i] = to_bf16(W[i]);
 

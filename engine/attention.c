@@ -335,10 +335,7 @@ attention_head_bf16(float *out, int ld_out, const float *q, int ldq, const float
         const float *a = v + (size_t)(2 * j2) * ldv, *b = v + (size_t)(2 * j2 + 1) * ldv;
         int has_b = 2 * j2 + 1 < T;
         for (int c0 = 0; c0 < hdp; c0 += 16) {
-            __m512i lo = _mm512_cvtepu16_epi32(
-                (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail_mask_int(hd - c0), a + c0)));
-            __m512i hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(
-                _mm512_maskz_loadu_ps(has_b ? tail_mask_int(hd - c0) : 0, b + c0)));
+            __m512i lo = bf16_lanes(a + c0, hd - c0), hi = bf16_lanes(b + c0, has_b ? hd - c0 : 0);
             _mm512_store_si512(Vp + (size_t)j2 * hdp + c0, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
     }

@@ -95,9 +95,14 @@ static uint16_t act_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* Packed weights' geometry, the same for every packing: panels of
+ * GEMM_PANEL columns, whole tiles of NR; bf16 pair rows (ceil(K / 2)),
+ * rounded up to a whole AMX step. */
+static int panel_count(int N) { return ((N + NR - 1) / NR) * 3; }
+static int bf16_pair_rows(int K) { return ((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS; }
+
 static int pack_bf16(const float *W, int N, int K, packed_weight *out) {
-    int K2 = (K + 1) / 2 + AMX_PAIRS - 1;
-    K2 -= K2 % AMX_PAIRS;
+    int K2 = bf16_pair_rows(K);
     out->prows = K2;
     size_t n = (size_t)out->panels * K2 * GEMM_PANEL;
     void *p = NULL;
@@ -119,7 +124,7 @@ int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out) {
     memset(out, 0, sizeof(*out));
     out->N = N;
     out->K = K;
-    out->panels = ((N + NR - 1) / NR) * 3;
+    out->panels = panel_count(N);
     if (precision == GEMM_BF16) return pack_bf16(W, N, K, out);
     size_t n = (size_t)out->panels * K * GEMM_PANEL;
     void *p = NULL;
@@ -137,16 +142,7 @@ int gemm_pack(const float *W, int N, int K, int precision, packed_weight *out) {
 
 /* ---- activations as bf16 panels (attention's keys and values) ---- */
 
-size_t gemm_bf16_act_words(int N, int K) {
-    int panels = ((N + NR - 1) / NR) * 3, prows = ((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS;
-    return (size_t)panels * prows * GEMM_PANEL;
-}
-
-/* 16 floats from x (the first `left` of them; the rest 0) as bf16, one per
- * 32-bit lane's low half: vcvtneps2bf16 rounds as act_to_bf16 does. */
-__attribute__((target("avx512f,avx512bf16"))) static __m512i bf16_lanes(const float *x, int left) {
-    return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail_mask_int(left), x)));
-}
+size_t gemm_bf16_act_words(int N, int K) { return (size_t)panel_count(N) * bf16_pair_rows(K) * GEMM_PANEL; }
 
 __attribute__((target("avx512f,avx512bf16"))) void gemm_pack_bf16_act(const float *X, int ld, int transposed,
                                                                       int N, int K, uint32_t *words,
@@ -154,8 +150,8 @@ __attribute__((target("avx512f,avx512bf16"))) void gemm_pack_bf16_act(const floa
     memset(out, 0, sizeof(*out));
     out->N = N;
     out->K = K;
-    out->panels = ((N + NR - 1) / NR) * 3;
-    out->prows = ((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS;
+    out->panels = panel_count(N);
+    out->prows = bf16_pair_rows(K);
     out->bf16 = words;
     int prows = out->prows, K2 = (K + 1) / 2;
     for (int j = 0; j < out->panels; j++) {
@@ -1028,9 +1024,7 @@ static void gemm_part(void *ctx, int part, int parts) {
     if (j->kernel->leave) j->kernel->leave();
 }
 
-size_t gemm_bf16_scratch_floats(int M, int K) {
-    return (size_t)(M + MR_MAX) * (size_t)(((K + 1) / 2 + AMX_PAIRS - 1) / AMX_PAIRS * AMX_PAIRS);
-}
+size_t gemm_bf16_scratch_floats(int M, int K) { return (size_t)(M + MR_MAX) * (size_t)bf16_pair_rows(K); }
 
 size_t gemm_scratch_floats(const kernel_table *kt, int M, int K, int precision) {
     /* bf16: M rounded up to the kernel's rows (at most MR_MAX) of ceil(K / 2)

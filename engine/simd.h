@@ -40,6 +40,14 @@ static inline __mmask16 tail_mask(size_t left) {
 /* The same for a count that may be 0 or negative (lanes past the end): none. */
 static inline __mmask16 tail_mask_int(int left) { return left <= 0 ? 0 : tail_mask((size_t)left); }
 
+/* 16 floats from x (the first `left` of them; the rest 0) as bf16, one per
+ * 32-bit lane's low half: vcvtneps2bf16 rounds to nearest even, denormals
+ * to zero (gemm.c's act_to_bf16). Two of them, the second shifted up,
+ * make bf16 pairs. */
+__attribute__((target("avx512f,avx512bf16"))) static inline __m512i bf16_lanes(const float *x, int left) {
+    return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail_mask_int(left), x)));
+}
+
 static const int32_t lane_mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
 /* all ones in the first min(left, 8) lanes */
