@@ -36,6 +36,7 @@ typedef struct conn {
     int64_t deadline_ns; /* 0: not armed */
     int begun;           /* a request line has come since it was armed */
     int timed_out;
+    int closed_idle; /* shut down between requests at stop (conn_guard_close_idle) */
     struct conn *prev, *next;
 } conn;
 
@@ -43,8 +44,10 @@ struct conn_guard {
     conn_guard_params p;
     pthread_mutex_t lock;
     pthread_cond_t wake;
+    pthread_cond_t changed; /* a connection closed, or went idle while closing */
     pthread_t sweeper;
     int stop;
+    int closing;       /* conn_guard_close_idle was called: idle connections go */
     conn *head, *tail; /* armed, earliest deadline first */
     client *clients[CLIENT_BUCKETS];
     conn_guard_stats stats;
@@ -100,7 +103,27 @@ static void arm(conn_guard *g, conn *c) {
     if (g->tail) g->tail->next = c;
     else g->head = c;
     g->tail = c;
-    if (g->head == c) pthread_cond_signal(&g->wake); /* the sweeper may be waiting for nothing */
+    if (g->head == c) pthread_cond_signal(&g->wake);     /* the sweeper may be waiting for nothing */
+    if (g->closing) pthread_cond_broadcast(&g->changed); /* idle now: the closer takes it */
+}
+
+/* Shuts down every connection waiting for a request line: armed and none
+ * begun. A connection with a request under way (receiving it, waiting for
+ * its answer, sending it) is left alone. Returns how many. */
+static int shut_idle(conn_guard *g) {
+    int n = 0;
+    conn *c = g->head;
+    while (c) {
+        conn *next = c->next;
+        if (!c->begun) {
+            unlink_conn(g, c);
+            c->closed_idle = 1;
+            shutdown(c->fd, SHUT_RDWR); /* as the sweeper does: libmicrohttpd closes it */
+            n++;
+        }
+        c = next;
+    }
+    return n;
 }
 
 static void *sweep(void *arg) {
@@ -145,10 +168,12 @@ conn_guard *conn_guard_new(conn_guard_params p, char *err, size_t errlen) {
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&g->wake, &attr);
+    pthread_cond_init(&g->changed, &attr);
     pthread_condattr_destroy(&attr);
     int rc = pthread_create(&g->sweeper, NULL, sweep, g);
     if (rc) {
         snprintf(err, errlen, "cannot start the connection sweeper: %s", strerror(rc));
+        pthread_cond_destroy(&g->changed);
         pthread_cond_destroy(&g->wake);
         pthread_mutex_destroy(&g->lock);
         free(g);
@@ -170,6 +195,7 @@ void conn_guard_free(conn_guard *g) {
             free(g->clients[i]);
             g->clients[i] = next;
         }
+    pthread_cond_destroy(&g->changed);
     pthread_cond_destroy(&g->wake);
     pthread_mutex_destroy(&g->lock);
     free(g);
@@ -255,6 +281,7 @@ void conn_guard_notify(void *cls, struct MHD_Connection *mc, void **socket_conte
     pthread_mutex_lock(&g->lock);
     unlink_conn(g, c);
     g->stats.open--;
+    pthread_cond_broadcast(&g->changed);
     if (c->client && --c->client->open == 0) {
         client **slot = client_slot(g, c->client->addr, c->client->addr_len);
         *slot = c->client->next;
@@ -289,7 +316,7 @@ void conn_guard_rearm(struct MHD_Connection *mc) {
     conn *c = conn_of(mc);
     if (!c || c->fd < 0) return;
     pthread_mutex_lock(&c->g->lock);
-    if (!c->timed_out) arm(c->g, c);
+    if (!c->timed_out && !c->closed_idle) arm(c->g, c);
     pthread_mutex_unlock(&c->g->lock);
 }
 
@@ -300,6 +327,29 @@ int conn_guard_timed_out(struct MHD_Connection *mc) {
     int t = c->timed_out;
     pthread_mutex_unlock(&c->g->lock);
     return t;
+}
+
+int conn_guard_close_idle(conn_guard *g, int *busy) {
+    pthread_mutex_lock(&g->lock);
+    g->closing = 1;
+    int n = shut_idle(g);
+    if (busy) *busy = g->stats.open - n;
+    pthread_mutex_unlock(&g->lock);
+    return n;
+}
+
+int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns) {
+    struct timespec ts = {(time_t)(deadline_ns / 1000000000LL), (long)(deadline_ns % 1000000000LL)};
+    pthread_mutex_lock(&g->lock);
+    g->closing = 1;
+    for (;;) {
+        shut_idle(g); /* idle since the last pass: its answer sent, kept alive */
+        if (g->stats.open == 0) break;
+        if (pthread_cond_timedwait(&g->changed, &g->lock, &ts) == ETIMEDOUT) break;
+    }
+    int left = g->stats.open;
+    pthread_mutex_unlock(&g->lock);
+    return left;
 }
 
 void conn_guard_stats_get(conn_guard *g, conn_guard_stats *out) {

@@ -8,7 +8,8 @@
  * connection) to the last byte of a request's body. libmicrohttpd's own
  * connection timeout is one of inactivity: a client sending a byte every
  * few seconds would hold its connection, and a thread's share of the
- * connection limit, for ever.
+ * connection limit, for ever. At stop: closing the connections that are
+ * between requests, and waiting for the others to close.
  *
  * How, with libmicrohttpd 0.9.75:
  *  - Caps: the accept-policy callback (conn_guard_accept) refuses a
@@ -26,6 +27,9 @@
  *    request (the access log says 408) and closes it. The socket stays
  *    ours to shut down until libmicrohttpd reports the connection closed,
  *    which it does before it closes the descriptor, under the same lock.
+ *  - Stop: the same shutdown(2) closes the connections that are between
+ *    requests (conn_guard_close_idle), so that libmicrohttpd's stop, which
+ *    closes every connection, finds none with a request under way.
  *
  * The counters are read at scrape time (conn_guard_stats). */
 #ifndef COMROPE_CONN_GUARD_H
@@ -89,6 +93,20 @@ void conn_guard_received(struct MHD_Connection *c);
 /* The answer on c was sent and the connection is kept alive: the next
  * request's deadline starts now. */
 void conn_guard_rearm(struct MHD_Connection *c);
+
+/* Stopping: shuts down every connection that is between requests (no
+ * request line since its last answer, or none yet), and from now on each
+ * one that becomes so; libmicrohttpd then closes them. A connection with a
+ * request under way is left to finish it. Returns how many were shut;
+ * *busy (if not NULL) is how many stay open. A client that writes a
+ * request just as its idle connection is shut sees the connection close
+ * unanswered: the race every HTTP server has in closing an idle
+ * connection (RFC 9112 9.6); the daemon had not begun that request. */
+int conn_guard_close_idle(conn_guard *g, int *busy);
+
+/* Waits until no connection is open, shutting each one that becomes idle,
+ * or until deadline_ns (monotonic). Returns how many are still open. */
+int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns);
 
 /* Whether c was cut at its receive deadline. */
 int conn_guard_timed_out(struct MHD_Connection *c);

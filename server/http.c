@@ -1414,11 +1414,14 @@ void http_begin_drain(http_server *s) {
     if (fd != MHD_INVALID_SOCKET) close(fd);
 }
 
-void http_wait_idle(http_server *s, int timeout_ms) {
-    struct timespec ts;
+/* Waits until no request is open, or until deadline_ns (monotonic). */
+static void wait_requests(http_server *s, int64_t deadline_ns) {
+    int64_t left_ns = deadline_ns - monotonic_ns();
+    if (left_ns < 0) left_ns = 0;
+    struct timespec ts; /* s->idle waits on the realtime clock */
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    ts.tv_sec += (time_t)(left_ns / 1000000000);
+    ts.tv_nsec += (long)(left_ns % 1000000000);
     if (ts.tv_nsec >= 1000000000) {
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000;
@@ -1427,6 +1430,35 @@ void http_wait_idle(http_server *s, int timeout_ms) {
     while (s->open_requests > 0)
         if (pthread_cond_timedwait(&s->idle, &s->lock, &ts) == ETIMEDOUT) break;
     pthread_mutex_unlock(&s->lock);
+}
+
+void http_close_connections(http_server *s, int timeout_ms) {
+    int64_t deadline = monotonic_ns() + (int64_t)timeout_ms * 1000000;
+    /* the answers the drain resumed are written first */
+    wait_requests(s, deadline);
+    /* Then every connection closes: an idle one at once, one with a request
+     * under way (a request line that came just before) after its answer,
+     * which closes it. Stopping the daemons with connections open would
+     * cut such a request: libmicrohttpd closes every connection at stop,
+     * idle or not. The metrics port stops accepting now. */
+    if (s->metrics_daemon) {
+        MHD_socket fd = MHD_quiesce_daemon(s->metrics_daemon);
+        if (fd != MHD_INVALID_SOCKET) close(fd);
+    }
+    int busy = 0, busy_metrics = 0;
+    int idle = conn_guard_close_idle(s->main_guard, &busy);
+    if (s->metrics_guard) idle += conn_guard_close_idle(s->metrics_guard, &busy_metrics);
+    busy += busy_metrics;
+    int64_t left_ms = (deadline - monotonic_ns()) / 1000000;
+    if (busy > 0)
+        log_event(
+            "info",
+            "closing connections: %d idle closed, waiting up to %lld ms for %d with a request under way",
+            idle, (long long)(left_ms > 0 ? left_ms : 0), busy);
+    int open = conn_guard_wait_closed(s->main_guard, deadline);
+    if (s->metrics_guard) open += conn_guard_wait_closed(s->metrics_guard, deadline);
+    if (open > 0)
+        log_event("warning", "%d connections still open after %d ms: cut at stop", open, timeout_ms);
 }
 
 void http_stop(http_server *s) {

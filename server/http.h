@@ -54,9 +54,12 @@ int http_metrics_port(http_server *s);
  * kept-alive connections answered 503 with Connection: close. */
 void http_begin_drain(http_server *s);
 
-/* Waits up to timeout_ms for every request to be answered (after the
- * batcher has answered its jobs, this is the flushing of responses). */
-void http_wait_idle(http_server *s, int timeout_ms);
+/* After the drain (the batchers have answered their jobs): waits up to
+ * timeout_ms for every request to be answered and every connection to
+ * close, so that http_stop cuts nothing under way. Idle connections are
+ * closed at once; one whose request line came before is served (503 and
+ * Connection: close) and then closes. The metrics port stops accepting. */
+void http_close_connections(http_server *s, int timeout_ms);
 
 /* Stops the daemons and frees. Every suspended connection must have been
  * resumed (batcher_free answers every job) before this. */

@@ -12,7 +12,8 @@
  * models (the daemon serves on), SIGTERM/SIGINT drains:
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
- *   every suspended connection resumed and answered -> daemons stopped ->
+ *   every suspended connection resumed and answered -> idle connections
+ *   closed, a request begun on one answered 503 -> daemons stopped ->
  *   exit 0; a second signal during the drain exits 1 at once. Under
  * systemd (Type=notify) each step is a STATUS line, READY=1 follows the
  * listening socket and STOPPING=1 opens the drain (notify.h).
@@ -95,7 +96,7 @@ static void *drain_main(void *arg) {
     repository_stop(d->repo);
     if (left) log_event("info", "%d queued requests answered 503", left);
     notify_status("drained%s; flushing the last answers", left ? " (leftovers answered 503)" : "");
-    http_wait_idle(d->http, 5000); /* let resumed connections write their answers */
+    http_close_connections(d->http, 5000); /* answers written, connections closed */
     atomic_store(&d->done, 1);
     pthread_kill(d->main_thread, SIGUSR1);
     return NULL;
