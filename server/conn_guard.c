@@ -44,10 +44,10 @@ struct conn_guard {
     conn_guard_params p;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    pthread_cond_t changed; /* a connection closed, or went idle while closing */
+    pthread_cond_t changed; /* a connection closed */
     pthread_t sweeper;
     int stop;
-    int closing;       /* conn_guard_close_idle was called: idle connections go */
+    int closing;       /* stopping (conn_guard_close_idle): idle connections are shut down */
     conn *head, *tail; /* armed, earliest deadline first */
     client *clients[CLIENT_BUCKETS];
     conn_guard_stats stats;
@@ -103,22 +103,34 @@ static void arm(conn_guard *g, conn *c) {
     if (g->tail) g->tail->next = c;
     else g->head = c;
     g->tail = c;
-    if (g->head == c) pthread_cond_signal(&g->wake);     /* the sweeper may be waiting for nothing */
-    if (g->closing) pthread_cond_broadcast(&g->changed); /* idle now: the closer takes it */
+    if (g->head == c) pthread_cond_signal(&g->wake); /* the sweeper may be waiting for nothing */
 }
 
-/* Shuts down every connection waiting for a request line: armed and none
- * begun. A connection with a request under way (receiving it, waiting for
- * its answer, sending it) is left alone. Returns how many. */
+/* Whether c waits for a request line with nothing of one received: armed,
+ * none begun, and no byte in its socket. A byte there may be a request
+ * libmicrohttpd is about to read (it would read it even after a shutdown,
+ * then fail to send the answer): such a connection is left to begin it. */
+static int idle(const conn *c) {
+    char byte;
+    return c->deadline_ns && !c->begun && recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+}
+
+/* Stopping: shuts c down; libmicrohttpd sees the end of the stream and
+ * closes it, as after the sweeper's cut. */
+static void close_idle(conn_guard *g, conn *c) {
+    unlink_conn(g, c);
+    c->closed_idle = 1;
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Shuts down every idle connection (see idle()). Returns how many. */
 static int shut_idle(conn_guard *g) {
     int n = 0;
     conn *c = g->head;
     while (c) {
         conn *next = c->next;
-        if (!c->begun) {
-            unlink_conn(g, c);
-            c->closed_idle = 1;
-            shutdown(c->fd, SHUT_RDWR); /* as the sweeper does: libmicrohttpd closes it */
+        if (idle(c)) {
+            close_idle(g, c);
             n++;
         }
         c = next;
@@ -316,7 +328,12 @@ void conn_guard_rearm(struct MHD_Connection *mc) {
     conn *c = conn_of(mc);
     if (!c || c->fd < 0) return;
     pthread_mutex_lock(&c->g->lock);
-    if (!c->timed_out && !c->closed_idle) arm(c->g, c);
+    if (!c->timed_out && !c->closed_idle) {
+        arm(c->g, c);
+        /* stopping: answered and kept alive, it is idle now (on the
+         * libmicrohttpd thread: nothing of a next request is read yet) */
+        if (c->g->closing && idle(c)) close_idle(c->g, c);
+    }
     pthread_mutex_unlock(&c->g->lock);
 }
 
@@ -329,11 +346,11 @@ int conn_guard_timed_out(struct MHD_Connection *mc) {
     return t;
 }
 
-int conn_guard_close_idle(conn_guard *g, int *busy) {
+int conn_guard_close_idle(conn_guard *g, int *open) {
     pthread_mutex_lock(&g->lock);
     g->closing = 1;
     int n = shut_idle(g);
-    if (busy) *busy = g->stats.open - n;
+    if (open) *open = g->stats.open - n;
     pthread_mutex_unlock(&g->lock);
     return n;
 }
@@ -341,15 +358,24 @@ int conn_guard_close_idle(conn_guard *g, int *busy) {
 int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns) {
     struct timespec ts = {(time_t)(deadline_ns / 1000000000LL), (long)(deadline_ns % 1000000000LL)};
     pthread_mutex_lock(&g->lock);
-    g->closing = 1;
-    for (;;) {
-        shut_idle(g); /* idle since the last pass: its answer sent, kept alive */
-        if (g->stats.open == 0) break;
+    while (g->stats.open > 0) {
         if (pthread_cond_timedwait(&g->changed, &g->lock, &ts) == ETIMEDOUT) break;
+        /* one left alone with bytes waiting may have turned out idle (a
+         * request line cut short): a pass per closed connection */
+        shut_idle(g);
     }
     int left = g->stats.open;
     pthread_mutex_unlock(&g->lock);
     return left;
+}
+
+int conn_guard_closed_idle(struct MHD_Connection *mc) {
+    conn *c = conn_of(mc);
+    if (!c) return 0;
+    pthread_mutex_lock(&c->g->lock);
+    int closed = c->closed_idle;
+    pthread_mutex_unlock(&c->g->lock);
+    return closed;
 }
 
 void conn_guard_stats_get(conn_guard *g, conn_guard_stats *out) {

@@ -94,19 +94,24 @@ void conn_guard_received(struct MHD_Connection *c);
  * request's deadline starts now. */
 void conn_guard_rearm(struct MHD_Connection *c);
 
-/* Stopping: shuts down every connection that is between requests (no
- * request line since its last answer, or none yet), and from now on each
- * one that becomes so; libmicrohttpd then closes them. A connection with a
- * request under way is left to finish it. Returns how many were shut;
- * *busy (if not NULL) is how many stay open. A client that writes a
- * request just as its idle connection is shut sees the connection close
- * unanswered: the race every HTTP server has in closing an idle
- * connection (RFC 9112 9.6); the daemon had not begun that request. */
-int conn_guard_close_idle(conn_guard *g, int *busy);
+/* Stopping: shuts down every connection that is idle -- between requests
+ * (no request line since its last answer, or none yet) with no byte of a
+ * next one in its socket -- and from now on each one that becomes so when
+ * its answer has been sent; libmicrohttpd then closes them. A connection
+ * with a request under way is left to finish it (while draining, its
+ * answer closes it). Returns how many were shut; *open (if not NULL) is
+ * how many stay open. A client that writes a request just as its idle
+ * connection is shut sees the connection close unanswered: the race every
+ * HTTP server has in closing an idle connection (RFC 9112 9.6). */
+int conn_guard_close_idle(conn_guard *g, int *open);
 
-/* Waits until no connection is open, shutting each one that becomes idle,
- * or until deadline_ns (monotonic). Returns how many are still open. */
+/* After conn_guard_close_idle: waits until no connection is open, or
+ * until deadline_ns (monotonic). Returns how many are still open. */
 int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns);
+
+/* Whether c was shut down as idle: a request that begins on it after all
+ * came in that race. */
+int conn_guard_closed_idle(struct MHD_Connection *c);
 
 /* Whether c was cut at its receive deadline. */
 int conn_guard_timed_out(struct MHD_Connection *c);

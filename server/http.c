@@ -34,6 +34,7 @@ struct http_server {
     pthread_cond_t idle;
     int open_requests;        /* allocated http_request structs */
     unsigned long incomplete; /* requests that ended without a complete answer (under lock) */
+    unsigned long raced;      /* of those, ones that came as their idle connection was closed at stop */
     /* the parse threads: bodies are parsed there, never on an MHD thread */
     pthread_t *parsers;
     int parsers_started;
@@ -1285,7 +1286,10 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     free(r);
     pthread_mutex_lock(&s->lock);
     s->open_requests--;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) s->incomplete++;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        s->incomplete++;
+        if (conn_guard_closed_idle(c)) s->raced++;
+    }
     if (s->open_requests == 0) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->lock);
 }
@@ -1359,7 +1363,11 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     atomic_init(&s->next_id, 1);
     atomic_init(&s->body_bytes, 0);
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->idle, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->idle, &monotonic); /* deadlines are monotonic_ns */
+    pthread_condattr_destroy(&monotonic);
     pthread_mutex_init(&s->mhd_log_lock, NULL);
     conn_guard_params gp = {.max_connections = p->cfg->max_connections,
                             .max_per_client = p->cfg->max_connections_per_client,
@@ -1416,16 +1424,7 @@ void http_begin_drain(http_server *s) {
 
 /* Waits until no request is open, or until deadline_ns (monotonic). */
 static void wait_requests(http_server *s, int64_t deadline_ns) {
-    int64_t left_ns = deadline_ns - monotonic_ns();
-    if (left_ns < 0) left_ns = 0;
-    struct timespec ts; /* s->idle waits on the realtime clock */
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(left_ns / 1000000000);
-    ts.tv_nsec += (long)(left_ns % 1000000000);
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = {(time_t)(deadline_ns / 1000000000LL), (long)(deadline_ns % 1000000000LL)};
     pthread_mutex_lock(&s->lock);
     while (s->open_requests > 0)
         if (pthread_cond_timedwait(&s->idle, &s->lock, &ts) == ETIMEDOUT) break;
@@ -1438,27 +1437,25 @@ void http_close_connections(http_server *s, int timeout_ms) {
     wait_requests(s, deadline);
     /* Then every connection closes: an idle one at once, one with a request
      * under way (a request line that came just before) after its answer,
-     * which closes it. Stopping the daemons with connections open would
+     * which closes it (Connection: close while draining). Stopping the daemons with connections open would
      * cut such a request: libmicrohttpd closes every connection at stop,
      * idle or not. The metrics port stops accepting now. */
     if (s->metrics_daemon) {
         MHD_socket fd = MHD_quiesce_daemon(s->metrics_daemon);
         if (fd != MHD_INVALID_SOCKET) close(fd);
     }
-    int busy = 0, busy_metrics = 0;
-    int idle = conn_guard_close_idle(s->main_guard, &busy);
-    if (s->metrics_guard) idle += conn_guard_close_idle(s->metrics_guard, &busy_metrics);
-    busy += busy_metrics;
+    int open = 0, open_metrics = 0;
+    int idle = conn_guard_close_idle(s->main_guard, &open);
+    if (s->metrics_guard) idle += conn_guard_close_idle(s->metrics_guard, &open_metrics);
+    open += open_metrics;
     int64_t left_ms = (deadline - monotonic_ns()) / 1000000;
-    if (busy > 0)
-        log_event(
-            "info",
-            "closing connections: %d idle closed, waiting up to %lld ms for %d with a request under way",
-            idle, (long long)(left_ms > 0 ? left_ms : 0), busy);
-    int open = conn_guard_wait_closed(s->main_guard, deadline);
+    if (open > 0)
+        log_event("info", "closing connections: %d idle closed, waiting up to %lld ms for %d more to close",
+                  idle, (long long)(left_ms > 0 ? left_ms : 0), open);
+    open = conn_guard_wait_closed(s->main_guard, deadline);
     if (s->metrics_guard) open += conn_guard_wait_closed(s->metrics_guard, deadline);
     if (open > 0)
-        log_event("warning", "%d connections still open after %d ms: cut at stop", open, timeout_ms);
+        log_event("warning", "connections still open after %d ms, cut at stop: %d", timeout_ms, open);
 }
 
 void http_stop(http_server *s) {
@@ -1480,7 +1477,13 @@ void http_stop(http_server *s) {
      * (client aborts, errors, connections cut at stop): the shutdown test
      * tells a request lost by us from one that never reached us by it. */
     mhd_log_dropped(s->mhd_log_dropped);
-    if (s->incomplete) log_event("info", "%lu requests ended without a complete answer", s->incomplete);
+    if (s->incomplete > s->raced)
+        log_event("info", "%lu requests ended without a complete answer", s->incomplete - s->raced);
+    /* written onto a kept-alive connection as the stop closed it idle: not
+     * begun by us when it was closed; the client sees it close unanswered */
+    if (s->raced)
+        log_event("info", "%lu requests came on idle connections as they were closed at stop (RFC 9112 9.6)",
+                  s->raced);
     pthread_cond_destroy(&s->idle);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->mhd_log_lock);

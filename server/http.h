@@ -57,7 +57,7 @@ void http_begin_drain(http_server *s);
 /* After the drain (the batchers have answered their jobs): waits up to
  * timeout_ms for every request to be answered and every connection to
  * close, so that http_stop cuts nothing under way. Idle connections are
- * closed at once; one whose request line came before is served (503 and
+ * closed at once; one whose request line came before is answered (with
  * Connection: close) and then closes. The metrics port stops accepting. */
 void http_close_connections(http_server *s, int timeout_ms);
 

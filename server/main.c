@@ -13,7 +13,7 @@
  *   readiness 503 and the listening socket closed -> queued and running
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> idle connections
- *   closed, a request begun on one answered 503 -> daemons stopped ->
+ *   closed, a request begun on another answered -> daemons stopped ->
  *   exit 0; a second signal during the drain exits 1 at once. Under
  * systemd (Type=notify) each step is a STATUS line, READY=1 follows the
  * listening socket and STOPPING=1 opens the drain (notify.h).
