@@ -356,12 +356,16 @@ int conn_guard_close_idle(conn_guard *g, int *open) {
 }
 
 int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns) {
-    struct timespec ts = {(time_t)(deadline_ns / 1000000000LL), (long)(deadline_ns % 1000000000LL)};
     pthread_mutex_lock(&g->lock);
     while (g->stats.open > 0) {
-        if (pthread_cond_timedwait(&g->changed, &g->lock, &ts) == ETIMEDOUT) break;
-        /* one left alone with bytes waiting may have turned out idle (a
-         * request line cut short): a pass per closed connection */
+        int64_t now = monotonic_ns();
+        if (now >= deadline_ns) break;
+        /* A pass at each close and at least every SWEEP_GRANULARITY_NS: one
+         * left alone with bytes waiting may have turned out idle (a request
+         * line cut short), and nothing else would wake us for it. */
+        int64_t at = now + SWEEP_GRANULARITY_NS < deadline_ns ? now + SWEEP_GRANULARITY_NS : deadline_ns;
+        struct timespec ts = {(time_t)(at / 1000000000LL), (long)(at % 1000000000LL)};
+        pthread_cond_timedwait(&g->changed, &g->lock, &ts);
         shut_idle(g);
     }
     int left = g->stats.open;
