@@ -47,7 +47,6 @@ struct conn_guard {
     pthread_cond_t changed; /* a connection closed */
     pthread_t sweeper;
     int stop;
-    int closing;       /* stopping (conn_guard_close_idle): idle connections are shut down */
     conn *head, *tail; /* armed, earliest deadline first */
     client *clients[CLIENT_BUCKETS];
     conn_guard_stats stats;
@@ -328,12 +327,7 @@ void conn_guard_rearm(struct MHD_Connection *mc) {
     conn *c = conn_of(mc);
     if (!c || c->fd < 0) return;
     pthread_mutex_lock(&c->g->lock);
-    if (!c->timed_out && !c->closed_idle) {
-        arm(c->g, c);
-        /* stopping: answered and kept alive, it is idle now (on the
-         * libmicrohttpd thread: nothing of a next request is read yet) */
-        if (c->g->closing && idle(c)) close_idle(c->g, c);
-    }
+    if (!c->timed_out && !c->closed_idle) arm(c->g, c);
     pthread_mutex_unlock(&c->g->lock);
 }
 
@@ -348,7 +342,6 @@ int conn_guard_timed_out(struct MHD_Connection *mc) {
 
 int conn_guard_close_idle(conn_guard *g, int *open) {
     pthread_mutex_lock(&g->lock);
-    g->closing = 1;
     int n = shut_idle(g);
     if (open) *open = g->stats.open - n;
     pthread_mutex_unlock(&g->lock);

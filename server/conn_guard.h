@@ -96,8 +96,7 @@ void conn_guard_rearm(struct MHD_Connection *c);
 
 /* Stopping: shuts down every connection that is idle -- between requests
  * (no request line since its last answer, or none yet) with no byte of a
- * next one in its socket -- and from now on each one that becomes so when
- * its answer has been sent; libmicrohttpd then closes them. A connection
+ * next one in its socket; libmicrohttpd then closes them. A connection
  * with a request under way is left to finish it (while draining, its
  * answer closes it). Returns how many were shut; *open (if not NULL) is
  * how many stay open. A client that writes a request just as its idle
@@ -106,7 +105,9 @@ void conn_guard_rearm(struct MHD_Connection *c);
 int conn_guard_close_idle(conn_guard *g, int *open);
 
 /* After conn_guard_close_idle: waits until no connection is open, or
- * until deadline_ns (monotonic). Returns how many are still open. */
+ * until deadline_ns (monotonic), shutting down each one that turns idle
+ * meanwhile (looked for at each close and every 50 ms). Returns how many
+ * are still open. */
 int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns);
 
 /* Whether c was shut down as idle: a request that begins on it after all

@@ -1253,6 +1253,17 @@ static int unanswered_status(enum MHD_RequestTerminationCode toe) {
     }
 }
 
+/* A request on c ended without a complete answer: counted for the line
+ * http_stop writes, apart when it came as its idle connection was closed at
+ * stop (conn_guard_close_idle). */
+static void count_incomplete(http_server *s, struct MHD_Connection *c) {
+    int raced = conn_guard_closed_idle(c);
+    pthread_mutex_lock(&s->lock);
+    s->incomplete++;
+    if (raced) s->raced++;
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* MHD is done with the request (sent, or the client went away): the only
  * place per-request state is freed. */
 static void request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -1261,7 +1272,12 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     http_request *r = *con_cls;
     /* kept alive: the next request's receive deadline starts now */
     if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) conn_guard_rearm(c);
-    if (!r) return;
+    if (!r) {
+        /* its request line came, its headers did not (the handler never ran):
+         * cut at stop, timed out or the client left, it ended unanswered */
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) count_incomplete(s, c);
+        return;
+    }
     *con_cls = NULL;
     /* its body's share of body-budget-bytes goes before the arrival ends:
      * a reader who sees no body arriving can send one that fits */
@@ -1286,12 +1302,9 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     free(r);
     pthread_mutex_lock(&s->lock);
     s->open_requests--;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-        s->incomplete++;
-        if (conn_guard_closed_idle(c)) s->raced++;
-    }
     if (s->open_requests == 0) pthread_cond_broadcast(&s->idle);
     pthread_mutex_unlock(&s->lock);
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) count_incomplete(s, c);
 }
 
 /* Each connection's memory pool (request line, headers, I/O buffers).
