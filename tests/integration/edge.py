@@ -243,10 +243,10 @@ def drain(port, pid, body_file):
     status, headers, _ = c.request("GET", "/v2/health/live")
     if status != 200 or headers.get("connection", "").lower() == "close":
         fail("before SIGTERM: live %d, Connection %s" % (status, headers.get("connection")))
-    # D: a request line and one header, the rest held back. (The daemon reads
-    # them long before the drain ends: that waits for U below, several round
-    # trips later. Had it not, D would be closed as idle, and fail below.)
-    d = socket.create_connection(("127.0.0.1", port), timeout=30)
+    # D: a request line and one header, the rest held back. When the drain
+    # ends (after U below, several round trips later) the daemon has read
+    # them, or they wait in its socket: either way D is not idle.
+    d = socket.create_connection(("127.0.0.1", port), timeout=120)
     d.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n")
 
     os.kill(pid, signal.SIGTERM)
@@ -341,19 +341,36 @@ def rss_kib(pid):
         return int(next(ln for ln in f if ln.startswith("RssAnon:")).split()[1])
 
 
-def pools(port, pid, n):
-    c = Conn(port)  # warm: one request answered, its memory touched
-    c.request("GET", "/v2/health/live")
-    c.close()
-    poll("the connection to close", lambda: metric(port, "comrope_open_connections") <= 1)
-    rss0 = rss_kib(pid)
+def anon_top(pid, k=6):
+    """The k anonymous mappings with the most resident memory, for a failure
+    message: where a rise that is not the pools' lives."""
+    maps, head = [], None
+    with open("/proc/%d/smaps" % pid) as f:
+        for ln in f:
+            parts = ln.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                head = (parts[0], parts[5] if len(parts) > 5 else "[anon]")
+            elif parts[0] == "Anonymous:" and int(parts[1]) > 0:
+                maps.append((int(parts[1]), head))
+    maps.sort(reverse=True)
+    return ", ".join("%s %s %d KiB" % (h[1], h[0], kib) for kib, h in maps[:k])
+
+
+def pools_round(port, pid, n):
+    """One round: RssAnon at rest, with n connections holding 8 KB of
+    headers, and after they closed; with the largest anonymous mappings at
+    rest and after, for a failure message."""
+    rss0, top0 = rss_kib(pid), anon_top(pid)
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
         s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 8000)
         socks.append(s)
     # each connection's pool holds its 8 KB once the daemon has read them
-    poll("the daemon to read %d connections' headers" % n, lambda: rss_kib(pid) - rss0 >= n * 8 * 3 // 4)
+    # (no rise at all: the memory was there already, kept from before)
+    end = time.monotonic() + 30
+    while rss_kib(pid) - rss0 < n * 8 * 3 // 4 and time.monotonic() < end:
+        time.sleep(0.05)
     rss1 = rss_kib(pid)
     for s in socks:
         s.close()
@@ -361,11 +378,29 @@ def pools(port, pid, n):
     # of headers: those go at connection-timeout-s, which the test sets low)
     poll("the connections to close", lambda: metric(port, "comrope_open_connections") <= 1, 90)
     rss2 = rss_kib(pid)
-    if rss2 - rss0 > (rss1 - rss0) / 3:
-        fail("RssAnon %d KiB at rest, %d with %d connections open, %d after they closed: the pools stayed"
-             % (rss0, rss1, n, rss2))
-    print("ok connection pools given back: RssAnon %d KiB at rest, %d with %d connections open, %d after"
-          % (rss0, rss1, n, rss2))
+    return rss0, rss1, rss2, "largest anonymous mappings at rest: %s; after: %s" % (top0, anon_top(pid))
+
+
+def pools(port, pid, n):
+    c = Conn(port)  # warm: one request answered, its memory touched
+    c.request("GET", "/v2/health/live")
+    c.close()
+    poll("the connection to close", lambda: metric(port, "comrope_open_connections") <= 1)
+    # Two rounds at most. Pools kept at close stay in every round; a rise
+    # that is not theirs comes once: twice in CI RssAnon rose by 28 MB while
+    # the connections closed (by 3.4 MB while open), and the daemon keeps
+    # freed heap memory (trim threshold 256 MB), so a second round starts
+    # from it and shows the pools alone.
+    seen = []
+    for _ in range(2):
+        rss0, rss1, rss2, where = pools_round(port, pid, n)
+        if rss1 - rss0 >= n * 8 * 3 // 4 and rss2 - rss0 <= (rss1 - rss0) / 3:
+            print("ok connection pools given back: RssAnon %d KiB at rest, %d with %d connections open, %d after%s"
+                  % (rss0, rss1, n, rss2, "" if not seen else " (a first round rose: %s)" % seen[0]))
+            return
+        seen.append("RssAnon %d KiB at rest, %d with %d connections open, %d after they closed (%s)"
+                    % (rss0, rss1, n, rss2, where))
+    fail("the pools stayed, in two rounds:\n  " + "\n  ".join(seen))
 
 
 def body_budget(port, budget):
