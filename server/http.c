@@ -1450,9 +1450,10 @@ void http_close_connections(http_server *s, int timeout_ms) {
     wait_requests(s, deadline);
     /* Then every connection closes: an idle one at once, one with a request
      * under way (a request line that came just before) after its answer,
-     * which closes it (Connection: close while draining). Stopping the daemons with connections open would
-     * cut such a request: libmicrohttpd closes every connection at stop,
-     * idle or not. The metrics port stops accepting now. */
+     * which closes it (Connection: close while draining). Stopping the
+     * daemons with connections open would cut such a request: libmicrohttpd
+     * closes every connection at stop, idle or not. The metrics port stops
+     * accepting now. */
     if (s->metrics_daemon) {
         MHD_socket fd = MHD_quiesce_daemon(s->metrics_daemon);
         if (fd != MHD_INVALID_SOCKET) close(fd);
