@@ -16,4 +16,11 @@ static inline int64_t monotonic_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* A monotonic_ns instant as the timespec of a timed wait on a condition
+ * variable set to CLOCK_MONOTONIC. */
+static inline struct timespec monotonic_timespec(int64_t ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    return ts;
+}
+
 #endif

@@ -35,8 +35,7 @@ typedef struct conn {
     client *client;
     int64_t deadline_ns; /* 0: not armed */
     int begun;           /* a request line has come since it was armed */
-    int timed_out;
-    int closed_idle; /* shut down between requests at stop (conn_guard_close_idle) */
+    conn_guard_cut cut;  /* shut down by the guard (then never armed again), and why */
     struct conn *prev, *next;
 } conn;
 
@@ -114,11 +113,11 @@ static int idle(const conn *c) {
     return c->deadline_ns && !c->begun && recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
 }
 
-/* Stopping: shuts c down; libmicrohttpd sees the end of the stream and
- * closes it, as after the sweeper's cut. */
-static void close_idle(conn_guard *g, conn *c) {
+/* Shuts c down: libmicrohttpd's thread sees the end of the stream and
+ * closes the connection; the descriptor is still open (see the header). */
+static void cut(conn_guard *g, conn *c, conn_guard_cut why) {
     unlink_conn(g, c);
-    c->closed_idle = 1;
+    c->cut = why;
     shutdown(c->fd, SHUT_RDWR);
 }
 
@@ -129,7 +128,7 @@ static int shut_idle(conn_guard *g) {
     while (c) {
         conn *next = c->next;
         if (idle(c)) {
-            close_idle(g, c);
+            cut(g, c, CONN_GUARD_CUT_IDLE);
             n++;
         }
         c = next;
@@ -144,13 +143,9 @@ static void *sweep(void *arg) {
         int64_t now = monotonic_ns();
         while (g->head && g->head->deadline_ns <= now) {
             conn *c = g->head;
-            unlink_conn(g, c);
-            c->timed_out = 1;
             if (c->begun) g->stats.timeouts_request++;
             else g->stats.timeouts_idle++;
-            /* libmicrohttpd's thread sees the end of the stream and closes
-             * the connection; the descriptor is still open (see the header). */
-            shutdown(c->fd, SHUT_RDWR);
+            cut(g, c, CONN_GUARD_CUT_DEADLINE);
         }
         if (!g->head) {
             pthread_cond_wait(&g->wake, &g->lock);
@@ -158,7 +153,7 @@ static void *sweep(void *arg) {
         }
         int64_t at = g->head->deadline_ns;
         if (at < now + SWEEP_GRANULARITY_NS) at = now + SWEEP_GRANULARITY_NS;
-        struct timespec ts = {(time_t)(at / 1000000000LL), (long)(at % 1000000000LL)};
+        struct timespec ts = monotonic_timespec(at);
         pthread_cond_timedwait(&g->wake, &g->lock, &ts);
     }
     pthread_mutex_unlock(&g->lock);
@@ -327,17 +322,17 @@ void conn_guard_rearm(struct MHD_Connection *mc) {
     conn *c = conn_of(mc);
     if (!c || c->fd < 0) return;
     pthread_mutex_lock(&c->g->lock);
-    if (!c->timed_out && !c->closed_idle) arm(c->g, c);
+    if (!c->cut) arm(c->g, c);
     pthread_mutex_unlock(&c->g->lock);
 }
 
-int conn_guard_timed_out(struct MHD_Connection *mc) {
+conn_guard_cut conn_guard_cut_of(struct MHD_Connection *mc) {
     conn *c = conn_of(mc);
-    if (!c) return 0;
+    if (!c) return CONN_GUARD_NOT_CUT;
     pthread_mutex_lock(&c->g->lock);
-    int t = c->timed_out;
+    conn_guard_cut why = c->cut;
     pthread_mutex_unlock(&c->g->lock);
-    return t;
+    return why;
 }
 
 int conn_guard_close_idle(conn_guard *g, int *open) {
@@ -357,22 +352,13 @@ int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns) {
          * left alone with bytes waiting may have turned out idle (a request
          * line cut short), and nothing else would wake us for it. */
         int64_t at = now + SWEEP_GRANULARITY_NS < deadline_ns ? now + SWEEP_GRANULARITY_NS : deadline_ns;
-        struct timespec ts = {(time_t)(at / 1000000000LL), (long)(at % 1000000000LL)};
+        struct timespec ts = monotonic_timespec(at);
         pthread_cond_timedwait(&g->changed, &g->lock, &ts);
         shut_idle(g);
     }
     int left = g->stats.open;
     pthread_mutex_unlock(&g->lock);
     return left;
-}
-
-int conn_guard_closed_idle(struct MHD_Connection *mc) {
-    conn *c = conn_of(mc);
-    if (!c) return 0;
-    pthread_mutex_lock(&c->g->lock);
-    int closed = c->closed_idle;
-    pthread_mutex_unlock(&c->g->lock);
-    return closed;
 }
 
 void conn_guard_stats_get(conn_guard *g, conn_guard_stats *out) {

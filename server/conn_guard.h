@@ -110,12 +110,10 @@ int conn_guard_close_idle(conn_guard *g, int *open);
  * are still open. */
 int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns);
 
-/* Whether c was shut down as idle: a request that begins on it after all
- * came in that race. */
-int conn_guard_closed_idle(struct MHD_Connection *c);
-
-/* Whether c was cut at its receive deadline. */
-int conn_guard_timed_out(struct MHD_Connection *c);
+/* Whether, and why, the guard cut c: at its receive deadline, or as idle
+ * at stop (a request that begins on it after all came in the race above). */
+typedef enum { CONN_GUARD_NOT_CUT, CONN_GUARD_CUT_DEADLINE, CONN_GUARD_CUT_IDLE } conn_guard_cut;
+conn_guard_cut conn_guard_cut_of(struct MHD_Connection *c);
 
 void conn_guard_stats_get(conn_guard *g, conn_guard_stats *out);
 

@@ -1257,7 +1257,7 @@ static int unanswered_status(enum MHD_RequestTerminationCode toe) {
  * http_stop writes, apart when it came as its idle connection was closed at
  * stop (conn_guard_close_idle). */
 static void count_incomplete(http_server *s, struct MHD_Connection *c) {
-    int raced = conn_guard_closed_idle(c);
+    int raced = conn_guard_cut_of(c) == CONN_GUARD_CUT_IDLE;
     pthread_mutex_lock(&s->lock);
     s->incomplete++;
     if (raced) s->raced++;
@@ -1286,7 +1286,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     /* ended without an answer: the status says why, counted after its log
      * line so that a reader of the count finds that too */
     if (!r->queued) {
-        if (conn_guard_timed_out(c)) r->status = 408; /* cut while receiving */
+        if (conn_guard_cut_of(c) == CONN_GUARD_CUT_DEADLINE) r->status = 408; /* cut while receiving */
         if (!r->status) r->status = unanswered_status(toe);
     }
     access_log(r, toe);
@@ -1437,7 +1437,7 @@ void http_begin_drain(http_server *s) {
 
 /* Waits until no request is open, or until deadline_ns (monotonic). */
 static void wait_requests(http_server *s, int64_t deadline_ns) {
-    struct timespec ts = {(time_t)(deadline_ns / 1000000000LL), (long)(deadline_ns % 1000000000LL)};
+    struct timespec ts = monotonic_timespec(deadline_ns);
     pthread_mutex_lock(&s->lock);
     while (s->open_requests > 0)
         if (pthread_cond_timedwait(&s->idle, &s->lock, &ts) == ETIMEDOUT) break;
