@@ -38,6 +38,23 @@ typedef struct {
     size_t per, cap, n;
 } pixel_sink;
 
+/* How many numbers `data` holds (flat or nested arrays, as flatten_numbers
+ * reads them), or -1 if it holds anything else: counted before the images
+ * are allocated, so that a shape the data does not fill costs nothing. */
+static long long count_numbers(json_t *data, int depth) {
+    if (json_is_number(data)) return 1;
+    if (!json_is_array(data) || depth > 8) return -1;
+    long long n = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(data, i, v) {
+        long long k = count_numbers(v, depth + 1);
+        if (k < 0) return -1;
+        n += k;
+    }
+    return n;
+}
+
 /* Copies numbers from `data` (flat or nested arrays) into the sink. */
 static int flatten_numbers(json_t *data, pixel_sink *out, int depth) {
     if (json_is_number(data)) {
@@ -97,11 +114,17 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
                  pm->num_channels);
         return 400;
     }
-    long long per = dims[1] * dims[2] * dims[3], total = dims[0] * per;
-    if (dims[0] > 4096 || total > ((long long)1 << 30)) {
-        snprintf(err, errlen, "inputs[0].shape: tensor of %lld values is too large", total);
+    /* read_shape bounds each size by 2^24 and C is the model's: per fits in
+     * 64 bits, and so does the total once N is bounded (checked first). */
+    long long per = dims[1] * dims[2] * dims[3];
+    if (dims[0] > 4096 || per > ((long long)1 << 30) || dims[0] * per > ((long long)1 << 30)) {
+        snprintf(
+            err, errlen,
+            "inputs[0].shape: [%lld, %lld, %lld, %lld] is too large (at most 4096 images and 2^30 values)",
+            dims[0], dims[1], dims[2], dims[3]);
         return 413;
     }
+    long long total = dims[0] * per;
     long long bsize = binary_size(input);
     json_t *data = json_object_get(input, "data");
     if (bsize >= 0 && (bsize != total * 4 || (size_t)bsize > bin_len)) {
@@ -109,6 +132,11 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
                  "inputs[0].parameters.binary_data_size: %lld bytes, the shape needs "
                  "%lld and the binary section holds %zu",
                  bsize, total * 4, bin_len);
+        return 400;
+    }
+    if (bsize < 0 && (!data || count_numbers(data, 0) != total)) {
+        snprintf(err, errlen, "inputs[0].data: expected %lld numbers (flat or nested) matching the shape",
+                 total);
         return 400;
     }
     if (alloc_images(req, (int)dims[0])) {
@@ -346,6 +374,10 @@ int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_
         goto fail;
     }
     size_t json_len = header_len ? header_len : len;
+    if (json_len == 0) { /* jansson would say "wrong arguments" */
+        snprintf(err, errlen, "the body is empty: expected a JSON object with \"inputs\"");
+        goto fail;
+    }
     root = json_loadb((const char *)body, json_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         snprintf(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
@@ -378,14 +410,36 @@ int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_
         snprintf(err, errlen, "inputs[0].parameters: expected an object");
         goto fail;
     }
-    if (json_object_get(ip, "binary_data_size") && !header_len) {
+    const uint8_t *bin = body + json_len;
+    size_t bin_len = len - json_len;
+    /* The one input's binary data is the whole binary section: a size that
+     * is not a count, or bytes no input claims, are refused rather than
+     * read as "no binary data" or ignored. */
+    json_t *bds = json_object_get(ip, "binary_data_size");
+    if (bds && !header_len) {
         snprintf(err, errlen,
                  "inputs[0].parameters.binary_data_size: needs the "
                  "Inference-Header-Content-Length header");
         goto fail;
     }
-    const uint8_t *bin = body + json_len;
-    size_t bin_len = len - json_len;
+    if (bds && (!json_is_integer(bds) || json_integer_value(bds) < 0)) {
+        snprintf(err, errlen, "inputs[0].parameters.binary_data_size: expected a non-negative integer");
+        goto fail;
+    }
+    if (bds && (size_t)json_integer_value(bds) < bin_len) {
+        snprintf(err, errlen,
+                 "inputs[0].parameters.binary_data_size: %lld bytes, but the binary section after the "
+                 "JSON header holds %zu (one input: its data is the whole section)",
+                 (long long)json_integer_value(bds), bin_len);
+        goto fail;
+    }
+    if (!bds && bin_len) {
+        snprintf(err, errlen,
+                 "%zu bytes after the JSON header (Inference-Header-Content-Length %zu), but inputs[0] has "
+                 "no binary_data_size",
+                 bin_len, header_len);
+        goto fail;
+    }
     if (name && strcmp(name, "pixel_values") == 0)
         status = parse_pixel_values(pm, input, bin, bin_len, req, err, errlen);
     else if (name && strcmp(name, "images") == 0)

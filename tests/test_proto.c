@@ -263,6 +263,17 @@ START_TEST(v2_pixel_values) {
     expect_v2(buf, hl + 20, hl, 400, "binary_data_size");
     expect_v2(buf, hl + 24, hl + 100, 400, "Inference-Header-Content-Length");
     expect_v2(buf, hl + 24, 0, 400, "invalid JSON"); /* binary bytes without the header */
+    /* bytes past the input's binary_data_size: no input claims them */
+    memset(buf + hl + 24, 0, 4);
+    expect_v2(buf, hl + 28, hl, 400, "the binary section after the JSON header holds 28");
+    /* a binary section with no binary_data_size at all */
+    const char *js = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\","
+                     " \"shape\": [1, 3, 1, 1], \"data\": [1, 2, 3]}]}";
+    size_t jl = strlen(js);
+    memcpy(buf, js, jl);
+    memcpy(buf + jl, vals, 8);
+    expect_v2(buf, jl + 8, jl, 400, "8 bytes after the JSON header");
+    expect_v2(buf, jl, jl, 0, NULL); /* the header's length and no binary section: fine */
 }
 END_TEST
 
@@ -365,6 +376,19 @@ START_TEST(v2_errors) {
     V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1],"
        " \"parameters\": {\"binary_data_size\": 12}}]}",
        400, "needs the Inference-Header-Content-Length");
+    /* sizes whose product overflows 64 bits (each within read_shape's 2^24):
+     * refused before anything is multiplied past the bound */
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\","
+       " \"shape\": [16777216,3,16777216,16777216], \"data\": [1]}]}",
+       413, "[16777216, 3, 16777216, 16777216] is too large");
+    /* a large shape the data does not fill: refused on the count */
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [4,3,4096,4096],"
+       " \"data\": [0]}]}",
+       400, "inputs[0].data: expected 201326592 numbers");
+    expect_v2("", 0, 0, 400, "the body is empty");
+    const char *neg = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": "
+                      "[1,3,1,1], \"parameters\": {\"binary_data_size\": -1}}]}";
+    expect_v2(neg, strlen(neg), strlen(neg), 400, "binary_data_size: expected a non-negative integer");
     V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1,3,1,1],"
        " \"parameters\": 3, \"data\": [1,2,3]}]}",
        400, "inputs[0].parameters");
