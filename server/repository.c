@@ -210,9 +210,10 @@ static int scan_model(const char *name, const char *model_dir, candidate **c, in
     char path[CONFIG_PATH_MAX];
     while (!rc && (e = readdir(d))) {
         const char *v = e->d_name;
-        if (!*v || strspn(v, "0123456789") != strlen(v) || strlen(v) > 9) continue;
+        /* a version is its number in decimal: "01" is not version 1, or
+         * "1" and "01" would both be it, loaded in turn on every scan */
+        if (*v < '1' || *v > '9' || strspn(v, "0123456789") != strlen(v) || strlen(v) > 9) continue;
         int version = atoi(v);
-        if (version < 1) continue;
         if ((size_t)snprintf(path, sizeof(path), "%s/%s", model_dir, v) >= sizeof(path)) continue;
         if (has_config(path)) rc = push_candidate(c, n, cap, name, version, path, model_dir);
     }

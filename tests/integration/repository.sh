@@ -4,7 +4,7 @@
 #  1. SIGHUP on a one-model daemon: it rescans and serves on (it used to
 #     die of the signal).
 #  2. Two models at once: each answers what its one-model daemon answers;
-#     a model's serve.conf (version policy specific:2,3, a batch limit)
+#     a model's serve.conf (version policy specific:2,3, a batch limit; a "02" folder is no version)
 #     over the global settings; no version asked: the highest; the
 #     metadata lists every ready version; /v1/models/<m>/classify reaches
 #     each model, /v1/classify the default, /v1/models lists them. Each
@@ -97,10 +97,14 @@ mkdir -p "$REPO/ap"
 copy_model "$AP" "$REPO/ap/3"
 copy_model "$LD" "$REPO/ap/2" # (ld's files as ap's version 2: tells the versions apart)
 copy_model "$LD" "$REPO/ap/1"
+# not a version: "02" would be version 2 a second time, loaded in turn with "2"
+copy_model "$AP" "$REPO/ap/02"
 # ap's own settings over the global ones: two of its three versions, its batch limit
 printf 'version-policy specific:2,3\nmax-batch-size 3\n' >"$REPO/ap/serve.conf"
 MODEL='' start_daemon --model-repository "$REPO" --model-name ld --access-log off
 client logits "$URL" ld "$SAMPLE" >"$WORK/two.ld"
+[ "$(grep -c "model ap version 2 ready" "$LOG")" = 1 ] ||
+  fail "ap version 2 loaded $(grep -c "model ap version 2 ready" "$LOG") times (its '02' directory is not a version)"
 # each model version's metrics are its own: one request to ld, none to ap
 [ "$(stat_of ld success.count)" = 1 ] || fail "ld's stats: $(curl -s "$URL/v2/models/ld/stats")"
 [ "$(stat_of ld execution_count)" = 1 ] || fail "ld's stats: $(curl -s "$URL/v2/models/ld/stats")"
