@@ -486,10 +486,7 @@ static int submit_inference(http_request *r) {
         set_error(r, 413, err);
         return 0;
     }
-    if (r->body_over_budget) {
-        set_busy_bodies(r, (int64_t)r->body_len);
-        return 0;
-    }
+    if (r->body_over_budget) return 0; /* its 503 was set when the budget refused it */
     const char *ctype = r->ctype;
     if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(ctype)) {
         ctype = v1_sniff_media_type(r->body, r->body_len);
@@ -1123,16 +1120,26 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                 r->body_len += n; /* (for the message) */
                 return MHD_YES;
             }
-            if (r->body_len + n > r->body_cap) {
+            size_t need = r->body_len + n;
+            if (need > r->body_cap) {
+                /* chunked: doubling from 64 KiB, never past max-body-bytes
+                 * (checked above: need fits) */
                 size_t cap = r->body_cap ? r->body_cap : 65536;
-                while (cap < r->body_len + n) cap *= 2;
+                while (cap < need) cap *= 2;
+                if (cap > (size_t)s->p.cfg->max_body_bytes) cap = (size_t)s->p.cfg->max_body_bytes;
                 /* announced: reserved whole already, allocated once at that size */
-                if (r->content_length >= (int64_t)(r->body_len + n)) cap = (size_t)r->content_length;
+                if (r->content_length >= (int64_t)need) cap = (size_t)r->content_length;
+                /* a doubling the budget cannot hold falls back to what has
+                 * arrived: only a body that does not fit by itself is refused */
                 if ((int64_t)cap > r->body_reserved && body_reserve(r, (int64_t)cap - r->body_reserved)) {
-                    r->body_over_budget = 1; /* answered 503 once the rest is read and dropped */
-                    body_free(r);
-                    r->body_len += n;
-                    return MHD_YES;
+                    cap = need;
+                    if (body_reserve(r, (int64_t)need - r->body_reserved)) {
+                        set_busy_bodies(r, (int64_t)need - r->body_reserved); /* the figures of now */
+                        r->body_over_budget = 1; /* answered 503 once the rest is read and dropped */
+                        body_free(r);
+                        r->body_len += n;
+                        return MHD_YES;
+                    }
                 }
                 uint8_t *grown = realloc(r->body, cap);
                 if (!grown) return MHD_NO;
