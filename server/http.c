@@ -64,7 +64,7 @@ typedef struct {
     int phase;
     int metrics_only; /* arrived on the metrics port */
     char method[16];
-    char path[256];
+    char path[512]; // longer: 414 (model names run to 255 bytes)
     char request_id[128];
     char user_agent[256]; /* cut to fit; for the access log */
     int64_t start_ns;
@@ -863,7 +863,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
     const char *path = r->path, *rest = NULL, *name = NULL;
     size_t name_len = 0;
     int ready = !atomic_load(&s->draining);
-    char err[512], version[64] = "";
+    char err[1024], version[64] = ""; // (messages quote the path, up to 511 bytes)
 
     int loaded = atomic_load(&s->loaded);
     if (!loaded && !loading_route(r, path)) return;
@@ -1052,6 +1052,52 @@ static void new_request_id(http_server *s, char *out, size_t len) {
     snprintf(out, len, "%08lx-%llu", (unsigned long)getpid(), n);
 }
 
+/* How a request's body is framed (RFC 9112 6): a Transfer-Encoding other
+ * than a lone "chunked", one beside a Content-Length, or two Content-Lengths
+ * that differ leave where the body ends ambiguous (a proxy in front may
+ * read it otherwise: request smuggling), and libmicrohttpd would wait for a
+ * body it cannot delimit until receive-timeout-s. */
+typedef struct {
+    int content_lengths, differ, transfer_encodings;
+    const char *content_length, *transfer_encoding;
+} framing;
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value) {
+    (void)kind;
+    framing *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->content_lengths++ && strcmp(f->content_length, value) != 0) f->differ = 1;
+        f->content_length = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encodings++;
+        f->transfer_encoding = value;
+    }
+    return MHD_YES;
+}
+
+/* Returns 0, or the status of a request whose framing is refused (err
+ * says why): answered at once, and its connection closed. */
+static int framing_refused(struct MHD_Connection *c, char *err, size_t errlen) {
+    framing f = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, &f);
+    if (f.differ) {
+        snprintf(err, errlen, "Content-Length given %d times with different values", f.content_lengths);
+        return 400;
+    }
+    if (f.transfer_encodings > 1 ||
+        (f.transfer_encodings && strcasecmp(f.transfer_encoding, "chunked") != 0)) {
+        snprintf(err, errlen, "Transfer-Encoding \"%.60s\"%s is not supported: only chunked",
+                 f.transfer_encoding, f.transfer_encodings > 1 ? " (given more than once)" : "");
+        return 501;
+    }
+    if (f.transfer_encodings && f.content_lengths) {
+        snprintf(err, errlen, "both Transfer-Encoding and Content-Length: send one");
+        return 400;
+    }
+    return 0;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                               const char *version, const char *upload_data, size_t *upload_data_size,
                               void **con_cls, int metrics_only) {
@@ -1079,7 +1125,21 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         s->open_requests++;
         pthread_mutex_unlock(&s->lock);
         *con_cls = r;
-        route(r, c);
+        char err[300];
+        int refused = framing_refused(c, err, sizeof(err));
+        if (refused) { /* no body to read and drop: where it ends is the question */
+            set_error(r, refused, err);
+            r->phase = PHASE_RESPOND;
+            conn_guard_received(c);
+            return queue_answer(c, r);
+        }
+        if (strlen(url) >= sizeof(r->path)) {
+            snprintf(err, sizeof(err), "the path is longer than %zu bytes", sizeof(r->path) - 1);
+            set_error(r, 414, err);
+            r->phase = PHASE_RESPOND;
+        } else {
+            route(r, c);
+        }
         if (r->phase == PHASE_RESPOND) {
             /* libmicrohttpd closes the connection after a response queued
              * in this first call (the request is not over yet). So an
@@ -1197,6 +1257,35 @@ static void access_log(http_request *r, enum MHD_RequestTerminationCode toe) {
         .version = addressed && r->mv ? r->mv->version_text : NULL,
     };
     log_access(&e);
+}
+
+static int hex_digit(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* The path's and the query arguments' %HH escapes, decoded as
+ * libmicrohttpd's own unescaper does (a % not followed by two hex digits
+ * stays as it is), but for %00: a NUL in the middle would end the path
+ * and the value where the routes read them ("/v2/health/live%00junk"
+ * answered as /v2/health/live), so it stays "%00" (no route has one: 404). */
+static size_t url_unescape(void *cls, struct MHD_Connection *c, char *s) {
+    (void)cls;
+    (void)c;
+    char *out = s;
+    for (const char *in = s; *in;) {
+        int hi = in[0] == '%' ? hex_digit(in[1]) : -1, lo = hi >= 0 ? hex_digit(in[2]) : -1;
+        if (lo >= 0 && (hi || lo)) {
+            *out++ = (char)(hi << 4 | lo);
+            in += 3;
+        } else {
+            *out++ = *in++;
+        }
+    }
+    *out = '\0';
+    return (size_t)(out - s);
 }
 
 /* A request line has arrived (MHD_OPTION_URI_LOG_CALLBACK). What it
@@ -1359,7 +1448,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
          * conn_guard.h: at its own limit libmicrohttpd stops accepting) */
         MHD_OPTION_CONNECTION_LIMIT, conn_guard_mhd_limit(guard, cfg->http_threads),
         MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard, MHD_OPTION_URI_LOG_CALLBACK, request_line,
-        NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        NULL, MHD_OPTION_UNESCAPE_CALLBACK, url_unescape, NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_END);
     if (!d) snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, port, strerror(errno));

@@ -6,6 +6,11 @@ checked and exits 0, or prints FAIL: ... and exits 1.
   edge.py content-length PORT PATH CTYPE
       Headers announcing a huge Content-Length and no body: the answer must
       be 413 at once (from the header, before any body byte is read).
+  framing PORT
+      A Transfer-Encoding other than chunked (501), two Content-Lengths
+      that differ or one beside Transfer-Encoding (400): answered at once
+      with a JSON error and the connection closed; %00 in a path (404)
+      and a path over 511 bytes (414) are not routed on their start.
   deadline PORT
       A raw PNG request with ?timeout_ms=1 whose body arrives after its
       deadline has passed (the daemon is seen receiving it in /metrics,
@@ -167,6 +172,55 @@ def content_length(port, path, ctype):
     if "max-body-bytes" not in err:
         fail("413 message does not name max-body-bytes: " + err)
     print("ok %s: 413 from Content-Length alone (%s)" % (path, err))
+
+
+def framing(port):
+    """Bodies whose end is ambiguous (RFC 9112 6) are refused at once, with a
+    JSON error, and their connection closed: not waited for until the receive
+    deadline, not read one way where a proxy reads another. %00 in a path and
+    paths past the daemon's 511 bytes are not routed on what precedes them."""
+    def raw(req, until_eof=True):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(req)
+        f = s.makefile("rb")
+        st, headers, body = read_response(f)
+        closed = until_eof and f.read() == b""  # EOF after the answer (a timeout raises)
+        s.close()
+        return st, headers, body, closed
+
+    post = b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    cases = (
+        ("Transfer-Encoding: identity", post + b"Transfer-Encoding: identity\r\nContent-Length: 2\r\n\r\n{}",
+         501, "only chunked"),
+        ("Transfer-Encoding: gzip, chunked", post + b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+         501, "only chunked"),
+        ("two Content-Lengths", post + b"Content-Length: 2\r\nContent-Length: 20\r\n\r\n{}",
+         400, "Content-Length given 2 times"),
+        ("Transfer-Encoding and Content-Length",
+         post + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+         400, "both Transfer-Encoding and Content-Length"),
+        ("%00 in the path", b"GET /v2/health/live%00x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, "%00"),
+        ("a path of 600 bytes", b"GET /v2/health/live" + b"/" * 600 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+         414, "longer than 511 bytes"),
+    )
+    for name, req, want, needle in cases:
+        try:
+            st, headers, body, closed = raw(req, want in (400, 501))
+        except (socket.timeout, ConnectionError) as e:
+            fail("%s: no answer (%s)" % (name, e))
+        err = json.loads(body).get("error", "")
+        if st != want or needle not in err:
+            fail("%s: %d %r, not %d naming %r" % (name, st, body, want, needle))
+        if want in (400, 501) and not closed:
+            fail("%s: the connection stayed open after the refusal" % name)
+    # the same value twice is one Content-Length; an escape still decodes
+    st, _, body, _ = raw(post + b"Content-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    if st != 400 or "inputs" not in body.decode() and "image" not in body.decode():
+        fail("Content-Length given twice alike: %d %r, not the request's own 400" % (st, body))
+    st, _, body, _ = raw(b"GET /v2/health/%6cive HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    if st != 200:
+        fail("GET /v2/health/%%6cive: %d %r, not 200" % (st, body))
+    print("ok framing: %s refused at once" % ", ".join(c[0] for c in cases))
 
 
 def deadline(port):
@@ -470,6 +524,8 @@ def main():
         pools(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "body-budget" and len(sys.argv) == 4:
         body_budget(int(sys.argv[2]), int(sys.argv[3]))
+    elif cmd == "framing" and len(sys.argv) == 3:
+        framing(int(sys.argv[2]))
     elif cmd == "drain" and len(sys.argv) == 5:
         drain(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:

@@ -6,6 +6,8 @@
 #        connection alive; a client waiting for 100 Continue is answered
 #        before it sends its body
 #   413  a Content-Length over max-body-bytes, answered before any body byte
+#   400/501  a body whose end is ambiguous (Transfer-Encoding not chunked,
+#        two Content-Lengths, both): at once, connection closed (edge.py framing)
 #   504  a request whose deadline passed before its body arrived (not
 #        computed), and one that expires in the queue while the only worker
 #        is busy (answered by the reaper, long before the worker is free)
@@ -77,6 +79,7 @@ start_daemon --workers 1 --max-batch-size 1 --max-queue-size 1 --max-queue-delay
   --max-body-bytes 1000000 --max-request-tokens 1000000
 edge content-length "$PORT" /v1/classify image/png || fail "413 on /v1/classify"
 edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/json || fail "413 on v2 infer"
+edge framing "$PORT" || fail "ambiguous framing, odd paths"
 edge deadline "$PORT" || fail "504 for a late body"
 edge abort "$PORT" || fail "499 for a client gone in the middle of its body"
 
