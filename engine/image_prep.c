@@ -15,9 +15,9 @@
 /* Largest output side image_prepare accepts; keeps every intermediate size
  * (1.1 x the side, times the other side) far from int overflow. */
 #define PREP_MAX_SIDE 65536
-/* Largest intermediate image of a resize in image_prepare (an elongated
- * photo resized to cover a crop can get wide). */
-#define PREP_MAX_RESIZE_PIXELS ((int64_t)1 << 26)
+/* Largest output image of image_prepare (the resize a crop covers may be
+ * larger: only the crop is resampled, step_resize_crop). */
+#define PREP_MAX_OUT_PIXELS ((int64_t)1 << 26)
 
 /* Python's round() on a double: halves go to even (rint in the default
  * rounding mode does exactly that). */
@@ -272,6 +272,29 @@ static int step_crop(image_u8 *cur, int *owned, int top, int left, int h, int w)
     return 0;
 }
 
+/* A resize to w x h, then the crop_h x crop_w crop at (top, left) of it
+ * (zero outside): the window the crop keeps is resampled alone
+ * (resize_window_u8), the rest of the resize never made. Bit for bit
+ * step_resize then step_crop, at the cost of the crop rather than of the
+ * resize: cover_size gives an elongated image a resize far larger than the
+ * image (16384 x 20 to cover 282 x 282: 231014 x 282). */
+static int step_resize_crop(image_u8 *cur, int *owned, int w, int h, int resample, int top, int left,
+                            int crop_h, int crop_w) {
+    if (cur->width == w && cur->height == h) return step_crop(cur, owned, top, left, crop_h, crop_w);
+    int y0 = top > 0 ? top : 0, x0 = left > 0 ? left : 0;
+    int y1 = top + crop_h < h ? top + crop_h : h, x1 = left + crop_w < w ? left + crop_w : w;
+    if (y1 <= y0 || x1 <= x0) { /* the crop misses the image: all padding */
+        if (step_resize(cur, owned, w, h, resample) != 0) return -1;
+        return step_crop(cur, owned, top, left, crop_h, crop_w);
+    }
+    image_u8 next;
+    if (resize_window_u8(cur, w, h, resample, y0, x0, y1 - y0, x1 - x0, &next) != 0) return -1;
+    if (*owned) image_free(cur);
+    *cur = next;
+    *owned = 1;
+    return step_crop(cur, owned, top - y0, left - x0, crop_h, crop_w); /* the padding, if any */
+}
+
 /* A size scaled by requested / reference, rounded half to even. */
 static int scaled_side(int size, int requested, int reference) {
     if (reference <= 0) return size;
@@ -298,7 +321,7 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const imag
                  PREP_MAX_SIDE);
         return -1;
     }
-    if ((int64_t)out_h * out_w > PREP_MAX_RESIZE_PIXELS) {
+    if ((int64_t)out_h * out_w > PREP_MAX_OUT_PIXELS) {
         snprintf(err, errlen, "image_prepare: output size %dx%d is too large", out_w, out_h);
         return -1;
     }
@@ -322,19 +345,18 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const imag
              * h x w by cover_size. */
             int sh = round_half_even(1.1 * out_h), sw = round_half_even(1.1 * out_w);
             int nw, nh;
-            if (cover_size(cur.width, cur.height, sh, sw, out_h, out_w, &nw, &nh) != 0 ||
-                (int64_t)nw * nh > PREP_MAX_RESIZE_PIXELS) {
+            if (cover_size(cur.width, cur.height, sh, sw, out_h, out_w, &nw, &nh) != 0) {
                 snprintf(err, errlen,
                          "image_prepare: a %dx%d image is too elongated to "
                          "cover %dx%d",
                          cur.width, cur.height, out_w, out_h);
                 goto cleanup;
             }
-            if (step_resize(&cur, &owned, nw, nh, prep->resample) != 0) goto oom;
             /* torchvision CenterCrop: int(round((H - h) / 2.0)). */
-            int top = round_half_even((cur.height - out_h) / 2.0);
-            int left = round_half_even((cur.width - out_w) / 2.0);
-            if (step_crop(&cur, &owned, top, left, out_h, out_w) != 0) goto oom;
+            int top = round_half_even((nh - out_h) / 2.0);
+            int left = round_half_even((nw - out_w) / 2.0);
+            if (step_resize_crop(&cur, &owned, nw, nh, prep->resample, top, left, out_h, out_w) != 0)
+                goto oom;
         }
     } else {
         /* HF CLIPImageProcessor: resize, center_crop, rescale, normalize,
@@ -366,14 +388,16 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const imag
                 nw = out_w;
                 nh = out_h;
             }
-            if ((int64_t)nw * nh > PREP_MAX_RESIZE_PIXELS) {
-                snprintf(err, errlen, "image_prepare: resize target %dx%d is too large", nw, nh);
-                goto cleanup;
+            if (prep->do_center_crop) {
+                /* HF center_crop: top = (H - h) // 2, zero padding when smaller;
+                 * only what it keeps is resampled (nw x nh may be huge) */
+                int top = floor_half(nh - out_h), left = floor_half(nw - out_w);
+                if (step_resize_crop(&cur, &owned, nw, nh, prep->resample, top, left, out_h, out_w) != 0)
+                    goto oom;
+            } else if (step_resize(&cur, &owned, nw, nh, prep->resample) != 0) { /* to h x w */
+                goto oom;
             }
-            if (step_resize(&cur, &owned, nw, nh, prep->resample) != 0) goto oom;
-        }
-        if (prep->do_center_crop) {
-            /* HF center_crop: top = (H - h) // 2, zero padding when smaller. */
+        } else if (prep->do_center_crop) {
             int top = floor_half(cur.height - out_h), left = floor_half(cur.width - out_w);
             if (step_crop(&cur, &owned, top, left, out_h, out_w) != 0) goto oom;
         }

@@ -46,8 +46,10 @@ static void coeffs_free(resample_coeffs *c) {
 }
 
 /* Pillow's precompute_coeffs for the box (0, in_size) followed by
- * normalize_coeffs_8bpc. Returns 0, or -1 when out of memory. */
-static int coeffs_compute(int in_size, int out_size, int resample, resample_coeffs *c) {
+ * normalize_coeffs_8bpc, for the output samples first .. first + count - 1
+ * of out_size (each sample's weights depend on its own coordinate only).
+ * Returns 0, or -1 when out of memory. */
+static int coeffs_compute(int in_size, int out_size, int first, int count, int resample, resample_coeffs *c) {
     double (*filter)(double) = resample == IMAGE_RESAMPLE_BICUBIC ? filter_bicubic : filter_bilinear;
     double base_support = resample == IMAGE_RESAMPLE_BICUBIC ? 2.0 : 1.0;
     double scale = (double)in_size / out_size;
@@ -58,16 +60,16 @@ static int coeffs_compute(int in_size, int out_size, int resample, resample_coef
 
     memset(c, 0, sizeof *c);
     c->ksize = ksize;
-    c->bounds = malloc(sizeof(int) * 2 * (size_t)out_size);
-    c->kk = calloc((size_t)out_size * (size_t)ksize, sizeof(int32_t));
+    c->bounds = malloc(sizeof(int) * 2 * (size_t)count);
+    c->kk = calloc((size_t)count * (size_t)ksize, sizeof(int32_t));
     w = malloc(sizeof(double) * (size_t)ksize);
     if (!c->bounds || !c->kk || !w) {
         free(w);
         coeffs_free(c);
         return -1;
     }
-    for (int xx = 0; xx < out_size; xx++) {
-        double center = (xx + 0.5) * scale;
+    for (int i = 0; i < count; i++) {
+        double center = (first + i + 0.5) * scale;
         double ww = 0.0, ss = 1.0 / filterscale;
         /* Pillow rounds with (int)(v + 0.5), truncating toward zero; the
          * clamp makes the difference for negative values irrelevant. */
@@ -81,14 +83,14 @@ static int coeffs_compute(int in_size, int out_size, int resample, resample_coef
             w[x] = filter((x + xmin - center + 0.5) * ss);
             ww += w[x];
         }
-        int32_t *k = c->kk + (size_t)xx * ksize;
+        int32_t *k = c->kk + (size_t)i * ksize;
         for (int x = 0; x < xmax; x++) {
             double v = ww != 0.0 ? w[x] / ww : w[x];
             k[x] = v < 0 ? (int32_t)(-0.5 + v * (1 << PRECISION_BITS))
                          : (int32_t)(0.5 + v * (1 << PRECISION_BITS));
         }
-        c->bounds[2 * xx + 0] = xmin;
-        c->bounds[2 * xx + 1] = xmax;
+        c->bounds[2 * i + 0] = xmin;
+        c->bounds[2 * i + 1] = xmax;
     }
     free(w);
     return 0;
@@ -101,9 +103,12 @@ static uint8_t clip8(int64_t ss) {
     return ss > 255 ? 255 : (uint8_t)ss;
 }
 
-/* Resizes `in` to out_w x out_h with PIL's algorithm into `out` (fresh
- * pixels, owned by the caller). Returns 0, or -1 when out of memory. */
 int resize_u8(const image_u8 *in, int out_w, int out_h, int resample, image_u8 *out) {
+    return resize_window_u8(in, out_w, out_h, resample, 0, 0, out_h, out_w, out);
+}
+
+int resize_window_u8(const image_u8 *in, int out_w, int out_h, int resample, int top, int left, int h, int w,
+                     image_u8 *out) {
     const int C = in->channels;
     int need_h = out_w != in->width, need_v = out_h != in->height;
     resample_coeffs ch = {0}, cv = {0};
@@ -111,38 +116,29 @@ int resize_u8(const image_u8 *in, int out_w, int out_h, int resample, image_u8 *
     int rc = -1;
 
     memset(out, 0, sizeof *out);
-    if (!need_h && !need_v) {
-        /* Same size: PIL copies the image. */
-        size_t n = (size_t)in->width * in->height * C;
-        out->pixels = malloc(n);
-        if (!out->pixels) return -1;
-        memcpy(out->pixels, in->pixels, n);
-        out->width = in->width;
-        out->height = in->height;
-        out->channels = C;
-        return 0;
-    }
+    if (top < 0 || left < 0 || h < 1 || w < 1 || top + h > out_h || left + w > out_w) return -1;
+    if (!need_h && !need_v) return crop_u8(in, top, left, h, w, out); /* same size: PIL copies */
 
-    /* The horizontal pass only produces the input rows the vertical pass
-     * reads (Pillow's ybox_first..ybox_last), which changes nothing in the
-     * values, only the work. */
-    int row0 = 0, nrows = in->height;
+    /* The input rows the window's output rows read (Pillow's
+     * ybox_first..ybox_last for the whole image), and where the window's
+     * columns start in what the vertical pass reads. */
+    int row0 = top, nrows = h;
     if (need_v) {
-        if (coeffs_compute(in->height, out_h, resample, &cv) != 0) goto cleanup;
+        if (coeffs_compute(in->height, out_h, top, h, resample, &cv) != 0) goto cleanup;
         row0 = cv.bounds[0];
-        nrows = cv.bounds[2 * (out_h - 1)] + cv.bounds[2 * (out_h - 1) + 1] - row0;
+        nrows = cv.bounds[2 * (h - 1)] + cv.bounds[2 * (h - 1) + 1] - row0;
     }
-
-    const uint8_t *src = in->pixels;
-    int src_w = in->width;
+    const uint8_t *src =
+        in->pixels + (size_t)row0 * in->width * C + (size_t)left * C; /* no horizontal pass */
+    size_t src_row = (size_t)in->width * C;
     if (need_h) {
-        if (coeffs_compute(in->width, out_w, resample, &ch) != 0) goto cleanup;
-        tmp = malloc((size_t)out_w * nrows * C);
+        if (coeffs_compute(in->width, out_w, left, w, resample, &ch) != 0) goto cleanup;
+        tmp = malloc((size_t)w * nrows * C);
         if (!tmp) goto cleanup;
         for (int y = 0; y < nrows; y++) {
             const uint8_t *srow = in->pixels + (size_t)(y + row0) * in->width * C;
-            uint8_t *drow = tmp + (size_t)y * out_w * C;
-            for (int xx = 0; xx < out_w; xx++) {
+            uint8_t *drow = tmp + (size_t)y * w * C;
+            for (int xx = 0; xx < w; xx++) {
                 int xmin = ch.bounds[2 * xx], xn = ch.bounds[2 * xx + 1];
                 const int32_t *k = ch.kk + (size_t)xx * ch.ksize;
                 for (int c = 0; c < C; c++) {
@@ -153,29 +149,28 @@ int resize_u8(const image_u8 *in, int out_w, int out_h, int resample, image_u8 *
             }
         }
         src = tmp;
-        src_w = out_w;
+        src_row = (size_t)w * C;
     }
 
-    out->pixels = malloc((size_t)out_w * out_h * C);
+    /* `src`: nrows rows from input row row0, the window's columns first */
+    out->pixels = malloc((size_t)w * h * C);
     if (!out->pixels) goto cleanup;
-    if (need_v) {
-        for (int yy = 0; yy < out_h; yy++) {
-            /* Rows of `src` start at input row row0 when the horizontal pass
-             * ran; otherwise src is the input itself (row0 is then added). */
-            int ymin = cv.bounds[2 * yy] - (need_h ? row0 : 0), yn = cv.bounds[2 * yy + 1];
-            const int32_t *k = cv.kk + (size_t)yy * cv.ksize;
-            uint8_t *drow = out->pixels + (size_t)yy * out_w * C;
-            for (int xc = 0; xc < out_w * C; xc++) {
-                int64_t ss = 1 << (PRECISION_BITS - 1);
-                for (int y = 0; y < yn; y++) ss += (int64_t)src[(size_t)(y + ymin) * src_w * C + xc] * k[y];
-                drow[xc] = clip8(ss);
-            }
+    for (int yy = 0; yy < h; yy++) {
+        uint8_t *drow = out->pixels + (size_t)yy * w * C;
+        if (!need_v) {
+            memcpy(drow, src + (size_t)yy * src_row, (size_t)w * C);
+            continue;
         }
-    } else {
-        memcpy(out->pixels, src, (size_t)out_w * out_h * C);
+        int ymin = cv.bounds[2 * yy] - row0, yn = cv.bounds[2 * yy + 1];
+        const int32_t *k = cv.kk + (size_t)yy * cv.ksize;
+        for (int xc = 0; xc < w * C; xc++) {
+            int64_t ss = 1 << (PRECISION_BITS - 1);
+            for (int y = 0; y < yn; y++) ss += (int64_t)src[(size_t)(y + ymin) * src_row + xc] * k[y];
+            drow[xc] = clip8(ss);
+        }
     }
-    out->width = out_w;
-    out->height = out_h;
+    out->width = w;
+    out->height = h;
     out->channels = C;
     rc = 0;
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "image_resample.h"
 #include "npy.h"
 #include "check_run.h"
 
@@ -544,6 +545,92 @@ START_TEST(test_prepare_refusals) {
 }
 END_TEST
 
+/* A window of a resize (resize_window_u8, what a crop fit resamples) is
+ * the same bytes as the whole resize then the crop: up and down, one axis
+ * or both or neither, both filters, windows at the corners, inside, one
+ * pixel wide, the whole image. */
+START_TEST(test_resize_window_matches_crop) {
+    static const int sizes[][5] = {
+        /* in_w, in_h, channels, out_w, out_h */
+        {37, 23, 3, 61, 47}, {61, 47, 3, 19, 13}, {40, 30, 1, 40, 71},
+        {40, 30, 1, 97, 30}, {33, 29, 3, 33, 29}, {300, 7, 1, 23, 51},
+    };
+    uint32_t seed = 12345;
+    for (size_t t = 0; t < sizeof(sizes) / sizeof(sizes[0]); t++) {
+        int iw = sizes[t][0], ih = sizes[t][1], C = sizes[t][2], ow = sizes[t][3], oh = sizes[t][4];
+        uint8_t *px = malloc((size_t)iw * ih * C);
+        for (int i = 0; i < iw * ih * C; i++) {
+            seed = seed * 1664525u + 1013904223u;
+            px[i] = (uint8_t)(seed >> 24);
+        }
+        image_u8 in = {iw, ih, C, px};
+        const int windows[][4] = {/* top, left, h, w */
+                                  {0, 0, oh, ow},         {0, 0, 1, 1},
+                                  {oh - 1, ow - 1, 1, 1}, {oh / 3, ow / 4, oh / 2, ow / 2},
+                                  {0, ow / 2, oh, 1},     {oh / 2, 0, 1, ow}};
+        for (int resample = IMAGE_RESAMPLE_BILINEAR; resample <= IMAGE_RESAMPLE_BICUBIC; resample++) {
+            image_u8 full, want, got;
+            ck_assert_int_eq(resize_u8(&in, ow, oh, resample, &full), 0);
+            for (size_t k = 0; k < sizeof(windows) / sizeof(windows[0]); k++) {
+                int top = windows[k][0], left = windows[k][1], h = windows[k][2], w = windows[k][3];
+                ck_assert_int_eq(crop_u8(&full, top, left, h, w, &want), 0);
+                ck_assert_int_eq(resize_window_u8(&in, ow, oh, resample, top, left, h, w, &got), 0);
+                ck_assert_msg(
+                    got.width == w && got.height == h && got.channels == C &&
+                        memcmp(got.pixels, want.pixels, (size_t)w * h * C) == 0,
+                    "%dx%d -> %dx%d (resample %d), window %dx%d at (%d, %d): not the crop of the resize", iw,
+                    ih, ow, oh, resample, w, h, top, left);
+                image_free(&want);
+                image_free(&got);
+            }
+            /* a window that is not inside the resize: refused */
+            ck_assert_int_eq(resize_window_u8(&in, ow, oh, resample, 1, 0, oh, ow, &got), -1);
+            ck_assert_int_eq(resize_window_u8(&in, ow, oh, resample, 0, -1, 1, 1, &got), -1);
+            image_free(&full);
+        }
+        free(px);
+    }
+}
+END_TEST
+
+/* A crop fit of an elongated image resamples only the crop: a 4000 x 8
+ * strip at 64 is torchvision's Resize(70) (70 x 35000) then CenterCrop(64),
+ * computed here the long way; and a 16384 x 20 strip at 384, whose resize
+ * to cover the crop would be 345702 x 422 (146 M pixels, refused as too
+ * elongated when it was made whole), is prepared. */
+START_TEST(test_prepare_crop_elongated) {
+    char err[512];
+    int W = 4000, H = 8;
+    uint8_t *px = malloc((size_t)W * H);
+    for (int i = 0; i < W * H; i++) px[i] = (uint8_t)(i * 7 + i / W * 31);
+    image_u8 strip = {W, H, 1, px};
+    image_prep prep = image_prep_default();
+    float out[64 * 64];
+    ck_assert_msg(image_prepare(&strip, 64, 64, IMAGE_FIT_CROP, &prep, out, err, sizeof err) == 0, "%s", err);
+    /* Resize(round(1.1 * 64) = 70): the short side to 70, the long to
+     * int(70 * 4000 / 8) = 35000; CenterCrop(64): top round(6 / 2) = 3,
+     * left round(34936 / 2) = 17468 */
+    image_u8 big, crop;
+    ck_assert_int_eq(resize_u8(&strip, 35000, 70, prep.resample, &big), 0);
+    ck_assert_int_eq(crop_u8(&big, 3, 17468, 64, 64, &crop), 0);
+    for (int i = 0; i < 64 * 64; i++) {
+        float want = ((float)crop.pixels[i] / 255.0f - 0.5f) / 0.5f;
+        ck_assert_msg(out[i] == want, "pixel %d: %g, the resize then the crop give %g", i, out[i], want);
+    }
+    image_free(&big);
+    image_free(&crop);
+    free(px);
+
+    uint8_t *line = calloc((size_t)16384 * 20, 1);
+    image_u8 wide = {16384, 20, 1, line};
+    float *o384 = malloc(sizeof(float) * 384 * 384);
+    ck_assert_msg(image_prepare(&wide, 384, 384, IMAGE_FIT_CROP, &prep, o384, err, sizeof err) == 0, "%s",
+                  err);
+    free(o384);
+    free(line);
+}
+END_TEST
+
 /* ---- preprocessor_config.json ---- */
 
 START_TEST(test_prep_load_good) {
@@ -629,6 +716,8 @@ static Suite *image_suite(void) {
     tcase_add_test(prep, test_prepare_matches_reference);
     tcase_add_test(prep, test_prepare_identity);
     tcase_add_test(prep, test_prepare_refusals);
+    tcase_add_test(prep, test_resize_window_matches_crop);
+    tcase_add_test(prep, test_prepare_crop_elongated);
     tcase_add_test(prep, test_prep_load_good);
     tcase_add_test(prep, test_prep_load_bad);
     suite_add_tcase(s, prep);
