@@ -72,6 +72,7 @@ struct repository {
     int rescan;
     control_req *reqs, *reqs_tail;
     int stopping;
+    int busy; /* the control thread runs a load, unload or rescan */
     pthread_t thread;
     int thread_started;
 };
@@ -630,7 +631,10 @@ static int sync_models(repository *r, const char *only, int want) {
              * would fail it again every repository-poll-s), unless asked */
             version_status *vs = e ? get_status(e, c[k].version) : NULL;
             int failed_before = !want && vs && vs->failed_signature == sig;
+            /* a stop waits for the load under way, not for the rest */
+            int stopping = r->stopping;
             pthread_mutex_unlock(&r->lock);
+            if (stopping) break;
             if (!fresh && !failed_before) load_and_install(r, &c[k], &settings);
         }
         /* versions serving that the policy or the files no longer select */
@@ -747,20 +751,24 @@ static void *control_main(void *arg) {
             control_req *q = r->reqs;
             r->reqs = q->next;
             if (!r->reqs) r->reqs_tail = NULL;
+            r->busy = 1;
             pthread_mutex_unlock(&r->lock);
             run_request(r, q);
             free(q);
             pthread_mutex_lock(&r->lock);
+            r->busy = 0;
             continue;
         }
         int64_t now = monotonic_ns();
         if (r->rescan || (poll_mode && now >= next_poll)) {
             int asked = r->rescan; /* SIGHUP: its end is logged (a poll's is not: one a poll-s) */
             r->rescan = 0;
+            r->busy = 1;
             pthread_mutex_unlock(&r->lock);
             sync_models(r, NULL, 0);
             if (asked) log_event("info", "rescan done");
             pthread_mutex_lock(&r->lock);
+            r->busy = 0;
             next_poll = monotonic_ns() + (int64_t)r->p.cfg->repository_poll_s * 1000000000;
             continue;
         }
@@ -1124,7 +1132,12 @@ static void stop_control(repository *r) {
     pthread_cond_broadcast(&r->wake);
     control_req *q = r->reqs;
     r->reqs = r->reqs_tail = NULL;
+    int busy = r->busy;
     pthread_mutex_unlock(&r->lock);
+    /* a load cannot be interrupted: the stop waits for it (the drain's
+     * bound starts after), and says so rather than seem to hang */
+    if (busy && r->thread_started)
+        log_event("info", "stopping: waiting for the model load or unload under way to finish");
     if (r->thread_started) pthread_join(r->thread, NULL);
     r->thread_started = 0;
     while (q) {

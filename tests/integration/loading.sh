@@ -4,7 +4,8 @@
 # open() until a gate file exists, so the load lasts as long as the test
 # needs: no timing assumption. Meanwhile: live 200, ready 503 overall and
 # for the model, the model's routes 503 with Retry-After, /metrics 200 (model LOADING). The
-# gate opened, the same daemon becomes ready and serves.
+# gate opened, the same daemon becomes ready and serves. A SIGTERM during
+# the start-up load, and during a rescan's: each the usual stop after it.
 set -euo pipefail
 SERVE=${1:-}
 GATE_SO=$2
@@ -71,4 +72,31 @@ wait_exit 60
 log_has "SIGTERM: draining" || fail "SIGTERM during a load: no drain in the log"
 log_has "comrope-serve: stopped" || fail "SIGTERM during a load: no clean stop in the log"
 echo "ok SIGTERM during a load: drained after it, exit 0"
+
+# SIGTERM during a rescan's load (SIGHUP with two new models): a load cannot
+# be interrupted, so the stop waits for it and says so, but loads no further
+# model (it used to load every new one before it would drain).
+REPO=$WORK/repo
+mkdir -p "$REPO"
+cp -r "$MODEL" "$REPO/a"
+rm -f "$GATE.waiting"
+: >"$GATE"
+DAEMON_ENV=("LOAD_GATE=$GATE" "LD_PRELOAD=$GATE_SO"
+  "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0")
+MODEL='' start_daemon --access-log text --model-repository "$REPO"
+DAEMON_ENV=()
+rm -f "$GATE" "$GATE.waiting"
+cp -r "$MODEL" "$REPO/b"
+cp -r "$MODEL" "$REPO/c"
+kill -HUP "$DAEMON_PID"
+poll 30 test -e "$GATE.waiting" || fail "the rescan's load never reached the checkpoint"
+log_has "loading model b" || fail "the rescan did not begin with model b: $(tail -3 "$LOG")"
+kill -TERM "$DAEMON_PID"
+poll 30 log_has "stopping: waiting for the model load" || fail "no line saying the stop waits for the load"
+: >"$GATE"
+wait_exit 60
+[ "$EXIT_CODE" = 0 ] || fail "SIGTERM during a rescan's load: exit $EXIT_CODE"
+log_has "loading model c" && fail "a model loaded after SIGTERM (the rescan went on)"
+log_has "comrope-serve: stopped" || fail "SIGTERM during a rescan's load: no clean stop"
+echo "ok SIGTERM during a rescan: the load under way finishes (logged), no further model, exit 0"
 echo "loading: ok"
