@@ -520,7 +520,7 @@ static int submit_inference(http_request *r) {
         if (h) {
             char *end;
             unsigned long long v = strtoull(h, &end, 10);
-            if (*h == '\0' || *end || v == 0) {
+            if (*h < '0' || *h > '9' || *end || v == 0) { /* strtoull takes "+5", " 5" and "-1" */
                 set_error(r, 400, "Inference-Header-Content-Length: expected a positive integer");
                 return 0;
             }

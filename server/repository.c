@@ -886,9 +886,12 @@ served_model *repository_acquire(repository *r, const char *name, size_t len, co
     if (version && version[0]) {
         char *end;
         long v = strtol(version, &end, 10);
-        if (*end || v < 1 || v > 1000000000 || !(m = serving_version(e, (int)v))) {
+        /* a version is its number in decimal, as its directory's name:
+         * "+1", " 1" and "01" name none (strtol takes them) */
+        int decimal = version[0] >= '1' && version[0] <= '9' && !*end;
+        if (!decimal || v > 1000000000 || !(m = serving_version(e, (int)v))) {
             int known = 0;
-            for (int i = 0; !*end && i < e->nstatus; i++)
+            for (int i = 0; decimal && i < e->nstatus; i++)
                 known |= e->status[i].version == v && e->status[i].state != MODEL_UNAVAILABLE;
             *status = known ? 503 : 404;
             snprintf(err, errlen,

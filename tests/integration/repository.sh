@@ -174,6 +174,17 @@ code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H 'Content-Type: image/png' --
   fail "/v1/models/ld/classify not counted as ld's"
 [ "$(http_code "$URL/v2/models/ap/versions/3/ready")" = 200 ] || fail "ap version 3 not ready"
 [ "$(http_code "$URL/v2/models/ap/versions/1/ready")" = 404 ] || fail "ap version 1 (not in its policy) not 404"
+# a version is named in decimal, as its directory: not "+2", "02" or " 2"
+for v in +2 02 %202; do
+  [ "$(http_code "$URL/v2/models/ap/versions/$v/ready")" = 404 ] || fail "ap version '$v' routed as version 2"
+done
+# the binary extension's header length is digits, not what strtoull takes
+for h in +5 -1; do
+  code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H "Inference-Header-Content-Length: $h" \
+    -H 'Content-Type: application/octet-stream' --data-binary '{"inputs": []}' "$URL/v2/models/ld/infer")
+  { [ "$code" = 400 ] && jq -e '.error | contains("Inference-Header-Content-Length")' "$WORK/body" >/dev/null; } ||
+    fail "Inference-Header-Content-Length '$h': $code $(cat "$WORK/body")"
+done
 [ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"
 [ "$(curl -sf "$URL/v2/models/ld/config" | jq -r .max_batch_size)" = 8 ] || fail "ld does not keep the global batch limit"
 { is_state ld 1 READY && is_state ap 3 READY && is_state ap 2 READY && [ -z "$(state ap 1)" ]; } ||
