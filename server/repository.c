@@ -508,8 +508,10 @@ fail:
 }
 
 /* Loads c (settings already read) and swaps it in; on failure records
- * why, and what served goes on serving. Returns 0 when it serves. */
-static int load_and_install(repository *r, const candidate *c, const server_config *settings) {
+ * why, and what served goes on serving. Returns 0 when it serves; on
+ * failure the reason also goes to `why` if it is still empty. */
+static int load_and_install(repository *r, const candidate *c, const server_config *settings, char *why,
+                            size_t whylen) {
     char err[1024];
     pthread_mutex_lock(&r->lock);
     model_entry *e = get_entry(r, c->name);
@@ -538,6 +540,9 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
         free_served(m);
         log_event("error", "model %s version %d failed to load%s: %s", c->name, c->version,
                   reload ? " (the loaded copy goes on serving)" : "", err);
+        if (why && !why[0])
+            snprintf(why, whylen, "version %d: %.700s%s", c->version, err,
+                     reload ? " (the loaded copy goes on serving)" : "");
         return -1;
     }
     log_event("info",
@@ -567,9 +572,11 @@ static int named_at_start(const char *list, const char *name) {
  * reloaded when their files changed; versions no longer selected or no
  * longer there are retired. Models that left the repository are retired.
  * `want`: `only` is asked for (explicit mode's load). Returns 0, or -1
- * when `only` is not in the repository. */
-static int sync_models(repository *r, const char *only, int want) {
+ * when `only` is not in the repository. The first load that failed on
+ * this pass says why in `failed` (when not NULL; empty if none did). */
+static int sync_models(repository *r, const char *only, int want, char *failed, size_t failed_len) {
     candidate *c;
+    if (failed) failed[0] = '\0';
     int n = scan(r, &c);
     if (n < 0) {
         log_event("error", "model repository: out of memory while scanning");
@@ -615,6 +622,7 @@ static int sync_models(repository *r, const char *only, int want) {
             if (counted) e->failures++;
             pthread_mutex_unlock(&r->lock);
             log_event("error", "model %s failed to load: %s", name, err);
+            if (failed && !failed[0]) snprintf(failed, failed_len, "%.900s", err);
             i = j;
             continue;
         }
@@ -635,7 +643,7 @@ static int sync_models(repository *r, const char *only, int want) {
             int stopping = r->stopping;
             pthread_mutex_unlock(&r->lock);
             if (stopping) break;
-            if (!fresh && !failed_before) load_and_install(r, &c[k], &settings);
+            if (!fresh && !failed_before) load_and_install(r, &c[k], &settings, failed, failed_len);
         }
         /* versions serving that the policy or the files no longer select */
         pthread_mutex_lock(&r->lock);
@@ -704,7 +712,8 @@ static void run_request(repository *r, control_req *q) {
     int status = 200;
     if (q->load) {
         model_entry *e;
-        if (sync_models(r, q->name, 1)) {
+        char failed[1024];
+        if (sync_models(r, q->name, 1, failed, sizeof(failed))) {
             status = 404;
             snprintf(msg, sizeof(msg), "failed to load \"%s\": no such model in the repository", q->name);
         } else {
@@ -713,8 +722,13 @@ static void run_request(repository *r, control_req *q) {
             const char *why = "no version selected by its version policy";
             for (int i = 0; e && i < e->nstatus; i++)
                 if (e->status[i].reason[0]) why = e->status[i].reason;
-            if (e && e->nserving) snprintf(msg, sizeof(msg), "model \"%s\" loaded", q->name);
-            else {
+            if (failed[0]) { /* 200 only for a load that did what it was asked */
+                status = 400;
+                snprintf(msg, sizeof(msg), "failed to load \"%s\": %.700s", q->name, failed);
+                if (e && !e->nserving) e->wanted = 0;
+            } else if (e && e->nserving) {
+                snprintf(msg, sizeof(msg), "model \"%s\" loaded", q->name);
+            } else {
                 /* not asked for any more: the daemon's readiness does not wait for it */
                 if (e) e->wanted = 0;
                 status = 400;
@@ -765,7 +779,7 @@ static void *control_main(void *arg) {
             r->rescan = 0;
             r->busy = 1;
             pthread_mutex_unlock(&r->lock);
-            sync_models(r, NULL, 0);
+            sync_models(r, NULL, 0, NULL, 0);
             if (asked) log_event("info", "rescan done");
             pthread_mutex_lock(&r->lock);
             r->busy = 0;
@@ -832,7 +846,7 @@ int repository_start(repository *r, char *err, size_t errlen) {
         pthread_mutex_unlock(&r->lock);
         if (n > 0) free(c);
     }
-    sync_models(r, NULL, 0);
+    sync_models(r, NULL, 0, NULL, 0);
     pthread_mutex_lock(&r->lock);
     r->started = 1;
     int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0);

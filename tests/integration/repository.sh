@@ -297,6 +297,15 @@ same_logits "$WORK/ref.ap" "$WORK/partial.logits" || fail "the in-flight request
 poll 30 is_state ap 1 UNAVAILABLE || fail "ap not freed after its last request: $(index)"
 poll 10 log_has "model ap version 1 unloaded (its last request answered)" || fail "unload not logged"
 is_state ld 1 READY || fail "ld disturbed by ap's unload: $(index)"
-echo "ok explicit load/unload; an unload waits for the request in flight"
+# a load that fails while a copy serves: 400 with the reason (it said 200,
+# "loaded"), the loaded copy goes on serving
+head -c 1000 "$AP/model.safetensors" >"$WORK/corrupt"
+replace "$REPO/ld/model.safetensors" "$WORK/corrupt"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ld/load")
+{ [ "$code" = 400 ] && jq -e '.error | contains("\"ld\"") and contains("goes on serving")' "$WORK/body" >/dev/null; } ||
+  fail "a failed reload of ld: $code $(cat "$WORK/body") (want 400 with the reason)"
+is_state ld 1 READY || fail "ld not serving after its failed reload: $(index)"
+client logits "$URL" ld "$SAMPLE" >"$WORK/exp.ld" || fail "ld does not answer after its failed reload"
+echo "ok explicit load/unload; an unload waits for the request in flight; a failed reload says so"
 stop_daemon
 echo "repository: ok"
