@@ -580,8 +580,7 @@ void batcher_arrival_end(batcher *b) {
     pthread_mutex_unlock(&b->lock);
 }
 
-int batcher_drain(batcher *b, int timeout_s) {
-    int64_t deadline = monotonic_ns() + (int64_t)timeout_s * 1000000000;
+int batcher_drain(batcher *b, int64_t deadline) {
     pthread_mutex_lock(&b->lock);
     while ((b->head || b->running || b->arriving) && monotonic_ns() < deadline) {
         struct timespec ts = to_timespec(deadline);

@@ -99,10 +99,10 @@ int batcher_submit(batcher *b, job *j);
 void batcher_arrival_begin(batcher *b);
 void batcher_arrival_end(batcher *b);
 
-/* Waits up to timeout_s for the requests being received to be submitted,
- * and for the queue and the running batches to finish. Returns the number
- * of jobs still queued. */
-int batcher_drain(batcher *b, int timeout_s);
+/* Waits until deadline_ns (monotonic_ns, clock.h) at most for the requests
+ * being received to be submitted, and for the queue and the running batches
+ * to finish. Returns the number of jobs still queued. */
+int batcher_drain(batcher *b, int64_t deadline_ns);
 
 /* Stops the threads (a running engine batch finishes first); jobs still
  * queued, whole or in part, get 503, and batcher_submit refuses from now on. The batcher stays valid

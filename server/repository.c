@@ -1166,19 +1166,17 @@ static void stop_control(repository *r) {
 }
 
 int repository_drain(repository *r, int timeout_s) {
-    stop_control(r);
-    /* The registry no longer changes: the control thread is gone. */
+    /* from the signal: the batchers work on while a load under way ends */
     int64_t deadline = monotonic_ns() + (int64_t)timeout_s * 1000000000;
+    stop_control(r);
+    /* The registry no longer changes: the control thread is gone. One
+     * deadline for all (not whole seconds left each: a batcher after one
+     * that took all but 0.9 s would have had none). */
     int left = 0;
     for (int i = 0; i < r->nmodels; i++)
-        for (int k = 0; k < r->models[i].nserving; k++) {
-            int64_t rest = (deadline - monotonic_ns()) / 1000000000;
-            left += batcher_drain(r->models[i].serving[k]->batcher, rest > 0 ? (int)rest : 0);
-        }
-    for (served_model *m = r->retired; m; m = m->next) {
-        int64_t rest = (deadline - monotonic_ns()) / 1000000000;
-        left += batcher_drain(m->batcher, rest > 0 ? (int)rest : 0);
-    }
+        for (int k = 0; k < r->models[i].nserving; k++)
+            left += batcher_drain(r->models[i].serving[k]->batcher, deadline);
+    for (served_model *m = r->retired; m; m = m->next) left += batcher_drain(m->batcher, deadline);
     return left;
 }
 

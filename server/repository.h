@@ -130,8 +130,10 @@ void repository_gauges(repository *r, int *queue_depth, int *in_flight, int *arr
  * the exposition text (malloc'd, *len). NULL when out of memory. */
 char *repository_metrics(repository *r, size_t *len);
 
-/* Waits up to timeout_s for every served batcher to drain. Returns the
- * jobs left queued. */
+/* Waits up to timeout_s from now for every served batcher to drain (a
+ * model load under way is waited for first, the batchers working on
+ * meanwhile; past the bound if it lasts longer). Returns the jobs left
+ * queued. */
 int repository_drain(repository *r, int timeout_s);
 
 /* Stops the control thread (pending load/unload requests answered 503)
