@@ -139,6 +139,14 @@ static void set_json(http_request *r, int status, char *json) {
 
 /* --- the body budget ------------------------------------------------------ */
 
+/* What an announced body reserves of body-budget-bytes before any of it is
+ * read (all of a smaller one); the rest is reserved as it arrives, by
+ * doubling. Reserving all of Content-Length up front let 16 connections
+ * that announced 64 MiB and sent a byte each hold the whole 1 GiB budget
+ * (every other upload 503) for a receive deadline, renewably; now such
+ * a client holds what it sends, and 1 MiB per connection at most besides. */
+#define BODY_RESERVE_AHEAD ((int64_t)1 << 20)
+
 /* Reserves n more bytes of body-budget-bytes for r's body. Returns 0, or
  * -1 when the bodies held would pass the budget (nothing reserved). Any
  * thread. */
@@ -1002,9 +1010,9 @@ static void route(http_request *r, struct MHD_Connection *c) {
         set_error(r, 413, err);
         return;
     }
-    /* The body budget: an announced body is reserved whole before any of
-     * it is read (its buffer is then allocated once, at that size); a
-     * chunked one as its buffer grows (PHASE_READING). */
+    /* The body budget: an announced body's first BODY_RESERVE_AHEAD bytes
+     * are reserved before any of it is read, the rest as it arrives; a
+     * chunked one's as its buffer grows (PHASE_READING). */
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     r->content_length = cl ? (int64_t)strtoull(cl, NULL, 10) : -1;
     if (r->content_length > s->p.cfg->body_budget_bytes) {
@@ -1015,8 +1023,9 @@ static void route(http_request *r, struct MHD_Connection *c) {
         set_error(r, 413, err);
         return;
     }
-    if (r->content_length > 0 && body_reserve(r, r->content_length)) {
-        set_busy_bodies(r, r->content_length); /* its body is read and dropped */
+    int64_t ahead = r->content_length < BODY_RESERVE_AHEAD ? r->content_length : BODY_RESERVE_AHEAD;
+    if (ahead > 0 && body_reserve(r, ahead)) {
+        set_busy_bodies(r, ahead); /* its body is read and dropped */
         return;
     }
     r->phase = PHASE_READING;
@@ -1182,13 +1191,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             }
             size_t need = r->body_len + n;
             if (need > r->body_cap) {
-                /* chunked: doubling from 64 KiB, never past max-body-bytes
-                 * (checked above: need fits) */
-                size_t cap = r->body_cap ? r->body_cap : 65536;
+                /* doubling from what was reserved ahead (an announced body)
+                 * or 64 KiB (chunked), never past Content-Length or
+                 * max-body-bytes (checked above: need fits) */
+                size_t cap = r->body_cap            ? r->body_cap
+                             : r->body_reserved > 0 ? (size_t)r->body_reserved
+                                                    : 65536;
                 while (cap < need) cap *= 2;
-                if (cap > (size_t)s->p.cfg->max_body_bytes) cap = (size_t)s->p.cfg->max_body_bytes;
-                /* announced: reserved whole already, allocated once at that size */
-                if (r->content_length >= (int64_t)need) cap = (size_t)r->content_length;
+                size_t limit =
+                    r->content_length >= 0 ? (size_t)r->content_length : (size_t)s->p.cfg->max_body_bytes;
+                if (cap > limit) cap = limit;
+                if (cap < need) cap = need; /* (more than announced: libmicrohttpd does not pass it) */
                 /* a doubling the budget cannot hold falls back to what has
                  * arrived: only a body that does not fit by itself is refused */
                 if ((int64_t)cap > r->body_reserved && body_reserve(r, (int64_t)cap - r->body_reserved)) {

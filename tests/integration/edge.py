@@ -29,6 +29,11 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       bytes (it fits) is read; a Content-Length over the whole budget gets
       413 at once; once A has hung up, the photo gets 200 and
       the chunked one (a bad image: 400) is read in full.
+  budget-ahead PORT BUDGET
+      The daemon runs with --body-budget-bytes BUDGET (4 MiB) and
+      --max-body-bytes BUDGET. Three connections announce BUDGET bytes and
+      send ten: each holds 1 MiB of the budget, not BUDGET, so a photo
+      request still gets 200.
   abort-flood PORT LOG N
       N clients that hang up in the middle of their bodies at once (each a
       libmicrohttpd message): all counted as 499, and LOG holds at most 5
@@ -555,6 +560,30 @@ def body_budget(port, budget):
           "it, released when a request ends")
 
 
+def budget_ahead(port, budget):
+    """Announcing is not holding: three connections announce a body of the
+    whole budget and send ten bytes; each holds 1 MiB of it (what an
+    announced body reserves before it arrives), so a photo still fits and
+    gets 200. Reserving each Content-Length whole let a few such clients
+    keep every other upload at 503."""
+    with open(os.path.join(os.path.dirname(__file__), "../fixtures/images/photo.png"), "rb") as f:
+        png = f.read()
+    held = []
+    for _ in range(3):
+        a = socket.create_connection(("127.0.0.1", port), timeout=30)
+        a.sendall(post_headers("/v1/classify", "image/png", budget) + png[:10])
+        held.append(a)
+    poll("the daemon to receive the three", lambda: metric(port, "comrope_receiving_requests") >= 3)
+    c = Conn(port)
+    st, _, body = c.request("POST", "/v1/classify", png, "image/png")
+    c.close()
+    if st != 200:
+        fail("photo while three clients announce %d bytes each and send 10: %d %r, not 200" % (budget, st, body))
+    for a in held:
+        a.close()
+    print("ok three bodies announced at the whole budget hold 1 MiB each: a photo still gets 200")
+
+
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "content-length" and len(sys.argv) == 5:
@@ -573,6 +602,8 @@ def main():
         framing(int(sys.argv[2]))
     elif cmd == "gone-storm" and len(sys.argv) == 5:
         gone_storm(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "budget-ahead" and len(sys.argv) == 4:
+        budget_ahead(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "drain" and len(sys.argv) == 5:
         drain(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:

@@ -19,6 +19,8 @@
 #   300 connections' memory goes back to the kernel once they close (RSS)
 #   503  body-budget-bytes: while another request's announced body holds
 #        the budget, an announced or a chunked body (edge.py body-budget)
+#        bodies announced but not sent hold 1 MiB each, not their length
+#        (edge.py budget-ahead)
 #
 #   tests/integration/limits.sh build/comrope-serve
 set -euo pipefail
@@ -171,5 +173,8 @@ fi
 # --- the body budget: bodies held at once ------------------------------------
 start_daemon --body-budget-bytes 100000
 edge body-budget "$PORT" 100000 || fail "body-budget-bytes"
+stop_daemon
+start_daemon --body-budget-bytes 4194304 --max-body-bytes 4194304
+edge budget-ahead "$PORT" 4194304 || fail "announced bodies held the budget before they arrived"
 stop_daemon
 echo "limits: all passed"
