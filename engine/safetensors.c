@@ -62,8 +62,12 @@ static int parse_entry(const char *path, const char *name, json_t *v, size_t dat
             return -1;
         }
         t->shape[i] = json_integer_value(s);
-        /* Every tensor must fit in the file, so a product beyond its size is a lie. */
-        if (t->shape[i] > 0 && t->count > (int64_t)(data_size + 1) / t->shape[i] + 1) {
+        /* Every tensor must fit in the file (each element a byte at least),
+         * so a product beyond its size is a lie; checked before it is
+         * formed, which also keeps count x dtype size far from overflow
+         * (the bound had a slack of one factor: [2^62 + 1] passed, and its
+         * 4 bytes a value wrapped to 4). */
+        if (t->shape[i] > 0 && t->count > (int64_t)data_size / t->shape[i]) {
             snprintf(err, errlen, "%s: tensor \"%s\": shape is larger than the file", path, name);
             return -1;
         }

@@ -207,6 +207,20 @@ START_TEST(test_offsets_disagree_with_shape) {
 }
 END_TEST
 
+static void shape_wraps(json_t *h) {
+    /* 2^62 + 1 floats are 4 bytes modulo 2^64: offsets spanning 4 bytes
+     * agreed with the shape, and a reader of the tensor ran off the file */
+    json_t *t = json_object_get(h, QW);
+    json_object_set_new(t, "shape", json_pack("[I]", (json_int_t)((1LL << 62) + 1)));
+    json_t *offs = json_object_get(t, "data_offsets");
+    json_array_set_new(offs, 1, json_integer(json_integer_value(json_array_get(offs, 0)) + 4));
+}
+START_TEST(test_shape_product_wraps) {
+    edit_header(shape_wraps);
+    expect_refusal("shape is larger than the file");
+}
+END_TEST
+
 static void wrong_shape(json_t *h) {
     /* same element count, wrong layout: [D, D] -> [D/2, 2D] */
     json_t *shape = json_object_get(json_object_get(h, QW), "shape");
@@ -404,6 +418,7 @@ int main(void) {
     tcase_add_test(tc, test_offsets_out_of_range);
     tcase_add_test(tc, test_offsets_overlap);
     tcase_add_test(tc, test_offsets_disagree_with_shape);
+    tcase_add_test(tc, test_shape_product_wraps);
     tcase_add_test(tc, test_wrong_shape);
     tcase_add_test(tc, test_wrong_dtype);
     tcase_add_test(tc, test_missing_tensor);
