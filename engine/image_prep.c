@@ -283,11 +283,15 @@ static int step_resize_crop(image_u8 *cur, int *owned, int w, int h, int resampl
     if (cur->width == w && cur->height == h) return step_crop(cur, owned, top, left, crop_h, crop_w);
     int y0 = top > 0 ? top : 0, x0 = left > 0 ? left : 0;
     int y1 = top + crop_h < h ? top + crop_h : h, x1 = left + crop_w < w ? left + crop_w : w;
-    if (y1 <= y0 || x1 <= x0) { /* the crop misses the image: all padding */
-        if (step_resize(cur, owned, w, h, resample) != 0) return -1;
-        return step_crop(cur, owned, top, left, crop_h, crop_w);
-    }
     image_u8 next;
+    if (y1 <= y0 || x1 <= x0) { /* the crop misses the image: all padding (the centred crops cannot) */
+        next = (image_u8){crop_w, crop_h, cur->channels, calloc((size_t)crop_w * crop_h * cur->channels, 1)};
+        if (!next.pixels) return -1;
+        if (*owned) image_free(cur);
+        *cur = next;
+        *owned = 1;
+        return 0;
+    }
     if (resize_window_u8(cur, w, h, resample, y0, x0, y1 - y0, x1 - x0, &next) != 0) return -1;
     if (*owned) image_free(cur);
     *cur = next;

@@ -571,8 +571,9 @@ static int named_at_start(const char *list, const char *name) {
  * (only: just that one), the versions its policy selects are loaded, or
  * reloaded when their files changed; versions no longer selected or no
  * longer there are retired. Models that left the repository are retired.
- * `want`: `only` is asked for (explicit mode's load). Returns 0, or -1
- * when `only` is not in the repository. The first load that failed on
+ * `want`: `only` is asked for (explicit mode's load). Returns 0, -1
+ * when `only` is not in the repository, or -2 when it stopped short for
+ * the daemon's stop (a load left undone, nothing retired). The first load that failed on
  * this pass says why in `failed` (when not NULL; empty if none did). */
 static int sync_models(repository *r, const char *only, int want, char *failed, size_t failed_len) {
     candidate *c;
@@ -639,10 +640,15 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
              * would fail it again every repository-poll-s), unless asked */
             version_status *vs = e ? get_status(e, c[k].version) : NULL;
             int failed_before = !want && vs && vs->failed_signature == sig;
-            /* a stop waits for the load under way, not for the rest */
+            /* a stop waits for the load under way, not for the rest, and
+             * retires nothing: the versions the files select were not all
+             * loaded (a serving z/1 would go for a z/2 never loaded) */
             int stopping = r->stopping;
             pthread_mutex_unlock(&r->lock);
-            if (stopping) break;
+            if (stopping) {
+                free(c);
+                return -2;
+            }
             if (!fresh && !failed_before) load_and_install(r, &c[k], &settings, failed, failed_len);
         }
         /* versions serving that the policy or the files no longer select */
@@ -713,7 +719,11 @@ static void run_request(repository *r, control_req *q) {
     if (q->load) {
         model_entry *e;
         char failed[1024];
-        if (sync_models(r, q->name, 1, failed, sizeof(failed))) {
+        int synced = sync_models(r, q->name, 1, failed, sizeof(failed));
+        if (synced == -2) {
+            status = 503;
+            snprintf(msg, sizeof(msg), "the load of \"%s\" was cut short: server is shutting down", q->name);
+        } else if (synced) {
             status = 404;
             snprintf(msg, sizeof(msg), "failed to load \"%s\": no such model in the repository", q->name);
         } else {
@@ -1152,7 +1162,8 @@ static void stop_control(repository *r) {
     int busy = r->busy;
     pthread_mutex_unlock(&r->lock);
     /* a load cannot be interrupted: the stop waits for it (the drain's
-     * bound starts after), and says so rather than seem to hang */
+     * bound runs meanwhile, from the signal), and says so rather than seem
+     * to hang */
     if (busy && r->thread_started)
         log_event("info", "stopping: waiting for the model load or unload under way to finish");
     if (r->thread_started) pthread_join(r->thread, NULL);

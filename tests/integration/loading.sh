@@ -73,12 +73,15 @@ log_has "SIGTERM: draining" || fail "SIGTERM during a load: no drain in the log"
 log_has "comrope-serve: stopped" || fail "SIGTERM during a load: no clean stop in the log"
 echo "ok SIGTERM during a load: drained after it, exit 0"
 
-# SIGTERM during a rescan's load (SIGHUP with two new models): a load cannot
-# be interrupted, so the stop waits for it and says so, but loads no further
-# model (it used to load every new one before it would drain).
+# SIGTERM during a rescan's load (SIGHUP with two new models and a new
+# version 2 of a serving z): a load cannot be interrupted, so the stop waits
+# for it and says so, but loads no further model (it used to load every new
+# one before it would drain) and retires nothing (z/1 would have gone for a
+# z/2 never loaded, leaving z unserved through the drain).
 REPO=$WORK/repo
-mkdir -p "$REPO"
+mkdir -p "$REPO/z"
 cp -r "$MODEL" "$REPO/a"
+cp -r "$MODEL" "$REPO/z/1"
 rm -f "$GATE.waiting"
 : >"$GATE"
 DAEMON_ENV=("LOAD_GATE=$GATE" "LD_PRELOAD=$GATE_SO"
@@ -88,6 +91,7 @@ DAEMON_ENV=()
 rm -f "$GATE" "$GATE.waiting"
 cp -r "$MODEL" "$REPO/b"
 cp -r "$MODEL" "$REPO/c"
+cp -r "$MODEL" "$REPO/z/2"
 kill -HUP "$DAEMON_PID"
 poll 30 test -e "$GATE.waiting" || fail "the rescan's load never reached the checkpoint"
 log_has "loading model b" || fail "the rescan did not begin with model b: $(tail -3 "$LOG")"
@@ -97,6 +101,7 @@ poll 30 log_has "stopping: waiting for the model load" || fail "no line saying t
 wait_exit 60
 [ "$EXIT_CODE" = 0 ] || fail "SIGTERM during a rescan's load: exit $EXIT_CODE"
 log_has "loading model c" && fail "a model loaded after SIGTERM (the rescan went on)"
+log_has "model z version 1: unloading" && fail "z version 1 retired at the stop for a version 2 never loaded"
 log_has "comrope-serve: stopped" || fail "SIGTERM during a rescan's load: no clean stop"
-echo "ok SIGTERM during a rescan: the load under way finishes (logged), no further model, exit 0"
+echo "ok SIGTERM during a rescan: the load under way finishes (logged), no further load, nothing retired, exit 0"
 echo "loading: ok"
