@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,9 +17,6 @@
 /* The sweeper wakes at most this often, however many deadlines fall close
  * together: a cut may come this late. */
 #define SWEEP_GRANULARITY_NS 50000000LL
-/* How often the armed connections are looked at for a client that left
- * (watch_gone): a cut comes one to two of these after it did. */
-#define GONE_CHECK_NS 250000000LL
 
 /* One client address and its open connections. */
 typedef struct client {
@@ -39,7 +35,6 @@ typedef struct conn {
     client *client;
     int64_t deadline_ns; /* 0: not armed */
     int begun;           /* a request line has come since it was armed */
-    int gone_seen;       /* the end of the stream was at the head of its socket at the last look */
     conn_guard_cut cut;  /* shut down by the guard (then never armed again), and why */
     struct conn *prev, *next;
 } conn;
@@ -51,10 +46,7 @@ struct conn_guard {
     pthread_cond_t changed; /* a connection closed */
     pthread_t sweeper;
     int stop;
-    conn *head, *tail;  /* armed, earliest deadline first */
-    struct pollfd *pfd; /* watch_gone's, grown to the armed count */
-    conn **pconn;
-    int pcap;
+    conn *head, *tail; /* armed, earliest deadline first */
     client *clients[CLIENT_BUCKETS];
     conn_guard_stats stats;
 };
@@ -104,7 +96,6 @@ static void unlink_conn(conn_guard *g, conn *c) {
 static void arm(conn_guard *g, conn *c) {
     unlink_conn(g, c);
     c->begun = 0;
-    c->gone_seen = 0;
     c->deadline_ns = monotonic_ns() + (int64_t)g->p.receive_timeout_ms * 1000000;
     c->prev = g->tail;
     if (g->tail) g->tail->next = c;
@@ -145,51 +136,8 @@ static int shut_idle(conn_guard *g) {
     return n;
 }
 
-/* Cuts the armed connections whose client has closed its side with nothing
- * left unread, seen so at two looks in a row. libmicrohttpd 0.9.75 (epoll)
- * can miss that end of stream when it comes with the last bytes it read:
- * the connection then sat in CLOSE_WAIT, its request "receiving", holding
- * its body's reservation, until the receive deadline (408). Two looks: a
- * request whose last byte libmicrohttpd has just read is disarmed within
- * microseconds (conn_guard_received), never a look later; and bytes still
- * unread (a complete request, then a half-close) are never cut. Lock held:
- * a descriptor is ours until libmicrohttpd reports it closed. */
-static void watch_gone(conn_guard *g) {
-    int n = 0;
-    for (conn *c = g->head; c; c = c->next) n++;
-    if (n > g->pcap) {
-        struct pollfd *pfd = realloc(g->pfd, sizeof(*pfd) * (size_t)n);
-        if (pfd) g->pfd = pfd;
-        conn **pconn = realloc(g->pconn, sizeof(*pconn) * (size_t)n);
-        if (pconn) g->pconn = pconn;
-        if (!pfd || !pconn) return; /* the deadline still cuts them */
-        g->pcap = n;
-    }
-    n = 0;
-    for (conn *c = g->head; c; c = c->next) {
-        g->pfd[n] = (struct pollfd){c->fd, POLLIN | POLLRDHUP, 0};
-        g->pconn[n++] = c;
-    }
-    if (poll(g->pfd, (nfds_t)n, 0) <= 0) {
-        for (int i = 0; i < n; i++) g->pconn[i]->gone_seen = 0;
-        return;
-    }
-    for (int i = 0; i < n; i++) {
-        conn *c = g->pconn[i];
-        char byte;
-        int gone = (g->pfd[i].revents & (POLLRDHUP | POLLHUP | POLLIN)) &&
-                   recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
-        if (gone && c->gone_seen) {
-            cut(g, c, CONN_GUARD_CUT_GONE);
-        } else {
-            c->gone_seen = gone;
-        }
-    }
-}
-
 static void *sweep(void *arg) {
     conn_guard *g = arg;
-    int64_t next_watch = 0;
     pthread_mutex_lock(&g->lock);
     while (!g->stop) {
         int64_t now = monotonic_ns();
@@ -199,15 +147,11 @@ static void *sweep(void *arg) {
             else g->stats.timeouts_idle++;
             cut(g, c, CONN_GUARD_CUT_DEADLINE);
         }
-        if (g->head && now >= next_watch) {
-            watch_gone(g);
-            next_watch = now + GONE_CHECK_NS;
-        }
         if (!g->head) {
             pthread_cond_wait(&g->wake, &g->lock);
             continue;
         }
-        int64_t at = g->head->deadline_ns < next_watch ? g->head->deadline_ns : next_watch;
+        int64_t at = g->head->deadline_ns;
         if (at < now + SWEEP_GRANULARITY_NS) at = now + SWEEP_GRANULARITY_NS;
         struct timespec ts = monotonic_timespec(at);
         pthread_cond_timedwait(&g->wake, &g->lock, &ts);
@@ -257,8 +201,6 @@ void conn_guard_free(conn_guard *g) {
             free(g->clients[i]);
             g->clients[i] = next;
         }
-    free(g->pfd);
-    free(g->pconn);
     pthread_cond_destroy(&g->changed);
     pthread_cond_destroy(&g->wake);
     pthread_mutex_destroy(&g->lock);

@@ -27,9 +27,6 @@
  *    request (the access log says 408) and closes it. The socket stays
  *    ours to shut down until libmicrohttpd reports the connection closed,
  *    which it does before it closes the descriptor, under the same lock.
- *    The sweeper also cuts an armed connection whose client closed its side
- *    with nothing left unread (libmicrohttpd can miss that end of stream):
- *    counted as the client's leaving (499), not as a deadline.
  *  - Stop: the same shutdown(2) closes the connections that are between
  *    requests (conn_guard_close_idle), so that libmicrohttpd's stop, which
  *    closes every connection, finds none with a request under way.
@@ -113,16 +110,9 @@ int conn_guard_close_idle(conn_guard *g, int *open);
  * are still open. */
 int conn_guard_wait_closed(conn_guard *g, int64_t deadline_ns);
 
-/* Whether, and why, the guard cut c: at its receive deadline, as idle at
- * stop (a request that begins on it after all came in the race above), or
- * as its client had gone (its side closed with a request unfinished, which
- * libmicrohttpd had not seen: see watch_gone in conn_guard.c). */
-typedef enum {
-    CONN_GUARD_NOT_CUT,
-    CONN_GUARD_CUT_DEADLINE,
-    CONN_GUARD_CUT_IDLE,
-    CONN_GUARD_CUT_GONE
-} conn_guard_cut;
+/* Whether, and why, the guard cut c: at its receive deadline, or as idle
+ * at stop (a request that begins on it after all came in the race above). */
+typedef enum { CONN_GUARD_NOT_CUT, CONN_GUARD_CUT_DEADLINE, CONN_GUARD_CUT_IDLE } conn_guard_cut;
 conn_guard_cut conn_guard_cut_of(struct MHD_Connection *c);
 
 void conn_guard_stats_get(conn_guard *g, conn_guard_stats *out);

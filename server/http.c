@@ -1395,9 +1395,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     /* ended without an answer: the status says why, counted after its log
      * line so that a reader of the count finds that too */
     if (!r->queued) {
-        conn_guard_cut cut = conn_guard_cut_of(c);
-        if (cut == CONN_GUARD_CUT_DEADLINE) r->status = 408; /* cut while receiving */
-        if (cut == CONN_GUARD_CUT_GONE) r->status = 499;     /* its client had left */
+        if (conn_guard_cut_of(c) == CONN_GUARD_CUT_DEADLINE) r->status = 408; /* cut while receiving */
         if (!r->status) r->status = unanswered_status(toe);
     }
     access_log(r, toe);

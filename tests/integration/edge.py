@@ -38,10 +38,6 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       N clients that hang up in the middle of their bodies at once (each a
       libmicrohttpd message): all counted as 499, and LOG holds at most 5
       libmicrohttpd lines, not one per client.
-  gone-storm PORT SECONDS THREADS
-      THREADS clients send headers and half a body, then close, for
-      SECONDS: within 10 s none is left receiving, all are counted 499, none
-      408 (libmicrohttpd can miss such an end of stream; the guard cuts it).
   pools PORT PID N
       N connections each holding 8 KB of unfinished headers raise the
       daemon's anonymous RSS (RssAnon); once they have closed, at most a third of that rise is
@@ -67,7 +63,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 
 
@@ -398,46 +393,6 @@ def abort_flood(port, log_path, n):
     print("ok %d clients gone mid-body: %d libmicrohttpd lines" % (n, len(lines)))
 
 
-def gone_storm(port, seconds, threads):
-    """Clients that send their headers and half their body, then close, as
-    fast as they can: libmicrohttpd can miss such an end of stream, and the
-    connection then sat 'receiving' (its body reserved, its slot held) until
-    the receive deadline, counted 408. Every one must be over, as a 499,
-    within 10 s (the daemon's receive deadline is 30 s)."""
-    with open(os.path.join(os.path.dirname(__file__), "../fixtures/images/photo.png"), "rb") as f:
-        png = f.read()
-    body = png * 4
-    head = post_headers("/v1/classify", "image/png", len(body))
-    c408 = 'comrope_requests_total{endpoint="v1_classify",code="408"}'
-    c499 = 'comrope_requests_total{endpoint="v1_classify",code="499"}'
-    before408, before499 = metric(port, c408, 0.0), metric(port, c499, 0.0)
-    sent = [0] * threads
-    end = time.monotonic() + seconds
-
-    def client(i):
-        while time.monotonic() < end:
-            s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(head + body[:len(body) // 2])
-            time.sleep(0.01)
-            s.close()
-            sent[i] += 1
-
-    ts = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    n = sum(sent)
-    # 10 s: far below the 30 s deadline that ended them before, with room
-    # for a sanitizer build on a busy host
-    poll("no request left receiving after %d clients left mid-body" % n,
-         lambda: metric(port, "comrope_receiving_requests") == 0, 10)
-    poll("%d requests counted as 499" % n, lambda: metric(port, c499, 0.0) - before499 >= n, 10)
-    if metric(port, c408, 0.0) != before408:
-        fail("clients gone mid-body counted as 408 (cut at the receive deadline)")
-    print("ok %d clients gone mid-body in %d s, from %d threads: all 499 within seconds" % (n, seconds, threads))
-
-
 def rss_kib(pid):
     """The daemon's anonymous resident memory (RssAnon), where its pools live: VmRSS also counts the
     pages of its libraries that happen to be mapped, which the page cache (other processes touching
@@ -600,8 +555,6 @@ def main():
         body_budget(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "framing" and len(sys.argv) == 3:
         framing(int(sys.argv[2]))
-    elif cmd == "gone-storm" and len(sys.argv) == 5:
-        gone_storm(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "budget-ahead" and len(sys.argv) == 4:
         budget_ahead(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "drain" and len(sys.argv) == 5:
