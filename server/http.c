@@ -971,6 +971,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
     /* inference */
     if (!ready) {
         set_error(r, 503, "server is shutting down");
+        r->retry_after = 1;
         return;
     }
     const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);

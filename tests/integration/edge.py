@@ -335,10 +335,14 @@ def drain(port, pid, body_file):
              % (status, headers.get("connection")))
     if "error" not in json.loads(err):
         fail("503 body is not {\"error\": ...}: %r" % err)
+    # Like every other 503: a client's retry logic (or a balancer's) keys
+    # on Retry-After to tell "try again" from "failed".
+    if headers.get("retry-after") != "1":
+        fail("503 during drain without Retry-After: 1 (%r)" % headers.get("retry-after"))
     if not b.closed_by_server():
         fail("connection B still open after Connection: close")
     b.close()
-    print("ok classify after SIGTERM on a kept-alive connection: 503, Connection: close")
+    print("ok classify after SIGTERM on a kept-alive connection: 503, Retry-After, Connection: close")
 
     # New connections are refused.
     try:
