@@ -160,6 +160,28 @@ static int body_reserve(http_request *r, int64_t n) {
     return 0;
 }
 
+/* Reserves of body-budget-bytes what r's body needs to grow to `want`
+ * bytes, or as much of it as the budget has room for, but never less than
+ * `need`. Returns the capacity the body may have now (at least need), or
+ * 0 when not even need fits (nothing reserved). Falling back to exactly
+ * `need` when a doubling did not fit grew a big body by one chunk per
+ * realloc: a 60 MB chunked body under a budget of 62 MB took 14-30 s of
+ * copying on its HTTP thread instead of 1. Any thread. */
+static size_t body_reserve_upto(http_request *r, size_t need, size_t want) {
+    http_server *s = r->s;
+    int64_t lo = (int64_t)need - r->body_reserved, hi = (int64_t)want - r->body_reserved, add;
+    if (hi <= 0) return want; /* reserved already (ahead of an announced body) */
+    long long held = atomic_load(&s->body_bytes);
+    do {
+        int64_t room = s->p.cfg->body_budget_bytes - held;
+        if (lo > room) return 0;
+        add = hi < room ? hi : room;
+        if (add < 0) add = 0;
+    } while (!atomic_compare_exchange_weak(&s->body_bytes, &held, held + add));
+    r->body_reserved += add;
+    return (size_t)r->body_reserved > need ? (size_t)r->body_reserved : need;
+}
+
 /* Frees r's body and gives its reservation back. */
 static void body_free(http_request *r) {
     free(r->body);
@@ -1203,18 +1225,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                     r->content_length >= 0 ? (size_t)r->content_length : (size_t)s->p.cfg->max_body_bytes;
                 if (cap > limit) cap = limit;
                 if (cap < need) cap = need; /* (more than announced: libmicrohttpd does not pass it) */
-                /* a doubling the budget cannot hold falls back to what has
-                 * arrived: only a body that does not fit by itself is refused */
-                if ((int64_t)cap > r->body_reserved && body_reserve(r, (int64_t)cap - r->body_reserved)) {
-                    cap = need;
-                    if (body_reserve(r, (int64_t)need - r->body_reserved)) {
-                        set_busy_bodies(r, (int64_t)need - r->body_reserved); /* the figures of now */
-                        r->body_over_budget = 1; /* answered 503 once the rest is read and dropped */
-                        body_free(r);
-                        r->body_len += n;
-                        return MHD_YES;
-                    }
+                /* a doubling the budget cannot hold takes what it has room
+                 * for: only a body that does not fit by itself is refused */
+                size_t got = body_reserve_upto(r, need, cap);
+                if (!got) {
+                    set_busy_bodies(r, (int64_t)need - r->body_reserved); /* the figures of now */
+                    r->body_over_budget = 1; /* answered 503 once the rest is read and dropped */
+                    body_free(r);
+                    r->body_len += n;
+                    return MHD_YES;
                 }
+                cap = got < cap ? got : cap;
                 uint8_t *grown = realloc(r->body, cap);
                 if (!grown) return MHD_NO;
                 r->body = grown;

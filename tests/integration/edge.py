@@ -34,6 +34,11 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       --max-body-bytes BUDGET. Three connections announce BUDGET bytes and
       send ten: each holds 1 MiB of the budget, not BUDGET, so a photo
       request still gets 200.
+  budget-tight PORT BUDGET
+      The daemon runs with --body-budget-bytes BUDGET (62000000),
+      --max-body-bytes 100000000 and --receive-timeout-s 10. A 60 MB chunked
+      body fits the budget but not its buffer's doubling: it is read in
+      full and answered (400), not cut at the deadline.
   abort-flood PORT LOG N
       N clients that hang up in the middle of their bodies at once (each a
       libmicrohttpd message): all counted as 499, and LOG holds at most 5
@@ -543,6 +548,36 @@ def budget_ahead(port, budget):
     print("ok three bodies announced at the whole budget hold 1 MiB each: a photo still gets 200")
 
 
+def budget_tight(port, budget):
+    """A chunked body that fits the budget but not its buffer's doubling:
+    60 MB sent in 64 KiB chunks under a budget of `budget` (a little
+    more). It must be read in full and answered long before
+    receive-timeout-s (the daemon runs with 10 s). Growing the buffer by
+    one chunk per realloc once the doubling did not fit took 14-30 s of
+    copying here, cut at the deadline."""
+    size, chunk = 60000000, 65536
+    if budget < size or budget >= 2 * size:
+        fail("budget-tight needs a budget between the body (%d) and twice it" % size)
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    piece = b"%x\r\n" % chunk + b"x" * chunk + b"\r\n"
+    try:
+        for _ in range(size // chunk):
+            s.sendall(piece)
+        rest = size % chunk
+        s.sendall(b"%x\r\n" % rest + b"x" * rest + b"\r\n0\r\n\r\n")
+        st, _, body = read_response(s)
+    except OSError as e:
+        fail("a %d-byte chunked body under a budget of %d: connection failed (%s), not answered" % (size, budget, e))
+    s.close()
+    if st not in (400, 415):
+        fail("a %d-byte chunked body under a budget of %d: %d %r, not 400/415 (read in full)"
+             % (size, budget, st, body[:200]))
+    print("ok a %d-byte chunked body under a budget of %d (its doubling does not fit): read in full, %d"
+          % (size, budget, st))
+
+
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "content-length" and len(sys.argv) == 5:
@@ -559,6 +594,8 @@ def main():
         body_budget(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "framing" and len(sys.argv) == 3:
         framing(int(sys.argv[2]))
+    elif cmd == "budget-tight" and len(sys.argv) == 4:
+        budget_tight(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "budget-ahead" and len(sys.argv) == 4:
         budget_ahead(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "drain" and len(sys.argv) == 5:

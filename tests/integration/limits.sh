@@ -18,7 +18,8 @@
 #   503  body-budget-bytes: while another request's announced body holds
 #        the budget, an announced or a chunked body (edge.py body-budget)
 #        bodies announced but not sent hold 1 MiB each, not their length
-#        (edge.py budget-ahead)
+#        (edge.py budget-ahead); a chunked body that fits the budget but
+#        not its buffer's doubling is read in full (edge.py budget-tight)
 #
 #   tests/integration/limits.sh build/comrope-serve
 set -euo pipefail
@@ -173,5 +174,8 @@ edge body-budget "$PORT" 100000 || fail "body-budget-bytes"
 stop_daemon
 start_daemon --body-budget-bytes 4194304 --max-body-bytes 4194304
 edge budget-ahead "$PORT" 4194304 || fail "announced bodies held the budget before they arrived"
+stop_daemon
+start_daemon --body-budget-bytes 62000000 --max-body-bytes 100000000 --receive-timeout-s 10
+edge budget-tight "$PORT" 62000000 || fail "a chunked body that fits the budget but not its doubling"
 stop_daemon
 echo "limits: all passed"
