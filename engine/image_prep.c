@@ -250,15 +250,20 @@ cleanup:
 
 /* ---- image_prepare ---- */
 
+/* Makes next the current image, freeing the one it replaces when owned. */
+static void step_replace(image_u8 *cur, int *owned, image_u8 next) {
+    if (*owned) image_free(cur);
+    *cur = next;
+    *owned = 1;
+}
+
 /* Resizes *cur to w x h when it differs, replacing *cur (freeing it when
  * owned). */
 static int step_resize(image_u8 *cur, int *owned, int w, int h, int resample) {
     image_u8 next;
     if (cur->width == w && cur->height == h) return 0; /* torchvision and PIL leave it as it is */
     if (resize_u8(cur, w, h, resample, &next) != 0) return -1;
-    if (*owned) image_free(cur);
-    *cur = next;
-    *owned = 1;
+    step_replace(cur, owned, next);
     return 0;
 }
 
@@ -266,9 +271,7 @@ static int step_crop(image_u8 *cur, int *owned, int top, int left, int h, int w)
     image_u8 next;
     if (top == 0 && left == 0 && cur->width == w && cur->height == h) return 0;
     if (crop_u8(cur, top, left, h, w, &next) != 0) return -1;
-    if (*owned) image_free(cur);
-    *cur = next;
-    *owned = 1;
+    step_replace(cur, owned, next);
     return 0;
 }
 
@@ -287,15 +290,11 @@ static int step_resize_crop(image_u8 *cur, int *owned, int w, int h, int resampl
     if (y1 <= y0 || x1 <= x0) { /* the crop misses the image: all padding (the centred crops cannot) */
         next = (image_u8){crop_w, crop_h, cur->channels, calloc((size_t)crop_w * crop_h * cur->channels, 1)};
         if (!next.pixels) return -1;
-        if (*owned) image_free(cur);
-        *cur = next;
-        *owned = 1;
+        step_replace(cur, owned, next);
         return 0;
     }
     if (resize_window_u8(cur, w, h, resample, y0, x0, y1 - y0, x1 - x0, &next) != 0) return -1;
-    if (*owned) image_free(cur);
-    *cur = next;
-    *owned = 1;
+    step_replace(cur, owned, next);
     return step_crop(cur, owned, top - y0, left - x0, crop_h, crop_w); /* the padding, if any */
 }
 
