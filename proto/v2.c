@@ -563,11 +563,13 @@ fail:
 }
 
 /* Only extensions this server implements, by Triton's names: a client
- * that sees one listed calls its routes. */
+ * that sees one listed calls its routes. model_repository: the index and
+ * load/unload routes answer in every control mode (load and unload refused
+ * outside explicit, as Triton does, which lists the extension alike). */
 char *v2_server_json(const proto_model *pm) {
-    json_t *o =
-        json_pack("{s:s,s:s,s:[ssss]}", "name", "comrope-serve", "version", pm->version ? pm->version : "0",
-                  "extensions", "classification", "binary_tensor_data", "model_configuration", "statistics");
+    json_t *o = json_pack("{s:s,s:s,s:[sssss]}", "name", "comrope-serve", "version",
+                          pm->version ? pm->version : "0", "extensions", "classification",
+                          "binary_tensor_data", "model_configuration", "statistics", "model_repository");
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     return s;

@@ -549,6 +549,8 @@ START_TEST(responses) {
     free(s);
     s = v2_server_json(&PM);
     ck_assert_ptr_nonnull(strstr(s, "binary_tensor_data"));
+    /* README lists it, and POST /v2/repository/index answers in every mode */
+    ck_assert_ptr_nonnull(strstr(s, "\"statistics\",\"model_repository\"]"));
     free(s);
     s = proto_error_json("bad \"x\"");
     ck_assert_str_eq(s, "{\"error\":\"bad \\\"x\\\"\"}");
