@@ -534,7 +534,8 @@ int batcher_submit(batcher *b, job *j) {
         goto refuse;
     }
     if (b->waiting >= b->p.max_queue_size) {
-        snprintf(j->error, sizeof(j->error), "queue is full (%d requests waiting)", b->p.max_queue_size);
+        snprintf(j->error, sizeof(j->error), "queue is full (%d requests waiting, max-queue-size)",
+                 b->p.max_queue_size);
         goto refuse;
     }
     if (queue_stands(b, now, j)) goto refuse;

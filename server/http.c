@@ -463,7 +463,8 @@ static int validate_images(http_request *r) {
             }
             if (iw > cfg->max_image_side || ih > cfg->max_image_side ||
                 (int64_t)iw * ih > cfg->max_image_pixels) {
-                snprintf(err, sizeof(err), "images[%d]: %dx%d is over the limits (side %d, pixels %lld)", i,
+                snprintf(err, sizeof(err),
+                         "images[%d]: %dx%d is over the limits (max-image-side %d, max-image-pixels %lld)", i,
                          iw, ih, cfg->max_image_side, (long long)cfg->max_image_pixels);
                 set_error(r, 413, err);
                 return 413;

@@ -260,6 +260,7 @@ START_TEST(queue_full_then_stop) {
     ck_assert_int_eq(batcher_queue_depth(b), 1);
     ck_assert_int_eq(batcher_submit(b, &refused->j), 503);
     ck_assert_ptr_nonnull(strstr(refused->j.error, "queue is full"));
+    ck_assert_ptr_nonnull(strstr(refused->j.error, "max-queue-size")); /* README: refusals name the setting */
     /* stop while `busy` runs (batcher_stop waits for it: another thread);
      * once new jobs are refused as "shutting down", let `busy` finish. */
     pthread_t stopper;
