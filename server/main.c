@@ -187,7 +187,7 @@ int main(int argc, char **argv) {
      * stops the start at once, and never leaves the daemon open. */
     if (cfg.api_key_file[0] && !(keys = api_keys_load(cfg.api_key_file, err, sizeof(err)))) {
         log_event("error", "%s", err);
-        return 1;
+        return 2; /* a bad setting (deploy/README: 1 a bad model, 2 a bad setting) */
     }
 
     if (!cfg.model[0] && !cfg.model_repository[0]) {
