@@ -4,8 +4,13 @@
  * <!-- settings end --> in README.md must be exactly what config_markdown()
  * prints (config/config.c), so a setting added, renamed or re-documented
  * in the table without the README fails here. `test_readme --print` prints
- * the block to paste. */
+ * the block to paste.
+ *
+ * The Limits table names settings with their defaults in words
+ * ("`max-body-bytes` (64 MiB)", "`default-timeout-ms` (30 s)"): each of
+ * those must be the setting's default too. */
 #include <check.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +65,66 @@ START_TEST(test_settings_table_matches_config) {
 }
 END_TEST
 
+/* key -> its default, as --print-config writes it (unquoted) */
+static int default_of(const char *key, char *out, size_t outlen) {
+    server_config cfg;
+    config_defaults(&cfg);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    config_print(&cfg, f);
+    fclose(f);
+    int found = 0;
+    size_t klen = strlen(key);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+        if (!strncmp(line, key, klen) && line[klen] == ' ') {
+            const char *v = line + klen + 1;
+            size_t n = strlen(v);
+            if (n >= 2 && v[0] == '"') v++, n -= 2;
+            snprintf(out, outlen, "%.*s", (int)n, v);
+            found = 1;
+            break;
+        }
+    free(text);
+    return found;
+}
+
+START_TEST(test_limits_table_defaults) {
+    char *readme = slurp(README_PATH);
+    char *b = strstr(readme, "\n### Limits\n");
+    ck_assert_msg(b != NULL, "README.md has no ### Limits section");
+    char *e = strstr(b + 1, "\n### ");
+    if (e) *e = '\0';
+    int checked = 0;
+    for (char *p = b; (p = strstr(p, "` (")) != NULL; p += 3) {
+        char *q = p; /* the key: back to the opening backquote */
+        while (q > b && q[-1] != '`') q--;
+        char key[64], def[64];
+        if (p - q <= 0 || p - q >= (long)sizeof(key)) continue;
+        snprintf(key, sizeof(key), "%.*s", (int)(p - q), q);
+        if (!default_of(key, def, sizeof(def))) continue; /* not a setting (`max_tokens`) */
+        char *end;
+        double v = strtod(p + 3, &end);
+        ck_assert_msg(end != p + 3, "README Limits: `%s` (%.20s: no number", key, p + 3);
+        while (*end == ' ') end++;
+        double unit = 1;
+        if (!strncmp(end, "GiB", 3)) unit = 1024.0 * 1024 * 1024;
+        else if (!strncmp(end, "MiB", 3)) unit = 1024.0 * 1024;
+        else if (!strncmp(end, "KiB", 3)) unit = 1024.0;
+        else if (*end == 'M' && !isalpha((unsigned char)end[1])) unit = 1e6;
+        else if (*end == 's' && !isalpha((unsigned char)end[1])) {
+            size_t kl = strlen(key);
+            unit = kl > 3 && !strcmp(key + kl - 3, "-ms") ? 1000 : 1;
+        }
+        ck_assert_msg(v * unit == strtod(def, NULL), "README Limits says `%s` (%.*s) but its default is %s",
+                      key, (int)strcspn(p + 3, ")\n"), p + 3, def);
+        checked++;
+    }
+    ck_assert_msg(checked >= 15, "only %d settings with defaults found in README's Limits table", checked);
+    free(readme);
+}
+END_TEST
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--print") == 0) {
         char *t = generated();
@@ -72,6 +137,7 @@ int main(int argc, char **argv) {
     Suite *s = suite_create("readme");
     TCase *tc = tcase_create("readme");
     tcase_add_test(tc, test_settings_table_matches_config);
+    tcase_add_test(tc, test_limits_table_defaults);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
