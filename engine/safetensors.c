@@ -1,4 +1,4 @@
-/* safetensors.c: mmap + validation of model.safetensors (see safetensors.h).
+/* safetensors.c: reading + validation of model.safetensors (see safetensors.h).
  *
  * Layout: 8-byte little-endian header length N, N bytes of JSON
  * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}},
@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,6 +20,33 @@
 #define ST_MAX_HEADER (100u << 20)
 
 static size_t dtype_size(st_dtype t) { return t == ST_F32 ? 4 : 2; }
+
+/* Reads len bytes at off. Returns 0, or -1 with errno (0 for an end of
+ * file before len: the file is shorter than when it was opened). */
+static int pread_full(int fd, void *buf, size_t len, uint64_t off) {
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t r = pread(fd, p, len, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            if (r == 0) errno = 0;
+            return -1;
+        }
+        p += r;
+        len -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+static void read_error(const safetensors_file *f, const char *what, char *err, size_t errlen) {
+    if (errno) snprintf(err, errlen, "%s: cannot read %s: %s", f->path, what, strerror(errno));
+    else
+        snprintf(err, errlen,
+                 "%s: %s: the file ends early: it was truncated or rewritten in place while loading "
+                 "(replace a checkpoint by rename)",
+                 f->path, what);
+}
 
 static int compare_begin(const void *a, const void *b) {
     const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
@@ -100,15 +126,18 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     int fd = -1, rc = -1;
     json_t *root = NULL;
     st_tensor **sorted = NULL;
+    char *header = NULL;
 
     memset(f, 0, sizeof(*f));
-    f->map = MAP_FAILED;
+    f->fd = -1;
     f->path = strdup(path);
     if (!f->path) {
         snprintf(err, errlen, "%s: out of memory", path);
         goto cleanup;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in the checkpoint's place would block the open
+     * (and the loading thread) until a writer came; refused below */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         goto cleanup;
@@ -123,25 +152,35 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
                  (long long)st.st_size);
         goto cleanup;
     }
-    f->map_size = (size_t)st.st_size;
-    f->map = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (f->map == MAP_FAILED) {
-        snprintf(err, errlen, "%s: mmap failed: %s", path, strerror(errno));
+    f->fd = fd;
+    fd = -1;
+    size_t file_size = (size_t)st.st_size;
+    uint8_t lenbytes[8];
+    if (pread_full(f->fd, lenbytes, 8, 0)) {
+        read_error(f, "the header length", err, errlen);
         goto cleanup;
     }
-    const uint8_t *p = f->map;
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
-    if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > f->map_size - 8) {
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | lenbytes[i];
+    if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > file_size - 8) {
         snprintf(err, errlen, "%s: header length %llu is impossible for a file of %zu bytes", path,
-                 (unsigned long long)hlen, f->map_size);
+                 (unsigned long long)hlen, file_size);
         goto cleanup;
     }
-    f->data = p + 8 + hlen;
-    f->data_size = f->map_size - 8 - (size_t)hlen;
+    f->data_offset = 8 + hlen;
+    f->data_size = file_size - 8 - (size_t)hlen;
+    header = malloc((size_t)hlen);
+    if (!header) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto cleanup;
+    }
+    if (pread_full(f->fd, header, (size_t)hlen, 8)) {
+        read_error(f, "the header", err, errlen);
+        goto cleanup;
+    }
 
     json_error_t jerr;
-    root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb(header, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root || !json_is_object(root)) {
         snprintf(err, errlen, "%s: header is not a JSON object (%s)", path, root ? "wrong type" : jerr.text);
         goto cleanup;
@@ -179,6 +218,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     rc = 0;
 cleanup:
     if (fd >= 0) close(fd);
+    free(header);
     if (root) json_decref(root);
     free(sorted);
     if (rc != 0) safetensors_close(f);
@@ -186,7 +226,7 @@ cleanup:
 }
 
 void safetensors_close(safetensors_file *f) {
-    if (f->map && f->map != MAP_FAILED) munmap(f->map, f->map_size);
+    if (f->path && f->fd >= 0) close(f->fd); /* path: set by every open, so f is not a zeroed one */
     if (f->tensors)
         for (int i = 0; i < f->n; i++) free(f->tensors[i].name);
     free(f->tensors);
@@ -240,25 +280,40 @@ int safetensors_take(safetensors_file *f, const char *name, int ndim, const int6
                  got, want);
         return -1;
     }
-    const uint8_t *src = f->data + t->begin;
-    for (int64_t i = 0; i < t->count; i++) {
-        float v;
-        if (t->dtype == ST_F32) {
-            memcpy(&v, src + 4 * i, 4);
-        } else {
-            uint16_t h = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8));
-            if (t->dtype == ST_F16) v = half_to_float(h);
-            else {
-                uint32_t bits = (uint32_t)h << 16;
-                memcpy(&v, &bits, 4);
-            }
-        }
-        if (!isfinite(v)) {
-            snprintf(err, errlen, "%s: tensor \"%s\" holds a NaN or an infinity (element %lld)", f->path,
-                     name, (long long)i);
+    /* F32 is read straight into dst, the halves through a small buffer;
+     * either way the values are checked as they are converted */
+    uint16_t half[4096];
+    const int64_t chunk = t->dtype == ST_F32 ? t->count : (int64_t)(sizeof(half) / sizeof(half[0]));
+    for (int64_t at = 0; at < t->count; at += chunk) {
+        int64_t n = t->count - at < chunk ? t->count - at : chunk;
+        size_t bytes = (size_t)n * dtype_size(t->dtype);
+        uint64_t off = f->data_offset + t->begin + (uint64_t)at * dtype_size(t->dtype);
+        if (pread_full(f->fd, t->dtype == ST_F32 ? (void *)(dst + at) : (void *)half, bytes, off)) {
+            char what[300];
+            snprintf(what, sizeof(what), "tensor \"%.200s\"", name);
+            read_error(f, what, err, errlen);
             return -1;
         }
-        dst[i] = v;
+        for (int64_t i = 0; i < n; i++) {
+            float v;
+            if (t->dtype == ST_F32) {
+                v = dst[at + i];
+            } else {
+                const uint8_t *b = (const uint8_t *)&half[i];
+                uint16_t h = (uint16_t)(b[0] | (b[1] << 8)); /* little-endian in the file */
+                if (t->dtype == ST_F16) v = half_to_float(h);
+                else {
+                    uint32_t bits = (uint32_t)h << 16;
+                    memcpy(&v, &bits, 4);
+                }
+            }
+            if (!isfinite(v)) {
+                snprintf(err, errlen, "%s: tensor \"%s\" holds a NaN or an infinity (element %lld)", f->path,
+                         name, (long long)(at + i));
+                return -1;
+            }
+            dst[at + i] = v;
+        }
     }
     t->used = 1;
     return 0;

@@ -1,6 +1,6 @@
-/* safetensors.h: reads model.safetensors by mmap, validating everything.
+/* safetensors.h: reads model.safetensors, validating everything.
  *
- * Owns: the file mapping, the parsed header (name, dtype, shape, byte range
+ * Owns: the open file, the parsed header (name, dtype, shape, byte range
  * of every tensor) and the conversion of F32/F16/BF16 data to float32. A
  * hostile file gets an error value naming the file and tensor, never a crash
  * or an allocation sized by the file's claims beyond its real size. */
@@ -25,16 +25,18 @@ typedef struct {
 } st_tensor;
 
 typedef struct {
-    char *path; /* owned copy, for messages */
-    void *map;  /* the whole file, read-only */
-    size_t map_size;
-    const uint8_t *data; /* start of the data section */
+    char *path;           /* owned copy, for messages */
+    int fd;               /* open until close; tensors are read with pread, not mapped:
+                 * a file truncated in place while it loads (cp over it) then
+                 * fails the load instead of raising SIGBUS in the daemon */
+    uint64_t data_offset; /* start of the data section in the file */
     size_t data_size;
     st_tensor *tensors; /* n tensors, owned */
     int n;
 } safetensors_file;
 
-/* Maps and validates `path`: header length within the file, JSON object,
+/* Opens and validates `path` (a regular file: a FIFO or a device is
+ * refused without blocking): header length within the file, JSON object,
  * each entry's dtype (F32, F16, BF16; anything else refused by name), shape,
  * offsets inside the data section, sized as the shape says, and no two
  * tensors overlapping. Returns 0, or -1 with a message in err. */
@@ -45,7 +47,8 @@ void safetensors_close(safetensors_file *f);
 /* Finds `name`, checks its shape against `shape` (ndim entries) and
  * converts it to float32 into dst (count floats), refusing NaN and infinity.
  * Marks the tensor as used. Returns 0, or -1 with a message naming the
- * tensor (missing, wrong shape, non-finite value). */
+ * tensor (missing, wrong shape, non-finite value, or the file shorter than
+ * when it was opened: rewritten in place while it loads). */
 int safetensors_take(safetensors_file *f, const char *name, int ndim, const int64_t *shape, float *dst,
                      char *err, size_t errlen);
 

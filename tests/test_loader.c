@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "safetensors.h"
@@ -145,6 +146,47 @@ START_TEST(test_truncated_file) {
     spit("model.safetensors", d, 5);
     expect_refusal("truncated");
     free(d);
+}
+END_TEST
+
+/* A checkpoint truncated in place while it loads (`cp new old` over it, a
+ * rescan racing the copy): the read past the new end fails the load with a
+ * message, it does not raise SIGBUS (it did while the file was mmap'd: the
+ * whole daemon died). */
+START_TEST(test_truncated_while_loading) {
+    char path[512], err[512];
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    safetensors_file f;
+    ck_assert_msg(safetensors_open(path, &f, err, sizeof(err)) == 0, "%s", err);
+    ck_assert(truncate(path, 4096) == 0);
+    int failed = 0;
+    for (int i = 0; i < f.n; i++) {
+        const st_tensor *t = &f.tensors[i];
+        float *dst = malloc(sizeof(float) * (size_t)(t->count ? t->count : 1));
+        ck_assert(dst != NULL);
+        if (safetensors_take(&f, t->name, t->ndim, t->shape, dst, err, sizeof(err)) != 0) {
+            ck_assert_msg(strstr(err, "ends early") != NULL, "%s", err);
+            failed = 1;
+        }
+        free(dst);
+    }
+    ck_assert_msg(failed, "every tensor read from a file cut to 4096 bytes");
+    safetensors_close(&f);
+}
+END_TEST
+
+/* A FIFO in the checkpoint's place (put there after vit_load's check) is
+ * refused at once: an open() that blocked would hang the repository's
+ * control thread (no load, unload or rescan any more, a stop waiting). */
+START_TEST(test_fifo_refused) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    unlink(path);
+    ck_assert(mkfifo(path, 0600) == 0);
+    safetensors_file f;
+    char err[512];
+    ck_assert(safetensors_open(path, &f, err, sizeof(err)) != 0);
+    ck_assert_msg(strstr(err, "not a regular file") != NULL, "%s", err);
 }
 END_TEST
 
@@ -413,6 +455,8 @@ int main(void) {
     tcase_add_test(tc, test_good_checkpoint_loads);
     tcase_add_test(tc, test_gflop_vit_b16);
     tcase_add_test(tc, test_truncated_file);
+    tcase_add_test(tc, test_truncated_while_loading);
+    tcase_add_test(tc, test_fifo_refused);
     tcase_add_test(tc, test_header_length_lies);
     tcase_add_test(tc, test_header_not_json);
     tcase_add_test(tc, test_offsets_out_of_range);
