@@ -130,6 +130,13 @@ static int model_settings(const repository *r, const char *model_dir, server_con
     snprintf(path, sizeof(path), "%s/%s", model_dir, SETTINGS_FILE);
     struct stat st;
     if (stat(path, &st) != 0) return 0;
+    /* read on the control thread (or the start-up load): a FIFO would block
+     * it for good (no load, unload or rescan, a stop that cannot finish),
+     * /dev/zero would be read without end */
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "config: %.900s: not a regular file", path);
+        return -1;
+    }
     return config_load_file_only(out, path, per_model_keys, err, errlen);
 }
 

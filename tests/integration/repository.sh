@@ -277,6 +277,14 @@ code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/mod
 index | jq -e '.[] | select(.name == "bad" and .version == "1") | .reason | contains("serve.conf:2")' >/dev/null ||
   fail "the index does not say why bad failed: $(index)"
 ready || fail "a failed explicit load made the daemon unready"
+# a FIFO as serve.conf: refused at once (its open blocked the control
+# thread for good: no load, unload or rescan after it, a stop that hung)
+mkdir -p "$REPO/fifo"
+mkfifo "$REPO/fifo/serve.conf"
+copy_model "$LD" "$REPO/fifo/1"
+code=$(curl -s -m 20 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/fifo/load")
+{ [ "$code" = 400 ] && jq -e '.error | contains("not a regular file")' "$WORK/body" >/dev/null; } ||
+  fail "load with a FIFO as serve.conf: $code $(cat "$WORK/body")"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
 client logits "$URL" ap "$SAMPLE" >"$WORK/exp.ap"
