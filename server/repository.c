@@ -75,6 +75,7 @@ struct repository {
     int busy; /* the control thread runs a load, unload or rescan */
     pthread_t thread;
     int thread_started;
+    unsigned long long skipped_names; /* what the last scan left out, as a hash: said once */
 };
 
 /* One version directory found by a scan. */
@@ -187,6 +188,24 @@ static int has_config(const char *dir) {
     return stat(path, &st) == 0;
 }
 
+/* Why a directory name cannot be a model's name, or NULL. A name is
+ * printed in JSON (which must be UTF-8), in Prometheus label values (UTF-8:
+ * one byte that is not fails the whole scrape) and in the log: any byte but
+ * '/' may name a directory, so names that are not UTF-8 or hold control
+ * characters are left out, not served half-broken. */
+const char *repository_name_problem(const char *name) {
+    size_t n = strlen(name);
+    if (n == 0) return "it is empty";
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = (unsigned char)name[i];
+        if (ch < 0x20 || ch == 0x7f) return "it holds a control character";
+        size_t len = proto_utf8_length((const unsigned char *)name + i, n - i);
+        if (len == 0) return "it is not UTF-8";
+        i += len;
+    }
+    return NULL;
+}
+
 static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static int push_candidate(candidate **c, int *n, int *cap, const char *name, int version, const char *dir,
@@ -231,7 +250,7 @@ static int scan_model(const char *name, const char *model_dir, candidate **c, in
 
 /* Every version directory of the repository (or the one model of
  * --model), models in name order. Returns the count, or -1. */
-static int scan(const repository *r, candidate **out) {
+static int scan(repository *r, candidate **out) {
     const server_config *cfg = r->p.cfg;
     candidate *c = NULL;
     int n = 0, cap = 0;
@@ -250,11 +269,22 @@ static int scan(const repository *r, candidate **out) {
     int nn = 0, ncap = 0, rc = 0;
     struct dirent *e;
     char path[CONFIG_PATH_MAX];
+    unsigned long long skipped = 0;
+    text left_out = {0};
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.' || strlen(e->d_name) >= sizeof(c->name)) continue;
         if ((size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, e->d_name) >= sizeof(path) ||
             !is_dir(path))
             continue;
+        const char *why = repository_name_problem(e->d_name);
+        if (why) {
+            unsigned long long h = 1469598103934665603ULL;
+            for (const unsigned char *p = (const unsigned char *)e->d_name; *p; p++)
+                h = (h ^ *p) * 1099511628211ULL;
+            skipped += h; /* the set left out, whatever the order */
+            text_put(&left_out, "%s\"%s\" (%s)", left_out.len ? ", " : "", e->d_name, why);
+            continue;
+        }
         if (nn == ncap) {
             ncap = ncap ? 2 * ncap : 16;
             char **g = realloc(names, sizeof(char *) * (size_t)ncap);
@@ -271,6 +301,14 @@ static int scan(const repository *r, candidate **out) {
         nn++;
     }
     closedir(d);
+    /* said when the set left out changes, not on every poll (log_event
+     * escapes the names) */
+    if (skipped != r->skipped_names && left_out.len)
+        log_event("warning",
+                  "model-repository: not served, a model's name must be UTF-8 without control characters: %s",
+                  left_out.data);
+    r->skipped_names = skipped;
+    free(left_out.data);
     if (nn) qsort(names, (size_t)nn, sizeof(char *), cmp_name);
     for (int i = 0; i < nn; i++) {
         if (!rc &&
@@ -827,6 +865,14 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
         snprintf(err, errlen, "model-repository: %s is not a directory", p->cfg->model_repository);
         return NULL;
     }
+    const char *why = p->cfg->model_repository[0] ? NULL : repository_name_problem(p->cfg->model_name);
+    if (why) {
+        snprintf(err, errlen,
+                 "model-name: \"%.300s\" cannot be served: %s (set model-name to UTF-8 without control "
+                 "characters)",
+                 p->cfg->model_name, why);
+        return NULL;
+    }
     repository *r = calloc(1, sizeof(*r));
     if (!r) {
         snprintf(err, errlen, "out of memory");
@@ -1066,16 +1112,21 @@ int repository_control(repository *r, const char *name, size_t len, int load, re
 
 /* --- what is reported ---------------------------------------------------------- */
 
-/* A model name as a JSON string or a Prometheus label value: directory
- * names may hold any byte but '/', so \, " and control bytes are escaped
- * (and bytes >= 0x80 replaced: not known to be UTF-8). */
+/* A model name or a reason as a JSON string or a Prometheus label value:
+ * \, " and newlines escaped, other control bytes and bytes that are not
+ * UTF-8 replaced (a reason may quote a file's bytes); UTF-8 kept as it is,
+ * so that a name reads as it is served ("é" was "??", and two names could
+ * become one series). */
 static void put_escaped(text *t, const char *s) {
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = (unsigned char)s[i];
+        size_t len = proto_utf8_length((const unsigned char *)s + i, n - i);
         if (ch == '\\' || ch == '"') text_put(t, "\\%c", ch);
         else if (ch == '\n') text_put(t, "\\n");
-        else if (ch < 0x20 || ch >= 0x7f) text_put(t, "?");
-        else text_put(t, "%c", ch);
+        else if (ch < 0x20 || ch == 0x7f || len == 0) text_put(t, "?");
+        else text_put(t, "%.*s", (int)len, s + i);
+        i += len ? len : 1;
     }
 }
 

@@ -64,8 +64,13 @@ typedef struct {
     const char *build_version;
 } repository_params;
 
-/* Checks the settings (mode, policy, the directory). Nothing is loaded
- * yet. Returns NULL with a message. */
+/* Why `name` cannot name a served model (not UTF-8, a control character,
+ * empty), or NULL. Directories so named are left out of a scan (logged);
+ * a --model daemon's model-name so named stops the start. */
+const char *repository_name_problem(const char *name);
+
+/* Checks the settings (mode, policy, the directory, a --model daemon's
+ * name). Nothing is loaded yet. Returns NULL with a message. */
 repository *repository_new(const repository_params *p, char *err, size_t errlen);
 
 /* The start-up load, on the calling thread (main: never an HTTP one):

@@ -21,6 +21,8 @@
 #     the API (a serve.conf with a daemon-only key: the load fails naming
 #     file:line); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
+#  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
+#     with control characters left out (said once); promtool clean.
 #  Every wait is on observable state (index, metrics, log, files).
 set -euo pipefail
 SERVE=${1:-}
@@ -315,5 +317,34 @@ code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/mod
 is_state ld 1 READY || fail "ld not serving after its failed reload: $(index)"
 client logits "$URL" ld "$SAMPLE" >"$WORK/exp.ld" || fail "ld does not answer after its failed reload"
 echo "ok explicit load/unload; an unload waits for the request in flight; a failed reload says so"
+stop_daemon
+
+# --- 6. model names: directory names are any bytes but '/' ------------------------------
+# UTF-8 and quotes are served under their own names everywhere; a name that
+# is not UTF-8 or holds a control character is left out (logged once, not
+# on every rescan): one such directory made /metrics unparsable for every
+# model (promtool, Prometheus), /v2/models/stats a 500, and answers lose
+# their "model"; the index showed "é" as "??".
+REPO=$WORK/repo_names
+mkdir -p "$REPO"
+for n in 'é' 'q"b\s' $'\xff' $'t\tb'; do copy_model "$LD" "$REPO/$n"; done
+MODEL='' start_daemon --model-repository "$REPO" --access-log off
+[ "$(index | jq -c '[.[].name]')" = '["q\"b\\s","é"]' ] || fail "index names: $(index)"
+[ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["q\"b\\s","é"]' ] ||
+  fail "/v1/models names: $(curl -s "$URL/v1/models")"
+[ "$(http_code "$URL/v2/models/stats")" = 200 ] || fail "/v2/models/stats: $(curl -s "$URL/v2/models/stats")"
+[ "$(curl -sf "$URL/v2/models/%C3%A9" | jq -r .name)" = é ] || fail "/v2/models/é: $(curl -s "$URL/v2/models/%C3%A9")"
+if command -v promtool >/dev/null; then
+  curl -sf "$URL/metrics" >"$WORK/names.metrics"
+  out=$(promtool check metrics <"$WORK/names.metrics" 2>&1) || fail "promtool with odd model names: $out"
+fi
+[ "$(metric 'comrope_model_state{model="é",version="1",state="READY"}')" = 1 ] ||
+  fail "comrope_model_state of é: $(grep -a comrope_model_state "$WORK/names.metrics")"
+kill -HUP "$DAEMON_PID"
+poll 30 log_has "rescan done" || fail "no rescan after SIGHUP"
+[ "$(grep -c "not served, a model's name must be UTF-8" "$LOG")" = 1 ] ||
+  fail "the names left out were not said once: $(grep "not served" "$LOG")"
+grep -q 't\\x09b' "$LOG" || fail "the names left out are not named (escaped): $(grep "not served" "$LOG")"
+echo "ok model names: UTF-8 and quotes served as they are, names not UTF-8 or with control characters left out"
 stop_daemon
 echo "repository: ok"
