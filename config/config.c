@@ -348,6 +348,16 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
             snprintf(err, errlen, "%s (%s): value is longer than %zu bytes", name, source, o->size - 1);
             return -1;
         }
+        /* a control character has no use in a path, a name or an origin,
+         * and breaks where the value goes: a CR/LF in cors-origin made
+         * libmicrohttpd refuse the header, so every answer (health too)
+         * was a closed connection; --print-config's line broke in two */
+        for (const unsigned char *q = (const unsigned char *)value; *q; q++)
+            if (*q < 0x20 || *q == 0x7f) {
+                snprintf(err, errlen, "%s (%s): control character 0x%02x at byte %d", name, source, *q,
+                         (int)(q - (const unsigned char *)value) + 1);
+                return -1;
+            }
         memcpy(field, value, strlen(value) + 1);
         return 0;
     case CONFIG_BOOL:
@@ -497,7 +507,10 @@ int config_load_file_only(server_config *cfg, const char *path, const char *cons
         snprintf(source, sizeof(source), "%s:%d", path, lineno);
         if (config_set(cfg, key, value, source, err, errlen)) goto cleanup;
     }
-    if (ferror(f)) {
+    /* getline's -1 is also an error (ENOMEM on a line without end, as
+     * /dev/zero gives): only the end of the file ends the file, or the
+     * lines after it would be dropped without a word */
+    if (ferror(f) || !feof(f)) {
         snprintf(err, errlen, "config: cannot read %s: %s", path, strerror(errno));
         goto cleanup;
     }

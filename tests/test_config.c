@@ -126,6 +126,12 @@ START_TEST(bad_values) {
     expect_refused(3, a11, none, "max-body-bytes");
     char *e12[] = {"COMROPE_PRECISION=fp16", NULL};
     expect_refused(1, a8, e12, "precision");
+    /* a control character in a string (a CR/LF in cors-origin closed every
+     * connection unanswered) */
+    char *a13[] = {"x", "--cors-origin", "https://a.example\r\nX-Evil: 1", NULL};
+    expect_refused(3, a13, none, "control character 0x0d");
+    char *e14[] = {"COMROPE_MODEL_NAME=a\tb", NULL};
+    expect_refused(1, a8, e14, "model-name (COMROPE_MODEL_NAME): control character 0x09");
 }
 END_TEST
 
