@@ -841,6 +841,7 @@ static void control_done(void *arg, int status, const char *message) {
     http_request *r = arg;
     if (status == 200) set_json(r, 200, strdup("{}"));
     else set_error(r, status, message);
+    if (status == 503) r->retry_after = 1;
     r->phase = PHASE_ANSWERED;
     MHD_resume_connection(r->conn);
 }
@@ -855,6 +856,7 @@ static enum MHD_Result control_begin(http_request *r, struct MHD_Connection *c) 
                                 control_done, r, err, sizeof(err));
     if (st) {
         set_error(r, st, err);
+        if (st == 503) r->retry_after = 1;
         r->phase = PHASE_ANSWERED;
         MHD_resume_connection(c);
     }
@@ -880,6 +882,7 @@ static int repository_route(http_request *r, const char *path) {
     int st = repository_control(r->s->p.repo, name, n, load, NULL, NULL, err, sizeof(err));
     if (st) {
         set_error(r, st, err);
+        if (st == 503) r->retry_after = 1;
         return 1;
     }
     snprintf(r->control_name, sizeof(r->control_name), "%.*s", (int)n, name);

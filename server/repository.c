@@ -76,6 +76,7 @@ struct repository {
     pthread_t thread;
     int thread_started;
     unsigned long long skipped_names; /* what the last scan left out, as a hash: said once */
+    char root_error[256];             /* why the last scan could not read the root; "" when it could */
 };
 
 /* One version directory found by a scan. */
@@ -249,7 +250,9 @@ static int scan_model(const char *name, const char *model_dir, candidate **c, in
 }
 
 /* Every version directory of the repository (or the one model of
- * --model), models in name order. Returns the count, or -1. */
+ * --model), models in name order. Returns the count, -1 (out of memory),
+ * or -3 when the repository's directory cannot be read (r->root_error
+ * says why; logged when that starts and when it ends). */
 static int scan(repository *r, candidate **out) {
     const server_config *cfg = r->p.cfg;
     candidate *c = NULL;
@@ -260,10 +263,22 @@ static int scan(repository *r, candidate **out) {
         *out = c;
         return n;
     }
+    /* Read as empty, a root renamed away for a moment (a deploy swapping
+     * directories) or an NFS error unloaded every model at the next poll:
+     * nothing tells that from a transient failure, so nothing changes */
     DIR *d = opendir(cfg->model_repository);
     if (!d) {
-        log_event("error", "model-repository: cannot read %s: %s", cfg->model_repository, strerror(errno));
-        return 0; /* as an empty repository: what served goes on serving only if still there */
+        char why[sizeof(r->root_error)];
+        snprintf(why, sizeof(why), "%s", strerror(errno));
+        if (strcmp(why, r->root_error) != 0)
+            log_event("error", "model-repository: cannot read %s: %s (what serves goes on serving)",
+                      cfg->model_repository, why);
+        snprintf(r->root_error, sizeof(r->root_error), "%s", why);
+        return -3;
+    }
+    if (r->root_error[0]) {
+        log_event("info", "model-repository: %s can be read again", cfg->model_repository);
+        r->root_error[0] = '\0';
     }
     char **names = NULL;
     int nn = 0, ncap = 0, rc = 0;
@@ -617,13 +632,15 @@ static int named_at_start(const char *list, const char *name) {
  * reloaded when their files changed; versions no longer selected or no
  * longer there are retired. Models that left the repository are retired.
  * `want`: `only` is asked for (explicit mode's load). Returns 0, -1
- * when `only` is not in the repository, or -2 when it stopped short for
- * the daemon's stop (a load left undone, nothing retired). The first load that failed on
+ * when `only` is not in the repository, -2 when it stopped short for
+ * the daemon's stop (a load left undone, nothing retired), or -3 when the
+ * repository's directory cannot be read (nothing done). The first load that failed on
  * this pass says why in `failed` (when not NULL; empty if none did). */
 static int sync_models(repository *r, const char *only, int want, char *failed, size_t failed_len) {
     candidate *c;
     if (failed) failed[0] = '\0';
     int n = scan(r, &c);
+    if (n == -3) return -3; /* the root cannot be read: nothing loaded, nothing retired */
     if (n < 0) {
         log_event("error", "model repository: out of memory while scanning");
         return -1;
@@ -768,6 +785,10 @@ static void run_request(repository *r, control_req *q) {
         if (synced == -2) {
             status = 503;
             snprintf(msg, sizeof(msg), "the load of \"%s\" was cut short: server is shutting down", q->name);
+        } else if (synced == -3) {
+            status = 503;
+            snprintf(msg, sizeof(msg), "failed to load \"%s\": model-repository %.300s cannot be read: %s",
+                     q->name, r->p.cfg->model_repository, r->root_error);
         } else if (synced) {
             status = 404;
             snprintf(msg, sizeof(msg), "failed to load \"%s\": no such model in the repository", q->name);

@@ -23,6 +23,9 @@
 #     sent, so it holds the version) answers it with the unloaded model.
 #  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
 #     with control characters left out (said once); promtool clean.
+#  7. The repository's directory unreadable for a while (renamed away):
+#     a rescan changes nothing (it unloaded every model), an explicit load
+#     answers 503 naming the reason; logged when it starts and ends.
 #  Every wait is on observable state (index, metrics, log, files).
 set -euo pipefail
 SERVE=${1:-}
@@ -346,5 +349,34 @@ poll 30 log_has "rescan done" || fail "no rescan after SIGHUP"
   fail "the names left out were not said once: $(grep "not served" "$LOG")"
 grep -q 't\\x09b' "$LOG" || fail "the names left out are not named (escaped): $(grep "not served" "$LOG")"
 echo "ok model names: UTF-8 and quotes served as they are, names not UTF-8 or with control characters left out"
+stop_daemon
+
+# --- 7. the repository's directory cannot be read for a while ----------------------------
+# A deploy that swaps directories by rename, or an NFS error: read as an
+# empty repository, the next rescan unloaded every model. Nothing tells
+# that from a passing failure: what serves goes on serving.
+REPO=$WORK/repo_root
+mkdir -p "$REPO"
+copy_model "$LD" "$REPO/ld"
+MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ld --access-log off
+mv -T "$REPO" "$REPO.away"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
+log_has "model-repository: cannot read $REPO: No such file or directory (what serves goes on serving)" ||
+  fail "the unreadable repository not logged: $(tail -5 "$LOG")"
+is_state ld 1 READY || fail "ld not READY while the repository cannot be read: $(index)"
+client logits "$URL" ld "$SAMPLE" >"$WORK/root.ld" || fail "ld does not answer while the repository cannot be read"
+same_logits "$WORK/ref.ld" "$WORK/root.ld" || fail "ld answers otherwise while the repository cannot be read"
+code=$(curl -s -D "$WORK/hdr" -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ld/load")
+{ [ "$code" = 503 ] && jq -e '.error | contains("cannot be read")' "$WORK/body" >/dev/null; } ||
+  fail "a load while the repository cannot be read: $code $(cat "$WORK/body") (want 503 naming the reason)"
+grep -qi '^retry-after: 1' "$WORK/hdr" || fail "503 for the load without Retry-After: $(cat "$WORK/hdr")"
+mv -T "$REPO.away" "$REPO"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 2 || fail "no second rescan after SIGHUP"
+log_has "model-repository: $REPO can be read again" || fail "the repository's return not logged: $(tail -5 "$LOG")"
+[ "$(grep -c "model-repository: cannot read" "$LOG")" = 1 ] || fail "the unreadable repository logged more than once"
+is_state ld 1 READY || fail "ld not READY once the repository is back: $(index)"
+echo "ok a repository that cannot be read for a while: nothing unloaded, a load 503 naming why, said once"
 stop_daemon
 echo "repository: ok"
