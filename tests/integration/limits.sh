@@ -14,6 +14,8 @@
 #   503  queue full (--max-queue-size 1, one worker busy, one request
 #        queued): the next request gets 503 with Retry-After at once
 #   30 clients gone mid-body: at most 5 libmicrohttpd lines, then a count
+#   499  24 x 20 clients that close right after half their body: all over
+#        within 5 s, none left receiving until the deadline (edge.py gone-storm)
 #   300 connections' memory goes back to the kernel once they close (RSS)
 #   503  body-budget-bytes: while another request's announced body holds
 #        the budget, an announced or a chunked body (edge.py body-budget)
@@ -157,6 +159,7 @@ stop_daemon
 # --- clients that hang up do not flood the log --------------------------------
 start_daemon
 edge abort-flood "$PORT" "$LOG" 30 || fail "libmicrohttpd's lines for aborted clients"
+edge gone-storm "$PORT" 24 20 || fail "clients gone mid-body left receiving"
 stop_daemon
 log_has 'libmicrohttpd: [0-9]* more messages not logged' || fail "no line counting the messages left out"
 # (RSS says nothing under a sanitizer: ASan holds freed memory in quarantine.
