@@ -27,6 +27,7 @@ static void usage(FILE *out) {
     fprintf(out, "usage: comrope-classify [--model DIR] [--resolution N|HxW|native] [--fit resize|crop]\n"
                  "                        [--top-k K] [--logits] [--threads T] [--precision fp32|bf16|auto]\n"
                  "                        [--isa auto|avx512|avx2|scalar] [--dump-stages DIR] FILE...\n"
+                 "Options may also come between and after the files; -- ends them.\n"
                  "--dump-stages DIR: write each image's residual stream after every stage of the\n"
                  "forward to DIR/image<I>_stage<S>.npy (T, D) (debugging parity layer by layer:\n"
                  "tools/parity_stages.py compares them with the reference).\n"
@@ -216,7 +217,11 @@ int main(int argc, char **argv) {
     vit_options opts = vit_default_options();
     vit_context_params cparams = vit_context_default_params();
     stage_dump dump = {.dir = NULL, .first_image = 0, .failed = 0};
-    int first_file = argc, images_done = 0;
+    /* Options may come before, between or after the files (as GNU tools
+     * take them; `--` ends the options): the files are gathered into
+     * argv[1..nfiles] in their order as the loop passes them, over entries
+     * it has read already. */
+    int nfiles = 0, images_done = 0;
     char err[1024], dir[4096];
 
     for (int i = 1; i < argc; i++) {
@@ -284,18 +289,16 @@ int main(int argc, char **argv) {
                 }
             }
         } else if (strcmp(a, "--") == 0) {
-            first_file = i + 1;
-            break;
+            while (++i < argc) argv[1 + nfiles++] = argv[i];
         } else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, "comrope-classify: unknown option %s\n", a);
             usage(stderr);
             return 2;
         } else {
-            first_file = i;
-            break;
+            argv[1 + nfiles++] = argv[i];
         }
     }
-    if (first_file >= argc) {
+    if (nfiles == 0) {
         usage(stderr);
         return 2;
     }
@@ -325,7 +328,7 @@ int main(int argc, char **argv) {
     }
     image_limits limits = image_limits_default();
     int failed = 0;
-    for (int i = first_file; i < argc; i++) {
+    for (int i = 1; i <= nfiles; i++) {
         const char *file = argv[i];
         uint8_t *data = NULL;
         size_t len = 0;

@@ -138,6 +138,22 @@ START_TEST(test_bad_file_reported_others_still_run) {
 }
 END_TEST
 
+/* Options after or between the files apply to all of them (they were taken
+ * for files: "--top-k" could not be opened) */
+START_TEST(test_options_after_files) {
+    json_t *lines[16];
+    int n;
+    int rc = run(MODEL "/input_8x8.npy --top-k 2 --model " MODEL " -- " MODEL "/input_16x16.npy", lines, &n);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(n, 2 + 2);
+    for (int i = 0; i < n; i++) {
+        ck_assert(json_object_get(lines[i], "error") == NULL);
+        ck_assert_int_eq((int)json_array_size(json_object_get(lines[i], "top")), 2);
+        json_decref(lines[i]);
+    }
+}
+END_TEST
+
 START_TEST(test_bad_resolution_names_nearest) {
     json_t *lines[16];
     int n;
@@ -164,6 +180,7 @@ int main(void) {
     tcase_add_test(tc, test_npy_logits_match_reference);
     tcase_add_test(tc, test_dump_stages_match_reference);
     tcase_add_test(tc, test_bad_file_reported_others_still_run);
+    tcase_add_test(tc, test_options_after_files);
     tcase_add_test(tc, test_bad_resolution_names_nearest);
     suite_add_tcase(s, tc);
     return check_run(s);
