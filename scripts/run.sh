@@ -10,15 +10,12 @@ scripts/install-deps.sh build
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)"
 
-# The port the example below talks to: --port, else COMROPE_PORT, else 8080.
-port=${COMROPE_PORT:-8080}
-args=("$@")
-for ((i = 0; i < ${#args[@]}; i++)); do
-  case ${args[i]} in
-    --port) port=${args[i + 1]:-$port} ;;
-    --port=*) port=${args[i]#--port=} ;;
-  esac
-done
+# The port the example below talks to, as the daemon resolves it (flags,
+# environment, a --config file, default 8080): --print-config prints the
+# resolved settings and loads nothing. Settings it refuses are left for
+# the daemon itself to name.
+port=$(build/comrope-serve "$@" --print-config 2>/dev/null | sed -n 's/^port \([0-9]*\)$/\1/p') || true
+port=${port:-8080}
 sample=models/samples/ankle-boot.png
 cat <<EOF
 == starting build/comrope-serve on port $port (Ctrl-C to stop). In a browser: http://localhost:$port/
