@@ -906,7 +906,13 @@ static void route(http_request *r, struct MHD_Connection *c) {
     if (!loaded && !loading_route(r, path)) return;
     if (strcmp(path, "/metrics") == 0) {
         r->endpoint = ENDPOINT_METRICS;
-        if (s->p.cfg->metrics_port && !r->metrics_only) goto not_found;
+        if (s->p.cfg->metrics_port && !r->metrics_only) { /* a curl or the console's live panel asks here */
+            snprintf(err, sizeof(err),
+                     "no such endpoint: /metrics is served on the metrics port (metrics-port %d)",
+                     s->p.cfg->metrics_port);
+            set_error(r, 404, err);
+            return;
+        }
         if (preflight(r, 0)) return;
         if (!method_fits(r, 0)) goto method;
         if (!s->p.cfg->metrics_open && !authorized(r, c)) goto unauthorized;

@@ -18,6 +18,9 @@ MPORT=$(free_port)
 start_daemon --metrics-port "$MPORT" --access-log off
 log_has "metrics on 127.0.0.1:$MPORT" || fail "no 'metrics on' line"
 [ "$(http_code "$URL/metrics")" = 404 ] || fail "/metrics still on the main port with --metrics-port"
+# ... and the 404 says where it is (the console's live panel shows it)
+curl -s "$URL/metrics" | jq -e --arg p "$MPORT" '.error | contains("metrics-port " + $p)' >/dev/null ||
+  fail "the 404 for /metrics on the main port does not name metrics-port: $(curl -s "$URL/metrics")"
 for _ in 1 2 3; do
   [ "$(http_code -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
     fail "classify"
