@@ -164,12 +164,15 @@ static int body_reserve(http_request *r, int64_t n) {
 }
 
 /* Reserves of body-budget-bytes what r's body needs to grow to `want`
- * bytes, or as much of it as the budget has room for, but never less than
- * `need`. Returns the capacity the body may have now (at least need), or
- * 0 when not even need fits (nothing reserved). Falling back to exactly
- * `need` when a doubling did not fit grew a big body by one chunk per
- * realloc: a 60 MB chunked body under a budget of 62 MB took 14-30 s of
- * copying on its HTTP thread instead of 1. Any thread. */
+ * bytes or, when the budget has not the room, half of the room left, but
+ * never less than `need`. Returns the capacity the body may have now (at
+ * least need), or 0 when not even need fits (nothing reserved). Falling
+ * back to exactly `need` grew a big body by one chunk per realloc: a 60 MB
+ * chunked body under a budget of 62 MB took 14-30 s of copying on its HTTP
+ * thread instead of 1. Taking all the room left instead crowded out the
+ * next body: two 9 MiB chunked bodies under 20 MiB, one refused. With
+ * half, a lone body still needs only a few reallocs, and the others keep
+ * the other half. Any thread. */
 static size_t body_reserve_upto(http_request *r, size_t need, size_t want) {
     http_server *s = r->s;
     int64_t lo = (int64_t)need - r->body_reserved, hi = (int64_t)want - r->body_reserved, add;
@@ -178,7 +181,7 @@ static size_t body_reserve_upto(http_request *r, size_t need, size_t want) {
     do {
         int64_t room = s->p.cfg->body_budget_bytes - held;
         if (lo > room) return 0;
-        add = hi < room ? hi : room;
+        add = hi <= room ? hi : room / 2 > lo ? room / 2 : lo;
         if (add < 0) add = 0;
     } while (!atomic_compare_exchange_weak(&s->body_bytes, &held, held + add));
     r->body_reserved += add;

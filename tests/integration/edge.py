@@ -39,6 +39,10 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       --max-body-bytes 100000000 and --receive-timeout-s 10. A 60 MB chunked
       body fits the budget but not its buffer's doubling: it is read in
       full and answered (400), not cut at the deadline.
+  budget-share PORT BUDGET
+      The daemon runs with --body-budget-bytes BUDGET (20 MiB). Two 9 MiB
+      chunked bodies sent side by side fit together, neither its buffer's
+      doubling: both are read in full (400), neither refused 503.
   abort-flood PORT LOG N
       N clients that hang up in the middle of their bodies at once (each a
       libmicrohttpd message): all counted as 499, and LOG holds at most 5
@@ -637,6 +641,36 @@ def budget_tight(port, budget):
           % (size, budget, st))
 
 
+def budget_share(port, budget):
+    """Two chunked bodies of 9 MiB sent side by side under a budget of
+    `budget` (20 MiB): together they fit, neither fits its buffer's
+    doubling, and both must be read in full. A body whose doubling did not
+    fit took all the room left, and the other was refused 503."""
+    size, chunk = 9 * 1024 * 1024, 65536
+    if not 2 * size <= budget < 2 * size + 4 * 1024 * 1024:
+        fail("budget-share needs a budget between the two bodies (%d) and 4 MiB more" % (2 * size))
+    socks = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        socks.append(s)
+    piece = b"%x\r\n" % chunk + b"x" * chunk + b"\r\n"
+    for _ in range(size // chunk):
+        for s in socks:
+            s.sendall(piece)
+    answers = []
+    for s in socks:
+        s.sendall(b"0\r\n\r\n")
+        answers.append(read_response(s))
+        s.close()
+    for i, (st, _, body) in enumerate(answers):
+        if st not in (400, 415):
+            fail("two %d-byte chunked bodies side by side under a budget of %d: body %d got %d %r, "
+                 "not 400/415 (read in full)" % (size, budget, i, st, body[:200]))
+    print("ok two %d-byte chunked bodies side by side under a budget of %d: both read in full" % (size, budget))
+
+
 def main():
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "content-length" and len(sys.argv) == 5:
@@ -653,6 +687,8 @@ def main():
         body_budget(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "framing" and len(sys.argv) == 3:
         framing(int(sys.argv[2]))
+    elif cmd == "budget-share" and len(sys.argv) == 4:
+        budget_share(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "budget-tight" and len(sys.argv) == 4:
         budget_tight(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "gone-storm" and len(sys.argv) == 5:

@@ -21,7 +21,8 @@
 #        the budget, an announced or a chunked body (edge.py body-budget)
 #        bodies announced but not sent hold 1 MiB each, not their length
 #        (edge.py budget-ahead); a chunked body that fits the budget but
-#        not its buffer's doubling is read in full (edge.py budget-tight)
+#        not its buffer's doubling is read in full (edge.py budget-tight),
+#        and two that fit together both are (edge.py budget-share)
 #
 #   tests/integration/limits.sh build/comrope-serve
 set -euo pipefail
@@ -184,5 +185,8 @@ edge budget-ahead "$PORT" 4194304 || fail "announced bodies held the budget befo
 stop_daemon
 start_daemon --body-budget-bytes 62000000 --max-body-bytes 100000000 --receive-timeout-s 10
 edge budget-tight "$PORT" 62000000 || fail "a chunked body that fits the budget but not its doubling"
+stop_daemon
+start_daemon --body-budget-bytes 20971520
+edge budget-share "$PORT" 20971520 || fail "two chunked bodies that fit the budget together"
 stop_daemon
 echo "limits: all passed"
