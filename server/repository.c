@@ -249,6 +249,17 @@ static int scan_model(const char *name, const char *model_dir, candidate **c, in
     return rc;
 }
 
+/* The repository's directory cannot be read (errno err): r->root_error
+ * says why, logged when that starts or its reason changes. */
+static void root_unreadable(repository *r, int err) {
+    char why[sizeof(r->root_error)];
+    snprintf(why, sizeof(why), "%s", strerror(err));
+    if (strcmp(why, r->root_error) != 0)
+        log_event("error", "model-repository: cannot read %s: %s (a rescan changes nothing until it can)",
+                  r->p.cfg->model_repository, why);
+    snprintf(r->root_error, sizeof(r->root_error), "%s", why);
+}
+
 /* Every version directory of the repository (or the one model of
  * --model), models in name order. Returns the count, -1 (out of memory),
  * or -3 when the repository's directory cannot be read (r->root_error
@@ -264,21 +275,13 @@ static int scan(repository *r, candidate **out) {
         return n;
     }
     /* Read as empty, a root renamed away for a moment (a deploy swapping
-     * directories) or an NFS error unloaded every model at the next poll:
-     * nothing tells that from a transient failure, so nothing changes */
+     * directories) or an NFS error unloaded every model at the next poll
+     * (read in part, those past the error): nothing tells that from a
+     * transient failure, so nothing changes */
     DIR *d = opendir(cfg->model_repository);
     if (!d) {
-        char why[sizeof(r->root_error)];
-        snprintf(why, sizeof(why), "%s", strerror(errno));
-        if (strcmp(why, r->root_error) != 0)
-            log_event("error", "model-repository: cannot read %s: %s (what serves goes on serving)",
-                      cfg->model_repository, why);
-        snprintf(r->root_error, sizeof(r->root_error), "%s", why);
+        root_unreadable(r, errno);
         return -3;
-    }
-    if (r->root_error[0]) {
-        log_event("info", "model-repository: %s can be read again", cfg->model_repository);
-        r->root_error[0] = '\0';
     }
     char **names = NULL;
     int nn = 0, ncap = 0, rc = 0;
@@ -286,7 +289,9 @@ static int scan(repository *r, candidate **out) {
     char path[CONFIG_PATH_MAX];
     unsigned long long skipped = 0;
     text left_out = {0};
-    while ((e = readdir(d))) {
+    for (;;) {
+        errno = 0;
+        if (!(e = readdir(d))) break;
         if (e->d_name[0] == '.' || strlen(e->d_name) >= sizeof(c->name)) continue;
         if ((size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, e->d_name) >= sizeof(path) ||
             !is_dir(path))
@@ -315,7 +320,19 @@ static int scan(repository *r, candidate **out) {
         }
         nn++;
     }
+    int read_errno = errno; /* readdir's NULL: the end, or an error when set */
     closedir(d);
+    if (!e && read_errno) {
+        for (int i = 0; i < nn; i++) free(names[i]);
+        free(names);
+        free(left_out.data);
+        root_unreadable(r, read_errno);
+        return -3;
+    }
+    if (r->root_error[0]) {
+        log_event("info", "model-repository: %s can be read again", cfg->model_repository);
+        r->root_error[0] = '\0';
+    }
     /* said when the set left out changes, not on every poll (log_event
      * escapes the names) */
     if (skipped != r->skipped_names && left_out.len)
@@ -930,7 +947,10 @@ int repository_start(repository *r, char *err, size_t errlen) {
         pthread_mutex_unlock(&r->lock);
         if (n > 0) free(c);
     }
-    sync_models(r, NULL, 0, NULL, 0);
+    if (sync_models(r, NULL, 0, NULL, 0) == -3) { /* nothing to serve from: not a start */
+        snprintf(err, errlen, "model-repository: cannot read %s: %s", cfg->model_repository, r->root_error);
+        return -1;
+    }
     pthread_mutex_lock(&r->lock);
     r->started = 1;
     int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0);

@@ -362,7 +362,7 @@ MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit -
 mv -T "$REPO" "$REPO.away"
 kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
-log_has "model-repository: cannot read $REPO: No such file or directory (what serves goes on serving)" ||
+log_has "model-repository: cannot read $REPO: No such file or directory (a rescan changes nothing until it can)" ||
   fail "the unreadable repository not logged: $(tail -5 "$LOG")"
 is_state ld 1 READY || fail "ld not READY while the repository cannot be read: $(index)"
 client logits "$URL" ld "$SAMPLE" >"$WORK/root.ld" || fail "ld does not answer while the repository cannot be read"
