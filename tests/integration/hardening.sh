@@ -135,7 +135,10 @@ start_daemon --workers 1 --max-batch-size 1 --max-queue-delay-us 0 --max-request
 P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
 MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
 SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
-SLOW_N=8
+# (24 images: about 2 s here, so that the 20 are queued long before the
+# slow request ends also on a loaded machine; with 8, 0.7 s, it ended first
+# now and then)
+SLOW_N=24
 {
   printf '{"images": ['
   for ((i = 1; i <= SLOW_N; i++)); do [ $i = 1 ] || printf ','; printf '"%s"' "$B64"; done
