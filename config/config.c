@@ -25,6 +25,41 @@ static const char *const isa_choices[] = {"auto", "avx512", "avx2", "scalar", NU
 /* Triton's names, in the order of MODEL_CONTROL_* */
 static const char *const control_choices[] = {"none", "poll", "explicit", NULL};
 
+int config_parse_version_policy(const char *text, version_policy *p, char *err, size_t errlen) {
+    memset(p, 0, sizeof(*p));
+    if (strcmp(text, "all") == 0) {
+        p->all = 1;
+        return 0;
+    }
+    if (strncmp(text, "latest:", 7) == 0) {
+        char *end;
+        long n = strtol(text + 7, &end, 10);
+        if (text[7] && !*end && n >= 1 && n <= 1000000) {
+            p->latest = (int)n;
+            return 0;
+        }
+    } else if (strncmp(text, "specific:", 9) == 0) {
+        const char *v = text + 9;
+        for (;;) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (end == v || n < 1 || n > 1000000000 || p->nspecific == MAX_POLICY_VERSIONS) break;
+            p->specific[p->nspecific++] = (int)n;
+            if (*end == '\0') return 0;
+            if (*end != ',') break;
+            v = end + 1;
+        }
+    }
+    snprintf(err, errlen, "\"%.100s\" is not latest:N, specific:A,B,... or all (at most %d versions)", text,
+             MAX_POLICY_VERSIONS);
+    return -1;
+}
+
+static int check_version_policy(const char *value, char *err, size_t errlen) {
+    version_policy p;
+    return config_parse_version_policy(value, &p, err, errlen);
+}
+
 /* The one table. Defaults are text so that they go through the same parser
  * as every other source and cannot disagree with the bounds. */
 const config_option config_options[] = {
@@ -324,6 +359,7 @@ const config_option config_options[] = {
      .offset = OFF(version_policy),
      .size = SIZE(version_policy),
      .default_value = "latest:1",
+     .check = check_version_policy,
      .help = "versions of a model served: latest:N, specific:A,B,... or all (Triton's policies)"},
 };
 const int config_num_options = (int)(sizeof(config_options) / sizeof(config_options[0]));
@@ -358,6 +394,13 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
                          (int)(q - (const unsigned char *)value) + 1);
                 return -1;
             }
+        if (o->check) {
+            char why[300];
+            if (o->check(value, why, sizeof(why))) {
+                snprintf(err, errlen, "%s (%s): %s", name, source, why);
+                return -1;
+            }
+        }
         memcpy(field, value, strlen(value) + 1);
         return 0;
     case CONFIG_BOOL:

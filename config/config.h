@@ -70,6 +70,19 @@ typedef struct {
 
 enum { MODEL_CONTROL_NONE = 0, MODEL_CONTROL_POLL, MODEL_CONTROL_EXPLICIT };
 
+/* version-policy, parsed (Triton's policies; the repository applies it). */
+#define MAX_POLICY_VERSIONS 64
+typedef struct {
+    int all, latest; /* all: every version; latest N; else specific */
+    int specific[MAX_POLICY_VERSIONS];
+    int nspecific;
+} version_policy;
+
+/* Parses "latest:N", "specific:A,B,..." or "all" into *p. Returns 0, or -1
+ * with a message quoting text. config_set checks every version-policy
+ * value with it (flags, environment, config files, serve.conf). */
+int config_parse_version_policy(const char *text, version_policy *p, char *err, size_t errlen);
+
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;
 
 /* One row of the table. Integers are bounded by [min, max]; enums list
@@ -82,6 +95,9 @@ typedef struct {
     const char *default_value;
     long long min, max;
     const char *const *choices;
+    /* a string's syntax, checked as it is set (NULL: any): returns 0, or
+     * -1 with a message */
+    int (*check)(const char *value, char *err, size_t errlen);
     const char *help;
 } config_option;
 

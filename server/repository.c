@@ -24,7 +24,6 @@ static const char *const per_model_keys[] = {
     "max-batch-size", "max-batch-tokens", "max-queue-delay-us", "max-queue-size", "workers",
     "gemm-threads",   "precision",        "gemm-backend",       "version-policy", NULL};
 #define SETTINGS_FILE "serve.conf"
-#define MAX_POLICY_VERSIONS 64
 
 static const char *state_names[MODEL_STATE_COUNT] = {"LOADING", "READY", "UNLOADING", "UNAVAILABLE"};
 
@@ -88,41 +87,6 @@ typedef struct {
 } candidate;
 
 /* --- settings and policy --------------------------------------------------- */
-
-typedef struct {
-    int all, latest; /* all: every version; latest N; else specific */
-    int specific[MAX_POLICY_VERSIONS];
-    int nspecific;
-} version_policy;
-
-static int parse_policy(const char *text, version_policy *p, char *err, size_t errlen) {
-    memset(p, 0, sizeof(*p));
-    if (strcmp(text, "all") == 0) {
-        p->all = 1;
-        return 0;
-    }
-    if (strncmp(text, "latest:", 7) == 0) {
-        char *end;
-        long n = strtol(text + 7, &end, 10);
-        if (text[7] && !*end && n >= 1 && n <= 1000000) {
-            p->latest = (int)n;
-            return 0;
-        }
-    } else if (strncmp(text, "specific:", 9) == 0) {
-        const char *v = text + 9;
-        for (;;) {
-            char *end;
-            long n = strtol(v, &end, 10);
-            if (end == v || n < 1 || n > 1000000000 || p->nspecific == MAX_POLICY_VERSIONS) break;
-            p->specific[p->nspecific++] = (int)n;
-            if (*end == '\0') return 0;
-            if (*end != ',') break;
-            v = end + 1;
-        }
-    }
-    snprintf(err, errlen, "version-policy: \"%.100s\" is not latest:N, specific:A,B,... or all", text);
-    return -1;
-}
 
 /* The global settings with the model's serve.conf (if any) over them. */
 static int model_settings(const repository *r, const char *model_dir, server_config *out, char *err,
@@ -685,7 +649,7 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
         version_policy pol;
         char err[1024];
         int bad = model_settings(r, c[i].model_dir, &settings, err, sizeof(err)) ||
-                  parse_policy(settings.version_policy, &pol, err, sizeof(err));
+                  config_parse_version_policy(settings.version_policy, &pol, err, sizeof(err));
         if (bad) {
             pthread_mutex_lock(&r->lock);
             e = get_entry(r, name);
@@ -898,7 +862,7 @@ static void *control_main(void *arg) {
 
 repository *repository_new(const repository_params *p, char *err, size_t errlen) {
     version_policy pol;
-    if (parse_policy(p->cfg->version_policy, &pol, err, errlen)) return NULL;
+    if (config_parse_version_policy(p->cfg->version_policy, &pol, err, errlen)) return NULL;
     if (p->cfg->model_repository[0] && !is_dir(p->cfg->model_repository)) {
         snprintf(err, errlen, "model-repository: %s is not a directory", p->cfg->model_repository);
         return NULL;

@@ -132,6 +132,12 @@ START_TEST(bad_values) {
     expect_refused(3, a13, none, "control character 0x0d");
     char *e14[] = {"COMROPE_MODEL_NAME=a\tb", NULL};
     expect_refused(1, a8, e14, "model-name (COMROPE_MODEL_NAME): control character 0x09");
+    /* version-policy's syntax is checked as it is set, so --print-config
+     * and serve.conf refuse what the repository would (it printed latest:0) */
+    char *a15[] = {"x", "--version-policy", "latest:0", "--print-config", NULL};
+    expect_refused(4, a15, none, "version-policy (flag --version-policy): \"latest:0\" is not latest:N");
+    char *e16[] = {"COMROPE_VERSION_POLICY=specific:1,,2", NULL};
+    expect_refused(1, a8, e16, "version-policy (COMROPE_VERSION_POLICY)");
 }
 END_TEST
 
@@ -312,10 +318,11 @@ START_TEST(flag_forms_are_equal) {
     for (int i = 0; i < config_num_options; i++) {
         const config_option *o = &config_options[i];
         if (!strcmp(o->name, "config")) continue;
-        const char *v = o->type == CONFIG_STRING ? "s"
-                        : o->type == CONFIG_BOOL ? "no"
-                        : o->type == CONFIG_ENUM ? o->choices[1]
-                                                 : "1";
+        const char *v = o->check                   ? o->default_value /* a valid string */
+                        : o->type == CONFIG_STRING ? "s"
+                        : o->type == CONFIG_BOOL   ? "no"
+                        : o->type == CONFIG_ENUM   ? o->choices[1]
+                                                   : "1";
         char flag[160], joined[200];
         snprintf(flag, sizeof(flag), "--%s", o->name);
         snprintf(joined, sizeof(joined), "--%s=%s", o->name, v);
