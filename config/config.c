@@ -693,6 +693,16 @@ int config_load(server_config *cfg, int argc, char **argv, char **envp, char *er
         }
         if (config_set(cfg, flags[i].option->name, flags[i].value, source, err, errlen)) goto cleanup;
     }
+    /* Settings that cannot go together are refused like a bad value (exit
+     * 2), not left for the model's load to fail as if the model were bad:
+     * bf16 compute is AVX-512's */
+    const char *isa = isa_choices[cfg->isa];
+    if (!strcmp(precision_choices[cfg->precision], "bf16") &&
+        (!strcmp(isa, "avx2") || !strcmp(isa, "scalar"))) {
+        snprintf(err, errlen, "precision bf16 needs isa avx512 or auto, not %s (use precision auto or fp32)",
+                 isa);
+        goto cleanup;
+    }
     rc = action;
 cleanup:
     free(flags);

@@ -138,6 +138,10 @@ START_TEST(bad_values) {
     expect_refused(4, a15, none, "version-policy (flag --version-policy): \"latest:0\" is not latest:N");
     char *e16[] = {"COMROPE_VERSION_POLICY=specific:1,,2", NULL};
     expect_refused(1, a8, e16, "version-policy (COMROPE_VERSION_POLICY)");
+    /* bf16 compute with an ISA that has none: a settings conflict, not a
+     * bad model (the load failed, exit 1) */
+    char *a17[] = {"x", "--precision", "bf16", "--isa", "avx2", NULL};
+    expect_refused(5, a17, none, "precision bf16 needs isa avx512 or auto, not avx2");
 }
 END_TEST
 
