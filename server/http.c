@@ -150,19 +150,6 @@ static void set_json(http_request *r, int status, char *json) {
  * a client holds what it sends, and 1 MiB per connection at most besides. */
 #define BODY_RESERVE_AHEAD ((int64_t)1 << 20)
 
-/* Reserves n more bytes of body-budget-bytes for r's body. Returns 0, or
- * -1 when the bodies held would pass the budget (nothing reserved). Any
- * thread. */
-static int body_reserve(http_request *r, int64_t n) {
-    http_server *s = r->s;
-    long long held = atomic_load(&s->body_bytes);
-    do {
-        if (held + n > s->p.cfg->body_budget_bytes) return -1;
-    } while (!atomic_compare_exchange_weak(&s->body_bytes, &held, held + n));
-    r->body_reserved += n;
-    return 0;
-}
-
 /* Reserves of body-budget-bytes what r's body needs to grow to `want`
  * bytes or, when the budget has not the room, half of the room left, but
  * never less than `need`. Returns the capacity the body may have now (at
@@ -1063,7 +1050,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         return;
     }
     int64_t ahead = r->content_length < BODY_RESERVE_AHEAD ? r->content_length : BODY_RESERVE_AHEAD;
-    if (ahead > 0 && body_reserve(r, ahead)) {
+    if (ahead > 0 && !body_reserve_upto(r, (size_t)ahead, (size_t)ahead)) {
         set_busy_bodies(r, ahead); /* its body is read and dropped */
         return;
     }
