@@ -430,7 +430,10 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
         char *end;
         errno = 0;
         long long v = strtoll(value, &end, 10);
-        if (*value == '\0' || *end != '\0' || errno == ERANGE) {
+        /* strtoll skips leading space, and only that: " 8" was 8 while "8 "
+         * was refused. A space in a flag or a variable is a quoting slip (a
+         * file's unquoted values are trimmed already), so neither is a number */
+        if (*value == '\0' || isspace((unsigned char)*value) || *end != '\0' || errno == ERANGE) {
             snprintf(err, errlen, "%s (%s): expected an integer, not \"%s\"", name, source, value);
             return -1;
         }

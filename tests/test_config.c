@@ -389,6 +389,46 @@ START_TEST(file_slips_refused) {
 }
 END_TEST
 
+/* A number with a space before or after it is refused alike from every
+ * source (strtoll skipped a leading one: " 8" was 8, "8 " refused): a
+ * stray space in a flag or a variable is a quoting slip, and a file's
+ * unquoted values are trimmed already, so only a quoted one keeps it. */
+START_TEST(number_spaces_refused) {
+    char *none[] = {NULL};
+    const char *values[] = {" 8", "8 ", "\t8", "8\n"};
+    char expect[128];
+    for (size_t k = 0; k < sizeof(values) / sizeof(values[0]); k++) {
+        char *a[] = {"x", "--max-batch-size", (char *)values[k], NULL};
+        snprintf(expect, sizeof(expect),
+                 "max-batch-size (flag --max-batch-size): expected an integer, not \"%s\"", values[k]);
+        expect_refused(3, a, none, expect);
+        char env[64], *e[] = {env, NULL}, *a1[] = {"x", NULL};
+        snprintf(env, sizeof(env), "COMROPE_MAX_BATCH_SIZE=%s", values[k]);
+        snprintf(expect, sizeof(expect),
+                 "max-batch-size (COMROPE_MAX_BATCH_SIZE): expected an integer, not \"%s\"", values[k]);
+        expect_refused(1, a1, e, expect);
+    }
+    /* the same number quoted with a space in a file */
+    const char *lines[] = {"max-batch-size \" 8\"\n", "max-batch-size \"8 \"\n"};
+    for (size_t k = 0; k < 2; k++) {
+        const char *p = write_config(lines[k]);
+        char *a[] = {"x", "--config", (char *)p, NULL};
+        snprintf(expect, sizeof(expect), "max-batch-size (%s:1): expected an integer, not \"%s\"", p,
+                 k ? "8 " : " 8");
+        expect_refused(3, a, none, expect);
+        unlink(p);
+    }
+    /* unquoted, the file's spaces around a value are the line's, not the value's */
+    const char *p = write_config("max-batch-size   8  \n");
+    char *a[] = {"x", "--config", (char *)p, NULL};
+    server_config c;
+    char err[512];
+    ck_assert_msg(config_load(&c, 3, a, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
+    ck_assert_int_eq(c.max_batch_size, 8);
+    unlink(p);
+}
+END_TEST
+
 /* --load-model adds a name per flag (Triton's repeatable flag); other keys
  * keep the last; a model's serve.conf takes only the per-model keys and
  * names the file and line of another. */
@@ -547,6 +587,7 @@ int main(void) {
     tcase_add_test(tc, flag_forms_are_equal);
     tcase_add_test(tc, flag_slips_refused);
     tcase_add_test(tc, file_slips_refused);
+    tcase_add_test(tc, number_spaces_refused);
     tcase_add_test(tc, file_long_lines);
     tcase_add_test(tc, repository_settings);
     tcase_add_test(tc, unknown_environment_named);
