@@ -647,9 +647,14 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
         }
         server_config settings;
         version_policy pol;
-        char err[1024];
-        int bad = model_settings(r, c[i].model_dir, &settings, err, sizeof(err)) ||
-                  config_parse_version_policy(settings.version_policy, &pol, err, sizeof(err));
+        char err[1024], why[300];
+        int bad = model_settings(r, c[i].model_dir, &settings, err, sizeof(err));
+        /* the one parse of the policy, where it applies: config_set checked
+         * its text from every source, so only a config built by hand fails */
+        if (!bad && config_parse_version_policy(settings.version_policy, &pol, why, sizeof(why))) {
+            snprintf(err, sizeof(err), "version-policy: %s", why);
+            bad = 1;
+        }
         if (bad) {
             pthread_mutex_lock(&r->lock);
             e = get_entry(r, name);
@@ -861,8 +866,6 @@ static void *control_main(void *arg) {
 /* --- the API --------------------------------------------------------------------- */
 
 repository *repository_new(const repository_params *p, char *err, size_t errlen) {
-    version_policy pol;
-    if (config_parse_version_policy(p->cfg->version_policy, &pol, err, errlen)) return NULL;
     if (p->cfg->model_repository[0] && !is_dir(p->cfg->model_repository)) {
         snprintf(err, errlen, "model-repository: %s is not a directory", p->cfg->model_repository);
         return NULL;

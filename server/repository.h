@@ -69,8 +69,10 @@ typedef struct {
  * a --model daemon's model-name so named stops the start. */
 const char *repository_name_problem(const char *name);
 
-/* Checks the settings (mode, policy, the directory, a --model daemon's
- * name). Nothing is loaded yet. Returns NULL with a message. */
+/* Checks what the settings cannot know alone (the repository is a
+ * directory, a --model daemon's name can be served); the settings' own
+ * syntax, version-policy's included, config_set checked. Nothing is loaded
+ * yet. Returns NULL with a message. */
 repository *repository_new(const repository_params *p, char *err, size_t errlen);
 
 /* The start-up load, on the calling thread (main: never an HTTP one):
