@@ -1,11 +1,11 @@
 /* api_keys.c: reading the bearer-token file. See api_keys.h. */
 #include "api_keys.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
+
+#include "config.h"
 
 void api_keys_free(char **keys) {
     for (int i = 0; keys && keys[i]; i++) free(keys[i]);
@@ -13,23 +13,22 @@ void api_keys_free(char **keys) {
 }
 
 char **api_keys_load(const char *path, char *err, size_t errlen) {
-    FILE *f = fopen(path, "r");
-    char **keys = NULL, *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
+    char **keys = NULL, *data, *next;
+    size_t size;
     int n = 0, lineno = 0, ok = 0;
-    if (!f) {
-        snprintf(err, errlen, "api-key-file: cannot open %.400s: %s", path, strerror(errno));
-        return NULL;
-    }
+    /* regular and capped (config_read_file): /dev/zero was read without
+     * end, a FIFO blocked the start */
+    if (config_read_file("api-key-file", path, &data, &size, err, errlen)) return NULL;
     keys = calloc(1, sizeof(char *));
     if (!keys) goto oom;
-    /* getline: a long line stays one line, so neither a long token nor the
-     * tail of a long comment can turn into a token of its own. */
-    while ((len = getline(&line, &cap, f)) >= 0) {
+    /* a long line stays one line, so neither a long token nor the tail of
+     * a long comment can turn into a token of its own */
+    for (char *line = data; line < data + size; line = next) {
+        char *nl = memchr(line, '\n', (size_t)(data + size - line));
+        char *p = line, *end = nl ? nl : data + size;
+        next = end + 1;
         lineno++;
-        char *p = line, *end = line + len;
-        while (end > p && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t')) end--;
+        while (end > p && (end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t')) end--;
         while (p < end && (*p == ' ' || *p == '\t')) p++;
         if (p == end || *p == '#') continue;
         for (char *q = p; q < end; q++)
@@ -47,10 +46,6 @@ char **api_keys_load(const char *path, char *err, size_t errlen) {
         if (!keys[n]) goto oom;
         keys[++n] = NULL;
     }
-    if (ferror(f)) {
-        snprintf(err, errlen, "api-key-file: cannot read %.400s: %s", path, strerror(errno));
-        goto fail;
-    }
     if (n == 0) {
         snprintf(err, errlen, "api-key-file: %.400s holds no token (auth would be off)", path);
         goto fail;
@@ -63,7 +58,6 @@ fail:
     api_keys_free(keys);
     keys = NULL;
 done:
-    free(line);
-    fclose(f);
+    free(data);
     return ok ? keys : NULL;
 }

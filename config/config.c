@@ -4,10 +4,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define OFF(field) offsetof(server_config, field)
@@ -497,25 +499,95 @@ int config_load_file(server_config *cfg, const char *path, char *err, size_t err
     return config_load_file_only(cfg, path, NULL, err, errlen);
 }
 
-int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
-                          size_t errlen) {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "config: cannot open %s: %s", path, strerror(errno));
+/* What st is, for a refusal: the kinds of file given by mistake. */
+static const char *file_kind(const struct stat *st) {
+    if (S_ISDIR(st->st_mode)) return "a directory";
+    if (S_ISFIFO(st->st_mode)) return "a FIFO";
+    if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode)) return "a device";
+    if (S_ISSOCK(st->st_mode)) return "a socket";
+    return "not a plain file";
+}
+
+int config_read_file(const char *what, const char *path, char **data, size_t *len, char *err, size_t errlen) {
+    char *buf = NULL;
+    size_t used = 0, cap;
+    int rc = -1;
+    *data = NULL;
+    *len = 0;
+    /* O_NONBLOCK: a FIFO would block the open until a writer came (the
+     * start, or the control thread reading a serve.conf, for good);
+     * refused by fstat below */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open %.400s: %s", what, path, strerror(errno));
         return -1;
     }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot read %.400s: %s", what, path, strerror(errno));
+        goto cleanup;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: cannot read %.400s: not a regular file (%s)", what, path, file_kind(&st));
+        goto cleanup;
+    }
+    /* refused before a byte is read when its size says so; st_size is
+     * only a first guess though (0 for a /proc file; a file may grow while
+     * it is read): the cap holds on what is read */
+    if (st.st_size > CONFIG_FILE_MAX_BYTES) goto too_large;
+    cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
+    while (used <= CONFIG_FILE_MAX_BYTES) {
+        if (!buf || used == cap) {
+            if (buf) cap = cap * 2 > CONFIG_FILE_MAX_BYTES + 1 ? CONFIG_FILE_MAX_BYTES + 1 : cap * 2;
+            char *g = realloc(buf, cap + 1);
+            if (!g) {
+                snprintf(err, errlen, "%s: out of memory reading %.400s", what, path);
+                goto cleanup;
+            }
+            buf = g;
+        }
+        ssize_t n = read(fd, buf + used, cap - used);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            snprintf(err, errlen, "%s: cannot read %.400s: %s", what, path, strerror(errno));
+            goto cleanup;
+        }
+        if (n == 0) break;
+        used += (size_t)n;
+    }
+    if (used > CONFIG_FILE_MAX_BYTES) goto too_large;
+    buf[used] = '\0';
+    *data = buf;
+    *len = used;
+    buf = NULL;
+    rc = 0;
+    goto cleanup;
+too_large:
+    snprintf(err, errlen, "%s: cannot read %.400s: larger than %d bytes, the most such a file may hold", what,
+             path, CONFIG_FILE_MAX_BYTES);
+cleanup:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
+                          size_t errlen) {
+    char *data, *next;
+    size_t size;
+    if (config_read_file("config", path, &data, &size, err, errlen)) return -1;
     int rc = -1, lineno = 0;
     int set_at[sizeof(config_options) / sizeof(config_options[0])] = {0}; /* line that set each key */
-    char *line = NULL, source[CONFIG_PATH_MAX + 32];
-    size_t cap = 0;
-    ssize_t len;
-    /* getline: a line of any length is one line (a fixed buffer would cut
-     * a long one in two and read its tail as a line of its own). */
-    while ((len = getline(&line, &cap, f)) >= 0) {
+    char source[CONFIG_PATH_MAX + 32];
+    for (char *line = data; line < data + size; line = next) {
+        char *nl = memchr(line, '\n', (size_t)(data + size - line));
+        size_t len = nl ? (size_t)(nl - line) : (size_t)(data + size - line);
+        next = line + len + 1;
+        line[len] = '\0'; /* the '\n', or the NUL after the data */
         lineno++;
         char *key, *value;
         const char *why;
-        if (strlen(line) != (size_t)len) {
+        if (strlen(line) != len) {
             snprintf(err, errlen, "config: %s:%d: NUL byte in the line", path, lineno);
             goto cleanup;
         }
@@ -553,17 +625,9 @@ int config_load_file_only(server_config *cfg, const char *path, const char *cons
         snprintf(source, sizeof(source), "%s:%d", path, lineno);
         if (config_set(cfg, key, value, source, err, errlen)) goto cleanup;
     }
-    /* getline's -1 is also an error (ENOMEM on a line without end, as
-     * /dev/zero gives): only the end of the file ends the file, or the
-     * lines after it would be dropped without a word */
-    if (ferror(f) || !feof(f)) {
-        snprintf(err, errlen, "config: cannot read %s: %s", path, strerror(errno));
-        goto cleanup;
-    }
     rc = 0;
 cleanup:
-    free(line);
-    fclose(f);
+    free(data);
     return rc;
 }
 

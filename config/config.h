@@ -131,10 +131,25 @@ void config_defaults(server_config *cfg);
 int config_set(server_config *cfg, const char *name, const char *value, const char *source, char *err,
                size_t errlen);
 
-/* Reads a Redis-style file: `key value` per line, `#` comments (on lines
- * of their own), blank lines, lines of any length. A value with spaces
- * must be double-quoted. An unknown key, a key set twice, a malformed line
- * or a read error: -1 with a message naming the file and line. */
+/* The most an operator's file (the config file, api-key-file, a model's
+ * serve.conf) may hold. A real one is a few KB; without a cap, /dev/zero
+ * given as one was read until the daemon was killed. */
+#define CONFIG_FILE_MAX_BYTES (1 << 20)
+
+/* Reads the file at `path` whole, symlinks followed, into *data (malloc'd,
+ * NUL-terminated after its *len bytes; it may hold NULs). A file that is
+ * not a regular one (a FIFO, a device such as /dev/zero, a directory) or
+ * holds more than CONFIG_FILE_MAX_BYTES is refused before anything is
+ * read, and a FIFO does not block the open. Returns 0, or -1 with a
+ * message "<what>: cannot open|read <path>: why". */
+int config_read_file(const char *what, const char *path, char **data, size_t *len, char *err, size_t errlen);
+
+/* Reads a Redis-style file (config_read_file's: regular, at most
+ * CONFIG_FILE_MAX_BYTES): `key value` per line, `#` comments (on lines of
+ * their own), blank lines, lines of any length within the file's cap. A
+ * value with spaces must be double-quoted. An unknown key, a key set twice,
+ * a malformed line or a file that cannot be read: -1 with a message naming
+ * the file and line. */
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen);
 /* The same, allowing only the keys of `allowed` (NULL-terminated): a
  * model's own settings file (server/repository.h). Another key: -1 naming

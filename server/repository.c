@@ -94,15 +94,14 @@ static int model_settings(const repository *r, const char *model_dir, server_con
     *out = *r->p.cfg;
     char path[CONFIG_PATH_MAX + 32];
     snprintf(path, sizeof(path), "%s/%s", model_dir, SETTINGS_FILE);
+    /* none there: the global settings. Any other failure fails the load
+     * naming it (read as none, the model would run on settings not its own) */
     struct stat st;
-    if (stat(path, &st) != 0) return 0;
-    /* read on the control thread (or the start-up load): a FIFO would block
-     * it for good (no load, unload or rescan, a stop that cannot finish),
-     * /dev/zero would be read without end */
-    if (!S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "config: %.900s: not a regular file", path);
-        return -1;
-    }
+    if (stat(path, &st) != 0 && (errno == ENOENT || errno == ENOTDIR)) return 0;
+    /* read on the control thread (or the start-up load), so it must be a
+     * regular file of bounded size (config_read_file): a FIFO blocked it for
+     * good (no load, unload or rescan, a stop that could not finish),
+     * /dev/zero was read without end */
     return config_load_file_only(out, path, per_model_keys, err, errlen);
 }
 

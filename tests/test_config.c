@@ -572,6 +572,100 @@ START_TEST(api_key_file) {
 }
 END_TEST
 
+/* A path in /tmp for a FIFO, a symlink or a big file, made by the test. */
+static const char *scratch_path(char *buf, size_t len, const char *what) {
+    snprintf(buf, len, "/tmp/test_config_%s_%d", what, (int)getpid());
+    unlink(buf);
+    return buf;
+}
+
+/* A file of `size` bytes of comment lines, then `tail`. */
+static void write_sized(const char *path, size_t size, const char *tail) {
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    size_t body = size - strlen(tail);
+    for (size_t i = 0; i < body; i += 64) {
+        size_t n = body - i < 64 ? body - i : 64;
+        for (size_t k = 0; k + 1 < n; k++) fputc(k ? 'x' : '#', f);
+        fputc('\n', f);
+    }
+    fputs(tail, f);
+    ck_assert_int_eq(fclose(f), 0);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq((long long)st.st_size, (long long)size);
+}
+
+/* An operator's file must be a regular one (symlinks followed) of at most
+ * CONFIG_FILE_MAX_BYTES: --config /dev/zero (or a symlink to it) was read by
+ * getline until the daemon was killed, a FIFO blocked the start for good. */
+START_TEST(config_file_regular_and_bounded) {
+    char *none[] = {NULL};
+    char fifo[64], link[64], big[64], expect[256];
+    char *a1[] = {"x", "--config", "/dev/zero", NULL};
+    expect_refused(3, a1, none, "config: cannot read /dev/zero: not a regular file (a device)");
+    scratch_path(link, sizeof(link), "zero_link");
+    ck_assert_int_eq(symlink("/dev/zero", link), 0);
+    char *e2[] = {NULL, NULL}, env[128], *a0[] = {"x", NULL};
+    snprintf(env, sizeof(env), "COMROPE_CONFIG=%s", link);
+    e2[0] = env;
+    snprintf(expect, sizeof(expect), "config: cannot read %s: not a regular file (a device)", link);
+    expect_refused(1, a0, e2, expect);
+    unlink(link);
+    scratch_path(fifo, sizeof(fifo), "fifo");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    char *a3[] = {"x", "--config", fifo, NULL};
+    snprintf(expect, sizeof(expect), "config: cannot read %s: not a regular file (a FIFO)", fifo);
+    expect_refused(3, a3, none, expect);
+    unlink(fifo);
+    char *a4[] = {"x", "--config", "/tmp", NULL};
+    expect_refused(3, a4, none, "config: cannot read /tmp: not a regular file (a directory)");
+    /* the cap itself: at it, read; one byte over, refused naming it */
+    scratch_path(big, sizeof(big), "big");
+    write_sized(big, CONFIG_FILE_MAX_BYTES, "port 81\n");
+    char *a5[] = {"x", "--config", big, NULL};
+    server_config c;
+    char err[512];
+    ck_assert_msg(config_load(&c, 3, a5, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
+    ck_assert_int_eq(c.port, 81);
+    write_sized(big, CONFIG_FILE_MAX_BYTES + 1, "port 81\n");
+    snprintf(expect, sizeof(expect), "config: cannot read %s: larger than %d bytes", big,
+             CONFIG_FILE_MAX_BYTES);
+    expect_refused(3, a5, none, expect);
+    unlink(big);
+}
+END_TEST
+
+START_TEST(api_key_file_regular_and_bounded) {
+    char err[512], fifo[64], link[64], big[64], expect[256];
+    ck_assert_ptr_null(api_keys_load("/dev/zero", err, sizeof(err)));
+    ck_assert_msg(strstr(err, "api-key-file: cannot read /dev/zero: not a regular file (a device)"), "%s",
+                  err);
+    scratch_path(link, sizeof(link), "keys_link");
+    ck_assert_int_eq(symlink("/dev/zero", link), 0);
+    ck_assert_ptr_null(api_keys_load(link, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "not a regular file (a device)"), "%s", err);
+    unlink(link);
+    scratch_path(fifo, sizeof(fifo), "keys_fifo");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    ck_assert_ptr_null(api_keys_load(fifo, err, sizeof(err)));
+    ck_assert_msg(strstr(err, "not a regular file (a FIFO)"), "%s", err);
+    unlink(fifo);
+    scratch_path(big, sizeof(big), "keys_big");
+    write_sized(big, CONFIG_FILE_MAX_BYTES, "token\n");
+    char **keys = api_keys_load(big, err, sizeof(err));
+    ck_assert_msg(keys != NULL, "%s", err);
+    ck_assert_str_eq(keys[0], "token");
+    api_keys_free(keys);
+    write_sized(big, CONFIG_FILE_MAX_BYTES + 1, "token\n");
+    ck_assert_ptr_null(api_keys_load(big, err, sizeof(err)));
+    snprintf(expect, sizeof(expect), "api-key-file: cannot read %s: larger than %d bytes", big,
+             CONFIG_FILE_MAX_BYTES);
+    ck_assert_msg(strstr(err, expect), "%s", err);
+    unlink(big);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
@@ -593,6 +687,8 @@ int main(void) {
     tcase_add_test(tc, unknown_environment_named);
     tcase_add_test(tc, printed_config_reloads);
     tcase_add_test(tc, api_key_file);
+    tcase_add_test(tc, config_file_regular_and_bounded);
+    tcase_add_test(tc, api_key_file_regular_and_bounded);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -4,7 +4,10 @@
 #   1. api-key-file set in a config file is in force whichever way the file
 #      is named: --config=FILE, --config FILE after a --key=value flag.
 #   2. A key file that holds only a (long) comment, or cannot be read, and a
-#      config file with an unknown key stop the start with a message.
+#      config file with an unknown key stop the start with a message. So do
+#      a config or key file that is not a regular file (/dev/zero, also
+#      through a symlink: read until the daemon was killed; a FIFO: the
+#      start hung) or is larger than 1 MiB.
 #   3. Text log: a path with a percent-encoded newline and a forged line,
 #      escape sequences in the path and the user agent: every line is one
 #      line with a timestamp, client strings escaped.
@@ -49,6 +52,14 @@ printf 'secret # the prod key\n' >"$WORK/commented-keys"
 refuses_start "commented-keys:1: a token is one word" --api-key-file="$WORK/commented-keys"
 printf 'port 0\nmax-batch-sise 4\n' >"$WORK/typo.conf"
 refuses_start "typo.conf:2: unknown key \"max-batch-sise\"" --config="$WORK/typo.conf"
+ln -s /dev/zero "$WORK/zero.conf"
+refuses_start "config: cannot read $WORK/zero.conf: not a regular file (a device)" --config "$WORK/zero.conf"
+refuses_start "api-key-file: cannot read /dev/zero: not a regular file (a device)" --api-key-file /dev/zero
+mkfifo "$WORK/fifo"
+refuses_start "config: cannot read $WORK/fifo: not a regular file (a FIFO)" --config "$WORK/fifo"
+refuses_start "api-key-file: cannot read $WORK/fifo: not a regular file (a FIFO)" --api-key-file "$WORK/fifo"
+{ head -c $((1 << 20)) /dev/zero | tr '\0' '#'; echo; echo "port 0"; } >"$WORK/big.conf"
+refuses_start "config: cannot read $WORK/big.conf: larger than 1048576 bytes" --config "$WORK/big.conf"
 
 start_daemon --access-log text
 logs send "$PORT" || fail "send (text)"
