@@ -76,6 +76,10 @@ struct repository {
     int thread_started;
     unsigned long long skipped_names; /* what the last scan left out, as a hash: said once */
     char root_error[256];             /* why the last scan could not read the root; "" when it could */
+    /* the models whose directory the last scan could not read, as
+     * "\nname\twhy\n" lines (NULL: none): said when that starts and ends.
+     * The scanning thread's alone (start-up, then the control thread) */
+    char *unreadable;
 };
 
 /* One version directory found by a scan. */
@@ -84,6 +88,9 @@ typedef struct {
     int version;
     char dir[CONFIG_PATH_MAX];
     char model_dir[CONFIG_PATH_MAX]; /* where serve.conf lives */
+    /* "": a version found. Else why the model's directory could not be
+     * read (the only candidate of its model, version 0): kept as it is */
+    char unreadable[128];
 } candidate;
 
 /* --- settings and policy --------------------------------------------------- */
@@ -145,11 +152,21 @@ static int is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* stat, telling "not there" (ENOENT, ENOTDIR: removed, or a file where a
+ * directory was) from "cannot tell" (EIO, EACCES, ELOOP...): 0 found, 1
+ * not there, or -1 with errno set. A scan that read "cannot tell" as "not
+ * there" unloaded a model whose disk failed for a moment. */
+static int stat_found(const char *path, struct stat *st) {
+    if (stat(path, st) == 0) return 0;
+    return errno == ENOENT || errno == ENOTDIR ? 1 : -1;
+}
+
+/* Whether dir holds a config.json: stat_found's answer. */
 static int has_config(const char *dir) {
     char path[CONFIG_PATH_MAX + 16];
     snprintf(path, sizeof(path), "%s/config.json", dir);
     struct stat st;
-    return stat(path, &st) == 0;
+    return stat_found(path, &st);
 }
 
 /* Why a directory name cannot be a model's name, or NULL. A name is
@@ -186,30 +203,96 @@ static int push_candidate(candidate **c, int *n, int *cap, const char *name, int
     k->version = version;
     snprintf(k->dir, sizeof(k->dir), "%s", dir);
     snprintf(k->model_dir, sizeof(k->model_dir), "%s", model_dir);
+    k->unreadable[0] = '\0';
     return 0;
 }
 
 /* The version directories of one model directory: a flat one (config.json
  * in it) is version 1; else its numeric subdirectories holding a
- * config.json. */
+ * config.json. Where the directory, its listing or a version's cannot be
+ * read (otherwise than "not there"), the model is one candidate marked
+ * unreadable instead, so that it is kept as it is: the root's rule
+ * (scan), for one model. */
 static int scan_model(const char *name, const char *model_dir, candidate **c, int *n, int *cap) {
-    if (has_config(model_dir)) return push_candidate(c, n, cap, name, 1, model_dir, model_dir);
+    int first = *n, found = has_config(model_dir), why = 0;
+    char path[CONFIG_PATH_MAX];
+    const char *where = model_dir; /* what could not be read */
+    if (found == 0) return push_candidate(c, n, cap, name, 1, model_dir, model_dir);
+    if (found < 0) {
+        why = errno;
+        goto unreadable;
+    }
     DIR *d = opendir(model_dir);
-    if (!d) return 0;
+    if (!d) {
+        if (errno == ENOENT || errno == ENOTDIR) return 0; /* gone since the root's listing */
+        why = errno;
+        goto unreadable;
+    }
     struct dirent *e;
     int rc = 0;
-    char path[CONFIG_PATH_MAX];
-    while (!rc && (e = readdir(d))) {
+    for (;;) {
+        errno = 0;
+        if (!(e = readdir(d))) {
+            why = errno; /* the end, or an error when set */
+            break;
+        }
         const char *v = e->d_name;
         /* a version is its number in decimal: "01" is not version 1, or
          * "1" and "01" would both be it, loaded in turn on every scan */
         if (*v < '1' || *v > '9' || strspn(v, "0123456789") != strlen(v) || strlen(v) > 9) continue;
         int version = atoi(v);
         if ((size_t)snprintf(path, sizeof(path), "%s/%s", model_dir, v) >= sizeof(path)) continue;
-        if (has_config(path)) rc = push_candidate(c, n, cap, name, version, path, model_dir);
+        found = has_config(path);
+        if (found < 0) {
+            why = errno;
+            where = path;
+            break;
+        }
+        if (found == 0 && (rc = push_candidate(c, n, cap, name, version, path, model_dir))) break;
     }
     closedir(d);
-    return rc;
+    if (rc || !why) return rc;
+unreadable:
+    *n = first; /* the versions read before the failure are not all there are */
+    if (push_candidate(c, n, cap, name, 0, where, model_dir)) return -1;
+    snprintf((*c)[*n - 1].unreadable, sizeof((*c)[*n - 1].unreadable), "%s", strerror(why));
+    return 0;
+}
+
+/* Logs the models whose directory a scan could not read (c[0..n)) when
+ * that starts or its reason changes, and when it ends, not on every
+ * rescan; r->unreadable keeps the set until the next scan. */
+static void say_unreadable(repository *r, const candidate *c, int n) {
+    text now = {0};
+    char line[512];
+    text_put(&now, "\n");
+    for (int i = 0; i < n; i++) {
+        if (!c[i].unreadable[0]) continue;
+        text_put(&now, "%s\t%s\n", c[i].name, c[i].unreadable);
+        snprintf(line, sizeof(line), "\n%s\t%s\n", c[i].name, c[i].unreadable);
+        if (!r->unreadable || !strstr(r->unreadable, line))
+            log_event("error", "model %s: cannot read %s: %s (kept as it is until it can)", c[i].name,
+                      c[i].dir, c[i].unreadable);
+    }
+    if (now.failed) { /* out of memory: the set said stays the one to compare with */
+        free(now.data);
+        return;
+    }
+    /* names hold no tab or newline (repository_name_problem) */
+    for (const char *p = r->unreadable; p && *p && p[1];) {
+        p++;
+        size_t len = strcspn(p, "\t");
+        snprintf(line, sizeof(line), "\n%.*s\t", (int)len, p);
+        if (!strstr(now.data, line))
+            for (int i = 0; i < n; i++)
+                if (strlen(c[i].name) == len && !strncmp(c[i].name, p, len)) {
+                    log_event("info", "model %s: %s can be read again", c[i].name, c[i].model_dir);
+                    break;
+                }
+        p += strcspn(p, "\n");
+    }
+    free(r->unreadable);
+    r->unreadable = now.data;
 }
 
 /* The repository's directory cannot be read (errno err): r->root_error
@@ -256,9 +339,13 @@ static int scan(repository *r, candidate **out) {
         errno = 0;
         if (!(e = readdir(d))) break;
         if (e->d_name[0] == '.' || strlen(e->d_name) >= sizeof(c->name)) continue;
-        if ((size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, e->d_name) >= sizeof(path) ||
-            !is_dir(path))
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", cfg->model_repository, e->d_name) >= sizeof(path))
             continue;
+        /* a directory, or what cannot be told from one (scan_model marks
+         * it unreadable); not a file, and not what is gone */
+        struct stat st;
+        int found = stat_found(path, &st);
+        if (found > 0 || (found == 0 && !S_ISDIR(st.st_mode))) continue;
         const char *why = repository_name_problem(e->d_name);
         if (why) {
             unsigned long long h = 1469598103934665603ULL;
@@ -316,6 +403,7 @@ static int scan(repository *r, candidate **out) {
         free(c);
         return -1;
     }
+    say_unreadable(r, c, n);
     *out = c;
     return n;
 }
@@ -614,18 +702,25 @@ static int named_at_start(const char *list, const char *name) {
  * `want`: `only` is asked for (explicit mode's load). Returns 0, -1
  * when `only` is not in the repository, -2 when it stopped short for
  * the daemon's stop (a load left undone, nothing retired), or -3 when the
- * repository's directory cannot be read (nothing done). The first load that failed on
- * this pass says why in `failed` (when not NULL; empty if none did). */
+ * repository's directory, or `only`'s, cannot be read (nothing done to
+ * it; why in `failed`). A model whose directory cannot be read is kept as
+ * it is. The first load that failed on this pass says why in `failed`
+ * (when not NULL; empty if none did). */
 static int sync_models(repository *r, const char *only, int want, char *failed, size_t failed_len) {
     candidate *c;
     if (failed) failed[0] = '\0';
     int n = scan(r, &c);
-    if (n == -3) return -3; /* the root cannot be read: nothing loaded, nothing retired */
+    if (n == -3) { /* the root cannot be read: nothing loaded, nothing retired */
+        if (failed)
+            snprintf(failed, failed_len, "model-repository %.300s cannot be read: %s",
+                     r->p.cfg->model_repository, r->root_error);
+        return -3;
+    }
     if (n < 0) {
         log_event("error", "model repository: out of memory while scanning");
         return -1;
     }
-    int found = 0;
+    int found = 0, unreadable = 0;
     for (int i = 0; i < n;) {
         int j = i;
         while (j < n && strcmp(c[j].name, c[i].name) == 0) j++;
@@ -635,6 +730,16 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
             continue;
         }
         found = 1;
+        if (c[i].unreadable[0]) { /* kept as it is: nothing loaded, nothing retired (scan said why) */
+            if (only) {
+                unreadable = 1;
+                if (failed)
+                    snprintf(failed, failed_len, "its directory %.300s cannot be read: %s", c[i].dir,
+                             c[i].unreadable);
+            }
+            i = j;
+            continue;
+        }
         pthread_mutex_lock(&r->lock);
         model_entry *e = get_entry(r, name);
         if (e && want) e->wanted = 1;
@@ -733,6 +838,7 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
     }
     pthread_mutex_unlock(&r->lock);
     free(c);
+    if (unreadable) return -3;
     return found || !only ? 0 : -1;
 }
 
@@ -772,8 +878,7 @@ static void run_request(repository *r, control_req *q) {
             snprintf(msg, sizeof(msg), "the load of \"%s\" was cut short: server is shutting down", q->name);
         } else if (synced == -3) {
             status = 503;
-            snprintf(msg, sizeof(msg), "failed to load \"%s\": model-repository %.300s cannot be read: %s",
-                     q->name, r->p.cfg->model_repository, r->root_error);
+            snprintf(msg, sizeof(msg), "failed to load \"%s\": %.700s", q->name, failed);
         } else if (synced) {
             status = 404;
             snprintf(msg, sizeof(msg), "failed to load \"%s\": no such model in the repository", q->name);
@@ -1272,6 +1377,7 @@ void repository_free(repository *r) {
         free(r->models[i].status);
     }
     free(r->models);
+    free(r->unreadable);
     while (r->retired) {
         served_model *m = r->retired;
         r->retired = m->next;

@@ -26,6 +26,10 @@
 #  7. The repository's directory unreadable for a while (renamed away):
 #     a rescan changes nothing (it unloaded every model), an explicit load
 #     answers 503 naming the reason; logged when it starts and ends.
+#  8. One model's directory unreadable for a while (its stat fails with
+#     ELOOP, as with EIO or EACCES): that model is kept as it is (it was
+#     unloaded as gone), a load of it answers 503 naming the reason;
+#     logged when it starts and ends.
 #  Every wait is on observable state (index, metrics, log, files).
 set -euo pipefail
 SERVE=${1:-}
@@ -378,5 +382,42 @@ log_has "model-repository: $REPO can be read again" || fail "the repository's re
 [ "$(grep -c "model-repository: cannot read" "$LOG")" = 1 ] || fail "the unreadable repository logged more than once"
 is_state ld 1 READY || fail "ld not READY once the repository is back: $(index)"
 echo "ok a repository that cannot be read for a while: nothing unloaded, a load 503 naming why, said once"
+stop_daemon
+
+# --- 8. one model's directory cannot be read for a while ---------------------------------
+# A stat of a model's directory failing otherwise than "not there" (EIO on
+# a bad disk or NFS, EACCES, ELOOP) was read as the model gone: the next
+# rescan unloaded it. ELOOP stands for them all here, as it fails for root
+# too: the directory moved out, a symlink to itself in its place.
+REPO=$WORK/repo_model
+mkdir -p "$REPO"
+copy_model "$LD" "$REPO/ld"
+copy_model "$AP" "$REPO/ap"
+MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ld,ap --access-log off
+mv -T "$REPO/ap" "$WORK/ap.away"
+ln -s ap "$REPO/ap"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
+log_has "model ap: cannot read $REPO/ap: Too many levels of symbolic links (kept as it is until it can)" ||
+  fail "the unreadable model not logged: $(tail -5 "$LOG")"
+is_state ap 1 READY || fail "ap not READY while its directory cannot be read: $(index)"
+client logits "$URL" ap "$SAMPLE" >"$WORK/model.ap" || fail "ap does not answer while its directory cannot be read"
+same_logits "$WORK/ref.ap" "$WORK/model.ap" || fail "ap answers otherwise while its directory cannot be read"
+is_state ld 1 READY || fail "ld disturbed by ap's directory: $(index)"
+code=$(curl -s -D "$WORK/hdr" -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ap/load")
+{ [ "$code" = 503 ] && jq -e '.error | contains("cannot be read") and contains("symbolic links")' "$WORK/body" >/dev/null; } ||
+  fail "a load of ap while its directory cannot be read: $code $(cat "$WORK/body") (want 503 naming the reason)"
+grep -qi '^retry-after: 1' "$WORK/hdr" || fail "503 for the load without Retry-After: $(cat "$WORK/hdr")"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 2 || fail "no second rescan after SIGHUP"
+rm "$REPO/ap"
+mv -T "$WORK/ap.away" "$REPO/ap"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 3 || fail "no third rescan after SIGHUP"
+log_has "model ap: $REPO/ap can be read again" || fail "ap's return not logged: $(tail -5 "$LOG")"
+[ "$(grep -c "model ap: cannot read" "$LOG")" = 1 ] || fail "ap's unreadable directory logged more than once"
+is_state ap 1 READY || fail "ap not READY once its directory is back: $(index)"
+grep -q "model ap version 1: unloading" "$LOG" && fail "ap was unloaded: $(grep unloading "$LOG")"
+echo "ok a model's directory that cannot be read for a while: kept as it is, a load 503 naming why, said once"
 stop_daemon
 echo "repository: ok"
