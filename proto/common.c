@@ -1,7 +1,9 @@
 /* common.c: what the native and v2 protocols share: request lifetime,
  * base64, softmax top-k, labels, error bodies. */
 #include <jansson.h>
+#include <malloc.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +40,54 @@ void proto_body_free(proto_body *b) {
     b->data = NULL;
     b->len = b->json_len = 0;
 }
+
+/* The meter of this thread's parse, or NULL. jansson's allocator is one
+ * pair of functions for the whole process, so the count is kept per thread
+ * and only while a parse asks for it. Sizes come from malloc_usable_size,
+ * not a header of our own, so that memory jansson allocated before the
+ * functions were installed (or with no meter on) frees the same way. */
+static _Thread_local proto_json_meter *json_meter;
+
+static void *metered_malloc(size_t n) {
+    void *p = malloc(n);
+    proto_json_meter *m = json_meter;
+    if (!p || !m) return p;
+    /* glibc's chunk header: a million small values cost it as much again */
+    size_t cost = malloc_usable_size(p) + sizeof(size_t);
+    if (cost > m->max - m->held) {
+        free(p);
+        m->over = 1;
+        return NULL;
+    }
+    m->held += cost;
+    if (m->held > m->peak) m->peak = m->held;
+    return p;
+}
+
+static void metered_free(void *p) {
+    proto_json_meter *m = json_meter;
+    if (p && m) {
+        size_t cost = malloc_usable_size(p) + sizeof(size_t);
+        m->held = cost < m->held ? m->held - cost : 0; /* allocated before the meter began */
+    }
+    free(p);
+}
+
+static pthread_once_t json_meter_once = PTHREAD_ONCE_INIT;
+
+static void install_meter(void) { json_set_alloc_funcs(metered_malloc, metered_free); }
+
+void proto_json_meter_install(void) { pthread_once(&json_meter_once, install_meter); }
+
+void proto_json_meter_begin(proto_json_meter *m, size_t max) {
+    proto_json_meter_install();
+    m->max = max;
+    m->held = m->peak = 0;
+    m->over = 0;
+    json_meter = m;
+}
+
+void proto_json_meter_end(void) { json_meter = NULL; }
 
 static int base64_value(unsigned char c) {
     if (c >= 'A' && c <= 'Z') return c - 'A';

@@ -112,6 +112,34 @@ size_t proto_utf8_length(const unsigned char *s, size_t n);
  * sequence replaced by '?' (JSON strings must be UTF-8). */
 char *proto_utf8_sanitize(const char *s);
 
+/* What jansson holds while one body's JSON is parsed and walked. A body
+ * within max-json-body-bytes can cost far more than the 20 or so bytes per
+ * byte of a dense number array once parsed: each `{}` is a hash table of
+ * about 250 bytes, each `[]` an array of about 130 (16 MiB of `[{},...]`
+ * grew the daemon by 1.3 GB). The caller meters a parse on its own thread:
+ * while a meter is on, every allocation jansson makes on this thread counts
+ * (its usable size plus malloc's header), and one that would take `held`
+ * past `max` fails (jansson then fails the parse) and sets `over`. Freed
+ * memory is subtracted, so `held` is what the parse holds now and `peak`
+ * the most it held. Thread-local: other threads' JSON (responses, model
+ * loads) is not counted. */
+typedef struct {
+    size_t max;  /* bytes the parse may hold */
+    size_t held; /* bytes it holds now */
+    size_t peak; /* the most it held */
+    int over;    /* an allocation was refused: the parse failed for want of `max` */
+} proto_json_meter;
+
+/* Routes jansson's allocations through the meter's counters (once per
+ * process: jansson's allocator is process-wide). Call before any thread that
+ * uses jansson starts; proto_json_meter_begin calls it too, for programs
+ * with one thread. */
+void proto_json_meter_install(void);
+/* Meters this thread's jansson allocations into m (zeroed but for max)
+ * until proto_json_meter_end. */
+void proto_json_meter_begin(proto_json_meter *m, size_t max);
+void proto_json_meter_end(void);
+
 /* ---- native API ---- */
 
 /* POST /v1/classify: dispatches on the Content-Type: application/json ->

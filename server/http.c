@@ -480,8 +480,8 @@ static int validate_images(http_request *r) {
 }
 
 /* The JSON part of the body over max-json-body-bytes? (jansson holds
- * about 20 bytes per byte of a dense number array: the limit bounds what
- * one parse may cost.) Returns 0 or 413 (r's answer set). */
+ * about 20 bytes per byte of a dense number array, and other JSON more:
+ * json_parsed_max bounds what one parse may hold.) Returns 0 or 413 (r's answer set). */
 static int json_over_limit(http_request *r, size_t json_len) {
     int64_t max = r->s->p.cfg->max_json_body_bytes;
     if ((int64_t)json_len <= max) return 0;
@@ -493,6 +493,49 @@ static int json_over_limit(http_request *r, size_t json_len) {
              json_len, (long long)max);
     set_error(r, 413, err);
     return 413;
+}
+
+/* What jansson may hold while it parses one body's JSON: a dense number
+ * array (`0,` for each value) takes about 20 bytes per byte of JSON, its
+ * nested form (shape [N, C, H, W]) a little more, so JSON_PARSED_PER_BYTE x
+ * max-json-body-bytes holds every tensor a body within the limit can carry;
+ * what holds more is containers and tiny strings, never a tensor (16 MiB of
+ * `[{},{},...]` held 1.3 GB). It bounds what one parse costs, and with
+ * parse-threads what all of them do. */
+#define JSON_PARSED_PER_BYTE 32
+
+static size_t json_parsed_max(const server_config *cfg) {
+    return (size_t)cfg->max_json_body_bytes * JSON_PARSED_PER_BYTE;
+}
+
+/* Parses r's body into r->req (ctype: the media type, sniffed when it was
+ * generic). Returns 0, an HTTP status with the message in err, or -1 when
+ * r's answer is set. */
+static int parse_body(http_request *r, const char *ctype, char *err, size_t errlen) {
+    int st;
+    if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
+        if (!(ctype && strncasecmp(ctype, "image/", 6) == 0) && json_over_limit(r, r->body_len)) return -1;
+        st = v1_parse(&r->mv->pm, ctype, r->body, r->body_len, &r->req, err, errlen);
+        r->parsed = 1;
+        for (int i = 0; !st && i < r->nquery; i++)
+            st = v1_parse_query_arg(&r->mv->pm, &r->req, r->query[2 * i], r->query[2 * i + 1], err, errlen);
+    } else {
+        size_t header_len = 0;
+        const char *h = r->header_len;
+        if (h) {
+            char *end;
+            unsigned long long v = strtoull(h, &end, 10);
+            if (*h < '0' || *h > '9' || *end || v == 0) { /* strtoull takes "+5", " 5" and "-1" */
+                set_error(r, 400, "Inference-Header-Content-Length: expected a positive integer");
+                return -1;
+            }
+            header_len = (size_t)v;
+        }
+        if (json_over_limit(r, header_len && header_len < r->body_len ? header_len : r->body_len)) return -1;
+        st = v2_parse_infer(&r->mv->pm, r->body, r->body_len, header_len, &r->req, err, errlen);
+        r->parsed = 1;
+    }
+    return st;
 }
 
 /* The body is complete; runs on a parse thread while the connection is
@@ -531,29 +574,20 @@ static int submit_inference(http_request *r) {
             return 0;
         }
     }
-    if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
-        if (!(ctype && strncasecmp(ctype, "image/", 6) == 0) && json_over_limit(r, r->body_len)) return 0;
-        st = v1_parse(&r->mv->pm, ctype, r->body, r->body_len, &r->req, err, sizeof(err));
-        r->parsed = 1;
-        for (int i = 0; !st && i < r->nquery; i++)
-            st = v1_parse_query_arg(&r->mv->pm, &r->req, r->query[2 * i], r->query[2 * i + 1], err,
-                                    sizeof(err));
-    } else {
-        size_t header_len = 0;
-        const char *h = r->header_len;
-        if (h) {
-            char *end;
-            unsigned long long v = strtoull(h, &end, 10);
-            if (*h < '0' || *h > '9' || *end || v == 0) { /* strtoull takes "+5", " 5" and "-1" */
-                set_error(r, 400, "Inference-Header-Content-Length: expected a positive integer");
-                return 0;
-            }
-            header_len = (size_t)v;
-        }
-        if (json_over_limit(r, header_len && header_len < r->body_len ? header_len : r->body_len)) return 0;
-        st = v2_parse_infer(&r->mv->pm, r->body, r->body_len, header_len, &r->req, err, sizeof(err));
-        r->parsed = 1;
+    proto_json_meter meter;
+    proto_json_meter_begin(&meter, json_parsed_max(s->p.cfg));
+    st = parse_body(r, ctype, err, sizeof(err));
+    proto_json_meter_end();
+    if (meter.over) {
+        snprintf(err, sizeof(err),
+                 "the body's JSON holds more than %zu bytes once parsed (%d x max-json-body-bytes, %lld): "
+                 "deeply nested or many small values (each {} or [] costs some 100-250 bytes); send "
+                 "tensors with the binary tensor extension (Inference-Header-Content-Length) or images as "
+                 "raw image/jpeg or image/png bodies",
+                 meter.max, JSON_PARSED_PER_BYTE, (long long)s->p.cfg->max_json_body_bytes);
+        st = 413;
     }
+    if (st < 0) return 0; /* r's answer set */
     if (st) {
         set_error(r, st, err);
         return 0;

@@ -182,6 +182,9 @@ int main(int argc, char **argv) {
      * here); keeping them in the heap makes steady state fault-free. */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    /* jansson's allocator is process-wide: set before any thread parses or
+     * builds JSON (proto.h, proto_json_meter) */
+    proto_json_meter_install();
 
     /* Before the model (seconds to load): a key file that cannot be read
      * stops the start at once, and never leaves the daemon open. */

@@ -823,6 +823,82 @@ START_TEST(error_body_is_json) {
 }
 END_TEST
 
+/* A v2 body of n bytes: pixel_values [1, 3, h, w] of zeros, nested as
+ * the shape (rows of w one-digit values), h as large as fits in n. */
+static char *nested_zeros(size_t n, int w, size_t *len) {
+    const char *head = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": "
+                       "[1, 3, %8d, %d], \"data\": [";
+    size_t row = 2 * (size_t)w + 2; /* "[0,...,0]," */
+    int h = (int)((n - strlen(head) - 32) / 3 / row);
+    char *b = malloc(n + 64), *p = b;
+    p += sprintf(p, head, h, w);
+    for (int c = 0; c < 3; c++) {
+        *p++ = '[';
+        for (int y = 0; y < h; y++) {
+            *p++ = '[';
+            for (int x = 0; x < w; x++) p += sprintf(p, x ? ",0" : "0");
+            *p++ = ']';
+            if (y + 1 < h) *p++ = ',';
+        }
+        *p++ = ']';
+        if (c < 2) *p++ = ',';
+    }
+    p += sprintf(p, "]}]}");
+    *len = (size_t)(p - b);
+    return b;
+}
+
+START_TEST(json_meter) {
+    proto_request req;
+    char err[512];
+    proto_json_meter m;
+    /* 64 KiB of [{},{},...]: some 80 bytes per byte once parsed. The meter
+     * stops jansson at its max, the parse fails, and all of it is freed. */
+    size_t n = 65536;
+    char *body = malloc(n + 1);
+    const char *head = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": "
+                       "[1, 3, 4, 4], \"data\": [";
+    size_t len = (size_t)sprintf(body, "%s", head);
+    while (len + 8 < n) len += (size_t)sprintf(body + len, "{},");
+    len += (size_t)sprintf(body + len - 1, "]}]}") - 1;
+    proto_json_meter_begin(&m, 32 * len);
+    int rc = v2_parse_infer(&PM, (const uint8_t *)body, len, 0, &req, err, sizeof(err));
+    proto_json_meter_end();
+    ck_assert_int_ne(rc, 0);
+    ck_assert_int_eq(m.over, 1);
+    ck_assert_uint_eq(m.held, 0);
+    ck_assert_uint_le(m.peak, 32 * len);
+    /* unmetered, the same body holds far more: the meter measured it */
+    proto_json_meter_begin(&m, (size_t)1 << 40);
+    ck_assert_int_ne(v2_parse_infer(&PM, (const uint8_t *)body, len, 0, &req, err, sizeof(err)), 0);
+    proto_json_meter_end();
+    ck_assert_int_eq(m.over, 0);
+    ck_assert_uint_gt(m.peak, 60 * len);
+    ck_assert_uint_eq(m.held, 0);
+    free(body);
+    /* Tensors fit within 32 x their size down to rows of 4 one-digit values
+     * (about 26x; README, Limits), and a parse holds nothing once it
+     * returns. */
+    for (int w = 4; w <= 64; w *= 2) {
+        body = nested_zeros(1 << 18, w, &len);
+        proto_json_meter_begin(&m, 32 * len);
+        rc = v2_parse_infer(&PM, (const uint8_t *)body, len, 0, &req, err, sizeof(err));
+        proto_json_meter_end();
+        ck_assert_msg(rc == 0 && !m.over, "rows of %d: %d %s, peak %zu for %zu bytes", w, rc, err, m.peak,
+                      len);
+        ck_assert_uint_eq(m.held, 0);
+        proto_request_free(&req);
+        free(body);
+    }
+    /* no meter on: nothing counted */
+    V2("{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [1, 3, 1, 1],"
+       " \"data\": [1, 2, 3]}]}",
+       0, NULL);
+    ck_assert_uint_eq(m.held, 0);
+    ck_assert_int_eq(m.over, 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("proto");
     TCase *tc = tcase_create("proto");
@@ -841,6 +917,7 @@ int main(void) {
     tcase_add_test(tc, error_body_is_json);
     tcase_add_test(tc, sniff_media_type);
     tcase_add_test(tc, v2_config_and_stats);
+    tcase_add_test(tc, json_meter);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -2,8 +2,9 @@
 # What one request may cost comrope-serve, and answers that stay well formed
 # (issue 19, items 1, 2, 4 and 10), against the real daemon:
 #   413  over max-request-images, max-request-tokens, an image larger than
-#        one engine batch (max-batch-tokens), max-json-body-bytes: the
-#        message names the setting and the value; never a 500
+#        one engine batch (max-batch-tokens), max-json-body-bytes, JSON that
+#        would hold over 32 x max-json-body-bytes once parsed: the message
+#        names the setting and the value; never a 500
 #        a v2 batch within the limits runs as several engine batches
 #   400  pixels that are not finite, or so large that the logits overflow; a
 #        query argument on a JSON body
@@ -69,7 +70,24 @@ printf '{"images": ["%s"], "resolution": 16}' "$B64" >"$WORK/one.json"
 pixels_json 1 256 256 0.5 >"$WORK/json-big.json"
 [ "$(post_json "/v2/models/$NAME/infer" "$WORK/json-big.json")" = 413 ] || fail "big JSON: $(cat "$WORK/out.json")"
 body_has "more than max-json-body-bytes (200000)" || fail "big JSON: $(cat "$WORK/out.json")"
-echo "ok 413 naming max-request-images, max-batch-tokens, max-json-body-bytes; 5 images ran as 3 engine batches"
+# Within max-json-body-bytes but some 80 times that once parsed (each {} a
+# hash table): refused at 32 x the limit, before jansson holds it all. A
+# tensor of one-digit values nested in rows of 4 (27 x) is parsed (then
+# refused for its shape, 6002 x 4 being no resolution of the model).
+"$PY" - "$WORK/objects.json" "$WORK/rows4.json" <<'EOF'
+import sys
+head = '{"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, %d, 4], "data": '
+with open(sys.argv[1], "w") as f:
+    f.write(head % 4 + "[" + ",".join(["{}"] * 66000) + "]}]}")
+with open(sys.argv[2], "w") as f:
+    f.write(head % 6002 + "[" + ",".join(["[" + ",".join(["[0,0,0,0]"] * 6002) + "]"] * 3) + "]}]}")
+EOF
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/objects.json")" = 413 ] || fail "{}s: $(cat "$WORK/out.json")"
+body_has "more than 6400000 bytes once parsed (32 x max-json-body-bytes, 200000)" ||
+  fail "{}s: $(cat "$WORK/out.json")"
+[ "$(post_json "/v2/models/$NAME/infer" "$WORK/rows4.json")" = 400 ] || fail "rows of 4: $(cat "$WORK/out.json")"
+body_has "inputs[0].shape" || fail "rows of 4: $(cat "$WORK/out.json")"
+echo "ok 413 naming max-request-images, max-batch-tokens, max-json-body-bytes (its size, and 32 x once parsed); 5 images ran as 3 engine batches"
 
 # --- 400: non-finite pixels, query arguments on JSON, JSON error bodies ------
 pixels_json 1 16 16 1e39 >"$WORK/inf.json"
