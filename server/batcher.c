@@ -40,6 +40,7 @@ struct batcher {
     int arriving;
     int64_t pixel_bytes; /* held by waiting and active jobs */
     int64_t batch_ns;    /* how long an engine batch takes (moving average) */
+    int yield_to_rest;   /* the last batch took part of the head job: the next may serve those behind */
     int stopping;        /* workers told to exit */
     int stopped;         /* threads joined (batcher_stop ran) */
     worker *workers;
@@ -293,10 +294,53 @@ settle:
     free(logits);
 }
 
+/* Moves the whole of j (none of its images started) into parts[]. Lock held. */
+static void take_whole(batcher *b, job *prev, job *j, slice *parts, int *n, int64_t now) {
+    b->waiting--;
+    b->active++;
+    j->started_ns = now;
+    metrics_queue_wait(b->mx, (double)(now - j->enqueued_ns) / 1e9);
+    parts[(*n)++] = (slice){j, 0, j->req->num_images, 0, ""};
+    j->pending++;
+    j->next_image = j->req->num_images;
+    unlink_job(b, prev, j);
+}
+
+/* The jobs queued behind a split job's rest that fit whole in the batch
+ * take every other batch from it, in queue order: they wait one of its
+ * batches, not all of them (one legal request of 15 images at 256 x 256,
+ * five batches of 1.5 s, held every other client 7.5 s). Jobs that would
+ * be split are never taken here, so they keep their order among
+ * themselves, and a split job's rest still gets every other batch under a
+ * stream of small jobs. Returns 1 when it took any. Lock held. */
+static int serve_behind_split(batcher *b, slice *parts, int *n, int *images, int *tokens, int64_t now) {
+    job *split = b->head;
+    int n0 = *n;
+    if (!b->yield_to_rest || !split || split->next_image == 0) return 0;
+    b->yield_to_rest = 0;
+    for (job *prev = split, *j = split->next; j && *images < b->p.max_batch_size;) {
+        job *next = j->next;
+        int t = 0, count = j->req->num_images;
+        for (int k = 0; k < count && *images + count <= b->p.max_batch_size; k++)
+            t += vit_tokens(b->model, j->req->images[k].h, j->req->images[k].w);
+        if (*images + count <= b->p.max_batch_size && *tokens + t <= b->p.max_batch_tokens) {
+            take_whole(b, prev, j, parts, n, now);
+            *images += count;
+            *tokens += t;
+        } else {
+            prev = j;
+        }
+        j = next;
+    }
+    return *n > n0;
+}
+
 /* Takes images from the queue's head into parts[] while the batch has room:
  * a job larger than the room gives what fits and stays at the head for
- * the next batch. Returns 1 when the batch is full. Lock held. */
+ * the next batch (but serve_behind_split). Returns 1 when the batch is
+ * full. Lock held. */
 static int fill_batch(batcher *b, slice *parts, int *n, int *images, int *tokens, int64_t now) {
+    if (serve_behind_split(b, parts, n, images, tokens, now)) return 1;
     while (b->head) {
         job *j = b->head;
         const proto_request *req = j->req;
@@ -322,7 +366,10 @@ static int fill_batch(batcher *b, slice *parts, int *n, int *images, int *tokens
         (*n)++;
         j->pending++;
         j->next_image = k;
-        if (k < req->num_images) return 1;
+        if (k < req->num_images) {
+            b->yield_to_rest = 1;
+            return 1;
+        }
         unlink_job(b, NULL, j);
         if (*images >= b->p.max_batch_size || *tokens >= b->p.max_batch_tokens) return 1;
     }

@@ -7,7 +7,9 @@
  * max-batch-size images and max-batch-tokens tokens, images of any
  * resolutions together: the engine runs ragged batches; a job larger than
  * one batch is split over several, in order, and may share its first and
- * last with other jobs), deadlines (checked whenever a batch is formed: a
+ * last with other jobs; jobs queued behind it that fit whole in a batch
+ * take every other batch from it, so that they wait one of its batches,
+ * not all), deadlines (checked whenever a batch is formed: a
  * job whose deadline passed gets 504 and its remaining images are never
  * computed; a reaper thread answers those that expire while every worker
  * is busy), bounding the queue in time when asked (max_queue_wait_ms: a

@@ -36,6 +36,7 @@ typedef struct {
     job j;
     proto_request req;
     int calls; /* how many times `done` ran for it */
+    int seq;   /* done_calls once its `done` ran: the order of answers */
     int block; /* `done` waits for `released`: its worker stays busy */
 } test_job;
 
@@ -45,6 +46,7 @@ static void on_done(job *j, void *arg) {
     pthread_mutex_lock(&done_lock);
     t->calls++;
     done_calls++;
+    t->seq = done_calls;
     pthread_cond_broadcast(&done_cond);
     while (t->block && !released) pthread_cond_wait(&done_cond, &done_lock);
     pthread_mutex_unlock(&done_lock);
@@ -393,6 +395,40 @@ START_TEST(large_job_split_into_engine_batches) {
 }
 END_TEST
 
+/* Jobs that fit whole in a batch take every other batch from a split job
+ * queued before them, instead of waiting for all of its batches; jobs that
+ * are split themselves keep their order. One worker, batches of 2 images:
+ * A (4 images) holds the worker in its first batch while B (4), S (1) and
+ * S2 (2) queue. Then: S beside A's rest (S2 does not fit beside S), A,
+ * B's first half, S2, B. */
+START_TEST(small_jobs_between_split_batches) {
+    batcher *b = new_batcher_limits(2, 4096, 0, 0, 0);
+    test_job *a = make_job(4, 16, 16, 600000), *bb = make_job(4, 16, 16, 600000);
+    test_job *s = make_job(1, 16, 16, 600000), *s2 = make_job(2, 16, 16, 600000);
+    a->j.gone = gate_gone;
+    ck_assert_int_eq(batcher_submit(b, &a->j), 0);
+    wait_gate_calls(1);
+    ck_assert_int_eq(batcher_submit(b, &bb->j), 0);
+    ck_assert_int_eq(batcher_submit(b, &s->j), 0);
+    ck_assert_int_eq(batcher_submit(b, &s2->j), 0);
+    open_gate();
+    wait_done(4);
+    ck_assert_int_eq(a->j.status, 200);
+    ck_assert_int_eq(bb->j.status, 200);
+    ck_assert_int_eq(s->j.status, 200);
+    ck_assert_int_eq(s2->j.status, 200);
+    ck_assert_msg(s->seq == 1 && a->seq == 2 && s2->seq == 3 && bb->seq == 4,
+                  "answered in the order S %d, A %d, S2 %d, B %d; expected 1, 2, 3, 4", s->seq, a->seq,
+                  s2->seq, bb->seq);
+    ck_assert_double_eq(sample("comrope_batches_total"), 6);
+    batcher_free(b);
+    free_job(a);
+    free_job(bb);
+    free_job(s);
+    free_job(s2);
+}
+END_TEST
+
 /* Per-request limits refuse with 413 naming the setting and the value;
  * nothing is computed. */
 START_TEST(request_limits_413) {
@@ -570,6 +606,7 @@ int main(void) {
     tcase_add_test(tc, queue_full_then_stop);
     tcase_add_test(tc, drain_waits_for_arrivals);
     tcase_add_test(tc, large_job_split_into_engine_batches);
+    tcase_add_test(tc, small_jobs_between_split_batches);
     tcase_add_test(tc, request_limits_413);
     tcase_add_test(tc, pixel_budget);
     tcase_add_test(tc, deadline_between_engine_batches);

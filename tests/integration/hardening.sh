@@ -144,12 +144,13 @@ echo "ok health answered within 1 s, $probes times, while 3 bodies of 4 MB were 
 stop_daemon
 
 # --- clients that hang up: their work is not computed ------------------------
-# One worker, one image per engine batch. SLOW holds the worker (many images
-# at the largest resolution); 20 clients send a request each and close their
+# One worker. SLOW holds the worker (many images at the largest resolution,
+# in one engine batch: split, it would let the others run between its
+# batches); 20 clients send a request each and close their
 # socket at once, and are seen waiting in the queue; when the worker comes
 # to them it finds them gone: 499, and no image of theirs is computed.
-start_daemon --workers 1 --max-batch-size 1 --max-queue-delay-us 0 --max-request-tokens 1000000 \
-  --default-timeout-ms 600000 --drain-timeout-s 600
+start_daemon --workers 1 --max-batch-size 24 --max-batch-tokens 100000 --max-queue-delay-us 0 \
+  --max-request-tokens 1000000 --default-timeout-ms 600000 --drain-timeout-s 600
 P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
 MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
 SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')

@@ -81,8 +81,8 @@ echo "ok 401: inference and model endpoints need a token; health and metrics ope
 # --- 413 from Content-Length, 504 past deadline ----------------------------
 # One worker, one image per batch, a queue of one: every state below is
 # reached on purpose and observed in /metrics before the next step.
-start_daemon --workers 1 --max-batch-size 1 --max-queue-size 1 --max-queue-delay-us 0 \
-  --max-body-bytes 1000000 --max-request-tokens 1000000
+start_daemon --workers 1 --max-batch-size 16 --max-batch-tokens 100000 --max-queue-size 1 \
+  --max-queue-delay-us 0 --max-body-bytes 1000000 --max-request-tokens 1000000
 edge content-length "$PORT" /v1/classify image/png || fail "413 on /v1/classify"
 edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/json || fail "413 on v2 infer"
 edge framing "$PORT" || fail "ambiguous framing, odd paths"
@@ -90,11 +90,12 @@ edge deadline "$PORT" || fail "504 for a late body"
 edge abort "$PORT" || fail "499 for a client gone in the middle of its body"
 
 # --- 504 from the queue while the worker is busy ---------------------------
-# SLOW: sixteen images at the largest resolution the fixture allows; it
-# keeps the only worker busy for a long time (about 6 s here; each image is
-# a forward of its own at --max-batch-size 1) compared with the 100 ms
-# deadline of the request queued behind it. Its own deadline is far off: a
-# deadline also stops a request between its engine batches.
+# SLOW: sixteen images at the largest resolution the fixture allows, in one
+# engine batch; it keeps the only worker busy for a long time (about 6 s
+# here) compared with the 100 ms deadline of the request queued behind it.
+# (Split over several batches, it would let the small requests run between
+# them.) Its own deadline is far off: a deadline also stops a request
+# between its engine batches.
 P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
 MAXT=$(curl -sf "$URL/v1/models" | jq -r '.models[0].resolutions.max_tokens')
 SIDE=$(awk -v t="$MAXT" -v p="$P" 'BEGIN { s = int(sqrt(t - 1)); print s * p }')
