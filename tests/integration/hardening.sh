@@ -10,7 +10,8 @@
 #        query argument on a JSON body
 #        every error body is JSON, even quoting bytes that are not UTF-8
 #   health answers at once while big JSON bodies are parsed (one HTTP
-#        thread: a parse on it would hold health for seconds)
+#        thread: a parse on it would hold health for seconds), and a raw
+#        image waits for one of their parses, not all of them
 #   499  clients that send a request and hang up while it waits: nothing of
 #        theirs is computed (comrope_batch_images_sum)
 #   a second SIGTERM during the drain stops the daemon at once, exit 1
@@ -141,6 +142,31 @@ for i in 1 2 3; do
   [ "$(cat "$WORK/huge$i.code")" = 400 ] || fail "big body $i: $(cat "$WORK/huge$i.code"), not 400"
 done
 echo "ok health answered within 1 s, $probes times, while 3 bodies of 4 MB were parsed"
+
+# A raw image waits for the parse under way, not for every heavy body queued
+# before it: six bodies of 4 MB (JSON over 1 MiB: heavy) are all in when
+# the image is sent; it is answered while at least three of them still wait
+# for their parse (comrope_receiving_requests counts a body until its parse
+# ends; a parse or two may end before the image is in, and a body or two may
+# still be arriving). Before, the one parse thread took them in order, the
+# image last.
+for i in 1 2 3 4 5 6; do
+  curl -s -o /dev/null -w '%{http_code}\n' -H 'Content-Type: application/json' --data-binary @"$WORK/huge.json" \
+    "$URL/v2/models/$NAME/infer" >"$WORK/huge$i.code" &
+  OTHER_PIDS+=("$!")
+done
+six_in() { [ "$(mmetric comrope_receiving_requests)" -ge 6 ] 2>/dev/null; }
+poll 60 six_in || fail "the six big bodies never arrived"
+code=$(http_code -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify?timeout_ms=600000")
+left=$(mmetric comrope_receiving_requests)
+[ "$code" = 200 ] || fail "raw image beside big JSON bodies: $code"
+[ "$left" -ge 3 ] || fail "the raw image was answered with $left big bodies left to parse: it waited behind them"
+wait "${OTHER_PIDS[@]}"
+OTHER_PIDS=()
+for i in 1 2 3 4 5 6; do
+  [ "$(cat "$WORK/huge$i.code")" = 400 ] || fail "big body $i: $(cat "$WORK/huge$i.code"), not 400"
+done
+echo "ok a raw image answered with $left of 6 big JSON bodies still waiting for their parse"
 stop_daemon
 
 # --- clients that hang up: their work is not computed ------------------------
