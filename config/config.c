@@ -196,8 +196,10 @@ const config_option config_options[] = {
      .default_value = "1073741824",
      .min = 1,
      .max = (long long)1 << 44,
-     .help = "request bodies held at once (being received or parsed; an announced one reserves its first MiB "
-             "before it is read, the rest as it arrives); over: 503 + Retry-After"},
+     .help =
+         "request bodies held at once (being received or parsed, and the encoded images of queued ones; "
+         "an announced one reserves its first MiB before it is read, the rest as it arrives); over: 503 + "
+         "Retry-After"},
     {.name = "max-image-pixels",
      .type = CONFIG_INT64,
      .offset = OFF(max_image_pixels),

@@ -22,7 +22,8 @@
 #        bodies announced but not sent hold 1 MiB each, not their length
 #        (edge.py budget-ahead); a chunked body that fits the budget but
 #        not its buffer's doubling is read in full (edge.py budget-tight),
-#        and two that fit together both are (edge.py budget-share)
+#        and two that fit together both are (edge.py budget-share); the
+#        encoded image of a queued request keeps its share until answered
 #
 #   tests/integration/limits.sh build/comrope-serve
 set -euo pipefail
@@ -190,4 +191,41 @@ stop_daemon
 start_daemon --body-budget-bytes 20971520
 edge budget-share "$PORT" 20971520 || fail "two chunked bodies that fit the budget together"
 stop_daemon
+
+# --- the body budget holds what queued requests keep of their bodies ---------
+# The only worker busy with SLOW (one engine batch); a raw PNG padded to
+# 3 MB is parsed and queued, and keeps its 3 MB of the 5 MB budget (its
+# encoded image waits for its batch); a second one does not fit beside it:
+# 503 naming body-budget-bytes, and 200 once the first has been answered.
+# Before, a parsed body left the budget, and queued requests could hold any
+# number of such images.
+start_daemon --workers 1 --max-batch-size 16 --max-batch-tokens 100000 --max-request-tokens 1000000 \
+  --max-queue-delay-us 0 --body-budget-bytes 5000000 --max-body-bytes 4000000
+{
+  cat "$IMG"
+  head -c $((3000000 - $(stat -c %s "$IMG"))) /dev/zero
+} >"$WORK/fat.png"
+# fat OUT: the status; the body in OUT
+fat() {
+  curl -s -o "$1" -w '%{http_code}' --max-time 600 -H 'Content-Type: image/png' --data-binary @"$WORK/fat.png" \
+    "$URL/v1/classify?timeout_ms=600000"
+}
+slow &
+SLOW_PID=$!
+OTHER_PIDS+=("$SLOW_PID")
+poll 30 running || fail "the slow request never ran (body budget)"
+fat "$WORK/fat1.json" >"$WORK/fat1.code" &
+FAT_PID=$!
+OTHER_PIDS+=("$FAT_PID")
+poll 30 queued || fail "the first 3 MB image never queued"
+code=$(fat "$WORK/fat.json")
+[ "$code" = 503 ] || fail "a second 3 MB image beside a queued one under a 5 MB body budget: $code, not 503"
+jq -e '.error | test("body-budget-bytes 5000000")' "$WORK/fat.json" >/dev/null || fail "503 body: $(cat "$WORK/fat.json")"
+[ "$(metric comrope_in_flight_requests)" = 2 ] || fail "the slow request ended before the second image: the test proves nothing"
+wait "$SLOW_PID" "$FAT_PID"
+[ "$(cat "$WORK/slow.code")" = 200 ] || fail "slow request (body budget): $(cat "$WORK/slow.code")"
+[ "$(cat "$WORK/fat1.code")" = 200 ] || fail "the queued 3 MB image: $(cat "$WORK/fat1.code")"
+[ "$(fat "$WORK/fat.json")" = 200 ] || fail "a 3 MB image once the queue is empty: $(cat "$WORK/fat.json")"
+stop_daemon
+echo "ok body-budget-bytes holds the encoded images of queued requests"
 echo "limits: all passed"
