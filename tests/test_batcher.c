@@ -573,6 +573,10 @@ START_TEST(standing_queue_refused) {
     busy->block = 1;
     ck_assert_int_eq(batcher_submit(b, &busy->j), 0);
     wait_state(b, 1, 0);
+    /* busy's `done` has been called (it blocks there): its finished_ns is
+     * written, and read below only after that (ThreadSanitizer saw the
+     * read race the worker's write when it ran right after wait_state) */
+    wait_done(1);
     ck_assert_int_eq(batcher_submit(b, &waiting->j), 0);
     /* the state under test is an age: past 50 ms, and past two of the
      * batches run so far (busy's; the batcher averages them) */
