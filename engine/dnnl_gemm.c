@@ -238,8 +238,14 @@ typedef struct {
     const float *bias;
     int M;
     uint16_t *scratch;
-    int failed; /* written by any piece that fails (a shape oneDNN refuses) */
+    /* set by any piece that fails (a shape oneDNN refuses), several at
+     * once: an atomic store (a plain one from two pieces is a data race);
+     * read plainly once thread_pool_run has returned, which orders every
+     * piece before it */
+    int failed;
 } run_job;
+
+static void run_failed(run_job *j) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); }
 
 static void run_part(void *arg, int part, int parts) {
     run_job *j = arg;
@@ -265,12 +271,12 @@ static void run_part(void *arg, int part, int parts) {
         dnnl_memory_create(&bm, &bias_md, j->r->eng, (void *)j->bias) ||
         dnnl_memory_create(&dst, &dst_md, j->r->eng, j->out + (size_t)m0 * N) ||
         dnnl_memory_create(&wm, &j->W->md, j->r->eng, j->W->data)) {
-        j->failed = 1;
+        run_failed(j);
         goto cleanup;
     }
     dnnl_exec_arg_t args[4] = {
         {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_BIAS, bm}, {DNNL_ARG_DST, dst}};
-    if (dnnl_primitive_execute(prim, rp->stream, 4, args) || dnnl_stream_wait(rp->stream)) j->failed = 1;
+    if (dnnl_primitive_execute(prim, rp->stream, 4, args) || dnnl_stream_wait(rp->stream)) run_failed(j);
 cleanup:
     if (src) dnnl_memory_destroy(src);
     if (bm) dnnl_memory_destroy(bm);

@@ -8,10 +8,14 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "gemm.h"
 #include "kernels.h"
 #include "check_run.h"
+#ifdef COMROPE_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.h>
+#endif
 
 static const char *kernels[] = {"scalar", "avx2", "avx512"};
 static const char *part; /* argv[1]: the level (or bf16) under test, NULL: all (main) */
@@ -447,9 +451,92 @@ START_TEST(test_fused_activation) {
 }
 END_TEST
 
+#ifdef COMROPE_HAVE_DNNL
+/* oneDNN's execute, failing while fail_execute is set (test_gemm links with
+ * -Wl,--wrap=dnnl_primitive_execute: tests/CMakeLists.txt). A failing call
+ * returns once fail_execute calls have arrived (at most 10 s): the pieces
+ * of the pool fail together, as they do on a shape oneDNN refuses (every
+ * piece has it), and what they do next overlaps. fail_execute is set by
+ * the test before dnnl_gemm_run (which publishes it to the pieces). */
+static int fail_execute, arrived;
+dnnl_status_t __real_dnnl_primitive_execute(const_dnnl_primitive_t p, dnnl_stream_t s, int n,
+                                            const dnnl_exec_arg_t *args);
+dnnl_status_t __wrap_dnnl_primitive_execute(const_dnnl_primitive_t p, dnnl_stream_t s, int n,
+                                            const dnnl_exec_arg_t *args) {
+    if (!fail_execute) return __real_dnnl_primitive_execute(p, s, n, args);
+    __atomic_add_fetch(&arrived, 1, __ATOMIC_ACQ_REL);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do clock_gettime(CLOCK_MONOTONIC, &t);
+    while (__atomic_load_n(&arrived, __ATOMIC_ACQUIRE) < fail_execute && t.tv_sec - t0.tv_sec < 10);
+    return dnnl_runtime_error;
+}
+
+/* oneDNN failing in every piece of a two-thread pool at once: dnnl_gemm_run
+ * says so, and gemm_forward computes the GEMM with our bf16 kernel instead
+ * (its panels are kept beside oneDNN's weights for that), bit for bit what
+ * that kernel gives alone; once oneDNN runs again, it answers. Each piece
+ * records its failure in the job: under ThreadSanitizer (scripts/test.sh)
+ * two pieces failing together were a data race on a plain int. */
+START_TEST(test_onednn_failure_falls_back) {
+    int M = 64, N = 48, K = 96; /* 4 blocks of 16 rows: 2 per piece */
+    kernel_table kt;
+    ck_assert(bf16_table("bf16", &kt));
+    thread_pool *two = thread_pool_new(2);
+    ck_assert_int_eq(thread_pool_threads(two), 2);
+    char err[256] = "";
+    float *A = malloc(sizeof(float) * M * K), *W = malloc(sizeof(float) * N * K),
+          *b = malloc(sizeof(float) * N);
+    float *out = malloc(sizeof(float) * M * N), *own = malloc(sizeof(float) * M * N);
+    float *scratch = malloc(sizeof(float) * gemm_scratch_floats(&kt, M, K, GEMM_BF16));
+    fill(A, (size_t)M * K, 5);
+    fill(W, (size_t)N * K, 6);
+    fill(b, (size_t)N, 7);
+    packed_weight p;
+    ck_assert(gemm_pack(W, N, K, GEMM_BF16, &p) == 0);
+    gemm_forward(&kt, two, own, A, &p, b, M, scratch); /* our kernel: no oneDNN in kt or p yet */
+    ck_assert_msg(dnnl_weight_new(W, N, K, &p.dnnl, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(dnnl_runner_new(2, &kt.dnnl, err, sizeof(err)) == 0, "%s", err);
+
+    /* primitives made first (oneDNN's cache lock would order the pieces) */
+    ck_assert_msg(dnnl_gemm_run(kt.dnnl, two, out, A, p.dnnl, b, M, (uint16_t *)scratch, err, sizeof(err)) ==
+                      0,
+                  "%s", err);
+    fail_execute = 2; /* both pieces */
+    err[0] = '\0';
+    ck_assert_int_eq(dnnl_gemm_run(kt.dnnl, two, out, A, p.dnnl, b, M, (uint16_t *)scratch, err, sizeof(err)),
+                     -1);
+    ck_assert_msg(strstr(err, "oneDNN: no bf16 matmul of 64 rows by a 48x96 weight"), "%s", err);
+    ck_assert_int_eq(arrived, 2);
+    arrived = 0;
+    memset(out, 0, sizeof(float) * M * N);
+    gemm_forward(&kt, two, out, A, &p, b, M, scratch);
+    ck_assert_mem_eq(out, own, sizeof(float) * M * N);
+
+    fail_execute = 0;
+    ck_assert_msg(dnnl_gemm_run(kt.dnnl, two, out, A, p.dnnl, b, M, (uint16_t *)scratch, err, sizeof(err)) ==
+                      0,
+                  "%s", err);
+    for (int i = 0; i < M * N; i++) /* oneDNN's blocking sums in its own order: close, not equal */
+        ck_assert_msg(fabsf(out[i] - own[i]) <= 1e-3f * (1 + fabsf(own[i])), "[%d] %g vs %g", i, out[i],
+                      own[i]);
+    dnnl_runner_free(kt.dnnl);
+    gemm_pack_free(&p);
+    thread_pool_free(two);
+    free(A);
+    free(W);
+    free(b);
+    free(out);
+    free(own);
+    free(scratch);
+}
+END_TEST
+#endif
+
 /* argv[1]: avx512, avx2, scalar (that level's kernel), bf16 (the
  * vdpbf16ps kernel), amx-emulated (our AMX kernel, its tiles in C: any
- * CPU) or amx (on the tiles); none: every part this CPU runs. */
+ * CPU), amx (on the tiles) or onednn (oneDNN's bf16 matmul failing, and
+ * the fallback to our kernel); none: every part this CPU runs. */
 int main(int argc, char **argv) {
     part = argc > 1 ? argv[1] : NULL;
     if (check_part_missing(part)) return check_skip(part);
@@ -484,6 +571,10 @@ int main(int argc, char **argv) {
         tcase_add_loop_test(tc, test_amx_kernel, 4, 6);
         tcase_add_loop_test(tc, test_amx_conversion_exact, 4, 6);
     }
+#ifdef COMROPE_HAVE_DNNL
+    if (check_part_selected(part, "onednn") && !check_part_missing("onednn"))
+        tcase_add_test(tc, test_onednn_failure_falls_back);
+#endif
     tcase_add_test(tc, test_fused_activation);
     suite_add_tcase(s, tc);
     return check_run(s);
