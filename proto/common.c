@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "json_load.h"
 #include "proto.h"
 
 void proto_request_init(proto_request *req, const proto_model *pm, int api) {
@@ -48,19 +49,20 @@ void proto_body_free(proto_body *b) {
  * functions were installed (or with no meter on) frees the same way. */
 static _Thread_local proto_json_meter *json_meter;
 
+/* Counts, never refuses: jansson 2.14 does not survive a NULL from its
+ * allocator everywhere (its lexer ignores a failed append to a token's
+ * text: a string whose closing quote was dropped is then copied past its
+ * buffer until a '"' turns up, a heap overflow any body could aim at the
+ * meter's max). The parse is stopped by its input instead
+ * (proto_json_loadb). */
 static void *metered_malloc(size_t n) {
     void *p = malloc(n);
     proto_json_meter *m = json_meter;
     if (!p || !m) return p;
     /* glibc's chunk header: a million small values cost it as much again */
-    size_t cost = malloc_usable_size(p) + sizeof(size_t);
-    if (cost > m->max - m->held) {
-        free(p);
-        m->over = 1;
-        return NULL;
-    }
-    m->held += cost;
+    m->held += malloc_usable_size(p) + sizeof(size_t);
     if (m->held > m->peak) m->peak = m->held;
+    if (m->held > m->max) m->over = 1;
     return p;
 }
 
@@ -71,6 +73,29 @@ static void metered_free(void *p) {
         m->held = cost < m->held ? m->held - cost : 0; /* allocated before the meter began */
     }
     free(p);
+}
+
+/* jansson reads a metered body through this (json_load_callback asks a
+ * KiB at a time), and finds its end once the meter is over. */
+typedef struct {
+    const char *p;
+    size_t left;
+} metered_input;
+
+static size_t metered_read(void *buf, size_t n, void *arg) {
+    metered_input *in = arg;
+    if (json_meter && json_meter->over) return 0;
+    if (n > in->left) n = in->left;
+    memcpy(buf, in->p, n);
+    in->p += n;
+    in->left -= n;
+    return n;
+}
+
+json_t *proto_json_loadb(const char *buf, size_t len, size_t flags, json_error_t *error) {
+    if (!json_meter || !buf) return json_loadb(buf, len, flags, error);
+    metered_input in = {buf, len};
+    return json_load_callback(metered_read, &in, flags, error);
 }
 
 static pthread_once_t json_meter_once = PTHREAD_ONCE_INIT;

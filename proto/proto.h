@@ -118,16 +118,18 @@ char *proto_utf8_sanitize(const char *s);
  * about 250 bytes, each `[]` an array of about 130 (16 MiB of `[{},...]`
  * grew the daemon by 1.3 GB). The caller meters a parse on its own thread:
  * while a meter is on, every allocation jansson makes on this thread counts
- * (its usable size plus malloc's header), and one that would take `held`
- * past `max` fails (jansson then fails the parse) and sets `over`. Freed
- * memory is subtracted, so `held` is what the parse holds now and `peak`
- * the most it held. Thread-local: other threads' JSON (responses, model
- * loads) is not counted. */
+ * (its usable size plus malloc's header); once `held` passes `max`, `over`
+ * is set and the body's input ends within a KiB (proto_json_loadb,
+ * json_load.h): the parse fails. No allocation is refused: jansson does
+ * not survive that. Freed memory is subtracted, so `held` is what the
+ * parse holds now and `peak` the most it held.
+ * Thread-local: other threads' JSON (responses, model loads) is not
+ * counted. */
 typedef struct {
     size_t max;  /* bytes the parse may hold */
     size_t held; /* bytes it holds now */
     size_t peak; /* the most it held */
-    int over;    /* an allocation was refused: the parse failed for want of `max` */
+    int over;    /* held passed max: the parse was stopped */
 } proto_json_meter;
 
 /* Routes jansson's allocations through the meter's counters (once per

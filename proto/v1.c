@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "image.h"
+#include "json_load.h"
 #include "proto.h"
 
 #define MAX_TIMEOUT_MS 3600000
@@ -148,7 +149,7 @@ int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_req
     json_error_t jerr;
     int status = 400;
     proto_request_init(req, pm, PROTO_V1);
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = proto_json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         snprintf(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
         goto fail;

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "json_load.h"
 #include "proto.h"
 
 /* Reads shape [d0, d1, ...] into dims; returns the rank or -1. */
@@ -378,7 +379,7 @@ int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_
         snprintf(err, errlen, "the body is empty: expected a JSON object with \"inputs\"");
         goto fail;
     }
-    root = json_loadb((const char *)body, json_len, JSON_REJECT_DUPLICATES, &jerr);
+    root = proto_json_loadb((const char *)body, json_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         snprintf(err, errlen, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
         goto fail;
