@@ -306,6 +306,9 @@ static void root_unreadable(repository *r, int err) {
     snprintf(r->root_error, sizeof(r->root_error), "%s", why);
 }
 
+/* the registry's lookup, below: scan keeps an unreadable directory only for a known model */
+static model_entry *find_entry(repository *r, const char *name, size_t len);
+
 /* Every version directory of the repository (or the one model of
  * --model), models in name order. Returns the count, -1 (out of memory),
  * or -3 when the repository's directory cannot be read (r->root_error
@@ -403,6 +406,17 @@ static int scan(repository *r, candidate **out) {
         free(c);
         return -1;
     }
+    /* A directory that cannot be read is kept as it is only when it was
+     * a model's: one never seen as a model is not taken for one, as
+     * before it was read (lost+found, root's and 0700 on every ext4
+     * volume mounted as the repository, listed as an unavailable model
+     * and logged as an error at every start otherwise). */
+    pthread_mutex_lock(&r->lock);
+    int kept = 0;
+    for (int i = 0; i < n; i++)
+        if (!c[i].unreadable[0] || find_entry(r, c[i].name, strlen(c[i].name))) c[kept++] = c[i];
+    pthread_mutex_unlock(&r->lock);
+    n = kept;
     say_unreadable(r, c, n);
     *out = c;
     return n;

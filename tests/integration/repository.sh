@@ -388,12 +388,19 @@ stop_daemon
 # A stat of a model's directory failing otherwise than "not there" (EIO on
 # a bad disk or NFS, EACCES, ELOOP) was read as the model gone: the next
 # rescan unloaded it. ELOOP stands for them all here, as it fails for root
-# too: the directory moved out, a symlink to itself in its place.
+# too: the directory moved out, a symlink to itself in its place. A
+# directory never seen as a model that cannot be read is not taken for one
+# (lost+found, 0700 and root's, on every ext4 volume mounted as the
+# repository): not in the index, not logged.
 REPO=$WORK/repo_model
 mkdir -p "$REPO"
 copy_model "$LD" "$REPO/ld"
 copy_model "$AP" "$REPO/ap"
+ln -s lost+found "$REPO/lost+found"
 MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ld,ap --access-log off
+index | jq -e 'any(.[]; .name == "lost+found") | not' >/dev/null ||
+  fail "an unreadable directory never seen as a model is listed: $(index)"
+log_has "lost+found" && fail "an unreadable directory never seen as a model is logged: $(grep lost+found "$LOG")"
 mv -T "$REPO/ap" "$WORK/ap.away"
 ln -s ap "$REPO/ap"
 kill -HUP "$DAEMON_PID"
@@ -418,6 +425,7 @@ log_has "model ap: $REPO/ap can be read again" || fail "ap's return not logged: 
 [ "$(grep -c "model ap: cannot read" "$LOG")" = 1 ] || fail "ap's unreadable directory logged more than once"
 is_state ap 1 READY || fail "ap not READY once its directory is back: $(index)"
 grep -q "model ap version 1: unloading" "$LOG" && fail "ap was unloaded: $(grep unloading "$LOG")"
+log_has "lost+found" && fail "an unreadable directory never seen as a model is logged: $(grep lost+found "$LOG")"
 echo "ok a model's directory that cannot be read for a while: kept as it is, a load 503 naming why, said once"
 stop_daemon
 echo "repository: ok"
