@@ -26,6 +26,7 @@
 #include "gemm.h"
 #include "http.h"
 #include "metrics.h"
+#include "proto.h"
 #include "vit.h"
 
 #define HANG_S 30
@@ -51,6 +52,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argv;
     char err[1024];
     signal(SIGPIPE, SIG_IGN);
+    /* before any thread uses jansson, as main.c (its allocator is process-wide) */
+    proto_json_meter_install();
     config_defaults(&cfg);
     snprintf(cfg.host, sizeof(cfg.host), "127.0.0.1");
     cfg.port = 0;

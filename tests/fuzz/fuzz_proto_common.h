@@ -6,6 +6,7 @@
 #define COMROPE_FUZZ_PROTO_COMMON_H
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,29 @@ static inline void fuzz_expect_json(const char *what, const char *s, size_t len)
         abort();
     }
     json_decref(j);
+}
+
+/* The parse under the daemon's JSON meter (proto_json_meter_begin), half
+ * the inputs: an input's last byte, when even, sets the meter's max at
+ * 0 to about 32 times the body's size (the daemon's factor), so that
+ * parses stopped anywhere by the meter are fuzzed too (a meter that
+ * refused jansson's allocations let a body overflow the heap); odd, no
+ * meter. Returns whether a meter is on. */
+static inline int fuzz_meter_begin(proto_json_meter *m, const uint8_t *data, size_t size) {
+    if (size == 0 || (data[size - 1] & 1)) return 0;
+    proto_json_meter_begin(m, (size_t)(data[size - 1] >> 1) * size / 4);
+    return 1;
+}
+
+/* Ends the meter: whatever the outcome, the parse holds nothing of
+ * jansson's once it returned. */
+static inline void fuzz_meter_end(const proto_json_meter *m, int on) {
+    if (!on) return;
+    proto_json_meter_end();
+    if (m->held != 0) {
+        fprintf(stderr, "the parse returned holding %zu bytes of jansson's (max %zu)\n", m->held, m->max);
+        abort();
+    }
 }
 
 /* After a parse: the error body for a refusal, or a response to the

@@ -14,7 +14,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     proto_request req;
     memset(&req, 0, sizeof(req)); /* as the server's calloc'd request */
     char err[512];
+    proto_json_meter meter;
+    int metered = fuzz_meter_begin(&meter, data, size);
     int rc = v2_parse_infer(&fuzz_pm, data + 4, size - 4, header_len, &req, err, sizeof(err));
+    fuzz_meter_end(&meter, metered);
     fuzz_check_outcome(rc, &req, err);
     proto_request_free(&req);
     return 0;
