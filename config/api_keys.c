@@ -16,9 +16,9 @@ char **api_keys_load(const char *path, char *err, size_t errlen) {
     char **keys = NULL, *data, *next;
     size_t size;
     int n = 0, lineno = 0, ok = 0;
-    /* regular and capped (config_read_file): /dev/zero was read without
-     * end, a FIFO blocked the start */
-    if (config_read_file("api-key-file", path, &data, &size, err, errlen)) return NULL;
+    /* regular or a pipe, capped (config_read_file): /dev/zero was read
+     * without end */
+    if (config_read_file("api-key-file", path, 1, &data, &size, err, errlen)) return NULL;
     keys = calloc(1, sizeof(char *));
     if (!keys) goto oom;
     /* a long line stays one line, so neither a long token nor the tail of

@@ -497,8 +497,16 @@ static int split_line(char *line, char **key, char **value, const char **why) {
     return 1;
 }
 
+static int load_file(server_config *cfg, const char *path, int pipes, const char *const *allowed, char *err,
+                     size_t errlen);
+
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen) {
-    return config_load_file_only(cfg, path, NULL, err, errlen);
+    return load_file(cfg, path, 1, NULL, err, errlen);
+}
+
+int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
+                          size_t errlen) {
+    return load_file(cfg, path, 0, allowed, err, errlen);
 }
 
 /* What st is, for a refusal: the kinds of file given by mistake. */
@@ -510,15 +518,16 @@ static const char *file_kind(const struct stat *st) {
     return "not a plain file";
 }
 
-int config_read_file(const char *what, const char *path, char **data, size_t *len, char *err, size_t errlen) {
+int config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len, char *err,
+                     size_t errlen) {
     char *buf = NULL;
     size_t used = 0, cap;
     int rc = -1;
     *data = NULL;
     *len = 0;
     /* O_NONBLOCK: a FIFO would block the open until a writer came (the
-     * start, or the control thread reading a serve.conf, for good);
-     * refused by fstat below */
+     * start, or the control thread reading a serve.conf, for good); a
+     * pipe allowed is read in blocking mode below */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         snprintf(err, errlen, "%s: cannot open %.400s: %s", what, path, strerror(errno));
@@ -529,8 +538,14 @@ int config_read_file(const char *what, const char *path, char **data, size_t *le
         snprintf(err, errlen, "%s: cannot read %.400s: %s", what, path, strerror(errno));
         goto cleanup;
     }
-    if (!S_ISREG(st.st_mode)) {
+    int pipe = S_ISFIFO(st.st_mode);
+    if (!S_ISREG(st.st_mode) && !(pipe && pipes)) {
         snprintf(err, errlen, "%s: cannot read %.400s: not a regular file (%s)", what, path, file_kind(&st));
+        goto cleanup;
+    }
+    /* a pipe's reads wait for its writer; with none, the first gives 0 */
+    if (pipe && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        snprintf(err, errlen, "%s: cannot read %.400s: %s", what, path, strerror(errno));
         goto cleanup;
     }
     /* refused before a byte is read when its size says so; st_size is
@@ -558,6 +573,11 @@ int config_read_file(const char *what, const char *path, char **data, size_t *le
         used += (size_t)n;
     }
     if (used > CONFIG_FILE_MAX_BYTES) goto too_large;
+    if (pipe && used == 0) {
+        snprintf(err, errlen, "%s: cannot read %.400s: a pipe that gave nothing (no one writing to it?)",
+                 what, path);
+        goto cleanup;
+    }
     buf[used] = '\0';
     *data = buf;
     *len = used;
@@ -573,11 +593,11 @@ cleanup:
     return rc;
 }
 
-int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
-                          size_t errlen) {
+static int load_file(server_config *cfg, const char *path, int pipes, const char *const *allowed, char *err,
+                     size_t errlen) {
     char *data, *next;
     size_t size;
-    if (config_read_file("config", path, &data, &size, err, errlen)) return -1;
+    if (config_read_file("config", path, pipes, &data, &size, err, errlen)) return -1;
     int rc = -1, lineno = 0;
     int set_at[sizeof(config_options) / sizeof(config_options[0])] = {0}; /* line that set each key */
     char source[CONFIG_PATH_MAX + 32];

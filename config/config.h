@@ -138,22 +138,29 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
 
 /* Reads the file at `path` whole, symlinks followed, into *data (malloc'd,
  * NUL-terminated after its *len bytes; it may hold NULs). A file that is
- * not a regular one (a FIFO, a device such as /dev/zero, a directory) or
- * holds more than CONFIG_FILE_MAX_BYTES is refused before anything is
- * read, and a FIFO does not block the open. Returns 0, or -1 with a
- * message "<what>: cannot open|read <path>: why". */
-int config_read_file(const char *what, const char *path, char **data, size_t *len, char *err, size_t errlen);
+ * not a regular one (a device such as /dev/zero, a directory, a socket)
+ * or holds more than CONFIG_FILE_MAX_BYTES is refused before anything is
+ * read. A pipe (`--config <(envsubst < tpl)`, `--api-key-file
+ * /dev/stdin`, a named FIFO) is read to its end when `pipes` is set (a
+ * file named at start, where waiting for the writer is what a shell user
+ * expects), capped alike, and refused when it gives nothing (a FIFO no one
+ * writes); refused when not set (serve.conf, read by the model control
+ * thread at run time, which must never wait on a writer). The open does
+ * not block on a FIFO either way. Returns 0, or -1 with a message
+ * "<what>: cannot open|read <path>: why". */
+int config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len, char *err,
+                     size_t errlen);
 
-/* Reads a Redis-style file (config_read_file's: regular, at most
- * CONFIG_FILE_MAX_BYTES): `key value` per line, `#` comments (on lines of
+/* Reads a Redis-style file (config_read_file's: regular or a pipe, at
+ * most CONFIG_FILE_MAX_BYTES): `key value` per line, `#` comments (on lines of
  * their own), blank lines, lines of any length within the file's cap. A
  * value with spaces must be double-quoted. An unknown key, a key set twice,
  * a malformed line or a file that cannot be read: -1 with a message naming
  * the file and line. */
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen);
 /* The same, allowing only the keys of `allowed` (NULL-terminated): a
- * model's own settings file (server/repository.h). Another key: -1 naming
- * the file, the line and the keys allowed. */
+ * model's own settings file (server/repository.h; a regular file only, no
+ * pipe). Another key: -1 naming the file, the line and the keys allowed. */
 int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
                           size_t errlen);
 

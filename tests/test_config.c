@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "api_keys.h"
@@ -579,10 +581,8 @@ static const char *scratch_path(char *buf, size_t len, const char *what) {
     return buf;
 }
 
-/* A file of `size` bytes of comment lines, then `tail`. */
-static void write_sized(const char *path, size_t size, const char *tail) {
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
+/* `size` bytes of comment lines, then `tail`, into f. */
+static void put_sized(FILE *f, size_t size, const char *tail) {
     size_t body = size - strlen(tail);
     for (size_t i = 0; i < body; i += 64) {
         size_t n = body - i < 64 ? body - i : 64;
@@ -590,15 +590,51 @@ static void write_sized(const char *path, size_t size, const char *tail) {
         fputc('\n', f);
     }
     fputs(tail, f);
+}
+
+/* A file of `size` bytes of comment lines, then `tail`. */
+static void write_sized(const char *path, size_t size, const char *tail) {
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    put_sized(f, size, tail);
     ck_assert_int_eq(fclose(f), 0);
     struct stat st;
     ck_assert_int_eq(stat(path, &st), 0);
     ck_assert_int_eq((long long)st.st_size, (long long)size);
 }
 
-/* An operator's file must be a regular one (symlinks followed) of at most
- * CONFIG_FILE_MAX_BYTES: --config /dev/zero (or a symlink to it) was read by
- * getline until the daemon was killed, a FIFO blocked the start for good. */
+/* A pipe whose writer (a child) gives what write_sized would, as a shell's
+ * `<(...)` does: its read end's path (/dev/fd/N) into buf; *child to wait
+ * for, with pipe_done, once it has been read. */
+static const char *pipe_sized(char *buf, size_t len, size_t size, const char *tail, pid_t *child, int *fd) {
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) { /* a refusal at the cap closes the read end: stop there */
+        signal(SIGPIPE, SIG_DFL);
+        close(p[0]);
+        FILE *f = fdopen(p[1], "w");
+        if (f) put_sized(f, size, tail);
+        _exit(f && fclose(f) == 0 ? 0 : 1);
+    }
+    close(p[1]);
+    *child = pid;
+    *fd = p[0];
+    snprintf(buf, len, "/dev/fd/%d", p[0]);
+    return buf;
+}
+
+static void pipe_done(pid_t child, int fd) {
+    close(fd);
+    int status;
+    ck_assert_int_eq(waitpid(child, &status, 0), child);
+}
+
+/* An operator's file must be a regular one (symlinks followed) or a pipe
+ * with a writer, of at most CONFIG_FILE_MAX_BYTES: --config /dev/zero (or a
+ * symlink to it) was read by getline until the daemon was killed, a FIFO no
+ * one writes blocked the start for good. */
 START_TEST(config_file_regular_and_bounded) {
     char *none[] = {NULL};
     char fifo[64], link[64], big[64], expect[256];
@@ -612,20 +648,46 @@ START_TEST(config_file_regular_and_bounded) {
     snprintf(expect, sizeof(expect), "config: cannot read %s: not a regular file (a device)", link);
     expect_refused(1, a0, e2, expect);
     unlink(link);
+    /* a FIFO no one writes: the start does not wait on it (it hung) */
     scratch_path(fifo, sizeof(fifo), "fifo");
     ck_assert_int_eq(mkfifo(fifo, 0600), 0);
     char *a3[] = {"x", "--config", fifo, NULL};
-    snprintf(expect, sizeof(expect), "config: cannot read %s: not a regular file (a FIFO)", fifo);
+    snprintf(expect, sizeof(expect), "config: cannot read %s: a pipe that gave nothing", fifo);
     expect_refused(3, a3, none, expect);
+    /* a model's serve.conf is never read from one: the control thread
+     * must not wait on a writer */
+    const char *only[] = {"max-batch-size", NULL};
+    server_config c;
+    char err[512];
+    config_defaults(&c);
+    ck_assert_int_eq(config_load_file_only(&c, fifo, only, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "not a regular file (a FIFO)"), "%s", err);
     unlink(fifo);
+    /* a pipe with a writer (`--config <(envsubst < tpl)`) is read to its
+     * end, capped as a file is: at the cap, read; one byte over, refused */
+    char pipe_at[64];
+    pid_t child;
+    int fd;
+    char *a6[] = {"x", "--config", (char *)pipe_sized(pipe_at, sizeof(pipe_at), 8, "port 83\n", &child, &fd),
+                  NULL};
+    ck_assert_msg(config_load(&c, 3, a6, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
+    ck_assert_int_eq(c.port, 83);
+    pipe_done(child, fd);
+    pipe_sized(pipe_at, sizeof(pipe_at), CONFIG_FILE_MAX_BYTES, "port 84\n", &child, &fd);
+    ck_assert_msg(config_load(&c, 3, a6, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
+    ck_assert_int_eq(c.port, 84);
+    pipe_done(child, fd);
+    pipe_sized(pipe_at, sizeof(pipe_at), CONFIG_FILE_MAX_BYTES + 1, "port 84\n", &child, &fd);
+    snprintf(expect, sizeof(expect), "config: cannot read %s: larger than %d bytes", pipe_at,
+             CONFIG_FILE_MAX_BYTES);
+    expect_refused(3, a6, none, expect);
+    pipe_done(child, fd);
     char *a4[] = {"x", "--config", "/tmp", NULL};
     expect_refused(3, a4, none, "config: cannot read /tmp: not a regular file (a directory)");
     /* the cap itself: at it, read; one byte over, refused naming it */
     scratch_path(big, sizeof(big), "big");
     write_sized(big, CONFIG_FILE_MAX_BYTES, "port 81\n");
     char *a5[] = {"x", "--config", big, NULL};
-    server_config c;
-    char err[512];
     ck_assert_msg(config_load(&c, 3, a5, none, err, sizeof(err)) == CONFIG_RUN, "%s", err);
     ck_assert_int_eq(c.port, 81);
     write_sized(big, CONFIG_FILE_MAX_BYTES + 1, "port 81\n");
@@ -649,8 +711,18 @@ START_TEST(api_key_file_regular_and_bounded) {
     scratch_path(fifo, sizeof(fifo), "keys_fifo");
     ck_assert_int_eq(mkfifo(fifo, 0600), 0);
     ck_assert_ptr_null(api_keys_load(fifo, err, sizeof(err)));
-    ck_assert_msg(strstr(err, "not a regular file (a FIFO)"), "%s", err);
+    ck_assert_msg(strstr(err, "a pipe that gave nothing"), "%s", err);
     unlink(fifo);
+    /* `--api-key-file <(vault read ...)`: read to its end */
+    char pipe_at[64];
+    pid_t child;
+    int fd;
+    char **from_pipe =
+        api_keys_load(pipe_sized(pipe_at, sizeof(pipe_at), 6, "token\n", &child, &fd), err, sizeof(err));
+    ck_assert_msg(from_pipe != NULL, "%s", err);
+    ck_assert_str_eq(from_pipe[0], "token");
+    api_keys_free(from_pipe);
+    pipe_done(child, fd);
     scratch_path(big, sizeof(big), "keys_big");
     write_sized(big, CONFIG_FILE_MAX_BYTES, "token\n");
     char **keys = api_keys_load(big, err, sizeof(err));

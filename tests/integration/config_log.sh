@@ -5,9 +5,10 @@
 #      is named: --config=FILE, --config FILE after a --key=value flag.
 #   2. A key file that holds only a (long) comment, or cannot be read, and a
 #      config file with an unknown key stop the start with a message. So do
-#      a config or key file that is not a regular file (/dev/zero, also
-#      through a symlink: read until the daemon was killed; a FIFO: the
-#      start hung) or is larger than 1 MiB.
+#      a config or key file that is not a regular file or a pipe (/dev/zero,
+#      also through a symlink: read until the daemon was killed), a FIFO no
+#      one writes (the start hung), or more than 1 MiB, a pipe's too (`yes`).
+#      Both files from pipes (`<(...)`) are read and in force.
 #   3. Text log: a path with a percent-encoded newline and a forged line,
 #      escape sequences in the path and the user agent: every line is one
 #      line with a timestamp, client strings escaped.
@@ -56,10 +57,20 @@ ln -s /dev/zero "$WORK/zero.conf"
 refuses_start "config: cannot read $WORK/zero.conf: not a regular file (a device)" --config "$WORK/zero.conf"
 refuses_start "api-key-file: cannot read /dev/zero: not a regular file (a device)" --api-key-file /dev/zero
 mkfifo "$WORK/fifo"
-refuses_start "config: cannot read $WORK/fifo: not a regular file (a FIFO)" --config "$WORK/fifo"
-refuses_start "api-key-file: cannot read $WORK/fifo: not a regular file (a FIFO)" --api-key-file "$WORK/fifo"
+refuses_start "config: cannot read $WORK/fifo: a pipe that gave nothing" --config "$WORK/fifo"
+refuses_start "api-key-file: cannot read $WORK/fifo: a pipe that gave nothing" --api-key-file "$WORK/fifo"
 { head -c $((1 << 20)) /dev/zero | tr '\0' '#'; echo; echo "port 0"; } >"$WORK/big.conf"
 refuses_start "config: cannot read $WORK/big.conf: larger than 1048576 bytes" --config "$WORK/big.conf"
+refuses_start "api-key-file: cannot read /dev/fd/[0-9]*: larger than 1048576 bytes" --api-key-file <(yes token)
+
+# Secrets and templates through a pipe, as a shell gives them: read to
+# their end (the key in force: 401 without it, 200 with it).
+start_daemon --api-key-file <(printf 'piped-token\n') --config <(printf 'access-log off\n')
+[ "$(http_code -X POST "$URL/v2/repository/index")" = 401 ] || fail "a key from a pipe not in force"
+[ "$(http_code -H 'Authorization: Bearer piped-token' -X POST "$URL/v2/repository/index")" = 200 ] ||
+  fail "the key from a pipe refused"
+stop_daemon
+echo "ok: --api-key-file and --config read from pipes"
 
 start_daemon --access-log text
 logs send "$PORT" || fail "send (text)"
