@@ -605,12 +605,14 @@ static int submit_inference(http_request *r) {
     st = parse_body(r, ctype, err, sizeof(err));
     proto_json_meter_end();
     if (meter.over) {
+        /* the way out each API has: v1 takes raw images, v2 binary tensors */
         snprintf(err, sizeof(err),
                  "the body's JSON holds more than %zu bytes once parsed (%d x max-json-body-bytes, %lld): "
-                 "deeply nested or many small values (each {} or [] costs some 100-250 bytes); send "
-                 "tensors with the binary tensor extension (Inference-Header-Content-Length) or images as "
-                 "raw image/jpeg or image/png bodies",
-                 meter.max, JSON_PARSED_PER_BYTE, (long long)s->p.cfg->max_json_body_bytes);
+                 "deeply nested or many small values (each {} or [] costs some 100-250 bytes); send %s",
+                 meter.max, JSON_PARSED_PER_BYTE, (long long)s->p.cfg->max_json_body_bytes,
+                 r->endpoint == ENDPOINT_V1_CLASSIFY
+                     ? "images as raw image/jpeg or image/png bodies"
+                     : "tensors with the binary tensor extension (Inference-Header-Content-Length)");
         st = 413;
     }
     if (st < 0) return 0; /* r's answer set */

@@ -75,17 +75,24 @@ body_has "more than max-json-body-bytes (200000)" || fail "big JSON: $(cat "$WOR
 # hash table): refused at 32 x the limit, before jansson holds it all. A
 # tensor of one-digit values nested in rows of 4 (27 x) is parsed (then
 # refused for its shape, 6002 x 4 being no resolution of the model).
-"$PY" - "$WORK/objects.json" "$WORK/rows4.json" <<'EOF'
+"$PY" - "$WORK/objects.json" "$WORK/rows4.json" "$WORK/objects-v1.json" <<'EOF'
 import sys
 head = '{"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, %d, 4], "data": '
 with open(sys.argv[1], "w") as f:
     f.write(head % 4 + "[" + ",".join(["{}"] * 66000) + "]}]}")
 with open(sys.argv[2], "w") as f:
     f.write(head % 6002 + "[" + ",".join(["[" + ",".join(["[0,0,0,0]"] * 6002) + "]"] * 3) + "]}]}")
+with open(sys.argv[3], "w") as f:
+    f.write('{"images": [' + ",".join(["{}"] * 66000) + "]}")
 EOF
+# the way out each API has: binary tensors for v2, raw images for v1
 [ "$(post_json "/v2/models/$NAME/infer" "$WORK/objects.json")" = 413 ] || fail "{}s: $(cat "$WORK/out.json")"
 body_has "more than 6400000 bytes once parsed (32 x max-json-body-bytes, 200000)" ||
   fail "{}s: $(cat "$WORK/out.json")"
+{ body_has "binary tensor extension" && ! body_has "raw image"; } || fail "{}s, v2: $(cat "$WORK/out.json")"
+[ "$(post_json "/v1/classify" "$WORK/objects-v1.json")" = 413 ] || fail "{}s, v1: $(cat "$WORK/out.json")"
+{ body_has "images as raw image/jpeg or image/png bodies" && ! body_has "binary tensor"; } ||
+  fail "{}s, v1: $(cat "$WORK/out.json")"
 [ "$(post_json "/v2/models/$NAME/infer" "$WORK/rows4.json")" = 400 ] || fail "rows of 4: $(cat "$WORK/out.json")"
 body_has "inputs[0].shape" || fail "rows of 4: $(cat "$WORK/out.json")"
 echo "ok 413 naming max-request-images, max-batch-tokens, max-json-body-bytes (its size, and 32 x once parsed); 5 images ran as 3 engine batches"
