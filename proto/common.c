@@ -123,6 +123,12 @@ static int base64_value(unsigned char c) {
     return -1;
 }
 
+int proto_check_num_images(size_t n, int max, char *err, size_t errlen) {
+    if (max <= 0 || n <= (size_t)max) return 0;
+    snprintf(err, errlen, "the request has %zu images, more than max-request-images (%d)", n, max);
+    return 413;
+}
+
 int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen, char *err, size_t errlen) {
     *out = NULL;
     *outlen = 0;

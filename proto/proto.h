@@ -36,6 +36,7 @@ typedef struct {
     const char *gemm_backend;        /* with precision bf16: who runs the GEMMs ("own",
                                         "onednn", "amx"); else NULL */
     const char *model_version;       /* the served version ("1", ...); NULL: "1" */
+    int max_images;                  /* max-request-images; 0: no limit */
 } proto_model;
 
 /* One image of a request: either an encoded file (JPEG/PNG) to decode and
@@ -88,6 +89,12 @@ void proto_body_free(proto_body *b);
 /* Standard base64 (padding optional). Returns 0 with a malloc'd *out, or
  * -1 with a message giving the offset of the first bad character. */
 int base64_decode(const char *in, size_t len, uint8_t **out, size_t *outlen, char *err, size_t errlen);
+
+/* 413 with the message in err when a request of n images has more than
+ * max (max-request-images; 0: no limit), else 0. The parsers check it as
+ * soon as they know n, before any image is decoded or copied; the batcher
+ * checks it again for callers that build requests themselves. */
+int proto_check_num_images(size_t n, int max, char *err, size_t errlen);
 
 /* Indices of the k largest logits, highest first (ties: the lower index),
  * and the softmax probability of each (order and probs have k entries).

@@ -215,6 +215,8 @@ int v1_parse_json(const proto_model *pm, const char *body, size_t len, proto_req
             snprintf(err, errlen, "images: expected a non-empty array of base64 strings");
             goto fail;
         }
+        if ((status = proto_check_num_images(json_array_size(images), pm->max_images, err, errlen)))
+            goto fail;
         /* one allocation for all: growing by one per image is quadratic */
         req->images = calloc(json_array_size(images), sizeof(proto_image));
         if (!req->images) {

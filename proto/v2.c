@@ -118,6 +118,8 @@ static int parse_pixel_values(const proto_model *pm, json_t *input, const uint8_
     /* read_shape bounds each size by 2^24 and C is the model's: per fits in
      * 64 bits, and so does the total once N is bounded (checked first). */
     long long per = dims[1] * dims[2] * dims[3];
+    int status = proto_check_num_images((size_t)dims[0], pm->max_images, err, errlen);
+    if (status) return status;
     if (dims[0] > 4096 || per > ((long long)1 << 30) || dims[0] * per > ((long long)1 << 30)) {
         snprintf(
             err, errlen,
@@ -190,8 +192,8 @@ static int take_encoded(proto_request *req, int i, uint8_t *data, size_t len, ch
     return 0;
 }
 
-static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto_request *req, char *err,
-                        size_t errlen) {
+static int parse_images(const proto_model *pm, json_t *input, const uint8_t *bin, size_t bin_len,
+                        proto_request *req, char *err, size_t errlen) {
     long long dims[2];
     const char *dt = json_string_value(json_object_get(input, "datatype"));
     if (!dt || strcmp(dt, "BYTES") != 0) {
@@ -204,6 +206,7 @@ static int parse_images(json_t *input, const uint8_t *bin, size_t bin_len, proto
         return 400;
     }
     int n = (int)dims[0], status;
+    if ((status = proto_check_num_images(n, pm->max_images, err, errlen))) return status;
     if (alloc_images(req, n)) {
         snprintf(err, errlen, "out of memory");
         return 500;
@@ -444,7 +447,7 @@ int v2_parse_infer(const proto_model *pm, const uint8_t *body, size_t len, size_
     if (name && strcmp(name, "pixel_values") == 0)
         status = parse_pixel_values(pm, input, bin, bin_len, req, err, errlen);
     else if (name && strcmp(name, "images") == 0)
-        status = parse_images(input, bin, bin_len, req, err, errlen);
+        status = parse_images(pm, input, bin, bin_len, req, err, errlen);
     else snprintf(err, errlen, "inputs[0].name: expected \"pixel_values\" or \"images\"");
     if (status) goto fail;
     json_decref(root);

@@ -507,11 +507,8 @@ void batcher_set_gate(batcher *b, forward_gate *gate) { b->gate = gate; }
 static int over_limits(batcher *b, job *j) {
     const proto_request *req = j->req;
     int64_t tokens = 0;
-    if (b->p.max_request_images && req->num_images > b->p.max_request_images) {
-        snprintf(j->error, sizeof(j->error), "the request has %d images, more than max-request-images (%d)",
-                 req->num_images, b->p.max_request_images);
+    if (proto_check_num_images((size_t)req->num_images, b->p.max_request_images, j->error, sizeof(j->error)))
         return 413;
-    }
     for (int i = 0; i < req->num_images; i++) {
         int h = req->images[i].h, w = req->images[i].w, t = vit_tokens(b->model, h, w);
         if (t > b->p.max_batch_tokens) {

@@ -642,6 +642,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         .precision_warning = pc->warn ? pc->why : NULL,
         .gemm_backend = vm->precision == GEMM_BF16 ? gemm_backend_name(vm->backend) : NULL,
         .model_version = m->version_text,
+        .max_images = bp.max_request_images,
     };
     return m;
 fail:

@@ -642,6 +642,37 @@ END_TEST
  * UTF-8 (or cut inside a character), a label longer than any buffer, and
  * logits that are not finite (refused as a whole, never a short array). */
 /* A body without a Content-Type: what it shows. */
+/* max-request-images is checked as soon as the count is known, before any
+ * image is decoded: a body of 3 images, the last not even base64, under a
+ * limit of 2 gets the 413 naming the limit, not the 400 for the image (the
+ * daemon would otherwise decode and copy up to max-json-body-bytes of
+ * images it is about to refuse). The same bodies within the limit reach
+ * the image and get its 400. */
+START_TEST(max_images_before_decoding) {
+    proto_model pm = PM;
+    char err[512];
+    proto_request req;
+    char *v1 = body_with_image("{\"images\": [\"%s\", \"%s\", \"!!\"]}");
+    const char *v2 = "{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [3],"
+                     " \"data\": [\"!!\", \"!!\", \"!!\"]}]}";
+    const char *v2px = "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\","
+                       " \"shape\": [3, 3, 1, 1], \"data\": [1, 2, 3]}]}"; /* 9 numbers needed */
+    for (int max = 2; max <= 3; max++) {
+        pm.max_images = max;
+        int want = max == 2 ? 413 : 400;
+        int rc = v1_parse(&pm, "application/json", (const uint8_t *)v1, strlen(v1), &req, err, sizeof(err));
+        ck_assert_msg(rc == want, "v1, max %d: %d (%s)", max, rc, err);
+        rc = v2_parse_infer(&pm, (const uint8_t *)v2, strlen(v2), 0, &req, err, sizeof(err));
+        ck_assert_msg(rc == want, "v2 images, max %d: %d (%s)", max, rc, err);
+        if (max == 2) ck_assert_str_eq(err, "the request has 3 images, more than max-request-images (2)");
+        rc = v2_parse_infer(&pm, (const uint8_t *)v2px, strlen(v2px), 0, &req, err, sizeof(err));
+        ck_assert_msg(rc == want, "v2 pixel_values, max %d: %d (%s)", max, rc, err);
+        if (max == 2) ck_assert_msg(strstr(err, "more than max-request-images (2)"), "%s", err);
+    }
+    free(v1);
+}
+END_TEST
+
 START_TEST(sniff_media_type) {
     const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0};
     const uint8_t jpeg[] = {0xff, 0xd8, 0xff, 0xe0, 0, 0x10};
@@ -969,6 +1000,7 @@ int main(void) {
     tcase_add_test(tc, base64_and_top_k);
     tcase_add_test(tc, top_k_large);
     tcase_add_test(tc, non_finite_pixels);
+    tcase_add_test(tc, max_images_before_decoding);
     tcase_add_test(tc, bodies_are_valid_json);
     tcase_add_test(tc, error_body_is_json);
     tcase_add_test(tc, sniff_media_type);

@@ -48,8 +48,10 @@ body_has() { jq -e --arg s "$1" '.error | contains($s)' "$WORK/out.json" >/dev/n
 # --- limits: 413 naming the setting; a big batch split -----------------------
 start_daemon --max-batch-size 2 --max-batch-tokens 200 --max-request-images 6 --max-request-tokens 400 \
   --max-json-body-bytes 200000 --max-queue-delay-us 0
-printf '{"images": ["%s","%s","%s","%s","%s","%s","%s"], "resolution": 8}' \
-  "$B64" "$B64" "$B64" "$B64" "$B64" "$B64" "$B64" >"$WORK/seven.json"
+# the seventh is not even base64: the count is refused before any image is
+# decoded (a 400 for the image would mean they were)
+printf '{"images": ["%s","%s","%s","%s","%s","%s","!!"], "resolution": 8}' \
+  "$B64" "$B64" "$B64" "$B64" "$B64" "$B64" >"$WORK/seven.json"
 [ "$(post_json /v1/classify "$WORK/seven.json")" = 413 ] || fail "7 images: $(cat "$WORK/out.json")"
 body_has "7 images, more than max-request-images (6)" || fail "7 images: $(cat "$WORK/out.json")"
 pixels_json 1 64 64 0.5 >"$WORK/big1.json" # 257 tokens: more than one engine batch holds
