@@ -83,9 +83,12 @@ typedef struct {
     int64_t content_length; /* announced, or -1 (chunked) */
     int arriving;           /* counted in batcher_arrival_begin */
     /* captured on the MHD thread for the parse thread */
-    char *ctype;      /* Content-Type, or NULL */
-    char *header_len; /* Inference-Header-Content-Length, or NULL */
-    char **query;     /* key, value pairs of a raw-image request, NULL-terminated */
+    char *ctype;       /* Content-Type, or NULL */
+    const char *media; /* the body's media type: ctype, or for a v1 body with a generic one (none,
+                          application/octet-stream) what v1_sniff_media_type sees in it, NULL
+                          when neither JSON nor an image (415); set once the body is complete */
+    char *header_len;  /* Inference-Header-Content-Length, or NULL */
+    char **query;      /* key, value pairs of a raw-image request, NULL-terminated */
     int nquery;
     served_model *mv; /* the model version it was routed to: a reference, released at the end */
     int stats_scope;  /* statistics of: STATS_VERSION, STATS_MODEL (every version), STATS_ALL */
@@ -580,9 +583,8 @@ static int submit_inference(http_request *r) {
         return 0;
     }
     if (r->body_over_budget) return 0; /* its 503 was set when the budget refused it */
-    const char *ctype = r->ctype;
-    if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(ctype)) {
-        ctype = v1_sniff_media_type(r->body, r->body_len);
+    const char *ctype = r->media;
+    if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype)) {
         if (!ctype) {
             snprintf(err, sizeof(err),
                      "Content-Type: \"%.60s\" and a body that is neither JSON (starting "
@@ -694,8 +696,7 @@ static int parse_is_heavy(const http_request *r) {
     size_t json = r->body_len;
     if (r->body_too_large || r->body_over_budget) return 0; /* refused unparsed */
     if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
-        const char *t = media_type_generic(r->ctype) ? v1_sniff_media_type(r->body, r->body_len) : r->ctype;
-        if (t && strncasecmp(t, "image/", 6) == 0) return 0;
+        if (r->media && strncasecmp(r->media, "image/", 6) == 0) return 0;
     } else if (r->header_len) {
         unsigned long long v = strtoull(r->header_len, NULL, 10);
         if (v > 0 && v < json) json = (size_t)v;
@@ -751,6 +752,9 @@ static int queue_parse(http_request *r, struct MHD_Connection *c) {
     const char *hl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
     r->ctype = ctype ? strdup(ctype) : NULL;
     r->header_len = hl ? strdup(hl) : NULL;
+    r->media = r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype)
+                   ? v1_sniff_media_type(r->body, r->body_len)
+                   : r->ctype;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
     pthread_mutex_lock(&s->parse_lock);
