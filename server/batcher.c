@@ -320,13 +320,11 @@ static int serve_behind_split(batcher *b, slice *parts, int *n, int *images, int
     b->yield_to_rest = 0;
     for (job *prev = split, *j = split->next; j && *images < b->p.max_batch_size;) {
         job *next = j->next;
-        int t = 0, count = j->req->num_images;
-        for (int k = 0; k < count && *images + count <= b->p.max_batch_size; k++)
-            t += vit_tokens(b->model, j->req->images[k].h, j->req->images[k].w);
-        if (*images + count <= b->p.max_batch_size && *tokens + t <= b->p.max_batch_tokens) {
+        int count = j->req->num_images;
+        if (*images + count <= b->p.max_batch_size && *tokens + j->tokens <= b->p.max_batch_tokens) {
             take_whole(b, prev, j, parts, n, now);
             *images += count;
-            *tokens += t;
+            *tokens += (int)j->tokens;
         } else {
             prev = j;
         }
@@ -520,6 +518,7 @@ static int over_limits(batcher *b, job *j) {
         }
         tokens += t;
     }
+    j->tokens = tokens;
     if (b->p.max_request_tokens && tokens > b->p.max_request_tokens) {
         snprintf(j->error, sizeof(j->error),
                  "the request needs %lld tokens, more than max-request-tokens (%lld)", (long long)tokens,

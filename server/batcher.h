@@ -57,6 +57,7 @@ struct job {
     int next_image; /* images before it are in batches (run or running) */
     int pending;    /* batches running with some of its images */
     int fail;       /* its error status once failed: nothing more is computed */
+    int64_t tokens; /* its images' tokens, summed once at submit */
 };
 
 typedef struct batcher batcher;
