@@ -356,6 +356,19 @@ echo "ok model names: UTF-8 and quotes served as they are, names not UTF-8 or wi
 stop_daemon
 
 # --- 7. the repository's directory cannot be read for a while ----------------------------
+# Model $1, READY, while $2 cannot be read: it answers as before, and an
+# explicit load of it gets 503 with Retry-After naming why ($3, a part of
+# strerror's text).
+serves_while_unreadable() {
+  local m=$1 what=$2 why=$3 code
+  is_state "$m" 1 READY || fail "$m not READY while $what cannot be read: $(index)"
+  client logits "$URL" "$m" "$SAMPLE" >"$WORK/unreadable.$m" || fail "$m does not answer while $what cannot be read"
+  same_logits "$WORK/ref.$m" "$WORK/unreadable.$m" || fail "$m answers otherwise while $what cannot be read"
+  code=$(curl -s -D "$WORK/hdr" -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/$m/load")
+  { [ "$code" = 503 ] && jq -e --arg w "$why" '.error | contains("cannot be read") and contains($w)' "$WORK/body" >/dev/null; } ||
+    fail "a load of $m while $what cannot be read: $code $(cat "$WORK/body") (want 503 naming '$why')"
+  grep -qi '^retry-after: 1' "$WORK/hdr" || fail "503 for the load without Retry-After: $(cat "$WORK/hdr")"
+}
 # A deploy that swaps directories by rename, or an NFS error: read as an
 # empty repository, the next rescan unloaded every model. Nothing tells
 # that from a passing failure: what serves goes on serving.
@@ -368,13 +381,7 @@ kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
 log_has "model-repository: cannot read $REPO: No such file or directory (a rescan changes nothing until it can)" ||
   fail "the unreadable repository not logged: $(tail -5 "$LOG")"
-is_state ld 1 READY || fail "ld not READY while the repository cannot be read: $(index)"
-client logits "$URL" ld "$SAMPLE" >"$WORK/root.ld" || fail "ld does not answer while the repository cannot be read"
-same_logits "$WORK/ref.ld" "$WORK/root.ld" || fail "ld answers otherwise while the repository cannot be read"
-code=$(curl -s -D "$WORK/hdr" -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ld/load")
-{ [ "$code" = 503 ] && jq -e '.error | contains("cannot be read")' "$WORK/body" >/dev/null; } ||
-  fail "a load while the repository cannot be read: $code $(cat "$WORK/body") (want 503 naming the reason)"
-grep -qi '^retry-after: 1' "$WORK/hdr" || fail "503 for the load without Retry-After: $(cat "$WORK/hdr")"
+serves_while_unreadable ld "the repository" "No such file"
 mv -T "$REPO.away" "$REPO"
 kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 2 || fail "no second rescan after SIGHUP"
@@ -407,14 +414,8 @@ kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
 log_has "model ap: cannot read $REPO/ap: Too many levels of symbolic links (kept as it is until it can)" ||
   fail "the unreadable model not logged: $(tail -5 "$LOG")"
-is_state ap 1 READY || fail "ap not READY while its directory cannot be read: $(index)"
-client logits "$URL" ap "$SAMPLE" >"$WORK/model.ap" || fail "ap does not answer while its directory cannot be read"
-same_logits "$WORK/ref.ap" "$WORK/model.ap" || fail "ap answers otherwise while its directory cannot be read"
+serves_while_unreadable ap "its directory" "symbolic links"
 is_state ld 1 READY || fail "ld disturbed by ap's directory: $(index)"
-code=$(curl -s -D "$WORK/hdr" -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ap/load")
-{ [ "$code" = 503 ] && jq -e '.error | contains("cannot be read") and contains("symbolic links")' "$WORK/body" >/dev/null; } ||
-  fail "a load of ap while its directory cannot be read: $code $(cat "$WORK/body") (want 503 naming the reason)"
-grep -qi '^retry-after: 1' "$WORK/hdr" || fail "503 for the load without Retry-After: $(cat "$WORK/hdr")"
 kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 2 || fail "no second rescan after SIGHUP"
 rm "$REPO/ap"
