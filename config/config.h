@@ -55,8 +55,8 @@ typedef struct {
     /* work and memory a request may cost (README "Limits") */
     int max_request_images;
     int64_t max_request_tokens;
-    int64_t pixel_budget_bytes; /* decoded pixels of queued + running requests */
-    int64_t max_json_body_bytes;
+    int64_t pixel_budget_bytes;  /* decoded pixels of queued + running requests */
+    int64_t max_json_body_bytes; /* and CONFIG_JSON_PARSED_PER_BYTE x that once parsed */
     int parse_threads;
     int isa;               /* index into the isa row's choices; 0 = auto */
     char cors_origin[256]; /* "": no CORS */
@@ -87,6 +87,16 @@ typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM
 
 /* One row of the table. Integers are bounded by [min, max]; enums list
  * their names in `choices` (NULL-terminated), stored as the index. */
+/* What jansson may hold while it parses one body's JSON, per byte of
+ * max-json-body-bytes (the setting's help says the number): a dense number
+ * array (`0,` for each value) takes about 20 bytes per byte of JSON, its
+ * nested form (shape [N, C, H, W]) a little more, so this holds every
+ * tensor a body within the limit can carry; what holds more is containers
+ * and tiny strings, never a tensor (16 MiB of `[{},{},...]` held 1.3 GB).
+ * It bounds what one parse costs, and with parse-threads what all of them
+ * do. */
+#define CONFIG_JSON_PARSED_PER_BYTE 32
+
 typedef struct {
     const char *name;
     config_type type;

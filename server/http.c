@@ -524,17 +524,8 @@ static int json_over_limit(http_request *r, size_t json_len) {
     return 413;
 }
 
-/* What jansson may hold while it parses one body's JSON: a dense number
- * array (`0,` for each value) takes about 20 bytes per byte of JSON, its
- * nested form (shape [N, C, H, W]) a little more, so JSON_PARSED_PER_BYTE x
- * max-json-body-bytes holds every tensor a body within the limit can carry;
- * what holds more is containers and tiny strings, never a tensor (16 MiB of
- * `[{},{},...]` held 1.3 GB). It bounds what one parse costs, and with
- * parse-threads what all of them do. */
-#define JSON_PARSED_PER_BYTE 32
-
 static size_t json_parsed_max(const server_config *cfg) {
-    return (size_t)cfg->max_json_body_bytes * JSON_PARSED_PER_BYTE;
+    return (size_t)cfg->max_json_body_bytes * CONFIG_JSON_PARSED_PER_BYTE;
 }
 
 /* Parses r's body into r->req (ctype: the media type, sniffed when it was
@@ -611,7 +602,7 @@ static int submit_inference(http_request *r) {
         snprintf(err, sizeof(err),
                  "the body's JSON holds more than %zu bytes once parsed (%d x max-json-body-bytes, %lld): "
                  "deeply nested or many small values (each {} or [] costs some 100-250 bytes); send %s",
-                 meter.max, JSON_PARSED_PER_BYTE, (long long)s->p.cfg->max_json_body_bytes,
+                 meter.max, CONFIG_JSON_PARSED_PER_BYTE, (long long)s->p.cfg->max_json_body_bytes,
                  r->endpoint == ENDPOINT_V1_CLASSIFY
                      ? "images as raw image/jpeg or image/png bodies"
                      : "tensors with the binary tensor extension (Inference-Header-Content-Length)");

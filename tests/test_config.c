@@ -41,6 +41,22 @@ START_TEST(defaults) {
 }
 END_TEST
 
+/* max-json-body-bytes' help (and so README) says what a body may hold
+ * once parsed: the number the daemon uses, not a copy that could drift. */
+START_TEST(json_parsed_factor_in_help) {
+    char want[32];
+    snprintf(want, sizeof(want), ": %dx that", CONFIG_JSON_PARSED_PER_BYTE);
+    int found = 0;
+    for (int i = 0; i < config_num_options; i++) {
+        if (strcmp(config_options[i].name, "max-json-body-bytes")) continue;
+        ck_assert_msg(strstr(config_options[i].help, want), "help \"%s\" lacks \"%s\"",
+                      config_options[i].help, want);
+        found = 1;
+    }
+    ck_assert(found);
+}
+END_TEST
+
 START_TEST(precedence) {
     server_config c;
     char err[256];
@@ -742,6 +758,7 @@ int main(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
     tcase_add_test(tc, defaults);
+    tcase_add_test(tc, json_parsed_factor_in_help);
     tcase_add_test(tc, precedence);
     tcase_add_test(tc, config_from_env_and_equals_form);
     tcase_add_test(tc, actions);
