@@ -132,11 +132,25 @@ MPORT=$(free_port)
 start_daemon --http-threads 1 --parse-threads 1 --metrics-port "$MPORT" --max-queue-delay-us 0
 mmetric() { curl -sf --max-time 10 "http://127.0.0.1:$MPORT/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
 pixels_json 1 602 602 0.5 >"$WORK/huge.json"
-for i in 1 2 3; do
-  curl -s -o /dev/null -w '%{http_code}\n' -H 'Content-Type: application/json' --data-binary @"$WORK/huge.json" \
-    "$URL/v2/models/$NAME/infer" >"$WORK/huge$i.code" &
-  OTHER_PIDS+=("$!")
-done
+# Sends $1 of those bodies at once, in the background (huge$i.code);
+# big_bodies_refused waits for them and checks each got its 400.
+flood_big_bodies() {
+  local i
+  for ((i = 1; i <= $1; i++)); do
+    curl -s -o /dev/null -w '%{http_code}\n' -H 'Content-Type: application/json' --data-binary @"$WORK/huge.json" \
+      "$URL/v2/models/$NAME/infer" >"$WORK/huge$i.code" &
+    OTHER_PIDS+=("$!")
+  done
+}
+big_bodies_refused() {
+  local i
+  wait "${OTHER_PIDS[@]}"
+  OTHER_PIDS=()
+  for ((i = 1; i <= $1; i++)); do
+    [ "$(cat "$WORK/huge$i.code")" = 400 ] || fail "big body $i: $(cat "$WORK/huge$i.code"), not 400"
+  done
+}
+flood_big_bodies 3
 receiving() { [ "$(mmetric comrope_receiving_requests)" -ge 1 ] 2>/dev/null; }
 poll 60 receiving || fail "the big bodies never arrived"
 probes=0
@@ -145,11 +159,7 @@ while receiving; do
   probes=$((probes + 1))
 done
 [ "$probes" -ge 1 ] || fail "no health probe while bodies were parsed: the test proves nothing"
-wait "${OTHER_PIDS[@]}"
-OTHER_PIDS=()
-for i in 1 2 3; do
-  [ "$(cat "$WORK/huge$i.code")" = 400 ] || fail "big body $i: $(cat "$WORK/huge$i.code"), not 400"
-done
+big_bodies_refused 3
 echo "ok health answered within 1 s, $probes times, while 3 bodies of 4 MB were parsed"
 
 # A raw image waits for the parse under way, not for every heavy body queued
@@ -159,22 +169,14 @@ echo "ok health answered within 1 s, $probes times, while 3 bodies of 4 MB were 
 # ends; a parse or two may end before the image is in, and a body or two may
 # still be arriving). Before, the one parse thread took them in order, the
 # image last.
-for i in 1 2 3 4 5 6; do
-  curl -s -o /dev/null -w '%{http_code}\n' -H 'Content-Type: application/json' --data-binary @"$WORK/huge.json" \
-    "$URL/v2/models/$NAME/infer" >"$WORK/huge$i.code" &
-  OTHER_PIDS+=("$!")
-done
+flood_big_bodies 6
 six_in() { [ "$(mmetric comrope_receiving_requests)" -ge 6 ] 2>/dev/null; }
 poll 60 six_in || fail "the six big bodies never arrived"
 code=$(http_code -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify?timeout_ms=600000")
 left=$(mmetric comrope_receiving_requests)
 [ "$code" = 200 ] || fail "raw image beside big JSON bodies: $code"
 [ "$left" -ge 3 ] || fail "the raw image was answered with $left big bodies left to parse: it waited behind them"
-wait "${OTHER_PIDS[@]}"
-OTHER_PIDS=()
-for i in 1 2 3 4 5 6; do
-  [ "$(cat "$WORK/huge$i.code")" = 400 ] || fail "big body $i: $(cat "$WORK/huge$i.code"), not 400"
-done
+big_bodies_refused 6
 echo "ok a raw image answered with $left of 6 big JSON bodies still waiting for their parse"
 stop_daemon
 
