@@ -117,7 +117,7 @@ def sanitized(serve):
         out = subprocess.run(["ldd", serve], capture_output=True, text=True, timeout=30).stdout
     except OSError:
         return False
-    return "libasan" in out or "libubsan" in out
+    return any(lib in out for lib in ("libasan", "libubsan", "libtsan"))
 
 
 def host_cpu():
