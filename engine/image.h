@@ -78,10 +78,17 @@ typedef struct {
 
 image_prep image_prep_default(void);
 
-/* Loads preprocessor_config.json at `path` (the caller checks that it
- * exists). Unknown keys are ignored; a listed key of the wrong type, or a
- * resample other than 2 or 3, is refused naming the key.
- * Returns 0, or -1 with a message in err. */
+/* The most a preprocessor_config.json may hold (a real one is some 500
+ * bytes; config.json's cap, VIT_CONFIG_MAX_BYTES, alike). */
+#define IMAGE_PREP_MAX_BYTES (16 << 20)
+
+/* Loads preprocessor_config.json at `path`, read as small_file_read reads
+ * it: a regular file of at most IMAGE_PREP_MAX_BYTES (a FIFO, a device, a
+ * directory refused at once, never waited on). Unknown keys are ignored; a
+ * listed key of the wrong type, or a resample other than 2 or 3, is refused
+ * naming the key. Returns 0; or -1, or SMALL_FILE_MISSING when there is no
+ * such file (the model then has none: image_prep_default), with a message
+ * in err. */
 int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen);
 
 /* Prepares `img` as the model's input at out_h x out_w with `fit`

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "image_resample.h"
+#include "small_file.h"
 
 /* Largest output side image_prepare accepts; keeps every intermediate size
  * (1.1 x the side, times the other side) far from int overflow. */
@@ -181,6 +182,8 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
     json_error_t jerr;
     json_t *root = NULL, *v;
     image_prep p;
+    char *text = NULL;
+    size_t len;
     int rc = -1;
 
     memset(&p, 0, sizeof p);
@@ -193,7 +196,10 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
     memcpy(p.mean, CLIP_MEAN, sizeof p.mean);
     memcpy(p.std, CLIP_STD, sizeof p.std);
 
-    root = json_load_file(path, 0, &jerr);
+    rc = small_file_read(path, IMAGE_PREP_MAX_BYTES, SMALL_FILE_REGULAR, &text, &len, err, errlen);
+    if (rc != 0) goto cleanup;
+    rc = -1;
+    root = json_loadb(text, len, 0, &jerr);
     if (!root) {
         snprintf(err, errlen, "%s: invalid JSON at line %d: %s", path, jerr.line, jerr.text);
         goto cleanup;
@@ -245,6 +251,7 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
 
 cleanup:
     json_decref(root);
+    free(text);
     return rc;
 }
 

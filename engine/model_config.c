@@ -5,6 +5,7 @@
  * those are ignored. A key we read must have the right JSON type: a model
  * whose config says "hidden_size": "768" is refused rather than guessed at. */
 #include "model_config.h"
+#include "small_file.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -330,38 +331,11 @@ cleanup:
 }
 
 int vit_config_load(const char *path, vit_config *cfg, char *err, size_t errlen) {
-    FILE *f = NULL;
     char *buf = NULL;
-    int rc = -1;
-
+    size_t len;
     memset(cfg, 0, sizeof(*cfg));
-    f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open", path);
-        goto cleanup;
-    }
-    /* A config file is a few KB; 16 MB is far beyond any honest one. */
-    const long max_len = 16L << 20;
-    if (fseek(f, 0, SEEK_END) != 0) goto read_error;
-    long len = ftell(f);
-    if (len < 0) goto read_error;
-    if (len > max_len) {
-        snprintf(err, errlen, "%s: file is larger than 16 MB", path);
-        goto cleanup;
-    }
-    rewind(f);
-    buf = malloc((size_t)len + 1);
-    if (!buf) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        goto cleanup;
-    }
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) goto read_error;
-    rc = vit_config_parse(buf, (size_t)len, path, cfg, err, errlen);
-    goto cleanup;
-read_error:
-    snprintf(err, errlen, "%s: read error", path);
-cleanup:
-    if (f) fclose(f);
+    int rc = small_file_read(path, VIT_CONFIG_MAX_BYTES, SMALL_FILE_REGULAR, &buf, &len, err, errlen);
+    if (rc == 0) rc = vit_config_parse(buf, len, path, cfg, err, errlen);
     free(buf);
     return rc;
 }

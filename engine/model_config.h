@@ -52,9 +52,17 @@ typedef struct {
     char **labels;
 } vit_config;
 
+/* The most a config.json may hold: a real one is a few KB (id2label of
+ * 1000 classes some 30 KB). */
+#define VIT_CONFIG_MAX_BYTES (16 << 20)
+
 /* Parses config.json at `path` into *cfg (defaults for missing keys) and
- * checks the shape rules. On error returns -1 with a message naming the file
- * and key; *cfg then holds nothing to free. Release with vit_config_free. */
+ * checks the shape rules. The file is read as small_file_read reads it: a
+ * regular file of at most VIT_CONFIG_MAX_BYTES (a FIFO, a device, a
+ * directory refused at once, never waited on). On error returns -1, or
+ * SMALL_FILE_MISSING when there is no such file, with a message naming the
+ * file and why or the key; *cfg then holds nothing to free. Release with
+ * vit_config_free. */
 int vit_config_load(const char *path, vit_config *cfg, char *err, size_t errlen);
 
 /* Same, from JSON text already in memory (`name` is used in messages). */

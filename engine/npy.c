@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "small_file.h"
+
 /* NumPy itself refuses headers over 10000 bytes unless told otherwise; the
  * format allows up to 4 GiB in v2/v3. A bound keeps parsing cheap. */
 #define NPY_MAX_HEADER 65536
@@ -304,41 +306,16 @@ int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
 }
 
 int npy_load(const char *path, npy_array *out, char *err, size_t errlen) {
-    FILE *f = NULL;
-    uint8_t *buf = NULL;
-    long size;
-    int rc = -1;
-
+    char *buf = NULL;
+    size_t len;
     if (out) memset(out, 0, sizeof *out);
-    f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        goto cleanup;
-    }
-    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        snprintf(err, errlen, "%s: cannot determine the file size: %s", path, strerror(errno));
-        goto cleanup;
-    }
     /* Nothing valid is larger than the largest header plus the largest
-     * float64 payload; refuse before allocating. */
-    if ((uint64_t)size > (uint64_t)12 + NPY_MAX_HEADER + (uint64_t)NPY_MAX_COUNT * 8) {
-        snprintf(err, errlen, "%s: file of %ld bytes is over the size limit", path, size);
-        goto cleanup;
-    }
-    buf = malloc(size > 0 ? (size_t)size : 1);
-    if (!buf) {
-        snprintf(err, errlen, "%s: out of memory for %ld bytes", path, size);
-        goto cleanup;
-    }
-    if (size > 0 && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        snprintf(err, errlen, "%s: short read", path);
-        goto cleanup;
-    }
-    rc = npy_parse(buf, (size_t)size, path, out, err, errlen);
-
-cleanup:
+     * float64 payload: refused before it is all read (a regular file only:
+     * a FIFO or /dev/zero is refused at once, small_file_read) */
+    const uint64_t max = (uint64_t)12 + NPY_MAX_HEADER + (uint64_t)NPY_MAX_COUNT * 8;
+    if (small_file_read(path, (size_t)max, SMALL_FILE_REGULAR, &buf, &len, err, errlen)) return -1;
+    int rc = npy_parse((const uint8_t *)buf, len, path, out, err, errlen);
     free(buf);
-    if (f) fclose(f);
     return rc;
 }
 

@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "small_file.h"
+
 /* The JSON header of a real checkpoint is a few hundred bytes per tensor;
  * 100 MB (the limit of the reference implementation) is generous. */
 #define ST_MAX_HEADER (100u << 20)
@@ -139,12 +141,17 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
      * (and the loading thread) until a writer came; refused below */
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR) rc = SMALL_FILE_MISSING;
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         goto cleanup;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        goto cleanup;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: is %s, not a regular file", path, small_file_kind(st.st_mode));
         goto cleanup;
     }
     if (st.st_size < 8) {

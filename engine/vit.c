@@ -13,12 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "dnnl_gemm.h"
 #include "kernels.h"
 #include "parallel.h"
 #include "safetensors.h"
+#include "small_file.h"
 
 /* ------------------------------------------------------------------------ */
 /* Parameter layout: every weight is a slice of one float allocation.        */
@@ -254,11 +254,6 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
     return safetensors_check_all_used(f, err, errlen);
 }
 
-static int file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 vit_options vit_default_options(void) {
     /* 64x64 patches: 4097 tokens, about 3.5x the training grid of a ViT-B/16 at 512 */
     vit_options o = {.precision = GEMM_FP32,
@@ -282,11 +277,15 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         snprintf(err, errlen, "out of memory");
         goto cleanup;
     }
+    /* Each file is asked what it is once it is open (small_file_read,
+     * safetensors_open), never by a stat before: a FIFO put there after
+     * the check blocked the open, and with it the repository's control
+     * thread, for good. Only "not there" is told apart, for its message. */
     snprintf(path, sizeof(path), "%s/config.json", dir);
-    if (!file_exists(path)) {
+    int file_rc = vit_config_load(path, &m->cfg, err, errlen);
+    if (file_rc == SMALL_FILE_MISSING)
         snprintf(err, errlen, "%s: no config.json in the model directory", dir);
-        goto cleanup;
-    }
+    if (file_rc) goto cleanup;
     vit_options o = opt ? *opt : vit_default_options();
     /* the backend asked for first: what it lacks is the reason to give */
     if (o.gemm_backend == GEMM_BACKEND_ONEDNN && !dnnl_gemm_available()) {
@@ -333,17 +332,17 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     m->amx_shape = o.amx_shape;
     m->attention_gemm = o.attention_gemm != 0;
     m->max_tokens = o.max_tokens;
-    if (vit_config_load(path, &m->cfg, err, errlen)) goto cleanup;
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
-    m->prep = image_prep_default();
-    if (file_exists(path) && image_prep_load(path, &m->prep, err, errlen)) goto cleanup;
+    m->prep = image_prep_default(); /* none there: the official code's */
+    file_rc = image_prep_load(path, &m->prep, err, errlen);
+    if (file_rc && file_rc != SMALL_FILE_MISSING) goto cleanup;
+    if (file_rc && errlen) err[0] = '\0';
 
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-    if (!file_exists(path)) {
+    file_rc = safetensors_open(path, &f, err, errlen);
+    if (file_rc == SMALL_FILE_MISSING)
         snprintf(err, errlen, "%s: no model.safetensors in the model directory", dir);
-        goto cleanup;
-    }
-    if (safetensors_open(path, &f, err, errlen)) goto cleanup;
+    if (file_rc) goto cleanup;
     have_file = 1;
 
     param_sizes s = sizes_of(&m->cfg);

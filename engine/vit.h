@@ -87,7 +87,9 @@ typedef struct {
 vit_options vit_default_options(void);
 
 /* Loads `dir` (config.json, model.safetensors, optional
- * preprocessor_config.json) with `opt` (NULL: the defaults). Returns 0 and a
+ * preprocessor_config.json: none there, image_prep_default's; there and not
+ * a regular file, or unreadable, refused) with `opt` (NULL: the defaults).
+ * No file of it is waited on (a FIFO is refused at once). Returns 0 and a
  * model to release with vit_free, or -1 with a message naming the file, key
  * or tensor. */
 int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err, size_t errlen);

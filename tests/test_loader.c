@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "image.h"
 #include "safetensors.h"
 #include "vit.h"
 #include "check_run.h"
@@ -64,7 +65,7 @@ static void teardown(void) {
     const char *files[] = {"config.json", "model.safetensors", "preprocessor_config.json"};
     for (int i = 0; i < 3; i++) {
         snprintf(path, sizeof(path), "%s/%s", tmpdir, files[i]);
-        unlink(path);
+        if (unlink(path) != 0) rmdir(path); /* a directory in a file's place */
     }
     rmdir(tmpdir);
 }
@@ -430,6 +431,78 @@ START_TEST(test_random_header_corruption) {
 }
 END_TEST
 
+/* A model's small file that is not a regular one -- put there by
+ * mistake, or swapped in after a check -- is refused at once, naming the
+ * file and what it is: a FIFO's open blocked the loading thread (the
+ * daemon's control thread at a reload) for good, and a preprocessor config
+ * that was a FIFO, /dev/zero or a directory was taken for none (the model
+ * served with other preprocessing than its own); an oversize one is refused
+ * by its size, before it is parsed. Loop test: _i / 4 picks the file,
+ * _i % 4 what it is. Each is checked through vit_load (the daemon's path)
+ * and the file's own reader. */
+static const char *const model_small_files[] = {"config.json", "preprocessor_config.json"};
+enum { AS_FIFO, AS_DEV_ZERO, AS_DIRECTORY, AS_OVERSIZE };
+
+/* Replaces tmpdir/name by what `as` says; the oversize file is valid JSON
+ * (an empty object and spaces), so that only its size is wrong. */
+static void replace_file(const char *name, int as, size_t cap) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    unlink(path);
+    switch (as) {
+    case AS_FIFO: ck_assert(mkfifo(path, 0600) == 0); break;
+    case AS_DEV_ZERO: ck_assert(symlink("/dev/zero", path) == 0); break;
+    case AS_DIRECTORY: ck_assert(mkdir(path, 0700) == 0); break;
+    default: {
+        char *big = malloc(cap + 1);
+        ck_assert(big != NULL);
+        memset(big, ' ', cap + 1);
+        memcpy(big, "{}", 2);
+        spit(name, big, cap + 1);
+        free(big);
+    }
+    }
+}
+
+START_TEST(test_model_file_not_regular) {
+    const char *name = model_small_files[_i / 4];
+    int as = _i % 4;
+    int is_config = _i / 4 == 0;
+    size_t cap = is_config ? VIT_CONFIG_MAX_BYTES : IMAGE_PREP_MAX_BYTES;
+    char needle[128], path[512], err[1024] = "";
+    const char *what[] = {"is a FIFO, not a regular file", "is a device, not a regular file",
+                          "is a directory, not a regular file", NULL};
+    if (what[as]) snprintf(needle, sizeof(needle), "%s: %s", name, what[as]);
+    else snprintf(needle, sizeof(needle), "%s: is larger than %zu bytes", name, cap);
+    replace_file(name, as, cap);
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    if (is_config) {
+        vit_config cfg;
+        ck_assert_int_eq(vit_config_load(path, &cfg, err, sizeof(err)), -1);
+    } else {
+        image_prep prep;
+        ck_assert_int_eq(image_prep_load(path, &prep, err, sizeof(err)), -1);
+    }
+    ck_assert_msg(strstr(err, needle) != NULL, "\"%s\" lacks \"%s\"", err, needle);
+    expect_refusal(needle);
+}
+END_TEST
+
+/* At the cap, each is read (and parsed: "{}" and spaces) */
+START_TEST(test_model_file_at_cap) {
+    char path[512], err[512];
+    replace_file("preprocessor_config.json", AS_OVERSIZE, IMAGE_PREP_MAX_BYTES - 1);
+    snprintf(path, sizeof(path), "%s/preprocessor_config.json", tmpdir);
+    image_prep prep;
+    ck_assert_msg(image_prep_load(path, &prep, err, sizeof(err)) == 0, "%s", err);
+    replace_file("config.json", AS_OVERSIZE, VIT_CONFIG_MAX_BYTES - 1);
+    snprintf(path, sizeof(path), "%s/config.json", tmpdir);
+    vit_config cfg;
+    ck_assert_msg(vit_config_load(path, &cfg, err, sizeof(err)) == 0, "%s", err);
+    vit_config_free(&cfg);
+}
+END_TEST
+
 /* vit_gflop against the issue's count for ViT-B/16 (35.1 GFLOP at 224,
  * 111.0 at 384), the config filled in by hand. */
 START_TEST(test_gflop_vit_b16) {
@@ -482,5 +555,11 @@ int main(void) {
     tcase_add_test(tc, test_unknown_keys_ignored);
     tcase_add_test(tc, test_random_header_corruption);
     suite_add_tcase(s, tc);
+    TCase *files = tcase_create("model_files");
+    tcase_set_timeout(files, 300);
+    tcase_add_checked_fixture(files, setup, teardown);
+    tcase_add_loop_test(files, test_model_file_not_regular, 0, 8);
+    tcase_add_test(files, test_model_file_at_cap);
+    suite_add_tcase(s, files);
     return check_run(s);
 }
