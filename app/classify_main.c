@@ -21,6 +21,7 @@
 #include "input.h"
 #include "model_path.h"
 #include "npy.h"
+#include "small_file.h"
 #include "vit.h"
 
 static void usage(FILE *out) {
@@ -35,38 +36,11 @@ static void usage(FILE *out) {
                  "Prints one JSON object per image per line.\n");
 }
 
-/* Files are read whole; 256 MB is far beyond any image we would accept. */
-static int read_file(const char *path, uint8_t **data, size_t *len, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    *data = NULL;
-    if (!f) {
-        snprintf(err, errlen, "cannot open: %s", strerror(errno));
-        return -1;
-    }
-    int rc = -1;
-    long n;
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0) {
-        snprintf(err, errlen, "cannot read");
-        goto cleanup;
-    }
-    if (n > (256L << 20)) {
-        snprintf(err, errlen, "file is larger than 256 MB");
-        goto cleanup;
-    }
-    rewind(f);
-    *data = malloc((size_t)n + 1);
-    if (!*data || fread(*data, 1, (size_t)n, f) != (size_t)n) {
-        snprintf(err, errlen, "cannot read");
-        free(*data);
-        *data = NULL;
-        goto cleanup;
-    }
-    *len = (size_t)n;
-    rc = 0;
-cleanup:
-    fclose(f);
-    return rc;
-}
+/* Files are read whole; 256 MiB is far beyond any image we would accept. A
+ * pipe is read too (`comrope-classify <(curl -s URL)`, /dev/stdin); a FIFO
+ * no one writes is refused, not waited on, a device or a directory at once
+ * (small_file_read). */
+#define CLI_FILE_MAX_BYTES (256u << 20)
 
 static void print_json(json_t *obj) {
     char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9) | JSON_PRESERVE_ORDER);
@@ -330,13 +304,14 @@ int main(int argc, char **argv) {
     int failed = 0;
     for (int i = 1; i <= nfiles; i++) {
         const char *file = argv[i];
-        uint8_t *data = NULL;
+        char *text = NULL;
         size_t len = 0;
-        if (read_file(file, &data, &len, err, sizeof(err))) {
+        if (small_file_read(file, CLI_FILE_MAX_BYTES, SMALL_FILE_OR_PIPE, &text, &len, err, sizeof(err))) {
             print_error(file, err);
             failed = 1;
             continue;
         }
+        uint8_t *data = (uint8_t *)text;
         if (has_suffix(file, ".npy")) {
             if (classify_npy(ctx, &images_done, file, data, len, top_k, with_logits)) failed = 1;
         } else {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,10 +19,9 @@
 
 #define MODEL FIXTURE_DIR "/parity/mlp_head_ap"
 
-/* Runs the CLI with `args`; returns its exit status and up to 16 lines. */
-static int run(const char *args, json_t **lines, int *n) {
-    char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "%s %s 2>/dev/null", CLASSIFY_BIN, args);
+/* Runs `cmd` (a shell command line running the CLI); returns its exit
+ * status and up to 16 lines. */
+static int run_shell(const char *cmd, json_t **lines, int *n) {
     FILE *p = popen(cmd, "r");
     ck_assert(p != NULL);
     char buf[65536];
@@ -34,6 +34,13 @@ static int run(const char *args, json_t **lines, int *n) {
     }
     int status = pclose(p);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Runs the CLI with `args`. */
+static int run(const char *args, json_t **lines, int *n) {
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "%s %s 2>/dev/null", CLASSIFY_BIN, args);
+    return run_shell(cmd, lines, n);
 }
 
 START_TEST(test_npy_logits_match_reference) {
@@ -173,6 +180,44 @@ START_TEST(test_bad_resolution_names_nearest) {
 }
 END_TEST
 
+/* An image that is a FIFO no one writes, a device or a directory: an
+ * error line naming the file and what it is, the next file still
+ * classified (the FIFO's open blocked the CLI for good; /dev/zero was "not
+ * an image" after an empty read). A pipe with a writer is read to its end
+ * (`comrope-classify <(curl -s URL)`; fseek on it failed: "cannot read"). */
+START_TEST(test_image_not_a_regular_file) {
+    char fifo[64], args[1024], cmd[2048];
+    snprintf(fifo, sizeof(fifo), "/tmp/test_cli_fifo_%d", (int)getpid());
+    unlink(fifo);
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    snprintf(args, sizeof(args), "--model " MODEL " %s /dev/zero /tmp " FIXTURE_DIR "/images/rgb8.png", fifo);
+    json_t *lines[16];
+    int n;
+    int rc = run(args, lines, &n);
+    unlink(fifo);
+    ck_assert_int_eq(rc, 1);
+    ck_assert_int_eq(n, 4);
+    const char *file[] = {fifo, "/dev/zero", "/tmp"};
+    const char *why[] = {"a pipe that gave nothing", "is a device, not a regular file or a pipe",
+                         "is a directory, not a regular file or a pipe"};
+    for (int i = 0; i < 3; i++) {
+        ck_assert_str_eq(json_string_value(json_object_get(lines[i], "file")), file[i]);
+        const char *e = json_string_value(json_object_get(lines[i], "error"));
+        ck_assert_msg(e && strstr(e, why[i]), "%s: error: %s", file[i], e ? e : "(none)");
+    }
+    ck_assert(json_object_get(lines[3], "top") != NULL);
+    for (int i = 0; i < n; i++) json_decref(lines[i]);
+    snprintf(cmd, sizeof(cmd),
+             "cat " FIXTURE_DIR "/images/rgb8.png | %s --model " MODEL " /dev/stdin 2>/dev/null",
+             CLASSIFY_BIN);
+    rc = run_shell(cmd, lines, &n);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(n, 1);
+    ck_assert(json_object_get(lines[0], "top") != NULL);
+    json_decref(lines[0]);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("cli");
@@ -182,6 +227,7 @@ int main(void) {
     tcase_add_test(tc, test_bad_file_reported_others_still_run);
     tcase_add_test(tc, test_options_after_files);
     tcase_add_test(tc, test_bad_resolution_names_nearest);
+    tcase_add_test(tc, test_image_not_a_regular_file);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
