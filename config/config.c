@@ -4,13 +4,13 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
+
+#include "small_file.h"
 
 #define OFF(field) offsetof(server_config, field)
 #define SIZE(field) sizeof(((server_config *)0)->field)
@@ -509,88 +509,14 @@ int config_load_file_only(server_config *cfg, const char *path, const char *cons
     return load_file(cfg, path, 0, allowed, err, errlen);
 }
 
-/* What st is, for a refusal: the kinds of file given by mistake. */
-static const char *file_kind(const struct stat *st) {
-    if (S_ISDIR(st->st_mode)) return "a directory";
-    if (S_ISFIFO(st->st_mode)) return "a FIFO";
-    if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode)) return "a device";
-    if (S_ISSOCK(st->st_mode)) return "a socket";
-    return "not a plain file";
-}
-
 int config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len, char *err,
                      size_t errlen) {
-    char *buf = NULL;
-    size_t used = 0, cap;
-    int rc = -1;
-    *data = NULL;
-    *len = 0;
-    /* O_NONBLOCK: a FIFO would block the open until a writer came (the
-     * start, or the control thread reading a serve.conf, for good); a
-     * pipe allowed is read in blocking mode below */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s: cannot open %.400s: %s", what, path, strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        snprintf(err, errlen, "%s: cannot read %.400s: %s", what, path, strerror(errno));
-        goto cleanup;
-    }
-    int pipe = S_ISFIFO(st.st_mode);
-    if (!S_ISREG(st.st_mode) && !(pipe && pipes)) {
-        snprintf(err, errlen, "%s: cannot read %.400s: not a regular file (%s)", what, path, file_kind(&st));
-        goto cleanup;
-    }
-    /* a pipe's reads wait for its writer; with none, the first gives 0 */
-    if (pipe && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
-        snprintf(err, errlen, "%s: cannot read %.400s: %s", what, path, strerror(errno));
-        goto cleanup;
-    }
-    /* refused before a byte is read when its size says so; st_size is
-     * only a first guess though (0 for a /proc file; a file may grow while
-     * it is read): the cap holds on what is read */
-    if (st.st_size > CONFIG_FILE_MAX_BYTES) goto too_large;
-    cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
-    while (used <= CONFIG_FILE_MAX_BYTES) {
-        if (!buf || used == cap) {
-            if (buf) cap = cap * 2 > CONFIG_FILE_MAX_BYTES + 1 ? CONFIG_FILE_MAX_BYTES + 1 : cap * 2;
-            char *g = realloc(buf, cap + 1);
-            if (!g) {
-                snprintf(err, errlen, "%s: out of memory reading %.400s", what, path);
-                goto cleanup;
-            }
-            buf = g;
-        }
-        ssize_t n = read(fd, buf + used, cap - used);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            snprintf(err, errlen, "%s: cannot read %.400s: %s", what, path, strerror(errno));
-            goto cleanup;
-        }
-        if (n == 0) break;
-        used += (size_t)n;
-    }
-    if (used > CONFIG_FILE_MAX_BYTES) goto too_large;
-    if (pipe && used == 0) {
-        snprintf(err, errlen, "%s: cannot read %.400s: a pipe that gave nothing (no one writing to it?)",
-                 what, path);
-        goto cleanup;
-    }
-    buf[used] = '\0';
-    *data = buf;
-    *len = used;
-    buf = NULL;
-    rc = 0;
-    goto cleanup;
-too_large:
-    snprintf(err, errlen, "%s: cannot read %.400s: larger than %d bytes, the most such a file may hold", what,
-             path, CONFIG_FILE_MAX_BYTES);
-cleanup:
-    free(buf);
-    close(fd);
-    return rc;
+    char why[512];
+    if (small_file_read(path, CONFIG_FILE_MAX_BYTES, pipes ? SMALL_FILE_OR_PIPE : SMALL_FILE_REGULAR, data,
+                        len, why, sizeof(why)) == 0)
+        return 0;
+    snprintf(err, errlen, "%s: %s", what, why);
+    return -1;
 }
 
 static int load_file(server_config *cfg, const char *path, int pipes, const char *const *allowed, char *err,

@@ -146,18 +146,14 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
  * given as one was read until the daemon was killed. */
 #define CONFIG_FILE_MAX_BYTES (1 << 20)
 
-/* Reads the file at `path` whole, symlinks followed, into *data (malloc'd,
- * NUL-terminated after its *len bytes; it may hold NULs). A file that is
- * not a regular one (a device such as /dev/zero, a directory, a socket)
- * or holds more than CONFIG_FILE_MAX_BYTES is refused before anything is
- * read. A pipe (`--config <(envsubst < tpl)`, `--api-key-file
- * /dev/stdin`, a named FIFO) is read to its end when `pipes` is set (a
- * file named at start, where waiting for the writer is what a shell user
- * expects), capped alike, and refused when it gives nothing (a FIFO no one
- * writes); refused when not set (serve.conf, read by the model control
- * thread at run time, which must never wait on a writer). The open does
- * not block on a FIFO either way. Returns 0, or -1 with a message
- * "<what>: cannot open|read <path>: why". */
+/* Reads the file at `path` whole, as small_file_read (engine/small_file.h)
+ * reads it, at most CONFIG_FILE_MAX_BYTES: a regular file, or, when
+ * `pipes` is set, also a pipe (`--config <(envsubst < tpl)`,
+ * `--api-key-file /dev/stdin`: a file named at start, where waiting for
+ * the writer is what a shell user expects; a FIFO no one writes refused).
+ * Not set for serve.conf, read by the model control thread at run time,
+ * which must never wait on a writer. Returns 0, or -1 with a message
+ * "<what>: <path>: why". */
 int config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len, char *err,
                      size_t errlen);
 

@@ -48,20 +48,20 @@ refuses_start() {
 }
 { printf '#'; head -c 3000 /dev/zero | tr '\0' c; printf '\n'; } >"$WORK/comment-only-keys"
 refuses_start "holds no token" --api-key-file "$WORK/comment-only-keys"
-refuses_start "cannot read $WORK" --api-key-file "$WORK"
+refuses_start "api-key-file: $WORK: is a directory" --api-key-file "$WORK"
 printf 'secret # the prod key\n' >"$WORK/commented-keys"
 refuses_start "commented-keys:1: a token is one word" --api-key-file="$WORK/commented-keys"
 printf 'port 0\nmax-batch-sise 4\n' >"$WORK/typo.conf"
 refuses_start "typo.conf:2: unknown key \"max-batch-sise\"" --config="$WORK/typo.conf"
 ln -s /dev/zero "$WORK/zero.conf"
-refuses_start "config: cannot read $WORK/zero.conf: not a regular file (a device)" --config "$WORK/zero.conf"
-refuses_start "api-key-file: cannot read /dev/zero: not a regular file (a device)" --api-key-file /dev/zero
+refuses_start "config: $WORK/zero.conf: is a device, not a regular file or a pipe" --config "$WORK/zero.conf"
+refuses_start "api-key-file: /dev/zero: is a device, not a regular file or a pipe" --api-key-file /dev/zero
 mkfifo "$WORK/fifo"
-refuses_start "config: cannot read $WORK/fifo: a pipe that gave nothing" --config "$WORK/fifo"
-refuses_start "api-key-file: cannot read $WORK/fifo: a pipe that gave nothing" --api-key-file "$WORK/fifo"
+refuses_start "config: $WORK/fifo: a pipe that gave nothing" --config "$WORK/fifo"
+refuses_start "api-key-file: $WORK/fifo: a pipe that gave nothing" --api-key-file "$WORK/fifo"
 { head -c $((1 << 20)) /dev/zero | tr '\0' '#'; echo; echo "port 0"; } >"$WORK/big.conf"
-refuses_start "config: cannot read $WORK/big.conf: larger than 1048576 bytes" --config "$WORK/big.conf"
-refuses_start "api-key-file: cannot read /dev/fd/[0-9]*: larger than 1048576 bytes" --api-key-file <(yes token)
+refuses_start "config: $WORK/big.conf: is larger than 1048576 bytes" --config "$WORK/big.conf"
+refuses_start "api-key-file: /dev/fd/[0-9]*: is larger than 1048576 bytes" --api-key-file <(yes token)
 
 # Secrets and templates through a pipe, as a shell gives them: read to
 # their end (the key in force: 401 without it, 200 with it).
