@@ -19,7 +19,9 @@
 #     zero failed requests. load/unload are refused in poll mode.
 #  5. Explicit mode: only --load-model at start; load and unload through
 #     the API (a serve.conf with a daemon-only key: the load fails naming
-#     file:line); an unload while a request is in flight (its body half
+#     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
+#     also under a loaded model: refused at once naming it, never waited
+#     on, what serves serves on); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
 #  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
 #     with control characters left out (said once); promtool clean.
@@ -294,6 +296,22 @@ copy_model "$LD" "$REPO/fifo/1"
 code=$(curl -s -m 20 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/fifo/load")
 { [ "$code" = 400 ] && jq -e '.error | contains("not a regular file")' "$WORK/body" >/dev/null; } ||
   fail "load with a FIFO as serve.conf: $code $(cat "$WORK/body")"
+# a FIFO as config.json or preprocessor_config.json: the load fails at once
+# naming the file and what it is (config.json was taken for missing after
+# a stat, and its open, swapped in after that stat, blocked the control
+# thread as serve.conf's did; a FIFO preprocessor config was taken for
+# none: the model served with preprocessing not its own); ld serves on
+for f in config.json preprocessor_config.json; do
+  m=fifo_${f%%.*}
+  copy_model "$LD" "$REPO/$m"
+  rm -f "$REPO/$m/$f"
+  mkfifo "$REPO/$m/$f"
+  code=$(curl -s -m 20 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/$m/load")
+  { [ "$code" = 400 ] && jq -e --arg why "$m/$f: is a FIFO, not a regular file" '.error | contains($why)' \
+    "$WORK/body" >/dev/null; } || fail "load with a FIFO as $f: $code $(cat "$WORK/body")"
+done
+client logits "$URL" ld "$SAMPLE" >"$WORK/fifo.ld" || fail "ld does not answer after the FIFO loads"
+same_logits "$WORK/ref.ld" "$WORK/fifo.ld" || fail "ld answers otherwise after the FIFO loads"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
 client logits "$URL" ap "$SAMPLE" >"$WORK/exp.ap"
@@ -323,6 +341,16 @@ code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/mod
   fail "a failed reload of ld: $code $(cat "$WORK/body") (want 400 with the reason)"
 is_state ld 1 READY || fail "ld not serving after its failed reload: $(index)"
 client logits "$URL" ld "$SAMPLE" >"$WORK/exp.ld" || fail "ld does not answer after its failed reload"
+# the same with a FIFO swapped in as the loaded ld's config.json: refused
+# at once naming it, never waited on; the loaded copy serves on
+rm "$REPO/ld/config.json"
+mkfifo "$REPO/ld/config.json"
+code=$(curl -s -m 20 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ld/load")
+{ [ "$code" = 400 ] && jq -e '.error | contains("ld/config.json: is a FIFO, not a regular file")' "$WORK/body" \
+  >/dev/null; } || fail "a reload of ld with a FIFO as config.json: $code $(cat "$WORK/body")"
+is_state ld 1 READY || fail "ld not serving after its reload with a FIFO config.json: $(index)"
+client logits "$URL" ld "$SAMPLE" >"$WORK/exp.ld" || fail "ld does not answer after its FIFO reload"
+same_logits "$WORK/ref.ld" "$WORK/exp.ld" || fail "ld answers otherwise after its FIFO reload"
 echo "ok explicit load/unload; an unload waits for the request in flight; a failed reload says so"
 stop_daemon
 
