@@ -41,17 +41,26 @@ static int put(char *out, size_t cap, size_t *used, const char *bytes, size_t le
     return 1;
 }
 
+/* RFC 9110 5.6.2: tchar, what a method is made of. */
+static int is_tchar(unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
 size_t log_escape_text(char *out, size_t cap, const char *s, int kind) {
     size_t used = 0;
     char hex[8];
     out[0] = '\0';
     if (!s) s = "-";
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        int keep = kind == LOG_ESCAPE_TOKEN
+                       ? is_tchar(*p)
+                       : *p > 0x20 && *p < 0x7f && !(kind == LOG_ESCAPE_QUOTED && *p == '"');
         int ok;
         if (*p == '\\') ok = put(out, cap, &used, "\\\\", 2);
-        else if (*p > 0x20 && *p < 0x7f && !(kind == LOG_ESCAPE_QUOTED && *p == '"'))
-            ok = put(out, cap, &used, (const char *)p, 1);
-        else if (*p == ' ' && kind != LOG_ESCAPE_FIELD) ok = put(out, cap, &used, " ", 1);
+        else if (keep) ok = put(out, cap, &used, (const char *)p, 1);
+        else if (*p == ' ' && (kind == LOG_ESCAPE_QUOTED || kind == LOG_ESCAPE_MESSAGE))
+            ok = put(out, cap, &used, " ", 1);
         else {
             snprintf(hex, sizeof(hex), "\\x%02x", *p);
             ok = put(out, cap, &used, hex, 4);
@@ -156,7 +165,7 @@ void log_access(const log_access_entry *e) {
         n += (size_t)snprintf(line + n, sizeof(line) - n, "}\n");
     } else {
         n = (size_t)snprintf(line, sizeof(line), "%s ", ts);
-        n += log_escape_text(line + n, 256, e->method, LOG_ESCAPE_FIELD);
+        n += log_escape_text(line + n, 256, e->method, LOG_ESCAPE_TOKEN);
         line[n++] = ' ';
         n += log_escape_text(line + n, 1536, e->path, LOG_ESCAPE_FIELD);
         n += (size_t)snprintf(line + n, sizeof(line) - n, " %d %zu %.3fms ", e->status, e->bytes, e->ms);

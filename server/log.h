@@ -10,7 +10,8 @@
  *    bytes >= 0x80) and the backslash are written as \xHH / \\, the fields
  *    that are not quoted have their spaces escaped too and the user agent
  *    (quoted) its double quotes, so that a line is always one line and its
- *    fields stay where they are;
+ *    fields stay where they are; the method, first after the time, keeps
+ *    only token characters, so that it cannot pose as "comrope-serve:";
  *  - JSON: valid UTF-8 is kept, controls are \u00XX, and bytes that are not
  *    UTF-8 become U+FFFD (as Go's encoding/json does): the line is valid
  *    JSON whatever a client sent, so it is never dropped.
@@ -49,8 +50,10 @@ void log_access(const log_access_entry *e);
 size_t log_timestamp(char *out, size_t cap); /* 2026-12-06T07:09:24.123Z */
 /* kind: a FIELD also escapes spaces, a QUOTED field (between "") the
  * double quote, a MESSAGE (the server's own, of the operator's strings)
- * neither. */
-enum { LOG_ESCAPE_FIELD = 0, LOG_ESCAPE_QUOTED, LOG_ESCAPE_MESSAGE };
+ * neither; a TOKEN (the method, first after the time) every byte that is
+ * not an RFC 9110 token character, ':' among them, so that no access line
+ * starts as a server line does ("comrope-serve: error: ..."). */
+enum { LOG_ESCAPE_FIELD = 0, LOG_ESCAPE_QUOTED, LOG_ESCAPE_MESSAGE, LOG_ESCAPE_TOKEN };
 size_t log_escape_text(char *out, size_t cap, const char *s, int kind);
 size_t log_escape_json(char *out, size_t cap, const char *s); /* without the quotes */
 

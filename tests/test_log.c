@@ -83,6 +83,37 @@ START_TEST(text_lines_cannot_be_forged) {
 }
 END_TEST
 
+/* A server line is "TIME comrope-serve: ...", an access line "TIME METHOD
+ * ...": the method, a client's first word, must not read as that prefix
+ * (a request line "comrope-serve: error: HTTP/1.1" was logged as an error
+ * of the server's). Bytes that are not RFC 9110 token characters are
+ * escaped in it. */
+START_TEST(method_cannot_pose_as_the_server) {
+    log_set_format(LOG_TEXT);
+    log_access_entry posing = {.method = "comrope-serve:",
+                               .path = "error:",
+                               .request_id = "r1",
+                               .user_agent = NULL,
+                               .status = 404,
+                               .bytes = 36,
+                               .ms = 1,
+                               .completed = 1,
+                               .model = NULL,
+                               .version = NULL};
+    char *out = capture(write_access, &posing);
+    ck_assert_msg(!strstr(out, "comrope-serve:"), "%s", out);
+    ck_assert_msg(strstr(out, " comrope-serve\\x3a error: 404 36 1.000ms r1 \"-\"\n"), "%s", out);
+    free(out);
+    char esc[64];
+    log_escape_text(esc, sizeof(esc), "GET", LOG_ESCAPE_TOKEN);
+    ck_assert_str_eq(esc, "GET");
+    log_escape_text(esc, sizeof(esc), "M-SEARCH!#$%&'*+.^_`|~9", LOG_ESCAPE_TOKEN);
+    ck_assert_str_eq(esc, "M-SEARCH!#$%&'*+.^_`|~9");
+    log_escape_text(esc, sizeof(esc), "a:\"b c\\(){}", LOG_ESCAPE_TOKEN);
+    ck_assert_str_eq(esc, "a\\x3a\\x22b\\x20c\\\\\\x28\\x29\\x7b\\x7d");
+}
+END_TEST
+
 START_TEST(json_lines_are_never_dropped) {
     log_set_format(LOG_JSON);
     char *out = capture(write_access, (void *)&hostile);
@@ -151,6 +182,7 @@ int main(void) {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("log");
     tcase_add_test(tc, text_lines_cannot_be_forged);
+    tcase_add_test(tc, method_cannot_pose_as_the_server);
     tcase_add_test(tc, json_lines_are_never_dropped);
     tcase_add_test(tc, json_utf8_validation);
     tcase_add_test(tc, timestamps);
