@@ -88,6 +88,13 @@ size_t log_escape_json(char *out, size_t cap, const char *s) {
         } else if (*p < 0x20 || *p == 0x7f) {
             snprintf(esc, sizeof(esc), "\\u%04x", *p);
             ok = put(out, cap, &used, esc, 6);
+        } else if ((len == 2 && p[0] == 0xc2 && p[1] < 0xa0) ||
+                   (len == 3 && p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9))) {
+            /* C1 controls (U+0085 NEL among them) and U+2028/U+2029: line
+             * breaks to Unicode-aware readers (Python's splitlines), which
+             * would cut the line in pieces, one perhaps a JSON value */
+            snprintf(esc, sizeof(esc), "\\u%04x", len == 2 ? p[1] : 0x2000 + (p[2] - 0x80));
+            ok = put(out, cap, &used, esc, 6);
         } else {
             ok = put(out, cap, &used, (const char *)p, len);
         }

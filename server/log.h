@@ -12,7 +12,9 @@
  *    (quoted) its double quotes, so that a line is always one line and its
  *    fields stay where they are; the method, first after the time, keeps
  *    only token characters, so that it cannot pose as "comrope-serve:";
- *  - JSON: valid UTF-8 is kept, controls are \u00XX, and bytes that are not
+ *  - JSON: valid UTF-8 is kept, controls (C0, DEL, C1) and U+2028/U+2029
+ *    are \uXXXX (a reader that breaks lines where Unicode does, as
+ *    Python's splitlines, would cut the line there), and bytes that are not
  *    UTF-8 become U+FFFD (as Go's encoding/json does): the line is valid
  *    JSON whatever a client sent, so it is never dropped.
  * Each line is built in full and written with one call, so lines from

@@ -146,7 +146,8 @@ START_TEST(json_lines_are_never_dropped) {
 END_TEST
 
 /* Overlong forms, surrogates, code points past U+10FFFF and cut sequences
- * are not UTF-8: each of their bytes becomes U+FFFD; valid ones stay. */
+ * are not UTF-8: each of their bytes becomes U+FFFD; valid ones stay, but
+ * for the controls and line separators, escaped. */
 START_TEST(json_utf8_validation) {
     struct {
         const char *in, *out;
@@ -157,6 +158,13 @@ START_TEST(json_utf8_validation) {
         {"\xe2\x82", "\\ufffd\\ufffd"},                       /* cut */
         {"\xf0\x9f\x98\x80 \xe2\x82\xac", "\xf0\x9f\x98\x80 \xe2\x82\xac"},
         {"\x01\x7f\"\\", "\\u0001\\u007f\\\"\\\\"},
+        /* what Unicode-aware readers (Python's splitlines) take for line
+         * breaks: C1 controls (NEL), U+2028, U+2029; their neighbours stay */
+        {"a\xc2\x85{}\xe2\x80\xa8"
+         "b\xe2\x80\xa9",
+         "a\\u0085{}\\u2028b\\u2029"},
+        {"\xc2\x80\xc2\x9f\xc2\xa0\xe2\x80\xa7\xe2\x80\xaa",
+         "\\u0080\\u009f\xc2\xa0\xe2\x80\xa7\xe2\x80\xaa"},
     };
     char out[128];
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
