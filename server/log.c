@@ -14,10 +14,23 @@
  * read-only afterwards. */
 static int log_format = LOG_TEXT;
 
-/* Longest line: the access log's client strings are bounded by http.c
- * (path 255, request id 127, user agent 255 bytes), 6x at worst in JSON. */
+/* The access log's strings are bounded by http.c's request (method 15,
+ * path 511, request id 127, user agent 255 bytes) and a model's name (255,
+ * repository.h); each has room for its worst escape, 6 bytes per byte
+ * (JSON's \u00XX; text's \xHH takes 4), so that none is cut: a text line
+ * cut a model name of 255 bytes of UTF-8 at 128. */
+#define ESCAPED(bytes) (6 * (bytes) + 1)
+#define METHOD_ROOM ESCAPED(15)
+#define PATH_ROOM ESCAPED(511)
+#define REQUEST_ID_ROOM ESCAPED(127)
+#define USER_AGENT_ROOM ESCAPED(255)
+#define MODEL_ROOM ESCAPED(255)
+#define VERSION_ROOM ESCAPED(15)
 #define LINE_MAX_BYTES 8192
 #define MESSAGE_MAX_BYTES 2048
+#define FIELDS_ROOM (METHOD_ROOM + PATH_ROOM + REQUEST_ID_ROOM + USER_AGENT_ROOM + MODEL_ROOM + VERSION_ROOM)
+/* 512: the keys, numbers and timestamp around the fields */
+_Static_assert(FIELDS_ROOM + 512 <= LINE_MAX_BYTES, "an access line's fields fit its buffer");
 
 void log_set_format(int format) { log_format = format; }
 
@@ -150,41 +163,41 @@ void log_access(const log_access_entry *e) {
     log_timestamp(ts, sizeof(ts));
     if (log_format == LOG_JSON) {
         n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s\",\"method\":\"", ts);
-        n += log_escape_json(line + n, 256, e->method);
+        n += log_escape_json(line + n, METHOD_ROOM, e->method);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"path\":\"");
-        n += log_escape_json(line + n, 2048, e->path);
+        n += log_escape_json(line + n, PATH_ROOM, e->path);
         n += (size_t)snprintf(line + n, sizeof(line) - n,
                               "\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,"
                               "\"request_id\":\"",
                               e->status, e->bytes, e->ms);
-        n += log_escape_json(line + n, 1024, e->request_id);
+        n += log_escape_json(line + n, REQUEST_ID_ROOM, e->request_id);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"user_agent\":\"");
-        n += log_escape_json(line + n, 2048, e->user_agent);
+        n += log_escape_json(line + n, USER_AGENT_ROOM, e->user_agent);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"outcome\":\"%s\"",
                               e->completed ? "ok" : "aborted");
         if (e->model) {
             n += (size_t)snprintf(line + n, sizeof(line) - n, ",\"model\":\"");
-            n += log_escape_json(line + n, 1024, e->model);
+            n += log_escape_json(line + n, MODEL_ROOM, e->model);
             n += (size_t)snprintf(line + n, sizeof(line) - n, "\",\"version\":\"");
-            n += log_escape_json(line + n, 128, e->version ? e->version : "");
+            n += log_escape_json(line + n, VERSION_ROOM, e->version ? e->version : "");
             n += (size_t)snprintf(line + n, sizeof(line) - n, "\"");
         }
         n += (size_t)snprintf(line + n, sizeof(line) - n, "}\n");
     } else {
         n = (size_t)snprintf(line, sizeof(line), "%s ", ts);
-        n += log_escape_text(line + n, 256, e->method, LOG_ESCAPE_TOKEN);
+        n += log_escape_text(line + n, METHOD_ROOM, e->method, LOG_ESCAPE_TOKEN);
         line[n++] = ' ';
-        n += log_escape_text(line + n, 1536, e->path, LOG_ESCAPE_FIELD);
+        n += log_escape_text(line + n, PATH_ROOM, e->path, LOG_ESCAPE_FIELD);
         n += (size_t)snprintf(line + n, sizeof(line) - n, " %d %zu %.3fms ", e->status, e->bytes, e->ms);
-        n += log_escape_text(line + n, 768, e->request_id, LOG_ESCAPE_FIELD);
+        n += log_escape_text(line + n, REQUEST_ID_ROOM, e->request_id, LOG_ESCAPE_FIELD);
         n += (size_t)snprintf(line + n, sizeof(line) - n, "%s \"", e->completed ? "" : " aborted");
-        n += log_escape_text(line + n, 1536, e->user_agent, LOG_ESCAPE_QUOTED);
+        n += log_escape_text(line + n, USER_AGENT_ROOM, e->user_agent, LOG_ESCAPE_QUOTED);
         line[n++] = '"';
         if (e->model) { /* at the end: a parser of the fields before stays right */
             n += (size_t)snprintf(line + n, sizeof(line) - n, " model=");
-            n += log_escape_text(line + n, 512, e->model, LOG_ESCAPE_FIELD);
+            n += log_escape_text(line + n, MODEL_ROOM, e->model, LOG_ESCAPE_FIELD);
             n += (size_t)snprintf(line + n, sizeof(line) - n, " version=");
-            n += log_escape_text(line + n, 64, e->version ? e->version : "-", LOG_ESCAPE_FIELD);
+            n += log_escape_text(line + n, VERSION_ROOM, e->version ? e->version : "-", LOG_ESCAPE_FIELD);
         }
         line[n++] = '\n';
     }

@@ -114,6 +114,57 @@ START_TEST(method_cannot_pose_as_the_server) {
 }
 END_TEST
 
+/* The longest strings a request can bring (http.c: path 511, request id
+ * 127, user agent 255 bytes; a model name 255), each at its worst escape
+ * (4 bytes in text, 6 in JSON), are logged whole: the text line cut a
+ * model name of 255 bytes of UTF-8 at 128 of them, and either format a
+ * path of control bytes at a third or half of it. */
+START_TEST(longest_fields_are_logged_whole) {
+    char path[512], model[256], id[128], ua[256], want[2200];
+    memcpy(path, "/v2/models/", 11);
+    memset(path + 11, '\x01', sizeof(path) - 12);
+    path[sizeof(path) - 1] = '\0';
+    for (size_t i = 0; i + 2 < sizeof(model); i += 2) memcpy(model + i, "\xc3\xa9", 2);
+    memcpy(model + sizeof(model) - 2, "x", 2);
+    memset(id, 'i', sizeof(id) - 1);
+    id[sizeof(id) - 1] = '\0';
+    memset(ua, '\xff', sizeof(ua) - 1);
+    ua[sizeof(ua) - 1] = '\0';
+    log_access_entry e = {.method = "POST",
+                          .path = path,
+                          .request_id = id,
+                          .user_agent = ua,
+                          .status = 200,
+                          .bytes = 1,
+                          .ms = 1,
+                          .completed = 0,
+                          .model = model,
+                          .version = "123456789"};
+    log_set_format(LOG_TEXT);
+    char *out = capture(write_access, &e);
+    size_t n = log_escape_text(want, sizeof(want), path, LOG_ESCAPE_FIELD);
+    ck_assert_uint_eq(n, 11 + 4 * 500);
+    ck_assert_msg(strstr(out, want), "path cut: %s", out);
+    n = log_escape_text(want, sizeof(want), model, LOG_ESCAPE_FIELD);
+    ck_assert_uint_eq(n, 4 * 254 + 1);
+    ck_assert_msg(strstr(out, want) && strstr(out, " version=123456789\n"), "model cut: %s", out);
+    free(out);
+    log_set_format(LOG_JSON);
+    out = capture(write_access, &e);
+    json_error_t err;
+    json_t *o = json_loads(out, 0, &err);
+    ck_assert_msg(o != NULL, "not JSON (%s): %s", err.text, out);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "path")), path);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "model")), model);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "request_id")), id);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "version")), "123456789");
+    ck_assert_uint_eq(strlen(json_string_value(json_object_get(o, "user_agent"))), 3 * 255); /* U+FFFD each */
+    json_decref(o);
+    free(out);
+    log_set_format(LOG_TEXT);
+}
+END_TEST
+
 START_TEST(json_lines_are_never_dropped) {
     log_set_format(LOG_JSON);
     char *out = capture(write_access, (void *)&hostile);
@@ -191,6 +242,7 @@ int main(void) {
     TCase *tc = tcase_create("log");
     tcase_add_test(tc, text_lines_cannot_be_forged);
     tcase_add_test(tc, method_cannot_pose_as_the_server);
+    tcase_add_test(tc, longest_fields_are_logged_whole);
     tcase_add_test(tc, json_lines_are_never_dropped);
     tcase_add_test(tc, json_utf8_validation);
     tcase_add_test(tc, timestamps);
