@@ -177,6 +177,12 @@ static int has_config(const char *dir) {
 const char *repository_name_problem(const char *name) {
     size_t n = strlen(name);
     if (n == 0) return "it is empty";
+    /* a name is one segment of its routes' paths: "a/b" (a --model-name)
+     * was listed and served by /v1/classify but no /v2/models/<name> route
+     * could address it (%2F is decoded before routing); "." and ".." are
+     * taken out of a path by every URL parser, browsers' and curl's */
+    if (memchr(name, '/', n)) return "it holds a '/'";
+    if (!strcmp(name, ".") || !strcmp(name, "..")) return "it is . or ..";
     for (size_t i = 0; i < n;) {
         unsigned char ch = (unsigned char)name[i];
         if (ch < 0x20 || ch == 0x7f) return "it holds a control character";
@@ -993,7 +999,7 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
     if (why) {
         snprintf(err, errlen,
                  "model-name: \"%.300s\" cannot be served: %s (set model-name to UTF-8 without control "
-                 "characters)",
+                 "characters or '/', not . or ..)",
                  p->cfg->model_name, why);
         return NULL;
     }

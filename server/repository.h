@@ -65,7 +65,8 @@ typedef struct {
 } repository_params;
 
 /* Why `name` cannot name a served model (not UTF-8, a control character,
- * empty), or NULL. Directories so named are left out of a scan (logged);
+ * a '/', "." or "..", empty: it must fit in JSON, a Prometheus label and
+ * one path segment of its routes), or NULL. Directories so named are left out of a scan (logged);
  * a --model daemon's model-name so named stops the start. */
 const char *repository_name_problem(const char *name);
 

@@ -9,6 +9,7 @@
 #      also through a symlink: read until the daemon was killed), a FIFO no
 #      one writes (the start hung), or more than 1 MiB, a pipe's too (`yes`).
 #      Both files from pipes (`<(...)`) are read and in force.
+#      So does a model-name no route can address ('a/b', '..').
 #   3. Text log: a path with a percent-encoded newline and a forged line,
 #      escape sequences in the path and the user agent: every line is one
 #      line with a timestamp, client strings escaped.
@@ -48,6 +49,10 @@ refuses_start() {
 }
 { printf '#'; head -c 3000 /dev/zero | tr '\0' c; printf '\n'; } >"$WORK/comment-only-keys"
 refuses_start "holds no token" --api-key-file "$WORK/comment-only-keys"
+# a served name is one segment of /v2/models/<name>/...: 'a/b' was served
+# by /v1/classify while every v2 route of it was a 404
+refuses_start "model-name: \"a/b\" cannot be served: it holds a '/'" --model-name a/b
+refuses_start "model-name: \"..\" cannot be served: it is . or .." --model-name ..
 refuses_start "api-key-file: $WORK: is a directory" --api-key-file "$WORK"
 printf 'secret # the prod key\n' >"$WORK/commented-keys"
 refuses_start "commented-keys:1: a token is one word" --api-key-file="$WORK/commented-keys"
