@@ -167,6 +167,10 @@ const char *v1_sniff_media_type(const uint8_t *body, size_t len);
  * return_logits, timeout_ms); unknown keys are refused by name. */
 int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *key, const char *value,
                        char *err, size_t errlen);
+/* Every query argument of a raw-image request, kv as key, value, ...,
+ * NULL (a value may be NULL): each as v1_parse_query_arg, and a key given
+ * twice refused (400), as a JSON body's (JSON_REJECT_DUPLICATES). */
+int v1_parse_query(const proto_model *pm, proto_request *req, char *const *kv, char *err, size_t errlen);
 
 int v1_response(const proto_model *pm, const proto_request *req, const proto_result *res, proto_body *out);
 /* GET /v1/models: the n models pms (each served model's highest ready

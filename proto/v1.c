@@ -272,6 +272,23 @@ int v1_parse_query_arg(const proto_model *pm, proto_request *req, const char *ke
     return 400;
 }
 
+int v1_parse_query(const proto_model *pm, proto_request *req, char *const *kv, char *err, size_t errlen) {
+    /* At most one unknown key is read (refused) and five known ones, so
+     * the look back stays short. A repeated key took its last value, where
+     * a proxy or gateway in front (nginx's $arg_top_k) checks the first:
+     * ?resolution=224&resolution=native passed a check of the first. */
+    for (int i = 0; kv && kv[2 * i]; i++) {
+        for (int j = 0; j < i; j++)
+            if (strcmp(kv[2 * j], kv[2 * i]) == 0) {
+                snprintf(err, errlen, "%.64s: given more than once in the query", kv[2 * i]);
+                return 400;
+            }
+        int st = v1_parse_query_arg(pm, req, kv[2 * i], kv[2 * i + 1], err, errlen);
+        if (st) return st;
+    }
+    return 0;
+}
+
 const char *v1_sniff_media_type(const uint8_t *body, size_t len) {
     size_t i = 0;
     while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n')) i++;

@@ -537,8 +537,7 @@ static int parse_body(http_request *r, const char *ctype, char *err, size_t errl
         if (!(ctype && strncasecmp(ctype, "image/", 6) == 0) && json_over_limit(r, r->body_len)) return -1;
         st = v1_parse(&r->mv->pm, ctype, r->body, r->body_len, &r->req, err, errlen);
         r->parsed = 1;
-        for (int i = 0; !st && i < r->nquery; i++)
-            st = v1_parse_query_arg(&r->mv->pm, &r->req, r->query[2 * i], r->query[2 * i + 1], err, errlen);
+        if (!st) st = v1_parse_query(&r->mv->pm, &r->req, r->query, err, errlen);
     } else {
         size_t header_len = 0;
         const char *h = r->header_len;

@@ -176,6 +176,29 @@ START_TEST(v1_errors) {
 }
 END_TEST
 
+/* Each query argument once, as a JSON body's fields: a gateway that
+ * checks the first ?resolution= was passed by a second (the last was
+ * applied). */
+START_TEST(v1_query_once_each) {
+    proto_request req;
+    char err[256];
+    ck_assert_int_eq(v1_parse(&PM, "image/png", png, png_len, &req, err, sizeof(err)), 0);
+    char *ok[] = {"top_k", "2", "resolution", "8x12", "fit", NULL, NULL};
+    ck_assert_int_eq(v1_parse_query(&PM, &req, ok, err, sizeof(err)), 400); /* fit needs a value */
+    ok[5] = "crop";
+    ck_assert_int_eq(v1_parse_query(&PM, &req, ok, err, sizeof(err)), 0);
+    ck_assert_int_eq(req.top_k, 2);
+    ck_assert_int_eq(req.resolution.w, 12);
+    char *twice[] = {"resolution", "8", "top_k", "1", "resolution", "native", NULL};
+    ck_assert_int_eq(v1_parse_query(&PM, &req, twice, err, sizeof(err)), 400);
+    ck_assert_str_eq(err, "resolution: given more than once in the query");
+    char *empty[] = {NULL};
+    ck_assert_int_eq(v1_parse_query(&PM, &req, empty, err, sizeof(err)), 0);
+    ck_assert_int_eq(v1_parse_query(&PM, &req, NULL, err, sizeof(err)), 0);
+    proto_request_free(&req);
+}
+END_TEST
+
 START_TEST(v1_raw_and_query) {
     proto_request req;
     char err[256];
@@ -993,6 +1016,7 @@ int main(void) {
     tcase_add_test(tc, v1_good);
     tcase_add_test(tc, v1_errors);
     tcase_add_test(tc, v1_raw_and_query);
+    tcase_add_test(tc, v1_query_once_each);
     tcase_add_test(tc, v2_pixel_values);
     tcase_add_test(tc, v2_images);
     tcase_add_test(tc, v2_errors);

@@ -7,7 +7,7 @@
 #        names the setting and the value; never a 500
 #        a v2 batch within the limits runs as several engine batches
 #   400  pixels that are not finite, or so large that the logits overflow; a
-#        query argument on a JSON body
+#        query argument on a JSON body, or twice on a raw image
 #        every error body is JSON, even quoting bytes that are not UTF-8
 #   health answers at once while big JSON bodies are parsed (one HTTP
 #        thread: a parse on it would hold health for seconds), and a raw
@@ -113,13 +113,19 @@ body_has 'query argument "top_k" does not apply to a JSON body' || fail "?top_k:
 body_has 'query argument "resolution"' || fail "v2 ?resolution: $(cat "$WORK/out.json")"
 [ "$(http_code -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify?top_k=2")" = 200 ] ||
   fail "raw image with ?top_k=2: not 200"
+# each query argument once, as a JSON body's fields: the second was applied,
+# where a gateway in front checks the first
+code=$(curl -s -o "$WORK/out.json" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" \
+  "$URL/v1/classify?resolution=16&top_k=2&resolution=native")
+[ "$code" = 400 ] || fail "?resolution twice: $code $(cat "$WORK/out.json")"
+body_has "resolution: given more than once in the query" || fail "?resolution twice: $(cat "$WORK/out.json")"
 for path in "/v2/models/%ff%fe%c3/infer" "/no/such/%e9t%c3" "/v1/classify?fit=%c3"; do
   code=$(curl -s -o "$WORK/out.json" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL$path")
   # (slurped: jq passes an empty file)
   jq -se 'length == 1 and (.[0].error | length > 0)' "$WORK/out.json" >/dev/null ||
     fail "$path: $code with a body that is not a JSON error: '$(cat "$WORK/out.json")'"
 done
-echo "ok 400 for non-finite pixels and query arguments on JSON bodies; error bodies are JSON"
+echo "ok 400 for non-finite pixels, query arguments on JSON bodies or given twice; error bodies are JSON"
 stop_daemon
 
 # --- health while big JSON bodies are parsed ---------------------------------
