@@ -21,6 +21,7 @@
 #include "input.h"
 #include "model_path.h"
 #include "npy.h"
+#include "proto.h" /* proto_utf8_sanitize */
 #include "small_file.h"
 #include "vit.h"
 
@@ -51,10 +52,20 @@ static void print_json(json_t *obj) {
     json_decref(obj);
 }
 
+/* A file's name or a message as a JSON string. A Linux file name is any
+ * bytes, and jansson makes no string of bytes that are not UTF-8: the
+ * line of "caf\xe9.png" had no "file" at all. Such bytes become '?'. */
+static json_t *json_text(const char *s) {
+    char *clean = proto_utf8_sanitize(s);
+    json_t *j = clean ? json_string(clean) : NULL;
+    free(clean);
+    return j;
+}
+
 static void print_error(const char *file, const char *msg) {
     json_t *o = json_object();
-    json_object_set_new(o, "file", json_string(file));
-    json_object_set_new(o, "error", json_string(msg));
+    json_object_set_new(o, "file", json_text(file));
+    json_object_set_new(o, "error", json_text(msg));
     print_json(o);
 }
 
@@ -78,7 +89,7 @@ static void print_result(const vit_model *m, const char *file, int index, int h,
                 order[j] = t;
             }
     json_t *o = json_object(), *top = json_array();
-    json_object_set_new(o, "file", json_string(file));
+    json_object_set_new(o, "file", json_text(file));
     json_object_set_new(o, "index", json_integer(index));
     json_object_set_new(o, "resolution", json_pack("[ii]", h, w));
     for (int i = 0; i < top_k; i++) {

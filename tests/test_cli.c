@@ -145,6 +145,35 @@ START_TEST(test_bad_file_reported_others_still_run) {
 }
 END_TEST
 
+/* A file name is any bytes: one that is not UTF-8 keeps its "file" key
+ * ('?' for each such byte), on a result line and on an error line (jansson
+ * made no string of it, and the key was left out). */
+START_TEST(test_file_names_not_utf8) {
+    char dir[] = "/tmp/comrope-cli-XXXXXX", img[128], gone[128], cmd[512];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(img, sizeof(img), "%s/caf\xe9.png", dir);
+    snprintf(gone, sizeof(gone), "%s/gone\xff.png", dir);
+    ck_assert_int_eq(symlink(FIXTURE_DIR "/images/rgb8.png", img), 0);
+    json_t *lines[16];
+    int n;
+    snprintf(cmd, sizeof(cmd), "--model " MODEL " --resolution 8 '%s' '%s'", img, gone);
+    int rc = run(cmd, lines, &n);
+    unlink(img);
+    rmdir(dir);
+    ck_assert_int_eq(rc, 1);
+    ck_assert_int_eq(n, 2);
+    snprintf(img, sizeof(img), "%s/caf?.png", dir);
+    snprintf(gone, sizeof(gone), "%s/gone?.png", dir);
+    ck_assert_ptr_nonnull(json_string_value(json_object_get(lines[0], "file")));
+    ck_assert_str_eq(json_string_value(json_object_get(lines[0], "file")), img);
+    ck_assert(json_is_array(json_object_get(lines[0], "top")));
+    ck_assert_ptr_nonnull(json_string_value(json_object_get(lines[1], "file")));
+    ck_assert_str_eq(json_string_value(json_object_get(lines[1], "file")), gone);
+    ck_assert(json_is_string(json_object_get(lines[1], "error")));
+    for (int i = 0; i < n; i++) json_decref(lines[i]);
+}
+END_TEST
+
 /* Options after or between the files apply to all of them (they were taken
  * for files: "--top-k" could not be opened) */
 START_TEST(test_options_after_files) {
@@ -225,6 +254,7 @@ int main(void) {
     tcase_add_test(tc, test_npy_logits_match_reference);
     tcase_add_test(tc, test_dump_stages_match_reference);
     tcase_add_test(tc, test_bad_file_reported_others_still_run);
+    tcase_add_test(tc, test_file_names_not_utf8);
     tcase_add_test(tc, test_options_after_files);
     tcase_add_test(tc, test_bad_resolution_names_nearest);
     tcase_add_test(tc, test_image_not_a_regular_file);
