@@ -68,7 +68,7 @@ size_t log_escape_text(char *out, size_t cap, const char *s, int kind) {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         int keep = kind == LOG_ESCAPE_TOKEN
                        ? is_tchar(*p)
-                       : *p > 0x20 && *p < 0x7f && !(kind == LOG_ESCAPE_QUOTED && *p == '"');
+                       : *p > 0x20 && *p < 0x7f && !(kind != LOG_ESCAPE_MESSAGE && *p == '"');
         int ok;
         if (*p == '\\') ok = put(out, cap, &used, "\\\\", 2);
         else if (keep) ok = put(out, cap, &used, (const char *)p, 1);

@@ -8,9 +8,9 @@
  * user agent) from forging or hiding a line:
  *  - text: bytes outside printable ASCII (controls, DEL, escape sequences,
  *    bytes >= 0x80) and the backslash are written as \xHH / \\, the fields
- *    that are not quoted have their spaces escaped too and the user agent
- *    (quoted) its double quotes, so that a line is always one line and its
- *    fields stay where they are; the method, first after the time, keeps
+ *    that are not quoted have their spaces escaped too and every field its
+ *    double quotes (the only ones left are around the user agent), so that
+ *    a line is always one line and its fields stay where they are; the method, first after the time, keeps
  *    only token characters, so that it cannot pose as "comrope-serve:";
  *  - JSON: valid UTF-8 is kept, controls (C0, DEL, C1) and U+2028/U+2029
  *    are \uXXXX (a reader that breaks lines where Unicode does, as
@@ -50,9 +50,9 @@ void log_access(const log_access_entry *e);
  * into out (cap > 0), cut short at a character boundary if out is too
  * small, and returns its length. */
 size_t log_timestamp(char *out, size_t cap); /* 2026-12-06T07:09:24.123Z */
-/* kind: a FIELD also escapes spaces, a QUOTED field (between "") the
- * double quote, a MESSAGE (the server's own, of the operator's strings)
- * neither; a TOKEN (the method, first after the time) every byte that is
+/* kind: a FIELD also escapes spaces and double quotes, a QUOTED field
+ * (between "") the double quote, a MESSAGE (the server's own, of the
+ * operator's strings) neither; a TOKEN (the method, first after the time) every byte that is
  * not an RFC 9110 token character, ':' among them, so that no access line
  * starts as a server line does ("comrope-serve: error: ..."). */
 enum { LOG_ESCAPE_FIELD = 0, LOG_ESCAPE_QUOTED, LOG_ESCAPE_MESSAGE, LOG_ESCAPE_TOKEN };

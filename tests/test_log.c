@@ -165,6 +165,29 @@ START_TEST(longest_fields_are_logged_whole) {
 }
 END_TEST
 
+/* The only double quotes of an access line are around the user agent: a
+ * path /x"fake" (or a model named q"b) put a quoted string before it, read
+ * as the user agent by a parser taking the first one. */
+START_TEST(quotes_only_around_the_user_agent) {
+    log_set_format(LOG_TEXT);
+    log_access_entry e = {.method = "GET",
+                          .path = "/x\"fake\"",
+                          .request_id = "r1",
+                          .user_agent = "real \"ua\"",
+                          .status = 404,
+                          .bytes = 1,
+                          .ms = 1,
+                          .completed = 1,
+                          .model = "q\"b",
+                          .version = "1"};
+    char *out = capture(write_access, &e);
+    ck_assert_msg(
+        strstr(out, " GET /x\\x22fake\\x22 404 1 1.000ms r1 \"real \\x22ua\\x22\" model=q\\x22b version=1\n"),
+        "%s", out);
+    free(out);
+}
+END_TEST
+
 START_TEST(json_lines_are_never_dropped) {
     log_set_format(LOG_JSON);
     char *out = capture(write_access, (void *)&hostile);
@@ -243,6 +266,7 @@ int main(void) {
     tcase_add_test(tc, text_lines_cannot_be_forged);
     tcase_add_test(tc, method_cannot_pose_as_the_server);
     tcase_add_test(tc, longest_fields_are_logged_whole);
+    tcase_add_test(tc, quotes_only_around_the_user_agent);
     tcase_add_test(tc, json_lines_are_never_dropped);
     tcase_add_test(tc, json_utf8_validation);
     tcase_add_test(tc, timestamps);
