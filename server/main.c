@@ -240,8 +240,10 @@ int main(int argc, char **argv) {
     const char *kind = cfg.model_repository[0] ? "the models of" : "model";
     log_event("info", "loading %s %s", kind, what);
     notify_status("loading %s %s", kind, what);
-    if (repository_start(repo, err, sizeof(err))) {
+    int started = repository_start(repo, err, sizeof(err));
+    if (started) {
         log_event("error", "%s", err);
+        if (started == -2) rc = 2;
         goto cleanup;
     }
     int status = 0;

@@ -716,6 +716,24 @@ static int named_at_start(const char *list, const char *name) {
     return 0;
 }
 
+/* The first name of load-model's list that none of the n candidates c
+ * has ('*' has every one; empty names are skipped), or NULL; its length in
+ * *len. */
+static const char *named_but_absent(const char *list, const candidate *c, int n, size_t *len) {
+    for (const char *p = list; *p;) {
+        size_t l = strcspn(p, ",");
+        int found = l == 0 || (l == 1 && *p == '*');
+        for (int i = 0; i < n && !found; i++) found = strlen(c[i].name) == l && strncmp(c[i].name, p, l) == 0;
+        if (!found) {
+            *len = l;
+            return p;
+        }
+        p += l;
+        if (*p == ',') p++;
+    }
+    return NULL;
+}
+
 /* Brings the registry in line with the files: for every model to serve
  * (only: just that one), the versions its policy selects are loaded, or
  * reloaded when their files changed; versions no longer selected or no
@@ -1031,6 +1049,21 @@ int repository_start(repository *r, char *err, size_t errlen) {
         /* the names of load-model are wanted; the others wait for the API */
         candidate *c;
         int n = scan(r, &c);
+        size_t len;
+        /* A name no model has is a typo or a missing model: not served,
+         * and readiness would not wait for it (Triton refuses to start) */
+        const char *absent = n >= 0 ? named_but_absent(cfg->load_model, c, n, &len) : NULL;
+        if (absent) {
+            int w = snprintf(err, errlen,
+                             "load-model: model-repository %.300s has no model \"%.*s\" (models there:",
+                             cfg->model_repository, (int)(len > 255 ? 255 : len), absent);
+            for (int i = 0; i < n && w > 0 && (size_t)w < errlen; i++)
+                if (i == 0 || strcmp(c[i].name, c[i - 1].name))
+                    w += snprintf(err + w, errlen - (size_t)w, " %s", c[i].name);
+            if (w > 0 && (size_t)w < errlen) snprintf(err + w, errlen - (size_t)w, "%s)", n ? "" : " none");
+            if (n > 0) free(c);
+            return -2;
+        }
         pthread_mutex_lock(&r->lock);
         for (int i = 0; i < n; i++) {
             model_entry *e = get_entry(r, c[i].name);

@@ -271,6 +271,16 @@ REPO=$WORK/repo_explicit
 mkdir -p "$REPO"
 copy_model "$LD" "$REPO/ld"
 copy_model "$AP" "$REPO/ap"
+# load-model naming a model the repository lacks (a typo): exit 2 (a bad
+# setting) naming it and the models there, before any load; it was served
+# without it, and ready, as readiness waits only for models that exist
+rc=0
+timeout 60 "$SERVE" --model-repository "$REPO" --model-control-mode explicit --load-model ld,lx \
+  --host 127.0.0.1 --port 0 2>"$WORK/absent.log" || rc=$?
+[ "$rc" = 2 ] || fail "load-model naming an absent model: exit $rc, not 2: $(tail -3 "$WORK/absent.log")"
+grep -q 'load-model: model-repository .* has no model "lx" (models there: ap ld)' "$WORK/absent.log" ||
+  fail "load-model naming an absent model: $(tail -3 "$WORK/absent.log")"
+grep -q "version 1 ready" "$WORK/absent.log" && fail "a model loaded before the absent one was refused"
 MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ld --access-log off
 is_state ld 1 READY || fail "ld not loaded at start: $(index)"
 [ "$(index | jq -r '.[] | select(.name == "ap") | .state')" = UNAVAILABLE ] || fail "ap loaded without asking: $(index)"
