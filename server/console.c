@@ -21,7 +21,6 @@ int console_add_headers(struct MHD_Response *resp) {
     /* no-cache: revalidated each load, so a new binary's page is seen at once */
     const char *headers[][2] = {
         {"Content-Security-Policy", csp},
-        {"X-Content-Type-Options", "nosniff"},
         {"Referrer-Policy", "no-referrer"},
         {"Cache-Control", "no-cache"},
     };

@@ -29,7 +29,7 @@ extern const int console_num_assets;
 /* The asset served at `path`, or NULL. */
 const console_asset *console_find(const char *path);
 
-/* Adds the console's headers (Content-Security-Policy, nosniff, ...) to an
+/* Adds the console's headers (Content-Security-Policy, ...; nosniff, as every answer has) to an
  * answer. Returns 0, or -1 if MHD refused one. */
 int console_add_headers(struct MHD_Response *resp);
 

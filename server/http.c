@@ -273,6 +273,10 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
     }
     if (r->content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
     MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    /* every answer, not the console's alone: a JSON error quotes the path
+     * the client sent, and a browser that sniffed it would render
+     * `/<script>...` as HTML */
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (r->resp_json_len && r->resp_json_len < r->resp_len) {
         char n[32];
         snprintf(n, sizeof(n), "%zu", r->resp_json_len);

@@ -124,6 +124,11 @@ echo "ok error statuses 400 / 413 / 415 / 404 / 405"
 # request id echoed
 rid=$(curl -s -D - -o /dev/null -H 'X-Request-Id: abc-123' "$URL/v2/health/live" | tr -d '\r' | sed -n 's/^X-Request-Id: //Ip')
 [ "$rid" = abc-123 ] || fail "X-Request-Id not echoed ($rid)"
+# an error quoting a hostile path is never sniffed into HTML by a browser
+hdr=$(curl -s -D - -o /dev/null "$URL/v2/models/%3Cscript%3E" | tr -d '\r')
+grep -qix 'X-Content-Type-Options: nosniff' <<<"$hdr" || fail "a 404 without X-Content-Type-Options: nosniff: $hdr"
+hdr=$(curl -s -D - -o /dev/null "$URL/metrics" | tr -d '\r')
+grep -qix 'X-Content-Type-Options: nosniff' <<<"$hdr" || fail "/metrics without X-Content-Type-Options: nosniff: $hdr"
 
 # 5. metrics
 curl -sf "$URL/metrics" > "$WORK/metrics.txt"
