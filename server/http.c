@@ -86,7 +86,8 @@ typedef struct {
     char *ctype;       /* Content-Type, or NULL */
     const char *media; /* the body's media type: ctype, or for a v1 body with a generic one (none,
                           application/octet-stream) what v1_sniff_media_type sees in it, NULL
-                          when neither JSON nor an image (415); set once the body is complete */
+                          when neither JSON nor an image (415) or the body was refused unparsed;
+                          set once the body is complete */
     char *header_len;  /* Inference-Header-Content-Length, or NULL */
     char **query;      /* key, value pairs of a raw-image request, NULL-terminated */
     int nquery;
@@ -746,9 +747,12 @@ static int queue_parse(http_request *r, struct MHD_Connection *c) {
     const char *hl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
     r->ctype = ctype ? strdup(ctype) : NULL;
     r->header_len = hl ? strdup(hl) : NULL;
-    r->media = r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype)
-                   ? v1_sniff_media_type(r->body, r->body_len)
-                   : r->ctype;
+    /* a body refused unparsed (too large, over budget) was dropped as it
+     * came: r->body is NULL, r->body_len what arrived; nothing to sniff */
+    if (r->body_too_large || r->body_over_budget) r->media = NULL;
+    else if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype))
+        r->media = v1_sniff_media_type(r->body, r->body_len);
+    else r->media = r->ctype;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
     pthread_mutex_lock(&s->parse_lock);

@@ -6,6 +6,12 @@ checked and exits 0, or prints FAIL: ... and exits 1.
   edge.py content-length PORT PATH CTYPE
       Headers announcing a huge Content-Length and no body: the answer must
       be 413 at once (from the header, before any body byte is read).
+  chunked-over PORT MAX
+      Chunked /v1/classify bodies of MAX + 1 bytes (the daemon's
+      --max-body-bytes) with no Content-Type, application/octet-stream (the
+      type sniffed from the body) and image/png: each 413 naming
+      max-body-bytes, and the daemon answers on (the sniff once read the
+      dropped body: a NULL buffer of MAX + 1 bytes).
   framing PORT
       A Transfer-Encoding other than chunked (501), two Content-Lengths
       that differ or one beside Transfer-Encoding (400): answered at once
@@ -24,7 +30,8 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       The daemon runs with --body-budget-bytes BUDGET (BUDGET - 2000 bytes
       more than the photo fixture). A request A announces BUDGET - 2000
       bytes and sends ten (the daemon is seen receiving it): a photo
-      request (announced) and a chunked one each get 503 + Retry-After with
+      request (announced) and a chunked one (image/png, and
+      application/octet-stream) each get 503 + Retry-After with
       a JSON body naming body-budget-bytes, while a chunked one of 1500
       bytes (it fits) is read; a Content-Length over the whole budget gets
       413 at once; once A has hung up, the photo gets 200 and
@@ -194,6 +201,30 @@ def content_length(port, path, ctype):
     if "max-body-bytes" not in err:
         fail("413 message does not name max-body-bytes: " + err)
     print("ok %s: 413 from Content-Length alone (%s)" % (path, err))
+
+
+def chunked_over(port, max_body):
+    size = max_body + 1
+    for ctype in (None, "application/octet-stream", "image/png"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        head = b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        if ctype:
+            head += b"Content-Type: %s\r\n" % ctype.encode()
+        try:
+            s.sendall(head + b"\r\n" + b"%x\r\n" % size + b" " * size + b"\r\n0\r\n\r\n")
+            st, _, body = read_response(s)
+        except OSError as e:
+            fail("a chunked body of %d bytes, Content-Type %s: no answer (%s)" % (size, ctype, e))
+        s.close()
+        if st != 413 or "max-body-bytes" not in json.loads(body)["error"]:
+            fail("a chunked body of %d bytes, Content-Type %s: %d %r, not 413 naming max-body-bytes"
+                 % (size, ctype, st, body))
+    c = Conn(port)
+    st, _, _ = c.request("GET", "/v2/health/live")
+    c.close()
+    if st != 200:
+        fail("health after the chunked bodies over max-body-bytes: %d" % st)
+    print("ok chunked bodies over max-body-bytes (%d), with a generic Content-Type or none: 413" % max_body)
 
 
 def framing(port):
@@ -546,9 +577,9 @@ def body_budget(port, budget):
         c.close()
         return st, headers, body
 
-    def chunked(size=3000):
+    def chunked(size=3000, ctype=b"image/png"):
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + ctype + b"\r\n"
                   b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % size + b"x" * size + b"\r\n0\r\n\r\n")
         r = read_response(s)
         s.close()
@@ -557,7 +588,9 @@ def body_budget(port, budget):
     a = socket.create_connection(("127.0.0.1", port), timeout=30)
     a.sendall(post_headers("/v1/classify", "image/png", held) + png[:10])
     poll("the daemon to receive A", lambda: metric(port, "comrope_receiving_requests") >= 1)
-    for name, (st, headers, body) in (("photo", photo()), ("chunked", chunked())):
+    # the generic type: the body it would be sniffed from was dropped
+    for name, (st, headers, body) in (("photo", photo()), ("chunked", chunked()),
+                                      ("chunked octet-stream", chunked(ctype=b"application/octet-stream"))):
         if st != 503 or headers.get("retry-after") != "1":
             fail("%s while A holds %d of %d body bytes: %d %r, not 503 with Retry-After: 1"
                  % (name, held, budget, st, headers))
@@ -685,6 +718,8 @@ def main():
         pools(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "body-budget" and len(sys.argv) == 4:
         body_budget(int(sys.argv[2]), int(sys.argv[3]))
+    elif cmd == "chunked-over" and len(sys.argv) == 4:
+        chunked_over(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "framing" and len(sys.argv) == 3:
         framing(int(sys.argv[2]))
     elif cmd == "budget-share" and len(sys.argv) == 4:

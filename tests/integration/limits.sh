@@ -6,6 +6,8 @@
 #        connection alive; a client waiting for 100 Continue is answered
 #        before it sends its body
 #   413  a Content-Length over max-body-bytes, answered before any body byte
+#   413  a chunked body over max-body-bytes, also of a generic Content-Type or
+#        none (edge.py chunked-over)
 #   400/501  a body whose end is ambiguous (Transfer-Encoding not chunked,
 #        two Content-Lengths, both): at once, connection closed (edge.py framing)
 #   504  a request whose deadline passed before its body arrived (not
@@ -18,7 +20,8 @@
 #        within 5 s, none left receiving until the deadline (edge.py gone-storm)
 #   300 connections' memory goes back to the kernel once they close (RSS)
 #   503  body-budget-bytes: while another request's announced body holds
-#        the budget, an announced or a chunked body (edge.py body-budget)
+#        the budget, an announced or a chunked body, also one of a generic
+#        Content-Type (edge.py body-budget)
 #        bodies announced but not sent hold 1 MiB each, not their length
 #        (edge.py budget-ahead); a chunked body that fits the budget but
 #        not its buffer's doubling is read in full (edge.py budget-tight),
@@ -86,6 +89,7 @@ start_daemon --workers 1 --max-batch-size 32 --max-batch-tokens 200000 --max-que
   --max-queue-delay-us 0 --max-body-bytes 1000000 --max-request-tokens 1000000
 edge content-length "$PORT" /v1/classify image/png || fail "413 on /v1/classify"
 edge content-length "$PORT" "/v2/models/$(basename "$MODEL")/infer" application/json || fail "413 on v2 infer"
+edge chunked-over "$PORT" 1000000 || fail "413 for chunked bodies over max-body-bytes"
 edge framing "$PORT" || fail "ambiguous framing, odd paths"
 edge deadline "$PORT" || fail "504 for a late body"
 edge abort "$PORT" || fail "499 for a client gone in the middle of its body"
