@@ -661,10 +661,6 @@ START_TEST(non_finite_pixels) {
 }
 END_TEST
 
-/* Every JSON body is valid JSON: an error quoting client bytes that are not
- * UTF-8 (or cut inside a character), a label longer than any buffer, and
- * logits that are not finite (refused as a whole, never a short array). */
-/* A body without a Content-Type: what it shows. */
 /* max-request-images is checked as soon as the count is known, before any
  * image is decoded: a body of 3 images, the last not even base64, under a
  * limit of 2 gets the 413 naming the limit, not the 400 for the image (the
@@ -696,6 +692,7 @@ START_TEST(max_images_before_decoding) {
 }
 END_TEST
 
+/* A body without a Content-Type: what it shows. */
 START_TEST(sniff_media_type) {
     const uint8_t png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0};
     const uint8_t jpeg[] = {0xff, 0xd8, 0xff, 0xe0, 0, 0x10};
@@ -779,6 +776,9 @@ START_TEST(v2_config_and_stats) {
 }
 END_TEST
 
+/* Every JSON body is valid JSON: an error quoting client bytes that are not
+ * UTF-8 (or cut inside a character), a label longer than any buffer, and
+ * logits that are not finite (refused as a whole, never a short array). */
 START_TEST(bodies_are_valid_json) {
     const char *msgs[] = {"no such endpoint: /\xff\xfe", "fit: not \"\xc3\"", "x \xed\xa0\x80 y",
                           "\xf4\x90\x80\x80", "caf\xc3\xa9 ok"};
