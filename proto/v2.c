@@ -200,13 +200,17 @@ static int parse_images(const proto_model *pm, json_t *input, const uint8_t *bin
         snprintf(err, errlen, "inputs[0].datatype: images must be BYTES");
         return 400;
     }
-    int rank = read_shape(json_object_get(input, "shape"), dims, 2);
-    if (rank < 1 || (rank == 2 && dims[1] != 1) || dims[0] > 4096) {
+    int rank = read_shape(json_object_get(input, "shape"), dims, 2), status;
+    int shape_ok = rank >= 1 && !(rank == 2 && dims[1] != 1);
+    /* the limit before the parser's own bound, as pixel_values does: a
+     * count over both is refused by the limit a client can look up */
+    if (shape_ok && (status = proto_check_num_images((size_t)dims[0], pm->max_images, err, errlen)))
+        return status;
+    if (!shape_ok || dims[0] > 4096) {
         snprintf(err, errlen, "inputs[0].shape: images must be [N] (or [N, 1]) with N in [1, 4096]");
         return 400;
     }
-    int n = (int)dims[0], status;
-    if ((status = proto_check_num_images(n, pm->max_images, err, errlen))) return status;
+    int n = (int)dims[0];
     if (alloc_images(req, n)) {
         snprintf(err, errlen, "out of memory");
         return 500;

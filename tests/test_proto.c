@@ -689,6 +689,25 @@ START_TEST(max_images_before_decoding) {
         if (max == 2) ck_assert_msg(strstr(err, "more than max-request-images (2)"), "%s", err);
     }
     free(v1);
+    /* more images than the parsers take at all (4096) and than the limit:
+     * the limit's 413, for BYTES as for pixel_values (BYTES gave its shape
+     * 400, so 100 images got 413 and 5000 a 400) */
+    pm.max_images = 64;
+    const char *many[] = {
+        "{\"inputs\": [{\"name\": \"images\", \"datatype\": \"BYTES\", \"shape\": [5000], \"data\": []}]}",
+        "{\"inputs\": [{\"name\": \"pixel_values\", \"datatype\": \"FP32\", \"shape\": [5000, 3, 1, 1],"
+        " \"data\": []}]}",
+    };
+    for (int i = 0; i < 2; i++) {
+        int rc = v2_parse_infer(&pm, (const uint8_t *)many[i], strlen(many[i]), 0, &req, err, sizeof(err));
+        ck_assert_msg(rc == 413 && strstr(err, "has 5000 images, more than max-request-images (64)"),
+                      "%s: %d (%s)", i ? "pixel_values" : "BYTES", rc, err);
+    }
+    /* within the limit (none), past what the parsers take: the shape's 400 / 413 as before */
+    pm.max_images = 0;
+    ck_assert_int_eq(
+        v2_parse_infer(&pm, (const uint8_t *)many[0], strlen(many[0]), 0, &req, err, sizeof(err)), 400);
+    ck_assert_msg(strstr(err, "N in [1, 4096]"), "%s", err);
 }
 END_TEST
 
