@@ -85,8 +85,6 @@ int config_parse_version_policy(const char *text, version_policy *p, char *err, 
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;
 
-/* One row of the table. Integers are bounded by [min, max]; enums list
- * their names in `choices` (NULL-terminated), stored as the index. */
 /* What jansson may hold while it parses one body's JSON, per byte of
  * max-json-body-bytes (the setting's help says the number): a dense number
  * array (`0,` for each value) takes about 20 bytes per byte of JSON, its
@@ -97,6 +95,8 @@ typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM
  * do. */
 #define CONFIG_JSON_PARSED_PER_BYTE 32
 
+/* One row of the table. Integers are bounded by [min, max]; enums list
+ * their names in `choices` (NULL-terminated), stored as the index. */
 typedef struct {
     const char *name;
     config_type type;
