@@ -139,7 +139,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     }
     /* O_NONBLOCK: a FIFO in the checkpoint's place would block the open
      * (and the loading thread) until a writer came; refused below */
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY); /* O_NOCTTY: small_file.c's why */
     if (fd < 0) {
         if (errno == ENOENT || errno == ENOTDIR) rc = SMALL_FILE_MISSING;
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));

@@ -27,8 +27,10 @@ int small_file_read(const char *path, size_t max_bytes, small_file_kinds kinds, 
     *len = 0;
     /* O_NONBLOCK: a FIFO would block the open until a writer came (the
      * repository's control thread on a model's config.json, for good); a
-     * pipe allowed is read in blocking mode below */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+     * pipe allowed is read in blocking mode below. O_NOCTTY: a terminal,
+     * refused below, must not become the controlling terminal of a
+     * session leader that has none (the daemon under systemd). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errlen, "%.400s: cannot open: %s", path, strerror(e));

@@ -5,16 +5,20 @@
  * tensor, a config key) and checks that vit_load fails with a message that
  * names what is wrong, without crashing (ASan and valgrind watch the rest). */
 #include <check.h>
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "image.h"
 #include "safetensors.h"
+#include "small_file.h"
 #include "vit.h"
 #include "check_run.h"
 
@@ -503,6 +507,38 @@ START_TEST(test_model_file_at_cap) {
 }
 END_TEST
 
+/* A terminal in a small file's (or the checkpoint's) place is refused without becoming the
+ * reader's controlling terminal: the daemon under systemd is a session
+ * leader without one, and an open without O_NOCTTY made the tty its own
+ * (its hangup a SIGHUP to the daemon). The child checks /dev/tty, which
+ * opens only for a process that has one. */
+START_TEST(test_small_file_tty_not_acquired) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    ck_assert_msg(master >= 0, "posix_openpt: %s", strerror(errno));
+    char name[128];
+    ck_assert(grantpt(master) == 0 && unlockpt(master) == 0 && ptsname_r(master, name, sizeof(name)) == 0);
+    pid_t pid = fork();
+    ck_assert(pid >= 0);
+    if (pid == 0) {
+        char *data, err[512];
+        size_t len;
+        if (setsid() < 0) _exit(2);
+        if (small_file_read(name, 1024, SMALL_FILE_OR_PIPE, &data, &len, err, sizeof(err)) == 0) _exit(3);
+        if (!strstr(err, "is a device")) _exit(4);
+        safetensors_file f;
+        if (safetensors_open(name, &f, err, sizeof(err)) == 0 || !strstr(err, "is a device")) _exit(6);
+        _exit(open("/dev/tty", O_RDONLY | O_NOCTTY) >= 0 ? 5 : 0);
+    }
+    int status;
+    ck_assert(waitpid(pid, &status, 0) == pid);
+    close(master);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "child exit %d (2 setsid, 3 read, 4 message, 6 safetensors_open, 5 %s became its "
+                  "controlling terminal)",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1, name);
+}
+END_TEST
+
 /* vit_gflop against the issue's count for ViT-B/16 (35.1 GFLOP at 224,
  * 111.0 at 384), the config filled in by hand. */
 START_TEST(test_gflop_vit_b16) {
@@ -560,6 +596,7 @@ int main(void) {
     tcase_add_checked_fixture(files, setup, teardown);
     tcase_add_loop_test(files, test_model_file_not_regular, 0, 8);
     tcase_add_test(files, test_model_file_at_cap);
+    tcase_add_test(files, test_small_file_tty_not_acquired);
     suite_add_tcase(s, files);
     return check_run(s);
 }
