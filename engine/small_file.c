@@ -41,14 +41,15 @@ int small_file_read(const char *path, size_t max_bytes, small_file_kinds kinds, 
         snprintf(err, errlen, "%.400s: cannot read: %s", path, strerror(errno));
         goto cleanup;
     }
-    int pipe = S_ISFIFO(st.st_mode);
-    if (!S_ISREG(st.st_mode) && !(pipe && kinds == SMALL_FILE_OR_PIPE)) {
+    int is_pipe = S_ISFIFO(st.st_mode);
+    if (!S_ISREG(st.st_mode) && !(is_pipe && kinds == SMALL_FILE_OR_PIPE)) {
         snprintf(err, errlen, "%.400s: is %s, not a regular file%s", path, small_file_kind(st.st_mode),
                  kinds == SMALL_FILE_OR_PIPE ? " or a pipe" : "");
         goto cleanup;
     }
     /* a pipe's reads wait for its writer; with none, the first gives 0 */
-    if (pipe && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    int flags = is_pipe ? fcntl(fd, F_GETFL) : 0;
+    if (is_pipe && (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)) {
         snprintf(err, errlen, "%.400s: cannot read: %s", path, strerror(errno));
         goto cleanup;
     }
@@ -77,7 +78,7 @@ int small_file_read(const char *path, size_t max_bytes, small_file_kinds kinds, 
         used += (size_t)n;
     }
     if (used > max_bytes) goto too_large;
-    if (pipe && used == 0) {
+    if (is_pipe && used == 0) {
         snprintf(err, errlen, "%.400s: a pipe that gave nothing (no one writing to it?)", path);
         goto cleanup;
     }

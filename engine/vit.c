@@ -277,17 +277,9 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         snprintf(err, errlen, "out of memory");
         goto cleanup;
     }
-    /* Each file is asked what it is once it is open (small_file_read,
-     * safetensors_open), never by a stat before: a FIFO put there after
-     * the check blocked the open, and with it the repository's control
-     * thread, for good. Only "not there" is told apart, for its message. */
-    snprintf(path, sizeof(path), "%s/config.json", dir);
-    int file_rc = vit_config_load(path, &m->cfg, err, errlen);
-    if (file_rc == SMALL_FILE_MISSING)
-        snprintf(err, errlen, "%s: no config.json in the model directory", dir);
-    if (file_rc) goto cleanup;
     vit_options o = opt ? *opt : vit_default_options();
-    /* the backend asked for first: what it lacks is the reason to give */
+    /* the backend asked for first, before the model's files: what it lacks
+     * is the reason to give (a setting of the daemon, not of this model) */
     if (o.gemm_backend == GEMM_BACKEND_ONEDNN && !dnnl_gemm_available()) {
         snprintf(err, errlen, "gemm backend onednn: this build has no oneDNN (libdnnl-dev)");
         goto cleanup;
@@ -314,6 +306,15 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
         snprintf(err, errlen, "max_tokens must be at least 2 (got %d)", o.max_tokens);
         goto cleanup;
     }
+    /* Each file is asked what it is once it is open (small_file_read,
+     * safetensors_open), never by a stat before: a FIFO put there after
+     * the check blocked the open, and with it the repository's control
+     * thread, for good. Only "not there" is told apart, for its message. */
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    int file_rc = vit_config_load(path, &m->cfg, err, errlen);
+    if (file_rc == SMALL_FILE_MISSING)
+        snprintf(err, errlen, "%s: no config.json in the model directory", dir);
+    if (file_rc) goto cleanup;
     m->precision = m->choice.precision;
     /* who runs the bf16 GEMMs: the backend asked for; by default oneDNN
      * where it drives AMX, else our vdpbf16ps kernel */
