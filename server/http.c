@@ -102,7 +102,8 @@ typedef struct {
     int fd; /* the connection's socket, for client_gone */
     /* the answer, built by a worker or here */
     int status;
-    char *resp; /* malloc'd body */
+    char *resp;              /* malloc'd body */
+    const char *resp_static; /* or a static one (error_out_of_memory), when resp is NULL */
     size_t resp_len, resp_json_len;
     const char *content_type;
     const char *allow;          /* a 405's Allow header: the route's methods */
@@ -127,6 +128,7 @@ static int64_t now_ns(void) { return monotonic_ns(); }
 static void set_answer(http_request *r, int status, const char *content_type, char *body, size_t len,
                        size_t json_len) {
     free(r->resp);
+    r->resp_static = NULL;
     r->status = status;
     r->content_type = content_type;
     r->resp = body;
@@ -134,9 +136,20 @@ static void set_answer(http_request *r, int status, const char *content_type, ch
     r->resp_json_len = json_len;
 }
 
+/* An error whose own JSON could not be built: malloc failed (RLIMIT_AS or
+ * a cgroup's memory limit reached). Still a JSON error: its message was an
+ * empty body under application/json (found with prlimit --as on a serving
+ * daemon: every request 500 and empty; tests/integration/oslimits.sh). */
+static const char error_out_of_memory[] = "{\"error\":\"out of memory\"}";
+
 static void set_error(http_request *r, int status, const char *msg) {
     char *body = proto_error_json(msg);
-    set_answer(r, status, "application/json", body, body ? strlen(body) : 0, 0);
+    if (body) {
+        set_answer(r, status, "application/json", body, strlen(body), 0);
+        return;
+    }
+    set_answer(r, status, "application/json", NULL, sizeof(error_out_of_memory) - 1, 0);
+    r->resp_static = error_out_of_memory;
 }
 
 static void set_json(http_request *r, int status, char *json) {
@@ -266,7 +279,10 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
     if (r->asset && r->status == 200)
         resp = MHD_create_response_from_buffer(r->asset->len, (void *)r->asset->data, MHD_RESPMEM_PERSISTENT);
     else
-        resp = MHD_create_response_from_buffer(r->resp_len, body ? body : (char *)"",
+        resp = MHD_create_response_from_buffer(r->resp_len,
+                                               body             ? body
+                                               : r->resp_static ? (char *)r->resp_static
+                                                                : (char *)"",
                                                body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
         free(body);
