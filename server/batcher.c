@@ -482,14 +482,17 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, c
             snprintf(err, errlen, "worker %d: %s", i, why);
             goto fail;
         }
-        if (pthread_create(&w->thread, NULL, worker_main, w)) {
-            snprintf(err, errlen, "cannot start worker thread %d", i);
+        /* EAGAIN names the cure: RLIMIT_NPROC or the cgroup's pids.max */
+        int rc = pthread_create(&w->thread, NULL, worker_main, w);
+        if (rc) {
+            snprintf(err, errlen, "cannot start worker thread %d: %s", i, strerror(rc));
             goto fail;
         }
         w->started = 1;
     }
-    if (pthread_create(&b->reaper, NULL, reaper_main, b)) {
-        snprintf(err, errlen, "cannot start the deadline thread");
+    int rc = pthread_create(&b->reaper, NULL, reaper_main, b);
+    if (rc) {
+        snprintf(err, errlen, "cannot start the deadline thread: %s", strerror(rc));
         goto fail;
     }
     b->reaper_started = 1;

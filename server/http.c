@@ -1659,11 +1659,13 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (; s->parsers_started < p->cfg->parse_threads; s->parsers_started++)
-        if (pthread_create(&s->parsers[s->parsers_started], NULL, parse_main, s)) {
-            snprintf(err, errlen, "cannot start parse thread %d", s->parsers_started);
+    for (; s->parsers_started < p->cfg->parse_threads; s->parsers_started++) {
+        int rc = pthread_create(&s->parsers[s->parsers_started], NULL, parse_main, s);
+        if (rc) {
+            snprintf(err, errlen, "cannot start parse thread %d: %s", s->parsers_started, strerror(rc));
             goto fail;
         }
+    }
     s->main_daemon = start_daemon(s, p->cfg->port, handle_main, s->main_guard, err, errlen);
     if (!s->main_daemon) goto fail;
     s->port = bound_port(s->main_daemon);

@@ -1085,8 +1085,15 @@ int repository_start(repository *r, char *err, size_t errlen) {
     }
     pthread_mutex_unlock(&r->lock);
     if (failed) return -1;
-    if (pthread_create(&r->thread, NULL, control_main, r) == 0) r->thread_started = 1;
-    else log_event("error", "cannot start the model control thread: no reloads");
+    /* Without it SIGHUP and poll would change nothing, silently, and a load
+     * request would be told "shutting down": a start under a thread limit
+     * (RLIMIT_NPROC, pids.max) went on so. A start-up failure instead. */
+    int rc = pthread_create(&r->thread, NULL, control_main, r);
+    if (rc) {
+        snprintf(err, errlen, "cannot start the model control thread: %s", strerror(rc));
+        return -1;
+    }
+    r->thread_started = 1;
     return 0;
 }
 

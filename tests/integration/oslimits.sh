@@ -4,9 +4,19 @@
 #      holds, so that the next allocation that needs more fails. Requests
 #      are answered 200 or with a JSON error (never an empty body), the
 #      daemon lives, and serves again once the limit is raised.
-# The limits are set with prlimit on the daemon itself: no root needed.
+#   2. Threads refused at start (pthread_create EAGAIN, as past RLIMIT_NPROC
+#      or pids.max), at each thread the daemon starts in turn: it exits
+#      non-zero naming why, or it is ready and a SIGHUP rescans.
+#   3. Threads refused at run time: a model added to the repository fails to
+#      load naming why (its state and reason in the index), the model
+#      already loaded serves on, and the new one loads once threads start
+#      (and its files change: a failed load is not retried on the same ones).
+# The limits are set with prlimit on the daemon itself, and pthread_create
+# fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
+#   oslimits.sh SERVE THREAD_LIMIT_SO
 set -euo pipefail
 SERVE=${1:-}
+SHIM=${2:-}
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -14,6 +24,9 @@ SERVE=${1:-}
 json_error() {
   "$PY" -c 'import json, sys; assert isinstance(json.load(open(sys.argv[1]))["error"], str)' "$1" 2>/dev/null
 }
+started_or_gone() { log_has 'comrope-serve: ready' || daemon_gone; }
+rescans_done() { [ "$(grep -c 'rescan done' "$LOG")" -ge "$1" ]; }
+why='Resource temporarily unavailable' # strerror(EAGAIN): a thread refused
 
 # --- 1. malloc failing while serving ------------------------------------------
 start_daemon --access-log off
@@ -35,5 +48,56 @@ prlimit --pid "$DAEMON_PID" --as=unlimited:
 [ "$(classify "$WORK/after")" = 200 ] || fail "no 200 once RLIMIT_AS was raised again"
 stop_daemon
 echo "ok RLIMIT_AS at the daemon's size: $refused of 20 refused with a JSON error, alive, 200 once raised"
+
+# --- 2. threads refused at start ----------------------------------------------
+for ((n = 0; n < 60; n++)); do
+  LOG=$WORK/threads$n.log
+  env THREAD_LIMIT_AFTER=$n LD_PRELOAD="$SHIM" "$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 \
+    --http-threads 2 --workers 2 --access-log off 2>"$LOG" &
+  DAEMON_PID=$!
+  poll 30 started_or_gone || fail "$n threads allowed: neither ready nor gone in 30 s"
+  if daemon_gone; then
+    EXIT_CODE=0
+    wait "$DAEMON_PID" || EXIT_CODE=$?
+    DAEMON_PID=
+    [ "$EXIT_CODE" != 0 ] || fail "$n threads allowed: exit 0 before ready"
+    log_has "$why" || fail "$n threads allowed: exit $EXIT_CODE without saying why: $(tail -1 "$LOG")"
+    continue
+  fi
+  kill -HUP "$DAEMON_PID"
+  poll 30 rescans_done 1 || fail "$n threads allowed: ready, but a SIGHUP rescans nothing"
+  stop_daemon
+  break
+done
+[ "$n" -lt 60 ] || fail "never ready with 60 threads"
+echo "ok threads refused at start: each of the first $n thread starts refused, exit non-zero naming why; then ready, rescans"
+
+# --- 3. threads refused at run time ---------------------------------------------
+mkdir -p "$WORK/repo/a" "$WORK/repo/b"
+ln -s "$MODEL" "$WORK/repo/a/1"
+NO_THREADS=$WORK/no-threads
+DAEMON_ENV=("THREAD_LIMIT_WHILE=$NO_THREADS" "LD_PRELOAD=$SHIM")
+MODEL='' start_daemon --model-repository "$WORK/repo" --access-log off
+unset DAEMON_ENV
+logits() { "$PY" "$ROOT/tests/integration/repo_client.py" logits "$URL" "$1" "$IMG" >/dev/null; }
+logits a || fail "model a does not answer"
+: >"$NO_THREADS"
+cp -r "$MODEL" "$WORK/repo/b/1" # a copy: touched below
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
+index=$(curl -s --max-time 10 -X POST "$URL/v2/repository/index")
+"$PY" -c 'import json, sys; b = [m for m in json.loads(sys.argv[1]) if m["name"] == "b"][0]
+sys.exit(not (b["state"] == "UNAVAILABLE" and sys.argv[2] in b["reason"]))' "$index" "$why" ||
+  fail "model b without threads: not UNAVAILABLE naming '$why': $index"
+logits a || fail "model a stopped answering when b could not start its threads"
+rm "$NO_THREADS"
+# a load that failed is retried on changed files (or an explicit load), not
+# on the same ones (repository.c, sync_models)
+touch "$WORK/repo/b/1/config.json"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 2 || fail "no second rescan"
+logits b || fail "model b does not load once threads start again (and its files changed)"
+stop_daemon
+echo "ok threads refused at run time: b UNAVAILABLE naming why, a serves on, b loads later"
 
 echo "oslimits.sh: all passed"

@@ -1,0 +1,28 @@
+/* thread_limit.c: an LD_PRELOAD shim for tests/integration/oslimits.sh that
+ * makes pthread_create fail with EAGAIN, as it does past RLIMIT_NPROC or a
+ * cgroup's pids.max, without needing either (root ignores RLIMIT_NPROC,
+ * and a test cannot count on a cgroup of its own). Test-only: nothing in
+ * the daemon knows of it.
+ *
+ *   THREAD_LIMIT_AFTER=N   every pthread_create after the first N fails
+ *   THREAD_LIMIT_WHILE=F   every pthread_create fails while the file F exists */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static atomic_long created;
+
+int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*start)(void *), void *arg) {
+    static int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+    if (!real) real = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
+    const char *after = getenv("THREAD_LIMIT_AFTER"), *file = getenv("THREAD_LIMIT_WHILE");
+    if (after && atomic_fetch_add(&created, 1) >= atol(after)) return EAGAIN;
+    if (file && access(file, F_OK) == 0) return EAGAIN;
+    return real(t, attr, start, arg);
+}
