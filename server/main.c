@@ -22,6 +22,7 @@
  * taken, the address is not local): the only start-up failure that waiting
  * may cure, so the systemd unit restarts on 3 and not on 1 or 2. */
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -102,6 +103,18 @@ static void *drain_main(void *arg) {
     return NULL;
 }
 
+/* A descriptor 0, 1 or 2 closed at exec (`2>&-`, a supervisor that closes
+ * them) is the next one that open() or socket() returns: the listening
+ * socket became descriptor 2, and every log line a write() on it, lost
+ * with ENOTCONN; had it been a client's connection, the log would have
+ * gone to that client. Each closed one is /dev/null instead, as OpenSSH
+ * (sanitise_stdfd) and Postfix do. */
+static void std_fds_open(void) {
+    for (int fd = 0; fd <= 2; fd++) /* open() returns the lowest free descriptor: fd */
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF && open("/dev/null", fd ? O_WRONLY : O_RDONLY) < 0)
+            return;
+}
+
 /* The served name's default: the model directory's base name. */
 static void base_name(const char *dir, char *out, size_t len) {
     size_t n = strlen(dir);
@@ -120,6 +133,7 @@ int main(int argc, char **argv) {
     http_server *http = NULL;
     char **keys = NULL;
 
+    std_fds_open(); /* before anything opens a file or a socket */
     if (probe_take_flag(&argc, argv)) {
         int pargc;
         char **pargv = probe_args(argc, argv, &pargc);

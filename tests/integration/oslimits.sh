@@ -11,6 +11,9 @@
 #      load naming why (its state and reason in the index), the model
 #      already loaded serves on, and the new one loads once threads start
 #      (and its files change: a failed load is not retried on the same ones).
+#   4. Standard descriptors closed at exec (`<&- >&- 2>&-`): each is
+#      /dev/null in the daemon, never its listening socket (descriptor 2
+#      was, and every log line a write() on it).
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -99,5 +102,21 @@ poll 30 rescans_done 2 || fail "no second rescan"
 logits b || fail "model b does not load once threads start again (and its files changed)"
 stop_daemon
 echo "ok threads refused at run time: b UNAVAILABLE naming why, a serves on, b loads later"
+
+# --- 4. standard descriptors closed at exec ------------------------------------
+PORT=$(free_port)
+URL=http://127.0.0.1:$PORT
+LOG=
+"$SERVE" --model "$MODEL" --host 127.0.0.1 --port "$PORT" <&- >&- 2>&- &
+DAEMON_PID=$!
+poll 30 ready || fail "not ready in 30 s with descriptors 0, 1, 2 closed"
+for fd in 0 1 2; do
+  target=$(readlink "/proc/$DAEMON_PID/fd/$fd")
+  [ "$target" = /dev/null ] || fail "descriptor $fd, closed at exec, is $target in the daemon"
+done
+kill -TERM "$DAEMON_PID"
+wait_exit 60
+[ "$EXIT_CODE" = 0 ] || fail "exit $EXIT_CODE after SIGTERM with descriptors 0, 1, 2 closed"
+echo "ok descriptors 0, 1, 2 closed at exec: /dev/null in the daemon, ready, exit 0"
 
 echo "oslimits.sh: all passed"
