@@ -1616,7 +1616,13 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         NULL, MHD_OPTION_UNESCAPE_CALLBACK, url_unescape, NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_END);
-    if (!d) snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, port, strerror(errno));
+    /* EAGAIN is a pool thread refused (RLIMIT_NPROC, pids.max; libmicrohttpd
+     * logs it just before), never a socket, bind or listen of its: it was
+     * "cannot listen on HOST:PORT", and an operator would look at the port */
+    if (!d && errno == EAGAIN)
+        snprintf(err, errlen, "cannot start the HTTP threads (http-threads %d) for %s:%d: %s",
+                 cfg->http_threads, cfg->host, port, strerror(errno));
+    else if (!d) snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, port, strerror(errno));
     return d;
 }
 

@@ -18,9 +18,10 @@
  * systemd (Type=notify) each step is a STATUS line, READY=1 follows the
  * listening socket and STOPPING=1 opens the drain (notify.h).
  * Exit status: 0 stopped after a drain, 1 a bad model or start-up error
- * (or a second signal), 2 a bad setting, 3 cannot listen (the port is
- * taken, the address is not local): the only start-up failure that waiting
- * may cure, so the systemd unit restarts on 3 and not on 1 or 2. */
+ * (or a second signal), 2 a bad setting, 3 the HTTP side cannot start
+ * (the port is taken, the address is not local, its threads are refused):
+ * the start-up failures that waiting may cure, so the systemd unit
+ * restarts on 3 and not on 1 or 2. */
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>

@@ -20,7 +20,9 @@ static atomic_long created;
 
 int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*start)(void *), void *arg) {
     static int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
-    if (!real) real = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(RTLD_NEXT, "pthread_create");
+    if (!real)
+        real = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(
+            RTLD_NEXT, "pthread_create");
     const char *after = getenv("THREAD_LIMIT_AFTER"), *file = getenv("THREAD_LIMIT_WHILE");
     if (after && atomic_fetch_add(&created, 1) >= atol(after)) return EAGAIN;
     if (file && access(file, F_OK) == 0) return EAGAIN;

@@ -6,7 +6,8 @@
 #      daemon lives, and serves again once the limit is raised.
 #   2. Threads refused at start (pthread_create EAGAIN, as past RLIMIT_NPROC
 #      or pids.max), at each thread the daemon starts in turn: it exits
-#      non-zero naming why, or it is ready and a SIGHUP rescans.
+#      non-zero naming why (never as "cannot listen": the port is free), or
+#      it is ready and a SIGHUP rescans.
 #   3. Threads refused at run time: a model added to the repository fails to
 #      load naming why (its state and reason in the index), the model
 #      already loaded serves on, and the new one loads once threads start
@@ -77,6 +78,7 @@ for ((n = 0; n < 60; n++)); do
     DAEMON_PID=
     [ "$EXIT_CODE" != 0 ] || fail "$n threads allowed: exit 0 before ready"
     log_has "$why" || fail "$n threads allowed: exit $EXIT_CODE without saying why: $(tail -1 "$LOG")"
+    log_has "cannot listen" && fail "$n threads allowed: a thread refused was told as the port: $(tail -1 "$LOG")"
     continue
   fi
   kill -HUP "$DAEMON_PID"
