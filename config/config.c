@@ -512,18 +512,18 @@ int config_load_file_only(server_config *cfg, const char *path, const char *cons
 int config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len, char *err,
                      size_t errlen) {
     char why[512];
-    if (small_file_read(path, CONFIG_FILE_MAX_BYTES, pipes ? SMALL_FILE_OR_PIPE : SMALL_FILE_REGULAR, data,
-                        len, why, sizeof(why)) == 0)
-        return 0;
-    snprintf(err, errlen, "%s: %s", what, why);
-    return -1;
+    int rc = small_file_read(path, CONFIG_FILE_MAX_BYTES, pipes ? SMALL_FILE_OR_PIPE : SMALL_FILE_REGULAR,
+                             data, len, why, sizeof(why));
+    if (rc) snprintf(err, errlen, "%s: %s", what, why);
+    return rc;
 }
 
 static int load_file(server_config *cfg, const char *path, int pipes, const char *const *allowed, char *err,
                      size_t errlen) {
     char *data, *next;
     size_t size;
-    if (config_read_file("config", path, pipes, &data, &size, err, errlen)) return -1;
+    int read_rc = config_read_file("config", path, pipes, &data, &size, err, errlen);
+    if (read_rc) return read_rc;
     int rc = -1, lineno = 0;
     int set_at[sizeof(config_options) / sizeof(config_options[0])] = {0}; /* line that set each key */
     char source[CONFIG_PATH_MAX + 32];

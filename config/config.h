@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "small_file.h" /* SMALL_FILE_MISSING */
+
 #define CONFIG_PATH_MAX 4096
 
 enum { ACCESS_LOG_TEXT = 0, ACCESS_LOG_JSON, ACCESS_LOG_OFF };
@@ -152,8 +154,8 @@ int config_set(server_config *cfg, const char *name, const char *value, const ch
  * `--api-key-file /dev/stdin`: a file named at start, where waiting for
  * the writer is what a shell user expects; a FIFO no one writes refused).
  * Not set for serve.conf, read by the model control thread at run time,
- * which must never wait on a writer. Returns 0, or -1 with a message
- * "<what>: <path>: why". */
+ * which must never wait on a writer. Returns 0, or -1 (SMALL_FILE_MISSING
+ * when the path names nothing) with a message "<what>: <path>: why". */
 int config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len, char *err,
                      size_t errlen);
 
@@ -166,7 +168,8 @@ int config_read_file(const char *what, const char *path, int pipes, char **data,
 int config_load_file(server_config *cfg, const char *path, char *err, size_t errlen);
 /* The same, allowing only the keys of `allowed` (NULL-terminated): a
  * model's own settings file (server/repository.h; a regular file only, no
- * pipe). Another key: -1 naming the file, the line and the keys allowed. */
+ * pipe). Another key: -1 naming the file, the line and the keys allowed;
+ * SMALL_FILE_MISSING when there is no such file (the caller's "none"). */
 int config_load_file_only(server_config *cfg, const char *path, const char *const *allowed, char *err,
                           size_t errlen);
 

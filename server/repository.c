@@ -101,15 +101,19 @@ static int model_settings(const repository *r, const char *model_dir, server_con
     *out = *r->p.cfg;
     char path[CONFIG_PATH_MAX + 32];
     snprintf(path, sizeof(path), "%s/%s", model_dir, SETTINGS_FILE);
-    /* none there: the global settings. Any other failure fails the load
-     * naming it (read as none, the model would run on settings not its own) */
-    struct stat st;
-    if (stat(path, &st) != 0 && (errno == ENOENT || errno == ENOTDIR)) return 0;
     /* read on the control thread (or the start-up load), so it must be a
      * regular file of bounded size (config_read_file): a FIFO blocked it for
      * good (no load, unload or rescan, a stop that could not finish),
-     * /dev/zero was read without end */
-    return config_load_file_only(out, path, per_model_keys, err, errlen);
+     * /dev/zero was read without end. None there (told by the open itself,
+     * no stat before it to race with): the global settings. Any other
+     * failure fails the load naming it (read as none, the model would run
+     * on settings not its own). */
+    int rc = config_load_file_only(out, path, per_model_keys, err, errlen);
+    if (rc == SMALL_FILE_MISSING) { /* nothing read, *out untouched */
+        if (errlen) err[0] = '\0';
+        return 0;
+    }
+    return rc;
 }
 
 /* Whether a selected version passes the policy, given every version found

@@ -477,6 +477,13 @@ START_TEST(repository_settings) {
              p);
     ck_assert_msg(strstr(err, expect), "%s", err);
     unlink(p);
+    /* no file there is the caller's "none" (a model without serve.conf),
+     * told by the open, not by a stat before it; a directory is an error */
+    config_defaults(&c);
+    ck_assert_int_eq(config_load_file_only(&c, p, allowed, err, sizeof(err)), SMALL_FILE_MISSING);
+    ck_assert_int_eq(c.max_batch_size, 8);
+    ck_assert_int_eq(config_load_file_only(&c, "/tmp", allowed, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "is a directory"), "%s", err);
 }
 END_TEST
 
