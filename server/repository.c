@@ -708,32 +708,38 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     return 0;
 }
 
-/* Whether explicit mode loads `name` at start (load-model). */
+/* load-model's list: names separated by commas, '*' for every model;
+ * empty names (",,", a trailing comma) are skipped. Returns the next name
+ * from *p, its length in *len, and moves *p past it; NULL at the end. */
+static const char *next_listed_name(const char **p, size_t *len) {
+    while (**p == ',') (*p)++;
+    if (!**p) return NULL;
+    const char *name = *p;
+    *len = strcspn(name, ",");
+    *p += *len;
+    return name;
+}
+
+/* Whether the listed name s (len l) names the model `name`. */
+static int listed_names(const char *s, size_t l, const char *name) {
+    return (l == 1 && *s == '*') || (strlen(name) == l && strncmp(s, name, l) == 0);
+}
+
+/* Whether load-model's list names the model `name`. */
 static int named_at_start(const char *list, const char *name) {
-    size_t n = strlen(name);
-    for (const char *p = list; *p;) {
-        size_t l = strcspn(p, ",");
-        if ((l == 1 && *p == '*') || (l == n && strncmp(p, name, n) == 0)) return 1;
-        p += l;
-        if (*p == ',') p++;
-    }
+    size_t l;
+    for (const char *s; (s = next_listed_name(&list, &l));)
+        if (listed_names(s, l, name)) return 1;
     return 0;
 }
 
 /* The first name of load-model's list that none of the n candidates c
- * has ('*' has every one; empty names are skipped), or NULL; its length in
- * *len. */
+ * has ('*' has every one), or NULL; its length in *len. */
 static const char *named_but_absent(const char *list, const candidate *c, int n, size_t *len) {
-    for (const char *p = list; *p;) {
-        size_t l = strcspn(p, ",");
-        int found = l == 0 || (l == 1 && *p == '*');
-        for (int i = 0; i < n && !found; i++) found = strlen(c[i].name) == l && strncmp(c[i].name, p, l) == 0;
-        if (!found) {
-            *len = l;
-            return p;
-        }
-        p += l;
-        if (*p == ',') p++;
+    for (const char *s; (s = next_listed_name(&list, len));) {
+        int found = *len == 1 && *s == '*';
+        for (int i = 0; i < n && !found; i++) found = listed_names(s, *len, c[i].name);
+        if (!found) return s;
     }
     return NULL;
 }
