@@ -102,8 +102,8 @@ typedef struct {
     int fd; /* the connection's socket, for client_gone */
     /* the answer, built by a worker or here */
     int status;
-    char *resp;              /* malloc'd body */
-    const char *resp_static; /* or a static one (error_out_of_memory), when resp is NULL */
+    char *resp;          /* the body: malloc'd, or static when resp_persistent */
+    int resp_persistent; /* resp is not freed (error_out_of_memory) */
     size_t resp_len, resp_json_len;
     const char *content_type;
     const char *allow;          /* a 405's Allow header: the route's methods */
@@ -127,8 +127,8 @@ static int64_t now_ns(void) { return monotonic_ns(); }
 /* Stores an answer in r (takes body). */
 static void set_answer(http_request *r, int status, const char *content_type, char *body, size_t len,
                        size_t json_len) {
-    free(r->resp);
-    r->resp_static = NULL;
+    if (!r->resp_persistent) free(r->resp);
+    r->resp_persistent = 0;
     r->status = status;
     r->content_type = content_type;
     r->resp = body;
@@ -148,8 +148,9 @@ static void set_error(http_request *r, int status, const char *msg) {
         set_answer(r, status, "application/json", body, strlen(body), 0);
         return;
     }
-    set_answer(r, status, "application/json", NULL, sizeof(error_out_of_memory) - 1, 0);
-    r->resp_static = error_out_of_memory;
+    set_answer(r, status, "application/json", (char *)error_out_of_memory, sizeof(error_out_of_memory) - 1,
+               0);
+    r->resp_persistent = 1;
 }
 
 static void set_json(http_request *r, int status, char *json) {
@@ -279,13 +280,11 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
     if (r->asset && r->status == 200)
         resp = MHD_create_response_from_buffer(r->asset->len, (void *)r->asset->data, MHD_RESPMEM_PERSISTENT);
     else
-        resp = MHD_create_response_from_buffer(r->resp_len,
-                                               body             ? body
-                                               : r->resp_static ? (char *)r->resp_static
-                                                                : (char *)"",
-                                               body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+        resp = MHD_create_response_from_buffer(r->resp_len, body ? body : (char *)"",
+                                               body && !r->resp_persistent ? MHD_RESPMEM_MUST_FREE
+                                                                           : MHD_RESPMEM_PERSISTENT);
     if (!resp) {
-        free(body);
+        if (!r->resp_persistent) free(body);
         return MHD_NO;
     }
     if (r->content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
@@ -1547,7 +1546,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     free(r->header_len);
     for (int i = 0; r->query && r->query[i]; i++) free(r->query[i]);
     free(r->query);
-    free(r->resp);
+    if (!r->resp_persistent) free(r->resp);
     repository_release(s->p.repo, r->mv); /* last: the version may be freed now */
     free(r);
     pthread_mutex_lock(&s->lock);
