@@ -63,6 +63,10 @@ static json_t *json_text(const char *s) {
 }
 
 static void print_error(const char *file, const char *msg) {
+    /* the file readers' messages start with the path (what a daemon's log
+     * needs); here "file" says it already */
+    size_t n = strlen(file);
+    if (strncmp(msg, file, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ') msg += n + 2;
     json_t *o = json_object();
     json_object_set_new(o, "file", json_text(file));
     json_object_set_new(o, "error", json_text(msg));
