@@ -919,7 +919,11 @@ static int loading_route(http_request *r, const char *path) {
 /* /metrics: the daemon's series, then the repository's. */
 static void metrics_answer(http_request *r, int ready) {
     http_server *s = r->s;
-    metrics_gauges g = {.queue_depth = 0, .in_flight = 0, .receiving = 0, .ready = ready};
+    metrics_gauges g = {.queue_depth = 0,
+                        .in_flight = 0,
+                        .receiving = 0,
+                        .ready = ready,
+                        .log_lines_dropped = log_lines_dropped()};
     repository_gauges(s->p.repo, &g.queue_depth, &g.in_flight, &g.receiving);
     conn_guard_stats cs;
     conn_guard_stats_get(s->main_guard, &cs);

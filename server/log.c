@@ -3,11 +3,14 @@
 #include "log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "proto.h" /* proto_utf8_length */
 
 /* Written once at start-up (log_set_format), before any thread exists;
@@ -118,36 +121,222 @@ size_t log_escape_json(char *out, size_t cap, const char *s) {
     return used;
 }
 
-/* One write per line: stderr is a pipe or a journal, and a line written
- * in pieces could interleave with another thread's. */
-static void write_line(const char *line, size_t len) {
-    while (len) {
-        ssize_t w = write(STDERR_FILENO, line, len);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return;
-        line += w;
-        len -= (size_t)w;
+/* The writer (log.h): its ring and state, under lock. Started and
+ * stopped by the main thread (log_start, log_stop); running says where a
+ * line goes: the ring (1) or write(2) at once (0). */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t more;    /* to the writer: lines in the ring, or stop */
+    pthread_cond_t written; /* to log_stop: the ring is empty (CLOCK_MONOTONIC) */
+    log_ring ring;
+    int running, stopping, idle;
+    pthread_t thread;
+} w = {.lock = PTHREAD_MUTEX_INITIALIZER, .more = PTHREAD_COND_INITIALIZER};
+
+/* Writes all of iov (blocking: fd 2 is never made non-blocking, log.h).
+ * An error other than EINTR gives the bytes up, as a lost line always was:
+ * a closed pipe (EPIPE, SIGPIPE ignored) is not cured by waiting. */
+static void write_all(struct iovec *iov, int n) {
+    while (n) {
+        ssize_t wr = writev(STDERR_FILENO, iov, n);
+        if (wr < 0 && errno == EINTR) continue;
+        if (wr <= 0) return;
+        size_t left = (size_t)wr;
+        while (n && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n) { /* a piece written in part */
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
     }
 }
 
-void log_eventv(const char *level, const char *fmt, va_list ap) {
-    char msg[MESSAGE_MAX_BYTES], line[LINE_MAX_BYTES], ts[40];
-    size_t n = 0;
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+/* An event line into line (cap >= LINE_MAX_BYTES): its length. */
+static size_t format_event(char *line, size_t cap, const char *level, const char *msg) {
+    char ts[40];
+    size_t n;
     log_timestamp(ts, sizeof(ts));
     if (log_format == LOG_JSON) {
-        n = (size_t)snprintf(line, sizeof(line), "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts, level);
-        n += log_escape_json(line + n, sizeof(line) - n - 3, msg);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "\"}\n");
+        n = (size_t)snprintf(line, cap, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts, level);
+        n += log_escape_json(line + n, cap - n - 3, msg);
+        n += (size_t)snprintf(line + n, cap - n, "\"}\n");
     } else {
-        n = (size_t)snprintf(line, sizeof(line), "%s comrope-serve: %s", ts,
+        n = (size_t)snprintf(line, cap, "%s comrope-serve: %s", ts,
                              strcmp(level, "info") == 0      ? ""
                              : strcmp(level, "warning") == 0 ? "warning: "
                                                              : "error: ");
-        n += log_escape_text(line + n, sizeof(line) - n - 1, msg, LOG_ESCAPE_MESSAGE);
+        n += log_escape_text(line + n, cap - n - 1, msg, LOG_ESCAPE_MESSAGE);
         line[n++] = '\n';
     }
-    write_line(line, n);
+    return n;
+}
+
+/* Copies len bytes in at the ring's end (they fit), wrapping at cap. */
+static void ring_append(log_ring *r, const char *bytes, size_t len) {
+    size_t at = (r->start + r->used) % r->cap;
+    size_t first = len < r->cap - at ? len : r->cap - at;
+    memcpy(r->data + at, bytes, first);
+    memcpy(r->data, bytes + first, len - first);
+    r->used += len;
+}
+
+/* The "lines dropped" line for r->dropped: its length. */
+static size_t dropped_line(const log_ring *r, char *out, size_t cap) {
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "log: %llu lines dropped: stderr was not being read and the log's buffer (%zu KiB) was full",
+             r->dropped, r->cap / 1024);
+    return format_event(out, cap, "warning", msg);
+}
+
+int log_ring_put(log_ring *r, const char *line, size_t len) {
+    char notice[LINE_MAX_BYTES];
+    size_t n = r->dropped ? dropped_line(r, notice, sizeof(notice)) : 0;
+    if (n + len > r->cap - r->used) {
+        r->dropped++;
+        r->dropped_total++;
+        return -1;
+    }
+    if (n) ring_append(r, notice, n);
+    ring_append(r, line, len);
+    r->dropped = 0;
+    return 0;
+}
+
+int log_ring_put_dropped(log_ring *r) {
+    char notice[LINE_MAX_BYTES];
+    if (!r->dropped) return -1;
+    size_t n = dropped_line(r, notice, sizeof(notice));
+    if (n > r->cap - r->used) return -1;
+    ring_append(r, notice, n);
+    r->dropped = 0;
+    return 0;
+}
+
+int log_ring_peek(const log_ring *r, struct iovec iov[2]) {
+    if (!r->used) return 0;
+    size_t first = r->used < r->cap - r->start ? r->used : r->cap - r->start;
+    iov[0] = (struct iovec){r->data + r->start, first};
+    iov[1] = (struct iovec){r->data, r->used - first};
+    return first < r->used ? 2 : 1;
+}
+
+void log_ring_consume(log_ring *r, size_t n) {
+    r->used -= n;
+    /* empty: from the front again, so that the next write is one piece */
+    r->start = r->used ? (r->start + n) % r->cap : 0;
+}
+
+/* Takes what the ring holds, writes it without the lock (this thread
+ * alone waits on stderr) and frees its room; once the ring is empty, the
+ * "lines dropped" line if no line has carried it yet. */
+static void *writer_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&w.lock);
+    for (;;) {
+        struct iovec iov[2];
+        int pieces = log_ring_peek(&w.ring, iov);
+        if (!pieces) {
+            if (log_ring_put_dropped(&w.ring) == 0) continue;
+            pthread_cond_broadcast(&w.written);
+            if (w.stopping) break;
+            w.idle = 1;
+            pthread_cond_wait(&w.more, &w.lock);
+            w.idle = 0;
+            continue;
+        }
+        size_t len = iov[0].iov_len + (pieces == 2 ? iov[1].iov_len : 0);
+        pthread_mutex_unlock(&w.lock);
+        write_all(iov, pieces);
+        pthread_mutex_lock(&w.lock);
+        log_ring_consume(&w.ring, len);
+    }
+    pthread_mutex_unlock(&w.lock);
+    return NULL;
+}
+
+int log_start(char *err, size_t errlen) {
+    pthread_condattr_t attr;
+    char *data = malloc(LOG_BUFFER_BYTES);
+    if (!data) {
+        snprintf(err, errlen, "no memory for the log's buffer (%d KiB)", LOG_BUFFER_BYTES / 1024);
+        return -1;
+    }
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w.written, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_lock(&w.lock);
+    w.ring = (log_ring){.data = data, .cap = LOG_BUFFER_BYTES};
+    w.stopping = 0;
+    pthread_mutex_unlock(&w.lock);
+    int e = pthread_create(&w.thread, NULL, writer_main, NULL);
+    if (e) {
+        snprintf(err, errlen, "cannot start the log's writer thread: %s", strerror(e));
+        pthread_cond_destroy(&w.written);
+        free(data);
+        w.ring = (log_ring){0};
+        return -1;
+    }
+    pthread_mutex_lock(&w.lock);
+    w.running = 1;
+    pthread_mutex_unlock(&w.lock);
+    return 0;
+}
+
+int log_stop(int timeout_ms) {
+    pthread_mutex_lock(&w.lock);
+    if (!w.running) {
+        pthread_mutex_unlock(&w.lock);
+        return 0;
+    }
+    w.stopping = 1;
+    pthread_cond_signal(&w.more);
+    struct timespec deadline = monotonic_timespec(monotonic_ns() + (int64_t)timeout_ms * 1000000);
+    int timed_out = 0;
+    while ((w.ring.used || w.ring.dropped) && !timed_out)
+        timed_out = pthread_cond_timedwait(&w.written, &w.lock, &deadline) == ETIMEDOUT;
+    int flushed = !w.ring.used && !w.ring.dropped;
+    if (flushed) w.running = 0; /* the writer, finding the ring empty, ends */
+    pthread_mutex_unlock(&w.lock);
+    if (!flushed) return -1; /* the writer is blocked in write(2): left to the exit */
+    pthread_join(w.thread, NULL);
+    pthread_cond_destroy(&w.written);
+    free(w.ring.data);
+    w.ring.data = NULL;
+    w.ring.cap = 0;
+    return 0;
+}
+
+unsigned long long log_lines_dropped(void) {
+    pthread_mutex_lock(&w.lock);
+    unsigned long long n = w.ring.dropped_total;
+    pthread_mutex_unlock(&w.lock);
+    return n;
+}
+
+/* A whole line: into the ring while the writer runs (never waiting), else
+ * to stderr with one write, so that lines of several threads do not
+ * interleave. */
+static void emit(const char *line, size_t len) {
+    pthread_mutex_lock(&w.lock);
+    if (w.running) {
+        if (log_ring_put(&w.ring, line, len) == 0 && w.idle) pthread_cond_signal(&w.more);
+        pthread_mutex_unlock(&w.lock);
+        return;
+    }
+    pthread_mutex_unlock(&w.lock);
+    struct iovec iov = {(void *)line, len};
+    write_all(&iov, 1);
+}
+
+void log_eventv(const char *level, const char *fmt, va_list ap) {
+    char msg[MESSAGE_MAX_BYTES], line[LINE_MAX_BYTES];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    emit(line, format_event(line, sizeof(line), level, msg));
 }
 
 void log_event(const char *level, const char *fmt, ...) {
@@ -201,5 +390,5 @@ void log_access(const log_access_entry *e) {
         }
         line[n++] = '\n';
     }
-    write_line(line, n);
+    emit(line, n);
 }

@@ -17,18 +17,52 @@
  *    Python's splitlines, would cut the line there), and bytes that are not
  *    UTF-8 become U+FFFD (as Go's encoding/json does): the line is valid
  *    JSON whatever a client sent, so it is never dropped.
- * Each line is built in full and written with one call, so lines from
- * several threads do not interleave. */
+ * And how lines reach stderr: each is built in full on the caller's stack;
+ * until log_start and after log_stop it is written there and then with one
+ * write(2) (a config error or a start-up failure is on stderr before the
+ * exit). In between -- while the daemon serves -- it is copied into one
+ * ring of LOG_BUFFER_BYTES, allocated once by log_start, and one writer
+ * thread drains the ring to fd 2 with blocking writes: a reader of stderr
+ * that stops reading (a stopped `docker logs`, journald, a pipe nobody
+ * drains) fills the pipe and holds the writer, never an HTTP thread, a
+ * worker or the drain (the HTTP threads blocked in write(2) after some 200
+ * requests: probes, /metrics and inference timed out, and a SIGTERM drain
+ * hung on its first line). A line that does not fit the ring is dropped,
+ * not waited for, and counted (log_lines_dropped, /metrics'
+ * comrope_log_lines_dropped_total); the next line that fits, or the writer
+ * once the ring is empty, is preceded by one warning line in the log's
+ * format, "log: N lines dropped ...". Lines stay whole and in order (one
+ * ring, one writer), those of one thread in the order it logged them. fd 2
+ * stays blocking: O_NONBLOCK would be set on an open file description the
+ * parent and the terminal share. */
 #ifndef COMROPE_LOG_H
 #define COMROPE_LOG_H
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/uio.h>
 
 enum { LOG_TEXT = 0, LOG_JSON };
 
 /* Set once at start-up, before threads start; text until then. */
 void log_set_format(int format);
+
+/* The ring's size: some 3,000 access lines of the usual 300 bytes (the
+ * longest are 8 KiB), seconds of a busy daemon's log for a reader that
+ * stalls briefly. */
+#define LOG_BUFFER_BYTES (1 << 20)
+
+/* Allocates the ring and starts the writer thread (with the caller's
+ * signal mask); from here on no caller waits on stderr. 0, or -1 with
+ * err: the log stays synchronous. Once, by the main thread. */
+int log_start(char *err, size_t errlen);
+/* Waits up to timeout_ms for the writer to write out the ring, then stops
+ * it: 0, and the log is synchronous again. -1: stderr did not take it in
+ * time (its reader stalled); the writer is left blocked, lines still go
+ * to the ring (or are dropped), and the caller exits without waiting. */
+int log_stop(int timeout_ms);
+/* Lines dropped since the start, the ring being full (a counter). */
+unsigned long long log_lines_dropped(void);
 
 /* A server event: "comrope-serve: <message>" in text, {"time", "level",
  * "msg"} in JSON. level is "info", "warning" or "error". */
@@ -58,5 +92,26 @@ size_t log_timestamp(char *out, size_t cap); /* 2026-12-06T07:09:24.123Z */
 enum { LOG_ESCAPE_FIELD = 0, LOG_ESCAPE_QUOTED, LOG_ESCAPE_MESSAGE, LOG_ESCAPE_TOKEN };
 size_t log_escape_text(char *out, size_t cap, const char *s, int kind);
 size_t log_escape_json(char *out, size_t cap, const char *s); /* without the quotes */
+
+/* The ring between the logging threads and the writer (the caller holds
+ * the lock), for the tests: used bytes from start, wrapping at cap. */
+typedef struct {
+    char *data;
+    size_t cap, start, used;
+    unsigned long long dropped;       /* since the last "lines dropped" line */
+    unsigned long long dropped_total; /* since the start */
+} log_ring;
+/* Appends a whole line (after the "lines dropped" line if lines were
+ * dropped since the last one): 0, or -1 when it does not fit, the line
+ * dropped and counted. Never waits. */
+int log_ring_put(log_ring *r, const char *line, size_t len);
+/* The writer's, the ring empty: the "lines dropped" line alone. 0, or -1
+ * (nothing dropped, or it does not fit). */
+int log_ring_put_dropped(log_ring *r);
+/* The bytes to write next, in one or two pieces (the ring wraps): the
+ * number of pieces, 0 when empty. */
+int log_ring_peek(const log_ring *r, struct iovec iov[2]);
+/* n bytes written: their room is free again. */
+void log_ring_consume(log_ring *r, size_t n);
 
 #endif

@@ -5,6 +5,7 @@
  *
  * Start-up order: config (refused with the key named), the log's format,
  * the api-key file (unreadable or empty: exit 1, never "no auth"),
+ * the log's writer thread (log.h: from there on no thread waits on stderr),
  * HTTP (listening at once: live 200, ready 503), the models (repository.h:
  * each with its thread counts and batcher; a bad --model exits 1 with the
  * loader's message, a bad model of a repository is reported and skipped),
@@ -14,7 +15,7 @@
  *   work finishes within drain-timeout-s -> leftovers answered 503 ->
  *   every suspended connection resumed and answered -> idle connections
  *   closed, a request begun on another answered -> daemons stopped ->
- *   exit 0; a second signal during the drain exits 1 at once. Under
+ *   the log written out (LOG_FLUSH_MS at most) -> exit 0; a second signal during the drain exits 1 at once. Under
  * systemd (Type=notify) each step is a STATUS line, READY=1 follows the
  * listening socket and STOPPING=1 opens the drain (notify.h).
  * Exit status: 0 stopped after a drain, 1 a bad model or start-up error
@@ -34,6 +35,7 @@
 #include <unistd.h>
 
 #include "api_keys.h"
+#include "clock.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -52,6 +54,19 @@ extern char **environ;
 
 /* http_start failed: the one start-up failure worth a retry (main's comment). */
 #define EXIT_CANNOT_LISTEN 3
+
+/* How long an exit waits for the log's writer to write out its buffer
+ * (log.h). A reader that reads takes the whole 1 MiB in milliseconds (a
+ * pipe, journald, docker's log driver); one that has stopped would hold
+ * the exit for ever (the writer blocks in write(2)), and the supervisor
+ * would SIGKILL a daemon whose work was done. 2 s is hundreds of times what
+ * a live reader takes for a full buffer, and well inside any stop timeout
+ * (Kubernetes' grace period 30 s, systemd's TimeoutStopSec 90 s). After a
+ * SIGTERM the wait also stays within what is left of drain-timeout-s, so
+ * that the drain ends in its bound with stderr stalled; it is at least
+ * LOG_FLUSH_MIN_MS, and that alone after a second signal ("now"). */
+#define LOG_FLUSH_MS 2000
+#define LOG_FLUSH_MIN_MS 100
 
 /* The drain runs on its own thread so that the main thread keeps waiting
  * for signals: a second SIGTERM/SIGINT means "now" (an operator's second
@@ -220,6 +235,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!cfg.model_name[0] && cfg.model[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
+    /* From here on no thread waits on stderr (log.h); every exit below
+     * goes through cleanup's log_stop. Without the writer the log stays
+     * synchronous, as it was: a daemon that logs slowly beats none. */
+    int flush_ms = LOG_FLUSH_MS;
+    if (log_start(err, sizeof(err))) log_event("warning", "%s; the log is written synchronously", err);
     /* Listening before the models load (seconds for a big one): liveness
      * 200 and readiness 503 meanwhile, so that an orchestrator tells a
      * loading daemon from a dead one. The HTTP threads do not depend on
@@ -287,6 +307,7 @@ int main(int argc, char **argv) {
         log_event("info", "SIGHUP: rescanning %s", what);
         repository_rescan(repo);
     }
+    int64_t drain_start = monotonic_ns();
     log_event("info", "%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
     notify_stopping("%s: draining (up to %d s)", sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_s);
     drain_job d = {.http = http,
@@ -303,9 +324,14 @@ int main(int argc, char **argv) {
         if (sig == SIGUSR1 || sig == SIGHUP) continue; /* not ours; no rescan while draining */
         log_event("error", "second %s during the drain: stopping now, without answering what is left",
                   sig == SIGINT ? "SIGINT" : "SIGTERM");
+        log_stop(LOG_FLUSH_MIN_MS);
         _exit(1);
     }
     if (threaded) pthread_join(drainer, NULL);
+    int64_t left_ms = (int64_t)cfg.drain_timeout_s * 1000 - (monotonic_ns() - drain_start) / 1000000;
+    flush_ms = left_ms < LOG_FLUSH_MIN_MS ? LOG_FLUSH_MIN_MS
+               : left_ms < LOG_FLUSH_MS   ? (int)left_ms
+                                          : LOG_FLUSH_MS;
     rc = 0;
 
 cleanup:
@@ -315,5 +341,6 @@ cleanup:
     metrics_free(mx);
     api_keys_free(keys);
     if (rc == 0) log_event("info", "stopped");
+    log_stop(flush_ms); /* what the log holds, before the exit */
     return rc;
 }

@@ -69,10 +69,11 @@ void metrics_batch(metrics_series *s, int images, const int *token_counts, int r
 
 /* The gauges, read by the caller at scrape time. */
 typedef struct {
-    int queue_depth; /* jobs waiting for a worker */
-    int in_flight;   /* queued or being computed */
-    int receiving;   /* inference requests whose body is being received */
-    int ready;       /* 1 unless draining */
+    int queue_depth;                      /* jobs waiting for a worker */
+    int in_flight;                        /* queued or being computed */
+    int receiving;                        /* inference requests whose body is being received */
+    int ready;                            /* 1 unless draining */
+    unsigned long long log_lines_dropped; /* a counter, kept by log.c (log_lines_dropped) */
 } metrics_gauges;
 
 /* The main port's connections, counted by server/conn_guard.c and handed

@@ -136,7 +136,7 @@ static batcher *new_batcher(int workers, int batch, int delay_us, int queue) {
 }
 
 static double sample(const char *series) {
-    metrics_gauges g = {0, 0, 0, 1};
+    metrics_gauges g = {0, 0, 0, 1, 0};
     size_t len, n = strlen(series);
     char *text = metrics_render(mxs, &g, &len);
     double v = -1;

@@ -1,6 +1,7 @@
 /* test_log.c: the log's escaping and formats (server/log.c): a client
  * string can neither break a line nor hide in it, and a JSON line is valid
- * JSON whatever bytes a client sent. */
+ * JSON whatever bytes a client sent; and its ring: a full one drops and
+ * counts lines and says so, never waits, and the writer keeps the order. */
 #include <check.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -260,6 +261,123 @@ START_TEST(timestamps) {
 }
 END_TEST
 
+/* A ring's bytes, in the order the writer takes them (malloc'd string). */
+static char *ring_text(const log_ring *r) {
+    struct iovec iov[2];
+    int n = log_ring_peek(r, iov);
+    char *out = calloc(1, r->used + 1);
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(out + at, iov[i].iov_base, iov[i].iov_len);
+        at += iov[i].iov_len;
+    }
+    ck_assert_uint_eq(at, r->used);
+    return out;
+}
+
+/* A line of len bytes, "Ln xxx...\n". */
+static void make_line(char *out, size_t len, int n) {
+    memset(out, 'x', len);
+    out[0] = 'L';
+    out[1] = (char)('0' + n);
+    out[len - 1] = '\n';
+}
+
+/* stderr not read (log.h): a line that does not fit is dropped at once and
+ * counted, and the first line that fits afterwards comes after one line
+ * saying how many were dropped; the ring wraps and keeps the order. */
+START_TEST(full_ring_drops_counts_and_says_so) {
+    char data[512], line[100];
+    log_ring r = {.data = data, .cap = sizeof(data)};
+    for (int i = 0; i < 5; i++) {
+        make_line(line, sizeof(line), i);
+        ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), 0);
+    }
+    make_line(line, sizeof(line), 5);
+    ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), -1); /* 500 of 512 used */
+    ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), -1);
+    ck_assert_uint_eq(r.dropped, 2);
+    ck_assert_uint_eq(r.dropped_total, 2);
+    ck_assert_uint_eq(r.used, 500);
+    log_ring_consume(&r, 200); /* the writer wrote L0 and L1 */
+    /* 212 free: the line fits, not with the "dropped" line before it */
+    make_line(line, sizeof(line), 6);
+    ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), -1);
+    ck_assert_uint_eq(r.dropped, 3);
+    log_ring_consume(&r, 100); /* L2 */
+    make_line(line, sizeof(line), 7);
+    ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), 0);
+    ck_assert_uint_eq(r.dropped, 0);
+    ck_assert_uint_eq(r.dropped_total, 3);
+    struct iovec iov[2];
+    ck_assert_int_eq(log_ring_peek(&r, iov), 2); /* wrapped at 512 */
+    char *t = ring_text(&r);
+    ck_assert_msg(strncmp(t, "L3", 2) == 0 && strncmp(t + 100, "L4", 2) == 0, "%s", t);
+    char *notice = strstr(t, "comrope-serve: warning: log: 3 lines dropped");
+    ck_assert_msg(notice && notice == t + 225 && is_timestamp(notice - 25), "%s", t);
+    char *next = strchr(notice, '\n') + 1;
+    ck_assert_msg(strncmp(next, "L7", 2) == 0 && next + 100 == t + r.used, "%s", t);
+    free(t);
+    log_ring_consume(&r, r.used);
+    ck_assert_uint_eq(r.start, 0);
+    ck_assert_int_eq(log_ring_peek(&r, iov), 0);
+}
+END_TEST
+
+/* Nothing logged after the drops: the writer, the ring empty, writes the
+ * "dropped" line alone, in the log's format (JSON: a JSON event). */
+START_TEST(dropped_line_alone_in_json) {
+    char data[512], line[600];
+    log_ring r = {.data = data, .cap = sizeof(data)};
+    ck_assert_int_eq(log_ring_put_dropped(&r), -1); /* nothing dropped */
+    memset(line, 'x', sizeof(line));
+    ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), -1); /* larger than the ring */
+    log_set_format(LOG_JSON);
+    ck_assert_int_eq(log_ring_put_dropped(&r), 0);
+    log_set_format(LOG_TEXT);
+    ck_assert_uint_eq(r.dropped, 0);
+    ck_assert_uint_eq(r.dropped_total, 1);
+    char *t = ring_text(&r);
+    ck_assert_msg(t[r.used - 1] == '\n', "%s", t);
+    json_error_t e;
+    json_t *j = json_loads(t, 0, &e);
+    ck_assert_msg(j, "%s: %s", e.text, t);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "level")), "warning");
+    ck_assert_msg(strstr(json_string_value(json_object_get(j, "msg")), "log: 1 lines dropped"), "%s", t);
+    json_decref(j);
+    free(t);
+}
+END_TEST
+
+static void start_log_stop_log(void *arg) {
+    (void)arg;
+    char err[256];
+    log_event("info", "before the start");
+    ck_assert_int_eq(log_start(err, sizeof(err)), 0);
+    for (int i = 0; i < 100; i++) log_event("info", "line %d", i);
+    ck_assert_int_eq(log_stop(60000), 0); /* stderr is a file: written out at once */
+    log_event("info", "after the stop");
+    ck_assert_uint_eq(log_lines_dropped(), 0);
+}
+
+/* Through the writer thread and back: every line, whole and in order, and
+ * log_stop returns with them written (the exit loses none). */
+START_TEST(writer_keeps_order_and_stop_flushes) {
+    char *out = capture(start_log_stop_log, NULL);
+    char *p = strstr(out, "before the start\n");
+    ck_assert_ptr_nonnull(p);
+    for (int i = 0; i < 100; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "comrope-serve: line %d\n", i);
+        char *q = strstr(p, want);
+        ck_assert_msg(q, "line %d missing or out of order", i);
+        p = q;
+    }
+    ck_assert_ptr_nonnull(strstr(p, "after the stop\n"));
+    free(out);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("log");
@@ -270,6 +388,9 @@ int main(void) {
     tcase_add_test(tc, json_lines_are_never_dropped);
     tcase_add_test(tc, json_utf8_validation);
     tcase_add_test(tc, timestamps);
+    tcase_add_test(tc, full_ring_drops_counts_and_says_so);
+    tcase_add_test(tc, dropped_line_alone_in_json);
+    tcase_add_test(tc, writer_keeps_order_and_stop_flushes);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

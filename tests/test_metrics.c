@@ -30,7 +30,7 @@ START_TEST(empty_exposition) {
     metrics *m = metrics_new();
     ck_assert_ptr_nonnull(m);
     ck_assert_ptr_nonnull(metrics_series_open(m, "fashion", "1", "comrope-ld", 28));
-    char *t = render(m, (metrics_gauges){0, 0, 0, 1});
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     /* every failure reason is listed from the start, so that rate() works */
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unauthorized\"}"), 0);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"deadline_exceeded\"}"), 0);
@@ -53,11 +53,11 @@ END_TEST
 /* comrope_engine_info: the ISA and the precision, absent until set */
 START_TEST(engine_info) {
     metrics *m = metrics_new();
-    char *t = render(m, (metrics_gauges){0, 0, 0, 1});
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_ptr_null(strstr(t, "comrope_engine_info"));
     free(t);
     ck_assert_int_eq(metrics_set_engine(m, "avx512", "bf16", "auto", 1), 0);
-    t = render(m, (metrics_gauges){0, 0, 0, 1});
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_double_eq(sample(t, "comrope_engine_info{isa=\"avx512\",precision=\"bf16\","
                                   "precision_requested=\"auto\",bf16_pays=\"1\"}"),
                         1);
@@ -79,7 +79,7 @@ START_TEST(requests_and_failures) {
     metrics_request(m, ms, 99, 999, 1); /* out of range: counted as other / 500 */
     metrics_request(m, ms, ENDPOINT_HEALTH, 200, 0.0002);
     metrics_request(m, ms, ENDPOINT_HEALTH, 200, 0.0002);
-    char *t = render(m, (metrics_gauges){3, 5, 2, 0});
+    char *t = render(m, (metrics_gauges){3, 5, 2, 0, 7});
     ck_assert_double_eq(
         sample(t, "comrope_requests_total{endpoint=\"v1_classify\",code=\"200\",model=\"m\",version=\"1\"}"),
         2);
@@ -91,6 +91,7 @@ START_TEST(requests_and_failures) {
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unavailable\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"internal\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_requests_total{endpoint=\"health\",code=\"200\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_log_lines_dropped_total"), 7); /* log.c's, at scrape time */
     /* latency by endpoint: the probes are not in the inference series;
      * buckets are cumulative */
     const char *cl =
@@ -129,7 +130,7 @@ START_TEST(batches_and_mixed_resolutions) {
     metrics_batch(ms, 3, three, 2, 0.002); /* two resolutions: mixed */
     metrics_batch(ms, 3, three, 1, 0.002); /* same token counts, one resolution: not mixed */
     metrics_batch(ms, 1, big, 1, 0.1);
-    char *t = render(m, (metrics_gauges){0, 0, 0, 1});
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_double_eq(sample(t, "comrope_batches_total"), 4);
     ck_assert_double_eq(sample(t, "comrope_batches_mixed_resolution_total"), 1);
     ck_assert_double_eq(sample(t, "comrope_batch_images_bucket{model=\"m\",version=\"1\",le=\"1\"}"), 2);
@@ -164,7 +165,7 @@ START_TEST(series_per_model_version) {
     metrics_request(m, NULL, ENDPOINT_V2_INFER, 404, 0.0001); /* an unknown model */
     metrics_queue_wait(a2, 0.001);
     metrics_batch(a2, 2, two, 1, 0.005);
-    char *t = render(m, (metrics_gauges){0, 0, 0, 1});
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_double_eq(
         sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"2\"}"), 1);
     ck_assert_ptr_null(
@@ -213,14 +214,14 @@ START_TEST(series_per_model_version) {
     /* unloaded: gone from comrope_model_info; loaded again: the same
      * series, its counters where they were */
     metrics_series_close(a2);
-    t = render(m, (metrics_gauges){0, 0, 0, 1});
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_ptr_null(strstr(
         t,
         "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"));
     ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"a\",version=\"2\"}"), 2);
     free(t);
     ck_assert_ptr_eq(metrics_series_open(m, "a", "2", "comrope-ld", 16), a2);
-    t = render(m, (metrics_gauges){0, 0, 0, 1});
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution="
                                   "\"16\",version=\"2\"}"),
                         1);
@@ -232,7 +233,7 @@ END_TEST
 START_TEST(label_values_escaped) {
     metrics *m = metrics_new();
     metrics_series_open(m, "a\"b\\c\nd", "v", "none", 8);
-    char *t = render(m, (metrics_gauges){0, 0, 0, 1});
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_ptr_nonnull(strstr(t, "comrope_model_info{model=\"a\\\"b\\\\c\\nd\",pe_type=\"none\""));
     free(t);
     metrics_free(m);
