@@ -16,7 +16,7 @@
  *    are \uXXXX (a reader that breaks lines where Unicode does, as
  *    Python's splitlines, would cut the line there), and bytes that are not
  *    UTF-8 become U+FFFD (as Go's encoding/json does): the line is valid
- *    JSON whatever a client sent, so it is never dropped.
+ *    JSON whatever a client sent, so that no JSON reader drops it.
  * And how lines reach stderr: each is built in full on the caller's stack;
  * until log_start and after log_stop it is written there and then with one
  * write(2) (a config error or a start-up failure is on stderr before the
@@ -29,12 +29,13 @@
  * requests: probes, /metrics and inference timed out, and a SIGTERM drain
  * hung on its first line). A line that does not fit the ring is dropped,
  * not waited for, and counted (log_lines_dropped, /metrics'
- * comrope_log_lines_dropped_total); the next line that fits, or the writer
- * once the ring is empty, is preceded by one warning line in the log's
- * format, "log: N lines dropped ...". Lines stay whole and in order (one
+ * comrope_log_lines_dropped_total), and one warning line in the log's
+ * format, "log: N lines dropped ...", comes before the next line that fits
+ * (or alone, from the writer, once the ring is empty). Lines stay whole and in order (one
  * ring, one writer), those of one thread in the order it logged them. fd 2
  * stays blocking: O_NONBLOCK would be set on an open file description the
- * parent and the terminal share. */
+ * parent and the terminal share. (The daemon neither forks nor execs: a
+ * forked child would have no writer, and perhaps the ring's lock held.) */
 #ifndef COMROPE_LOG_H
 #define COMROPE_LOG_H
 
