@@ -197,6 +197,12 @@ typedef struct {
     int max_queue_delay_us;
     int max_queue_size;
     int workers;
+    /* version-policy in force (config_parse_version_policy's fields):
+     * policy_all, else latest policy_latest when above 0, else the
+     * policy_num_versions versions of policy_versions */
+    int policy_all, policy_latest;
+    const int *policy_versions;
+    int policy_num_versions;
 } proto_batching;
 char *v2_model_config_json(const proto_model *pm, const proto_batching *b);
 

@@ -620,23 +620,37 @@ char *v2_model_json(const proto_model *pm, const char *const *versions, int num_
  * "images" is marked optional: a request sends pixel_values or, instead,
  * images (a client that fills the required inputs sends pixel_values). */
 char *v2_model_config_json(const proto_model *pm, const proto_batching *b) {
-    json_t *o = json_pack(
-        "{s:s,s:s,s:s,s:{s:{s:i}},s:i,"
-        "s:[{s:s,s:s,s:s,s:[iii],s:b,s:b,s:b},{s:s,s:s,s:s,s:[i],s:b,s:b,s:b}],"
-        "s:[{s:s,s:s,s:[i],s:s,s:b}],"
-        "s:{s:[],s:I,s:b,s:{s:s,s:I,s:b,s:I}},"
-        "s:[{s:s,s:s,s:i}],s:{}}",
-        "name", pm->name, "platform", "", "backend", "comrope", "version_policy", "latest", "num_versions", 1,
-        "max_batch_size", b->max_batch_size, "input", "name", "pixel_values", "data_type", "TYPE_FP32",
-        "format", "FORMAT_NCHW", "dims", pm->num_channels, -1, -1, "is_shape_tensor", 0, "allow_ragged_batch",
-        0, "optional", 0, "name", "images", "data_type", "TYPE_STRING", "format", "FORMAT_NONE", "dims", 1,
-        "is_shape_tensor", 0, "allow_ragged_batch", 0, "optional", 1, "output", "name", "logits", "data_type",
-        "TYPE_FP32", "dims", pm->num_class, "label_filename", "", "is_shape_tensor", 0, "dynamic_batching",
-        "preferred_batch_size", "max_queue_delay_microseconds", (json_int_t)b->max_queue_delay_us,
-        "preserve_ordering", 0, "default_queue_policy", "timeout_action", "REJECT",
-        "default_timeout_microseconds", (json_int_t)0, "allow_timeout_override", 1, "max_queue_size",
-        (json_int_t)b->max_queue_size, "instance_group", "name", pm->name, "kind", "KIND_CPU", "count",
-        b->workers, "parameters");
+    /* Triton's ModelVersionPolicy, its int64 versions as numbers (as
+     * Triton prints them): what the repository serves of this model */
+    json_t *policy;
+    if (b->policy_all) {
+        policy = json_pack("{s:{}}", "all");
+    } else if (b->policy_latest > 0) {
+        policy = json_pack("{s:{s:i}}", "latest", "num_versions", b->policy_latest);
+    } else {
+        json_t *versions = json_array();
+        for (int i = 0; versions && i < b->policy_num_versions; i++)
+            json_array_append_new(versions, json_integer(b->policy_versions[i]));
+        policy = json_pack("{s:{s:o}}", "specific", "versions", versions);
+    }
+    if (!policy) return NULL;
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:o,s:i,"
+                  "s:[{s:s,s:s,s:s,s:[iii],s:b,s:b,s:b},{s:s,s:s,s:s,s:[i],s:b,s:b,s:b}],"
+                  "s:[{s:s,s:s,s:[i],s:s,s:b}],"
+                  "s:{s:[],s:I,s:b,s:{s:s,s:I,s:b,s:I}},"
+                  "s:[{s:s,s:s,s:i}],s:{}}",
+                  "name", pm->name, "platform", "", "backend", "comrope", "version_policy", policy,
+                  "max_batch_size", b->max_batch_size, "input", "name", "pixel_values", "data_type",
+                  "TYPE_FP32", "format", "FORMAT_NCHW", "dims", pm->num_channels, -1, -1, "is_shape_tensor",
+                  0, "allow_ragged_batch", 0, "optional", 0, "name", "images", "data_type", "TYPE_STRING",
+                  "format", "FORMAT_NONE", "dims", 1, "is_shape_tensor", 0, "allow_ragged_batch", 0,
+                  "optional", 1, "output", "name", "logits", "data_type", "TYPE_FP32", "dims", pm->num_class,
+                  "label_filename", "", "is_shape_tensor", 0, "dynamic_batching", "preferred_batch_size",
+                  "max_queue_delay_microseconds", (json_int_t)b->max_queue_delay_us, "preserve_ordering", 0,
+                  "default_queue_policy", "timeout_action", "REJECT", "default_timeout_microseconds",
+                  (json_int_t)0, "allow_timeout_override", 1, "max_queue_size", (json_int_t)b->max_queue_size,
+                  "instance_group", "name", pm->name, "kind", "KIND_CPU", "count", b->workers, "parameters");
     if (!o) return NULL;
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);

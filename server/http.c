@@ -829,10 +829,20 @@ static int preflight(http_request *r, int post) {
 /* GET /v2/models/<m>/config: Triton's model configuration. */
 static void model_config(http_request *r) {
     const server_config *cfg = &r->mv->cfg; /* the model's own settings */
+    /* checked when it was set (config_set), so this parse cannot fail;
+     * were it to, Triton's default policy is what is said */
+    version_policy pol = {.latest = 1};
+    char why[256];
+    if (config_parse_version_policy(cfg->version_policy, &pol, why, sizeof(why)) != 0)
+        pol = (version_policy){.latest = 1};
     proto_batching b = {.max_batch_size = cfg->max_batch_size,
                         .max_queue_delay_us = cfg->max_queue_delay_us,
                         .max_queue_size = cfg->max_queue_size,
-                        .workers = cfg->workers};
+                        .workers = cfg->workers,
+                        .policy_all = pol.all,
+                        .policy_latest = pol.latest,
+                        .policy_versions = pol.specific,
+                        .policy_num_versions = pol.nspecific};
     set_json(r, 200, v2_model_config_json(&r->mv->pm, &b));
 }
 

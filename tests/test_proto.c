@@ -729,8 +729,11 @@ END_TEST
 /* Triton's model configuration and statistics shapes. */
 START_TEST(v2_config_and_stats) {
     proto_model pm = PM;
-    proto_batching b = {
-        .max_batch_size = 8, .max_queue_delay_us = 20000, .max_queue_size = 256, .workers = 2};
+    proto_batching b = {.max_batch_size = 8,
+                        .max_queue_delay_us = 20000,
+                        .max_queue_size = 256,
+                        .workers = 2,
+                        .policy_all = 1};
     char *s = v2_model_config_json(&pm, &b);
     json_t *o = json_loads(s, 0, NULL);
     ck_assert_ptr_nonnull(o);
@@ -746,6 +749,9 @@ START_TEST(v2_config_and_stats) {
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(o, "dynamic_batching"),
                                                         "max_queue_delay_microseconds")),
                      20000);
+    /* the version policy in force, Triton's shape (repository.sh checks
+     * specific and latest through the daemon) */
+    ck_assert(json_is_object(json_object_get(json_object_get(o, "version_policy"), "all")));
     json_decref(o);
     free(s);
     int sizes[2] = {1, 4};

@@ -198,6 +198,11 @@ for h in +5 -1; do
 done
 [ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"
 [ "$(curl -sf "$URL/v2/models/ld/config" | jq -r .max_batch_size)" = 8 ] || fail "ld does not keep the global batch limit"
+# Triton's config names the version policy in force: ap's own, ld the global
+policy=$(curl -sf "$URL/v2/models/ap/config" | jq -c .version_policy)
+[ "$policy" = '{"specific":{"versions":[2,3]}}' ] || fail "ap's config version_policy: $policy (serve.conf: specific:2,3)"
+policy=$(curl -sf "$URL/v2/models/ld/config" | jq -c .version_policy)
+[ "$policy" = '{"latest":{"num_versions":1}}' ] || fail "ld's config version_policy: $policy (global: latest:1)"
 { is_state ld 1 READY && is_state ap 3 READY && is_state ap 2 READY && [ -z "$(state ap 1)" ]; } ||
   fail "index: $(index)"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/ap/unload")
