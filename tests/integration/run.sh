@@ -38,6 +38,11 @@ got=$(curl -sf -H 'Content-Type: image/png' --data-binary @"$IMG" \
 d=$(maxdiff "$(jq -c '.predictions[0].logits' <<<"$got")" "$expect")
 close_enough "$d" || fail "raw PNG logits differ from the CLI by $d"
 [ "$(jq '.predictions[0].top | length' <<<"$got")" = 3 ] || fail "top_k=3 not honoured"
+# the answer's shape as README's API section states it, field by field
+shape='[(keys), (.predictions[0] | keys), (.predictions[0].top[0] | keys), (.timing_ms | keys)]'
+[ "$(jq -c "$shape" <<<"$got")" = \
+  '[["model","predictions","timing_ms"],["logits","resolution","top"],["index","label","score"],["compute","queue","total"]]' ] ||
+  fail "v1 answer's fields differ from README's API section: $got"
 echo "ok raw PNG classify matches CLI (max diff $d)"
 
 # 2. mixed resolutions at once (JSON API): each equals the CLI at its size
@@ -100,7 +105,13 @@ printf '{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [2], "data"
   "outputs": [{"name": "logits", "parameters": {"classification": 2}}]}' "$B64" "$B64_2" > "$WORK/cls.json"
 got=$(curl -sf -H 'Content-Type: application/json' --data-binary @"$WORK/cls.json" "$URL/v2/models/$NAME/infer")
 [ "$(jq -c '.outputs[0].shape' <<<"$got")" = "[2,2]" ] || fail "classification shape: $got"
-jq -e '.outputs[0].data[0] | test("^[0-9.]+:[0-9]+:")' <<<"$got" >/dev/null || fail "classification strings: $got"
+jq -e '.outputs[0].data[0] | test("^[0-9.]+:[0-9]+:.")' <<<"$got" >/dev/null || fail "classification strings: $got"
+# at the request's level "classification" is ignored (README): raw logits
+printf '{"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": ["%s"]}],
+  "parameters": {"classification": 2}}' "$B64" > "$WORK/cls_req.json"
+got=$(curl -sf -H 'Content-Type: application/json' --data-binary @"$WORK/cls_req.json" "$URL/v2/models/$NAME/infer")
+[ "$(jq -c '[.outputs[0].datatype, .outputs[0].shape[0]]' <<<"$got")" = '["FP32",1]' ] ||
+  fail "request-level classification not ignored: $got"
 echo "ok v2 images + classification"
 
 # 4. error statuses, each with a message naming what is wrong
