@@ -25,6 +25,10 @@ P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
 C=$(curl -sf "$URL/v1/models" | jq -r '.models[0].channels')
 T=$(curl -sf "$URL/v1/models" | jq -r '.models[0].training_resolution')
 [ "$NAME" = "$(basename "$MODEL")" ] || fail "model name $NAME"
+# /v1/models' fields as README's API section names them
+[ "$(curl -sf "$URL/v1/models" | jq -c '.models[0] | [keys, (.resolutions | keys)]')" = \
+  '[["channels","labels","name","num_classes","patch_size","pe_type","resolutions","training_resolution"],["max_tokens","min","multiple_of"]]' ] ||
+  fail "/v1/models fields differ from README's API section: $(curl -sf "$URL/v1/models")"
 
 # max |a - b| over two JSON arrays of numbers
 maxdiff() { jq -n --argjson a "$1" --argjson b "$2" \
