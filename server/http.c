@@ -1095,7 +1095,11 @@ static void route(http_request *r, struct MHD_Connection *c) {
          * each version while they read it.) */
         int st = 0;
         r->mv = repository_acquire(s->p.repo, name, name_len, version, &st, err, sizeof(err));
-        if (!r->mv) {
+        /* the list of models is not the default model's: with it not
+         * ready (explicit mode before a load, model-name not loaded) the
+         * others are listed still, or none (as /v2/models/stats does) */
+        int listing = r->endpoint == ENDPOINT_V1_MODELS && st == 503;
+        if (!r->mv && !listing) {
             if (strcmp(rest ? rest : "", "/ready") == 0 && st == 503 && method_fits(r, 0)) {
                 set_ready(r, 0);
                 return;

@@ -1196,9 +1196,9 @@ char *repository_v1_models_json(repository *r, const served_model *first) {
     pthread_mutex_lock(&r->lock);
     const proto_model **pms = malloc(sizeof(*pms) * (size_t)(r->nmodels + 1));
     int n = 0;
-    if (pms) pms[n++] = &first->pm;
+    if (pms && first) pms[n++] = &first->pm;
     for (int i = 0; pms && i < r->nmodels; i++)
-        if (r->models[i].nserving && strcmp(r->models[i].name, first->name) != 0)
+        if (r->models[i].nserving && (!first || strcmp(r->models[i].name, first->name) != 0))
             pms[n++] = &r->models[i].serving[r->models[i].nserving - 1]->pm;
     /* under the lock: no version is retired while its metadata is read */
     char *json = pms ? v1_models_json(pms, n) : NULL;

@@ -113,9 +113,9 @@ void repository_retain(repository *r, served_model *m);
 char *repository_model_json(repository *r, const served_model *m);
 
 /* GET /v1/models: `first` (held: the default model, what /v1/classify
- * serves and the console shows), then every other model with a ready
- * version, by name, as its highest ready version describes it (malloc'd
- * JSON, NULL when out of memory). */
+ * serves and the console shows; NULL when it is not ready), then every
+ * other model with a ready version, by name, as its highest ready version
+ * describes it (malloc'd JSON, NULL when out of memory). */
 char *repository_v1_models_json(repository *r, const served_model *first);
 
 /* SIGHUP: rescan at once (async). */

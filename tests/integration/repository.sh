@@ -286,9 +286,15 @@ timeout 60 "$SERVE" --model-repository "$REPO" --model-control-mode explicit --l
 grep -q 'load-model: model-repository .* has no model "lx" (models there: ap ld)' "$WORK/absent.log" ||
   fail "load-model naming an absent model: $(tail -3 "$WORK/absent.log")"
 grep -q "version 1 ready" "$WORK/absent.log" && fail "a model loaded before the absent one was refused"
-# (empty names in the list are skipped; part 8 loads with '*')
-MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ',ld,' --access-log off
+# (empty names in the list are skipped; part 8 loads with '*'); the
+# default model (model-name) is ap, not loaded at first
+MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ',ld,' \
+  --model-name ap --access-log off
 is_state ld 1 READY || fail "ld not loaded at start: $(index)"
+# /v1/models lists what serves while the default model does not (it was a
+# 503, "no model is loaded", with ld serving: the console had no model)
+[ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ld"]' ] ||
+  fail "/v1/models with the default model (ap) not loaded: $(curl -s -w ' %{http_code}' "$URL/v1/models")"
 [ "$(index | jq -r '.[] | select(.name == "ap") | .state')" = UNAVAILABLE ] || fail "ap loaded without asking: $(index)"
 [ "$(http_code "$URL/v2/models/ap")" = 404 ] || fail "ap routed before its load"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
@@ -330,6 +336,8 @@ client logits "$URL" ld "$SAMPLE" >"$WORK/fifo.ld" || fail "ld does not answer a
 same_logits "$WORK/ref.ld" "$WORK/fifo.ld" || fail "ld answers otherwise after the FIFO loads"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
+[ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ap","ld"]' ] ||
+  fail "/v1/models once the default model (ap) is loaded: $(curl -s "$URL/v1/models")"
 client logits "$URL" ap "$SAMPLE" >"$WORK/exp.ap"
 same_logits "$WORK/ref.ap" "$WORK/exp.ap" || fail "ap loaded explicitly answers unlike ap alone"
 # a request holds ap (its headers routed it, half its body sent) across the unload
