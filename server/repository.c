@@ -36,7 +36,7 @@ typedef struct {
     int version;
     int state;
     char reason[1024];
-    unsigned long long failed_signature; /* files of the last failed load: not retried unchanged */
+    unsigned long long failed_signature; /* files of the last failed load: a poll does not retry them */
 } version_status;
 
 typedef struct {
@@ -748,14 +748,19 @@ static const char *named_but_absent(const char *list, const candidate *c, int n,
  * (only: just that one), the versions its policy selects are loaded, or
  * reloaded when their files changed; versions no longer selected or no
  * longer there are retired. Models that left the repository are retired.
- * `want`: `only` is asked for (explicit mode's load). Returns 0, -1
+ * `want`: `only` is asked for (explicit mode's load). `retry`: a load that
+ * failed is tried again on the same files (want, or SIGHUP: the operator
+ * asks, maybe having cured a passing cause: memory, threads, a file
+ * unreadable for a moment); a poll does not (it would fail the same load,
+ * log it and count it every repository-poll-s). Returns 0, -1
  * when `only` is not in the repository, -2 when it stopped short for
  * the daemon's stop (a load left undone, nothing retired), or -3 when the
  * repository's directory, or `only`'s, cannot be read (nothing done to
  * it; why in `failed`). A model whose directory cannot be read is kept as
  * it is. The first load that failed on this pass says why in `failed`
  * (when not NULL; empty if none did). */
-static int sync_models(repository *r, const char *only, int want, char *failed, size_t failed_len) {
+static int sync_models(repository *r, const char *only, int want, int retry, char *failed,
+                       size_t failed_len) {
     candidate *c;
     if (failed) failed[0] = '\0';
     int n = scan(r, &c);
@@ -815,7 +820,7 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
             for (int k = i; e && k < j; k++) {
                 unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
                 version_status *vs = get_status(e, c[k].version);
-                if (!vs || (vs->failed_signature == sig && !want)) continue; /* said already */
+                if (!vs || (vs->failed_signature == sig && !retry)) continue; /* said already */
                 set_status(e, c[k].version,
                            serving_version(e, c[k].version) ? MODEL_READY : MODEL_UNAVAILABLE, err);
                 vs->failed_signature = sig;
@@ -823,7 +828,7 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
             }
             if (counted) e->failures++;
             pthread_mutex_unlock(&r->lock);
-            log_event("error", "model %s failed to load: %s", name, err);
+            if (counted) log_event("error", "model %s failed to load: %s", name, err);
             if (failed && !failed[0]) snprintf(failed, failed_len, "%.900s", err);
             i = j;
             continue;
@@ -837,10 +842,10 @@ static int sync_models(repository *r, const char *only, int want, char *failed, 
             served_model *s = e ? serving_version(e, c[k].version) : NULL;
             unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
             int fresh = s && s->signature == sig;
-            /* a load that failed is not retried on the same files (a poll
-             * would fail it again every repository-poll-s), unless asked */
+            /* a load that failed is not retried on the same files unless
+             * asked (`retry`) */
             version_status *vs = e ? get_status(e, c[k].version) : NULL;
-            int failed_before = !want && vs && vs->failed_signature == sig;
+            int failed_before = !retry && vs && vs->failed_signature == sig;
             /* a stop waits for the load under way, not for the rest, and
              * retires nothing: the versions the files select were not all
              * loaded (a serving z/1 would go for a z/2 never loaded) */
@@ -921,7 +926,7 @@ static void run_request(repository *r, control_req *q) {
     if (q->load) {
         model_entry *e;
         char failed[1024];
-        int synced = sync_models(r, q->name, 1, failed, sizeof(failed));
+        int synced = sync_models(r, q->name, 1, 1, failed, sizeof(failed));
         if (synced == -2) {
             status = 503;
             snprintf(msg, sizeof(msg), "the load of \"%s\" was cut short: server is shutting down", q->name);
@@ -990,11 +995,13 @@ static void *control_main(void *arg) {
         }
         int64_t now = monotonic_ns();
         if (r->rescan || (poll_mode && now >= next_poll)) {
-            int asked = r->rescan; /* SIGHUP: its end is logged (a poll's is not: one a poll-s) */
+            /* SIGHUP: failed loads are tried again, and its end is logged
+             * (a poll does neither: it comes every repository-poll-s) */
+            int asked = r->rescan;
             r->rescan = 0;
             r->busy = 1;
             pthread_mutex_unlock(&r->lock);
-            sync_models(r, NULL, 0, NULL, 0);
+            sync_models(r, NULL, 0, asked, NULL, 0);
             if (asked) log_event("info", "rescan done");
             pthread_mutex_lock(&r->lock);
             r->busy = 0;
@@ -1082,7 +1089,7 @@ int repository_start(repository *r, char *err, size_t errlen) {
         pthread_mutex_unlock(&r->lock);
         if (n > 0) free(c);
     }
-    if (sync_models(r, NULL, 0, NULL, 0) == -3) { /* nothing to serve from: not a start */
+    if (sync_models(r, NULL, 0, 0, NULL, 0) == -3) { /* nothing to serve from: not a start */
         snprintf(err, errlen, "model-repository: cannot read %s: %s", cfg->model_repository, r->root_error);
         return -1;
     }

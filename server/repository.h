@@ -118,7 +118,8 @@ char *repository_model_json(repository *r, const served_model *m);
  * describes it (malloc'd JSON, NULL when out of memory). */
 char *repository_v1_models_json(repository *r, const served_model *first);
 
-/* SIGHUP: rescan at once (async). */
+/* SIGHUP: rescan at once (async); a load that failed is tried again on
+ * the same files (a poll's rescan leaves it until they change). */
 void repository_rescan(repository *r);
 
 /* POST /v2/repository/models/<m>/load or /unload. Returns 0 when queued:

@@ -10,11 +10,15 @@
 #      it is ready and a SIGHUP rescans.
 #   3. Threads refused at run time: a model added to the repository fails to
 #      load naming why (its state and reason in the index), the model
-#      already loaded serves on, and the new one loads once threads start
-#      (and its files change: a failed load is not retried on the same ones).
+#      already loaded serves on, and the new one loads at the next SIGHUP
+#      once threads start (its files unchanged: a SIGHUP retries a failed
+#      load, as an operator who cured its cause asks).
 #   4. Standard descriptors closed at exec (`<&- >&- 2>&-`): each is
 #      /dev/null in the daemon, never its listening socket (descriptor 2
 #      was, and every log line a write() on it).
+#   5. Memory refused to a load at run time (RLIMIT_AS at the daemon's
+#      size): a model added to the repository fails to load, the one loaded
+#      serves on; the limit raised, a SIGHUP loads it (files unchanged).
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -108,14 +112,13 @@ sys.exit(not (b["state"] == "UNAVAILABLE" and sys.argv[2] in b["reason"]))' "$in
   fail "model b without threads: not UNAVAILABLE naming '$why': $index"
 logits a || fail "model a stopped answering when b could not start its threads"
 rm "$NO_THREADS"
-# a load that failed is retried on changed files (or an explicit load), not
-# on the same ones (repository.c, sync_models)
-touch "$WORK/repo/b/1/config.json"
+# the cause cured, a SIGHUP retries the failed load on the same files (a
+# poll would not: repository.c, sync_models)
 kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 2 || fail "no second rescan"
-logits b || fail "model b does not load once threads start again (and its files changed)"
+logits b || fail "model b does not load at a SIGHUP once threads start again (its files unchanged)"
 stop_daemon
-echo "ok threads refused at run time: b UNAVAILABLE naming why, a serves on, b loads later"
+echo "ok threads refused at run time: b UNAVAILABLE naming why, a serves on, b loads at the next SIGHUP"
 
 # --- 4. standard descriptors closed at exec ------------------------------------
 PORT=$(free_port)
@@ -132,5 +135,33 @@ kill -TERM "$DAEMON_PID"
 wait_exit 60
 [ "$EXIT_CODE" = 0 ] || fail "exit $EXIT_CODE after SIGTERM with descriptors 0, 1, 2 closed"
 echo "ok descriptors 0, 1, 2 closed at exec: /dev/null in the daemon, ready, exit 0"
+
+# --- 5. memory refused to a load at run time --------------------------------------
+if [ "$sanitized" = 1 ]; then
+  echo "skip RLIMIT_AS on a load: a sanitizer build (its shadow memory is terabytes of address space)"
+else
+  rm -rf "$WORK/repo"
+  mkdir -p "$WORK/repo/a" "$WORK/repo/b"
+  ln -s "$MODEL" "$WORK/repo/a/1"
+  MODEL='' start_daemon --model-repository "$WORK/repo" --access-log off
+  logits a || fail "model a does not answer"
+  # 4 MiB over its size: room for the scan, not for a worker's stack (8 MiB)
+  vm_kib=$(awk '/^VmSize/ { print $2 }' "/proc/$DAEMON_PID/status")
+  prlimit --pid "$DAEMON_PID" --as=$(((vm_kib + 4096) * 1024)):
+  ln -s "$MODEL" "$WORK/repo/b/1"
+  kill -HUP "$DAEMON_PID"
+  poll 30 rescans_done 1 || fail "no rescan after SIGHUP under RLIMIT_AS"
+  prlimit --pid "$DAEMON_PID" --as=unlimited:
+  index=$(curl -s --max-time 10 -X POST "$URL/v2/repository/index")
+  "$PY" -c 'import json, sys; b = [m for m in json.loads(sys.argv[1]) if m["name"] == "b"][0]
+sys.exit(not (b["state"] == "UNAVAILABLE" and b["reason"]))' "$index" ||
+    fail "model b under RLIMIT_AS at the daemon's size: not UNAVAILABLE with a reason: $index"
+  logits a || fail "model a stopped answering when b's load was refused memory"
+  kill -HUP "$DAEMON_PID"
+  poll 30 rescans_done 2 || fail "no second rescan"
+  logits b || fail "model b does not load at a SIGHUP once RLIMIT_AS is raised (its files unchanged)"
+  stop_daemon
+  echo "ok memory refused to a load: b UNAVAILABLE, a serves on, b loads at the SIGHUP after the limit is raised"
+fi
 
 echo "oslimits.sh: all passed"

@@ -13,10 +13,13 @@
 #     keeps 4 connections busy throughout: zero failed requests, answers
 #     of the old model and then of the new. Then a corrupt checkpoint:
 #     the new one goes on serving, the index gives the reason, the
-#     failure counter counts it; still zero failed requests.
+#     failure counter counts it; a SIGHUP on the same corrupt files tries
+#     the load again (counted, logged); still zero failed requests.
 #  4. A version change under poll: <name>/2 appears beside <name>/1 while
 #     the load runs (latest:1): version 2 serves, version 1 is unloaded,
-#     zero failed requests. load/unload are refused in poll mode.
+#     zero failed requests. load/unload are refused in poll mode. A
+#     corrupt checkpoint under poll fails once: the polls after it do not
+#     load the unchanged files again.
 #  5. Explicit mode: only --load-model at start; load and unload through
 #     the API (a serve.conf with a daemon-only key: the load fails naming
 #     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
@@ -59,7 +62,10 @@ load_start() {
   local name=$1 tag=$2
   shift 2
   rm -f "$WORK/stop.$tag"
-  client load "$URL" "$name" "$SAMPLE" "$WORK/stop.$tag" "$WORK/load.$tag.json" "$@" &
+  # (python itself in the background, not a subshell running client(): the
+  # exit trap's kill -9 reached only the subshell, and a client left behind
+  # when a check failed spun on refused connections for good)
+  "$PY" "$CLIENT" load "$URL" "$name" "$SAMPLE" "$WORK/stop.$tag" "$WORK/load.$tag.json" "$@" &
   OTHER_PIDS+=($!)
 }
 load_stop() {
@@ -232,11 +238,17 @@ poll 60 load_failures_are ld 1 ||
 reason=$(index | jq -r '.[] | select(.name == "ld" and .version == "1") | .reason')
 { [ -n "$reason" ] && [ "$(state ld 1)" = READY ]; } || fail "index after a corrupt checkpoint: $(index)"
 poll 10 log_has "model ld version 1 failed to load (the loaded copy goes on serving)" || fail "corrupt load not logged"
-# the same corrupt files at the next rescan: not loaded (and counted) again
+# the same corrupt files at the next SIGHUP: tried again (the operator asks:
+# the cause may have been a passing one), counted and logged again, the
+# loaded copy still serving (a poll leaves them: part 4)
 poll 30 rescans_done 2 || fail "no 'rescan done' after the second SIGHUP"
 kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 3 || fail "no 'rescan done' after the third SIGHUP"
-load_failures_are ld 1 || fail "unchanged corrupt files loaded again: $(metric comrope_model_load_failures_total)"
+load_failures_are ld 2 ||
+  fail "unchanged corrupt files not tried again on SIGHUP: $(metric comrope_model_load_failures_total)"
+[ "$(grep -c 'model ld version 1 failed to load (the loaded copy goes on serving)' "$LOG")" = 2 ] ||
+  fail "the retried corrupt load not logged again"
+[ "$(state ld 1)" = READY ] || fail "index after the retried corrupt load: $(index)"
 client logits "$URL" ld "$SAMPLE" >"$WORK/kept"
 same_logits "$WORK/ref.ap" "$WORK/kept" || fail "the corrupt checkpoint changed the answers"
 load_stop reload
@@ -269,6 +281,23 @@ load_stop poll
 { [ "$(load_field poll '.matched[0]')" -ge 1 ] && [ "$(load_field poll '.matched[1]')" -ge 1 ] &&
   [ "$(load_field poll .other)" = 0 ]; } || fail "answers not version 1 then 2: $(cat "$WORK/load.poll.json")"
 echo "ok version change under poll: $(load_field poll .requests) requests, 0 failed"
+# A corrupt checkpoint under poll: it fails once, and the polls after it do
+# not load (log, count) the same files again every repository-poll-s. A
+# model w added after the failure was counted is loaded by a later poll,
+# which sees v (sorted first) before w: once w is ready, a poll has passed
+# over v's unchanged files.
+head -c 1000 "$AP/model.safetensors" >"$WORK/corrupt"
+replace "$REPO/v/2/model.safetensors" "$WORK/corrupt"
+poll 60 load_failures_are v 1 || fail "no load failure counted for the corrupt checkpoint under poll"
+copy_model "$LD" "$REPO/w"
+poll 60 is_state w 1 READY || fail "model w never loaded under poll: $(index)"
+load_failures_are v 1 ||
+  fail "a poll loaded unchanged corrupt files again: $(metric comrope_model_load_failures_total)"
+[ "$(grep -c 'model v version 2 failed to load' "$LOG")" = 1 ] || fail "a poll logged the same failed load again"
+[ "$(state v 2)" = READY ] || fail "index after the corrupt checkpoint under poll: $(index)"
+client logits "$URL" v "$SAMPLE" >"$WORK/kept_poll"
+same_logits "$WORK/ref.ap" "$WORK/kept_poll" || fail "the corrupt checkpoint under poll changed v's answers"
+echo "ok a poll does not retry a failed load on unchanged files (a SIGHUP does: part 3)"
 stop_daemon
 
 # --- 5. explicit: load, unload with a request in flight --------------------------------
@@ -341,7 +370,7 @@ is_state ap 1 READY || fail "ap not READY after its load: $(index)"
 client logits "$URL" ap "$SAMPLE" >"$WORK/exp.ap"
 same_logits "$WORK/ref.ap" "$WORK/exp.ap" || fail "ap loaded explicitly answers unlike ap alone"
 # a request holds ap (its headers routed it, half its body sent) across the unload
-client partial 127.0.0.1 "$PORT" ap "$SAMPLE" "$WORK/go" "$WORK/partial.json" &
+"$PY" "$CLIENT" partial 127.0.0.1 "$PORT" ap "$SAMPLE" "$WORK/go" "$WORK/partial.json" &
 OTHER_PIDS+=($!)
 poll 30 test -e "$WORK/partial.json.sent" || fail "the partial request was not sent"
 poll 30 receiving || fail "the partial request is not being received"
