@@ -451,7 +451,9 @@ static void *reaper_main(void *arg) {
     return NULL;
 }
 
-batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, char *err, size_t errlen) {
+batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, int *thread_error, char *err,
+                     size_t errlen) {
+    if (thread_error) *thread_error = 0;
     batcher *b = calloc(1, sizeof(*b));
     if (!b) {
         snprintf(err, errlen, "out of memory");
@@ -486,6 +488,7 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, c
         int rc = pthread_create(&w->thread, NULL, worker_main, w);
         if (rc) {
             snprintf(err, errlen, "cannot start worker thread %d: %s", i, strerror(rc));
+            if (thread_error) *thread_error = rc;
             goto fail;
         }
         w->started = 1;
@@ -493,6 +496,7 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, c
     int rc = pthread_create(&b->reaper, NULL, reaper_main, b);
     if (rc) {
         snprintf(err, errlen, "cannot start the deadline thread: %s", strerror(rc));
+        if (thread_error) *thread_error = rc;
         goto fail;
     }
     b->reaper_started = 1;

@@ -79,8 +79,12 @@ typedef struct {
 } batcher_params;
 
 /* Starts the workers and the reaper; its batches and queue waits count in
- * mx (its model version's series). Returns NULL with a message. */
-batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, char *err, size_t errlen);
+ * mx (its model version's series). Returns NULL with a message; then
+ * *thread_error (when not NULL) is pthread_create's error if one of its
+ * threads could not start (the OS refused it: waiting may cure that), else
+ * 0. */
+batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, int *thread_error, char *err,
+                     size_t errlen);
 
 /* Every forward of this batcher's workers passes `gate` (gate.h: the CPU
  * budget shared with other models). Before the first submission. */

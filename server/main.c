@@ -22,9 +22,11 @@
  * listening socket and STOPPING=1 opens the drain (notify.h).
  * Exit status: 0 stopped after a drain, 1 a bad model or start-up error
  * (or a second signal), 2 a bad setting, 3 the HTTP side cannot start
- * (the port is taken, the address is not local, its threads are refused):
- * the start-up failures that waiting may cure, so the systemd unit
- * restarts on 3 and not on 1 or 2. */
+ * (the port is taken, the address is not local) or the OS refused a
+ * thread (HTTP, the model's workers, the model control thread: past
+ * RLIMIT_NPROC or pids.max, which other processes' exits free): the
+ * start-up failures that waiting may cure, so the systemd unit restarts
+ * on 3 and not on 1 or 2. */
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -54,8 +56,9 @@
 
 extern char **environ;
 
-/* http_start failed: the one start-up failure worth a retry (main's comment). */
-#define EXIT_CANNOT_LISTEN 3
+/* The HTTP side cannot start, or the OS refused a thread: the start-up
+ * failures worth a retry (main's comment). */
+#define EXIT_WAITING_MAY_CURE 3
 
 /* How long an exit waits for the log's writer to write out its buffer
  * (log.h). A reader that reads takes the whole 1 MiB in milliseconds (a
@@ -277,7 +280,7 @@ int main(int argc, char **argv) {
     if (!http) {
         log_event("error", "%s", err);
         notify_status("%s", err);
-        rc = EXIT_CANNOT_LISTEN;
+        rc = EXIT_WAITING_MAY_CURE;
         goto cleanup;
     }
     if (cfg.metrics_port) log_event("info", "metrics on %s:%d", cfg.host, http_metrics_port(http));
@@ -291,6 +294,7 @@ int main(int argc, char **argv) {
     if (started) {
         log_event("error", "%s", err);
         if (started == -2) rc = 2;
+        if (started == -3) rc = EXIT_WAITING_MAY_CURE;
         goto cleanup;
     }
     int status = 0;

@@ -37,6 +37,7 @@ typedef struct {
     int state;
     char reason[1024];
     unsigned long long failed_signature; /* files of the last failed load: a poll does not retry them */
+    int thread_refused;                  /* the last failed load: the OS refused it a thread */
 } version_status;
 
 typedef struct {
@@ -550,8 +551,11 @@ static void free_served(served_model *m) {
     free(m);
 }
 
-static served_model *load_version(repository *r, const candidate *c, const server_config *settings, char *err,
-                                  size_t errlen) {
+/* *thread_refused: set when the load failed because the OS refused one of
+ * its threads (batcher_new). */
+static served_model *load_version(repository *r, const candidate *c, const server_config *settings,
+                                  int *thread_refused, char *err, size_t errlen) {
+    *thread_refused = 0;
     served_model *m = calloc(1, sizeof(*m));
     if (!m) {
         snprintf(err, errlen, "out of memory");
@@ -629,9 +633,11 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    m->batcher = batcher_new(vm, m->series, bp, why, sizeof(why));
+    int thread_error;
+    m->batcher = batcher_new(vm, m->series, bp, &thread_error, why, sizeof(why));
     if (!m->batcher) {
         snprintf(err, errlen, "%s", why);
+        *thread_refused = thread_error != 0;
         goto fail;
     }
     batcher_set_gate(m->batcher, r->gate);
@@ -673,7 +679,8 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     pthread_mutex_unlock(&r->lock);
     log_event("info", "%s model %s version %d from %s", reload ? "reloading" : "loading", c->name, c->version,
               c->dir);
-    served_model *m = load_version(r, c, settings, err, sizeof(err));
+    int thread_refused;
+    served_model *m = load_version(r, c, settings, &thread_refused, err, sizeof(err));
     pthread_mutex_lock(&r->lock);
     e = get_entry(r, c->name);
     int rc = -1;
@@ -686,7 +693,10 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
         e->failures++;
         set_status(e, c->version, reload ? MODEL_READY : MODEL_UNAVAILABLE, err);
         version_status *vs = get_status(e, c->version);
-        if (vs) vs->failed_signature = files_signature(c->dir, c->model_dir);
+        if (vs) {
+            vs->failed_signature = files_signature(c->dir, c->model_dir);
+            vs->thread_refused = thread_refused;
+        }
     }
     pthread_mutex_unlock(&r->lock);
     if (rc) {
@@ -1095,20 +1105,21 @@ int repository_start(repository *r, char *err, size_t errlen) {
     }
     pthread_mutex_lock(&r->lock);
     r->started = 1;
-    int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0);
+    int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0), thread_refused = 0;
     if (failed) {
-        const char *why = r->nmodels && r->models[0].nstatus ? r->models[0].status[0].reason : "not loaded";
-        snprintf(err, errlen, "%s", why);
+        const version_status *vs = r->nmodels && r->models[0].nstatus ? &r->models[0].status[0] : NULL;
+        snprintf(err, errlen, "%s", vs ? vs->reason : "not loaded");
+        thread_refused = vs && vs->thread_refused;
     }
     pthread_mutex_unlock(&r->lock);
-    if (failed) return -1;
+    if (failed) return thread_refused ? -3 : -1;
     /* Without it SIGHUP and poll would change nothing, silently, and a load
      * request would be told "shutting down": a start under a thread limit
      * (RLIMIT_NPROC, pids.max) went on so. A start-up failure instead. */
     int rc = pthread_create(&r->thread, NULL, control_main, r);
     if (rc) {
         snprintf(err, errlen, "cannot start the model control thread: %s", strerror(rc));
-        return -1;
+        return -3;
     }
     r->thread_started = 1;
     return 0;

@@ -78,11 +78,12 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
 
 /* The start-up load, on the calling thread (main: never an HTTP one):
  * none and poll load every model of the repository, explicit those of
- * load-model. Then starts the control thread. Returns 0, or -1 when
- * `--model` was given and that model failed to load, or when the control
- * thread cannot start (the message in err): the daemon exits then; -2
- * when load-model names a model the repository does not have (a setting's
- * error: main exits 2). */
+ * load-model. Then starts the control thread. Returns 0, or (the message
+ * in err; the daemon exits then) -1 when `--model` was given and that
+ * model failed to load; -2 when load-model names a model the repository
+ * does not have (a setting's error: main exits 2); -3 when the OS refused
+ * a thread: the control thread, or a worker of `--model` (RLIMIT_NPROC,
+ * pids.max; waiting may cure it, as for the HTTP threads: main exits 3). */
 int repository_start(repository *r, char *err, size_t errlen);
 
 /* Ready (overall): the start-up load is done and every model in the

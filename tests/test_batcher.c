@@ -121,7 +121,7 @@ static batcher_params test_params(void) {
 
 static batcher *start_batcher(batcher_params p) {
     char err[256];
-    batcher *b = batcher_new(model, mx, p, err, sizeof(err));
+    batcher *b = batcher_new(model, mx, p, NULL, err, sizeof(err));
     ck_assert_msg(b != NULL, "%s", err);
     return b;
 }

@@ -5,9 +5,9 @@
 #      are answered 200 or with a JSON error (never an empty body), the
 #      daemon lives, and serves again once the limit is raised.
 #   2. Threads refused at start (pthread_create EAGAIN, as past RLIMIT_NPROC
-#      or pids.max), at each thread the daemon starts in turn: it exits
-#      non-zero naming why (never as "cannot listen": the port is free), or
-#      it is ready and a SIGHUP rescans.
+#      or pids.max), at each thread the daemon starts in turn: it exits 3
+#      (waiting may cure it) naming why (never as "cannot listen": the port
+#      is free), or it is ready and a SIGHUP rescans.
 #   3. Threads refused at run time: a model added to the repository fails to
 #      load naming why (its state and reason in the index), the model
 #      already loaded serves on, and the new one loads at the next SIGHUP
@@ -80,9 +80,16 @@ for ((n = 0; n < 60; n++)); do
     EXIT_CODE=0
     wait "$DAEMON_PID" || EXIT_CODE=$?
     DAEMON_PID=
-    [ "$EXIT_CODE" != 0 ] || fail "$n threads allowed: exit 0 before ready"
     log_has "$why" || fail "$n threads allowed: exit $EXIT_CODE without saying why: $(tail -1 "$LOG")"
     log_has "cannot listen" && fail "$n threads allowed: a thread refused was told as the port: $(tail -1 "$LOG")"
+    # 3 whichever of the daemon's threads it was (HTTP, worker, control):
+    # waiting may cure it, and the systemd unit restarts on 3, not on 1
+    # (a worker's or the control thread's was 1, an HTTP thread's 3). Not
+    # ours: OpenBLAS's own pool, started when the library loads (before
+    # main; the deployments set OPENBLAS_NUM_THREADS=1), raises SIGINT
+    # when refused (130), which systemd restarts too.
+    if [ "$EXIT_CODE" = 130 ] && log_has 'OpenBLAS blas_thread_init'; then continue; fi
+    [ "$EXIT_CODE" = 3 ] || fail "$n threads allowed: exit $EXIT_CODE, not 3: $(tail -1 "$LOG")"
     continue
   fi
   kill -HUP "$DAEMON_PID"
@@ -91,7 +98,7 @@ for ((n = 0; n < 60; n++)); do
   break
 done
 [ "$n" -lt 60 ] || fail "never ready with 60 threads"
-echo "ok threads refused at start: each of the first $n thread starts refused, exit non-zero naming why; then ready, rescans"
+echo "ok threads refused at start: each of the first $n thread starts refused, exit 3 naming why; then ready, rescans"
 
 # --- 3. threads refused at run time ---------------------------------------------
 mkdir -p "$WORK/repo/a" "$WORK/repo/b"
