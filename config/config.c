@@ -117,6 +117,19 @@ const config_option config_options[] = {
      .default_value = "",
      .help = "file of bearer tokens, one per line (`#` comment lines); a file that cannot be read or holds "
              "no token stops the start; empty: no auth"},
+    {.name = "tls-cert-file",
+     .type = CONFIG_STRING,
+     .offset = OFF(tls_cert_file),
+     .size = SIZE(tls_cert_file),
+     .default_value = "",
+     .help = "PEM certificate (chain) for HTTPS on port and metrics-port, with tls-key-file (README "
+             "\"HTTPS\"); empty: plain HTTP"},
+    {.name = "tls-key-file",
+     .type = CONFIG_STRING,
+     .offset = OFF(tls_key_file),
+     .size = SIZE(tls_key_file),
+     .default_value = "",
+     .help = "PEM private key (unencrypted) of tls-cert-file's certificate"},
     {.name = "max-batch-size",
      .type = CONFIG_INT,
      .offset = OFF(max_batch_size),
@@ -716,6 +729,13 @@ int config_load(server_config *cfg, int argc, char **argv, char **envp, char *er
         (!strcmp(isa, "avx2") || !strcmp(isa, "scalar"))) {
         snprintf(err, errlen, "precision bf16 needs isa avx512 or auto, not %s (use precision auto or fp32)",
                  isa);
+        goto cleanup;
+    }
+    /* one of the pair alone would serve plain HTTP where HTTPS was meant */
+    if (!cfg->tls_cert_file[0] != !cfg->tls_key_file[0]) {
+        snprintf(err, errlen, "%s is set but %s is not: HTTPS needs both (or neither, for plain HTTP)",
+                 cfg->tls_cert_file[0] ? "tls-cert-file" : "tls-key-file",
+                 cfg->tls_cert_file[0] ? "tls-key-file" : "tls-cert-file");
         goto cleanup;
     }
     rc = action;

@@ -31,8 +31,11 @@ typedef struct {
     int metrics_open;                   /* 1: /metrics needs no token even with api-key-file */
     char config[CONFIG_PATH_MAX];       /* the config file read, "" if none */
     char api_key_file[CONFIG_PATH_MAX]; /* "" = no auth */
-    int max_batch_size;                 /* images per executed batch */
-    int max_batch_tokens;               /* tokens per executed batch */
+    /* HTTPS (server/tls.h): both set, or neither (plain HTTP) */
+    char tls_cert_file[CONFIG_PATH_MAX];
+    char tls_key_file[CONFIG_PATH_MAX];
+    int max_batch_size;   /* images per executed batch */
+    int max_batch_tokens; /* tokens per executed batch */
     int max_queue_delay_us;
     int max_queue_size;    /* requests waiting; more -> 503 */
     int max_queue_wait_ms; /* oldest waiting longer -> 503; 0 = off */

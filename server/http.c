@@ -955,7 +955,22 @@ static void metrics_answer(http_request *r, int ready) {
     }
     memcpy(all + len, models, more);
     free(models);
-    set_answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", all, len + more, 0);
+    len += more;
+    if (s->p.tls) { /* the served certificate's expiry and reload failures */
+        char *tls = tls_metrics(s->p.tls, &more);
+        char *grown = tls ? realloc(all, len + more) : NULL;
+        if (!grown) {
+            free(all);
+            free(tls);
+            set_error(r, 500, "out of memory");
+            return;
+        }
+        all = grown;
+        memcpy(all + len, tls, more);
+        free(tls);
+        len += more;
+    }
+    set_answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", all, len, 0);
 }
 
 /* The load or unload has run (control thread): resumes the connection. */
@@ -1620,6 +1635,14 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         snprintf(err, errlen, "host: \"%s\" is not an IPv4 or IPv6 address", cfg->host);
         return NULL;
     }
+    /* HTTPS: each handshake asks tls.c for the pair (tls.h: rotation). Not
+     * MHD_OPTION_HTTPS_MEM_CERT/KEY: with them libmicrohttpd ignores the
+     * callback, and a pair given once is served until a restart. */
+    struct MHD_OptionItem tls_options[] = {
+        {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_retrieve_cert},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (s->p.tls) flags |= MHD_USE_TLS;
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)port, conn_guard_accept, guard, handler, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         s, /* first: it applies to the options after it */
@@ -1632,7 +1655,8 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard, MHD_OPTION_URI_LOG_CALLBACK, request_line,
         NULL, MHD_OPTION_UNESCAPE_CALLBACK, url_unescape, NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_ARRAY,
+        s->p.tls ? tls_options : tls_options + 1, MHD_OPTION_END);
     /* EAGAIN is a pool thread refused (RLIMIT_NPROC, pids.max; libmicrohttpd
      * logs it just before), never a socket, bind or listen of its: it was
      * "cannot listen on HOST:PORT", and an operator would look at the port */
@@ -1670,6 +1694,10 @@ http_server *http_start(const http_params *p, char *err, size_t errlen) {
     conn_guard_params gp = {.max_connections = p->cfg->max_connections,
                             .max_per_client = p->cfg->max_connections_per_client,
                             .receive_timeout_ms = p->cfg->receive_timeout_s * 1000};
+    if (p->tls && MHD_is_feature_supported(MHD_FEATURE_HTTPS_CERT_CALLBACK) != MHD_YES) {
+        snprintf(err, errlen, "tls-cert-file: this libmicrohttpd was built without HTTPS (GnuTLS)");
+        goto fail;
+    }
     /* each daemon may hold max-connections sockets */
     if (conn_guard_reserve_fds(p->cfg->max_connections * (p->cfg->metrics_port ? 2 : 1), err, errlen))
         goto fail;

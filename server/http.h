@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "proto.h"
 #include "repository.h"
+#include "tls.h"
 
 typedef struct http_server http_server;
 
@@ -34,6 +35,7 @@ typedef struct {
     metrics *metrics;
     const char *build_version; /* the server's metadata */
     char **api_keys;           /* NULL-terminated; NULL: no auth */
+    tls_store *tls;            /* HTTPS on both ports; NULL: plain HTTP */
 } http_params;
 
 /* Starts listening. Returns NULL with a message (address in use, ...).

@@ -163,6 +163,7 @@ int main(int argc, char **argv) {
     metrics *mx = NULL;
     http_server *http = NULL;
     char **keys = NULL;
+    tls_store *tls = NULL;
 
     std_fds_open(); /* before anything opens a file or a socket */
     if (probe_take_flag(&argc, argv)) {
@@ -238,6 +239,13 @@ int main(int argc, char **argv) {
         return 2; /* a bad setting (deploy/README: 1 a bad model, 2 a bad setting) */
     }
 
+    /* HTTPS: a certificate or key that cannot be served is a bad setting */
+    if (cfg.tls_cert_file[0] && !(tls = tls_open(cfg.tls_cert_file, cfg.tls_key_file, err, sizeof(err)))) {
+        log_event("error", "%s", err);
+        rc = 2;
+        goto cleanup;
+    }
+
     if (!cfg.model[0] && !cfg.model_repository[0]) {
         if (model_path_default(dir, sizeof(dir), err, sizeof(err))) {
             log_event("error", "%s", err);
@@ -276,6 +284,7 @@ int main(int argc, char **argv) {
     }
     http_params hp = {
         .cfg = &cfg, .repo = repo, .metrics = mx, .build_version = COMROPE_VERSION, .api_keys = keys};
+    hp.tls = tls;
     http = http_start(&hp, err, sizeof(err));
     if (!http) {
         log_event("error", "%s", err);
@@ -361,6 +370,7 @@ int main(int argc, char **argv) {
 cleanup:
     if (repo && rc != 0) repository_stop(repo); /* answers a control request before http_stop */
     http_stop(http);
+    tls_close(tls); /* after the daemons: their sessions hold its pairs */
     repository_free(repo);
     metrics_free(mx);
     api_keys_free(keys);

@@ -349,10 +349,14 @@ START_TEST(flag_forms_are_equal) {
         snprintf(flag, sizeof(flag), "--%s", o->name);
         snprintf(joined, sizeof(joined), "--%s=%s", o->name, v);
         server_config a, b;
-        char *sep[] = {"x", flag, (char *)v, NULL};
-        char *one[] = {"x", joined, NULL};
-        ck_assert_int_eq(config_load(&a, 3, sep, none, err, sizeof(err)), CONFIG_RUN);
-        ck_assert_int_eq(config_load(&b, 2, one, none, err, sizeof(err)), CONFIG_RUN);
+        /* the TLS pair is set together or not at all: its partner comes along */
+        char *partner = !strcmp(o->name, "tls-cert-file")  ? "--tls-key-file=k"
+                        : !strcmp(o->name, "tls-key-file") ? "--tls-cert-file=c"
+                                                           : NULL;
+        char *sep[] = {"x", flag, (char *)v, partner, NULL};
+        char *one[] = {"x", joined, partner, NULL};
+        ck_assert_int_eq(config_load(&a, partner ? 4 : 3, sep, none, err, sizeof(err)), CONFIG_RUN);
+        ck_assert_int_eq(config_load(&b, partner ? 3 : 2, one, none, err, sizeof(err)), CONFIG_RUN);
         ck_assert_msg(memcmp(&a, &b, sizeof(a)) == 0, "--%s: the two forms differ", o->name);
     }
     unlink(path);
@@ -368,6 +372,12 @@ START_TEST(flag_slips_refused) {
     expect_refused(4, a2, none, "--api-key-file needs a value");
     char *a3[] = {"x", "--config", "/a", "--config=/b", NULL};
     expect_refused(4, a3, none, "--config is given twice");
+    /* one of the TLS pair alone would serve plain HTTP where HTTPS was meant */
+    char *t1[] = {"x", "--tls-cert-file", "/c.pem", NULL};
+    expect_refused(3, t1, none, "tls-cert-file is set but tls-key-file is not");
+    char *t2env[] = {"COMROPE_TLS_KEY_FILE=/k.pem", NULL};
+    char *t2[] = {"x", NULL};
+    expect_refused(1, t2, t2env, "tls-key-file is set but tls-cert-file is not");
     char *a4[] = {"x", "--port=", NULL};
     expect_refused(2, a4, none, "port");
     char *a5[] = {"x", "--bogus=1", NULL};

@@ -1,0 +1,35 @@
+/* tls.h: HTTPS (tls-cert-file, tls-key-file), the served certificate.
+ *
+ * Owns: reading and checking the PEM pair (the key matches the
+ * certificate) and handing it to each new TLS handshake through GnuTLS's
+ * certificate callback (MHD_OPTION_HTTPS_CERT_CALLBACK).
+ *
+ * One store per process: GnuTLS's callback takes no user pointer, so the
+ * store opened is the one the callback serves (both ports share it). */
+#ifndef COMROPE_TLS_H
+#define COMROPE_TLS_H
+
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
+#include <stddef.h>
+
+typedef struct tls_store tls_store;
+
+/* Reads and checks the pair. NULL with a message naming the file and what
+ * is wrong (unreadable, not PEM, a key that does not match). The key's PEM
+ * text is wiped once GnuTLS has parsed it. */
+tls_store *tls_open(const char *cert_file, const char *key_file, char *err, size_t errlen);
+
+/* Frees the pair: after the daemons have stopped. */
+void tls_close(tls_store *t);
+
+/* For MHD_OPTION_HTTPS_CERT_CALLBACK: serves the open store's current pair. */
+int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn, int nreqs,
+                      const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length, gnutls_pcert_st **pcert,
+                      unsigned int *pcert_length, gnutls_privkey_t *privkey);
+
+/* The Prometheus text of the served certificate's expiry (malloc'd, *len
+ * its length); NULL when out of memory. */
+char *tls_metrics(tls_store *t, size_t *len);
+
+#endif

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# tls.sh: HTTPS (tls-cert-file, tls-key-file; server/tls.h). With the
+# committed test CA (tests/fixtures/tls, made by its make.sh):
+#   - v1 classify, v2 infer and /metrics on the main port and on
+#     --metrics-port over https (curl trusts the test CA only); a plain
+#     HTTP request to the TLS port fails cleanly and the daemon serves on
+#   - connections that never complete a handshake are closed by the
+#     connection and receive timeouts
+#   - bad settings stop the start, exit 2, naming the file: one of the pair
+#     alone (flag and environment), a mismatched key, garbage PEM, a
+#     directory, a missing file
+#   - the expiry gauge is the served certificate's notAfter
+#   - --health-probe speaks TLS to the daemon
+#   - SIGTERM with an HTTPS request in flight: answered 200, exit 0
+# Usage: tls.sh [path/to/comrope-serve]
+set -euo pipefail
+SERVE=${1:-}
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+FIX=$ROOT/tests/fixtures/tls
+CLIENT=$ROOT/tests/integration/tls_client.py
+# every curl of this test (lib.sh's ready and metric too) trusts the test CA
+export CURL_CA_BUNDLE=$FIX/ca.pem
+
+# The served files as a Kubernetes Secret mounts them: live -> a data
+# directory, swapped atomically.
+mkdir "$WORK/d1" "$WORK/d2"
+cp "$FIX/server.pem" "$WORK/d1/cert.pem"
+cp "$FIX/server.key" "$WORK/d1/key.pem"
+cp "$FIX/server2.pem" "$WORK/d2/cert.pem"
+cp "$FIX/server2.key" "$WORK/d2/key.pem"
+ln -s d1 "$WORK/live"
+CERT=$WORK/live/cert.pem
+KEY=$WORK/live/key.pem
+
+# --- bad settings: exit 2, naming the file ---------------------------------
+refused() { # WHAT EXPECTED-TEXT ARGS...
+  local what=$1 want=$2 out rc=0
+  shift 2
+  out=$("$SERVE" --model "$MODEL" --host 127.0.0.1 --port 0 "$@" 2>&1) || rc=$?
+  [ "$rc" = 2 ] || fail "$what: exit $rc, not 2 ($out)"
+  grep -qF -- "$want" <<<"$out" || fail "$what: the message does not say \"$want\": $out"
+  echo "ok $what: exit 2, ${out#*error: }"
+}
+printf 'not a certificate\n' >"$WORK/garbage.pem"
+refused "tls-cert-file alone" "tls-cert-file is set but tls-key-file is not" --tls-cert-file "$CERT"
+out=$(COMROPE_TLS_KEY_FILE=$KEY "$SERVE" --port 0 2>&1) && fail "COMROPE_TLS_KEY_FILE alone started"
+grep -q "tls-key-file is set but tls-cert-file is not" <<<"$out" || fail "key alone: $out"
+echo "ok COMROPE_TLS_KEY_FILE alone refused"
+refused "a key that does not match" "$FIX/other.key" --tls-cert-file "$CERT" --tls-key-file "$FIX/other.key"
+refused "garbage as the certificate" "tls-cert-file: $WORK/garbage.pem: not a PEM certificate" \
+  --tls-cert-file "$WORK/garbage.pem" --tls-key-file "$KEY"
+refused "garbage as the key" "tls-key-file: $WORK/garbage.pem" --tls-cert-file "$CERT" \
+  --tls-key-file "$WORK/garbage.pem"
+refused "a directory as the certificate" "tls-cert-file: $FIX: is a directory" --tls-cert-file "$FIX" \
+  --tls-key-file "$KEY"
+refused "a missing key" "tls-key-file: $WORK/none.pem" --tls-cert-file "$CERT" --tls-key-file "$WORK/none.pem"
+"$SERVE" --tls-cert-file "$CERT" --tls-key-file "$KEY" --print-config | grep -qx "tls-cert-file \"$CERT\"" ||
+  fail "--print-config does not show tls-cert-file"
+
+# --- serving ------------------------------------------------------------------
+MPORT=$(free_port)
+launch_daemon --tls-cert-file "$CERT" --tls-key-file "$KEY" --metrics-port "$MPORT" \
+  --connection-timeout-s 2 --receive-timeout-s 2
+URL=https://127.0.0.1:$PORT
+poll 30 ready || fail "not ready over https in 30 s"
+MURL=https://127.0.0.1:$MPORT
+mmetric() { URL=$MURL metric "$@"; } # /metrics is on the metrics port
+
+code=$(http_code -H 'Content-Type: image/png' --data-binary "@$IMG" "$URL/v1/classify")
+[ "$code" = 200 ] || fail "v1 classify over https: $code"
+"$PY" - "$WORK/infer.json" <<'PY'
+import json, sys
+data = [0.5] * (3 * 16 * 16)
+json.dump({"inputs": [{"name": "pixel_values", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": data}]},
+          open(sys.argv[1], "w"))
+PY
+name=$(basename "$MODEL")
+code=$(http_code -H 'Content-Type: application/json' --data-binary "@$WORK/infer.json" \
+  "$URL/v2/models/$name/infer")
+[ "$code" = 200 ] || fail "v2 infer over https: $code"
+curl -sf --max-time 10 "$MURL/metrics" >"$WORK/metrics.txt" || fail "/metrics on the metrics port over https"
+grep -q '^comrope_requests_total{endpoint="v1_classify",code="200"' "$WORK/metrics.txt" ||
+  fail "the metrics port's /metrics lacks the classify"
+promtool check metrics <"$WORK/metrics.txt" >/dev/null 2>&1 || fail "promtool: $(promtool check metrics <"$WORK/metrics.txt" 2>&1)"
+[ "$(http_code "$URL/metrics")" = 404 ] || fail "/metrics on the main port with metrics-port set: not 404"
+echo "ok v1 classify, v2 infer and /metrics (metrics port, promtool clean) over https"
+# plain HTTP to the TLS port: no answer, the connection closed, the daemon serves on
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://127.0.0.1:$PORT/v2/health/ready" || true)
+[ "$code" = 000 ] || fail "plain HTTP to the TLS port got $code"
+ready || fail "not ready after a plain HTTP request"
+echo "ok plain HTTP to the TLS port fails cleanly; https served on"
+
+"$PY" "$CLIENT" stall "$PORT" 15 || fail "stalled handshakes"
+ready || fail "not ready after the stalled handshakes"
+
+# --- the served certificate -----------------------------------------------------
+read -r serial1 expiry1 < <("$PY" "$CLIENT" serial "$PORT" "$FIX/ca.pem")
+[ "$serial1" = 1001 ] || fail "served serial $serial1, not 1001"
+[ "$(mmetric comrope_tls_certificate_expiry_timestamp_seconds)" = "$expiry1" ] || fail "expiry gauge"
+echo "ok the served certificate's notAfter is comrope_tls_certificate_expiry_timestamp_seconds"
+
+# --- drain --------------------------------------------------------------------
+"$PY" "$CLIENT" drain "$PORT" "$MPORT" "$FIX/ca.pem" "$DAEMON_PID" "$LOG" "$IMG" || fail "drain over TLS"
+wait_exit 60
+[ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM"
+echo "PASS tls.sh"

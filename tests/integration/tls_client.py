@@ -1,0 +1,122 @@
+"""tls_client.py: the HTTPS cases of tests/integration/tls.sh that curl
+cannot express. Standard library only (ssl, socket, http.client). Each
+subcommand prints what it checked and exits 0, or prints FAIL: ... and
+exits 1.
+
+  tls_client.py serial PORT CA
+      Prints the serial number (hex) and notAfter (seconds since the epoch)
+      of the certificate a new TLS connection gets, verified against CA.
+  stall PORT SECONDS
+      Two connections that never complete a handshake: one silent, one
+      that sends the first bytes of a ClientHello and stops. Each must be
+      closed by the daemon (connection-timeout-s / receive-timeout-s)
+      within SECONDS.
+  drain PORT MPORT CA PID LOG BODY
+      An HTTPS request whose headers and half its PNG body are sent (and
+      seen received on MPORT's /metrics) before SIGTERM to PID; once LOG says the drain began, the rest is sent: it
+      must be answered 200.
+"""
+import http.client
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+
+
+def fail(msg):
+    print("FAIL: " + msg)
+    sys.exit(1)
+
+
+def context(ca):
+    ctx = ssl.create_default_context(cafile=ca)
+    return ctx
+
+
+def poll(what, cond, seconds=30):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    fail("timed out waiting for " + what)
+
+
+def serial(port, ca):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context(ca).wrap_socket(raw, server_hostname="localhost") as s:
+            cert = s.getpeercert()
+    print("%s %d" % (cert["serialNumber"], int(ssl.cert_time_to_seconds(cert["notAfter"]))))
+
+
+def stall(port, seconds):
+    # the first bytes of a TLS 1.2 ClientHello record: type 22, version, a length never met
+    for name, first in (("silent", b""), ("half a ClientHello", b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03")):
+        start = time.monotonic()
+        s = socket.create_connection(("127.0.0.1", port), timeout=seconds)
+        if first:
+            s.sendall(first)
+        try:
+            data = s.recv(4096)
+        except socket.timeout:
+            fail("%s connection still open after %s s" % (name, seconds))
+        except ConnectionResetError:
+            data = b""
+        s.close()
+        if data:
+            fail("%s connection got %r, not a close" % (name, data[:40]))
+        print("ok a %s connection that never completes the handshake closed after %.1f s"
+              % (name, time.monotonic() - start))
+
+
+def drain(port, mport, ca, pid, log, body_file):
+    with open(body_file, "rb") as f:
+        body = f.read()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+    u = context(ca).wrap_socket(raw, server_hostname="localhost")
+    u.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body))
+    half = len(body) // 2
+    u.sendall(body[:half])
+
+    def receiving():
+        c = http.client.HTTPSConnection("127.0.0.1", mport, timeout=10, context=context(ca))
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        c.close()
+        return any(line.startswith("comrope_receiving_requests ") and float(line.split()[1]) >= 1
+                   for line in text.splitlines())
+    poll("the daemon to receive the request", receiving)
+    os.kill(pid, signal.SIGTERM)
+
+    def draining():
+        with open(log) as f:
+            return "draining" in f.read()
+    poll("the drain to begin", draining)
+    u.sendall(body[half:])
+    resp = http.client.HTTPResponse(u)
+    resp.begin()
+    answer = resp.read()
+    u.close()
+    if resp.status != 200:
+        fail("HTTPS request arriving at SIGTERM: %d %r, not 200" % (resp.status, answer[:200]))
+    print("ok an HTTPS request whose body was arriving at SIGTERM answered 200")
+
+
+def main():
+    a = sys.argv
+    if len(a) == 4 and a[1] == "serial":
+        serial(int(a[2]), a[3])
+    elif len(a) == 4 and a[1] == "stall":
+        stall(int(a[2]), float(a[3]))
+    elif len(a) == 8 and a[1] == "drain":
+        drain(int(a[2]), int(a[3]), a[4], int(a[5]), a[6], a[7])
+    else:
+        print(__doc__)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
