@@ -122,8 +122,8 @@ const config_option config_options[] = {
      .offset = OFF(tls_cert_file),
      .size = SIZE(tls_cert_file),
      .default_value = "",
-     .help = "PEM certificate (chain) for HTTPS on port and metrics-port, with tls-key-file (README "
-             "\"HTTPS\"); empty: plain HTTP"},
+     .help = "PEM certificate (chain) for HTTPS on port and metrics-port, with tls-key-file; a changed pair "
+             "is served from the next handshake on (README \"HTTPS\"); empty: plain HTTP"},
     {.name = "tls-key-file",
      .type = CONFIG_STRING,
      .offset = OFF(tls_key_file),

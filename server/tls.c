@@ -1,12 +1,16 @@
-/* tls.c: the served certificate. See tls.h. */
+/* tls.c: the served certificate and its rotation. See tls.h. */
 #include "tls.h"
 
+#include <gnutls/crypto.h>
 #include <gnutls/x509.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 
@@ -18,22 +22,64 @@ typedef struct tls_pair {
     gnutls_pcert_st chain[TLS_MAX_CHAIN];
     unsigned int nchain;
     gnutls_privkey_t key;
-    time_t not_after; /* the leaf certificate's */
+    time_t not_after;         /* the leaf certificate's */
+    unsigned char digest[32]; /* SHA-256 of both files: an unchanged pair is not loaded twice */
+    struct tls_pair *older;   /* the pairs served before */
 } tls_pair;
+
+/* What identifies a file's content without reading it. */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    int missing;
+} file_id;
 
 struct tls_store {
     char cert_file[CONFIG_PATH_MAX], key_file[CONFIG_PATH_MAX];
-    tls_pair *current; /* the served pair */
+    pthread_mutex_t lock;
+    /* The served pair. A replaced one is kept until tls_close: GnuTLS keeps
+     * the pointers the callback returned for the session's handshake and
+     * does not say when it is done with them (needs_free is 0 for
+     * retrieve_function2). A pair is only added when the files' content
+     * differs from the served pair's, so this grows by one certificate per
+     * real rotation (a few KiB every few weeks). */
+    tls_pair *current;
+    file_id cert_id, key_id;     /* of the files as last looked at */
+    int64_t checked_ns;          /* monotonic time of the last look */
+    unsigned long long failures; /* replacements refused */
 };
 
 /* The open store (tls.h: GnuTLS's callback takes no user pointer). */
 static tls_store *served_store;
 
 static void pair_free(tls_pair *p) {
-    if (!p) return;
-    for (unsigned int i = 0; i < p->nchain; i++) gnutls_pcert_deinit(&p->chain[i]);
-    if (p->key) gnutls_privkey_deinit(p->key);
-    free(p);
+    while (p) {
+        tls_pair *older = p->older;
+        for (unsigned int i = 0; i < p->nchain; i++) gnutls_pcert_deinit(&p->chain[i]);
+        if (p->key) gnutls_privkey_deinit(p->key);
+        free(p);
+        p = older;
+    }
+}
+
+static void file_stat(const char *path, file_id *id) {
+    struct stat st;
+    memset(id, 0, sizeof(*id));
+    if (stat(path, &st)) { /* stat, not lstat: a swapped symlink is a new file */
+        id->missing = 1;
+        return;
+    }
+    id->dev = st.st_dev;
+    id->ino = st.st_ino;
+    id->size = st.st_size;
+    id->mtime = st.st_mtim;
+}
+
+static int file_id_same(const file_id *a, const file_id *b) {
+    return a->missing == b->missing && a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec;
 }
 
 /* The key's public half and the leaf certificate's must be one key. */
@@ -58,7 +104,7 @@ static tls_pair *pair_load(const char *cert_file, const char *key_file, char *er
     tls_pair *p = NULL;
     gnutls_x509_crt_t crt = NULL;
     int rc;
-    /* regular files only */
+    /* regular files only: a rotation rereads them, and a pipe reads once */
     if (config_read_file("tls-cert-file", cert_file, 0, &cert, &cert_len, err, errlen)) goto fail;
     if (config_read_file("tls-key-file", key_file, 0, &keypem, &key_len, err, errlen)) goto fail;
     p = calloc(1, sizeof(*p));
@@ -66,6 +112,15 @@ static tls_pair *pair_load(const char *cert_file, const char *key_file, char *er
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    gnutls_hash_hd_t h;
+    if (gnutls_hash_init(&h, GNUTLS_DIG_SHA256) < 0) {
+        snprintf(err, errlen, "tls: cannot hash the files");
+        goto fail;
+    }
+    gnutls_hash(h, cert, cert_len);
+    gnutls_hash(h, keypem, key_len);
+    gnutls_hash_deinit(h, p->digest);
+
     gnutls_datum_t d = {(unsigned char *)cert, (unsigned int)cert_len};
     p->nchain = TLS_MAX_CHAIN;
     rc = gnutls_pcert_list_import_x509_raw(p->chain, &p->nchain, &d, GNUTLS_X509_FMT_PEM, 0);
@@ -119,6 +174,9 @@ tls_store *tls_open(const char *cert_file, const char *key_file, char *err, size
     }
     snprintf(t->cert_file, sizeof(t->cert_file), "%s", cert_file);
     snprintf(t->key_file, sizeof(t->key_file), "%s", key_file);
+    /* the identities first: a file replaced while it is read is looked at again */
+    file_stat(cert_file, &t->cert_id);
+    file_stat(key_file, &t->key_id);
     t->current = pair_load(cert_file, key_file, err, errlen);
     if (!t->current) {
         free(t);
@@ -126,6 +184,8 @@ tls_store *tls_open(const char *cert_file, const char *key_file, char *err, size
     }
     if (t->current->not_after < time(NULL))
         log_event("warning", "tls-cert-file: %s: the certificate has expired", cert_file);
+    t->checked_ns = monotonic_ns();
+    pthread_mutex_init(&t->lock, NULL);
     served_store = t;
     return t;
 }
@@ -134,7 +194,42 @@ void tls_close(tls_store *t) {
     if (!t) return;
     if (served_store == t) served_store = NULL;
     pair_free(t->current);
+    pthread_mutex_destroy(&t->lock);
     free(t);
+}
+
+/* Looks at the files at most once a second (under t->lock); a changed pair
+ * that loads replaces the served one. */
+static void refresh(tls_store *t) {
+    int64_t now = monotonic_ns();
+    if (now - t->checked_ns < 1000000000) return;
+    t->checked_ns = now;
+    file_id cert_id, key_id;
+    file_stat(t->cert_file, &cert_id);
+    file_stat(t->key_file, &key_id);
+    if (file_id_same(&cert_id, &t->cert_id) && file_id_same(&key_id, &t->key_id)) return;
+    /* whatever happens, these files are judged once: a bad replacement is
+     * logged and counted once, not every second, until they change again */
+    t->cert_id = cert_id;
+    t->key_id = key_id;
+    char err[CONFIG_PATH_MAX * 2 + 200];
+    tls_pair *p = pair_load(t->cert_file, t->key_file, err, sizeof(err));
+    if (!p) {
+        t->failures++;
+        log_event("error", "tls: keeping the served certificate: %s", err);
+        return;
+    }
+    if (memcmp(p->digest, t->current->digest, sizeof(p->digest)) == 0) { /* touched, not changed */
+        pair_free(p);
+        return;
+    }
+    p->older = t->current;
+    t->current = p;
+    char when[32];
+    struct tm tm;
+    gmtime_r(&p->not_after, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    log_event("info", "tls: serving the new certificate of %s (valid until %s)", t->cert_file, when);
 }
 
 int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn, int nreqs,
@@ -143,7 +238,10 @@ int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn,
     (void)session, (void)req_ca_dn, (void)nreqs, (void)pk_algos, (void)pk_algos_length;
     tls_store *t = served_store;
     if (!t) return -1;
-    tls_pair *p = t->current;
+    pthread_mutex_lock(&t->lock);
+    refresh(t);
+    tls_pair *p = t->current; /* lives until tls_close */
+    pthread_mutex_unlock(&t->lock);
     *pcert = p->chain;
     *pcert_length = p->nchain;
     *privkey = p->key;
@@ -151,15 +249,23 @@ int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn,
 }
 
 char *tls_metrics(tls_store *t, size_t *len) {
+    pthread_mutex_lock(&t->lock);
+    refresh(t);
     long long not_after = (long long)t->current->not_after;
+    unsigned long long failures = t->failures;
+    pthread_mutex_unlock(&t->lock);
     char *text = NULL;
     int n =
         asprintf(&text,
                  "# HELP comrope_tls_certificate_expiry_timestamp_seconds When the served TLS certificate "
                  "expires (notAfter), in seconds since the epoch.\n"
                  "# TYPE comrope_tls_certificate_expiry_timestamp_seconds gauge\n"
-                 "comrope_tls_certificate_expiry_timestamp_seconds %lld\n",
-                 not_after);
+                 "comrope_tls_certificate_expiry_timestamp_seconds %lld\n"
+                 "# HELP comrope_tls_reload_failures_total Replaced certificate files that were not "
+                 "served (unreadable, not PEM, a key that does not match); the old pair is kept.\n"
+                 "# TYPE comrope_tls_reload_failures_total counter\n"
+                 "comrope_tls_reload_failures_total %llu\n",
+                 not_after, failures);
     if (n < 0) return NULL;
     *len = (size_t)n;
     return text;

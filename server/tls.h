@@ -1,8 +1,15 @@
 /* tls.h: HTTPS (tls-cert-file, tls-key-file), the served certificate.
  *
  * Owns: reading and checking the PEM pair (the key matches the
- * certificate) and handing it to each new TLS handshake through GnuTLS's
- * certificate callback (MHD_OPTION_HTTPS_CERT_CALLBACK).
+ * certificate), handing it to each new TLS handshake through GnuTLS's
+ * certificate callback (MHD_OPTION_HTTPS_CERT_CALLBACK), and rotation: a
+ * handshake looks at the files' identity (device, inode, size, mtime) at
+ * most once a second, and a changed pair that loads and matches is served
+ * from the next handshake on. cert-manager swaps a mounted Secret's
+ * `..data` symlink atomically; certbot rewrites the files in place. An
+ * invalid or mismatched replacement keeps the served pair, logged once
+ * and counted (comrope_tls_reload_failures_total). Sessions already open
+ * keep theirs.
  *
  * One store per process: GnuTLS's callback takes no user pointer, so the
  * store opened is the one the callback serves (both ports share it). */
@@ -20,7 +27,7 @@ typedef struct tls_store tls_store;
  * text is wiped once GnuTLS has parsed it. */
 tls_store *tls_open(const char *cert_file, const char *key_file, char *err, size_t errlen);
 
-/* Frees the pair: after the daemons have stopped. */
+/* Frees every pair the store has served: after the daemons have stopped. */
 void tls_close(tls_store *t);
 
 /* For MHD_OPTION_HTTPS_CERT_CALLBACK: serves the open store's current pair. */
@@ -28,8 +35,9 @@ int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn,
                       const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length, gnutls_pcert_st **pcert,
                       unsigned int *pcert_length, gnutls_privkey_t *privkey);
 
-/* The Prometheus text of the served certificate's expiry (malloc'd, *len
- * its length); NULL when out of memory. */
+/* The Prometheus text of the served certificate's expiry and the reload
+ * failures (malloc'd, *len its length); NULL when out of memory. Checks
+ * the files first, as a handshake does. */
 char *tls_metrics(tls_store *t, size_t *len);
 
 #endif

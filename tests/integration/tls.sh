@@ -9,7 +9,10 @@
 #   - bad settings stop the start, exit 2, naming the file: one of the pair
 #     alone (flag and environment), a mismatched key, garbage PEM, a
 #     directory, a missing file
-#   - the expiry gauge is the served certificate's notAfter
+#   - rotation: an atomic swap of the directory's symlink (cert-manager's
+#     way) is served from the next handshake on, and the expiry gauge
+#     follows; a garbage file renamed over the certificate keeps the served
+#     one, logged naming the file and counted once
 #   - --health-probe speaks TLS to the daemon
 #   - SIGTERM with an HTTPS request in flight: answered 200, exit 0
 # Usage: tls.sh [path/to/comrope-serve]
@@ -94,11 +97,31 @@ echo "ok plain HTTP to the TLS port fails cleanly; https served on"
 "$PY" "$CLIENT" stall "$PORT" 15 || fail "stalled handshakes"
 ready || fail "not ready after the stalled handshakes"
 
-# --- the served certificate -----------------------------------------------------
+# --- rotation -----------------------------------------------------------------
 read -r serial1 expiry1 < <("$PY" "$CLIENT" serial "$PORT" "$FIX/ca.pem")
 [ "$serial1" = 1001 ] || fail "served serial $serial1, not 1001"
 [ "$(mmetric comrope_tls_certificate_expiry_timestamp_seconds)" = "$expiry1" ] || fail "expiry gauge"
-echo "ok the served certificate's notAfter is comrope_tls_certificate_expiry_timestamp_seconds"
+"$PY" "$CLIENT" rotate "$PORT" "$FIX/ca.pem" "$WORK/live" d2 1002 || fail "rotation"
+served() { [ "$("$PY" "$CLIENT" serial "$1" "$FIX/ca.pem" | cut -d' ' -f1)" = "$2" ]; }
+poll 10 served "$MPORT" 1002 || fail "the metrics port does not serve the new certificate"
+read -r _ expiry2 < <("$PY" "$CLIENT" serial "$PORT" "$FIX/ca.pem")
+[ "$(mmetric comrope_tls_certificate_expiry_timestamp_seconds)" = "$expiry2" ] ||
+  fail "expiry gauge not the new certificate's"
+[ "$(mmetric comrope_tls_reload_failures_total)" = 0 ] || fail "reload failures after a good swap"
+log_has "tls: serving the new certificate of $CERT" || fail "no log line for the rotation"
+echo "ok a swapped certificate is served from the next handshake on, both ports; the expiry gauge follows"
+
+cp "$WORK/garbage.pem" "$WORK/d2/cert.new"
+mv "$WORK/d2/cert.new" "$WORK/d2/cert.pem"
+failed() { [ "$(mmetric comrope_tls_reload_failures_total)" = 1 ]; }
+poll 10 failed || fail "an invalid replacement was not counted"
+served "$PORT" 1002 || fail "an invalid replacement is served"
+log_has "tls: keeping the served certificate: tls-cert-file: $CERT: not a PEM certificate" ||
+  fail "the invalid replacement is not logged naming the file"
+[ "$(grep -c 'keeping the served certificate' "$LOG")" = 1 ] || fail "logged more than once"
+code=$(http_code -H 'Content-Type: image/png' --data-binary "@$IMG" "$URL/v1/classify")
+[ "$code" = 200 ] || fail "v1 classify after an invalid replacement: $code"
+echo "ok an invalid replacement keeps the served certificate, logged naming the file and counted"
 
 # --- drain --------------------------------------------------------------------
 "$PY" "$CLIENT" drain "$PORT" "$MPORT" "$FIX/ca.pem" "$DAEMON_PID" "$LOG" "$IMG" || fail "drain over TLS"

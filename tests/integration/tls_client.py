@@ -6,6 +6,12 @@ exits 1.
   tls_client.py serial PORT CA
       Prints the serial number (hex) and notAfter (seconds since the epoch)
       of the certificate a new TLS connection gets, verified against CA.
+  rotate PORT CA LINK TARGET SERIAL
+      A kept-alive HTTPS connection is opened; LINK (a symlink to the
+      served files' directory) is swapped to TARGET atomically (rename(2),
+      as cert-manager swaps a Secret's ..data); new connections must get
+      the certificate SERIAL within 10 s, and the old connection must still
+      be answered on its session (the old certificate).
   stall PORT SECONDS
       Two connections that never complete a handshake: one silent, one
       that sends the first bytes of a ClientHello and stops. Each must be
@@ -49,6 +55,33 @@ def serial(port, ca):
         with context(ca).wrap_socket(raw, server_hostname="localhost") as s:
             cert = s.getpeercert()
     print("%s %d" % (cert["serialNumber"], int(ssl.cert_time_to_seconds(cert["notAfter"]))))
+
+
+def peer_serial(port, ca):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context(ca).wrap_socket(raw, server_hostname="localhost") as s:
+            return s.getpeercert()["serialNumber"]
+
+
+def rotate(port, ca, link, target, want):
+    old = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context(ca))
+    old.request("GET", "/v2/health/ready")
+    if old.getresponse().read() != b'{"ready":true}':
+        fail("not ready before the swap")
+    before = old.sock.getpeercert()["serialNumber"]
+    tmp = link + ".new"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    poll("a new connection to get certificate " + want, lambda: peer_serial(port, ca) == want, 10)
+    print("ok certificate %s served to new connections after the swap (was %s)" % (want, before))
+    old.request("GET", "/v2/health/ready")
+    resp = old.getresponse()
+    resp.read()
+    if resp.status != 200 or old.sock.getpeercert()["serialNumber"] != before:
+        fail("the connection open across the swap: %d, certificate %s"
+             % (resp.status, old.sock.getpeercert()["serialNumber"]))
+    old.close()
+    print("ok a connection open across the swap kept its session (certificate %s)" % before)
 
 
 def stall(port, seconds):
@@ -109,6 +142,8 @@ def main():
     a = sys.argv
     if len(a) == 4 and a[1] == "serial":
         serial(int(a[2]), a[3])
+    elif len(a) == 7 and a[1] == "rotate":
+        rotate(int(a[2]), a[3], a[4], a[5], a[6])
     elif len(a) == 4 and a[1] == "stall":
         stall(int(a[2]), float(a[3]))
     elif len(a) == 8 and a[1] == "drain":
