@@ -3,8 +3,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <gnutls/gnutls.h>
 #include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +105,88 @@ static int wait_fd(int fd, short events, long long deadline) {
     }
 }
 
+/* The probe's connection: plain, or TLS when the daemon serves HTTPS
+ * (tls-cert-file set in the settings it reads). */
+typedef struct {
+    int fd;
+    gnutls_session_t tls; /* NULL: plain */
+} probe_conn;
+
+/* GnuTLS wants the socket in the direction it last tried (a TLS read may
+ * write, and a write read); data it already decrypted needs no wait. */
+static int tls_wait(probe_conn *c, long long deadline) {
+    if (gnutls_record_check_pending(c->tls)) return 1;
+    return wait_fd(c->fd, gnutls_record_get_direction(c->tls) ? POLLOUT : POLLIN, deadline);
+}
+
+/* The TLS handshake, within the deadline. The daemon's certificate is not
+ * verified: the probe asks the daemon of this machine (the loopback, on
+ * the port its own settings name) whether it is ready, where the
+ * question is liveness, not identity -- whoever could answer on that port
+ * in its place could as well stop it -- and the certificate names a public
+ * host, rarely 127.0.0.1, under a CA the image need not carry. What
+ * matters is to speak the protocol the daemon speaks. Returns 0, or -1
+ * with a message. */
+static int tls_start(probe_conn *c, gnutls_certificate_credentials_t *cred, long long deadline, char *why,
+                     size_t whylen) {
+    int rc = gnutls_certificate_allocate_credentials(cred);
+    if (rc >= 0) rc = gnutls_init(&c->tls, GNUTLS_CLIENT | GNUTLS_NONBLOCK);
+    if (rc >= 0) rc = gnutls_set_default_priority(c->tls);
+    if (rc >= 0) rc = gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, *cred);
+    if (rc < 0) {
+        snprintf(why, whylen, "TLS: %s", gnutls_strerror(rc));
+        return -1;
+    }
+    gnutls_transport_set_int(c->tls, c->fd);
+    /* a connection the daemon closes mid-record must not kill the probe */
+    signal(SIGPIPE, SIG_IGN);
+    while ((rc = gnutls_handshake(c->tls)) < 0) {
+        if (gnutls_error_is_fatal(rc)) {
+            snprintf(why, whylen, "TLS handshake: %s", gnutls_strerror(rc));
+            return -1;
+        }
+        if (!tls_wait(c, deadline)) {
+            snprintf(why, whylen, "TLS handshake timed out");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Sends all of buf; 0, or -1. */
+static int conn_send(probe_conn *c, const char *buf, size_t len, long long deadline) {
+    if (!c->tls) return send(c->fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+    while (len > 0) {
+        ssize_t n = gnutls_record_send(c->tls, buf, len);
+        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
+            if (!tls_wait(c, deadline)) return -1;
+            continue;
+        }
+        if (n < 0) return -1;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Reads what comes within the deadline: > 0 bytes, or 0 at the end, a
+ * timeout or an error. */
+static ssize_t conn_recv(probe_conn *c, char *buf, size_t len, long long deadline) {
+    for (;;) {
+        if (c->tls) {
+            ssize_t n = gnutls_record_recv(c->tls, buf, len);
+            if (n >= 0) return n;
+            if (n != GNUTLS_E_AGAIN && n != GNUTLS_E_INTERRUPTED) return 0;
+            if (!tls_wait(c, deadline)) return 0;
+            continue;
+        }
+        if (!wait_fd(c->fd, POLLIN, deadline)) return 0;
+        ssize_t n = recv(c->fd, buf, len, 0);
+        if (n < 0 && errno == EINTR) continue;
+        return n > 0 ? n : 0;
+    }
+}
+
 int health_probe(const server_config *cfg, int timeout_ms, char *msg, size_t msglen) {
     if (cfg->port == 0) {
         snprintf(msg, msglen, "health-probe: port is 0 (any free port): no port to ask");
@@ -124,6 +208,8 @@ int health_probe(const server_config *cfg, int timeout_ms, char *msg, size_t msg
     }
     long long deadline = now_ms() + timeout_ms;
     int rc = 1, fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    probe_conn conn = {fd, NULL};
+    gnutls_certificate_credentials_t cred = NULL;
     char resp[256];
     size_t got = 0;
     if (fd < 0) {
@@ -141,17 +227,21 @@ int health_probe(const server_config *cfg, int timeout_ms, char *msg, size_t msg
                  soerr ? strerror(soerr) : "connect timed out");
         goto cleanup;
     }
+    char why[256];
+    if (cfg->tls_cert_file[0] && tls_start(&conn, &cred, deadline, why, sizeof(why))) {
+        snprintf(msg, msglen, "health-probe: %s:%s: %s", host, port, why);
+        goto cleanup;
+    }
     char req[128];
     int reqlen = snprintf(req, sizeof(req), "GET /v2/health/ready HTTP/1.0\r\nHost: %s\r\n\r\n", host);
-    if (send(fd, req, (size_t)reqlen, MSG_NOSIGNAL) != reqlen) {
-        snprintf(msg, msglen, "health-probe: %s:%s: send: %s", host, port, strerror(errno));
+    if (conn_send(&conn, req, (size_t)reqlen, deadline)) {
+        snprintf(msg, msglen, "health-probe: %s:%s: send: %s", host, port,
+                 conn.tls ? "TLS error" : strerror(errno));
         goto cleanup;
     }
     /* The status line is all we need: "HTTP/1.x NNN ..." */
     while (got < sizeof(resp) - 1 && !memchr(resp, '\n', got)) {
-        if (!wait_fd(fd, POLLIN, deadline)) break;
-        ssize_t r = recv(fd, resp + got, sizeof(resp) - 1 - got, 0);
-        if (r < 0 && errno == EINTR) continue;
+        ssize_t r = conn_recv(&conn, resp + got, sizeof(resp) - 1 - got, deadline);
         if (r <= 0) break;
         got += (size_t)r;
     }
@@ -165,6 +255,8 @@ int health_probe(const server_config *cfg, int timeout_ms, char *msg, size_t msg
     snprintf(msg, msglen, "health-probe: %s:%s/v2/health/ready: %d", host, port, status);
     rc = status == 200 ? 0 : 1;
 cleanup:
+    if (conn.tls) gnutls_deinit(conn.tls);
+    if (cred) gnutls_certificate_free_credentials(cred);
     if (fd >= 0) close(fd);
     freeaddrinfo(ai);
     return rc;

@@ -2,7 +2,8 @@
  * curl in the image: asks the daemon on this machine for /v2/health/ready.
  *
  * Owns: which daemon to ask (the port and host the daemon's own settings
- * give: --port, COMROPE_PORT, the config file) and one HTTP/1.0 GET.
+ * give: --port, COMROPE_PORT, the config file) and one HTTP/1.0 GET, over
+ * TLS when tls-cert-file is set (the daemon speaks HTTPS only then).
  * Exit status: 0 ready (200), 1 not ready (503 while loading or draining,
  * refused, timed out), 2 the probe cannot tell where to ask (port 0, a
  * bad setting). */

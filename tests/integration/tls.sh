@@ -13,7 +13,7 @@
 #     way) is served from the next handshake on, and the expiry gauge
 #     follows; a garbage file renamed over the certificate keeps the served
 #     one, logged naming the file and counted once
-#   - --health-probe speaks TLS to the daemon
+#   - --health-probe speaks TLS to the daemon (flags and environment)
 #   - SIGTERM with an HTTPS request in flight: answered 200, exit 0
 # Usage: tls.sh [path/to/comrope-serve]
 set -euo pipefail
@@ -96,6 +96,18 @@ echo "ok plain HTTP to the TLS port fails cleanly; https served on"
 
 "$PY" "$CLIENT" stall "$PORT" 15 || fail "stalled handshakes"
 ready || fail "not ready after the stalled handshakes"
+
+# --- the health probe ---------------------------------------------------------
+# flags, and the environment as the image's HEALTHCHECK has it
+probe=$("$SERVE" --health-probe --host 127.0.0.1 --port "$PORT" --tls-cert-file "$CERT" --tls-key-file "$KEY" 2>&1) ||
+  fail "--health-probe over TLS: $probe"
+echo "ok --health-probe over TLS: $probe"
+probe=$(COMROPE_HOST=127.0.0.1 COMROPE_PORT=$PORT COMROPE_TLS_CERT_FILE=$CERT COMROPE_TLS_KEY_FILE=$KEY \
+  "$SERVE" --health-probe 2>&1) || fail "--health-probe over TLS from the environment: $probe"
+rc=0
+probe=$("$SERVE" --health-probe --host 127.0.0.1 --port "$PORT" 2>&1) || rc=$?
+[ "$rc" = 1 ] || fail "a plain HTTP probe of the TLS port: exit $rc, not 1 ($probe)"
+echo "ok --health-probe from the environment; a plain probe of the TLS port says not ready: $probe"
 
 # --- rotation -----------------------------------------------------------------
 read -r serial1 expiry1 < <("$PY" "$CLIENT" serial "$PORT" "$FIX/ca.pem")
