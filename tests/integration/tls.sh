@@ -14,7 +14,8 @@
 #     follows; a garbage file renamed over the certificate keeps the served
 #     one, logged naming the file and counted once
 #   - --health-probe speaks TLS to the daemon (flags and environment)
-#   - SIGTERM with an HTTPS request in flight: answered 200, exit 0
+#   - SIGTERM with an HTTPS request in flight: answered 200, exit 0; and
+#     under hey's HTTPS load: exit 0, only 200 / 503 / refused, nothing lost
 # Usage: tls.sh [path/to/comrope-serve]
 set -euo pipefail
 SERVE=${1:-}
@@ -139,4 +140,43 @@ echo "ok an invalid replacement keeps the served certificate, logged naming the 
 "$PY" "$CLIENT" drain "$PORT" "$MPORT" "$FIX/ca.pem" "$DAEMON_PID" "$LOG" "$IMG" || fail "drain over TLS"
 wait_exit 60
 [ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM"
+# --- SIGTERM under HTTPS load (as shutdown.sh part 1) ------------------------------
+DRAIN=10
+launch_daemon --tls-cert-file "$FIX/server.pem" --tls-key-file "$FIX/server.key" --access-log off \
+  --drain-timeout-s "$DRAIN"
+URL=https://127.0.0.1:$PORT
+poll 30 ready || fail "not ready over https in 30 s"
+P=$(curl -sf "$URL/v1/models" | jq -r '.models[0].patch_size')
+# until stopped below. hey does not verify certificates, and sends the URL's
+# host:port as the TLS server name, which GnuTLS refuses (not a host name;
+# README "HTTPS"): -host gives it one
+hey -z 600s -c 16 -t 30 -host localhost -m POST -T image/png -D "$IMG" \
+  "$URL/v1/classify?top_k=1&resolution=$((16 * P))" \
+  >"$WORK/hey.txt" 2>&1 &
+HEY_PID=$!
+OTHER_PIDS+=("$HEY_PID")
+loaded() {
+  [ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="200"}' || echo 0)" -ge 1 ] &&
+    [ "$(metric comrope_in_flight_requests || echo 0)" -ge 2 ]
+}
+poll 120 loaded || fail "HTTPS load never reached the daemon"
+kill -TERM "$DAEMON_PID"
+wait_exit $((DRAIN + 20))
+[ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM under HTTPS load"
+kill -INT "$HEY_PID" 2>/dev/null || true
+wait "$HEY_PID" || fail "hey failed"
+codes=$(hey_codes "$WORK/hey.txt")
+case "$codes" in
+  "200 " | "200 503 ") ;;
+  *) cat "$WORK/hey.txt" >&2; fail "status codes [$codes] under HTTPS load: only 200 and 503 are allowed" ;;
+esac
+errors=$(sed -n '/^Error distribution/,$p' "$WORK/hey.txt" | grep '^ *\[' || true)
+lost=$(grep -v -e 'connection refused' -e 'server closed idle connection' -e '": EOF$' \
+  -e 'connection reset by peer' <<<"$errors" || true)
+if [ -n "$lost" ] || log_has 'ended without a complete answer' || log_has 'cut at stop'; then
+  cat "$WORK/hey.txt" >&2
+  fail "requests lost at shutdown under HTTPS load: $lost"
+fi
+unavailable=$(hey_count "$WORK/hey.txt" 503)
+echo "ok SIGTERM under HTTPS load: exit 0; $(hey_count "$WORK/hey.txt" 200) x 200, ${unavailable:-0} x 503, nothing lost"
 echo "PASS tls.sh"
