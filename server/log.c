@@ -241,6 +241,12 @@ static void *writer_main(void *arg) {
         int pieces = log_ring_peek(&w.ring, iov);
         if (!pieces) {
             if (log_ring_put_dropped(&w.ring) == 0) continue;
+            /* Stopping, the ring empty: lines go to write(2) from now on,
+             * decided here under the lock that found it empty. Were it
+             * left to log_stop, a line logged between this thread's end
+             * and log_stop's wake-up would wait in a ring nobody drains
+             * (log_stop timed out, with stderr read, the line lost). */
+            if (w.stopping) w.running = 0;
             pthread_cond_broadcast(&w.written);
             if (w.stopping) break;
             w.idle = 1;
@@ -289,7 +295,7 @@ int log_start(char *err, size_t errlen) {
 
 int log_stop(int timeout_ms) {
     pthread_mutex_lock(&w.lock);
-    if (!w.running) {
+    if (!w.ring.data) { /* never started, or stopped */
         pthread_mutex_unlock(&w.lock);
         return 0;
     }
@@ -297,10 +303,9 @@ int log_stop(int timeout_ms) {
     pthread_cond_signal(&w.more);
     struct timespec deadline = monotonic_timespec(monotonic_ns() + (int64_t)timeout_ms * 1000000);
     int timed_out = 0;
-    while ((w.ring.used || w.ring.dropped) && !timed_out)
+    while (w.running && !timed_out) /* until the writer finds the ring empty and ends */
         timed_out = pthread_cond_timedwait(&w.written, &w.lock, &deadline) == ETIMEDOUT;
-    int flushed = !w.ring.used && !w.ring.dropped;
-    if (flushed) w.running = 0; /* the writer, finding the ring empty, ends */
+    int flushed = !w.running;
     pthread_mutex_unlock(&w.lock);
     if (!flushed) return -1; /* the writer is blocked in write(2): left to the exit */
     pthread_join(w.thread, NULL);

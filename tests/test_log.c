@@ -4,6 +4,8 @@
  * counts lines and says so, never waits, and the writer keeps the order. */
 #include <check.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -378,6 +380,47 @@ START_TEST(writer_keeps_order_and_stop_flushes) {
 }
 END_TEST
 
+/* Threads that go on logging while the log stops (a second SIGTERM stops
+ * it with HTTP threads and workers still running): log_stop returns 0 as
+ * soon as the writer finds the ring empty, and the lines after go to
+ * stderr directly. The writer used to end there while log_stop, not yet
+ * awake, still counted the log as running: a line logged in between was
+ * left in a ring nobody drained, and log_stop waited out its timeout and
+ * returned -1 with stderr read (2 s, in 3 runs of 9). */
+typedef struct {
+    atomic_int stop;
+    atomic_long logged;
+} loggers;
+
+static void *keep_logging(void *arg) {
+    loggers *l = arg;
+    while (!atomic_load(&l->stop)) {
+        log_event("info", "a line from a thread that logs on");
+        atomic_fetch_add(&l->logged, 1);
+    }
+    return NULL;
+}
+
+static void stop_while_others_log(void *arg) {
+    (void)arg;
+    loggers l = {0};
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(pthread_create(&t[i], NULL, keep_logging, &l), 0);
+    for (int round = 0; round < 20; round++) {
+        char err[256];
+        long before = atomic_load(&l.logged);
+        ck_assert_int_eq(log_start(err, sizeof(err)), 0);
+        while (atomic_load(&l.logged) < before + 1000) {} /* lines through the ring */
+        /* 2 s: a bound, not a wait (stderr is a file: it takes all at once) */
+        ck_assert_msg(log_stop(2000) == 0, "round %d: log_stop timed out with stderr read", round);
+    }
+    atomic_store(&l.stop, 1);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+}
+
+START_TEST(stop_while_other_threads_log) { free(capture(stop_while_others_log, NULL)); }
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("log");
@@ -391,6 +434,7 @@ int main(void) {
     tcase_add_test(tc, full_ring_drops_counts_and_says_so);
     tcase_add_test(tc, dropped_line_alone_in_json);
     tcase_add_test(tc, writer_keeps_order_and_stop_flushes);
+    tcase_add_test(tc, stop_while_other_threads_log);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
