@@ -154,7 +154,9 @@ START_TEST(test_file_caps_are_their_constants) {
         ck_assert_msg(at != NULL, "README.md does not name %s", quoted);
         double said = 0;
         for (char *p = at > readme + 200 ? at - 200 : readme; p < at; p++) {
-            if (!isdigit((unsigned char)*p) || (p > readme && isdigit((unsigned char)p[-1]))) continue;
+            if (!isdigit((unsigned char)*p) ||
+                (p > readme && (isdigit((unsigned char)p[-1]) || p[-1] == '.')))
+                continue;
             char *end;
             double v = strtod(p, &end);
             if (*end == ' ' && binary_unit(end + 1)) said = v * binary_unit(end + 1);
