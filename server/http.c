@@ -1640,8 +1640,10 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
      * callback, and a pair given once is served until a restart. */
     struct MHD_OptionItem tls_options[] = {
         {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_retrieve_cert},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES},
         {MHD_OPTION_END, 0, NULL},
     };
+    size_t tls_end = sizeof(tls_options) / sizeof(tls_options[0]) - 1; /* plain HTTP: none of them */
     if (s->p.tls) flags |= MHD_USE_TLS;
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)port, conn_guard_accept, guard, handler, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
@@ -1656,7 +1658,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         NULL, MHD_OPTION_UNESCAPE_CALLBACK, url_unescape, NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_ARRAY,
-        s->p.tls ? tls_options : tls_options + 1, MHD_OPTION_END);
+        s->p.tls ? tls_options : tls_options + tls_end, MHD_OPTION_END);
     /* EAGAIN is a pool thread refused (RLIMIT_NPROC, pids.max; libmicrohttpd
      * logs it just before), never a socket, bind or listen of its: it was
      * "cannot listen on HOST:PORT", and an operator would look at the port */

@@ -20,6 +20,11 @@
 #include <gnutls/gnutls.h>
 #include <stddef.h>
 
+/* GnuTLS priorities of both ports: TLS 1.2 and 1.3 only. libmicrohttpd's
+ * default (GnuTLS's NORMAL) still negotiates TLS 1.0 and 1.1, which
+ * RFC 8996 deprecates and scanners flag. */
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+
 typedef struct tls_store tls_store;
 
 /* Reads and checks the pair. NULL with a message naming the file and what

@@ -3,7 +3,8 @@
 # committed test CA (tests/fixtures/tls, made by its make.sh):
 #   - v1 classify, v2 infer and /metrics on the main port and on
 #     --metrics-port over https (curl trusts the test CA only); a plain
-#     HTTP request to the TLS port fails cleanly and the daemon serves on
+#     HTTP request to the TLS port fails cleanly and the daemon serves on;
+#     TLS 1.0 and 1.1 handshakes are refused on both ports
 #   - connections that never complete a handshake are closed by the
 #     connection and receive timeouts
 #   - bad settings stop the start, exit 2, naming the file: one of the pair
@@ -95,6 +96,8 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "http://127.0.0.1:$P
 ready || fail "not ready after a plain HTTP request"
 echo "ok plain HTTP to the TLS port fails cleanly; https served on"
 
+"$PY" "$CLIENT" versions "$PORT" "$FIX/ca.pem" || fail "TLS versions"
+"$PY" "$CLIENT" versions "$MPORT" "$FIX/ca.pem" || fail "TLS versions on the metrics port"
 "$PY" "$CLIENT" stall "$PORT" 15 || fail "stalled handshakes"
 ready || fail "not ready after the stalled handshakes"
 

@@ -17,6 +17,10 @@ exits 1.
       that sends the first bytes of a ClientHello and stops. Each must be
       closed by the daemon (connection-timeout-s / receive-timeout-s)
       within SECONDS.
+  versions PORT CA
+      TLS 1.0 and 1.1 handshakes are refused (the client allows them, even
+      with SHA-1 signatures: OpenSSL's security level 0); TLS 1.2 and 1.3
+      are served.
   drain PORT MPORT CA PID LOG BODY
       An HTTPS request whose headers and half its PNG body are sent (and
       seen received on MPORT's /metrics) before SIGTERM to PID; once LOG says the drain began, the rest is sent: it
@@ -29,6 +33,7 @@ import socket
 import ssl
 import sys
 import time
+import warnings
 
 
 def fail(msg):
@@ -109,6 +114,32 @@ def stall(port, seconds):
               % (name, time.monotonic() - start))
 
 
+def handshake(port, ca, version):
+    ctx = context(ca)
+    ctx.set_ciphers("DEFAULT@SECLEVEL=0")  # the client is not what refuses an old version
+    with warnings.catch_warnings():  # TLSv1 and TLSv1_1 are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = version
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                return s.version()
+        except (ssl.SSLError, ConnectionResetError):
+            return None
+
+
+def versions(port, ca):
+    v = ssl.TLSVersion
+    for old in (v.TLSv1, v.TLSv1_1):
+        got = handshake(port, ca, old)
+        if got:
+            fail("a %s handshake was served" % got)
+    for new in (v.TLSv1_2, v.TLSv1_3):
+        if not handshake(port, ca, new):
+            fail("a %s handshake was refused" % new.name)
+    print("ok TLS 1.0 and 1.1 handshakes refused; TLS 1.2 and 1.3 served")
+
+
 def drain(port, mport, ca, pid, log, body_file):
     with open(body_file, "rb") as f:
         body = f.read()
@@ -151,6 +182,8 @@ def main():
         rotate(int(a[2]), a[3], a[4], a[5], a[6])
     elif len(a) == 4 and a[1] == "stall":
         stall(int(a[2]), float(a[3]))
+    elif len(a) == 4 and a[1] == "versions":
+        versions(int(a[2]), a[3])
     elif len(a) == 8 and a[1] == "drain":
         drain(int(a[2]), int(a[3]), a[4], int(a[5]), a[6], a[7])
     else:
