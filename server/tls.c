@@ -198,6 +198,13 @@ void tls_close(tls_store *t) {
     free(t);
 }
 
+/* An instant as the log writes it (UTC). */
+static void utc_text(time_t when, char *buf, size_t len) {
+    struct tm tm;
+    gmtime_r(&when, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
 /* Looks at the files at most once a second (under t->lock); a changed pair
  * that loads replaces the served one. */
 static void refresh(tls_store *t) {
@@ -223,12 +230,22 @@ static void refresh(tls_store *t) {
         pair_free(p);
         return;
     }
+    char when[32];
+    utc_text(p->not_after, when, sizeof(when));
+    /* every client would refuse it, where the served one may still be
+     * good: a renewal gone wrong (an old backup restored, a stale Secret)
+     * must not take HTTPS down. It never becomes valid, so judging these
+     * files once is right. */
+    if (p->not_after < time(NULL)) {
+        t->failures++;
+        log_event("error",
+                  "tls: keeping the served certificate: tls-cert-file: %s: the certificate expired on %s",
+                  t->cert_file, when);
+        pair_free(p);
+        return;
+    }
     p->older = t->current;
     t->current = p;
-    char when[32];
-    struct tm tm;
-    gmtime_r(&p->not_after, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
     log_event("info", "tls: serving the new certificate of %s (valid until %s)", t->cert_file, when);
 }
 
@@ -262,7 +279,7 @@ char *tls_metrics(tls_store *t, size_t *len) {
                  "# TYPE comrope_tls_certificate_expiry_timestamp_seconds gauge\n"
                  "comrope_tls_certificate_expiry_timestamp_seconds %lld\n"
                  "# HELP comrope_tls_reload_failures_total Replaced certificate files that were not "
-                 "served (unreadable, not PEM, a key that does not match); the old pair is kept.\n"
+                 "served (unreadable, not PEM, a key that does not match, expired); the old pair is kept.\n"
                  "# TYPE comrope_tls_reload_failures_total counter\n"
                  "comrope_tls_reload_failures_total %llu\n",
                  not_after, failures);

@@ -7,7 +7,7 @@
  * most once a second, and a changed pair that loads and matches is served
  * from the next handshake on. cert-manager swaps a mounted Secret's
  * `..data` symlink atomically; certbot rewrites the files in place. An
- * invalid or mismatched replacement keeps the served pair, logged once
+ * invalid, mismatched or expired replacement keeps the served pair, logged once
  * and counted (comrope_tls_reload_failures_total). Sessions already open
  * keep theirs.
  *

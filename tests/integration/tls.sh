@@ -12,8 +12,9 @@
 #     directory, a missing file
 #   - rotation: an atomic swap of the directory's symlink (cert-manager's
 #     way) is served from the next handshake on, and the expiry gauge
-#     follows; a garbage file renamed over the certificate keeps the served
-#     one, logged naming the file and counted once
+#     follows; a garbage file renamed over the certificate, or an expired
+#     pair swapped in, keeps the served one, logged naming the file and
+#     counted once
 #   - --health-probe speaks TLS to the daemon (flags and environment)
 #   - SIGTERM with an HTTPS request in flight: answered 200, exit 0; and
 #     under hey's HTTPS load: exit 0, only 200 / 503 / refused, nothing lost
@@ -129,8 +130,8 @@ echo "ok a swapped certificate is served from the next handshake on, both ports;
 
 cp "$WORK/garbage.pem" "$WORK/d2/cert.new"
 mv "$WORK/d2/cert.new" "$WORK/d2/cert.pem"
-failed() { [ "$(mmetric comrope_tls_reload_failures_total)" = 1 ]; }
-poll 10 failed || fail "an invalid replacement was not counted"
+failed() { [ "$(mmetric comrope_tls_reload_failures_total)" = "$1" ]; }
+poll 10 failed 1 || fail "an invalid replacement was not counted"
 served "$PORT" 1002 || fail "an invalid replacement is served"
 log_has "tls: keeping the served certificate: tls-cert-file: $CERT: not a PEM certificate" ||
   fail "the invalid replacement is not logged naming the file"
@@ -138,6 +139,20 @@ log_has "tls: keeping the served certificate: tls-cert-file: $CERT: not a PEM ce
 code=$(http_code -H 'Content-Type: image/png' --data-binary "@$IMG" "$URL/v1/classify")
 [ "$code" = 200 ] || fail "v1 classify after an invalid replacement: $code"
 echo "ok an invalid replacement keeps the served certificate, logged naming the file and counted"
+
+# an expired pair (it loads, the key matches) swapped in keeps the served one too
+mkdir "$WORK/d3"
+cp "$FIX/expired.pem" "$WORK/d3/cert.pem"
+cp "$FIX/expired.key" "$WORK/d3/key.pem"
+ln -s d3 "$WORK/live.new"
+mv -T "$WORK/live.new" "$WORK/live"
+poll 10 failed 2 || fail "an expired replacement was not counted"
+served "$PORT" 1002 || fail "an expired replacement is served"
+[ "$(mmetric comrope_tls_certificate_expiry_timestamp_seconds)" = "$expiry2" ] ||
+  fail "expiry gauge moved to the expired certificate"
+log_has "tls: keeping the served certificate: tls-cert-file: $CERT: the certificate expired on " ||
+  fail "the expired replacement is not logged naming the file"
+echo "ok an expired replacement keeps the served certificate, logged naming the file and counted"
 
 # --- drain --------------------------------------------------------------------
 "$PY" "$CLIENT" drain "$PORT" "$MPORT" "$FIX/ca.pem" "$DAEMON_PID" "$LOG" "$IMG" || fail "drain over TLS"
