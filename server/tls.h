@@ -6,7 +6,8 @@
  * handshake looks at the files' identity (device, inode, size, mtime) at
  * most once a second, and a changed pair that loads and matches is served
  * from the next handshake on. cert-manager swaps a mounted Secret's
- * `..data` symlink atomically; certbot rewrites the files in place. An
+ * `..data` symlink atomically; certbot repoints its live/ symlinks one
+ * after the other (unlink, then symlink: missing for a moment). An
  * invalid, mismatched or expired replacement keeps the served pair, logged once
  * and counted (comrope_tls_reload_failures_total). Sessions already open
  * keep theirs.

@@ -14,7 +14,8 @@
 #     way) is served from the next handshake on, and the expiry gauge
 #     follows; a garbage file renamed over the certificate, or an expired
 #     pair swapped in, keeps the served one, logged naming the file and
-#     counted once
+#     counted once; certbot's symlinks repointed one by one are served once
+#     both are in place
 #   - --health-probe speaks TLS to the daemon (flags and environment)
 #   - SIGTERM with an HTTPS request in flight: answered 200, exit 0; and
 #     under hey's HTTPS load: exit 0, only 200 / 503 / refused, nothing lost
@@ -153,6 +154,30 @@ served "$PORT" 1002 || fail "an expired replacement is served"
 log_has "tls: keeping the served certificate: tls-cert-file: $CERT: the certificate expired on " ||
   fail "the expired replacement is not logged naming the file"
 echo "ok an expired replacement keeps the served certificate, logged naming the file and counted"
+
+# certbot's way: live/*.pem are symlinks into archive/, each unlinked and
+# made again, one after the other: a look may find the file missing, or
+# the new certificate with the old key; each is counted, and the pair is
+# served once both are in place
+mkdir "$WORK/archive" "$WORK/d4"
+cp "$FIX/server.pem" "$WORK/archive/cert1.pem"
+cp "$FIX/server.key" "$WORK/archive/key1.pem"
+cp "$FIX/server2.pem" "$WORK/archive/cert2.pem"
+cp "$FIX/server2.key" "$WORK/archive/key2.pem"
+ln -s ../archive/cert2.pem "$WORK/d4/cert.pem"
+ln -s ../archive/key2.pem "$WORK/d4/key.pem"
+ln -s d4 "$WORK/live.new"
+mv -T "$WORK/live.new" "$WORK/live" # the served pair again: not a failure
+rm "$WORK/d4/cert.pem"
+poll 10 failed 3 || fail "a missing certificate was not counted"
+log_has "tls: keeping the served certificate: tls-cert-file: $CERT: cannot open" ||
+  fail "the missing certificate is not logged"
+ln -s ../archive/cert1.pem "$WORK/d4/cert.pem"
+poll 10 failed 4 || fail "the new certificate with the old key was not counted"
+rm "$WORK/d4/key.pem"
+ln -s ../archive/key1.pem "$WORK/d4/key.pem"
+poll 10 served "$PORT" 1001 || fail "certbot's renewal is not served"
+echo "ok certbot's symlinks repointed one by one: counted while incomplete, then served"
 
 # --- drain --------------------------------------------------------------------
 "$PY" "$CLIENT" drain "$PORT" "$MPORT" "$FIX/ca.pem" "$DAEMON_PID" "$LOG" "$IMG" || fail "drain over TLS"
