@@ -49,6 +49,11 @@ struct tls_store {
     file_id cert_id, key_id;     /* of the files as last looked at */
     int64_t checked_ns;          /* monotonic time of the last look */
     unsigned long long failures; /* replacements refused */
+    /* Why the files as last looked at are not served, until a later look
+     * finds them unchanged: a renewal replaces the two files one after
+     * the other (certbot repoints cert then key), and a look between the
+     * two must not count a failure that an alert would report. */
+    char refused[CONFIG_PATH_MAX * 2 + 200];
 };
 
 /* The open store (tls.h: GnuTLS's callback takes no user pointer). */
@@ -214,16 +219,24 @@ static void refresh(tls_store *t) {
     file_id cert_id, key_id;
     file_stat(t->cert_file, &cert_id);
     file_stat(t->key_file, &key_id);
-    if (file_id_same(&cert_id, &t->cert_id) && file_id_same(&key_id, &t->key_id)) return;
+    if (file_id_same(&cert_id, &t->cert_id) && file_id_same(&key_id, &t->key_id)) {
+        /* refused twice, a second or more apart: not a renewal under way */
+        if (t->refused[0]) {
+            t->failures++;
+            log_event("error", "tls: keeping the served certificate: %s", t->refused);
+            t->refused[0] = '\0';
+        }
+        return;
+    }
     /* whatever happens, these files are judged once: a bad replacement is
      * logged and counted once, not every second, until they change again */
     t->cert_id = cert_id;
     t->key_id = key_id;
-    char err[CONFIG_PATH_MAX * 2 + 200];
-    tls_pair *p = pair_load(t->cert_file, t->key_file, err, sizeof(err));
+    t->refused[0] = '\0';
+    char *err = t->refused;
+    tls_pair *p = pair_load(t->cert_file, t->key_file, err, sizeof(t->refused));
     if (!p) {
-        t->failures++;
-        log_event("error", "tls: keeping the served certificate: %s", err);
+        log_event("info", "tls: not serving the files as they are now (looking again in 1 s): %s", err);
         return;
     }
     if (memcmp(p->digest, t->current->digest, sizeof(p->digest)) == 0) { /* touched, not changed */
@@ -237,10 +250,10 @@ static void refresh(tls_store *t) {
      * must not take HTTPS down. It never becomes valid, so judging these
      * files once is right. */
     if (p->not_after < time(NULL)) {
-        t->failures++;
-        log_event("error",
-                  "tls: keeping the served certificate: tls-cert-file: %s: the certificate expired on %s",
-                  t->cert_file, when);
+        snprintf(t->refused, sizeof(t->refused), "tls-cert-file: %s: the certificate expired on %s",
+                 t->cert_file, when);
+        log_event("info", "tls: not serving the files as they are now (looking again in 1 s): %s",
+                  t->refused);
         pair_free(p);
         return;
     }

@@ -8,9 +8,10 @@
  * from the next handshake on. cert-manager swaps a mounted Secret's
  * `..data` symlink atomically; certbot repoints its live/ symlinks one
  * after the other (unlink, then symlink: missing for a moment). An
- * invalid, mismatched or expired replacement keeps the served pair, logged once
- * and counted (comrope_tls_reload_failures_total). Sessions already open
- * keep theirs.
+ * invalid, mismatched or expired replacement keeps the served pair; found
+ * again unchanged by a look a second or more later (not a renewal under
+ * way), it is logged once and counted (comrope_tls_reload_failures_total).
+ * Sessions already open keep theirs.
  *
  * One store per process: GnuTLS's callback takes no user pointer, so the
  * store opened is the one the callback serves (both ports share it). */

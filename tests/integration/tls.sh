@@ -14,8 +14,9 @@
 #     way) is served from the next handshake on, and the expiry gauge
 #     follows; a garbage file renamed over the certificate, or an expired
 #     pair swapped in, keeps the served one, logged naming the file and
-#     counted once; certbot's symlinks repointed one by one are served once
-#     both are in place
+#     counted once (on a second look that finds the same files); certbot's
+#     symlinks repointed one by one are served once both are in place, and
+#     a state between the two seen by one look only is not counted
 #   - --health-probe speaks TLS to the daemon (flags and environment)
 #   - SIGTERM with an HTTPS request in flight: answered 200, exit 0; and
 #     under hey's HTTPS load: exit 0, only 200 / 503 / refused, nothing lost
@@ -177,7 +178,23 @@ poll 10 failed 4 || fail "the new certificate with the old key was not counted"
 rm "$WORK/d4/key.pem"
 ln -s ../archive/key1.pem "$WORK/d4/key.pem"
 poll 10 served "$PORT" 1001 || fail "certbot's renewal is not served"
-echo "ok certbot's symlinks repointed one by one: counted while incomplete, then served"
+# the usual renewal: one look falls between the two symlinks (the new
+# certificate, the old key), the key follows before the next look: served,
+# not counted (a failure raised an alert at every such renewal). Looks
+# come only from handshakes and scrapes: none between the line and the key.
+passing() { grep -c 'tls: not serving the files as they are now' "$LOG" || true; }
+seen=$(passing)
+before=$(mmetric comrope_tls_reload_failures_total)
+rm "$WORK/d4/cert.pem"
+ln -s ../archive/cert2.pem "$WORK/d4/cert.pem"
+# (a look: its info line, or a failure counted at once, as it was)
+looked() { mmetric comrope_tls_reload_failures_total >/dev/null; [ "$(passing)" -gt "$seen" ] || ! failed "$before"; }
+poll 10 looked || fail "no look at the new certificate with the old key"
+rm "$WORK/d4/key.pem"
+ln -s ../archive/key2.pem "$WORK/d4/key.pem"
+poll 10 served "$PORT" 1002 || fail "the renewal is not served"
+failed "$before" || fail "a look between a renewal's two files was counted: $(mmetric comrope_tls_reload_failures_total)"
+echo "ok certbot's symlinks repointed one by one: counted while incomplete, then served; a passing state not counted"
 
 # --- drain --------------------------------------------------------------------
 "$PY" "$CLIENT" drain "$PORT" "$MPORT" "$FIX/ca.pem" "$DAEMON_PID" "$LOG" "$IMG" || fail "drain over TLS"
