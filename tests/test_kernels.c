@@ -165,8 +165,9 @@ START_TEST(test_softmax_rows) {
 END_TEST
 
 /* attention_forward against a double reference on model-like shapes: head
- * widths 24 and 64 (the kernels step 16 or 32 columns and 6 or 8 rows at a
- * time, so these leave tails in both), token counts around those steps and
+ * widths 20, 24 and 64 (the kernels step 16 or 32 columns and 6 or 8 rows
+ * at a time, so these leave tails in both; k is transposed by 8 x 8 blocks,
+ * which 20 leaves a tail of), token counts around those steps and
  * ViT-B's 197, two of three heads (h0 = 1), out with a wider row stride;
  * without rotation, and with a pairwise one of every pair or of all but the
  * last two (channels that stay as they are), whose table holds heads 1 and
@@ -175,9 +176,9 @@ START_TEST(test_attention_shapes) {
     kernel_table kt;
     if (!use_isa(_i, &kt)) return;
     static const int Ts[] = {1, 5, 8, 9, 31, 33, 50, 197};
-    static const int hds[] = {24, 64};
+    static const int hds[] = {20, 24, 64};
     for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
-        for (size_t hi = 0; hi < 2; hi++)
+        for (size_t hi = 0; hi < sizeof(hds) / sizeof(hds[0]); hi++)
             for (int rotated = 0; rotated < 3; rotated++) {
                 int T = Ts[ti], hd = hds[hi], H = 3, D = H * hd, ld = 3 * D, ld_out = D + 5;
                 int np = rotated == 0 ? 0 : rotated == 1 ? hd / 2 : hd / 2 - 2;
