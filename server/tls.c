@@ -236,7 +236,9 @@ static void refresh(tls_store *t) {
     char *err = t->refused;
     tls_pair *p = pair_load(t->cert_file, t->key_file, err, sizeof(t->refused));
     if (!p) {
-        log_event("info", "tls: not serving the files as they are now (looking again in 1 s): %s", err);
+        log_event("info",
+                  "tls: not serving the files as they are now (a look a second or more later decides): %s",
+                  err);
         return;
     }
     if (memcmp(p->digest, t->current->digest, sizeof(p->digest)) == 0) { /* touched, not changed */
@@ -252,7 +254,8 @@ static void refresh(tls_store *t) {
     if (p->not_after < time(NULL)) {
         snprintf(t->refused, sizeof(t->refused), "tls-cert-file: %s: the certificate expired on %s",
                  t->cert_file, when);
-        log_event("info", "tls: not serving the files as they are now (looking again in 1 s): %s",
+        log_event("info",
+                  "tls: not serving the files as they are now (a look a second or more later decides): %s",
                   t->refused);
         pair_free(p);
         return;
