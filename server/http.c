@@ -926,7 +926,25 @@ static int loading_route(http_request *r, const char *path) {
     return 0;
 }
 
-/* /metrics: the daemon's series, then the repository's. */
+/* Appends part (n bytes, malloc'd, taken) to *all (*len bytes). 0 when
+ * either is NULL (out of memory) or the append fails: both freed, *all
+ * NULL. */
+static int append_part(char **all, size_t *len, char *part, size_t n) {
+    char *grown = *all && part ? realloc(*all, *len + n) : NULL;
+    if (!grown) {
+        free(*all);
+        free(part);
+        *all = NULL;
+        return 0;
+    }
+    memcpy(grown + *len, part, n);
+    free(part);
+    *all = grown;
+    *len += n;
+    return 1;
+}
+
+/* /metrics: the daemon's series, then the repository's, then HTTPS's. */
 static void metrics_answer(http_request *r, int ready) {
     http_server *s = r->s;
     metrics_gauges g = {.queue_depth = 0,
@@ -944,31 +962,16 @@ static void metrics_answer(http_request *r, int ready) {
                               .timeouts_request = cs.timeouts_request};
     metrics_set_connections(s->p.metrics, &mc);
     size_t len = 0, more = 0;
-    char *text = metrics_render(s->p.metrics, &g, &len);
-    char *models = repository_metrics(s->p.repo, &more);
-    char *all = text && models ? realloc(text, len + more) : NULL;
-    if (!all) {
-        free(text);
-        free(models);
+    char *all = metrics_render(s->p.metrics, &g, &len);
+    char *part = repository_metrics(s->p.repo, &more); /* sets more: before the call below */
+    int ok = append_part(&all, &len, part, more);
+    if (ok && s->p.tls) { /* the served certificate's expiry and reload failures */
+        part = tls_metrics(s->p.tls, &more);
+        ok = append_part(&all, &len, part, more);
+    }
+    if (!ok) {
         set_error(r, 500, "out of memory");
         return;
-    }
-    memcpy(all + len, models, more);
-    free(models);
-    len += more;
-    if (s->p.tls) { /* the served certificate's expiry and reload failures */
-        char *tls = tls_metrics(s->p.tls, &more);
-        char *grown = tls ? realloc(all, len + more) : NULL;
-        if (!grown) {
-            free(all);
-            free(tls);
-            set_error(r, 500, "out of memory");
-            return;
-        }
-        all = grown;
-        memcpy(all + len, tls, more);
-        free(tls);
-        len += more;
     }
     set_answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", all, len, 0);
 }
