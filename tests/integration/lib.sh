@@ -127,6 +127,13 @@ metric() {
     END { if (found) printf "%.15g\n", sum; exit !found }'
 }
 
+# under_load: /v1/classify answers are coming and more requests are queued
+# or running (a load generator started in the background reached the daemon)
+under_load() {
+  [ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="200"}' || echo 0)" -ge 1 ] &&
+    [ "$(metric comrope_in_flight_requests || echo 0)" -ge 2 ]
+}
+
 # hey_codes OUT: the status codes in hey's summary OUT; hey_count OUT CODE: how many.
 hey_codes() { sed -n 's/^ *\[\([0-9]*\)\].*responses$/\1/p' "$1" | sort -u | tr '\n' ' '; }
 hey_count() { sed -n "s/^ *\[$2\][[:space:]]*\([0-9]*\) responses$/\1/p" "$1"; }

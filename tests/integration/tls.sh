@@ -221,11 +221,7 @@ hey -z 600s -c 16 -t 30 -host localhost -m POST -T image/png -D "$IMG" \
   >"$WORK/hey.txt" 2>&1 &
 HEY_PID=$!
 OTHER_PIDS+=("$HEY_PID")
-loaded() {
-  [ "$(metric 'comrope_requests_total{endpoint="v1_classify",code="200"}' || echo 0)" -ge 1 ] &&
-    [ "$(metric comrope_in_flight_requests || echo 0)" -ge 2 ]
-}
-poll 120 loaded || fail "HTTPS load never reached the daemon"
+poll 120 under_load || fail "HTTPS load never reached the daemon"
 kill -TERM "$DAEMON_PID"
 wait_exit $((DRAIN + 20))
 [ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM under HTTPS load"
