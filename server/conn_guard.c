@@ -36,6 +36,7 @@ typedef struct conn {
     int64_t deadline_ns; /* 0: not armed */
     int begun;           /* a request line has come since it was armed */
     conn_guard_cut cut;  /* shut down by the guard (then never armed again), and why */
+    void *slot;          /* conn_guard_slot's: touched only by the connection's MHD thread */
     struct conn *prev, *next;
 } conn;
 
@@ -300,6 +301,11 @@ void conn_guard_notify(void *cls, struct MHD_Connection *mc, void **socket_conte
 static conn *conn_of(struct MHD_Connection *mc) {
     const union MHD_ConnectionInfo *i = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return i ? i->socket_context : NULL;
+}
+
+void **conn_guard_slot(struct MHD_Connection *mc) {
+    conn *c = conn_of(mc);
+    return c ? &c->slot : NULL;
 }
 
 void conn_guard_request_begun(struct MHD_Connection *mc) {

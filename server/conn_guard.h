@@ -82,6 +82,13 @@ enum MHD_Result conn_guard_accept(void *cls, const struct sockaddr *addr, sockle
 void conn_guard_notify(void *cls, struct MHD_Connection *c, void **socket_context,
                        enum MHD_ConnectionNotificationCode code);
 
+/* A pointer another module keeps with connection c for its life (tls.c:
+ * the certificate pair its handshake was served); NULL when c is not
+ * tracked (out of memory when it started). Whatever it holds is released
+ * by the notify callback that calls conn_guard_notify, at
+ * MHD_CONNECTION_NOTIFY_CLOSED, before that call frees it. */
+void **conn_guard_slot(struct MHD_Connection *c);
+
 /* A request line has arrived on c (MHD_OPTION_URI_LOG_CALLBACK): a cut
  * from now on is counted as one in a request, not on an idle connection. */
 void conn_guard_request_begun(struct MHD_Connection *c);

@@ -1605,6 +1605,15 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
  * 431. */
 #define HTTP_CONNECTION_POOL_BYTES (36 * 1024)
 
+/* MHD_NotifyConnectionCallback (cls: the daemon's conn_guard): the guard's
+ * count and deadline, and the certificate pair an HTTPS connection holds
+ * (tls.h), released first: the guard's notify frees where it is kept. */
+static void connection_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code) {
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) tls_connection_closed(c);
+    conn_guard_notify(cls, c, socket_context, code);
+}
+
 static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandlerCallback handler,
                                        conn_guard *guard, char *err, size_t errlen) {
     const server_config *cfg = s->p.cfg;
@@ -1657,7 +1666,7 @@ static struct MHD_Daemon *start_daemon(http_server *s, int port, MHD_AccessHandl
         /* above max-connections, which conn_guard_accept enforces (see
          * conn_guard.h: at its own limit libmicrohttpd stops accepting) */
         MHD_OPTION_CONNECTION_LIMIT, conn_guard_mhd_limit(guard, cfg->http_threads),
-        MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, guard, MHD_OPTION_URI_LOG_CALLBACK, request_line,
+        MHD_OPTION_NOTIFY_CONNECTION, connection_notify, guard, MHD_OPTION_URI_LOG_CALLBACK, request_line,
         NULL, MHD_OPTION_UNESCAPE_CALLBACK, url_unescape, NULL, MHD_OPTION_LISTEN_BACKLOG_SIZE,
         (unsigned int)(cfg->max_connections < 1024 ? 1024 : cfg->max_connections),
         MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_ARRAY,

@@ -12,20 +12,23 @@
 
 #include "clock.h"
 #include "config.h"
+#include "conn_guard.h"
 #include "log.h"
 
 /* A certificate chain longer than this is not a server's. */
 #define TLS_MAX_CHAIN 16
 
 /* One certificate chain and its key, as loaded from the files. */
-typedef struct tls_pair {
+struct tls_pair {
     gnutls_pcert_st chain[TLS_MAX_CHAIN];
     unsigned int nchain;
     gnutls_privkey_t key;
     time_t not_after;         /* the leaf certificate's */
     unsigned char digest[32]; /* SHA-256 of both files: an unchanged pair is not loaded twice */
-    struct tls_pair *older;   /* the pairs served before */
-} tls_pair;
+    /* the store's while it is served, and one per connection holding it
+     * (under the store's lock); freed at 0 */
+    unsigned int refs;
+};
 
 /* What identifies a file's content without reading it. */
 typedef struct {
@@ -39,16 +42,13 @@ typedef struct {
 struct tls_store {
     char cert_file[CONFIG_PATH_MAX], key_file[CONFIG_PATH_MAX];
     pthread_mutex_t lock;
-    /* The served pair. A replaced one is kept until tls_close: GnuTLS keeps
-     * the pointers the callback returned for the session's handshake and
-     * does not say when it is done with them (needs_free is 0 for
-     * retrieve_function2). A pair is only added when the files' content
-     * differs from the served pair's, so this grows by one certificate per
-     * real rotation (a few KiB every few weeks). */
-    tls_pair *current;
-    file_id cert_id, key_id;     /* of the files as last looked at */
-    int64_t checked_ns;          /* monotonic time of the last look */
+    /* Under lock. A replaced pair lives on while a connection holds it
+     * (tls.h: GnuTLS keeps the pointers the callback returned). */
+    tls_pair *current;           /* the served pair, one reference the store's */
+    unsigned int pairs;          /* pairs in memory: current and those still held */
     unsigned long long failures; /* replacements refused */
+    int64_t checked_ns;          /* monotonic time of the last look */
+    file_id cert_id, key_id;     /* of the files as last looked at */
     /* Why the files as last looked at are not served, until a later look
      * finds them unchanged: a renewal replaces the two files one after
      * the other (certbot repoints cert then key), and a look between the
@@ -60,13 +60,18 @@ struct tls_store {
 static tls_store *served_store;
 
 static void pair_free(tls_pair *p) {
-    while (p) {
-        tls_pair *older = p->older;
-        for (unsigned int i = 0; i < p->nchain; i++) gnutls_pcert_deinit(&p->chain[i]);
-        if (p->key) gnutls_privkey_deinit(p->key);
-        free(p);
-        p = older;
-    }
+    if (!p) return;
+    for (unsigned int i = 0; i < p->nchain; i++) gnutls_pcert_deinit(&p->chain[i]);
+    if (p->key) gnutls_privkey_deinit(p->key);
+    free(p);
+}
+
+/* Drops a reference to p (under t->lock). Returns p when that was the
+ * last, for the caller to free once the lock is released. */
+static tls_pair *pair_unref(tls_store *t, tls_pair *p) {
+    if (!p || --p->refs) return NULL;
+    t->pairs--;
+    return p;
 }
 
 static void file_stat(const char *path, file_id *id) {
@@ -189,6 +194,8 @@ tls_store *tls_open(const char *cert_file, const char *key_file, char *err, size
     }
     if (t->current->not_after < time(NULL))
         log_event("warning", "tls-cert-file: %s: the certificate has expired", cert_file);
+    t->current->refs = 1;
+    t->pairs = 1;
     t->checked_ns = monotonic_ns();
     pthread_mutex_init(&t->lock, NULL);
     served_store = t;
@@ -198,6 +205,8 @@ tls_store *tls_open(const char *cert_file, const char *key_file, char *err, size
 void tls_close(tls_store *t) {
     if (!t) return;
     if (served_store == t) served_store = NULL;
+    if (t->pairs != 1) /* a connection's release would come after the free: a bug, say so */
+        log_event("error", "tls: %u certificate pairs still held at close", t->pairs - 1);
     pair_free(t->current);
     pthread_mutex_destroy(&t->lock);
     free(t);
@@ -210,12 +219,13 @@ static void utc_text(time_t when, char *buf, size_t len) {
     strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* Looks at the files at most once a second (under t->lock); a changed pair
- * that loads replaces the served one. */
-static void refresh(tls_store *t) {
+/* Looks at the files at most once a second (force: now; under t->lock);
+ * a changed pair that loads replaces the served one. */
+static void refresh(tls_store *t, int force) {
     int64_t now = monotonic_ns();
-    if (now - t->checked_ns < 1000000000) return;
+    if (!force && now - t->checked_ns < 1000000000) return;
     t->checked_ns = now;
+    tls_pair *p = NULL, *old = NULL;
     file_id cert_id, key_id;
     file_stat(t->cert_file, &cert_id);
     file_stat(t->key_file, &key_id);
@@ -226,7 +236,7 @@ static void refresh(tls_store *t) {
             log_event("error", "tls: keeping the served certificate: %s", t->refused);
             t->refused[0] = '\0';
         }
-        return;
+        goto done;
     }
     /* whatever happens, these files are judged once: a bad replacement is
      * logged and counted once, not every second, until they change again */
@@ -234,17 +244,14 @@ static void refresh(tls_store *t) {
     t->key_id = key_id;
     t->refused[0] = '\0';
     char *err = t->refused;
-    tls_pair *p = pair_load(t->cert_file, t->key_file, err, sizeof(t->refused));
+    p = pair_load(t->cert_file, t->key_file, err, sizeof(t->refused));
     if (!p) {
         log_event("info",
                   "tls: not serving the files as they are now (a look a second or more later decides): %s",
                   err);
-        return;
+        goto done;
     }
-    if (memcmp(p->digest, t->current->digest, sizeof(p->digest)) == 0) { /* touched, not changed */
-        pair_free(p);
-        return;
-    }
+    if (memcmp(p->digest, t->current->digest, sizeof(p->digest)) == 0) goto done; /* touched, not changed */
     char when[32];
     utc_text(p->not_after, when, sizeof(when));
     /* every client would refuse it, where the served one may still be
@@ -257,35 +264,88 @@ static void refresh(tls_store *t) {
         log_event("info",
                   "tls: not serving the files as they are now (a look a second or more later decides): %s",
                   t->refused);
-        pair_free(p);
-        return;
+        goto done;
     }
-    p->older = t->current;
+    p->refs = 1;
+    t->pairs++;
+    old = pair_unref(t, t->current);
     t->current = p;
+    p = NULL;
     log_event("info", "tls: serving the new certificate of %s (valid until %s)", t->cert_file, when);
+done:
+    pair_free(p);   /* not served */
+    pair_free(old); /* replaced, held by no connection */
+}
+
+void tls_look_now(tls_store *t) {
+    pthread_mutex_lock(&t->lock);
+    refresh(t, 1);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void tls_hold(tls_store *t, tls_pair **held) {
+    pthread_mutex_lock(&t->lock);
+    refresh(t, 0);
+    tls_pair *p = t->current;
+    p->refs++;
+    tls_pair *last = pair_unref(t, *held);
+    pthread_mutex_unlock(&t->lock);
+    pair_free(last);
+    *held = p;
+}
+
+void tls_unhold(tls_store *t, tls_pair **held) {
+    pthread_mutex_lock(&t->lock);
+    tls_pair *last = pair_unref(t, *held);
+    pthread_mutex_unlock(&t->lock);
+    pair_free(last);
+    *held = NULL;
+}
+
+unsigned int tls_pairs(tls_store *t) {
+    pthread_mutex_lock(&t->lock);
+    unsigned int n = t->pairs;
+    pthread_mutex_unlock(&t->lock);
+    return n;
 }
 
 int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn, int nreqs,
                       const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length, gnutls_pcert_st **pcert,
                       unsigned int *pcert_length, gnutls_privkey_t *privkey) {
-    (void)session, (void)req_ca_dn, (void)nreqs, (void)pk_algos, (void)pk_algos_length;
+    (void)req_ca_dn, (void)nreqs, (void)pk_algos, (void)pk_algos_length;
     tls_store *t = served_store;
-    if (!t) return -1;
-    pthread_mutex_lock(&t->lock);
-    refresh(t);
-    tls_pair *p = t->current; /* lives until tls_close */
-    pthread_mutex_unlock(&t->lock);
+    struct MHD_Connection *c = gnutls_session_get_ptr(session); /* libmicrohttpd sets it to the connection */
+    void **slot = c ? conn_guard_slot(c) : NULL;
+    /* nowhere to record the pair: it could never be released */
+    if (!t || !slot) return -1;
+    /* a second handshake on the connection (TLS 1.2 renegotiation) moves
+     * its reference to the pair served now: GnuTLS drops the pointers of
+     * the first when it takes the new ones */
+    tls_pair *p = *slot;
+    tls_hold(t, &p);
+    *slot = p;
     *pcert = p->chain;
     *pcert_length = p->nchain;
     *privkey = p->key;
     return 0;
 }
 
+void tls_connection_closed(struct MHD_Connection *c) {
+    void **slot = conn_guard_slot(c);
+    if (!slot || !*slot) return; /* plain HTTP, or no handshake got as far */
+    /* libmicrohttpd has called gnutls_deinit by now (MHD_cleanup_connections
+     * deinits, then notifies): nothing reads the pair after this */
+    tls_pair *p = *slot;
+    tls_unhold(served_store, &p);
+    *slot = NULL;
+}
+
 char *tls_metrics(tls_store *t, size_t *len) {
     pthread_mutex_lock(&t->lock);
-    refresh(t);
+    refresh(t, 0);
     long long not_after = (long long)t->current->not_after;
     unsigned long long failures = t->failures;
+    unsigned int pairs = t->pairs;
     pthread_mutex_unlock(&t->lock);
     char *text = NULL;
     int n =
@@ -297,8 +357,12 @@ char *tls_metrics(tls_store *t, size_t *len) {
                  "# HELP comrope_tls_reload_failures_total Replaced certificate files that were not "
                  "served (unreadable, not PEM, a key that does not match, expired); the old pair is kept.\n"
                  "# TYPE comrope_tls_reload_failures_total counter\n"
-                 "comrope_tls_reload_failures_total %llu\n",
-                 not_after, failures);
+                 "comrope_tls_reload_failures_total %llu\n"
+                 "# HELP comrope_tls_certificate_pairs Certificate pairs in memory: the served one, and "
+                 "replaced ones that connections opened before the rotation still hold.\n"
+                 "# TYPE comrope_tls_certificate_pairs gauge\n"
+                 "comrope_tls_certificate_pairs %u\n",
+                 not_after, failures, pairs);
     if (n < 0) return NULL;
     *len = (size_t)n;
     return text;

@@ -11,7 +11,14 @@
  * invalid, mismatched or expired replacement keeps the served pair; found
  * again unchanged by a look a second or more later (not a renewal under
  * way), it is logged once and counted (comrope_tls_reload_failures_total).
- * Sessions already open keep theirs.
+ *
+ * Sessions already open keep theirs: GnuTLS keeps the pointers the
+ * callback returned for the session (retrieve_function2 does not say when
+ * it is done with them), so a connection holds a reference to the pair it
+ * was served (tls_hold, recorded with the connection by conn_guard) until
+ * libmicrohttpd reports it closed, which it does after gnutls_deinit
+ * (tls_connection_closed). A replaced pair is freed when its last
+ * connection closes (comrope_tls_certificate_pairs counts those in memory).
  *
  * One store per process: GnuTLS's callback takes no user pointer, so the
  * store opened is the one the callback serves (both ports share it). */
@@ -20,6 +27,7 @@
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
+#include <microhttpd.h>
 #include <stddef.h>
 
 /* GnuTLS priorities of both ports: TLS 1.2 and 1.3 only. libmicrohttpd's
@@ -28,22 +36,45 @@
 #define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 
 typedef struct tls_store tls_store;
+typedef struct tls_pair tls_pair; /* a certificate chain and its key, reference-counted */
 
 /* Reads and checks the pair. NULL with a message naming the file and what
  * is wrong (unreadable, not PEM, a key that does not match). The key's PEM
  * text is wiped once GnuTLS has parsed it. */
 tls_store *tls_open(const char *cert_file, const char *key_file, char *err, size_t errlen);
 
-/* Frees every pair the store has served: after the daemons have stopped. */
+/* Frees the served pair: after the daemons have stopped (every connection
+ * closed, so no other pair is held). */
 void tls_close(tls_store *t);
 
-/* For MHD_OPTION_HTTPS_CERT_CALLBACK: serves the open store's current pair. */
+/* Looks at the files now, not at most once a second: for tests, which
+ * must not wait. */
+void tls_look_now(tls_store *t);
+
+/* Makes *held the pair to serve now (the files looked at first, as a
+ * handshake does), with a reference, releasing the pair *held had (a
+ * second handshake on one connection). */
+void tls_hold(tls_store *t, tls_pair **held);
+
+/* Releases *held (NULL: none) and sets it to NULL. */
+void tls_unhold(tls_store *t, tls_pair **held);
+
+/* Pairs in memory: the served one and replaced ones still held. */
+unsigned int tls_pairs(tls_store *t);
+
+/* For MHD_OPTION_HTTPS_CERT_CALLBACK: serves the open store's current pair,
+ * held by the connection (conn_guard_slot). -1, a failed handshake, for a
+ * connection with nowhere to record it (out of memory when it started). */
 int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn, int nreqs,
                       const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length, gnutls_pcert_st **pcert,
                       unsigned int *pcert_length, gnutls_privkey_t *privkey);
 
-/* The Prometheus text of the served certificate's expiry and the reload
- * failures (malloc'd, *len its length); NULL when out of memory. Checks
+/* Releases the pair connection c holds (MHD_CONNECTION_NOTIFY_CLOSED,
+ * before conn_guard_notify frees the slot). */
+void tls_connection_closed(struct MHD_Connection *c);
+
+/* The Prometheus text of the served certificate's expiry, the reload
+ * failures and the pairs in memory (malloc'd, *len its length); NULL when out of memory. Checks
  * the files first, as a handshake does. */
 char *tls_metrics(tls_store *t, size_t *len);
 

@@ -17,6 +17,10 @@
 #     counted once (on a second look that finds the same files); certbot's
 #     symlinks repointed one by one are served once both are in place, and
 #     a state between the two seen by one look only is not counted
+#   - a replaced pair is freed when the last connection holding it closes:
+#     rotated many times with a kept-alive connection holding the first
+#     pair, two pairs are in memory (comrope_tls_certificate_pairs), then
+#     one once that connection closes
 #   - --health-probe speaks TLS to the daemon (flags and environment)
 #   - SIGTERM with an HTTPS request in flight: answered 200, exit 0; and
 #     under hey's HTTPS load: exit 0, only 200 / 503 / refused, nothing lost
@@ -206,6 +210,41 @@ echo "ok certbot's symlinks repointed one by one: counted while incomplete, then
 "$PY" "$CLIENT" drain "$PORT" "$MPORT" "$FIX/ca.pem" "$DAEMON_PID" "$LOG" "$IMG" || fail "drain over TLS"
 wait_exit 60
 [ "$EXIT_CODE" = 0 ] || fail "exit status $EXIT_CODE after SIGTERM"
+# --- a replaced pair lives while a connection holds it -----------------------
+mkdir "$WORK/r1" "$WORK/r2"
+cp "$FIX/server.pem" "$WORK/r1/cert.pem"
+cp "$FIX/server.key" "$WORK/r1/key.pem"
+cp "$FIX/server2.pem" "$WORK/r2/cert.pem"
+cp "$FIX/server2.key" "$WORK/r2/key.pem"
+ln -s r1 "$WORK/rot"
+launch_daemon --tls-cert-file "$WORK/rot/cert.pem" --tls-key-file "$WORK/rot/key.pem"
+URL=https://127.0.0.1:$PORT
+poll 30 ready || fail "not ready over https in 30 s"
+mkfifo "$WORK/hold.in"
+"$PY" "$CLIENT" hold "$PORT" "$FIX/ca.pem" <"$WORK/hold.in" >"$WORK/hold.out" &
+HOLD_PID=$!
+OTHER_PIDS+=("$HOLD_PID")
+exec 3>"$WORK/hold.in"
+holding() { grep -qx 'held 1001' "$WORK/hold.out"; }
+poll 10 holding || fail "the kept-alive connection did not get certificate 1001: $(cat "$WORK/hold.out")"
+# each swap seen by a look (a new connection served it) before the next:
+# every look loads a pair other than the served one
+for target in r2 r1 r2 r1 r2 r1; do
+  ln -s "$target" "$WORK/rot.new"
+  mv -T "$WORK/rot.new" "$WORK/rot"
+  want=1001
+  [ "$target" = r2 ] && want=1002
+  poll 10 served "$PORT" "$want" || fail "swap to $target not served"
+done
+pairs() { [ "$(metric comrope_tls_certificate_pairs)" = "$1" ]; }
+poll 10 pairs 2 || fail "pairs in memory after 6 rotations with one held: $(metric comrope_tls_certificate_pairs), not 2"
+exec 3>&-
+wait "$HOLD_PID" || fail "the held connection: $(cat "$WORK/hold.out")"
+poll 10 pairs 1 || fail "the held pair not freed when its connection closed: $(metric comrope_tls_certificate_pairs) pairs"
+curl -sf --max-time 10 "$URL/metrics" | promtool check metrics >/dev/null 2>&1 || fail "promtool"
+echo "ok 6 rotations with a connection holding the first pair: 2 pairs in memory, 1 once it closed"
+stop_daemon
+
 # --- SIGTERM under HTTPS load (as shutdown.sh part 1) ------------------------------
 DRAIN=10
 launch_daemon --tls-cert-file "$FIX/server.pem" --tls-key-file "$FIX/server.key" --access-log off \

@@ -12,6 +12,11 @@ exits 1.
       as cert-manager swaps a Secret's ..data); new connections must get
       the certificate SERIAL within 10 s, and the old connection must still
       be answered on its session (the old certificate).
+  hold PORT CA
+      A kept-alive HTTPS connection: one request, then "held SERIAL" (its
+      certificate) is printed; once stdin reaches its end, a second
+      request on the same connection must be answered, on the same
+      certificate, and the connection is closed.
   stall PORT SECONDS
       Two connections that never complete a handshake: one silent, one
       that sends the first bytes of a ClientHello and stops. Each must be
@@ -87,6 +92,23 @@ def rotate(port, ca, link, target, want):
              % (resp.status, old.sock.getpeercert()["serialNumber"]))
     old.close()
     print("ok a connection open across the swap kept its session (certificate %s)" % before)
+
+
+def hold(port, ca):
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context(ca))
+    c.request("GET", "/v2/health/ready")
+    if c.getresponse().read() != b'{"ready":true}':
+        fail("not ready")
+    held = c.sock.getpeercert()["serialNumber"]
+    print("held " + held, flush=True)
+    sys.stdin.read()
+    c.request("GET", "/v2/health/ready")
+    resp = c.getresponse()
+    resp.read()
+    if resp.status != 200 or c.sock.getpeercert()["serialNumber"] != held:
+        fail("the held connection: %d, certificate %s" % (resp.status, c.sock.getpeercert()["serialNumber"]))
+    c.close()
+    print("ok the held connection answered on its certificate (%s), closed" % held)
 
 
 def stall(port, seconds):
@@ -180,6 +202,8 @@ def main():
         serial(int(a[2]), a[3])
     elif len(a) == 7 and a[1] == "rotate":
         rotate(int(a[2]), a[3], a[4], a[5], a[6])
+    elif len(a) == 4 and a[1] == "hold":
+        hold(int(a[2]), a[3])
     elif len(a) == 4 and a[1] == "stall":
         stall(int(a[2]), float(a[3]))
     elif len(a) == 4 and a[1] == "versions":

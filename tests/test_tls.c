@@ -1,0 +1,152 @@
+/* test_tls.c: server/tls.c, the served certificate pair's life: a replaced
+ * pair lives while a connection holds it and is freed when the last one
+ * lets go; a second handshake on one connection moves its reference.
+ * The files are the committed test CA's (tests/fixtures/tls), copied into
+ * a directory of the test's own and replaced by rename(2), a new inode,
+ * as a rotation does; tls_look_now stands for the look a second later. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check_run.h"
+#include "tls.h"
+
+static char dir[64], cert[96], key[96];
+static int installed; /* files replaced so far, kept as DIR/kept.N */
+
+/* Replaces `to` with a copy of `from`. The file replaced is kept (a hard
+ * link): its inode freed, the new file could get its number, and the same
+ * size and mtime (a clock tick is milliseconds) would look unchanged. */
+static void copy(const char *from, const char *to) {
+    char tmp[128], kept[128], buf[8192];
+    snprintf(tmp, sizeof(tmp), "%s.new", to);
+    if (access(to, F_OK) == 0) {
+        snprintf(kept, sizeof(kept), "%s/kept.%d", dir, installed++);
+        ck_assert_int_eq(link(to, kept), 0);
+    }
+    FILE *in = fopen(from, "rb"), *out = fopen(tmp, "wb");
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(out);
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0) ck_assert_uint_eq(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    ck_assert_int_eq(fclose(out), 0);
+    ck_assert_int_eq(rename(tmp, to), 0);
+}
+
+/* Puts the fixture pair `name` (server, server2) in place. */
+static void install(const char *name) {
+    char from[256];
+    snprintf(from, sizeof(from), "%s/tls/%s.pem", FIXTURE_DIR, name);
+    copy(from, cert);
+    snprintf(from, sizeof(from), "%s/tls/%s.key", FIXTURE_DIR, name);
+    copy(from, key);
+}
+
+static tls_store *open_store(void) {
+    snprintf(dir, sizeof(dir), "/tmp/test_tls_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+    snprintf(key, sizeof(key), "%s/key.pem", dir);
+    install("server");
+    char err[512];
+    tls_store *t = tls_open(cert, key, err, sizeof(err));
+    ck_assert_msg(t != NULL, "%s", err);
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    return t;
+}
+
+static void close_store(tls_store *t) {
+    tls_close(t);
+    unlink(cert);
+    unlink(key);
+    char kept[128];
+    for (int i = 0; i < installed; i++) {
+        snprintf(kept, sizeof(kept), "%s/kept.%d", dir, i);
+        unlink(kept);
+    }
+    installed = 0;
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+
+START_TEST(replaced_pair_freed_by_its_last_holder) {
+    tls_store *t = open_store();
+    tls_pair *a = NULL, *b = NULL, *c = NULL;
+    tls_hold(t, &a);
+    tls_hold(t, &b);
+    ck_assert_ptr_eq(a, b);
+    install("server2");
+    tls_look_now(t);
+    ck_assert_uint_eq(tls_pairs(t), 2); /* the new one, and the old one a and b hold */
+    tls_hold(t, &c);
+    ck_assert_ptr_ne(c, a);
+    tls_unhold(t, &a);
+    ck_assert_ptr_null(a);
+    ck_assert_uint_eq(tls_pairs(t), 2); /* b still holds it */
+    tls_unhold(t, &b);
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    tls_unhold(t, &c); /* the served pair: the store keeps it */
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    tls_unhold(t, &c); /* a connection that never held one */
+    close_store(t);
+}
+END_TEST
+
+/* A writer changing the files' content at every look: memory stays at the
+ * pair a connection holds and the served one (it grew by a pair a look). */
+START_TEST(many_rotations_keep_two_pairs) {
+    tls_store *t = open_store();
+    tls_pair *first = NULL;
+    tls_hold(t, &first);
+    for (int i = 0; i < 50; i++) {
+        install(i % 2 ? "server" : "server2");
+        tls_look_now(t);
+        tls_pair *now = NULL;
+        tls_hold(t, &now);
+        ck_assert_ptr_ne(now, first);
+        tls_unhold(t, &now);
+        ck_assert_uint_eq(tls_pairs(t), 2);
+    }
+    size_t len = 0;
+    char *text = tls_metrics(t, &len);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_ptr_nonnull(strstr(text, "\ncomrope_tls_certificate_pairs 2\n"));
+    free(text);
+    tls_unhold(t, &first);
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    close_store(t);
+}
+END_TEST
+
+/* A second handshake on one connection (TLS 1.2 renegotiation) moves its
+ * reference: the first pair is not held twice, nor leaked. */
+START_TEST(second_handshake_moves_the_reference) {
+    tls_store *t = open_store();
+    tls_pair *held = NULL;
+    tls_hold(t, &held);
+    tls_pair *first = held;
+    tls_hold(t, &held); /* the same pair again: still one reference */
+    ck_assert_ptr_eq(held, first);
+    install("server2");
+    tls_look_now(t);
+    ck_assert_uint_eq(tls_pairs(t), 2);
+    tls_hold(t, &held);
+    ck_assert_ptr_ne(held, first);
+    ck_assert_uint_eq(tls_pairs(t), 1); /* the first freed */
+    tls_unhold(t, &held);
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    close_store(t);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("tls");
+    TCase *tc = tcase_create("tls");
+    tcase_add_test(tc, replaced_pair_freed_by_its_last_holder);
+    tcase_add_test(tc, many_rotations_keep_two_pairs);
+    tcase_add_test(tc, second_handshake_moves_the_reference);
+    suite_add_tcase(s, tc);
+    return check_run(s);
+}
