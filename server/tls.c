@@ -47,8 +47,10 @@ struct tls_store {
     tls_pair *current;           /* the served pair, one reference the store's */
     unsigned int pairs;          /* pairs in memory: current and those still held */
     unsigned long long failures; /* replacements refused */
-    int64_t checked_ns;          /* monotonic time of the last look */
-    file_id cert_id, key_id;     /* of the files as last looked at */
+    int looking;                 /* a look at the files is under way: one at a time */
+    int64_t checked_ns;          /* monotonic time of the last look's start */
+    /* The looking thread's alone (looking is set): */
+    file_id cert_id, key_id; /* of the files as last looked at */
     /* Why the files as last looked at are not served, until a later look
      * finds them unchanged: a renewal replaces the two files one after
      * the other (certbot repoints cert then key), and a look between the
@@ -219,12 +221,24 @@ static void utc_text(time_t when, char *buf, size_t len) {
     strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* Looks at the files at most once a second (force: now; under t->lock);
- * a changed pair that loads replaces the served one. */
-static void refresh(tls_store *t, int force) {
+/* Whether the caller is to look at the files: at most once a second
+ * (force: now), and one look at a time; the others serve the current
+ * pair meanwhile. */
+static int look_due(tls_store *t, int force) {
+    pthread_mutex_lock(&t->lock);
     int64_t now = monotonic_ns();
-    if (!force && now - t->checked_ns < 1000000000) return;
-    t->checked_ns = now;
+    int due = !t->looking && (force || now - t->checked_ns >= 1000000000);
+    if (due) {
+        t->looking = 1;
+        t->checked_ns = now;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return due;
+}
+
+/* A look (look_due said so): a changed pair that loads replaces the
+ * served one. The files are read and parsed outside the lock (tls.h). */
+static void look(tls_store *t) {
     tls_pair *p = NULL, *old = NULL;
     file_id cert_id, key_id;
     file_stat(t->cert_file, &cert_id);
@@ -232,7 +246,9 @@ static void refresh(tls_store *t, int force) {
     if (file_id_same(&cert_id, &t->cert_id) && file_id_same(&key_id, &t->key_id)) {
         /* refused twice, a second or more apart: not a renewal under way */
         if (t->refused[0]) {
+            pthread_mutex_lock(&t->lock);
             t->failures++;
+            pthread_mutex_unlock(&t->lock);
             log_event("error", "tls: keeping the served certificate: %s", t->refused);
             t->refused[0] = '\0';
         }
@@ -251,6 +267,7 @@ static void refresh(tls_store *t, int force) {
                   err);
         goto done;
     }
+    /* only a look replaces current, and this is the one: read without the lock */
     if (memcmp(p->digest, t->current->digest, sizeof(p->digest)) == 0) goto done; /* touched, not changed */
     char when[32];
     utc_text(p->not_after, when, sizeof(when));
@@ -267,25 +284,28 @@ static void refresh(tls_store *t, int force) {
         goto done;
     }
     p->refs = 1;
+    pthread_mutex_lock(&t->lock);
     t->pairs++;
     old = pair_unref(t, t->current);
     t->current = p;
+    pthread_mutex_unlock(&t->lock);
     p = NULL;
     log_event("info", "tls: serving the new certificate of %s (valid until %s)", t->cert_file, when);
 done:
+    pthread_mutex_lock(&t->lock);
+    t->looking = 0;
+    pthread_mutex_unlock(&t->lock);
     pair_free(p);   /* not served */
     pair_free(old); /* replaced, held by no connection */
 }
 
 void tls_look_now(tls_store *t) {
-    pthread_mutex_lock(&t->lock);
-    refresh(t, 1);
-    pthread_mutex_unlock(&t->lock);
+    if (look_due(t, 1)) look(t);
 }
 
 void tls_hold(tls_store *t, tls_pair **held) {
+    if (look_due(t, 0)) look(t);
     pthread_mutex_lock(&t->lock);
-    refresh(t, 0);
     tls_pair *p = t->current;
     p->refs++;
     tls_pair *last = pair_unref(t, *held);
@@ -341,8 +361,8 @@ void tls_connection_closed(struct MHD_Connection *c) {
 }
 
 char *tls_metrics(tls_store *t, size_t *len) {
+    if (look_due(t, 0)) look(t);
     pthread_mutex_lock(&t->lock);
-    refresh(t, 0);
     long long not_after = (long long)t->current->not_after;
     unsigned long long failures = t->failures;
     unsigned int pairs = t->pairs;

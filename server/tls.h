@@ -11,6 +11,9 @@
  * invalid, mismatched or expired replacement keeps the served pair; found
  * again unchanged by a look a second or more later (not a renewal under
  * way), it is logged once and counted (comrope_tls_reload_failures_total).
+ * The files are read and parsed outside the store's lock, by one look at a
+ * time: a slow filesystem (NFS) holds up that handshake only, the others
+ * are served the current pair meanwhile.
  *
  * Sessions already open keep theirs: GnuTLS keeps the pointers the
  * callback returned for the session (retrieve_function2 does not say when

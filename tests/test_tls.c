@@ -3,15 +3,41 @@
  * lets go; a second handshake on one connection moves its reference.
  * The files are the committed test CA's (tests/fixtures/tls), copied into
  * a directory of the test's own and replaced by rename(2), a new inode,
- * as a rotation does; tls_look_now stands for the look a second later. */
+ * as a rotation does; tls_look_now stands for the look a second later.
+ * A read of the files that hangs (NFS) holds up no handshake but its own:
+ * config_read_file is wrapped (tests/CMakeLists.txt: --wrap) to wait
+ * until the test lets it go. */
 #include <check.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "check_run.h"
+#include "config.h"
 #include "tls.h"
+
+int __real_config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len,
+                            char *err, size_t errlen);
+
+static pthread_mutex_t stall_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t stall_changed = PTHREAD_COND_INITIALIZER;
+static int stall;   /* reads wait while set */
+static int stalled; /* a read is waiting */
+
+int __wrap_config_read_file(const char *what, const char *path, int pipes, char **data, size_t *len,
+                            char *err, size_t errlen) {
+    pthread_mutex_lock(&stall_lock);
+    while (stall) {
+        stalled = 1;
+        pthread_cond_broadcast(&stall_changed);
+        pthread_cond_wait(&stall_changed, &stall_lock);
+    }
+    stalled = 0;
+    pthread_mutex_unlock(&stall_lock);
+    return __real_config_read_file(what, path, pipes, data, len, err, errlen);
+}
 
 static char dir[64], cert[96], key[96];
 static int installed; /* files replaced so far, kept as DIR/kept.N */
@@ -141,12 +167,54 @@ START_TEST(second_handshake_moves_the_reference) {
 }
 END_TEST
 
+static void *look(void *t) {
+    tls_look_now(t);
+    return NULL;
+}
+
+START_TEST(a_hung_read_holds_up_no_handshake) {
+    tls_store *t = open_store();
+    install("server2");
+    pthread_mutex_lock(&stall_lock);
+    stall = 1;
+    pthread_mutex_unlock(&stall_lock);
+    pthread_t looker;
+    ck_assert_int_eq(pthread_create(&looker, NULL, look, t), 0);
+    pthread_mutex_lock(&stall_lock);
+    while (!stalled) pthread_cond_wait(&stall_changed, &stall_lock);
+    pthread_mutex_unlock(&stall_lock);
+    /* the look is in its read: a handshake, a scrape and another look go
+     * on with the served pair (under the lock, they would wait for the
+     * read: this test hangs, and ctest's timeout reports it) */
+    tls_pair *held = NULL;
+    tls_hold(t, &held);
+    tls_look_now(t);
+    size_t len = 0;
+    free(tls_metrics(t, &len));
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    pthread_mutex_lock(&stall_lock);
+    stall = 0;
+    pthread_cond_broadcast(&stall_changed);
+    pthread_mutex_unlock(&stall_lock);
+    ck_assert_int_eq(pthread_join(looker, NULL), 0);
+    ck_assert_uint_eq(tls_pairs(t), 2); /* the new pair served; held keeps the first */
+    tls_pair *now = NULL;
+    tls_hold(t, &now);
+    ck_assert_ptr_ne(now, held);
+    tls_unhold(t, &held);
+    tls_unhold(t, &now);
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    close_store(t);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tls");
     TCase *tc = tcase_create("tls");
     tcase_add_test(tc, replaced_pair_freed_by_its_last_holder);
     tcase_add_test(tc, many_rotations_keep_two_pairs);
     tcase_add_test(tc, second_handshake_moves_the_reference);
+    tcase_add_test(tc, a_hung_read_holds_up_no_handshake);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
