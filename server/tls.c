@@ -56,6 +56,12 @@ struct tls_store {
      * the other (certbot repoints cert then key), and a look between the
      * two must not count a failure that an alert would report. */
     char refused[CONFIG_PATH_MAX * 2 + 200];
+    /* The files as last looked at load, but their chain has another number
+     * of certificates than the served one's: a writer rewriting the file
+     * in place may be between two certificates (the leaf alone loads and
+     * matches the key, and clients would lack the intermediate). Served
+     * when a later look finds them unchanged. */
+    int recheck;
 };
 
 /* The open store (tls.h: GnuTLS's callback takes no user pointer). */
@@ -240,6 +246,7 @@ static int look_due(tls_store *t, int force) {
  * served one. The files are read and parsed outside the lock (tls.h). */
 static void look(tls_store *t) {
     tls_pair *p = NULL, *old = NULL;
+    int settled = 0;
     file_id cert_id, key_id;
     file_stat(t->cert_file, &cert_id);
     file_stat(t->key_file, &key_id);
@@ -252,13 +259,15 @@ static void look(tls_store *t) {
             log_event("error", "tls: keeping the served certificate: %s", t->refused);
             t->refused[0] = '\0';
         }
-        goto done;
+        if (!t->recheck) goto done;
+        settled = 1; /* unchanged a second or more later: not a writer's cut */
     }
     /* whatever happens, these files are judged once: a bad replacement is
      * logged and counted once, not every second, until they change again */
     t->cert_id = cert_id;
     t->key_id = key_id;
     t->refused[0] = '\0';
+    t->recheck = 0;
     char *err = t->refused;
     p = pair_load(t->cert_file, t->key_file, err, sizeof(t->refused));
     if (!p) {
@@ -281,6 +290,14 @@ static void look(tls_store *t) {
         log_event("info",
                   "tls: not serving the files as they are now (a look a second or more later decides): %s",
                   t->refused);
+        goto done;
+    }
+    if (!settled && p->nchain != t->current->nchain) {
+        t->recheck = 1;
+        log_event("info",
+                  "tls: not serving the files as they are now (a look a second or more later decides): "
+                  "tls-cert-file: %s: %u certificates where the served chain has %u (a write under way?)",
+                  t->cert_file, p->nchain, t->current->nchain);
         goto done;
     }
     p->refs = 1;

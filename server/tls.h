@@ -11,6 +11,10 @@
  * invalid, mismatched or expired replacement keeps the served pair; found
  * again unchanged by a look a second or more later (not a renewal under
  * way), it is logged once and counted (comrope_tls_reload_failures_total).
+ * A chain with another number of certificates than the served one's is
+ * served only when a later look finds the files unchanged: a file being
+ * rewritten in place may be cut between the leaf and its intermediate,
+ * which loads and matches the key (a cut elsewhere does not load).
  * The files are read and parsed outside the store's lock, by one look at a
  * time: a slow filesystem (NFS) holds up that handshake only, the others
  * are served the current pair meanwhile.

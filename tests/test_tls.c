@@ -42,34 +42,42 @@ int __wrap_config_read_file(const char *what, const char *path, int pipes, char 
 static char dir[64], cert[96], key[96];
 static int installed; /* files replaced so far, kept as DIR/kept.N */
 
-/* Replaces `to` with a copy of `from`. The file replaced is kept (a hard
- * link): its inode freed, the new file could get its number, and the same
- * size and mtime (a clock tick is milliseconds) would look unchanged. */
-static void copy(const char *from, const char *to) {
+/* Replaces `to` with a copy of `from`, and `then` after it (NULL: none).
+ * The file replaced is kept (a hard link): its inode freed, the new file
+ * could get its number, and the same size and mtime (a clock tick is
+ * milliseconds) would look unchanged. */
+static void copy(const char *from, const char *then, const char *to) {
     char tmp[128], kept[128], buf[8192];
     snprintf(tmp, sizeof(tmp), "%s.new", to);
     if (access(to, F_OK) == 0) {
         snprintf(kept, sizeof(kept), "%s/kept.%d", dir, installed++);
         ck_assert_int_eq(link(to, kept), 0);
     }
-    FILE *in = fopen(from, "rb"), *out = fopen(tmp, "wb");
-    ck_assert_ptr_nonnull(in);
+    FILE *out = fopen(tmp, "wb");
     ck_assert_ptr_nonnull(out);
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), in)) > 0) ck_assert_uint_eq(fwrite(buf, 1, n, out), n);
-    fclose(in);
+    for (const char *src = from; src; src = src == from ? then : NULL) {
+        FILE *in = fopen(src, "rb");
+        ck_assert_ptr_nonnull(in);
+        size_t n;
+        while ((n = fread(buf, 1, sizeof(buf), in)) > 0) ck_assert_uint_eq(fwrite(buf, 1, n, out), n);
+        fclose(in);
+    }
     ck_assert_int_eq(fclose(out), 0);
     ck_assert_int_eq(rename(tmp, to), 0);
 }
 
-/* Puts the fixture pair `name` (server, server2) in place. */
-static void install(const char *name) {
-    char from[256];
+/* Puts the fixture pair `name` (server, server2) in place; with_ca: its
+ * chain has the CA's certificate after the leaf (two certificates). */
+static void install_chain(const char *name, int with_ca) {
+    char from[256], ca[256];
     snprintf(from, sizeof(from), "%s/tls/%s.pem", FIXTURE_DIR, name);
-    copy(from, cert);
+    snprintf(ca, sizeof(ca), "%s/tls/ca.pem", FIXTURE_DIR);
+    copy(from, with_ca ? ca : NULL, cert);
     snprintf(from, sizeof(from), "%s/tls/%s.key", FIXTURE_DIR, name);
-    copy(from, key);
+    copy(from, NULL, key);
 }
+
+static void install(const char *name) { install_chain(name, 0); }
 
 static tls_store *open_store(void) {
     snprintf(dir, sizeof(dir), "/tmp/test_tls_XXXXXX");
@@ -167,6 +175,41 @@ START_TEST(second_handshake_moves_the_reference) {
 }
 END_TEST
 
+/* A chain rewritten in place, seen between its two certificates (the
+ * leaf alone: it loads and matches the key) is not served at that look;
+ * whole at the next, it is. Cut the same at the next look too (a chain
+ * that did get shorter), it is served then. */
+START_TEST(a_chain_cut_between_certificates_waits_for_a_second_look) {
+    tls_store *t = open_store();
+    install_chain("server", 1);
+    tls_look_now(t);
+    tls_look_now(t); /* one certificate more than served: the second look serves it */
+    tls_pair *first = NULL, *now = NULL;
+    tls_hold(t, &first);         /* the two-certificate chain */
+    install_chain("server2", 0); /* the writer between the leaf and the CA */
+    tls_look_now(t);
+    tls_hold(t, &now);
+    ck_assert_ptr_eq(now, first);
+    install_chain("server2", 1); /* the writer done */
+    tls_look_now(t);
+    tls_hold(t, &now);
+    ck_assert_ptr_ne(now, first);
+    tls_unhold(t, &first);
+    tls_hold(t, &first); /* server2, two certificates */
+    install_chain("server", 0);
+    tls_look_now(t);
+    tls_hold(t, &now);
+    ck_assert_ptr_eq(now, first);
+    tls_look_now(t); /* unchanged: a shorter chain meant */
+    tls_hold(t, &now);
+    ck_assert_ptr_ne(now, first);
+    tls_unhold(t, &first);
+    tls_unhold(t, &now);
+    ck_assert_uint_eq(tls_pairs(t), 1);
+    close_store(t);
+}
+END_TEST
+
 static void *look(void *t) {
     tls_look_now(t);
     return NULL;
@@ -215,6 +258,7 @@ int main(void) {
     tcase_add_test(tc, many_rotations_keep_two_pairs);
     tcase_add_test(tc, second_handshake_moves_the_reference);
     tcase_add_test(tc, a_hung_read_holds_up_no_handshake);
+    tcase_add_test(tc, a_chain_cut_between_certificates_waits_for_a_second_look);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
