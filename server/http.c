@@ -563,9 +563,17 @@ static int parse_body(http_request *r, const char *ctype, char *err, size_t errl
         const char *h = r->header_len;
         if (h) {
             char *end;
+            errno = 0;
             unsigned long long v = strtoull(h, &end, 10);
             if (*h < '0' || *h > '9' || *end || v == 0) { /* strtoull takes "+5", " 5" and "-1" */
                 set_error(r, 400, "Inference-Header-Content-Length: expected a positive integer");
+                return -1;
+            }
+            if (errno == ERANGE) { /* strtoull gave ULLONG_MAX: the message would name a length not sent */
+                snprintf(err, errlen,
+                         "Inference-Header-Content-Length: %.40s%s is larger than the body (%zu bytes)", h,
+                         strlen(h) > 40 ? "..." : "", r->body_len);
+                set_error(r, 400, err);
                 return -1;
             }
             header_len = (size_t)v;

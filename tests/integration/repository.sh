@@ -202,6 +202,12 @@ for h in +5 -1; do
   { [ "$code" = 400 ] && jq -e '.error | contains("Inference-Header-Content-Length")' "$WORK/body" >/dev/null; } ||
     fail "Inference-Header-Content-Length '$h': $code $(cat "$WORK/body")"
 done
+# one past what strtoull holds: the error names the length sent, not ULLONG_MAX
+h=99999999999999999999
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H "Inference-Header-Content-Length: $h" \
+  -H 'Content-Type: application/octet-stream' --data-binary '{"inputs": []}' "$URL/v2/models/ld/infer")
+{ [ "$code" = 400 ] && jq -e --arg h "$h" '.error | contains($h + " is larger than the body")' "$WORK/body" >/dev/null; } ||
+  fail "Inference-Header-Content-Length '$h': $code $(cat "$WORK/body")"
 [ "$(curl -sf "$URL/v2/models/ap/config" | jq -r .max_batch_size)" = 3 ] || fail "ap's serve.conf batch limit not applied"
 [ "$(curl -sf "$URL/v2/models/ld/config" | jq -r .max_batch_size)" = 8 ] || fail "ld does not keep the global batch limit"
 # Triton's config names the version policy in force: ap's own, ld the global
