@@ -843,8 +843,16 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
             i = j;
             continue;
         }
-        int versions[1024], nv = 0;
-        for (int k = i; k < j && nv < 1024; k++) versions[nv++] = c[k].version;
+        /* every version found, however many: latest:N judged against
+         * the first 1024 (in readdir's order) kept the highest of those
+         * and every higher one past them */
+        int nv = j - i, *versions = malloc(sizeof(int) * (size_t)nv);
+        if (!versions) {
+            log_event("error", "model %s: out of memory while listing its versions", name);
+            i = j;
+            continue;
+        }
+        for (int k = i; k < j; k++) versions[k - i] = c[k].version;
         for (int k = i; k < j; k++) {
             if (!policy_keeps(&pol, versions, nv, c[k].version)) continue;
             pthread_mutex_lock(&r->lock);
@@ -862,6 +870,7 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
             int stopping = r->stopping;
             pthread_mutex_unlock(&r->lock);
             if (stopping) {
+                free(versions);
                 free(c);
                 return -2;
             }
@@ -884,6 +893,7 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
             retire(r, e, m, 0);
         }
         pthread_mutex_unlock(&r->lock);
+        free(versions);
         i = j;
     }
     /* models gone from the repository */

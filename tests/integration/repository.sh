@@ -24,7 +24,8 @@
 #     the API (a serve.conf with a daemon-only key: the load fails naming
 #     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
 #     also under a loaded model: refused at once naming it, never waited
-#     on, what serves serves on); an unload while a request is in flight (its body half
+#     on, what serves serves on; 1025 versions under latest:1: the highest
+#     alone loads); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
 #  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
 #     with control characters left out (said once); promtool clean.
@@ -369,6 +370,27 @@ for f in config.json preprocessor_config.json; do
 done
 client logits "$URL" ld "$SAMPLE" >"$WORK/fifo.ld" || fail "ld does not answer after the FIFO loads"
 same_logits "$WORK/ref.ld" "$WORK/fifo.ld" || fail "ld answers otherwise after the FIFO loads"
+# 1025 versions under latest:1: only the highest loads (the policy was
+# judged against the first 1024 in readdir's order, so the highest of those
+# loaded too when a higher one was listed after them). On tmpfs where there
+# is one: it lists a directory newest first, so made from 1025 down, 1025
+# is listed last, past the first 1024.
+MANY=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d -p "$WORK")
+trap 'rm -rf "$MANY"; cleanup' EXIT
+"$PY" - "$MANY" "$ROOT/tests/fixtures/parity/comrope_ld_b2" <<'PYEOF'
+import os, sys
+for v in range(1025, 0, -1):
+    d = os.path.join(sys.argv[1], str(v))
+    os.mkdir(d)
+    for f in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join(sys.argv[2], f), os.path.join(d, f))
+PYEOF
+ln -s "$MANY" "$REPO/many"
+[ "$(http_code -X POST "$URL/v2/repository/models/many/load")" = 200 ] || fail "load of many not 200"
+loaded=$(index | jq -c '[.[] | select(.name == "many" and .state == "READY") | .version]')
+[ "$loaded" = '["1025"]' ] || fail "latest:1 of 1025 versions loaded versions $loaded"
+[ "$(http_code -X POST "$URL/v2/repository/models/many/unload")" = 200 ] || fail "unload of many not 200"
+rm "$REPO/many"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
 [ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ap","ld"]' ] ||
