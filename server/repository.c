@@ -1206,18 +1206,21 @@ out:
 }
 
 char *repository_model_json(repository *r, const served_model *m) {
-    const char *versions[64];
-    char text[64][16];
-    int n = 0;
+    char *json = NULL;
     pthread_mutex_lock(&r->lock);
     model_entry *e = find_entry(r, m->name, strlen(m->name));
-    for (int i = e ? e->nserving - 1 : -1; i >= 0 && n < 64; i--) {
-        snprintf(text[n], sizeof(text[n]), "%s", e->serving[i]->version_text);
-        versions[n] = text[n];
-        n++;
+    int n = e ? e->nserving : 0;
+    /* every ready version, highest first (a copy of 64 at most left the
+     * others out of a model served under "all"); under the lock: no
+     * version is retired while its text is read */
+    const char **versions = malloc(sizeof(*versions) * (size_t)(n ? n : 1));
+    if (versions) {
+        for (int i = 0; i < n; i++) versions[i] = e->serving[n - 1 - i]->version_text;
+        json = v2_model_json(&m->pm, versions, n);
     }
     pthread_mutex_unlock(&r->lock);
-    return v2_model_json(&m->pm, versions, n);
+    free(versions);
+    return json;
 }
 
 char *repository_v1_models_json(repository *r, const served_model *first) {

@@ -25,7 +25,7 @@
 #     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
 #     also under a loaded model: refused at once naming it, never waited
 #     on, what serves serves on; 1025 versions under latest:1: the highest
-#     alone loads); an unload while a request is in flight (its body half
+#     alone loads; 65 under all: the metadata lists each); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
 #  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
 #     with control characters left out (said once); promtool clean.
@@ -377,20 +377,33 @@ same_logits "$WORK/ref.ld" "$WORK/fifo.ld" || fail "ld answers otherwise after t
 # is listed last, past the first 1024.
 MANY=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d -p "$WORK")
 trap 'rm -rf "$MANY"; cleanup' EXIT
-"$PY" - "$MANY" "$ROOT/tests/fixtures/parity/comrope_ld_b2" <<'PYEOF'
+# versions DIR N: N versions of the tiny parity model in DIR, made from N down
+versions() {
+  "$PY" - "$1" "$2" "$ROOT/tests/fixtures/parity/comrope_ld_b2" <<'PYEOF'
 import os, sys
-for v in range(1025, 0, -1):
+for v in range(int(sys.argv[2]), 0, -1):
     d = os.path.join(sys.argv[1], str(v))
     os.mkdir(d)
     for f in ("config.json", "model.safetensors"):
-        os.symlink(os.path.join(sys.argv[2], f), os.path.join(d, f))
+        os.symlink(os.path.join(sys.argv[3], f), os.path.join(d, f))
 PYEOF
+}
+versions "$MANY" 1025
 ln -s "$MANY" "$REPO/many"
 [ "$(http_code -X POST "$URL/v2/repository/models/many/load")" = 200 ] || fail "load of many not 200"
 loaded=$(index | jq -c '[.[] | select(.name == "many" and .state == "READY") | .version]')
 [ "$loaded" = '["1025"]' ] || fail "latest:1 of 1025 versions loaded versions $loaded"
 [ "$(http_code -X POST "$URL/v2/repository/models/many/unload")" = 200 ] || fail "unload of many not 200"
 rm "$REPO/many"
+# 65 versions under "all": the metadata lists every one (it listed 64)
+mkdir "$REPO/all65"
+versions "$REPO/all65" 65
+echo 'version-policy all' >"$REPO/all65/serve.conf"
+[ "$(http_code -X POST "$URL/v2/repository/models/all65/load")" = 200 ] || fail "load of all65 not 200"
+listed=$(curl -sf "$URL/v2/models/all65" | jq -c '[(.versions | length), .versions[0]]')
+[ "$listed" = '[65,"65"]' ] || fail "the metadata of 65 ready versions lists [count, first] $listed"
+[ "$(http_code -X POST "$URL/v2/repository/models/all65/unload")" = 200 ] || fail "unload of all65 not 200"
+rm -r "$REPO/all65"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
 [ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ap","ld"]' ] ||
