@@ -100,6 +100,10 @@ typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM
  * do. */
 #define CONFIG_JSON_PARSED_PER_BYTE 32
 
+/* max-batch-size's bound: what one engine batch may hold (the statistics
+ * count every size up to it: metrics.h) */
+#define CONFIG_MAX_BATCH_SIZE 4096
+
 /* One row of the table. Integers are bounded by [min, max]; enums list
  * their names in `choices` (NULL-terminated), stored as the index. */
 typedef struct {

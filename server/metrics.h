@@ -84,8 +84,10 @@ typedef struct {
 } metrics_connections;
 void metrics_set_connections(metrics *m, const metrics_connections *c);
 
-/* Batch sizes counted one by one in the statistics; larger ones count here. */
-#define METRICS_MAX_BATCH_SIZE 256
+/* Batch sizes counted one by one in the statistics: every size
+ * max-batch-size allows (CONFIG_MAX_BATCH_SIZE, checked in repository.c;
+ * at 256, batches of 300 and 4096 images were both listed as 256). */
+#define METRICS_MAX_BATCH_SIZE 4096
 
 /* What GET /v2/models/<m>[/versions/<v>]/stats reports (Triton's
  * statistics) of one model version: successful and failed inference

@@ -17,6 +17,8 @@
 #include "log.h"
 #include "text.h"
 
+_Static_assert(METRICS_MAX_BATCH_SIZE >= CONFIG_MAX_BATCH_SIZE, "the statistics count every batch size");
+
 /* The keys a model's serve.conf may set: how its batcher and workers run,
  * which versions it serves. The rest (ports, limits of a request, auth)
  * belong to the daemon. */

@@ -1,6 +1,7 @@
 /* test_metrics.c: server/metrics.c, the Prometheus exposition: counters by
  * endpoint and code, failure reasons, histograms (cumulative buckets),
- * the mixed-resolution batch counter, the gauges, label escaping. */
+ * the mixed-resolution batch counter, the gauges, label escaping, Triton's
+ * statistics by batch size. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,31 @@ START_TEST(series_per_model_version) {
 }
 END_TEST
 
+/* Triton's batch_stats name the size each batch had, up to the largest
+ * max-batch-size allows: batches of 300 and 4096 images were listed as
+ * batch_size 256 (one entry for both, its time summed). */
+START_TEST(batch_stats_every_size) {
+    metrics *m = metrics_new();
+    metrics_series *ms = metrics_series_open(m, "m", "1", "comrope-ld", 16);
+    int *tokens = calloc(4096, sizeof(int));
+    ck_assert_ptr_nonnull(tokens);
+    metrics_batch(ms, 256, tokens, 1, 0.001);
+    metrics_batch(ms, 300, tokens, 1, 0.002);
+    metrics_batch(ms, 4096, tokens, 1, 0.004);
+    metrics_stats *st = malloc(sizeof(*st));
+    ck_assert_ptr_nonnull(st);
+    metrics_model_stats(ms, st);
+    ck_assert_int_eq(st->num_batch_sizes, 3);
+    ck_assert_int_eq(st->batch_size[0], 256);
+    ck_assert_int_eq(st->batch_size[1], 300);
+    ck_assert_int_eq(st->batch_size[2], 4096);
+    ck_assert_uint_eq(st->batch_count[2], 1);
+    free(st);
+    free(tokens);
+    metrics_free(m);
+}
+END_TEST
+
 START_TEST(label_values_escaped) {
     metrics *m = metrics_new();
     metrics_series_open(m, "a\"b\\c\nd", "v", "none", 8);
@@ -248,6 +274,7 @@ int main(void) {
     tcase_add_test(tc, requests_and_failures);
     tcase_add_test(tc, batches_and_mixed_resolutions);
     tcase_add_test(tc, series_per_model_version);
+    tcase_add_test(tc, batch_stats_every_size);
     tcase_add_test(tc, label_values_escaped);
     suite_add_tcase(s, tc);
     return check_run(s);
