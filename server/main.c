@@ -8,7 +8,8 @@
  * the log's writer thread (log.h: from there on no thread waits on stderr),
  * HTTP (listening at once: live 200, ready 503), the models (repository.h:
  * each with its thread counts and batcher; a bad --model exits 1 with the
- * loader's message, a bad model of a repository is reported and skipped),
+ * loader's message, one refused memory 3; a bad model of a repository is
+ * reported and skipped),
  * then ready. Then the main thread waits for signals: SIGHUP rescans the
  * models (the daemon serves on), SIGTERM/SIGINT drains:
  *   readiness 503 and the listening socket closed -> queued and running
@@ -24,9 +25,10 @@
  * (or a second signal), 2 a bad setting, 3 the HTTP side cannot start
  * (the port is taken, the address is not local) or the OS refused a
  * thread (HTTP, the model's workers, the model control thread: past
- * RLIMIT_NPROC or pids.max, which other processes' exits free): the
- * start-up failures that waiting may cure, so the systemd unit restarts
- * on 3 and not on 1 or 2. */
+ * RLIMIT_NPROC or pids.max) or memory to --model's load (RLIMIT_AS, the
+ * cgroup's memory.max), which other processes' exits free: the start-up
+ * failures that waiting may cure, so the systemd unit restarts on 3 and
+ * not on 1 or 2. */
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -56,8 +58,8 @@
 
 extern char **environ;
 
-/* The HTTP side cannot start, or the OS refused a thread: the start-up
- * failures worth a retry (main's comment). */
+/* The HTTP side cannot start, or the OS refused a thread or memory: the
+ * start-up failures worth a retry (main's comment). */
 #define EXIT_WAITING_MAY_CURE 3
 
 /* How long an exit waits for the log's writer to write out its buffer

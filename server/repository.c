@@ -39,7 +39,7 @@ typedef struct {
     int state;
     char reason[1024];
     unsigned long long failed_signature; /* files of the last failed load: a poll does not retry them */
-    int thread_refused;                  /* the last failed load: the OS refused it a thread */
+    int refused; /* the last failed load: the OS refused it memory or a thread (waiting may cure it) */
 } version_status;
 
 typedef struct {
@@ -553,15 +553,31 @@ static void free_served(served_model *m) {
     free(m);
 }
 
-/* *thread_refused: set when the load failed because the OS refused one of
- * its threads (batcher_new). */
+/* A load the OS refused memory or a thread fails otherwise than one of a
+ * bad checkpoint: the same files may load once other processes have
+ * exited, so a --model start exits 3 (main.c), not 1, and the log and the
+ * index say so. Memory is told by the message: the engine's, the
+ * batcher's and ours say "out of memory" where an allocation was refused,
+ * and nowhere else (image_decode.c tells libpng's so too). Returns 1 when
+ * refused (err then says so). */
+static int say_refused(char *err, size_t errlen, int thread_error) {
+    int memory = strstr(err, "out of memory") != NULL;
+    if (!thread_error && !memory) return 0;
+    size_t n = strlen(err);
+    snprintf(err + n, errlen - n, " (the OS refused %s: waiting may cure it)",
+             thread_error ? "a thread" : "memory");
+    return 1;
+}
+
+/* *refused: set when the load failed because the OS refused it memory or
+ * one of its threads (batcher_new), with err saying so (say_refused). */
 static served_model *load_version(repository *r, const candidate *c, const server_config *settings,
-                                  int *thread_refused, char *err, size_t errlen) {
-    *thread_refused = 0;
+                                  int *refused, char *err, size_t errlen) {
+    int thread_error = 0;
     served_model *m = calloc(1, sizeof(*m));
     if (!m) {
         snprintf(err, errlen, "out of memory");
-        return NULL;
+        goto fail;
     }
     snprintf(m->name, sizeof(m->name), "%s", c->name);
     m->version = c->version;
@@ -635,11 +651,9 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    int thread_error;
     m->batcher = batcher_new(vm, m->series, bp, &thread_error, why, sizeof(why));
     if (!m->batcher) {
         snprintf(err, errlen, "%s", why);
-        *thread_refused = thread_error != 0;
         goto fail;
     }
     batcher_set_gate(m->batcher, r->gate);
@@ -662,9 +676,11 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         .model_version = m->version_text,
         .max_images = bp.max_request_images,
     };
+    *refused = 0;
     return m;
 fail:
     free_served(m);
+    *refused = say_refused(err, errlen, thread_error);
     return NULL;
 }
 
@@ -681,8 +697,8 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     pthread_mutex_unlock(&r->lock);
     log_event("info", "%s model %s version %d from %s", reload ? "reloading" : "loading", c->name, c->version,
               c->dir);
-    int thread_refused;
-    served_model *m = load_version(r, c, settings, &thread_refused, err, sizeof(err));
+    int refused;
+    served_model *m = load_version(r, c, settings, &refused, err, sizeof(err));
     pthread_mutex_lock(&r->lock);
     e = get_entry(r, c->name);
     int rc = -1;
@@ -690,6 +706,7 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
         rc = 0;
     } else if (m) {
         snprintf(err, sizeof(err), "out of memory");
+        refused = say_refused(err, sizeof(err), 0);
     }
     if (rc && e) {
         e->failures++;
@@ -697,7 +714,7 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
         version_status *vs = get_status(e, c->version);
         if (vs) {
             vs->failed_signature = files_signature(c->dir, c->model_dir);
-            vs->thread_refused = thread_refused;
+            vs->refused = refused;
         }
     }
     pthread_mutex_unlock(&r->lock);
@@ -1117,14 +1134,14 @@ int repository_start(repository *r, char *err, size_t errlen) {
     }
     pthread_mutex_lock(&r->lock);
     r->started = 1;
-    int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0), thread_refused = 0;
+    int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0), refused = 0;
     if (failed) {
         const version_status *vs = r->nmodels && r->models[0].nstatus ? &r->models[0].status[0] : NULL;
         snprintf(err, errlen, "%s", vs ? vs->reason : "not loaded");
-        thread_refused = vs && vs->thread_refused;
+        refused = vs && vs->refused;
     }
     pthread_mutex_unlock(&r->lock);
-    if (failed) return thread_refused ? -3 : -1;
+    if (failed) return refused ? -3 : -1;
     /* Without it SIGHUP and poll would change nothing, silently, and a load
      * request would be told "shutting down": a start under a thread limit
      * (RLIMIT_NPROC, pids.max) went on so. A start-up failure instead. */

@@ -83,7 +83,9 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
  * model failed to load; -2 when load-model names a model the repository
  * does not have (a setting's error: main exits 2); -3 when the OS refused
  * a thread: the control thread, or a worker of `--model` (RLIMIT_NPROC,
- * pids.max; waiting may cure it, as for the HTTP threads: main exits 3). */
+ * pids.max), or memory to the load of `--model` (RLIMIT_AS, the cgroup's
+ * memory.max, overcommit): waiting may cure it, as for the HTTP threads:
+ * main exits 3. */
 int repository_start(repository *r, char *err, size_t errlen);
 
 /* Ready (overall): the start-up load is done and every model in the

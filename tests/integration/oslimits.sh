@@ -17,8 +17,13 @@
 #      /dev/null in the daemon, never its listening socket (descriptor 2
 #      was, and every log line a write() on it).
 #   5. Memory refused to a load at run time (RLIMIT_AS at the daemon's
-#      size): a model added to the repository fails to load, the one loaded
-#      serves on; the limit raised, a SIGHUP loads it (files unchanged).
+#      size): a model added to the repository fails to load, saying the OS
+#      refused it (not a bad checkpoint), the one loaded serves on; the
+#      limit raised, a SIGHUP loads it (files unchanged).
+#   6. Memory refused to --model's load at start (RLIMIT_AS from exec):
+#      exit 3 saying the OS refused memory (waiting may cure it), while the
+#      same files without the limit, a checkpoint that lacks its tensors,
+#      exit 1 (a bad model: no restart).
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -51,6 +56,7 @@ else
   classify() { curl -s --max-time 10 -o "$1" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify"; }
   [ "$(classify "$WORK/warm")" = 200 ] || fail "no 200 before the limit"
   vm_kib=$(awk '/^VmSize/ { print $2 }' "/proc/$DAEMON_PID/status")
+  serving_kib=$vm_kib # a serving daemon's size, for 6.
   prlimit --pid "$DAEMON_PID" --as=$((vm_kib * 1024)):
   refused=0
   for i in $(seq 20); do
@@ -161,14 +167,55 @@ else
   prlimit --pid "$DAEMON_PID" --as=unlimited:
   index=$(curl -s --max-time 10 -X POST "$URL/v2/repository/index")
   "$PY" -c 'import json, sys; b = [m for m in json.loads(sys.argv[1]) if m["name"] == "b"][0]
-sys.exit(not (b["state"] == "UNAVAILABLE" and b["reason"]))' "$index" ||
-    fail "model b under RLIMIT_AS at the daemon's size: not UNAVAILABLE with a reason: $index"
+sys.exit(not (b["state"] == "UNAVAILABLE" and "the OS refused" in b["reason"]))' "$index" ||
+    fail "model b under RLIMIT_AS at the daemon's size: not UNAVAILABLE saying the OS refused it: $index"
+  log_has 'model b version 1 failed to load: .*(the OS refused .*: waiting may cure it)' ||
+    fail "model b under RLIMIT_AS: the log does not tell it from a bad checkpoint"
   logits a || fail "model a stopped answering when b's load was refused memory"
   kill -HUP "$DAEMON_PID"
   poll 30 rescans_done 2 || fail "no second rescan"
   logits b || fail "model b does not load at a SIGHUP once RLIMIT_AS is raised (its files unchanged)"
   stop_daemon
   echo "ok memory refused to a load: b UNAVAILABLE, a serves on, b loads at the SIGHUP after the limit is raised"
+fi
+
+# --- 6. memory refused to --model's load at start ---------------------------------
+if [ "$sanitized" = 1 ]; then
+  echo "skip RLIMIT_AS at start: a sanitizer build (its shadow memory is terabytes of address space)"
+else
+  # The fixture's config with a 2048 x 65536 MLP: its load allocates a
+  # 512 MiB scratch before it reads a tensor. model.safetensors is a
+  # sparse file just large enough for the loader's size check, with none
+  # of the tensors: without a limit the load fails as a bad checkpoint.
+  BIG=$WORK/big
+  mkdir -p "$BIG"
+  "$PY" - "$MODEL/config.json" "$BIG" <<'PY'
+import json, struct, sys
+c = json.load(open(sys.argv[1]))
+c.update(hidden_size=2048, intermediate_size=65536, num_hidden_layers=1, num_attention_heads=16)
+json.dump(c, open(sys.argv[2] + "/config.json", "w"))
+n = 1 << 30
+h = json.dumps({"pad": {"dtype": "F16", "shape": [n // 2], "data_offsets": [0, n]}}).encode()
+with open(sys.argv[2] + "/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    f.truncate(8 + len(h) + n)
+PY
+  start_exit() { # start_exit NAME AS: the daemon on $BIG under RLIMIT_AS, to its exit; EXIT_CODE, LOG
+    LOG=$WORK/$1.log
+    EXIT_CODE=0
+    timeout 60 prlimit --as="$2": "$SERVE" --model "$BIG" --host 127.0.0.1 --port 0 --access-log off 2>"$LOG" ||
+      EXIT_CODE=$?
+  }
+  start_exit big-unlimited unlimited
+  [ "$EXIT_CODE" = 1 ] || fail "a checkpoint without its tensors: exit $EXIT_CODE, not 1"
+  log_has 'is missing' || fail "a checkpoint without its tensors: not named: $(tail -1 "$LOG")"
+  # what a serving daemon of the tiny fixture holds, and 64 MiB: room for
+  # the start up to the load, not for the load's scratch
+  start_exit big-limited $(((serving_kib + 65536) * 1024))
+  [ "$EXIT_CODE" = 3 ] || fail "--model refused memory at its load: exit $EXIT_CODE, not 3: $(tail -1 "$LOG")"
+  log_has 'out of memory.*the OS refused memory: waiting may cure it' ||
+    fail "--model refused memory: the log does not say so: $(tail -1 "$LOG")"
+  echo "ok --model refused memory at its load: exit 3 saying so; the same files, a bad checkpoint, exit 1"
 fi
 
 echo "oslimits.sh: all passed"
