@@ -33,6 +33,12 @@ const char *model_state_name(int state) {
     return state >= 0 && state < MODEL_STATE_COUNT ? state_names[state] : "UNAVAILABLE";
 }
 
+/* A directory whose name cannot name a model; why: a string literal. */
+typedef struct {
+    char name[256];
+    const char *why;
+} refused_name;
+
 /* What the index says of one version of a model. */
 typedef struct {
     int version;
@@ -78,7 +84,11 @@ struct repository {
     pthread_t thread;
     int thread_started;
     unsigned long long skipped_names; /* what the last scan left out, as a hash: said once */
-    char root_error[256];             /* why the last scan could not read the root; "" when it could */
+    /* the directories the last scan left out whose names JSON can carry
+     * (repository_name_problem), by name: listed in the index with why */
+    refused_name *refused;
+    int nrefused;
+    char root_error[256]; /* why the last scan could not read the root; "" when it could */
     /* the models whose directory the last scan could not read, as
      * "\nname\twhy\n" lines (NULL: none): said when that starts and ends.
      * The scanning thread's alone (start-up, then the control thread) */
@@ -181,15 +191,9 @@ static int has_config(const char *dir) {
  * one byte that is not fails the whole scrape) and in the log: any byte but
  * '/' may name a directory, so names that are not UTF-8 or hold control
  * characters are left out, not served half-broken. */
-const char *repository_name_problem(const char *name) {
+/* Why `name` cannot be written in JSON or a Prometheus label, or NULL. */
+static const char *name_unprintable(const char *name) {
     size_t n = strlen(name);
-    if (n == 0) return "it is empty";
-    /* a name is one segment of its routes' paths: "a/b" (a --model-name)
-     * was listed and served by /v1/classify but no /v2/models/<name> route
-     * could address it (%2F is decoded before routing); "." and ".." are
-     * taken out of a path by every URL parser, browsers' and curl's */
-    if (memchr(name, '/', n)) return "it holds a '/'";
-    if (!strcmp(name, ".") || !strcmp(name, "..")) return "it is . or ..";
     for (size_t i = 0; i < n;) {
         unsigned char ch = (unsigned char)name[i];
         if (ch < 0x20 || ch == 0x7f) return "it holds a control character";
@@ -200,7 +204,30 @@ const char *repository_name_problem(const char *name) {
     return NULL;
 }
 
+const char *repository_name_problem(const char *name) {
+    size_t n = strlen(name);
+    if (n == 0) return "it is empty";
+    /* a name is one segment of its routes' paths: "a/b" (a --model-name)
+     * was listed and served by /v1/classify but no /v2/models/<name> route
+     * could address it (%2F is decoded before routing); "." and ".." are
+     * taken out of a path by every URL parser, browsers' and curl's */
+    if (memchr(name, '/', n)) return "it holds a '/'";
+    if (!strcmp(name, ".") || !strcmp(name, "..")) return "it is . or ..";
+    const char *unprintable = name_unprintable(name);
+    if (unprintable) return unprintable;
+    /* Triton's route too: GET /v2/models/stats is every model's
+     * statistics, so a model "stats" would get them for its metadata (and
+     * tritonclient's get_model_metadata("stats") no error) */
+    if (!strcmp(name, "stats")) return "GET /v2/models/stats is every model's statistics, not its metadata";
+    /* load-model's list splits "a,b" into a and b: not a name it can give */
+    if (memchr(name, ',', n)) return "it holds a ',', which separates load-model's names";
+    return NULL;
+}
+
 static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_refused(const void *a, const void *b) {
+    return strcmp(((const refused_name *)a)->name, ((const refused_name *)b)->name);
+}
 
 static int push_candidate(candidate **c, int *n, int *cap, const char *name, int version, const char *dir,
                           const char *model_dir) {
@@ -351,6 +378,8 @@ static int scan(repository *r, candidate **out) {
     char path[CONFIG_PATH_MAX];
     unsigned long long skipped = 0;
     text left_out = {0};
+    refused_name *refused = NULL;
+    int nrefused = 0, rcap = 0;
     for (;;) {
         errno = 0;
         if (!(e = readdir(d))) break;
@@ -369,6 +398,16 @@ static int scan(repository *r, candidate **out) {
                 h = (h ^ *p) * 1099511628211ULL;
             skipped += h; /* the set left out, whatever the order */
             text_put(&left_out, "%s\"%s\" (%s)", left_out.len ? ", " : "", e->d_name, why);
+            if (name_unprintable(e->d_name)) continue;
+            if (nrefused == rcap) { /* out of memory: logged, not indexed */
+                int ncap = rcap ? 2 * rcap : 4;
+                refused_name *g = realloc(refused, sizeof(*g) * (size_t)ncap);
+                if (!g) continue;
+                refused = g;
+                rcap = ncap;
+            }
+            snprintf(refused[nrefused].name, sizeof(refused[nrefused].name), "%s", e->d_name);
+            refused[nrefused++].why = why;
             continue;
         }
         if (nn == ncap) {
@@ -392,6 +431,7 @@ static int scan(repository *r, candidate **out) {
         for (int i = 0; i < nn; i++) free(names[i]);
         free(names);
         free(left_out.data);
+        free(refused);
         root_unreadable(r, read_errno);
         return -3;
     }
@@ -402,11 +442,15 @@ static int scan(repository *r, candidate **out) {
     /* said when the set left out changes, not on every poll (log_event
      * escapes the names) */
     if (skipped != r->skipped_names && left_out.len)
-        log_event("warning",
-                  "model-repository: not served, a model's name must be UTF-8 without control characters: %s",
-                  left_out.data);
+        log_event("warning", "model-repository: not served, a name no model can have: %s", left_out.data);
     r->skipped_names = skipped;
     free(left_out.data);
+    if (nrefused) qsort(refused, (size_t)nrefused, sizeof(*refused), cmp_refused);
+    pthread_mutex_lock(&r->lock); /* the index reads them */
+    free(r->refused);
+    r->refused = refused;
+    r->nrefused = nrefused;
+    pthread_mutex_unlock(&r->lock);
     if (nn) qsort(names, (size_t)nn, sizeof(char *), cmp_name);
     for (int i = 0; i < nn; i++) {
         if (!rc &&
@@ -1073,7 +1117,7 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
     if (why) {
         snprintf(err, errlen,
                  "model-name: \"%.300s\" cannot be served: %s (set model-name to UTF-8 without control "
-                 "characters or '/', not . or ..)",
+                 "characters, '/' or ',', not ., .. or stats)",
                  p->cfg->model_name, why);
         return NULL;
     }
@@ -1116,7 +1160,14 @@ int repository_start(repository *r, char *err, size_t errlen) {
             for (int i = 0; i < n && w > 0 && (size_t)w < errlen; i++)
                 if (i == 0 || strcmp(c[i].name, c[i - 1].name))
                     w += snprintf(err + w, errlen - (size_t)w, " %s", c[i].name);
-            if (w > 0 && (size_t)w < errlen) snprintf(err + w, errlen - (size_t)w, "%s)", n ? "" : " none");
+            if (w > 0 && (size_t)w < errlen)
+                w += snprintf(err + w, errlen - (size_t)w, "%s)", n ? "" : " none");
+            /* "a,b" names a and b: a directory so named was left out, say why */
+            pthread_mutex_lock(&r->lock);
+            for (int i = 0; i < r->nrefused && w > 0 && (size_t)w < errlen; i++)
+                w += snprintf(err + w, errlen - (size_t)w, "%s\"%s\" (%s)",
+                              i ? ", " : "; not served: ", r->refused[i].name, r->refused[i].why);
+            pthread_mutex_unlock(&r->lock);
             if (n > 0) free(c);
             return -2;
         }
@@ -1318,6 +1369,13 @@ int repository_control(repository *r, const char *name, size_t len, int load, re
                  name);
         return 400;
     }
+    char named[sizeof(((control_req *)0)->name)];
+    snprintf(named, sizeof(named), "%.*s", (int)len, name);
+    const char *why = repository_name_problem(named);
+    if (why) { /* a scan leaves such a directory out: not a 404, why */
+        snprintf(err, errlen, "model name \"%.200s\" cannot be served: %s", named, why);
+        return 400;
+    }
     if (!done) return 0; /* the route's check: queued once the body is read */
     control_req *q = calloc(1, sizeof(*q));
     if (!q) {
@@ -1384,6 +1442,14 @@ char *repository_index_json(repository *r) {
             }
             first = 0;
         }
+    }
+    for (int i = 0; i < r->nrefused; i++) {
+        text_put(&t, "%s{\"name\":\"", first ? "" : ",");
+        put_escaped(&t, r->refused[i].name);
+        text_put(&t, "\",\"version\":\"\",\"state\":\"UNAVAILABLE\",\"reason\":\"not served: ");
+        put_escaped(&t, r->refused[i].why);
+        text_put(&t, "\"}");
+        first = 0;
     }
     pthread_mutex_unlock(&r->lock);
     text_put(&t, "]");
@@ -1499,6 +1565,7 @@ void repository_free(repository *r) {
     }
     free(r->models);
     free(r->unreadable);
+    free(r->refused);
     while (r->retired) {
         served_model *m = r->retired;
         r->retired = m->next;

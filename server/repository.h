@@ -66,8 +66,11 @@ typedef struct {
 
 /* Why `name` cannot name a served model (not UTF-8, a control character,
  * a '/', "." or "..", empty: it must fit in JSON, a Prometheus label and
- * one path segment of its routes), or NULL. Directories so named are left out of a scan (logged);
- * a --model daemon's model-name so named stops the start. */
+ * one path segment of its routes; "stats", a route of its own; a ',',
+ * which load-model's list splits), or NULL. Directories so named are left
+ * out of a scan (logged; in the index with why where JSON can carry the
+ * name); a --model daemon's model-name so named stops the start; the
+ * load API refuses it (400). */
 const char *repository_name_problem(const char *name);
 
 /* Checks what the settings cannot know alone (the repository is a

@@ -28,7 +28,8 @@
 #     alone loads; 65 under all: the metadata lists each); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
 #  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
-#     with control characters left out (said once); promtool clean.
+#     with control characters left out (said once); "stats" and names with
+#     ',' left out, in the index saying why; promtool clean.
 #  7. The repository's directory unreadable for a while (renamed away):
 #     a rescan changes nothing (it unloaded every model), an explicit load
 #     answers 503 naming the reason; logged when it starts and ends.
@@ -336,6 +337,10 @@ is_state ld 1 READY || fail "ld not loaded at start: $(index)"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
 { [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
   fail "load of an unknown model: $code $(cat "$WORK/body")"
+# a name the scan leaves out ("stats": the route of every model's statistics)
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/stats/load")
+{ [ "$code" = 400 ] && jq -e '.error | contains("\"stats\" cannot be served")' "$WORK/body" >/dev/null; } ||
+  fail "load of a model named stats: $code $(cat "$WORK/body")"
 # a settings file with a key a model cannot set: the load fails, naming the file and line
 mkdir -p "$REPO/bad"
 printf '# ok\nport 9\n' >"$REPO/bad/serve.conf"
@@ -456,9 +461,21 @@ stop_daemon
 # their "model"; the index showed "é" as "??".
 REPO=$WORK/repo_names
 mkdir -p "$REPO"
-for n in 'é' 'q"b\s' $'\xff' $'t\tb'; do copy_model "$LD" "$REPO/$n"; done
+for n in 'é' 'q"b\s' $'\xff' $'t\tb' stats a,b; do copy_model "$LD" "$REPO/$n"; done
+# "stats" (GET /v2/models/stats is every model's statistics: its metadata
+# route gave those) and "a,b" (load-model's list names a and b) are left
+# out too, and listed in the index saying why
+rc=0
+timeout 60 "$SERVE" --model-repository "$REPO" --model-control-mode explicit --load-model 'a,b' \
+  --host 127.0.0.1 --port 0 2>"$WORK/comma.log" || rc=$?
+[ "$rc" = 2 ] || fail "load-model a,b: exit $rc, not 2: $(tail -3 "$WORK/comma.log")"
+grep -q 'has no model "a" (.*); not served: "a,b" (it holds a .,.' "$WORK/comma.log" ||
+  fail "load-model a,b: not told why: $(tail -1 "$WORK/comma.log")"
 MODEL='' start_daemon --model-repository "$REPO" --access-log off
-[ "$(index | jq -c '[.[].name]')" = '["q\"b\\s","é"]' ] || fail "index names: $(index)"
+[ "$(index | jq -c '[.[].name]')" = '["q\"b\\s","é","a,b","stats"]' ] || fail "index names: $(index)"
+index | jq -e '[.[] | select(.state == "UNAVAILABLE" and .version == "") | .reason]
+  | (.[0] | contains("separates load-model")) and (.[1] | contains("GET /v2/models/stats is"))' >/dev/null ||
+  fail "index entries of a,b and stats: $(index)"
 [ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["q\"b\\s","é"]' ] ||
   fail "/v1/models names: $(curl -s "$URL/v1/models")"
 [ "$(http_code "$URL/v2/models/stats")" = 200 ] || fail "/v2/models/stats: $(curl -s "$URL/v2/models/stats")"
@@ -471,10 +488,10 @@ fi
   fail "comrope_model_state of é: $(grep -a comrope_model_state "$WORK/names.metrics")"
 kill -HUP "$DAEMON_PID"
 poll 30 log_has "rescan done" || fail "no rescan after SIGHUP"
-[ "$(grep -c "not served, a model's name must be UTF-8" "$LOG")" = 1 ] ||
+[ "$(grep -c "not served, a name no model can have: .*\"stats\" (GET" "$LOG")" = 1 ] ||
   fail "the names left out were not said once: $(grep "not served" "$LOG")"
 grep -q 't\\x09b' "$LOG" || fail "the names left out are not named (escaped): $(grep "not served" "$LOG")"
-echo "ok model names: UTF-8 and quotes served as they are, names not UTF-8 or with control characters left out"
+echo "ok model names: UTF-8 and quotes served as they are, names not UTF-8 or with control characters left out, stats and a,b in the index saying why"
 stop_daemon
 
 # --- 7. the repository's directory cannot be read for a while ----------------------------
