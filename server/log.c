@@ -184,18 +184,44 @@ static void ring_append(log_ring *r, const char *bytes, size_t len) {
 }
 
 /* The "lines dropped" line for r->dropped: its length. */
-static size_t dropped_line(const log_ring *r, char *out, size_t cap) {
+static size_t dropped_line(log_ring *r, char *out, size_t cap) {
     char msg[160];
     snprintf(msg, sizeof(msg),
              "log: %llu lines dropped: stderr was not being read and the log's buffer (%zu KiB) was full",
              r->dropped, r->cap / 1024);
+    r->notices_formatted++;
     return format_event(out, cap, "warning", msg);
+}
+
+/* dropped_line's length for r->dropped, without formatting it: that for
+ * 1, formatted once per ring and format, and the count's other digits (a
+ * timestamp has one width; digits are never escaped). While stderr is
+ * stalled every line is dropped under the ring's lock, which every
+ * logging thread waits for: a timestamp, snprintf and escaping per
+ * dropped line made the stall cost them more. */
+static size_t dropped_line_len(log_ring *r) {
+    if (!r->dropped_len1 || r->dropped_len_format != log_format) {
+        char line[LINE_MAX_BYTES];
+        unsigned long long dropped = r->dropped;
+        r->dropped = 1;
+        r->dropped_len1 = dropped_line(r, line, sizeof(line));
+        r->dropped_len_format = log_format;
+        r->dropped = dropped;
+    }
+    size_t digits = 1;
+    for (unsigned long long d = r->dropped; d >= 10; d /= 10) digits++;
+    return r->dropped_len1 + digits - 1;
 }
 
 int log_ring_put(log_ring *r, const char *line, size_t len) {
     char notice[LINE_MAX_BYTES];
-    size_t n = r->dropped ? dropped_line(r, notice, sizeof(notice)) : 0;
-    if (n + len > r->cap - r->used) {
+    size_t room = r->cap - r->used, n = 0;
+    int fits = len <= room;
+    /* the notice formatted only to go in with the line (its length
+     * checked again: a timestamp that grew a digit) */
+    if (fits && r->dropped && (fits = dropped_line_len(r) <= room - len))
+        fits = (n = dropped_line(r, notice, sizeof(notice))) <= room - len;
+    if (!fits) {
         r->dropped++;
         r->dropped_total++;
         return -1;

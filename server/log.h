@@ -101,6 +101,12 @@ typedef struct {
     size_t cap, start, used;
     unsigned long long dropped;       /* since the last "lines dropped" line */
     unsigned long long dropped_total; /* since the start */
+    /* the "lines dropped" line's length for 1 line in the format of
+     * dropped_len_format (0: not yet known), and how many such lines were
+     * formatted (the tests': none for a line dropped) */
+    size_t dropped_len1;
+    int dropped_len_format;
+    unsigned long long notices_formatted;
 } log_ring;
 /* Appends a whole line (after the "lines dropped" line if lines were
  * dropped since the last one): 0, or -1 when it does not fit, the line

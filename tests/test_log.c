@@ -326,6 +326,41 @@ START_TEST(full_ring_drops_counts_and_says_so) {
 }
 END_TEST
 
+/* While stderr is stalled every line is dropped under the ring's lock,
+ * which each logging thread waits for: a dropped line formats nothing
+ * (the "lines dropped" line was formatted for each one, timestamp and
+ * all, to learn its length), and that length is still exact: a line goes
+ * in after it when both fit to the byte, for counts of 1 to 20 digits. */
+START_TEST(dropped_lines_format_nothing) {
+    char data[1024], line[1000], small[20];
+    log_ring r = {.data = data, .cap = sizeof(data)};
+    make_line(line, sizeof(line), 0);
+    ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), 0);
+    ck_assert_int_eq(log_ring_put(&r, line, sizeof(line)), -1); /* 24 bytes free */
+    make_line(small, sizeof(small), 1);
+    for (int i = 0; i < 1000; i++) /* it fits, not with the notice */
+        ck_assert_int_eq(log_ring_put(&r, small, sizeof(small)), -1);
+    ck_assert_uint_eq(r.dropped, 1001);
+    ck_assert_uint_le(r.notices_formatted, 1);
+    const unsigned long long counts[] = {1, 9, 10, 99, 100, 12345, 18446744073709551615ULL};
+    for (int f = 0; f < 2; f++) {
+        log_set_format(f ? LOG_JSON : LOG_TEXT);
+        for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+            log_ring alone = {.data = data, .cap = sizeof(data), .dropped = counts[i]};
+            ck_assert_int_eq(log_ring_put_dropped(&alone), 0);
+            size_t notice = alone.used; /* its length, formatted */
+            for (size_t spare = 0; spare < 2; spare++) {
+                size_t used = sizeof(data) - notice - sizeof(small) + spare;
+                log_ring exact = {.data = data, .cap = sizeof(data), .used = used, .dropped = counts[i]};
+                ck_assert_int_eq(log_ring_put(&exact, small, sizeof(small)), spare ? -1 : 0);
+                ck_assert_uint_eq(exact.used, spare ? used : sizeof(data));
+            }
+        }
+    }
+    log_set_format(LOG_TEXT);
+}
+END_TEST
+
 /* Nothing logged after the drops: the writer, the ring empty, writes the
  * "dropped" line alone, in the log's format (JSON: a JSON event). */
 START_TEST(dropped_line_alone_in_json) {
@@ -433,6 +468,7 @@ int main(void) {
     tcase_add_test(tc, timestamps);
     tcase_add_test(tc, full_ring_drops_counts_and_says_so);
     tcase_add_test(tc, dropped_line_alone_in_json);
+    tcase_add_test(tc, dropped_lines_format_nothing);
     tcase_add_test(tc, writer_keeps_order_and_stop_flushes);
     tcase_add_test(tc, stop_while_other_threads_log);
     suite_add_tcase(s, tc);
