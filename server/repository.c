@@ -37,7 +37,7 @@ const char *model_state_name(int state) {
 typedef struct {
     char name[256];
     const char *why;
-} refused_name;
+} bad_name;
 
 /* What the index says of one version of a model. */
 typedef struct {
@@ -86,8 +86,8 @@ struct repository {
     unsigned long long skipped_names; /* what the last scan left out, as a hash: said once */
     /* the directories the last scan left out whose names JSON can carry
      * (repository_name_problem), by name: listed in the index with why */
-    refused_name *refused;
-    int nrefused;
+    bad_name *bad_names;
+    int nbad_names;
     char root_error[256]; /* why the last scan could not read the root; "" when it could */
     /* the models whose directory the last scan could not read, as
      * "\nname\twhy\n" lines (NULL: none): said when that starts and ends.
@@ -186,11 +186,6 @@ static int has_config(const char *dir) {
     return stat_found(path, &st);
 }
 
-/* Why a directory name cannot be a model's name, or NULL. A name is
- * printed in JSON (which must be UTF-8), in Prometheus label values (UTF-8:
- * one byte that is not fails the whole scrape) and in the log: any byte but
- * '/' may name a directory, so names that are not UTF-8 or hold control
- * characters are left out, not served half-broken. */
 /* Why `name` cannot be written in JSON or a Prometheus label, or NULL. */
 static const char *name_unprintable(const char *name) {
     size_t n = strlen(name);
@@ -204,6 +199,11 @@ static const char *name_unprintable(const char *name) {
     return NULL;
 }
 
+/* Why a directory name cannot be a model's name, or NULL. A name is
+ * printed in JSON (which must be UTF-8), in Prometheus label values (UTF-8:
+ * one byte that is not fails the whole scrape) and in the log: any byte but
+ * '/' may name a directory, so names that are not UTF-8 or hold control
+ * characters are left out, not served half-broken. */
 const char *repository_name_problem(const char *name) {
     size_t n = strlen(name);
     if (n == 0) return "it is empty";
@@ -225,8 +225,8 @@ const char *repository_name_problem(const char *name) {
 }
 
 static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-static int cmp_refused(const void *a, const void *b) {
-    return strcmp(((const refused_name *)a)->name, ((const refused_name *)b)->name);
+static int cmp_bad_name(const void *a, const void *b) {
+    return strcmp(((const bad_name *)a)->name, ((const bad_name *)b)->name);
 }
 
 static int push_candidate(candidate **c, int *n, int *cap, const char *name, int version, const char *dir,
@@ -378,8 +378,8 @@ static int scan(repository *r, candidate **out) {
     char path[CONFIG_PATH_MAX];
     unsigned long long skipped = 0;
     text left_out = {0};
-    refused_name *refused = NULL;
-    int nrefused = 0, rcap = 0;
+    bad_name *bad = NULL;
+    int nbad = 0, bcap = 0;
     for (;;) {
         errno = 0;
         if (!(e = readdir(d))) break;
@@ -399,15 +399,15 @@ static int scan(repository *r, candidate **out) {
             skipped += h; /* the set left out, whatever the order */
             text_put(&left_out, "%s\"%s\" (%s)", left_out.len ? ", " : "", e->d_name, why);
             if (name_unprintable(e->d_name)) continue;
-            if (nrefused == rcap) { /* out of memory: logged, not indexed */
-                int ncap = rcap ? 2 * rcap : 4;
-                refused_name *g = realloc(refused, sizeof(*g) * (size_t)ncap);
+            if (nbad == bcap) { /* out of memory: logged, not indexed */
+                int ncap = bcap ? 2 * bcap : 4;
+                bad_name *g = realloc(bad, sizeof(*g) * (size_t)ncap);
                 if (!g) continue;
-                refused = g;
-                rcap = ncap;
+                bad = g;
+                bcap = ncap;
             }
-            snprintf(refused[nrefused].name, sizeof(refused[nrefused].name), "%s", e->d_name);
-            refused[nrefused++].why = why;
+            snprintf(bad[nbad].name, sizeof(bad[nbad].name), "%s", e->d_name);
+            bad[nbad++].why = why;
             continue;
         }
         if (nn == ncap) {
@@ -431,7 +431,7 @@ static int scan(repository *r, candidate **out) {
         for (int i = 0; i < nn; i++) free(names[i]);
         free(names);
         free(left_out.data);
-        free(refused);
+        free(bad);
         root_unreadable(r, read_errno);
         return -3;
     }
@@ -445,11 +445,11 @@ static int scan(repository *r, candidate **out) {
         log_event("warning", "model-repository: not served, a name no model can have: %s", left_out.data);
     r->skipped_names = skipped;
     free(left_out.data);
-    if (nrefused) qsort(refused, (size_t)nrefused, sizeof(*refused), cmp_refused);
+    if (nbad) qsort(bad, (size_t)nbad, sizeof(*bad), cmp_bad_name);
     pthread_mutex_lock(&r->lock); /* the index reads them */
-    free(r->refused);
-    r->refused = refused;
-    r->nrefused = nrefused;
+    free(r->bad_names);
+    r->bad_names = bad;
+    r->nbad_names = nbad;
     pthread_mutex_unlock(&r->lock);
     if (nn) qsort(names, (size_t)nn, sizeof(char *), cmp_name);
     for (int i = 0; i < nn; i++) {
@@ -1164,9 +1164,9 @@ int repository_start(repository *r, char *err, size_t errlen) {
                 w += snprintf(err + w, errlen - (size_t)w, "%s)", n ? "" : " none");
             /* "a,b" names a and b: a directory so named was left out, say why */
             pthread_mutex_lock(&r->lock);
-            for (int i = 0; i < r->nrefused && w > 0 && (size_t)w < errlen; i++)
+            for (int i = 0; i < r->nbad_names && w > 0 && (size_t)w < errlen; i++)
                 w += snprintf(err + w, errlen - (size_t)w, "%s\"%s\" (%s)",
-                              i ? ", " : "; not served: ", r->refused[i].name, r->refused[i].why);
+                              i ? ", " : "; not served: ", r->bad_names[i].name, r->bad_names[i].why);
             pthread_mutex_unlock(&r->lock);
             if (n > 0) free(c);
             return -2;
@@ -1443,11 +1443,11 @@ char *repository_index_json(repository *r) {
             first = 0;
         }
     }
-    for (int i = 0; i < r->nrefused; i++) {
+    for (int i = 0; i < r->nbad_names; i++) {
         text_put(&t, "%s{\"name\":\"", first ? "" : ",");
-        put_escaped(&t, r->refused[i].name);
+        put_escaped(&t, r->bad_names[i].name);
         text_put(&t, "\",\"version\":\"\",\"state\":\"UNAVAILABLE\",\"reason\":\"not served: ");
-        put_escaped(&t, r->refused[i].why);
+        put_escaped(&t, r->bad_names[i].why);
         text_put(&t, "\"}");
         first = 0;
     }
@@ -1565,7 +1565,7 @@ void repository_free(repository *r) {
     }
     free(r->models);
     free(r->unreadable);
-    free(r->refused);
+    free(r->bad_names);
     while (r->retired) {
         served_model *m = r->retired;
         r->retired = m->next;
