@@ -1579,7 +1579,12 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
     /* ended without an answer: the status says why, counted after its log
      * line so that a reader of the count finds that too */
     if (!r->queued) {
-        if (conn_guard_cut_of(c) == CONN_GUARD_CUT_DEADLINE) r->status = 408; /* cut while receiving */
+        /* libmicrohttpd answered it itself (a chunked body it cannot
+         * parse: 400, its HTML; a chunk size past 2^64: 413): that status,
+         * the client's error, not a 500 that any client could add at will */
+        const union MHD_ConnectionInfo *own = MHD_get_connection_info(c, MHD_CONNECTION_INFO_HTTP_STATUS);
+        if (own && own->http_status) r->status = (int)own->http_status;
+        else if (conn_guard_cut_of(c) == CONN_GUARD_CUT_DEADLINE) r->status = 408; /* cut while receiving */
         if (!r->status) r->status = unanswered_status(toe);
     }
     access_log(r, toe);

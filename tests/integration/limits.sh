@@ -9,7 +9,8 @@
 #   413  a chunked body over max-body-bytes, also of a generic Content-Type or
 #        none (edge.py chunked-over)
 #   400/501  a body whose end is ambiguous (Transfer-Encoding not chunked,
-#        two Content-Lengths, both): at once, connection closed (edge.py framing)
+#        two Content-Lengths, both): at once, connection closed (edge.py framing);
+#        chunk framing libmicrohttpd refuses itself counted 400/413, not 500
 #   504  a request whose deadline passed before its body arrived (not
 #        computed), and one that expires in the queue while the only worker
 #        is busy (answered by the reaper, long before the worker is free)
