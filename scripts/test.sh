@@ -40,8 +40,10 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 # ThreadSanitizer (COMROPE_TSAN, build-tsan/): the tests whose threads
 # share state -- the batcher's workers and reaper, the engine's pools and
 # oneDNN's pieces, and the daemon under load with models loaded, unloaded
-# and rescanned, scraped, drained, and fed hostile clients, and the log's
-# writer thread (test_log, and log_stall with stderr not read). Not the whole
+# and rescanned, scraped, drained, and fed hostile clients, the log's
+# writer thread (test_log, and log_stall with stderr not read), and the
+# HTTPS certificate pairs that handshakes hold and closing connections
+# release (test_tls, and tls under load and rotation). Not the whole
 # suite: under TSan it would add 15 minutes; these add 2.5 to 3.5 (build
 # 30 s, tests 2 to 3 min, measured on 2 busy cores; test_accuracy alone
 # would take 100 s, and shares no state between threads).
@@ -60,7 +62,7 @@ echo "== ThreadSanitizer build and the threaded tests"
 tsan_tests=(test_batcher test_metrics test_log test_context test_gemm_avx2 test_gemm_onednn test_parity_fp32
   test_parity_onednn integration_races integration_load integration_shutdown integration_loading
   integration_repository integration_clients integration_hardening integration_limits
-  integration_prometheus integration_triton integration_daemon integration_log_stall)
+  integration_prometheus integration_triton integration_daemon integration_log_stall test_tls integration_tls)
 tsan_regex="^($(IFS='|'; echo "${tsan_tests[*]}"))\$"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DCOMROPE_TSAN=ON -DCOMROPE_BUILD_TESTS=ON >/dev/null
 cmake --build build-tsan -j "$jobs"
