@@ -321,7 +321,6 @@ void tls_look_now(tls_store *t) {
 }
 
 void tls_hold(tls_store *t, tls_pair **held) {
-    if (look_due(t, 0)) look(t);
     pthread_mutex_lock(&t->lock);
     tls_pair *p = t->current;
     p->refs++;
@@ -358,6 +357,7 @@ int tls_retrieve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn,
     /* a second handshake on the connection (TLS 1.2 renegotiation) moves
      * its reference to the pair served now: GnuTLS drops the pointers of
      * the first when it takes the new ones */
+    if (look_due(t, 0)) look(t);
     tls_pair *p = *slot;
     tls_hold(t, &p);
     *slot = p;

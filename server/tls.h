@@ -58,9 +58,10 @@ void tls_close(tls_store *t);
  * must not wait. */
 void tls_look_now(tls_store *t);
 
-/* Makes *held the pair to serve now (the files looked at first, as a
- * handshake does), with a reference, releasing the pair *held had (a
- * second handshake on one connection). */
+/* Makes *held the pair served now, with a reference, releasing the pair
+ * *held had (a second handshake on one connection). It does not look at
+ * the files (tls_retrieve_cert looks first, at most once a second; tests
+ * call tls_look_now): what a test holds does not depend on the clock. */
 void tls_hold(tls_store *t, tls_pair **held);
 
 /* Releases *held (NULL: none) and sets it to NULL. */

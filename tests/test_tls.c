@@ -3,7 +3,9 @@
  * lets go; a second handshake on one connection moves its reference.
  * The files are the committed test CA's (tests/fixtures/tls), copied into
  * a directory of the test's own and replaced by rename(2), a new inode,
- * as a rotation does; tls_look_now stands for the look a second later.
+ * as a rotation does; tls_look_now stands for the look a second later,
+ * and is the only look (tls_hold looks at nothing): a test stalled for a
+ * second between two calls (a loaded machine) sees what it would unstalled.
  * A read of the files that hangs (NFS) holds up no handshake but its own:
  * config_read_file is wrapped (tests/CMakeLists.txt: --wrap) to wait
  * until the test lets it go. */
