@@ -242,6 +242,13 @@ static int look_due(tls_store *t, int force) {
     return due;
 }
 
+/* Files a look does not serve yet: a later look decides (tls.h), so an
+ * info line, not an error. */
+static void log_not_yet(const char *why) {
+    log_event("info",
+              "tls: not serving the files as they are now (a look a second or more later decides): %s", why);
+}
+
 /* A look (look_due said so): a changed pair that loads replaces the
  * served one. The files are read and parsed outside the lock (tls.h). */
 static void look(tls_store *t) {
@@ -271,9 +278,7 @@ static void look(tls_store *t) {
     char *err = t->refused;
     p = pair_load(t->cert_file, t->key_file, err, sizeof(t->refused));
     if (!p) {
-        log_event("info",
-                  "tls: not serving the files as they are now (a look a second or more later decides): %s",
-                  err);
+        log_not_yet(err);
         goto done;
     }
     /* only a look replaces current, and this is the one: read without the lock */
@@ -287,17 +292,16 @@ static void look(tls_store *t) {
     if (p->not_after < time(NULL)) {
         snprintf(t->refused, sizeof(t->refused), "tls-cert-file: %s: the certificate expired on %s",
                  t->cert_file, when);
-        log_event("info",
-                  "tls: not serving the files as they are now (a look a second or more later decides): %s",
-                  t->refused);
+        log_not_yet(t->refused);
         goto done;
     }
     if (!settled && p->nchain != t->current->nchain) {
         t->recheck = 1;
-        log_event("info",
-                  "tls: not serving the files as they are now (a look a second or more later decides): "
-                  "tls-cert-file: %s: %u certificates where the served chain has %u (a write under way?)",
-                  t->cert_file, p->nchain, t->current->nchain);
+        char why[CONFIG_PATH_MAX + 100];
+        snprintf(why, sizeof(why),
+                 "tls-cert-file: %s: %u certificates where the served chain has %u (a write under way?)",
+                 t->cert_file, p->nchain, t->current->nchain);
+        log_not_yet(why);
         goto done;
     }
     p->refs = 1;

@@ -16,8 +16,9 @@
  * rewritten in place may be cut between the leaf and its intermediate,
  * which loads and matches the key (a cut elsewhere does not load).
  * The files are read and parsed outside the store's lock, by one look at a
- * time: a slow filesystem (NFS) holds up that handshake only, the others
- * are served the current pair meanwhile.
+ * time: a slow filesystem (NFS) holds up the HTTP thread making the look
+ * (the connections it serves); the other HTTP threads serve the current
+ * pair meanwhile.
  *
  * Sessions already open keep theirs: GnuTLS keeps the pointers the
  * callback returned for the session (retrieve_function2 does not say when
