@@ -1424,9 +1424,21 @@ static void put_escaped(text *t, const char *s) {
 char *repository_index_json(repository *r) {
     text t = {0};
     text_put(&t, "[");
-    int first = 1;
+    int first = 1, b = 0;
     pthread_mutex_lock(&r->lock);
-    for (int i = 0; i < r->nmodels; i++) {
+    /* both lists are in name order (get_entry, the scan's qsort): merged,
+     * the index is too, as Triton's */
+    for (int i = 0; i <= r->nmodels; i++) {
+        for (; b < r->nbad_names && (i == r->nmodels || strcmp(r->bad_names[b].name, r->models[i].name) < 0);
+             b++) {
+            text_put(&t, "%s{\"name\":\"", first ? "" : ",");
+            put_escaped(&t, r->bad_names[b].name);
+            text_put(&t, "\",\"version\":\"\",\"state\":\"UNAVAILABLE\",\"reason\":\"not served: ");
+            put_escaped(&t, r->bad_names[b].why);
+            text_put(&t, "\"}");
+            first = 0;
+        }
+        if (i == r->nmodels) break;
         const model_entry *e = &r->models[i];
         for (int k = 0; k < e->nstatus || (k == 0 && e->nstatus == 0); k++) {
             const version_status *s = e->nstatus ? &e->status[k] : NULL;
@@ -1442,14 +1454,6 @@ char *repository_index_json(repository *r) {
             }
             first = 0;
         }
-    }
-    for (int i = 0; i < r->nbad_names; i++) {
-        text_put(&t, "%s{\"name\":\"", first ? "" : ",");
-        put_escaped(&t, r->bad_names[i].name);
-        text_put(&t, "\",\"version\":\"\",\"state\":\"UNAVAILABLE\",\"reason\":\"not served: ");
-        put_escaped(&t, r->bad_names[i].why);
-        text_put(&t, "\"}");
-        first = 0;
     }
     pthread_mutex_unlock(&r->lock);
     text_put(&t, "]");

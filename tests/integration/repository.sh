@@ -472,7 +472,8 @@ timeout 60 "$SERVE" --model-repository "$REPO" --model-control-mode explicit --l
 grep -q 'has no model "a" (.*); not served: "a,b" (it holds a .,.' "$WORK/comma.log" ||
   fail "load-model a,b: not told why: $(tail -1 "$WORK/comma.log")"
 MODEL='' start_daemon --model-repository "$REPO" --access-log off
-[ "$(index | jq -c '[.[].name]')" = '["q\"b\\s","é","a,b","stats"]' ] || fail "index names: $(index)"
+# in name order, byte by byte, the names left out among the others (as Triton's)
+[ "$(index | jq -c '[.[].name]')" = '["a,b","q\"b\\s","stats","é"]' ] || fail "index names: $(index)"
 index | jq -e '[.[] | select(.state == "UNAVAILABLE" and .version == "") | .reason]
   | (.[0] | contains("separates load-model")) and (.[1] | contains("GET /v2/models/stats is"))' >/dev/null ||
   fail "index entries of a,b and stats: $(index)"
