@@ -855,10 +855,10 @@ static void model_config(http_request *r) {
 }
 
 /* Triton's statistics of one version, from the counters the batcher and
- * the request path keep in its metrics series. bd: METRICS_MAX_BATCH_SIZE
- * entries, pointed to by the result. */
-static void version_stats(served_model *v, metrics_stats *m, proto_duration *bd, proto_stats *st) {
-    metrics_model_stats(v->series, m); /* the version's own */
+ * the request path keep in its metrics series (m, read by
+ * metrics_model_stats). bd: m->num_batch_sizes entries, pointed to by the
+ * result. */
+static void version_stats(const metrics_stats *m, proto_duration *bd, proto_stats *st) {
     for (int i = 0; i < m->num_batch_sizes; i++) bd[i] = (proto_duration){m->batch_count[i], m->batch_ns[i]};
     /* The batcher times decode and forward together: all of it is
      * compute_infer; input and output are copied by the request path. */
@@ -891,23 +891,34 @@ static void model_stats(http_request *r) {
         }
     }
     served_model **vs = list ? list : one;
-    int cap = n ? n : 1;
-    metrics_stats *m = malloc(sizeof(*m) * (size_t)cap);
-    proto_duration *bd = malloc(sizeof(*bd) * METRICS_MAX_BATCH_SIZE * (size_t)cap);
+    int cap = n ? n : 1, read = 0;
+    size_t sizes = 0;
+    metrics_stats *m = calloc((size_t)cap, sizeof(*m));
+    proto_duration *bd = NULL;
     proto_stats *st = malloc(sizeof(*st) * (size_t)cap);
     const proto_model **pms = malloc(sizeof(*pms) * (size_t)cap);
-    if (!m || !bd || !st || !pms) {
-        set_error(r, 500, "out of memory");
-        goto cleanup;
+    if (!m || !st || !pms) goto oom;
+    /* the batch sizes each version ran, then room for just those */
+    for (; read < n; read++) {
+        if (metrics_model_stats(vs[read]->series, &m[read])) goto oom;
+        sizes += (size_t)m[read].num_batch_sizes;
     }
+    bd = malloc(sizeof(*bd) * (sizes ? sizes : 1));
+    if (!bd) goto oom;
+    sizes = 0;
     for (int i = 0; i < n; i++) {
-        version_stats(vs[i], &m[i], bd + (size_t)i * METRICS_MAX_BATCH_SIZE, &st[i]);
+        version_stats(&m[i], bd + sizes, &st[i]);
+        sizes += (size_t)m[i].num_batch_sizes;
         pms[i] = &vs[i]->pm;
     }
     set_json(r, 200, v2_model_stats_json(pms, st, n));
+    goto cleanup;
+oom:
+    set_error(r, 500, "out of memory");
 cleanup:
     for (int i = 0; list && i < n; i++) repository_release(r->s->p.repo, list[i]);
     free(list);
+    for (int i = 0; m && i < read; i++) metrics_stats_free(&m[i]);
     free(m);
     free(bd);
     free(st);

@@ -66,7 +66,7 @@ struct metrics_series {
     metrics *owner; /* its lock guards all below */
     char *model, *version, *pe_type;
     int training_resolution;
-    int open; /* metrics_series_open minus close: listed in comrope_model_info while > 0 */
+    int open; /* metrics_series_open minus close: freed at 0 */
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
     histogram request_seconds[ENDPOINT_COUNT];
     uint64_t infer_ok, infer_ok_ns, infer_fail, infer_fail_ns, last_inference_ms;
@@ -76,8 +76,11 @@ struct metrics_series {
 
 struct metrics {
     pthread_mutex_t lock;
-    metrics_series **series; /* in order of first open */
+    metrics_series **series; /* the open ones, in order of first open */
     int num_series;
+    /* the requests of freed series by status code, summed over endpoints:
+     * comrope_request_failures_total counts them still (it never goes back) */
+    uint64_t freed_requests[MAX_STATUS];
     char *isa;                 /* the engine's kernels, or NULL until set */
     char *precision;           /* with isa: "fp32" or "bf16" */
     char *precision_requested; /* with isa: "fp32", "bf16" or "auto" */
@@ -185,9 +188,25 @@ metrics_series *metrics_series_open(metrics *m, const char *model, const char *v
 
 void metrics_series_close(metrics_series *s) {
     if (!s) return;
-    pthread_mutex_lock(&s->owner->lock);
-    if (s->open > 0) s->open--;
-    pthread_mutex_unlock(&s->owner->lock);
+    metrics *m = s->owner;
+    pthread_mutex_lock(&m->lock);
+    if (--s->open > 0) {
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    /* No longer served: freed. Kept, they made a daemon serving a new
+     * version every hour grow by a series (~110 KB) an hour and list every
+     * version it ever served in each scrape. */
+    for (int e = 0; e < ENDPOINT_COUNT; e++)
+        for (int code = 0; code < MAX_STATUS; code++) m->freed_requests[code] += s->requests[e][code];
+    int i = 0;
+    while (i < m->num_series && m->series[i] != s) i++;
+    if (i < m->num_series) {
+        memmove(&m->series[i], &m->series[i + 1], sizeof(*m->series) * (size_t)(m->num_series - i - 1));
+        m->num_series--;
+    }
+    pthread_mutex_unlock(&m->lock);
+    series_free(s);
 }
 #undef N
 
@@ -347,9 +366,23 @@ static void model_labels(const metrics_series *s, char *out, size_t cap) {
     snprintf(out + n, cap - n, "\"");
 }
 
-void metrics_model_stats(metrics_series *s, metrics_stats *st) {
+int metrics_model_stats(metrics_series *s, metrics_stats *st) {
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&s->owner->lock);
+    /* counted and copied under one lock hold: a batch that ends between
+     * would not fit */
+    int n = 0;
+    for (int i = 1; i <= METRICS_MAX_BATCH_SIZE; i++) n += s->batch_size_count[i] != 0;
+    if (n) {
+        st->batch_size = malloc(sizeof(*st->batch_size) * (size_t)n);
+        st->batch_count = malloc(sizeof(*st->batch_count) * (size_t)n);
+        st->batch_ns = malloc(sizeof(*st->batch_ns) * (size_t)n);
+        if (!st->batch_size || !st->batch_count || !st->batch_ns) {
+            pthread_mutex_unlock(&s->owner->lock);
+            metrics_stats_free(st);
+            return -1;
+        }
+    }
     st->last_inference_ms = s->last_inference_ms;
     st->inference_count = (uint64_t)s->batch_images.sum;
     st->execution_count = s->batch_images.count;
@@ -361,13 +394,24 @@ void metrics_model_stats(metrics_series *s, metrics_stats *st) {
     st->queue_ns = (uint64_t)(s->queue_seconds.sum * 1e9);
     st->compute_count = s->compute_seconds.count;
     st->compute_ns = (uint64_t)(s->compute_seconds.sum * 1e9);
-    for (int i = 1; i <= METRICS_MAX_BATCH_SIZE && st->num_batch_sizes < METRICS_MAX_BATCH_SIZE; i++)
+    for (int i = 1; i <= METRICS_MAX_BATCH_SIZE && st->num_batch_sizes < n; i++)
         if (s->batch_size_count[i]) {
             st->batch_size[st->num_batch_sizes] = i;
             st->batch_count[st->num_batch_sizes] = s->batch_size_count[i];
             st->batch_ns[st->num_batch_sizes++] = s->batch_size_ns[i];
         }
     pthread_mutex_unlock(&s->owner->lock);
+    return 0;
+}
+
+void metrics_stats_free(metrics_stats *st) {
+    free(st->batch_size);
+    free(st->batch_count);
+    free(st->batch_ns);
+    st->batch_size = NULL;
+    st->batch_count = NULL;
+    st->batch_ns = NULL;
+    st->num_batch_sizes = 0;
 }
 
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
@@ -400,14 +444,17 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     static const int failure_codes[] = {400, 401, 404, 405, 408, 413, 415, 499, 500, 503, 504};
     text_put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
                  "# TYPE comrope_request_failures_total counter\n");
+    uint64_t by_code[MAX_STATUS];
+    memcpy(by_code, m->freed_requests, sizeof(by_code));
+    for (int e = 0; e < ENDPOINT_COUNT; e++)
+        for (int s = 400; s < MAX_STATUS; s++) {
+            by_code[s] += m->requests[e][s];
+            for (int k = 0; k < m->num_series; k++) by_code[s] += m->series[k]->requests[e][s];
+        }
     for (size_t i = 0; i < sizeof(failure_codes) / sizeof(failure_codes[0]); i++) {
         unsigned long long n = 0;
-        for (int e = 0; e < ENDPOINT_COUNT; e++)
-            for (int s = 400; s < MAX_STATUS; s++)
-                if (strcmp(failure_reason(s), failure_reason(failure_codes[i])) == 0) {
-                    n += m->requests[e][s];
-                    for (int k = 0; k < m->num_series; k++) n += m->series[k]->requests[e][s];
-                }
+        for (int s = 400; s < MAX_STATUS; s++)
+            if (strcmp(failure_reason(s), failure_reason(failure_codes[i])) == 0) n += by_code[s];
         text_put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reason(failure_codes[i]),
                  n);
     }
@@ -515,7 +562,6 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     text_put(&t, "# HELP comrope_model_info The served model versions.\n# TYPE comrope_model_info gauge\n");
     for (int i = 0; i < m->num_series; i++) {
         const metrics_series *ms = m->series[i];
-        if (ms->open <= 0) continue;
         text_put(&t, "comrope_model_info{model=\"");
         put_label_value(&t, ms->model);
         text_put(&t, "\",pe_type=\"");

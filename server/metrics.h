@@ -8,9 +8,10 @@
  * bounded stand-in for "resolution" as a label), the model info gauge, and
  * process metrics read from /proc at scrape time. The series of a model's
  * requests and batches are kept per served (model, version): a
- * metrics_series, made when a version is installed and kept until
- * metrics_free (counters never go back, also across an unload and a
- * reload). One mutex guards it all: updates are a few additions, far below
+ * metrics_series, made when a version is loaded and freed when it is no
+ * longer served (its series leave the exposition, as Triton drops an
+ * unloaded model's metrics; what its failures counted stays in the
+ * unlabeled comrope_request_failures_total). One mutex guards it all: updates are a few additions, far below
  * the cost of a request. */
 #ifndef COMROPE_METRICS_H
 #define COMROPE_METRICS_H
@@ -42,12 +43,16 @@ metrics *metrics_new(void);
 void metrics_free(metrics *m);
 
 /* The series of `model` version `version` (made at the first call, the same
- * ones after), now served: comrope_model_info{model,version,pe_type,
- * training_resolution} lists it until as many metrics_series_close.
- * Returns NULL when out of memory. */
+ * ones while it is open), now served: comrope_model_info{model,version,
+ * pe_type,training_resolution} lists it until as many metrics_series_close.
+ * A reload opens the new copy before it closes the old one, so its
+ * counters continue. Returns NULL when out of memory. */
 metrics_series *metrics_series_open(metrics *m, const char *model, const char *version, const char *pe_type,
                                     int training_resolution);
-/* That version is no longer served (its counters stay). */
+/* One copy of that version is no longer served. The last close frees the
+ * series (s is then invalid): its caller must hold no request, batch or
+ * statistics read that still uses s (repository.c closes it when the
+ * version's last request was answered, after its batcher stopped). */
 void metrics_series_close(metrics_series *s);
 /* The engine's instruction-set level and GEMM precision (what it computes
  * in, what was asked: "fp32", "bf16", "auto"; whether bf16 pays on this
@@ -97,11 +102,16 @@ typedef struct {
     uint64_t last_inference_ms, inference_count, execution_count;
     uint64_t success_count, success_ns, fail_count, fail_ns;
     uint64_t queue_count, queue_ns, compute_count, compute_ns;
+    /* only the sizes that ran (malloc'd, NULL when none): a version that
+     * ran a few sizes costs a few entries, not METRICS_MAX_BATCH_SIZE */
     int num_batch_sizes;
-    int batch_size[METRICS_MAX_BATCH_SIZE];
-    uint64_t batch_count[METRICS_MAX_BATCH_SIZE], batch_ns[METRICS_MAX_BATCH_SIZE];
+    int *batch_size;
+    uint64_t *batch_count, *batch_ns;
 } metrics_stats;
-void metrics_model_stats(metrics_series *s, metrics_stats *st);
+/* Fills st (free with metrics_stats_free). Returns 0, or -1 when out of
+ * memory (st then holds nothing to free). */
+int metrics_model_stats(metrics_series *s, metrics_stats *st);
+void metrics_stats_free(metrics_stats *st);
 
 /* The exposition text (malloc'd; *len its length), or NULL when out of memory. */
 char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len);

@@ -199,7 +199,7 @@ START_TEST(series_per_model_version) {
 
     metrics_stats *st = malloc(sizeof(*st));
     ck_assert_ptr_nonnull(st);
-    metrics_model_stats(a2, st);
+    ck_assert_int_eq(metrics_model_stats(a2, st), 0);
     ck_assert_uint_eq(st->success_count, 1);
     ck_assert_uint_eq(st->fail_count, 1);
     ck_assert_uint_eq(st->inference_count, 2);
@@ -207,26 +207,12 @@ START_TEST(series_per_model_version) {
     ck_assert_uint_eq(st->queue_count, 1);
     ck_assert_int_eq(st->num_batch_sizes, 1);
     ck_assert_int_eq(st->batch_size[0], 2);
-    metrics_model_stats(b1, st);
+    metrics_stats_free(st);
+    ck_assert_int_eq(metrics_model_stats(b1, st), 0);
     ck_assert_uint_eq(st->success_count + st->fail_count + st->inference_count + st->execution_count, 0);
     ck_assert_int_eq(st->num_batch_sizes, 0);
+    metrics_stats_free(st);
     free(st);
-
-    /* unloaded: gone from comrope_model_info; loaded again: the same
-     * series, its counters where they were */
-    metrics_series_close(a2);
-    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
-    ck_assert_ptr_null(strstr(
-        t,
-        "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution=\"16\",version=\"2\"}"));
-    ck_assert_double_eq(sample(t, "comrope_batch_images_sum{model=\"a\",version=\"2\"}"), 2);
-    free(t);
-    ck_assert_ptr_eq(metrics_series_open(m, "a", "2", "comrope-ld", 16), a2);
-    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
-    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution="
-                                  "\"16\",version=\"2\"}"),
-                        1);
-    free(t);
     metrics_free(m);
 }
 END_TEST
@@ -244,14 +230,101 @@ START_TEST(batch_stats_every_size) {
     metrics_batch(ms, 4096, tokens, 1, 0.004);
     metrics_stats *st = malloc(sizeof(*st));
     ck_assert_ptr_nonnull(st);
-    metrics_model_stats(ms, st);
+    ck_assert_int_eq(metrics_model_stats(ms, st), 0);
     ck_assert_int_eq(st->num_batch_sizes, 3);
     ck_assert_int_eq(st->batch_size[0], 256);
     ck_assert_int_eq(st->batch_size[1], 300);
     ck_assert_int_eq(st->batch_size[2], 4096);
     ck_assert_uint_eq(st->batch_count[2], 1);
+    ck_assert_uint_eq(st->batch_ns[1], 2000000);
+    metrics_stats_free(st);
     free(st);
     free(tokens);
+    metrics_free(m);
+}
+END_TEST
+
+/* A version's statistics hold the batch sizes it ran, not room for every
+ * size max-batch-size allows: /v2/models/stats took 4096 entries (~146
+ * KiB) per version per call, 9.5 MiB with 65 versions served. */
+START_TEST(stats_hold_only_the_sizes_that_ran) {
+    ck_assert_uint_lt(sizeof(metrics_stats), 1024);
+    metrics *m = metrics_new();
+    metrics_series *ms = metrics_series_open(m, "m", "1", "comrope-ld", 16);
+    metrics_stats st;
+    ck_assert_int_eq(metrics_model_stats(ms, &st), 0);
+    ck_assert_int_eq(st.num_batch_sizes, 0);
+    metrics_stats_free(&st);
+    metrics_free(m);
+}
+END_TEST
+
+/* The series of a version no longer served: gone from the exposition
+ * (they were kept forever, ~110 KB each, and listed in every scrape:
+ * a repository publishing a version an hour grew without end), while
+ * comrope_request_failures_total, summed over all series, never goes
+ * back. Served again later: new series, from 0. */
+START_TEST(series_freed_when_no_longer_served) {
+    metrics *m = metrics_new();
+    metrics_series *a1 = metrics_series_open(m, "a", "1", "comrope-ld", 16);
+    metrics_series *b1 = metrics_series_open(m, "b", "1", "liere", 32);
+    ck_assert_ptr_nonnull(a1);
+    ck_assert_ptr_nonnull(b1);
+    int two[] = {17, 17};
+    metrics_request(m, a1, ENDPOINT_V2_INFER, 200, 0.01);
+    metrics_request(m, a1, ENDPOINT_V2_INFER, 401, 0.01);
+    metrics_request(m, a1, ENDPOINT_V1_CLASSIFY, 503, 0.01);
+    metrics_request(m, b1, ENDPOINT_V2_INFER, 401, 0.01);
+    metrics_request(m, NULL, ENDPOINT_V2_INFER, 401, 0.01);
+    metrics_batch(a1, 2, two, 1, 0.005);
+    metrics_series_close(a1);
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_ptr_null(strstr(t, "model=\"a\""));
+    ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unauthorized\"}"), 3);
+    ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unavailable\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_batches_total"), 1);
+    ck_assert_double_eq(
+        sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"401\",model=\"b\",version=\"1\"}"), 1);
+    free(t);
+
+    a1 = metrics_series_open(m, "a", "1", "comrope-ld", 16);
+    ck_assert_ptr_nonnull(a1);
+    metrics_request(m, a1, ENDPOINT_V2_INFER, 401, 0.01);
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_double_eq(
+        sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"401\",model=\"a\",version=\"1\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_batch_images_count{model=\"a\",version=\"1\"}"), 0);
+    ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unauthorized\"}"), 4);
+    free(t);
+    metrics_series_close(b1); /* every series gone: the histograms' HELP too */
+    metrics_series_close(a1);
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_ptr_null(strstr(t, "version=\""));
+    ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"unauthorized\"}"), 4);
+    free(t);
+    metrics_free(m);
+}
+END_TEST
+
+/* A reload (its files changed, SIGHUP, a poll) opens the new copy before
+ * it closes the old one (repository.c: load, install, then the old copy
+ * is freed at its last request): the version's counters go on. */
+START_TEST(reload_keeps_the_counters) {
+    metrics *m = metrics_new();
+    metrics_series *old = metrics_series_open(m, "a", "1", "comrope-ld", 16);
+    ck_assert_ptr_nonnull(old);
+    metrics_request(m, old, ENDPOINT_V2_INFER, 200, 0.01);
+    metrics_series *new = metrics_series_open(m, "a", "1", "comrope-ap", 16);
+    ck_assert_ptr_eq(new, old);
+    metrics_series_close(old);
+    metrics_request(m, new, ENDPOINT_V2_INFER, 200, 0.01);
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_double_eq(
+        sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"1\"}"), 2);
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ap\",training_resolution="
+                                  "\"16\",version=\"1\"}"),
+                        1);
+    free(t);
     metrics_free(m);
 }
 END_TEST
@@ -275,6 +348,9 @@ int main(void) {
     tcase_add_test(tc, batches_and_mixed_resolutions);
     tcase_add_test(tc, series_per_model_version);
     tcase_add_test(tc, batch_stats_every_size);
+    tcase_add_test(tc, stats_hold_only_the_sizes_that_ran);
+    tcase_add_test(tc, series_freed_when_no_longer_served);
+    tcase_add_test(tc, reload_keeps_the_counters);
     tcase_add_test(tc, label_values_escaped);
     suite_add_tcase(s, tc);
     return check_run(s);

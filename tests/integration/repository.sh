@@ -25,7 +25,9 @@
 #     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
 #     also under a loaded model: refused at once naming it, never waited
 #     on, what serves serves on; 1025 versions under latest:1: the highest
-#     alone loads; 65 under all: the metadata lists each); an unload while a request is in flight (its body half
+#     alone loads; three newer ones published in turn: each retired
+#     version's series leave /metrics, the failures counter keeps its
+#     counts; 65 under all: the metadata lists each); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
 #  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
 #     with control characters left out (said once); "stats" and names with
@@ -398,6 +400,34 @@ ln -s "$MANY" "$REPO/many"
 [ "$(http_code -X POST "$URL/v2/repository/models/many/load")" = 200 ] || fail "load of many not 200"
 loaded=$(index | jq -c '[.[] | select(.name == "many" and .state == "READY") | .version]')
 [ "$loaded" = '["1025"]' ] || fail "latest:1 of 1025 versions loaded versions $loaded"
+# A new version published three times, one after another (latest:1): each
+# retired version's series leave /metrics (they were kept forever, ~110 KB
+# each, and listed in every scrape), while comrope_request_failures_total
+# keeps what they counted. Each version answers one bad request (400,
+# counted in its series).
+bad_requests() { metric 'comrope_request_failures_total{reason="bad_request"}'; }
+# (comrope_model_state is the index's: a retired version is UNAVAILABLE there)
+series_of() { curl -sf "$URL/metrics" | grep -v '^comrope_model_state' | grep -c "model=\"many\",version=\"$1\"" || true; }
+no_series_of() { [ "$(series_of "$1")" = 0 ]; }
+for v in 1025 1026 1027 1028; do
+  if [ "$v" != 1025 ]; then
+    mkdir "$MANY/$v"
+    ln -s "$ROOT/tests/fixtures/parity/comrope_ld_b2/"{config.json,model.safetensors} "$MANY/$v/"
+    [ "$(http_code -X POST "$URL/v2/repository/models/many/load")" = 200 ] || fail "load of many $v not 200"
+    is_state many "$v" READY || fail "many $v not READY after its load: $(index)"
+    poll 30 no_series_of $((v - 1)) ||
+      fail "version $((v - 1)) unloaded, its series still in /metrics: $(series_of $((v - 1))) lines"
+    [ "$(bad_requests)" -ge "$failed" ] || fail "bad_request failures went from $failed to $(bad_requests)"
+  fi
+  [ "$(http_code -H 'Content-Type: application/json' -d '{}' "$URL/v2/models/many/infer")" = 400 ] || fail "a bad request to many $v not 400"
+  [ "$(series_of "$v")" -gt 0 ] || fail "version $v served, no series of it in /metrics"
+  failed=$(bad_requests)
+done
+if command -v promtool >/dev/null; then
+  curl -sf "$URL/metrics" >"$WORK/retired.metrics"
+  out=$(promtool check metrics <"$WORK/retired.metrics" 2>&1) || fail "promtool after versions retired: $out"
+fi
+echo "ok a retired version's series leave /metrics; the failures counter kept its $failed bad requests"
 [ "$(http_code -X POST "$URL/v2/repository/models/many/unload")" = 200 ] || fail "unload of many not 200"
 rm "$REPO/many"
 # 65 versions under "all": the metadata lists every one (it listed 64)
