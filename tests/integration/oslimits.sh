@@ -183,18 +183,22 @@ fi
 if [ "$sanitized" = 1 ]; then
   echo "skip RLIMIT_AS at start: a sanitizer build (its shadow memory is terabytes of address space)"
 else
-  # The fixture's config with a 2048 x 65536 MLP: its load allocates a
-  # 512 MiB scratch before it reads a tensor. model.safetensors is a
-  # sparse file just large enough for the loader's size check, with none
-  # of the tensors: without a limit the load fails as a bad checkpoint.
+  # The fixture's config with a 2048 x 262144 MLP: its load allocates 4 GiB
+  # of parameters and a 2 GiB scratch before it reads a tensor, far more
+  # than a serving daemon's size varies by (glibc's arenas, 64 MiB of
+  # address space per thread that allocated: 1.6 GiB, the first version,
+  # was let through when part 1's daemon had grown by that much under a
+  # parallel ctest). model.safetensors is a sparse file just large enough
+  # for the loader's size check, with none of the tensors: without a limit
+  # the load fails as a bad checkpoint (nothing of the 6 GiB is touched).
   BIG=$WORK/big
   mkdir -p "$BIG"
   "$PY" - "$MODEL/config.json" "$BIG" <<'PY'
 import json, struct, sys
 c = json.load(open(sys.argv[1]))
-c.update(hidden_size=2048, intermediate_size=65536, num_hidden_layers=1, num_attention_heads=16)
+c.update(hidden_size=2048, intermediate_size=262144, num_hidden_layers=1, num_attention_heads=16)
 json.dump(c, open(sys.argv[2] + "/config.json", "w"))
-n = 1 << 30
+n = 5 << 30
 h = json.dumps({"pad": {"dtype": "F16", "shape": [n // 2], "data_offsets": [0, n]}}).encode()
 with open(sys.argv[2] + "/model.safetensors", "wb") as f:
     f.write(struct.pack("<Q", len(h)) + h)
