@@ -817,10 +817,33 @@ static const char *named_but_absent(const char *list, const candidate *c, int n,
     return NULL;
 }
 
+/* Drops the index entries of e's versions neither among its n candidates
+ * (on disk) nor held by a copy (serving, loading, or retired and still
+ * draining: its entry goes at the first scan after the copy is freed).
+ * Kept for ever, they grew the index and every scrape by one entry and
+ * four comrope_model_state lines per version ever seen: a version
+ * published an hour made 8,760 a year. Triton's index lists what is on
+ * disk and what is loaded. Lock held; no pointer into e->status is held
+ * across an unlock, so none is left dangling. */
+static void forget_gone_versions(repository *r, model_entry *e, const candidate *c, int n) {
+    int kept = 0;
+    for (int k = 0; k < e->nstatus; k++) {
+        const version_status *s = &e->status[k];
+        int keep = s->state == MODEL_LOADING || serving_version(e, s->version) != NULL;
+        for (int i = 0; i < n && !keep; i++) keep = c[i].version == s->version;
+        for (const served_model *m = r->retired; m && !keep; m = m->next)
+            keep = m->version == s->version && strcmp(m->name, e->name) == 0;
+        if (keep && kept != k) e->status[kept] = *s;
+        kept += keep;
+    }
+    e->nstatus = kept;
+}
+
 /* Brings the registry in line with the files: for every model to serve
  * (only: just that one), the versions its policy selects are loaded, or
  * reloaded when their files changed; versions no longer selected or no
  * longer there are retired. Models that left the repository are retired.
+ * The index forgets the versions gone from disk (forget_gone_versions).
  * `want`: `only` is asked for (explicit mode's load). `retry`: a load that
  * failed is tried again on the same files (want, or SIGHUP: the operator
  * asks, maybe having cured a passing cause: memory, threads, a file
@@ -964,14 +987,17 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
     for (int k = 0; k < r->nmodels; k++) {
         model_entry *e = &r->models[k];
         if (only && strcmp(only, e->name) != 0) continue;
-        int present = 0;
-        for (int i = 0; i < n && !present; i++) present = strcmp(c[i].name, e->name) == 0;
-        if (present) continue;
-        while (e->nserving) {
-            log_event("info", "model %s version %d: unloading (gone from the repository)", e->name,
-                      e->serving[0]->version);
-            retire(r, e, e->serving[0], 0);
-        }
+        int at = 0;
+        while (at < n && strcmp(c[at].name, e->name) != 0) at++;
+        int end = at;
+        while (end < n && strcmp(c[end].name, e->name) == 0) end++;
+        if (at == n)
+            while (e->nserving) {
+                log_event("info", "model %s version %d: unloading (gone from the repository)", e->name,
+                          e->serving[0]->version);
+                retire(r, e, e->serving[0], 0);
+            }
+        if (at == end || !c[at].unreadable[0]) forget_gone_versions(r, e, c + at, end - at);
     }
     pthread_mutex_unlock(&r->lock);
     free(c);

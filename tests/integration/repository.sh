@@ -27,7 +27,8 @@
 #     on, what serves serves on; 1025 versions under latest:1: the highest
 #     alone loads; three newer ones published in turn: each retired
 #     version's series leave /metrics, the failures counter keeps its
-#     counts; 65 under all: the metadata lists each); an unload while a request is in flight (its body half
+#     counts; their directories removed, a rescan drops their index
+#     entries and comrope_model_state lines; 65 under all: the metadata lists each); an unload while a request is in flight (its body half
 #     sent, so it holds the version) answers it with the unloaded model.
 #  6. Model names: UTF-8 and quotes served as named; names not UTF-8 or
 #     with control characters left out (said once); "stats" and names with
@@ -428,6 +429,27 @@ if command -v promtool >/dev/null; then
   out=$(promtool check metrics <"$WORK/retired.metrics" 2>&1) || fail "promtool after versions retired: $out"
 fi
 echo "ok a retired version's series leave /metrics; the failures counter kept its $failed bad requests"
+# The retired versions' directories removed: a rescan drops their index
+# entries and comrope_model_state lines (each version ever seen kept ~1 KiB
+# and four lines for ever: 8,760 a year at a version an hour). The one on
+# disk and serving keeps its own.
+state_lines() { curl -sf "$URL/metrics" | grep -c "^comrope_model_state{model=\"many\",version=\"$1\"" || true; }
+for v in 1025 1026 1027; do
+  poll 30 is_state many "$v" UNAVAILABLE || fail "many $v not UNAVAILABLE once retired: $(index)"
+  rm -r "${MANY:?}/$v"
+done
+[ "$(http_code -X POST "$URL/v2/repository/models/many/load")" = 200 ] || fail "rescan (load) of many not 200"
+for v in 1025 1026 1027; do
+  [ -z "$(state many "$v")" ] || fail "many $v, its directory removed, still in the index: $(index)"
+  [ "$(state_lines "$v")" = 0 ] || fail "many $v, its directory removed, has $(state_lines "$v") comrope_model_state lines"
+done
+is_state many 1028 READY || fail "many 1028 not READY after the rescan: $(index)"
+[ "$(state_lines 1028)" = 4 ] || fail "many 1028 has $(state_lines 1028) comrope_model_state lines, not 4"
+if command -v promtool >/dev/null; then
+  curl -sf "$URL/metrics" >"$WORK/forgotten.metrics"
+  out=$(promtool check metrics <"$WORK/forgotten.metrics" 2>&1) || fail "promtool after versions forgotten: $out"
+fi
+echo "ok the versions whose directories are gone leave the index and comrope_model_state"
 [ "$(http_code -X POST "$URL/v2/repository/models/many/unload")" = 200 ] || fail "unload of many not 200"
 rm "$REPO/many"
 # 65 versions under "all": the metadata lists every one (it listed 64)
