@@ -60,6 +60,12 @@ static const char *failure_reason(int status) {
 
 #define MAX_STATUS 600
 
+/* One batch size's executed batches and their compute time. */
+typedef struct {
+    int size;
+    uint64_t count, ns;
+} batch_size_stat;
+
 /* One (model, version)'s series: its requests, their latency and
  * Triton's statistics, its queue waits and batches. */
 struct metrics_series {
@@ -70,7 +76,11 @@ struct metrics_series {
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
     histogram request_seconds[ENDPOINT_COUNT];
     uint64_t infer_ok, infer_ok_ns, infer_fail, infer_fail_ns, last_inference_ms;
-    uint64_t batch_size_count[METRICS_MAX_BATCH_SIZE + 1], batch_size_ns[METRICS_MAX_BATCH_SIZE + 1];
+    /* Triton's batch_stats: the sizes that ran, ascending, added as they
+     * are first seen (at most METRICS_MAX_BATCH_SIZE). Two arrays indexed by
+     * every size were 64 KiB of the series' 110, almost all zero. */
+    batch_size_stat *batch_sizes;
+    int num_batch_sizes, cap_batch_sizes;
     histogram queue_seconds, compute_seconds, batch_images, batch_tokens;
 };
 
@@ -92,6 +102,9 @@ struct metrics {
     /* by endpoint: a health probe or a scrape is no inference latency */
     histogram request_seconds[ENDPOINT_COUNT];
     uint64_t batches, mixed_batches;
+    /* batches whose size found no room in their series' batch_stats (out
+     * of memory): counted in all else */
+    uint64_t batch_sizes_dropped;
     uint64_t images_by_tokens[TOKEN_BUCKETS];
     metrics_connections connections;
 };
@@ -129,6 +142,7 @@ static void series_free(metrics_series *s) {
     free(s->model);
     free(s->version);
     free(s->pe_type);
+    free(s->batch_sizes);
     free(s);
 }
 
@@ -195,7 +209,7 @@ void metrics_series_close(metrics_series *s) {
         return;
     }
     /* No longer served: freed. Kept, they made a daemon serving a new
-     * version every hour grow by a series (~110 KB) an hour and list every
+     * version every hour grow by a series (~45 KB; 110 KB then) an hour and list every
      * version it ever served in each scrape. */
     for (int e = 0; e < ENDPOINT_COUNT; e++)
         for (int code = 0; code < MAX_STATUS; code++) m->freed_requests[code] += s->requests[e][code];
@@ -275,6 +289,34 @@ void metrics_queue_wait(metrics_series *s, double seconds) {
     pthread_mutex_unlock(&s->owner->lock);
 }
 
+/* The entry of batch size `size` in s's table, added (kept ascending) when
+ * first seen; NULL when it has to grow and cannot (or size < 1). Under the
+ * owner's lock. A server runs a handful of sizes: a lookup is a short
+ * binary search, a new size a small memmove. */
+static batch_size_stat *batch_size_entry(metrics_series *s, int size) {
+    int lo = 0, hi = s->num_batch_sizes;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (s->batch_sizes[mid].size < size) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo < s->num_batch_sizes && s->batch_sizes[lo].size == size) return &s->batch_sizes[lo];
+    if (size < 1) return NULL;
+    if (s->num_batch_sizes == s->cap_batch_sizes) {
+        int cap = s->cap_batch_sizes ? 2 * s->cap_batch_sizes : 4;
+        if (cap > METRICS_MAX_BATCH_SIZE) cap = METRICS_MAX_BATCH_SIZE;
+        batch_size_stat *grown = realloc(s->batch_sizes, sizeof(*grown) * (size_t)cap);
+        if (!grown) return NULL;
+        s->batch_sizes = grown;
+        s->cap_batch_sizes = cap;
+    }
+    memmove(&s->batch_sizes[lo + 1], &s->batch_sizes[lo],
+            sizeof(*s->batch_sizes) * (size_t)(s->num_batch_sizes - lo));
+    s->num_batch_sizes++;
+    s->batch_sizes[lo] = (batch_size_stat){size, 0, 0};
+    return &s->batch_sizes[lo];
+}
+
 void metrics_batch(metrics_series *s, int images, const int *token_counts, int resolutions,
                    double compute_seconds) {
     metrics *m = s->owner;
@@ -288,9 +330,12 @@ void metrics_batch(metrics_series *s, int images, const int *token_counts, int r
     }
     m->batches++;
     if (resolutions > 1) m->mixed_batches++;
-    int size = images < METRICS_MAX_BATCH_SIZE ? images : METRICS_MAX_BATCH_SIZE;
-    s->batch_size_count[size]++;
-    s->batch_size_ns[size] += (uint64_t)(compute_seconds * 1e9);
+    batch_size_stat *e =
+        batch_size_entry(s, images < METRICS_MAX_BATCH_SIZE ? images : METRICS_MAX_BATCH_SIZE);
+    if (e) {
+        e->count++;
+        e->ns += (uint64_t)(compute_seconds * 1e9);
+    } else m->batch_sizes_dropped++;
     struct timeval tv;
     gettimeofday(&tv, NULL);
     s->last_inference_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
@@ -369,10 +414,9 @@ static void model_labels(const metrics_series *s, char *out, size_t cap) {
 int metrics_model_stats(metrics_series *s, metrics_stats *st) {
     memset(st, 0, sizeof(*st));
     pthread_mutex_lock(&s->owner->lock);
-    /* counted and copied under one lock hold: a batch that ends between
+    /* sized and copied under one lock hold: a batch that ends between
      * would not fit */
-    int n = 0;
-    for (int i = 1; i <= METRICS_MAX_BATCH_SIZE; i++) n += s->batch_size_count[i] != 0;
+    int n = s->num_batch_sizes;
     if (n) {
         st->batch_size = malloc(sizeof(*st->batch_size) * (size_t)n);
         st->batch_count = malloc(sizeof(*st->batch_count) * (size_t)n);
@@ -394,12 +438,12 @@ int metrics_model_stats(metrics_series *s, metrics_stats *st) {
     st->queue_ns = (uint64_t)(s->queue_seconds.sum * 1e9);
     st->compute_count = s->compute_seconds.count;
     st->compute_ns = (uint64_t)(s->compute_seconds.sum * 1e9);
-    for (int i = 1; i <= METRICS_MAX_BATCH_SIZE && st->num_batch_sizes < n; i++)
-        if (s->batch_size_count[i]) {
-            st->batch_size[st->num_batch_sizes] = i;
-            st->batch_count[st->num_batch_sizes] = s->batch_size_count[i];
-            st->batch_ns[st->num_batch_sizes++] = s->batch_size_ns[i];
-        }
+    for (int i = 0; i < n; i++) {
+        st->batch_size[i] = s->batch_sizes[i].size;
+        st->batch_count[i] = s->batch_sizes[i].count;
+        st->batch_ns[i] = s->batch_sizes[i].ns;
+    }
+    st->num_batch_sizes = n;
     pthread_mutex_unlock(&s->owner->lock);
     return 0;
 }
@@ -503,6 +547,11 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
              "# HELP comrope_batches_total Executed batches.\n# TYPE comrope_batches_total counter\n"
              "comrope_batches_total %llu\n",
              (unsigned long long)m->batches);
+    text_put(&t,
+             "# HELP comrope_batch_stats_dropped_total Executed batches left out of their size's entry in "
+             "/v2/models/{name}/stats batch_stats: no memory to add the size (counted everywhere else).\n"
+             "# TYPE comrope_batch_stats_dropped_total counter\ncomrope_batch_stats_dropped_total %llu\n",
+             (unsigned long long)m->batch_sizes_dropped);
     text_put(&t,
              "# HELP comrope_batches_mixed_resolution_total Executed batches holding images of more than "
              "one resolution.\n# TYPE comrope_batches_mixed_resolution_total counter\n"
