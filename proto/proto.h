@@ -212,14 +212,19 @@ char *v2_model_config_json(const proto_model *pm, const proto_batching *b);
 typedef struct {
     uint64_t count, ns;
 } proto_duration;
+/* batch_stats: the batches of one size and their compute time (ns).
+ * server/metrics.c keeps them so and hands them over as they are. */
+typedef struct {
+    int batch_size;
+    uint64_t count, ns;
+} proto_batch_stat;
 typedef struct {
     uint64_t last_inference_ms; /* wall clock, ms since the epoch; 0: none yet */
     uint64_t inference_count;   /* images inferred */
     uint64_t execution_count;   /* engine batches run */
     proto_duration success, fail, queue, compute_input, compute_infer, compute_output;
-    int num_batch_sizes; /* batch_stats: entries of the next three */
-    const int *batch_size;
-    const proto_duration *batch_compute_infer;
+    int num_batch_sizes;                 /* entries of batch_stats */
+    const proto_batch_stat *batch_stats; /* compute_infer by batch size, ascending */
 } proto_stats;
 /* {"model_stats": [...]}: entry i is pms[i] with sts[i] (n >= 0). */
 char *v2_model_stats_json(const proto_model *const *pms, const proto_stats *sts, int n);

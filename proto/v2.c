@@ -663,12 +663,14 @@ static json_t *duration_json(proto_duration d) {
 
 static json_t *model_stats_entry(const proto_model *pm, const proto_stats *st) {
     json_t *batch = json_array();
-    for (int i = 0; batch && i < st->num_batch_sizes; i++)
-        json_array_append_new(
-            batch, json_pack("{s:i,s:o,s:o,s:o}", "batch_size", st->batch_size[i], "compute_input",
-                             duration_json((proto_duration){st->batch_compute_infer[i].count, 0}),
-                             "compute_infer", duration_json(st->batch_compute_infer[i]), "compute_output",
-                             duration_json((proto_duration){st->batch_compute_infer[i].count, 0})));
+    for (int i = 0; batch && i < st->num_batch_sizes; i++) {
+        const proto_batch_stat *b = &st->batch_stats[i];
+        json_array_append_new(batch,
+                              json_pack("{s:i,s:o,s:o,s:o}", "batch_size", b->batch_size, "compute_input",
+                                        duration_json((proto_duration){b->count, 0}), "compute_infer",
+                                        duration_json((proto_duration){b->count, b->ns}), "compute_output",
+                                        duration_json((proto_duration){b->count, 0})));
+    }
     return json_pack(
         "{s:s,s:s,s:I,s:I,s:I,s:{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o},s:o,s:[]}", "name", pm->name, "version",
         pm->model_version ? pm->model_version : "1", "last_inference", (json_int_t)st->last_inference_ms,

@@ -856,10 +856,8 @@ static void model_config(http_request *r) {
 
 /* Triton's statistics of one version, from the counters the batcher and
  * the request path keep in its metrics series (m, read by
- * metrics_model_stats). bd: m->num_batch_sizes entries, pointed to by the
- * result. */
-static void version_stats(const metrics_stats *m, proto_duration *bd, proto_stats *st) {
-    for (int i = 0; i < m->num_batch_sizes; i++) bd[i] = (proto_duration){m->batch_count[i], m->batch_ns[i]};
+ * metrics_model_stats): st points at m's batch sizes, as they are. */
+static void version_stats(const metrics_stats *m, proto_stats *st) {
     /* The batcher times decode and forward together: all of it is
      * compute_infer; input and output are copied by the request path. */
     *st = (proto_stats){
@@ -873,8 +871,7 @@ static void version_stats(const metrics_stats *m, proto_duration *bd, proto_stat
         .compute_infer = {m->compute_count, m->compute_ns},
         .compute_output = {m->compute_count, 0},
         .num_batch_sizes = m->num_batch_sizes,
-        .batch_size = m->batch_size,
-        .batch_compute_infer = bd,
+        .batch_stats = m->batch_stats,
     };
 }
 
@@ -892,24 +889,14 @@ static void model_stats(http_request *r) {
     }
     served_model **vs = list ? list : one;
     int cap = n ? n : 1, read = 0;
-    size_t sizes = 0;
     metrics_stats *m = calloc((size_t)cap, sizeof(*m));
-    proto_duration *bd = NULL;
     proto_stats *st = malloc(sizeof(*st) * (size_t)cap);
     const proto_model **pms = malloc(sizeof(*pms) * (size_t)cap);
     if (!m || !st || !pms) goto oom;
-    /* the batch sizes each version ran, then room for just those */
     for (; read < n; read++) {
         if (metrics_model_stats(vs[read]->series, &m[read])) goto oom;
-        sizes += (size_t)m[read].num_batch_sizes;
-    }
-    bd = malloc(sizeof(*bd) * (sizes ? sizes : 1));
-    if (!bd) goto oom;
-    sizes = 0;
-    for (int i = 0; i < n; i++) {
-        version_stats(&m[i], bd + sizes, &st[i]);
-        sizes += (size_t)m[i].num_batch_sizes;
-        pms[i] = &vs[i]->pm;
+        version_stats(&m[read], &st[read]);
+        pms[read] = &vs[read]->pm;
     }
     set_json(r, 200, v2_model_stats_json(pms, st, n));
     goto cleanup;
@@ -920,7 +907,6 @@ cleanup:
     free(list);
     for (int i = 0; m && i < read; i++) metrics_stats_free(&m[i]);
     free(m);
-    free(bd);
     free(st);
     free(pms);
 }

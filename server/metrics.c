@@ -60,12 +60,6 @@ static const char *failure_reason(int status) {
 
 #define MAX_STATUS 600
 
-/* One batch size's executed batches and their compute time. */
-typedef struct {
-    int size;
-    uint64_t count, ns;
-} batch_size_stat;
-
 /* One (model, version)'s series: its requests, their latency and
  * Triton's statistics, its queue waits and batches. */
 struct metrics_series {
@@ -79,7 +73,7 @@ struct metrics_series {
     /* Triton's batch_stats: the sizes that ran, ascending, added as they
      * are first seen (at most METRICS_MAX_BATCH_SIZE). Two arrays indexed by
      * every size were 64 KiB of the series' 110, almost all zero. */
-    batch_size_stat *batch_sizes;
+    proto_batch_stat *batch_sizes;
     int num_batch_sizes, cap_batch_sizes;
     histogram queue_seconds, compute_seconds, batch_images, batch_tokens;
 };
@@ -293,19 +287,19 @@ void metrics_queue_wait(metrics_series *s, double seconds) {
  * first seen; NULL when it has to grow and cannot (or size < 1). Under the
  * owner's lock. A server runs a handful of sizes: a lookup is a short
  * binary search, a new size a small memmove. */
-static batch_size_stat *batch_size_entry(metrics_series *s, int size) {
+static proto_batch_stat *batch_size_entry(metrics_series *s, int size) {
     int lo = 0, hi = s->num_batch_sizes;
     while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
-        if (s->batch_sizes[mid].size < size) lo = mid + 1;
+        if (s->batch_sizes[mid].batch_size < size) lo = mid + 1;
         else hi = mid;
     }
-    if (lo < s->num_batch_sizes && s->batch_sizes[lo].size == size) return &s->batch_sizes[lo];
+    if (lo < s->num_batch_sizes && s->batch_sizes[lo].batch_size == size) return &s->batch_sizes[lo];
     if (size < 1) return NULL;
     if (s->num_batch_sizes == s->cap_batch_sizes) {
         int cap = s->cap_batch_sizes ? 2 * s->cap_batch_sizes : 4;
         if (cap > METRICS_MAX_BATCH_SIZE) cap = METRICS_MAX_BATCH_SIZE;
-        batch_size_stat *grown = realloc(s->batch_sizes, sizeof(*grown) * (size_t)cap);
+        proto_batch_stat *grown = realloc(s->batch_sizes, sizeof(*grown) * (size_t)cap);
         if (!grown) return NULL;
         s->batch_sizes = grown;
         s->cap_batch_sizes = cap;
@@ -313,7 +307,7 @@ static batch_size_stat *batch_size_entry(metrics_series *s, int size) {
     memmove(&s->batch_sizes[lo + 1], &s->batch_sizes[lo],
             sizeof(*s->batch_sizes) * (size_t)(s->num_batch_sizes - lo));
     s->num_batch_sizes++;
-    s->batch_sizes[lo] = (batch_size_stat){size, 0, 0};
+    s->batch_sizes[lo] = (proto_batch_stat){size, 0, 0};
     return &s->batch_sizes[lo];
 }
 
@@ -330,7 +324,7 @@ void metrics_batch(metrics_series *s, int images, const int *token_counts, int r
     }
     m->batches++;
     if (resolutions > 1) m->mixed_batches++;
-    batch_size_stat *e =
+    proto_batch_stat *e =
         batch_size_entry(s, images < METRICS_MAX_BATCH_SIZE ? images : METRICS_MAX_BATCH_SIZE);
     if (e) {
         e->count++;
@@ -418,14 +412,13 @@ int metrics_model_stats(metrics_series *s, metrics_stats *st) {
      * would not fit */
     int n = s->num_batch_sizes;
     if (n) {
-        st->batch_size = malloc(sizeof(*st->batch_size) * (size_t)n);
-        st->batch_count = malloc(sizeof(*st->batch_count) * (size_t)n);
-        st->batch_ns = malloc(sizeof(*st->batch_ns) * (size_t)n);
-        if (!st->batch_size || !st->batch_count || !st->batch_ns) {
+        st->batch_stats = malloc(sizeof(*st->batch_stats) * (size_t)n);
+        if (!st->batch_stats) {
             pthread_mutex_unlock(&s->owner->lock);
-            metrics_stats_free(st);
             return -1;
         }
+        memcpy(st->batch_stats, s->batch_sizes, sizeof(*st->batch_stats) * (size_t)n);
+        st->num_batch_sizes = n;
     }
     st->last_inference_ms = s->last_inference_ms;
     st->inference_count = (uint64_t)s->batch_images.sum;
@@ -438,23 +431,13 @@ int metrics_model_stats(metrics_series *s, metrics_stats *st) {
     st->queue_ns = (uint64_t)(s->queue_seconds.sum * 1e9);
     st->compute_count = s->compute_seconds.count;
     st->compute_ns = (uint64_t)(s->compute_seconds.sum * 1e9);
-    for (int i = 0; i < n; i++) {
-        st->batch_size[i] = s->batch_sizes[i].size;
-        st->batch_count[i] = s->batch_sizes[i].count;
-        st->batch_ns[i] = s->batch_sizes[i].ns;
-    }
-    st->num_batch_sizes = n;
     pthread_mutex_unlock(&s->owner->lock);
     return 0;
 }
 
 void metrics_stats_free(metrics_stats *st) {
-    free(st->batch_size);
-    free(st->batch_count);
-    free(st->batch_ns);
-    st->batch_size = NULL;
-    st->batch_count = NULL;
-    st->batch_ns = NULL;
+    free(st->batch_stats);
+    st->batch_stats = NULL;
     st->num_batch_sizes = 0;
 }
 

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto.h"
+
 enum {
     ENDPOINT_V1_CLASSIFY = 0,
     ENDPOINT_V1_MODELS,
@@ -102,11 +104,11 @@ typedef struct {
     uint64_t last_inference_ms, inference_count, execution_count;
     uint64_t success_count, success_ns, fail_count, fail_ns;
     uint64_t queue_count, queue_ns, compute_count, compute_ns;
-    /* only the sizes that ran (malloc'd, NULL when none): a version that
-     * ran a few sizes costs a few entries, not METRICS_MAX_BATCH_SIZE */
+    /* only the sizes that ran, ascending (malloc'd, NULL when none): a
+     * version that ran a few sizes costs a few entries, not
+     * METRICS_MAX_BATCH_SIZE; proto_stats points at them as they are */
     int num_batch_sizes;
-    int *batch_size;
-    uint64_t *batch_count, *batch_ns;
+    proto_batch_stat *batch_stats;
 } metrics_stats;
 /* Fills st (free with metrics_stats_free). Returns 0, or -1 when out of
  * memory (st then holds nothing to free). */

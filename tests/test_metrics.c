@@ -219,7 +219,7 @@ START_TEST(series_per_model_version) {
     ck_assert_uint_eq(st->execution_count, 1);
     ck_assert_uint_eq(st->queue_count, 1);
     ck_assert_int_eq(st->num_batch_sizes, 1);
-    ck_assert_int_eq(st->batch_size[0], 2);
+    ck_assert_int_eq(st->batch_stats[0].batch_size, 2);
     metrics_stats_free(st);
     ck_assert_int_eq(metrics_model_stats(b1, st), 0);
     ck_assert_uint_eq(st->success_count + st->fail_count + st->inference_count + st->execution_count, 0);
@@ -245,11 +245,11 @@ START_TEST(batch_stats_every_size) {
     ck_assert_ptr_nonnull(st);
     ck_assert_int_eq(metrics_model_stats(ms, st), 0);
     ck_assert_int_eq(st->num_batch_sizes, 3);
-    ck_assert_int_eq(st->batch_size[0], 256);
-    ck_assert_int_eq(st->batch_size[1], 300);
-    ck_assert_int_eq(st->batch_size[2], 4096);
-    ck_assert_uint_eq(st->batch_count[2], 1);
-    ck_assert_uint_eq(st->batch_ns[1], 2000000);
+    ck_assert_int_eq(st->batch_stats[0].batch_size, 256);
+    ck_assert_int_eq(st->batch_stats[1].batch_size, 300);
+    ck_assert_int_eq(st->batch_stats[2].batch_size, 4096);
+    ck_assert_uint_eq(st->batch_stats[2].count, 1);
+    ck_assert_uint_eq(st->batch_stats[1].ns, 2000000);
     metrics_stats_free(st);
     free(st);
     free(tokens);
@@ -299,13 +299,13 @@ START_TEST(series_hold_only_the_sizes_that_ran) {
     metrics_stats st;
     ck_assert_int_eq(metrics_model_stats(open[63], &st), 0);
     ck_assert_int_eq(st.num_batch_sizes, 4); /* ascending, whatever order they ran in */
-    ck_assert_int_eq(st.batch_size[0], 1);
-    ck_assert_uint_eq(st.batch_count[0], 2);
-    ck_assert_int_eq(st.batch_size[1], 3);
-    ck_assert_int_eq(st.batch_size[2], 8);
-    ck_assert_uint_eq(st.batch_count[2], 2);
-    ck_assert_uint_eq(st.batch_ns[2], 2000000);
-    ck_assert_int_eq(st.batch_size[3], 4096);
+    ck_assert_int_eq(st.batch_stats[0].batch_size, 1);
+    ck_assert_uint_eq(st.batch_stats[0].count, 2);
+    ck_assert_int_eq(st.batch_stats[1].batch_size, 3);
+    ck_assert_int_eq(st.batch_stats[2].batch_size, 8);
+    ck_assert_uint_eq(st.batch_stats[2].count, 2);
+    ck_assert_uint_eq(st.batch_stats[2].ns, 2000000);
+    ck_assert_int_eq(st.batch_stats[3].batch_size, 4096);
     metrics_stats_free(&st);
     for (int i = 0; i < 64; i++) metrics_series_close(open[i]);
     free(tokens);
@@ -341,15 +341,15 @@ START_TEST(batch_size_without_memory) {
     ck_assert_int_eq(metrics_model_stats(ms, &st), 0);
     ck_assert_uint_eq(st.execution_count, 6);
     ck_assert_int_eq(st.num_batch_sizes, 4);
-    ck_assert_int_eq(st.batch_size[1], 2);
-    ck_assert_uint_eq(st.batch_count[1], 2);
-    ck_assert_int_eq(st.batch_size[3], 4);
+    ck_assert_int_eq(st.batch_stats[1].batch_size, 2);
+    ck_assert_uint_eq(st.batch_stats[1].count, 2);
+    ck_assert_int_eq(st.batch_stats[3].batch_size, 4);
     metrics_stats_free(&st);
     metrics_batch(ms, 5, tokens, 1, 0.001); /* memory again: the size is added */
     ck_assert_int_eq(metrics_model_stats(ms, &st), 0);
     ck_assert_int_eq(st.num_batch_sizes, 5);
-    ck_assert_int_eq(st.batch_size[4], 5);
-    ck_assert_uint_eq(st.batch_count[4], 1);
+    ck_assert_int_eq(st.batch_stats[4].batch_size, 5);
+    ck_assert_uint_eq(st.batch_stats[4].count, 1);
     metrics_stats_free(&st);
     metrics_free(m);
 }

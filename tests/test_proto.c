@@ -754,8 +754,7 @@ START_TEST(v2_config_and_stats) {
     ck_assert(json_is_object(json_object_get(json_object_get(o, "version_policy"), "all")));
     json_decref(o);
     free(s);
-    int sizes[2] = {1, 4};
-    proto_duration per[2] = {{3, 300}, {1, 900}};
+    proto_batch_stat per[2] = {{1, 3, 300}, {4, 1, 900}};
     proto_stats st = {
         .last_inference_ms = 1234,
         .inference_count = 7,
@@ -767,8 +766,7 @@ START_TEST(v2_config_and_stats) {
         .compute_infer = {4, 1200},
         .compute_output = {4, 0},
         .num_batch_sizes = 2,
-        .batch_size = sizes,
-        .batch_compute_infer = per,
+        .batch_stats = per,
     };
     /* two versions of one model: one entry each, in the order given */
     proto_model pm2 = pm;
@@ -794,6 +792,12 @@ START_TEST(v2_config_and_stats) {
     ck_assert_int_eq(json_integer_value(json_object_get(b4, "batch_size")), 4);
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(b4, "compute_infer"), "ns")), 900);
     json_decref(o);
+    /* tritonclient's fields, byte for byte as they were when the sizes came
+     * in two arrays */
+    ck_assert_ptr_nonnull(
+        strstr(s, "\"batch_stats\":[{\"batch_size\":1,\"compute_input\":{\"count\":3,\"ns\":0},"
+                  "\"compute_infer\":{\"count\":3,\"ns\":300},\"compute_output\":{\"count\":3,"
+                  "\"ns\":0}},{\"batch_size\":4,"));
     free(s);
     s = v2_model_stats_json(NULL, NULL, 0); /* no model loaded: an empty list */
     ck_assert_str_eq(s, "{\"model_stats\":[]}");
