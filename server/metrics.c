@@ -41,21 +41,31 @@ typedef struct {
     double sum;
 } histogram;
 
-/* Failure reasons, from the status code. */
-static const char *failure_reason(int status) {
-    switch (status) {
-    case 400: return "bad_request";
-    case 401: return "unauthorized";
-    case 404: return "not_found";
-    case 405: return "method_not_allowed";
-    case 408: return "request_timeout";
-    case 413: return "too_large";
-    case 415: return "unsupported_media_type";
-    case 499: return "client_closed"; /* nginx's code: the client left before its answer */
-    case 503: return "unavailable";
-    case 504: return "deadline_exceeded";
-    default: return status >= 500 ? "internal" : "other";
-    }
+/* Failure reasons, from the status code: the codes the daemon sends have
+ * their own; any other 5xx is "internal", any other 4xx "other". All are
+ * listed in comrope_request_failures_total, so that its reasons sum to the
+ * requests answered >= 400 ("other" was not listed: a 414 was in no
+ * reason). */
+static const struct {
+    int status; /* 0: the last two, the rest of the 5xx and of the 4xx */
+    const char *reason;
+} failure_reasons[] = {
+    {400, "bad_request"},     {401, "unauthorized"},
+    {404, "not_found"},       {405, "method_not_allowed"},
+    {408, "request_timeout"}, {413, "too_large"},
+    {414, "uri_too_long"},    {415, "unsupported_media_type"},
+    {499, "client_closed"},   /* nginx's code: the client left before its answer */
+    {501, "not_implemented"}, /* a Transfer-Encoding other than chunked: the client's */
+    {503, "unavailable"},     {504, "deadline_exceeded"},
+    {0, "internal"},          {0, "other"},
+};
+#define FAILURE_REASONS (int)(sizeof(failure_reasons) / sizeof(failure_reasons[0]))
+
+/* The index in failure_reasons of a status >= 400. */
+static int failure_reason(int status) {
+    for (int i = 0; i < FAILURE_REASONS - 2; i++)
+        if (failure_reasons[i].status == status) return i;
+    return status >= 500 ? FAILURE_REASONS - 2 : FAILURE_REASONS - 1;
 }
 
 #define MAX_STATUS 600
@@ -468,23 +478,19 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
-    static const int failure_codes[] = {400, 401, 404, 405, 408, 413, 415, 499, 500, 503, 504};
     text_put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
                  "# TYPE comrope_request_failures_total counter\n");
-    uint64_t by_code[MAX_STATUS];
+    uint64_t by_code[MAX_STATUS], by_reason[FAILURE_REASONS] = {0};
     memcpy(by_code, m->freed_requests, sizeof(by_code));
     for (int e = 0; e < ENDPOINT_COUNT; e++)
         for (int s = 400; s < MAX_STATUS; s++) {
             by_code[s] += m->requests[e][s];
             for (int k = 0; k < m->num_series; k++) by_code[s] += m->series[k]->requests[e][s];
         }
-    for (size_t i = 0; i < sizeof(failure_codes) / sizeof(failure_codes[0]); i++) {
-        unsigned long long n = 0;
-        for (int s = 400; s < MAX_STATUS; s++)
-            if (strcmp(failure_reason(s), failure_reason(failure_codes[i])) == 0) n += by_code[s];
-        text_put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reason(failure_codes[i]),
-                 n);
-    }
+    for (int s = 400; s < MAX_STATUS; s++) by_reason[failure_reason(s)] += by_code[s];
+    for (int i = 0; i < FAILURE_REASONS; i++)
+        text_put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reasons[i].reason,
+                 (unsigned long long)by_reason[i]);
 
     text_put(&t, "# HELP comrope_request_duration_seconds End-to-end request latency, from the first byte of "
                  "headers to the answer being handed to the connection, by endpoint.\n# TYPE "

@@ -26,6 +26,34 @@ for _ in 1 2 3; do
     fail "classify"
 done
 
+# Every error answered is in one of comrope_request_failures_total's
+# reasons, which sum to comrope_requests_total's codes >= 400 (the 404s for
+# /metrics above among them): a 414 (a path too long) was in none, its
+# reason "other" not being listed, and a 501 (a Transfer-Encoding the daemon
+# does not take: the client's doing) counted as "internal".
+long=$(printf 'a%.0s' $(seq 600))
+[ "$(http_code "$URL/v2/models/$long")" = 414 ] || fail "a 600-byte path not answered 414"
+[ "$(http_code -H 'Transfer-Encoding: gzip' --data-binary x "$URL/v1/classify")" = 501 ] ||
+  fail "Transfer-Encoding gzip not answered 501"
+curl -sf "http://127.0.0.1:$MPORT/metrics" >"$WORK/failures.metrics" || fail "scrape of the metrics port"
+out=$(promtool check metrics <"$WORK/failures.metrics" 2>&1) || fail "promtool: $out"
+[ -z "$out" ] || fail "promtool printed: $out"
+read -r failures errors too_long not_implemented < <(awk '
+  $1 ~ /^comrope_request_failures_total[{]/ { f += $2 }
+  $1 == "comrope_request_failures_total{reason=\"uri_too_long\"}" { u = $2 }
+  $1 == "comrope_request_failures_total{reason=\"not_implemented\"}" { n = $2 }
+  $1 ~ /^comrope_requests_total[{]/ && match($1, /code="[0-9]+"/) {
+    if (substr($1, RSTART + 6, RLENGTH - 7) + 0 >= 400) e += $2
+  }
+  END { printf "%d %d %d %d\n", f, e, u, n }' "$WORK/failures.metrics")
+[ "$errors" -ge 4 ] || fail "comrope_requests_total counts $errors errors, want at least 4"
+[ "$failures" = "$errors" ] ||
+  fail "comrope_request_failures_total sums to $failures, comrope_requests_total's codes >= 400 to $errors"
+[ "$too_long" = 1 ] || fail "uri_too_long failures: $too_long, want 1"
+[ "$not_implemented" = 1 ] ||
+  fail "not_implemented failures: $not_implemented, want 1"
+echo "ok every error answered is in a reason of comrope_request_failures_total ($failures)"
+
 cat >"$WORK/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
