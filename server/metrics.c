@@ -74,7 +74,11 @@ static int failure_reason(int status) {
  * Triton's statistics, its queue waits and batches. */
 struct metrics_series {
     metrics *owner; /* its lock guards all below */
-    char *model, *version, *pe_type;
+    char *model, *version;
+    /* comrope_model_info's labels: the served copy's (metrics_series_label).
+     * pe_type is one of the engine's short names (pe_type_name): a fixed
+     * array, so that labelling after an install cannot fail. */
+    char pe_type[32];
     int training_resolution;
     int open; /* metrics_series_open minus close: freed at 0 */
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
@@ -145,7 +149,6 @@ static void series_free(metrics_series *s) {
     if (!s) return;
     free(s->model);
     free(s->version);
-    free(s->pe_type);
     free(s->batch_sizes);
     free(s);
 }
@@ -164,8 +167,6 @@ void metrics_free(metrics *m) {
 metrics_series *metrics_series_open(metrics *m, const char *model, const char *version, const char *pe_type,
                                     int training_resolution) {
     metrics_series *s = NULL;
-    char *pe = strdup(pe_type);
-    if (!pe) return NULL;
     pthread_mutex_lock(&m->lock);
     for (int i = 0; i < m->num_series && !s; i++)
         if (strcmp(m->series[i]->model, model) == 0 && strcmp(m->series[i]->version, version) == 0)
@@ -178,6 +179,8 @@ metrics_series *metrics_series_open(metrics *m, const char *model, const char *v
             s->owner = m;
             s->model = strdup(model);
             s->version = strdup(version);
+            snprintf(s->pe_type, sizeof(s->pe_type), "%s", pe_type);
+            s->training_resolution = training_resolution;
             for (int e = 0; e < ENDPOINT_COUNT; e++)
                 histogram_init(&s->request_seconds[e], latency_bounds, N(latency_bounds));
             histogram_init(&s->queue_seconds, latency_bounds, N(latency_bounds));
@@ -191,17 +194,21 @@ metrics_series *metrics_series_open(metrics *m, const char *model, const char *v
             s = NULL;
         }
     }
-    if (s) {
-        /* a reload may change what the version's files hold */
-        free(s->pe_type);
-        s->pe_type = pe;
-        pe = NULL;
-        s->training_resolution = training_resolution;
-        s->open++;
-    }
+    /* Found open (a reload, or a copy still draining): its labels stay
+     * those of the copy that serves until the new one is installed
+     * (metrics_series_label); a reload that fails after this would have
+     * left them naming files that never served. */
+    if (s) s->open++;
     pthread_mutex_unlock(&m->lock);
-    free(pe);
     return s;
+}
+
+void metrics_series_label(metrics_series *s, const char *pe_type, int training_resolution) {
+    if (!s) return;
+    pthread_mutex_lock(&s->owner->lock);
+    snprintf(s->pe_type, sizeof(s->pe_type), "%s", pe_type);
+    s->training_resolution = training_resolution;
+    pthread_mutex_unlock(&s->owner->lock);
 }
 
 void metrics_series_close(metrics_series *s) {

@@ -45,12 +45,18 @@ metrics *metrics_new(void);
 void metrics_free(metrics *m);
 
 /* The series of `model` version `version` (made at the first call, the same
- * ones while it is open), now served: comrope_model_info{model,version,
- * pe_type,training_resolution} lists it until as many metrics_series_close.
- * A reload opens the new copy before it closes the old one, so its
- * counters continue. Returns NULL when out of memory. */
+ * ones while it is open): comrope_model_info{model,version,pe_type,
+ * training_resolution} lists it until as many metrics_series_close. The
+ * first call labels it with pe_type and training_resolution; a later one
+ * (a reload opens the new copy before it closes the old one, so its
+ * counters continue) leaves the labels to metrics_series_label, called
+ * once the new copy serves: a reload that fails keeps the served copy's.
+ * Returns NULL when out of memory. */
 metrics_series *metrics_series_open(metrics *m, const char *model, const char *version, const char *pe_type,
                                     int training_resolution);
+/* Labels s with what the copy now serving holds (after a reload installed
+ * it). Cannot fail. */
+void metrics_series_label(metrics_series *s, const char *pe_type, int training_resolution);
 /* One copy of that version is no longer served. The last close frees the
  * series (s is then invalid): its caller must hold no request, batch or
  * statistics read that still uses s (repository.c closes it when the

@@ -748,6 +748,9 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     int rc = -1;
     if (m && e && install(r, e, m) == 0) {
         rc = 0;
+        /* serving now: comrope_model_info names its files (a reload's
+         * series kept the old copy's labels until here) */
+        metrics_series_label(m->series, m->pm.pe_type, m->pm.image_size);
     } else if (m) {
         snprintf(err, sizeof(err), "out of memory");
         refused = say_refused(err, sizeof(err), 0);

@@ -431,22 +431,45 @@ END_TEST
 
 /* A reload (its files changed, SIGHUP, a poll) opens the new copy before
  * it closes the old one (repository.c: load, install, then the old copy
- * is freed at its last request): the version's counters go on. */
+ * is freed at its last request): the version's counters go on, and its
+ * labels change when the new copy is installed (metrics_series_label). */
 START_TEST(reload_keeps_the_counters) {
     metrics *m = metrics_new();
     metrics_series *old = metrics_series_open(m, "a", "1", "comrope-ld", 16);
     ck_assert_ptr_nonnull(old);
     metrics_request(m, old, ENDPOINT_V2_INFER, 200, 0.01);
-    metrics_series *new = metrics_series_open(m, "a", "1", "comrope-ap", 16);
+    metrics_series *new = metrics_series_open(m, "a", "1", "comrope-ap", 24);
     ck_assert_ptr_eq(new, old);
+    metrics_series_label(new, "comrope-ap", 24);
     metrics_series_close(old);
     metrics_request(m, new, ENDPOINT_V2_INFER, 200, 0.01);
     char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_double_eq(
         sample(t, "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"a\",version=\"1\"}"), 2);
     ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ap\",training_resolution="
+                                  "\"24\",version=\"1\"}"),
+                        1);
+    free(t);
+    metrics_free(m);
+}
+END_TEST
+
+/* A reload that fails after it opened the series (a worker's thread or
+ * the install refused): the copy that serves on keeps its labels. They
+ * were those of the failed files, a pe_type and training resolution that
+ * nothing served. */
+START_TEST(failed_reload_keeps_the_labels) {
+    metrics *m = metrics_new();
+    metrics_series *served = metrics_series_open(m, "a", "1", "comrope-ld", 16);
+    ck_assert_ptr_nonnull(served);
+    metrics_series *failed = metrics_series_open(m, "a", "1", "liere", 12);
+    ck_assert_ptr_eq(failed, served);
+    metrics_series_close(failed);
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_double_eq(sample(t, "comrope_model_info{model=\"a\",pe_type=\"comrope-ld\",training_resolution="
                                   "\"16\",version=\"1\"}"),
                         1);
+    ck_assert_ptr_null(strstr(t, "liere"));
     free(t);
     metrics_free(m);
 }
@@ -477,6 +500,7 @@ int main(void) {
     tcase_add_test(tc, batch_size_without_memory);
     tcase_add_test(tc, series_freed_when_no_longer_served);
     tcase_add_test(tc, reload_keeps_the_counters);
+    tcase_add_test(tc, failed_reload_keeps_the_labels);
     tcase_add_test(tc, label_values_escaped);
     suite_add_tcase(s, tc);
     return check_run(s);

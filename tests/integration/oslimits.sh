@@ -12,7 +12,10 @@
 #      load naming why (its state and reason in the index), the model
 #      already loaded serves on, and the new one loads at the next SIGHUP
 #      once threads start (its files unchanged: a SIGHUP retries a failed
-#      load, as an operator who cured its cause asks).
+#      load, as an operator who cured its cause asks). The loaded model's
+#      files replaced by another pe_type and resolution meanwhile: its
+#      reload fails too, and comrope_model_info keeps the labels of the
+#      copy that serves on until the reload succeeds.
 #   4. Standard descriptors closed at exec (`<&- >&- 2>&-`): each is
 #      /dev/null in the daemon, never its listening socket (descriptor 2
 #      was, and every log line a write() on it).
@@ -115,10 +118,19 @@ MODEL='' start_daemon --model-repository "$WORK/repo" --access-log off
 unset DAEMON_ENV
 logits() { "$PY" "$ROOT/tests/integration/repo_client.py" logits "$URL" "$1" "$IMG" >/dev/null; }
 logits a || fail "model a does not answer"
+info() { metric "comrope_model_info{model=\"a\",pe_type=\"$1\",training_resolution=\"$2\",version=\"1\"}"; }
+[ "$(info comrope-ld 16)" = 1 ] || fail "model a's comrope_model_info: $(curl -s "$URL/metrics" | grep model_info)"
 : >"$NO_THREADS"
 cp -r "$MODEL" "$WORK/repo/b/1" # a copy: touched below
+OTHER=$ROOT/tests/fixtures/parity/liere_b3 # liere at 12 x 12
+ln -sfn "$OTHER" "$WORK/repo/a/1"
 kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
+log_has 'model a version 1 failed to load (the loaded copy goes on serving)' ||
+  fail "model a's reload without threads did not fail: $(grep 'model a' "$LOG" | tail -1)"
+if [ "$(info comrope-ld 16)" != 1 ] || info liere 12 >/dev/null; then
+  fail "a failed reload relabelled the served copy's series: $(curl -s "$URL/metrics" | grep model_info)"
+fi
 index=$(curl -s --max-time 10 -X POST "$URL/v2/repository/index")
 "$PY" -c 'import json, sys; b = [m for m in json.loads(sys.argv[1]) if m["name"] == "b"][0]
 sys.exit(not (b["state"] == "UNAVAILABLE" and sys.argv[2] in b["reason"]))' "$index" "$why" ||
@@ -130,8 +142,11 @@ rm "$NO_THREADS"
 kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 2 || fail "no second rescan"
 logits b || fail "model b does not load at a SIGHUP once threads start again (its files unchanged)"
+if [ "$(info liere 12)" != 1 ] || info comrope-ld 16 >/dev/null; then
+  fail "model a reloaded as liere 12 x 12: comrope_model_info says $(curl -s "$URL/metrics" | grep model_info)"
+fi
 stop_daemon
-echo "ok threads refused at run time: b UNAVAILABLE naming why, a serves on, b loads at the next SIGHUP"
+echo "ok threads refused at run time: b UNAVAILABLE naming why, a serves on with its labels, both load at the next SIGHUP"
 
 # --- 4. standard descriptors closed at exec ------------------------------------
 PORT=$(free_port)
