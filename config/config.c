@@ -792,8 +792,9 @@ int config_cpu_limit(const char *cpu_max_path) {
     return cpus < 1 ? 1 : cpus;
 }
 
-int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup) {
-    char rel[CONFIG_PATH_MAX] = "", line[CONFIG_PATH_MAX], dir[CONFIG_PATH_MAX], file[CONFIG_PATH_MAX + 16];
+/* This process's cgroup v2 directory under cgroup_root, into dir. */
+static void own_cgroup(const char *cgroup_root, const char *proc_self_cgroup, char *dir, size_t dirlen) {
+    char rel[CONFIG_PATH_MAX] = "", line[CONFIG_PATH_MAX];
     FILE *f = fopen(proc_self_cgroup, "r");
     /* cgroup v2: the line "0::/system.slice/comrope-serve.service" */
     while (f && fgets(line, sizeof(line), f)) {
@@ -805,21 +806,47 @@ int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgrou
     }
     if (f) fclose(f);
     /* Inside a container's cgroup namespace rel is "/" (or the line is
-     * missing): the root's cpu.max is the container's limit. */
+     * missing): the root's cpu.max and memory.max are the container's limits. */
     if (rel[0] != '/' || strstr(rel, "..")) snprintf(rel, sizeof(rel), "/");
+    snprintf(dir, dirlen, "%s%s", cgroup_root, strcmp(rel, "/") == 0 ? "" : rel);
+}
+
+/* Cuts dir's last component off; 0 once dir is cgroup_root (root_len long). */
+static int cgroup_parent(char *dir, size_t root_len) {
+    char *slash = strrchr(dir, '/');
+    if (strlen(dir) <= root_len || !slash || (size_t)(slash - dir) < root_len) return 0;
+    *slash = '\0';
+    return 1;
+}
+
+int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup) {
+    char dir[CONFIG_PATH_MAX], file[CONFIG_PATH_MAX + 16];
+    own_cgroup(cgroup_root, proc_self_cgroup, dir, sizeof(dir));
     int cpus = config_cpu_count();
     /* The tightest quota of this cgroup and its ancestors, up to the root. */
-    snprintf(dir, sizeof(dir), "%s%s", cgroup_root, strcmp(rel, "/") == 0 ? "" : rel);
     size_t root_len = strlen(cgroup_root);
-    for (;;) {
+    do {
         snprintf(file, sizeof(file), "%s/cpu.max", dir);
         int n = config_cpu_limit(file);
         if (n < cpus) cpus = n;
-        char *slash = strrchr(dir, '/');
-        if (strlen(dir) <= root_len || !slash || (size_t)(slash - dir) < root_len) break;
-        *slash = '\0';
-    }
+    } while (cgroup_parent(dir, root_len));
     return cpus;
+}
+
+unsigned long long config_memory_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup) {
+    char dir[CONFIG_PATH_MAX], file[CONFIG_PATH_MAX + 16];
+    own_cgroup(cgroup_root, proc_self_cgroup, dir, sizeof(dir));
+    unsigned long long limit = 0;
+    size_t root_len = strlen(cgroup_root);
+    do {
+        snprintf(file, sizeof(file), "%s/memory.max", dir);
+        FILE *f = fopen(file, "r");
+        unsigned long long bytes;
+        /* "max" (no limit) or bytes */
+        if (f && fscanf(f, "%llu", &bytes) == 1 && bytes > 0 && (limit == 0 || bytes < limit)) limit = bytes;
+        if (f) fclose(f);
+    } while (cgroup_parent(dir, root_len));
+    return limit;
 }
 
 void config_derive_threads(server_config *cfg, int cpu_limit, double gflop_per_image) {

@@ -195,6 +195,13 @@ int config_cpu_limit(const char *cpu_max_path);
  * Kubernetes CPU limit all bound the derived thread counts. */
 int config_cpu_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup);
 
+/* The memory limit of this process's cgroup: the tightest memory.max in
+ * bytes of that cgroup and its ancestors (found as for
+ * config_cpu_limit_cgroup), or 0 when none is set ("max" everywhere, no
+ * cgroup v2). A workspace larger than it can never be granted
+ * (vit_context_params.memory_bytes). */
+unsigned long long config_memory_limit_cgroup(const char *cgroup_root, const char *proc_self_cgroup);
+
 /* Replaces the 0 ("derived") thread counts with values that keep
  * workers * gemm_threads <= cpu_limit. gflop_per_image is the model's
  * forward cost at its training resolution (< 0: unknown): a small model

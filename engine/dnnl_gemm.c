@@ -1,5 +1,6 @@
 /* dnnl_gemm.c: oneDNN's bf16 matmul behind the kernel table (see dnnl_gemm.h). */
 #include "dnnl_gemm.h"
+#include "engine_error.h"
 
 #include "parallel.h"
 
@@ -114,6 +115,7 @@ int dnnl_weight_new(const float *W, int N, int K, dnnl_weight **out, char *err, 
     int rc = -1;
     if (!w || !plain) {
         snprintf(err, errlen, "out of memory for a %dx%d oneDNN weight", N, K);
+        rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     w->N = N;
@@ -134,6 +136,7 @@ int dnnl_weight_new(const float *W, int N, int K, dnnl_weight **out, char *err, 
     w->data = aligned_alloc(64, bytes ? bytes : 64);
     if (!w->data) {
         snprintf(err, errlen, "out of memory for a %dx%d oneDNN weight", N, K);
+        rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     if (dnnl_memory_create(&to, &w->md, eng, w->data) || dnnl_memory_create(&from, &plain_md, eng, plain) ||
@@ -177,7 +180,7 @@ int dnnl_runner_new(int threads, dnnl_runner **out, char *err, size_t errlen) {
     if (!r || !(r->parts = calloc((size_t)n, sizeof(runner_part)))) {
         free(r);
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return ENGINE_ERR_MEMORY;
     }
     r->nparts = n;
     int bad = dnnl_engine_create(&r->eng, dnnl_cpu, 0) != dnnl_success;

@@ -35,7 +35,8 @@ typedef struct dnnl_runner dnnl_runner;
 int dnnl_gemm_available(void);
 
 /* W (N, K) (PyTorch's Linear layout) as oneDNN's bf16 weights for
- * out = A @ W^T. Returns 0, or -1 with a message. */
+ * out = A @ W^T. Returns 0, or -1 with a message (ENGINE_ERR_MEMORY,
+ * engine_error.h, when an allocation was refused; dnnl_runner_new alike). */
 int dnnl_weight_new(const float *W, int N, int K, dnnl_weight **out, char *err, size_t errlen);
 void dnnl_weight_free(dnnl_weight *w);
 

@@ -87,8 +87,8 @@ image_prep image_prep_default(void);
  * directory refused at once, never waited on). Unknown keys are ignored; a
  * listed key of the wrong type, or a resample other than 2 or 3, is refused
  * naming the key. Returns 0; or -1, or SMALL_FILE_MISSING when there is no
- * such file (the model then has none: image_prep_default), with a message
- * in err. */
+ * such file (the model then has none: image_prep_default), or
+ * ENGINE_ERR_MEMORY (engine_error.h), with a message in err. */
 int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen);
 
 /* Prepares `img` as the model's input at out_h x out_w with `fit`

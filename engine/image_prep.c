@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine_error.h"
 #include "image_resample.h"
 #include "small_file.h"
 
@@ -202,6 +203,7 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
     root = json_loadb(text, len, 0, &jerr);
     if (!root) {
         snprintf(err, errlen, "%s: invalid JSON at line %d: %s", path, jerr.line, jerr.text);
+        if (json_error_code(&jerr) == json_error_out_of_memory) rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     if (!json_is_object(root)) {

@@ -5,6 +5,7 @@
  * those are ignored. A key we read must have the right JSON type: a model
  * whose config says "hidden_size": "768" is refused rather than guessed at. */
 #include "model_config.h"
+#include "engine_error.h"
 #include "small_file.h"
 
 #include <jansson.h>
@@ -156,7 +157,7 @@ static int read_labels(json_t *obj, vit_config *c, const char *name, char *err, 
     c->labels = calloc((size_t)c->num_class, sizeof(char *));
     if (!c->labels) {
         snprintf(err, errlen, "%s: out of memory for id2label", name);
-        return -1;
+        return ENGINE_ERR_MEMORY;
     }
     const char *key;
     json_t *v;
@@ -176,7 +177,7 @@ static int read_labels(json_t *obj, vit_config *c, const char *name, char *err, 
         c->labels[idx] = strdup(json_string_value(v));
         if (!c->labels[idx]) {
             snprintf(err, errlen, "%s: out of memory for id2label", name);
-            return -1;
+            return ENGINE_ERR_MEMORY;
         }
     }
     return 0;
@@ -310,6 +311,7 @@ int vit_config_parse(const char *json, size_t len, const char *name, vit_config 
     root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         snprintf(err, errlen, "%s: invalid JSON at line %d: %s", name, jerr.line, jerr.text);
+        if (json_error_code(&jerr) == json_error_out_of_memory) rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     if (!json_is_object(root)) {
@@ -322,7 +324,8 @@ int vit_config_parse(const char *json, size_t len, const char *name, vit_config 
     }
     if (check_shapes(cfg, name, err, errlen) != 0) goto cleanup;
     json_t *labels = json_object_get(root, "id2label");
-    if (labels && !json_is_null(labels) && read_labels(labels, cfg, name, err, errlen) != 0) goto cleanup;
+    if (labels && !json_is_null(labels) && (rc = read_labels(labels, cfg, name, err, errlen)) != 0)
+        goto cleanup;
     rc = 0;
 cleanup:
     if (root) json_decref(root);

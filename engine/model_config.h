@@ -60,8 +60,8 @@ typedef struct {
  * checks the shape rules. The file is read as small_file_read reads it: a
  * regular file of at most VIT_CONFIG_MAX_BYTES (a FIFO, a device, a
  * directory refused at once, never waited on). On error returns -1, or
- * SMALL_FILE_MISSING when there is no such file, with a message naming the
- * file and why or the key; *cfg then holds nothing to free. Release with
+ * SMALL_FILE_MISSING when there is no such file, or ENGINE_ERR_MEMORY
+ * (engine_error.h), with a message naming the file and why or the key; *cfg then holds nothing to free. Release with
  * vit_config_free. */
 int vit_config_load(const char *path, vit_config *cfg, char *err, size_t errlen);
 

@@ -7,6 +7,7 @@
  * file: the CLI feeds it user files, so a bad file must never crash it or
  * make it allocate more than the file itself justifies. */
 #include "npy.h"
+#include "engine_error.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -281,7 +282,7 @@ int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out,
     a.data = malloc((size_t)a.count * sizeof(float));
     if (!a.data) {
         snprintf(err, errlen, "%s: out of memory for %lld floats", name, (long long)a.count);
-        return -1;
+        return ENGINE_ERR_MEMORY;
     }
     /* Assembled byte by byte: correct on any host byte order and alignment. */
     const uint8_t *p = data + hstart + hlen;
@@ -313,8 +314,9 @@ int npy_load(const char *path, npy_array *out, char *err, size_t errlen) {
      * float64 payload: refused before it is all read (a regular file only:
      * a FIFO or /dev/zero is refused at once, small_file_read) */
     const uint64_t max = (uint64_t)12 + NPY_MAX_HEADER + (uint64_t)NPY_MAX_COUNT * 8;
-    if (small_file_read(path, (size_t)max, SMALL_FILE_REGULAR, &buf, &len, err, errlen)) return -1;
-    int rc = npy_parse((const uint8_t *)buf, len, path, out, err, errlen);
+    int rc = small_file_read(path, (size_t)max, SMALL_FILE_REGULAR, &buf, &len, err, errlen);
+    if (rc) return rc == SMALL_FILE_MISSING ? -1 : rc; /* missing: a bad path like any other here */
+    rc = npy_parse((const uint8_t *)buf, len, path, out, err, errlen);
     free(buf);
     return rc;
 }

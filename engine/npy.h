@@ -20,7 +20,8 @@ typedef struct {
 /* From a file (a regular one: small_file_read's), or from bytes in memory.
  * Returns 0, or -1 with a message in err naming the file and what was wrong
  * (bad magic, header, dtype, Fortran order, size that does not match the
- * header; for a file, what small_file_read refuses). */
+ * header; for a file, what small_file_read refuses), or ENGINE_ERR_MEMORY
+ * (engine_error.h) when an allocation was refused. */
 int npy_load(const char *path, npy_array *out, char *err, size_t errlen);
 int npy_parse(const uint8_t *data, size_t len, const char *name, npy_array *out, char *err, size_t errlen);
 void npy_free(npy_array *a);

@@ -4,6 +4,7 @@
  * float32 once, in the tables: a float32 expm is visibly inexact, and the
  * tables are built once per resolution, so double costs nothing that matters. */
 #include "rotation.h"
+#include "engine_error.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -400,7 +401,7 @@ int rotation_init(vit_rotation *r, const vit_config *c, char *err, size_t errlen
     return 0;
 oom:
     snprintf(err, errlen, "out of memory for the rotation parameters");
-    return -1;
+    return ENGINE_ERR_MEMORY;
 }
 
 /* comrope-ap / comrope-ld: fold each block's Schur basis into the q and k
@@ -418,7 +419,7 @@ int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, f
     double *rows = malloc(sizeof(double) * (size_t)hd * (D + 1));
     if (!rows) {
         snprintf(err, errlen, "out of memory folding layer %d", layer);
-        return -1;
+        return ENGINE_ERR_MEMORY;
     }
     for (int h = 0; h < H; h++) {
         double *f = rot->freq + ((size_t)layer * H + h) * np * 2;

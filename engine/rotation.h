@@ -73,13 +73,13 @@ void rotation_apply(const vit_rotation *rot, const rotation_table *table, int la
 
 /* The rotation parameters of a model of config c, zeroed, sized for its
  * position encoding (ROT_PAIRS frequencies, ROT_BLOCKS generators, or
- * ROT_NONE). Returns 0, or -1 when out of memory. */
+ * ROT_NONE). Returns 0, or ENGINE_ERR_MEMORY (engine_error.h). */
 int rotation_init(vit_rotation *rot, const vit_config *c, char *err, size_t errlen);
 
 /* comrope-ap / comrope-ld, layer `layer`: folds each block's Schur basis
  * into the q and k rows of qkv_w (3D, D) and qkv_b (3D), and sets the
  * layer's pair frequencies from freqs (H, 1, nb, b, b) and, for
- * comrope-ld, multiplier (2, nb). Returns 0, or -1 when out of memory. */
+ * comrope-ld, multiplier (2, nb). Returns 0, or ENGINE_ERR_MEMORY. */
 int rotation_fold_commuting(const vit_config *c, vit_rotation *rot, int layer, float *qkv_w, float *qkv_b,
                             const float *freqs, const float *multiplier, char *err, size_t errlen);
 

@@ -4,6 +4,7 @@
  * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}},
  * then the data section; offsets are relative to its start. */
 #include "safetensors.h"
+#include "engine_error.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -135,6 +136,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     f->path = strdup(path);
     if (!f->path) {
         snprintf(err, errlen, "%s: out of memory", path);
+        rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     /* O_NONBLOCK: a FIFO in the checkpoint's place would block the open
@@ -179,6 +181,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     header = malloc((size_t)hlen);
     if (!header) {
         snprintf(err, errlen, "%s: out of memory", path);
+        rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     if (pread_full(f->fd, header, (size_t)hlen, 8)) {
@@ -190,6 +193,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     root = json_loadb(header, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root || !json_is_object(root)) {
         snprintf(err, errlen, "%s: header is not a JSON object (%s)", path, root ? "wrong type" : jerr.text);
+        if (!root && json_error_code(&jerr) == json_error_out_of_memory) rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     size_t n = json_object_size(root);
@@ -197,6 +201,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     sorted = calloc(n ? n : 1, sizeof(st_tensor *));
     if (!f->tensors || !sorted) {
         snprintf(err, errlen, "%s: out of memory", path);
+        rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     const char *name;
@@ -208,6 +213,7 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
         t->name = strdup(name);
         if (!t->name) {
             snprintf(err, errlen, "%s: out of memory", path);
+            rc = ENGINE_ERR_MEMORY;
             goto cleanup;
         }
         sorted[f->n] = t;

@@ -40,7 +40,8 @@ typedef struct {
  * each entry's dtype (F32, F16, BF16; anything else refused by name), shape,
  * offsets inside the data section, sized as the shape says, and no two
  * tensors overlapping. Returns 0; or -1, or SMALL_FILE_MISSING
- * (small_file.h) when there is no such file, with a message in err. */
+ * (small_file.h) when there is no such file, or ENGINE_ERR_MEMORY
+ * (engine_error.h), with a message in err. */
 int safetensors_open(const char *path, safetensors_file *f, char *err, size_t errlen);
 
 void safetensors_close(safetensors_file *f);

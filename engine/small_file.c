@@ -1,5 +1,6 @@
 /* small_file.c: reading a small file whole (see small_file.h). */
 #include "small_file.h"
+#include "engine_error.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,6 +65,7 @@ int small_file_read(const char *path, size_t max_bytes, small_file_kinds kinds, 
             char *g = realloc(buf, cap + 1);
             if (!g) {
                 snprintf(err, errlen, "%.400s: out of memory for %zu bytes", path, cap + 1);
+                rc = ENGINE_ERR_MEMORY;
                 goto cleanup;
             }
             buf = g;

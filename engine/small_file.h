@@ -31,7 +31,8 @@ typedef enum {
 
 /* Reads path whole into *data (malloc'd, NUL-terminated after its *len
  * bytes; it may hold NULs), at most max_bytes of it. Returns 0; or -1 (or
- * SMALL_FILE_MISSING) with "<path>: why" in err: "cannot open: <errno
+ * SMALL_FILE_MISSING, or ENGINE_ERR_MEMORY: engine_error.h) with
+ * "<path>: why" in err: "cannot open: <errno
  * text>", "is a FIFO, not a regular file" (a directory, a device, a
  * socket alike), "is larger than N bytes", "a pipe that gave nothing",
  * "cannot read: <errno text>". *data is NULL on failure. */

@@ -13,8 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dnnl_gemm.h"
+#include "engine_error.h"
 #include "kernels.h"
 #include "parallel.h"
 #include "safetensors.h"
@@ -89,9 +91,9 @@ static int pack(const vit_model *m, const float *W, int N, int K, packed_weight 
                 size_t errlen) {
     if (gemm_pack(W, N, K, m->precision, out)) {
         snprintf(err, errlen, "out of memory packing a %dx%d weight", N, K);
-        return -1;
+        return ENGINE_ERR_MEMORY;
     }
-    if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_weight_new(W, N, K, &out->dnnl, err, errlen)) return -1;
+    if (m->backend == GEMM_BACKEND_ONEDNN) return dnnl_weight_new(W, N, K, &out->dnnl, err, errlen);
     return 0;
 }
 
@@ -111,7 +113,7 @@ static int load_ape(safetensors_file *f, const vit_config *c, float *ape_mid, ch
     float *table = malloc(sizeof(float) * P0 * P0 * D);
     if (!table) {
         snprintf(err, errlen, "out of memory for the position embedding");
-        return -1;
+        return ENGINE_ERR_MEMORY;
     }
     int rc = take(f, "vision_model.embeddings.position_embedding", table, err, errlen, 4, 1, (int64_t)P0,
                   (int64_t)P0, (int64_t)D, 0);
@@ -155,6 +157,7 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, float *scrat
         mult = malloc(sizeof(float) * 2 * (size_t)nb);
         if (!freqs || !mult) {
             snprintf(err, errlen, "out of memory for layer %d's rotation", l);
+            rc = ENGINE_ERR_MEMORY;
             goto cleanup;
         }
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.freqs", l);
@@ -165,7 +168,8 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, float *scrat
         }
     }
     if (pe == PE_COMROPE_AP || pe == PE_COMROPE_LD) {
-        if (rotation_fold_commuting(c, &m->rot, l, scratch, L->qkv_b, freqs, mult, err, errlen)) goto cleanup;
+        if ((rc = rotation_fold_commuting(c, &m->rot, l, scratch, L->qkv_b, freqs, mult, err, errlen)))
+            goto cleanup;
     } else if (pe == PE_LIERE) {
         rotation_set_liere(c, &m->rot, l, freqs);
     } else if (pe == PE_VANILLA_ROPE) {
@@ -175,11 +179,10 @@ static int load_attention(vit_model *m, safetensors_file *f, int l, float *scrat
     float scale = 1.0f / sqrtf((float)hd);
     for (size_t i = 0; i < (size_t)D * D; i++) scratch[i] *= scale;
     for (int i = 0; i < D; i++) L->qkv_b[i] *= scale;
-    if (pack(m, scratch, 3 * D, D, &L->qkv, err, errlen)) goto cleanup;
+    if ((rc = pack(m, scratch, 3 * D, D, &L->qkv, err, errlen))) goto cleanup;
     snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.self_attn.out_proj.weight", l);
-    if (take(f, name, scratch, err, errlen, 2, D, D, 0, 0, 0)) goto cleanup;
-    if (pack(m, scratch, D, D, &L->out, err, errlen)) goto cleanup;
-    rc = 0;
+    if ((rc = take(f, name, scratch, err, errlen, 2, D, D, 0, 0, 0))) goto cleanup;
+    rc = pack(m, scratch, D, D, &L->out, err, errlen);
 cleanup:
     free(freqs);
     free(mult);
@@ -194,14 +197,16 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
     int C = c->num_channels, p = c->patch_size;
     vit_weights *w = &m->w;
     char name[256];
+    int rc; /* take's -1, or pack's and load_attention's ENGINE_ERR_MEMORY */
 
-    if (take(f, "vision_model.embeddings.patch_embedding.weight", scratch, err, errlen, 4, D, C, p, p, 0) ||
-        pack(m, scratch, D, C * p * p, &w->patch, err, errlen))
-        return -1;
+    if ((rc = take(f, "vision_model.embeddings.patch_embedding.weight", scratch, err, errlen, 4, D, C, p, p,
+                   0)) ||
+        (rc = pack(m, scratch, D, C * p * p, &w->patch, err, errlen)))
+        return rc;
     if (take(f, "vision_model.embeddings.class_embedding", w->class_emb, err, errlen, 1, D, 0, 0, 0, 0))
         return -1;
     if (c->has_ape) {
-        if (load_ape(f, c, w->ape_mid, err, errlen)) return -1;
+        if ((rc = load_ape(f, c, w->ape_mid, err, errlen))) return rc;
     } else if (safetensors_has(f, "vision_model.embeddings.position_embedding")) {
         snprintf(err, errlen,
                  "%s: tensor \"vision_model.embeddings.position_embedding\" is present but "
@@ -228,14 +233,14 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
             if (take(f, name, t[i].dst, err, errlen, 1, t[i].n, 0, 0, 0, 0)) return -1;
         }
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc1.weight", l);
-        if (take(f, name, scratch, err, errlen, 2, I, D, 0, 0, 0) ||
-            pack(m, scratch, I, D, &L->fc1, err, errlen))
-            return -1;
+        if ((rc = take(f, name, scratch, err, errlen, 2, I, D, 0, 0, 0)) ||
+            (rc = pack(m, scratch, I, D, &L->fc1, err, errlen)))
+            return rc;
         snprintf(name, sizeof(name), "vision_model.encoder.layers.%d.mlp.fc2.weight", l);
-        if (take(f, name, scratch, err, errlen, 2, D, I, 0, 0, 0) ||
-            pack(m, scratch, D, I, &L->fc2, err, errlen))
-            return -1;
-        if (load_attention(m, f, l, scratch, err, errlen)) return -1;
+        if ((rc = take(f, name, scratch, err, errlen, 2, D, I, 0, 0, 0)) ||
+            (rc = pack(m, scratch, D, I, &L->fc2, err, errlen)))
+            return rc;
+        if ((rc = load_attention(m, f, l, scratch, err, errlen))) return rc;
     }
     if (take(f, "vision_model.post_layernorm.weight", w->post_ln_w, err, errlen, 1, D, 0, 0, 0, 0) ||
         take(f, "vision_model.post_layernorm.bias", w->post_ln_b, err, errlen, 1, D, 0, 0, 0, 0))
@@ -275,6 +280,7 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     m = calloc(1, sizeof(*m));
     if (!m || !(m->dir = strdup(dir))) {
         snprintf(err, errlen, "out of memory");
+        rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     vit_options o = opt ? *opt : vit_default_options();
@@ -314,7 +320,10 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     int file_rc = vit_config_load(path, &m->cfg, err, errlen);
     if (file_rc == SMALL_FILE_MISSING)
         snprintf(err, errlen, "%s: no config.json in the model directory", dir);
-    if (file_rc) goto cleanup;
+    if (file_rc) {
+        rc = file_rc;
+        goto cleanup;
+    }
     m->precision = m->choice.precision;
     /* who runs the bf16 GEMMs: the backend asked for; by default oneDNN
      * where it drives AMX, else our vdpbf16ps kernel */
@@ -336,14 +345,20 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     snprintf(path, sizeof(path), "%s/preprocessor_config.json", dir);
     m->prep = image_prep_default(); /* none there: the official code's */
     file_rc = image_prep_load(path, &m->prep, err, errlen);
-    if (file_rc && file_rc != SMALL_FILE_MISSING) goto cleanup;
+    if (file_rc && file_rc != SMALL_FILE_MISSING) {
+        rc = file_rc;
+        goto cleanup;
+    }
     if (file_rc && errlen) err[0] = '\0';
 
     snprintf(path, sizeof(path), "%s/model.safetensors", dir);
     file_rc = safetensors_open(path, &f, err, errlen);
     if (file_rc == SMALL_FILE_MISSING)
         snprintf(err, errlen, "%s: no model.safetensors in the model directory", dir);
-    if (file_rc) goto cleanup;
+    if (file_rc) {
+        rc = file_rc;
+        goto cleanup;
+    }
     have_file = 1;
 
     param_sizes s = sizes_of(&m->cfg);
@@ -367,15 +382,16 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     scratch = malloc(sizeof(float) * scratch_n);
     if (!m->params || !m->w.layers || !scratch) {
         snprintf(err, errlen, "out of memory for %zu parameters", m->num_params + big);
+        rc = ENGINE_ERR_MEMORY;
         goto cleanup;
     }
     point_weights(m);
-    if (rotation_init(&m->rot, &m->cfg, err, errlen)) goto cleanup;
-    if (load_weights(m, &f, scratch, err, errlen)) goto cleanup;
-    rc = 0;
+    if ((rc = rotation_init(&m->rot, &m->cfg, err, errlen))) goto cleanup;
+    rc = load_weights(m, &f, scratch, err, errlen);
 cleanup:
     free(scratch);
     if (have_file) safetensors_close(&f);
+    if (rc != 0 && rc != ENGINE_ERR_MEMORY) rc = -1; /* SMALL_FILE_MISSING: told in err */
     if (rc != 0 && m) {
         vit_free(m);
         m = NULL;
@@ -416,6 +432,7 @@ vit_context_params vit_context_default_params(void) {
         .isa = CPU_ISA_BEST,
         .max_images = 8,
         .max_tokens = 16384,
+        .memory_bytes = 0,
         .observe = NULL,
         .observe_arg = NULL,
     };
@@ -428,6 +445,14 @@ vit_context_params vit_context_default_params(void) {
 struct activations;
 static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts, struct activations *a,
                    float *base);
+
+/* The memory a workspace must fit in: this machine's physical memory, or
+ * `asked` where that is less (0: not asked); 0 when neither is known. */
+static size_t memory_bytes(size_t asked) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t physical = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+    return asked && (!physical || asked < physical) ? asked : physical;
+}
 
 /* Parts of one parallel step: no more than the heads (attention's unit). */
 static int context_parts(const vit_context *ctx) {
@@ -447,6 +472,7 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
         return -1;
     }
     if (q.max_tokens < m->max_tokens) q.max_tokens = m->max_tokens;
+    int rc = -1;
     vit_context *ctx = calloc(1, sizeof(*ctx));
     if (!ctx) goto oom;
     ctx->model = m;
@@ -459,7 +485,8 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
                  ctx->kernels.name);
         goto fail;
     }
-    if (m->backend == GEMM_BACKEND_ONEDNN && dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen))
+    if (m->backend == GEMM_BACKEND_ONEDNN &&
+        (rc = dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen)))
         goto fail;
     /* the same bf16 panels, through the tiles (vit_load checked the CPU) */
     if (m->backend == GEMM_BACKEND_AMX) ctx->kernels.gemm_bf16 = gemm_amx_kernel(m->amx_shape);
@@ -479,17 +506,30 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     /* The largest batch the limits allow; its pages are touched as forwards reach them. */
     ctx->arena_floats =
         plan(ctx, (size_t)q.max_tokens, (size_t)ctx->tmax, (size_t)context_parts(ctx), NULL, NULL);
+    /* A workspace larger than all the memory there is can never be
+     * granted (nor its pages touched when a full batch runs): smaller
+     * limits cure that, not a wait (ENGINE_ERR_WORKSPACE, not MEMORY) */
+    size_t bytes = ctx->arena_floats * sizeof(float), memory = memory_bytes(q.memory_bytes);
+    if (memory && bytes > memory) {
+        snprintf(err, errlen,
+                 "context: a workspace of %d images / %d tokens needs %zu MiB, more than the %zu MiB of "
+                 "memory there is",
+                 q.max_images, q.max_tokens, bytes >> 20, memory >> 20);
+        rc = ENGINE_ERR_WORKSPACE;
+        goto fail;
+    }
     void *arena = NULL;
-    if (posix_memalign(&arena, 64, ctx->arena_floats * sizeof(float)) != 0) goto oom;
+    if (posix_memalign(&arena, 64, bytes) != 0) goto oom;
     ctx->arena = arena;
     *out = ctx;
     return 0;
 oom:
     snprintf(err, errlen, "context: out of memory for a workspace of %d images / %d tokens", q.max_images,
              q.max_tokens);
+    rc = ENGINE_ERR_MEMORY;
 fail:
     vit_context_free(ctx);
-    return -1;
+    return rc;
 }
 
 void vit_context_free(vit_context *ctx) {

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "dispatch.h"
+#include "engine_error.h"
 #include "gemm.h"
 #include "image.h"
 #include "model_config.h"
@@ -90,8 +91,9 @@ vit_options vit_default_options(void);
  * preprocessor_config.json: none there, image_prep_default's; there and not
  * a regular file, or unreadable, refused) with `opt` (NULL: the defaults).
  * No file of it is waited on (a FIFO is refused at once). Returns 0 and a
- * model to release with vit_free, or -1 with a message naming the file, key
- * or tensor. */
+ * model to release with vit_free; or, with a message naming the file, key
+ * or tensor, -1, or ENGINE_ERR_MEMORY (engine_error.h) when an allocation
+ * was refused (the same files may load later). */
 int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err, size_t errlen);
 void vit_free(vit_model *m);
 
@@ -115,6 +117,9 @@ typedef struct {
     int max_images;       // images per forward
     int max_tokens;       // tokens per forward, all images together; raised to the model's
                           // per-image limit so that every valid image runs alone
+    size_t memory_bytes;  // a limit on memory below the machine's physical memory (the daemon:
+                          // its cgroup's memory.max), 0 (default) none: a workspace larger
+                          // than the smaller of the two is refused (ENGINE_ERR_WORKSPACE)
     vit_observer observe; // NULL, or called after every stage of a forward
     void *observe_arg;
 } vit_context_params;
@@ -150,9 +155,11 @@ typedef struct {
 } vit_context;
 
 /* Makes a context for `m` (which must outlive it) from `p` (NULL: the
- * defaults). Returns 0, or -1 with a message naming the parameter (an ISA
- * this CPU lacks, limits below 1, a bf16 model on a table without bf16
- * kernels, out of memory). */
+ * defaults). Returns 0; or, with a message naming the parameter, -1 (an
+ * ISA this CPU lacks, limits below 1, a bf16 model on a table without
+ * bf16 kernels), ENGINE_ERR_WORKSPACE (engine_error.h: the workspace of
+ * max_images / max_tokens is larger than memory_bytes: lower them), or
+ * ENGINE_ERR_MEMORY (an allocation was refused). */
 int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context **out, char *err,
                     size_t errlen);
 void vit_context_free(vit_context *ctx);

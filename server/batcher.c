@@ -451,13 +451,13 @@ static void *reaper_main(void *arg) {
     return NULL;
 }
 
-batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, int *thread_error, char *err,
-                     size_t errlen) {
-    if (thread_error) *thread_error = 0;
+batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, batcher_failure *why,
+                     char *err, size_t errlen) {
+    batcher_failure failure = BATCHER_NO_MEMORY;
     batcher *b = calloc(1, sizeof(*b));
     if (!b) {
         snprintf(err, errlen, "out of memory");
-        return NULL;
+        goto fail;
     }
     b->model = m;
     b->mx = mx;
@@ -479,16 +479,20 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, i
     for (int i = 0; i < p.workers; i++) {
         worker *w = &b->workers[i];
         w->b = b;
-        char why[400];
-        if (vit_context_new(m, &engine, &w->ctx, why, sizeof(why))) {
-            snprintf(err, errlen, "worker %d: %s", i, why);
+        char context_err[400];
+        int rc = vit_context_new(m, &engine, &w->ctx, context_err, sizeof(context_err));
+        if (rc) {
+            snprintf(err, errlen, "worker %d: %s", i, context_err);
+            failure = rc == ENGINE_ERR_MEMORY      ? BATCHER_NO_MEMORY
+                      : rc == ENGINE_ERR_WORKSPACE ? BATCHER_WORKSPACE_TOO_LARGE
+                                                   : BATCHER_FAILED;
             goto fail;
         }
         /* EAGAIN names the cure: RLIMIT_NPROC or the cgroup's pids.max */
-        int rc = pthread_create(&w->thread, NULL, worker_main, w);
+        rc = pthread_create(&w->thread, NULL, worker_main, w);
         if (rc) {
             snprintf(err, errlen, "cannot start worker thread %d: %s", i, strerror(rc));
-            if (thread_error) *thread_error = rc;
+            failure = BATCHER_NO_THREAD;
             goto fail;
         }
         w->started = 1;
@@ -496,12 +500,13 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, i
     int rc = pthread_create(&b->reaper, NULL, reaper_main, b);
     if (rc) {
         snprintf(err, errlen, "cannot start the deadline thread: %s", strerror(rc));
-        if (thread_error) *thread_error = rc;
+        failure = BATCHER_NO_THREAD;
         goto fail;
     }
     b->reaper_started = 1;
     return b;
 fail:
+    if (why) *why = failure;
     batcher_free(b);
     return NULL;
 }

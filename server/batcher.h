@@ -78,13 +78,21 @@ typedef struct {
                                   than two engine batches take); 0: no limit */
 } batcher_params;
 
+/* Why batcher_new failed: what cures it. */
+typedef enum {
+    BATCHER_FAILED = 0, /* anything else err says (an ISA this CPU lacks, ...) */
+    BATCHER_NO_MEMORY,  /* the OS refused memory (ENGINE_ERR_MEMORY): waiting may cure it */
+    BATCHER_NO_THREAD,  /* the OS refused a thread (pthread_create): waiting may cure it */
+    /* max_batch_size / max_batch_tokens ask for a workspace larger than the
+     * memory there is (ENGINE_ERR_WORKSPACE): a setting to lower */
+    BATCHER_WORKSPACE_TOO_LARGE,
+} batcher_failure;
+
 /* Starts the workers and the reaper; its batches and queue waits count in
- * mx (its model version's series). Returns NULL with a message; then
- * *thread_error (when not NULL) is pthread_create's error if one of its
- * threads could not start (the OS refused it: waiting may cure that), else
- * 0. */
-batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, int *thread_error, char *err,
-                     size_t errlen);
+ * mx (its model version's series). Returns NULL with a message, and *why
+ * (when not NULL) says which kind of failure it was. */
+batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, batcher_failure *why,
+                     char *err, size_t errlen);
 
 /* Every forward of this batcher's workers passes `gate` (gate.h: the CPU
  * budget shared with other models). Before the first submission. */

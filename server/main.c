@@ -22,7 +22,8 @@
  * systemd (Type=notify) each step is a STATUS line, READY=1 follows the
  * listening socket and STOPPING=1 opens the drain (notify.h).
  * Exit status: 0 stopped after a drain, 1 a bad model or start-up error
- * (or a second signal), 2 a bad setting, 3 the HTTP side cannot start
+ * (or a second signal), 2 a bad setting (batch limits whose workspace is
+ * larger than the memory there is among them), 3 the HTTP side cannot start
  * (the port is taken, the address is not local) or the OS refused a
  * thread (HTTP, the model's workers, the model control thread: past
  * RLIMIT_NPROC or pids.max) or memory to --model's load (RLIMIT_AS, the
@@ -277,7 +278,11 @@ int main(int argc, char **argv) {
         log_event("error", "out of memory");
         goto cleanup;
     }
-    repository_params rp = {.cfg = &cfg, .cpu_limit = cpu_limit, .mx = mx, .build_version = COMROPE_VERSION};
+    repository_params rp = {.cfg = &cfg,
+                            .cpu_limit = cpu_limit,
+                            .memory_limit = config_memory_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup"),
+                            .mx = mx,
+                            .build_version = COMROPE_VERSION};
     repo = repository_new(&rp, err, sizeof(err));
     if (!repo) {
         log_event("error", "%s", err);

@@ -39,13 +39,21 @@ typedef struct {
     const char *why;
 } bad_name;
 
+/* What cures a failed load: main's exit status for --model. */
+typedef enum {
+    LOAD_OK = 0,
+    LOAD_BAD_MODEL,   /* its files, or anything else err names: exit 1 */
+    LOAD_REFUSED,     /* the OS refused it memory or a thread: waiting may cure it, exit 3 */
+    LOAD_BAD_SETTING, /* the batch limits ask for more memory than there is: exit 2 */
+} load_failure;
+
 /* What the index says of one version of a model. */
 typedef struct {
     int version;
     int state;
     char reason[1024];
     unsigned long long failed_signature; /* files of the last failed load: a poll does not retry them */
-    int refused; /* the last failed load: the OS refused it memory or a thread (waiting may cure it) */
+    load_failure failure;                /* the last failed load's kind: what cures it */
 } version_status;
 
 typedef struct {
@@ -597,30 +605,36 @@ static void free_served(served_model *m) {
     free(m);
 }
 
-/* A load the OS refused memory or a thread fails otherwise than one of a
- * bad checkpoint: the same files may load once other processes have
- * exited, so a --model start exits 3 (main.c), not 1, and the log and the
- * index say so. Memory is told by the message: the engine's, the
- * batcher's and ours say "out of memory" where an allocation was refused,
- * and nowhere else (image_decode.c tells libpng's so too). Returns 1 when
- * refused (err then says so). */
-static int say_refused(char *err, size_t errlen, int thread_error) {
-    int memory = strstr(err, "out of memory") != NULL;
-    if (!thread_error && !memory) return 0;
+/* Appends to a failed load's message what cures it, where that is not
+ * the files: a load the OS refused memory or a thread may succeed with
+ * the same files once other processes have exited (a --model start exits
+ * 3, main.c, not 1); a workspace larger than the memory there is needs
+ * smaller batch limits (exit 2, a bad setting). The log and the index say
+ * so. Returns the kind of failure it was. */
+static load_failure say_cure(char *err, size_t errlen, batcher_failure failure) {
     size_t n = strlen(err);
-    snprintf(err + n, errlen - n, " (the OS refused %s: waiting may cure it)",
-             thread_error ? "a thread" : "memory");
-    return 1;
+    switch (failure) {
+    case BATCHER_NO_MEMORY:
+    case BATCHER_NO_THREAD:
+        snprintf(err + n, errlen - n, " (the OS refused %s: waiting may cure it)",
+                 failure == BATCHER_NO_THREAD ? "a thread" : "memory");
+        return LOAD_REFUSED;
+    case BATCHER_WORKSPACE_TOO_LARGE:
+        snprintf(err + n, errlen - n, ": lower max-batch-tokens or max-batch-size");
+        return LOAD_BAD_SETTING;
+    default: return LOAD_BAD_MODEL;
+    }
 }
 
-/* *refused: set when the load failed because the OS refused it memory or
- * one of its threads (batcher_new), with err saying so (say_refused). */
+/* *failure: the kind of a failed load, with err saying what cures it
+ * (say_cure). */
 static served_model *load_version(repository *r, const candidate *c, const server_config *settings,
-                                  int *refused, char *err, size_t errlen) {
-    int thread_error = 0;
+                                  load_failure *failure, char *err, size_t errlen) {
+    batcher_failure kind = BATCHER_FAILED;
     served_model *m = calloc(1, sizeof(*m));
     if (!m) {
         snprintf(err, errlen, "out of memory");
+        kind = BATCHER_NO_MEMORY;
         goto fail;
     }
     snprintf(m->name, sizeof(m->name), "%s", c->name);
@@ -649,7 +663,11 @@ static served_model *load_version(repository *r, const candidate *c, const serve
             snprintf(err, errlen, "gemm-backend: unknown value");
             goto fail;
         }
-    if (vit_load(c->dir, &vopt, &m->model, err, errlen)) goto fail;
+    int loaded = vit_load(c->dir, &vopt, &m->model, err, errlen);
+    if (loaded) {
+        kind = loaded == ENGINE_ERR_MEMORY ? BATCHER_NO_MEMORY : BATCHER_FAILED;
+        goto fail;
+    }
     const precision_choice *pc = &m->model->choice;
     const char *precision = precision_name(m->model->precision);
     if (pc->warn)
@@ -672,6 +690,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
      * keep OpenBLAS at one thread), kernels of the chosen ISA, and a
      * workspace for one batch at the batch limits. */
     engine.threads = m->cfg.gemm_threads;
+    engine.memory_bytes = (size_t)r->p.memory_limit;
     const server_config *g = &m->cfg;
     batcher_params bp = {
         .workers = g->workers,
@@ -693,9 +712,10 @@ static served_model *load_version(repository *r, const candidate *c, const serve
                                     vm->cfg.image_size);
     if (!m->series) {
         snprintf(err, errlen, "out of memory");
+        kind = BATCHER_NO_MEMORY;
         goto fail;
     }
-    m->batcher = batcher_new(vm, m->series, bp, &thread_error, why, sizeof(why));
+    m->batcher = batcher_new(vm, m->series, bp, &kind, why, sizeof(why));
     if (!m->batcher) {
         snprintf(err, errlen, "%s", why);
         goto fail;
@@ -720,11 +740,11 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         .model_version = m->version_text,
         .max_images = bp.max_request_images,
     };
-    *refused = 0;
+    *failure = LOAD_OK;
     return m;
 fail:
     free_served(m);
-    *refused = say_refused(err, errlen, thread_error);
+    *failure = say_cure(err, errlen, kind);
     return NULL;
 }
 
@@ -741,8 +761,8 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     pthread_mutex_unlock(&r->lock);
     log_event("info", "%s model %s version %d from %s", reload ? "reloading" : "loading", c->name, c->version,
               c->dir);
-    int refused;
-    served_model *m = load_version(r, c, settings, &refused, err, sizeof(err));
+    load_failure failure;
+    served_model *m = load_version(r, c, settings, &failure, err, sizeof(err));
     pthread_mutex_lock(&r->lock);
     e = get_entry(r, c->name);
     int rc = -1;
@@ -753,7 +773,7 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
         metrics_series_label(m->series, m->pm.pe_type, m->pm.image_size);
     } else if (m) {
         snprintf(err, sizeof(err), "out of memory");
-        refused = say_refused(err, sizeof(err), 0);
+        failure = say_cure(err, sizeof(err), BATCHER_NO_MEMORY);
     }
     if (rc && e) {
         e->failures++;
@@ -761,7 +781,7 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
         version_status *vs = get_status(e, c->version);
         if (vs) {
             vs->failed_signature = files_signature(c->dir, c->model_dir);
-            vs->refused = refused;
+            vs->failure = failure;
         }
     }
     pthread_mutex_unlock(&r->lock);
@@ -1214,14 +1234,15 @@ int repository_start(repository *r, char *err, size_t errlen) {
     }
     pthread_mutex_lock(&r->lock);
     r->started = 1;
-    int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0), refused = 0;
+    int failed = r->single && (r->nmodels == 0 || r->models[0].nserving == 0);
+    load_failure failure = LOAD_BAD_MODEL;
     if (failed) {
         const version_status *vs = r->nmodels && r->models[0].nstatus ? &r->models[0].status[0] : NULL;
         snprintf(err, errlen, "%s", vs ? vs->reason : "not loaded");
-        refused = vs && vs->refused;
+        if (vs) failure = vs->failure;
     }
     pthread_mutex_unlock(&r->lock);
-    if (failed) return refused ? -3 : -1;
+    if (failed) return failure == LOAD_REFUSED ? -3 : failure == LOAD_BAD_SETTING ? -2 : -1;
     /* Without it SIGHUP and poll would change nothing, silently, and a load
      * request would be told "shutting down": a start under a thread limit
      * (RLIMIT_NPROC, pids.max) went on so. A start-up failure instead. */

@@ -58,9 +58,10 @@ typedef struct served_model {
 typedef struct repository repository;
 
 typedef struct {
-    const server_config *cfg; /* global settings (outlive the repository) */
-    int cpu_limit;            /* for the derived thread counts */
-    metrics *mx;              /* where each version's series are made */
+    const server_config *cfg;        /* global settings (outlive the repository) */
+    int cpu_limit;                   /* for the derived thread counts */
+    unsigned long long memory_limit; /* the cgroup's memory.max (0: none): no workspace may be larger */
+    metrics *mx;                     /* where each version's series are made */
     const char *build_version;
 } repository_params;
 
@@ -84,7 +85,8 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
  * load-model. Then starts the control thread. Returns 0, or (the message
  * in err; the daemon exits then) -1 when `--model` was given and that
  * model failed to load; -2 when load-model names a model the repository
- * does not have (a setting's error: main exits 2); -3 when the OS refused
+ * does not have, or `--model`'s batch limits ask for a workspace larger
+ * than the memory there is (a setting's error: main exits 2); -3 when the OS refused
  * a thread: the control thread, or a worker of `--model` (RLIMIT_NPROC,
  * pids.max), or memory to the load of `--model` (RLIMIT_AS, the cgroup's
  * memory.max, overcommit): waiting may cure it, as for the HTTP threads:

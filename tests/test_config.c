@@ -310,6 +310,35 @@ START_TEST(cpu_limit_of_own_cgroup) {
 }
 END_TEST
 
+/* The tightest memory.max of the process's cgroup and its ancestors, in
+ * bytes; 0 where none is set. */
+START_TEST(memory_limit_of_own_cgroup) {
+    char a[128], ab[128], proc[128];
+    snprintf(cg_root, sizeof(cg_root), "/tmp/test_cgroup_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(cg_root));
+    snprintf(a, sizeof(a), "%s/a", cg_root);
+    snprintf(ab, sizeof(ab), "%s/a/b", cg_root);
+    snprintf(proc, sizeof(proc), "%s/self_cgroup", cg_root);
+    ck_assert_int_eq(mkdir(a, 0700), 0);
+    ck_assert_int_eq(mkdir(ab, 0700), 0);
+    write_file(cg_root, "self_cgroup", "0::/a/b\n");
+    ck_assert_uint_eq(config_memory_limit_cgroup(cg_root, proc), 0); /* no files */
+    write_file(cg_root, "memory.max", "max\n");
+    write_file(a, "memory.max", "8589934592\n");
+    write_file(ab, "memory.max", "1073741824\n");
+    ck_assert_uint_eq(config_memory_limit_cgroup(cg_root, proc), 1073741824ULL); /* its own */
+    write_file(ab, "memory.max", "max\n");
+    ck_assert_uint_eq(config_memory_limit_cgroup(cg_root, proc), 8589934592ULL); /* the parent's */
+    write_file(cg_root, "self_cgroup", "0::/\n"); /* a container's namespace: the root's */
+    ck_assert_uint_eq(config_memory_limit_cgroup(cg_root, proc), 0);
+    write_file(cg_root, "memory.max", "536870912\n");
+    ck_assert_uint_eq(config_memory_limit_cgroup(cg_root, proc), 536870912ULL);
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", cg_root);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 /* Both flag forms, --config included, in any order: the file (and with it
  * api-key-file) is read every time. */
 START_TEST(flag_forms_are_equal) {
@@ -781,6 +810,7 @@ int main(void) {
     tcase_add_test(tc, console_setting);
     tcase_add_test(tc, cpu_limit_and_threads);
     tcase_add_test(tc, cpu_limit_of_own_cgroup);
+    tcase_add_test(tc, memory_limit_of_own_cgroup);
     tcase_add_test(tc, flag_forms_are_equal);
     tcase_add_test(tc, flag_slips_refused);
     tcase_add_test(tc, file_slips_refused);

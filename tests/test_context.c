@@ -6,6 +6,7 @@
  *   - each context has its own kernel table: a forced ISA is per context;
  *   - the workspace is sized by the limits given when the context is made,
  *     and a forward over them is refused with a message naming the limit;
+ *     one larger than the memory there is is refused as such;
  *   - a batch may hold more distinct resolutions than any cache keeps.
  *
  * Overlap is shown by rendezvous, not by timing: each side waits for the
@@ -420,6 +421,42 @@ START_TEST(test_token_limit_at_least_one_image) {
 }
 END_TEST
 
+/* A workspace larger than all the memory there is (2^31 tokens of even
+ * the smallest fixture: terabytes) is refused as such, before any
+ * allocation: ENGINE_ERR_WORKSPACE, which smaller limits cure, not
+ * ENGINE_ERR_MEMORY, which waiting may (the daemon exits 2, not 3, and
+ * systemd does not restart it for ever). memory_bytes lowers the bound
+ * (the daemon's cgroup memory.max); above the machine's memory it does
+ * not raise it. */
+START_TEST(test_workspace_larger_than_memory) {
+    vit_model *m = load_model("comrope_ld_b2");
+    vit_context_params cp = vit_context_default_params();
+    cp.max_images = 4096;
+    cp.max_tokens = 2147483647;
+    vit_context *ctx = NULL;
+    char err[512] = "";
+    ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
+    ck_assert_ptr_null(ctx);
+    ck_assert_msg(strstr(err, "a workspace of 4096 images / 2147483647 tokens needs") &&
+                      strstr(err, "MiB of memory there is"),
+                  "message: %s", err);
+    cp.memory_bytes = (size_t)1 << 62;
+    ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
+
+    cp = vit_context_default_params(); /* 16384 tokens: megabytes */
+    ctx = new_context(m, &cp);
+    size_t bytes = ctx->arena_floats * sizeof(float);
+    vit_context_free(ctx);
+    cp.memory_bytes = bytes - 1;
+    ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
+    ck_assert_ptr_null(ctx);
+    cp.memory_bytes = bytes;
+    ctx = new_context(m, &cp);
+    vit_context_free(ctx);
+    vit_free(m);
+}
+END_TEST
+
 /* A resolution whose token count passes an int (found by fuzz_query:
  * 216824 px a side) is refused with the count, not computed in overflow. */
 START_TEST(test_huge_resolution_refused) {
@@ -530,6 +567,7 @@ int main(void) {
     tcase_add_test(tc, test_amx_unavailable_says_why);
     tcase_add_test(tc, test_limits_are_enforced_and_bound_the_workspace);
     tcase_add_test(tc, test_token_limit_at_least_one_image);
+    tcase_add_test(tc, test_workspace_larger_than_memory);
     tcase_add_test(tc, test_huge_resolution_refused);
     tcase_add_test(tc, test_batch_with_many_resolutions);
     suite_add_tcase(s, tc);

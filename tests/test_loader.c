@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +22,27 @@
 #include "small_file.h"
 #include "vit.h"
 #include "check_run.h"
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+/* AddressSanitizer (gcc defines the first, clang answers the second): its
+ * shadow memory is terabytes of address space, so no RLIMIT_AS test */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
 
 #define GOOD FIXTURE_DIR "/parity/comrope_ap_b2"
 
@@ -379,6 +401,56 @@ START_TEST(test_config_disagrees_with_weights) {
 }
 END_TEST
 
+/* An allocation the OS refused is told apart by value, not by words:
+ * ENGINE_ERR_MEMORY, which the daemon takes as "waiting may cure it"
+ * (exit 3), where every bad file above is -1 (exit 1). A config of 4 GiB
+ * of parameters, a sparse checkpoint just large enough for the size
+ * check, and RLIMIT_AS at what this process holds plus 256 MiB: the
+ * parameters' allocation is refused before a tensor is read. */
+START_TEST(test_memory_refused_is_typed) {
+    if (UNDER_ASAN || RUNNING_ON_VALGRIND) return; /* their own address-space use */
+    edit_config("hidden_size", json_integer(2048));
+    edit_config("intermediate_size", json_integer(262144));
+    edit_config("num_hidden_layers", json_integer(1));
+    edit_config("num_attention_heads", json_integer(16));
+    const long long n = 5LL << 30;
+    char header[256], path[512];
+    int hl =
+        snprintf(header, sizeof(header),
+                 "{\"pad\": {\"dtype\": \"F16\", \"shape\": [%lld], \"data_offsets\": [0, %lld]}}", n / 2, n);
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((unsigned long long)hl >> (8 * i));
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert(fwrite(len8, 1, 8, f) == 8 && fwrite(header, 1, (size_t)hl, f) == (size_t)hl);
+    ck_assert_int_eq(ftruncate(fileno(f), 8 + hl + n), 0);
+    fclose(f);
+
+    long long vm_kib = 0;
+    char line[256];
+    FILE *st = fopen("/proc/self/status", "r");
+    ck_assert_ptr_nonnull(st);
+    while (fgets(line, sizeof(line), st))
+        if (sscanf(line, "VmSize: %lld kB", &vm_kib) == 1) break;
+    fclose(st);
+    ck_assert_int_gt(vm_kib, 0);
+    struct rlimit was, low;
+    ck_assert_int_eq(getrlimit(RLIMIT_AS, &was), 0);
+    low = was;
+    low.rlim_cur = (rlim_t)(vm_kib + (256 << 10)) * 1024;
+    if (was.rlim_cur != RLIM_INFINITY && was.rlim_cur < low.rlim_cur) low.rlim_cur = was.rlim_cur;
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &low), 0);
+    vit_model *m = NULL;
+    char err[1024] = "";
+    int rc = vit_load(tmpdir, NULL, &m, err, sizeof(err));
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &was), 0); /* CK_FORK=no: the next tests share the process */
+    ck_assert_msg(rc == ENGINE_ERR_MEMORY, "rc %d, not ENGINE_ERR_MEMORY: %s", rc, err);
+    ck_assert_ptr_null(m);
+    ck_assert_msg(strstr(err, "out of memory") != NULL, "message: %s", err);
+}
+END_TEST
+
 START_TEST(test_missing_files) {
     char path[512];
     snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
@@ -587,6 +659,7 @@ int main(void) {
     tcase_add_test(tc, test_block_size_must_divide);
     tcase_add_test(tc, test_config_disagrees_with_weights);
     tcase_add_test(tc, test_missing_files);
+    tcase_add_test(tc, test_memory_refused_is_typed);
     tcase_add_test(tc, test_config_not_json);
     tcase_add_test(tc, test_unknown_keys_ignored);
     tcase_add_test(tc, test_random_header_corruption);

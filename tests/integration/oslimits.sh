@@ -27,6 +27,10 @@
 #      exit 3 saying the OS refused memory (waiting may cure it), while the
 #      same files without the limit, a checkpoint that lacks its tensors,
 #      exit 1 (a bad model: no restart).
+#   7. A workspace larger than the machine's memory (max-batch-tokens at
+#      its bound on a model with a wide MLP: terabytes): exit 2, a bad
+#      setting, naming max-batch-tokens and max-batch-size to lower (it was
+#      exit 3, "waiting may cure it", and systemd restarted it for ever).
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -236,5 +240,57 @@ PY
     fail "--model refused memory: the log does not say so: $(tail -1 "$LOG")"
   echo "ok --model refused memory at its load: exit 3 saying so; the same files, a bad checkpoint, exit 1"
 fi
+
+# --- 7. a workspace larger than the machine's memory ------------------------------
+# The fixture with one layer and a 65536-wide MLP (zeros, a sparse file):
+# a quarter MiB of activations per token, 4 TiB at max-batch-tokens'
+# bound. Its load needs some 48 MiB; its workspace, more than any machine
+# has. Sanitized builds too: nothing that large is ever asked for.
+WIDE=$WORK/wide
+mkdir -p "$WIDE"
+"$PY" - "$MODEL" "$WIDE" <<'PY'
+import json, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+c = json.load(open(src + "/config.json"))
+c.update(intermediate_size=65536, num_hidden_layers=1)
+json.dump(c, open(dst + "/config.json", "w"))
+with open(src + "/model.safetensors", "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header, data = json.loads(f.read(n)), f.read()
+D, I = c["hidden_size"], c["intermediate_size"]
+wide = {"vision_model.encoder.layers.0.mlp.fc1.weight": [I, D],
+        "vision_model.encoder.layers.0.mlp.fc1.bias": [I],
+        "vision_model.encoder.layers.0.mlp.fc2.weight": [D, I]}
+out, body = {}, bytearray()
+for name, t in header.items():
+    if name == "__metadata__" or ".layers.1." in name or name in wide:
+        continue
+    b, e = t["data_offsets"]
+    out[name] = dict(t, data_offsets=[len(body), len(body) + e - b])
+    body += data[b:e]
+end = len(body)
+for name, shape in wide.items():  # F16 zeros, left as holes
+    size = 2
+    for d in shape:
+        size *= d
+    out[name] = {"dtype": "F16", "shape": shape, "data_offsets": [end, end + size]}
+    end += size
+h = json.dumps(out).encode()
+with open(dst + "/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + body)
+    f.truncate(8 + len(h) + end)
+PY
+LOG=$WORK/wide.log
+EXIT_CODE=0
+timeout 120 "$SERVE" --model "$WIDE" --host 127.0.0.1 --port 0 --access-log off --workers 1 \
+  --max-batch-size 4096 --max-batch-tokens 16777216 2>"$LOG" || EXIT_CODE=$?
+[ "$EXIT_CODE" = 2 ] || fail "a workspace larger than the machine's memory: exit $EXIT_CODE, not 2: $(tail -1 "$LOG")"
+log_has 'workspace of 4096 images / 16777216 tokens needs .* MiB of memory there is: lower max-batch-tokens or max-batch-size' ||
+  fail "a workspace larger than the machine's memory: not said so: $(tail -1 "$LOG")"
+log_has 'waiting may cure it' && fail "a workspace larger than the machine's memory told as one a wait may cure: $(tail -1 "$LOG")"
+# the same files at the default limits: a model that serves
+MODEL=$WIDE start_daemon --access-log off --workers 1
+stop_daemon
+echo "ok a workspace larger than the machine's memory: exit 2 naming max-batch-tokens / max-batch-size; the same files serve at the default limits"
 
 echo "oslimits.sh: all passed"
