@@ -1008,6 +1008,30 @@ static enum MHD_Result control_begin(http_request *r, struct MHD_Connection *c) 
     return MHD_YES;
 }
 
+/* A page of another site can make its visitor's browser POST here with no
+ * preflight (a form with a text/plain body, fetch with mode "no-cors"),
+ * and without api-key-file nothing else refuses it: such a page could
+ * unload the models of a daemon on the visitor's localhost (cross-site
+ * request forgery). A browser names the page's origin in Origin on every
+ * cross-origin POST; other clients send none. So model control refuses an
+ * Origin that is neither this server's (its host[:port] is the Host
+ * header) nor the one cors-origin allows. Returns 0 or 403 (r's answer set). */
+static int foreign_origin(http_request *r, struct MHD_Connection *c) {
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    const char *cors = r->s->p.cfg->cors_origin;
+    if (!origin || strcmp(cors, "*") == 0 || strcmp(origin, cors) == 0) return 0;
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *authority = strstr(origin, "://");
+    if (host && authority && strcasecmp(authority + 3, host) == 0) return 0;
+    char err[400];
+    snprintf(err, sizeof(err),
+             "Origin \"%.100s\" is another site than this server (Host \"%.100s\") and not cors-origin: "
+             "a page of another site may not control the models",
+             origin, host ? host : "");
+    set_error(r, 403, err);
+    return 403;
+}
+
 /* POST /v2/repository/index, /v2/repository/models/<m>/load|unload
  * (Triton's model repository extension). Returns 0 when path is none of
  * them. */
@@ -1085,6 +1109,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         if (preflight(r, 1)) return;
         if (!authorized(r, c)) goto unauthorized;
         if (!method_fits(r, 1)) goto method;
+        if (foreign_origin(r, c)) return;
         if (!repository_route(r, path)) goto not_found;
         return;
     }

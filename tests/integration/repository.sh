@@ -21,7 +21,7 @@
 #     corrupt checkpoint under poll fails once: the polls after it do not
 #     load the unchanged files again.
 #  5. Explicit mode: only --load-model at start; load and unload through
-#     the API (a serve.conf with a daemon-only key: the load fails naming
+#     the API (refused to a page of another site (Origin); a serve.conf with a daemon-only key: the load fails naming
 #     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
 #     also under a loaded model: refused at once naming it, never waited
 #     on, what serves serves on; 1025 versions under latest:1: the highest
@@ -337,6 +337,16 @@ is_state ld 1 READY || fail "ld not loaded at start: $(index)"
   fail "/v1/models with the default model (ap) not loaded: $(curl -s -w ' %{http_code}' "$URL/v1/models")"
 [ "$(index | jq -r '.[] | select(.name == "ap") | .state')" = UNAVAILABLE ] || fail "ap loaded without asking: $(index)"
 [ "$(http_code "$URL/v2/models/ap")" = 404 ] || fail "ap routed before its load"
+# a page of another site (a form with a text/plain body: no preflight, no
+# api-key-file) may not load or unload (it unloaded ld: cross-site request
+# forgery); the daemon's own origin and clients sending no Origin may
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H 'Origin: http://evil.example' -H 'Content-Type: text/plain' \
+  --data 'x=1' "$URL/v2/repository/models/ld/unload")
+{ [ "$code" = 403 ] && jq -e '.error | contains("\"http://evil.example\" is another site")' "$WORK/body" >/dev/null; } ||
+  fail "a cross-site unload: $code $(cat "$WORK/body")"
+is_state ld 1 READY || fail "a cross-site unload unloaded ld: $(index)"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H "Origin: http://127.0.0.1:$PORT" -X POST "$URL/v2/repository/models/nope/load")
+[ "$code" = 404 ] || fail "a load from the daemon's own origin: $code $(cat "$WORK/body")"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
 { [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
   fail "load of an unknown model: $code $(cat "$WORK/body")"
