@@ -810,6 +810,26 @@ static int media_type_allowed(int endpoint, const char *ctype) {
     return 0;
 }
 
+/* The body's Content-Encoding when it is one we do not decode (any but
+ * identity or empty; the first such of repeated headers), else NULL.
+ * Such a body is refused, not read as it came: a gzipped image would get
+ * "not a JPEG or PNG file", gzipped JSON "invalid JSON", and a body the
+ * client calls compressed but is not would be served. */
+static enum MHD_Result coding_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_ENCODING) != 0 || !value || !*value ||
+        strcasecmp(value, "identity") == 0)
+        return MHD_YES;
+    *(const char **)cls = value;
+    return MHD_NO;
+}
+
+static const char *content_coding(struct MHD_Connection *c) {
+    const char *coding = NULL;
+    MHD_get_connection_values(c, MHD_HEADER_KIND, coding_header, &coding);
+    return coding;
+}
+
 /* A readiness answer: 200 {"ready":true} or 503 {"ready":false}. */
 static void set_ready(http_request *r, int ready) {
     set_json(r, ready ? 200 : 503, strdup(ready ? "{\"ready\":true}" : "{\"ready\":false}"));
@@ -1181,6 +1201,13 @@ static void route(http_request *r, struct MHD_Connection *c) {
         return;
     }
     const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    const char *coding = content_coding(c);
+    if (coding) {
+        snprintf(err, sizeof(err), "Content-Encoding \"%.60s\" is not supported: send the body uncompressed",
+                 coding);
+        set_error(r, 415, err);
+        return;
+    }
     if (!media_type_allowed(r->endpoint, ctype)) {
         snprintf(err, sizeof(err), "Content-Type: \"%.60s\" is not accepted here (%s)", ctype,
                  r->endpoint == ENDPOINT_V1_CLASSIFY

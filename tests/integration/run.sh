@@ -129,6 +129,15 @@ jq -e '.error | test("top_k")' "$WORK/err.json" >/dev/null || fail "400 does not
 head -c 400000 /dev/zero > "$WORK/big.bin"
 [ "$(status -H 'Content-Type: image/png' --data-binary @"$WORK/big.bin" "$URL/v1/classify")" = 413 ] || fail "big body not 413"
 [ "$(status -H 'Content-Type: text/plain' --data-binary @"$IMG" "$URL/v1/classify")" = 415 ] || fail "text/plain not 415"
+# a compressed body is refused naming its coding (it was read as it came: a
+# gzipped PNG got "not a JPEG or PNG file", a plain one labelled gzip 200)
+gzip -c "$IMG" >"$WORK/img.gz"
+{ [ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @"$WORK/img.gz" "$URL/v1/classify")" = 415 ] &&
+  jq -e '.error | contains("Content-Encoding \"gzip\"")' "$WORK/err.json" >/dev/null; } || fail "gzip body: $(cat "$WORK/err.json")"
+[ "$(status -H 'Content-Encoding: deflate' --data-binary @"$IMG" "$URL/v2/models/$NAME/infer")" = 415 ] ||
+  fail "a body labelled deflate not 415: $(cat "$WORK/err.json")"
+[ "$(status -H 'Content-Encoding: identity' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
+  fail "Content-Encoding identity refused: $(cat "$WORK/err.json")"
 [ "$(status -H 'Content-Type: application/json' -d '{}' "$URL/v2/models/no-such-model/infer")" = 404 ] || fail "unknown model not 404"
 [ "$(status "$URL/v2/models/no-such-model")" = 404 ] || fail "unknown model metadata not 404"
 [ "$(status "$URL/v1/classify")" = 405 ] || fail "GET /v1/classify not 405"
