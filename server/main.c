@@ -4,9 +4,9 @@
  *   comrope-serve --health-probe [--key value]...   (probe.h; exit 0 if ready)
  *
  * Start-up order: config (refused with the key named), the log's format,
- * the api-key file (unreadable or empty: exit 1, never "no auth"),
- * the log's writer thread (log.h: from there on no thread waits on stderr),
- * HTTP (listening at once: live 200, ready 503), the models (repository.h:
+ * the signals blocked, the log's writer thread (log.h: from there on no
+ * thread waits on stderr), the api-key file (unreadable or empty: exit 2,
+ * never "no auth"), HTTP (listening at once: live 200, ready 503), the models (repository.h:
  * each with its thread counts and batcher; a bad --model exits 1 with the
  * loader's message, one refused memory 3; a bad model of a repository is
  * reported and skipped),
@@ -195,16 +195,6 @@ int main(int argc, char **argv) {
         config_usage(stdout);
         return 0;
     }
-    char unknown[512];
-    if (config_unknown_env(environ, unknown, sizeof(unknown)))
-        log_event("warning", "environment variables that name no setting: %s", unknown);
-    int cpu_limit = config_cpu_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup");
-    if (action == CONFIG_PRINT) { /* no model loaded: the rule for an unknown model */
-        config_derive_threads(&cfg, cpu_limit, -1);
-        config_print(&cfg, stdout);
-        return 0;
-    }
-
     /* Idle BLAS/OpenMP threads must sleep, not spin: workers share the CPU
      * quota with HTTP threads. Set before the libraries read them. */
     setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
@@ -225,6 +215,26 @@ int main(int argc, char **argv) {
     const int forwarded[] = {SIGTERM, SIGINT, SIGUSR1, SIGHUP};
     for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++) sigaction(forwarded[i], &fwd, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* From here on no thread waits on stderr (log.h); every exit below
+     * goes through log_stop (cleanup's). Started before the first warning
+     * or bad setting can be logged: a stderr pipe full at start (its reader
+     * stalled across a restart) blocked that line's write for good, with
+     * SIGTERM blocked: never ready, or never the exit 2. Without the writer
+     * the log stays synchronous, as it was: a daemon that logs slowly beats
+     * none. */
+    int flush_ms = LOG_FLUSH_MS;
+    if (log_start(err, sizeof(err))) log_event("warning", "%s; the log is written synchronously", err);
+    char unknown[512];
+    if (config_unknown_env(environ, unknown, sizeof(unknown)))
+        log_event("warning", "environment variables that name no setting: %s", unknown);
+    int cpu_limit = config_cpu_limit_cgroup("/sys/fs/cgroup", "/proc/self/cgroup");
+    if (action == CONFIG_PRINT) { /* no model loaded: the rule for an unknown model */
+        config_derive_threads(&cfg, cpu_limit, -1);
+        config_print(&cfg, stdout);
+        log_stop(flush_ms);
+        return 0;
+    }
+
     /* Decoded images and batch buffers are a few MB each. glibc would hand
      * blocks that large back to the kernel on free (mmap/trim), and every
      * request would pay first-touch faults again (about 12 us per 4 KiB page
@@ -239,7 +249,8 @@ int main(int argc, char **argv) {
      * stops the start at once, and never leaves the daemon open. */
     if (cfg.api_key_file[0] && !(keys = api_keys_load(cfg.api_key_file, err, sizeof(err)))) {
         log_event("error", "%s", err);
-        return 2; /* a bad setting (deploy/README: 1 a bad model, 2 a bad setting) */
+        rc = 2; /* a bad setting (deploy/README: 1 a bad model, 2 a bad setting) */
+        goto cleanup;
     }
 
     /* HTTPS: a certificate or key that cannot be served is a bad setting */
@@ -258,14 +269,10 @@ int main(int argc, char **argv) {
     }
     if (cfg.model[0] && cfg.model_repository[0]) {
         log_event("error", "model and model-repository are both set: serve one model, or a repository");
-        return 2;
+        rc = 2;
+        goto cleanup;
     }
     if (!cfg.model_name[0] && cfg.model[0]) base_name(cfg.model, cfg.model_name, sizeof(cfg.model_name));
-    /* From here on no thread waits on stderr (log.h); every exit below
-     * goes through cleanup's log_stop. Without the writer the log stays
-     * synchronous, as it was: a daemon that logs slowly beats none. */
-    int flush_ms = LOG_FLUSH_MS;
-    if (log_start(err, sizeof(err))) log_event("warning", "%s; the log is written synchronously", err);
     /* Listening before the models load (seconds for a big one): liveness
      * 200 and readiness 503 meanwhile, so that an orchestrator tells a
      * loading daemon from a dead one. The HTTP threads do not depend on

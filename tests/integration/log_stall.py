@@ -12,6 +12,11 @@ pipe and the log's 1 MiB buffer fill within a few hundred requests.
   3. reading again: a line says how many were dropped, and a request sent
      afterwards has its access line after it; every line is whole JSON;
   4. stalled again, SIGTERM: the drain ends, exit 0 within a bound.
+  5. a pipe already full at start (its reader stalled across a restart), a
+     warning logged before the model loads (an unknown COMROPE_ variable):
+     ready, and SIGTERM exits 0; the same with an api-key-file that cannot
+     be read: exit 2 within a bound (both waited on that line's write for
+     good, SIGTERM blocked).
 Exits 0, or prints FAIL: ... and exits 1 (the daemon killed).
 """
 import http.client
@@ -132,7 +137,59 @@ def main():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    full_at_start(serve, model)
     print("log_stall: ok")
+
+
+def full_pipe():
+    """A pipe whose buffer is full, and its write end (blocking)."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    return r, w
+
+
+def full_at_start(serve, model):
+    free_port = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "free_port.py")
+    port = int(subprocess.check_output([sys.executable, free_port]))
+    env = dict(os.environ, COMROPE_NO_SUCH_SETTING="1")  # a warning before the model loads
+    cases = [([], 0), (["--api-key-file", "/nonexistent/keys"], 2)]
+    for extra, want in cases:
+        r, w = full_pipe()
+        proc = subprocess.Popen([serve, "--model", model, "--host", "127.0.0.1", "--port", str(port)] + extra,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=w, env=env)
+        os.close(w)
+        try:
+            if want == 0:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        if request(port, "GET", "/v2/health/ready", timeout=1)[0] == 200:
+                            break
+                    except OSError:
+                        pass
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        fail("stderr full at start, a warning logged: not ready in 30 s")
+                    time.sleep(0.1)  # a poll interval: what is waited on is the ready answer
+                proc.send_signal(signal.SIGTERM)
+            # the log's wait for stderr at exit is 2 s at most (main.c's LOG_FLUSH_MS)
+            try:
+                rc = proc.wait(DRAIN_TIMEOUT_S + 5)
+            except subprocess.TimeoutExpired:
+                fail(f"stderr full at start, {extra or 'SIGTERM'}: no exit")
+            if rc != want:
+                fail(f"stderr full at start, {extra or 'SIGTERM'}: exit {rc}, not {want}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(r)
+    print("full stderr at start: ready and exit 0; a bad setting exit 2")
 
 
 def run(proc, image):
