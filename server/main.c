@@ -169,6 +169,10 @@ int main(int argc, char **argv) {
     tls_store *tls = NULL;
 
     std_fds_open(); /* before anything opens a file or a socket */
+    /* A SIGHUP (a reload, a log rotation's) before its handler is set
+     * below would end the daemon as it starts (its default action): none
+     * is needed then, as what the start reads is read after it. */
+    signal(SIGHUP, SIG_IGN);
     if (probe_take_flag(&argc, argv)) {
         int pargc;
         char **pargv = probe_args(argc, argv, &pargc);

@@ -2,7 +2,8 @@
 # repository.sh SERVE: the model repository (server/repository.h) against
 # real daemons, the bundled model (ld) and a study model (ap) as content.
 #  1. SIGHUP on a one-model daemon: it rescans and serves on (it used to
-#     die of the signal).
+#     die of the signal); so does one that gets it while it reads its
+#     config file, before its handler is set.
 #  2. Two models at once: each answers what its one-model daemon answers;
 #     a model's serve.conf (version policy specific:2,3, a batch limit; a "02" folder is no version)
 #     over the global settings; no version asked: the highest; the
@@ -105,6 +106,25 @@ kill -0 "$DAEMON_PID" 2>/dev/null || fail "SIGHUP killed the daemon"
 client logits "$URL" fashion-comrope-ld "$SAMPLE" >"$WORK/after_hup" || fail "no answer after SIGHUP"
 same_logits "$WORK/ref.ld" "$WORK/after_hup" || fail "answers changed after a SIGHUP with unchanged files"
 stop_daemon
+# a SIGHUP while the daemon reads its settings, before its handler is set
+# (a reload or a log rotation's, just after a restart): it ended the
+# daemon (the signal's default action). The config file is a pipe held
+# here, so the SIGHUP comes while the daemon waits on it.
+mkfifo "$WORK/hup.fifo"
+"$SERVE" --config /dev/stdin --model "$ROOT/tests/fixtures/parity/comrope_ld_b2" --host 127.0.0.1 --port 0 \
+  <"$WORK/hup.fifo" 2>"$WORK/hup.log" &
+hup_pid=$!
+OTHER_PIDS+=("$hup_pid")
+exec 3>"$WORK/hup.fifo"
+poll 30 grep -q pipe_read "/proc/$hup_pid/wchan" || fail "the daemon never read its config file"
+kill -HUP "$hup_pid"
+echo "access-log off" >&3
+exec 3>&-
+poll 30 grep -q 'comrope-serve: ready' "$WORK/hup.log" || fail "a SIGHUP at start: not ready: $(tail -3 "$WORK/hup.log")"
+kill -TERM "$hup_pid"
+rc=0
+wait "$hup_pid" || rc=$?
+[ "$rc" = 0 ] || fail "a SIGHUP at start: exit $rc after SIGTERM, not 0"
 MODEL=$AP start_daemon --access-log off
 client logits "$URL" fashion-comrope-ap "$SAMPLE" >"$WORK/ref.ap"
 stop_daemon
