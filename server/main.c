@@ -347,7 +347,10 @@ int main(int argc, char **argv) {
         if (sig != SIGHUP) break;
         /* SIGHUP: reread the models' files (new: load, gone: unload after
          * their requests, changed: load, then swap); the daemon serves on */
-        log_event("info", "SIGHUP: rescanning %s", what);
+        /* said each time: SIGHUP reloads a daemon's settings by custom
+         * (systemctl reload), and a key taken out of api-key-file stays
+         * valid until a restart */
+        log_event("info", "SIGHUP: rescanning %s (settings and api-key-file stay as read at start)", what);
         repository_rescan(repo);
     }
     int64_t first_signal_ns = monotonic_ns(); /* the drain starts with it */

@@ -102,6 +102,10 @@ client logits "$URL" fashion-comrope-ld "$SAMPLE" >"$WORK/ref.ld"
 # 1. SIGHUP: a rescan, not a death
 kill -HUP "$DAEMON_PID"
 poll 30 log_has "SIGHUP: rescanning" || fail "no rescan logged after SIGHUP"
+# what a SIGHUP does not reread is said (a key taken out of api-key-file
+# stayed valid, silently, after a systemctl reload)
+log_has "SIGHUP: rescanning .* (settings and api-key-file stay as read at start)" ||
+  fail "the SIGHUP line does not say the settings stay: $(grep SIGHUP "$LOG")"
 kill -0 "$DAEMON_PID" 2>/dev/null || fail "SIGHUP killed the daemon"
 client logits "$URL" fashion-comrope-ld "$SAMPLE" >"$WORK/after_hup" || fail "no answer after SIGHUP"
 same_logits "$WORK/ref.ld" "$WORK/after_hup" || fail "answers changed after a SIGHUP with unchanged files"
