@@ -1,0 +1,192 @@
+/* test_coding.c: content codings (server/coding.c): Content-Encoding and
+ * Accept-Encoding as clients write them, and inflating bodies that arrive
+ * in pieces of any size, a byte at a time included (the two bytes that
+ * tell zlib from raw deflate may come apart). The daemon's side (limits,
+ * statuses) is tests/integration/run.sh part 4 and triton.py compression. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "check_run.h"
+#include "coding.h"
+
+START_TEST(test_content_encoding) {
+    ck_assert_int_eq(coding_parse(NULL), CODING_IDENTITY);
+    ck_assert_int_eq(coding_parse(""), CODING_IDENTITY);
+    ck_assert_int_eq(coding_parse("Identity"), CODING_IDENTITY);
+    ck_assert_int_eq(coding_parse("gzip"), CODING_GZIP);
+    ck_assert_int_eq(coding_parse(" GZip "), CODING_GZIP);
+    ck_assert_int_eq(coding_parse("x-gzip"), CODING_GZIP);
+    ck_assert_int_eq(coding_parse("DEFLATE"), CODING_DEFLATE);
+    ck_assert_int_eq(coding_parse("br"), -1);
+    ck_assert_int_eq(coding_parse("zstd"), -1);
+    ck_assert_int_eq(coding_parse("gzip, deflate"), -1);
+    ck_assert_int_eq(coding_parse("gzipx"), -1);
+}
+END_TEST
+
+static int accept_of(const char *a, const char *b) {
+    coding_accept acc;
+    coding_accept_init(&acc);
+    coding_accept_add(&acc, a);
+    if (b) coding_accept_add(&acc, b);
+    return coding_accept_choice(&acc);
+}
+
+START_TEST(test_accept_encoding) {
+    ck_assert_int_eq(accept_of(NULL, NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("identity", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip", NULL), CODING_GZIP);
+    ck_assert_int_eq(accept_of("deflate", NULL), CODING_DEFLATE);
+    ck_assert_int_eq(accept_of("deflate, gzip", NULL), CODING_GZIP); /* a tie: gzip */
+    ck_assert_int_eq(accept_of("gzip, deflate, br", NULL), CODING_GZIP);
+    ck_assert_int_eq(accept_of("gzip;q=0", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip; q=0.000, deflate", NULL), CODING_DEFLATE);
+    ck_assert_int_eq(accept_of("GZIP;Q=0.5, deflate;q=0.8", NULL), CODING_DEFLATE);
+    ck_assert_int_eq(accept_of("deflate;q=0.001", NULL), CODING_DEFLATE);
+    ck_assert_int_eq(accept_of("*", NULL), CODING_GZIP);
+    ck_assert_int_eq(accept_of("*;q=0", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("*, gzip;q=0", NULL), CODING_DEFLATE);
+    ck_assert_int_eq(accept_of("br;q=1, identity", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of(" , ,gzip", NULL), CODING_GZIP);
+    ck_assert_int_eq(accept_of("gzip;level=9;q=0", NULL), CODING_IDENTITY);
+    /* two headers: one list */
+    ck_assert_int_eq(accept_of("deflate", "gzip;q=0"), CODING_DEFLATE);
+}
+END_TEST
+
+/* payload: compressible, and long enough for several deflate blocks */
+static uint8_t *payload(size_t n) {
+    uint8_t *p = malloc(n);
+    for (size_t i = 0; i < n; i++) p[i] = (uint8_t)((i * 7) % 251 < 50 ? i % 13 : 'a' + i % 5);
+    return p;
+}
+
+static uint8_t *deflated(const uint8_t *in, size_t n, int window_bits, size_t *out_len) {
+    z_stream z = {0};
+    ck_assert_int_eq(deflateInit2(&z, 6, Z_DEFLATED, window_bits, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    uLong cap = deflateBound(&z, n) + 32;
+    uint8_t *out = malloc(cap);
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    ck_assert_int_eq(deflate(&z, Z_FINISH), Z_STREAM_END);
+    *out_len = z.total_out;
+    deflateEnd(&z);
+    return out;
+}
+
+/* Inflates data fed `piece` bytes at a time into a buffer of `room` bytes
+ * per call, as http.c's body_inflate does: 1 at the end, -1 on an error. */
+static int inflate_all(int coding, const uint8_t *data, size_t n, size_t piece, size_t room, uint8_t *out,
+                       size_t cap, size_t *out_len, const char **err) {
+    coding_inflater *f = coding_inflater_new(coding);
+    ck_assert_ptr_nonnull(f);
+    size_t len = 0;
+    int rc = 0;
+    for (size_t at = 0; at < n && rc == 0;) {
+        const uint8_t *in = data + at;
+        size_t in_len = n - at < piece ? n - at : piece;
+        at += in_len;
+        size_t give, got;
+        do { /* again while input is left or zlib may hold output back */
+            give = cap - len < room ? cap - len : room;
+            if (!give) {
+                rc = -2; /* more than expected */
+                break;
+            }
+            rc = coding_inflate(f, &in, &in_len, out + len, give, &got, err);
+            len += got;
+        } while (rc == 0 && (in_len || got == give));
+        if (rc == 1 && in_len) rc = -3; /* bytes after the end */
+    }
+    coding_inflater_free(f);
+    *out_len = len;
+    return rc;
+}
+
+START_TEST(test_inflate_in_pieces) {
+    const size_t n = 100000;
+    uint8_t *p = payload(n), *out = malloc(n + 1);
+    const struct {
+        int coding, window_bits;
+    } kinds[] = {{CODING_GZIP, 15 + 16}, {CODING_DEFLATE, 15}, {CODING_DEFLATE, -15}, {CODING_DEFLATE, 9}};
+    const size_t pieces[] = {1, 2, 3, 7, 4096, 1 << 20}, rooms[] = {1, 1000, 1 << 20};
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+        size_t zn;
+        uint8_t *z = deflated(p, n, kinds[k].window_bits, &zn);
+        for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++) {
+            for (size_t j = 0; j < sizeof(rooms) / sizeof(rooms[0]); j++) {
+                size_t got;
+                const char *err = NULL;
+                memset(out, 0, n + 1);
+                int rc = inflate_all(kinds[k].coding, z, zn, pieces[i], rooms[j], out, n + 1, &got, &err);
+                ck_assert_msg(rc == 1 && got == n && memcmp(out, p, n) == 0,
+                              "kind %zu piece %zu room %zu: rc %d, %zu bytes (%s)", k, pieces[i], rooms[j],
+                              rc, got, err ? err : "");
+            }
+        }
+        /* cut short: never the end; one byte changed: an error or not the payload */
+        size_t got;
+        const char *err = NULL;
+        ck_assert_int_eq(inflate_all(kinds[k].coding, z, zn - 3, 4096, 4096, out, n + 1, &got, &err), 0);
+        z[zn / 2] ^= 0x55;
+        int rc = inflate_all(kinds[k].coding, z, zn, 4096, 4096, out, n + 1, &got, &err);
+        ck_assert(rc != 1 || got != n || memcmp(out, p, n) != 0);
+        free(z);
+    }
+    /* gzip labelled deflate, deflate labelled gzip: errors naming why */
+    size_t zn, got;
+    const char *err = NULL;
+    uint8_t *z = deflated(p, n, 15, &zn);
+    ck_assert_int_eq(inflate_all(CODING_GZIP, z, zn, 4096, 4096, out, n + 1, &got, &err), -1);
+    ck_assert_ptr_nonnull(err);
+    free(z);
+    free(p);
+    free(out);
+}
+END_TEST
+
+START_TEST(test_compress_round_trip) {
+    const size_t n = 50000;
+    uint8_t *p = payload(n);
+    for (int coding = CODING_GZIP; coding <= CODING_DEFLATE; coding++) {
+        size_t zn = 0;
+        char *z = coding_compress(coding, p, n, &zn);
+        ck_assert_ptr_nonnull(z);
+        ck_assert(zn > 0 && zn < n);
+        uint8_t *out = malloc(n);
+        z_stream s = {0};
+        ck_assert_int_eq(inflateInit2(&s, coding == CODING_GZIP ? 15 + 16 : 15), Z_OK);
+        s.next_in = (Bytef *)z;
+        s.avail_in = (uInt)zn;
+        s.next_out = out;
+        s.avail_out = (uInt)n;
+        ck_assert_int_eq(inflate(&s, Z_FINISH), Z_STREAM_END);
+        ck_assert(s.total_out == n && memcmp(out, p, n) == 0);
+        inflateEnd(&s);
+        free(out);
+        free(z);
+    }
+    size_t zn = 0; /* an empty answer compresses too */
+    char *z = coding_compress(CODING_GZIP, "", 0, &zn);
+    ck_assert(z && zn > 0);
+    free(z);
+    free(p);
+}
+END_TEST
+
+static Suite *coding_suite(void) {
+    Suite *s = suite_create("coding");
+    TCase *tc = tcase_create("coding");
+    tcase_add_test(tc, test_content_encoding);
+    tcase_add_test(tc, test_accept_encoding);
+    tcase_add_test(tc, test_inflate_in_pieces);
+    tcase_add_test(tc, test_compress_round_trip);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return check_run(coding_suite()); }
