@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "coding.h"
 #include "conn_guard.h"
 #include "console.h"
 #include "input.h"
@@ -81,7 +82,15 @@ typedef struct {
     int body_over_budget;   /* a chunked body that outgrew body-budget-bytes: dropped */
     int64_t body_reserved;  /* of s->body_bytes: the body, then what the parsed request keeps of it */
     int64_t content_length; /* announced, or -1 (chunked) */
-    int arriving;           /* counted in batcher_arrival_begin */
+    /* a compressed body (Content-Encoding gzip or deflate) is inflated as
+     * it arrives: r->body holds what it decompresses to, bounded as an
+     * uncompressed body is (max-body-bytes, body-budget-bytes) */
+    int coding;                /* CODING_*: the body's */
+    coding_inflater *inflater; /* while the compressed data has not ended */
+    size_t coded_len;          /* the compressed bytes received */
+    int coding_ended;          /* the compressed data has ended */
+    const char *coding_error;  /* not data of its coding, truncated, or more after it (static) */
+    int arriving;              /* counted in batcher_arrival_begin */
     /* captured on the MHD thread for the parse thread */
     char *ctype;       /* Content-Type, or NULL */
     const char *media; /* the body's media type: ctype, or for a v1 body with a generic one (none,
@@ -198,6 +207,8 @@ static size_t body_reserve_upto(http_request *r, size_t need, size_t want) {
 
 /* Frees r's body and gives its reservation back. */
 static void body_free(http_request *r) {
+    coding_inflater_free(r->inflater);
+    r->inflater = NULL;
     free(r->body);
     r->body = NULL;
     r->body_cap = 0;
@@ -395,6 +406,103 @@ static int client_gone(void *arg) {
 static int body_over_limit(struct MHD_Connection *c, int64_t max_body_bytes) {
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     return cl && strtoull(cl, NULL, 10) > (unsigned long long)max_body_bytes;
+}
+
+/* Makes room in r's body for `need` bytes (need fits max-body-bytes, or
+ * for a compressed body max-body-bytes + 1, the byte that shows it is
+ * over). Returns 0; 1 when body-budget-bytes cannot hold it (r's 503 set,
+ * the body dropped: the rest is read and dropped); -1 when out of memory.
+ * MHD thread. */
+static int body_grow(http_request *r, size_t need) {
+    http_server *s = r->s;
+    if (need <= r->body_cap) return 0;
+    /* doubling from what was reserved ahead (an announced body) or 64 KiB
+     * (chunked), never past Content-Length or max-body-bytes; a
+     * compressed body's Content-Length says nothing of what it inflates
+     * to, so up to the limit for it */
+    size_t max = (size_t)s->p.cfg->max_body_bytes;
+    size_t cap = r->body_cap ? r->body_cap : r->body_reserved > 0 ? (size_t)r->body_reserved : 65536;
+    while (cap < need) cap *= 2;
+    size_t limit = r->coding ? max + 1 : r->content_length >= 0 ? (size_t)r->content_length : max;
+    if (cap > limit) cap = limit;
+    if (cap < need) cap = need; /* (more than announced: libmicrohttpd does not pass it) */
+    /* a doubling the budget cannot hold takes what it has room for: only
+     * a body that does not fit by itself is refused */
+    size_t got = body_reserve_upto(r, need, cap);
+    if (!got) {
+        set_busy_bodies(r, (int64_t)need - r->body_reserved); /* the figures of now */
+        r->body_over_budget = 1; /* answered 503 once the rest is read and dropped */
+        body_free(r);
+        return 1;
+    }
+    cap = got < cap ? got : cap;
+    uint8_t *grown = realloc(r->body, cap);
+    if (!grown) return -1;
+    r->body = grown;
+    r->body_cap = cap;
+    return 0;
+}
+
+/* Inflates n bytes of r's compressed body into r->body, which grows as an
+ * uncompressed body does (body_grow). Here, on the MHD thread, as the
+ * bytes arrive, rather than on a parse thread once all have: the
+ * compressed bytes are never held (one buffer, what they inflate to), a
+ * body that inflates past max-body-bytes (a gzip bomb: 1 GiB of zeros is
+ * 1 MB of gzip) is stopped as its output passes the limit, having held at
+ * most the limit, and its rest is read and dropped uninflated; and the
+ * sniffing and the parse queues see the body as it is. Inflating costs
+ * about what copying the output would, a few ms per MB, bounded by
+ * max-body-bytes per request. Returns -1 when out of memory, else 0 (a
+ * refusal is set in r: too large, over the budget, or not such data). */
+static int body_inflate(http_request *r, const uint8_t *in, size_t n) {
+    size_t max = (size_t)r->s->p.cfg->max_body_bytes;
+    if (r->coding_ended) {
+        r->coding_error = "bytes follow the end of its compressed stream";
+        body_free(r);
+        return 0;
+    }
+    /* the bytes as sent are bounded too: deflate's empty blocks inflate
+     * to nothing, and a chunked body has no Content-Length */
+    r->coded_len += n;
+    if (r->coded_len > max) {
+        r->body_too_large = 1;
+        body_free(r);
+        return 0;
+    }
+    if (!r->inflater && !(r->inflater = coding_inflater_new(r->coding))) return -1;
+    for (;;) {
+        if (r->body_len == r->body_cap) {
+            int grown = body_grow(r, r->body_len + 1);
+            if (grown) return grown < 0 ? -1 : 0;
+        }
+        size_t got;
+        const char *why = NULL;
+        int rc = coding_inflate(r->inflater, &in, &n, r->body + r->body_len, r->body_cap - r->body_len, &got,
+                                &why);
+        r->body_len += got;
+        if (r->body_len > max) {
+            r->body_too_large = 1;
+            body_free(r);
+            return 0;
+        }
+        if (rc < 0) {
+            if (strcmp(why, "out of memory") == 0) return -1;
+            r->coding_error = why;
+            body_free(r);
+            return 0;
+        }
+        if (rc > 0) {
+            coding_inflater_free(r->inflater);
+            r->inflater = NULL;
+            r->coding_ended = 1;
+            if (n) {
+                r->coding_error = "bytes follow the end of its compressed stream";
+                body_free(r);
+            }
+            return 0;
+        }
+        if (!n && r->body_len < r->body_cap) return 0; /* all read, and zlib holds no output back */
+    }
 }
 
 /* Whether an answer known from the headers goes out before the body is
@@ -595,12 +703,20 @@ static int submit_inference(http_request *r) {
     char err[512];
     int st;
     if (r->body_too_large) {
-        snprintf(err, sizeof(err), "body is larger than max-body-bytes (%lld)",
-                 (long long)s->p.cfg->max_body_bytes);
+        snprintf(err, sizeof(err), "body is larger than max-body-bytes (%lld)%s%s%s",
+                 (long long)s->p.cfg->max_body_bytes,
+                 r->coding ? ", as sent or once decompressed (Content-Encoding " : "",
+                 r->coding ? coding_name(r->coding) : "", r->coding ? ")" : "");
         set_error(r, 413, err);
         return 0;
     }
     if (r->body_over_budget) return 0; /* its 503 was set when the budget refused it */
+    if (r->coding_error) {
+        snprintf(err, sizeof(err), "the body is not valid %s data (Content-Encoding %s): %s",
+                 coding_name(r->coding), coding_name(r->coding), r->coding_error);
+        set_error(r, 400, err);
+        return 0;
+    }
     const char *ctype = r->media;
     if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype)) {
         if (!ctype) {
@@ -712,7 +828,7 @@ static void parse_one(http_request *r) {
  * PARSE_HEAVY_BYTES. MHD thread, before the parse. */
 static int parse_is_heavy(const http_request *r) {
     size_t json = r->body_len;
-    if (r->body_too_large || r->body_over_budget) return 0; /* refused unparsed */
+    if (r->body_too_large || r->body_over_budget || r->coding_error) return 0; /* refused unparsed */
     if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
         if (r->media && strncasecmp(r->media, "image/", 6) == 0) return 0;
     } else if (r->header_len) {
@@ -772,7 +888,7 @@ static int queue_parse(http_request *r, struct MHD_Connection *c) {
     r->header_len = hl ? strdup(hl) : NULL;
     /* a body refused unparsed (too large, over budget) was dropped as it
      * came: r->body is NULL, r->body_len what arrived; nothing to sniff */
-    if (r->body_too_large || r->body_over_budget) r->media = NULL;
+    if (r->body_too_large || r->body_over_budget || r->coding_error) r->media = NULL;
     else if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype))
         r->media = v1_sniff_media_type(r->body, r->body_len);
     else r->media = r->ctype;
@@ -810,24 +926,33 @@ static int media_type_allowed(int endpoint, const char *ctype) {
     return 0;
 }
 
-/* The body's Content-Encoding when it is one we do not decode (any but
- * identity or empty; the first such of repeated headers), else NULL.
- * Such a body is refused, not read as it came: a gzipped image would get
- * "not a JPEG or PNG file", gzipped JSON "invalid JSON", and a body the
- * client calls compressed but is not would be served. */
+/* The body's Content-Encoding: CODING_* (none, "identity" or empty:
+ * CODING_IDENTITY), or -1 when it is one we do not decode, a list of
+ * codings, or given twice but for identity (*name: the first such value,
+ * for the 415). A body we cannot decode is refused, not read as it came: a
+ * gzipped image would get "not a JPEG or PNG file", and a body the client
+ * calls compressed but is not would be served. */
+typedef struct {
+    int coding, count;
+    const char *name;
+} body_coding;
+
 static enum MHD_Result coding_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     (void)kind;
-    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_ENCODING) != 0 || !value || !*value ||
-        strcasecmp(value, "identity") == 0)
-        return MHD_YES;
-    *(const char **)cls = value;
-    return MHD_NO;
+    body_coding *b = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_ENCODING) != 0) return MHD_YES;
+    int c = coding_parse(value);
+    if (c == CODING_IDENTITY) return MHD_YES;
+    if (!b->name) b->name = value;
+    b->coding = b->count++ || c < 0 ? -1 : c; /* two codings: a list */
+    return MHD_YES;
 }
 
-static const char *content_coding(struct MHD_Connection *c) {
-    const char *coding = NULL;
-    MHD_get_connection_values(c, MHD_HEADER_KIND, coding_header, &coding);
-    return coding;
+static int content_coding(struct MHD_Connection *c, const char **name) {
+    body_coding b = {CODING_IDENTITY, 0, NULL};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, coding_header, &b);
+    *name = b.name;
+    return b.coding;
 }
 
 /* A readiness answer: 200 {"ready":true} or 503 {"ready":false}. */
@@ -1201,10 +1326,13 @@ static void route(http_request *r, struct MHD_Connection *c) {
         return;
     }
     const char *ctype = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-    const char *coding = content_coding(c);
-    if (coding) {
-        snprintf(err, sizeof(err), "Content-Encoding \"%.60s\" is not supported: send the body uncompressed",
-                 coding);
+    const char *coding_value = NULL;
+    r->coding = content_coding(c, &coding_value);
+    if (r->coding < 0) {
+        snprintf(err, sizeof(err),
+                 "Content-Encoding \"%.60s\" is not supported: send the body as gzip, deflate or identity "
+                 "(one coding)",
+                 coding_value);
         set_error(r, 415, err);
         return;
     }
@@ -1415,46 +1543,31 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         if (*upload_data_size) {
             size_t n = *upload_data_size;
             *upload_data_size = 0;
-            if (r->body_too_large || r->body_over_budget ||
-                r->body_len + n > (size_t)s->p.cfg->max_body_bytes) {
-                /* chunked bodies have no Content-Length: cap while reading */
-                if (!r->body_over_budget) r->body_too_large = 1;
-                body_free(r);
-                r->body_len += n; /* (for the message) */
+            if (r->body_too_large || r->body_over_budget || r->coding_error) {
+                r->body_len += n; /* dropped (for the message) */
                 return MHD_YES;
             }
-            size_t need = r->body_len + n;
-            if (need > r->body_cap) {
-                /* doubling from what was reserved ahead (an announced body)
-                 * or 64 KiB (chunked), never past Content-Length or
-                 * max-body-bytes (checked above: need fits) */
-                size_t cap = r->body_cap            ? r->body_cap
-                             : r->body_reserved > 0 ? (size_t)r->body_reserved
-                                                    : 65536;
-                while (cap < need) cap *= 2;
-                size_t limit =
-                    r->content_length >= 0 ? (size_t)r->content_length : (size_t)s->p.cfg->max_body_bytes;
-                if (cap > limit) cap = limit;
-                if (cap < need) cap = need; /* (more than announced: libmicrohttpd does not pass it) */
-                /* a doubling the budget cannot hold takes what it has room
-                 * for: only a body that does not fit by itself is refused */
-                size_t got = body_reserve_upto(r, need, cap);
-                if (!got) {
-                    set_busy_bodies(r, (int64_t)need - r->body_reserved); /* the figures of now */
-                    r->body_over_budget = 1; /* answered 503 once the rest is read and dropped */
-                    body_free(r);
-                    r->body_len += n;
-                    return MHD_YES;
-                }
-                cap = got < cap ? got : cap;
-                uint8_t *grown = realloc(r->body, cap);
-                if (!grown) return MHD_NO;
-                r->body = grown;
-                r->body_cap = cap;
+            if (r->coding) return body_inflate(r, (const uint8_t *)upload_data, n) ? MHD_NO : MHD_YES;
+            if (r->body_len + n > (size_t)s->p.cfg->max_body_bytes) {
+                /* chunked bodies have no Content-Length: cap while reading */
+                r->body_too_large = 1;
+                body_free(r);
+                r->body_len += n;
+                return MHD_YES;
+            }
+            int grown = body_grow(r, r->body_len + n);
+            if (grown < 0) return MHD_NO;
+            if (grown) {
+                r->body_len += n;
+                return MHD_YES;
             }
             memcpy(r->body + r->body_len, upload_data, n);
             r->body_len += n;
             return MHD_YES;
+        }
+        if (r->coding && !r->coding_ended && !r->body_too_large && !r->body_over_budget && !r->coding_error) {
+            r->coding_error = "truncated: it ends before its compressed stream does";
+            body_free(r);
         }
         conn_guard_received(c);
         int queued = queue_parse(r, c);

@@ -129,13 +129,34 @@ jq -e '.error | test("top_k")' "$WORK/err.json" >/dev/null || fail "400 does not
 head -c 400000 /dev/zero > "$WORK/big.bin"
 [ "$(status -H 'Content-Type: image/png' --data-binary @"$WORK/big.bin" "$URL/v1/classify")" = 413 ] || fail "big body not 413"
 [ "$(status -H 'Content-Type: text/plain' --data-binary @"$IMG" "$URL/v1/classify")" = 415 ] || fail "text/plain not 415"
-# a compressed body is refused naming its coding (it was read as it came: a
-# gzipped PNG got "not a JPEG or PNG file", a plain one labelled gzip 200)
+# a compressed body (Content-Encoding gzip or deflate) is inflated as it
+# arrives: the same logits as the plain PNG; one that inflates past
+# max-body-bytes (256 MiB of zeros in 260 KB) is a 413 that holds no more
+# than the limit; data not of its coding, or cut short, a 400; another
+# coding a 415 naming it (these were all 415 before)
 gzip -c "$IMG" >"$WORK/img.gz"
-{ [ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @"$WORK/img.gz" "$URL/v1/classify")" = 415 ] &&
-  jq -e '.error | contains("Content-Encoding \"gzip\"")' "$WORK/err.json" >/dev/null; } || fail "gzip body: $(cat "$WORK/err.json")"
-[ "$(status -H 'Content-Encoding: deflate' --data-binary @"$IMG" "$URL/v2/models/$NAME/infer")" = 415 ] ||
-  fail "a body labelled deflate not 415: $(cat "$WORK/err.json")"
+[ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @"$WORK/img.gz" \
+  "$URL/v1/classify?resolution=$T&return_logits=true")" = 200 ] || fail "gzip body: $(cat "$WORK/err.json")"
+plain=$(curl -sf -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify?resolution=$T&return_logits=true")
+d=$(maxdiff "$(jq -c '.predictions[0].logits' "$WORK/err.json")" "$(jq -c '.predictions[0].logits' <<<"$plain")")
+close_enough "$d" || fail "gzip body's logits differ from the plain body's by $d"
+head -c 268435456 /dev/zero | gzip -9 >"$WORK/bomb.gz"
+hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$DAEMON_PID/status"; }
+hwm0=$(hwm)
+{ [ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @"$WORK/bomb.gz" "$URL/v1/classify")" = 413 ] &&
+  jq -e '.error | contains("max-body-bytes (300000)") and contains("decompressed")' "$WORK/err.json" >/dev/null; } ||
+  fail "gzip bomb: $(cat "$WORK/err.json")"
+[ $(($(hwm) - hwm0)) -lt 65536 ] || fail "gzip bomb: the daemon's peak RSS grew from $hwm0 to $(hwm) kB"
+{ [ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 400 ] &&
+  jq -e '.error | contains("not valid gzip data")' "$WORK/err.json" >/dev/null; } ||
+  fail "a PNG labelled gzip: $(cat "$WORK/err.json")"
+head -c "$(($(stat -c %s "$WORK/img.gz") - 4))" "$WORK/img.gz" >"$WORK/cut.gz"
+{ [ "$(status -H 'Content-Encoding: deflate' -H 'Content-Type: image/png' --data-binary @"$WORK/cut.gz" "$URL/v1/classify")" = 400 ] &&
+  [ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @"$WORK/cut.gz" "$URL/v1/classify")" = 400 ] &&
+  jq -e '.error | contains("truncated")' "$WORK/err.json" >/dev/null; } || fail "a cut gzip body: $(cat "$WORK/err.json")"
+{ [ "$(status -H 'Content-Encoding: br' --data-binary @"$IMG" "$URL/v2/models/$NAME/infer")" = 415 ] &&
+  jq -e '.error | contains("Content-Encoding \"br\"")' "$WORK/err.json" >/dev/null; } ||
+  fail "a body labelled br: $(cat "$WORK/err.json")"
 [ "$(status -H 'Content-Encoding: identity' -H 'Content-Type: image/png' --data-binary @"$IMG" "$URL/v1/classify")" = 200 ] ||
   fail "Content-Encoding identity refused: $(cat "$WORK/err.json")"
 [ "$(status -H 'Content-Type: application/json' -d '{}' "$URL/v2/models/no-such-model/infer")" = 404 ] || fail "unknown model not 404"
@@ -158,7 +179,8 @@ grep -qix 'X-Content-Type-Options: nosniff' <<<"$hdr" || fail "/metrics without 
 curl -sf "$URL/metrics" > "$WORK/metrics.txt"
 grep -q '^comrope_model_info{model="'"$NAME"'"' "$WORK/metrics.txt" || fail "no model info"
 grep -q '^comrope_batches_total [1-9]' "$WORK/metrics.txt" || fail "no batches counted"
-grep -q '^comrope_requests_total{endpoint="v1_classify",code="413",model="[^"]*",version="1"} 1$' "$WORK/metrics.txt" || fail "413 not counted"
+# the big body and the gzip bomb (part 4)
+grep -q '^comrope_requests_total{endpoint="v1_classify",code="413",model="[^"]*",version="1"} 2$' "$WORK/metrics.txt" || fail "413s not counted"
 # the engine's ISA: one value in the metric, the v2 metadata and the log
 isa=$(sed -n 's/^comrope_engine_info{isa="\([a-z0-9]*\)",precision="fp32",precision_requested="fp32",bf16_pays="[01]"} 1$/\1/p' "$WORK/metrics.txt")
 [ -n "$isa" ] || fail "no comrope_engine_info{isa}"
