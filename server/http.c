@@ -90,6 +90,9 @@ typedef struct {
     size_t coded_len;          /* the compressed bytes received */
     int coding_ended;          /* the compressed data has ended */
     const char *coding_error;  /* not data of its coding, truncated, or more after it (static) */
+    int resp_coding;           /* CODING_*: what Accept-Encoding asked the answer to be */
+    int resp_compressed;       /* resp is that (Content-Encoding) */
+    size_t resp_plain_len;     /* resp's length before compression */
     int arriving;              /* counted in batcher_arrival_begin */
     /* captured on the MHD thread for the parse thread */
     char *ctype;       /* Content-Type, or NULL */
@@ -138,6 +141,7 @@ static void set_answer(http_request *r, int status, const char *content_type, ch
                        size_t json_len) {
     if (!r->resp_persistent) free(r->resp);
     r->resp_persistent = 0;
+    r->resp_compressed = 0;
     r->status = status;
     r->content_type = content_type;
     r->resp = body;
@@ -304,11 +308,18 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
      * the client sent, and a browser that sniffed it would render
      * `/<script>...` as HTML */
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-    if (r->resp_json_len && r->resp_json_len < r->resp_len) {
+    size_t plain_len = r->resp_compressed ? r->resp_plain_len : r->resp_len;
+    if (r->resp_json_len && r->resp_json_len < plain_len) {
         char n[32];
         snprintf(n, sizeof(n), "%zu", r->resp_json_len);
         MHD_add_response_header(resp, "Inference-Header-Content-Length", n);
     }
+    if (r->resp_compressed)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_ENCODING, coding_name(r->resp_coding));
+    /* an inference answer is compressed or not by Accept-Encoding: a cache
+     * must not give one client's to another */
+    if (r->status == 200 && (r->endpoint == ENDPOINT_V1_CLASSIFY || r->endpoint == ENDPOINT_V2_INFER))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Accept-Encoding");
     if (r->retry_after) {
         char n[16];
         snprintf(n, sizeof(n), "%d", r->retry_after);
@@ -343,6 +354,22 @@ static enum MHD_Result queue_answer(struct MHD_Connection *c, http_request *r) {
 
 /* --- the worker's completion --------------------------------------------- */
 
+/* An inference answer compressed as Accept-Encoding asked (Triton does so
+ * whatever its size). Out of memory, it goes as it is: the client takes
+ * identity too. Inference-Header-Content-Length still counts in the
+ * uncompressed body, as tritonclient reads it after decompressing. */
+static void compress_answer(http_request *r) {
+    r->resp_plain_len = r->resp_len;
+    if (r->resp_coding == CODING_IDENTITY) return;
+    size_t n;
+    char *z = coding_compress(r->resp_coding, r->resp, r->resp_len, &n);
+    if (!z) return;
+    free(r->resp);
+    r->resp = z;
+    r->resp_len = n;
+    r->resp_compressed = 1;
+}
+
 /* Runs on a batcher thread: builds the response body and resumes the
  * connection; the MHD thread then queues it. */
 static void job_done(job *j, void *arg) {
@@ -371,10 +398,11 @@ static void job_done(job *j, void *arg) {
         }
         free(h);
         free(w);
-        if (rc == 0)
+        if (rc == 0) {
             set_answer(r, 200, body.json_len < body.len ? "application/octet-stream" : "application/json",
                        body.data, body.len, body.json_len);
-        else set_error(r, 500, "out of memory building the response");
+            compress_answer(r);
+        } else set_error(r, 500, "out of memory building the response");
     } else {
         set_error(r, j->status, j->error);
         if (j->status == 503) r->retry_after = 1;
@@ -955,6 +983,20 @@ static int content_coding(struct MHD_Connection *c, const char **name) {
     return b.coding;
 }
 
+static enum MHD_Result accept_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_ACCEPT_ENCODING) == 0) coding_accept_add(cls, value);
+    return MHD_YES;
+}
+
+/* What the answer's coding is to be, from every Accept-Encoding header. */
+static int answer_coding(struct MHD_Connection *c) {
+    coding_accept a;
+    coding_accept_init(&a);
+    MHD_get_connection_values(c, MHD_HEADER_KIND, accept_header, &a);
+    return coding_accept_choice(&a);
+}
+
 /* A readiness answer: 200 {"ready":true} or 503 {"ready":false}. */
 static void set_ready(http_request *r, int ready) {
     set_json(r, ready ? 200 : 503, strdup(ready ? "{\"ready\":true}" : "{\"ready\":false}"));
@@ -1336,6 +1378,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         set_error(r, 415, err);
         return;
     }
+    r->resp_coding = answer_coding(c);
     if (!media_type_allowed(r->endpoint, ctype)) {
         snprintf(err, sizeof(err), "Content-Type: \"%.60s\" is not accepted here (%s)", ctype,
                  r->endpoint == ENDPOINT_V1_CLASSIFY

@@ -15,11 +15,21 @@ model metadata and model config. http.client sends the same framing
   triton.py compat PORT MODEL IMAGE.png   (daemon with --max-batch-size 4
                                            --max-queue-delay-us 1234)
   triton.py cors PORT MODEL ORIGIN        (daemon with --cors-origin ORIGIN)
+  triton.py compression PORT MODEL IMAGE.png  (any daemon)
+
+tritonclient.http's infer(..., request_compression_algorithm="gzip" or
+"deflate") compresses the whole body (gzip.compress, zlib.compress) and
+says so in Content-Encoding, Inference-Header-Content-Length still the
+JSON part's length before compression; response_compression_algorithm
+sends Accept-Encoding: gzip or deflate and decompresses the answer by its
+Content-Encoding before it reads the header length.
 """
+import gzip
 import http.client
 import json
 import struct
 import sys
+import zlib
 
 # Triton's extension names (its server metadata and the protocol docs).
 TRITON_EXTENSIONS = {"classification", "binary_tensor_data", "model_repository", "statistics",
@@ -51,28 +61,55 @@ def get_json(port, path, want=200):
     return json.loads(data)
 
 
-def infer_json(port, path, c, h, w):
+COMPRESS = {"gzip": gzip.compress, "deflate": zlib.compress}  # what tritonclient.http calls
+
+
+def post_infer(port, path, body, headers, compress, accept):
+    """tritonclient.http's _post of an infer: the body compressed as asked,
+    Accept-Encoding as asked (http.client sends identity otherwise)."""
+    h = dict(headers)
+    if compress:
+        h["Content-Encoding"] = compress
+        body = COMPRESS[compress](body)
+    if accept:
+        h["Accept-Encoding"] = accept
+    return request(port, "POST", path, body, h)
+
+
+def infer_json(port, path, c, h, w, compress=None, accept=None):
     """tritonclient.http InferInput(...).set_data_from_numpy(x, binary_data=False), no outputs."""
     data = [((i * 37) % 255) / 255.0 - 0.5 for i in range(c * h * w)]
     body = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, c, h, w], "datatype": "FP32",
                                    "data": data}],
                        "parameters": {"binary_data_output": True}})
-    return request(port, "POST", path, body.encode())
+    return post_infer(port, path, body.encode(), {}, compress, accept)
 
 
-def infer_binary(port, path, c, h, w):
+def infer_binary(port, path, c, h, w, compress=None, accept=None):
     """The same pixels as binary_data=True, output logits asked in binary."""
     data = [((i * 37) % 255) / 255.0 - 0.5 for i in range(c * h * w)]
     raw = struct.pack("<%df" % len(data), *data)
     js = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, c, h, w], "datatype": "FP32",
                                  "parameters": {"binary_data_size": len(raw)}}],
                      "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]})
-    return request(port, "POST", path, js.encode() + raw,
-                   {"Inference-Header-Content-Length": str(len(js))})
+    return post_infer(port, path, js.encode() + raw, {"Inference-Header-Content-Length": str(len(js))},
+                      compress, accept)
+
+
+def decompressed(hdrs, data):
+    """tritonclient.http InferResult: the body by its Content-Encoding."""
+    coding = hdrs.get("content-encoding")
+    if coding == "gzip":
+        return gzip.decompress(data)
+    if coding == "deflate":
+        return zlib.decompress(data)
+    check(coding is None, f"Content-Encoding {coding!r}")
+    return data
 
 
 def binary_logits(hdrs, data):
     """How tritonclient.http InferResult reads a binary output."""
+    data = decompressed(hdrs, data)
     n = int(hdrs["inference-header-content-length"])
     head = json.loads(data[:n])
     out = head["outputs"][0]
@@ -157,6 +194,52 @@ def compat(port, model, image):
     print("triton compat: ok")
 
 
+def same(a, b):
+    return len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+
+def compression(port, model, image):
+    """Compressed bodies in (JSON and binary tensors), compressed answers out."""
+    m = "/v2/models/" + model
+    meta = get_json(port, m)
+    c, h, w = meta["inputs"][0]["shape"][1], 32, 32
+    st, hd, data = infer_binary(port, m + "/infer", c, h, w)
+    check(st == 200 and "content-encoding" not in hd, f"plain binary infer: {st} {hd}")
+    ref = binary_logits(hd, data)
+    for alg in ("gzip", "deflate"):
+        for kind, infer in (("JSON", infer_json), ("binary", infer_binary)):
+            st, hd, data = infer(port, m + "/infer", c, h, w, compress=alg)
+            check(st == 200, f"{alg} {kind} body: {st} {data[:300]!r}")
+            check(same(binary_logits(hd, data), ref), f"{alg} {kind} body: logits differ from uncompressed")
+            st, hd, data = infer(port, m + "/infer", c, h, w, accept=alg)
+            check(st == 200 and hd.get("content-encoding") == alg and hd.get("vary") == "Accept-Encoding",
+                  f"{kind} answer with Accept-Encoding {alg}: {st} {hd}")
+            check(same(binary_logits(hd, data), ref), f"{alg} {kind} answer: logits differ")
+    # raw deflate (no zlib wrapper) is taken as deflate too; codings are case-insensitive
+    js = json.dumps({"inputs": [{"name": "pixel_values", "shape": [1, c, h, w], "datatype": "FP32",
+                                 "data": [((i * 37) % 255) / 255.0 - 0.5 for i in range(c * h * w)]}],
+                     "parameters": {"binary_data_output": True}}).encode()
+    raw = zlib.compressobj(wbits=-15)
+    for coding, body in (("deflate", raw.compress(js) + raw.flush()), ("GZIP", gzip.compress(js))):
+        st, hd, data = request(port, "POST", m + "/infer", body, {"Content-Encoding": coding})
+        check(st == 200 and same(binary_logits(hd, data), ref), f"{coding} body: {st} {data[:300]!r}")
+    # a JSON answer decompresses to what an uncompressed one says
+    png = open(image, "rb").read()
+    st, _, plain = request(port, "POST", "/v1/classify?top_k=3", png)
+    check(st == 200, f"plain classify: {st} {plain[:300]!r}")
+    for accept, want in (("gzip", "gzip"), ("deflate", "deflate"), ("gzip;q=0", None), ("gzip;q=0, deflate", "deflate"),
+                         ("deflate;q=0.5, gzip", "gzip"), ("deflate, gzip;q=0.5", "deflate"), ("*", "gzip"),
+                         ("*;q=0", None), ("identity", None), ("br", None)):
+        st, hd, data = request(port, "POST", "/v1/classify?top_k=3", png, {"Accept-Encoding": accept})
+        check(st == 200 and hd.get("content-encoding") == want, f"Accept-Encoding {accept}: {st} {hd}")
+        check(json.loads(decompressed(hd, data))["predictions"] == json.loads(plain)["predictions"],
+              f"Accept-Encoding {accept}: the answer differs")
+    # errors are not compressed; a coding we do not decode is a 415 naming it
+    st, hd, data = request(port, "POST", m + "/infer", js, {"Content-Encoding": "br", "Accept-Encoding": "gzip"})
+    check(st == 415 and "content-encoding" not in hd and b'\\"br\\"' in data, f"br body: {st} {hd} {data!r}")
+    print("triton compression: ok")
+
+
 def cors(port, model, origin):
     m = "/v2/models/" + model
     pre = {"Origin": origin, "Access-Control-Request-Method": "POST",
@@ -176,5 +259,7 @@ def cors(port, model, origin):
 if __name__ == "__main__":
     if sys.argv[1] == "compat":
         compat(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "compression":
+        compression(int(sys.argv[2]), sys.argv[3], sys.argv[4])
     else:
         cors(int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -3,7 +3,7 @@
 # (tests/integration/triton.py replays tritonclient.http's requests):
 # infer without Content-Type (JSON and binary), raw images without a type,
 # model config and statistics, versions, 405 with Allow, CORS on and off,
-# and the latency histogram split by endpoint.
+# the latency histogram split by endpoint, and compressed bodies both ways.
 set -euo pipefail
 SERVE=${1:-}
 # shellcheck source=tests/integration/lib.sh
@@ -28,6 +28,9 @@ metric "comrope_requests_total{endpoint=\"v2_infer\",code=\"200\",model=\"$NAME\
   fail "requests_total without model and version labels"
 poll 10 log_has "POST /v2/models/$NAME/versions/1/infer 200 .*model=$NAME version=1" ||
   fail "access log does not name model and version: $(grep infer "$LOG" | head -3)"
+# tritonclient's request_compression_algorithm and response_compression_algorithm
+# (after the counts above: these infers are more of them)
+"$PY" "$ROOT/tests/integration/triton.py" compression "$PORT" "$NAME" "$IMAGE" || fail "triton compression"
 stop_daemon
 
 start_daemon --cors-origin https://console.example
