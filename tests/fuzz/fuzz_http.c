@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "batcher.h"
 #include "config.h"
@@ -85,9 +86,30 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+/* A compressed answer's body (Content-Encoding gzip or deflate: zlib's
+ * automatic header detection takes both), inflated into out (cap bytes).
+ * Returns its length; aborts when it is not valid data of its coding. */
+static size_t inflate_answer(const char *in, size_t n, char *out, size_t cap) {
+    z_stream z = {0};
+    if (inflateInit2(&z, 15 + 32) != Z_OK) abort();
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    z.next_out = (Bytef *)out;
+    z.avail_out = (uInt)cap;
+    int rc = inflate(&z, Z_FINISH);
+    size_t got = z.total_out;
+    inflateEnd(&z);
+    if (rc != Z_STREAM_END && !(rc == Z_BUF_ERROR && got == cap)) {
+        fprintf(stderr, "fuzz_http: a compressed answer does not inflate (zlib %d)\n", rc);
+        abort();
+    }
+    return got;
+}
+
 /* The first answer to an input that starts with a GET or POST (not HEAD:
  * its answer has a Content-Length and no body) is an HTTP response, and
- * when it says application/json its body is valid JSON. */
+ * when it says application/json its body is valid JSON, once inflated
+ * when it says Content-Encoding. */
 static void check_first_answer(const uint8_t *data, size_t size, const char *resp, size_t len) {
     if (!(size >= 4 && memcmp(data, "GET ", 4) == 0) && !(size >= 5 && memcmp(data, "POST ", 5) == 0)) return;
     size_t off = 0;
@@ -116,11 +138,18 @@ static void check_first_answer(const uint8_t *data, size_t size, const char *res
         if (strncmp(ct, "application/json", 16) != 0) return;
         size_t body_len = strtoul(cl + 17, NULL, 10), body_off = off + head_len;
         if (len - body_off < body_len) return; /* longer than what we keep */
+        const char *body = resp + body_off;
+        static char inflated[1 << 20];
+        if (strstr(head, "\r\ncontent-encoding:")) {
+            body_len = inflate_answer(body, body_len, inflated, sizeof(inflated));
+            if (body_len == sizeof(inflated)) return; /* longer than what we keep */
+            body = inflated;
+        }
         json_error_t e;
-        json_t *j = json_loadb(resp + body_off, body_len, 0, &e);
+        json_t *j = json_loadb(body, body_len, 0, &e);
         if (!j) {
             fprintf(stderr, "fuzz_http: invalid JSON body (%s): %.*s\n", e.text,
-                    (int)(body_len < 200 ? body_len : 200), resp + body_off);
+                    (int)(body_len < 200 ? body_len : 200), body);
             abort();
         }
         json_decref(j);

@@ -9,9 +9,11 @@ fuzzer), regress-<what> (made by hand).
     /usr/bin/python3 tests/fuzz/make_corpus.py
 """
 import base64
+import gzip
 import json
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -233,6 +235,18 @@ def http():
                                      "Connection: close\r\n\r\n" % (len(hdr), len(hdr) + len(pixels))).encode()
           + hdr + pixels)
     write("fuzz_http", "two", reqs["health"] + reqs["models"])
+    # compressed bodies (server/coding.c), the answer compressed too
+    gz = gzip.compress(body.encode(), mtime=0)
+    write("fuzz_http", "classify-gzip", ("POST /v1/classify HTTP/1.1\r\nHost: x\r\n" + tok +
+                                         "Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                                         "Accept-Encoding: deflate;q=0.5, gzip\r\nContent-Length: %d\r\n\r\n"
+                                         % len(gz)).encode() + gz)
+    zb = zlib.compress(hdr + pixels)
+    write("fuzz_http", "v2-binary-deflate", ("POST /v2/models/fuzz/infer HTTP/1.1\r\nHost: x\r\n" + tok +
+                                             "Content-Encoding: deflate\r\nAccept-Encoding: deflate\r\n"
+                                             "Inference-Header-Content-Length: %d\r\nTransfer-Encoding: chunked\r\n"
+                                             "Connection: close\r\n\r\n%x\r\n" % (len(hdr), len(zb))).encode()
+          + zb + b"\r\n0\r\n\r\n")
 
 
 for gen in [v1, v2, query, image, safetensors, checkpoint, model_config, npy, config, http]:
