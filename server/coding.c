@@ -13,6 +13,7 @@ struct coding_inflater {
     int started;     /* inflateInit2 has run: deflate waits for its first two bytes */
     uint8_t head[2]; /* deflate: the first bytes, until both are here */
     int head_len;
+    int head_used; /* of them, what zlib has taken */
 };
 
 /* s[0..n) equals word, case-insensitively. */
@@ -140,13 +141,16 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
             return -1;
         }
         f->started = 1;
-        size_t used, got;
-        int rc = inflate_some(f, f->head, 2, out, out_cap, &used, &got, err);
-        *out_len = got;
-        if (rc) return rc;
-        /* two bytes never fill the window: zlib took both */
     }
     size_t used, got;
+    if (f->head_used < f->head_len) {
+        int rc = inflate_some(f, f->head + f->head_used, (size_t)(f->head_len - f->head_used), out, out_cap,
+                              &used, &got, err);
+        f->head_used += (int)used;
+        *out_len = got;
+        if (rc) return rc;
+        if (f->head_used < f->head_len) return 0; /* out of room: called again with more */
+    }
     int rc = inflate_some(f, *in, *in_len, out + *out_len, out_cap - *out_len, &used, &got, err);
     *in += used;
     *in_len -= used;

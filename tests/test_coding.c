@@ -58,7 +58,7 @@ END_TEST
 
 /* payload: compressible, and long enough for several deflate blocks */
 static uint8_t *payload(size_t n) {
-    uint8_t *p = malloc(n);
+    uint8_t *p = malloc(n + 1);
     for (size_t i = 0; i < n; i++) p[i] = (uint8_t)((i * 7) % 251 < 50 ? i % 13 : 'a' + i % 5);
     return p;
 }
@@ -136,6 +136,20 @@ START_TEST(test_inflate_in_pieces) {
         int rc = inflate_all(kinds[k].coding, z, zn, 4096, 4096, out, n + 1, &got, &err);
         ck_assert(rc != 1 || got != n || memcmp(out, p, n) != 0);
         free(z);
+    }
+    /* short ones (fixed Huffman codes: the first two bytes already hold
+     * output) and the empty one, a byte at a time into a byte of room */
+    const size_t shorts[] = {0, 1, 2, 3, 17};
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+        for (size_t i = 0; i < sizeof(shorts) / sizeof(shorts[0]); i++) {
+            size_t zn, got;
+            const char *err = NULL;
+            uint8_t *z = deflated(p, shorts[i], kinds[k].window_bits, &zn);
+            int rc = inflate_all(kinds[k].coding, z, zn, 1, 1, out, shorts[i] + 1, &got, &err);
+            ck_assert_msg(rc == 1 && got == shorts[i] && memcmp(out, p, got) == 0,
+                          "kind %zu, %zu bytes: rc %d, %zu", k, shorts[i], rc, got);
+            free(z);
+        }
     }
     /* gzip labelled deflate, deflate labelled gzip: errors naming why */
     size_t zn, got;
