@@ -266,8 +266,8 @@ static int add_cors_headers(struct MHD_Response *resp, const http_request *r) {
     if (r->status == 204 && r->allow) {
         bad |= MHD_add_response_header(resp, "Access-Control-Allow-Methods", r->allow) != MHD_YES;
         bad |= MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-                                       "Authorization, Content-Type, Inference-Header-Content-Length, "
-                                       "X-Request-Id") != MHD_YES;
+                                       "Authorization, Content-Type, Content-Encoding, "
+                                       "Inference-Header-Content-Length, X-Request-Id") != MHD_YES;
         bad |= MHD_add_response_header(resp, "Access-Control-Max-Age", "600") != MHD_YES;
     }
     return bad;
