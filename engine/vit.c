@@ -485,9 +485,14 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
                  ctx->kernels.name);
         goto fail;
     }
-    if (m->backend == GEMM_BACKEND_ONEDNN &&
-        (rc = dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen)))
-        goto fail;
+    if (m->backend == GEMM_BACKEND_ONEDNN) {
+        /* its own variable: rc stays an error for every later goto fail */
+        int runner = dnnl_runner_new(q.threads, &ctx->kernels.dnnl, err, errlen);
+        if (runner) {
+            rc = runner;
+            goto fail;
+        }
+    }
     /* the same bf16 panels, through the tiles (vit_load checked the CPU) */
     if (m->backend == GEMM_BACKEND_AMX) ctx->kernels.gemm_bf16 = gemm_amx_kernel(m->amx_shape);
     /* attention's products in bf16 only where vdpbf16ps beats fp32 */

@@ -453,10 +453,11 @@ static void *reaper_main(void *arg) {
 
 batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, batcher_failure *why,
                      char *err, size_t errlen) {
-    batcher_failure failure = BATCHER_NO_MEMORY;
+    batcher_failure failure = BATCHER_FAILED; /* each refusal names its kind */
     batcher *b = calloc(1, sizeof(*b));
     if (!b) {
         snprintf(err, errlen, "out of memory");
+        failure = BATCHER_NO_MEMORY;
         goto fail;
     }
     b->model = m;
@@ -469,6 +470,7 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, b
     b->workers = calloc((size_t)p.workers, sizeof(worker));
     if (!b->workers) {
         snprintf(err, errlen, "out of memory");
+        failure = BATCHER_NO_MEMORY;
         goto fail;
     }
     /* Each worker's workspace holds one engine batch at the batch limits,
