@@ -12,7 +12,10 @@
  *   ENGINE_ERR_WORKSPACE  vit_context_new: the workspace its max_images /
  *                         max_tokens ask for is larger than the memory
  *                         there is at all: no wait cures it, smaller limits
- *                         do (the daemon's bad setting, exit 2).
+ *                         do (the daemon's bad setting, exit 2);
+ *   -5, -6                image_decode's IMAGE_ERR_CORRUPT, _TOO_LARGE
+ *                         (image.h; its IMAGE_ERR_MEMORY is
+ *                         ENGINE_ERR_MEMORY).
  * A caller that passes a callee's failure on returns the callee's value. */
 #ifndef COMROPE_ENGINE_ERROR_H
 #define COMROPE_ENGINE_ERROR_H

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine_error.h"
+
 /* 8-bit pixels, row-major, channels interleaved (RGB or L). Owned by whoever
  * received it from image_decode; release with image_free. */
 typedef struct {
@@ -40,13 +42,14 @@ int image_format(const uint8_t *data, size_t len);
 int image_probe(const uint8_t *data, size_t len, int *width, int *height, char *err, size_t errlen);
 
 /* Error codes of image_decode, so that callers can map them to HTTP
- * statuses (415 / 413 / 400). */
+ * statuses (415 / 413 / 400 / 500); in engine_error.h's scheme: memory is
+ * ENGINE_ERR_MEMORY, the others collide with none of its values. */
 enum {
     IMAGE_OK = 0,
     IMAGE_ERR_FORMAT = -1,    /* not a JPEG or PNG */
-    IMAGE_ERR_TOO_LARGE = -2, /* dimensions or pixel count over the limits */
-    IMAGE_ERR_CORRUPT = -3,   /* a JPEG/PNG that fails to decode */
-    IMAGE_ERR_MEMORY = -4
+    IMAGE_ERR_TOO_LARGE = -6, /* dimensions or pixel count over the limits */
+    IMAGE_ERR_CORRUPT = -5,   /* a JPEG/PNG that fails to decode */
+    IMAGE_ERR_MEMORY = ENGINE_ERR_MEMORY
 };
 
 /* Decodes a whole JPEG or PNG file held in memory into `channels` (1 or 3)
