@@ -447,11 +447,15 @@ static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts, 
                    float *base);
 
 /* The memory a workspace must fit in: this machine's physical memory, or
- * `asked` where that is less (0: not asked); 0 when neither is known. */
-static size_t memory_bytes(size_t asked) {
+ * `asked` where that is less (0: not asked; *bound names the one that
+ * applied); 0 when neither is known. */
+static size_t memory_bytes(size_t asked, const char **bound) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     size_t physical = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
-    return asked && (!physical || asked < physical) ? asked : physical;
+    int use_asked = asked && (!physical || asked < physical);
+    *bound =
+        use_asked ? "the memory limit (memory_bytes: the daemon's cgroup memory.max)" : "physical memory";
+    return use_asked ? asked : physical;
 }
 
 /* Parts of one parallel step: no more than the heads (attention's unit). */
@@ -508,18 +512,35 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     ctx->cache = calloc((size_t)ctx->cache_slots, sizeof(*ctx->cache));
     ctx->cache_stamp = calloc((size_t)ctx->cache_slots, sizeof(*ctx->cache_stamp));
     if (!ctx->pool || !ctx->start || !ctx->rot || !ctx->pos || !ctx->cache || !ctx->cache_stamp) goto oom;
-    /* The largest batch the limits allow; its pages are touched as forwards reach them. */
-    ctx->arena_floats =
-        plan(ctx, (size_t)q.max_tokens, (size_t)ctx->tmax, (size_t)context_parts(ctx), NULL, NULL);
+    /* The largest batch the limits allow; its pages are touched as forwards
+     * reach them. No batch holds more than max_images images of at most the
+     * model's max_tokens each: a larger max_tokens (meant as "no cap")
+     * reserves nothing beyond that. The rotation cache keeps the given one. */
+    size_t tokens = (size_t)q.max_images * (size_t)m->max_tokens;
+    if (tokens > (size_t)q.max_tokens) tokens = (size_t)q.max_tokens;
+    size_t parts = (size_t)context_parts(ctx);
+    ctx->arena_floats = plan(ctx, tokens, (size_t)ctx->tmax, parts, NULL, NULL);
     /* A workspace larger than all the memory there is can never be
      * granted (nor its pages touched when a full batch runs): smaller
      * limits cure that, not a wait (ENGINE_ERR_WORKSPACE, not MEMORY) */
-    size_t bytes = ctx->arena_floats * sizeof(float), memory = memory_bytes(q.memory_bytes);
+    const char *bound;
+    size_t bytes = ctx->arena_floats * sizeof(float), memory = memory_bytes(q.memory_bytes, &bound);
     if (memory && bytes > memory) {
-        snprintf(err, errlen,
-                 "context: a workspace of %d images / %d tokens needs %zu MiB, more than the %zu MiB of "
-                 "memory there is",
-                 q.max_images, q.max_tokens, bytes >> 20, memory >> 20);
+        /* the most tokens that fit: plan grows with them; one image's at least */
+        size_t lo = (size_t)ctx->tmax, hi = tokens;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo + 1) / 2;
+            if (plan(ctx, mid, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory) lo = mid;
+            else hi = mid - 1;
+        }
+        char fit[96];
+        if (plan(ctx, lo, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory)
+            snprintf(fit, sizeof(fit), "at most %zu tokens fit", lo);
+        else snprintf(fit, sizeof(fit), "not even one image of %d tokens fits", ctx->tmax);
+        snprintf(
+            err, errlen,
+            "context: a workspace of %d images / %zu tokens needs %zu MiB, more than the %zu MiB of %s; %s",
+            q.max_images, tokens, bytes >> 20, memory >> 20, bound, fit);
         rc = ENGINE_ERR_WORKSPACE;
         goto fail;
     }

@@ -430,6 +430,7 @@ END_TEST
  * not raise it. */
 START_TEST(test_workspace_larger_than_memory) {
     vit_model *m = load_model("comrope_ld_b2");
+    m->max_tokens = 1 << 19; /* 4096 such images: more than 2^31 - 1 tokens, which then apply */
     vit_context_params cp = vit_context_default_params();
     cp.max_images = 4096;
     cp.max_tokens = 2147483647;
@@ -438,11 +439,14 @@ START_TEST(test_workspace_larger_than_memory) {
     ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
     ck_assert_ptr_null(ctx);
     ck_assert_msg(strstr(err, "a workspace of 4096 images / 2147483647 tokens needs") &&
-                      strstr(err, "MiB of memory there is"),
+                      strstr(err, "MiB of physical memory; at most ") && strstr(err, " tokens fit"),
                   "message: %s", err);
     cp.memory_bytes = (size_t)1 << 62;
     ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
+    ck_assert_msg(strstr(err, "MiB of physical memory"), "message: %s", err);
+    vit_free(m);
 
+    m = load_model("comrope_ld_b2");
     cp = vit_context_default_params(); /* 16384 tokens: megabytes */
     ctx = new_context(m, &cp);
     size_t bytes = ctx->arena_floats * sizeof(float);
@@ -450,8 +454,36 @@ START_TEST(test_workspace_larger_than_memory) {
     cp.memory_bytes = bytes - 1;
     ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
     ck_assert_ptr_null(ctx);
+    /* the bound that applied, and the largest max_tokens under it */
+    ck_assert_msg(strstr(err, "MiB of the memory limit (memory_bytes") &&
+                      strstr(err, "; at most 16383 tokens fit"),
+                  "message: %s", err);
     cp.memory_bytes = bytes;
     ctx = new_context(m, &cp);
+    vit_context_free(ctx);
+    vit_free(m);
+}
+END_TEST
+
+/* A max_tokens above what max_images images can hold (max-batch-size 1
+ * with max-batch-tokens 16777216, meant as "no cap") reserves only what
+ * they can: the workspace of max_images x the model's max_tokens, not one
+ * refused as larger than memory. memory_bytes is that workspace's size,
+ * so the uncapped one is refused before anything is allocated. */
+START_TEST(test_workspace_capped_by_max_images) {
+    vit_model *m = load_model("comrope_ld_b2");
+    vit_context_params cp = vit_context_default_params();
+    cp.max_images = 2;
+    cp.max_tokens = 2 * m->max_tokens;
+    vit_context *ctx = new_context(m, &cp);
+    size_t floats = ctx->arena_floats;
+    vit_context_free(ctx);
+    cp.max_tokens = 16777216;
+    cp.memory_bytes = floats * sizeof(float);
+    char err[512] = "";
+    ck_assert_msg(vit_context_new(m, &cp, &ctx, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_uint_eq(ctx->arena_floats, floats);
+    ck_assert_int_eq(ctx->params.max_tokens, 16777216);
     vit_context_free(ctx);
     vit_free(m);
 }
@@ -568,6 +600,7 @@ int main(void) {
     tcase_add_test(tc, test_limits_are_enforced_and_bound_the_workspace);
     tcase_add_test(tc, test_token_limit_at_least_one_image);
     tcase_add_test(tc, test_workspace_larger_than_memory);
+    tcase_add_test(tc, test_workspace_capped_by_max_images);
     tcase_add_test(tc, test_huge_resolution_refused);
     tcase_add_test(tc, test_batch_with_many_resolutions);
     suite_add_tcase(s, tc);

@@ -285,7 +285,7 @@ EXIT_CODE=0
 timeout 120 "$SERVE" --model "$WIDE" --host 127.0.0.1 --port 0 --access-log off --workers 1 \
   --max-batch-size 4096 --max-batch-tokens 16777216 2>"$LOG" || EXIT_CODE=$?
 [ "$EXIT_CODE" = 2 ] || fail "a workspace larger than the machine's memory: exit $EXIT_CODE, not 2: $(tail -1 "$LOG")"
-log_has 'workspace of 4096 images / 16777216 tokens needs .* MiB of memory there is: lower max-batch-tokens or max-batch-size' ||
+log_has 'workspace of 4096 images / 16777216 tokens needs .* MiB, more than the .* MiB of .*; .* fits*: lower max-batch-tokens or max-batch-size' ||
   fail "a workspace larger than the machine's memory: not said so: $(tail -1 "$LOG")"
 log_has 'waiting may cure it' && fail "a workspace larger than the machine's memory told as one a wait may cure: $(tail -1 "$LOG")"
 # the same files at lower limits: a model that serves. Not the defaults:
