@@ -19,6 +19,20 @@
  * argument, a suite runs every part this CPU has (valgrind does that). */
 #define CHECK_SKIPPED 77
 
+/* Built with AddressSanitizer (gcc defines the first, clang answers the
+ * second): a test that measures the heap or the address space says
+ * "skipped: ..." under it. */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
 /* The part named by argv[1] (NULL: all). Returns 1 when this CPU lacks
  * it: main() then returns check_skip(part). */
 static inline int check_part_missing(const char *part) {

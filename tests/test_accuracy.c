@@ -32,20 +32,10 @@
 #define RUNNING_ON_VALGRIND 0
 #endif
 
-/* Built with AddressSanitizer (gcc defines the first, clang answers the
- * second): an unoptimised sanitizer build runs the forward some 50x
- * slower, so sizes other than the training one run on the first
- * SANITIZER_IMAGES images only (all seven sizes in full took 6 minutes). */
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
+/* Under ASan (UNDER_ASAN, check_run.h) an unoptimised sanitizer build
+ * runs the forward some 50x slower, so sizes other than the training one
+ * run on the first SANITIZER_IMAGES images only (all seven sizes in full
+ * took 6 minutes). */
 #define SANITIZER_IMAGES 24
 
 #include "dnnl_gemm.h"

@@ -303,7 +303,7 @@ END_TEST
  * counters for each of the 4097 sizes max-batch-size allows: 64 KiB of
  * zeros per series (110,912 bytes each; 45,376 now, plus 24 bytes per size
  * run, the table's room doubling from 4). Measured as the heap grows for 64 series (glibc's counters; under
- * ASan, whose allocator they do not see, the check passes idle). */
+ * ASan, whose allocator they do not see, that check is skipped, saying so). */
 START_TEST(series_hold_only_the_sizes_that_ran) {
     metrics *m = metrics_new();
     ck_assert_ptr_nonnull(m);
@@ -322,7 +322,11 @@ START_TEST(series_hold_only_the_sizes_that_ran) {
     }
     struct mallinfo2 after = mallinfo2();
     size_t grown = (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
-    ck_assert_msg(grown / 64 < 56 * 1024, "%zu bytes per series", grown / 64);
+    if (UNDER_ASAN) {
+        printf("skipped: series_hold_only_the_sizes_that_ran: the heap's growth (mallinfo2 does not see "
+               "ASan's allocator)\n");
+        fflush(stdout);
+    } else ck_assert_msg(grown / 64 < 56 * 1024, "%zu bytes per series", grown / 64);
     metrics_stats st;
     ck_assert_int_eq(metrics_model_stats(open[63], &st), 0);
     ck_assert_int_eq(st.num_batch_sizes, 4); /* ascending, whatever order they ran in */
