@@ -1195,25 +1195,59 @@ static enum MHD_Result control_begin(http_request *r, struct MHD_Connection *c) 
     return MHD_YES;
 }
 
-/* A page of another site can make its visitor's browser POST here with no
- * preflight (a form with a text/plain body, fetch with mode "no-cors"),
+/* The length of host[:port] `a` (n bytes) without `port`, the default of
+ * its scheme ("80", "443"; "" none): http://h and http://h:80 are one
+ * origin, and a proxy's Host may name the port either way. */
+static size_t without_default_port(const char *a, size_t n, const char *port) {
+    size_t pl = strlen(port);
+    if (pl && n > pl + 1 && a[n - pl - 1] == ':' && memcmp(a + n - pl, port, pl) == 0) return n - pl - 1;
+    return n;
+}
+
+static int same_authority(const char *a, size_t an, const char *b, size_t bn, const char *port) {
+    an = without_default_port(a, an, port);
+    bn = without_default_port(b, bn, port);
+    return an == bn && strncasecmp(a, b, an) == 0;
+}
+
+/* A page of another origin can make its visitor's browser POST here with
+ * no preflight (a form with a text/plain body, fetch with mode "no-cors"),
  * and without api-key-file nothing else refuses it: such a page could
  * unload the models of a daemon on the visitor's localhost (cross-site
  * request forgery). A browser names the page's origin in Origin on every
  * cross-origin POST; other clients send none. So model control refuses an
- * Origin that is neither this server's (its host[:port] is the Host
- * header) nor the one cors-origin allows. Returns 0 or 403 (r's answer set). */
+ * Origin that is neither this server's nor the one cors-origin allows.
+ * This server's host[:port] is the Host header, or the first
+ * X-Forwarded-Host (a proxy that rewrites Host): default ports dropped.
+ * A page cannot add X-Forwarded-Host to a cross-origin POST without a
+ * preflight, and we grant none to other origins (preflight: only with
+ * cors-origin set, whose Access-Control-Allow-Origin names cors-origin
+ * alone and whose allowed headers are not that one). Returns 0 or 403
+ * (r's answer set). */
 static int foreign_origin(http_request *r, struct MHD_Connection *c) {
     const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
     const char *cors = r->s->p.cfg->cors_origin;
     if (!origin || strcmp(cors, "*") == 0 || strcmp(origin, cors) == 0) return 0;
     const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *forwarded = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Forwarded-Host");
     const char *authority = strstr(origin, "://");
-    if (host && authority && strcasecmp(authority + 3, host) == 0) return 0;
+    if (authority) {
+        const char *port = strncasecmp(origin, "https://", 8) == 0  ? "443"
+                           : strncasecmp(origin, "http://", 7) == 0 ? "80"
+                                                                    : "";
+        authority += 3;
+        size_t an = strlen(authority);
+        if (host && same_authority(authority, an, host, strlen(host), port)) return 0;
+        if (forwarded) {
+            size_t fn = strcspn(forwarded, ",");
+            while (fn && (forwarded[fn - 1] == ' ' || forwarded[fn - 1] == '\t')) fn--;
+            if (same_authority(authority, an, forwarded, fn, port)) return 0;
+        }
+    }
     char err[400];
     snprintf(err, sizeof(err),
-             "Origin \"%.100s\" is another site than this server (Host \"%.100s\") and not cors-origin: "
-             "a page of another site may not control the models",
+             "Origin \"%.100s\" is another origin than this server (Host \"%.100s\") and not cors-origin: "
+             "a page of another origin may not control the models",
              origin, host ? host : "");
     set_error(r, 403, err);
     return 403;

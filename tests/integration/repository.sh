@@ -22,7 +22,7 @@
 #     corrupt checkpoint under poll fails once: the polls after it do not
 #     load the unchanged files again.
 #  5. Explicit mode: only --load-model at start; load and unload through
-#     the API (refused to a page of another site (Origin); a serve.conf with a daemon-only key: the load fails naming
+#     the API (refused to a page of another origin (Origin); a serve.conf with a daemon-only key: the load fails naming
 #     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
 #     also under a loaded model: refused at once naming it, never waited
 #     on, what serves serves on; 1025 versions under latest:1: the highest
@@ -361,16 +361,36 @@ is_state ld 1 READY || fail "ld not loaded at start: $(index)"
   fail "/v1/models with the default model (ap) not loaded: $(curl -s -w ' %{http_code}' "$URL/v1/models")"
 [ "$(index | jq -r '.[] | select(.name == "ap") | .state')" = UNAVAILABLE ] || fail "ap loaded without asking: $(index)"
 [ "$(http_code "$URL/v2/models/ap")" = 404 ] || fail "ap routed before its load"
-# a page of another site (a form with a text/plain body: no preflight, no
+# a page of another origin (a form with a text/plain body: no preflight, no
 # api-key-file) may not load or unload (it unloaded ld: cross-site request
 # forgery); the daemon's own origin and clients sending no Origin may
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H 'Origin: http://evil.example' -H 'Content-Type: text/plain' \
   --data 'x=1' "$URL/v2/repository/models/ld/unload")
-{ [ "$code" = 403 ] && jq -e '.error | contains("\"http://evil.example\" is another site")' "$WORK/body" >/dev/null; } ||
+{ [ "$code" = 403 ] && jq -e '.error | contains("\"http://evil.example\" is another origin")' "$WORK/body" >/dev/null; } ||
   fail "a cross-site unload: $code $(cat "$WORK/body")"
 is_state ld 1 READY || fail "a cross-site unload unloaded ld: $(index)"
-code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H "Origin: http://127.0.0.1:$PORT" -X POST "$URL/v2/repository/models/nope/load")
-[ "$code" = 404 ] || fail "a load from the daemon's own origin: $code $(cat "$WORK/body")"
+# origin_load ORIGIN [HEADER]...: the status of a load of an unknown model
+# (404 past the Origin check, 403 refused by it)
+origin_load() {
+  local origin=$1
+  shift
+  curl -s -o "$WORK/body" -w '%{http_code}' -H "Origin: $origin" "$@" -X POST "$URL/v2/repository/models/nope/load"
+}
+# the daemon's own origin, its default port named on either side (nginx's
+# Host $host:$server_port), or the X-Forwarded-Host of a proxy that
+# rewrites Host
+for c in "http://127.0.0.1:$PORT" "http://localhost|Host: localhost:80" "http://localhost:80|Host: localhost" \
+  "https://ml.example.com|X-Forwarded-Host: ml.example.com" "https://ml.example.com|X-Forwarded-Host: ml.example.com:443, proxy"; do
+  origin=${c%%|*} header=${c#*|}
+  if [ "$header" = "$c" ]; then code=$(origin_load "$origin"); else code=$(origin_load "$origin" -H "$header"); fi
+  [ "$code" = 404 ] || fail "a load from the daemon's own origin ($c): $code $(cat "$WORK/body")"
+done
+# a port that is not the scheme's default, another forwarded host: refused
+for c in "http://localhost:443|Host: localhost" "https://localhost|Host: localhost:80" \
+  "http://127.0.0.1:1|Host: 127.0.0.1" "https://ml.example.com|X-Forwarded-Host: evil.example, ml.example.com"; do
+  code=$(origin_load "${c%%|*}" -H "${c#*|}")
+  [ "$code" = 403 ] || fail "a load from another origin ($c): $code $(cat "$WORK/body")"
+done
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
 { [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
   fail "load of an unknown model: $code $(cat "$WORK/body")"
