@@ -82,18 +82,15 @@ typedef struct {
     int body_over_budget;   /* a chunked body that outgrew body-budget-bytes: dropped */
     int64_t body_reserved;  /* of s->body_bytes: the body, then what the parsed request keeps of it */
     int64_t content_length; /* announced, or -1 (chunked) */
-    /* a compressed body (Content-Encoding gzip or deflate) is inflated as
-     * it arrives: r->body holds what it decompresses to, bounded as an
-     * uncompressed body is (max-body-bytes, body-budget-bytes) */
-    int coding;                /* CODING_*: the body's */
-    coding_inflater *inflater; /* while the compressed data has not ended */
-    size_t coded_len;          /* the compressed bytes received */
-    int coding_ended;          /* the compressed data has ended */
-    const char *coding_error;  /* not data of its coding, truncated, or more after it (static) */
-    int resp_coding;           /* CODING_*: what Accept-Encoding asked the answer to be */
-    int resp_compressed;       /* resp is that (Content-Encoding) */
-    size_t resp_plain_len;     /* resp's length before compression */
-    int arriving;              /* counted in batcher_arrival_begin */
+    /* a compressed body (Content-Encoding gzip or deflate) is received as
+     * sent, as an uncompressed body is, and inflated on a parse thread
+     * (body_decode): then r->body holds what it decompresses to */
+    int coding;               /* CODING_*: the body's */
+    const char *coding_error; /* not data of its coding, truncated, or more after it (static) */
+    int resp_coding;          /* CODING_*: what Accept-Encoding asked the answer to be */
+    int resp_compressed;      /* resp is that (Content-Encoding) */
+    size_t resp_plain_len;    /* resp's length before compression */
+    int arriving;             /* counted in batcher_arrival_begin */
     /* captured on the MHD thread for the parse thread */
     char *ctype;       /* Content-Type, or NULL */
     const char *media; /* the body's media type: ctype, or for a v1 body with a generic one (none,
@@ -181,7 +178,8 @@ static void set_json(http_request *r, int status, char *json) {
  * doubling. Reserving all of Content-Length up front let 16 connections
  * that announced 64 MiB and sent a byte each hold the whole 1 GiB budget
  * (every other upload 503) for a receive deadline, renewably; now such
- * a client holds what it sends, and 1 MiB per connection at most besides. */
+ * a client holds what it sends, and 1 MiB per connection at most besides
+ * (a compressed body too: it is inflated only once complete, body_decode). */
 #define BODY_RESERVE_AHEAD ((int64_t)1 << 20)
 
 /* Reserves of body-budget-bytes what r's body needs to grow to `want`
@@ -211,8 +209,6 @@ static size_t body_reserve_upto(http_request *r, size_t need, size_t want) {
 
 /* Frees r's body and gives its reservation back. */
 static void body_free(http_request *r) {
-    coding_inflater_free(r->inflater);
-    r->inflater = NULL;
     free(r->body);
     r->body = NULL;
     r->body_cap = 0;
@@ -436,22 +432,19 @@ static int body_over_limit(struct MHD_Connection *c, int64_t max_body_bytes) {
     return cl && strtoull(cl, NULL, 10) > (unsigned long long)max_body_bytes;
 }
 
-/* Makes room in r's body for `need` bytes (need fits max-body-bytes, or
- * for a compressed body max-body-bytes + 1, the byte that shows it is
- * over). Returns 0; 1 when body-budget-bytes cannot hold it (r's 503 set,
- * the body dropped: the rest is read and dropped); -1 when out of memory.
+/* Makes room in r's body for `need` bytes (need fits max-body-bytes).
+ * Returns 0; 1 when body-budget-bytes cannot hold it (r's 503 set, the
+ * body dropped: the rest is read and dropped); -1 when out of memory.
  * MHD thread. */
 static int body_grow(http_request *r, size_t need) {
     http_server *s = r->s;
     if (need <= r->body_cap) return 0;
     /* doubling from what was reserved ahead (an announced body) or 64 KiB
-     * (chunked), never past Content-Length or max-body-bytes; a
-     * compressed body's Content-Length says nothing of what it inflates
-     * to, so up to the limit for it */
+     * (chunked), never past Content-Length or max-body-bytes */
     size_t max = (size_t)s->p.cfg->max_body_bytes;
     size_t cap = r->body_cap ? r->body_cap : r->body_reserved > 0 ? (size_t)r->body_reserved : 65536;
     while (cap < need) cap *= 2;
-    size_t limit = r->coding ? max + 1 : r->content_length >= 0 ? (size_t)r->content_length : max;
+    size_t limit = r->content_length >= 0 ? (size_t)r->content_length : max;
     if (cap > limit) cap = limit;
     if (cap < need) cap = need; /* (more than announced: libmicrohttpd does not pass it) */
     /* a doubling the budget cannot hold takes what it has room for: only
@@ -471,66 +464,96 @@ static int body_grow(http_request *r, size_t need) {
     return 0;
 }
 
-/* Inflates n bytes of r's compressed body into r->body, which grows as an
- * uncompressed body does (body_grow). Here, on the MHD thread, as the
- * bytes arrive, rather than on a parse thread once all have: the
- * compressed bytes are never held (one buffer, what they inflate to), a
- * body that inflates past max-body-bytes (a gzip bomb: 1 GiB of zeros is
- * 1 MB of gzip) is stopped as its output passes the limit, having held at
- * most the limit, and its rest is read and dropped uninflated; and the
- * sniffing and the parse queues see the body as it is. Inflating costs
- * about what copying the output would, a few ms per MB, bounded by
- * max-body-bytes per request. Returns -1 when out of memory, else 0 (a
- * refusal is set in r: too large, over the budget, or not such data). */
-static int body_inflate(http_request *r, const uint8_t *in, size_t n) {
+/* Inflates r's compressed body, complete, into a buffer of its own, whose
+ * bytes are reserved of body-budget-bytes as they are produced, and then
+ * frees the compressed bytes and their share. On a parse thread, not as
+ * the bytes arrive: inflated on the MHD thread, a client held budget it
+ * never sent (four stalled connections of 8 KB of gzip, each inflating to
+ * 8 MiB, held 32 MiB: every other upload 503), and a bomb took its HTTP
+ * thread 0.2-0.9 s (64 MiB from 65 KB, or empty deflate blocks), stalling
+ * every connection it serves. A body that inflates past max-body-bytes
+ * (1 GiB of zeros is 1 MB of gzip) is stopped as its output passes the
+ * limit, having held at most the limit. Returns -1 when out of memory,
+ * else 0 (a refusal is set in r: too large, over the budget, or not such
+ * data; the body freed). */
+static int body_decode(http_request *r) {
     size_t max = (size_t)r->s->p.cfg->max_body_bytes;
-    if (r->coding_ended) {
-        r->coding_error = "bytes follow the end of its compressed stream";
-        body_free(r);
-        return 0;
+    const uint8_t *in = r->body;
+    size_t in_len = r->body_len;
+    int64_t in_reserved = r->body_reserved; /* the compressed bytes' share */
+    uint8_t *coded = r->body;
+    int ret = 0;
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+    coding_inflater *f = coding_inflater_new(r->coding);
+    if (!f) {
+        ret = -1;
+        goto cleanup;
     }
-    /* the bytes as sent are bounded too: deflate's empty blocks inflate
-     * to nothing, and a chunked body has no Content-Length */
-    r->coded_len += n;
-    if (r->coded_len > max) {
-        r->body_too_large = 1;
-        body_free(r);
-        return 0;
-    }
-    if (!r->inflater && !(r->inflater = coding_inflater_new(r->coding))) return -1;
     for (;;) {
         if (r->body_len == r->body_cap) {
-            int grown = body_grow(r, r->body_len + 1);
-            if (grown) return grown < 0 ? -1 : 0;
+            /* doubling from 64 KiB (or the compressed length, if more) up
+             * to max-body-bytes + 1: the byte that shows it is over */
+            size_t need = r->body_len + 1, want = r->body_cap ? r->body_cap * 2 : 65536;
+            if (!r->body_cap && want < in_len) want = in_len;
+            if (want > max + 1) want = max + 1;
+            if (want < need) want = need;
+            size_t got = body_reserve_upto(r, (size_t)in_reserved + need, (size_t)in_reserved + want);
+            if (!got) {
+                set_busy_bodies(r, (int64_t)need - (r->body_reserved - in_reserved));
+                r->body_over_budget = 1;
+                goto cleanup;
+            }
+            size_t cap = got - (size_t)in_reserved < want ? got - (size_t)in_reserved : want;
+            uint8_t *grown = realloc(r->body, cap);
+            if (!grown) {
+                ret = -1;
+                goto cleanup;
+            }
+            r->body = grown;
+            r->body_cap = cap;
         }
         size_t got;
         const char *why = NULL;
-        int rc = coding_inflate(r->inflater, &in, &n, r->body + r->body_len, r->body_cap - r->body_len, &got,
-                                &why);
+        int rc =
+            coding_inflate(f, &in, &in_len, r->body + r->body_len, r->body_cap - r->body_len, &got, &why);
         r->body_len += got;
         if (r->body_len > max) {
             r->body_too_large = 1;
-            body_free(r);
-            return 0;
+            goto cleanup;
         }
         if (rc < 0) {
-            if (strcmp(why, "out of memory") == 0) return -1;
+            if (strcmp(why, "out of memory") == 0) {
+                ret = -1;
+                goto cleanup;
+            }
             r->coding_error = why;
-            body_free(r);
-            return 0;
+            goto cleanup;
         }
         if (rc > 0) {
-            coding_inflater_free(r->inflater);
-            r->inflater = NULL;
-            r->coding_ended = 1;
-            if (n) {
+            if (in_len) {
                 r->coding_error = "bytes follow the end of its compressed stream";
-                body_free(r);
+                goto cleanup;
             }
-            return 0;
+            break;
         }
-        if (!n && r->body_len < r->body_cap) return 0; /* all read, and zlib holds no output back */
+        if (!in_len && r->body_len < r->body_cap) { /* all read, and zlib holds no output back */
+            r->coding_error = "truncated: it ends before its compressed stream does";
+            goto cleanup;
+        }
     }
+    /* inflated: the compressed bytes and their share go */
+    coding_inflater_free(f);
+    free(coded);
+    if (in_reserved) atomic_fetch_sub(&r->s->body_bytes, in_reserved);
+    r->body_reserved -= in_reserved;
+    return 0;
+cleanup:
+    /* refused or out of memory: both buffers and all their share go */
+    coding_inflater_free(f);
+    free(coded);
+    body_free(r);
+    return ret;
 }
 
 /* Whether an answer known from the headers goes out before the body is
@@ -721,6 +744,14 @@ static int parse_body(http_request *r, const char *ctype, char *err, size_t errl
     return st;
 }
 
+/* Sets r->media from its complete body (see http_request). */
+static void body_media(http_request *r) {
+    if (r->body_too_large || r->body_over_budget || r->coding_error) r->media = NULL;
+    else if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype))
+        r->media = v1_sniff_media_type(r->body, r->body_len);
+    else r->media = r->ctype;
+}
+
 /* The body is complete; runs on a parse thread while the connection is
  * suspended: parse, validate, queue. Returns 0 when r's answer is set and
  * the connection must be resumed now, 1 when the job was queued (a worker
@@ -730,6 +761,13 @@ static int submit_inference(http_request *r) {
     http_server *s = r->s;
     char err[512];
     int st;
+    if (r->coding && !r->body_too_large && !r->body_over_budget) {
+        if (body_decode(r)) {
+            set_error(r, 500, "out of memory");
+            return 0;
+        }
+        body_media(r);
+    }
     if (r->body_too_large) {
         snprintf(err, sizeof(err), "body is larger than max-body-bytes (%lld)%s%s%s",
                  (long long)s->p.cfg->max_body_bytes,
@@ -853,10 +891,13 @@ static void parse_one(http_request *r) {
 
 /* Whether r's body is a heavy parse: its JSON part (all of a JSON body,
  * the header of a v2 binary one; none of a raw image) is over
- * PARSE_HEAVY_BYTES. MHD thread, before the parse. */
+ * PARSE_HEAVY_BYTES, or it is compressed (inflating it may take most of a
+ * second: a bomb stops at max-body-bytes; and what it holds is not known
+ * before). MHD thread, before the parse. */
 static int parse_is_heavy(const http_request *r) {
     size_t json = r->body_len;
     if (r->body_too_large || r->body_over_budget || r->coding_error) return 0; /* refused unparsed */
+    if (r->coding) return 1;
     if (r->endpoint == ENDPOINT_V1_CLASSIFY) {
         if (r->media && strncasecmp(r->media, "image/", 6) == 0) return 0;
     } else if (r->header_len) {
@@ -915,11 +956,9 @@ static int queue_parse(http_request *r, struct MHD_Connection *c) {
     r->ctype = ctype ? strdup(ctype) : NULL;
     r->header_len = hl ? strdup(hl) : NULL;
     /* a body refused unparsed (too large, over budget) was dropped as it
-     * came: r->body is NULL, r->body_len what arrived; nothing to sniff */
-    if (r->body_too_large || r->body_over_budget || r->coding_error) r->media = NULL;
-    else if (r->endpoint == ENDPOINT_V1_CLASSIFY && media_type_generic(r->ctype))
-        r->media = v1_sniff_media_type(r->body, r->body_len);
-    else r->media = r->ctype;
+     * came: r->body is NULL, r->body_len what arrived; nothing to sniff;
+     * a compressed one is sniffed once inflated (submit_inference) */
+    if (!r->coding) body_media(r);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
     pthread_mutex_lock(&s->parse_lock);
@@ -1624,7 +1663,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                 r->body_len += n; /* dropped (for the message) */
                 return MHD_YES;
             }
-            if (r->coding) return body_inflate(r, (const uint8_t *)upload_data, n) ? MHD_NO : MHD_YES;
             if (r->body_len + n > (size_t)s->p.cfg->max_body_bytes) {
                 /* chunked bodies have no Content-Length: cap while reading */
                 r->body_too_large = 1;
@@ -1641,10 +1679,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             memcpy(r->body + r->body_len, upload_data, n);
             r->body_len += n;
             return MHD_YES;
-        }
-        if (r->coding && !r->coding_ended && !r->body_too_large && !r->body_over_budget && !r->coding_error) {
-            r->coding_error = "truncated: it ends before its compressed stream does";
-            body_free(r);
         }
         conn_guard_received(c);
         int queued = queue_parse(r, c);

@@ -40,7 +40,8 @@ checked and exits 0, or prints FAIL: ... and exits 1.
       The daemon runs with --body-budget-bytes BUDGET (4 MiB) and
       --max-body-bytes BUDGET. Three connections announce BUDGET bytes and
       send ten: each holds 1 MiB of the budget, not BUDGET, so a photo
-      request still gets 200.
+      request still gets 200. Then four send a few KB of gzip that inflate
+      to nearly BUDGET each and stall: a 1 MiB upload is not 503.
   budget-tight PORT BUDGET
       The daemon runs with --body-budget-bytes BUDGET (62000000),
       --max-body-bytes 100000000 and --receive-timeout-s 10. A 60 MB chunked
@@ -88,6 +89,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 
 
 def fail(msg):
@@ -654,7 +656,32 @@ def budget_ahead(port, budget):
         fail("photo while three clients announce %d bytes each and send 10: %d %r, not 200" % (budget, st, body))
     for a in held:
         a.close()
-    print("ok three bodies announced at the whole budget hold 1 MiB each: a photo still gets 200")
+    poll("the three to end", lambda: metric(port, "comrope_receiving_requests") == 0)
+    # A compressed body holds what it sends too: four connections send a
+    # few KB of gzip that inflate to nearly `budget` each (sync-flushed: all
+    # of it can be inflated now) and stall. Inflated as it arrived, the
+    # first held the whole budget it never sent, and a 1 MB upload got 503.
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    coded = z.compress(bytes(budget - 4096)) + z.flush(zlib.Z_SYNC_FLUSH)
+    for _ in range(4):
+        a = socket.create_connection(("127.0.0.1", port), timeout=30)
+        a.sendall(post_headers("/v1/classify", "image/png", len(coded) + 100, "Content-Encoding: gzip\r\n")
+                  + coded)
+        held.append(a)
+    # (inflated as they arrived, the three after the first were refused
+    # 503 at once: never seen receiving)
+    poll("the daemon to receive the four stalled gzip bodies (some refused 503 for the budget?)",
+         lambda: metric(port, "comrope_receiving_requests") >= 4, 10)
+    c = Conn(port)
+    st, _, body = c.request("POST", "/v1/classify", b"\x89PNG" + bytes(1 << 20), "image/png")
+    c.close()
+    if st == 503:
+        fail("a 1 MiB upload while four clients stall in gzip bodies of %d bytes (%d inflated): 503 %r"
+             % (len(coded), budget - 4096, body))
+    for a in held:
+        a.close()
+    print("ok three bodies announced at the whole budget hold 1 MiB each: a photo still gets 200; four "
+          "stalled gzip bodies hold what they sent")
 
 
 def budget_tight(port, budget):
