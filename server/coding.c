@@ -13,7 +13,8 @@ struct coding_inflater {
     int started;     /* inflateInit2 has run: deflate waits for its first two bytes */
     uint8_t head[2]; /* deflate: the first bytes, until both are here */
     int head_len;
-    int head_used; /* of them, what zlib has taken */
+    int head_used;    /* of them, what zlib has taken */
+    int member_ended; /* gzip: a member has ended, and no byte has come after it yet */
 };
 
 /* s[0..n) equals word, case-insensitively. */
@@ -38,19 +39,29 @@ const char *coding_name(int coding) {
 
 void coding_accept_init(coding_accept *a) { *a = (coding_accept){-1, -1, -1}; }
 
-/* A weight (RFC 9110 12.4.2: "0", "1", up to three decimals) in
- * thousandths; a malformed one counts as 1 (the coding is named). */
+/* A weight (RFC 9110 12.4.2: "0" or "1", then "." and up to three
+ * digits, at most 1) in thousandths, or -1 when malformed ("", ".5",
+ * "abc", "-1", "1.5", four digits): the element is then ignored. Read as
+ * 1 it turned a client's "gzip;q=.5" into a preference, and its
+ * "gzip;q=" into one it may not have meant. */
 static int qvalue(const char *s, size_t n) {
-    int q = 0, scale = 1000;
+    int q, scale = 1000;
     size_t i = 0;
-    if (i < n && (s[i] == '0' || s[i] == '1')) q = (s[i++] - '0') * 1000;
-    else return 1000;
-    if (i < n && s[i] == '.') i++;
-    for (; i < n && s[i] >= '0' && s[i] <= '9' && scale > 1; i++) {
-        scale /= 10;
-        q += (s[i] - '0') * scale;
+    if (n == 0 || (s[0] != '0' && s[0] != '1')) return -1;
+    q = (s[i++] - '0') * 1000;
+    if (i < n && s[i] == '.') {
+        for (i++; i < n && s[i] >= '0' && s[i] <= '9' && scale > 1; i++) {
+            scale /= 10;
+            q += (s[i] - '0') * scale;
+        }
     }
-    return q > 1000 ? 1000 : q;
+    return i == n && q <= 1000 ? q : -1;
+}
+
+/* A q seen again (two headers, or twice in one) keeps the lowest: a
+ * client that refuses a coding anywhere refuses it. */
+static void accept_set(int *slot, int q) {
+    if (*slot < 0 || q < *slot) *slot = q;
 }
 
 void coding_accept_add(coding_accept *a, const char *value) {
@@ -69,12 +80,15 @@ void coding_accept_add(coding_accept *a, const char *value) {
             if ((param[0] == 'q' || param[0] == 'Q') && param[1] == '=') {
                 const char *v = param + 2;
                 q = qvalue(v, strcspn(v, ";, \t"));
+                if (q < 0) break;
             }
             param = memchr(param, ';', (size_t)(end - param));
         }
-        if (token_is(t, tn, "gzip") || token_is(t, tn, "x-gzip")) a->gzip = q;
-        else if (token_is(t, tn, "deflate")) a->deflate = q;
-        else if (token_is(t, tn, "*")) a->any = q;
+        if (q < 0)
+            ; /* a malformed q: the element is ignored */
+        else if (token_is(t, tn, "gzip") || token_is(t, tn, "x-gzip")) accept_set(&a->gzip, q);
+        else if (token_is(t, tn, "deflate")) accept_set(&a->deflate, q);
+        else if (token_is(t, tn, "*")) accept_set(&a->any, q);
         p = *end ? end + 1 : end;
     }
 }
@@ -118,6 +132,12 @@ static int inflate_some(coding_inflater *f, const uint8_t *in, size_t n, uint8_t
     *out_len = (size_t)(f->z.next_out - out);
     if (rc == Z_STREAM_END) return 1;
     if (rc == Z_OK || rc == Z_BUF_ERROR) return 0; /* Z_BUF_ERROR: no progress possible now */
+    /* a zlib stream that names a preset dictionary (FDICT): none was
+     * agreed on; zlib leaves msg unset for it */
+    if (rc == Z_NEED_DICT) {
+        *err = "a preset dictionary is not supported";
+        return -1;
+    }
     *err = rc == Z_MEM_ERROR ? "out of memory" : f->z.msg ? f->z.msg : "invalid compressed data";
     return -1;
 }
@@ -143,6 +163,13 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
         f->started = 1;
     }
     size_t used, got;
+    if (f->member_ended && *in_len) { /* the next gzip member */
+        if (inflateReset(&f->z) != Z_OK) {
+            *err = "out of memory";
+            return -1;
+        }
+        f->member_ended = 0;
+    }
     if (f->head_used < f->head_len) {
         int rc = inflate_some(f, f->head + f->head_used, (size_t)(f->head_len - f->head_used), out, out_cap,
                               &used, &got, err);
@@ -155,6 +182,14 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
     *in += used;
     *in_len -= used;
     *out_len += got;
+    /* gzip may be several members one after another (RFC 1952 2.2; gzip
+     * and Python's gzip.decompress read them all): bytes after a member's
+     * end, now or in a later call, start the next. Refused as "bytes
+     * follow", such a body was a 400. */
+    if (rc == 1 && f->coding == CODING_GZIP) {
+        f->member_ended = 1;
+        if (*in_len) return 0; /* called again: the next member */
+    }
     return rc;
 }
 

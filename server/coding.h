@@ -1,5 +1,5 @@
 /* coding.h: HTTP content codings (RFC 9110 8.4): gzip and deflate request
- * bodies inflated as they arrive, into a buffer the caller bounds, and
+ * bodies inflated into a buffer the caller bounds, and
  * responses compressed when Accept-Encoding asks (Triton's HTTP server
  * does both; tritonclient's request_compression_algorithm and
  * response_compression_algorithm use them). zlib does the work. */
@@ -20,7 +20,9 @@ int coding_parse(const char *value);
 const char *coding_name(int coding);
 
 /* What an Accept-Encoding header (or several, added one by one) asks for:
- * the q values of gzip, deflate and "*", in thousandths, -1 when not named. */
+ * the q values of gzip, deflate and "*", in thousandths, -1 when not named;
+ * one named more than once keeps its lowest q, and an element whose q is
+ * malformed is ignored. */
 typedef struct {
     int gzip, deflate, any;
 } coding_accept;
@@ -43,7 +45,8 @@ void coding_inflater_free(coding_inflater *f);
  * out (out_cap bytes); *out_len: the bytes written. Returns 0 when it needs
  * more input or more room (*in_len > 0 or *out_len == out_cap: call again
  * with room), 1 at the end of the compressed data (what is left of *in
- * follows it), -1 on data that is not of the coding (*err: zlib's words,
+ * follows it; for gzip, bytes after a member, in this call or a later
+ * one, are the next member: 1 when none follow yet), -1 on data that is not of the coding (*err: zlib's words,
  * static). */
 int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8_t *out, size_t out_cap,
                    size_t *out_len, const char **err);

@@ -53,6 +53,19 @@ START_TEST(test_accept_encoding) {
     ck_assert_int_eq(accept_of("gzip;level=9;q=0", NULL), CODING_IDENTITY);
     /* two headers: one list */
     ck_assert_int_eq(accept_of("deflate", "gzip;q=0"), CODING_DEFLATE);
+    /* a malformed q: the element is ignored (it counted as q=1) */
+    ck_assert_int_eq(accept_of("gzip;q=.5", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip;q=", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip;q=abc", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip;q=-1", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip;q=1.5", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip;q=0.5x", NULL), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("deflate;q=.9, gzip;q=0.1", NULL), CODING_GZIP);
+    ck_assert_int_eq(accept_of("gzip;q=1.000, deflate;q=0.", NULL), CODING_GZIP);
+    /* named twice: the lowest q holds (the later one won) */
+    ck_assert_int_eq(accept_of("gzip;q=0", "gzip"), CODING_IDENTITY);
+    ck_assert_int_eq(accept_of("gzip, deflate;q=0.5, gzip;q=0.2", NULL), CODING_DEFLATE);
+    ck_assert_int_eq(accept_of("*;q=0", "*"), CODING_IDENTITY);
 }
 END_TEST
 
@@ -79,14 +92,15 @@ static uint8_t *deflated(const uint8_t *in, size_t n, int window_bits, size_t *o
 }
 
 /* Inflates data fed `piece` bytes at a time into a buffer of `room` bytes
- * per call, as http.c's body_inflate does: 1 at the end, -1 on an error. */
+ * per call: 1 at the end, -1 on an error. (http.c's body_decode feeds all
+ * at once.) A gzip body goes on after a member's end: another may follow. */
 static int inflate_all(int coding, const uint8_t *data, size_t n, size_t piece, size_t room, uint8_t *out,
                        size_t cap, size_t *out_len, const char **err) {
     coding_inflater *f = coding_inflater_new(coding);
     ck_assert_ptr_nonnull(f);
     size_t len = 0;
     int rc = 0;
-    for (size_t at = 0; at < n && rc == 0;) {
+    for (size_t at = 0; at < n && (rc == 0 || (rc == 1 && coding == CODING_GZIP));) {
         const uint8_t *in = data + at;
         size_t in_len = n - at < piece ? n - at : piece;
         at += in_len;
@@ -150,6 +164,58 @@ START_TEST(test_inflate_in_pieces) {
                           "kind %zu, %zu bytes: rc %d, %zu", k, shorts[i], rc, got);
             free(z);
         }
+    }
+    /* gzip of several members (RFC 1952 2.2), also split across pieces
+     * at a member's end: the members' payloads one after another (it was
+     * "bytes after the end") */
+    size_t an, bn;
+    uint8_t *a = deflated(p, 3000, 15 + 16, &an), *b = deflated(p + 3000, n - 3000, 15 + 16, &bn);
+    uint8_t *ab = malloc(an + bn);
+    memcpy(ab, a, an);
+    memcpy(ab + an, b, bn);
+    const size_t ab_pieces[] = {1, an, 4096, an + bn};
+    for (size_t i = 0; i < sizeof(ab_pieces) / sizeof(ab_pieces[0]); i++) {
+        size_t got;
+        const char *err = NULL;
+        memset(out, 0, n + 1);
+        int rc = inflate_all(CODING_GZIP, ab, an + bn, ab_pieces[i], 1000, out, n + 1, &got, &err);
+        ck_assert_msg(rc == 1 && got == n && memcmp(out, p, n) == 0,
+                      "two members, piece %zu: rc %d, %zu (%s)", ab_pieces[i], rc, got, err ? err : "");
+    }
+    /* deflate is one stream: a second is bytes after its end */
+    free(a);
+    free(b);
+    a = deflated(p, 3000, 15, &an);
+    b = deflated(p + 3000, n - 3000, 15, &bn);
+    ab = realloc(ab, an + bn);
+    memcpy(ab, a, an);
+    memcpy(ab + an, b, bn);
+    {
+        size_t got;
+        const char *err = NULL;
+        ck_assert_int_eq(inflate_all(CODING_DEFLATE, ab, an + bn, an + bn, 1 << 20, out, n + 1, &got, &err),
+                         -3);
+    }
+    free(a);
+    free(b);
+    free(ab);
+    /* a zlib stream that needs a preset dictionary: an error saying so */
+    {
+        z_stream d = {0};
+        uint8_t zd[256];
+        size_t got;
+        const char *err = NULL;
+        ck_assert_int_eq(deflateInit(&d, 6), Z_OK);
+        ck_assert_int_eq(deflateSetDictionary(&d, (const Bytef *)"abcde", 5), Z_OK);
+        d.next_in = (Bytef *)"abcdeabcde";
+        d.avail_in = 10;
+        d.next_out = zd;
+        d.avail_out = sizeof(zd);
+        ck_assert_int_eq(deflate(&d, Z_FINISH), Z_STREAM_END);
+        ck_assert_int_eq(inflate_all(CODING_DEFLATE, zd, d.total_out, 4096, 4096, out, n + 1, &got, &err),
+                         -1);
+        ck_assert_str_eq(err, "a preset dictionary is not supported");
+        deflateEnd(&d);
     }
     /* gzip labelled deflate, deflate labelled gzip: errors naming why */
     size_t zn, got;
