@@ -478,7 +478,8 @@ static int body_grow(http_request *r, size_t need) {
  * data; the body freed). */
 static int body_decode(http_request *r) {
     size_t max = (size_t)r->s->p.cfg->max_body_bytes;
-    const uint8_t *in = r->body;
+    static const uint8_t empty[1];
+    const uint8_t *in = r->body ? r->body : empty; /* an empty body has no buffer: zlib's pointers need one */
     size_t in_len = r->body_len;
     int64_t in_reserved = r->body_reserved; /* the compressed bytes' share */
     uint8_t *coded = r->body;

@@ -160,6 +160,9 @@ head -c "$(($(stat -c %s "$WORK/img.gz") - 4))" "$WORK/img.gz" >"$WORK/cut.gz"
 { [ "$(status -H 'Content-Encoding: deflate' -H 'Content-Type: image/png' --data-binary @"$WORK/cut.gz" "$URL/v1/classify")" = 400 ] &&
   [ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @"$WORK/cut.gz" "$URL/v1/classify")" = 400 ] &&
   jq -e '.error | contains("truncated")' "$WORK/err.json" >/dev/null; } || fail "a cut gzip body: $(cat "$WORK/err.json")"
+# an empty one (no buffer: fuzz_http found zlib given a null pointer)
+{ [ "$(status -H 'Content-Encoding: gzip' -H 'Content-Type: image/png' --data-binary @/dev/null "$URL/v1/classify")" = 400 ] &&
+  jq -e '.error | contains("truncated")' "$WORK/err.json" >/dev/null; } || fail "an empty gzip body: $(cat "$WORK/err.json")"
 { [ "$(status -H 'Content-Encoding: br' --data-binary @"$IMG" "$URL/v2/models/$NAME/infer")" = 415 ] &&
   jq -e '.error | contains("Content-Encoding \"br\"")' "$WORK/err.json" >/dev/null; } ||
   fail "a body labelled br: $(cat "$WORK/err.json")"
