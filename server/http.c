@@ -473,8 +473,8 @@ static int body_grow(http_request *r, size_t need) {
  * thread 0.2-0.9 s (64 MiB from 65 KB, or empty deflate blocks), stalling
  * every connection it serves. A body that inflates past max-body-bytes
  * (1 GiB of zeros is 1 MB of gzip) is stopped as its output passes the
- * limit, having held at most the limit. Returns -1 when out of memory,
- * else 0 (a refusal is set in r: too large, over the budget, or not such
+ * limit, having held at most the limit besides the compressed bytes
+ * (both reserved). Returns -1 when out of memory, else 0 (a refusal is set in r: too large, over the budget, or not such
  * data; the body freed). */
 static int body_decode(http_request *r) {
     size_t max = (size_t)r->s->p.cfg->max_body_bytes;
