@@ -164,6 +164,13 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
     }
     size_t used, got;
     if (f->member_ended && *in_len) { /* the next gzip member */
+        /* a member starts with the magic 1f 8b (RFC 1952 2.3.1): other
+         * bytes after a member (junk, zero padding) are not the start of
+         * one, and zlib would call them a bad header or a cut stream */
+        if (**in != 0x1f) {
+            *err = "bytes follow the end of its compressed stream";
+            return -1;
+        }
         if (inflateReset(&f->z) != Z_OK) {
             *err = "out of memory";
             return -1;
@@ -184,8 +191,8 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
     *out_len += got;
     /* gzip may be several members one after another (RFC 1952 2.2; gzip
      * and Python's gzip.decompress read them all): bytes after a member's
-     * end, now or in a later call, start the next. Refused as "bytes
-     * follow", such a body was a 400. */
+     * end, now or in a later call, start the next when they begin with
+     * its magic (above). Refused as "bytes follow", such a body was a 400. */
     if (rc == 1 && f->coding == CODING_GZIP) {
         f->member_ended = 1;
         if (*in_len) return 0; /* called again: the next member */

@@ -474,8 +474,9 @@ static int body_grow(http_request *r, size_t need) {
  * every connection it serves. A body that inflates past max-body-bytes
  * (1 GiB of zeros is 1 MB of gzip) is stopped as its output passes the
  * limit, having held at most the limit besides the compressed bytes
- * (both reserved). Returns -1 when out of memory, else 0 (a refusal is set in r: too large, over the budget, or not such
- * data; the body freed). */
+ * (both reserved). Returns -1 when out of memory, else 0 (a refusal is
+ * set in r: too large, over the budget, or not such data; the body
+ * freed). */
 static int body_decode(http_request *r) {
     size_t max = (size_t)r->s->p.cfg->max_body_bytes;
     static const uint8_t empty[1];

@@ -182,6 +182,24 @@ START_TEST(test_inflate_in_pieces) {
         ck_assert_msg(rc == 1 && got == n && memcmp(out, p, n) == 0,
                       "two members, piece %zu: rc %d, %zu (%s)", ab_pieces[i], rc, got, err ? err : "");
     }
+    /* bytes after a member that do not start another (junk, zero
+     * padding): refused as bytes after its end, not as a bad header or a
+     * cut stream (the message a client reads) */
+    const char *tails[] = {"x", "\0\0\0\0\0\0\0\0", "junk after it"};
+    const size_t tail_lens[] = {1, 8, 13};
+    for (size_t t = 0; t < sizeof(tails) / sizeof(tails[0]); t++)
+        for (size_t i = 0; i < 2; i++) { /* in one piece, or the tail in a later call */
+            size_t got;
+            const char *err = NULL;
+            uint8_t *at = malloc(an + tail_lens[t]);
+            memcpy(at, a, an);
+            memcpy(at + an, tails[t], tail_lens[t]);
+            int rc = inflate_all(CODING_GZIP, at, an + tail_lens[t], i ? an : an + tail_lens[t], 1 << 20, out,
+                                 n + 1, &got, &err);
+            ck_assert_msg(rc == -1 && err && strstr(err, "bytes follow"), "tail %zu, piece %zu: rc %d (%s)",
+                          t, i, rc, err ? err : "");
+            free(at);
+        }
     /* deflate is one stream: a second is bytes after its end */
     free(a);
     free(b);
