@@ -93,10 +93,12 @@ int input_from_encoded(const vit_model *m, const uint8_t *data, size_t len, reso
         rc = IMAGE_ERR_MEMORY;
         goto cleanup;
     }
-    if (image_prepare(&img, *h, *w, fit, &m->prep, *pixels, err, errlen)) {
+    rc = image_prepare(&img, *h, *w, fit, &m->prep, *pixels, err, errlen);
+    if (rc != 0) {
         free(*pixels);
         *pixels = NULL;
-        rc = IMAGE_ERR_CORRUPT;
+        /* out of memory is the server's (500), not the image's (400) */
+        if (rc != IMAGE_ERR_MEMORY) rc = IMAGE_ERR_CORRUPT;
         goto cleanup;
     }
     rc = 0;

@@ -34,7 +34,9 @@ int resolution_resolve(const vit_model *m, resolution_request req, int img_h, in
 /* Decodes an encoded JPEG/PNG and prepares it at the requested resolution
  * with `fit`. On success *pixels is a malloc'd (C, h, w) array the caller
  * frees. Returns 0, an IMAGE_ERR_* code from decoding (so that a server can
- * tell 415 from 413 from 400), or INPUT_ERR_RESOLUTION. */
+ * tell 415 from 413 from 400 from 500), IMAGE_ERR_CORRUPT for an image the
+ * preparation refuses, IMAGE_ERR_MEMORY where either ran out of memory, or
+ * INPUT_ERR_RESOLUTION. */
 #define INPUT_ERR_RESOLUTION (-10)
 int input_from_encoded(const vit_model *m, const uint8_t *data, size_t len, resolution_request req, int fit,
                        const image_limits *limits, float **pixels, int *h, int *w, char *err, size_t errlen);

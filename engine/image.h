@@ -97,7 +97,8 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
 /* Prepares `img` as the model's input at out_h x out_w with `fit`
  * (IMAGE_FIT_RESIZE or IMAGE_FIT_CROP): writes img->channels*out_h*out_w
  * floats, channel-major [C, h, w], into `out` (caller-allocated).
- * Returns 0, or -1 with a message in err. */
+ * Returns 0, IMAGE_ERR_MEMORY where an allocation was refused, or -1 (a
+ * size, fit or preparation it cannot make), with a message in err. */
 int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const image_prep *prep, float *out,
                   char *err, size_t errlen);
 

@@ -4,7 +4,8 @@
  * requests of different resolutions share a batch (and are counted as a
  * mixed batch); a full queue refuses with 503; a drain waits for requests
  * still being received; batcher_stop finishes the running batch, answers
- * the queued jobs 503 and refuses new ones while the batcher stays usable. */
+ * the queued jobs 503 and refuses new ones while the batcher stays usable;
+ * an encoded image whose preparation finds no memory is answered 500. */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -28,6 +29,16 @@ static metrics_series *mx; /* and the model's series the batcher counts in */
 static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t done_cond = PTHREAD_COND_INITIALIZER;
 static int done_calls;
+
+/* A malloc of exactly this many bytes fails (0: none fails), for an
+ * allocation refused in one chosen place (-Wl,--wrap=malloc). */
+static size_t fail_malloc_size;
+void *__real_malloc(size_t n);
+void *__wrap_malloc(size_t n) {
+    size_t fail = __atomic_load_n(&fail_malloc_size, __ATOMIC_RELAXED);
+    if (fail && n == fail) return NULL;
+    return __real_malloc(n);
+}
 
 static int gate_calls, gate_open, gone_answer; /* gate_gone, below */
 static int released;                           /* a blocking job's `done` returns once set */
@@ -599,6 +610,38 @@ START_TEST(standing_queue_refused) {
 }
 END_TEST
 
+/* A 40 x 30 PNG resized to the model's 16 x 16, the resize's output (16 x
+ * 16 x 3 bytes) refused: the server ran out of memory, 500, not a corrupt
+ * image's 400. */
+START_TEST(prepare_out_of_memory_500) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/images/photo.png", FIXTURE_DIR);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    uint8_t *png = malloc(1 << 16);
+    size_t len = fread(png, 1, 1 << 16, f);
+    fclose(f);
+    ck_assert_uint_gt(len, 0);
+    batcher *b = new_batcher(1, 1, 0, 64);
+    test_job *t = make_job(1, 16, 16, 60000);
+    proto_image *im = &t->req.images[0];
+    free(im->pixels);
+    im->pixels = NULL;
+    im->encoded = png;
+    im->encoded_len = len;
+    ck_assert_int_eq(model->cfg.image_size, 16);
+    __atomic_store_n(&fail_malloc_size, (size_t)16 * 16 * model->cfg.num_channels, __ATOMIC_RELAXED);
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_done(1);
+    __atomic_store_n(&fail_malloc_size, 0, __ATOMIC_RELAXED);
+    batcher_free(b);
+    ck_assert_int_eq(t->calls, 1);
+    ck_assert_msg(t->j.status == 500, "status %d: %s", t->j.status, t->j.error);
+    ck_assert_msg(strstr(t->j.error, "out of memory"), "message: %s", t->j.error);
+    free_job(t);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("batcher");
     TCase *tc = tcase_create("batcher");
@@ -617,6 +660,7 @@ int main(void) {
     tcase_add_test(tc, gone_client_not_computed);
     tcase_add_test(tc, stop_between_engine_batches);
     tcase_add_test(tc, standing_queue_refused);
+    tcase_add_test(tc, prepare_out_of_memory_500);
     suite_add_tcase(s, tc);
     return check_run(s);
 }
