@@ -103,7 +103,6 @@ struct metrics {
     char *precision;           /* with isa: "fp32" or "bf16" */
     char *precision_requested; /* with isa: "fp32", "bf16" or "auto" */
     int bf16_pays;
-    int training_resolution;
     double start_time;
     /* requests of no model version (probes, scrapes, unknown models) */
     uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
