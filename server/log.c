@@ -133,14 +133,24 @@ static struct {
     pthread_t thread;
 } w = {.lock = PTHREAD_MUTEX_INITIALIZER, .more = PTHREAD_COND_INITIALIZER};
 
+/* The lines that end in iov's n pieces. */
+static unsigned long long lines_in(const struct iovec *iov, int n) {
+    unsigned long long lines = 0;
+    for (int i = 0; i < n; i++)
+        for (const char *p = iov[i].iov_base, *end = p + iov[i].iov_len; (p = memchr(p, '\n', end - p)); p++)
+            lines++;
+    return lines;
+}
+
 /* Writes all of iov (blocking: fd 2 is never made non-blocking, log.h).
  * An error other than EINTR gives the bytes up, as a lost line always was:
- * a closed pipe (EPIPE, SIGPIPE ignored) is not cured by waiting. */
-static void write_all(struct iovec *iov, int n) {
+ * a closed pipe (EPIPE, SIGPIPE ignored) is not cured by waiting. Returns
+ * the lines given up (not written whole): dropped lines, counted. */
+static unsigned long long write_all(struct iovec *iov, int n) {
     while (n) {
         ssize_t wr = writev(STDERR_FILENO, iov, n);
         if (wr < 0 && errno == EINTR) continue;
-        if (wr <= 0) return;
+        if (wr <= 0) return lines_in(iov, n);
         size_t left = (size_t)wr;
         while (n && left >= iov->iov_len) {
             left -= iov->iov_len;
@@ -152,6 +162,7 @@ static void write_all(struct iovec *iov, int n) {
             iov->iov_len -= left;
         }
     }
+    return 0;
 }
 
 /* An event line into line (cap >= LINE_MAX_BYTES): its length. */
@@ -282,9 +293,10 @@ static void *writer_main(void *arg) {
         }
         size_t len = iov[0].iov_len + (pieces == 2 ? iov[1].iov_len : 0);
         pthread_mutex_unlock(&w.lock);
-        write_all(iov, pieces);
+        unsigned long long lost = write_all(iov, pieces);
         pthread_mutex_lock(&w.lock);
         log_ring_consume(&w.ring, len);
+        w.ring.dropped_total += lost;
     }
     pthread_mutex_unlock(&w.lock);
     return NULL;
@@ -361,7 +373,11 @@ static void emit(const char *line, size_t len) {
     }
     pthread_mutex_unlock(&w.lock);
     struct iovec iov = {(void *)line, len};
-    write_all(&iov, 1);
+    if (write_all(&iov, 1)) {
+        pthread_mutex_lock(&w.lock);
+        w.ring.dropped_total++;
+        pthread_mutex_unlock(&w.lock);
+    }
 }
 
 void log_eventv(const char *level, const char *fmt, va_list ap) {

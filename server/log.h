@@ -29,7 +29,8 @@
  * requests: probes, /metrics and inference timed out, and a SIGTERM drain
  * hung on its first line). A line that does not fit the ring is dropped,
  * not waited for, and counted (log_lines_dropped, /metrics'
- * comrope_log_lines_dropped_total), and one warning line in the log's
+ * comrope_log_lines_dropped_total, which also counts the lines a closed
+ * stderr refused), and one warning line in the log's
  * format, "log: N lines dropped ...", comes before the next line that fits
  * (or alone, from the writer, once the ring is empty). Lines stay whole and in order (one
  * ring, one writer), those of one thread in the order it logged them. fd 2
@@ -62,7 +63,8 @@ int log_start(char *err, size_t errlen);
  * time (its reader stalled); the writer is left blocked, lines still go
  * to the ring (or are dropped), and the caller exits without waiting. */
 int log_stop(int timeout_ms);
-/* Lines dropped since the start, the ring being full (a counter). */
+/* Lines dropped since the start, the ring being full or stderr refusing
+ * them (closed: EPIPE) (a counter). */
 unsigned long long log_lines_dropped(void);
 
 /* A server event: "comrope-serve: <message>" in text, {"time", "level",
@@ -100,7 +102,7 @@ typedef struct {
     char *data;
     size_t cap, start, used;
     unsigned long long dropped;       /* since the last "lines dropped" line */
-    unsigned long long dropped_total; /* since the start */
+    unsigned long long dropped_total; /* since the start, with those stderr refused */
     /* the "lines dropped" line's length for 1 line in the format of
      * dropped_len_format (0: not yet known), and how many such lines were
      * formatted (the tests': none for a line dropped) */

@@ -595,8 +595,8 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
              "comrope_receive_timeouts_total{phase=\"request\"} %llu\n",
              m->connections.timeouts_idle, m->connections.timeouts_request);
     text_put(&t,
-             "# HELP comrope_log_lines_dropped_total Log lines dropped, the log's buffer being full: "
-             "stderr was not being read.\n# TYPE comrope_log_lines_dropped_total counter\n"
+             "# HELP comrope_log_lines_dropped_total Log lines dropped, the log's buffer being full "
+             "(stderr was not being read) or stderr closed.\n# TYPE comrope_log_lines_dropped_total counter\n"
              "comrope_log_lines_dropped_total %llu\n",
              g->log_lines_dropped);
     text_put(&t,

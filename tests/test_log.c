@@ -1,10 +1,12 @@
 /* test_log.c: the log's escaping and formats (server/log.c): a client
  * string can neither break a line nor hide in it, and a JSON line is valid
  * JSON whatever bytes a client sent; and its ring: a full one drops and
- * counts lines and says so, never waits, and the writer keeps the order. */
+ * counts lines and says so, never waits, and the writer keeps the order;
+ * the lines a closed stderr refuses are counted as dropped. */
 #include <check.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -456,6 +458,35 @@ static void stop_while_others_log(void *arg) {
 START_TEST(stop_while_other_threads_log) { free(capture(stop_while_others_log, NULL)); }
 END_TEST
 
+/* stderr a pipe whose reader has gone (SIGPIPE ignored, as the daemon
+ * does): every write fails with EPIPE, and each line it refuses, through
+ * the writer or written at once after the stop, is a dropped line. Before,
+ * only a full ring's were counted: comrope_log_lines_dropped_total said 0
+ * while every line was lost. */
+START_TEST(closed_stderr_lines_are_counted) {
+    char err[256];
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    close(fds[0]);
+    void (*old)(int) = signal(SIGPIPE, SIG_IGN);
+    int saved = dup(STDERR_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[1]);
+    ck_assert_int_eq(log_start(err, sizeof(err)), 0);
+    for (int i = 0; i < 10; i++) log_event("info", "line %d", i);
+    int stopped = log_stop(60000);
+    unsigned long long through_writer = log_lines_dropped();
+    log_event("info", "after the stop");
+    unsigned long long after_stop = log_lines_dropped();
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    signal(SIGPIPE, old);
+    ck_assert_int_eq(stopped, 0);
+    ck_assert_uint_eq(through_writer, 10);
+    ck_assert_uint_eq(after_stop, 11);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("log");
     TCase *tc = tcase_create("log");
@@ -468,6 +499,7 @@ int main(void) {
     tcase_add_test(tc, timestamps);
     tcase_add_test(tc, full_ring_drops_counts_and_says_so);
     tcase_add_test(tc, dropped_line_alone_in_json);
+    tcase_add_test(tc, closed_stderr_lines_are_counted);
     tcase_add_test(tc, dropped_lines_format_nothing);
     tcase_add_test(tc, writer_keeps_order_and_stop_flushes);
     tcase_add_test(tc, stop_while_other_threads_log);
