@@ -433,6 +433,7 @@ vit_context_params vit_context_default_params(void) {
         .max_images = 8,
         .max_tokens = 16384,
         .memory_bytes = 0,
+        .memory_shares = 1,
         .observe = NULL,
         .observe_arg = NULL,
     };
@@ -524,7 +525,11 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
      * granted (nor its pages touched when a full batch runs): smaller
      * limits cure that, not a wait (ENGINE_ERR_WORKSPACE, not MEMORY) */
     const char *bound;
-    size_t bytes = ctx->arena_floats * sizeof(float), memory = memory_bytes(q.memory_bytes, &bound);
+    size_t bytes = ctx->arena_floats * sizeof(float), all = memory_bytes(q.memory_bytes, &bound);
+    /* each of memory_shares workspaces fitting is not enough: together
+     * they would not (a daemon's workers x its batch limits) */
+    int shares = q.memory_shares > 1 ? q.memory_shares : 1;
+    size_t memory = all / (size_t)shares;
     if (memory && bytes > memory) {
         /* the most tokens that fit: plan grows with them; one image's at least */
         size_t lo = (size_t)ctx->tmax, hi = tokens;
@@ -533,14 +538,17 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
             if (plan(ctx, mid, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory) lo = mid;
             else hi = mid - 1;
         }
-        char fit[96];
+        char fit[96], share[96] = "";
         if (plan(ctx, lo, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory)
             snprintf(fit, sizeof(fit), "at most %zu tokens fit", lo);
         else snprintf(fit, sizeof(fit), "not even one image of %d tokens fits", ctx->tmax);
-        snprintf(
-            err, errlen,
-            "context: a workspace of %d images / %zu tokens needs %zu MiB, more than the %zu MiB of %s; %s",
-            q.max_images, tokens, bytes >> 20, memory >> 20, bound, fit);
+        if (shares > 1)
+            snprintf(share, sizeof(share), "%zu MiB, its 1/%d share (memory_shares) of ", memory >> 20,
+                     shares);
+        snprintf(err, errlen,
+                 "context: a workspace of %d images / %zu tokens needs %zu MiB, more than %sthe %zu MiB of "
+                 "%s; %s",
+                 q.max_images, tokens, bytes >> 20, share, all >> 20, bound, fit);
         rc = ENGINE_ERR_WORKSPACE;
         goto fail;
     }

@@ -120,6 +120,8 @@ typedef struct {
     size_t memory_bytes;  // a limit on memory below the machine's physical memory (the daemon:
                           // its cgroup's memory.max), 0 (default) none: a workspace larger
                           // than the smaller of the two is refused (ENGINE_ERR_WORKSPACE)
+    int memory_shares;    // contexts that hold such a workspace at once (the daemon: its workers),
+                          // each bounded by its share of that memory; 0 or 1: this one alone
     vit_observer observe; // NULL, or called after every stage of a forward
     void *observe_arg;
 } vit_context_params;

@@ -478,13 +478,17 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, b
     vit_context_params engine = p.engine;
     engine.max_images = p.max_batch_size;
     engine.max_tokens = p.max_batch_tokens;
+    /* the workers' workspaces together must fit: each is bounded by its share */
+    engine.memory_shares = p.workers;
     for (int i = 0; i < p.workers; i++) {
         worker *w = &b->workers[i];
         w->b = b;
         char context_err[400];
         int rc = vit_context_new(m, &engine, &w->ctx, context_err, sizeof(context_err));
+        if (rc == ENGINE_ERR_WORKSPACE && p.workers > 1)
+            snprintf(err, errlen, "%d workers, each with a workspace of its own: %s", p.workers, context_err);
+        else if (rc) snprintf(err, errlen, "worker %d: %s", i, context_err);
         if (rc) {
-            snprintf(err, errlen, "worker %d: %s", i, context_err);
             failure = rc == ENGINE_ERR_MEMORY      ? BATCHER_NO_MEMORY
                       : rc == ENGINE_ERR_WORKSPACE ? BATCHER_WORKSPACE_TOO_LARGE
                                                    : BATCHER_FAILED;

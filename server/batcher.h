@@ -83,8 +83,9 @@ typedef enum {
     BATCHER_FAILED = 0, /* anything else err says (an ISA this CPU lacks, ...) */
     BATCHER_NO_MEMORY,  /* the OS refused memory (ENGINE_ERR_MEMORY): waiting may cure it */
     BATCHER_NO_THREAD,  /* the OS refused a thread (pthread_create): waiting may cure it */
-    /* max_batch_size / max_batch_tokens ask for a workspace larger than the
-     * memory there is (ENGINE_ERR_WORKSPACE): a setting to lower */
+    /* max_batch_size / max_batch_tokens ask for a workspace larger than a
+     * worker's share of the memory there is (ENGINE_ERR_WORKSPACE): a
+     * setting to lower (or workers) */
     BATCHER_WORKSPACE_TOO_LARGE,
 } batcher_failure;
 

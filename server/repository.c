@@ -620,7 +620,7 @@ static load_failure say_cure(char *err, size_t errlen, batcher_failure failure) 
                  failure == BATCHER_NO_THREAD ? "a thread" : "memory");
         return LOAD_REFUSED;
     case BATCHER_WORKSPACE_TOO_LARGE:
-        snprintf(err + n, errlen - n, ": lower max-batch-tokens or max-batch-size");
+        snprintf(err + n, errlen - n, ": lower max-batch-tokens or max-batch-size (or workers)");
         return LOAD_BAD_SETTING;
     default: return LOAD_BAD_MODEL;
     }

@@ -5,7 +5,8 @@
  * mixed batch); a full queue refuses with 503; a drain waits for requests
  * still being received; batcher_stop finishes the running batch, answers
  * the queued jobs 503 and refuses new ones while the batcher stays usable;
- * an encoded image whose preparation finds no memory is answered 500. */
+ * an encoded image whose preparation finds no memory is answered 500; the
+ * workers' workspaces together must fit in memory. */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -642,6 +643,37 @@ START_TEST(prepare_out_of_memory_500) {
 }
 END_TEST
 
+/* Each worker's workspace fitting in memory is not enough: the workers'
+ * together must. A bound (memory_bytes) of two workspaces starts two
+ * workers and refuses four as a bad setting (BATCHER_WORKSPACE_TOO_LARGE),
+ * naming the workers and each one's share; before, four started, each
+ * checked alone. */
+START_TEST(workers_workspaces_together_fit) {
+    batcher_params p = test_params();
+    vit_context_params cp = p.engine;
+    cp.max_images = p.max_batch_size;
+    cp.max_tokens = p.max_batch_tokens;
+    vit_context *ctx = NULL;
+    char err[512];
+    ck_assert_msg(vit_context_new(model, &cp, &ctx, err, sizeof(err)) == 0, "%s", err);
+    size_t bytes = ctx->arena_floats * sizeof(float);
+    vit_context_free(ctx);
+    p.engine.memory_bytes = 2 * bytes;
+    p.workers = 4;
+    batcher_failure why = BATCHER_FAILED;
+    batcher *b = batcher_new(model, mx, p, &why, err, sizeof(err));
+    ck_assert_msg(b == NULL, "4 workspaces started where 2 fit");
+    ck_assert_int_eq(why, BATCHER_WORKSPACE_TOO_LARGE);
+    ck_assert_msg(strstr(err, "4 workers, each with a workspace of its own: ") &&
+                      strstr(err, "its 1/4 share"),
+                  "message: %s", err);
+    p.workers = 2;
+    b = batcher_new(model, mx, p, &why, err, sizeof(err));
+    ck_assert_msg(b != NULL, "%s", err);
+    batcher_free(b);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("batcher");
     TCase *tc = tcase_create("batcher");
@@ -661,6 +693,7 @@ int main(void) {
     tcase_add_test(tc, stop_between_engine_batches);
     tcase_add_test(tc, standing_queue_refused);
     tcase_add_test(tc, prepare_out_of_memory_500);
+    tcase_add_test(tc, workers_workspaces_together_fit);
     suite_add_tcase(s, tc);
     return check_run(s);
 }

@@ -30,7 +30,9 @@
 #   7. A workspace larger than the machine's memory (max-batch-tokens at
 #      its bound on a model with a wide MLP: terabytes): exit 2, a bad
 #      setting, naming max-batch-tokens and max-batch-size to lower (it was
-#      exit 3, "waiting may cure it", and systemd restarted it for ever).
+#      exit 3, "waiting may cure it", and systemd restarted it for ever);
+#      and workspaces that fit one by one but not as many as the workers
+#      together: exit 2 naming the workers (each was checked alone).
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -295,5 +297,35 @@ log_has 'waiting may cure it' && fail "a workspace larger than the machine's mem
 MODEL=$WIDE start_daemon --access-log off --workers 1 --max-batch-tokens 64
 stop_daemon
 echo "ok a workspace larger than the machine's memory: exit 2 naming max-batch-tokens / max-batch-size; the same files serve at lower limits"
+
+# Those 1 GiB workspaces, one per worker, with more workers than memory
+# holds them: each fits alone, all together do not. The bound is the
+# daemon's: physical memory, or the cgroup's memory.max where lower.
+mem=$("$PY" - <<'PY'
+import os
+mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+try:
+    cg = open("/proc/self/cgroup").read().split("\n")[0].split(":", 2)[2]
+    v = open("/sys/fs/cgroup" + cg + "/memory.max").read().strip()
+    if v != "max":
+        mem = min(mem, int(v))
+except (OSError, IndexError, ValueError):
+    pass
+print(mem)
+PY
+)
+workers=$((mem / (1 << 30) + 1)) # each one's share below 1 GiB
+if [ "$workers" -gt 1024 ]; then
+  echo "skip workers x workspace: $((mem >> 30)) GiB of memory take more than 1024 workers (workers' bound)"
+else
+  LOG=$WORK/wide_workers.log
+  EXIT_CODE=0
+  timeout 120 "$SERVE" --model "$WIDE" --host 127.0.0.1 --port 0 --access-log off --workers "$workers" \
+    --max-batch-tokens 64 2>"$LOG" || EXIT_CODE=$?
+  [ "$EXIT_CODE" = 2 ] || fail "$workers workers' workspaces larger than memory: exit $EXIT_CODE, not 2: $(tail -1 "$LOG")"
+  log_has "$workers workers, each with a workspace of its own: .*workspace of .* images / 4097 tokens needs .* MiB, more than .* MiB, its 1/$workers share .*; not even one image of 4097 tokens fits: lower max-batch-tokens or max-batch-size (or workers)" ||
+    fail "$workers workers' workspaces larger than memory: not said so: $(tail -1 "$LOG")"
+  echo "ok $workers workers whose workspaces fit one by one, not together: exit 2 naming the workers and each one's share"
+fi
 
 echo "oslimits.sh: all passed"
