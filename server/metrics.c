@@ -596,7 +596,8 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
              m->connections.timeouts_idle, m->connections.timeouts_request);
     text_put(&t,
              "# HELP comrope_log_lines_dropped_total Log lines dropped, the log's buffer being full "
-             "(stderr was not being read) or stderr closed.\n# TYPE comrope_log_lines_dropped_total counter\n"
+             "(stderr was not being read) or refused by stderr (closed, a full disk).\n# TYPE "
+             "comrope_log_lines_dropped_total counter\n"
              "comrope_log_lines_dropped_total %llu\n",
              g->log_lines_dropped);
     text_put(&t,

@@ -716,6 +716,29 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         goto fail;
     }
     m->batcher = batcher_new(vm, m->series, bp, &kind, why, sizeof(why));
+    /* Workers derived from the CPUs (workers not set) whose workspaces
+     * together pass the memory: fewer of them, each with more gemm-threads
+     * where those are derived too, rather than a daemon that will not
+     * start where it served before the bound (--memory 1g on a 32-CPU
+     * host). Workers set are refused: the operator asked for them. */
+    int derived_workers = bp.workers;
+    char first_why[sizeof(why)];
+    snprintf(first_why, sizeof(first_why), "%s", why);
+    while (!m->batcher && kind == BATCHER_WORKSPACE_TOO_LARGE && settings->workers == 0 && bp.workers > 1) {
+        bp.workers--;
+        if (settings->gemm_threads == 0)
+            bp.engine.threads = r->p.cpu_limit / bp.workers > 1 ? r->p.cpu_limit / bp.workers : 1;
+        m->batcher = batcher_new(vm, m->series, bp, &kind, why, sizeof(why));
+    }
+    if (m->batcher && bp.workers < derived_workers) {
+        log_event("warning",
+                  "model %s version %d: %d workers (derived from %d CPUs) lowered to %d, %d gemm threads "
+                  "each, so that their workspaces fit: %s",
+                  m->name, m->version, derived_workers, r->p.cpu_limit, bp.workers, bp.engine.threads,
+                  first_why);
+        m->cfg.workers = bp.workers;
+        m->cfg.gemm_threads = bp.engine.threads;
+    }
     if (!m->batcher) {
         snprintf(err, errlen, "%s", why);
         goto fail;

@@ -32,7 +32,8 @@
 #      setting, naming max-batch-tokens and max-batch-size to lower (it was
 #      exit 3, "waiting may cure it", and systemd restarted it for ever);
 #      and workspaces that fit one by one but not as many as the workers
-#      together: exit 2 naming the workers (each was checked alone).
+#      together: exit 2 naming the workers (each was checked alone); the
+#      workers derived from the CPUs (not set) are lowered until they fit.
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -326,6 +327,33 @@ else
   log_has "$workers workers, each with a workspace of its own: .*workspace of .* images / 4097 tokens needs .* MiB, more than .* MiB, its 1/$workers share .*; not even one image of 4097 tokens fits: lower max-batch-tokens or max-batch-size (or workers)" ||
     fail "$workers workers' workspaces larger than memory: not said so: $(tail -1 "$LOG")"
   echo "ok $workers workers whose workspaces fit one by one, not together: exit 2 naming the workers and each one's share"
+fi
+
+# Workers derived from the CPUs (not set) whose workspaces together pass
+# memory: fewer of them and the daemon serves, as it did before the bound
+# (--memory 1g on a host of many CPUs exited 2). The bundled model (one
+# worker per CPU) at a token count two shares cannot hold and one whole can:
+# 1.5 x what two set workers' refusal says one share fits. Not under a
+# sanitizer: the one worker reserves that workspace (address space only).
+BUNDLED=$ROOT/models/fashion-comrope-ld
+if [ "$(nproc)" -lt 2 ]; then
+  echo "skip derived workers lowered: $(nproc) CPU derives one worker"
+elif [ "$sanitized" = 1 ]; then
+  echo "skip derived workers lowered: a sanitizer build (the workspace kept is some GiB of address space)"
+else
+  LOG=$WORK/derived_refused.log
+  EXIT_CODE=0
+  timeout 120 "$SERVE" --model "$BUNDLED" --host 127.0.0.1 --port 0 --access-log off --workers 2 \
+    --max-batch-size 4096 --max-batch-tokens 16777216 2>"$LOG" || EXIT_CODE=$?
+  [ "$EXIT_CODE" = 2 ] || fail "2 set workers past memory: exit $EXIT_CODE, not 2: $(tail -1 "$LOG")"
+  share=$(sed -n 's/.*its 1\/2 share .*at most \([0-9]*\) tokens fit.*/\1/p' "$LOG" | head -1)
+  [ -n "$share" ] || fail "2 set workers past memory: no 'at most N tokens fit' for a share: $(tail -1 "$LOG")"
+  MODEL=$BUNDLED start_daemon --access-log off --max-batch-size 4096 --max-batch-tokens $((share * 3 / 2))
+  log_has "workers (derived from [0-9]* CPUs) lowered to 1, [0-9]* gemm threads each, so that their workspaces fit" ||
+    fail "derived workers past memory: not lowered to 1: $(grep -m1 ready "$LOG")"
+  log_has "ready (.*; 1 workers x" || fail "derived workers past memory: not 1 worker: $(grep -m1 ready "$LOG")"
+  stop_daemon
+  echo "ok derived workers whose workspaces together pass memory: lowered to 1 (set ones exit 2)"
 fi
 
 echo "oslimits.sh: all passed"
