@@ -526,8 +526,6 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
      * limits cure that, not a wait (ENGINE_ERR_WORKSPACE, not MEMORY) */
     const char *bound;
     size_t bytes = ctx->arena_floats * sizeof(float), all = memory_bytes(q.memory_bytes, &bound);
-    /* each of memory_shares workspaces fitting is not enough: together
-     * they would not (a daemon's workers x its batch limits) */
     int shares = q.memory_shares > 1 ? q.memory_shares : 1;
     size_t memory = all / (size_t)shares;
     if (memory && bytes > memory) {

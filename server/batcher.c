@@ -478,8 +478,7 @@ batcher *batcher_new(const vit_model *m, metrics_series *mx, batcher_params p, b
     vit_context_params engine = p.engine;
     engine.max_images = p.max_batch_size;
     engine.max_tokens = p.max_batch_tokens;
-    /* the workers' workspaces together must fit: each is bounded by its share */
-    engine.memory_shares = p.workers;
+    engine.memory_shares = p.workers; /* vit.h: memory_shares */
     for (int i = 0; i < p.workers; i++) {
         worker *w = &b->workers[i];
         w->b = b;

@@ -33,6 +33,18 @@
 #define UNDER_ASAN 0
 #endif
 
+/* Under valgrind (scripts/test.sh runs every unit-test binary in it):
+ * RUNNING_ON_VALGRIND is 1, else 0 (0 too where valgrind's header is
+ * missing). */
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
 /* The part named by argv[1] (NULL: all). Returns 1 when this CPU lacks
  * it: main() then returns check_skip(part). */
 static inline int check_part_missing(const char *part) {

@@ -23,15 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
-
 /* Under ASan (UNDER_ASAN, check_run.h) an unoptimised sanitizer build
  * runs the forward some 50x slower, so sizes other than the training one
  * run on the first SANITIZER_IMAGES images only (all seven sizes in full

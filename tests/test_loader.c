@@ -23,15 +23,6 @@
 #include "vit.h"
 #include "check_run.h"
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
-
 #define GOOD FIXTURE_DIR "/parity/comrope_ap_b2"
 
 static char tmpdir[256];
