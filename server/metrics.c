@@ -68,7 +68,46 @@ static int failure_reason(int status) {
     return status >= 500 ? FAILURE_REASONS - 2 : FAILURE_REASONS - 1;
 }
 
-#define MAX_STATUS 600
+/* Requests are counted by status code in one slot per code HTTP defines
+ * (RFC 9110 and the IANA registry) and nginx's 499: 64 counters where one
+ * per number from 0 to 599 made a series' request counts 43 KB, almost all
+ * zero. The daemon sends no other code; one that is not listed counts as
+ * 500, as a code out of range always has. */
+static const short status_codes[] = {100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207, 208,
+                                     226, 300, 301, 302, 303, 304, 305, 306, 307, 308, 400, 401, 402,
+                                     403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415,
+                                     416, 417, 418, 421, 422, 423, 424, 425, 426, 428, 429, 431, 451,
+                                     499, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511};
+#define STATUS_SLOTS (int)(sizeof(status_codes) / sizeof(status_codes[0]))
+
+static int status_code_index(int status) {
+    int lo = 0, hi = STATUS_SLOTS - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (status_codes[mid] == status) return mid;
+        if (status_codes[mid] < status) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+/* The slot of a status code; codes HTTP does not define go to 500's. */
+static int status_slot(int status) {
+    int k = status_code_index(status);
+    return k >= 0 ? k : status_code_index(500);
+}
+
+/* The endpoints whose requests are of a model version (they carry the
+ * model and version labels): a series counts these only. */
+static const int model_endpoints[] = {ENDPOINT_V1_CLASSIFY, ENDPOINT_V2_INFER, ENDPOINT_V2_MODEL};
+#define MODEL_ENDPOINTS (int)(sizeof(model_endpoints) / sizeof(model_endpoints[0]))
+
+/* An endpoint's index in model_endpoints, or -1. */
+static int model_endpoint(int e) {
+    for (int i = 0; i < MODEL_ENDPOINTS; i++)
+        if (model_endpoints[i] == e) return i;
+    return -1;
+}
 
 /* One (model, version)'s series: its requests, their latency and
  * Triton's statistics, its queue waits and batches. */
@@ -81,8 +120,9 @@ struct metrics_series {
     char pe_type[32];
     int training_resolution;
     int open; /* metrics_series_open minus close: freed at 0 */
-    uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
-    histogram request_seconds[ENDPOINT_COUNT];
+    /* by model_endpoints index, then status slot */
+    uint64_t requests[MODEL_ENDPOINTS][STATUS_SLOTS];
+    histogram request_seconds[MODEL_ENDPOINTS];
     uint64_t infer_ok, infer_ok_ns, infer_fail, infer_fail_ns, last_inference_ms;
     /* Triton's batch_stats: the sizes that ran, ascending, added as they
      * are first seen (at most METRICS_MAX_BATCH_SIZE). Two arrays indexed by
@@ -98,14 +138,14 @@ struct metrics {
     int num_series;
     /* the requests of freed series by status code, summed over endpoints:
      * comrope_request_failures_total counts them still (it never goes back) */
-    uint64_t freed_requests[MAX_STATUS];
+    uint64_t freed_requests[STATUS_SLOTS];
     char *isa;                 /* the engine's kernels, or NULL until set */
     char *precision;           /* with isa: "fp32" or "bf16" */
     char *precision_requested; /* with isa: "fp32", "bf16" or "auto" */
     int bf16_pays;
     double start_time;
     /* requests of no model version (probes, scrapes, unknown models) */
-    uint64_t requests[ENDPOINT_COUNT][MAX_STATUS];
+    uint64_t requests[ENDPOINT_COUNT][STATUS_SLOTS];
     /* by endpoint: a health probe or a scrape is no inference latency */
     histogram request_seconds[ENDPOINT_COUNT];
     uint64_t batches, mixed_batches;
@@ -180,7 +220,7 @@ metrics_series *metrics_series_open(metrics *m, const char *model, const char *v
             s->version = strdup(version);
             snprintf(s->pe_type, sizeof(s->pe_type), "%s", pe_type);
             s->training_resolution = training_resolution;
-            for (int e = 0; e < ENDPOINT_COUNT; e++)
+            for (int e = 0; e < MODEL_ENDPOINTS; e++)
                 histogram_init(&s->request_seconds[e], latency_bounds, N(latency_bounds));
             histogram_init(&s->queue_seconds, latency_bounds, N(latency_bounds));
             histogram_init(&s->compute_seconds, latency_bounds, N(latency_bounds));
@@ -219,10 +259,10 @@ void metrics_series_close(metrics_series *s) {
         return;
     }
     /* No longer served: freed. Kept, they made a daemon serving a new
-     * version every hour grow by a series (~45 KB; 110 KB then) an hour and list every
+     * version every hour grow by a series (~3 KB; 110 KB then) an hour and list every
      * version it ever served in each scrape. */
-    for (int e = 0; e < ENDPOINT_COUNT; e++)
-        for (int code = 0; code < MAX_STATUS; code++) m->freed_requests[code] += s->requests[e][code];
+    for (int e = 0; e < MODEL_ENDPOINTS; e++)
+        for (int k = 0; k < STATUS_SLOTS; k++) m->freed_requests[k] += s->requests[e][k];
     int i = 0;
     while (i < m->num_series && m->series[i] != s) i++;
     if (i < m->num_series) {
@@ -255,25 +295,20 @@ int metrics_set_engine(metrics *m, const char *isa, const char *precision, const
     return 0;
 }
 
-/* Whether an endpoint's requests are of a model version (they carry the
- * model and version labels). */
-static int endpoint_has_model(int e) {
-    return e == ENDPOINT_V1_CLASSIFY || e == ENDPOINT_V2_INFER || e == ENDPOINT_V2_MODEL;
-}
-
 void metrics_request(metrics *m, metrics_series *s, int endpoint, int status, double seconds) {
     if (endpoint < 0 || endpoint >= ENDPOINT_COUNT) endpoint = ENDPOINT_OTHER;
-    if (status < 100 || status >= MAX_STATUS) status = 500;
-    if (!endpoint_has_model(endpoint)) s = NULL;
+    int slot = status_slot(status), me = model_endpoint(endpoint);
+    if (status_codes[slot] != status) status = 500;
+    if (me < 0) s = NULL;
     pthread_mutex_lock(&m->lock);
     if (!s) {
-        m->requests[endpoint][status]++;
+        m->requests[endpoint][slot]++;
         histogram_observe(&m->request_seconds[endpoint], seconds);
         pthread_mutex_unlock(&m->lock);
         return;
     }
-    s->requests[endpoint][status]++;
-    histogram_observe(&s->request_seconds[endpoint], seconds);
+    s->requests[me][slot]++;
+    histogram_observe(&s->request_seconds[me], seconds);
     if (endpoint == ENDPOINT_V1_CLASSIFY || endpoint == ENDPOINT_V2_INFER) {
         uint64_t ns = (uint64_t)(seconds * 1e9);
         if (status == 200) {
@@ -468,32 +503,34 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     text_put(&t, "# HELP comrope_requests_total HTTP requests answered, by endpoint and status code.\n"
                  "# TYPE comrope_requests_total counter\n");
     for (int e = 0; e < ENDPOINT_COUNT; e++)
-        for (int s = 0; s < MAX_STATUS; s++)
-            if (m->requests[e][s])
+        for (int k = 0; k < STATUS_SLOTS; k++)
+            if (m->requests[e][k])
                 text_put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n", endpoint_names[e],
-                         s, (unsigned long long)m->requests[e][s]);
+                         status_codes[k], (unsigned long long)m->requests[e][k]);
     for (int i = 0; i < m->num_series; i++) {
         const metrics_series *ms = m->series[i];
         model_labels(ms, ml, sizeof(ml));
-        for (int e = 0; e < ENDPOINT_COUNT; e++)
-            for (int s = 0; s < MAX_STATUS; s++)
-                if (ms->requests[e][s])
+        for (int e = 0; e < MODEL_ENDPOINTS; e++)
+            for (int k = 0; k < STATUS_SLOTS; k++)
+                if (ms->requests[e][k])
                     text_put(&t, "comrope_requests_total{endpoint=\"%s\",code=\"%d\",%s} %llu\n",
-                             endpoint_names[e], s, ml, (unsigned long long)ms->requests[e][s]);
+                             endpoint_names[model_endpoints[e]], status_codes[k], ml,
+                             (unsigned long long)ms->requests[e][k]);
     }
 
     /* Failures summed over endpoints, by reason; every reason is listed so
      * that rate() works from the first scrape. */
     text_put(&t, "# HELP comrope_request_failures_total Requests answered with an error, by reason.\n"
                  "# TYPE comrope_request_failures_total counter\n");
-    uint64_t by_code[MAX_STATUS], by_reason[FAILURE_REASONS] = {0};
-    memcpy(by_code, m->freed_requests, sizeof(by_code));
-    for (int e = 0; e < ENDPOINT_COUNT; e++)
-        for (int s = 400; s < MAX_STATUS; s++) {
-            by_code[s] += m->requests[e][s];
-            for (int k = 0; k < m->num_series; k++) by_code[s] += m->series[k]->requests[e][s];
-        }
-    for (int s = 400; s < MAX_STATUS; s++) by_reason[failure_reason(s)] += by_code[s];
+    uint64_t by_slot[STATUS_SLOTS], by_reason[FAILURE_REASONS] = {0};
+    memcpy(by_slot, m->freed_requests, sizeof(by_slot));
+    for (int k = 0; k < STATUS_SLOTS; k++) {
+        for (int e = 0; e < ENDPOINT_COUNT; e++) by_slot[k] += m->requests[e][k];
+        for (int i = 0; i < m->num_series; i++)
+            for (int e = 0; e < MODEL_ENDPOINTS; e++) by_slot[k] += m->series[i]->requests[e][k];
+    }
+    for (int k = 0; k < STATUS_SLOTS; k++)
+        if (status_codes[k] >= 400) by_reason[failure_reason(status_codes[k])] += by_slot[k];
     for (int i = 0; i < FAILURE_REASONS; i++)
         text_put(&t, "comrope_request_failures_total{reason=\"%s\"} %llu\n", failure_reasons[i].reason,
                  (unsigned long long)by_reason[i]);
@@ -504,15 +541,14 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
     /* a model endpoint's requests of no model version (an unknown one)
      * only once there are some */
     for (int e = 0; e < ENDPOINT_COUNT; e++) {
-        if (endpoint_has_model(e) && !m->request_seconds[e].count) continue;
+        if (model_endpoint(e) >= 0 && !m->request_seconds[e].count) continue;
         snprintf(labels, sizeof(labels), "endpoint=\"%s\"", endpoint_names[e]);
         put_histogram_series(&t, "comrope_request_duration_seconds", labels, &m->request_seconds[e]);
     }
     for (int i = 0; i < m->num_series; i++) {
         model_labels(m->series[i], ml, sizeof(ml));
-        for (int e = 0; e < ENDPOINT_COUNT; e++) {
-            if (!endpoint_has_model(e)) continue;
-            snprintf(labels, sizeof(labels), "endpoint=\"%s\",%s", endpoint_names[e], ml);
+        for (int e = 0; e < MODEL_ENDPOINTS; e++) {
+            snprintf(labels, sizeof(labels), "endpoint=\"%s\",%s", endpoint_names[model_endpoints[e]], ml);
             put_histogram_series(&t, "comrope_request_duration_seconds", labels,
                                  &m->series[i]->request_seconds[e]);
         }
