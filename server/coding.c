@@ -142,6 +142,9 @@ static int inflate_some(coding_inflater *f, const uint8_t *in, size_t n, uint8_t
     return -1;
 }
 
+/* What a client reads when its body goes on after the compressed data. */
+static const char bytes_follow[] = "bytes follow the end of its compressed stream";
+
 int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8_t *out, size_t out_cap,
                    size_t *out_len, const char **err) {
     *out_len = 0;
@@ -168,7 +171,7 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
          * bytes after a member (junk, zero padding) are not the start of
          * one, and zlib would call them a bad header or a cut stream */
         if (**in != 0x1f) {
-            *err = "bytes follow the end of its compressed stream";
+            *err = bytes_follow;
             return -1;
         }
         if (inflateReset(&f->z) != Z_OK) {
@@ -196,6 +199,10 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
     if (rc == 1 && f->coding == CODING_GZIP) {
         f->member_ended = 1;
         if (*in_len) return 0; /* called again: the next member */
+    }
+    if (rc == 1 && *in_len) { /* deflate is one stream */
+        *err = bytes_follow;
+        return -1;
     }
     return rc;
 }

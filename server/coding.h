@@ -44,10 +44,10 @@ void coding_inflater_free(coding_inflater *f);
 /* Inflates from *in (*in_len bytes, both advanced past what was read) into
  * out (out_cap bytes); *out_len: the bytes written. Returns 0 when it needs
  * more input or more room (*in_len > 0 or *out_len == out_cap: call again
- * with room), 1 at the end of the compressed data (what is left of *in
- * follows it; for gzip, bytes after a member, in this call or a later
- * one, are the next member: 1 when none follow yet), -1 on data that is
- * not of the coding (*err: zlib's words or ours, static). */
+ * with room), 1 at the end of the compressed data (for gzip, bytes after a
+ * member, in this call or a later one, are the next member: 1 when none
+ * follow yet), -1 on data that is not of the coding, bytes after its end
+ * included (*err: zlib's words or ours, static). */
 int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8_t *out, size_t out_cap,
                    size_t *out_len, const char **err);
 

@@ -532,13 +532,7 @@ static int body_decode(http_request *r) {
             r->coding_error = why;
             goto cleanup;
         }
-        if (rc > 0) {
-            if (in_len) {
-                r->coding_error = "bytes follow the end of its compressed stream";
-                goto cleanup;
-            }
-            break;
-        }
+        if (rc > 0) break;
         if (!in_len && r->body_len < r->body_cap) { /* all read, and zlib holds no output back */
             r->coding_error = "truncated: it ends before its compressed stream does";
             goto cleanup;
