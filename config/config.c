@@ -2,12 +2,14 @@
  * See config.h for the precedence rules. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "small_file.h"
@@ -60,6 +62,101 @@ int config_parse_version_policy(const char *text, version_policy *p, char *err, 
 static int check_version_policy(const char *value, char *err, size_t errlen) {
     version_policy p;
     return config_parse_version_policy(value, &p, err, errlen);
+}
+
+/* --- allowed-hosts ------------------------------------------------------- */
+
+/* Whether the n bytes at s are an IP address: IPv4 dotted, or IPv6 in
+ * brackets (as a Host names it) or without. */
+static int ip_literal(const char *s, size_t n) {
+    char buf[64];
+    unsigned char addr[16];
+    if (n == 0 || n >= sizeof(buf)) return 0;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    if (buf[0] == '[') {
+        if (n < 3 || buf[n - 1] != ']') return 0;
+        buf[n - 1] = '\0';
+        return inet_pton(AF_INET6, buf + 1, addr) == 1;
+    }
+    return inet_pton(AF_INET, buf, addr) == 1 || inet_pton(AF_INET6, buf, addr) == 1;
+}
+
+/* The next entry of a comma-separated list at *list, blanks trimmed:
+ * returns its start (length in *n, 0 for an empty one) and advances
+ * *list past it; NULL at the end. */
+static const char *next_entry(const char **list, size_t *n) {
+    const char *e = *list;
+    if (!*e) return NULL;
+    size_t len = strcspn(e, ",");
+    *list = e[len] ? e + len + 1 : e + len;
+    while (len && isspace((unsigned char)*e)) e++, len--;
+    while (len && isspace((unsigned char)e[len - 1])) len--;
+    *n = len;
+    return e;
+}
+
+int config_host_allowed(const char *allowed, const char *host) {
+    /* no Host: HTTP/1.0 (HAProxy's default health check); every browser
+     * sends one, so no page can come without */
+    if (!host || !host[0]) return 1;
+    size_t len = strlen(host), n = host[0] == '[' ? strcspn(host, "]") + 1 : strcspn(host, ":");
+    /* DNS rebinding needs a name the attacker's DNS answers: an IP address
+     * (an IPv6 one unbracketed too: a client's slip, still no name) or
+     * localhost (never asked of DNS: RFC 6761) cannot be rebound */
+    if (ip_literal(host, len)) return 1;
+    if (n > len) return 0; /* "[" with no "]" */
+    const char *port = host + n;
+    if (*port && *port != ':') return 0;
+    for (port += *port == ':'; *port; port++)
+        if (!isdigit((unsigned char)*port)) return 0;
+    if (ip_literal(host, n)) return 1;
+    if (n > 1 && host[n - 1] == '.') n--; /* "example.com." is example.com */
+    if (n == 9 && strncasecmp(host, "localhost", 9) == 0) return 1;
+    int any = 1;
+    size_t en;
+    for (const char *e; (e = next_entry(&allowed, &en));) {
+        if (!en) continue;
+        any = 0;
+        if (en == 1 && e[0] == '*') return 1;
+        if (en > 1 && e[en - 1] == '.') en--;
+        if (e[0] == '.') { /* the domain and its subdomains */
+            if (n == en - 1 && strncasecmp(host, e + 1, n) == 0) return 1;
+            if (n > en && strncasecmp(host + n - en, e, en) == 0) return 1;
+        } else if (n == en && strncasecmp(host, e, n) == 0) {
+            return 1;
+        }
+    }
+    return any;
+}
+
+/* allowed-hosts' entries: `*`, names, `.domain`s and IP addresses (always
+ * allowed anyway). No port: every port of a name is allowed, as the port
+ * a request reached is this daemon's own (or its proxy's) whatever page
+ * sent it. */
+static int check_allowed_hosts(const char *value, char *err, size_t errlen) {
+    size_t n;
+    for (const char *e; (e = next_entry(&value, &n));) {
+        if (!n || (n == 1 && e[0] == '*') || ip_literal(e, n)) continue;
+        const char *why = NULL;
+        char bad = 0;
+        for (size_t i = 0; i + 2 < n; i++)
+            if (memcmp(e + i, "://", 3) == 0) why = "an origin: name the host alone (no scheme, no port)";
+        for (size_t i = 0; i < n && !why && !bad; i++) {
+            char c = e[i];
+            if (c == ':') why = "a port: name the host alone (each of its ports is allowed)";
+            else if (c == '*') why = "`*` stands alone (any host); a domain and its subdomains: .example.com";
+            else if (c == '.' && i + 1 < n && e[i + 1] == '.') why = "an empty label (\"..\")";
+            else if (!isalnum((unsigned char)c) && c != '-' && c != '.' && c != '_') bad = c;
+        }
+        if (!why && !bad && n == 1 && e[0] == '.') why = "no name";
+        if (bad)
+            snprintf(err, errlen, "\"%.*s\": '%c' is not in a host name (letters, digits, '-', '.', '_')",
+                     (int)(n > 100 ? 100 : n), e, bad);
+        else if (why) snprintf(err, errlen, "\"%.*s\": %s", (int)(n > 100 ? 100 : n), e, why);
+        if (bad || why) return -1;
+    }
+    return 0;
 }
 
 /* The one table. Defaults are text so that they go through the same parser
@@ -343,6 +440,15 @@ const config_option config_options[] = {
      .default_value = "",
      .help = "origin allowed to call the API from a browser (CORS; `*` for any): its preflight (OPTIONS) "
              "gets 204; empty: no CORS headers, OPTIONS gets 405"},
+    {.name = "allowed-hosts",
+     .type = CONFIG_STRING,
+     .offset = OFF(allowed_hosts),
+     .size = SIZE(allowed_hosts),
+     .default_value = "",
+     .check = check_allowed_hosts,
+     .help = "host names a request's Host may give, comma-separated (`.example.com`: it and its subdomains; "
+             "no port); others get 421 (README \"DNS rebinding\"); IP addresses and localhost "
+             "always pass; empty or `*`: any"},
     /* several models (README "Model repository", server/repository.h) */
     {.name = "model-repository",
      .type = CONFIG_STRING,

@@ -63,8 +63,9 @@ typedef struct {
     int64_t pixel_budget_bytes;  /* decoded pixels of queued + running requests */
     int64_t max_json_body_bytes; /* and CONFIG_JSON_PARSED_PER_BYTE x that once parsed */
     int parse_threads;
-    int isa;               /* index into the isa row's choices; 0 = auto */
-    char cors_origin[256]; /* "": no CORS */
+    int isa;                  /* index into the isa row's choices; 0 = auto */
+    char cors_origin[256];    /* "": no CORS */
+    char allowed_hosts[1024]; /* names a request's Host may give; "" or "*": any */
     /* the model repository (server/repository.h) */
     char model_repository[CONFIG_PATH_MAX]; /* "": serve --model alone */
     int model_control_mode;                 /* MODEL_CONTROL_* */
@@ -87,6 +88,15 @@ typedef struct {
  * with a message quoting text. config_set checks every version-policy
  * value with it (flags, environment, config files, serve.conf). */
 int config_parse_version_policy(const char *text, version_policy *p, char *err, size_t errlen);
+
+/* Whether a request whose Host header is `host` (NULL: none sent) may be
+ * served under allowed-hosts `allowed` (its syntax checked at start by
+ * the setting's row): 1 yes, 0 no. Any Host when `allowed` is "" or names
+ * `*`; an IP address, `localhost` or no Host at all always; else the
+ * Host's name (its port dropped; case and one trailing dot ignored) must
+ * be an entry, or be or end in a `.domain` entry. README "DNS rebinding"
+ * says why each. */
+int config_host_allowed(const char *allowed, const char *host);
 
 typedef enum { CONFIG_STRING, CONFIG_INT, CONFIG_INT64, CONFIG_BOOL, CONFIG_ENUM } config_type;
 

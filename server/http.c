@@ -1616,7 +1616,21 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             conn_guard_received(c);
             return queue_answer(c, r);
         }
-        if (strlen(url) >= sizeof(r->path)) {
+        const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+        if (!config_host_allowed(s->p.cfg->allowed_hosts, host)) {
+            /* a page whose name was rebound to this daemon's address
+             * (DNS rebinding) is same-origin for its browser: Origin
+             * checks and CORS pass it, its Host alone tells. 421: this
+             * name is not served here (RFC 9110 15.5.20); every route,
+             * as each answer is the page's to read (README "DNS rebinding") */
+            snprintf(err, sizeof(err),
+                     "Host \"%.100s\" is not in allowed-hosts: this daemon does not answer under that name "
+                     "(a page under a name rebound to its address may not reach it); use an allowed name or "
+                     "its IP address",
+                     host);
+            set_error(r, 421, err);
+            r->phase = PHASE_RESPOND;
+        } else if (strlen(url) >= sizeof(r->path)) {
             snprintf(err, sizeof(err), "the path is longer than %zu bytes", sizeof(r->path) - 1);
             set_error(r, 414, err);
             r->phase = PHASE_RESPOND;

@@ -526,6 +526,80 @@ START_TEST(repository_settings) {
 }
 END_TEST
 
+/* allowed-hosts: what a Host header may name (config_host_allowed), and
+ * the entries the setting takes. A rebound page's Host is its own name
+ * (README "DNS rebinding"). */
+START_TEST(allowed_hosts) {
+    static const struct {
+        const char *allowed, *host;
+        int want;
+    } cases[] = {
+        {"", "attacker.example", 1}, /* the default: any */
+        {"*", "attacker.example", 1},
+        {"models.example, *", "attacker.example", 1},
+        {"models.example", "attacker.example", 0},
+        {"models.example", "attacker.example:8080", 0},
+        {"models.example", "models.example", 1},
+        {"models.example", "models.example:8080", 1},  /* any port of it */
+        {"models.example", "Models.EXAMPLE.:8080", 1}, /* case, a trailing dot */
+        {"models.example.", "models.example", 1},
+        {" a.example , models.example ", "models.example", 1},
+        {"models.example", "sub.models.example", 0},
+        {"models.example", "xmodels.example", 0},
+        {".models.example", "models.example", 1}, /* a domain: itself and below */
+        {".models.example", "a.b.models.example:1", 1},
+        {".models.example", "xmodels.example", 0},
+        {".models.example", "models.example.evil", 0},
+        /* never rebindable: IP addresses, localhost; no Host (HTTP/1.0) */
+        {"models.example", "127.0.0.1:8080", 1},
+        {"models.example", "10.1.2.3", 1},
+        {"models.example", "[::1]:8080", 1},
+        {"models.example", "[fe80::1]", 1},
+        {"models.example", "::1", 1}, /* unbracketed (--health-probe's, --host ::) */
+        {"models.example", "localhost:8080", 1},
+        {"models.example", "LOCALHOST.", 1},
+        {"models.example", NULL, 1},
+        {"models.example", "", 1},
+        /* not a host[:port], or a name that only looks like an address */
+        {"models.example", "localhost.attacker.example", 0},
+        {"models.example", "127.0.0.1.attacker.example", 0},
+        {"models.example", "[::1", 0},
+        {"models.example", "[not-v6]:80", 0},
+        {"models.example", "models.example:80x", 0},
+        {"models.example", "models.example:80:81", 0},
+        {"models.example", "[::1]x", 0},
+        {"models.example", ":8080", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        ck_assert_msg(config_host_allowed(cases[i].allowed, cases[i].host) == cases[i].want,
+                      "allowed-hosts \"%s\", Host \"%s\": want %d", cases[i].allowed,
+                      cases[i].host ? cases[i].host : "(none)", cases[i].want);
+
+    server_config c;
+    char err[512];
+    config_defaults(&c);
+    ck_assert_str_eq(c.allowed_hosts, "");
+    ck_assert_int_eq(config_set(&c, "allowed-hosts", "models.example,.corp.example,127.0.0.1,[::1],::1,*,,",
+                                "test", err, sizeof(err)),
+                     0);
+    static const struct {
+        const char *value, *why;
+    } refused[] = {
+        {"models.example:8080", "\"models.example:8080\": a port"},
+        {"a.example,*.example.com", "\"*.example.com\": `*` stands alone"},
+        {"models..example", "an empty label"},
+        {".", "\".\": no name"},
+        {"http://models.example", "\"http://models.example\": an origin"},
+        {"models.example/", "'/' is not in a host name"},
+        {"models example", "' ' is not in a host name"},
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        ck_assert_int_eq(config_set(&c, "allowed-hosts", refused[i].value, "test", err, sizeof(err)), -1);
+        ck_assert_msg(strstr(err, refused[i].why), "%s: %s", refused[i].value, err);
+    }
+}
+END_TEST
+
 /* Lines of any length: a long comment is one comment, a long value one value. */
 START_TEST(file_long_lines) {
     size_t n = 20000;
@@ -817,6 +891,7 @@ int main(void) {
     tcase_add_test(tc, number_spaces_refused);
     tcase_add_test(tc, file_long_lines);
     tcase_add_test(tc, repository_settings);
+    tcase_add_test(tc, allowed_hosts);
     tcase_add_test(tc, unknown_environment_named);
     tcase_add_test(tc, printed_config_reloads);
     tcase_add_test(tc, api_key_file);

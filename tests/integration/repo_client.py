@@ -109,7 +109,7 @@ def main():
         payload = body(image)
         half = len(payload) // 2
         s = socket.create_connection((host, int(port)), timeout=60)
-        head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\n\r\n").encode()
         s.sendall(head + payload[:half])
         open(out + ".sent", "w").close()

@@ -22,7 +22,8 @@
 #     corrupt checkpoint under poll fails once: the polls after it do not
 #     load the unchanged files again.
 #  5. Explicit mode: only --load-model at start; load and unload through
-#     the API (refused to a page of another origin (Origin); a serve.conf with a daemon-only key: the load fails naming
+#     the API (refused to a page of another origin (Origin), and with
+#     allowed-hosts to one under a name rebound to the daemon (Host); a serve.conf with a daemon-only key: the load fails naming
 #     file:line; a FIFO as serve.conf, config.json or preprocessor_config.json,
 #     also under a loaded model: refused at once naming it, never waited
 #     on, what serves serves on; 1025 versions under latest:1: the highest
@@ -368,7 +369,7 @@ grep -q "version 1 ready" "$WORK/absent.log" && fail "a model loaded before the 
 # (empty names in the list are skipped; part 8 loads with '*'); the
 # default model (model-name) is ap, not loaded at first
 MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --load-model ',ld,' \
-  --model-name ap --access-log off
+  --model-name ap --access-log off --allowed-hosts models.example
 is_state ld 1 READY || fail "ld not loaded at start: $(index)"
 # /v1/models lists what serves while the default model does not (it was a
 # 503, "no model is loaded", with ld serving: the console had no model)
@@ -406,6 +407,24 @@ for c in "http://localhost:443|Host: localhost" "https://localhost|Host: localho
   code=$(origin_load "${c%%|*}" -H "${c#*|}")
   [ "$code" = 403 ] || fail "a load from another origin ($c): $code $(cat "$WORK/body")"
 done
+# a page whose name its DNS then answers with the daemon's address (DNS
+# rebinding) is same-origin for its browser: its Origin equals its Host,
+# so the Origin check passes it (it unloaded ld). allowed-hosts refuses
+# another Host on every route: 421 naming it. An allowed name (any port,
+# any case), an IP address (every request above), localhost and no Host
+# (HTTP/1.0) are served.
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H 'Host: attacker.example' -H 'Origin: http://attacker.example' \
+  -H 'Content-Type: text/plain' --data 'x=1' "$URL/v2/repository/models/ld/unload")
+{ [ "$code" = 421 ] &&
+  jq -e '.error | contains("Host \"attacker.example\" is not in allowed-hosts")' "$WORK/body" >/dev/null; } ||
+  fail "a rebound page's unload: $code $(cat "$WORK/body")"
+is_state ld 1 READY || fail "a rebound page's unload unloaded ld: $(index)"
+[ "$(http_code -H "Host: attacker.example:$PORT" "$URL/metrics")" = 421 ] || fail "a rebound page read /metrics"
+code=$(origin_load "http://Models.Example:$PORT" -H "Host: Models.Example:$PORT")
+[ "$code" = 404 ] || fail "a load under an allowed name: $code $(cat "$WORK/body")"
+[ "$(http_code -0 -H 'Host:' "$URL/v2/health/ready")" = 200 ] || fail "HTTP/1.0 with no Host refused"
+[ "$(metric 'comrope_request_failures_total{reason="misdirected"}')" = 2 ] ||
+  fail "misdirected: $(metric 'comrope_request_failures_total{reason="misdirected"}'), not 2"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
 { [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
   fail "load of an unknown model: $code $(cat "$WORK/body")"
