@@ -190,7 +190,14 @@ int main(int argc, char **argv) {
 
     int action = config_load(&cfg, argc, argv, environ, err, sizeof(err));
     if (action < 0) {
+        /* Through the writer too, as the bad settings below: written
+         * there and then, the line held the exit 2 for good on a stderr
+         * pipe full at start. The signals are not blocked yet: a SIGTERM
+         * during log_stop's wait ends the exit it would have asked for. */
+        char why[256];
+        int writer = log_start(why, sizeof(why)) == 0;
         log_event("error", "%s", err);
+        if (writer) log_stop(LOG_FLUSH_MS);
         return 2;
     }
     /* every line from here on in the chosen format (access-log json: JSON) */

@@ -15,8 +15,9 @@ pipe and the log's 1 MiB buffer fill within a few hundred requests.
   5. a pipe already full at start (its reader stalled across a restart), a
      warning logged before the model loads (an unknown COMROPE_ variable):
      ready, and SIGTERM exits 0; the same with an api-key-file that cannot
-     be read: exit 2 within a bound (both waited on that line's write for
-     good, SIGTERM blocked).
+     be read, or a command line that cannot be parsed: exit 2 within a
+     bound (each waited on that line's write for good; SIGTERM blocked but
+     in the last).
 Exits 0, or prints FAIL: ... and exits 1 (the daemon killed).
 """
 import http.client
@@ -158,7 +159,7 @@ def full_at_start(serve, model):
     free_port = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "free_port.py")
     port = int(subprocess.check_output([sys.executable, free_port]))
     env = dict(os.environ, COMROPE_NO_SUCH_SETTING="1")  # a warning before the model loads
-    cases = [([], 0), (["--api-key-file", "/nonexistent/keys"], 2)]
+    cases = [([], 0), (["--api-key-file", "/nonexistent/keys"], 2), (["--no-such-flag"], 2)]
     for extra, want in cases:
         r, w = full_pipe()
         proc = subprocess.Popen([serve, "--model", model, "--host", "127.0.0.1", "--port", str(port)] + extra,
