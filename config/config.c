@@ -110,8 +110,8 @@ int config_host_allowed(const char *allowed, const char *host) {
     if (*port && *port != ':') return 0;
     for (port += *port == ':'; *port; port++)
         if (!isdigit((unsigned char)*port)) return 0;
-    if (ip_literal(host, n)) return 1;
     if (n > 1 && host[n - 1] == '.') n--; /* "example.com." is example.com */
+    if (ip_literal(host, n)) return 1;
     if (n == 9 && strncasecmp(host, "localhost", 9) == 0) return 1;
     int any = 1;
     size_t en;

@@ -553,6 +553,7 @@ START_TEST(allowed_hosts) {
         /* never rebindable: IP addresses, localhost; no Host (HTTP/1.0) */
         {"models.example", "127.0.0.1:8080", 1},
         {"models.example", "10.1.2.3", 1},
+        {"models.example", "10.1.2.3.:80", 1},
         {"models.example", "[::1]:8080", 1},
         {"models.example", "[fe80::1]", 1},
         {"models.example", "::1", 1}, /* unbracketed (--health-probe's, --host ::) */
