@@ -163,6 +163,8 @@ int safetensors_open(const char *path, safetensors_file *f, char *err, size_t er
     }
     f->fd = fd;
     fd = -1;
+    f->size = (uint64_t)st.st_size;
+    f->mtime = st.st_mtim;
     size_t file_size = (size_t)st.st_size;
     uint8_t lenbytes[8];
     if (pread_full(f->fd, lenbytes, 8, 0)) {
@@ -245,6 +247,23 @@ void safetensors_close(safetensors_file *f) {
     free(f->tensors);
     free(f->path);
     memset(f, 0, sizeof(*f));
+}
+
+int safetensors_check_unchanged(const safetensors_file *f, char *err, size_t errlen) {
+    struct stat st;
+    if (fstat(f->fd, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot read: %s", f->path, strerror(errno));
+        return -1;
+    }
+    if ((uint64_t)st.st_size != f->size || st.st_mtim.tv_sec != f->mtime.tv_sec ||
+        st.st_mtim.tv_nsec != f->mtime.tv_nsec) {
+        snprintf(err, errlen,
+                 "%s: rewritten in place while loading: the weights read may mix two checkpoints "
+                 "(replace a checkpoint by rename)",
+                 f->path);
+        return -1;
+    }
+    return 0;
 }
 
 static st_tensor *find(const safetensors_file *f, const char *name) {

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define ST_MAX_DIMS 8
 
@@ -33,6 +34,9 @@ typedef struct {
     size_t data_size;
     st_tensor *tensors; /* n tensors, owned */
     int n;
+    /* the file as opened: safetensors_check_unchanged compares */
+    uint64_t size;
+    struct timespec mtime;
 } safetensors_file;
 
 /* Opens and validates `path` (a regular file: a FIFO or a device is
@@ -60,5 +64,13 @@ int safetensors_has(const safetensors_file *f, const char *name);
 /* After every expected tensor was taken: -1 naming the first tensor that was
  * not (an unexpected tensor means the config does not describe these weights). */
 int safetensors_check_all_used(const safetensors_file *f, char *err, size_t errlen);
+
+/* After the tensors were taken: -1 if the file was written to since it was
+ * opened (its size or mtime changed). Rewritten in place (cp over it) with
+ * a checkpoint of the same layout, the tensors read before the write came
+ * from the old one and those after from the new: a model of neither, that
+ * served with no error. (Not ctime: replacing the file by rename, as
+ * meant, changes the ctime of the one read, which is whole.) */
+int safetensors_check_unchanged(const safetensors_file *f, char *err, size_t errlen);
 
 #endif

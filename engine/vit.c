@@ -256,7 +256,8 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
             take(f, "classification_head.2.bias", w->head2_b, err, errlen, 1, K, 0, 0, 0, 0))
             return -1;
     }
-    return safetensors_check_all_used(f, err, errlen);
+    if (safetensors_check_all_used(f, err, errlen)) return -1;
+    return safetensors_check_unchanged(f, err, errlen);
 }
 
 vit_options vit_default_options(void) {

@@ -627,9 +627,10 @@ static load_failure say_cure(char *err, size_t errlen, batcher_failure failure) 
 }
 
 /* *failure: the kind of a failed load, with err saying what cures it
- * (say_cure). */
+ * (say_cure). `signature`: c's files_signature, taken before they are read. */
 static served_model *load_version(repository *r, const candidate *c, const server_config *settings,
-                                  load_failure *failure, char *err, size_t errlen) {
+                                  unsigned long long signature, load_failure *failure, char *err,
+                                  size_t errlen) {
     batcher_failure kind = BATCHER_FAILED;
     served_model *m = calloc(1, sizeof(*m));
     if (!m) {
@@ -642,7 +643,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
     snprintf(m->version_text, sizeof(m->version_text), "%d", c->version);
     snprintf(m->dir, sizeof(m->dir), "%s", c->dir);
     m->cfg = *settings;
-    m->signature = files_signature(c->dir, c->model_dir);
+    m->signature = signature;
     /* the contexts' ISA first: the precision auto picks depends on it */
     vit_context_params engine = vit_context_default_params();
     const char *isa;
@@ -785,7 +786,11 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     log_event("info", "%s model %s version %d from %s", reload ? "reloading" : "loading", c->name, c->version,
               c->dir);
     load_failure failure;
-    served_model *m = load_version(r, c, settings, &failure, err, sizeof(err));
+    /* the files as read, not as they are once the load failed: rewritten
+     * during it (safetensors_check_unchanged), the files there now are not
+     * those that failed, and the next poll loads them */
+    unsigned long long read_signature = files_signature(c->dir, c->model_dir);
+    served_model *m = load_version(r, c, settings, read_signature, &failure, err, sizeof(err));
     pthread_mutex_lock(&r->lock);
     e = get_entry(r, c->name);
     int rc = -1;
@@ -803,7 +808,7 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
         set_status(e, c->version, reload ? MODEL_READY : MODEL_UNAVAILABLE, err);
         version_status *vs = get_status(e, c->version);
         if (vs) {
-            vs->failed_signature = files_signature(c->dir, c->model_dir);
+            vs->failed_signature = read_signature;
             vs->failure = failure;
         }
     }

@@ -7,7 +7,10 @@
  *   LOAD_GATE=/path/to/gate LD_PRELOAD=libload_gate.so comrope-serve ...
  *
  * It writes LOAD_GATE.waiting when the open is held (the test waits on
- * that file), then polls for LOAD_GATE. */
+ * that file), then polls for LOAD_GATE. With LOAD_GATE_READ=N it holds
+ * before the checkpoint's Nth pread instead (1: the header's length, 2:
+ * the header, then the tensors'): the file is open and partly read, as
+ * when it is rewritten in place during a load. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -17,19 +20,25 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
-static void hold(const char *path) {
-    const char *gate = getenv("LOAD_GATE");
+/* the checkpoint's descriptor and the preads on it (LOAD_GATE_READ) */
+static int checkpoint_fd = -1, checkpoint_reads;
+
+static int is_checkpoint(const char *path) {
     size_t n = strlen(path), k = strlen("model.safetensors");
-    if (!gate || n < k || strcmp(path + n - k, "model.safetensors") != 0) return;
+    return getenv("LOAD_GATE") && n >= k && strcmp(path + n - k, "model.safetensors") == 0;
+}
+
+static void hold(void) {
     char waiting[4096];
-    snprintf(waiting, sizeof(waiting), "%s.waiting", gate);
+    snprintf(waiting, sizeof(waiting), "%s.waiting", getenv("LOAD_GATE"));
     FILE *f = fopen(waiting, "w");
     if (f) fclose(f);
     struct timespec tick = {0, 10 * 1000 * 1000};
-    while (access(gate, F_OK) != 0) nanosleep(&tick, NULL);
+    while (access(getenv("LOAD_GATE"), F_OK) != 0) nanosleep(&tick, NULL);
 }
 
 int open(const char *path, int flags, ...) {
@@ -42,6 +51,32 @@ int open(const char *path, int flags, ...) {
         mode = (mode_t)va_arg(ap, int);
         va_end(ap);
     }
-    hold(path);
-    return real_open(path, flags, mode);
+    int checkpoint = is_checkpoint(path), at_read = getenv("LOAD_GATE_READ") != NULL;
+    if (checkpoint && !at_read) hold();
+    int fd = real_open(path, flags, mode);
+    if (checkpoint && at_read) {
+        checkpoint_fd = fd;
+        checkpoint_reads = 0;
+    }
+    return fd;
+}
+
+static void count_read(int fd) {
+    const char *at = getenv("LOAD_GATE_READ");
+    if (at && fd >= 0 && fd == checkpoint_fd && ++checkpoint_reads == atoi(at)) hold();
+}
+
+ssize_t pread(int fd, void *buf, size_t len, off_t off) {
+    static ssize_t (*real_pread)(int, void *, size_t, off_t);
+    if (!real_pread) real_pread = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread");
+    count_read(fd);
+    return real_pread(fd, buf, len, off);
+}
+
+/* what pread is under _FILE_OFFSET_BITS=64 */
+ssize_t pread64(int fd, void *buf, size_t len, off_t off) {
+    static ssize_t (*real_pread64)(int, void *, size_t, off_t);
+    if (!real_pread64) real_pread64 = (ssize_t(*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT, "pread64");
+    count_read(fd);
+    return real_pread64(fd, buf, len, off);
 }

@@ -181,6 +181,32 @@ START_TEST(test_truncated_while_loading) {
 }
 END_TEST
 
+/* A checkpoint rewritten in place at its size (cp over it, one of the same
+ * layout) while it loads: every read succeeds, half of them of the other
+ * file, so the change itself fails the load. The write's mtime is set
+ * apart by hand: two writes in one clock tick share one. */
+START_TEST(test_rewritten_while_loading) {
+    char path[512], err[512];
+    snprintf(path, sizeof(path), "%s/model.safetensors", tmpdir);
+    safetensors_file f;
+    ck_assert_msg(safetensors_open(path, &f, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(safetensors_check_unchanged(&f, err, sizeof(err)) == 0, "%s", err);
+    int fd = open(path, O_WRONLY);
+    ck_assert(fd >= 0);
+    struct stat st;
+    ck_assert(fstat(fd, &st) == 0);
+    uint8_t last;
+    ck_assert(pread(f.fd, &last, 1, st.st_size - 1) == 1);
+    ck_assert(pwrite(fd, &last, 1, st.st_size - 1) == 1);
+    struct timespec times[2] = {st.st_atim, {st.st_mtim.tv_sec + 1, st.st_mtim.tv_nsec}};
+    ck_assert(futimens(fd, times) == 0);
+    close(fd);
+    ck_assert(safetensors_check_unchanged(&f, err, sizeof(err)) != 0);
+    ck_assert_msg(strstr(err, "rewritten in place while loading") != NULL, "%s", err);
+    safetensors_close(&f);
+}
+END_TEST
+
 /* A FIFO in the checkpoint's place (put there after vit_load's check) is
  * refused at once: an open() that blocked would hang the repository's
  * control thread (no load, unload or rescan any more, a stop waiting). */
@@ -623,6 +649,7 @@ int main(void) {
     tcase_add_test(tc, test_gflop_vit_b16);
     tcase_add_test(tc, test_truncated_file);
     tcase_add_test(tc, test_truncated_while_loading);
+    tcase_add_test(tc, test_rewritten_while_loading);
     tcase_add_test(tc, test_fifo_refused);
     tcase_add_test(tc, test_header_length_lies);
     tcase_add_test(tc, test_header_not_json);

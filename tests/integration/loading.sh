@@ -104,4 +104,58 @@ log_has "loading model c" && fail "a model loaded after SIGTERM (the rescan went
 log_has "model z version 1: unloading" && fail "z version 1 retired at the stop for a version 2 never loaded"
 log_has "comrope-serve: stopped" || fail "SIGTERM during a rescan's load: no clean stop"
 echo "ok SIGTERM during a rescan: the load under way finishes (logged), no further load, nothing retired, exit 0"
+
+# A checkpoint rewritten in place (cp over it) during its load: tensors are
+# read one by one, so with one of the same layout those read before the
+# write came from the old file and the rest from the new one: a model of
+# neither, served as ready. The load is held at the checkpoint's 10th read
+# (LOAD_GATE_READ), the file rewritten, the gate opened: the load fails.
+A=$ROOT/models/fashion-comrope-ld B=$ROOT/models/fashion-comrope-ld-28 C=$ROOT/models/study/fashion-comrope-ld
+SAMPLE=$ROOT/models/samples/sneaker.png
+logits() { "$PY" "$ROOT/tests/integration/repo_client.py" logits "$URL" "$1" "$SAMPLE"; }
+same_logits() {
+  "$PY" -c 'import json,sys; a,b=(json.load(open(p)) for p in sys.argv[1:3]); sys.exit(not (len(a)==len(b) and max(abs(x-y) for x,y in zip(a,b))<1e-3))' "$1" "$2"
+}
+MODEL=$B start_daemon --access-log off --model-name z
+logits z >"$WORK/ref.b"
+stop_daemon
+mkdir -p "$WORK/mix"
+cp "$A/config.json" "$A/model.safetensors" "$WORK/mix/"
+rm -f "$GATE" "$GATE.waiting"
+DAEMON_ENV=("LOAD_GATE=$GATE" "LOAD_GATE_READ=10" "LD_PRELOAD=$GATE_SO"
+  "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0")
+MODEL=$WORK/mix launch_daemon --access-log off
+poll 30 test -e "$GATE.waiting" || fail "the load never reached the checkpoint's 10th read"
+cat "$B/model.safetensors" >"$WORK/mix/model.safetensors"
+: >"$GATE"
+gone_or_ready() { daemon_gone || ready; }
+poll 30 gone_or_ready || fail "neither exited nor ready after the load"
+daemon_gone || fail "a checkpoint rewritten during its load was served (its weights mixed from two files)"
+wait_exit 5
+[ "$EXIT_CODE" = 1 ] || fail "a checkpoint rewritten during its load: exit $EXIT_CODE, not 1"
+log_has "model.safetensors: rewritten in place while loading" || fail "no line naming the rewrite"
+echo "ok a checkpoint rewritten in place during the start-up load: exit 1 naming it, not a mixed model served"
+
+# The same during a poll's reload: the copy loaded goes on serving, and the
+# next poll loads the files as they are now (the failure is held against
+# the files read, C then B, not against B alone: else B is never loaded).
+mkdir -p "$WORK/prepo/z"
+cp -r "$WORK/mix" "$WORK/prepo/z/1"
+cp "$A/model.safetensors" "$WORK/prepo/z/1/"
+: >"$GATE"
+MODEL='' start_daemon --access-log off --model-repository "$WORK/prepo" --model-control-mode poll \
+  --repository-poll-s 1
+DAEMON_ENV=()
+rm -f "$GATE" "$GATE.waiting"
+cat "$C/model.safetensors" >"$WORK/prepo/z/1/model.safetensors"
+poll 30 test -e "$GATE.waiting" || fail "the poll's reload never reached the checkpoint's 10th read"
+cat "$B/model.safetensors" >"$WORK/prepo/z/1/model.safetensors"
+: >"$GATE"
+poll 30 log_has "rewritten in place while loading" || fail "the poll's reload of a rewritten checkpoint did not fail"
+ready_lines() { [ "$(grep -c "model z version 1 ready" "$LOG")" -ge 2 ]; }
+poll 30 ready_lines || fail "the next poll did not load the files as they are now"
+logits z >"$WORK/polled"
+same_logits "$WORK/ref.b" "$WORK/polled" || fail "z does not answer as the checkpoint now on disk"
+stop_daemon
+echo "ok a checkpoint rewritten in place during a poll's reload: the reload fails, the next poll loads it"
 echo "loading: ok"
