@@ -103,16 +103,29 @@ struct repository {
     char *unreadable;
 };
 
-/* One version directory found by a scan. */
+/* One version directory found by a scan. Its paths are built again when
+ * needed (candidate_paths), not kept: two of CONFIG_PATH_MAX each made a
+ * scan take 8.6 KB a version, 170 MB for a model of 20,000 versions, at
+ * every poll. */
 typedef struct {
     char name[256];
-    int version;
-    char dir[CONFIG_PATH_MAX];
-    char model_dir[CONFIG_PATH_MAX]; /* where serve.conf lives */
+    int version; /* unreadable: the version whose directory could not be read, 0: the model's */
+    int flat;    /* config.json in the model's directory: version 1 there */
     /* "": a version found. Else why the model's directory could not be
-     * read (the only candidate of its model, version 0): kept as it is */
+     * read (the only candidate of its model): kept as it is */
     char unreadable[128];
 } candidate;
+
+/* c's model directory (where serve.conf lives) and version directory, each
+ * into CONFIG_PATH_MAX bytes (a scan left out what does not fit). */
+static void candidate_paths(const repository *r, const candidate *c, char *model_dir, char *dir) {
+    const server_config *cfg = r->p.cfg;
+    if (r->single) snprintf(model_dir, CONFIG_PATH_MAX, "%s", cfg->model);
+    else if (snprintf(model_dir, CONFIG_PATH_MAX, "%s/%s", cfg->model_repository, c->name) < 0)
+        model_dir[0] = '\0';
+    if (c->flat || c->version == 0) snprintf(dir, CONFIG_PATH_MAX, "%s", model_dir);
+    else if (snprintf(dir, CONFIG_PATH_MAX, "%s/%d", model_dir, c->version) < 0) dir[0] = '\0';
+}
 
 /* --- settings and policy --------------------------------------------------- */
 
@@ -153,10 +166,11 @@ static int policy_keeps(const version_policy *p, const int *versions, int n, int
 
 /* A version's files, as a number that changes when one of them does
  * (replaced, rewritten, touched). */
-static unsigned long long files_signature(const char *dir, const char *model_dir) {
+static unsigned long long files_signature(const repository *r, const candidate *c) {
     const char *files[] = {"config.json", "model.safetensors", "preprocessor_config.json", SETTINGS_FILE};
     unsigned long long h = 1469598103934665603ULL;
-    char path[CONFIG_PATH_MAX + 64];
+    char path[CONFIG_PATH_MAX + 64], dir[CONFIG_PATH_MAX], model_dir[CONFIG_PATH_MAX];
+    candidate_paths(r, c, model_dir, dir);
     for (int i = 0; i < 4; i++) {
         snprintf(path, sizeof(path), "%s/%s", i == 3 ? model_dir : dir, files[i]);
         struct stat st;
@@ -237,8 +251,7 @@ static int cmp_bad_name(const void *a, const void *b) {
     return strcmp(((const bad_name *)a)->name, ((const bad_name *)b)->name);
 }
 
-static int push_candidate(candidate **c, int *n, int *cap, const char *name, int version, const char *dir,
-                          const char *model_dir) {
+static int push_candidate(candidate **c, int *n, int *cap, const char *name, int version, int flat) {
     if (*n == *cap) {
         int ncap = *cap ? 2 * *cap : 16;
         candidate *g = realloc(*c, sizeof(candidate) * (size_t)ncap);
@@ -249,8 +262,7 @@ static int push_candidate(candidate **c, int *n, int *cap, const char *name, int
     candidate *k = &(*c)[(*n)++];
     snprintf(k->name, sizeof(k->name), "%s", name);
     k->version = version;
-    snprintf(k->dir, sizeof(k->dir), "%s", dir);
-    snprintf(k->model_dir, sizeof(k->model_dir), "%s", model_dir);
+    k->flat = flat;
     k->unreadable[0] = '\0';
     return 0;
 }
@@ -264,8 +276,8 @@ static int push_candidate(candidate **c, int *n, int *cap, const char *name, int
 static int scan_model(const char *name, const char *model_dir, candidate **c, int *n, int *cap) {
     int first = *n, found = has_config(model_dir), why = 0;
     char path[CONFIG_PATH_MAX];
-    const char *where = model_dir; /* what could not be read */
-    if (found == 0) return push_candidate(c, n, cap, name, 1, model_dir, model_dir);
+    int where = 0; /* what could not be read: a version's directory, 0: the model's */
+    if (found == 0) return push_candidate(c, n, cap, name, 1, 1);
     if (found < 0) {
         why = errno;
         goto unreadable;
@@ -293,16 +305,16 @@ static int scan_model(const char *name, const char *model_dir, candidate **c, in
         found = has_config(path);
         if (found < 0) {
             why = errno;
-            where = path;
+            where = version;
             break;
         }
-        if (found == 0 && (rc = push_candidate(c, n, cap, name, version, path, model_dir))) break;
+        if (found == 0 && (rc = push_candidate(c, n, cap, name, version, 0))) break;
     }
     closedir(d);
     if (rc || !why) return rc;
 unreadable:
     *n = first; /* the versions read before the failure are not all there are */
-    if (push_candidate(c, n, cap, name, 0, where, model_dir)) return -1;
+    if (push_candidate(c, n, cap, name, where, 0)) return -1;
     snprintf((*c)[*n - 1].unreadable, sizeof((*c)[*n - 1].unreadable), "%s", strerror(why));
     return 0;
 }
@@ -312,15 +324,16 @@ unreadable:
  * rescan; r->unreadable keeps the set until the next scan. */
 static void say_unreadable(repository *r, const candidate *c, int n) {
     text now = {0};
-    char line[512];
+    char line[512], model_dir[CONFIG_PATH_MAX], dir[CONFIG_PATH_MAX];
     text_put(&now, "\n");
     for (int i = 0; i < n; i++) {
         if (!c[i].unreadable[0]) continue;
         text_put(&now, "%s\t%s\n", c[i].name, c[i].unreadable);
         snprintf(line, sizeof(line), "\n%s\t%s\n", c[i].name, c[i].unreadable);
+        candidate_paths(r, &c[i], model_dir, dir);
         if (!r->unreadable || !strstr(r->unreadable, line))
-            log_event("error", "model %s: cannot read %s: %s (kept as it is until it can)", c[i].name,
-                      c[i].dir, c[i].unreadable);
+            log_event("error", "model %s: cannot read %s: %s (kept as it is until it can)", c[i].name, dir,
+                      c[i].unreadable);
     }
     if (now.failed) { /* out of memory: the set said stays the one to compare with */
         free(now.data);
@@ -334,7 +347,8 @@ static void say_unreadable(repository *r, const candidate *c, int n) {
         if (!strstr(now.data, line))
             for (int i = 0; i < n; i++)
                 if (strlen(c[i].name) == len && !strncmp(c[i].name, p, len)) {
-                    log_event("info", "model %s: %s can be read again", c[i].name, c[i].model_dir);
+                    candidate_paths(r, &c[i], model_dir, dir);
+                    log_event("info", "model %s: %s can be read again", c[i].name, model_dir);
                     break;
                 }
         p += strcspn(p, "\n");
@@ -367,7 +381,7 @@ static int scan(repository *r, candidate **out) {
     int n = 0, cap = 0;
     *out = NULL;
     if (r->single) {
-        if (push_candidate(&c, &n, &cap, cfg->model_name, 1, cfg->model, cfg->model)) return -1;
+        if (push_candidate(&c, &n, &cap, cfg->model_name, 1, 1)) return -1;
         *out = c;
         return n;
     }
@@ -641,9 +655,10 @@ static served_model *load_version(repository *r, const candidate *c, const serve
     snprintf(m->name, sizeof(m->name), "%s", c->name);
     m->version = c->version;
     snprintf(m->version_text, sizeof(m->version_text), "%d", c->version);
-    snprintf(m->dir, sizeof(m->dir), "%s", c->dir);
     m->cfg = *settings;
     m->signature = signature;
+    char model_dir[CONFIG_PATH_MAX];
+    candidate_paths(r, c, model_dir, m->dir);
     /* the contexts' ISA first: the precision auto picks depends on it */
     vit_context_params engine = vit_context_default_params();
     const char *isa;
@@ -664,7 +679,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
             snprintf(err, errlen, "gemm-backend: unknown value");
             goto fail;
         }
-    int loaded = vit_load(c->dir, &vopt, &m->model, err, errlen);
+    int loaded = vit_load(m->dir, &vopt, &m->model, err, errlen);
     if (loaded) {
         kind = loaded == ENGINE_ERR_MEMORY ? BATCHER_NO_MEMORY : BATCHER_FAILED;
         goto fail;
@@ -783,13 +798,15 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
     int reload = e && serving_version(e, c->version) != NULL;
     if (e && !reload) set_status(e, c->version, MODEL_LOADING, "");
     pthread_mutex_unlock(&r->lock);
+    char model_dir[CONFIG_PATH_MAX], dir[CONFIG_PATH_MAX];
+    candidate_paths(r, c, model_dir, dir);
     log_event("info", "%s model %s version %d from %s", reload ? "reloading" : "loading", c->name, c->version,
-              c->dir);
+              dir);
     load_failure failure;
     /* the files as read, not as they are once the load failed: rewritten
      * during it (safetensors_check_unchanged), the files there now are not
      * those that failed, and the next poll loads them */
-    unsigned long long read_signature = files_signature(c->dir, c->model_dir);
+    unsigned long long read_signature = files_signature(r, c);
     served_model *m = load_version(r, c, settings, read_signature, &failure, err, sizeof(err));
     pthread_mutex_lock(&r->lock);
     e = get_entry(r, c->name);
@@ -931,11 +948,13 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
             continue;
         }
         found = 1;
+        char model_dir[CONFIG_PATH_MAX], dir[CONFIG_PATH_MAX];
+        candidate_paths(r, &c[i], model_dir, dir);
         if (c[i].unreadable[0]) { /* kept as it is: nothing loaded, nothing retired (scan said why) */
             if (only) {
                 unreadable = 1;
                 if (failed)
-                    snprintf(failed, failed_len, "its directory %.300s cannot be read: %s", c[i].dir,
+                    snprintf(failed, failed_len, "its directory %.300s cannot be read: %s", dir,
                              c[i].unreadable);
             }
             i = j;
@@ -953,7 +972,7 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
         server_config settings;
         version_policy pol;
         char err[1024], why[300];
-        int bad = model_settings(r, c[i].model_dir, &settings, err, sizeof(err));
+        int bad = model_settings(r, model_dir, &settings, err, sizeof(err));
         /* the one parse of the policy, where it applies: config_set checked
          * its text from every source, so only a config built by hand fails */
         if (!bad && config_parse_version_policy(settings.version_policy, &pol, why, sizeof(why))) {
@@ -965,7 +984,7 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
             e = get_entry(r, name);
             int counted = 0;
             for (int k = i; e && k < j; k++) {
-                unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
+                unsigned long long sig = files_signature(r, &c[k]);
                 version_status *vs = get_status(e, c[k].version);
                 if (!vs || (vs->failed_signature == sig && !retry)) continue; /* said already */
                 set_status(e, c[k].version,
@@ -995,7 +1014,7 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
             pthread_mutex_lock(&r->lock);
             e = get_entry(r, name);
             served_model *s = e ? serving_version(e, c[k].version) : NULL;
-            unsigned long long sig = files_signature(c[k].dir, c[k].model_dir);
+            unsigned long long sig = files_signature(r, &c[k]);
             int fresh = s && s->signature == sig;
             /* a load that failed is not retried on the same files unless
              * asked (`retry`) */

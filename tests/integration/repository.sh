@@ -42,6 +42,9 @@
 #     ELOOP, as with EIO or EACCES): that model is kept as it is (it was
 #     unloaded as gone), a load of it answers 503 naming the reason;
 #     logged when it starts and ends.
+#  9. A scan of 8,000 versions (symlinks to one): the daemon's peak RSS
+#     grows by less than 16 MiB (two paths of 4 KiB kept per version made
+#     it 70 MB, at every rescan or poll).
 #  Every wait is on observable state (index, metrics, log, files).
 set -euo pipefail
 SERVE=${1:-}
@@ -709,4 +712,19 @@ grep -q "model ap version 1: unloading" "$LOG" && fail "ap was unloaded: $(grep 
 log_has "lost+found" && fail "an unreadable directory never seen as a model is logged: $(grep lost+found "$LOG")"
 echo "ok a model's directory that cannot be read for a while: kept as it is, a load 503 naming why, said once"
 stop_daemon
+
+# --- 9. a scan's memory does not grow by kilobytes a version ------------------
+REPO=$WORK/repo9
+mkdir -p "$REPO/many/base"
+ln -s "$ROOT/tests/fixtures/parity/comrope_ld_b2/"{config.json,model.safetensors} "$REPO/many/base/"
+MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --access-log off
+hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$DAEMON_PID/status"; }
+hwm0=$(hwm)
+"$PY" -c 'import os, sys; [os.symlink("base", os.path.join(sys.argv[1], str(v))) for v in range(1, 8001)]' "$REPO/many"
+kill -HUP "$DAEMON_PID"
+poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
+hwm1=$(hwm)
+[ $((hwm1 - hwm0)) -lt 16384 ] || fail "a scan of 8,000 versions: the daemon's peak RSS grew from $hwm0 to $hwm1 kB"
+stop_daemon
+echo "ok a scan of 8,000 versions: peak RSS from $hwm0 to $hwm1 kB"
 echo "repository: ok"
