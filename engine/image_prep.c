@@ -179,6 +179,18 @@ static int json_get_triple(json_t *root, const char *key, double dst[3], int pos
     return 0;
 }
 
+/* What the model sees of byte v of channel c: ToTensor + Normalize. torchvision
+ * divides the byte by 255 in float32, which for every byte equals the double
+ * product v * (1/255) rounded to float (HF's rescale: float64 multiply, then
+ * float32). The normalization is float32 arithmetic with float32 mean and
+ * std, as both torch and numpy do it. */
+static float pixel_value(const image_prep *p, int c, uint8_t v) {
+    int do_rescale = p->has_preprocessor ? p->do_rescale : 1;
+    int do_normalize = p->has_preprocessor ? p->do_normalize : 1;
+    float x = do_rescale ? (float)(v * p->rescale_factor) : (float)v;
+    return do_normalize ? (x - (float)p->mean[c]) / (float)p->std[c] : x;
+}
+
 int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen) {
     json_error_t jerr;
     json_t *root = NULL, *v;
@@ -247,6 +259,21 @@ int image_prep_load(const char *path, image_prep *out, char *err, size_t errlen)
     if (json_get_triple(root, "image_mean", p.mean, 0, path, err, errlen) ||
         json_get_triple(root, "image_std", p.std, 1, path, err, errlen))
         goto cleanup;
+    /* Finite in double, they may not be in the float32 arithmetic of the
+     * model's input (an image_std of 1e-50 is 0 there, a rescale_factor of
+     * 1e39 infinite): every image then had non-finite logits, a 400 that
+     * blamed the client's pixels while the model showed ready. The value
+     * is linear in the byte: its ends bound it. */
+    for (int c = 0; c < 3; c++)
+        for (int v = 0; v < 256; v += 255)
+            if (!isfinite(pixel_value(&p, c, (uint8_t)v))) {
+                snprintf(
+                    err, errlen,
+                    "%s: \"rescale_factor\", \"image_mean\" and \"image_std\" make byte %d of channel %d "
+                    "%g, not a float32 number",
+                    path, v, c, (double)pixel_value(&p, c, (uint8_t)v));
+                goto cleanup;
+            }
 
     *out = p;
     rc = 0;
@@ -422,25 +449,13 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const imag
         }
     }
 
-    /* ToTensor + Normalize. torchvision divides the byte by 255 in float32,
-     * which for every byte equals the double product v * (1/255) rounded
-     * to float (HF's rescale: float64 multiply, then float32). The
-     * normalization is float32 arithmetic with float32 mean and std, as
-     * both torch and numpy do it. */
+    /* ToTensor + Normalize (pixel_value) */
     {
         const int C = cur.channels;
         const size_t plane = (size_t)out_h * out_w;
-        int do_rescale = prep->has_preprocessor ? prep->do_rescale : 1;
-        int do_normalize = prep->has_preprocessor ? prep->do_normalize : 1;
         for (int c = 0; c < C; c++) {
-            float mean = (float)prep->mean[c], std = (float)prep->std[c];
             float *dst = out + (size_t)c * plane;
-            for (size_t i = 0; i < plane; i++) {
-                uint8_t v = cur.pixels[i * C + c];
-                float x = do_rescale ? (float)(v * prep->rescale_factor) : (float)v;
-                if (do_normalize) x = (x - mean) / std;
-                dst[i] = x;
-            }
+            for (size_t i = 0; i < plane; i++) dst[i] = pixel_value(prep, c, cur.pixels[i * C + c]);
         }
     }
     rc = 0;

@@ -677,10 +677,18 @@ START_TEST(test_prep_load_bad) {
     struct {
         const char *file, *needle;
     } cases[] = {
-        {"pp_bad_type.json", "\"do_resize\""}, {"pp_bad_resample.json", "\"resample\" 0"},
-        {"pp_bad_size.json", "\"size\""},      {"pp_bad_mean.json", "\"image_mean\"[1]"},
-        {"pp_bad_std.json", "\"image_std\""},  {"pp_bad_rescale.json", "\"rescale_factor\""},
-        {"pp_bad_syntax.json", "line"},        {"pp_does_not_exist.json", "pp_does_not_exist.json"},
+        {"pp_bad_type.json", "\"do_resize\""},
+        {"pp_bad_resample.json", "\"resample\" 0"},
+        {"pp_bad_size.json", "\"size\""},
+        {"pp_bad_mean.json", "\"image_mean\"[1]"},
+        {"pp_bad_std.json", "\"image_std\""},
+        {"pp_bad_rescale.json", "\"rescale_factor\""},
+        {"pp_bad_syntax.json", "line"},
+        {"pp_does_not_exist.json", "pp_does_not_exist.json"},
+        /* finite in double, not in the float32 of the model's input: every
+         * image's logits were infinite or NaN, each request a 400 */
+        {"pp_std_underflows.json", "byte 0 of channel 0 -inf, not a float32 number"},
+        {"pp_rescale_overflows.json", "byte 255 of channel 0 inf"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[1024], err[512] = "";

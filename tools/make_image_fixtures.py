@@ -408,6 +408,9 @@ def make_prepare(wr, rng):
         "pp_bad_mean.json": {"image_mean": [0.5, "x", 0.5]},
         "pp_bad_std.json": {"image_std": [0.5, 0.0, 0.5]},
         "pp_bad_rescale.json": {"rescale_factor": "1/255"},
+        # finite in float64, not in the float32 of the model's input
+        "pp_std_underflows.json": {"image_std": 1e-50},
+        "pp_rescale_overflows.json": {"rescale_factor": 1e39},
     }
     for name, pp in bad.items():
         wr.write(name, json.dumps(pp).encode() + b"\n")
