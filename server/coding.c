@@ -166,6 +166,7 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
         f->started = 1;
     }
     size_t used, got;
+    int rc = 0;
     if (f->member_ended && *in_len) { /* the next gzip member */
         /* a member starts with the magic 1f 8b (RFC 1952 2.3.1): other
          * bytes after a member (junk, zero padding) are not the start of
@@ -181,17 +182,21 @@ int coding_inflate(coding_inflater *f, const uint8_t **in, size_t *in_len, uint8
         f->member_ended = 0;
     }
     if (f->head_used < f->head_len) {
-        int rc = inflate_some(f, f->head + f->head_used, (size_t)(f->head_len - f->head_used), out, out_cap,
-                              &used, &got, err);
+        rc = inflate_some(f, f->head + f->head_used, (size_t)(f->head_len - f->head_used), out, out_cap,
+                          &used, &got, err);
         f->head_used += (int)used;
         *out_len = got;
-        if (rc) return rc;
-        if (f->head_used < f->head_len) return 0; /* out of room: called again with more */
+        if (rc < 0) return rc;
+        if (!rc && f->head_used < f->head_len) return 0; /* out of room: called again with more */
     }
-    int rc = inflate_some(f, *in, *in_len, out + *out_len, out_cap - *out_len, &used, &got, err);
-    *in += used;
-    *in_len -= used;
-    *out_len += got;
+    /* a raw deflate stream can end within those two bytes (03 00, one
+     * empty block): what is left of *in then follows its end (below) */
+    if (!rc) {
+        rc = inflate_some(f, *in, *in_len, out + *out_len, out_cap - *out_len, &used, &got, err);
+        *in += used;
+        *in_len -= used;
+        *out_len += got;
+    }
     /* gzip may be several members one after another (RFC 1952 2.2; gzip
      * and Python's gzip.decompress read them all): bytes after a member's
      * end, now or in a later call, start the next when they begin with

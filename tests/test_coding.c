@@ -216,6 +216,19 @@ START_TEST(test_inflate_in_pieces) {
             ck_assert_msg(rc == -1 && err && strstr(err, "bytes follow"), "piece %zu: rc %d (%s)", i, rc,
                           err ? err : "");
         }
+        /* a raw deflate stream ends within the two bytes read to tell it
+         * from zlib (03 00: one empty final block); what follows is
+         * still after its end */
+        static const uint8_t empty_then_junk[] = {0x03, 0x00, 'j', 'u', 'n', 'k'};
+        for (size_t piece = 2; piece <= sizeof(empty_then_junk); piece += sizeof(empty_then_junk) - 2) {
+            err = NULL;
+            int rc = inflate_all(CODING_DEFLATE, empty_then_junk, sizeof(empty_then_junk), piece, 4096, out,
+                                 n + 1, &got, &err);
+            ck_assert_msg(rc == -1 && err && strstr(err, "bytes follow"), "piece %zu: rc %d (%s)", piece, rc,
+                          err ? err : "");
+        }
+        ck_assert_int_eq(inflate_all(CODING_DEFLATE, empty_then_junk, 2, 2, 4096, out, n + 1, &got, &err), 1);
+        ck_assert_uint_eq(got, 0);
     }
     free(a);
     free(b);
