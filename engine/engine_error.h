@@ -12,8 +12,10 @@
  *   ENGINE_ERR_WORKSPACE  vit_context_new: the workspace its max_images /
  *                         max_tokens ask for is larger than the memory
  *                         there is at all (its memory_shares share of
- *                         it): no wait cures it, smaller limits or fewer
- *                         workers do (the daemon's bad setting, exit 2);
+ *                         what memory_held leaves): no wait cures it,
+ *                         smaller limits, fewer workers or less held
+ *                         (another model unloaded) do (the daemon's bad
+ *                         setting, exit 2);
  *   -5, -6                image_decode's IMAGE_ERR_CORRUPT, _TOO_LARGE
  *                         (image.h; its IMAGE_ERR_MEMORY is
  *                         ENGINE_ERR_MEMORY).

@@ -419,6 +419,25 @@ void vit_free(vit_model *m) {
     free(m);
 }
 
+/* Bytes one packed matrix holds: its panels, and oneDNN's copy (bf16,
+ * N x K: its own layout, about that size) where there is one. */
+static size_t packed_bytes(const packed_weight *p) {
+    size_t b = 0;
+    if (p->data) b += (size_t)p->panels * (size_t)p->K * GEMM_PANEL * sizeof(float);
+    if (p->bf16) b += (size_t)p->panels * (size_t)p->prows * GEMM_PANEL * sizeof(uint32_t);
+    if (p->dnnl) b += (size_t)p->N * (size_t)p->K * sizeof(uint16_t);
+    return b;
+}
+
+size_t vit_model_bytes(const vit_model *m) {
+    size_t b = m->num_params * sizeof(float) + packed_bytes(&m->w.patch);
+    for (int l = 0; m->w.layers && l < m->cfg.num_hidden_layers; l++) {
+        const vit_layer *L = &m->w.layers[l];
+        b += packed_bytes(&L->qkv) + packed_bytes(&L->out) + packed_bytes(&L->fc1) + packed_bytes(&L->fc2);
+    }
+    return b;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Context                                                                   */
 
@@ -435,6 +454,7 @@ vit_context_params vit_context_default_params(void) {
         .max_tokens = 16384,
         .memory_bytes = 0,
         .memory_shares = 1,
+        .memory_held = 0,
         .observe = NULL,
         .observe_arg = NULL,
     };
@@ -527,9 +547,12 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
      * limits cure that, not a wait (ENGINE_ERR_WORKSPACE, not MEMORY) */
     const char *bound;
     size_t bytes = ctx->arena_floats * sizeof(float), all = memory_bytes(q.memory_bytes, &bound);
+    /* each of memory_shares workspaces fitting is not enough: together
+     * they would not (a daemon's workers x its batch limits); nor is what
+     * others hold already theirs to take (memory_held) */
     int shares = q.memory_shares > 1 ? q.memory_shares : 1;
-    size_t memory = all / (size_t)shares;
-    if (memory && bytes > memory) {
+    size_t left = all > q.memory_held ? all - q.memory_held : 0, memory = left / (size_t)shares;
+    if (all && bytes > memory) {
         /* the most tokens that fit: plan grows with them; one image's at least */
         size_t lo = (size_t)ctx->tmax, hi = tokens;
         while (lo < hi) {
@@ -537,17 +560,19 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
             if (plan(ctx, mid, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory) lo = mid;
             else hi = mid - 1;
         }
-        char fit[96], share[96] = "";
+        char fit[96], share[96] = "", held[128] = "";
         if (plan(ctx, lo, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory)
             snprintf(fit, sizeof(fit), "at most %zu tokens fit", lo);
         else snprintf(fit, sizeof(fit), "not even one image of %d tokens fits", ctx->tmax);
         if (shares > 1)
             snprintf(share, sizeof(share), "%zu MiB, its 1/%d share (memory_shares) of ", memory >> 20,
                      shares);
+        if (q.memory_held)
+            snprintf(held, sizeof(held), " less the %zu MiB held already (memory_held)", q.memory_held >> 20);
         snprintf(err, errlen,
                  "context: a workspace of %d images / %zu tokens needs %zu MiB, more than %sthe %zu MiB of "
-                 "%s; %s",
-                 q.max_images, tokens, bytes >> 20, share, all >> 20, bound, fit);
+                 "%s%s; %s",
+                 q.max_images, tokens, bytes >> 20, share, all >> 20, bound, held, fit);
         rc = ENGINE_ERR_WORKSPACE;
         goto fail;
     }
@@ -578,6 +603,8 @@ void vit_context_free(vit_context *ctx) {
     free(ctx->pos);
     free(ctx);
 }
+
+size_t vit_context_bytes(const vit_context *ctx) { return ctx->arena_floats * sizeof(float); }
 
 /* The cached table of a ph x pw grid, built on first use. Tables used by
  * the current forward (stamp == clock) are never evicted; the least

@@ -122,6 +122,9 @@ typedef struct {
                           // than the smaller of the two is refused (ENGINE_ERR_WORKSPACE)
     int memory_shares;    // contexts that hold such a workspace at once (the daemon: its workers),
                           // each bounded by its share of that memory; 0 or 1: this one alone
+    size_t memory_held;   // bytes of that memory held already, by what is not these contexts
+                          // (the daemon: weights, other models' workspaces); the shares are
+                          // of what is left. 0 (default): none
     vit_observer observe; // NULL, or called after every stage of a forward
     void *observe_arg;
 } vit_context_params;
@@ -160,11 +163,21 @@ typedef struct {
  * defaults). Returns 0; or, with a message naming the parameter, -1 (an
  * ISA this CPU lacks, limits below 1, a bf16 model on a table without
  * bf16 kernels), ENGINE_ERR_WORKSPACE (engine_error.h: the workspace of
- * max_images / max_tokens is larger than memory_bytes: lower them), or
+ * max_images / max_tokens is larger than its memory_shares share of the
+ * memory memory_held leaves: lower them), or
  * ENGINE_ERR_MEMORY (an allocation was refused). */
 int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context **out, char *err,
                     size_t errlen);
 void vit_context_free(vit_context *ctx);
+
+/* Bytes of memory ctx's workspace holds (the activation arena, reserved
+ * at vit_context_new): what a caller that bounds the memory of several
+ * contexts (memory_held) counts for it. */
+size_t vit_context_bytes(const vit_context *ctx);
+
+/* Bytes of memory m's weights hold (the parameters and the packed
+ * matrices); counted likewise. */
+size_t vit_model_bytes(const vit_model *m);
 
 /* Floating-point work of one image at h x w, in GFLOP (multiply-adds count
  * two): the GEMMs, attention's two products and the head. */

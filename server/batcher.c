@@ -714,6 +714,12 @@ int batcher_in_flight(batcher *b) {
     return n;
 }
 
+size_t batcher_workspace_bytes(const batcher *b) {
+    size_t bytes = 0;
+    for (int i = 0; i < b->p.workers; i++) bytes += vit_context_bytes(b->workers[i].ctx);
+    return bytes;
+}
+
 int64_t batcher_pixel_bytes(batcher *b) {
     pthread_mutex_lock(&b->lock);
     int64_t n = b->pixel_bytes;

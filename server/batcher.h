@@ -136,6 +136,9 @@ void batcher_free(batcher *b);
 int batcher_queue_depth(batcher *b);
 /* Jobs accepted and not yet answered. */
 int batcher_in_flight(batcher *b);
+/* Bytes of memory its workers' workspaces hold (vit_context_bytes, all
+ * workers): what a repository counts for them. Fixed from batcher_new. */
+size_t batcher_workspace_bytes(const batcher *b);
 /* Bytes of decoded pixels held by those (against pixel_budget_bytes). */
 int64_t batcher_pixel_bytes(batcher *b);
 /* Requests between batcher_arrival_begin and _end (bodies being received). */

@@ -601,6 +601,9 @@ static int install(repository *r, model_entry *e, served_model *m) {
 
 /* --- loading (control thread, or main at start; no lock) ------------------------ */
 
+static void reap(repository *r);
+static int retired_free(repository *r);
+
 /* The engine's kernels as isa names them (auto: the best this CPU runs). */
 static int engine_isa(const server_config *cfg, int *isa, const char **name) {
     for (int i = 0; i < config_num_options; i++)
@@ -638,6 +641,50 @@ static load_failure say_cure(char *err, size_t errlen, batcher_failure failure) 
         return LOAD_BAD_SETTING;
     default: return LOAD_BAD_MODEL;
     }
+}
+
+/* Appends "model M version V: N MiB" for m to t (len: its size, *at: where
+ * it ends); a list too long for t ends with "...". */
+static void say_holder(char *t, size_t len, size_t *at, const served_model *m, size_t bytes,
+                       const char *how) {
+    if (*at >= len) return;
+    int n = snprintf(t + *at, len - *at, "%smodel %s version %d%s: %zu MiB", *at ? ", " : "", m->name,
+                     m->version, how, bytes >> 20);
+    if (n < 0 || (size_t)n >= len - *at) {
+        snprintf(t + (len > 4 ? len - 4 : 0), len > 4 ? 4 : len, "...");
+        *at = len;
+    } else *at += (size_t)n;
+}
+
+/* The memory the copies held already take, weights and workspaces, and
+ * who holds it in `who` ("" for none): every version serving, and the
+ * retired ones not yet freed (their last requests being answered). The
+ * copy a reload of c replaces counts its weights only: both copies'
+ * weights are held while the new one loads, but the old one's workspaces
+ * go at the swap (batches go to it until then, to the new one after).
+ * The retired copies nothing holds are freed first: an unload asked
+ * just before makes room for this load. Lock not held. */
+static size_t memory_held(repository *r, const candidate *c, char *who, size_t wholen) {
+    size_t held = 0, at = 0;
+    who[0] = '\0';
+    pthread_mutex_lock(&r->lock);
+    if (retired_free(r)) reap(r);
+    for (int k = 0; k < r->nmodels; k++)
+        for (int i = 0; i < r->models[k].nserving; i++) {
+            const served_model *m = r->models[k].serving[i];
+            int replaced = m->version == c->version && strcmp(m->name, c->name) == 0;
+            size_t bytes = m->weight_bytes + (replaced ? 0 : m->workspace_bytes);
+            say_holder(who, wholen, &at, m, bytes,
+                       replaced ? " (weights of the copy this reload replaces)" : "");
+            held += bytes;
+        }
+    for (const served_model *m = r->retired; m; m = m->next) {
+        say_holder(who, wholen, &at, m, m->weight_bytes + m->workspace_bytes,
+                   " (unloading: requests in flight)");
+        held += m->weight_bytes + m->workspace_bytes;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return held;
 }
 
 /* *failure: the kind of a failed load, with err saying what cures it
@@ -707,6 +754,13 @@ static served_model *load_version(repository *r, const candidate *c, const serve
      * workspace for one batch at the batch limits. */
     engine.threads = m->cfg.gemm_threads;
     engine.memory_bytes = (size_t)r->p.memory_limit;
+    /* The models share the memory: the workspaces get what the others
+     * (and this copy's weights) leave, so that models that fit one by one
+     * but not together are refused here, not OOM-killed under load */
+    char holders[400];
+    size_t others = memory_held(r, c, holders, sizeof(holders));
+    m->weight_bytes = vit_model_bytes(vm);
+    engine.memory_held = others + m->weight_bytes;
     const server_config *g = &m->cfg;
     batcher_params bp = {
         .workers = g->workers,
@@ -755,10 +809,17 @@ static served_model *load_version(repository *r, const candidate *c, const serve
         m->cfg.workers = bp.workers;
         m->cfg.gemm_threads = bp.engine.threads;
     }
+    if (!m->batcher && kind == BATCHER_WORKSPACE_TOO_LARGE && others) {
+        snprintf(err, errlen,
+                 "%s (memory held: %s; this version's weights: %zu MiB; unload a model to make room)", why,
+                 holders, m->weight_bytes >> 20);
+        goto fail;
+    }
     if (!m->batcher) {
         snprintf(err, errlen, "%s", why);
         goto fail;
     }
+    m->workspace_bytes = batcher_workspace_bytes(m->batcher);
     batcher_set_gate(m->batcher, r->gate);
     m->pm = (proto_model){
         .name = m->name,
@@ -1085,7 +1146,10 @@ static void reap(repository *r) {
         if (!m) return;
         *p = m->next;
         model_entry *e = find_entry(r, m->name, strlen(m->name));
-        if (e && !serving_version(e, m->version)) set_status(e, m->version, MODEL_UNAVAILABLE, "unloaded");
+        version_status *vs = e ? get_status(e, m->version) : NULL;
+        /* a load of it again (memory_held reaps first) says LOADING */
+        if (vs && vs->state != MODEL_LOADING && !serving_version(e, m->version))
+            set_status(e, m->version, MODEL_UNAVAILABLE, "unloaded");
         pthread_mutex_unlock(&r->lock);
         log_event("info", "model %s version %d unloaded (its last request answered)", m->name, m->version);
         free_served(m);

@@ -48,6 +48,7 @@ typedef struct served_model {
     batcher *batcher;
     metrics_series *series; /* its requests' and batches' metrics */
     char isa[16];
+    size_t weight_bytes, workspace_bytes; /* memory it holds (vit_model_bytes, batcher_workspace_bytes) */
     /* the repository's, under its lock */
     int refs;
     int retired;                  /* out of the registry: freed at refs 0 */

@@ -460,7 +460,22 @@ START_TEST(test_workspace_larger_than_memory) {
                   "message: %s", err);
     cp.memory_bytes = bytes;
     ctx = new_context(m, &cp);
+    ck_assert_uint_eq(vit_context_bytes(ctx), bytes);
     vit_context_free(ctx);
+    /* what others hold already (memory_held: a daemon's other models and
+     * weights) is not this workspace's: the same bound, one byte held, refused */
+    cp.memory_held = 1;
+    ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
+    ck_assert_msg(strstr(err, "less the 0 MiB held already (memory_held); at most 16383 tokens fit"),
+                  "message: %s", err);
+    cp.memory_bytes = bytes + 1;
+    ctx = new_context(m, &cp);
+    vit_context_free(ctx);
+    /* all of it held: not even one image */
+    cp.memory_held = bytes + 2;
+    ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
+    ck_assert_msg(strstr(err, "not even one image"), "message: %s", err);
+    ck_assert_uint_gt(vit_model_bytes(m), m->num_params * sizeof(float));
     vit_free(m);
 }
 END_TEST

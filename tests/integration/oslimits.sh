@@ -34,6 +34,13 @@
 #      and workspaces that fit one by one but not as many as the workers
 #      together: exit 2 naming the workers (each was checked alone); the
 #      workers derived from the CPUs (not set) are lowered until they fit.
+#   8. Models whose workspaces fit one by one but not together (physical
+#      memory made 100 MiB by the shim: PHYS_MEMORY_MIB): the second's load
+#      is refused, UNAVAILABLE naming the memory held and by whom, the
+#      first serves (each model was checked alone: both loaded, and the
+#      daemon was OOM-killed under load); unloaded, the first makes room
+#      for the second. A reload counts the copy it replaces by its weights
+#      only: one that fits once swapped loads.
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -355,5 +362,36 @@ else
   stop_daemon
   echo "ok derived workers whose workspaces together pass memory: lowered to 1 (set ones exit 2)"
 fi
+
+# --- 8. models whose workspaces fit one by one, not together ----------------------
+# The bundled model at 1 worker x 16384 tokens: a ~53 MiB workspace and
+# 1.5 MiB of weights. Under 100 MiB of physical memory (the shim), one
+# fits, two do not; nothing depends on the machine's memory (its cgroup's
+# memory.max, the bound where lower, is not 100 MiB on any machine this runs on).
+rm -rf "$WORK/repo"
+mkdir -p "$WORK/repo/a" "$WORK/repo/b"
+ln -s "$ROOT/models/fashion-comrope-ld" "$WORK/repo/a/1"
+cp -r "$ROOT/models/fashion-comrope-ld" "$WORK/repo/b/1" # a copy: touched below
+DAEMON_ENV=("PHYS_MEMORY_MIB=100" "${SHIM_ENV[@]}")
+MODEL='' start_daemon --model-repository "$WORK/repo" --model-control-mode explicit --load-model a \
+  --workers 1 --max-batch-tokens 16384 --access-log off
+unset DAEMON_ENV
+code=$(curl -s --max-time 30 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/b/load")
+[ "$code" = 400 ] || fail "two models past memory: the load of b answered $code, not 400: $(cat "$WORK/body")"
+index=$(curl -s --max-time 10 -X POST "$URL/v2/repository/index")
+"$PY" -c 'import json, re, sys; b = [m for m in json.loads(sys.argv[1]) if m["name"] == "b"][0]
+sys.exit(not (b["state"] == "UNAVAILABLE" and re.search(r"needs [0-9]+ MiB, more than the 100 MiB of physical memory less the [0-9]+ MiB held already .*memory held: model a version 1: [0-9]+ MiB; this version.s weights: [0-9]+ MiB; unload a model to make room.*lower max-batch-tokens", b["reason"])))' "$index" ||
+  fail "two models past memory: b not UNAVAILABLE naming the memory, a holding it and the cure: $index"
+logits a || fail "two models past memory: a, loaded first, stopped answering"
+[ "$(http_code -X POST "$URL/v2/repository/models/a/unload")" = 200 ] || fail "unload of a not 200"
+[ "$(http_code -X POST "$URL/v2/repository/models/b/load")" = 200 ] ||
+  fail "b, a unloaded, does not load: $(tail -1 "$LOG")"
+logits b || fail "b, loaded once a was unloaded, does not answer"
+touch "$WORK/repo/b/1/config.json"
+[ "$(http_code -X POST "$URL/v2/repository/models/b/load")" = 200 ] ||
+  fail "the reload of b, which fits once swapped, refused: $(tail -1 "$LOG")"
+[ "$(grep -c 'model b version 1 ready' "$LOG")" = 2 ] || fail "b not reloaded: $(tail -1 "$LOG")"
+stop_daemon
+echo "ok models whose workspaces fit one by one, not together: the second UNAVAILABLE naming who holds the memory; loads once the first is unloaded; a reload that fits once swapped loads"
 
 echo "oslimits.sh: all passed"
