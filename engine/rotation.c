@@ -281,16 +281,13 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
     if (rot->kind == ROT_NONE) return 0;
     int T = out->tokens, L = rot->layers, H = rot->heads;
     double *pos = malloc(sizeof(double) * 2 * (size_t)T);
-    if (!pos) return -1;
+    if (!pos) goto oom;
     vit_positions(cfg, ph, pw, pos);
     if (rot->kind == ROT_PAIRS) {
         int np = rot->npairs;
         out->floats = (size_t)L * T * H * np * 2;
         out->data = malloc(sizeof(float) * (out->floats ? out->floats : 1));
-        if (!out->data) {
-            free(pos);
-            return -1;
-        }
+        if (!out->data) goto oom;
         float *o = out->data;
         for (int l = 0; l < L; l++)
             for (int h = 0; h < H; h++)
@@ -306,10 +303,7 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
         int b = rot->block, nb = rot->nblocks;
         out->floats = (size_t)L * T * H * nb * b * b;
         out->data = malloc(sizeof(float) * out->floats);
-        if (!out->data) {
-            free(pos);
-            return -1;
-        }
+        if (!out->data) goto oom;
         double A[MAX_BLOCK * MAX_BLOCK], R[MAX_BLOCK * MAX_BLOCK];
         float *o = out->data;
         for (int l = 0; l < L; l++)
@@ -325,6 +319,13 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
     }
     free(pos);
     return 0;
+oom:
+    free(pos);
+    /* empty (tokens 0), as a free cache slot is: a slot left with its
+     * grid and no data was found by the next forward at that grid, which
+     * read the NULL table (SIGSEGV) */
+    memset(out, 0, sizeof(*out));
+    return ENGINE_ERR_MEMORY;
 }
 
 void rotation_table_free(rotation_table *t) {

@@ -59,7 +59,7 @@ void expm_double(const double *A, int n, double *out);
  * spans the kernel. w_i >= 0. Returns 0, or -1 if b > 64. */
 int skew_schur(const double *S, int b, double *Q, double *w);
 
-/* Builds the table for a ph x pw grid. Returns 0 or -1 (out of memory). */
+/* Builds the table for a ph x pw grid. Returns 0 or ENGINE_ERR_MEMORY. */
 int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph, int pw, rotation_table *out);
 void rotation_table_free(rotation_table *t);
 

@@ -674,6 +674,30 @@ START_TEST(workers_workspaces_together_fit) {
 }
 END_TEST
 
+/* A grid's rotation table refused memory in the forward (its positions,
+ * 2 doubles a token): that forward fails, and the next at that grid runs.
+ * The cache slot kept the grid without its table, and the next forward
+ * read it: SIGSEGV, the daemon gone after one allocation refused. */
+START_TEST(forward_out_of_memory_500) {
+    int side = model->cfg.image_size, p = model->cfg.patch_size, C = model->cfg.num_channels;
+    size_t positions = sizeof(double) * 2 * (size_t)(1 + (side / p) * (side / p));
+    vit_context *ctx = NULL;
+    char err[256] = "";
+    ck_assert_msg(vit_context_new(model, NULL, &ctx, err, sizeof(err)) == 0, "%s", err);
+    float *pixels = calloc((size_t)C * side * side, sizeof(float)), logits[64];
+    ck_assert_int_le(model->cfg.num_class, 64);
+    vit_image im = {.h = side, .w = side, .pixels = pixels};
+    __atomic_store_n(&fail_malloc_size, positions, __ATOMIC_RELAXED);
+    int rc = vit_forward_ragged(ctx, &im, 1, logits, err, sizeof(err));
+    __atomic_store_n(&fail_malloc_size, 0, __ATOMIC_RELAXED);
+    ck_assert_msg(rc != 0, "rc %d: %s", rc, err);
+    ck_assert_msg(strstr(err, "out of memory for its rotation table"), "message: %s", err);
+    ck_assert_int_eq(vit_forward_ragged(ctx, &im, 1, logits, err, sizeof(err)), 0);
+    vit_context_free(ctx);
+    free(pixels);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("batcher");
     TCase *tc = tcase_create("batcher");
@@ -693,6 +717,7 @@ int main(void) {
     tcase_add_test(tc, stop_between_engine_batches);
     tcase_add_test(tc, standing_queue_refused);
     tcase_add_test(tc, prepare_out_of_memory_500);
+    tcase_add_test(tc, forward_out_of_memory_500);
     tcase_add_test(tc, workers_workspaces_together_fit);
     suite_add_tcase(s, tc);
     return check_run(s);
