@@ -294,7 +294,7 @@ int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A,
         zero_bias = calloc((size_t)W->N, sizeof(float));
         if (!zero_bias) {
             snprintf(err, errlen, "out of memory");
-            return -1;
+            return ENGINE_ERR_MEMORY;
         }
         bias = zero_bias;
     }

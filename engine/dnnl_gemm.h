@@ -47,8 +47,9 @@ void dnnl_runner_free(dnnl_runner *r);
 
 /* out (M, N) = A (M, K) @ W^T + bias (N, may be NULL), the rows split
  * among `pool`'s pieces (at most the runner's), each running oneDNN on one
- * thread. scratch holds A in bf16: M * K values. Returns 0, or -1 with a
- * message (a shape oneDNN cannot run, out of memory). */
+ * thread. scratch holds A in bf16: M * K values. Returns 0; or, with a
+ * message, -1 (a shape oneDNN cannot run, or no build with oneDNN) or
+ * ENGINE_ERR_MEMORY (its zero bias refused). */
 int dnnl_gemm_run(dnnl_runner *r, thread_pool *pool, float *out, const float *A, const dnnl_weight *W,
                   const float *bias, int M, uint16_t *scratch, char *err, size_t errlen);
 

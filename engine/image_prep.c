@@ -463,7 +463,7 @@ int image_prepare(const image_u8 *img, int out_h, int out_w, int fit, const imag
 
 oom: /* the steps fail only for memory: their sizes are checked above */
     snprintf(err, errlen, "image_prepare: out of memory at %dx%d", out_w, out_h);
-    rc = ENGINE_ERR_MEMORY;
+    rc = IMAGE_ERR_MEMORY;
 cleanup:
     if (owned) image_free(&cur);
     return rc;

@@ -916,7 +916,7 @@ int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *
         rot[i] = rotation_for(ctx, images[i].h / p, images[i].w / p);
         if (!rot[i]) {
             snprintf(err, errlen, "image %d: out of memory for its rotation table", i);
-            return -1;
+            return ENGINE_ERR_MEMORY;
         }
     }
 

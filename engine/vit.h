@@ -195,7 +195,8 @@ int vit_check_resolution(const vit_model *m, int h, int w, char *err, size_t err
 /* Logits (n, num_class) of ctx's model for n images of any valid sizes, at
  * most max_images of them with at most max_tokens tokens in all. Batch
  * composition does not change an image's logits, bit for bit (gemm.h).
- * Returns 0, or -1 with a message naming the image or the limit. */
+ * Returns 0; or, with a message naming the image or the limit, -1, or
+ * ENGINE_ERR_MEMORY (a grid's rotation table refused memory). */
 int vit_forward_ragged(vit_context *ctx, const vit_image *images, int n, float *logits, char *err,
                        size_t errlen);
 

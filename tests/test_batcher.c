@@ -675,9 +675,10 @@ START_TEST(workers_workspaces_together_fit) {
 END_TEST
 
 /* A grid's rotation table refused memory in the forward (its positions,
- * 2 doubles a token): that forward fails, and the next at that grid runs.
- * The cache slot kept the grid without its table, and the next forward
- * read it: SIGSEGV, the daemon gone after one allocation refused. */
+ * 2 doubles a token): the forward says ENGINE_ERR_MEMORY (not -1, a bad
+ * input), and the next at that grid runs (the cache slot kept the grid
+ * without its table, and the next forward read it: SIGSEGV); through the
+ * batcher the answer is a 500 naming memory. */
 START_TEST(forward_out_of_memory_500) {
     int side = model->cfg.image_size, p = model->cfg.patch_size, C = model->cfg.num_channels;
     size_t positions = sizeof(double) * 2 * (size_t)(1 + (side / p) * (side / p));
@@ -690,11 +691,22 @@ START_TEST(forward_out_of_memory_500) {
     __atomic_store_n(&fail_malloc_size, positions, __ATOMIC_RELAXED);
     int rc = vit_forward_ragged(ctx, &im, 1, logits, err, sizeof(err));
     __atomic_store_n(&fail_malloc_size, 0, __ATOMIC_RELAXED);
-    ck_assert_msg(rc != 0, "rc %d: %s", rc, err);
+    ck_assert_msg(rc == ENGINE_ERR_MEMORY, "rc %d: %s", rc, err);
     ck_assert_msg(strstr(err, "out of memory for its rotation table"), "message: %s", err);
     ck_assert_int_eq(vit_forward_ragged(ctx, &im, 1, logits, err, sizeof(err)), 0);
     vit_context_free(ctx);
     free(pixels);
+
+    batcher *b = new_batcher(1, 1, 0, 64);
+    test_job *t = make_job(1, side, side, 60000);
+    __atomic_store_n(&fail_malloc_size, positions, __ATOMIC_RELAXED);
+    ck_assert_int_eq(batcher_submit(b, &t->j), 0);
+    wait_done(1);
+    __atomic_store_n(&fail_malloc_size, 0, __ATOMIC_RELAXED);
+    batcher_free(b);
+    ck_assert_msg(t->j.status == 500, "status %d: %s", t->j.status, t->j.error);
+    ck_assert_msg(strstr(t->j.error, "out of memory for its rotation table"), "message: %s", t->j.error);
+    free_job(t);
 }
 END_TEST
 

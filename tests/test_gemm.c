@@ -13,6 +13,7 @@
 #include "gemm.h"
 #include "kernels.h"
 #include "check_run.h"
+#include "engine_error.h"
 #ifdef COMROPE_HAVE_DNNL
 #include <oneapi/dnnl/dnnl.h>
 #endif
@@ -459,6 +460,14 @@ END_TEST
  * piece has it), and what they do next overlaps. fail_execute is set by
  * the test before dnnl_gemm_run (which publishes it to the pieces). */
 static int fail_execute, arrived;
+/* A calloc of this many floats fails (0: none; -Wl,--wrap=calloc): set
+ * only around one call, with the pool's pieces idle */
+static size_t fail_calloc_floats;
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size) {
+    if (fail_calloc_floats && n == fail_calloc_floats && size == sizeof(float)) return NULL;
+    return __real_calloc(n, size);
+}
 dnnl_status_t __real_dnnl_primitive_execute(const_dnnl_primitive_t p, dnnl_stream_t s, int n,
                                             const dnnl_exec_arg_t *args);
 dnnl_status_t __wrap_dnnl_primitive_execute(const_dnnl_primitive_t p, dnnl_stream_t s, int n,
@@ -520,6 +529,14 @@ START_TEST(test_onednn_failure_falls_back) {
     for (int i = 0; i < M * N; i++) /* oneDNN's blocking sums in its own order: close, not equal */
         ck_assert_msg(fabsf(out[i] - own[i]) <= 1e-3f * (1 + fabsf(own[i])), "[%d] %g vs %g", i, out[i],
                       own[i]);
+
+    /* no bias, and its zeros refused memory: ENGINE_ERR_MEMORY, not -1 */
+    fail_calloc_floats = (size_t)N;
+    ck_assert_int_eq(
+        dnnl_gemm_run(kt.dnnl, two, out, A, p.dnnl, NULL, M, (uint16_t *)scratch, err, sizeof(err)),
+        ENGINE_ERR_MEMORY);
+    fail_calloc_floats = 0;
+    ck_assert_msg(strstr(err, "out of memory"), "%s", err);
     dnnl_runner_free(kt.dnnl);
     gemm_pack_free(&p);
     thread_pool_free(two);
