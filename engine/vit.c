@@ -256,8 +256,7 @@ static int load_weights(vit_model *m, safetensors_file *f, float *scratch, char 
             take(f, "classification_head.2.bias", w->head2_b, err, errlen, 1, K, 0, 0, 0, 0))
             return -1;
     }
-    if (safetensors_check_all_used(f, err, errlen)) return -1;
-    return safetensors_check_unchanged(f, err, errlen);
+    return safetensors_check_all_used(f, err, errlen);
 }
 
 vit_options vit_default_options(void) {
@@ -389,6 +388,11 @@ int vit_load(const char *dir, const vit_options *opt, vit_model **out, char *err
     point_weights(m);
     if ((rc = rotation_init(&m->rot, &m->cfg, err, errlen))) goto cleanup;
     rc = load_weights(m, &f, scratch, err, errlen);
+    /* A file written to since its open fails the load, also one that
+     * failed already: the tensors read after the write were the new file's
+     * bytes at the old one's offsets, and a NaN there, or a short read,
+     * blamed a checkpoint that loads on its own. Out of memory stays that. */
+    if (rc != ENGINE_ERR_MEMORY && safetensors_check_unchanged(&f, err, errlen)) rc = -1;
 cleanup:
     free(scratch);
     if (have_file) safetensors_close(&f);

@@ -136,6 +136,29 @@ wait_exit 5
 log_has "model.safetensors: rewritten in place while loading" || fail "no line naming the rewrite"
 echo "ok a checkpoint rewritten in place during the start-up load: exit 1 naming it, not a mixed model served"
 
+# The same with a checkpoint of another layout (B's header one byte longer,
+# its data one byte later; it loads on its own): the tensors read after the
+# write are B's bytes at A's offsets, and one holds a NaN. The load failed
+# naming that tensor, as if the checkpoint on disk were corrupt; the rewrite
+# is what failed it.
+"$PY" -c 'import struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+open(sys.argv[2], "wb").write(struct.pack("<Q", n + 1) + b[8:8 + n] + b" " + b[8 + n:])' \
+  "$B/model.safetensors" "$WORK/shifted.safetensors"
+cp "$A/model.safetensors" "$WORK/mix/"
+rm -f "$GATE" "$GATE.waiting"
+MODEL=$WORK/mix launch_daemon --access-log off
+poll 30 test -e "$GATE.waiting" || fail "the load never reached the checkpoint's 10th read"
+cat "$WORK/shifted.safetensors" >"$WORK/mix/model.safetensors"
+: >"$GATE"
+poll 30 daemon_gone || fail "a checkpoint rewritten during its load (another layout): no exit"
+wait_exit 5
+[ "$EXIT_CODE" = 1 ] || fail "a checkpoint rewritten during its load (another layout): exit $EXIT_CODE, not 1"
+log_has "model.safetensors: rewritten in place while loading" ||
+  fail "a rewrite of another layout blamed on the checkpoint: $(grep error "$LOG" | tail -1)"
+echo "ok a checkpoint of another layout written in place during the load: the rewrite named, not a tensor"
+
 # The same during a poll's reload: the copy loaded goes on serving, and the
 # next poll loads the files as they are now (the failure is held against
 # the files read, C then B, not against B alone: else B is never loaded).
