@@ -164,6 +164,24 @@ static int policy_keeps(const version_policy *p, const int *versions, int n, int
     return 0;
 }
 
+/* What sync_models selects of one model: its candidates [c, c + n), their
+ * versions and its policy. */
+typedef struct {
+    const candidate *c;
+    int n;
+    const version_policy *pol;
+    const int *versions;
+} selection;
+
+/* Whether sel keeps version v: its files are there and its policy keeps
+ * it (a serving version it does not keep is retired once the loads are
+ * done). */
+static int selected(const selection *sel, int v) {
+    for (int k = 0; k < sel->n; k++)
+        if (sel->c[k].version == v) return policy_keeps(sel->pol, sel->versions, sel->n, v);
+    return 0;
+}
+
 /* A version's files, as a number that changes when one of them does
  * (replaced, rewritten, touched). */
 static unsigned long long files_signature(const repository *r, const candidate *c) {
@@ -662,9 +680,13 @@ static void say_holder(char *t, size_t len, size_t *at, const served_model *m, s
  * copy a reload of c replaces counts its weights only: both copies'
  * weights are held while the new one loads, but the old one's workspaces
  * go at the swap (batches go to it until then, to the new one after).
+ * So do the versions of c's model that `sel` no longer keeps (a version 2
+ * under latest:1 supersedes version 1): they are retired once the loads
+ * are done; counted whole, an upgrade that fits once swapped was refused,
+ * and version 1 retired all the same, leaving the model nothing to serve.
  * The retired copies nothing holds are freed first: an unload asked
  * just before makes room for this load. Lock not held. */
-static size_t memory_held(repository *r, const candidate *c, char *who, size_t wholen) {
+static size_t memory_held(repository *r, const candidate *c, const selection *sel, char *who, size_t wholen) {
     size_t held = 0, at = 0;
     who[0] = '\0';
     pthread_mutex_lock(&r->lock);
@@ -672,10 +694,13 @@ static size_t memory_held(repository *r, const candidate *c, char *who, size_t w
     for (int k = 0; k < r->nmodels; k++)
         for (int i = 0; i < r->models[k].nserving; i++) {
             const served_model *m = r->models[k].serving[i];
-            int replaced = m->version == c->version && strcmp(m->name, c->name) == 0;
-            size_t bytes = m->weight_bytes + (replaced ? 0 : m->workspace_bytes);
+            int same = strcmp(m->name, c->name) == 0, replaced = same && m->version == c->version;
+            int superseded = same && !replaced && !selected(sel, m->version);
+            size_t bytes = m->weight_bytes + (replaced || superseded ? 0 : m->workspace_bytes);
             say_holder(who, wholen, &at, m, bytes,
-                       replaced ? " (weights of the copy this reload replaces)" : "");
+                       replaced     ? " (weights of the copy this reload replaces)"
+                       : superseded ? " (weights of a version this load supersedes)"
+                                    : "");
             held += bytes;
         }
     for (const served_model *m = r->retired; m; m = m->next) {
@@ -689,9 +714,9 @@ static size_t memory_held(repository *r, const candidate *c, char *who, size_t w
 
 /* *failure: the kind of a failed load, with err saying what cures it
  * (say_cure). `signature`: c's files_signature, taken before they are read. */
-static served_model *load_version(repository *r, const candidate *c, const server_config *settings,
-                                  unsigned long long signature, load_failure *failure, char *err,
-                                  size_t errlen) {
+static served_model *load_version(repository *r, const candidate *c, const selection *sel,
+                                  const server_config *settings, unsigned long long signature,
+                                  load_failure *failure, char *err, size_t errlen) {
     batcher_failure kind = BATCHER_FAILED;
     served_model *m = calloc(1, sizeof(*m));
     if (!m) {
@@ -758,7 +783,7 @@ static served_model *load_version(repository *r, const candidate *c, const serve
      * (and this copy's weights) leave, so that models that fit one by one
      * but not together are refused here, not OOM-killed under load */
     char holders[400];
-    size_t others = memory_held(r, c, holders, sizeof(holders));
+    size_t others = memory_held(r, c, sel, holders, sizeof(holders));
     m->weight_bytes = vit_model_bytes(vm);
     engine.memory_held = others + m->weight_bytes;
     const server_config *g = &m->cfg;
@@ -851,8 +876,8 @@ fail:
 /* Loads c (settings already read) and swaps it in; on failure records
  * why, and what served goes on serving. Returns 0 when it serves; on
  * failure the reason also goes to `why` if it is still empty. */
-static int load_and_install(repository *r, const candidate *c, const server_config *settings, char *why,
-                            size_t whylen) {
+static int load_and_install(repository *r, const candidate *c, const selection *sel,
+                            const server_config *settings, char *why, size_t whylen) {
     char err[1024];
     pthread_mutex_lock(&r->lock);
     model_entry *e = get_entry(r, c->name);
@@ -868,7 +893,7 @@ static int load_and_install(repository *r, const candidate *c, const server_conf
      * during it (safetensors_check_unchanged), the files there now are not
      * those that failed, and the next poll loads them */
     unsigned long long read_signature = files_signature(r, c);
-    served_model *m = load_version(r, c, settings, read_signature, &failure, err, sizeof(err));
+    served_model *m = load_version(r, c, sel, settings, read_signature, &failure, err, sizeof(err));
     pthread_mutex_lock(&r->lock);
     e = get_entry(r, c->name);
     int rc = -1;
@@ -1070,6 +1095,7 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
             continue;
         }
         for (int k = i; k < j; k++) versions[k - i] = c[k].version;
+        selection sel = {.c = c + i, .n = nv, .pol = &pol, .versions = versions};
         for (int k = i; k < j; k++) {
             if (!policy_keeps(&pol, versions, nv, c[k].version)) continue;
             pthread_mutex_lock(&r->lock);
@@ -1091,17 +1117,14 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
                 free(c);
                 return -2;
             }
-            if (!fresh && !failed_before) load_and_install(r, &c[k], &settings, failed, failed_len);
+            if (!fresh && !failed_before) load_and_install(r, &c[k], &sel, &settings, failed, failed_len);
         }
         /* versions serving that the policy or the files no longer select */
         pthread_mutex_lock(&r->lock);
         e = get_entry(r, name);
         for (int s = 0; e && s < e->nserving;) {
             served_model *m = e->serving[s];
-            int keep = 0;
-            for (int k = i; k < j && !keep; k++)
-                keep = c[k].version == m->version && policy_keeps(&pol, versions, nv, m->version);
-            if (keep) {
+            if (selected(&sel, m->version)) {
                 s++;
                 continue;
             }

@@ -40,7 +40,8 @@
 #      first serves (each model was checked alone: both loaded, and the
 #      daemon was OOM-killed under load); unloaded, the first makes room
 #      for the second. A reload counts the copy it replaces by its weights
-#      only: one that fits once swapped loads.
+#      only, and so does a new version the versions its policy drops: one
+#      that fits once swapped loads.
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -391,7 +392,13 @@ touch "$WORK/repo/b/1/config.json"
 [ "$(http_code -X POST "$URL/v2/repository/models/b/load")" = 200 ] ||
   fail "the reload of b, which fits once swapped, refused: $(tail -1 "$LOG")"
 [ "$(grep -c 'model b version 1 ready' "$LOG")" = 2 ] || fail "b not reloaded: $(tail -1 "$LOG")"
+# a version 2 under latest:1 supersedes version 1 (retired once it loads):
+# counted whole, version 1 refused it, and was retired all the same
+cp -r "$ROOT/models/fashion-comrope-ld" "$WORK/repo/b/2"
+code=$(curl -s --max-time 30 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/b/load")
+[ "$code" = 200 ] || fail "b's version 2, which fits once version 1 is retired, answered $code: $(cat "$WORK/body")"
+logits b || fail "b, its version 2 loaded, does not answer"
 stop_daemon
-echo "ok models whose workspaces fit one by one, not together: the second UNAVAILABLE naming who holds the memory; loads once the first is unloaded; a reload that fits once swapped loads"
+echo "ok models whose workspaces fit one by one, not together: the second UNAVAILABLE naming who holds the memory; loads once the first is unloaded; a reload, and a new version, that fit once swapped load"
 
 echo "oslimits.sh: all passed"
