@@ -834,10 +834,16 @@ static served_model *load_version(repository *r, const candidate *c, const selec
         m->cfg.workers = bp.workers;
         m->cfg.gemm_threads = bp.engine.threads;
     }
-    if (!m->batcher && kind == BATCHER_WORKSPACE_TOO_LARGE && others) {
-        snprintf(err, errlen,
-                 "%s (memory held: %s; this version's weights: %zu MiB; unload a model to make room)", why,
-                 holders, m->weight_bytes >> 20);
+    /* the engine says how much is held, not by whom: with nothing else
+     * loaded (--model) the holder is this version's weights alone */
+    if (!m->batcher && kind == BATCHER_WORKSPACE_TOO_LARGE) {
+        if (others)
+            snprintf(err, errlen,
+                     "%s (memory held: %s; this version's weights: %zu MiB; unload a model to make room)",
+                     why, holders, m->weight_bytes >> 20);
+        else
+            snprintf(err, errlen, "%s (memory held: this version's weights: %zu MiB)", why,
+                     m->weight_bytes >> 20);
         goto fail;
     }
     if (!m->batcher) {

@@ -296,8 +296,10 @@ EXIT_CODE=0
 timeout 120 "$SERVE" --model "$WIDE" --host 127.0.0.1 --port 0 --access-log off --workers 1 \
   --max-batch-size 4096 --max-batch-tokens 16777216 2>"$LOG" || EXIT_CODE=$?
 [ "$EXIT_CODE" = 2 ] || fail "a workspace larger than the machine's memory: exit $EXIT_CODE, not 2: $(tail -1 "$LOG")"
-log_has 'workspace of 4096 images / 16777216 tokens needs .* MiB, more than the .* MiB of .*; .* fits*: lower max-batch-tokens or max-batch-size' ||
+log_has 'workspace of 4096 images / 16777216 tokens needs .* MiB, more than the .* MiB of .*; .* fits*.*: lower max-batch-tokens or max-batch-size' ||
   fail "a workspace larger than the machine's memory: not said so: $(tail -1 "$LOG")"
+log_has "less the [0-9]* MiB held already (memory_held); .* (memory held: this version's weights: [0-9]* MiB)" ||
+  fail "a workspace larger than the machine's memory: what is held not said to be the weights: $(tail -1 "$LOG")"
 log_has 'waiting may cure it' && fail "a workspace larger than the machine's memory told as one a wait may cure: $(tail -1 "$LOG")"
 # the same files at lower limits: a model that serves. Not the defaults:
 # 16384 tokens x 65536 x 4 B is 4 GiB, refused where memory (or the
@@ -332,7 +334,7 @@ else
   timeout 120 "$SERVE" --model "$WIDE" --host 127.0.0.1 --port 0 --access-log off --workers "$workers" \
     --max-batch-tokens 64 2>"$LOG" || EXIT_CODE=$?
   [ "$EXIT_CODE" = 2 ] || fail "$workers workers' workspaces larger than memory: exit $EXIT_CODE, not 2: $(tail -1 "$LOG")"
-  log_has "$workers workers, each with a workspace of its own: .*workspace of .* images / 4097 tokens needs .* MiB, more than .* MiB, its 1/$workers share .*; not even one image of 4097 tokens fits: lower max-batch-tokens or max-batch-size (or workers)" ||
+  log_has "$workers workers, each with a workspace of its own: .*workspace of .* images / 4097 tokens needs .* MiB, more than .* MiB, its 1/$workers share .*; not even one image of 4097 tokens fits.*: lower max-batch-tokens or max-batch-size (or workers)" ||
     fail "$workers workers' workspaces larger than memory: not said so: $(tail -1 "$LOG")"
   echo "ok $workers workers whose workspaces fit one by one, not together: exit 2 naming the workers and each one's share"
 fi
