@@ -263,8 +263,19 @@ static void run_batch(worker *w, slice *parts, int n, job **done) {
             continue;
         }
         for (int k = 0; k < s->count && !s->fail; k++) {
-            /* pixels that are finite but huge overflow inside the model */
-            if (!all_finite(logits + (size_t)(offset + k) * K, (size_t)K)) {
+            if (all_finite(logits + (size_t)(offset + k) * K, (size_t)K)) continue;
+            /* Raw pixels that are finite but huge overflow inside the model:
+             * the client's. An encoded image's pixels are bounded by the
+             * preprocessor (image_prep.c checks it at load), so there the
+             * overflow is the model's weights: a server fault, 500. */
+            if (s->j->req->images[s->first + k].encoded) {
+                s->fail = 500;
+                snprintf(s->msg, sizeof(s->msg),
+                         "images[%d]: its logits are not finite: the model's float32 arithmetic "
+                         "overflows on this image's preprocessed pixels (a fault of the model, not "
+                         "of the image)",
+                         s->first + k);
+            } else {
                 s->fail = 400;
                 snprintf(s->msg, sizeof(s->msg),
                          "images[%d]: its logits are not finite (pixel values "

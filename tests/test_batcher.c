@@ -8,6 +8,7 @@
  * an encoded image whose preparation finds no memory is answered 500; the
  * workers' workspaces together must fit in memory. */
 #include <check.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -614,7 +615,8 @@ END_TEST
 /* A 40 x 30 PNG resized to the model's 16 x 16, the resize's output (16 x
  * 16 x 3 bytes) refused: the server ran out of memory, 500, not a corrupt
  * image's 400. */
-START_TEST(prepare_out_of_memory_500) {
+/* Makes t's image 0 the fixture photo.png (40 x 30), encoded. */
+static void encode_photo(test_job *t) {
     char path[1024];
     snprintf(path, sizeof path, "%s/images/photo.png", FIXTURE_DIR);
     FILE *f = fopen(path, "rb");
@@ -623,13 +625,17 @@ START_TEST(prepare_out_of_memory_500) {
     size_t len = fread(png, 1, 1 << 16, f);
     fclose(f);
     ck_assert_uint_gt(len, 0);
-    batcher *b = new_batcher(1, 1, 0, 64);
-    test_job *t = make_job(1, 16, 16, 60000);
     proto_image *im = &t->req.images[0];
     free(im->pixels);
     im->pixels = NULL;
     im->encoded = png;
     im->encoded_len = len;
+}
+
+START_TEST(prepare_out_of_memory_500) {
+    batcher *b = new_batcher(1, 1, 0, 64);
+    test_job *t = make_job(1, 16, 16, 60000);
+    encode_photo(t);
     ck_assert_int_eq(model->cfg.image_size, 16);
     __atomic_store_n(&fail_malloc_size, (size_t)16 * 16 * model->cfg.num_channels, __ATOMIC_RELAXED);
     ck_assert_int_eq(batcher_submit(b, &t->j), 0);
@@ -640,6 +646,32 @@ START_TEST(prepare_out_of_memory_500) {
     ck_assert_msg(t->j.status == 500, "status %d: %s", t->j.status, t->j.error);
     ck_assert_msg(strstr(t->j.error, "out of memory"), "message: %s", t->j.error);
     free_job(t);
+}
+END_TEST
+
+/* Logits that are not finite: from raw pixels the client sent (finite but
+ * huge), 400; from an encoded image, whose pixels the preprocessor bounds,
+ * the model's weights overflowed: 500 saying so (before, 400 blaming pixel
+ * values the client never chose). The last bias set to infinity stands
+ * for weights that overflow. */
+START_TEST(non_finite_logits_of_encoded_image_500) {
+    float *bias = model->w.head2_b ? model->w.head2_b : model->w.head_b;
+    bias[0] = INFINITY;
+    batcher *b = new_batcher(1, 1, 0, 64);
+    test_job *png = make_job(1, 16, 16, 60000), *raw = make_job(1, 16, 16, 60000);
+    encode_photo(png);
+    ck_assert_int_eq(batcher_submit(b, &png->j), 0);
+    ck_assert_int_eq(batcher_submit(b, &raw->j), 0);
+    wait_done(2);
+    batcher_free(b);
+    ck_assert_msg(png->j.status == 500, "status %d: %s", png->j.status, png->j.error);
+    ck_assert_msg(strstr(png->j.error, "images[0]: its logits are not finite") &&
+                      strstr(png->j.error, "a fault of the model"),
+                  "message: %s", png->j.error);
+    ck_assert_msg(raw->j.status == 400, "status %d: %s", raw->j.status, raw->j.error);
+    ck_assert_msg(strstr(raw->j.error, "pixel values too large"), "message: %s", raw->j.error);
+    free_job(png);
+    free_job(raw);
 }
 END_TEST
 
@@ -729,6 +761,7 @@ int main(void) {
     tcase_add_test(tc, stop_between_engine_batches);
     tcase_add_test(tc, standing_queue_refused);
     tcase_add_test(tc, prepare_out_of_memory_500);
+    tcase_add_test(tc, non_finite_logits_of_encoded_image_500);
     tcase_add_test(tc, forward_out_of_memory_500);
     tcase_add_test(tc, workers_workspaces_together_fit);
     suite_add_tcase(s, tc);
