@@ -1288,10 +1288,24 @@ static int foreign_origin(http_request *r, struct MHD_Connection *c) {
     return 403;
 }
 
+/* A load/unload body: Triton's load may carry JSON ({"parameters":
+ * {"config": ..., "file:<path>": <base64>}}); we read none of it, but hold
+ * it to max-body-bytes as every body (only receive-timeout-s bounded it).
+ * The load or unload is not run. */
+static void control_body_too_large(http_request *r) {
+    char err[256];
+    snprintf(err, sizeof(err),
+             "body is larger than max-body-bytes (%lld) (a load or unload body is not read, but held to "
+             "that limit): nothing was loaded or unloaded",
+             (long long)r->s->p.cfg->max_body_bytes);
+    set_error(r, 413, err);
+    r->control = 0;
+}
+
 /* POST /v2/repository/index, /v2/repository/models/<m>/load|unload
  * (Triton's model repository extension). Returns 0 when path is none of
  * them. */
-static int repository_route(http_request *r, const char *path) {
+static int repository_route(http_request *r, struct MHD_Connection *c, const char *path) {
     const char *prefix = "/v2/repository/models/";
     size_t pl = strlen(prefix);
     if (strcmp(path, "/v2/repository/index") == 0) {
@@ -1304,6 +1318,10 @@ static int repository_route(http_request *r, const char *path) {
     size_t n = (size_t)(slash - name);
     char err[512];
     int load = strcmp(slash, "/load") == 0;
+    if (body_over_limit(c, r->s->p.cfg->max_body_bytes)) {
+        control_body_too_large(r);
+        return 1;
+    }
     int st = repository_control(r->s->p.repo, name, n, load, NULL, NULL, err, sizeof(err));
     if (st) {
         set_error(r, st, err);
@@ -1366,7 +1384,7 @@ static void route(http_request *r, struct MHD_Connection *c) {
         if (!authorized(r, c)) goto unauthorized;
         if (!method_fits(r, 1)) goto method;
         if (foreign_origin(r, c)) return;
-        if (!repository_route(r, path)) goto not_found;
+        if (!repository_route(r, c, path)) goto not_found;
         return;
     }
     if (strcmp(path, "/v1/classify") == 0) r->endpoint = ENDPOINT_V1_CLASSIFY;
@@ -1657,6 +1675,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     }
     if (r->phase == PHASE_DISCARD) {
         if (*upload_data_size) {
+            /* a chunked load/unload body has no Content-Length: cap while reading */
+            r->body_len += *upload_data_size;
+            if (r->control && r->body_len > (size_t)s->p.cfg->max_body_bytes) control_body_too_large(r);
             *upload_data_size = 0;
             return MHD_YES;
         }

@@ -44,7 +44,8 @@
 #     logged when it starts and ends.
 #  9. A scan of 8,000 versions (symlinks to one): the daemon's peak RSS
 #     grows by less than 16 MiB (two paths of 4 KiB kept per version made
-#     it 70 MB, at every rescan or poll).
+#     it 70 MB, at every rescan or poll). A load's body is held to
+#     max-body-bytes, announced or chunked (413, nothing loaded).
 #  Every wait is on observable state (index, metrics, log, files).
 set -euo pipefail
 SERVE=${1:-}
@@ -717,7 +718,8 @@ stop_daemon
 REPO=$WORK/repo9
 mkdir -p "$REPO/many/base"
 ln -s "$ROOT/tests/fixtures/parity/comrope_ld_b2/"{config.json,model.safetensors} "$REPO/many/base/"
-MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --access-log off
+MODEL='' start_daemon --model-repository "$REPO" --model-control-mode explicit --access-log off \
+  --max-body-bytes 4096
 hwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$DAEMON_PID/status"; }
 hwm0=$(hwm)
 "$PY" -c 'import os, sys; [os.symlink("base", os.path.join(sys.argv[1], str(v))) for v in range(1, 8001)]' "$REPO/many"
@@ -725,6 +727,19 @@ kill -HUP "$DAEMON_PID"
 poll 30 rescans_done 1 || fail "no rescan after SIGHUP"
 hwm1=$(hwm)
 [ $((hwm1 - hwm0)) -lt 16384 ] || fail "a scan of 8,000 versions: the daemon's peak RSS grew from $hwm0 to $hwm1 kB"
+# a load's body is not read, but held to max-body-bytes as every body (only
+# receive-timeout-s bounded it): announced or chunked, 413 and no load
+head -c 4097 /dev/zero >"$WORK/big"
+for chunked in "" "Transfer-Encoding: chunked"; do
+  code=$(curl -s -o "$WORK/body" -w '%{http_code}' -H "$chunked" --data-binary @"$WORK/big" \
+    "$URL/v2/repository/models/many/load")
+  { [ "$code" = 413 ] && jq -e '.error | contains("max-body-bytes (4096)")' "$WORK/body" >/dev/null; } ||
+    fail "a load with a body over max-body-bytes (${chunked:-Content-Length}): $code $(cat "$WORK/body")"
+done
+[ "$(index | jq '[.[] | select(.state == "READY")] | length')" = 0 ] || fail "a refused load loaded"
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' --data-binary '{"parameters": {}}' \
+  "$URL/v2/repository/models/nope/load")
+[ "$code" = 404 ] || fail "a load with Triton's small body: $code $(cat "$WORK/body")"
 stop_daemon
 echo "ok a scan of 8,000 versions: peak RSS from $hwm0 to $hwm1 kB"
 echo "repository: ok"
