@@ -99,16 +99,23 @@ static const char *next_entry(const char **list, size_t *n) {
 int config_host_allowed(const char *allowed, const char *host) {
     /* no Host: HTTP/1.0 (HAProxy's default health check); every browser
      * sends one, so no page can come without */
-    if (!host || !host[0]) return 1;
-    size_t len = strlen(host), n = host[0] == '[' ? strcspn(host, "]") + 1 : strcspn(host, ":");
+    if (!host) return 1;
+    /* optional whitespace around the value (RFC 9112 5.1): libmicrohttpd
+     * drops the leading, not the trailing ("127.0.0.1 " got 421) */
+    size_t len = strlen(host);
+    while (len && (*host == ' ' || *host == '\t')) host++, len--;
+    while (len && (host[len - 1] == ' ' || host[len - 1] == '\t')) len--;
+    if (!len) return 1;
     /* DNS rebinding needs a name the attacker's DNS answers: an IP address
      * (an IPv6 one unbracketed too: a client's slip, still no name) or
      * localhost (never asked of DNS: RFC 6761) cannot be rebound */
     if (ip_literal(host, len)) return 1;
-    if (n > len) return 0; /* "[" with no "]" */
+    const char *end = host + len, *stop = memchr(host, host[0] == '[' ? ']' : ':', len);
+    if (host[0] == '[' && !stop) return 0; /* "[" with no "]" */
+    size_t n = !stop ? len : host[0] == '[' ? (size_t)(stop - host) + 1 : (size_t)(stop - host);
     const char *port = host + n;
-    if (*port && *port != ':') return 0;
-    for (port += *port == ':'; *port; port++)
+    if (port < end && *port != ':') return 0;
+    for (port += port < end; port < end; port++)
         if (!isdigit((unsigned char)*port)) return 0;
     if (n > 1 && host[n - 1] == '.') n--; /* "example.com." is example.com */
     if (ip_literal(host, n)) return 1;

@@ -561,6 +561,15 @@ START_TEST(allowed_hosts) {
         {"models.example", "LOCALHOST.", 1},
         {"models.example", NULL, 1},
         {"models.example", "", 1},
+        /* whitespace around the value (RFC 9112 OWS) is not part of it:
+         * trailing whitespace got 421 where leading was dropped */
+        {"models.example", "127.0.0.1 ", 1},
+        {"models.example", " \t[::1]:8080\t ", 1},
+        {"models.example", "models.example:8080 ", 1},
+        {"models.example", "\tmodels.example\t", 1},
+        {"models.example", "attacker.example ", 0},
+        {"models.example", "models.example :80", 0},
+        {"models.example", "  ", 1}, /* an empty Host, as none */
         /* not a host[:port], or a name that only looks like an address */
         {"models.example", "localhost.attacker.example", 0},
         {"models.example", "127.0.0.1.attacker.example", 0},
