@@ -179,8 +179,11 @@ int main(int argc, char **argv) {
         if (!pargv) return 2;
         int loaded = config_load(&cfg, pargc, pargv, environ, err, sizeof(err));
         probe_free_args(pargv);
-        if (loaded < 0) {
-            fprintf(stderr, "comrope-serve --health-probe: %s\n", err);
+        if (loaded < 0) { /* through the writer, as the daemon's refusal below */
+            char why[256];
+            int writer = log_start(why, sizeof(why)) == 0;
+            log_event("error", "--health-probe: %s", err);
+            if (writer) log_stop(LOG_FLUSH_MS);
             return 2;
         }
         int status = health_probe(&cfg, 2000, err, sizeof(err));

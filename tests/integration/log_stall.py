@@ -159,7 +159,8 @@ def full_at_start(serve, model):
     free_port = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "free_port.py")
     port = int(subprocess.check_output([sys.executable, free_port]))
     env = dict(os.environ, COMROPE_NO_SUCH_SETTING="1")  # a warning before the model loads
-    cases = [([], 0), (["--api-key-file", "/nonexistent/keys"], 2), (["--no-such-flag"], 2)]
+    cases = [([], 0), (["--api-key-file", "/nonexistent/keys"], 2), (["--no-such-flag"], 2),
+             (["--health-probe", "--no-such-flag"], 2)]
     for extra, want in cases:
         r, w = full_pipe()
         proc = subprocess.Popen([serve, "--model", model, "--host", "127.0.0.1", "--port", str(port)] + extra,
