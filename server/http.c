@@ -1272,7 +1272,11 @@ static int foreign_origin(http_request *r, struct MHD_Connection *c) {
                                                                     : "";
         authority += 3;
         size_t an = strlen(authority);
-        if (host && same_authority(authority, an, host, strlen(host), port)) return 0;
+        if (host) { /* libmicrohttpd keeps whitespace after a value (RFC 9112 OWS) */
+            size_t hn = strlen(host);
+            while (hn && (host[hn - 1] == ' ' || host[hn - 1] == '\t')) hn--;
+            if (same_authority(authority, an, host, hn, port)) return 0;
+        }
         if (forwarded) {
             size_t fn = strcspn(forwarded, ",");
             while (fn && (forwarded[fn - 1] == ' ' || forwarded[fn - 1] == '\t')) fn--;

@@ -54,6 +54,7 @@ static const struct {
     {404, "not_found"},       {405, "method_not_allowed"},
     {408, "request_timeout"}, {413, "too_large"},
     {414, "uri_too_long"},    {415, "unsupported_media_type"},
+    {403, "forbidden"},       /* model control from a page of another origin */
     {421, "misdirected"},     /* a Host not in allowed-hosts */
     {499, "client_closed"},   /* nginx's code: the client left before its answer */
     {501, "not_implemented"}, /* a Transfer-Encoding other than chunked: the client's */

@@ -73,7 +73,7 @@ START_TEST(every_failure_has_a_listed_reason) {
     metrics *m = metrics_new();
     metrics_series *ms = metrics_series_open(m, "m", "1", "liere", 16);
     ck_assert_ptr_nonnull(ms);
-    static const int codes[] = {400, 409, 414, 418, 421, 429, 431, 499, 501, 502, 507};
+    static const int codes[] = {400, 403, 409, 414, 418, 421, 429, 431, 499, 501, 502, 507};
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
         metrics_request(m, i % 2 ? ms : NULL, ENDPOINT_V2_INFER, codes[i], 0.001);
     metrics_request(m, NULL, ENDPOINT_OTHER, 200, 0.001);
@@ -81,6 +81,7 @@ START_TEST(every_failure_has_a_listed_reason) {
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"other\"}"), 4);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"uri_too_long\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"misdirected\"}"), 1);
+    ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"forbidden\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"not_implemented\"}"), 1);
     ck_assert_double_eq(sample(t, "comrope_request_failures_total{reason=\"internal\"}"), 2);
     double sum = 0;

@@ -400,6 +400,7 @@ origin_load() {
 # Host $host:$server_port), or the X-Forwarded-Host of a proxy that
 # rewrites Host
 for c in "http://127.0.0.1:$PORT" "http://localhost|Host: localhost:80" "http://localhost:80|Host: localhost" \
+  "http://localhost|Host: localhost:80 " \
   "https://ml.example.com|X-Forwarded-Host: ml.example.com" "https://ml.example.com|X-Forwarded-Host: ml.example.com:443, proxy"; do
   origin=${c%%|*} header=${c#*|}
   if [ "$header" = "$c" ]; then code=$(origin_load "$origin"); else code=$(origin_load "$origin" -H "$header"); fi
@@ -429,6 +430,9 @@ code=$(origin_load "http://Models.Example:$PORT" -H "Host: Models.Example:$PORT"
 [ "$(http_code -0 -H 'Host:' "$URL/v2/health/ready")" = 200 ] || fail "HTTP/1.0 with no Host refused"
 [ "$(metric 'comrope_request_failures_total{reason="misdirected"}')" = 2 ] ||
   fail "misdirected: $(metric 'comrope_request_failures_total{reason="misdirected"}'), not 2"
+# the cross-site unload and the four loads from another origin (in "other" before)
+[ "$(metric 'comrope_request_failures_total{reason="forbidden"}')" = 5 ] ||
+  fail "forbidden: $(metric 'comrope_request_failures_total{reason="forbidden"}'), not 5"
 code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/nope/load")
 { [ "$code" = 404 ] && jq -e '.error | contains("\"nope\"")' "$WORK/body" >/dev/null; } ||
   fail "load of an unknown model: $code $(cat "$WORK/body")"
