@@ -472,15 +472,13 @@ struct activations;
 static size_t plan(const vit_context *ctx, size_t T, size_t Tmax, size_t parts, struct activations *a,
                    float *base);
 
-/* The memory a workspace must fit in: this machine's physical memory, or
- * `asked` where that is less (0: not asked; *bound names the one that
- * applied); 0 when neither is known. */
-static size_t memory_bytes(size_t asked, const char **bound) {
+size_t vit_memory_bound(size_t asked, const char **bound) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     size_t physical = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
     int use_asked = asked && (!physical || asked < physical);
-    *bound =
-        use_asked ? "the memory limit (memory_bytes: the daemon's cgroup memory.max)" : "physical memory";
+    if (bound)
+        *bound =
+            use_asked ? "the memory limit (memory_bytes: the daemon's cgroup memory.max)" : "physical memory";
     return use_asked ? asked : physical;
 }
 
@@ -550,7 +548,7 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
      * granted (nor its pages touched when a full batch runs): smaller
      * limits cure that, not a wait (ENGINE_ERR_WORKSPACE, not MEMORY) */
     const char *bound;
-    size_t bytes = ctx->arena_floats * sizeof(float), all = memory_bytes(q.memory_bytes, &bound);
+    size_t bytes = ctx->arena_floats * sizeof(float), all = vit_memory_bound(q.memory_bytes, &bound);
     /* each of memory_shares workspaces fitting is not enough: together
      * they would not (a daemon's workers x its batch limits); nor is what
      * others hold already theirs to take (memory_held) */

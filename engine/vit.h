@@ -175,6 +175,12 @@ void vit_context_free(vit_context *ctx);
  * contexts (memory_held) counts for it. */
 size_t vit_context_bytes(const vit_context *ctx);
 
+/* The memory the workspaces must fit in: this machine's physical memory,
+ * or `asked` (vit_context_params.memory_bytes) where that is less; 0 when
+ * neither is known. *bound (unless NULL) names the one that applied. The
+ * bound vit_context_new checks against, for a caller that shows it. */
+size_t vit_memory_bound(size_t asked, const char **bound);
+
 /* Bytes of memory m's weights hold (the parameters and the packed
  * matrices); counted likewise. */
 size_t vit_model_bytes(const vit_model *m);

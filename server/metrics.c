@@ -121,6 +121,9 @@ struct metrics_series {
      * array, so that labelling after an install cannot fail. */
     char pe_type[32];
     int training_resolution;
+    /* the serving copy's memory (metrics_series_memory); has_memory: set */
+    size_t weight_bytes, workspace_bytes;
+    int has_memory;
     int open; /* metrics_series_open minus close: freed at 0 */
     /* by model_endpoints index, then status slot */
     uint64_t requests[MODEL_ENDPOINTS][STATUS_SLOTS];
@@ -145,6 +148,7 @@ struct metrics {
     char *precision;           /* with isa: "fp32" or "bf16" */
     char *precision_requested; /* with isa: "fp32", "bf16" or "auto" */
     int bf16_pays;
+    size_t memory_limit; /* 0: unknown (not set) */
     double start_time;
     /* requests of no model version (probes, scrapes, unknown models) */
     uint64_t requests[ENDPOINT_COUNT][STATUS_SLOTS];
@@ -250,6 +254,21 @@ void metrics_series_label(metrics_series *s, const char *pe_type, int training_r
     snprintf(s->pe_type, sizeof(s->pe_type), "%s", pe_type);
     s->training_resolution = training_resolution;
     pthread_mutex_unlock(&s->owner->lock);
+}
+
+void metrics_series_memory(metrics_series *s, size_t weight_bytes, size_t workspace_bytes) {
+    if (!s) return;
+    pthread_mutex_lock(&s->owner->lock);
+    s->weight_bytes = weight_bytes;
+    s->workspace_bytes = workspace_bytes;
+    s->has_memory = 1;
+    pthread_mutex_unlock(&s->owner->lock);
+}
+
+void metrics_set_memory_limit(metrics *m, size_t bytes) {
+    pthread_mutex_lock(&m->lock);
+    m->memory_limit = bytes;
+    pthread_mutex_unlock(&m->lock);
 }
 
 void metrics_series_close(metrics_series *s) {
@@ -653,6 +672,24 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
         put_label_value(&t, ms->version);
         text_put(&t, "\"} 1\n");
     }
+    text_put(&t, "# HELP comrope_model_memory_bytes Memory a served model version holds: kind weights "
+                 "(parameters and packed matrices) or workspace (its workers' activation arenas: address "
+                 "space reserved at load, the most its batches can touch, not what they touched).\n"
+                 "# TYPE comrope_model_memory_bytes gauge\n");
+    for (int i = 0; i < m->num_series; i++) {
+        const metrics_series *ms = m->series[i];
+        if (!ms->has_memory) continue;
+        model_labels(ms, ml, sizeof(ml));
+        text_put(&t, "comrope_model_memory_bytes{%s,kind=\"weights\"} %zu\n", ml, ms->weight_bytes);
+        text_put(&t, "comrope_model_memory_bytes{%s,kind=\"workspace\"} %zu\n", ml, ms->workspace_bytes);
+    }
+    if (m->memory_limit)
+        text_put(&t,
+                 "# HELP comrope_memory_limit_bytes Memory the model versions' weights and workspaces "
+                 "together must fit in (a load that would pass it is refused): physical memory, or the "
+                 "cgroup's memory.max where less.\n# TYPE comrope_memory_limit_bytes gauge\n"
+                 "comrope_memory_limit_bytes %zu\n",
+                 m->memory_limit);
     if (m->isa) {
         text_put(&t, "# HELP comrope_engine_info The engine's CPU kernels (instruction-set level) and "
                      "GEMM precision.\n# TYPE comrope_engine_info gauge\ncomrope_engine_info{isa=\"");

@@ -57,6 +57,17 @@ metrics_series *metrics_series_open(metrics *m, const char *model, const char *v
 /* Labels s with what the copy now serving holds (after a reload installed
  * it). Cannot fail. */
 void metrics_series_label(metrics_series *s, const char *pe_type, int training_resolution);
+/* The memory the copy now serving holds (repository.c's load check counts
+ * the same): its weights, and its workers' workspaces (the activation
+ * arenas, address space reserved at load; pages are touched as batches
+ * reach them). Exposed as comrope_model_memory_bytes{model,version,kind}
+ * from this call on (a version still loading has none), until the
+ * series is freed. Cannot fail. */
+void metrics_series_memory(metrics_series *s, size_t weight_bytes, size_t workspace_bytes);
+/* The bound the loads check what versions hold against (physical memory
+ * or the cgroup's memory.max, whichever is less: vit_memory_bound), as
+ * comrope_memory_limit_bytes (absent while 0: unknown). */
+void metrics_set_memory_limit(metrics *m, size_t bytes);
 /* One copy of that version is no longer served. The last close frees the
  * series (s is then invalid): its caller must hold no request, batch or
  * statistics read that still uses s (repository.c closes it when the

@@ -921,6 +921,7 @@ static int load_and_install(repository *r, const candidate *c, const selection *
         /* serving now: comrope_model_info names its files (a reload's
          * series kept the old copy's labels until here) */
         metrics_series_label(m->series, m->pm.pe_type, m->pm.image_size);
+        metrics_series_memory(m->series, m->weight_bytes, m->workspace_bytes);
     } else if (m) {
         snprintf(err, sizeof(err), "out of memory");
         failure = say_cure(err, sizeof(err), BATCHER_NO_MEMORY);
@@ -944,13 +945,16 @@ static int load_and_install(repository *r, const candidate *c, const selection *
                      reload ? " (the loaded copy goes on serving)" : "");
         return -1;
     }
+    /* what load_version counted against the memory bound, also in
+     * comrope_model_memory_bytes */
     log_event("info",
               "model %s version %d ready (%s, isa %s, precision %s, %dx%d, %d classes; %d workers x %d gemm "
-              "threads, "
-              "batch %d images / %d tokens)",
+              "threads, batch %d images / %d tokens; memory: weights %.1f MiB, workspaces %.1f MiB reserved "
+              "(all workers together))",
               m->name, m->version, m->pm.pe_type, m->isa, m->pm.precision, m->pm.image_size, m->pm.image_size,
               m->pm.num_class, m->cfg.workers, m->cfg.gemm_threads, m->cfg.max_batch_size,
-              m->cfg.max_batch_tokens);
+              m->cfg.max_batch_tokens, (double)m->weight_bytes / (1 << 20),
+              (double)m->workspace_bytes / (1 << 20));
     return 0;
 }
 
@@ -1330,6 +1334,8 @@ repository *repository_new(const repository_params *p, char *err, size_t errlen)
     }
     r->p = *p;
     r->single = p->cfg->model_repository[0] == '\0';
+    /* the bound load_version's workspaces are checked against (memory_bytes) */
+    metrics_set_memory_limit(p->mx, vit_memory_bound((size_t)p->memory_limit, NULL));
     r->gate = forward_gate_new(p->cpu_limit);
     if (!r->gate) {
         free(r);

@@ -514,6 +514,53 @@ START_TEST(failed_reload_keeps_the_labels) {
 }
 END_TEST
 
+/* What a served version holds, as repository.c's load check counts it
+ * (metrics_series_memory at install), and the bound it checks against:
+ * absent while a version loads (no copy of it holds anything yet) and
+ * after its series is freed (unloaded); a reload's new copy replaces the
+ * numbers, a failed one leaves the serving copy's. */
+START_TEST(model_memory) {
+    metrics *m = metrics_new();
+    char *t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_ptr_null(strstr(t, "comrope_memory_limit_bytes "));
+    free(t);
+    metrics_set_memory_limit(m, (size_t)8 << 30);
+    metrics_series *a = metrics_series_open(m, "a", "1", "comrope-ld", 16);
+    metrics_series *b = metrics_series_open(m, "b", "2", "liere", 32);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    metrics_series_memory(a, 1234567, (size_t)5 << 30); /* past 32 bits: no truncation */
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_double_eq(sample(t, "comrope_memory_limit_bytes"), 8589934592.0);
+    ck_assert_double_eq(sample(t, "comrope_model_memory_bytes{model=\"a\",version=\"1\",kind=\"weights\"}"),
+                        1234567);
+    ck_assert_double_eq(sample(t, "comrope_model_memory_bytes{model=\"a\",version=\"1\",kind=\"workspace\"}"),
+                        5368709120.0);
+    ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_model_memory_bytes gauge\n"));
+    ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_memory_limit_bytes gauge\n"));
+    ck_assert_ptr_null(strstr(t, "comrope_model_memory_bytes{model=\"b\"")); /* still loading */
+    free(t);
+    metrics_series *reload = metrics_series_open(m, "a", "1", "comrope-ld", 16);
+    metrics_series_memory(reload, 2000, 3000);
+    metrics_series_close(a);
+    metrics_series_memory(b, 10, 20);
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_double_eq(sample(t, "comrope_model_memory_bytes{model=\"a\",version=\"1\",kind=\"weights\"}"),
+                        2000);
+    ck_assert_double_eq(sample(t, "comrope_model_memory_bytes{model=\"a\",version=\"1\",kind=\"workspace\"}"),
+                        3000);
+    ck_assert_double_eq(sample(t, "comrope_model_memory_bytes{model=\"b\",version=\"2\",kind=\"workspace\"}"),
+                        20);
+    free(t);
+    metrics_series_close(reload);
+    t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
+    ck_assert_ptr_null(strstr(t, "comrope_model_memory_bytes{model=\"a\""));
+    ck_assert_ptr_nonnull(strstr(t, "comrope_model_memory_bytes{model=\"b\""));
+    free(t);
+    metrics_free(m);
+}
+END_TEST
+
 START_TEST(label_values_escaped) {
     metrics *m = metrics_new();
     metrics_series_open(m, "a\"b\\c\nd", "v", "none", 8);
@@ -541,6 +588,7 @@ int main(void) {
     tcase_add_test(tc, series_freed_when_no_longer_served);
     tcase_add_test(tc, reload_keeps_the_counters);
     tcase_add_test(tc, failed_reload_keeps_the_labels);
+    tcase_add_test(tc, model_memory);
     tcase_add_test(tc, label_values_escaped);
     suite_add_tcase(s, tc);
     return check_run(s);

@@ -97,6 +97,9 @@ load_failures_are() { [ "$(metric "comrope_model_load_failures_total{model=\"$1\
 receiving() { [ "$(metric comrope_receiving_requests || echo 0)" -ge 1 ]; }
 rescans_done() { [ "$(grep -c 'rescan done' "$LOG")" -ge "$1" ]; }
 ready_lines_at_least() { [ "$(grep -c "model $1 version $2 ready" "$LOG")" -ge "$3" ]; }
+# memory_of MODEL KIND: comrope_model_memory_bytes of MODEL's version 1 (fails when absent)
+memory_of() { metric "comrope_model_memory_bytes{model=\"$1\",version=\"1\",kind=\"$2\"}"; }
+no_memory_of() { ! memory_of "$1" weights >/dev/null && ! memory_of "$1" workspace >/dev/null; }
 same_logits() {
   "$PY" -c 'import json,sys; a,b=(json.load(open(p)) for p in sys.argv[1:3]); sys.exit(not (len(a)==len(b) and max(abs(x-y) for x,y in zip(a,b))<1e-3))' "$1" "$2"
 }
@@ -559,6 +562,20 @@ listed=$(curl -sf "$URL/v2/models/all65" | jq -c '[(.versions | length), .versio
 rm -r "$REPO/all65"
 [ "$(http_code -X POST "$URL/v2/repository/models/ap/load")" = 200 ] || fail "load ap not 200"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
+# what ap holds, as its load counted it: its weights (within 10 % of its
+# checkpoint: fp32 parameters and their packed copies of the GEMMs' share),
+# its workspaces (reserved, > 0), under the bound the loads share; the
+# ready line says them too
+weights=$(memory_of ap weights) || fail "no weights gauge for ap: $(curl -s "$URL/metrics" | grep memory)"
+file=$(stat -c %s "$REPO/ap/model.safetensors")
+{ [ $((weights * 10)) -ge $((file * 9)) ] && [ $((weights * 10)) -le $((file * 11)) ]; } ||
+  fail "ap's weights gauge $weights, its checkpoint $file bytes: not within 10 %"
+workspace=$(memory_of ap workspace) || fail "no workspace gauge for ap"
+limit=$(metric comrope_memory_limit_bytes) || fail "no comrope_memory_limit_bytes"
+{ [ "$workspace" -gt 0 ] && [ $((weights + workspace)) -lt "$limit" ]; } ||
+  fail "ap's workspace gauge $workspace, the limit $limit"
+log_has "model ap version 1 ready (.*; memory: weights [0-9.]* MiB, workspaces [0-9.]* MiB reserved" ||
+  fail "ap's ready line does not say its memory: $(grep 'model ap version 1 ready' "$LOG")"
 [ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ap","ld"]' ] ||
   fail "/v1/models once the default model (ap) is loaded: $(curl -s "$URL/v1/models")"
 client logits "$URL" ap "$SAMPLE" >"$WORK/exp.ap"
@@ -577,6 +594,8 @@ poll 60 test -s "$WORK/partial.json" || fail "the in-flight request was not answ
 jq .logits "$WORK/partial.json" >"$WORK/partial.logits"
 same_logits "$WORK/ref.ap" "$WORK/partial.logits" || fail "the in-flight request was not answered by ap"
 poll 30 is_state ap 1 UNAVAILABLE || fail "ap not freed after its last request: $(index)"
+poll 10 no_memory_of ap || fail "ap unloaded, its memory gauges still in /metrics"
+memory_of ld weights >/dev/null || fail "ld's memory gauges went with ap's unload"
 poll 10 log_has "model ap version 1 unloaded (its last request answered)" || fail "unload not logged"
 is_state ld 1 READY || fail "ld disturbed by ap's unload: $(index)"
 # a load that fails while a copy serves: 400 with the reason (it said 200,
