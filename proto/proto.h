@@ -225,6 +225,9 @@ typedef struct {
     proto_duration success, fail, queue, compute_input, compute_infer, compute_output;
     int num_batch_sizes;                 /* entries of batch_stats */
     const proto_batch_stat *batch_stats; /* compute_infer by batch size, ascending */
+    /* memory_usage: the bytes the version holds (weights and its workers'
+     * reserved workspaces), one "CPU" entry; 0: none listed (loading) */
+    uint64_t memory_bytes;
 } proto_stats;
 /* {"model_stats": [...]}: entry i is pms[i] with sts[i] (n >= 0). */
 char *v2_model_stats_json(const proto_model *const *pms, const proto_stats *sts, int n);

@@ -671,15 +671,19 @@ static json_t *model_stats_entry(const proto_model *pm, const proto_stats *st) {
                                         duration_json((proto_duration){b->count, b->ns}), "compute_output",
                                         duration_json((proto_duration){b->count, 0})));
     }
+    /* Triton's one entry per memory kind and device: all ours is CPU */
+    json_t *memory = st->memory_bytes ? json_pack("[{s:s,s:i,s:I}]", "type", "CPU", "id", 0, "byte_size",
+                                                  (json_int_t)st->memory_bytes)
+                                      : json_array();
     return json_pack(
-        "{s:s,s:s,s:I,s:I,s:I,s:{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o},s:o,s:[]}", "name", pm->name, "version",
+        "{s:s,s:s,s:I,s:I,s:I,s:{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o},s:o,s:o}", "name", pm->name, "version",
         pm->model_version ? pm->model_version : "1", "last_inference", (json_int_t)st->last_inference_ms,
         "inference_count", (json_int_t)st->inference_count, "execution_count",
         (json_int_t)st->execution_count, "inference_stats", "success", duration_json(st->success), "fail",
         duration_json(st->fail), "queue", duration_json(st->queue), "compute_input",
         duration_json(st->compute_input), "compute_infer", duration_json(st->compute_infer), "compute_output",
         duration_json(st->compute_output), "cache_hit", duration_json((proto_duration){0, 0}), "cache_miss",
-        duration_json((proto_duration){0, 0}), "batch_stats", batch, "memory_usage");
+        duration_json((proto_duration){0, 0}), "batch_stats", batch, "memory_usage", memory);
 }
 
 char *v2_model_stats_json(const proto_model *const *pms, const proto_stats *sts, int n) {

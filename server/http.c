@@ -1094,6 +1094,7 @@ static void version_stats(const metrics_stats *m, proto_stats *st) {
         .compute_output = {m->compute_count, 0},
         .num_batch_sizes = m->num_batch_sizes,
         .batch_stats = m->batch_stats,
+        .memory_bytes = m->memory_bytes,
     };
 }
 

@@ -503,6 +503,7 @@ int metrics_model_stats(metrics_series *s, metrics_stats *st) {
     st->queue_ns = (uint64_t)(s->queue_seconds.sum * 1e9);
     st->compute_count = s->compute_seconds.count;
     st->compute_ns = (uint64_t)(s->compute_seconds.sum * 1e9);
+    st->memory_bytes = s->has_memory ? (uint64_t)s->weight_bytes + s->workspace_bytes : 0;
     pthread_mutex_unlock(&s->owner->lock);
     return 0;
 }

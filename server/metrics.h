@@ -121,6 +121,7 @@ typedef struct {
     uint64_t last_inference_ms, inference_count, execution_count;
     uint64_t success_count, success_ns, fail_count, fail_ns;
     uint64_t queue_count, queue_ns, compute_count, compute_ns;
+    uint64_t memory_bytes; /* weights and workspaces (metrics_series_memory); 0: not set */
     /* only the sizes that ran, ascending (malloc'd, NULL when none): a
      * version that ran a few sizes costs a few entries, not
      * METRICS_MAX_BATCH_SIZE; proto_stats points at them as they are */

@@ -539,6 +539,10 @@ START_TEST(model_memory) {
     ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_model_memory_bytes gauge\n"));
     ck_assert_ptr_nonnull(strstr(t, "# TYPE comrope_memory_limit_bytes gauge\n"));
     ck_assert_ptr_null(strstr(t, "comrope_model_memory_bytes{model=\"b\"")); /* still loading */
+    metrics_stats st0;
+    ck_assert_int_eq(metrics_model_stats(b, &st0), 0);
+    ck_assert_uint_eq(st0.memory_bytes, 0);
+    metrics_stats_free(&st0);
     free(t);
     metrics_series *reload = metrics_series_open(m, "a", "1", "comrope-ld", 16);
     metrics_series_memory(reload, 2000, 3000);
@@ -552,6 +556,11 @@ START_TEST(model_memory) {
     ck_assert_double_eq(sample(t, "comrope_model_memory_bytes{model=\"b\",version=\"2\",kind=\"workspace\"}"),
                         20);
     free(t);
+    /* /stats's memory_usage: their sum */
+    metrics_stats st;
+    ck_assert_int_eq(metrics_model_stats(reload, &st), 0);
+    ck_assert_uint_eq(st.memory_bytes, 5000);
+    metrics_stats_free(&st);
     metrics_series_close(reload);
     t = render(m, (metrics_gauges){0, 0, 0, 1, 0});
     ck_assert_ptr_null(strstr(t, "comrope_model_memory_bytes{model=\"a\""));

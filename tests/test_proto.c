@@ -767,6 +767,7 @@ START_TEST(v2_config_and_stats) {
         .compute_output = {4, 0},
         .num_batch_sizes = 2,
         .batch_stats = per,
+        .memory_bytes = (uint64_t)5 << 30,
     };
     /* two versions of one model: one entry each, in the order given */
     proto_model pm2 = pm;
@@ -791,6 +792,13 @@ START_TEST(v2_config_and_stats) {
     json_t *b4 = json_array_get(json_object_get(m, "batch_stats"), 1);
     ck_assert_int_eq(json_integer_value(json_object_get(b4, "batch_size")), 4);
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(b4, "compute_infer"), "ns")), 900);
+    /* Triton's memory_usage: one CPU entry, what the version holds */
+    json_t *mem = json_object_get(m, "memory_usage");
+    ck_assert_int_eq(json_array_size(mem), 1);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(mem, 0), "type")), "CPU");
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(mem, 0), "id")), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(mem, 0), "byte_size")),
+                     (json_int_t)5 << 30);
     json_decref(o);
     /* tritonclient's fields, byte for byte as they were when the sizes came
      * in two arrays */
