@@ -272,6 +272,15 @@ int skew_schur(const double *S, int b, double *Q, double *w) {
     return 0;
 }
 
+size_t rotation_token_floats(const vit_rotation *rot) {
+    size_t LH = (size_t)rot->layers * (size_t)rot->heads;
+    switch (rot->kind) {
+    case ROT_PAIRS: return LH * (size_t)rot->npairs * 2;
+    case ROT_BLOCKS: return LH * (size_t)rot->nblocks * (size_t)rot->block * (size_t)rot->block;
+    default: return 0;
+    }
+}
+
 int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph, int pw,
                          rotation_table *out) {
     memset(out, 0, sizeof(*out));
@@ -285,7 +294,7 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
     vit_positions(cfg, ph, pw, pos);
     if (rot->kind == ROT_PAIRS) {
         int np = rot->npairs;
-        out->floats = (size_t)L * T * H * np * 2;
+        out->floats = (size_t)T * rotation_token_floats(rot);
         out->data = malloc(sizeof(float) * (out->floats ? out->floats : 1));
         if (!out->data) goto oom;
         float *o = out->data;
@@ -301,7 +310,7 @@ int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph,
                 }
     } else {
         int b = rot->block, nb = rot->nblocks;
-        out->floats = (size_t)L * T * H * nb * b * b;
+        out->floats = (size_t)T * rotation_token_floats(rot);
         out->data = malloc(sizeof(float) * out->floats);
         if (!out->data) goto oom;
         double A[MAX_BLOCK * MAX_BLOCK], R[MAX_BLOCK * MAX_BLOCK];

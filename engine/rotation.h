@@ -59,6 +59,10 @@ void expm_double(const double *A, int n, double *out);
  * spans the kernel. w_i >= 0. Returns 0, or -1 if b > 64. */
 int skew_schur(const double *S, int b, double *Q, double *w);
 
+/* Floats of a table per token (its floats: tokens times this; 0 for
+ * ROT_NONE): what a bound on cached tokens of tables bounds in memory. */
+size_t rotation_token_floats(const vit_rotation *rot);
+
 /* Builds the table for a ph x pw grid. Returns 0 or ENGINE_ERR_MEMORY. */
 int rotation_table_build(const vit_rotation *rot, const vit_config *cfg, int ph, int pw, rotation_table *out);
 void rotation_table_free(rotation_table *t);
