@@ -482,6 +482,19 @@ size_t vit_memory_bound(size_t asked, const char **bound) {
     return use_asked ? asked : physical;
 }
 
+/* The most memory the rotation cache holds: `tokens` tokens of tables
+ * (rotation_for keeps it there), without malloc's headers. */
+static size_t rotation_cache_bytes(const vit_model *m, size_t tokens) {
+    return tokens * rotation_token_floats(&m->rot) * sizeof(float);
+}
+
+/* The memory of a workspace for batches of `tokens` tokens: its arena and
+ * its rotation cache (vit_context_bytes once made). */
+static size_t workspace_bytes(const vit_context *ctx, size_t tokens, size_t parts) {
+    return plan(ctx, tokens, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) +
+           rotation_cache_bytes(ctx->model, tokens);
+}
+
 /* Parts of one parallel step: no more than the heads (attention's unit). */
 static int context_parts(const vit_context *ctx) {
     int t = thread_pool_threads(ctx->pool), H = ctx->model->cfg.num_attention_heads;
@@ -539,16 +552,18 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
     /* The largest batch the limits allow; its pages are touched as forwards
      * reach them. No batch holds more than max_images images of at most the
      * model's max_tokens each: a larger max_tokens (meant as "no cap")
-     * reserves nothing beyond that. The rotation cache keeps the given one. */
+     * reserves nothing beyond that, in the arena nor in the rotation cache,
+     * which holds as many tokens of tables (a batch's tables fit it). */
     size_t tokens = (size_t)q.max_images * (size_t)m->max_tokens;
     if (tokens > (size_t)q.max_tokens) tokens = (size_t)q.max_tokens;
+    ctx->cache_max_tokens = tokens;
     size_t parts = (size_t)context_parts(ctx);
     ctx->arena_floats = plan(ctx, tokens, (size_t)ctx->tmax, parts, NULL, NULL);
     /* A workspace larger than all the memory there is can never be
      * granted (nor its pages touched when a full batch runs): smaller
      * limits cure that, not a wait (ENGINE_ERR_WORKSPACE, not MEMORY) */
     const char *bound;
-    size_t bytes = ctx->arena_floats * sizeof(float), all = vit_memory_bound(q.memory_bytes, &bound);
+    size_t bytes = vit_context_bytes(ctx), all = vit_memory_bound(q.memory_bytes, &bound);
     /* each of memory_shares workspaces fitting is not enough: together
      * they would not (a daemon's workers x its batch limits); nor is what
      * others hold already theirs to take (memory_held) */
@@ -559,11 +574,11 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
         size_t lo = (size_t)ctx->tmax, hi = tokens;
         while (lo < hi) {
             size_t mid = lo + (hi - lo + 1) / 2;
-            if (plan(ctx, mid, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory) lo = mid;
+            if (workspace_bytes(ctx, mid, parts) <= memory) lo = mid;
             else hi = mid - 1;
         }
         char fit[96], share[96] = "", held[128] = "";
-        if (plan(ctx, lo, (size_t)ctx->tmax, parts, NULL, NULL) * sizeof(float) <= memory)
+        if (workspace_bytes(ctx, lo, parts) <= memory)
             snprintf(fit, sizeof(fit), "at most %zu tokens fit", lo);
         else snprintf(fit, sizeof(fit), "not even one image of %d tokens fits", ctx->tmax);
         if (shares > 1)
@@ -579,7 +594,7 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
         goto fail;
     }
     void *arena = NULL;
-    if (posix_memalign(&arena, 64, bytes) != 0) goto oom;
+    if (posix_memalign(&arena, 64, ctx->arena_floats * sizeof(float)) != 0) goto oom;
     ctx->arena = arena;
     *out = ctx;
     return 0;
@@ -606,13 +621,17 @@ void vit_context_free(vit_context *ctx) {
     free(ctx);
 }
 
-size_t vit_context_bytes(const vit_context *ctx) { return ctx->arena_floats * sizeof(float); }
+size_t vit_context_bytes(const vit_context *ctx) {
+    return ctx->arena_floats * sizeof(float) + rotation_cache_bytes(ctx->model, ctx->cache_max_tokens);
+}
 
 /* The cached table of a ph x pw grid, built on first use. Tables used by
  * the current forward (stamp == clock) are never evicted; the least
- * recently used others are, until the new one fits in max_tokens tokens of
- * tables and a free slot. The current forward's tables hold at most its
- * tokens (<= max_tokens) in at most its images (<= max_images <= slots), so
+ * recently used others are, until the new one fits in cache_max_tokens
+ * tokens of tables and a free slot. The current forward's tables hold at
+ * most its tokens (<= max_tokens, and <= max_images x the model's
+ * max_tokens: <= cache_max_tokens) in at most its images (<= max_images
+ * <= slots), so
  * there is always room: only running out of memory returns NULL. */
 static const rotation_table *rotation_for(vit_context *ctx, int ph, int pw) {
     int free_slot = -1;
@@ -625,7 +644,7 @@ static const rotation_table *rotation_for(vit_context *ctx, int ph, int pw) {
         if (!t->tokens && free_slot < 0) free_slot = i;
     }
     size_t need = 1 + (size_t)ph * pw;
-    while (free_slot < 0 || ctx->cache_tokens + need > (size_t)ctx->params.max_tokens) {
+    while (free_slot < 0 || ctx->cache_tokens + need > ctx->cache_max_tokens) {
         int victim = -1;
         for (int i = 0; i < ctx->cache_slots; i++) {
             if (!ctx->cache[i].tokens || ctx->cache_stamp[i] == ctx->clock) continue;

@@ -137,7 +137,7 @@ vit_context_params vit_context_default_params(void);
  * activation arena (address space reserved at once, pages written once
  * the first time a forward reaches them, so that first-touch faults stay
  * out of the GEMMs), the per-image bookkeeping, and rotation tables cached
- * per grid (ph, pw) up to max_tokens tokens of tables in all. A forward
+ * per grid (ph, pw) up to the workspace's tokens of tables in all. A forward
  * over the limits is refused; nothing is allocated per forward but the
  * rotation table of a grid not seen lately. */
 typedef struct {
@@ -155,8 +155,9 @@ typedef struct {
     rotation_table *cache;      // (cache_slots) tables by grid
     uint64_t *cache_stamp;      // (cache_slots) the forward that last used each
     int cache_slots;
-    size_t cache_tokens; // tokens of the cached tables, at most max_tokens
-    uint64_t clock;      // forwards run
+    size_t cache_tokens;     // tokens of the cached tables, at most cache_max_tokens
+    size_t cache_max_tokens; // the workspace's tokens (max_tokens, capped by max_images)
+    uint64_t clock;          // forwards run
 } vit_context;
 
 /* Makes a context for `m` (which must outlive it) from `p` (NULL: the
@@ -170,9 +171,10 @@ int vit_context_new(const vit_model *m, const vit_context_params *p, vit_context
                     size_t errlen);
 void vit_context_free(vit_context *ctx);
 
-/* Bytes of memory ctx's workspace holds (the activation arena, reserved
- * at vit_context_new): what a caller that bounds the memory of several
- * contexts (memory_held) counts for it. */
+/* Bytes of memory ctx's workspace may hold (the activation arena, reserved
+ * at vit_context_new, and the most its rotation cache keeps): what a
+ * caller that bounds the memory of several contexts (memory_held) counts
+ * for it. */
 size_t vit_context_bytes(const vit_context *ctx);
 
 /* The memory the workspaces must fit in: this machine's physical memory,

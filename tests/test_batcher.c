@@ -688,7 +688,7 @@ START_TEST(workers_workspaces_together_fit) {
     vit_context *ctx = NULL;
     char err[512];
     ck_assert_msg(vit_context_new(model, &cp, &ctx, err, sizeof(err)) == 0, "%s", err);
-    size_t bytes = ctx->arena_floats * sizeof(float);
+    size_t bytes = vit_context_bytes(ctx); /* its arena and its rotation tables */
     vit_context_free(ctx);
     p.engine.memory_bytes = 2 * bytes;
     p.workers = 4;

@@ -421,6 +421,30 @@ START_TEST(test_token_limit_at_least_one_image) {
 }
 END_TEST
 
+/* Bytes of rotation tables per token of m, from its config alone (not
+ * from the code under test): each layer and head holds a token's cos and
+ * sin per rotated pair (vanilla-rope: head_dim / 2 pairs; comrope-ap/ld:
+ * b / 2 per block of b, their Schur fold), or liere's b x b matrix per block. */
+static size_t table_bytes_per_token(const vit_model *m) {
+    const vit_config *c = &m->cfg;
+    size_t LH = (size_t)c->num_hidden_layers * (size_t)c->num_attention_heads, hd = (size_t)c->head_dim;
+    size_t b = (size_t)c->block_size;
+    switch (c->custom_pe_type) {
+    case PE_VANILLA_ROPE: return LH * (hd / 2) * 2 * sizeof(float);
+    case PE_COMROPE_AP:
+    case PE_COMROPE_LD: return LH * (hd / b) * (b / 2) * 2 * sizeof(float);
+    case PE_LIERE: return LH * (hd / b) * b * b * sizeof(float);
+    default: return 0;
+    }
+}
+
+/* Bytes the rotation tables a context has built hold now. */
+static size_t cached_table_bytes(const vit_context *ctx) {
+    size_t bytes = 0;
+    for (int i = 0; i < ctx->cache_slots; i++) bytes += ctx->cache[i].floats * sizeof(float);
+    return bytes;
+}
+
 /* A workspace larger than all the memory there is (2^31 tokens of even
  * the smallest fixture: terabytes) is refused as such, before any
  * allocation: ENGINE_ERR_WORKSPACE, which smaller limits cure, not
@@ -449,8 +473,17 @@ START_TEST(test_workspace_larger_than_memory) {
     m = load_model("comrope_ld_b2");
     cp = vit_context_default_params(); /* 16384 tokens: megabytes */
     ctx = new_context(m, &cp);
-    size_t bytes = ctx->arena_floats * sizeof(float);
+    /* the arena and 16384 tokens of rotation tables, the most its cache
+     * keeps (a bound on the arena alone let a worker's tables grow past
+     * its share: 30 MiB over a 51 MiB workspace for the bundled model) */
+    size_t arena = ctx->arena_floats * sizeof(float), bytes = arena + 16384 * table_bytes_per_token(m);
+    ck_assert_uint_eq(table_bytes_per_token(m), 2 * 2 * 8 * 2 * sizeof(float)); /* L, H, pairs, cos/sin */
+    ck_assert_uint_eq(vit_context_bytes(ctx), bytes);
     vit_context_free(ctx);
+    /* room for the arena, not for its tables: refused */
+    cp.memory_bytes = arena;
+    ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
+    ck_assert_ptr_null(ctx);
     cp.memory_bytes = bytes - 1;
     ck_assert_int_eq(vit_context_new(m, &cp, &ctx, err, sizeof(err)), ENGINE_ERR_WORKSPACE);
     ck_assert_ptr_null(ctx);
@@ -477,6 +510,18 @@ START_TEST(test_workspace_larger_than_memory) {
     ck_assert_msg(strstr(err, "not even one image"), "message: %s", err);
     ck_assert_uint_gt(vit_model_bytes(m), m->num_params * sizeof(float));
     vit_free(m);
+
+    /* liere keeps a b x b matrix per block and token: b^2 / 2 times a
+     * pair's cos and sin, counted as such */
+    m = load_model("liere_b3");
+    ck_assert_uint_eq(table_bytes_per_token(m), (size_t)m->cfg.num_hidden_layers *
+                                                    m->cfg.num_attention_heads * (m->cfg.head_dim / 3) * 9 *
+                                                    sizeof(float));
+    ctx = new_context(m, NULL);
+    ck_assert_uint_eq(vit_context_bytes(ctx),
+                      ctx->arena_floats * sizeof(float) + 16384 * table_bytes_per_token(m));
+    vit_context_free(ctx);
+    vit_free(m);
 }
 END_TEST
 
@@ -491,14 +536,36 @@ START_TEST(test_workspace_capped_by_max_images) {
     cp.max_images = 2;
     cp.max_tokens = 2 * m->max_tokens;
     vit_context *ctx = new_context(m, &cp);
-    size_t floats = ctx->arena_floats;
+    size_t floats = ctx->arena_floats, bytes = vit_context_bytes(ctx);
     vit_context_free(ctx);
     cp.max_tokens = 16777216;
-    cp.memory_bytes = floats * sizeof(float);
+    cp.memory_bytes = bytes;
     char err[512] = "";
     ck_assert_msg(vit_context_new(m, &cp, &ctx, err, sizeof(err)) == 0, "%s", err);
     ck_assert_uint_eq(ctx->arena_floats, floats);
     ck_assert_int_eq(ctx->params.max_tokens, 16777216);
+    vit_context_free(ctx);
+
+    /* nor does its rotation cache keep more than such a batch's tables:
+     * one image of at most 17 tokens (16 x 16 px) a forward, three grids
+     * of 5 + 9 + 17 tokens in turn, under max_tokens 1000 (the cache kept
+     * all 31 tokens' tables, past the bound the memory check counted) */
+    m->max_tokens = 17;
+    cp = vit_context_default_params();
+    cp.max_images = 1;
+    cp.max_tokens = 1000;
+    ctx = new_context(m, &cp);
+    size_t most = vit_context_bytes(ctx) - ctx->arena_floats * sizeof(float);
+    ck_assert_uint_eq(most, 17 * table_bytes_per_token(m));
+    float *pix = pixels(m, 16, 16, 1), logits[64];
+    const int sides[3][2] = {{8, 8}, {8, 16}, {16, 16}};
+    for (int i = 0; i < 3; i++) {
+        vit_image img = {sides[i][0], sides[i][1], pix};
+        ck_assert_msg(vit_forward_ragged(ctx, &img, 1, logits, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_msg(cached_table_bytes(ctx) <= most, "after %dx%d: %zu bytes of tables, counted %zu", img.h,
+                      img.w, cached_table_bytes(ctx), most);
+    }
+    free(pix);
     vit_context_free(ctx);
     vit_free(m);
 }
@@ -547,7 +614,8 @@ START_TEST(test_batch_with_many_resolutions) {
     }
     /* and again, now that other tables were cached in between */
     ck_assert(vit_forward_ragged(ctx, imgs, n, together, err, sizeof(err)) == 0);
-    ck_assert_int_le(ctx->cache_tokens, ctx->params.max_tokens);
+    ck_assert_uint_le(ctx->cache_tokens, ctx->cache_max_tokens);
+    ck_assert_uint_le(cached_table_bytes(ctx), (size_t)tokens * table_bytes_per_token(m));
     free(pix);
     vit_context_free(ctx);
     vit_free(m);

@@ -201,7 +201,7 @@ START_TEST(test_rotation_cache_eviction) {
     for (int s = 2; s < 20; s++) {
         vit_image other = {p * (s % 5 + 1), p * (s / 5 + 1), pix};
         ck_assert_msg(vit_forward_ragged(ctx, &other, 1, again, err, sizeof(err)) == 0, "%s", err);
-        ck_assert_int_le(ctx->cache_tokens, ctx->params.max_tokens);
+        ck_assert_uint_le(ctx->cache_tokens, ctx->cache_max_tokens);
     }
     ck_assert(vit_forward_ragged(ctx, &img, 1, again, err, sizeof(err)) == 0);
     ck_assert(memcmp(first, again, sizeof(float) * (size_t)K) == 0);
