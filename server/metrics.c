@@ -674,8 +674,9 @@ char *metrics_render(metrics *m, const metrics_gauges *g, size_t *len) {
         text_put(&t, "\"} 1\n");
     }
     text_put(&t, "# HELP comrope_model_memory_bytes Memory a served model version holds: kind weights "
-                 "(parameters and packed matrices) or workspace (its workers' activation arenas: address "
-                 "space reserved at load, the most its batches can touch, not what they touched).\n"
+                 "(parameters and packed matrices) or workspace (its workers' activation arenas, address "
+                 "space reserved at load, and the rotation tables they may cache: the most its batches can "
+                 "touch, not what they touched).\n"
                  "# TYPE comrope_model_memory_bytes gauge\n");
     for (int i = 0; i < m->num_series; i++) {
         const metrics_series *ms = m->series[i];

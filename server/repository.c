@@ -949,8 +949,8 @@ static int load_and_install(repository *r, const candidate *c, const selection *
      * comrope_model_memory_bytes */
     log_event("info",
               "model %s version %d ready (%s, isa %s, precision %s, %dx%d, %d classes; %d workers x %d gemm "
-              "threads, batch %d images / %d tokens; memory: weights %.1f MiB, workspaces %.1f MiB reserved "
-              "(all workers together))",
+              "threads, batch %d images / %d tokens; memory: weights %.1f MiB, workspaces %.1f MiB at most "
+              "(all workers together, rotation tables included))",
               m->name, m->version, m->pm.pe_type, m->isa, m->pm.precision, m->pm.image_size, m->pm.image_size,
               m->pm.num_class, m->cfg.workers, m->cfg.gemm_threads, m->cfg.max_batch_size,
               m->cfg.max_batch_tokens, (double)m->weight_bytes / (1 << 20),

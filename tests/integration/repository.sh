@@ -564,7 +564,7 @@ rm -r "$REPO/all65"
 is_state ap 1 READY || fail "ap not READY after its load: $(index)"
 # what ap holds, as its load counted it: its weights (within 10 % of its
 # checkpoint: fp32 parameters and their packed copies of the GEMMs' share),
-# its workspaces (reserved, > 0), under the bound the loads share; the
+# its workspaces (> 0), under the bound the loads share; the
 # ready line says them too
 weights=$(memory_of ap weights) || fail "no weights gauge for ap: $(curl -s "$URL/metrics" | grep memory)"
 file=$(stat -c %s "$REPO/ap/model.safetensors")
@@ -574,7 +574,7 @@ workspace=$(memory_of ap workspace) || fail "no workspace gauge for ap"
 limit=$(metric comrope_memory_limit_bytes) || fail "no comrope_memory_limit_bytes"
 { [ "$workspace" -gt 0 ] && [ $((weights + workspace)) -lt "$limit" ]; } ||
   fail "ap's workspace gauge $workspace, the limit $limit"
-log_has "model ap version 1 ready (.*; memory: weights [0-9.]* MiB, workspaces [0-9.]* MiB reserved" ||
+log_has "model ap version 1 ready (.*; memory: weights [0-9.]* MiB, workspaces [0-9.]* MiB at most" ||
   fail "ap's ready line does not say its memory: $(grep 'model ap version 1 ready' "$LOG")"
 [ "$(curl -sf "$URL/v1/models" | jq -c '[.models[].name]')" = '["ap","ld"]' ] ||
   fail "/v1/models once the default model (ap) is loaded: $(curl -s "$URL/v1/models")"

@@ -149,7 +149,7 @@ def compat(port, model, image):
     stats0 = get_json(port, m + "/stats")["model_stats"][0]
     check(stats0["inference_stats"]["success"]["count"] == 0 and stats0["execution_count"] == 0,
           f"stats before any inference: {stats0}")
-    # memory_usage: what the version holds (weights and reserved workspaces), one CPU entry
+    # memory_usage: what the version holds (weights and workspaces), one CPU entry
     mem = stats0.get("memory_usage") or [{}]
     check(len(mem) == 1 and mem[0].get("type") == "CPU" and mem[0].get("byte_size", 0) > 0,
           f"stats memory_usage: {stats0.get('memory_usage')}")
