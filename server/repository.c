@@ -695,8 +695,11 @@ static void say_holder(char *t, size_t len, size_t *at, const served_model *m, s
  * go at the swap (batches go to it until then, to the new one after).
  * So do the versions of c's model that `sel` no longer keeps (a version 2
  * under latest:1 supersedes version 1): they are retired once the loads
- * are done; counted whole, an upgrade that fits once swapped was refused,
- * and version 1 retired all the same, leaving the model nothing to serve.
+ * are done; counted whole, an upgrade that fits once swapped was refused.
+ * A version kept serving because what its policy selects failed to load
+ * (retire_unselected) counts so for a load of a version that does not
+ * serve (its success retires the kept one), whole for a reload of one
+ * that serves (the kept one stays after it).
  * The retired copies nothing holds are freed first: an unload asked
  * just before makes room for this load. Lock not held. */
 static size_t memory_held(repository *r, const candidate *c, const selection *sel, char *who, size_t wholen) {
@@ -704,11 +707,13 @@ static size_t memory_held(repository *r, const candidate *c, const selection *se
     who[0] = '\0';
     pthread_mutex_lock(&r->lock);
     if (retired_free(r)) reap(r);
-    for (int k = 0; k < r->nmodels; k++)
+    for (int k = 0; k < r->nmodels; k++) {
+        /* a reload (c serves): a kept version stays kept after it */
+        int c_serving = serving_version(&r->models[k], c->version) != NULL;
         for (int i = 0; i < r->models[k].nserving; i++) {
             const served_model *m = r->models[k].serving[i];
             int same = strcmp(m->name, c->name) == 0, replaced = same && m->version == c->version;
-            int superseded = same && !replaced && !selected(sel, m->version);
+            int superseded = same && !replaced && !selected(sel, m->version) && (!m->kept || !c_serving);
             size_t bytes = m->weight_bytes + (replaced || superseded ? 0 : m->workspace_bytes);
             say_holder(who, wholen, &at, m, bytes,
                        replaced     ? " (weights of the copy this reload replaces)"
@@ -716,6 +721,7 @@ static size_t memory_held(repository *r, const candidate *c, const selection *se
                                     : "");
             held += bytes;
         }
+    }
     for (const served_model *m = r->retired; m; m = m->next) {
         say_holder(who, wholen, &at, m, m->weight_bytes + m->workspace_bytes,
                    " (unloading: requests in flight)");
@@ -1016,6 +1022,68 @@ static void forget_gone_versions(repository *r, model_entry *e, const candidate 
     e->nstatus = kept;
 }
 
+#define KEPT_REASON "kept serving: "
+
+/* Sets a kept version's index reason, its own failed reload's reason
+ * (if any) after it; kept 0 takes KEPT_REASON's part off. Lock held. */
+static void say_kept(model_entry *e, int version, int kept, const char *why) {
+    version_status *vs = get_status(e, version);
+    if (!vs) return;
+    const char *own = vs->reason;
+    if (strncmp(own, KEPT_REASON, strlen(KEPT_REASON)) == 0) {
+        const char *after = strstr(own, "; ");
+        own = after ? after + 2 : "";
+    }
+    char reason[sizeof(vs->reason)];
+    if (kept) snprintf(reason, sizeof(reason), KEPT_REASON "%s%s%.700s", why, own[0] ? "; " : "", own);
+    else snprintf(reason, sizeof(reason), "%s", own);
+    snprintf(vs->reason, sizeof(vs->reason), "%s", reason);
+}
+
+/* Retires the versions serving that sel no longer selects, but for those
+ * kept: while versions sel selects do not serve (their load failed), as
+ * many of the versions they supersede go on serving, highest first, if
+ * their files are still there (a version removed is retired). Retired
+ * regardless, a version 2 under latest:1 that failed to load (corrupt
+ * checkpoint, memory refused) left the model nothing to serve: a rolling
+ * upgrade must not take down what served until its successor is ready
+ * (Triton: a model's reload that fails leaves the loaded model as it
+ * was, its versions included; server PR #2162). The pass that loads the selected versions retires the kept
+ * ones. Requests without a version go to the highest serving: a kept one
+ * while its successor fails. Lock held. */
+static void retire_unselected(repository *r, model_entry *e, const selection *sel) {
+    int missing = 0;
+    char failed[200] = "";
+    size_t at = 0;
+    for (int k = 0; k < sel->n; k++) {
+        int v = sel->c[k].version;
+        if (!policy_keeps(sel->pol, sel->keep_from, v) || serving_version(e, v)) continue;
+        missing++;
+        if (at < sizeof(failed))
+            at += (size_t)snprintf(failed + at, sizeof(failed) - at, "%s%d", at ? ", " : "", v);
+    }
+    char why[300];
+    snprintf(why, sizeof(why), "version%s %s that its version-policy selects failed to load",
+             missing > 1 ? "s" : "", failed);
+    for (int s = e->nserving - 1; s >= 0; s--) {
+        served_model *m = e->serving[s];
+        int on_disk = 0;
+        for (int k = 0; k < sel->n && !on_disk; k++) on_disk = sel->c[k].version == m->version;
+        if (selected(sel, m->version) || (on_disk && missing > 0)) {
+            int kept = !selected(sel, m->version);
+            missing -= kept;
+            if (kept && !m->kept)
+                log_event("warning", "model %s version %d: kept serving (%s)", m->name, m->version, why);
+            if (kept || m->kept) say_kept(e, m->version, kept, why);
+            m->kept = kept;
+            continue;
+        }
+        log_event("info", "model %s version %d: unloading (no longer selected by its files or policy)",
+                  m->name, m->version);
+        retire(r, e, m, 0);
+    }
+}
+
 /* Brings the registry in line with the files: for every model to serve
  * (only: just that one), the versions its policy selects are loaded, or
  * reloaded when their files changed; versions no longer selected or no
@@ -1145,16 +1213,7 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
         /* versions serving that the policy or the files no longer select */
         pthread_mutex_lock(&r->lock);
         e = get_entry(r, name);
-        for (int s = 0; e && s < e->nserving;) {
-            served_model *m = e->serving[s];
-            if (selected(&sel, m->version)) {
-                s++;
-                continue;
-            }
-            log_event("info", "model %s version %d: unloading (no longer selected by its files or policy)",
-                      m->name, m->version);
-            retire(r, e, m, 0);
-        }
+        if (e) retire_unselected(r, e, &sel);
         pthread_mutex_unlock(&r->lock);
         free(versions);
         i = j;

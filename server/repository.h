@@ -52,6 +52,7 @@ typedef struct served_model {
     /* the repository's, under its lock */
     int refs;
     int retired;                  /* out of the registry: freed at refs 0 */
+    int kept;                     /* serving though its policy drops it: what it selects failed to load */
     unsigned long long signature; /* of its files: a rescan reloads it when they change */
     struct served_model *next;    /* the retired list */
 } served_model;

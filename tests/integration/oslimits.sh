@@ -41,7 +41,8 @@
 #      daemon was OOM-killed under load); unloaded, the first makes room
 #      for the second. A reload counts the copy it replaces by its weights
 #      only, and so does a new version the versions its policy drops: one
-#      that fits once swapped loads.
+#      that fits once swapped loads. A version kept serving because its
+#      successor failed to load counts whole for another model's load.
 # The limits are set with prlimit on the daemon itself, and pthread_create
 # fails through an LD_PRELOAD shim (tests/thread_limit.c): no root needed.
 #   oslimits.sh SERVE THREAD_LIMIT_SO
@@ -400,7 +401,23 @@ cp -r "$ROOT/models/fashion-comrope-ld" "$WORK/repo/b/2"
 code=$(curl -s --max-time 30 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/b/load")
 [ "$code" = 200 ] || fail "b's version 2, which fits once version 1 is retired, answered $code: $(cat "$WORK/body")"
 logits b || fail "b, its version 2 loaded, does not answer"
+# a version 3 that fails to load (corrupt): version 2 is kept serving, and
+# counts whole again for another model's load; once version 3's files are
+# cured, its load counts version 2 by its weights (it retires it) and fits
+cp -r "$ROOT/models/fashion-comrope-ld" "$WORK/b3"
+head -c 1000 "$ROOT/models/fashion-comrope-ld/model.safetensors" >"$WORK/b3/model.safetensors"
+mv "$WORK/b3" "$WORK/repo/b/3"
+[ "$(http_code -X POST "$URL/v2/repository/models/b/load")" = 400 ] || fail "b's corrupt version 3 did not fail"
+logits b || fail "b's version 3 failed to load: version 2 not kept serving"
+code=$(curl -s --max-time 30 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/a/load")
+{ [ "$code" = 400 ] && grep -Eq 'model b version 2: [0-9]+ MiB;' "$WORK/body"; } ||
+  fail "a's load did not count b's kept version 2 whole: $code $(cat "$WORK/body")"
+cp "$ROOT/models/fashion-comrope-ld/model.safetensors" "$WORK/repo/b/3/model.safetensors.tmp"
+mv "$WORK/repo/b/3/model.safetensors.tmp" "$WORK/repo/b/3/model.safetensors"
+code=$(curl -s --max-time 30 -o "$WORK/body" -w '%{http_code}' -X POST "$URL/v2/repository/models/b/load")
+[ "$code" = 200 ] || fail "b's cured version 3, which fits once the kept version 2 retires, answered $code: $(cat "$WORK/body")"
+logits b || fail "b, its version 3 loaded, does not answer"
 stop_daemon
-echo "ok models whose workspaces fit one by one, not together: the second UNAVAILABLE naming who holds the memory; loads once the first is unloaded; a reload, and a new version, that fit once swapped load"
+echo "ok models whose workspaces fit one by one, not together: the second UNAVAILABLE naming who holds the memory; loads once the first is unloaded; a reload, and a new version, that fit once swapped load; a version kept as its successor failed counts whole for others"
 
 echo "oslimits.sh: all passed"

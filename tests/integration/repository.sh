@@ -20,7 +20,8 @@
 #     the load runs (latest:1): version 2 serves, version 1 is unloaded,
 #     zero failed requests. load/unload are refused in poll mode. A
 #     corrupt checkpoint under poll fails once: the polls after it do not
-#     load the unchanged files again.
+#     load the unchanged files again. A version 3 that fails to load:
+#     version 2 is kept serving (index reason, log) until 3 loads.
 #  5. Explicit mode: only --load-model at start; load and unload through
 #     the API (refused to a page of another origin (Origin), and with
 #     allowed-hosts to one under a name rebound to the daemon (Host); a serve.conf with a daemon-only key: the load fails naming
@@ -356,6 +357,26 @@ load_failures_are v 1 ||
 client logits "$URL" v "$SAMPLE" >"$WORK/kept_poll"
 same_logits "$WORK/ref.ap" "$WORK/kept_poll" || fail "the corrupt checkpoint under poll changed v's answers"
 echo "ok a poll does not retry a failed load on unchanged files (a SIGHUP does: part 3)"
+# A version 3 that fails to load (its checkpoint corrupt): version 2 goes on
+# serving, kept, the default for requests without a version, until version
+# 3's files are cured (it was retired as the policy no longer selects it:
+# nothing served v).
+mkdir -p "$WORK/v3"
+cp "$LD"/*.json "$WORK/v3/"
+cp "$WORK/corrupt" "$WORK/v3/model.safetensors"
+copy_model "$WORK/v3" "$REPO/v/3"
+poll 60 load_failures_are v 2 || fail "no load failure counted for the corrupt version 3"
+reason=$(index | jq -r '.[] | select(.name == "v" and .version == "2") | .reason')
+{ [ "$(state v 3)" = UNAVAILABLE ] && [ "$(state v 2)" = READY ] &&
+  [[ $reason == "kept serving: version 3 that its version-policy selects failed to load"* ]]; } ||
+  fail "index after a corrupt version 3: $(index)"
+log_has "model v version 2: kept serving" || fail "keeping version 2 not logged"
+client logits "$URL" v "$SAMPLE" >"$WORK/kept_v2"
+same_logits "$WORK/ref.ap" "$WORK/kept_v2" || fail "without a version, v is not answered by the kept version 2"
+replace "$REPO/v/3/model.safetensors" "$LD/model.safetensors"
+poll 60 is_state v 3 READY || fail "version 3 never loaded once cured: $(index)"
+[ "$(http_code "$URL/v2/models/v/versions/2/ready")" = 404 ] || fail "version 2 still routed once 3 serves"
+echo "ok a new version that fails to load keeps the one that served: $reason"
 stop_daemon
 
 # --- 5. explicit: load, unload with a request in flight --------------------------------
