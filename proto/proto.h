@@ -226,7 +226,8 @@ typedef struct {
     int num_batch_sizes;                 /* entries of batch_stats */
     const proto_batch_stat *batch_stats; /* compute_infer by batch size, ascending */
     /* memory_usage: the bytes the version holds (weights and its workers'
-     * reserved workspaces), one "CPU" entry; 0: none listed (loading) */
+     * workspaces, rotation tables included), one "CPU" entry; 0: none
+     * listed (loading) */
     uint64_t memory_bytes;
 } proto_stats;
 /* {"model_stats": [...]}: entry i is pms[i] with sts[i] (n >= 0). */

@@ -58,11 +58,12 @@ metrics_series *metrics_series_open(metrics *m, const char *model, const char *v
  * it). Cannot fail. */
 void metrics_series_label(metrics_series *s, const char *pe_type, int training_resolution);
 /* The memory the copy now serving holds (repository.c's load check counts
- * the same): its weights, and its workers' workspaces (the activation
- * arenas, address space reserved at load; pages are touched as batches
- * reach them). Exposed as comrope_model_memory_bytes{model,version,kind}
- * from this call on (a version still loading has none), until the
- * series is freed. Cannot fail. */
+ * the same): its weights, and its workers' workspaces (vit_context_bytes:
+ * the activation arenas and the most their rotation caches keep; pages
+ * are touched as batches reach them). Exposed as
+ * comrope_model_memory_bytes{model,version,kind} from this call on (a
+ * version still loading has none), until the series is freed. Cannot
+ * fail. */
 void metrics_series_memory(metrics_series *s, size_t weight_bytes, size_t workspace_bytes);
 /* The bound the loads check what versions hold against (physical memory
  * or the cgroup's memory.max, whichever is less: vit_memory_bound), as
