@@ -1164,8 +1164,12 @@ static int sync_models(repository *r, const char *only, int want, int retry, cha
                 unsigned long long sig = files_signature(r, &c[k]);
                 version_status *vs = get_status(e, c[k].version);
                 if (!vs || (vs->failed_signature == sig && !retry)) continue; /* said already */
-                set_status(e, c[k].version,
-                           serving_version(e, c[k].version) ? MODEL_READY : MODEL_UNAVAILABLE, err);
+                served_model *s = serving_version(e, c[k].version);
+                /* a kept version's reason stays its own: it is never
+                 * reloaded, so err written there outlived its cure (the
+                 * versions its policy selects say err) */
+                if (s && s->kept) continue;
+                set_status(e, c[k].version, s ? MODEL_READY : MODEL_UNAVAILABLE, err);
                 vs->failed_signature = sig;
                 counted = 1;
             }

@@ -21,7 +21,8 @@
 #     zero failed requests. load/unload are refused in poll mode. A
 #     corrupt checkpoint under poll fails once: the polls after it do not
 #     load the unchanged files again. A version 3 that fails to load:
-#     version 2 is kept serving (index reason, log) until 3 loads.
+#     version 2 is kept serving (index reason, log) until 3 loads; a
+#     serve.conf broken then cured leaves its reason the kept one.
 #  5. Explicit mode: only --load-model at start; load and unload through
 #     the API (refused to a page of another origin (Origin), and with
 #     allowed-hosts to one under a name rebound to the daemon (Host); a serve.conf with a daemon-only key: the load fails naming
@@ -373,6 +374,18 @@ reason=$(index | jq -r '.[] | select(.name == "v" and .version == "2") | .reason
 log_has "model v version 2: kept serving" || fail "keeping version 2 not logged"
 client logits "$URL" v "$SAMPLE" >"$WORK/kept_v2"
 same_logits "$WORK/ref.ap" "$WORK/kept_v2" || fail "without a version, v is not answered by the kept version 2"
+# v's serve.conf broken, then cured (version 3 still corrupt): version 2's
+# reason stays the kept one (it is never reloaded: the serve.conf error
+# written there stayed after its cure); version 3's says each error
+reason_of() { index | jq -r --arg v "$1" '.[] | select(.name == "v" and .version == $v) | .reason'; }
+reason_has() { [[ $(reason_of "$1") == *"$2"* ]]; }
+echo 'no-such-key 1' >"$WORK/serve.conf.bad"
+replace "$REPO/v/serve.conf" "$WORK/serve.conf.bad"
+poll 60 reason_has 3 no-such-key || fail "v's broken serve.conf not said: $(index)"
+rm "$REPO/v/serve.conf"
+poll 60 reason_has 3 "header length" || fail "v/3 not tried again once serve.conf was cured: $(index)"
+{ [ "$(reason_of 2)" = "$reason" ] && is_state v 2 READY; } ||
+  fail "kept version 2's reason after serve.conf was broken then cured: $(reason_of 2)"
 replace "$REPO/v/3/model.safetensors" "$LD/model.safetensors"
 poll 60 is_state v 3 READY || fail "version 3 never loaded once cured: $(index)"
 [ "$(http_code "$URL/v2/models/v/versions/2/ready")" = 404 ] || fail "version 2 still routed once 3 serves"
