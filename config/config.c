@@ -97,6 +97,7 @@ static const char *next_entry(const char **list, size_t *n) {
 }
 
 int config_host_allowed(const char *allowed, const char *host) {
+    if (!allowed[0]) return 1; /* the default, any Host: nothing to read per request */
     /* no Host: HTTP/1.0 (HAProxy's default health check); every browser
      * sends one, so no page can come without */
     if (!host) return 1;

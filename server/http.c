@@ -1246,6 +1246,14 @@ static int same_authority(const char *a, size_t an, const char *b, size_t bn, co
     return an == bn && strncasecmp(a, b, an) == 0;
 }
 
+/* The length of the n bytes at s without the blanks after them:
+ * libmicrohttpd keeps whitespace after a header value (RFC 9112 OWS), and
+ * a list's element has it before its comma. */
+static size_t without_ows(const char *s, size_t n) {
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
+    return n;
+}
+
 /* A page of another origin can make its visitor's browser POST here with
  * no preflight (a form with a text/plain body, fetch with mode "no-cors"),
  * and without api-key-file nothing else refuses it: such a page could
@@ -1273,16 +1281,10 @@ static int foreign_origin(http_request *r, struct MHD_Connection *c) {
                                                                     : "";
         authority += 3;
         size_t an = strlen(authority);
-        if (host) { /* libmicrohttpd keeps whitespace after a value (RFC 9112 OWS) */
-            size_t hn = strlen(host);
-            while (hn && (host[hn - 1] == ' ' || host[hn - 1] == '\t')) hn--;
-            if (same_authority(authority, an, host, hn, port)) return 0;
-        }
-        if (forwarded) {
-            size_t fn = strcspn(forwarded, ",");
-            while (fn && (forwarded[fn - 1] == ' ' || forwarded[fn - 1] == '\t')) fn--;
-            if (same_authority(authority, an, forwarded, fn, port)) return 0;
-        }
+        if (host && same_authority(authority, an, host, without_ows(host, strlen(host)), port)) return 0;
+        if (forwarded &&
+            same_authority(authority, an, forwarded, without_ows(forwarded, strcspn(forwarded, ",")), port))
+            return 0;
     }
     char err[400];
     snprintf(err, sizeof(err),
